@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install the host tools vmplane needs to build and run tiny QEMU guests.
+# Idempotent: does nothing (and skips apt-get entirely) when every tool is present.
+#
+#   qemu-system-x86_64  <- qemu-system-x86
+#   qemu-img            <- qemu-utils
+#   mkfs.ext4           <- e2fsprogs   (formats the tiny image's base disk)
+#   dpkg-deb, apt-get   <- dpkg, apt   (always present on Debian; fetch/unpack guest packages)
+#   gzip                <- gzip
+set -euo pipefail
+
+declare -A tool_pkg=(
+  [qemu-system-x86_64]=qemu-system-x86
+  [qemu-img]=qemu-utils
+  [mkfs.ext4]=e2fsprogs
+  [dpkg-deb]=dpkg
+  [gzip]=gzip
+)
+
+# mkfs.ext4 lives in /sbin, which may be missing from a non-root PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+missing=()
+for tool in "${!tool_pkg[@]}"; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    missing+=("${tool_pkg[$tool]}")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-qemu: all tools present ($(qemu-system-x86_64 --version | head -n1))"
+  exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    echo "install-qemu: need root (or sudo) to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "install-qemu: installing ${missing[*]} (+ the base set)"
+"${SUDO[@]}" apt-get update
+"${SUDO[@]}" apt-get install -y --no-install-recommends \
+  qemu-system-x86 qemu-utils e2fsprogs "${missing[@]}"
+
+for tool in "${!tool_pkg[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "install-qemu: $tool still missing" >&2; exit 1; }
+done
+echo "install-qemu: done ($(qemu-system-x86_64 --version | head -n1))"

@@ -1,0 +1,1 @@
+"""HTTP faces: the native API and (later) the compatibility faces."""

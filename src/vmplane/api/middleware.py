@@ -1,0 +1,134 @@
+"""ASGI middleware: request body limits and Idempotency-Key replay."""
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import clock
+from ..store import Store
+from ..store import idempotency as idem_q
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413, before the app reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = _header(scope, b"content-length")
+        too_big = {"error": f"the request body is larger than {self.max_bytes} bytes", "code": "payload_too_large", "details": {}}
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_json(send, 413, too_big)
+        body = b""
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _send_json(send, 413, too_big)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        scope.setdefault("state", {})["raw_body"] = body
+        await self.app(scope, replay, send)
+
+
+def caller_of(scope: Scope) -> str:
+    """Who is asking, for Idempotency-Key scoping: the credential's digest, else anonymous."""
+    key = _header(scope, b"x-api-key") or _header(scope, b"authorization")
+    return "anonymous" if not key else "cred:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Idempotency:
+    """A POST with `Idempotency-Key` is answered once; the same key from the same caller gets
+    the first response again (24 h). The same key with a different request gets 409."""
+
+    TTL = 24 * 3600
+
+    def __init__(self, app: ASGIApp, store: Store) -> None:
+        self.app = app
+        self.store = store
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        key = _header(scope, b"idempotency-key")
+        if key is None:
+            return await self.app(scope, receive, send)
+        if not 1 <= len(key) <= 255:
+            return await _send_json(send, 400, {"error": "Idempotency-Key must be 1-255 characters", "code": "invalid_request", "details": {"field": "Idempotency-Key"}})
+        body = scope.get("state", {}).get("raw_body", b"")
+        digest = hashlib.sha256(scope["path"].encode() + b"\0" + scope.get("query_string", b"") + b"\0" + body).hexdigest()
+        caller = caller_of(scope)
+        lock = self._locks.setdefault((caller, key), asyncio.Lock())
+        try:
+            async with lock:
+                async with self.store.read() as conn:
+                    found = await idem_q.lookup(conn, caller, key)
+                if found is not None and found.created_at > clock.now() - self.TTL:
+                    if found.request_hash != digest:
+                        return await _send_json(send, 409, {"error": "this Idempotency-Key was used with a different request", "code": "idempotency_conflict", "details": {}})
+                    headers = [(k.encode(), v.encode()) for k, v in found.headers] + [(b"idempotent-replayed", b"true")]
+                    await send({"type": "http.response.start", "status": found.status_code, "headers": headers})
+                    await send({"type": "http.response.body", "body": found.body.encode()})
+                    return
+                captured: dict[str, Any] = {"body": b""}
+
+                async def capture(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        captured["status"] = message["status"]
+                        captured["headers"] = [(k.decode(), v.decode()) for k, v in message.get("headers", [])]
+                    elif message["type"] == "http.response.body":
+                        captured["body"] += message.get("body", b"")
+                    await send(message)
+
+                await self.app(scope, receive, capture)
+                if captured.get("status", 500) < 500:
+                    async with self.store.write() as conn:
+                        if found is not None:
+                            await idem_q.forget_older_than(conn, clock.now() - self.TTL)
+                        await idem_q.remember(
+                            conn,
+                            {
+                                "caller": caller,
+                                "key": key,
+                                "request_hash": digest,
+                                "status_code": captured["status"],
+                                "headers": [h for h in captured["headers"] if h[0].lower() != "content-length"],
+                                "body": captured["body"].decode("utf-8", "replace"),
+                                "created_at": clock.now(),
+                            },
+                        )
+        finally:
+            if not lock.locked():
+                self._locks.pop((caller, key), None)

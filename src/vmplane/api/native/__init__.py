@@ -1,0 +1,12 @@
+"""The native API (`/api/v1`), one router per resource."""
+
+from fastapi import APIRouter
+
+from . import cluster, jobs, templates, vms
+
+
+def router() -> APIRouter:
+    r = APIRouter(prefix="/api/v1")
+    for module in (vms, templates, jobs, cluster):
+        r.include_router(module.router)
+    return r

@@ -1,0 +1,134 @@
+"""/api/v1/vms: list, create (bulk), get, update, delete (bulk or one), power actions."""
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
+
+from ... import clock
+from ...domain import DEFAULT_RESOURCES, Resources
+from ...errors import InvalidRequest
+from ...services.vms import NewVm, VmChange
+from .. import render
+from ..schemas import Page, VmCreateIn, VmDeleteIn, VmOut, VmUpdateIn
+from .deps import ACCEPTED, ERRORS, CallerDep, Limit, PageToken, RuntimeDep, accepted
+
+router = APIRouter(tags=["vms"])
+
+_many = TypeAdapter(list[VmCreateIn])
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"type": "array", "items": {"$ref": "#/components/schemas/VmCreateIn"}, "minItems": 1},
+                        {"$ref": "#/components/schemas/VmCreateIn"},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+@router.get("/vms", response_model=Page[VmOut], responses=ERRORS)
+async def list_vms(
+    rt: RuntimeDep,
+    node: str | None = Query(None, max_length=64),
+    status: str | None = Query(None, max_length=32),
+    tag: str | None = Query(None, max_length=64),
+    name: str | None = Query(None, max_length=63),
+    limit: Limit = 50,
+    pageToken: PageToken = None,
+) -> JSONResponse:
+    rows, token = await rt.vms.list(node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken)
+    now = clock.now()
+    return JSONResponse({"items": [render.vm(r, now) for r in rows], "nextPageToken": token})
+
+
+def _new_vm(spec: VmCreateIn) -> NewVm:
+    r = spec.resources
+    return NewVm(
+        name=spec.name,
+        resources=Resources(r.cpu, r.ramMb, r.diskGb) if r else DEFAULT_RESOURCES,
+        template_id=spec.templateId,
+        node_id=spec.nodeId,
+        tags=tuple(spec.tags),
+        start=spec.start,
+    )
+
+
+@router.post("/vms", status_code=202, responses=ACCEPTED, openapi_extra=_CREATE_BODY)
+async def create_vms(request: Request, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
+    """Create one VM (an object) or many (an array): one job, one task per VM."""
+    body = _json_body(request)
+    if isinstance(body, list):
+        specs = _many.validate_python(body)
+    elif isinstance(body, dict):
+        specs = [VmCreateIn.model_validate(body)]
+    else:
+        raise InvalidRequest("the body must be a VM spec object or an array of them", field="body")
+    job_id, vm_ids = await rt.vms.create([_new_vm(s) for s in specs], caller)
+    return accepted(job_id, vmIds=vm_ids)
+
+
+def _json_body(request: Request) -> Any:
+    raw = request.scope.get("state", {}).get("raw_body", b"")
+    if not raw:
+        raise InvalidRequest("the request needs a JSON body", field="body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON", field="body") from None
+
+
+@router.get("/vms/{vm_id}", response_model=VmOut, responses=ERRORS)
+async def get_vm(vm_id: str, rt: RuntimeDep) -> JSONResponse:
+    return JSONResponse(render.vm(await rt.vms.get(vm_id), clock.now()))
+
+
+@router.patch("/vms/{vm_id}", status_code=202, responses=ACCEPTED)
+async def update_vm(vm_id: str, body: VmUpdateIn, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
+    r = body.resources
+    change = VmChange(
+        name=body.name,
+        tags=tuple(body.tags) if body.tags is not None else None,
+        cpu=r.cpu if r else None,
+        ram_mb=r.ramMb if r else None,
+        disk_gb=r.diskGb if r else None,
+    )
+    if all(v is None for v in (change.name, change.tags, change.cpu, change.ram_mb, change.disk_gb)):
+        raise InvalidRequest("give at least one of name, tags, resources", field="body")
+    return accepted(await rt.vms.update(vm_id, change, caller))
+
+
+@router.delete("/vms", status_code=202, responses=ACCEPTED)
+async def delete_vms(rt: RuntimeDep, caller: CallerDep, body: VmDeleteIn = Body(...)) -> JSONResponse:
+    return accepted(await rt.vms.delete(body.vmIds, caller))
+
+
+@router.delete("/vms/{vm_id}", status_code=202, responses=ACCEPTED)
+async def delete_vm(vm_id: str, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
+    vm = await rt.vms.get(vm_id)
+    return accepted(await rt.vms.delete([vm.id], caller))
+
+
+def _power(action: str, summary: str) -> None:
+    async def endpoint(vm_id: str, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
+        return accepted(await rt.vms.power(vm_id, action, caller))
+
+    endpoint.__name__ = f"vm_{action.replace('-', '_')}"
+    router.add_api_route(
+        f"/vms/{{vm_id}}/{action}", endpoint, methods=["POST"], status_code=202, responses=ACCEPTED, summary=summary
+    )
+
+
+_power("start", "Power a VM on")
+_power("stop", "Hard power-off")
+_power("shutdown", "Graceful shutdown (ACPI), then power-off after the timeout")
+_power("reboot", "Reboot the guest")
+_power("power-cycle", "Hard reset")

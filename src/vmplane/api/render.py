@@ -1,0 +1,99 @@
+"""Rows → native wire dicts. Built by hand (not through pydantic) because lists are hot."""
+
+from typing import Any
+
+from sqlalchemy import Row
+
+from .. import clock
+from ..services.jobs import job_progress
+
+
+def vm(row: Row, now: float) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "uuid": row.uuid,
+        "name": row.name,
+        "node": row.node_id,
+        "nodeId": row.node_id,
+        "status": row.status,
+        "uptime": clock.human_duration(now - row.started_at) if row.started_at and row.status == "running" else None,
+        "tags": row.tags,
+        "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb},
+        "templateId": row.template_id,
+        "error": row.error,
+        "createdAt": clock.rfc3339(row.created_at),
+        "updatedAt": clock.rfc3339(row.updated_at),
+    }
+
+
+def template(row: Row) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "os": row.os,
+        "nodeId": row.node_id,
+        "sizeMb": row.size_mb,
+        "status": row.status,
+        "format": row.format,
+        "sourceUrl": row.source_url,
+        "checksum": row.checksum,
+        "error": row.error,
+        "createdAt": clock.rfc3339(row.created_at),
+        "updatedAt": clock.rfc3339(row.updated_at),
+    }
+
+
+def job(row: Row) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "type": row.type,
+        "state": row.state,
+        "progress": job_progress(row),
+        "createdBy": row.created_by,
+        "createdAt": clock.rfc3339(row.created_at),
+        "updatedAt": clock.rfc3339(row.updated_at),
+        "startedAt": clock.rfc3339(row.started_at),
+        "finishedAt": clock.rfc3339(row.finished_at),
+        "taskCount": row.total,
+    }
+
+
+def task(row: Row) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "resourceId": row.resource_id,
+        "state": row.state,
+        "progress": row.progress,
+        "error": row.error,
+        "attempts": row.attempts,
+        "startedAt": clock.rfc3339(row.started_at),
+        "finishedAt": clock.rfc3339(row.finished_at),
+    }
+
+
+def task_log_line(ts: float, message: str) -> str:
+    return f"{clock.rfc3339(ts)}: {message}"
+
+
+def node_resources(row: Any) -> dict[str, int]:
+    return {
+        "cpuTotal": int(row.cpu_total),
+        "cpuUsed": int(row.cpu_used),
+        "ramMbTotal": int(row.ram_mb_total),
+        "ramMbUsed": int(row.ram_mb_used),
+        "diskGbTotal": int(row.disk_gb_total),
+        "diskGbUsed": int(row.disk_gb_used),
+    }
+
+
+def node(row: Row) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "hostname": row.hostname,
+        "status": row.status,
+        "driver": row.driver,
+        "simulated": row.driver == "sim",
+        "resources": node_resources(row),
+        "createdAt": clock.rfc3339(row.created_at),
+        "updatedAt": clock.rfc3339(row.updated_at),
+    }

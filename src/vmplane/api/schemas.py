@@ -1,0 +1,180 @@
+"""Wire schemas of the native API: `…In` models parse requests (unknown fields rejected,
+no type coercion); `…Out` models document responses (rendered by `render`)."""
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ResourcesIn(In):
+    cpu: int = Field(1, ge=1, le=512, description="vCPUs")
+    ramMb: int = Field(512, ge=64, le=4 * 1024 * 1024, description="memory in MiB")
+    diskGb: int = Field(10, ge=1, le=1_000_000, description="disk in GB")
+
+
+class ResourcesPatch(In):
+    cpu: int | None = Field(None, ge=1, le=512)
+    ramMb: int | None = Field(None, ge=64, le=4 * 1024 * 1024)
+    diskGb: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class VmCreateIn(In):
+    name: str = Field(..., min_length=1, max_length=63)
+    templateId: str | None = Field(None, max_length=64)
+    nodeId: str | None = Field(None, max_length=64)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    resources: ResourcesIn | None = None
+    start: bool = True
+
+
+class VmUpdateIn(In):
+    name: str | None = Field(None, min_length=1, max_length=63)
+    tags: list[str] | None = Field(None, max_length=64)
+    resources: ResourcesPatch | None = None
+
+
+class VmDeleteIn(In):
+    vmIds: list[str] = Field(..., min_length=1, max_length=10_000)
+
+
+class TemplateCreateIn(In):
+    name: str = Field(..., min_length=1, max_length=63)
+    os: str = Field("linux", min_length=1, max_length=32)
+    nodeId: str | None = Field(None, max_length=64)
+    sourceUrl: str = Field(..., min_length=1, max_length=2048)
+
+
+class TemplateUpdateIn(In):
+    name: str | None = Field(None, min_length=1, max_length=63)
+    os: str | None = Field(None, min_length=1, max_length=32)
+
+
+class TemplateDeleteIn(In):
+    templateIds: list[str] = Field(..., min_length=1, max_length=1000)
+
+
+class JobAccepted(BaseModel):
+    jobId: str
+    vmIds: list[str] | None = None
+    templateId: str | None = None
+
+
+class ResourcesOut(BaseModel):
+    cpu: int
+    ramMb: int
+    diskGb: int
+
+
+class VmOut(BaseModel):
+    id: str
+    uuid: str
+    name: str
+    node: str | None
+    nodeId: str | None
+    status: str
+    uptime: str | None
+    tags: list[str]
+    resources: ResourcesOut
+    templateId: str | None
+    error: str | None
+    createdAt: str
+    updatedAt: str
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    nextPageToken: str | None
+
+
+class TemplateOut(BaseModel):
+    id: str
+    name: str
+    os: str
+    nodeId: str | None
+    sizeMb: int
+    status: str
+    format: str | None
+    sourceUrl: str | None
+    checksum: str | None
+    error: str | None
+    createdAt: str
+    updatedAt: str
+
+
+class JobOut(BaseModel):
+    id: str
+    type: str
+    state: str
+    progress: int
+    createdBy: str
+    createdAt: str
+    updatedAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    taskCount: int
+
+
+class TaskOut(BaseModel):
+    id: str
+    resourceId: str
+    state: str
+    progress: int
+    error: str | None = None
+    attempts: int
+    startedAt: str | None
+    finishedAt: str | None
+
+
+class JobDetailOut(JobOut):
+    tasks: list[TaskOut]
+
+
+class TaskDetailOut(TaskOut):
+    jobId: str
+    log: list[str]
+
+
+class NodeResourcesOut(BaseModel):
+    cpuTotal: int
+    cpuUsed: int
+    ramMbTotal: int
+    ramMbUsed: int
+    diskGbTotal: int
+    diskGbUsed: int
+
+
+class NodeOut(BaseModel):
+    id: str
+    hostname: str
+    status: str
+    driver: str
+    simulated: bool
+    resources: NodeResourcesOut
+    createdAt: str
+    updatedAt: str
+
+
+class ClusterOut(BaseModel):
+    id: str | None
+    name: str
+    version: str
+    status: str
+    nodes: int
+    createdAt: str | None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    code: str
+    details: dict
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, str] = {}

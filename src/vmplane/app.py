@@ -1,0 +1,57 @@
+"""create_app(settings) builds the ASGI application; nothing happens at import time."""
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from . import __version__
+from .api import errors, health
+from .api import native
+from .api.middleware import BodyLimit, Idempotency
+from .api.schemas import VmCreateIn
+from .config import Settings
+from .drivers.base import HypervisorDriver
+from .runtime import Runtime
+
+log = logging.getLogger("vmplane")
+
+
+def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> FastAPI:
+    rt = Runtime(settings, nodes)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.stop()
+
+    app = FastAPI(
+        title="vmplane",
+        version=__version__,
+        description="A self-hosted control plane for virtual machines. Native API.",
+        lifespan=lifespan,
+    )
+    app.state.rt = rt
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(native.router())
+    app.add_middleware(Idempotency, store=rt.store)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            extra = VmCreateIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(extra.pop("$defs", {}))
+            components["VmCreateIn"] = extra
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

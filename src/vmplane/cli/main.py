@@ -1,0 +1,234 @@
+"""Command definitions."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .client import Client, interactive
+
+app = typer.Typer(no_args_is_help=True, help="vmplane: a control plane for virtual machines.")
+vm_app = typer.Typer(no_args_is_help=True, help="Manage VMs.")
+job_app = typer.Typer(no_args_is_help=True, help="Inspect and wait for jobs.")
+node_app = typer.Typer(no_args_is_help=True, help="Inspect nodes.")
+app.add_typer(vm_app, name="vm")
+app.add_typer(job_app, name="job")
+app.add_typer(node_app, name="node")
+out = Console()
+
+UrlOpt = Annotated[Optional[str], typer.Option("--url", help="server URL (env VMPLANE_URL)", envvar="VMPLANE_URL")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print raw JSON")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the job to end")]
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="where state lives")] = Path(".vmplane"),
+    database_url: Annotated[Optional[str], typer.Option("--database-url", help="sqlite+aiosqlite:///… or postgresql+asyncpg://…")] = None,
+    driver: Annotated[str, typer.Option(help="auto | qemu | sim")] = "auto",
+    sim_nodes: Annotated[int, typer.Option("--sim-nodes", help="simulated nodes (sim driver)")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Serve vmplane over HTTP."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from ..app import create_app
+    from ..config import Settings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings(data_dir=data_dir, database_url=database_url, driver=driver, sim_nodes=sim_nodes)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        typer.echo(f"error: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+
+
+# -- vm -------------------------------------------------------------------------------------
+
+
+def _print(data: Any) -> None:
+    out.print_json(json.dumps(data)) if interactive(False) else typer.echo(json.dumps(data, indent=2))
+
+
+def _finish(client: Client, accepted: dict[str, Any], wait: bool, json_out: bool) -> None:
+    job_id = accepted["jobId"]
+    if not wait:
+        _print(accepted) if json_out else typer.echo(job_id)
+        return
+    job = client.wait_job(job_id, show_progress=interactive(json_out))
+    if json_out:
+        _print(client.request("GET", f"/api/v1/jobs/{job_id}"))
+    else:
+        typer.echo(f"job {job_id} {job['state']}")
+        if job["state"] != "succeeded":
+            detail = client.request("GET", f"/api/v1/jobs/{job_id}")
+            for t in detail["tasks"]:
+                if t.get("error"):
+                    typer.echo(f"  {t['resourceId']}: {t['error']}", err=True)
+    if job["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@vm_app.command("list")
+def vm_list(
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+    node: Annotated[Optional[str], typer.Option()] = None,
+    status: Annotated[Optional[str], typer.Option()] = None,
+    tag: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """List VMs (every page)."""
+    c = Client(url)
+    params: dict[str, Any] = {k: v for k, v in {"node": node, "status": status, "tag": tag, "limit": 500}.items() if v}
+    items: list[dict[str, Any]] = []
+    while True:
+        page = c.request("GET", "/api/v1/vms", params=params)
+        items += page["items"]
+        if not page["nextPageToken"]:
+            break
+        params["pageToken"] = page["nextPageToken"]
+    if json_out:
+        return _print(items)
+    table = Table("ID", "NAME", "STATUS", "NODE", "CPU", "RAM MB", "DISK GB", "UPTIME")
+    for v in items:
+        r = v["resources"]
+        table.add_row(v["id"], v["name"], v["status"], v["node"] or "-", str(r["cpu"]), str(r["ramMb"]), str(r["diskGb"]), v["uptime"] or "-")
+    out.print(table)
+
+
+@vm_app.command("get")
+def vm_get(vm_id: str, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Show one VM."""
+    _print(Client(url).request("GET", f"/api/v1/vms/{vm_id}"))
+
+
+@vm_app.command("create")
+def vm_create(
+    name: Annotated[list[str], typer.Argument(help="one or more VM names")],
+    cpu: Annotated[int, typer.Option()] = 1,
+    ram_mb: Annotated[int, typer.Option("--ram-mb")] = 512,
+    disk_gb: Annotated[int, typer.Option("--disk-gb")] = 10,
+    template: Annotated[Optional[str], typer.Option(help="template id or name")] = None,
+    node: Annotated[Optional[str], typer.Option(help="put it on this node")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="a tag (repeatable)")] = None,
+    start: Annotated[bool, typer.Option("--start/--no-start")] = True,
+    wait: WaitOpt = True,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create VMs (one job for all of them)."""
+    specs = [
+        {
+            "name": n,
+            "resources": {"cpu": cpu, "ramMb": ram_mb, "diskGb": disk_gb},
+            "templateId": template,
+            "nodeId": node,
+            "tags": tag or [],
+            "start": start,
+        }
+        for n in name
+    ]
+    c = Client(url)
+    _finish(c, c.request("POST", "/api/v1/vms", json=specs), wait, json_out)
+
+
+@vm_app.command("delete")
+def vm_delete(
+    vm_ids: Annotated[list[str], typer.Argument(help="VM ids")], wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Delete VMs."""
+    c = Client(url)
+    _finish(c, c.request("DELETE", "/api/v1/vms", json={"vmIds": vm_ids}), wait, json_out)
+
+
+def _power_command(action: str, doc: str) -> None:
+    def command(vm_id: str, wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+        c = Client(url)
+        _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/{action}"), wait, json_out)
+
+    command.__doc__ = doc
+    vm_app.command(action)(command)
+
+
+_power_command("start", "Power a VM on.")
+_power_command("stop", "Power a VM off (hard).")
+_power_command("shutdown", "Shut a VM down gracefully.")
+_power_command("reboot", "Reboot a VM.")
+
+
+# -- job ------------------------------------------------------------------------------------
+
+
+@job_app.command("list")
+def job_list(
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+    state: Annotated[Optional[str], typer.Option()] = None,
+    type_: Annotated[Optional[str], typer.Option("--type")] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+) -> None:
+    """List recent jobs, newest first."""
+    params = {k: v for k, v in {"state": state, "type": type_, "limit": limit}.items() if v}
+    items = Client(url).request("GET", "/api/v1/jobs", params=params)["items"]
+    if json_out:
+        return _print(items)
+    table = Table("ID", "TYPE", "STATE", "PROGRESS", "TASKS", "CREATED")
+    for j in items:
+        table.add_row(j["id"], j["type"], j["state"], f"{j['progress']}%", str(j["taskCount"]), j["createdAt"])
+    out.print(table)
+
+
+@job_app.command("get")
+def job_get(job_id: str, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Show a job with its tasks."""
+    _print(Client(url).request("GET", f"/api/v1/jobs/{job_id}"))
+
+
+@job_app.command("wait")
+def job_wait(
+    job_id: str,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+    timeout: Annotated[Optional[float], typer.Option(help="seconds")] = None,
+) -> None:
+    """Wait for a job to end; exit 1 unless it succeeded."""
+    c = Client(url)
+    job = c.wait_job(job_id, show_progress=interactive(json_out), timeout=timeout)
+    if json_out:
+        _print(c.request("GET", f"/api/v1/jobs/{job_id}"))
+    else:
+        typer.echo(f"job {job_id} {job['state']}")
+    if job["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+# -- node -----------------------------------------------------------------------------------
+
+
+@node_app.command("list")
+def node_list(url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    """List nodes with their capacity."""
+    items = Client(url).request("GET", "/api/v1/nodes", params={"limit": 500})["items"]
+    if json_out:
+        return _print(items)
+    table = Table("ID", "HOSTNAME", "STATUS", "DRIVER", "CPU", "RAM MB", "DISK GB")
+    for n in items:
+        r = n["resources"]
+        table.add_row(
+            n["id"], n["hostname"], n["status"], n["driver"] + (" (simulated)" if n["simulated"] else ""),
+            f"{r['cpuUsed']}/{r['cpuTotal']}", f"{r['ramMbUsed']}/{r['ramMbTotal']}", f"{r['diskGbUsed']}/{r['diskGbTotal']}",
+        )  # fmt: skip
+    out.print(table)

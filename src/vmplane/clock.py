@@ -1,0 +1,29 @@
+"""The one clock: epoch seconds inside, RFC 3339 UTC with `Z` on the wire."""
+
+import time
+from datetime import datetime, timezone
+
+
+def now() -> float:
+    return time.time()
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def human_duration(seconds: float) -> str:
+    """`2d 3h`, `5h 12m`, `3m 4s`, `9s` — the cluster API's uptime format."""
+    s = int(max(0, seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {s}s"
+    return f"{s}s"

@@ -1,0 +1,56 @@
+"""Settings of a vmplane server, validated at start (env prefix `VMPLANE_`)."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VMPLANE_", extra="forbid")
+
+    data_dir: Path = Path(".vmplane")
+    database_url: str | None = None
+    """`sqlite+aiosqlite:///…` (default: `<data_dir>/vmplane.db`) or `postgresql+asyncpg://…`."""
+
+    driver: Literal["auto", "qemu", "sim"] = "auto"
+    sim_nodes: int = Field(1, ge=0, le=100_000)
+    sim_node_cpu: int = Field(32, ge=1)
+    sim_node_ram_mb: int = Field(131072, ge=128)
+    sim_node_disk_gb: int = Field(2000, ge=1)
+    sim_latency_ms: int = Field(20, ge=0, le=600_000)
+    """Simulated time each hypervisor operation takes."""
+    sim_fail_pattern: str | None = None
+    """Regular expression: sim VMs whose name matches fail to be created."""
+    sim_fail_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    sim_fail_seed: int = 0
+
+    cluster_name: str = "vmplane"
+
+    cpu_overcommit: float = Field(1.0, gt=0, le=64)
+    ram_overcommit: float = Field(1.0, gt=0, le=64)
+    disk_overcommit: float = Field(1.0, gt=0, le=64)
+    placement_strategy: Literal["spread", "pack"] = "spread"
+
+    job_concurrency: int = Field(64, ge=1, le=10_000)
+    """Tasks one process runs at once."""
+    lease_seconds: float = Field(15.0, gt=0.1)
+    """A task whose worker has not renewed its lease for this long is taken over."""
+    max_task_attempts: int = Field(3, ge=1)
+    shutdown_timeout_seconds: float = Field(60.0, ge=0)
+    """Graceful shutdown waits this long for the guest, then powers it off."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return v
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'vmplane.db').resolve()}"

@@ -1,0 +1,85 @@
+"""Domain vocabulary: states and value objects shared by every layer. No I/O here."""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class VmStatus(StrEnum):
+    PROVISIONING = "provisioning"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    REBOOTING = "rebooting"
+    UPDATING = "updating"
+    DELETING = "deleting"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PARTIAL = "partial"
+    CANCELLED = "cancelled"
+
+
+JOB_FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.PARTIAL, JobState.CANCELLED})
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TASK_FINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class NodeStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpu: int
+    ram_mb: int
+    disk_gb: int
+
+    def to_wire(self) -> dict[str, int]:
+        return {"cpu": self.cpu, "ramMb": self.ram_mb, "diskGb": self.disk_gb}
+
+
+DEFAULT_RESOURCES = Resources(cpu=1, ram_mb=512, disk_gb=10)
+
+
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """What a driver needs to define a VM on its node."""
+
+    id: str
+    uuid: str
+    name: str
+    resources: Resources
+    template_id: str | None = None
+    template_image: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def job_final_state(total: int, succeeded: int, failed: int, cancelled: int) -> JobState | None:
+    """The state a job ends in once every task is final, or None while tasks remain."""
+    if succeeded + failed + cancelled < total:
+        return None
+    if cancelled:
+        return JobState.CANCELLED
+    if failed == 0:
+        return JobState.SUCCEEDED
+    if succeeded == 0:
+        return JobState.FAILED
+    return JobState.PARTIAL

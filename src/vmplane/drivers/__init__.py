@@ -1,0 +1,1 @@
+"""Hypervisor drivers: the one boundary between vmplane and hypervisors."""

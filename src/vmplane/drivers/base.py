@@ -1,0 +1,149 @@
+"""The HypervisorDriver contract. Its docstrings are the contract every driver keeps.
+
+General rules for every driver:
+- A call that fails raises `DriverError` (or `InvalidState` for a wrong power state) and leaves
+  nothing behind: no process, socket, disk or half-defined VM.
+- Calls are idempotent where the docstring says so; the job engine relies on this to resume a
+  task after a crash by running it again.
+- Optional features are declared in `capabilities`; nothing signals "unsupported" at run time.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from ..domain import Resources, VmSpec
+
+Progress = Callable[[int, str], Awaitable[None]]
+
+
+class PowerState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    CRASHED = "crashed"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    kind: str
+    real_vms: bool
+    live_resize_disk: bool = False
+    hot_resize_cpu_ram: bool = False
+    console: bool = False
+    exec: bool = False
+    image_formats: frozenset[str] = frozenset({"qcow2", "raw"})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    hostname: str
+    cpu: int
+    ram_mb: int
+    disk_gb: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VmRuntime:
+    """What the hypervisor says about one VM right now."""
+
+    vm_id: str
+    state: PowerState
+    started_at: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    path: Path
+    format: str
+    virtual_size: int
+    actual_size: int
+
+
+class HypervisorDriver(ABC):
+    """One node's hypervisor. Every method is safe to call from the event loop."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Prepare the driver (re-attach to VMs that outlived a previous process). Idempotent."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the driver's own resources. VMs keep running. Idempotent."""
+
+    @abstractmethod
+    async def node_info(self) -> NodeInfo:
+        """The node's real capacity."""
+
+    @abstractmethod
+    async def create_vm(self, spec: VmSpec) -> None:
+        """Define the VM (disks, configuration) in the stopped state.
+
+        Idempotent: creating a VM that already exists with this id is a no-op. On failure,
+        leaves no disk or definition behind.
+        """
+
+    @abstractmethod
+    async def start_vm(self, vm_id: str) -> None:
+        """Power the VM on and return once it runs. A no-op on a running VM.
+
+        On failure the VM is left stopped, with no process or socket behind.
+        """
+
+    @abstractmethod
+    async def stop_vm(self, vm_id: str) -> None:
+        """Hard power-off. A no-op on a stopped VM."""
+
+    @abstractmethod
+    async def shutdown_vm(self, vm_id: str, timeout: float) -> bool:
+        """Ask the guest to power off (ACPI); power it off hard after `timeout` seconds.
+
+        Returns True if the guest stopped by itself, False if it had to be forced.
+        A no-op (returning True) on a stopped VM.
+        """
+
+    @abstractmethod
+    async def reboot_vm(self, vm_id: str) -> None:
+        """Ask the guest to reboot (ACPI reset of the guest OS); the VM stays running.
+
+        Raises InvalidState on a stopped VM.
+        """
+
+    @abstractmethod
+    async def power_cycle_vm(self, vm_id: str) -> None:
+        """Hard reset: power off and on again. Starts a stopped VM."""
+
+    @abstractmethod
+    async def delete_vm(self, vm_id: str) -> None:
+        """Stop the VM if needed and remove everything it had. Idempotent."""
+
+    @abstractmethod
+    async def resize_vm(self, vm_id: str, resources: Resources) -> None:
+        """Change the VM's resources. Disks only grow. CPU and RAM take effect at the next
+        start unless `capabilities.hot_resize_cpu_ram`. Idempotent."""
+
+    @abstractmethod
+    async def get_vm(self, vm_id: str) -> VmRuntime | None:
+        """The VM's runtime state, or None if the hypervisor does not know it."""
+
+    @abstractmethod
+    async def list_vms(self) -> list[VmRuntime]:
+        """Every VM this driver owns on its node."""
+
+    @abstractmethod
+    async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
+        """Make a downloaded image available as the base of template `template_id`.
+
+        Validates it (a bad image raises DriverError naming the problem). Idempotent.
+        """
+
+    @abstractmethod
+    async def delete_image(self, template_id: str) -> None:
+        """Remove a template's base image from the node. Idempotent."""

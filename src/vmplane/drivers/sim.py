@@ -1,0 +1,295 @@
+"""The `sim` driver: an in-memory hypervisor with honest capacity, a real power state
+machine, configurable latencies and deterministic fault injection.
+
+It exists for demos on machines with no QEMU and for scale tests with thousands of nodes,
+and passes the same driver contract suite as `qemu`.
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import clock
+from ..domain import Resources, VmSpec
+from ..errors import DriverError, InvalidState, NoCapacity
+from .base import Capabilities, HypervisorDriver, ImageInfo, NodeInfo, PowerState, Progress, VmRuntime
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+@dataclass(frozen=True)
+class SimFaults:
+    """Deterministic fault injection for create: by name pattern, or a seeded fraction of ids."""
+
+    name_pattern: str | None = None
+    fraction: float = 0.0
+    seed: int = 0
+    ignore_acpi_pattern: str | None = None
+    """Guests whose name matches ignore the ACPI power button (shutdown must force)."""
+
+    def should_fail(self, spec: VmSpec) -> bool:
+        if self.name_pattern and re.search(self.name_pattern, spec.name):
+            return True
+        if self.fraction > 0:
+            digest = hashlib.sha256(f"{self.seed}:{spec.name}".encode()).digest()
+            return int.from_bytes(digest[:8], "big") / 2**64 < self.fraction
+        return False
+
+
+@dataclass
+class _SimVm:
+    spec: VmSpec
+    resources: Resources
+    state: PowerState = PowerState.STOPPED
+    started_at: float | None = None
+    pending: Resources | None = None
+
+
+@dataclass
+class SimDriver(HypervisorDriver):
+    hostname: str
+    cpu: int = 32
+    ram_mb: int = 131072
+    disk_gb: int = 2000
+    latency: float = 0.02
+    faults: SimFaults = field(default_factory=SimFaults)
+    overcommit: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    state_dir: Path | None = None
+    """Where the simulated hypervisor keeps its state, so its VMs outlive the process as
+    real ones do. None keeps everything in memory."""
+
+    def __post_init__(self) -> None:
+        self.capabilities = Capabilities(kind="sim", real_vms=False, live_resize_disk=True)
+        self._vms: dict[str, _SimVm] = {}
+        self._images: dict[str, ImageInfo] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _delay(self) -> None:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    def _vm(self, vm_id: str) -> _SimVm:
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            raise DriverError(f"VM {vm_id} is not defined on {self.hostname}", vm_id=vm_id)
+        return vm
+
+    def _held(self) -> tuple[int, int, int]:
+        cpu = ram = disk = 0
+        for vm in self._vms.values():
+            cpu += vm.resources.cpu
+            ram += vm.resources.ram_mb
+            disk += vm.resources.disk_gb
+        return cpu, ram, disk
+
+    def _check_capacity(self, add: Resources) -> None:
+        cpu, ram, disk = self._held()
+        c, r, d = self.overcommit
+        if cpu + add.cpu > self.cpu * c or ram + add.ram_mb > self.ram_mb * r or disk + add.disk_gb > self.disk_gb * d:
+            raise NoCapacity(f"{self.hostname} cannot hold {add.cpu} vCPUs, {add.ram_mb} MB RAM, {add.disk_gb} GB disk more")
+
+    def _state_file(self) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / f"{self.hostname}.json"
+
+    def _save(self) -> None:
+        path = self._state_file()
+        if path is None:
+            return
+        data = {
+            "vms": [
+                {
+                    "id": v.spec.id,
+                    "uuid": v.spec.uuid,
+                    "name": v.spec.name,
+                    "templateId": v.spec.template_id,
+                    "resources": v.resources.to_wire(),
+                    "pending": v.pending.to_wire() if v.pending else None,
+                    "state": str(v.state),
+                    "startedAt": v.started_at,
+                }
+                for v in self._vms.values()
+            ],
+            "images": {k: [str(i.path), i.format, i.virtual_size] for k, i in self._images.items()},
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _load(self) -> None:
+        path = self._state_file()
+        if path is None or not path.exists():
+            return
+        data = json.loads(path.read_text())
+
+        def res(d: dict) -> Resources:
+            return Resources(d["cpu"], d["ramMb"], d["diskGb"])
+
+        for v in data["vms"]:
+            spec = VmSpec(id=v["id"], uuid=v["uuid"], name=v["name"], resources=res(v["resources"]), template_id=v["templateId"])
+            state = PowerState(v["state"])
+            if state in (PowerState.STARTING, PowerState.STOPPING):  # interrupted mid-way
+                state = PowerState.STOPPED
+            self._vms[spec.id] = _SimVm(
+                spec=spec,
+                resources=res(v["resources"]),
+                state=state,
+                started_at=v["startedAt"] if state == PowerState.RUNNING else None,
+                pending=res(v["pending"]) if v["pending"] else None,
+            )
+        for k, (p, fmt, size) in data["images"].items():
+            self._images[k] = ImageInfo(path=Path(p), format=fmt, virtual_size=size, actual_size=size)
+
+    # -- contract --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._vms.clear()
+            self._images.clear()
+            self._load()
+
+    async def close(self) -> None:
+        return None
+
+    async def node_info(self) -> NodeInfo:
+        return NodeInfo(hostname=self.hostname, cpu=self.cpu, ram_mb=self.ram_mb, disk_gb=self.disk_gb)
+
+    async def create_vm(self, spec: VmSpec) -> None:
+        async with self._lock(spec.id):
+            if spec.id in self._vms:
+                return
+            await self._delay()
+            if self.faults.should_fail(spec):
+                raise DriverError(f"simulated failure creating {spec.name}", vm_id=spec.id)
+            if spec.template_id is not None and spec.template_id not in self._images:
+                raise DriverError(f"template {spec.template_id} has no image on {self.hostname}", vm_id=spec.id)
+            self._check_capacity(spec.resources)
+            self._vms[spec.id] = _SimVm(spec=spec, resources=spec.resources)
+            self._save()
+
+    async def start_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if vm.state == PowerState.RUNNING:
+                return
+            vm.state = PowerState.STARTING
+            await self._delay()
+            if vm.pending is not None:
+                vm.resources, vm.pending = vm.pending, None
+            vm.state = PowerState.RUNNING
+            vm.started_at = clock.now()
+            self._save()
+
+    async def stop_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if vm.state == PowerState.STOPPED:
+                return
+            vm.state = PowerState.STOPPED
+            vm.started_at = None
+            self._save()
+
+    async def shutdown_vm(self, vm_id: str, timeout: float) -> bool:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if vm.state == PowerState.STOPPED:
+                return True
+            vm.state = PowerState.STOPPING
+            pattern = self.faults.ignore_acpi_pattern
+            if pattern and re.search(pattern, vm.spec.name):
+                await asyncio.sleep(timeout)
+                graceful = False
+            else:
+                await self._delay()
+                graceful = True
+            vm.state = PowerState.STOPPED
+            vm.started_at = None
+            self._save()
+            return graceful
+
+    async def reboot_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if vm.state != PowerState.RUNNING:
+                raise InvalidState(f"VM {vm_id} is {vm.state}, not running", current=vm.state, required="running")
+            await self._delay()
+            vm.started_at = clock.now()
+            self._save()
+
+    async def power_cycle_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            await self._delay()
+            if vm.pending is not None:
+                vm.resources, vm.pending = vm.pending, None
+            vm.state = PowerState.RUNNING
+            vm.started_at = clock.now()
+            self._save()
+
+    async def delete_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            if self._vms.pop(vm_id, None) is not None:
+                await self._delay()
+                self._save()
+        self._locks.pop(vm_id, None)
+
+    async def resize_vm(self, vm_id: str, resources: Resources) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            current = vm.pending or vm.resources
+            if resources.disk_gb < current.disk_gb:
+                raise DriverError(f"disk of {vm_id} cannot shrink from {current.disk_gb} to {resources.disk_gb} GB")
+            grow = Resources(
+                max(0, resources.cpu - vm.resources.cpu),
+                max(0, resources.ram_mb - vm.resources.ram_mb),
+                max(0, resources.disk_gb - vm.resources.disk_gb),
+            )
+            self._check_capacity(grow)
+            await self._delay()
+            if vm.state == PowerState.STOPPED:
+                vm.resources = resources
+            else:  # disk grows live; CPU and RAM wait for the next start
+                vm.resources = Resources(vm.resources.cpu, vm.resources.ram_mb, resources.disk_gb)
+                vm.pending = resources
+            self._save()
+
+    async def get_vm(self, vm_id: str) -> VmRuntime | None:
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            return None
+        return VmRuntime(vm_id=vm_id, state=vm.state, started_at=vm.started_at)
+
+    async def list_vms(self) -> list[VmRuntime]:
+        return [VmRuntime(vm_id=i, state=v.state, started_at=v.started_at) for i, v in self._vms.items()]
+
+    async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
+        if template_id in self._images:
+            return self._images[template_id]
+        try:
+            size = source.stat().st_size
+            with source.open("rb") as f:
+                head = f.read(4)
+        except OSError as exc:
+            raise DriverError(f"cannot read image {source.name}: {exc.strerror}") from exc
+        if size == 0:
+            raise DriverError("image is empty")
+        fmt = "qcow2" if head == QCOW2_MAGIC else "raw"
+        await self._delay()
+        info = ImageInfo(path=source, format=fmt, virtual_size=size, actual_size=size)
+        self._images[template_id] = info
+        self._save()
+        await progress(100, f"image registered on {self.hostname}")
+        return info
+
+    async def delete_image(self, template_id: str) -> None:
+        if self._images.pop(template_id, None) is not None:
+            self._save()

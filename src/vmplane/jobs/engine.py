@@ -1,0 +1,339 @@
+"""Job engine: persisted jobs, tasks claimed with leases, heartbeats, crash recovery, cancel.
+
+Life of a task: `queued` → claimed by a worker (lease) → handler `run(ctx)` → `succeeded`,
+`failed` or `cancelled`. A worker renews its leases while it works; a task whose lease runs
+out (its worker died) goes back to the queue and is resumed by running the handler again,
+which is why handlers are idempotent. After `max_task_attempts` the task fails instead.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any, Awaitable, Callable, Protocol
+
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .. import clock, ids
+from ..config import Settings
+from ..domain import JobState, TaskState
+from ..errors import VmplaneError
+from ..store import Store
+from ..store import jobs as q
+
+log = logging.getLogger("vmplane.jobs")
+
+
+class TaskContext:
+    """What a handler sees: its task, progress and log reporting, and the runtime."""
+
+    def __init__(self, engine: "JobEngine", row: Row) -> None:
+        self._engine = engine
+        self.task_id: str = row.id
+        self.job_id: str = row.job_id
+        self.type: str = row.type
+        self.resource_id: str = row.resource_id
+        self.payload: dict[str, Any] = dict(row.payload or {})
+        self.attempt: int = row.attempts
+        self.progress_value: int = row.progress
+        self.cancel_requested = False
+        self._logs: list[dict[str, Any]] = []
+        self.rt: Any = engine.runtime
+
+    @property
+    def resumed(self) -> bool:
+        """True when an earlier attempt was interrupted (the handler must pick up from there)."""
+        return self.attempt > 1
+
+    def log(self, message: str) -> None:
+        """Add a line to the task's log (written with the next progress report or at the end)."""
+        self._logs.append({"task_id": self.task_id, "ts": clock.now(), "message": message})
+
+    async def progress(self, percent: int, message: str | None = None) -> None:
+        """Report progress (0–100) and flush the log; the job's progress is the tasks' mean."""
+        if message:
+            self.log(message)
+        percent = max(self.progress_value, min(99, int(percent)))
+        logs, self._logs = self._logs, []
+        async with self._engine.store.write() as conn:
+            await q.append_logs(conn, logs)
+            if percent != self.progress_value:
+                ok = await q.set_progress(
+                    conn,
+                    task_id=self.task_id,
+                    job_id=self.job_id,
+                    owner=self._engine.owner,
+                    old=self.progress_value,
+                    new=percent,
+                    now=clock.now(),
+                )
+                if ok:
+                    self.progress_value = percent
+
+    def take_logs(self) -> list[dict[str, Any]]:
+        logs, self._logs = self._logs, []
+        return logs
+
+
+class Handler(Protocol):
+    """One operation. `run` must be idempotent: after a crash it runs again from the start."""
+
+    async def run(self, ctx: TaskContext) -> None: ...
+
+    async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
+        """Undo what a failed or cancelled `run` left half-done."""
+
+    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+        """The task was cancelled before it started (inside the cancel transaction)."""
+
+
+JobListener = Callable[[Row], Awaitable[None]]
+
+
+class JobEngine:
+    def __init__(self, store: Store, settings: Settings, handlers: dict[str, Handler], runtime: Any) -> None:
+        self.store = store
+        self.settings = settings
+        self.handlers = handlers
+        self.runtime = runtime
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{ids.new_id('w')}"
+        self._wakeup = asyncio.Event()
+        self._running: dict[str, tuple[asyncio.Task[None], TaskContext]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.listeners: list[JobListener] = []
+
+    # -- submission --------------------------------------------------------------------
+
+    async def submit(
+        self,
+        conn: AsyncConnection,
+        job_type: str,
+        created_by: str,
+        items: list[tuple[str, dict[str, Any]]],
+        task_type: str | None = None,
+    ) -> str:
+        """Persist a job with one task per (resource_id, payload), inside the caller's transaction.
+
+        Call `wakeup()` once the transaction has committed.
+        """
+        now = clock.now()
+        job_id = ids.new_id("job")
+        job = {
+            "id": job_id,
+            "type": job_type,
+            "state": JobState.QUEUED.value,
+            "created_by": created_by,
+            "total": len(items),
+            "n_succeeded": 0,
+            "n_failed": 0,
+            "n_cancelled": 0,
+            "progress_sum": 0,
+            "cancel_requested": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        rows = [
+            {
+                "id": ids.new_id("task"),
+                "job_id": job_id,
+                "type": task_type or job_type,
+                "resource_id": resource_id,
+                "state": TaskState.QUEUED.value,
+                "progress": 0,
+                "payload": payload,
+                "attempts": 0,
+                "cancel_requested": False,
+                "created_at": now,
+            }
+            for resource_id, payload in items
+        ]
+        await q.insert_job(conn, job, rows)
+        return job_id
+
+    def wakeup(self) -> None:
+        self._wakeup.set()
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel queued tasks now; ask running ones (here or on another worker) to stop."""
+        async with self.store.write() as conn:
+            cancelled = await q.cancel_job(conn, job_id, clock.now())
+            for task in cancelled:
+                await self.handlers[task.type].discard(conn, task)
+        for task_id, (atask, ctx) in list(self._running.items()):
+            if ctx.job_id == job_id:
+                ctx.cancel_requested = True
+                atask.cancel()
+        if cancelled:
+            await self._notify(job_id)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover(startup=True)
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="jobs-claim"),
+            asyncio.create_task(self._lease_loop(), name="jobs-lease"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming; interrupt running tasks and hand them back to the queue."""
+        self._stopping = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        running = list(self._running.values())
+        for atask, _ in running:
+            atask.cancel()
+        await asyncio.gather(*(t for t, _ in running), return_exceptions=True)
+
+    async def recover(self, startup: bool = False) -> None:
+        """Requeue tasks whose worker is gone. On SQLite (one process) every running task at
+        start-up is an orphan; on PostgreSQL only those whose lease ran out."""
+        now = clock.now()
+        async with self.store.write() as conn:
+            other = self.owner if startup and self.store.dialect == "sqlite" else None
+            orphans = await q.expired_tasks(conn, now=now, any_owner_but=other)
+            requeued = [t for t in orphans if await q.requeue_task(conn, t, now)]
+        if requeued:
+            log.warning("requeued %d interrupted task(s): %s", len(requeued), ", ".join(t.id for t in requeued[:10]))
+            self.wakeup()
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            free = self.settings.job_concurrency - len(self._running)
+            claimed: list[Row] = []
+            if free > 0:
+                try:
+                    now = clock.now()
+                    async with self.store.write() as conn:
+                        claimed = list(
+                            await q.claim_tasks(
+                                conn,
+                                owner=self.owner,
+                                limit=free,
+                                lease_until=now + self.settings.lease_seconds,
+                                now=now,
+                                postgres=self.store.dialect == "postgresql",
+                            )
+                        )
+                except Exception:  # the store may be briefly unavailable; try again shortly
+                    log.exception("claiming tasks failed")
+                    await asyncio.sleep(1)
+                    continue
+                for row in claimed:
+                    ctx = TaskContext(self, row)
+                    atask = asyncio.create_task(self._execute(ctx), name=f"task {row.id}")
+                    self._running[row.id] = (atask, ctx)
+            if claimed and len(claimed) == free:
+                continue  # there may be more
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+
+    async def _lease_loop(self) -> None:
+        interval = max(0.05, self.settings.lease_seconds / 3)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                ids_ = list(self._running)
+                async with self.store.write() as conn:
+                    cancel = await q.renew_leases(
+                        conn, owner=self.owner, task_ids=ids_, until=clock.now() + self.settings.lease_seconds
+                    )
+                for task_id in cancel:
+                    entry = self._running.get(task_id)
+                    if entry and not entry[1].cancel_requested:
+                        entry[1].cancel_requested = True
+                        entry[0].cancel()
+                await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing leases failed")
+
+    async def _execute(self, ctx: TaskContext) -> None:
+        handler = self.handlers[ctx.type]
+        state, error = TaskState.SUCCEEDED, None
+        try:
+            try:
+                if ctx.attempt > self.settings.max_task_attempts:
+                    raise VmplaneError(f"interrupted {ctx.attempt - 1} times; giving up")
+                if ctx.resumed:
+                    ctx.log(f"resuming after an interruption (attempt {ctx.attempt})")
+                await handler.run(ctx)
+            except asyncio.CancelledError:
+                if not ctx.cancel_requested:
+                    raise  # the engine is stopping: leave the task for another worker
+                state, error = TaskState.CANCELLED, "cancelled"
+                ctx.log("cancelled while running")
+                await asyncio.shield(self._rollback(handler, ctx, error, True))
+            except Exception as exc:
+                state = TaskState.FAILED
+                if isinstance(exc, VmplaneError):
+                    error = exc.message
+                else:
+                    log.exception("task %s (%s) failed unexpectedly", ctx.task_id, ctx.type)
+                    error = f"internal error: {exc!r}"
+                ctx.log(f"Error: {error}")
+                await asyncio.shield(self._rollback(handler, ctx, error, False))
+            else:
+                ctx.log("Done")
+            await asyncio.shield(self._finish(ctx, state, error))
+        except asyncio.CancelledError:
+            if self._stopping:
+                await asyncio.shield(self._release(ctx))
+            else:
+                raise
+        finally:
+            self._running.pop(ctx.task_id, None)
+            self.wakeup()
+
+    async def _rollback(self, handler: Handler, ctx: TaskContext, error: str, cancelled: bool) -> None:
+        try:
+            await handler.rollback(ctx, error, cancelled)
+        except Exception:
+            log.exception("rollback of task %s failed", ctx.task_id)
+            ctx.log("Error: rollback failed; see the server log")
+
+    async def _finish(self, ctx: TaskContext, state: TaskState, error: str | None) -> None:
+        now = clock.now()
+        async with self.store.write() as conn:
+            await q.append_logs(conn, ctx.take_logs())
+            job = await q.finish_task(
+                conn,
+                task_id=ctx.task_id,
+                job_id=ctx.job_id,
+                owner=self.owner,
+                state=state,
+                error=error,
+                old_progress=ctx.progress_value,
+                now=now,
+            )
+        if job is None:
+            log.warning("task %s finished after its lease passed to another worker", ctx.task_id)
+        await self._notify(ctx.job_id)
+
+    async def _release(self, ctx: TaskContext) -> None:
+        """Hand a task back to the queue at shutdown so the next worker resumes it."""
+        async with self.store.write() as conn:
+            await q.append_logs(conn, ctx.take_logs())
+            row = await q.get_task(conn, ctx.job_id, ctx.task_id)
+            if row is not None and row.lease_owner == self.owner:
+                await q.requeue_task(conn, row, clock.now())
+
+    async def _notify(self, job_id: str) -> None:
+        if not self.listeners:
+            return
+        async with self.store.read() as conn:
+            job = await q.get_job(conn, job_id)
+        if job is not None:
+            for listener in self.listeners:
+                await listener(job)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)

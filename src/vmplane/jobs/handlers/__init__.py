@@ -1,0 +1,27 @@
+"""Job handlers, one operation per module; `HANDLERS` maps task types to them."""
+
+from ..engine import Handler
+from .template_delete import TemplateDelete
+from .template_import import TemplateImport
+from .template_update import TemplateUpdate
+from .vm_create import VmCreate
+from .vm_delete import VmDelete
+from .vm_power import VmPower
+from .vm_update import VmUpdate
+
+
+def all_handlers() -> dict[str, Handler]:
+    power = VmPower()
+    return {
+        "vm-create": VmCreate(),
+        "vm-delete": VmDelete(),
+        "vm-update": VmUpdate(),
+        "vm-start": power,
+        "vm-stop": power,
+        "vm-shutdown": power,
+        "vm-reboot": power,
+        "vm-power-cycle": power,
+        "template-create": TemplateImport(),
+        "template-update": TemplateUpdate(),
+        "template-delete": TemplateDelete(),
+    }

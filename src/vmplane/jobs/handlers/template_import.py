@@ -1,0 +1,118 @@
+"""template-create: download an image (http, https or file), checksum it, import it on a node."""
+
+import asyncio
+import hashlib
+import math
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ... import clock
+from ...errors import VmplaneError
+from ...store import templates as tpl_q
+from ..engine import TaskContext
+from .base import BaseHandler
+
+CHUNK = 4 * 1024 * 1024
+
+
+class TemplateImport(BaseHandler):
+    async def run(self, ctx: TaskContext) -> None:
+        rt = ctx.rt
+        async with rt.store.read() as conn:
+            tpl = await tpl_q.get_template(conn, ctx.resource_id)
+        if tpl is None:
+            raise VmplaneError(f"template {ctx.resource_id} no longer exists")
+        ctx.log(f"Starting import of {tpl.name} from {tpl.source_url}")
+        dest = rt.images_dir / f"{tpl.id}.img"
+        part = dest.with_suffix(".part")
+        digest = await self._download(ctx, tpl.source_url, part)
+        os.replace(part, dest)
+        node_id = tpl.node_id or self._any_node(ctx)
+
+        async def report(pct: int, message: str) -> None:
+            await ctx.progress(80 + pct // 5, message)
+
+        info = await rt.registry.driver(node_id).import_image(tpl.id, dest, report)
+        rt.registry.images_on[node_id].add(tpl.id)
+        async with rt.store.write() as conn:
+            await tpl_q.set_template(
+                conn,
+                tpl.id,
+                status="ready",
+                format=info.format,
+                size_mb=max(1, math.ceil(info.virtual_size / 2**20)),
+                image_path=str(dest),
+                checksum=f"sha256:{digest}",
+                error=None,
+                updated_at=clock.now(),
+            )
+        ctx.log(f"ready: {info.format}, {info.virtual_size} bytes, sha256 {digest[:16]}…")
+
+    @staticmethod
+    def _any_node(ctx: TaskContext) -> str:
+        items = ctx.rt.registry.items()
+        if not items:
+            raise VmplaneError("no node in this process can validate the image")
+        return items[0][0]
+
+    async def _download(self, ctx: TaskContext, url: str, part: Path) -> str:
+        parsed = urlparse(url)
+        sha = hashlib.sha256()
+        done = 0
+        last_pct = -1
+
+        async def advance(chunk: bytes, total: int | None) -> None:
+            nonlocal done, last_pct
+            sha.update(chunk)
+            done += len(chunk)
+            pct = int(done * 75 / total) if total else min(70, done // CHUNK)
+            if pct != last_pct:
+                last_pct = pct
+                await ctx.progress(pct, f"downloaded {done} of {total or '?'} bytes")
+
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with part.open("wb") as out:
+            if parsed.scheme == "file":
+                src = Path(unquote(parsed.path))
+                try:
+                    total = src.stat().st_size
+                    fh = src.open("rb")
+                except OSError as exc:
+                    raise VmplaneError(f"cannot read {src}: {exc.strerror}") from exc
+                with fh:
+                    while chunk := await asyncio.to_thread(fh.read, CHUNK):
+                        out.write(chunk)
+                        await advance(chunk, total)
+            else:
+                try:
+                    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as client:
+                        async with client.stream("GET", url) as resp:
+                            if resp.status_code != 200:
+                                raise VmplaneError(f"download failed: {url} answered HTTP {resp.status_code}")
+                            total = int(resp.headers.get("content-length") or 0) or None
+                            async for chunk in resp.aiter_bytes(CHUNK):
+                                out.write(chunk)
+                                await advance(chunk, total)
+                except httpx.HTTPError as exc:
+                    raise VmplaneError(f"download failed: {exc}") from exc
+        if done == 0:
+            raise VmplaneError("the source is empty")
+        return sha.hexdigest()
+
+    async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
+        rt = ctx.rt
+        for suffix in (".part", ".img"):
+            (rt.images_dir / f"{ctx.resource_id}{suffix}").unlink(missing_ok=True)
+        async with rt.store.write() as conn:
+            if cancelled:
+                await tpl_q.delete_template(conn, ctx.resource_id)
+            else:
+                await tpl_q.set_template(conn, ctx.resource_id, status="error", error=error, updated_at=clock.now())
+
+    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+        await tpl_q.delete_template(conn, task.resource_id)

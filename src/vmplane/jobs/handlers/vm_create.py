@@ -1,0 +1,64 @@
+"""vm-create: place the VM, claim its resources, define it on the node, start it."""
+
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ... import clock
+from ...domain import VmStatus
+from ...errors import VmplaneError
+from ...placement import Demand
+from ...store import vms as vm_q
+from ..engine import TaskContext
+from .base import BaseHandler, load_vm, set_status, vm_spec
+from .images import ensure_image
+
+
+class VmCreate(BaseHandler):
+    async def run(self, ctx: TaskContext) -> None:
+        vm = await load_vm(ctx)
+        if vm.status not in (VmStatus.PROVISIONING, VmStatus.STARTING):
+            raise VmplaneError(f"VM {vm.id} is {vm.status}; nothing to create")
+        rt = ctx.rt
+        ctx.log(f"Starting create of {vm.name}")
+        if vm.node_id is None:
+            demand = Demand(cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=(vm.spec or {}).get("nodeId"))
+            async with rt.store.write() as conn:
+                node_id = await rt.capacity.place_and_claim(conn, demand)
+                await vm_q.set_vm(conn, vm.id, node_id=node_id, updated_at=clock.now())
+            vm = await load_vm(ctx)
+            await ctx.progress(20, f"placed on {node_id}")
+        driver = rt.registry.driver(vm.node_id)
+        image = await ensure_image(ctx, vm.node_id, vm.template_id)
+        await driver.create_vm(vm_spec(vm, image))
+        if not ctx.payload.get("start", True):
+            await set_status(ctx, vm.id, VmStatus.STOPPED)
+            await ctx.progress(90, "defined; not started as asked")
+            return
+        await set_status(ctx, vm.id, VmStatus.STARTING)
+        await ctx.progress(50, "defined; starting")
+        await driver.start_vm(vm.id)
+        runtime = await driver.get_vm(vm.id)
+        await set_status(ctx, vm.id, VmStatus.RUNNING, started_at=runtime.started_at if runtime else clock.now())
+        ctx.log("running")
+
+    async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
+        rt = ctx.rt
+        async with rt.store.read() as conn:
+            vm = await vm_q.get_vm(conn, ctx.resource_id)
+        if vm is None:
+            return
+        if vm.node_id is not None:
+            await rt.registry.driver(vm.node_id).delete_vm(vm.id)
+        async with rt.store.write() as conn:
+            if vm.node_id is not None:
+                await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+            if cancelled:
+                await vm_q.delete_vm(conn, vm.id)
+            else:
+                await vm_q.set_vm(
+                    conn, vm.id, status=VmStatus.ERROR.value, node_id=None, error=error, updated_at=clock.now()
+                )
+        ctx.log("cleaned up: nothing of the VM is left on the node")
+
+    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+        await vm_q.delete_vm(conn, task.resource_id)

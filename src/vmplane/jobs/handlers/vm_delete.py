@@ -1,0 +1,33 @@
+"""vm-delete: remove the VM from its node, release its claim, forget it."""
+
+from ... import clock
+from ...domain import VmStatus
+from ...store import vms as vm_q
+from ..engine import TaskContext
+from .base import BaseHandler, set_status
+
+
+class VmDelete(BaseHandler):
+    async def run(self, ctx: TaskContext) -> None:
+        rt = ctx.rt
+        async with rt.store.read() as conn:
+            vm = await vm_q.get_vm(conn, ctx.resource_id)
+        if vm is None:
+            ctx.log("already deleted")
+            return
+        ctx.log(f"Starting delete of {vm.name}")
+        await set_status(ctx, vm.id, VmStatus.DELETING)
+        if vm.node_id is not None:
+            await rt.registry.driver(vm.node_id).delete_vm(vm.id)
+            await ctx.progress(60, f"removed from {vm.node_id}")
+        async with rt.store.write() as conn:
+            if vm.node_id is not None:
+                await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+            await vm_q.delete_vm(conn, vm.id)
+
+    async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
+        async with ctx.rt.store.write() as conn:
+            vm = await vm_q.get_vm(conn, ctx.resource_id)
+            if vm is not None:
+                status = VmStatus.UNKNOWN if cancelled else VmStatus.ERROR
+                await vm_q.set_vm(conn, vm.id, status=status.value, error=f"delete did not finish: {error}", updated_at=clock.now())

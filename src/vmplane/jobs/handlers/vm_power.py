@@ -1,0 +1,60 @@
+"""vm-start, vm-stop, vm-shutdown, vm-reboot, vm-power-cycle."""
+
+from ... import clock
+from ...domain import VmStatus
+from ...drivers.base import PowerState
+from ...errors import InvalidState, VmplaneError
+from ...services.vms import POWER_ACTIONS
+from ..engine import TaskContext
+from .base import BaseHandler, load_vm, set_status
+
+TRANSIENT = {
+    "start": VmStatus.STARTING,
+    "stop": VmStatus.STOPPING,
+    "shutdown": VmStatus.STOPPING,
+    "reboot": VmStatus.REBOOTING,
+    "power-cycle": VmStatus.REBOOTING,
+}
+
+
+class VmPower(BaseHandler):
+    async def run(self, ctx: TaskContext) -> None:
+        action = ctx.payload["action"]
+        vm = await load_vm(ctx)
+        _, allowed = POWER_ACTIONS[action]
+        # A resumed task may find its own transient state; anything else must be allowed.
+        if vm.status not in allowed and not (ctx.resumed and vm.status == TRANSIENT[action]):
+            raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
+        if vm.node_id is None:
+            raise VmplaneError(f"VM {vm.id} is not placed on any node")
+        driver = ctx.rt.registry.driver(vm.node_id)
+        ctx.log(f"Starting {action} of {vm.name}")
+        await set_status(ctx, vm.id, TRANSIENT[action])
+        if action == "start":
+            await driver.start_vm(vm.id)
+        elif action == "stop":
+            await driver.stop_vm(vm.id)
+        elif action == "shutdown":
+            timeout = float(ctx.payload.get("timeout", ctx.rt.settings.shutdown_timeout_seconds))
+            graceful = await driver.shutdown_vm(vm.id, timeout)
+            ctx.log("guest powered off" if graceful else f"guest did not power off within {timeout:g}s; forced off")
+        elif action == "reboot":
+            await driver.reboot_vm(vm.id)
+        else:
+            await driver.power_cycle_vm(vm.id)
+        await self._record(ctx, vm.id)
+
+    async def _record(self, ctx: TaskContext, vm_id: str) -> None:
+        vm = await load_vm(ctx)
+        runtime = await ctx.rt.registry.driver(vm.node_id).get_vm(vm_id)
+        if runtime is None:
+            await set_status(ctx, vm_id, VmStatus.ERROR, error="the hypervisor no longer knows this VM", started_at=None)
+        elif runtime.state == PowerState.RUNNING:
+            await set_status(ctx, vm_id, VmStatus.RUNNING, started_at=runtime.started_at or clock.now(), error=None)
+        else:
+            await set_status(ctx, vm_id, VmStatus.STOPPED, started_at=None, error=None)
+
+    async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
+        vm = await load_vm(ctx)
+        if vm.node_id is not None and vm.node_id in ctx.rt.registry:
+            await self._record(ctx, vm.id)

@@ -1,0 +1,65 @@
+"""vm-update: rename, retag, resize (claiming growth on the node first)."""
+
+from ... import clock
+from ...domain import Resources
+from ...errors import Conflict, InvalidRequest
+from ...store import vms as vm_q
+from ..engine import TaskContext
+from .base import BaseHandler, load_vm
+
+
+class VmUpdate(BaseHandler):
+    async def run(self, ctx: TaskContext) -> None:
+        p = ctx.payload
+        rt = ctx.rt
+        vm = await load_vm(ctx)
+        ctx.log(f"Starting update of {vm.name}")
+        want = Resources(
+            p["cpu"] if p.get("cpu") is not None else vm.cpu,
+            p["ramMb"] if p.get("ramMb") is not None else vm.ram_mb,
+            p["diskGb"] if p.get("diskGb") is not None else vm.disk_gb,
+        )
+        if want.disk_gb < vm.disk_gb:
+            raise InvalidRequest(f"the disk cannot shrink from {vm.disk_gb} GB", field="resources.diskGb")
+        now = clock.now()
+        old = Resources(vm.cpu, vm.ram_mb, vm.disk_gb)
+        if want != old:
+            # The VM row and the node's claim change in one transaction, so a crash between
+            # here and the driver call leaves them consistent and the retry resizes only.
+            async with rt.store.write() as conn:
+                await self._move_claim(ctx, conn, vm.node_id, old, want)
+                await vm_q.set_vm(conn, vm.id, cpu=want.cpu, ram_mb=want.ram_mb, disk_gb=want.disk_gb, updated_at=now)
+        resizing = any(p.get(k) is not None for k in ("cpu", "ramMb", "diskGb"))
+        if vm.node_id is not None and resizing:
+            try:
+                await rt.registry.driver(vm.node_id).resize_vm(vm.id, want)
+            except BaseException:
+                if want != old:
+                    async with rt.store.write() as conn:
+                        await self._move_claim(ctx, conn, vm.node_id, want, old)
+                        await vm_q.set_vm(conn, vm.id, cpu=old.cpu, ram_mb=old.ram_mb, disk_gb=old.disk_gb, updated_at=now)
+                raise
+        if want != old:
+            ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")
+        async with rt.store.write() as conn:
+            if p.get("name") is not None and p["name"] != vm.name:
+                if await vm_q.names_taken(conn, [p["name"]]):
+                    raise Conflict(f"a VM named {p['name']!r} already exists")
+                await vm_q.set_vm(conn, vm.id, name=p["name"], updated_at=now)
+                ctx.log(f"renamed to {p['name']}")
+            if p.get("tags") is not None:
+                await vm_q.set_vm(conn, vm.id, tags=p["tags"], updated_at=now)
+                await vm_q.set_tags(conn, vm.id, p["tags"])
+                ctx.log("tags replaced")
+
+    @staticmethod
+    async def _move_claim(ctx: TaskContext, conn, node_id: str | None, old: Resources, new: Resources) -> None:  # type: ignore[no-untyped-def]
+        """Change a node's claim from `old` to `new`: growth is claimed (or NoCapacity), shrinkage released."""
+        if node_id is None:
+            return
+        grow = (max(0, new.cpu - old.cpu), max(0, new.ram_mb - old.ram_mb), max(0, new.disk_gb - old.disk_gb))
+        shrink = (max(0, old.cpu - new.cpu), max(0, old.ram_mb - new.ram_mb), max(0, old.disk_gb - new.disk_gb))
+        if any(grow):
+            await ctx.rt.capacity.claim_on(conn, node_id, *grow)
+        if any(shrink):
+            await ctx.rt.capacity.release(conn, node_id, *shrink)

@@ -1,0 +1,108 @@
+"""Placement: a pure function choosing a node for a VM from (demand, nodes, policy).
+
+Filters first (node online, explicit node, capacity under the overcommit ratios), then a
+weigher: `spread` puts the VM where the most capacity stays free, `pack` where the least
+does. Ties go to the lowest node id, so the result is deterministic.
+"""
+
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+from .errors import NoCapacity, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    id: str
+    online: bool
+    cpu_total: int
+    ram_mb_total: int
+    disk_gb_total: int
+    cpu_used: int
+    ram_mb_used: int
+    disk_gb_used: int
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    cpu: int
+    ram_mb: int
+    disk_gb: int
+    node_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    cpu_ratio: float = 1.0
+    ram_ratio: float = 1.0
+    disk_ratio: float = 1.0
+    strategy: Literal["spread", "pack"] = "spread"
+
+    def limits(self, node: NodeUsage) -> tuple[int, int, int]:
+        """The most a node may hand out of each resource."""
+        return (
+            int(node.cpu_total * self.cpu_ratio),
+            int(node.ram_mb_total * self.ram_ratio),
+            int(node.disk_gb_total * self.disk_ratio),
+        )
+
+
+def fits(demand: Demand, node: NodeUsage, policy: Policy) -> bool:
+    cpu_max, ram_max, disk_max = policy.limits(node)
+    return (
+        node.cpu_used + demand.cpu <= cpu_max
+        and node.ram_mb_used + demand.ram_mb <= ram_max
+        and node.disk_gb_used + demand.disk_gb <= disk_max
+    )
+
+
+def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> NodeUsage:
+    """The node the VM should go to; raises NoCapacity (or NotFound for a bad nodeId)."""
+    best: NodeUsage | None = None
+    best_score = 0.0
+    seen = online = 0
+    short_cpu = short_ram = short_disk = 0
+    pack = policy.strategy == "pack"
+    for node in nodes:
+        if demand.node_id is not None and node.id != demand.node_id:
+            continue
+        seen += 1
+        if not node.online:
+            continue
+        online += 1
+        cpu_max, ram_max, disk_max = policy.limits(node)
+        cpu_free = cpu_max - node.cpu_used - demand.cpu
+        ram_free = ram_max - node.ram_mb_used - demand.ram_mb
+        disk_free = disk_max - node.disk_gb_used - demand.disk_gb
+        if cpu_free < 0 or ram_free < 0 or disk_free < 0:
+            short_cpu += cpu_free < 0
+            short_ram += ram_free < 0
+            short_disk += disk_free < 0
+            continue
+        score = ram_free / ram_max + cpu_free / cpu_max if ram_max and cpu_max else 0.0
+        if pack:
+            score = -score
+        if best is None or score > best_score or (score == best_score and node.id < best.id):
+            best, best_score = node, score
+    if best is not None:
+        return best
+    if demand.node_id is not None and seen == 0:
+        raise NotFound(f"node {demand.node_id} does not exist", field="nodeId")
+    where = f"node {demand.node_id}" if demand.node_id is not None else "no node"
+    if online == 0:
+        if demand.node_id is not None:
+            raise NoCapacity(f"node {demand.node_id} is not online")
+        raise NoCapacity("no node is online")
+    wants = []
+    if short_cpu == online:
+        wants.append(f"{demand.cpu} free vCPUs")
+    if short_ram == online:
+        wants.append(f"{demand.ram_mb} MB of free RAM")
+    if short_disk == online:
+        wants.append(f"{demand.disk_gb} GB of free disk")
+    if not wants:  # each node lacks something different
+        wants.append(f"{demand.cpu} free vCPUs, {demand.ram_mb} MB of RAM and {demand.disk_gb} GB of disk at once")
+    verb = "does not have" if demand.node_id is not None else "has"
+    raise NoCapacity(
+        f"{where} {verb} {' and '.join(wants)}", cpu=demand.cpu, ramMb=demand.ram_mb, diskGb=demand.disk_gb
+    )

@@ -1,0 +1,130 @@
+"""The Runtime wires one vmplane process together: store, nodes, job engine, services."""
+
+import logging
+from pathlib import Path
+
+from . import clock, ids
+from .config import Settings
+from .domain import NodeStatus, VmStatus
+from .drivers.base import HypervisorDriver, PowerState
+from .drivers.registry import NodeRegistry, build_sim_nodes, pick_driver_kind
+from .errors import VmplaneError
+from .jobs.engine import JobEngine
+from .jobs.handlers import all_handlers
+from .services.capacity import Capacity
+from .services.cluster import ClusterService
+from .services.jobs import JobService
+from .services.templates import TemplateService
+from .services.vms import VmService
+from .store import Store
+from .store import jobs as job_q
+from .store import meta as meta_q
+from .store import nodes as node_q
+from .store import vms as vm_q
+
+log = logging.getLogger("vmplane")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> None:
+        """`nodes` overrides the drivers that settings would build (tests, embedding)."""
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir).resolve()
+        self.images_dir = self.data_dir / "images"
+        self.store = Store(settings.resolved_database_url())
+        self.registry = NodeRegistry()
+        self.capacity = Capacity(self.store, settings)
+        self.engine = JobEngine(self.store, settings, all_handlers(), self)
+        self.vms = VmService(self)
+        self.templates = TemplateService(self)
+        self.jobs = JobService(self)
+        self.cluster = ClusterService(self)
+        self.ready = False
+        self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
+        self._nodes = nodes
+
+    def _build_nodes(self) -> list[tuple[str, HypervisorDriver]]:
+        if self._nodes is not None:
+            return self._nodes
+        kind, reason = pick_driver_kind(self.settings)
+        self.driver_kind, self.driver_reason = kind, reason
+        if kind == "sim":
+            log.warning("driver: sim (%s)", reason)
+            return build_sim_nodes(self.settings, self.data_dir / "sim")
+        raise VmplaneError(f"the {kind} driver is not available in this build ({reason}); use --driver sim")
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        now = clock.now()
+        async with self.store.write() as conn:
+            await meta_q.ensure(conn, "cluster_id", ids.new_id("cluster"))
+            await meta_q.ensure(conn, "created_at", str(now))
+        for node_id, driver in self._build_nodes():
+            self.registry.add(node_id, driver)
+        await self.registry.open_all()
+        rows = []
+        for node_id, driver in self.registry.items():
+            info = await driver.node_info()
+            rows.append(
+                {
+                    "id": node_id,
+                    "hostname": info.hostname,
+                    "driver": driver.capabilities.kind,
+                    "status": NodeStatus.ONLINE.value,
+                    "cpu_total": info.cpu,
+                    "ram_mb_total": info.ram_mb,
+                    "disk_gb_total": info.disk_gb,
+                    "labels": info.labels,
+                    "created_at": now,
+                    "updated_at": now,
+                    "heartbeat_at": now,
+                }
+            )
+        async with self.store.write() as conn:
+            for row in rows:
+                await node_q.upsert_node(conn, row)
+            await node_q.recompute_usage(conn, now)
+        await self.reconcile()
+        await self.engine.start()
+        self.ready = True
+        log.info("vmplane ready: %d node(s), store %s", len(rows), self.store.dialect)
+
+    async def reconcile(self) -> None:
+        """Bring stored VM states in line with what each hypervisor reports (VMs outlive us).
+
+        VMs with work queued or running are left to that work.
+        """
+        now = clock.now()
+        for node_id, driver in self.registry.items():
+            actual = {r.vm_id: r for r in await driver.list_vms()}
+            async with self.store.read() as conn:
+                rows = await vm_q.vms_on_node(conn, node_id)
+                busy = await job_q.active_task_for(conn, [r.id for r in rows])
+            changes: list[tuple[str, dict]] = []
+            for vm in rows:
+                if vm.id in busy or vm.status in (VmStatus.PROVISIONING, VmStatus.ERROR):
+                    continue
+                runtime = actual.get(vm.id)
+                if runtime is None:
+                    changes.append((vm.id, {"status": VmStatus.ERROR.value, "error": f"{node_id} no longer has this VM", "started_at": None}))
+                elif runtime.state == PowerState.RUNNING and vm.status != VmStatus.RUNNING:
+                    changes.append((vm.id, {"status": VmStatus.RUNNING.value, "started_at": runtime.started_at}))
+                elif runtime.state != PowerState.RUNNING and vm.status != VmStatus.STOPPED:
+                    error = runtime.error if runtime.state == PowerState.CRASHED else None
+                    changes.append((vm.id, {"status": VmStatus.ERROR.value if error else VmStatus.STOPPED.value, "error": error, "started_at": None}))
+            unowned = set(actual) - {r.id for r in rows}
+            if unowned:
+                log.warning("node %s runs VMs vmplane has no record of (left alone): %s", node_id, ", ".join(sorted(unowned)))
+            if changes:
+                async with self.store.write() as conn:
+                    for vm_id, values in changes:
+                        await vm_q.set_vm(conn, vm_id, updated_at=now, **values)
+                log.warning("reconciled %d VM(s) on %s with the hypervisor", len(changes), node_id)
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.engine.stop()
+        await self.registry.close_all()
+        await self.store.close()

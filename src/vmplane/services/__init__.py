@@ -1,0 +1,1 @@
+"""Services: one module per capability. They validate, check, and submit jobs."""

@@ -1,0 +1,86 @@
+"""Resource claims on nodes: placement over a cached view of usage, claims made atomic by
+conditional updates in the store (so concurrent creates can never overcommit a node)."""
+
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .. import clock
+from ..config import Settings
+from ..domain import NodeStatus
+from ..errors import NoCapacity
+from ..placement import Demand, NodeUsage, Policy, choose_node
+from ..store import Store
+from ..store import nodes as node_q
+
+
+def usage_of(row: Row) -> NodeUsage:
+    return NodeUsage(
+        id=row.id,
+        online=row.status == NodeStatus.ONLINE.value,
+        cpu_total=row.cpu_total,
+        ram_mb_total=row.ram_mb_total,
+        disk_gb_total=row.disk_gb_total,
+        cpu_used=row.cpu_used,
+        ram_mb_used=row.ram_mb_used,
+        disk_gb_used=row.disk_gb_used,
+    )
+
+
+class Capacity:
+    """Chooses nodes and claims resources on them.
+
+    The cache of node usage only steers placement; the store decides. A claim that the store
+    refuses (another worker got there first) refreshes the cache and tries the next choice.
+    """
+
+    CACHE_SECONDS = 5.0
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.policy = Policy(
+            cpu_ratio=settings.cpu_overcommit,
+            ram_ratio=settings.ram_overcommit,
+            disk_ratio=settings.disk_overcommit,
+            strategy=settings.placement_strategy,
+        )
+        self.ratios = (settings.cpu_overcommit, settings.ram_overcommit, settings.disk_overcommit)
+        self._cache: dict[str, NodeUsage] = {}
+        self._loaded_at = 0.0
+
+    async def _refresh(self) -> None:
+        async with self.store.read() as conn:
+            self._cache = {r.id: usage_of(r) for r in await node_q.list_nodes(conn)}
+        self._loaded_at = clock.now()
+
+    def invalidate(self) -> None:
+        self._loaded_at = 0.0
+
+    def _adjust(self, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
+        n = self._cache.get(node_id)
+        if n is not None:
+            self._cache[node_id] = NodeUsage(
+                n.id, n.online, n.cpu_total, n.ram_mb_total, n.disk_gb_total,
+                n.cpu_used + cpu, n.ram_mb_used + ram_mb, n.disk_gb_used + disk_gb,
+            )  # fmt: skip
+
+    async def place_and_claim(self, conn: AsyncConnection, demand: Demand) -> str:
+        """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id."""
+        for attempt in range(5):
+            if attempt or clock.now() - self._loaded_at > self.CACHE_SECONDS:
+                await self._refresh()
+            node = choose_node(demand, self._cache.values(), self.policy)
+            if await node_q.claim(conn, node.id, demand.cpu, demand.ram_mb, demand.disk_gb, self.ratios, clock.now()):
+                self._adjust(node.id, demand.cpu, demand.ram_mb, demand.disk_gb)
+                return node.id
+        raise NoCapacity("could not claim capacity: nodes keep filling up; try again")
+
+    async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
+        """Claim more on a VM's own node (a resize); raises NoCapacity naming what is short."""
+        if not await node_q.claim(conn, node_id, cpu, ram_mb, disk_gb, self.ratios, clock.now()):
+            self.invalidate()
+            raise NoCapacity(f"node {node_id} does not have {cpu} more vCPUs, {ram_mb} MB RAM and {disk_gb} GB disk free")
+        self._adjust(node_id, cpu, ram_mb, disk_gb)
+
+    async def release(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
+        await node_q.release(conn, node_id, cpu, ram_mb, disk_gb, clock.now())
+        self._adjust(node_id, -cpu, -ram_mb, -disk_gb)

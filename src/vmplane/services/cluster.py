@@ -1,0 +1,51 @@
+"""Nodes and the cluster as a whole."""
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row
+
+from .. import __version__
+from ..domain import NodeStatus
+from ..errors import NotFound
+from ..store import meta as meta_q
+from ..store import nodes as node_q
+from . import pages
+
+
+class ClusterService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    async def node(self, node_id: str) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await node_q.get_node(conn, node_id)
+        if row is None:
+            raise NotFound(f"node {node_id} does not exist")
+        return row
+
+    async def nodes(self, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+        after = pages.decode("nodes", page_token)
+        async with self.rt.store.read() as conn:
+            rows = await node_q.list_nodes(conn, after_seq=after, limit=limit + 1)
+        token = pages.encode("nodes", rows[limit - 1].seq) if len(rows) > limit else None
+        return rows[:limit], token
+
+    async def totals(self) -> Row:
+        async with self.rt.store.read() as conn:
+            return await node_q.cluster_totals(conn)
+
+    async def details(self) -> dict[str, Any]:
+        async with self.rt.store.read() as conn:
+            cluster_id = await meta_q.get(conn, "cluster_id")
+            created = await meta_q.get(conn, "created_at")
+            rows = await node_q.list_nodes(conn)
+        online = sum(1 for r in rows if r.status == NodeStatus.ONLINE.value)
+        status = "healthy" if rows and online == len(rows) else ("degraded" if online else "unavailable")
+        return {
+            "id": cluster_id,
+            "name": self.rt.settings.cluster_name,
+            "version": __version__,
+            "status": status,
+            "nodes": len(rows),
+            "createdAt": float(created) if created else None,
+        }

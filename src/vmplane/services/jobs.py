@@ -1,0 +1,55 @@
+"""Jobs as users see them: list, details with tasks, a task with its log, cancel."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row
+
+from ..domain import JOB_FINAL, JobState
+from ..errors import InvalidRequest, InvalidState, NotFound
+from ..store import jobs as job_q
+from . import pages
+
+
+class JobService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    async def get(self, job_id: str) -> tuple[Row, Sequence[Row]]:
+        async with self.rt.store.read() as conn:
+            job = await job_q.get_job(conn, job_id)
+            if job is None:
+                raise NotFound(f"job {job_id} does not exist")
+            tasks = await job_q.job_tasks(conn, job_id)
+        return job, tasks
+
+    async def get_task(self, job_id: str, task_id: str) -> tuple[Row, Sequence[Row]]:
+        async with self.rt.store.read() as conn:
+            task = await job_q.get_task(conn, job_id, task_id)
+            if task is None:
+                raise NotFound(f"task {task_id} of job {job_id} does not exist")
+            log = await job_q.task_log(conn, task_id)
+        return task, log
+
+    async def list(
+        self, *, state: str | None, type_: str | None, limit: int, page_token: str | None
+    ) -> tuple[Sequence[Row], str | None]:
+        if state is not None and state not in JobState.__members__.values():
+            raise InvalidRequest(f"state {state!r} is not one of {', '.join(JobState)}", field="state")
+        after = pages.decode("jobs", page_token)
+        async with self.rt.store.read() as conn:
+            rows = await job_q.list_jobs(conn, state=state, type_=type_, after_seq=after, limit=limit + 1)
+        token = pages.encode("jobs", rows[limit - 1].seq) if len(rows) > limit else None
+        return rows[:limit], token
+
+    async def cancel(self, job_id: str) -> None:
+        job, _ = await self.get(job_id)
+        if JobState(job.state) in JOB_FINAL:
+            raise InvalidState(f"job {job_id} already ended ({job.state})", current=job.state)
+        await self.rt.engine.cancel(job_id)
+
+
+def job_progress(job: Row) -> int:
+    return 100 if job.total == 0 else min(100, job.progress_sum // job.total)
+

@@ -1,0 +1,119 @@
+"""Templates: register images to create VMs from; import, rename and delete are jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+from sqlalchemy import Row
+
+from .. import clock, ids
+from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..store import nodes as node_q
+from ..store import templates as tpl_q
+from . import pages
+
+TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+OS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+
+
+def check_template_name(name: str) -> None:
+    if not TEMPLATE_NAME_RE.match(name):
+        raise InvalidRequest(f"name {name!r} is not valid: 1-63 letters, digits, '.', '_' or '-'", field="name")
+
+
+def check_os(os_: str) -> None:
+    if not OS_RE.match(os_):
+        raise InvalidRequest(f"os {os_!r} is not valid: 1-32 lower-case letters, digits, '.', '_' or '-'", field="os")
+
+
+def check_source_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https", "file"):
+        raise InvalidRequest("sourceUrl must be an http://, https:// or file:// URL", field="sourceUrl")
+    if parsed.scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")):
+        raise InvalidRequest("sourceUrl file:// URLs must name an absolute local path", field="sourceUrl")
+    if parsed.scheme != "file" and not parsed.hostname:
+        raise InvalidRequest("sourceUrl has no host", field="sourceUrl")
+
+
+class TemplateService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    async def get(self, ref: str) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await tpl_q.get_template(conn, ref)
+        if row is None:
+            raise NotFound(f"template {ref} does not exist")
+        return row
+
+    async def list(self, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+        after = pages.decode("templates", page_token)
+        async with self.rt.store.read() as conn:
+            rows = await tpl_q.list_templates(conn, after_seq=after, limit=limit + 1)
+        token = pages.encode("templates", rows[limit - 1].seq) if len(rows) > limit else None
+        return rows[:limit], token
+
+    async def create(self, *, name: str, os_: str, node_id: str | None, source_url: str, created_by: str) -> tuple[str, str]:
+        check_template_name(name)
+        check_os(os_)
+        check_source_url(source_url)
+        now = clock.now()
+        tpl_id = ids.new_id("tpl")
+        async with self.rt.store.write() as conn:
+            if await tpl_q.get_template(conn, name) is not None:
+                raise Conflict(f"a template named {name!r} already exists", field="name")
+            if node_id is not None and await node_q.get_node(conn, node_id) is None:
+                raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
+            await tpl_q.insert_template(
+                conn,
+                {
+                    "id": tpl_id,
+                    "name": name,
+                    "os": os_,
+                    "node_id": node_id,
+                    "source_url": source_url,
+                    "status": "importing",
+                    "size_mb": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            job_id = await self.rt.engine.submit(conn, "template-create", created_by, [(tpl_id, {})])
+        self.rt.engine.wakeup()
+        return job_id, tpl_id
+
+    async def update(self, ref: str, *, name: str | None, os_: str | None, created_by: str) -> str:
+        tpl = await self.get(ref)
+        if name is not None:
+            check_template_name(name)
+        if os_ is not None:
+            check_os(os_)
+        if name is None and os_ is None:
+            raise InvalidRequest("give name or os to change", field="body")
+        async with self.rt.store.write() as conn:
+            if name is not None and name != tpl.name and await tpl_q.get_template(conn, name) is not None:
+                raise Conflict(f"a template named {name!r} already exists", field="name")
+            job_id = await self.rt.engine.submit(conn, "template-update", created_by, [(tpl.id, {"name": name, "os": os_})])
+        self.rt.engine.wakeup()
+        return job_id
+
+    async def delete(self, refs: Sequence[str], created_by: str) -> str:
+        if not refs:
+            raise InvalidRequest("templateIds must name at least one template", field="templateIds")
+        async with self.rt.store.write() as conn:
+            found = []
+            for ref in refs:
+                tpl = await tpl_q.get_template(conn, ref)
+                if tpl is None:
+                    raise NotFound(f"template {ref} does not exist", templateIds=[ref])
+                if tpl.status == "importing":
+                    raise InvalidState(f"template {ref} is still importing; cancel its job instead", current="importing")
+                found.append(tpl.id)
+            if len(set(found)) != len(found):
+                raise InvalidRequest("templateIds names a template twice", field="templateIds")
+            job_id = await self.rt.engine.submit(conn, "template-delete", created_by, [(t, {}) for t in found])
+        self.rt.engine.wakeup()
+        return job_id

@@ -1,0 +1,207 @@
+"""VMs: validate requests, reserve names, and submit create/update/delete/power jobs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
+
+from .. import clock, ids
+from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
+from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..store import jobs as job_q
+from ..store import nodes as node_q
+from ..store import templates as tpl_q
+from ..store import vms as vm_q
+from . import pages
+
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
+
+POWER_ACTIONS: dict[str, tuple[str, frozenset[VmStatus]]] = {
+    # action: (job type, states it may start from)
+    "start": ("vm-start", frozenset({VmStatus.STOPPED, VmStatus.ERROR, VmStatus.UNKNOWN})),
+    "stop": ("vm-stop", frozenset({VmStatus.RUNNING, VmStatus.STARTING, VmStatus.STOPPING, VmStatus.REBOOTING, VmStatus.ERROR, VmStatus.UNKNOWN})),
+    "shutdown": ("vm-shutdown", frozenset({VmStatus.RUNNING})),
+    "reboot": ("vm-reboot", frozenset({VmStatus.RUNNING})),
+    "power-cycle": ("vm-power-cycle", frozenset({VmStatus.RUNNING, VmStatus.STOPPED, VmStatus.ERROR, VmStatus.UNKNOWN})),
+}
+
+
+def check_name(name: str, field_name: str = "name") -> None:
+    if not NAME_RE.match(name):
+        raise InvalidRequest(
+            f"{field_name} {name!r} is not valid: use 1-63 letters, digits and '-', not starting or ending with '-'",
+            field=field_name,
+        )
+
+
+def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
+    for i, tag in enumerate(tags):
+        if not TAG_RE.match(tag):
+            raise InvalidRequest(f"{field_name}[{i}] {tag!r} is not a valid tag (1-64 characters of A-Z a-z 0-9 _ . : / = + -)", field=f"{field_name}[{i}]")
+
+
+@dataclass(frozen=True)
+class NewVm:
+    name: str
+    resources: Resources = DEFAULT_RESOURCES
+    template_id: str | None = None
+    node_id: str | None = None
+    tags: tuple[str, ...] = ()
+    start: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VmChange:
+    name: str | None = None
+    tags: tuple[str, ...] | None = None
+    cpu: int | None = None
+    ram_mb: int | None = None
+    disk_gb: int | None = None
+
+
+class VmService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    async def get(self, ref: str) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await vm_q.get_vm(conn, ref)
+        if row is None:
+            raise NotFound(f"VM {ref} does not exist")
+        return row
+
+    async def list(
+        self, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
+    ) -> tuple[Sequence[Row], str | None]:
+        if status is not None and status not in VmStatus.__members__.values():
+            raise InvalidRequest(f"status {status!r} is not one of {', '.join(VmStatus)}", field="status")
+        after = pages.decode("vms", page_token)
+        async with self.rt.store.read() as conn:
+            rows = await vm_q.list_vms(conn, node=node, status=status, tag=tag, name=name, after_seq=after, limit=limit + 1)
+        token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
+        return rows[:limit], token
+
+    async def create(self, specs: Sequence[NewVm], created_by: str) -> tuple[str, list[str]]:
+        """Reserve names and ids for every VM and submit one vm-create job with a task each."""
+        if not specs:
+            raise InvalidRequest("give at least one VM to create", field="body")
+        seen: set[str] = set()
+        for i, spec in enumerate(specs):
+            where = f"[{i}].name" if len(specs) > 1 else "name"
+            check_name(spec.name, where)
+            check_tags(spec.tags, f"[{i}].tags" if len(specs) > 1 else "tags")
+            if spec.name in seen:
+                raise InvalidRequest(f"name {spec.name!r} appears twice in the request", field=where)
+            seen.add(spec.name)
+        now = clock.now()
+        async with self.rt.store.write() as conn:
+            taken = await vm_q.names_taken(conn, [s.name for s in specs])
+            if taken:
+                raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
+            template_refs = {s.template_id for s in specs if s.template_id}
+            templates = {}
+            for ref in template_refs:
+                tpl = await tpl_q.get_template(conn, ref)
+                if tpl is None:
+                    raise InvalidRequest(f"templateId {ref!r} does not exist", field="templateId")
+                if tpl.status != "ready":
+                    raise InvalidState(f"template {ref} is {tpl.status}, not ready", current=tpl.status, required="ready")
+                templates[ref] = tpl
+            for ref in {s.node_id for s in specs if s.node_id}:
+                if await node_q.get_node(conn, ref) is None:
+                    raise InvalidRequest(f"nodeId {ref!r} does not exist", field="nodeId")
+            rows = []
+            for spec in specs:
+                tpl = templates.get(spec.template_id) if spec.template_id else None
+                rows.append(
+                    {
+                        "id": ids.new_id("vm"),
+                        "uuid": ids.new_uuid(),
+                        "name": spec.name,
+                        "node_id": None,
+                        "template_id": tpl.id if tpl is not None else None,
+                        "status": VmStatus.PROVISIONING.value,
+                        "cpu": spec.resources.cpu,
+                        "ram_mb": spec.resources.ram_mb,
+                        "disk_gb": spec.resources.disk_gb,
+                        "tags": list(spec.tags),
+                        "spec": {"nodeId": spec.node_id, **spec.extra},
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            try:
+                await vm_q.insert_vms(conn, rows)
+            except IntegrityError:
+                raise Conflict("a VM with one of these names was created at the same time") from None
+            job_id = await self.rt.engine.submit(
+                conn, "vm-create", created_by, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
+            )
+        self.rt.engine.wakeup()
+        return job_id, [r["id"] for r in rows]
+
+    async def update(self, ref: str, change: VmChange, created_by: str) -> str:
+        vm = await self.get(ref)
+        if change.name is not None:
+            check_name(change.name)
+        if change.tags is not None:
+            check_tags(change.tags)
+        if change.disk_gb is not None and change.disk_gb < vm.disk_gb:
+            raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.diskGb")
+        if vm.status in (VmStatus.DELETING, VmStatus.PROVISIONING) and any(
+            v is not None for v in (change.cpu, change.ram_mb, change.disk_gb)
+        ):
+            raise InvalidState(f"VM {vm.id} is {vm.status}; resize it once it is created", current=vm.status)
+        payload = {
+            "name": change.name,
+            "tags": list(change.tags) if change.tags is not None else None,
+            "cpu": change.cpu,
+            "ramMb": change.ram_mb,
+            "diskGb": change.disk_gb,
+        }
+        async with self.rt.store.write() as conn:
+            if change.name is not None and change.name != vm.name:
+                if await vm_q.names_taken(conn, [change.name]):
+                    raise Conflict(f"a VM named {change.name!r} already exists", field="name")
+            job_id = await self.rt.engine.submit(conn, "vm-update", created_by, [(vm.id, payload)])
+        self.rt.engine.wakeup()
+        return job_id
+
+    async def delete(self, refs: Sequence[str], created_by: str) -> str:
+        if not refs:
+            raise InvalidRequest("vmIds must name at least one VM", field="vmIds")
+        if len(set(refs)) != len(refs):
+            raise InvalidRequest("vmIds names a VM twice", field="vmIds")
+        async with self.rt.store.write() as conn:
+            rows = {r.id: r for r in await vm_q.get_vms(conn, list(refs))}
+            by_ref = {**rows, **{r.uuid: r for r in rows.values()}}
+            missing = [r for r in refs if r not in by_ref]
+            if missing:
+                raise NotFound(f"VM {missing[0]} does not exist", vmIds=missing)
+            targets = [by_ref[r] for r in refs]
+            busy = [r.id for r in targets if r.status == VmStatus.DELETING]
+            if busy:
+                raise InvalidState(f"VM {busy[0]} is already being deleted", current="deleting")
+            job_id = await self.rt.engine.submit(conn, "vm-delete", created_by, [(r.id, {}) for r in targets])
+        self.rt.engine.wakeup()
+        return job_id
+
+    async def power(self, ref: str, action: str, created_by: str) -> str:
+        job_type, allowed = POWER_ACTIONS[action]
+        vm = await self.get(ref)
+        async with self.rt.store.write() as conn:
+            pending = await job_q.active_task_for(conn, [vm.id])
+            # With earlier work still queued on the VM, judge the request when its turn comes.
+            if not pending and vm.status not in allowed:
+                raise InvalidState(
+                    f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status, required=sorted(allowed)
+                )
+            job_id = await self.rt.engine.submit(conn, job_type, created_by, [(vm.id, {"action": action})])
+        self.rt.engine.wakeup()
+        return job_id

@@ -1,0 +1,227 @@
+"""SQL for jobs, tasks and task logs: submission, claiming with leases, completion, cancel."""
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row, and_, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..domain import JobState, TaskState, job_final_state
+from .tables import jobs, task_logs, tasks
+
+ACTIVE = (TaskState.QUEUED.value, TaskState.RUNNING.value)
+
+
+async def insert_job(conn: AsyncConnection, job: dict[str, Any], task_rows: list[dict[str, Any]]) -> None:
+    await conn.execute(insert(jobs), [job])
+    if task_rows:
+        await conn.execute(insert(tasks), task_rows)
+
+
+async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
+    return (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+
+
+async def list_jobs(
+    conn: AsyncConnection, *, state: str | None, type_: str | None, after_seq: int | None, limit: int
+) -> Sequence[Row]:
+    q = select(jobs)
+    if state:
+        q = q.where(jobs.c.state == state)
+    if type_:
+        q = q.where(jobs.c.type == type_)
+    if after_seq is not None:
+        q = q.where(jobs.c.seq < after_seq)
+    q = q.order_by(jobs.c.seq.desc()).limit(limit)
+    return (await conn.execute(q)).all()
+
+
+async def job_tasks(conn: AsyncConnection, job_id: str) -> Sequence[Row]:
+    return (await conn.execute(select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.seq))).all()
+
+
+async def get_task(conn: AsyncConnection, job_id: str, task_id: str) -> Row | None:
+    q = select(tasks).where(tasks.c.id == task_id, tasks.c.job_id == job_id)
+    return (await conn.execute(q)).first()
+
+
+async def task_log(conn: AsyncConnection, task_id: str) -> Sequence[Row]:
+    q = select(task_logs.c.ts, task_logs.c.message).where(task_logs.c.task_id == task_id).order_by(task_logs.c.seq)
+    return (await conn.execute(q)).all()
+
+
+async def append_logs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(task_logs), rows)
+
+
+async def active_task_for(conn: AsyncConnection, resource_ids: Sequence[str]) -> set[str]:
+    """Which of these resources have a queued or running task."""
+    if not resource_ids:
+        return set()
+    q = select(tasks.c.resource_id).where(tasks.c.resource_id.in_(resource_ids), tasks.c.state.in_(ACTIVE))
+    return {r[0] for r in (await conn.execute(q)).all()}
+
+
+async def claim_tasks(
+    conn: AsyncConnection, *, owner: str, limit: int, lease_until: float, now: float, postgres: bool
+) -> Sequence[Row]:
+    """Mark up to `limit` queued tasks as running under `owner`'s lease and return them.
+
+    A task is runnable only when no earlier task on the same resource is queued or running,
+    so the operations on one VM happen in the order they were asked for.
+    """
+    t2 = tasks.alias("t2")
+    earlier = (
+        select(t2.c.seq)
+        .where(t2.c.resource_id == tasks.c.resource_id, t2.c.state.in_(ACTIVE), t2.c.seq < tasks.c.seq)
+        .exists()
+    )
+    candidates = (
+        select(tasks.c.seq).where(tasks.c.state == TaskState.QUEUED.value, ~earlier).order_by(tasks.c.seq).limit(limit)
+    )
+    if postgres:
+        candidates = candidates.with_for_update(skip_locked=True)
+    stmt = (
+        update(tasks)
+        .where(tasks.c.seq.in_(candidates.scalar_subquery()), tasks.c.state == TaskState.QUEUED.value)
+        .values(
+            state=TaskState.RUNNING.value,
+            lease_owner=owner,
+            lease_expires=lease_until,
+            attempts=tasks.c.attempts + 1,
+            started_at=func.coalesce(tasks.c.started_at, now),
+        )
+        .returning(*tasks.c)
+    )
+    claimed = (await conn.execute(stmt)).all()
+    job_ids = sorted({r.job_id for r in claimed})
+    if job_ids:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(job_ids), jobs.c.state == JobState.QUEUED.value)
+            .values(state=JobState.RUNNING.value, started_at=now, updated_at=now)
+        )
+    return sorted(claimed, key=lambda r: r.seq)
+
+
+async def renew_leases(conn: AsyncConnection, *, owner: str, task_ids: Sequence[str], until: float) -> set[str]:
+    """Extend `owner`'s leases; returns the ids (among them) whose cancellation was asked."""
+    if not task_ids:
+        return set()
+    base = and_(tasks.c.id.in_(task_ids), tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
+    await conn.execute(update(tasks).where(base).values(lease_expires=until))
+    q = select(tasks.c.id).where(base, tasks.c.cancel_requested.is_(True))
+    return {r[0] for r in (await conn.execute(q)).all()}
+
+
+async def set_progress(conn: AsyncConnection, *, task_id: str, job_id: str, owner: str, old: int, new: int, now: float) -> bool:
+    res = await conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
+        .values(progress=new)
+    )
+    if res.rowcount != 1:
+        return False
+    await conn.execute(
+        update(jobs).where(jobs.c.id == job_id).values(progress_sum=jobs.c.progress_sum + (new - old), updated_at=now)
+    )
+    return True
+
+
+async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: int, progress_delta: int, now: float) -> Row:
+    column = {TaskState.SUCCEEDED: "n_succeeded", TaskState.FAILED: "n_failed", TaskState.CANCELLED: "n_cancelled"}[state]
+    await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values({column: jobs.c[column] + n, "progress_sum": jobs.c.progress_sum + progress_delta, "updated_at": now})
+    )
+    job = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
+    final = job_final_state(job.total, job.n_succeeded, job.n_failed, job.n_cancelled)
+    if final is not None and job.state != final.value:
+        await conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=final.value, finished_at=now))
+        job = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
+    return job
+
+
+async def finish_task(
+    conn: AsyncConnection,
+    *,
+    task_id: str,
+    job_id: str,
+    owner: str,
+    state: TaskState,
+    error: str | None,
+    old_progress: int,
+    now: float,
+) -> Row | None:
+    """Record a running task's end. Returns the job row, or None if `owner` lost the lease."""
+    res = await conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
+        .values(state=state.value, error=error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
+    )
+    if res.rowcount != 1:
+        return None
+    return await _count_final(conn, job_id, state, 1, 100 - old_progress, now)
+
+
+async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row]:
+    """Cancel a job's queued tasks and flag its running ones; returns the tasks cancelled here."""
+    await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now))
+    queued = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.job_id == job_id, tasks.c.state == TaskState.QUEUED.value)
+            .values(state=TaskState.CANCELLED.value, error="cancelled before it started", progress=100, finished_at=now)
+            .returning(*tasks.c)
+        )
+    ).all()
+    await conn.execute(
+        update(tasks)
+        .where(tasks.c.job_id == job_id, tasks.c.state == TaskState.RUNNING.value)
+        .values(cancel_requested=True)
+    )
+    if queued:
+        await _count_final(conn, job_id, TaskState.CANCELLED, len(queued), 100 * len(queued), now)
+    return list(queued)
+
+
+async def expired_tasks(conn: AsyncConnection, *, now: float, any_owner_but: str | None = None) -> Sequence[Row]:
+    """Running tasks whose lease has run out (or, with `any_owner_but`, held by anyone else)."""
+    cond = tasks.c.lease_expires < now
+    if any_owner_but is not None:
+        cond = cond | (tasks.c.lease_owner != any_owner_but)
+    q = select(tasks).where(tasks.c.state == TaskState.RUNNING.value, cond).order_by(tasks.c.seq)
+    return (await conn.execute(q)).all()
+
+
+async def requeue_task(conn: AsyncConnection, task: Row, now: float) -> bool:
+    """Put an orphaned running task back in the queue so a worker resumes it."""
+    res = await conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task.id, tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_owner == task.lease_owner)
+        .values(state=TaskState.QUEUED.value, lease_owner=None, lease_expires=None, progress=0)
+    )
+    if res.rowcount != 1:
+        return False
+    await conn.execute(
+        update(jobs).where(jobs.c.id == task.job_id).values(progress_sum=jobs.c.progress_sum - task.progress, updated_at=now)
+    )
+    return True
+
+
+async def fail_orphan(conn: AsyncConnection, task: Row, error: str, now: float) -> Row | None:
+    """Fail an orphaned running task (too many attempts); returns the job row."""
+    res = await conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task.id, tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_owner == task.lease_owner)
+        .values(state=TaskState.FAILED.value, error=error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
+    )
+    if res.rowcount != 1:
+        return None
+    return await _count_final(conn, task.job_id, TaskState.FAILED, 1, 100 - task.progress, now)
+
+
+async def count_by_state(conn: AsyncConnection) -> dict[str, int]:
+    q = select(tasks.c.state, func.count()).group_by(tasks.c.state)
+    return {r[0]: r[1] for r in (await conn.execute(q)).all()}

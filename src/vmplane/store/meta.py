@@ -1,0 +1,20 @@
+"""SQL for small key/value facts about the installation (cluster id, creation time)."""
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import meta
+
+
+async def get(conn: AsyncConnection, key: str) -> str | None:
+    row = (await conn.execute(select(meta.c.value).where(meta.c.key == key))).first()
+    return None if row is None else row[0]
+
+
+async def ensure(conn: AsyncConnection, key: str, value: str) -> str:
+    """The stored value for `key`, storing `value` first if there is none."""
+    current = await get(conn, key)
+    if current is None:
+        await conn.execute(insert(meta), [{"key": key, "value": value}])
+        return value
+    return current

@@ -1,0 +1,115 @@
+"""SQL for nodes and the resource claims they hold."""
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..domain import NodeStatus
+from .tables import nodes, vms
+
+
+async def upsert_node(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    """Register a node or refresh its capacity; its claims are kept."""
+    existing = (await conn.execute(select(nodes.c.id).where(nodes.c.id == row["id"]))).first()
+    if existing is None:
+        await conn.execute(insert(nodes), [{**row, "cpu_used": 0, "ram_mb_used": 0, "disk_gb_used": 0}])
+    else:
+        values = {k: v for k, v in row.items() if k not in ("id", "created_at")}
+        await conn.execute(update(nodes).where(nodes.c.id == row["id"]).values(**values))
+
+
+async def get_node(conn: AsyncConnection, node_id: str) -> Row | None:
+    return (await conn.execute(select(nodes).where(nodes.c.id == node_id))).first()
+
+
+async def list_nodes(conn: AsyncConnection, *, after_seq: int | None = None, limit: int | None = None) -> Sequence[Row]:
+    q = select(nodes)
+    if after_seq is not None:
+        q = q.where(nodes.c.seq > after_seq)
+    q = q.order_by(nodes.c.seq)
+    if limit is not None:
+        q = q.limit(limit)
+    return (await conn.execute(q)).all()
+
+
+async def set_status(conn: AsyncConnection, node_id: str, status: NodeStatus, now: float) -> None:
+    await conn.execute(update(nodes).where(nodes.c.id == node_id).values(status=status.value, updated_at=now))
+
+
+async def claim(
+    conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int, ratios: tuple[float, float, float], now: float
+) -> bool:
+    """Atomically add a claim to a node if it stays within capacity × overcommit."""
+    rc, rr, rd = ratios
+    res = await conn.execute(
+        update(nodes)
+        .where(
+            nodes.c.id == node_id,
+            nodes.c.status == NodeStatus.ONLINE.value,
+            nodes.c.cpu_used + cpu <= nodes.c.cpu_total * rc,
+            nodes.c.ram_mb_used + ram_mb <= nodes.c.ram_mb_total * rr,
+            nodes.c.disk_gb_used + disk_gb <= nodes.c.disk_gb_total * rd,
+        )
+        .values(
+            cpu_used=nodes.c.cpu_used + cpu,
+            ram_mb_used=nodes.c.ram_mb_used + ram_mb,
+            disk_gb_used=nodes.c.disk_gb_used + disk_gb,
+            updated_at=now,
+        )
+    )
+    return res.rowcount == 1
+
+
+async def release(conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int, now: float) -> None:
+    await conn.execute(
+        update(nodes)
+        .where(nodes.c.id == node_id)
+        .values(
+            cpu_used=nodes.c.cpu_used - cpu,
+            ram_mb_used=nodes.c.ram_mb_used - ram_mb,
+            disk_gb_used=nodes.c.disk_gb_used - disk_gb,
+            updated_at=now,
+        )
+    )
+
+
+async def recompute_usage(conn: AsyncConnection, now: float) -> None:
+    """Set every node's `*_used` to the sum of what the VMs placed on it hold."""
+    sums = {
+        r.node_id: r
+        for r in (
+            await conn.execute(
+                select(
+                    vms.c.node_id,
+                    func.sum(vms.c.cpu).label("cpu"),
+                    func.sum(vms.c.ram_mb).label("ram"),
+                    func.sum(vms.c.disk_gb).label("disk"),
+                )
+                .where(vms.c.node_id.is_not(None))
+                .group_by(vms.c.node_id)
+            )
+        ).all()
+    }
+    for node in (await conn.execute(select(nodes.c.id, nodes.c.cpu_used, nodes.c.ram_mb_used, nodes.c.disk_gb_used))).all():
+        s = sums.get(node.id)
+        want = (int(s.cpu), int(s.ram), int(s.disk)) if s else (0, 0, 0)
+        if want != (node.cpu_used, node.ram_mb_used, node.disk_gb_used):
+            await conn.execute(
+                update(nodes)
+                .where(nodes.c.id == node.id)
+                .values(cpu_used=want[0], ram_mb_used=want[1], disk_gb_used=want[2], updated_at=now)
+            )
+
+
+async def cluster_totals(conn: AsyncConnection) -> Row:
+    q = select(
+        func.coalesce(func.sum(nodes.c.cpu_total), 0).label("cpu_total"),
+        func.coalesce(func.sum(nodes.c.cpu_used), 0).label("cpu_used"),
+        func.coalesce(func.sum(nodes.c.ram_mb_total), 0).label("ram_mb_total"),
+        func.coalesce(func.sum(nodes.c.ram_mb_used), 0).label("ram_mb_used"),
+        func.coalesce(func.sum(nodes.c.disk_gb_total), 0).label("disk_gb_total"),
+        func.coalesce(func.sum(nodes.c.disk_gb_used), 0).label("disk_gb_used"),
+        func.count().label("count"),
+    )
+    return (await conn.execute(q)).one()

@@ -1,0 +1,149 @@
+"""The schema. Times are epoch seconds (float) so SQLite and PostgreSQL behave alike."""
+
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# An auto-incrementing integer key that is INTEGER PRIMARY KEY on SQLite and BIGINT on PostgreSQL.
+Seq = BigInteger().with_variant(Integer(), "sqlite")
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("hostname", String(255), nullable=False),
+    Column("driver", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("cpu_total", Integer, nullable=False),
+    Column("ram_mb_total", BigInteger, nullable=False),
+    Column("disk_gb_total", BigInteger, nullable=False),
+    Column("cpu_used", Integer, nullable=False, default=0),
+    Column("ram_mb_used", BigInteger, nullable=False, default=0),
+    Column("disk_gb_used", BigInteger, nullable=False, default=0),
+    Column("labels", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=True),
+)
+
+vms = Table(
+    "vms",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("node_id", String(64), nullable=True, index=True),
+    Column("template_id", String(64), nullable=True, index=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("cpu", Integer, nullable=False),
+    Column("ram_mb", BigInteger, nullable=False),
+    Column("disk_gb", BigInteger, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+vm_tags = Table(
+    "vm_tags",
+    metadata,
+    Column("vm_id", String(64), primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    Index("ix_vm_tags_tag", "tag"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("os", String(32), nullable=False),
+    Column("node_id", String(64), nullable=True),
+    Column("source_url", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("format", String(16), nullable=True),
+    Column("size_mb", BigInteger, nullable=False, default=0),
+    Column("image_path", Text, nullable=True),
+    Column("checksum", String(80), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("type", String(32), nullable=False, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("created_by", String(255), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("n_succeeded", Integer, nullable=False, default=0),
+    Column("n_failed", Integer, nullable=False, default=0),
+    Column("n_cancelled", Integer, nullable=False, default=0),
+    Column("progress_sum", BigInteger, nullable=False, default=0),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("payload", JSON, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_tasks_job", "job_id", "seq"),
+    Index("ix_tasks_state_seq", "state", "seq"),
+    Index("ix_tasks_resource_state", "resource_id", "state", "seq"),
+    Index("ix_tasks_lease", "lease_owner"),
+)
+
+task_logs = Table(
+    "task_logs",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("task_id", String(64), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+)

@@ -1,0 +1,83 @@
+"""SQL for VMs and their tags."""
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import vm_tags, vms
+
+
+async def insert_vms(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    await conn.execute(insert(vms), rows)
+    tag_rows = [{"vm_id": r["id"], "tag": t} for r in rows for t in r["tags"]]
+    if tag_rows:
+        await conn.execute(insert(vm_tags), tag_rows)
+
+
+async def get_vm(conn: AsyncConnection, ref: str) -> Row | None:
+    """A VM by native id or uuid."""
+    q = select(vms).where(or_(vms.c.id == ref, vms.c.uuid == ref))
+    return (await conn.execute(q)).first()
+
+
+async def get_vms(conn: AsyncConnection, refs: Sequence[str]) -> Sequence[Row]:
+    q = select(vms).where(or_(vms.c.id.in_(refs), vms.c.uuid.in_(refs)))
+    return (await conn.execute(q)).all()
+
+
+async def names_taken(conn: AsyncConnection, names: Sequence[str]) -> set[str]:
+    taken: set[str] = set()
+    for i in range(0, len(names), 500):
+        q = select(vms.c.name).where(vms.c.name.in_(names[i : i + 500]))
+        taken.update(r[0] for r in (await conn.execute(q)).all())
+    return taken
+
+
+async def list_vms(
+    conn: AsyncConnection,
+    *,
+    node: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    name: str | None = None,
+    after_seq: int | None = None,
+    limit: int,
+) -> Sequence[Row]:
+    """VMs in creation order (a stable keyset order: new VMs land after every page token)."""
+    q = select(vms)
+    if node:
+        q = q.where(vms.c.node_id == node)
+    if status:
+        q = q.where(vms.c.status == status)
+    if name:
+        q = q.where(vms.c.name == name)
+    if tag:
+        q = q.where(vms.c.id.in_(select(vm_tags.c.vm_id).where(vm_tags.c.tag == tag)))
+    if after_seq is not None:
+        q = q.where(vms.c.seq > after_seq)
+    return (await conn.execute(q.order_by(vms.c.seq).limit(limit))).all()
+
+
+async def vms_on_node(conn: AsyncConnection, node_id: str) -> Sequence[Row]:
+    return (await conn.execute(select(vms).where(vms.c.node_id == node_id))).all()
+
+
+async def vms_using_template(conn: AsyncConnection, template_id: str) -> int:
+    q = select(vms.c.id).where(vms.c.template_id == template_id)
+    return len((await conn.execute(q)).all())
+
+
+async def set_vm(conn: AsyncConnection, vm_id: str, **values: Any) -> None:
+    await conn.execute(update(vms).where(vms.c.id == vm_id).values(**values))
+
+
+async def set_tags(conn: AsyncConnection, vm_id: str, tags: list[str]) -> None:
+    await conn.execute(delete(vm_tags).where(vm_tags.c.vm_id == vm_id))
+    if tags:
+        await conn.execute(insert(vm_tags), [{"vm_id": vm_id, "tag": t} for t in tags])
+
+
+async def delete_vm(conn: AsyncConnection, vm_id: str) -> None:
+    await conn.execute(delete(vm_tags).where(vm_tags.c.vm_id == vm_id))
+    await conn.execute(delete(vms).where(vms.c.id == vm_id))
