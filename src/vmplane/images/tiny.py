@@ -4,7 +4,7 @@ The guest boots in a few seconds under TCG and offers what the control plane
 needs from a VM: a serial console with a root shell, qemu-guest-agent on
 virtio-serial, dropbear SSH on port 22, DHCP on eth0, ACPI power button
 handling and a small NoCloud (``cidata``) implementation.  See
-``guest/init`` for the guest side.
+``guest-init.sh`` (the guest's /init) for the guest side.
 
 Everything comes from Debian packages fetched with ``apt-get download`` and
 unpacked with ``dpkg-deb -x`` into a scratch directory (nothing is installed
@@ -541,14 +541,15 @@ class _Builder:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(os.path.relpath(t / "bin/busybox", link.parent))
 
+        # Guest files live beside this module (package data "images/*").
         files = {
-            "init": ("init", 0o755),
-            "udhcpc.script": ("usr/share/udhcpc/default.script", 0o755),
-            "shutdown": ("sbin/shutdown", 0o755),
-            "acpi-power": ("etc/acpi/PWRF/00000080", 0o755),
-            "profile": ("etc/profile", 0o644),
+            "guest-init.sh": ("init", 0o755),
+            "guest-udhcpc.sh": ("usr/share/udhcpc/default.script", 0o755),
+            "guest-shutdown.sh": ("sbin/shutdown", 0o755),
+            "guest-acpi-power.sh": ("etc/acpi/PWRF/00000080", 0o755),
+            "guest-profile": ("etc/profile", 0o644),
         }
-        guest = resources.files(__package__).joinpath("guest")
+        guest = resources.files(__package__)
         for src, (dst, mode) in files.items():
             try:
                 data = guest.joinpath(src).read_bytes()

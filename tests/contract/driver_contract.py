@@ -1,0 +1,146 @@
+"""The HypervisorDriver contract, as tests. Every driver runs this suite:
+
+    class TestSimDriver(DriverContract):
+        async def make_driver(self, state_dir): ...
+"""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmplane import ids
+from vmplane.domain import Resources, VmSpec
+from vmplane.drivers.base import HypervisorDriver, PowerState
+from vmplane.errors import DriverError, InvalidState
+
+
+class DriverContract:
+    """Subclasses implement `make_driver(state_dir)` and may set `boot_image` (a template
+    image path the VMs boot from) via `prepare_image(driver, tmp_path)`."""
+
+    async def make_driver(self, state_dir: Path) -> HypervisorDriver:
+        raise NotImplementedError
+
+    async def prepare_image(self, driver: HypervisorDriver, tmp_path: Path) -> tuple[str | None, str | None]:
+        """(template_id, image path) VMs are created from; (None, None) for a blank disk."""
+        return None, None
+
+    @pytest.fixture
+    async def env(self, tmp_path: Path) -> Any:
+        state = tmp_path / "driver-state"
+        driver = await self.make_driver(state)
+        await driver.open()
+        template_id, image = await self.prepare_image(driver, tmp_path)
+        created: list[str] = []
+
+        def spec(**kw: Any) -> VmSpec:
+            vm_id = ids.new_id("vm")
+            created.append(vm_id)
+            return VmSpec(
+                id=vm_id,
+                uuid=ids.new_uuid(),
+                name=kw.get("name", "t-" + vm_id[3:]),
+                resources=kw.get("resources", Resources(1, 256, 2)),
+                template_id=template_id,
+                template_image=image,
+            )
+
+        class Env:
+            pass
+
+        e = Env()
+        e.driver, e.spec, e.state, e.tmp = driver, spec, state, tmp_path  # type: ignore[attr-defined]
+        yield e
+        for vm_id in created:
+            await driver.delete_vm(vm_id)
+        await driver.close()
+
+    async def test_node_info_reports_capacity(self, env: Any) -> None:
+        info = await env.driver.node_info()
+        assert info.cpu > 0 and info.ram_mb > 0 and info.disk_gb > 0 and info.hostname
+
+    async def test_create_is_idempotent_and_leaves_vm_stopped(self, env: Any) -> None:
+        spec = env.spec()
+        await env.driver.create_vm(spec)
+        await env.driver.create_vm(spec)
+        rt = await env.driver.get_vm(spec.id)
+        assert rt is not None and rt.state == PowerState.STOPPED
+        assert [v.vm_id for v in await env.driver.list_vms()].count(spec.id) == 1
+
+    async def test_power_cycle_of_a_vm(self, env: Any) -> None:
+        d, spec = env.driver, env.spec()
+        await d.create_vm(spec)
+        await d.start_vm(spec.id)
+        rt = await d.get_vm(spec.id)
+        assert rt.state == PowerState.RUNNING and rt.started_at is not None
+        await d.start_vm(spec.id)  # no-op
+        assert (await d.get_vm(spec.id)).state == PowerState.RUNNING
+        await d.reboot_vm(spec.id)
+        assert (await d.get_vm(spec.id)).state == PowerState.RUNNING
+        await d.power_cycle_vm(spec.id)
+        assert (await d.get_vm(spec.id)).state == PowerState.RUNNING
+        assert await d.shutdown_vm(spec.id, timeout=30) is True
+        assert (await d.get_vm(spec.id)).state == PowerState.STOPPED
+        assert await d.shutdown_vm(spec.id, timeout=30) is True  # no-op when stopped
+        await d.start_vm(spec.id)
+        await d.stop_vm(spec.id)
+        assert (await d.get_vm(spec.id)).state == PowerState.STOPPED
+        await d.stop_vm(spec.id)  # no-op
+
+    async def test_reboot_needs_a_running_vm(self, env: Any) -> None:
+        spec = env.spec()
+        await env.driver.create_vm(spec)
+        with pytest.raises(InvalidState):
+            await env.driver.reboot_vm(spec.id)
+
+    async def test_delete_is_idempotent_and_complete(self, env: Any) -> None:
+        d, spec = env.driver, env.spec()
+        await d.create_vm(spec)
+        await d.start_vm(spec.id)
+        await d.delete_vm(spec.id)
+        await d.delete_vm(spec.id)
+        assert await d.get_vm(spec.id) is None
+        assert spec.id not in [v.vm_id for v in await d.list_vms()]
+
+    async def test_calls_on_an_unknown_vm_fail_cleanly(self, env: Any) -> None:
+        with pytest.raises(DriverError):
+            await env.driver.start_vm("vm-doesnotexist")
+        assert await env.driver.get_vm("vm-doesnotexist") is None
+
+    async def test_disks_grow_but_never_shrink(self, env: Any) -> None:
+        d, spec = env.driver, env.spec(resources=Resources(1, 256, 2))
+        await d.create_vm(spec)
+        await d.resize_vm(spec.id, Resources(2, 256, 3))
+        await d.resize_vm(spec.id, Resources(2, 256, 3))  # idempotent
+        with pytest.raises(DriverError):
+            await d.resize_vm(spec.id, Resources(2, 256, 1))
+
+    async def test_bad_image_is_refused(self, env: Any) -> None:
+        empty = env.tmp / "empty.img"
+        empty.write_bytes(b"")
+
+        async def progress(_p: int, _m: str) -> None:
+            return None
+
+        with pytest.raises(DriverError):
+            await env.driver.import_image("tpl-empty0000000", empty, progress)
+
+    async def test_vms_outlive_the_driver(self, env: Any) -> None:
+        d, spec = env.driver, env.spec()
+        await d.create_vm(spec)
+        await d.start_vm(spec.id)
+        before = await d.get_vm(spec.id)
+        await d.close()
+        again = await self.make_driver(env.state)
+        await again.open()
+        try:
+            rt = await again.get_vm(spec.id)
+            assert rt is not None and rt.state == PowerState.RUNNING
+            assert rt.started_at == pytest.approx(before.started_at, abs=1)
+            await again.stop_vm(spec.id)
+            assert (await again.get_vm(spec.id)).state == PowerState.STOPPED
+        finally:
+            await again.delete_vm(spec.id)
+            await again.close()
+        await d.open()  # the fixture's driver cleans up with a fresh view

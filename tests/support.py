@@ -1,0 +1,100 @@
+"""Test support: settings in a temporary data dir, a real HTTP server on loopback, and
+PostgreSQL databases when `VMPLANE_TEST_PG_URL` points at a server."""
+
+import asyncio
+import os
+import socket
+import uuid
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+import uvicorn
+
+from vmplane.app import create_app
+from vmplane.config import Settings
+
+PG_URL = os.environ.get("VMPLANE_TEST_PG_URL")  # postgresql+asyncpg://user@host:port/postgres
+REQUIRE_PG = os.environ.get("VMPLANE_REQUIRE_PG") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def new_pg_database() -> str:
+    """Create an empty database on the test server; returns its SQLAlchemy URL."""
+    import asyncpg
+
+    if not PG_URL:
+        if REQUIRE_PG:
+            pytest.fail("VMPLANE_REQUIRE_PG=1 but VMPLANE_TEST_PG_URL is not set")
+        pytest.skip("no PostgreSQL (set VMPLANE_TEST_PG_URL)")
+    name = "vmp_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "driver": "sim",
+        "sim_nodes": 3,
+        "sim_latency_ms": 5,
+        "lease_seconds": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Server:
+    """vmplane served by uvicorn on a loopback port, inside the test's event loop."""
+
+    def __init__(self, settings: Settings, nodes: Any = None) -> None:
+        self.app = create_app(settings, nodes)
+        self.rt = self.app.state.rt
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self._task: asyncio.Task[None] | None = None
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=30)
+
+    async def start(self) -> "Server":
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+    async def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            job = (await self.client.get(f"/api/v1/jobs/{job_id}")).json()
+            if job["state"] in ("succeeded", "failed", "partial", "cancelled"):
+                return job
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job}")
+            await asyncio.sleep(0.05)
+
+    async def create(self, specs: Any, **kw: Any) -> dict[str, Any]:
+        """POST /vms and wait for the job; returns the finished job."""
+        r = await self.client.post("/api/v1/vms", json=specs, **kw)
+        assert r.status_code == 202, r.text
+        return await self.wait_job(r.json()["jobId"])
+
+
