@@ -69,7 +69,12 @@ class VmSpec:
     resources: Resources
     template_id: str | None = None
     template_image: str | None = None
+    """path of the template's base disk image (the VM's disk is an overlay on it)."""
+    template_boot: dict[str, str] | None = None
+    """direct kernel boot: {"kernel": path, "initrd": path, "cmdline": str}; None boots the disk."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """what else the user asked for: cloudInit {userData, metaData, networkConfig},
+    sshKeys [..], expose [{port, hostPort, protocol}]."""
 
 
 def job_final_state(total: int, succeeded: int, failed: int, cancelled: int) -> JobState | None:

@@ -8,6 +8,7 @@ General rules for every driver:
 - Optional features are declared in `capabilities`; nothing signals "unsupported" at run time.
 """
 
+import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from ..domain import Resources, VmSpec
+from ..errors import DriverError
 
 Progress = Callable[[int, str], Awaitable[None]]
 
@@ -34,7 +36,11 @@ class Capabilities:
     live_resize_disk: bool = False
     hot_resize_cpu_ram: bool = False
     console: bool = False
+    """serial console: `open_console` and `console_log` work."""
     exec: bool = False
+    """commands run in the guest through its agent: `exec_vm` works."""
+    stats: bool = False
+    """`stats_vm` reports measured figures."""
     image_formats: frozenset[str] = frozenset({"qcow2", "raw"})
 
 
@@ -55,6 +61,31 @@ class VmRuntime:
     state: PowerState
     started_at: float | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class VmStats:
+    cpu_percent: float
+    """host CPU time used by the VM since the previous call, as % of one core."""
+    memory_mb: int
+    """memory the VM's process holds on the host (RSS)."""
+    memory_total_mb: int
+    disk_read_bytes: int
+    disk_write_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    uptime_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +167,24 @@ class HypervisorDriver(ABC):
     @abstractmethod
     async def list_vms(self) -> list[VmRuntime]:
         """Every VM this driver owns on its node."""
+
+    async def exec_vm(self, vm_id: str, argv: list[str], timeout: float, max_output: int) -> ExecResult:
+        """Run `argv` in the guest (no shell) and wait up to `timeout` s. Output beyond
+        `max_output` bytes per stream is dropped and flagged. Needs `capabilities.exec`;
+        raises InvalidState if the VM is not running, DriverError if the agent is not there."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot run commands in guests")
+
+    async def open_console(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to and from the VM's serial console. Needs `capabilities.console`."""
+        raise DriverError(f"{self.capabilities.kind} driver has no serial console")
+
+    async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
+        """The last `max_bytes` of what the guest wrote on its serial console."""
+        raise DriverError(f"{self.capabilities.kind} driver has no serial console")
+
+    async def stats_vm(self, vm_id: str) -> VmStats:
+        """Measured usage of a running VM. Needs `capabilities.stats`."""
+        raise DriverError(f"{self.capabilities.kind} driver does not measure VMs")
 
     @abstractmethod
     async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
