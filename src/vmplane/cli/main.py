@@ -26,6 +26,7 @@ WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the jo
 
 
 def main() -> None:
+    """Entry point of the `vmplane` command."""
     app()
 
 
@@ -232,3 +233,7 @@ def node_list(url: UrlOpt = None, json_out: JsonOpt = False) -> None:
             f"{r['cpuUsed']}/{r['cpuTotal']}", f"{r['ramMbUsed']}/{r['ramMbTotal']}", f"{r['diskGbUsed']}/{r['diskGbTotal']}",
         )  # fmt: skip
     out.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,9 +16,13 @@ from .images import ensure_image
 class VmCreate(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         vm = await load_vm(ctx)
-        if vm.status not in (VmStatus.PROVISIONING, VmStatus.STARTING):
-            raise VmplaneError(f"VM {vm.id} is {vm.status}; nothing to create")
         rt = ctx.rt
+        if vm.status not in (VmStatus.PROVISIONING, VmStatus.STARTING):
+            # An interrupted attempt may have finished the work before recording the task's end.
+            if ctx.resumed and vm.node_id and await rt.registry.driver(vm.node_id).get_vm(vm.id) is not None:
+                ctx.log(f"already created before the interruption ({vm.status})")
+                return
+            raise VmplaneError(f"VM {vm.id} is {vm.status}; nothing to create")
         ctx.log(f"Starting create of {vm.name}")
         if vm.node_id is None:
             demand = Demand(cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=(vm.spec or {}).get("nodeId"))

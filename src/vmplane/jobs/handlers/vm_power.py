@@ -22,11 +22,16 @@ class VmPower(BaseHandler):
         action = ctx.payload["action"]
         vm = await load_vm(ctx)
         _, allowed = POWER_ACTIONS[action]
-        # A resumed task may find its own transient state; anything else must be allowed.
-        if vm.status not in allowed and not (ctx.resumed and vm.status == TRANSIENT[action]):
-            raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
         if vm.node_id is None:
             raise VmplaneError(f"VM {vm.id} is not placed on any node")
+        if vm.status not in allowed and vm.status != TRANSIENT[action]:
+            if ctx.resumed:  # the interrupted attempt got this far: record what the node says
+                ctx.log(f"resumed: the VM is already {vm.status}")
+                await self._record(ctx, vm.id)
+                return
+            raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
+        if vm.status == TRANSIENT[action] and not ctx.resumed:
+            raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
         driver = ctx.rt.registry.driver(vm.node_id)
         ctx.log(f"Starting {action} of {vm.name}")
         await set_status(ctx, vm.id, TRANSIENT[action])

@@ -1,0 +1,84 @@
+"""A real `vmplane serve` process killed with SIGKILL in the middle of a bulk job: after a
+restart every task ends (resumed or failed), none stays running, and claims stay exact."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..support import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def serve(data_dir: Path, port: int, database_url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "VMPLANE_SIM_LATENCY_MS": "150",
+        "VMPLANE_JOB_CONCURRENCY": "8",
+        "VMPLANE_LEASE_SECONDS": "2",
+    }
+    cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data_dir),
+           "--driver", "sim", "--sim-nodes", "4", "--database-url", database_url, "--log-level", "warning"]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "server exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+def test_kill_9_mid_bulk_job_then_restart_finishes_every_task(tmp_path: Path, database_url: str) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    proc = serve(tmp_path / "data", port, database_url, log)
+    try:
+        wait_ready(url, proc)
+        r = httpx.post(f"{url}/api/v1/vms", json=[{"name": f"k-{i}"} for i in range(100)])
+        job_id = r.json()["jobId"]
+        while True:  # kill it once part of the work is done and some is in flight
+            job = httpx.get(f"{url}/api/v1/jobs/{job_id}").json()
+            done = sum(t["state"] == "succeeded" for t in job["tasks"])
+            if done >= 20:
+                break
+            time.sleep(0.05)
+        running_at_kill = sum(t["state"] == "running" for t in job["tasks"])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert running_at_kill > 0
+
+        proc = serve(tmp_path / "data", port, database_url, log)
+        wait_ready(url, proc)
+        deadline = time.monotonic() + 120
+        while True:
+            job = httpx.get(f"{url}/api/v1/jobs/{job_id}").json()
+            if job["state"] in ("succeeded", "failed", "partial", "cancelled"):
+                break
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        states = {t["state"] for t in job["tasks"]}
+        assert states <= {"succeeded", "failed"}, states
+        assert job["state"] == "succeeded", [t["error"] for t in job["tasks"] if t["error"]]
+        assert any(t["attempts"] == 2 for t in job["tasks"])  # in-flight tasks were resumed
+        vms = httpx.get(f"{url}/api/v1/vms", params={"limit": 500}).json()["items"]
+        assert len(vms) == 100 and all(v["status"] == "running" for v in vms)
+        nodes = httpx.get(f"{url}/api/v1/nodes").json()["items"]
+        assert sum(n["resources"]["cpuUsed"] for n in nodes) == sum(v["resources"]["cpu"] for v in vms)
+    finally:
+        proc.kill()
+        proc.wait()
