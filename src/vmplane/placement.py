@@ -62,26 +62,27 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
     best_score = 0.0
     seen = online = 0
     short_cpu = short_ram = short_disk = 0
-    pack = policy.strategy == "pack"
-    for node in nodes:
-        if demand.node_id is not None and node.id != demand.node_id:
+    sign = -1.0 if policy.strategy == "pack" else 1.0
+    rc, rr, rd = policy.cpu_ratio, policy.ram_ratio, policy.disk_ratio
+    want_cpu, want_ram, want_disk, only = demand.cpu, demand.ram_mb, demand.disk_gb, demand.node_id
+    for node in nodes:  # a hot loop (1,000s of nodes per VM): locals only, no calls
+        if only is not None and node.id != only:
             continue
         seen += 1
         if not node.online:
             continue
         online += 1
-        cpu_max, ram_max, disk_max = policy.limits(node)
-        cpu_free = cpu_max - node.cpu_used - demand.cpu
-        ram_free = ram_max - node.ram_mb_used - demand.ram_mb
-        disk_free = disk_max - node.disk_gb_used - demand.disk_gb
+        cpu_max = int(node.cpu_total * rc)
+        ram_max = int(node.ram_mb_total * rr)
+        cpu_free = cpu_max - node.cpu_used - want_cpu
+        ram_free = ram_max - node.ram_mb_used - want_ram
+        disk_free = int(node.disk_gb_total * rd) - node.disk_gb_used - want_disk
         if cpu_free < 0 or ram_free < 0 or disk_free < 0:
             short_cpu += cpu_free < 0
             short_ram += ram_free < 0
             short_disk += disk_free < 0
             continue
-        score = ram_free / ram_max + cpu_free / cpu_max if ram_max and cpu_max else 0.0
-        if pack:
-            score = -score
+        score = sign * (ram_free / ram_max + cpu_free / cpu_max)
         if best is None or score > best_score or (score == best_score and node.id < best.id):
             best, best_score = node, score
     if best is not None:

@@ -37,8 +37,11 @@ class TaskContext:
         self.payload: dict[str, Any] = dict(row.payload or {})
         self.attempt: int = row.attempts
         self.progress_value: int = row.progress
+        self.persisted_progress: int = row.progress
         self.cancel_requested = False
         self._logs: list[dict[str, Any]] = []
+        self._persisted_at = clock.now()
+        self.deferred: list[Callable[[AsyncConnection], Awaitable[None]]] = []
         self.rt: Any = engine.runtime
 
     @property
@@ -51,25 +54,38 @@ class TaskContext:
         self._logs.append({"task_id": self.task_id, "ts": clock.now(), "message": message})
 
     async def progress(self, percent: int, message: str | None = None) -> None:
-        """Report progress (0–100) and flush the log; the job's progress is the tasks' mean."""
+        """Report progress (0–100); the job's progress is the mean of its tasks'.
+
+        Progress and log lines reach the store at most once a second per task (and at the
+        end), so quick tasks cost no extra writes and long ones still show movement.
+        """
         if message:
             self.log(message)
-        percent = max(self.progress_value, min(99, int(percent)))
+        self.progress_value = max(self.progress_value, min(99, int(percent)))
+        now = clock.now()
+        if now - self._persisted_at < self._engine.PROGRESS_INTERVAL:
+            return
+        self._persisted_at = now
         logs, self._logs = self._logs, []
         async with self._engine.store.write() as conn:
             await q.append_logs(conn, logs)
-            if percent != self.progress_value:
+            if self.progress_value != self.persisted_progress:
                 ok = await q.set_progress(
                     conn,
                     task_id=self.task_id,
                     job_id=self.job_id,
                     owner=self._engine.owner,
-                    old=self.progress_value,
-                    new=percent,
-                    now=clock.now(),
+                    old=self.persisted_progress,
+                    new=self.progress_value,
+                    now=now,
                 )
                 if ok:
-                    self.progress_value = percent
+                    self.persisted_progress = self.progress_value
+
+    def defer(self, write: Callable[[AsyncConnection], Awaitable[None]]) -> None:
+        """Run `write(conn)` in the transaction that records the task's success (one commit
+        for the handler's last change and the task's end)."""
+        self.deferred.append(write)
 
     def take_logs(self) -> list[dict[str, Any]]:
         logs, self._logs = self._logs, []
@@ -92,6 +108,8 @@ JobListener = Callable[[Row], Awaitable[None]]
 
 
 class JobEngine:
+    PROGRESS_INTERVAL = 1.0
+
     def __init__(self, store: Store, settings: Settings, handlers: dict[str, Handler], runtime: Any) -> None:
         self.store = store
         self.settings = settings
@@ -201,10 +219,12 @@ class JobEngine:
             self.wakeup()
 
     async def _claim_loop(self) -> None:
+        batch = max(1, self.settings.job_concurrency // 8)
         while not self._stopping:
             free = self.settings.job_concurrency - len(self._running)
             claimed: list[Row] = []
-            if free > 0:
+            # Claim in batches: one claim per finished task would cost a transaction each.
+            if free >= batch or (free > 0 and len(self._running) < batch):
                 try:
                     now = clock.now()
                     async with self.store.write() as conn:
@@ -303,6 +323,9 @@ class JobEngine:
         now = clock.now()
         async with self.store.write() as conn:
             await q.append_logs(conn, ctx.take_logs())
+            if state == TaskState.SUCCEEDED:
+                for write in ctx.deferred:
+                    await write(conn)
             job = await q.finish_task(
                 conn,
                 task_id=ctx.task_id,
@@ -310,7 +333,7 @@ class JobEngine:
                 owner=self.owner,
                 state=state,
                 error=error,
-                old_progress=ctx.progress_value,
+                old_progress=ctx.persisted_progress,
                 now=now,
             )
         if job is None:

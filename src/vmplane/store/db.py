@@ -3,11 +3,11 @@
 import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -15,11 +15,36 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 7_420_001  # PostgreSQL advisory lock: one replica migrates at a time
 
 
+class SyncConnection:
+    """The async connection interface over a synchronous SQLAlchemy connection.
+
+    Used for SQLite: its queries take tens of microseconds, far less than the thread hop
+    and greenlet switch each aiosqlite call costs (measured: 3-4x the throughput of the
+    same queries through aiosqlite). Statements run on the event loop's thread.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.sync_connection = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if parameters is None:
+            return self.sync_connection.execute(statement)
+        return self.sync_connection.execute(statement, parameters)
+
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        with self.sync_connection.begin_nested():
+            yield
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.sync_connection, *args)
+
+
 class Store:
     """Owns the database engine. `read()` for queries, `write()` for one short transaction.
 
-    On SQLite, writers in this process take turns on an asyncio lock (SQLite has one writer
-    anyway, and waiting here is cheaper than `database is locked` retries). On PostgreSQL,
+    SQLite runs through the synchronous driver (see SyncConnection), and writers take turns
+    on an asyncio lock: SQLite has one writer anyway. PostgreSQL runs through asyncpg;
     writers run concurrently and rely on row locks and conditional updates.
     """
 
@@ -28,6 +53,7 @@ class Store:
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        self._sync_engine: Engine | None = None
         self._write_lock = asyncio.Lock()
 
     @property
@@ -41,9 +67,9 @@ class Store:
             path = self.url.split("///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=20)
+            sync = create_engine(self.url.replace("sqlite+aiosqlite", "sqlite+pysqlite"), pool_size=self._pool_size, max_overflow=20)
 
-            @event.listens_for(engine.sync_engine, "connect")
+            @event.listens_for(sync, "connect")
             def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
@@ -51,33 +77,42 @@ class Store:
                 cur.execute("PRAGMA busy_timeout=15000")
                 cur.close()
 
-        else:
-            engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=20, pool_pre_ping=True)
+            self._sync_engine = sync
+            with sync.begin() as conn:
+                _upgrade(conn)
+            return
+        engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=20, pool_pre_ping=True)
         self._engine = engine
         async with engine.begin() as conn:
-            if self.dialect == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
             await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+            self._sync_engine = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
+        if self._sync_engine is not None:
+            with self._sync_engine.connect() as sconn:
+                yield SyncConnection(sconn)  # type: ignore[misc]
+            return
         async with self.engine.connect() as conn:
             yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        if self.dialect == "sqlite":
+        if self._sync_engine is not None:
             async with self._write_lock:
-                async with self.engine.begin() as conn:
-                    yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
+                with self._sync_engine.begin() as sconn:
+                    yield SyncConnection(sconn)  # type: ignore[misc]
+            return
+        async with self.engine.begin() as conn:
+            yield conn
 
     async def ping(self) -> None:
         async with self.read() as conn:

@@ -130,12 +130,14 @@ async def set_progress(conn: AsyncConnection, *, task_id: str, job_id: str, owne
 
 async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: int, progress_delta: int, now: float) -> Row:
     column = {TaskState.SUCCEEDED: "n_succeeded", TaskState.FAILED: "n_failed", TaskState.CANCELLED: "n_cancelled"}[state]
-    await conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values({column: jobs.c[column] + n, "progress_sum": jobs.c.progress_sum + progress_delta, "updated_at": now})
-    )
-    job = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
+    job = (
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values({column: jobs.c[column] + n, "progress_sum": jobs.c.progress_sum + progress_delta, "updated_at": now})
+            .returning(*jobs.c)
+        )
+    ).one()
     final = job_final_state(job.total, job.n_succeeded, job.n_failed, job.n_cancelled)
     if final is not None and job.state != final.value:
         await conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=final.value, finished_at=now))

@@ -77,6 +77,7 @@ templates = Table(
     Column("size_mb", BigInteger, nullable=False, default=0),
     Column("image_path", Text, nullable=True),
     Column("checksum", String(80), nullable=True),
+    Column("boot", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),

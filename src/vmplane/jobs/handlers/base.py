@@ -31,7 +31,7 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
         await vm_q.set_vm(conn, vm_id, status=status.value, updated_at=clock.now(), **values)
 
 
-def vm_spec(vm: Row, template_image: str | None = None) -> VmSpec:
+def vm_spec(vm: Row, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
     return VmSpec(
         id=vm.id,
         uuid=vm.uuid,
@@ -39,5 +39,6 @@ def vm_spec(vm: Row, template_image: str | None = None) -> VmSpec:
         resources=Resources(vm.cpu, vm.ram_mb, vm.disk_gb),
         template_id=vm.template_id,
         template_image=template_image,
+        template_boot=template_boot,
         extra=dict(vm.spec or {}),
     )

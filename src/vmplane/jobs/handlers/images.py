@@ -7,10 +7,15 @@ from ...store import templates as tpl_q
 from ..engine import TaskContext
 
 
-async def ensure_image(ctx: TaskContext, node_id: str, template_id: str | None) -> str | None:
-    """Import the template's image on `node_id` if it is not there yet; returns its path."""
+async def ensure_image(
+    ctx: TaskContext, node_id: str, template_id: str | None
+) -> tuple[str | None, dict[str, str] | None]:
+    """Import the template's image on `node_id` if it is not there yet.
+
+    Returns the image's path and, for kernel-boot templates, their kernel/initrd/cmdline.
+    """
     if template_id is None:
-        return None
+        return None, None
     rt = ctx.rt
     async with rt.store.read() as conn:
         tpl = await tpl_q.get_template(conn, template_id)
@@ -24,4 +29,4 @@ async def ensure_image(ctx: TaskContext, node_id: str, template_id: str | None) 
 
         await rt.registry.driver(node_id).import_image(template_id, Path(tpl.image_path), report)
         known.add(template_id)
-    return tpl.image_path
+    return tpl.image_path, tpl.boot

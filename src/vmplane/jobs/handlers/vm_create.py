@@ -9,7 +9,7 @@ from ...errors import VmplaneError
 from ...placement import Demand
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm, set_status, vm_spec
+from .base import BaseHandler, load_vm, vm_spec
 from .images import ensure_image
 
 
@@ -24,25 +24,31 @@ class VmCreate(BaseHandler):
                 return
             raise VmplaneError(f"VM {vm.id} is {vm.status}; nothing to create")
         ctx.log(f"Starting create of {vm.name}")
-        if vm.node_id is None:
+        start = ctx.payload.get("start", True)
+        node_id = vm.node_id
+        if node_id is None:
             demand = Demand(cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=(vm.spec or {}).get("nodeId"))
             async with rt.store.write() as conn:
                 node_id = await rt.capacity.place_and_claim(conn, demand)
-                await vm_q.set_vm(conn, vm.id, node_id=node_id, updated_at=clock.now())
-            vm = await load_vm(ctx)
+                status = VmStatus.STARTING if start else VmStatus.PROVISIONING
+                await vm_q.set_vm(conn, vm.id, node_id=node_id, status=status.value, updated_at=clock.now())
             await ctx.progress(20, f"placed on {node_id}")
-        driver = rt.registry.driver(vm.node_id)
-        image = await ensure_image(ctx, vm.node_id, vm.template_id)
-        await driver.create_vm(vm_spec(vm, image))
-        if not ctx.payload.get("start", True):
-            await set_status(ctx, vm.id, VmStatus.STOPPED)
-            await ctx.progress(90, "defined; not started as asked")
+        driver = rt.registry.driver(node_id)
+        image, boot = await ensure_image(ctx, node_id, vm.template_id)
+        await driver.create_vm(vm_spec(vm, image, boot))
+        if not start:
+            ctx.defer(lambda conn: vm_q.set_vm(conn, vm.id, status=VmStatus.STOPPED.value, updated_at=clock.now()))
+            ctx.log("defined; not started as asked")
             return
-        await set_status(ctx, vm.id, VmStatus.STARTING)
         await ctx.progress(50, "defined; starting")
         await driver.start_vm(vm.id)
         runtime = await driver.get_vm(vm.id)
-        await set_status(ctx, vm.id, VmStatus.RUNNING, started_at=runtime.started_at if runtime else clock.now())
+        started = runtime.started_at if runtime and runtime.started_at else clock.now()
+        ctx.defer(
+            lambda conn: vm_q.set_vm(
+                conn, vm.id, status=VmStatus.RUNNING.value, started_at=started, updated_at=clock.now()
+            )
+        )
         ctx.log("running")
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:

@@ -24,14 +24,13 @@ class VmPower(BaseHandler):
         _, allowed = POWER_ACTIONS[action]
         if vm.node_id is None:
             raise VmplaneError(f"VM {vm.id} is not placed on any node")
-        if vm.status not in allowed and vm.status != TRANSIENT[action]:
-            if ctx.resumed:  # the interrupted attempt got this far: record what the node says
+        if vm.status not in allowed:
+            if not ctx.resumed:
+                raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
+            if vm.status != TRANSIENT[action]:  # the interrupted attempt finished the work
                 ctx.log(f"resumed: the VM is already {vm.status}")
                 await self._record(ctx, vm.id)
                 return
-            raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
-        if vm.status == TRANSIENT[action] and not ctx.resumed:
-            raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
         driver = ctx.rt.registry.driver(vm.node_id)
         ctx.log(f"Starting {action} of {vm.name}")
         await set_status(ctx, vm.id, TRANSIENT[action])

@@ -1,0 +1,32 @@
+# make run  — set up everything, then serve vmplane on 127.0.0.1:8080 (data in ./.vmplane)
+# make test — set up everything (QEMU, a throwaway PostgreSQL), then run the whole test suite
+# make bench — print the benchmark figures recorded in docs/benchmarks.md
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test bench system clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV) || scripts/install-python-venv.sh $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# QEMU and the tools that build the tiny guest; skipped quietly when there is no way to install.
+system:
+	@scripts/install-qemu.sh || echo "warning: QEMU could not be installed; vmplane will use the sim driver" >&2
+
+run: $(STAMP) system
+	$(VENV)/bin/vmplane serve --host 127.0.0.1 --port 8080 --data-dir .vmplane
+
+test: $(STAMP) system
+	VMPLANE_TEST_PG_URL=$$(scripts/ensure-postgres.sh) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

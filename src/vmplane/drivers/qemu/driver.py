@@ -1,0 +1,703 @@
+"""The `qemu` driver: one detached `qemu-system-x86_64` per VM, driven over QMP, with
+qemu-guest-agent for exec and a serial console on a socket and a log file.
+
+A VM is its directory `state_dir/vms/<vm_id>/` (see `layout`). Its power state is read from
+the host, not remembered: a live QEMU whose command line names the directory means running;
+`run.json` without such a process means it died while nobody asked (crashed) unless the
+`stopping` marker says the driver was stopping it. So VMs outlive the driver, and a new
+driver on the same state_dir re-attaches to them.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pycdlib.pycdlibexception
+
+from ... import clock
+from ...domain import Resources, VmSpec
+from ...errors import DriverError, InvalidState
+from ...ids import looks_like_id
+from ..base import (
+    Capabilities,
+    ExecResult,
+    HypervisorDriver,
+    ImageInfo,
+    NodeInfo,
+    PowerState,
+    Progress,
+    VmRuntime,
+    VmStats,
+)
+from . import images, procfs
+from .agent import GuestAgent
+from .cmdline import DISK_ID, build_argv
+from .images import SUPPORTED_FORMATS
+from .layout import GIB, VmConfig, VmPaths, load_config, save_config, vm_paths, write_json_atomic
+from .qmp import Monitor
+from .seed import seed_files, write_seed_iso
+from .unix import connect_unix
+
+log = logging.getLogger("vmplane.drivers.qemu")
+
+SERIAL_LOG_MAX = 8 << 20
+"""serial.log is cut to its last SERIAL_LOG_KEEP bytes at start once it grows past this."""
+SERIAL_LOG_KEEP = 1 << 20
+POWER_BUTTON_REPEAT = 3.0
+"""shutdown_vm presses the ACPI power button again this often (a guest still booting misses it)."""
+AGENT_RETRY_AFTER = 30.0
+"""stats_vm does not wait for an agent that did not answer within this many seconds."""
+
+
+@dataclass
+class _Vm:
+    config: VmConfig
+    paths: VmPaths
+    monitor: Monitor | None = None
+    agent: GuestAgent | None = None
+    transition: PowerState | None = None
+    cpu_sample: tuple[int, float, float] | None = None
+    """(pid, monotonic time, CPU seconds) at the previous stats_vm."""
+    agent_down_until: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def marker(self) -> str:
+        """What the command line of this VM's QEMU contains (and no other VM's does)."""
+        return str(self.paths.dir) + os.sep
+
+
+class QemuDriver(HypervisorDriver):
+    """Real VMs with QEMU on this host. See the module docstring for how state is kept."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        hostname: str,
+        accel: str,
+        cpu: int | None = None,
+        ram_mb: int | None = None,
+        disk_gb: int | None = None,
+        qemu_binary: str = "qemu-system-x86_64",
+        qemu_img: str = "qemu-img",
+        forward_address: str = "127.0.0.1",
+        sandbox: bool = True,
+        start_timeout: float = 30.0,
+        agent_timeout: float = 30.0,
+    ) -> None:
+        if accel not in ("kvm", "tcg"):
+            raise ValueError(f"accel must be kvm or tcg, not {accel!r} (pick it with accel.pick_accel)")
+        self.state_dir = Path(state_dir).resolve()
+        self.hostname = hostname
+        self.accel = accel
+        self.cpu = cpu
+        self.ram_mb = ram_mb
+        self.disk_gb = disk_gb
+        self.qemu_binary = qemu_binary
+        self.qemu_img = qemu_img
+        self.forward_address = forward_address
+        self.sandbox = sandbox
+        self.start_timeout = start_timeout
+        self.agent_timeout = agent_timeout
+        self.capabilities = Capabilities(
+            kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True
+        )
+        self._vms: dict[str, _Vm] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.state_dir / "vms"
+
+    # -- lifecycle of the driver -----------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._release_connections()
+        self._vms.clear()
+        self.vms_dir.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(self.vms_dir.iterdir()):
+            if entry.name.startswith(".creating-"):  # a create interrupted by a crash
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            if not entry.is_dir() or not looks_like_id(entry.name):
+                continue
+            paths = VmPaths(entry)
+            if not paths.config.exists():
+                log.warning("%s has no vm.json: not a VM, left alone", entry)
+                continue
+            try:
+                vm = _Vm(load_config(paths), paths)
+            except DriverError as exc:
+                log.warning("skipping %s: %s", entry, exc.message)
+                continue
+            self._vms[vm.id] = vm
+            if self._live_pid(vm) is not None:
+                # a stop that a previous driver did not finish: the VM still runs
+                vm.paths.stop_marker.unlink(missing_ok=True)
+                self._background(self._reattach(vm.id), f"reattach-{vm.id}")
+        prefix = str(self.vms_dir) + os.sep
+        for pid, argv in procfs.processes_mentioning(prefix):
+            if not os.path.basename(argv[0]).startswith("qemu-system"):
+                continue
+            names = {a[len(prefix):].split(os.sep, 1)[0] for a in argv if a.startswith(prefix)}
+            if not any(n in self._vms for n in names):
+                log.warning("QEMU process %d looks like a VM of %s but has no VM directory; not killing it", pid, self.vms_dir)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._release_connections()
+
+    async def node_info(self) -> NodeInfo:
+        cpu = self.cpu or os.cpu_count() or 1
+        ram_mb = self.ram_mb or _mem_total_mb()
+        if self.disk_gb is not None:
+            disk_gb = self.disk_gb
+        else:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            disk_gb = shutil.disk_usage(self.state_dir).free // GIB
+        return NodeInfo(hostname=self.hostname, cpu=cpu, ram_mb=ram_mb, disk_gb=max(1, disk_gb), labels={"accel": self.accel})
+
+    # -- defining VMs ----------------------------------------------------------------------
+
+    async def create_vm(self, spec: VmSpec) -> None:
+        paths = vm_paths(self.state_dir, spec.id)
+        async with self._lock(spec.id):
+            if paths.config.exists():
+                if spec.id not in self._vms:
+                    self._vms[spec.id] = _Vm(load_config(paths), paths)
+                return
+            if paths.dir.exists():  # no vm.json: not a VM of ours (creates are atomic renames)
+                raise DriverError(f"{paths.dir} exists but holds no VM", vm_id=spec.id)
+            self.vms_dir.mkdir(parents=True, exist_ok=True)
+            work = VmPaths(self.vms_dir / f".creating-{spec.id}-{uuid.uuid4().hex[:8]}")
+            try:
+                work.dir.mkdir()
+                config = await self._define(spec, work)
+                os.rename(work.dir, paths.dir)
+            except BaseException:
+                shutil.rmtree(work.dir, ignore_errors=True)
+                raise
+            self._vms[spec.id] = _Vm(config, paths)
+
+    async def _define(self, spec: VmSpec, work: VmPaths) -> VmConfig:
+        """Write the disk, seed and vm.json of `spec` into `work.dir`."""
+        if spec.resources.cpu < 1 or spec.resources.ram_mb < 16 or spec.resources.disk_gb < 1:
+            raise DriverError(f"resources {spec.resources.to_wire()} are too small", vm_id=spec.id)
+        base: Path | None = None
+        if spec.template_image:
+            base = Path(spec.template_image).absolute()
+            if not base.is_file():
+                raise DriverError(f"template image {base} does not exist on {self.hostname}", vm_id=spec.id)
+        config = VmConfig.from_spec(spec, clock.now())
+        if base is not None:
+            config = dataclasses.replace(config, template_image=str(base))
+        if config.boot is not None:
+            for p in (config.boot.kernel, config.boot.initrd):
+                if p and not Path(p).is_file():
+                    raise DriverError(f"template boot file {p} does not exist on {self.hostname}", vm_id=spec.id)
+        size = spec.resources.disk_gb * GIB
+        if base is not None:
+            info = await images.disk_info(self.qemu_img, base, vm_id=spec.id)
+            if info.format not in SUPPORTED_FORMATS:
+                raise DriverError(f"template image format {info.format} is not qcow2 or raw", vm_id=spec.id)
+            await images.create_overlay(self.qemu_img, base, info.format, work.disk, max(size, info.virtual_size), vm_id=spec.id)
+        else:
+            await images.create_blank(self.qemu_img, work.disk, size, vm_id=spec.id)
+        files = seed_files(spec)
+        try:
+            await asyncio.to_thread(write_seed_iso, work.seed, files)
+        except (pycdlib.pycdlibexception.PyCdlibException, OSError) as exc:
+            raise DriverError(f"cannot write the cloud-init seed: {exc}", vm_id=spec.id) from exc
+        save_config(work, config)
+        return config
+
+    async def delete_vm(self, vm_id: str) -> None:
+        paths = vm_paths(self.state_dir, vm_id)
+        async with self._lock(vm_id):
+            vm = self._vms.get(vm_id)
+            if vm is None and paths.dir.exists():
+                vm = _Vm(load_config(paths), paths) if paths.config.exists() else None
+            if vm is not None:
+                await self._stop_locked(vm)
+            elif paths.dir.exists():  # a directory without vm.json: kill what runs from it
+                for pid, _argv in procfs.processes_mentioning(str(paths.dir) + os.sep):
+                    procfs.kill(pid)
+            if paths.dir.exists():
+                await asyncio.to_thread(shutil.rmtree, paths.dir)
+            self._vms.pop(vm_id, None)
+        self._locks.pop(vm_id, None)
+
+    async def resize_vm(self, vm_id: str, resources: Resources) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            current = vm.config.resources
+            if resources.disk_gb < current.disk_gb:
+                raise DriverError(
+                    f"disk of {vm_id} cannot shrink from {current.disk_gb} to {resources.disk_gb} GB", vm_id=vm_id
+                )
+            if resources.cpu < 1 or resources.ram_mb < 16:
+                raise DriverError(f"resources {resources.to_wire()} are too small", vm_id=vm_id)
+            target = resources.disk_gb * GIB
+            info = await images.disk_info(self.qemu_img, vm.paths.disk, vm_id=vm_id)
+            if target > info.virtual_size:
+                if self._live_pid(vm) is not None:
+                    await self._monitor(vm).execute("block_resize", {"device": DISK_ID, "size": target})
+                else:
+                    await images.grow(self.qemu_img, vm.paths.disk, target, vm_id=vm_id)
+            if resources != current:
+                vm.config = vm.config.with_resources(resources)
+                save_config(vm.paths, vm.config)
+
+    # -- power -----------------------------------------------------------------------------
+
+    async def start_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            await self._start_locked(self._vm(vm_id))
+
+    async def stop_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            await self._stop_locked(self._vm(vm_id))
+
+    async def shutdown_vm(self, vm_id: str, timeout: float) -> bool:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            pid = self._live_pid(vm)
+            if pid is None:
+                crashed = self._runtime(vm).state == PowerState.CRASHED
+                await self._cleanup(vm)
+                return not crashed
+            vm.paths.stop_marker.touch()
+            vm.transition = PowerState.STOPPING
+            try:
+                graceful = await self._power_button(vm, pid, timeout)
+            finally:
+                vm.transition = None
+            await self._stop_locked(vm)
+            return graceful
+
+    async def _power_button(self, vm: _Vm, pid: int, timeout: float) -> bool:
+        """Press the ACPI power button (again every few seconds) until the guest is off or
+        `timeout` passes. True if the guest powered off by itself."""
+        monitor = self._monitor(vm)
+        deadline = time.monotonic() + timeout
+        next_press = next_poll = 0.0
+        while True:
+            now = time.monotonic()
+            if not procfs.is_ours(pid, vm.marker) or monitor.guest_off:
+                return True
+            if now >= deadline:
+                return False
+            with contextlib.suppress(DriverError):
+                if now >= next_press:
+                    await monitor.execute("system_powerdown")
+                    next_press = now + POWER_BUTTON_REPEAT
+                if now >= next_poll:  # the SHUTDOWN event normally tells us first
+                    if await monitor.status() == "shutdown":
+                        return True
+                    next_poll = now + 1.0
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    async def reboot_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if self._live_pid(vm) is None or (vm.monitor is not None and vm.monitor.guest_off):
+                state = self._runtime(vm).state
+                raise InvalidState(f"VM {vm_id} is {state}, not running", current=state, required="running")
+            try:  # the guest's own reboot, if its agent answers at once
+                agent = self._agent(vm)
+                await agent.wait_ready(1.0)
+                await agent.execute("guest-shutdown", {"mode": "reboot"}, reply=False, ready_timeout=1.0)
+                log.info("rebooting %s through its guest agent", vm_id)
+            except DriverError:
+                await self._monitor(vm).execute("system_reset")
+                log.info("rebooting %s with system_reset (no guest agent)", vm_id)
+
+    async def power_cycle_vm(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            pid = self._live_pid(vm)
+            if pid is not None and not (vm.monitor is not None and vm.monitor.guest_off):
+                if self._started_with(vm) == vm.config.resources:
+                    await self._monitor(vm).execute("system_reset")
+                    return
+            # stopped, crashed, powered off, or new CPU/RAM to apply: off and on again
+            await self._stop_locked(vm)
+            await self._start_locked(vm)
+
+    async def _start_locked(self, vm: _Vm) -> None:
+        if self._live_pid(vm) is not None:
+            if vm.monitor is None or not vm.monitor.guest_off:
+                return
+            await self._stop_locked(vm)  # the guest powered itself off: QEMU waits paused
+        await self._cleanup(vm)
+        for path in (vm.config.template_image, *(() if vm.config.boot is None else (vm.config.boot.kernel, vm.config.boot.initrd))):
+            if path and not Path(path).is_file():
+                raise DriverError(f"{path} is missing on {self.hostname}; the VM cannot start", vm_id=vm.id)
+        _trim_log(vm.paths.serial_log)
+        argv = build_argv(
+            vm.config, vm.paths, accel=self.accel, qemu_binary=self.qemu_binary,
+            forward_address=self.forward_address, sandbox=self.sandbox,
+        )
+        vm.transition = PowerState.STARTING
+        pid: int | None = None
+        try:
+            try:
+                pid = procfs.spawn(argv, cwd=vm.paths.dir, log=vm.paths.stderr_log)
+            except OSError as exc:
+                raise DriverError(f"cannot run {self.qemu_binary}: {exc.strerror}", vm_id=vm.id) from exc
+            write_json_atomic(vm.paths.run, {
+                "pid": pid,
+                "startedAt": procfs.start_time(pid),
+                "resources": vm.config.resources.to_wire(),
+                "accel": self.accel,
+                "argv": argv,
+            })
+            await self._wait_for_qmp(vm, pid)
+            status = await self._monitor(vm).status()
+            if status != "running":
+                raise DriverError(f"QEMU is {status!r} right after start", vm_id=vm.id)
+            vm.cpu_sample = None
+        except BaseException as exc:
+            if pid is not None:
+                vm.paths.stop_marker.touch()
+                procfs.kill(pid)
+                await _wait_exit(pid, vm.marker, 5.0)
+            error = self._stderr_tail(vm) if pid is not None else ""
+            await self._cleanup(vm)
+            if isinstance(exc, DriverError) and error:
+                raise DriverError(f"{exc.message}: {error}", **exc.details) from exc
+            raise
+        finally:
+            vm.transition = None
+
+    async def _wait_for_qmp(self, vm: _Vm, pid: int) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        monitor = self._monitor(vm)
+        while True:
+            if not procfs.is_ours(pid, vm.marker):
+                raise DriverError("QEMU exited during start", vm_id=vm.id)
+            if vm.paths.qmp.exists():
+                try:
+                    await monitor.connect(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                    return
+                except DriverError:
+                    pass
+            if time.monotonic() > deadline:
+                raise DriverError(f"QEMU did not answer on QMP within {self.start_timeout:g} s", vm_id=vm.id)
+            await asyncio.sleep(0.02)
+
+    async def _stop_locked(self, vm: _Vm) -> None:
+        """Hard power-off; then no process, socket or pidfile is left."""
+        pid = self._live_pid(vm)
+        if pid is not None:
+            vm.paths.stop_marker.touch()
+            vm.transition = PowerState.STOPPING
+            try:
+                await self._monitor(vm).quit(timeout=3.0)
+                if not await _wait_exit(pid, vm.marker, 5.0):
+                    log.warning("QEMU %d of %s ignored quit; killing it", pid, vm.id)
+                    procfs.kill(pid, signal.SIGKILL)
+                    if not await _wait_exit(pid, vm.marker, 10.0):
+                        raise DriverError(f"QEMU process {pid} does not exit", vm_id=vm.id)
+            finally:
+                vm.transition = None
+        await self._cleanup(vm)
+
+    async def _cleanup(self, vm: _Vm) -> None:
+        """Forget the runtime of a VM with no process: connections, sockets, pidfile, markers."""
+        for conn in (vm.monitor, vm.agent):
+            if conn is not None:
+                await conn.close()
+        vm.monitor = vm.agent = None
+        vm.cpu_sample = None
+        for path in vm.paths.runtime_files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    async def _reattach(self, vm_id: str) -> None:
+        """Connect to a VM found running at open(); finish it if its guest powered off while
+        no driver watched."""
+        async with self._lock(vm_id):
+            vm = self._vms.get(vm_id)
+            if vm is None or self._live_pid(vm) is None:
+                return
+            try:
+                if await self._monitor(vm).status() == "shutdown":
+                    log.info("guest of %s powered off while no driver watched; stopping its QEMU", vm_id)
+                    await self._stop_locked(vm)
+            except DriverError as exc:
+                log.warning("re-attaching %s: %s", vm_id, exc.message)
+
+    async def _finish_guest_poweroff(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vms.get(vm_id)
+            if vm is None or self._live_pid(vm) is None or vm.monitor is None or not vm.monitor.guest_off:
+                return
+            log.info("guest of %s powered off; stopping its QEMU", vm_id)
+            await self._stop_locked(vm)
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def get_vm(self, vm_id: str) -> VmRuntime | None:
+        if not looks_like_id(vm_id):
+            return None
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            paths = vm_paths(self.state_dir, vm_id)
+            if not paths.config.exists():
+                return None
+            try:
+                vm = self._vms.setdefault(vm_id, _Vm(load_config(paths), paths))
+            except DriverError:
+                return None
+        return self._runtime(vm)
+
+    async def list_vms(self) -> list[VmRuntime]:
+        return [self._runtime(vm) for vm in list(self._vms.values())]
+
+    def _runtime(self, vm: _Vm) -> VmRuntime:
+        pid = self._live_pid(vm)
+        if pid is not None:
+            state = vm.transition or (PowerState.STOPPING if vm.monitor is not None and vm.monitor.guest_off else PowerState.RUNNING)
+            return VmRuntime(vm_id=vm.id, state=state, started_at=procfs.start_time(pid))
+        if vm.transition is not None:
+            return VmRuntime(vm_id=vm.id, state=vm.transition)
+        if vm.paths.run.exists() and not vm.paths.stop_marker.exists():
+            return VmRuntime(vm_id=vm.id, state=PowerState.CRASHED, error=self._exit_reason(vm, self._recorded_pid(vm)))
+        return VmRuntime(vm_id=vm.id, state=PowerState.STOPPED)
+
+    def _recorded_pid(self, vm: _Vm) -> int | None:
+        """The pid QEMU wrote to its pidfile, else the one the driver recorded at start."""
+        for read in (lambda: vm.paths.pidfile.read_text(), lambda: str(json.loads(vm.paths.run.read_text())["pid"])):
+            try:
+                return int(read().strip())
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return None
+
+    def _live_pid(self, vm: _Vm) -> int | None:
+        pid = self._recorded_pid(vm)
+        if pid is not None and procfs.is_ours(pid, vm.marker):
+            return pid
+        return None
+
+    def _started_with(self, vm: _Vm) -> Resources | None:
+        try:
+            r = json.loads(vm.paths.run.read_text())["resources"]
+            return Resources(int(r["cpu"]), int(r["ramMb"]), int(r["diskGb"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _exit_reason(self, vm: _Vm, pid: int | None) -> str:
+        """Why QEMU ended: the tail of its stderr, else its exit status if we reaped it."""
+        tail = self._stderr_tail(vm)
+        if tail:
+            return tail
+        status = procfs.reap(pid) if pid is not None else None
+        if status is not None and status < 0:
+            return f"QEMU exited unexpectedly (killed by signal {-status})"
+        if status is not None:
+            return f"QEMU exited unexpectedly with status {status}"
+        return "QEMU exited unexpectedly"
+
+    def _stderr_tail(self, vm: _Vm) -> str:
+        """The last lines QEMU wrote to its stderr in this run (its log is new at each start)."""
+        try:
+            with open(vm.paths.stderr_log, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 2048))
+                lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return " / ".join(lines[-3:])[-500:]
+
+    # -- in the guest ----------------------------------------------------------------------
+
+    async def exec_vm(self, vm_id: str, argv: list[str], timeout: float, max_output: int) -> ExecResult:
+        vm = self._running(vm_id)
+        return await self._agent(vm).exec(list(argv), timeout, max_output, ready_timeout=self.agent_timeout)
+
+    async def open_console(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        vm = self._running(vm_id)
+        try:
+            return await asyncio.open_unix_connection(sock=connect_unix(vm.paths.serial))
+        except OSError as exc:
+            raise DriverError("cannot connect to the serial console", vm_id=vm_id, reason=exc.strerror) from exc
+
+    async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
+        vm = self._vm(vm_id)
+        try:
+            with open(vm.paths.serial_log, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - max_bytes))
+                return f.read(max_bytes)
+        except FileNotFoundError:
+            return b""
+
+    async def stats_vm(self, vm_id: str) -> VmStats:
+        vm = self._running(vm_id)
+        pid = self._live_pid(vm)
+        assert pid is not None
+        started = procfs.start_time(pid) or clock.now()
+        now = time.monotonic()
+        cpu = procfs.cpu_seconds(pid) or 0.0
+        prev = vm.cpu_sample
+        if prev is not None and prev[0] == pid and now > prev[1]:
+            cpu_percent = (cpu - prev[2]) / (now - prev[1]) * 100
+        else:
+            cpu_percent = cpu / max(1e-3, clock.now() - started) * 100
+        vm.cpu_sample = (pid, now, cpu)
+        rd = wr = 0
+        for dev in await self._monitor(vm).execute("query-blockstats"):
+            if dev.get("device") == DISK_ID:
+                rd, wr = int(dev["stats"]["rd_bytes"]), int(dev["stats"]["wr_bytes"])
+        rx, tx = await self._guest_net_bytes(vm)
+        return VmStats(
+            cpu_percent=round(max(0.0, cpu_percent), 1),
+            memory_mb=procfs.rss_bytes(pid) // (1 << 20),
+            memory_total_mb=(self._started_with(vm) or vm.config.resources).ram_mb,
+            disk_read_bytes=rd,
+            disk_write_bytes=wr,
+            net_rx_bytes=rx,
+            net_tx_bytes=tx,
+            uptime_seconds=max(0.0, clock.now() - started),
+        )
+
+    async def _guest_net_bytes(self, vm: _Vm) -> tuple[int, int]:
+        """eth0's counters as the guest agent reports them; (0, 0) without an agent."""
+        if time.monotonic() < vm.agent_down_until:
+            return 0, 0
+        try:
+            ifaces = await self._agent(vm).execute("guest-network-get-interfaces", timeout=2.0, ready_timeout=1.0)
+        except DriverError:
+            vm.agent_down_until = time.monotonic() + AGENT_RETRY_AFTER
+            return 0, 0
+        for iface in ifaces or []:
+            if iface.get("name") == "eth0":
+                stats = iface.get("statistics") or {}
+                return int(stats.get("rx-bytes", 0)), int(stats.get("tx-bytes", 0))
+        return 0, 0
+
+    # -- images ----------------------------------------------------------------------------
+
+    async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
+        source = Path(source)
+        if not source.is_file():
+            raise DriverError(f"image {source.name} does not exist", template_id=template_id)
+        if source.stat().st_size == 0:
+            raise DriverError("image is empty", template_id=template_id)
+        info = await images.disk_info(self.qemu_img, source, template_id=template_id)
+        if info.format not in SUPPORTED_FORMATS:
+            raise DriverError(f"image format {info.format} is not supported (qcow2 or raw)", template_id=template_id)
+        if info.backing_file:
+            raise DriverError(
+                f"image has a backing file ({info.backing_file}); flatten it with qemu-img convert",
+                template_id=template_id,
+            )
+        if info.virtual_size <= 0:
+            raise DriverError("image has a virtual size of 0", template_id=template_id)
+        if info.format == "qcow2":
+            await images.check_qcow2(self.qemu_img, source, template_id=template_id)
+        await progress(100, f"{info.format} image of {info.virtual_size / GIB:.1f} GiB checked on {self.hostname}")
+        return ImageInfo(path=source, format=info.format, virtual_size=info.virtual_size, actual_size=info.actual_size)
+
+    async def delete_image(self, template_id: str) -> None:
+        return None  # the control plane owns the image file; the node keeps no copy
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    def _vm(self, vm_id: str) -> _Vm:
+        paths = vm_paths(self.state_dir, vm_id)
+        vm = self._vms.get(vm_id)
+        if vm is None and paths.config.exists():
+            vm = self._vms.setdefault(vm_id, _Vm(load_config(paths), paths))
+        if vm is None:
+            raise DriverError(f"VM {vm_id} is not defined on {self.hostname}", vm_id=vm_id)
+        return vm
+
+    def _running(self, vm_id: str) -> _Vm:
+        vm = self._vm(vm_id)
+        if self._live_pid(vm) is None or (vm.monitor is not None and vm.monitor.guest_off):
+            state = self._runtime(vm).state
+            raise InvalidState(f"VM {vm_id} is {state}, not running", current=state, required="running")
+        return vm
+
+    def _monitor(self, vm: _Vm) -> Monitor:
+        if vm.monitor is None:
+            vm_id = vm.id
+            vm.monitor = Monitor(
+                vm_id, vm.paths.qmp,
+                on_guest_poweroff=lambda: self._background(self._finish_guest_poweroff(vm_id), f"poweroff-{vm_id}"),
+            )
+        return vm.monitor
+
+    def _agent(self, vm: _Vm) -> GuestAgent:
+        if vm.agent is None:
+            vm.agent = GuestAgent(vm.id, vm.paths.qga)
+        return vm.agent
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release_connections(self) -> None:
+        for vm in self._vms.values():
+            for conn in (vm.monitor, vm.agent):
+                if conn is not None:
+                    await conn.close()
+            vm.monitor = vm.agent = None
+
+
+async def _wait_exit(pid: int, marker: str, timeout: float) -> bool:
+    """Wait until `pid` is no longer our QEMU; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while procfs.is_ours(pid, marker):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _mem_total_mb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def _trim_log(path: Path) -> None:
+    """Keep serial.log bounded across starts (QEMU appends to it)."""
+    try:
+        if path.stat().st_size <= SERIAL_LOG_MAX:
+            return
+        with open(path, "rb") as f:
+            f.seek(-SERIAL_LOG_KEEP, os.SEEK_END)
+            tail = f.read()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(tail)
+        os.replace(tmp, path)
+    except OSError:
+        pass
