@@ -1,5 +1,6 @@
 """Settings of a vmplane server, validated at start (env prefix `VMPLANE_`)."""
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,10 @@ class Settings(BaseSettings):
     """`sqlite+aiosqlite:///…` (default: `<data_dir>/vmplane.db`) or `postgresql+asyncpg://…`."""
 
     driver: Literal["auto", "qemu", "sim"] = "auto"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    """QEMU accelerator: `auto` uses KVM only if a probe guest really boots with it."""
+    image_cache_dir: Path | None = None
+    """Shared cache of built guest images (default `$XDG_CACHE_HOME/vmplane/images`)."""
     sim_nodes: int = Field(1, ge=0, le=100_000)
     sim_node_cpu: int = Field(32, ge=1)
     sim_node_ram_mb: int = Field(131072, ge=128)
@@ -49,6 +54,12 @@ class Settings(BaseSettings):
         if v is not None and not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return v
+
+    def resolved_image_cache(self) -> Path:
+        if self.image_cache_dir is not None:
+            return self.image_cache_dir
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "vmplane" / "images"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -1,18 +1,21 @@
 """The Runtime wires one vmplane process together: store, nodes, job engine, services."""
 
+import asyncio
 import logging
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import clock, ids
 from .config import Settings
 from .domain import NodeStatus, VmStatus
 from .drivers.base import HypervisorDriver, PowerState
 from .drivers.registry import NodeRegistry, build_sim_nodes, pick_driver_kind
-from .errors import VmplaneError
 from .jobs.engine import JobEngine
 from .jobs.handlers import all_handlers
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
+from .services.guest import GuestService
 from .services.jobs import JobService
 from .services.templates import TemplateService
 from .services.vms import VmService
@@ -20,9 +23,14 @@ from .store import Store
 from .store import jobs as job_q
 from .store import meta as meta_q
 from .store import nodes as node_q
+from .store import templates as tpl_q
 from .store import vms as vm_q
 
+if TYPE_CHECKING:
+    from .images import TinyImage
+
 log = logging.getLogger("vmplane")
+TINY_TEMPLATE = "tiny-linux"
 
 
 class Runtime:
@@ -39,11 +47,13 @@ class Runtime:
         self.templates = TemplateService(self)
         self.jobs = JobService(self)
         self.cluster = ClusterService(self)
+        self.guest = GuestService(self)
         self.ready = False
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
         self._nodes = nodes
+        self._tiny: TinyImage | None = None
 
-    def _build_nodes(self) -> list[tuple[str, HypervisorDriver]]:
+    async def _build_nodes(self) -> list[tuple[str, HypervisorDriver]]:
         if self._nodes is not None:
             return self._nodes
         kind, reason = pick_driver_kind(self.settings)
@@ -51,7 +61,62 @@ class Runtime:
         if kind == "sim":
             log.warning("driver: sim (%s)", reason)
             return build_sim_nodes(self.settings, self.data_dir / "sim")
-        raise VmplaneError(f"the {kind} driver is not available in this build ({reason}); use --driver sim")
+        log.info("driver: qemu (%s)", reason)
+        from .drivers.qemu import QemuDriver, pick_accel
+
+        image = await self.tiny_image()
+        if image is None:
+            accel, why = ("tcg", "no probe image to test KVM with") if self.settings.accel == "auto" else (self.settings.accel, "--accel")
+        else:
+            accel, why = await pick_accel(self.settings.accel, image)
+        log.warning("accelerator: %s (%s)", accel, why)
+        driver = QemuDriver(state_dir=self.data_dir / "qemu", hostname=socket.gethostname(), accel=accel)
+        return [("node-1", driver)]
+
+    async def tiny_image(self) -> "TinyImage | None":
+        """The tiny guest image, built once into the shared cache (None if it cannot be)."""
+        if self._tiny is not None:
+            return self._tiny
+        from .images import ImageBuildError, build_tiny_image
+
+        dest = self.settings.resolved_image_cache() / "tiny"
+
+        def progress(pct: int, message: str) -> None:
+            log.info("building tiny-linux image: %3d%% %s", pct, message)
+
+        try:
+            self._tiny = await asyncio.to_thread(build_tiny_image, dest, progress)
+        except (ImageBuildError, OSError) as exc:
+            log.error("cannot build the tiny-linux image, so it will not be offered: %s", exc)
+            return None
+        return self._tiny
+
+    async def _register_tiny_template(self) -> None:
+        """Make sure the default template `tiny-linux` exists and points at the cached image."""
+        from .images.tiny import DISK_SIZE
+
+        image = await self.tiny_image()
+        if image is None:
+            return
+        now = clock.now()
+        values = {
+            "os": "linux",
+            "status": "ready",
+            "format": "qcow2",
+            "size_mb": DISK_SIZE // 2**20,
+            "image_path": str(image.disk),
+            "boot": {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline},
+            "source_url": f"file://{image.disk}",
+            "error": None,
+            "updated_at": now,
+        }
+        async with self.store.write() as conn:
+            tpl = await tpl_q.get_template(conn, TINY_TEMPLATE)
+            if tpl is None:
+                await tpl_q.insert_template(conn, {"id": ids.new_id("tpl"), "name": TINY_TEMPLATE, "node_id": None, "created_at": now, **values})
+                log.info("registered template %s", TINY_TEMPLATE)
+            elif tpl.image_path != values["image_path"] or tpl.boot != values["boot"] or tpl.status != "ready":
+                await tpl_q.set_template(conn, tpl.id, **values)
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +126,7 @@ class Runtime:
         async with self.store.write() as conn:
             await meta_q.ensure(conn, "cluster_id", ids.new_id("cluster"))
             await meta_q.ensure(conn, "created_at", str(now))
-        for node_id, driver in self._build_nodes():
+        for node_id, driver in await self._build_nodes():
             self.registry.add(node_id, driver)
         await self.registry.open_all()
         rows = []
@@ -86,6 +151,8 @@ class Runtime:
             for row in rows:
                 await node_q.upsert_node(conn, row)
             await node_q.recompute_usage(conn, now)
+        if any(d.capabilities.kind == "qemu" for _, d in self.registry.items()):
+            await self._register_tiny_template()
         await self.reconcile()
         await self.engine.start()
         self.ready = True

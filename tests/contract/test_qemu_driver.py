@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -28,8 +29,10 @@ from vmplane import ids
 from vmplane.domain import Resources, VmSpec
 from vmplane.drivers.base import HypervisorDriver, PowerState
 from vmplane.drivers.qemu import QemuDriver, build_argv, pick_accel
+from vmplane.drivers.qemu.accel import probe_kvm
 from vmplane.drivers.qemu.agent import AgentNotResponding, GuestAgent
 from vmplane.drivers.qemu.layout import Forward, KernelBoot, VmConfig, VmPaths, mac_for
+from vmplane.drivers.qemu.unix import connect_unix
 from vmplane.drivers.qemu.seed import read_seed_iso, seed_files, volume_id, write_seed_iso
 from vmplane.errors import DriverError, InvalidState
 from vmplane.images.tiny import BOOT_COMPLETE_LINE, INIT_START_LINE, TinyImage, build_tiny_image
@@ -176,8 +179,10 @@ class TestQemuDriver(DriverContract):
 
 
 class Guest:
-    def __init__(self, driver: QemuDriver, spec: VmSpec, host_port: int) -> None:
+    def __init__(self, driver: QemuDriver, spec: VmSpec, host_port: int, spare: VmSpec) -> None:
         self.driver, self.spec, self.id, self.host_port = driver, spec, spec.id, host_port
+        self.spare = spare
+        """a second guest, booted alongside, for the test that powers a guest off unwatched"""
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -194,18 +199,25 @@ async def guest(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Guest
         sshKeys=[TEST_KEY],
         expose=[{"port": 8000, "hostPort": host_port, "protocol": "tcp"}],
     )
+    spare = tiny_spec(name="spare-guest")
     t0 = time.monotonic()
     await driver.create_vm(spec)
     t1 = time.monotonic()
     await driver.start_vm(spec.id)
     t2 = time.monotonic()
+    await driver.create_vm(spare)
+    await driver.start_vm(spare.id)
     await wait_for_console(driver, spec.id, BOOT_COMPLETE_LINE)
     t3 = time.monotonic()
-    print(f"[timing] create {t1 - t0:.3f} s, start->running {t2 - t1:.3f} s, start->boot line {t3 - t1:.2f} s")
+    await wait_for_console(driver, spare.id, BOOT_COMPLETE_LINE)
+    print(f"[timing] create {t1 - t0:.3f} s, start->running {t2 - t1:.3f} s, start->boot line {t3 - t1:.2f} s"
+          f" (two guests booting), both up after {time.monotonic() - t1:.2f} s")
     try:
-        yield Guest(driver, spec, host_port)
+        yield Guest(driver, spec, host_port, spare)
     finally:
-        await driver.delete_vm(spec.id)
+        await driver.open()
+        for vm in (spec, spare):
+            await driver.delete_vm(vm.id)
         await driver.close()
 
 
@@ -347,6 +359,23 @@ class TestBootedGuest:
         assert rt.error is None
         assert vm_processes(vm_dir) == []
         assert not any((vm_dir / n).exists() for n in ("qmp.sock", "qga.sock", "serial.sock", "qemu.pid", "run.json"))
+
+    @shared_loop
+    async def test_a_guest_that_powered_off_unwatched_is_stopped_on_reattach(self, guest: Guest) -> None:
+        d, vm = guest.driver, guest.spare.id
+        vm_dir = d.state_dir / "vms" / vm
+        await d.close()  # no driver watches now
+        reader, writer = await asyncio.open_unix_connection(sock=connect_unix(vm_dir / "serial.sock"))
+        try:
+            writer.write(b"\npoweroff -f\n")
+            await writer.drain()
+            await wait_for_console(d, vm, "reboot: Power down", timeout=20)
+        finally:
+            writer.close()
+        assert len(vm_processes(vm_dir)) == 1  # QEMU waits, paused (-no-shutdown)
+        await d.open()  # re-attaching notices the powered-off guest and ends its QEMU
+        rt = await wait_for_state(d, vm, PowerState.STOPPED, timeout=20)
+        assert rt.error is None and vm_processes(vm_dir) == []
 
 
 # -- lifecycle tests that need a QEMU process but no booted guest ---------------------------
@@ -686,3 +715,40 @@ class TestGuestAgentClient:
         with pytest.raises(AgentNotResponding, match="not responding"):
             await agent.wait_ready(0.5)
         assert time.monotonic() - t < 2
+
+
+class TestKvmProbe:
+    """The probe against stand-in QEMUs: one whose guest boots, one that crawls, one that dies."""
+
+    def fake_qemu(self, tmp_path: Path, body: str) -> str:
+        path = tmp_path / "fake-qemu"
+        path.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+        path.chmod(0o755)
+        return str(path)
+
+    def image(self, tmp_path: Path) -> TinyImage:
+        return TinyImage(kernel=tmp_path / "k", initrd=tmp_path / "i", disk=tmp_path / "d", cmdline="console=ttyS0")
+
+    async def test_a_guest_that_prints_its_first_line_means_kvm_works(self, tmp_path: Path) -> None:
+        qemu = self.fake_qemu(tmp_path, f"print('junk'); print({INIT_START_LINE!r}, flush=True); time.sleep(60)")
+        ok, why = await probe_kvm(self.image(tmp_path), qemu_binary=qemu, timeout=5)
+        assert ok, why
+        assert vm_processes(tmp_path) == []  # the probe was killed
+
+    async def test_a_silent_guest_is_given_up_on_in_time(self, tmp_path: Path) -> None:
+        qemu = self.fake_qemu(tmp_path, "time.sleep(60)")
+        t = time.monotonic()
+        ok, why = await probe_kvm(self.image(tmp_path), qemu_binary=qemu, timeout=0.5)
+        assert not ok and "printed nothing" in why and time.monotonic() - t < 3
+        assert vm_processes(tmp_path) == []
+
+    async def test_a_qemu_that_fails_says_why(self, tmp_path: Path) -> None:
+        qemu = self.fake_qemu(tmp_path, "print('failed to set MSR 0x10a', file=sys.stderr); sys.exit(1)")
+        ok, why = await probe_kvm(self.image(tmp_path), qemu_binary=qemu, timeout=5)
+        assert not ok and why == "probe QEMU exited with status 1: failed to set MSR 0x10a"
+
+    async def test_forced_modes_need_no_probe(self, tmp_path: Path) -> None:
+        assert (await pick_accel("tcg", self.image(tmp_path)))[0] == "tcg"
+        assert (await pick_accel("kvm", self.image(tmp_path)))[0] == "kvm"
+        with pytest.raises(ValueError):
+            await pick_accel("fast", self.image(tmp_path))

@@ -21,6 +21,7 @@ def vm(row: Row, now: float) -> dict[str, Any]:
         "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb},
         "templateId": row.template_id,
         "error": row.error,
+        "expose": (row.spec or {}).get("expose", []),
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
     }

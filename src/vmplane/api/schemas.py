@@ -1,7 +1,7 @@
 """Wire schemas of the native API: `…In` models parse requests (unknown fields rejected,
 no type coercion); `…Out` models document responses (rendered by `render`)."""
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,18 @@ class ResourcesPatch(In):
     diskGb: int | None = Field(None, ge=1, le=1_000_000)
 
 
+class CloudInitIn(In):
+    userData: str | None = Field(None, max_length=65536, description="`#cloud-config` or a `#!` script")
+    metaData: dict[str, Any] | None = None
+    networkConfig: dict[str, Any] | None = None
+
+
+class ExposeIn(In):
+    port: int = Field(..., ge=1, le=65535, description="port in the guest")
+    hostPort: int | None = Field(None, ge=1024, le=65535, description="port on the host's 127.0.0.1 (chosen if omitted)")
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
 class VmCreateIn(In):
     name: str = Field(..., min_length=1, max_length=63)
     templateId: str | None = Field(None, max_length=64)
@@ -31,6 +43,9 @@ class VmCreateIn(In):
     tags: list[str] = Field(default_factory=list, max_length=64)
     resources: ResourcesIn | None = None
     start: bool = True
+    cloudInit: CloudInitIn | None = None
+    sshKeys: list[str] = Field(default_factory=list, max_length=32)
+    expose: list[ExposeIn] = Field(default_factory=list, max_length=32)
 
 
 class VmUpdateIn(In):
@@ -59,6 +74,39 @@ class TemplateDeleteIn(In):
     templateIds: list[str] = Field(..., min_length=1, max_length=1000)
 
 
+class ExecIn(In):
+    command: list[str] = Field(..., min_length=1, max_length=256, description="argv; no shell")
+    timeoutSec: float = Field(30, gt=0, le=600)
+
+
+class ExecOut(BaseModel):
+    exitCode: int | None
+    stdout: str
+    stderr: str
+    timedOut: bool
+    stdoutTruncated: bool
+    stderrTruncated: bool
+    durationMs: int
+
+
+class ConsoleTokenOut(BaseModel):
+    token: str
+    expiresAt: str
+    websocketPath: str
+
+
+class VmStatsOut(BaseModel):
+    vmId: str
+    cpuPercent: float
+    memoryMb: int
+    memoryTotalMb: int
+    diskReadBytes: int
+    diskWriteBytes: int
+    netRxBytes: int
+    netTxBytes: int
+    uptimeSeconds: float
+
+
 class JobAccepted(BaseModel):
     jobId: str
     vmIds: list[str] | None = None
@@ -83,6 +131,7 @@ class VmOut(BaseModel):
     resources: ResourcesOut
     templateId: str | None
     error: str | None
+    expose: list[dict[str, Any]]
     createdAt: str
     updatedAt: str
 

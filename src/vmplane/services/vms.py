@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import clock, ids
 from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..store import guest as guest_q
 from ..store import jobs as job_q
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
@@ -37,6 +39,27 @@ def check_name(name: str, field_name: str = "name") -> None:
             f"{field_name} {name!r} is not valid: use 1-63 letters, digits and '-', not starting or ending with '-'",
             field=field_name,
         )
+
+
+SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( [^\r\n]*)?$")
+AUTO_PORTS = range(20000, 40000)
+
+
+def check_ssh_keys(keys: Sequence[str], where: str) -> None:
+    for i, key in enumerate(keys):
+        if len(key) > 8192 or not SSH_KEY_RE.match(key.strip()):
+            raise InvalidRequest(f"{where}[{i}] is not an OpenSSH public key (e.g. 'ssh-ed25519 AAAA… user@host')", field=f"{where}[{i}]")
+
+
+def port_is_free(port: int, proto: str) -> bool:
+    """True if nothing on this host listens on 127.0.0.1:port."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
@@ -95,7 +118,12 @@ class VmService:
         for i, spec in enumerate(specs):
             where = f"[{i}].name" if len(specs) > 1 else "name"
             check_name(spec.name, where)
-            check_tags(spec.tags, f"[{i}].tags" if len(specs) > 1 else "tags")
+            prefix = f"[{i}]." if len(specs) > 1 else ""
+            check_tags(spec.tags, f"{prefix}tags")
+            check_ssh_keys(spec.extra.get("sshKeys", []), f"{prefix}sshKeys")
+            guest_ports = [(e["port"], e["protocol"]) for e in spec.extra.get("expose", [])]
+            if len(set(guest_ports)) != len(guest_ports):
+                raise InvalidRequest("expose lists a guest port twice", field=f"{prefix}expose")
             if spec.name in seen:
                 raise InvalidRequest(f"name {spec.name!r} appears twice in the request", field=where)
             seen.add(spec.name)
@@ -140,11 +168,35 @@ class VmService:
                 await vm_q.insert_vms(conn, rows)
             except IntegrityError:
                 raise Conflict("a VM with one of these names was created at the same time") from None
+            await self._reserve_ports(conn, rows)
             job_id = await self.rt.engine.submit(
                 conn, "vm-create", created_by, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
             )
         self.rt.engine.wakeup()
         return job_id, [r["id"] for r in rows]
+
+    async def _reserve_ports(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Give each exposed guest port its host port (chosen when not asked for), uniquely."""
+        taken: set[tuple[int, str]] | None = None
+        candidates = iter(AUTO_PORTS)
+        for row in rows:
+            expose = row["spec"].get("expose") or []
+            for e in expose:
+                if e.get("hostPort") is None:
+                    if taken is None:
+                        taken = await guest_q.taken_ports(conn)
+                    for port in candidates:
+                        if (port, e["protocol"]) not in taken and port_is_free(port, e["protocol"]):
+                            e["hostPort"] = port
+                            taken.add((port, e["protocol"]))
+                            break
+                    else:
+                        raise Conflict("no free host port left to forward to the guest")
+            clash = await guest_q.reserve_ports(conn, row["id"], [(e["hostPort"], e["protocol"]) for e in expose])
+            if clash is not None:
+                raise Conflict(f"host port {clash} is already forwarded to another VM", field="expose")
+            if expose:
+                await vm_q.set_vm(conn, row["id"], spec=row["spec"])
 
     async def update(self, ref: str, change: VmChange, created_by: str) -> str:
         vm = await self.get(ref)

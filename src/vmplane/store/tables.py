@@ -148,3 +148,23 @@ idempotency_keys = Table(
     Column("body", Text, nullable=False),
     Column("created_at", Float, nullable=False, index=True),
 )
+
+host_ports = Table(
+    "host_ports",
+    metadata,
+    Column("node_scope", String(64), primary_key=True),
+    Column("port", Integer, primary_key=True),
+    Column("protocol", String(8), primary_key=True),
+    Column("vm_id", String(64), nullable=False, index=True),
+)
+"""Host ports forwarded to guests (user-mode networking), one owner each."""
+
+console_tokens = Table(
+    "console_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("vm_id", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("used", Boolean, nullable=False, default=False),
+)
+"""One-time console tokens; only a SHA-256 of each token is kept."""

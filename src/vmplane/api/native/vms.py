@@ -59,6 +59,15 @@ def _new_vm(spec: VmCreateIn) -> NewVm:
         node_id=spec.nodeId,
         tags=tuple(spec.tags),
         start=spec.start,
+        extra={
+            k: v
+            for k, v in {
+                "cloudInit": spec.cloudInit.model_dump(exclude_none=True) if spec.cloudInit else None,
+                "sshKeys": list(spec.sshKeys),
+                "expose": [e.model_dump() for e in spec.expose],
+            }.items()
+            if v
+        },
     )
 
 

@@ -58,12 +58,14 @@ async def probe_kvm(image: TinyImage, *, qemu_binary: str, timeout: float) -> tu
     marker = INIT_START_LINE.encode()
     seen = b""
     result: tuple[bool, str] | None = None
+    eof = False
     try:
         async with asyncio.timeout(timeout):
             while True:
                 chunk = await proc.stdout.read(4096)
                 if not chunk:
-                    break  # QEMU exited
+                    eof = True  # QEMU is exiting
+                    break
                 seen = (seen + chunk)[-4096:]
                 if marker in seen:
                     result = True, f"first serial line after {time.monotonic() - started:.1f} s"
@@ -71,12 +73,19 @@ async def probe_kvm(image: TinyImage, *, qemu_binary: str, timeout: float) -> tu
     except TimeoutError:
         result = False, f"probe guest printed nothing in {timeout:g} s"
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
         try:
+            # After EOF on stdout QEMU is exiting by itself: kill() would reap it behind
+            # asyncio's child watcher, so give it a moment first.
+            if eof:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 2)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
             await proc.wait()
-            err = await asyncio.wait_for(stderr_task, 2)
+            err = b""
+            with contextlib.suppress(TimeoutError):
+                err = await asyncio.wait_for(stderr_task, 2)
         except BaseException:
             stderr_task.cancel()
             raise

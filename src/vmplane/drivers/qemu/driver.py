@@ -441,13 +441,14 @@ class QemuDriver(HypervisorDriver):
             if vm is None or self._live_pid(vm) is None:
                 return
             try:
-                if await self._monitor(vm).status() == "shutdown":
-                    log.info("guest of %s powered off while no driver watched; stopping its QEMU", vm_id)
-                    await self._stop_locked(vm)
+                await self._monitor(vm).status()  # notes a guest that is off
             except DriverError as exc:
                 log.warning("re-attaching %s: %s", vm_id, exc.message)
+                return
+        await self._finish_guest_poweroff(vm_id)
 
     async def _finish_guest_poweroff(self, vm_id: str) -> None:
+        """Stop the QEMU of a guest that powered itself off (it waits paused, -no-shutdown)."""
         async with self._lock(vm_id):
             vm = self._vms.get(vm_id)
             if vm is None or self._live_pid(vm) is None or vm.monitor is None or not vm.monitor.guest_off:
@@ -487,12 +488,14 @@ class QemuDriver(HypervisorDriver):
 
     def _recorded_pid(self, vm: _Vm) -> int | None:
         """The pid QEMU wrote to its pidfile, else the one the driver recorded at start."""
-        for read in (lambda: vm.paths.pidfile.read_text(), lambda: str(json.loads(vm.paths.run.read_text())["pid"])):
-            try:
-                return int(read().strip())
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        return None
+        try:
+            return int(vm.paths.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            pass
+        try:
+            return int(json.loads(vm.paths.run.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _live_pid(self, vm: _Vm) -> int | None:
         pid = self._recorded_pid(vm)

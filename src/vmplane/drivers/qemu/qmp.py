@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
 
 from ...errors import DriverError
 from .unix import connect_unix
@@ -36,7 +36,7 @@ class Monitor:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.runstate.name == "RUNNING"
+        return self._client is not None and self._client.runstate == Runstate.RUNNING
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Connect if not connected. Raises DriverError("QMP connect failed")."""

@@ -7,6 +7,7 @@ from ... import clock
 from ...domain import VmStatus
 from ...errors import VmplaneError
 from ...placement import Demand
+from ...store import guest as guest_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, load_vm, vm_spec
@@ -63,6 +64,7 @@ class VmCreate(BaseHandler):
             if vm.node_id is not None:
                 await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
             if cancelled:
+                await guest_q.release_ports(conn, vm.id)
                 await vm_q.delete_vm(conn, vm.id)
             else:
                 await vm_q.set_vm(
@@ -71,4 +73,5 @@ class VmCreate(BaseHandler):
         ctx.log("cleaned up: nothing of the VM is left on the node")
 
     async def discard(self, conn: AsyncConnection, task: Row) -> None:
+        await guest_q.release_ports(conn, task.resource_id)
         await vm_q.delete_vm(conn, task.resource_id)

@@ -2,6 +2,7 @@
 
 from ... import clock
 from ...domain import VmStatus
+from ...store import guest as guest_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, set_status
@@ -23,6 +24,7 @@ class VmDelete(BaseHandler):
         async with rt.store.write() as conn:
             if vm.node_id is not None:
                 await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+            await guest_q.release_ports(conn, vm.id)
             await vm_q.delete_vm(conn, vm.id)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:

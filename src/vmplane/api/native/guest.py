@@ -1,0 +1,106 @@
+"""/api/v1/vms/{id}/console, console/ws, console/log, exec, stats."""
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ... import clock
+from ...errors import VmplaneError
+from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
+from .deps import ERRORS, RuntimeDep
+
+router = APIRouter(tags=["guest"])
+
+
+@router.post("/vms/{vm_id}/console", response_model=ConsoleTokenOut, responses=ERRORS)
+async def console_token(vm_id: str, rt: RuntimeDep) -> JSONResponse:
+    """A one-time token (60 s) for the serial console WebSocket."""
+    token, expires, vm = await rt.guest.console_token(vm_id)
+    return JSONResponse(
+        {
+            "token": token,
+            "expiresAt": clock.rfc3339(expires),
+            "websocketPath": f"/api/v1/vms/{vm.id}/console/ws?token={token}",
+        }
+    )
+
+
+@router.websocket("/vms/{vm_id}/console/ws")
+async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
+    """Bridges the WebSocket to the VM's serial console, both ways (binary frames out;
+    text or binary frames in)."""
+    rt = websocket.app.state.rt
+    try:
+        reader, writer = await rt.guest.open_console(vm_id, token)
+    except VmplaneError as exc:
+        await websocket.close(code=4404 if exc.status == 404 else 4409, reason=exc.message[:120])
+        return
+    await websocket.accept()
+
+    async def guest_to_client() -> None:
+        while data := await reader.read(4096):
+            await websocket.send_bytes(data)
+
+    async def client_to_guest() -> None:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes") or (msg.get("text") or "").encode()
+            writer.write(data)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
+        with contextlib.suppress(Exception, WebSocketDisconnect):
+            await websocket.close()
+
+
+@router.get("/vms/{vm_id}/console/log", response_class=PlainTextResponse, responses=ERRORS)
+async def console_log(vm_id: str, rt: RuntimeDep, bytes_: int = Query(65536, alias="bytes", ge=1, le=4 * 1024 * 1024)) -> PlainTextResponse:
+    """The recent serial output (the last `bytes` bytes)."""
+    data = await rt.guest.console_log(vm_id, bytes_)
+    return PlainTextResponse(data.decode("utf-8", "replace"))
+
+
+@router.post("/vms/{vm_id}/exec", response_model=ExecOut, responses=ERRORS)
+async def exec_in_guest(vm_id: str, body: ExecIn, rt: RuntimeDep) -> JSONResponse:
+    """Run a command in the guest through its agent (no shell) and wait for it."""
+    r = await rt.guest.exec(vm_id, body.command, body.timeoutSec)
+    return JSONResponse(
+        {
+            "exitCode": r.exit_code,
+            "stdout": r.stdout.decode("utf-8", "replace"),
+            "stderr": r.stderr.decode("utf-8", "replace"),
+            "timedOut": r.timed_out,
+            "stdoutTruncated": r.stdout_truncated,
+            "stderrTruncated": r.stderr_truncated,
+            "durationMs": r.duration_ms,
+        }
+    )
+
+
+@router.get("/vms/{vm_id}/stats", response_model=VmStatsOut, responses=ERRORS)
+async def stats(vm_id: str, rt: RuntimeDep) -> JSONResponse:
+    vm, s = await rt.guest.stats(vm_id)
+    return JSONResponse(
+        {
+            "vmId": vm.id,
+            "cpuPercent": round(s.cpu_percent, 1),
+            "memoryMb": s.memory_mb,
+            "memoryTotalMb": s.memory_total_mb,
+            "diskReadBytes": s.disk_read_bytes,
+            "diskWriteBytes": s.disk_write_bytes,
+            "netRxBytes": s.net_rx_bytes,
+            "netTxBytes": s.net_tx_bytes,
+            "uptimeSeconds": round(s.uptime_seconds, 1),
+        }
+    )

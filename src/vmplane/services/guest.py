@@ -1,0 +1,76 @@
+"""Reaching into running guests: serial console (one-time tokens), exec, stats.
+
+These are interactive calls, not jobs: they change no VM state, so they go to the VM's
+driver directly, and each checks the driver declares the capability.
+"""
+
+import asyncio
+import hashlib
+import secrets
+from typing import Any
+
+from sqlalchemy import Row
+
+from .. import clock
+from ..domain import VmStatus
+from ..drivers.base import ExecResult, HypervisorDriver, VmStats
+from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..store import guest as guest_q
+
+CONSOLE_TOKEN_SECONDS = 60
+EXEC_MAX_OUTPUT = 1024 * 1024
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class GuestService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    def _driver(self, vm: Row, capability: str, need_running: bool = True) -> HypervisorDriver:
+        if vm.node_id is None:
+            raise InvalidState(f"VM {vm.id} is {vm.status} and on no node", current=vm.status)
+        driver = self.rt.registry.driver(vm.node_id)
+        if not getattr(driver.capabilities, capability):
+            raise Conflict(
+                f"{vm.node_id} runs the {driver.capabilities.kind} driver, which has no {capability.replace('_', ' ')}",
+                capability=capability,
+            )
+        if need_running and vm.status != VmStatus.RUNNING:
+            raise InvalidState(f"VM {vm.id} is {vm.status}, not running", current=vm.status, required="running")
+        return driver
+
+    async def console_token(self, ref: str) -> tuple[str, float, Row]:
+        vm = await self.rt.vms.get(ref)
+        self._driver(vm, "console")
+        token = secrets.token_urlsafe(24)
+        now = clock.now()
+        expires = now + CONSOLE_TOKEN_SECONDS
+        async with self.rt.store.write() as conn:
+            await guest_q.add_console_token(conn, token_hash(token), vm.id, expires, now)
+        return token, expires, vm
+
+    async def open_console(self, ref: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Spend a console token and connect to the VM's serial console."""
+        vm = await self.rt.vms.get(ref)
+        async with self.rt.store.write() as conn:
+            ok = await guest_q.use_console_token(conn, token_hash(token), vm.id, clock.now())
+        if not ok:
+            raise NotFound("console token is unknown, used or expired")
+        return await self._driver(vm, "console").open_console(vm.id)
+
+    async def console_log(self, ref: str, max_bytes: int) -> bytes:
+        vm = await self.rt.vms.get(ref)
+        return await self._driver(vm, "console", need_running=False).console_log(vm.id, max_bytes)
+
+    async def exec(self, ref: str, argv: list[str], timeout: float) -> ExecResult:
+        if not argv or not argv[0]:
+            raise InvalidRequest("command must name a program to run", field="command")
+        vm = await self.rt.vms.get(ref)
+        return await self._driver(vm, "exec").exec_vm(vm.id, argv, timeout, EXEC_MAX_OUTPUT)
+
+    async def stats(self, ref: str) -> tuple[Row, VmStats]:
+        vm = await self.rt.vms.get(ref)
+        return vm, await self._driver(vm, "stats").stats_vm(vm.id)

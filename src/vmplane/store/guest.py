@@ -1,0 +1,53 @@
+"""SQL for what reaches into guests: forwarded host ports and one-time console tokens."""
+
+from typing import Sequence
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import console_tokens, host_ports
+
+PORT_SCOPE = "host"
+"""Forwarded ports bind on the node's loopback; until VMs span hosts' own loopbacks
+(scale-out), one scope keeps them unique across the installation."""
+
+
+async def reserve_ports(conn: AsyncConnection, vm_id: str, ports: Sequence[tuple[int, str]]) -> int | None:
+    """Reserve host ports for a VM; returns the first port already taken (nothing reserved)."""
+    for port, proto in ports:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(insert(host_ports), [{"node_scope": PORT_SCOPE, "port": port, "protocol": proto, "vm_id": vm_id}])
+        except IntegrityError:
+            await conn.execute(delete(host_ports).where(host_ports.c.vm_id == vm_id))
+            return port
+    return None
+
+
+async def taken_ports(conn: AsyncConnection) -> set[tuple[int, str]]:
+    return {(r.port, r.protocol) for r in (await conn.execute(select(host_ports))).all()}
+
+
+async def release_ports(conn: AsyncConnection, vm_id: str) -> None:
+    await conn.execute(delete(host_ports).where(host_ports.c.vm_id == vm_id))
+
+
+async def add_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, expires_at: float, now: float) -> None:
+    await conn.execute(delete(console_tokens).where(console_tokens.c.expires_at < now))
+    await conn.execute(insert(console_tokens), [{"token_hash": token_hash, "vm_id": vm_id, "expires_at": expires_at, "used": False}])
+
+
+async def use_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, now: float) -> bool:
+    """Spend a token: True once, if it is for this VM and not expired."""
+    res = await conn.execute(
+        update(console_tokens)
+        .where(
+            console_tokens.c.token_hash == token_hash,
+            console_tokens.c.vm_id == vm_id,
+            console_tokens.c.used.is_(False),
+            console_tokens.c.expires_at >= now,
+        )
+        .values(used=True)
+    )
+    return res.rowcount == 1
