@@ -5,6 +5,7 @@ import asyncio
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import httpx
@@ -98,3 +99,59 @@ class Server:
         return await self.wait_job(r.json()["jobId"])
 
 
+
+
+def require_qemu() -> None:
+    """Skip when QEMU is missing, unless VMPLANE_REQUIRE_QEMU=1 (CI), where it fails."""
+    import shutil
+
+    if shutil.which("qemu-system-x86_64") and shutil.which("qemu-img"):
+        return
+    if os.environ.get("VMPLANE_REQUIRE_QEMU") == "1":
+        pytest.fail("VMPLANE_REQUIRE_QEMU=1 but qemu-system-x86_64 is not installed")
+    pytest.skip("qemu-system-x86_64 is not installed")
+
+
+def qemu_processes_of(vm_id: str) -> list[str]:
+    """Command lines of running QEMU processes that belong to this VM."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "qemu-system" in cmd and vm_id in cmd:
+            found.append(cmd)
+    return found
+
+
+async def tiny_template(server: "Server") -> str:
+    items = (await server.client.get("/api/v1/templates")).json()["items"]
+    return next(t["id"] for t in items if t["name"] == "tiny-linux")
+
+
+def serve(data_dir: Path, port: int, log: Path, args: list[str], env: dict[str, str] | None = None) -> "subprocess.Popen[bytes]":
+    """Start `vmplane serve` as a real process (output appended to `log`)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data_dir),
+           "--log-level", "warning", *args]  # fmt: skip
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: "subprocess.Popen[bytes]", timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "server exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")

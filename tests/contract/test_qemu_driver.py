@@ -32,8 +32,8 @@ from vmplane.drivers.qemu import QemuDriver, build_argv, pick_accel
 from vmplane.drivers.qemu.accel import probe_kvm
 from vmplane.drivers.qemu.agent import AgentNotResponding, GuestAgent
 from vmplane.drivers.qemu.layout import Forward, KernelBoot, VmConfig, VmPaths, mac_for
-from vmplane.drivers.qemu.unix import connect_unix
 from vmplane.drivers.qemu.seed import read_seed_iso, seed_files, volume_id, write_seed_iso
+from vmplane.drivers.qemu.unix import connect_unix
 from vmplane.errors import DriverError, InvalidState
 from vmplane.images.tiny import BOOT_COMPLETE_LINE, INIT_START_LINE, TinyImage, build_tiny_image
 
@@ -64,7 +64,7 @@ def tiny_image() -> TinyImage:
 _accel: tuple[str, str] | None = None
 
 
-async def test_accel() -> str:
+async def accel_for_tests() -> str:
     global _accel
     if _accel is None:
         _accel = await pick_accel(os.environ.get("VMPLANE_TEST_ACCEL", "auto"), tiny_image())
@@ -72,12 +72,9 @@ async def test_accel() -> str:
     return _accel[0]
 
 
-test_accel.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
-
-
 async def new_driver(state_dir: Path, **kw: Any) -> QemuDriver:
     require_qemu()
-    return QemuDriver(state_dir=state_dir, hostname="qemu-test", accel=await test_accel(), **kw)
+    return QemuDriver(state_dir=state_dir, hostname="qemu-test", accel=await accel_for_tests(), **kw)
 
 
 def tiny_spec(name: str | None = None, resources: Resources = Resources(1, 256, 2), **extra: Any) -> VmSpec:
@@ -645,6 +642,13 @@ class TestSeed:
         assert meta == {"instance-id": "vm-abcdefgh1234", "local-hostname": "mine", "zone": "a", "public-keys": [TEST_KEY]}
         assert files["user-data"] == b"#!/bin/sh\ntrue\n"
         assert json.loads(files["network-config"]) == {"version": 2}
+
+    def test_yaml_meta_data_is_kept_and_completed(self) -> None:
+        files = seed_files(self.spec(sshKeys=[TEST_KEY], cloudInit={
+            "userData": "#cloud-config\n", "metaData": "local-hostname: other\nzone: b\n"}))
+        assert files["meta-data"].decode() == (
+            f'local-hostname: other\nzone: b\n"instance-id": "vm-abcdefgh1234"\n"public-keys": ["{TEST_KEY}"]\n'
+        )
 
     def test_bad_input_is_a_driver_error(self) -> None:
         with pytest.raises(DriverError):

@@ -1,10 +1,7 @@
 """A real `vmplane serve` process killed with SIGKILL in the middle of a bulk job: after a
 restart every task ends (resumed or failed), none stays running, and claims stay exact."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,41 +9,18 @@ from typing import Any
 import httpx
 import pytest
 
-from ..support import free_port
+from ..support import free_port, serve, wait_ready
 
 pytestmark = pytest.mark.slow
-
-
-def serve(data_dir: Path, port: int, database_url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "VMPLANE_SIM_LATENCY_MS": "150",
-        "VMPLANE_JOB_CONCURRENCY": "8",
-        "VMPLANE_LEASE_SECONDS": "2",
-    }
-    cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data_dir),
-           "--driver", "sim", "--sim-nodes", "4", "--database-url", database_url, "--log-level", "warning"]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "server exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
+SIM_ARGS = ["--driver", "sim", "--sim-nodes", "4"]
+SIM_ENV = {"VMPLANE_SIM_LATENCY_MS": "150", "VMPLANE_JOB_CONCURRENCY": "8", "VMPLANE_LEASE_SECONDS": "2"}
 
 
 def test_kill_9_mid_bulk_job_then_restart_finishes_every_task(tmp_path: Path, database_url: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    proc = serve(tmp_path / "data", port, database_url, log)
+    proc = serve(tmp_path / "data", port, log, SIM_ARGS + ["--database-url", database_url], SIM_ENV)
     try:
         wait_ready(url, proc)
         r = httpx.post(f"{url}/api/v1/vms", json=[{"name": f"k-{i}"} for i in range(100)])
@@ -62,7 +36,7 @@ def test_kill_9_mid_bulk_job_then_restart_finishes_every_task(tmp_path: Path, da
         proc.wait()
         assert running_at_kill > 0
 
-        proc = serve(tmp_path / "data", port, database_url, log)
+        proc = serve(tmp_path / "data", port, log, SIM_ARGS + ["--database-url", database_url], SIM_ENV)
         wait_ready(url, proc)
         deadline = time.monotonic() + 120
         while True:

@@ -7,11 +7,9 @@ exit status so it never lingers as a zombie (a zombie counts as dead everywhere 
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
 """QEMU processes this process started (kept so their exit status can be collected)."""
@@ -37,7 +35,8 @@ def spawn(argv: list[str], cwd: Path, log: Path) -> int:
 
 
 def reap(pid: int) -> int | None:
-    """Collect the exit status of `pid` if it is our exited child; returns it (or None)."""
+    """Collect the exit status of `pid` if it is our exited child. Returns the status of a
+    child we reaped (now or before), None for a running child or a process not ours."""
     proc = _children.get(pid)
     if proc is not None:
         status = proc.poll()
@@ -45,6 +44,8 @@ def reap(pid: int) -> int | None:
             return None
         del _children[pid]
         _exit_status[pid] = status
+        while len(_exit_status) > 1000:
+            del _exit_status[next(iter(_exit_status))]
         return status
     return _exit_status.get(pid)
 
@@ -69,17 +70,20 @@ def cmdline(pid: int) -> list[str]:
 def is_ours(pid: int, marker: str) -> bool:
     """True if `pid` is a live (not zombie) process whose command line mentions `marker`
     (the VM directory): a recycled pid of some other process does not count."""
-    if reap(pid) is not None:
-        return False
-    fields = _stat_fields(pid)
-    if fields is None:
-        return False
-    if pid in _children and reap(pid) is None:
-        # Our child, not reaped: alive, or exiting (a zombie leader whose other threads
-        # are still going away, or with its memory already gone): its status comes soon.
-        if fields[0] in ("Z", "X") or not cmdline(pid):
+    if pid in _children:
+        if reap(pid) is not None:
+            return False
+        fields = _stat_fields(pid)
+        if fields is None:
+            return False
+        argv = cmdline(pid)
+        if fields[0] in ("Z", "X") or not argv:
+            # exiting: a zombie leader whose other threads are still going away, or with its
+            # memory already released; as our child it cannot be recycled, its status comes soon
             return True
-    if fields[0] in ("Z", "X"):
+        return any(marker in arg for arg in argv)
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return False
     return any(marker in arg for arg in cmdline(pid))
 

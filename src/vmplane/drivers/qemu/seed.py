@@ -3,6 +3,7 @@ holding meta-data, user-data and, if given, network-config."""
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def seed_files(spec: VmSpec) -> dict[str, bytes]:
             parsed = None
         if isinstance(parsed, dict):
             meta.update(parsed)
-        else:  # YAML text: appended, so its keys win over ours (the last duplicate wins)
+        else:  # YAML text: kept as it is (see below)
             meta_tail = user_meta
     elif user_meta is not None:
         raise DriverError("cloudInit.metaData must be an object or text", vm_id=spec.id)
@@ -63,8 +64,9 @@ def seed_files(spec: VmSpec) -> dict[str, bytes]:
 
     # JSON is YAML: cloud-init and the tiny guest both read it.
     meta_text = json.dumps(meta, indent=2) + "\n"
-    if meta_tail:
-        meta_text = _json_as_block_yaml(meta) + meta_tail.rstrip("\n") + "\n"
+    if meta_tail:  # the user's YAML as written, then our keys that it does not set
+        present = set(re.findall(r"^[\"']?([A-Za-z0-9_.-]+)[\"']?[ \t]*:", meta_tail, re.MULTILINE))
+        meta_text = meta_tail.rstrip("\n") + "\n" + _json_as_block_yaml({k: v for k, v in meta.items() if k not in present})
     files = {"meta-data": meta_text.encode(), "user-data": user_data.encode()}
     network = cloud.get("networkConfig")
     if isinstance(network, dict):

@@ -1,0 +1,169 @@
+"""Real VMs end to end through the HTTP API: boot from tiny-linux with user-data, exec,
+console log and WebSocket, graceful shutdown, start, delete, and nothing left behind."""
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from ..support import Server, free_port, qemu_processes_of, require_qemu, serve, tiny_template, wait_ready
+
+pytestmark = pytest.mark.slow
+
+USER_DATA = "#!/bin/sh\necho written-by-user-data > /root/proof.txt\n"
+BOOT_LINE = "vmplane-tiny: boot complete"
+
+
+@pytest.fixture
+async def qemu_server(server_factory: Any) -> Server:
+    require_qemu()
+    return await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0, shutdown_timeout_seconds=20)
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_real_vm_lifecycle_through_the_api(qemu_server: Server) -> None:
+    s, c = qemu_server, qemu_server.client
+    tpl = await tiny_template(s)
+    job = await s.create(
+        {"name": "e2e-1", "templateId": tpl, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}, "cloudInit": {"userData": USER_DATA}}
+    )
+    assert job["state"] == "succeeded", job
+    vm_id = job["tasks"][0]["resourceId"]
+    vm = (await c.get(f"/api/v1/vms/{vm_id}")).json()
+    assert vm["status"] == "running" and vm["node"] == "node-1"
+    node = (await c.get("/api/v1/nodes/node-1")).json()
+    assert node["driver"] == "qemu" and node["simulated"] is False
+
+    async def booted() -> bool:
+        return BOOT_LINE in (await c.get(f"/api/v1/vms/{vm_id}/console/log")).text
+
+    await wait_for(booted, 60, "the boot line on the serial console")
+
+    async def user_data_ran() -> dict[str, Any] | None:
+        r = await c.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["cat", "/root/proof.txt"], "timeoutSec": 10})
+        body = r.json()
+        return body if r.status_code == 200 and body["exitCode"] == 0 else None
+
+    result = await wait_for(user_data_ran, 60, "the user-data's file")
+    assert result["stdout"] == "written-by-user-data\n" and result["timedOut"] is False
+    r = await c.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["sh", "-c", "echo out; echo err >&2; exit 3"]})
+    assert r.json()["exitCode"] == 3 and r.json()["stdout"] == "out\n" and r.json()["stderr"] == "err\n"
+    r = await c.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["sleep", "5"], "timeoutSec": 1})
+    assert r.json()["timedOut"] is True
+
+    stats = (await c.get(f"/api/v1/vms/{vm_id}/stats")).json()
+    assert stats["uptimeSeconds"] > 0 and stats["memoryMb"] > 0 and stats["memoryTotalMb"] == 256
+
+    # the serial console over the WebSocket, both ways
+    tok = (await c.post(f"/api/v1/vms/{vm_id}/console")).json()
+    ws_url = s.url.replace("http", "ws") + tok["websocketPath"]
+    async with websockets.connect(ws_url) as ws:
+        await ws.send("echo console-$((40+2))\n")
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"console-42" not in seen and time.monotonic() < deadline:
+            msg = await asyncio.wait_for(ws.recv(), timeout=20)
+            seen += msg if isinstance(msg, bytes) else msg.encode()
+        assert b"console-42" in seen
+    with pytest.raises(websockets.exceptions.InvalidStatus):  # the token was for one use
+        async with websockets.connect(ws_url):
+            pass
+
+    # graceful shutdown, start again, then delete
+    r = await c.post(f"/api/v1/vms/{vm_id}/shutdown")
+    job = await s.wait_job(r.json()["jobId"], timeout=60)
+    task = (await c.get(f"/api/v1/jobs/{job['id']}/tasks/{job['tasks'][0]['id']}")).json()
+    assert job["state"] == "succeeded" and any("guest powered off" in line for line in task["log"]), task
+    assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "stopped"
+    assert qemu_processes_of(vm_id) == []
+    r = await c.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["true"]})
+    assert r.status_code == 409
+    r = await c.post(f"/api/v1/vms/{vm_id}/start")
+    assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
+
+    async def agent_answers() -> bool:
+        r = await c.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["cat", "/proc/uptime"], "timeoutSec": 5})
+        return r.status_code == 200 and r.json()["exitCode"] == 0
+
+    await wait_for(agent_answers, 60, "the guest agent after the restart")
+    # user-data runs once per instance: the guest's root is fresh, and the script did not run again
+    r = await c.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["cat", "/root/proof.txt"]})
+    assert r.json()["exitCode"] != 0
+    r = await c.delete(f"/api/v1/vms/{vm_id}")
+    assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
+    assert qemu_processes_of(vm_id) == []
+    leftovers = [p for p in Path(s.rt.data_dir).rglob("*") if vm_id in str(p)]
+    assert leftovers == []
+
+
+def test_guest_survives_a_sigkill_of_vmplane_and_stays_controllable(tmp_path: Path) -> None:
+    require_qemu()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    args = ["--driver", "qemu", "--accel", "tcg"]
+    env = {"VMPLANE_CPU_OVERCOMMIT": "8"}
+    proc = serve(tmp_path / "data", port, log, args, env)
+    vm_id = None
+    try:
+        wait_ready(url, proc)
+        c = httpx.Client(base_url=url, timeout=30)
+        tpl = next(t["id"] for t in c.get("/api/v1/templates").json()["items"] if t["name"] == "tiny-linux")
+        r = c.post("/api/v1/vms", json={"name": "survivor", "templateId": tpl, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}})
+        vm_id = r.json()["vmIds"][0]
+        deadline = time.monotonic() + 60
+        while c.get(f"/api/v1/jobs/{r.json()['jobId']}").json()["state"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        before = qemu_processes_of(vm_id)
+        assert len(before) == 1
+        started = c.get(f"/api/v1/vms/{vm_id}").json()
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert qemu_processes_of(vm_id) == before  # the guest outlives the control plane
+
+        proc = serve(tmp_path / "data", port, log, args, env)
+        wait_ready(url, proc)
+        vm = c.get(f"/api/v1/vms/{vm_id}").json()
+        assert vm["status"] == "running" and vm["createdAt"] == started["createdAt"]
+        deadline = time.monotonic() + 60
+        while True:  # still controllable: the agent answers through the re-attached driver
+            r = c.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["cat", "/proc/uptime"], "timeoutSec": 5})
+            if r.status_code == 200 and r.json()["exitCode"] == 0:
+                break
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.5)
+        r = c.post(f"/api/v1/vms/{vm_id}/stop")
+        deadline = time.monotonic() + 60
+        while c.get(f"/api/v1/jobs/{r.json()['jobId']}").json()["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert c.get(f"/api/v1/vms/{vm_id}").json()["status"] == "stopped"
+        assert qemu_processes_of(vm_id) == []
+        r = c.delete(f"/api/v1/vms/{vm_id}")
+        deadline = time.monotonic() + 60
+        while c.get(f"/api/v1/jobs/{r.json()['jobId']}").json()["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        vm_id = None
+    finally:
+        proc.kill()
+        proc.wait()
+        if vm_id:  # never leave a guest running after a failed test
+            subprocess.run(["pkill", "-f", vm_id], check=False)
