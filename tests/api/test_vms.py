@@ -38,8 +38,8 @@ async def test_start_false_leaves_it_stopped(server: Server) -> None:
     assert vm["status"] == "stopped" and vm["uptime"] is None
 
 
-async def test_bulk_create_100_vms_succeeds(server_factory: Any) -> None:
-    server = await server_factory(sim_nodes=4)  # 128 vCPUs for 100 one-vCPU VMs
+async def test_bulk_create_100_vms_succeeds(server_factory: Any, database_url: str) -> None:
+    server = await server_factory(sim_nodes=4, database_url=database_url)  # 128 vCPUs for 100 one-vCPU VMs
     job = await server.create([{"name": f"bulk-{i}"} for i in range(100)])
     assert job["state"] == "succeeded", job
     assert len(job["tasks"]) == 100 and all(t["state"] == "succeeded" for t in job["tasks"])
@@ -70,8 +70,10 @@ async def test_no_capacity_fails_with_a_clear_error_and_job_is_partial(server_fa
     assert failed["error"] == "no node has 64 free vCPUs"
 
 
-async def test_concurrent_creates_never_overcommit(server_factory: Any) -> None:
-    server = await server_factory(sim_nodes=3, sim_node_cpu=10, sim_latency_ms=1, job_concurrency=32)
+async def test_concurrent_creates_never_overcommit(server_factory: Any, database_url: str) -> None:
+    server = await server_factory(
+        sim_nodes=3, sim_node_cpu=10, sim_latency_ms=1, job_concurrency=32, database_url=database_url
+    )
     c = server.client
 
     async def one(i: int) -> str:
