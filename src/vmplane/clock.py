@@ -14,6 +14,11 @@ def rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_ms(ts: float) -> str:
+    """RFC 3339 UTC with milliseconds, for events (several happen in one second)."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def human_duration(seconds: float) -> str:
     """`2d 3h`, `5h 12m`, `3m 4s`, `9s` — the cluster API's uptime format."""
     s = int(max(0, seconds))

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
 
+    event_retention_days: float = Field(7.0, gt=0)
+    event_retention_max: int = Field(1_000_000, ge=1000)
+    """The event log keeps events this long, and at most this many."""
+    event_heartbeat_seconds: float = Field(15.0, gt=0)
+    """Idle event streams get a heartbeat (SSE comment / WebSocket status) this often."""
+    event_subscriber_queue: int = Field(10_000, ge=10)
+    """A stream subscriber this many events behind is dropped (with the reason)."""
+
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, v: str | None) -> str | None:

@@ -13,6 +13,7 @@ from .drivers.base import HypervisorDriver, PowerState
 from .drivers.registry import NodeRegistry, build_sim_nodes, pick_driver_kind
 from .jobs.engine import JobEngine
 from .jobs.handlers import all_handlers
+from .events.bus import EventBus
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
 from .services.guest import GuestService
@@ -20,6 +21,8 @@ from .services.jobs import JobService
 from .services.templates import TemplateService
 from .services.vms import VmService
 from .store import Store
+from .store import events as ev_q
+from .store import idempotency as idem_q
 from .store import jobs as job_q
 from .store import meta as meta_q
 from .store import nodes as node_q
@@ -48,6 +51,8 @@ class Runtime:
         self.jobs = JobService(self)
         self.cluster = ClusterService(self)
         self.guest = GuestService(self)
+        self.events = EventBus(self.store)
+        self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
         self._nodes = nodes
@@ -77,9 +82,9 @@ class Runtime:
         """The tiny guest image, built once into the shared cache (None if it cannot be)."""
         if self._tiny is not None:
             return self._tiny
-        from .images import ImageBuildError, build_tiny_image
+        from .images import ImageBuildError, build_tiny_image, tiny_dir
 
-        dest = self.settings.resolved_image_cache() / "tiny"
+        dest = tiny_dir(self.settings.resolved_image_cache())
 
         def progress(pct: int, message: str) -> None:
             log.info("building tiny-linux image: %3d%% %s", pct, message)
@@ -147,14 +152,17 @@ class Runtime:
                     "heartbeat_at": now,
                 }
             )
+        await self.events.start()
         async with self.store.write() as conn:
             for row in rows:
                 await node_q.upsert_node(conn, row)
+            await ev_q.emit_many(conn, [("node.online", r["id"], {"id": r["id"], "hostname": r["hostname"], "driver": r["driver"]}) for r in rows])
             await node_q.recompute_usage(conn, now)
         if any(d.capabilities.kind == "qemu" for _, d in self.registry.items()):
             await self._register_tiny_template()
         await self.reconcile()
         await self.engine.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.ready = True
         log.info("vmplane ready: %d node(s), store %s", len(rows), self.store.dialect)
 
@@ -187,11 +195,27 @@ class Runtime:
             if changes:
                 async with self.store.write() as conn:
                     for vm_id, values in changes:
-                        await vm_q.set_vm(conn, vm_id, updated_at=now, **values)
+                        await vm_q.set_status(conn, vm_id, values.pop("status"), updated_at=now, **values)
                 log.warning("reconciled %d VM(s) on %s with the hypervisor", len(changes), node_id)
+
+    async def _maintain(self) -> None:
+        """Housekeeping every minute: event retention, expired idempotency keys."""
+        while True:
+            try:
+                now = clock.now()
+                async with self.store.write() as conn:
+                    await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
+                    await idem_q.forget_older_than(conn, now - 86400)
+            except Exception:
+                log.exception("housekeeping failed")
+            await asyncio.sleep(60)
 
     async def stop(self) -> None:
         self.ready = False
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
         await self.engine.stop()
+        await self.events.stop()
         await self.registry.close_all()
         await self.store.close()

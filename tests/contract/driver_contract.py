@@ -44,6 +44,7 @@ class DriverContract:
                 resources=kw.get("resources", Resources(1, 256, 2)),
                 template_id=template_id,
                 template_image=image,
+                template_boot=getattr(self, "template_boot", None),
             )
 
         class Env:

@@ -115,8 +115,8 @@ class Idempotency:
                 await self.app(scope, receive, capture)
                 if captured.get("status", 500) < 500:
                     async with self.store.write() as conn:
-                        if found is not None:
-                            await idem_q.forget_older_than(conn, clock.now() - self.TTL)
+                        if found is not None:  # an expired record of this key: replace it
+                            await idem_q.forget(conn, caller, key)
                         await idem_q.remember(
                             conn,
                             {

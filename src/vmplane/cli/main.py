@@ -73,12 +73,12 @@ def image_build(
 ) -> None:
     """Build a guest image from Debian's packages (no internet needed beyond the mirror)."""
     from ..config import Settings
-    from ..images import ImageBuildError, build_tiny_image
+    from ..images import ImageBuildError, build_tiny_image, tiny_dir
 
     if name != "tiny":
         typer.echo(f"error: unknown image {name!r}; known: tiny", err=True)
         raise typer.Exit(2)
-    target = dest or Settings(driver="sim").resolved_image_cache() / "tiny"
+    target = dest or tiny_dir(Settings(driver="sim").resolved_image_cache())
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
         t = bar.add_task("tiny", total=100)
 

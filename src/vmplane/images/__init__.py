@@ -6,6 +6,7 @@ from vmplane.images.tiny import (
     TinyImage,
     build_tiny_image,
     load_tiny_image,
+    tiny_dir,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "TinyImage",
     "build_tiny_image",
     "load_tiny_image",
+    "tiny_dir",
 ]

@@ -127,7 +127,7 @@ ssh_keys() {
     awk -v k="$2" '
         function indent(s) { match(s, /^[ \t]*/); return RLENGTH }
         function keys(s,   t) {
-            while (match(s, /(ssh-(rsa|dss|ed25519)|ecdsa-sha2-nistp[0-9]+|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)[ \t]+[A-Za-z0-9+\/=]+([ \t]+[^\"'\'',\]]*)?/)) {
+            while (match(s, /(ssh-(rsa|dss|ed25519)|ecdsa-sha2-nistp[0-9]+|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)[ \t]+[A-Za-z0-9+\/=]+([ \t]+[^]\"'\'',]*)?/)) {
                 t = substr(s, RSTART, RLENGTH); sub(/[ \t]+$/, "", t); print t
                 s = substr(s, RSTART + RLENGTH)
             }

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import gzip
+import hashlib
 import json
 import lzma
 import os
@@ -53,6 +54,8 @@ __all__ = [
     "TinyImage",
     "build_tiny_image",
     "load_tiny_image",
+    "recipe_digest",
+    "tiny_dir",
 ]
 
 #: Kernel command line for the tiny image (serial console on ttyS0).
@@ -156,6 +159,26 @@ class TinyImage:
 
 # --------------------------------------------------------------------------
 # public entry points
+
+
+GUEST_FILES = ("guest-init.sh", "guest-udhcpc.sh", "guest-shutdown.sh", "guest-acpi-power.sh", "guest-profile")
+
+
+def recipe_digest() -> str:
+    """A digest of what decides the image's contents (guest scripts, format version).
+
+    Builds go into a directory named after it (`tiny_dir`), so a changed recipe builds a
+    new image beside the old one, whose disk older VMs' overlays still use."""
+    h = hashlib.sha256(f"format={IMAGE_FORMAT_VERSION}\n".encode())
+    guest = resources.files(__package__)
+    for name in GUEST_FILES:
+        h.update(name.encode() + b"\0" + guest.joinpath(name).read_bytes())
+    return h.hexdigest()
+
+
+def tiny_dir(cache_root: Path) -> Path:
+    """Where the current recipe's image lives inside an image cache."""
+    return Path(cache_root) / f"tiny-{recipe_digest()[:12]}"
 
 
 def load_tiny_image(dest_dir: Path) -> TinyImage | None:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 7_420_001  # PostgreSQL advisory lock: one replica migrates at a time
+EVENTS_FLAG = "vmplane.events"  # set on a connection by events.emit
 
 
 class SyncConnection:
@@ -25,6 +26,14 @@ class SyncConnection:
 
     def __init__(self, conn: Connection) -> None:
         self.sync_connection = conn
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self.sync_connection.info
+
+    @property
+    def dialect(self) -> Any:
+        return self.sync_connection.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         if parameters is None:
@@ -55,6 +64,8 @@ class Store:
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
         self._write_lock = asyncio.Lock()
+        self.on_events: list[Callable[[], None]] = []
+        """Called after a write transaction that emitted events has committed."""
 
     @property
     def engine(self) -> AsyncEngine:
@@ -106,13 +117,24 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction; committed when the block ends, rolled back if it raises."""
+        emitted = False
         if self._sync_engine is not None:
             async with self._write_lock:
                 with self._sync_engine.begin() as sconn:
-                    yield SyncConnection(sconn)  # type: ignore[misc]
-            return
-        async with self.engine.begin() as conn:
-            yield conn
+                    try:
+                        yield SyncConnection(sconn)  # type: ignore[misc]
+                    finally:
+                        emitted = bool(sconn.info.pop(EVENTS_FLAG, False))
+        else:
+            async with self.engine.begin() as conn:
+                try:
+                    yield conn
+                finally:
+                    emitted = bool(conn.info.pop(EVENTS_FLAG, False))
+        if emitted:
+            for callback in self.on_events:
+                callback()
 
     async def ping(self) -> None:
         async with self.read() as conn:

@@ -26,3 +26,7 @@ async def remember(conn: AsyncConnection, row: dict[str, Any]) -> bool:
 
 async def forget_older_than(conn: AsyncConnection, before: float) -> None:
     await conn.execute(delete(idempotency_keys).where(idempotency_keys.c.created_at < before))
+
+
+async def forget(conn: AsyncConnection, caller: str, key: str) -> None:
+    await conn.execute(delete(idempotency_keys).where(idempotency_keys.c.caller == caller, idempotency_keys.c.key == key))

@@ -6,7 +6,45 @@ from sqlalchemy import Row, and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import JobState, TaskState, job_final_state
+from . import events as ev_q
 from .tables import jobs, task_logs, tasks
+
+FINAL_EVENT = {"succeeded": "job.completed", "partial": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
+
+
+def job_data(job: Row) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "type": job.type,
+        "state": job.state,
+        "progress": 100 if job.total == 0 else min(100, job.progress_sum // job.total),
+        "total": job.total,
+        "succeeded": job.n_succeeded,
+        "failed": job.n_failed,
+        "cancelled": job.n_cancelled,
+        "createdBy": job.created_by,
+    }
+
+
+def task_data(task: Row, state: str | None = None, error: str | None = None) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "jobId": task.job_id,
+        "type": task.type,
+        "resourceId": task.resource_id,
+        "state": state or task.state,
+        "error": error if error is not None else task.error,
+    }
+
+
+async def _progress_event(conn: AsyncConnection, job: Row, delta: int) -> None:
+    """Announce job progress each time it crosses a tenth (not on every task)."""
+    if job.total == 0 or delta <= 0:
+        return
+    new = job.progress_sum * 10 // (job.total * 100)
+    old = (job.progress_sum - delta) * 10 // (job.total * 100)
+    if new > old and job.state == JobState.RUNNING.value:
+        await ev_q.emit(conn, "job.progress", job.id, job_data(job))
 
 ACTIVE = (TaskState.QUEUED.value, TaskState.RUNNING.value)
 
@@ -15,6 +53,9 @@ async def insert_job(conn: AsyncConnection, job: dict[str, Any], task_rows: list
     await conn.execute(insert(jobs), [job])
     if task_rows:
         await conn.execute(insert(tasks), task_rows)
+    data = {"id": job["id"], "type": job["type"], "state": job["state"], "progress": 0, "total": job["total"],
+            "succeeded": 0, "failed": 0, "cancelled": 0, "createdBy": job["created_by"]}  # fmt: skip
+    await ev_q.emit(conn, "job.submitted", job["id"], data)
 
 
 async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
@@ -93,15 +134,23 @@ async def claim_tasks(
         )
         .returning(*tasks.c)
     )
-    claimed = (await conn.execute(stmt)).all()
+    claimed = sorted((await conn.execute(stmt)).all(), key=lambda r: r.seq)
     job_ids = sorted({r.job_id for r in claimed})
     if job_ids:
-        await conn.execute(
-            update(jobs)
-            .where(jobs.c.id.in_(job_ids), jobs.c.state == JobState.QUEUED.value)
-            .values(state=JobState.RUNNING.value, started_at=now, updated_at=now)
+        started = (
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(job_ids), jobs.c.state == JobState.QUEUED.value)
+                .values(state=JobState.RUNNING.value, started_at=now, updated_at=now)
+                .returning(*jobs.c)
+            )
+        ).all()
+        await ev_q.emit_many(
+            conn,
+            [("job.started", j.id, job_data(j)) for j in started]
+            + [("task.started", t.resource_id, task_data(t)) for t in claimed],
         )
-    return sorted(claimed, key=lambda r: r.seq)
+    return claimed
 
 
 async def renew_leases(conn: AsyncConnection, *, owner: str, task_ids: Sequence[str], until: float) -> set[str]:
@@ -122,9 +171,15 @@ async def set_progress(conn: AsyncConnection, *, task_id: str, job_id: str, owne
     )
     if res.rowcount != 1:
         return False
-    await conn.execute(
-        update(jobs).where(jobs.c.id == job_id).values(progress_sum=jobs.c.progress_sum + (new - old), updated_at=now)
-    )
+    job = (
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(progress_sum=jobs.c.progress_sum + (new - old), updated_at=now)
+            .returning(*jobs.c)
+        )
+    ).one()
+    await _progress_event(conn, job, new - old)
     return True
 
 
@@ -140,8 +195,14 @@ async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: 
     ).one()
     final = job_final_state(job.total, job.n_succeeded, job.n_failed, job.n_cancelled)
     if final is not None and job.state != final.value:
-        await conn.execute(update(jobs).where(jobs.c.id == job_id).values(state=final.value, finished_at=now))
-        job = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
+        job = (
+            await conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(state=final.value, finished_at=now).returning(*jobs.c)
+            )
+        ).one()
+        await ev_q.emit(conn, FINAL_EVENT[final.value], job.id, job_data(job))
+    else:
+        await _progress_event(conn, job, progress_delta)
     return job
 
 
@@ -157,13 +218,17 @@ async def finish_task(
     now: float,
 ) -> Row | None:
     """Record a running task's end. Returns the job row, or None if `owner` lost the lease."""
-    res = await conn.execute(
-        update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
-        .values(state=state.value, error=error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
-    )
-    if res.rowcount != 1:
+    task = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
+            .values(state=state.value, error=error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
+            .returning(*tasks.c)
+        )
+    ).first()
+    if task is None:
         return None
+    await ev_q.emit(conn, f"task.{state.value}", task.resource_id, task_data(task))
     return await _count_final(conn, job_id, state, 1, 100 - old_progress, now)
 
 
@@ -184,6 +249,7 @@ async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row
         .values(cancel_requested=True)
     )
     if queued:
+        await ev_q.emit_many(conn, [("task.cancelled", t.resource_id, task_data(t)) for t in queued])
         await _count_final(conn, job_id, TaskState.CANCELLED, len(queued), 100 * len(queued), now)
     return list(queued)
 
@@ -210,18 +276,6 @@ async def requeue_task(conn: AsyncConnection, task: Row, now: float) -> bool:
         update(jobs).where(jobs.c.id == task.job_id).values(progress_sum=jobs.c.progress_sum - task.progress, updated_at=now)
     )
     return True
-
-
-async def fail_orphan(conn: AsyncConnection, task: Row, error: str, now: float) -> Row | None:
-    """Fail an orphaned running task (too many attempts); returns the job row."""
-    res = await conn.execute(
-        update(tasks)
-        .where(tasks.c.id == task.id, tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_owner == task.lease_owner)
-        .values(state=TaskState.FAILED.value, error=error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
-    )
-    if res.rowcount != 1:
-        return None
-    return await _count_final(conn, task.job_id, TaskState.FAILED, 1, 100 - task.progress, now)
 
 
 async def count_by_state(conn: AsyncConnection) -> dict[str, int]:

@@ -168,3 +168,14 @@ console_tokens = Table(
     Column("used", Boolean, nullable=False, default=False),
 )
 """One-time console tokens; only a SHA-256 of each token is kept."""
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("type", String(48), nullable=False, index=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("resource", String(64), nullable=True, index=True),
+    Column("data", JSON, nullable=False),
+)
+"""The event log: `seq` is the event id (SSE `id:`, `Last-Event-ID`), in commit order."""

@@ -5,7 +5,13 @@ from typing import Any, Sequence
 from sqlalchemy import Row, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..events.types import vm_event_for
+from . import events as ev_q
 from .tables import vm_tags, vms
+
+
+def _vm_data(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "status": row.status, "nodeId": row.node_id, "error": row.error}
 
 
 async def insert_vms(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
@@ -13,6 +19,10 @@ async def insert_vms(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     tag_rows = [{"vm_id": r["id"], "tag": t} for r in rows for t in r["tags"]]
     if tag_rows:
         await conn.execute(insert(vm_tags), tag_rows)
+    await ev_q.emit_many(
+        conn,
+        [("vm.created", r["id"], {"id": r["id"], "name": r["name"], "status": r["status"], "nodeId": None, "error": None}) for r in rows],
+    )
 
 
 async def get_vm(conn: AsyncConnection, ref: str) -> Row | None:
@@ -69,7 +79,19 @@ async def vms_using_template(conn: AsyncConnection, template_id: str) -> int:
 
 
 async def set_vm(conn: AsyncConnection, vm_id: str, **values: Any) -> None:
-    await conn.execute(update(vms).where(vms.c.id == vm_id).values(**values))
+    """Change a VM's record; a change of name, tags or resources is announced as `vm.updated`.
+    Status changes go through `set_status`."""
+    assert "status" not in values, "use set_status"
+    row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(**values).returning(*vms.c))).first()
+    if row is not None and values.keys() & {"name", "tags", "cpu", "ram_mb", "disk_gb"}:
+        await ev_q.emit(conn, "vm.updated", vm_id, {**_vm_data(row), "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb}, "tags": row.tags})
+
+
+async def set_status(conn: AsyncConnection, vm_id: str, status: str, **values: Any) -> None:
+    """Change a VM's status (and other fields) and announce it (`vm.running`, `vm.error`, …)."""
+    row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(status=status, **values).returning(*vms.c))).first()
+    if row is not None:
+        await ev_q.emit(conn, vm_event_for(status), vm_id, _vm_data(row))
 
 
 async def set_tags(conn: AsyncConnection, vm_id: str, tags: list[str]) -> None:
@@ -80,4 +102,6 @@ async def set_tags(conn: AsyncConnection, vm_id: str, tags: list[str]) -> None:
 
 async def delete_vm(conn: AsyncConnection, vm_id: str) -> None:
     await conn.execute(delete(vm_tags).where(vm_tags.c.vm_id == vm_id))
-    await conn.execute(delete(vms).where(vms.c.id == vm_id))
+    row = (await conn.execute(delete(vms).where(vms.c.id == vm_id).returning(*vms.c))).first()
+    if row is not None:
+        await ev_q.emit(conn, "vm.deleted", vm_id, {**_vm_data(row), "status": "deleted"})

@@ -28,7 +28,7 @@ async def load_vm(ctx: TaskContext) -> Row:
 
 async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: object) -> None:
     async with ctx.rt.store.write() as conn:
-        await vm_q.set_vm(conn, vm_id, status=status.value, updated_at=clock.now(), **values)
+        await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
 def vm_spec(vm: Row, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:

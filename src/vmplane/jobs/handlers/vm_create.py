@@ -32,13 +32,13 @@ class VmCreate(BaseHandler):
             async with rt.store.write() as conn:
                 node_id = await rt.capacity.place_and_claim(conn, demand)
                 status = VmStatus.STARTING if start else VmStatus.PROVISIONING
-                await vm_q.set_vm(conn, vm.id, node_id=node_id, status=status.value, updated_at=clock.now())
+                await vm_q.set_status(conn, vm.id, status.value, node_id=node_id, updated_at=clock.now())
             await ctx.progress(20, f"placed on {node_id}")
         driver = rt.registry.driver(node_id)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
         await driver.create_vm(vm_spec(vm, image, boot))
         if not start:
-            ctx.defer(lambda conn: vm_q.set_vm(conn, vm.id, status=VmStatus.STOPPED.value, updated_at=clock.now()))
+            ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, updated_at=clock.now()))
             ctx.log("defined; not started as asked")
             return
         await ctx.progress(50, "defined; starting")
@@ -46,9 +46,7 @@ class VmCreate(BaseHandler):
         runtime = await driver.get_vm(vm.id)
         started = runtime.started_at if runtime and runtime.started_at else clock.now()
         ctx.defer(
-            lambda conn: vm_q.set_vm(
-                conn, vm.id, status=VmStatus.RUNNING.value, started_at=started, updated_at=clock.now()
-            )
+            lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now())
         )
         ctx.log("running")
 
@@ -67,9 +65,7 @@ class VmCreate(BaseHandler):
                 await guest_q.release_ports(conn, vm.id)
                 await vm_q.delete_vm(conn, vm.id)
             else:
-                await vm_q.set_vm(
-                    conn, vm.id, status=VmStatus.ERROR.value, node_id=None, error=error, updated_at=clock.now()
-                )
+                await vm_q.set_status(conn, vm.id, VmStatus.ERROR.value, node_id=None, error=error, updated_at=clock.now())
         ctx.log("cleaned up: nothing of the VM is left on the node")
 
     async def discard(self, conn: AsyncConnection, task: Row) -> None:

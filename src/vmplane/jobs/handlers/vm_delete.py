@@ -32,4 +32,4 @@ class VmDelete(BaseHandler):
             vm = await vm_q.get_vm(conn, ctx.resource_id)
             if vm is not None:
                 status = VmStatus.UNKNOWN if cancelled else VmStatus.ERROR
-                await vm_q.set_vm(conn, vm.id, status=status.value, error=f"delete did not finish: {error}", updated_at=clock.now())
+                await vm_q.set_status(conn, vm.id, status.value, error=f"delete did not finish: {error}", updated_at=clock.now())

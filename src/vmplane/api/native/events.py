@@ -1,0 +1,122 @@
+"""/api/v1/events: the event stream as Server-Sent Events, and the same over WebSocket."""
+
+import asyncio
+import json
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import StreamingResponse
+
+from ... import clock
+from ...errors import InvalidRequest
+from ...events import wire
+from ...events.bus import EventBus, SlowConsumer
+from ...events.types import check_patterns
+from .deps import ERRORS
+
+router = APIRouter(tags=["events"])
+
+
+def _filters(types: str | None, resource: str | None) -> tuple[tuple[str, ...] | None, str | None]:
+    patterns = None
+    if types:
+        try:
+            patterns = check_patterns([t.strip() for t in types.split(",") if t.strip()])
+        except ValueError as exc:
+            raise InvalidRequest(f"types: {exc}", field="types") from None
+    return patterns, resource or None
+
+
+def _resume_point(value: str | None, field: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise InvalidRequest(f"{field} must be an event id (a number)", field=field)
+    return int(value)
+
+
+@router.get(
+    "/events",
+    responses={200: {"content": {"text/event-stream": {}}, "description": "a stream of events"}, **ERRORS},
+)
+async def events_sse(
+    request: Request,
+    types: str | None = Query(None, max_length=1000, description="comma-separated types or patterns: vm.*,job.completed"),
+    resource: str | None = Query(None, max_length=64, description="only events about this resource id"),
+    since: str | None = Query(None, max_length=20, description="resume after this event id (as Last-Event-ID)"),
+    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+) -> StreamingResponse:
+    """Server-Sent Events. Resume with `Last-Event-ID` (or `since`): no gap, no duplicate."""
+    bus: EventBus = request.app.state.rt.events
+    patterns, resource = _filters(types, resource)
+    after = _resume_point(last_event_id, "Last-Event-ID")
+    if after is None:
+        after = _resume_point(since, "since")
+    heartbeat = request.app.state.rt.settings.event_heartbeat_seconds
+
+    async def stream() -> AsyncIterator[bytes]:
+        async with bus.subscribe(patterns, resource, request.app.state.rt.settings.event_subscriber_queue) as sub:
+            yield b"retry: 2000\n\n"
+            if after is not None:
+                async for event in bus.history(after, sub.start_seq, patterns, resource):
+                    yield wire.sse(event)
+            while True:
+                try:
+                    event = await sub.get(timeout=heartbeat)
+                except SlowConsumer as exc:
+                    yield b"event: error\ndata: %s\n\n" % json.dumps({"reason": str(exc)}).encode()
+                    return
+                yield wire.sse(event) if event is not None else b": heartbeat\n\n"
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+@router.websocket("/events/ws")
+async def events_ws(websocket: WebSocket) -> None:
+    """The event stream over WebSocket: `{"kind": "event", ...}` messages, plus a
+    `{"kind": "status", ...}` message every `event_heartbeat_seconds`. Query: types, resource, since."""
+    rt = websocket.app.state.rt
+    bus: EventBus = rt.events
+    q = websocket.query_params
+    try:
+        patterns, resource = _filters(q.get("types"), q.get("resource"))
+        after = _resume_point(q.get("since"), "since")
+    except InvalidRequest as exc:
+        await websocket.close(code=4400, reason=exc.message[:120])
+        return
+    await websocket.accept()
+
+    async def status() -> str:
+        return json.dumps(
+            {"kind": "status", "time": clock.rfc3339(clock.now()), "lastEventId": bus.delivered_seq,
+             "subscribers": bus.subscriber_count, "runningTasks": rt.engine.running_count}  # fmt: skip
+        )
+
+    async def drain_client() -> None:  # notice disconnects; ignore what the client sends
+        while True:
+            if (await websocket.receive())["type"] == "websocket.disconnect":
+                return
+
+    reader = asyncio.create_task(drain_client())
+    try:
+        async with bus.subscribe(patterns, resource, rt.settings.event_subscriber_queue) as sub:
+            await websocket.send_text(await status())
+            if after is not None:
+                async for event in bus.history(after, sub.start_seq, patterns, resource):
+                    await websocket.send_text('{"kind":"event",' + wire.to_json(event).decode()[1:])
+            while not reader.done():
+                try:
+                    event = await sub.get(timeout=rt.settings.event_heartbeat_seconds)
+                except SlowConsumer as exc:
+                    await websocket.close(code=4008, reason=str(exc)[:120])
+                    return
+                if event is None:
+                    await websocket.send_text(await status())
+                else:
+                    await websocket.send_text('{"kind":"event",' + wire.to_json(event).decode()[1:])
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    finally:
+        reader.cancel()

@@ -1,0 +1,1 @@
+"""Typed events: persisted log → in-process bus → SSE, WebSocket and webhooks."""

@@ -1,0 +1,154 @@
+"""The event bus: tails the persisted event log and fans events out to subscribers.
+
+Writers never talk to the bus directly: they insert events in their own transaction, and the
+store pokes the bus after the commit. The bus reads the log in order, so every subscriber
+sees events in commit order; each subscriber has a bounded queue, and one that falls behind
+is dropped and told why instead of slowing anyone else.
+
+    async with bus.subscribe(types=("vm.*",)) as sub:
+        async for event in sub: ...
+"""
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from ..store import Store
+from ..store import events as ev_q
+from .types import Event, matches
+
+log = logging.getLogger("vmplane.events")
+
+
+class SlowConsumer(Exception):
+    """The subscriber fell too far behind and was dropped."""
+
+
+class Subscription:
+    def __init__(self, bus: "EventBus", types: tuple[str, ...] | None, resource: str | None, max_queue: int) -> None:
+        self.types = types
+        self.resource = resource
+        self.start_seq = bus.delivered_seq
+        """Live events delivered to this subscription all have seq > start_seq."""
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=max_queue)
+        self.dropped: str | None = None
+
+    def wants(self, event: Event) -> bool:
+        return (self.resource is None or event.resource == self.resource) and matches(self.types, event.type)
+
+    def offer(self, event: Event) -> bool:
+        try:
+            self._queue.put_nowait(event)
+            return True
+        except asyncio.QueueFull:
+            self.dropped = f"slow consumer: more than {self._queue.maxsize} events behind"
+            while not self._queue.empty():  # make room for the end marker
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+            return False
+
+    async def get(self, timeout: float | None = None) -> Event | None:
+        """The next event; None on timeout. Raises SlowConsumer once dropped."""
+        try:
+            event = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+        if event is None:
+            raise SlowConsumer(self.dropped or "dropped")
+        return event
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self.get()
+        assert event is not None
+        return event
+
+
+class EventBus:
+    def __init__(self, store: Store, *, poll_seconds: float = 1.0, max_queue: int = 10_000) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.max_queue = max_queue
+        self.delivered_seq = 0
+        self._subs: set[Subscription] = set()
+        self._poke = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        async with self.store.read() as conn:
+            self.delivered_seq = await ev_q.last_seq(conn)
+        self.store.on_events.append(self.poke)
+        self._task = asyncio.create_task(self._run(), name="event-bus")
+
+    async def stop(self) -> None:
+        if self.poke in self.store.on_events:
+            self.store.on_events.remove(self.poke)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, types: tuple[str, ...] | None = None, resource: str | None = None, max_queue: int | None = None
+    ) -> AsyncIterator[Subscription]:
+        sub = Subscription(self, types, resource, max_queue or self.max_queue)
+        self._subs.add(sub)
+        try:
+            yield sub
+        finally:
+            self._subs.discard(sub)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._poke.wait(), self.poll_seconds)
+            except TimeoutError:
+                pass
+            self._poke.clear()
+            try:
+                await self._deliver_new()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading the event log failed")
+                await asyncio.sleep(1)
+
+    async def _deliver_new(self) -> None:
+        while True:
+            async with self.store.read() as conn:
+                rows = await ev_q.after(conn, self.delivered_seq, limit=2000)
+            if not rows:
+                return
+            for r in rows:
+                event = Event(r.seq, r.type, r.ts, r.resource, r.data)
+                for sub in list(self._subs):
+                    if sub.dropped is None and event.seq > sub.start_seq and sub.wants(event):
+                        if not sub.offer(event):
+                            log.warning("dropped an event subscriber: %s", sub.dropped)
+                self.delivered_seq = r.seq
+            if len(rows) < 2000:
+                return
+
+    async def history(self, after_seq: int, until_seq: int, types: tuple[str, ...] | None, resource: str | None) -> AsyncIterator[Event]:
+        """Stored events in (after_seq, until_seq] matching the filter, oldest first."""
+        seq = after_seq
+        while seq < until_seq:
+            async with self.store.read() as conn:
+                rows = await ev_q.after(conn, seq, until=until_seq, limit=1000)
+            if not rows:
+                return
+            for r in rows:
+                seq = r.seq
+                event = Event(r.seq, r.type, r.ts, r.resource, r.data)
+                if (resource is None or event.resource == resource) and matches(types, event.type):
+                    yield event

@@ -1,0 +1,60 @@
+"""Event types and the patterns subscribers filter with (`vm.*`, `job.completed`)."""
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated")
+JOB_TYPES = ("job.submitted", "job.started", "job.progress", "job.completed", "job.failed", "job.cancelled")
+TASK_TYPES = ("task.started", "task.succeeded", "task.failed", "task.cancelled")
+SCHEDULE_TYPES = ("schedule.triggered", "schedule.completed", "schedule.failed")
+NODE_TYPES = ("node.online", "node.offline")
+WEBHOOK_TYPES = ("webhook.delivered", "webhook.failed")
+ALL_TYPES = VM_TYPES + JOB_TYPES + TASK_TYPES + SCHEDULE_TYPES + NODE_TYPES + WEBHOOK_TYPES
+
+PATTERN_RE = re.compile(r"^[a-z*]+(\.[a-z*]+)?$")
+
+# VM status → the event announcing it (other statuses are `vm.updated`)
+VM_STATUS_EVENT = {
+    "starting": "vm.starting",
+    "running": "vm.running",
+    "stopped": "vm.stopped",
+    "error": "vm.error",
+}
+
+
+def vm_event_for(status: str) -> str:
+    return VM_STATUS_EVENT.get(status, "vm.updated")
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def matches(patterns: tuple[str, ...] | None, type_: str) -> bool:
+    """None matches everything; `*` matches within and across dots (`job.*`, `*`)."""
+    if not patterns:
+        return True
+    return any(p == type_ or _compiled(p).match(type_) for p in patterns)
+
+
+def check_patterns(patterns: list[str]) -> tuple[str, ...]:
+    """Validate patterns; ValueError names the bad one."""
+    for p in patterns:
+        if not PATTERN_RE.match(p):
+            raise ValueError(f"{p!r} is not an event type or pattern such as 'vm.*' or 'job.completed'")
+        if "*" not in p and p not in ALL_TYPES:
+            raise ValueError(f"{p!r} is not a known event type")
+    return tuple(patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    type: str
+    ts: float
+    resource: str | None
+    data: dict[str, Any]

@@ -1,0 +1,52 @@
+"""SQL for the event log. `emit` writes inside the caller's transaction, so an event is
+committed with the change it describes or not at all."""
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row, delete, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .. import clock
+from .db import EVENTS_FLAG
+from .tables import events
+
+_EVENT_ORDER_LOCK = 7_420_002
+
+
+async def emit(conn: AsyncConnection, type_: str, resource: str | None, data: dict[str, Any]) -> None:
+    await emit_many(conn, [(type_, resource, data)])
+
+
+async def emit_many(conn: AsyncConnection, items: Sequence[tuple[str, str | None, dict[str, Any]]]) -> None:
+    if not items:
+        return
+    if conn.dialect.name == "postgresql" and not conn.info.get(EVENTS_FLAG):
+        # Sequence values are not handed out in commit order; taking this lock before the
+        # first insert makes event-writing transactions commit in `seq` order, so a reader
+        # resuming after event N can never miss one below N that commits later.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENT_ORDER_LOCK})
+    now = clock.now()
+    await conn.execute(insert(events), [{"type": t, "ts": now, "resource": r, "data": d} for t, r, d in items])
+    conn.info[EVENTS_FLAG] = True
+
+
+async def after(
+    conn: AsyncConnection, seq: int, *, until: int | None = None, limit: int = 1000, types: Sequence[str] | None = None
+) -> Sequence[Row]:
+    q = select(events).where(events.c.seq > seq)
+    if until is not None:
+        q = q.where(events.c.seq <= until)
+    if types:
+        q = q.where(events.c.type.in_(types))
+    return (await conn.execute(q.order_by(events.c.seq).limit(limit))).all()
+
+
+async def last_seq(conn: AsyncConnection) -> int:
+    return (await conn.execute(select(func.coalesce(func.max(events.c.seq), 0)))).scalar_one()
+
+
+async def prune(conn: AsyncConnection, *, before: float, keep_last: int) -> int:
+    """Delete events older than `before`, and any beyond the newest `keep_last`."""
+    top = await last_seq(conn)
+    res = await conn.execute(delete(events).where((events.c.ts < before) | (events.c.seq <= top - keep_last)))
+    return res.rowcount
