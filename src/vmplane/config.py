@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     event_heartbeat_seconds: float = Field(15.0, gt=0)
     """Idle event streams get a heartbeat (SSE comment / WebSocket status) this often."""
     event_subscriber_queue: int = Field(10_000, ge=10)
+    webhook_concurrency: int = Field(16, ge=1, le=1000)
+    webhook_backoff_seconds: float = Field(1.0, gt=0)
+    """First retry after about this long; each further one waits twice as long (max 5 min)."""
     """A stream subscriber this many events behind is dropped (with the reason)."""
 
     @field_validator("database_url")

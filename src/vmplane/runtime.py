@@ -14,12 +14,14 @@ from .drivers.registry import NodeRegistry, build_sim_nodes, pick_driver_kind
 from .jobs.engine import JobEngine
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
+from .events.webhooks import WebhookDelivery
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
 from .services.guest import GuestService
 from .services.jobs import JobService
 from .services.templates import TemplateService
 from .services.vms import VmService
+from .services.webhooks import WebhookService
 from .store import Store
 from .store import events as ev_q
 from .store import idempotency as idem_q
@@ -52,6 +54,10 @@ class Runtime:
         self.cluster = ClusterService(self)
         self.guest = GuestService(self)
         self.events = EventBus(self.store)
+        self.webhooks = WebhookService(self)
+        self.webhook_delivery = WebhookDelivery(
+            self.store, owner=self.engine.owner, concurrency=settings.webhook_concurrency, backoff_base=settings.webhook_backoff_seconds
+        )
         self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
@@ -162,6 +168,7 @@ class Runtime:
             await self._register_tiny_template()
         await self.reconcile()
         await self.engine.start()
+        await self.webhook_delivery.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.ready = True
         log.info("vmplane ready: %d node(s), store %s", len(rows), self.store.dialect)
@@ -216,6 +223,7 @@ class Runtime:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
         await self.engine.stop()
+        await self.webhook_delivery.stop()
         await self.events.stop()
         await self.registry.close_all()
         await self.store.close()

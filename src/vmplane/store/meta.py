@@ -1,6 +1,6 @@
 """SQL for small key/value facts about the installation (cluster id, creation time)."""
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import meta
@@ -18,3 +18,10 @@ async def ensure(conn: AsyncConnection, key: str, value: str) -> str:
         await conn.execute(insert(meta), [{"key": key, "value": value}])
         return value
     return current
+
+
+async def put(conn: AsyncConnection, key: str, value: str) -> None:
+    if await get(conn, key) is None:
+        await conn.execute(insert(meta), [{"key": key, "value": value}])
+    else:
+        await conn.execute(update(meta).where(meta.c.key == key).values(value=value))

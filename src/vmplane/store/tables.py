@@ -179,3 +179,81 @@ events = Table(
     Column("data", JSON, nullable=False),
 )
 """The event log: `seq` is the event id (SSE `id:`, `Last-Event-ID`), in commit order."""
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("url", Text, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("timeout_sec", Float, nullable=False),
+    Column("retry_count", Integer, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("webhook_id", String(64), nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("event_type", String(48), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_deliveries_webhook", "webhook_id", "seq"),
+)
+"""The webhook outbox: one row per (webhook, event), delivered at least once."""
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(128), nullable=False),
+    Column("schedule", String(128), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("job_template", JSON, nullable=False),
+    Column("misfire_policy", String(16), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("next_run", Float, nullable=True, index=True),
+    Column("last_run", Float, nullable=True),
+    Column("run_count", Integer, nullable=False),
+    Column("success_count", Integer, nullable=False),
+    Column("failure_count", Integer, nullable=False),
+    Column("last_job_id", String(64), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+schedule_runs = Table(
+    "schedule_runs",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("schedule_id", String(64), nullable=False, index=True),
+    Column("due_at", Float, nullable=True),
+    Column("triggered_at", Float, nullable=False),
+    Column("manual", Boolean, nullable=False),
+    Column("job_id", String(64), nullable=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("error", Text, nullable=True),
+)
+"""One row per run of a schedule; `state` follows its job (running → succeeded|failed)."""

@@ -1,0 +1,192 @@
+"""Webhook delivery from an outbox: at least once, signed, retried with backoff and jitter.
+
+The dispatcher tails the event log from a cursor kept in the store and, in one transaction,
+turns each event into a delivery row per matching webhook and advances the cursor — so a
+crash can repeat work but never lose it. Workers claim due deliveries under a lease and POST
+them concurrently; a dead receiver only ever delays its own deliveries.
+
+Each request carries `X-Vmplane-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "t.body")>`,
+`X-Vmplane-Delivery` (an id to de-duplicate on) and `X-Vmplane-Event`.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+from sqlalchemy import Row, text
+
+from .. import __version__, clock, ids
+from ..store import Store
+from ..store import events as ev_q
+from ..store import meta as meta_q
+from ..store import webhooks as wh_q
+from . import wire
+from .types import Event, matches
+
+log = logging.getLogger("vmplane.webhooks")
+CURSOR_KEY = "webhooks_cursor"
+_DISPATCH_LOCK = 7_420_003
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds before attempt `attempt + 1`: exponential, capped, ±20 % jitter."""
+    delay = min(cap, base * 2 ** max(0, attempt - 1))
+    return delay * random.uniform(0.8, 1.2)
+
+
+async def post(client: httpx.AsyncClient, hook: Row, delivery_id: str, event_type: str, body: bytes) -> tuple[int | None, str | None, int]:
+    """One attempt: (status code or None, error or None, duration ms)."""
+    headers = {
+        **(hook.headers or {}),
+        "Content-Type": "application/json",
+        "User-Agent": f"vmplane-webhooks/{__version__}",
+        "X-Vmplane-Event": event_type,
+        "X-Vmplane-Delivery": delivery_id,
+        "X-Vmplane-Signature": sign(hook.secret, int(time.time()), body),
+    }
+    start = time.monotonic()
+    try:
+        r = await client.post(hook.url, content=body, headers=headers, timeout=hook.timeout_sec)
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__, int((time.monotonic() - start) * 1000)
+    ms = int((time.monotonic() - start) * 1000)
+    if 200 <= r.status_code < 300:
+        return r.status_code, None, ms
+    return r.status_code, f"HTTP {r.status_code}", ms
+
+
+class WebhookDelivery:
+    def __init__(self, store: Store, *, owner: str, concurrency: int = 16, backoff_base: float = 1.0, backoff_cap: float = 300.0, lease_seconds: float = 60.0) -> None:
+        self.store = store
+        self.owner = owner
+        self.concurrency = concurrency
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.lease_seconds = lease_seconds
+        self.outcomes: dict[str, int] = {"succeeded": 0, "failed": 0, "retried": 0}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._client: httpx.AsyncClient | None = None
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(follow_redirects=False)
+        self.store.on_events.append(self.poke)
+        self._tasks = [asyncio.create_task(self._run(), name="webhooks")]
+
+    async def stop(self) -> None:
+        if self.poke in self.store.on_events:
+            self.store.on_events.remove(self.poke)
+        for t in self._tasks + list(self._inflight):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._inflight, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.dispatch()
+                await self.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook delivery loop failed")
+                await asyncio.sleep(1)
+
+    async def dispatch(self) -> None:
+        """Turn new events into deliveries for the webhooks that want them."""
+        while True:
+            async with self.store.write() as conn:
+                if self.store.dialect == "postgresql":  # one dispatcher at a time across replicas
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DISPATCH_LOCK})
+                cursor = int(await meta_q.ensure(conn, CURSOR_KEY, str(await ev_q.last_seq(conn))))
+                rows = await ev_q.after(conn, cursor, limit=500)
+                if not rows:
+                    return
+                hooks = await wh_q.list_webhooks(conn, enabled_only=True)
+                now = clock.now()
+                out = []
+                for r in rows:
+                    if r.type.startswith("webhook."):  # never announce deliveries by delivering
+                        continue
+                    event = Event(r.seq, r.type, r.ts, r.resource, r.data)
+                    for hook in hooks:
+                        if r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
+                            out.append(
+                                {"id": ids.new_id("dlv"), "webhook_id": hook.id, "event_seq": r.seq, "event_type": r.type,
+                                 "payload": wire.to_json(event).decode(), "status": "pending", "attempts": 0,
+                                 "next_attempt_at": now, "created_at": now, "updated_at": now}  # fmt: skip
+                            )
+                await wh_q.enqueue(conn, out)
+                await meta_q.put(conn, CURSOR_KEY, str(rows[-1].seq))
+            if len(rows) < 500:
+                return
+
+    async def deliver_due(self) -> None:
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return
+        now = clock.now()
+        async with self.store.write() as conn:
+            due = await wh_q.claim_due(
+                conn, owner=self.owner, now=now, lease_until=now + self.lease_seconds, limit=free,
+                postgres=self.store.dialect == "postgresql",
+            )  # fmt: skip
+            hooks = {h.id: h for h in await wh_q.list_webhooks(conn)}
+        for d in due:
+            task = asyncio.create_task(self._deliver(d, hooks.get(d.webhook_id)))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _deliver(self, d: Row, hook: Row | None) -> None:
+        assert self._client is not None
+        if hook is None:
+            return  # the webhook was deleted with its deliveries
+        status, error, _ms = await post(self._client, hook, d.id, d.event_type, d.payload.encode())
+        attempts = d.attempts + 1
+        now = clock.now()
+        values: dict[str, Any] = {"attempts": attempts, "last_status_code": status, "last_error": error, "updated_at": now}
+        event: tuple[str, dict[str, Any]] | None = None
+        if error is None:
+            values.update(status="succeeded", delivered_at=now)
+            self.outcomes["succeeded"] += 1
+            event = ("webhook.delivered", {"webhookId": hook.id, "deliveryId": d.id, "eventId": d.event_seq, "attempts": attempts})
+        elif attempts > hook.retry_count:
+            values.update(status="failed")
+            self.outcomes["failed"] += 1
+            event = ("webhook.failed", {"webhookId": hook.id, "deliveryId": d.id, "eventId": d.event_seq, "attempts": attempts, "error": error})
+        else:
+            values.update(status="pending", next_attempt_at=now + backoff(attempts, self.backoff_base, self.backoff_cap))
+            self.outcomes["retried"] += 1
+        async with self.store.write() as conn:
+            if await wh_q.record_attempt(conn, d.id, self.owner, **values) and event is not None:
+                await ev_q.emit(conn, event[0], hook.id, event[1])
+        if values["status"] == "pending":
+            asyncio.get_running_loop().call_later(max(0.0, values["next_attempt_at"] - clock.now()) + 0.01, self.poke)
+
+
+def test_payload(hook_id: str) -> bytes:
+    return json.dumps(
+        {"id": 0, "type": "webhook.test", "time": clock.rfc3339_ms(clock.now()), "resource": hook_id, "data": {"message": "test delivery from vmplane"}},
+        separators=(",", ":"),
+    ).encode()

@@ -1,0 +1,110 @@
+"""Webhooks: where events are POSTed. Validation and CRUD; delivery is events/webhooks.py."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+import httpx
+from sqlalchemy import Row
+
+from .. import clock, ids
+from ..errors import InvalidRequest, NotFound
+from ..events.types import check_patterns
+from ..events.webhooks import post, test_payload
+from ..store import webhooks as wh_q
+from . import pages
+
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+RESERVED_HEADERS = {"content-type", "content-length", "host", "user-agent", "x-vmplane-event", "x-vmplane-delivery", "x-vmplane-signature"}
+
+
+def check_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InvalidRequest("url must be an http:// or https:// URL with a host", field="url")
+
+
+def check_events(events: list[str]) -> tuple[str, ...]:
+    if not events:
+        raise InvalidRequest("events must list at least one type or pattern (e.g. 'job.*')", field="events")
+    try:
+        return check_patterns(events)
+    except ValueError as exc:
+        raise InvalidRequest(f"events: {exc}", field="events") from None
+
+
+def check_headers(headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        if not HEADER_NAME_RE.match(name) or name.lower() in RESERVED_HEADERS:
+            raise InvalidRequest(f"headers: {name!r} is not a header name you may set", field="headers")
+        if "\r" in value or "\n" in value or len(value) > 4096:
+            raise InvalidRequest(f"headers: the value of {name!r} must be one line under 4 KiB", field="headers")
+
+
+class WebhookService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    async def get(self, webhook_id: str) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await wh_q.get_webhook(conn, webhook_id)
+        if row is None:
+            raise NotFound(f"webhook {webhook_id} does not exist")
+        return row
+
+    async def list(self) -> Sequence[Row]:
+        async with self.rt.store.read() as conn:
+            return await wh_q.list_webhooks(conn)
+
+    async def create(self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], created_by: str) -> Row:
+        check_url(url)
+        patterns = check_events(events)
+        check_headers(headers)
+        now = clock.now()
+        row = {
+            "id": ids.new_id("whk"), "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
+            "retry_count": retry_count, "headers": headers, "secret": "whsec_" + secrets.token_urlsafe(32),
+            "created_by": created_by, "created_at": now, "updated_at": now,
+        }  # fmt: skip
+        async with self.rt.store.write() as conn:
+            await wh_q.insert_webhook(conn, row)
+        return await self.get(row["id"])
+
+    async def update(self, webhook_id: str, **changes: Any) -> Row:
+        await self.get(webhook_id)
+        values = {k: v for k, v in changes.items() if v is not None}
+        if not values:
+            raise InvalidRequest("give at least one field to change", field="body")
+        if "url" in values:
+            check_url(values["url"])
+        if "events" in values:
+            values["events"] = list(check_events(values["events"]))
+        if "headers" in values:
+            check_headers(values["headers"])
+        async with self.rt.store.write() as conn:
+            await wh_q.set_webhook(conn, webhook_id, **values, updated_at=clock.now())
+        return await self.get(webhook_id)
+
+    async def delete(self, webhook_id: str) -> None:
+        await self.get(webhook_id)
+        async with self.rt.store.write() as conn:
+            await wh_q.delete_webhook(conn, webhook_id)
+
+    async def test(self, webhook_id: str) -> dict[str, Any]:
+        """Send one signed test event now (no retries) and say how it went."""
+        hook = await self.get(webhook_id)
+        async with httpx.AsyncClient() as client:
+            status, error, ms = await post(client, hook, ids.new_id("dlv"), "webhook.test", test_payload(hook.id))
+        return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
+
+    async def deliveries(self, webhook_id: str, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+        await self.get(webhook_id)
+        after = pages.decode("deliveries", page_token)
+        async with self.rt.store.read() as conn:
+            rows = await wh_q.deliveries(conn, webhook_id, after_seq=after, limit=limit + 1)
+        token = pages.encode("deliveries", rows[limit - 1].seq) if len(rows) > limit else None
+        return rows[:limit], token
