@@ -10,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from . import __version__
 from .api import errors, health
 from .api import native
+from .api.identity import Identity
 from .api.middleware import BodyLimit, Idempotency
 from .api.schemas import VmCreateIn
 from .config import Settings
@@ -37,10 +38,12 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
         lifespan=lifespan,
     )
     app.state.rt = rt
+    rt.app = app
     errors.install(app)
     app.include_router(health.router)
     app.include_router(native.router())
     app.add_middleware(Idempotency, store=rt.store)
+    app.add_middleware(Identity, internal_token=rt.internal_token)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     def openapi() -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 import asyncio
 import logging
+import secrets
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import clock, ids
 from .config import Settings
@@ -20,6 +21,7 @@ from .services.cluster import ClusterService
 from .services.guest import GuestService
 from .services.jobs import JobService
 from .services.templates import TemplateService
+from .services.schedules import ScheduleService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
 from .store import Store
@@ -54,6 +56,10 @@ class Runtime:
         self.cluster = ClusterService(self)
         self.guest = GuestService(self)
         self.events = EventBus(self.store)
+        self.schedules = ScheduleService(self)
+        self.internal_token = secrets.token_urlsafe(32)
+        self.app: Any = None
+        """the ASGI app serving this runtime (schedules replay requests through it)"""
         self.webhooks = WebhookService(self)
         self.webhook_delivery = WebhookDelivery(
             self.store, owner=self.engine.owner, concurrency=settings.webhook_concurrency, backoff_base=settings.webhook_backoff_seconds
@@ -169,6 +175,7 @@ class Runtime:
         await self.reconcile()
         await self.engine.start()
         await self.webhook_delivery.start()
+        await self.schedules.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.ready = True
         log.info("vmplane ready: %d node(s), store %s", len(rows), self.store.dialect)
@@ -205,6 +212,11 @@ class Runtime:
                         await vm_q.set_status(conn, vm_id, values.pop("status"), updated_at=now, **values)
                 log.warning("reconciled %d VM(s) on %s with the hypervisor", len(changes), node_id)
 
+    def internal_headers(self, principal: str) -> dict[str, str]:
+        from .api.identity import internal_headers
+
+        return internal_headers(self.internal_token, principal)
+
     async def _maintain(self) -> None:
         """Housekeeping every minute: event retention, expired idempotency keys."""
         while True:
@@ -222,6 +234,7 @@ class Runtime:
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self.schedules.stop()
         await self.engine.stop()
         await self.webhook_delivery.stop()
         await self.events.stop()

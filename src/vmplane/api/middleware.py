@@ -63,7 +63,10 @@ class BodyLimit:
 
 
 def caller_of(scope: Scope) -> str:
-    """Who is asking, for Idempotency-Key scoping: the credential's digest, else anonymous."""
+    """Who is asking, for Idempotency-Key scoping: the principal, the credential's digest, or anonymous."""
+    principal = scope.get("state", {}).get("principal")
+    if principal and principal != "anonymous":
+        return "principal:" + principal[:100]
     key = _header(scope, b"x-api-key") or _header(scope, b"authorization")
     return "anonymous" if not key else "cred:" + hashlib.sha256(key.encode()).hexdigest()[:32]
 

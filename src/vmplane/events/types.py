@@ -2,7 +2,7 @@
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -51,10 +51,12 @@ def check_patterns(patterns: list[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     seq: int
     type: str
     ts: float
     resource: str | None
     data: dict[str, Any]
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
+    """the event's JSON, filled in once by `wire.to_json` and shared by every subscriber"""

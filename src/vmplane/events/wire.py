@@ -1,14 +1,10 @@
 """Events on the wire: the JSON every stream and webhook uses, encoded once per event."""
 
 import json
-from collections import OrderedDict
 from typing import Any
 
 from .. import clock
 from .types import Event
-
-_cache: "OrderedDict[int, bytes]" = OrderedDict()
-_CACHE_SIZE = 4096
 
 
 def to_dict(event: Event) -> dict[str, Any]:
@@ -23,13 +19,9 @@ def to_dict(event: Event) -> dict[str, Any]:
 
 def to_json(event: Event) -> bytes:
     """The event as JSON, encoded once however many subscribers receive it."""
-    data = _cache.get(event.seq)
-    if data is None:
-        data = json.dumps(to_dict(event), separators=(",", ":")).encode()
-        _cache[event.seq] = data
-        if len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return data
+    if event.encoded is None:
+        event.encoded = json.dumps(to_dict(event), separators=(",", ":")).encode()
+    return event.encoded
 
 
 def sse(event: Event) -> bytes:

@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter
 
-from . import cluster, events, guest, jobs, templates, vms, webhooks
+from . import cluster, events, guest, jobs, schedules, templates, vms, webhooks
 
 
 def router() -> APIRouter:
     r = APIRouter(prefix="/api/v1")
-    for module in (vms, guest, templates, jobs, cluster, events, webhooks):
+    for module in (vms, guest, templates, jobs, cluster, events, webhooks, schedules):
         r.include_router(module.router)
     return r

@@ -1,0 +1,214 @@
+"""Schedules: cron expressions that replay a native API request (one that makes a job) with
+the identity of the schedule's owner, and the scheduler that fires them.
+
+Exactly one run per due time, however many schedulers share the store: a scheduler runs a
+due time only after moving `next_run` past it with a compare-and-set. After downtime there is
+no burst of missed runs: the misfire policy runs the schedule once (`run_once`) or not at
+all (`skip`), then carries on from the next time in the future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any, Sequence
+
+import httpx
+from sqlalchemy import Row
+
+from .. import clock, cron, ids
+from ..domain import JobState
+from ..errors import InvalidRequest, NotFound
+from ..store import events as ev_q
+from ..store import jobs as job_q
+from ..store import schedules as sch_q
+
+log = logging.getLogger("vmplane.schedules")
+
+MISFIRE_GRACE = 60.0
+"""A due time missed by more than this (the service was down) is a misfire."""
+PATH_RE = re.compile(r"^/api/v1/[A-Za-z0-9/_.:-]+$")
+METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def check_template(template: dict[str, Any]) -> dict[str, Any]:
+    method = str(template.get("method", "")).upper()
+    path = template.get("path")
+    if method not in METHODS:
+        raise InvalidRequest(f"jobTemplate.method must be one of {', '.join(METHODS)}", field="jobTemplate.method")
+    if not isinstance(path, str) or not PATH_RE.match(path) or ".." in path or path.startswith(("/api/v1/schedules", "/api/v1/webhooks")):
+        raise InvalidRequest("jobTemplate.path must be a native API path that makes a job, e.g. /api/v1/vms", field="jobTemplate.path")
+    body = template.get("body")
+    if body is not None and len(json.dumps(body)) > 256 * 1024:
+        raise InvalidRequest("jobTemplate.body is larger than 256 KiB", field="jobTemplate.body")
+    return {"method": method, "path": path, "body": body}
+
+
+class ScheduleService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # -- CRUD ----------------------------------------------------------------------------
+
+    async def get(self, schedule_id: str) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await sch_q.get_schedule(conn, schedule_id)
+        if row is None:
+            raise NotFound(f"schedule {schedule_id} does not exist")
+        return row
+
+    async def list(self) -> Sequence[Row]:
+        async with self.rt.store.read() as conn:
+            return await sch_q.list_schedules(conn)
+
+    async def create(self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str, owner: str) -> Row:
+        cron.check(schedule, timezone)
+        template = check_template(job_template)
+        now = clock.now()
+        row = {
+            "id": ids.new_id("sch"), "name": name, "schedule": schedule, "timezone": timezone, "enabled": enabled,
+            "job_template": template, "misfire_policy": misfire_policy, "owner": owner,
+            "next_run": cron.next_after(schedule, timezone, now) if enabled else None, "last_run": None,
+            "run_count": 0, "success_count": 0, "failure_count": 0, "created_at": now, "updated_at": now,
+        }  # fmt: skip
+        async with self.rt.store.write() as conn:
+            await sch_q.insert_schedule(conn, row)
+        self._wake.set()
+        return await self.get(row["id"])
+
+    async def update(self, schedule_id: str, **changes: Any) -> Row:
+        current = await self.get(schedule_id)
+        values = {k: v for k, v in changes.items() if v is not None}
+        if not values:
+            raise InvalidRequest("give at least one field to change", field="body")
+        expr = values.get("schedule", current.schedule)
+        tz = values.get("timezone", current.timezone)
+        cron.check(expr, tz)
+        if "job_template" in values:
+            values["job_template"] = check_template(values["job_template"])
+        enabled = values.get("enabled", current.enabled)
+        now = clock.now()
+        values["next_run"] = cron.next_after(expr, tz, now) if enabled else None
+        async with self.rt.store.write() as conn:
+            await sch_q.set_schedule(conn, schedule_id, **values, updated_at=now)
+        self._wake.set()
+        return await self.get(schedule_id)
+
+    async def delete(self, schedule_id: str) -> None:
+        await self.get(schedule_id)
+        async with self.rt.store.write() as conn:
+            await sch_q.delete_schedule(conn, schedule_id)
+
+    async def stats(self) -> dict[str, int]:
+        async with self.rt.store.read() as conn:
+            s = await sch_q.stats(conn)
+        return {
+            "totalSchedules": int(s.total), "enabledSchedules": int(s.enabled), "disabledSchedules": int(s.total - s.enabled),
+            "totalRuns": int(s.runs), "successfulRuns": int(s.ok), "failedRuns": int(s.failed),
+        }  # fmt: skip
+
+    async def trigger(self, schedule_id: str) -> dict[str, Any]:
+        """Run now, outside the timetable (next_run is unchanged)."""
+        sch = await self.get(schedule_id)
+        now = clock.now()
+        async with self.rt.store.write() as conn:
+            await sch_q.set_schedule(conn, sch.id, last_run=now, run_count=sch.run_count + 1, updated_at=now)
+        return await self._fire(sch, due_at=None, manual=True)
+
+    # -- the scheduler -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler tick failed")
+            async with self.rt.store.read() as conn:
+                nxt = await sch_q.next_due_time(conn)
+            wait = 1.0 if nxt is None else min(1.0, max(0.01, nxt - clock.now()))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        now = clock.now()
+        async with self.rt.store.read() as conn:
+            due = await sch_q.due(conn, now)
+        for sch in due:
+            late = now - sch.next_run > MISFIRE_GRACE
+            run = not late or sch.misfire_policy == "run_once"
+            new_next = cron.next_after(sch.schedule, sch.timezone, now)
+            extra = {"last_run": now, "run_count": sch.run_count + 1} if run else {}
+            async with self.rt.store.write() as conn:
+                won = await sch_q.advance(conn, sch.id, sch.next_run, new_next, updated_at=now, **extra)
+            if not won:
+                continue  # another scheduler took this due time
+            if run:
+                await self._fire(sch, due_at=sch.next_run, manual=False)
+            else:
+                log.warning("schedule %s missed %s while vmplane was down; skipped (misfire policy)", sch.id, clock.rfc3339(sch.next_run))
+        await self._follow_runs()
+
+    async def _fire(self, sch: Row, *, due_at: float | None, manual: bool) -> dict[str, Any]:
+        now = clock.now()
+        async with self.rt.store.write() as conn:
+            run_seq = await sch_q.add_run(conn, {"schedule_id": sch.id, "due_at": due_at, "triggered_at": now, "manual": manual, "state": "pending"})
+            await ev_q.emit(conn, "schedule.triggered", sch.id, {"id": sch.id, "name": sch.name, "manual": manual, "dueAt": clock.rfc3339(due_at)})
+        t = sch.job_template
+        key = f"schedule:{sch.id}:{due_at if due_at is not None else f'manual-{run_seq}'}"
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.rt.app), base_url="http://vmplane.internal") as client:
+                r = await client.request(
+                    t["method"], t["path"], json=t.get("body"),
+                    headers={**self.rt.internal_headers(sch.owner), "Idempotency-Key": key},
+                )  # fmt: skip
+            answer = r.json() if r.content else {}
+            job_id = answer.get("jobId") if r.status_code == 202 else None
+            error = None if job_id else f"{t['method']} {t['path']} answered {r.status_code}: {answer.get('error', r.text[:200])}"
+        except Exception as exc:  # a replay must never take the scheduler down
+            log.exception("schedule %s: replaying its request failed", sch.id)
+            job_id, error = None, f"replaying the request failed: {exc}"
+        async with self.rt.store.write() as conn:
+            if job_id:
+                await sch_q.set_run(conn, run_seq, job_id=job_id, state="running")
+                await sch_q.set_schedule(conn, sch.id, last_job_id=job_id)
+            else:
+                await sch_q.set_run(conn, run_seq, state="failed", error=error)
+                await sch_q.count_run(conn, sch.id, False, error, clock.now())
+                await ev_q.emit(conn, "schedule.failed", sch.id, {"id": sch.id, "name": sch.name, "error": error})
+        return {"scheduleId": sch.id, "jobId": job_id, "error": error}
+
+    async def _follow_runs(self) -> None:
+        """Close runs whose job has ended, counting successes and failures."""
+        async with self.rt.store.read() as conn:
+            open_runs = [r for r in await sch_q.open_runs(conn) if r.job_id]
+            jobs = {r.job_id: await job_q.get_job(conn, r.job_id) for r in open_runs}
+        for run in open_runs:
+            job = jobs.get(run.job_id)
+            if job is None or job.state not in (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED):
+                continue
+            ok = job.state == JobState.SUCCEEDED
+            error = None if ok else f"job {job.id} ended {job.state}"
+            async with self.rt.store.write() as conn:
+                sch = await sch_q.get_schedule(conn, run.schedule_id)
+                await sch_q.set_run(conn, run.seq, state="succeeded" if ok else "failed", error=error)
+                if sch is not None:
+                    await sch_q.count_run(conn, sch.id, ok, error, clock.now())
+                    data = {"id": sch.id, "name": sch.name, "jobId": job.id, "jobState": job.state}
+                    await ev_q.emit(conn, "schedule.completed" if ok else "schedule.failed", sch.id, data if ok else {**data, "error": error})
