@@ -11,6 +11,8 @@ from . import __version__
 from .api import errors, health
 from .api import native
 from .api.identity import Identity
+from .api.metrics import Metrics, MetricsMiddleware
+from .api.metrics import router as metrics_router
 from .api.middleware import BodyLimit, Idempotency
 from .api.schemas import VmCreateIn
 from .config import Settings
@@ -40,11 +42,14 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     app.state.rt = rt
     rt.app = app
     errors.install(app)
+    app.state.metrics = Metrics(rt)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(native.router())
     app.add_middleware(Idempotency, store=rt.store)
     app.add_middleware(Identity, internal_token=rt.internal_token)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -2,7 +2,7 @@
 
 from typing import Any, Sequence
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import webhook_deliveries as dlv
@@ -74,8 +74,3 @@ async def deliveries(conn: AsyncConnection, webhook_id: str, *, after_seq: int |
     if after_seq is not None:
         q = q.where(dlv.c.seq < after_seq)
     return (await conn.execute(q.order_by(dlv.c.seq.desc()).limit(limit))).all()
-
-
-async def outcome_counts(conn: AsyncConnection) -> dict[str, int]:
-    q = select(dlv.c.status, func.count()).group_by(dlv.c.status)
-    return {r[0]: r[1] for r in (await conn.execute(q)).all()}

@@ -1,0 +1,27 @@
+"""SQL aggregates behind /metrics."""
+
+from typing import Sequence
+
+from sqlalchemy import Row, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import jobs, nodes, vms, webhook_deliveries
+
+
+async def jobs_by_type_state(conn: AsyncConnection) -> dict[tuple[str, str], int]:
+    q = select(jobs.c.type, jobs.c.state, func.count()).group_by(jobs.c.type, jobs.c.state)
+    return {(r[0], r[1]): r[2] for r in (await conn.execute(q)).all()}
+
+
+async def vms_by_status_node(conn: AsyncConnection) -> dict[tuple[str, str | None], int]:
+    q = select(vms.c.status, vms.c.node_id, func.count()).group_by(vms.c.status, vms.c.node_id)
+    return {(r[0], r[1]): r[2] for r in (await conn.execute(q)).all()}
+
+
+async def node_rows(conn: AsyncConnection) -> Sequence[Row]:
+    return (await conn.execute(select(nodes).order_by(nodes.c.seq))).all()
+
+
+async def deliveries_by_status(conn: AsyncConnection) -> dict[str, int]:
+    q = select(webhook_deliveries.c.status, func.count()).group_by(webhook_deliveries.c.status)
+    return {r[0]: r[1] for r in (await conn.execute(q)).all()}
