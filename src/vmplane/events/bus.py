@@ -58,6 +58,16 @@ class Subscription:
             raise SlowConsumer(self.dropped or "dropped")
         return event
 
+    def ready(self, limit: int) -> list[Event]:
+        """Events already queued (up to `limit`), without waiting; raises SlowConsumer once dropped."""
+        out: list[Event] = []
+        while len(out) < limit and not self._queue.empty():
+            event = self._queue.get_nowait()
+            if event is None:
+                raise SlowConsumer(self.dropped or "dropped")
+            out.append(event)
+        return out
+
     def __aiter__(self) -> "Subscription":
         return self
 

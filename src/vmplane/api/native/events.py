@@ -63,10 +63,14 @@ async def events_sse(
             while True:
                 try:
                     event = await sub.get(timeout=heartbeat)
+                    if event is None:
+                        yield b": heartbeat\n\n"
+                        continue
+                    # what else is already queued goes out in the same write
+                    yield b"".join(wire.sse(e) for e in [event, *sub.ready(500)])
                 except SlowConsumer as exc:
                     yield b"event: error\ndata: %s\n\n" % json.dumps({"reason": str(exc)}).encode()
                     return
-                yield wire.sse(event) if event is not None else b": heartbeat\n\n"
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
