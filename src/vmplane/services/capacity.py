@@ -47,9 +47,9 @@ class Capacity:
         self._cache: dict[str, NodeUsage] = {}
         self._loaded_at = 0.0
 
-    async def _refresh(self) -> None:
-        async with self.store.read() as conn:
-            self._cache = {r.id: usage_of(r) for r in await node_q.list_nodes(conn)}
+    async def _refresh(self, conn: AsyncConnection) -> None:
+        """Reload usage through the caller's connection (a second one could deadlock a full pool)."""
+        self._cache = {r.id: usage_of(r) for r in await node_q.list_nodes(conn)}
         self._loaded_at = clock.now()
 
     def invalidate(self) -> None:
@@ -67,7 +67,7 @@ class Capacity:
         """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id."""
         for attempt in range(5):
             if attempt or clock.now() - self._loaded_at > self.CACHE_SECONDS:
-                await self._refresh()
+                await self._refresh(conn)
             node = choose_node(demand, self._cache.values(), self.policy)
             if await node_q.claim(conn, node.id, demand.cpu, demand.ram_mb, demand.disk_gb, self.ratios, clock.now()):
                 self._adjust(node.id, demand.cpu, demand.ram_mb, demand.disk_gb)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 7_420_001  # PostgreSQL advisory lock: one replica migrates at a time
-EVENTS_FLAG = "vmplane.events"  # set on a connection by events.emit
+EVENTS_FLAG = "vmplane.events"  # events queued on a transaction by events.emit
 
 
 class SyncConnection:
@@ -92,7 +92,9 @@ class Store:
             with sync.begin() as conn:
                 _upgrade(conn)
             return
-        engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=20, pool_pre_ping=True)
+        # Tasks hold a connection only for short transactions, never two at once; 50 in all
+        # leaves PostgreSQL's default 100 for a second replica.
+        engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=40, pool_pre_ping=True)
         self._engine = engine
         async with engine.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
@@ -118,20 +120,24 @@ class Store:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One transaction; committed when the block ends, rolled back if it raises."""
-        emitted = False
+        from . import events  # the event log is part of every write transaction
+
         if self._sync_engine is not None:
             async with self._write_lock:
                 with self._sync_engine.begin() as sconn:
+                    conn = SyncConnection(sconn)
                     try:
-                        yield SyncConnection(sconn)  # type: ignore[misc]
+                        yield conn  # type: ignore[misc]
+                        emitted = await events.flush(conn)  # type: ignore[arg-type]
                     finally:
-                        emitted = bool(sconn.info.pop(EVENTS_FLAG, False))
+                        sconn.info.pop(EVENTS_FLAG, None)
         else:
-            async with self.engine.begin() as conn:
+            async with self.engine.begin() as aconn:
                 try:
-                    yield conn
+                    yield aconn
+                    emitted = await events.flush(aconn)
                 finally:
-                    emitted = bool(conn.info.pop(EVENTS_FLAG, False))
+                    aconn.info.pop(EVENTS_FLAG, None)
         if emitted:
             for callback in self.on_events:
                 callback()

@@ -18,16 +18,27 @@ async def emit(conn: AsyncConnection, type_: str, resource: str | None, data: di
 
 
 async def emit_many(conn: AsyncConnection, items: Sequence[tuple[str, str | None, dict[str, Any]]]) -> None:
-    if not items:
-        return
-    if conn.dialect.name == "postgresql" and not conn.info.get(EVENTS_FLAG):
-        # Sequence values are not handed out in commit order; taking this lock before the
-        # first insert makes event-writing transactions commit in `seq` order, so a reader
-        # resuming after event N can never miss one below N that commits later.
+    """Queue events on the transaction; `flush` writes them just before it commits."""
+    if items:
+        now = clock.now()
+        conn.info.setdefault(EVENTS_FLAG, []).extend({"type": t, "ts": now, "resource": r, "data": d} for t, r, d in items)
+
+
+async def flush(conn: AsyncConnection) -> bool:
+    """Write the transaction's queued events, as its last statements. True if there were any.
+
+    On PostgreSQL sequence values are not handed out in commit order; the advisory lock taken
+    here makes event-writing transactions commit in `seq` order, so a reader resuming after
+    event N can never miss one below N that commits later. Taking it last, when the
+    transaction has every row lock it needs, means it can never be part of a deadlock.
+    """
+    rows = conn.info.pop(EVENTS_FLAG, None)
+    if not rows:
+        return False
+    if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENT_ORDER_LOCK})
-    now = clock.now()
-    await conn.execute(insert(events), [{"type": t, "ts": now, "resource": r, "data": d} for t, r, d in items])
-    conn.info[EVENTS_FLAG] = True
+    await conn.execute(insert(events), rows)
+    return True
 
 
 async def after(

@@ -233,8 +233,9 @@ async def finish_task(
 
 
 async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row]:
-    """Cancel a job's queued tasks and flag its running ones; returns the tasks cancelled here."""
-    await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now))
+    """Cancel a job's queued tasks and flag its running ones; returns the tasks cancelled here.
+
+    Task rows are locked before the job row, the order every other writer uses."""
     queued = (
         await conn.execute(
             update(tasks)
@@ -248,6 +249,7 @@ async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row
         .where(tasks.c.job_id == job_id, tasks.c.state == TaskState.RUNNING.value)
         .values(cancel_requested=True)
     )
+    await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now))
     if queued:
         await ev_q.emit_many(conn, [("task.cancelled", t.resource_id, task_data(t)) for t in queued])
         await _count_final(conn, job_id, TaskState.CANCELLED, len(queued), 100 * len(queued), now)
