@@ -41,7 +41,7 @@ def placement_us(nodes: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-def wrk_latency(url: str, paths: list[str], connections: int, seconds: int) -> tuple[float, float, float]:
+def wrk_latency(url: str, paths: list[str], connections: int, seconds: int, key: str) -> tuple[float, float, float]:
     """p50 and p99 in ms and requests/s, measured by wrk (a C load generator: a Python client
     on the same two cores would measure itself)."""
     if not shutil.which("wrk"):
@@ -50,7 +50,7 @@ def wrk_latency(url: str, paths: list[str], connections: int, seconds: int) -> t
         f.write("local paths = {" + ",".join(f'"{p}"' for p in paths) + "}\n")
         f.write("request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n")
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name, url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"X-API-Key: {key}", "-s", f.name, url],
         check=True, capture_output=True, text=True,
     ).stdout
     os.unlink(f.name)
@@ -81,7 +81,12 @@ async def main() -> None:
            "--driver", "sim", "--sim-nodes", str(args.nodes), "--log-level", "warning"]  # fmt: skip
     if args.database_url:
         cmd += ["--database-url", args.database_url]
-    env = {**os.environ, "VMPLANE_JOB_CONCURRENCY": os.environ.get("VMPLANE_JOB_CONCURRENCY", "256")}
+    env = {
+        **os.environ,
+        "VMPLANE_JOB_CONCURRENCY": os.environ.get("VMPLANE_JOB_CONCURRENCY", "256"),
+        "VMPLANE_RATE_LIMIT_PER_SECOND": "1000000",  # measure the server, not the per-key limit
+        "VMPLANE_RATE_LIMIT_BURST": "1000000",
+    }
     proc = subprocess.Popen(cmd, env=env)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -92,6 +97,8 @@ async def main() -> None:
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.1)
+            key = (data / "admin-api-key").read_text().strip()
+            client.headers["X-API-Key"] = key
             specs = [{"name": f"b-{i}", "resources": {"cpu": 1, "ramMb": 1024, "diskGb": 10}} for i in range(args.vms)]
             t0 = time.perf_counter()
             r = await client.post("/api/v1/vms", json=specs)
@@ -108,9 +115,9 @@ async def main() -> None:
                   f"({args.vms / took:.0f} VMs/s; request accepted in {accepted * 1000:.0f} ms) (target < 60 s)")  # fmt: skip
         vm_ids = r.json()["vmIds"][:: max(1, args.vms // 500)]
         token_pages = ["/api/v1/vms?limit=50"]
-        p50, p99, rps = wrk_latency(url, token_pages, args.concurrency, 10)
+        p50, p99, rps = wrk_latency(url, token_pages, args.concurrency, 10, key)
         print(f"GET /api/v1/vms?limit=50: p50 {p50:.1f} ms, p99 {p99:.1f} ms, {rps:.0f} req/s with {args.concurrency} connections")
-        p50, p99, rps = wrk_latency(url, [f"/api/v1/vms/{v}" for v in vm_ids], args.concurrency, 10)
+        p50, p99, rps = wrk_latency(url, [f"/api/v1/vms/{v}" for v in vm_ids], args.concurrency, 10, key)
         print(f"GET /api/v1/vms/{{id}}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, {rps:.0f} req/s with {args.concurrency} connections (target p99 < 25 ms)")
     finally:
         proc.terminate()

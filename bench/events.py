@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
@@ -29,9 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def subscriber(port: int, want: int, ready: asyncio.Event, ready_count: list[int], total: int, done_at: list[float]) -> None:
+async def subscriber(port: int, key: str, want: int, ready: asyncio.Event, ready_count: list[int], total: int, done_at: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /api/v1/events?types=vm.created HTTP/1.0\r\nHost: bench\r\n\r\n")
+    writer.write(b"GET /api/v1/events?types=vm.created HTTP/1.0\r\nHost: bench\r\nX-API-Key: %s\r\n\r\n" % key.encode())
     await writer.drain()
     buf = b""
     while b"retry:" not in buf:  # subscribed once the stream's first bytes arrive
@@ -59,7 +60,7 @@ async def main() -> None:
     args = ap.parse_args()
     port = free_port()
     data = tempfile.mkdtemp(prefix="vmplane-bench-events-")
-    env = {**os.environ, "VMPLANE_SIM_LATENCY_MS": "0"}
+    env = {**os.environ, "VMPLANE_SIM_LATENCY_MS": "0", "VMPLANE_RATE_LIMIT_BURST": "100000"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", data, "--driver", "sim",
          "--sim-nodes", "100", "--log-level", "warning"],  # fmt: skip
@@ -74,10 +75,12 @@ async def main() -> None:
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.1)
+            key = (Path(data) / "admin-api-key").read_text().strip()
+            client.headers["X-API-Key"] = key
             ready = asyncio.Event()
             count = [0]
             done_at: list[float] = []
-            subs = [asyncio.create_task(subscriber(port, args.events, ready, count, args.subscribers, done_at)) for _ in range(args.subscribers)]
+            subs = [asyncio.create_task(subscriber(port, key, args.events, ready, count, args.subscribers, done_at)) for _ in range(args.subscribers)]
             await asyncio.wait_for(ready.wait(), 30)
             specs = [{"name": f"e-{i}", "start": False, "resources": {"cpu": 1, "ramMb": 128, "diskGb": 1}} for i in range(args.events)]
             t0 = time.perf_counter()

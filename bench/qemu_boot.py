@@ -109,6 +109,7 @@ class Run:
     server_cpu: float = 0.0
     bench_cpu: float = 0.0
     qemu_cpu: float = 0.0
+    cpu_to_line: list[float] = field(default_factory=list)  # CPU each guest's QEMU had used when its line was seen
     host_cpu: float = 0.0  # the whole host was busy this many CPU seconds during the run
 
     @property
@@ -244,6 +245,7 @@ class Bench:
         job_id = r.json()["jobId"]
         self.api_vms.update(vm_ids)
         first: dict[str, float] = {}
+        cpu_at: dict[str, float] = {}
         seen_dir: dict[str, float] = {}
 
         async def look(vm_id: str) -> tuple[str, bool, float]:
@@ -262,6 +264,7 @@ class Bench:
             for vm_id, found, t in await asyncio.gather(*(look(v) for v in pending)):
                 if found:
                     first[vm_id] = t
+                    cpu_at[vm_id] = _qemu_cpu_of(self.vms_dir / vm_id)
             if len(seen_dir) < n:  # diagnostics: when the driver began defining each VM
                 now = time.perf_counter() - t0
                 with contextlib.suppress(FileNotFoundError):
@@ -274,7 +277,7 @@ class Bench:
                 raise RuntimeError(f"{n - len(first)} API guest(s) printed no first line in {timeout:.0f} s; job {job}")
             if len(first) < n:
                 await ticker.tick()
-        run = Run("api", [first[v] for v in vm_ids], accepted=accepted)
+        run = Run("api", [first[v] for v in vm_ids], accepted=accepted, cpu_to_line=[cpu_at[v] for v in vm_ids])
         run.host_cpu = busy_cpu() - host0
         run.server_cpu = cpu_seconds(self.server.pid) - srv_cpu0  # type: ignore[union-attr]
         run.bench_cpu = self_cpu() - bench_cpu0
@@ -372,6 +375,7 @@ class Bench:
                 ))  # fmt: skip
         procs = self.bare_procs[-n:]
         first: dict[int, float] = {}
+        cpu_at: dict[int, float] = {}
         ticker = Ticker(poll)
         while len(first) < n:
             for i in range(n):
@@ -383,13 +387,14 @@ class Bench:
                     found = False
                 if found:
                     first[i] = time.perf_counter() - t0
+                    cpu_at[i] = cpu_seconds(procs[i].pid)
                 elif procs[i].poll() is not None:
                     raise RuntimeError(f"bare QEMU {i} exited {procs[i].returncode}: {(gdirs[i] / 'qemu.log').read_text()[-500:]}")
             if time.perf_counter() - t0 > timeout:
                 raise RuntimeError(f"{n - len(first)} bare guest(s) printed no first line in {timeout:.0f} s")
             if len(first) < n:
                 await ticker.tick()
-        run = Run("bare", [first[i] for i in range(n)])
+        run = Run("bare", [first[i] for i in range(n)], cpu_to_line=[cpu_at[i] for i in range(n)])
         run.host_cpu = busy_cpu() - host0
         run.server_cpu = cpu_seconds(self.server.pid) - srv_cpu0  # type: ignore[union-attr]
         run.bench_cpu = self_cpu() - bench_cpu0
@@ -498,6 +503,9 @@ def report_phases(api: list[Run], bare: list[Run], n: int, poll: float) -> None:
     print(f"  CPU per run (median): server {med([r.server_cpu for r in api]):.2f} s, "
           f"bench client {med([r.bench_cpu for r in api]):.2f} s (bare: {med([r.bench_cpu for r in bare]):.2f} s), "
           f"QEMU total API {med([r.qemu_cpu for r in api]):.1f} s vs bare {med([r.qemu_cpu for r in bare]):.1f} s")  # fmt: skip
+    print(f"  QEMU CPU a guest had used when its first line was seen (mean per guest, median): "
+          f"API {med([statistics.fmean(r.cpu_to_line) for r in api]):.2f} s vs bare "
+          f"{med([statistics.fmean(r.cpu_to_line) for r in bare]):.2f} s")
 
 
 async def main() -> None:

@@ -49,6 +49,8 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         "sim_nodes": 3,
         "sim_latency_ms": 5,
         "lease_seconds": 2.0,
+        "rate_limit_per_second": 100_000.0,  # tests hammer the API; test_tenancy checks the limit itself
+        "rate_limit_burst": 100_000,
     }
     values.update(overrides)
     return Settings(**values)
@@ -74,7 +76,13 @@ class Server:
             if self._task.done():
                 self._task.result()
             await asyncio.sleep(0.01)
+        self.admin_key = admin_key(self.rt.data_dir)
+        self.client.headers["X-API-Key"] = self.admin_key
         return self
+
+    def client_with(self, key: str) -> httpx.AsyncClient:
+        """Another client of this server, with other credentials."""
+        return httpx.AsyncClient(base_url=self.url, timeout=30, headers={"X-API-Key": key})
 
     async def stop(self) -> None:
         await self.client.aclose()
@@ -99,6 +107,11 @@ class Server:
         return await self.wait_job(r.json()["jobId"])
 
 
+
+
+def admin_key(data_dir: Path) -> str:
+    """The bootstrap owner key a server wrote into its data dir."""
+    return (Path(data_dir) / "admin-api-key").read_text().strip()
 
 
 def require_qemu() -> None:

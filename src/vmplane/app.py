@@ -47,7 +47,7 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     app.include_router(metrics_router)
     app.include_router(native.router())
     app.add_middleware(Idempotency, store=rt.store)
-    app.add_middleware(Identity, internal_token=rt.internal_token)
+    app.add_middleware(Identity, rt=rt)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,20 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
 
+    insecure_no_auth: bool = False
+    """Serve without authentication (every caller is the bootstrap owner). Only on loopback."""
+    jwt_secret: SecretStr | None = None
+    """HS256 key for bearer JWTs (or set jwt_public_key_file for RS256)."""
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_org_claim: str = "org"
+    metrics_auth: bool = True
+    """/metrics needs credentials (false: open, for a scraper on a trusted network)."""
+    rate_limit_per_second: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(200, ge=1)
+    """Requests per credential: a token bucket of `burst` refilled at `per_second`."""
+
     event_retention_days: float = Field(7.0, gt=0)
     event_retention_max: int = Field(1_000_000, ge=1000)
     """The event log keeps events this long, and at most this many."""
@@ -64,6 +78,13 @@ class Settings(BaseSettings):
     def _known_backend(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return v
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _real_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and (len(v.get_secret_value()) < 32 or v.get_secret_value().lower() in ("changeme", "secret")):
+            raise ValueError("must be at least 32 characters of real randomness")
         return v
 
     def resolved_image_cache(self) -> Path:

@@ -26,6 +26,21 @@ class InvalidRequest(VmplaneError):
         self.field = field
 
 
+class Unauthorized(VmplaneError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(VmplaneError):
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(VmplaneError):
+    status = 429
+    code = "rate_limited"
+
+
 class NotFound(VmplaneError):
     status = 404
     code = "not_found"

@@ -21,6 +21,7 @@ from .services.cluster import ClusterService
 from .services.guest import GuestService
 from .services.jobs import JobService
 from .services.templates import TemplateService
+from .services.tenancy import TenancyService
 from .services.schedules import ScheduleService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
@@ -57,6 +58,7 @@ class Runtime:
         self.guest = GuestService(self)
         self.events = EventBus(self.store)
         self.schedules = ScheduleService(self)
+        self.tenancy = TenancyService(self)
         self.internal_token = secrets.token_urlsafe(32)
         self.app: Any = None
         """the ASGI app serving this runtime (schedules replay requests through it)"""
@@ -143,6 +145,9 @@ class Runtime:
         async with self.store.write() as conn:
             await meta_q.ensure(conn, "cluster_id", ids.new_id("cluster"))
             await meta_q.ensure(conn, "created_at", str(now))
+        key_file = await self.tenancy.bootstrap()
+        if key_file:
+            log.warning("created the owner API key of the bootstrap organization: %s (mode 0600)", key_file)
         for node_id, driver in await self._build_nodes():
             self.registry.add(node_id, driver)
         await self.registry.open_all()
@@ -168,7 +173,7 @@ class Runtime:
         async with self.store.write() as conn:
             for row in rows:
                 await node_q.upsert_node(conn, row)
-            await ev_q.emit_many(conn, [("node.online", r["id"], {"id": r["id"], "hostname": r["hostname"], "driver": r["driver"]}) for r in rows])
+            await ev_q.emit_many(conn, [("node.online", r["id"], {"id": r["id"], "hostname": r["hostname"], "driver": r["driver"]}, None) for r in rows])
             await node_q.recompute_usage(conn, now)
         if any(d.capabilities.kind == "qemu" for _, d in self.registry.items()):
             await self._register_tiny_template()
@@ -212,10 +217,11 @@ class Runtime:
                         await vm_q.set_status(conn, vm_id, values.pop("status"), updated_at=now, **values)
                 log.warning("reconciled %d VM(s) on %s with the hypervisor", len(changes), node_id)
 
-    def internal_headers(self, principal: str) -> dict[str, str]:
-        from .api.identity import internal_headers
+    def internal_headers(self, user_id: str, org_id: str) -> dict[str, str]:
+        """Headers for a request this process makes to itself as `user_id` of `org_id`."""
+        from .api.identity import ACTING_AS_HEADER, INTERNAL_HEADER
 
-        return internal_headers(self.internal_token, principal)
+        return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}"}
 
     async def _maintain(self) -> None:
         """Housekeeping every minute: event retention, expired idempotency keys."""
@@ -225,6 +231,7 @@ class Runtime:
                 async with self.store.write() as conn:
                     await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
                     await idem_q.forget_older_than(conn, now - 86400)
+                await self.tenancy.flush_key_use()
             except Exception:
                 log.exception("housekeeping failed")
             await asyncio.sleep(60)

@@ -61,6 +61,6 @@ async def test_jobs_list_filters_and_pages(server: Server) -> None:
     assert [j["id"] for j in page["items"] + rest["items"]] == [j["id"] for j in all_jobs]
     assert (await c.get("/api/v1/jobs", params={"state": "bogus"})).status_code == 400
     job = (await c.get(f"/api/v1/jobs/{created['id']}")).json()
-    assert job["createdBy"] == "anonymous" and job["tasks"][0]["attempts"] == 1
+    assert job["createdBy"] == "admin" and job["tasks"][0]["attempts"] == 1
     assert (await c.get(f"/api/v1/jobs/{created['id']}/tasks/task-nope")).status_code == 404
     assert (await c.get("/api/v1/jobs/job-nope")).status_code == 404

@@ -89,7 +89,10 @@ async def test_filters_and_bad_filters(server: Server) -> None:
 async def test_websocket_stream_with_status_messages(server_factory: Any) -> None:
     server = await server_factory(event_heartbeat_seconds=0.3)
     url = server.url.replace("http", "ws") + "/api/v1/events/ws?types=job.*"
-    async with websockets.connect(url) as ws:
+    with pytest.raises(websockets.exceptions.InvalidStatus):  # credentials are required
+        async with websockets.connect(url):
+            pass
+    async with websockets.connect(url, additional_headers={"X-API-Key": server.admin_key}) as ws:
         hello = json.loads(await ws.recv())
         assert hello["kind"] == "status" and "lastEventId" in hello
         await server.client.post("/api/v1/vms", json={"name": "ws-1"})

@@ -44,11 +44,11 @@ async def wait_for_count(server: Server, schedule_id: str, field: str, n: int, t
 
 async def test_manual_trigger_makes_exactly_one_job_as_the_owner(server: Server) -> None:
     sch = await make(server)
-    assert sch["nextRun"].endswith("T02:00:00Z") and sch["runCount"] == 0 and sch["createdBy"] == "anonymous"
+    assert sch["nextRun"].endswith("T02:00:00Z") and sch["runCount"] == 0 and sch["createdBy"] == "admin"
     r = await server.client.post(f"/api/v1/schedules/{sch['id']}/trigger")
     assert r.status_code == 200 and r.json()["jobId"], r.text
     job = await server.wait_job(r.json()["jobId"])
-    assert job["state"] == "succeeded" and job["createdBy"] == "anonymous"
+    assert job["state"] == "succeeded" and job["createdBy"] == "admin"
     s = await wait_for_count(server, sch["id"], "successCount", 1)
     assert s["runCount"] == 1 and s["lastJobId"] == job["id"] and s["nextRun"] == sch["nextRun"]
     assert len(await jobs_of(server)) == 1

@@ -259,7 +259,9 @@ async def test_idempotency_key_returns_the_first_job(server: Server) -> None:
     r3 = await c.post("/api/v1/vms", json={"name": "other"}, headers=h)
     assert r3.status_code == 409
     # another caller may use the same key
-    r4 = await c.post("/api/v1/vms", json={"name": "other"}, headers={**h, "X-API-Key": "someone-else"})
+    assert (await c.post("/api/v1/users", json={"name": "bob", "role": "member"})).status_code == 201
+    bob = (await c.post("/api/v1/api-keys", json={"name": "bob's", "userId": "bob"})).json()["key"]
+    r4 = await c.post("/api/v1/vms", json={"name": "other"}, headers={**h, "X-API-Key": bob})
     assert r4.status_code == 202 and r4.json()["jobId"] != r1.json()["jobId"]
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -12,6 +13,7 @@ async def cli(server: Server, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "vmplane.cli.main", *args, "--url", server.url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "VMPLANE_API_KEY": server.admin_key},
     )  # fmt: skip
     out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()

@@ -33,7 +33,7 @@ def node_row(node_id: str, cpu: int = 8) -> dict[str, Any]:
 def vm_row(name: str) -> dict[str, Any]:
     now = clock.now()
     return {
-        "id": ids.new_id("vm"), "uuid": ids.new_uuid(), "name": name, "node_id": None, "template_id": None,
+        "id": ids.new_id("vm"), "uuid": ids.new_uuid(), "name": name, "org_id": "org-default", "node_id": None, "template_id": None,
         "status": "provisioning", "cpu": 1, "ram_mb": 256, "disk_gb": 1, "tags": ["a"], "spec": {},
         "created_at": now, "updated_at": now,
     }  # fmt: skip
@@ -67,10 +67,10 @@ async def test_tasks_are_claimed_once_and_in_resource_order(store: Store) -> Non
     async with store.write() as conn:
         await job_q.insert_job(
             conn,
-            {"id": "job-1", "type": "t", "state": "queued", "created_by": "x", "total": 3, "n_succeeded": 0,
+            {"id": "job-1", "type": "t", "state": "queued", "org_id": "org-default", "created_by": "x", "total": 3, "n_succeeded": 0,
              "n_failed": 0, "n_cancelled": 0, "progress_sum": 0, "cancel_requested": False, "created_at": now, "updated_at": now},
             [
-                {"id": f"task-{i}", "job_id": "job-1", "type": "t", "resource_id": r, "state": "queued", "progress": 0,
+                {"id": f"task-{i}", "job_id": "job-1", "org_id": "org-default", "type": "t", "resource_id": r, "state": "queued", "progress": 0,
                  "payload": {}, "attempts": 0, "cancel_requested": False, "created_at": now}
                 for i, r in enumerate(["r1", "r1", "r2"])
             ],

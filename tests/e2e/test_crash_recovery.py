@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..support import free_port, serve, wait_ready
+from ..support import admin_key, free_port, serve, wait_ready
 
 pytestmark = pytest.mark.slow
 SIM_ARGS = ["--driver", "sim", "--sim-nodes", "4"]
@@ -23,10 +23,11 @@ def test_kill_9_mid_bulk_job_then_restart_finishes_every_task(tmp_path: Path, da
     proc = serve(tmp_path / "data", port, log, SIM_ARGS + ["--database-url", database_url], SIM_ENV)
     try:
         wait_ready(url, proc)
-        r = httpx.post(f"{url}/api/v1/vms", json=[{"name": f"k-{i}"} for i in range(100)])
+        httpx_ = httpx.Client(headers={"X-API-Key": admin_key(tmp_path / "data")}, timeout=30)
+        r = httpx_.post(f"{url}/api/v1/vms", json=[{"name": f"k-{i}"} for i in range(100)])
         job_id = r.json()["jobId"]
         while True:  # kill it once part of the work is done and some is in flight
-            job = httpx.get(f"{url}/api/v1/jobs/{job_id}").json()
+            job = httpx_.get(f"{url}/api/v1/jobs/{job_id}").json()
             done = sum(t["state"] == "succeeded" for t in job["tasks"])
             if done >= 20:
                 break
@@ -40,7 +41,7 @@ def test_kill_9_mid_bulk_job_then_restart_finishes_every_task(tmp_path: Path, da
         wait_ready(url, proc)
         deadline = time.monotonic() + 120
         while True:
-            job = httpx.get(f"{url}/api/v1/jobs/{job_id}").json()
+            job = httpx_.get(f"{url}/api/v1/jobs/{job_id}").json()
             if job["state"] in ("succeeded", "failed", "partial", "cancelled"):
                 break
             assert time.monotonic() < deadline, job
@@ -49,9 +50,9 @@ def test_kill_9_mid_bulk_job_then_restart_finishes_every_task(tmp_path: Path, da
         assert states <= {"succeeded", "failed"}, states
         assert job["state"] == "succeeded", [t["error"] for t in job["tasks"] if t["error"]]
         assert any(t["attempts"] == 2 for t in job["tasks"])  # in-flight tasks were resumed
-        vms = httpx.get(f"{url}/api/v1/vms", params={"limit": 500}).json()["items"]
+        vms = httpx_.get(f"{url}/api/v1/vms", params={"limit": 500}).json()["items"]
         assert len(vms) == 100 and all(v["status"] == "running" for v in vms)
-        nodes = httpx.get(f"{url}/api/v1/nodes").json()["items"]
+        nodes = httpx_.get(f"{url}/api/v1/nodes").json()["items"]
         assert sum(n["resources"]["cpuUsed"] for n in nodes) == sum(v["resources"]["cpu"] for v in vms)
     finally:
         proc.kill()

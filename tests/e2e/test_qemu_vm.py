@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from ..support import Server, free_port, qemu_processes_of, require_qemu, serve, tiny_template, wait_ready
+from ..support import Server, admin_key, free_port, qemu_processes_of, require_qemu, serve, tiny_template, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_guest_survives_a_sigkill_of_vmplane_and_stays_controllable(tmp_path: Pa
     vm_id = None
     try:
         wait_ready(url, proc)
-        c = httpx.Client(base_url=url, timeout=30)
+        c = httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": admin_key(tmp_path / "data")})
         tpl = next(t["id"] for t in c.get("/api/v1/templates").json()["items"] if t["name"] == "tiny-linux")
         r = c.post("/api/v1/vms", json={"name": "survivor", "templateId": tpl, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}})
         vm_id = r.json()["vmIds"][0]

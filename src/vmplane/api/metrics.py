@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..store import jobs as job_q
+from .native.deps import get_caller
 from ..store import metrics as metrics_q
 
 router = APIRouter(tags=["health"])
@@ -125,7 +126,9 @@ def route_template(scope: Scope) -> str:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format. Needs credentials unless VMPLANE_METRICS_AUTH=false."""
+    if request.app.state.rt.settings.metrics_auth:
+        get_caller(request)
     m: Metrics = request.app.state.metrics
     await m.refresh()
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

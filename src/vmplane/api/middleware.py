@@ -12,9 +12,10 @@ from ..store import Store
 from ..store import idempotency as idem_q
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def send_json(send: Send, status: int, body: dict[str, Any], extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *(extra_headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -38,7 +39,7 @@ class BodyLimit:
         length = _header(scope, b"content-length")
         too_big = {"error": f"the request body is larger than {self.max_bytes} bytes", "code": "payload_too_large", "details": {}}
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_json(send, 413, too_big)
+            return await send_json(send, 413, too_big)
         body = b""
         more = True
         while more:
@@ -48,7 +49,7 @@ class BodyLimit:
             body += msg.get("body", b"")
             more = msg.get("more_body", False)
             if len(body) > self.max_bytes:
-                return await _send_json(send, 413, too_big)
+                return await send_json(send, 413, too_big)
         sent = False
 
         async def replay() -> Message:
@@ -63,12 +64,9 @@ class BodyLimit:
 
 
 def caller_of(scope: Scope) -> str:
-    """Who is asking, for Idempotency-Key scoping: the principal, the credential's digest, or anonymous."""
-    principal = scope.get("state", {}).get("principal")
-    if principal and principal != "anonymous":
-        return "principal:" + principal[:100]
-    key = _header(scope, b"x-api-key") or _header(scope, b"authorization")
-    return "anonymous" if not key else "cred:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    """Who is asking, for Idempotency-Key scoping: the user in their organization."""
+    who = scope.get("state", {}).get("principal")
+    return "anonymous" if who is None else f"{who.user_id}@{who.org_id}"
 
 
 class Idempotency:
@@ -89,7 +87,7 @@ class Idempotency:
         if key is None:
             return await self.app(scope, receive, send)
         if not 1 <= len(key) <= 255:
-            return await _send_json(send, 400, {"error": "Idempotency-Key must be 1-255 characters", "code": "invalid_request", "details": {"field": "Idempotency-Key"}})
+            return await send_json(send, 400, {"error": "Idempotency-Key must be 1-255 characters", "code": "invalid_request", "details": {"field": "Idempotency-Key"}})
         body = scope.get("state", {}).get("raw_body", b"")
         digest = hashlib.sha256(scope["path"].encode() + b"\0" + scope.get("query_string", b"") + b"\0" + body).hexdigest()
         caller = caller_of(scope)
@@ -100,7 +98,7 @@ class Idempotency:
                     found = await idem_q.lookup(conn, caller, key)
                 if found is not None and found.created_at > clock.now() - self.TTL:
                     if found.request_hash != digest:
-                        return await _send_json(send, 409, {"error": "this Idempotency-Key was used with a different request", "code": "idempotency_conflict", "details": {}})
+                        return await send_json(send, 409, {"error": "this Idempotency-Key was used with a different request", "code": "idempotency_conflict", "details": {}})
                     headers = [(k.encode(), v.encode()) for k, v in found.headers] + [(b"idempotent-replayed", b"true")]
                     await send({"type": "http.response.start", "status": found.status_code, "headers": headers})
                     await send({"type": "http.response.body", "body": found.body.encode()})

@@ -46,6 +46,7 @@ class VmCreateIn(In):
     cloudInit: CloudInitIn | None = None
     sshKeys: list[str] = Field(default_factory=list, max_length=32)
     expose: list[ExposeIn] = Field(default_factory=list, max_length=32)
+    teamId: str | None = Field(None, max_length=64, description="team id or name (default: the credential's team)")
 
 
 class VmUpdateIn(In):

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 import time
 from typing import Any, Callable
 
@@ -19,6 +20,10 @@ class Client:
         self.url = (url or os.environ.get("VMPLANE_URL") or "http://127.0.0.1:8080").rstrip("/")
         headers = {}
         key = os.environ.get("VMPLANE_API_KEY")
+        if not key:  # the owner key `vmplane serve` wrote on first start (`make run` uses ./.vmplane)
+            path = Path(os.environ.get("VMPLANE_DATA_DIR", ".vmplane")) / "admin-api-key"
+            if path.is_file():
+                key = path.read_text().strip()
         if key:
             headers["X-API-Key"] = key
         self.http = httpx.Client(base_url=self.url, timeout=30, headers=headers)

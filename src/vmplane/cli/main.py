@@ -45,8 +45,9 @@ def serve(
     accel: Annotated[str, typer.Option(help="QEMU accelerator: auto | kvm | tcg")] = "auto",
     sim_nodes: Annotated[int, typer.Option("--sim-nodes", help="simulated nodes (sim driver)")] = 1,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only)")] = False,
 ) -> None:
-    """Serve vmplane over HTTP."""
+    """Serve vmplane over HTTP. On first start it writes an owner API key to DATA_DIR/admin-api-key."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -58,12 +59,26 @@ def serve(
     # full passes stalled requests for ~100 ms (p99 of GET /vms/{id}: 120 ms -> 21 ms).
     gc.set_threshold(50_000, 50, 50)
     try:
-        settings = Settings(data_dir=data_dir, database_url=database_url, driver=driver, accel=accel, sim_nodes=sim_nodes)  # type: ignore[arg-type]
+        settings = Settings(data_dir=data_dir, database_url=database_url, driver=driver, accel=accel, sim_nodes=sim_nodes, insecure_no_auth=insecure_no_auth)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         typer.echo(f"error: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", err=True)
         raise typer.Exit(2) from None
+    if settings.insecure_no_auth and not is_loopback(host):
+        typer.echo(f"error: --insecure-no-auth is only allowed on a loopback address, not {host}", err=True)
+        raise typer.Exit(2)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @image_app.command("build")

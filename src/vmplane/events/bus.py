@@ -26,16 +26,21 @@ class SlowConsumer(Exception):
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", types: tuple[str, ...] | None, resource: str | None, max_queue: int) -> None:
+    def __init__(self, bus: "EventBus", types: tuple[str, ...] | None, resource: str | None, max_queue: int, org_id: str | None) -> None:
         self.types = types
         self.resource = resource
+        self.org_id = org_id
         self.start_seq = bus.delivered_seq
         """Live events delivered to this subscription all have seq > start_seq."""
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=max_queue)
         self.dropped: str | None = None
 
     def wants(self, event: Event) -> bool:
-        return (self.resource is None or event.resource == self.resource) and matches(self.types, event.type)
+        return (
+            (event.org_id is None or self.org_id is None or event.org_id == self.org_id)
+            and (self.resource is None or event.resource == self.resource)
+            and matches(self.types, event.type)
+        )
 
     def offer(self, event: Event) -> bool:
         try:
@@ -109,9 +114,10 @@ class EventBus:
 
     @asynccontextmanager
     async def subscribe(
-        self, types: tuple[str, ...] | None = None, resource: str | None = None, max_queue: int | None = None
+        self, types: tuple[str, ...] | None = None, resource: str | None = None, max_queue: int | None = None, org_id: str | None = None
     ) -> AsyncIterator[Subscription]:
-        sub = Subscription(self, types, resource, max_queue or self.max_queue)
+        """`org_id` limits the subscription to one organization's events (and everyone's)."""
+        sub = Subscription(self, types, resource, max_queue or self.max_queue, org_id)
         self._subs.add(sub)
         try:
             yield sub
@@ -140,7 +146,7 @@ class EventBus:
             if not rows:
                 return
             for r in rows:
-                event = Event(r.seq, r.type, r.ts, r.resource, r.data)
+                event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
                 for sub in list(self._subs):
                     if sub.dropped is None and event.seq > sub.start_seq and sub.wants(event):
                         if not sub.offer(event):
@@ -149,16 +155,16 @@ class EventBus:
             if len(rows) < 2000:
                 return
 
-    async def history(self, after_seq: int, until_seq: int, types: tuple[str, ...] | None, resource: str | None) -> AsyncIterator[Event]:
+    async def history(self, sub: Subscription, after_seq: int) -> AsyncIterator[Event]:
         """Stored events in (after_seq, until_seq] matching the filter, oldest first."""
         seq = after_seq
-        while seq < until_seq:
+        while seq < sub.start_seq:
             async with self.store.read() as conn:
-                rows = await ev_q.after(conn, seq, until=until_seq, limit=1000)
+                rows = await ev_q.after(conn, seq, until=sub.start_seq, limit=1000)
             if not rows:
                 return
             for r in rows:
                 seq = r.seq
-                event = Event(r.seq, r.type, r.ts, r.resource, r.data)
-                if (resource is None or event.resource == resource) and matches(types, event.type):
+                event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
+                if sub.wants(event):
                     yield event

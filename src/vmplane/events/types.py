@@ -58,5 +58,7 @@ class Event:
     ts: float
     resource: str | None
     data: dict[str, Any]
+    org_id: str | None = None
+    """who may see it: one organization, or None for every one"""
     encoded: bytes | None = field(default=None, compare=False, repr=False)
     """the event's JSON, filled in once by `wire.to_json` and shared by every subscriber"""

@@ -129,9 +129,10 @@ class WebhookDelivery:
                 for r in rows:
                     if r.type.startswith("webhook."):  # never announce deliveries by delivering
                         continue
-                    event = Event(r.seq, r.type, r.ts, r.resource, r.data)
+                    event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
                     for hook in hooks:
-                        if r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
+                        mine = r.org_id is None or r.org_id == hook.org_id
+                        if mine and r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
                             out.append(
                                 {"id": ids.new_id("dlv"), "webhook_id": hook.id, "event_seq": r.seq, "event_type": r.type,
                                  "payload": wire.to_json(event).decode(), "status": "pending", "attempts": 0,
@@ -180,7 +181,7 @@ class WebhookDelivery:
             self.outcomes["retried"] += 1
         async with self.store.write() as conn:
             if await wh_q.record_attempt(conn, d.id, self.owner, **values) and event is not None:
-                await ev_q.emit(conn, event[0], hook.id, event[1])
+                await ev_q.emit(conn, event[0], hook.id, event[1], hook.org_id)
         if values["status"] == "pending":
             asyncio.get_running_loop().call_later(max(0.0, values["next_attempt_at"] - clock.now()) + 0.01, self.poke)
 

@@ -16,6 +16,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
+from ..auth import Principal
 from ..config import Settings
 from ..domain import JobState, TaskState
 from ..errors import VmplaneError
@@ -128,7 +129,7 @@ class JobEngine:
         self,
         conn: AsyncConnection,
         job_type: str,
-        created_by: str,
+        who: Principal,
         items: list[tuple[str, dict[str, Any]]],
         task_type: str | None = None,
     ) -> str:
@@ -142,7 +143,8 @@ class JobEngine:
             "id": job_id,
             "type": job_type,
             "state": JobState.QUEUED.value,
-            "created_by": created_by,
+            "org_id": who.org_id,
+            "created_by": who.user_name,
             "total": len(items),
             "n_succeeded": 0,
             "n_failed": 0,
@@ -156,6 +158,7 @@ class JobEngine:
             {
                 "id": ids.new_id("task"),
                 "job_id": job_id,
+                "org_id": who.org_id,
                 "type": task_type or job_type,
                 "resource_id": resource_id,
                 "state": TaskState.QUEUED.value,

@@ -12,10 +12,12 @@ from typing import Any
 from sqlalchemy import Row
 
 from .. import clock
+from ..auth import Principal
 from ..domain import VmStatus
 from ..drivers.base import ExecResult, HypervisorDriver, VmStats
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import guest as guest_q
+from ..store import vms as vm_q
 
 CONSOLE_TOKEN_SECONDS = 60
 EXEC_MAX_OUTPUT = 1024 * 1024
@@ -42,8 +44,8 @@ class GuestService:
             raise InvalidState(f"VM {vm.id} is {vm.status}, not running", current=vm.status, required="running")
         return driver
 
-    async def console_token(self, ref: str) -> tuple[str, float, Row]:
-        vm = await self.rt.vms.get(ref)
+    async def console_token(self, ref: str, who: Principal) -> tuple[str, float, Row]:
+        vm = await self.rt.vms.get(ref, who)
         self._driver(vm, "console")
         token = secrets.token_urlsafe(24)
         now = clock.now()
@@ -53,24 +55,28 @@ class GuestService:
         return token, expires, vm
 
     async def open_console(self, ref: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Spend a console token and connect to the VM's serial console."""
-        vm = await self.rt.vms.get(ref)
+        """Spend a console token and connect to the VM's serial console (the token is the
+        credential: it was given to someone allowed to use this VM's console)."""
+        async with self.rt.store.read() as conn:
+            vm = await vm_q.get_vm(conn, ref)
+        if vm is None:
+            raise NotFound("console token is unknown, used or expired")
         async with self.rt.store.write() as conn:
             ok = await guest_q.use_console_token(conn, token_hash(token), vm.id, clock.now())
         if not ok:
             raise NotFound("console token is unknown, used or expired")
         return await self._driver(vm, "console").open_console(vm.id)
 
-    async def console_log(self, ref: str, max_bytes: int) -> bytes:
-        vm = await self.rt.vms.get(ref)
+    async def console_log(self, ref: str, max_bytes: int, who: Principal) -> bytes:
+        vm = await self.rt.vms.get(ref, who)
         return await self._driver(vm, "console", need_running=False).console_log(vm.id, max_bytes)
 
-    async def exec(self, ref: str, argv: list[str], timeout: float) -> ExecResult:
+    async def exec(self, ref: str, argv: list[str], timeout: float, who: Principal) -> ExecResult:
         if not argv or not argv[0]:
             raise InvalidRequest("command must name a program to run", field="command")
-        vm = await self.rt.vms.get(ref)
+        vm = await self.rt.vms.get(ref, who)
         return await self._driver(vm, "exec").exec_vm(vm.id, argv, timeout, EXEC_MAX_OUTPUT)
 
-    async def stats(self, ref: str) -> tuple[Row, VmStats]:
-        vm = await self.rt.vms.get(ref)
+    async def stats(self, ref: str, who: Principal) -> tuple[Row, VmStats]:
+        vm = await self.rt.vms.get(ref, who)
         return vm, await self._driver(vm, "stats").stats_vm(vm.id)

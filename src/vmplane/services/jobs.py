@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import Row
 
+from ..auth import Principal
 from ..domain import JOB_FINAL, JobState
 from ..errors import InvalidRequest, InvalidState, NotFound
 from ..store import jobs as job_q
@@ -16,35 +17,35 @@ class JobService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    async def get(self, job_id: str) -> tuple[Row, Sequence[Row]]:
+    async def get(self, job_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
         async with self.rt.store.read() as conn:
             job = await job_q.get_job(conn, job_id)
-            if job is None:
+            if job is None or job.org_id != who.org_id:
                 raise NotFound(f"job {job_id} does not exist")
             tasks = await job_q.job_tasks(conn, job_id)
         return job, tasks
 
-    async def get_task(self, job_id: str, task_id: str) -> tuple[Row, Sequence[Row]]:
+    async def get_task(self, job_id: str, task_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
         async with self.rt.store.read() as conn:
             task = await job_q.get_task(conn, job_id, task_id)
-            if task is None:
+            if task is None or task.org_id != who.org_id:
                 raise NotFound(f"task {task_id} of job {job_id} does not exist")
             log = await job_q.task_log(conn, task_id)
         return task, log
 
     async def list(
-        self, *, state: str | None, type_: str | None, limit: int, page_token: str | None
+        self, who: Principal, *, state: str | None, type_: str | None, limit: int, page_token: str | None
     ) -> tuple[Sequence[Row], str | None]:
         if state is not None and state not in JobState.__members__.values():
             raise InvalidRequest(f"state {state!r} is not one of {', '.join(JobState)}", field="state")
         after = pages.decode("jobs", page_token)
         async with self.rt.store.read() as conn:
-            rows = await job_q.list_jobs(conn, state=state, type_=type_, after_seq=after, limit=limit + 1)
+            rows = await job_q.list_jobs(conn, state=state, type_=type_, after_seq=after, limit=limit + 1, org_id=who.org_id)
         token = pages.encode("jobs", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def cancel(self, job_id: str) -> None:
-        job, _ = await self.get(job_id)
+    async def cancel(self, job_id: str, who: Principal) -> None:
+        job, _ = await self.get(job_id, who)
         if JobState(job.state) in JOB_FINAL:
             raise InvalidState(f"job {job_id} already ended ({job.state})", current=job.state)
         await self.rt.engine.cancel(job_id)

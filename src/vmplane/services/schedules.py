@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy import Row
 
 from .. import clock, cron, ids
+from ..auth import Principal
 from ..domain import JobState
 from ..errors import InvalidRequest, NotFound
 from ..store import events as ev_q
@@ -54,34 +55,35 @@ class ScheduleService:
 
     # -- CRUD ----------------------------------------------------------------------------
 
-    async def get(self, schedule_id: str) -> Row:
+    async def get(self, schedule_id: str, who: Principal) -> Row:
         async with self.rt.store.read() as conn:
             row = await sch_q.get_schedule(conn, schedule_id)
-        if row is None:
+        if row is None or row.org_id != who.org_id:
             raise NotFound(f"schedule {schedule_id} does not exist")
         return row
 
-    async def list(self) -> Sequence[Row]:
+    async def list(self, who: Principal) -> Sequence[Row]:
         async with self.rt.store.read() as conn:
-            return await sch_q.list_schedules(conn)
+            return [s for s in await sch_q.list_schedules(conn) if s.org_id == who.org_id]
 
-    async def create(self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str, owner: str) -> Row:
+    async def create(self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str, who: Principal) -> Row:
+        """The schedule runs with `who`'s identity (as a user of the organization, not its key)."""
         cron.check(schedule, timezone)
         template = check_template(job_template)
         now = clock.now()
         row = {
-            "id": ids.new_id("sch"), "name": name, "schedule": schedule, "timezone": timezone, "enabled": enabled,
-            "job_template": template, "misfire_policy": misfire_policy, "owner": owner,
+            "id": ids.new_id("sch"), "org_id": who.org_id, "owner_id": who.user_id, "name": name, "schedule": schedule, "timezone": timezone, "enabled": enabled,
+            "job_template": template, "misfire_policy": misfire_policy, "owner": who.user_name,
             "next_run": cron.next_after(schedule, timezone, now) if enabled else None, "last_run": None,
             "run_count": 0, "success_count": 0, "failure_count": 0, "created_at": now, "updated_at": now,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
             await sch_q.insert_schedule(conn, row)
         self._wake.set()
-        return await self.get(row["id"])
+        return await self.get(row["id"], who)
 
-    async def update(self, schedule_id: str, **changes: Any) -> Row:
-        current = await self.get(schedule_id)
+    async def update(self, schedule_id: str, who: Principal, **changes: Any) -> Row:
+        current = await self.get(schedule_id, who)
         values = {k: v for k, v in changes.items() if v is not None}
         if not values:
             raise InvalidRequest("give at least one field to change", field="body")
@@ -96,24 +98,24 @@ class ScheduleService:
         async with self.rt.store.write() as conn:
             await sch_q.set_schedule(conn, schedule_id, **values, updated_at=now)
         self._wake.set()
-        return await self.get(schedule_id)
+        return await self.get(schedule_id, who)
 
-    async def delete(self, schedule_id: str) -> None:
-        await self.get(schedule_id)
+    async def delete(self, schedule_id: str, who: Principal) -> None:
+        await self.get(schedule_id, who)
         async with self.rt.store.write() as conn:
             await sch_q.delete_schedule(conn, schedule_id)
 
-    async def stats(self) -> dict[str, int]:
+    async def stats(self, who: Principal) -> dict[str, int]:
         async with self.rt.store.read() as conn:
-            s = await sch_q.stats(conn)
+            s = await sch_q.stats(conn, who.org_id)
         return {
             "totalSchedules": int(s.total), "enabledSchedules": int(s.enabled), "disabledSchedules": int(s.total - s.enabled),
             "totalRuns": int(s.runs), "successfulRuns": int(s.ok), "failedRuns": int(s.failed),
         }  # fmt: skip
 
-    async def trigger(self, schedule_id: str) -> dict[str, Any]:
+    async def trigger(self, schedule_id: str, who: Principal) -> dict[str, Any]:
         """Run now, outside the timetable (next_run is unchanged)."""
-        sch = await self.get(schedule_id)
+        sch = await self.get(schedule_id, who)
         now = clock.now()
         async with self.rt.store.write() as conn:
             await sch_q.set_schedule(conn, sch.id, last_run=now, run_count=sch.run_count + 1, updated_at=now)
@@ -169,14 +171,14 @@ class ScheduleService:
         now = clock.now()
         async with self.rt.store.write() as conn:
             run_seq = await sch_q.add_run(conn, {"schedule_id": sch.id, "due_at": due_at, "triggered_at": now, "manual": manual, "state": "pending"})
-            await ev_q.emit(conn, "schedule.triggered", sch.id, {"id": sch.id, "name": sch.name, "manual": manual, "dueAt": clock.rfc3339(due_at)})
+            await ev_q.emit(conn, "schedule.triggered", sch.id, {"id": sch.id, "name": sch.name, "manual": manual, "dueAt": clock.rfc3339(due_at)}, sch.org_id)
         t = sch.job_template
         key = f"schedule:{sch.id}:{due_at if due_at is not None else f'manual-{run_seq}'}"
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.rt.app), base_url="http://vmplane.internal") as client:
                 r = await client.request(
                     t["method"], t["path"], json=t.get("body"),
-                    headers={**self.rt.internal_headers(sch.owner), "Idempotency-Key": key},
+                    headers={**self.rt.internal_headers(sch.owner_id, sch.org_id), "Idempotency-Key": key},
                 )  # fmt: skip
             answer = r.json() if r.content else {}
             job_id = answer.get("jobId") if r.status_code == 202 else None
@@ -191,7 +193,7 @@ class ScheduleService:
             else:
                 await sch_q.set_run(conn, run_seq, state="failed", error=error)
                 await sch_q.count_run(conn, sch.id, False, error, clock.now())
-                await ev_q.emit(conn, "schedule.failed", sch.id, {"id": sch.id, "name": sch.name, "error": error})
+                await ev_q.emit(conn, "schedule.failed", sch.id, {"id": sch.id, "name": sch.name, "error": error}, sch.org_id)
         return {"scheduleId": sch.id, "jobId": job_id, "error": error}
 
     async def _follow_runs(self) -> None:
@@ -211,4 +213,4 @@ class ScheduleService:
                 if sch is not None:
                     await sch_q.count_run(conn, sch.id, ok, error, clock.now())
                     data = {"id": sch.id, "name": sch.name, "jobId": job.id, "jobState": job.state}
-                    await ev_q.emit(conn, "schedule.completed" if ok else "schedule.failed", sch.id, data if ok else {**data, "error": error})
+                    await ev_q.emit(conn, "schedule.completed" if ok else "schedule.failed", sch.id, data if ok else {**data, "error": error}, sch.org_id)

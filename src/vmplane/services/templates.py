@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..auth import Principal
+from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from . import pages
@@ -42,21 +43,27 @@ class TemplateService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    async def get(self, ref: str) -> Row:
+    async def get(self, ref: str, who: Principal) -> Row:
+        """A template the caller may use: shared ones (no organization) and its organization's."""
         async with self.rt.store.read() as conn:
             row = await tpl_q.get_template(conn, ref)
-        if row is None:
+        if row is None or row.org_id not in (None, who.org_id):
             raise NotFound(f"template {ref} does not exist")
         return row
 
-    async def list(self, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+    def _check_owner(self, tpl: Row, who: Principal) -> None:
+        if tpl.org_id is None and not who.operator:
+            raise Forbidden(f"template {tpl.name} is shared by the operators; only they change it")
+
+    async def list(self, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
         after = pages.decode("templates", page_token)
         async with self.rt.store.read() as conn:
-            rows = await tpl_q.list_templates(conn, after_seq=after, limit=limit + 1)
+            rows = await tpl_q.list_templates(conn, after_seq=after, limit=limit + 1, org_id=who.org_id)
         token = pages.encode("templates", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def create(self, *, name: str, os_: str, node_id: str | None, source_url: str, created_by: str) -> tuple[str, str]:
+    async def create(self, *, name: str, os_: str, node_id: str | None, source_url: str, who: Principal) -> tuple[str, str]:
+        """Operators' templates are shared with every organization; others' stay private."""
         check_template_name(name)
         check_os(os_)
         check_source_url(source_url)
@@ -72,6 +79,7 @@ class TemplateService:
                 {
                     "id": tpl_id,
                     "name": name,
+                    "org_id": None if who.operator else who.org_id,
                     "os": os_,
                     "node_id": node_id,
                     "source_url": source_url,
@@ -81,12 +89,13 @@ class TemplateService:
                     "updated_at": now,
                 },
             )
-            job_id = await self.rt.engine.submit(conn, "template-create", created_by, [(tpl_id, {})])
+            job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, {})])
         self.rt.engine.wakeup()
         return job_id, tpl_id
 
-    async def update(self, ref: str, *, name: str | None, os_: str | None, created_by: str) -> str:
-        tpl = await self.get(ref)
+    async def update(self, ref: str, *, name: str | None, os_: str | None, who: Principal) -> str:
+        tpl = await self.get(ref, who)
+        self._check_owner(tpl, who)
         if name is not None:
             check_template_name(name)
         if os_ is not None:
@@ -96,24 +105,25 @@ class TemplateService:
         async with self.rt.store.write() as conn:
             if name is not None and name != tpl.name and await tpl_q.get_template(conn, name) is not None:
                 raise Conflict(f"a template named {name!r} already exists", field="name")
-            job_id = await self.rt.engine.submit(conn, "template-update", created_by, [(tpl.id, {"name": name, "os": os_})])
+            job_id = await self.rt.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_})])
         self.rt.engine.wakeup()
         return job_id
 
-    async def delete(self, refs: Sequence[str], created_by: str) -> str:
+    async def delete(self, refs: Sequence[str], who: Principal) -> str:
         if not refs:
             raise InvalidRequest("templateIds must name at least one template", field="templateIds")
         async with self.rt.store.write() as conn:
             found = []
             for ref in refs:
                 tpl = await tpl_q.get_template(conn, ref)
-                if tpl is None:
+                if tpl is None or tpl.org_id not in (None, who.org_id):
                     raise NotFound(f"template {ref} does not exist", templateIds=[ref])
+                self._check_owner(tpl, who)
                 if tpl.status == "importing":
                     raise InvalidState(f"template {ref} is still importing; cancel its job instead", current="importing")
                 found.append(tpl.id)
             if len(set(found)) != len(found):
                 raise InvalidRequest("templateIds names a template twice", field="templateIds")
-            job_id = await self.rt.engine.submit(conn, "template-delete", created_by, [(t, {}) for t in found])
+            job_id = await self.rt.engine.submit(conn, "template-delete", who, [(t, {}) for t in found])
         self.rt.engine.wakeup()
         return job_id

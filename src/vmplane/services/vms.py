@@ -11,6 +11,7 @@ from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
+from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import guest as guest_q
@@ -31,6 +32,12 @@ POWER_ACTIONS: dict[str, tuple[str, frozenset[VmStatus]]] = {
     "reboot": ("vm-reboot", frozenset({VmStatus.RUNNING})),
     "power-cycle": ("vm-power-cycle", frozenset({VmStatus.RUNNING, VmStatus.STOPPED, VmStatus.ERROR, VmStatus.UNKNOWN})),
 }
+
+
+def visible(row: Row, who: Principal) -> bool:
+    """Resources of another organization, or of another team for a team-scoped credential,
+    do not exist as far as the caller can tell."""
+    return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
 
 
 def check_name(name: str, field_name: str = "name") -> None:
@@ -77,6 +84,8 @@ class NewVm:
     tags: tuple[str, ...] = ()
     start: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    team: str | None = None
+    """team id or name (default: the credential's team)"""
 
 
 @dataclass(frozen=True)
@@ -92,25 +101,28 @@ class VmService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    async def get(self, ref: str) -> Row:
+    async def get(self, ref: str, who: Principal) -> Row:
+        """A VM the caller may see (another organization's, or team's, answers 404)."""
         async with self.rt.store.read() as conn:
             row = await vm_q.get_vm(conn, ref)
-        if row is None:
+        if row is None or not visible(row, who):
             raise NotFound(f"VM {ref} does not exist")
         return row
 
     async def list(
-        self, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
+        self, who: Principal, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
     ) -> tuple[Sequence[Row], str | None]:
         if status is not None and status not in VmStatus.__members__.values():
             raise InvalidRequest(f"status {status!r} is not one of {', '.join(VmStatus)}", field="status")
         after = pages.decode("vms", page_token)
         async with self.rt.store.read() as conn:
-            rows = await vm_q.list_vms(conn, node=node, status=status, tag=tag, name=name, after_seq=after, limit=limit + 1)
+            rows = await vm_q.list_vms(
+                conn, node=node, status=status, tag=tag, name=name, after_seq=after, limit=limit + 1, org_id=who.org_id, team_id=who.team_id
+            )
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def create(self, specs: Sequence[NewVm], created_by: str) -> tuple[str, list[str]]:
+    async def create(self, specs: Sequence[NewVm], who: Principal) -> tuple[str, list[str]]:
         """Reserve names and ids for every VM and submit one vm-create job with a task each."""
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
@@ -127,8 +139,13 @@ class VmService:
             if spec.name in seen:
                 raise InvalidRequest(f"name {spec.name!r} appears twice in the request", field=where)
             seen.add(spec.name)
+        teams = {s.team: await self.rt.tenancy.team_id(who, s.team) for s in specs}
         now = clock.now()
         async with self.rt.store.write() as conn:
+            await self.rt.tenancy.reserve(
+                conn, who.org_id, vms=len(specs), vcpu=sum(s.resources.cpu for s in specs),
+                ram_mb=sum(s.resources.ram_mb for s in specs), disk_gb=sum(s.resources.disk_gb for s in specs),
+            )  # fmt: skip
             taken = await vm_q.names_taken(conn, [s.name for s in specs])
             if taken:
                 raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
@@ -136,7 +153,7 @@ class VmService:
             templates = {}
             for ref in template_refs:
                 tpl = await tpl_q.get_template(conn, ref)
-                if tpl is None:
+                if tpl is None or tpl.org_id not in (None, who.org_id):
                     raise InvalidRequest(f"templateId {ref!r} does not exist", field="templateId")
                 if tpl.status != "ready":
                     raise InvalidState(f"template {ref} is {tpl.status}, not ready", current=tpl.status, required="ready")
@@ -152,6 +169,8 @@ class VmService:
                         "id": ids.new_id("vm"),
                         "uuid": ids.new_uuid(),
                         "name": spec.name,
+                        "org_id": who.org_id,
+                        "team_id": teams[spec.team],
                         "node_id": None,
                         "template_id": tpl.id if tpl is not None else None,
                         "status": VmStatus.PROVISIONING.value,
@@ -170,7 +189,7 @@ class VmService:
                 raise Conflict("a VM with one of these names was created at the same time") from None
             await self._reserve_ports(conn, rows)
             job_id = await self.rt.engine.submit(
-                conn, "vm-create", created_by, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
+                conn, "vm-create", who, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
             )
         self.rt.engine.wakeup()
         return job_id, [r["id"] for r in rows]
@@ -198,8 +217,8 @@ class VmService:
             if expose:
                 await vm_q.set_vm(conn, row["id"], spec=row["spec"])
 
-    async def update(self, ref: str, change: VmChange, created_by: str) -> str:
-        vm = await self.get(ref)
+    async def update(self, ref: str, change: VmChange, who: Principal) -> str:
+        vm = await self.get(ref, who)
         if change.name is not None:
             check_name(change.name)
         if change.tags is not None:
@@ -218,20 +237,24 @@ class VmService:
             "diskGb": change.disk_gb,
         }
         async with self.rt.store.write() as conn:
+            await self.rt.tenancy.reserve(
+                conn, vm.org_id, vcpu=max(0, (change.cpu or vm.cpu) - vm.cpu),
+                ram_mb=max(0, (change.ram_mb or vm.ram_mb) - vm.ram_mb), disk_gb=max(0, (change.disk_gb or vm.disk_gb) - vm.disk_gb),
+            )  # fmt: skip
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name]):
                     raise Conflict(f"a VM named {change.name!r} already exists", field="name")
-            job_id = await self.rt.engine.submit(conn, "vm-update", created_by, [(vm.id, payload)])
+            job_id = await self.rt.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.rt.engine.wakeup()
         return job_id
 
-    async def delete(self, refs: Sequence[str], created_by: str) -> str:
+    async def delete(self, refs: Sequence[str], who: Principal) -> str:
         if not refs:
             raise InvalidRequest("vmIds must name at least one VM", field="vmIds")
         if len(set(refs)) != len(refs):
             raise InvalidRequest("vmIds names a VM twice", field="vmIds")
         async with self.rt.store.write() as conn:
-            rows = {r.id: r for r in await vm_q.get_vms(conn, list(refs))}
+            rows = {r.id: r for r in await vm_q.get_vms(conn, list(refs)) if visible(r, who)}
             by_ref = {**rows, **{r.uuid: r for r in rows.values()}}
             missing = [r for r in refs if r not in by_ref]
             if missing:
@@ -240,13 +263,13 @@ class VmService:
             busy = [r.id for r in targets if r.status == VmStatus.DELETING]
             if busy:
                 raise InvalidState(f"VM {busy[0]} is already being deleted", current="deleting")
-            job_id = await self.rt.engine.submit(conn, "vm-delete", created_by, [(r.id, {}) for r in targets])
+            job_id = await self.rt.engine.submit(conn, "vm-delete", who, [(r.id, {}) for r in targets])
         self.rt.engine.wakeup()
         return job_id
 
-    async def power(self, ref: str, action: str, created_by: str) -> str:
+    async def power(self, ref: str, action: str, who: Principal) -> str:
         job_type, allowed = POWER_ACTIONS[action]
-        vm = await self.get(ref)
+        vm = await self.get(ref, who)
         async with self.rt.store.write() as conn:
             pending = await job_q.active_task_for(conn, [vm.id])
             # With earlier work still queued on the VM, judge the request when its turn comes.
@@ -254,6 +277,6 @@ class VmService:
                 raise InvalidState(
                     f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status, required=sorted(allowed)
                 )
-            job_id = await self.rt.engine.submit(conn, job_type, created_by, [(vm.id, {"action": action})])
+            job_id = await self.rt.engine.submit(conn, job_type, who, [(vm.id, {"action": action})])
         self.rt.engine.wakeup()
         return job_id

@@ -12,6 +12,7 @@ import httpx
 from sqlalchemy import Row
 
 from .. import clock, ids
+from ..auth import Principal
 from ..errors import InvalidRequest, NotFound
 from ..events.types import check_patterns
 from ..events.webhooks import post, test_payload
@@ -49,33 +50,33 @@ class WebhookService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    async def get(self, webhook_id: str) -> Row:
+    async def get(self, webhook_id: str, who: Principal) -> Row:
         async with self.rt.store.read() as conn:
             row = await wh_q.get_webhook(conn, webhook_id)
-        if row is None:
+        if row is None or row.org_id != who.org_id:
             raise NotFound(f"webhook {webhook_id} does not exist")
         return row
 
-    async def list(self) -> Sequence[Row]:
+    async def list(self, who: Principal) -> Sequence[Row]:
         async with self.rt.store.read() as conn:
-            return await wh_q.list_webhooks(conn)
+            return [h for h in await wh_q.list_webhooks(conn) if h.org_id == who.org_id]
 
-    async def create(self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], created_by: str) -> Row:
+    async def create(self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal) -> Row:
         check_url(url)
         patterns = check_events(events)
         check_headers(headers)
         now = clock.now()
         row = {
-            "id": ids.new_id("whk"), "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
+            "id": ids.new_id("whk"), "org_id": who.org_id, "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
             "retry_count": retry_count, "headers": headers, "secret": "whsec_" + secrets.token_urlsafe(32),
-            "created_by": created_by, "created_at": now, "updated_at": now,
+            "created_by": who.user_name, "created_at": now, "updated_at": now,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
             await wh_q.insert_webhook(conn, row)
-        return await self.get(row["id"])
+        return await self.get(row["id"], who)
 
-    async def update(self, webhook_id: str, **changes: Any) -> Row:
-        await self.get(webhook_id)
+    async def update(self, webhook_id: str, who: Principal, **changes: Any) -> Row:
+        await self.get(webhook_id, who)
         values = {k: v for k, v in changes.items() if v is not None}
         if not values:
             raise InvalidRequest("give at least one field to change", field="body")
@@ -87,22 +88,22 @@ class WebhookService:
             check_headers(values["headers"])
         async with self.rt.store.write() as conn:
             await wh_q.set_webhook(conn, webhook_id, **values, updated_at=clock.now())
-        return await self.get(webhook_id)
+        return await self.get(webhook_id, who)
 
-    async def delete(self, webhook_id: str) -> None:
-        await self.get(webhook_id)
+    async def delete(self, webhook_id: str, who: Principal) -> None:
+        await self.get(webhook_id, who)
         async with self.rt.store.write() as conn:
             await wh_q.delete_webhook(conn, webhook_id)
 
-    async def test(self, webhook_id: str) -> dict[str, Any]:
+    async def test(self, webhook_id: str, who: Principal) -> dict[str, Any]:
         """Send one signed test event now (no retries) and say how it went."""
-        hook = await self.get(webhook_id)
+        hook = await self.get(webhook_id, who)
         async with httpx.AsyncClient() as client:
             status, error, ms = await post(client, hook, ids.new_id("dlv"), "webhook.test", test_payload(hook.id))
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
 
-    async def deliveries(self, webhook_id: str, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
-        await self.get(webhook_id)
+    async def deliveries(self, webhook_id: str, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+        await self.get(webhook_id, who)
         after = pages.decode("deliveries", page_token)
         async with self.rt.store.read() as conn:
             rows = await wh_q.deliveries(conn, webhook_id, after_seq=after, limit=limit + 1)

@@ -13,15 +13,18 @@ from .tables import events
 _EVENT_ORDER_LOCK = 7_420_002
 
 
-async def emit(conn: AsyncConnection, type_: str, resource: str | None, data: dict[str, Any]) -> None:
-    await emit_many(conn, [(type_, resource, data)])
+async def emit(conn: AsyncConnection, type_: str, resource: str | None, data: dict[str, Any], org_id: str | None) -> None:
+    """Queue an event about `resource`, seen by `org_id` only (None: by every organization)."""
+    await emit_many(conn, [(type_, resource, data, org_id)])
 
 
-async def emit_many(conn: AsyncConnection, items: Sequence[tuple[str, str | None, dict[str, Any]]]) -> None:
+async def emit_many(conn: AsyncConnection, items: Sequence[tuple[str, str | None, dict[str, Any], str | None]]) -> None:
     """Queue events on the transaction; `flush` writes them just before it commits."""
     if items:
         now = clock.now()
-        conn.info.setdefault(EVENTS_FLAG, []).extend({"type": t, "ts": now, "resource": r, "data": d} for t, r, d in items)
+        conn.info.setdefault(EVENTS_FLAG, []).extend(
+            {"type": t, "ts": now, "resource": r, "data": d, "org_id": o} for t, r, d, o in items
+        )
 
 
 async def flush(conn: AsyncConnection) -> bool:

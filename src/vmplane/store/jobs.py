@@ -44,7 +44,7 @@ async def _progress_event(conn: AsyncConnection, job: Row, delta: int) -> None:
     new = job.progress_sum * 10 // (job.total * 100)
     old = (job.progress_sum - delta) * 10 // (job.total * 100)
     if new > old and job.state == JobState.RUNNING.value:
-        await ev_q.emit(conn, "job.progress", job.id, job_data(job))
+        await ev_q.emit(conn, "job.progress", job.id, job_data(job), job.org_id)
 
 ACTIVE = (TaskState.QUEUED.value, TaskState.RUNNING.value)
 
@@ -55,7 +55,7 @@ async def insert_job(conn: AsyncConnection, job: dict[str, Any], task_rows: list
         await conn.execute(insert(tasks), task_rows)
     data = {"id": job["id"], "type": job["type"], "state": job["state"], "progress": 0, "total": job["total"],
             "succeeded": 0, "failed": 0, "cancelled": 0, "createdBy": job["created_by"]}  # fmt: skip
-    await ev_q.emit(conn, "job.submitted", job["id"], data)
+    await ev_q.emit(conn, "job.submitted", job["id"], data, job["org_id"])
 
 
 async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
@@ -63,9 +63,11 @@ async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
 
 
 async def list_jobs(
-    conn: AsyncConnection, *, state: str | None, type_: str | None, after_seq: int | None, limit: int
+    conn: AsyncConnection, *, state: str | None, type_: str | None, after_seq: int | None, limit: int, org_id: str | None = None
 ) -> Sequence[Row]:
     q = select(jobs)
+    if org_id is not None:
+        q = q.where(jobs.c.org_id == org_id)
     if state:
         q = q.where(jobs.c.state == state)
     if type_:
@@ -147,8 +149,8 @@ async def claim_tasks(
         ).all()
         await ev_q.emit_many(
             conn,
-            [("job.started", j.id, job_data(j)) for j in started]
-            + [("task.started", t.resource_id, task_data(t)) for t in claimed],
+            [("job.started", j.id, job_data(j), j.org_id) for j in started]
+            + [("task.started", t.resource_id, task_data(t), t.org_id) for t in claimed],
         )
     return claimed
 
@@ -200,7 +202,7 @@ async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: 
                 update(jobs).where(jobs.c.id == job_id).values(state=final.value, finished_at=now).returning(*jobs.c)
             )
         ).one()
-        await ev_q.emit(conn, FINAL_EVENT[final.value], job.id, job_data(job))
+        await ev_q.emit(conn, FINAL_EVENT[final.value], job.id, job_data(job), job.org_id)
     else:
         await _progress_event(conn, job, progress_delta)
     return job
@@ -228,7 +230,7 @@ async def finish_task(
     ).first()
     if task is None:
         return None
-    await ev_q.emit(conn, f"task.{state.value}", task.resource_id, task_data(task))
+    await ev_q.emit(conn, f"task.{state.value}", task.resource_id, task_data(task), task.org_id)
     return await _count_final(conn, job_id, state, 1, 100 - old_progress, now)
 
 
@@ -251,7 +253,7 @@ async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row
     )
     await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now))
     if queued:
-        await ev_q.emit_many(conn, [("task.cancelled", t.resource_id, task_data(t)) for t in queued])
+        await ev_q.emit_many(conn, [("task.cancelled", t.resource_id, task_data(t), t.org_id) for t in queued])
         await _count_final(conn, job_id, TaskState.CANCELLED, len(queued), 100 * len(queued), now)
     return list(queued)
 

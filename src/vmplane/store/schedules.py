@@ -71,13 +71,13 @@ async def count_run(conn: AsyncConnection, schedule_id: str, ok: bool, error: st
     )
 
 
-async def stats(conn: AsyncConnection) -> Row:
+async def stats(conn: AsyncConnection, org_id: str) -> Row:
     q = select(
         func.count().label("total"),
         func.coalesce(func.sum(case((schedules.c.enabled.is_(True), 1), else_=0)), 0).label("enabled"),
         func.coalesce(func.sum(schedules.c.run_count), 0).label("runs"),
         func.coalesce(func.sum(schedules.c.success_count), 0).label("ok"),
         func.coalesce(func.sum(schedules.c.failure_count), 0).label("failed"),
-    )
+    ).where(schedules.c.org_id == org_id)
     return (await conn.execute(q)).one()
 

@@ -1,6 +1,6 @@
 """The schema. Times are epoch seconds (float) so SQLite and PostgreSQL behave alike."""
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 metadata = MetaData()
 
@@ -41,6 +41,8 @@ vms = Table(
     Column("id", String(64), nullable=False, unique=True),
     Column("uuid", String(36), nullable=False, unique=True),
     Column("name", String(63), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("team_id", String(64), nullable=True, index=True),
     Column("node_id", String(64), nullable=True, index=True),
     Column("template_id", String(64), nullable=True, index=True),
     Column("status", String(16), nullable=False, index=True),
@@ -69,6 +71,7 @@ templates = Table(
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
     Column("name", String(63), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=True, index=True),
     Column("os", String(32), nullable=False),
     Column("node_id", String(64), nullable=True),
     Column("source_url", Text, nullable=True),
@@ -90,6 +93,7 @@ jobs = Table(
     Column("id", String(64), nullable=False, unique=True),
     Column("type", String(32), nullable=False, index=True),
     Column("state", String(16), nullable=False, index=True),
+    Column("org_id", String(64), nullable=False, index=True),
     Column("created_by", String(255), nullable=False),
     Column("total", Integer, nullable=False),
     Column("n_succeeded", Integer, nullable=False, default=0),
@@ -109,6 +113,7 @@ tasks = Table(
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
     Column("job_id", String(64), nullable=False),
+    Column("org_id", String(64), nullable=False),
     Column("type", String(32), nullable=False),
     Column("resource_id", String(64), nullable=False),
     Column("state", String(16), nullable=False),
@@ -176,6 +181,7 @@ events = Table(
     Column("type", String(48), nullable=False, index=True),
     Column("ts", Float, nullable=False, index=True),
     Column("resource", String(64), nullable=True, index=True),
+    Column("org_id", String(64), nullable=True),
     Column("data", JSON, nullable=False),
 )
 """The event log: `seq` is the event id (SSE `id:`, `Last-Event-ID`), in commit order."""
@@ -185,6 +191,7 @@ webhooks = Table(
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
     Column("url", Text, nullable=False),
     Column("events", JSON, nullable=False),
     Column("enabled", Boolean, nullable=False),
@@ -226,6 +233,7 @@ schedules = Table(
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
     Column("name", String(128), nullable=False),
     Column("schedule", String(128), nullable=False),
     Column("timezone", String(64), nullable=False),
@@ -233,6 +241,7 @@ schedules = Table(
     Column("job_template", JSON, nullable=False),
     Column("misfire_policy", String(16), nullable=False),
     Column("owner", String(255), nullable=False),
+    Column("owner_id", String(64), nullable=False),
     Column("next_run", Float, nullable=True, index=True),
     Column("last_run", Float, nullable=True),
     Column("run_count", Integer, nullable=False),
@@ -257,3 +266,77 @@ schedule_runs = Table(
     Column("error", Text, nullable=True),
 )
 """One row per run of a schedule; `state` follows its job (running → succeeded|failed)."""
+
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("quotas", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("org_id", String(64), primary_key=True),
+    Column("user_id", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("name", String(63), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_teams_org_name"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("user_id", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("team_id", String(64), nullable=True),
+    Column("read_only", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+)
+"""API keys: only a SHA-256 digest of each key and a short prefix are stored."""
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("org_id", String(64), nullable=True, index=True),
+    Column("actor", String(255), nullable=False),
+    Column("credential", String(64), nullable=True),
+    Column("method", String(8), nullable=False),
+    Column("route", String(255), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("remote", String(64), nullable=True),
+)

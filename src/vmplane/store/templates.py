@@ -18,8 +18,11 @@ async def get_template(conn: AsyncConnection, ref: str) -> Row | None:
     return (await conn.execute(q)).first()
 
 
-async def list_templates(conn: AsyncConnection, *, after_seq: int | None, limit: int) -> Sequence[Row]:
+async def list_templates(conn: AsyncConnection, *, after_seq: int | None, limit: int, org_id: str | None = None) -> Sequence[Row]:
+    """Templates shared with everyone, plus `org_id`'s own."""
     q = select(templates)
+    if org_id is not None:
+        q = q.where(or_(templates.c.org_id.is_(None), templates.c.org_id == org_id))
     if after_seq is not None:
         q = q.where(templates.c.seq > after_seq)
     return (await conn.execute(q.order_by(templates.c.seq).limit(limit))).all()

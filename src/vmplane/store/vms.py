@@ -21,7 +21,7 @@ async def insert_vms(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(vm_tags), tag_rows)
     await ev_q.emit_many(
         conn,
-        [("vm.created", r["id"], {"id": r["id"], "name": r["name"], "status": r["status"], "nodeId": None, "error": None}) for r in rows],
+        [("vm.created", r["id"], {"id": r["id"], "name": r["name"], "status": r["status"], "nodeId": None, "error": None}, r["org_id"]) for r in rows],
     )
 
 
@@ -53,9 +53,15 @@ async def list_vms(
     name: str | None = None,
     after_seq: int | None = None,
     limit: int,
+    org_id: str | None = None,
+    team_id: str | None = None,
 ) -> Sequence[Row]:
     """VMs in creation order (a stable keyset order: new VMs land after every page token)."""
     q = select(vms)
+    if org_id is not None:
+        q = q.where(vms.c.org_id == org_id)
+    if team_id is not None:
+        q = q.where(vms.c.team_id == team_id)
     if node:
         q = q.where(vms.c.node_id == node)
     if status:
@@ -84,14 +90,14 @@ async def set_vm(conn: AsyncConnection, vm_id: str, **values: Any) -> None:
     assert "status" not in values, "use set_status"
     row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(**values).returning(*vms.c))).first()
     if row is not None and values.keys() & {"name", "tags", "cpu", "ram_mb", "disk_gb"}:
-        await ev_q.emit(conn, "vm.updated", vm_id, {**_vm_data(row), "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb}, "tags": row.tags})
+        await ev_q.emit(conn, "vm.updated", vm_id, {**_vm_data(row), "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb}, "tags": row.tags}, row.org_id)
 
 
 async def set_status(conn: AsyncConnection, vm_id: str, status: str, **values: Any) -> None:
     """Change a VM's status (and other fields) and announce it (`vm.running`, `vm.error`, …)."""
     row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(status=status, **values).returning(*vms.c))).first()
     if row is not None:
-        await ev_q.emit(conn, vm_event_for(status), vm_id, _vm_data(row))
+        await ev_q.emit(conn, vm_event_for(status), vm_id, _vm_data(row), row.org_id)
 
 
 async def set_tags(conn: AsyncConnection, vm_id: str, tags: list[str]) -> None:
@@ -104,4 +110,4 @@ async def delete_vm(conn: AsyncConnection, vm_id: str) -> None:
     await conn.execute(delete(vm_tags).where(vm_tags.c.vm_id == vm_id))
     row = (await conn.execute(delete(vms).where(vms.c.id == vm_id).returning(*vms.c))).first()
     if row is not None:
-        await ev_q.emit(conn, "vm.deleted", vm_id, {**_vm_data(row), "status": "deleted"})
+        await ev_q.emit(conn, "vm.deleted", vm_id, {**_vm_data(row), "status": "deleted"}, row.org_id)

@@ -1,12 +1,19 @@
 """The native API (`/api/v1`), one router per resource."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from . import cluster, events, guest, jobs, schedules, templates, vms, webhooks
+from .deps import authorize
+from . import cluster, events, guest, jobs, schedules, templates, tenancy, vms, webhooks
 
 
 def router() -> APIRouter:
-    r = APIRouter(prefix="/api/v1")
-    for module in (vms, guest, templates, jobs, cluster, events, webhooks, schedules):
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+    ws = APIRouter(prefix="/api/v1")
+    ws.include_router(guest.ws_router)
+    ws.include_router(events.ws_router)
+    for module in (vms, guest, templates, jobs, cluster, events, webhooks, schedules, tenancy):
         r.include_router(module.router)
-    return r
+    outer = APIRouter()
+    outer.include_router(r)
+    outer.include_router(ws)
+    return outer

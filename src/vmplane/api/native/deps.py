@@ -5,6 +5,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from ...auth import Principal
+from ...errors import Forbidden, Unauthorized
 from ...runtime import Runtime
 from ..schemas import ErrorOut, JobAccepted
 
@@ -13,18 +15,30 @@ def get_runtime(request: Request) -> Runtime:
     return request.app.state.rt
 
 
-def get_caller(request: Request) -> str:
-    """Who is acting; recorded as a job's createdBy."""
-    return getattr(request.state, "principal", None) or "anonymous"
+def get_caller(request: Request) -> Principal:
+    """Who is acting (401 without valid credentials)."""
+    who = getattr(request.state, "principal", None)
+    if who is None:
+        raise Unauthorized(getattr(request.state, "auth_error", None) or "credentials required: send X-API-Key or Authorization: Bearer")
+    return who
+
+
+def authorize(request: Request) -> None:
+    """Router-wide rule: anyone in the organization reads; viewers and read-only keys do not write."""
+    who = get_caller(request)
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not who.can_write:
+        raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot change anything")
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-CallerDep = Annotated[str, Depends(get_caller)]
+CallerDep = Annotated[Principal, Depends(get_caller)]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size (default 50, max 500)")]
 PageToken = Annotated[str | None, Query(max_length=200, description="opaque token from nextPageToken")]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "invalid input; details.field names the field"},
+    401: {"model": ErrorOut, "description": "no valid credentials"},
+    403: {"model": ErrorOut, "description": "your role does not allow this"},
     404: {"model": ErrorOut, "description": "no such resource"},
     409: {"model": ErrorOut, "description": "wrong state or conflict"},
 }

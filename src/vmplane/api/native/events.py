@@ -12,9 +12,10 @@ from ...errors import InvalidRequest
 from ...events import wire
 from ...events.bus import EventBus, SlowConsumer
 from ...events.types import check_patterns
-from .deps import ERRORS
+from .deps import ERRORS, CallerDep
 
 router = APIRouter(tags=["events"])
+ws_router = APIRouter(tags=["events"])
 
 
 def _filters(types: str | None, resource: str | None) -> tuple[tuple[str, ...] | None, str | None]:
@@ -41,6 +42,7 @@ def _resume_point(value: str | None, field: str) -> int | None:
 )
 async def events_sse(
     request: Request,
+    who: CallerDep,
     types: str | None = Query(None, max_length=1000, description="comma-separated types or patterns: vm.*,job.completed"),
     resource: str | None = Query(None, max_length=64, description="only events about this resource id"),
     since: str | None = Query(None, max_length=20, description="resume after this event id (as Last-Event-ID)"),
@@ -55,10 +57,10 @@ async def events_sse(
     heartbeat = request.app.state.rt.settings.event_heartbeat_seconds
 
     async def stream() -> AsyncIterator[bytes]:
-        async with bus.subscribe(patterns, resource, request.app.state.rt.settings.event_subscriber_queue) as sub:
+        async with bus.subscribe(patterns, resource, request.app.state.rt.settings.event_subscriber_queue, who.org_id) as sub:
             yield b"retry: 2000\n\n"
             if after is not None:
-                async for event in bus.history(after, sub.start_seq, patterns, resource):
+                async for event in bus.history(sub, after):
                     yield wire.sse(event)
             while True:
                 try:
@@ -77,12 +79,16 @@ async def events_sse(
     )
 
 
-@router.websocket("/events/ws")
+@ws_router.websocket("/events/ws")
 async def events_ws(websocket: WebSocket) -> None:
     """The event stream over WebSocket: `{"kind": "event", ...}` messages, plus a
     `{"kind": "status", ...}` message every `event_heartbeat_seconds`. Query: types, resource, since."""
     rt = websocket.app.state.rt
     bus: EventBus = rt.events
+    who = websocket.scope.get("state", {}).get("principal")
+    if who is None:
+        await websocket.close(code=4401, reason=websocket.scope.get("state", {}).get("auth_error", "credentials required"))
+        return
     q = websocket.query_params
     try:
         patterns, resource = _filters(q.get("types"), q.get("resource"))
@@ -105,10 +111,10 @@ async def events_ws(websocket: WebSocket) -> None:
 
     reader = asyncio.create_task(drain_client())
     try:
-        async with bus.subscribe(patterns, resource, rt.settings.event_subscriber_queue) as sub:
+        async with bus.subscribe(patterns, resource, rt.settings.event_subscriber_queue, who.org_id) as sub:
             await websocket.send_text(await status())
             if after is not None:
-                async for event in bus.history(after, sub.start_seq, patterns, resource):
+                async for event in bus.history(sub, after):
                     await websocket.send_text('{"kind":"event",' + wire.to_json(event).decode()[1:])
             while not reader.done():
                 try:

@@ -9,15 +9,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ... import clock
 from ...errors import VmplaneError
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
-from .deps import ERRORS, RuntimeDep
+from .deps import ERRORS, CallerDep, RuntimeDep
 
 router = APIRouter(tags=["guest"])
+ws_router = APIRouter(tags=["guest"])
+"""WebSocket routes: they authenticate by themselves (a console token, or credentials)."""
 
 
 @router.post("/vms/{vm_id}/console", response_model=ConsoleTokenOut, responses=ERRORS)
-async def console_token(vm_id: str, rt: RuntimeDep) -> JSONResponse:
+async def console_token(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """A one-time token (60 s) for the serial console WebSocket."""
-    token, expires, vm = await rt.guest.console_token(vm_id)
+    token, expires, vm = await rt.guest.console_token(vm_id, who)
     return JSONResponse(
         {
             "token": token,
@@ -27,7 +29,7 @@ async def console_token(vm_id: str, rt: RuntimeDep) -> JSONResponse:
     )
 
 
-@router.websocket("/vms/{vm_id}/console/ws")
+@ws_router.websocket("/vms/{vm_id}/console/ws")
 async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
     """Bridges the WebSocket to the VM's serial console, both ways (binary frames out;
     text or binary frames in)."""
@@ -65,16 +67,16 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
 
 
 @router.get("/vms/{vm_id}/console/log", response_class=PlainTextResponse, responses=ERRORS)
-async def console_log(vm_id: str, rt: RuntimeDep, bytes_: int = Query(65536, alias="bytes", ge=1, le=4 * 1024 * 1024)) -> PlainTextResponse:
+async def console_log(vm_id: str, rt: RuntimeDep, who: CallerDep, bytes_: int = Query(65536, alias="bytes", ge=1, le=4 * 1024 * 1024)) -> PlainTextResponse:
     """The recent serial output (the last `bytes` bytes)."""
-    data = await rt.guest.console_log(vm_id, bytes_)
+    data = await rt.guest.console_log(vm_id, bytes_, who)
     return PlainTextResponse(data.decode("utf-8", "replace"))
 
 
 @router.post("/vms/{vm_id}/exec", response_model=ExecOut, responses=ERRORS)
-async def exec_in_guest(vm_id: str, body: ExecIn, rt: RuntimeDep) -> JSONResponse:
+async def exec_in_guest(vm_id: str, body: ExecIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Run a command in the guest through its agent (no shell) and wait for it."""
-    r = await rt.guest.exec(vm_id, body.command, body.timeoutSec)
+    r = await rt.guest.exec(vm_id, body.command, body.timeoutSec, who)
     return JSONResponse(
         {
             "exitCode": r.exit_code,
@@ -89,8 +91,8 @@ async def exec_in_guest(vm_id: str, body: ExecIn, rt: RuntimeDep) -> JSONRespons
 
 
 @router.get("/vms/{vm_id}/stats", response_model=VmStatsOut, responses=ERRORS)
-async def stats(vm_id: str, rt: RuntimeDep) -> JSONResponse:
-    vm, s = await rt.guest.stats(vm_id)
+async def stats(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    vm, s = await rt.guest.stats(vm_id, who)
     return JSONResponse(
         {
             "vmId": vm.id,

@@ -90,56 +90,56 @@ def _changes(body: ScheduleIn | SchedulePatch) -> dict[str, Any]:
 
 
 @router.get("/schedules", response_model=Page[ScheduleOut])
-async def list_schedules(rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse({"items": [render(s) for s in await rt.schedules.list()], "nextPageToken": None})
+async def list_schedules(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse({"items": [render(s) for s in await rt.schedules.list(who)], "nextPageToken": None})
 
 
 @router.get("/schedules/stats", response_model=ScheduleStatsOut)
-async def schedule_stats(rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(await rt.schedules.stats())
+async def schedule_stats(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(await rt.schedules.stats(who))
 
 
 @router.post("/schedules", status_code=201, response_model=ScheduleOut, responses=ERRORS)
 async def create_schedule(body: ScheduleIn, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
     row = await rt.schedules.create(
         name=body.name, schedule=body.schedule, timezone=body.timezone, enabled=body.enabled,
-        job_template=body.jobTemplate.model_dump(), misfire_policy=body.misfirePolicy, owner=caller,
+        job_template=body.jobTemplate.model_dump(), misfire_policy=body.misfirePolicy, who=caller,
     )  # fmt: skip
     return JSONResponse(render(row), status_code=201)
 
 
 @router.get("/schedules/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
-async def get_schedule(schedule_id: str, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render(await rt.schedules.get(schedule_id)))
+async def get_schedule(schedule_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render(await rt.schedules.get(schedule_id, who)))
 
 
 @router.put("/schedules/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
-async def replace_schedule(schedule_id: str, body: ScheduleIn, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render(await rt.schedules.update(schedule_id, **_changes(body))))
+async def replace_schedule(schedule_id: str, body: ScheduleIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render(await rt.schedules.update(schedule_id, who, **_changes(body))))
 
 
 @router.patch("/schedules/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
-async def update_schedule(schedule_id: str, body: SchedulePatch, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render(await rt.schedules.update(schedule_id, **_changes(body))))
+async def update_schedule(schedule_id: str, body: SchedulePatch, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render(await rt.schedules.update(schedule_id, who, **_changes(body))))
 
 
 @router.delete("/schedules/{schedule_id}", status_code=204, responses=ERRORS)
-async def delete_schedule(schedule_id: str, rt: RuntimeDep) -> Response:
-    await rt.schedules.delete(schedule_id)
+async def delete_schedule(schedule_id: str, rt: RuntimeDep, who: CallerDep) -> Response:
+    await rt.schedules.delete(schedule_id, who)
     return Response(status_code=204)
 
 
 @router.post("/schedules/{schedule_id}/enable", response_model=ScheduleOut, responses=ERRORS)
-async def enable_schedule(schedule_id: str, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render(await rt.schedules.update(schedule_id, enabled=True)))
+async def enable_schedule(schedule_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render(await rt.schedules.update(schedule_id, who, enabled=True)))
 
 
 @router.post("/schedules/{schedule_id}/disable", response_model=ScheduleOut, responses=ERRORS)
-async def disable_schedule(schedule_id: str, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render(await rt.schedules.update(schedule_id, enabled=False)))
+async def disable_schedule(schedule_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render(await rt.schedules.update(schedule_id, who, enabled=False)))
 
 
 @router.post("/schedules/{schedule_id}/trigger", response_model=TriggerOut, responses=ERRORS)
-async def trigger_schedule(schedule_id: str, rt: RuntimeDep) -> JSONResponse:
+async def trigger_schedule(schedule_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Run the schedule's request now (its timetable is unchanged)."""
-    return JSONResponse(await rt.schedules.trigger(schedule_id))
+    return JSONResponse(await rt.schedules.trigger(schedule_id, who))

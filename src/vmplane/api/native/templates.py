@@ -11,27 +11,27 @@ router = APIRouter(tags=["templates"])
 
 
 @router.get("/templates", response_model=Page[TemplateOut], responses=ERRORS)
-async def list_templates(rt: RuntimeDep, limit: Limit = 50, pageToken: PageToken = None) -> JSONResponse:
-    rows, token = await rt.templates.list(limit=limit, page_token=pageToken)
+async def list_templates(rt: RuntimeDep, who: CallerDep, limit: Limit = 50, pageToken: PageToken = None) -> JSONResponse:
+    rows, token = await rt.templates.list(who, limit=limit, page_token=pageToken)
     return JSONResponse({"items": [render.template(r) for r in rows], "nextPageToken": token})
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut, responses=ERRORS)
-async def get_template(template_id: str, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render.template(await rt.templates.get(template_id)))
+async def get_template(template_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render.template(await rt.templates.get(template_id, who)))
 
 
 @router.post("/templates", status_code=202, responses=ACCEPTED)
 async def create_template(body: TemplateCreateIn, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
     job_id, tpl_id = await rt.templates.create(
-        name=body.name, os_=body.os, node_id=body.nodeId, source_url=body.sourceUrl, created_by=caller
+        name=body.name, os_=body.os, node_id=body.nodeId, source_url=body.sourceUrl, who=caller
     )
     return accepted(job_id, templateId=tpl_id)
 
 
 @router.patch("/templates/{template_id}", status_code=202, responses=ACCEPTED)
 async def update_template(template_id: str, body: TemplateUpdateIn, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
-    return accepted(await rt.templates.update(template_id, name=body.name, os_=body.os, created_by=caller))
+    return accepted(await rt.templates.update(template_id, name=body.name, os_=body.os, who=caller))
 
 
 @router.delete("/templates", status_code=202, responses=ACCEPTED)

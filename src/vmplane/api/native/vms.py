@@ -38,6 +38,7 @@ _CREATE_BODY = {
 @router.get("/vms", response_model=Page[VmOut], responses=ERRORS)
 async def list_vms(
     rt: RuntimeDep,
+    who: CallerDep,
     node: str | None = Query(None, max_length=64),
     status: str | None = Query(None, max_length=32),
     tag: str | None = Query(None, max_length=64),
@@ -45,7 +46,7 @@ async def list_vms(
     limit: Limit = 50,
     pageToken: PageToken = None,
 ) -> JSONResponse:
-    rows, token = await rt.vms.list(node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken)
+    rows, token = await rt.vms.list(who, node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken)
     now = clock.now()
     return JSONResponse({"items": [render.vm(r, now) for r in rows], "nextPageToken": token})
 
@@ -59,6 +60,7 @@ def _new_vm(spec: VmCreateIn) -> NewVm:
         node_id=spec.nodeId,
         tags=tuple(spec.tags),
         start=spec.start,
+        team=spec.teamId,
         extra={
             k: v
             for k, v in {
@@ -96,8 +98,8 @@ def _json_body(request: Request) -> Any:
 
 
 @router.get("/vms/{vm_id}", response_model=VmOut, responses=ERRORS)
-async def get_vm(vm_id: str, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render.vm(await rt.vms.get(vm_id), clock.now()))
+async def get_vm(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render.vm(await rt.vms.get(vm_id, who), clock.now()))
 
 
 @router.patch("/vms/{vm_id}", status_code=202, responses=ACCEPTED)
@@ -122,7 +124,7 @@ async def delete_vms(rt: RuntimeDep, caller: CallerDep, body: VmDeleteIn = Body(
 
 @router.delete("/vms/{vm_id}", status_code=202, responses=ACCEPTED)
 async def delete_vm(vm_id: str, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
-    vm = await rt.vms.get(vm_id)
+    vm = await rt.vms.get(vm_id, caller)
     return accepted(await rt.vms.delete([vm.id], caller))
 
 

@@ -77,49 +77,49 @@ def render(row: Any) -> dict[str, Any]:
 
 
 @router.get("/webhooks", response_model=Page[WebhookOut])
-async def list_webhooks(rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse({"items": [render(r) for r in await rt.webhooks.list()], "nextPageToken": None})
+async def list_webhooks(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse({"items": [render(r) for r in await rt.webhooks.list(who)], "nextPageToken": None})
 
 
 @router.post("/webhooks", status_code=201, response_model=WebhookCreatedOut, responses=ERRORS)
 async def create_webhook(body: WebhookCreateIn, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
     row = await rt.webhooks.create(
         url=body.url, events=body.events, enabled=body.enabled, timeout_sec=body.timeoutSec,
-        retry_count=body.retryCount, headers=body.headers, created_by=caller,
+        retry_count=body.retryCount, headers=body.headers, who=caller,
     )  # fmt: skip
     return JSONResponse({**render(row), "secret": row.secret}, status_code=201)
 
 
 @router.get("/webhooks/{webhook_id}", response_model=WebhookOut, responses=ERRORS)
-async def get_webhook(webhook_id: str, rt: RuntimeDep) -> JSONResponse:
-    return JSONResponse(render(await rt.webhooks.get(webhook_id)))
+async def get_webhook(webhook_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render(await rt.webhooks.get(webhook_id, who)))
 
 
 @router.patch("/webhooks/{webhook_id}", response_model=WebhookOut, responses=ERRORS)
-async def update_webhook(webhook_id: str, body: WebhookUpdateIn, rt: RuntimeDep) -> JSONResponse:
+async def update_webhook(webhook_id: str, body: WebhookUpdateIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     row = await rt.webhooks.update(
-        webhook_id, url=body.url, events=body.events, enabled=body.enabled, timeout_sec=body.timeoutSec,
+        webhook_id, who, url=body.url, events=body.events, enabled=body.enabled, timeout_sec=body.timeoutSec,
         retry_count=body.retryCount, headers=body.headers,
     )  # fmt: skip
     return JSONResponse(render(row))
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204, responses=ERRORS)
-async def delete_webhook(webhook_id: str, rt: RuntimeDep) -> Response:
-    await rt.webhooks.delete(webhook_id)
+async def delete_webhook(webhook_id: str, rt: RuntimeDep, who: CallerDep) -> Response:
+    await rt.webhooks.delete(webhook_id, who)
     return Response(status_code=204)
 
 
 @router.post("/webhooks/{webhook_id}/test", response_model=WebhookTestOut, responses=ERRORS)
-async def test_webhook(webhook_id: str, rt: RuntimeDep) -> JSONResponse:
+async def test_webhook(webhook_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Send a signed `webhook.test` event now, once, and report the receiver's answer."""
-    return JSONResponse(await rt.webhooks.test(webhook_id))
+    return JSONResponse(await rt.webhooks.test(webhook_id, who))
 
 
 @router.get("/webhooks/{webhook_id}/deliveries", response_model=Page[DeliveryOut], responses=ERRORS)
-async def deliveries(webhook_id: str, rt: RuntimeDep, limit: Limit = 50, pageToken: PageToken = None) -> JSONResponse:
+async def deliveries(webhook_id: str, rt: RuntimeDep, who: CallerDep, limit: Limit = 50, pageToken: PageToken = None) -> JSONResponse:
     """Newest first."""
-    rows, token = await rt.webhooks.deliveries(webhook_id, limit=limit, page_token=pageToken)
+    rows, token = await rt.webhooks.deliveries(webhook_id, who, limit=limit, page_token=pageToken)
     items = [
         {"id": d.id, "eventId": d.event_seq, "eventType": d.event_type, "status": d.status, "attempts": d.attempts,
          "lastStatusCode": d.last_status_code, "lastError": d.last_error, "createdAt": clock.rfc3339(d.created_at),

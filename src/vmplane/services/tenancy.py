@@ -1,0 +1,325 @@
+"""Tenancy: organizations, users and roles, teams, API keys, quotas, and resolving credentials."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import jwt
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .. import clock, ids
+from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role, key_digest, key_prefix, new_api_key
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
+from ..store import tenancy as t_q
+from .vms import check_name
+
+log = logging.getLogger("vmplane.auth")
+
+QUOTA_FIELDS = ("vcpu", "ramMb", "diskGb", "vms", "snapshots")
+CACHE_SECONDS = 2.0
+
+
+class QuotaExceeded(VmplaneError):
+    status = 409
+    code = "quota_exceeded"
+
+
+class TenancyService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self._keys: dict[str, tuple[float, Principal | str]] = {}
+        self.key_used: dict[str, float] = {}
+
+    # -- bootstrap -----------------------------------------------------------------------
+
+    async def bootstrap(self) -> str | None:
+        """On an empty store: the bootstrap organization, its owner, and an owner key written
+        to `<data-dir>/admin-api-key` (mode 0600). Returns the key file's path if made now."""
+        now = clock.now()
+        async with self.rt.store.write() as conn:
+            if await t_q.count_orgs(conn):
+                return None
+            await t_q.insert_org(conn, {"id": DEFAULT_ORG, "name": "default", "quotas": {}, "created_at": now})
+            await t_q.insert_user(conn, {"id": ADMIN_USER, "name": "admin", "created_at": now})
+            await t_q.add_membership(conn, DEFAULT_ORG, ADMIN_USER, Role.OWNER.value, now)
+            key = await self._insert_key(conn, org_id=DEFAULT_ORG, user_id=ADMIN_USER, name="bootstrap owner key", team_id=None, read_only=False, expires_at=None)
+        path = self.rt.data_dir / "admin-api-key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        os.chmod(path, 0o600)
+        return str(path)
+
+    async def _insert_key(self, conn: AsyncConnection, *, org_id: str, user_id: str, name: str, team_id: str | None, read_only: bool, expires_at: float | None) -> str:
+        key = new_api_key()
+        await t_q.insert_key(
+            conn,
+            {"id": ids.new_id("key"), "org_id": org_id, "user_id": user_id, "name": name, "prefix": key_prefix(key),
+             "digest": key_digest(key), "team_id": team_id, "read_only": read_only, "created_at": clock.now(),
+             "expires_at": expires_at},  # fmt: skip
+        )
+        return key
+
+    # -- resolving credentials -----------------------------------------------------------
+
+    async def principal_for_key(self, key: str) -> Principal:
+        """The principal an API key acts as; Unauthorized for unknown, revoked or expired keys."""
+        digest = key_digest(key)
+        now = clock.now()
+        cached = self._keys.get(digest)
+        if cached is None or cached[0] < now:
+            async with self.rt.store.read() as conn:
+                row = await t_q.key_by_digest(conn, digest)
+            value: Principal | str
+            if row is None:
+                value = "unknown API key"
+            elif row.revoked_at is not None:
+                value = "this API key was revoked"
+            else:
+                value = Principal(row.org_id, row.user_id, row.user_name, Role(row.role), row.team_id, row.read_only, row.id)
+                if row.expires_at is not None:
+                    self._keys[digest + ":exp"] = (row.expires_at, value)
+            self._keys[digest] = (now + CACHE_SECONDS, value)
+            cached = self._keys[digest]
+        value = cached[1]
+        if isinstance(value, str):
+            raise Unauthorized(value)
+        expiry = self._keys.get(digest + ":exp")
+        if expiry is not None and expiry[0] <= now:
+            raise Unauthorized("this API key has expired")
+        self.key_used[value.credential or ""] = now
+        return value
+
+    async def principal_for_jwt(self, token: str) -> Principal:
+        s = self.rt.settings
+        if s.jwt_secret is None and s.jwt_public_key_file is None:
+            raise Unauthorized("bearer tokens are not accepted here (no JWT key is configured)")
+        key: Any = s.jwt_secret.get_secret_value() if s.jwt_secret is not None else Path(s.jwt_public_key_file).read_text()
+        algorithm = "HS256" if s.jwt_secret is not None else "RS256"
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], audience=s.jwt_audience, issuer=s.jwt_issuer,
+                options={"require": ["exp", "sub"] + (["iss"] if s.jwt_issuer else []) + (["aud"] if s.jwt_audience else [])},
+            )  # fmt: skip
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the bearer token has expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"the bearer token is not valid: {exc}") from None
+        org_id = claims.get(s.jwt_org_claim) or DEFAULT_ORG
+        async with self.rt.store.read() as conn:
+            user = await t_q.get_user(conn, str(claims["sub"]))
+            member = await t_q.membership(conn, str(org_id), user.id) if user else None
+        if user is None or member is None:
+            raise Unauthorized("the bearer token's subject is not a member of that organization")
+        return Principal(str(org_id), user.id, user.name, Role(member.role), None, False, "jwt")
+
+    async def principal_for_internal(self, user_id: str, org_id: str) -> Principal:
+        async with self.rt.store.read() as conn:
+            user = await t_q.get_user(conn, user_id)
+            member = await t_q.membership(conn, org_id, user_id) if user else None
+        if user is None or member is None:
+            raise Unauthorized(f"{user_id} is no longer a member of {org_id}")
+        return Principal(org_id, user.id, user.name, Role(member.role), None, False, "internal")
+
+    def forget_cached(self) -> None:
+        self._keys.clear()
+
+    async def flush_key_use(self) -> None:
+        used, self.key_used = self.key_used, {}
+        used.pop("", None)
+        if used:
+            async with self.rt.store.write() as conn:
+                await t_q.touch_keys(conn, used)
+
+    # -- API keys ------------------------------------------------------------------------
+
+    async def create_key(self, who: Principal, *, name: str, user: str | None, team: str | None, read_only: bool, expires_in_days: float | None) -> tuple[Row, str]:
+        require(who, Role.ADMIN, "manage API keys")
+        async with self.rt.store.write() as conn:
+            user_id = who.user_id
+            if user is not None:
+                u = await t_q.get_user(conn, user)
+                if u is None or await t_q.membership(conn, who.org_id, u.id) is None:
+                    raise InvalidRequest(f"userId {user!r} is not a member of this organization", field="userId")
+                user_id = u.id
+            team_id = None
+            if team is not None:
+                tm = await t_q.get_team(conn, who.org_id, team)
+                if tm is None:
+                    raise InvalidRequest(f"teamId {team!r} is not a team of this organization", field="teamId")
+                team_id = tm.id
+            if who.team_id is not None and team_id != who.team_id:
+                raise Forbidden("a team-scoped key can only create keys for its own team")
+            expires = clock.now() + expires_in_days * 86400 if expires_in_days else None
+            key = await self._insert_key(conn, org_id=who.org_id, user_id=user_id, name=name, team_id=team_id or who.team_id, read_only=read_only or who.read_only, expires_at=expires)
+            row = await t_q.key_by_digest(conn, key_digest(key))
+        return row, key
+
+    async def list_keys(self, who: Principal) -> Sequence[Row]:
+        require(who, Role.ADMIN, "manage API keys")
+        async with self.rt.store.read() as conn:
+            return await t_q.list_keys(conn, who.org_id)
+
+    async def revoke_key(self, who: Principal, key_id: str) -> None:
+        require(who, Role.ADMIN, "manage API keys")
+        async with self.rt.store.write() as conn:
+            if await t_q.get_key(conn, who.org_id, key_id) is None:
+                raise NotFound(f"API key {key_id} does not exist")
+            await t_q.revoke_key(conn, key_id, clock.now())
+        self.forget_cached()
+
+    # -- users and teams -----------------------------------------------------------------
+
+    async def members(self, who: Principal) -> Sequence[Row]:
+        async with self.rt.store.read() as conn:
+            return await t_q.members(conn, who.org_id)
+
+    async def add_member(self, who: Principal, name: str, role: Role) -> Row:
+        require(who, Role.ADMIN, "manage users")
+        if role == Role.OWNER and not who.at_least(Role.OWNER):
+            raise Forbidden("only owners can make owners")
+        check_name(name, "name")
+        now = clock.now()
+        async with self.rt.store.write() as conn:
+            user = await t_q.get_user(conn, name)
+            if user is None:
+                await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": name, "created_at": now})
+                user = await t_q.get_user(conn, name)
+            if await t_q.membership(conn, who.org_id, user.id) is not None:
+                raise Conflict(f"{name} is already a member")
+            await t_q.add_membership(conn, who.org_id, user.id, role.value, now)
+        return user
+
+    async def set_role(self, who: Principal, user_ref: str, role: Role) -> None:
+        require(who, Role.ADMIN, "manage users")
+        async with self.rt.store.write() as conn:
+            user = await t_q.get_user(conn, user_ref)
+            member = await t_q.membership(conn, who.org_id, user.id) if user else None
+            if member is None:
+                raise NotFound(f"user {user_ref} is not a member")
+            if Role.OWNER in (role, member.role) and not who.at_least(Role.OWNER):
+                raise Forbidden("only owners can change an owner's role or make owners")
+            await t_q.set_role(conn, who.org_id, user.id, role.value)
+        self.forget_cached()
+
+    async def remove_member(self, who: Principal, user_ref: str) -> None:
+        require(who, Role.ADMIN, "manage users")
+        async with self.rt.store.write() as conn:
+            user = await t_q.get_user(conn, user_ref)
+            member = await t_q.membership(conn, who.org_id, user.id) if user else None
+            if member is None:
+                raise NotFound(f"user {user_ref} is not a member")
+            if member.role == Role.OWNER and not who.at_least(Role.OWNER):
+                raise Forbidden("only owners can remove an owner")
+            if user.id == who.user_id:
+                raise Conflict("you cannot remove yourself")
+            await t_q.remove_member(conn, who.org_id, user.id, clock.now())
+        self.forget_cached()
+
+    async def teams(self, who: Principal) -> Sequence[Row]:
+        async with self.rt.store.read() as conn:
+            return await t_q.list_teams(conn, who.org_id)
+
+    async def create_team(self, who: Principal, name: str) -> Row:
+        require(who, Role.ADMIN, "manage teams")
+        check_name(name, "name")
+        async with self.rt.store.write() as conn:
+            if await t_q.get_team(conn, who.org_id, name) is not None:
+                raise Conflict(f"a team named {name!r} already exists")
+            team_id = ids.new_id("team")
+            await t_q.insert_team(conn, {"id": team_id, "org_id": who.org_id, "name": name, "created_at": clock.now()})
+            return await t_q.get_team(conn, who.org_id, team_id)
+
+    async def delete_team(self, who: Principal, team_ref: str) -> None:
+        require(who, Role.ADMIN, "manage teams")
+        async with self.rt.store.write() as conn:
+            team = await t_q.get_team(conn, who.org_id, team_ref)
+            if team is None:
+                raise NotFound(f"team {team_ref} does not exist")
+            if await t_q.team_in_use(conn, team.id):
+                raise Conflict(f"team {team.name} still has VMs")
+            await t_q.delete_team(conn, who.org_id, team.id)
+
+    async def team_id(self, who: Principal, team_ref: str | None) -> str | None:
+        """The team a new resource goes to: the credential's team, or one named in the request."""
+        if team_ref is None:
+            return who.team_id
+        async with self.rt.store.read() as conn:
+            team = await t_q.get_team(conn, who.org_id, team_ref)
+        if team is None:
+            raise InvalidRequest(f"teamId {team_ref!r} is not a team of this organization", field="teamId")
+        if who.team_id is not None and team.id != who.team_id:
+            raise Forbidden("a team-scoped credential can only use its own team")
+        return team.id
+
+    # -- organizations and quotas --------------------------------------------------------
+
+    async def create_org(self, who: Principal, name: str, owner: str) -> tuple[Row, str]:
+        if not who.operator:
+            raise Forbidden("only owners and admins of the bootstrap organization create organizations")
+        check_name(name, "name")
+        check_name(owner, "owner")
+        now = clock.now()
+        org_id = ids.new_id("org")
+        async with self.rt.store.write() as conn:
+            if any(o.name == name for o in await t_q.list_orgs(conn)):
+                raise Conflict(f"an organization named {name!r} already exists")
+            await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": {}, "created_at": now})
+            user = await t_q.get_user(conn, owner)
+            if user is None:
+                await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": owner, "created_at": now})
+                user = await t_q.get_user(conn, owner)
+            await t_q.add_membership(conn, org_id, user.id, Role.OWNER.value, now)
+            key = await self._insert_key(conn, org_id=org_id, user_id=user.id, name="owner key", team_id=None, read_only=False, expires_at=None)
+            org = await t_q.get_org(conn, org_id)
+        return org, key
+
+    async def orgs(self, who: Principal) -> Sequence[Row]:
+        async with self.rt.store.read() as conn:
+            rows = await t_q.list_orgs(conn)
+        return rows if who.operator else [o for o in rows if o.id == who.org_id]
+
+    async def quotas(self, who: Principal, org_id: str | None = None) -> dict[str, Any]:
+        target = org_id or who.org_id
+        if target != who.org_id and not who.operator:
+            raise NotFound(f"organization {target} does not exist")
+        async with self.rt.store.read() as conn:
+            org = await t_q.get_org(conn, target)
+            if org is None:
+                raise NotFound(f"organization {target} does not exist")
+            usage = await t_q.org_usage(conn, target)
+        used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms), "snapshots": 0}
+        return {"orgId": target, "limits": {f: org.quotas.get(f) for f in QUOTA_FIELDS}, "usage": used}
+
+    async def set_quotas(self, who: Principal, org_id: str, limits: dict[str, int | None]) -> dict[str, Any]:
+        if not who.operator:
+            raise Forbidden("only operators set quotas")
+        async with self.rt.store.write() as conn:
+            if await t_q.get_org(conn, org_id) is None:
+                raise NotFound(f"organization {org_id} does not exist")
+            await t_q.set_quotas(conn, org_id, {k: v for k, v in limits.items() if v is not None})
+        return await self.quotas(who, org_id)
+
+    async def reserve(self, conn: AsyncConnection, org_id: str, *, vcpu: int = 0, ram_mb: int = 0, disk_gb: int = 0, vms: int = 0) -> None:
+        """Check that `org_id` may hold this much more, inside the transaction that records it.
+
+        The organization's row is locked first (PostgreSQL; SQLite has one writer), so
+        concurrent reservations are judged one after the other and never exceed the quota."""
+        org = await t_q.get_org(conn, org_id, lock=conn.dialect.name == "postgresql")
+        if org is None or not org.quotas:
+            return
+        usage = await t_q.org_usage(conn, org_id)
+        want = {"vms": (int(usage.vms), vms), "vcpu": (int(usage.cpu), vcpu), "ramMb": (int(usage.ram_mb), ram_mb), "diskGb": (int(usage.disk_gb), disk_gb)}
+        for field, (used, more) in want.items():
+            limit = org.quotas.get(field)
+            if limit is not None and more > 0 and used + more > limit:
+                raise QuotaExceeded(f"quota exceeded: {field} limit is {limit}, {used} in use, {more} more asked", quota=field, limit=limit, used=used, requested=more)
+
+
+def require(who: Principal, role: Role, what: str) -> None:
+    if not who.at_least(role) or who.read_only:
+        raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot {what}")

@@ -1,0 +1,149 @@
+"""SQL for organizations, users, memberships, teams, API keys and the audit log."""
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row, and_, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import api_keys, audit_log, memberships, orgs, teams, users, vms
+
+
+async def count_orgs(conn: AsyncConnection) -> int:
+    return (await conn.execute(select(func.count()).select_from(orgs))).scalar_one()
+
+
+async def insert_org(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(insert(orgs), [row])
+
+
+async def get_org(conn: AsyncConnection, org_id: str, *, lock: bool = False) -> Row | None:
+    q = select(orgs).where(orgs.c.id == org_id)
+    if lock:
+        q = q.with_for_update()
+    return (await conn.execute(q)).first()
+
+
+async def list_orgs(conn: AsyncConnection) -> Sequence[Row]:
+    return (await conn.execute(select(orgs).order_by(orgs.c.seq))).all()
+
+
+async def set_quotas(conn: AsyncConnection, org_id: str, quotas: dict[str, Any]) -> None:
+    await conn.execute(update(orgs).where(orgs.c.id == org_id).values(quotas=quotas))
+
+
+async def insert_user(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(insert(users), [row])
+
+
+async def get_user(conn: AsyncConnection, ref: str) -> Row | None:
+    return (await conn.execute(select(users).where((users.c.id == ref) | (users.c.name == ref)))).first()
+
+
+async def add_membership(conn: AsyncConnection, org_id: str, user_id: str, role: str, now: float) -> None:
+    await conn.execute(insert(memberships), [{"org_id": org_id, "user_id": user_id, "role": role, "created_at": now}])
+
+
+async def membership(conn: AsyncConnection, org_id: str, user_id: str) -> Row | None:
+    q = select(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
+    return (await conn.execute(q)).first()
+
+
+async def members(conn: AsyncConnection, org_id: str) -> Sequence[Row]:
+    q = (
+        select(users.c.id, users.c.name, memberships.c.role, memberships.c.created_at)
+        .join(memberships, memberships.c.user_id == users.c.id)
+        .where(memberships.c.org_id == org_id)
+        .order_by(users.c.seq)
+    )
+    return (await conn.execute(q)).all()
+
+
+async def set_role(conn: AsyncConnection, org_id: str, user_id: str, role: str) -> None:
+    await conn.execute(update(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id).values(role=role))
+
+
+async def remove_member(conn: AsyncConnection, org_id: str, user_id: str, now: float) -> None:
+    await conn.execute(delete(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id))
+    await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.org_id == org_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def insert_team(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(insert(teams), [row])
+
+
+async def get_team(conn: AsyncConnection, org_id: str, team_id: str) -> Row | None:
+    q = select(teams).where(teams.c.org_id == org_id, (teams.c.id == team_id) | (teams.c.name == team_id))
+    return (await conn.execute(q)).first()
+
+
+async def list_teams(conn: AsyncConnection, org_id: str) -> Sequence[Row]:
+    return (await conn.execute(select(teams).where(teams.c.org_id == org_id).order_by(teams.c.seq))).all()
+
+
+async def delete_team(conn: AsyncConnection, org_id: str, team_id: str) -> None:
+    await conn.execute(delete(teams).where(teams.c.org_id == org_id, teams.c.id == team_id))
+
+
+async def team_in_use(conn: AsyncConnection, team_id: str) -> bool:
+    q = select(vms.c.id).where(vms.c.team_id == team_id).limit(1)
+    return (await conn.execute(q)).first() is not None
+
+
+async def insert_key(conn: AsyncConnection, row: dict[str, Any]) -> None:
+    await conn.execute(insert(api_keys), [row])
+
+
+async def key_by_digest(conn: AsyncConnection, digest: str) -> Row | None:
+    q = (
+        select(api_keys, users.c.name.label("user_name"), memberships.c.role)
+        .join(users, users.c.id == api_keys.c.user_id)
+        .join(memberships, and_(memberships.c.user_id == api_keys.c.user_id, memberships.c.org_id == api_keys.c.org_id))
+        .where(api_keys.c.digest == digest)
+    )
+    return (await conn.execute(q)).first()
+
+
+async def list_keys(conn: AsyncConnection, org_id: str) -> Sequence[Row]:
+    q = select(api_keys).where(api_keys.c.org_id == org_id).order_by(api_keys.c.seq)
+    return (await conn.execute(q)).all()
+
+
+async def get_key(conn: AsyncConnection, org_id: str, key_id: str) -> Row | None:
+    return (await conn.execute(select(api_keys).where(api_keys.c.org_id == org_id, api_keys.c.id == key_id))).first()
+
+
+async def revoke_key(conn: AsyncConnection, key_id: str, now: float) -> None:
+    await conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now))
+
+
+async def touch_keys(conn: AsyncConnection, used: dict[str, float]) -> None:
+    for key_id, ts in used.items():
+        await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=ts))
+
+
+async def add_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(audit_log), rows)
+
+
+async def audit(conn: AsyncConnection, org_id: str | None, *, after_seq: int | None, limit: int) -> Sequence[Row]:
+    q = select(audit_log)
+    if org_id is not None:
+        q = q.where(audit_log.c.org_id == org_id)
+    if after_seq is not None:
+        q = q.where(audit_log.c.seq < after_seq)
+    return (await conn.execute(q.order_by(audit_log.c.seq.desc()).limit(limit))).all()
+
+
+async def org_usage(conn: AsyncConnection, org_id: str) -> Row:
+    q = select(
+        func.count().label("vms"),
+        func.coalesce(func.sum(vms.c.cpu), 0).label("cpu"),
+        func.coalesce(func.sum(vms.c.ram_mb), 0).label("ram_mb"),
+        func.coalesce(func.sum(vms.c.disk_gb), 0).label("disk_gb"),
+    ).where(vms.c.org_id == org_id)
+    return (await conn.execute(q)).one()
