@@ -90,10 +90,10 @@ class Server:
         if self._task is not None:
             await self._task
 
-    async def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    async def wait_job(self, job_id: str, timeout: float = 60, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            job = (await self.client.get(f"/api/v1/jobs/{job_id}")).json()
+            job = (await (client or self.client).get(f"/api/v1/jobs/{job_id}")).json()
             if job["state"] in ("succeeded", "failed", "partial", "cancelled"):
                 return job
             if asyncio.get_running_loop().time() > deadline:
