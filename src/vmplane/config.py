@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     jwt_org_claim: str = "org"
     metrics_auth: bool = True
     """/metrics needs credentials (false: open, for a scraper on a trusted network)."""
+    instance_types: dict[str, tuple[int, int, float]] = {
+        "small": (1, 1024, 1.0),
+        "medium": (2, 4096, 3.0),
+        "large": (4, 8192, 6.0),
+        "xlarge": (8, 16384, 12.0),
+    }
+    """name: (vCPUs, RAM MiB, price in cents per hour). Other shapes are `custom`."""
+    custom_cents_per_vcpu_hour: float = Field(1.0, ge=0)
+    custom_cents_per_gb_ram_hour: float = Field(0.5, ge=0)
     rate_limit_per_second: float = Field(50.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
     """Requests per credential: a token bucket of `burst` refilled at `per_second`."""

@@ -16,6 +16,7 @@ from .jobs.engine import JobEngine
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
 from .events.webhooks import WebhookDelivery
+from .services.billing import Billing
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
 from .services.guest import GuestService
@@ -59,6 +60,7 @@ class Runtime:
         self.events = EventBus(self.store)
         self.schedules = ScheduleService(self)
         self.tenancy = TenancyService(self)
+        self.billing = Billing(self)
         self.internal_token = secrets.token_urlsafe(32)
         self.app: Any = None
         """the ASGI app serving this runtime (schedules replay requests through it)"""

@@ -266,3 +266,29 @@ def test_insecure_no_auth_only_on_loopback() -> None:
 
     r = subprocess.run([sys.executable, "-m", "vmplane.cli.main", "serve", "--host", "0.0.0.0", "--insecure-no-auth", "--driver", "sim"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "loopback" in r.stderr
+
+
+async def test_usage_metering_bills_allocated_time_by_instance_type(server: Server) -> None:
+    c = server.client
+    small = await server.create({"name": "bill-small", "resources": {"cpu": 1, "ramMb": 1024, "diskGb": 10}})
+    odd = await server.create({"name": "bill-odd", "resources": {"cpu": 3, "ramMb": 2048, "diskGb": 10}})
+    await asyncio.sleep(0.5)
+    r = await c.delete(f"/api/v1/vms/{odd['tasks'][0]['resourceId']}")
+    await server.wait_job(r.json()["jobId"])
+    await asyncio.sleep(0.3)
+    report = (await c.get("/api/v1/usage")).json()
+    by_name = {i["name"]: i for i in report["items"]}
+    assert by_name["bill-small"]["spans"][0]["instanceType"] == "small" and by_name["bill-small"]["spans"][0]["centsPerHour"] == 1.0
+    assert by_name["bill-odd"]["spans"][0]["instanceType"] == "custom" and by_name["bill-odd"]["spans"][0]["centsPerHour"] == 4.0
+    assert by_name["bill-small"]["hours"] > by_name["bill-odd"]["hours"] > 0  # the deleted VM stopped accruing
+    assert report["totalCents"] == pytest.approx(sum(i["costCents"] for i in report["items"]), abs=0.05)
+    later = (await c.get("/api/v1/usage")).json()
+    assert {i["name"]: i["hours"] for i in later["items"]}["bill-odd"] == by_name["bill-odd"]["hours"]
+    r = await c.get("/api/v1/usage", params={"start": "2026-01-01T00:00:00Z", "end": "2026-06-01T00:00:00Z"})
+    assert r.status_code == 400 and "90 days" in r.json()["error"]
+    r = await c.get("/api/v1/usage", params={"start": "yesterday"})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "start"
+    _, b = await new_org(server)
+    assert (await b.get("/api/v1/usage")).json()["items"] == []
+    assert small["state"] == "succeeded"
+    await b.aclose()

@@ -188,6 +188,7 @@ class VmService:
             except IntegrityError:
                 raise Conflict("a VM with one of these names was created at the same time") from None
             await self._reserve_ports(conn, rows)
+            await self.rt.billing.allocated(conn, rows)
             job_id = await self.rt.engine.submit(
                 conn, "vm-create", who, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
             )

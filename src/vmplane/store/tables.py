@@ -340,3 +340,21 @@ audit_log = Table(
     Column("outcome", String(16), nullable=False),
     Column("remote", String(64), nullable=True),
 )
+
+vm_usage = Table(
+    "vm_usage",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("vm_id", String(64), nullable=False, index=True),
+    Column("vm_name", String(63), nullable=False),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("team_id", String(64), nullable=True),
+    Column("instance_type", String(64), nullable=False),
+    Column("cpu", Integer, nullable=False),
+    Column("ram_mb", BigInteger, nullable=False),
+    Column("disk_gb", BigInteger, nullable=False),
+    Column("cents_per_hour", Float, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=True),
+)
+"""Billing: one row per span of time a VM held a given shape (open while it still does)."""

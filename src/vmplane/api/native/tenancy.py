@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from ... import clock
 from ...auth import Role
+from ...errors import InvalidRequest
 from ...services import pages
 from ...services.tenancy import require
 from ...store import tenancy as t_q
@@ -216,6 +217,33 @@ async def org_quotas(org_id: str, rt: RuntimeDep, who: CallerDep) -> JSONRespons
 async def set_org_quotas(org_id: str, body: QuotaLimits, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Operators only. A limit left out (or null) is unlimited."""
     return JSONResponse(await rt.tenancy.set_quotas(who, org_id, body.model_dump()))
+
+
+class UsageOut(BaseModel):
+    orgId: str
+    start: str
+    end: str
+    items: list[dict[str, Any]]
+    totalHours: float
+    totalCents: float
+
+
+@router.get("/usage", response_model=UsageOut, responses=ERRORS)
+async def usage(rt: RuntimeDep, who: CallerDep, start: str | None = None, end: str | None = None) -> JSONResponse:
+    """Billed hours and cost per VM over [start, end) (RFC 3339; default the last 30 days; at most 90)."""
+    return JSONResponse(await rt.billing.report(who, parse_time(start, "start"), parse_time(end, "end")))
+
+
+def parse_time(value: str | None, field: str) -> float | None:
+    if value is None:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{field} must be an RFC 3339 time such as 2026-01-31T00:00:00Z", field=field) from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @router.get("/audit", response_model=Page[AuditOut], responses=ERRORS)

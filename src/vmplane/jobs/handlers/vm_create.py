@@ -8,6 +8,7 @@ from ...domain import VmStatus
 from ...errors import VmplaneError
 from ...placement import Demand
 from ...store import guest as guest_q
+from ...store import usage as usage_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, load_vm, vm_spec
@@ -61,6 +62,7 @@ class VmCreate(BaseHandler):
         async with rt.store.write() as conn:
             if vm.node_id is not None:
                 await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+            await rt.billing.released(conn, vm.id)
             if cancelled:
                 await guest_q.release_ports(conn, vm.id)
                 await vm_q.delete_vm(conn, vm.id)
@@ -69,5 +71,6 @@ class VmCreate(BaseHandler):
         ctx.log("cleaned up: nothing of the VM is left on the node")
 
     async def discard(self, conn: AsyncConnection, task: Row) -> None:
+        await usage_q.close_span(conn, task.resource_id, clock.now())
         await guest_q.release_ports(conn, task.resource_id)
         await vm_q.delete_vm(conn, task.resource_id)

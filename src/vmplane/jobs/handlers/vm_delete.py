@@ -25,6 +25,7 @@ class VmDelete(BaseHandler):
             if vm.node_id is not None:
                 await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
             await guest_q.release_ports(conn, vm.id)
+            await rt.billing.released(conn, vm.id)
             await vm_q.delete_vm(conn, vm.id)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:

@@ -1,0 +1,27 @@
+"""SQL for usage metering: spans of time each VM held a shape, and reading them per period."""
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import vm_usage
+
+
+async def open_spans(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(vm_usage), rows)
+
+
+async def close_span(conn: AsyncConnection, vm_id: str, at: float) -> None:
+    await conn.execute(update(vm_usage).where(vm_usage.c.vm_id == vm_id, vm_usage.c.end.is_(None)).values(end=at))
+
+
+async def spans(conn: AsyncConnection, org_id: str, start: float, end: float, team_id: str | None) -> Sequence[Row]:
+    """Spans overlapping [start, end) for an organization (or one of its teams)."""
+    q = select(vm_usage).where(
+        vm_usage.c.org_id == org_id, vm_usage.c.start < end, or_(vm_usage.c.end.is_(None), vm_usage.c.end > start)
+    )
+    if team_id is not None:
+        q = q.where(vm_usage.c.team_id == team_id)
+    return (await conn.execute(q.order_by(vm_usage.c.seq))).all()
