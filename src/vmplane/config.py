@@ -13,7 +13,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".vmplane")
     database_url: str | None = None
-    """`sqlite+aiosqlite:///…` (default: `<data_dir>/vmplane.db`) or `postgresql+asyncpg://…`."""
+    """`sqlite:///…` (default: `<data_dir>/vmplane.db`) or `postgresql+asyncpg://…`."""
 
     driver: Literal["auto", "qemu", "sim"] = "auto"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        if v is not None and not v.startswith(("sqlite://", "sqlite+pysqlite://", "sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite:// or postgresql+asyncpg://")
         return v
 
     @field_validator("jwt_secret")
@@ -105,4 +105,4 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'vmplane.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'vmplane.db').resolve()}"

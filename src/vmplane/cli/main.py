@@ -40,7 +40,7 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="where state lives")] = Path(".vmplane"),
-    database_url: Annotated[Optional[str], typer.Option("--database-url", help="sqlite+aiosqlite:///… or postgresql+asyncpg://…")] = None,
+    database_url: Annotated[Optional[str], typer.Option("--database-url", help="sqlite:///… or postgresql+asyncpg://…")] = None,
     driver: Annotated[str, typer.Option(help="auto | qemu | sim")] = "auto",
     accel: Annotated[str, typer.Option(help="QEMU accelerator: auto | kvm | tcg")] = "auto",
     sim_nodes: Annotated[int, typer.Option("--sim-nodes", help="simulated nodes (sim driver)")] = 1,
