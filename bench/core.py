@@ -12,23 +12,17 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import server  # noqa: E402
 from vmplane.placement import Demand, NodeUsage, Policy, choose_node  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def placement_us(nodes: int) -> float:
@@ -74,54 +68,30 @@ async def main() -> None:
 
     print(f"placement: {placement_us(args.nodes):.0f} µs per VM over {args.nodes} nodes (target < 1000 µs)")
 
-    data = Path(tempfile.mkdtemp(prefix="vmplane-bench-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data),
-           "--driver", "sim", "--sim-nodes", str(args.nodes), "--log-level", "warning"]  # fmt: skip
-    if args.database_url:
-        cmd += ["--database-url", args.database_url]
-    env = {
-        **os.environ,
-        "VMPLANE_JOB_CONCURRENCY": os.environ.get("VMPLANE_JOB_CONCURRENCY", "256"),
-        "VMPLANE_RATE_LIMIT_PER_SECOND": "1000000",  # measure the server, not the per-key limit
-        "VMPLANE_RATE_LIMIT_BURST": "1000000",
-    }
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            for _ in range(600):
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-            key = (data / "admin-api-key").read_text().strip()
-            client.headers["X-API-Key"] = key
-            specs = [{"name": f"b-{i}", "resources": {"cpu": 1, "ramMb": 1024, "diskGb": 10}} for i in range(args.vms)]
-            t0 = time.perf_counter()
-            r = await client.post("/api/v1/vms", json=specs)
-            assert r.status_code == 202, r.text
-            accepted = time.perf_counter() - t0
-            job_id = r.json()["jobId"]
-            while True:
-                job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
-                if job["state"] not in ("queued", "running"):
-                    break
-                await asyncio.sleep(0.25)
-            took = time.perf_counter() - t0
-            print(f"bulk create: {args.vms} VMs on {args.nodes} nodes -> {job['state']} in {took:.1f} s "
-                  f"({args.vms / took:.0f} VMs/s; request accepted in {accepted * 1000:.0f} ms) (target < 60 s)")  # fmt: skip
+    args_ = ["--driver", "sim", "--sim-nodes", str(args.nodes)] + (["--database-url", args.database_url] if args.database_url else [])
+    env = {"VMPLANE_JOB_CONCURRENCY": os.environ.get("VMPLANE_JOB_CONCURRENCY", "256")}
+    async with server(args_, env) as srv:
+        client, url, key = srv.client, srv.url, srv.key
+        specs = [{"name": f"b-{i}", "resources": {"cpu": 1, "ramMb": 1024, "diskGb": 10}} for i in range(args.vms)]
+        t0 = time.perf_counter()
+        r = await client.post("/api/v1/vms", json=specs)
+        assert r.status_code == 202, r.text
+        accepted = time.perf_counter() - t0
+        job_id = r.json()["jobId"]
+        while True:
+            job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+            if job["state"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.25)
+        took = time.perf_counter() - t0
+        print(f"bulk create: {args.vms} VMs on {args.nodes} nodes -> {job['state']} in {took:.1f} s "
+              f"({args.vms / took:.0f} VMs/s; request accepted in {accepted * 1000:.0f} ms) (target < 60 s)")  # fmt: skip
         vm_ids = r.json()["vmIds"][:: max(1, args.vms // 500)]
         token_pages = ["/api/v1/vms?limit=50"]
         p50, p99, rps = wrk_latency(url, token_pages, args.concurrency, 10, key)
         print(f"GET /api/v1/vms?limit=50: p50 {p50:.1f} ms, p99 {p99:.1f} ms, {rps:.0f} req/s with {args.concurrency} connections")
         p50, p99, rps = wrk_latency(url, [f"/api/v1/vms/{v}" for v in vm_ids], args.concurrency, 10, key)
         print(f"GET /api/v1/vms/{{id}}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, {rps:.0f} req/s with {args.concurrency} connections (target p99 < 25 ms)")
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 if __name__ == "__main__":

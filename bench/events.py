@@ -11,23 +11,14 @@ costs little next to the server.
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import server  # noqa: E402
 
 MARKER = b"event: vm.created\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def subscriber(port: int, key: str, want: int, ready: asyncio.Event, ready_count: list[int], total: int, done_at: list[float]) -> None:
@@ -58,45 +49,25 @@ async def main() -> None:
     ap.add_argument("--subscribers", type=int, default=100)
     ap.add_argument("--events", type=int, default=1000)
     args = ap.parse_args()
-    port = free_port()
-    data = tempfile.mkdtemp(prefix="vmplane-bench-events-")
-    env = {**os.environ, "VMPLANE_SIM_LATENCY_MS": "0", "VMPLANE_RATE_LIMIT_BURST": "100000"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", data, "--driver", "sim",
-         "--sim-nodes", "100", "--log-level", "warning"],  # fmt: skip
-        env=env,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            for _ in range(300):
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-            key = (Path(data) / "admin-api-key").read_text().strip()
-            client.headers["X-API-Key"] = key
-            ready = asyncio.Event()
-            count = [0]
-            done_at: list[float] = []
-            subs = [asyncio.create_task(subscriber(port, key, args.events, ready, count, args.subscribers, done_at)) for _ in range(args.subscribers)]
-            await asyncio.wait_for(ready.wait(), 30)
-            specs = [{"name": f"e-{i}", "start": False, "resources": {"cpu": 1, "ramMb": 128, "diskGb": 1}} for i in range(args.events)]
-            t0 = time.perf_counter()
-            r = await client.post("/api/v1/vms", json=specs)
-            accepted = time.perf_counter() - t0
-            assert r.status_code == 202, r.text
-            await asyncio.wait_for(asyncio.gather(*subs), 120)
-            last = max(done_at) - t0
-            first = min(done_at) - t0
-            print(
-                f"event fan-out: {args.events} VM events to {args.subscribers} SSE subscribers: last subscriber complete "
-                f"after {last:.2f} s (first after {first:.2f} s; the POST committing them answered in {accepted:.2f} s) (target < 2 s)"
-            )
-    finally:
-        proc.terminate()
-        proc.wait()
+    async with server(["--driver", "sim", "--sim-nodes", "100"], {"VMPLANE_SIM_LATENCY_MS": "0"}, "vmplane-bench-events-") as srv:
+        client, port, key = srv.client, srv.port, srv.key
+        ready = asyncio.Event()
+        count = [0]
+        done_at: list[float] = []
+        subs = [asyncio.create_task(subscriber(port, key, args.events, ready, count, args.subscribers, done_at)) for _ in range(args.subscribers)]
+        await asyncio.wait_for(ready.wait(), 30)
+        specs = [{"name": f"e-{i}", "start": False, "resources": {"cpu": 1, "ramMb": 128, "diskGb": 1}} for i in range(args.events)]
+        t0 = time.perf_counter()
+        r = await client.post("/api/v1/vms", json=specs)
+        accepted = time.perf_counter() - t0
+        assert r.status_code == 202, r.text
+        await asyncio.wait_for(asyncio.gather(*subs), 120)
+        last = max(done_at) - t0
+        first = min(done_at) - t0
+        print(
+            f"event fan-out: {args.events} VM events to {args.subscribers} SSE subscribers: last subscriber complete "
+            f"after {last:.2f} s (first after {first:.2f} s; the POST committing them answered in {accepted:.2f} s) (target < 2 s)"
+        )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ PostgreSQL databases when `VMPLANE_TEST_PG_URL` points at a server."""
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -147,9 +149,6 @@ async def tiny_template(server: "Server") -> str:
 
 def serve(data_dir: Path, port: int, log: Path, args: list[str], env: dict[str, str] | None = None) -> "subprocess.Popen[bytes]":
     """Start `vmplane serve` as a real process (output appended to `log`)."""
-    import subprocess
-    import sys
-
     cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data_dir),
            "--log-level", "warning", *args]  # fmt: skip
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log.open("ab"), stderr=subprocess.STDOUT)

@@ -4,7 +4,6 @@ restart every task ends (resumed or failed), none stays running, and claims stay
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest

@@ -11,14 +11,14 @@ import hmac
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import clock
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
 from ..errors import Unauthorized
 from ..store import tenancy as t_q
 from .metrics import route_template
-from .middleware import send_json
+from .middleware import StatusWatch, send_json
 
 INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
@@ -92,18 +92,11 @@ class Identity:
                 )  # fmt: skip
         if scope["type"] != "http" or scope["method"] not in MUTATIONS:
             return await self.app(scope, receive, send)
-        status = 500
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch = StatusWatch(send)
         try:
             await self.app(scope, receive, watch)
         finally:
-            await self._audit(scope, principal, status)
+            await self._audit(scope, principal, watch.status)
 
     async def _audit(self, scope: Scope, who: Principal | None, status: int) -> None:
         client = scope.get("client")

@@ -19,6 +19,19 @@ async def send_json(send: Send, status: int, body: dict[str, Any], extra_headers
     await send({"type": "http.response.body", "body": data})
 
 
+class StatusWatch:
+    """Wraps `send` to remember the response status (500 until one is sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self.status = 500
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope.get("headers", []):
         if k == name:

@@ -194,13 +194,19 @@ class TenancyService:
             await t_q.add_membership(conn, who.org_id, user.id, role.value, now)
         return user
 
+    @staticmethod
+    async def _member(conn: AsyncConnection, who: Principal, user_ref: str) -> tuple[Row, Row]:
+        """A user of the caller's organization and their membership (404 otherwise)."""
+        user = await t_q.get_user(conn, user_ref)
+        member = await t_q.membership(conn, who.org_id, user.id) if user else None
+        if user is None or member is None:
+            raise NotFound(f"user {user_ref} is not a member")
+        return user, member
+
     async def set_role(self, who: Principal, user_ref: str, role: Role) -> None:
         require(who, Role.ADMIN, "manage users")
         async with self.rt.store.write() as conn:
-            user = await t_q.get_user(conn, user_ref)
-            member = await t_q.membership(conn, who.org_id, user.id) if user else None
-            if member is None:
-                raise NotFound(f"user {user_ref} is not a member")
+            user, member = await self._member(conn, who, user_ref)
             if Role.OWNER in (role, member.role) and not who.at_least(Role.OWNER):
                 raise Forbidden("only owners can change an owner's role or make owners")
             await t_q.set_role(conn, who.org_id, user.id, role.value)
@@ -209,10 +215,7 @@ class TenancyService:
     async def remove_member(self, who: Principal, user_ref: str) -> None:
         require(who, Role.ADMIN, "manage users")
         async with self.rt.store.write() as conn:
-            user = await t_q.get_user(conn, user_ref)
-            member = await t_q.membership(conn, who.org_id, user.id) if user else None
-            if member is None:
-                raise NotFound(f"user {user_ref} is not a member")
+            user, member = await self._member(conn, who, user_ref)
             if member.role == Role.OWNER and not who.at_least(Role.OWNER):
                 raise Forbidden("only owners can remove an owner")
             if user.id == who.user_id:
