@@ -28,9 +28,10 @@ Runs alternate API and bare (API first on even runs, bare first on odd ones); th
 medians. One cold run of each (first VM of a fresh server, which also imports the template on
 the node; cold page cache for QEMU) is done first and printed separately, not counted.
 
-Starts its own `vmplane serve --driver qemu --accel tcg` on a free port with a fresh data dir
-(VMPLANE_CPU_OVERCOMMIT=8 unless set, so N guests fit on a small host), deletes every VM it
-created, stops every QEMU it started, and stops the server.
+Starts its own `vmplane serve --driver qemu --accel tcg` through bench/common.py (free port,
+fresh data dir, the owner API key, no rate limit) with VMPLANE_CPU_OVERCOMMIT=8 unless set (so
+N guests fit on a small host); deletes every VM it created, stops every QEMU it started, stops
+the server and removes its directories (unless --keep).
 """
 
 import argparse
@@ -41,7 +42,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,17 +53,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BenchServer, server  # noqa: E402
 from vmplane.images.tiny import INIT_START_LINE  # noqa: E402
 
 TARGET = 1.10
 LINE = INIT_START_LINE.encode()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -148,10 +144,10 @@ class Bench:
         root = Path(args.scratch or tempfile.gettempdir()).resolve()
         root.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix="vmplane-bootbench-", dir=root))
-        self.data = self.scratch / "data"
-        self.vms_dir = self.data / "qemu" / "vms"
         self.bare_root = self.scratch / "bare"
-        self.server: subprocess.Popen[bytes] | None = None
+        self.data: Path | None = None  # the server's data dir (bench/common.py makes it)
+        self.vms_dir = Path("/nonexistent")
+        self.server_pid = 0
         self.client: httpx.AsyncClient | None = None
         self.bare_procs: list[subprocess.Popen[bytes]] = []
         self.api_vms: set[str] = set()
@@ -164,44 +160,32 @@ class Bench:
 
     # -- server ------------------------------------------------------------------------
 
-    async def start_server(self) -> None:
-        port = free_port()
-        cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(self.data),
-               "--driver", "qemu", "--accel", "tcg", "--log-level", "warning"]  # fmt: skip
-        env = {**os.environ}
-        env.setdefault("VMPLANE_CPU_OVERCOMMIT", "8")
-        self.server_log = open(self.scratch / "server.log", "ab")
-        self.server = subprocess.Popen(cmd, env=env, stdout=self.server_log, stderr=subprocess.STDOUT)
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        deadline = time.monotonic() + 900  # a first start may build the tiny image
-        while True:
-            if self.server.poll() is not None:
-                raise SystemExit(f"server exited with {self.server.returncode}; see {self.scratch / 'server.log'}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await self.client.get("/readyz")).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("server not ready after 900 s")
-            await asyncio.sleep(0.1)
+    async def attach(self, srv: BenchServer) -> None:
+        """Use the server bench/common.py started: its client (with the owner key), data dir, pid."""
+        self.client, self.data = srv.client, srv.data
+        self.vms_dir = srv.data / "qemu" / "vms"
+        marker = str(srv.data).encode()
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"serve" in argv and marker in argv:
+                    self.server_pid = int(entry.name)
+        if not self.server_pid:
+            raise SystemExit("cannot find the vmplane serve process")
         items = (await self.client.get("/api/v1/templates", params={"limit": 500})).json()["items"]
         tpl = next((t for t in items if t["name"] == "tiny-linux"), None)
         if tpl is None:
             raise SystemExit("the server offers no tiny-linux template (could it build the tiny image?)")
         self.template_id = tpl["id"]
 
-    async def stop_server(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-        if self.server is not None and self.server.poll() is None:
-            self.server.terminate()
-            try:
-                self.server.wait(30)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
-        # VMs outlive the server: kill any QEMU still running from our data dir (ours only)
-        marker = str(self.vms_dir) + os.sep
+    def kill_leftovers(self) -> None:
+        """VMs outlive the server: kill any QEMU still running from its data dir (ours only)."""
+        if self.data is None:
+            return
+        marker = (str(self.vms_dir) + os.sep).encode()
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
@@ -209,7 +193,7 @@ class Bench:
                 argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if argv and os.path.basename(argv[0]).startswith(b"qemu-system") and any(marker.encode() in a for a in argv):
+            if argv and os.path.basename(argv[0]).startswith(b"qemu-system") and any(marker in a for a in argv):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry.name), signal.SIGKILL)
                 print(f"warning: killed leftover QEMU {entry.name} of a benchmark VM", file=sys.stderr)
@@ -234,7 +218,7 @@ class Bench:
         res = {"cpu": self.args.cpu, "ramMb": self.args.ram_mb, "diskGb": self.args.disk_gb}
         specs = [{"name": f"bootbench-{self.seq}-{i}", "templateId": self.template_id, "resources": res} for i in range(n)]
         body: object = specs if n > 1 else specs[0]
-        srv_cpu0, bench_cpu0, host0 = cpu_seconds(self.server.pid), self_cpu(), busy_cpu()  # type: ignore[union-attr]
+        srv_cpu0, bench_cpu0, host0 = cpu_seconds(self.server_pid), self_cpu(), busy_cpu()
         t0_wall = time.time()
         t0 = time.perf_counter()
         r = await client.post("/api/v1/vms", json=body)
@@ -279,7 +263,7 @@ class Bench:
                 await ticker.tick()
         run = Run("api", [first[v] for v in vm_ids], accepted=accepted, cpu_to_line=[cpu_at[v] for v in vm_ids])
         run.host_cpu = busy_cpu() - host0
-        run.server_cpu = cpu_seconds(self.server.pid) - srv_cpu0  # type: ignore[union-attr]
+        run.server_cpu = cpu_seconds(self.server_pid) - srv_cpu0
         run.bench_cpu = self_cpu() - bench_cpu0
         for v in vm_ids:
             d = self.vms_dir / v
@@ -366,7 +350,7 @@ class Bench:
             gdirs.append(gdir)
             argvs.append(self.bare_argv(gdir, i))
         serials = [g / ("serial.log") for g in gdirs]
-        bench_cpu0, srv_cpu0, host0 = self_cpu(), cpu_seconds(self.server.pid), busy_cpu()  # type: ignore[union-attr]
+        bench_cpu0, srv_cpu0, host0 = self_cpu(), cpu_seconds(self.server_pid), busy_cpu()
         t0 = time.perf_counter()
         for gdir, argv in zip(gdirs, argvs):
             with open(gdir / "qemu.log", "wb") as log:
@@ -396,7 +380,7 @@ class Bench:
                 await ticker.tick()
         run = Run("bare", [first[i] for i in range(n)], cpu_to_line=[cpu_at[i] for i in range(n)])
         run.host_cpu = busy_cpu() - host0
-        run.server_cpu = cpu_seconds(self.server.pid) - srv_cpu0  # type: ignore[union-attr]
+        run.server_cpu = cpu_seconds(self.server_pid) - srv_cpu0
         run.bench_cpu = self_cpu() - bench_cpu0
         run.qemu_cpu = sum(cpu_seconds(p.pid) for p in procs)
         return run
@@ -422,9 +406,9 @@ class Bench:
         measured here."""
         deadline = time.monotonic() + self.args.wait_idle
         while True:
-            h0, s0, b0 = busy_cpu(), cpu_seconds(self.server.pid), self_cpu()  # type: ignore[union-attr]
+            h0, s0, b0 = busy_cpu(), cpu_seconds(self.server_pid), self_cpu()
             await asyncio.sleep(0.5)
-            other = (busy_cpu() - h0) - (cpu_seconds(self.server.pid) - s0) - (self_cpu() - b0)  # type: ignore[union-attr]
+            other = (busy_cpu() - h0) - (cpu_seconds(self.server_pid) - s0) - (self_cpu() - b0)
             if other / 0.5 < self.args.idle_cores or time.monotonic() > deadline:
                 return
 
@@ -508,6 +492,51 @@ def report_phases(api: list[Run], bare: list[Run], n: int, poll: float) -> None:
           f"{med([statistics.fmean(r.cpu_to_line) for r in bare]):.2f} s")
 
 
+async def measure(bench: Bench, args: argparse.Namespace, results: dict[str, float]) -> None:
+    poll = args.poll_ms / 1000
+    print(f"qemu boot bench: TCG, {args.cpu} vCPU, {args.ram_mb} MB, {args.disk_gb} GB overlay; bare = {args.bare}; "
+          f"first guest line = {INIT_START_LINE!r} (first line /init prints; kernel is quiet); "
+          f"both sides polled every {args.poll_ms} ms; API side observed through {'GET console/log' if args.observe == 'api' else 'serial.log files (diagnostic, not the requirement)'}", flush=True)  # fmt: skip
+
+    # cold runs (not counted): the first API create also imports the template on the node
+    await bench.wait_idle()
+    cold_api = await bench.api_boot(1, poll, 180)
+    bench.learn_guest(next(iter(bench.api_vms)))
+    await bench.api_cleanup()
+    await asyncio.sleep(args.settle)
+    cold_bare = await bench.one("bare", 1, poll, 180)
+    print(f"cold, not counted: API {cold_api.last:.2f} s, bare {cold_bare.last:.2f} s", flush=True)
+
+    if args.runs > 0:
+        print(f"single guest, {args.runs} run(s) per side, alternating:", flush=True)
+        api, bare = await bench.scenario(1, args.runs, poll, 180)
+        a, b = med([r.last for r in api]), med([r.last for r in bare])
+        results["single"] = a / b
+        print(f"  API  POST -> first line:  {fmt_s([r.last for r in api])} s  (median {a:.2f} s)")
+        print(f"  bare spawn -> first line: {fmt_s([r.last for r in bare])} s  (median {b:.2f} s)")
+        report_phases(api, bare, 1, poll)
+        report_noise(api, bare)
+        print(f"RATIO single guest: {a / b:.3f} (API {a:.2f} s / bare {b:.2f} s; target <= {TARGET:.2f}) "
+              f"{'OK' if a / b <= TARGET else 'OVER TARGET'}", flush=True)  # fmt: skip
+
+    if args.bulk > 0 and args.bulk_runs > 0:
+        n = args.bulk
+        bulk_poll = (args.bulk_poll_ms or args.poll_ms) / 1000
+        print(f"{n} guests, {args.bulk_runs} run(s) per side, alternating (one bulk POST vs {n} QEMUs spawned together; "
+              f"polled every {bulk_poll * 1000:.0f} ms):", flush=True)  # fmt: skip
+        api, bare = await bench.scenario(n, args.bulk_runs, bulk_poll, 600)
+        a, b = med([r.last for r in api]), med([r.last for r in bare])
+        am, bm = med([r.mean for r in api]), med([r.mean for r in bare])
+        results["bulk"] = a / b
+        print(f"  API  POST -> all {n} first lines:  {fmt_s([r.last for r in api])} s  (median {a:.2f} s; mean per guest {am:.2f} s)")
+        print(f"  bare spawn -> all {n} first lines: {fmt_s([r.last for r in bare])} s  (median {b:.2f} s; mean per guest {bm:.2f} s)")
+        report_phases(api, bare, n, bulk_poll)
+        report_noise(api, bare)
+        print(f"  mean-per-guest ratio: {am / bm:.3f}")
+        print(f"RATIO {n} guests (last first line): {a / b:.3f} (API {a:.2f} s / bare {b:.2f} s; target <= {TARGET:.2f}) "
+              f"{'OK' if a / b <= TARGET else 'OVER TARGET'}", flush=True)  # fmt: skip
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="single-guest runs per side")
@@ -531,69 +560,40 @@ async def main() -> None:
     ap.add_argument("--wait-idle", type=float, default=20.0,
                     help="before each run, wait up to this long for other processes to quiet down")  # fmt: skip
     ap.add_argument("--idle-cores", type=float, default=0.25, help="'quiet' means other processes use less than this")
-    ap.add_argument("--scratch", default=None, help="where to make the work directory (default: the temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory (server.log, data dir)")
+    ap.add_argument("--scratch", default=None, help="where to make the bare guests' work directory (default: the temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the bare guests' work directory and the server's data dir")
     args = ap.parse_args()
-    poll = args.poll_ms / 1000
 
     bench = Bench(args)
-    loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
+    assert main_task is not None
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, main_task.cancel)  # type: ignore[union-attr]
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     results: dict[str, float] = {}
+    # build (or find) the tiny image first: the server would build it before it is ready
+    from vmplane.config import Settings
+    from vmplane.images import build_tiny_image, tiny_dir
+
+    await asyncio.to_thread(build_tiny_image, tiny_dir(Settings(driver="qemu").resolved_image_cache()))
+    env = {"VMPLANE_CPU_OVERCOMMIT": os.environ.get("VMPLANE_CPU_OVERCOMMIT", "8")}  # N guests on a small host
     try:
-        await bench.start_server()
-        print(f"qemu boot bench: TCG, {args.cpu} vCPU, {args.ram_mb} MB, {args.disk_gb} GB overlay; bare = {args.bare}; "
-              f"first guest line = {INIT_START_LINE!r} (first line /init prints; kernel is quiet); "
-              f"both sides polled every {args.poll_ms} ms; API side observed through {'GET console/log' if args.observe == 'api' else 'serial.log files (diagnostic, not the requirement)'}", flush=True)  # fmt: skip
-
-        # cold runs (not counted): the first API create also imports the template on the node
-        await bench.wait_idle()
-        cold_api = await bench.api_boot(1, poll, 180)
-        bench.learn_guest(next(iter(bench.api_vms)))
-        await bench.api_cleanup()
-        await asyncio.sleep(args.settle)
-        cold_bare = await bench.one("bare", 1, poll, 180)
-        print(f"cold, not counted: API {cold_api.last:.2f} s, bare {cold_bare.last:.2f} s", flush=True)
-
-        if args.runs > 0:
-            print(f"single guest, {args.runs} run(s) per side, alternating:", flush=True)
-            api, bare = await bench.scenario(1, args.runs, poll, 180)
-            a, b = med([r.last for r in api]), med([r.last for r in bare])
-            results["single"] = a / b
-            print(f"  API  POST -> first line:  {fmt_s([r.last for r in api])} s  (median {a:.2f} s)")
-            print(f"  bare spawn -> first line: {fmt_s([r.last for r in bare])} s  (median {b:.2f} s)")
-            report_phases(api, bare, 1, poll)
-            report_noise(api, bare)
-            print(f"RATIO single guest: {a / b:.3f} (API {a:.2f} s / bare {b:.2f} s; target <= {TARGET:.2f}) "
-                  f"{'OK' if a / b <= TARGET else 'OVER TARGET'}", flush=True)  # fmt: skip
-
-        if args.bulk > 0 and args.bulk_runs > 0:
-            n = args.bulk
-            bulk_poll = (args.bulk_poll_ms or args.poll_ms) / 1000
-            print(f"{n} guests, {args.bulk_runs} run(s) per side, alternating (one bulk POST vs {n} QEMUs spawned together; "
-                  f"polled every {bulk_poll * 1000:.0f} ms):", flush=True)  # fmt: skip
-            api, bare = await bench.scenario(n, args.bulk_runs, bulk_poll, 600)
-            a, b = med([r.last for r in api]), med([r.last for r in bare])
-            am, bm = med([r.mean for r in api]), med([r.mean for r in bare])
-            results["bulk"] = a / b
-            print(f"  API  POST -> all {n} first lines:  {fmt_s([r.last for r in api])} s  (median {a:.2f} s; mean per guest {am:.2f} s)")
-            print(f"  bare spawn -> all {n} first lines: {fmt_s([r.last for r in bare])} s  (median {b:.2f} s; mean per guest {bm:.2f} s)")
-            report_phases(api, bare, n, bulk_poll)
-            report_noise(api, bare)
-            print(f"  mean-per-guest ratio: {am / bm:.3f}")
-            print(f"RATIO {n} guests (last first line): {a / b:.3f} (API {a:.2f} s / bare {b:.2f} s; target <= {TARGET:.2f}) "
-                  f"{'OK' if a / b <= TARGET else 'OVER TARGET'}", flush=True)  # fmt: skip
+        async with server(["--driver", "qemu", "--accel", "tcg"], env=env, prefix="vmplane-bootbench-") as srv:
+            await bench.attach(srv)
+            try:
+                await measure(bench, args, results)
+            finally:
+                with contextlib.suppress(Exception):
+                    await bench.api_cleanup()
+                bench.bare_cleanup()
     finally:
-        with contextlib.suppress(Exception):
-            await bench.api_cleanup()
         bench.bare_cleanup()
-        await bench.stop_server()
+        bench.kill_leftovers()
         if args.keep:
-            print(f"work directory kept: {bench.scratch}", file=sys.stderr)
+            print(f"kept: {bench.scratch} (bare guests), {bench.data} (server data dir)", file=sys.stderr)
         else:
             shutil.rmtree(bench.scratch, ignore_errors=True)
+            if bench.data is not None:
+                shutil.rmtree(bench.data, ignore_errors=True)
     if results:
         print("summary: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()) + f" (target <= {TARGET:.2f})")
 

@@ -15,6 +15,10 @@ declare -A tool_pkg=(
   [mkfs.ext4]=e2fsprogs
   [dpkg-deb]=dpkg
   [gzip]=gzip
+  # the tests build a BIOS-bootable disk image to import as a template
+  [syslinux]=syslinux
+  [mcopy]=mtools
+  [mkfs.fat]=dosfstools
 )
 
 # mkfs.ext4 lives in /sbin, which may be missing from a non-root PATH.
@@ -50,7 +54,7 @@ export DEBIAN_FRONTEND=noninteractive
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-qemu: installing ${missing[*]} (+ the base set)"
   "${SUDO[@]}" apt-get install -y --no-install-recommends \
-    qemu-system-x86 qemu-utils e2fsprogs "${missing[@]}"
+    qemu-system-x86 qemu-utils e2fsprogs syslinux syslinux-common mtools dosfstools "${missing[@]}"
 fi
 
 for tool in "${!tool_pkg[@]}"; do

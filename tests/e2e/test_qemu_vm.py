@@ -167,3 +167,57 @@ def test_guest_survives_a_sigkill_of_vmplane_and_stays_controllable(tmp_path: Pa
         proc.wait()
         if vm_id:  # never leave a guest running after a failed test
             subprocess.run(["pkill", "-f", vm_id], check=False)
+
+
+def bootable_disk(path: Path, kernel: Path, initrd: Path) -> None:
+    """A raw disk any BIOS boots: a FAT file system with syslinux, the kernel and initramfs
+    (built without mounting anything, by mtools)."""
+    cfg = path.with_suffix(".cfg")
+    cfg.write_text("DEFAULT linux\nSERIAL 0 115200\nLABEL linux\n  KERNEL vmlinuz\n  APPEND initrd=initrd.img console=ttyS0 panic=-1\n")
+    for argv in (
+        ["mkfs.fat", "-C", str(path), "65536"],
+        ["mcopy", "-i", str(path), str(kernel), "::vmlinuz"],
+        ["mcopy", "-i", str(path), str(initrd), "::initrd.img"],
+        ["mcopy", "-i", str(path), str(cfg), "::syslinux.cfg"],
+        ["syslinux", "--install", str(path)],
+    ):
+        subprocess.run(argv, check=True, capture_output=True)
+
+
+async def test_imported_disk_images_boot_and_bad_ones_fail(qemu_server: Server, tmp_path: Path) -> None:
+    import shutil as _shutil
+
+    from vmplane.images import tiny_dir
+    from vmplane.images.tiny import INIT_START_LINE, load_tiny_image
+
+    if not all(_shutil.which(t) for t in ("mkfs.fat", "mcopy", "syslinux")):
+        require_qemu()  # (fails under VMPLANE_REQUIRE_QEMU=1, where scripts/install-qemu.sh installs them)
+        pytest.skip("syslinux, mtools or dosfstools missing")
+    s, c = qemu_server, qemu_server.client
+    image = load_tiny_image(tiny_dir(s.rt.settings.resolved_image_cache()))
+    assert image is not None
+    disk = tmp_path / "bootable.raw"
+    bootable_disk(disk, image.kernel, image.initrd)
+    r = await c.post("/api/v1/templates", json={"name": "imported-raw", "sourceUrl": f"file://{disk}"})
+    job = await s.wait_job(r.json()["jobId"])
+    assert job["state"] == "succeeded", job
+    tpl = (await c.get(f"/api/v1/templates/{r.json()['templateId']}")).json()
+    assert tpl["format"] == "raw" and tpl["sizeMb"] == 64
+    job = await s.create({"name": "from-import", "templateId": tpl["id"], "resources": {"cpu": 1, "ramMb": 256, "diskGb": 1}})
+    assert job["state"] == "succeeded", job
+    vm_id = job["tasks"][0]["resourceId"]
+
+    async def booted() -> bool:
+        return INIT_START_LINE in (await c.get(f"/api/v1/vms/{vm_id}/console/log")).text
+
+    await wait_for(booted, 60, "the imported disk to boot (BIOS, syslinux, kernel, init)")
+    r = await c.delete(f"/api/v1/vms/{vm_id}")
+    assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
+
+    broken = tmp_path / "broken.qcow2"
+    broken.write_bytes(b"QFI\xfb" + b"\x00\x00\x00\x03" + b"\xff" * 4096)
+    r = await c.post("/api/v1/templates", json={"name": "broken", "sourceUrl": f"file://{broken}"})
+    job = await s.wait_job(r.json()["jobId"])
+    assert job["state"] == "failed" and job["tasks"][0]["error"], job
+    tpl = (await c.get(f"/api/v1/templates/{r.json()['templateId']}")).json()
+    assert tpl["status"] == "error" and tpl["error"]
