@@ -24,6 +24,7 @@ from .services.jobs import JobService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services.schedules import ScheduleService
+from .services.snapshots import SnapshotService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
 from .store import Store
@@ -61,6 +62,7 @@ class Runtime:
         self.schedules = ScheduleService(self)
         self.tenancy = TenancyService(self)
         self.billing = Billing(self)
+        self.snapshots = SnapshotService(self)
         self.internal_token = secrets.token_urlsafe(32)
         self.app: Any = None
         """the ASGI app serving this runtime (schedules replay requests through it)"""

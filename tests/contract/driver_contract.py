@@ -43,7 +43,7 @@ class DriverContract:
                 name=kw.get("name", "t-" + vm_id[3:]),
                 resources=kw.get("resources", Resources(1, 256, 2)),
                 template_id=template_id,
-                template_image=image,
+                template_image=kw.get("image", image),
                 template_boot=getattr(self, "template_boot", None),
             )
 
@@ -126,6 +126,30 @@ class DriverContract:
 
         with pytest.raises(DriverError):
             await env.driver.import_image("tpl-empty0000000", empty, progress)
+
+    async def test_snapshots_clone_and_revert(self, env: Any) -> None:
+        d, spec = env.driver, env.spec()
+        await d.create_vm(spec)
+        await d.start_vm(spec.id)
+        snap = ids.new_id("snap")
+        info = await d.snapshot_vm(spec.id, snap)  # live
+        assert info.format == "qcow2" and info.virtual_size > 0
+        assert (await d.snapshot_vm(spec.id, snap)).path == info.path  # idempotent
+        assert (await d.get_vm(spec.id)).state == PowerState.RUNNING
+        clone = env.spec(image=str(info.path))
+        await d.create_vm(clone)  # a VM from the snapshot
+        assert (await d.get_vm(clone.id)).state == PowerState.STOPPED
+        with pytest.raises(InvalidState):
+            await d.revert_vm(spec.id, str(info.path))  # running
+        await d.stop_vm(spec.id)
+        offline = await d.snapshot_vm(spec.id, ids.new_id("snap"))
+        await d.revert_vm(spec.id, str(info.path))
+        await d.start_vm(spec.id)
+        assert (await d.get_vm(spec.id)).state == PowerState.RUNNING
+        await d.delete_snapshot(offline.path.stem if offline.path.suffix else offline.path.name)
+        await d.delete_vm(clone.id)
+        await d.delete_snapshot(snap)
+        await d.delete_snapshot(snap)  # idempotent
 
     async def test_vms_outlive_the_driver(self, env: Any) -> None:
         d, spec = env.driver, env.spec()

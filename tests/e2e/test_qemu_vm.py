@@ -221,3 +221,41 @@ async def test_imported_disk_images_boot_and_bad_ones_fail(qemu_server: Server, 
     assert job["state"] == "failed" and job["tasks"][0]["error"], job
     tpl = (await c.get(f"/api/v1/templates/{r.json()['templateId']}")).json()
     assert tpl["status"] == "error" and tpl["error"]
+
+
+async def test_snapshot_of_a_running_guest_clones_and_reverts_its_disk(qemu_server: Server) -> None:
+    s, c = qemu_server, qemu_server.client
+    tpl = await tiny_template(s)
+    job = await s.create({"name": "snap-src", "templateId": tpl, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}})
+    vm_id = job["tasks"][0]["resourceId"]
+
+    async def run(vm: str, script: str) -> dict[str, Any]:
+        async def answered() -> dict[str, Any] | None:
+            r = await c.post(f"/api/v1/vms/{vm}/exec", json={"command": ["sh", "-c", script], "timeoutSec": 10})
+            return r.json() if r.status_code == 200 and r.json()["exitCode"] == 0 else None
+
+        return await wait_for(answered, 60, f"{script!r} in {vm}")
+
+    await run(vm_id, "grep -q ' /mnt/disk ' /proc/mounts && echo original-bytes > /mnt/disk/data.txt && sync")
+    r = await c.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": "good"})
+    snap_id = r.json()["snapshotId"]
+    assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
+    assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "running"  # live: never stopped
+    await run(vm_id, "echo overwritten > /mnt/disk/data.txt && sync")
+
+    clone = await s.create({"name": "snap-clone", "snapshotId": snap_id})
+    assert clone["state"] == "succeeded", clone
+    clone_id = clone["tasks"][0]["resourceId"]
+    assert (await run(clone_id, "cat /mnt/disk/data.txt"))["stdout"] == "original-bytes\n"
+
+    r = await c.post(f"/api/v1/vms/{vm_id}/revert", json={"snapshotId": snap_id})
+    assert (await s.wait_job(r.json()["jobId"], timeout=90))["state"] == "succeeded"
+    assert (await run(vm_id, "cat /mnt/disk/data.txt"))["stdout"] == "original-bytes\n"
+
+    assert (await c.delete(f"/api/v1/snapshots/{snap_id}")).status_code == 409  # the clone builds on it
+    for v in (clone_id, vm_id):
+        r = await c.delete(f"/api/v1/vms/{v}")
+        assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
+    r = await c.delete(f"/api/v1/snapshots/{snap_id}")
+    assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
+    assert not list(Path(s.rt.data_dir).rglob(f"{snap_id}*"))

@@ -20,6 +20,7 @@ def vm(row: Row, now: float) -> dict[str, Any]:
         "tags": row.tags,
         "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb},
         "templateId": row.template_id,
+        "snapshotId": row.snapshot_id,
         "error": row.error,
         "expose": (row.spec or {}).get("expose", []),
         "createdAt": clock.rfc3339(row.created_at),

@@ -47,6 +47,7 @@ class VmCreateIn(In):
     sshKeys: list[str] = Field(default_factory=list, max_length=32)
     expose: list[ExposeIn] = Field(default_factory=list, max_length=32)
     teamId: str | None = Field(None, max_length=64, description="team id or name (default: the credential's team)")
+    snapshotId: str | None = Field(None, max_length=64, description="clone this snapshot (copy-on-write); disk may only grow")
 
 
 class VmUpdateIn(In):
@@ -112,6 +113,7 @@ class JobAccepted(BaseModel):
     jobId: str
     vmIds: list[str] | None = None
     templateId: str | None = None
+    snapshotId: str | None = None
 
 
 class ResourcesOut(BaseModel):
@@ -131,6 +133,7 @@ class VmOut(BaseModel):
     tags: list[str]
     resources: ResourcesOut
     templateId: str | None
+    snapshotId: str | None
     error: str | None
     expose: list[dict[str, Any]]
     createdAt: str

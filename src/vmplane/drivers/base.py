@@ -187,6 +187,20 @@ class HypervisorDriver(ABC):
         raise DriverError(f"{self.capabilities.kind} driver does not measure VMs")
 
     @abstractmethod
+    async def snapshot_vm(self, vm_id: str, snapshot_id: str) -> ImageInfo:
+        """Capture the VM's disk as it is now, consistently, into snapshot `snapshot_id`:
+        live (the VM keeps running) or offline. Idempotent. The snapshot is an image VMs can
+        be created from as from a template (copy-on-write) and a VM can be reverted to."""
+
+    @abstractmethod
+    async def revert_vm(self, vm_id: str, snapshot_image: str) -> None:
+        """Give a stopped VM's disk the snapshot's content (InvalidState if running)."""
+
+    @abstractmethod
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot's image. Idempotent. The caller makes sure no VM depends on it."""
+
+    @abstractmethod
     async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
         """Make a downloaded image available as the base of template `template_id`.
 

@@ -66,6 +66,7 @@ class SimDriver(HypervisorDriver):
         self.capabilities = Capabilities(kind="sim", real_vms=False, live_resize_disk=True)
         self._vms: dict[str, _SimVm] = {}
         self._images: dict[str, ImageInfo] = {}
+        self._snapshots: dict[str, ImageInfo] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class SimDriver(HypervisorDriver):
                 for v in self._vms.values()
             ],
             "images": {k: [str(i.path), i.format, i.virtual_size] for k, i in self._images.items()},
+            "snapshots": {k: [str(i.path), i.format, i.virtual_size] for k, i in self._snapshots.items()},
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -147,6 +149,8 @@ class SimDriver(HypervisorDriver):
             )
         for k, (p, fmt, size) in data["images"].items():
             self._images[k] = ImageInfo(path=Path(p), format=fmt, virtual_size=size, actual_size=size)
+        for k, (p, fmt, size) in data.get("snapshots", {}).items():
+            self._snapshots[k] = ImageInfo(path=Path(p), format=fmt, virtual_size=size, actual_size=0)
 
     # -- contract --------------------------------------------------------------------------
 
@@ -155,6 +159,7 @@ class SimDriver(HypervisorDriver):
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._vms.clear()
             self._images.clear()
+            self._snapshots.clear()
             self._load()
 
     async def close(self) -> None:
@@ -172,6 +177,9 @@ class SimDriver(HypervisorDriver):
                 raise DriverError(f"simulated failure creating {spec.name}", vm_id=spec.id)
             if spec.template_id is not None and spec.template_id not in self._images:
                 raise DriverError(f"template {spec.template_id} has no image on {self.hostname}", vm_id=spec.id)
+            snapshot_base = spec.template_image is not None and "/snapshots/" in spec.template_image
+            if snapshot_base and not any(str(i.path) == spec.template_image for i in self._snapshots.values()):
+                raise DriverError(f"snapshot image {spec.template_image} is not on {self.hostname}", vm_id=spec.id)
             self._check_capacity(spec.resources)
             self._vms[spec.id] = _SimVm(spec=spec, resources=spec.resources)
             self._save()
@@ -270,6 +278,29 @@ class SimDriver(HypervisorDriver):
 
     async def list_vms(self) -> list[VmRuntime]:
         return [VmRuntime(vm_id=i, state=v.state, started_at=v.started_at) for i, v in self._vms.items()]
+
+    async def snapshot_vm(self, vm_id: str, snapshot_id: str) -> ImageInfo:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if snapshot_id not in self._snapshots:
+                await self._delay()
+                size = vm.resources.disk_gb * 2**30
+                self._snapshots[snapshot_id] = ImageInfo(path=Path(f"/sim/{self.hostname}/snapshots/{snapshot_id}"), format="qcow2", virtual_size=size, actual_size=0)
+                self._save()
+            return self._snapshots[snapshot_id]
+
+    async def revert_vm(self, vm_id: str, snapshot_image: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if vm.state != PowerState.STOPPED:
+                raise InvalidState(f"VM {vm_id} must be stopped to revert", current=vm.state, required="stopped")
+            if not any(str(i.path) == snapshot_image for i in self._snapshots.values()):
+                raise DriverError(f"snapshot image {snapshot_image} is not on {self.hostname}", vm_id=vm_id)
+            await self._delay()
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        if self._snapshots.pop(snapshot_id, None) is not None:
+            self._save()
 
     async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
         if template_id in self._images:

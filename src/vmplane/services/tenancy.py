@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role, key_digest, key_prefix, new_api_key
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
+from ..store import snapshots as snap_q
 from ..store import tenancy as t_q
 from .vms import check_name
 
@@ -295,7 +296,8 @@ class TenancyService:
             if org is None:
                 raise NotFound(f"organization {target} does not exist")
             usage = await t_q.org_usage(conn, target)
-        used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms), "snapshots": 0}
+            snaps = await snap_q.count_for_org(conn, target)
+        used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms), "snapshots": snaps}
         return {"orgId": target, "limits": {f: org.quotas.get(f) for f in QUOTA_FIELDS}, "usage": used}
 
     async def set_quotas(self, who: Principal, org_id: str, limits: dict[str, int | None]) -> dict[str, Any]:
@@ -307,7 +309,7 @@ class TenancyService:
             await t_q.set_quotas(conn, org_id, {k: v for k, v in limits.items() if v is not None})
         return await self.quotas(who, org_id)
 
-    async def reserve(self, conn: AsyncConnection, org_id: str, *, vcpu: int = 0, ram_mb: int = 0, disk_gb: int = 0, vms: int = 0) -> None:
+    async def reserve(self, conn: AsyncConnection, org_id: str, *, vcpu: int = 0, ram_mb: int = 0, disk_gb: int = 0, vms: int = 0, snapshots: int = 0) -> None:
         """Check that `org_id` may hold this much more, inside the transaction that records it.
 
         The organization's row is locked first (PostgreSQL; SQLite has one writer), so
@@ -317,6 +319,8 @@ class TenancyService:
             return
         usage = await t_q.org_usage(conn, org_id)
         want = {"vms": (int(usage.vms), vms), "vcpu": (int(usage.cpu), vcpu), "ramMb": (int(usage.ram_mb), ram_mb), "diskGb": (int(usage.disk_gb), disk_gb)}
+        if snapshots:
+            want["snapshots"] = (await snap_q.count_for_org(conn, org_id), snapshots)
         for field, (used, more) in want.items():
             limit = org.quotas.get(field)
             if limit is not None and more > 0 and used + more > limit:

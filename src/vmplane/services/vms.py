@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from sqlalchemy import Row
@@ -78,7 +78,8 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
 @dataclass(frozen=True)
 class NewVm:
     name: str
-    resources: Resources = DEFAULT_RESOURCES
+    resources: Resources | None = None
+    """None: the snapshot's, or DEFAULT_RESOURCES"""
     template_id: str | None = None
     node_id: str | None = None
     tags: tuple[str, ...] = ()
@@ -86,6 +87,8 @@ class NewVm:
     extra: dict[str, Any] = field(default_factory=dict)
     team: str | None = None
     """team id or name (default: the credential's team)"""
+    snapshot: str | None = None
+    """create the VM's disk as a copy-on-write clone of this snapshot"""
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class VmService:
         """Reserve names and ids for every VM and submit one vm-create job with a task each."""
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
+        specs = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
         seen: set[str] = set()
         for i, spec in enumerate(specs):
             where = f"[{i}].name" if len(specs) > 1 else "name"
@@ -173,6 +177,7 @@ class VmService:
                         "team_id": teams[spec.team],
                         "node_id": None,
                         "template_id": tpl.id if tpl is not None else None,
+                        "snapshot_id": spec.snapshot,
                         "status": VmStatus.PROVISIONING.value,
                         "cpu": spec.resources.cpu,
                         "ram_mb": spec.resources.ram_mb,
@@ -194,6 +199,24 @@ class VmService:
             )
         self.rt.engine.wakeup()
         return job_id, [r["id"] for r in rows]
+
+    async def _resolve(self, spec: NewVm, who: Principal, index: int | None) -> NewVm:
+        """Fill in what a spec leaves to defaults; a VM from a snapshot takes the snapshot's
+        template, node and resources, and its disk may only grow."""
+        prefix = "" if index is None else f"[{index}]."
+        if spec.snapshot is None:
+            return spec if spec.resources is not None else replace(spec, resources=DEFAULT_RESOURCES)
+        snap = await self.rt.snapshots.for_new_vm(spec.snapshot, who)
+        if spec.template_id is not None:
+            raise InvalidRequest("give snapshotId or templateId, not both", field=f"{prefix}templateId")
+        if spec.node_id is not None and spec.node_id != snap.node_id:
+            raise InvalidRequest(f"snapshot {snap.id} lives on {snap.node_id}; its clones go there", field=f"{prefix}nodeId")
+        r = snap.config["resources"]
+        base = Resources(r["cpu"], r["ramMb"], r["diskGb"])
+        want = spec.resources or base
+        if want.disk_gb < base.disk_gb:
+            raise InvalidRequest(f"resources.diskGb may only grow from the snapshot's {base.disk_gb} GB", field=f"{prefix}resources.diskGb")
+        return replace(spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id)
 
     async def _reserve_ports(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""

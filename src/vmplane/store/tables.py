@@ -45,6 +45,7 @@ vms = Table(
     Column("team_id", String(64), nullable=True, index=True),
     Column("node_id", String(64), nullable=True, index=True),
     Column("template_id", String(64), nullable=True, index=True),
+    Column("snapshot_id", String(64), nullable=True, index=True),
     Column("status", String(16), nullable=False, index=True),
     Column("cpu", Integer, nullable=False),
     Column("ram_mb", BigInteger, nullable=False),
@@ -358,3 +359,25 @@ vm_usage = Table(
     Column("end", Float, nullable=True),
 )
 """Billing: one row per span of time a VM held a given shape (open while it still does)."""
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("team_id", String(64), nullable=True),
+    Column("vm_id", String(64), nullable=False, index=True),
+    Column("vm_name", String(63), nullable=False),
+    Column("node_id", String(64), nullable=True),
+    Column("template_id", String(64), nullable=True, index=True),
+    Column("name", String(63), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("image_path", Text, nullable=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""Snapshots of VM disks (node-local images) with the VM's configuration at that moment."""

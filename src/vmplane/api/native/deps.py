@@ -45,6 +45,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def accepted(job_id: str, **extra: Any) -> JSONResponse:
+    """202 with the job's id (and whatever ids the request created) and Location."""
     """202 with the job's id and Location."""
     body = JobAccepted(jobId=job_id, **extra).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=202, headers={"Location": f"/api/v1/jobs/{job_id}"})

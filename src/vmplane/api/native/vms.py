@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
 from ... import clock
-from ...domain import DEFAULT_RESOURCES, Resources
+from ...domain import Resources
 from ...errors import InvalidRequest
 from ...services.vms import NewVm, VmChange
 from .. import render
@@ -55,7 +55,8 @@ def _new_vm(spec: VmCreateIn) -> NewVm:
     r = spec.resources
     return NewVm(
         name=spec.name,
-        resources=Resources(r.cpu, r.ramMb, r.diskGb) if r else DEFAULT_RESOURCES,
+        resources=Resources(r.cpu, r.ramMb, r.diskGb) if r else None,
+        snapshot=spec.snapshotId,
         template_id=spec.templateId,
         node_id=spec.nodeId,
         tags=tuple(spec.tags),

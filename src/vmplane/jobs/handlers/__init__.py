@@ -1,6 +1,7 @@
 """Job handlers, one operation per module; `HANDLERS` maps task types to them."""
 
 from ..engine import Handler
+from .snapshots import SnapshotCreate, SnapshotDelete, VmRevert
 from .template_delete import TemplateDelete
 from .template_import import TemplateImport
 from .template_update import TemplateUpdate
@@ -24,4 +25,7 @@ def all_handlers() -> dict[str, Handler]:
         "template-create": TemplateImport(),
         "template-update": TemplateUpdate(),
         "template-delete": TemplateDelete(),
+        "snapshot-create": SnapshotCreate(),
+        "snapshot-delete": SnapshotDelete(),
+        "vm-revert": VmRevert(),
     }

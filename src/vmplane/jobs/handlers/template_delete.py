@@ -3,6 +3,7 @@
 from ... import clock
 from ...errors import Conflict
 from ...store import templates as tpl_q
+from ...store import snapshots as snap_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler
@@ -19,6 +20,9 @@ class TemplateDelete(BaseHandler):
             users = await vm_q.vms_using_template(conn, tpl.id)
             if users:
                 raise Conflict(f"template {tpl.name} is used by {users} VM(s); delete them first")
+            snaps = await snap_q.using_template(conn, tpl.id)
+            if snaps:
+                raise Conflict(f"template {tpl.name} backs {snaps} snapshot(s); delete them first")
             # From here on no new VM may start from it (creates need status `ready`).
             await tpl_q.set_template(conn, tpl.id, status="deleting", updated_at=clock.now())
         ctx.log(f"Starting delete of template {tpl.name}")

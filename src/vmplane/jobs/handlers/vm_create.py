@@ -8,6 +8,7 @@ from ...domain import VmStatus
 from ...errors import VmplaneError
 from ...placement import Demand
 from ...store import guest as guest_q
+from ...store import snapshots as snap_q
 from ...store import usage as usage_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
@@ -37,6 +38,12 @@ class VmCreate(BaseHandler):
             await ctx.progress(20, f"placed on {node_id}")
         driver = rt.registry.driver(node_id)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
+        if vm.snapshot_id is not None:  # a copy-on-write clone of the snapshot's disk
+            async with rt.store.read() as conn:
+                snap = await snap_q.get_snapshot(conn, vm.snapshot_id)
+            if snap is None or snap.image_path is None:
+                raise VmplaneError(f"snapshot {vm.snapshot_id} no longer exists")
+            image = snap.image_path
         await driver.create_vm(vm_spec(vm, image, boot))
         if not start:
             ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, updated_at=clock.now()))

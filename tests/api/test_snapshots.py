@@ -1,0 +1,65 @@
+"""Snapshots through the API (sim driver): live and offline, clones, revert, the rules."""
+
+from typing import Any
+
+from ..support import Server
+
+
+async def snapshot(server: Server, vm_id: str, name: str) -> dict[str, Any]:
+    r = await server.client.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": name})
+    assert r.status_code == 202, r.text
+    job = await server.wait_job(r.json()["jobId"])
+    assert job["state"] == "succeeded", job
+    return (await server.client.get(f"/api/v1/snapshots/{r.json()['snapshotId']}")).json()
+
+
+async def test_snapshot_clone_revert_and_delete_rules(server: Server) -> None:
+    c = server.client
+    job = await server.create({"name": "origin", "resources": {"cpu": 2, "ramMb": 2048, "diskGb": 20}})
+    vm_id = job["tasks"][0]["resourceId"]
+    snap = await snapshot(server, vm_id, "before-upgrade")
+    assert snap["status"] == "ready" and snap["vmId"] == vm_id and snap["resources"] == {"cpu": 2, "ramMb": 2048, "diskGb": 20}
+    assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "running"  # taken live
+    assert [s["id"] for s in (await c.get("/api/v1/snapshots", params={"vmId": vm_id})).json()["items"]] == [snap["id"]]
+
+    # a clone takes the snapshot's shape and node; its disk may only grow
+    r = await c.post("/api/v1/vms", json={"name": "clone", "snapshotId": snap["id"], "resources": {"cpu": 1, "ramMb": 512, "diskGb": 10}})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "resources.diskGb"
+    clone_job = await server.create({"name": "clone", "snapshotId": snap["id"]})
+    assert clone_job["state"] == "succeeded", clone_job
+    clone = (await c.get(f"/api/v1/vms/{clone_job['tasks'][0]['resourceId']}")).json()
+    assert clone["snapshotId"] == snap["id"] and clone["resources"] == snap["resources"] and clone["node"] == snap["nodeId"]
+
+    # deleting a snapshot that backs a clone is refused; renaming is fine
+    r = await c.delete(f"/api/v1/snapshots/{snap['id']}")
+    assert r.status_code == 409 and "cloned" in r.json()["error"]
+    assert (await c.patch(f"/api/v1/snapshots/{snap['id']}", json={"name": "renamed"})).json()["name"] == "renamed"
+
+    # revert: the VM is stopped, restored and started again
+    r = await c.post(f"/api/v1/vms/{vm_id}/revert", json={"snapshotId": snap["id"]})
+    assert (await server.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "running"
+    r = await c.post(f"/api/v1/vms/{clone['id']}/revert", json={"snapshotId": snap["id"]})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "snapshotId"  # not its own snapshot
+
+    # once the clone is gone the snapshot can go
+    r = await c.delete(f"/api/v1/vms/{clone['id']}")
+    await server.wait_job(r.json()["jobId"])
+    r = await c.delete(f"/api/v1/snapshots/{snap['id']}")
+    assert r.status_code == 202 and (await server.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    assert (await c.get(f"/api/v1/snapshots/{snap['id']}")).status_code == 404
+
+
+async def test_offline_snapshot_quota_and_validation(server: Server) -> None:
+    c = server.client
+    job = await server.create({"name": "cold", "start": False})
+    vm_id = job["tasks"][0]["resourceId"]
+    snap = await snapshot(server, vm_id, "offline-one")
+    assert snap["status"] == "ready"
+    assert (await c.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": "bad name"})).status_code == 400
+    assert (await c.post("/api/v1/vms/vm-none00000000/snapshots", json={"name": "x"})).status_code == 404
+    assert (await c.post("/api/v1/vms", json={"name": "x", "snapshotId": "snap-nope"})).status_code == 404
+    await c.put("/api/v1/orgs/org-default/quotas", json={"snapshots": 1})
+    r = await c.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": "two"})
+    assert r.status_code == 409 and r.json()["code"] == "quota_exceeded"
+    assert (await c.get("/api/v1/org/quotas")).json()["usage"]["snapshots"] == 1
