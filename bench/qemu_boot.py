@@ -105,6 +105,7 @@ class Run:
     server_cpu: float = 0.0
     bench_cpu: float = 0.0
     qemu_cpu: float = 0.0
+    lag: list[float] = field(default_factory=list)  # API: seen in console/log this long after in serial.log
     cpu_to_line: list[float] = field(default_factory=list)  # CPU each guest's QEMU had used when its line was seen
     host_cpu: float = 0.0  # the whole host was busy this many CPU seconds during the run
 
@@ -242,9 +243,15 @@ class Bench:
             resp = await client.get(f"/api/v1/vms/{vm_id}/console/log")
             return vm_id, resp.status_code == 200 and INIT_START_LINE in resp.text, time.perf_counter() - t0
 
+        in_file: dict[str, float] = {}  # diagnostics: when serial.log itself first held the line
         ticker = Ticker(poll)
         while len(first) < n:
             pending = [v for v in vm_ids if v not in first]
+            for v in pending:
+                if v not in in_file:
+                    with contextlib.suppress(FileNotFoundError):
+                        if LINE in (self.vms_dir / v / "serial.log").read_bytes():
+                            in_file[v] = time.perf_counter() - t0
             for vm_id, found, t in await asyncio.gather(*(look(v) for v in pending)):
                 if found:
                     first[vm_id] = t
@@ -262,6 +269,7 @@ class Bench:
             if len(first) < n:
                 await ticker.tick()
         run = Run("api", [first[v] for v in vm_ids], accepted=accepted, cpu_to_line=[cpu_at[v] for v in vm_ids])
+        run.lag = [first[v] - in_file.get(v, first[v]) for v in vm_ids]
         run.host_cpu = busy_cpu() - host0
         run.server_cpu = cpu_seconds(self.server_pid) - srv_cpu0
         run.bench_cpu = self_cpu() - bench_cpu0
@@ -481,6 +489,10 @@ def report_phases(api: list[Run], bare: list[Run], n: int, poll: float) -> None:
           f"disk+seed+vm.json written {defined:.0f} ms; QEMU spawned {spawned:.0f} ms")  # fmt: skip
     print(f"  spawn -> first line ({'mean per guest, ' if n > 1 else ''}median): API {api_sl:.2f} s vs bare {bare_sl:.2f} s "
           f"(QEMU-side difference {api_sl - bare_sl:+.2f} s)")  # fmt: skip
+    if api[0].lag:
+        print(f"  console/log lag behind serial.log (per guest; median over runs): mean "
+              f"{med([statistics.fmean(r.lag) for r in api]) * 1000:.0f} ms, max {med([max(r.lag) for r in api]) * 1000:.0f} ms "
+              f"(the file is checked once per tick just before the GETs, so up to one tick of it is polling)")  # fmt: skip
     if n > 1:
         first_sp = med([min(r.spawned) for r in api]) * 1000
         print(f"  API spawns spread: first QEMU at {first_sp:.0f} ms, last at {spawned:.0f} ms after POST")

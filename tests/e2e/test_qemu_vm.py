@@ -223,7 +223,7 @@ async def test_imported_disk_images_boot_and_bad_ones_fail(qemu_server: Server, 
     assert tpl["status"] == "error" and tpl["error"]
 
 
-async def test_snapshot_of_a_running_guest_clones_and_reverts_its_disk(qemu_server: Server) -> None:
+async def test_snapshot_of_a_running_guest_clones_and_reverts_its_disk(qemu_server: Server, caplog: pytest.LogCaptureFixture) -> None:
     s, c = qemu_server, qemu_server.client
     tpl = await tiny_template(s)
     job = await s.create({"name": "snap-src", "templateId": tpl, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}})
@@ -241,6 +241,8 @@ async def test_snapshot_of_a_running_guest_clones_and_reverts_its_disk(qemu_serv
     snap_id = r.json()["snapshotId"]
     assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
     assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "running"  # live: never stopped
+    assert "no file system freeze" not in caplog.text  # the guest agent froze its file systems
+    assert (await run(vm_id, "touch /mnt/disk/thawed"))["exitCode"] == 0  # and thawed them
     await run(vm_id, "echo overwritten > /mnt/disk/data.txt && sync")
 
     clone = await s.create({"name": "snap-clone", "snapshotId": snap_id})

@@ -55,6 +55,8 @@ SERIAL_LOG_MAX = 8 << 20
 SERIAL_LOG_KEEP = 1 << 20
 POWER_BUTTON_REPEAT = 3.0
 """shutdown_vm presses the ACPI power button again this often (a guest still booting misses it)."""
+FREEZE_TIMEOUT = 10.0
+"""how long a guest-fsfreeze command may take"""
 AGENT_RETRY_AFTER = 30.0
 """stats_vm does not wait for an agent that did not answer within this many seconds."""
 
@@ -307,11 +309,18 @@ class QemuDriver(HypervisorDriver):
             await images.create_blank(self.qemu_img, target, info.virtual_size, vm_id=vm.id)
         job = f"snap-{uuid.uuid4().hex[:8]}"
         monitor = self._monitor(vm)
-        await monitor.execute(
-            "drive-backup",
-            {"job-id": job, "device": DISK_ID, "target": str(target), "format": "qcow2", "mode": "existing",
-             "sync": "top" if info.backing_file else "full", "auto-dismiss": False},  # fmt: skip
-        )
+        frozen = await self._freeze(vm)
+        try:
+            # The copy is of the disk at the moment the job starts (copy-before-write), so
+            # the guest's file systems need to be frozen only that long.
+            await monitor.execute(
+                "drive-backup",
+                {"job-id": job, "device": DISK_ID, "target": str(target), "format": "qcow2", "mode": "existing",
+                 "sync": "top" if info.backing_file else "full", "auto-dismiss": False},  # fmt: skip
+            )
+        finally:
+            if frozen:
+                await self._thaw(vm)
         try:
             while True:
                 jobs = {j["id"]: j for j in await monitor.execute("query-jobs")}
@@ -326,6 +335,22 @@ class QemuDriver(HypervisorDriver):
         finally:
             with contextlib.suppress(Exception):
                 await monitor.execute("job-dismiss", {"id": job})
+
+    async def _freeze(self, vm: _Vm) -> bool:
+        """Freeze the guest's file systems through its agent, if it answers quickly. A guest
+        without an agent gets a crash-consistent copy instead (as after a power cut)."""
+        try:
+            await self._agent(vm).execute("guest-fsfreeze-freeze", timeout=FREEZE_TIMEOUT, ready_timeout=2.0)
+            return True
+        except DriverError as exc:
+            log.warning("VM %s: no file system freeze for its snapshot (%s)", vm.id, exc.message)
+            return False
+
+    async def _thaw(self, vm: _Vm) -> None:
+        try:
+            await self._agent(vm).execute("guest-fsfreeze-thaw", timeout=FREEZE_TIMEOUT, ready_timeout=2.0)
+        except DriverError as exc:  # the agent thaws by itself after its own timeout
+            log.warning("VM %s: thawing its file systems failed: %s", vm.id, exc.message)
 
     async def revert_vm(self, vm_id: str, snapshot_image: str) -> None:
         async with self._lock(vm_id):
