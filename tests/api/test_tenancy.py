@@ -292,3 +292,21 @@ async def test_usage_metering_bills_allocated_time_by_instance_type(server: Serv
     assert (await b.get("/api/v1/usage")).json()["items"] == []
     assert small["state"] == "succeeded"
     await b.aclose()
+
+
+async def test_rs256_jwts_with_a_public_key_file(server_factory: Any, tmp_path: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "idp.pem").write_bytes(pem)
+    server = await server_factory(jwt_public_key_file=tmp_path / "idp.pem")
+    anon = httpx.AsyncClient(base_url=server.url)
+    good = jwt.encode({"sub": "admin", "exp": int(time.time()) + 60}, private, algorithm="RS256")
+    assert (await anon.get("/api/v1/vms", headers={"Authorization": f"Bearer {good}"})).status_code == 200
+    forged = jwt.encode({"sub": "admin", "exp": int(time.time()) + 60}, rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256")
+    assert (await anon.get("/api/v1/vms", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
+    hs = jwt.encode({"sub": "admin", "exp": int(time.time()) + 60}, "z" * 40, algorithm="HS256")
+    assert (await anon.get("/api/v1/vms", headers={"Authorization": f"Bearer {hs}"})).status_code == 401  # no algorithm switching
+    await anon.aclose()
