@@ -19,6 +19,8 @@ declare -A tool_pkg=(
   [syslinux]=syslinux
   [mcopy]=mtools
   [mkfs.fat]=dosfstools
+  # backups go to a restic repository (content-addressed, de-duplicated, verified)
+  [restic]=restic
 )
 
 # mkfs.ext4 lives in /sbin, which may be missing from a non-root PATH.
@@ -54,7 +56,7 @@ export DEBIAN_FRONTEND=noninteractive
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-qemu: installing ${missing[*]} (+ the base set)"
   "${SUDO[@]}" apt-get install -y --no-install-recommends \
-    qemu-system-x86 qemu-utils e2fsprogs syslinux syslinux-common mtools dosfstools "${missing[@]}"
+    qemu-system-x86 qemu-utils e2fsprogs syslinux syslinux-common mtools dosfstools restic "${missing[@]}"
 fi
 
 for tool in "${!tool_pkg[@]}"; do

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
 
+    backup_dir: Path | None = None
+    """The backup store (a restic repository): default `<data_dir>/backups`; any mounted path."""
+
     insecure_no_auth: bool = False
     """Serve without authentication (every caller is the bootstrap owner). Only on loopback."""
     jwt_secret: SecretStr | None = None

@@ -16,6 +16,8 @@ from .jobs.engine import JobEngine
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
 from .events.webhooks import WebhookDelivery
+from .backupstore import BackupStore
+from .services.backups import BackupService
 from .services.billing import Billing
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
@@ -63,6 +65,10 @@ class Runtime:
         self.tenancy = TenancyService(self)
         self.billing = Billing(self)
         self.snapshots = SnapshotService(self)
+        self.backups = BackupService(self)
+        self.backup_store = BackupStore(
+            settings.backup_dir or self.data_dir / "backups", self.data_dir / "backup-repo-password"
+        )
         self.internal_token = secrets.token_urlsafe(32)
         self.app: Any = None
         """the ASGI app serving this runtime (schedules replay requests through it)"""

@@ -63,3 +63,14 @@ async def test_offline_snapshot_quota_and_validation(server: Server) -> None:
     r = await c.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": "two"})
     assert r.status_code == 409 and r.json()["code"] == "quota_exceeded"
     assert (await c.get("/api/v1/org/quotas")).json()["usage"]["snapshots"] == 1
+
+
+async def test_backups_need_a_driver_that_exports_disks(server: Server) -> None:
+    job = await server.create({"name": "simvm"})
+    vm_id = job["tasks"][0]["resourceId"]
+    r = await server.client.post(f"/api/v1/vms/{vm_id}/backups", json={"notes": "x"})
+    assert r.status_code == 409 and "cannot back up" in r.json()["error"]
+    assert (await server.client.get("/api/v1/backups")).json()["items"] == []
+    assert (await server.client.get("/api/v1/backups/bkp-nothere")).status_code == 404
+    listed = (await server.client.get(f"/api/v1/vms/{vm_id}/backups")).json()
+    assert listed == {"items": [], "backupInProgress": False, "restoreInProgress": False}

@@ -261,3 +261,60 @@ async def test_snapshot_of_a_running_guest_clones_and_reverts_its_disk(qemu_serv
     r = await c.delete(f"/api/v1/snapshots/{snap_id}")
     assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
     assert not list(Path(s.rt.data_dir).rglob(f"{snap_id}*"))
+
+
+async def test_backup_and_restore_of_a_running_guest(qemu_server: Server) -> None:
+    s, c = qemu_server, qemu_server.client
+    if not s.rt.backup_store.available():
+        require_qemu()
+        pytest.skip("restic is not installed")
+    tpl = await tiny_template(s)
+    job = await s.create({"name": "bk-src", "templateId": tpl, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}})
+    vm_id = job["tasks"][0]["resourceId"]
+
+    async def run(vm: str, script: str) -> dict[str, Any]:
+        async def answered() -> dict[str, Any] | None:
+            r = await c.post(f"/api/v1/vms/{vm}/exec", json={"command": ["sh", "-c", script], "timeoutSec": 20})
+            return r.json() if r.status_code == 200 and r.json()["exitCode"] == 0 else None
+
+        return await wait_for(answered, 60, f"{script!r} in {vm}")
+
+    await run(vm_id, "grep -q ' /mnt/disk ' /proc/mounts && head -c 30000000 /dev/urandom > /mnt/disk/blob && md5sum /mnt/disk/blob > /mnt/disk/blob.md5 && sync")
+    original = (await run(vm_id, "cat /mnt/disk/blob.md5"))["stdout"]
+
+    async def backup(notes: str) -> dict[str, Any]:
+        r = await c.post(f"/api/v1/vms/{vm_id}/backups", json={"notes": notes})
+        assert r.status_code == 202, r.text
+        second = await c.post(f"/api/v1/vms/{vm_id}/backups", json={"notes": "at the same time"})
+        assert second.status_code == 409  # one backup or restore per VM at a time
+        job = await s.wait_job(r.json()["jobId"], timeout=120)
+        assert job["state"] == "succeeded", job
+        return (await c.get(f"/api/v1/backups/{r.json()['backupId']}")).json()
+
+    first = await backup("first")
+    assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "running"  # live
+    again = await backup("unchanged")
+    assert first["logicalBytes"] == again["logicalBytes"] == 2 * 2**30
+    assert again["storedBytes"] < 0.05 * first["storedBytes"]  # de-duplicated
+
+    await run(vm_id, "head -c 3000000 /dev/urandom > /mnt/disk/blob && sync")
+    r = await c.post(f"/api/v1/vms/{vm_id}/restore", json={"backupId": first["id"]})
+    assert (await s.wait_job(r.json()["jobId"], timeout=120))["state"] == "succeeded"
+    assert (await run(vm_id, "md5sum /mnt/disk/blob"))["stdout"] == original
+
+    listed = (await c.get(f"/api/v1/vms/{vm_id}/backups")).json()
+    assert [b["id"] for b in listed["items"]] == [again["id"], first["id"]] and listed["backupInProgress"] is False
+    storage = (await c.get("/api/v1/backups/storage")).json()
+    assert storage["items"][0]["backups"] == 2 and storage["repositoryBytes"] < 2 * first["storedBytes"]
+
+    # a corrupt chunk fails the restore loudly and leaves the VM as it was
+    packs = sorted((s.rt.data_dir / "backups" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    biggest = packs[-1]
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+    r = await c.post(f"/api/v1/vms/{vm_id}/restore", json={"backupId": first["id"]})
+    job = await s.wait_job(r.json()["jobId"], timeout=120)
+    assert job["state"] == "failed" and "restore failed" in job["tasks"][0]["error"], job
+    assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "running"
+    assert (await run(vm_id, "md5sum /mnt/disk/blob"))["stdout"] == original

@@ -114,6 +114,7 @@ class JobAccepted(BaseModel):
     vmIds: list[str] | None = None
     templateId: str | None = None
     snapshotId: str | None = None
+    backupId: str | None = None
 
 
 class ResourcesOut(BaseModel):

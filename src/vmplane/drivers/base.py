@@ -41,6 +41,8 @@ class Capabilities:
     """commands run in the guest through its agent: `exec_vm` works."""
     stats: bool = False
     """`stats_vm` reports measured figures."""
+    disk_export: bool = False
+    """`export_disk` and `import_disk` work (what backups are made from and restored to)."""
     image_formats: frozenset[str] = frozenset({"qcow2", "raw"})
 
 
@@ -181,6 +183,16 @@ class HypervisorDriver(ABC):
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         """The last `max_bytes` of what the guest wrote on its serial console."""
         raise DriverError(f"{self.capabilities.kind} driver has no serial console")
+
+    async def export_disk(self, vm_id: str, dest: Path) -> int:
+        """Write the VM's whole disk, as it is now (point in time; live if it runs), as a
+        sparse raw image at `dest`. Returns its size in bytes. Needs `capabilities.disk_export`."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot export disks")
+
+    async def import_disk(self, vm_id: str, source: Path) -> None:
+        """Replace a stopped VM's disk with the raw image at `source` (which must fit its disk
+        size). InvalidState if it runs. Needs `capabilities.disk_export`."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot import disks")
 
     async def stats_vm(self, vm_id: str) -> VmStats:
         """Measured usage of a running VM. Needs `capabilities.stats`."""

@@ -381,3 +381,23 @@ snapshots = Table(
     Column("updated_at", Float, nullable=False),
 )
 """Snapshots of VM disks (node-local images) with the VM's configuration at that moment."""
+
+backups = Table(
+    "backups",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("team_id", String(64), nullable=True),
+    Column("vm_id", String(64), nullable=False, index=True),
+    Column("vm_name", String(63), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("notes", Text, nullable=False),
+    Column("repo_snapshot", String(80), nullable=True),
+    Column("logical_bytes", BigInteger, nullable=False),
+    Column("added_bytes", BigInteger, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+"""Backups of VM disks in the backup store (a restic repository); they outlive their VM."""

@@ -116,7 +116,7 @@ class QemuDriver(HypervisorDriver):
         self.start_timeout = start_timeout
         self.agent_timeout = agent_timeout
         self.capabilities = Capabilities(
-            kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True
+            kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True
         )
         self._vms: dict[str, _Vm] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -372,6 +372,39 @@ class QemuDriver(HypervisorDriver):
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         self._snapshot_path(snapshot_id).unlink(missing_ok=True)
+
+    async def export_disk(self, vm_id: str, dest: Path) -> int:
+        vm = self._vm(vm_id)
+        if self._live_pid(vm) is not None:  # a point-in-time copy first, then flatten it
+            temp_id = "snap-" + uuid.uuid4().hex[:12]
+            info = await self.snapshot_vm(vm_id, temp_id)
+            try:
+                await images.to_raw(self.qemu_img, info.path, dest, vm_id=vm_id)
+            finally:
+                await self.delete_snapshot(temp_id)
+        else:
+            async with self._lock(vm_id):
+                await images.to_raw(self.qemu_img, vm.paths.disk, dest, vm_id=vm_id)
+        return dest.stat().st_size
+
+    async def import_disk(self, vm_id: str, source: Path) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if self._live_pid(vm) is not None:
+                raise InvalidState(f"VM {vm_id} must be stopped to restore its disk", current="running", required="stopped")
+            size = vm.config.resources.disk_gb * GIB
+            if source.stat().st_size > size:
+                raise DriverError(f"the image ({source.stat().st_size} bytes) is larger than the VM's disk ({size} bytes)", vm_id=vm_id)
+            part = vm.paths.disk.with_suffix(".import")
+            try:
+                base = Path(vm.config.template_image) if vm.config.template_image else None
+                fmt = (await images.disk_info(self.qemu_img, base, vm_id=vm_id)).format if base else None
+                await images.from_raw(self.qemu_img, source, part, base, fmt, vm_id=vm_id)
+                if (await images.disk_info(self.qemu_img, part, vm_id=vm_id)).virtual_size < size:
+                    await images.grow(self.qemu_img, part, size, vm_id=vm_id)
+                os.replace(part, vm.paths.disk)
+            finally:
+                part.unlink(missing_ok=True)
 
     # -- power -----------------------------------------------------------------------------
 

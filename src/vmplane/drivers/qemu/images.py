@@ -86,6 +86,19 @@ async def grow(qemu_img: str, path: Path, size: int, **details: Any) -> None:
     await _checked([qemu_img, "resize", "-q", "-f", "qcow2", str(path), str(size)], "cannot grow the disk", **details)
 
 
+async def to_raw(qemu_img: str, source: Path, dest: Path, **details: Any) -> None:
+    """Flatten an image (with its backing chain) into a sparse raw file."""
+    await _checked([qemu_img, "convert", "-U", "-O", "raw", str(source), str(dest)], "cannot export the disk", **details)
+
+
+async def from_raw(qemu_img: str, source: Path, dest: Path, base: Path | None, base_format: str | None, **details: Any) -> None:
+    """A qcow2 image of a raw one; on `base` when given, storing only what differs from it."""
+    argv = [qemu_img, "convert", "-f", "raw", "-O", "qcow2"]
+    if base is not None:
+        argv += ["-B", str(base), "-F", str(base_format)]
+    await _checked(argv + [str(source), str(dest)], "cannot import the disk", **details)
+
+
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""

@@ -1,6 +1,7 @@
 """Job handlers, one operation per module; `HANDLERS` maps task types to them."""
 
 from ..engine import Handler
+from .backups import BackupCreate, BackupDelete, VmRestore
 from .snapshots import SnapshotCreate, SnapshotDelete, VmRevert
 from .template_delete import TemplateDelete
 from .template_import import TemplateImport
@@ -28,4 +29,7 @@ def all_handlers() -> dict[str, Handler]:
         "snapshot-create": SnapshotCreate(),
         "snapshot-delete": SnapshotDelete(),
         "vm-revert": VmRevert(),
+        "backup-create": BackupCreate(),
+        "backup-delete": BackupDelete(),
+        "vm-restore": VmRestore(),
     }

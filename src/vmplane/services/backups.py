@@ -1,0 +1,108 @@
+"""Backups: a VM's whole disk, taken live, stored de-duplicated in the backup store; restored
+to the same VM or another one. One backup or restore per VM at a time (409 otherwise)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from sqlalchemy import Row
+
+from .. import clock, ids
+from ..auth import Principal
+from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..store import backups as bkp_q
+from .vms import visible
+
+GIB = 1 << 30
+
+
+class BackupService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    async def get(self, backup_id: str, who: Principal) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await bkp_q.get_backup(conn, backup_id)
+        if row is None or not visible(row, who):
+            raise NotFound(f"backup {backup_id} does not exist")
+        return row
+
+    async def list(self, who: Principal, vm_id: str | None = None) -> Sequence[Row]:
+        async with self.rt.store.read() as conn:
+            return await bkp_q.list_backups(conn, who.org_id, who.team_id, vm_id)
+
+    async def in_progress(self, vm_id: str) -> set[str]:
+        async with self.rt.store.read() as conn:
+            return await bkp_q.busy(conn, vm_id)
+
+    def _check_capable(self, vm: Row) -> None:
+        if vm.node_id is None:
+            raise InvalidState(f"VM {vm.id} is {vm.status} and has no disk yet", current=vm.status)
+        driver = self.rt.registry.driver(vm.node_id)
+        if not driver.capabilities.disk_export:
+            raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver, which cannot back up disks")
+        if not self.rt.backup_store.available():
+            raise Conflict("restic is not installed on this server: no backup store")
+
+    async def create(self, vm_ref: str, notes: str, who: Principal) -> tuple[str, str]:
+        vm = await self.rt.vms.get(vm_ref, who)
+        self._check_capable(vm)
+        now = clock.now()
+        backup_id = ids.new_id("bkp")
+        async with self.rt.store.write() as conn:
+            if await bkp_q.busy(conn, vm.id):
+                raise Conflict(f"VM {vm.id} already has a backup or restore in progress")
+            await bkp_q.insert_backup(
+                conn,
+                {"id": backup_id, "org_id": vm.org_id, "team_id": vm.team_id, "vm_id": vm.id, "vm_name": vm.name,
+                 "status": "running", "notes": notes, "logical_bytes": 0, "added_bytes": 0, "created_at": now},  # fmt: skip
+            )
+            job_id = await self.rt.engine.submit(conn, "backup-create", who, [(vm.id, {"backupId": backup_id})])
+        self.rt.engine.wakeup()
+        return job_id, backup_id
+
+    async def set_notes(self, backup_id: str, notes: str, who: Principal) -> Row:
+        await self.get(backup_id, who)
+        async with self.rt.store.write() as conn:
+            await bkp_q.set_backup(conn, backup_id, notes=notes)
+        return await self.get(backup_id, who)
+
+    async def delete(self, backup_id: str, who: Principal) -> str:
+        bkp = await self.get(backup_id, who)
+        if bkp.status == "running":
+            raise InvalidState(f"backup {bkp.id} is still running", current="running")
+        async with self.rt.store.write() as conn:
+            await bkp_q.set_backup(conn, bkp.id, status="deleting")
+            job_id = await self.rt.engine.submit(conn, "backup-delete", who, [(bkp.id, {})])
+        self.rt.engine.wakeup()
+        return job_id
+
+    async def restore(self, backup_id: str, target_ref: str, who: Principal) -> str:
+        bkp = await self.get(backup_id, who)
+        if bkp.status != "succeeded":
+            raise InvalidState(f"backup {bkp.id} is {bkp.status}", current=bkp.status)
+        target = await self.rt.vms.get(target_ref, who)
+        self._check_capable(target)
+        if bkp.logical_bytes > target.disk_gb * GIB:
+            raise InvalidRequest(f"VM {target.id}'s disk ({target.disk_gb} GB) is smaller than the backup ({bkp.logical_bytes} bytes)", field="targetVmId")
+        async with self.rt.store.write() as conn:
+            if await bkp_q.busy(conn, target.id):
+                raise Conflict(f"VM {target.id} already has a backup or restore in progress")
+            job_id = await self.rt.engine.submit(conn, "vm-restore", who, [(target.id, {"backupId": bkp.id})])
+        self.rt.engine.wakeup()
+        return job_id
+
+    async def storage(self, who: Principal) -> dict[str, Any]:
+        rows = [b for b in await self.list(who) if b.status == "succeeded"]
+        per_vm: dict[str, dict[str, Any]] = {}
+        for b in rows:
+            item = per_vm.setdefault(b.vm_id, {"vmId": b.vm_id, "vmName": b.vm_name, "backups": 0, "logicalBytes": 0, "storedBytes": 0})
+            item["backups"] += 1
+            item["logicalBytes"] += b.logical_bytes
+            item["storedBytes"] += b.added_bytes
+        return {
+            "items": list(per_vm.values()),
+            "logicalBytes": sum(i["logicalBytes"] for i in per_vm.values()),
+            "storedBytes": sum(i["storedBytes"] for i in per_vm.values()),
+            "repositoryBytes": await self.rt.backup_store.stored_bytes() if who.operator else None,
+        }
