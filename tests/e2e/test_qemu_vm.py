@@ -318,3 +318,42 @@ async def test_backup_and_restore_of_a_running_guest(qemu_server: Server) -> Non
     assert job["state"] == "failed" and "restore failed" in job["tasks"][0]["error"], job
     assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "running"
     assert (await run(vm_id, "md5sum /mnt/disk/blob"))["stdout"] == original
+
+
+async def test_backup_schedule_runs_and_keeps_the_newest(qemu_server: Server) -> None:
+    from vmplane import clock
+
+    from ..api.test_schedules import make_due
+
+    s, c = qemu_server, qemu_server.client
+    if not s.rt.backup_store.available():
+        require_qemu()
+        pytest.skip("restic is not installed")
+    job = await s.create({"name": "bk-sched", "templateId": await tiny_template(s), "resources": {"cpu": 1, "ramMb": 256, "diskGb": 1}})
+    vm_id = job["tasks"][0]["resourceId"]
+    r = await c.put(f"/api/v1/vms/{vm_id}/backup-schedule", json={"frequency": "weekly", "hourUtc": 3})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "dayOfWeek"
+    r = await c.put(f"/api/v1/vms/{vm_id}/backup-schedule", json={"frequency": "weekly", "hourUtc": 3, "dayOfWeek": 0, "keepLast": 2})
+    sch = r.json()
+    assert r.status_code == 200 and sch["frequency"] == "weekly" and sch["nextRun"].endswith("T03:00:00Z")
+    for n in range(1, 4):  # three due times
+        await make_due(s, sch["scheduleId"], clock.now())
+        await wait_for(
+            lambda: _schedule_done(c, sch["scheduleId"], n), 90, f"scheduled backup run {n}"
+        )
+    await asyncio.sleep(1)
+
+    async def kept() -> list[dict[str, Any]] | None:
+        items = (await c.get(f"/api/v1/vms/{vm_id}/backups")).json()["items"]
+        return items if len(items) == 2 else None
+
+    items = await wait_for(kept, 60, "retention to leave 2 backups")
+    assert all(i["status"] == "succeeded" and i["notes"] == "scheduled (weekly)" for i in items)
+    assert (await c.get(f"/api/v1/vms/{vm_id}/backup-schedule")).json()["keepLast"] == 2
+    assert (await c.delete(f"/api/v1/vms/{vm_id}/backup-schedule")).status_code == 204
+    assert (await c.get(f"/api/v1/vms/{vm_id}/backup-schedule")).status_code == 404
+
+
+async def _schedule_done(c: httpx.AsyncClient, schedule_id: str, n: int) -> bool:
+    s = (await c.get(f"/api/v1/schedules/{schedule_id}")).json()
+    return s["successCount"] >= n

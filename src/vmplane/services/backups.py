@@ -11,6 +11,7 @@ from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import backups as bkp_q
+from ..store import schedules as sch_q
 from .vms import visible
 
 GIB = 1 << 30
@@ -91,6 +92,43 @@ class BackupService:
             job_id = await self.rt.engine.submit(conn, "vm-restore", who, [(target.id, {"backupId": bkp.id})])
         self.rt.engine.wakeup()
         return job_id
+
+    async def prune(self, vm_id: str, keep_last: int, who: Principal) -> list[str]:
+        """Delete the VM's succeeded backups beyond the newest `keep_last`; returns their jobs."""
+        done = [b for b in await self.list(who, vm_id) if b.status == "succeeded"]
+        return [await self.delete(b.id, who) for b in done[keep_last:]]
+
+    # -- backup schedules (a schedule replaying POST /vms/{id}/backups, plus retention) -----
+
+    async def get_schedule(self, vm_ref: str, who: Principal) -> Row:
+        vm = await self.rt.vms.get(vm_ref, who)
+        async with self.rt.store.read() as conn:
+            sch = await sch_q.backup_schedule(conn, vm.id)
+        if sch is None:
+            raise NotFound(f"VM {vm.id} has no backup schedule")
+        return sch
+
+    async def put_schedule(self, vm_ref: str, who: Principal, *, frequency: str, hour: int, day_of_week: int | None, day_of_month: int | None, keep_last: int) -> Row:
+        vm = await self.rt.vms.get(vm_ref, who)
+        self._check_capable(vm)
+        if frequency == "weekly" and day_of_week is None:
+            raise InvalidRequest("weekly schedules need dayOfWeek (0 = Sunday … 6)", field="dayOfWeek")
+        if frequency == "monthly" and day_of_month is None:
+            raise InvalidRequest("monthly schedules need dayOfMonth (1-28)", field="dayOfMonth")
+        expr = {"daily": f"0 {hour} * * *", "weekly": f"0 {hour} * * {day_of_week}", "monthly": f"0 {hour} {day_of_month} * *"}[frequency]
+        template = {"method": "POST", "path": f"/api/v1/vms/{vm.id}/backups", "body": {"notes": f"scheduled ({frequency})"}}
+        async with self.rt.store.read() as conn:
+            existing = await sch_q.backup_schedule(conn, vm.id)
+        if existing is not None:
+            await self.rt.schedules.delete(existing.id, who)
+        return await self.rt.schedules.create(
+            name=f"backup-{vm.name}", schedule=expr, timezone="UTC", enabled=True, job_template=template,
+            misfire_policy="run_once", who=who, backup_vm_id=vm.id, keep_last=keep_last,
+        )  # fmt: skip
+
+    async def delete_schedule(self, vm_ref: str, who: Principal) -> None:
+        sch = await self.get_schedule(vm_ref, who)
+        await self.rt.schedules.delete(sch.id, who)
 
     async def storage(self, who: Principal) -> dict[str, Any]:
         rows = [b for b in await self.list(who) if b.status == "succeeded"]

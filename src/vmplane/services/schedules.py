@@ -66,7 +66,10 @@ class ScheduleService:
         async with self.rt.store.read() as conn:
             return [s for s in await sch_q.list_schedules(conn) if s.org_id == who.org_id]
 
-    async def create(self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str, who: Principal) -> Row:
+    async def create(
+        self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str,
+        who: Principal, backup_vm_id: str | None = None, keep_last: int | None = None,
+    ) -> Row:
         """The schedule runs with `who`'s identity (as a user of the organization, not its key)."""
         cron.check(schedule, timezone)
         template = check_template(job_template)
@@ -76,6 +79,7 @@ class ScheduleService:
             "job_template": template, "misfire_policy": misfire_policy, "owner": who.user_name,
             "next_run": cron.next_after(schedule, timezone, now) if enabled else None, "last_run": None,
             "run_count": 0, "success_count": 0, "failure_count": 0, "created_at": now, "updated_at": now,
+            "backup_vm_id": backup_vm_id, "keep_last": keep_last,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
             await sch_q.insert_schedule(conn, row)
@@ -196,6 +200,18 @@ class ScheduleService:
                 await ev_q.emit(conn, "schedule.failed", sch.id, {"id": sch.id, "name": sch.name, "error": error}, sch.org_id)
         return {"scheduleId": sch.id, "jobId": job_id, "error": error}
 
+    async def _retain(self, schedule_id: str) -> None:
+        """After a successful run of a VM's backup schedule, delete its oldest backups beyond keepLast."""
+        async with self.rt.store.read() as conn:
+            sch = await sch_q.get_schedule(conn, schedule_id)
+        if sch is None or sch.backup_vm_id is None or not sch.keep_last:
+            return
+        try:
+            who = await self.rt.tenancy.principal_for_internal(sch.owner_id, sch.org_id)
+            await self.rt.backups.prune(sch.backup_vm_id, sch.keep_last, who)
+        except Exception:  # retention must never stop the scheduler; the next run retries
+            log.exception("schedule %s: retention failed", schedule_id)
+
     async def _follow_runs(self) -> None:
         """Close runs whose job has ended, counting successes and failures."""
         async with self.rt.store.read() as conn:
@@ -207,6 +223,8 @@ class ScheduleService:
                 continue
             ok = job.state == JobState.SUCCEEDED
             error = None if ok else f"job {job.id} ended {job.state}"
+            if ok:
+                await self._retain(run.schedule_id)
             async with self.rt.store.write() as conn:
                 sch = await sch_q.get_schedule(conn, run.schedule_id)
                 await sch_q.set_run(conn, run.seq, state="succeeded" if ok else "failed", error=error)

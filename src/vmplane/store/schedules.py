@@ -17,6 +17,10 @@ async def get_schedule(conn: AsyncConnection, schedule_id: str) -> Row | None:
     return (await conn.execute(select(schedules).where(schedules.c.id == schedule_id))).first()
 
 
+async def backup_schedule(conn: AsyncConnection, vm_id: str) -> Row | None:
+    return (await conn.execute(select(schedules).where(schedules.c.backup_vm_id == vm_id))).first()
+
+
 async def list_schedules(conn: AsyncConnection) -> Sequence[Row]:
     return (await conn.execute(select(schedules).order_by(schedules.c.seq))).all()
 

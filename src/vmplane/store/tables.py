@@ -241,6 +241,8 @@ schedules = Table(
     Column("enabled", Boolean, nullable=False),
     Column("job_template", JSON, nullable=False),
     Column("misfire_policy", String(16), nullable=False),
+    Column("backup_vm_id", String(64), nullable=True),
+    Column("keep_last", Integer, nullable=True),
     Column("owner", String(255), nullable=False),
     Column("owner_id", String(64), nullable=False),
     Column("next_run", Float, nullable=True, index=True),
@@ -252,7 +254,9 @@ schedules = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    UniqueConstraint("backup_vm_id", name="uq_schedules_backup_vm_id"),
 )
+"""Cron schedules; a VM's backup schedule is one with `backup_vm_id` and `keep_last` set."""
 
 schedule_runs = Table(
     "schedule_runs",

@@ -1,8 +1,8 @@
 """/api/v1/vms/{id}/backups, /api/v1/backups, restore."""
 
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -105,3 +105,54 @@ async def restore(vm_id: str, body: RestoreIn, rt: RuntimeDep, who: CallerDep) -
 async def restore_to(backup_id: str, body: RestoreToIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Restore into another VM whose disk is large enough."""
     return accepted(await rt.backups.restore(backup_id, body.targetVmId, who))
+
+
+class BackupScheduleIn(In):
+    frequency: Literal["daily", "weekly", "monthly"]
+    hourUtc: int = Field(2, ge=0, le=23)
+    dayOfWeek: int | None = Field(None, ge=0, le=6, description="0 = Sunday (weekly)")
+    dayOfMonth: int | None = Field(None, ge=1, le=28, description="monthly")
+    keepLast: int = Field(7, ge=1, le=1000, description="backups kept after each successful run")
+
+
+class BackupScheduleOut(BaseModel):
+    scheduleId: str
+    frequency: str
+    hourUtc: int
+    dayOfWeek: int | None
+    dayOfMonth: int | None
+    keepLast: int
+    nextRun: str | None
+    lastRun: str | None
+
+
+def render_schedule(s: Any) -> dict[str, Any]:
+    _, hour, dom, _, dow = s.schedule.split()
+    frequency = "monthly" if dom != "*" else ("weekly" if dow != "*" else "daily")
+    return {
+        "scheduleId": s.id, "frequency": frequency, "hourUtc": int(hour), "dayOfWeek": None if dow == "*" else int(dow),
+        "dayOfMonth": None if dom == "*" else int(dom), "keepLast": s.keep_last, "nextRun": clock.rfc3339(s.next_run),
+        "lastRun": clock.rfc3339(s.last_run),
+    }  # fmt: skip
+
+
+@router.get("/vms/{vm_id}/backup-schedule", response_model=BackupScheduleOut, responses=ERRORS)
+async def get_backup_schedule(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse(render_schedule(await rt.backups.get_schedule(vm_id, who)))
+
+
+@router.put("/vms/{vm_id}/backup-schedule", response_model=BackupScheduleOut, responses=ERRORS)
+async def put_backup_schedule(vm_id: str, body: BackupScheduleIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Back the VM up daily, weekly or monthly at hourUtc; after each successful run only the
+    newest keepLast backups are kept."""
+    s = await rt.backups.put_schedule(
+        vm_id, who, frequency=body.frequency, hour=body.hourUtc, day_of_week=body.dayOfWeek,
+        day_of_month=body.dayOfMonth, keep_last=body.keepLast,
+    )  # fmt: skip
+    return JSONResponse(render_schedule(s))
+
+
+@router.delete("/vms/{vm_id}/backup-schedule", status_code=204, responses=ERRORS)
+async def delete_backup_schedule(vm_id: str, rt: RuntimeDep, who: CallerDep) -> Response:
+    await rt.backups.delete_schedule(vm_id, who)
+    return Response(status_code=204)
