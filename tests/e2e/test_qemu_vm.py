@@ -304,6 +304,18 @@ async def test_backup_and_restore_of_a_running_guest(qemu_server: Server) -> Non
 
     listed = (await c.get(f"/api/v1/vms/{vm_id}/backups")).json()
     assert [b["id"] for b in listed["items"]] == [again["id"], first["id"]] and listed["backupInProgress"] is False
+
+    # into another VM: too small a disk is refused, a large enough one gets the data
+    small = await s.create({"name": "bk-small", "templateId": tpl, "start": False, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 1}})
+    r = await c.post(f"/api/v1/backups/{first['id']}/restore", json={"targetVmId": small["tasks"][0]["resourceId"]})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "targetVmId"
+    other = await s.create({"name": "bk-other", "templateId": tpl, "start": False, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}})
+    other_id = other["tasks"][0]["resourceId"]
+    r = await c.post(f"/api/v1/backups/{first['id']}/restore", json={"targetVmId": other_id})
+    assert (await s.wait_job(r.json()["jobId"], timeout=120))["state"] == "succeeded"
+    r = await c.post(f"/api/v1/vms/{other_id}/start")
+    await s.wait_job(r.json()["jobId"], timeout=60)
+    assert (await run(other_id, "md5sum /mnt/disk/blob"))["stdout"] == original
     storage = (await c.get("/api/v1/backups/storage")).json()
     assert storage["items"][0]["backups"] == 2 and storage["repositoryBytes"] < 2 * first["storedBytes"]
 
