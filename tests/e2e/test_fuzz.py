@@ -25,7 +25,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(tmp_path: Path
              "--checks", "not_a_server_error,response_schema_conformance", "--max-examples", "15", "--seed", "7",
              # streams never end; revoking the fuzzer's own key or removing its user would only test 401s
              "--exclude-path-regex", r"^/api/v1/(events$|api-keys/\{|users/\{)", "--request-timeout", "20"],  # fmt: skip
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its cache goes there
         )
         summary = r.stdout[-4000:]
         print(summary[summary.find("Warnings"):])
