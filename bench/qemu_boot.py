@@ -1,6 +1,7 @@
 """Boot-latency benchmark (qemu driver): how much the control plane adds to a guest's boot.
 
-    .venv/bin/python bench/qemu_boot.py [--runs 3] [--bulk 10] [--bulk-runs 2] [--bare hand|driver]
+    .venv/bin/python bench/qemu_boot.py [--runs 5] [--bulk 10] [--bulk-runs 2] [--bare hand|driver]
+                                        [--poll-ms 50] [--bulk-poll-ms MS] [--observe api|file] [--keep]
 
 Prints two ratios (target: both at most 1.10):
 
@@ -28,8 +29,14 @@ virtio-net, virtio-rng, virtio-serial with the guest-agent port. `--bare hand` (
 that command line by hand with `-serial file:serial.log`; `--bare driver` replays the exact argv
 the driver ran (from run.json) minus -qmp and -pidfile.
 
-Runs alternate API and bare (API first on even runs, bare first on odd ones); the figures are
-medians. One cold run of each (first VM of a fresh server, which also imports the template on
+Runs alternate API and bare (API first in odd rounds, bare first in even ones); the figures are
+medians. Before each run it waits (up to --wait-idle s) for the rest of the host to go quiet,
+and prints how much CPU other processes used during each run: on a small shared host another
+workload moves a TCG boot by more than the overhead measured here, so read the per-pair ratios
+and that column before trusting one ratio. Each API run also prints where the time went (POST
+to 202, VM directory, disk+seed+vm.json, QEMU spawn, spawn to line, server CPU), and
+`--observe file` (a diagnostic) watches the API-created guests' serial.log files directly, to
+separate the control plane's cost from the cost of watching through console/log. One cold run of each (first VM of a fresh server, which also imports the template on
 the node; cold page cache for QEMU) is done first and printed separately, not counted.
 
 Starts its own `vmplane serve --driver qemu --accel tcg` through bench/common.py (free port,
@@ -116,7 +123,8 @@ class Run:
     @property
     def other_cpu(self) -> float:
         """CPU seconds used during the run by processes that are not part of the measurement
-        (another workload on the host); only an estimate (the server is 0 on the bare side)."""
+        (another workload on the host; an estimate: short-lived children such as qemu-img
+        count only once reaped)."""
         return max(0.0, self.host_cpu - self.server_cpu - self.bench_cpu - self.qemu_cpu)
 
     @property
@@ -305,8 +313,8 @@ class Bench:
                 resp = await client.get(f"/api/v1/vms/{vm_id}/console/log")
                 return vm_id, resp.status_code == 200 and INIT_START_LINE in resp.text, time.perf_counter() - t0
             assert self.raw
-            status, body = await self.raw.get(f"/api/v1/vms/{vm_id}/console/log")
-            return vm_id, status == 200 and LINE in body, time.perf_counter() - t0
+            status, data = await self.raw.get(f"/api/v1/vms/{vm_id}/console/log")
+            return vm_id, status == 200 and LINE in data, time.perf_counter() - t0
 
         in_file: dict[str, float] = {}  # diagnostics: when serial.log itself first held the line
         ticker = Ticker(poll)
@@ -424,7 +432,7 @@ class Bench:
             shutil.copyfile(self.seed_copy, gdir / "seed.iso")
             gdirs.append(gdir)
             argvs.append(self.bare_argv(gdir, i))
-        serials = [g / ("serial.log") for g in gdirs]
+        serials = [g / "serial.log" for g in gdirs]
         bench_cpu0, srv_cpu0, host0 = self_cpu(), cpu_seconds(self.server_pid), busy_cpu()
         t0 = time.perf_counter()
         for gdir, argv in zip(gdirs, argvs):

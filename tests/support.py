@@ -50,7 +50,7 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         "driver": "sim",
         "sim_nodes": 3,
         "sim_latency_ms": 5,
-        "lease_seconds": 2.0,
+        "lease_seconds": 5.0,
         "rate_limit_per_second": 100_000.0,  # tests hammer the API; test_tenancy checks the limit itself
         "rate_limit_burst": 100_000,
     }

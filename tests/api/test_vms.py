@@ -293,3 +293,20 @@ async def test_power_request_queued_behind_create_is_judged_in_order(server_fact
     await server.wait_job(r.json()["jobId"])
     assert (await server.wait_job(stop.json()["jobId"]))["state"] == "succeeded"
     assert (await c.get(f"/api/v1/vms/{vm_id}")).json()["status"] == "stopped"
+
+
+async def test_a_worker_never_requeues_its_own_running_task(server_factory: Any) -> None:
+    from sqlalchemy import update
+
+    from vmplane.store.tables import tasks
+
+    server = await server_factory(sim_latency_ms=1500)
+    r = await server.client.post("/api/v1/vms", json={"name": "slowpoke"})
+    job_id = r.json()["jobId"]
+    while (await server.client.get(f"/api/v1/jobs/{job_id}")).json()["state"] != "running":
+        await asyncio.sleep(0.02)
+    async with server.rt.store.write() as conn:  # as if a busy loop had let the lease lapse
+        await conn.execute(update(tasks).where(tasks.c.job_id == job_id).values(lease_expires=0))
+    await server.rt.engine.recover()
+    job = await server.wait_job(job_id)
+    assert job["state"] == "succeeded" and job["tasks"][0]["attempts"] == 1

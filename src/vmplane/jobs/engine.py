@@ -216,7 +216,12 @@ class JobEngine:
         async with self.store.write() as conn:
             other = self.owner if startup and self.store.dialect == "sqlite" else None
             orphans = await q.expired_tasks(conn, now=now, any_owner_but=other)
-            requeued = [t for t in orphans if await q.requeue_task(conn, t, now)]
+            # A task this worker is still running is not an orphan, even if a busy loop let its
+            # lease lapse: requeueing it would run it twice.
+            mine = [t for t in orphans if t.lease_owner == self.owner and t.id in self._running]
+            if mine:
+                await q.renew_leases(conn, owner=self.owner, task_ids=[t.id for t in mine], until=now + self.settings.lease_seconds)
+            requeued = [t for t in orphans if t not in mine and await q.requeue_task(conn, t, now)]
         if requeued:
             log.warning("requeued %d interrupted task(s): %s", len(requeued), ", ".join(t.id for t in requeued[:10]))
             self.wakeup()
