@@ -119,6 +119,7 @@ class QemuDriver(HypervisorDriver):
             kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True
         )
         self._vms: dict[str, _Vm] = {}
+        self._base_infos: dict[tuple[str, int, int], images.DiskInfo] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -218,7 +219,7 @@ class QemuDriver(HypervisorDriver):
                     raise DriverError(f"template boot file {p} does not exist on {self.hostname}", vm_id=spec.id)
         size = spec.resources.disk_gb * GIB
         if base is not None:
-            info = await images.disk_info(self.qemu_img, base, vm_id=spec.id)
+            info = await self._base_info(base, spec.id)
             if info.format not in SUPPORTED_FORMATS:
                 raise DriverError(f"template image format {info.format} is not qcow2 or raw", vm_id=spec.id)
             await images.create_overlay(self.qemu_img, base, info.format, work.disk, max(size, info.virtual_size), vm_id=spec.id)
@@ -231,6 +232,16 @@ class QemuDriver(HypervisorDriver):
             raise DriverError(f"cannot write the cloud-init seed: {exc}", vm_id=spec.id) from exc
         save_config(work, config)
         return config
+
+    async def _base_info(self, base: Path, vm_id: str) -> images.DiskInfo:
+        """`qemu-img info` of a template's base image, asked once per version of the file
+        (bases are read-only; a bulk create of N VMs would otherwise run it N times)."""
+        st = base.stat()
+        key = (str(base), st.st_mtime_ns, st.st_size)
+        info = self._base_infos.get(key)
+        if info is None:
+            info = self._base_infos[key] = await images.disk_info(self.qemu_img, base, vm_id=vm_id)
+        return info
 
     async def delete_vm(self, vm_id: str) -> None:
         paths = vm_paths(self.state_dir, vm_id)
