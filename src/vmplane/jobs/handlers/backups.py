@@ -7,12 +7,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
 from ...domain import VmStatus
-from ...drivers.base import PowerState
+from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import VmplaneError
 from ...store import backups as bkp_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm, set_status
+from .base import BaseHandler, load_vm, while_stopped
 
 
 async def load_backup(ctx: TaskContext, backup_id: str) -> Row:
@@ -77,30 +77,20 @@ class VmRestore(BaseHandler):
         bkp = await load_backup(ctx, ctx.payload["backupId"])
         vm = await load_vm(ctx)
         rt = ctx.rt
-        driver = rt.registry.driver(vm.node_id)
-        runtime = await driver.get_vm(vm.id)
-        if "wasRunning" not in ctx.payload:
-            ctx.payload["wasRunning"] = runtime is not None and runtime.state == PowerState.RUNNING
         ctx.log(f"Starting restore of backup {bkp.id} ({bkp.vm_name}) into {vm.name}")
         work = rt.data_dir / "tmp" / f"{bkp.id}-{vm.id}.raw"
         work.parent.mkdir(parents=True, exist_ok=True)
         try:
             await rt.backup_store.get(bkp.repo_snapshot, work)  # before stopping: a bad backup changes nothing
             await ctx.progress(50, "backup fetched and verified")
-            if runtime is not None and runtime.state != PowerState.STOPPED:
-                await set_status(ctx, vm.id, VmStatus.STOPPING)
-                await driver.stop_vm(vm.id)
-            await driver.import_disk(vm.id, work)
+
+            async def restore(driver: HypervisorDriver) -> None:
+                await driver.import_disk(vm.id, work)
+
+            await while_stopped(ctx, vm, restore)
         finally:
             with contextlib.suppress(OSError):
                 work.unlink()
-        if ctx.payload["wasRunning"]:
-            await set_status(ctx, vm.id, VmStatus.STARTING)
-            await driver.start_vm(vm.id)
-            started = (await driver.get_vm(vm.id)).started_at or clock.now()
-            ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now()))
-        else:
-            ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, started_at=None, updated_at=clock.now()))
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         vm = await load_vm(ctx)

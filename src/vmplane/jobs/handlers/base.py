@@ -1,10 +1,13 @@
 """What every handler shares: default rollback/discard, and loading the task's VM."""
 
+from typing import Awaitable, Callable
+
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
 from ...domain import Resources, VmSpec, VmStatus
+from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import VmplaneError
 from ...store import vms as vm_q
 from ..engine import TaskContext
@@ -42,3 +45,23 @@ def vm_spec(vm: Row, template_image: str | None = None, template_boot: dict[str,
         template_boot=template_boot,
         extra=dict(vm.spec or {}),
     )
+
+
+async def while_stopped(ctx: TaskContext, vm: Row, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
+    """Stop the VM if it runs, run `work(driver)`, start the VM again if it was running; the
+    VM's final status is recorded with the task's end."""
+    driver = ctx.rt.registry.driver(vm.node_id)
+    runtime = await driver.get_vm(vm.id)
+    if "wasRunning" not in ctx.payload:
+        ctx.payload["wasRunning"] = runtime is not None and runtime.state == PowerState.RUNNING
+    if runtime is not None and runtime.state != PowerState.STOPPED:
+        await set_status(ctx, vm.id, VmStatus.STOPPING)
+        await driver.stop_vm(vm.id)
+    await work(driver)
+    if ctx.payload["wasRunning"]:
+        await set_status(ctx, vm.id, VmStatus.STARTING)
+        await driver.start_vm(vm.id)
+        started = (await driver.get_vm(vm.id)).started_at or clock.now()  # type: ignore[union-attr]
+        ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now()))
+    else:
+        ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, started_at=None, updated_at=clock.now()))

@@ -5,12 +5,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
 from ...domain import VmStatus
-from ...drivers.base import PowerState
+from ...drivers.base import HypervisorDriver
 from ...errors import VmplaneError
 from ...store import snapshots as snap_q
-from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm, set_status
+from .base import BaseHandler, load_vm, while_stopped
 
 
 async def load_snapshot(ctx: TaskContext, snapshot_id: str) -> Row:
@@ -70,22 +69,10 @@ class VmRevert(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         snap = await load_snapshot(ctx, ctx.payload["snapshotId"])
         vm = await load_vm(ctx)
-        driver = ctx.rt.registry.driver(vm.node_id)
-        runtime = await driver.get_vm(vm.id)
-        was_running = ctx.payload.get("wasRunning")
-        if was_running is None:
-            was_running = runtime is not None and runtime.state == PowerState.RUNNING
-            ctx.payload["wasRunning"] = was_running
         ctx.log(f"Starting revert of {vm.name} to {snap.name}")
-        if runtime is not None and runtime.state != PowerState.STOPPED:
-            await set_status(ctx, vm.id, VmStatus.STOPPING)
-            await driver.stop_vm(vm.id)
-        await driver.revert_vm(vm.id, snap.image_path)
-        await ctx.progress(60, "disk restored")
-        if was_running:
-            await set_status(ctx, vm.id, VmStatus.STARTING)
-            await driver.start_vm(vm.id)
-            started = (await driver.get_vm(vm.id)).started_at or clock.now()
-            ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now()))
-        else:
-            ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, started_at=None, updated_at=clock.now()))
+
+        async def revert(driver: HypervisorDriver) -> None:
+            await driver.revert_vm(vm.id, snap.image_path)
+            await ctx.progress(60, "disk restored")
+
+        await while_stopped(ctx, vm, revert)
