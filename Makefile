@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# QEMU and the tools that build the tiny guest; skipped quietly when there is no way to install.
+# QEMU, the tools that build the tiny guest, and restic for backups (scripts/install-qemu.sh);
+# when there is no way to install them, vmplane runs on the sim driver.
 system:
 	@scripts/install-qemu.sh || echo "warning: QEMU could not be installed; vmplane will use the sim driver" >&2
 
