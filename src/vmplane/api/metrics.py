@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..store import jobs as job_q
-from .native.deps import get_caller
+from .native.deps import principal
 from ..store import metrics as metrics_q
 from .middleware import StatusWatch
 
@@ -122,7 +122,7 @@ def route_template(scope: Scope) -> str:
 async def metrics(request: Request) -> Response:
     """Prometheus text format. Needs credentials unless VMPLANE_METRICS_AUTH=false."""
     if request.app.state.rt.settings.metrics_auth:
-        get_caller(request)
+        principal(request)
     m: Metrics = request.app.state.metrics
     await m.refresh()
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
