@@ -77,6 +77,11 @@ class VmSpec:
     sshKeys [..], expose [{port, hostPort, protocol}]."""
 
 
+def job_progress(total: int, progress_sum: int) -> int:
+    """A job's progress: the mean of its tasks' (0-100)."""
+    return 100 if total == 0 else min(100, progress_sum // total)
+
+
 def job_final_state(total: int, succeeded: int, failed: int, cancelled: int) -> JobState | None:
     """The state a job ends in once every task is final, or None while tasks remain."""
     if succeeded + failed + cancelled < total:

@@ -5,7 +5,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from .. import clock
-from ..services.jobs import job_progress
+from ..domain import job_progress
 
 
 def vm(row: Row, now: float) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def job(row: Row) -> dict[str, Any]:
         "id": row.id,
         "type": row.type,
         "state": row.state,
-        "progress": job_progress(row),
+        "progress": job_progress(row.total, row.progress_sum),
         "createdBy": row.created_by,
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),

@@ -105,9 +105,6 @@ class Handler(Protocol):
         """The task was cancelled before it started (inside the cancel transaction)."""
 
 
-JobListener = Callable[[Row], Awaitable[None]]
-
-
 class JobEngine:
     PROGRESS_INTERVAL = 1.0
 
@@ -121,7 +118,6 @@ class JobEngine:
         self._running: dict[str, tuple[asyncio.Task[None], TaskContext]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
-        self.listeners: list[JobListener] = []
 
     # -- submission --------------------------------------------------------------------
 
@@ -186,8 +182,6 @@ class JobEngine:
             if ctx.job_id == job_id:
                 ctx.cancel_requested = True
                 atask.cancel()
-        if cancelled:
-            await self._notify(job_id)
 
     # -- running -----------------------------------------------------------------------
 
@@ -346,7 +340,6 @@ class JobEngine:
             )
         if job is None:
             log.warning("task %s finished after its lease passed to another worker", ctx.task_id)
-        await self._notify(ctx.job_id)
 
     async def _release(self, ctx: TaskContext) -> None:
         """Hand a task back to the queue at shutdown so the next worker resumes it."""
@@ -355,15 +348,6 @@ class JobEngine:
             row = await q.get_task(conn, ctx.job_id, ctx.task_id)
             if row is not None and row.lease_owner == self.owner:
                 await q.requeue_task(conn, row, clock.now())
-
-    async def _notify(self, job_id: str) -> None:
-        if not self.listeners:
-            return
-        async with self.store.read() as conn:
-            job = await q.get_job(conn, job_id)
-        if job is not None:
-            for listener in self.listeners:
-                await listener(job)
 
     @property
     def running_count(self) -> int:

@@ -51,6 +51,3 @@ class JobService:
         await self.rt.engine.cancel(job_id)
 
 
-def job_progress(job: Row) -> int:
-    return 100 if job.total == 0 else min(100, job.progress_sum // job.total)
-

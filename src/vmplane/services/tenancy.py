@@ -32,7 +32,8 @@ class QuotaExceeded(VmplaneError):
 class TenancyService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
-        self._keys: dict[str, tuple[float, Principal | str]] = {}
+        self._keys: dict[str, tuple[float, Principal | str, float | None]] = {}
+        """digest -> (cached until, principal or why refused, the key's own expiry)"""
         self.key_used: dict[str, float] = {}
 
     # -- bootstrap -----------------------------------------------------------------------
@@ -82,15 +83,11 @@ class TenancyService:
                 value = "this API key was revoked"
             else:
                 value = Principal(row.org_id, row.user_id, row.user_name, Role(row.role), row.team_id, row.read_only, row.id)
-                if row.expires_at is not None:
-                    self._keys[digest + ":exp"] = (row.expires_at, value)
-            self._keys[digest] = (now + CACHE_SECONDS, value)
-            cached = self._keys[digest]
-        value = cached[1]
+            cached = self._keys[digest] = (now + CACHE_SECONDS, value, row.expires_at if row is not None else None)
+        _, value, expires_at = cached
         if isinstance(value, str):
             raise Unauthorized(value)
-        expiry = self._keys.get(digest + ":exp")
-        if expiry is not None and expiry[0] <= now:
+        if expires_at is not None and expires_at <= now:
             raise Unauthorized("this API key has expired")
         self.key_used[value.credential or ""] = now
         return value

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 from sqlalchemy import Row, and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..domain import JobState, TaskState, job_final_state
+from ..domain import JobState, TaskState, job_final_state, job_progress
 from . import events as ev_q
 from .tables import jobs, task_logs, tasks
 
@@ -17,7 +17,7 @@ def job_data(job: Row) -> dict[str, Any]:
         "id": job.id,
         "type": job.type,
         "state": job.state,
-        "progress": 100 if job.total == 0 else min(100, job.progress_sum // job.total),
+        "progress": job_progress(job.total, job.progress_sum),
         "total": job.total,
         "succeeded": job.n_succeeded,
         "failed": job.n_failed,
