@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .net.model import Firewall, Nic
+
 
 class VmStatus(StrEnum):
     PROVISIONING = "provisioning"
@@ -75,6 +77,12 @@ class VmSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     """what else the user asked for: cloudInit {userData, metaData, networkConfig},
     sshKeys [..], expose [{port, hostPort, protocol}]."""
+    nics: tuple[Nic, ...] = ()
+    """the VM's network interfaces in order (NIC 0 first); empty: one user-mode NIC as
+    before networks existed"""
+    firewall: Firewall = Firewall()
+    pci_devices: tuple[str, ...] = ()
+    """host PCI addresses passed through to the VM with VFIO"""
 
 
 def job_progress(total: int, progress_sum: int) -> int:

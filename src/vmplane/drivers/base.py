@@ -17,6 +17,8 @@ from typing import Awaitable, Callable
 
 from ..domain import Resources, VmSpec
 from ..errors import DriverError
+from ..net.model import Firewall, Nic
+from ..pci import PciDevice
 
 Progress = Callable[[int, str], Awaitable[None]]
 
@@ -44,6 +46,12 @@ class Capabilities:
     disk_export: bool = False
     """`export_disk` and `import_disk` work (what backups are made from and restored to)."""
     image_formats: frozenset[str] = frozenset({"qcow2", "raw"})
+    network_types: frozenset[str] = frozenset({"user"})
+    """network types this node can attach VMs to (`bridge` needs CAP_NET_ADMIN on the node)."""
+    firewall: bool = False
+    """`set_network` enforces firewalls on the VM's traffic (not only records them)."""
+    pci_passthrough: bool = False
+    """VMs may be given host PCI devices (VFIO); `node_info` lists the offered devices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,8 @@ class NodeInfo:
     ram_mb: int
     disk_gb: int
     labels: dict[str, str] = field(default_factory=dict)
+    pci_devices: tuple[PciDevice, ...] = ()
+    """host PCI devices offered for passthrough (those the allowlist admits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +203,13 @@ class HypervisorDriver(ABC):
         """Replace a stopped VM's disk with the raw image at `source` (which must fit its disk
         size). InvalidState if it runs. Needs `capabilities.disk_export`."""
         raise DriverError(f"{self.capabilities.kind} driver cannot import disks")
+
+    async def set_network(self, vm_id: str, nics: tuple[Nic, ...], firewall: Firewall) -> None:
+        """Record the VM's NICs (addresses, aliases) and firewall, and apply them at once if
+        the VM runs: firewall rules on its host interfaces, alias addresses in the guest. They
+        are applied again at every start and when the driver opens (host restart). The NICs'
+        networks and MACs are those given at create time. Idempotent."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot change a VM's network")
 
     async def stats_vm(self, vm_id: str) -> VmStats:
         """Measured usage of a running VM. Needs `capabilities.stats`."""
