@@ -21,6 +21,8 @@ class NodeUsage:
     cpu_used: int
     ram_mb_used: int
     disk_gb_used: int
+    devices: tuple[tuple[str, str], ...] = ()
+    """free host PCI devices for passthrough: (address, vendor:device model)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,8 @@ class Demand:
     ram_mb: int
     disk_gb: int
     node_id: str | None = None
+    pci: tuple[str, ...] = ()
+    """PCI devices wanted: addresses (0000:01:00.0) or models (10de:2204)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +60,26 @@ def fits(demand: Demand, node: NodeUsage, policy: Policy) -> bool:
     )
 
 
+def pick_devices(wants: tuple[str, ...], free: tuple[tuple[str, str], ...]) -> list[str] | None:
+    """Host addresses for each wanted device (addresses first, then models), or None."""
+    left = list(free)
+    out: list[str] = []
+    for want in sorted(wants, key=lambda w: len(w) != 12):  # addresses (12 characters) first
+        hit = next((d for d in left if d[0] == want or d[1] == want), None)
+        if hit is None:
+            return None
+        left.remove(hit)
+        out.append(hit[0])
+    return out
+
+
 def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> NodeUsage:
     """The node the VM should go to; raises NoCapacity (or NotFound for a bad nodeId)."""
     best: NodeUsage | None = None
     best_score = 0.0
     seen = online = 0
-    short_cpu = short_ram = short_disk = 0
+    short_cpu = short_ram = short_disk = short_pci = 0
+    want_pci = demand.pci
     sign = -1.0 if policy.strategy == "pack" else 1.0
     rc, rr, rd = policy.cpu_ratio, policy.ram_ratio, policy.disk_ratio
     want_cpu, want_ram, want_disk, only = demand.cpu, demand.ram_mb, demand.disk_gb, demand.node_id
@@ -82,6 +100,9 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
             short_ram += ram_free < 0
             short_disk += disk_free < 0
             continue
+        if want_pci and pick_devices(want_pci, node.devices) is None:
+            short_pci += 1
+            continue
         score = sign * (ram_free / ram_max + cpu_free / cpu_max)
         if best is None or score > best_score or (score == best_score and node.id < best.id):
             best, best_score = node, score
@@ -95,6 +116,8 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
             raise NoCapacity(f"node {demand.node_id} is not online")
         raise NoCapacity("no node is online")
     wants = []
+    if want_pci and short_pci and short_pci + short_cpu + short_ram + short_disk >= online:
+        wants.append(f"the PCI devices {', '.join(want_pci)} free")
     if short_cpu == online:
         wants.append(f"{demand.cpu} free vCPUs")
     if short_ram == online:

@@ -26,6 +26,7 @@ from .services.jobs import JobService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services.schedules import ScheduleService
+from .services.networks import NetworkService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
@@ -65,6 +66,7 @@ class Runtime:
         self.tenancy = TenancyService(self)
         self.billing = Billing(self)
         self.snapshots = SnapshotService(self)
+        self.networks = NetworkService(self)
         self.backups = BackupService(self)
         self.backup_store = BackupStore(
             settings.backup_dir or self.data_dir / "backups", self.data_dir / "backup-repo-password"
@@ -156,6 +158,7 @@ class Runtime:
             await meta_q.ensure(conn, "cluster_id", ids.new_id("cluster"))
             await meta_q.ensure(conn, "created_at", str(now))
         key_file = await self.tenancy.bootstrap()
+        await self.networks.ensure_default()
         if key_file:
             log.warning("created the owner API key of the bootstrap organization: %s (mode 0600)", key_file)
         for node_id, driver in await self._build_nodes():
@@ -174,6 +177,7 @@ class Runtime:
                     "ram_mb_total": info.ram_mb,
                     "disk_gb_total": info.disk_gb,
                     "labels": info.labels,
+                    "pci_devices": [d.to_wire() for d in info.pci_devices],
                     "created_at": now,
                     "updated_at": now,
                     "heartbeat_at": now,

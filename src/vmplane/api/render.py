@@ -6,9 +6,11 @@ from sqlalchemy import Row
 
 from .. import clock
 from ..domain import job_progress
+from ..net.model import Nic
 
 
-def vm(row: Row, now: float) -> dict[str, Any]:
+def vm(row: Row, now: float, nics: tuple[Nic, ...] = ()) -> dict[str, Any]:
+    spec = row.spec or {}
     return {
         "id": row.id,
         "uuid": row.uuid,
@@ -22,7 +24,13 @@ def vm(row: Row, now: float) -> dict[str, Any]:
         "templateId": row.template_id,
         "snapshotId": row.snapshot_id,
         "error": row.error,
-        "expose": (row.spec or {}).get("expose", []),
+        "expose": spec.get("expose", []),
+        "nics": [
+            {"networkId": n.network.id, "network": n.network.name, "mac": n.mac,
+             "ipAddresses": [n.ip, *n.aliases, *([n.ipv6] if n.ipv6 else [])]}
+            for n in nics
+        ],  # fmt: skip
+        "pciDevices": spec.get("pciAssigned", []),
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
     }

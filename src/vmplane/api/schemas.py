@@ -36,6 +36,14 @@ class ExposeIn(In):
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
+class NetworkRefIn(In):
+    networkId: str = Field(..., min_length=1, max_length=64, description="network id or name")
+
+
+class DevicesIn(In):
+    pciPassthrough: list[str] = Field(default_factory=list, max_length=8, description="PCI addresses (0000:01:00.0) or models (10de:2204)")
+
+
 class VmCreateIn(In):
     name: str = Field(..., min_length=1, max_length=63)
     templateId: str | None = Field(None, max_length=64)
@@ -48,6 +56,8 @@ class VmCreateIn(In):
     expose: list[ExposeIn] = Field(default_factory=list, max_length=32)
     teamId: str | None = Field(None, max_length=64, description="team id or name (default: the credential's team)")
     snapshotId: str | None = Field(None, max_length=64, description="clone this snapshot (copy-on-write); disk may only grow")
+    networks: list[NetworkRefIn] = Field(default_factory=list, max_length=8, description="one NIC per network, in order (default: the user network)")
+    devices: DevicesIn | None = None
 
 
 class VmUpdateIn(In):
@@ -123,6 +133,13 @@ class ResourcesOut(BaseModel):
     diskGb: int
 
 
+class NicOut(BaseModel):
+    networkId: str
+    network: str
+    mac: str
+    ipAddresses: list[str]
+
+
 class VmOut(BaseModel):
     id: str
     uuid: str
@@ -137,6 +154,8 @@ class VmOut(BaseModel):
     snapshotId: str | None
     error: str | None
     expose: list[dict[str, Any]]
+    nics: list[NicOut]
+    pciDevices: list[str]
     createdAt: str
     updatedAt: str
 

@@ -1,6 +1,8 @@
 """Resource claims on nodes: placement over a cached view of usage, claims made atomic by
 conditional updates in the store (so concurrent creates can never overcommit a node)."""
 
+from typing import Collection
+
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -8,12 +10,14 @@ from .. import clock
 from ..config import Settings
 from ..domain import NodeStatus
 from ..errors import NoCapacity
-from ..placement import Demand, NodeUsage, Policy, choose_node
+from ..placement import Demand, NodeUsage, Policy, choose_node, pick_devices
 from ..store import Store
+from ..store import networks as net_q
 from ..store import nodes as node_q
 
 
-def usage_of(row: Row) -> NodeUsage:
+def usage_of(row: Row, taken: Collection[tuple[str, str]] = ()) -> NodeUsage:
+    devices = tuple((d["address"], f"{d['vendor']}:{d['device']}") for d in row.pci_devices or () if (row.id, d["address"]) not in taken)
     return NodeUsage(
         id=row.id,
         online=row.status == NodeStatus.ONLINE.value,
@@ -23,6 +27,7 @@ def usage_of(row: Row) -> NodeUsage:
         cpu_used=row.cpu_used,
         ram_mb_used=row.ram_mb_used,
         disk_gb_used=row.disk_gb_used,
+        devices=devices,
     )
 
 
@@ -49,29 +54,37 @@ class Capacity:
 
     async def _refresh(self, conn: AsyncConnection) -> None:
         """Reload usage through the caller's connection (a second one could deadlock a full pool)."""
-        self._cache = {r.id: usage_of(r) for r in await node_q.list_nodes(conn)}
+        taken = {(a.node_id, a.address) for a in await net_q.assigned_devices(conn)}
+        self._cache = {r.id: usage_of(r, taken) for r in await node_q.list_nodes(conn)}
         self._loaded_at = clock.now()
 
     def invalidate(self) -> None:
         self._loaded_at = 0.0
 
-    def _adjust(self, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
+    def _adjust(self, node_id: str, cpu: int, ram_mb: int, disk_gb: int, devices: list[str] | None = None) -> None:
         n = self._cache.get(node_id)
         if n is not None:
             self._cache[node_id] = NodeUsage(
                 n.id, n.online, n.cpu_total, n.ram_mb_total, n.disk_gb_total,
                 n.cpu_used + cpu, n.ram_mb_used + ram_mb, n.disk_gb_used + disk_gb,
+                tuple(d for d in n.devices if d[0] not in devices) if devices else n.devices,
             )  # fmt: skip
 
-    async def place_and_claim(self, conn: AsyncConnection, demand: Demand) -> str:
-        """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id."""
+    async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str:
+        """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id.
+        PCI devices in the demand are assigned to `vm_id` on that node."""
         for attempt in range(5):
             if attempt or clock.now() - self._loaded_at > self.CACHE_SECONDS:
                 await self._refresh(conn)
             node = choose_node(demand, self._cache.values(), self.policy)
-            if await node_q.claim(conn, node.id, demand.cpu, demand.ram_mb, demand.disk_gb, self.ratios, clock.now()):
-                self._adjust(node.id, demand.cpu, demand.ram_mb, demand.disk_gb)
-                return node.id
+            if not await node_q.claim(conn, node.id, demand.cpu, demand.ram_mb, demand.disk_gb, self.ratios, clock.now()):
+                continue
+            devices = pick_devices(demand.pci, node.devices) if demand.pci else []
+            if devices is None or (devices and (vm_id is None or not await net_q.assign_devices(conn, node.id, vm_id, devices))):
+                await node_q.release(conn, node.id, demand.cpu, demand.ram_mb, demand.disk_gb, clock.now())
+                continue
+            self._adjust(node.id, demand.cpu, demand.ram_mb, demand.disk_gb, devices)
+            return node.id
         raise NoCapacity("could not claim capacity: nodes keep filling up; try again")
 
     async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:

@@ -8,6 +8,7 @@ from .. import __version__
 from ..domain import NodeStatus
 from ..errors import NotFound
 from ..store import meta as meta_q
+from ..store import networks as net_q
 from ..store import nodes as node_q
 from . import pages
 
@@ -29,6 +30,13 @@ class ClusterService:
             rows = await node_q.list_nodes(conn, after_seq=after, limit=limit + 1)
         token = pages.encode("nodes", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
+
+    async def devices(self, node_id: str) -> list[dict[str, Any]]:
+        """The PCI devices a node offers for passthrough, with the VM each is given to."""
+        row = await self.node(node_id)
+        async with self.rt.store.read() as conn:
+            owners = {a.address: a.vm_id for a in await net_q.assigned_devices(conn, node_id)}
+        return [{**d, "vmId": owners.get(d["address"])} for d in row.pci_devices or ()]
 
     async def totals(self) -> Row:
         async with self.rt.store.read() as conn:

@@ -58,6 +58,23 @@ def check_ssh_keys(keys: Sequence[str], where: str) -> None:
             raise InvalidRequest(f"{where}[{i}] is not an OpenSSH public key (e.g. 'ssh-ed25519 AAAA… user@host')", field=f"{where}[{i}]")
 
 
+PCI_REF_RE = re.compile(r"^(?:[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]|[0-9a-f]{4}:[0-9a-f]{4})$")
+
+
+def check_pci(refs: Sequence[str], where: str) -> None:
+    if len(refs) > 8:
+        raise InvalidRequest("a VM takes at most 8 PCI devices", field=where)
+    for i, ref in enumerate(refs):
+        if not PCI_REF_RE.match(ref):
+            raise InvalidRequest(
+                f"{where}[{i}] {ref!r} is neither a PCI address (0000:01:00.0) nor a vendor:device model (10de:2204), lower-case hex",
+                field=f"{where}[{i}]",
+            )
+    addresses = [r for r in refs if len(r) == 12]  # models (vendor:device) may repeat
+    if len(set(addresses)) != len(addresses):
+        raise InvalidRequest(f"{where} names a device twice", field=where)
+
+
 def port_is_free(port: int, proto: str) -> bool:
     """True if nothing on this host listens on 127.0.0.1:port."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
@@ -89,6 +106,10 @@ class NewVm:
     """team id or name (default: the credential's team)"""
     snapshot: str | None = None
     """create the VM's disk as a copy-on-write clone of this snapshot"""
+    networks: tuple[str, ...] = ()
+    """networks (id or name) to join, one NIC each in this order; empty: the user network"""
+    pci: tuple[str, ...] = ()
+    """host PCI devices to pass through: addresses (0000:01:00.0) or models (10de:2204)"""
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,12 @@ class VmService:
                 raise InvalidRequest(f"name {spec.name!r} appears twice in the request", field=where)
             seen.add(spec.name)
         teams = {s.team: await self.rt.tenancy.team_id(who, s.team) for s in specs}
+        networks = {}
+        for i, s in enumerate(specs):
+            prefix = f"[{i}]." if len(specs) > 1 else ""
+            if s.networks not in networks:
+                networks[s.networks] = await self.rt.networks.resolve(s.networks, who, f"{prefix}networks")
+            check_pci(s.pci, f"{prefix}devices.pciPassthrough")
         now = clock.now()
         async with self.rt.store.write() as conn:
             await self.rt.tenancy.reserve(
@@ -183,11 +210,12 @@ class VmService:
                         "ram_mb": spec.resources.ram_mb,
                         "disk_gb": spec.resources.disk_gb,
                         "tags": list(spec.tags),
-                        "spec": {"nodeId": spec.node_id, **spec.extra},
+                        "spec": {"nodeId": spec.node_id, **spec.extra, **({"pciPassthrough": list(spec.pci)} if spec.pci else {})},
                         "created_at": now,
                         "updated_at": now,
                     }
                 )
+            await self.rt.networks.allocate(conn, [(r, networks[s.networks]) for r, s in zip(rows, specs)])
             try:
                 await vm_q.insert_vms(conn, rows)
             except IntegrityError:

@@ -32,6 +32,7 @@ nodes = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=True),
+    Column("pci_devices", JSON, nullable=True),
 )
 
 vms = Table(
@@ -405,3 +406,50 @@ backups = Table(
     Column("finished_at", Float, nullable=True),
 )
 """Backups of VM disks in the backup store (a restic repository); they outlive their VM."""
+
+networks = Table(
+    "networks",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=True, index=True),
+    Column("type", String(16), nullable=False),
+    Column("subnet", String(64), nullable=False),
+    Column("gateway", String(64), nullable=False),
+    Column("ipv6_prefix", String(64), nullable=True),
+    Column("bridge", String(15), nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+"""Networks VMs join. org_id NULL: shared by every organization (the default `user` network)."""
+
+ip_addresses = Table(
+    "ip_addresses",
+    metadata,
+    Column("network_id", String(64), primary_key=True),
+    Column("addr", BigInteger, primary_key=True),
+    Column("address", String(64), nullable=False),
+    Column("vm_id", String(64), nullable=False, index=True),
+    Column("nic", Integer, nullable=False),
+    Column("is_primary", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+"""IPAM: each IPv4 address of a network has at most one owner (the key makes it so)."""
+
+vm_firewalls = Table(
+    "vm_firewalls",
+    metadata,
+    Column("vm_id", String(64), primary_key=True),
+    Column("firewall", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""A VM's firewall (net.model.Firewall wire form); no row: disabled, ACCEPT both ways."""
+
+pci_assignments = Table(
+    "pci_assignments",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("address", String(16), primary_key=True),
+    Column("vm_id", String(64), nullable=False, index=True),
+)
+"""Host PCI devices given to VMs, one VM each."""

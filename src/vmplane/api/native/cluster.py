@@ -27,6 +27,13 @@ async def node_resources(node_id: str, rt: RuntimeDep) -> JSONResponse:
     return JSONResponse(render.node_resources(await rt.cluster.node(node_id)))
 
 
+@router.get("/nodes/{node_id}/devices", responses=ERRORS)
+async def node_devices(node_id: str, rt: RuntimeDep) -> JSONResponse:
+    """Host PCI devices offered for passthrough (the operator's allowlist admits them), and
+    the VM each one is given to."""
+    return JSONResponse({"items": await rt.cluster.devices(node_id)})
+
+
 @router.get("/cluster", response_model=ClusterOut)
 async def cluster(rt: RuntimeDep) -> JSONResponse:
     d = await rt.cluster.details()

@@ -48,7 +48,8 @@ async def list_vms(
 ) -> JSONResponse:
     rows, token = await rt.vms.list(who, node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken)
     now = clock.now()
-    return JSONResponse({"items": [render.vm(r, now) for r in rows], "nextPageToken": token})
+    nics = await rt.networks.nics_for(rows)
+    return JSONResponse({"items": [render.vm(r, now, nics[r.id]) for r in rows], "nextPageToken": token})
 
 
 def _new_vm(spec: VmCreateIn) -> NewVm:
@@ -62,6 +63,8 @@ def _new_vm(spec: VmCreateIn) -> NewVm:
         tags=tuple(spec.tags),
         start=spec.start,
         team=spec.teamId,
+        networks=tuple(n.networkId for n in spec.networks),
+        pci=tuple(spec.devices.pciPassthrough) if spec.devices else (),
         extra={
             k: v
             for k, v in {
@@ -100,7 +103,8 @@ def _json_body(request: Request) -> Any:
 
 @router.get("/vms/{vm_id}", response_model=VmOut, responses=ERRORS)
 async def get_vm(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    return JSONResponse(render.vm(await rt.vms.get(vm_id, who), clock.now()))
+    row = await rt.vms.get(vm_id, who)
+    return JSONResponse(render.vm(row, clock.now(), (await rt.networks.nics_for([row]))[row.id]))
 
 
 @router.patch("/vms/{vm_id}", status_code=202, responses=ACCEPTED)

@@ -9,6 +9,7 @@ from ... import clock
 from ...domain import Resources, VmSpec, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import VmplaneError
+from ...store import networks as net_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 
@@ -34,7 +35,12 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
-def vm_spec(vm: Row, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
+async def vm_spec(ctx: TaskContext, vm: Row, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
+    """What the VM's driver needs to define it, from the store as it is now."""
+    async with ctx.rt.store.read() as conn:
+        nics = await ctx.rt.networks.nics(conn, vm)
+        firewall = await ctx.rt.networks.firewall_of(conn, vm.id)
+        devices = await net_q.devices_of(conn, vm.id)
     return VmSpec(
         id=vm.id,
         uuid=vm.uuid,
@@ -44,6 +50,9 @@ def vm_spec(vm: Row, template_image: str | None = None, template_boot: dict[str,
         template_image=template_image,
         template_boot=template_boot,
         extra=dict(vm.spec or {}),
+        nics=nics,
+        firewall=firewall,
+        pci_devices=tuple(devices),
     )
 
 

@@ -8,6 +8,7 @@ from ...domain import VmStatus
 from ...errors import VmplaneError
 from ...placement import Demand
 from ...store import guest as guest_q
+from ...store import networks as net_q
 from ...store import snapshots as snap_q
 from ...store import usage as usage_q
 from ...store import vms as vm_q
@@ -30,9 +31,12 @@ class VmCreate(BaseHandler):
         start = ctx.payload.get("start", True)
         node_id = vm.node_id
         if node_id is None:
-            demand = Demand(cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=(vm.spec or {}).get("nodeId"))
+            spec = vm.spec or {}
+            demand = Demand(cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.get("nodeId"), pci=tuple(spec.get("pciPassthrough", ())))
             async with rt.store.write() as conn:
-                node_id = await rt.capacity.place_and_claim(conn, demand)
+                node_id = await rt.capacity.place_and_claim(conn, demand, vm.id)
+                if demand.pci:
+                    await vm_q.set_vm(conn, vm.id, spec={**spec, "pciAssigned": await net_q.devices_of(conn, vm.id)})
                 status = VmStatus.STARTING if start else VmStatus.PROVISIONING
                 await vm_q.set_status(conn, vm.id, status.value, node_id=node_id, updated_at=clock.now())
             await ctx.progress(20, f"placed on {node_id}")
@@ -44,7 +48,7 @@ class VmCreate(BaseHandler):
             if snap is None or snap.image_path is None:
                 raise VmplaneError(f"snapshot {vm.snapshot_id} no longer exists")
             image = snap.image_path
-        await driver.create_vm(vm_spec(vm, image, boot))
+        await driver.create_vm(await vm_spec(ctx, vm, image, boot))
         if not start:
             ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, updated_at=clock.now()))
             ctx.log("defined; not started as asked")
@@ -69,9 +73,11 @@ class VmCreate(BaseHandler):
         async with rt.store.write() as conn:
             if vm.node_id is not None:
                 await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+                await net_q.release_devices(conn, vm.id)
             await rt.billing.released(conn, vm.id)
             if cancelled:
                 await guest_q.release_ports(conn, vm.id)
+                await net_q.release_vm(conn, vm.id)
                 await vm_q.delete_vm(conn, vm.id)
             else:
                 await vm_q.set_status(conn, vm.id, VmStatus.ERROR.value, node_id=None, error=error, updated_at=clock.now())
@@ -80,4 +86,5 @@ class VmCreate(BaseHandler):
     async def discard(self, conn: AsyncConnection, task: Row) -> None:
         await usage_q.close_span(conn, task.resource_id, clock.now())
         await guest_q.release_ports(conn, task.resource_id)
+        await net_q.release_vm(conn, task.resource_id)
         await vm_q.delete_vm(conn, task.resource_id)

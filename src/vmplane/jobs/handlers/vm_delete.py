@@ -3,6 +3,7 @@
 from ... import clock
 from ...domain import VmStatus
 from ...store import guest as guest_q
+from ...store import networks as net_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, set_status
@@ -25,6 +26,7 @@ class VmDelete(BaseHandler):
             if vm.node_id is not None:
                 await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
             await guest_q.release_ports(conn, vm.id)
+            await net_q.release_vm(conn, vm.id)
             await rt.billing.released(conn, vm.id)
             await vm_q.delete_vm(conn, vm.id)
 

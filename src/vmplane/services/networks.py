@@ -1,0 +1,299 @@
+"""Networks, IPAM, VM addresses and VM firewalls.
+
+Addresses and firewalls live in the store; a `vm-network` job hands a VM's current NICs and
+firewall to its node's driver, which enforces them (the job reads the store when it runs, so
+the last change always wins and a crash loses nothing).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import Row
+
+from .. import clock, ids
+from ..auth import Principal
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..net import ipam
+from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
+from ..store import networks as net_q
+from .vms import check_name
+
+DEFAULT_NETWORK = "user"
+MAX_NICS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class IpChange:
+    address: str
+    job_id: str
+
+
+def network_of(row: Row) -> Network:
+    return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge)
+
+
+def render_network(row: Row, in_use: int | None = None) -> dict[str, Any]:
+    first, last = ipam.usable(row.subnet)
+    out = {
+        **network_of(row).to_wire(),
+        "shared": row.org_id is None,
+        "createdAt": clock.rfc3339(row.created_at),
+        "addressesTotal": last - first + 1,
+    }
+    if in_use is not None:
+        out["addressesInUse"] = in_use
+    return out
+
+
+class NetworkService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    # -- networks --------------------------------------------------------------------------
+
+    async def ensure_default(self) -> None:
+        """The shared user-mode network every VM joins unless told otherwise."""
+        async with self.rt.store.write() as conn:
+            if await net_q.get_network(conn, DEFAULT_NETWORK) is None:
+                subnet = str(ipam.check_subnet(self.rt.settings.user_network_subnet, "VMPLANE_USER_NETWORK_SUBNET"))
+                await net_q.insert_network(conn, {
+                    "id": ids.new_id("net"), "name": DEFAULT_NETWORK, "org_id": None, "type": "user", "subnet": subnet,
+                    "gateway": ipam.gateway(subnet, "user"), "ipv6_prefix": None, "bridge": None, "created_at": clock.now(),
+                })  # fmt: skip
+
+    async def create(self, who: Principal, name: str, type_: str, subnet: str, ipv6_prefix: str | None) -> Row:
+        check_name(name)
+        if type_ not in NETWORK_TYPES:
+            raise InvalidRequest(f"type must be one of {', '.join(NETWORK_TYPES)}, not {type_!r}", field="type")
+        net = ipam.check_subnet(subnet)
+        v6 = ipam.check_ipv6_prefix(ipv6_prefix) if ipv6_prefix is not None else None
+        if v6 is not None and type_ != "bridge":
+            raise InvalidRequest("ipv6Prefix needs a bridge network (user-mode networks are IPv4 only here)", field="ipv6Prefix")
+        network_id = ids.new_id("net")
+        row = {
+            "id": network_id, "name": name, "org_id": who.org_id, "type": type_, "subnet": str(net),
+            "gateway": ipam.gateway(str(net), type_), "ipv6_prefix": str(v6) if v6 else None,
+            "bridge": bridge_name(network_id) if type_ == "bridge" else None, "created_at": clock.now(),
+        }  # fmt: skip
+        async with self.rt.store.write() as conn:
+            for other in await net_q.list_networks(conn):
+                if other.name == name:
+                    raise Conflict(f"a network named {name!r} already exists", field="name")
+                if ipaddress.IPv4Network(other.subnet).overlaps(net):
+                    raise Conflict(f"subnet {net} overlaps network {other.name} ({other.subnet})", field="subnet")
+                if v6 is not None and other.ipv6_prefix and ipaddress.IPv6Network(other.ipv6_prefix).overlaps(v6):
+                    raise Conflict(f"ipv6Prefix {v6} overlaps network {other.name} ({other.ipv6_prefix})", field="ipv6Prefix")
+            await net_q.insert_network(conn, row)
+            created = await net_q.get_network(conn, network_id)
+        assert created is not None
+        return created
+
+    async def get(self, ref: str, who: Principal, field: str | None = None) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await net_q.get_network(conn, ref)
+        if row is None or row.org_id not in (None, who.org_id):
+            if field is not None:
+                raise InvalidRequest(f"{field} {ref!r} is not a network", field=field)
+            raise NotFound(f"network {ref} does not exist")
+        return row
+
+    async def list(self, who: Principal) -> list[tuple[Row, int]]:
+        async with self.rt.store.read() as conn:
+            rows = await net_q.list_networks(conn, who.org_id)
+            return [(r, await net_q.addresses_in_use(conn, r.id)) for r in rows]
+
+    async def in_use(self, network_id: str) -> int:
+        async with self.rt.store.read() as conn:
+            return await net_q.addresses_in_use(conn, network_id)
+
+    async def delete(self, ref: str, who: Principal) -> None:
+        row = await self.get(ref, who)
+        if row.org_id is None:
+            raise Conflict(f"network {row.name} is shared by every organization and cannot be deleted")
+        async with self.rt.store.write() as conn:
+            used = await net_q.addresses_in_use(conn, row.id)
+            if used:
+                raise Conflict(f"network {row.name} still has {used} address(es) in use; delete its VMs first", inUse=used)
+            await net_q.delete_network(conn, row.id)
+
+    # -- VM creation: NICs and addresses ---------------------------------------------------
+
+    async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> list[Row]:
+        """The networks a new VM joins (default: the user network)."""
+        if len(refs) > MAX_NICS:
+            raise InvalidRequest(f"a VM joins at most {MAX_NICS} networks", field=where)
+        rows = [await self.get(r, who, field=f"{where}[{i}].networkId") for i, r in enumerate(refs or [DEFAULT_NETWORK])]
+        seen: set[str] = set()
+        for i, r in enumerate(rows):
+            if r.id in seen:
+                raise InvalidRequest(f"network {r.name} is listed twice", field=f"{where}[{i}].networkId")
+            seen.add(r.id)
+        return rows
+
+    async def allocate(self, conn: Any, vms: Sequence[tuple[dict[str, Any], Sequence[Row]]]) -> None:
+        """Give each new VM (row, networks) one NIC per network with a primary address, and
+        record the NICs in the VM's spec. Runs inside the VM insert's transaction."""
+        want: dict[str, list[tuple[dict[str, Any], int]]] = {}
+        nets: dict[str, Row] = {}
+        for row, networks in vms:
+            row["spec"]["nics"] = [{"networkId": n.id, "mac": mac_for(row["id"], i)} for i, n in enumerate(networks)]
+            for i, n in enumerate(networks):
+                want.setdefault(n.id, []).append((row, i))
+                nets[n.id] = n
+        now = clock.now()
+        for network_id, owners in want.items():
+            subnet = nets[network_id].subnet
+            for _attempt in range(5):
+                highest = await net_q.max_addr(conn, network_id)
+                try:
+                    addrs = ipam.pick(subnet, len(owners), highest, None)
+                except LookupError:
+                    addrs = ipam.pick(subnet, len(owners), highest, await net_q.taken_addrs(conn, network_id))
+                rows = [
+                    {"network_id": network_id, "addr": a, "address": ipam.to_str(a), "vm_id": vm["id"], "nic": nic, "is_primary": True, "created_at": now}
+                    for a, (vm, nic) in zip(addrs, owners)
+                ]
+                if await net_q.insert_addresses(conn, rows):
+                    break
+            else:
+                raise Conflict(f"network {nets[network_id].name}: addresses keep being taken; try again")
+
+    # -- what a VM has ---------------------------------------------------------------------
+
+    async def nics(self, conn: Any, vm: Row) -> tuple[Nic, ...]:
+        """The VM's NICs for its driver (empty for VMs made before networks existed)."""
+        return (await self.nics_of(conn, [vm]))[vm.id]
+
+    async def nics_of(self, conn: Any, vms: Iterable[Row]) -> dict[str, tuple[Nic, ...]]:
+        vms = list(vms)
+        addrs = await net_q.addresses_of(conn, [v.id for v in vms])
+        networks = await net_q.get_networks(conn, {n["networkId"] for v in vms for n in (v.spec or {}).get("nics", [])})
+        out = {}
+        for v in vms:
+            nics = []
+            for i, n in enumerate((v.spec or {}).get("nics", [])):
+                net_row = networks.get(n["networkId"])
+                mine = [a for a in addrs[v.id] if a.nic == i]
+                if net_row is None or not mine:
+                    continue
+                net = network_of(net_row)
+                primary = next((a.address for a in mine if a.is_primary), mine[0].address)
+                nics.append(Nic(
+                    network=net, mac=n["mac"], ip=primary, aliases=tuple(a.address for a in mine if a.address != primary),
+                    ipv6=ipam.ipv6_for(net.ipv6_prefix, n["mac"]) if net.ipv6_prefix else None,
+                ))  # fmt: skip
+            out[v.id] = tuple(nics)
+        return out
+
+    async def nics_for(self, vms: Sequence[Row]) -> dict[str, tuple[Nic, ...]]:
+        async with self.rt.store.read() as conn:
+            return await self.nics_of(conn, vms)
+
+    async def firewall_of(self, conn: Any, vm_id: str) -> Firewall:
+        return Firewall.from_wire(await net_q.get_firewall(conn, vm_id))
+
+    # -- additional addresses --------------------------------------------------------------
+
+    async def add_ip(self, vm_ref: str, network_ref: str | None, who: Principal) -> IpChange:
+        vm = await self.rt.vms.get(vm_ref, who)
+        nic_specs = (vm.spec or {}).get("nics", [])
+        if not nic_specs:
+            raise Conflict(f"VM {vm.id} was created before networks existed and has no managed NIC")
+        if network_ref is None:
+            nic = 0
+        else:
+            net = await self.get(network_ref, who, field="networkId")
+            nic = next((i for i, n in enumerate(nic_specs) if n["networkId"] == net.id), -1)
+            if nic < 0:
+                raise InvalidRequest(f"VM {vm.id} has no NIC on network {net.name}", field="networkId")
+        network_id = nic_specs[nic]["networkId"]
+        async with self.rt.store.write() as conn:
+            net_row = (await net_q.get_networks(conn, [network_id]))[network_id]
+            for _attempt in range(5):
+                highest = await net_q.max_addr(conn, network_id)
+                try:
+                    (addr,) = ipam.pick(net_row.subnet, 1, highest, None)
+                except LookupError:
+                    (addr,) = ipam.pick(net_row.subnet, 1, highest, await net_q.taken_addrs(conn, network_id))
+                row = {"network_id": network_id, "addr": addr, "address": ipam.to_str(addr), "vm_id": vm.id, "nic": nic, "is_primary": False, "created_at": clock.now()}
+                if await net_q.insert_addresses(conn, [row]):
+                    break
+            else:
+                raise Conflict(f"network {net_row.name}: addresses keep being taken; try again")
+            job_id = await self._apply(conn, vm, who)
+        self.rt.engine.wakeup()
+        return IpChange(ipam.to_str(addr), job_id)
+
+    async def release_ip(self, vm_ref: str, address: str, who: Principal) -> IpChange:
+        vm = await self.rt.vms.get(vm_ref, who)
+        try:
+            wanted = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise InvalidRequest(f"{address!r} is not an IP address", field="ip") from None
+        async with self.rt.store.write() as conn:
+            mine = (await net_q.addresses_of(conn, [vm.id]))[vm.id]
+            hit = next((a for a in mine if a.address == wanted), None)
+            if hit is None:
+                raise NotFound(f"VM {vm.id} has no address {wanted}")
+            if hit.is_primary:
+                raise Conflict(f"{wanted} is the primary address of NIC {hit.nic}; it goes with the VM")
+            if len(mine) == 1:
+                raise Conflict(f"{wanted} is the VM's last address")
+            await net_q.release_address(conn, vm.id, hit.network_id, hit.addr)
+            job_id = await self._apply(conn, vm, who)
+        self.rt.engine.wakeup()
+        return IpChange(wanted, job_id)
+
+    async def addresses(self, vm_ref: str, who: Principal) -> list[dict[str, Any]]:
+        vm = await self.rt.vms.get(vm_ref, who)
+        async with self.rt.store.read() as conn:
+            mine = (await net_q.addresses_of(conn, [vm.id]))[vm.id]
+            nets = await net_q.get_networks(conn, {a.network_id for a in mine})
+        nic_specs = (vm.spec or {}).get("nics", [])
+        return [
+            {"ip": a.address, "networkId": a.network_id, "network": nets[a.network_id].name if a.network_id in nets else None,
+             "nic": a.nic, "mac": nic_specs[a.nic]["mac"] if a.nic < len(nic_specs) else None, "primary": a.is_primary,
+             "createdAt": clock.rfc3339(a.created_at)}
+            for a in mine
+        ]  # fmt: skip
+
+    # -- firewalls -------------------------------------------------------------------------
+
+    async def firewall(self, vm_ref: str, who: Principal) -> Firewall:
+        vm = await self.rt.vms.get(vm_ref, who)
+        async with self.rt.store.read() as conn:
+            return await self.firewall_of(conn, vm.id)
+
+    async def set_options(self, vm_ref: str, who: Principal, enabled: bool | None, policy_in: str | None, policy_out: str | None) -> tuple[Firewall, str]:
+        return await self._change(vm_ref, who, lambda fw: fw.with_options(enabled, policy_in, policy_out))
+
+    async def replace_firewall(self, vm_ref: str, who: Principal, body: Any) -> tuple[Firewall, str]:
+        new = parse_firewall(body, "body")
+        return await self._change(vm_ref, who, lambda _fw: new)
+
+    async def add_rule(self, vm_ref: str, who: Principal, body: Any) -> tuple[Firewall, int, str]:
+        rule: Rule = parse_rule(body)
+        pos = body.get("pos") if isinstance(body, dict) else None
+        if pos is not None and (not isinstance(pos, int) or isinstance(pos, bool)):
+            raise InvalidRequest("pos must be an integer", field="pos")
+        fw, job_id = await self._change(vm_ref, who, lambda fw: fw.with_rule(rule, pos))
+        return fw, len(fw.rules) - 1 if pos is None else pos, job_id
+
+    async def delete_rule(self, vm_ref: str, who: Principal, pos: int) -> tuple[Firewall, str]:
+        return await self._change(vm_ref, who, lambda fw: fw.without_rule(pos))
+
+    async def _change(self, vm_ref: str, who: Principal, edit: Any) -> tuple[Firewall, str]:
+        vm = await self.rt.vms.get(vm_ref, who)
+        async with self.rt.store.write() as conn:
+            new = edit(await self.firewall_of(conn, vm.id))
+            await net_q.set_firewall(conn, vm.id, new.to_wire(), clock.now())
+            job_id = await self._apply(conn, vm, who)
+        self.rt.engine.wakeup()
+        return new, job_id
+
+    async def _apply(self, conn: Any, vm: Row, who: Principal) -> str:
+        return await self.rt.engine.submit(conn, "vm-network", who, [(vm.id, {})])
+
