@@ -1,0 +1,92 @@
+"""The firewall model's verdicts, IPAM arithmetic and PCI device matching in placement."""
+
+import pytest
+
+from vmplane.errors import Conflict, InvalidRequest, NotFound
+from vmplane.net import ipam
+from vmplane.net.model import Firewall, allowed_forwards, bridge_name, mac_for, parse_firewall, parse_rule, tap_name
+from vmplane.placement import Demand, NodeUsage, Policy, choose_node, pick_devices
+
+
+def fw(*rules: dict, policy_in: str = "DROP", enabled: bool = True) -> Firewall:
+    return parse_firewall({"enabled": enabled, "policyIn": policy_in, "rules": list(rules)})
+
+
+def test_first_matching_rule_decides_then_the_policy() -> None:
+    f = fw(
+        {"type": "in", "action": "DROP", "proto": "tcp", "dport": "22", "source": "10.0.0.66"},
+        {"type": "in", "action": "ACCEPT", "proto": "tcp", "dport": "22"},
+        {"type": "in", "action": "ACCEPT", "proto": "tcp", "dport": "8000:8080,443", "source": "10.0.0.0/8"},
+        {"type": "in", "action": "ACCEPT", "proto": "udp", "dport": "53", "enable": 0},
+    )
+    assert f.verdict("in", "tcp", 22, "10.0.0.66") == "DROP"
+    assert f.verdict("in", "tcp", 22, "192.0.2.1") == "ACCEPT"
+    assert f.verdict("in", "tcp", 8042, "10.1.2.3") == "ACCEPT"
+    assert f.verdict("in", "tcp", 443, "10.1.2.3") == "ACCEPT"
+    assert f.verdict("in", "tcp", 8042, "192.0.2.1") == "DROP"  # source does not match
+    assert f.verdict("in", "udp", 53, "10.1.2.3") == "DROP"  # disabled rule
+    assert f.verdict("out", "tcp", 80, "192.0.2.1") == "ACCEPT"  # policyOut
+    assert fw(policy_in="DROP", enabled=False).verdict("in", "tcp", 1, None) == "ACCEPT"
+    assert allowed_forwards(f, [("tcp", 22), ("tcp", 80), ("udp", 53)]) == {("tcp", 22)}
+
+
+def test_rule_parsing_normalises() -> None:
+    r = parse_rule({"type": "in", "action": "accept", "dport": 22, "source": "10.1.2.3/8"})
+    assert (r.action, r.proto, r.dport, r.source, r.enable) == ("ACCEPT", "tcp", "22", "10.0.0.0/8", True)
+    assert r.ports("dport") == [(22, 22)]
+    assert parse_rule({"type": "out", "action": "DROP", "dest": "FD00::1"}).dest == "fd00::1"
+    with pytest.raises(InvalidRequest) as e:
+        parse_rule({"type": "in", "action": "ACCEPT", "dport": "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33"})
+    assert e.value.field == "dport"
+
+
+def test_positions() -> None:
+    f = Firewall()
+    a = parse_rule({"type": "in", "action": "ACCEPT", "dport": "1"})
+    b = parse_rule({"type": "in", "action": "ACCEPT", "dport": "2"})
+    f = f.with_rule(a).with_rule(b, 0)
+    assert [r.dport for r in f.rules] == ["2", "1"]
+    assert f.without_rule(0).rules == (a,)
+    with pytest.raises(NotFound):
+        f.without_rule(2)
+    with pytest.raises(InvalidRequest):
+        f.with_rule(a, 3)
+    assert Firewall.from_wire(f.to_wire()) == f
+
+
+def test_ipam_picks_after_the_highest_then_fills_gaps() -> None:
+    assert ipam.usable("10.1.0.0/29") == (ipam.to_int("10.1.0.4"), ipam.to_int("10.1.0.6"))
+    assert ipam.gateway("10.1.0.0/24", "bridge") == "10.1.0.1" and ipam.gateway("10.1.0.0/24", "user") == "10.1.0.2"
+    first = ipam.to_int("10.1.0.4")
+    assert ipam.pick("10.1.0.0/29", 2, None, None) == [first, first + 1]
+    assert ipam.pick("10.1.0.0/29", 1, first + 1, None) == [first + 2]
+    with pytest.raises(LookupError):
+        ipam.pick("10.1.0.0/29", 1, first + 2, None)
+    assert ipam.pick("10.1.0.0/29", 1, first + 2, {first, first + 2}) == [first + 1]
+    with pytest.raises(Conflict):
+        ipam.pick("10.1.0.0/29", 2, first + 2, {first, first + 2})
+    assert ipam.ipv6_for("fd00:1::/64", "52:54:00:12:34:56") == "fd00:1::5054:ff:fe12:3456"
+
+
+def test_names_fit_interface_limits() -> None:
+    assert len(bridge_name("net-abcdefghjkmn")) <= 15 and len(tap_name("vm-abcdefghjkmn", 7)) <= 15
+    assert tap_name("vm-a000", 0) != tap_name("vm-a000", 1)
+    assert mac_for("vm-x", 0) != mac_for("vm-x", 1) and mac_for("vm-x").startswith("52:54:00:")
+
+
+def test_placement_needs_free_devices() -> None:
+    gpu = ("0000:01:00.0", "10de:2204")
+    gpu2 = ("0000:02:00.0", "10de:2204")
+    nic = ("0000:03:00.0", "8086:1572")
+    assert pick_devices(("10de:2204", "0000:01:00.0"), (gpu, gpu2)) == ["0000:01:00.0", "0000:02:00.0"]
+    assert pick_devices(("10de:2204", "10de:2204", "10de:2204"), (gpu, gpu2)) is None
+
+    def node(i: str, devices: tuple) -> NodeUsage:
+        return NodeUsage(i, True, 8, 8192, 100, 0, 0, 0, devices)
+
+    nodes = [node("n1", (nic,)), node("n2", (gpu, gpu2)), node("n3", ())]
+    assert choose_node(Demand(1, 512, 10, pci=("10de:2204",)), nodes, Policy()).id == "n2"
+    assert choose_node(Demand(1, 512, 10, pci=("0000:03:00.0",)), nodes, Policy()).id == "n1"
+    with pytest.raises(Exception) as e:
+        choose_node(Demand(1, 512, 10, pci=("10de:9999",)), nodes, Policy())
+    assert "PCI devices 10de:9999" in str(e.value)
