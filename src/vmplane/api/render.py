@@ -6,10 +6,9 @@ from sqlalchemy import Row
 
 from .. import clock
 from ..domain import job_progress
-from ..net.model import Nic
 
 
-def vm(row: Row, now: float, nics: tuple[Nic, ...] = ()) -> dict[str, Any]:
+def vm(row: Row, now: float) -> dict[str, Any]:
     spec = row.spec or {}
     return {
         "id": row.id,
@@ -26,10 +25,9 @@ def vm(row: Row, now: float, nics: tuple[Nic, ...] = ()) -> dict[str, Any]:
         "error": row.error,
         "expose": spec.get("expose", []),
         "nics": [
-            {"networkId": n.network.id, "network": n.network.name, "mac": n.mac,
-             "ipAddresses": [n.ip, *n.aliases, *([n.ipv6] if n.ipv6 else [])]}
-            for n in nics
-        ],  # fmt: skip
+            {"networkId": n["networkId"], "network": n["network"], "mac": n["mac"], "ipAddresses": n["ips"] + ([n["ipv6"]] if "ipv6" in n else [])}
+            for n in spec.get("nics", ())
+        ],
         "pciDevices": spec.get("pciAssigned", []),
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import Row
 
@@ -19,6 +19,7 @@ from ..errors import Conflict, InvalidRequest, NotFound
 from ..net import ipam
 from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
 from ..store import networks as net_q
+from ..store import vms as vm_q
 from .vms import check_name
 
 DEFAULT_NETWORK = "user"
@@ -51,6 +52,8 @@ def render_network(row: Row, in_use: int | None = None) -> dict[str, Any]:
 class NetworkService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
+        self._networks: dict[str, Network] = {}
+        """networks by id: they never change, and one in use by a VM is never deleted"""
 
     # -- networks --------------------------------------------------------------------------
 
@@ -135,23 +138,28 @@ class NetworkService:
 
     async def allocate(self, conn: Any, vms: Sequence[tuple[dict[str, Any], Sequence[Row]]]) -> None:
         """Give each new VM (row, networks) one NIC per network with a primary address, and
-        record the NICs in the VM's spec. Runs inside the VM insert's transaction."""
+        record the NICs in the VM's spec. Runs inside the VM insert's transaction.
+
+        The spec keeps a copy of each NIC's addresses (reads of a VM need no other table);
+        `ip_addresses` decides who owns an address, and both change in one transaction."""
         want: dict[str, list[tuple[dict[str, Any], int]]] = {}
         nets: dict[str, Row] = {}
         for row, networks in vms:
-            row["spec"]["nics"] = [{"networkId": n.id, "mac": mac_for(row["id"], i)} for i, n in enumerate(networks)]
+            row["spec"]["nics"] = [
+                {"networkId": n.id, "network": n.name, "mac": mac_for(row["id"], i), "ips": []} for i, n in enumerate(networks)
+            ]
             for i, n in enumerate(networks):
                 want.setdefault(n.id, []).append((row, i))
                 nets[n.id] = n
         now = clock.now()
         for network_id, owners in want.items():
-            subnet = nets[network_id].subnet
+            net = nets[network_id]
             for _attempt in range(5):
                 highest = await net_q.max_addr(conn, network_id)
                 try:
-                    addrs = ipam.pick(subnet, len(owners), highest, None)
+                    addrs = ipam.pick(net.subnet, len(owners), highest, None)
                 except LookupError:
-                    addrs = ipam.pick(subnet, len(owners), highest, await net_q.taken_addrs(conn, network_id))
+                    addrs = ipam.pick(net.subnet, len(owners), highest, await net_q.taken_addrs(conn, network_id))
                 rows = [
                     {"network_id": network_id, "addr": a, "address": ipam.to_str(a), "vm_id": vm["id"], "nic": nic, "is_primary": True, "created_at": now}
                     for a, (vm, nic) in zip(addrs, owners)
@@ -159,38 +167,26 @@ class NetworkService:
                 if await net_q.insert_addresses(conn, rows):
                     break
             else:
-                raise Conflict(f"network {nets[network_id].name}: addresses keep being taken; try again")
+                raise Conflict(f"network {net.name}: addresses keep being taken; try again")
+            for a, (vm, nic) in zip(addrs, owners):
+                entry = vm["spec"]["nics"][nic]
+                entry["ips"] = [ipam.to_str(a)]
+                if net.ipv6_prefix:
+                    entry["ipv6"] = ipam.ipv6_for(net.ipv6_prefix, entry["mac"])
 
     # -- what a VM has ---------------------------------------------------------------------
 
     async def nics(self, conn: Any, vm: Row) -> tuple[Nic, ...]:
         """The VM's NICs for its driver (empty for VMs made before networks existed)."""
-        return (await self.nics_of(conn, [vm]))[vm.id]
-
-    async def nics_of(self, conn: Any, vms: Iterable[Row]) -> dict[str, tuple[Nic, ...]]:
-        vms = list(vms)
-        addrs = await net_q.addresses_of(conn, [v.id for v in vms])
-        networks = await net_q.get_networks(conn, {n["networkId"] for v in vms for n in (v.spec or {}).get("nics", [])})
-        out = {}
-        for v in vms:
-            nics = []
-            for i, n in enumerate((v.spec or {}).get("nics", [])):
-                net_row = networks.get(n["networkId"])
-                mine = [a for a in addrs[v.id] if a.nic == i]
-                if net_row is None or not mine:
-                    continue
-                net = network_of(net_row)
-                primary = next((a.address for a in mine if a.is_primary), mine[0].address)
-                nics.append(Nic(
-                    network=net, mac=n["mac"], ip=primary, aliases=tuple(a.address for a in mine if a.address != primary),
-                    ipv6=ipam.ipv6_for(net.ipv6_prefix, n["mac"]) if net.ipv6_prefix else None,
-                ))  # fmt: skip
-            out[v.id] = tuple(nics)
-        return out
-
-    async def nics_for(self, vms: Sequence[Row]) -> dict[str, tuple[Nic, ...]]:
-        async with self.rt.store.read() as conn:
-            return await self.nics_of(conn, vms)
+        specs = (vm.spec or {}).get("nics", [])
+        missing = {n["networkId"] for n in specs} - self._networks.keys()
+        if missing:
+            self._networks.update({k: network_of(r) for k, r in (await net_q.get_networks(conn, missing)).items()})
+        return tuple(
+            Nic(network=self._networks[n["networkId"]], mac=n["mac"], ip=n["ips"][0], aliases=tuple(n["ips"][1:]), ipv6=n.get("ipv6"))
+            for n in specs
+            if n["networkId"] in self._networks and n.get("ips")
+        )
 
     async def firewall_of(self, conn: Any, vm_id: str) -> Firewall:
         return Firewall.from_wire(await net_q.get_firewall(conn, vm_id))
@@ -223,6 +219,7 @@ class NetworkService:
                     break
             else:
                 raise Conflict(f"network {net_row.name}: addresses keep being taken; try again")
+            await self._set_ips(conn, vm.id, nic, lambda ips: [*ips, ipam.to_str(addr)])
             job_id = await self._apply(conn, vm, who)
         self.rt.engine.wakeup()
         return IpChange(ipam.to_str(addr), job_id)
@@ -243,6 +240,7 @@ class NetworkService:
             if len(mine) == 1:
                 raise Conflict(f"{wanted} is the VM's last address")
             await net_q.release_address(conn, vm.id, hit.network_id, hit.addr)
+            await self._set_ips(conn, vm.id, hit.nic, lambda ips: [i for i in ips if i != wanted])
             job_id = await self._apply(conn, vm, who)
         self.rt.engine.wakeup()
         return IpChange(wanted, job_id)
@@ -293,6 +291,17 @@ class NetworkService:
             job_id = await self._apply(conn, vm, who)
         self.rt.engine.wakeup()
         return new, job_id
+
+    @staticmethod
+    async def _set_ips(conn: Any, vm_id: str, nic: int, change: Any) -> None:
+        """Update the copy of a NIC's addresses in the VM's spec (same transaction as IPAM)."""
+        vm = await vm_q.get_vm(conn, vm_id)
+        if vm is None:
+            raise NotFound(f"VM {vm_id} does not exist")
+        spec = dict(vm.spec)
+        spec["nics"] = [dict(n) for n in spec["nics"]]
+        spec["nics"][nic]["ips"] = change(spec["nics"][nic]["ips"])
+        await vm_q.set_vm(conn, vm_id, spec=spec)
 
     async def _apply(self, conn: Any, vm: Row, who: Principal) -> str:
         return await self.rt.engine.submit(conn, "vm-network", who, [(vm.id, {})])

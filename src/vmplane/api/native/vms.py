@@ -48,8 +48,7 @@ async def list_vms(
 ) -> JSONResponse:
     rows, token = await rt.vms.list(who, node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken)
     now = clock.now()
-    nics = await rt.networks.nics_for(rows)
-    return JSONResponse({"items": [render.vm(r, now, nics[r.id]) for r in rows], "nextPageToken": token})
+    return JSONResponse({"items": [render.vm(r, now) for r in rows], "nextPageToken": token})
 
 
 def _new_vm(spec: VmCreateIn) -> NewVm:
@@ -103,8 +102,7 @@ def _json_body(request: Request) -> Any:
 
 @router.get("/vms/{vm_id}", response_model=VmOut, responses=ERRORS)
 async def get_vm(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    row = await rt.vms.get(vm_id, who)
-    return JSONResponse(render.vm(row, clock.now(), (await rt.networks.nics_for([row]))[row.id]))
+    return JSONResponse(render.vm(await rt.vms.get(vm_id, who), clock.now()))
 
 
 @router.patch("/vms/{vm_id}", status_code=202, responses=ACCEPTED)

@@ -9,7 +9,6 @@ from ... import clock
 from ...domain import Resources, VmSpec, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import VmplaneError
-from ...store import networks as net_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 
@@ -40,7 +39,6 @@ async def vm_spec(ctx: TaskContext, vm: Row, template_image: str | None = None, 
     async with ctx.rt.store.read() as conn:
         nics = await ctx.rt.networks.nics(conn, vm)
         firewall = await ctx.rt.networks.firewall_of(conn, vm.id)
-        devices = await net_q.devices_of(conn, vm.id)
     return VmSpec(
         id=vm.id,
         uuid=vm.uuid,
@@ -52,7 +50,7 @@ async def vm_spec(ctx: TaskContext, vm: Row, template_image: str | None = None, 
         extra=dict(vm.spec or {}),
         nics=nics,
         firewall=firewall,
-        pci_devices=tuple(devices),
+        pci_devices=tuple((vm.spec or {}).get("pciAssigned", ())),
     )
 
 
