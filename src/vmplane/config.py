@@ -1,11 +1,14 @@
 """Settings of a vmplane server, validated at start (env prefix `VMPLANE_`)."""
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .pci import Allowlist
 
 
 class Settings(BaseSettings):
@@ -20,6 +23,11 @@ class Settings(BaseSettings):
     """QEMU accelerator: `auto` uses KVM only if a probe guest really boots with it."""
     image_cache_dir: Path | None = None
     """Shared cache of built guest images (default `$XDG_CACHE_HOME/vmplane/images`)."""
+    sysfs_root: Path = Path("/sys")
+    """The kernel's sysfs: host PCI devices are discovered and bound to vfio-pci there."""
+    pci_allowlist: Annotated[list[str], NoDecode] = []
+    """Host PCI devices offered to VMs (passthrough): `vendor:device` patterns (`10de:*`) or
+    address globs (`0000:01:00.*`); as an env var comma-separated or a JSON list. Empty: none."""
     sim_nodes: int = Field(1, ge=0, le=100_000)
     sim_node_cpu: int = Field(32, ge=1)
     sim_node_ram_mb: int = Field(131072, ge=128)
@@ -92,6 +100,22 @@ class Settings(BaseSettings):
     def _known_backend(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("sqlite://", "sqlite+pysqlite://", "sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must start with sqlite:// or postgresql+asyncpg://")
+        return v
+
+    @field_validator("pci_allowlist", mode="before")
+    @classmethod
+    def _allowlist(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    v = json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON list: {exc}") from exc
+            else:
+                v = [p.strip() for p in text.split(",") if p.strip()]
+        if isinstance(v, (list, tuple)):
+            Allowlist(v)  # a bad pattern fails here, at start, naming itself
         return v
 
     @field_validator("jwt_secret")

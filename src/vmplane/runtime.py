@@ -11,7 +11,7 @@ from . import clock, ids
 from .config import Settings
 from .domain import NodeStatus, VmStatus
 from .drivers.base import HypervisorDriver, PowerState
-from .drivers.registry import NodeRegistry, build_sim_nodes, pick_driver_kind
+from .drivers.registry import NodeRegistry, build_qemu_driver, build_sim_nodes, pick_driver_kind
 from .jobs.engine import JobEngine
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
@@ -93,7 +93,7 @@ class Runtime:
             log.warning("driver: sim (%s)", reason)
             return build_sim_nodes(self.settings, self.data_dir / "sim")
         log.info("driver: qemu (%s)", reason)
-        from .drivers.qemu import QemuDriver, pick_accel
+        from .drivers.qemu import pick_accel
 
         image = await self.tiny_image()
         if image is None:
@@ -101,7 +101,7 @@ class Runtime:
         else:
             accel, why = await pick_accel(self.settings.accel, image)
         log.warning("accelerator: %s (%s)", accel, why)
-        driver = QemuDriver(state_dir=self.data_dir / "qemu", hostname=socket.gethostname(), accel=accel)
+        driver = build_qemu_driver(self.settings, self.data_dir / "qemu", socket.gethostname(), accel)
         return [("node-1", driver)]
 
     async def tiny_image(self) -> "TinyImage | None":

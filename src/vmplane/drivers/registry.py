@@ -72,7 +72,22 @@ def build_sim_nodes(settings: Settings, state_dir: Path | None) -> list[tuple[st
                 faults=faults,
                 overcommit=ratios,
                 state_dir=state_dir,
+                sysfs_root=settings.sysfs_root if settings.pci_allowlist else None,
+                pci_allowlist=tuple(settings.pci_allowlist),
             ),
         )
         for i in range(1, settings.sim_nodes + 1)
     ]
+
+
+def build_qemu_driver(settings: Settings, state_dir: Path, hostname: str, accel: str) -> HypervisorDriver:
+    """The qemu driver of this host, with the settings it takes (PCI passthrough among them)."""
+    from .qemu import QemuDriver
+
+    return QemuDriver(
+        state_dir=state_dir,
+        hostname=hostname,
+        accel=accel,
+        sysfs_root=settings.sysfs_root,
+        pci_allowlist=tuple(settings.pci_allowlist),
+    )

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import clock
+from .. import clock, pci
 from ..domain import Resources, VmSpec
 from ..errors import DriverError, InvalidState, NoCapacity
 from .base import Capabilities, HypervisorDriver, ImageInfo, NodeInfo, PowerState, Progress, VmRuntime
@@ -61,9 +61,17 @@ class SimDriver(HypervisorDriver):
     state_dir: Path | None = None
     """Where the simulated hypervisor keeps its state, so its VMs outlive the process as
     real ones do. None keeps everything in memory."""
+    sysfs_root: Path | None = None
+    """A sysfs tree (a fake one in tests) whose devices the allowlist admits are offered for
+    passthrough, as a real node would offer them; nothing is bound, the VMs are simulated."""
+    pci_allowlist: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.capabilities = Capabilities(kind="sim", real_vms=False, live_resize_disk=True)
+        self._pci_allow = pci.Allowlist(self.pci_allowlist)
+        self._pci: tuple[pci.PciDevice, ...] = ()
+        if self.sysfs_root is not None and self._pci_allow:
+            self._pci = tuple(pci.offered(self.sysfs_root, self._pci_allow))
+        self.capabilities = Capabilities(kind="sim", real_vms=False, live_resize_disk=True, pci_passthrough=bool(self._pci))
         self._vms: dict[str, _SimVm] = {}
         self._images: dict[str, ImageInfo] = {}
         self._snapshots: dict[str, ImageInfo] = {}
@@ -98,6 +106,18 @@ class SimDriver(HypervisorDriver):
         if cpu + add.cpu > self.cpu * c or ram + add.ram_mb > self.ram_mb * r or disk + add.disk_gb > self.disk_gb * d:
             raise NoCapacity(f"{self.hostname} cannot hold {add.cpu} vCPUs, {add.ram_mb} MB RAM, {add.disk_gb} GB disk more")
 
+    async def _check_pci(self, spec: VmSpec) -> None:
+        """The devices `spec` asks for: offered here (whole IOMMU groups) and held by no other VM."""
+        if not spec.pci_devices:
+            return
+        if self.sysfs_root is None or not self._pci:
+            raise DriverError(f"{self.hostname} offers no PCI devices for passthrough", vm_id=spec.id)
+        await asyncio.to_thread(pci.plan_passthrough, self.sysfs_root, spec.pci_devices, self._pci_allow)
+        for vm in self._vms.values():
+            taken = {a.lower() for a in vm.spec.pci_devices} & {a.lower() for a in spec.pci_devices}
+            if taken:
+                raise DriverError(f"PCI device {', '.join(sorted(taken))} is given to VM {vm.spec.id} already", vm_id=spec.id)
+
     def _state_file(self) -> Path | None:
         return None if self.state_dir is None else self.state_dir / f"{self.hostname}.json"
 
@@ -116,6 +136,7 @@ class SimDriver(HypervisorDriver):
                     "pending": v.pending.to_wire() if v.pending else None,
                     "state": str(v.state),
                     "startedAt": v.started_at,
+                    "pciDevices": list(v.spec.pci_devices),
                 }
                 for v in self._vms.values()
             ],
@@ -136,7 +157,10 @@ class SimDriver(HypervisorDriver):
             return Resources(d["cpu"], d["ramMb"], d["diskGb"])
 
         for v in data["vms"]:
-            spec = VmSpec(id=v["id"], uuid=v["uuid"], name=v["name"], resources=res(v["resources"]), template_id=v["templateId"])
+            spec = VmSpec(
+                id=v["id"], uuid=v["uuid"], name=v["name"], resources=res(v["resources"]), template_id=v["templateId"],
+                pci_devices=tuple(v.get("pciDevices", ())),
+            )  # fmt: skip
             state = PowerState(v["state"])
             if state in (PowerState.STARTING, PowerState.STOPPING):  # interrupted mid-way
                 state = PowerState.STOPPED
@@ -166,7 +190,7 @@ class SimDriver(HypervisorDriver):
         return None
 
     async def node_info(self) -> NodeInfo:
-        return NodeInfo(hostname=self.hostname, cpu=self.cpu, ram_mb=self.ram_mb, disk_gb=self.disk_gb)
+        return NodeInfo(hostname=self.hostname, cpu=self.cpu, ram_mb=self.ram_mb, disk_gb=self.disk_gb, pci_devices=self._pci)
 
     async def create_vm(self, spec: VmSpec) -> None:
         async with self._lock(spec.id):
@@ -181,6 +205,7 @@ class SimDriver(HypervisorDriver):
             if snapshot_base and not any(str(i.path) == spec.template_image for i in self._snapshots.values()):
                 raise DriverError(f"snapshot image {spec.template_image} is not on {self.hostname}", vm_id=spec.id)
             self._check_capacity(spec.resources)
+            await self._check_pci(spec)
             self._vms[spec.id] = _SimVm(spec=spec, resources=spec.resources)
             self._save()
 

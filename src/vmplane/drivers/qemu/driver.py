@@ -20,11 +20,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pycdlib.pycdlibexception
 
-from ... import clock
+from ... import clock, pci
 from ...domain import Resources, VmSpec
 from ...errors import DriverError, InvalidState
 from ...ids import looks_like_id
@@ -100,6 +100,9 @@ class QemuDriver(HypervisorDriver):
         sandbox: bool = True,
         start_timeout: float = 30.0,
         agent_timeout: float = 30.0,
+        sysfs_root: Path = Path("/sys"),
+        dev_root: Path = Path("/dev"),
+        pci_allowlist: Sequence[str] = (),
     ) -> None:
         if accel not in ("kvm", "tcg"):
             raise ValueError(f"accel must be kvm or tcg, not {accel!r} (pick it with accel.pick_accel)")
@@ -115,9 +118,13 @@ class QemuDriver(HypervisorDriver):
         self.sandbox = sandbox
         self.start_timeout = start_timeout
         self.agent_timeout = agent_timeout
+        self.sysfs_root = Path(sysfs_root)
+        self.dev_root = Path(dev_root)
+        self.pci_allowlist = pci.Allowlist(pci_allowlist)
         self.capabilities = Capabilities(
-            kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True
-        )
+            kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True,
+            pci_passthrough=bool(self.pci_allowlist) and pci.iommu_available(self.sysfs_root),
+        )  # fmt: skip
         self._vms: dict[str, _Vm] = {}
         self._base_infos: dict[tuple[str, int, int], images.DiskInfo] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -177,7 +184,13 @@ class QemuDriver(HypervisorDriver):
         else:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             disk_gb = shutil.disk_usage(self.state_dir).free // GIB
-        return NodeInfo(hostname=self.hostname, cpu=cpu, ram_mb=ram_mb, disk_gb=max(1, disk_gb), labels={"accel": self.accel})
+        devices: tuple[pci.PciDevice, ...] = ()
+        if self.capabilities.pci_passthrough:
+            devices = tuple(await asyncio.to_thread(pci.offered, self.sysfs_root, self.pci_allowlist))
+        return NodeInfo(
+            hostname=self.hostname, cpu=cpu, ram_mb=ram_mb, disk_gb=max(1, disk_gb), labels={"accel": self.accel},
+            pci_devices=devices,
+        )  # fmt: skip
 
     # -- defining VMs ----------------------------------------------------------------------
 
@@ -205,6 +218,7 @@ class QemuDriver(HypervisorDriver):
         """Write the disk, seed and vm.json of `spec` into `work.dir`."""
         if spec.resources.cpu < 1 or spec.resources.ram_mb < 16 or spec.resources.disk_gb < 1:
             raise DriverError(f"resources {spec.resources.to_wire()} are too small", vm_id=spec.id)
+        await self._check_pci(spec.id, spec.pci_devices)
         base: Path | None = None
         if spec.template_image:
             base = Path(spec.template_image).absolute()
@@ -255,6 +269,7 @@ class QemuDriver(HypervisorDriver):
                 for pid, _argv in procfs.processes_mentioning(str(paths.dir) + os.sep):
                     procfs.kill(pid)
             if paths.dir.exists():
+                await self._give_back_pci(paths)  # QEMU is gone: the devices are free
                 await asyncio.to_thread(shutil.rmtree, paths.dir)
             self._vms.pop(vm_id, None)
         self._locks.pop(vm_id, None)
@@ -507,6 +522,7 @@ class QemuDriver(HypervisorDriver):
             vm.config, vm.paths, accel=self.accel, qemu_binary=self.qemu_binary,
             forward_address=self.forward_address, sandbox=self.sandbox,
         )
+        pci_moved = await self._bind_pci(vm)
         vm.transition = PowerState.STARTING
         pid: int | None = None
         try:
@@ -533,6 +549,7 @@ class QemuDriver(HypervisorDriver):
                 await _wait_exit(pid, vm.marker, 5.0)
             error = self._stderr_tail(vm) if pid is not None else ""
             await self._cleanup(vm)
+            await self._unbind_pci(vm.paths, pci_moved, strict=False)
             if isinstance(exc, DriverError) and error:
                 raise DriverError(f"{exc.message}: {error}", **exc.details) from exc
             raise
@@ -775,6 +792,67 @@ class QemuDriver(HypervisorDriver):
     async def delete_image(self, template_id: str) -> None:
         return None  # the control plane owns the image file; the node keeps no copy
 
+    # -- PCI passthrough -------------------------------------------------------------------
+
+    async def _check_pci(self, vm_id: str, addresses: Sequence[str]) -> list[pci.PciDevice]:
+        """The devices a VM asks for, checked against the host: offered here (allowlist, IOMMU,
+        whole groups, see pci.plan_passthrough) and given to no other VM of this node."""
+        if not addresses:
+            return []
+        if not self.capabilities.pci_passthrough:
+            raise DriverError(
+                f"{self.hostname} offers no PCI passthrough (no IOMMU, or an empty PCI allowlist)", vm_id=vm_id
+            )
+        devices = await asyncio.to_thread(pci.plan_passthrough, self.sysfs_root, addresses, self.pci_allowlist)
+        wanted = {d.address for d in devices}
+        for other in list(self._vms.values()):
+            taken = wanted & set(other.config.pci_devices) if other.id != vm_id else set()
+            if taken:
+                raise DriverError(f"PCI device {', '.join(sorted(taken))} is given to VM {other.id} already", vm_id=vm_id)
+        return devices
+
+    async def _bind_pci(self, vm: _Vm) -> list[str]:
+        """Before QEMU starts: move the VM's devices to vfio-pci and check what QEMU will open
+        (/dev/vfio/<group>, the locked-memory limit). Returns the devices moved now, which a
+        failed start gives back; on failure here, gives them back itself."""
+        if not vm.config.pci_devices:
+            return []
+        devices = await self._check_pci(vm.id, vm.config.pci_devices)
+        pci.check_memlock(vm.config.resources.ram_mb << 20)
+        moved: list[str] = []
+        try:
+            for d in devices:
+                if await asyncio.to_thread(pci.bind_vfio, self.sysfs_root, d.address):
+                    moved.append(d.address)
+                    _write_bound(vm.paths, _read_bound(vm.paths) | {d.address})
+            for group in sorted({d.iommu_group for d in devices if d.iommu_group is not None}):
+                pci.check_vfio_group(group, self.dev_root)
+        except BaseException:
+            await self._unbind_pci(vm.paths, moved, strict=False)
+            raise
+        return moved
+
+    async def _unbind_pci(self, paths: VmPaths, addresses: Sequence[str], *, strict: bool) -> None:
+        """Give `addresses` back to their host drivers. Not strict: failures are logged (a start
+        that failed keeps its own error)."""
+        for address in addresses:
+            try:
+                await asyncio.to_thread(pci.unbind_vfio, self.sysfs_root, address)
+            except DriverError as exc:
+                if strict:
+                    raise
+                log.error("giving PCI device %s back to the host failed: %s", address, exc.message)
+                continue
+            if paths.dir.exists():
+                _write_bound(paths, _read_bound(paths) - {address})
+
+    async def _give_back_pci(self, paths: VmPaths) -> None:
+        """Give back every device the driver moved to vfio-pci for this VM (devices that were
+        with vfio-pci before, e.g. by vfio-pci.ids=, stay there)."""
+        bound = _read_bound(paths)
+        if bound:
+            await self._unbind_pci(paths, sorted(bound), strict=True)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _lock(self, vm_id: str) -> asyncio.Lock:
@@ -831,6 +909,26 @@ async def _wait_exit(pid: int, marker: str, timeout: float) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+def _read_bound(paths: VmPaths) -> set[str]:
+    """Addresses in the VM's pci.json (each checked: they become sysfs paths)."""
+    try:
+        data = json.loads(paths.pci_bound.read_text())
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as exc:
+        raise DriverError(f"{paths.pci_bound} is unreadable: {exc}", vm_id=paths.dir.name) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("bound"), list):
+        raise DriverError(f"{paths.pci_bound} has no list of bound devices", vm_id=paths.dir.name)
+    return {pci.check_address(a) for a in data["bound"]}
+
+
+def _write_bound(paths: VmPaths, bound: set[str]) -> None:
+    if bound:
+        write_json_atomic(paths.pci_bound, {"bound": sorted(bound)})
+    else:
+        paths.pci_bound.unlink(missing_ok=True)
 
 
 def _mem_total_mb() -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from ...domain import Resources, VmSpec
 from ...errors import DriverError
 from ...ids import looks_like_id
+from ...pci import check_address
 
 CONFIG_VERSION = 1
 GIB = 1 << 30
@@ -75,6 +76,11 @@ class VmPaths:
         return self.dir / "stopping"
 
     @property
+    def pci_bound(self) -> Path:
+        """The host PCI devices the driver moved to vfio-pci for this VM (given back at delete)."""
+        return self.dir / "pci.json"
+
+    @property
     def sockets(self) -> tuple[Path, ...]:
         return (self.qmp, self.qga, self.serial)
 
@@ -121,6 +127,8 @@ class VmConfig:
     boot: KernelBoot | None = None
     forwards: tuple[Forward, ...] = ()
     created_at: float = 0.0
+    pci_devices: tuple[str, ...] = ()
+    """host PCI addresses passed through with VFIO"""
 
     @classmethod
     def from_spec(cls, spec: VmSpec, created_at: float) -> "VmConfig":
@@ -135,6 +143,7 @@ class VmConfig:
             boot=_kernel_boot(spec),
             forwards=_forwards(spec),
             created_at=created_at,
+            pci_devices=tuple(check_address(a) for a in spec.pci_devices),
         )
 
     def with_resources(self, resources: Resources) -> "VmConfig":
@@ -157,6 +166,7 @@ class VmConfig:
                 {"protocol": f.protocol, "hostPort": f.host_port, "guestPort": f.guest_port} for f in self.forwards
             ],
             "createdAt": self.created_at,
+            "pciDevices": list(self.pci_devices),
         }
 
     @classmethod
@@ -174,6 +184,7 @@ class VmConfig:
             boot=None if boot is None else KernelBoot(boot["kernel"], boot.get("initrd"), boot.get("cmdline") or ""),
             forwards=tuple(Forward(f["protocol"], int(f["hostPort"]), int(f["guestPort"])) for f in data.get("forwards", [])),
             created_at=float(data.get("createdAt", 0.0)),
+            pci_devices=tuple(check_address(a) for a in data.get("pciDevices", ())),
         )
 
 
