@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable, Literal
 
 from .errors import NoCapacity, NotFound
+from .pci import PciDevice, group_closure
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +22,8 @@ class NodeUsage:
     cpu_used: int
     ram_mb_used: int
     disk_gb_used: int
-    devices: tuple[tuple[str, str], ...] = ()
-    """free host PCI devices for passthrough: (address, vendor:device model)"""
+    devices: tuple[PciDevice, ...] = ()
+    """free host PCI devices for passthrough (an IOMMU group is wholly free or wholly taken)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +61,18 @@ def fits(demand: Demand, node: NodeUsage, policy: Policy) -> bool:
     )
 
 
-def pick_devices(wants: tuple[str, ...], free: tuple[tuple[str, str], ...]) -> list[str] | None:
-    """Host addresses for each wanted device (addresses first, then models), or None."""
+def pick_devices(wants: tuple[str, ...], free: tuple[PciDevice, ...]) -> list[str] | None:
+    """Host addresses for the wanted devices (addresses first, then models), with the rest of
+    their IOMMU groups (VFIO gives a VM whole groups); None if they are not all free."""
     left = list(free)
     out: list[str] = []
     for want in sorted(wants, key=lambda w: len(w) != 12):  # addresses (12 characters) first
-        hit = next((d for d in left if d[0] == want or d[1] == want), None)
+        hit = next((d for d in left if d.address == want or d.model == want), None)
         if hit is None:
             return None
         left.remove(hit)
-        out.append(hit[0])
-    return out
+        out.append(hit.address)
+    return group_closure(free, out)
 
 
 def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> NodeUsage:

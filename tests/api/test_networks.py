@@ -4,6 +4,7 @@ tested on real guests in tests/e2e/test_qemu_network.py)."""
 from typing import Any
 
 from ..support import Server
+from ..support_pci import install, standard_host
 
 
 async def new_network(server: Server, **body: Any) -> dict[str, Any]:
@@ -167,3 +168,33 @@ async def test_firewall_rules_positions_and_validation(server: Server) -> None:
     r = await c.put(base, json={"rules": [{"type": "out", "action": "DROP"}, {"type": "in"}]})
     assert r.status_code == 400 and r.json()["details"]["field"] == "body.rules[1].action"
     assert (await c.get("/api/v1/vms/vm-none00000000/firewall")).status_code == 404
+
+
+async def test_pci_passthrough_placement_takes_whole_groups(server_factory: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    kernel = install(standard_host(tmp_path / "host"), monkeypatch)
+    server = await server_factory(sim_nodes=2, sysfs_root=kernel.root, pci_allowlist=["10de:*", "8086:1521"])
+    c = server.client
+    nodes = [n["id"] for n in (await c.get("/api/v1/nodes")).json()["items"]]
+    offered = (await c.get(f"/api/v1/nodes/{nodes[0]}/devices")).json()["items"]
+    assert sorted(d["address"] for d in offered) == ["0000:01:00.0", "0000:01:00.1", "0000:02:00.0"]
+    assert all(d["vmId"] is None for d in offered) and {d["iommuGroup"] for d in offered} == {1, 2}
+
+    # a GPU model: the node's GPU comes with its audio function (one IOMMU group)
+    vm = await vm_of(server, await server.create({"name": "gpu-1", "devices": {"pciPassthrough": ["10de:2204"]}}))
+    assert vm["pciDevices"] == ["0000:01:00.0", "0000:01:00.1"]
+    owners = {d["address"]: d["vmId"] for d in (await c.get(f"/api/v1/nodes/{vm['nodeId']}/devices")).json()["items"]}
+    assert owners == {"0000:01:00.0": vm["id"], "0000:01:00.1": vm["id"], "0000:02:00.0": None}
+    # the second GPU VM goes to the other node; a third finds none free
+    vm2 = await vm_of(server, await server.create({"name": "gpu-2", "devices": {"pciPassthrough": ["10de:2204"]}}))
+    assert vm2["nodeId"] != vm["nodeId"]
+    job = await server.create({"name": "gpu-3", "devices": {"pciPassthrough": ["10de:2204"]}})
+    assert job["state"] == "failed" and "PCI devices 10de:2204" in (await c.get(f"/api/v1/vms/{job['tasks'][0]['resourceId']}")).json()["error"]
+    # an address on a given node
+    vm4 = await vm_of(server, await server.create({"name": "nic-1", "nodeId": vm["nodeId"], "devices": {"pciPassthrough": ["0000:02:00.0"]}}))
+    assert vm4["pciDevices"] == ["0000:02:00.0"]
+    r = await c.post("/api/v1/vms", json={"name": "bad", "devices": {"pciPassthrough": ["../../x"]}})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "devices.pciPassthrough[0]"
+    # deleting the VM gives its devices back
+    await server.wait_job((await c.delete(f"/api/v1/vms/{vm['id']}")).json()["jobId"])
+    owners = {d["address"]: d["vmId"] for d in (await c.get(f"/api/v1/nodes/{vm['nodeId']}/devices")).json()["items"]}
+    assert owners == {"0000:01:00.0": None, "0000:01:00.1": None, "0000:02:00.0": vm4["id"]}

@@ -5,6 +5,7 @@ import pytest
 from vmplane.errors import Conflict, InvalidRequest, NotFound
 from vmplane.net import ipam
 from vmplane.net.model import Firewall, allowed_forwards, bridge_name, mac_for, parse_firewall, parse_rule, tap_name
+from vmplane.pci import PciDevice
 from vmplane.placement import Demand, NodeUsage, Policy, choose_node, pick_devices
 
 
@@ -75,11 +76,14 @@ def test_names_fit_interface_limits() -> None:
 
 
 def test_placement_needs_free_devices() -> None:
-    gpu = ("0000:01:00.0", "10de:2204")
-    gpu2 = ("0000:02:00.0", "10de:2204")
-    nic = ("0000:03:00.0", "8086:1572")
+    gpu = PciDevice("0000:01:00.0", "10de", "2204", "030000", "nvidia", 1, 0)
+    audio = PciDevice("0000:01:00.1", "10de", "1aef", "040300", "snd_hda_intel", 1, 0)
+    gpu2 = PciDevice("0000:02:00.0", "10de", "2204", "030000", "nvidia", 2, 0)
+    nic = PciDevice("0000:03:00.0", "8086", "1572", "020000", "i40e", 3, 0)
     assert pick_devices(("10de:2204", "0000:01:00.0"), (gpu, gpu2)) == ["0000:01:00.0", "0000:02:00.0"]
     assert pick_devices(("10de:2204", "10de:2204", "10de:2204"), (gpu, gpu2)) is None
+    # the rest of an IOMMU group comes along
+    assert pick_devices(("0000:01:00.0",), (gpu, audio, gpu2)) == ["0000:01:00.0", "0000:01:00.1"]
 
     def node(i: str, devices: tuple) -> NodeUsage:
         return NodeUsage(i, True, 8, 8192, 100, 0, 0, 0, devices)

@@ -10,6 +10,7 @@ from .. import clock
 from ..config import Settings
 from ..domain import NodeStatus
 from ..errors import NoCapacity
+from ..pci import PciDevice
 from ..placement import Demand, NodeUsage, Policy, choose_node, pick_devices
 from ..store import Store
 from ..store import networks as net_q
@@ -17,7 +18,7 @@ from ..store import nodes as node_q
 
 
 def usage_of(row: Row, taken: Collection[tuple[str, str]] = ()) -> NodeUsage:
-    devices = tuple((d["address"], f"{d['vendor']}:{d['device']}") for d in row.pci_devices or () if (row.id, d["address"]) not in taken)
+    devices = tuple(PciDevice.from_wire(d) for d in row.pci_devices or () if (row.id, d["address"]) not in taken)
     return NodeUsage(
         id=row.id,
         online=row.status == NodeStatus.ONLINE.value,
@@ -67,16 +68,23 @@ class Capacity:
             self._cache[node_id] = NodeUsage(
                 n.id, n.online, n.cpu_total, n.ram_mb_total, n.disk_gb_total,
                 n.cpu_used + cpu, n.ram_mb_used + ram_mb, n.disk_gb_used + disk_gb,
-                tuple(d for d in n.devices if d[0] not in devices) if devices else n.devices,
+                tuple(d for d in n.devices if d.address not in devices) if devices else n.devices,
             )  # fmt: skip
 
     async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str:
         """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id.
         PCI devices in the demand are assigned to `vm_id` on that node."""
         for attempt in range(5):
-            if attempt or clock.now() - self._loaded_at > self.CACHE_SECONDS:
+            fresh = attempt or clock.now() - self._loaded_at > self.CACHE_SECONDS
+            if fresh:
                 await self._refresh(conn)
-            node = choose_node(demand, self._cache.values(), self.policy)
+            try:
+                node = choose_node(demand, self._cache.values(), self.policy)
+            except NoCapacity:
+                if fresh:
+                    raise
+                await self._refresh(conn)  # the cache may be behind (e.g. devices given back)
+                node = choose_node(demand, self._cache.values(), self.policy)
             if not await node_q.claim(conn, node.id, demand.cpu, demand.ram_mb, demand.disk_gb, self.ratios, clock.now()):
                 continue
             devices = pick_devices(demand.pci, node.devices) if demand.pci else []
