@@ -7,6 +7,7 @@
 #   mkfs.ext4           <- e2fsprogs   (formats the tiny image's base disk)
 #   dpkg-deb, apt-get   <- dpkg, apt   (always present on Debian; fetch/unpack guest packages)
 #   gzip                <- gzip
+#   ip, dnsmasq, nft    <- iproute2, dnsmasq-base, nftables   (bridge networks and firewalls)
 set -euo pipefail
 
 declare -A tool_pkg=(
@@ -21,6 +22,10 @@ declare -A tool_pkg=(
   [mkfs.fat]=dosfstools
   # backups go to a restic repository (content-addressed, de-duplicated, verified)
   [restic]=restic
+  # bridge networks: bridges and taps, DHCP per bridge, VM firewalls
+  [ip]=iproute2
+  [dnsmasq]=dnsmasq-base
+  [nft]=nftables
 )
 
 # mkfs.ext4 lives in /sbin, which may be missing from a non-root PATH.
@@ -56,7 +61,8 @@ export DEBIAN_FRONTEND=noninteractive
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-qemu: installing ${missing[*]} (+ the base set)"
   "${SUDO[@]}" apt-get install -y --no-install-recommends \
-    qemu-system-x86 qemu-utils e2fsprogs syslinux syslinux-common mtools dosfstools restic "${missing[@]}"
+    qemu-system-x86 qemu-utils e2fsprogs syslinux syslinux-common mtools dosfstools restic \
+    nftables dnsmasq-base iproute2 "${missing[@]}"
 fi
 
 for tool in "${!tool_pkg[@]}"; do

@@ -10,12 +10,13 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import clock, pci
 from ..domain import Resources, VmSpec
 from ..errors import DriverError, InvalidState, NoCapacity
+from ..net.model import Firewall, Nic
 from .base import Capabilities, HypervisorDriver, ImageInfo, NodeInfo, PowerState, Progress, VmRuntime
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -71,7 +72,11 @@ class SimDriver(HypervisorDriver):
         self._pci: tuple[pci.PciDevice, ...] = ()
         if self.sysfs_root is not None and self._pci_allow:
             self._pci = tuple(pci.offered(self.sysfs_root, self._pci_allow))
-        self.capabilities = Capabilities(kind="sim", real_vms=False, live_resize_disk=True, pci_passthrough=bool(self._pci))
+        # bridge networks are simulated too; firewalls are recorded, not enforced (no packets)
+        self.capabilities = Capabilities(
+            kind="sim", real_vms=False, live_resize_disk=True, pci_passthrough=bool(self._pci),
+            network_types=frozenset({"user", "bridge"}), firewall=False,
+        )  # fmt: skip
         self._vms: dict[str, _SimVm] = {}
         self._images: dict[str, ImageInfo] = {}
         self._snapshots: dict[str, ImageInfo] = {}
@@ -137,6 +142,8 @@ class SimDriver(HypervisorDriver):
                     "state": str(v.state),
                     "startedAt": v.started_at,
                     "pciDevices": list(v.spec.pci_devices),
+                    "nics": [n.to_wire() for n in v.spec.nics],
+                    "firewall": v.spec.firewall.to_wire(),
                 }
                 for v in self._vms.values()
             ],
@@ -160,6 +167,8 @@ class SimDriver(HypervisorDriver):
             spec = VmSpec(
                 id=v["id"], uuid=v["uuid"], name=v["name"], resources=res(v["resources"]), template_id=v["templateId"],
                 pci_devices=tuple(v.get("pciDevices", ())),
+                nics=tuple(Nic.from_wire(n) for n in v.get("nics") or ()),
+                firewall=Firewall.from_wire(v.get("firewall")),
             )  # fmt: skip
             state = PowerState(v["state"])
             if state in (PowerState.STARTING, PowerState.STOPPING):  # interrupted mid-way
@@ -345,6 +354,13 @@ class SimDriver(HypervisorDriver):
         self._save()
         await progress(100, f"image registered on {self.hostname}")
         return info
+
+    async def set_network(self, vm_id: str, nics: tuple[Nic, ...], firewall: Firewall) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            await self._delay()
+            vm.spec = replace(vm.spec, nics=tuple(nics), firewall=firewall)
+            self._save()
 
     async def delete_image(self, template_id: str) -> None:
         if self._images.pop(template_id, None) is not None:

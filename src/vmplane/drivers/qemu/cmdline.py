@@ -6,8 +6,13 @@ absolute, which also puts the VM directory into the process's command line (the 
 recognises its processes by it).
 """
 
+import ipaddress
+import re
+
+from ...errors import DriverError
+from ...net.model import allowed_forwards, tap_name
 from ...pci import check_address
-from .layout import VmConfig, VmPaths
+from .layout import Forward, VmConfig, VmPaths
 
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 DISK_ID = "disk0"
@@ -75,11 +80,8 @@ def build_argv(
         # readable by kernels without an AHCI driver)
         "-drive", f"file={paths.seed.name},if=none,id=seed0,format=raw,readonly=on,media=cdrom",
         "-device", "ide-cd,drive=seed0,bus=ide.1,unit=0",
-        # user-mode networking, with host ports forwarded to the guest
-        "-netdev", ",".join(["user,id=n0", *(
-            f"hostfwd={f.protocol}:{forward_address}:{f.host_port}-:{f.guest_port}" for f in config.forwards
-        )]),
-        "-device", f"virtio-net-pci,netdev=n0,mac={config.mac},romfile=",
+        # the NICs: user-mode (host ports forwarded to the guest) or taps on bridges
+        *net_args(config, forward_address),
         "-device", "virtio-rng-pci",
         # qemu-guest-agent on virtio-serial
         "-device", "virtio-serial-pci,id=vser0",
@@ -96,3 +98,68 @@ def build_argv(
     for i, address in enumerate(config.pci_devices):
         argv += ["-device", f"vfio-pci,host={check_address(address)},id=hostpci{i}"]
     return argv
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def net_args(config: VmConfig, forward_address: str) -> list[str]:
+    """-netdev/-device pairs, one per NIC (netdev `n<index>`). A user-mode NIC is QEMU's slirp
+    on the network's subnet, the node at its gateway, handing the guest exactly the NIC's
+    address by DHCP; the first one carries the forwarded ports the firewall admits. A bridge
+    NIC is the tap `tap_name(vm, index)` the driver created and enslaved beforehand."""
+    forwards = [f"hostfwd={hostfwd_rule(f, forward_address)}" for f in active_forwards(config, forward_address)]
+    if not config.nics:
+        return ["-netdev", ",".join(["user,id=n0", *forwards]), "-device", f"virtio-net-pci,netdev=n0,mac={_mac(config.mac)},romfile="]
+    argv: list[str] = []
+    first_user = user_netdev(config)
+    for i, nic in enumerate(config.nics):
+        netdev = f"n{i}"
+        if nic.network.type == "user":
+            subnet = ipaddress.IPv4Network(nic.network.subnet)
+            host, ip = ipaddress.IPv4Address(nic.network.gateway), ipaddress.IPv4Address(nic.ip)
+            if host not in subnet or ip not in subnet:
+                raise DriverError(f"NIC {i} of {config.id}: {ip} or gateway {host} is outside {subnet}", vm_id=config.id)
+            parts = [f"user,id={netdev}", f"net={subnet}", f"host={host}", f"dhcpstart={ip}"]
+            if netdev == first_user:
+                parts += forwards
+            argv += ["-netdev", ",".join(parts)]
+        elif nic.network.type == "bridge":
+            argv += ["-netdev", f"tap,id={netdev},ifname={tap_name(config.id, i)},script=no,downscript=no"]
+        else:
+            raise DriverError(f"NIC {i} of {config.id} is on a {nic.network.type!r} network", vm_id=config.id)
+        argv += ["-device", f"virtio-net-pci,netdev={netdev},mac={_mac(nic.mac)},romfile="]
+    return argv
+
+
+def user_netdev(config: VmConfig) -> str | None:
+    """The netdev that carries the forwarded ports: the first user-mode NIC (None: there is
+    none, the VM's NICs are all on bridges)."""
+    if not config.nics:
+        return "n0"
+    return next((f"n{i}" for i, nic in enumerate(config.nics) if nic.network.type == "user"), None)
+
+
+def active_forwards(config: VmConfig, forward_address: str) -> tuple[Forward, ...]:
+    """The forwarded ports the VM's firewall lets in (all of them while it is disabled)."""
+    if user_netdev(config) is None:
+        return ()
+    # forwarded ports listen on forward_address: that is where their connections come from
+    # (on 0.0.0.0 from anywhere: then rules naming a source never admit them)
+    listen = ipaddress.ip_address(forward_address)
+    source = None if listen.is_unspecified else str(listen)
+    allowed = allowed_forwards(config.firewall, [(f.protocol, f.guest_port) for f in config.forwards], source)  # type: ignore[arg-type]
+    return tuple(f for f in config.forwards if (f.protocol, f.guest_port) in allowed)
+
+
+def hostfwd_rule(f: Forward, forward_address: str) -> str:
+    """`tcp:127.0.0.1:20000-:22`, as -netdev user,hostfwd= and HMP hostfwd_add take it."""
+    if f.protocol not in ("tcp", "udp"):
+        raise DriverError(f"forward protocol {f.protocol!r} is not tcp or udp")
+    return f"{f.protocol}:{ipaddress.ip_address(forward_address)}:{int(f.host_port)}-:{int(f.guest_port)}"
+
+
+def _mac(mac: str) -> str:
+    if not _MAC.match(mac):
+        raise DriverError(f"{mac!r} is not a MAC address")
+    return mac

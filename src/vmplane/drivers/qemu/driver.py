@@ -11,6 +11,7 @@ driver on the same state_dir re-attaches to them.
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ from ... import clock, pci
 from ...domain import Resources, VmSpec
 from ...errors import DriverError, InvalidState
 from ...ids import looks_like_id
+from ...net import host as nethost  # (a module: net.host imports this package's procfs)
+from ...net.model import Firewall, Nic, Network, tap_name
 from ..base import (
     Capabilities,
     ExecResult,
@@ -40,10 +43,10 @@ from ..base import (
     VmStats,
 )
 from . import images, procfs
-from .agent import GuestAgent
-from .cmdline import DISK_ID, build_argv
+from .agent import AgentNotResponding, GuestAgent
+from .cmdline import DISK_ID, active_forwards, build_argv, hostfwd_rule, user_netdev
 from .images import SUPPORTED_FORMATS
-from .layout import GIB, VmConfig, VmPaths, load_config, save_config, vm_paths, write_json_atomic
+from .layout import GIB, Forward, VmConfig, VmPaths, load_config, save_config, vm_paths, write_json_atomic
 from .qmp import Monitor
 from .seed import seed_files, write_seed_iso
 from .unix import connect_unix
@@ -58,6 +61,10 @@ POWER_BUTTON_REPEAT = 3.0
 FREEZE_TIMEOUT = 10.0
 """how long a guest-fsfreeze command may take"""
 AGENT_RETRY_AFTER = 30.0
+NET_CHECK_INTERVAL = 2.0
+"""how often the driver checks that the dnsmasq of each bridge network still runs"""
+ALIAS_AGENT_WAIT = 300.0
+"""how long alias addresses wait for a guest agent (after a start or a change)"""
 """stats_vm does not wait for an agent that did not answer within this many seconds."""
 
 
@@ -103,6 +110,7 @@ class QemuDriver(HypervisorDriver):
         sysfs_root: Path = Path("/sys"),
         dev_root: Path = Path("/dev"),
         pci_allowlist: Sequence[str] = (),
+        nat: bool = True,
     ) -> None:
         if accel not in ("kvm", "tcg"):
             raise ValueError(f"accel must be kvm or tcg, not {accel!r} (pick it with accel.pick_accel)")
@@ -121,10 +129,15 @@ class QemuDriver(HypervisorDriver):
         self.sysfs_root = Path(sysfs_root)
         self.dev_root = Path(dev_root)
         self.pci_allowlist = pci.Allowlist(pci_allowlist)
+        self.net = nethost.NetworkHost(self.state_dir, nat=nat)
+        """bridges, taps, dnsmasq and nftables of bridge networks (see vmplane.net.host)"""
         self.capabilities = Capabilities(
             kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True,
             pci_passthrough=bool(self.pci_allowlist) and pci.iommu_available(self.sysfs_root),
+            network_types=frozenset({"user", "bridge"} if self.net.available else {"user"}),
+            firewall=True,  # forwarded ports of user-mode NICs; nftables on bridge NICs
         )  # fmt: skip
+        self._net_watch: asyncio.Task[None] | None = None
         self._vms: dict[str, _Vm] = {}
         self._base_infos: dict[tuple[str, int, int], images.DiskInfo] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -167,6 +180,7 @@ class QemuDriver(HypervisorDriver):
             names = {a[len(prefix):].split(os.sep, 1)[0] for a in argv if a.startswith(prefix)}
             if not any(n in self._vms for n in names):
                 log.warning("QEMU process %d looks like a VM of %s but has no VM directory; not killing it", pid, self.vms_dir)
+        await self._network_resume()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -218,6 +232,7 @@ class QemuDriver(HypervisorDriver):
         """Write the disk, seed and vm.json of `spec` into `work.dir`."""
         if spec.resources.cpu < 1 or spec.resources.ram_mb < 16 or spec.resources.disk_gb < 1:
             raise DriverError(f"resources {spec.resources.to_wire()} are too small", vm_id=spec.id)
+        self._check_nics(spec.id, spec.nics)
         await self._check_pci(spec.id, spec.pci_devices)
         base: Path | None = None
         if spec.template_image:
@@ -272,6 +287,8 @@ class QemuDriver(HypervisorDriver):
                 await self._give_back_pci(paths)  # QEMU is gone: the devices are free
                 await asyncio.to_thread(shutil.rmtree, paths.dir)
             self._vms.pop(vm_id, None)
+            if vm is not None:
+                await self._release_networks(vm.config)
         self._locks.pop(vm_id, None)
 
     async def resize_vm(self, vm_id: str, resources: Resources) -> None:
@@ -526,6 +543,7 @@ class QemuDriver(HypervisorDriver):
         vm.transition = PowerState.STARTING
         pid: int | None = None
         try:
+            net_state = await self._network_up(vm)
             try:
                 pid = procfs.spawn(argv, cwd=vm.paths.dir, log=vm.paths.stderr_log)
             except OSError as exc:
@@ -536,12 +554,15 @@ class QemuDriver(HypervisorDriver):
                 "resources": vm.config.resources.to_wire(),
                 "accel": self.accel,
                 "argv": argv,
+                **net_state,
             })
             await self._wait_for_qmp(vm, pid)
             status = await self._monitor(vm).status()
             if status != "running":
                 raise DriverError(f"QEMU is {status!r} right after start", vm_id=vm.id)
             vm.cpu_sample = None
+            if any(nic.aliases for nic in vm.config.nics):
+                self._background(self._guest_addresses_later(vm.id, ()), f"aliases-{vm.id}")
         except BaseException as exc:
             if pid is not None:
                 vm.paths.stop_marker.touch()
@@ -599,6 +620,7 @@ class QemuDriver(HypervisorDriver):
         for path in vm.paths.runtime_files:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        await self._network_down(vm)
 
     async def _reattach(self, vm_id: str) -> None:
         """Connect to a VM found running at open(); finish it if its guest powered off while
@@ -792,6 +814,229 @@ class QemuDriver(HypervisorDriver):
     async def delete_image(self, template_id: str) -> None:
         return None  # the control plane owns the image file; the node keeps no copy
 
+    # -- networking ------------------------------------------------------------------------
+
+    def _check_nics(self, vm_id: str, nics: Sequence[Nic]) -> None:
+        """A VM's NICs are possible here: bridge networks need the node's support."""
+        if len(nics) > 99:
+            raise DriverError("a VM has at most 99 NICs", vm_id=vm_id)
+        for i, nic in enumerate(nics):
+            if nic.network.type == "bridge" and not self.net.available:
+                raise DriverError(
+                    f"NIC {i} is on bridge network {nic.network.name!r}, but {self.hostname} cannot run bridge "
+                    f"networks: {self.net.support.reason}", vm_id=vm_id,
+                )  # fmt: skip
+            if nic.network.type not in ("user", "bridge"):
+                raise DriverError(f"NIC {i} is on a {nic.network.type!r} network, which this driver does not know", vm_id=vm_id)
+
+    @staticmethod
+    def _taps(config: VmConfig) -> list[tuple[str, Network]]:
+        """(tap, network) of the VM's bridge NICs."""
+        return [(tap_name(config.id, i), nic.network) for i, nic in enumerate(config.nics) if nic.network.type == "bridge"]
+
+    def _hosts(self, network_id: str, extra: VmConfig | None = None) -> list[tuple[str, str]]:
+        """Static DHCP leases of a network: (mac, ip) of every NIC of this node's VMs on it."""
+        configs = {vm.id: vm.config for vm in list(self._vms.values())}
+        if extra is not None:
+            configs[extra.id] = extra
+        return [(nic.mac, nic.ip) for c in configs.values() for nic in c.nics if nic.network.id == network_id]
+
+    async def _network_up(self, vm: _Vm) -> dict[str, Any]:
+        """Before QEMU starts: the bridges (and their dnsmasq) of the VM's networks, its taps,
+        its firewall. Returns what run.json records of it."""
+        taps = self._taps(vm.config)
+        if taps:
+            self._check_nics(vm.id, vm.config.nics)
+            for network in {n.id: n for _, n in taps}.values():
+                await self.net.ensure_network(network, self._hosts(network.id, vm.config))
+            for tap, network in taps:
+                await self.net.add_tap(tap, network)
+            await self.net.apply_firewall(vm.id, [t for t, _ in taps], vm.config.firewall)
+        forwards = active_forwards(vm.config, self.forward_address)
+        return {"taps": [t for t, _ in taps], "hostfwds": [[f.protocol, f.host_port, f.guest_port] for f in forwards]}
+
+    async def _network_down(self, vm: _Vm) -> None:
+        """After QEMU is gone: its taps and firewall chains. Failures are logged (this runs on
+        every cleanup path, whose own outcome must not be masked)."""
+        taps = [t for t, _ in self._taps(vm.config)]
+        if not taps or not self.net.available:
+            return
+        try:
+            await self.net.remove_firewall(vm.id, taps)
+        except DriverError as exc:
+            log.error("VM %s: removing its firewall: %s", vm.id, exc.message)
+        for tap in taps:
+            try:
+                await self.net.delete_tap(tap)
+            except DriverError as exc:
+                log.error("VM %s: %s", vm.id, exc.message)
+
+    async def _release_networks(self, config: VmConfig) -> None:
+        """After a VM is deleted: networks no other VM of the node uses are torn down; the
+        others lose its DHCP leases."""
+        for network in {n.id: n for _, n in self._taps(config)}.values():
+            try:
+                if any(nic.network.id == network.id for other in list(self._vms.values()) for nic in other.config.nics):
+                    if self.net.is_up(network):
+                        await self.net.ensure_network(network, self._hosts(network.id))
+                else:
+                    await self.net.teardown_network(network)
+            except DriverError as exc:
+                log.error("network %s after deleting VM %s: %s", network.id, config.id, exc.message)
+
+    async def _network_resume(self) -> None:
+        """At open(): adopt (or restart) the dnsmasq of networks that are in use and apply the
+        firewalls of running VMs again (vmplane or the host restarted)."""
+        if not self.net.available:
+            if any(self._taps(vm.config) for vm in self._vms.values()):
+                log.warning("bridge networks are unavailable (%s): VMs with bridge NICs will not start", self.net.support.reason)
+            return
+        running = [vm for vm in self._vms.values() if self._live_pid(vm) is not None]
+        networks: dict[str, Network] = {}
+        for vm in self._vms.values():
+            for _, network in self._taps(vm.config):
+                networks[network.id] = network
+        in_use = {n.id for vm in running for _, n in self._taps(vm.config)}
+        for network in networks.values():
+            if network.id in in_use or self.net.dnsmasq_pid(network) is not None:
+                try:
+                    await self.net.ensure_network(network, self._hosts(network.id))
+                except DriverError as exc:
+                    log.error("network %s: %s", network.id, exc.message)
+        for vm in running:
+            taps = self._taps(vm.config)
+            if not taps:
+                continue
+            try:
+                for tap, network in taps:
+                    await self.net.add_tap(tap, network)
+                await self.net.apply_firewall(vm.id, [t for t, _ in taps], vm.config.firewall)
+            except DriverError as exc:
+                log.error("VM %s: applying its network again: %s", vm.id, exc.message)
+        if self._net_watch is None or self._net_watch.done():
+            self._net_watch = self._background(self._watch_networks(), "net-watch")
+
+    async def _watch_networks(self) -> None:
+        while True:
+            await asyncio.sleep(NET_CHECK_INTERVAL)
+            try:
+                await self.net.check()
+            except Exception:  # keep watching whatever happened
+                log.exception("checking the dnsmasq of bridge networks")
+
+    async def set_network(self, vm_id: str, nics: tuple[Nic, ...], firewall: Firewall) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            old = vm.config
+            if not old.nics and nics:
+                log.info("VM %s was defined before networks: it keeps its one user-mode NIC", vm_id)
+                nics = ()
+            if [(n.network.id, n.network.type, n.mac) for n in nics] != [(n.network.id, n.network.type, n.mac) for n in old.nics]:
+                raise DriverError(
+                    f"VM {vm_id}'s NICs are fixed at create time: networks and MACs must stay as they are", vm_id=vm_id
+                )
+            self._check_nics(vm_id, nics)
+            vm.config = old.with_network(nics, firewall)
+            save_config(vm.paths, vm.config)
+            if self._live_pid(vm) is None or (vm.monitor is not None and vm.monitor.guest_off):
+                return  # applied at the next start
+            taps = self._taps(vm.config)
+            for network in {n.id: n for _, n in taps}.values():
+                if self.net.is_up(network):  # addresses may have changed: new static leases
+                    await self.net.ensure_network(network, self._hosts(network.id))
+            if taps:
+                await self.net.apply_firewall(vm_id, [t for t, _ in taps], firewall)
+            await self._update_forwards(vm)
+            old_aliases = tuple(a for n in old.nics for a in n.aliases)
+            try:
+                await self._sync_guest_addresses(vm, old_aliases, ready_timeout=2.0)
+            except AgentNotResponding:
+                log.info("VM %s: its guest agent does not answer yet; addresses follow when it does", vm_id)
+                self._background(self._guest_addresses_later(vm_id, old_aliases), f"aliases-{vm_id}")
+
+    async def _update_forwards(self, vm: _Vm) -> None:
+        """Open and close forwarded ports of a running VM's user-mode NIC (QMP hostfwd_add and
+        hostfwd_remove) to match its firewall; run.json records what is open."""
+        netdev = user_netdev(vm.config)
+        try:
+            run = json.loads(vm.paths.run.read_text())
+        except (OSError, ValueError) as exc:
+            raise DriverError(f"run.json of {vm.id} is unreadable: {exc}", vm_id=vm.id) from exc
+        if netdev is None:
+            return
+        if "hostfwds" in run:
+            current = {Forward(str(p), int(h), int(g)) for p, h, g in run["hostfwds"]}
+        else:  # started by a vmplane that forwarded every exposed port
+            current = set(vm.config.forwards)
+        wanted = set(active_forwards(vm.config, self.forward_address))
+        monitor = self._monitor(vm)
+        for f in sorted(current - wanted, key=lambda f: (f.protocol, f.host_port)):
+            rule = hostfwd_rule(f, self.forward_address)
+            src = rule.rsplit("-", 1)[0]  # tcp:127.0.0.1:20000
+            out = await monitor.execute("human-monitor-command", {"command-line": f"hostfwd_remove {netdev} {src}"})
+            if out and "removed" not in out and "not found" not in out:
+                raise DriverError(f"closing forwarded port {f.host_port}: {out.strip()}", vm_id=vm.id)
+            current.discard(f)
+            run["hostfwds"] = [[x.protocol, x.host_port, x.guest_port] for x in sorted(current, key=lambda x: (x.protocol, x.host_port))]
+            write_json_atomic(vm.paths.run, run)
+        for f in sorted(wanted - current, key=lambda f: (f.protocol, f.host_port)):
+            out = await monitor.execute(
+                "human-monitor-command", {"command-line": f"hostfwd_add {netdev} {hostfwd_rule(f, self.forward_address)}"}
+            )
+            if out and out.strip():
+                raise DriverError(f"opening forwarded port {f.host_port}: {out.strip()}", vm_id=vm.id)
+            current.add(f)
+            run["hostfwds"] = [[x.protocol, x.host_port, x.guest_port] for x in sorted(current, key=lambda x: (x.protocol, x.host_port))]
+            write_json_atomic(vm.paths.run, run)
+
+    async def _guest_addresses_later(self, vm_id: str, old_aliases: tuple[str, ...]) -> None:
+        """Configure alias addresses once the guest agent answers (after a start, or after a
+        change the agent was not there for)."""
+        try:
+            vm = self._running(vm_id)
+            await self._agent(vm).wait_ready(ALIAS_AGENT_WAIT)
+            async with self._lock(vm_id):
+                vm = self._running(vm_id)
+                await self._sync_guest_addresses(vm, old_aliases, ready_timeout=5.0)
+        except (DriverError, InvalidState) as exc:
+            log.warning("VM %s: alias addresses not configured: %s", vm_id, exc.message)
+
+    async def _sync_guest_addresses(self, vm: _Vm, old_aliases: tuple[str, ...], ready_timeout: float) -> None:
+        """Make each NIC's alias addresses those configured in the guest (found by MAC): add
+        the missing ones, remove addresses of the network's subnet that are neither the NIC's
+        address nor an alias, and former aliases."""
+        if not any(nic.aliases for nic in vm.config.nics) and not old_aliases:
+            return
+        agent = self._agent(vm)
+        ifaces = await agent.execute("guest-network-get-interfaces", timeout=5.0, ready_timeout=ready_timeout)
+        by_mac = {str(i.get("hardware-address", "")).lower(): i for i in ifaces or []}
+        for index, nic in enumerate(vm.config.nics):
+            iface = by_mac.get(nic.mac.lower())
+            if iface is None:
+                if nic.aliases:
+                    raise DriverError(f"the guest has no interface with MAC {nic.mac} (NIC {index})", vm_id=vm.id)
+                continue
+            name = nethost.check_ifname(str(iface.get("name", "")))
+            present = {str(a.get("ip-address")): int(a.get("prefix", 0)) for a in iface.get("ip-addresses") or []}
+            wanted = {_alias(nic, a): a for a in nic.aliases}
+            subnet = ipaddress.IPv4Network(nic.network.subnet)
+            keep = {nic.ip, *(a.split("/")[0] for a in wanted)} | ({nic.ipv6} if nic.ipv6 else set())
+            former = {str(ipaddress.ip_address(a.split("/")[0])) for a in old_aliases}
+            for addr, prefix in present.items():
+                ip = ipaddress.ip_address(addr)
+                stale = (ip.version == 4 and ip in subnet) or addr in former
+                if stale and addr not in keep:
+                    await self._guest_ip(vm, ["ip", "addr", "del", f"{addr}/{prefix}", "dev", name])
+            for cidr in wanted:
+                if cidr.split("/")[0] not in present:
+                    await self._guest_ip(vm, ["ip", "addr", "add", cidr, "dev", name])
+
+    async def _guest_ip(self, vm: _Vm, argv: list[str]) -> None:
+        result = await self._agent(vm).exec(argv, timeout=10.0, max_output=4096, ready_timeout=5.0)
+        if result.exit_code != 0:
+            err = result.stderr.decode(errors="replace").strip()
+            raise DriverError(f"{' '.join(argv)} failed in the guest: {err or result.exit_code}", vm_id=vm.id)
+
     # -- PCI passthrough -------------------------------------------------------------------
 
     async def _check_pci(self, vm_id: str, addresses: Sequence[str]) -> list[pci.PciDevice]:
@@ -888,10 +1133,11 @@ class QemuDriver(HypervisorDriver):
             vm.agent = GuestAgent(vm.id, vm.paths.qga)
         return vm.agent
 
-    def _background(self, coro: Any, name: str) -> None:
+    def _background(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _release_connections(self) -> None:
         for vm in self._vms.values():
@@ -929,6 +1175,17 @@ def _write_bound(paths: VmPaths, bound: set[str]) -> None:
         write_json_atomic(paths.pci_bound, {"bound": sorted(bound)})
     else:
         paths.pci_bound.unlink(missing_ok=True)
+
+
+def _alias(nic: Nic, alias: str) -> str:
+    """An alias as `ip addr add` takes it: with the network's prefix length when it lies in
+    the network's subnet (or IPv6 prefix), else as a single address."""
+    ip = ipaddress.ip_address(alias.split("/")[0])
+    if ip.version == 4:
+        subnet = ipaddress.IPv4Network(nic.network.subnet)
+        return f"{ip}/{subnet.prefixlen if ip in subnet else 32}"
+    prefix = ipaddress.IPv6Network(nic.network.ipv6_prefix) if nic.network.ipv6_prefix else None
+    return f"{ip}/{prefix.prefixlen if prefix is not None and ip in prefix else 128}"
 
 
 def _mem_total_mb() -> int:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ...domain import Resources, VmSpec
-from ...errors import DriverError
+from ...errors import DriverError, InvalidRequest
 from ...ids import looks_like_id
+from ...net.model import Firewall, Nic
 from ...pci import check_address
 
 CONFIG_VERSION = 1
@@ -129,6 +130,10 @@ class VmConfig:
     created_at: float = 0.0
     pci_devices: tuple[str, ...] = ()
     """host PCI addresses passed through with VFIO"""
+    nics: tuple[Nic, ...] = ()
+    """NICs in order (netdev n0, n1, ...); empty: one user-mode NIC with `mac` (VMs defined
+    before networks existed)"""
+    firewall: Firewall = Firewall()
 
     @classmethod
     def from_spec(cls, spec: VmSpec, created_at: float) -> "VmConfig":
@@ -144,10 +149,15 @@ class VmConfig:
             forwards=_forwards(spec),
             created_at=created_at,
             pci_devices=tuple(check_address(a) for a in spec.pci_devices),
+            nics=spec.nics,
+            firewall=spec.firewall,
         )
 
     def with_resources(self, resources: Resources) -> "VmConfig":
         return dataclasses.replace(self, resources=resources)
+
+    def with_network(self, nics: tuple[Nic, ...], firewall: Firewall) -> "VmConfig":
+        return dataclasses.replace(self, nics=tuple(nics), firewall=firewall)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -167,6 +177,8 @@ class VmConfig:
             ],
             "createdAt": self.created_at,
             "pciDevices": list(self.pci_devices),
+            "nics": [n.to_wire() for n in self.nics],
+            "firewall": self.firewall.to_wire(),
         }
 
     @classmethod
@@ -185,13 +197,15 @@ class VmConfig:
             forwards=tuple(Forward(f["protocol"], int(f["hostPort"]), int(f["guestPort"])) for f in data.get("forwards", [])),
             created_at=float(data.get("createdAt", 0.0)),
             pci_devices=tuple(check_address(a) for a in data.get("pciDevices", ())),
+            nics=tuple(Nic.from_wire(n) for n in data.get("nics") or ()),
+            firewall=Firewall.from_wire(data.get("firewall")),
         )
 
 
 def load_config(paths: VmPaths) -> VmConfig:
     try:
         return VmConfig.from_json(json.loads(paths.config.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, InvalidRequest) as exc:
         raise DriverError(f"configuration of {paths.dir.name} is unreadable: {exc}", vm_id=paths.dir.name) from exc
 
 
