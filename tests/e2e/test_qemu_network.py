@@ -238,6 +238,59 @@ def test_firewall_changes_apply_at_once_without_a_reboot(lab: Lab) -> None:
     print("[network] firewall change, request answered -> job done: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
 
 
+def test_additional_addresses_are_configured_in_the_guest_and_again_after_a_reboot_or_restart(lab: Lab) -> None:
+    c, a = lab.c, lab.a
+
+    def a_addresses() -> str:
+        return lab.exec(a, ["ip", "-4", "-o", "addr", "show", "dev", "eth0"])["stdout"]
+
+    r = c.post(f"/api/v1/vms/{a}/ips", json={})
+    assert r.status_code == 201, r.text
+    alias = r.json()["ip"]
+    assert ipaddress.ip_address(alias) in ipaddress.ip_network(LAN) and alias != lab.ip[a]
+    lab.applied(r, 201)
+    assert f" {alias}/24 " in a_addresses()
+    assert lab.exec(lab.b, ["ping", "-c", "1", "-W", "3", alias])["exitCode"] == 0
+
+    # a reboot starts the guest afresh: the driver configures the address again
+    boot_id = lab.exec(a, ["cat", "/proc/sys/kernel/random/boot_id"])["stdout"]
+    r = c.post(f"/api/v1/vms/{a}/reboot")
+    assert r.status_code == 202 and lab.wait_job(r.json()["jobId"])["state"] == "succeeded"
+    t = time.monotonic()
+    deadline = t + BOOT_WAIT
+    while True:
+        r = c.post(f"/api/v1/vms/{a}/exec", json={"command": ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; ip -4 -o addr show dev eth0"]})
+        out = r.json().get("stdout", "") if r.status_code == 200 else ""
+        if out and not out.startswith(boot_id) and f" {alias}/24 " in out:
+            break
+        assert time.monotonic() < deadline, out or r.text
+        time.sleep(0.5)
+    print(f"[network] additional address back {time.monotonic() - t:.1f} s after the reboot job")
+
+    # stopped, A has no tap; started again, it has its tap, its lease and its alias
+    taps = sh("ip", "-n", lab.ns, "-o", "link", "show", "type", "tun")
+    assert taps.count("vmt") == 2
+    r = c.post(f"/api/v1/vms/{a}/stop")
+    assert r.status_code == 202 and lab.wait_job(r.json()["jobId"])["state"] == "succeeded"
+    assert sh("ip", "-n", lab.ns, "-o", "link", "show", "type", "tun").count("vmt") == 1
+    r = c.post(f"/api/v1/vms/{a}/start")
+    assert r.status_code == 202 and lab.wait_job(r.json()["jobId"])["state"] == "succeeded"
+    t = time.monotonic()
+    while True:
+        r = c.post(f"/api/v1/vms/{a}/exec", json={"command": ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]})
+        out = r.json().get("stdout", "") if r.status_code == 200 else ""
+        if f" {lab.ip[a]}/24 " in out and f" {alias}/24 " in out:
+            break
+        assert time.monotonic() < t + BOOT_WAIT, out or r.text
+        time.sleep(0.5)
+    print(f"[network] lease and additional address back {time.monotonic() - t:.1f} s after the start job")
+    assert lab.a_reaches_b()
+
+    r = c.delete(f"/api/v1/vms/{a}/ips/{alias}")
+    lab.applied(r)
+    assert f" {alias}/" not in a_addresses() and f" {lab.ip[a]}/24 " in a_addresses()
+
+
 def test_deleting_the_last_vm_of_a_network_takes_its_bridge_down(lab: Lab) -> None:
     def bridges() -> str:
         return sh("ip", "-n", lab.ns, "-o", "link", "show", "type", "bridge")

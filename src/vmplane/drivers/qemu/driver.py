@@ -949,9 +949,11 @@ class QemuDriver(HypervisorDriver):
             await self._update_forwards(vm)
             old_aliases = tuple(a for n in old.nics for a in n.aliases)
             try:
-                await self._sync_guest_addresses(vm, old_aliases, ready_timeout=2.0)
+                done = await self._sync_guest_addresses(vm, old_aliases, ready_timeout=2.0)
             except AgentNotResponding:
-                log.info("VM %s: its guest agent does not answer yet; addresses follow when it does", vm_id)
+                done = False
+            if not done:
+                log.info("VM %s: the guest is not ready for its addresses yet; they follow when it is", vm_id)
                 self._background(self._guest_addresses_later(vm_id, old_aliases), f"aliases-{vm_id}")
 
     async def _update_forwards(self, vm: _Vm) -> None:
@@ -989,47 +991,59 @@ class QemuDriver(HypervisorDriver):
             run["hostfwds"] = [[x.protocol, x.host_port, x.guest_port] for x in sorted(current, key=lambda x: (x.protocol, x.host_port))]
             write_json_atomic(vm.paths.run, run)
 
-    async def _guest_addresses_later(self, vm_id: str, old_aliases: tuple[str, ...]) -> None:
-        """Configure alias addresses once the guest agent answers (after a start, or after a
-        change the agent was not there for)."""
+    def _after_reset(self, vm_id: str) -> None:
+        """The machine reset (the guest rebooted): a new boot has none of the alias addresses."""
+        vm = self._vms.get(vm_id)
+        if vm is not None and any(nic.aliases for nic in vm.config.nics):
+            self._background(self._guest_addresses_later(vm_id, (), new_boot=True), f"aliases-{vm_id}")
+
+    async def _guest_addresses_later(self, vm_id: str, old_aliases: tuple[str, ...], new_boot: bool = False) -> None:
+        """Configure alias addresses once the guest agent answers and the NICs have their own
+        addresses (after a start or a reset, or after a change the guest was not ready for)."""
+        deadline = time.monotonic() + ALIAS_AGENT_WAIT
         try:
             vm = self._running(vm_id)
-            await self._agent(vm).wait_ready(ALIAS_AGENT_WAIT)
-            async with self._lock(vm_id):
-                vm = self._running(vm_id)
-                await self._sync_guest_addresses(vm, old_aliases, ready_timeout=5.0)
+            if new_boot and vm.agent is not None:
+                await vm.agent.close()  # resynchronise with the agent of the new boot
+            while True:
+                await self._agent(vm).wait_ready(max(1.0, deadline - time.monotonic()))
+                async with self._lock(vm_id):
+                    vm = self._running(vm_id)
+                    if await self._sync_guest_addresses(vm, old_aliases, ready_timeout=5.0):
+                        return
+                if time.monotonic() > deadline:
+                    raise DriverError("the guest's interfaces did not get their addresses by DHCP", vm_id=vm_id)
+                await asyncio.sleep(1.0)
         except (DriverError, InvalidState) as exc:
             log.warning("VM %s: alias addresses not configured: %s", vm_id, exc.message)
 
-    async def _sync_guest_addresses(self, vm: _Vm, old_aliases: tuple[str, ...], ready_timeout: float) -> None:
-        """Make each NIC's alias addresses those configured in the guest (found by MAC): add
-        the missing ones, remove addresses of the network's subnet that are neither the NIC's
-        address nor an alias, and former aliases."""
+    async def _sync_guest_addresses(self, vm: _Vm, old_aliases: tuple[str, ...], ready_timeout: float) -> bool:
+        """Make each NIC's alias addresses those configured in the guest (its interface found
+        by MAC): add the missing ones, remove former aliases no longer listed. False (nothing
+        or part done) while an interface with aliases lacks its own address: the guest's DHCP
+        client is still at work, and it flushes the interface when it binds."""
         if not any(nic.aliases for nic in vm.config.nics) and not old_aliases:
-            return
-        agent = self._agent(vm)
-        ifaces = await agent.execute("guest-network-get-interfaces", timeout=5.0, ready_timeout=ready_timeout)
+            return True
+        ifaces = await self._agent(vm).execute("guest-network-get-interfaces", timeout=5.0, ready_timeout=ready_timeout)
         by_mac = {str(i.get("hardware-address", "")).lower(): i for i in ifaces or []}
-        for index, nic in enumerate(vm.config.nics):
+        former = {str(ipaddress.ip_address(a.split("/")[0])) for a in old_aliases}
+        done = True
+        for nic in vm.config.nics:
             iface = by_mac.get(nic.mac.lower())
-            if iface is None:
-                if nic.aliases:
-                    raise DriverError(f"the guest has no interface with MAC {nic.mac} (NIC {index})", vm_id=vm.id)
+            present = {str(a.get("ip-address")): int(a.get("prefix", 0)) for a in (iface or {}).get("ip-addresses") or []}
+            if iface is None or (nic.aliases and nic.ip not in present):
+                done = done and not nic.aliases
                 continue
             name = nethost.check_ifname(str(iface.get("name", "")))
-            present = {str(a.get("ip-address")): int(a.get("prefix", 0)) for a in iface.get("ip-addresses") or []}
-            wanted = {_alias(nic, a): a for a in nic.aliases}
-            subnet = ipaddress.IPv4Network(nic.network.subnet)
-            keep = {nic.ip, *(a.split("/")[0] for a in wanted)} | ({nic.ipv6} if nic.ipv6 else set())
-            former = {str(ipaddress.ip_address(a.split("/")[0])) for a in old_aliases}
+            wanted = [_alias(nic, a) for a in nic.aliases]
+            keep = {nic.ip, *(w.split("/")[0] for w in wanted)}
             for addr, prefix in present.items():
-                ip = ipaddress.ip_address(addr)
-                stale = (ip.version == 4 and ip in subnet) or addr in former
-                if stale and addr not in keep:
+                if addr in former and addr not in keep:
                     await self._guest_ip(vm, ["ip", "addr", "del", f"{addr}/{prefix}", "dev", name])
             for cidr in wanted:
                 if cidr.split("/")[0] not in present:
                     await self._guest_ip(vm, ["ip", "addr", "add", cidr, "dev", name])
+        return done
 
     async def _guest_ip(self, vm: _Vm, argv: list[str]) -> None:
         result = await self._agent(vm).exec(argv, timeout=10.0, max_output=4096, ready_timeout=5.0)
@@ -1125,6 +1139,7 @@ class QemuDriver(HypervisorDriver):
             vm.monitor = Monitor(
                 vm_id, vm.paths.qmp,
                 on_guest_poweroff=lambda: self._background(self._finish_guest_poweroff(vm_id), f"poweroff-{vm_id}"),
+                on_reset=lambda: self._after_reset(vm_id),
             )
         return vm.monitor
 

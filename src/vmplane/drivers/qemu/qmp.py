@@ -25,11 +25,16 @@ class Monitor:
     """QMP to one VM. `guest_off` turns True when the guest powers itself off (QEMU runs
     with -no-shutdown, so it then waits paused in the `shutdown` state)."""
 
-    def __init__(self, vm_id: str, path: Path, on_guest_poweroff: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, vm_id: str, path: Path, on_guest_poweroff: Callable[[], None] | None = None,
+        on_reset: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         self.vm_id = vm_id
         self.path = path
         self.guest_off = False
         self._on_guest_poweroff = on_guest_poweroff
+        self._on_reset = on_reset
+        """called when the machine resets (a guest reboot, system_reset): a new boot begins"""
         self._client: QMPClient | None = None
         self._watch: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
@@ -45,7 +50,7 @@ class Monitor:
                 return
             await self._drop()
             client = QMPClient(self.vm_id)
-            listener = EventListener(names=("SHUTDOWN",))
+            listener = EventListener(names=("SHUTDOWN", "RESET"))
             client.register_listener(listener)
             try:
                 sock = connect_unix(self.path)
@@ -110,3 +115,5 @@ class Monitor:
                 log.info("guest of %s powered off (%s)", self.vm_id, data.get("reason"))
                 if self._on_guest_poweroff is not None:
                     self._on_guest_poweroff()
+            elif event.get("event") == "RESET" and self._on_reset is not None:
+                self._on_reset()
