@@ -99,13 +99,13 @@ def tcp(port):
     s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((sys.argv[1], port)); s.listen(16)
-    while True:
-        c, _ = s.accept(); c.sendall(b"hi"); c.close()
+    while True:  # port 24 tells the client where it seems to come from
+        c, peer = s.accept(); c.sendall(peer[0].encode() if port == 24 else b"hi"); c.close()
 def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
     while True:
         data, peer = s.recvfrom(100); s.sendto(data, peer)
-for t in [lambda: tcp(22), lambda: tcp(23), lambda: udp(53)]:
+for t in [lambda: tcp(22), lambda: tcp(23), lambda: tcp(24), lambda: udp(53)]:
     threading.Thread(target=t, daemon=True).start()
 print("ready", flush=True)
 time.sleep(3600)
@@ -116,7 +116,7 @@ import socket, sys
 host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 try:
     if proto == "tcp":
-        s = socket.create_connection((host, port), timeout=0.6); s.recv(10); print("open")
+        s = socket.create_connection((host, port), timeout=0.6); got = s.recv(40); print(got.decode() if port == 24 else "open")
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.6); s.connect((host, port))
         s.send(b"x"); s.recv(10); print("open")
@@ -304,3 +304,25 @@ async def netns_firewall_verdicts_on_packets(host: NetworkHost) -> None:
         for p in (a, b):
             p.down()
         await host.remove_firewall(b.vm_id, [b.tap])
+
+
+async def netns_nat_masquerades_the_subnet_out_of_other_interfaces(host: NetworkHost) -> None:
+    a = Peer("vm-peer0000aaaa", "10.77.0.4")
+    wan = Peer("vm-peer0000wwww", "10.99.0.2")  # a machine beyond another interface of the node
+    await host.ensure_network(NET, [(a.mac, a.ip)])
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    try:
+        a.up()
+        sh("ip", "-n", a.ns, "route", "add", "default", "via", NET.gateway)
+        sh("ip", "netns", "add", wan.ns)
+        sh("ip", "link", "add", "vmpwan0", "type", "veth", "peer", "name", "eth0", "netns", wan.ns)
+        sh("ip", "addr", "add", "10.99.0.1/24", "dev", "vmpwan0")
+        sh("ip", "link", "set", "vmpwan0", "up")
+        for argv in (["addr", "add", "10.99.0.2/24", "dev", "eth0"], ["link", "set", "eth0", "up"]):
+            sh("ip", "-n", wan.ns, *argv)
+        wan.serve()
+        assert a.reach(wan, 24) == "10.99.0.1"  # masqueraded: the far side sees the node's address
+    finally:
+        for p in (a, wan):
+            p.down()
+        sh("ip", "link", "del", "vmpwan0", check=False)
