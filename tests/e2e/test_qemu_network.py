@@ -62,8 +62,10 @@ def pids_mentioning(marker: str) -> list[int]:
 class Lab:
     """The namespace, the server in it, and the two guests."""
 
-    def __init__(self, ns: str, c: httpx.Client, data: Path) -> None:
+    def __init__(self, ns: str, c: httpx.Client, data: Path, serve: Any) -> None:
         self.ns, self.c, self.data = ns, c, data
+        self.serve = serve
+        """(re)starts `vmplane serve` in the namespace and waits until it is ready"""
         self.a = self.b = ""
         self.ip: dict[str, str] = {}
         self.ssh_port = 0
@@ -119,6 +121,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     outer_ip, inner_ip = str(base + 1), str(base + 2)
     data = tmp / "data"
     proc: subprocess.Popen[bytes] | None = None
+
+    def serve() -> None:
+        nonlocal proc
+        if proc is not None:  # a crash of the control plane: VMs, dnsmasq and rules stay
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        proc = subprocess.Popen(cmd, env=env, stdout=(tmp / "server.log").open("ab"), stderr=subprocess.STDOUT)
+        wait_ready(url, proc)
+
     sh("ip", "netns", "add", ns)
     try:
         sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
@@ -130,10 +141,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "vmplane.cli.main", "serve", "--host", inner_ip,
                "--port", "8080", "--data-dir", str(data), "--log-level", "warning", "--driver", "qemu", "--accel", "tcg"]  # fmt: skip
         env = {**os.environ, "VMPLANE_CPU_OVERCOMMIT": "8"}
-        proc = subprocess.Popen(cmd, env=env, stdout=(tmp / "server.log").open("ab"), stderr=subprocess.STDOUT)
-        wait_ready(url, proc)
+        serve()
         with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": admin_key(data)}) as c:
-            lab = Lab(ns, c, data)
+            lab = Lab(ns, c, data, serve)
             boot(lab)
             yield lab
     finally:
@@ -236,6 +246,23 @@ def test_firewall_changes_apply_at_once_without_a_reboot(lab: Lab) -> None:
     assert lab.a_reaches_b() and lab.forwarded_ssh() == "SSH-2.0"
     assert lab.exec(b, ["cat", "/proc/sys/kernel/random/boot_id"])["stdout"] == boot_id  # no reboot
     print("[network] firewall change, request answered -> job done: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
+
+
+def test_a_restarted_control_plane_adopts_dnsmasq_and_applies_firewalls_again(lab: Lab) -> None:
+    c, b = lab.c, lab.b
+    lab.applied(c.put(f"/api/v1/vms/{b}/firewall", json={"enabled": True, "policyIn": "DROP"}))
+    assert not lab.a_reaches_b()
+    dnsmasq = [p for p in pids_mentioning(str(lab.data)) if b"dnsmasq" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(dnsmasq) == 1
+    sh("ip", "netns", "exec", lab.ns, "nft", "flush", "ruleset")  # as after a reboot of the host's firewall
+    assert lab.a_reaches_b()
+    t = time.monotonic()
+    lab.serve()
+    print(f"[network] vmplane killed and serving again in {time.monotonic() - t:.1f} s")
+    assert not lab.a_reaches_b()  # open() applied the firewalls of running VMs again
+    assert [p for p in pids_mentioning(str(lab.data)) if b"dnsmasq" in Path(f"/proc/{p}/cmdline").read_bytes()] == dnsmasq
+    lab.applied(c.put(f"/api/v1/vms/{b}/firewall", json={"enabled": False}))
+    assert lab.a_reaches_b()
 
 
 def test_additional_addresses_are_configured_in_the_guest_and_again_after_a_reboot_or_restart(lab: Lab) -> None:
