@@ -129,7 +129,6 @@ class NetworkHost:
         self._locks: dict[str, asyncio.Lock] = {}
         self._active: dict[str, Network] = {}
         """networks this process brought up (or adopted): check() keeps their dnsmasq alive"""
-        self._fw_lock = asyncio.Lock()
 
     @property
     def available(self) -> bool:
