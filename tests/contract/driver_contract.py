@@ -169,3 +169,22 @@ class DriverContract:
             await again.delete_vm(spec.id)
             await again.close()
         await d.open()  # the fixture's driver cleans up with a fresh view
+
+    async def test_set_network_records_nics_and_firewall_and_is_idempotent(self, env: Any) -> None:
+        import dataclasses
+
+        from vmplane.net.model import Network, Nic, mac_for, parse_firewall
+
+        d = env.driver
+        user = Network("net-user00000000", "user", "user", "10.0.0.0/16", "10.0.0.2")
+        spec = env.spec()
+        spec = dataclasses.replace(spec, nics=(Nic(user, mac_for(spec.id), "10.0.0.4"),))
+        await d.create_vm(spec)
+        assert "user" in d.capabilities.network_types
+        fw = parse_firewall({"enabled": True, "policyIn": "DROP", "rules": [{"type": "in", "action": "ACCEPT", "dport": "22"}]})
+        nics = (Nic(user, mac_for(spec.id), "10.0.0.4", ("10.0.0.9",)),)
+        await d.set_network(spec.id, nics, fw)
+        await d.set_network(spec.id, nics, fw)
+        assert (await d.get_vm(spec.id)).state == PowerState.STOPPED
+        with pytest.raises(DriverError):
+            await d.set_network(ids.new_id("vm"), nics, fw)
