@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     """Graceful shutdown waits this long for the guest, then powers it off."""
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    default_template: str = "tiny-linux"
+    """the template (id or name) of VMs whose request names no image, such as a FastVM
+    machine type; none when it does not exist"""
+    compat_wait_seconds: float = Field(10.0, ge=0, le=300)
+    """Faces whose API answers with the finished result (FastVM) wait this long for the job
+    behind a request; after that they answer that it is still in progress."""
 
     backup_dir: Path | None = None
     """The backup store (a restic repository): default `<data_dir>/backups`; any mounted path."""

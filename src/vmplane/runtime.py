@@ -22,6 +22,7 @@ from .services.billing import Billing
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
 from .services.guest import GuestService
+from .services.ingress import IngressService
 from .services.jobs import JobService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
@@ -67,6 +68,7 @@ class Runtime:
         self.billing = Billing(self)
         self.snapshots = SnapshotService(self)
         self.networks = NetworkService(self)
+        self.ingress = IngressService(self)
         self.backups = BackupService(self)
         self.backup_store = BackupStore(
             settings.backup_dir or self.data_dir / "backups", self.data_dir / "backup-repo-password"

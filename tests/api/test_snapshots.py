@@ -74,3 +74,28 @@ async def test_backups_need_a_driver_that_exports_disks(server: Server) -> None:
     assert (await server.client.get("/api/v1/backups/bkp-nothere")).status_code == 404
     listed = (await server.client.get(f"/api/v1/vms/{vm_id}/backups")).json()
     assert listed == {"items": [], "backupInProgress": False, "restoreInProgress": False}
+
+
+async def test_firewall_on_create_is_captured_by_snapshots_and_taken_by_clones(server: Server) -> None:
+    c = server.client
+    fw = {"enabled": True, "policyIn": "DROP", "rules": [{"type": "in", "action": "ACCEPT", "proto": "tcp", "dport": "22"}]}
+    r = await c.post("/api/v1/vms", json={"name": "walled", "firewall": {**fw, "rules": [{"type": "in", "action": "ACCEPT", "dport": "x"}]}})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "firewall.rules[0].dport"
+    r = await c.post("/api/v1/vms", json=[{"name": "ok-1"}, {"name": "walled", "firewall": {"policyIn": "NOPE"}}])
+    assert r.status_code == 400 and r.json()["details"]["field"] == "[1].firewall.policyIn"
+    job = await server.create({"name": "walled", "firewall": fw})
+    vm_id = job["tasks"][0]["resourceId"]
+    got = (await c.get(f"/api/v1/vms/{vm_id}/firewall")).json()
+    assert got["enabled"] and got["policyIn"] == "DROP" and got["rules"][0]["dport"] == "22"
+    node = (await c.get(f"/api/v1/vms/{vm_id}")).json()["node"]  # the node got it with the VM
+    assert server.rt.registry.driver(node)._vms[vm_id].spec.firewall.policy_in == "DROP"
+
+    snap = await snapshot(server, vm_id, "walled-snap")
+    assert snap["firewall"] == {k: v for k, v in got.items() if k != "jobId"}
+    assert (await c.get(f"/api/v1/snapshots/{snap['uuid']}")).json()["id"] == snap["id"]  # by uuid too
+    await c.put(f"/api/v1/vms/{vm_id}/firewall", json={"enabled": False})  # the snapshot keeps what it had
+    clone = await server.create({"name": "walled-clone", "snapshotId": snap["uuid"]})
+    clone_id = clone["tasks"][0]["resourceId"]
+    assert (await c.get(f"/api/v1/vms/{clone_id}/firewall")).json()["policyIn"] == "DROP"
+    own = await server.create({"name": "own-wall", "snapshotId": snap["id"], "firewall": {"enabled": False}})
+    assert (await c.get(f"/api/v1/vms/{own['tasks'][0]['resourceId']}/firewall")).json()["enabled"] is False

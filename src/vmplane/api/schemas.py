@@ -58,6 +58,11 @@ class VmCreateIn(In):
     snapshotId: str | None = Field(None, max_length=64, description="clone this snapshot (copy-on-write); disk may only grow")
     networks: list[NetworkRefIn] = Field(default_factory=list, max_length=8, description="one NIC per network, in order (default: the user network)")
     devices: DevicesIn | None = None
+    firewall: dict[str, Any] | None = Field(
+        None,
+        description="the VM's firewall from the start, as PUT /vms/{id}/firewall takes it: {enabled, policyIn, policyOut, rules} "
+        "(default: a clone takes its snapshot's firewall, other VMs none)",
+    )
 
 
 class VmUpdateIn(In):

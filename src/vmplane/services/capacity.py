@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock
 from ..config import Settings
 from ..domain import NodeStatus
-from ..errors import NoCapacity
+from ..errors import InvalidRequest, NoCapacity
 from ..pci import PciDevice
 from ..placement import Demand, NodeUsage, Policy, choose_node, pick_devices
 from ..store import Store
@@ -94,6 +94,23 @@ class Capacity:
             self._adjust(node.id, demand.cpu, demand.ram_mb, demand.disk_gb, devices)
             return node.id
         raise NoCapacity("could not claim capacity: nodes keep filling up; try again")
+
+    async def check(self, demand: Demand) -> None:
+        """Raise NoCapacity (naming what is short) unless some node could take `demand` now,
+        or InvalidRequest naming the resource if no node could ever hold that much of it.
+        Only a check: the claim, made later, still decides."""
+        async with self.store.read() as conn:
+            await self._refresh(conn)
+        nodes = [n for n in self._cache.values() if n.online and demand.node_id in (None, n.id)]
+        if nodes:
+            limits = [self.policy.limits(n) for n in nodes]
+            for i, (field, unit, want) in enumerate(
+                (("resources.cpu", "vCPUs", demand.cpu), ("resources.ramMb", "MB of RAM", demand.ram_mb), ("resources.diskGb", "GB of disk", demand.disk_gb))
+            ):
+                most = max(lim[i] for lim in limits)
+                if want > most:
+                    raise InvalidRequest(f"{field}: {want} {unit} is more than any node can hold (at most {most})", field=field, maximum=most)
+        choose_node(demand, self._cache.values(), self.policy)
 
     async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
         """Claim more on a VM's own node (a resize); raises NoCapacity naming what is short."""

@@ -21,6 +21,7 @@ from ..store import vms as vm_q
 
 CONSOLE_TOKEN_SECONDS = 60
 EXEC_MAX_OUTPUT = 1024 * 1024
+EXEC_MAX_SECONDS = 600
 
 
 def token_hash(token: str) -> str:
@@ -74,6 +75,8 @@ class GuestService:
     async def exec(self, ref: str, argv: list[str], timeout: float, who: Principal) -> ExecResult:
         if not argv or not argv[0]:
             raise InvalidRequest("command must name a program to run", field="command")
+        if not 0 < timeout <= EXEC_MAX_SECONDS:
+            raise InvalidRequest(f"timeoutSec must be more than 0 and at most {EXEC_MAX_SECONDS}", field="timeoutSec")
         vm = await self.rt.vms.get(ref, who)
         return await self._driver(vm, "exec").exec_vm(vm.id, argv, timeout, EXEC_MAX_OUTPUT)
 

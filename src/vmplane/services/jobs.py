@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 from sqlalchemy import Row
@@ -43,6 +44,20 @@ class JobService:
             rows = await job_q.list_jobs(conn, state=state, type_=type_, after_seq=after, limit=limit + 1, org_id=who.org_id)
         token = pages.encode("jobs", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
+
+    async def wait(self, job_id: str, timeout: float) -> tuple[Row, Sequence[Row]]:
+        """The job and its tasks once it has ended, or as they are after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        async with self.rt.events.subscribe(types=("job.completed", "job.failed", "job.cancelled"), resource=job_id) as sub:
+            while True:
+                async with self.rt.store.read() as conn:
+                    job = await job_q.get_job(conn, job_id)
+                    if job is None:
+                        raise NotFound(f"job {job_id} does not exist")
+                    left = deadline - time.monotonic()
+                    if JobState(job.state) in JOB_FINAL or left <= 0:
+                        return job, await job_q.job_tasks(conn, job_id)
+                await sub.get(timeout=min(left, 1.0))
 
     async def cancel(self, job_id: str, who: Principal) -> None:
         job, _ = await self.get(job_id, who)

@@ -1,6 +1,7 @@
-"""Snapshots: capture a VM's disk (live or offline) with its configuration; create VMs from
-them (copy-on-write clones); revert a VM to one. A snapshot that VMs were cloned from cannot
-be deleted (409) until those VMs are: their disks are overlays on it."""
+"""Snapshots: capture a VM's disk (live or offline) with its configuration and firewall; create
+VMs from them (copy-on-write clones, which take the captured firewall); revert a VM to one. A
+snapshot that VMs were cloned from cannot be deleted (409) until those VMs are: their disks are
+overlays on it. Snapshots are found by id or uuid."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class SnapshotService:
         self.rt = rt
 
     async def get(self, snapshot_id: str, who: Principal) -> Row:
+        """A snapshot (by id or uuid) the caller may see."""
         async with self.rt.store.read() as conn:
             row = await snap_q.get_snapshot(conn, snapshot_id)
         if row is None or not visible(row, who):
@@ -30,24 +32,28 @@ class SnapshotService:
         async with self.rt.store.read() as conn:
             return await snap_q.list_snapshots(conn, who.org_id, who.team_id, vm_id)
 
-    async def create(self, vm_ref: str, name: str, who: Principal) -> tuple[str, str]:
+    async def create(self, vm_ref: str, name: str | None, who: Principal) -> tuple[str, str]:
+        """Submit a snapshot-create job; returns (job id, snapshot id). Without a name the
+        snapshot is named after its id."""
+        snap_id = ids.new_id("snap")
+        name = snap_id if name is None else name
         check_name(name, "name")
         vm = await self.rt.vms.get(vm_ref, who)
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status}; it has no disk to snapshot yet", current=vm.status)
         now = clock.now()
-        snap_id = ids.new_id("snap")
-        config = {
-            "resources": {"cpu": vm.cpu, "ramMb": vm.ram_mb, "diskGb": vm.disk_gb},
-            "templateId": vm.template_id,
-            "tags": vm.tags,
-            "spec": vm.spec,
-        }
         async with self.rt.store.write() as conn:
+            config = {
+                "resources": {"cpu": vm.cpu, "ramMb": vm.ram_mb, "diskGb": vm.disk_gb},
+                "templateId": vm.template_id,
+                "tags": vm.tags,
+                "spec": vm.spec,
+                "firewall": (await self.rt.networks.firewall_of(conn, vm.id)).to_wire(),
+            }
             await self.rt.tenancy.reserve(conn, vm.org_id, snapshots=1)
             await snap_q.insert_snapshot(
                 conn,
-                {"id": snap_id, "org_id": vm.org_id, "team_id": vm.team_id, "vm_id": vm.id, "vm_name": vm.name,
+                {"id": snap_id, "uuid": ids.new_uuid(), "org_id": vm.org_id, "team_id": vm.team_id, "vm_id": vm.id, "vm_uuid": vm.uuid, "vm_name": vm.name,
                  "node_id": vm.node_id, "template_id": vm.template_id, "name": name, "status": "creating",
                  "size_bytes": 0, "config": config, "created_at": now, "updated_at": now},  # fmt: skip
             )
@@ -57,10 +63,10 @@ class SnapshotService:
 
     async def rename(self, snapshot_id: str, name: str, who: Principal) -> Row:
         check_name(name, "name")
-        await self.get(snapshot_id, who)
+        snap = await self.get(snapshot_id, who)
         async with self.rt.store.write() as conn:
-            await snap_q.set_snapshot(conn, snapshot_id, name=name, updated_at=clock.now())
-        return await self.get(snapshot_id, who)
+            await snap_q.set_snapshot(conn, snap.id, name=name, updated_at=clock.now())
+        return await self.get(snap.id, who)
 
     async def delete(self, snapshot_id: str, who: Principal) -> str:
         snap = await self.get(snapshot_id, who)

@@ -51,6 +51,15 @@ class TemplateService:
             raise NotFound(f"template {ref} does not exist")
         return row
 
+    async def default_id(self, who: Principal) -> str | None:
+        """The template of VMs whose request names no image: `default_template` when the
+        caller may use it and it is ready; None otherwise."""
+        try:
+            tpl = await self.get(self.rt.settings.default_template, who)
+        except NotFound:
+            return None
+        return tpl.id if tpl.status == "ready" else None
+
     def _check_owner(self, tpl: Row, who: Principal) -> None:
         if tpl.org_id is None and not who.operator:
             raise Forbidden(f"template {tpl.name} is shared by the operators; only they change it")

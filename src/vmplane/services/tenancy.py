@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role, key_digest, key_prefix, new_api_key
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
+from ..domain import NodeStatus
+from ..store import nodes as node_q
 from ..store import snapshots as snap_q
 from ..store import tenancy as t_q
 from .vms import check_name
@@ -294,8 +296,19 @@ class TenancyService:
                 raise NotFound(f"organization {target} does not exist")
             usage = await t_q.org_usage(conn, target)
             snaps = await snap_q.count_for_org(conn, target)
+            nodes = [n for n in await node_q.list_nodes(conn) if n.status == NodeStatus.ONLINE.value]
         used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms), "snapshots": snaps}
-        return {"orgId": target, "limits": {f: org.quotas.get(f) for f in QUOTA_FIELDS}, "usage": used}
+        limits = {f: org.quotas.get(f) for f in QUOTA_FIELDS}
+        # Without a quota, the most an organization can hold is what the online nodes can
+        # hand out (capacity x overcommit); VMs and snapshots have no such bound (None).
+        s = self.rt.settings
+        room = {
+            "vcpu": sum(int(n.cpu_total * s.cpu_overcommit) for n in nodes),
+            "ramMb": sum(int(n.ram_mb_total * s.ram_overcommit) for n in nodes),
+            "diskGb": sum(int(n.disk_gb_total * s.disk_overcommit) for n in nodes),
+        }
+        effective = {f: limits[f] if limits[f] is not None else room.get(f) for f in QUOTA_FIELDS}
+        return {"orgId": target, "limits": limits, "effectiveLimits": effective, "usage": used}
 
     async def set_quotas(self, who: Principal, org_id: str, limits: dict[str, int | None]) -> dict[str, Any]:
         if not who.operator:

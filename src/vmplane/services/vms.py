@@ -13,9 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
-from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound
+from ..net.ingress import Ipv6Ingress
+from ..net.model import Firewall
+from ..placement import Demand
 from ..store import guest as guest_q
 from ..store import jobs as job_q
+from ..store import networks as net_q
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
@@ -94,7 +98,8 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
 
 @dataclass(frozen=True)
 class NewVm:
-    name: str
+    name: str | None = None
+    """None: the VM is named after its id"""
     resources: Resources | None = None
     """None: the snapshot's, or DEFAULT_RESOURCES"""
     template_id: str | None = None
@@ -110,6 +115,13 @@ class NewVm:
     """networks (id or name) to join, one NIC each in this order; empty: the user network"""
     pci: tuple[str, ...] = ()
     """host PCI devices to pass through: addresses (0000:01:00.0) or models (10de:2204)"""
+    firewall: Firewall | None = None
+    """None: the snapshot's firewall for a clone, else the default (disabled)"""
+    ipv6_ingress: Ipv6Ingress | None = None
+    """an IPv6 ingress policy applied on top of the firewall (see net.ingress)"""
+    disk_gb: int | None = None
+    """the disk's size when it differs from `resources` (a clone keeps its snapshot's shape
+    and may grow its disk)"""
 
 
 @dataclass(frozen=True)
@@ -146,13 +158,20 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def create(self, specs: Sequence[NewVm], who: Principal) -> tuple[str, list[str]]:
-        """Reserve names and ids for every VM and submit one vm-create job with a task each."""
+    async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = False) -> tuple[str, list[str]]:
+        """Reserve names and ids for every VM and submit one vm-create job with a task each.
+
+        `check_capacity`: refuse (NoCapacity) a VM that no node could take right now, before
+        anything is recorded, instead of letting its create task fail (the task's claim still
+        decides: another create may take the room first)."""
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
         specs = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
+        vm_ids = [ids.new_id("vm") for _ in specs]
+        specs = [s if s.name is not None else replace(s, name=vm_id) for s, vm_id in zip(specs, vm_ids)]
         seen: set[str] = set()
         for i, spec in enumerate(specs):
+            assert spec.name is not None and spec.resources is not None
             where = f"[{i}].name" if len(specs) > 1 else "name"
             check_name(spec.name, where)
             prefix = f"[{i}]." if len(specs) > 1 else ""
@@ -171,6 +190,11 @@ class VmService:
             if s.networks not in networks:
                 networks[s.networks] = await self.rt.networks.resolve(s.networks, who, f"{prefix}networks")
             check_pci(s.pci, f"{prefix}devices.pciPassthrough")
+        if check_capacity:
+            for s in specs:
+                assert s.resources is not None
+                r = s.resources
+                await self.rt.capacity.check(Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci))
         now = clock.now()
         async with self.rt.store.write() as conn:
             await self.rt.tenancy.reserve(
@@ -193,11 +217,11 @@ class VmService:
                 if await node_q.get_node(conn, ref) is None:
                     raise InvalidRequest(f"nodeId {ref!r} does not exist", field="nodeId")
             rows = []
-            for spec in specs:
+            for spec, vm_id in zip(specs, vm_ids):
                 tpl = templates.get(spec.template_id) if spec.template_id else None
                 rows.append(
                     {
-                        "id": ids.new_id("vm"),
+                        "id": vm_id,
                         "uuid": ids.new_uuid(),
                         "name": spec.name,
                         "org_id": who.org_id,
@@ -210,7 +234,12 @@ class VmService:
                         "ram_mb": spec.resources.ram_mb,
                         "disk_gb": spec.resources.disk_gb,
                         "tags": list(spec.tags),
-                        "spec": {"nodeId": spec.node_id, **spec.extra, **({"pciPassthrough": list(spec.pci)} if spec.pci else {})},
+                        "spec": {
+                            "nodeId": spec.node_id,
+                            **({"sourceName": tpl.name} if tpl is not None else {}),
+                            **spec.extra,
+                            **({"pciPassthrough": list(spec.pci)} if spec.pci else {}),
+                        },
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -221,6 +250,9 @@ class VmService:
             except IntegrityError:
                 raise Conflict("a VM with one of these names was created at the same time") from None
             await self._reserve_ports(conn, rows)
+            for row, spec in zip(rows, specs):
+                if spec.firewall is not None:
+                    await net_q.set_firewall(conn, row["id"], spec.firewall.to_wire(), now)
             await self.rt.billing.allocated(conn, rows)
             job_id = await self.rt.engine.submit(
                 conn, "vm-create", who, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
@@ -233,18 +265,71 @@ class VmService:
         template, node and resources, and its disk may only grow."""
         prefix = "" if index is None else f"[{index}]."
         if spec.snapshot is None:
-            return spec if spec.resources is not None else replace(spec, resources=DEFAULT_RESOURCES)
-        snap = await self.rt.snapshots.for_new_vm(spec.snapshot, who)
-        if spec.template_id is not None:
-            raise InvalidRequest("give snapshotId or templateId, not both", field=f"{prefix}templateId")
-        if spec.node_id is not None and spec.node_id != snap.node_id:
-            raise InvalidRequest(f"snapshot {snap.id} lives on {snap.node_id}; its clones go there", field=f"{prefix}nodeId")
-        r = snap.config["resources"]
-        base = Resources(r["cpu"], r["ramMb"], r["diskGb"])
-        want = spec.resources or base
-        if want.disk_gb < base.disk_gb:
-            raise InvalidRequest(f"resources.diskGb may only grow from the snapshot's {base.disk_gb} GB", field=f"{prefix}resources.diskGb")
-        return replace(spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id)
+            firewall = spec.firewall
+            spec = spec if spec.resources is not None else replace(spec, resources=DEFAULT_RESOURCES)
+            if spec.disk_gb is not None:
+                assert spec.resources is not None
+                spec = replace(spec, resources=replace(spec.resources, disk_gb=spec.disk_gb))
+        else:
+            snap = await self.rt.snapshots.for_new_vm(spec.snapshot, who)
+            if spec.template_id is not None:
+                raise InvalidRequest("give snapshotId or templateId, not both", field=f"{prefix}templateId")
+            if spec.node_id is not None and spec.node_id != snap.node_id:
+                raise InvalidRequest(f"snapshot {snap.id} lives on {snap.node_id}; its clones go there", field=f"{prefix}nodeId")
+            r = snap.config["resources"]
+            base = Resources(r["cpu"], r["ramMb"], r["diskGb"])
+            want = spec.resources or base
+            if spec.disk_gb is not None:
+                want = replace(want, disk_gb=spec.disk_gb)
+            if want.disk_gb < base.disk_gb:
+                raise InvalidRequest(
+                    f"resources.diskGb may only grow from the snapshot's {base.disk_gb} GB",
+                    field=f"{prefix}resources.diskGb", minimum=base.disk_gb,
+                )  # fmt: skip
+            spec = replace(
+                spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id,
+                extra={**spec.extra, "sourceName": snap.name},
+            )  # fmt: skip
+            # a clone takes the firewall its source had when the snapshot was taken
+            captured = snap.config.get("firewall")
+            firewall = spec.firewall if spec.firewall is not None else (Firewall.from_wire(captured) if captured else None)
+        if spec.ipv6_ingress is not None:
+            firewall = spec.ipv6_ingress.apply_to(firewall or Firewall())
+        return replace(spec, firewall=firewall)
+
+    async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Row:
+        """Create one VM and wait up to `timeout` seconds for it to be created: returns the VM
+        (`running` if it was started in time, still `provisioning`/`starting` otherwise).
+
+        For APIs whose create answers with the VM itself. A VM that no node can take is
+        refused before anything is recorded (NoCapacity); one whose create fails within the
+        wait is deleted and the failure raised (DriverError), so an error answer leaves nothing
+        behind. A create that fails later leaves the VM in `error`, as every failed create."""
+        job_id, (vm_id,) = await self.create([spec], who, check_capacity=True)
+        job, tasks = await self.rt.jobs.wait(job_id, timeout)
+        if job.state == "cancelled":  # someone cancelled the job: a cancelled create leaves nothing
+            raise Conflict("the VM's create was cancelled", vmId=vm_id)
+        if job.state == "failed":
+            error = tasks[0].error if tasks else "unknown error"
+            await self.rt.jobs.wait(await self.delete([vm_id], who), timeout)
+            raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
+        return await self.get(vm_id, who)
+
+    async def rename(self, ref: str, name: str, who: Principal) -> Row:
+        """Rename a VM at once: a name lives only in the store (no job, no hypervisor call)."""
+        check_name(name)
+        vm = await self.get(ref, who)
+        if vm.status == VmStatus.DELETING:
+            raise InvalidState(f"VM {vm.id} is being deleted", current=vm.status)
+        if name != vm.name:
+            async with self.rt.store.write() as conn:
+                if await vm_q.names_taken(conn, [name]):
+                    raise Conflict(f"a VM named {name!r} already exists", field="name")
+                try:
+                    await vm_q.set_vm(conn, vm.id, name=name, updated_at=clock.now())
+                except IntegrityError:
+                    raise Conflict(f"a VM named {name!r} was created at the same time", field="name") from None
+        return await self.get(vm.id, who)
 
     async def _reserve_ports(self, conn: Any, rows: list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""

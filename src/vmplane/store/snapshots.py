@@ -2,7 +2,7 @@
 
 from typing import Any, Sequence
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import snapshots, vms
@@ -12,8 +12,9 @@ async def insert_snapshot(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(snapshots), [row])
 
 
-async def get_snapshot(conn: AsyncConnection, snapshot_id: str) -> Row | None:
-    return (await conn.execute(select(snapshots).where(snapshots.c.id == snapshot_id))).first()
+async def get_snapshot(conn: AsyncConnection, ref: str) -> Row | None:
+    """A snapshot by id or uuid."""
+    return (await conn.execute(select(snapshots).where(or_(snapshots.c.id == ref, snapshots.c.uuid == ref)))).first()
 
 
 async def list_snapshots(conn: AsyncConnection, org_id: str, team_id: str | None, vm_id: str | None) -> Sequence[Row]:

@@ -23,6 +23,7 @@ class RevertIn(In):
 
 class SnapshotOut(BaseModel):
     id: str
+    uuid: str
     name: str
     vmId: str
     vmName: str
@@ -31,14 +32,15 @@ class SnapshotOut(BaseModel):
     status: str
     sizeBytes: int
     resources: dict[str, int]
+    firewall: dict[str, Any] | None = Field(None, description="the VM's firewall when the snapshot was taken; its clones take it")
     createdAt: str
     updatedAt: str
 
 
 def render(s: Any) -> dict[str, Any]:
     return {
-        "id": s.id, "name": s.name, "vmId": s.vm_id, "vmName": s.vm_name, "nodeId": s.node_id, "templateId": s.template_id,
-        "status": s.status, "sizeBytes": s.size_bytes, "resources": s.config["resources"],
+        "id": s.id, "uuid": s.uuid, "name": s.name, "vmId": s.vm_id, "vmName": s.vm_name, "nodeId": s.node_id, "templateId": s.template_id,
+        "status": s.status, "sizeBytes": s.size_bytes, "resources": s.config["resources"], "firewall": s.config.get("firewall"),
         "createdAt": clock.rfc3339(s.created_at), "updatedAt": clock.rfc3339(s.updated_at),
     }  # fmt: skip
 

@@ -96,6 +96,9 @@ class QuotaLimits(In):
 class QuotasOut(BaseModel):
     orgId: str
     limits: dict[str, int | None]
+    effectiveLimits: dict[str, int | None] = Field(
+        ..., description="the limits in force: the quota where one is set, else what the online nodes can hand out (null: no bound)"
+    )
     usage: dict[str, int]
 
 

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 from ... import clock
 from ...domain import Resources
 from ...errors import InvalidRequest
+from ...net.model import parse_firewall
 from ...services.vms import NewVm, VmChange
 from .. import render
 from ..schemas import Page, VmCreateIn, VmDeleteIn, VmOut, VmUpdateIn
@@ -51,7 +52,7 @@ async def list_vms(
     return JSONResponse({"items": [render.vm(r, now) for r in rows], "nextPageToken": token})
 
 
-def _new_vm(spec: VmCreateIn) -> NewVm:
+def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:
     r = spec.resources
     return NewVm(
         name=spec.name,
@@ -64,6 +65,7 @@ def _new_vm(spec: VmCreateIn) -> NewVm:
         team=spec.teamId,
         networks=tuple(n.networkId for n in spec.networks),
         pci=tuple(spec.devices.pciPassthrough) if spec.devices else (),
+        firewall=parse_firewall(spec.firewall, f"{prefix}firewall") if spec.firewall is not None else None,
         extra={
             k: v
             for k, v in {
@@ -86,7 +88,8 @@ async def create_vms(request: Request, rt: RuntimeDep, caller: CallerDep) -> JSO
         specs = [VmCreateIn.model_validate(body)]
     else:
         raise InvalidRequest("the body must be a VM spec object or an array of them", field="body")
-    job_id, vm_ids = await rt.vms.create([_new_vm(s) for s in specs], caller)
+    many = isinstance(body, list)
+    job_id, vm_ids = await rt.vms.create([_new_vm(s, f"[{i}]." if many else "") for i, s in enumerate(specs)], caller)
     return accepted(job_id, vmIds=vm_ids)
 
 
