@@ -1,5 +1,7 @@
 """/healthz, /livez, /readyz at the root of every listener."""
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -17,14 +19,20 @@ async def live() -> JSONResponse:
     return JSONResponse({"status": "ok", "checks": {}})
 
 
-@router.get("/readyz", responses=HEALTH_RESPONSES)
-async def ready(request: Request) -> JSONResponse:
-    """503 until the store is migrated and the nodes are registered."""
-    rt = request.app.state.rt
+async def readiness(rt: Any) -> dict[str, str]:
+    """What readiness depends on, each `ok` or why not: the store answers, the runtime
+    finished starting (store migrated, nodes registered)."""
     checks = {"store": "ok", "nodes": "ok" if rt.ready else "starting"}
     try:
         await rt.store.ping()
     except Exception as exc:  # any store failure means not ready
         checks["store"] = f"error: {type(exc).__name__}"
+    return checks
+
+
+@router.get("/readyz", responses=HEALTH_RESPONSES)
+async def ready(request: Request) -> JSONResponse:
+    """503 until the store is migrated and the nodes are registered."""
+    checks = await readiness(request.app.state.rt)
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

@@ -1,13 +1,11 @@
 """/api/v1/vms/{id}/console, console/ws, console/log, exec, stats."""
 
-import asyncio
-import contextlib
-
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ... import clock
 from ...errors import VmplaneError
+from ..console import bridge
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
 from .deps import ERRORS, CallerDep, RuntimeDep
 
@@ -40,30 +38,7 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
         await websocket.close(code=4404 if exc.status == 404 else 4409, reason=exc.message[:120])
         return
     await websocket.accept()
-
-    async def guest_to_client() -> None:
-        while data := await reader.read(4096):
-            await websocket.send_bytes(data)
-
-    async def client_to_guest() -> None:
-        while True:
-            msg = await websocket.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes") or (msg.get("text") or "").encode()
-            writer.write(data)
-            await writer.drain()
-
-    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        writer.close()
-        with contextlib.suppress(Exception, WebSocketDisconnect):
-            await websocket.close()
+    await bridge(websocket, reader, writer)
 
 
 @router.get("/vms/{vm_id}/console/log", response_class=PlainTextResponse, responses=ERRORS)
