@@ -8,8 +8,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from . import __version__
-from .api import errors, health
-from .api import native
+from .api import errors, faces, health
 from .api.identity import Identity
 from .api.metrics import Metrics, MetricsMiddleware
 from .api.metrics import router as metrics_router
@@ -45,7 +44,7 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     app.state.metrics = Metrics(rt)
     app.include_router(health.router)
     app.include_router(metrics_router)
-    app.include_router(native.router())
+    faces.install_all(app, rt)  # the native API, and every compat face under its prefix
     app.add_middleware(Idempotency, store=rt.store)
     app.add_middleware(Identity, rt=rt)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -1,0 +1,110 @@
+"""The faces: every API vmplane serves, each under its own path prefix of the one application,
+and how any of them is served at the root of a listener of its own.
+
+`vmplane serve --face fastvm=127.0.0.1:8081` serves the FastVM face at
+`http://127.0.0.1:8081/v1/vms` as well as at `/compat/fastvm/v1/vms` of the main listener:
+some published clients throw away the path of their base URL. A face's own listener is not a
+second application: it hands every request to the main one (same middleware, credentials,
+rate limits, audit, metrics, runtime) with the face's prefix put in front of the path. Paths
+that already carry the prefix pass unchanged, so the links a face hands out (a WebSocket path,
+a `Location`) work on both listeners, as do the face's `root_paths` (health, metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    name: str
+    prefix: str
+    """where the face lives in the main application (no trailing slash)"""
+    install: Callable[[FastAPI, Any], None]
+    """install(app, runtime): adds the face's routes (or mounts its application) to `app`"""
+    root_paths: tuple[str, ...] = ()
+    """paths of the main application that the face's own listener serves as they are"""
+    contract: str = ""
+    """what the face serves, for `--help` and errors"""
+
+
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
+
+
+def _install_native(app: FastAPI, _rt: Any) -> None:
+    from . import native
+
+    app.include_router(native.router())
+
+
+def _install_fastvm(app: FastAPI, rt: Any) -> None:
+    from .compat import fastvm
+
+    app.mount(fastvm.PREFIX, fastvm.build(rt))
+
+
+FACES: dict[str, Face] = {
+    f.name: f
+    for f in (
+        Face("native", "/api/v1", _install_native, (*HEALTH_PATHS, "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"),
+             "the native API (cluster contract)"),
+        Face("fastvm", "/compat/fastvm", _install_fastvm, ("/metrics",), "the FastVM public API"),
+    )
+}  # fmt: skip
+
+
+def face(name: str) -> Face:
+    try:
+        return FACES[name]
+    except KeyError:
+        raise ValueError(f"unknown face {name!r}; known: {', '.join(FACES)}") from None
+
+
+def install_all(app: FastAPI, rt: Any) -> None:
+    for f in FACES.values():
+        f.install(app, rt)
+
+
+class FaceListener:
+    """The ASGI application of a face's own listener: the main application, seen from the
+    face's prefix. It runs no lifespan of its own (the main listener's starts the runtime)."""
+
+    def __init__(self, app: ASGIApp, face: Face) -> None:
+        self.app = app
+        self.face = face
+
+    def rewrite(self, path: str) -> str:
+        prefix = self.face.prefix
+        if path == prefix or path.startswith(prefix + "/") or path in self.face.root_paths:
+            return path
+        return prefix + (path if path != "/" else "")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = self.rewrite(scope["path"])
+            if path != scope["path"]:
+                raw = scope.get("raw_path")  # the path as sent (percent-encoded)
+                raw_path = self.face.prefix.encode() + raw if raw and path != self.face.prefix else path.encode()
+                scope = {**scope, "path": path, "raw_path": raw_path}
+        elif scope["type"] == "lifespan":
+            return await _no_lifespan(receive, send)
+        await self.app(scope, receive, send)
+
+
+async def _no_lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def listener_app(app: ASGIApp, name: str) -> FaceListener:
+    """The application to serve face `name` at the root of a listener."""
+    return FaceListener(app, face(name))
