@@ -46,13 +46,23 @@ def serve(
     sim_nodes: Annotated[int, typer.Option("--sim-nodes", help="simulated nodes (sim driver)")] = 1,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only)")] = False,
+    face: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--face", metavar="NAME=HOST:PORT",
+            help="also serve face NAME (native, fastvm, ...) at the root of a listener of its own, for clients that drop "
+            "the path of their base URL (repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Serve vmplane over HTTP. On first start it writes an owner API key to DATA_DIR/admin-api-key."""
-    import uvicorn
+    import asyncio
+
     from pydantic import ValidationError
 
     from ..app import create_app
     from ..config import Settings
+    from .serving import Listener, bind, parse_face, serve_all
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The server keeps many long-lived objects; with the default thresholds the collector's
@@ -64,10 +74,33 @@ def serve(
         first = exc.errors()[0]
         typer.echo(f"error: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", err=True)
         raise typer.Exit(2) from None
-    if settings.insecure_no_auth and not is_loopback(host):
-        typer.echo(f"error: --insecure-no-auth is only allowed on a loopback address, not {host}", err=True)
-        raise typer.Exit(2)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+    listeners = [Listener(None, host, port)]
+    for value in face or []:
+        try:
+            listeners.append(parse_face(value))
+        except ValueError as exc:
+            typer.echo(f"error: --face: {exc}", err=True)
+            raise typer.Exit(2) from None
+    seen: set[tuple[str, int]] = set()
+    for lis in listeners:
+        if settings.insecure_no_auth and not is_loopback(lis.host):
+            typer.echo(f"error: --insecure-no-auth is only allowed on loopback addresses, not {lis.host}", err=True)
+            raise typer.Exit(2)
+        if (lis.host, lis.port) in seen:
+            typer.echo(f"error: {lis.address} is given twice", err=True)
+            raise typer.Exit(2)
+        seen.add((lis.host, lis.port))
+    try:
+        socks = [bind(lis) for lis in listeners]
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    log = logging.getLogger("vmplane")
+    log.info("serving on http://%s", listeners[0].address)
+    for lis in listeners[1:]:
+        log.info("face %s at the root of http://%s", lis.face, lis.address)
+    if not asyncio.run(serve_all(create_app(settings), list(zip(listeners, socks)), log_level)):
+        raise typer.Exit(3)  # the application did not start (as uvicorn.run exits)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,0 +1,94 @@
+"""`vmplane serve`: the main listener and, for each `--face NAME=HOST:PORT`, a listener that
+serves that face at its root, all in one process around one application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import uvicorn
+
+from ..api.faces import FACES, listener_app
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    face: str | None
+    """None: the main listener (every face under its prefix)"""
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_face(value: str) -> Listener:
+    """`NAME=HOST:PORT` (HOST may be `[v6]`); ValueError says what is wrong."""
+    name, sep, address = value.partition("=")
+    if not sep or not name:
+        raise ValueError(f"{value!r} is not NAME=HOST:PORT")
+    if name not in FACES:
+        raise ValueError(f"unknown face {name!r}; known: {', '.join(FACES)}")
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the address must be HOST:PORT with a port from 1 to 65535")
+    return Listener(name, host, int(port))
+
+
+def bind(listener: Listener) -> socket.socket:
+    """A listening socket, or OSError naming the address."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(listener.host).version == 6 else socket.AF_INET
+    except ValueError:  # a host name
+        family = socket.getaddrinfo(listener.host, listener.port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listener.host, listener.port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {listener.address}: {exc.strerror or exc}") from None
+    return sock
+
+
+class _FaceServer(uvicorn.Server):
+    """A face's listener: the main server owns signals (and the runtime's lifespan)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_all(app: Any, listeners: list[tuple[Listener, socket.socket]], log_level: str) -> bool:
+    """Serve until the main server is told to stop (SIGINT/SIGTERM); face listeners start once
+    the main one is up (its lifespan starts the runtime) and are stopped with it. False if the
+    main server never started (its lifespan failed)."""
+    (_, main_sock), *faces = listeners
+    main = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+    main_task = asyncio.create_task(main.serve(sockets=[main_sock]))
+    while not main.started:
+        if main_task.done():
+            main_task.result()
+            return False
+        await asyncio.sleep(0.05)
+    others = [
+        (_FaceServer(uvicorn.Config(listener_app(app, lis.face or ""), lifespan="off", log_level=log_level, access_log=False)), sock)
+        for lis, sock in faces
+    ]
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in others]
+    try:
+        while not main.should_exit and not main_task.done():
+            await asyncio.sleep(0.1)
+    finally:
+        for server, _ in others:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await main_task
+    return True

@@ -1,0 +1,62 @@
+"""`vmplane serve --face NAME=HOST:PORT`: a face at the root of a listener of its own."""
+
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from typer.testing import CliRunner
+
+from vmplane.cli import app
+
+from ..support import admin_key, free_port, serve, wait_ready
+
+
+def run_serve(*args: str) -> Any:
+    return CliRunner().invoke(app, ["serve", "--driver", "sim", *args])
+
+
+def test_bad_face_options_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    for value, says in (
+        ("fastvm", "is not NAME=HOST:PORT"),
+        ("nope=127.0.0.1:1", "unknown face 'nope'; known: native, fastvm"),
+        ("fastvm=127.0.0.1", "HOST:PORT"),
+        ("fastvm=127.0.0.1:70000", "port from 1 to 65535"),
+    ):
+        r = run_serve("--data-dir", str(tmp_path / "d"), "--face", value)
+        assert r.exit_code == 2 and says in r.output, (value, r.output)
+    port = free_port()
+    r = run_serve("--data-dir", str(tmp_path / "d"), "--port", str(port), "--face", f"native=127.0.0.1:{port}")
+    assert r.exit_code == 2 and "given twice" in r.output
+    r = run_serve("--data-dir", str(tmp_path / "d"), "--insecure-no-auth", "--face", "fastvm=0.0.0.0:1")
+    assert r.exit_code == 2 and "loopback" in r.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = run_serve("--data-dir", str(tmp_path / "d"), "--face", f"fastvm=127.0.0.1:{taken.getsockname()[1]}")
+    assert r.exit_code == 1 and "cannot listen on 127.0.0.1:" in r.output
+    assert not (tmp_path / "d").exists()  # nothing was started
+
+
+def test_serve_with_face_listeners(tmp_path: Path) -> None:
+    port, fastvm_port, native_port = free_port(), free_port(), free_port()
+    log = tmp_path / "server.log"
+    proc = serve(tmp_path / "data", port, log, ["--driver", "sim", "--face", f"fastvm=127.0.0.1:{fastvm_port}", "--face", f"native=127.0.0.1:{native_port}"])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        key = {"X-API-Key": admin_key(tmp_path / "data")}
+        # a client that throws away the path of its base URL
+        r = httpx.post(f"http://127.0.0.1:{fastvm_port}/v1/vms", json={"machineType": "c2m4"}, headers=key, timeout=30)
+        assert r.status_code == 201 and r.json()["cpu"] == 2, r.text
+        assert httpx.get(f"http://127.0.0.1:{port}/compat/fastvm/v1/vms/{r.json()['id']}", headers=key).json()["machineName"] == "c2m4"
+        assert httpx.get(f"http://127.0.0.1:{native_port}/vms", headers=key).json()["items"][0]["uuid"] == r.json()["id"]
+        assert httpx.get(f"http://127.0.0.1:{fastvm_port}/livez").json() == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=30)
+    # uvicorn re-raises the signal once it has shut down cleanly (as `uvicorn.run` does)
+    assert code in (0, -signal.SIGTERM) and time.monotonic() - started < 10, log.read_text()
+    assert "Traceback" not in log.read_text()
