@@ -24,6 +24,8 @@ class NodeUsage:
     disk_gb_used: int
     devices: tuple[PciDevice, ...] = ()
     """free host PCI devices for passthrough (an IOMMU group is wholly free or wholly taken)"""
+    network_types: frozenset[str] = frozenset({"user"})
+    """network types the node can attach VMs to"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,8 @@ class Demand:
     node_id: str | None = None
     pci: tuple[str, ...] = ()
     """PCI devices wanted: addresses (0000:01:00.0) or models (10de:2204)"""
+    network_types: frozenset[str] = frozenset()
+    """network types of the VM's NICs"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,8 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
     best: NodeUsage | None = None
     best_score = 0.0
     seen = online = 0
-    short_cpu = short_ram = short_disk = short_pci = 0
-    want_pci = demand.pci
+    short_cpu = short_ram = short_disk = short_pci = short_net = 0
+    want_pci, want_net = demand.pci, demand.network_types
     sign = -1.0 if policy.strategy == "pack" else 1.0
     rc, rr, rd = policy.cpu_ratio, policy.ram_ratio, policy.disk_ratio
     want_cpu, want_ram, want_disk, only = demand.cpu, demand.ram_mb, demand.disk_gb, demand.node_id
@@ -102,6 +106,9 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
             short_ram += ram_free < 0
             short_disk += disk_free < 0
             continue
+        if want_net and not want_net <= node.network_types:
+            short_net += 1
+            continue
         if want_pci and pick_devices(want_pci, node.devices) is None:
             short_pci += 1
             continue
@@ -117,6 +124,10 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
         if demand.node_id is not None:
             raise NoCapacity(f"node {demand.node_id} is not online")
         raise NoCapacity("no node is online")
+    if short_net == online:
+        kinds = ", ".join(sorted(want_net))
+        raise NoCapacity(f"{'node ' + demand.node_id if demand.node_id else 'no online node'} can attach VMs to {kinds} networks"
+                         + (" (bridges need CAP_NET_ADMIN, ip, dnsmasq and nft on the node)" if "bridge" in want_net else ""))
     wants = []
     if want_pci and short_pci and short_pci + short_cpu + short_ram + short_disk >= online:
         wants.append(f"the PCI devices {', '.join(want_pci)} free")

@@ -178,7 +178,7 @@ class Runtime:
                     "cpu_total": info.cpu,
                     "ram_mb_total": info.ram_mb,
                     "disk_gb_total": info.disk_gb,
-                    "labels": info.labels,
+                    "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
                     "pci_devices": [d.to_wire() for d in info.pci_devices],
                     "created_at": now,
                     "updated_at": now,

@@ -94,3 +94,13 @@ def test_placement_needs_free_devices() -> None:
     with pytest.raises(Exception) as e:
         choose_node(Demand(1, 512, 10, pci=("10de:9999",)), nodes, Policy())
     assert "PCI devices 10de:9999" in str(e.value)
+
+
+def test_placement_needs_the_network_types() -> None:
+    plain = NodeUsage("n1", True, 8, 8192, 100, 0, 0, 0)
+    bridged = NodeUsage("n2", True, 8, 8192, 100, 4, 4096, 50, network_types=frozenset({"user", "bridge"}))
+    assert choose_node(Demand(1, 512, 10), [plain, bridged], Policy()).id == "n1"
+    assert choose_node(Demand(1, 512, 10, network_types=frozenset({"bridge"})), [plain, bridged], Policy()).id == "n2"
+    with pytest.raises(Exception) as e:
+        choose_node(Demand(1, 512, 10, network_types=frozenset({"bridge"})), [plain], Policy())
+    assert "bridge networks" in str(e.value) and "CAP_NET_ADMIN" in str(e.value)

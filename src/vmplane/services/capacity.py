@@ -29,6 +29,7 @@ def usage_of(row: Row, taken: Collection[tuple[str, str]] = ()) -> NodeUsage:
         ram_mb_used=row.ram_mb_used,
         disk_gb_used=row.disk_gb_used,
         devices=devices,
+        network_types=frozenset(((row.labels or {}).get("networkTypes") or "user").split(",")),
     )
 
 
@@ -68,7 +69,7 @@ class Capacity:
             self._cache[node_id] = NodeUsage(
                 n.id, n.online, n.cpu_total, n.ram_mb_total, n.disk_gb_total,
                 n.cpu_used + cpu, n.ram_mb_used + ram_mb, n.disk_gb_used + disk_gb,
-                tuple(d for d in n.devices if d.address not in devices) if devices else n.devices,
+                tuple(d for d in n.devices if d.address not in devices) if devices else n.devices, n.network_types,
             )  # fmt: skip
 
     async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str:

@@ -146,7 +146,7 @@ class NetworkService:
         nets: dict[str, Row] = {}
         for row, networks in vms:
             row["spec"]["nics"] = [
-                {"networkId": n.id, "network": n.name, "mac": mac_for(row["id"], i), "ips": []} for i, n in enumerate(networks)
+                {"networkId": n.id, "network": n.name, "type": n.type, "mac": mac_for(row["id"], i), "ips": []} for i, n in enumerate(networks)
             ]
             for i, n in enumerate(networks):
                 want.setdefault(n.id, []).append((row, i))

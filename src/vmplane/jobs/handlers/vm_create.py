@@ -32,7 +32,11 @@ class VmCreate(BaseHandler):
         node_id = vm.node_id
         if node_id is None:
             spec = vm.spec or {}
-            demand = Demand(cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.get("nodeId"), pci=tuple(spec.get("pciPassthrough", ())))
+            demand = Demand(
+                cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.get("nodeId"),
+                pci=tuple(spec.get("pciPassthrough", ())),
+                network_types=frozenset(n.get("type", "user") for n in spec.get("nics", ())) - {"user"},  # every node has user
+            )  # fmt: skip
             async with rt.store.write() as conn:
                 node_id = await rt.capacity.place_and_claim(conn, demand, vm.id)
                 if demand.pci:
