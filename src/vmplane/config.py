@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     """The backup store (a restic repository): default `<data_dir>/backups`; any mounted path."""
     user_network_subnet: str = "10.0.0.0/16"
     """the shared user-mode network's subnet (QEMU's slirp hands each VM its address in it)"""
+    bridge_nat: bool = True
+    """masquerade bridge networks' subnets out of the node's other interfaces (sets ip_forward)"""
 
     insecure_no_auth: bool = False
     """Serve without authentication (every caller is the bootstrap owner). Only on loopback."""

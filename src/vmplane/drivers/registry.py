@@ -90,4 +90,5 @@ def build_qemu_driver(settings: Settings, state_dir: Path, hostname: str, accel:
         accel=accel,
         sysfs_root=settings.sysfs_root,
         pci_allowlist=tuple(settings.pci_allowlist),
+        nat=settings.bridge_nat,
     )
