@@ -151,28 +151,33 @@ class NetworkService:
             for i, n in enumerate(networks):
                 want.setdefault(n.id, []).append((row, i))
                 nets[n.id] = n
-        now = clock.now()
         for network_id, owners in want.items():
             net = nets[network_id]
-            for _attempt in range(5):
-                highest = await net_q.max_addr(conn, network_id)
-                try:
-                    addrs = ipam.pick(net.subnet, len(owners), highest, None)
-                except LookupError:
-                    addrs = ipam.pick(net.subnet, len(owners), highest, await net_q.taken_addrs(conn, network_id))
-                rows = [
-                    {"network_id": network_id, "addr": a, "address": ipam.to_str(a), "vm_id": vm["id"], "nic": nic, "is_primary": True, "created_at": now}
-                    for a, (vm, nic) in zip(addrs, owners)
-                ]
-                if await net_q.insert_addresses(conn, rows):
-                    break
-            else:
-                raise Conflict(f"network {net.name}: addresses keep being taken; try again")
+            addrs = await self._take(conn, net, [(vm["id"], nic, True) for vm, nic in owners])
             for a, (vm, nic) in zip(addrs, owners):
                 entry = vm["spec"]["nics"][nic]
                 entry["ips"] = [ipam.to_str(a)]
                 if net.ipv6_prefix:
                     entry["ipv6"] = ipam.ipv6_for(net.ipv6_prefix, entry["mac"])
+
+    @staticmethod
+    async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> list[int]:
+        """Record one new address of `net` for each (vm id, NIC index, primary); retried when
+        another transaction took one of the chosen addresses first."""
+        now = clock.now()
+        for _attempt in range(5):
+            highest = await net_q.max_addr(conn, net.id)
+            try:
+                addrs = ipam.pick(net.subnet, len(owners), highest, None)
+            except LookupError:
+                addrs = ipam.pick(net.subnet, len(owners), highest, await net_q.taken_addrs(conn, net.id))
+            rows = [
+                {"network_id": net.id, "addr": a, "address": ipam.to_str(a), "vm_id": vm_id, "nic": nic, "is_primary": primary, "created_at": now}
+                for a, (vm_id, nic, primary) in zip(addrs, owners)
+            ]
+            if await net_q.insert_addresses(conn, rows):
+                return addrs
+        raise Conflict(f"network {net.name}: addresses keep being taken; try again")
 
     # -- what a VM has ---------------------------------------------------------------------
 
@@ -208,17 +213,7 @@ class NetworkService:
         network_id = nic_specs[nic]["networkId"]
         async with self.rt.store.write() as conn:
             net_row = (await net_q.get_networks(conn, [network_id]))[network_id]
-            for _attempt in range(5):
-                highest = await net_q.max_addr(conn, network_id)
-                try:
-                    (addr,) = ipam.pick(net_row.subnet, 1, highest, None)
-                except LookupError:
-                    (addr,) = ipam.pick(net_row.subnet, 1, highest, await net_q.taken_addrs(conn, network_id))
-                row = {"network_id": network_id, "addr": addr, "address": ipam.to_str(addr), "vm_id": vm.id, "nic": nic, "is_primary": False, "created_at": clock.now()}
-                if await net_q.insert_addresses(conn, [row]):
-                    break
-            else:
-                raise Conflict(f"network {net_row.name}: addresses keep being taken; try again")
+            (addr,) = await self._take(conn, net_row, [(vm.id, nic, False)])
             await self._set_ips(conn, vm.id, nic, lambda ips: [*ips, ipam.to_str(addr)])
             job_id = await self._apply(conn, vm, who)
         self.rt.engine.wakeup()
