@@ -334,3 +334,22 @@ async def test_every_documented_status_code_is_reached(server_factory: Any, tmp_
     finally:
         for x in clients:
             await x.aclose()
+
+
+async def test_a_change_racing_a_delete_answers_404(server_factory: Any) -> None:
+    """Work on one VM runs in the order it was asked for: a firewall change or snapshot queued
+    behind the VM's delete fails, and the answer says why — the VM is gone."""
+    s = await server_factory(nodes=guest_nodes(latency=0.02))
+    c = FastVmClient(s.url + P, s.admin_key)
+    try:
+        for template, body in (("/v1/vms/{id}/firewall", {"mode": "open"}), ("/v1/snapshots", None)):
+            vm = await create(c)
+            assert (await s.client.delete(f"/api/v1/vms/{vm['id']}")).status_code == 202  # queued first
+            if body is not None:
+                r = await c.call("PUT", template, id=vm["id"], json=body)
+            else:
+                r = await c.call("POST", template, json={"vmId": vm["id"]})
+            assert r.status_code == 404, r.text
+        assert (await c.call("GET", "/v1/snapshots")).json() == []
+    finally:
+        await c.aclose()

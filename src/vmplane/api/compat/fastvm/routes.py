@@ -33,11 +33,14 @@ def _wait(rt: Any) -> float:
     return rt.settings.compat_wait_seconds
 
 
-async def _failed(rt: Any, job_id: str) -> str | None:
-    """Wait for a job (bounded); the first task's error if it failed."""
+async def _failed(rt: Any, job_id: str, vm_id: str | None = None, who: Any = None) -> str | None:
+    """Wait for a job (bounded); the first task's error if it failed. With `vm_id`: a job that
+    failed because its VM was deleted meanwhile answers 404, as the VM does now."""
     job, tasks = await rt.jobs.wait(job_id, _wait(rt))
     if job.state != "failed":
         return None
+    if vm_id is not None:
+        await rt.vms.get(vm_id, who)
     return next((t.error for t in tasks if t.error), "the job failed")
 
 
@@ -151,7 +154,7 @@ async def delete_vm(id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 async def _firewall(rt: Any, id: str, who: Any, mode: str | None, allow: Any) -> JSONResponse:
     vm = await _vm(rt, id, who)
     _policy, job_id = await rt.ingress.change(vm.id, who, mode, allow)
-    error = await _failed(rt, job_id)
+    error = await _failed(rt, job_id, vm.id, who)
     if error is not None:
         raise DriverError(f"the firewall was saved but applying it on the node failed: {error}")
     return JSONResponse(await _vm_out(rt, await rt.vms.get(vm.id, who)))
@@ -248,7 +251,7 @@ async def create_snapshot(body: wire.CreateSnapshotIn, rt: RuntimeDep, who: Call
     """201 with the snapshot: `ready` when it was taken in time, `creating` while it is taken."""
     vm = await rt.vms.get(wire.parse_uuid(body.vmId, "vmId"), who)
     job_id, snap_id = await rt.snapshots.create(vm.id, body.name, who)
-    error = await _failed(rt, job_id)
+    error = await _failed(rt, job_id, vm.id, who)
     if error is not None:
         raise DriverError(f"taking the snapshot failed: {error}")
     return JSONResponse(_snapshot_out(await rt.snapshots.get(snap_id, who)), status_code=201)
