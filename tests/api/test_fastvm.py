@@ -1,9 +1,11 @@
 """The FastVM face on sim nodes, as a FastVM client uses it: every answer is checked against
 the contract (documented status, schema), and every documented status code is reached."""
 
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import jwt
 import pytest
 import websockets
 
@@ -351,5 +353,25 @@ async def test_a_change_racing_a_delete_answers_404(server_factory: Any) -> None
                 r = await c.call("POST", template, json={"vmId": vm["id"]})
             assert r.status_code == 404, r.text
         assert (await c.call("GET", "/v1/snapshots")).json() == []
+    finally:
+        await c.aclose()
+
+
+async def test_bearer_jwts_and_api_keys_as_bearer_work_as_on_the_native_api(server_factory: Any) -> None:
+    secret = "s" * 40
+    s = await server_factory(nodes=guest_nodes(), jwt_secret=secret)
+    token = jwt.encode({"sub": "admin", "org": "org-default", "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+    for bearer in (token, s.admin_key):
+        c = FastVmClient(s.url + P, None)
+        c.http.headers["Authorization"] = f"Bearer {bearer}"
+        try:
+            assert (await c.call("GET", "/v1/org/quotas")).json()["orgId"] == "org-default"
+        finally:
+            await c.aclose()
+    c = FastVmClient(s.url + P, None)
+    c.http.headers["Authorization"] = "Bearer " + jwt.encode({"sub": "admin", "exp": int(time.time()) - 5}, secret, algorithm="HS256")
+    try:
+        r = await c.call("GET", "/v1/vms")
+        assert r.status_code == 401 and "expired" in r.json()["error"]
     finally:
         await c.aclose()
