@@ -91,7 +91,11 @@ async def list_vms(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """201 with the VM once it runs; 202 with it while it is still being provisioned."""
     if (body.machineType is None) == (body.snapshotId is None):
-        raise InvalidRequest("give exactly one of machineType and snapshotId", field="machineType" if body.snapshotId is None else "snapshotId")
+        both = body.machineType is not None
+        raise InvalidRequest(
+            "give machineType or snapshotId, not both" if both else "give machineType (c1m2, c2m4, c4m8, c8m16) or snapshotId",
+            field="snapshotId" if both else "machineType",
+        )
     policy = body.firewall.policy("firewall") if body.firewall is not None else None
     if body.machineType is not None:
         shape = wire.MACHINE_TYPES[body.machineType]
@@ -105,6 +109,8 @@ async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JS
     try:
         row = await rt.vms.create_and_wait(spec, who, _wait(rt))
     except NotFound as exc:  # the contract has no 404 here: a missing snapshot is bad input
+        if body.snapshotId is None:
+            raise
         raise InvalidRequest(f"snapshotId: {exc.message}", field="snapshotId") from None
     except InvalidRequest as exc:  # the core names its own fields
         if exc.field == "resources.diskGb" and "minimum" in exc.details:
@@ -184,8 +190,8 @@ async def console_token(id: str, request: Request, rt: RuntimeDep, who: CallerDe
         {
             "token": token,
             "expiresInSec": max(0, round(expires - clock.now())),
-            # the face's own prefix (the mount, or none behind `--face`), so that
-            # ws://HOST<websocketPath>?session=TOKEN works wherever the client came from
+            # under the face's mount point, which a `--face` listener passes through as it is:
+            # ws://HOST<websocketPath>?session=TOKEN works on either listener
             "websocketPath": f"{request.scope.get('root_path', '')}/v1/vms/{vm.uuid}/console/ws",
         }
     )
