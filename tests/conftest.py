@@ -1,10 +1,24 @@
 """Shared fixtures (the helpers behind them live in tests/support.py)."""
 
-from typing import Any, AsyncIterator
+import os
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
+from vmplane.drivers.qemu import procfs
+
 from .support import Server, make_settings, new_pg_database
+
+
+@pytest.fixture(autouse=True)
+def _no_processes_left(tmp_path: Any) -> Iterator[None]:
+    """VMs outlive their control plane on purpose: kill what a test left running from its
+    directory (QEMU guests, dnsmasq, servers) so it does not eat the CPU of later tests."""
+    yield
+    marker = str(tmp_path) + os.sep
+    for pid, _argv in procfs.processes_mentioning(marker):
+        if pid != os.getpid():
+            procfs.kill(pid)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
