@@ -31,7 +31,7 @@ class IngressService:
         def edit(fw: Firewall) -> Firewall:
             return Ipv6Ingress.of(fw).with_changes(mode, allow).apply_to(fw)
 
-        # NetworkService._change: read, edit and store the firewall in one transaction and
+        # NetworkService.change_firewall: read, edit and store the firewall in one transaction and
         # submit the job that applies it (the one way firewalls change)
-        fw, job_id = await self.rt.networks._change(vm_ref, who, edit)
+        fw, job_id = await self.rt.networks.change_firewall(vm_ref, who, edit)
         return Ipv6Ingress.of(fw), job_id

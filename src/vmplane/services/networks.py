@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Row
 
@@ -261,24 +261,25 @@ class NetworkService:
             return await self.firewall_of(conn, vm.id)
 
     async def set_options(self, vm_ref: str, who: Principal, enabled: bool | None, policy_in: str | None, policy_out: str | None) -> tuple[Firewall, str]:
-        return await self._change(vm_ref, who, lambda fw: fw.with_options(enabled, policy_in, policy_out))
+        return await self.change_firewall(vm_ref, who, lambda fw: fw.with_options(enabled, policy_in, policy_out))
 
     async def replace_firewall(self, vm_ref: str, who: Principal, body: Any) -> tuple[Firewall, str]:
         new = parse_firewall(body, "body")
-        return await self._change(vm_ref, who, lambda _fw: new)
+        return await self.change_firewall(vm_ref, who, lambda _fw: new)
 
     async def add_rule(self, vm_ref: str, who: Principal, body: Any) -> tuple[Firewall, int, str]:
         rule: Rule = parse_rule(body)
         pos = body.get("pos") if isinstance(body, dict) else None
         if pos is not None and (not isinstance(pos, int) or isinstance(pos, bool)):
             raise InvalidRequest("pos must be an integer", field="pos")
-        fw, job_id = await self._change(vm_ref, who, lambda fw: fw.with_rule(rule, pos))
+        fw, job_id = await self.change_firewall(vm_ref, who, lambda fw: fw.with_rule(rule, pos))
         return fw, len(fw.rules) - 1 if pos is None else pos, job_id
 
     async def delete_rule(self, vm_ref: str, who: Principal, pos: int) -> tuple[Firewall, str]:
-        return await self._change(vm_ref, who, lambda fw: fw.without_rule(pos))
+        return await self.change_firewall(vm_ref, who, lambda fw: fw.without_rule(pos))
 
-    async def _change(self, vm_ref: str, who: Principal, edit: Any) -> tuple[Firewall, str]:
+    async def change_firewall(self, vm_ref: str, who: Principal, edit: Callable[[Firewall], Firewall]) -> tuple[Firewall, str]:
+        """Apply `edit` to the VM's stored firewall and queue the job that enforces the result."""
         vm = await self.rt.vms.get(vm_ref, who)
         async with self.rt.store.write() as conn:
             new = edit(await self.firewall_of(conn, vm.id))
