@@ -52,6 +52,9 @@ class Capabilities:
     """`set_network` enforces firewalls on the VM's traffic (not only records them)."""
     pci_passthrough: bool = False
     """VMs may be given host PCI devices (VFIO); `node_info` lists the offered devices."""
+    live_migration: bool = False
+    """running VMs move to another node of the same kind: `migrate_prepare` (target),
+    `migrate_send` (source), `migrate_finish` (target), `migrate_cancel` (source) work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,33 @@ class ImageInfo:
     format: str
     virtual_size: int
     actual_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateFiles:
+    """A template's files as the control plane holds them, for `provide_template`."""
+
+    template_id: str
+    image: Path
+    """the base disk image"""
+    boot: dict[str, str] | None = None
+    """direct kernel boot: {"kernel": path, "initrd": path, "cmdline": str}"""
+    checksum: str | None = None
+    """`sha256:<hex>` of the image when the control plane knows it (templates downloaded
+    from a URL); None: whoever needs one computes it"""
+    source_url: str | None = None
+    """where the image was downloaded from (an http(s) URL a node may fetch it from again)"""
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationTarget:
+    """Where the target of a live migration listens: QEMU's incoming migration stream and the
+    NBD export its disk is mirrored into."""
+
+    host: str
+    migrate_port: int
+    nbd_port: int
+    export: str
 
 
 class HypervisorDriver(ABC):
@@ -239,3 +269,35 @@ class HypervisorDriver(ABC):
     @abstractmethod
     async def delete_image(self, template_id: str) -> None:
         """Remove a template's base image from the node. Idempotent."""
+
+    async def provide_template(self, files: TemplateFiles, progress: Progress) -> tuple[str, dict[str, str] | None]:
+        """Make a template's files usable as VM bases on this node (once; idempotent) and
+        return the image's path and the boot files as this node sees them, for `VmSpec`.
+
+        This default is for drivers on the control plane's own host: they use its files where
+        they are (`import_image` validates the image). A driver of another host (`remote`)
+        copies them there first, verified by checksum."""
+        await self.import_image(files.template_id, files.image, progress)
+        return str(files.image), files.boot
+
+    async def migrate_prepare(self, spec: VmSpec) -> MigrationTarget:
+        """Target side of a live migration: define `spec` (an empty overlay on the same base)
+        and start it waiting, paused, for the incoming state, its disk exported over NBD on
+        the node's migration address for the source to mirror into. Needs `capabilities.live_migration`. On failure
+        leaves nothing; `delete_vm` undoes it."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot migrate VMs")
+
+    async def migrate_send(self, vm_id: str, target: MigrationTarget, progress: Progress) -> None:
+        """Source side: mirror the running VM's disk into `target`, then move its memory and
+        device state; returns once the target holds the whole VM (the source is then paused
+        for good and only `delete_vm` remains to do). On failure the source keeps running."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot migrate VMs")
+
+    async def migrate_finish(self, vm_id: str) -> None:
+        """Target side, after `migrate_send`: close the disk export and resume the guest."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot migrate VMs")
+
+    async def migrate_cancel(self, vm_id: str) -> None:
+        """Source side, when the target could not take over: stop any migration or mirror
+        still running and resume the guest here. Idempotent; a no-op on a VM not migrating."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot migrate VMs")

@@ -1,0 +1,50 @@
+"""Test support for node agents: an agent's HTTP face around a driver, served by uvicorn on a
+loopback port inside the test's event loop, and the `remote` driver that talks to it."""
+
+import asyncio
+import secrets
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from vmplane.agent.app import AgentState, create_agent_app
+from vmplane.agent.images import ImageStore
+from vmplane.agent.wire import CONTROL_KEY_PREFIX, digest
+from vmplane.drivers.base import HypervisorDriver
+from vmplane.drivers.remote import RemoteDriver
+
+from .support import free_port
+
+
+class AgentServer:
+    """`driver` served as a node agent would serve it (opened first, as the agent does)."""
+
+    def __init__(self, driver: HypervisorDriver, data_dir: Path, node_id: str = "node-test0000") -> None:
+        self.driver = driver
+        self.key = CONTROL_KEY_PREFIX + secrets.token_urlsafe(24)
+        self.state = AgentState(driver=driver, data_dir=data_dir, images=ImageStore(data_dir / "images", driver), key_digest=digest(self.key), node_id=node_id)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.node_id = node_id
+        self._server = uvicorn.Server(uvicorn.Config(create_agent_app(self.state), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> "AgentServer":
+        self.state.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.driver.open()
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    def remote(self, **kw: Any) -> RemoteDriver:
+        return RemoteDriver(self.node_id, self.url, self.key, self.driver.capabilities, serves_templates=False, **kw)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+        await self.driver.close()
