@@ -47,12 +47,19 @@ def _install_fastvm(app: FastAPI, rt: Any) -> None:
     app.mount(fastvm.PREFIX, fastvm.build(rt))
 
 
+def _install_bluelobster(app: FastAPI, rt: Any) -> None:
+    from .compat import bluelobster
+
+    app.mount(bluelobster.PREFIX, bluelobster.build(rt))
+
+
 FACES: dict[str, Face] = {
     f.name: f
     for f in (
         Face("native", "/api/v1", _install_native, (*HEALTH_PATHS, "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"),
              "the native API (cluster contract)"),
         Face("fastvm", "/compat/fastvm", _install_fastvm, ("/metrics",), "the FastVM public API"),
+        Face("bluelobster", "/compat/bluelobster", _install_bluelobster, ("/metrics",), "the Blue Lobster instance API"),
     )
 }  # fmt: skip
 

@@ -1,0 +1,569 @@
+"""The Blue Lobster endpoints (openapi.json next to this file), each a call into the core.
+
+Launches and power actions other than reboot answer at once with a task id (a vmplane job id)
+that `GET /api/v1/tasks/{task_id}` follows; delete and reboot wait up to
+`compat_wait_seconds` for their job, because the contract answers them with the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, Sequence
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Row
+
+from .... import clock
+from ....auth import Principal
+from ....domain import Resources
+from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound
+from ....services.offerings import InstanceType, Offerings
+from ....services.vms import NewVm
+from ...health import readiness
+from ...native.deps import CallerDep, RuntimeDep, authorize
+from . import wire
+from .wire import BlError
+
+router = APIRouter(dependencies=[Depends(authorize)])
+"""endpoints that need credentials (X-API-Key, or a bearer token as on the native API)"""
+open_router = APIRouter()
+"""health"""
+
+TASK_DAYS_MAX = 7
+TASK_LIMIT_MAX = 100
+
+
+def _offerings(request: Request) -> Offerings:
+    return request.app.state.offerings
+
+
+async def _instance(rt: Any, instance_id: str, who: Principal) -> Row:
+    try:
+        return await rt.vms.get(instance_id, who)
+    except NotFound:
+        raise BlError(404, "instance_not_found", f"Instance {instance_id} not found") from None
+
+
+async def _nodes(off: Offerings) -> dict[str, Row]:
+    return {n.id: n for n in await off.nodes()}
+
+
+def _price(off: Offerings, row: Row) -> int | None:
+    spec = row.spec or {}
+    if spec.get("priceCentsPerHour") is not None:
+        return spec["priceCentsPerHour"]
+    t = off.catalog.by_name.get(spec.get("instanceType") or "")
+    return t.price_cents_per_hour if t is not None else None
+
+
+def _render(off: Offerings, row: Row, nodes: dict[str, Row]) -> dict[str, Any]:
+    node = nodes.get(row.node_id) if row.node_id else None
+    return wire.instance(row, node, off.region_of(node), off.host_of(node), _price(off, row))
+
+
+async def _host(off: Offerings, row: Row) -> str | None:
+    return off.host_of((await _nodes(off)).get(row.node_id)) if row.node_id else None
+
+
+async def _all_vms(rt: Any, who: Principal) -> list[Row]:
+    rows: list[Row] = []
+    token = None
+    while True:
+        page, token = await rt.vms.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
+        rows += page
+        if token is None:
+            return rows
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+@open_router.get("/api/v1/health")
+async def health(request: Request) -> JSONResponse:
+    """`api`, `database` and `hypervisor` (some node online), each operational or degraded."""
+    rt = request.app.state.rt
+    checks = await readiness(rt)
+    database = "operational" if checks.get("store") == "ok" else "degraded"
+    try:
+        online = any(n.status == "online" for n in await _offerings(request).nodes())
+    except Exception:  # the store is down: the database component already says so
+        online = False
+    components = {"api": "operational", "database": database, "hypervisor": "operational" if online and rt.ready else "degraded"}
+    bad = [k for k, v in components.items() if v != "operational"]
+    status = "healthy" if not bad else ("unhealthy" if "database" in bad else "degraded")
+    return JSONResponse({"status": status, "timestamp": clock.rfc3339(clock.now()), "components": components})
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+async def _task_out(rt: Any, off: Offerings, job: Row, tasks: Sequence[Row], who: Principal) -> dict[str, Any]:
+    out = wire.task(job, list(tasks))
+    if len(tasks) == 1:
+        try:
+            vm = await rt.vms.get(tasks[0].resource_id, who)
+        except NotFound:
+            vm = None
+        if vm is not None:
+            out["params"]["vm_uuid"] = vm.uuid
+            host = await _host(off, vm)
+            if host is not None:
+                out["params"]["host_id"] = host
+    return out
+
+
+@router.get("/api/v1/tasks/{task_id}")
+async def get_task(task_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    try:
+        job, tasks = await rt.jobs.get(task_id, who)
+    except NotFound:
+        return JSONResponse({"error": "task_not_found", "message": "Task not found", "task_id": task_id}, status_code=404)
+    return JSONResponse(await _task_out(rt, _offerings(request), job, tasks, who))
+
+
+@router.get("/api/v1/tasks")
+async def list_tasks(
+    request: Request,
+    rt: RuntimeDep,
+    who: CallerDep,
+    limit: int = Query(50, ge=1, le=TASK_LIMIT_MAX),
+    days: int = Query(1, ge=1, le=TASK_DAYS_MAX),
+    status: Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED"] | None = None,
+) -> JSONResponse:
+    """The account's tasks of the last `days` days, newest first."""
+    since = clock.now() - days * 86400
+    picked: list[dict[str, Any]] = []
+    token = None
+    done = False
+    while not done:
+        page, token = await rt.jobs.list(who, state=None, type_=None, limit=200, page_token=token)
+        for job in page:
+            if job.created_at < since:
+                done = True
+                break
+            if status is None or wire.TASK_STATUS.get(job.state) == status:
+                _, tasks = await rt.jobs.get(job.id, who)
+                picked.append(wire.task(job, list(tasks)))
+                if len(picked) == limit:
+                    done = True
+                    break
+        done = done or token is None
+    return JSONResponse({"tasks": picked, "total": len(picked), "limit": limit, "days": days})
+
+
+# -- templates and instance types ----------------------------------------------------------
+
+
+async def _templates(rt: Any, who: Principal) -> list[Row]:
+    rows: list[Row] = []
+    token = None
+    while True:
+        page, token = await rt.templates.list(who, limit=500, page_token=token)
+        rows += page
+        if token is None:
+            return rows
+
+
+@router.get("/api/v1/instances/templates")
+async def list_templates(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Ready templates under their upper-case names (`tiny-linux` is `TINY-LINUX`)."""
+    out = []
+    for t in await _templates(rt, who):
+        name = wire.template_name(t)
+        if name is not None and t.status == "ready":
+            out.append({"name": name, "display_name": t.name, "os_type": t.os, "id": t.id})
+    return JSONResponse({"templates": out})
+
+
+async def _template_id(rt: Any, who: Principal, name: str | None) -> str | None:
+    if name is None:
+        return await rt.templates.default_id(who)
+    for t in await _templates(rt, who):
+        if wire.template_name(t) == name and t.status == "ready":
+            return t.id
+    raise BlError(400, "invalid_request", f"template {name!r} does not exist or is not ready; see GET /api/v1/instances/templates")
+
+
+def _type_out(t: InstanceType) -> dict[str, Any]:
+    specs: dict[str, Any] = {"vcpus": t.vcpus, "memory_gib": t.memory_gib, "storage_gib": t.storage_gib, "gpus": t.gpus}
+    if t.gpu_model:
+        specs["gpu_model"] = t.gpu_model
+    return {
+        "name": t.name,
+        "description": t.description,
+        "gpu_description": t.gpu_description,
+        "price_cents_per_hour": t.price_cents_per_hour,
+        "specs": specs,
+    }
+
+
+@router.get("/api/v1/instances/available")
+async def available(request: Request) -> JSONResponse:
+    """Every instance type, with the regions whose nodes have room for one right now."""
+    out = []
+    for t, regions in await _offerings(request).available():
+        out.append(
+            {
+                "id": t.name,
+                "instance_type": _type_out(t),
+                "regions_with_capacity_available": [
+                    {"name": r.name, "description": r.description, "location": {"city": r.city, "state": r.state, "country": r.country}}
+                    for r in regions
+                ],
+            }
+        )
+    return JSONResponse({"data": out})
+
+
+# -- launch --------------------------------------------------------------------------------
+
+
+def _extra(username: str, ssh_key: str | None, password: str | None, metadata: dict[str, str] | None, **more: Any) -> dict[str, Any]:
+    extra: dict[str, Any] = {"cloudInit": {"userData": wire.cloud_init(username, ssh_key, password)}, "username": username}
+    if ssh_key:
+        extra["sshKeys"] = [ssh_key]
+    if metadata:
+        extra["metadata"] = dict(metadata)
+    extra.update({k: v for k, v in more.items() if v is not None})
+    return extra
+
+
+async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Row]:
+    """Create the VM (refused at once when its node has no room) and return its job and row."""
+    try:
+        job_id, (vm_id,) = await rt.vms.create([spec], who, check_capacity=True)
+    except NoCapacity as exc:
+        raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
+    except InvalidRequest as exc:
+        if exc.field in ("resources.cpu", "resources.ramMb", "resources.diskGb"):
+            raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
+        raise
+    except Conflict as exc:
+        if "names" in exc.details:
+            raise BlError(409, "resource_conflict", exc.message) from None
+        raise
+    return job_id, await rt.vms.get(vm_id, who)
+
+
+@router.post("/api/v1/instances/launch-instance")
+async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    off = _offerings(request)
+    try:
+        t = off.instance_type(body.instance_type)
+        off.region_named(body.region)
+    except InvalidRequest as exc:
+        raise BlError(
+            400, "invalid_request", f"Invalid instance type or region specified: {exc.message}",
+            details={"valid_instance_types": list(off.catalog.by_name), "valid_regions": [r.name for r in off.catalog.regions]},
+        ) from None  # fmt: skip
+    if body.iso_url is not None:
+        raise BlError(400, "invalid_request", "iso_url is not supported by this installation: launch from a template")
+    template_id = await _template_id(rt, who, body.template_name)
+    try:
+        node_id = await off.place(t.demand(), body.region)
+    except NoCapacity as exc:
+        raise BlError(409, "resource_conflict", f"Requested resources not available in specified region: {exc.message}") from None
+    spec = NewVm(
+        name=body.name,
+        resources=Resources(t.vcpus, t.memory_gib * 1024, t.storage_gib),
+        template_id=template_id,
+        node_id=node_id,
+        pci=t.pci,
+        extra=_extra(body.username, body.ssh_key, body.password, body.metadata, instanceType=t.name, gpuModel=t.gpu_model),
+    )
+    job_id, row = await _launch(rt, who, spec)
+    return JSONResponse(
+        {
+            "data": {
+                "instance_ids": [row.uuid],
+                "task_id": job_id,
+                "assigned_ip": wire.first_ipv4(row),
+                "status": "PENDING",
+                "timestamp": clock.rfc3339(clock.now()),
+                "next_steps": {
+                    "description": "Your Instance creation request has been queued. Please check the task status endpoint to monitor progress.",
+                    "task_status_endpoint": f"/api/v1/tasks/{job_id}",
+                    "expected_states": {
+                        "PENDING": "Task is queued for processing",
+                        "PROCESSING": "Instance is being created",
+                        "COMPLETED": "Instance creation successful - instance details will be available",
+                        "FAILED": "Instance creation failed - check error message for details",
+                    },
+                },
+            }
+        }
+    )
+
+
+@router.post("/api/v1/instances/launch-custom")
+async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Exact cores, memory (GiB), disk (GB) and GPUs on a named host."""
+    off = _offerings(request)
+    if body.iso_url is not None:
+        raise BlError(400, "invalid_request", "iso_url is not supported by this installation: launch from a template")
+    try:
+        node = await off.node_of_host(body.host)
+    except NotFound:
+        raise BlError(400, "invalid_request", f"host {body.host!r} does not exist") from None
+    pci: tuple[str, ...] = ()
+    gpu_model = None
+    if body.gpu_count:
+        model = off.gpu_model_on(node)
+        if model is None:
+            raise BlError(409, "resource_conflict", f"host {body.host} has no GPUs of the instance types' models")
+        pci = (model,) * body.gpu_count
+        gpu_model = next((t.gpu_model for t in off.catalog.types if t.gpu_pci_model == model), None)
+    template_id = await _template_id(rt, who, body.template_name)
+    spec = NewVm(
+        name=body.name,
+        resources=Resources(body.cores, body.memory * 1024, body.disk_size),
+        template_id=template_id,
+        node_id=node.id,
+        pci=pci,
+        extra=_extra(
+            body.username, body.ssh_key, body.password, body.metadata,
+            instanceType=body.instance_type, priceCentsPerHour=body.price_cents_per_hour, gpuModel=gpu_model,
+        ),
+    )  # fmt: skip
+    job_id, row = await _launch(rt, who, spec)
+    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": wire.first_ipv4(row)})
+
+
+# -- instances -----------------------------------------------------------------------------
+
+
+@router.get("/api/v1/instances")
+async def list_instances(request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """The account's instances (a team key's: its team's), newest first."""
+    off = _offerings(request)
+    nodes = await _nodes(off)
+    rows = sorted(await _all_vms(rt, who), key=lambda r: (r.created_at, r.seq), reverse=True)
+    return JSONResponse([_render(off, r, nodes) for r in rows])
+
+
+@router.get("/api/v1/instances/{instance_id}")
+async def get_instance(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    off = _offerings(request)
+    return JSONResponse(_render(off, await _instance(rt, instance_id, who), await _nodes(off)))
+
+
+async def _wait(rt: Any, job_id: str) -> tuple[Row, Sequence[Row]]:
+    return await rt.jobs.wait(job_id, rt.settings.compat_wait_seconds)
+
+
+@router.delete("/api/v1/instances/{instance_id}")
+async def delete_instance(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Waits (bounded) for the delete; `task_id` follows it if it is still going."""
+    vm = await _instance(rt, instance_id, who)
+    host = await _host(_offerings(request), vm)
+    try:
+        job_id = await rt.vms.delete([vm.id], who)
+    except InvalidState as exc:
+        raise BlError(400, "invalid_state", f"Instance is not in a state to delete: {exc.message}") from None
+    job, tasks = await _wait(rt, job_id)
+    if job.state in ("failed", "partial", "cancelled"):
+        error = next((t.error for t in tasks if t.error), job.state)
+        raise BlError(500, "deletion_failed", f"Failed to delete VM: {error}", task_id=job_id)
+    return JSONResponse({"status": "success", "message": "Instance deleted successfully", "instance_id": vm.uuid, "host": host, "task_id": job_id})
+
+
+@router.post("/api/v1/instances/{instance_id}/reboot")
+async def reboot(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """A reboot of a running instance; waits (bounded) for it."""
+    vm = await _instance(rt, instance_id, who)
+    host = await _host(_offerings(request), vm)
+    began = time.monotonic()
+    try:
+        job_id = await rt.vms.power(vm.id, "reboot", who)
+    except InvalidState as exc:
+        raise BlError(409, "operation_in_progress", f"Instance cannot be rebooted now: {exc.message}") from None
+    job, tasks = await _wait(rt, job_id)
+    if job.state in ("failed", "partial", "cancelled"):
+        error = next((t.error for t in tasks if t.error), job.state)
+        raise BlError(500, "reboot_failed", f"Failed to reboot Instance: {error}", task_id=job_id)
+    done = job.state == "succeeded"
+    return JSONResponse(
+        {
+            "status": "success" if done else "pending",
+            "message": "Instance rebooted successfully" if done else "Instance reboot in progress; follow task_id",
+            "instance_id": vm.uuid,
+            "host": host,
+            "duration_ms": round((time.monotonic() - began) * 1000),
+            "task_id": job_id,
+        }
+    )
+
+
+POWER = {
+    # path: (core action, what the message says)
+    "shutdown": ("shutdown", "shutdown"),
+    "force-shutdown": ("stop", "force shutdown"),
+    "power-on": ("start", "power on"),
+    "power-cycle": ("power-cycle", "power cycle"),
+}
+
+
+async def _power(path: str, instance_id: str, request: Request, rt: Any, who: Principal) -> JSONResponse:
+    action, words = POWER[path]
+    vm = await _instance(rt, instance_id, who)
+    try:
+        job_id = await rt.vms.power(vm.id, action, who)
+    except InvalidState as exc:
+        raise BlError(409, "invalid_state", f"Cannot {words} the instance: {exc.message}") from None
+    return JSONResponse(
+        {"task_id": job_id, "status": "PENDING", "message": f"VM {words} queued", "instance_id": vm.uuid, "host": await _host(_offerings(request), vm)}
+    )
+
+
+@router.post("/api/v1/instances/{instance_id}/shutdown")
+async def shutdown(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """An ACPI shutdown: the guest powers itself off."""
+    return await _power("shutdown", instance_id, request, rt, who)
+
+
+@router.post("/api/v1/instances/{instance_id}/force-shutdown")
+async def force_shutdown(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Power off at once."""
+    return await _power("force-shutdown", instance_id, request, rt, who)
+
+
+@router.post("/api/v1/instances/{instance_id}/power-on")
+async def power_on(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return await _power("power-on", instance_id, request, rt, who)
+
+
+@router.post("/api/v1/instances/{instance_id}/power-cycle")
+async def power_cycle(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Power off and on again (a stopped instance is powered on)."""
+    return await _power("power-cycle", instance_id, request, rt, who)
+
+
+@router.put("/api/v1/instances/{instance_id}/rename")
+async def rename(instance_id: str, rt: RuntimeDep, who: CallerDep, body: wire.RenameIn = Body(...)) -> JSONResponse:
+    """The contract's names are 3-64 letters, digits, '-' and '_'; vmplane's VM names are 1-63
+    letters, digits and '-' (they name processes and files), so both rules apply."""
+    vm = await _instance(rt, instance_id, who)
+    if not wire.RENAME_RE.match(body.name):
+        raise BlError(400, "invalid_name", "Name must be 3-64 characters, alphanumeric with hyphens/underscores only")
+    try:
+        row = await rt.vms.rename(vm.id, body.name, who)
+    except (InvalidRequest, Conflict) as exc:
+        raise BlError(400, "invalid_name", exc.message) from None
+    return JSONResponse({"message": "Instance renamed successfully", "instance_id": row.uuid, "new_name": row.name})
+
+
+# -- firewall ------------------------------------------------------------------------------
+
+
+def _firewall_out(fw: Any) -> dict[str, Any]:
+    """The core's firewall in the contract's shape (the core uses Blue Lobster's field names)."""
+    wire_fw = fw.to_wire()
+    return {"enabled": wire_fw["enabled"], "policy_in": wire_fw["policyIn"], "policy_out": wire_fw["policyOut"], "rules": wire_fw["rules"]}
+
+
+async def _applied(rt: Any, job_id: str, vm: Row, who: Principal, what: str) -> None:
+    """Wait (bounded) for the job that enforces a network change on the VM's node."""
+    job, tasks = await _wait(rt, job_id)
+    if job.state in ("failed", "partial", "cancelled"):
+        await _instance(rt, vm.uuid, who)  # deleted meanwhile: 404, as the VM is
+        error = next((t.error for t in tasks if t.error), job.state)
+        raise BlError(500, "apply_failed", f"the {what} was saved but applying it on the node failed: {error}", task_id=job_id)
+
+
+@router.get("/api/v1/instances/{instance_id}/firewall")
+async def get_firewall(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    vm = await _instance(rt, instance_id, who)
+    return JSONResponse(_firewall_out(await rt.networks.firewall(vm.id, who)))
+
+
+@router.put("/api/v1/instances/{instance_id}/firewall")
+async def set_firewall_options(instance_id: str, body: wire.FirewallOptionsIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Enable/disable the firewall and set its default policies; enforced before the answer."""
+    vm = await _instance(rt, instance_id, who)
+    try:
+        fw, job_id = await rt.networks.set_options(vm.id, who, body.enable, body.policy_in, body.policy_out)
+    except InvalidRequest as exc:  # the contract lists no 400 here: a bad policy is a validation error
+        return JSONResponse({"detail": [{"loc": ["body", exc.field or "body"], "msg": exc.message, "type": "value_error"}]}, status_code=422)
+    await _applied(rt, job_id, vm, who, "firewall")
+    return JSONResponse({"status": "success", "message": "Firewall options updated", "firewall": _firewall_out(fw)})
+
+
+@router.post("/api/v1/instances/{instance_id}/firewall/rules")
+async def add_firewall_rule(instance_id: str, body: wire.FirewallRuleIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Append a rule (positions count from 0, first match decides); enforced before the answer."""
+    vm = await _instance(rt, instance_id, who)
+    try:
+        fw, pos, job_id = await rt.networks.add_rule(vm.id, who, body.model_dump(exclude_none=True))
+    except InvalidRequest as exc:
+        raise BlError(400, "invalid_rule", exc.message) from None
+    await _applied(rt, job_id, vm, who, "rule")
+    return JSONResponse({"status": "success", "message": "Firewall rule added", "rule": fw.rules[pos].to_wire(pos)})
+
+
+@router.get("/api/v1/instances/{instance_id}/firewall/rules/{pos}")
+async def get_firewall_rule(instance_id: str, pos: int, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    vm = await _instance(rt, instance_id, who)
+    fw = await rt.networks.firewall(vm.id, who)
+    try:
+        return JSONResponse(fw.rule_at(pos).to_wire(pos))
+    except NotFound:
+        raise BlError(404, "rule_not_found", f"Rule at position {pos} not found") from None
+
+
+@router.delete("/api/v1/instances/{instance_id}/firewall/rules/{pos}")
+async def delete_firewall_rule(instance_id: str, pos: int, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Rules after it move up one position; enforced before the answer."""
+    vm = await _instance(rt, instance_id, who)
+    try:
+        _fw, job_id = await rt.networks.delete_rule(vm.id, who, pos)
+    except NotFound:
+        raise BlError(404, "rule_not_found", f"Rule at position {pos} not found") from None
+    await _applied(rt, job_id, vm, who, "firewall")
+    return JSONResponse({"status": "success", "message": f"Firewall rule at position {pos} deleted"})
+
+
+# -- IPs -----------------------------------------------------------------------------------
+
+
+def _ips_out(vm: Row, addresses: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "instance_id": vm.uuid,
+        "ips": [
+            {"ip_address": a["ip"], "primary": a["primary"], "network": a["network"], "mac": a["mac"], "nic": a["nic"], "created_at": a["createdAt"]}
+            for a in addresses
+        ],
+    }
+
+
+@router.get("/api/v1/instances/{instance_id}/ips")
+async def list_ips(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    vm = await _instance(rt, instance_id, who)
+    return JSONResponse(_ips_out(vm, await rt.networks.addresses(vm.id, who)))
+
+
+@router.post("/api/v1/instances/{instance_id}/ips")
+async def assign_ip(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """One more address on the VM's first NIC, from its network; configured before the answer."""
+    vm = await _instance(rt, instance_id, who)
+    try:
+        change = await rt.networks.add_ip(vm.id, None, who)
+    except (Conflict, InvalidRequest) as exc:
+        raise BlError(400, "invalid_request", exc.message) from None
+    await _applied(rt, change.job_id, vm, who, "address")
+    out = _ips_out(vm, await rt.networks.addresses(vm.id, who))
+    return JSONResponse({"status": "success", "message": "IP address assigned", "ip_address": change.address, **out})
+
+
+@router.delete("/api/v1/instances/{instance_id}/ips/{ip_address}")
+async def release_ip(instance_id: str, ip_address: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Release an additional address (not a NIC's primary one, nor the last one)."""
+    vm = await _instance(rt, instance_id, who)
+    try:
+        change = await rt.networks.release_ip(vm.id, ip_address, who)
+    except (Conflict, InvalidRequest) as exc:
+        raise BlError(400, "invalid_request", exc.message) from None
+    except NotFound:
+        raise BlError(404, "ip_not_found", f"IP address {ip_address} is not assigned to instance {instance_id}") from None
+    await _applied(rt, change.job_id, vm, who, "address change")
+    return JSONResponse({"status": "success", "message": f"IP address {change.address} released", "ip_address": change.address, "instance_id": vm.uuid})

@@ -1,0 +1,204 @@
+"""Blue Lobster's wire format: request bodies (openapi.json's schemas, with its constraints)
+and core rows rendered in its response shapes. Translation only; the mapping decisions are in
+docs/bluelobster.md."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row
+
+from .... import clock
+from ....errors import VmplaneError
+
+SSH_KEY = r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+[=]{0,3}( .+)?$"
+PASSWORD = r"^[^ \"'`;|<>{}\\]*$"
+USERNAME = r"^[a-zA-Z][a-zA-Z0-9-]*$"
+INSTANCE_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]$"
+TEMPLATE_NAME = r"^[A-Z0-9-]+$"
+TEMPLATE_RE = re.compile(TEMPLATE_NAME)
+RENAME_RE = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
+
+POWER_STATUS = {
+    "running": "running",
+    "rebooting": "running",
+    "updating": "running",
+    "stopping": "stopped",
+    "stopped": "stopped",
+}
+"""vmplane VM status -> power_status (running, stopped, paused, unknown); others: unknown"""
+
+TASK_STATUS = {
+    "queued": "PENDING",
+    "running": "PROCESSING",
+    "succeeded": "COMPLETED",
+    "failed": "FAILED",
+    "partial": "FAILED",
+    "cancelled": "FAILED",
+}
+"""vmplane job state -> task status"""
+
+OPERATIONS = {
+    "vm-create": "create_instance",
+    "vm-delete": "delete_instance",
+    "vm-reboot": "reboot_instance",
+    "vm-shutdown": "shutdown_instance",
+    "vm-stop": "force_shutdown_instance",
+    "vm-start": "power_on_instance",
+    "vm-power-cycle": "power_cycle_instance",
+}
+"""vmplane job type -> task operation (other job types: their type with '_' for '-')"""
+
+
+class BlError(VmplaneError):
+    """An error in the contract's shape, `{"error": code, "message": sentence}`."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.status = status
+        self.code = code
+
+
+class Body(BaseModel):
+    """Unknown fields are ignored (the contract's schemas allow them)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class LaunchInstanceIn(Body):
+    region: str
+    instance_type: str
+    username: str = Field(min_length=1, max_length=32, pattern=USERNAME)
+    ssh_key: str | None = Field(None, pattern=SSH_KEY)
+    password: str | None = Field(None, min_length=8, max_length=64, pattern=PASSWORD)
+    name: str | None = Field(None, max_length=64, pattern=INSTANCE_NAME)
+    metadata: dict[str, str] | None = None
+    template_name: str | None = Field(None, pattern=TEMPLATE_NAME)
+    iso_url: str | None = None
+
+
+class LaunchCustomIn(Body):
+    name: str = Field(min_length=1, max_length=64, pattern=INSTANCE_NAME)
+    instance_type: str
+    price_cents_per_hour: int | None = None
+    host: str = Field(min_length=1, max_length=100)
+    metadata: dict[str, str] | None = None
+    cores: int = Field(ge=1, le=64)
+    memory: int = Field(ge=8, le=512)
+    disk_size: int = Field(ge=30, le=4096)
+    template_name: str | None = Field(None, pattern=TEMPLATE_NAME)
+    iso_url: str | None = None
+    gpu_count: int = Field(ge=0, le=8)
+    username: str = Field(min_length=1, max_length=32, pattern=USERNAME)
+    password: str | None = Field(None, min_length=8, max_length=64, pattern=PASSWORD)
+    ssh_key: str | None = Field(None, pattern=SSH_KEY)
+
+
+class RenameIn(Body):
+    name: str
+
+
+def cloud_init(username: str, ssh_key: str | None, password: str | None) -> dict[str, Any]:
+    """The cloud-config that makes the account a launch asks for (the key also goes to the
+    image's default user through the core's sshKeys)."""
+    user: dict[str, Any] = {"name": username, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL", "lock_passwd": password is None}
+    if ssh_key:
+        user["ssh_authorized_keys"] = [ssh_key]
+    if password:
+        user["plain_text_passwd"] = password
+    config: dict[str, Any] = {"users": ["default", user]}
+    if password:
+        config["ssh_pwauth"] = True
+    return config
+
+
+def template_name(row: Row) -> str | None:
+    """A template's name as this face shows it (`tiny-linux` -> `TINY-LINUX`), or None when
+    its name has characters the contract's names cannot carry."""
+    name = row.name.upper()
+    return name if TEMPLATE_RE.match(name) else None
+
+
+def first_ipv4(row: Row) -> str | None:
+    for nic in (row.spec or {}).get("nics", ()):
+        for ip in nic.get("ips", ()):
+            if ":" not in ip:
+                return ip
+    return None
+
+
+def instance(row: Row, node: Row | None, region: str | None, host: str | None, price: int | None) -> dict[str, Any]:
+    spec = row.spec or {}
+    source = spec.get("sourceName")
+    ip = first_ipv4(row)
+    gpus = spec.get("pciPassthrough") or []
+    return {
+        "uuid": row.uuid,
+        "name": row.name,
+        "host_id": host or "",
+        "region": region,
+        "ip_address": ip,
+        "internal_ip": ip,
+        "cpu_cores": row.cpu,
+        "memory": row.ram_mb // 1024,
+        "storage": row.disk_gb,
+        "gpu_count": len(gpus),
+        "gpu_model": spec.get("gpuModel"),
+        "power_status": POWER_STATUS.get(row.status, "unknown"),
+        "created_at": clock.rfc3339(row.created_at),
+        "metadata": spec.get("metadata") or {},
+        "instance_type": spec.get("instanceType"),
+        "price_cents_per_hour": price,
+        "team_id": row.team_id,
+        "team_name": None,
+        "access_type": None,
+        "template_name": source.upper() if isinstance(source, str) and TEMPLATE_RE.match(source.upper()) else None,
+        "template_display_name": source,
+        "os_type": spec.get("osType"),
+        "vm_username": spec.get("username"),
+    }
+
+
+def task(job: Row, tasks: list[Row]) -> dict[str, Any]:
+    first = tasks[0] if tasks else None
+    error = next((t.error for t in tasks if t.error), None)
+    state = job.state
+    message = error or {
+        "queued": "queued",
+        "running": "in progress",
+        "succeeded": "completed successfully",
+        "cancelled": "cancelled",
+    }.get(state, "failed")
+    params: dict[str, Any] = {"account_id": job.org_id}
+    if first is not None and len(tasks) == 1:
+        params["resource_id"] = first.resource_id
+    return {
+        "task_id": job.id,
+        "status": TASK_STATUS.get(state, "PROCESSING"),
+        "operation": OPERATIONS.get(job.type, job.type.replace("-", "_")),
+        "params": params,
+        "created_at": clock.rfc3339(job.created_at),
+        "updated_at": clock.rfc3339(job.updated_at),
+        "message": message,
+        "account_id": job.org_id,
+    }
+
+
+class FirewallOptionsIn(Body):
+    enable: bool | None = None
+    policy_in: str | None = None
+    policy_out: str | None = None
+
+
+class FirewallRuleIn(Body):
+    type: str
+    action: str
+    source: str | None = None
+    dest: str | None = None
+    proto: str | None = None
+    dport: str | None = None
+    sport: str | None = None
+    comment: str | None = None
+    enable: int | None = 1
