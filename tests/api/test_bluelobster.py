@@ -2,7 +2,7 @@
 contract's paths and shapes): instances, launches, tasks, power actions, templates, capacity."""
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -21,7 +21,22 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkey
 
 @dataclass
 class LabeledSimDriver(SimDriver):
+    """The sim driver with node labels, and disks that export and import (as bytes)."""
+
     labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.capabilities = replace(self.capabilities, disk_export=True)
+        self.disks: dict[str, bytes] = {}
+
+    async def export_disk(self, vm_id: str, dest: Path) -> int:
+        data = self.disks.get(vm_id, b"fresh disk of " + vm_id.encode())
+        dest.write_bytes(data)
+        return len(data)
+
+    async def import_disk(self, vm_id: str, source: Path) -> None:
+        self.disks[vm_id] = source.read_bytes()
 
     async def node_info(self) -> NodeInfo:
         info = await super().node_info()
@@ -396,3 +411,77 @@ async def test_additional_ips(bl: tuple[Server, httpx.AsyncClient]) -> None:
     nf = {"instance_id": "3f2b1c4d-0000-4000-8000-000000000000"}
     await call(c, "GET", "/api/v1/instances/{instance_id}/ips", path_args=nf, expect=404)
     await call(c, "POST", "/api/v1/instances/{instance_id}/ips", path_args=nf, expect=404)
+
+
+async def test_backups_restore_and_schedules(bl: tuple[Server, httpx.AsyncClient]) -> None:
+    s, c = bl
+    uuid, _ = await launch(c, name="bk-1")
+    other, _ = await launch(c, name="bk-2")
+    a = {"instance_id": uuid}
+    driver = s.rt.registry.driver((await s.rt.vms.get(uuid, _owner(s))).node_id)
+    driver.disks[(await s.rt.vms.get(uuid, _owner(s))).id] = b"version one"
+    r = await call(c, "POST", "/api/v1/instances/{instance_id}/backup", path_args=a)
+    assert r["message"] == "Backup started" and r["instance_id"] == uuid
+    volid = r["volid"]
+    again = await call(c, "POST", "/api/v1/instances/{instance_id}/backup", path_args=a, expect=409)  # one at a time
+    assert again["error"] == "task_in_progress"
+    assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
+    listed = await call(c, "GET", "/api/v1/instances/{instance_id}/backups", path_args=a)
+    assert listed["total"] == 1 and listed["backup_in_progress"] is False and listed["restore_in_progress"] is False
+    (b,) = listed["backups"]
+    assert b["volid"] == volid and b["size_bytes"] == len(b"version one") and b["format"] == "raw" and b["notes"] == ""
+
+    r = await call(c, "PUT", "/api/v1/backups/notes", params={"volid": volid}, json={"notes": "before upgrade"})
+    assert r["notes"] == "before upgrade"
+    await call(c, "PUT", "/api/v1/backups/notes", params={"volid": "bkp-nope"}, json={"notes": "x"}, expect=404)
+
+    # restore in place: the disk comes back
+    vm_id = (await s.rt.vms.get(uuid, _owner(s))).id
+    driver.disks[vm_id] = b"version two"
+    await call(c, "POST", "/api/v1/instances/{instance_id}/restore", path_args=a, json={}, expect=400)
+    assert (await call(c, "POST", "/api/v1/instances/{instance_id}/restore", path_args=a, json={"backup_volid": "bkp-nope"}, expect=404))["error"] == "backup_not_found"
+    r = await call(c, "POST", "/api/v1/instances/{instance_id}/restore", path_args=a, json={"backup_volid": volid})
+    assert r["message"] == "Restore started" and r["backup_volid"] == volid
+    assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
+    assert driver.disks[vm_id] == b"version one"
+    assert (await call(c, "GET", "/api/v1/instances/{instance_id}", path_args=a))["power_status"] == "running"
+
+    # restore into another VM, renaming it
+    r = await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid, "target_vm_uuid": other, "new_name": "bk-copy", "add_restore_prefix": "true"})
+    assert r["new_name"].startswith("RESTORE-") and r["new_name"].endswith("-bk-copy")
+    assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
+    other_row = await s.rt.vms.get(other, _owner(s))
+    assert driver.disks[other_row.id] == b"version one" and other_row.name == r["new_name"]
+    await call(c, "POST", "/api/v1/backups/restore", params={"volid": "bkp-nope", "target_vm_uuid": other}, expect=404)
+    await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid, "target_vm_uuid": "3f2b1c4d-0000-4000-8000-000000000000"}, expect=404)
+    await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid}, expect=422)
+
+    storage = await call(c, "GET", "/api/v1/backups/storage")
+    assert storage["total_bytes"] == len(b"version one") and storage["vms"][0]["backups"] == 1
+
+    # a deleted VM's backups stay listed
+    await call(c, "DELETE", "/api/v1/instances/{instance_id}", path_args=a)
+    everything = await call(c, "GET", "/api/v1/backups")
+    (gone,) = everything["backups"]
+    assert gone["volid"] == volid and gone["vm_deleted"] is True and gone["vm_name"] == "bk-1" and gone["vm_uuid"] is None
+    r = await call(c, "DELETE", "/api/v1/backups", params={"volid": volid})
+    assert r["status"] == "success"
+    assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
+    assert (await call(c, "GET", "/api/v1/backups"))["backups"] == []
+    await call(c, "DELETE", "/api/v1/backups", params={"volid": volid}, expect=404)
+
+    # schedules
+    sa = {"vm_uuid": other}
+    path = "/api/v1/instances/{vm_uuid}/backup-schedule"
+    assert (await call(c, "GET", path, path_args=sa, expect=404))["error"] == "schedule_not_found"
+    r = await call(c, "POST", path, path_args=sa, json={"frequency": "weekly", "hour_utc": 3, "day_of_week": 0})
+    sch = r["schedule"]
+    assert (sch["frequency"], sch["hour_utc"], sch["day_of_week"], sch["day_of_month"], sch["keep_last"]) == ("weekly", 3, 0, None, 7)
+    assert sch["next_run"] is not None
+    r = await call(c, "POST", path, path_args=sa, json={"frequency": "daily", "hour_utc": 4})  # replaces it
+    assert (await call(c, "GET", path, path_args=sa))["frequency"] == "daily"
+    for bad in ({"frequency": "hourly", "hour_utc": 1}, {"frequency": "daily", "hour_utc": 24}, {"frequency": "weekly", "hour_utc": 1}):
+        assert (await call(c, "POST", path, path_args=sa, json=bad, expect=400))["error"] == "invalid_schedule", bad
+    await call(c, "POST", path, path_args=sa, json={"frequency": "daily"}, expect=422)
+    assert (await call(c, "DELETE", path, path_args=sa))["status"] == "success"
+    await call(c, "DELETE", path, path_args=sa, expect=404)

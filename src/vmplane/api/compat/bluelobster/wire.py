@@ -202,3 +202,41 @@ class FirewallRuleIn(Body):
     sport: str | None = None
     comment: str | None = None
     enable: int | None = 1
+
+
+class BackupNotesIn(Body):
+    notes: str = Field(max_length=4096)
+
+
+class BackupScheduleIn(Body):
+    frequency: str
+    hour_utc: int
+    day_of_week: int | None = None
+    day_of_month: int | None = None
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def backup(row: Row, vm_uuid: str | None = None) -> dict[str, Any]:
+    """A vmplane backup as Blue Lobster shows one; `volid` is the backup's id (`bkp-…`)."""
+    return {
+        "volid": row.id,
+        "size_bytes": row.logical_bytes,
+        "size_human": human_bytes(row.logical_bytes),
+        "stored_bytes": row.added_bytes,
+        "created_at": clock.rfc3339(row.created_at),
+        "finished_at": clock.rfc3339(row.finished_at),
+        "format": "raw",
+        "notes": row.notes,
+        "status": row.status,
+        "vm_id": row.vm_id,
+        "vm_uuid": vm_uuid,
+        "vm_name": row.vm_name,
+    }
