@@ -48,3 +48,47 @@ class AgentServer:
         if self._task is not None:
             await self._task
         await self.driver.close()
+
+
+class RunningAgent:
+    """`vmplane agent` (the daemon itself, not a stand-in) run inside the test's event loop."""
+
+    def __init__(self, control_plane: str, token: str | None, data_dir: Path, driver: str = "sim", hostname: str | None = None, accel: str = "tcg") -> None:
+        from vmplane.agent.daemon import Agent, AgentConfig
+
+        self.port = free_port()
+        self.cfg = AgentConfig(
+            control_plane=control_plane, join_token=token, listen_host="127.0.0.1", listen_port=self.port, driver=driver,
+            data_dir=data_dir, hostname=hostname, accel=accel,
+        )  # fmt: skip
+        self.agent = Agent(self.cfg)
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self, timeout: float = 30) -> "RunningAgent":
+        """Start and wait until the node has joined (its id known)."""
+        self.task = asyncio.create_task(self.agent.run(install_signals=False))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.agent.state is None or self.agent.state.node_id is None or not hasattr(self.agent, "credential"):
+            if self.task.done():
+                raise AssertionError(f"the agent stopped with status {self.task.result()}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("the agent did not join in time")
+            await asyncio.sleep(0.02)
+        return self
+
+    @property
+    def node_id(self) -> str:
+        assert self.agent.state is not None and self.agent.state.node_id is not None
+        return self.agent.state.node_id
+
+    async def stop(self) -> int:
+        """Stop as on SIGTERM (heartbeats end); returns the exit status."""
+        assert self.task is not None
+        self.agent.stopping.set()
+        return await self.task
+
+
+async def join_token(client: Any, **body: Any) -> str:
+    r = await client.post("/api/v1/nodes/tokens", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["token"]

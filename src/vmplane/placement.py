@@ -1,6 +1,6 @@
 """Placement: a pure function choosing a node for a VM from (demand, nodes, policy).
 
-Filters first (node online, explicit node, capacity under the overcommit ratios), then a
+Filters first (node online and not cordoned, explicit node, capacity under the overcommit ratios), then a
 weigher: `spread` puts the VM where the most capacity stays free, `pack` where the least
 does. Ties go to the lowest node id, so the result is deterministic.
 """
@@ -26,6 +26,8 @@ class NodeUsage:
     """free host PCI devices for passthrough (an IOMMU group is wholly free or wholly taken)"""
     network_types: frozenset[str] = frozenset({"user"})
     """network types the node can attach VMs to"""
+    cordoned: bool = False
+    """no new VMs go to a cordoned node (its own VMs may still grow)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,8 @@ class Demand:
     """PCI devices wanted: addresses (0000:01:00.0) or models (10de:2204)"""
     network_types: frozenset[str] = frozenset()
     """network types of the VM's NICs"""
+    exclude: frozenset[str] = frozenset()
+    """nodes the VM must not go to (the node it moves away from)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +87,23 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
     """The node the VM should go to; raises NoCapacity (or NotFound for a bad nodeId)."""
     best: NodeUsage | None = None
     best_score = 0.0
-    seen = online = 0
+    seen = online = cordoned = 0
     short_cpu = short_ram = short_disk = short_pci = short_net = 0
     want_pci, want_net = demand.pci, demand.network_types
     sign = -1.0 if policy.strategy == "pack" else 1.0
     rc, rr, rd = policy.cpu_ratio, policy.ram_ratio, policy.disk_ratio
     want_cpu, want_ram, want_disk, only = demand.cpu, demand.ram_mb, demand.disk_gb, demand.node_id
+    exclude = demand.exclude
     for node in nodes:  # a hot loop (1,000s of nodes per VM): locals only, no calls
         if only is not None and node.id != only:
             continue
+        if exclude and node.id in exclude:
+            continue
         seen += 1
         if not node.online:
+            continue
+        if node.cordoned:
+            cordoned += 1
             continue
         online += 1
         cpu_max = int(node.cpu_total * rc)
@@ -121,9 +131,11 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
         raise NotFound(f"node {demand.node_id} does not exist", field="nodeId")
     where = f"node {demand.node_id}" if demand.node_id is not None else "no node"
     if online == 0:
+        if demand.exclude and demand.node_id is None:
+            raise NoCapacity("no other node is online and not cordoned")
         if demand.node_id is not None:
-            raise NoCapacity(f"node {demand.node_id} is not online")
-        raise NoCapacity("no node is online")
+            raise NoCapacity(f"node {demand.node_id} is {'cordoned' if cordoned else 'not online'}")
+        raise NoCapacity("every online node is cordoned" if cordoned else "no node is online")
     if short_net == online:
         kinds = ", ".join(sorted(want_net))
         raise NoCapacity(f"{'node ' + demand.node_id if demand.node_id else 'no online node'} can attach VMs to {kinds} networks"

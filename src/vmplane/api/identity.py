@@ -23,6 +23,7 @@ from .middleware import StatusWatch, send_json
 INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
+AGENT_PATHS = "/api/v1/agent/"
 
 
 class TokenBuckets:
@@ -73,7 +74,9 @@ class Identity:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket") or scope["path"].startswith(AGENT_PATHS):
+            # node agents authenticate with their own credentials (api/native/agents.py), are
+            # not rate-limited as users, and their heartbeats are not audited
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         state = scope.setdefault("state", {})

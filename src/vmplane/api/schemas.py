@@ -232,7 +232,14 @@ class NodeOut(BaseModel):
     hostname: str
     status: str
     driver: str
+    """`sim`, `qemu`, or `remote` (a node run by `vmplane agent`)"""
+    hypervisor: str
+    """what runs the VMs: `sim` or `qemu` (an agent's own driver for remote nodes)"""
     simulated: bool
+    cordoned: bool
+    """no new VMs are placed on a cordoned node"""
+    agentUrl: str | None
+    heartbeatAt: str | None
     resources: NodeResourcesOut
     createdAt: str
     updatedAt: str

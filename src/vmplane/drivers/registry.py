@@ -15,12 +15,13 @@ log = logging.getLogger("vmplane.nodes")
 class NodeRegistry:
     def __init__(self) -> None:
         self._drivers: dict[str, HypervisorDriver] = {}
-        self.images_on: dict[str, set[str]] = {}
-        """template ids known to be imported on each node (a cache; drivers are idempotent)."""
+        self.images_on: dict[str, dict[str, tuple[str, dict[str, str] | None]]] = {}
+        """templates known to be usable on each node, with their image and boot files as the
+        node sees them (a cache; drivers are idempotent)."""
 
     def add(self, node_id: str, driver: HypervisorDriver) -> None:
         self._drivers[node_id] = driver
-        self.images_on[node_id] = set()
+        self.images_on[node_id] = {}
 
     def driver(self, node_id: str) -> HypervisorDriver:
         try:
@@ -80,8 +81,11 @@ def build_sim_nodes(settings: Settings, state_dir: Path | None) -> list[tuple[st
     ]
 
 
-def build_qemu_driver(settings: Settings, state_dir: Path, hostname: str, accel: str) -> HypervisorDriver:
-    """The qemu driver of this host, with the settings it takes (PCI passthrough among them)."""
+def build_qemu_driver(
+    settings: Settings, state_dir: Path, hostname: str, accel: str, migration_address: str = "127.0.0.1"
+) -> HypervisorDriver:
+    """The qemu driver of this host, with the settings it takes (PCI passthrough among them);
+    live migrations into it listen on `migration_address`."""
     from .qemu import QemuDriver
 
     return QemuDriver(
@@ -91,4 +95,5 @@ def build_qemu_driver(settings: Settings, state_dir: Path, hostname: str, accel:
         sysfs_root=settings.sysfs_root,
         pci_allowlist=tuple(settings.pci_allowlist),
         nat=settings.bridge_nat,
+        migration_address=migration_address,
     )

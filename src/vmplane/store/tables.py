@@ -33,7 +33,32 @@ nodes = Table(
     Column("updated_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=True),
     Column("pci_devices", JSON, nullable=True),
+    # remote nodes (run by `vmplane agent`): where the agent serves its driver, the SHA-256 of
+    # the node credential it authenticates with (NULL: revoked), its driver's Capabilities
+    Column("agent_url", Text, nullable=True),
+    Column("credential_id", String(64), nullable=True),
+    Column("credential_digest", String(64), nullable=True),
+    Column("capabilities", JSON, nullable=True),
+    Column("cordoned", Boolean, nullable=False, default=False),  # no new VMs are placed there
 )
+
+node_tokens = Table(
+    "node_tokens",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("description", String(256), nullable=False),
+    Column("one_time", Boolean, nullable=False),
+    Column("uses", Integer, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+"""Join tokens for node agents: only a SHA-256 digest of each token is stored."""
 
 vms = Table(
     "vms",

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ..base import (
     ExecResult,
     HypervisorDriver,
     ImageInfo,
+    MigrationTarget,
     NodeInfo,
     PowerState,
     Progress,
@@ -66,6 +68,11 @@ NET_CHECK_INTERVAL = 2.0
 ALIAS_AGENT_WAIT = 300.0
 """how long alias addresses wait for a guest agent (after a start or a change)"""
 """stats_vm does not wait for an agent that did not answer within this many seconds."""
+MIGRATION_EXPORT = "migration-disk"
+MIGRATION_BANDWIDTH = 1 << 30
+"""bytes per second a live migration may use (QEMU's default, 128 MiB/s, is for shared links)"""
+MIGRATION_DOWNTIME_MS = 300
+"""the longest pause of the guest QEMU aims for when it switches over"""
 
 
 @dataclass
@@ -78,6 +85,10 @@ class _Vm:
     cpu_sample: tuple[int, float, float] | None = None
     """(pid, monotonic time, CPU seconds) at the previous stats_vm."""
     agent_down_until: float = 0.0
+    incoming: bool = False
+    """QEMU waits for the state of a live migration (target side, until migrate_finish)."""
+    migrated: bool = False
+    """the VM's state went to another node (source side): only delete_vm is left to do"""
 
     @property
     def id(self) -> str:
@@ -111,6 +122,7 @@ class QemuDriver(HypervisorDriver):
         dev_root: Path = Path("/dev"),
         pci_allowlist: Sequence[str] = (),
         nat: bool = True,
+        migration_address: str = "127.0.0.1",
     ) -> None:
         if accel not in ("kvm", "tcg"):
             raise ValueError(f"accel must be kvm or tcg, not {accel!r} (pick it with accel.pick_accel)")
@@ -129,6 +141,8 @@ class QemuDriver(HypervisorDriver):
         self.sysfs_root = Path(sysfs_root)
         self.dev_root = Path(dev_root)
         self.pci_allowlist = pci.Allowlist(pci_allowlist)
+        self.migration_address = migration_address
+        """where live migrations into this node listen (QEMU's incoming stream, the NBD export)"""
         self.net = nethost.NetworkHost(self.state_dir, nat=nat)
         """bridges, taps, dnsmasq and nftables of bridge networks (see vmplane.net.host)"""
         self.capabilities = Capabilities(
@@ -136,6 +150,7 @@ class QemuDriver(HypervisorDriver):
             pci_passthrough=bool(self.pci_allowlist) and pci.iommu_available(self.sysfs_root),
             network_types=frozenset({"user", "bridge"} if self.net.available else {"user"}),
             firewall=True,  # forwarded ports of user-mode NICs; nftables on bridge NICs
+            live_migration=True,
         )  # fmt: skip
         self._net_watch: asyncio.Task[None] | None = None
         self._vms: dict[str, _Vm] = {}
@@ -449,6 +464,133 @@ class QemuDriver(HypervisorDriver):
             finally:
                 part.unlink(missing_ok=True)
 
+    # -- live migration ----------------------------------------------------------------------
+    # The target starts QEMU paused with -incoming and exports its (empty overlay) disk over
+    # NBD; the source mirrors its disk into that export (drive-mirror: the top layer when both
+    # sides have the template's base, all of it otherwise), then migrates RAM and devices; once
+    # that completes (the source pauses) the mirror is completed (block-job-cancel on a ready
+    # mirror leaves the target in sync), the target closes the export and resumes the guest.
+
+    async def migrate_prepare(self, spec: VmSpec) -> MigrationTarget:
+        if spec.pci_devices:
+            raise DriverError("VMs with host PCI devices cannot migrate", vm_id=spec.id)
+        await self.create_vm(spec)
+        try:
+            async with self._lock(spec.id):
+                vm = self._vm(spec.id)
+                if self._live_pid(vm) is not None:
+                    raise InvalidState(f"VM {spec.id} already runs on {self.hostname}", current="running", required="stopped")
+                await self._start_locked(vm, incoming=True)
+                vm.incoming = True
+                host = self.migration_address
+                nbd_port, migrate_port = _free_port(host), _free_port(host)
+                monitor = self._monitor(vm)
+                node = next(b["inserted"]["node-name"] for b in await monitor.execute("query-block") if b.get("device") == DISK_ID)
+                await monitor.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": host, "port": str(nbd_port)}}})
+                await monitor.execute("block-export-add", {"type": "nbd", "id": MIGRATION_EXPORT, "node-name": node, "writable": True, "name": DISK_ID})
+                await monitor.execute("migrate-incoming", {"uri": f"tcp:{_uri_host(host)}:{migrate_port}"})
+        except BaseException:
+            await self.delete_vm(spec.id)
+            raise
+        log.info("VM %s waits for its migration on %s:%d (disk on NBD %d)", spec.id, host, migrate_port, nbd_port)
+        return MigrationTarget(host=host, migrate_port=migrate_port, nbd_port=nbd_port, export=DISK_ID)
+
+    async def migrate_send(self, vm_id: str, target: MigrationTarget, progress: Progress) -> None:
+        async with self._lock(vm_id):
+            vm = self._running(vm_id)
+            if vm.config.pci_devices:
+                raise DriverError("VMs with host PCI devices cannot migrate", vm_id=vm_id)
+            monitor = self._monitor(vm)
+            base = vm.config.template_image
+            on_template = base is not None and not Path(base).is_relative_to(self.state_dir / "snapshots")
+            job = f"mig-{uuid.uuid4().hex[:8]}"
+            host = _uri_host(target.host)
+            t0 = time.monotonic()
+            await monitor.execute(
+                "drive-mirror",
+                {"job-id": job, "device": DISK_ID, "target": f"nbd://{host}:{int(target.nbd_port)}/{target.export}",
+                 "sync": "top" if on_template else "full", "mode": "existing", "format": "raw"},  # fmt: skip
+            )
+            try:
+                while True:  # the disk first: until the mirror is in sync (then it follows every write)
+                    jobs = {j["device"]: j for j in await monitor.execute("query-block-jobs")}
+                    j = jobs.get(job)
+                    if j is None:
+                        raise DriverError("the disk mirror to the target stopped", vm_id=vm_id)
+                    if j.get("ready"):
+                        break
+                    if j.get("len"):
+                        await progress(int(j["offset"]) * 40 // int(j["len"]), f"disk: {j['offset']} of {j['len']} bytes")
+                    await asyncio.sleep(0.05)
+                await progress(40, f"disk in sync after {time.monotonic() - t0:.1f} s; moving memory")
+                await monitor.execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH, "downtime-limit": MIGRATION_DOWNTIME_MS})
+                await monitor.execute("migrate", {"uri": f"tcp:{host}:{int(target.migrate_port)}"})
+                while True:
+                    m = await monitor.execute("query-migrate")
+                    status = m.get("status")
+                    if status == "completed":
+                        break
+                    if status in ("failed", "cancelled"):
+                        raise DriverError(f"migration {status}: {m.get('error-desc', 'see QEMU log')}", vm_id=vm_id)
+                    ram = m.get("ram") or {}
+                    if ram.get("total"):
+                        await progress(40 + min(50, int(ram.get("transferred", 0)) * 50 // int(ram["total"])), f"memory: {ram.get('transferred')} bytes sent")
+                    await asyncio.sleep(0.05)
+                await monitor.execute("block-job-cancel", {"device": job})  # a ready mirror: completes in sync
+                while any(j["device"] == job for j in await monitor.execute("query-block-jobs")):
+                    await asyncio.sleep(0.02)
+            except BaseException:
+                await self._abort_migration(vm, job)
+                raise
+            vm.migrated = True
+            await progress(100, f"migrated in {time.monotonic() - t0:.2f} s (paused {m.get('downtime', '?')} ms)")
+            log.info("VM %s migrated to %s (downtime %s ms, total %s ms)", vm_id, target.host, m.get("downtime"), m.get("total-time"))
+
+    async def _abort_migration(self, vm: _Vm, job: str | None) -> None:
+        """Stop an outgoing migration and mirror; the guest runs on here."""
+        monitor = self._monitor(vm)
+        with contextlib.suppress(DriverError):
+            if (await monitor.execute("query-migrate")).get("status") in ("active", "setup", "pre-switchover", "device"):
+                await monitor.execute("migrate_cancel")
+        with contextlib.suppress(DriverError):
+            for j in await monitor.execute("query-block-jobs"):
+                if j["device"] == job or (job is None and str(j["device"]).startswith("mig-")):
+                    await monitor.execute("block-job-cancel", {"device": j["device"], "force": True})
+        with contextlib.suppress(DriverError):
+            if await monitor.status() in ("postmigrate", "paused", "finish-migrate"):
+                await monitor.execute("cont")
+        vm.migrated = False
+
+    async def migrate_finish(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if self._live_pid(vm) is None:
+                raise DriverError(f"VM {vm_id} is not waiting for a migration here", vm_id=vm_id)
+            monitor = self._monitor(vm)
+            deadline = time.monotonic() + 30
+            while (status := await monitor.status()) == "inmigrate":
+                if time.monotonic() > deadline:
+                    raise DriverError("the migrated state did not arrive", vm_id=vm_id)
+                await asyncio.sleep(0.02)
+            with contextlib.suppress(DriverError):
+                await monitor.execute("block-export-del", {"id": MIGRATION_EXPORT})
+            with contextlib.suppress(DriverError):
+                await monitor.execute("nbd-server-stop")
+            if status != "running":
+                await monitor.execute("cont")
+            vm.incoming = False
+            run = json.loads(vm.paths.run.read_text())
+            write_json_atomic(vm.paths.run, {**run, "migratedIn": clock.now()})
+            if any(nic.aliases for nic in vm.config.nics):
+                self._background(self._guest_addresses_later(vm.id, ()), f"aliases-{vm.id}")
+
+    async def migrate_cancel(self, vm_id: str) -> None:
+        async with self._lock(vm_id):
+            vm = self._vms.get(vm_id)
+            if vm is None or self._live_pid(vm) is None:
+                return
+            await self._abort_migration(vm, None)
+
     # -- power -----------------------------------------------------------------------------
 
     async def start_vm(self, vm_id: str) -> None:
@@ -525,7 +667,8 @@ class QemuDriver(HypervisorDriver):
             await self._stop_locked(vm)
             await self._start_locked(vm)
 
-    async def _start_locked(self, vm: _Vm) -> None:
+    async def _start_locked(self, vm: _Vm, incoming: bool = False) -> None:
+        """Start QEMU; `incoming`: paused, waiting for a live migration's state (-incoming defer -S)."""
         if self._live_pid(vm) is not None:
             if vm.monitor is None or not vm.monitor.guest_off:
                 return
@@ -539,6 +682,8 @@ class QemuDriver(HypervisorDriver):
             vm.config, vm.paths, accel=self.accel, qemu_binary=self.qemu_binary,
             forward_address=self.forward_address, sandbox=self.sandbox,
         )
+        if incoming:
+            argv += ["-incoming", "defer", "-S"]
         pci_moved = await self._bind_pci(vm)
         vm.transition = PowerState.STARTING
         pid: int | None = None
@@ -558,7 +703,7 @@ class QemuDriver(HypervisorDriver):
             })
             await self._wait_for_qmp(vm, pid)
             status = await self._monitor(vm).status()
-            if status != "running":
+            if status != ("inmigrate" if incoming else "running"):
                 raise DriverError(f"QEMU is {status!r} right after start", vm_id=vm.id)
             vm.cpu_sample = None
             if any(nic.aliases for nic in vm.config.nics):
@@ -617,6 +762,7 @@ class QemuDriver(HypervisorDriver):
                 await conn.close()
         vm.monitor = vm.agent = None
         vm.cpu_sample = None
+        vm.incoming = vm.migrated = False
         for path in vm.paths.runtime_files:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -667,6 +813,8 @@ class QemuDriver(HypervisorDriver):
     def _runtime(self, vm: _Vm) -> VmRuntime:
         pid = self._live_pid(vm)
         if pid is not None:
+            if vm.incoming or vm.migrated:
+                return VmRuntime(vm_id=vm.id, state=PowerState.STARTING if vm.incoming else PowerState.STOPPING)
             state = vm.transition or (PowerState.STOPPING if vm.monitor is not None and vm.monitor.guest_off else PowerState.RUNNING)
             return VmRuntime(vm_id=vm.id, state=state, started_at=procfs.start_time(pid))
         if vm.transition is not None:
@@ -1201,6 +1349,18 @@ def _alias(nic: Nic, alias: str) -> str:
         return f"{ip}/{subnet.prefixlen if ip in subnet else 32}"
     prefix = ipaddress.IPv6Network(nic.network.ipv6_prefix) if nic.network.ipv6_prefix else None
     return f"{ip}/{prefix.prefixlen if prefix is not None and ip in prefix else 128}"
+
+
+def _free_port(host: str) -> int:
+    """A TCP port free on `host` now (QEMU binds it a moment later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _mem_total_mb() -> int:

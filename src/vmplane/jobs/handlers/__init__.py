@@ -8,6 +8,7 @@ from .template_import import TemplateImport
 from .template_update import TemplateUpdate
 from .vm_create import VmCreate
 from .vm_delete import VmDelete
+from .vm_move import VmMigrate, VmMove
 from .vm_network import VmNetwork
 from .vm_power import VmPower
 from .vm_update import VmUpdate
@@ -34,4 +35,6 @@ def all_handlers() -> dict[str, Handler]:
         "backup-delete": BackupDelete(),
         "vm-restore": VmRestore(),
         "vm-network": VmNetwork(),
+        "vm-move": VmMove(),
+        "vm-migrate": VmMigrate(),
     }

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ...drivers.base import TemplateFiles
 from ...errors import VmplaneError
 from ...store import templates as tpl_q
 from ..engine import TaskContext
@@ -10,23 +11,26 @@ from ..engine import TaskContext
 async def ensure_image(
     ctx: TaskContext, node_id: str, template_id: str | None
 ) -> tuple[str | None, dict[str, str] | None]:
-    """Import the template's image on `node_id` if it is not there yet.
+    """Make the template's files usable on `node_id` if they are not yet (a node of another
+    host fetches them, verified by checksum: `HypervisorDriver.provide_template`).
 
-    Returns the image's path and, for kernel-boot templates, their kernel/initrd/cmdline.
+    Returns the image's path and, for kernel-boot templates, their kernel/initrd/cmdline, as
+    the node sees them.
     """
     if template_id is None:
         return None, None
     rt = ctx.rt
+    known = rt.registry.images_on[node_id]
+    if template_id in known:
+        return known[template_id]
     async with rt.store.read() as conn:
         tpl = await tpl_q.get_template(conn, template_id)
     if tpl is None or tpl.image_path is None:
         raise VmplaneError(f"template {template_id} has no image")
-    known = rt.registry.images_on[node_id]
-    if template_id not in known:
 
-        async def report(_pct: int, message: str) -> None:
-            ctx.log(message)
+    async def report(_pct: int, message: str) -> None:
+        ctx.log(message)
 
-        await rt.registry.driver(node_id).import_image(template_id, Path(tpl.image_path), report)
-        known.add(template_id)
-    return tpl.image_path, tpl.boot
+    files = TemplateFiles(template_id, Path(tpl.image_path), tpl.boot, tpl.checksum, tpl.source_url)
+    known[template_id] = await rt.registry.driver(node_id).provide_template(files, report)
+    return known[template_id]

@@ -27,8 +27,11 @@ class TemplateDelete(BaseHandler):
             await tpl_q.set_template(conn, tpl.id, status="deleting", updated_at=clock.now())
         ctx.log(f"Starting delete of template {tpl.name}")
         for node_id, driver in rt.registry.items():
+            if getattr(driver, "offline", None) is not None:
+                ctx.log(f"node {node_id} is offline: its copy of the image stays there")
+                continue
             await driver.delete_image(tpl.id)
-            rt.registry.images_on[node_id].discard(tpl.id)
+            rt.registry.images_on[node_id].pop(tpl.id, None)
         (rt.images_dir / f"{tpl.id}.img").unlink(missing_ok=True)
         async with rt.store.write() as conn:
             await tpl_q.delete_template(conn, tpl.id)

@@ -38,7 +38,7 @@ class TemplateImport(BaseHandler):
             await ctx.progress(80 + pct // 5, message)
 
         info = await rt.registry.driver(node_id).import_image(tpl.id, dest, report)
-        rt.registry.images_on[node_id].add(tpl.id)
+        rt.registry.images_on[node_id][tpl.id] = (str(info.path), None)
         async with rt.store.write() as conn:
             await tpl_q.set_template(
                 conn,
@@ -55,10 +55,14 @@ class TemplateImport(BaseHandler):
 
     @staticmethod
     def _any_node(ctx: TaskContext) -> str:
+        """A node to validate the image on: a local one first (no copy to make), else an
+        online node run by an agent (the image is sent to it)."""
         items = ctx.rt.registry.items()
-        if not items:
-            raise VmplaneError("no node in this process can validate the image")
-        return items[0][0]
+        usable = [n for n, d in items if getattr(d, "offline", None) is None]
+        local = [n for n, d in items if not hasattr(d, "offline")]
+        if not usable:
+            raise VmplaneError("no online node can validate the image")
+        return (local or usable)[0]
 
     async def _download(self, ctx: TaskContext, url: str, part: Path) -> str:
         parsed = urlparse(url)

@@ -3,7 +3,7 @@
 from ... import clock
 from ...domain import VmStatus
 from ...drivers.base import PowerState
-from ...errors import InvalidState, VmplaneError
+from ...errors import DriverError, InvalidState, VmplaneError
 from ...services.vms import POWER_ACTIONS
 from ..engine import TaskContext
 from .base import BaseHandler, load_vm, set_status
@@ -61,4 +61,8 @@ class VmPower(BaseHandler):
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         vm = await load_vm(ctx)
         if vm.node_id is not None and vm.node_id in ctx.rt.registry:
-            await self._record(ctx, vm.id)
+            try:
+                await self._record(ctx, vm.id)
+            except DriverError as exc:  # the node is unreachable (offline): nobody knows
+                ctx.log(f"the VM's state cannot be read: {exc.message}")
+                await set_status(ctx, vm.id, VmStatus.UNKNOWN)
