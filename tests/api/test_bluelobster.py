@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import httpx
+import websockets
 import pytest
 
-from vmplane.drivers.base import NodeInfo
+from vmplane.drivers.base import NodeInfo, VmStats
 from vmplane.drivers.sim import SimDriver, SimFaults
 
 from ..support import Server
+from ..support_fastvm import GuestSimDriver
 
 P = "/compat/bluelobster"
 CONTRACT = json.loads((Path(__file__).parents[2] / "src/vmplane/api/compat/bluelobster/openapi.json").read_text())
@@ -20,14 +22,15 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkey
 
 
 @dataclass
-class LabeledSimDriver(SimDriver):
-    """The sim driver with node labels, and disks that export and import (as bytes)."""
+class LabeledSimDriver(GuestSimDriver):
+    """The sim driver with node labels, a serial console (an echo), fixed stats, and disks
+    that export and import (as bytes)."""
 
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.capabilities = replace(self.capabilities, disk_export=True)
+        self.capabilities = replace(self.capabilities, disk_export=True, stats=True)
         self.disks: dict[str, bytes] = {}
 
     async def export_disk(self, vm_id: str, dest: Path) -> int:
@@ -37,6 +40,10 @@ class LabeledSimDriver(SimDriver):
 
     async def import_disk(self, vm_id: str, source: Path) -> None:
         self.disks[vm_id] = source.read_bytes()
+
+    async def stats_vm(self, vm_id: str) -> VmStats:
+        return VmStats(cpu_percent=100.0, memory_mb=2048, memory_total_mb=8192, disk_read_bytes=10, disk_write_bytes=20,
+                       net_rx_bytes=30, net_tx_bytes=40, uptime_seconds=12.4)  # fmt: skip
 
     async def node_info(self) -> NodeInfo:
         info = await super().node_info()
@@ -485,3 +492,80 @@ async def test_backups_restore_and_schedules(bl: tuple[Server, httpx.AsyncClient
     await call(c, "POST", path, path_args=sa, json={"frequency": "daily"}, expect=422)
     assert (await call(c, "DELETE", path, path_args=sa))["status"] == "success"
     await call(c, "DELETE", path, path_args=sa, expect=404)
+
+
+async def test_stats_and_console(bl: tuple[Server, httpx.AsyncClient]) -> None:
+    s, c = bl
+    uuid, _ = await launch(c, name="st-1")
+    a = {"instance_id": uuid}
+    st = await call(c, "GET", "/api/v1/instances/{instance_id}/stats", path_args=a)
+    assert st == {
+        "instance_id": uuid, "status": "running", "cpu": {"usage_percent": 50.0, "cores": 2},
+        "memory": {"used_bytes": 2048 << 20, "total_bytes": 8192 << 20, "usage_percent": 25.0},
+        "disk": {"read_bytes_sec": 10, "write_bytes_sec": 20}, "network": {"in_bytes_sec": 30, "out_bytes_sec": 40}, "uptime_seconds": 12,
+    }  # fmt: skip
+    t = await call(c, "POST", "/api/v1/instances/{instance_id}/console", path_args=a)
+    assert t["instance_id"] == uuid and t["host"] == "127.0.0.1" and t["port"] == s.port and t["type"] == "serial"
+    assert t["websocket_path"] == f"{P}/api/v1/instances/{uuid}/console/ws"
+    import calendar
+    import time as _time
+
+    expires = calendar.timegm(_time.strptime(t["expires_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert 25 <= expires - _time.time() <= 31
+    url = f"ws://127.0.0.1:{s.port}{t['websocket_path']}?ticket={t['ticket']}"
+    async with websockets.connect(url) as ws:
+        await ws.send(b"hello\n")
+        got = b""
+        while b"hello" not in got:
+            got += await ws.recv()  # type: ignore[operator]
+    with pytest.raises(websockets.exceptions.InvalidStatus) as denied:  # good once
+        async with websockets.connect(url):
+            pass
+    assert denied.value.response.status_code == 404
+    with pytest.raises(websockets.exceptions.InvalidStatus) as denied:
+        async with websockets.connect(f"ws://127.0.0.1:{s.port}{t['websocket_path']}"):
+            pass
+    assert denied.value.response.status_code == 400
+
+    # a stopped instance: zeros, and no console
+    r = await call(c, "POST", "/api/v1/instances/{instance_id}/force-shutdown", path_args=a)
+    await wait_task(c, r["task_id"])
+    st = await call(c, "GET", "/api/v1/instances/{instance_id}/stats", path_args=a)
+    assert st["status"] == "stopped" and st["cpu"]["usage_percent"] == 0.0 and st["uptime_seconds"] == 0
+    r = await call(c, "POST", "/api/v1/instances/{instance_id}/console", path_args=a, expect=400)
+    assert r == {"error": "invalid_state", "message": "Instance must be running to access console"}
+    nf = {"instance_id": "3f2b1c4d-0000-4000-8000-000000000000"}
+    await call(c, "GET", "/api/v1/instances/{instance_id}/stats", path_args=nf, expect=404)
+    await call(c, "POST", "/api/v1/instances/{instance_id}/console", path_args=nf, expect=404)
+
+
+async def test_billing_log(bl: tuple[Server, httpx.AsyncClient]) -> None:
+    import time as _time
+
+    s, c = bl
+    kept, _ = await launch(c, name="bill-1")  # v1_cpu_small: 3 cents an hour
+    gone, _ = await launch(c, instance_type="v1_cpu_medium", name="bill-2")
+    await call(c, "DELETE", "/api/v1/instances/{instance_id}", path_args={"instance_id": gone})
+    now = _time.time()
+
+    def iso(t: float) -> str:
+        return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(t))
+
+    log = await call(c, "POST", "/api/v1/instances/log", json={"start_time": iso(now - 3600), "end_time": iso(now + 60)})
+    assert log["total_records"] == 2 and log["time_range"] == {"start": iso(now - 3600), "end": iso(now + 60)}
+    by_name = {r["name"]: r for r in log["instances"]}
+    k, g = by_name["bill-1"], by_name["bill-2"]
+    assert k["uuid"] == kept and k["status"] == "rented" and k["host_id"] == "px1" and k["instance_type"] == "v1_cpu_small"
+    assert (k["cpu_cores"], k["memory_gb"], k["disk_gb"], k["price_cents_per_hour"]) == (2, 8, 80, 3.0)
+    assert 0 < k["total_hours_billed"] < 0.1 and k["total_billed_cents"] == round(k["total_hours_billed"] * 3, 2)
+    assert g["status"] == "deleted" and g["deleted_at"] == g["last_billed_at"] and g["price_cents_per_hour"] == 6.0
+    # the same metering on the native API
+    usage = (await s.client.get("/api/v1/usage", params={"start": iso(now - 3600), "end": iso(now + 60)})).json()
+    assert {i["name"] for i in usage["items"]} == {"bill-1", "bill-2"}
+
+    too_long = {"start_time": iso(now - 91 * 86400), "end_time": iso(now)}
+    r = await call(c, "POST", "/api/v1/instances/log", json=too_long, expect=422)
+    assert r["detail"][0]["loc"] == ["body", "end_time"] and "90 days" in r["detail"][0]["msg"]
+    r = await call(c, "POST", "/api/v1/instances/log", json={"start_time": iso(now), "end_time": iso(now - 60)}, expect=422)
+    await call(c, "POST", "/api/v1/instances/log", json={"start_time": "yesterday", "end_time": iso(now)}, expect=422)
+    assert (await call(c, "POST", "/api/v1/instances/log", json={"start_time": iso(now - 7200), "end_time": iso(now - 3600)}))["instances"] == []

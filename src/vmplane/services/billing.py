@@ -1,6 +1,7 @@
 """Usage metering for billing: a VM is billed from the moment it is allocated (its create is
-accepted) until it is deleted, at the hourly price of its instance type; a resize starts a new
-span at the new price. A create that fails is billed only the seconds it existed."""
+accepted) until it is deleted, at the hourly price of its instance type (or the price its
+create recorded); a resize starts a new span at the new shape's price. A create that fails is
+billed only the seconds it existed."""
 
 from __future__ import annotations
 
@@ -29,8 +30,18 @@ class Billing:
                 return name, cents
         return "custom", cpu * s.custom_cents_per_vcpu_hour + ram_mb / 1024 * s.custom_cents_per_gb_ram_hour
 
-    def span(self, vm: dict[str, Any], at: float) -> dict[str, Any]:
-        kind, cents = self.price(vm["cpu"], vm["ram_mb"])
+    @staticmethod
+    def recorded_price(vm: dict[str, Any]) -> tuple[str, float] | None:
+        """The (instance type, cents per hour) a VM was created at, when the request that made
+        it set a price (the Blue Lobster face records its instance type's); None otherwise."""
+        spec = vm.get("spec") or {}
+        cents = spec.get("priceCentsPerHour")
+        if isinstance(cents, (int, float)) and not isinstance(cents, bool) and cents >= 0:
+            return str(spec.get("instanceType") or "custom"), float(cents)
+        return None
+
+    def span(self, vm: dict[str, Any], at: float, price: tuple[str, float] | None = None) -> dict[str, Any]:
+        kind, cents = price or self.price(vm["cpu"], vm["ram_mb"])
         return {
             "vm_id": vm["id"], "vm_name": vm["name"], "org_id": vm["org_id"], "team_id": vm.get("team_id"),
             "instance_type": kind, "cpu": vm["cpu"], "ram_mb": vm["ram_mb"], "disk_gb": vm["disk_gb"],
@@ -39,7 +50,7 @@ class Billing:
 
     async def allocated(self, conn: AsyncConnection, vms: list[dict[str, Any]]) -> None:
         now = clock.now()
-        await usage_q.open_spans(conn, [self.span(v, now) for v in vms])
+        await usage_q.open_spans(conn, [self.span(v, now, self.recorded_price(v)) for v in vms])
 
     async def released(self, conn: AsyncConnection, vm_id: str) -> None:
         await usage_q.close_span(conn, vm_id, clock.now())

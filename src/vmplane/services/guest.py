@@ -45,12 +45,14 @@ class GuestService:
             raise InvalidState(f"VM {vm.id} is {vm.status}, not running", current=vm.status, required="running")
         return driver
 
-    async def console_token(self, ref: str, who: Principal) -> tuple[str, float, Row]:
+    async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Row]:
+        """A one-time token for the VM's serial console, good for `ttl` seconds (at most
+        CONSOLE_TOKEN_SECONDS); the VM must run on a node with a console."""
         vm = await self.rt.vms.get(ref, who)
         self._driver(vm, "console")
         token = secrets.token_urlsafe(24)
         now = clock.now()
-        expires = now + CONSOLE_TOKEN_SECONDS
+        expires = now + min(ttl, CONSOLE_TOKEN_SECONDS)
         async with self.rt.store.write() as conn:
             await guest_q.add_console_token(conn, token_hash(token), vm.id, expires, now)
         return token, expires, vm

@@ -8,9 +8,10 @@ that `GET /api/v1/tasks/{task_id}` follows; delete and reboot wait up to
 from __future__ import annotations
 
 import time
+from datetime import timezone
 from typing import Any, Literal, Sequence
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
@@ -20,6 +21,7 @@ from ....domain import Resources
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
+from ...console import bridge
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
@@ -270,7 +272,10 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
         template_id=template_id,
         node_id=node_id,
         pci=t.pci,
-        extra=_extra(body.username, body.ssh_key, body.password, body.metadata, instanceType=t.name, gpuModel=t.gpu_model),
+        extra=_extra(
+            body.username, body.ssh_key, body.password, body.metadata,
+            instanceType=t.name, priceCentsPerHour=t.price_cents_per_hour, gpuModel=t.gpu_model,
+        ),  # fmt: skip
     )
     job_id, row = await _launch(rt, who, spec)
     return JSONResponse(
@@ -778,3 +783,146 @@ async def delete_backup_schedule(vm_uuid: str, rt: RuntimeDep, who: CallerDep) -
     await _schedule(rt, vm, who)
     await rt.backups.delete_schedule(vm.id, who)
     return JSONResponse({"status": "success", "message": "Backup schedule deleted", "vm_uuid": vm.uuid})
+
+
+# -- stats and console ---------------------------------------------------------------------
+
+CONSOLE_TICKET_SECONDS = 30
+
+
+@router.get("/api/v1/instances/{instance_id}/stats")
+async def instance_stats(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Measured by the VM's node now; zeros while the instance does not run. Disk and network
+    figures are totals since the VM started (the contract's note), under its field names."""
+    vm = await _instance(rt, instance_id, who)
+    total = vm.ram_mb * 1024 * 1024
+    out: dict[str, Any] = {
+        "instance_id": vm.uuid,
+        "status": wire.POWER_STATUS.get(vm.status, "unknown"),
+        "cpu": {"usage_percent": 0.0, "cores": vm.cpu},
+        "memory": {"used_bytes": 0, "total_bytes": total, "usage_percent": 0.0},
+        "disk": {"read_bytes_sec": 0, "write_bytes_sec": 0},
+        "network": {"in_bytes_sec": 0, "out_bytes_sec": 0},
+        "uptime_seconds": 0,
+    }
+    if vm.status != "running":
+        return JSONResponse(out)
+    try:
+        _vm, s = await rt.guest.stats(vm.id, who)
+    except InvalidState:  # it stopped meanwhile
+        return JSONResponse({**out, "status": "stopped"})
+    total = s.memory_total_mb * 1024 * 1024 or total
+    used = s.memory_mb * 1024 * 1024
+    out.update(
+        {
+            # the core's figure is % of one core; the contract's is of the instance's cores
+            "cpu": {"usage_percent": round(s.cpu_percent / max(vm.cpu, 1), 1), "cores": vm.cpu},
+            "memory": {"used_bytes": used, "total_bytes": total, "usage_percent": round(100 * used / total, 1) if total else 0.0},
+            "disk": {"read_bytes_sec": s.disk_read_bytes, "write_bytes_sec": s.disk_write_bytes},
+            "network": {"in_bytes_sec": s.net_rx_bytes, "out_bytes_sec": s.net_tx_bytes},
+            "uptime_seconds": round(s.uptime_seconds),
+        }
+    )
+    return JSONResponse(out)
+
+
+@router.post("/api/v1/instances/{instance_id}/console")
+async def console_ticket(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """A one-time ticket (30 s) for the serial console: open a WebSocket to `websocket_path`
+    with `?ticket=TICKET` on this host and port."""
+    vm = await _instance(rt, instance_id, who)
+    try:
+        ticket, expires, vm = await rt.guest.console_token(vm.id, who, CONSOLE_TICKET_SECONDS)
+    except InvalidState:
+        raise BlError(400, "invalid_state", "Instance must be running to access console") from None
+    except Conflict as exc:  # the node's driver has no console
+        raise BlError(400, "console_unavailable", exc.message) from None
+    url = request.url
+    return JSONResponse(
+        {
+            "instance_id": vm.uuid,
+            "ticket": ticket,
+            "host": url.hostname,
+            "port": url.port or (443 if url.scheme == "https" else 80),
+            "expires_at": clock.rfc3339(expires),
+            "type": "serial",
+            # under the face's mount point, which a `--face` listener passes through as it is
+            "websocket_path": f"{request.scope.get('root_path', '')}/api/v1/instances/{vm.uuid}/console/ws",
+        }
+    )
+
+
+@open_router.websocket("/api/v1/instances/{instance_id}/console/ws")
+async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -> None:
+    """The serial console, both ways; the ticket is the credential (good once). A refused
+    upgrade answers with an HTTP status and the contract's error shape."""
+    rt = websocket.app.state.rt
+    try:
+        if not ticket:
+            raise BlError(400, "missing_ticket", "the ticket query parameter (from POST …/console) is required")
+        reader, writer = await rt.guest.open_console(instance_id, ticket)
+    except VmplaneError as exc:
+        await websocket.send_denial_response(JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status))
+        return
+    await websocket.accept()
+    await bridge(websocket, reader, writer)
+
+
+# -- billing log ---------------------------------------------------------------------------
+
+
+def _ts(value: Any) -> float:
+    """A datetime from the request as epoch seconds (naive ones are UTC)."""
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+@router.post("/api/v1/instances/log")
+async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """The account's instances billed between start_time and end_time (at most 90 days), with
+    hours and cents from vmplane's usage metering, newest first."""
+    start, end = _ts(body.start_time), _ts(body.end_time)
+    try:
+        report = await rt.billing.report(who, start, end)
+    except InvalidRequest as exc:  # the contract lists 422 only: a bad range is a validation error
+        field = "start_time" if "after" in exc.message else "end_time"
+        return JSONResponse({"detail": [{"loc": ["body", field], "msg": exc.message.replace("end must", "end_time must").replace(" start", " start_time"), "type": "value_error"}]}, status_code=422)
+    off = _offerings(request)
+    nodes = await _nodes(off)
+    vms = {v.id: v for v in await _all_vms(rt, who)}
+    records = []
+    for item in report["items"]:
+        vm = vms.get(item["vmId"])
+        spans = item["spans"]
+        last = spans[-1]
+        first_billed, last_billed = min(sp["from"] for sp in spans), max(sp["to"] for sp in spans)
+        node = nodes.get(vm.node_id) if vm is not None and vm.node_id else None
+        status = "deleted" if vm is None else ("creating" if vm.status == "provisioning" else "rented")
+        deleted_at = last_billed if vm is None and last_billed < report["end"] else None
+        spec = (vm.spec or {}) if vm is not None else {}
+        ip = wire.first_ipv4(vm) if vm is not None else None
+        records.append(
+            {
+                "uuid": vm.uuid if vm is not None else item["vmId"],
+                "name": item["name"],
+                "host_id": off.host_of(node),
+                "vmid": item["vmId"],
+                "status": status,
+                "ip_address": ip,
+                "cpu_cores": last["cpu"],
+                "memory_gb": last["ramMb"] // 1024,
+                "disk_gb": vm.disk_gb if vm is not None else None,
+                "gpu_count": len(spec.get("pciPassthrough") or []),
+                "instance_type": last["instanceType"],
+                "template_name": (spec.get("sourceName") or "").upper() or None,
+                "price_cents_per_hour": last["centsPerHour"],
+                "created_at": clock.rfc3339(vm.created_at) if vm is not None else first_billed,
+                "updated_at": clock.rfc3339(vm.updated_at) if vm is not None else last_billed,
+                "deleted_at": deleted_at,
+                "total_billed_cents": item["costCents"],
+                "total_hours_billed": item["hours"],
+                "first_billed_at": first_billed,
+                "last_billed_at": last_billed,
+            }
+        )
+    records.sort(key=lambda r: r["created_at"], reverse=True)
+    return JSONResponse({"total_records": len(records), "time_range": {"start": report["start"], "end": report["end"]}, "instances": records})

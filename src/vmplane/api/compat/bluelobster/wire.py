@@ -5,6 +5,7 @@ docs/bluelobster.md."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -240,3 +241,8 @@ def backup(row: Row, vm_uuid: str | None = None) -> dict[str, Any]:
         "vm_uuid": vm_uuid,
         "vm_name": row.vm_name,
     }
+
+
+class InstanceLogIn(Body):
+    start_time: datetime
+    end_time: datetime
