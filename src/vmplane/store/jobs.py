@@ -123,10 +123,15 @@ async def claim_tasks(
         select(tasks.c.seq).where(tasks.c.state == TaskState.QUEUED.value, ~earlier).order_by(tasks.c.seq).limit(limit)
     )
     if postgres:
-        candidates = candidates.with_for_update(skip_locked=True)
+        # Picked once, in a materialized CTE: as `seq IN (subquery)` PostgreSQL may rescan the
+        # LIMITed subquery per row and claim far more than `limit` (measured: 50 for 8).
+        picked = candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        which = tasks.c.seq == picked.c.seq
+    else:
+        which = tasks.c.seq.in_(candidates.scalar_subquery())
     stmt = (
         update(tasks)
-        .where(tasks.c.seq.in_(candidates.scalar_subquery()), tasks.c.state == TaskState.QUEUED.value)
+        .where(which, tasks.c.state == TaskState.QUEUED.value)
         .values(
             state=TaskState.RUNNING.value,
             lease_owner=owner,
