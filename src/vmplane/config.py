@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(15.0, gt=0.1)
     """A task whose worker has not renewed its lease for this long is taken over."""
     max_task_attempts: int = Field(3, ge=1)
+    coordination_seconds: float = Field(1.0, gt=0.01, le=60)
+    """PostgreSQL replicas: how often each looks at the others (who leads, who serves which
+    local node); a dead replica's nodes and scheduler are taken over within about this."""
     shutdown_timeout_seconds: float = Field(60.0, ge=0)
     """Graceful shutdown waits this long for the guest, then powers it off."""
 

@@ -11,7 +11,7 @@ from . import clock, ids
 from .config import Settings
 from .domain import NodeStatus, VmStatus
 from .drivers.base import HypervisorDriver, PowerState
-from .drivers.registry import NodeRegistry, build_qemu_driver, build_sim_nodes, pick_driver_kind
+from .drivers.registry import build_qemu_driver, build_sim_nodes, pick_driver_kind
 from .jobs.engine import JobEngine
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
@@ -31,7 +31,9 @@ from .services.networks import NetworkService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
+from .replicas import Replicas, ServedRegistry, assign_node_ids, home_of
 from .store import Store
+from .store.coordination import EVENTS_CHANNEL, STARTUP_KEY, SINGLETON_NS, TASKS_CHANNEL, Coordinator
 from .store import events as ev_q
 from .store import idempotency as idem_q
 from .store import jobs as job_q
@@ -54,15 +56,24 @@ class Runtime:
         self.data_dir = Path(settings.data_dir).resolve()
         self.images_dir = self.data_dir / "images"
         self.store = Store(settings.resolved_database_url())
-        self.registry = NodeRegistry()
+        self.coordinator = Coordinator(self.store.url) if self.store.dialect == "postgresql" else None
+        """PostgreSQL: the session replicas coordinate through (locks, LISTEN/NOTIFY)"""
+        self.replicas = Replicas(self, self.coordinator)
+        self.registry = ServedRegistry(self.replicas)
         self.capacity = Capacity(self.store, settings)
+        self.capacity.scope = self.replicas.placement_scope
         self.engine = JobEngine(self.store, settings, all_handlers(), self)
+        self.engine.not_here = self.replicas.not_here
         self.vms = VmService(self)
         self.templates = TemplateService(self)
         self.jobs = JobService(self)
         self.cluster = ClusterService(self)
         self.guest = GuestService(self)
         self.events = EventBus(self.store)
+        if self.coordinator is not None:  # work and events of the other replicas, the moment they commit
+            self.coordinator.listen(EVENTS_CHANNEL, self.events.poke)
+            self.coordinator.listen(TASKS_CHANNEL, self.engine.wakeup)
+            self.coordinator.on_connected += [self.events.poke, self.engine.wakeup]
         self.schedules = ScheduleService(self)
         self.tenancy = TenancyService(self)
         self.billing = Billing(self)
@@ -155,6 +166,28 @@ class Runtime:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.images_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
+        if self.coordinator is not None:
+            await self.coordinator.open()
+            async with self.coordinator.locked(SINGLETON_NS, STARTUP_KEY):  # replicas start one at a time
+                local = await self._prepare_store()
+        else:
+            local = await self._prepare_store()
+        for node_id, driver in local:
+            self.registry.add(node_id, driver)
+        await self.events.start()
+        await self.replicas.start(local, home_of(self.data_dir))
+        if any(d.capabilities.kind == "qemu" for _, d in local):
+            await self._register_tiny_template()
+        await self.engine.start()
+        await self.webhook_delivery.start()
+        await self.schedules.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
+        self.ready = True
+        log.info("vmplane ready: serving %d node(s), store %s", len(self.replicas.serving), self.store.dialect)
+
+    async def _prepare_store(self) -> list[tuple[str, HypervisorDriver]]:
+        """Facts of the installation, the bootstrap organization, usage counters; returns
+        this process's local nodes (ids assigned per data dir when replicas share the store)."""
         now = clock.now()
         async with self.store.write() as conn:
             await meta_q.ensure(conn, "cluster_id", ids.new_id("cluster"))
@@ -163,51 +196,44 @@ class Runtime:
         await self.networks.ensure_default()
         if key_file:
             log.warning("created the owner API key of the bootstrap organization: %s (mode 0600)", key_file)
-        for node_id, driver in await self._build_nodes():
-            self.registry.add(node_id, driver)
-        await self.registry.open_all()
-        rows = []
-        for node_id, driver in self.registry.items():
-            info = await driver.node_info()
-            rows.append(
-                {
-                    "id": node_id,
-                    "hostname": info.hostname,
-                    "driver": driver.capabilities.kind,
-                    "status": NodeStatus.ONLINE.value,
-                    "cpu_total": info.cpu,
-                    "ram_mb_total": info.ram_mb,
-                    "disk_gb_total": info.disk_gb,
-                    "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
-                    "pci_devices": [d.to_wire() for d in info.pci_devices],
-                    "created_at": now,
-                    "updated_at": now,
-                    "heartbeat_at": now,
-                }
-            )
-        await self.events.start()
+        local = await self._build_nodes()
         async with self.store.write() as conn:
-            for row in rows:
-                await node_q.upsert_node(conn, row)
-            await ev_q.emit_many(conn, [("node.online", r["id"], {"id": r["id"], "hostname": r["hostname"], "driver": r["driver"]}, None) for r in rows])
+            if self.coordinator is not None and self._nodes is None:
+                assigned = await assign_node_ids(conn, home_of(self.data_dir), [n for n, _ in local])
+                local = [(node_id, driver) for node_id, (_, driver) in zip(assigned, local)]
             await node_q.recompute_usage(conn, now)
-        if any(d.capabilities.kind == "qemu" for _, d in self.registry.items()):
-            await self._register_tiny_template()
-        await self.reconcile()
-        await self.engine.start()
-        await self.webhook_delivery.start()
-        await self.schedules.start()
-        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
-        self.ready = True
-        log.info("vmplane ready: %d node(s), store %s", len(rows), self.store.dialect)
+        return local
 
-    async def reconcile(self) -> None:
+    async def register_node(self, node_id: str, driver: HypervisorDriver) -> None:
+        """Record a node this process now serves (capacity, labels) and announce it."""
+        now = clock.now()
+        info = await driver.node_info()
+        row = {
+            "id": node_id,
+            "hostname": info.hostname,
+            "driver": driver.capabilities.kind,
+            "status": NodeStatus.ONLINE.value,
+            "cpu_total": info.cpu,
+            "ram_mb_total": info.ram_mb,
+            "disk_gb_total": info.disk_gb,
+            "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
+            "pci_devices": [d.to_wire() for d in info.pci_devices],
+            "created_at": now,
+            "updated_at": now,
+            "heartbeat_at": now,
+        }
+        async with self.store.write() as conn:
+            await node_q.upsert_node(conn, row)
+            await ev_q.emit(conn, "node.online", node_id, {"id": node_id, "hostname": row["hostname"], "driver": row["driver"]}, None)
+        self.capacity.invalidate()
+
+    async def reconcile(self, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> None:
         """Bring stored VM states in line with what each hypervisor reports (VMs outlive us).
 
-        VMs with work queued or running are left to that work.
+        VMs with work queued or running are left to that work. `nodes`: only these.
         """
         now = clock.now()
-        for node_id, driver in self.registry.items():
+        for node_id, driver in self.registry.items() if nodes is None else nodes:
             actual = {r.vm_id: r for r in await driver.list_vms()}
             async with self.store.read() as conn:
                 rows = await vm_q.vms_on_node(conn, node_id)
@@ -240,13 +266,15 @@ class Runtime:
         return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}"}
 
     async def _maintain(self) -> None:
-        """Housekeeping every minute: event retention, expired idempotency keys."""
+        """Housekeeping every minute: event retention, expired idempotency keys (by the
+        leading replica), this process's API key use."""
         while True:
             try:
                 now = clock.now()
-                async with self.store.write() as conn:
-                    await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
-                    await idem_q.forget_older_than(conn, now - 86400)
+                if self.replicas.leader:
+                    async with self.store.write() as conn:
+                        await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
+                        await idem_q.forget_older_than(conn, now - 86400)
                 await self.tenancy.flush_key_use()
             except Exception:
                 log.exception("housekeeping failed")
@@ -261,5 +289,7 @@ class Runtime:
         await self.engine.stop()
         await self.webhook_delivery.stop()
         await self.events.stop()
-        await self.registry.close_all()
+        await self.replicas.stop()
+        if self.coordinator is not None:
+            await self.coordinator.close()
         await self.store.close()

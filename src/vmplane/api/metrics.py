@@ -61,6 +61,11 @@ class Metrics:
             g.add_metric([state], n)
         yield g
         yield GaugeMetricFamily("vmplane_workers_running", "Tasks this process is running now", value=self.rt.engine.running_count)
+        yield GaugeMetricFamily("vmplane_replica_leader", "1 if this process runs the cron scheduler and housekeeping", value=float(self.rt.replicas.leader))
+        g = GaugeMetricFamily("vmplane_node_served", "Local nodes this process serves now (1), or is handing over (0)", labels=["node"])
+        for node_id in sorted(self.rt.replicas.serving):
+            g.add_metric([node_id], 0.0 if node_id in self.rt.replicas.draining else 1.0)
+        yield g
         g = GaugeMetricFamily("vmplane_vms", "VMs by status and node", labels=["status", "node"])
         for (status, node), n in sorted(s.get("vms", {}).items(), key=str):
             g.add_metric([status, node or ""], n)

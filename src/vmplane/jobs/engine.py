@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Collection, Protocol
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,6 +24,11 @@ from ..store import Store
 from ..store import jobs as q
 
 log = logging.getLogger("vmplane.jobs")
+
+
+class HandOff(Exception):
+    """Raised by a handler whose task must run in another replica (the one serving the node
+    the work landed on): the task goes back to the queue, and this attempt does not count."""
 
 
 class TaskContext:
@@ -118,6 +123,8 @@ class JobEngine:
         self._running: dict[str, tuple[asyncio.Task[None], TaskContext]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.not_here: Callable[[], Collection[str]] = lambda: ()
+        """Nodes whose tasks this process must not claim (another replica serves them)."""
 
     # -- submission --------------------------------------------------------------------
 
@@ -238,6 +245,7 @@ class JobEngine:
                                 lease_until=now + self.settings.lease_seconds,
                                 now=now,
                                 postgres=self.store.dialect == "postgresql",
+                                not_on=self.not_here(),
                             )
                         )
                 except Exception:  # the store may be briefly unavailable; try again shortly
@@ -287,6 +295,10 @@ class JobEngine:
                 if ctx.resumed:
                     ctx.log(f"resuming after an interruption (attempt {ctx.attempt})")
                 await handler.run(ctx)
+            except HandOff as exc:
+                ctx.log(f"handed over to another replica: {exc}")
+                await asyncio.shield(self._release(ctx, handed_off=True))
+                return
             except asyncio.CancelledError:
                 if not ctx.cancel_requested:
                     raise  # the engine is stopping: leave the task for another worker
@@ -341,13 +353,17 @@ class JobEngine:
         if job is None:
             log.warning("task %s finished after its lease passed to another worker", ctx.task_id)
 
-    async def _release(self, ctx: TaskContext) -> None:
-        """Hand a task back to the queue at shutdown so the next worker resumes it."""
+    async def _release(self, ctx: TaskContext, handed_off: bool = False) -> None:
+        """Hand a task back to the queue (at shutdown, or for another replica to run)."""
         async with self.store.write() as conn:
             await q.append_logs(conn, ctx.take_logs())
             row = await q.get_task(conn, ctx.job_id, ctx.task_id)
             if row is not None and row.lease_owner == self.owner:
-                await q.requeue_task(conn, row, clock.now())
+                await q.requeue_task(conn, row, clock.now(), handed_off=handed_off)
+
+    def running_resources(self) -> dict[str, str]:
+        """{task id: resource id} of the tasks this process is running now."""
+        return {task_id: ctx.resource_id for task_id, (_, ctx) in self._running.items()}
 
     @property
     def running_count(self) -> int:

@@ -1,7 +1,7 @@
 """Resource claims on nodes: placement over a cached view of usage, claims made atomic by
 conditional updates in the store (so concurrent creates can never overcommit a node)."""
 
-from typing import Collection
+from typing import Callable, Collection
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock
 from ..config import Settings
 from ..domain import NodeStatus
-from ..errors import InvalidRequest, NoCapacity
+from ..errors import InvalidRequest, NoCapacity, NotFound
 from ..pci import PciDevice
 from ..placement import Demand, NodeUsage, Policy, choose_node, pick_devices
 from ..store import Store
@@ -53,6 +53,9 @@ class Capacity:
         self.ratios = (settings.cpu_overcommit, settings.ram_overcommit, settings.disk_overcommit)
         self._cache: dict[str, NodeUsage] = {}
         self._loaded_at = 0.0
+        self.scope: Callable[[], tuple[set[str], set[str]]] | None = None
+        """With several replicas: (nodes to avoid, nodes to avoid even when nothing else fits);
+        see Replicas.placement_scope."""
 
     async def _refresh(self, conn: AsyncConnection) -> None:
         """Reload usage through the caller's connection (a second one could deadlock a full pool)."""
@@ -80,12 +83,12 @@ class Capacity:
             if fresh:
                 await self._refresh(conn)
             try:
-                node = choose_node(demand, self._cache.values(), self.policy)
+                node = self._choose(demand)
             except NoCapacity:
                 if fresh:
                     raise
                 await self._refresh(conn)  # the cache may be behind (e.g. devices given back)
-                node = choose_node(demand, self._cache.values(), self.policy)
+                node = self._choose(demand)
             if not await node_q.claim(conn, node.id, demand.cpu, demand.ram_mb, demand.disk_gb, self.ratios, clock.now()):
                 continue
             devices = pick_devices(demand.pci, node.devices) if demand.pci else []
@@ -95,6 +98,17 @@ class Capacity:
             self._adjust(node.id, demand.cpu, demand.ram_mb, demand.disk_gb, devices)
             return node.id
         raise NoCapacity("could not claim capacity: nodes keep filling up; try again")
+
+    def _choose(self, demand: Demand) -> NodeUsage:
+        """Placement over the nodes this process serves (and nodes no replica holds, such as
+        remote ones); over those another replica serves only if nothing else fits."""
+        avoid, last_resort = self.scope() if self.scope is not None else (set(), set())
+        if not avoid:
+            return choose_node(demand, self._cache.values(), self.policy)
+        try:
+            return choose_node(demand, [n for n in self._cache.values() if n.id not in avoid], self.policy)
+        except (NoCapacity, NotFound):
+            return choose_node(demand, [n for n in self._cache.values() if n.id not in last_resort], self.policy)
 
     async def check(self, demand: Demand) -> None:
         """Raise NoCapacity (naming what is short) unless some node could take `demand` now,

@@ -2,9 +2,10 @@
 the identity of the schedule's owner, and the scheduler that fires them.
 
 Exactly one run per due time, however many schedulers share the store: a scheduler runs a
-due time only after moving `next_run` past it with a compare-and-set. After downtime there is
-no burst of missed runs: the misfire policy runs the schedule once (`run_once`) or not at
-all (`skip`), then carries on from the next time in the future.
+due time only after moving `next_run` past it with a compare-and-set. After downtime there
+is no burst of missed runs: the misfire policy runs the schedule once (`run_once`) or not at
+all (`skip`), then carries on from the next time in the future. With several replicas only
+the leader (see replicas.py) runs the scheduler; another takes over if it dies.
 """
 
 from __future__ import annotations
@@ -135,10 +136,15 @@ class ScheduleService:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def wake(self) -> None:
+        """Look at the timetable now (a schedule changed, or this replica became the leader)."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
             try:
-                await self.tick()
+                if self.rt.replicas.leader:  # one scheduler at a time across replicas
+                    await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:

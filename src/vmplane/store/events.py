@@ -7,6 +7,7 @@ from sqlalchemy import Row, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock
+from .coordination import EVENTS_CHANNEL, notify
 from .db import EVENTS_FLAG
 from .tables import events
 
@@ -41,6 +42,7 @@ async def flush(conn: AsyncConnection) -> bool:
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENT_ORDER_LOCK})
     await conn.execute(insert(events), rows)
+    await notify(conn, EVENTS_CHANNEL)  # wakes the event bus of every replica at commit
     return True
 
 

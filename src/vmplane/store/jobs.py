@@ -1,13 +1,14 @@
 """SQL for jobs, tasks and task logs: submission, claiming with leases, completion, cancel."""
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from sqlalchemy import Row, and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import JobState, TaskState, job_final_state, job_progress
 from . import events as ev_q
-from .tables import jobs, task_logs, tasks
+from .coordination import TASKS_CHANNEL, notify
+from .tables import jobs, snapshots, task_logs, tasks, vms
 
 FINAL_EVENT = {"succeeded": "job.completed", "partial": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
 
@@ -56,6 +57,8 @@ async def insert_job(conn: AsyncConnection, job: dict[str, Any], task_rows: list
     data = {"id": job["id"], "type": job["type"], "state": job["state"], "progress": 0, "total": job["total"],
             "succeeded": 0, "failed": 0, "cancelled": 0, "createdBy": job["created_by"]}  # fmt: skip
     await ev_q.emit(conn, "job.submitted", job["id"], data, job["org_id"])
+    if task_rows:
+        await notify(conn, TASKS_CHANNEL)  # idle replicas claim at once, not at their next poll
 
 
 async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
@@ -106,12 +109,21 @@ async def active_task_for(conn: AsyncConnection, resource_ids: Sequence[str]) ->
 
 
 async def claim_tasks(
-    conn: AsyncConnection, *, owner: str, limit: int, lease_until: float, now: float, postgres: bool
+    conn: AsyncConnection,
+    *,
+    owner: str,
+    limit: int,
+    lease_until: float,
+    now: float,
+    postgres: bool,
+    not_on: Collection[str] = (),
 ) -> Sequence[Row]:
     """Mark up to `limit` queued tasks as running under `owner`'s lease and return them.
 
     A task is runnable only when no earlier task on the same resource is queued or running,
-    so the operations on one VM happen in the order they were asked for.
+    so the operations on one VM happen in the order they were asked for. Tasks whose VM or
+    snapshot is on a node in `not_on` (nodes another replica serves) are left for others;
+    so is a create that names such a node.
     """
     t2 = tasks.alias("t2")
     earlier = (
@@ -119,9 +131,17 @@ async def claim_tasks(
         .where(t2.c.resource_id == tasks.c.resource_id, t2.c.state.in_(ACTIVE), t2.c.seq < tasks.c.seq)
         .exists()
     )
-    candidates = (
-        select(tasks.c.seq).where(tasks.c.state == TaskState.QUEUED.value, ~earlier).order_by(tasks.c.seq).limit(limit)
-    )
+    candidates = select(tasks.c.seq).where(tasks.c.state == TaskState.QUEUED.value, ~earlier)
+    if not_on:
+        elsewhere = list(not_on)
+        vm_elsewhere = (
+            select(vms.c.id)
+            .where(vms.c.id == tasks.c.resource_id, func.coalesce(vms.c.node_id, vms.c.spec["nodeId"].as_string()).in_(elsewhere))
+            .exists()
+        )
+        snap_elsewhere = select(snapshots.c.id).where(snapshots.c.id == tasks.c.resource_id, snapshots.c.node_id.in_(elsewhere)).exists()
+        candidates = candidates.where(~vm_elsewhere, ~snap_elsewhere)
+    candidates = candidates.order_by(tasks.c.seq).limit(limit)
     if postgres:
         # Picked once, in a materialized CTE: as `seq IN (subquery)` PostgreSQL may rescan the
         # LIMITed subquery per row and claim far more than `limit` (measured: 50 for 8).
@@ -272,15 +292,20 @@ async def expired_tasks(conn: AsyncConnection, *, now: float, any_owner_but: str
     return (await conn.execute(q)).all()
 
 
-async def requeue_task(conn: AsyncConnection, task: Row, now: float) -> bool:
-    """Put an orphaned running task back in the queue so a worker resumes it."""
+async def requeue_task(conn: AsyncConnection, task: Row, now: float, *, handed_off: bool = False) -> bool:
+    """Put an orphaned running task back in the queue so a worker resumes it. `handed_off`:
+    the worker gave it to another replica on purpose; that attempt does not count."""
+    values: dict[str, Any] = {"state": TaskState.QUEUED.value, "lease_owner": None, "lease_expires": None, "progress": 0}
+    if handed_off:
+        values["attempts"] = tasks.c.attempts - 1
     res = await conn.execute(
         update(tasks)
         .where(tasks.c.id == task.id, tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_owner == task.lease_owner)
-        .values(state=TaskState.QUEUED.value, lease_owner=None, lease_expires=None, progress=0)
+        .values(**values)
     )
     if res.rowcount != 1:
         return False
+    await notify(conn, TASKS_CHANNEL)
     await conn.execute(
         update(jobs).where(jobs.c.id == task.job_id).values(progress_sum=jobs.c.progress_sum - task.progress, updated_at=now)
     )

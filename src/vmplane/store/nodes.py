@@ -75,7 +75,14 @@ async def release(conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, di
 
 
 async def recompute_usage(conn: AsyncConnection, now: float) -> None:
-    """Set every node's `*_used` to the sum of what the VMs placed on it hold."""
+    """Set every node's `*_used` to the sum of what the VMs placed on it hold.
+
+    On PostgreSQL the node rows are locked first: claims in flight on other replicas commit
+    before the sums are read (each statement sees what is committed when it starts), and
+    new ones wait, so no claim is counted twice or lost.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(nodes.c.id).order_by(nodes.c.id).with_for_update())
     sums = {
         r.node_id: r
         for r in (

@@ -12,7 +12,7 @@ from ...store import networks as net_q
 from ...store import snapshots as snap_q
 from ...store import usage as usage_q
 from ...store import vms as vm_q
-from ..engine import TaskContext
+from ..engine import HandOff, TaskContext
 from .base import BaseHandler, load_vm, vm_spec
 from .images import ensure_image
 
@@ -44,6 +44,8 @@ class VmCreate(BaseHandler):
                 status = VmStatus.STARTING if start else VmStatus.PROVISIONING
                 await vm_q.set_status(conn, vm.id, status.value, node_id=node_id, updated_at=clock.now())
             await ctx.progress(20, f"placed on {node_id}")
+        if not rt.replicas.runs_here(node_id):
+            raise HandOff(f"{node_id} is served by another replica")
         driver = rt.registry.driver(node_id)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
         if vm.snapshot_id is not None:  # a copy-on-write clone of the snapshot's disk
