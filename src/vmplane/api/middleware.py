@@ -84,9 +84,16 @@ def caller_of(scope: Scope) -> str:
 
 class Idempotency:
     """A POST with `Idempotency-Key` is answered once; the same key from the same caller gets
-    the first response again (24 h). The same key with a different request gets 409."""
+    the first response again (24 h). The same key with a different request gets 409.
+
+    The key is reserved in the store (a row with status 0) before the request runs, so two
+    replicas given the same key at once run it once: the second waits for the first's
+    answer and replays it. A reservation left by a replica that died mid-request lapses
+    after IN_FLIGHT seconds."""
 
     TTL = 24 * 3600
+    IN_FLIGHT = 60.0
+    PENDING = 0
 
     def __init__(self, app: ASGIApp, store: Store) -> None:
         self.app = app
@@ -104,12 +111,11 @@ class Idempotency:
         body = scope.get("state", {}).get("raw_body", b"")
         digest = hashlib.sha256(scope["path"].encode() + b"\0" + scope.get("query_string", b"") + b"\0" + body).hexdigest()
         caller = caller_of(scope)
-        lock = self._locks.setdefault((caller, key), asyncio.Lock())
+        lock = self._locks.setdefault((caller, key), asyncio.Lock())  # same process: no polling
         try:
             async with lock:
-                async with self.store.read() as conn:
-                    found = await idem_q.lookup(conn, caller, key)
-                if found is not None and found.created_at > clock.now() - self.TTL:
+                found = await self._reserve(caller, key, digest)
+                if found is not None:
                     if found.request_hash != digest:
                         return await send_json(send, 409, {"error": "this Idempotency-Key was used with a different request", "code": "idempotency_conflict", "details": {}})
                     headers = [(k.encode(), v.encode()) for k, v in found.headers] + [(b"idempotent-replayed", b"true")]
@@ -126,23 +132,45 @@ class Idempotency:
                         captured["body"] += message.get("body", b"")
                     await send(message)
 
-                await self.app(scope, receive, capture)
-                if captured.get("status", 500) < 500:
-                    async with self.store.write() as conn:
-                        if found is not None:  # an expired record of this key: replace it
+                done = False
+                try:
+                    await self.app(scope, receive, capture)
+                    if captured.get("status", 500) < 500:
+                        async with self.store.write() as conn:
+                            await idem_q.complete(
+                                conn,
+                                caller,
+                                key,
+                                status_code=captured["status"],
+                                headers=[h for h in captured["headers"] if h[0].lower() != "content-length"],
+                                body=captured["body"].decode("utf-8", "replace"),
+                            )
+                        done = True
+                finally:
+                    if not done:  # no answer worth replaying: the key is free again
+                        async with self.store.write() as conn:
                             await idem_q.forget(conn, caller, key)
-                        await idem_q.remember(
-                            conn,
-                            {
-                                "caller": caller,
-                                "key": key,
-                                "request_hash": digest,
-                                "status_code": captured["status"],
-                                "headers": [h for h in captured["headers"] if h[0].lower() != "content-length"],
-                                "body": captured["body"].decode("utf-8", "replace"),
-                                "created_at": clock.now(),
-                            },
-                        )
         finally:
             if not lock.locked():
                 self._locks.pop((caller, key), None)
+
+    async def _reserve(self, caller: str, key: str, digest: str) -> Any:
+        """None once this request holds the key; else the stored answer to replay (or to
+        refuse, if its request differs), after waiting for a request still running with it."""
+        while True:
+            now = clock.now()
+            async with self.store.write() as conn:
+                found = await idem_q.lookup(conn, caller, key)
+                stale = found is not None and (
+                    found.created_at <= now - self.TTL or (found.status_code == self.PENDING and found.created_at < now - self.IN_FLIGHT)
+                )
+                if stale:
+                    await idem_q.forget(conn, caller, key)
+                if found is None or stale:
+                    row = {"caller": caller, "key": key, "request_hash": digest, "status_code": self.PENDING, "headers": [], "body": "", "created_at": now}
+                    if await idem_q.remember(conn, row):
+                        return None
+                    continue  # another replica reserved it just now
+            if found.status_code != self.PENDING or found.request_hash != digest:
+                return found
+            await asyncio.sleep(0.05)  # the same request is running on another replica

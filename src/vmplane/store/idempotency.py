@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,6 +22,15 @@ async def remember(conn: AsyncConnection, row: dict[str, Any]) -> bool:
     except IntegrityError:
         return False
     return True
+
+
+async def complete(conn: AsyncConnection, caller: str, key: str, *, status_code: int, headers: list, body: str) -> None:
+    """Fill in the response of a key reserved (with status 0) while its request ran."""
+    await conn.execute(
+        update(idempotency_keys)
+        .where(idempotency_keys.c.caller == caller, idempotency_keys.c.key == key)
+        .values(status_code=status_code, headers=headers, body=body)
+    )
 
 
 async def forget_older_than(conn: AsyncConnection, before: float) -> None:
