@@ -569,3 +569,51 @@ async def test_billing_log(bl: tuple[Server, httpx.AsyncClient]) -> None:
     r = await call(c, "POST", "/api/v1/instances/log", json={"start_time": iso(now), "end_time": iso(now - 60)}, expect=422)
     await call(c, "POST", "/api/v1/instances/log", json={"start_time": "yesterday", "end_time": iso(now)}, expect=422)
     assert (await call(c, "POST", "/api/v1/instances/log", json={"start_time": iso(now - 7200), "end_time": iso(now - 3600)}))["instances"] == []
+
+
+async def test_teams_assign_remove_list(bl: tuple[Server, httpx.AsyncClient]) -> None:
+    s, c = bl
+    vm, _ = await launch(c, name="tm-1")
+    a = {"instance_id": vm}
+    team = (await s.client.post("/api/v1/teams", json={"name": "green"})).json()
+    for user, role in (("gil", "member"), ("ada", "admin")):
+        assert (await s.client.post("/api/v1/users", json={"name": user, "role": role})).status_code == 201
+    team_key = (await s.client.post("/api/v1/api-keys", json={"name": "t", "userId": "gil", "teamId": "green"})).json()["key"]
+    member_key = (await s.client.post("/api/v1/api-keys", json={"name": "m", "userId": "gil"})).json()["key"]
+    admin_key = (await s.client.post("/api/v1/api-keys", json={"name": "a", "userId": "ada"})).json()["key"]
+    tc, mc, ac = (httpx.AsyncClient(base_url=s.url + P, headers={"X-API-Key": k}, timeout=30) for k in (team_key, member_key, admin_key))
+    try:
+        path = "/api/v1/instances/{instance_id}/team"
+        assert await call(tc, "GET", "/api/v1/instances") == []
+        # members cannot move VMs between teams; admins and owners can
+        assert (await call(mc, "PUT", path, path_args=a, json={"team_id": "green"}, expect=403))["error"] == "forbidden"
+        r = await call(ac, "PUT", path, path_args=a, json={"team_id": "green"})
+        assert r == {"status": "success", "message": "Instance assigned to team", "instance_id": vm, "team_id": team["id"], "team_name": "green"}
+        assert [v["uuid"] for v in await call(tc, "GET", "/api/v1/instances")] == [vm]  # the team's key sees it now
+        details = await call(c, "GET", "/api/v1/instances/{instance_id}", path_args=a)
+        assert (details["team_id"], details["team_name"]) == (team["id"], "green")
+        listed = await call(tc, "GET", "/api/v1/teams/{team_id}/instances", path_args={"team_id": team["id"]})
+        assert listed["team_name"] == "green" and [v["uuid"] for v in listed["instances"]] == [vm] and listed["total"] == 1
+        assert (await call(c, "GET", "/api/v1/teams/{team_id}/instances", path_args={"team_id": "green"}))["total"] == 1
+        # a team key cannot move VMs, nor see another team
+        await call(tc, "DELETE", path, path_args=a, expect=403)
+        (await s.client.post("/api/v1/teams", json={"name": "red"})).json()
+        await call(tc, "GET", "/api/v1/teams/{team_id}/instances", path_args={"team_id": "red"}, expect=403)
+        assert (await call(c, "GET", "/api/v1/teams/{team_id}/instances", path_args={"team_id": "team-nope"}, expect=404))["error"] == "team_not_found"
+        assert (await call(c, "PUT", path, path_args=a, json={"team_id": "team-nope"}, expect=404))["error"] == "team_not_found"
+        await call(c, "PUT", path, path_args=a, json={}, expect=422)
+        r = await call(c, "DELETE", path, path_args=a)
+        assert r["message"] == "Instance removed from team" and r["team_id"] is None
+        assert await call(tc, "GET", "/api/v1/instances") == []
+        assert (await call(c, "GET", "/api/v1/teams/{team_id}/instances", path_args={"team_id": "green"}))["instances"] == []
+        nf = {"instance_id": "3f2b1c4d-0000-4000-8000-000000000000"}
+        await call(c, "PUT", path, path_args=nf, json={"team_id": "green"}, expect=404)
+        await call(c, "DELETE", path, path_args=nf, expect=404)
+        # the native API moves VMs too
+        r = await s.client.put(f"/api/v1/vms/{vm}/team", json={"teamId": "green"})
+        assert r.status_code == 200, r.text
+        assert (await call(c, "GET", "/api/v1/instances/{instance_id}", path_args=a))["team_name"] == "green"
+        assert (await s.client_with(member_key).put(f"/api/v1/vms/{vm}/team", json={"teamId": None})).status_code == 403
+    finally:
+        for client in (tc, mc, ac):
+            await client.aclose()

@@ -18,6 +18,7 @@ from ..domain import NodeStatus
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q
 from ..store import tenancy as t_q
+from ..store import vms as vm_q
 from .vms import check_name
 
 log = logging.getLogger("vmplane.auth")
@@ -258,6 +259,30 @@ class TenancyService:
         if who.team_id is not None and team.id != who.team_id:
             raise Forbidden("a team-scoped credential can only use its own team")
         return team.id
+
+    async def team(self, who: Principal, team_ref: str) -> Row:
+        """A team of the caller's organization by id or name (a team-scoped credential sees
+        only its own team: another is Forbidden)."""
+        async with self.rt.store.read() as conn:
+            team = await t_q.get_team(conn, who.org_id, team_ref)
+        if team is None:
+            raise NotFound(f"team {team_ref} does not exist")
+        if who.team_id is not None and team.id != who.team_id:
+            raise Forbidden("a team-scoped credential can only see its own team")
+        return team
+
+    async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Row, Row | None]:
+        """Put a VM in a team (None: in no team, visible to organization-wide credentials
+        only). Owners and admins, with a credential of the whole organization (a team-scoped
+        one could move VMs out of its own reach). Returns the VM and its team."""
+        vm = await self.rt.vms.get(vm_ref, who)
+        require(who, Role.ADMIN, "move VMs between teams")
+        if who.team_id is not None:
+            raise Forbidden("a team-scoped credential cannot move VMs between teams")
+        team = await self.team(who, team_ref) if team_ref is not None else None
+        async with self.rt.store.write() as conn:
+            await vm_q.set_vm(conn, vm.id, team_id=team.id if team is not None else None, updated_at=clock.now())
+        return await self.rt.vms.get(vm.id, who), team
 
     # -- organizations and quotas --------------------------------------------------------
 

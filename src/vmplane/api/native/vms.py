@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ... import clock
 from ...domain import Resources
@@ -149,3 +149,15 @@ _power("stop", "Hard power-off")
 _power("shutdown", "Graceful shutdown (ACPI), then power-off after the timeout")
 _power("reboot", "Reboot the guest")
 _power("power-cycle", "Hard reset")
+
+
+class VmTeamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    teamId: str | None = Field(..., max_length=64, description="a team's id or name; null: no team")
+
+
+@router.put("/vms/{vm_id}/team", response_model=VmOut, responses=ERRORS)
+async def set_vm_team(vm_id: str, body: VmTeamIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Move a VM into a team, or out of any (owners and admins, organization-wide credentials)."""
+    vm, _team = await rt.tenancy.set_vm_team(who, vm_id, body.teamId)
+    return JSONResponse(render.vm(vm, clock.now()))

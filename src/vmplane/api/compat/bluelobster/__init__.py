@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -37,10 +38,12 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method the face serves at the request's path."""
     path, root = request.scope["path"], request.scope.get("root_path", "")
     path = path[len(root) :] if root and path.startswith(root) else path
+    matching = [r for r in (*open_router.routes, *router.routes) if isinstance(r, APIRoute) and r.path_regex.match(path)]
+    # a fixed path (/api/v1/instances/available) is that resource, not an {instance_id}
+    fixed = [r for r in matching if "{" not in r.path]
     methods: set[str] = set()
-    for route in (*open_router.routes, *router.routes):
-        if isinstance(route, APIRoute) and route.path_regex.match(path):
-            methods |= route.methods
+    for route in fixed or matching:
+        methods |= route.methods
     return sorted(methods)
 
 
@@ -72,7 +75,8 @@ def build(rt: Any) -> FastAPI:
         for e in errors:  # ctx may hold an exception object: keep it printable
             if "ctx" in e:
                 e["ctx"] = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in e["ctx"].items()}
-        return JSONResponse({"detail": errors}, status_code=422)
+        # as FastAPI's own handler: the input may be bytes (a body that is not JSON)
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:

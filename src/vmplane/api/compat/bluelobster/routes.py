@@ -59,9 +59,16 @@ def _price(off: Offerings, row: Row) -> int | None:
     return t.price_cents_per_hour if t is not None else None
 
 
-def _render(off: Offerings, row: Row, nodes: dict[str, Row]) -> dict[str, Any]:
+def _render(off: Offerings, row: Row, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
     node = nodes.get(row.node_id) if row.node_id else None
-    return wire.instance(row, node, off.region_of(node), off.host_of(node), _price(off, row))
+    out = wire.instance(row, node, off.region_of(node), off.host_of(node), _price(off, row))
+    if teams and row.team_id:
+        out["team_name"] = teams.get(row.team_id)
+    return out
+
+
+async def _team_names(rt: Any, who: Principal) -> dict[str, str]:
+    return {t.id: t.name for t in await rt.tenancy.teams(who)}
 
 
 async def _host(off: Offerings, row: Row) -> str | None:
@@ -344,13 +351,14 @@ async def list_instances(request: Request, rt: RuntimeDep, who: CallerDep) -> JS
     off = _offerings(request)
     nodes = await _nodes(off)
     rows = sorted(await _all_vms(rt, who), key=lambda r: (r.created_at, r.seq), reverse=True)
-    return JSONResponse([_render(off, r, nodes) for r in rows])
+    teams = await _team_names(rt, who)
+    return JSONResponse([_render(off, r, nodes, teams) for r in rows])
 
 
 @router.get("/api/v1/instances/{instance_id}")
 async def get_instance(instance_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     off = _offerings(request)
-    return JSONResponse(_render(off, await _instance(rt, instance_id, who), await _nodes(off)))
+    return JSONResponse(_render(off, await _instance(rt, instance_id, who), await _nodes(off), await _team_names(rt, who)))
 
 
 async def _wait(rt: Any, job_id: str) -> tuple[Row, Sequence[Row]]:
@@ -926,3 +934,43 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
         )
     records.sort(key=lambda r: r["created_at"], reverse=True)
     return JSONResponse({"total_records": len(records), "time_range": {"start": report["start"], "end": report["end"]}, "instances": records})
+
+
+# -- teams ---------------------------------------------------------------------------------
+
+
+async def _team(rt: Any, team_id: str, who: Principal) -> Row:
+    try:
+        return await rt.tenancy.team(who, team_id)
+    except NotFound:
+        raise BlError(404, "team_not_found", f"Team {team_id} not found") from None
+
+
+@router.put("/api/v1/instances/{instance_id}/team")
+async def assign_team(instance_id: str, body: wire.TeamAssignIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Owners and admins put an instance in a team (team-scoped keys then see it)."""
+    vm = await _instance(rt, instance_id, who)
+    await _team(rt, body.team_id, who)
+    vm, team = await rt.tenancy.set_vm_team(who, vm.id, body.team_id)
+    return JSONResponse(
+        {"status": "success", "message": "Instance assigned to team", "instance_id": vm.uuid, "team_id": team.id, "team_name": team.name}
+    )
+
+
+@router.delete("/api/v1/instances/{instance_id}/team")
+async def remove_team(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Owners and admins take an instance out of its team."""
+    vm = await _instance(rt, instance_id, who)
+    vm, _ = await rt.tenancy.set_vm_team(who, vm.id, None)
+    return JSONResponse({"status": "success", "message": "Instance removed from team", "instance_id": vm.uuid, "team_id": None})
+
+
+@router.get("/api/v1/teams/{team_id}/instances")
+async def team_instances(team_id: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """The instances of a team of the account (a team-scoped key: only its own team)."""
+    team = await _team(rt, team_id, who)
+    off = _offerings(request)
+    nodes = await _nodes(off)
+    rows = sorted((r for r in await _all_vms(rt, who) if r.team_id == team.id), key=lambda r: (r.created_at, r.seq), reverse=True)
+    out = [{**_render(off, r, nodes), "team_name": team.name} for r in rows]
+    return JSONResponse({"team_id": team.id, "team_name": team.name, "instances": out, "total": len(out)})

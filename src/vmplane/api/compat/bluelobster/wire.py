@@ -8,7 +8,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from sqlalchemy import Row
 
 from .... import clock
@@ -83,15 +83,15 @@ class LaunchInstanceIn(Body):
 class LaunchCustomIn(Body):
     name: str = Field(min_length=1, max_length=64, pattern=INSTANCE_NAME)
     instance_type: str
-    price_cents_per_hour: int | None = None
+    price_cents_per_hour: StrictInt | None = None
     host: str = Field(min_length=1, max_length=100)
     metadata: dict[str, str] | None = None
-    cores: int = Field(ge=1, le=64)
-    memory: int = Field(ge=8, le=512)
-    disk_size: int = Field(ge=30, le=4096)
+    cores: StrictInt = Field(ge=1, le=64)
+    memory: StrictInt = Field(ge=8, le=512)
+    disk_size: StrictInt = Field(ge=30, le=4096)
     template_name: str | None = Field(None, pattern=TEMPLATE_NAME)
     iso_url: str | None = None
-    gpu_count: int = Field(ge=0, le=8)
+    gpu_count: StrictInt = Field(ge=0, le=8)
     username: str = Field(min_length=1, max_length=32, pattern=USERNAME)
     password: str | None = Field(None, min_length=8, max_length=64, pattern=PASSWORD)
     ssh_key: str | None = Field(None, pattern=SSH_KEY)
@@ -188,7 +188,7 @@ def task(job: Row, tasks: list[Row]) -> dict[str, Any]:
 
 
 class FirewallOptionsIn(Body):
-    enable: bool | None = None
+    enable: StrictBool | None = None
     policy_in: str | None = None
     policy_out: str | None = None
 
@@ -202,7 +202,7 @@ class FirewallRuleIn(Body):
     dport: str | None = None
     sport: str | None = None
     comment: str | None = None
-    enable: int | None = 1
+    enable: StrictInt | None = 1
 
 
 class BackupNotesIn(Body):
@@ -211,9 +211,9 @@ class BackupNotesIn(Body):
 
 class BackupScheduleIn(Body):
     frequency: str
-    hour_utc: int
-    day_of_week: int | None = None
-    day_of_month: int | None = None
+    hour_utc: StrictInt
+    day_of_week: StrictInt | None = None
+    day_of_month: StrictInt | None = None
 
 
 def human_bytes(n: int) -> str:
@@ -246,3 +246,7 @@ def backup(row: Row, vm_uuid: str | None = None) -> dict[str, Any]:
 class InstanceLogIn(Body):
     start_time: datetime
     end_time: datetime
+
+
+class TeamAssignIn(Body):
+    team_id: str = Field(min_length=1, max_length=64)
