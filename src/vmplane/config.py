@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     local node); a dead replica's nodes and scheduler are taken over within about this."""
     shutdown_timeout_seconds: float = Field(60.0, ge=0)
     """Graceful shutdown waits this long for the guest, then powers it off."""
+    node_offline_seconds: float = Field(15.0, ge=0.5, le=3600)
+    """A node whose agent sent no heartbeat for this long is marked offline (its VMs unknown)."""
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
     default_template: str = "tiny-linux"

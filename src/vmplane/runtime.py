@@ -19,11 +19,13 @@ from .events.webhooks import WebhookDelivery
 from .backupstore import BackupStore
 from .services.backups import BackupService
 from .services.billing import Billing
+from .services.agents import AgentService
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
 from .services.guest import GuestService
 from .services.ingress import IngressService
 from .services.jobs import JobService
+from .services.moves import MoveService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services.schedules import ScheduleService
@@ -68,6 +70,8 @@ class Runtime:
         self.templates = TemplateService(self)
         self.jobs = JobService(self)
         self.cluster = ClusterService(self)
+        self.agents = AgentService(self)
+        self.moves = MoveService(self)
         self.guest = GuestService(self)
         self.events = EventBus(self.store)
         if self.coordinator is not None:  # work and events of the other replicas, the moment they commit
@@ -100,6 +104,10 @@ class Runtime:
     async def _build_nodes(self) -> list[tuple[str, HypervisorDriver]]:
         if self._nodes is not None:
             return self._nodes
+        if self.settings.sim_nodes == 0:  # a control plane of agents only
+            self.driver_kind, self.driver_reason = "none", "--sim-nodes 0: no local node; nodes join with `vmplane agent`"
+            log.warning("no local node (--sim-nodes 0): nodes join with `vmplane agent`")
+            return []
         kind, reason = pick_driver_kind(self.settings)
         self.driver_kind, self.driver_reason = kind, reason
         if kind == "sim":
@@ -178,6 +186,7 @@ class Runtime:
         await self.replicas.start(local, home_of(self.data_dir))
         if any(d.capabilities.kind == "qemu" for _, d in local):
             await self._register_tiny_template()
+        await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start()
         await self.webhook_delivery.start()
         await self.schedules.start()
@@ -287,6 +296,7 @@ class Runtime:
             await asyncio.gather(self._maintenance, return_exceptions=True)
         await self.schedules.stop()
         await self.engine.stop()
+        await self.agents.stop()
         await self.webhook_delivery.stop()
         await self.events.stop()
         await self.replicas.stop()

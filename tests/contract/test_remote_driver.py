@@ -4,8 +4,8 @@ files fetched or pushed and checked, the console bridged over a WebSocket, disks
 streams."""
 
 import asyncio
-import hashlib
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -113,15 +113,8 @@ class TestRemoteQemu(RemoteContract):
         await d.import_disk(other.id, out)
         back = env.tmp / "back.raw"
         await d.export_disk(other.id, back)
-        assert _sha(back) == _sha(out)
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+        same = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(out), str(back)])
+        assert same.returncode == 0  # the same disk, read sparsely
 
 
 # -- what only the remote driver has ---------------------------------------------------------
@@ -281,57 +274,3 @@ def test_sparse_stream_round_trip_and_damage(tmp_path: Path) -> None:
     with pytest.raises(wire.InvalidRequest, match="larger"):
         wire.SparseWriter(tmp_path / "small.raw", max_size=1 << 20).feed(stream)
 
-
-@pytest.mark.slow
-@needs_qemu
-async def test_live_migration_between_two_qemu_agents(tmp_path: Path) -> None:
-    """A running guest moves from one agent to another (two data dirs, two ports, one
-    machine): its memory (a file in its RAM-backed root), its disk (a file on /mnt/disk) and
-    its uptime go with it; the source keeps nothing."""
-    image = tiny_image()
-    boot = {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
-
-    async def quiet(_p: int, _m: str) -> None:
-        return None
-
-    servers = [await AgentServer(await new_driver(tmp_path / f"a{i}" / "qemu"), tmp_path / f"a{i}").start() for i in (1, 2)]
-    a, b = (s.remote() for s in servers)
-    try:
-        paths = [await d.provide_template(TemplateFiles("tpl-tiny00000000", image.disk, boot), quiet) for d in (a, b)]
-        vm_id = ids.new_id("vm")
-
-        def spec_on(i: int) -> VmSpec:
-            return VmSpec(id=vm_id, uuid="5b2c3d4e-0000-4000-8000-000000000001", name="mover", resources=Resources(1, 256, 2),
-                          template_id="tpl-tiny00000000", template_image=paths[i][0], template_boot=paths[i][1])  # fmt: skip
-
-        await a.create_vm(spec_on(0))
-        await a.start_vm(vm_id)
-        await wait_for_console(a, vm_id, "vmplane-tiny: boot complete", timeout=BOOT_TIMEOUT)
-        r = await a.exec_vm(vm_id, ["sh", "-c", "echo in-ram > /root/ram-mark; echo on-disk > /mnt/disk/disk-mark; sync; cat /proc/uptime"], 20, 4096)
-        assert r.exit_code == 0, r
-        up_before = float(r.stdout.split()[0])
-        target = await b.migrate_prepare(spec_on(1))
-        assert (await b.get_vm(vm_id)).state == "starting"
-        msgs: list[str] = []
-
-        async def progress(_p: int, m: str) -> None:
-            msgs.append(m)
-
-        t0 = time.monotonic()
-        await a.migrate_send(vm_id, target, progress)
-        await b.migrate_finish(vm_id)
-        took = time.monotonic() - t0
-        await a.delete_vm(vm_id)
-        print(f"[timing] live migration {took:.2f} s; {msgs[-1]}")
-        assert (await b.get_vm(vm_id)).state == "running" and await a.get_vm(vm_id) is None
-        r = await b.exec_vm(vm_id, ["sh", "-c", "cat /root/ram-mark /mnt/disk/disk-mark /proc/uptime"], 20, 4096)
-        lines = r.stdout.decode().split("\n")
-        assert lines[0] == "in-ram" and lines[1] == "on-disk", r
-        assert float(lines[2].split()[0]) >= up_before  # the guest did not reboot
-        assert b"boot complete" not in await b.console_log(vm_id, 1 << 20)  # no new boot on the target
-        await b.delete_vm(vm_id)
-    finally:
-        for d in (a, b):
-            await d.close()
-        for s in servers:
-            await s.stop()

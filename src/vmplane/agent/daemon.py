@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ class Agent:
                 overcommit=(settings.cpu_overcommit, settings.ram_overcommit, settings.disk_overcommit),
                 sysfs_root=settings.sysfs_root if settings.pci_allowlist else None, pci_allowlist=tuple(settings.pci_allowlist),
             )  # fmt: skip
+        if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+            raise AgentRefused("qemu-system-x86_64 and qemu-img are not installed here; install them, or run --driver sim (simulated VMs)")
         accel = self.cfg.accel
         if accel == "auto":
             from ..drivers.qemu import pick_accel

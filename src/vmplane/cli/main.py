@@ -17,10 +17,12 @@ from .client import Client, interactive
 app = typer.Typer(no_args_is_help=True, help="vmplane: a control plane for virtual machines.")
 vm_app = typer.Typer(no_args_is_help=True, help="Manage VMs.")
 job_app = typer.Typer(no_args_is_help=True, help="Inspect and wait for jobs.")
-node_app = typer.Typer(no_args_is_help=True, help="Inspect nodes.")
+node_app = typer.Typer(no_args_is_help=True, help="Inspect and manage nodes.")
+token_app = typer.Typer(no_args_is_help=True, help="Join tokens for node agents (operators).")
 app.add_typer(vm_app, name="vm")
 app.add_typer(job_app, name="job")
 app.add_typer(node_app, name="node")
+node_app.add_typer(token_app, name="token")
 image_app = typer.Typer(no_args_is_help=True, help="Build guest images.")
 app.add_typer(image_app, name="image")
 out = Console()
@@ -43,7 +45,7 @@ def serve(
     database_url: Annotated[Optional[str], typer.Option("--database-url", help="sqlite:///… or postgresql+asyncpg://…")] = None,
     driver: Annotated[str, typer.Option(help="auto | qemu | sim")] = "auto",
     accel: Annotated[str, typer.Option(help="QEMU accelerator: auto | kvm | tcg")] = "auto",
-    sim_nodes: Annotated[int, typer.Option("--sim-nodes", help="simulated nodes (sim driver)")] = 1,
+    sim_nodes: Annotated[int, typer.Option("--sim-nodes", help="simulated nodes (sim driver); 0: no local node at all, for a fleet of `vmplane agent`s")] = 1,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only)")] = False,
     face: Annotated[
@@ -65,6 +67,7 @@ def serve(
     from .serving import Listener, bind, parse_face, serve_all
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per call to a node agent
     # The server keeps many long-lived objects; with the default thresholds the collector's
     # full passes stalled requests for ~100 ms (p99 of GET /vms/{id}: 120 ms -> 21 ms).
     gc.set_threshold(50_000, 50, 50)
@@ -101,6 +104,56 @@ def serve(
         log.info("face %s at the root of http://%s", lis.face, lis.address)
     if not asyncio.run(serve_all(create_app(settings), list(zip(listeners, socks)), log_level)):
         raise typer.Exit(3)  # the application did not start (as uvicorn.run exits)
+
+
+@app.command()
+def agent(
+    control_plane: Annotated[str, typer.Option("--control-plane", help="the control plane's URL (http://HOST:PORT)")],
+    join_token: Annotated[
+        Optional[str], typer.Option("--join-token", envvar="VMPLANE_JOIN_TOKEN", help="a token from `vmplane node token create` (first start only)")
+    ] = None,
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help="where to serve the driver to the control plane")] = "127.0.0.1:8081",
+    driver: Annotated[str, typer.Option(help="qemu | sim")] = "qemu",
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="the node's state: VMs, images, its credential")] = Path(".vmplane-agent"),
+    advertise_url: Annotated[Optional[str], typer.Option("--advertise-url", help="the URL the control plane reaches this agent at (default: http://LISTEN)")] = None,
+    hostname: Annotated[Optional[str], typer.Option(help="the node's host name as the control plane shows it")] = None,
+    accel: Annotated[str, typer.Option(help="QEMU accelerator: auto | kvm | tcg")] = "auto",
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run a node agent on a hypervisor host: join the control plane, heartbeat, serve the local driver."""
+    import asyncio
+    from urllib.parse import urlparse
+
+    from ..agent.daemon import Agent, AgentConfig, AgentRefused
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
+    if driver not in ("qemu", "sim"):
+        typer.echo("error: --driver must be qemu or sim", err=True)
+        raise typer.Exit(2)
+    if accel not in ("auto", "kvm", "tcg"):
+        typer.echo("error: --accel must be auto, kvm or tcg", err=True)
+        raise typer.Exit(2)
+    cp = urlparse(control_plane)
+    if cp.scheme not in ("http", "https") or not cp.hostname:
+        typer.echo("error: --control-plane must be an http(s) URL", err=True)
+        raise typer.Exit(2)
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        typer.echo("error: --listen must be HOST:PORT", err=True)
+        raise typer.Exit(2)
+    cfg = AgentConfig(
+        control_plane=control_plane, join_token=join_token, listen_host=host, listen_port=int(port), driver=driver,
+        data_dir=data_dir, advertise_url=advertise_url, hostname=hostname, accel=accel,
+    )  # fmt: skip
+    try:
+        status = asyncio.run(Agent(cfg).run())
+    except (AgentRefused, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3 if isinstance(exc, AgentRefused) else 1) from None
+    if status:
+        raise typer.Exit(status)
 
 
 def is_loopback(host: str) -> bool:
@@ -312,11 +365,106 @@ def node_list(url: UrlOpt = None, json_out: JsonOpt = False) -> None:
     table = Table("ID", "HOSTNAME", "STATUS", "DRIVER", "CPU", "RAM MB", "DISK GB")
     for n in items:
         r = n["resources"]
+        driver = n["driver"] if n["driver"] == n.get("hypervisor", n["driver"]) else f"{n['driver']}/{n['hypervisor']}"
         table.add_row(
-            n["id"], n["hostname"], n["status"], n["driver"] + (" (simulated)" if n["simulated"] else ""),
+            n["id"], n["hostname"], n["status"] + (", cordoned" if n.get("cordoned") else ""), driver + (" (simulated)" if n["simulated"] else ""),
             f"{r['cpuUsed']}/{r['cpuTotal']}", f"{r['ramMbUsed']}/{r['ramMbTotal']}", f"{r['diskGbUsed']}/{r['diskGbTotal']}",
         )  # fmt: skip
     out.print(table)
+
+
+@node_app.command("cordon")
+def node_cordon(node_id: str, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Place no new VMs on a node (its VMs stay)."""
+    n = Client(url).request("POST", f"/api/v1/nodes/{node_id}/cordon")
+    _print(n) if json_out else typer.echo(f"node {n['id']} cordoned")
+
+
+@node_app.command("uncordon")
+def node_uncordon(node_id: str, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Place VMs on a node again."""
+    n = Client(url).request("POST", f"/api/v1/nodes/{node_id}/uncordon")
+    _print(n) if json_out else typer.echo(f"node {n['id']} uncordoned")
+
+
+@node_app.command("drain")
+def node_drain(node_id: str, wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    """Cordon a node and move its stopped VMs to other nodes."""
+    c = Client(url)
+    accepted = c.request("POST", f"/api/v1/nodes/{node_id}/drain")
+    if accepted["jobId"] is None:
+        _print(accepted) if json_out else typer.echo(f"node {node_id} cordoned; no stopped VM to move")
+        return
+    _finish(c, accepted, wait, json_out)
+
+
+@node_app.command("revoke-credential")
+def node_revoke_credential(node_id: str, url: UrlOpt = None) -> None:
+    """Revoke a node agent's credential: the node goes offline at once (it joins again with a new token)."""
+    Client(url).request("DELETE", f"/api/v1/nodes/{node_id}/credential")
+    typer.echo(f"credential of node {node_id} revoked")
+
+
+@token_app.command("create")
+def token_create(
+    url: UrlOpt = None,
+    one_time: Annotated[bool, typer.Option("--one-time", help="the token joins one node only")] = False,
+    expires: Annotated[Optional[float], typer.Option("--expires", help="seconds until the token expires")] = None,
+    description: Annotated[str, typer.Option(help="what the token is for")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a join token for `vmplane agent --join-token` (printed once, as the last word)."""
+    body: dict[str, Any] = {"description": description, "oneTime": one_time, "expiresInSeconds": expires}
+    t = Client(url).request("POST", "/api/v1/nodes/tokens", json=body)
+    if json_out:
+        return _print(t)
+    limits = ", ".join(x for x in ("one use" if t["oneTime"] else "", f"expires {t['expiresAt']}" if t["expiresAt"] else "") if x)
+    typer.echo(f"join token {t['id']}{f' ({limits})' if limits else ''}; keep it secret, it is shown once: {t['token']}")
+
+
+@token_app.command("list")
+def token_list(url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    """List join tokens (never the tokens themselves)."""
+    items = Client(url).request("GET", "/api/v1/nodes/tokens")["items"]
+    if json_out:
+        return _print(items)
+    table = Table("ID", "PREFIX", "USES", "ONE TIME", "EXPIRES", "REVOKED", "DESCRIPTION")
+    for t in items:
+        table.add_row(t["id"], t["prefix"], str(t["uses"]), "yes" if t["oneTime"] else "no", t["expiresAt"] or "-", t["revokedAt"] or "-", t["description"])
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, url: UrlOpt = None) -> None:
+    """Revoke a join token (nodes that joined with it stay)."""
+    Client(url).request("DELETE", f"/api/v1/nodes/tokens/{token_id}")
+    typer.echo(f"join token {token_id} revoked")
+
+
+@vm_app.command("migrate")
+def vm_migrate(
+    vm_id: str,
+    to: Annotated[Optional[str], typer.Option("--to", help="the target node (default: placement chooses)")] = None,
+    wait: WaitOpt = True,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Live-migrate a running VM to another node (qemu nodes)."""
+    c = Client(url)
+    _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/migrate", json={"targetNodeId": to}), wait, json_out)
+
+
+@vm_app.command("move")
+def vm_move(
+    vm_id: str,
+    to: Annotated[Optional[str], typer.Option("--to", help="the target node (default: placement chooses)")] = None,
+    wait: WaitOpt = True,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Move a stopped VM to another node (its disk is copied)."""
+    c = Client(url)
+    _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/move", json={"targetNodeId": to}), wait, json_out)
 
 
 if __name__ == "__main__":

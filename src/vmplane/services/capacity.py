@@ -1,6 +1,7 @@
 """Resource claims on nodes: placement over a cached view of usage, claims made atomic by
 conditional updates in the store (so concurrent creates can never overcommit a node)."""
 
+from dataclasses import replace
 from typing import Callable, Collection
 
 from sqlalchemy import Row
@@ -30,6 +31,7 @@ def usage_of(row: Row, taken: Collection[tuple[str, str]] = ()) -> NodeUsage:
         disk_gb_used=row.disk_gb_used,
         devices=devices,
         network_types=frozenset(((row.labels or {}).get("networkTypes") or "user").split(",")),
+        cordoned=bool(row.cordoned),
     )
 
 
@@ -69,10 +71,9 @@ class Capacity:
     def _adjust(self, node_id: str, cpu: int, ram_mb: int, disk_gb: int, devices: list[str] | None = None) -> None:
         n = self._cache.get(node_id)
         if n is not None:
-            self._cache[node_id] = NodeUsage(
-                n.id, n.online, n.cpu_total, n.ram_mb_total, n.disk_gb_total,
-                n.cpu_used + cpu, n.ram_mb_used + ram_mb, n.disk_gb_used + disk_gb,
-                tuple(d for d in n.devices if d.address not in devices) if devices else n.devices, n.network_types,
+            self._cache[node_id] = replace(
+                n, cpu_used=n.cpu_used + cpu, ram_mb_used=n.ram_mb_used + ram_mb, disk_gb_used=n.disk_gb_used + disk_gb,
+                devices=tuple(d for d in n.devices if d.address not in devices) if devices else n.devices,
             )  # fmt: skip
 
     async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str:
@@ -129,7 +130,7 @@ class Capacity:
 
     async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
         """Claim more on a VM's own node (a resize); raises NoCapacity naming what is short."""
-        if not await node_q.claim(conn, node_id, cpu, ram_mb, disk_gb, self.ratios, clock.now()):
+        if not await node_q.claim(conn, node_id, cpu, ram_mb, disk_gb, self.ratios, clock.now(), new_vm=False):
             self.invalidate()
             raise NoCapacity(f"node {node_id} does not have {cpu} more vCPUs, {ram_mb} MB RAM and {disk_gb} GB disk free")
         self._adjust(node_id, cpu, ram_mb, disk_gb)

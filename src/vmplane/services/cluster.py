@@ -4,9 +4,10 @@ from typing import Any, Sequence
 
 from sqlalchemy import Row
 
-from .. import __version__
+from .. import __version__, clock
+from ..auth import Principal
 from ..domain import NodeStatus
-from ..errors import NotFound
+from ..errors import Forbidden, NotFound
 from ..store import meta as meta_q
 from ..store import networks as net_q
 from ..store import nodes as node_q
@@ -30,6 +31,17 @@ class ClusterService:
             rows = await node_q.list_nodes(conn, after_seq=after, limit=limit + 1)
         token = pages.encode("nodes", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
+
+    async def set_cordon(self, who: Principal, node_id: str, cordoned: bool) -> Row:
+        """Cordon a node (no new VM is placed there; its VMs stay) or uncordon it. Idempotent."""
+        if not who.operator:
+            raise Forbidden("only operators (owners and admins of the bootstrap organization) cordon nodes")
+        async with self.rt.store.write() as conn:
+            if await node_q.get_node(conn, node_id) is None:
+                raise NotFound(f"node {node_id} does not exist")
+            await node_q.set_cordoned(conn, node_id, cordoned, clock.now())
+        self.rt.capacity.invalidate()
+        return await self.node(node_id)
 
     async def devices(self, node_id: str) -> list[dict[str, Any]]:
         """The PCI devices a node offers for passthrough, with the VM each is given to."""

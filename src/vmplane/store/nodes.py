@@ -2,7 +2,7 @@
 
 from typing import Any, Sequence
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import NodeStatus
@@ -37,16 +37,23 @@ async def set_status(conn: AsyncConnection, node_id: str, status: NodeStatus, no
     await conn.execute(update(nodes).where(nodes.c.id == node_id).values(status=status.value, updated_at=now))
 
 
+async def set_cordoned(conn: AsyncConnection, node_id: str, cordoned: bool, now: float) -> None:
+    await conn.execute(update(nodes).where(nodes.c.id == node_id).values(cordoned=cordoned, updated_at=now))
+
+
 async def claim(
-    conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int, ratios: tuple[float, float, float], now: float
+    conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int, ratios: tuple[float, float, float], now: float,
+    *, new_vm: bool = True,
 ) -> bool:
-    """Atomically add a claim to a node if it stays within capacity × overcommit."""
+    """Atomically add a claim to a node if it stays within capacity × overcommit (and, for a
+    new VM, if the node is not cordoned)."""
     rc, rr, rd = ratios
     res = await conn.execute(
         update(nodes)
         .where(
             nodes.c.id == node_id,
             nodes.c.status == NodeStatus.ONLINE.value,
+            nodes.c.cordoned.is_(False) if new_vm else true(),
             nodes.c.cpu_used + cpu <= nodes.c.cpu_total * rc,
             nodes.c.ram_mb_used + ram_mb <= nodes.c.ram_mb_total * rr,
             nodes.c.disk_gb_used + disk_gb <= nodes.c.disk_gb_total * rd,

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from .deps import authorize
-from . import backups, cluster, events, guest, jobs, networks, schedules, snapshots, templates, tenancy, vms, webhooks
+from . import agents, backups, cluster, events, guest, jobs, networks, schedules, snapshots, templates, tenancy, vms, webhooks
 
 
 def router() -> APIRouter:
@@ -11,7 +11,9 @@ def router() -> APIRouter:
     ws = APIRouter(prefix="/api/v1")
     ws.include_router(guest.ws_router)
     ws.include_router(events.ws_router)
-    for module in (vms, guest, networks, snapshots, backups, templates, jobs, cluster, events, webhooks, schedules, tenancy):
+    ws.include_router(agents.agent_router)  # node agents authenticate by themselves
+    # agents before cluster: /nodes/tokens is not /nodes/{node_id}
+    for module in (vms, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy):
         r.include_router(module.router)
     outer = APIRouter()
     outer.include_router(r)

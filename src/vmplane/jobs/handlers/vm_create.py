@@ -5,7 +5,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
 from ...domain import VmStatus
-from ...errors import VmplaneError
+from ...errors import DriverError, VmplaneError
 from ...placement import Demand
 from ...store import guest as guest_q
 from ...store import networks as net_q
@@ -75,7 +75,16 @@ class VmCreate(BaseHandler):
         if vm is None:
             return
         if vm.node_id is not None:
-            await rt.registry.driver(vm.node_id).delete_vm(vm.id)
+            try:
+                await rt.registry.driver(vm.node_id).delete_vm(vm.id)
+            except DriverError as exc:
+                # The node is unreachable (offline): what it holds of the VM is unknown. The VM
+                # keeps its node and claim, in error; deleting it cleans the node up once back.
+                async with rt.store.write() as conn:
+                    why = f"{error}; {vm.node_id} could not clean up ({exc.message}): delete the VM"
+                    await vm_q.set_status(conn, vm.id, VmStatus.ERROR.value, error=why, updated_at=clock.now())
+                ctx.log(f"could not clean up on {vm.node_id}: {exc.message}")
+                return
         async with rt.store.write() as conn:
             if vm.node_id is not None:
                 await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
