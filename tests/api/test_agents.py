@@ -18,14 +18,18 @@ from sqlalchemy import select
 from vmplane.agent import wire
 from vmplane.store.tables import node_tokens, nodes
 
-from ..support import Server
+from ..support import Server, new_pg_database
 from ..support_agent import RunningAgent, join_token
 from .test_tenancy import key_for
 
 
 @pytest.fixture
-async def fleet(server_factory: Any, tmp_path: Path) -> AsyncIterator[Any]:
-    server = await server_factory(sim_nodes=0, node_offline_seconds=1.0, sim_latency_ms=1)
+async def fleet(request: pytest.FixtureRequest, server_factory: Any, tmp_path: Path) -> AsyncIterator[Any]:
+    """A control plane with no local node (SQLite; `postgresql` as the indirect parameter)."""
+    db = {}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        db["database_url"] = await new_pg_database()
+    server = await server_factory(sim_nodes=0, node_offline_seconds=1.0, sim_latency_ms=1, **db)
     agents: list[RunningAgent] = []
 
     async def add(token: str | None = None, name: str | None = None, data_dir: Path | None = None) -> RunningAgent:
@@ -62,6 +66,7 @@ async def wait_for(cond: Any, timeout: float = 10, what: str = "condition") -> A
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 async def test_join_tokens_are_for_operators_shown_once_and_checked(fleet: Any) -> None:
     server: Server = fleet.server
     c = server.client
@@ -140,6 +145,7 @@ async def test_node_credential_is_a_digest_here_and_0600_there_and_revocable(fle
     assert (await node(server, a.node_id))["status"] == "online"
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 async def test_missed_heartbeats_mark_the_node_offline_and_jobs_fail_fast(fleet: Any) -> None:
     server: Server = fleet.server
     a, b = await fleet.add(), await fleet.add()
@@ -213,6 +219,7 @@ async def test_templates_reach_the_node_a_vm_goes_to_checked(fleet: Any, tmp_pat
         assert (await c.get(f"/api/v1/agent/templates/{tpl}/files/passwd", headers={"Authorization": f"Bearer {cred}"})).status_code == 404
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 async def test_cordon_and_drain(fleet: Any) -> None:
     server: Server = fleet.server
     c = server.client
