@@ -97,9 +97,9 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
     for node in nodes:  # a hot loop (1,000s of nodes per VM): locals only, no calls
         if only is not None and node.id != only:
             continue
+        seen += 1
         if exclude and node.id in exclude:
             continue
-        seen += 1
         if not node.online:
             continue
         if node.cordoned:
@@ -131,6 +131,8 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
         raise NotFound(f"node {demand.node_id} does not exist", field="nodeId")
     where = f"node {demand.node_id}" if demand.node_id is not None else "no node"
     if online == 0:
+        if demand.node_id is not None and demand.node_id in demand.exclude:
+            raise NoCapacity(f"node {demand.node_id} cannot take this VM")
         if demand.exclude and demand.node_id is None:
             raise NoCapacity("no other node is online and not cordoned")
         if demand.node_id is not None:

@@ -84,3 +84,19 @@ def test_placement_is_fast_with_1000_nodes() -> None:
         choose_node(Demand(2, 2048, 20), nodes, SPREAD)
     per_call = (time.perf_counter() - start) / 200
     assert per_call < 0.01  # generous bound for slow CI; bench/ prints the real figure
+
+
+def test_cordoned_and_excluded_nodes_take_no_new_vm() -> None:
+    from dataclasses import replace
+
+    nodes = [replace(node("n1"), cordoned=True), node("n2", 30), node("n3", 31)]
+    assert choose_node(Demand(1, 512, 10), nodes, SPREAD).id == "n2"
+    assert choose_node(Demand(1, 512, 10, exclude=frozenset({"n2"})), nodes, SPREAD).id == "n3"
+    with pytest.raises(NoCapacity, match="node n1 is cordoned"):
+        choose_node(Demand(1, 512, 10, node_id="n1"), nodes, SPREAD)
+    with pytest.raises(NoCapacity, match="every online node is cordoned"):
+        choose_node(Demand(1, 512, 10), nodes[:1], SPREAD)
+    with pytest.raises(NoCapacity, match="no other node is online"):
+        choose_node(Demand(1, 512, 10, exclude=frozenset({"n2", "n3"})), nodes, SPREAD)
+    with pytest.raises(NoCapacity, match="node n2 cannot take this VM"):
+        choose_node(Demand(1, 512, 10, node_id="n2", exclude=frozenset({"n2"})), nodes, SPREAD)

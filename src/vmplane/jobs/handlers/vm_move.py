@@ -45,15 +45,21 @@ async def _check_movable(ctx: TaskContext, vm: Row) -> None:
         raise InvalidState(f"VM {vm.id} has host PCI devices of {vm.node_id}; it cannot leave that node")
 
 
-async def _claim_target(ctx: TaskContext, vm: Row, source: str) -> str:
-    """The target node, claimed once (a resumed attempt finds it in spec.moveTo)."""
+def _hypervisor(driver: HypervisorDriver) -> str:
+    """What runs a node's VMs (a remote node's agent driver, not `remote`)."""
+    return str(getattr(driver, "hypervisor", driver.capabilities.kind))
+
+
+async def _claim_target(ctx: TaskContext, vm: Row, source: str, unfit: frozenset[str] = frozenset()) -> str:
+    """The target node, claimed once (a resumed attempt finds it in spec.moveTo); placement
+    never chooses the source nor a node in `unfit`."""
     spec = dict(vm.spec or {})
     if spec.get("moveTo"):
         return str(spec["moveTo"])
     rt = ctx.rt
     demand = Demand(
         cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=ctx.payload.get("target"),
-        network_types=frozenset(n.get("type", "user") for n in spec.get("nics", ())) - {"user"}, exclude=frozenset({source}),
+        network_types=frozenset(n.get("type", "user") for n in spec.get("nics", ())) - {"user"}, exclude=frozenset({source}) | unfit,
     )  # fmt: skip
     async with rt.store.write() as conn:
         target = await rt.capacity.place_and_claim(conn, demand, vm.id)
@@ -168,13 +174,17 @@ class VmMigrate(BaseHandler):
         await _check_movable(ctx, vm)
         src = rt.registry.driver(source)
         ctx.log(f"Starting live migration of {vm.name} from {source}")
-        target = await _claim_target(ctx, vm, source)
+        if not src.capabilities.live_migration:
+            raise InvalidState(f"{source} runs the {_hypervisor(src)} driver, which cannot migrate VMs")
+        unfit = frozenset(n for n, d in rt.registry.items() if not d.capabilities.live_migration or _hypervisor(d) != _hypervisor(src))
+        wanted = ctx.payload.get("target")
+        if wanted in unfit and not (vm.spec or {}).get("moveTo"):
+            d = rt.registry.driver(wanted)
+            raise InvalidState(f"{wanted} runs the {_hypervisor(d)} driver: {_hypervisor(src)} VMs cannot migrate there")
+        target = await _claim_target(ctx, vm, source, unfit)
         dst = rt.registry.driver(target)
-        for node, d in ((source, src), (target, dst)):
-            if not d.capabilities.live_migration:
-                raise InvalidState(f"{node} runs the {getattr(d, 'hypervisor', d.capabilities.kind)} driver, which cannot migrate VMs")
-        if getattr(src, "hypervisor", src.capabilities.kind) != getattr(dst, "hypervisor", dst.capabilities.kind):
-            raise InvalidState(f"{source} and {target} run different hypervisors")
+        if not dst.capabilities.live_migration or _hypervisor(dst) != _hypervisor(src):
+            raise InvalidState(f"{target} runs the {_hypervisor(dst)} driver: {_hypervisor(src)} VMs cannot migrate there")
         image, boot = await ensure_image(ctx, target, vm.template_id)
         where = await dst.migrate_prepare(await vm_spec(ctx, vm, image, boot))
         await ctx.progress(20, f"{target} waits for the VM on {where.host}")
