@@ -112,6 +112,7 @@ class Handler(Protocol):
 
 class JobEngine:
     PROGRESS_INTERVAL = 1.0
+    END_BATCH = 64
 
     def __init__(self, store: Store, settings: Settings, handlers: dict[str, Handler], runtime: Any) -> None:
         self.store = store
@@ -123,6 +124,8 @@ class JobEngine:
         self._running: dict[str, tuple[asyncio.Task[None], TaskContext]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._ending: list[tuple[TaskContext, TaskState, str | None, list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._writing_ends = False
         self.not_here: Callable[[], Collection[str]] = lambda: ()
         """Nodes whose tasks this process must not claim (another replica serves them)."""
 
@@ -334,24 +337,48 @@ class JobEngine:
             ctx.log("Error: rollback failed; see the server log")
 
     async def _finish(self, ctx: TaskContext, state: TaskState, error: str | None) -> None:
+        """Record the task's end. Ends are committed in groups: while one transaction writes,
+        the tasks ending meanwhile queue up and the next one writes them all (one update of
+        each job's row, one commit), instead of a transaction each contending for that row."""
+        done = asyncio.get_running_loop().create_future()
+        self._ending.append((ctx, state, error, ctx.take_logs(), done))
+        if not self._writing_ends:
+            self._writing_ends = True
+            try:
+                while self._ending:
+                    batch, self._ending = self._ending[: self.END_BATCH], self._ending[self.END_BATCH :]
+                    await self._write_ends(batch)
+            finally:
+                self._writing_ends = False
+        await done
+
+    async def _write_ends(self, batch: list[tuple[TaskContext, TaskState, str | None, list[dict[str, Any]], "asyncio.Future[None]"]]) -> None:
         now = clock.now()
-        async with self.store.write() as conn:
-            await q.append_logs(conn, ctx.take_logs())
-            if state == TaskState.SUCCEEDED:
-                for write in ctx.deferred:
-                    await write(conn)
-            job = await q.finish_task(
-                conn,
-                task_id=ctx.task_id,
-                job_id=ctx.job_id,
-                owner=self.owner,
-                state=state,
-                error=error,
-                old_progress=ctx.persisted_progress,
-                now=now,
-            )
-        if job is None:
-            log.warning("task %s finished after its lease passed to another worker", ctx.task_id)
+        try:
+            async with self.store.write() as conn:
+                await q.append_logs(conn, [line for _, _, _, logs, _ in batch for line in logs])
+                for ctx, state, _, _, _ in batch:
+                    if state == TaskState.SUCCEEDED:
+                        for write in ctx.deferred:
+                            await write(conn)
+                ended = await q.finish_tasks(
+                    conn,
+                    owner=self.owner,
+                    ends=[q.TaskEnd(ctx.task_id, ctx.job_id, state, error, ctx.persisted_progress) for ctx, state, error, _, _ in batch],
+                    now=now,
+                )
+        except Exception as exc:
+            if len(batch) > 1:  # one task's last write failed: write each alone, so only it fails
+                for item in batch:
+                    await self._write_ends([item])
+            elif not batch[0][4].done():
+                batch[0][4].set_exception(exc)
+            return
+        for ctx, _, _, _, done in batch:
+            if ctx.task_id not in ended:
+                log.warning("task %s finished after its lease passed to another worker", ctx.task_id)
+            if not done.done():
+                done.set_result(None)
 
     async def _release(self, ctx: TaskContext, handed_off: bool = False) -> None:
         """Hand a task back to the queue (at shutdown, or for another replica to run)."""

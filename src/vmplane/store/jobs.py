@@ -1,6 +1,6 @@
 """SQL for jobs, tasks and task logs: submission, claiming with leases, completion, cancel."""
 
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, NamedTuple, Sequence
 
 from sqlalchemy import Row, and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -245,18 +245,48 @@ async def finish_task(
     now: float,
 ) -> Row | None:
     """Record a running task's end. Returns the job row, or None if `owner` lost the lease."""
-    task = (
-        await conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
-            .values(state=state.value, error=error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
-            .returning(*tasks.c)
-        )
-    ).first()
-    if task is None:
-        return None
-    await ev_q.emit(conn, f"task.{state.value}", task.resource_id, task_data(task), task.org_id)
-    return await _count_final(conn, job_id, state, 1, 100 - old_progress, now)
+    ended = await finish_tasks(conn, owner=owner, ends=[TaskEnd(task_id, job_id, state, error, old_progress)], now=now)
+    return ended.get(task_id)
+
+
+class TaskEnd(NamedTuple):
+    task_id: str
+    job_id: str
+    state: TaskState
+    error: str | None
+    old_progress: int
+
+
+async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[TaskEnd], now: float) -> dict[str, Row]:
+    """Record the ends of running tasks (of any jobs) in one transaction: {task id: its job
+    row after} for those whose lease `owner` still held.
+
+    Each job's row is updated once for all its tasks here: under a bulk job's stream of
+    ending tasks that row is the hottest in the store. Task rows are locked first (in id
+    order, as lease renewals lock them), then job rows in id order: no deadlock.
+    """
+    counts: dict[tuple[str, TaskState], list[int]] = {}
+    finished: dict[str, str] = {}
+    for end in sorted(ends, key=lambda e: e.task_id):
+        task = (
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == end.task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
+                .values(state=end.state.value, error=end.error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
+                .returning(*tasks.c)
+            )
+        ).first()
+        if task is None:
+            continue
+        await ev_q.emit(conn, f"task.{end.state.value}", task.resource_id, task_data(task), task.org_id)
+        n_delta = counts.setdefault((end.job_id, end.state), [0, 0])
+        n_delta[0] += 1
+        n_delta[1] += 100 - end.old_progress
+        finished[end.task_id] = end.job_id
+    job_rows: dict[str, Row] = {}
+    for (job_id, state), (n, delta) in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
+        job_rows[job_id] = await _count_final(conn, job_id, state, n, delta, now)
+    return {task_id: job_rows[job_id] for task_id, job_id in finished.items()}
 
 
 async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row]:
