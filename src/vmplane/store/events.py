@@ -1,13 +1,14 @@
 """SQL for the event log. `emit` writes inside the caller's transaction, so an event is
 committed with the change it describes or not at all."""
 
+import json
 from typing import Any, Sequence
 
 from sqlalchemy import Row, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock
-from .coordination import EVENTS_CHANNEL, notify
+from .coordination import EVENTS_CHANNEL
 from .db import EVENTS_FLAG
 from .tables import events
 
@@ -40,10 +41,31 @@ async def flush(conn: AsyncConnection) -> bool:
     if not rows:
         return False
     if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENT_ORDER_LOCK})
-    await conn.execute(insert(events), rows)
-    await notify(conn, EVENTS_CHANNEL)  # wakes the event bus of every replica at commit
+        # One statement: the lock, the NOTIFY (every replica's bus wakes at commit) and the
+        # rows. Every event-writing transaction waits for this lock, so it is held for as
+        # short a time as can be: from this statement to the commit.
+        await conn.execute(
+            _PG_INSERT,
+            {
+                "type": [r["type"] for r in rows],
+                "ts": [r["ts"] for r in rows],
+                "resource": [r["resource"] for r in rows],
+                "org_id": [r["org_id"] for r in rows],
+                "data": [json.dumps(r["data"]) for r in rows],
+            },
+        )
+    else:
+        await conn.execute(insert(events), rows)
     return True
+
+
+_PG_INSERT = text(
+    f"WITH ordered AS MATERIALIZED (SELECT pg_advisory_xact_lock({_EVENT_ORDER_LOCK}), pg_notify('{EVENTS_CHANNEL}', ''))"
+    " INSERT INTO events (type, ts, resource, org_id, data)"
+    " SELECT t, ts, r, o, d::json FROM ordered,"
+    " unnest(CAST(:type AS text[]), CAST(:ts AS float8[]), CAST(:resource AS text[]), CAST(:org_id AS text[]), CAST(:data AS text[]))"
+    " AS u(t, ts, r, o, d)"
+)
 
 
 async def after(
