@@ -130,8 +130,11 @@ class Replicas:
     # -- what this process may do ---------------------------------------------------------
 
     def serves(self, node_id: str) -> bool:
-        """This process has a working driver for the node (remote nodes: always)."""
-        return node_id not in self.local or node_id in self.serving
+        """This process has a working driver for the node: a local one whose lock it holds,
+        or a node no replica holds a lock of (remote nodes)."""
+        if node_id in self.local:
+            return node_id in self.serving
+        return node_id not in self.elsewhere
 
     def runs_here(self, node_id: str) -> bool:
         """New work on the node belongs to this process (it serves it and is not handing it over)."""

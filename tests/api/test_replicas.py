@@ -74,6 +74,28 @@ async def test_a_create_placed_on_the_other_replicas_node_is_handed_to_it(server
     assert vm["nodeId"] == theirs and vm["status"] == "running"
 
 
+async def test_replicas_on_different_data_dirs_have_their_own_nodes(server_factory: Any, tmp_path: Any) -> None:
+    url = await new_pg_database()
+    a = await server_factory(database_url=url, sim_nodes=2, sim_node_cpu=1, data_dir=tmp_path / "a", **FAST)
+    (tmp_path / "b").mkdir()  # the store was bootstrapped by A: its key is the one to use
+    (tmp_path / "b" / "admin-api-key").write_text((tmp_path / "a" / "admin-api-key").read_text())
+    b = await server_factory(database_url=url, sim_nodes=2, sim_node_cpu=1, data_dir=tmp_path / "b", **FAST)
+    assert a.rt.replicas.serving == {"node-1", "node-2"} and b.rt.replicas.serving == {"node-3", "node-4"}
+    await until(lambda: b.rt.replicas.serving <= a.rt.replicas.elsewhere, "seeing B's nodes")
+    # A create naming B's node is left to B; with A's nodes full, one placed by A goes to B's.
+    job = await a.create([{"name": "named", "nodeId": "node-4"}, {"name": "a-1"}, {"name": "a-2"}, {"name": "spill"}])
+    assert job["state"] == "succeeded", job
+    vms = {v["name"]: v["nodeId"] for v in (await a.client.get("/api/v1/vms")).json()["items"]}
+    assert vms["named"] == "node-4" and set(vms.values()) == {"node-1", "node-2", "node-3", "node-4"}
+    # The nodes keep their ids when the replicas start again, each on its own data dir.
+    await a.stop()
+    await b.stop()
+    a2 = await server_factory(database_url=url, sim_nodes=2, sim_node_cpu=1, data_dir=tmp_path / "a", **FAST)
+    assert a2.rt.replicas.serving == {"node-1", "node-2"}
+    r = await a2.client.get(f"/api/v1/vms/{next(v['id'] for v in (await a2.client.get('/api/v1/vms')).json()['items'] if v['nodeId'] == 'node-1')}")
+    assert r.json()["status"] == "running"
+
+
 async def test_idempotency_key_holds_across_replicas(server_factory: Any) -> None:
     a, b = await pair(server_factory)
     for i in range(5):
