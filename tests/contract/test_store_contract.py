@@ -131,3 +131,24 @@ async def test_idempotency_key_is_stored_once(store: Store) -> None:
         assert await idem_q.remember(conn, {**row, "body": "other"}) is False
         found = await idem_q.lookup(conn, "c", "k")
     assert found.body == "{}"
+
+
+async def test_a_write_cancelled_mid_statement_raises_cancelled(store: Store) -> None:
+    """Cancelling a task inside a write (a worker stopping) must cancel it, not turn into an
+    error its loop would catch and go on from (which hung shutdowns)."""
+    from sqlalchemy import text
+
+    slow = "SELECT pg_sleep(5)" if store.dialect == "postgresql" else "SELECT 1"
+
+    async def write() -> None:
+        async with store.write() as conn:
+            await conn.execute(text(slow))
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(write())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with store.write() as conn:  # the store is fine afterwards
+        assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1

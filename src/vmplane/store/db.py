@@ -124,22 +124,27 @@ class Store:
         """One transaction; committed when the block ends, rolled back if it raises."""
         from . import events  # the event log is part of every write transaction
 
+        # The events queued on a connection are dropped at the end, through the dict itself:
+        # asking a connection whose statement was cancelled for its `info` raises (it wants a
+        # rollback first), which would turn the cancellation into an ordinary error.
         if self._sync_engine is not None:
             async with self._write_lock:
                 with self._sync_engine.begin() as sconn:
                     conn = SyncConnection(sconn)
+                    info = sconn.info
                     try:
                         yield conn  # type: ignore[misc]
                         emitted = await events.flush(conn)  # type: ignore[arg-type]
                     finally:
-                        sconn.info.pop(EVENTS_FLAG, None)
+                        info.pop(EVENTS_FLAG, None)
         else:
             async with self.engine.begin() as aconn:
+                info = aconn.info
                 try:
                     yield aconn
                     emitted = await events.flush(aconn)
                 finally:
-                    aconn.info.pop(EVENTS_FLAG, None)
+                    info.pop(EVENTS_FLAG, None)
         if emitted:
             for callback in self.on_events:
                 callback()
