@@ -167,10 +167,17 @@ class Replicas:
         await self.tick()
         self._task = asyncio.create_task(self._run(), name="replicas")
 
-    async def stop(self) -> None:
+    async def stop_looking(self) -> None:
+        """No more looking at the other replicas: this process keeps what it holds until it
+        closes its session, and takes nothing more."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def stop(self) -> None:
+        """Close the drivers of the nodes this process serves (their locks go with the session)."""
+        await self.stop_looking()
         for node_id in list(self._opened):
             await self._close(node_id)
         self.serving.clear()

@@ -291,6 +291,7 @@ class Runtime:
 
     async def stop(self) -> None:
         self.ready = False
+        await self.replicas.stop_looking()  # a stopping replica takes no node over
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
