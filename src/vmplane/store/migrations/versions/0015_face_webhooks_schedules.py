@@ -4,8 +4,8 @@ A webhook's `format` says how its deliveries are written: `vmplane` (the native 
 or `hypersdk` (`{event, timestamp, data}` as HyperSDK's daemon posts it). A schedule's
 `origin` is what the face that made it recorded (its own id, fields the core does not use).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-11-22 22:10:00.000000
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0014'
-down_revision = '0013'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
