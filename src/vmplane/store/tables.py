@@ -229,6 +229,7 @@ webhooks = Table(
     Column("created_by", String(255), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("format", String(16), nullable=False, default="vmplane", server_default="vmplane"),  # how deliveries are written
 )
 
 webhook_deliveries = Table(
@@ -280,6 +281,7 @@ schedules = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("origin", JSON, nullable=True),  # what the face that made it recorded (its own id, fields)
     UniqueConstraint("backup_vm_id", name="uq_schedules_backup_vm_id"),
 )
 """Cron schedules; a VM's backup schedule is one with `backup_vm_id` and `keep_last` set."""
@@ -480,3 +482,32 @@ pci_assignments = Table(
     Column("vm_id", String(64), nullable=False, index=True),
 )
 """Host PCI devices given to VMs, one VM each."""
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("team_id", String(64), nullable=True),
+    Column("owner_id", String(64), nullable=False),
+    Column("replicas", Integer, nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""Deployments: a desired number of replicas (VMs `<name>-<i>`) made from one config; the
+reconciler (services/deployments.py) acts for `owner_id`."""
+
+vm_configs = Table(
+    "vm_configs",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("vm_id", String(64), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("vm_id", "version", name="uq_vm_configs_vm_version"),
+)
+"""A VM's full config (Volant's Config shape), one row per version; every change is a new row."""
