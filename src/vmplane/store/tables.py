@@ -511,3 +511,75 @@ vm_configs = Table(
     UniqueConstraint("vm_id", "version", name="uq_vm_configs_vm_version"),
 )
 """A VM's full config (Volant's Config shape), one row per version; every change is a new row."""
+
+plugins = Table(
+    "plugins",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("runtime", String(63), nullable=False, unique=True),
+    Column("version", String(64), nullable=False),
+    Column("org_id", String(64), nullable=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("manifest", JSON, nullable=False),
+    Column("template_id", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""Installed plugins (Volant's plugin-manifest-v1): VM blueprints; `template_id` is the
+template their image was fetched into (None: VMs use the default template)."""
+
+plugin_health = Table(
+    "plugin_health",
+    metadata,
+    Column("vm_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("checked_at", Float, nullable=False),
+    Column("changed_at", Float, nullable=False),
+)
+"""What the health check of a plugin VM's workload last answered (healthy/unhealthy)."""
+
+imports = Table(
+    "imports",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False, index=True),
+    Column("job_id", String(64), nullable=False, index=True),
+    Column("vm_id", String(64), nullable=True),
+    Column("name", String(63), nullable=False),
+    Column("source_type", String(16), nullable=False),
+    Column("source", JSON, nullable=False),
+    Column("options", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("stage", String(16), nullable=True),
+    Column("bytes_done", BigInteger, nullable=False, default=0),
+    Column("bytes_total", BigInteger, nullable=True),
+    Column("shape", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_by", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+"""VMs brought into vmplane (services/imports.py): the source as given (never its
+credentials), the stage reached and bytes moved; `shape` is what the source said the VM is."""
+
+vsphere_profiles = Table(
+    "vsphere_profiles",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("org_id", String(64), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("insecure", Boolean, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_vsphere_profiles_org_name"),
+)
+"""vCenter connection profiles referenced by name; `secret` is the username and password
+encrypted with the data dir's key (services/secrets.py), never stored or shown in clear."""
