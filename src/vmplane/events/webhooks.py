@@ -26,7 +26,7 @@ from ..store import Store
 from ..store import events as ev_q
 from ..store import meta as meta_q
 from ..store import webhooks as wh_q
-from . import wire
+from . import formats, wire
 from .types import Event, matches
 
 log = logging.getLogger("vmplane.webhooks")
@@ -50,7 +50,7 @@ async def post(client: httpx.AsyncClient, hook: Row, delivery_id: str, event_typ
     headers = {
         **(hook.headers or {}),
         "Content-Type": "application/json",
-        "User-Agent": f"vmplane-webhooks/{__version__}",
+        "User-Agent": formats.user_agent(getattr(hook, "format", formats.VMPLANE)) or f"vmplane-webhooks/{__version__}",
         "X-Vmplane-Event": event_type,
         "X-Vmplane-Delivery": delivery_id,
         "X-Vmplane-Signature": sign(hook.secret, int(time.time()), body),
@@ -130,12 +130,19 @@ class WebhookDelivery:
                     if r.type.startswith("webhook."):  # never announce deliveries by delivering
                         continue
                     event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
+                    rendered: dict[str, bytes | None] = {}  # by format: each event is written once per format
                     for hook in hooks:
                         mine = r.org_id is None or r.org_id == hook.org_id
                         if mine and r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
+                            fmt = hook.format or formats.VMPLANE
+                            if fmt not in rendered:
+                                rendered[fmt] = wire.to_json(event) if fmt == formats.VMPLANE else await formats.render(conn, event, fmt)
+                            body = rendered[fmt]
+                            if body is None:  # the format has nothing to say about this event
+                                continue
                             out.append(
                                 {"id": ids.new_id("dlv"), "webhook_id": hook.id, "event_seq": r.seq, "event_type": r.type,
-                                 "payload": wire.to_json(event).decode(), "status": "pending", "attempts": 0,
+                                 "payload": body.decode(), "status": "pending", "attempts": 0,
                                  "next_attempt_at": now, "created_at": now, "updated_at": now}  # fmt: skip
                             )
                 await wh_q.enqueue(conn, out)

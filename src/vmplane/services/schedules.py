@@ -69,9 +69,10 @@ class ScheduleService:
 
     async def create(
         self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str,
-        who: Principal, backup_vm_id: str | None = None, keep_last: int | None = None,
+        who: Principal, backup_vm_id: str | None = None, keep_last: int | None = None, origin: dict[str, Any] | None = None,
     ) -> Row:
-        """The schedule runs with `who`'s identity (as a user of the organization, not its key)."""
+        """The schedule runs with `who`'s identity (as a user of the organization, not its key).
+        `origin`: what the face that makes it records (its own id, fields the core does not use)."""
         cron.check(schedule, timezone)
         template = check_template(job_template)
         now = clock.now()
@@ -80,7 +81,7 @@ class ScheduleService:
             "job_template": template, "misfire_policy": misfire_policy, "owner": who.user_name,
             "next_run": cron.next_after(schedule, timezone, now) if enabled else None, "last_run": None,
             "run_count": 0, "success_count": 0, "failure_count": 0, "created_at": now, "updated_at": now,
-            "backup_vm_id": backup_vm_id, "keep_last": keep_last,
+            "backup_vm_id": backup_vm_id, "keep_last": keep_last, "origin": origin,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
             await sch_q.insert_schedule(conn, row)

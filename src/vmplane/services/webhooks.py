@@ -14,6 +14,7 @@ from sqlalchemy import Row
 from .. import clock, ids
 from ..auth import Principal
 from ..errors import InvalidRequest, NotFound
+from ..events import formats
 from ..events.types import check_patterns
 from ..events.webhooks import post, test_payload
 from ..store import webhooks as wh_q
@@ -61,15 +62,21 @@ class WebhookService:
         async with self.rt.store.read() as conn:
             return [h for h in await wh_q.list_webhooks(conn) if h.org_id == who.org_id]
 
-    async def create(self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal) -> Row:
+    async def create(
+        self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal,
+        format: str = formats.VMPLANE,
+    ) -> Row:
+        """`format`: how its deliveries are written (events/formats.py)."""
         check_url(url)
         patterns = check_events(events)
         check_headers(headers)
+        if format not in formats.FORMATS:
+            raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
         now = clock.now()
         row = {
             "id": ids.new_id("whk"), "org_id": who.org_id, "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
             "retry_count": retry_count, "headers": headers, "secret": "whsec_" + secrets.token_urlsafe(32),
-            "created_by": who.user_name, "created_at": now, "updated_at": now,
+            "created_by": who.user_name, "created_at": now, "updated_at": now, "format": format,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
             await wh_q.insert_webhook(conn, row)
@@ -99,7 +106,21 @@ class WebhookService:
         """Send one signed test event now (no retries) and say how it went."""
         hook = await self.get(webhook_id, who)
         async with httpx.AsyncClient() as client:
-            status, error, ms = await post(client, hook, ids.new_id("dlv"), "webhook.test", test_payload(hook.id))
+            body = test_payload(hook.id) if hook.format == formats.VMPLANE else formats.test_body(hook.format, "webhook.test", hook.id, who.org_id)
+            status, error, ms = await post(client, hook, ids.new_id("dlv"), "webhook.test", body)
+        return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
+
+    async def test_url(self, *, url: str, fmt: str, event: str, headers: dict[str, str], timeout_sec: float, who: Principal) -> dict[str, Any]:
+        """Send one test event to a URL no webhook is registered for (no retries), written in
+        format `fmt`, and say how it went."""
+        check_url(url)
+        check_headers(headers)
+        if fmt not in formats.FORMATS:
+            raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
+        hook = formats.AdHocHook(url=url, headers=headers, timeout_sec=timeout_sec, format=fmt, secret="whsec_test", id="test")
+        body = formats.test_body(fmt, event, hook.id, who.org_id)
+        async with httpx.AsyncClient() as client:
+            status, error, ms = await post(client, hook, ids.new_id("dlv"), event, body)
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
 
     async def deliveries(self, webhook_id: str, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
