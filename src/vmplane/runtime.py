@@ -29,6 +29,8 @@ from .services.moves import MoveService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services.schedules import ScheduleService
+from .services.deployments import DeploymentService
+from .services.vmconfig import VmConfigService
 from .services.networks import NetworkService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
@@ -79,6 +81,8 @@ class Runtime:
             self.coordinator.listen(TASKS_CHANNEL, self.engine.wakeup)
             self.coordinator.on_connected += [self.events.poke, self.engine.wakeup]
         self.schedules = ScheduleService(self)
+        self.deployments = DeploymentService(self)
+        self.vm_configs = VmConfigService(self)
         self.tenancy = TenancyService(self)
         self.billing = Billing(self)
         self.snapshots = SnapshotService(self)
@@ -190,6 +194,7 @@ class Runtime:
         await self.engine.start()
         await self.webhook_delivery.start()
         await self.schedules.start()
+        await self.deployments.start()  # reconciles only on the leader, once ready
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.ready = True
         log.info("vmplane ready: serving %d node(s), store %s", len(self.replicas.serving), self.store.dialect)
@@ -296,6 +301,7 @@ class Runtime:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
         await self.schedules.stop()
+        await self.deployments.stop()
         await self.engine.stop()
         await self.agents.stop()
         await self.webhook_delivery.stop()

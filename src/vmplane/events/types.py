@@ -12,7 +12,8 @@ TASK_TYPES = ("task.started", "task.succeeded", "task.failed", "task.cancelled")
 SCHEDULE_TYPES = ("schedule.triggered", "schedule.completed", "schedule.failed")
 NODE_TYPES = ("node.online", "node.offline")
 WEBHOOK_TYPES = ("webhook.delivered", "webhook.failed")
-ALL_TYPES = VM_TYPES + JOB_TYPES + TASK_TYPES + SCHEDULE_TYPES + NODE_TYPES + WEBHOOK_TYPES
+DEPLOYMENT_TYPES = ("deployment.created", "deployment.updated", "deployment.deleted", "deployment.reconciled")
+ALL_TYPES = VM_TYPES + JOB_TYPES + TASK_TYPES + SCHEDULE_TYPES + NODE_TYPES + WEBHOOK_TYPES + DEPLOYMENT_TYPES
 
 PATTERN_RE = re.compile(r"^[a-z*]+(\.[a-z*]+)?$")
 

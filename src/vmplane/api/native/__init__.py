@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from .deps import authorize
-from . import agents, backups, cluster, events, guest, jobs, networks, schedules, snapshots, templates, tenancy, vms, webhooks
+from . import agents, backups, cluster, deployments, events, guest, jobs, networks, schedules, snapshots, templates, tenancy, vms, webhooks
 
 
 def router() -> APIRouter:
@@ -13,7 +13,7 @@ def router() -> APIRouter:
     ws.include_router(events.ws_router)
     ws.include_router(agents.agent_router)  # node agents authenticate by themselves
     # agents before cluster: /nodes/tokens is not /nodes/{node_id}
-    for module in (vms, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy):
+    for module in (vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy):
         r.include_router(module.router)
     outer = APIRouter()
     outer.include_router(r)

@@ -1,0 +1,282 @@
+"""Deployments: a named desired state `{name, replicas, config}` and the reconciler that keeps it.
+
+Replicas are VMs named `<name>-<i>` (i from 1), made from the deployment's config (see
+services/vmconfig.py) and marked as the deployment's in their spec. Each pass of the
+reconciler, for every deployment:
+- a replica whose node is offline or gone is *lost*: it is not counted, and a new replica
+  takes its place (placement only picks online nodes, so elsewhere); when its node comes
+  back it counts again and the surplus is removed as in a scale-down;
+- a replica that died (`stopped` or `error`, nothing running on it) is deleted, and
+  recreated under its name once the delete has finished;
+- with fewer live replicas than desired, new ones are created at the lowest free numbers;
+  with more, the highest-numbered are deleted first.
+Every action is an event `deployment.reconciled` {deployment, action, replica, reason, jobId}.
+`readyReplicas` counts replicas that are `running`. With several replicas of vmplane on one
+PostgreSQL only the leader (replicas.py) reconciles; everything it needs is in the store, so
+a restart or a new leader carries on where the last pass stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
+
+from .. import clock, ids
+from ..auth import Principal
+from ..domain import NodeStatus, VmStatus
+from ..errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
+from ..store import deployments as dep_q
+from ..store import events as ev_q
+from ..store import nodes as node_q
+from . import vmconfig
+from .vms import check_name
+
+log = logging.getLogger("vmplane.deployments")
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$")
+MAX_REPLICAS = 100
+DEAD = (VmStatus.STOPPED.value, VmStatus.ERROR.value)
+RETRY_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Replica:
+    index: int
+    vm: Row
+    lost: bool
+    """its node is offline or gone"""
+    work: frozenset[str]
+    """types of the tasks queued or running on it (vm-create, vm-delete, ...)"""
+
+    @property
+    def going(self) -> bool:
+        """on its way out: being deleted, or a delete is queued"""
+        return self.vm.status == VmStatus.DELETING or "vm-delete" in self.work
+
+
+def check_replicas(value: Any, where: str = "replicas") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPLICAS:
+        raise InvalidRequest(f"{where} must be an integer from 0 to {MAX_REPLICAS}", field=where)
+    return value
+
+
+class DeploymentService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.interval = 1.0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._acted: dict[str, float] = {}
+        """VM id -> when a dead replica's delete was last asked for (a failing delete is
+        retried every RETRY_SECONDS, not every pass)"""
+
+    # -- CRUD ----------------------------------------------------------------------------
+
+    async def get(self, name: str, who: Principal) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await dep_q.get_deployment(conn, name)
+        if row is None or row.org_id != who.org_id or (who.team_id is not None and row.team_id != who.team_id):
+            raise NotFound(f"deployment {name} does not exist")
+        return row
+
+    async def list(self, who: Principal) -> Sequence[Row]:
+        async with self.rt.store.read() as conn:
+            rows = await dep_q.list_deployments(conn, who.org_id)
+        return [r for r in rows if who.team_id is None or r.team_id == who.team_id]
+
+    async def create(self, name: Any, replicas: Any, config: Any, who: Principal) -> Row:
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise InvalidRequest(
+                "name must be 1-48 lower-case letters, digits and '-', not starting or ending with '-' (replicas are <name>-<i>)",
+                field="name",
+            )
+        count = check_replicas(replicas)
+        config = vmconfig.check({} if config is None else config)
+        vmconfig.resources_of(config)
+        now = clock.now()
+        row = {
+            "id": ids.new_id("dep"), "name": name, "org_id": who.org_id, "team_id": who.team_id, "owner_id": who.user_id,
+            "replicas": count, "config": config, "created_at": now, "updated_at": now,
+        }  # fmt: skip
+        try:
+            async with self.rt.store.write() as conn:
+                if await dep_q.get_deployment(conn, name) is not None:
+                    raise Conflict(f"a deployment named {name!r} already exists", field="name")
+                await dep_q.insert_deployment(conn, row)
+                await ev_q.emit(conn, "deployment.created", row["id"], _data(row), who.org_id)
+        except IntegrityError:
+            raise Conflict(f"a deployment named {name!r} was created at the same time", field="name") from None
+        self.wake()
+        return await self.get(name, who)
+
+    async def update(self, name: str, who: Principal, *, replicas: Any = None, config_patch: Any = None) -> Row:
+        """Scale, and/or merge-patch the config (new replicas are made from the new config;
+        existing ones keep theirs)."""
+        dep = await self.get(name, who)
+        values: dict[str, Any] = {}
+        if replicas is not None:
+            values["replicas"] = check_replicas(replicas)
+        if config_patch is not None:
+            if not isinstance(config_patch, dict):
+                raise InvalidRequest("config must be an object (a merge patch)", field="config")
+            values["config"] = vmconfig.check(vmconfig.merge_patch(dep.config, config_patch))
+        if not values:
+            raise InvalidRequest("give replicas and/or config", field="body")
+        values["updated_at"] = clock.now()
+        async with self.rt.store.write() as conn:
+            await dep_q.set_deployment(conn, dep.id, **values)
+            data = {**_data(dep._mapping), **{k: v for k, v in values.items() if k in ("replicas", "config")}}
+            await ev_q.emit(conn, "deployment.updated", dep.id, data, dep.org_id)
+        self.wake()
+        return await self.get(name, who)
+
+    async def delete(self, name: str, who: Principal) -> str | None:
+        """Forget the deployment and delete its replicas (one job; None if it had none)."""
+        dep = await self.get(name, who)
+        replicas = await self.replicas(dep)
+        async with self.rt.store.write() as conn:
+            await dep_q.delete_deployment(conn, dep.id)
+            await ev_q.emit(conn, "deployment.deleted", dep.id, _data(dep._mapping), dep.org_id)
+        refs = [r.vm.id for r in replicas if r.vm.status != VmStatus.DELETING]
+        if not refs:
+            return None
+        return await self.rt.vms.delete(refs, who)
+
+    # -- replicas ------------------------------------------------------------------------
+
+    async def replicas(self, dep: Row) -> list[Replica]:
+        pattern = re.compile(re.escape(dep.name) + r"-([1-9][0-9]{0,3})$")
+        async with self.rt.store.read() as conn:
+            rows = [
+                r for r in await dep_q.vms_named_like(conn, dep.name + "-")
+                if pattern.match(r.name) and (r.spec or {}).get("deployment") == dep.id
+            ]  # fmt: skip
+            work = await dep_q.active_work(conn, [r.id for r in rows])
+            nodes = {n.id: n for n in await node_q.list_nodes(conn)} if rows else {}
+        out = []
+        for r in rows:
+            node = nodes.get(r.node_id) if r.node_id else None
+            lost = r.node_id is not None and (node is None or node.status != NodeStatus.ONLINE.value)
+            out.append(Replica(int(pattern.match(r.name).group(1)), r, lost, frozenset(work.get(r.id, ()))))  # type: ignore[union-attr]
+        return sorted(out, key=lambda x: x.index)
+
+    async def ready_count(self, dep: Row) -> int:
+        return sum(1 for r in await self.replicas(dep) if r.vm.status == VmStatus.RUNNING and not r.lost)
+
+    # -- the reconciler ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="deployments")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.rt.ready and self.rt.replicas.leader:  # one reconciler across replicas
+                    await self.reconcile_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciling deployments failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def reconcile_all(self) -> None:
+        async with self.rt.store.read() as conn:
+            deps = await dep_q.list_deployments(conn)
+        for dep in deps:
+            try:
+                await self.reconcile(dep)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciling deployment %s failed", dep.name)
+
+    async def reconcile(self, dep: Row) -> None:
+        """One pass over one deployment (see the module's docstring)."""
+        try:
+            who = await self.rt.tenancy.principal_for_internal(dep.owner_id, dep.org_id)
+        except VmplaneError as exc:
+            log.warning("deployment %s: its owner cannot act any more (%s); not reconciled", dep.name, exc.message)
+            return
+        replicas = await self.replicas(dep)
+        # every replica not lost holds its number, even on its way out: a replica that died is
+        # recreated under its own name once its delete has finished
+        live = [r for r in replicas if not r.lost]
+        for r in live:
+            if r.vm.status in DEAD and not r.work and clock.now() - self._acted.get(r.vm.id, 0.0) > RETRY_SECONDS:
+                self._acted[r.vm.id] = clock.now()
+                reason = r.vm.error or f"the replica is {r.vm.status}"
+                await self._act(dep, who, "replace", r.vm.name, reason, lambda r=r: self.rt.vms.delete([r.vm.id], who))
+        staying = [r for r in live if not r.going and not (r.vm.status in DEAD and not r.work)]
+        surplus = len(staying) - dep.replicas
+        for r in sorted(staying, key=lambda x: -x.index)[: max(0, surplus)]:
+            if r.work:  # being created or changed: removed once that is done
+                continue
+            await self._act(dep, who, "delete", r.vm.name, f"scaled to {dep.replicas}", lambda r=r: self.rt.vms.delete([r.vm.id], who))
+        # replicas on their way out hold their numbers until they are gone
+        missing = dep.replicas - len(live)
+        if missing <= 0:
+            return
+        lost = {r.vm.name for r in replicas if r.lost}
+        taken = {r.index for r in replicas}
+        async with self.rt.store.read() as conn:
+            others = {r.name for r in await dep_q.vms_named_like(conn, dep.name + "-")}
+        template = await self.rt.templates.default_id(who)
+        index = 0
+        while missing > 0 and index < 10_000:
+            index += 1
+            name = f"{dep.name}-{index}"
+            if index in taken or name in others:
+                continue
+            check_name(name)
+            reason = "replacing " + ", ".join(sorted(lost)) + " (node offline)" if lost else f"{len(live)} of {dep.replicas} replicas"
+            spec = vmconfig.new_vm(name, dep.config, template)
+            spec = replace(spec, extra={**spec.extra, "deployment": dep.id})
+
+            async def create(spec: Any = spec) -> str:
+                job_id, vm_ids = await self.rt.vms.create([spec], who, check_capacity=True)
+                await self.rt.vm_configs.record(vm_ids, dep.config)
+                return job_id
+
+            if not await self._act(dep, who, "create", name, reason, create):
+                return  # no room, or refused: the next pass tries again
+            missing -= 1
+
+    async def _act(self, dep: Row, who: Principal, action: str, replica: str, reason: str, do: Any) -> bool:
+        try:
+            job_id = await do()
+        except (InvalidState, NotFound, Conflict, NoCapacity, InvalidRequest) as exc:
+            await self._event(dep, action, replica, reason, None, exc.message)
+            log.warning("deployment %s: cannot %s %s: %s", dep.name, action, replica, exc.message)
+            return False
+        await self._event(dep, action, replica, reason, job_id, None)
+        log.info("deployment %s: %s %s (%s), job %s", dep.name, action, replica, reason, job_id)
+        return True
+
+    async def _event(self, dep: Row, action: str, replica: str, reason: str, job_id: str | None, error: str | None) -> None:
+        data = {"deployment": dep.name, "id": dep.id, "action": action, "replica": replica, "reason": reason, "jobId": job_id}
+        if error is not None:
+            data["error"] = error
+        async with self.rt.store.write() as conn:
+            await ev_q.emit(conn, "deployment.reconciled", dep.id, data, dep.org_id)
+
+
+def _data(row: Any) -> dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "replicas": row["replicas"]}
