@@ -161,7 +161,8 @@ class Runtime:
             "format": "qcow2",
             "size_mb": DISK_SIZE // 2**20,
             "image_path": str(image.disk),
-            "boot": {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline},
+            "boot": {"kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
+            | ({"sshHostKey": image.ssh_host_key} if image.ssh_host_key else {}),  # VMs show it with their `ssh`
             "source_url": f"file://{image.disk}",
             "error": None,
             "updated_at": now,

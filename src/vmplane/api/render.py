@@ -6,6 +6,7 @@ from sqlalchemy import Row
 
 from .. import clock
 from ..domain import job_progress
+from ..services.guest import ssh_endpoint
 
 
 def vm(row: Row, now: float) -> dict[str, Any]:
@@ -29,6 +30,7 @@ def vm(row: Row, now: float) -> dict[str, Any]:
             for n in spec.get("nics", ())
         ],
         "pciDevices": spec.get("pciAssigned", []),
+        "ssh": ssh_endpoint(spec),
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
     }

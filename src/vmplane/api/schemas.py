@@ -145,6 +145,15 @@ class NicOut(BaseModel):
     ipAddresses: list[str]
 
 
+class SshOut(BaseModel):
+    """Where to log in with SSH: a forwarded port on the node's loopback (user-mode NICs)."""
+
+    host: str
+    port: int
+    user: str
+    hostKey: str | None = Field(description="the guest's SSH host key (`ssh-ed25519 AAAA…`), when the template records it")
+
+
 class VmOut(BaseModel):
     id: str
     uuid: str
@@ -161,6 +170,7 @@ class VmOut(BaseModel):
     expose: list[dict[str, Any]]
     nics: list[NicOut]
     pciDevices: list[str]
+    ssh: SshOut | None = Field(description="SSH login through a forwarded port; null when the VM has none (sim nodes, remote nodes, bridge-only NICs: use the NIC's address)")
     createdAt: str
     updatedAt: str
 

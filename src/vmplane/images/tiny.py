@@ -155,6 +155,8 @@ class TinyImage:
     initrd: Path
     disk: Path
     cmdline: str
+    ssh_host_key: str | None = None
+    """dropbear's public host key (`ssh-ed25519 AAAA…`): every guest of this image has it"""
 
 
 # --------------------------------------------------------------------------
@@ -190,6 +192,7 @@ def load_tiny_image(dest_dir: Path) -> TinyImage | None:
     try:
         manifest = json.loads((dest_dir / MANIFEST_NAME).read_text())
         cmdline = str(manifest.get("cmdline") or DEFAULT_CMDLINE)
+        host_key = manifest.get("ssh_host_key")
     except (OSError, ValueError):
         return None
     return TinyImage(
@@ -197,6 +200,7 @@ def load_tiny_image(dest_dir: Path) -> TinyImage | None:
         initrd=dest_dir / INITRD_NAME,
         disk=dest_dir / DISK_NAME,
         cmdline=cmdline,
+        ssh_host_key=host_key if isinstance(host_key, str) and host_key.startswith("ssh-") else None,
     )
 
 

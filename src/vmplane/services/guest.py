@@ -17,15 +17,29 @@ from ..domain import VmStatus
 from ..drivers.base import ExecResult, HypervisorDriver, VmStats
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import guest as guest_q
+from ..store import templates as tpl_q
 from ..store import vms as vm_q
+from .vms import AUTO_PORTS, port_is_free
 
 CONSOLE_TOKEN_SECONDS = 60
+SSH_HOST = "127.0.0.1"
+"""Where forwarded ports listen: the node's loopback (the qemu driver's forward address)."""
+SSH_USER = "root"
 EXEC_MAX_OUTPUT = 1024 * 1024
 EXEC_MAX_SECONDS = 600
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def ssh_endpoint(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The VM's SSH login as `GET /api/v1/vms/{id}` shows it, `{host, port, user, hostKey}`,
+    or None when it has none (see `GuestService.prepare_ssh`)."""
+    ssh = (spec or {}).get("ssh")
+    if not ssh:
+        return None
+    return {"host": SSH_HOST, "port": ssh["hostPort"], "user": SSH_USER, "hostKey": ssh.get("hostKey")}
 
 
 class GuestService:
@@ -85,3 +99,34 @@ class GuestService:
     async def stats(self, ref: str, who: Principal) -> tuple[Row, VmStats]:
         vm = await self.rt.vms.get(ref, who)
         return vm, await self._driver(vm, "stats").stats_vm(vm.id)
+
+    async def prepare_ssh(self, vm_id: str, driver: HypervisorDriver) -> str | None:
+        """Give a VM placed on a qemu node with a user-mode NIC its SSH forward: a host port
+        on the node's loopback to guest port 22, reserved once and kept in the VM's spec
+        (`ssh`), so it stays the same across stop/start, restarts and moves. A VM that
+        exposes guest port 22 itself keeps that forward. Nothing for other drivers (sim; a
+        remote node's loopback is not the control plane's) or VMs only on bridges (their
+        address is reachable as it is). Idempotent; returns a line for the task log."""
+        if driver.capabilities.kind != "qemu":
+            return None
+        async with self.rt.store.write() as conn:
+            vm = await vm_q.get_vm(conn, vm_id)
+            spec = dict(vm.spec or {}) if vm is not None else {}
+            nics = spec.get("nics") or ()
+            if vm is None or spec.get("ssh") or (nics and not any(n.get("type", "user") == "user" for n in nics)):
+                return None
+            host_key = None
+            if vm.template_id is not None:
+                tpl = await tpl_q.get_template(conn, vm.template_id)
+                host_key = ((tpl.boot if tpl is not None else None) or {}).get("sshHostKey")
+            own = next((e for e in spec.get("expose") or () if e.get("port") == 22 and e.get("protocol", "tcp") == "tcp"), None)
+            if own is not None:
+                spec["ssh"] = {"hostPort": own["hostPort"], "hostKey": host_key, "reserved": False}
+            else:
+                taken = await guest_q.taken_ports(conn)
+                port = next((p for p in AUTO_PORTS if (p, "tcp") not in taken and port_is_free(p, "tcp")), None)
+                if port is None or not await guest_q.reserve_port(conn, vm.id, port, "tcp"):
+                    return "no free host port to forward SSH to: the VM has no SSH forward"
+                spec["ssh"] = {"hostPort": port, "hostKey": host_key, "reserved": True}
+            await vm_q.set_vm(conn, vm.id, spec=spec)
+        return f"SSH on {SSH_HOST}:{spec['ssh']['hostPort']}"

@@ -25,6 +25,16 @@ async def reserve_ports(conn: AsyncConnection, vm_id: str, ports: Sequence[tuple
     return None
 
 
+async def reserve_port(conn: AsyncConnection, vm_id: str, port: int, proto: str) -> bool:
+    """Reserve one more host port for a VM; False if another VM holds it (nothing changes)."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(insert(host_ports), [{"node_scope": PORT_SCOPE, "port": port, "protocol": proto, "vm_id": vm_id}])
+    except IntegrityError:
+        return False
+    return True
+
+
 async def taken_ports(conn: AsyncConnection) -> set[tuple[int, str]]:
     return {(r.port, r.protocol) for r in (await conn.execute(select(host_ports))).all()}
 

@@ -254,4 +254,7 @@ def _forwards(spec: VmSpec) -> tuple[Forward, ...]:
         if not (1 <= guest <= 65535 and 1 <= host <= 65535):
             raise DriverError(f"expose ports {host}->{guest} are out of range", vm_id=spec.id)
         out.append(Forward(protocol, host, guest))
+    ssh = spec.extra.get("ssh") or {}
+    if ssh.get("reserved"):  # the SSH forward vmplane reserved (GuestService.prepare_ssh)
+        out.append(Forward("tcp", int(ssh["hostPort"]), 22))
     return tuple(out)

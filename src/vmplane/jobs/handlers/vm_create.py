@@ -47,6 +47,9 @@ class VmCreate(BaseHandler):
         if not rt.replicas.runs_here(node_id):
             raise HandOff(f"{node_id} is served by another replica")
         driver = rt.registry.driver(node_id)
+        if (line := await rt.guest.prepare_ssh(vm.id, driver)) is not None:
+            ctx.log(line)
+            vm = await load_vm(ctx)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
         if vm.snapshot_id is not None:  # a copy-on-write clone of the snapshot's disk
             async with rt.store.read() as conn:
