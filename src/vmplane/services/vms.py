@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import Principal
@@ -164,6 +165,23 @@ class VmService:
         `check_capacity`: refuse (NoCapacity) a VM that no node could take right now, before
         anything is recorded, instead of letting its create task fail (the task's claim still
         decides: another create may take the room first)."""
+        specs, vm_ids, teams, networks = await self._prepare(specs, who, check_capacity)
+        async with self.rt.store.write() as conn:
+            rows = await self._insert(conn, specs, vm_ids, teams, networks, who)
+            job_id = await self.rt.engine.submit(
+                conn, "vm-create", who, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
+            )
+        self.rt.engine.wakeup()
+        return job_id, [r["id"] for r in rows]
+
+    async def record(self, conn: AsyncConnection, spec: NewVm, who: Principal) -> dict[str, Any]:
+        """Record one new VM (provisioning, on no node yet: names, quota, addresses, ports,
+        billing) inside the caller's transaction, with no job: for work that defines the VM
+        itself (an import, whose disk it brings). Validation as `create`'s."""
+        specs, vm_ids, teams, networks = await self._prepare([spec], who, False)
+        return (await self._insert(conn, specs, vm_ids, teams, networks, who))[0]
+
+    async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> tuple[list[NewVm], list[str], dict, dict]:
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
         specs = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
@@ -195,70 +213,68 @@ class VmService:
                 assert s.resources is not None
                 r = s.resources
                 await self.rt.capacity.check(Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci))
+        return specs, vm_ids, teams, networks
+
+    async def _insert(self, conn: AsyncConnection, specs: list[NewVm], vm_ids: list[str], teams: dict, networks: dict, who: Principal) -> list[dict[str, Any]]:
         now = clock.now()
-        async with self.rt.store.write() as conn:
-            await self.rt.tenancy.reserve(
-                conn, who.org_id, vms=len(specs), vcpu=sum(s.resources.cpu for s in specs),
-                ram_mb=sum(s.resources.ram_mb for s in specs), disk_gb=sum(s.resources.disk_gb for s in specs),
-            )  # fmt: skip
-            taken = await vm_q.names_taken(conn, [s.name for s in specs])
-            if taken:
-                raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
-            template_refs = {s.template_id for s in specs if s.template_id}
-            templates = {}
-            for ref in template_refs:
-                tpl = await tpl_q.get_template(conn, ref)
-                if tpl is None or tpl.org_id not in (None, who.org_id):
-                    raise InvalidRequest(f"templateId {ref!r} does not exist", field="templateId")
-                if tpl.status != "ready":
-                    raise InvalidState(f"template {ref} is {tpl.status}, not ready", current=tpl.status, required="ready")
-                templates[ref] = tpl
-            for ref in {s.node_id for s in specs if s.node_id}:
-                if await node_q.get_node(conn, ref) is None:
-                    raise InvalidRequest(f"nodeId {ref!r} does not exist", field="nodeId")
-            rows = []
-            for spec, vm_id in zip(specs, vm_ids):
-                tpl = templates.get(spec.template_id) if spec.template_id else None
-                rows.append(
-                    {
-                        "id": vm_id,
-                        "uuid": ids.new_uuid(),
-                        "name": spec.name,
-                        "org_id": who.org_id,
-                        "team_id": teams[spec.team],
-                        "node_id": None,
-                        "template_id": tpl.id if tpl is not None else None,
-                        "snapshot_id": spec.snapshot,
-                        "status": VmStatus.PROVISIONING.value,
-                        "cpu": spec.resources.cpu,
-                        "ram_mb": spec.resources.ram_mb,
-                        "disk_gb": spec.resources.disk_gb,
-                        "tags": list(spec.tags),
-                        "spec": {
-                            "nodeId": spec.node_id,
-                            **({"sourceName": tpl.name} if tpl is not None else {}),
-                            **spec.extra,
-                            **({"pciPassthrough": list(spec.pci)} if spec.pci else {}),
-                        },
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-            await self.rt.networks.allocate(conn, [(r, networks[s.networks]) for r, s in zip(rows, specs)])
-            try:
-                await vm_q.insert_vms(conn, rows)
-            except IntegrityError:
-                raise Conflict("a VM with one of these names was created at the same time") from None
-            await self._reserve_ports(conn, rows)
-            for row, spec in zip(rows, specs):
-                if spec.firewall is not None:
-                    await net_q.set_firewall(conn, row["id"], spec.firewall.to_wire(), now)
-            await self.rt.billing.allocated(conn, rows)
-            job_id = await self.rt.engine.submit(
-                conn, "vm-create", who, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
+        await self.rt.tenancy.reserve(
+            conn, who.org_id, vms=len(specs), vcpu=sum(s.resources.cpu for s in specs),
+            ram_mb=sum(s.resources.ram_mb for s in specs), disk_gb=sum(s.resources.disk_gb for s in specs),
+        )  # fmt: skip
+        taken = await vm_q.names_taken(conn, [s.name for s in specs])
+        if taken:
+            raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
+        template_refs = {s.template_id for s in specs if s.template_id}
+        templates = {}
+        for ref in template_refs:
+            tpl = await tpl_q.get_template(conn, ref)
+            if tpl is None or tpl.org_id not in (None, who.org_id):
+                raise InvalidRequest(f"templateId {ref!r} does not exist", field="templateId")
+            if tpl.status != "ready":
+                raise InvalidState(f"template {ref} is {tpl.status}, not ready", current=tpl.status, required="ready")
+            templates[ref] = tpl
+        for ref in {s.node_id for s in specs if s.node_id}:
+            if await node_q.get_node(conn, ref) is None:
+                raise InvalidRequest(f"nodeId {ref!r} does not exist", field="nodeId")
+        rows = []
+        for spec, vm_id in zip(specs, vm_ids):
+            tpl = templates.get(spec.template_id) if spec.template_id else None
+            rows.append(
+                {
+                    "id": vm_id,
+                    "uuid": ids.new_uuid(),
+                    "name": spec.name,
+                    "org_id": who.org_id,
+                    "team_id": teams[spec.team],
+                    "node_id": None,
+                    "template_id": tpl.id if tpl is not None else None,
+                    "snapshot_id": spec.snapshot,
+                    "status": VmStatus.PROVISIONING.value,
+                    "cpu": spec.resources.cpu,
+                    "ram_mb": spec.resources.ram_mb,
+                    "disk_gb": spec.resources.disk_gb,
+                    "tags": list(spec.tags),
+                    "spec": {
+                        "nodeId": spec.node_id,
+                        **({"sourceName": tpl.name} if tpl is not None else {}),
+                        **spec.extra,
+                        **({"pciPassthrough": list(spec.pci)} if spec.pci else {}),
+                    },
+                    "created_at": now,
+                    "updated_at": now,
+                }
             )
-        self.rt.engine.wakeup()
-        return job_id, [r["id"] for r in rows]
+        await self.rt.networks.allocate(conn, [(r, networks[s.networks]) for r, s in zip(rows, specs)])
+        try:
+            await vm_q.insert_vms(conn, rows)
+        except IntegrityError:
+            raise Conflict("a VM with one of these names was created at the same time") from None
+        await self._reserve_ports(conn, rows)
+        for row, spec in zip(rows, specs):
+            if spec.firewall is not None:
+                await net_q.set_firewall(conn, row["id"], spec.firewall.to_wire(), now)
+        await self.rt.billing.allocated(conn, rows)
+        return rows
 
     async def _resolve(self, spec: NewVm, who: Principal, index: int | None) -> NewVm:
         """Fill in what a spec leaves to defaults; a VM from a snapshot takes the snapshot's
