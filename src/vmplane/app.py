@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from . import __version__
-from .api import errors, faces, health
+from .api import errors, faces, health, ui
 from .api.identity import Identity
 from .api.metrics import Metrics, MetricsMiddleware
 from .api.metrics import router as metrics_router
@@ -45,6 +45,7 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     app.include_router(health.router)
     app.include_router(metrics_router)
     faces.install_all(app, rt)  # the native API, and every compat face under its prefix
+    ui.install(app)  # the web console at /ui (static files; the API key is entered in the page)
     app.add_middleware(Idempotency, store=rt.store)
     app.add_middleware(Identity, rt=rt)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

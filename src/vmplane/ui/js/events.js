@@ -1,0 +1,87 @@
+// The event stream (GET /api/v1/events, Server-Sent Events) read with fetch(): EventSource
+// cannot send the X-API-Key header. Reconnects with Last-Event-ID, so nothing is missed.
+
+import { apiKey } from "./api.js";
+
+const KEEP = 500;
+
+export class EventStream {
+  constructor() {
+    this.listeners = new Set();
+    this.stateListeners = new Set();
+    this.recent = [];
+    this.lastId = null;
+    this.state = "connecting";
+    this.controller = null;
+  }
+
+  on(fn) { this.listeners.add(fn); return () => this.listeners.delete(fn); }
+  onState(fn) { this.stateListeners.add(fn); fn(this.state); return () => this.stateListeners.delete(fn); }
+
+  setState(state) {
+    this.state = state;
+    for (const fn of this.stateListeners) fn(state);
+  }
+
+  start() {
+    this.stop();
+    this.controller = new AbortController();
+    this.loop(this.controller.signal);
+  }
+
+  stop() {
+    if (this.controller) this.controller.abort();
+    this.controller = null;
+  }
+
+  async loop(signal) {
+    while (!signal.aborted) {
+      try {
+        const headers = { "X-API-Key": apiKey() || "", Accept: "text/event-stream" };
+        if (this.lastId !== null) headers["Last-Event-ID"] = String(this.lastId);
+        const r = await fetch("/api/v1/events", { headers, signal, cache: "no-store" });
+        if (r.status === 401) { this.setState("unauthorized"); return; }
+        if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
+        this.setState("live");
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value.replace(/\r\n/g, "\n");
+          let cut;
+          while ((cut = buf.indexOf("\n\n")) >= 0) {
+            this.block(buf.slice(0, cut));
+            buf = buf.slice(cut + 2);
+          }
+        }
+      } catch (err) {
+        if (signal.aborted) return;
+      }
+      this.setState("reconnecting");
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  }
+
+  block(text) {
+    let type = "message";
+    const data = [];
+    for (const line of text.split("\n")) {
+      if (!line || line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") type = value;
+      else if (field === "data") data.push(value);
+    }
+    if (!data.length || type === "error") return; // "error": the server dropped us; the loop reconnects
+    let event;
+    try { event = JSON.parse(data.join("\n")); } catch { return; }
+    this.lastId = event.id;
+    this.recent.push(event);
+    if (this.recent.length > KEEP) this.recent.splice(0, this.recent.length - KEEP);
+    for (const fn of this.listeners) {
+      try { fn(event); } catch (err) { console.warn("event listener failed", err); }
+    }
+  }
+}

@@ -1,0 +1,83 @@
+// Create VM: template, size, node, SSH key, user-data.
+
+import { ApiError, listAll, post } from "../api.js";
+import { errorText, field, h, replace, toast } from "../dom.js";
+
+const SIZES = [
+  ["small", "Small: 1 vCPU, 512 MiB, 10 GB", 1, 512, 10],
+  ["medium", "Medium: 2 vCPU, 2 GiB, 20 GB", 2, 2048, 20],
+  ["large", "Large: 4 vCPU, 8 GiB, 50 GB", 4, 8192, 50],
+];
+
+export async function createPage(main, { navigate }) {
+  const [templates, nodes] = await Promise.all([listAll("/templates"), listAll("/nodes")]);
+  const usable = templates.filter((t) => t.status !== "error");
+
+  const name = h("input", { name: "name", required: true, maxlength: 63, pattern: "[A-Za-z0-9][A-Za-z0-9.-]*", autocomplete: "off" });
+  const template = h("select", { name: "template" },
+    h("option", { value: "" }, "none (an empty disk)"),
+    usable.map((t) => h("option", { value: t.id }, `${t.name} (${t.os}${t.status !== "ready" ? `, ${t.status}` : ""})`)));
+  const tiny = usable.find((t) => t.name === "tiny-linux") || usable[0];
+  if (tiny) template.value = tiny.id;
+  const size = h("select", { name: "size" }, SIZES.map(([v, label]) => h("option", { value: v }, label)), h("option", { value: "custom" }, "Custom"));
+  const cpu = h("input", { name: "cpu", type: "number", min: 1, max: 512, value: 1, required: true });
+  const ram = h("input", { name: "ramMb", type: "number", min: 64, step: 64, value: 512, required: true });
+  const disk = h("input", { name: "diskGb", type: "number", min: 1, value: 10, required: true });
+  size.addEventListener("change", () => {
+    const s = SIZES.find(([v]) => v === size.value);
+    if (s) [cpu.value, ram.value, disk.value] = [s[2], s[3], s[4]];
+  });
+  for (const el of [cpu, ram, disk]) el.addEventListener("input", () => { size.value = "custom"; });
+  const node = h("select", { name: "node" }, h("option", { value: "" }, "any (placement decides)"),
+    nodes.map((n) => h("option", { value: n.id, disabled: n.status !== "online" || n.cordoned }, `${n.hostname} (${n.driver}${n.cordoned ? ", cordoned" : ""})`)));
+  const sshKey = h("textarea", { name: "sshKeys", rows: 3, spellcheck: "false", placeholder: "ssh-ed25519 AAAA… user@host" });
+  const userData = h("textarea", { name: "userData", rows: 6, spellcheck: "false", placeholder: "#cloud-config\n…" });
+  const tags = h("input", { name: "tags", autocomplete: "off" });
+  const start = h("input", { type: "checkbox", name: "start", checked: true, id: "create-start" });
+  const alert = h("div", { role: "alert" });
+  const submit = h("button", { type: "submit" }, "Create VM");
+
+  const form = h("form", { class: "create card", "aria-labelledby": "create-title", novalidate: false },
+    alert,
+    field("Name", name, "Letters, digits, dots and dashes."),
+    field("Template", template),
+    h("fieldset", {}, h("legend", {}, "Size"),
+      field("Preset", size),
+      h("div", { class: "row" }, field("vCPUs", cpu), field("Memory (MiB)", ram), field("Disk (GB)", disk))),
+    field("Node", node),
+    field("SSH public keys", sshKey, "One key per line; they are put into the guest for root."),
+    field("User-data", userData, "#cloud-config or a #! script, given to cloud-init (NoCloud)."),
+    field("Tags", tags, "Comma-separated."),
+    h("div", { class: "field" }, h("label", { class: "inline", for: "create-start" }, start, "Start it once created")),
+    submit);
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    replace(alert);
+    const spec = {
+      name: name.value.trim(),
+      resources: { cpu: Number(cpu.value), ramMb: Number(ram.value), diskGb: Number(disk.value) },
+      start: start.checked,
+    };
+    if (template.value) spec.templateId = template.value;
+    if (node.value) spec.nodeId = node.value;
+    const keys = sshKey.value.split("\n").map((k) => k.trim()).filter(Boolean);
+    if (keys.length) spec.sshKeys = keys;
+    if (userData.value.trim()) spec.cloudInit = { userData: userData.value };
+    const tagList = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+    if (tagList.length) spec.tags = tagList;
+    submit.disabled = true;
+    try {
+      const r = await post("/vms", spec);
+      toast(`Creating ${spec.name} (job ${r.jobId}).`);
+      navigate(`#/vms/${r.vmIds[0]}`);
+    } catch (err) {
+      submit.disabled = false;
+      replace(alert, h("p", { class: "alert" }, `Not created: ${errorText(err)}`));
+      const bad = err instanceof ApiError && err.field ? form.querySelector(`[name="${String(err.field).split(".").pop()}"]`) : null;
+      if (bad) { bad.setAttribute("aria-invalid", "true"); bad.focus(); } else alert.focus?.();
+    }
+  });
+
+  replace(main, h("h1", { id: "create-title" }, "Create a VM"), form);
+}

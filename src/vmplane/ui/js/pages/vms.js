@@ -1,0 +1,141 @@
+// VMs: the list with live status (from the event stream), filters and bulk start/stop/delete.
+
+import { del, get, listAll, post } from "../api.js";
+import { badge, batcher, confirmAction, errorText, h, keepFocus, mib, replace, td, toast } from "../dom.js";
+
+const STATUSES = ["provisioning", "starting", "running", "stopping", "stopped", "error", "deleting"];
+
+export async function vmsPage(main, { events }) {
+  const vms = new Map();
+  const selected = new Set();
+  for (const vm of await listAll("/vms")) vms.set(vm.id, vm);
+  const nodes = await listAll("/nodes");
+
+  const name = h("input", { id: "filter-name", type: "search", placeholder: "part of a name" });
+  const status = h("select", { id: "filter-status" }, h("option", { value: "" }, "any"), STATUSES.map((s) => h("option", { value: s }, s)));
+  const node = h("select", { id: "filter-node" }, h("option", { value: "" }, "any"), nodes.map((n) => h("option", { value: n.id }, n.hostname)));
+  const tag = h("input", { id: "filter-tag", type: "search", placeholder: "a tag" });
+  const count = h("span", { class: "muted", "aria-live": "polite" });
+  const startBtn = h("button", { type: "button", onclick: () => power("start") }, "Start");
+  const stopBtn = h("button", { type: "button", onclick: () => power("stop") }, "Stop");
+  const deleteBtn = h("button", { type: "button", class: "danger", onclick: remove }, "Delete");
+  const selectAll = h("input", { type: "checkbox", "aria-label": "Select all shown VMs" });
+  const body = h("tbody");
+  const empty = h("p", { class: "muted" });
+
+  const filters = h("form", { class: "row", role: "search", "aria-label": "Filter VMs", onsubmit: (e) => e.preventDefault() },
+    h("div", { class: "field" }, h("label", { for: "filter-name" }, "Name"), name),
+    h("div", { class: "field" }, h("label", { for: "filter-status" }, "Status"), status),
+    h("div", { class: "field" }, h("label", { for: "filter-node" }, "Node"), node),
+    h("div", { class: "field" }, h("label", { for: "filter-tag" }, "Tag"), tag));
+  for (const el of [name, status, node, tag]) el.addEventListener("input", draw);
+
+  replace(main,
+    h("div", { class: "toolbar" }, h("h1", {}, "Virtual machines"), h("span", { class: "spacer" }),
+      h("a", { class: "button", href: "#/create" }, "Create VM")),
+    h("div", { class: "card" }, filters),
+    h("div", { class: "toolbar", role: "group", "aria-label": "Actions on the selected VMs" }, startBtn, stopBtn, deleteBtn, count),
+    h("div", { class: "table-wrap" },
+      h("table", { class: "stack", id: "vm-table" },
+        h("caption", { class: "visually-hidden" }, "Virtual machines"),
+        h("thead", {}, h("tr", {},
+          h("th", { scope: "col" }, selectAll), ["Name", "Status", "Node", "vCPU", "Memory", "Disk", "Addresses", "Uptime", "Tags"].map((c) => h("th", { scope: "col" }, c)))),
+        body)),
+    empty);
+
+  selectAll.addEventListener("change", () => {
+    for (const vm of shown()) {
+      if (selectAll.checked) selected.add(vm.id); else selected.delete(vm.id);
+    }
+    draw();
+  });
+
+  function shown() {
+    const q = name.value.trim().toLowerCase();
+    return [...vms.values()].filter((vm) =>
+      (!q || vm.name.toLowerCase().includes(q)) &&
+      (!status.value || vm.status === status.value) &&
+      (!node.value || vm.nodeId === node.value) &&
+      (!tag.value.trim() || vm.tags.includes(tag.value.trim())));
+  }
+
+  function row(vm) {
+    const box = h("input", { type: "checkbox", "aria-label": `Select ${vm.name}`, checked: selected.has(vm.id) });
+    box.addEventListener("change", () => { if (box.checked) selected.add(vm.id); else selected.delete(vm.id); updateActions(); });
+    const ips = vm.nics.flatMap((n) => n.ipAddresses);
+    return h("tr", { dataset: { vmId: vm.id } },
+      h("td", { class: "select", "data-label": "" }, box),
+      td("Name", h("a", { href: `#/vms/${vm.id}` }, vm.name)),
+      td("Status", badge(vm.status), vm.error ? h("div", { class: "error-text" }, vm.error) : null),
+      td("Node", vm.nodeId || "–"),
+      td("vCPU", String(vm.resources.cpu)),
+      td("Memory", mib(vm.resources.ramMb)),
+      td("Disk", `${vm.resources.diskGb} GB`),
+      td("Addresses", ips.join(", ") || "–"),
+      td("Uptime", vm.uptime || "–"),
+      td("Tags", vm.tags.join(", ") || "–"));
+  }
+
+  function draw() {
+    const list = shown();
+    for (const id of [...selected]) if (!vms.has(id)) selected.delete(id);
+    keepFocus(body, () => replace(body, list.map(row)));
+    empty.textContent = vms.size === 0 ? "No VMs yet." : list.length === 0 ? "No VM matches the filters." : "";
+    selectAll.checked = list.length > 0 && list.every((vm) => selected.has(vm.id));
+    updateActions();
+  }
+
+  function updateActions() {
+    const n = selected.size;
+    for (const b of [startBtn, stopBtn, deleteBtn]) b.disabled = n === 0;
+    count.textContent = `${n} selected · ${shown().length} of ${vms.size} shown`;
+  }
+
+  async function power(action) {
+    const ids = [...selected];
+    const results = await Promise.allSettled(ids.map((id) => post(`/vms/${id}/${action}`)));
+    const failed = results.filter((r) => r.status === "rejected");
+    const ok = ids.length - failed.length;
+    if (ok) toast(`${action === "start" ? "Start" : "Stop"} requested for ${ok} VM${ok > 1 ? "s" : ""}.`);
+    for (const f of failed) toast(errorText(f.reason), "error");
+  }
+
+  async function remove() {
+    const ids = [...selected];
+    const names = ids.map((id) => vms.get(id)?.name || id).join(", ");
+    if (!(await confirmAction(`Delete ${ids.length} VM${ids.length > 1 ? "s" : ""} (${names})? Their disks are removed.`, "Delete"))) return;
+    try {
+      const r = await del("/vms", { vmIds: ids });
+      toast(`Deleting ${ids.length} VM${ids.length > 1 ? "s" : ""} (job ${r.jobId}).`);
+      selected.clear();
+      draw();
+    } catch (err) {
+      toast(errorText(err), "error");
+    }
+  }
+
+  const refresh = batcher(async (ids) => {
+    for (const id of ids) {
+      try {
+        vms.set(id, await get(`/vms/${id}`));
+      } catch (err) {
+        if (err.status === 404) vms.delete(id);
+      }
+    }
+    draw();
+  });
+
+  const off = events.on((ev) => {
+    if (!ev.type.startsWith("vm.") || !ev.resource) return;
+    if (ev.type === "vm.deleted") { vms.delete(ev.resource); draw(); return; }
+    const known = vms.get(ev.resource);
+    if (known && ev.data && ev.data.status) { // show the new status at once; the rest follows
+      vms.set(ev.resource, { ...known, status: ev.data.status, error: ev.data.error ?? known.error });
+      draw();
+    }
+    refresh(ev.resource);
+  });
+
+  draw();
+  return off;
+}
