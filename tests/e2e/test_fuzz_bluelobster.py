@@ -10,14 +10,12 @@ that vmplane answers on purpose (401 on every operation, 409 for power actions i
 state and for stats on a node that measures nothing); docs/bluelobster.md lists them."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ..support import admin_key, free_port, serve, wait_ready
+from ..support_fuzz import fuzz_server
 
 pytestmark = pytest.mark.slow
 
@@ -68,37 +66,14 @@ def contract_as_served(dest: Path) -> Path:
 
 
 def test_schemathesis_finds_no_contract_violations(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/compat/bluelobster"
-    env = {
-        "VMPLANE_RATE_LIMIT_PER_SECOND": "100000", "VMPLANE_RATE_LIMIT_BURST": "100000", "VMPLANE_SIM_LATENCY_MS": "1",
-        "VMPLANE_SIM_NODE_CPU": "1000000", "VMPLANE_SIM_NODE_RAM_MB": str(2**40), "VMPLANE_SIM_NODE_DISK_GB": str(2**40),
-    }  # fmt: skip
-    log = tmp_path / "server.log"
-    proc = serve(tmp_path / "data", port, log, ["--driver", "sim", "--sim-nodes", "2"], env)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        key = admin_key(tmp_path / "data")
-        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c:
+    with fuzz_server(tmp_path) as server:
+        url = f"{server.url}/compat/bluelobster"
+        with httpx.Client(base_url=url, headers={"X-API-Key": server.key}, timeout=30) as c:
             launched = [
                 c.post("/api/v1/instances/launch-instance", json={"region": "local", "instance_type": "v1_cpu_small", "username": "u", "name": f"seed-{i}"}).json()["data"]
                 for i in range(3)
             ]
         instances = [d["instance_ids"][0] for d in launched]
         tasks = [d["task_id"] for d in launched]
-        config = tmp_path / "schemathesis.toml"
-        config.write_text(CONFIG.format(instances=instances, tasks=tasks).replace("'", '"'))
-        st = Path(sys.executable).with_name("st")
-        r = subprocess.run(
-            [str(st), "--config-file", str(config), "run", str(contract_as_served(tmp_path / "contract.json")), "--url", url, "-H", f"X-API-Key: {key}",
-             "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "15", "--seed", "7",
-             "--request-timeout", "20"],  # fmt: skip
-            capture_output=True, text=True, timeout=900, cwd=tmp_path,  # its cache goes there
-        )
-        summary = r.stdout[-6000:]
-        print(summary[summary.find("SUMMARY") :])
-        assert r.returncode == 0, r.stdout[-20000:]
-        assert "Traceback" not in log.read_text() and "unhandled error" not in log.read_text()
-    finally:
-        proc.kill()
-        proc.wait()
+        server.run(contract_as_served(tmp_path / "contract.json"), url, "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+                   config=CONFIG.format(instances=instances, tasks=tasks).replace("'", '"'))  # fmt: skip
