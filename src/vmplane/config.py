@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     """Faces whose API answers with the finished result (FastVM) wait this long for the job
     behind a request; after that they answer that it is still in progress."""
 
+    import_dirs: Annotated[list[Path], NoDecode] = []
+    """Directories imports (ImportService) may read local files from, by path or file://
+    URL; as an env var comma-separated or a JSON list. Empty: `<data_dir>/imports`."""
     backup_dir: Path | None = None
     """The backup store (a restic repository): default `<data_dir>/backups`; any mounted path."""
     user_network_subnet: str = "10.0.0.0/16"
@@ -129,6 +132,14 @@ class Settings(BaseSettings):
                 v = [p.strip() for p in text.split(",") if p.strip()]
         if isinstance(v, (list, tuple)):
             Allowlist(v)  # a bad pattern fails here, at start, naming itself
+        return v
+
+    @field_validator("import_dirs", mode="before")
+    @classmethod
+    def _import_dirs(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            v = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
         return v
 
     @field_validator("jwt_secret")

@@ -23,6 +23,8 @@ from .services.agents import AgentService
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
 from .services.guest import GuestService
+from .services.imports import ImportService
+from .services.vsphere import VsphereService
 from .services.ingress import IngressService
 from .services.jobs import JobService
 from .services.moves import MoveService
@@ -75,6 +77,8 @@ class Runtime:
         self.agents = AgentService(self)
         self.moves = MoveService(self)
         self.guest = GuestService(self)
+        self.vsphere = VsphereService(self)
+        self.imports = ImportService(self)
         self.events = EventBus(self.store)
         if self.coordinator is not None:  # work and events of the other replicas, the moment they commit
             self.coordinator.listen(EVENTS_CHANNEL, self.events.poke)

@@ -1,0 +1,392 @@
+"""Imports: bring a VM into vmplane from elsewhere — an OVA (file or URL), a disk image
+(qcow2, raw, vmdk or vhdx; file or URL), a vSphere VM (vCenter or ESXi, by stored profile
+or ad-hoc credentials) or a VM of another vmplane. An import is a job (`vm-import`, one task
+whose resource is the import `imp-…`) that goes through the stages `connecting`,
+`exporting`, `converting`, `defining`, `starting`, with the bytes moved recorded on the
+import as it goes. The VM record exists only from `defining` on; a cancelled or failed import
+leaves no VM and no disk file behind.
+
+Local files are read only under the allowed directories (`VMPLANE_IMPORT_DIRS`, default
+`<data dir>/imports`), whether named by `path` or by a `file://` URL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import unquote, urlparse
+
+from sqlalchemy import Row
+
+from .. import clock, ids
+from ..auth import Principal
+from ..errors import InvalidRequest, NotFound
+from ..store import imports as imp_q
+from . import pages
+from .vms import check_name, check_tags
+
+SOURCE_TYPES = ("ova", "disk", "vsphere", "vmplane")
+STAGES = ("connecting", "exporting", "converting", "defining", "starting")
+DISK_FORMATS = ("qcow2", "raw", "vmdk", "vhdx")
+EXPORT_METHODS = ("auto", "lease", "datastore")
+
+
+@dataclass(frozen=True)
+class ImportSource:
+    """Where the VM comes from. Which fields apply depends on `type`:
+
+    - `ova`: `path` (a local file under an allowed directory) or `url` (http, https, file);
+    - `disk`: the same, plus `format` (qcow2, raw, vmdk, vhdx; None: detected);
+    - `vsphere`: `vm_path` (inventory path) and either `profile` (a stored connection) or
+      `vcenter_url` + `username` + `password` (+ `insecure`); `export_method` auto, lease
+      (NFC export lease) or datastore (datastore file download);
+    - `vmplane`: `url` (the other vmplane's base URL), `api_key`, `vm_id`.
+    """
+
+    type: str
+    path: str | None = None
+    url: str | None = None
+    format: str | None = None
+    profile: str | None = None
+    vcenter_url: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    insecure: bool | None = None
+    vm_path: str | None = None
+    export_method: str = "auto"
+    api_key: str | None = field(default=None, repr=False)
+    vm_id: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The source as it may be stored and shown: never a password or an API key."""
+        out: dict[str, Any] = {"type": self.type}
+        for key, value in (
+            ("path", self.path), ("url", self.url), ("format", self.format), ("profile", self.profile),
+            ("vcenterUrl", self.vcenter_url), ("username", self.username if not self.profile else None),
+            ("insecure", self.insecure), ("vmPath", self.vm_path), ("vmId", self.vm_id),
+        ):  # fmt: skip
+            if value is not None:
+                out[key] = value
+        if self.type == "vsphere":
+            out["exportMethod"] = self.export_method
+        return out
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """What to import and how the VM is to be made."""
+
+    source: ImportSource
+    name: str | None = None
+    """the VM's name (default: the source VM's, made valid)"""
+    cpu: int | None = None
+    ram_mb: int | None = None
+    disk_gb: int | None = None
+    """override the source's shape (the disk only grows)"""
+    network_mapping: dict[str, str] = field(default_factory=dict)
+    """source network name -> vmplane network (id or name); unmapped networks go to the
+    default network"""
+    remove_cdroms: bool = False
+    """vSphere: remove the source VM's CD-ROM drives before the export (as HyperSDK does);
+    every source: the VM is made without them (vmplane VMs have no CD-ROM drive but the
+    cloud-init seed)"""
+    start: bool = True
+    node_id: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportView:
+    """An import as the API shows it."""
+
+    id: str
+    job_id: str
+    vm_id: str | None
+    name: str
+    source: dict[str, Any]
+    options: dict[str, Any]
+    state: str
+    """queued, running, succeeded, failed, cancelled"""
+    stage: str | None
+    bytes_done: int
+    bytes_total: int | None
+    shape: dict[str, Any] | None
+    """what the source said the VM is: cpu, ramMb, diskBytes, nics, cdroms, os"""
+    error: str | None
+    created_by: str
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    @property
+    def percent(self) -> int:
+        """Progress through the stages, with bytes inside exporting and converting."""
+        if self.state == "succeeded":
+            return 100
+        if self.stage is None:
+            return 0
+        start, end = STAGE_SPAN[self.stage]
+        if self.bytes_total:
+            return start + (end - start) * min(self.bytes_done, self.bytes_total) // self.bytes_total
+        return start
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "jobId": self.job_id, "vmId": self.vm_id, "name": self.name, "source": self.source,
+            "options": self.options, "state": self.state, "stage": self.stage, "progress": self.percent,
+            "bytesDone": self.bytes_done, "bytesTotal": self.bytes_total, "shape": self.shape, "error": self.error,
+            "createdBy": self.created_by, "createdAt": clock.rfc3339(self.created_at), "updatedAt": clock.rfc3339(self.updated_at),
+            "finishedAt": clock.rfc3339(self.finished_at),
+        }  # fmt: skip
+
+
+STAGE_SPAN = {"connecting": (0, 5), "exporting": (5, 50), "converting": (50, 85), "defining": (85, 92), "starting": (92, 99)}
+
+
+def view(row: Row) -> ImportView:
+    return ImportView(
+        row.id, row.job_id, row.vm_id, row.name, dict(row.source), dict(row.options), row.state, row.stage, int(row.bytes_done or 0),
+        row.bytes_total, row.shape, row.error, row.created_by, row.created_at, row.updated_at, row.finished_at,
+    )  # fmt: skip
+
+
+def _str(body: dict[str, Any], key: str, where: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{where} must be a non-empty string", field=where)
+    if len(value) > 4096:
+        raise InvalidRequest(f"{where} is too long", field=where)
+    return value
+
+
+def _bool(body: dict[str, Any], key: str, where: str, default: bool | None) -> bool | None:
+    value = body.get(key, default)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest(f"{where} must be true or false", field=where)
+    return value
+
+
+def _int(body: dict[str, Any], key: str, where: str, low: int, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"{where} must be a whole number from {low} to {high}", field=where)
+    return value
+
+
+SOURCE_KEYS = {"type", "path", "url", "format", "profile", "vcenterUrl", "username", "password", "insecure", "vmPath", "exportMethod", "apiKey", "vmId"}
+REQUEST_KEYS = {"source", "name", "cpu", "ramMb", "diskGb", "networkMapping", "removeCdroms", "start", "nodeId", "tags"}
+
+
+def parse_request(body: Any) -> ImportRequest:
+    """The native wire form (camelCase; unknown fields refused) -> ImportRequest. Checks the
+    syntax only; `ImportService.submit` checks the rest. Raises InvalidRequest naming the
+    field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object", field="body")
+    unknown = sorted(set(body) - REQUEST_KEYS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    src = body.get("source")
+    if not isinstance(src, dict):
+        raise InvalidRequest("source must be an object with a type", field="source")
+    unknown = sorted(set(src) - SOURCE_KEYS)
+    if unknown:
+        raise InvalidRequest(f"unknown field source.{unknown[0]}", field=f"source.{unknown[0]}")
+    kind = src.get("type")
+    if kind not in SOURCE_TYPES:
+        raise InvalidRequest(f"source.type must be one of {', '.join(SOURCE_TYPES)}", field="source.type")
+    source = ImportSource(
+        type=kind, path=_str(src, "path", "source.path"), url=_str(src, "url", "source.url"), format=_str(src, "format", "source.format"),
+        profile=_str(src, "profile", "source.profile"), vcenter_url=_str(src, "vcenterUrl", "source.vcenterUrl"),
+        username=_str(src, "username", "source.username"), password=src.get("password") if isinstance(src.get("password"), str) else None,
+        insecure=_bool(src, "insecure", "source.insecure", None), vm_path=_str(src, "vmPath", "source.vmPath"),
+        export_method=_str(src, "exportMethod", "source.exportMethod") or "auto", api_key=_str(src, "apiKey", "source.apiKey"),
+        vm_id=_str(src, "vmId", "source.vmId"),
+    )  # fmt: skip
+    if "password" in src and src["password"] is not None and not isinstance(src["password"], str):
+        raise InvalidRequest("source.password must be a string", field="source.password")
+    mapping = body.get("networkMapping") or {}
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in mapping.items()):
+        raise InvalidRequest("networkMapping must map source network names to vmplane network names", field="networkMapping")
+    tags = body.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidRequest("tags must be a list of strings", field="tags")
+    return ImportRequest(
+        source=source, name=_str(body, "name", "name"), cpu=_int(body, "cpu", "cpu", 1, 256),
+        ram_mb=_int(body, "ramMb", "ramMb", 64, 4 << 20), disk_gb=_int(body, "diskGb", "diskGb", 1, 65536),
+        network_mapping=dict(mapping), remove_cdroms=bool(_bool(body, "removeCdroms", "removeCdroms", False)),
+        start=bool(_bool(body, "start", "start", True)), node_id=_str(body, "nodeId", "nodeId"), tags=tuple(tags),
+    )  # fmt: skip
+
+
+def check_url(url: str, where: str, schemes: Sequence[str] = ("http", "https", "file")) -> None:
+    p = urlparse(url)
+    if p.scheme not in schemes:
+        raise InvalidRequest(f"{where} must be an {', '.join(s + '://' for s in schemes)} URL", field=where)
+    if p.scheme == "file":
+        if p.netloc not in ("", "localhost") or not p.path.startswith("/"):
+            raise InvalidRequest(f"{where}: file:// URLs must name an absolute local path", field=where)
+    elif not p.hostname:
+        raise InvalidRequest(f"{where} has no host", field=where)
+
+
+class ImportService:
+    """rt.imports: submit imports, read their progress."""
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    def allowed_dirs(self) -> list[Path]:
+        """Directories local import files may come from (resolved; the default is made)."""
+        dirs = list(self.rt.settings.import_dirs) or [Path(self.rt.data_dir) / "imports"]
+        out = []
+        for d in dirs:
+            if d == Path(self.rt.data_dir) / "imports":
+                d.mkdir(parents=True, exist_ok=True)
+            out.append(Path(os.path.realpath(d)))
+        return out
+
+    def local_file(self, path: str, where: str) -> Path:
+        """`path` (absolute) if it is a regular file inside an allowed directory once every
+        symlink is resolved; InvalidRequest naming `where` otherwise."""
+        if not path.startswith("/") or "\x00" in path:
+            raise InvalidRequest(f"{where} must be an absolute path", field=where)
+        real = Path(os.path.realpath(path))
+        allowed = self.allowed_dirs()
+        if not any(real == d or d in real.parents for d in allowed):
+            raise InvalidRequest(f"{where} is outside the directories imports may read ({', '.join(map(str, allowed))}; VMPLANE_IMPORT_DIRS)", field=where)
+        if not real.is_file():
+            raise InvalidRequest(f"{where}: {path} is not a file", field=where)
+        return real
+
+    async def submit(self, req: ImportRequest, who: Principal) -> tuple[str, str]:
+        """Check the request (files, URLs, profile, names, networks) and submit a vm-import
+        job. Returns (job id, import id). Nothing is fetched yet: that is the job's work."""
+        src = req.source
+        secrets: dict[str, Any] = {}
+        if src.type in ("ova", "disk"):
+            if (src.path is None) == (src.url is None):
+                raise InvalidRequest(f"a {src.type} source needs path or url (one of them)", field="source.path")
+            if src.path is not None:
+                self.local_file(src.path, "source.path")
+            else:
+                assert src.url is not None
+                check_url(src.url, "source.url")
+                if urlparse(src.url).scheme == "file":
+                    self.local_file(unquote(urlparse(src.url).path), "source.url")
+            if src.format is not None and (src.type != "disk" or src.format not in DISK_FORMATS):
+                raise InvalidRequest(f"source.format must be one of {', '.join(DISK_FORMATS)} (disk sources only)", field="source.format")
+        elif src.type == "vsphere":
+            if not src.vm_path:
+                raise InvalidRequest("a vsphere source needs vmPath (the VM's inventory path)", field="source.vmPath")
+            if src.export_method not in EXPORT_METHODS:
+                raise InvalidRequest(f"source.exportMethod must be one of {', '.join(EXPORT_METHODS)}", field="source.exportMethod")
+            try:
+                conn = await self.rt.vsphere.connection(
+                    who, profile=src.profile, url=src.vcenter_url, username=src.username, password=src.password, insecure=src.insecure
+                )
+            except InvalidRequest as exc:
+                raise InvalidRequest(exc.message, field=f"source.{exc.field}" if exc.field else "source") from None
+            if conn.profile is None:
+                secrets["vsphere"] = self.rt.vsphere.seal(conn)
+        else:  # vmplane
+            if not src.url:
+                raise InvalidRequest("a vmplane source needs url (the other vmplane's base URL)", field="source.url")
+            check_url(src.url, "source.url", ("http", "https"))
+            if not src.vm_id:
+                raise InvalidRequest("a vmplane source needs vmId", field="source.vmId")
+            if not src.api_key:
+                raise InvalidRequest("a vmplane source needs apiKey (a key of the other vmplane)", field="source.apiKey")
+            secrets["apiKey"] = src.api_key
+        if req.name is not None:
+            check_name(req.name, "name")
+        check_tags(req.tags, "tags")
+        for source_net, target in sorted(req.network_mapping.items()):
+            try:
+                await self.rt.networks.get(target, who, field=f"networkMapping.{source_net}")
+            except NotFound as exc:
+                raise InvalidRequest(exc.message, field=f"networkMapping.{source_net}") from None
+        now = clock.now()
+        imp_id = ids.new_id("imp")
+        options = {
+            "cpu": req.cpu, "ramMb": req.ram_mb, "diskGb": req.disk_gb, "networkMapping": req.network_mapping,
+            "removeCdroms": req.remove_cdroms, "start": req.start, "nodeId": req.node_id, "tags": list(req.tags),
+        }  # fmt: skip
+        payload: dict[str, Any] = {
+            "who": {"org_id": who.org_id, "user_id": who.user_id, "user_name": who.user_name, "role": str(who.role), "team_id": who.team_id},
+        }
+        if secrets:
+            payload["sealed"] = self.rt.vsphere.box.seal(secrets)
+        async with self.rt.store.write() as conn:
+            if req.node_id is not None:
+                from ..store import nodes as node_q
+
+                if await node_q.get_node(conn, req.node_id) is None:
+                    raise InvalidRequest(f"nodeId {req.node_id!r} does not exist", field="nodeId")
+            job_id = await self.rt.engine.submit(conn, "vm-import", who, [(imp_id, payload)])
+            await imp_q.insert_import(
+                conn,
+                {
+                    "id": imp_id, "org_id": who.org_id, "job_id": job_id, "vm_id": None, "name": req.name or "",
+                    "source_type": src.type, "source": src.public(), "options": options, "state": "queued", "stage": None,
+                    "bytes_done": 0, "bytes_total": None, "shape": None, "error": None, "created_by": who.user_name,
+                    "created_at": now, "updated_at": now, "finished_at": None,
+                },
+            )  # fmt: skip
+        self.rt.engine.wakeup()
+        return job_id, imp_id
+
+    async def get(self, import_id: str, who: Principal) -> ImportView:
+        async with self.rt.store.read() as conn:
+            row = await imp_q.get_import(conn, import_id)
+        if row is None or row.org_id != who.org_id:
+            raise NotFound(f"import {import_id} does not exist")
+        return view(row)
+
+    async def for_job(self, job_id: str, who: Principal) -> ImportView | None:
+        """The import a job does (None: the job is not an import)."""
+        async with self.rt.store.read() as conn:
+            row = await imp_q.import_of_job(conn, job_id)
+        return view(row) if row is not None and row.org_id == who.org_id else None
+
+    async def list(self, who: Principal, *, limit: int = 50, page_token: str | None = None) -> tuple[list[ImportView], str | None]:
+        after = pages.decode("imports", page_token)
+        async with self.rt.store.read() as conn:
+            rows = await imp_q.list_imports(conn, who.org_id, after_seq=after, limit=limit + 1)
+        token = pages.encode("imports", rows[limit - 1].seq) if len(rows) > limit else None
+        return [view(r) for r in rows[:limit]], token
+
+    def request_of(self, row: Row) -> ImportRequest:
+        """The request an import was made from (secrets not included: see `secrets_of`)."""
+        s, o = dict(row.source), dict(row.options)
+        source = ImportSource(
+            type=row.source_type, path=s.get("path"), url=s.get("url"), format=s.get("format"), profile=s.get("profile"),
+            vcenter_url=s.get("vcenterUrl"), username=s.get("username"), insecure=s.get("insecure"), vm_path=s.get("vmPath"),
+            export_method=s.get("exportMethod", "auto"), vm_id=s.get("vmId"),
+        )  # fmt: skip
+        return ImportRequest(
+            source=source, name=row.name or None, cpu=o.get("cpu"), ram_mb=o.get("ramMb"), disk_gb=o.get("diskGb"),
+            network_mapping=dict(o.get("networkMapping") or {}), remove_cdroms=bool(o.get("removeCdroms")), start=bool(o.get("start", True)),
+            node_id=o.get("nodeId"), tags=tuple(o.get("tags") or ()),
+        )  # fmt: skip
+
+    def secrets_of(self, payload: dict[str, Any]) -> dict[str, Any]:
+        token = payload.get("sealed")
+        return self.rt.vsphere.box.open(token) if token else {}
+
+
+def principal_of(payload: dict[str, Any]) -> Principal:
+    """The submitter, as the import's task acts for them."""
+    from ..auth import Role
+
+    w = payload["who"]
+    return Principal(org_id=w["org_id"], user_id=w["user_id"], user_name=w["user_name"], role=Role(w["role"]), team_id=w.get("team_id"))
+
+
+__all__ = ["ImportRequest", "ImportService", "ImportSource", "ImportView", "parse_request", "principal_of", "STAGES", "SOURCE_TYPES"]
