@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     default_template: str = "tiny-linux"
     """the template (id or name) of VMs whose request names no image, such as a FastVM
     machine type; none when it does not exist"""
+    plugin_health_seconds: float = Field(10.0, ge=0, le=3600)
+    """How often the health check of each running plugin VM's workload is polled (0: never)."""
     compat_wait_seconds: float = Field(10.0, ge=0, le=300)
     """Faces whose API answers with the finished result (FastVM) wait this long for the job
     behind a request; after that they answer that it is still in progress."""

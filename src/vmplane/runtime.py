@@ -34,6 +34,7 @@ from .services.schedules import ScheduleService
 from .services.deployments import DeploymentService
 from .services.vmconfig import VmConfigService
 from .services.networks import NetworkService
+from .services.plugins import PluginService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
@@ -93,6 +94,7 @@ class Runtime:
         self.networks = NetworkService(self)
         self.ingress = IngressService(self)
         self.backups = BackupService(self)
+        self.plugins = PluginService(self)
         self.backup_store = BackupStore(
             settings.backup_dir or self.data_dir / "backups", self.data_dir / "backup-repo-password"
         )
@@ -199,6 +201,7 @@ class Runtime:
         await self.engine.start()
         await self.webhook_delivery.start()
         await self.schedules.start()
+        self.plugins.start()
         await self.deployments.start()  # reconciles only on the leader, once ready
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.ready = True
@@ -306,6 +309,7 @@ class Runtime:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
         await self.schedules.stop()
+        await self.plugins.stop()
         await self.deployments.stop()
         await self.engine.stop()
         await self.agents.stop()

@@ -30,6 +30,7 @@ def vm(row: Row, now: float) -> dict[str, Any]:
             for n in spec.get("nics", ())
         ],
         "pciDevices": spec.get("pciAssigned", []),
+        "plugin": spec.get("plugin"),
         "ssh": ssh_endpoint(spec),
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),

@@ -58,6 +58,7 @@ class VmCreateIn(In):
     snapshotId: str | None = Field(None, max_length=64, description="clone this snapshot (copy-on-write); disk may only grow")
     networks: list[NetworkRefIn] = Field(default_factory=list, max_length=8, description="one NIC per network, in order (default: the user network)")
     devices: DevicesIn | None = None
+    plugin: str | None = Field(None, min_length=1, max_length=63, description="an installed, enabled plugin (name or runtime): resources, image and cloud-init default to its manifest's")
     firewall: dict[str, Any] | None = Field(
         None,
         description="the VM's firewall from the start, as PUT /vms/{id}/firewall takes it: {enabled, policyIn, policyOut, rules} "
@@ -170,6 +171,7 @@ class VmOut(BaseModel):
     expose: list[dict[str, Any]]
     nics: list[NicOut]
     pciDevices: list[str]
+    plugin: dict[str, Any] | None = Field(None, description="the plugin the VM was made from: {name, runtime, version}")
     ssh: SshOut | None = Field(description="SSH login through a forwarded port; null when the VM has none (sim nodes, remote nodes, bridge-only NICs: use the NIC's address)")
     createdAt: str
     updatedAt: str

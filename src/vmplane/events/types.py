@@ -6,14 +6,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated")
+VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated", "vm.health")
 JOB_TYPES = ("job.submitted", "job.started", "job.progress", "job.completed", "job.failed", "job.cancelled")
 TASK_TYPES = ("task.started", "task.succeeded", "task.failed", "task.cancelled")
 SCHEDULE_TYPES = ("schedule.triggered", "schedule.completed", "schedule.failed")
 NODE_TYPES = ("node.online", "node.offline")
 WEBHOOK_TYPES = ("webhook.delivered", "webhook.failed")
+PLUGIN_TYPES = ("plugin.installed", "plugin.enabled", "plugin.disabled", "plugin.deleted")
 DEPLOYMENT_TYPES = ("deployment.created", "deployment.updated", "deployment.deleted", "deployment.reconciled")
-ALL_TYPES = VM_TYPES + JOB_TYPES + TASK_TYPES + SCHEDULE_TYPES + NODE_TYPES + WEBHOOK_TYPES + DEPLOYMENT_TYPES
+ALL_TYPES = VM_TYPES + JOB_TYPES + TASK_TYPES + SCHEDULE_TYPES + NODE_TYPES + WEBHOOK_TYPES + PLUGIN_TYPES + DEPLOYMENT_TYPES
 
 PATTERN_RE = re.compile(r"^[a-z*]+(\.[a-z*]+)?$")
 

@@ -71,8 +71,15 @@ class TemplateService:
         token = pages.encode("templates", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def create(self, *, name: str, os_: str, node_id: str | None, source_url: str, who: Principal) -> tuple[str, str]:
-        """Operators' templates are shared with every organization; others' stay private."""
+    async def create(
+        self, *, name: str, os_: str, node_id: str | None, source_url: str, who: Principal,
+        checksum: str | None = None, initramfs_of: str | None = None,
+    ) -> tuple[str, str]:
+        """Operators' templates are shared with every organization; others' stay private.
+
+        `checksum`: the sha256 (hex) the download must have, else the import fails.
+        `initramfs_of`: the source is an initramfs, booted with this template's kernel,
+        command line and disk (a template of a plugin's `initramfs`)."""  # fmt: skip
         check_template_name(name)
         check_os(os_)
         check_source_url(source_url)
@@ -98,7 +105,8 @@ class TemplateService:
                     "updated_at": now,
                 },
             )
-            job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, {})])
+            payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
+            job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
         self.rt.engine.wakeup()
         return job_id, tpl_id
 

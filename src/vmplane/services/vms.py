@@ -123,6 +123,9 @@ class NewVm:
     disk_gb: int | None = None
     """the disk's size when it differs from `resources` (a clone keeps its snapshot's shape
     and may grow its disk)"""
+    plugin: str | None = None
+    """an installed, enabled plugin (name or runtime): the VM takes its resources, image and
+    cloud-init unless given, and its workload's port is forwarded (services.plugins)"""
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,8 @@ class VmService:
         """Fill in what a spec leaves to defaults; a VM from a snapshot takes the snapshot's
         template, node and resources, and its disk may only grow."""
         prefix = "" if index is None else f"[{index}]."
+        if spec.plugin is not None:
+            spec = await self._from_plugin(spec, who, f"{prefix}plugin")
         if spec.snapshot is None:
             firewall = spec.firewall
             spec = spec if spec.resources is not None else replace(spec, resources=DEFAULT_RESOURCES)
@@ -312,6 +317,22 @@ class VmService:
         if spec.ipv6_ingress is not None:
             firewall = spec.ipv6_ingress.apply_to(firewall or Firewall())
         return replace(spec, firewall=firewall)
+
+    async def _from_plugin(self, spec: NewVm, who: Principal, field_name: str) -> NewVm:
+        assert spec.plugin is not None
+        p = await self.rt.plugins.for_new_vm(spec.plugin, who, field_name)
+        if spec.snapshot is not None:
+            raise InvalidRequest("a VM from a plugin boots the plugin's image, not a snapshot", field=field_name)
+        extra = dict(spec.extra)
+        extra["plugin"] = {"name": p.name, "runtime": p.runtime, "version": p.version}
+        if p.cloud_init and not extra.get("cloudInit"):
+            extra["cloudInit"] = p.cloud_init
+        expose = [dict(e) for e in extra.get("expose", [])]
+        if not any(e["port"] == p.port and e.get("protocol", "tcp") == "tcp" for e in expose):
+            expose.append({"port": p.port, "hostPort": None, "protocol": "tcp"})
+        extra["expose"] = expose
+        resources = spec.resources or replace(DEFAULT_RESOURCES, cpu=p.cpu, ram_mb=max(64, p.ram_mb))
+        return replace(spec, resources=resources, template_id=spec.template_id or p.template_id, extra=extra)
 
     async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Row:
         """Create one VM and wait up to `timeout` seconds for it to be created: returns the VM

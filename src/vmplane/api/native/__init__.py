@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from .deps import authorize
+from . import plugins
 from . import agents, backups, cluster, deployments, events, guest, jobs, networks, schedules, snapshots, templates, tenancy, vms, webhooks
 
 
@@ -15,6 +16,7 @@ def router() -> APIRouter:
     # agents before cluster: /nodes/tokens is not /nodes/{node_id}
     for module in (vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy):
         r.include_router(module.router)
+    r.include_router(plugins.router)
     outer = APIRouter()
     outer.include_router(r)
     outer.include_router(ws)

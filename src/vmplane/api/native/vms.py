@@ -58,6 +58,7 @@ def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:
         name=spec.name,
         resources=Resources(r.cpu, r.ramMb, r.diskGb) if r else None,
         snapshot=spec.snapshotId,
+        plugin=spec.plugin,
         template_id=spec.templateId,
         node_id=spec.nodeId,
         tags=tuple(spec.tags),

@@ -31,7 +31,13 @@ class TemplateImport(BaseHandler):
         dest = rt.images_dir / f"{tpl.id}.img"
         part = dest.with_suffix(".part")
         digest = await self._download(ctx, tpl.source_url, part)
+        expected = ctx.payload.get("checksum")
+        if expected and expected.lower() != digest:
+            raise VmplaneError(f"checksum mismatch: the download's sha256 is {digest}, not {expected.lower()}")
         os.replace(part, dest)
+        if ctx.payload.get("initramfsOf"):
+            await self._as_initramfs(ctx, tpl, dest, digest)
+            return
         node_id = tpl.node_id or self._any_node(ctx)
 
         async def report(pct: int, message: str) -> None:
@@ -52,6 +58,19 @@ class TemplateImport(BaseHandler):
                 updated_at=clock.now(),
             )
         ctx.log(f"ready: {info.format}, {info.virtual_size} bytes, sha256 {digest[:16]}…")
+
+    async def _as_initramfs(self, ctx: TaskContext, tpl: Row, dest: Path, digest: str) -> None:
+        """An initramfs boots with the kernel, command line and disk of another template."""
+        async with ctx.rt.store.read() as conn:
+            base = await tpl_q.get_template(conn, ctx.payload["initramfsOf"])
+        if base is None or not base.boot or base.image_path is None:
+            raise VmplaneError(f"template {ctx.payload['initramfsOf']} has no kernel to boot an initramfs with")
+        async with ctx.rt.store.write() as conn:
+            await tpl_q.set_template(
+                conn, tpl.id, status="ready", format=base.format, size_mb=base.size_mb, image_path=base.image_path,
+                boot={**base.boot, "initrd": str(dest)}, checksum=f"sha256:{digest}", error=None, updated_at=clock.now(),
+            )  # fmt: skip
+        ctx.log(f"ready: initramfs of {dest.stat().st_size} bytes, sha256 {digest[:16]}…, booted with {base.name}'s kernel")
 
     @staticmethod
     def _any_node(ctx: TaskContext) -> str:

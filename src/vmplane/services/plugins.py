@@ -1,0 +1,457 @@
+"""Plugins: installable VM blueprints (Volant's plugin-manifest-v1), the VMs made from them,
+their workloads' health checks, action calls and OpenAPI documents.
+
+A plugin names its image by URL (`rootfs` or `initramfs`, with a sha256 checksum): it is
+fetched once into a template (the template-create job verifies the checksum); an initramfs
+boots with the default template's kernel, command line and disk. A VM created with
+`plugin`/`runtime` takes the manifest's resources, image and cloud-init, and its workload's
+port is forwarded to the node's forward address, through which actions, health checks and
+the guest's OpenAPI document are reached over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import urlparse, urlsplit
+
+import httpx
+import jsonschema
+from sqlalchemy import Row, select
+
+from .. import clock
+from ..auth import Principal
+from ..domain import VmStatus
+from ..errors import Conflict, DriverError, Forbidden, InvalidRequest, InvalidState, NotFound
+from ..store import events as ev_q
+from ..store import plugins as plugin_q
+from ..store import templates as tpl_q
+from ..store.tables import vms as vms_t
+
+log = logging.getLogger("vmplane.plugins")
+
+SCHEMA = json.loads(resources.files(__package__).joinpath("plugin-manifest-v1.schema.json").read_text())
+_validator = jsonschema.Draft7Validator(SCHEMA)
+DEFAULT_ACTION_TIMEOUT_MS = 30_000
+DEFAULT_HEALTH_TIMEOUT_MS = 2_000
+MAX_PROXIED_BYTES = 8 * 1024 * 1024
+HEALTHY, UNHEALTHY = "healthy", "unhealthy"
+
+
+def _field(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validate_manifest(manifest: Any) -> dict[str, Any]:
+    """The manifest with its defaults filled in (`runtime` = `name`, cloud-init datasource
+    NoCloud), or InvalidRequest naming the first bad field."""
+    if not isinstance(manifest, dict):
+        raise InvalidRequest("the plugin manifest must be a JSON object", field="body")
+    m = copy.deepcopy(manifest)
+    if "runtime" not in m and isinstance(m.get("name"), str):
+        m["runtime"] = m["name"]
+    if isinstance(m.get("cloud_init"), dict):
+        m["cloud_init"].setdefault("datasource", "NoCloud")
+    errors = sorted(_validator.iter_errors(m), key=lambda e: (len(e.path), list(map(str, e.path)), e.validator != "required"))
+    if not errors:
+        return m
+    e = errors[0]
+    where = _field(e.absolute_path)
+    if e.validator == "required":
+        missing = e.message.split("'")[1] if "'" in e.message else "?"
+        if not e.absolute_path and e.schema_path and list(e.schema_path)[0] == "oneOf":
+            raise InvalidRequest("give one of rootfs or initramfs (the image the plugin's VMs boot)", field="rootfs")
+        name = f"{where}.{missing}" if where else missing
+        raise InvalidRequest(f"{name} is required", field=name)
+    if e.validator == "oneOf" and not e.absolute_path:
+        both = "rootfs" in m and "initramfs" in m
+        raise InvalidRequest(
+            "give exactly one of rootfs or initramfs" + (", not both" if both else ""), field="initramfs" if both else "rootfs"
+        )
+    if e.validator == "additionalProperties":
+        extra = sorted(set(e.instance) - set(e.schema.get("properties", {}))) if isinstance(e.instance, dict) else []
+        name = f"{where}.{extra[0]}" if where and extra else (extra[0] if extra else where)
+        raise InvalidRequest(f"{name} is not a field of a plugin manifest (plugin-manifest-v1)", field=name)
+    if e.validator == "propertyNames":
+        raise InvalidRequest(f"{where} has a key that is not a valid name: {e.message}", field=where)
+    raise InvalidRequest(f"{where or 'manifest'}: {e.message}", field=where or "body")
+
+
+def checksum_hex(checksum: str) -> str:
+    """`sha256:<hex>` or bare hex → lower-case hex."""
+    return checksum.split(":", 1)[-1].lower()
+
+
+def workload_port(manifest: dict[str, Any]) -> int:
+    u = urlsplit(manifest["workload"]["base_url"])
+    return u.port or (443 if u.scheme == "https" else 80)
+
+
+def entrypoint_script(manifest: dict[str, Any]) -> str | None:
+    """A user-data script starting the workload's entrypoint in the background (for plugins
+    whose cloud-init gives no user-data of its own)."""
+    w = manifest["workload"]
+    if not w.get("entrypoint"):
+        return None
+    lines = ["#!/bin/sh", "# written by vmplane from the plugin's workload"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted((w.get("env") or {}).items()) if k.isidentifier()]
+    if w.get("workdir"):
+        lines.append(f"cd {shlex.quote(w['workdir'])} || exit 1")
+    lines.append(" ".join(shlex.quote(a) for a in w["entrypoint"]) + " </dev/null >/var/log/workload.log 2>&1 &")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ForVm:
+    """What a new VM takes from its plugin."""
+
+    name: str
+    runtime: str
+    version: str
+    template_id: str | None
+    cpu: int
+    ram_mb: int
+    cloud_init: dict[str, Any]
+    port: int
+
+
+@dataclass(frozen=True)
+class Proxied:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class PluginService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self._health_task: asyncio.Task[None] | None = None
+
+    # -- the plugins themselves -----------------------------------------------------------
+
+    @staticmethod
+    def _visible(row: Row | None, who: Principal) -> bool:
+        return row is not None and row.org_id in (None, who.org_id)
+
+    async def get(self, ref: str, who: Principal) -> Row:
+        async with self.rt.store.read() as conn:
+            row = await plugin_q.get_plugin(conn, ref)
+        if row is None or not self._visible(row, who):
+            raise NotFound(f"plugin {ref} is not installed")
+        return row
+
+    async def list(self, who: Principal) -> list[Row]:
+        async with self.rt.store.read() as conn:
+            return list(await plugin_q.list_plugins(conn, who.org_id))
+
+    def _check_owner(self, row: Row, who: Principal) -> None:
+        if row.org_id is None and not who.operator:
+            raise Forbidden(f"plugin {row.name} is shared by the operators; only they change it")
+
+    async def install(self, manifest: Any, who: Principal) -> Row:
+        """Validate and record a manifest; its image is fetched by a template-create job
+        (the plugin's VMs can be created once that template is ready)."""
+        m = validate_manifest(manifest)
+        enabled = m.pop("enabled", True)
+        async with self.rt.store.read() as conn:
+            for ref in {m["name"], m["runtime"]}:
+                if await plugin_q.get_plugin(conn, ref) is not None:
+                    raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+        template_id = await self._template_for(m, who)
+        now = clock.now()
+        async with self.rt.store.write() as conn:
+            for ref in {m["name"], m["runtime"]}:
+                if await plugin_q.get_plugin(conn, ref) is not None:
+                    raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+            await plugin_q.insert_plugin(
+                conn,
+                {
+                    "name": m["name"], "runtime": m["runtime"], "version": m["version"],
+                    "org_id": None if who.operator else who.org_id, "enabled": bool(enabled), "manifest": m,
+                    "template_id": template_id, "created_at": now, "updated_at": now,
+                },
+            )  # fmt: skip
+            await ev_q.emit(conn, "plugin.installed", m["name"], {"name": m["name"], "version": m["version"], "runtime": m["runtime"]}, None if who.operator else who.org_id)
+        return await self.get(m["name"], who)
+
+    async def _template_for(self, m: dict[str, Any], who: Principal) -> str | None:
+        """The template holding the plugin's image: an existing one made from the same URL
+        and checksum (fetched once), else a new one being imported."""
+        kind = "rootfs" if "rootfs" in m else "initramfs"
+        image = m[kind]
+        digest = checksum_hex(image["checksum"])
+        key = hashlib.sha256(f"{kind}\n{image['url']}\n{digest}".encode()).hexdigest()[:16]
+        name = f"plugin-{kind}-{key}"
+        async with self.rt.store.read() as conn:
+            tpl = await tpl_q.get_template(conn, name)
+        if tpl is not None and tpl.status != "error":
+            return tpl.id
+        base = None
+        if kind == "initramfs":
+            base_ref = self.rt.settings.default_template
+            async with self.rt.store.read() as conn:
+                base_tpl = await tpl_q.get_template(conn, base_ref)
+            if base_tpl is None or not base_tpl.boot or base_tpl.status != "ready":
+                raise InvalidRequest(
+                    f"an initramfs boots with the kernel of the default template {base_ref!r}, which is not ready here "
+                    "(it needs the qemu driver); give a rootfs instead",
+                    field="initramfs",
+                )  # fmt: skip
+            base = base_tpl.id
+        if tpl is not None:  # a failed import: try again under the same name
+            await self.rt.jobs.wait(await self.rt.templates.delete([tpl.id], who), 60)
+        _job, tpl_id = await self.rt.templates.create(
+            name=name, os_="linux", node_id=None, source_url=image["url"], who=who, checksum=digest, initramfs_of=base
+        )
+        return tpl_id
+
+    async def set_enabled(self, ref: str, enabled: bool, who: Principal) -> Row:
+        row = await self.get(ref, who)
+        self._check_owner(row, who)
+        if row.enabled != enabled:
+            async with self.rt.store.write() as conn:
+                await plugin_q.set_plugin(conn, row.name, enabled=enabled, updated_at=clock.now())
+                await ev_q.emit(conn, "plugin.enabled" if enabled else "plugin.disabled", row.name, {"name": row.name, "enabled": enabled}, row.org_id)
+        return await self.get(row.name, who)
+
+    async def vms_using(self, name: str) -> list[str]:
+        async with self.rt.store.read() as conn:
+            rows = (await conn.execute(select(vms_t.c.name, vms_t.c.spec))).all()
+        return sorted(r.name for r in rows if ((r.spec or {}).get("plugin") or {}).get("name") == name)
+
+    async def delete(self, ref: str, who: Principal) -> None:
+        """Remove a plugin no VM uses (409 names them otherwise); its image template stays
+        (other plugins may share it; delete it as any template)."""
+        row = await self.get(ref, who)
+        self._check_owner(row, who)
+        users = await self.vms_using(row.name)
+        if users:
+            raise Conflict(f"plugin {row.name} is used by {len(users)} VM(s) ({', '.join(users[:5])}); delete them first", vms=users)
+        async with self.rt.store.write() as conn:
+            await plugin_q.delete_plugin(conn, row.name)
+            await ev_q.emit(conn, "plugin.deleted", row.name, {"name": row.name}, row.org_id)
+
+    # -- VMs made from plugins ------------------------------------------------------------
+
+    async def for_new_vm(self, ref: str, who: Principal, field: str = "plugin") -> ForVm:
+        """What a VM created with plugin/runtime `ref` takes from it; the plugin must be
+        installed, enabled and its image fetched."""
+        try:
+            row = await self.get(ref, who)
+        except NotFound:
+            raise InvalidRequest(f"{field} {ref!r} is not an installed plugin", field=field) from None
+        if not row.enabled:
+            raise InvalidRequest(f"plugin {row.name} is disabled; enable it first", field=field)
+        if row.template_id is not None:
+            async with self.rt.store.read() as conn:
+                tpl = await tpl_q.get_template(conn, row.template_id)
+            if tpl is None:
+                raise InvalidState(f"the image template of plugin {row.name} was deleted; reinstall the plugin", current="missing")
+            if tpl.status != "ready":
+                raise InvalidState(
+                    f"the image of plugin {row.name} is {tpl.status}" + (f": {tpl.error}" if tpl.error else ""),
+                    current=tpl.status, required="ready",
+                )  # fmt: skip
+        m = row.manifest
+        ci = m.get("cloud_init") or {}
+        cloud: dict[str, Any] = {}
+        for src, dst in (("user_data", "userData"), ("meta_data", "metaData"), ("network_config", "networkConfig")):
+            content = (ci.get(src) or {}).get("content")
+            if content:
+                cloud[dst] = content
+        if "userData" not in cloud and (script := entrypoint_script(m)):
+            cloud["userData"] = script
+        return ForVm(
+            name=row.name, runtime=row.runtime, version=row.version, template_id=row.template_id,
+            cpu=m["resources"]["cpu_cores"], ram_mb=m["resources"]["memory_mb"], cloud_init=cloud, port=workload_port(m),
+        )  # fmt: skip
+
+    async def of_vm(self, vm: Row) -> Row:
+        ref = ((vm.spec or {}).get("plugin") or {}).get("name")
+        if ref is None:
+            raise NotFound(f"VM {vm.name} was not made from a plugin")
+        async with self.rt.store.read() as conn:
+            row = await plugin_q.get_plugin(conn, ref)
+        if row is None:
+            raise NotFound(f"plugin {ref} of VM {vm.name} is no longer installed")
+        return row
+
+    def workload_root(self, vm: Row, manifest: dict[str, Any]) -> str:
+        """`http://host:port` of the node's forwarded port to the VM's workload port."""
+        if vm.status != VmStatus.RUNNING or vm.node_id is None:
+            raise InvalidState(f"VM {vm.name} is {vm.status}, not running", current=vm.status, required="running")
+        driver = self.rt.registry.driver(vm.node_id)
+        if not driver.capabilities.real_vms:
+            raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver: its VMs run no workload to reach", capability="real_vms")
+        port = workload_port(manifest)
+        forward = next(
+            (e for e in (vm.spec or {}).get("expose") or [] if e.get("port") == port and e.get("protocol", "tcp") == "tcp"), None
+        )
+        if forward is None or not forward.get("hostPort"):
+            raise Conflict(f"VM {vm.name} has no forwarded port to its workload (guest port {port})")
+        host = getattr(driver, "forward_address", None) or urlparse(getattr(driver, "url", "")).hostname or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{forward['hostPort']}"
+
+    def workload_url(self, vm: Row, manifest: dict[str, Any], path: str = "") -> str:
+        """The URL reaching `path` (under the workload's base URL) of the VM's workload."""
+        base_path = urlsplit(manifest["workload"]["base_url"]).path.rstrip("/")
+        return self.workload_root(vm, manifest) + base_path + path
+
+    async def call_action(
+        self, vm_ref: str, action: str, who: Principal, *, body: bytes = b"", content_type: str | None = None, query: str = ""
+    ) -> Proxied:
+        """Send the request of the plugin's action `action` to the VM's workload and answer
+        what it answered (502 when it cannot be reached, or does not answer in the action's
+        timeout)."""
+        vm = await self.rt.vms.get(vm_ref, who)
+        plugin = await self.of_vm(vm)
+        spec = (plugin.manifest.get("actions") or {}).get(action)
+        if spec is None:
+            raise NotFound(f"plugin {plugin.name} has no action {action!r}", actions=sorted(plugin.manifest.get("actions") or {}))
+        url = self.workload_url(vm, plugin.manifest, spec["path"]) + (f"?{query}" if query else "")
+        timeout = spec.get("timeout_ms", DEFAULT_ACTION_TIMEOUT_MS) / 1000
+        headers = {"Content-Type": content_type} if content_type and body else {}
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                resp = await asyncio.wait_for(client.request(spec["method"], url, content=body or None, headers=headers), timeout)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise DriverError(f"action {action} of VM {vm.name} did not answer within {int(timeout * 1000)} ms", vm=vm.name) from None
+        except httpx.HTTPError as exc:
+            raise DriverError(f"action {action} of VM {vm.name}: the workload cannot be reached: {exc}", vm=vm.name) from None
+        if len(resp.content) > MAX_PROXIED_BYTES:
+            raise DriverError(f"action {action} of VM {vm.name} answered more than {MAX_PROXIED_BYTES} bytes", vm=vm.name)
+        return Proxied(resp.status_code, resp.headers.get("content-type", "application/octet-stream"), resp.content)
+
+    async def openapi(self, vm_ref: str, who: Principal) -> dict[str, Any]:
+        """The VM's OpenAPI document as Volant's daemon finds it: first from the guest (its
+        workload's `/openapi`), then from the manifest's `openapi` URL (a path, or a URL on
+        the workload's base URL, is asked of the guest; 502 when that fetch fails); else
+        NotFound("openapi spec unavailable")."""
+        vm = await self.rt.vms.get(vm_ref, who)
+        try:
+            plugin = await self.of_vm(vm)
+        except NotFound:
+            raise NotFound("openapi spec unavailable") from None
+        m = plugin.manifest
+        reachable = True
+        try:
+            guest_doc = await self._fetch_json(self.workload_url(vm, m, "/openapi"), 5)
+            if guest_doc is not None:
+                return guest_doc
+        except (InvalidState, Conflict):
+            reachable = False
+        except DriverError:
+            pass
+        ref = m.get("openapi")
+        if not ref:
+            raise NotFound("openapi spec unavailable")
+        b = urlsplit(m["workload"]["base_url"])
+        authority = f"{b.scheme}://{b.netloc}"
+        if ref.startswith("/") or ref.startswith(authority + "/"):  # in the guest
+            if not reachable:
+                raise DriverError(f"the OpenAPI document of VM {vm.name} is in its guest, which cannot be reached now", vm=vm.name)
+            url = self.workload_root(vm, m) + (ref if ref.startswith("/") else ref[len(authority):])
+        else:
+            url = ref
+        doc = await self._fetch_json(url, 10)
+        if doc is None:
+            raise DriverError(f"the plugin's OpenAPI document at {ref} is not a JSON object", vm=vm.name)
+        return doc
+
+    @staticmethod
+    async def _fetch_json(url: str, timeout: float) -> dict[str, Any] | None:
+        """GET a JSON object: None if the server answered but not with one; DriverError if
+        it could not be reached or answered an error."""
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                resp = await asyncio.wait_for(client.get(url), timeout)
+        except (asyncio.TimeoutError, httpx.HTTPError) as exc:
+            raise DriverError(f"cannot fetch {url}: {exc or 'timed out'}") from None
+        if resp.status_code != 200:
+            raise DriverError(f"{url} answered HTTP {resp.status_code}")
+        try:
+            doc = resp.json()
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    # -- health checks --------------------------------------------------------------------
+
+    async def health_of(self, vm: Row) -> dict[str, Any] | None:
+        async with self.rt.store.read() as conn:
+            row = await plugin_q.get_health(conn, vm.id)
+        if row is None:
+            return None
+        return {"status": row.status, "detail": row.detail, "checkedAt": clock.rfc3339(row.checked_at), "changedAt": clock.rfc3339(row.changed_at)}
+
+    def start(self) -> None:
+        if self.rt.settings.plugin_health_seconds > 0:
+            self._health_task = asyncio.create_task(self._health_loop(), name="plugin-health")
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+            self._health_task = None
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rt.settings.plugin_health_seconds)
+            if not self.rt.replicas.leader:
+                continue
+            try:
+                await self.check_health()
+            except Exception:
+                log.exception("plugin health checks failed")
+
+    async def check_health(self) -> None:
+        """Poll the health check of every running plugin VM's workload once; record the
+        answer and publish `vm.health` when it changes."""
+        async with self.rt.store.read() as conn:
+            rows = (await conn.execute(select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value))).all()
+            plugins = {p.name: p for p in await plugin_q.list_plugins(conn, None)}
+        checks = []
+        for vm in rows:
+            name = ((vm.spec or {}).get("plugin") or {}).get("name")
+            plugin = plugins.get(name) if name else None
+            if plugin is not None and plugin.manifest.get("health_check"):
+                checks.append((vm, plugin))
+        results = await asyncio.gather(*(self._probe(vm, p) for vm, p in checks))
+        now = clock.now()
+        for (vm, plugin), (status, detail) in zip(checks, results):
+            async with self.rt.store.write() as conn:
+                before = await plugin_q.get_health(conn, vm.id)
+                changed = before is None or before.status != status
+                await plugin_q.set_health(conn, vm.id, status, detail, now, changed)
+                if changed:
+                    await ev_q.emit(
+                        conn, "vm.health", vm.id,
+                        {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id,
+                    )  # fmt: skip
+
+    async def _probe(self, vm: Row, plugin: Row) -> tuple[str, str | None]:
+        hc = plugin.manifest["health_check"]
+        timeout = hc.get("timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS) / 1000
+        try:
+            url = self.workload_url(vm, plugin.manifest, hc["endpoint"])
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                resp = await asyncio.wait_for(client.get(url), timeout)
+        except (Conflict, InvalidState) as exc:
+            return UNHEALTHY, exc.message
+        except (asyncio.TimeoutError, httpx.HTTPError) as exc:
+            return UNHEALTHY, f"no answer within {int(timeout * 1000)} ms" if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)) else str(exc)
+        if 200 <= resp.status_code < 400:
+            return HEALTHY, None
+        return UNHEALTHY, f"HTTP {resp.status_code}"
