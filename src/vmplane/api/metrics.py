@@ -47,6 +47,10 @@ class Metrics:
                 "deliveries": await metrics_q.deliveries_by_status(conn),
             }
 
+    def jobs_by_type_state(self) -> dict[tuple[str, str], int]:
+        """Job counts as the last scrape read them (faces derive their own gauges from them)."""
+        return dict(self._snapshot.get("jobs", {}))
+
     def collect(self) -> Iterator[Any]:
         s = self._snapshot
         info = InfoMetricFamily("vmplane_build", "vmplane build information")

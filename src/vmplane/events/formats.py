@@ -24,8 +24,8 @@ VMPLANE = "vmplane"
 HYPERSDK = "hypersdk"
 FORMATS = (VMPLANE, HYPERSDK)
 HYPERSDK_USER_AGENT = "HyperSDK-Webhook/1.0"
-IMPORT_JOB_TYPES = ("vm-import", "import")
-"""job types whose jobs are HyperSDK jobs"""
+IMPORT_JOB_TYPE = "vm-import"
+"""the job type of imports (services/imports.py): HyperSDK's jobs"""
 HYPERSDK_JOB_STATUS = {
     "queued": "pending", "running": "running", "succeeded": "completed", "partial": "failed", "failed": "failed", "cancelled": "cancelled",
 }  # fmt: skip
@@ -77,7 +77,7 @@ async def render(conn: AsyncConnection, event: Event, fmt: str) -> bytes | None:
         raise ValueError(f"unknown webhook format {fmt!r}")
     data = event.data or {}
     if event.type.startswith("job."):
-        if data.get("type") not in IMPORT_JOB_TYPES or event.resource is None:
+        if data.get("type") != IMPORT_JOB_TYPE or event.resource is None:
             return None
         imp = await _import_of(conn, event.resource)
         source = dict(imp.source or {}) if imp is not None else {}
@@ -104,7 +104,8 @@ async def render(conn: AsyncConnection, event: Event, fmt: str) -> bytes | None:
         origin = (sch.origin or {}) if sch is not None else {}
         out = {"schedule_id": origin.get("id") or event.resource, "schedule_name": data.get("name"), "vmplane_schedule_id": event.resource}
         if data.get("jobId"):
-            out["job_id"] = data["jobId"]
+            imp = await _import_of(conn, data["jobId"])
+            out["job_id"] = imp.id if imp is not None else data["jobId"]
         if data.get("error"):
             out["error"] = data["error"]
         return hypersdk_body(event.type, event.ts, out)

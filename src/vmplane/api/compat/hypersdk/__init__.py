@@ -1,0 +1,115 @@
+"""The HyperSDK face: the HyperSDK daemon's REST API (hypersdk-api.md here, the contract) over
+the core — migration jobs are VM imports (services/imports.py), VM discovery and power are the
+vSphere service (services/vsphere.py), schedules and webhooks are the core's.
+
+Mounted at /compat/hypersdk of the main application; `vmplane serve --face hypersdk=HOST:PORT`
+serves it at the root of a listener of its own, which HyperSDK's published Python client needs
+(it drops the path of its base URL). Errors are `{"error": sentence, "timestamp": ...}`; request
+validation answers 400. Where the document and the real daemon's clients differ, the face
+answers with a superset both accept: docs/hypersdk.md.
+"""
+
+from __future__ import annotations
+
+import http
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .... import __version__, clock
+from ....events.formats import IMPORT_JOB_TYPE
+from ...errors import validation_message
+from ...metrics import route_template
+from ...middleware import StatusWatch
+from ..common import Errors, build_face
+from .routes import open_router, router
+from .wire import HYPERSDK_STATUS
+
+PREFIX = "/compat/hypersdk"
+CONTRACT = Path(__file__).with_name("hypersdk-api.md")
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "timestamp": clock.rfc3339(clock.now())}, status_code=status)
+
+
+ERRORS = Errors(
+    http=error,
+    core=lambda exc: error(exc.status, exc.message),
+    validation=lambda errors: error(400, validation_message(errors)[0]),
+)
+
+
+class HyperSdkMetrics:
+    """The document's `hypersdk_*` metrics, served at /metrics beside vmplane's own: requests
+    to this face (path relative to the face, status as Go's StatusText names it), import jobs
+    by HyperSDK status (from the counts the scrape read), active workers, build info."""
+
+    def __init__(self, rt: Any, metrics: Any) -> None:
+        self.rt = rt
+        self.metrics = metrics
+        registry: CollectorRegistry = metrics.registry
+        self.requests = Counter("hypersdk_api_requests", "Total API requests", ["method", "path", "status"], registry=registry)
+        self.duration = Histogram(
+            "hypersdk_api_request_duration_seconds", "API request duration", ["method", "path"], registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )  # fmt: skip
+        registry.register(self)
+
+    def collect(self) -> Iterator[Any]:
+        counts: dict[str, float] = {s: 0.0 for s in ("pending", "running", "completed", "failed", "cancelled")}
+        for (type_, state), n in self.metrics.jobs_by_type_state().items():
+            if type_ == IMPORT_JOB_TYPE:
+                status = HYPERSDK_STATUS.get(state, state)
+                counts[status] = counts.get(status, 0.0) + n
+        g = GaugeMetricFamily("hypersdk_jobs_total", "Total jobs by status", labels=["status"])
+        for status, n in sorted(counts.items()):
+            g.add_metric([status], n)
+        yield g
+        yield GaugeMetricFamily("hypersdk_workers_active", "Active workers", value=self.rt.engine.running_count)
+        g = GaugeMetricFamily("hypersdk_build_info", "Build information", labels=["version", "server"])
+        g.add_metric([__version__, "vmplane"], 1.0)
+        yield g
+
+
+class CountRequests:
+    """Counts the face's requests into `hypersdk_api_requests_total` and its histogram."""
+
+    def __init__(self, app: ASGIApp, metrics: HyperSdkMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        watch = StatusWatch(send)
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            path = route_template(scope)
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            try:
+                status = http.HTTPStatus(watch.status).phrase
+            except ValueError:
+                status = str(watch.status)
+            self.metrics.requests.labels(scope["method"], path, status).inc()
+            self.metrics.duration.labels(scope["method"], path).observe(time.perf_counter() - start)
+
+
+def build(rt: Any, metrics: Any = None) -> FastAPI:
+    """The face's application (mounted by api/faces.py); `metrics`: the main application's
+    Metrics, which the face's `hypersdk_*` metrics join."""
+    app = build_face("HyperSDK face", rt, (open_router, router), CONTRACT, ERRORS)
+    app.state.started_at = clock.now()
+    if metrics is not None:
+        app.add_middleware(CountRequests, metrics=HyperSdkMetrics(rt, metrics))
+    return app
