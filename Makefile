@@ -1,5 +1,5 @@
 # make run  — set up everything, then serve vmplane on 127.0.0.1:8080 (data in ./.vmplane)
-# make test — set up everything (QEMU, a throwaway PostgreSQL), then run the whole test suite
+# make test — set up everything (QEMU, Chromium, a throwaway PostgreSQL), then run the whole test suite
 # make bench — print the benchmark figures recorded in docs/benchmarks.md
 
 VENV := .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench system clean
+.PHONY: run test bench system browser clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || scripts/install-python-venv.sh $(VENV)
@@ -23,7 +23,12 @@ system:
 run: $(STAMP) system
 	$(VENV)/bin/vmplane serve --host 127.0.0.1 --port 8080 --data-dir .vmplane
 
-test: $(STAMP) system
+# Debian's chromium for the web console's browser tests (scripts/install-browser.sh); Playwright
+# drives it at /usr/bin/chromium and never downloads a browser. Without it those tests skip.
+browser:
+	@scripts/install-browser.sh || echo "warning: chromium could not be installed; the browser tests will skip" >&2
+
+test: $(STAMP) system browser
 	VMPLANE_TEST_PG_URL=$$(scripts/ensure-postgres.sh) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

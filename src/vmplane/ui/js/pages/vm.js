@@ -89,6 +89,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
   let last = null;
   let statsTimer = null;
   let statsOff = false;
+  let samples = 0;
   async function sample() {
     if (vm.status !== "running" || statsOff) {
       last = null;
@@ -107,6 +108,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
         charts.disk.add(rate(s.diskReadBytes, last.s.diskReadBytes), rate(s.diskWriteBytes, last.s.diskWriteBytes));
       }
       last = { s, t: now };
+      if (++samples % 5 === 0) refresh("vm"); // keeps the uptime and addresses current
       statsNote.textContent = `Updated every 2 s · memory total ${mib(s.memoryTotalMb)} · up ${Math.round(s.uptimeSeconds)} s`;
     } catch (err) {
       if (err.status === 409) { statsOff = true; statsNote.textContent = `No statistics: ${err.message}`; }
