@@ -47,6 +47,12 @@ def _install_fastvm(app: FastAPI, rt: Any) -> None:
     app.mount(fastvm.PREFIX, fastvm.build(rt))
 
 
+def _install_volant(app: FastAPI, rt: Any) -> None:
+    from .compat import volant
+
+    app.mount(volant.PREFIX, volant.build(rt))
+
+
 def _install_bluelobster(app: FastAPI, rt: Any) -> None:
     from .compat import bluelobster
 
@@ -60,6 +66,7 @@ FACES: dict[str, Face] = {
              "the native API (cluster contract)"),
         Face("fastvm", "/compat/fastvm", _install_fastvm, ("/metrics",), "the FastVM public API"),
         Face("bluelobster", "/compat/bluelobster", _install_bluelobster, ("/metrics",), "the Blue Lobster instance API"),
+        Face("volant", "/compat/volant", _install_volant, ("/metrics",), "the Volant daemon API"),
     )
 }  # fmt: skip
 

@@ -10,6 +10,7 @@ require a principal (401) and the right role (403). Each credential has a token 
 import hmac
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,6 +25,7 @@ INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
+VOLANT_PATHS = "/compat/volant/"
 
 
 class TokenBuckets:
@@ -55,18 +57,19 @@ class Identity:
         if token is not None and hmac.compare_digest(token.encode(), self.rt.internal_token.encode()):
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
             return await t.principal_for_internal(user_id, org_id)
-        key = headers.get("x-api-key")
+        key = headers.get("x-api-key") or headers.get("x-volant-api-key")  # the latter: the Volant face's header
         auth = headers.get("authorization", "")
         if key is None and auth.lower().startswith("bearer "):
             bearer = auth[7:].strip()
             if not bearer.startswith("vmp_"):
                 return await t.principal_for_jwt(bearer)
             key = bearer
-        if key is None and scope["type"] == "websocket":  # browsers cannot set WebSocket headers
+        if key is None and (scope["type"] == "websocket" or scope["path"].startswith(VOLANT_PATHS)):
+            # browsers cannot set WebSocket headers; Volant's clients may send api_key=
             for part in scope.get("query_string", b"").decode().split("&"):
                 name, _, value = part.partition("=")
-                if name == "apiKey":
-                    key = value
+                if name in ("apiKey", "api_key"):
+                    key = unquote(value)
         if key is not None:
             return await t.principal_for_key(key)
         if self.rt.settings.insecure_no_auth:

@@ -793,6 +793,16 @@ class QemuDriver(HypervisorDriver):
 
     # -- state -----------------------------------------------------------------------------
 
+    def host_process(self, vm_id: str) -> tuple[int | None, str | None]:
+        """The VM's QEMU process id (None when it is not running) and its serial console's
+        unix socket on this host (None for a VM not defined here). Reads files only."""
+        if not looks_like_id(vm_id):
+            return None, None
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            return None, None
+        return self._live_pid(vm), str(vm.paths.serial)
+
     async def get_vm(self, vm_id: str) -> VmRuntime | None:
         if not looks_like_id(vm_id):
             return None

@@ -1,0 +1,48 @@
+"""The Volant face: the Volant daemon's API (openapi.json here, the contract) over the core.
+
+Mounted at /compat/volant of the main application; `vmplane serve --face
+volant=HOST:PORT` serves it at the root of a listener of its own (Volant's CLI uses absolute
+paths: /api/v1/vms). VMs are addressed by name. Errors are `{"error": sentence, "details":
+{field: text}}`; request validation answers 400. Credentials: a vmplane key in
+`X-Volant-API-Key` or `X-API-Key` (or `api_key=` in the query). Decisions where vmplane
+differs from the daemon: docs/volant.md.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from ....errors import DriverError, NoCapacity, VmplaneError
+from ...errors import validation_message
+from ..common import Errors, build_face
+from .routes import open_router, router
+
+PREFIX = "/compat/volant"
+CONTRACT = Path(__file__).with_name("openapi.json")
+
+
+def error(status: int, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "details": {str(k): str(v) for k, v in (details or {}).items()}}, status_code=status)
+
+
+def core_error(exc: VmplaneError) -> JSONResponse:
+    if isinstance(exc, NoCapacity):  # Volant's word for "no room" is a conflict
+        return error(409, exc.message, exc.details)
+    if isinstance(exc, DriverError):
+        return error(500, exc.message, exc.details)
+    return error(exc.status, exc.message, exc.details)
+
+
+def validation_error(errors: list[Any]) -> JSONResponse:
+    message, field = validation_message(errors)
+    return error(400, message, {"field": field})
+
+
+ERRORS = Errors(http=lambda status, message: error(status, message), core=core_error, validation=validation_error)
+
+
+def build(rt: Any) -> FastAPI:
+    """The face's application (mounted by api/faces.py)."""
+    return build_face("Volant face", rt, (open_router, router), CONTRACT, ERRORS)

@@ -1,0 +1,146 @@
+"""Volant's wire format: request bodies (openapi.json's schemas) and core rows rendered in its
+response shapes. Translation only; the mapping decisions are in docs/volant.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row
+
+from .... import clock
+
+VM_STATUS = {
+    "provisioning": "pending",
+    "starting": "starting",
+    "running": "running",
+    "rebooting": "running",
+    "updating": "running",
+    "stopping": "stopping",
+    "stopped": "stopped",
+    "deleting": "stopping",
+    "error": "crashed",
+    "unknown": "crashed",
+}
+"""vmplane VM status -> Volant's (pending, starting, running, stopping, stopped, crashed)"""
+
+SSE_TYPES = {
+    "vm.created": ("VM_CREATED", "starting", "vm record created"),
+    "vm.running": ("VM_RUNNING", "running", "vm running"),
+    "vm.stopped": ("VM_STOPPED", "stopped", "vm stopped"),
+    "vm.error": ("VM_CRASHED", "crashed", None),
+    "vm.deleted": ("VM_DELETED", "stopped", "vm deleted"),
+}
+"""vmplane event -> (Volant SSE type, its status, its message; None: the VM's error)"""
+
+SORT_KEYS = ("id", "name", "status", "runtime", "cpu_cores", "memory_mb", "created_at", "updated_at")
+
+
+class Body(BaseModel):
+    """Unknown fields are ignored (Volant's daemon ignores them); no type coercion."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class CreateVmIn(Body):
+    name: str = Field(..., max_length=63)
+    runtime: str | None = Field(None, max_length=128)
+    plugin: str | None = Field(None, max_length=128)
+    cpu_cores: int | None = Field(None, ge=1, le=1024)
+    memory_mb: int | None = Field(None, ge=64, le=16 * 1024 * 1024)
+    kernel_cmdline: str | None = Field(None, max_length=4096)
+    api_host: str | None = None
+    api_port: str | None = None
+    config: dict[str, Any] | None = None
+
+    def full_config(self) -> dict[str, Any]:
+        """The VM's config: `config` with the top-level fields laid over it."""
+        config = dict(self.config or {})
+        resources = dict(config.get("resources") or {})
+        if self.cpu_cores is not None:
+            resources["cpu_cores"] = self.cpu_cores
+        if self.memory_mb is not None:
+            resources["memory_mb"] = self.memory_mb
+        if resources:
+            config["resources"] = resources
+        for key in ("kernel_cmdline", "runtime", "plugin"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
+
+
+class CreateDeploymentIn(Body):
+    name: str = Field(..., max_length=48)
+    replicas: int = Field(1, ge=0, le=100)
+    config: dict[str, Any] | None = None
+
+
+class ScaleDeploymentIn(Body):
+    replicas: int = Field(..., ge=0, le=100)
+
+
+class PciAddressesIn(Body):
+    pci_addresses: list[str] = Field(..., max_length=64)
+
+
+class ValidateIn(Body):
+    pci_addresses: list[str] = Field(..., max_length=64)
+    allowlist: list[str] | None = Field(None, max_length=64)
+
+
+class PciAddressIn(Body):
+    pci_address: str = Field(..., max_length=64)
+
+
+def plugin_of(row: Row) -> dict[str, Any]:
+    p = (row.spec or {}).get("plugin")
+    return p if isinstance(p, dict) else {}
+
+
+def runtime_of(row: Row) -> str:
+    return str(plugin_of(row).get("runtime") or "")
+
+
+def vm(row: Row, *, cmdline: str = "", pid: int | None = None, serial: str | None = None) -> dict[str, Any]:
+    spec = row.spec or {}
+    nic = next(iter(spec.get("nics") or ()), {})
+    ips = nic.get("ips") or []
+    return {
+        "id": row.seq,
+        "name": row.name,
+        "status": VM_STATUS.get(row.status, "crashed"),
+        "runtime": runtime_of(row),
+        "pid": pid,
+        "ip_address": ips[0] if ips else "",
+        "mac_address": nic.get("mac") or "",
+        "cpu_cores": row.cpu,
+        "memory_mb": row.ram_mb,
+        "kernel_cmdline": spec.get("kernelCmdline") or cmdline,
+        "serial_socket": serial or "",
+        "created_at": clock.rfc3339(row.created_at),
+        "updated_at": clock.rfc3339(row.updated_at),
+    }
+
+
+def sort_value(item: dict[str, Any], key: str) -> Any:
+    value = item.get(key)
+    return (value is None, value if value is not None else 0)
+
+
+def deployment(row: Row, ready: int) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "desired_replicas": row.replicas,
+        "ready_replicas": ready,
+        "config": row.config,
+        "created_at": clock.rfc3339(row.created_at),
+        "updated_at": clock.rfc3339(row.updated_at),
+    }
+
+
+def config_version(v: Any, **extra: Any) -> dict[str, Any]:
+    return {"version": v.version, "updated_at": clock.rfc3339(v.updated_at), "config": v.config, **extra}
+
+
+def history_item(v: Any) -> dict[str, Any]:
+    return {"id": v.id, "version": v.version, "updated_at": clock.rfc3339(v.updated_at), "config": v.config}
