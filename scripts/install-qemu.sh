@@ -8,6 +8,7 @@
 #   dpkg-deb, apt-get   <- dpkg, apt   (always present on Debian; fetch/unpack guest packages)
 #   gzip                <- gzip
 #   ip, dnsmasq, nft    <- iproute2, dnsmasq-base, nftables   (bridge networks and firewalls)
+#   ssh, ssh-keygen     <- openssh-client   (`vmplane vm ssh`, and the tests that log in to guests)
 set -euo pipefail
 
 declare -A tool_pkg=(
@@ -26,6 +27,9 @@ declare -A tool_pkg=(
   [ip]=iproute2
   [dnsmasq]=dnsmasq-base
   [nft]=nftables
+  # `vmplane vm ssh` runs the system ssh; the CLI test makes its key with ssh-keygen
+  [ssh]=openssh-client
+  [ssh-keygen]=openssh-client
 )
 
 # mkfs.ext4 lives in /sbin, which may be missing from a non-root PATH.
@@ -62,7 +66,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-qemu: installing ${missing[*]} (+ the base set)"
   "${SUDO[@]}" apt-get install -y --no-install-recommends \
     qemu-system-x86 qemu-utils e2fsprogs syslinux syslinux-common mtools dosfstools restic \
-    nftables dnsmasq-base iproute2 "${missing[@]}"
+    nftables dnsmasq-base iproute2 openssh-client "${missing[@]}"
 fi
 
 for tool in "${!tool_pkg[@]}"; do

@@ -1,15 +1,18 @@
 """The one HTTP client helper of the CLI: base URL, errors as messages, job waiting."""
 
+import json
 import os
 import sys
-from pathlib import Path
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..ids import looks_like_id
 
 err = Console(stderr=True)
 FINAL = {"succeeded", "failed", "partial", "cancelled"}
@@ -29,20 +32,80 @@ class Client:
         self.http = httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self._send(method, path, **kw)
+        if resp.status_code >= 400:
+            self._fail(resp)
+        return resp.json() if resp.content else None
+
+    def vm(self, ref: str) -> dict[str, Any]:
+        """The VM whose id or name is `ref`; exits 1 with a message when none is, or when the
+        id of one VM is the name of another."""
+        found: dict[str, dict[str, Any]] = {}
+        if looks_like_id(ref) and ref.startswith("vm-"):
+            resp = self._send("GET", f"/api/v1/vms/{ref}")
+            if resp.status_code == 200:
+                found[ref] = resp.json()
+            elif resp.status_code != 404:
+                self._fail(resp)
+        if 0 < len(ref) <= 63:  # the longest name there is
+            for v in self.request("GET", "/api/v1/vms", params={"name": ref, "limit": 2})["items"]:
+                found[v["id"]] = v
+        if not found:
+            err.print(f"[red]error:[/red] VM {ref!r} does not exist (no VM has that id or name)")
+            raise typer.Exit(1)
+        if len(found) > 1:
+            err.print(f"[red]error:[/red] {ref!r} names more than one VM ({', '.join(sorted(found))}): give its id")
+            raise typer.Exit(1)
+        return next(iter(found.values()))
+
+    def follow_events(
+        self, params: dict[str, str], last_id: str | None = None, retry: float = 2.0
+    ) -> Iterator[dict[str, Any]]:
+        """The event stream (SSE), for ever: a dropped connection is resumed after the last
+        event seen (`Last-Event-ID`), so nothing is missed or repeated."""
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with self.http.stream("GET", "/api/v1/events", params=params, headers=headers, timeout=httpx.Timeout(30, read=None)) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        self._fail(resp)
+                    data: list[str] = []
+                    for line in resp.iter_lines():
+                        if line.startswith("retry:") and line[6:].strip().isdigit():
+                            retry = int(line[6:].strip()) / 1000
+                        elif line.startswith("id:"):
+                            last_id = line[3:].strip()
+                        elif line.startswith("data:"):
+                            data.append(line[5:].lstrip())
+                        elif line == "" and data:
+                            event = json.loads("\n".join(data))
+                            data = []
+                            if "type" in event:
+                                yield event
+                            else:  # `event: error` (the server dropped this subscriber as too slow)
+                                err.print(f"[yellow]event stream interrupted:[/yellow] {event.get('reason', event)}; resuming")
+            except httpx.HTTPError as exc:
+                err.print(f"[yellow]event stream lost[/yellow] ({exc}); resuming in {retry:g}s")
+            time.sleep(retry)
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
-            resp = self.http.request(method, path, **kw)
+            return self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             err.print(f"[red]error:[/red] cannot reach vmplane at {self.url}: {exc}")
             raise typer.Exit(2) from exc
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-                message = body.get("error") or body
-            except ValueError:
-                message = resp.text
-            err.print(f"[red]error ({resp.status_code}):[/red] {message}")
-            raise typer.Exit(1)
-        return resp.json() if resp.content else None
+
+    def _fail(self, resp: httpx.Response) -> None:
+        try:
+            body = resp.json()
+            message = body.get("error") or body
+        except ValueError:
+            message = resp.text
+        err.print(f"[red]error ({resp.status_code}):[/red] {message}")
+        raise typer.Exit(1)
 
     def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None) -> dict[str, Any]:
         """Poll a job until it ends; with `show_progress`, draw a progress bar."""

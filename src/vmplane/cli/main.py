@@ -30,6 +30,7 @@ out = Console()
 UrlOpt = Annotated[Optional[str], typer.Option("--url", help="server URL (env VMPLANE_URL)", envvar="VMPLANE_URL")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print raw JSON")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the job to end")]
+VmArg = Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="the VM's name or id")]
 
 
 def main() -> None:
@@ -248,9 +249,9 @@ def vm_list(
 
 
 @vm_app.command("get")
-def vm_get(vm_id: str, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+def vm_get(vm: VmArg, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
     """Show one VM."""
-    _print(Client(url).request("GET", f"/api/v1/vms/{vm_id}"))
+    _print(Client(url).vm(vm))
 
 
 @vm_app.command("create")
@@ -262,12 +263,16 @@ def vm_create(
     template: Annotated[Optional[str], typer.Option(help="template id or name")] = None,
     node: Annotated[Optional[str], typer.Option(help="put it on this node")] = None,
     tag: Annotated[Optional[list[str]], typer.Option(help="a tag (repeatable)")] = None,
+    ssh_key: Annotated[
+        Optional[list[str]], typer.Option("--ssh-key", metavar="KEY|@FILE", help="an SSH public key for root, or @ and the file holding it (repeatable)")
+    ] = None,
     start: Annotated[bool, typer.Option("--start/--no-start")] = True,
     wait: WaitOpt = True,
     url: UrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create VMs (one job for all of them)."""
+    keys = [_read_key(k) for k in ssh_key or ()]
     specs = [
         {
             "name": n,
@@ -276,6 +281,7 @@ def vm_create(
             "nodeId": node,
             "tags": tag or [],
             "start": start,
+            **({"sshKeys": keys} if keys else {}),
         }
         for n in name
     ]
@@ -283,19 +289,29 @@ def vm_create(
     _finish(c, c.request("POST", "/api/v1/vms", json=specs), wait, json_out)
 
 
+def _read_key(value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).expanduser().read_text().strip()
+    except OSError as exc:
+        typer.echo(f"error: --ssh-key: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @vm_app.command("delete")
 def vm_delete(
-    vm_ids: Annotated[list[str], typer.Argument(help="VM ids")], wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False
+    vms: Annotated[list[str], typer.Argument(help="VM names or ids")], wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False
 ) -> None:
     """Delete VMs."""
     c = Client(url)
-    _finish(c, c.request("DELETE", "/api/v1/vms", json={"vmIds": vm_ids}), wait, json_out)
+    _finish(c, c.request("DELETE", "/api/v1/vms", json={"vmIds": [c.vm(v)["id"] for v in vms]}), wait, json_out)
 
 
 def _power_command(action: str, doc: str) -> None:
-    def command(vm_id: str, wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
+    def command(vm: VmArg, wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
         c = Client(url)
-        _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/{action}"), wait, json_out)
+        _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/{action}"), wait, json_out)
 
     command.__doc__ = doc
     vm_app.command(action)(command)
@@ -305,6 +321,117 @@ _power_command("start", "Power a VM on.")
 _power_command("stop", "Power a VM off (hard).")
 _power_command("shutdown", "Shut a VM down gracefully.")
 _power_command("reboot", "Reboot a VM.")
+
+
+@vm_app.command("ssh")
+def vm_ssh(
+    vm: VmArg,
+    args: Annotated[Optional[list[str]], typer.Argument(metavar="[-- SSH_ARGS... [COMMAND...]]", help="more ssh options and/or a command to run")] = None,
+    identity: Annotated[Optional[str], typer.Option("-i", "--identity", help="private key file (as ssh -i)")] = None,
+    user: Annotated[Optional[str], typer.Option("-l", "--user", help="log in as this user (default: the VM's ssh.user)")] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Log in to a VM with the system `ssh` through its forwarded SSH port; exits with ssh's status."""
+    import shutil
+
+    from .ssh import run_ssh
+
+    v = Client(url).vm(vm)
+    if not v.get("ssh"):
+        addresses = [ip for n in v.get("nics") or () for ip in n["ipAddresses"]]
+        where = f"; reach it at its address ({', '.join(addresses)}) if your host can" if addresses else ""
+        typer.echo(f"error: VM {v['id']} has no SSH port forwarded (not on a qemu node, or no user-mode NIC){where}", err=True)
+        raise typer.Exit(1)
+    if shutil.which("ssh") is None:
+        typer.echo("error: the `ssh` command is not installed (Debian: apt-get install openssh-client)", err=True)
+        raise typer.Exit(2)
+    if identity is not None and not Path(identity).is_file():
+        typer.echo(f"error: -i: no such file: {identity}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run_ssh(v["ssh"], v["id"], identity, user, list(args or [])))
+
+
+@vm_app.command("console")
+def vm_console(
+    vm: VmArg,
+    linger: Annotated[float, typer.Option(help="when stdin is not a terminal: seconds of quiet after its end before leaving")] = 1.0,
+    url: UrlOpt = None,
+) -> None:
+    """Attach the terminal to a VM's serial console (raw mode; Ctrl-] detaches)."""
+    from .console import attach
+
+    c = Client(url)
+    v = c.vm(vm)
+    tok = c.request("POST", f"/api/v1/vms/{v['id']}/console")
+    ws_url = ("ws" + c.url[4:] if c.url.startswith("http") else c.url) + tok["websocketPath"]
+    try:
+        code = attach(ws_url, {}, v["name"], linger)
+    except (OSError, ConnectionError) as exc:
+        typer.echo(f"error: console of {v['id']}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@vm_app.command("exec")
+def vm_exec(
+    vm: VmArg,
+    command: Annotated[list[str], typer.Argument(metavar="-- COMMAND...", help="the program and its arguments (no shell)")],
+    timeout: Annotated[float, typer.Option(help="seconds before the command is killed (at most 600)")] = 60.0,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a command in a VM through its guest agent: prints its output, exits with its code
+    (124 when it timed out)."""
+    c = Client(url)
+    v = c.vm(vm)
+    r = c.request("POST", f"/api/v1/vms/{v['id']}/exec", json={"command": command, "timeoutSec": timeout}, timeout=timeout + 30)
+    if json_out:
+        _print(r)
+    else:
+        sys.stdout.write(r["stdout"])
+        sys.stdout.flush()
+        sys.stderr.write(r["stderr"])
+        for stream in ("stdout", "stderr"):
+            if r.get(f"{stream}Truncated"):
+                typer.echo(f"vmplane: the command's {stream} was cut short", err=True)
+    if r["timedOut"]:
+        typer.echo(f"vmplane: the command timed out after {timeout:g}s", err=True)
+        raise typer.Exit(124)
+    raise typer.Exit(r["exitCode"] if r["exitCode"] is not None else 1)
+
+
+@app.command("events")
+def events(
+    types: Annotated[Optional[str], typer.Option("--types", help="comma-separated types or patterns: vm.*,job.completed")] = None,
+    resource: Annotated[Optional[str], typer.Option("--resource", help="only events about this resource id")] = None,
+    vm: Annotated[Optional[str], typer.Option("--vm", metavar="NAME_OR_ID", help="only events about this VM")] = None,
+    since: Annotated[Optional[int], typer.Option("--since", help="replay the events after this event id first")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="leave after this many events")] = None,
+    url: UrlOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Follow the event stream (resumes by itself after a dropped connection)."""
+    c = Client(url)
+    if vm is not None:
+        if resource is not None:
+            typer.echo("error: give --vm or --resource, not both", err=True)
+            raise typer.Exit(2)
+        resource = c.vm(vm)["id"]
+    params = {k: v for k, v in {"types": types, "resource": resource}.items() if v}
+    seen = 0
+    try:
+        for e in c.follow_events(params, str(since) if since is not None else None):
+            if json_out:
+                typer.echo(json.dumps(e, separators=(",", ":")))
+            else:
+                data = e.get("data") or {}
+                detail = " ".join(f"{k}={v}" for k, v in data.items() if isinstance(v, (str, int, float, bool)) and k != "id")
+                typer.echo(f"{e['time']}  {e['id']:>6}  {e['type']:<20} {e.get('resource') or '-'}  {detail}")
+            seen += 1
+            if count is not None and seen >= count:
+                return
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 # -- job ------------------------------------------------------------------------------------
@@ -443,7 +570,7 @@ def token_revoke(token_id: str, url: UrlOpt = None) -> None:
 
 @vm_app.command("migrate")
 def vm_migrate(
-    vm_id: str,
+    vm: VmArg,
     to: Annotated[Optional[str], typer.Option("--to", help="the target node (default: placement chooses)")] = None,
     wait: WaitOpt = True,
     url: UrlOpt = None,
@@ -451,12 +578,12 @@ def vm_migrate(
 ) -> None:
     """Live-migrate a running VM to another node (qemu nodes)."""
     c = Client(url)
-    _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/migrate", json={"targetNodeId": to}), wait, json_out)
+    _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/migrate", json={"targetNodeId": to}), wait, json_out)
 
 
 @vm_app.command("move")
 def vm_move(
-    vm_id: str,
+    vm: VmArg,
     to: Annotated[Optional[str], typer.Option("--to", help="the target node (default: placement chooses)")] = None,
     wait: WaitOpt = True,
     url: UrlOpt = None,
@@ -464,7 +591,7 @@ def vm_move(
 ) -> None:
     """Move a stopped VM to another node (its disk is copied)."""
     c = Client(url)
-    _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/move", json={"targetNodeId": to}), wait, json_out)
+    _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/move", json={"targetNodeId": to}), wait, json_out)
 
 
 if __name__ == "__main__":
