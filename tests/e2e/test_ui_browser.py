@@ -45,6 +45,14 @@ def terminal_text(page: Any) -> str:
     return "\n".join(r.replace("\xa0", " ").rstrip() for r in rows)
 
 
+# Controls with no accessible name (no label, aria-label or text), among those shown
+UNNAMED = """() => [...document.querySelectorAll("input, select, textarea, button, a[href]")]
+  .filter((el) => el.getClientRects().length > 0)
+  .filter((el) => !((el.labels && [...el.labels].map((l) => l.textContent).join("").trim())
+                    || el.getAttribute("aria-label") || el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
 def test_web_console_drives_a_real_guest(tmp_path: Path) -> None:
     require_browser()
     require_qemu()
@@ -75,6 +83,9 @@ def test_web_console_drives_a_real_guest(tmp_path: Path) -> None:
 
             def shot(name: str) -> None:
                 page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+                assert page.evaluate(UNNAMED) == [], name
+                width = page.viewport_size["width"]  # type: ignore[index]
+                assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{name} scrolls sideways"
 
             # sign in: a wrong key is refused, the right one opens the VM list
             page.goto(f"{origin}/ui/")
@@ -82,9 +93,16 @@ def test_web_console_drives_a_real_guest(tmp_path: Path) -> None:
             page.get_by_role("button", name="Sign in").click()
             expect(page.get_by_role("alert")).to_contain_text("not accepted")
             shot("login")
-            page.get_by_label("API key").fill(key)
-            page.get_by_role("button", name="Sign in").click()
+            # the keyboard alone: the key field has the focus, Enter signs in
+            page.get_by_label("API key").fill("")
+            expect(page.get_by_label("API key")).to_be_focused()
+            page.keyboard.type(key)
+            page.keyboard.press("Enter")
             expect(page.get_by_role("heading", name="Virtual machines")).to_be_visible()
+            expect(page.get_by_role("heading", name="Virtual machines")).to_be_focused()
+            page.keyboard.press("Tab")  # from the page's heading into the filters, with a visible ring
+            expect(page.get_by_role("link", name="Create VM").last).to_be_focused()
+            assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
             expect(page.locator("#stream-state")).to_have_text("Live")
             page.evaluate("window.sameDocument = 'yes'")  # gone if anything reloads the page
             shot("vms-empty")
