@@ -74,6 +74,9 @@ class VmSpec:
     """path of the template's base disk image (the VM's disk is an overlay on it)."""
     template_boot: dict[str, str] | None = None
     """direct kernel boot: {"kernel": path, "initrd": path, "cmdline": str}; None boots the disk."""
+    disk_image: str | None = None
+    """a qcow2 image on the node the VM takes as its own disk (moved into place, not an
+    overlay): how an imported VM gets its disk. Only without `template_image`."""
     extra: dict[str, Any] = field(default_factory=dict)
     """what else the user asked for: cloudInit {userData, metaData, networkConfig},
     sshKeys [..], expose [{port, hostPort, protocol}]."""

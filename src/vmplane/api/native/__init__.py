@@ -17,6 +17,10 @@ def router() -> APIRouter:
     for module in (vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy):
         r.include_router(module.router)
     r.include_router(plugins.router)
+    from . import imports, vsphere
+
+    r.include_router(imports.router)
+    r.include_router(vsphere.router)
     outer = APIRouter()
     outer.include_router(r)
     outer.include_router(ws)

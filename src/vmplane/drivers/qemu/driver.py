@@ -267,6 +267,8 @@ class QemuDriver(HypervisorDriver):
             if info.format not in SUPPORTED_FORMATS:
                 raise DriverError(f"template image format {info.format} is not qcow2 or raw", vm_id=spec.id)
             await images.create_overlay(self.qemu_img, base, info.format, work.disk, max(size, info.virtual_size), vm_id=spec.id)
+        elif spec.disk_image:
+            await self._adopt_disk(Path(spec.disk_image), work.disk, size, spec.id)
         else:
             await images.create_blank(self.qemu_img, work.disk, size, vm_id=spec.id)
         files = seed_files(spec)
@@ -276,6 +278,23 @@ class QemuDriver(HypervisorDriver):
             raise DriverError(f"cannot write the cloud-init seed: {exc}", vm_id=spec.id) from exc
         save_config(work, config)
         return config
+
+    async def _adopt_disk(self, image: Path, disk: Path, size: int, vm_id: str) -> None:
+        """Make the qcow2 `image` the VM's own disk at `disk` (moved, so it must not be used
+        elsewhere), grown to `size` if smaller. Images with a backing file are refused."""
+        if not image.is_file():
+            raise DriverError(f"disk image {image} does not exist on {self.hostname}", vm_id=vm_id)
+        info = await images.disk_info(self.qemu_img, image, vm_id=vm_id)
+        if info.format != "qcow2" or info.backing_file:
+            raise DriverError(f"disk image {image.name} is {info.format}{' with a backing file' if info.backing_file else ''}; a VM's own disk is a standalone qcow2", vm_id=vm_id)
+        await images.check_qcow2(self.qemu_img, image, vm_id=vm_id)
+        try:
+            os.replace(image, disk)
+        except OSError:  # another file system: copy
+            await asyncio.to_thread(shutil.copyfile, image, disk)
+            image.unlink(missing_ok=True)
+        if info.virtual_size < size:
+            await images.grow(self.qemu_img, disk, size, vm_id=vm_id)
 
     async def _base_info(self, base: Path, vm_id: str) -> images.DiskInfo:
         """`qemu-img info` of a template's base image, asked once per version of the file

@@ -8,6 +8,7 @@ from .template_import import TemplateImport
 from .template_update import TemplateUpdate
 from .vm_create import VmCreate
 from .vm_delete import VmDelete
+from .vm_import import VmImport
 from .vm_move import VmMigrate, VmMove
 from .vm_network import VmNetwork
 from .vm_power import VmPower
@@ -37,4 +38,5 @@ def all_handlers() -> dict[str, Handler]:
         "vm-network": VmNetwork(),
         "vm-move": VmMove(),
         "vm-migrate": VmMigrate(),
+        "vm-import": VmImport(),
     }

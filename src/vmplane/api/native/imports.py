@@ -1,0 +1,86 @@
+"""/api/v1/imports: bring a VM in from an OVA, a disk image, vSphere or another vmplane (a
+job: 202 + jobId, importId); read an import's stage and bytes."""
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ...services.imports import parse_request
+from ..schemas import In, Page
+from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
+
+router = APIRouter(tags=["imports"])
+
+
+class ImportSourceIn(In):
+    type: Literal["ova", "disk", "vsphere", "vmplane"]
+    path: str | None = Field(None, max_length=4096, description="ova, disk: a local file under VMPLANE_IMPORT_DIRS")
+    url: str | None = Field(None, max_length=4096, description="ova, disk: http(s) or file URL; vmplane: its base URL")
+    format: Literal["qcow2", "raw", "vmdk", "vhdx"] | None = Field(None, description="disk: the image's format (default: detected)")
+    profile: str | None = Field(None, max_length=63, description="vsphere: a stored connection profile")
+    vcenterUrl: str | None = Field(None, max_length=2048, description="vsphere: ad-hoc connection (not stored)")
+    username: str | None = Field(None, max_length=256)
+    password: str | None = Field(None, max_length=1024)
+    insecure: bool | None = None
+    vmPath: str | None = Field(None, max_length=4096, description="vsphere: the VM's inventory path")
+    exportMethod: Literal["auto", "lease", "datastore"] = "auto"
+    apiKey: str | None = Field(None, max_length=1024, description="vmplane: an API key of the other vmplane")
+    vmId: str | None = Field(None, max_length=64, description="vmplane: the VM there")
+
+
+class ImportIn(In):
+    source: ImportSourceIn
+    name: str | None = Field(None, max_length=63, description="the VM's name (default: the source's)")
+    cpu: int | None = Field(None, ge=1, le=256)
+    ramMb: int | None = Field(None, ge=64, le=4 << 20)
+    diskGb: int | None = Field(None, ge=1, le=65536)
+    networkMapping: dict[str, str] = Field(default_factory=dict, max_length=64, description="source network -> vmplane network")
+    removeCdroms: bool = False
+    start: bool = True
+    nodeId: str | None = Field(None, max_length=64)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+
+
+class ImportOut(BaseModel):
+    id: str
+    jobId: str
+    vmId: str | None
+    name: str
+    source: dict[str, Any]
+    options: dict[str, Any]
+    state: str
+    stage: str | None
+    progress: int
+    bytesDone: int
+    bytesTotal: int | None
+    shape: dict[str, Any] | None
+    error: str | None
+    createdBy: str
+    createdAt: str
+    updatedAt: str
+    finishedAt: str | None
+
+
+class ImportAccepted(BaseModel):
+    jobId: str
+    importId: str
+
+
+@router.post("/imports", status_code=202, response_model=ImportAccepted, responses=ERRORS)
+async def create_import(body: ImportIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    req = parse_request(body.model_dump(exclude_unset=True))
+    job_id, imp_id = await rt.imports.submit(req, who)
+    return JSONResponse({"jobId": job_id, "importId": imp_id}, status_code=202, headers={"Location": f"/api/v1/jobs/{job_id}"})
+
+
+@router.get("/imports", response_model=Page[ImportOut])
+async def list_imports(rt: RuntimeDep, who: CallerDep, limit: Limit = 50, pageToken: PageToken = None) -> JSONResponse:
+    items, token = await rt.imports.list(who, limit=limit, page_token=pageToken)
+    return JSONResponse({"items": [i.to_wire() for i in items], "nextPageToken": token})
+
+
+@router.get("/imports/{import_id}", response_model=ImportOut, responses=ERRORS)
+async def get_import(import_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    return JSONResponse((await rt.imports.get(import_id, who)).to_wire())

@@ -1,0 +1,508 @@
+"""vm-import: bring a VM in from an OVA, a disk image, vSphere or another vmplane
+(services/imports.py says what each source is).
+
+Stages, each recorded on the import with the bytes it moved:
+`connecting` (open the source, learn the VM's shape), `exporting` (fetch what is not local:
+a download, vSphere's export lease or datastore files), `converting` (`qemu-img convert` of
+the boot disk to a standalone qcow2; an OVA's VMDK is read in place inside the tar),
+`defining` (record the VM, place it on a local node, define it with that disk as its own),
+`starting` (if asked). The scratch files live in `<data>/imports/work/<import id>/`; a failed
+or cancelled import removes them, and the VM (record, claim, definition) if it got that far.
+A resumed attempt starts over unless the VM was already defined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import httpx
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ... import clock
+from ...domain import Resources, VmStatus
+from ...drivers.qemu import images
+from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
+from ...ovf import OvfError, parse_ovf
+from ...placement import Demand
+from ...services.imports import STAGE_SPAN, ImportRequest, principal_of
+from ...services.networks import DEFAULT_NETWORK
+from ...services.vms import NewVm
+from ...store import guest as guest_q
+from ...store import imports as imp_q
+from ...store import networks as net_q
+from ...store import vms as vm_q
+from ..engine import TaskContext
+from .base import BaseHandler, vm_spec
+
+log = logging.getLogger("vmplane.jobs")
+CHUNK = 1 << 20
+GIB = 1 << 30
+NAME_CLEAN_RE = re.compile(r"[^A-Za-z0-9-]+")
+PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+@dataclass
+class SourceDisk:
+    """One disk of the source as qemu-img reads it."""
+
+    label: str
+    filename: str
+    """a path, or a `json:` block device description (an OVA's VMDK read inside the tar)"""
+    format: str | None
+    size_hint: int = 0
+
+
+@dataclass
+class Shape:
+    """What the source says the VM is."""
+
+    name: str
+    cpu: int
+    ram_mb: int
+    disks: list[SourceDisk] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    """the source network of each NIC, in order"""
+    cdroms: int = 0
+    os: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "cpu": self.cpu, "ramMb": self.ram_mb, "disks": [d.label for d in self.disks],
+            "networks": self.networks, "cdroms": self.cdroms, "os": self.os,
+        }  # fmt: skip
+
+
+class _Tracker:
+    """Stage and bytes of the import, written at most twice a second, and the task's progress."""
+
+    def __init__(self, ctx: TaskContext, imp_id: str) -> None:
+        self.ctx = ctx
+        self.imp_id = imp_id
+        self.stage_name = "connecting"
+        self.done = 0
+        self.total: int | None = None
+        self._written = 0.0
+
+    async def stage(self, name: str, total: int | None = None, **values: Any) -> None:
+        self.stage_name, self.done, self.total = name, 0, total
+        async with self.ctx.rt.store.write() as conn:
+            await imp_q.set_import(conn, self.imp_id, stage=name, bytes_done=0, bytes_total=total, updated_at=clock.now(), **values)
+        self._written = time.monotonic()
+        await self.ctx.progress(STAGE_SPAN[name][0], f"stage: {name}")
+
+    async def bytes(self, done: int, total: int | None, force: bool = False) -> None:
+        self.done, self.total = done, total
+        if not force and time.monotonic() - self._written < 0.5:
+            return
+        self._written = time.monotonic()
+        async with self.ctx.rt.store.write() as conn:
+            await imp_q.set_import(conn, self.imp_id, bytes_done=done, bytes_total=total, updated_at=clock.now())
+        start, end = STAGE_SPAN[self.stage_name]
+        pct = start + (end - start) * min(done, total) // total if total else start
+        await self.ctx.progress(pct)
+
+
+def _work_dir(rt: Any, imp_id: str) -> Path:
+    return Path(rt.data_dir) / "imports" / "work" / imp_id
+
+
+async def _load(ctx: TaskContext) -> Row:
+    async with ctx.rt.store.read() as conn:
+        row = await imp_q.get_import(conn, ctx.resource_id)
+    if row is None:
+        raise VmplaneError(f"import {ctx.resource_id} no longer exists")
+    return row
+
+
+class VmImport(BaseHandler):
+    async def run(self, ctx: TaskContext) -> None:
+        rt = ctx.rt
+        row = await _load(ctx)
+        if row.state == "succeeded":
+            return
+        req = rt.imports.request_of(row)
+        who = principal_of(ctx.payload)
+        track = _Tracker(ctx, row.id)
+        if row.vm_id is not None:  # an earlier attempt recorded the VM
+            vm = await self._vm(ctx, row.vm_id)
+            if vm is not None and vm.node_id and await rt.registry.driver(vm.node_id).get_vm(vm.id) is not None:
+                await self._finish(ctx, track, row, vm, req)
+                return
+            await self._forget_vm(ctx, row.vm_id)
+        work = _work_dir(rt, row.id)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        async with rt.store.write() as conn:
+            await imp_q.set_import(conn, row.id, state="running", error=None, updated_at=clock.now())
+        ctx.log(f"Starting import from a {req.source.type} source")
+        await track.stage("connecting")
+        shape = await self._fetch(ctx, track, req, work)
+        async with rt.store.write() as conn:
+            await imp_q.set_import(conn, row.id, shape=shape.to_wire(), updated_at=clock.now())
+        if not shape.disks:
+            raise VmplaneError("the source VM has no disk")
+        if len(shape.disks) > 1:
+            ctx.log(f"Warning: a vmplane VM has one disk: {shape.disks[0].label} is imported; {', '.join(d.label for d in shape.disks[1:])} are not")
+        if shape.cdroms:
+            ctx.log(f"{shape.cdroms} CD-ROM drive(s) of the source are not part of the VM")
+        disk = work / "disk.qcow2"
+        size = await self._convert(ctx, track, shape.disks[0], disk, work)
+        await track.stage("defining")
+        vm = await self._define(ctx, row, req, who, shape, disk, size)
+        await self._finish(ctx, track, row, vm, req)
+        shutil.rmtree(work, ignore_errors=True)
+
+    # -- sources --------------------------------------------------------------------------
+
+    async def _fetch(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
+        kind = req.source.type
+        if kind == "ova":
+            return await self._ova(ctx, track, req, work)
+        if kind == "disk":
+            return await self._disk(ctx, track, req, work)
+        if kind == "vsphere":
+            return await self._vsphere(ctx, track, req, work)
+        if kind == "vmplane":
+            return await self._vmplane(ctx, track, req, work)
+        raise VmplaneError(f"unknown source type {kind}")
+
+    async def _local_or_download(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path, name: str) -> Path:
+        """The source file: a local one (checked against the allowed directories again: the
+        file may have changed since the request) or an http(s) download into `work`."""
+        src = req.source
+        imports = ctx.rt.imports
+        if src.path is not None:
+            path = imports.local_file(src.path, "source.path")
+        elif urlparse(src.url or "").scheme == "file":
+            path = imports.local_file(unquote(urlparse(src.url or "").path), "source.url")
+        else:
+            path = work / name
+            await track.stage("exporting")
+            await _download(str(src.url), path, track)
+            return path
+        size = path.stat().st_size
+        await track.stage("exporting", size)
+        await track.bytes(size, size, force=True)  # read in place: nothing to copy
+        return path
+
+    async def _ova(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
+        path = await self._local_or_download(ctx, track, req, work, "source.ova")
+        if path.suffix.lower() == ".ovf":  # an OVF package: descriptor and files side by side
+            data = path.read_bytes()
+            ovf = _parse(data)
+            disks = []
+            for d in ovf.disks:
+                if req.source.url is not None and urlparse(req.source.url).scheme != "file":
+                    raise VmplaneError("an .ovf by URL needs its files too: import the OVA instead")
+                target = ctx.rt.imports.local_file(str(path.parent / _member_name(d.href)), "source.path")
+                disks.append(SourceDisk(d.disk_id, str(target), _disk_format(d.format, d.href), d.capacity_bytes))
+        else:
+            ovf, disks = await asyncio.to_thread(_read_ova, path)
+        ctx.log(f"OVF: {ovf.name}, {ovf.cpu} CPU, {ovf.memory_mb} MiB, {len(ovf.disks)} disk(s), {len(ovf.nics)} NIC(s)")
+        return Shape(ovf.name, ovf.cpu, ovf.memory_mb, disks, [n.network for n in ovf.nics], ovf.cdroms, ovf.os)
+
+    async def _disk(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
+        path = await self._local_or_download(ctx, track, req, work, "source.img")
+        stem = PurePosixPath(req.source.path or urlparse(req.source.url or "").path).stem or "imported"
+        return Shape(stem, 1, 1024, [SourceDisk(path.name, str(path), req.source.format)])
+
+    async def _vsphere(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
+        rt = ctx.rt
+        src = req.source
+        secrets = rt.imports.secrets_of(ctx.payload)
+        if "vsphere" in secrets:
+            conn = rt.vsphere.unseal(secrets["vsphere"])
+        else:
+            conn = await rt.vsphere.connection(principal_of(ctx.payload), profile=src.profile, insecure=src.insecure)
+        assert src.vm_path is not None
+        info = await rt.vsphere.vm_info(conn, src.vm_path)
+        ctx.log(f"vSphere: {info.vm.path} is {info.vm.power_state}, {info.vm.num_cpu} CPU, {info.vm.memory_mb} MiB, {len(info.disks)} disk(s)")
+        cdroms = len(info.cdroms)
+        if req.remove_cdroms and cdroms:
+            removed = await rt.vsphere.remove_cdroms(conn, src.vm_path)
+            ctx.log(f"removed {removed} CD-ROM drive(s) from the source VM")
+        await track.stage("exporting", sum(d.capacity_bytes for d in info.disks) or None)
+
+        async def progress(done: int, total: int | None) -> None:
+            await track.bytes(done, total)
+
+        info, files = await rt.vsphere.export_disks(conn, src.vm_path, work / "export", progress, src.export_method)
+        await track.bytes(track.done, track.total, force=True)
+        disks = [SourceDisk(f.label, str(f.path), None, f.capacity_bytes) for f in files]
+        return Shape(info.vm.name, info.vm.num_cpu, info.vm.memory_mb, disks, [n.network for n in info.nics], cdroms, info.vm.guest_os)
+
+    async def _vmplane(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
+        src = req.source
+        key = ctx.rt.imports.secrets_of(ctx.payload).get("apiKey", "")
+        base = str(src.url).rstrip("/")
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.get(f"{base}/api/v1/vms/{src.vm_id}", headers=headers)
+        except httpx.HTTPError as exc:
+            raise VmplaneError(f"cannot reach {base}: {exc}") from exc
+        if r.status_code != 200:
+            raise VmplaneError(f"{base} answered HTTP {r.status_code} for VM {src.vm_id}: {r.text[:200]}")
+        vm = r.json()
+        res = vm.get("resources") or {}
+        path = work / "source.qcow2"
+        await track.stage("exporting", int(res.get("diskGb") or 0) * GIB or None)
+        await _download(f"{base}/api/v1/vms/{src.vm_id}/disk", path, track, headers)
+        nets = [n.get("network") or n.get("networkId") or "" for n in (vm.get("nics") or [])]
+        return Shape(str(vm.get("name") or src.vm_id), int(res.get("cpu") or 1), int(res.get("ramMb") or 1024), [SourceDisk("disk", str(path), "qcow2")], nets)
+
+    # -- conversion ---------------------------------------------------------------------------
+
+    async def _convert(self, ctx: TaskContext, track: _Tracker, disk: SourceDisk, dest: Path, work: Path) -> int:
+        """qemu-img convert to a standalone qcow2; returns the virtual size."""
+        qemu_img = shutil.which("qemu-img")
+        if qemu_img is None:
+            raise VmplaneError("qemu-img is not installed on the control plane's host")
+        fmt_args = ["-f", disk.format] if disk.format else []
+        info = await _info(qemu_img, disk, work, ctx)
+        await track.stage("converting", info["virtual-size"])
+        argv = [qemu_img, "convert", "-p", *fmt_args, "-O", "qcow2", disk.filename, str(dest)]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            buf = b""
+            while chunk := await proc.stdout.read(256):
+                buf = (buf + chunk)[-512:]
+                found = PROGRESS_RE.findall(buf)
+                if found:
+                    await track.bytes(int(float(found[-1]) * info["virtual-size"] / 100), info["virtual-size"])
+            err = await proc.stderr.read() if proc.stderr else b""
+            status = await proc.wait()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if status != 0:
+            raise VmplaneError(f"qemu-img convert failed: {images.last_line(err.decode(errors='replace')) or status}")
+        await track.bytes(info["virtual-size"], info["virtual-size"], force=True)
+        ctx.log(f"converted {disk.label} ({info['format']}, {info['virtual-size']} bytes) to qcow2")
+        return int(info["virtual-size"])
+
+    # -- the VM ------------------------------------------------------------------------------
+
+    async def _define(self, ctx: TaskContext, row: Row, req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Row:
+        rt = ctx.rt
+        name = req.name or _vm_name(shape.name)
+        resources = Resources(
+            req.cpu or max(1, shape.cpu), req.ram_mb or max(64, shape.ram_mb), max(req.disk_gb or 0, max(1, math.ceil(size / GIB))),
+        )  # fmt: skip
+        nets: list[str] = []
+        for source_net in shape.networks:  # mapped, or the default network
+            target = req.network_mapping.get(source_net) or DEFAULT_NETWORK
+            if target in nets:
+                ctx.log(f"a second NIC on {target} (source network {source_net!r}) is left out: one NIC per network")
+            else:
+                nets.append(target)
+        networks = tuple(nets)
+        spec = NewVm(
+            name=name, resources=resources, template_id=None, node_id=req.node_id, tags=req.tags, start=req.start,
+            extra={"imported": {"importId": row.id, "source": req.source.type, "os": shape.os}}, networks=networks,
+        )  # fmt: skip
+        async with rt.store.write() as conn:
+            try:
+                vm_row = await rt.vms.record(conn, spec, who)
+            except InvalidRequest as exc:
+                raise VmplaneError(f"the VM cannot be recorded: {exc.message}") from None
+            except Conflict as exc:
+                raise VmplaneError(exc.message) from None
+            await imp_q.set_import(conn, row.id, vm_id=vm_row["id"], name=name, updated_at=clock.now())
+        vm_id = vm_row["id"]
+        ctx.log(f"recorded VM {vm_id} ({name}: {resources.cpu} CPU, {resources.ram_mb} MiB, {resources.disk_gb} GB)")
+        vm = await self._vm(ctx, vm_id)
+        assert vm is not None
+        # a node of this host: the image is a file here (agents' nodes are other hosts)
+        remote = frozenset(n for n, d in rt.registry.items() if hasattr(d, "offline"))
+        demand = Demand(
+            cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=req.node_id, exclude=remote,
+            network_types=frozenset(n.get("type", "user") for n in (vm.spec or {}).get("nics", ())) - {"user"},
+        )  # fmt: skip
+        async with rt.store.write() as conn:
+            node_id = await rt.capacity.place_and_claim(conn, demand, vm.id)
+            await vm_q.set_status(conn, vm.id, VmStatus.PROVISIONING.value, node_id=node_id, updated_at=clock.now())
+        vm = await self._vm(ctx, vm_id)
+        assert vm is not None
+        driver = rt.registry.driver(node_id)
+        await driver.create_vm(replace(await vm_spec(ctx, vm), disk_image=str(disk)))
+        ctx.log(f"defined on {node_id} with the imported disk")
+        return vm
+
+    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row, vm: Row, req: ImportRequest) -> None:
+        rt = ctx.rt
+        driver = rt.registry.driver(vm.node_id)
+        status, started = VmStatus.STOPPED, None
+        if req.start:
+            await track.stage("starting")
+            await driver.start_vm(vm.id)
+            runtime = await driver.get_vm(vm.id)
+            status, started = VmStatus.RUNNING, (runtime.started_at if runtime and runtime.started_at else clock.now())
+            ctx.log("started")
+
+        async def done(conn: AsyncConnection) -> None:
+            await vm_q.set_status(conn, vm.id, status.value, started_at=started, updated_at=clock.now())
+            await imp_q.set_import(conn, row.id, state="succeeded", updated_at=clock.now(), finished_at=clock.now())
+
+        ctx.defer(done)
+
+    async def _vm(self, ctx: TaskContext, vm_id: str) -> Row | None:
+        async with ctx.rt.store.read() as conn:
+            return await vm_q.get_vm(conn, vm_id)
+
+    async def _forget_vm(self, ctx: TaskContext, vm_id: str) -> None:
+        """Remove the import's VM entirely: definition, claim, addresses, ports, record."""
+        rt = ctx.rt
+        vm = await self._vm(ctx, vm_id)
+        if vm is None:
+            return
+        if vm.node_id is not None:
+            await rt.registry.driver(vm.node_id).delete_vm(vm.id)
+        async with rt.store.write() as conn:
+            if vm.node_id is not None:
+                await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+                await net_q.release_devices(conn, vm.id)
+            await rt.billing.released(conn, vm.id)
+            await guest_q.release_ports(conn, vm.id)
+            await net_q.release_vm(conn, vm.id)
+            await vm_q.delete_vm(conn, vm.id)
+            await imp_q.set_import(conn, ctx.resource_id, vm_id=None, updated_at=clock.now())
+
+    async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
+        rt = ctx.rt
+        async with rt.store.read() as conn:
+            row = await imp_q.get_import(conn, ctx.resource_id)
+        shutil.rmtree(_work_dir(rt, ctx.resource_id), ignore_errors=True)
+        if row is None:
+            return
+        if row.vm_id is not None:
+            try:
+                await self._forget_vm(ctx, row.vm_id)
+            except DriverError as exc:
+                ctx.log(f"could not remove the VM from its node: {exc.message}; delete VM {row.vm_id}")
+        async with rt.store.write() as conn:
+            await imp_q.set_import(
+                conn, row.id, state="cancelled" if cancelled else "failed", error=error, updated_at=clock.now(), finished_at=clock.now()
+            )
+        ctx.log("cleaned up: no VM and no disk file of this import is left")
+
+    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+        await imp_q.set_import(conn, task.resource_id, state="cancelled", error="cancelled before it started", updated_at=clock.now(), finished_at=clock.now())
+
+
+def _vm_name(source: str) -> str:
+    name = NAME_CLEAN_RE.sub("-", source).strip("-")[:63].strip("-")
+    return name or "imported"
+
+
+def _parse(data: bytes) -> Any:
+    try:
+        return parse_ovf(data)
+    except OvfError as exc:
+        raise VmplaneError(f"bad OVF descriptor: {exc}") from None
+
+
+def _member_name(href: str) -> str:
+    name = PurePosixPath(unquote(href)).name
+    if not name or name in (".", "..") or href.startswith(("/", "http:", "https:", "file:")):
+        raise VmplaneError(f"the OVF names a file outside its package: {href!r}")
+    return name
+
+
+def _disk_format(ovf_format: str, href: str) -> str | None:
+    if "vmdk" in ovf_format.lower() or href.lower().endswith(".vmdk"):
+        return "vmdk"
+    if href.lower().endswith(".qcow2"):
+        return "qcow2"
+    if href.lower().endswith((".img", ".raw")):
+        return "raw"
+    return None
+
+
+def _read_ova(path: Path) -> tuple[Any, list[SourceDisk]]:
+    """The OVF of an OVA (a tar) and its disks as byte ranges of the tar (read in place)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()
+            ovf_member = next((m for m in members if m.isreg() and m.name.lower().endswith(".ovf")), None)
+            if ovf_member is None:
+                raise VmplaneError("the OVA has no .ovf descriptor")
+            fh = tar.extractfile(ovf_member)
+            assert fh is not None
+            ovf = _parse(fh.read(4 << 20 + 1))
+    except tarfile.TarError as exc:
+        raise VmplaneError(f"the OVA is not a tar archive: {exc}") from None
+    by_name = {PurePosixPath(m.name).name: m for m in members if m.isreg()}
+    disks = []
+    for d in ovf.disks:
+        member = by_name.get(_member_name(d.href))
+        if member is None:
+            raise VmplaneError(f"the OVA has no file {d.href!r} (disk {d.disk_id})")
+        fmt = _disk_format(d.format, d.href) or "vmdk"
+        spec = {
+            "driver": fmt,
+            "file": {"driver": "raw", "offset": member.offset_data, "size": member.size, "file": {"driver": "file", "filename": str(path)}},
+        }
+        disks.append(SourceDisk(d.disk_id, "json:" + json.dumps(spec), None, d.capacity_bytes))
+    return ovf, disks
+
+
+async def _info(qemu_img: str, disk: SourceDisk, work: Path, ctx: TaskContext) -> dict[str, Any]:
+    """`qemu-img info` of a source disk; refuses images that would make qemu-img read other
+    files (backing files; VMDK extents outside the source's own folder)."""
+    argv = [qemu_img, "info", "--output=json", *(["-f", disk.format] if disk.format else []), disk.filename]
+    status, out, err = await images.run_tool(argv, "qemu-img info")
+    if status != 0:
+        raise VmplaneError(f"{disk.label} is not a disk image qemu-img can read: {images.last_line(err)}")
+    try:
+        info = json.loads(out)
+    except ValueError:
+        raise VmplaneError("qemu-img info gave unexpected output") from None
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise VmplaneError(f"{disk.label} has a backing file ({info.get('backing-filename')}); import a standalone image")
+    if info.get("format") == "vmdk" and not disk.filename.startswith("json:"):
+        folder = Path(disk.filename).resolve().parent
+        for extent in (info.get("format-specific", {}).get("data", {}) or {}).get("extents", []) or []:
+            target = Path(str(extent.get("filename", ""))).resolve()
+            if folder not in target.parents:
+                raise VmplaneError(f"{disk.label}: a VMDK extent points outside its folder ({target.name})")
+    if disk.format is None and info.get("format") not in ("qcow2", "raw", "vmdk", "vhdx", "vpc"):
+        raise VmplaneError(f"{disk.label} is {info.get('format')}, not qcow2, raw, vmdk or vhdx")
+    if disk.format is None:
+        disk.format = str(info["format"])
+    return info
+
+
+async def _download(url: str, dest: Path, track: _Tracker, headers: dict[str, str] | None = None) -> None:
+    done = 0
+    try:
+        async with httpx.AsyncClient(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=15.0)) as client:
+            async with client.stream("GET", url, headers=headers or {}) as resp:
+                if resp.status_code != 200:
+                    raise VmplaneError(f"download failed: {urlparse(url).netloc} answered HTTP {resp.status_code}")
+                total = int(resp.headers.get("content-length") or 0) or track.total
+                with dest.open("wb") as out:
+                    async for chunk in resp.aiter_bytes(CHUNK):
+                        await asyncio.to_thread(out.write, chunk)
+                        done += len(chunk)
+                        await track.bytes(done, total)
+    except httpx.HTTPError as exc:
+        raise VmplaneError(f"download failed: {exc}") from exc
+    if done == 0:
+        raise VmplaneError("the source is empty")
+    await track.bytes(done, done, force=True)

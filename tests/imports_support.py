@@ -1,0 +1,113 @@
+"""Helpers of the import tests: OVF descriptors and OVAs built with qemu-img and tarfile."""
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+
+def ovf_descriptor(name: str, cpu: int, memory_mb: int, disk_file: str, disk_size: int, capacity_gib: int, networks: tuple[str, ...] = ("VM Network",), cdrom: bool = True) -> str:
+    nics = "".join(
+        f"""
+      <Item>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>{net}</rasd:Connection>
+        <rasd:ElementName>Network adapter {i + 1}</rasd:ElementName>
+        <rasd:InstanceID>{10 + i}</rasd:InstanceID>
+        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>"""
+        for i, net in enumerate(networks)
+    )
+    cd = """
+      <Item ovf:required="false">
+        <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>
+        <rasd:ElementName>CD/DVD drive 1</rasd:ElementName>
+        <rasd:InstanceID>7</rasd:InstanceID>
+        <rasd:ResourceType>15</rasd:ResourceType>
+      </Item>""" if cdrom else ""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+    xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+    xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:href="{disk_file}" ovf:id="file1" ovf:size="{disk_size}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{capacity_gib}" ovf:capacityAllocationUnits="byte * 2^30" ovf:diskId="vmdisk1" ovf:fileRef="file1"
+        ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <NetworkSection>
+    <Info>The list of logical networks</Info>
+    {"".join(f'<Network ovf:name="{n}"><Description>{n}</Description></Network>' for n in networks)}
+  </NetworkSection>
+  <VirtualSystem ovf:id="{name}">
+    <Info>A virtual machine</Info>
+    <Name>{name}</Name>
+    <OperatingSystemSection ovf:id="101" ovf:osType="otherLinux64Guest">
+      <Info>The kind of installed guest operating system</Info>
+      <Description>Other Linux (64-bit)</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemType>vmx-13</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:ElementName>{cpu} virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>{cpu}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:ElementName>{memory_mb}MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>{memory_mb}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:ElementName>SCSI controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>Hard disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>{nics}{cd}
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"""
+
+
+def to_vmdk(source: Path, dest: Path, stream_optimized: bool = True) -> None:
+    opts = ["-o", "subformat=streamOptimized"] if stream_optimized else []
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", *opts, str(source), str(dest)], check=True, capture_output=True)
+
+
+def make_ova(dest: Path, disk: Path, name: str = "imported-vm", cpu: int = 1, memory_mb: int = 256, networks: tuple[str, ...] = ("VM Network",)) -> Path:
+    """An OVA (tar: descriptor first, then the stream-optimized VMDK) of `disk`."""
+    work = dest.parent / (dest.stem + "-parts")
+    work.mkdir(parents=True, exist_ok=True)
+    vmdk = work / f"{name}-disk1.vmdk"
+    to_vmdk(disk, vmdk)
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(disk)], check=True, capture_output=True, text=True).stdout
+    import json
+
+    capacity_gib = max(1, -(-json.loads(info)["virtual-size"] // 2**30))
+    ovf = work / f"{name}.ovf"
+    ovf.write_text(ovf_descriptor(name, cpu, memory_mb, vmdk.name, vmdk.stat().st_size, capacity_gib, networks))
+    with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.add(ovf, arcname=ovf.name)
+        tar.add(vmdk, arcname=vmdk.name)
+    return dest
