@@ -6,10 +6,12 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.routing import Route
 
 from . import __version__
 from .api import errors, faces, health, ui
 from .api.identity import Identity
+from .api.mcp import McpHttp
 from .api.metrics import Metrics, MetricsMiddleware
 from .api.metrics import router as metrics_router
 from .api.middleware import BodyLimit, Idempotency
@@ -23,12 +25,14 @@ log = logging.getLogger("vmplane")
 
 def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> FastAPI:
     rt = Runtime(settings, nodes)
+    mcp_http = McpHttp(rt)  # the Model Context Protocol server at /mcp
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await rt.start()
         try:
-            yield
+            async with mcp_http.run():
+                yield
         finally:
             await rt.stop()
 
@@ -45,6 +49,7 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     app.include_router(health.router)
     app.include_router(metrics_router)
     faces.install_all(app, rt)  # the native API, and every compat face under its prefix
+    app.router.routes.append(Route("/mcp", mcp_http))
     ui.install(app)  # the web console at /ui (static files; the API key is entered in the page)
     app.add_middleware(Idempotency, store=rt.store)
     app.add_middleware(Identity, rt=rt)

@@ -34,6 +34,7 @@ from .services.schedules import ScheduleService
 from .services.deployments import DeploymentService
 from .services.vmconfig import VmConfigService
 from .services.networks import NetworkService
+from .services.mcp import McpService
 from .services.plugins import PluginService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
@@ -95,6 +96,7 @@ class Runtime:
         self.ingress = IngressService(self)
         self.backups = BackupService(self)
         self.plugins = PluginService(self)
+        self.mcp = McpService(self)
         self.backup_store = BackupStore(
             settings.backup_dir or self.data_dir / "backups", self.data_dir / "backup-repo-password"
         )

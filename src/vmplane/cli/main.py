@@ -195,6 +195,22 @@ def image_build(
     typer.echo(f"kernel {image.kernel}\ninitrd {image.initrd}\ndisk   {image.disk}")
 
 
+@app.command()
+def mcp(url: UrlOpt = None) -> None:
+    """Serve vmplane's tools to an AI agent over MCP on stdin/stdout; each tool call goes to
+    the server at --url with the key in VMPLANE_API_KEY (or the data dir's owner key)."""
+    import asyncio
+
+    from ..api.mcp import serve_stdio
+
+    client = Client(url)
+    key = client.http.headers.get("X-API-Key")
+    if not key:
+        typer.echo("error: no API key: set VMPLANE_API_KEY", err=True)
+        raise typer.Exit(2)
+    asyncio.run(serve_stdio(client.url, key))
+
+
 # -- vm -------------------------------------------------------------------------------------
 
 

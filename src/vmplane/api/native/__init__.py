@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from .deps import authorize
-from . import plugins
+from . import mcp, plugins
 from . import agents, backups, cluster, deployments, events, guest, jobs, networks, schedules, snapshots, templates, tenancy, vms, webhooks
 
 
@@ -12,6 +12,7 @@ def router() -> APIRouter:
     ws = APIRouter(prefix="/api/v1")
     ws.include_router(guest.ws_router)
     ws.include_router(events.ws_router)
+    ws.include_router(mcp.router)  # read-only keys may run the commands that read
     ws.include_router(agents.agent_router)  # node agents authenticate by themselves
     # agents before cluster: /nodes/tokens is not /nodes/{node_id}
     for module in (vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy):

@@ -1,0 +1,33 @@
+"""POST /api/v1/mcp: Volant's MCP command endpoint (`{command, params}` → 200 `{result,
+error?}`; 400 only for a body that is not a JSON object). The operations: services/mcp.py."""
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ...errors import InvalidRequest
+from .deps import ERRORS, CallerDep, RuntimeDep
+
+router = APIRouter(tags=["mcp"])
+"""not under the write rule of the other routers: read-only keys run the commands that only
+read (the service refuses them the others)"""
+
+
+async def command_body(request: Request) -> dict:
+    raw = request.scope.get("state", {}).get("raw_body", b"") or await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be an object {command, params}", field="body")
+    return body
+
+
+@router.post("/mcp", responses=ERRORS)
+async def mcp_command(request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """Run one command (`volant.system.get_capabilities` lists them with their params); a
+    failed command is still 200, with `error` set."""
+    body = await command_body(request)
+    return JSONResponse(await rt.mcp.command(body.get("command"), body.get("params"), who))

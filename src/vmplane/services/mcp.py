@@ -1,0 +1,265 @@
+"""The operations AI agents drive vmplane with, in one place: Volant's MCP command set
+(`{command, params}` → `{result, error?}`, POST /api/v1/mcp on the native API and the Volant
+face) and the same operations as Model Context Protocol tools (api/mcp.py: streamable HTTP
+at /mcp; `vmplane mcp` over stdio). Each operation has a JSON schema for its params.
+
+Results use Volant's shapes (a VM summary is `{id, name, status, ip_address, cpu_cores,
+memory_mb}`, `id` being the VM's integer sequence number as on the Volant face).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable
+
+import jsonschema
+from sqlalchemy import Row
+
+from ..auth import Principal
+from ..errors import DriverError, Forbidden, InvalidRequest, NotFound, VmplaneError
+
+log = logging.getLogger("vmplane.mcp")
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 63, "description": "the VM's name"}
+Handler = Callable[[Any, Principal, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    command: str
+    """Volant's command name (`volant.vms.list`)"""
+    description: str
+    params: dict[str, Any]
+    """JSON schema of the params object"""
+    run: Handler
+    writes: bool = False
+
+    @property
+    def tool(self) -> str:
+        """The MCP tool's name: the command without `volant.`, dots as underscores."""
+        return self.command.removeprefix("volant.").replace(".", "_")
+
+
+def _schema(properties: dict[str, Any] | None = None, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties or {}, "required": list(required), "additionalProperties": False}
+
+
+# -- Volant shapes --------------------------------------------------------------------------
+
+
+def vm_summary(row: Row) -> dict[str, Any]:
+    from ..api.compat.volant.wire import VM_STATUS  # the face owns Volant's status words
+
+    nic = next(iter((row.spec or {}).get("nics") or ()), {})
+    ips = nic.get("ips") or []
+    return {
+        "id": row.seq,
+        "name": row.name,
+        "status": VM_STATUS.get(row.status, "crashed"),
+        "ip_address": ips[0] if ips else "",
+        "cpu_cores": row.cpu,
+        "memory_mb": row.ram_mb,
+        "runtime": str(((row.spec or {}).get("plugin") or {}).get("runtime") or ""),
+    }
+
+
+async def vm_by_name(rt: Any, name: str, who: Principal) -> Row:
+    """A VM by its name (Volant's key for VMs); NotFound as Volant words it."""
+    if not name or len(name) > 63:
+        raise NotFound(f"vm {name!r} not found")
+    rows, _ = await rt.vms.list(who, node=None, status=None, tag=None, name=name, limit=1, page_token=None)
+    if not rows:
+        raise NotFound(f"vm {name!r} not found")
+    return rows[0]
+
+
+async def _finish(rt: Any, job_id: str, what: str) -> None:
+    job, tasks = await rt.jobs.wait(job_id, rt.settings.compat_wait_seconds)
+    if job.state == "failed":
+        raise DriverError(f"{what} failed: {next((t.error for t in tasks if t.error), 'the job failed')}")
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+async def vms_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    token = None
+    while True:
+        rows, token = await rt.vms.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
+        out += [vm_summary(r) for r in rows]
+        if token is None:
+            break
+    if p.get("status"):
+        out = [v for v in out if v["status"] == p["status"]]
+    if p.get("runtime"):
+        out = [v for v in out if v["runtime"] == p["runtime"]]
+    return out
+
+
+async def vms_get(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return vm_summary(await vm_by_name(rt, p["name"], who))
+
+
+async def vms_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    """As the Volant face's create: the VM's config from the params, then wait for it."""
+    from . import vmconfig
+
+    config: dict[str, Any] = dict(p.get("config") or {})
+    resources = {k: p[k] for k in ("cpu_cores", "memory_mb") if p.get(k) is not None}
+    if resources:
+        config["resources"] = {**(config.get("resources") or {}), **resources}
+    for key in ("runtime", "plugin", "kernel_cmdline"):
+        if p.get(key):
+            config[key] = p[key]
+    config = vmconfig.check(config, "params.config")
+    spec = vmconfig.new_vm(p["name"], config, await rt.templates.default_id(who))
+    plugin = config.get("plugin") or config.get("runtime")
+    if plugin:
+        spec = replace(spec, plugin=plugin)
+    row = await rt.vms.create_and_wait(spec, who, rt.settings.compat_wait_seconds)
+    await rt.vm_configs.record([row.id], config)
+    return vm_summary(row)
+
+
+def _power(action: str) -> Handler:
+    async def run(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+        vm = await vm_by_name(rt, p["name"], who)
+        await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
+        return vm_summary(await rt.vms.get(vm.id, who))
+
+    return run
+
+
+async def vms_delete(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    vm = await vm_by_name(rt, p["name"], who)
+    if vm.status != "deleting":
+        await _finish(rt, await rt.vms.delete([vm.id], who), f"deleting VM {vm.name}")
+    return {"name": vm.name, "deleted": True}
+
+
+async def vms_action(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    vm = await vm_by_name(rt, p["name"], who)
+    body = p.get("body")
+    out = await rt.plugins.call_action(vm.id, p["action"], who, body=body.encode() if body else b"", content_type="application/json" if body else None)
+    return {"status": out.status, "content_type": out.content_type, "body": out.body.decode("utf-8", "replace")}
+
+
+async def plugins_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": r.name, "runtime": r.runtime, "version": r.version, "enabled": r.enabled, "actions": sorted(r.manifest.get("actions") or {})} for r in await rt.plugins.list(who)]
+
+
+def _deployments(rt: Any) -> Any:
+    deployments = getattr(rt, "deployments", None)
+    if deployments is None:
+        raise InvalidRequest("this vmplane has no deployments")
+    return deployments
+
+
+async def _deployment_out(rt: Any, row: Row) -> dict[str, Any]:
+    from ..api.compat.volant.wire import deployment
+
+    return deployment(row, await rt.deployments.ready_count(row))
+
+
+async def deployments_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    return [await _deployment_out(rt, d) for d in await _deployments(rt).list(who)]
+
+
+async def deployments_get(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(rt, await _deployments(rt).get(p["name"], who))
+
+
+async def deployments_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(rt, await _deployments(rt).create(p["name"], p.get("replicas", 1), p.get("config"), who))
+
+
+async def deployments_scale(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(rt, await _deployments(rt).update(p["name"], who, replicas=p["replicas"]))
+
+
+async def deployments_delete(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    await _deployments(rt).delete(p["name"], who)
+    return {"name": p["name"], "deleted": True}
+
+
+async def get_capabilities(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return {"capabilities": [{"name": op.command, "description": op.description, "params": op.params} for op in OPERATIONS]}
+
+
+DEPLOYMENT = {"type": "string", "minLength": 1, "maxLength": 48, "description": "the deployment's name"}
+REPLICAS = {"type": "integer", "minimum": 0, "maximum": 100}
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("volant.vms.list", "List VMs: name, status, IP address, vCPUs, memory.",
+              _schema({"status": {"type": "string", "enum": ["pending", "starting", "running", "stopping", "stopped", "crashed"]},
+                       "runtime": {"type": "string", "maxLength": 63}}), vms_list),
+    Operation("volant.vms.get", "Get one VM by name.", _schema({"name": NAME}, ("name",)), vms_get),
+    Operation("volant.vms.create",
+              "Create a VM and start it; `runtime` (or `plugin`) names an installed, enabled plugin whose resources, image and cloud-init it takes.",
+              _schema({"name": NAME, "runtime": {"type": "string", "maxLength": 63}, "plugin": {"type": "string", "maxLength": 63},
+                       "cpu_cores": {"type": "integer", "minimum": 1, "maximum": 512},
+                       "memory_mb": {"type": "integer", "minimum": 64, "maximum": 4194304},
+                       "kernel_cmdline": {"type": "string", "maxLength": 4096},
+                       "config": {"type": "object", "description": "a full VM config (Volant's Config)"}}, ("name",)),
+              vms_create, writes=True),
+    Operation("volant.vms.start", "Start a stopped VM.", _schema({"name": NAME}, ("name",)), _power("start"), writes=True),
+    Operation("volant.vms.stop", "Stop (power off) a VM.", _schema({"name": NAME}, ("name",)), _power("stop"), writes=True),
+    Operation("volant.vms.delete", "Delete a VM and its disk.", _schema({"name": NAME}, ("name",)), vms_delete, writes=True),
+    Operation("volant.vms.action", "Call an action of the plugin a VM was made from (proxied to the workload in the guest).",
+              _schema({"name": NAME, "action": {"type": "string", "minLength": 1, "maxLength": 63},
+                       "body": {"type": "string", "maxLength": 1048576, "description": "JSON text sent as the request body"}}, ("name", "action")),
+              vms_action, writes=True),
+    Operation("volant.plugins.list", "List installed plugins (runtimes) and their actions.", _schema(), plugins_list),
+    Operation("volant.deployments.list", "List deployments with desired and ready replicas.", _schema(), deployments_list),
+    Operation("volant.deployments.get", "Get one deployment.", _schema({"name": DEPLOYMENT}, ("name",)), deployments_get),
+    Operation("volant.deployments.create", "Create a deployment: `replicas` VMs <name>-1.. from one config, kept running.",
+              _schema({"name": DEPLOYMENT, "replicas": REPLICAS, "config": {"type": "object"}}, ("name",)), deployments_create, writes=True),
+    Operation("volant.deployments.scale", "Change a deployment's number of replicas.",
+              _schema({"name": DEPLOYMENT, "replicas": REPLICAS}, ("name", "replicas")), deployments_scale, writes=True),
+    Operation("volant.deployments.delete", "Delete a deployment and its replicas.", _schema({"name": DEPLOYMENT}, ("name",)), deployments_delete, writes=True),
+    Operation("volant.system.get_capabilities", "The commands this endpoint understands, with their params.", _schema(), get_capabilities),
+)  # fmt: skip
+BY_COMMAND = {op.command: op for op in OPERATIONS}
+BY_TOOL = {op.tool: op for op in OPERATIONS}
+
+
+def _check_params(op: Operation, params: Any) -> dict[str, Any]:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise InvalidRequest("params must be an object", field="params")
+    error = next(iter(sorted(jsonschema.Draft7Validator(op.params).iter_errors(params), key=lambda e: len(e.path))), None)
+    if error is not None:
+        where = ".".join(["params", *map(str, error.absolute_path)])
+        if error.validator == "required":
+            where += "." + error.message.split("'")[1]
+            raise InvalidRequest(f"{where} is required", field=where)
+        raise InvalidRequest(f"{where}: {error.message}", field=where)
+    return params
+
+
+class McpService:
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+
+    async def run(self, op: Operation, params: Any, who: Principal) -> Any:
+        """Run one operation (VmplaneError on a bad param or a failure)."""
+        params = _check_params(op, params)
+        if op.writes and not who.can_write:
+            raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot change anything")
+        return await op.run(self.rt, who, params)
+
+    async def command(self, command: Any, params: Any, who: Principal) -> dict[str, Any]:
+        """Volant's `{command, params}` → `{result}` or `{result: null, error}` (never raises)."""
+        op = BY_COMMAND.get(command) if isinstance(command, str) else None
+        if op is None:
+            return {"result": None, "error": f"unknown command: {command}"}
+        try:
+            return {"result": await self.run(op, params, who)}
+        except VmplaneError as exc:
+            return {"result": None, "error": exc.message}
+        except Exception as exc:  # an agent gets a sentence, the log the trace
+            log.exception("MCP command %s failed", command)
+            return {"result": None, "error": f"internal error: {type(exc).__name__}"}
