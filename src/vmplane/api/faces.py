@@ -59,6 +59,12 @@ def _install_bluelobster(app: FastAPI, rt: Any) -> None:
     app.mount(bluelobster.PREFIX, bluelobster.build(rt))
 
 
+def _install_hypersdk(app: FastAPI, rt: Any) -> None:
+    from .compat import hypersdk
+
+    app.mount(hypersdk.PREFIX, hypersdk.build(rt, getattr(app.state, "metrics", None)))
+
+
 FACES: dict[str, Face] = {
     f.name: f
     for f in (
@@ -67,6 +73,7 @@ FACES: dict[str, Face] = {
         Face("fastvm", "/compat/fastvm", _install_fastvm, ("/metrics",), "the FastVM public API"),
         Face("bluelobster", "/compat/bluelobster", _install_bluelobster, ("/metrics",), "the Blue Lobster instance API"),
         Face("volant", "/compat/volant", _install_volant, ("/metrics",), "the Volant daemon API"),
+        Face("hypersdk", "/compat/hypersdk", _install_hypersdk, ("/metrics",), "the HyperSDK daemon API"),
     )
 }  # fmt: skip
 

@@ -576,5 +576,5 @@ async def ws(websocket: WebSocket) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
     try:
         await websocket.close()
-    except RuntimeError:
+    except (RuntimeError, WebSocketDisconnect):  # the client went first
         pass

@@ -213,7 +213,7 @@ def render_job(imp: Any, job: Any) -> dict[str, Any]:
     status = HYPERSDK_STATUS.get(state, "failed")
     done, total = int(imp.bytes_done or 0), imp.bytes_total
     percent = 100 if status == "completed" else imp.percent
-    stage = imp.stage or ("queued" if status == "pending" else status)
+    stage = imp.stage or {"pending": "pending", "running": "connecting"}.get(status, status)
     if status == "completed":
         stage = "completed"
     progress = {
