@@ -138,6 +138,9 @@ def test_web_console_drives_a_real_guest(tmp_path: Path, record_property: Any) -
                             break
                         page.wait_for_timeout(250)
                 answer = UNAME.search(terminal_text(page)).group(0)  # type: ignore[union-attr]
+                page.keyboard.press("Escape")  # then Tab: out of the terminal, for keyboard users
+                page.keyboard.press("Tab")
+                expect(page.get_by_role("button", name="Disconnect")).to_be_focused()
                 assert answer in api.post(f"/vms/{vm_id}/exec", json={"command": ["uname", "-a"]}).json()["stdout"]
 
                 # the stats charts fill in while it runs

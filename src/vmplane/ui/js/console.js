@@ -34,7 +34,12 @@ export class SerialConsole {
     let escaped = false;
     this.term.attachCustomKeyEventHandler((e) => {
       if (e.type !== "keydown") return true;
-      if (escaped && e.key === "Tab") { escaped = false; this.connectBtn.focus(); return false; }
+      if (escaped && e.key === "Tab") {
+        escaped = false;
+        e.preventDefault();
+        (this.disconnectBtn.disabled ? this.connectBtn : this.disconnectBtn).focus();
+        return false;
+      }
       escaped = e.key === "Escape";
       return true;
     });

@@ -167,7 +167,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
             td("Taken", when(b.createdAt)), td("Status", badge(b.status), b.error ? h("div", { class: "error-text" }, b.error) : null),
             td("Notes", b.notes || "–"), td("Size", bytes(b.logicalBytes)),
             td("Actions",
-              h("button", { type: "button", class: "secondary", "aria-label": `Restore backup of ${when(b.createdAt)}`, disabled: b.status !== "succeeded" && b.status !== "ready", onclick: () => restore(b) }, "Restore"), " ",
+              h("button", { type: "button", class: "secondary", "aria-label": `Restore backup of ${when(b.createdAt)}`, disabled: b.status !== "succeeded", onclick: () => restore(b) }, "Restore"), " ",
               h("button", { type: "button", class: "secondary", "aria-label": `Delete backup of ${when(b.createdAt)}`, onclick: () => dropBackup(b) }, "Delete"))))))));
   }
   async function restore(b) {

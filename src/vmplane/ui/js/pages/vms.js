@@ -19,7 +19,7 @@ export async function vmsPage(main, { events }) {
   const startBtn = h("button", { type: "button", onclick: () => power("start") }, "Start");
   const stopBtn = h("button", { type: "button", onclick: () => power("stop") }, "Stop");
   const deleteBtn = h("button", { type: "button", class: "danger", onclick: remove }, "Delete");
-  const selectAll = h("input", { type: "checkbox", "aria-label": "Select all shown VMs" });
+  const selectAll = h("input", { type: "checkbox", id: "select-all" });
   const body = h("tbody");
   const empty = h("p", { class: "muted" });
 
@@ -34,12 +34,13 @@ export async function vmsPage(main, { events }) {
     h("div", { class: "toolbar" }, h("h1", {}, "Virtual machines"), h("span", { class: "spacer" }),
       h("a", { class: "button", href: "#/create" }, "Create VM")),
     h("div", { class: "card" }, filters),
-    h("div", { class: "toolbar", role: "group", "aria-label": "Actions on the selected VMs" }, startBtn, stopBtn, deleteBtn, count),
+    h("div", { class: "toolbar", role: "group", "aria-label": "Actions on the selected VMs" },
+      h("label", { class: "inline", for: "select-all" }, selectAll, "Select all shown"), startBtn, stopBtn, deleteBtn, count),
     h("div", { class: "table-wrap" },
       h("table", { class: "stack", id: "vm-table" },
         h("caption", { class: "visually-hidden" }, "Virtual machines"),
         h("thead", {}, h("tr", {},
-          h("th", { scope: "col" }, selectAll), ["Name", "Status", "Node", "vCPU", "Memory", "Disk", "Addresses", "Uptime", "Tags"].map((c) => h("th", { scope: "col" }, c)))),
+          h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Selected")), ["Name", "Status", "Node", "vCPU", "Memory", "Disk", "Addresses", "Uptime", "Tags"].map((c) => h("th", { scope: "col" }, c)))),
         body)),
     empty);
 
