@@ -55,22 +55,22 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
     require_qemu()
     require_ssh()
     s = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0)
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cli-test", "-f", str(key)], check=True)
+    key, cloud_key, other = (tmp_path / n for n in ("id_ed25519", "cloud", "other"))
+    for k in (key, cloud_key, other):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", k.name, "-f", str(k)], check=True)
+    user_data = f"#cloud-config\nssh_authorized_keys:\n  - {cloud_key.with_suffix('.pub').read_text().strip()}\n"
     env = cli_env(s, tmp_path)
     tpl = await tiny_template(s)
 
     code, out, err = await run_cli(
-        env, "vm", "create", "cli-guest", "--template", tpl, "--ram-mb", "256", "--disk-gb", "2", "--ssh-key", f"@{key}.pub", "--json", timeout=120
+        env, "vm", "create", "cli-guest", "--template", tpl, "--ram-mb", "256", "--disk-gb", "2", "--ssh-key", f"@{key}.pub",
+        "--user-data", user_data, "--json", timeout=120
     )
     assert code == 0, err
     vm = (await s.client.get("/api/v1/vms", params={"name": "cli-guest"})).json()["items"][0]
     assert vm["status"] == "running"
     assert vm["ssh"]["host"] == "127.0.0.1" and vm["ssh"]["user"] == "root" and vm["ssh"]["hostKey"].startswith("ssh-ed25519 ")
-    deadline = time.monotonic() + 90
-    while BOOT_LINE not in (await s.client.get(f"/api/v1/vms/{vm['id']}/console/log")).text:
-        assert time.monotonic() < deadline, "the guest did not boot"
-        await asyncio.sleep(0.5)
+    await booted(s, vm["id"], times=1)
 
     # ssh: our key, the guest's host key checked strictly against the one the API names
     code, out, err = await run_cli(
@@ -78,11 +78,19 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
     )
     assert (code, out) == (3, "cli-guest\n0\n"), err
     assert not (tmp_path / ".ssh" / "known_hosts").exists()  # nothing learnt on trust
-    # a key the guest does not know is refused
-    other = tmp_path / "other"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    # the key from the user's own cloud-config works too; a key the guest does not know is refused
+    code, out, err = await run_cli(env, "vm", "ssh", vm["id"], "-i", str(cloud_key), "--", "-o", "BatchMode=yes", "echo", "cloud")
+    assert (code, out) == (0, "cloud\n"), err
     code, _, err = await run_cli(env, "vm", "ssh", vm["id"], "-i", str(other), "--", "-o", "BatchMode=yes", "true")
     assert code == 255 and "Permission denied" in err
+    # the forward is one of the VM's forwarded ports: an explicit DROP of port 22 closes it
+    drop = {"enabled": True, "rules": [{"type": "in", "action": "DROP", "proto": "tcp", "dport": "22"}]}
+    r = await s.client.put(f"/api/v1/vms/{vm['id']}/firewall", json=drop)
+    assert (await s.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    code, _, err = await run_cli(env, "vm", "ssh", "cli-guest", "-i", str(key), "--", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "true")
+    assert code == 255 and "refused" in err
+    r = await s.client.put(f"/api/v1/vms/{vm['id']}/firewall", json={"enabled": True, "rules": []})
+    assert (await s.wait_job(r.json()["jobId"]))["state"] == "succeeded"
 
     # exec: output on the right streams, the command's exit code
     code, out, err = await run_cli(env, "vm", "exec", "cli-guest", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 5")
@@ -110,8 +118,26 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
         os.close(master)
         os.close(slave)
 
+    # stop and start: the same port, SSH again (the firewall enabled, no rule: policy ACCEPT)
+    code, _, err = await run_cli(env, "vm", "stop", "cli-guest", timeout=120)
+    assert code == 0, err
+    code, _, err = await run_cli(env, "vm", "start", "cli-guest", timeout=120)
+    assert code == 0, err
+    assert (await s.client.get(f"/api/v1/vms/{vm['id']}")).json()["ssh"] == vm["ssh"]
+    await booted(s, vm["id"], times=2)  # the serial log goes on across starts
+    code, out, err = await run_cli(env, "vm", "ssh", "cli-guest", "-i", str(key), "--", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "echo", "again")
+    assert (code, out) == (0, "again\n"), err
+
     code, _, err = await run_cli(env, "vm", "delete", "cli-guest", timeout=120)
     assert code == 0, err
+
+
+async def booted(s: Server, vm_id: str, times: int) -> None:
+    """Wait until the serial log shows the guest's boot line `times` times (sshd runs by then)."""
+    deadline = time.monotonic() + 90
+    while (await s.client.get(f"/api/v1/vms/{vm_id}/console/log")).text.count(BOOT_LINE) < times:
+        assert time.monotonic() < deadline, "the guest did not boot"
+        await asyncio.sleep(0.3)
 
 
 def read_until(fd: int, marker: bytes, timeout: float) -> bytes:

@@ -282,13 +282,17 @@ def vm_create(
     ssh_key: Annotated[
         Optional[list[str]], typer.Option("--ssh-key", metavar="KEY|@FILE", help="an SSH public key for root, or @ and the file holding it (repeatable)")
     ] = None,
+    user_data: Annotated[
+        Optional[str], typer.Option("--user-data", metavar="TEXT|@FILE", help="cloud-init user-data (#cloud-config or a #! script), or @ and its file")
+    ] = None,
     start: Annotated[bool, typer.Option("--start/--no-start")] = True,
     wait: WaitOpt = True,
     url: UrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create VMs (one job for all of them)."""
-    keys = [_read_key(k) for k in ssh_key or ()]
+    keys = [_read_arg(k, "--ssh-key").strip() for k in ssh_key or ()]
+    cloud = {"cloudInit": {"userData": _read_arg(user_data, "--user-data")}} if user_data else {}
     specs = [
         {
             "name": n,
@@ -298,6 +302,7 @@ def vm_create(
             "tags": tag or [],
             "start": start,
             **({"sshKeys": keys} if keys else {}),
+            **cloud,
         }
         for n in name
     ]
@@ -305,13 +310,14 @@ def vm_create(
     _finish(c, c.request("POST", "/api/v1/vms", json=specs), wait, json_out)
 
 
-def _read_key(value: str) -> str:
+def _read_arg(value: str, option: str) -> str:
+    """An option's value as given, or the text of the file after `@`."""
     if not value.startswith("@"):
         return value
     try:
-        return Path(value[1:]).expanduser().read_text().strip()
+        return Path(value[1:]).expanduser().read_text()
     except OSError as exc:
-        typer.echo(f"error: --ssh-key: {exc}", err=True)
+        typer.echo(f"error: {option}: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
