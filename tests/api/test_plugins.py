@@ -164,3 +164,25 @@ async def test_openapi_url_that_fails_is_502(server: Server, image: Path) -> Non
     job = await server.create({"name": "w1", "plugin": "web"})
     r = await server.client.get(f"/api/v1/vms/{job['tasks'][0]['resourceId']}/openapi")
     assert r.status_code == 502, r.text
+
+
+async def test_health_states_follow_the_vm(server_factory: Any, image: Path) -> None:
+    server = await server_factory(plugin_health_seconds=0)  # checks run when the test says
+    assert (await server.client.post("/api/v1/plugins", json=manifest(image))).status_code == 201
+    await wait_image(server, "web")
+    job = await server.create({"name": "w1", "plugin": "web"})
+    vm_id = job["tasks"][0]["resourceId"]
+    assert (await server.client.get(f"/api/v1/vms/{vm_id}/plugin")).json()["health"] is None
+    await server.rt.plugins.check_health()
+    health = (await server.client.get(f"/api/v1/vms/{vm_id}/plugin")).json()["health"]
+    assert health["status"] == "unhealthy" and "sim driver" in health["detail"]  # a sim VM runs no workload
+    assert (await server.wait_job((await server.client.post(f"/api/v1/vms/{vm_id}/stop")).json()["jobId"]))["state"] == "succeeded"
+    await server.rt.plugins.check_health()
+    health = (await server.client.get(f"/api/v1/vms/{vm_id}/plugin")).json()["health"]
+    assert health["status"] == "unknown" and health["detail"] == "the VM is stopped"
+    assert (await server.wait_job((await server.client.delete(f"/api/v1/vms/{vm_id}")).json()["jobId"]))["state"] == "succeeded"
+    await server.rt.plugins.check_health()
+    async with server.rt.store.read() as conn:
+        from vmplane.store import plugins as plugin_q
+
+        assert await plugin_q.get_health(conn, vm_id) is None

@@ -33,6 +33,7 @@ from ..errors import Conflict, DriverError, Forbidden, InvalidRequest, InvalidSt
 from ..store import events as ev_q
 from ..store import plugins as plugin_q
 from ..store import templates as tpl_q
+from ..store.tables import plugin_health
 from ..store.tables import vms as vms_t
 
 log = logging.getLogger("vmplane.plugins")
@@ -42,7 +43,7 @@ _validator = jsonschema.Draft7Validator(SCHEMA)
 DEFAULT_ACTION_TIMEOUT_MS = 30_000
 DEFAULT_HEALTH_TIMEOUT_MS = 2_000
 MAX_PROXIED_BYTES = 8 * 1024 * 1024
-HEALTHY, UNHEALTHY = "healthy", "unhealthy"
+HEALTHY, UNHEALTHY, UNKNOWN = "healthy", "unhealthy", "unknown"
 
 
 def _field(path: Any) -> str:
@@ -430,6 +431,20 @@ class PluginService:
                 checks.append((vm, plugin))
         results = await asyncio.gather(*(self._probe(vm, p) for vm, p in checks))
         now = clock.now()
+        checked = {vm.id for vm, _ in checks}
+        async with self.rt.store.read() as conn:
+            recorded = (await conn.execute(select(plugin_health.c.vm_id, plugin_health.c.status))).all()
+            stale = [r.vm_id for r in recorded if r.vm_id not in checked]
+            q = select(vms_t.c.id, vms_t.c.name, vms_t.c.status, vms_t.c.org_id).where(vms_t.c.id.in_(stale))
+            states = {r.id: r for r in (await conn.execute(q)).all()} if stale else {}
+        async with self.rt.store.write() as conn:  # deleted VMs forgotten; stopped ones no longer checked
+            await plugin_q.forget_health(conn, [v for v in stale if v not in states])
+            for r in recorded:
+                vm = states.get(r.vm_id)
+                if vm is not None and r.status != UNKNOWN:
+                    detail = f"the VM is {vm.status}"
+                    await plugin_q.set_health(conn, vm.id, UNKNOWN, detail, now, True)
+                    await ev_q.emit(conn, "vm.health", vm.id, {"id": vm.id, "name": vm.name, "health": UNKNOWN, "detail": detail}, vm.org_id)
         for (vm, plugin), (status, detail) in zip(checks, results):
             async with self.rt.store.write() as conn:
                 before = await plugin_q.get_health(conn, vm.id)
