@@ -128,7 +128,7 @@ class ImportView:
         if self.stage is None:
             return 0
         start, end = STAGE_SPAN[self.stage]
-        if self.bytes_total:
+        if self.bytes_total and self.stage in ("exporting", "converting"):
             return start + (end - start) * min(self.bytes_done, self.bytes_total) // self.bytes_total
         return start
 

@@ -51,6 +51,7 @@ CHUNK = 1 << 20
 GIB = 1 << 30
 NAME_CLEAN_RE = re.compile(r"[^A-Za-z0-9-]+")
 PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+BYTE_STAGES = ("exporting", "converting")
 
 
 @dataclass
@@ -95,10 +96,16 @@ class _Tracker:
         self.total: int | None = None
         self._written = 0.0
 
-    async def stage(self, name: str, total: int | None = None, **values: Any) -> None:
-        self.stage_name, self.done, self.total = name, 0, total
+    async def stage(self, name: str, total: int | None = None) -> None:
+        """Enter a stage; those that move bytes (exporting, converting) start counting
+        again, the others keep the last transfer's figures on show."""
+        self.stage_name = name
+        values: dict[str, Any] = {}
+        if name in BYTE_STAGES:
+            self.done, self.total = 0, total
+            values = {"bytes_done": 0, "bytes_total": total}
         async with self.ctx.rt.store.write() as conn:
-            await imp_q.set_import(conn, self.imp_id, stage=name, bytes_done=0, bytes_total=total, updated_at=clock.now(), **values)
+            await imp_q.set_import(conn, self.imp_id, stage=name, updated_at=clock.now(), **values)
         self._written = time.monotonic()
         await self.ctx.progress(STAGE_SPAN[name][0], f"stage: {name}")
 
@@ -497,7 +504,7 @@ async def _download(url: str, dest: Path, track: _Tracker, headers: dict[str, st
                     raise VmplaneError(f"download failed: {urlparse(url).netloc} answered HTTP {resp.status_code}")
                 total = int(resp.headers.get("content-length") or 0) or track.total
                 with dest.open("wb") as out:
-                    async for chunk in resp.aiter_bytes(CHUNK):
+                    async for chunk in resp.aiter_bytes():  # as they arrive: a slow source still shows progress
                         await asyncio.to_thread(out.write, chunk)
                         done += len(chunk)
                         await track.bytes(done, total)
