@@ -1,6 +1,7 @@
 """The user's side on a real guest, through the `vmplane` command: `vm ssh` logs in with a key
 the test makes, `vm exec` exits with the command's code, `vm console` attached through a
-pseudo-terminal answers `uname -a` and detaches on Ctrl-]. One guest for all of it."""
+pseudo-terminal answers `uname -a` and detaches on Ctrl-]. The SSH port
+stays through a firewall change, a control-plane restart and stop/start. One guest for all of it."""
 
 import asyncio
 import os
@@ -117,6 +118,14 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
             proc.kill()
         os.close(master)
         os.close(slave)
+
+    # a restarted control plane (the guest runs on): the same port, SSH again
+    await s.stop()
+    s = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0)  # the same data dir
+    env = cli_env(s, tmp_path)
+    assert (await s.client.get(f"/api/v1/vms/{vm['id']}")).json()["ssh"] == vm["ssh"]
+    code, out, err = await run_cli(env, "vm", "ssh", "cli-guest", "-i", str(key), "--", "-o", "BatchMode=yes", "cat", "/proc/uptime")
+    assert code == 0 and float(out.split()[0]) > 5, err  # the same guest, not a new boot
 
     # stop and start: the same port, SSH again (the firewall enabled, no rule: policy ACCEPT)
     code, _, err = await run_cli(env, "vm", "stop", "cli-guest", timeout=120)
