@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..ids import looks_like_id
+from ..ids import looks_like_id, looks_like_uuid
 
 err = Console(stderr=True)
 FINAL = {"succeeded", "failed", "partial", "cancelled"}
@@ -38,13 +38,13 @@ class Client:
         return resp.json() if resp.content else None
 
     def vm(self, ref: str) -> dict[str, Any]:
-        """The VM whose id or name is `ref`; exits 1 with a message when none is, or when the
+        """The VM whose id (or uuid) or name is `ref`; exits 1 with a message when none is, or when the
         id of one VM is the name of another."""
         found: dict[str, dict[str, Any]] = {}
-        if looks_like_id(ref) and ref.startswith("vm-"):
+        if (looks_like_id(ref) and ref.startswith("vm-")) or looks_like_uuid(ref):
             resp = self._send("GET", f"/api/v1/vms/{ref}")
             if resp.status_code == 200:
-                found[ref] = resp.json()
+                found[resp.json()["id"]] = resp.json()
             elif resp.status_code != 404:
                 self._fail(resp)
         if 0 < len(ref) <= 63:  # the longest name there is
