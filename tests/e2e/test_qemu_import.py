@@ -1,0 +1,55 @@
+"""An OVA built here (qemu-img makes the VMDK of a BIOS-bootable disk; an OVF descriptor
+beside it; tar) is imported into a running VM on the qemu driver that boots from its own
+disk; deleting the VM leaves nothing."""
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..imports_support import make_ova
+from ..support import Server, require_qemu
+from .test_qemu_vm import bootable_disk, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+async def test_an_ova_is_imported_into_a_vm_that_boots_from_its_own_disk(server_factory: Any, tmp_path: Path) -> None:
+    from vmplane.images import tiny_dir
+    from vmplane.images.tiny import INIT_START_LINE, load_tiny_image
+
+    require_qemu()
+    if not all(shutil.which(t) for t in ("mkfs.fat", "mcopy", "syslinux")):
+        require_qemu()
+        pytest.skip("syslinux, mtools or dosfstools missing")
+    s: Server = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0, shutdown_timeout_seconds=20)
+    c = s.client
+    image = load_tiny_image(tiny_dir(s.rt.settings.resolved_image_cache()))
+    assert image is not None
+    disk = tmp_path / "bootable.raw"
+    bootable_disk(disk, image.kernel, image.initrd)
+    drop = s.rt.data_dir / "imports"
+    drop.mkdir(parents=True, exist_ok=True)
+    ova = make_ova(drop / "appliance.ova", disk, name="appliance", cpu=1, memory_mb=256)
+    r = await c.post("/api/v1/imports", json={"source": {"type": "ova", "path": str(ova)}, "networkMapping": {"VM Network": "user"}})
+    assert r.status_code == 202, r.text
+    job = await s.wait_job(r.json()["jobId"], timeout=120)
+    assert job["state"] == "succeeded", job
+    imp = (await c.get(f"/api/v1/imports/{r.json()['importId']}")).json()
+    vm_id = imp["vmId"]
+    vm = (await c.get(f"/api/v1/vms/{vm_id}")).json()
+    assert vm["status"] == "running" and vm["resources"] == {"cpu": 1, "ramMb": 256, "diskGb": 1}, vm
+
+    async def booted() -> bool:
+        return INIT_START_LINE in (await c.get(f"/api/v1/vms/{vm_id}/console/log")).text
+
+    await wait_for(booted, 90, "the imported disk to boot (BIOS, syslinux, kernel, init)")
+    own = s.rt.data_dir / "qemu" / "vms" / vm_id / "disk.qcow2"
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(own)], check=True, capture_output=True, text=True).stdout
+    assert '"backing-filename"' not in info and '"format": "qcow2"' in info
+    assert not (s.rt.data_dir / "imports" / "work" / imp["id"]).exists()
+    r = await c.delete(f"/api/v1/vms/{vm_id}")
+    assert (await s.wait_job(r.json()["jobId"], timeout=60))["state"] == "succeeded"
+    assert not own.parent.exists()
