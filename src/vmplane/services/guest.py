@@ -124,8 +124,10 @@ class GuestService:
                 spec["ssh"] = {"hostPort": own["hostPort"], "hostKey": host_key, "reserved": False}
             else:
                 taken = await guest_q.taken_ports(conn)
-                port = next((p for p in AUTO_PORTS if (p, "tcp") not in taken and port_is_free(p, "tcp")), None)
-                if port is None or not await guest_q.reserve_port(conn, vm.id, port, "tcp"):
+                for port in AUTO_PORTS:  # a port another create took meanwhile: the next one
+                    if (port, "tcp") not in taken and port_is_free(port, "tcp") and await guest_q.reserve_port(conn, vm.id, port, "tcp"):
+                        break
+                else:
                     return "no free host port to forward SSH to: the VM has no SSH forward"
                 spec["ssh"] = {"hostPort": port, "hostKey": host_key, "reserved": True}
             await vm_q.set_vm(conn, vm.id, spec=spec)
