@@ -111,3 +111,30 @@ def make_ova(dest: Path, disk: Path, name: str = "imported-vm", cpu: int = 1, me
         tar.add(ovf, arcname=ovf.name)
         tar.add(vmdk, arcname=vmdk.name)
     return dest
+
+
+def vcsim_binary() -> str | None:
+    """govmomi's vcsim as scripts/build-vcsim.sh caches it (or $VMPLANE_VCSIM, or on PATH)."""
+    import os
+    import shutil
+
+    explicit = os.environ.get("VMPLANE_VCSIM")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    cache = os.environ.get("VMPLANE_VCSIM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vmplane", "vcsim")
+    built = os.path.join(cache, "vcsim")
+    return built if os.access(built, os.X_OK) else shutil.which("vcsim")
+
+
+def require_vcsim() -> str:
+    """The vcsim binary; skips without it, unless VMPLANE_REQUIRE_VCSIM=1 (CI), where it fails."""
+    import os
+
+    import pytest
+
+    found = vcsim_binary()
+    if found:
+        return found
+    if os.environ.get("VMPLANE_REQUIRE_VCSIM") == "1":
+        pytest.fail("VMPLANE_REQUIRE_VCSIM=1 but vcsim is not built (scripts/build-vcsim.sh)")
+    pytest.skip("vcsim is not built (scripts/build-vcsim.sh)")

@@ -150,6 +150,8 @@ class ExportedDisk:
     label: str
     path: Path
     capacity_bytes: int
+    via: str = "datastore"
+    """how it was fetched: `lease` (NFC export lease) or `datastore` (datastore download)"""
 
 
 @dataclass
@@ -615,7 +617,7 @@ def _export_by_lease(si: Any, c: Connection, vm: Any, info: VsphereVmInfo, dest:
                 key = _device_key(dev.key)
                 path = dest / f"disk-{i}.vmdk"
                 done = _download(client, url, {"Cookie": _cookie(si)}, path, done, total, keepalive)
-                out.append(ExportedDisk(labels.get(key, f"disk {i}"), path, capacities.get(key, 0)))
+                out.append(ExportedDisk(labels.get(key, f"disk {i}"), path, capacities.get(key, 0), "lease"))
         lease.HttpNfcLeaseComplete()
         return out
     except BaseException as exc:

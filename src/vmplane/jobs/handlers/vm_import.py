@@ -247,6 +247,8 @@ class VmImport(BaseHandler):
 
         info, files = await rt.vsphere.export_disks(conn, src.vm_path, work / "export", progress, src.export_method)
         await track.bytes(track.done, track.total, force=True)
+        via = "the NFC export lease" if files and files[0].via == "lease" else "datastore download"
+        ctx.log(f"fetched {len(files)} disk(s) by {via} ({track.done} bytes)")
         disks = [SourceDisk(f.label, str(f.path), None, f.capacity_bytes) for f in files]
         return Shape(info.vm.name, info.vm.num_cpu, info.vm.memory_mb, disks, [n.network for n in info.nics], cdroms, info.vm.guest_os)
 
