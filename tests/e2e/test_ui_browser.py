@@ -172,6 +172,10 @@ def test_web_console_drives_a_real_guest(tmp_path: Path, record_property: Any) -
                 shot("nodes")
                 nav.get_by_role("link", name="Events").click()
                 expect(page.get_by_role("log")).to_contain_text("vm.running")
+                # events from before sign-in (the server's node.online at start) come back on request
+                expect(page.get_by_role("log")).not_to_contain_text("node.online")
+                page.get_by_role("button", name="Load earlier events").click()
+                expect(page.get_by_role("log")).to_contain_text("node.online")
                 shot("events")
 
                 # the VM list, also at phone size

@@ -63,20 +63,45 @@ export class EventStream {
     }
   }
 
-  block(text) {
-    let type = "message";
-    const data = [];
-    for (const line of text.split("\n")) {
-      if (!line || line.startsWith(":")) continue;
-      const colon = line.indexOf(":");
-      const field = colon < 0 ? line : line.slice(0, colon);
-      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-      if (field === "event") type = value;
-      else if (field === "data") data.push(value);
+  /** Up to `count` events from before event `before`, oldest first: the stream resumed
+   * from an earlier id and read until it reaches `before` (or goes quiet for a second). */
+  async earlier(before, count = 100) {
+    const controller = new AbortController();
+    const found = [];
+    let quiet = setTimeout(() => controller.abort(), 3000);
+    try {
+      const r = await fetch(`/api/v1/events?since=${Math.max(0, before - count - 1)}`,
+        { headers: { "X-API-Key": apiKey() || "", Accept: "text/event-stream" }, signal: controller.signal, cache: "no-store" });
+      if (!r.ok || !r.body) return found;
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        clearTimeout(quiet);
+        quiet = setTimeout(() => controller.abort(), 1000);
+        buf += value.replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const event = parseBlock(buf.slice(0, cut));
+          buf = buf.slice(cut + 2);
+          if (!event) continue;
+          if (event.id >= before) return found;
+          found.push(event);
+        }
+      }
+    } catch {
+      // aborted after a quiet second: what came is all there is
+    } finally {
+      clearTimeout(quiet);
+      controller.abort();
     }
-    if (!data.length || type === "error") return; // "error": the server dropped us; the loop reconnects
-    let event;
-    try { event = JSON.parse(data.join("\n")); } catch { return; }
+    return found;
+  }
+
+  block(text) {
+    const event = parseBlock(text);
+    if (!event) return;
     this.lastId = event.id;
     this.recent.push(event);
     if (this.recent.length > KEEP) this.recent.splice(0, this.recent.length - KEEP);
@@ -84,4 +109,20 @@ export class EventStream {
       try { fn(event); } catch (err) { console.warn("event listener failed", err); }
     }
   }
+}
+
+/** One SSE message → the event it carries (null for comments, `retry:` and `error` messages). */
+function parseBlock(text) {
+  let type = "message";
+  const data = [];
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") type = value;
+    else if (field === "data") data.push(value);
+  }
+  if (!data.length || type === "error") return null; // "error": the server dropped us; the loop reconnects
+  try { return JSON.parse(data.join("\n")); } catch { return null; }
 }
