@@ -22,7 +22,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import Principal
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest, InvalidState, NotFound, VmplaneError
 from ..store import imports as imp_q
 from . import pages
 from .vms import check_name, check_tags
@@ -361,6 +361,41 @@ class ImportService:
             rows = await imp_q.list_imports(conn, who.org_id, after_seq=after, limit=limit + 1)
         token = pages.encode("imports", rows[limit - 1].seq) if len(rows) > limit else None
         return [view(r) for r in rows[:limit]], token
+
+    async def export_disk(self, vm_ref: str, who: Principal) -> Path:
+        """The VM's disk as it is now (point in time; live if it runs) flattened into a
+        standalone qcow2 file the caller streams and then deletes: what another vmplane's
+        import of source type `vmplane` downloads. InvalidState on a node that keeps no disk
+        content (sim)."""
+        import shutil
+        import uuid
+
+        from ..drivers.qemu import images
+
+        vm = await self.rt.vms.get(vm_ref, who)
+        if vm.node_id is None or vm.status in ("provisioning", "error"):
+            raise InvalidState(f"VM {vm.id} has no disk to export ({vm.status})", current=vm.status)
+        driver = self.rt.registry.driver(vm.node_id)
+        if not driver.capabilities.disk_export:
+            raise InvalidState(f"{vm.node_id} runs the {driver.capabilities.kind} driver, which keeps no disk content")
+        qemu_img = shutil.which("qemu-img")
+        if qemu_img is None:
+            raise InvalidState("qemu-img is not installed on the control plane's host")
+        work = Path(self.rt.data_dir) / "imports" / "exports"
+        work.mkdir(parents=True, exist_ok=True)
+        tag = f"{vm.id}-{uuid.uuid4().hex[:8]}"
+        raw, out = work / f"{tag}.raw", work / f"{tag}.qcow2"
+        try:
+            await driver.export_disk(vm.id, raw)
+            status, _out, err = await images.run_tool([qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)], "qemu-img convert", timeout=3600)
+            if status != 0:
+                raise VmplaneError(f"converting the disk of {vm.id} failed: {images.last_line(err)}")
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+        finally:
+            raw.unlink(missing_ok=True)
+        return out
 
     def request_of(self, row: Row) -> ImportRequest:
         """The request an import was made from (secrets not included: see `secrets_of`)."""

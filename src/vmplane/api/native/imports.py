@@ -4,7 +4,8 @@ job: 202 + jobId, importId); read an import's stage and bytes."""
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.background import BackgroundTask
 from pydantic import BaseModel, Field
 
 from ...services.imports import parse_request
@@ -84,3 +85,14 @@ async def list_imports(rt: RuntimeDep, who: CallerDep, limit: Limit = 50, pageTo
 @router.get("/imports/{import_id}", response_model=ImportOut, responses=ERRORS)
 async def get_import(import_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     return JSONResponse((await rt.imports.get(import_id, who)).to_wire())
+
+
+@router.get("/vms/{vm_id}/disk", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}, "description": "the disk as a qcow2 image"}})
+async def export_disk(vm_id: str, rt: RuntimeDep, who: CallerDep) -> FileResponse:
+    """The VM's disk as a standalone qcow2 image (point in time; live if it runs): what an
+    import with source type `vmplane` fetches from here."""
+    path = await rt.imports.export_disk(vm_id, who)
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"{vm_id}.qcow2", headers={"X-Vmplane-Disk-Format": "qcow2"},
+        background=BackgroundTask(path.unlink, missing_ok=True),
+    )  # fmt: skip
