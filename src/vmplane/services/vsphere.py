@@ -617,7 +617,11 @@ def _export_by_lease(si: Any, c: Connection, vm: Any, info: VsphereVmInfo, dest:
                 key = _device_key(dev.key)
                 path = dest / f"disk-{i}.vmdk"
                 done = _download(client, url, {"Cookie": _cookie(si)}, path, done, total, keepalive)
-                out.append(ExportedDisk(labels.get(key, f"disk {i}"), path, capacities.get(key, 0), "lease"))
+                # the lease names a disk by controller:unit, not by its key: then go by order
+                nth = info.disks[i] if i < len(info.disks) else None
+                label = labels.get(key) if key in labels else (nth.label if nth else f"disk {i}")
+                capacity = capacities.get(key) if key in capacities else (nth.capacity_bytes if nth else 0)
+                out.append(ExportedDisk(str(label), path, int(capacity or 0), "lease"))
         lease.HttpNfcLeaseComplete()
         return out
     except BaseException as exc:
