@@ -380,6 +380,8 @@ def vm_console(
     url: UrlOpt = None,
 ) -> None:
     """Attach the terminal to a VM's serial console (raw mode; Ctrl-] detaches)."""
+    from websockets.exceptions import WebSocketException
+
     from .console import attach
 
     c = Client(url)
@@ -388,7 +390,7 @@ def vm_console(
     ws_url = ("ws" + c.url[4:] if c.url.startswith("http") else c.url) + tok["websocketPath"]
     try:
         code = attach(ws_url, {}, v["name"], linger)
-    except (OSError, ConnectionError) as exc:
+    except (OSError, WebSocketException) as exc:  # ConnectionError is an OSError
         typer.echo(f"error: console of {v['id']}: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
