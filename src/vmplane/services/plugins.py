@@ -191,7 +191,8 @@ class PluginService:
         kind = "rootfs" if "rootfs" in m else "initramfs"
         image = m[kind]
         digest = checksum_hex(image["checksum"])
-        key = hashlib.sha256(f"{kind}\n{image['url']}\n{digest}".encode()).hexdigest()[:16]
+        owner = "" if who.operator else who.org_id  # an organization's templates are its own
+        key = hashlib.sha256(f"{kind}\n{image['url']}\n{digest}\n{owner}".encode()).hexdigest()[:16]
         name = f"plugin-{kind}-{key}"
         async with self.rt.store.read() as conn:
             tpl = await tpl_q.get_template(conn, name)
