@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,8 +303,11 @@ class VsphereService:
         if method not in ("auto", "lease", "datastore"):
             raise InvalidRequest("exportMethod must be auto, lease or datastore", field="exportMethod")
         loop = asyncio.get_running_loop()
+        stop = threading.Event()  # the caller was cancelled: the worker thread stops at its next report
 
         def report(done: int, total: int | None) -> None:
+            if stop.is_set():
+                raise VmplaneError("the export was cancelled")
             asyncio.run_coroutine_threadsafe(progress(done, total), loop).result(timeout=60)
 
         def run(si: Any) -> tuple[VsphereVmInfo, list[ExportedDisk]]:
@@ -317,7 +321,11 @@ class VsphereService:
                         raise VcenterError(f"this server has no export lease for VMs: {exc}") from exc
             return info, _export_by_datastore(si, c, info, dest, report)
 
-        return await asyncio.to_thread(_with_si, c, run)
+        try:
+            return await asyncio.to_thread(_with_si, c, run)
+        except BaseException:
+            stop.set()
+            raise
 
 
 # -- pyvmomi, in worker threads ---------------------------------------------------------------

@@ -453,7 +453,7 @@ def _read_ova(path: Path) -> tuple[Any, list[SourceDisk]]:
                 raise VmplaneError("the OVA has no .ovf descriptor")
             fh = tar.extractfile(ovf_member)
             assert fh is not None
-            ovf = _parse(fh.read(4 << 20 + 1))
+            ovf = _parse(fh.read((4 << 20) + 1))
     except tarfile.TarError as exc:
         raise VmplaneError(f"the OVA is not a tar archive: {exc}") from None
     by_name = {PurePosixPath(m.name).name: m for m in members if m.isreg()}
