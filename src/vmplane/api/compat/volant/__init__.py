@@ -4,7 +4,8 @@ Mounted at /compat/volant of the main application; `vmplane serve --face
 volant=HOST:PORT` serves it at the root of a listener of its own (Volant's CLI uses absolute
 paths: /api/v1/vms). VMs are addressed by name. Errors are `{"error": sentence, "details":
 {field: text}}`; request validation answers 400. Credentials: a vmplane key in
-`X-Volant-API-Key` or `X-API-Key` (or `api_key=` in the query). Decisions where vmplane
+`X-Volant-API-Key` or `X-API-Key` (or `api_key=` in the query). Plugins, per-VM OpenAPI and
+MCP: plugins.py; everything else: routes.py. Decisions where vmplane
 differs from the daemon: docs/volant.md.
 """
 
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from ....errors import DriverError, NoCapacity, VmplaneError
 from ...errors import validation_message
 from ..common import Errors, build_face
+from .plugins import router as plugin_router
 from .routes import open_router, router
 
 PREFIX = "/compat/volant"
@@ -45,4 +47,4 @@ ERRORS = Errors(http=lambda status, message: error(status, message), core=core_e
 
 def build(rt: Any) -> FastAPI:
     """The face's application (mounted by api/faces.py)."""
-    return build_face("Volant face", rt, (open_router, router), CONTRACT, ERRORS)
+    return build_face("Volant face", rt, (open_router, router, plugin_router), CONTRACT, ERRORS)

@@ -42,16 +42,23 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
+def Absent(**constraints: Any) -> Any:
+    """An optional field the contract does not make nullable: None when left out, 400 when
+    sent as null."""
+    return Field(None, **constraints)
+
+
 class CreateVmIn(Body):
     name: str = Field(..., max_length=63)
-    runtime: str | None = Field(None, max_length=128)
-    plugin: str | None = Field(None, max_length=128)
-    cpu_cores: int | None = Field(None, ge=1, le=1024)
-    memory_mb: int | None = Field(None, ge=64, le=16 * 1024 * 1024)
-    kernel_cmdline: str | None = Field(None, max_length=4096)
-    api_host: str | None = None
-    api_port: str | None = None
+    runtime: str = Absent(max_length=128)
+    plugin: str = Absent(max_length=128)
+    cpu_cores: int = Absent(ge=1, le=1024)
+    memory_mb: int = Absent(ge=64, le=16 * 1024 * 1024)
+    kernel_cmdline: str = Absent(max_length=4096)
+    api_host: str = Absent(max_length=255)
+    api_port: str = Absent(max_length=8)
     config: dict[str, Any] | None = None
+    """Config is nullable in the contract"""
 
     def full_config(self) -> dict[str, Any]:
         """The VM's config: `config` with the top-level fields laid over it."""
@@ -85,7 +92,7 @@ class PciAddressesIn(Body):
 
 class ValidateIn(Body):
     pci_addresses: list[str] = Field(..., max_length=64)
-    allowlist: list[str] | None = Field(None, max_length=64)
+    allowlist: list[str] = Absent(max_length=64)
 
 
 class PciAddressIn(Body):
