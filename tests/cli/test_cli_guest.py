@@ -4,9 +4,14 @@
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
-from ..support import Server
+import httpx
+
+from ..support import Server, admin_key, free_port, serve, wait_ready
 from .test_cli import cli
 
 
@@ -52,6 +57,37 @@ async def test_events_follow_filter_and_resume(server: Server) -> None:
 
     code, _, err = await cli(server, "events", "--types", "no such type!", "--count", "1")
     assert code == 1 and "types" in err
+
+
+def test_events_resume_where_they_stopped_when_the_server_restarts(tmp_path: Path) -> None:
+    port = free_port()
+    url, data, log = f"http://127.0.0.1:{port}", tmp_path / "data", tmp_path / "server.log"
+    proc = serve(data, port, log, ["--driver", "sim"])
+    follow = None
+    try:
+        wait_ready(url, proc)
+        api = httpx.Client(base_url=url, headers={"X-API-Key": admin_key(data)}, timeout=30)
+        assert api.post("/api/v1/vms", json={"name": "before"}).status_code == 202
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "vmplane.cli.main", "events", "--url", url, "--json", "--since", "0", "--types", "vm.created", "--count", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "VMPLANE_API_KEY": admin_key(data)},
+        )  # fmt: skip
+        assert follow.stdout is not None
+        first = json.loads(follow.stdout.readline())  # from the history: the stream is open
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = serve(data, port, log, ["--driver", "sim"])
+        wait_ready(url, proc)
+        assert api.post("/api/v1/vms", json={"name": "after"}).status_code == 202
+        out, err = follow.communicate(timeout=30)
+        second = json.loads(out)
+        assert (first["data"]["name"], second["data"]["name"]) == ("before", "after")  # nothing twice, nothing lost
+        assert follow.returncode == 0, err
+    finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+        proc.kill()
+        proc.wait()
 
 
 async def test_names_resolve_to_ids_and_ambiguity_is_an_error(server: Server) -> None:
