@@ -121,6 +121,11 @@ async def test_disk_images_by_path_and_by_url_stopped_if_asked(server: Server, t
     job, imp = await _import(server, {"source": {"type": "disk", "url": f"{base}/img.vhdx"}, "start": False})
     assert job["state"] == "succeeded", job
     assert imp["name"] == "img" and imp["source"] == {"type": "disk", "url": f"{base}/img.vhdx"}
+    task = (await server.client.get(f"/api/v1/jobs/{job['id']}/tasks/{job['tasks'][0]['id']}")).json()
+    assert any(line.endswith(f"converting: {20 << 20} of {20 << 20} bytes") for line in task["log"]), task["log"]
+    make_ova(control["root"] / "web.ova", tmp_path / "s.raw", name="by-url")
+    job, imp = await _import(server, {"source": {"type": "ova", "url": f"{base}/web.ova"}, "start": False})
+    assert job["state"] == "succeeded" and imp["name"] == "by-url", job
     job, imp = await _import(server, {"source": {"type": "disk", "url": f"{base}/missing.qcow2"}})
     assert job["state"] == "failed" and "HTTP 404" in job["tasks"][0]["error"] and imp["state"] == "failed" and imp["vmId"] is None
 

@@ -112,6 +112,11 @@ async def test_import_by_datastore_download(server_factory: Any, vcsim: dict[str
 
     assert vs._with_si(conn, upload) in (200, 201)
 
+    # the simulator has no export lease: asking for it fails plainly and leaves nothing
+    r = await c.post("/api/v1/imports", json={"source": {"type": "vsphere", "vcenterUrl": vcsim["url"], "username": USER, "password": PASSWORD, "insecure": True, "vmPath": path, "exportMethod": "lease"}})
+    job = await s.wait_job(r.json()["jobId"], timeout=60)
+    assert job["state"] == "failed" and "no export lease" in job["tasks"][0]["error"], job
+    assert (await c.get("/api/v1/vms")).json()["items"] == [] and not (s.rt.data_dir / "imports" / "work" / r.json()["importId"]).exists()
     r = await c.post("/api/v1/imports", json={
         "source": {"type": "vsphere", "vcenterUrl": vcsim["url"], "username": USER, "password": PASSWORD, "insecure": True, "vmPath": path},
         "name": "from-vsphere", "removeCdroms": True, "start": False, "ramMb": 256,

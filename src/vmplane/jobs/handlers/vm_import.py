@@ -94,6 +94,7 @@ class _Tracker:
         self.stage_name = "connecting"
         self.done = 0
         self.total: int | None = None
+        self._tenth = -1
         self._written = 0.0
 
     async def stage(self, name: str, total: int | None = None) -> None:
@@ -102,7 +103,7 @@ class _Tracker:
         self.stage_name = name
         values: dict[str, Any] = {}
         if name in BYTE_STAGES:
-            self.done, self.total = 0, total
+            self.done, self.total, self._tenth = 0, total, -1
             values = {"bytes_done": 0, "bytes_total": total}
         async with self.ctx.rt.store.write() as conn:
             await imp_q.set_import(conn, self.imp_id, stage=name, updated_at=clock.now(), **values)
@@ -110,6 +111,10 @@ class _Tracker:
         await self.ctx.progress(STAGE_SPAN[name][0], f"stage: {name}")
 
     async def bytes(self, done: int, total: int | None, force: bool = False) -> None:
+        tenth = min(10, done * 10 // total) if total else -1
+        if tenth > self._tenth:  # the task's log shows the bytes too, every tenth
+            self._tenth = tenth
+            self.ctx.log(f"{self.stage_name}: {done} of {total} bytes")
         self.done, self.total = done, total
         if not force and time.monotonic() - self._written < 0.5:
             return
