@@ -42,6 +42,7 @@ from ...services.vms import NewVm
 from ...store import guest as guest_q
 from ...store import imports as imp_q
 from ...store import networks as net_q
+from ...store import nodes as node_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, vm_spec
@@ -342,10 +343,15 @@ class VmImport(BaseHandler):
         ctx.log(f"recorded VM {vm_id} ({name}: {resources.cpu} CPU, {resources.ram_mb} MiB, {resources.disk_gb} GB)")
         vm = await self._vm(ctx, vm_id)
         assert vm is not None
-        # a node of this host: the image is a file here (agents' nodes are other hosts)
-        remote = frozenset(n for n, d in rt.registry.items() if hasattr(d, "offline"))
+        # a node of this host that this process serves: the image is a file here (agents'
+        # nodes are other hosts; other replicas' nodes other processes, maybe other hosts)
+        here = {n for n, d in rt.registry.items() if not hasattr(d, "offline")}
+        async with rt.store.read() as conn:
+            elsewhere = frozenset(n.id for n in await node_q.list_nodes(conn) if n.id not in here)
+        if req.node_id is not None and req.node_id in elsewhere:
+            raise VmplaneError(f"{req.node_id} is not a node of this host (imported disks are files here); leave nodeId out or name a local node")
         demand = Demand(
-            cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=req.node_id, exclude=remote,
+            cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=req.node_id, exclude=elsewhere,
             network_types=frozenset(n.get("type", "user") for n in (vm.spec or {}).get("nics", ())) - {"user"},
         )  # fmt: skip
         async with rt.store.write() as conn:
