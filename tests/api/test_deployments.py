@@ -39,8 +39,8 @@ def names(d: dict[str, Any]) -> list[str]:
     return [r["name"] for r in d["replicaVms"] if not r["lost"]]
 
 
-async def test_deployment_reconciles_replicas(server_factory: Any) -> None:
-    server = await server_factory(sim_nodes=2)
+async def test_deployment_reconciles_replicas(server_factory: Any, database_url: str) -> None:
+    server = await server_factory(sim_nodes=2, database_url=database_url)
     c = server.client
     config = {"resources": {"cpu_cores": 1, "memory_mb": 256}, "metadata": {"app": "web"}}
     r = await c.post("/api/v1/deployments", json={"name": "web", "replicas": 3, "config": config})
@@ -99,6 +99,21 @@ async def test_deployment_reconciles_replicas(server_factory: Any) -> None:
     assert r.status_code == 202
     await server.wait_job(r.json()["jobId"])
     assert (await c.get("/api/v1/deployments/web")).status_code == 404
+
+
+async def test_deployments_survive_a_restart(server_factory: Any, database_url: str) -> None:
+    """Everything the reconciler needs is in the store: after a restart it carries on with
+    the same replicas (none made twice) and follows a scale made then."""
+    server = await server_factory(sim_nodes=2, database_url=database_url)
+    assert (await server.client.post("/api/v1/deployments", json={"name": "db", "replicas": 2})).status_code == 201
+    before = {r["name"]: r["vmId"] for r in (await settled(server, "db", 2))["replicaVms"]}
+    await server.stop()
+    server = await server_factory(sim_nodes=2, database_url=database_url)
+    d = await settled(server, "db", 2)
+    assert {r["name"]: r["vmId"] for r in d["replicaVms"]} == before
+    await server.client.patch("/api/v1/deployments/db", json={"replicas": 3})
+    d = await settled(server, "db", 3)
+    assert names(d) == ["db-1", "db-2", "db-3"]
 
 
 async def _settled_without(server: Server, name: str, want: int, gone_vm: str) -> dict[str, Any] | None:
