@@ -160,6 +160,10 @@ def _str(body: dict[str, Any], key: str, where: str) -> str | None:
         raise InvalidRequest(f"{where} must be a non-empty string", field=where)
     if len(value) > 4096:
         raise InvalidRequest(f"{where} is too long", field=where)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{where} is not valid text", field=where) from None
     return value
 
 
@@ -226,13 +230,20 @@ def parse_request(body: Any) -> ImportRequest:
 
 
 def check_url(url: str, where: str, schemes: Sequence[str] = ("http", "https", "file")) -> None:
-    p = urlparse(url)
+    try:
+        p = urlparse(url)
+        host = p.hostname
+        p.port
+    except ValueError as exc:
+        raise InvalidRequest(f"{where} cannot be parsed: {exc}", field=where) from None
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise InvalidRequest(f"{where} has spaces or control characters", field=where)
     if p.scheme not in schemes:
         raise InvalidRequest(f"{where} must be an {', '.join(s + '://' for s in schemes)} URL", field=where)
     if p.scheme == "file":
         if p.netloc not in ("", "localhost") or not p.path.startswith("/"):
             raise InvalidRequest(f"{where}: file:// URLs must name an absolute local path", field=where)
-    elif not p.hostname:
+    elif not host:
         raise InvalidRequest(f"{where} has no host", field=where)
 
 

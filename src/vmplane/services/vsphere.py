@@ -60,19 +60,23 @@ class Connection:
         return _split_url(self.url)
 
 
-def _split_url(url: str) -> tuple[str, str, int, str]:
+def _split_url(url: str, field_name: str = "vcenterUrl") -> tuple[str, str, int, str]:
     raw = url.strip()
     if "://" not in raw:
         raw = "https://" + raw
-    p = urlparse(raw)
-    if p.scheme not in ("http", "https") or not p.hostname:
-        raise InvalidRequest("the vCenter URL must be a host name or an http(s):// URL", field="vcenterUrl")
+    try:
+        p = urlparse(raw)
+        hostname = p.hostname
+    except ValueError as exc:
+        raise InvalidRequest(f"the vCenter URL cannot be parsed: {exc}", field=field_name) from exc
+    if p.scheme not in ("http", "https") or not hostname or any(ch.isspace() or ord(ch) < 32 for ch in raw):
+        raise InvalidRequest("the vCenter URL must be a host name or an http(s):// URL", field=field_name)
     try:
         port = p.port or (443 if p.scheme == "https" else 80)
     except ValueError as exc:
-        raise InvalidRequest(f"the vCenter URL has a bad port: {exc}", field="vcenterUrl") from exc
+        raise InvalidRequest(f"the vCenter URL has a bad port: {exc}", field=field_name) from exc
     path = p.path if p.path not in ("", "/") else "/sdk"
-    return p.scheme, p.hostname, port, path
+    return p.scheme, hostname, port, path
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ class VsphereService:
         are sealed with the data dir's key. Conflict if the name is taken."""
         if not PROFILE_NAME_RE.match(name or ""):
             raise InvalidRequest(f"name {name!r} is not valid: 1-63 letters, digits, '.', '_' or '-'", field="name")
-        _split_url(url)
+        _split_url(url, "url")
         if not username:
             raise InvalidRequest("username is required", field="username")
         now = clock.now()
