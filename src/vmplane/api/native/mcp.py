@@ -25,7 +25,18 @@ async def command_body(request: Request) -> dict:
     return body
 
 
-@router.post("/mcp", responses=ERRORS)
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {
+            "type": "object", "required": ["command"],
+            "properties": {"command": {"type": "string", "description": "e.g. volant.vms.list"}, "params": {"type": "object"}},
+        }}},
+    }
+}  # fmt: skip
+
+
+@router.post("/mcp", responses=ERRORS, openapi_extra=_BODY)
 async def mcp_command(request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Run one command (`volant.system.get_capabilities` lists them with their params); a
     failed command is still 200, with `error` set."""
