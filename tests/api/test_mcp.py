@@ -19,7 +19,7 @@ async def command(server: Server, path: str, command: Any, params: Any = None) -
     return r.json()
 
 
-@pytest.mark.parametrize("path", ["/api/v1/mcp"])
+@pytest.mark.parametrize("path", ["/api/v1/mcp", "/compat/volant/api/v1/mcp"])
 async def test_volant_commands(server: Server, path: str) -> None:
     caps = (await command(server, path, "volant.system.get_capabilities"))["result"]["capabilities"]
     names = {c["name"] for c in caps}

@@ -121,6 +121,8 @@ async def test_plugin_workload_on_a_real_guest(server_factory: Any) -> None:
 
     r = await c.get(f"/api/v1/vms/{vm_id}/openapi")
     assert r.status_code == 200 and r.json() == OPENAPI, r.text
+    r = await c.get("/compat/volant/api/v1/vms/hello-1/openapi")
+    assert r.status_code == 200 and r.json() == OPENAPI, r.text
 
     # a plugin in use is not deleted
     r = await c.delete("/api/v1/plugins/hello")
