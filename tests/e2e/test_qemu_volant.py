@@ -46,6 +46,13 @@ def guest_mem_kib(native: httpx.Client, name: str, timeout: float = 180) -> int:
     return until(read, timeout, f"{name} to boot")
 
 
+def guest_cmdline(native: httpx.Client, name: str) -> str:
+    vm_id = native.get("/api/v1/vms", params={"name": name}).json()["items"][0]["id"]
+    r = native.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["cat", "/proc/cmdline"], "timeoutSec": 10})
+    assert r.status_code == 200 and r.json()["exitCode"] == 0, r.text
+    return r.json()["stdout"]
+
+
 def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
     require_qemu()
     port, face_port = free_port(), free_port()
@@ -76,7 +83,7 @@ def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
         until(lambda: lines, 10, "the stream to open")
 
         t0 = time.monotonic()
-        r = c.post("/api/v1/deployments", json={"name": "web", "replicas": 3, "config": {"resources": {"cpu_cores": 1, "memory_mb": 256}}})
+        r = c.post("/api/v1/deployments", json={"name": "web", "replicas": 3, "config": {"resources": {"cpu_cores": 1, "memory_mb": 256}, "kernel_cmdline": "volant.deployment=web"}})
         assert r.status_code == 201, r.text
 
         def ready(n: int) -> Callable[[], Any]:
@@ -97,6 +104,8 @@ def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
         native = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": key}, timeout=60)
         for name in ("web-1", "web-2", "web-3"):  # real guests that booted, with the config's memory
             assert 200 * 1024 < guest_mem_kib(native, name) <= 256 * 1024
+        assert "volant.deployment=web" in guest_cmdline(native, "web-1")  # the config's kernel_cmdline reached the guest
+        assert vms[0]["kernel_cmdline"].endswith(" volant.deployment=web")
         print(f"[timing] 3 guests booted (agent answers) {time.monotonic() - t0:.1f} s after the create")
 
         # a replica deleted by hand is recreated under its name (a new VM: new id, new process)

@@ -86,7 +86,8 @@ class ConfigDoc(_Doc):
     runtime: str | None = Field(None, max_length=128)
     plugin: str | None = Field(None, max_length=128)
     resources: ResourcesDoc | None = None
-    kernel_cmdline: str | None = Field(None, max_length=4096)
+    kernel_cmdline: str | None = Field(None, max_length=2048, pattern=r"^[\x20-\x7e]*$")
+    """extra kernel arguments: appended to the template's command line when a VM is created"""
     kernel_override: str | None = None
     cloud_init: CloudInit | None = None
     expose: list[ExposeDoc] | None = Field(None, max_length=64)

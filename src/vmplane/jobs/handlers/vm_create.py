@@ -51,6 +51,8 @@ class VmCreate(BaseHandler):
             ctx.log(line)
             vm = await load_vm(ctx)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
+        if boot is not None and (vm.spec or {}).get("kernelCmdline"):  # a config's kernel_cmdline: after the template's
+            boot = {**boot, "cmdline": f"{boot.get('cmdline') or ''} {vm.spec['kernelCmdline']}".strip()}
         if vm.snapshot_id is not None:  # a copy-on-write clone of the snapshot's disk
             async with rt.store.read() as conn:
                 snap = await snap_q.get_snapshot(conn, vm.snapshot_id)

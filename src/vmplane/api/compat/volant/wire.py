@@ -54,7 +54,7 @@ class CreateVmIn(Body):
     plugin: str = Absent(max_length=128)
     cpu_cores: int = Absent(ge=1, le=1024)
     memory_mb: int = Absent(ge=64, le=16 * 1024 * 1024)
-    kernel_cmdline: str = Absent(max_length=4096)
+    kernel_cmdline: str = Absent(max_length=2048, pattern=r"^[\x20-\x7e]*$")
     api_host: str = Absent(max_length=255)
     api_port: str = Absent(max_length=8)
     config: dict[str, Any] | None = None
@@ -122,7 +122,7 @@ def vm(row: Row, *, cmdline: str = "", pid: int | None = None, serial: str | Non
         "mac_address": nic.get("mac") or "",
         "cpu_cores": row.cpu,
         "memory_mb": row.ram_mb,
-        "kernel_cmdline": spec.get("kernelCmdline") or cmdline,
+        "kernel_cmdline": " ".join(x for x in (cmdline, spec.get("kernelCmdline")) if x),  # as the guest boots with it
         "serial_socket": serial or "",
         "created_at": clock.rfc3339(row.created_at),
         "updated_at": clock.rfc3339(row.updated_at),
