@@ -268,3 +268,38 @@ async def test_webhook_hears_of_import_jobs_in_hypersdks_format(server: Server, 
         assert body["data"]["job_id"] == job_id and body["data"]["vm_path"] == "DC/vm/web-7" and body["data"]["job_name"] == "web-7"
     assert failed["body"]["data"]["status"] == "failed" and failed["body"]["data"]["error"]
     assert all(r["body"]["data"].get("job_id") == job_id for r in receiver.requests)
+
+
+async def test_a_triggered_schedule_runs_an_import_and_says_so(server: Server, receiver: Receiver) -> None:
+    c = server.client
+    await c.post(f"{P}/webhooks", json={"url": receiver.url, "events": ["schedule.triggered", "schedule.completed", "schedule.failed"]})
+    template = doc_job(closed_port(), "DC/vm/nightly")
+    r = await c.post(f"{P}/schedules", json={"id": "nightly", "name": "Nightly", "schedule": "*/15 * * * *", "job_template": template, "tags": ["prod"]})
+    assert r.status_code == 201, r.text
+    row = await server.rt.schedules.get(r.json()["vmplane_schedule_id"], await server.rt.tenancy.principal_for_key(server.admin_key))
+    assert "password" not in json.dumps(row.job_template) and row.job_template["body"]["source"]["profile"].startswith("hypersdk-")  # sealed
+    ws_url = server.url.replace("http", "ws") + f"{P}/ws"
+    async with websockets.connect(ws_url, additional_headers={"X-API-Key": server.admin_key}) as ws:
+        r = await c.post(f"{P}/schedules/nightly/trigger")
+        assert r.status_code == 200 and r.json()["message"] == "schedule triggered successfully", r.text
+        job_id = r.json()["job_id"]
+        assert job_id.startswith("imp-")
+        job = (await c.get(f"{P}/jobs/{job_id}")).json()
+        assert job["definition"]["vm_path"] == "DC/vm/nightly" and job["definition"]["profile"].startswith("hypersdk-")
+        events = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while "failed" not in events:  # the vCenter refuses: the scheduled job fails
+            assert asyncio.get_running_loop().time() < deadline, events
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if msg["type"] == "schedule_event":
+                assert msg["data"]["schedule_id"] == "nightly"
+                events.append(msg["data"]["event"])
+        assert events[0] == "triggered"
+    triggered = await receiver.wait_for("schedule.triggered")
+    assert triggered["headers"]["user-agent"] == "HyperSDK-Webhook/1.0" and triggered["body"]["data"]["schedule_id"] == "nightly"
+    failed = await receiver.wait_for("schedule.failed")
+    assert failed["body"]["data"]["job_id"] == job_id
+    s = (await c.get(f"{P}/schedules/nightly")).json()
+    assert s["run_count"] == 1 and s["last_run"] and s["tags"] == ["prod"]
+    stats = (await c.get(f"{P}/schedules/stats")).json()
+    assert stats["total_runs"] == 1 and stats["failed_runs"] == 1

@@ -84,6 +84,10 @@ class WebhookDelivery:
         self._wake.set()
 
     async def start(self) -> None:
+        # the cursor of a new store is where the log stands now: set lazily, at the first
+        # dispatch, it would skip the events written before it (the one that woke it included)
+        async with self.store.write() as conn:
+            await meta_q.ensure(conn, CURSOR_KEY, str(await ev_q.last_seq(conn)))
         self._client = httpx.AsyncClient(follow_redirects=False)
         self.store.on_events.append(self.poke)
         self._tasks = [asyncio.create_task(self._run(), name="webhooks")]
