@@ -60,6 +60,8 @@ async def test_mcp_sdk_client_over_streamable_http(server: Server) -> None:
                 tools = {t.name: t for t in (await session.list_tools()).tools}
                 assert {"vms_list", "vms_create", "vms_get", "vms_start", "vms_stop", "vms_delete", "system_get_capabilities", "deployments_list"} <= set(tools)
                 assert tools["vms_create"].inputSchema["required"] == ["name"]
+                assert tools["vms_list"].annotations.readOnlyHint and not tools["vms_create"].annotations.readOnlyHint
+                assert tools["vms_delete"].annotations.destructiveHint
                 created = await session.call_tool("vms_create", {"name": "from-mcp", "memory_mb": 256})
                 assert not created.isError, created
                 assert created.structuredContent["result"]["name"] == "from-mcp"

@@ -34,7 +34,13 @@ def build_server(call: Caller) -> Server:
 
     @server.list_tools()
     async def list_tools() -> list[types.Tool]:
-        return [types.Tool(name=op.tool, title=op.command, description=op.description, inputSchema=op.params) for op in OPERATIONS]
+        return [
+            types.Tool(
+                name=op.tool, title=op.command, description=op.description, inputSchema=op.params,
+                annotations=types.ToolAnnotations(readOnlyHint=not op.writes, destructiveHint=op.command.endswith(".delete")),
+            )
+            for op in OPERATIONS
+        ]  # fmt: skip
 
     @server.call_tool()
     async def call_tool(name: str, arguments: dict[str, Any]) -> dict[str, Any]:

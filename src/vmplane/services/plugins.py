@@ -422,13 +422,15 @@ class PluginService:
         """Poll the health check of every running plugin VM's workload once; record the
         answer and publish `vm.health` when it changes."""
         async with self.rt.store.read() as conn:
-            rows = (await conn.execute(select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value))).all()
-            plugins = {p.name: p for p in await plugin_q.list_plugins(conn, None)}
+            plugins = {p.name: p for p in await plugin_q.list_plugins(conn, None) if p.manifest.get("health_check")}
+            if not plugins and (await conn.execute(select(plugin_health.c.vm_id).limit(1))).first() is None:
+                return  # nothing to check, nothing recorded: no scan of the VMs
+            rows = (await conn.execute(select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value))).all() if plugins else []
         checks = []
         for vm in rows:
             name = ((vm.spec or {}).get("plugin") or {}).get("name")
             plugin = plugins.get(name) if name else None
-            if plugin is not None and plugin.manifest.get("health_check"):
+            if plugin is not None:
                 checks.append((vm, plugin))
         results = await asyncio.gather(*(self._probe(vm, p) for vm, p in checks))
         now = clock.now()
