@@ -295,6 +295,9 @@ class PluginService:
         driver = self.rt.registry.driver(vm.node_id)
         if not driver.capabilities.real_vms:
             raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver: its VMs run no workload to reach", capability="real_vms")
+        nics = (vm.spec or {}).get("nics") or []
+        if nics and not any(n.get("type", "user") == "user" for n in nics):
+            raise Conflict(f"VM {vm.name} has no user-mode NIC: vmplane reaches plugin workloads through a port forwarded on one")
         port = workload_port(manifest)
         forward = next(
             (e for e in (vm.spec or {}).get("expose") or [] if e.get("port") == port and e.get("protocol", "tcp") == "tcp"), None
