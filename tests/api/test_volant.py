@@ -151,3 +151,31 @@ async def test_vfio_endpoints(server_factory: Any, tmp_path: Any, monkeypatch: A
         assert refused.status_code == 400
         un = (await c.post("/api/v1/vfio/devices/unbind", json={"pci_addresses": ["0000:01:00.0"]})).json()
         assert un["unbound_devices"] == ["0000:01:00.0"]
+
+
+async def test_vms_and_deployments_from_a_plugin(server: Any, tmp_path: Any) -> None:
+    """`runtime` on create (or in a deployment's config) makes the VM from that plugin: its
+    resources (128 MiB here) unless the request gives some, and `runtime` in the answer."""
+    from .test_volant_plugins import manifest
+
+    async with volant(server) as c:
+        assert (await c.post("/api/v1/plugins", json=manifest(tmp_path))).status_code == 201
+        for _ in range(200):  # the image is fetched by a job first
+            r = await c.post("/api/v1/vms", json={"name": "p1", "runtime": "web"})
+            if r.status_code == 201 or "importing" not in r.text:
+                break
+            await asyncio.sleep(0.05)
+        assert r.status_code == 201, r.text
+        assert r.json()["runtime"] == "web" and r.json()["memory_mb"] == 128
+        r = await c.post("/api/v1/vms", json={"name": "p2", "runtime": "web", "memory_mb": 256})
+        assert r.json()["memory_mb"] == 256
+        assert [v["name"] for v in (await c.get("/api/v1/vms", params={"runtime": "web"})).json()] == ["p1", "p2"]
+        assert [v["name"] for v in (await c.get("/api/v1/vms", params={"plugin": "web"})).json()] == ["p1", "p2"]
+        assert (await c.post("/api/v1/vms", json={"name": "p3", "runtime": "nope"})).status_code == 400
+        await c.post("/api/v1/deployments", json={"name": "pd", "replicas": 1, "config": {"runtime": "web"}})
+        for _ in range(200):
+            vm = await c.get("/api/v1/vms/pd-1")
+            if vm.status_code == 200 and vm.json()["status"] == "running":
+                break
+            await asyncio.sleep(0.1)
+        assert vm.json()["runtime"] == "web" and vm.json()["memory_mb"] == 128

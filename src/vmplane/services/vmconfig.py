@@ -146,7 +146,9 @@ def _doc_text(doc: Any) -> str | None:
 
 
 def new_vm(name: str, config: dict[str, Any], template_id: str | None, *, start: bool = True) -> NewVm:
-    """What the core creates for a VM made from `config` (a checked config)."""
+    """What the core creates for a VM made from `config` (a checked config). With `plugin`
+    (or `runtime`, Volant's name for it) the VM is made from that plugin: its image, and its
+    resources unless the config gives some (services.vms)."""
     extra: dict[str, Any] = {}
     cloud = config.get("cloud_init") or {}
     cloud_init = {}
@@ -170,7 +172,11 @@ def new_vm(name: str, config: dict[str, Any], template_id: str | None, *, start:
         extra["expose"] = expose
     if config.get("kernel_cmdline"):
         extra["kernelCmdline"] = config["kernel_cmdline"]
-    return NewVm(name=name, resources=resources_of(config), template_id=template_id, start=start, extra=extra)
+    plugin = config.get("plugin") or config.get("runtime") or None
+    return NewVm(
+        name=name, resources=resources_of(config) if config.get("resources") else None, template_id=None if plugin else template_id,
+        start=start, extra=extra, plugin=plugin,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

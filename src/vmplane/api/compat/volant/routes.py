@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from dataclasses import replace
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -176,9 +175,6 @@ async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JS
     """201 with the VM once it runs, or as it is when the wait ends (pending/starting)."""
     config = vmconfig.check(body.full_config())
     spec = vmconfig.new_vm(body.name, config, await rt.templates.default_id(who))
-    plugin = config.get("plugin") or config.get("runtime")
-    if plugin:
-        spec = replace(spec, plugin=plugin)
     row = await rt.vms.create_and_wait(spec, who, _wait(rt))
     await rt.vm_configs.record([row.id], config)
     return JSONResponse(await _render(rt, row), status_code=201)
