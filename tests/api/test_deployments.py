@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable
 
 from vmplane import clock
 from vmplane.store import agents as ag_q
+from vmplane.store import deployments as dep_q
 from vmplane.store import events as ev_q
 
 from ..support import Server
@@ -149,3 +150,8 @@ async def test_vm_config_versions(server: Server) -> None:
     assert [h["version"] for h in full] == [3, 2, 1] and full[2]["config"] == first["config"]
     assert (await c.get(f"/api/v1/vms/{vm_id}/config/history", params={"limit": 0})).status_code == 400
     assert (await c.get("/api/v1/vms/vm-nope/config")).status_code == 404
+    # the history goes with the VM
+    await server.wait_job((await c.delete(f"/api/v1/vms/{vm_id}")).json()["jobId"])
+    await server.rt.vm_configs.forget_deleted()
+    async with server.rt.store.read() as conn:
+        assert list(await dep_q.config_history(conn, vm_id, 10)) == []

@@ -183,10 +183,14 @@ class DeploymentService:
         self._wake.set()
 
     async def _run(self) -> None:
+        passes = 0
         while True:
             try:
                 if self.rt.ready and self.rt.replicas.leader:  # one reconciler across replicas
                     await self.reconcile_all()
+                    passes += 1
+                    if passes % 60 == 1:  # now and then: the config history of deleted VMs goes
+                        await self.rt.vm_configs.forget_deleted()
             except asyncio.CancelledError:
                 raise
             except Exception:
