@@ -155,3 +155,16 @@ async def test_vm_config_versions(server: Server) -> None:
     await server.rt.vm_configs.forget_deleted()
     async with server.rt.store.read() as conn:
         assert list(await dep_q.config_history(conn, vm_id, 10)) == []
+
+
+async def test_a_replica_no_node_has_room_for_is_announced_once(server_factory: Any) -> None:
+    server = await server_factory(sim_nodes=2)
+    big = {"resources": {"cpu_cores": 1, "memory_mb": 100 * 1024}}  # one per 128 GiB sim node
+    assert (await server.client.post("/api/v1/deployments", json={"name": "big", "replicas": 3, "config": big})).status_code == 201
+    d = await settled(server, "big", 2)
+    await asyncio.sleep(2.5)  # a few more passes
+    d = (await server.client.get("/api/v1/deployments/big")).json()
+    assert d["readyReplicas"] == 2 and names(d) == ["big-1", "big-2"]
+    async with server.rt.store.read() as conn:
+        refused = [e.data for e in await ev_q.after(conn, 0, types=["deployment.reconciled"]) if e.data.get("error")]
+    assert len(refused) == 1 and refused[0]["replica"] == "big-3" and refused[0]["jobId"] is None, refused

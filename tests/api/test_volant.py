@@ -128,6 +128,8 @@ async def test_deployments_and_the_event_stream(server_factory: Any) -> None:
     assert {("api-1", "VM_CREATED"), ("api-1", "VM_RUNNING"), ("api-2", "VM_CREATED"), ("api-2", "VM_RUNNING"), ("api-2", "VM_DELETED")} <= by_vm
     created = next(e for e in events if e["type"] == "VM_CREATED")
     assert created["status"] == "starting" and created["message"] == "vm record created" and created["timestamp"].endswith("Z")
+    running = next(e for e in events if e["type"] == "VM_RUNNING")
+    assert running["ip_address"] and running["mac_address"]
 
 
 async def test_vfio_endpoints(server_factory: Any, tmp_path: Any, monkeypatch: Any) -> None:

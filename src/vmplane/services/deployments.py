@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import NodeStatus, VmStatus
-from ..errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
+from ..errors import Conflict, InvalidRequest, NotFound, VmplaneError
 from ..store import deployments as dep_q
 from ..store import events as ev_q
 from ..store import nodes as node_q
@@ -43,6 +43,8 @@ NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$")
 MAX_REPLICAS = 100
 DEAD = (VmStatus.STOPPED.value, VmStatus.ERROR.value)
 RETRY_SECONDS = 10.0
+REFUSED_QUIET_SECONDS = 60.0
+"""the same refusal (say, no room on any node) is announced once a minute, not every pass"""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class DeploymentService:
         self.interval = 1.0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._refused: dict[tuple[str, str, str], tuple[str, float]] = {}
+        """(deployment, action, replica) -> the core's last refusal and when it was announced"""
         self._acted: dict[str, float] = {}
         """VM id -> when a dead replica's delete was last asked for (a failing delete is
         retried every RETRY_SECONDS, not every pass)"""
@@ -266,10 +270,15 @@ class DeploymentService:
     async def _act(self, dep: Row, who: Principal, action: str, replica: str, reason: str, do: Any) -> bool:
         try:
             job_id = await do()
-        except (InvalidState, NotFound, Conflict, NoCapacity, InvalidRequest) as exc:
-            await self._event(dep, action, replica, reason, None, exc.message)
-            log.warning("deployment %s: cannot %s %s: %s", dep.name, action, replica, exc.message)
+        except VmplaneError as exc:  # no room, over quota, a name taken meanwhile...: the next pass tries again
+            key = (dep.id, action, replica)
+            last = self._refused.get(key)
+            if last is None or last[0] != exc.message or clock.now() - last[1] > REFUSED_QUIET_SECONDS:
+                self._refused[key] = (exc.message, clock.now())
+                await self._event(dep, action, replica, reason, None, exc.message)
+                log.warning("deployment %s: cannot %s %s: %s", dep.name, action, replica, exc.message)
             return False
+        self._refused.pop((dep.id, action, replica), None)
         await self._event(dep, action, replica, reason, job_id, None)
         log.info("deployment %s: %s %s (%s), job %s", dep.name, action, replica, reason, job_id)
         return True

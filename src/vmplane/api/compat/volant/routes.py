@@ -22,6 +22,7 @@ from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
 from ....services import vmconfig
 from ....store import templates as tpl_q
+from ....store import vms as vm_q
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
@@ -293,8 +294,9 @@ async def delete_deployment(name: str, rt: RuntimeDep, who: CallerDep) -> Respon
 # -- events --------------------------------------------------------------------------------
 
 
-def sse_event(rt: Any, event: Any) -> bytes | None:
-    """A vmplane VM event as Volant writes it: `event: TYPE` and `data: {...}`; no id line."""
+async def sse_event(rt: Any, event: Any) -> bytes | None:
+    """A vmplane VM event as Volant writes it: `event: TYPE` and `data: {...}`; no id line.
+    The VM's addresses (and its QEMU pid when it runs on this host) when it still exists."""
     kind = wire.SSE_TYPES.get(event.type)
     if kind is None:
         return None
@@ -307,6 +309,12 @@ def sse_event(rt: Any, event: Any) -> bytes | None:
         "timestamp": clock.rfc3339(event.ts),
         "message": message if message is not None else (data.get("error") or "vm crashed"),
     }
+    if type_ != "VM_DELETED" and event.resource:
+        async with rt.store.read() as conn:
+            row = await vm_q.get_vm(conn, event.resource)
+        if row is not None:
+            vm = wire.vm(row)
+            payload.update({k: vm[k] for k in ("ip_address", "mac_address") if vm[k]})
     if type_ == "VM_RUNNING" and data.get("nodeId") in rt.registry:
         host_process = getattr(rt.registry.driver(data["nodeId"]), "host_process", None)
         pid = host_process(event.resource)[0] if host_process is not None else None
@@ -331,7 +339,7 @@ async def vm_events(request: Request, rt: RuntimeDep, who: CallerDep) -> Streami
                 if event is None:
                     yield b": heartbeat\n\n"
                     continue
-                out = [sse_event(rt, e) for e in [event, *sub.ready(500)]]
+                out = [await sse_event(rt, e) for e in [event, *sub.ready(500)]]
                 chunk = b"".join(x for x in out if x)
                 if chunk:
                     yield chunk
