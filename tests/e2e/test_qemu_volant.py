@@ -123,6 +123,15 @@ def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
         gone = [v["pid"] for v in vms if v["name"] != "web-1"]
         assert not any(qemu_alive(p) for p in gone)
 
+        # a config change of resources: recorded at once, taken by the guest at its restart
+        r = c.patch("/api/v1/vms/web-1/config", json={"resources": {"memory_mb": 320}})
+        assert r.status_code == 200 and r.json()["restart_required"] is True and r.json()["version"] == 2, r.text
+        restarted = c.post("/api/v1/vms/web-1/restart")
+        assert restarted.status_code == 200 and restarted.json()["memory_mb"] == 320 and restarted.json()["status"] == "running", restarted.text
+        assert 256 * 1024 < guest_mem_kib(native, "web-1") <= 320 * 1024
+        assert [h["version"] for h in c.get("/api/v1/vms/web-1/config/history").json()] == [2, 1]
+        assert [v["name"] for v in c.get("/api/v1/vms").json()] == ["web-1"]  # restarted, not replaced
+
         time.sleep(1)
         events = [json.loads(x[6:]) for x in lines if x.startswith("data: ")]
         kinds = [x[7:] for x in lines if x.startswith("event: ")]

@@ -213,11 +213,17 @@ async def stop_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 @router.post("/api/v1/vms/{name}/restart")
 async def restart_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Stop (if it runs) and start again: a new VM process, which takes a changed config's
-    resources."""
+    resources. Both jobs are queued at once (the start runs after the stop), so the VM is
+    never seen stopped with nothing to do (a deployment would replace it)."""
     vm = await _vm(rt, name, who)
+    stop = None
     if vm.status not in ("stopped", "error", "unknown"):
-        await _finish(rt, await rt.vms.power(vm.id, "stop", who), "stopping the VM")
-    return await _power(rt, name, who, "start")
+        stop = await rt.vms.power(vm.id, "stop", who)
+    start = await rt.vms.power(vm.id, "start", who)
+    if stop is not None:
+        await _finish(rt, stop, "stopping the VM")
+    await _finish(rt, start, "starting the VM")
+    return JSONResponse(await _render(rt, await rt.vms.get(vm.id, who)))
 
 
 # -- VM config -----------------------------------------------------------------------------
