@@ -5,12 +5,14 @@ config as versions (merge patches, history, what needs a restart)."""
 import asyncio
 from typing import Any, Awaitable, Callable
 
+import pytest
+
 from vmplane import clock
 from vmplane.store import agents as ag_q
 from vmplane.store import deployments as dep_q
 from vmplane.store import events as ev_q
 
-from ..support import Server
+from ..support import Server, new_pg_database
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 30, what: str = "") -> Any:
@@ -168,3 +170,28 @@ async def test_a_replica_no_node_has_room_for_is_announced_once(server_factory: 
     async with server.rt.store.read() as conn:
         refused = [e.data for e in await ev_q.after(conn, 0, types=["deployment.reconciled"]) if e.data.get("error")]
     assert len(refused) == 1 and refused[0]["replica"] == "big-3" and refused[0]["jobId"] is None, refused
+
+
+@pytest.mark.postgres
+async def test_two_replicas_of_vmplane_reconcile_once(server_factory: Any) -> None:
+    """On one PostgreSQL only the leader reconciles: each replica VM is made once; when the
+    leader stops the other takes over and follows a scale."""
+    url = await new_pg_database()
+    fast = {"coordination_seconds": 0.1, "lease_seconds": 1.0, "sim_nodes": 2}
+    a = await server_factory(database_url=url, **fast)
+    b = await server_factory(database_url=url, **fast)
+    await wait_for(lambda: _async(a.rt.replicas.leader != b.rt.replicas.leader), what="one leader")
+    assert (await a.client.post("/api/v1/deployments", json={"name": "ha", "replicas": 4})).status_code == 201
+    await settled(b, "ha", 4)
+    async with a.rt.store.read() as conn:
+        creates = [e.data["replica"] for e in await ev_q.after(conn, 0, types=["deployment.reconciled"]) if e.data["action"] == "create"]
+    assert sorted(creates) == ["ha-1", "ha-2", "ha-3", "ha-4"]
+    leader, other = (a, b) if a.rt.replicas.leader else (b, a)
+    await leader.stop()
+    await wait_for(lambda: _async(other.rt.replicas.leader), what="the other replica leading")
+    await other.client.patch("/api/v1/deployments/ha", json={"replicas": 2})
+    assert names(await settled(other, "ha", 2)) == ["ha-1", "ha-2"]
+
+
+async def _async(value: Any) -> Any:
+    return value
