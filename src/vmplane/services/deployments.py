@@ -256,7 +256,7 @@ class DeploymentService:
             check_name(name)
             reason = "replacing " + ", ".join(sorted(lost)) + " (node offline)" if lost else f"{len(live)} of {dep.replicas} replicas"
             spec = vmconfig.new_vm(name, dep.config, template)
-            spec = replace(spec, extra={**spec.extra, "deployment": dep.id})
+            spec = replace(spec, extra={**spec.extra, "deployment": dep.id}, team=dep.team_id)  # the team of the credential that made it
 
             async def create(spec: Any = spec) -> str:
                 job_id, vm_ids = await self.rt.vms.create([spec], who, check_capacity=True)
