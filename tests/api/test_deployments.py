@@ -8,9 +8,11 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from vmplane import clock
+from vmplane.domain import NodeStatus
 from vmplane.store import agents as ag_q
 from vmplane.store import deployments as dep_q
 from vmplane.store import events as ev_q
+from vmplane.store import nodes as node_q
 
 from ..support import Server, new_pg_database
 
@@ -89,6 +91,14 @@ async def test_deployment_reconciles_replicas(server_factory: Any, database_url:
     assert [r["name"] for r in d["replicaVms"] if r["lost"]] == ["web-1"]
     assert {r["nodeId"] for r in live} == {n for n in ("node-1", "node-2") if n != lost["nodeId"]}
     assert sorted(r["name"] for r in live) == ["web-2", "web-3"]
+
+    # the node comes back (reconciled with its hypervisor, as when an agent returns): web-1
+    # counts again, and the surplus goes, highest first
+    async with server.rt.store.write() as conn:
+        await node_q.set_status(conn, lost["nodeId"], NodeStatus.ONLINE, clock.now())
+    await server.rt.reconcile([(lost["nodeId"], server.rt.registry.driver(lost["nodeId"]))])
+    d = await settled(server, "web", 2)
+    assert names(d) == ["web-1", "web-2"] and d["replicaVms"][0]["vmId"] == lost["vmId"]
 
     async with server.rt.store.read() as conn:
         events = [e for e in await ev_q.after(conn, 0, types=["deployment.reconciled"])]
