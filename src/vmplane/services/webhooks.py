@@ -21,6 +21,7 @@ from ..store import webhooks as wh_q
 from . import pages
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RESERVED_HEADERS = {"content-type", "content-length", "host", "user-agent", "x-vmplane-event", "x-vmplane-delivery", "x-vmplane-signature"}
 
 
@@ -115,6 +116,8 @@ class WebhookService:
         format `fmt`, and say how it went."""
         check_url(url)
         check_headers(headers)
+        if not EVENT_NAME_RE.match(event):
+            raise InvalidRequest("event must be 1-64 letters, digits, '.', '_' or '-'", field="event")
         if fmt not in formats.FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
         hook = formats.AdHocHook(url=url, headers=headers, timeout_sec=timeout_sec, format=fmt, secret="whsec_test", id="test")

@@ -150,6 +150,8 @@ async def _query(rt: Any, who: Principal, job_ids: list[str] | None, statuses: s
 async def query_get(request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """`?all=true` (every job), `?status=running`, `?job_ids=a,b`, `?limit=N`."""
     q = request.query_params
+    if q.get("all", "true").lower() not in ("true", "false", "1", "0", ""):
+        raise InvalidRequest("all must be true or false", field="all")
     ids = [i for i in q.get("job_ids", q.get("id", "")).split(",") if i] or None
     return await _query(rt, who, ids, _statuses(q.get("status")), _limit(q.get("limit")))
 
