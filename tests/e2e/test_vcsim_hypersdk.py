@@ -8,12 +8,15 @@ import pytest
 
 from ..support import Server
 from ..support_hypersdk import P
-from .test_vcsim import PASSWORD, USER, vcsim  # noqa: F401 (the fixture)
+from . import test_vcsim
+from .test_vcsim import PASSWORD, USER
+
+vcsim = test_vcsim.vcsim  # the simulator fixture
 
 pytestmark = pytest.mark.slow
 
 
-async def test_discovery_power_and_cdroms_through_the_face(server: Server, vcsim: dict[str, Any]) -> None:  # noqa: F811
+async def test_discovery_power_and_cdroms_through_the_face(server: Server, vcsim: dict[str, Any]) -> None:
     c = server.client
     query = {"vcenter_url": vcsim["url"], "username": USER, "password": PASSWORD, "insecure": "true"}
     r = await c.get(f"{P}/vms/list", params=query)
