@@ -132,6 +132,8 @@ def _ids(value: Any, field: str = "job_ids") -> list[str] | None:
 def _limit(value: Any) -> int | None:
     if value is None or value == "":
         return None
+    if isinstance(value, float):
+        raise InvalidRequest("limit must be a whole number", field="limit")
     try:
         n = int(value)
     except (TypeError, ValueError):
