@@ -98,7 +98,8 @@ async def wait_image(server: Server, name: str) -> dict[str, Any]:
     raise AssertionError(f"image of {name} still importing")
 
 
-async def test_install_enable_disable_create_delete(server: Server, image: Path) -> None:
+async def test_install_enable_disable_create_delete(server_factory: Any, database_url: str, image: Path) -> None:
+    server = await server_factory(database_url=database_url)
     r = await server.client.post("/api/v1/plugins", json=manifest(image))
     assert r.status_code == 201, r.text
     assert r.json()["runtime"] == "web" and r.json()["enabled"] is True
@@ -166,8 +167,8 @@ async def test_openapi_url_that_fails_is_502(server: Server, image: Path) -> Non
     assert r.status_code == 502, r.text
 
 
-async def test_health_states_follow_the_vm(server_factory: Any, image: Path) -> None:
-    server = await server_factory(plugin_health_seconds=0)  # checks run when the test says
+async def test_health_states_follow_the_vm(server_factory: Any, database_url: str, image: Path) -> None:
+    server = await server_factory(plugin_health_seconds=0, database_url=database_url)  # checks run when the test says
     assert (await server.client.post("/api/v1/plugins", json=manifest(image))).status_code == 201
     await wait_image(server, "web")
     job = await server.create({"name": "w1", "plugin": "web"})
