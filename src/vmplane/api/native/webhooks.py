@@ -39,6 +39,8 @@ class WebhookOut(BaseModel):
     timeoutSec: float
     retryCount: int
     headers: dict[str, str]
+    format: str = "vmplane"
+    """how deliveries are written: vmplane, or hypersdk (made through the HyperSDK face)"""
     createdAt: str
     updatedAt: str
 
@@ -71,7 +73,7 @@ class WebhookTestOut(BaseModel):
 def render(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "url": row.url, "events": row.events, "enabled": row.enabled, "timeoutSec": row.timeout_sec,
-        "retryCount": row.retry_count, "headers": row.headers, "createdAt": clock.rfc3339(row.created_at),
+        "retryCount": row.retry_count, "headers": row.headers, "format": row.format, "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
     }  # fmt: skip
 
