@@ -187,3 +187,20 @@ async def test_health_states_follow_the_vm(server_factory: Any, database_url: st
         from vmplane.store import plugins as plugin_q
 
         assert await plugin_q.get_health(conn, vm_id) is None
+
+
+async def test_entrypoint_becomes_user_data_without_cloud_init(server: Server, image: Path) -> None:
+    m = manifest(image)
+    del m["cloud_init"]
+    m["workload"].update(entrypoint=["/bin/srv", "--greeting", "it's me"], env={"MODE": "a b"}, workdir="/srv")
+    assert (await server.client.post("/api/v1/plugins", json=m)).status_code == 201
+    await wait_image(server, "web")
+    job = await server.create({"name": "w1", "plugin": "web"})
+    vm = await server.rt.vms.get(job["tasks"][0]["resourceId"], await server.rt.tenancy.principal_for_key(server.admin_key))
+    script = vm.spec["cloudInit"]["userData"]
+    assert script.startswith("#!/bin/sh\n")
+    assert "export MODE='a b'\ncd /srv || exit 1\n/bin/srv --greeting 'it'\"'\"'s me' </dev/null" in script, script
+    # a create request's own cloud-init wins over the plugin's
+    job = await server.create({"name": "w2", "plugin": "web", "cloudInit": {"userData": "#!/bin/sh\ntrue\n"}})
+    vm = await server.rt.vms.get(job["tasks"][0]["resourceId"], await server.rt.tenancy.principal_for_key(server.admin_key))
+    assert vm.spec["cloudInit"] == {"userData": "#!/bin/sh\ntrue\n"}
