@@ -44,6 +44,7 @@ async def test_plugins_in_volant_shapes(server: Server, tmp_path: Path) -> None:
         if "importing" not in (out.get("error") or ""):
             break
     assert out.get("error") is None and out["result"]["name"] == "w1", out
+    assert (out["result"]["cpu_cores"], out["result"]["memory_mb"], out["result"]["runtime"]) == (1, 128, "web")  # the manifest's
     # the manifest's openapi URL does not answer: 502; a VM of no plugin: 404 as the daemon's
     r = await c.get(f"{B}/vms/w1/openapi")
     assert r.status_code == 502 and set(r.json()) == {"error", "details"}, r.text

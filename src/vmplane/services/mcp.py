@@ -10,7 +10,7 @@ memory_mb}`, `id` being the VM's integer sequence number as on the Volant face).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import jsonschema
@@ -114,10 +114,7 @@ async def vms_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, An
         if p.get(key):
             config[key] = p[key]
     config = vmconfig.check(config, "params.config")
-    spec = vmconfig.new_vm(p["name"], config, await rt.templates.default_id(who))
-    plugin = config.get("plugin") or config.get("runtime")
-    if plugin:
-        spec = replace(spec, plugin=plugin)
+    spec = vmconfig.new_vm(p["name"], config, await rt.templates.default_id(who))  # with its plugin, if named
     row = await rt.vms.create_and_wait(spec, who, rt.settings.compat_wait_seconds)
     await rt.vm_configs.record([row.id], config)
     return vm_summary(row)
