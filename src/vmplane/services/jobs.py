@@ -45,6 +45,14 @@ class JobService:
         token = pages.encode("jobs", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
+    async def counts(self, who: Principal, type_: str) -> dict[str, int]:
+        """How many of the organization's jobs of `type_` are in each state."""
+        from ..store import metrics as metrics_q
+
+        async with self.rt.store.read() as conn:
+            by = await metrics_q.jobs_by_type_state(conn, who.org_id)
+        return {state: n for (t, state), n in by.items() if t == type_}
+
     async def wait(self, job_id: str, timeout: float) -> tuple[Row, Sequence[Row]]:
         """The job and its tasks once it has ended, or as they are after `timeout` seconds."""
         deadline = time.monotonic() + timeout

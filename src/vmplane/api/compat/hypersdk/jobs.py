@@ -183,6 +183,21 @@ async def query(rt: Any, who: Principal, *, job_ids: list[str] | None, statuses:
                 out.append(await get(rt, who, job_id))
             except NotFound:
                 continue
+    elif statuses is not None:  # the jobs of those states only, newest first
+        states = [st for st, status in wire.HYPERSDK_STATUS.items() if status in statuses]
+        found: list[tuple[Any, dict[str, Any]]] = []
+        for state in states:
+            token, of_state = None, 0
+            while True:
+                rows, token = await rt.jobs.list(who, state=state, type_=IMPORT_JOB_TYPE, limit=500, page_token=token)
+                for job in rows:
+                    imp = await rt.imports.for_job(job.id, who)
+                    if imp is not None:
+                        found.append((job.seq, wire.render_job(imp, job)))
+                        of_state += 1
+                if token is None or (limit and of_state >= limit):  # the newest `limit` of each state suffice
+                    break
+        out = [j for _, j in sorted(found, key=lambda f: -f[0])]
     else:
         token = None
         async with rt.store.read() as conn:
@@ -198,9 +213,10 @@ async def query(rt: Any, who: Principal, *, job_ids: list[str] | None, statuses:
 
 
 async def counts(rt: Any, who: Principal) -> dict[str, int]:
+    """The caller's import jobs by HyperSDK status (one counting query)."""
     c = {s: 0 for s in wire.STATUSES}
-    for j in await query(rt, who, job_ids=None, statuses=None, limit=None):
-        c[j["status"]] += 1
+    for state, n in (await rt.jobs.counts(who, IMPORT_JOB_TYPE)).items():
+        c[wire.HYPERSDK_STATUS.get(state, "failed")] += n
     return c
 
 
