@@ -1,12 +1,23 @@
-"""The HyperSDK face's VM endpoints against a real vCenter simulator (govmomi's vcsim, see
-test_vcsim.py), called the ways HyperSDK's clients call them: the document's GET with query
-parameters, the Python client's POST with a `vcenter` object, the top-level connection fields."""
+"""The HyperSDK face against a real vCenter simulator (govmomi's vcsim, see test_vcsim.py): its
+VM endpoints called the ways HyperSDK's clients call them (the document's GET with query
+parameters, the Python client's POST with a `vcenter` object, the top-level connection fields),
+and a HyperSDK job importing a vSphere VM by datastore download."""
 
+import asyncio
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from ..support import Server
+from vmplane.services import vsphere as vs
+
+from ..support import Server, require_qemu
 from ..support_hypersdk import P
 from . import test_vcsim
 from .test_vcsim import PASSWORD, USER
@@ -50,3 +61,48 @@ async def test_discovery_power_and_cdroms_through_the_face(server: Server, vcsim
     assert states[path] == states["DC0/vm/DC0_H0_VM1"] == "poweredOff" and states["DC0/vm/DC0_C0_RP0_VM0"] == "poweredOn"
     r = await c.post(f"{P}/vms/list", json={**vcenter, "password": "wrong"})
     assert r.status_code == 400 and r.json()["error"]
+
+
+async def test_a_hypersdk_job_imports_a_vsphere_vm_by_datastore_download(server_factory: Any, vcsim: dict[str, Any], tmp_path: Path) -> None:
+    """The document's job definition (vm_path + a vCenter), `export_method: web` (HyperSDK's HTTP
+    download of the datastore files): the VM's disk comes over, byte for byte."""
+    require_qemu()
+    s: Server = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0)
+    c = s.client
+    path = "DC0/vm/DC0_H0_VM1"
+    conn = vs.Connection(vcsim["url"], USER, PASSWORD, True)
+    info = await s.rt.vsphere.vm_info(conn, path)
+    await s.rt.vsphere.power_off(conn, path)
+    raw = tmp_path / "source.raw"  # a real disk over the simulator's empty placeholder
+    subprocess.run(["qemu-img", "create", "-f", "raw", str(raw), "16M"], check=True, capture_output=True)
+    with raw.open("r+b") as fh:
+        fh.write(os.urandom(4096))
+    vmdk = tmp_path / "source.vmdk"
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", str(raw), str(vmdk)], check=True, capture_output=True)
+    ds, rel = re.match(r"^\[([^\]]+)\]\s*(.+)$", info.disks[0].file_path).groups()  # type: ignore[union-attr]
+
+    def upload(si: Any) -> int:
+        url = f"https://{vcsim['addr']}/folder/{rel}?dcPath=DC0&dsName={ds}"
+        return httpx.put(url, content=vmdk.read_bytes(), headers={"Cookie": vs._cookie(si)}, verify=False).status_code
+
+    assert vs._with_si(conn, upload) in (200, 201)
+    definition = {
+        "name": "from-vcenter", "vm_path": path, "export_method": "web",
+        "source": {"type": "vsphere", "vcenter_url": vcsim["url"], "username": USER, "password": PASSWORD, "insecure": True},
+        "options": {"start": False, "remove_cdrom": True},
+    }  # fmt: skip
+    r = await c.post(f"{P}/jobs/submit", json=definition)
+    assert r.status_code == 201 and r.json()["accepted"] == 1, r.text
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while (job := (await c.get(f"{P}/jobs/{job_id}")).json())["status"] not in ("completed", "failed"):
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.2)
+    assert job["status"] == "completed", job
+    assert job["definition"]["vm_path"] == path and job["definition"]["export_method"] == "web" and PASSWORD not in json.dumps(job)
+    vm = (await c.get(f"/api/v1/vms/{job['vm_id']}")).json()
+    assert vm["name"] == "from-vcenter" and vm["status"] == "stopped"
+    assert (await s.rt.vsphere.vm_info(conn, path)).cdroms == ()
+    disk = s.rt.data_dir / "qemu" / "vms" / job["vm_id"] / "disk.qcow2"
+    cmp = subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", str(raw), str(disk)], capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
