@@ -126,6 +126,18 @@ async def test_disk_images_by_path_and_by_url_stopped_if_asked(server: Server, t
     make_ova(control["root"] / "web.ova", tmp_path / "s.raw", name="by-url")
     job, imp = await _import(server, {"source": {"type": "ova", "url": f"{base}/web.ova"}, "start": False})
     assert job["state"] == "succeeded" and imp["name"] == "by-url", job
+    # images that would make qemu-img read files outside the allowed directories are refused
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not to be imported\n")
+    sneaky = _drop(server) / "sneaky.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-o", f"data_file={secret}", str(sneaky), "1M"], check=True, capture_output=True)
+    backed = _drop(server) / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", str(tmp_path / "s.raw"), str(backed)], check=True, capture_output=True)
+    descriptor = _drop(server) / "extent.vmdk"
+    descriptor.write_text(f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "{secret}" 0\n')
+    for bad, why in ((sneaky, "external file"), (backed, "backing file"), (descriptor, "extent points outside")):
+        job, imp = await _import(server, {"source": {"type": "disk", "path": str(bad)}})
+        assert job["state"] == "failed" and why in job["tasks"][0]["error"], (bad, job)
     job, imp = await _import(server, {"source": {"type": "disk", "url": f"{base}/missing.qcow2"}})
     assert job["state"] == "failed" and "HTTP 404" in job["tasks"][0]["error"] and imp["state"] == "failed" and imp["vmId"] is None
 

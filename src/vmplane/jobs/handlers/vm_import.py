@@ -484,7 +484,8 @@ def _read_ova(path: Path) -> tuple[Any, list[SourceDisk]]:
 
 async def _info(qemu_img: str, disk: SourceDisk, work: Path, ctx: TaskContext) -> dict[str, Any]:
     """`qemu-img info` of a source disk; refuses images that would make qemu-img read other
-    files (backing files; VMDK extents outside the source's own folder)."""
+    files (backing files, qcow2 external data files, VMDK extents outside the source's own
+    folder)."""
     argv = [qemu_img, "info", "--output=json", *(["-f", disk.format] if disk.format else []), disk.filename]
     status, out, err = await images.run_tool(argv, "qemu-img info")
     if status != 0:
@@ -495,6 +496,9 @@ async def _info(qemu_img: str, disk: SourceDisk, work: Path, ctx: TaskContext) -
         raise VmplaneError("qemu-img info gave unexpected output") from None
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise VmplaneError(f"{disk.label} has a backing file ({info.get('backing-filename')}); import a standalone image")
+    data_file = ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
+    if data_file:
+        raise VmplaneError(f"{disk.label} keeps its data in an external file ({Path(str(data_file)).name}); import a standalone image")
     if info.get("format") == "vmdk" and not disk.filename.startswith("json:"):
         folder = Path(disk.filename).resolve().parent
         for extent in (info.get("format-specific", {}).get("data", {}) or {}).get("extents", []) or []:
