@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import subprocess
+import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from ..imports_support import make_ova
+from ..imports_support import make_ova, ovf_descriptor
 from ..support import Server
 
 
@@ -135,6 +136,16 @@ async def test_disk_images_by_path_and_by_url_stopped_if_asked(server: Server, t
     subprocess.run(["qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", str(tmp_path / "s.raw"), str(backed)], check=True, capture_output=True)
     descriptor = _drop(server) / "extent.vmdk"
     descriptor.write_text(f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "{secret}" 0\n')
+    inside = tmp_path / "ova-parts"
+    inside.mkdir()
+    (inside / "d.vmdk").write_bytes(descriptor.read_bytes().ljust(512, b"\n"))
+    (inside / "v.ovf").write_text(ovf_descriptor("v", 1, 256, "d.vmdk", 512, 1))
+    flat_ova = _drop(server) / "flat.ova"
+    with tarfile.open(flat_ova, "w") as tar:
+        tar.add(inside / "v.ovf", arcname="v.ovf")
+        tar.add(inside / "d.vmdk", arcname="d.vmdk")
+    job, imp = await _import(server, {"source": {"type": "ova", "path": str(flat_ova)}})
+    assert job["state"] == "failed" and "names extent files" in job["tasks"][0]["error"], job
     for bad, why in ((sneaky, "external file"), (backed, "backing file"), (descriptor, "extent points outside")):
         job, imp = await _import(server, {"source": {"type": "disk", "path": str(bad)}})
         assert job["state"] == "failed" and why in job["tasks"][0]["error"], (bad, job)

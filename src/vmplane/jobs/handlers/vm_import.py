@@ -499,9 +499,13 @@ async def _info(qemu_img: str, disk: SourceDisk, work: Path, ctx: TaskContext) -
     data_file = ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
     if data_file:
         raise VmplaneError(f"{disk.label} keeps its data in an external file ({Path(str(data_file)).name}); import a standalone image")
-    if info.get("format") == "vmdk" and not disk.filename.startswith("json:"):
+    extents = ((info.get("format-specific") or {}).get("data") or {}).get("extents") or []
+    if disk.filename.startswith("json:"):  # inside an OVA: the VMDK must be one self-contained file
+        if any(not str(e.get("filename", "")).startswith("json:") for e in extents):
+            raise VmplaneError(f"{disk.label}: the OVA's VMDK names extent files; an OVA's disk must be a single (stream-optimized) VMDK")
+    elif info.get("format") == "vmdk":
         folder = Path(disk.filename).resolve().parent
-        for extent in (info.get("format-specific", {}).get("data", {}) or {}).get("extents", []) or []:
+        for extent in extents:
             target = Path(str(extent.get("filename", ""))).resolve()
             if folder not in target.parents:
                 raise VmplaneError(f"{disk.label}: a VMDK extent points outside its folder ({target.name})")
