@@ -95,6 +95,7 @@ async def test_an_ova_becomes_a_vm_of_its_shape_with_mapped_networks(server: Ser
     ova = make_ova(_drop(server) / "web.ova", _raw(tmp_path / "d.raw"), name="Web Server_1", cpu=2, memory_mb=512, networks=("VM Network", "Backend"))
     job, imp = await _import(server, {"source": {"type": "ova", "path": str(ova)}, "networkMapping": {"Backend": "backend"}, "tags": ["imported"]})
     assert job["state"] == "succeeded" and job["type"] == "vm-import", job
+    assert job["importProgress"]["stage"] == "starting" and job["importProgress"]["bytesDone"] > 0, job
     assert imp["state"] == "succeeded" and imp["progress"] == 100 and imp["name"] == "Web-Server-1"
     assert imp["shape"] == {"name": "Web Server_1", "cpu": 2, "ramMb": 512, "disks": ["vmdisk1"], "networks": ["VM Network", "Backend"], "cdroms": 1, "os": "Other Linux (64-bit)"}
     vm = (await c.get(f"/api/v1/vms/{imp['vmId']}")).json()
@@ -202,6 +203,10 @@ async def test_a_cancelled_import_leaves_no_vm_and_no_file(server: Server, tmp_p
         await asyncio.sleep(0.05)
     assert imp["stage"] == "exporting" and imp["bytesTotal"] == 512 * 1024 and 0 < imp["bytesDone"] < 512 * 1024, str(imp)
     assert (server.rt.data_dir / "imports" / "work" / imp_id / "source.img").exists()
+    job = (await server.client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert job["importProgress"]["stage"] == "exporting" and job["importProgress"]["bytesDone"] > 0, job
+    task = (await server.client.get(f"/api/v1/jobs/{job_id}/tasks/{job['tasks'][0]['id']}")).json()
+    assert task["importProgress"]["importId"] == imp_id
     r = await server.client.post(f"/api/v1/jobs/{job_id}/cancel")
     assert r.status_code == 202
     job = await server.wait_job(job_id)

@@ -221,13 +221,24 @@ class TaskOut(BaseModel):
     finishedAt: str | None
 
 
+class ImportProgressOut(BaseModel):
+    """vm-import jobs: the import's stage and the bytes it moved (GET /api/v1/imports/{id})."""
+
+    importId: str
+    stage: str | None
+    bytesDone: int
+    bytesTotal: int | None
+
+
 class JobDetailOut(JobOut):
     tasks: list[TaskOut]
+    importProgress: ImportProgressOut | None = None
 
 
 class TaskDetailOut(TaskOut):
     jobId: str
     log: list[str]
+    importProgress: ImportProgressOut | None = None
 
 
 class NodeResourcesOut(BaseModel):

@@ -1,5 +1,7 @@
 """/api/v1/jobs: list, details with tasks, one task with its log, cancel."""
 
+from typing import Any
+
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
@@ -27,15 +29,25 @@ async def list_jobs(
 @router.get("/jobs/{job_id}", response_model=JobDetailOut, responses=ERRORS)
 async def get_job(job_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     job, tasks = await rt.jobs.get(job_id, who)
-    return JSONResponse({**render.job(job), "tasks": [render.task(t) for t in tasks]})
+    return JSONResponse({**render.job(job), "tasks": [render.task(t) for t in tasks], **await _import_progress(rt, who, job.type, job.id)})
 
 
 @router.get("/jobs/{job_id}/tasks/{task_id}", response_model=TaskDetailOut, responses=ERRORS)
 async def get_task(job_id: str, task_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     task, log = await rt.jobs.get_task(job_id, task_id, who)
     return JSONResponse(
-        {**render.task(task), "jobId": task.job_id, "log": [render.task_log_line(ts, m) for ts, m in log]}
+        {**render.task(task), "jobId": task.job_id, "log": [render.task_log_line(ts, m) for ts, m in log], **await _import_progress(rt, who, task.type, task.job_id)}
     )
+
+
+async def _import_progress(rt: Any, who: Any, type_: str, job_id: str) -> dict[str, Any]:
+    """vm-import jobs and tasks show the import's stage and bytes beside their percentage."""
+    if type_ != "vm-import":
+        return {}
+    imp = await rt.imports.for_job(job_id, who)
+    if imp is None:
+        return {}
+    return {"importProgress": {"importId": imp.id, "stage": imp.stage, "bytesDone": imp.bytes_done, "bytesTotal": imp.bytes_total}}
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, responses=ERRORS)
