@@ -40,6 +40,8 @@ class OvfDescriptor:
     nics: tuple[OvfNic, ...]
     cdroms: int
     os: str
+    firmware: str = "bios"
+    """`efi` when the descriptor says so (VMware's `vmw:Config firmware`)"""
 
 
 def _local(tag: str) -> str:
@@ -168,4 +170,8 @@ def parse_ovf(data: bytes) -> OvfDescriptor:
     os_name = ""
     if os_section is not None:
         os_name = _text(os_section, "Description") or _attr(os_section, "osType") or _attr(os_section, "id") or ""
-    return OvfDescriptor(name, cpu, memory_mb, tuple(used_disks), tuple(nics), cdroms, os_name)
+    firmware = "bios"
+    for el in hardware.iter():
+        if _local(el.tag) == "Config" and _attr(el, "key") == "firmware" and (_attr(el, "value") or "").lower() == "efi":
+            firmware = "efi"
+    return OvfDescriptor(name, cpu, memory_mb, tuple(used_disks), tuple(nics), cdroms, os_name, firmware)

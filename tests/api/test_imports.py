@@ -97,7 +97,7 @@ async def test_an_ova_becomes_a_vm_of_its_shape_with_mapped_networks(server: Ser
     assert job["state"] == "succeeded" and job["type"] == "vm-import", job
     assert job["importProgress"]["stage"] == "starting" and job["importProgress"]["bytesDone"] > 0, job
     assert imp["state"] == "succeeded" and imp["progress"] == 100 and imp["name"] == "Web-Server-1"
-    assert imp["shape"] == {"name": "Web Server_1", "cpu": 2, "ramMb": 512, "disks": ["vmdisk1"], "networks": ["VM Network", "Backend"], "cdroms": 1, "os": "Other Linux (64-bit)"}
+    assert imp["shape"] == {"name": "Web Server_1", "cpu": 2, "ramMb": 512, "disks": ["vmdisk1"], "networks": ["VM Network", "Backend"], "cdroms": 1, "os": "Other Linux (64-bit)", "firmware": "bios"}
     vm = (await c.get(f"/api/v1/vms/{imp['vmId']}")).json()
     assert vm["status"] == "running" and vm["resources"] == {"cpu": 2, "ramMb": 512, "diskGb": 1} and vm["tags"] == ["imported"]
     assert [n["network"] for n in vm["nics"]] == ["user", "backend"]

@@ -39,6 +39,9 @@ def test_a_vmware_style_descriptor_gives_the_vm_s_shape() -> None:
 
 def test_an_ovf_2_descriptor_with_named_units_and_bytes() -> None:
     ovf = parse_ovf(VBOX)
+    assert ovf.firmware == "bios"
+    efi = VBOX.replace(b"</VirtualHardwareSection>", b'<vmw:Config xmlns:vmw="http://www.vmware.com/schema/ovf" ovf:required="false" vmw:key="firmware" vmw:value="efi"/></VirtualHardwareSection>')
+    assert parse_ovf(efi).firmware == "efi"
     assert (ovf.name, ovf.cpu, ovf.memory_mb, ovf.cdroms, ovf.os) == ("box", 4, 2048, 2, "Debian_64")
     assert ovf.disks[0].capacity_bytes == 10 << 30 and ovf.disks[0].file_size is None
     assert [n.network for n in ovf.nics] == ["NAT", "Bridged"]

@@ -78,11 +78,12 @@ class Shape:
     """the source network of each NIC, in order"""
     cdroms: int = 0
     os: str = ""
+    firmware: str = "bios"
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "name": self.name, "cpu": self.cpu, "ramMb": self.ram_mb, "disks": [d.label for d in self.disks],
-            "networks": self.networks, "cdroms": self.cdroms, "os": self.os,
+            "networks": self.networks, "cdroms": self.cdroms, "os": self.os, "firmware": self.firmware,
         }  # fmt: skip
 
 
@@ -170,6 +171,8 @@ class VmImport(BaseHandler):
             ctx.log(f"Warning: a vmplane VM has one disk: {shape.disks[0].label} is imported; {', '.join(d.label for d in shape.disks[1:])} are not")
         if shape.cdroms:
             ctx.log(f"{shape.cdroms} CD-ROM drive(s) of the source are not part of the VM")
+        if shape.firmware == "efi":
+            ctx.log("Warning: the source boots with EFI firmware; vmplane VMs boot with BIOS, so the guest may not boot")
         disk = work / "disk.qcow2"
         size = await self._convert(ctx, track, shape.disks[0], disk, work)
         await track.stage("defining")
@@ -224,7 +227,7 @@ class VmImport(BaseHandler):
         else:
             ovf, disks = await asyncio.to_thread(_read_ova, path)
         ctx.log(f"OVF: {ovf.name}, {ovf.cpu} CPU, {ovf.memory_mb} MiB, {len(ovf.disks)} disk(s), {len(ovf.nics)} NIC(s)")
-        return Shape(ovf.name, ovf.cpu, ovf.memory_mb, disks, [n.network for n in ovf.nics], ovf.cdroms, ovf.os)
+        return Shape(ovf.name, ovf.cpu, ovf.memory_mb, disks, [n.network for n in ovf.nics], ovf.cdroms, ovf.os, ovf.firmware)
 
     async def _disk(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
         path = await self._local_or_download(ctx, track, req, work, "source.img")
@@ -256,7 +259,8 @@ class VmImport(BaseHandler):
         via = "the NFC export lease" if files and files[0].via == "lease" else "datastore download"
         ctx.log(f"fetched {len(files)} disk(s) by {via} ({track.done} bytes)")
         disks = [SourceDisk(f.label, str(f.path), None, f.capacity_bytes) for f in files]
-        return Shape(info.vm.name, info.vm.num_cpu, info.vm.memory_mb, disks, [n.network for n in info.nics], cdroms, info.vm.guest_os)
+        firmware = "efi" if info.firmware.lower() == "efi" else "bios"
+        return Shape(info.vm.name, info.vm.num_cpu, info.vm.memory_mb, disks, [n.network for n in info.nics], cdroms, info.vm.guest_os, firmware)
 
     async def _vmplane(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
         src = req.source
