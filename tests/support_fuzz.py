@@ -26,7 +26,9 @@ class FuzzServer:
     log: Path
     tmp: Path
 
-    def run(self, contract: str | Path, base_url: str, *args: str, config: str | None = None, timeout: float = 900) -> str:
+    def run(
+        self, contract: str | Path, base_url: str, *args: str, config: str | None = None, examples: int = 15, timeout: float = 900
+    ) -> str:
         """Run schemathesis on `contract` (a file or URL) against `base_url` with the owner's
         key; fails the test on any finding, and when the server logged a traceback. Returns the
         summary it printed."""
@@ -34,7 +36,7 @@ class FuzzServer:
         if config is not None:
             (self.tmp / "schemathesis.toml").write_text(config)
             argv += ["--config-file", str(self.tmp / "schemathesis.toml")]
-        argv += ["run", str(contract), "--url", base_url, "-H", f"X-API-Key: {self.key}", "--max-examples", "15",
+        argv += ["run", str(contract), "--url", base_url, "-H", f"X-API-Key: {self.key}", "--max-examples", str(examples),
                  "--seed", "7", "--request-timeout", "20", *args]  # fmt: skip
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.tmp)  # its cache goes there
         summary = r.stdout[-6000:]

@@ -59,5 +59,5 @@ def test_schemathesis_finds_no_contract_violations(tmp_path: Path) -> None:
         with httpx.Client(base_url=url, headers={"X-Volant-API-Key": server.key}, timeout=30) as c:
             vms = [c.post("/api/v1/vms", json={"name": f"seed-{i}", "memory_mb": 256}).json()["name"] for i in range(3)]
             deployments = [c.post("/api/v1/deployments", json={"name": f"dep-{i}", "replicas": 1}).json()["name"] for i in range(2)]
-        server.run(CONTRACT, url, "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", "5",
+        server.run(CONTRACT, url, "--checks", "all", "--exclude-checks", "positive_data_acceptance", examples=5,
                    config=CONFIG.format(vms=vms, deployments=deployments).replace("'", '"'))  # fmt: skip
