@@ -17,7 +17,7 @@ import jsonschema
 from sqlalchemy import Row
 
 from ..auth import Principal
-from ..errors import DriverError, Forbidden, InvalidRequest, NotFound, VmplaneError
+from ..errors import DriverError, Forbidden, InvalidRequest, VmplaneError
 
 log = logging.getLogger("vmplane.mcp")
 
@@ -64,16 +64,6 @@ def vm_summary(row: Row) -> dict[str, Any]:
     }
 
 
-async def vm_by_name(rt: Any, name: str, who: Principal) -> Row:
-    """A VM by its name (Volant's key for VMs); NotFound as Volant words it."""
-    if not name or len(name) > 63:
-        raise NotFound(f"vm {name!r} not found")
-    rows, _ = await rt.vms.list(who, node=None, status=None, tag=None, name=name, limit=1, page_token=None)
-    if not rows:
-        raise NotFound(f"vm {name!r} not found")
-    return rows[0]
-
-
 async def _finish(rt: Any, job_id: str, what: str) -> None:
     job, tasks = await rt.jobs.wait(job_id, rt.settings.compat_wait_seconds)
     if job.state == "failed":
@@ -84,13 +74,7 @@ async def _finish(rt: Any, job_id: str, what: str) -> None:
 
 
 async def vms_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    token = None
-    while True:
-        rows, token = await rt.vms.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
-        out += [vm_summary(r) for r in rows]
-        if token is None:
-            break
+    out = [vm_summary(r) for r in await rt.vms.every(who)]
     if p.get("status"):
         out = [v for v in out if v["status"] == p["status"]]
     if p.get("runtime"):
@@ -99,7 +83,7 @@ async def vms_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str,
 
 
 async def vms_get(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return vm_summary(await vm_by_name(rt, p["name"], who))
+    return vm_summary(await rt.vms.by_name(p["name"], who))
 
 
 async def vms_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +106,7 @@ async def vms_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, An
 
 def _power(action: str) -> Handler:
     async def run(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-        vm = await vm_by_name(rt, p["name"], who)
+        vm = await rt.vms.by_name(p["name"], who)
         await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
         return vm_summary(await rt.vms.get(vm.id, who))
 
@@ -130,14 +114,14 @@ def _power(action: str) -> Handler:
 
 
 async def vms_delete(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    vm = await vm_by_name(rt, p["name"], who)
+    vm = await rt.vms.by_name(p["name"], who)
     if vm.status != "deleting":
         await _finish(rt, await rt.vms.delete([vm.id], who), f"deleting VM {vm.name}")
     return {"name": vm.name, "deleted": True}
 
 
 async def vms_action(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    vm = await vm_by_name(rt, p["name"], who)
+    vm = await rt.vms.by_name(p["name"], who)
     body = p.get("body")
     out = await rt.plugins.call_action(vm.id, p["action"], who, body=body.encode() if body else b"", content_type="application/json" if body else None)
     return {"status": out.status, "content_type": out.content_type, "body": out.body.decode("utf-8", "replace")}

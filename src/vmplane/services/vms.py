@@ -162,6 +162,25 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
+    async def every(self, who: Principal) -> list[Row]:
+        """Every VM the caller may see, all pages (faces whose lists are not paged)."""
+        rows: list[Row] = []
+        token = None
+        while True:
+            page, token = await self.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
+            rows += page
+            if token is None:
+                return rows
+
+    async def by_name(self, name: str, who: Principal) -> Row:
+        """The VM the caller may see named `name` (faces that address VMs by name)."""
+        if not name or len(name) > 63:
+            raise NotFound(f"vm {name!r} not found")
+        rows, _ = await self.list(who, node=None, status=None, tag=None, name=name, limit=1, page_token=None)
+        if not rows:
+            raise NotFound(f"vm {name!r} not found")
+        return rows[0]
+
     async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = False) -> tuple[str, list[str]]:
         """Reserve names and ids for every VM and submit one vm-create job with a task each.
 

@@ -75,16 +75,6 @@ async def _host(off: Offerings, row: Row) -> str | None:
     return off.host_of((await _nodes(off)).get(row.node_id)) if row.node_id else None
 
 
-async def _all_vms(rt: Any, who: Principal) -> list[Row]:
-    rows: list[Row] = []
-    token = None
-    while True:
-        page, token = await rt.vms.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
-        rows += page
-        if token is None:
-            return rows
-
-
 # -- health --------------------------------------------------------------------------------
 
 
@@ -350,7 +340,7 @@ async def list_instances(request: Request, rt: RuntimeDep, who: CallerDep) -> JS
     """The account's instances (a team key's: its team's), newest first."""
     off = _offerings(request)
     nodes = await _nodes(off)
-    rows = sorted(await _all_vms(rt, who), key=lambda r: (r.created_at, r.seq), reverse=True)
+    rows = sorted(await rt.vms.every(who), key=lambda r: (r.created_at, r.seq), reverse=True)
     teams = await _team_names(rt, who)
     return JSONResponse([_render(off, r, nodes, teams) for r in rows])
 
@@ -653,7 +643,7 @@ async def restore_instance(instance_id: str, rt: RuntimeDep, who: CallerDep, bod
 @router.get("/api/v1/backups")
 async def all_backups(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Every backup of the account (a team key's: its team's), including deleted VMs'."""
-    uuids = {v.id: v.uuid for v in await _all_vms(rt, who)}
+    uuids = {v.id: v.uuid for v in await rt.vms.every(who)}
     rows = await rt.backups.list(who)
     out = [{**wire.backup(b, uuids.get(b.vm_id)), "vm_deleted": b.vm_id not in uuids} for b in rows]
     return JSONResponse({"backups": out, "total": len(out), "storage": STORAGE})
@@ -896,7 +886,7 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
         return JSONResponse({"detail": [{"loc": ["body", field], "msg": exc.message.replace("end must", "end_time must").replace(" start", " start_time"), "type": "value_error"}]}, status_code=422)
     off = _offerings(request)
     nodes = await _nodes(off)
-    vms = {v.id: v for v in await _all_vms(rt, who)}
+    vms = {v.id: v for v in await rt.vms.every(who)}
     records = []
     for item in report["items"]:
         vm = vms.get(item["vmId"])
@@ -971,6 +961,6 @@ async def team_instances(team_id: str, request: Request, rt: RuntimeDep, who: Ca
     team = await _team(rt, team_id, who)
     off = _offerings(request)
     nodes = await _nodes(off)
-    rows = sorted((r for r in await _all_vms(rt, who) if r.team_id == team.id), key=lambda r: (r.created_at, r.seq), reverse=True)
+    rows = sorted((r for r in await rt.vms.every(who) if r.team_id == team.id), key=lambda r: (r.created_at, r.seq), reverse=True)
     out = [{**_render(off, r, nodes), "team_name": team.name} for r in rows]
     return JSONResponse({"team_id": team.id, "team_name": team.name, "instances": out, "total": len(out)})

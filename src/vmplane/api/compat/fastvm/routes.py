@@ -76,13 +76,7 @@ async def live() -> JSONResponse:
 
 @router.get("/v1/vms")
 async def list_vms(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    rows: list[Row] = []
-    token = None
-    while True:
-        page, token = await rt.vms.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
-        rows += page
-        if token is None:
-            break
+    rows = await rt.vms.every(who)
     policies = await rt.ingress.policies([r.id for r in rows])
     return JSONResponse([wire.vm(r, policies[r.id], (r.spec or {}).get("sourceName")) for r in rows])
 

@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from ....errors import DriverError
-from ....services.mcp import vm_by_name
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from ...native.mcp import command_body
 
@@ -64,7 +63,7 @@ async def set_plugin_enabled(plugin: str, body: EnabledIn, rt: RuntimeDep, who: 
 
 @router.get("/api/v1/vms/{name}/openapi")
 async def vm_openapi(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    vm = await vm_by_name(rt, name, who)
+    vm = await rt.vms.by_name(name, who)
     try:
         return JSONResponse(await rt.plugins.openapi(vm.id, who))
     except DriverError as exc:  # the daemon answers 502 when the manifest's URL fails

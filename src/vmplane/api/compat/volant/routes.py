@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import Row
 
 from .... import clock, pci
-from ....errors import DriverError, Forbidden, InvalidRequest, NotFound
+from ....errors import DriverError, Forbidden, InvalidRequest
 from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
 from ....services import vmconfig
@@ -45,26 +45,6 @@ async def _finish(rt: Any, job_id: str, what: str) -> None:
     if job.state == "failed":
         error = next((t.error for t in tasks if t.error), "the job failed")
         raise DriverError(f"{what} failed: {error}")
-
-
-async def _vm(rt: Any, name: str, who: Any) -> Row:
-    """A VM by its name (Volant's key)."""
-    if not name or len(name) > 63:
-        raise NotFound(f"vm {name!r} not found")
-    rows, _ = await rt.vms.list(who, node=None, status=None, tag=None, name=name, limit=1, page_token=None)
-    if not rows:
-        raise NotFound(f"vm {name!r} not found")
-    return rows[0]
-
-
-async def _all_vms(rt: Any, who: Any) -> list[Row]:
-    rows: list[Row] = []
-    token = None
-    while True:
-        page, token = await rt.vms.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
-        rows += page
-        if token is None:
-            return rows
 
 
 class _Renderer:
@@ -125,7 +105,7 @@ async def system_info(request: Request) -> JSONResponse:
 @router.get("/api/v1/system/status")
 async def system_status(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """The host's CPU and memory use now, and how many VMs the caller has."""
-    vms = await _all_vms(rt, who)
+    vms = await rt.vms.every(who)
     cpu = await CPU.percent()
     return JSONResponse({"cpu_percent": cpu, "mem_percent": await asyncio.to_thread(mem_percent), "vm_count": len(vms)})
 
@@ -151,7 +131,7 @@ async def list_vms(
         raise InvalidRequest(f"sort must be one of {', '.join(wire.SORT_KEYS)}", field="sort")
     if order.lower() not in ("asc", "desc"):
         raise InvalidRequest("order must be asc or desc", field="order")
-    rows = await _all_vms(rt, who)
+    rows = await rt.vms.every(who)
     if plugin:
         rows = [r for r in rows if wire.plugin_of(r).get("name") == plugin]
     render = _Renderer(rt)
@@ -183,19 +163,19 @@ async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JS
 
 @router.get("/api/v1/vms/{name}")
 async def get_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    return JSONResponse(await _render(rt, await _vm(rt, name, who)))
+    return JSONResponse(await _render(rt, await rt.vms.by_name(name, who)))
 
 
 @router.delete("/api/v1/vms/{name}")
 async def delete_vm(name: str, rt: RuntimeDep, who: CallerDep) -> Response:
-    vm = await _vm(rt, name, who)
+    vm = await rt.vms.by_name(name, who)
     if vm.status != "deleting":
         await _finish(rt, await rt.vms.delete([vm.id], who), "deleting the VM")
     return Response(status_code=204)
 
 
 async def _power(rt: Any, name: str, who: Any, action: str) -> JSONResponse:
-    vm = await _vm(rt, name, who)
+    vm = await rt.vms.by_name(name, who)
     await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of the VM")
     return JSONResponse(await _render(rt, await rt.vms.get(vm.id, who)))
 
@@ -215,7 +195,7 @@ async def restart_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Stop (if it runs) and start again: a new VM process, which takes a changed config's
     resources. Both jobs are queued at once (the start runs after the stop), so the VM is
     never seen stopped with nothing to do (a deployment would replace it)."""
-    vm = await _vm(rt, name, who)
+    vm = await rt.vms.by_name(name, who)
     stop = None
     if vm.status not in ("stopped", "error", "unknown"):
         stop = await rt.vms.power(vm.id, "stop", who)
@@ -231,13 +211,13 @@ async def restart_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 
 @router.get("/api/v1/vms/{name}/config")
 async def get_config(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    return JSONResponse(wire.config_version(await rt.vm_configs.current(await _vm(rt, name, who))))
+    return JSONResponse(wire.config_version(await rt.vm_configs.current(await rt.vms.by_name(name, who))))
 
 
 @router.patch("/api/v1/vms/{name}/config")
 async def patch_config(name: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """A JSON merge patch of the config: a new version (see docs/volant.md)."""
-    vm = await _vm(rt, name, who)
+    vm = await rt.vms.by_name(name, who)
     change = await rt.vm_configs.patch(vm, _json(request), who)
     return JSONResponse(
         wire.config_version(
@@ -248,7 +228,7 @@ async def patch_config(name: str, request: Request, rt: RuntimeDep, who: CallerD
 
 @router.get("/api/v1/vms/{name}/config/history")
 async def config_history(name: str, rt: RuntimeDep, who: CallerDep, limit: int = Query(20, ge=1, le=500)) -> JSONResponse:
-    versions = await rt.vm_configs.history(await _vm(rt, name, who), limit)
+    versions = await rt.vm_configs.history(await rt.vms.by_name(name, who), limit)
     return JSONResponse([wire.history_item(v) for v in versions])
 
 
