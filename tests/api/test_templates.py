@@ -128,3 +128,29 @@ async def test_cancelling_an_import_removes_it(server_factory: Any, http_dir: tu
     assert (await server.wait_job(r1.json()["jobId"]))["state"] == "succeeded"
     names = [t["name"] for t in (await server.client.get("/api/v1/templates")).json()["items"]]
     assert names == ["first"]
+
+
+async def test_only_operators_name_any_local_file(server: Server, tmp_path: Path) -> None:
+    """A file:// source makes the server read one of its own files: an organization's user may
+    name only files in the directories imports read (VMPLANE_IMPORT_DIRS), not /etc/shadow."""
+    from .test_tenancy import new_org
+
+    _org, acme = await new_org(server)
+    outside = tmp_path / "outside.img"
+    outside.write_bytes(b"x" * 100)
+    r = await acme.post("/api/v1/templates", json={"name": "t", "os": "linux", "sourceUrl": f"file://{outside}"})
+    assert r.status_code == 400 and r.json()["details"]["field"] == "sourceUrl", r.text
+    r = await acme.post("/api/v1/plugins", json={
+        "schema_version": "1", "name": "p", "version": "1", "resources": {"cpu_cores": 1, "memory_mb": 64},
+        "workload": {"type": "http", "base_url": "http://127.0.0.1:8080", "entrypoint": ["/bin/true"]},
+        "rootfs": {"url": f"file://{outside}", "checksum": "0" * 64},
+    })  # fmt: skip
+    assert r.status_code == 400 and r.json()["details"]["field"] == "rootfs.url", r.text
+    inside = tmp_path / "data" / "imports" / "inside.img"
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_bytes(b"x" * 100)
+    r = await acme.post("/api/v1/templates", json={"name": "t", "os": "linux", "sourceUrl": f"file://{inside}"})
+    assert r.status_code == 202, r.text
+    assert (await server.wait_job(r.json()["jobId"], client=acme))["state"] == "succeeded"
+    job, _ = await import_template(server, name="by-operator", sourceUrl=f"file://{outside}")
+    assert job["state"] == "succeeded", job

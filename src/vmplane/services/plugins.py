@@ -213,7 +213,8 @@ class PluginService:
         if tpl is not None:  # a failed import: try again under the same name
             await self.rt.jobs.wait(await self.rt.templates.delete([tpl.id], who), 60)
         _job, tpl_id = await self.rt.templates.create(
-            name=name, os_="linux", node_id=None, source_url=image["url"], who=who, checksum=digest, initramfs_of=base
+            name=name, os_="linux", node_id=None, source_url=image["url"], who=who, checksum=digest, initramfs_of=base,
+            field=f"{kind}.url",
         )
         return tpl_id
 

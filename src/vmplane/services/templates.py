@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Sequence
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from sqlalchemy import Row
 
@@ -14,6 +14,7 @@ from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from . import pages
+from .imports import check_url
 
 TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 OS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
@@ -27,16 +28,6 @@ def check_template_name(name: str) -> None:
 def check_os(os_: str) -> None:
     if not OS_RE.match(os_):
         raise InvalidRequest(f"os {os_!r} is not valid: 1-32 lower-case letters, digits, '.', '_' or '-'", field="os")
-
-
-def check_source_url(url: str) -> None:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https", "file"):
-        raise InvalidRequest("sourceUrl must be an http://, https:// or file:// URL", field="sourceUrl")
-    if parsed.scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")):
-        raise InvalidRequest("sourceUrl file:// URLs must name an absolute local path", field="sourceUrl")
-    if parsed.scheme != "file" and not parsed.hostname:
-        raise InvalidRequest("sourceUrl has no host", field="sourceUrl")
 
 
 class TemplateService:
@@ -73,16 +64,21 @@ class TemplateService:
 
     async def create(
         self, *, name: str, os_: str, node_id: str | None, source_url: str, who: Principal,
-        checksum: str | None = None, initramfs_of: str | None = None,
+        checksum: str | None = None, initramfs_of: str | None = None, field: str = "sourceUrl",
     ) -> tuple[str, str]:
         """Operators' templates are shared with every organization; others' stay private.
 
         `checksum`: the sha256 (hex) the download must have, else the import fails.
         `initramfs_of`: the source is an initramfs, booted with this template's kernel,
-        command line and disk (a template of a plugin's `initramfs`)."""  # fmt: skip
+        command line and disk (a template of a plugin's `initramfs`).
+        A file:// source is any local file for operators; for everyone else only a file in
+        the directories imports may read (VMPLANE_IMPORT_DIRS). `field` names the URL in
+        errors."""  # fmt: skip
         check_template_name(name)
         check_os(os_)
-        check_source_url(source_url)
+        check_url(source_url, field)
+        if urlparse(source_url).scheme == "file" and not who.operator:  # not the server's own files
+            self.rt.imports.local_file(unquote(urlparse(source_url).path), field)
         now = clock.now()
         tpl_id = ids.new_id("tpl")
         async with self.rt.store.write() as conn:
