@@ -3,8 +3,10 @@
 from fastapi import APIRouter, Depends
 
 from .deps import authorize
-from . import mcp, plugins
-from . import agents, backups, cluster, deployments, events, guest, jobs, networks, schedules, snapshots, templates, tenancy, vms, webhooks
+from . import (
+    agents, backups, cluster, deployments, events, guest, imports, jobs, mcp, networks, plugins, schedules, snapshots, templates,
+    tenancy, vms, vsphere, webhooks,
+)  # fmt: skip
 
 
 def router() -> APIRouter:
@@ -15,13 +17,11 @@ def router() -> APIRouter:
     ws.include_router(mcp.router)  # read-only keys may run the commands that read
     ws.include_router(agents.agent_router)  # node agents authenticate by themselves
     # agents before cluster: /nodes/tokens is not /nodes/{node_id}
-    for module in (vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy):
+    for module in (
+        vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy,
+        plugins, imports, vsphere,
+    ):  # fmt: skip
         r.include_router(module.router)
-    r.include_router(plugins.router)
-    from . import imports, vsphere
-
-    r.include_router(imports.router)
-    r.include_router(vsphere.router)
     outer = APIRouter()
     outer.include_router(r)
     outer.include_router(ws)
