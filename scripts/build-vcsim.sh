@@ -16,13 +16,7 @@ if [ -x "$BIN" ]; then
   exit 0
 fi
 
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
-    echo "build-vcsim: need root (or sudo) to install golang-go and the govmomi source" >&2
-    exit 1
-  fi
-fi
+. "$(dirname "$0")/as-root.sh"
 export DEBIAN_FRONTEND=noninteractive
 
 # A deb-src line for bookworm main, unless the machine has one already.
@@ -30,14 +24,14 @@ if ! grep -rqsE '^(deb-src|Types:.*deb-src)' /etc/apt/sources.list /etc/apt/sour
   KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
   OPTS=""
   [ -f "$KEYRING" ] && OPTS="[signed-by=$KEYRING] "  # as Debian's own entries, or apt refuses both
-  echo "deb-src ${OPTS}http://deb.debian.org/debian bookworm main" | "${SUDO[@]}" tee /etc/apt/sources.list.d/vmplane-deb-src.list >/dev/null
-  "${SUDO[@]}" apt-get update -qq >&2
+  echo "deb-src ${OPTS}http://deb.debian.org/debian bookworm main" | as_root "install golang-go and the govmomi source" tee /etc/apt/sources.list.d/vmplane-deb-src.list >/dev/null
+  as_root "install golang-go and the govmomi source" apt-get update -qq >&2
 elif ! apt-cache showsrc golang-github-vmware-govmomi >/dev/null 2>&1 || [ -z "$(apt-cache showsrc golang-github-vmware-govmomi 2>/dev/null)" ]; then
-  "${SUDO[@]}" apt-get update -qq >&2
+  as_root "install golang-go and the govmomi source" apt-get update -qq >&2
 fi
 if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/vmware/govmomi ]; then
   echo "build-vcsim: installing golang-go and golang-github-vmware-govmomi-dev" >&2
-  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends golang-go golang-github-vmware-govmomi-dev >&2
+  as_root "install golang-go and the govmomi source" apt-get install -y -qq --no-install-recommends golang-go golang-github-vmware-govmomi-dev >&2
 fi
 GO="$(command -v go || echo /usr/lib/go/bin/go)"
 

@@ -10,18 +10,10 @@ if [ -x /usr/bin/chromium ]; then
   exit 0
 fi
 
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-  else
-    echo "install-browser: need root (or sudo) to install chromium" >&2
-    exit 1
-  fi
-fi
+. "$(dirname "$0")/as-root.sh"
 
 export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update
-"${SUDO[@]}" apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+as_root "install chromium" apt-get update
+as_root "install chromium" apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 test -x /usr/bin/chromium || { echo "install-browser: /usr/bin/chromium still missing" >&2; exit 1; }
 echo "install-browser: done ($(/usr/bin/chromium --version 2>/dev/null | head -n1))"

@@ -50,21 +50,13 @@ if [ "${#missing[@]}" -eq 0 ] && lists_ok; then
   exit 0
 fi
 
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-  else
-    echo "install-qemu: need root (or sudo) to install: ${missing[*]}" >&2
-    exit 1
-  fi
-fi
+. "$(dirname "$0")/as-root.sh"
 
 export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update
+as_root "install: ${missing[*]:-package lists}" apt-get update
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-qemu: installing ${missing[*]} (+ the base set)"
-  "${SUDO[@]}" apt-get install -y --no-install-recommends \
+  as_root "install: ${missing[*]:-package lists}" apt-get install -y --no-install-recommends \
     qemu-system-x86 qemu-utils e2fsprogs syslinux syslinux-common mtools dosfstools restic \
     nftables dnsmasq-base iproute2 openssh-client "${missing[@]}"
 fi
