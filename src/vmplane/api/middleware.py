@@ -5,9 +5,11 @@ import hashlib
 import json
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import clock
+from ..errors import InvalidRequest
 from ..store import Store
 from ..store import idempotency as idem_q
 
@@ -74,6 +76,18 @@ class BodyLimit:
 
         scope.setdefault("state", {})["raw_body"] = body
         await self.app(scope, replay, send)
+
+
+async def json_body(request: Request) -> Any:
+    """The request's body as JSON (the body-limit middleware above kept its bytes);
+    InvalidRequest naming `body` when there is none or it is not JSON."""
+    raw = request.scope.get("state", {}).get("raw_body", b"") or await request.body()
+    if not raw:
+        raise InvalidRequest("the request needs a JSON body", field="body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON", field="body") from None
 
 
 def caller_of(scope: Scope) -> str:

@@ -11,8 +11,8 @@ from sqlalchemy import Row
 
 from ... import clock
 from ...agent import wire
-from ...errors import InvalidRequest
 from .. import render
+from ..middleware import json_body
 from ..schemas import NodeOut
 from .deps import ACCEPTED, ERRORS, CallerDep, RuntimeDep
 
@@ -129,24 +129,17 @@ async def move(vm_id: str, body: MoveIn, rt: RuntimeDep, who: CallerDep) -> JSON
 # -- what agents call ------------------------------------------------------------------------
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
-
-
 @agent_router.post("/register", include_in_schema=False)
 async def register(request: Request) -> JSONResponse:
     client = request.client
     remote = f"{client.host}:{client.port}" if client else None
-    out = await request.app.state.rt.agents.register(wire.bearer(request.headers), await _json(request), remote)
+    out = await request.app.state.rt.agents.register(wire.bearer(request.headers), await json_body(request), remote)
     return JSONResponse(out, status_code=201)
 
 
 @agent_router.post("/hello", include_in_schema=False)
 async def hello(request: Request) -> JSONResponse:
-    return JSONResponse(await request.app.state.rt.agents.hello(wire.bearer(request.headers), await _json(request)))
+    return JSONResponse(await request.app.state.rt.agents.hello(wire.bearer(request.headers), await json_body(request)))
 
 
 @agent_router.post("/heartbeat", include_in_schema=False)

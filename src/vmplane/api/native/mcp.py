@@ -1,12 +1,12 @@
 """POST /api/v1/mcp: Volant's MCP command endpoint (`{command, params}` → 200 `{result,
 error?}`; 400 only for a body that is not a JSON object). The operations: services/mcp.py."""
 
-import json
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ...errors import InvalidRequest
+from ..middleware import json_body
 from .deps import ERRORS, CallerDep, RuntimeDep
 
 router = APIRouter(tags=["mcp"])
@@ -15,11 +15,7 @@ read (the service refuses them the others)"""
 
 
 async def command_body(request: Request) -> dict:
-    raw = request.scope.get("state", {}).get("raw_body", b"") or await request.body()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be an object {command, params}", field="body")
     return body

@@ -1,8 +1,5 @@
 """/api/v1/vms: list, create (bulk), get, update, delete (bulk or one), power actions."""
 
-import json
-from typing import Any
-
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -13,6 +10,7 @@ from ...errors import InvalidRequest
 from ...net.model import parse_firewall
 from ...services.vms import NewVm, VmChange
 from .. import render
+from ..middleware import json_body
 from ..schemas import Page, VmCreateIn, VmDeleteIn, VmOut, VmUpdateIn
 from .deps import ACCEPTED, ERRORS, CallerDep, Limit, PageToken, RuntimeDep, accepted
 
@@ -82,7 +80,7 @@ def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:
 @router.post("/vms", status_code=202, responses=ACCEPTED, openapi_extra=_CREATE_BODY)
 async def create_vms(request: Request, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
     """Create one VM (an object) or many (an array): one job, one task per VM."""
-    body = _json_body(request)
+    body = await json_body(request)
     if isinstance(body, list):
         specs = _many.validate_python(body)
     elif isinstance(body, dict):
@@ -92,16 +90,6 @@ async def create_vms(request: Request, rt: RuntimeDep, caller: CallerDep) -> JSO
     many = isinstance(body, list)
     job_id, vm_ids = await rt.vms.create([_new_vm(s, f"[{i}]." if many else "") for i, s in enumerate(specs)], caller)
     return accepted(job_id, vmIds=vm_ids)
-
-
-def _json_body(request: Request) -> Any:
-    raw = request.scope.get("state", {}).get("raw_body", b"")
-    if not raw:
-        raise InvalidRequest("the request needs a JSON body", field="body")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
 
 
 @router.get("/vms/{vm_id}", response_model=VmOut, responses=ERRORS)

@@ -24,6 +24,7 @@ from ....services import vmconfig
 from ....store import templates as tpl_q
 from ....store import vms as vm_q
 from ...health import readiness
+from ...middleware import json_body
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 
@@ -218,7 +219,7 @@ async def get_config(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 async def patch_config(name: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """A JSON merge patch of the config: a new version (see docs/volant.md)."""
     vm = await rt.vms.by_name(name, who)
-    change = await rt.vm_configs.patch(vm, _json(request), who)
+    change = await rt.vm_configs.patch(vm, await json_body(request), who)
     return JSONResponse(
         wire.config_version(
             change.current, restart_required=change.restart_required, applied=change.applied, not_applied=change.not_applied
@@ -230,16 +231,6 @@ async def patch_config(name: str, request: Request, rt: RuntimeDep, who: CallerD
 async def config_history(name: str, rt: RuntimeDep, who: CallerDep, limit: int = Query(20, ge=1, le=500)) -> JSONResponse:
     versions = await rt.vm_configs.history(await rt.vms.by_name(name, who), limit)
     return JSONResponse([wire.history_item(v) for v in versions])
-
-
-def _json(request: Request) -> Any:
-    raw = request.scope.get("state", {}).get("raw_body", b"")
-    if not raw:
-        raise InvalidRequest("the request needs a JSON body", field="body")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
 
 
 # -- deployments ---------------------------------------------------------------------------
