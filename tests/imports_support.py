@@ -3,6 +3,7 @@
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 
 def ovf_descriptor(name: str, cpu: int, memory_mb: int, disk_file: str, disk_size: int, capacity_gib: int, networks: tuple[str, ...] = ("VM Network",), cdrom: bool = True) -> str:
@@ -138,3 +139,57 @@ def require_vcsim() -> str:
     if os.environ.get("VMPLANE_REQUIRE_VCSIM") == "1":
         pytest.fail("VMPLANE_REQUIRE_VCSIM=1 but vcsim is not built (scripts/build-vcsim.sh)")
     pytest.skip("vcsim is not built (scripts/build-vcsim.sh)")
+
+
+def bootable_ova(s: Any, tmp_path: Path, name: str) -> Path:
+    """An OVA of a BIOS-bootable tiny-linux disk (syslinux, its kernel and initramfs), in the
+    directory the server's imports may read."""
+    import shutil
+
+    import pytest
+
+    from vmplane.images import tiny_dir
+    from vmplane.images.tiny import load_tiny_image
+
+    from .e2e.test_qemu_vm import bootable_disk
+
+    if not all(shutil.which(t) for t in ("mkfs.fat", "mcopy", "syslinux")):
+        pytest.fail("syslinux, mtools or dosfstools missing (scripts/install-qemu.sh installs them)")
+    image = load_tiny_image(tiny_dir(s.rt.settings.resolved_image_cache()))
+    assert image is not None
+    disk = tmp_path / f"{name}.raw"
+    bootable_disk(disk, image.kernel, image.initrd)
+    drop = s.rt.data_dir / "imports"  # where imports may read local files by default
+    drop.mkdir(parents=True, exist_ok=True)
+    return make_ova(drop / f"{name}.ova", disk, name=name, cpu=1, memory_mb=256)
+
+
+async def real_disk_on_vcsim(rt: Any, addr: str, conn: Any, vm_path: str, raw: Path, size_mib: int, offsets_mib: tuple[int, ...]) -> Any:
+    """Put a real disk under a vcsim VM (its own disks are empty placeholders): `raw` gets
+    random 4 KiB blocks at `offsets_mib`, goes up as a VMDK over the VM's first disk through
+    the datastore's /folder PUT. The VM is powered off first (its files are read while it is
+    stopped). Returns the VM's info."""
+    import os
+    import re
+
+    import httpx
+
+    from vmplane.services import vsphere as vs
+
+    info = await rt.vsphere.vm_info(conn, vm_path)
+    await rt.vsphere.power_off(conn, vm_path)
+    subprocess.run(["qemu-img", "create", "-f", "raw", str(raw), f"{size_mib}M"], check=True, capture_output=True)
+    with raw.open("r+b") as fh:
+        for offset in offsets_mib:
+            fh.seek(offset << 20)
+            fh.write(os.urandom(4096))
+    vmdk = raw.with_suffix(".vmdk")
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", str(raw), str(vmdk)], check=True, capture_output=True)
+    ds, rel = re.match(r"^\[([^\]]+)\]\s*(.+)$", info.disks[0].file_path).groups()  # type: ignore[union-attr]
+
+    def upload(si: Any) -> int:
+        url = f"https://{addr}/folder/{rel}?dcPath=DC0&dsName={ds}"
+        return httpx.put(url, content=vmdk.read_bytes(), headers={"Cookie": vs._cookie(si)}, verify=False).status_code
+
+    assert vs._with_si(conn, upload) in (200, 201)
+    return info

@@ -5,37 +5,27 @@ submitted as a HyperSDK job, imported into a VM that boots, its progress watched
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 
-from ..imports_support import make_ova
+from ..imports_support import bootable_ova
 from ..support import Server, require_qemu
 from ..support_hypersdk import P, Receiver, check_client_job
-from .test_qemu_vm import bootable_disk, wait_for
+from .test_qemu_vm import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 async def test_an_ova_submitted_as_a_hypersdk_job_becomes_a_running_guest(server_factory: Any, tmp_path: Path) -> None:
-    require_qemu()
-    if not all(shutil.which(t) for t in ("mkfs.fat", "mcopy", "syslinux")):
-        pytest.fail("syslinux, mtools or dosfstools missing (scripts/install-qemu.sh installs them)")
-    from vmplane.images import tiny_dir
-    from vmplane.images.tiny import INIT_START_LINE, load_tiny_image
+    from vmplane.images.tiny import INIT_START_LINE
 
+    require_qemu()
     s: Server = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0, shutdown_timeout_seconds=20)
     c = s.client
-    image = load_tiny_image(tiny_dir(s.rt.settings.resolved_image_cache()))
-    assert image is not None
-    disk = tmp_path / "tiny-boot.raw"
-    bootable_disk(disk, image.kernel, image.initrd)
-    imports_dir = s.rt.data_dir / "imports"  # where imports may read local files by default
-    imports_dir.mkdir(parents=True, exist_ok=True)
-    ova = make_ova(imports_dir / "tiny.ova", disk, name="tiny-ova", cpu=1, memory_mb=256)
+    ova = bootable_ova(s, tmp_path, "tiny-ova")
 
     receiver = await Receiver().start()
     try:

@@ -3,37 +3,26 @@ beside it; tar) is imported into a running VM on the qemu driver that boots from
 disk; deleting the VM leaves nothing."""
 
 import asyncio
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..imports_support import make_ova
+from ..imports_support import bootable_ova
 from ..support import Server, require_qemu
-from .test_qemu_vm import bootable_disk, wait_for
+from .test_qemu_vm import wait_for
 
 pytestmark = pytest.mark.slow
 
 
 async def test_an_ova_is_imported_into_a_vm_that_boots_from_its_own_disk(server_factory: Any, tmp_path: Path) -> None:
-    from vmplane.images import tiny_dir
-    from vmplane.images.tiny import INIT_START_LINE, load_tiny_image
+    from vmplane.images.tiny import INIT_START_LINE
 
     require_qemu()
-    if not all(shutil.which(t) for t in ("mkfs.fat", "mcopy", "syslinux")):
-        require_qemu()
-        pytest.skip("syslinux, mtools or dosfstools missing")
     s: Server = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0, shutdown_timeout_seconds=20)
     c = s.client
-    image = load_tiny_image(tiny_dir(s.rt.settings.resolved_image_cache()))
-    assert image is not None
-    disk = tmp_path / "bootable.raw"
-    bootable_disk(disk, image.kernel, image.initrd)
-    drop = s.rt.data_dir / "imports"
-    drop.mkdir(parents=True, exist_ok=True)
-    ova = make_ova(drop / "appliance.ova", disk, name="appliance", cpu=1, memory_mb=256)
+    ova = bootable_ova(s, tmp_path, "appliance")
     r = await c.post("/api/v1/imports", json={"source": {"type": "ova", "path": str(ova)}, "networkMapping": {"VM Network": "user"}})
     assert r.status_code == 202, r.text
     job = await s.wait_job(r.json()["jobId"], timeout=120)

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import httpx
 import pytest
 
 from vmplane.services import vsphere as vs
 
-from ..imports_support import require_vcsim
+from ..imports_support import real_disk_on_vcsim, require_vcsim
 from ..support import Server, require_qemu
 
 pytestmark = pytest.mark.slow
@@ -93,24 +92,8 @@ async def test_import_by_datastore_download(server_factory: Any, vcsim: dict[str
     c = s.client
     path = "DC0/vm/DC0_H0_VM1"
     conn = vs.Connection(vcsim["url"], USER, PASSWORD, True)
-    info = await s.rt.vsphere.vm_info(conn, path)
-    await s.rt.vsphere.power_off(conn, path)  # datastore files are read from a stopped VM
-    # a real disk over the simulator's empty placeholder: 48 MiB with known bytes, as a VMDK
     raw = tmp_path / "source.raw"
-    subprocess.run(["qemu-img", "create", "-f", "raw", str(raw), "48M"], check=True, capture_output=True)
-    with raw.open("r+b") as fh:
-        for offset in (0, 5 << 20, 47 << 20):
-            fh.seek(offset)
-            fh.write(os.urandom(4096))
-    vmdk = tmp_path / "source.vmdk"
-    subprocess.run(["qemu-img", "convert", "-O", "vmdk", str(raw), str(vmdk)], check=True, capture_output=True)
-    ds, rel = re.match(r"^\[([^\]]+)\]\s*(.+)$", info.disks[0].file_path).groups()  # type: ignore[union-attr]
-
-    def upload(si: Any) -> int:
-        url = f"https://{vcsim['addr']}/folder/{rel}?dcPath=DC0&dsName={ds}"
-        return httpx.put(url, content=vmdk.read_bytes(), headers={"Cookie": vs._cookie(si)}, verify=False).status_code
-
-    assert vs._with_si(conn, upload) in (200, 201)
+    info = await real_disk_on_vcsim(s.rt, vcsim["addr"], conn, path, raw, 48, (0, 5, 47))
 
     # the simulator has no export lease: asking for it fails plainly and leaves nothing
     r = await c.post("/api/v1/imports", json={"source": {"type": "vsphere", "vcenterUrl": vcsim["url"], "username": USER, "password": PASSWORD, "insecure": True, "vmPath": path, "exportMethod": "lease"}})

@@ -5,18 +5,16 @@ and a HyperSDK job importing a vSphere VM by datastore download."""
 
 import asyncio
 import json
-import os
-import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from vmplane.services import vsphere as vs
 
+from ..imports_support import real_disk_on_vcsim
 from ..support import Server, require_qemu
 from ..support_hypersdk import P
 from . import test_vcsim
@@ -71,21 +69,8 @@ async def test_a_hypersdk_job_imports_a_vsphere_vm_by_datastore_download(server_
     c = s.client
     path = "DC0/vm/DC0_H0_VM1"
     conn = vs.Connection(vcsim["url"], USER, PASSWORD, True)
-    info = await s.rt.vsphere.vm_info(conn, path)
-    await s.rt.vsphere.power_off(conn, path)
-    raw = tmp_path / "source.raw"  # a real disk over the simulator's empty placeholder
-    subprocess.run(["qemu-img", "create", "-f", "raw", str(raw), "16M"], check=True, capture_output=True)
-    with raw.open("r+b") as fh:
-        fh.write(os.urandom(4096))
-    vmdk = tmp_path / "source.vmdk"
-    subprocess.run(["qemu-img", "convert", "-O", "vmdk", str(raw), str(vmdk)], check=True, capture_output=True)
-    ds, rel = re.match(r"^\[([^\]]+)\]\s*(.+)$", info.disks[0].file_path).groups()  # type: ignore[union-attr]
-
-    def upload(si: Any) -> int:
-        url = f"https://{vcsim['addr']}/folder/{rel}?dcPath=DC0&dsName={ds}"
-        return httpx.put(url, content=vmdk.read_bytes(), headers={"Cookie": vs._cookie(si)}, verify=False).status_code
-
-    assert vs._with_si(conn, upload) in (200, 201)
+    raw = tmp_path / "source.raw"
+    await real_disk_on_vcsim(s.rt, vcsim["addr"], conn, path, raw, 16, (0,))
     definition = {
         "name": "from-vcenter", "vm_path": path, "export_method": "web",
         "source": {"type": "vsphere", "vcenter_url": vcsim["url"], "username": USER, "password": PASSWORD, "insecure": True},
