@@ -31,6 +31,7 @@ async def test_an_ova_is_imported_into_a_vm_that_boots_from_its_own_disk(server_
     vm_id = imp["vmId"]
     vm = (await c.get(f"/api/v1/vms/{vm_id}")).json()
     assert vm["status"] == "running" and vm["resources"] == {"cpu": 1, "ramMb": 256, "diskGb": 1}, vm
+    assert vm["ssh"]["host"] == "127.0.0.1" and vm["ssh"]["port"] > 0 and vm["ssh"]["hostKey"] is None, vm  # no template: no known key
 
     async def booted() -> bool:
         return INIT_START_LINE in (await c.get(f"/api/v1/vms/{vm_id}/console/log")).text

@@ -364,6 +364,10 @@ class VmImport(BaseHandler):
         vm = await self._vm(ctx, vm_id)
         assert vm is not None
         driver = rt.registry.driver(node_id)
+        if (line := await rt.guest.prepare_ssh(vm.id, driver)) is not None:  # as every VM made on a qemu node
+            ctx.log(line)
+            vm = await self._vm(ctx, vm_id)
+            assert vm is not None
         await driver.create_vm(replace(await vm_spec(ctx, vm), disk_image=str(disk)))
         ctx.log(f"defined on {node_id} with the imported disk")
         return vm
