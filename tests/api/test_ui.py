@@ -12,6 +12,8 @@ async def test_console_files_are_served_with_a_strict_policy(server: Any) -> Non
     del bare.headers["X-API-Key"]
     r = await bare.get("/ui", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"].endswith("/ui/")
+    r = await bare.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"].endswith("/ui/")
     page = await bare.get("/ui/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]

@@ -50,4 +50,7 @@ class _UiFiles:
 
 def install(app: FastAPI) -> None:
     app.add_api_route(PREFIX, lambda: RedirectResponse(f"{PREFIX}/", status_code=307), include_in_schema=False)
+    # a browser pointed at vmplane itself lands in the console (a face's own listener serves
+    # its face at /: api/faces.py rewrites that path before it gets here)
+    app.add_api_route("/", lambda: RedirectResponse(f"{PREFIX}/", status_code=307), include_in_schema=False)
     app.mount(PREFIX, _UiFiles(), name="ui")  # type: ignore[arg-type]
