@@ -59,13 +59,11 @@ def serve(
     ] = None,
 ) -> None:
     """Serve vmplane over HTTP. On first start it writes an owner API key to DATA_DIR/admin-api-key."""
-    import asyncio
-
     from pydantic import ValidationError
 
     from ..app import create_app
     from ..config import Settings
-    from .serving import Listener, bind, parse_face, serve_all
+    from .serving import Listener, bind, parse_face, run, serve_all
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per call to a node agent
@@ -103,7 +101,7 @@ def serve(
     log.info("serving on http://%s", listeners[0].address)
     for lis in listeners[1:]:
         log.info("face %s at the root of http://%s", lis.face, lis.address)
-    if not asyncio.run(serve_all(create_app(settings), list(zip(listeners, socks)), log_level)):
+    if not run(serve_all(create_app(settings), list(zip(listeners, socks)), log_level)):
         raise typer.Exit(3)  # the application did not start (as uvicorn.run exits)
 
 
@@ -122,10 +120,10 @@ def agent(
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run a node agent on a hypervisor host: join the control plane, heartbeat, serve the local driver."""
-    import asyncio
     from urllib.parse import urlparse
 
     from ..agent.daemon import Agent, AgentConfig, AgentRefused
+    from .serving import run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
@@ -149,7 +147,7 @@ def agent(
         data_dir=data_dir, advertise_url=advertise_url, hostname=hostname, accel=accel,
     )  # fmt: skip
     try:
-        status = asyncio.run(Agent(cfg).run())
+        status = run(Agent(cfg).run())
     except (AgentRefused, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3 if isinstance(exc, AgentRefused) else 1) from None

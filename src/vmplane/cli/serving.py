@@ -8,11 +8,13 @@ import contextlib
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Coroutine, Iterator, TypeVar
 
 import uvicorn
 
 from ..api.faces import FACES, listener_app
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,15 @@ def bind(listener: Listener) -> socket.socket:
         sock.close()
         raise OSError(f"cannot listen on {listener.address}: {exc.strerror or exc}") from None
     return sock
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a server's coroutine on uvloop, as `uvicorn.run` would: uvicorn's `Server.serve`
+    inside a plain `asyncio.run` gets the stock event loop, which served a GET of one VM at a
+    quarter of the rate (361 against 1,496 requests/s)."""
+    import uvloop
+
+    return uvloop.run(coro)
 
 
 class _FaceServer(uvicorn.Server):
