@@ -60,3 +60,18 @@ def test_serve_with_face_listeners(tmp_path: Path) -> None:
     # uvicorn re-raises the signal once it has shut down cleanly (as `uvicorn.run` does)
     assert code in (0, -signal.SIGTERM) and time.monotonic() - started < 10, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def test_servers_run_on_uvloop() -> None:
+    """`vmplane serve` and `vmplane agent` run through serving.run: the stock event loop had
+    cost a GET of one VM three quarters of its throughput (docs/benchmarks.md)."""
+    import asyncio
+
+    import uvloop
+
+    from vmplane.cli.serving import run
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert run(loop_type()) is uvloop.Loop
