@@ -85,7 +85,8 @@ async def test_other_organizations_resources_do_not_exist(server: Server, tmp_pa
     a = server.client
     vm_job = await server.create({"name": "a-vm"})
     vm_id = vm_job["tasks"][0]["resourceId"]
-    img = tmp_path / "a.img"
+    img = tmp_path / "data" / "imports" / "a.img"  # where an organization's user may name local files
+    img.parent.mkdir(parents=True, exist_ok=True)
     img.write_bytes(b"x" * 100)
     # the operators' templates are shared; make one that belongs to another org below
     hook = (await a.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["vm.*"]})).json()
