@@ -55,10 +55,18 @@ class _YamlLoader(yaml.SafeLoader):
 
 
 async def body(request: Request) -> Any:
-    """The request body as data: JSON, or YAML (as the daemon accepts); None when empty."""
+    """The request body as data: JSON, or YAML (as the daemon accepts); None when empty (an
+    explicit `null` is refused: no operation takes one)."""
     raw = await request.body()
     if not raw.strip():
         return None
+    data = _parse(request, raw)
+    if data is None:
+        raise InvalidRequest("the request body is null; send an object (or nothing)", field="body")
+    return data
+
+
+def _parse(request: Request, raw: bytes) -> Any:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in YAML_TYPES:
         try:
