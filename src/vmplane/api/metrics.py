@@ -97,10 +97,12 @@ class Metrics:
         yield GaugeMetricFamily("vmplane_event_subscribers", "Open event streams (SSE and WebSocket)", value=self.rt.events.subscriber_count)
 
 
-class MetricsMiddleware:
-    """Counts every HTTP request by method, route template (not the raw path) and status."""
+class TimedRequests:
+    """ASGI middleware that hands every HTTP request, once answered, to `record(scope,
+    status, seconds)`: the one way requests are timed and counted (vmplane's metrics, and a
+    face's own metric names beside them)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Any) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -112,10 +114,20 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, watch)
         finally:
-            template = route_template(scope)
-            method = scope["method"]
-            self.metrics.requests.labels(method, template, str(watch.status)).inc()
-            self.metrics.duration.labels(method, template).observe(time.perf_counter() - start)
+            self.record(scope, watch.status, time.perf_counter() - start)
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class MetricsMiddleware(TimedRequests):
+    """Counts every HTTP request by method, route template (not the raw path) and status."""
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        template = route_template(scope)
+        method = scope["method"]
+        self.metrics.requests.labels(method, template, str(status)).inc()
+        self.metrics.duration.labels(method, template).observe(seconds)
 
 
 def route_template(scope: Scope) -> str:

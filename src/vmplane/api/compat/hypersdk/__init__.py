@@ -12,7 +12,6 @@ answers with a superset both accept: docs/hypersdk.md.
 from __future__ import annotations
 
 import http
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,13 +19,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from .... import __version__, clock
 from ....events.formats import IMPORT_JOB_TYPE
 from ...errors import validation_message
-from ...metrics import route_template
-from ...middleware import StatusWatch
+from ...metrics import TimedRequests, route_template
 from ..common import Errors, build_face
 from .routes import open_router, router
 from .wire import HYPERSDK_STATUS
@@ -78,31 +76,20 @@ class HyperSdkMetrics:
         yield g
 
 
-class CountRequests:
+class CountRequests(TimedRequests):
     """Counts the face's requests into `hypersdk_api_requests_total` and its histogram."""
 
-    def __init__(self, app: ASGIApp, metrics: HyperSdkMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        watch = StatusWatch(send)
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        path = route_template(scope)
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
         try:
-            await self.app(scope, receive, watch)
-        finally:
-            path = route_template(scope)
-            root = scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :] or "/"
-            try:
-                status = http.HTTPStatus(watch.status).phrase
-            except ValueError:
-                status = str(watch.status)
-            self.metrics.requests.labels(scope["method"], path, status).inc()
-            self.metrics.duration.labels(scope["method"], path).observe(time.perf_counter() - start)
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = str(status)
+        self.metrics.requests.labels(scope["method"], path, phrase).inc()
+        self.metrics.duration.labels(scope["method"], path).observe(seconds)
 
 
 def build(rt: Any, metrics: Any = None) -> FastAPI:
