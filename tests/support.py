@@ -6,9 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -19,6 +20,18 @@ from vmplane.config import Settings
 
 PG_URL = os.environ.get("VMPLANE_TEST_PG_URL")  # postgresql+asyncpg://user@host:port/postgres
 REQUIRE_PG = os.environ.get("VMPLANE_REQUIRE_PG") == "1"
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll `cond` (a plain function) until it returns something true, which is returned;
+    fails the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
+        time.sleep(every)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..support import admin_key, free_port, serve, wait_ready
+from ..support import admin_key, free_port, serve, wait_ready, wait_until
 
 pytestmark = pytest.mark.slow
 OFFLINE_SECONDS = 3.0
@@ -33,16 +33,6 @@ def start_agent(url: str, data_dir: Path, port: int, log: Path, token: str | Non
            "--driver", "sim", "--data-dir", str(data_dir), "--hostname", data_dir.name, "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, **ENV, **({"VMPLANE_JOIN_TOKEN": token} if token else {})}
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
-        time.sleep(0.05)
 
 
 def test_a_fleet_of_agents_survives_a_dead_node(tmp_path: Path) -> None:
@@ -67,11 +57,11 @@ def test_a_fleet_of_agents_survives_a_dead_node(tmp_path: Path) -> None:
         def nodes() -> list[dict[str, Any]]:
             return api.get("/api/v1/nodes").json()["items"]
 
-        wait(lambda: len([n for n in nodes() if n["status"] == "online"]) == 3, 30, "three nodes online")
+        wait_until(lambda: len([n for n in nodes() if n["status"] == "online"]) == 3, 30, "three nodes online")
         by_host = {n["hostname"]: n["id"] for n in nodes()}
 
         def wait_job(job_id: str) -> dict[str, Any]:
-            return wait(lambda: (j := api.get(f"/api/v1/jobs/{job_id}").json())["state"] in ("succeeded", "failed", "partial") and j, 30, job_id)
+            return wait_until(lambda: (j := api.get(f"/api/v1/jobs/{job_id}").json())["state"] in ("succeeded", "failed", "partial") and j, 30, job_id)
 
         job = wait_job(api.post("/api/v1/vms", json=[{"name": f"vm-{i}"} for i in range(6)]).json()["jobId"])
         assert job["state"] == "succeeded", job
@@ -84,7 +74,7 @@ def test_a_fleet_of_agents_survives_a_dead_node(tmp_path: Path) -> None:
         agents[0].send_signal(signal.SIGKILL)
         agents[0].wait()
         t0 = time.monotonic()
-        wait(lambda: api.get(f"/api/v1/nodes/{dead}").json()["status"] == "offline", OFFLINE_SECONDS + 5, "node offline")
+        wait_until(lambda: api.get(f"/api/v1/nodes/{dead}").json()["status"] == "offline", OFFLINE_SECONDS + 5, "node offline")
         detected = time.monotonic() - t0
         print(f"[timing] dead node detected {detected:.2f} s after SIGKILL (timeout {OFFLINE_SECONDS:g} s)")
         assert detected < OFFLINE_SECONDS + 3
@@ -104,8 +94,8 @@ def test_a_fleet_of_agents_survives_a_dead_node(tmp_path: Path) -> None:
 
         agents[0] = start_agent(url, dirs[0], ports[0], tmp_path / "agent-0.log", None)  # its credential is on disk
         procs.append(agents[0])
-        wait(lambda: api.get(f"/api/v1/nodes/{dead}").json()["status"] == "online", 30, "node back")
-        wait(lambda: [api.get(f"/api/v1/vms/{v}").json()["status"] for v in mine] == ["running", "stopped"], 10, "reconciled")
+        wait_until(lambda: api.get(f"/api/v1/nodes/{dead}").json()["status"] == "online", 30, "node back")
+        wait_until(lambda: [api.get(f"/api/v1/vms/{v}").json()["status"] for v in mine] == ["running", "stopped"], 10, "reconciled")
 
         # a revoked credential: offline at once, and the agent ends (exit status 3)
         victim = by_host["agent-2"]

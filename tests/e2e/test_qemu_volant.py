@@ -13,19 +13,9 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from ..support import admin_key, free_port, require_qemu, serve, wait_ready
+from ..support import admin_key, free_port, require_qemu, serve, wait_ready, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def qemu_alive(pid: int) -> bool:
@@ -43,7 +33,7 @@ def guest_mem_kib(native: httpx.Client, name: str, timeout: float = 180) -> int:
         r = native.post(f"/api/v1/vms/{vm_id}/exec", json={"command": ["awk", "/^MemTotal:/ {print $2}", "/proc/meminfo"], "timeoutSec": 10})
         return int(r.json()["stdout"]) if r.status_code == 200 and r.json()["exitCode"] == 0 else None
 
-    return until(read, timeout, f"{name} to boot")
+    return wait_until(read, timeout, f"{name} to boot", every=0.5)
 
 
 def guest_cmdline(native: httpx.Client, name: str) -> str:
@@ -80,7 +70,7 @@ def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
                 pass
 
         threading.Thread(target=listen_quietly, daemon=True).start()
-        until(lambda: lines, 10, "the stream to open")
+        wait_until(lambda: lines, 10, "the stream to open", every=0.5)
 
         t0 = time.monotonic()
         r = c.post("/api/v1/deployments", json={"name": "web", "replicas": 3, "config": {"resources": {"cpu_cores": 1, "memory_mb": 256}, "kernel_cmdline": "volant.deployment=web"}})
@@ -95,7 +85,7 @@ def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
 
             return check
 
-        vms = until(ready(3), 240, "3 ready replicas")
+        vms = wait_until(ready(3), 240, "3 ready replicas", every=0.5)
         print(f"[timing] 3 replicas running {time.monotonic() - t0:.1f} s after the create")
         assert [v["name"] for v in sorted(vms, key=lambda v: v["name"])] == ["web-1", "web-2", "web-3"]
         for v in vms:
@@ -112,13 +102,13 @@ def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
         t0 = time.monotonic()
         assert c.delete("/api/v1/vms/web-2").status_code == 204
         assert not qemu_alive(web2["pid"])
-        vms = until(lambda: (v := ready(3)()) and next(x for x in v if x["name"] == "web-2")["id"] != web2["id"] and v, 180, "web-2 recreated")
+        vms = wait_until(lambda: (v := ready(3)()) and next(x for x in v if x["name"] == "web-2")["id"] != web2["id"] and v, 180, "web-2 recreated", every=0.5)
         print(f"[timing] web-2 recreated and running {time.monotonic() - t0:.1f} s after its delete")
         assert 200 * 1024 < guest_mem_kib(native, "web-2") <= 256 * 1024
 
         # scale to 1: the highest go first
         assert c.patch("/api/v1/deployments/web", json={"replicas": 1}).json()["desired_replicas"] == 1
-        vms = until(ready(1), 120, "1 replica")
+        vms = wait_until(ready(1), 120, "1 replica", every=0.5)
         assert [v["name"] for v in vms] == ["web-1"]
         gone = [v["pid"] for v in vms if v["name"] != "web-1"]
         assert not any(qemu_alive(p) for p in gone)
@@ -146,7 +136,7 @@ def test_deployment_of_real_guests_and_the_event_stream(tmp_path: Path) -> None:
         assert any(isinstance(e.get("pid"), int) for e in running)
 
         assert c.delete("/api/v1/deployments/web").status_code == 204
-        until(lambda: c.get("/api/v1/vms").json() == [], 60, "the last replica deleted")
+        wait_until(lambda: c.get("/api/v1/vms").json() == [], 60, "the last replica deleted", every=0.5)
     finally:
         stop.set()
         proc.terminate()
