@@ -12,11 +12,16 @@ async def get(conn: AsyncConnection, key: str) -> str | None:
 
 
 async def ensure(conn: AsyncConnection, key: str, value: str) -> str:
-    """The stored value for `key`, storing `value` first if there is none."""
+    """The stored value for `key`, storing `value` first if there is none. Safe when several
+    processes (replicas starting together) ensure the same key at once: the first one's
+    value stands and every one reads it."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as insert_once
+    else:
+        from sqlalchemy.dialects.sqlite import insert as insert_once
+    await conn.execute(insert_once(meta).values(key=key, value=value).on_conflict_do_nothing(index_elements=[meta.c.key]))
     current = await get(conn, key)
-    if current is None:
-        await conn.execute(insert(meta), [{"key": key, "value": value}])
-        return value
+    assert current is not None
     return current
 
 
