@@ -7,7 +7,9 @@ import as it goes. The VM record exists only from `defining` on; a cancelled or 
 leaves no VM and no disk file behind.
 
 Local files are read only under the allowed directories (`VMPLANE_IMPORT_DIRS`, default
-`<data dir>/imports`), whether named by `path` or by a `file://` URL.
+`<data dir>/imports`), whether named by `path` or by a `file://` URL. An http(s) URL, a
+vCenter's and another vmplane's included, must pass the outbound policy (outbound.py) when
+the import is asked for, and again when the job fetches it.
 """
 
 from __future__ import annotations
@@ -291,6 +293,7 @@ class ImportService:
                 check_url(src.url, "source.url")
                 if urlparse(src.url).scheme == "file":
                     self.local_file(unquote(urlparse(src.url).path), "source.url")
+                await self.rt.outbound.check(src.url, "source.url")
             if src.format is not None and (src.type != "disk" or src.format not in DISK_FORMATS):
                 raise InvalidRequest(f"source.format must be one of {', '.join(DISK_FORMATS)} (disk sources only)", field="source.format")
         elif src.type == "vsphere":
@@ -310,6 +313,7 @@ class ImportService:
             if not src.url:
                 raise InvalidRequest("a vmplane source needs url (the other vmplane's base URL)", field="source.url")
             check_url(src.url, "source.url", ("http", "https"))
+            await self.rt.outbound.check(src.url, "source.url")
             if not src.vm_id:
                 raise InvalidRequest("a vmplane source needs vmId", field="source.vmId")
             if not src.api_key:
