@@ -39,6 +39,8 @@ MAX_REDIRECTS = 5
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_RESERVED = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "64:ff9b:1::/48", "3fff::/20"))
+"""special-purpose ranges this Python's `ipaddress` does not know as such"""
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
@@ -90,7 +92,7 @@ def classify(ip: IP) -> str | None:
         return "a private address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
         return "a site-local address"
-    if ip.is_reserved or ip.is_private or not ip.is_global:
+    if ip.is_reserved or ip.is_private or not ip.is_global or any(ip in n for n in _RESERVED):
         return "a reserved address (not a public internet address)"
     return None
 

@@ -293,9 +293,10 @@ class ImportService:
                 check_url(src.url, "source.url")
                 if urlparse(src.url).scheme == "file":
                     self.local_file(unquote(urlparse(src.url).path), "source.url")
-                await self.rt.outbound.check(src.url, "source.url")
             if src.format is not None and (src.type != "disk" or src.format not in DISK_FORMATS):
                 raise InvalidRequest(f"source.format must be one of {', '.join(DISK_FORMATS)} (disk sources only)", field="source.format")
+            if src.url is not None:
+                await self.rt.outbound.check(src.url, "source.url")
         elif src.type == "vsphere":
             if not src.vm_path:
                 raise InvalidRequest("a vsphere source needs vmPath (the VM's inventory path)", field="source.vmPath")
@@ -313,11 +314,11 @@ class ImportService:
             if not src.url:
                 raise InvalidRequest("a vmplane source needs url (the other vmplane's base URL)", field="source.url")
             check_url(src.url, "source.url", ("http", "https"))
-            await self.rt.outbound.check(src.url, "source.url")
             if not src.vm_id:
                 raise InvalidRequest("a vmplane source needs vmId", field="source.vmId")
             if not src.api_key:
                 raise InvalidRequest("a vmplane source needs apiKey (a key of the other vmplane)", field="source.apiKey")
+            await self.rt.outbound.check(src.url, "source.url")
             secrets["apiKey"] = src.api_key
         if req.name is not None:
             check_name(req.name, "name")

@@ -69,11 +69,11 @@ class WebhookService:
     ) -> Row:
         """`format`: how its deliveries are written (events/formats.py)."""
         check_url(url)
-        await self.rt.outbound.check(url, "url")
         patterns = check_events(events)
         check_headers(headers)
         if format not in formats.FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
+        await self.rt.outbound.check(url, "url")  # last: the syntax is checked before any lookup
         now = clock.now()
         row = {
             "id": ids.new_id("whk"), "org_id": who.org_id, "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
@@ -91,11 +91,12 @@ class WebhookService:
             raise InvalidRequest("give at least one field to change", field="body")
         if "url" in values:
             check_url(values["url"])
-            await self.rt.outbound.check(values["url"], "url")
         if "events" in values:
             values["events"] = list(check_events(values["events"]))
         if "headers" in values:
             check_headers(values["headers"])
+        if "url" in values:
+            await self.rt.outbound.check(values["url"], "url")
         async with self.rt.store.write() as conn:
             await wh_q.set_webhook(conn, webhook_id, **values, updated_at=clock.now())
         return await self.get(webhook_id, who)
@@ -118,11 +119,11 @@ class WebhookService:
         format `fmt`, and say how it went."""
         check_url(url)
         check_headers(headers)
-        await self.rt.outbound.check(url, "url")
         if not EVENT_NAME_RE.match(event):
             raise InvalidRequest("event must be 1-64 letters, digits, '.', '_' or '-'", field="event")
         if fmt not in formats.FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
+        await self.rt.outbound.check(url, "url")
         hook = formats.AdHocHook(url=url, headers=headers, timeout_sec=timeout_sec, format=fmt, secret="whsec_test", id="test")
         body = formats.test_body(fmt, event, hook.id, who.org_id)
         async with self.rt.outbound.client() as client:
