@@ -310,3 +310,32 @@ def _self_signed(tmp_path: Path, name: str) -> tuple[str, str, str]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return str(cert_path), str(key_path), str(cert_path)
+
+
+async def test_the_node_agents_addresses_come_from_the_store(tmp_path: Path, fake_dns: FakeDns) -> None:
+    """A node agent on a public address is still vmplane's own: refused by address (its
+    advertised URL's name resolved), unless the operator's allow-list names it."""
+    from vmplane import clock
+    from vmplane.store import Store
+    from vmplane.store import nodes as node_q
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    await store.open()
+    try:
+        now = clock.now()
+        async with store.write() as conn:
+            await node_q.upsert_node(conn, {
+                "id": "node-agent0001", "hostname": "hv1", "driver": "qemu", "status": "online", "cpu_total": 8, "ram_mb_total": 8192,
+                "disk_gb_total": 100, "labels": {}, "created_at": now, "updated_at": now, "agent_url": "http://hv1.test:8081",
+            })  # fmt: skip
+        fake_dns.set("hv1.test", PUBLIC)
+        fake_dns.set("alias.test", PUBLIC)
+        ob = outbound.Outbound(Settings(outbound_allow=[]), store)
+        with pytest.raises(InvalidRequest, match=f"sourceUrl: alias.test resolves to {PUBLIC}, the address of the agent of vmplane node node-agent0001"):
+            await ob.check("http://alias.test:8081/agent/v1/vms", "sourceUrl")
+        with pytest.raises(Refused, match="node-agent0001"):
+            async with ob.client() as client, outbound.opened(client, "GET", f"http://{PUBLIC}:22/"):
+                pass
+        await outbound.Outbound(Settings(outbound_allow=[f"{PUBLIC}/32"]), store).check(f"http://{PUBLIC}:8081/", "sourceUrl")
+    finally:
+        await store.close()
