@@ -182,6 +182,11 @@ def choose(policy: Policy, host: str, addresses: list[IP]) -> IP:
     return addresses[0]
 
 
+def _host(url: httpx.URL) -> str:
+    """The URL's host as DNS and TLS know it (IDNA-encoded; an IPv6 literal without brackets)."""
+    return url.raw_host.decode("ascii")
+
+
 def _default_port(url: httpx.URL) -> int:
     return url.port or (443 if url.scheme == "https" else 80)
 
@@ -189,7 +194,7 @@ def _default_port(url: httpx.URL) -> int:
 def _pinned(request: httpx.Request, ip: IP) -> httpx.Request:
     """`request` sent to `ip`: its Host header (set from the URL by httpx) stays, and TLS names
     and verifies the URL's host."""
-    host = request.url.host
+    host = _host(request.url)
     extensions = dict(request.extensions)
     if request.url.scheme == "https" and _literal(host) is None:
         extensions.setdefault("sni_hostname", host)
@@ -208,7 +213,7 @@ class PinnedAsyncTransport(httpx.AsyncHTTPTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy = self._policy if isinstance(self._policy, Policy) else await self._policy()
-        host = request.url.host
+        host = _host(request.url)
         try:
             addresses = await alookup(host, _default_port(request.url))
         except (OSError, UnicodeError) as exc:
@@ -224,7 +229,7 @@ class PinnedTransport(httpx.HTTPTransport):
         self._policy = policy
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
+        host = _host(request.url)
         try:
             addresses = lookup(host, _default_port(request.url))
         except (OSError, UnicodeError) as exc:

@@ -339,3 +339,30 @@ async def test_the_node_agents_addresses_come_from_the_store(tmp_path: Path, fak
         await outbound.Outbound(Settings(outbound_allow=[f"{PUBLIC}/32"]), store).check(f"http://{PUBLIC}:8081/", "sourceUrl")
     finally:
         await store.close()
+
+
+async def test_ipv6_addresses_are_pinned_too(fake_dns: FakeDns) -> None:
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(answer, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = server.sockets[0].getsockname()[1]
+    fake_dns.set("v6.test", "::1")
+    try:
+        async with outbound.async_client(Policy(parse_allow(["::1/128"]))) as client:
+            async with outbound.opened(client, "GET", f"http://v6.test:{port}/a") as resp:
+                assert resp.status_code == 200
+            with pytest.raises(Refused, match=r"\[?::1\]? is a loopback address"):
+                async with outbound.async_client(Policy()) as strict, outbound.opened(strict, "GET", f"http://[::1]:{port}/b"):
+                    pass
+        assert len(seen) == 1 and f"host: v6.test:{port}".encode() in seen[0].lower()
+    finally:
+        server.close()
