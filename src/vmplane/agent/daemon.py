@@ -31,8 +31,8 @@ import uvicorn
 
 from .. import __version__
 from ..drivers.base import HypervisorDriver
-from .app import AgentState, create_agent_app, describe, write_private
 from ..outbound import Policy, parse_allow
+from .app import AgentState, create_agent_app, describe, write_private
 from .images import ControlPlaneLink, ImageStore
 from .wire import CONTROL_PREFIX, digest
 

@@ -74,6 +74,11 @@ class WantedFile:
         return cls(name, sha, size, path, url)
 
 
+def _shown(url: str) -> str:
+    """A URL as errors name it: no query string (it may carry a token)."""
+    return urlparse(url)._replace(query="").geturl()
+
+
 class ImageStore:
     def __init__(self, root: Path, driver: HypervisorDriver, policy: outbound.Policy) -> None:
         self.root = root
@@ -192,10 +197,12 @@ class ImageStore:
                 self._record(template_id, f.name, f.sha256, f.size)
                 log.info("template %s: %s fetched and verified (%d bytes)", template_id, f.name, f.size)
                 return
-            except (DriverError, outbound.Refused, httpx.HTTPError, OSError) as exc:
-                shown = urlparse(url)._replace(query="").geturl()
-                why = exc.message if isinstance(exc, (DriverError, outbound.Refused)) else outbound.describe(exc) if isinstance(exc, httpx.HTTPError) else str(exc)
-                errors.append(f"{shown}: {why}")
+            except (DriverError, outbound.Refused) as exc:
+                errors.append(f"{_shown(url)}: {exc.message}")
+            except httpx.HTTPError as exc:
+                errors.append(f"{_shown(url)}: {outbound.describe(exc)}")
+            except OSError as exc:
+                errors.append(f"{_shown(url)}: {exc}")
             finally:
                 part.unlink(missing_ok=True)
         raise DriverError(f"cannot fetch the {f.name} of template {template_id}: " + "; ".join(errors), template_id=template_id)
