@@ -191,5 +191,5 @@ async def real_disk_on_vcsim(rt: Any, addr: str, conn: Any, vm_path: str, raw: P
         url = f"https://{addr}/folder/{rel}?dcPath=DC0&dsName={ds}"
         return httpx.put(url, content=vmdk.read_bytes(), headers={"Cookie": vs._cookie(si)}, verify=False).status_code
 
-    assert vs._with_si(conn, upload) in (200, 201)
+    assert vs._with_si(conn, await rt.outbound.policy(), upload) in (200, 201)
     return info

@@ -57,8 +57,14 @@ async def new_pg_database() -> str:
     return PG_URL.rsplit("/", 1)[0] + "/" + name
 
 
+LOOPBACK_ALLOW = ["127.0.0.0/8", "::1/128"]
+"""The outbound allow-list of test servers: the tests' image, plugin, webhook, import and
+vCenter servers listen on loopback. tests/security/ passes `outbound_allow=[]` (the default)."""
+
+
 def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "outbound_allow": LOOPBACK_ALLOW,
         "data_dir": tmp_path / "data",
         "driver": "sim",
         "sim_nodes": 3,
@@ -164,7 +170,8 @@ def serve(data_dir: Path, port: int, log: Path, args: list[str], env: dict[str, 
     """Start `vmplane serve` as a real process (output appended to `log`)."""
     cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data_dir),
            "--log-level", "warning", *args]  # fmt: skip
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    env = {"VMPLANE_OUTBOUND_ALLOW": ",".join(LOOPBACK_ALLOW), **(env or {})}  # as make_settings
+    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 def wait_ready(url: str, proc: "subprocess.Popen[bytes]", timeout: float = 60) -> None:

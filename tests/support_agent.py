@@ -13,8 +13,12 @@ from vmplane.agent.images import ImageStore
 from vmplane.agent.wire import CONTROL_KEY_PREFIX, digest
 from vmplane.drivers.base import HypervisorDriver
 from vmplane.drivers.remote import RemoteDriver
+from vmplane.outbound import Policy, parse_allow
 
-from .support import free_port
+from .support import LOOPBACK_ALLOW, free_port
+
+LOOPBACK = Policy(parse_allow(LOOPBACK_ALLOW))
+"""The outbound policy of test agents: the test's servers are on loopback."""
 
 
 class AgentServer:
@@ -23,7 +27,7 @@ class AgentServer:
     def __init__(self, driver: HypervisorDriver, data_dir: Path, node_id: str = "node-test0000") -> None:
         self.driver = driver
         self.key = CONTROL_KEY_PREFIX + secrets.token_urlsafe(24)
-        self.state = AgentState(driver=driver, data_dir=data_dir, images=ImageStore(data_dir / "images", driver), key_digest=digest(self.key), node_id=node_id)
+        self.state = AgentState(driver=driver, data_dir=data_dir, images=ImageStore(data_dir / "images", driver, LOOPBACK), key_digest=digest(self.key), node_id=node_id)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.node_id = node_id
@@ -59,7 +63,7 @@ class RunningAgent:
         self.port = free_port()
         self.cfg = AgentConfig(
             control_plane=control_plane, join_token=token, listen_host="127.0.0.1", listen_port=self.port, driver=driver,
-            data_dir=data_dir, hostname=hostname, accel=accel,
+            data_dir=data_dir, hostname=hostname, accel=accel, outbound_allow=tuple(LOOPBACK_ALLOW),
         )  # fmt: skip
         self.agent = Agent(self.cfg)
         self.task: asyncio.Task[int] | None = None

@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     """Faces whose API answers with the finished result (FastVM) wait this long for the job
     behind a request; after that they answer that it is still in progress."""
 
+    outbound_allow: Annotated[list[str], NoDecode] = []
+    """Addresses (CIDRs; a bare address is one host) that requests made on a user's behalf may
+    reach although the outbound policy refuses them (loopback, link-local, private, CGNAT,
+    multicast, reserved, the node agents' addresses): e.g. `10.20.0.0/16` for an internal
+    image mirror or vCenter. As an env var comma-separated or a JSON list. Empty: none."""
+    max_download_bytes: int = Field(64 << 30, ge=1 << 20)
+    """The most bytes one download made for a user may bring in (a template or plugin image,
+    an imported disk or OVA, a vSphere disk): 64 GiB."""
+    max_document_bytes: int = Field(1 << 20, ge=4096)
+    """The most bytes vmplane reads of a JSON document fetched for a user (a plugin's OpenAPI
+    document, another vmplane's answers): 1 MiB."""
+
     import_dirs: Annotated[list[Path], NoDecode] = []
     """Directories imports (ImportService) may read local files from, by path or file://
     URL; as an env var comma-separated or a JSON list. Empty: `<data_dir>/imports`."""
@@ -134,6 +146,18 @@ class Settings(BaseSettings):
                 v = [p.strip() for p in text.split(",") if p.strip()]
         if isinstance(v, (list, tuple)):
             Allowlist(v)  # a bad pattern fails here, at start, naming itself
+        return v
+
+    @field_validator("outbound_allow", mode="before")
+    @classmethod
+    def _outbound_allow(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            v = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        if isinstance(v, (list, tuple)):
+            from .outbound import parse_allow
+
+            parse_allow(v)  # a bad entry fails here, at start, naming itself
         return v
 
     @field_validator("import_dirs", mode="before")

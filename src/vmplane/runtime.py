@@ -13,6 +13,7 @@ from .domain import NodeStatus, VmStatus
 from .drivers.base import HypervisorDriver, PowerState
 from .drivers.registry import build_qemu_driver, build_sim_nodes, pick_driver_kind
 from .jobs.engine import JobEngine
+from .outbound import Outbound
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
 from .events.webhooks import WebhookDelivery
@@ -68,6 +69,8 @@ class Runtime:
         """PostgreSQL: the session replicas coordinate through (locks, LISTEN/NOTIFY)"""
         self.replicas = Replicas(self, self.coordinator)
         self.registry = ServedRegistry(self.replicas)
+        self.outbound = Outbound(settings, self.store)
+        """the one way to fetch a URL on a user's behalf (outbound.py)"""
         self.capacity = Capacity(self.store, settings)
         self.capacity.scope = self.replicas.placement_scope
         self.engine = JobEngine(self.store, settings, all_handlers(), self)
@@ -105,8 +108,9 @@ class Runtime:
         """the ASGI app serving this runtime (schedules replay requests through it)"""
         self.webhooks = WebhookService(self)
         self.webhook_delivery = WebhookDelivery(
-            self.store, owner=self.engine.owner, concurrency=settings.webhook_concurrency, backoff_base=settings.webhook_backoff_seconds
-        )
+            self.store, self.outbound, owner=self.engine.owner, concurrency=settings.webhook_concurrency,
+            backoff_base=settings.webhook_backoff_seconds,
+        )  # fmt: skip
         self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")

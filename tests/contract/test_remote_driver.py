@@ -233,8 +233,9 @@ async def test_a_spec_naming_files_outside_the_agent_is_refused(tmp_path: Path) 
     """Real drivers define VMs only on base images the agent handed out."""
     from vmplane.agent.app import AgentState
     from vmplane.agent.images import ImageStore
+    from vmplane.outbound import Policy
 
-    state = AgentState(driver=SimDriver(hostname="s"), data_dir=tmp_path / "agent", images=ImageStore(tmp_path, SimDriver(hostname="s")))
+    state = AgentState(driver=SimDriver(hostname="s"), data_dir=tmp_path / "agent", images=ImageStore(tmp_path, SimDriver(hostname="s"), Policy()))
     assert state.allowed(str(tmp_path / "agent" / "images" / "x"))
     assert not state.allowed("/etc/shadow") and not state.allowed(str(tmp_path / "agent" / ".." / "x"))
 

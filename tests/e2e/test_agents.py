@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..support import admin_key, free_port, serve, wait_ready, wait_until
+from ..support import LOOPBACK_ALLOW, admin_key, free_port, serve, wait_ready, wait_until
 
 pytestmark = pytest.mark.slow
 OFFLINE_SECONDS = 3.0
@@ -31,7 +31,7 @@ def cli(*args: str, env: dict[str, str]) -> str:
 def start_agent(url: str, data_dir: Path, port: int, log: Path, token: str | None) -> "subprocess.Popen[bytes]":
     cmd = [sys.executable, "-m", "vmplane.cli.main", "agent", "--control-plane", url, "--listen", f"127.0.0.1:{port}",
            "--driver", "sim", "--data-dir", str(data_dir), "--hostname", data_dir.name, "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, **ENV, **({"VMPLANE_JOIN_TOKEN": token} if token else {})}
+    env = {**os.environ, **ENV, "VMPLANE_OUTBOUND_ALLOW": ",".join(LOOPBACK_ALLOW), **({"VMPLANE_JOIN_TOKEN": token} if token else {})}
     return subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

@@ -13,9 +13,11 @@ import pytest
 from pyVmomi import vmodl
 
 from vmplane.errors import VmplaneError
+from vmplane.outbound import Policy, parse_allow
 from vmplane.services import vsphere as vs
 
 DISK = b"KDMV" + b"\x01" * 300_000
+NET = vs._Net(Policy(parse_allow(["127.0.0.1/32"])), 1 << 30)  # the test's NFC server is on loopback
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ def test_disks_come_through_the_lease_which_is_kept_alive_and_completed(nfc: Any
     port, seen = nfc
     si, vm, conn, info, lease = _setup(port, "/nfc/52a1/disk-0.vmdk")
     reports: list[tuple[int, int | None]] = []
-    files = vs._export_by_lease(si, conn, vm, info, tmp_path, lambda d, t: reports.append((d, t)))
+    files = vs._export_by_lease(si, conn, vm, info, tmp_path, lambda d, t: reports.append((d, t)), NET)
     assert [(f.label, f.path.read_bytes() == DISK, f.via) for f in files] == [("Hard disk 1", True, "lease")]
     assert seen == [("/nfc/52a1/disk-0.vmdk", 'vmware_soap_session="abc123"')]  # the CD image is not fetched
     assert lease.completed and lease.aborted is None and lease.polls >= 3
@@ -93,7 +95,7 @@ def test_a_failed_download_aborts_the_lease(nfc: Any, tmp_path: Path) -> None:
     port, _seen = nfc
     si, vm, conn, info, lease = _setup(port, "/nfc/52a1/gone.vmdk")
     with pytest.raises(VmplaneError, match="HTTP 404"):
-        vs._export_by_lease(si, conn, vm, info, tmp_path, lambda d, t: None)
+        vs._export_by_lease(si, conn, vm, info, tmp_path, lambda d, t: None, NET)
     assert not lease.completed and isinstance(lease.aborted, vmodl.MethodFault)
 
 
@@ -102,4 +104,12 @@ def test_a_server_without_export_vm_falls_back(tmp_path: Path) -> None:
         raise vmodl.fault.MethodNotFound(msg="ExportVm")
 
     with pytest.raises(vs._NoLease):
-        vs._export_by_lease(None, vs.Connection("https://vc/sdk", "u", "p"), SimpleNamespace(ExportVm=missing), None, tmp_path, lambda d, t: None)  # type: ignore[arg-type]
+        vs._export_by_lease(None, vs.Connection("https://vc/sdk", "u", "p"), SimpleNamespace(ExportVm=missing), None, tmp_path, lambda d, t: None, NET)  # type: ignore[arg-type]
+
+
+def test_a_disk_larger_than_the_cap_is_cut_off_and_the_lease_aborted(nfc: Any, tmp_path: Path) -> None:
+    port, _seen = nfc
+    si, vm, conn, info, lease = _setup(port, "/nfc/52a1/disk-0.vmdk")
+    with pytest.raises(VmplaneError, match="more than the 1000 vmplane accepts"):
+        vs._export_by_lease(si, conn, vm, info, tmp_path, lambda d, t: None, vs._Net(NET.policy, 1000))
+    assert not lease.completed and isinstance(lease.aborted, vmodl.MethodFault)

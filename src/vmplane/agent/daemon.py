@@ -31,6 +31,7 @@ import uvicorn
 
 from .. import __version__
 from ..drivers.base import HypervisorDriver
+from ..outbound import Policy, parse_allow
 from .app import AgentState, create_agent_app, describe, write_private
 from .images import ControlPlaneLink, ImageStore
 from .wire import CONTROL_PREFIX, digest
@@ -56,6 +57,9 @@ class AgentConfig:
     advertise_url: str | None = None
     hostname: str | None = None
     accel: str = "auto"
+    outbound_allow: tuple[str, ...] | None = None
+    """CIDRs a template's source URL may lead to although the outbound policy refuses them
+    (None: VMPLANE_OUTBOUND_ALLOW from the environment, as the control plane reads it)"""
 
     @property
     def url(self) -> str:
@@ -122,6 +126,13 @@ class Agent:
                 accel, why = "tcg", f"no probe image to test KVM with ({exc})"
             log.warning("accelerator: %s (%s)", accel, why)
         return build_qemu_driver(settings, self.data_dir / "qemu", hostname, accel, migration_address=self.cfg.migration_address)
+
+    def outbound_policy(self) -> Policy:
+        """What a template's source URL may lead to when this agent fetches it."""
+        from ..config import Settings
+
+        allow = self.cfg.outbound_allow if self.cfg.outbound_allow is not None else Settings(data_dir=self.data_dir).outbound_allow
+        return Policy(parse_allow(allow))
 
     # -- the credential file ----------------------------------------------------------------
 
@@ -220,7 +231,8 @@ class Agent:
         with _exclusive(self.data_dir / "agent.lock"):
             driver = await self.build_driver()
             await driver.open()
-            self.state = AgentState(driver=driver, data_dir=self.data_dir, images=ImageStore(self.data_dir / "images", driver))
+            images = ImageStore(self.data_dir / "images", driver, self.outbound_policy())
+            self.state = AgentState(driver=driver, data_dir=self.data_dir, images=images)
             app = create_agent_app(self.state)
             sock = _listen(self.cfg.listen_host, self.cfg.listen_port)
             server = _QuietServer(uvicorn.Config(app, lifespan="off", log_level=logging.getLevelName(log.getEffectiveLevel()).lower(), access_log=False))

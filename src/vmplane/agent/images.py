@@ -3,7 +3,10 @@ fetched from its download endpoint or the template's source URL), verified by SH
 under `<data-dir>/images/<template-id>/` and imported into the local driver once.
 
 A file is complete only once its checksum matched: it is written to `<name>.part` and renamed;
-`manifest.json` records the checksum of each complete file.
+`manifest.json` records the checksum of each complete file. A template's source URL is a
+user's: the agent fetches it through the outbound policy (outbound.py: its own allow-list,
+`VMPLANE_OUTBOUND_ALLOW` on the agent's host; each redirect checked), never more bytes than the
+file's known size; the control plane's download endpoint is vmplane's own link.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from .. import outbound
 from ..drivers.base import HypervisorDriver, ImageInfo
 from ..errors import DriverError, InvalidRequest
 from .wire import CONTROL_PREFIX, check_id
@@ -70,10 +74,17 @@ class WantedFile:
         return cls(name, sha, size, path, url)
 
 
+def _shown(url: str) -> str:
+    """A URL as errors name it: no query string (it may carry a token)."""
+    return urlparse(url)._replace(query="").geturl()
+
+
 class ImageStore:
-    def __init__(self, root: Path, driver: HypervisorDriver) -> None:
+    def __init__(self, root: Path, driver: HypervisorDriver, policy: outbound.Policy) -> None:
         self.root = root
         self.driver = driver
+        self.policy = policy
+        """what a template's source URL may lead to"""
         self.link: ControlPlaneLink | None = None
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -186,9 +197,12 @@ class ImageStore:
                 self._record(template_id, f.name, f.sha256, f.size)
                 log.info("template %s: %s fetched and verified (%d bytes)", template_id, f.name, f.size)
                 return
-            except (DriverError, httpx.HTTPError, OSError) as exc:
-                shown = urlparse(url)._replace(query="").geturl()
-                errors.append(f"{shown}: {exc.message if isinstance(exc, DriverError) else exc}")
+            except (DriverError, outbound.Refused) as exc:
+                errors.append(f"{_shown(url)}: {exc.message}")
+            except httpx.HTTPError as exc:
+                errors.append(f"{_shown(url)}: {outbound.describe(exc)}")
+            except OSError as exc:
+                errors.append(f"{_shown(url)}: {exc}")
             finally:
                 part.unlink(missing_ok=True)
         raise DriverError(f"cannot fetch the {f.name} of template {template_id}: " + "; ".join(errors), template_id=template_id)
@@ -196,8 +210,13 @@ class ImageStore:
     async def _download(self, url: str, headers: dict[str, str], part: Path, f: WantedFile, progress: Progress) -> None:
         sha = hashlib.sha256()
         done = last = 0
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), follow_redirects=not headers) as client:
-            async with client.stream("GET", url, headers=headers) as resp:
+        timeout = httpx.Timeout(30.0, connect=5.0)
+        if headers:  # the control plane, with the node's credential: vmplane's own link, no redirects
+            client = httpx.AsyncClient(timeout=timeout, trust_env=False)
+        else:  # the template's source URL: the user's
+            client = outbound.async_client(self.policy, timeout=timeout)
+        async with client:
+            async with outbound.opened(client, "GET", url, headers=headers, redirects=0 if headers else outbound.MAX_REDIRECTS) as resp:
                 if resp.status_code != 200:
                     raise DriverError(f"HTTP {resp.status_code}")
                 with open(part, "wb") as out:

@@ -6,7 +6,10 @@ crash can repeat work but never lose it. Workers claim due deliveries under a le
 them concurrently; a dead receiver only ever delays its own deliveries.
 
 Each request carries `X-Vmplane-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "t.body")>`,
-`X-Vmplane-Delivery` (an id to de-duplicate on) and `X-Vmplane-Event`.
+`X-Vmplane-Delivery` (an id to de-duplicate on) and `X-Vmplane-Event`. Requests go through the
+outbound policy (outbound.py), checked again at each delivery; redirects are not followed, the
+receiver's answer is not read past its status, and a webhook's own headers never replace
+`Host`, the body's framing, vmplane's own headers or a hop-by-hop header.
 """
 
 import asyncio
@@ -22,6 +25,7 @@ import httpx
 from sqlalchemy import Row, text
 
 from .. import __version__, clock, ids
+from .. import outbound
 from ..store import Store
 from ..store import events as ev_q
 from ..store import meta as meta_q
@@ -32,6 +36,15 @@ from .types import Event, matches
 log = logging.getLogger("vmplane.webhooks")
 CURSOR_KEY = "webhooks_cursor"
 _DISPATCH_LOCK = 7_420_003
+
+
+RESERVED_HEADERS = frozenset({
+    "content-type", "content-length", "host", "user-agent", "x-vmplane-event", "x-vmplane-delivery", "x-vmplane-signature",
+    # hop-by-hop and framing: a receiver or a proxy on the way would act on them
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "expect",
+})  # fmt: skip
+"""Headers a webhook's own `headers` may not set (refused when given, dropped if stored)."""
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -46,9 +59,11 @@ def backoff(attempt: int, base: float, cap: float) -> float:
 
 
 async def post(client: httpx.AsyncClient, hook: Row, delivery_id: str, event_type: str, body: bytes) -> tuple[int | None, str | None, int]:
-    """One attempt: (status code or None, error or None, duration ms)."""
+    """One attempt: (status code or None, error or None, duration ms). `client` is an
+    outbound client (it checks the URL's address now); the answer's body is not read."""
+    own = {k: v for k, v in (hook.headers or {}).items() if k.lower() not in RESERVED_HEADERS}
     headers = {
-        **(hook.headers or {}),
+        **own,
         "Content-Type": "application/json",
         "User-Agent": formats.user_agent(getattr(hook, "format", formats.VMPLANE)) or f"vmplane-webhooks/{__version__}",
         "X-Vmplane-Event": event_type,
@@ -57,18 +72,25 @@ async def post(client: httpx.AsyncClient, hook: Row, delivery_id: str, event_typ
     }
     start = time.monotonic()
     try:
-        r = await client.post(hook.url, content=body, headers=headers, timeout=hook.timeout_sec)
+        async with asyncio.timeout(hook.timeout_sec + 1):  # the whole attempt, however slowly the receiver answers
+            async with outbound.opened(client, "POST", hook.url, headers=headers, content=body, redirects=0, timeout=hook.timeout_sec) as r:
+                status = r.status_code
+    except outbound.Refused as exc:
+        return None, f"refused: {exc.message}", int((time.monotonic() - start) * 1000)
+    except TimeoutError:
+        return None, f"no answer within {hook.timeout_sec:g} s", int((time.monotonic() - start) * 1000)
     except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__, int((time.monotonic() - start) * 1000)
+        return None, f"{type(exc).__name__}: {outbound.describe(exc)}"[:500], int((time.monotonic() - start) * 1000)
     ms = int((time.monotonic() - start) * 1000)
-    if 200 <= r.status_code < 300:
-        return r.status_code, None, ms
-    return r.status_code, f"HTTP {r.status_code}", ms
+    if 200 <= status < 300:
+        return status, None, ms
+    return status, f"HTTP {status}", ms
 
 
 class WebhookDelivery:
-    def __init__(self, store: Store, *, owner: str, concurrency: int = 16, backoff_base: float = 1.0, backoff_cap: float = 300.0, lease_seconds: float = 60.0) -> None:
+    def __init__(self, store: Store, policy: outbound.Outbound, *, owner: str, concurrency: int = 16, backoff_base: float = 1.0, backoff_cap: float = 300.0, lease_seconds: float = 60.0) -> None:
         self.store = store
+        self.outbound = policy
         self.owner = owner
         self.concurrency = concurrency
         self.backoff_base = backoff_base
@@ -88,7 +110,7 @@ class WebhookDelivery:
         # dispatch, it would skip the events written before it (the one that woke it included)
         async with self.store.write() as conn:
             await meta_q.ensure(conn, CURSOR_KEY, str(await ev_q.last_seq(conn)))
-        self._client = httpx.AsyncClient(follow_redirects=False)
+        self._client = self.outbound.client()
         self.store.on_events.append(self.poke)
         self._tasks = [asyncio.create_task(self._run(), name="webhooks")]
 

@@ -7,7 +7,9 @@ import as it goes. The VM record exists only from `defining` on; a cancelled or 
 leaves no VM and no disk file behind.
 
 Local files are read only under the allowed directories (`VMPLANE_IMPORT_DIRS`, default
-`<data dir>/imports`), whether named by `path` or by a `file://` URL.
+`<data dir>/imports`), whether named by `path` or by a `file://` URL. An http(s) URL, a
+vCenter's and another vmplane's included, must pass the outbound policy (outbound.py) when
+the import is asked for, and again when the job fetches it.
 """
 
 from __future__ import annotations
@@ -293,6 +295,8 @@ class ImportService:
                     self.local_file(unquote(urlparse(src.url).path), "source.url")
             if src.format is not None and (src.type != "disk" or src.format not in DISK_FORMATS):
                 raise InvalidRequest(f"source.format must be one of {', '.join(DISK_FORMATS)} (disk sources only)", field="source.format")
+            if src.url is not None:
+                await self.rt.outbound.check(src.url, "source.url")
         elif src.type == "vsphere":
             if not src.vm_path:
                 raise InvalidRequest("a vsphere source needs vmPath (the VM's inventory path)", field="source.vmPath")
@@ -314,6 +318,7 @@ class ImportService:
                 raise InvalidRequest("a vmplane source needs vmId", field="source.vmId")
             if not src.api_key:
                 raise InvalidRequest("a vmplane source needs apiKey (a key of the other vmplane)", field="source.apiKey")
+            await self.rt.outbound.check(src.url, "source.url")
             secrets["apiKey"] = src.api_key
         if req.name is not None:
             check_name(req.name, "name")

@@ -6,7 +6,10 @@ fetched once into a template (the template-create job verifies the checksum); an
 boots with the default template's kernel, command line and disk. A VM created with
 `plugin`/`runtime` takes the manifest's resources, image and cloud-init, and its workload's
 port is forwarded to the node's forward address, through which actions, health checks and
-the guest's OpenAPI document are reached over HTTP.
+the guest's OpenAPI document are reached over HTTP (vmplane's own plumbing to the VM). The
+image URL and an OpenAPI URL outside the guest are the user's: they must pass the outbound
+policy (outbound.py) at install and again when fetched; a fetched document is read up to
+`VMPLANE_MAX_DOCUMENT_BYTES`, and never quoted in an error.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import httpx
 import jsonschema
 from sqlalchemy import Row, select
 
-from .. import clock
+from .. import clock, outbound
 from ..auth import Principal
 from ..domain import VmStatus
 from ..errors import Conflict, DriverError, Forbidden, InvalidRequest, InvalidState, NotFound
@@ -164,6 +167,8 @@ class PluginService:
         (the plugin's VMs can be created once that template is ready)."""
         m = validate_manifest(manifest)
         enabled = m.pop("enabled", True)
+        if m.get("openapi") and not self._in_guest(m, m["openapi"]):
+            await self.rt.outbound.check(m["openapi"], "openapi")
         async with self.rt.store.read() as conn:
             for ref in {m["name"], m["runtime"]}:
                 if await plugin_q.get_plugin(conn, ref) is not None:
@@ -363,32 +368,46 @@ class PluginService:
         ref = m.get("openapi")
         if not ref:
             raise NotFound("openapi spec unavailable")
-        b = urlsplit(m["workload"]["base_url"])
-        authority = f"{b.scheme}://{b.netloc}"
-        if ref.startswith("/") or ref.startswith(authority + "/"):  # in the guest
+        if self._in_guest(m, ref):
             if not reachable:
                 raise DriverError(f"the OpenAPI document of VM {vm.name} is in its guest, which cannot be reached now", vm=vm.name)
-            url = self.workload_root(vm, m) + (ref if ref.startswith("/") else ref[len(authority):])
-        else:
-            url = ref
-        doc = await self._fetch_json(url, 10)
+            b = urlsplit(m["workload"]["base_url"])
+            doc = await self._fetch_json(self.workload_root(vm, m) + (ref if ref.startswith("/") else ref[len(f"{b.scheme}://{b.netloc}"):]), 10)
+        else:  # the user's URL: through the outbound policy
+            doc = await self._fetch_json(ref, 10, user_url=True)
         if doc is None:
             raise DriverError(f"the plugin's OpenAPI document at {ref} is not a JSON object", vm=vm.name)
         return doc
 
     @staticmethod
-    async def _fetch_json(url: str, timeout: float) -> dict[str, Any] | None:
-        """GET a JSON object: None if the server answered but not with one; DriverError if
-        it could not be reached or answered an error."""
+    def _in_guest(m: dict[str, Any], ref: str) -> bool:
+        """Whether the manifest's `openapi` names a document in the guest (a path, or a URL on
+        the workload's base URL), reached through the VM's forwarded port."""
+        b = urlsplit(m["workload"]["base_url"])
+        return ref.startswith("/") or ref.startswith(f"{b.scheme}://{b.netloc}/")
+
+    async def _fetch_json(self, url: str, timeout: float, user_url: bool = False) -> dict[str, Any] | None:
+        """GET a JSON object, at most `VMPLANE_MAX_DOCUMENT_BYTES` of it: None if the server
+        answered but not with one; DriverError if it could not be reached or answered an
+        error. `user_url`: a URL the user gave (checked by the outbound policy, redirects
+        followed and checked), else the VM's forwarded port."""
+        limit = self.rt.outbound.max_document_bytes
+        client = self.rt.outbound.client(timeout=timeout) if user_url else httpx.AsyncClient(timeout=timeout, trust_env=False)
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
-                resp = await asyncio.wait_for(client.get(url), timeout)
-        except (asyncio.TimeoutError, httpx.HTTPError) as exc:
-            raise DriverError(f"cannot fetch {url}: {exc or 'timed out'}") from None
-        if resp.status_code != 200:
-            raise DriverError(f"{url} answered HTTP {resp.status_code}")
+            async with client:
+                async with asyncio.timeout(timeout):
+                    async with outbound.opened(client, "GET", url, redirects=outbound.MAX_REDIRECTS if user_url else 0) as resp:
+                        if resp.status_code != 200:
+                            raise DriverError(f"{url} answered HTTP {resp.status_code}")
+                        body = await outbound.read_limited(resp, limit, f"the document at {url}")
+        except TimeoutError:
+            raise DriverError(f"cannot fetch {url}: no answer within {timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise DriverError(f"cannot fetch {url}: {outbound.describe(exc)}") from None
+        except outbound.TooLarge as exc:
+            raise DriverError(exc.message) from None
         try:
-            doc = resp.json()
+            doc = json.loads(body)
         except ValueError:
             return None
         return doc if isinstance(doc, dict) else None

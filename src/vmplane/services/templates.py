@@ -71,6 +71,7 @@ class TemplateService:
         `checksum`: the sha256 (hex) the download must have, else the import fails.
         `initramfs_of`: the source is an initramfs, booted with this template's kernel,
         command line and disk (a template of a plugin's `initramfs`).
+        An http(s) source must pass the outbound policy (outbound.py), now and when fetched.
         A file:// source is any local file for operators; for everyone else only a file in
         the directories imports may read (VMPLANE_IMPORT_DIRS). `field` names the URL in
         errors."""  # fmt: skip
@@ -79,6 +80,7 @@ class TemplateService:
         check_url(source_url, field)
         if urlparse(source_url).scheme == "file" and not who.operator:  # not the server's own files
             self.rt.imports.local_file(unquote(urlparse(source_url).path), field)
+        await self.rt.outbound.check(source_url, field)
         now = clock.now()
         tpl_id = ids.new_id("tpl")
         async with self.rt.store.write() as conn:

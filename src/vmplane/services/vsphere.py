@@ -5,6 +5,13 @@ disks leave vSphere for an import (the NFC export lease, and datastore downloads
 
 Every call to vCenter runs in a worker thread (pyvmomi blocks). Credentials given ad hoc are
 used for the call and not kept; `Connection` never shows its password in a repr or a log.
+
+A vCenter URL passes the outbound policy (outbound.py) when it is given and again at every
+connection: pyvmomi is handed the checked address (TLS still names and verifies the URL's
+host, and `Host` carries it), so a name that changes its answer is not followed. Disk
+downloads (datastore files, and the export lease's `deviceUrl`s, wherever they point) go
+through the policy's client, at most `VMPLANE_MAX_DOWNLOAD_BYTES` each; nothing a server
+answered is repeated in an error.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from urllib.parse import quote, urlparse
 import httpx
 from sqlalchemy import Row
 
-from .. import clock, ids
+from .. import clock, ids, outbound
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, VmplaneError
 from ..store import vsphere as vsp_q
@@ -194,9 +201,10 @@ class VsphereService:
         are sealed with the data dir's key. Conflict if the name is taken."""
         if not PROFILE_NAME_RE.match(name or ""):
             raise InvalidRequest(f"name {name!r} is not valid: 1-63 letters, digits, '.', '_' or '-'", field="name")
-        _split_url(url, "url")
+        scheme, host, port, _ = _split_url(url, "url")
         if not username:
             raise InvalidRequest("username is required", field="username")
+        await self.rt.outbound.check(f"{scheme}://{_netloc(host, port)}/", "url")
         now = clock.now()
         row = {
             "id": ids.new_id("vsp"), "org_id": who.org_id, "name": name, "url": url.strip(), "insecure": bool(insecure),
@@ -242,9 +250,10 @@ class VsphereService:
             return Connection(row.url, secret["username"], secret["password"], bool(row.insecure) if insecure is None else insecure, profile)
         if not url:
             raise InvalidRequest("give a vSphere profile name or a vCenter URL", field="vcenterUrl")
-        _split_url(url)
+        scheme, host, port, _ = _split_url(url)
         if not username:
             raise InvalidRequest("username is required with a vCenter URL", field="username")
+        await self.rt.outbound.check(f"{scheme}://{_netloc(host, port)}/", "vcenterUrl")
         return Connection(url.strip(), username, password or "", bool(insecure))
 
     def seal(self, c: Connection) -> str:
@@ -257,13 +266,18 @@ class VsphereService:
 
     # -- discovery and control -------------------------------------------------------------
 
+    async def _session(self, c: Connection, work: Callable[[Any], Any]) -> Any:
+        """`work(si)` in a worker thread, logged in to `c` at an address the policy passed."""
+        policy = await self.rt.outbound.policy()
+        return await asyncio.to_thread(_with_si, c, policy, work)
+
     async def list_vms(self, c: Connection, datacenter: str | None = None) -> list[VsphereVm]:
         """Every VM (templates left out), optionally of one datacenter, sorted by path."""
-        return await asyncio.to_thread(_with_si, c, lambda si: _list_vms(si, datacenter))
+        return await self._session(c, lambda si: _list_vms(si, datacenter))
 
     async def vm_info(self, c: Connection, vm_path: str) -> VsphereVmInfo:
         """A VM's hardware, disks and NICs. NotFound naming `vmPath` if there is none there."""
-        return await asyncio.to_thread(_with_si, c, lambda si: _info(si, _find_vm(si, vm_path)))
+        return await self._session(c, lambda si: _info(si, _find_vm(si, vm_path)))
 
     async def shutdown(self, c: Connection, vm_path: str, timeout: float | None = None) -> bool:
         """Ask the guest to shut down (VMware Tools). With `timeout`, wait up to that long for
@@ -282,19 +296,19 @@ class VsphereService:
                 time.sleep(0.5)
             return False
 
-        return await asyncio.to_thread(_with_si, c, run)
+        return await self._session(c, run)
 
     async def power_off(self, c: Connection, vm_path: str) -> None:
         """Power the VM off hard and wait for vCenter's task. InvalidState if it is off."""
-        await asyncio.to_thread(_with_si, c, lambda si: _wait(_call(lambda: _find_vm(si, vm_path).PowerOffVM_Task())))
+        await self._session(c, lambda si: _wait(_call(lambda: _find_vm(si, vm_path).PowerOffVM_Task())))
 
     async def power_on(self, c: Connection, vm_path: str) -> None:
         """Power the VM on and wait for vCenter's task. InvalidState if it is on."""
-        await asyncio.to_thread(_with_si, c, lambda si: _wait(_call(lambda: _find_vm(si, vm_path).PowerOnVM_Task())))
+        await self._session(c, lambda si: _wait(_call(lambda: _find_vm(si, vm_path).PowerOnVM_Task())))
 
     async def remove_cdroms(self, c: Connection, vm_path: str) -> int:
         """Remove every CD-ROM drive of the VM (one reconfigure); returns how many there were."""
-        return await asyncio.to_thread(_with_si, c, lambda si: _remove_cdroms(_find_vm(si, vm_path)))
+        return await self._session(c, lambda si: _remove_cdroms(_find_vm(si, vm_path)))
 
     async def export_disks(
         self, c: Connection, vm_path: str, dest: Path, progress: BytesProgress, method: str = "auto",
@@ -307,6 +321,8 @@ class VsphereService:
         if method not in ("auto", "lease", "datastore"):
             raise InvalidRequest("exportMethod must be auto, lease or datastore", field="exportMethod")
         loop = asyncio.get_running_loop()
+        policy = await self.rt.outbound.policy()
+        net = _Net(policy, self.rt.outbound.max_download_bytes)
         stop = threading.Event()  # the caller was cancelled: the worker thread stops at its next report
 
         def report(done: int, total: int | None) -> None:
@@ -319,14 +335,14 @@ class VsphereService:
             info = _info(si, vm)
             if method in ("auto", "lease"):
                 try:
-                    return info, _export_by_lease(si, c, vm, info, dest, report)
+                    return info, _export_by_lease(si, c, vm, info, dest, report, net)
                 except _NoLease as exc:
                     if method == "lease":
                         raise VcenterError(f"this server has no export lease for VMs: {exc}") from exc
-            return info, _export_by_datastore(si, c, info, dest, report)
+            return info, _export_by_datastore(si, c, info, dest, report, net)
 
         try:
-            return await asyncio.to_thread(_with_si, c, run)
+            return await asyncio.to_thread(_with_si, c, policy, run)
         except BaseException:
             stop.set()
             raise
@@ -335,15 +351,35 @@ class VsphereService:
 # -- pyvmomi, in worker threads ---------------------------------------------------------------
 
 
-def _with_si(c: Connection, work: Callable[[Any], Any]) -> Any:
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class _Net:
+    """How a worker thread fetches disks: the outbound policy and the byte cap of a file."""
+
+    policy: outbound.Policy
+    limit: int
+
+
+def _with_si(c: Connection, policy: outbound.Policy, work: Callable[[Any], Any]) -> Any:
+    """Log in to `c` at an address of its host that `policy` passes (pinned: pyvmomi opens
+    its connections to that address; TLS names and verifies the host), run `work(si)`, log out."""
     from pyVim.connect import Disconnect, SmartConnect
     from pyVmomi import vim
 
     scheme, host, port, path = c.endpoint
     try:
+        address = str(outbound.choose(policy, host, outbound.lookup(host, port)))
+    except outbound.Refused as exc:
+        raise InvalidRequest(f"vcenterUrl: {exc.message}", field="vcenterUrl") from None
+    except (OSError, UnicodeError) as exc:
+        raise InvalidRequest(f"cannot reach vCenter at {host}:{port}: the name does not resolve ({exc})", field="vcenterUrl") from None
+    try:
         si = SmartConnect(
-            protocol=scheme, host=host, port=port, path=path, user=c.username, pwd=c.password,
-            sslContext=ssl._create_unverified_context() if c.insecure else ssl.create_default_context(),  # also on loopback
+            protocol=scheme, host=address, port=port, path=path, user=c.username, pwd=c.password,
+            sslContext=outbound.named_tls_context(host, c.insecure), customHeaders={"Host": _netloc(host, port)},
             httpConnectionTimeout=30, connectionPoolTimeout=-1,
         )  # fmt: skip
     except vim.fault.InvalidLogin as exc:
@@ -355,7 +391,8 @@ def _with_si(c: Connection, work: Callable[[Any], Any]) -> Any:
     except Exception as exc:  # pyvmomi raises a variety of its own on a non-vSphere endpoint
         if isinstance(exc, VmplaneError):
             raise
-        raise InvalidRequest(f"{host}:{port}{path} did not answer as a vSphere SDK: {type(exc).__name__}: {exc}", field="vcenterUrl") from exc
+        # its name only: a parser's or http.client's message can quote what the server sent
+        raise InvalidRequest(f"{host}:{port}{path} did not answer as a vSphere SDK ({type(exc).__name__})", field="vcenterUrl") from None
     try:
         return work(si)
     finally:
@@ -566,30 +603,43 @@ def _cookie(si: Any) -> str:
     return raw.split(";", 1)[0].strip()
 
 
-def _http(c: Connection) -> httpx.Client:
-    return httpx.Client(verify=not c.insecure, timeout=httpx.Timeout(60.0, connect=15.0), follow_redirects=False)
+def _http(c: Connection, net: _Net) -> httpx.Client:
+    """A client of the outbound policy (every URL checked and pinned; no redirects)."""
+    return outbound.sync_client(net.policy, verify=not c.insecure, timeout=httpx.Timeout(60.0, connect=15.0))
 
 
-def _download(client: httpx.Client, url: str, headers: dict[str, str], dest: Path, done: int, total: int | None, report: Callable[[int, int | None], None]) -> int:
-    """GET `url` into `dest`, reporting bytes; returns the running byte count."""
+def _download(
+    client: httpx.Client, url: str, headers: dict[str, str], dest: Path, done: int, total: int | None,
+    report: Callable[[int, int | None], None], limit: int,
+) -> int:  # fmt: skip
+    """GET `url` into `dest` (at most `limit` bytes), reporting bytes; returns the running
+    byte count. A refused address fails with the policy's reason."""
     last = time.monotonic()
-    with client.stream("GET", url, headers=headers) as resp:
-        if resp.status_code != 200:
-            raise VcenterError(f"download of {urlparse(url).path} answered HTTP {resp.status_code}")
-        with dest.open("wb") as out:
-            for chunk in resp.iter_bytes(CHUNK):
-                out.write(chunk)
-                done += len(chunk)
-                if time.monotonic() - last >= 0.5:
-                    last = time.monotonic()
-                    report(done, total)
+    try:
+        with client.stream("GET", url, headers=headers) as resp:
+            if resp.status_code != 200:
+                raise VcenterError(f"download of {urlparse(url).path} answered HTTP {resp.status_code}")
+            with dest.open("wb") as out:
+                for chunk in outbound.iter_limited(resp, limit, f"the file {Path(urlparse(url).path).name}", CHUNK):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if time.monotonic() - last >= 0.5:
+                        last = time.monotonic()
+                        report(done, total)
+    except httpx.HTTPError as exc:
+        raise VcenterError(f"download of {urlparse(url).path} failed: {outbound.describe(exc)}") from None
+    except outbound.Refused as exc:
+        raise VcenterError(f"download of {urlparse(url).path} refused: {exc.message}") from None
     report(done, total)
     return done
 
 
-def _export_by_lease(si: Any, c: Connection, vm: Any, info: VsphereVmInfo, dest: Path, report: Callable[[int, int | None], None]) -> list[ExportedDisk]:
+def _export_by_lease(
+    si: Any, c: Connection, vm: Any, info: VsphereVmInfo, dest: Path, report: Callable[[int, int | None], None], net: _Net,
+) -> list[ExportedDisk]:  # fmt: skip
     """The NFC export lease: `ExportVm`, wait for it to be ready, GET each disk's URL (a
-    stream-optimized VMDK), keep the lease alive with progress, complete it (abort on error)."""
+    stream-optimized VMDK; through the outbound policy, wherever the server says it is), keep
+    the lease alive with progress, complete it (abort on error)."""
     from pyVmomi import vim, vmodl
 
     try:
@@ -614,7 +664,7 @@ def _export_by_lease(si: Any, c: Connection, vm: Any, info: VsphereVmInfo, dest:
         out: list[ExportedDisk] = []
         done = 0
         last_pct = -1
-        with _http(c) as client:
+        with _http(c, net) as client:
 
             def keepalive(n: int, t: int | None) -> None:
                 nonlocal last_pct
@@ -628,7 +678,7 @@ def _export_by_lease(si: Any, c: Connection, vm: Any, info: VsphereVmInfo, dest:
                 url = dev.url.replace("://*", f"://{host}", 1)
                 key = _device_key(dev.key)
                 path = dest / f"disk-{i}.vmdk"
-                done = _download(client, url, {"Cookie": _cookie(si)}, path, done, total, keepalive)
+                done = _download(client, url, {"Cookie": _cookie(si)}, path, done, total, keepalive, net.limit)
                 # the lease names a disk by controller:unit, not by its key: then go by order
                 nth = info.disks[i] if i < len(info.disks) else None
                 label = labels.get(key) if key in labels else (nth.label if nth else f"disk {i}")
@@ -657,15 +707,17 @@ DATASTORE_PATH_RE = re.compile(r"^\[(?P<ds>[^\]]+)\]\s*(?P<path>.+)$")
 EXTENT_RE = re.compile(r'^\s*(RW|RDONLY|NOACCESS)\s+\d+\s+\w+\s+"(?P<file>[^"]+)"', re.M)
 
 
-def _export_by_datastore(si: Any, c: Connection, info: VsphereVmInfo, dest: Path, report: Callable[[int, int | None], None]) -> list[ExportedDisk]:
+def _export_by_datastore(
+    si: Any, c: Connection, info: VsphereVmInfo, dest: Path, report: Callable[[int, int | None], None], net: _Net,
+) -> list[ExportedDisk]:  # fmt: skip
     """GET each disk's file from its datastore (`/folder/<path>?dcPath=&dsName=`); a VMDK
     descriptor brings its extent files along (a flat VMDK is two files on ESXi)."""
     scheme, host, port, _ = c.endpoint
-    base = f"{scheme}://{host}:{port}"
+    base = f"{scheme}://{_netloc(host, port)}"
     total = sum(d.capacity_bytes for d in info.disks) or None
     out: list[ExportedDisk] = []
     done = 0
-    with _http(c) as client:
+    with _http(c, net) as client:
         for i, disk in enumerate(info.disks):
             m = DATASTORE_PATH_RE.match(disk.file_path)
             if m is None:
@@ -678,7 +730,7 @@ def _export_by_datastore(si: Any, c: Connection, info: VsphereVmInfo, dest: Path
                 return f"{base}/folder/{quote(relpath)}?dcPath={quote(info.datacenter)}&dsName={quote(ds)}"
 
             first = folder / Path(rel).name
-            done = _download(client, url(rel), {"Cookie": _cookie(si)}, first, done, total, report)
+            done = _download(client, url(rel), {"Cookie": _cookie(si)}, first, done, total, report, net.limit)
             if first.stat().st_size < 65536:  # a text descriptor: fetch its extents beside it
                 text = first.read_bytes()
                 if b"# Disk DescriptorFile" in text[:1024]:
@@ -687,7 +739,7 @@ def _export_by_datastore(si: Any, c: Connection, info: VsphereVmInfo, dest: Path
                         if "/" in name or name in ("", ".", ".."):
                             raise VcenterError(f"{disk.label}: descriptor names an extent outside its folder: {name!r}")
                         parent = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
-                        done = _download(client, url(parent + name), {"Cookie": _cookie(si)}, folder / name, done, total, report)
+                        done = _download(client, url(parent + name), {"Cookie": _cookie(si)}, folder / name, done, total, report, net.limit)
             out.append(ExportedDisk(disk.label, first, disk.capacity_bytes))
     return out
 

@@ -1,4 +1,6 @@
-"""Webhooks: where events are POSTed. Validation and CRUD; delivery is events/webhooks.py."""
+"""Webhooks: where events are POSTed. Validation and CRUD; delivery is events/webhooks.py.
+A webhook's URL must pass the outbound policy (outbound.py) when it is set; every delivery,
+test deliveries included, checks it again."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import time
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
-import httpx
 from sqlalchemy import Row
 
 from .. import clock, ids
@@ -16,13 +17,12 @@ from ..auth import Principal
 from ..errors import InvalidRequest, NotFound
 from ..events import formats
 from ..events.types import check_patterns
-from ..events.webhooks import post, test_payload
+from ..events.webhooks import RESERVED_HEADERS, post, test_payload
 from ..store import webhooks as wh_q
 from . import pages
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-RESERVED_HEADERS = {"content-type", "content-length", "host", "user-agent", "x-vmplane-event", "x-vmplane-delivery", "x-vmplane-signature"}
 
 
 def check_url(url: str) -> None:
@@ -73,6 +73,7 @@ class WebhookService:
         check_headers(headers)
         if format not in formats.FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
+        await self.rt.outbound.check(url, "url")  # last: the syntax is checked before any lookup
         now = clock.now()
         row = {
             "id": ids.new_id("whk"), "org_id": who.org_id, "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
@@ -94,6 +95,8 @@ class WebhookService:
             values["events"] = list(check_events(values["events"]))
         if "headers" in values:
             check_headers(values["headers"])
+        if "url" in values:
+            await self.rt.outbound.check(values["url"], "url")
         async with self.rt.store.write() as conn:
             await wh_q.set_webhook(conn, webhook_id, **values, updated_at=clock.now())
         return await self.get(webhook_id, who)
@@ -106,7 +109,7 @@ class WebhookService:
     async def test(self, webhook_id: str, who: Principal) -> dict[str, Any]:
         """Send one signed test event now (no retries) and say how it went."""
         hook = await self.get(webhook_id, who)
-        async with httpx.AsyncClient() as client:
+        async with self.rt.outbound.client() as client:
             body = test_payload(hook.id) if hook.format == formats.VMPLANE else formats.test_body(hook.format, "webhook.test", hook.id, who.org_id)
             status, error, ms = await post(client, hook, ids.new_id("dlv"), "webhook.test", body)
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
@@ -120,9 +123,10 @@ class WebhookService:
             raise InvalidRequest("event must be 1-64 letters, digits, '.', '_' or '-'", field="event")
         if fmt not in formats.FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
+        await self.rt.outbound.check(url, "url")
         hook = formats.AdHocHook(url=url, headers=headers, timeout_sec=timeout_sec, format=fmt, secret="whsec_test", id="test")
         body = formats.test_body(fmt, event, hook.id, who.org_id)
-        async with httpx.AsyncClient() as client:
+        async with self.rt.outbound.client() as client:
             status, error, ms = await post(client, hook, ids.new_id("dlv"), event, body)
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
 

@@ -1,4 +1,6 @@
-"""template-create: download an image (http, https or file), checksum it, import it on a node."""
+"""template-create: download an image (http, https or file), checksum it, import it on a node.
+An http(s) download goes through the outbound policy (outbound.py): each redirect is checked
+again, and it stops at `VMPLANE_MAX_DOWNLOAD_BYTES`."""
 
 import asyncio
 import hashlib
@@ -11,7 +13,7 @@ import httpx
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ... import clock
+from ... import clock, outbound
 from ...errors import VmplaneError
 from ...store import templates as tpl_q
 from ..engine import TaskContext
@@ -112,17 +114,18 @@ class TemplateImport(BaseHandler):
                         out.write(chunk)
                         await advance(chunk, total)
             else:
+                limit = ctx.rt.outbound.max_download_bytes
                 try:
-                    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as client:
-                        async with client.stream("GET", url) as resp:
+                    async with ctx.rt.outbound.client(timeout=httpx.Timeout(30.0, connect=15.0)) as client:
+                        async with outbound.opened(client, "GET", url) as resp:
                             if resp.status_code != 200:
                                 raise VmplaneError(f"download failed: {url} answered HTTP {resp.status_code}")
                             total = int(resp.headers.get("content-length") or 0) or None
-                            async for chunk in resp.aiter_bytes(CHUNK):
+                            async for chunk in outbound.aiter_limited(resp, limit, "the image", CHUNK):
                                 out.write(chunk)
                                 await advance(chunk, total)
                 except httpx.HTTPError as exc:
-                    raise VmplaneError(f"download failed: {exc}") from exc
+                    raise VmplaneError(f"download failed: {outbound.describe(exc)}") from None
         if done == 0:
             raise VmplaneError("the source is empty")
         return sha.hexdigest()

@@ -6,7 +6,11 @@ Stages, each recorded on the import with the bytes it moved:
 a download, vSphere's export lease or datastore files), `converting` (`qemu-img convert` of
 the boot disk to a standalone qcow2; an OVA's VMDK is read in place inside the tar),
 `defining` (record the VM, place it on a local node, define it with that disk as its own),
-`starting` (if asked). The scratch files live in `<data>/imports/work/<import id>/`; a failed
+`starting` (if asked). Every http(s) fetch (a disk or OVA URL, the other vmplane of a
+`vmplane` source) goes through the outbound policy (outbound.py), each redirect checked again,
+at most `VMPLANE_MAX_DOWNLOAD_BYTES` of a disk and `VMPLANE_MAX_DOCUMENT_BYTES` of an answer
+read, and no answer quoted in an error; vSphere's own fetches are services/vsphere.py's.
+The scratch files live in `<data>/imports/work/<import id>/`; a failed
 or cancelled import removes them, and the VM (record, claim, definition) if it got that far.
 A resumed attempt starts over unless the VM was already defined.
 """
@@ -30,7 +34,7 @@ import httpx
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ... import clock
+from ... import clock, outbound
 from ...domain import Resources, VmStatus
 from ...drivers.qemu import images
 from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
@@ -267,14 +271,21 @@ class VmImport(BaseHandler):
         key = ctx.rt.imports.secrets_of(ctx.payload).get("apiKey", "")
         base = str(src.url).rstrip("/")
         headers = {"Authorization": f"Bearer {key}"}
+        rt = ctx.rt
         try:
-            async with httpx.AsyncClient(timeout=30) as client:
-                r = await client.get(f"{base}/api/v1/vms/{src.vm_id}", headers=headers)
+            async with rt.outbound.client(timeout=30) as client:
+                async with outbound.opened(client, "GET", f"{base}/api/v1/vms/{src.vm_id}", headers=headers) as r:
+                    if r.status_code != 200:  # its answer is not repeated: it may be anything's
+                        raise VmplaneError(f"{base} answered HTTP {r.status_code} for VM {src.vm_id}")
+                    body = await outbound.read_limited(r, rt.outbound.max_document_bytes, f"the answer of {base}")
         except httpx.HTTPError as exc:
-            raise VmplaneError(f"cannot reach {base}: {exc}") from exc
-        if r.status_code != 200:
-            raise VmplaneError(f"{base} answered HTTP {r.status_code} for VM {src.vm_id}: {r.text[:200]}")
-        vm = r.json()
+            raise VmplaneError(f"cannot reach {base}: {outbound.describe(exc)}") from None
+        try:
+            vm = json.loads(body)
+        except ValueError:
+            vm = None
+        if not isinstance(vm, dict):
+            raise VmplaneError(f"{base} did not answer with a vmplane VM (not a JSON object)")
         res = vm.get("resources") or {}
         path = work / "source.qcow2"
         await track.stage("exporting", int(res.get("diskGb") or 0) * GIB or None)
@@ -525,20 +536,24 @@ async def _info(qemu_img: str, disk: SourceDisk, work: Path, ctx: TaskContext) -
 
 
 async def _download(url: str, dest: Path, track: _Tracker, headers: dict[str, str] | None = None) -> None:
+    """GET `url` into `dest` through the outbound policy (redirects followed, each checked),
+    at most VMPLANE_MAX_DOWNLOAD_BYTES."""
     done = 0
+    policy = track.ctx.rt.outbound
     try:
-        async with httpx.AsyncClient(follow_redirects=True, timeout=httpx.Timeout(60.0, connect=15.0)) as client:
-            async with client.stream("GET", url, headers=headers or {}) as resp:
+        async with policy.client(timeout=httpx.Timeout(60.0, connect=15.0)) as client:
+            async with outbound.opened(client, "GET", url, headers=headers or {}) as resp:
                 if resp.status_code != 200:
                     raise VmplaneError(f"download failed: {urlparse(url).netloc} answered HTTP {resp.status_code}")
                 total = int(resp.headers.get("content-length") or 0) or track.total
                 with dest.open("wb") as out:
-                    async for chunk in resp.aiter_bytes():  # as they arrive: a slow source still shows progress
+                    # as they arrive: a slow source still shows progress
+                    async for chunk in outbound.aiter_limited(resp, policy.max_download_bytes, "the download"):
                         await asyncio.to_thread(out.write, chunk)
                         done += len(chunk)
                         await track.bytes(done, total)
     except httpx.HTTPError as exc:
-        raise VmplaneError(f"download failed: {exc}") from exc
+        raise VmplaneError(f"download failed: {outbound.describe(exc)}") from None
     if done == 0:
         raise VmplaneError("the source is empty")
     await track.bytes(done, done, force=True)
