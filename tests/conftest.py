@@ -1,6 +1,8 @@
 """Shared fixtures (the helpers behind them live in tests/support.py)."""
 
+import ipaddress
 import os
+import socket
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
@@ -8,6 +10,41 @@ import pytest
 from vmplane.drivers.qemu import procfs
 
 from .support import Server, make_settings, new_pg_database
+
+
+def _local_names() -> set[str]:
+    names = {"localhost", "localhost.localdomain", socket.gethostname()}
+    try:
+        with open("/etc/hosts") as f:
+            for line in f:
+                names.update(line.split("#", 1)[0].split()[1:])
+    except OSError:
+        pass
+    return {n.lower() for n in names}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_dns_queries() -> Iterator[None]:
+    """Tests reach nothing but this machine: the servers they run in-process resolve the URLs
+    users give them (the outbound policy, a fuzzer's random webhook URLs), so names that
+    /etc/hosts does not answer fail here as an unknown name would, without a query leaving."""
+    real, local = socket.getaddrinfo, _local_names()
+
+    def getaddrinfo(host: Any, *args: Any, **kw: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is None or name.lower().rstrip(".") in local:
+            return real(host, *args, **kw)
+        try:
+            ipaddress.ip_address(name.strip("[]").split("%", 1)[0])
+        except ValueError:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (tests resolve no names outside /etc/hosts)") from None
+        return real(host, *args, **kw)
+
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = real  # type: ignore[assignment]
 
 
 @pytest.fixture(autouse=True)
