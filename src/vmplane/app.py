@@ -53,7 +53,7 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     ui.install(app)  # the web console at /ui (static files; the API key is entered in the page)
     app.add_middleware(Idempotency, store=rt.store)
     app.add_middleware(Identity, rt=rt)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds, max_depth=settings.max_json_depth)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:

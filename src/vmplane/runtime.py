@@ -48,6 +48,7 @@ from .store import jobs as job_q
 from .store import meta as meta_q
 from .store import nodes as node_q
 from .store import templates as tpl_q
+from .store import tenancy as t_q
 from .store import vms as vm_q
 
 if TYPE_CHECKING:
@@ -290,8 +291,8 @@ class Runtime:
         return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}"}
 
     async def _maintain(self) -> None:
-        """Housekeeping every minute: event retention, expired idempotency keys (by the
-        leading replica), this process's API key use."""
+        """Housekeeping every minute: event and audit retention, expired idempotency keys (by
+        the leading replica), this process's API key use."""
         while True:
             try:
                 now = clock.now()
@@ -299,6 +300,7 @@ class Runtime:
                     async with self.store.write() as conn:
                         await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
                         await idem_q.forget_older_than(conn, now - 86400)
+                        await t_q.prune_audit(conn, before=now - self.settings.audit_retention_days * 86400)
                 await self.tenancy.flush_key_use()
             except Exception:
                 log.exception("housekeeping failed")
@@ -310,6 +312,7 @@ class Runtime:
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self.tenancy.failed_auths.stop()
         await self.schedules.stop()
         await self.plugins.stop()
         await self.deployments.stop()
