@@ -110,6 +110,10 @@ class Runtime:
         )
         self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
+        self.stopping = asyncio.Event()
+        """set when the server begins to shut down: event streams and consoles end (go_away)"""
+        self.consoles = 0
+        """console WebSockets open (api/console.bridge)"""
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
         self._nodes = nodes
         self._tiny: TinyImage | None = None
@@ -306,8 +310,45 @@ class Runtime:
                 log.exception("housekeeping failed")
             await asyncio.sleep(60)
 
+    async def go_away(self, wait: float = 3.0) -> None:
+        """The server is shutting down: tell every open event stream and console to go away
+        (SSE streams end, WebSockets close with 1001), and wait up to `wait` seconds for them
+        to close, so that no open stream holds the shutdown up."""
+        self.ready = False
+        self.stopping.set()
+        self.events.go_away()
+        deadline = asyncio.get_running_loop().time() + wait
+        while (self.events.subscriber_count or self.consoles) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.events.subscriber_count or self.consoles:
+            log.warning("%d event stream(s) and %d console(s) still open at shutdown", self.events.subscriber_count, self.consoles)
+
+    async def _log_vms_left_running(self) -> None:
+        """Say what stopping leaves behind: VMs outlive the control plane (re-attached at the
+        next start), simulated ones do not."""
+        running = simulated = 0
+        for node_id, driver in self.registry.items():
+            if driver.capabilities.kind == "remote":
+                continue  # its agent keeps them, and is not stopping
+            try:
+                n = sum(1 for r in await driver.list_vms() if r.state == PowerState.RUNNING)
+            except Exception as exc:
+                log.warning("cannot tell which VMs of %s run: %s", node_id, exc)
+                continue
+            if driver.capabilities.kind == "sim":
+                simulated += n
+            else:
+                running += n
+        log.warning("stopping: %d VM(s) keep running on this host (re-attached at the next start)%s", running,
+                    f"; {simulated} simulated VM(s) end with this process" if simulated else "")  # fmt: skip
+
     async def stop(self) -> None:
         self.ready = False
+        self.stopping.set()
+        try:
+            await self._log_vms_left_running()
+        except Exception:
+            log.exception("counting the VMs left running failed")
         await self.replicas.stop_looking()  # a stopping replica takes no node over
         if self._maintenance is not None:
             self._maintenance.cancel()

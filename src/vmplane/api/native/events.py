@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from ... import clock
 from ...errors import InvalidRequest
 from ...events import wire
-from ...events.bus import EventBus, SlowConsumer
+from ...events.bus import EventBus, GoingAway, SlowConsumer
 from ...events.types import check_patterns
 from .deps import ERRORS, CallerDep, RuntimeDep
 
@@ -140,8 +140,8 @@ async def events_ws(websocket: WebSocket) -> None:
             while not reader.done():
                 try:
                     event = await sub.get(timeout=rt.settings.event_heartbeat_seconds)
-                except SlowConsumer as exc:
-                    await websocket.close(code=4008, reason=str(exc)[:120])
+                except SlowConsumer as exc:  # 1001: the server is going away; 4008: too slow
+                    await websocket.close(code=1001 if isinstance(exc, GoingAway) else 4008, reason=str(exc)[:120])
                     return
                 if event is None:
                     await websocket.send_text(await status())
