@@ -36,5 +36,8 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
         await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
         with contextlib.suppress(Exception, WebSocketDisconnect):
-            await websocket.close(1001 if stopping.is_set() else 1000)  # 1001: the server is going away
+            if stopping.is_set():
+                await websocket.close(1001, "the server is shutting down")  # 1001: going away
+            else:
+                await websocket.close()
         rt.consoles -= 1

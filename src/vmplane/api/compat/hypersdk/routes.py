@@ -500,7 +500,8 @@ async def _send(ws: WebSocket, type_: str, data: dict[str, Any]) -> None:
 async def ws(websocket: WebSocket) -> None:
     """`status` and `jobs` on connect, `status` every 2 s, `job_update` and `schedule_event` as
     they happen; a text `ping` (or `{"type":"ping"}`) is answered `{"type":"pong"}`.
-    Credentials as on HTTP (X-API-Key, Bearer, or `?apiKey=`)."""
+    Credentials as on HTTP (X-API-Key, Bearer), or as the subprotocols `vmplane,
+    apikey.<key>` / `vmplane, ticket.<ws ticket>`, or `?apiKey=` (api/identity.py)."""
     rt = websocket.app.state.rt
     try:
         who = principal(websocket)  # type: ignore[arg-type]
