@@ -139,6 +139,16 @@ class Identity:
                     return "ticket", unquote(value)
         return None
 
+    def _vouched(self, cred: tuple[str, str] | None) -> bool:
+        """Whether a credential may pass an empty address bucket, known good without a lookup:
+        vmplane's own per-process secret, or a key this process has seen authenticate."""
+        if cred is None:
+            return False
+        kind, value = cred
+        if kind == "internal":
+            return hmac.compare_digest(value.encode(), self.rt.internal_token.encode())
+        return kind == "key" and self.rt.tenancy.known_key(value)
+
     async def _resolve(self, scope: Scope, headers: dict[str, str], cred: tuple[str, str] | None) -> Principal | None:
         t = self.rt.tenancy
         if cred is None:
@@ -167,7 +177,7 @@ class Identity:
         cred = self._credential(scope, headers)
         address = client_address(scope)
         open_path = scope["path"] in OPEN_PATHS
-        if not open_path and (cred is None or not (cred[0] == "key" and self.rt.tenancy.known_key(cred[1]))):
+        if not open_path and not self._vouched(cred):
             wait = self.addresses.wait(address)
             if wait > 0:
                 return await self._too_many(scope, receive, send, wait, "too many anonymous or failed requests from your address")
@@ -189,9 +199,11 @@ class Identity:
             if wait > 0:
                 return await self._too_many(scope, receive, send, wait, "rate limit exceeded")
         if scope["type"] == "websocket":
-            if cred is not None and cred[0] in ("key", "ticket") and any(p.startswith(SUBPROTOCOL_PREFIXES) for p in offered_subprotocols(scope)):
-                scope = {**scope, "subprotocols": [p for p in offered_subprotocols(scope) if not p.startswith(SUBPROTOCOL_PREFIXES)]}
-                send = _answer_subprotocol(send)
+            offered = offered_subprotocols(scope)
+            if any(p.startswith(SUBPROTOCOL_PREFIXES) for p in offered):
+                scope = {**scope, "subprotocols": [p for p in offered if not p.startswith(SUBPROTOCOL_PREFIXES)]}
+                if SUBPROTOCOL in offered:
+                    send = _answer_subprotocol(send)
             return await self.app(scope, receive, send)
         if principal is None:
             # refused for want of (valid) credentials: counted, not a row per request
