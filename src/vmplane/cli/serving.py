@@ -122,14 +122,19 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+def header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
+    """The HTTP protocol class to give uvicorn (`Config(http=...)`) for a `seconds` deadline."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
+
+
 def server_config(app: Any, settings: Settings, log_level: str = "warning", **kw: Any) -> uvicorn.Config:
     """The uvicorn configuration of every vmplane listener: headers within
     `header_timeout_seconds`, at most `limit_concurrency` connections and requests at once
     (503 beyond), `graceful_shutdown_seconds` for running requests to finish on shutdown, no
     access log (request metrics are in /metrics)."""
-    protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": settings.header_timeout_seconds})
     return uvicorn.Config(
-        app, log_level=log_level, access_log=False, http=protocol, limit_concurrency=settings.limit_concurrency,
+        app, log_level=log_level, access_log=False, http=header_timeout(settings.header_timeout_seconds),
+        limit_concurrency=settings.limit_concurrency,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds, **kw,
     )  # fmt: skip
 
