@@ -20,7 +20,10 @@ from ..support import admin_key, free_port, serve, wait_ready
 
 pytestmark = pytest.mark.slow
 
-LIMITS = {"VMPLANE_HEADER_TIMEOUT_SECONDS": "2", "VMPLANE_BODY_TIMEOUT_SECONDS": "2", "VMPLANE_GRACEFUL_SHUTDOWN_SECONDS": "5"}
+LIMITS = {
+    "VMPLANE_HEADER_TIMEOUT_SECONDS": "2", "VMPLANE_BODY_TIMEOUT_SECONDS": "2", "VMPLANE_GRACEFUL_SHUTDOWN_SECONDS": "5",
+    "VMPLANE_LIMIT_CONCURRENCY": "16",
+}  # fmt: skip
 
 
 class Served:
@@ -144,6 +147,18 @@ def test_a_body_sent_one_byte_at_a_time_is_cut_off(served: Served) -> None:
     assert time.monotonic() - start < 5
     vms = httpx.get(f"{served.url}/api/v1/vms", headers={"X-API-Key": served.key}).json()["items"]
     assert vms == []  # nothing was created
+
+
+def test_connections_beyond_limit_concurrency_get_503(served: Served) -> None:
+    held = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(16)]
+    try:
+        r = httpx.get(f"{served.url}/api/v1/vms", headers={"X-API-Key": served.key})
+        assert r.status_code == 503, r.text
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{served.url}/api/v1/vms", headers={"X-API-Key": served.key}).status_code == 200
 
 
 def test_api_key_in_a_websocket_url_never_reaches_the_log(served: Served) -> None:
