@@ -60,6 +60,7 @@ async def test_bogus_keys_from_one_address_are_refused_before_lookup(server_fact
     # anonymous requests spend the same bucket (1 each); probes do not
     assert (await anon.get("/api/v1/vms")).status_code == 429
     assert (await anon.get("/readyz")).status_code == 200
+    assert (await anon.get("/ui/")).status_code == 200
     await anon.aclose()
 
 

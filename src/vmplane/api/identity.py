@@ -34,9 +34,11 @@ ACTING_AS_HEADER = "x-vmplane-acting-as"
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
 VOLANT_PATHS = "/compat/volant/"
-OPEN_PATHS = frozenset(("/healthz", "/livez", "/readyz"))
-"""probes: answered without credentials, and not limited per address (a load balancer's
-health checks come from one address)"""
+OPEN_PATHS = frozenset(("/healthz", "/livez", "/readyz", "/", "/ui"))
+"""probes, and the web console's static files: answered without credentials or any lookup,
+and not limited per address (a load balancer's health checks come from one address; one
+load of the console is 20 files)"""
+OPEN_PREFIX = "/ui/"
 SUBPROTOCOL = "vmplane"
 SUBPROTOCOL_KEY = "apikey."
 SUBPROTOCOL_TICKET = "ticket."
@@ -176,7 +178,7 @@ class Identity:
         state = scope.setdefault("state", {})
         cred = self._credential(scope, headers)
         address = client_address(scope)
-        open_path = scope["path"] in OPEN_PATHS
+        open_path = scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIX)
         if not open_path and not self._vouched(cred):
             wait = self.addresses.wait(address)
             if wait > 0:
