@@ -5,11 +5,10 @@ import contextlib
 import json
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
