@@ -53,8 +53,8 @@ class TokenBuckets:
 
     def __init__(self, rate: float, burst: int, maxsize: int = 100_000) -> None:
         self.rate, self.burst = rate, burst
-        self._buckets: TtlLru[str, tuple[float, float]] = TtlLru(maxsize, burst / rate + 1)
-        """key -> (tokens, when); an entry older than a full refill is as good as none"""
+        self._buckets: TtlLru[str, tuple[float, float]] = TtlLru(maxsize, 2 * burst / rate + 1)
+        """key -> (tokens, when); an entry older than a full refill (from -burst) is as good as none"""
 
     def _tokens(self, key: str, now: float) -> float:
         found = self._buckets.get(key)
