@@ -59,6 +59,8 @@ async def test_bogus_keys_from_one_address_are_refused_before_lookup(server_fact
     assert {r["remote"] for r in rows} == {"127.0.0.1"} and {r["status"] for r in rows} == {401}
     # anonymous requests spend the same bucket (1 each); probes do not
     assert (await anon.get("/api/v1/vms")).status_code == 429
+    # ... before its body is read, let alone scanned
+    assert (await anon.post("/api/v1/vms", content=b"[" * 100_000)).status_code == 429
     assert (await anon.get("/readyz")).status_code == 200
     assert (await anon.get("/ui/")).status_code == 200
     await anon.aclose()
