@@ -13,9 +13,8 @@ from typing import Any, Callable
 
 import httpx
 import pytest
-import uvicorn
-
 from vmplane.app import create_app
+from vmplane.cli import serving
 from vmplane.config import Settings
 
 PG_URL = os.environ.get("VMPLANE_TEST_PG_URL")  # postgresql+asyncpg://user@host:port/postgres
@@ -72,6 +71,8 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         "lease_seconds": 5.0,
         "rate_limit_per_second": 100_000.0,  # tests hammer the API; test_tenancy checks the limit itself
         "rate_limit_burst": 100_000,
+        "address_rate_limit_per_second": 100_000.0,  # tests send many anonymous requests; tests/security/test_abuse checks it
+        "address_rate_limit_burst": 100_000,
     }
     values.update(overrides)
     return Settings(**values)
@@ -85,9 +86,8 @@ class Server:
         self.rt = self.app.state.rt
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        )
+        # the configuration `vmplane serve` runs with (header timeout, shutdown that ends streams)
+        self._server = serving.Server(serving.server_config(self.app, settings, "warning", host="127.0.0.1", port=self.port), self.rt)
         self._task: asyncio.Task[None] | None = None
         self.client = httpx.AsyncClient(base_url=self.url, timeout=30)
 

@@ -51,9 +51,11 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     faces.install_all(app, rt)  # the native API, and every compat face under its prefix
     app.router.routes.append(Route("/mcp", mcp_http))
     ui.install(app)  # the web console at /ui (static files; the API key is entered in the page)
+    # outermost last: metrics, then credentials and rate limits (an address over its budget is
+    # refused before its body is read), then the body's limits, then Idempotency-Key replay
     app.add_middleware(Idempotency, store=rt.store)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds, max_depth=settings.max_json_depth)
     app.add_middleware(Identity, rt=rt)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:

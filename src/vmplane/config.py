@@ -113,6 +113,34 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(50.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
     """Requests per credential: a token bucket of `burst` refilled at `per_second`."""
+    address_rate_limit_per_second: float = Field(5.0, gt=0)
+    address_rate_limit_burst: int = Field(100, ge=1)
+    """Anonymous requests and failed authentications (which cost 2) per client address (an
+    IPv6 client's /64): a token bucket of `burst` refilled at `per_second`, spent before any
+    credential is looked up. Requests that authenticate do not spend it."""
+    negative_key_cache_size: int = Field(10_000, ge=100)
+    """Unknown API keys remembered (2 s each, least recently used first out), so a flood of
+    the same bogus key is refused without a query each."""
+    audit_retention_days: float = Field(90.0, gt=0)
+    """The audit log keeps rows this long."""
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    """A client must send a request's headers within this long (from the connection, or from
+    the first byte of a request on a kept-alive one), else the connection is closed (408)."""
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    """A client must send a request's whole body within this long of its headers (408)."""
+    limit_concurrency: int = Field(2048, ge=16)
+    """Open connections and running requests per listener; beyond, new requests get 503."""
+    graceful_shutdown_seconds: float = Field(10.0, ge=0, le=300)
+    """On SIGTERM/SIGINT, running requests get this long to finish (event streams and
+    consoles are told to go away at once); then they are cancelled."""
+    max_json_depth: int = Field(64, ge=8, le=512)
+    """Request bodies nested deeper than this (arrays and objects) answer 400."""
+    max_bulk: int = Field(1000, ge=1, le=100_000)
+    """The most VMs one create request may make."""
+    export_concurrency: int = Field(2, ge=1, le=64)
+    """Disk exports (`GET /api/v1/vms/{id}/disk`) running at once per organization; beyond, 429."""
+    ws_ticket_seconds: float = Field(30.0, gt=0, le=300)
+    """How long a WebSocket ticket (`POST /api/v1/ws-tickets`) stays good (it is good once)."""
 
     event_retention_days: float = Field(7.0, gt=0)
     event_retention_max: int = Field(1_000_000, ge=1000)

@@ -49,6 +49,7 @@ from .store import jobs as job_q
 from .store import meta as meta_q
 from .store import nodes as node_q
 from .store import templates as tpl_q
+from .store import tenancy as t_q
 from .store import vms as vm_q
 
 if TYPE_CHECKING:
@@ -113,6 +114,10 @@ class Runtime:
         )  # fmt: skip
         self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
+        self.stopping = asyncio.Event()
+        """set when the server begins to shut down: event streams and consoles end (go_away)"""
+        self.consoles = 0
+        """console WebSockets open (api/console.bridge)"""
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
         self._nodes = nodes
         self._tiny: TinyImage | None = None
@@ -294,8 +299,8 @@ class Runtime:
         return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}"}
 
     async def _maintain(self) -> None:
-        """Housekeeping every minute: event retention, expired idempotency keys (by the
-        leading replica), this process's API key use."""
+        """Housekeeping every minute: event and audit retention, expired idempotency keys (by
+        the leading replica), this process's API key use."""
         while True:
             try:
                 now = clock.now()
@@ -303,17 +308,56 @@ class Runtime:
                     async with self.store.write() as conn:
                         await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
                         await idem_q.forget_older_than(conn, now - 86400)
+                        await t_q.prune_audit(conn, before=now - self.settings.audit_retention_days * 86400)
                 await self.tenancy.flush_key_use()
             except Exception:
                 log.exception("housekeeping failed")
             await asyncio.sleep(60)
 
+    async def go_away(self, wait: float = 3.0) -> None:
+        """The server is shutting down: tell every open event stream and console to go away
+        (SSE streams end, WebSockets close with 1001), and wait up to `wait` seconds for them
+        to close, so that no open stream holds the shutdown up."""
+        self.ready = False
+        self.stopping.set()
+        self.events.go_away()
+        deadline = asyncio.get_running_loop().time() + wait
+        while (self.events.subscriber_count or self.consoles) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.events.subscriber_count or self.consoles:
+            log.warning("%d event stream(s) and %d console(s) still open at shutdown", self.events.subscriber_count, self.consoles)
+
+    async def _log_vms_left_running(self) -> None:
+        """Say what stopping leaves behind: VMs outlive the control plane (re-attached at the
+        next start), simulated ones do not."""
+        running = simulated = 0
+        for node_id, driver in self.registry.items():
+            if driver.capabilities.kind == "remote":
+                continue  # its agent keeps them, and is not stopping
+            try:
+                n = sum(1 for r in await driver.list_vms() if r.state == PowerState.RUNNING)
+            except Exception as exc:
+                log.warning("cannot tell which VMs of %s run: %s", node_id, exc)
+                continue
+            if driver.capabilities.kind == "sim":
+                simulated += n
+            else:
+                running += n
+        log.warning("stopping: %d VM(s) keep running on this host (re-attached at the next start)%s", running,
+                    f"; {simulated} simulated VM(s) end with this process" if simulated else "")  # fmt: skip
+
     async def stop(self) -> None:
         self.ready = False
+        self.stopping.set()
+        try:
+            await self._log_vms_left_running()
+        except Exception:
+            log.exception("counting the VMs left running failed")
         await self.replicas.stop_looking()  # a stopping replica takes no node over
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self.tenancy.failed_auths.stop()
         await self.schedules.stop()
         await self.plugins.stop()
         await self.deployments.stop()

@@ -235,7 +235,12 @@ class Agent:
             self.state = AgentState(driver=driver, data_dir=self.data_dir, images=images)
             app = create_agent_app(self.state)
             sock = _listen(self.cfg.listen_host, self.cfg.listen_port)
-            server = _QuietServer(uvicorn.Config(app, lifespan="off", log_level=logging.getLevelName(log.getEffectiveLevel()).lower(), access_log=False))
+            from ..cli.serving import header_timeout
+
+            server = _QuietServer(uvicorn.Config(
+                app, lifespan="off", log_level=logging.getLevelName(log.getEffectiveLevel()).lower(), access_log=False,
+                http=header_timeout(HEADER_TIMEOUT),  # a client trickling its headers does not hold a connection
+            ))  # fmt: skip
             serving = asyncio.create_task(server.serve(sockets=[sock]))
             if install_signals:
                 loop = asyncio.get_running_loop()
@@ -265,6 +270,10 @@ class Agent:
                 await serving
                 await driver.close()
             return status
+
+
+HEADER_TIMEOUT = 10.0
+"""seconds a client has to send a request's headers (cli/serving.HeaderTimeoutProtocol)"""
 
 
 class _QuietServer(uvicorn.Server):

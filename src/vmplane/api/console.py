@@ -8,7 +8,8 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Carry bytes both ways between an accepted WebSocket and a console stream until either
-    side ends (binary frames out; text or binary frames in); then close both."""
+    side ends, or the server shuts down (close 1001) (binary frames out; text or binary frames
+    in); then close both."""
 
     async def guest_to_client() -> None:
         while data := await reader.read(4096):
@@ -23,7 +24,10 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
             writer.write(data)
             await writer.drain()
 
-    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
+    rt = websocket.app.state.rt
+    stopping = rt.stopping
+    rt.consoles += 1
+    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest()), asyncio.create_task(stopping.wait())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -32,4 +36,8 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
         await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
         with contextlib.suppress(Exception, WebSocketDisconnect):
-            await websocket.close()
+            if stopping.is_set():
+                await websocket.close(1001, "the server is shutting down")  # 1001: going away
+            else:
+                await websocket.close()
+        rt.consoles -= 1

@@ -1,48 +1,106 @@
 """Authentication, rate limits and the audit trail, for every request.
 
 Sets `request.state.principal` (or `auth_error`) from `X-API-Key`, `Authorization: Bearer`
-(an API key or a JWT), or — for requests vmplane makes to itself, such as a schedule
-replaying its request — a per-process secret naming the schedule's owner. Routes then
-require a principal (401) and the right role (403). Each credential has a token bucket
-(429 with Retry-After). Every mutation is written to the audit log, refused ones included.
+(an API key or a JWT), a one-time WebSocket ticket or key in `Sec-WebSocket-Protocol`, or —
+for requests vmplane makes to itself, such as a schedule replaying its request — a
+per-process secret naming the schedule's owner. Routes then require a principal (401) and the
+right role (403).
+
+Two token buckets: one per client address in front of authentication, which anonymous
+requests spend (1) and failed authentications spend twice (2) and which, once empty, refuses
+(429 with Retry-After) before any credential is looked up; and one per credential after it.
+Every mutation is written to the audit log, refused ones included; requests refused for their
+credentials are counted into one row per address per minute (services/tenancy.FailedAuths).
 """
 
 import hmac
+import ipaddress
 import time
 from typing import Any
 from urllib.parse import unquote
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import clock
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
 from ..errors import Unauthorized
+from ..lru import TtlLru
 from ..store import tenancy as t_q
 from .metrics import route_template
-from .middleware import StatusWatch, send_json
+from .middleware import StatusWatch, refuse
 
 INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
 VOLANT_PATHS = "/compat/volant/"
+OPEN_PATHS = frozenset(("/healthz", "/livez", "/readyz", "/", "/ui"))
+"""probes, and the web console's static files: answered without credentials or any lookup,
+and not limited per address (a load balancer's health checks come from one address; one
+load of the console is 20 files)"""
+OPEN_PREFIX = "/ui/"
+SUBPROTOCOL = "vmplane"
+SUBPROTOCOL_KEY = "apikey."
+SUBPROTOCOL_TICKET = "ticket."
+SUBPROTOCOL_PREFIXES = (SUBPROTOCOL_KEY, SUBPROTOCOL_TICKET)
+"""`Sec-WebSocket-Protocol: vmplane, apikey.<key>` (or `ticket.<ws ticket>`): the
+credential of a WebSocket a browser opens; the answer names `vmplane` only"""
 
 
 class TokenBuckets:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
+    """Token buckets by key (at most `maxsize`, least recently used out first: an evicted key
+    comes back with a full bucket, so `maxsize` must exceed the keys active at once)."""
 
-    def take(self, key: str) -> float:
-        """0 if allowed, else seconds until a request would be."""
+    def __init__(self, rate: float, burst: int, maxsize: int = 100_000) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: TtlLru[str, tuple[float, float]] = TtlLru(maxsize, 2 * burst / rate + 1)
+        """key -> (tokens, when); an entry older than a full refill (from -burst) is as good as none"""
+
+    def _tokens(self, key: str, now: float) -> float:
+        found = self._buckets.get(key)
+        if found is None:
+            return float(self.burst)
+        tokens, last = found
+        return min(self.burst, tokens + (now - last) * self.rate)
+
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """0 if allowed (and `cost` tokens spent), else seconds until a request would be."""
         now = time.monotonic()
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self._buckets[key] = (tokens - 1, now)
+        tokens = self._tokens(key, now)
+        if tokens >= cost:
+            self._buckets.set(key, (tokens - cost, now))
             return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1 - tokens) / self.rate
+        self._buckets.set(key, (tokens, now))
+        return (cost - tokens) / self.rate
+
+    def spend(self, key: str, cost: float) -> None:
+        """Spend `cost` tokens whatever is left (down to -burst: a flood keeps the bucket empty)."""
+        now = time.monotonic()
+        self._buckets.set(key, (max(-self.burst, self._tokens(key, now) - cost), now))
+
+    def wait(self, key: str) -> float:
+        """0 if a request may go now (nothing spent), else seconds until one may."""
+        tokens = self._tokens(key, time.monotonic())
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+
+def client_address(scope: Scope) -> str:
+    """Who sends the request, for per-address limits: the peer's IPv4 address, or the /64 of
+    an IPv6 one (one subscriber usually holds a whole /64)."""
+    client = scope.get("client")
+    if not client:
+        return "unknown"
+    host = client[0]
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Network((host.split("%")[0], 64), strict=False))
+        except ValueError:
+            return host
+    return host
+
+
+def offered_subprotocols(scope: Scope) -> list[str]:
+    return list(scope.get("subprotocols") or ())
 
 
 class Identity:
@@ -50,31 +108,66 @@ class Identity:
         self.app = app
         self.rt = rt
         self.buckets = TokenBuckets(rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst)
+        self.addresses = TokenBuckets(rt.settings.address_rate_limit_per_second, rt.settings.address_rate_limit_burst)
 
-    async def _resolve(self, scope: Scope, headers: dict[str, str]) -> Principal | None:
-        t = self.rt.tenancy
+    def _credential(self, scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
+        """The credential the request presents, without checking it: (kind, value) with kind
+        `internal`, `key`, `jwt` or `ticket`; None for an anonymous request."""
         token = headers.get(INTERNAL_HEADER)
-        if token is not None and hmac.compare_digest(token.encode(), self.rt.internal_token.encode()):
+        if token is not None:
+            return "internal", token
+        key = headers.get("x-api-key") or headers.get("x-volant-api-key")  # the latter: the Volant face's header
+        if key is not None:
+            return "key", key
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            bearer = auth[7:].strip()
+            return ("key", bearer) if bearer.startswith("vmp_") else ("jwt", bearer)
+        if scope["type"] == "websocket":
+            # browsers cannot set headers on a WebSocket: a subprotocol carries the credential
+            for proto in offered_subprotocols(scope):
+                if proto.startswith(SUBPROTOCOL_KEY):
+                    return "key", proto[len(SUBPROTOCOL_KEY):]
+                if proto.startswith(SUBPROTOCOL_TICKET):
+                    return "ticket", proto[len(SUBPROTOCOL_TICKET):]
+        if scope["type"] == "websocket" or scope["path"].startswith(VOLANT_PATHS):
+            # old WebSocket clients, and Volant's, which may send api_key= (kept out of logs:
+            # see vmplane.logs)
+            for part in scope.get("query_string", b"").decode("latin-1").split("&"):
+                name, _, value = part.partition("=")
+                if name in ("apiKey", "api_key") and value:
+                    return "key", unquote(value)
+                if name == "wsTicket" and value and scope["type"] == "websocket":
+                    return "ticket", unquote(value)
+        return None
+
+    def _vouched(self, cred: tuple[str, str] | None) -> bool:
+        """Whether a credential may pass an empty address bucket, known good without a lookup:
+        vmplane's own per-process secret, or a key this process has seen authenticate."""
+        if cred is None:
+            return False
+        kind, value = cred
+        if kind == "internal":
+            return hmac.compare_digest(value.encode(), self.rt.internal_token.encode())
+        return kind == "key" and self.rt.tenancy.known_key(value)
+
+    async def _resolve(self, scope: Scope, headers: dict[str, str], cred: tuple[str, str] | None) -> Principal | None:
+        t = self.rt.tenancy
+        if cred is None:
+            if self.rt.settings.insecure_no_auth:
+                return Principal(DEFAULT_ORG, ADMIN_USER, "admin", Role.OWNER, credential="insecure-no-auth")
+            return None
+        kind, value = cred
+        if kind == "internal":
+            if not hmac.compare_digest(value.encode(), self.rt.internal_token.encode()):
+                raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
             return await t.principal_for_internal(user_id, org_id)
-        key = headers.get("x-api-key") or headers.get("x-volant-api-key")  # the latter: the Volant face's header
-        auth = headers.get("authorization", "")
-        if key is None and auth.lower().startswith("bearer "):
-            bearer = auth[7:].strip()
-            if not bearer.startswith("vmp_"):
-                return await t.principal_for_jwt(bearer)
-            key = bearer
-        if key is None and (scope["type"] == "websocket" or scope["path"].startswith(VOLANT_PATHS)):
-            # browsers cannot set WebSocket headers; Volant's clients may send api_key=
-            for part in scope.get("query_string", b"").decode().split("&"):
-                name, _, value = part.partition("=")
-                if name in ("apiKey", "api_key"):
-                    key = unquote(value)
-        if key is not None:
-            return await t.principal_for_key(key)
-        if self.rt.settings.insecure_no_auth:
-            return Principal(DEFAULT_ORG, ADMIN_USER, "admin", Role.OWNER, credential="insecure-no-auth")
-        return None
+        if kind == "jwt":
+            return await t.principal_for_jwt(value)
+        if kind == "ticket":
+            return await t.principal_for_ws_ticket(value)
+        return await t.principal_for_key(value)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"].startswith(AGENT_PATHS):
@@ -83,20 +176,45 @@ class Identity:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         state = scope.setdefault("state", {})
+        cred = self._credential(scope, headers)
+        address = client_address(scope)
+        open_path = scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIX)
+        if not open_path and not self._vouched(cred):
+            wait = self.addresses.wait(address)
+            if wait > 0:
+                return await self._too_many(scope, receive, send, wait, "too many anonymous or failed requests from your address")
         principal: Principal | None = None
+        failed = False
         try:
-            principal = await self._resolve(scope, headers)
+            principal = await self._resolve(scope, headers, cred)
         except Unauthorized as exc:
             state["auth_error"] = exc.message
+            failed = True
         state["principal"] = principal
+        if failed:
+            self.addresses.spend(address, 2)
+            self.rt.tenancy.failed_auths.note(address, scope.get("method", "WS"), scope["path"])
+        elif principal is None and not open_path:
+            self.addresses.spend(address, 1)
         if principal is not None and scope["type"] == "http" and principal.credential != "internal":
             wait = self.buckets.take(principal.credential or principal.user_id)
             if wait > 0:
-                return await send_json(
-                    send, 429, {"error": f"rate limit exceeded; retry in {wait:.1f} s", "code": "rate_limited", "details": {}},
-                    extra_headers=[(b"retry-after", str(max(1, round(wait + 0.5))).encode())],
-                )  # fmt: skip
-        if scope["type"] != "http" or scope["method"] not in MUTATIONS:
+                return await self._too_many(scope, receive, send, wait, "rate limit exceeded")
+        if scope["type"] == "websocket":
+            offered = offered_subprotocols(scope)
+            if any(p.startswith(SUBPROTOCOL_PREFIXES) for p in offered):
+                scope = {**scope, "subprotocols": [p for p in offered if not p.startswith(SUBPROTOCOL_PREFIXES)]}
+                if SUBPROTOCOL in offered:
+                    send = _answer_subprotocol(send)
+            return await self.app(scope, receive, send)
+        if principal is None:
+            # refused for want of (valid) credentials: counted, not a row per request
+            watch = StatusWatch(send)
+            await self.app(scope, receive, watch)
+            if watch.status == 401 and not failed:
+                self.rt.tenancy.failed_auths.note(address, scope["method"], scope["path"])
+            return
+        if scope["method"] not in MUTATIONS:
             return await self.app(scope, receive, send)
         watch = StatusWatch(send)
         try:
@@ -104,13 +222,19 @@ class Identity:
         finally:
             await self._audit(scope, principal, watch.status)
 
-    async def _audit(self, scope: Scope, who: Principal | None, status: int) -> None:
+    async def _too_many(self, scope: Scope, receive: Receive, send: Send, wait: float, why: str) -> None:
+        await refuse(
+            scope, receive, send, 429, f"{why}; retry in {wait:.1f} s", "rate_limited",
+            headers={"retry-after": str(max(1, round(wait + 0.5)))},
+        )  # fmt: skip
+
+    async def _audit(self, scope: Scope, who: Principal, status: int) -> None:
         client = scope.get("client")
         row = {
             "ts": clock.now(),
-            "org_id": who.org_id if who else None,
-            "actor": who.user_name if who else "unauthenticated",
-            "credential": who.credential if who else None,
+            "org_id": who.org_id,
+            "actor": who.user_name,
+            "credential": who.credential,
             "method": scope["method"],
             "route": route_template(scope),
             "path": scope["path"][:1000],
@@ -120,3 +244,15 @@ class Identity:
         }
         async with self.rt.store.write() as conn:
             await t_q.add_audit(conn, [row])
+
+
+def _answer_subprotocol(send: Send) -> Send:
+    """A WebSocket that offered vmplane's subprotocols is accepted with `vmplane` (never the
+    one carrying the credential), as browsers require an offered subprotocol be chosen."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "websocket.accept" and not message.get("subprotocol"):
+            message = {**message, "subprotocol": SUBPROTOCOL}
+        await send(message)
+
+    return wrapped

@@ -65,6 +65,9 @@ def serve(
     from ..config import Settings
     from .serving import Listener, bind, parse_face, run, serve_all
 
+    from ..logs import install_scrubbing
+
+    install_scrubbing()  # keys and tokens in query strings never reach a log line
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per call to a node agent
     # The server keeps many long-lived objects; with the default thresholds the collector's
@@ -125,6 +128,9 @@ def agent(
     from ..agent.daemon import Agent, AgentConfig, AgentRefused
     from .serving import run
 
+    from ..logs import install_scrubbing
+
+    install_scrubbing()  # keys and tokens in query strings never reach a log line
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
     if driver not in ("qemu", "sim"):

@@ -1,18 +1,23 @@
 """`vmplane serve`: the main listener and, for each `--face NAME=HOST:PORT`, a listener that
-serves that face at its root, all in one process around one application."""
+serves that face at its root, all in one process around one application; and the uvicorn
+configuration every listener (and the tests' servers) runs with: a header-read timeout,
+`limit_concurrency`, and a shutdown that tells open streams to go away first."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
-from typing import Any, Coroutine, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Iterator, TypeVar
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..api.faces import FACES, listener_app
+from ..config import Settings
 
 T = TypeVar("T")
 
@@ -69,6 +74,94 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: from the
+    connection (or the end of the previous response on a kept-alive one) to the end of the
+    headers, at most `header_timeout` seconds, else 408 and the connection is closed. uvicorn
+    has an idle keep-alive timeout only, which the first byte of a request disarms: a client
+    sending a byte every few seconds held its connection for ever. (The body's deadline is
+    api/middleware.BodyLimit's.)"""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if getattr(self, "_header_timer", None) is not None:
+            self._header_timer.cancel()  # type: ignore[union-attr]
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            body = b"the request headers did not arrive in time"
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.pipeline and not self.transport.is_closing():
+            self._arm_header_timer()  # the next request's headers get the same deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+
+def header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
+    """The HTTP protocol class to give uvicorn (`Config(http=...)`) for a `seconds` deadline."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
+
+
+def server_config(app: Any, settings: Settings, log_level: str = "warning", **kw: Any) -> uvicorn.Config:
+    """The uvicorn configuration of every vmplane listener: headers within
+    `header_timeout_seconds`, at most `limit_concurrency` connections and requests at once
+    (503 beyond), `graceful_shutdown_seconds` for running requests to finish on shutdown, no
+    access log (request metrics are in /metrics)."""
+    return uvicorn.Config(
+        app, log_level=log_level, access_log=False, http=header_timeout(settings.header_timeout_seconds),
+        limit_concurrency=settings.limit_concurrency,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds, **kw,
+    )  # fmt: skip
+
+
+class Server(uvicorn.Server):
+    """The main listener: on shutdown it first tells the runtime's open streams to go away
+    (they end at once rather than hold the shutdown up), then runs `before_shutdown` (the face
+    listeners stop), then uvicorn's own shutdown: running requests get
+    `graceful_shutdown_seconds`, then the lifespan stops the runtime."""
+
+    def __init__(self, config: uvicorn.Config, rt: Any, before_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__(config)
+        self.rt = rt
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:  # no new connections while the streams end
+            server.close()
+        try:
+            await self.rt.go_away()
+        except Exception:
+            logging.getLogger("vmplane").exception("ending the open streams failed")
+        if self.before_shutdown is not None:
+            await self.before_shutdown()
+        await super().shutdown(sockets)
+
+
 class _FaceServer(uvicorn.Server):
     """A face's listener: the main server owns signals (and the runtime's lifespan)."""
 
@@ -79,27 +172,29 @@ class _FaceServer(uvicorn.Server):
 
 async def serve_all(app: Any, listeners: list[tuple[Listener, socket.socket]], log_level: str) -> bool:
     """Serve until the main server is told to stop (SIGINT/SIGTERM); face listeners start once
-    the main one is up (its lifespan starts the runtime) and are stopped with it. False if the
-    main server never started (its lifespan failed)."""
+    the main one is up (its lifespan starts the runtime) and are stopped with it, before the
+    runtime stops. False if the main server never started (its lifespan failed)."""
     (_, main_sock), *faces = listeners
-    main = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+    rt = app.state.rt
+    others: list[tuple[_FaceServer, socket.socket]] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def stop_faces() -> None:
+        for server, _ in others:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    main = Server(server_config(app, rt.settings, log_level), rt, stop_faces)
     main_task = asyncio.create_task(main.serve(sockets=[main_sock]))
     while not main.started:
         if main_task.done():
             main_task.result()
             return False
         await asyncio.sleep(0.05)
-    others = [
-        (_FaceServer(uvicorn.Config(listener_app(app, lis.face or ""), lifespan="off", log_level=log_level, access_log=False)), sock)
-        for lis, sock in faces
-    ]
-    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in others]
+    others += [(_FaceServer(server_config(listener_app(app, lis.face or ""), rt.settings, log_level, lifespan="off")), sock) for lis, sock in faces]
+    tasks += [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in others]
     try:
-        while not main.should_exit and not main_task.done():
-            await asyncio.sleep(0.1)
-    finally:
-        for server, _ in others:
-            server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
         await main_task
+    finally:
+        await stop_faces()
     return True

@@ -25,6 +25,11 @@ class SlowConsumer(Exception):
     """The subscriber fell too far behind and was dropped."""
 
 
+class GoingAway(SlowConsumer):
+    """The server is shutting down: every subscription ends (a client resumes elsewhere or
+    later, with the last event id it saw). A SlowConsumer, so every stream ends on it."""
+
+
 class Subscription:
     def __init__(self, bus: "EventBus", types: tuple[str, ...] | None, resource: str | None, max_queue: int, org_id: str | None) -> None:
         self.types = types
@@ -34,6 +39,7 @@ class Subscription:
         """Live events delivered to this subscription all have seq > start_seq."""
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=max_queue)
         self.dropped: str | None = None
+        self.going_away = False
 
     def wants(self, event: Event) -> bool:
         return (
@@ -47,11 +53,20 @@ class Subscription:
             self._queue.put_nowait(event)
             return True
         except asyncio.QueueFull:
-            self.dropped = f"slow consumer: more than {self._queue.maxsize} events behind"
-            while not self._queue.empty():  # make room for the end marker
-                self._queue.get_nowait()
-            self._queue.put_nowait(None)
+            self.end(f"slow consumer: more than {self._queue.maxsize} events behind")
             return False
+
+    def end(self, why: str, going_away: bool = False) -> None:
+        """End the subscription: its reader gets SlowConsumer (GoingAway) saying `why`."""
+        if self.dropped is not None:
+            return
+        self.dropped, self.going_away = why, going_away
+        while not self._queue.empty():  # make room for the end marker
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    def _ended(self) -> SlowConsumer:
+        return (GoingAway if self.going_away else SlowConsumer)(self.dropped or "dropped")
 
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout. Raises SlowConsumer once dropped."""
@@ -60,7 +75,7 @@ class Subscription:
         except TimeoutError:
             return None
         if event is None:
-            raise SlowConsumer(self.dropped or "dropped")
+            raise self._ended()
         return event
 
     def ready(self, limit: int) -> list[Event]:
@@ -69,7 +84,7 @@ class Subscription:
         while len(out) < limit and not self._queue.empty():
             event = self._queue.get_nowait()
             if event is None:
-                raise SlowConsumer(self.dropped or "dropped")
+                raise self._ended()
             out.append(event)
         return out
 
@@ -91,6 +106,13 @@ class EventBus:
         self._subs: set[Subscription] = set()
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._going_away: str | None = None
+
+    def go_away(self, why: str = "the server is shutting down") -> None:
+        """End every subscription, and every one made from now on, with GoingAway."""
+        self._going_away = why
+        for sub in list(self._subs):
+            sub.end(why, going_away=True)
 
     async def start(self) -> None:
         async with self.store.read() as conn:
@@ -118,6 +140,8 @@ class EventBus:
     ) -> AsyncIterator[Subscription]:
         """`org_id` limits the subscription to one organization's events (and everyone's)."""
         sub = Subscription(self, types, resource, max_queue or self.max_queue, org_id)
+        if self._going_away is not None:
+            sub.end(self._going_away, going_away=True)
         self._subs.add(sub)
         try:
             yield sub

@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import Principal
-from ..errors import InvalidRequest, InvalidState, NotFound, VmplaneError
+from ..errors import InvalidRequest, InvalidState, NotFound, RateLimited, VmplaneError
 from ..store import imports as imp_q
 from . import pages
 from .vms import check_name, check_tags
@@ -254,6 +254,8 @@ class ImportService:
 
     def __init__(self, rt: Any) -> None:
         self.rt = rt
+        self._exports: dict[str, int] = {}
+        """organization -> disk exports running (export_slot)"""
 
     def allowed_dirs(self) -> list[Path]:
         """Directories local import files may come from (resolved; the default is made)."""
@@ -378,11 +380,31 @@ class ImportService:
         token = pages.encode("imports", rows[limit - 1].seq) if len(rows) > limit else None
         return [view(r) for r in rows[:limit]], token
 
+    def take_export_slot(self, who: Principal) -> Callable[[], None]:
+        """One of the organization's `export_concurrency` disk exports, held until the returned
+        function is called (once the export's file has been sent or the export failed);
+        RateLimited (429) when all are taken. Per process, as the other rate limits."""
+        limit = self.rt.settings.export_concurrency
+        if self._exports.get(who.org_id, 0) >= limit:
+            raise RateLimited(f"at most {limit} disk exports run at once per organization; retry when one has finished", limit=limit)
+        self._exports[who.org_id] = self._exports.get(who.org_id, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._exports[who.org_id] -= 1
+                if not self._exports[who.org_id]:
+                    del self._exports[who.org_id]
+
+        return release
+
     async def export_disk(self, vm_ref: str, who: Principal) -> Path:
         """The VM's disk as it is now (point in time; live if it runs) flattened into a
         standalone qcow2 file the caller streams and then deletes: what another vmplane's
         import of source type `vmplane` downloads. InvalidState on a node that keeps no disk
-        content (sim)."""
+        content (sim). Hold a `take_export_slot` while it runs and its file is sent."""
         import shutil
         import uuid
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +17,7 @@ from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role, key_digest, key_prefix, new_api_key
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
 from ..domain import NodeStatus
+from ..lru import TtlLru
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q
 from ..store import tenancy as t_q
@@ -36,8 +39,12 @@ class TenancyService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
         self._keys: dict[str, tuple[float, Principal | str, float | None]] = {}
-        """digest -> (cached until, principal or why refused, the key's own expiry)"""
+        """digest -> (cached until, principal or why refused, the key's own expiry), for keys
+        the store holds (so bounded by them)"""
+        self._unknown: TtlLru[str, bool] = TtlLru(rt.settings.negative_key_cache_size, CACHE_SECONDS)
+        """digests of keys the store does not hold: bounded, for they are whatever clients send"""
         self.key_used: dict[str, float] = {}
+        self.failed_auths = FailedAuths(rt)
 
     # -- bootstrap -----------------------------------------------------------------------
 
@@ -77,11 +84,15 @@ class TenancyService:
         now = clock.now()
         cached = self._keys.get(digest)
         if cached is None or cached[0] < now:
+            if self._unknown.get(digest):
+                raise Unauthorized("unknown API key")
             async with self.rt.store.read() as conn:
                 row = await t_q.key_by_digest(conn, digest)
             value: Principal | str
             if row is None:
-                value = "unknown API key"
+                self._keys.pop(digest, None)
+                self._unknown.set(digest, True)
+                raise Unauthorized("unknown API key")
             elif row.revoked_at is not None:
                 value = "this API key was revoked"
             else:
@@ -126,8 +137,45 @@ class TenancyService:
             raise Unauthorized(f"{user_id} is no longer a member of {org_id}")
         return Principal(org_id, user.id, user.name, Role(member.role), None, False, "internal")
 
+    def known_key(self, key: str) -> bool:
+        """Whether this process has seen `key` authenticate (no store query): such a key is
+        let past an address whose anonymous budget is spent, so that a client behind the
+        same address as an attacker keeps working."""
+        cached = self._keys.get(key_digest(key))
+        return cached is not None and isinstance(cached[1], Principal)
+
     def forget_cached(self) -> None:
         self._keys.clear()
+        self._unknown.clear()
+
+    # -- WebSocket tickets ---------------------------------------------------------------
+
+    async def ws_ticket(self, who: Principal) -> tuple[str, float]:
+        """A one-time ticket that opens one WebSocket as `who` (the credential that asked for
+        it), good for `ws_ticket_seconds`; only its digest is stored."""
+        ticket = "wst_" + secrets.token_urlsafe(24)
+        now = clock.now()
+        expires = now + self.rt.settings.ws_ticket_seconds
+        row = {"token_hash": key_digest(ticket), "org_id": who.org_id, "user_id": who.user_id, "credential": who.credential,
+               "team_id": who.team_id, "read_only": who.read_only, "expires_at": expires, "used": False}  # fmt: skip
+        async with self.rt.store.write() as conn:
+            await t_q.add_ws_ticket(conn, row, now)
+        return ticket, expires
+
+    async def principal_for_ws_ticket(self, ticket: str) -> Principal:
+        """Spend a ticket: the principal it was made for, once; Unauthorized if it is unknown,
+        used or expired, or its credential has been revoked or its user removed since."""
+        async with self.rt.store.write() as conn:
+            row = await t_q.use_ws_ticket(conn, key_digest(ticket), clock.now())
+        if row is None:
+            raise Unauthorized("the WebSocket ticket is unknown, used or expired")
+        if row.credential and row.credential.startswith("key-"):
+            async with self.rt.store.read() as conn:
+                key = await t_q.get_key(conn, row.org_id, row.credential)
+            if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= clock.now()):
+                raise Unauthorized("the API key that made this WebSocket ticket is no longer valid")
+        who = await self.principal_for_internal(row.user_id, row.org_id)
+        return Principal(who.org_id, who.user_id, who.user_name, who.role, row.team_id, row.read_only, row.credential)
 
     async def flush_key_use(self) -> None:
         used, self.key_used = self.key_used, {}
@@ -365,3 +413,57 @@ class TenancyService:
 def require(who: Principal, role: Role, what: str) -> None:
     if not who.at_least(role) or who.read_only:
         raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot {what}")
+
+
+class FailedAuths:
+    """Requests refused for their credentials (bad, or none where one is needed), audited in
+    aggregate: one audit row per client address per minute whose `count` grows, so a flood of
+    bogus keys costs a row a minute, not a row a request. Counts reach the store within about
+    a second (one write per address and second at most)."""
+
+    FLUSH_SECONDS = 1.0
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self._pending: dict[tuple[str, int], tuple[int, str, str]] = {}
+        """(address, minute) -> (requests not yet written, method, path of the first)"""
+        self._rows: dict[tuple[str, int], int] = {}
+        """(address, minute) -> the seq of its audit row"""
+        self._flusher: asyncio.Task[None] | None = None
+
+    def note(self, address: str, method: str, path: str) -> None:
+        minute = int(clock.now() // 60)
+        n, m, p = self._pending.get((address, minute), (0, method, path))
+        self._pending[(address, minute)] = (n + 1, m, p)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon(), name="failed-auth-audit")
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.FLUSH_SECONDS)
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("writing failed authentications to the audit log failed")
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        now_minute = int(clock.now() // 60)
+        async with self.rt.store.write() as conn:
+            for (address, minute), (n, method, path) in pending.items():
+                seq = self._rows.get((address, minute))
+                if seq is not None:
+                    await t_q.count_into_audit(conn, seq, n)
+                    continue
+                row = {"ts": minute * 60.0, "org_id": None, "actor": "unauthenticated", "credential": None, "method": method[:8],
+                       "route": "(failed authentication)", "path": path[:1000], "status": 401, "outcome": "denied",
+                       "remote": address[:64], "count": n}  # fmt: skip
+                self._rows[(address, minute)] = await t_q.add_audit_row(conn, row)
+        self._rows = {k: v for k, v in self._rows.items() if k[1] >= now_minute}
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self.flush()

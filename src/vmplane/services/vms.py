@@ -203,9 +203,17 @@ class VmService:
         specs, vm_ids, teams, networks = await self._prepare([spec], who, False)
         return (await self._insert(conn, specs, vm_ids, teams, networks, who))[0]
 
+    def check_bulk(self, count: int, field: str = "body") -> None:
+        """InvalidRequest naming `field` when one request asks for more than `max_bulk` VMs
+        (faces call it before parsing each spec; `create` checks again)."""
+        limit = self.rt.settings.max_bulk
+        if count > limit:
+            raise InvalidRequest(f"{field}: at most {limit} VMs per request, this one asks for {count}", field=field, limit=limit)
+
     async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> tuple[list[NewVm], list[str], dict, dict]:
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
+        self.check_bulk(len(specs))
         specs = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
         vm_ids = [ids.new_id("vm") for _ in specs]
         specs = [s if s.name is not None else replace(s, name=vm_id) for s, vm_id in zip(specs, vm_ids)]

@@ -372,7 +372,25 @@ audit_log = Table(
     Column("status", Integer, nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("remote", String(64), nullable=True),
+    Column("count", Integer, nullable=False, default=1, server_default="1"),
+    # how many requests the row stands for: failed authentications are one row per client
+    # address per minute (services/tenancy.FailedAuths), everything else one row per request
 )
+
+ws_tickets = Table(
+    "ws_tickets",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("org_id", String(64), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("credential", String(64), nullable=True),
+    Column("team_id", String(64), nullable=True),
+    Column("read_only", Boolean, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("used", Boolean, nullable=False, default=False),
+)
+"""One-time WebSocket tickets (POST /api/v1/ws-tickets), bound to the credential that asked
+for one; only a SHA-256 of each ticket is kept."""
 
 vm_usage = Table(
     "vm_usage",

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 from sqlalchemy import Row, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .tables import api_keys, audit_log, memberships, orgs, teams, users, vms
+from .tables import api_keys, audit_log, memberships, orgs, teams, users, vms, ws_tickets
 
 
 async def count_orgs(conn: AsyncConnection) -> int:
@@ -130,13 +130,45 @@ async def add_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(audit_log), rows)
 
 
-async def audit(conn: AsyncConnection, org_id: str | None, *, after_seq: int | None, limit: int) -> Sequence[Row]:
+async def add_audit_row(conn: AsyncConnection, row: dict[str, Any]) -> int:
+    """Insert one audit row; returns its seq (to count more requests into it)."""
+    return (await conn.execute(insert(audit_log).returning(audit_log.c.seq), [row])).scalar_one()
+
+
+async def count_into_audit(conn: AsyncConnection, seq: int, more: int) -> None:
+    await conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(count=audit_log.c.count + more))
+
+
+async def prune_audit(conn: AsyncConnection, before: float) -> int:
+    """Drop audit rows older than `before`; returns how many went."""
+    return (await conn.execute(delete(audit_log).where(audit_log.c.ts < before))).rowcount
+
+
+async def audit(conn: AsyncConnection, org_id: str | None, *, after_seq: int | None, limit: int, unattributed: bool = False) -> Sequence[Row]:
+    """`unattributed`: also the rows of no organization (failed authentications)."""
     q = select(audit_log)
     if org_id is not None:
-        q = q.where(audit_log.c.org_id == org_id)
+        q = q.where((audit_log.c.org_id == org_id) | audit_log.c.org_id.is_(None) if unattributed else audit_log.c.org_id == org_id)
     if after_seq is not None:
         q = q.where(audit_log.c.seq < after_seq)
     return (await conn.execute(q.order_by(audit_log.c.seq.desc()).limit(limit))).all()
+
+
+async def add_ws_ticket(conn: AsyncConnection, row: dict[str, Any], now: float) -> None:
+    await conn.execute(delete(ws_tickets).where(ws_tickets.c.expires_at < now))
+    await conn.execute(insert(ws_tickets), [row])
+
+
+async def use_ws_ticket(conn: AsyncConnection, token_hash: str, now: float) -> Row | None:
+    """Spend a ticket: its row once, if it is not expired; None otherwise (and ever after)."""
+    res = await conn.execute(
+        update(ws_tickets)
+        .where(ws_tickets.c.token_hash == token_hash, ws_tickets.c.used.is_(False), ws_tickets.c.expires_at >= now)
+        .values(used=True)
+    )
+    if res.rowcount != 1:
+        return None
+    return (await conn.execute(select(ws_tickets).where(ws_tickets.c.token_hash == token_hash))).first()
 
 
 async def org_usage(conn: AsyncConnection, org_id: str) -> Row:

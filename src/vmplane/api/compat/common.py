@@ -58,6 +58,7 @@ def build_face(title: str, rt: Any, routers: Sequence[APIRouter], contract: Path
     served at `/<its file name>`."""
     app = FastAPI(title=f"vmplane: {title}", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.rt = rt
+    app.state.errors = errors  # middleware that refuses before the face runs answers in its shape
     for router in routers:
         app.include_router(router)
 

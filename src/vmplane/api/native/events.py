@@ -1,21 +1,42 @@
-"""/api/v1/events: the event stream as Server-Sent Events, and the same over WebSocket."""
+"""/api/v1/events: the event stream as Server-Sent Events, and the same over WebSocket;
+/api/v1/ws-tickets: one-time tickets that open a WebSocket without a key in its URL."""
 
 import asyncio
 import json
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
 from ... import clock
 from ...errors import InvalidRequest
 from ...events import wire
-from ...events.bus import EventBus, SlowConsumer
+from ...events.bus import EventBus, GoingAway, SlowConsumer
 from ...events.types import check_patterns
-from .deps import ERRORS, CallerDep
+from .deps import ERRORS, CallerDep, RuntimeDep
 
 router = APIRouter(tags=["events"])
 ws_router = APIRouter(tags=["events"])
+"""WebSocket routes, and the tickets that open them (any role may ask for one: it is a read)"""
+
+
+class WsTicketOut(BaseModel):
+    ticket: str
+    expiresAt: str
+    subprotocols: list[str]
+
+
+@ws_router.post("/ws-tickets", status_code=201, response_model=WsTicketOut, responses=ERRORS)
+async def ws_ticket(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
+    """A one-time ticket that opens one WebSocket (events, HyperSDK's `/ws`) as the credential
+    that asked for it, within `VMPLANE_WS_TICKET_SECONDS` (30): send it as the subprotocol
+    `ticket.<ticket>` beside `vmplane` (`Sec-WebSocket-Protocol: vmplane, ticket.<ticket>`),
+    or as `?wsTicket=` (query strings are kept out of the server's logs)."""
+    ticket, expires = await rt.tenancy.ws_ticket(who)
+    return JSONResponse(
+        {"ticket": ticket, "expiresAt": clock.rfc3339(expires), "subprotocols": ["vmplane", f"ticket.{ticket}"]}, status_code=201
+    )
 
 
 def _filters(types: str | None, resource: str | None) -> tuple[tuple[str, ...] | None, str | None]:
@@ -119,8 +140,8 @@ async def events_ws(websocket: WebSocket) -> None:
             while not reader.done():
                 try:
                     event = await sub.get(timeout=rt.settings.event_heartbeat_seconds)
-                except SlowConsumer as exc:
-                    await websocket.close(code=4008, reason=str(exc)[:120])
+                except SlowConsumer as exc:  # 1001: the server is going away; 4008: too slow
+                    await websocket.close(code=1001 if isinstance(exc, GoingAway) else 4008, reason=str(exc)[:120])
                     return
                 if event is None:
                     await websocket.send_text(await status())

@@ -1,18 +1,34 @@
 """/api/v1/imports: bring a VM in from an OVA, a disk image, vSphere or another vmplane (a
 job: 202 + jobId, importId); read an import's stage and bytes."""
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.background import BackgroundTask
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
 from ...services.imports import parse_request
 from ..schemas import In, Page
 from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
 
 router = APIRouter(tags=["imports"])
+
+
+class _SentOnce(FileResponse):
+    """A file deleted, and `done` called, once it has been sent, or the client went away."""
+
+    def __init__(self, path: Path, *, done: Callable[[], None], **kw: Any) -> None:
+        super().__init__(path, **kw)
+        self._path, self._done = path, done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._path.unlink(missing_ok=True)
+            self._done()
 
 
 class ImportSourceIn(In):
@@ -87,12 +103,20 @@ async def get_import(import_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResp
     return JSONResponse((await rt.imports.get(import_id, who)).to_wire())
 
 
-@router.get("/vms/{vm_id}/disk", responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}, "description": "the disk as a qcow2 image"}})
+@router.get(
+    "/vms/{vm_id}/disk",
+    responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}, "description": "the disk as a qcow2 image"}, 429: {"description": "VMPLANE_EXPORT_CONCURRENCY exports of your organization already run"}},
+)
 async def export_disk(vm_id: str, rt: RuntimeDep, who: CallerDep) -> FileResponse:
     """The VM's disk as a standalone qcow2 image (point in time; live if it runs): what an
     import with source type `vmplane` fetches from here."""
-    path = await rt.imports.export_disk(vm_id, who)
-    return FileResponse(
+    release = rt.imports.take_export_slot(who)  # 429 beyond VMPLANE_EXPORT_CONCURRENCY
+    try:
+        path = await rt.imports.export_disk(vm_id, who)
+    except BaseException:
+        release()
+        raise
+    return _SentOnce(
         path, media_type="application/octet-stream", filename=f"{vm_id}.qcow2", headers={"X-Vmplane-Disk-Format": "qcow2"},
-        background=BackgroundTask(path.unlink, missing_ok=True),
+        done=release,
     )  # fmt: skip

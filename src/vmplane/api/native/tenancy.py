@@ -113,6 +113,8 @@ class AuditOut(BaseModel):
     status: int
     outcome: str
     remote: str | None
+    count: int
+    """requests the row stands for (more than 1: failed authentications from one address in one minute)"""
 
 
 def key_out(k: Any) -> dict[str, Any]:
@@ -251,15 +253,17 @@ def parse_time(value: str | None, field: str) -> float | None:
 
 @router.get("/audit", response_model=Page[AuditOut], responses=ERRORS)
 async def audit(rt: RuntimeDep, who: CallerDep, limit: Limit = 50, pageToken: PageToken = None) -> JSONResponse:
-    """Every mutation in your organization, newest first (owners and admins)."""
+    """Every mutation in your organization, newest first (owners and admins). Operators also
+    see requests refused for their credentials: one row per client address and minute, whose
+    `count` says how many."""
     require(who, Role.ADMIN, "read the audit log")
     after = pages.decode("audit", pageToken)
     async with rt.store.read() as conn:
-        rows = await t_q.audit(conn, who.org_id, after_seq=after, limit=limit + 1)
+        rows = await t_q.audit(conn, who.org_id, after_seq=after, limit=limit + 1, unattributed=who.operator)
     token = pages.encode("audit", rows[limit - 1].seq) if len(rows) > limit else None
     items = [
         {"id": r.seq, "time": clock.rfc3339(r.ts), "actor": r.actor, "credential": r.credential, "method": r.method,
-         "route": r.route, "path": r.path, "status": r.status, "outcome": r.outcome, "remote": r.remote}  # fmt: skip
+         "route": r.route, "path": r.path, "status": r.status, "outcome": r.outcome, "remote": r.remote, "count": r.count}  # fmt: skip
         for r in rows[:limit]
     ]
     return JSONResponse({"items": items, "nextPageToken": token})

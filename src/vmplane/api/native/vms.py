@@ -82,6 +82,7 @@ async def create_vms(request: Request, rt: RuntimeDep, caller: CallerDep) -> JSO
     """Create one VM (an object) or many (an array): one job, one task per VM."""
     body = await json_body(request)
     if isinstance(body, list):
+        rt.vms.check_bulk(len(body))  # before validating each spec
         specs = _many.validate_python(body)
     elif isinstance(body, dict):
         specs = [VmCreateIn.model_validate(body)]

@@ -22,7 +22,7 @@ from .... import __version__, clock
 from ....auth import Principal
 from ....errors import Conflict, InvalidRequest, NotFound, VmplaneError
 from ....events import formats
-from ....events.bus import SlowConsumer
+from ....events.bus import GoingAway, SlowConsumer
 from ...native.deps import CallerDep, RuntimeDep, authorize, principal
 from . import jobs as hjobs
 from . import wire
@@ -500,7 +500,8 @@ async def _send(ws: WebSocket, type_: str, data: dict[str, Any]) -> None:
 async def ws(websocket: WebSocket) -> None:
     """`status` and `jobs` on connect, `status` every 2 s, `job_update` and `schedule_event` as
     they happen; a text `ping` (or `{"type":"ping"}`) is answered `{"type":"pong"}`.
-    Credentials as on HTTP (X-API-Key, Bearer, or `?apiKey=`)."""
+    Credentials as on HTTP (X-API-Key, Bearer), or as the subprotocols `vmplane,
+    apikey.<key>` / `vmplane, ticket.<ws ticket>`, or `?apiKey=` (api/identity.py)."""
     rt = websocket.app.state.rt
     try:
         who = principal(websocket)  # type: ignore[arg-type]
@@ -566,11 +567,14 @@ async def ws(websocket: WebSocket) -> None:
         await send("status", await status_data(app, rt, who))
         await send("jobs", {"jobs": await hjobs.query(rt, who, job_ids=None, statuses=None, limit=None)})
         tasks = [asyncio.create_task(c) for c in (statuses(), events(sub), imports_progress(), receive())]
+        code = 1000
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 exc = t.exception()
-                if exc is not None and not isinstance(exc, (WebSocketDisconnect, SlowConsumer, RuntimeError)):
+                if isinstance(exc, GoingAway):
+                    code = 1001  # the server is shutting down
+                elif exc is not None and not isinstance(exc, (WebSocketDisconnect, SlowConsumer, RuntimeError)):
                     raise exc
         except (WebSocketDisconnect, SlowConsumer):
             pass
@@ -579,6 +583,6 @@ async def ws(websocket: WebSocket) -> None:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
     try:
-        await websocket.close()
+        await websocket.close(code)
     except (RuntimeError, WebSocketDisconnect):  # the client went first
         pass
