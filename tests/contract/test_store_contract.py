@@ -89,7 +89,7 @@ async def test_tasks_are_claimed_once_and_in_resource_order(store: Store) -> Non
     assert sorted(flat) == ["task-0", "task-2"]
     async with store.write() as conn:
         job = await job_q.finish_task(
-            conn, task_id="task-0", job_id="job-1", owner="a" if "task-0" in got[0] else "b",
+            conn, task_id="task-0", job_id="job-1", owner="a" if "task-0" in got[0] else "b", attempt=1,
             state=TaskState.SUCCEEDED, error=None, old_progress=0, now=now,
         )  # fmt: skip
     assert job is not None and job.n_succeeded == 1 and job.state == "running"
