@@ -110,7 +110,7 @@ class TaskContext:
                     now=now,
                 )
                 if not ok:
-                    self.lost = True
+                    self._engine._lose(self, None)
                     raise LeaseLost(f"task {self.task_id}: attempt {self.attempt} lost its lease")
                 self.persisted_progress = self.progress_value
 
