@@ -1,6 +1,7 @@
 """Fencing: a worker that stalls past its task's lease, on PostgreSQL with two replicas (two
 runtimes in this process on one database), cannot act on the node nor end the task once the
-other replica has taken the task over; the task's changing driver calls happen once.
+other replica has taken the task over; the task's changing driver calls happen once. The same
+holds when the stalled process itself claims the task again (a later attempt).
 
 The node both replicas reach (as they reach an agent's node) is one sim driver, seen by each
 replica through a recorder that notes every call; replica A's recorder can hold A's handler
@@ -25,7 +26,6 @@ from vmplane.store.tables import events
 
 from ..support import Server, new_pg_database
 
-pytestmark = pytest.mark.postgres
 LEASE = 1.0
 SHARED = "shared-1"
 CHANGES = {"stop_vm", "revert_vm", "start_vm"}
@@ -70,6 +70,7 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 20) -> Any
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.postgres
 async def test_a_worker_stalled_past_its_lease_neither_acts_nor_ends_the_task(server_factory: Any, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, logger="vmplane.jobs")
     url = await new_pg_database()
@@ -146,3 +147,53 @@ async def test_a_worker_stalled_past_its_lease_neither_acts_nor_ends_the_task(se
         renewal = await job_q.renew_leases(conn, owner=a.rt.engine.owner, leases={task["id"]: 1}, until=time.time() + 60)
     assert renewal.lost == {task["id"]}
     await node.close()
+
+
+async def test_a_later_attempt_in_the_same_process_stops_the_stalled_one(server_factory: Any, database_url: str, caplog: Any) -> None:
+    """The lease owner is per process, so it is no fence: a replica stalled past its lease
+    whose task was requeued (by another replica's recovery) may claim that task again itself.
+    The stalled first attempt is stopped the moment the second is claimed, and only the
+    second acts and ends (SQLite and PostgreSQL)."""
+    caplog.set_level(logging.WARNING, logger="vmplane.jobs")
+    node = SimDriver(hostname="node-1", latency=0.01)
+    calls: list[tuple[str, str]] = []
+    rec = Recorder(node, "A", calls)
+    a: Server = await server_factory(database_url=database_url, nodes=[("node-1", rec)], lease_seconds=LEASE)
+    r = await a.client.post("/api/v1/vms", json={"name": "again"})
+    vm_id = r.json()["vmIds"][0]
+    assert (await a.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    r = await a.client.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": "s1"})
+    assert (await a.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    snap_id = (await a.client.get("/api/v1/snapshots")).json()["items"][0]["id"]
+
+    rec.hold = True
+    calls.clear()
+    r = await a.client.post(f"/api/v1/vms/{vm_id}/revert", json={"snapshotId": snap_id})
+    job_id = r.json()["jobId"]
+    await asyncio.wait_for(rec.held.wait(), 20)
+    lease_loop = a.rt.engine._loops[1]
+    lease_loop.cancel()
+    await asyncio.gather(lease_loop, return_exceptions=True)
+    (stalled,) = a.rt.engine._running.values()
+    # The lease runs out; another replica's recovery requeues the task (as its lease loop does).
+    await asyncio.sleep(LEASE * 1.2)
+    async with a.rt.store.write() as conn:
+        (orphan,) = await job_q.expired_tasks(conn, now=time.time())
+        assert await job_q.requeue_task(conn, orphan, time.time())
+    a.rt.engine.wakeup()
+
+    job = await a.wait_job(job_id, timeout=30)  # this process claims it again: attempt 2
+    a.rt.engine._loops[1] = asyncio.create_task(a.rt.engine._lease_loop())
+    assert job["state"] == "succeeded" and job["tasks"][0]["attempts"] == 2, job
+    assert stalled[0].done() and stalled[1].lost and stalled[1].attempt == 1
+    rec.release.set()
+    # One get_vm by the stalled attempt, then the second attempt's whole revert, once.
+    assert calls == [("A", "get_vm"), ("A", "get_vm"), ("A", "stop_vm"), ("A", "revert_vm"), ("A", "start_vm"), ("A", "get_vm")], calls
+    assert any(f"task {orphan.id} (vm-revert): attempt 1 lost its lease" in m for m in caplog.messages), caplog.messages
+    async with a.rt.store.read() as conn:
+        task_ends = [
+            r.type
+            for r in (await conn.execute(select(events.c.type, events.c.data).where(events.c.resource == vm_id))).all()
+            if r.type in ("task.succeeded", "task.failed", "task.cancelled") and r.data["id"] == orphan.id
+        ]
+    assert task_ends == ["task.succeeded"]
