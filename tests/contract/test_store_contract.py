@@ -112,7 +112,8 @@ async def _one_task_job(store: Store, job_id: str = "job-f") -> None:
 async def _claim(store: Store, owner: str, lease: float = 10) -> list[Any]:
     now = clock.now()
     async with store.write() as conn:
-        return list(await job_q.claim_tasks(conn, owner=owner, limit=10, lease_until=now + lease, now=now, postgres=store.dialect == "postgresql"))
+        pg = store.dialect == "postgresql"
+        return list(await job_q.claim_tasks(conn, owner=owner, limit=10, lease_until=now + lease, now=now, postgres=pg))
 
 
 async def _orphan_and_reclaim(store: Store, owner: str) -> Any:

@@ -252,9 +252,11 @@ class JobEngine:
             orphans = await q.expired_tasks(conn, now=now, any_owner_but=other)
             # A task this worker is still running is not an orphan, even if a busy loop let its
             # lease lapse: requeueing it would run it twice.
-            mine = [t for t in orphans if t.lease_owner == self.owner and t.id in self._running and self._running[t.id][1].attempt == t.attempts]
+            running = {task_id: ctx.attempt for task_id, (_, ctx) in self._running.items()}
+            mine = [t for t in orphans if t.lease_owner == self.owner and running.get(t.id) == t.attempts]
             if mine:
-                await q.renew_leases(conn, owner=self.owner, leases={t.id: t.attempts for t in mine}, until=now + self.settings.lease_seconds)
+                until = now + self.settings.lease_seconds
+                await q.renew_leases(conn, owner=self.owner, leases={t.id: t.attempts for t in mine}, until=until)
             requeued = [t for t in orphans if t not in mine and await q.requeue_task(conn, t, now)]
         if requeued:
             log.warning("requeued %d interrupted task(s): %s", len(requeued), ", ".join(t.id for t in requeued[:10]))
@@ -345,7 +347,8 @@ class JobEngine:
         LeaseLost if not."""
         now, mono = clock.now(), time.monotonic()
         async with self.store.write() as conn:
-            renewal = await q.renew_leases(conn, owner=self.owner, leases={ctx.task_id: ctx.attempt}, until=now + self.settings.lease_seconds)
+            until = now + self.settings.lease_seconds
+            renewal = await q.renew_leases(conn, owner=self.owner, leases={ctx.task_id: ctx.attempt}, until=until)
         if renewal.lost:
             self._lose(ctx, None)  # the caller is the run itself: LeaseLost stops it
             raise LeaseLost(f"task {ctx.task_id}: attempt {ctx.attempt} lost its lease")
