@@ -197,3 +197,52 @@ async def test_a_later_attempt_in_the_same_process_stops_the_stalled_one(server_
             if r.type in ("task.succeeded", "task.failed", "task.cancelled") and r.data["id"] == orphan.id
         ]
     assert task_ends == ["task.succeeded"]
+
+
+async def test_the_deferred_changes_of_a_refused_end_are_not_written(server_factory: Any, database_url: str) -> None:
+    """A run that never noticed it lost its lease (no fenced step after the loss) reaches its
+    end: the store refuses the end, and the changes it deferred to its end are not written,
+    while the run ending beside it in the same batch is recorded whole (SQLite and PostgreSQL)."""
+    from sqlalchemy import update
+
+    from vmplane import clock
+    from vmplane.jobs.handlers.base import BaseHandler
+    from vmplane.store import meta as meta_q
+    from vmplane.store.tables import tasks
+
+    class Deferring(BaseHandler):
+        def __init__(self) -> None:
+            self.go = asyncio.Event()
+            self.started: set[str] = set()
+
+        async def run(self, ctx: Any) -> None:
+            ctx.defer(lambda conn: meta_q.put(conn, f"deferred-{ctx.resource_id}", str(ctx.attempt)))
+            self.started.add(ctx.resource_id)
+            await self.go.wait()
+
+    a: Server = await server_factory(database_url=database_url, lease_seconds=30.0)
+    handler = Deferring()
+    a.rt.engine.handlers["test-deferring"] = handler
+    now = clock.now()
+    async with a.rt.store.write() as conn:
+        await job_q.insert_job(
+            conn,
+            {"id": "job-d", "type": "test-deferring", "state": "queued", "org_id": "org-default", "created_by": "x", "total": 2,
+             "n_succeeded": 0, "n_failed": 0, "n_cancelled": 0, "progress_sum": 0, "cancel_requested": False, "created_at": now,
+             "updated_at": now},
+            [{"id": f"task-{r}", "job_id": "job-d", "org_id": "org-default", "type": "test-deferring", "resource_id": r, "state": "queued",
+              "progress": 0, "payload": {}, "attempts": 0, "cancel_requested": False, "created_at": now} for r in ("d1", "d2")],
+        )  # fmt: skip
+    a.rt.engine.wakeup()
+    await until(lambda: handler.started == {"d1", "d2"}, "both tasks running")
+    async with a.rt.store.write() as conn:  # d1 passes to another worker behind this one's back
+        await conn.execute(update(tasks).where(tasks.c.id == "task-d1").values(lease_owner="elsewhere", attempts=tasks.c.attempts + 1))
+    handler.go.set()
+    await until(lambda: a.rt.engine.running_count == 0, "both runs over")
+    async with a.rt.store.read() as conn:
+        d1, d2 = [await job_q.get_task(conn, "job-d", t) for t in ("task-d1", "task-d2")]
+        job = await job_q.get_job(conn, "job-d")
+        written = {k: await meta_q.get(conn, k) for k in ("deferred-d1", "deferred-d2")}
+    assert (d1.state, d1.lease_owner, d1.attempts) == ("running", "elsewhere", 2)
+    assert d2.state == "succeeded" and (job.n_succeeded, job.state) == (1, "running")
+    assert written == {"deferred-d1": None, "deferred-d2": "1"}

@@ -34,6 +34,13 @@ from .fencing import LeaseLost, current
 log = logging.getLogger("vmplane.jobs")
 
 
+class _Refused(Exception):
+    """The store refused ends whose runs deferred changes (their leases were lost)."""
+
+    def __init__(self, task_ids: frozenset[str]) -> None:
+        self.task_ids = task_ids
+
+
 class HandOff(Exception):
     """Raised by a handler whose task must run in another replica (the one serving the node
     the work landed on): the task goes back to the queue, and this attempt does not count."""
@@ -434,15 +441,17 @@ class JobEngine:
                 self._writing_ends = False
         await done
 
-    async def _write_ends(self, batch: list[tuple[TaskContext, TaskState, str | None, list[dict[str, Any]], "asyncio.Future[None]"]]) -> None:
+    async def _write_ends(
+        self,
+        batch: list[tuple[TaskContext, TaskState, str | None, list[dict[str, Any]], "asyncio.Future[None]"]],
+        refused: frozenset[str] = frozenset(),
+    ) -> None:
         now = clock.now()
         try:
             async with self.store.write() as conn:
                 await q.append_logs(conn, [line for _, _, _, logs, _ in batch for line in logs])
-                # A run's last changes go in only with its end, and only while it holds the task.
-                held = await q.held_leases(conn, owner=self.owner, leases={ctx.task_id: ctx.attempt for ctx, *_ in batch})
                 for ctx, state, _, _, _ in batch:
-                    if state == TaskState.SUCCEEDED and ctx.task_id in held:
+                    if state == TaskState.SUCCEEDED and ctx.task_id not in refused:
                         for write in ctx.deferred:
                             await write(conn)
                 ended = await q.finish_tasks(
@@ -454,6 +463,15 @@ class JobEngine:
                     ],
                     now=now,
                 )
+                # A run's deferred changes count only with its end: if the store refused the end
+                # (the run lost its lease), undo this transaction and write the batch again
+                # without them. Rare, so the usual batch costs no extra statement.
+                undo = {c.task_id for c, st, *_ in batch if st == TaskState.SUCCEEDED and c.deferred and c.task_id not in ended}
+                if undo - refused:
+                    raise _Refused(frozenset(undo | refused))
+        except _Refused as again:
+            await self._write_ends(batch, again.task_ids)
+            return
         except Exception as exc:
             if len(batch) > 1:  # one task's last write failed: write each alone, so only it fails
                 for item in batch:

@@ -217,15 +217,6 @@ async def renew_leases(conn: AsyncConnection, *, owner: str, leases: Mapping[str
     return LeaseRenewal({r.id for r in rows if r.cancel_requested}, set(leases) - {r.id for r in rows})
 
 
-async def held_leases(conn: AsyncConnection, *, owner: str, leases: Mapping[str, int]) -> set[str]:
-    """Which of `leases` ({task id: attempt}) `owner` still holds; their rows stay locked (on
-    PostgreSQL) until the transaction ends, taken in id order as `finish_tasks` takes them."""
-    if not leases:
-        return set()
-    q = select(tasks.c.id).where(_held(owner, leases)).order_by(tasks.c.id).with_for_update()
-    return {r[0] for r in (await conn.execute(q)).all()}
-
-
 async def set_progress(
     conn: AsyncConnection, *, task_id: str, job_id: str, owner: str, attempt: int, old: int, new: int, now: float
 ) -> bool:
