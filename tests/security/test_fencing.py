@@ -1,12 +1,13 @@
 """Fencing: a worker that stalls past its task's lease, on PostgreSQL with two replicas (two
 runtimes in this process on one database), cannot act on the node nor end the task once the
-other replica has taken the task over; the task's changing driver calls happen once. The same
-holds when the stalled process itself claims the task again (a later attempt).
+other replica has taken the task over; the task's changing driver calls happen once.
 
 The node both replicas reach (as they reach an agent's node) is one sim driver, seen by each
 replica through a recorder that notes every call; replica A's recorder can hold A's handler
 between two driver calls, which with A's lease renewals stopped is a worker stalled past its
-lease."""
+lease. Then: a later attempt claimed by the stalled process itself, and an end the store
+refuses (with the changes its run deferred to it).
+"""
 
 import asyncio
 import inspect
@@ -15,14 +16,16 @@ import time
 from typing import Any, Callable
 
 import pytest
+from sqlalchemy import select, update
 
+from vmplane import clock
 from vmplane.drivers.base import HypervisorDriver
 from vmplane.drivers.sim import SimDriver
 from vmplane.jobs import fencing
-from sqlalchemy import select
-
+from vmplane.jobs.handlers.base import BaseHandler
 from vmplane.store import jobs as job_q
-from vmplane.store.tables import events
+from vmplane.store import meta as meta_q
+from vmplane.store.tables import events, tasks
 
 from ..support import Server, new_pg_database
 
@@ -203,13 +206,6 @@ async def test_the_deferred_changes_of_a_refused_end_are_not_written(server_fact
     """A run that never noticed it lost its lease (no fenced step after the loss) reaches its
     end: the store refuses the end, and the changes it deferred to its end are not written,
     while the run ending beside it in the same batch is recorded whole (SQLite and PostgreSQL)."""
-    from sqlalchemy import update
-
-    from vmplane import clock
-    from vmplane.jobs.handlers.base import BaseHandler
-    from vmplane.store import meta as meta_q
-    from vmplane.store.tables import tasks
-
     class Deferring(BaseHandler):
         def __init__(self) -> None:
             self.go = asyncio.Event()
