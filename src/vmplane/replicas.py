@@ -30,6 +30,7 @@ from . import ids
 from .drivers.base import HypervisorDriver
 from .drivers.registry import NodeRegistry
 from .errors import NotFound
+from .jobs.fencing import fenced
 from .store import meta as meta_q
 from .store.coordination import HOME_NS, NODE_NS, SCHEDULER_KEY, SINGLETON_NS, Coordinator, lock_key
 from .store.tables import nodes, vms
@@ -86,7 +87,9 @@ async def assign_node_ids(conn: "AsyncConnection", home: str, wanted: list[str])
 
 class ServedRegistry(NodeRegistry):
     """The node registry as handlers see it: a local node is there only while this process
-    serves it (holds its lock and has its driver open). Other nodes are unaffected."""
+    serves it (holds its lock and has its driver open). Other nodes are unaffected. Inside a
+    job handler the drivers come fenced (`jobs.fencing`): they act only while the handler's
+    run still holds its task's lease."""
 
     def __init__(self, replicas: "Replicas") -> None:
         super().__init__()
@@ -95,10 +98,10 @@ class ServedRegistry(NodeRegistry):
     def driver(self, node_id: str) -> HypervisorDriver:
         if not self._replicas.serves(node_id):
             raise NotFound(f"node {node_id} is served by another replica, not by this process")
-        return super().driver(node_id)
+        return fenced(super().driver(node_id))
 
     def items(self) -> list[tuple[str, HypervisorDriver]]:
-        return [(n, d) for n, d in super().items() if self._replicas.runs_here(n)]
+        return [(n, fenced(d)) for n, d in super().items() if self._replicas.runs_here(n)]
 
     def __contains__(self, node_id: str) -> bool:
         return super().__contains__(node_id) and self._replicas.serves(node_id)

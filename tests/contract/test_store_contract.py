@@ -89,11 +89,105 @@ async def test_tasks_are_claimed_once_and_in_resource_order(store: Store) -> Non
     assert sorted(flat) == ["task-0", "task-2"]
     async with store.write() as conn:
         job = await job_q.finish_task(
-            conn, task_id="task-0", job_id="job-1", owner="a" if "task-0" in got[0] else "b",
+            conn, task_id="task-0", job_id="job-1", owner="a" if "task-0" in got[0] else "b", attempt=1,
             state=TaskState.SUCCEEDED, error=None, old_progress=0, now=now,
         )  # fmt: skip
     assert job is not None and job.n_succeeded == 1 and job.state == "running"
     assert await claim("c") == ["task-1"]
+
+
+async def _one_task_job(store: Store, job_id: str = "job-f") -> None:
+    """A job of one task (`<job_id>-task`) on a resource of its own."""
+    now = clock.now()
+    async with store.write() as conn:
+        await job_q.insert_job(
+            conn,
+            {"id": job_id, "type": "t", "state": "queued", "org_id": "org-default", "created_by": "x", "total": 1, "n_succeeded": 0,
+             "n_failed": 0, "n_cancelled": 0, "progress_sum": 0, "cancel_requested": False, "created_at": now, "updated_at": now},
+            [{"id": f"{job_id}-task", "job_id": job_id, "org_id": "org-default", "type": "t", "resource_id": f"r-{job_id}", "state": "queued",
+              "progress": 0, "payload": {}, "attempts": 0, "cancel_requested": False, "created_at": now}],
+        )  # fmt: skip
+
+
+async def _claim(store: Store, owner: str, lease: float = 10) -> list[Any]:
+    now = clock.now()
+    async with store.write() as conn:
+        pg = store.dialect == "postgresql"
+        return list(await job_q.claim_tasks(conn, owner=owner, limit=10, lease_until=now + lease, now=now, postgres=pg))
+
+
+async def _orphan_and_reclaim(store: Store, owner: str) -> Any:
+    """The first attempt's lease runs out and a recovering worker requeues the task; `owner`
+    claims it again (a second attempt). Returns the task row as the first attempt left it."""
+    (first,) = await _claim(store, "w-1", lease=-1)  # already expired
+    async with store.write() as conn:
+        (orphan,) = await job_q.expired_tasks(conn, now=clock.now())
+        assert await job_q.requeue_task(conn, orphan, clock.now())
+    (second,) = await _claim(store, owner)
+    assert (first.attempts, second.attempts) == (1, 2)
+    return first
+
+
+@pytest.mark.parametrize("new_owner", ["w-1", "w-2"])  # the same process re-claiming it, or another
+async def test_a_stale_attempt_can_neither_renew_progress_end_nor_requeue_its_task(store: Store, new_owner: str) -> None:
+    """The fencing token is the attempt, not the owner: a lease owner can hold a later attempt
+    of the task its stalled first attempt still runs."""
+    await _one_task_job(store)
+    first = await _orphan_and_reclaim(store, new_owner)
+    tid, now = first.id, clock.now()
+    async with store.write() as conn:
+        renewal = await job_q.renew_leases(conn, owner="w-1", leases={tid: 1}, until=now + 60)
+        assert renewal.lost == {tid} and renewal.cancel == set()
+        assert not await job_q.set_progress(conn, task_id=tid, job_id="job-f", owner="w-1", attempt=1, old=0, new=50, now=now)
+        assert await job_q.finish_task(
+            conn, task_id=tid, job_id="job-f", owner="w-1", attempt=1, state=TaskState.SUCCEEDED, error=None, old_progress=0, now=now
+        ) is None  # fmt: skip
+        assert not await job_q.requeue_task(conn, first, now, handed_off=True)
+        task = await job_q.get_task(conn, "job-f", tid)
+        job = await job_q.get_job(conn, "job-f")
+    # The second attempt's task is as it was claimed: nothing of the first attempt landed.
+    assert (task.state, task.lease_owner, task.attempts, task.progress) == ("running", new_owner, 2, 0)
+    assert task.lease_expires < now + 60 and (job.n_succeeded, job.progress_sum, job.state) == (0, 0, "running")
+    # The holder of attempt 2 can do all of it.
+    async with store.write() as conn:
+        assert await job_q.renew_leases(conn, owner=new_owner, leases={tid: 2}, until=now + 60) == job_q.LeaseRenewal(set(), set())
+        assert await job_q.set_progress(conn, task_id=tid, job_id="job-f", owner=new_owner, attempt=2, old=0, new=50, now=now)
+        job = await job_q.finish_task(
+            conn, task_id=tid, job_id="job-f", owner=new_owner, attempt=2, state=TaskState.SUCCEEDED, error=None, old_progress=50, now=now
+        )  # fmt: skip
+    assert job is not None and job.state == "succeeded" and job.n_succeeded == 1 and job.progress_sum == 100
+    async with store.write() as conn:  # ended: its lease is gone for every attempt
+        assert (await job_q.renew_leases(conn, owner=new_owner, leases={tid: 2}, until=now + 60)).lost == {tid}
+
+
+async def test_renewal_reports_cancellations_and_losses_apart(store: Store) -> None:
+    for j in ("job-a", "job-b", "job-c"):
+        await _one_task_job(store, j)
+    claimed = {r.job_id: r for r in await _claim(store, "w-1")}
+    a, b, c = (claimed[j].id for j in ("job-a", "job-b", "job-c"))
+    async with store.write() as conn:
+        await job_q.cancel_job(conn, "job-a", clock.now())
+        assert await job_q.finish_task(
+            conn, task_id=c, job_id="job-c", owner="w-1", attempt=1, state=TaskState.FAILED, error="x", old_progress=0, now=clock.now()
+        ) is not None  # fmt: skip
+        renewal = await job_q.renew_leases(conn, owner="w-1", leases={a: 1, b: 1, c: 1}, until=clock.now() + 60)
+        assert renewal == job_q.LeaseRenewal(cancel={a}, lost={c})
+        assert (await job_q.renew_leases(conn, owner="w-2", leases={b: 1}, until=clock.now() + 60)).lost == {b}  # not w-2's
+
+
+async def test_a_lease_renewed_after_it_was_seen_expired_is_not_requeued(store: Store) -> None:
+    """A recovering worker compares the lease expiry it saw: the holder renewed it meanwhile
+    (it was only slow), so the task stays with its holder instead of running twice."""
+    await _one_task_job(store)
+    (task,) = await _claim(store, "w-1", lease=-1)
+    async with store.write() as conn:
+        (orphan,) = await job_q.expired_tasks(conn, now=clock.now())
+    async with store.write() as conn:
+        assert not (await job_q.renew_leases(conn, owner="w-1", leases={task.id: 1}, until=clock.now() + 60)).lost
+    async with store.write() as conn:
+        assert not await job_q.requeue_task(conn, orphan, clock.now())
+        row = await job_q.get_task(conn, "job-f", task.id)
+    assert (row.state, row.lease_owner, row.attempts) == ("running", "w-1", 1)
 
 
 async def test_keyset_pages_see_every_row_once(store: Store) -> None:

@@ -4,12 +4,19 @@ Life of a task: `queued` → claimed by a worker (lease) → handler `run(ctx)` 
 `failed` or `cancelled`. A worker renews its leases while it works; a task whose lease runs
 out (its worker died) goes back to the queue and is resumed by running the handler again,
 which is why handlers are idempotent. After `max_task_attempts` the task fails instead.
+
+Each claim is a new attempt, and its number is the run's fencing token: the store takes the
+run's progress, its end or its hand-back only while (task, owner, attempt, running) still
+holds, and the run's driver calls first check that it does (`fencing`). A worker that finds it
+lost a lease (renewal reports it, or a fenced call or write is refused) stops that run at once,
+without its rollback and without recording an end: the task belongs to its new holder.
 """
 
 import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any, Awaitable, Callable, Collection, Protocol
 
 from sqlalchemy import Row
@@ -22,8 +29,16 @@ from ..domain import JobState, TaskState
 from ..errors import VmplaneError
 from ..store import Store
 from ..store import jobs as q
+from .fencing import LeaseLost, current
 
 log = logging.getLogger("vmplane.jobs")
+
+
+class _Refused(Exception):
+    """The store refused ends whose runs deferred changes (their leases were lost)."""
+
+    def __init__(self, task_ids: frozenset[str]) -> None:
+        self.task_ids = task_ids
 
 
 class HandOff(Exception):
@@ -45,6 +60,12 @@ class TaskContext:
         self.progress_value: int = row.progress
         self.persisted_progress: int = row.progress
         self.cancel_requested = False
+        self.lost = False
+        """this run lost its lease (to another worker or a later attempt): it may not act"""
+        self.ended = False
+        """the run is over (its end or hand-back is being recorded)"""
+        self.sure_until = 0.0
+        """monotonic time until which the lease is surely held, as far as renewals know"""
         self._logs: list[dict[str, Any]] = []
         self._persisted_at = clock.now()
         self.deferred: list[Callable[[AsyncConnection], Awaitable[None]]] = []
@@ -54,6 +75,15 @@ class TaskContext:
     def resumed(self) -> bool:
         """True when an earlier attempt was interrupted (the handler must pick up from there)."""
         return self.attempt > 1
+
+    async def fence(self) -> None:
+        """Return if this run still holds its task's lease, else raise LeaseLost. Free while
+        the last renewal is recent; otherwise one store round trip, which renews the lease."""
+        if self.lost:
+            raise LeaseLost(f"task {self.task_id}: attempt {self.attempt} lost its lease")
+        if self.ended or time.monotonic() < self.sure_until:
+            return
+        await self._engine.confirm_lease(self)
 
     def log(self, message: str) -> None:
         """Add a line to the task's log (written with the next progress report or at the end)."""
@@ -81,12 +111,15 @@ class TaskContext:
                     task_id=self.task_id,
                     job_id=self.job_id,
                     owner=self._engine.owner,
+                    attempt=self.attempt,
                     old=self.persisted_progress,
                     new=self.progress_value,
                     now=now,
                 )
-                if ok:
-                    self.persisted_progress = self.progress_value
+                if not ok:
+                    self._engine._lose(self, None)
+                    raise LeaseLost(f"task {self.task_id}: attempt {self.attempt} lost its lease")
+                self.persisted_progress = self.progress_value
 
     def defer(self, write: Callable[[AsyncConnection], Awaitable[None]]) -> None:
         """Run `write(conn)` in the transaction that records the task's success (one commit
@@ -113,6 +146,10 @@ class Handler(Protocol):
 class JobEngine:
     PROGRESS_INTERVAL = 1.0
     END_BATCH = 64
+    SURE_FRACTION = 2 / 3
+    """A lease renewed at monotonic time t is taken as surely held until t + this fraction of
+    `lease_seconds`: the rest covers clock skew between replicas and a call under way. Renewals
+    come every third of a lease, so a busy worker's fences normally cost no round trip."""
 
     def __init__(self, store: Store, settings: Settings, handlers: dict[str, Handler], runtime: Any) -> None:
         self.store = store
@@ -222,9 +259,11 @@ class JobEngine:
             orphans = await q.expired_tasks(conn, now=now, any_owner_but=other)
             # A task this worker is still running is not an orphan, even if a busy loop let its
             # lease lapse: requeueing it would run it twice.
-            mine = [t for t in orphans if t.lease_owner == self.owner and t.id in self._running]
+            running = {task_id: ctx.attempt for task_id, (_, ctx) in self._running.items()}
+            mine = [t for t in orphans if t.lease_owner == self.owner and running.get(t.id) == t.attempts]
             if mine:
-                await q.renew_leases(conn, owner=self.owner, task_ids=[t.id for t in mine], until=now + self.settings.lease_seconds)
+                until = now + self.settings.lease_seconds
+                await q.renew_leases(conn, owner=self.owner, leases={t.id: t.attempts for t in mine}, until=until)
             requeued = [t for t in orphans if t not in mine and await q.requeue_task(conn, t, now)]
         if requeued:
             log.warning("requeued %d interrupted task(s): %s", len(requeued), ", ".join(t.id for t in requeued[:10]))
@@ -238,7 +277,7 @@ class JobEngine:
             # Claim in batches: one claim per finished task would cost a transaction each.
             if free >= batch or (free > 0 and len(self._running) < batch):
                 try:
-                    now = clock.now()
+                    now, mono = clock.now(), time.monotonic()
                     async with self.store.write() as conn:
                         claimed = list(
                             await q.claim_tasks(
@@ -257,6 +296,10 @@ class JobEngine:
                     continue
                 for row in claimed:
                     ctx = TaskContext(self, row)
+                    ctx.sure_until = mono + self.settings.lease_seconds * self.SURE_FRACTION
+                    stale = self._running.get(row.id)
+                    if stale is not None:  # an earlier attempt of ours stalled and lost the task
+                        self._lose(stale[1], stale[0])
                     atask = asyncio.create_task(self._execute(ctx), name=f"task {row.id}")
                     self._running[row.id] = (atask, ctx)
             if claimed and len(claimed) == free:
@@ -272,61 +315,107 @@ class JobEngine:
         while not self._stopping:
             await asyncio.sleep(interval)
             try:
-                ids_ = list(self._running)
+                leases = {task_id: ctx.attempt for task_id, (_, ctx) in self._running.items()}
+                now, mono = clock.now(), time.monotonic()
                 async with self.store.write() as conn:
-                    cancel = await q.renew_leases(
-                        conn, owner=self.owner, task_ids=ids_, until=clock.now() + self.settings.lease_seconds
-                    )
-                for task_id in cancel:
+                    renewal = await q.renew_leases(conn, owner=self.owner, leases=leases, until=now + self.settings.lease_seconds)
+                for task_id, attempt in leases.items():
                     entry = self._running.get(task_id)
-                    if entry and not entry[1].cancel_requested:
-                        entry[1].cancel_requested = True
-                        entry[0].cancel()
+                    if entry is None or entry[1].attempt != attempt:
+                        continue
+                    atask, ctx = entry
+                    if task_id in renewal.lost:
+                        if not ctx.ended:  # an ended run's lease is gone because its end was recorded
+                            self._lose(ctx, atask)
+                        continue
+                    ctx.sure_until = max(ctx.sure_until, mono + self.settings.lease_seconds * self.SURE_FRACTION)
+                    if task_id in renewal.cancel and not ctx.cancel_requested:
+                        ctx.cancel_requested = True
+                        atask.cancel()
                 await self.recover()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("renewing leases failed")
 
+    def _lose(self, ctx: TaskContext, atask: "asyncio.Task[None] | None") -> None:
+        """This run lost its task's lease: stop it now (no rollback, no end recorded)."""
+        if not ctx.lost:
+            ctx.lost = True
+            log.warning(
+                "task %s (%s): attempt %d lost its lease (another worker or a later attempt holds the task); stopping it",
+                ctx.task_id, ctx.type, ctx.attempt,
+            )  # fmt: skip
+        if atask is not None and not atask.done():
+            atask.cancel()
+
+    async def confirm_lease(self, ctx: TaskContext) -> None:
+        """Ask the store whether `ctx`'s run still holds its lease (renewing it if so); raise
+        LeaseLost if not."""
+        now, mono = clock.now(), time.monotonic()
+        async with self.store.write() as conn:
+            until = now + self.settings.lease_seconds
+            renewal = await q.renew_leases(conn, owner=self.owner, leases={ctx.task_id: ctx.attempt}, until=until)
+        if renewal.lost:
+            self._lose(ctx, None)  # the caller is the run itself: LeaseLost stops it
+            raise LeaseLost(f"task {ctx.task_id}: attempt {ctx.attempt} lost its lease")
+        ctx.sure_until = max(ctx.sure_until, mono + self.settings.lease_seconds * self.SURE_FRACTION)
+
     async def _execute(self, ctx: TaskContext) -> None:
         handler = self.handlers[ctx.type]
+        current.set(ctx)  # drivers from the registry are fenced by this run (this asyncio task only)
         state, error = TaskState.SUCCEEDED, None
         try:
             try:
-                if ctx.attempt > self.settings.max_task_attempts:
-                    raise VmplaneError(f"interrupted {ctx.attempt - 1} times; giving up")
-                if ctx.resumed:
-                    ctx.log(f"resuming after an interruption (attempt {ctx.attempt})")
-                await handler.run(ctx)
-            except HandOff as exc:
-                ctx.log(f"handed over to another replica: {exc}")
-                await asyncio.shield(self._release(ctx, handed_off=True))
-                return
-            except asyncio.CancelledError:
-                if not ctx.cancel_requested:
-                    raise  # the engine is stopping: leave the task for another worker
-                state, error = TaskState.CANCELLED, "cancelled"
-                ctx.log("cancelled while running")
-                await asyncio.shield(self._rollback(handler, ctx, error, True))
-            except Exception as exc:
-                state = TaskState.FAILED
-                if isinstance(exc, VmplaneError):
-                    error = exc.message
+                try:
+                    if ctx.attempt > self.settings.max_task_attempts:
+                        raise VmplaneError(f"interrupted {ctx.attempt - 1} times; giving up")
+                    if ctx.resumed:
+                        ctx.log(f"resuming after an interruption (attempt {ctx.attempt})")
+                    await handler.run(ctx)
+                except HandOff as exc:
+                    ctx.log(f"handed over to another replica: {exc}")
+                    ctx.ended = True
+                    await asyncio.shield(self._release(ctx, handed_off=True))
+                    return
+                except asyncio.CancelledError:
+                    if ctx.lost:
+                        raise LeaseLost() from None
+                    if not ctx.cancel_requested:
+                        raise  # the engine is stopping: leave the task for another worker
+                    state, error = TaskState.CANCELLED, "cancelled"
+                    ctx.log("cancelled while running")
+                    await asyncio.shield(self._rollback(handler, ctx, error, True))
+                except Exception as exc:
+                    if ctx.lost:
+                        raise LeaseLost() from exc
+                    state = TaskState.FAILED
+                    if isinstance(exc, VmplaneError):
+                        error = exc.message
+                    else:
+                        log.exception("task %s (%s) failed unexpectedly", ctx.task_id, ctx.type)
+                        error = f"internal error: {exc!r}"
+                    ctx.log(f"Error: {error}")
+                    await asyncio.shield(self._rollback(handler, ctx, error, False))
                 else:
-                    log.exception("task %s (%s) failed unexpectedly", ctx.task_id, ctx.type)
-                    error = f"internal error: {exc!r}"
-                ctx.log(f"Error: {error}")
-                await asyncio.shield(self._rollback(handler, ctx, error, False))
-            else:
-                ctx.log("Done")
-            await asyncio.shield(self._finish(ctx, state, error))
+                    ctx.log("Done")
+                if ctx.lost:
+                    raise LeaseLost()
+                ctx.ended = True
+                await asyncio.shield(self._finish(ctx, state, error))
+            except LeaseLost:
+                # The task is its new holder's: this run undoes nothing and records no end.
+                self._lose(ctx, None)
+                log.warning("task %s: attempt %d stopped; nothing of it was recorded", ctx.task_id, ctx.attempt)
         except asyncio.CancelledError:
-            if self._stopping:
+            if self._stopping and not ctx.lost:
                 await asyncio.shield(self._release(ctx))
-            else:
+            elif not ctx.lost:
                 raise
         finally:
-            self._running.pop(ctx.task_id, None)
+            entry = self._running.get(ctx.task_id)
+            if entry is not None and entry[1] is ctx:  # not a later attempt of the same task
+                del self._running[ctx.task_id]
             self.wakeup()
 
     async def _rollback(self, handler: Handler, ctx: TaskContext, error: str, cancelled: bool) -> None:
@@ -352,21 +441,37 @@ class JobEngine:
                 self._writing_ends = False
         await done
 
-    async def _write_ends(self, batch: list[tuple[TaskContext, TaskState, str | None, list[dict[str, Any]], "asyncio.Future[None]"]]) -> None:
+    async def _write_ends(
+        self,
+        batch: list[tuple[TaskContext, TaskState, str | None, list[dict[str, Any]], "asyncio.Future[None]"]],
+        refused: frozenset[str] = frozenset(),
+    ) -> None:
         now = clock.now()
         try:
             async with self.store.write() as conn:
                 await q.append_logs(conn, [line for _, _, _, logs, _ in batch for line in logs])
                 for ctx, state, _, _, _ in batch:
-                    if state == TaskState.SUCCEEDED:
+                    if state == TaskState.SUCCEEDED and ctx.task_id not in refused:
                         for write in ctx.deferred:
                             await write(conn)
                 ended = await q.finish_tasks(
                     conn,
                     owner=self.owner,
-                    ends=[q.TaskEnd(ctx.task_id, ctx.job_id, state, error, ctx.persisted_progress) for ctx, state, error, _, _ in batch],
+                    ends=[
+                        q.TaskEnd(ctx.task_id, ctx.job_id, state, error, ctx.persisted_progress, ctx.attempt)
+                        for ctx, state, error, _, _ in batch
+                    ],
                     now=now,
                 )
+                # A run's deferred changes count only with its end: if the store refused the end
+                # (the run lost its lease), undo this transaction and write the batch again
+                # without them. Rare, so the usual batch costs no extra statement.
+                undo = {c.task_id for c, st, *_ in batch if st == TaskState.SUCCEEDED and c.deferred and c.task_id not in ended}
+                if undo - refused:
+                    raise _Refused(frozenset(undo | refused))
+        except _Refused as again:
+            await self._write_ends(batch, again.task_ids)
+            return
         except Exception as exc:
             if len(batch) > 1:  # one task's last write failed: write each alone, so only it fails
                 for item in batch:
@@ -376,7 +481,7 @@ class JobEngine:
             return
         for ctx, _, _, _, done in batch:
             if ctx.task_id not in ended:
-                log.warning("task %s finished after its lease passed to another worker", ctx.task_id)
+                log.warning("task %s: attempt %d finished after its lease passed on; its end was not recorded", ctx.task_id, ctx.attempt)
             if not done.done():
                 done.set_result(None)
 
@@ -385,7 +490,7 @@ class JobEngine:
         async with self.store.write() as conn:
             await q.append_logs(conn, ctx.take_logs())
             row = await q.get_task(conn, ctx.job_id, ctx.task_id)
-            if row is not None and row.lease_owner == self.owner:
+            if row is not None and row.lease_owner == self.owner and row.attempts == ctx.attempt:
                 await q.requeue_task(conn, row, clock.now(), handed_off=handed_off)
 
     def running_resources(self) -> dict[str, str]:

@@ -1,8 +1,14 @@
-"""SQL for jobs, tasks and task logs: submission, claiming with leases, completion, cancel."""
+"""SQL for jobs, tasks and task logs: submission, claiming with leases, completion, cancel.
 
-from typing import Any, Collection, NamedTuple, Sequence
+Fencing: each claim of a task increments its `attempts`, and that number is the fencing token
+of the run that claimed it. Every write a run makes to its task (renewal, progress, its end,
+handing it back) matches (task id, lease owner, attempt, state running), so a run whose lease
+passed to another worker, or to a later attempt of the same process, changes nothing.
+"""
 
-from sqlalchemy import Row, and_, func, insert, select, update
+from typing import Any, Collection, Mapping, NamedTuple, Sequence
+
+from sqlalchemy import Row, and_, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import JobState, TaskState, job_final_state, job_progress
@@ -180,20 +186,50 @@ async def claim_tasks(
     return claimed
 
 
-async def renew_leases(conn: AsyncConnection, *, owner: str, task_ids: Sequence[str], until: float) -> set[str]:
-    """Extend `owner`'s leases; returns the ids (among them) whose cancellation was asked."""
-    if not task_ids:
-        return set()
-    base = and_(tasks.c.id.in_(task_ids), tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
-    await conn.execute(update(tasks).where(base).values(lease_expires=until))
-    q = select(tasks.c.id).where(base, tasks.c.cancel_requested.is_(True))
-    return {r[0] for r in (await conn.execute(q)).all()}
+class LeaseRenewal(NamedTuple):
+    cancel: set[str]
+    """tasks (among those renewed) whose cancellation was asked"""
+    lost: set[str]
+    """tasks the caller no longer holds: another worker or a later attempt has them, or they ended"""
 
 
-async def set_progress(conn: AsyncConnection, *, task_id: str, job_id: str, owner: str, old: int, new: int, now: float) -> bool:
+def _held(owner: str, leases: Mapping[str, int]) -> Any:
+    """The rows of `leases` ({task id: attempt}) that `owner` still runs under that attempt."""
+    return and_(
+        tasks.c.id.in_(list(leases)),  # the primary key narrows first; the pairs then filter
+        tuple_(tasks.c.id, tasks.c.attempts).in_(list(leases.items())),
+        tasks.c.lease_owner == owner,
+        tasks.c.state == TaskState.RUNNING.value,
+    )
+
+
+async def renew_leases(conn: AsyncConnection, *, owner: str, leases: Mapping[str, int], until: float) -> LeaseRenewal:
+    """Extend `owner`'s leases on `leases` ({task id: attempt}) to `until`; reports which of
+    them were asked to cancel and which were lost (a lapsed lease that nobody took yet is
+    renewed: requeueing compares the expiry it saw, so it cannot take a lease renewed since)."""
+    if not leases:
+        return LeaseRenewal(set(), set())
+    rows = (
+        await conn.execute(
+            update(tasks).where(_held(owner, leases)).values(lease_expires=until).returning(tasks.c.id, tasks.c.cancel_requested)
+        )
+    ).all()
+    return LeaseRenewal({r.id for r in rows if r.cancel_requested}, set(leases) - {r.id for r in rows})
+
+
+async def set_progress(
+    conn: AsyncConnection, *, task_id: str, job_id: str, owner: str, attempt: int, old: int, new: int, now: float
+) -> bool:
+    """Record a running task's progress; False (and nothing written) if `owner`'s `attempt`
+    no longer holds the task."""
     res = await conn.execute(
         update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.lease_owner == owner,
+            tasks.c.attempts == attempt,
+            tasks.c.state == TaskState.RUNNING.value,
+        )
         .values(progress=new)
     )
     if res.rowcount != 1:
@@ -239,13 +275,15 @@ async def finish_task(
     task_id: str,
     job_id: str,
     owner: str,
+    attempt: int,
     state: TaskState,
     error: str | None,
     old_progress: int,
     now: float,
 ) -> Row | None:
-    """Record a running task's end. Returns the job row, or None if `owner` lost the lease."""
-    ended = await finish_tasks(conn, owner=owner, ends=[TaskEnd(task_id, job_id, state, error, old_progress)], now=now)
+    """Record a running task's end. Returns the job row, or None if `owner`'s `attempt` no
+    longer holds the task (nothing is written then)."""
+    ended = await finish_tasks(conn, owner=owner, ends=[TaskEnd(task_id, job_id, state, error, old_progress, attempt)], now=now)
     return ended.get(task_id)
 
 
@@ -255,11 +293,14 @@ class TaskEnd(NamedTuple):
     state: TaskState
     error: str | None
     old_progress: int
+    attempt: int
+    """the fencing token: the attempt that claimed the task (its `attempts` then)"""
 
 
 async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[TaskEnd], now: float) -> dict[str, Row]:
     """Record the ends of running tasks (of any jobs) in one transaction: {task id: its job
-    row after} for those whose lease `owner` still held.
+    row after} for those `owner` still held under the attempt each end names (the others
+    are left as they are: a later attempt or another worker owns them).
 
     Each job's row is updated once for all its tasks here: under a bulk job's stream of
     ending tasks that row is the hottest in the store. Task rows are locked first (in id
@@ -271,7 +312,12 @@ async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[Task
         task = (
             await conn.execute(
                 update(tasks)
-                .where(tasks.c.id == end.task_id, tasks.c.lease_owner == owner, tasks.c.state == TaskState.RUNNING.value)
+                .where(
+                    tasks.c.id == end.task_id,
+                    tasks.c.lease_owner == owner,
+                    tasks.c.attempts == end.attempt,
+                    tasks.c.state == TaskState.RUNNING.value,
+                )
                 .values(state=end.state.value, error=end.error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
                 .returning(*tasks.c)
             )
@@ -323,14 +369,23 @@ async def expired_tasks(conn: AsyncConnection, *, now: float, any_owner_but: str
 
 
 async def requeue_task(conn: AsyncConnection, task: Row, now: float, *, handed_off: bool = False) -> bool:
-    """Put an orphaned running task back in the queue so a worker resumes it. `handed_off`:
-    the worker gave it to another replica on purpose; that attempt does not count."""
+    """Put a running task back in the queue so a worker resumes it: an orphan (its lease ran
+    out) or one its worker hands back. `task` is the row as the caller saw it: nothing happens
+    unless the task is still that attempt under that owner with that expiry (a worker that
+    renewed its lease meanwhile keeps it). `handed_off`: the worker gave it to another replica
+    on purpose; that attempt does not count."""
     values: dict[str, Any] = {"state": TaskState.QUEUED.value, "lease_owner": None, "lease_expires": None, "progress": 0}
     if handed_off:
         values["attempts"] = tasks.c.attempts - 1
     res = await conn.execute(
         update(tasks)
-        .where(tasks.c.id == task.id, tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_owner == task.lease_owner)
+        .where(
+            tasks.c.id == task.id,
+            tasks.c.state == TaskState.RUNNING.value,
+            tasks.c.lease_owner == task.lease_owner,
+            tasks.c.attempts == task.attempts,
+            tasks.c.lease_expires == task.lease_expires,
+        )
         .values(**values)
     )
     if res.rowcount != 1:

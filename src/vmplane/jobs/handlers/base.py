@@ -30,6 +30,9 @@ async def load_vm(ctx: TaskContext) -> Row:
 
 
 async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: object) -> None:
+    """Record the VM's status now (not with the task's end); only while the run still holds
+    its task (a stalled run must not mark a VM its successor already finished with)."""
+    await ctx.fence()
     async with ctx.rt.store.write() as conn:
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
