@@ -991,9 +991,14 @@ class QemuDriver(HypervisorDriver):
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 await progress(10, f"converting the image to a standalone qcow2 on {self.hostname}")
-                made = await intake.intake(
-                    self.qemu_img, source, dest, max_virtual_size=self.max_image_bytes, label="the image", template_id=template_id
-                )
+                try:
+                    made = await intake.intake(
+                        self.qemu_img, source, dest, max_virtual_size=self.max_image_bytes, label="the image", template_id=template_id
+                    )
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        dest.parent.rmdir()  # a first version refused: no folder stays
+                    raise
                 await progress(100, f"{made.source_format} image of {made.virtual_size / GIB:.1f} GiB taken in on {self.hostname}")
         info = await images.disk_info(self.qemu_img, dest, template_id=template_id)
         return ImageInfo(path=dest, format="qcow2", virtual_size=info.virtual_size, actual_size=info.actual_size)

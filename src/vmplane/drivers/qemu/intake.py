@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import DriverError
+from ...errors import DriverError, ImageRefused
 from . import images
 
 GIB = 1 << 30
@@ -56,13 +56,6 @@ UNSUPPORTED_MAGIC = {  # formats qemu-img reads but vmplane does not take
     b"LUKS\xba\xbe": "LUKS",
     b"COWD": "VMDK version 3",
 }
-
-
-class ImageRefused(DriverError):
-    """An image from outside that vmplane will not use; the message says why."""
-
-    status = 400
-    code = "image_refused"
 
 
 @dataclass(frozen=True, slots=True)
