@@ -32,7 +32,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ...errors import DriverError, ImageRefused
 from . import images
@@ -51,6 +51,7 @@ VMDK4_MAGIC = b"KDMV"
 VMDK_DESCRIPTOR_MAX = 64 << 10
 VMDK_EXTENT_ACCESS = ("RW", "RDONLY", "NOACCESS")
 VMDK_EXTENT_NAME_RE = re.compile(r'"([^"\r\n]*)"')
+PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 UNSUPPORTED_MAGIC = {  # formats qemu-img reads but vmplane does not take
     b"QED\x00": "QED",
     b"LUKS\xba\xbe": "LUKS",
@@ -77,6 +78,7 @@ async def intake(
     fmt: str | None = None,
     extents_dir: Path | None = None,
     label: str | None = None,
+    progress: Callable[[int, int], Awaitable[None]] | None = None,
     **details: Any,
 ) -> Intaken:
     """Convert the image `source` into a fresh standalone qcow2 at `dest` (replaced if there),
@@ -87,6 +89,7 @@ async def intake(
     vSphere datastore export): extents may be plain file names in that folder. Otherwise a
     VMDK must be one self-contained file.
     `label`: how errors name the image (default: the file's name).
+    `progress(done, total)`: the conversion's progress in bytes of the virtual size.
     Raises ImageRefused (the image is not acceptable) or DriverError (qemu-img failed);
     on any failure `dest` and its temporary file do not exist."""
     source = Path(os.path.abspath(source))  # absolute: qemu-img reads "proto:..." as a protocol
@@ -103,9 +106,21 @@ async def intake(
     part = dest.with_name(dest.name + ".intake")
     part.unlink(missing_ok=True)
     dest.unlink(missing_ok=True)
+    size = int(info["virtual-size"])
+    tail = b""
+
+    async def meter(chunk: bytes) -> None:  # qemu-img -p writes "    (12.34/100%)\r"
+        nonlocal tail
+        tail = (tail + chunk)[-256:]
+        found = PROGRESS_RE.findall(tail)
+        if found and progress is not None:
+            await progress(int(float(found[-1]) * size / 100), size)
+
     try:
-        argv = [qemu_img, "convert", "-q", "-f", fmt, "-O", "qcow2", str(source), str(part)]
-        status, _out, err = await images.run_tool(argv, "qemu-img convert", timeout=CONVERT_TIMEOUT, **details)
+        argv = [qemu_img, "convert", "-p" if progress else "-q", "-f", fmt, "-O", "qcow2", str(source), str(part)]
+        status, _out, err = await images.run_tool(
+            argv, "qemu-img convert", timeout=CONVERT_TIMEOUT, on_stdout=meter if progress else None, **details
+        )
         if status != 0:
             raise DriverError(f"{name}: qemu-img convert failed: {images.last_line(err) or status}", **details)
         result = await check_standalone(qemu_img, part, max_virtual_size=max_virtual_size, label=name, **details)

@@ -304,7 +304,7 @@ class VmImport(BaseHandler):
             source = copy
         made = await intake.intake(
             qemu_img, source, dest, max_virtual_size=ctx.rt.settings.max_image_virtual_gb << 30,
-            fmt=disk.format, extents_dir=disk.extents_dir, label=disk.label,
+            fmt=disk.format, extents_dir=disk.extents_dir, label=disk.label, progress=track.bytes,
         )  # fmt: skip
         await track.bytes(made.virtual_size, made.virtual_size, force=True)
         ctx.log(f"converted {disk.label} ({made.source_format}, {made.virtual_size} bytes) to qcow2")
