@@ -16,6 +16,7 @@ import hashlib
 import http.server
 import json
 import os
+import struct
 import subprocess
 import io
 import tarfile
@@ -40,11 +41,12 @@ MARK = b"HOST-SECRET-7f3c9a1e-"
 SECRET = MARK * (65536 // len(MARK))
 """what a hostile image tries to read; it must never show up in anything vmplane made"""
 GIB = 1 << 30
-HOSTILE = ("backing", "data_file", "vmdk_extent", "json_backing", "huge")
+HOSTILE = ("backing", "data_file", "vmdk_extent", "vmdk_embedded", "json_backing", "huge")
 REASON = {
     "backing": "backing file",
     "data_file": "external data file",
     "vmdk_extent": "names extent files",
+    "vmdk_embedded": "embedded descriptor",
     "json_backing": "backing file",
     "huge": "over the limit",
 }
@@ -74,6 +76,18 @@ def build(shape: str, folder: Path, secret: Path) -> Path:
             '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
             f'RW 128 FLAT "{secret}" 0\n\nddb.virtualHWVersion = "4"\n'
         )
+    elif shape == "vmdk_embedded":  # a binary VMDK of capacity 0: qemu reads its embedded descriptor's extents
+        raw = folder / "embedded.raw"
+        with raw.open("wb") as f:
+            f.truncate(1 << 20)
+        qemu_img("convert", "-f", "raw", "-O", "vmdk", str(raw), str(out))
+        raw.unlink()
+        data = bytearray(out.read_bytes())
+        struct.pack_into("<Q", data, 12, 0)
+        offset, size = struct.unpack_from("<QQ", data, 28)
+        text = f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 128 FLAT "{secret}" 0\n'
+        data[offset * 512 : (offset + size) * 512] = text.encode().ljust(size * 512, b"\0")
+        out.write_bytes(bytes(data))
     elif shape == "json_backing":
         spec = json.dumps({"driver": "raw", "file": {"driver": "file", "filename": str(secret)}})
         qemu_img("create", "-q", "-f", "qcow2", "-b", "json:" + spec, "-F", "raw", str(out), "1M")
@@ -148,7 +162,7 @@ async def test_qemu_img_info_is_the_second_wall(tmp_path: Path, monkeypatch: pyt
     require_qemu()
     secret = write_secret(tmp_path / "secret")
     monkeypatch.setattr(intake, "_precheck", lambda path, fmt, name, extents_dir: {str(path)})
-    for shape in ("backing", "data_file", "json_backing", "vmdk_extent"):
+    for shape in ("backing", "data_file", "json_backing", "vmdk_extent", "vmdk_embedded"):
         image = build(shape, tmp_path / "in", secret)
         with pytest.raises(intake.ImageRefused, match="backing file|external data file|extent other than"):
             await intake.intake("qemu-img", image, tmp_path / "x.qcow2", max_virtual_size=GIB)
@@ -329,7 +343,7 @@ async def plugin_image(s: Server, name: str) -> dict[str, Any]:
 async def test_plugins_refuse_a_hostile_rootfs_and_keep_an_initramfs_an_initrd(env: Env) -> None:
     s = env.s
     files_before = env.files()
-    for face, shape in (("native", "data_file"), ("volant", "backing"), ("native", "vmdk_extent")):
+    for face, shape in (("native", "data_file"), ("volant", "backing"), ("native", "vmdk_extent"), ("volant", "vmdk_embedded")):
         name = f"evil-{face}-{shape}".replace("_", "-")
         m = plugin_manifest(name, "rootfs", env.hostile(shape, env.root / f"plug-{name}"))
         if face == "volant":
@@ -365,7 +379,7 @@ async def test_plugins_refuse_a_hostile_rootfs_and_keep_an_initramfs_an_initrd(e
 def hostile_ova(env: Env, shape: str) -> Path:
     """An OVA whose disk member is the hostile image (a VMDK descriptor, or a qcow2)."""
     image = env.hostile(shape, env.root / f"ova-{shape}")
-    href = "disk1.vmdk" if shape == "vmdk_extent" else "disk1.qcow2"
+    href = "disk1.vmdk" if shape.startswith("vmdk") else "disk1.qcow2"
     ovf = ovf_descriptor(f"ova-{shape}".replace("_", "-"), 1, 128, href, image.stat().st_size, 1)
     dest = env.drop / f"{shape}.ova"
     with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -396,11 +410,11 @@ async def test_imports_refuse_hostile_disks(env: Env) -> None:
     for shape in HOSTILE:
         path = env.hostile(shape)
         await refused(await tenant.post("/api/v1/imports", json={"source": {"type": "disk", "path": str(path)}, "start": False}), REASON[shape])
-        fmt = "vmdk" if shape == "vmdk_extent" else "qcow2"  # stating the format changes nothing
+        fmt = "vmdk" if shape.startswith("vmdk") else "qcow2"  # stating the format changes nothing
         body = {"source": {"type": "disk", "url": f"file://{path}", "format": fmt}, "start": False}
         await refused(await tenant.post("/api/v1/imports", json=body), REASON[shape])
     # an OVA's disk is read as the VMDK its descriptor says it is
-    for shape, reason in (("vmdk_extent", REASON["vmdk_extent"]), ("data_file", "is not a VMDK image")):
+    for shape, reason in (("vmdk_extent", REASON["vmdk_extent"]), ("vmdk_embedded", REASON["vmdk_embedded"]), ("data_file", "is not a VMDK image")):
         ova = hostile_ova(env, shape)
         await refused(await tenant.post("/api/v1/imports", json={"source": {"type": "ova", "path": str(ova)}, "start": False}), reason)
         body = {"name": f"hsdk-{shape}".replace("_", "-"), "vm_path": str(ova), "source": {"type": "ova", "path": str(ova)}, "start": False}

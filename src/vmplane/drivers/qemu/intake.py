@@ -47,6 +47,7 @@ stuck qemu-img"""
 QCOW2_MAGIC = b"QFI\xfb"
 QCOW2_DATA_FILE_EXT = 0x44415441  # header extension "external data file name"
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+QCOW2_HEADER_MAX = 2 << 20  # the largest cluster size
 VMDK4_MAGIC = b"KDMV"
 VMDK_DESCRIPTOR_MAX = 64 << 10
 VMDK_EXTENT_ACCESS = ("RW", "RDONLY", "NOACCESS")
@@ -203,7 +204,7 @@ def _precheck(path: Path, fmt: str, name: str, extents_dir: Path | None) -> set[
 
 def _precheck_qcow2(path: Path, name: str) -> None:
     with open(path, "rb") as f:
-        head = f.read(1 << 16)
+        head = f.read(QCOW2_HEADER_MAX)  # header and extensions live in the first cluster
     if len(head) < 72 or not head.startswith(QCOW2_MAGIC):
         raise ImageRefused(f"{name} is not a qcow2 image")
     version, backing_offset, backing_size = struct.unpack_from(">IQI", head, 4)
@@ -231,6 +232,9 @@ def _precheck_vmdk(path: Path, name: str, extents_dir: Path | None) -> set[str]:
     with open(path, "rb") as f:
         head = f.read(VMDK_DESCRIPTOR_MAX + 1)
     if head.startswith(VMDK4_MAGIC):
+        if len(head) < 20 or struct.unpack_from("<Q", head, 12)[0] == 0:
+            # capacity 0: qemu reads the embedded descriptor as a descriptor file (extents)
+            raise ImageRefused(f"{name} is a VMDK whose embedded descriptor names its extents; give a single-file VMDK")
         return set()  # a sparse extent: self-contained (a parent, if named, is refused after `info`)
     if len(head) > VMDK_DESCRIPTOR_MAX or not _looks_like_descriptor(head[:1024]):
         raise ImageRefused(f"{name} is not a VMDK image")
