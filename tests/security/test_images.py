@@ -464,3 +464,32 @@ async def test_an_agent_refuses_hostile_images(tmp_path: Path) -> None:
     finally:
         await d.close()
         await agent.stop()
+
+
+async def test_a_restore_takes_a_disk_as_raw_content(env: Env) -> None:
+    """A tenant controls what their disk holds, so a backup can carry a hostile qcow2 header
+    as data: a restore writes those bytes into a qcow2 vmplane makes (`-f raw`), never reads
+    them as a header."""
+    s, c = env.s, env.s.client
+    if not s.rt.backup_store.available():
+        pytest.skip("restic is not installed")
+    tpl = next(t["id"] for t in (await c.get("/api/v1/templates")).json()["items"] if t["name"] == "tiny-linux")
+    job = await s.create({"name": "shaped", "templateId": tpl, "resources": {"cpu": 1, "ramMb": 128, "diskGb": 1}, "start": False})
+    assert job["state"] == "succeeded", job
+    vm_id = job["tasks"][0]["resourceId"]
+    hostile = env.hostile("data_file", env.root / "restore")
+    disk = s.rt.data_dir / "qemu" / "vms" / vm_id / "disk.qcow2"
+    # what the guest could have written to its own disk
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {hostile} 0 {hostile.stat().st_size}", str(disk)], check=True, capture_output=True)
+    r = await c.post(f"/api/v1/vms/{vm_id}/backups", json={"notes": "shaped"})
+    assert r.status_code == 202, r.text
+    assert (await s.wait_job(r.json()["jobId"], timeout=120))["state"] == "succeeded"
+    r = await c.post(f"/api/v1/vms/{vm_id}/restore", json={"backupId": r.json()["backupId"]})
+    assert r.status_code == 202, r.text
+    assert (await s.wait_job(r.json()["jobId"], timeout=120))["state"] == "succeeded"
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "-f", "qcow2", "--output=json", str(disk)], check=True, capture_output=True, text=True).stdout)
+    assert "data-file" not in json.dumps(info) and info["full-backing-filename"].startswith(str(s.rt.data_dir / "qemu" / "images"))
+    exported = (await c.get(f"/api/v1/vms/{vm_id}/disk")).content
+    assert no_secret_in(exported)
+    assert guest_view(exported, env.root / "restored").startswith(hostile.read_bytes()[:4096])  # the bytes, as data
+    assert (await s.wait_job((await c.delete(f"/api/v1/vms/{vm_id}")).json()["jobId"]))["state"] == "succeeded"
