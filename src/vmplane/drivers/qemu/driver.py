@@ -144,9 +144,9 @@ class QemuDriver(HypervisorDriver):
         self.dev_root = Path(dev_root)
         self.pci_allowlist = pci.Allowlist(pci_allowlist)
         self.migration_address = migration_address
+        """where live migrations into this node listen (QEMU's incoming stream, the NBD export)"""
         self.max_image_bytes = max_image_bytes
         """the largest virtual size of an image taken from outside (`intake`)"""
-        """where live migrations into this node listen (QEMU's incoming stream, the NBD export)"""
         self.net = nethost.NetworkHost(self.state_dir, nat=nat)
         """bridges, taps, dnsmasq and nftables of bridge networks (see vmplane.net.host)"""
         self.capabilities = Capabilities(

@@ -61,7 +61,8 @@ async def _checked(argv: list[str], what: str, **details: Any) -> str:
 
 
 async def disk_info(qemu_img: str, path: Path, **details: Any) -> DiskInfo:
-    """`qemu-img info` of `path` (format probed, no locks taken: the image may be in use)."""
+    """`qemu-img info` of `path` (format probed, no locks taken: the image may be in use).
+    Only for files vmplane made; an image from outside goes through `intake` instead."""
     out = await _checked([qemu_img, "info", "-U", "--output=json", str(path)], f"cannot inspect {path.name}", **details)
     try:
         data = json.loads(out)
