@@ -200,6 +200,16 @@ async def test_vmdk_extents_only_in_a_folder_vmplane_filled(tmp_path: Path) -> N
     assert not (tmp_path / "no.qcow2").exists()
 
 
+async def test_the_limit_is_a_setting(tmp_path: Path) -> None:
+    """VMPLANE_MAX_IMAGE_VIRTUAL_GB reaches the qemu driver of a server and of an agent (both
+    built by registry.build_qemu_driver); VM imports read the setting itself."""
+    from vmplane.drivers.registry import build_qemu_driver
+
+    assert make_settings(tmp_path).max_image_virtual_gb == 2048
+    driver = build_qemu_driver(make_settings(tmp_path, max_image_virtual_gb=3), tmp_path / "q", "h", "tcg")
+    assert isinstance(driver, QemuDriver) and driver.max_image_bytes == 3 * GIB
+
+
 # -- one server on the qemu driver for the entry points -------------------------------------
 
 
