@@ -240,6 +240,28 @@ class Env:
         return {v["id"] for v in (await self.s.client.get("/api/v1/vms", params={"limit": 500})).json()["items"]}
 
 
+class FakeVmplane(http.server.BaseHTTPRequestHandler):
+    """Another "vmplane" run by the tenant: its VM's disk export is a hostile image."""
+
+    disk = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path == "/api/v1/vms/vm-evil0000000":
+            body = json.dumps({"id": "vm-evil0000000", "name": "evil", "resources": {"cpu": 1, "ramMb": 128, "diskGb": 1}}).encode()
+        elif self.path == "/api/v1/vms/vm-evil0000000/disk":
+            body = self.disk
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        return None
+
+
 @pytest.fixture(scope="module")
 def www(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A loopback HTTP server of a folder (a tenant's web server)."""
@@ -429,6 +451,19 @@ async def test_imports_refuse_hostile_disks(env: Env) -> None:
         await refused(await tenant.post("/api/v1/imports", json={"source": {"type": "ova", "path": str(ova)}, "start": False}), reason)
         body = {"name": f"hsdk-{shape}".replace("_", "-"), "vm_path": str(ova), "source": {"type": "ova", "path": str(ova)}, "start": False}
         await refused(await tenant.post("/compat/hypersdk/jobs/submit", json=body), reason)
+    assert await env.vm_ids() == vms_before
+
+    # another vmplane whose VM disk export is hostile (source type `vmplane`)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeVmplane)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for shape in ("data_file", "backing", "json_backing"):
+            FakeVmplane.disk = env.hostile(shape, env.root / "fake-vmplane").read_bytes()
+            source = {"type": "vmplane", "url": f"http://127.0.0.1:{httpd.server_address[1]}", "apiKey": "k", "vmId": "vm-evil0000000"}
+            await refused(await tenant.post("/api/v1/imports", json={"source": source, "start": False}), REASON[shape])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
     assert await env.vm_ids() == vms_before
 
     # a hostile qcow2 declared raw is taken as raw bytes: the VM's disk is the file itself
