@@ -538,3 +538,62 @@ async def test_a_restore_takes_a_disk_as_raw_content(env: Env) -> None:
     assert no_secret_in(exported)
     assert guest_view(exported, env.root / "restored").startswith(hostile.read_bytes()[:4096])  # the bytes, as data
     assert (await s.wait_job((await c.delete(f"/api/v1/vms/{vm_id}")).json()["jobId"]))["state"] == "succeeded"
+
+
+@pytest.fixture(scope="module")
+def vcsim_at(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """govmomi's vCenter simulator: the tenant's "vCenter", whose VM disk file is hostile."""
+    import re
+    import time
+
+    from ..imports_support import require_vcsim
+
+    binary = require_vcsim()
+    root = tmp_path_factory.mktemp("vcsim")
+    out = root / "vcsim.out"
+    proc = subprocess.Popen([binary, "-l", "127.0.0.1:0", "-username", "vcadmin", "-password", "vc-Pa55-word"],
+                            stdout=out.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(root)})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not (m := re.search(r"GOVC_URL=https://[^@]+@(127\.0\.0\.1:\d+)/sdk", out.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+        yield {"url": f"https://{m.group(1)}/sdk", "addr": m.group(1)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_vsphere_source_with_a_hostile_disk_is_refused(env: Env, vcsim_at: dict[str, str]) -> None:
+    """The VM's disk file on the (tenant's) vCenter is replaced by a hostile image; the
+    import by datastore download fetches it into its work folder and intake refuses it."""
+    import re
+
+    import httpx
+
+    from vmplane.services import vsphere as vs
+
+    s, c = env.s, env.s.client
+    conn = vs.Connection(vcsim_at["url"], "vcadmin", "vc-Pa55-word", True)
+    vms_before, files_before = await env.vm_ids(), env.files()
+    for i, shape in enumerate(("vmdk_embedded", "data_file")):
+        path = f"DC0/vm/DC0_H0_VM{i}"
+        info = await s.rt.vsphere.vm_info(conn, path)
+        await s.rt.vsphere.power_off(conn, path)
+        ds, rel = re.match(r"^\[([^\]]+)\]\s*(.+)$", info.disks[0].file_path).groups()  # type: ignore[union-attr]
+        body = env.hostile(shape, env.root / "vsphere").read_bytes()
+
+        def upload(si: Any, rel: str = rel, ds: str = ds, body: bytes = body) -> int:
+            url = f"https://{vcsim_at['addr']}/folder/{rel}?dcPath=DC0&dsName={ds}"
+            return httpx.put(url, content=body, headers={"Cookie": vs._cookie(si)}, verify=False).status_code
+
+        assert vs._with_si(conn, upload) in (200, 201)
+        source = {"type": "vsphere", "vcenterUrl": vcsim_at["url"], "username": "vcadmin", "password": "vc-Pa55-word", "insecure": True,
+                  "vmPath": path, "exportMethod": "datastore"}  # fmt: skip
+        r = await c.post("/api/v1/imports", json={"source": source, "start": False})
+        assert r.status_code == 202, r.text
+        job = await s.wait_job(r.json()["jobId"], timeout=120)
+        assert job["state"] == "failed" and REASON[shape] in job["tasks"][0]["error"], job
+        imp = (await c.get(f"/api/v1/imports/{r.json()['importId']}")).json()
+        assert imp["vmId"] is None and env.files() == files_before, imp
+    assert await env.vm_ids() == vms_before
