@@ -1,12 +1,13 @@
 """Disk images that name host files (issue 18, item 1): each hostile shape is built here with
 qemu-img, naming a secret file this test writes, and tried through every entry point of a
 real server on the qemu driver (native templates by file:// and http, plugins native and
-Volant, VM imports of a disk and of an OVA, the HyperSDK face, a node agent). Each is refused
-with its reason and leaves no template image, VM or file; what does get in (a clean image,
-an initramfs, a hostile file declared raw) holds nothing of the secret.
+Volant, VM imports of a disk, an OVA, another "vmplane" and a vCenter, the HyperSDK face, a
+node agent). Each is refused with its reason and leaves no template image, VM or file; what
+does get in (a clean image, an initramfs, a hostile file declared raw, a restored backup of a
+disk holding a hostile header) holds nothing of the secret. No guest boots.
 
-The http case serves the images from a loopback server: with the outbound policy in place
-the test server must allow 127.0.0.0/8 (tests/support.make_settings does)."""
+The http sources (a web server, a fake vmplane, vcsim) listen on loopback: with the outbound
+policy in place the test server must allow 127.0.0.0/8 (tests/support.make_settings does)."""
 
 from __future__ import annotations
 
