@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     import_dirs: Annotated[list[Path], NoDecode] = []
     """Directories imports (ImportService) may read local files from, by path or file://
     URL; as an env var comma-separated or a JSON list. Empty: `<data_dir>/imports`."""
+    max_image_virtual_gb: int = Field(2048, ge=1)
+    """The largest virtual size (GiB) of a disk image taken from outside (templates, plugin
+    images, images an agent receives, VM imports); larger ones are refused before conversion."""
     backup_dir: Path | None = None
     """The backup store (a restic repository): default `<data_dir>/backups`; any mounted path."""
     user_network_subnet: str = "10.0.0.0/16"

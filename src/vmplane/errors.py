@@ -87,5 +87,13 @@ class DriverError(VmplaneError):
     code = "driver_error"
 
 
+class ImageRefused(DriverError):
+    """A disk image from outside that vmplane will not use (`drivers.qemu.intake`); the
+    message says why."""
+
+    status = 400
+    code = "image_refused"
+
+
 class TaskCancelled(VmplaneError):
     code = "cancelled"

@@ -147,7 +147,7 @@ async def test_disk_images_by_path_and_by_url_stopped_if_asked(server: Server, t
         tar.add(inside / "d.vmdk", arcname="d.vmdk")
     job, imp = await _import(server, {"source": {"type": "ova", "path": str(flat_ova)}})
     assert job["state"] == "failed" and "names extent files" in job["tasks"][0]["error"], job
-    for bad, why in ((sneaky, "external file"), (backed, "backing file"), (descriptor, "extent points outside")):
+    for bad, why in ((sneaky, "external data file"), (backed, "backing file"), (descriptor, "names extent files")):
         job, imp = await _import(server, {"source": {"type": "disk", "path": str(bad)}})
         assert job["state"] == "failed" and why in job["tasks"][0]["error"], (bad, job)
     job, imp = await _import(server, {"source": {"type": "disk", "url": f"{base}/missing.qcow2"}})

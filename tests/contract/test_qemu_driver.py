@@ -498,14 +498,22 @@ class TestQemuLifecycle:
         assert cmd[cmd.index("-m") + 1] == "512" and cmd[cmd.index("-smp") + 1] == "2"
 
     async def test_import_image_checks_format_and_backing_file(self, qdriver: QemuDriver, tmp_path: Path) -> None:
+        """A template's base is the node's own standalone qcow2 converted from the image
+        (tests/security/test_images.py tries the hostile shapes)."""
+
         async def progress(_p: int, _m: str) -> None:
             return None
 
         info = await qdriver.import_image("tpl-tiny00000000", tiny_image().disk, progress)
         assert info.format == "qcow2" and info.virtual_size == 1 << 30
+        assert info.path.is_relative_to(qdriver.state_dir / "images" / "tpl-tiny00000000")
+        assert await qdriver.import_image("tpl-tiny00000000", tiny_image().disk, progress) == info  # once
         raw = tmp_path / "disk.raw"
         raw.write_bytes(b"\0" * 1024 * 1024)
-        assert (await qdriver.import_image("tpl-raw000000000", raw, progress)).format == "raw"
+        made = await qdriver.import_image("tpl-raw000000000", raw, progress)
+        assert made.format == "qcow2" and made.virtual_size == 1 << 20 and made.path != raw
+        await qdriver.delete_image("tpl-raw000000000")
+        assert not made.path.exists() and raw.exists()
         overlay = tmp_path / "overlay.qcow2"
         proc = await asyncio.create_subprocess_exec(
             "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(tiny_image().disk), str(overlay)

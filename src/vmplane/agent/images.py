@@ -1,6 +1,7 @@
 """A node agent's copies of template files: received from the control plane (pushed, or
 fetched from its download endpoint or the template's source URL), verified by SHA-256, kept
-under `<data-dir>/images/<template-id>/` and imported into the local driver once.
+under `<data-dir>/images/<template-id>/` and imported into the local driver once (the qemu
+driver converts it through `drivers.qemu.intake`, refusing an image that names other files).
 
 A file is complete only once its checksum matched: it is written to `<name>.part` and renamed;
 `manifest.json` records the checksum of each complete file. A template's source URL is a
@@ -143,7 +144,8 @@ class ImageStore:
             return d / name
 
     async def import_pushed(self, template_id: str, progress: Progress) -> ImageInfo:
-        """Import a pushed disk into the driver; on failure nothing of it stays."""
+        """Import a received disk into the driver (the qemu driver takes it in through
+        `drivers.qemu.intake`: a refused image names why); on failure nothing of it stays."""
         path = self._dir(template_id) / "disk"
         try:
             return await self.driver.import_image(template_id, path, progress)
@@ -174,7 +176,7 @@ class ImageStore:
                 await self._fetch(template_id, f, progress)
             if missing:
                 return missing, None
-        info = await self.driver.import_image(template_id, d / "disk", progress)
+        info = await self.import_pushed(template_id, progress)
         boot = None
         if "kernel" in files:
             boot = {"kernel": str(d / "kernel"), "cmdline": cmdline or ""}

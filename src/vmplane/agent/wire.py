@@ -247,7 +247,7 @@ _ERROR_TYPES: dict[str, type[VmplaneError]] = {
     for cls in (
         errors.VmplaneError, errors.InvalidRequest, errors.Unauthorized, errors.Forbidden, errors.NotFound,
         errors.Conflict, errors.InvalidState, errors.NoCapacity, errors.NotReady, errors.DriverError,
-        errors.PayloadTooLarge, errors.TaskCancelled,
+        errors.PayloadTooLarge, errors.TaskCancelled, errors.ImageRefused,
     )
 }  # fmt: skip
 

@@ -261,9 +261,12 @@ class HypervisorDriver(ABC):
 
     @abstractmethod
     async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
-        """Make a downloaded image available as the base of template `template_id`.
+        """Make a downloaded image available as the base of template `template_id`; the
+        result's `path` is the base VMs are created on.
 
-        Validates it (a bad image raises DriverError naming the problem). Idempotent.
+        The image comes from outside: a driver whose VMs read it takes it in through
+        `drivers.qemu.intake` (a bad image raises DriverError naming the problem; nothing of
+        it is left behind). Idempotent.
         """
 
     @abstractmethod
@@ -274,11 +277,12 @@ class HypervisorDriver(ABC):
         """Make a template's files usable as VM bases on this node (once; idempotent) and
         return the image's path and the boot files as this node sees them, for `VmSpec`.
 
-        This default is for drivers on the control plane's own host: they use its files where
-        they are (`import_image` validates the image). A driver of another host (`remote`)
-        copies them there first, verified by checksum."""
-        await self.import_image(files.template_id, files.image, progress)
-        return str(files.image), files.boot
+        This default is for drivers on the control plane's own host: the image is what
+        `import_image` makes of it (the qemu driver's own standalone copy), the boot files are
+        used where they are. A driver of another host (`remote`) copies them there first,
+        verified by checksum."""
+        info = await self.import_image(files.template_id, files.image, progress)
+        return str(info.path), files.boot
 
     async def migrate_prepare(self, spec: VmSpec) -> MigrationTarget:
         """Target side of a live migration: define `spec` (an empty overlay on the same base)

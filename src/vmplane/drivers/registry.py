@@ -96,4 +96,5 @@ def build_qemu_driver(
         pci_allowlist=tuple(settings.pci_allowlist),
         nat=settings.bridge_nat,
         migration_address=migration_address,
+        max_image_bytes=settings.max_image_virtual_gb << 30,
     )

@@ -11,6 +11,7 @@ driver on the same state_dir re-attaches to them.
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import logging
@@ -44,7 +45,7 @@ from ..base import (
     VmRuntime,
     VmStats,
 )
-from . import images, procfs
+from . import images, intake, procfs
 from .agent import AgentNotResponding, GuestAgent
 from .cmdline import DISK_ID, active_forwards, build_argv, hostfwd_rule, user_netdev
 from .images import SUPPORTED_FORMATS
@@ -123,6 +124,7 @@ class QemuDriver(HypervisorDriver):
         pci_allowlist: Sequence[str] = (),
         nat: bool = True,
         migration_address: str = "127.0.0.1",
+        max_image_bytes: int = 2048 * GIB,
     ) -> None:
         if accel not in ("kvm", "tcg"):
             raise ValueError(f"accel must be kvm or tcg, not {accel!r} (pick it with accel.pick_accel)")
@@ -143,6 +145,8 @@ class QemuDriver(HypervisorDriver):
         self.pci_allowlist = pci.Allowlist(pci_allowlist)
         self.migration_address = migration_address
         """where live migrations into this node listen (QEMU's incoming stream, the NBD export)"""
+        self.max_image_bytes = max_image_bytes
+        """the largest virtual size of an image taken from outside (`intake`)"""
         self.net = nethost.NetworkHost(self.state_dir, nat=nat)
         """bridges, taps, dnsmasq and nftables of bridge networks (see vmplane.net.host)"""
         self.capabilities = Capabilities(
@@ -280,14 +284,12 @@ class QemuDriver(HypervisorDriver):
         return config
 
     async def _adopt_disk(self, image: Path, disk: Path, size: int, vm_id: str) -> None:
-        """Make the qcow2 `image` the VM's own disk at `disk` (moved, so it must not be used
-        elsewhere), grown to `size` if smaller. Images with a backing file are refused."""
+        """Make the qcow2 `image` (made by `intake.intake`) the VM's own disk at `disk`
+        (moved, so it must not be used elsewhere), grown to `size` if smaller. Anything but a
+        standalone qcow2 is refused."""
         if not image.is_file():
             raise DriverError(f"disk image {image} does not exist on {self.hostname}", vm_id=vm_id)
-        info = await images.disk_info(self.qemu_img, image, vm_id=vm_id)
-        if info.format != "qcow2" or info.backing_file:
-            raise DriverError(f"disk image {image.name} is {info.format}{' with a backing file' if info.backing_file else ''}; a VM's own disk is a standalone qcow2", vm_id=vm_id)
-        await images.check_qcow2(self.qemu_img, image, vm_id=vm_id)
+        info = await intake.check_standalone(self.qemu_img, image, max_virtual_size=self.max_image_bytes, vm_id=vm_id)
         try:
             os.replace(image, disk)
         except OSError:  # another file system: copy
@@ -967,29 +969,44 @@ class QemuDriver(HypervisorDriver):
 
     # -- images ----------------------------------------------------------------------------
 
+    def _image_dir(self, template_id: str) -> Path:
+        if not looks_like_id(template_id):
+            raise DriverError(f"{template_id!r} is not a template id")
+        return self.state_dir / "images" / template_id
+
     async def import_image(self, template_id: str, source: Path, progress: Progress) -> ImageInfo:
-        source = Path(source)
-        if not source.is_file():
-            raise DriverError(f"image {source.name} does not exist", template_id=template_id)
-        if source.stat().st_size == 0:
-            raise DriverError("image is empty", template_id=template_id)
-        info = await images.disk_info(self.qemu_img, source, template_id=template_id)
-        if info.format not in SUPPORTED_FORMATS:
-            raise DriverError(f"image format {info.format} is not supported (qcow2 or raw)", template_id=template_id)
-        if info.backing_file:
-            raise DriverError(
-                f"image has a backing file ({info.backing_file}); flatten it with qemu-img convert",
-                template_id=template_id,
-            )
-        if info.virtual_size <= 0:
-            raise DriverError("image has a virtual size of 0", template_id=template_id)
-        if info.format == "qcow2":
-            await images.check_qcow2(self.qemu_img, source, template_id=template_id)
-        await progress(100, f"{info.format} image of {info.virtual_size / GIB:.1f} GiB checked on {self.hostname}")
-        return ImageInfo(path=source, format=info.format, virtual_size=info.virtual_size, actual_size=info.actual_size)
+        """The template's base is this node's own standalone qcow2, converted from `source`
+        by `intake` (whatever `source` is, QEMU never opens it). One conversion per version
+        of the source file (path, size, mtime): a template's file is only replaced when the
+        template is (the tiny image rebuilt); older bases stay while VMs may use them, until
+        `delete_image`."""
+        source = Path(source).absolute()
+        try:
+            st = source.stat()
+        except OSError:
+            raise DriverError(f"image {source.name} does not exist", template_id=template_id) from None
+        version = hashlib.sha256(f"{source}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        dest = self._image_dir(template_id) / f"{version}.qcow2"
+        async with self._lock(template_id):  # (template ids never collide with VM ids)
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                await progress(10, f"converting the image to a standalone qcow2 on {self.hostname}")
+                try:
+                    made = await intake.intake(
+                        self.qemu_img, source, dest, max_virtual_size=self.max_image_bytes, label="the image", template_id=template_id
+                    )
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        dest.parent.rmdir()  # a first version refused: no folder stays
+                    raise
+                await progress(100, f"{made.source_format} image of {made.virtual_size / GIB:.1f} GiB taken in on {self.hostname}")
+        info = await images.disk_info(self.qemu_img, dest, template_id=template_id)
+        return ImageInfo(path=dest, format="qcow2", virtual_size=info.virtual_size, actual_size=info.actual_size)
 
     async def delete_image(self, template_id: str) -> None:
-        return None  # the control plane owns the image file; the node keeps no copy
+        async with self._lock(template_id):
+            await asyncio.to_thread(shutil.rmtree, self._image_dir(template_id), True)
+        self._locks.pop(template_id, None)
 
     # -- networking ------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ...errors import DriverError
 
@@ -20,16 +20,31 @@ class DiskInfo:
     raw: dict[str, Any]
 
 
-async def run_tool(argv: list[str], what: str, timeout: float = 120, **details: Any) -> tuple[int, str, str]:
-    """Run a host tool (argv, no shell); returns (status, stdout, stderr)."""
+async def run_tool(
+    argv: list[str], what: str, timeout: float = 120, on_stdout: Callable[[bytes], Awaitable[None]] | None = None, **details: Any
+) -> tuple[int, str, str]:
+    """Run a host tool (argv, no shell); returns (status, stdout, stderr). `on_stdout`, if
+    given, is handed stdout as it comes (a progress meter) instead of returning it."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
     except OSError as exc:
         raise DriverError(f"{what}: cannot run {argv[0]}: {exc.strerror}", **details) from exc
+
+    async def streamed() -> tuple[bytes, bytes]:
+        assert proc.stdout is not None and proc.stderr is not None and on_stdout is not None
+        err = asyncio.ensure_future(proc.stderr.read())
+        try:
+            while chunk := await proc.stdout.read(4096):
+                await on_stdout(chunk)
+            return b"", await err
+        finally:
+            err.cancel()
+
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate() if on_stdout is None else streamed(), timeout)
+        await proc.wait()
     except BaseException:
         if proc.returncode is None:
             proc.kill()
@@ -46,7 +61,8 @@ async def _checked(argv: list[str], what: str, **details: Any) -> str:
 
 
 async def disk_info(qemu_img: str, path: Path, **details: Any) -> DiskInfo:
-    """`qemu-img info` of `path` (format probed, no locks taken: the image may be in use)."""
+    """`qemu-img info` of `path` (format probed, no locks taken: the image may be in use).
+    Only for files vmplane made; an image from outside goes through `intake` instead."""
     out = await _checked([qemu_img, "info", "-U", "--output=json", str(path)], f"cannot inspect {path.name}", **details)
     try:
         data = json.loads(out)

@@ -3,8 +3,10 @@
 
 Stages, each recorded on the import with the bytes it moved:
 `connecting` (open the source, learn the VM's shape), `exporting` (fetch what is not local:
-a download, vSphere's export lease or datastore files), `converting` (`qemu-img convert` of
-the boot disk to a standalone qcow2; an OVA's VMDK is read in place inside the tar),
+a download, vSphere's export lease or datastore files), `converting` (the boot disk through
+`drivers.qemu.intake`: copied into the work folder first if it is not there yet, such as a
+file of an import directory or an OVA's member, then checked and converted to a standalone
+qcow2; an image that would make qemu-img read other files is refused with the reason),
 `defining` (record the VM, place it on a local node, define it with that disk as its own),
 `starting` (if asked). Every http(s) fetch (a disk or OVA URL, the other vmplane of a
 `vmplane` source) goes through the outbound policy (outbound.py), each redirect checked again,
@@ -18,7 +20,6 @@ A resumed attempt starts over unless the VM was already defined.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import re
@@ -36,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock, outbound
 from ...domain import Resources, VmStatus
-from ...drivers.qemu import images
+from ...drivers.qemu import intake
 from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
 from ...ovf import OvfError, parse_ovf
 from ...placement import Demand
@@ -55,7 +56,6 @@ log = logging.getLogger("vmplane.jobs")
 CHUNK = 1 << 20
 GIB = 1 << 30
 NAME_CLEAN_RE = re.compile(r"[^A-Za-z0-9-]+")
-PROGRESS_RE = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 BYTE_STAGES = ("exporting", "converting")
 
 
@@ -65,9 +65,14 @@ class SourceDisk:
 
     label: str
     filename: str
-    """a path, or a `json:` block device description (an OVA's VMDK read inside the tar)"""
+    """an absolute path (the OVA itself for an OVA's member)"""
     format: str | None
     size_hint: int = 0
+    member: tuple[int, int] | None = None
+    """an OVA's member: (offset, size) of its bytes inside the tar"""
+    extents_dir: Path | None = None
+    """a VMDK descriptor vmplane downloaded with its extents (vSphere's datastore export):
+    the folder they are in"""
 
 
 @dataclass
@@ -262,7 +267,7 @@ class VmImport(BaseHandler):
         await track.bytes(track.done, track.total, force=True)
         via = "the NFC export lease" if files and files[0].via == "lease" else "datastore download"
         ctx.log(f"fetched {len(files)} disk(s) by {via} ({track.done} bytes)")
-        disks = [SourceDisk(f.label, str(f.path), None, f.capacity_bytes) for f in files]
+        disks = [SourceDisk(f.label, str(f.path), None, f.capacity_bytes, extents_dir=f.path.parent if f.via == "datastore" else None) for f in files]
         firmware = "efi" if info.firmware.lower() == "efi" else "bios"
         return Shape(info.vm.name, info.vm.num_cpu, info.vm.memory_mb, disks, [n.network for n in info.nics], cdroms, info.vm.guest_os, firmware)
 
@@ -296,35 +301,25 @@ class VmImport(BaseHandler):
     # -- conversion ---------------------------------------------------------------------------
 
     async def _convert(self, ctx: TaskContext, track: _Tracker, disk: SourceDisk, dest: Path, work: Path) -> int:
-        """qemu-img convert to a standalone qcow2; returns the virtual size."""
+        """The boot disk through `intake` to a standalone qcow2; returns its virtual size.
+        A source outside the work folder (an import directory's file, an OVA's member) is
+        copied in first, so that what intake inspects is what it converts."""
         qemu_img = shutil.which("qemu-img")
         if qemu_img is None:
             raise VmplaneError("qemu-img is not installed on the control plane's host")
-        fmt_args = ["-f", disk.format] if disk.format else []
-        info = await _info(qemu_img, disk, work, ctx)
-        await track.stage("converting", info["virtual-size"])
-        argv = [qemu_img, "convert", "-p", *fmt_args, "-O", "qcow2", disk.filename, str(dest)]
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        try:
-            assert proc.stdout is not None
-            buf = b""
-            while chunk := await proc.stdout.read(256):
-                buf = (buf + chunk)[-512:]
-                found = PROGRESS_RE.findall(buf)
-                if found:
-                    await track.bytes(int(float(found[-1]) * info["virtual-size"] / 100), info["virtual-size"])
-            err = await proc.stderr.read() if proc.stderr else b""
-            status = await proc.wait()
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
-        if status != 0:
-            raise VmplaneError(f"qemu-img convert failed: {images.last_line(err.decode(errors='replace')) or status}")
-        await track.bytes(info["virtual-size"], info["virtual-size"], force=True)
-        ctx.log(f"converted {disk.label} ({info['format']}, {info['virtual-size']} bytes) to qcow2")
-        return int(info["virtual-size"])
+        await track.stage("converting", disk.size_hint or None)
+        source = Path(disk.filename)
+        if disk.member is not None or not source.is_relative_to(work):
+            copy = work / "source.disk"
+            await asyncio.to_thread(_copy_out, source, copy, disk.member)
+            source = copy
+        made = await intake.intake(
+            qemu_img, source, dest, max_virtual_size=ctx.rt.settings.max_image_virtual_gb << 30,
+            fmt=disk.format, extents_dir=disk.extents_dir, label=disk.label, progress=track.bytes,
+        )  # fmt: skip
+        await track.bytes(made.virtual_size, made.virtual_size, force=True)
+        ctx.log(f"converted {disk.label} ({made.source_format}, {made.virtual_size} bytes) to qcow2")
+        return made.virtual_size
 
     # -- the VM ------------------------------------------------------------------------------
 
@@ -493,46 +488,26 @@ def _read_ova(path: Path) -> tuple[Any, list[SourceDisk]]:
         if member is None:
             raise VmplaneError(f"the OVA has no file {d.href!r} (disk {d.disk_id})")
         fmt = _disk_format(d.format, d.href) or "vmdk"
-        spec = {
-            "driver": fmt,
-            "file": {"driver": "raw", "offset": member.offset_data, "size": member.size, "file": {"driver": "file", "filename": str(path)}},
-        }
-        disks.append(SourceDisk(d.disk_id, "json:" + json.dumps(spec), None, d.capacity_bytes))
+        disks.append(SourceDisk(d.disk_id, str(path), fmt, d.capacity_bytes, member=(member.offset_data, member.size)))
     return ovf, disks
 
 
-async def _info(qemu_img: str, disk: SourceDisk, work: Path, ctx: TaskContext) -> dict[str, Any]:
-    """`qemu-img info` of a source disk; refuses images that would make qemu-img read other
-    files (backing files, qcow2 external data files, VMDK extents outside the source's own
-    folder)."""
-    argv = [qemu_img, "info", "--output=json", *(["-f", disk.format] if disk.format else []), disk.filename]
-    status, out, err = await images.run_tool(argv, "qemu-img info")
-    if status != 0:
-        raise VmplaneError(f"{disk.label} is not a disk image qemu-img can read: {images.last_line(err)}")
-    try:
-        info = json.loads(out)
-    except ValueError:
-        raise VmplaneError("qemu-img info gave unexpected output") from None
-    if info.get("backing-filename") or info.get("full-backing-filename"):
-        raise VmplaneError(f"{disk.label} has a backing file ({info.get('backing-filename')}); import a standalone image")
-    data_file = ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
-    if data_file:
-        raise VmplaneError(f"{disk.label} keeps its data in an external file ({Path(str(data_file)).name}); import a standalone image")
-    extents = ((info.get("format-specific") or {}).get("data") or {}).get("extents") or []
-    if disk.filename.startswith("json:"):  # inside an OVA: the VMDK must be one self-contained file
-        if any(not str(e.get("filename", "")).startswith("json:") for e in extents):
-            raise VmplaneError(f"{disk.label}: the OVA's VMDK names extent files; an OVA's disk must be a single (stream-optimized) VMDK")
-    elif info.get("format") == "vmdk":
-        folder = Path(disk.filename).resolve().parent
-        for extent in extents:
-            target = Path(str(extent.get("filename", ""))).resolve()
-            if folder not in target.parents:
-                raise VmplaneError(f"{disk.label}: a VMDK extent points outside its folder ({target.name})")
-    if disk.format is None and info.get("format") not in ("qcow2", "raw", "vmdk", "vhdx", "vpc"):
-        raise VmplaneError(f"{disk.label} is {info.get('format')}, not qcow2, raw, vmdk or vhdx")
-    if disk.format is None:
-        disk.format = str(info["format"])
-    return info
+def _copy_out(source: Path, dest: Path, member: tuple[int, int] | None) -> None:
+    """Copy `source` (or the byte range `member` of it) to `dest`, sparse where it is zero."""
+    offset, size = member if member is not None else (0, source.stat().st_size)
+    with source.open("rb") as src, dest.open("wb") as out:
+        src.seek(offset)
+        left = size
+        while left > 0:
+            chunk = src.read(min(CHUNK, left))
+            if not chunk:
+                raise VmplaneError(f"{source.name} ends before its disk does")
+            left -= len(chunk)
+            if chunk.count(0) == len(chunk):
+                out.seek(len(chunk), 1)
+            else:
+                out.write(chunk)
+        out.truncate()
 
 
 async def _download(url: str, dest: Path, track: _Tracker, headers: dict[str, str] | None = None) -> None:
