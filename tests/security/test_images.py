@@ -588,7 +588,7 @@ async def test_a_vsphere_source_with_a_hostile_disk_is_refused(env: Env, vcsim_a
             url = f"https://{vcsim_at['addr']}/folder/{rel}?dcPath=DC0&dsName={ds}"
             return httpx.put(url, content=body, headers={"Cookie": vs._cookie(si)}, verify=False).status_code
 
-        assert vs._with_si(conn, upload) in (200, 201)
+        assert vs._with_si(conn, await s.rt.outbound.policy(), upload) in (200, 201)
         source = {"type": "vsphere", "vcenterUrl": vcsim_at["url"], "username": "vcadmin", "password": "vc-Pa55-word", "insecure": True,
                   "vmPath": path, "exportMethod": "datastore"}  # fmt: skip
         r = await c.post("/api/v1/imports", json={"source": source, "start": False})

@@ -20,6 +20,7 @@ A resumed attempt starts over unless the VM was already defined.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
