@@ -36,6 +36,7 @@ class BackupCreate(BaseHandler):
         try:
             size = await rt.registry.driver(vm.node_id).export_disk(vm.id, work)
             await ctx.progress(40, f"disk exported ({size} bytes)")
+            await ctx.fence()  # the backup store is no driver: fence its write by hand
             stored = await rt.backup_store.put(work, f"vm={vm.id}")
         finally:
             work.unlink(missing_ok=True)
@@ -62,6 +63,7 @@ class BackupDelete(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         bkp = await load_backup(ctx, ctx.resource_id)
         if bkp.repo_snapshot:
+            await ctx.fence()
             await ctx.rt.backup_store.forget(bkp.repo_snapshot)
         ctx.defer(lambda conn: bkp_q.delete_backup(conn, bkp.id))
 

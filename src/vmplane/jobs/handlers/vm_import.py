@@ -257,6 +257,7 @@ class VmImport(BaseHandler):
         ctx.log(f"vSphere: {info.vm.path} is {info.vm.power_state}, {info.vm.num_cpu} CPU, {info.vm.memory_mb} MiB, {len(info.disks)} disk(s)")
         cdroms = len(info.cdroms)
         if req.remove_cdroms and cdroms:
+            await ctx.fence()  # a change at the source vCenter, made by no driver: fenced by hand
             removed = await rt.vsphere.remove_cdroms(conn, src.vm_path)
             ctx.log(f"removed {removed} CD-ROM drive(s) from the source VM")
         await track.stage("exporting", sum(d.capacity_bytes for d in info.disks) or None)
