@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import clock, ids
 from .config import Settings
+from .datadir import make_private
 from .domain import NodeStatus, VmStatus
 from .drivers.base import HypervisorDriver, PowerState
 from .drivers.registry import build_qemu_driver, build_sim_nodes, pick_driver_kind
@@ -184,7 +185,10 @@ class Runtime:
                 await tpl_q.set_template(conn, tpl.id, **values)
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        from .drivers.qemu import confine as qemu_confine
+
+        make_private(self.data_dir)  # umask 0o077 for this process; 0700/0600 in the data dir
+        qemu_confine.configure(self.settings.qemu_confine, self.settings.qemu_user)
         self.images_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         if self.coordinator is not None:

@@ -44,7 +44,7 @@ from ..base import (
     VmRuntime,
     VmStats,
 )
-from . import images, procfs
+from . import confine, images, procfs
 from .agent import AgentNotResponding, GuestAgent
 from .cmdline import DISK_ID, active_forwards, build_argv, hostfwd_rule, user_netdev
 from .images import SUPPORTED_FORMATS
@@ -161,6 +161,13 @@ class QemuDriver(HypervisorDriver):
     @property
     def vms_dir(self) -> Path:
         return self.state_dir / "vms"
+
+    def _runas(self) -> str | None:
+        """The user QEMU drops to after start (confine.current()); None: it stays vmplane's.
+        A confined QEMU opens nothing by path after its start (the data dir is 0700 root):
+        files it needs later are handed to it as descriptors (`Monitor.pass_file`)."""
+        user = confine.current()
+        return user.name if user is not None else None
 
     # -- lifecycle of the driver -----------------------------------------------------------
 
@@ -375,7 +382,7 @@ class QemuDriver(HypervisorDriver):
         return ImageInfo(path=dest, format="qcow2", virtual_size=info.virtual_size, actual_size=info.actual_size)
 
     async def _backup_live(self, vm: _Vm, target: Path) -> None:
-        """A point-in-time copy of a running VM's disk (QMP drive-backup: copy-before-write, so
+        """A point-in-time copy of a running VM's disk (QMP blockdev-backup: copy-before-write, so
         guest writes during the copy do not leak into it). Only the top layer is copied; the
         copy keeps the same backing image."""
         info = await images.disk_info(self.qemu_img, vm.paths.disk, vm_id=vm.id)
@@ -385,33 +392,55 @@ class QemuDriver(HypervisorDriver):
         else:
             await images.create_blank(self.qemu_img, target, info.virtual_size, vm_id=vm.id)
         job = f"snap-{uuid.uuid4().hex[:8]}"
+        node = f"{job}-target"
         monitor = self._monitor(vm)
-        frozen = await self._freeze(vm)
+        # QEMU may no longer open files by path (confined, it runs as a user that cannot
+        # enter the data dir): the copy's file is handed to it as a descriptor, and its
+        # backing file stays closed (only the top layer is written; the header keeps the name)
+        fd = os.open(target, os.O_RDWR)
         try:
-            # The copy is of the disk at the moment the job starts (copy-before-write), so
-            # the guest's file systems need to be frozen only that long.
+            fdset = await monitor.pass_file(fd, f"{vm.id} snapshot")
+        finally:
+            os.close(fd)
+        try:
             await monitor.execute(
-                "drive-backup",
-                {"job-id": job, "device": DISK_ID, "target": str(target), "format": "qcow2", "mode": "existing",
-                 "sync": "top" if info.backing_file else "full", "auto-dismiss": False},  # fmt: skip
+                "blockdev-add",
+                {"driver": "qcow2", "node-name": node, "backing": None, "discard": "unmap",
+                 "file": {"driver": "file", "filename": f"/dev/fdset/{fdset}"}},  # fmt: skip
             )
+            try:
+                frozen = await self._freeze(vm)
+                try:
+                    # The copy is of the disk at the moment the job starts (copy-before-write), so
+                    # the guest's file systems need to be frozen only that long.
+                    await monitor.execute(
+                        "blockdev-backup",
+                        {"job-id": job, "device": DISK_ID, "target": node, "sync": "top" if info.backing_file else "full",
+                         "auto-dismiss": False},  # fmt: skip
+                    )
+                finally:
+                    if frozen:
+                        await self._thaw(vm)
+                try:
+                    while True:
+                        jobs = {j["id"]: j for j in await monitor.execute("query-jobs")}
+                        state = jobs.get(job, {})
+                        if state.get("status") == "concluded":
+                            if state.get("error"):
+                                raise DriverError(f"live snapshot failed: {state['error']}", vm_id=vm.id)
+                            return
+                        if not state:
+                            raise DriverError("live snapshot job vanished", vm_id=vm.id)
+                        await asyncio.sleep(0.05)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await monitor.execute("job-dismiss", {"id": job})
+            finally:
+                with contextlib.suppress(DriverError):
+                    await monitor.execute("blockdev-del", {"node-name": node})
         finally:
-            if frozen:
-                await self._thaw(vm)
-        try:
-            while True:
-                jobs = {j["id"]: j for j in await monitor.execute("query-jobs")}
-                state = jobs.get(job, {})
-                if state.get("status") == "concluded":
-                    if state.get("error"):
-                        raise DriverError(f"live snapshot failed: {state['error']}", vm_id=vm.id)
-                    return
-                if not state:
-                    raise DriverError("live snapshot job vanished", vm_id=vm.id)
-                await asyncio.sleep(0.05)
-        finally:
-            with contextlib.suppress(Exception):
-                await monitor.execute("job-dismiss", {"id": job})
+            with contextlib.suppress(DriverError):
+                await monitor.execute("remove-fd", {"fdset-id": fdset})
 
     async def _freeze(self, vm: _Vm) -> bool:
         """Freeze the guest's file systems through its agent, if it answers quickly. A guest
@@ -699,7 +728,7 @@ class QemuDriver(HypervisorDriver):
         _trim_log(vm.paths.serial_log)
         argv = build_argv(
             vm.config, vm.paths, accel=self.accel, qemu_binary=self.qemu_binary,
-            forward_address=self.forward_address, sandbox=self.sandbox,
+            forward_address=self.forward_address, sandbox=self.sandbox, runas=self._runas(),
         )
         if incoming:
             argv += ["-incoming", "defer", "-S"]
