@@ -40,6 +40,7 @@ from .services.plugins import PluginService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
+from .services.secrets import KEY_FILE as SECRETS_KEY_FILE, SecretBox
 from .replicas import Replicas, ServedRegistry, assign_node_ids, home_of
 from .store import Store
 from .store.coordination import EVENTS_CHANNEL, STARTUP_KEY, SINGLETON_NS, TASKS_CHANNEL, Coordinator
@@ -64,7 +65,9 @@ class Runtime:
         self.settings = settings
         self.data_dir = Path(settings.data_dir).resolve()
         self.images_dir = self.data_dir / "images"
-        self.store = Store(settings.resolved_database_url())
+        self.secret_box = SecretBox(self.data_dir / SECRETS_KEY_FILE)
+        """seals what vmplane must keep but never show (webhook secrets, vCenter credentials)"""
+        self.store = Store(settings.resolved_database_url(), secret_box=self.secret_box)
         self.coordinator = Coordinator(self.store.url) if self.store.dialect == "postgresql" else None
         """PostgreSQL: the session replicas coordinate through (locks, LISTEN/NOTIFY)"""
         self.replicas = Replicas(self, self.coordinator)
@@ -106,7 +109,7 @@ class Runtime:
         """the ASGI app serving this runtime (schedules replay requests through it)"""
         self.webhooks = WebhookService(self)
         self.webhook_delivery = WebhookDelivery(
-            self.store, owner=self.engine.owner, concurrency=settings.webhook_concurrency, backoff_base=settings.webhook_backoff_seconds
+            self.store, owner=self.engine.owner, signing=self.webhooks.signing, concurrency=settings.webhook_concurrency, backoff_base=settings.webhook_backoff_seconds
         )
         self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
