@@ -387,6 +387,9 @@ class QemuDriver(HypervisorDriver):
         copy keeps the same backing image."""
         info = await images.disk_info(self.qemu_img, vm.paths.disk, vm_id=vm.id)
         if info.backing_file:
+            # the backing file is the one vmplane gave the disk, never a name read from it
+            if Path(info.backing_file) not in self._backing_of(vm):
+                raise DriverError(f"the disk of {vm.id} names a backing file vmplane did not give it", vm_id=vm.id)
             backing = await images.disk_info(self.qemu_img, Path(info.backing_file), vm_id=vm.id)
             await images.create_overlay(self.qemu_img, Path(info.backing_file), backing.format, target, info.virtual_size, vm_id=vm.id)
         else:
@@ -485,13 +488,28 @@ class QemuDriver(HypervisorDriver):
             temp_id = "snap-" + uuid.uuid4().hex[:12]
             info = await self.snapshot_vm(vm_id, temp_id)
             try:
-                await images.to_raw(self.qemu_img, info.path, dest, vm_id=vm_id)
+                await images.to_raw(self.qemu_img, info.path, dest, await self._chain_of(vm), vm_id=vm_id)
             finally:
                 await self.delete_snapshot(temp_id)
         else:
             async with self._lock(vm_id):
-                await images.to_raw(self.qemu_img, vm.paths.disk, dest, vm_id=vm_id)
+                await images.to_raw(self.qemu_img, vm.paths.disk, dest, await self._chain_of(vm), vm_id=vm_id)
         return dest.stat().st_size
+
+    @staticmethod
+    def _backing_of(vm: _Vm) -> tuple[Path, ...]:
+        """The backing file vmplane gave the VM's disk (its template's image), if any."""
+        return (Path(vm.config.template_image),) if vm.config.template_image else ()
+
+    async def _chain_of(self, vm: _Vm) -> tuple[Path, ...]:
+        """The files that may back the VM's disk: its template's image and, for a clone of a
+        snapshot, the image that snapshot (written by vmplane) is on."""
+        chain = self._backing_of(vm)
+        if chain and chain[0].parent == self.state_dir / "snapshots" and chain[0].is_file():
+            below = (await images.disk_info(self.qemu_img, chain[0], vm_id=vm.id)).backing_file
+            if below:
+                chain += (Path(below),)
+        return chain
 
     async def import_disk(self, vm_id: str, source: Path) -> None:
         async with self._lock(vm_id):

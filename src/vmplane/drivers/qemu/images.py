@@ -192,10 +192,12 @@ async def disk_info(qemu_img: str, path: Path, **details: Any) -> DiskInfo:
         raise DriverError(f"qemu-img info of {path.name} gave unexpected output", **details) from exc
 
 
-async def chain_spec(qemu_img: str, path: Path, **details: Any) -> tuple[str, list[Path]]:
+async def chain_spec(qemu_img: str, path: Path, allowed: Sequence[Path], **details: Any) -> tuple[str, list[Path]]:
     """`path` with its whole backing chain as one `json:` image spec (each backing file named
     explicitly, so qemu-img is handed it rather than following the name inside the image),
-    and the files it reads. Backing files must be local absolute paths."""
+    and the files it reads. A backing file must be one of `allowed` (what vmplane itself put
+    there, such as the VM's template image): the name inside an image is data a guest's QEMU
+    could have rewritten, and vmplane opens these files as root."""
     files: list[Path] = []
     spec: dict[str, Any] | None = None
     cursor: dict[str, Any] | None = None
@@ -207,7 +209,7 @@ async def chain_spec(qemu_img: str, path: Path, **details: Any) -> tuple[str, li
         node: dict[str, Any] = {"driver": info.format, "file": {"driver": "file", "filename": str(current)}}
         files.append(current)
         nxt = info.backing_file
-        if nxt is not None and (nxt.startswith("json:") or not Path(nxt).is_absolute() or ":" in nxt.split("/", 1)[0]):
+        if nxt is not None and (nxt.startswith("json:") or not Path(nxt).is_absolute() or Path(nxt) not in {Path(p) for p in allowed}):
             raise DriverError(f"{path.name} names a backing file vmplane does not follow ({nxt})", **details)
         if info.format == "qcow2" and nxt is None:
             node["backing"] = None
@@ -247,9 +249,10 @@ async def grow(qemu_img: str, path: Path, size: int, **details: Any) -> None:
     await _checked([qemu_img, "resize", "-q", top_only(path), str(size)], "cannot grow the disk", writes=[path], **details)
 
 
-async def to_raw(qemu_img: str, source: Path, dest: Path, **details: Any) -> None:
-    """Flatten an image (with its backing chain) into a sparse raw file."""
-    spec, files = await chain_spec(qemu_img, source, **details)
+async def to_raw(qemu_img: str, source: Path, dest: Path, allowed: Sequence[Path] = (), **details: Any) -> None:
+    """Flatten an image (with its backing chain, whose files must be among `allowed`) into a
+    sparse raw file."""
+    spec, files = await chain_spec(qemu_img, source, allowed, **details)
     await _checked([qemu_img, "convert", "-U", "-O", "raw", spec, str(dest)], "cannot export the disk", reads=files, writes=[dest], **details)
 
 
