@@ -10,6 +10,7 @@ drops to the user with `-runas`; qemu-img runs as the user from its first instru
 import logging
 import os
 import pwd
+import shutil
 from dataclasses import dataclass
 
 log = logging.getLogger("vmplane.drivers.qemu")
@@ -22,6 +23,14 @@ class QemuUser:
     name: str
     uid: int
     gid: int
+    setpriv: str = "setpriv"
+    """util-linux's setpriv, which tools run through to become the user (asyncio's user= is
+    not there under uvloop, which `vmplane serve` runs on)"""
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """`argv` run as this user: no supplementary groups, no new privileges (setuid
+        binaries gain nothing)."""
+        return [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs", "--", *argv]
 
 
 def resolve(enabled: bool, name: str) -> tuple[QemuUser | None, str]:
@@ -38,7 +47,10 @@ def resolve(enabled: bool, name: str) -> tuple[QemuUser | None, str]:
         )
     if pw.pw_uid == 0:
         return None, f"user {name!r} is root: QEMU and qemu-img run as root, unconfined"
-    return QemuUser(name, pw.pw_uid, pw.pw_gid), f"QEMU and qemu-img run as {name} (uid {pw.pw_uid}), QEMU with -sandbox"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None, "setpriv (util-linux) is not installed: QEMU and qemu-img run as root, unconfined"
+    return QemuUser(name, pw.pw_uid, pw.pw_gid, setpriv), f"QEMU and qemu-img run as {name} (uid {pw.pw_uid}), QEMU with -sandbox"
 
 
 _current: QemuUser | None = None

@@ -58,8 +58,8 @@ async def run_tool(
             argv = [_substitute(a, {k: f"/dev/fd/{v}" for k, v in fds.items()}) for a in argv]
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                **({} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": "/", "pass_fds": list(fds.values())}),
+                *(argv if user is None else user.wrap(argv)), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, **({} if user is None else {"cwd": "/", "pass_fds": list(fds.values())}),
             )  # fmt: skip
         except OSError as exc:
             raise DriverError(f"{what}: cannot run {argv[0]}: {exc.strerror}", **details) from exc
