@@ -19,8 +19,8 @@ UMASK = 0o077
 
 def make_private(data_dir: Path) -> int:
     """Set the process umask to 0o077, create `data_dir` (0700), and tighten what is in it:
-    directories 0700, everything else without group or other bits (0600; a read-only 0400
-    stays so), owned by root when this process is root.
+    directories 0700, everything else without group or other bits (files 0600, sockets 0700,
+    a read-only 0400 stays so), owned by root when this process is root.
     Symbolic links are left alone (not followed). Returns how many entries were changed."""
     os.umask(UMASK)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def _tighten(path: Path, is_dir: bool) -> int:
         if stat.S_ISLNK(st.st_mode):
             return 0
         mode = stat.S_IMODE(st.st_mode)
-        want = 0o700 if is_dir else mode & 0o600  # (read-only files, such as restic's, stay so)
+        want = 0o700 if is_dir else mode & 0o700  # no group or other bits (a socket stays 0700, a read-only file 0400)
         touched = 0
         uid = os.geteuid()
         if uid == 0 and (st.st_uid, st.st_gid) != (0, 0):
