@@ -73,10 +73,11 @@ async def run_tool(
     finally:
         for h in reversed(held):
             h.release()
-    text = err.decode(errors="replace")
-    if names:  # error messages name the files, not the descriptors
-        text = _FD_PATH.sub(lambda m: names.get(m.group(0), m.group(0)), text)
-    return proc.returncode or 0, out.decode(errors="replace"), text
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    if names:  # what it says names the files, not the descriptors (in stdout as inside a JSON string)
+        stderr = _FD_PATH.sub(lambda m: names.get(m.group(0), m.group(0)), stderr)
+        stdout = _FD_PATH.sub(lambda m: json.dumps(names[m.group(0)])[1:-1] if m.group(0) in names else m.group(0), stdout)
+    return proc.returncode or 0, stdout, stderr
 
 
 _FD_PATH = re.compile(r"/dev/fd/\d+")
