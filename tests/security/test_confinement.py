@@ -109,6 +109,11 @@ async def test_the_qemu_user_can_read_none_of_vmplanes_files(node: Node) -> None
     for d in (node.data_dir, node.vm_dir(node.running)):
         r = _as_qemu_user("ls", str(d))
         assert r.returncode != 0 and "Permission denied" in r.stderr, (d, r)
+    # nor the descriptors of a QEMU (another VM's, run by the same user): it is not dumpable
+    r = _as_qemu_user("ls", f"/proc/{node.pid()}/fd")
+    assert r.returncode != 0 and "Permission denied" in r.stderr, r
+    r = _as_qemu_user("cat", f"/proc/{node.pid()}/fd/0")
+    assert r.returncode != 0 and r.stdout == "", r
     # nothing in the data dir belongs to the QEMU user between runs of its tools
     user = _require_confinement()
     owned = [p for p in node.data_dir.rglob("*") if p.lstat().st_uid == user.pw_uid]
