@@ -210,3 +210,30 @@ async def test_an_image_whose_backing_file_is_a_host_file_reads_nothing_of_it(no
         evil.unlink(missing_ok=True)
         out.unlink(missing_ok=True)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == 0
+
+
+@shared
+async def test_a_disk_whose_header_was_rewritten_to_name_a_host_file_does_not_start(node: Node) -> None:
+    """What a compromised QEMU could do to its own disk (it holds it open read-write): name
+    vmplane's owner key as the backing file. QEMU opens a disk's backing file as root at
+    start; vmplane refuses to start a disk that names another file than the one it gave it."""
+    s = node.server
+    disk = node.vm_dir(node.stopped) / "disk.qcow2"
+    key = node.data_dir / "admin-api-key"
+    rebased = subprocess.run(["qemu-img", "rebase", "-u", "-F", "raw", "-b", str(key), str(disk)], capture_output=True, text=True)
+    assert rebased.returncode == 0, rebased.stderr
+    r = await s.client.post(f"/api/v1/vms/{node.stopped}/start")
+    assert r.status_code == 202, r.text
+    job = await s.wait_job(r.json()["jobId"], timeout=60)
+    assert job["state"] == "failed" and "names a backing file vmplane did not give it" in job["tasks"][0]["error"], job
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _mentions(p, str(node.vm_dir(node.stopped)))]
+    r = await s.client.post(f"/api/v1/vms/{node.stopped}/snapshots", json={"name": "of-a-tampered-disk"})
+    job = await s.wait_job(r.json()["jobId"], timeout=60)
+    assert job["state"] == "failed" and "names a backing file vmplane did not give it" in job["tasks"][0]["error"], job
+
+
+def _mentions(proc: Path, marker: str) -> bool:
+    try:
+        return marker.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False

@@ -374,6 +374,7 @@ class QemuDriver(HypervisorDriver):
                     else:  # stopped: the overlay file is the disk, at rest
                         await asyncio.to_thread(shutil.copyfile, vm.paths.disk, part)
                     await images.check_qcow2(self.qemu_img, part, vm_id=vm_id)
+                    await self._check_backing(vm, part)
                     os.replace(part, dest)
                 except BaseException:
                     part.unlink(missing_ok=True)
@@ -500,6 +501,14 @@ class QemuDriver(HypervisorDriver):
     def _backing_of(vm: _Vm) -> tuple[Path, ...]:
         """The backing file vmplane gave the VM's disk (its template's image), if any."""
         return (Path(vm.config.template_image),) if vm.config.template_image else ()
+
+    async def _check_backing(self, vm: _Vm, image: Path) -> None:
+        """`image` (the VM's disk, or a copy of it) names as its backing file the one vmplane
+        gave the disk, or none if it gave none. QEMU opens that name as root when the VM
+        starts, and a guest's QEMU, which writes the disk, could have rewritten it."""
+        named = (await images.disk_info(self.qemu_img, image, vm_id=vm.id)).backing_file
+        if (Path(named) if named else None) != (Path(vm.config.template_image) if vm.config.template_image else None):
+            raise DriverError(f"the disk of {vm.id} names a backing file vmplane did not give it ({named}); refused", vm_id=vm.id)
 
     async def _chain_of(self, vm: _Vm) -> tuple[Path, ...]:
         """The files that may back the VM's disk: its template's image and, for a clone of a
@@ -743,6 +752,7 @@ class QemuDriver(HypervisorDriver):
         for path in (vm.config.template_image, *(() if vm.config.boot is None else (vm.config.boot.kernel, vm.config.boot.initrd))):
             if path and not Path(path).is_file():
                 raise DriverError(f"{path} is missing on {self.hostname}; the VM cannot start", vm_id=vm.id)
+        await self._check_backing(vm, vm.paths.disk)
         _trim_log(vm.paths.serial_log)
         argv = build_argv(
             vm.config, vm.paths, accel=self.accel, qemu_binary=self.qemu_binary,
