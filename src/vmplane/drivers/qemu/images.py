@@ -7,6 +7,7 @@ it explicitly (a `json:` image spec) where it needs one, and left closed (`"back
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -40,7 +41,9 @@ async def run_tool(
     `writes` name those files; each argv element that is one of them, and each `filename` of
     a `json:` element that is, is replaced by its descriptor. For the run, a file read is
     made readable by the user's group, a file written is owned by the user (created 0600 if
-    missing); both get their owner and mode back afterwards. Anything else the tool tries
+    missing); both get their owner and mode back afterwards (unless another process is using
+    the file at that moment: it then keeps the grant, and the data dir's tightening at the next
+    start takes it back). Anything else the tool tries
     to open by path (a backing file named in an image, a host file) is out of its reach: the
     data dir is 0700 root. Not confined, paths are passed as they are.
     """
@@ -126,6 +129,10 @@ class _Held:
         except OSError as exc:
             raise DriverError(f"{what}: {path.name}: {exc.strerror}", **details) from exc
         self.write = write
+        # shared while a run uses the file, so that another process (an agent beside the
+        # server, using the same base image) never has its access taken back mid-run: the
+        # last one out (LOCK_EX granted) restores the mode, others leave it
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
         st = os.fstat(self.fd)
         self.key = (st.st_dev, st.st_ino)
         grant = _grants.get(self.key) or _Grant((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
@@ -153,7 +160,8 @@ class _Held:
         if grant.readers == grant.writers == 0:
             del _grants[self.key]
             uid, gid, mode = grant.original
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # (BlockingIOError: another process uses it now)
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.fchown(self.fd, uid, gid)
                 os.fchmod(self.fd, mode)
         os.close(self.fd)
