@@ -81,8 +81,11 @@ def build_argv(
         if config.boot.cmdline:
             argv += ["-append", config.boot.cmdline]
     argv += [
-        # the disk: a qcow2 overlay on the template's base image
-        "-drive", f"file={opt(str(paths.disk))},if=none,id={DISK_ID},format=qcow2,discard=unmap",
+        # the disk: a qcow2 overlay on the template's base image. Opened read-write at start
+        # (auto-read-only=off): -drive's default opens it read-only while nothing writes (a
+        # migration target) and re-opens it by path when a writer comes, which a QEMU that
+        # dropped privileges (-runas) may no longer do
+        "-drive", f"file={opt(str(paths.disk))},if=none,id={DISK_ID},format=qcow2,discard=unmap,auto-read-only=off",
         # (with -kernel the linuxboot option ROM boots first; else the BIOS boots this disk)
         "-device", f"virtio-blk-pci,drive={DISK_ID},id=vda" + ("" if config.boot else ",bootindex=1"),
         # the NoCloud seed: ide-cd on the i440fx IDE controller (the q35 AHCI -cdrom is not

@@ -69,7 +69,7 @@ class Monitor:
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:
-            raise DriverError(f"QMP {command} failed: {exc.error.desc}", vm_id=self.vm_id) from exc
+            raise DriverError(f"QMP {command} failed: {exc.error.error.desc}", vm_id=self.vm_id) from exc
         except (QMPError, EOFError, OSError, asyncio.TimeoutError) as exc:
             await self._drop()
             raise DriverError(f"QMP {command} failed: connection lost", vm_id=self.vm_id) from exc
