@@ -121,7 +121,7 @@ def _database_bytes(data_dir: Path) -> bytes:
 
 
 @shared
-async def test_the_webhook_secret_is_not_in_the_database_in_clear(host: Host) -> None:
+async def test_webhook_and_agent_key_secrets_are_not_in_the_database_in_clear(host: Host) -> None:
     assert host.webhook_secret.startswith("whsec_")
     raw = _database_bytes(host.data_dir)
     assert b"webhooks" in raw  # the file read is the store (the WAL included)
@@ -129,6 +129,9 @@ async def test_the_webhook_secret_is_not_in_the_database_in_clear(host: Host) ->
     assert host.webhook_secret.encode()[6:] not in raw
     r = await host.server.client.get("/api/v1/webhooks")
     assert host.webhook_secret not in r.text  # and no read shows it
+    # nor the secret the control plane's keys to agents derive from
+    agent_secret = (await host.server.rt.agents._key_secret()).hex()
+    assert agent_secret.encode() not in raw
 
 
 @shared
@@ -165,7 +168,7 @@ async def test_the_other_answers_that_carry_a_secret_are_marked_no_store(host: H
     assert r1.status_code == 201 and r2.status_code == 409 and r1.json()["secret"] not in r2.text
 
 
-async def test_migration_0018_seals_stored_webhook_secrets_and_forgets_cached_secrets(tmp_path: Path) -> None:
+async def test_migration_0018_seals_stored_secrets_and_forgets_cached_ones(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # a store as 0017 left it
@@ -177,6 +180,7 @@ async def test_migration_0018_seals_stored_webhook_secrets_and_forgets_cached_se
             "INSERT INTO webhooks (id, org_id, url, events, enabled, timeout_sec, retry_count, headers, secret, created_by, created_at, updated_at, format)"
             " VALUES ('whk-old', 'org-default', 'http://x/', '[]', 1, 5, 0, '{}', 'whsec_old-clear-secret', 'admin', 0, 0, 'vmplane')"
         ))  # fmt: skip
+        conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('agent_key_secret', :v)"), {"v": "ab" * 32})
         for key, body in (("with-key", '{"id": "key-1", "key": "vmp_cachedsecret"}'), ("plain", '{"jobId": "job-1"}')):
             conn.execute(sa.text(
                 "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, headers, body, created_at)"
@@ -188,11 +192,13 @@ async def test_migration_0018_seals_stored_webhook_secrets_and_forgets_cached_se
     await store.open()
     await store.close()
     raw = (tmp_path / "old.db").read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("old.db-*"))
-    assert b"old-clear-secret" not in raw and b"vmp_cachedsecret" not in raw
+    assert b"old-clear-secret" not in raw and b"vmp_cachedsecret" not in raw and b"ab" * 32 not in raw
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         (sealed,) = conn.execute(sa.text("SELECT secret FROM webhooks WHERE id = 'whk-old'")).one()
         keys = [k for (k,) in conn.execute(sa.text("SELECT key FROM idempotency_keys"))]
+        (agent_secret,) = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'agent_key_secret'")).one()
     engine.dispose()
     assert box.open(sealed) == {"webhookSecret": "whsec_old-clear-secret"}
+    assert box.open(agent_secret) == {"agentKeySecret": "ab" * 32}
     assert keys == ["plain"]
