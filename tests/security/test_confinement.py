@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from vmplane.drivers.qemu import confine, images
+from vmplane.drivers.qemu import confine, images, procfs
 from vmplane.errors import DriverError
 
 from ..support import Server, make_settings, require_qemu, tiny_template
@@ -67,6 +67,8 @@ async def node(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Node]:
         yield Node(s, job["tasks"][0]["resourceId"], other["tasks"][0]["resourceId"])
     finally:
         await s.stop()
+        for pid, _argv in procfs.processes_mentioning(str(base) + os.sep):  # the guest outlives its server
+            procfs.kill(pid)
 
 
 def _status(pid: int) -> dict[str, str]:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from vmplane.drivers.qemu import procfs
 from vmplane.services.secrets import SecretBox
 from vmplane.store import Store
 from vmplane.store.db import MIGRATIONS
@@ -67,6 +68,8 @@ async def host(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Host]:
         if agent is not None:
             await agent.stop()
         await s.stop()
+        for pid, _argv in procfs.processes_mentioning(str(base) + os.sep):  # the guest outlives its server
+            procfs.kill(pid)
 
 
 def _entries(root: Path) -> list[tuple[Path, os.stat_result]]:
