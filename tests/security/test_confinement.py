@@ -239,3 +239,33 @@ def _mentions(proc: Path, marker: str) -> bool:
         return marker.encode() in (proc / "cmdline").read_bytes()
     except OSError:
         return False
+
+
+@shared
+async def test_a_vmdk_in_a_folder_reaches_its_own_extents_and_no_other_file(node: Node) -> None:
+    """run_tool's `cwd`: a descriptor named relative to its folder reaches the extents handed
+    with it there; one naming vmplane's owner key (by absolute path, or climbing out of the
+    folder) reaches nothing, though qemu-img runs in that folder."""
+    key = node.data_dir / "admin-api-key"
+    folder = node.data_dir / "imports" / "vmdk"
+    folder.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", "good.vmdk", "1M"], cwd=folder, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    files = [folder / "good.vmdk", folder / "good-flat.vmdk"]
+    status, out, err = await images.run_tool(["qemu-img", "info", "--output=json", "good.vmdk"], "qemu-img info", cwd=folder, reads=files)
+    assert status == 0 and '"format": "vmdk"' in out, err
+    for name in (str(key), f"../../{key.name}"):
+        (folder / "evil.vmdk").write_text(
+            f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 1 FLAT "{name}" 0\n'
+        )
+        out_file = folder / "out.raw"
+        status, _o, err = await images.run_tool(
+            ["qemu-img", "convert", "-f", "vmdk", "-O", "raw", "evil.vmdk", str(out_file)], "qemu-img convert", cwd=folder,
+            reads=[folder / "evil.vmdk"], writes=[out_file],
+        )  # fmt: skip
+        assert status != 0 and "Permission denied" in err, (name, err)
+        assert key.read_bytes().strip() not in out_file.read_bytes()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_gid == 0  # its search grant ended with the run
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()

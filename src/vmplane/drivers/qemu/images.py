@@ -14,7 +14,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from ...errors import DriverError
 from . import confine
@@ -32,9 +32,18 @@ class DiskInfo:
 
 
 async def run_tool(
-    argv: list[str], what: str, timeout: float = 120, *, reads: Sequence[Path] = (), writes: Sequence[Path] = (), **details: Any
+    argv: list[str],
+    what: str,
+    timeout: float = 120,
+    on_stdout: Callable[[bytes], Awaitable[None]] | None = None,
+    *,
+    reads: Sequence[Path] = (),
+    writes: Sequence[Path] = (),
+    cwd: Path | None = None,
+    **details: Any,
 ) -> tuple[int, str, str]:
-    """Run a disk tool (argv, no shell); returns (status, stdout, stderr).
+    """Run a disk tool (argv, no shell); returns (status, stdout, stderr). `on_stdout`, if
+    given, is handed stdout as it comes (a progress meter) instead of returning it.
 
     The one runner of qemu-img: confined (see `confine`), the tool runs as the QEMU user and
     reaches the files it may use only as `/dev/fd/N`, descriptors opened here. `reads` and
@@ -43,9 +52,11 @@ async def run_tool(
     made readable by the user's group, a file written is owned by the user (created 0600 if
     missing); both get their owner and mode back afterwards (unless another process is using
     the file at that moment: it then keeps the grant, and the data dir's tightening at the next
-    start takes it back). Anything else the tool tries
-    to open by path (a backing file named in an image, a host file) is out of its reach: the
-    data dir is 0700 root. Not confined, paths are passed as they are.
+    start takes it back). `cwd`: the tool's working directory, which the user's group may then
+    search (not list) for the run, so that names relative to it reach files in `reads` there
+    (a VMDK descriptor and its extents, named relative to it). Anything else the tool tries to
+    open by path (a backing file named in an image, a host file) is out of its reach: the data
+    dir is 0700 root. Not confined, paths are passed as they are.
     """
     user = confine.current()
     fds: dict[str, int] = {}
@@ -53,21 +64,36 @@ async def run_tool(
     names: dict[str, str] = {}
     try:
         if user is not None:
-            for path, write in [*((p, False) for p in reads if p not in writes), *((p, True) for p in writes)]:
-                h = _Held(Path(path), write, user, what, details)
+            for path, kind in [*((p, "read") for p in reads if p not in writes), *((p, "write") for p in writes),
+                               *(((cwd, "search"),) if cwd is not None else ())]:  # fmt: skip
+                h = _Held(Path(path), kind, user, what, details)
                 held.append(h)
-                fds[str(path)] = h.fd
-                names[f"/dev/fd/{h.fd}"] = str(path)
+                if kind != "search":
+                    fds[str(path)] = h.fd
+                    names[f"/dev/fd/{h.fd}"] = str(path)
             argv = [_substitute(a, {k: f"/dev/fd/{v}" for k, v in fds.items()}) for a in argv]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *(argv if user is None else user.wrap(argv)), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, **({} if user is None else {"cwd": "/", "pass_fds": list(fds.values())}),
+                stderr=asyncio.subprocess.PIPE, cwd=cwd if cwd is not None else ("/" if user is not None else None),
+                **({} if user is None else {"pass_fds": list(fds.values())}),
             )  # fmt: skip
         except OSError as exc:
             raise DriverError(f"{what}: cannot run {argv[0]}: {exc.strerror}", **details) from exc
+
+        async def streamed() -> tuple[bytes, bytes]:
+            assert proc.stdout is not None and proc.stderr is not None and on_stdout is not None
+            err = asyncio.ensure_future(proc.stderr.read())
+            try:
+                while chunk := await proc.stdout.read(4096):
+                    await on_stdout(chunk)
+                return b"", await err
+            finally:
+                err.cancel()
+
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await asyncio.wait_for(proc.communicate() if on_stdout is None else streamed(), timeout)
+            await proc.wait()
         except BaseException:
             if proc.returncode is None:
                 proc.kill()
@@ -123,12 +149,16 @@ _grants: dict[tuple[int, int], _Grant] = {}
 class _Held:
     """One file opened for one run of a confined tool."""
 
-    def __init__(self, path: Path, write: bool, user: confine.QemuUser, what: str, details: dict[str, Any]) -> None:
+    def __init__(self, path: Path, kind: str, user: confine.QemuUser, what: str, details: dict[str, Any]) -> None:
+        """`kind`: "read", "write" (the user owns it for the run) or "search" (a directory)."""
+        write = kind == "write"
+        flags = {"read": os.O_RDONLY, "write": os.O_RDWR | os.O_CREAT, "search": os.O_RDONLY | os.O_DIRECTORY}[kind]
         try:
-            self.fd = os.open(path, (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY, 0o600)
+            self.fd = os.open(path, flags, 0o600)
         except OSError as exc:
             raise DriverError(f"{what}: {path.name}: {exc.strerror}", **details) from exc
         self.write = write
+        bit = stat.S_IXGRP if kind == "search" else stat.S_IRGRP
         # shared while a run uses the file, so that another process (an agent beside the
         # server, using the same base image) never has its access taken back mid-run: the
         # last one out (LOCK_EX granted) restores the mode, others leave it
@@ -139,9 +169,9 @@ class _Held:
         try:
             if write and grant.writers == 0:
                 os.fchown(self.fd, user.uid, user.gid)
-            elif not write and grant.readers == grant.writers == 0 and not _readable_by(st, user):
+            elif not write and grant.readers == grant.writers == 0 and not _granted(st, user, bit):
                 os.fchown(self.fd, -1, user.gid)
-                os.fchmod(self.fd, stat.S_IMODE(st.st_mode) | stat.S_IRGRP)
+                os.fchmod(self.fd, stat.S_IMODE(st.st_mode) | bit)
         except OSError as exc:
             os.close(self.fd)
             raise DriverError(f"{what}: cannot hand {path.name} to {user.name}: {exc.strerror}", **details) from exc
@@ -167,8 +197,10 @@ class _Held:
         os.close(self.fd)
 
 
-def _readable_by(st: os.stat_result, user: confine.QemuUser) -> bool:
-    return (st.st_uid == user.uid and bool(st.st_mode & stat.S_IRUSR)) or (st.st_gid == user.gid and bool(st.st_mode & stat.S_IRGRP))
+def _granted(st: os.stat_result, user: confine.QemuUser, group_bit: int) -> bool:
+    """Whether `user` has the access `group_bit` (S_IRGRP, S_IXGRP) stands for already."""
+    user_bit = group_bit << 3
+    return (st.st_uid == user.uid and bool(st.st_mode & user_bit)) or (st.st_gid == user.gid and bool(st.st_mode & group_bit))
 
 
 async def _checked(argv: list[str], what: str, *, reads: Sequence[Path] = (), writes: Sequence[Path] = (), **details: Any) -> str:
