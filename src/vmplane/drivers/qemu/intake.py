@@ -102,7 +102,15 @@ async def intake(
     elif fmt not in FORMATS:
         raise ImageRefused(f"{name}: format {fmt!r} is not one of {', '.join(FORMATS)}", **details)
     allowed = await asyncio.to_thread(_precheck, source, fmt, name, extents_dir)
-    info = await _info(qemu_img, source, fmt, name, **details)
+    # The files qemu-img is handed (see images.run_tool): the image, or a VMDK descriptor named
+    # relative to its folder, where it reaches its extents and nothing else.
+    if extents_dir is not None:
+        arg, cwd = source.name, Path(os.path.abspath(extents_dir))
+        reads = [source, *(Path(a) for a in allowed if Path(a) != source)]
+        allowed = allowed | {Path(a).name for a in allowed if Path(a).parent == cwd}
+    else:
+        arg, cwd, reads = str(source), None, [source]
+    info = await _info(qemu_img, arg, fmt, name, reads=reads, cwd=cwd, **details)
     _check_info(info, name, fmt, max_virtual_size, allowed)
     part = dest.with_name(dest.name + ".intake")
     part.unlink(missing_ok=True)
@@ -118,10 +126,11 @@ async def intake(
             await progress(int(float(found[-1]) * size / 100), size)
 
     try:
-        argv = [qemu_img, "convert", "-p" if progress else "-q", "-f", fmt, "-O", "qcow2", str(source), str(part)]
+        argv = [qemu_img, "convert", "-p" if progress else "-q", "-f", fmt, "-O", "qcow2", arg, str(part)]
         status, _out, err = await images.run_tool(
-            argv, "qemu-img convert", timeout=CONVERT_TIMEOUT, on_stdout=meter if progress else None, **details
-        )
+            argv, "qemu-img convert", timeout=CONVERT_TIMEOUT, on_stdout=meter if progress else None,
+            reads=reads, writes=[part], cwd=cwd, **details,
+        )  # fmt: skip
         if status != 0:
             raise DriverError(f"{name}: qemu-img convert failed: {images.last_line(err) or status}", **details)
         result = await check_standalone(qemu_img, part, max_virtual_size=max_virtual_size, label=name, **details)
@@ -142,7 +151,7 @@ async def check_standalone(
     name = label or path.name
     await asyncio.to_thread(_check_regular, path, name)
     await asyncio.to_thread(_precheck, path, "qcow2", name, None)
-    info = await _info(qemu_img, path, "qcow2", name, **details)
+    info = await _info(qemu_img, path, "qcow2", name, reads=[path], **details)
     _check_info(info, name, "qcow2", max_virtual_size, {str(path)})
     await images.check_qcow2(qemu_img, path, **details)
     return images.DiskInfo(
@@ -272,9 +281,11 @@ def _precheck_vmdk(path: Path, name: str, extents_dir: Path | None) -> set[str]:
     return allowed
 
 
-async def _info(qemu_img: str, path: Path, fmt: str, name: str, **details: Any) -> dict[str, Any]:
+async def _info(
+    qemu_img: str, path: str | Path, fmt: str, name: str, *, reads: list[Path], cwd: Path | None = None, **details: Any
+) -> dict[str, Any]:
     argv = [qemu_img, "info", "-U", "-f", fmt, "--output=json", str(path)]
-    status, out, err = await images.run_tool(argv, "qemu-img info", **details)
+    status, out, err = await images.run_tool(argv, "qemu-img info", reads=reads, cwd=cwd, **details)
     if status != 0:
         raise ImageRefused(f"{name} is not a {fmt} image qemu-img can read: {images.last_line(err) or status}", **details)
     try:

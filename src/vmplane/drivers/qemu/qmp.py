@@ -7,6 +7,8 @@ and closes it when the VM stops or the driver closes.
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +38,7 @@ class Monitor:
         self._on_reset = on_reset
         """called when the machine resets (a guest reboot, system_reset): a new boot begins"""
         self._client: QMPClient | None = None
+        self._fd_sock: socket.socket | None = None
         self._watch: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
 
@@ -54,12 +57,21 @@ class Monitor:
             client.register_listener(listener)
             try:
                 sock = connect_unix(self.path)
-                await asyncio.wait_for(client.connect(sock), timeout)
+                # our own handle on the connection, to send it descriptors (`pass_file`):
+                # qemu.qmp's send_fd_scm reaches for the socket inside the transport, which
+                # uvloop (vmplane serve) does not expose
+                fd_sock = socket.socket(fileno=os.dup(sock.fileno()))
+                try:
+                    await asyncio.wait_for(client.connect(sock), timeout)
+                except BaseException:
+                    fd_sock.close()
+                    raise
             except (OSError, QMPError, asyncio.TimeoutError, EOFError) as exc:
                 with contextlib.suppress(Exception):
                     await client.disconnect()
                 raise DriverError("QMP connect failed", vm_id=self.vm_id, reason=str(exc) or type(exc).__name__) from exc
             self._client = client
+            self._fd_sock = fd_sock
             self._watch = asyncio.create_task(self._watch_events(listener), name=f"qmp-events-{self.vm_id}")
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT) -> Any:
@@ -69,10 +81,24 @@ class Monitor:
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:
-            raise DriverError(f"QMP {command} failed: {exc.error.desc}", vm_id=self.vm_id) from exc
+            raise DriverError(f"QMP {command} failed: {exc.error.error.desc}", vm_id=self.vm_id) from exc
         except (QMPError, EOFError, OSError, asyncio.TimeoutError) as exc:
             await self._drop()
             raise DriverError(f"QMP {command} failed: connection lost", vm_id=self.vm_id) from exc
+
+    async def pass_file(self, fd: int, what: str) -> int:
+        """Hand QEMU an open file (SCM_RIGHTS, then `add-fd`); returns its fd set's id, which
+        QEMU opens as `/dev/fdset/<id>` (and `remove-fd` forgets). `fd` stays ours to close.
+        This is how a confined QEMU, which cannot open files by path, gets new ones."""
+        await self.connect()
+        assert self._fd_sock is not None
+        try:
+            socket.send_fds(self._fd_sock, [b" "], [fd])  # (QMP reads the space as whitespace)
+        except OSError as exc:
+            await self._drop()
+            raise DriverError(f"cannot pass {what} to QEMU: {exc.strerror}", vm_id=self.vm_id) from exc
+        result = await self.execute("add-fd", {"opaque": what})
+        return int(result["fdset-id"])
 
     async def status(self, timeout: float = COMMAND_TIMEOUT) -> str:
         """QEMU's run state: running, paused, shutdown, ..."""
@@ -98,6 +124,9 @@ class Monitor:
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
+        fd_sock, self._fd_sock = self._fd_sock, None
+        if fd_sock is not None:
+            fd_sock.close()
         watch, self._watch = self._watch, None
         if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
