@@ -159,13 +159,15 @@ async def test_intake_refuses_every_shape_and_leaves_nothing(tmp_path: Path) -> 
 
 async def test_qemu_img_info_is_the_second_wall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the header pre-check switched off, `qemu-img info -f FORMAT` still shows each
-    reference and intake refuses it, without qemu-img having read the secret into anything."""
+    reference and intake refuses it, without qemu-img having read the secret into anything.
+    Where qemu-img is confined (vmplane as root), a VMDK's extent is not even opened: the QEMU
+    user may not read the secret (a third wall)."""
     require_qemu()
     secret = write_secret(tmp_path / "secret")
     monkeypatch.setattr(intake, "_precheck", lambda path, fmt, name, extents_dir: {str(path)})
     for shape in ("backing", "data_file", "json_backing", "vmdk_extent", "vmdk_embedded"):
         image = build(shape, tmp_path / "in", secret)
-        with pytest.raises(intake.ImageRefused, match="backing file|external data file|extent other than"):
+        with pytest.raises(intake.ImageRefused, match="backing file|external data file|extent other than|secret': Permission denied"):
             await intake.intake("qemu-img", image, tmp_path / "x.qcow2", max_virtual_size=GIB)
         assert not (tmp_path / "x.qcow2").exists()
 
