@@ -14,7 +14,8 @@
   restarted by `check()` when it died); a changed hosts file reaches it by SIGHUP. It drops to
   `nobody` when that user can read its hosts file (the state dir is world-traversable) and
   stays root otherwise.
-- A VM's firewall is one `nft -f -` transaction (`nft.vm_ruleset`).
+- A VM's firewall and the guards of its NICs (no spoofed MAC, IPv4, ARP or IPv6 source:
+  `nft.TapGuard`, always on) are one `nft -f -` transaction (`nft.vm_ruleset`).
 
 Every command is an argument list (no shell); interface names, addresses and MACs are
 checked before they are used.
@@ -362,10 +363,11 @@ class NetworkHost:
 
     # -- firewalls -------------------------------------------------------------------------
 
-    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall) -> None:
-        """Make the VM's firewall `firewall` on its taps, in one transaction."""
+    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall, guards: Iterable[nft.TapGuard] = ()) -> None:
+        """Make the VM's firewall `firewall` on its taps and the guards of its NICs (what
+        each may send as), in one transaction."""
         self.require()
-        await self.nft(nft.vm_ruleset(vm_id, [check_ifname(t) for t in taps], firewall))
+        await self.nft(nft.vm_ruleset(vm_id, [check_ifname(t) for t in taps], firewall, guards))
 
     async def remove_firewall(self, vm_id: str, taps: list[str]) -> None:
         if self.available:
