@@ -95,5 +95,6 @@ def build_qemu_driver(
         sysfs_root=settings.sysfs_root,
         pci_allowlist=tuple(settings.pci_allowlist),
         nat=settings.bridge_nat,
+        transit_pool=settings.tenant_transit_pool,
         migration_address=migration_address,
     )

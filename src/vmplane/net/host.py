@@ -5,6 +5,16 @@
   (so taps coming and going never change it), and `nf_call_iptables` on: bridged IP traffic
   also passes the inet hooks, where conntrack and `reject` work (see `nft`). With NAT
   (default) its subnet is masqueraded out of every other interface and IPv4 forwarding is on.
+- An organization's bridges route in the organization's own network namespace
+  (`netns_name(org_id)`, `vmpl-<hash>`), so a tenant's subnet never shadows a route of the
+  host's or of another organization's, and two organizations may use the same subnet on one
+  node. The bridge itself (and its taps, where QEMU opens them) stays in the host's
+  namespace with no address; a veth pair links it to the namespace, where the peer (named
+  like the bridge) holds the gateway address and dnsmasq serves DHCP. With NAT, a second
+  veth pair (`vmu<hash>` on the host, `uplink` in the namespace, a /30 of the transit pool)
+  is the namespace's default route: the namespace masquerades its subnets to its uplink
+  address, the host masquerades that out of its other interfaces. Networks of no recorded
+  organization (VM configs written before this) keep their bridge and gateway on the host.
 - Each VM NIC on a bridge network is a persistent tap (`tap_name(vm_id, index)`), owned by
   the uid QEMU runs as and enslaved to the bridge; QEMU opens it by name.
 - One dnsmasq per bridge serves DHCP only (`--port=0`): static leases for the MACs listed in
@@ -87,6 +97,30 @@ def check_mac(mac: str) -> str:
     return mac
 
 
+def netns_name(org_id: str) -> str:
+    """The network namespace of an organization's bridges on a node."""
+    return "vmpl-" + hashlib.sha256(f"org/{org_id}".encode()).hexdigest()[:10]
+
+
+def gate_name(network_id: str) -> str:
+    """The host end of the veth that links a network's bridge to its namespace."""
+    return "vmg" + hashlib.sha256(network_id.encode()).hexdigest()[:10]
+
+
+def uplink_name(org_id: str) -> str:
+    """The host end of an organization namespace's NAT uplink."""
+    return "vmu" + hashlib.sha256(f"org/{org_id}".encode()).hexdigest()[:10]
+
+
+def transit_link(pool: str, org_id: str) -> ipaddress.IPv4Network:
+    """The /30 of `pool` linking the host (first address) and the organization's namespace
+    (second): chosen by a hash of the organization id (NetworkHost refuses a collision)."""
+    net = ipaddress.IPv4Network(pool)
+    blocks = 1 << (30 - net.prefixlen)
+    index = int(hashlib.sha256(f"transit/{org_id}".encode()).hexdigest(), 16) % blocks
+    return ipaddress.IPv4Network((int(net.network_address) + 4 * index, 30))
+
+
 def bridge_mac(network_id: str) -> str:
     """A stable, locally administered unicast MAC for the bridge of a network."""
     b = hashlib.sha256(f"bridge/{network_id}".encode()).digest()[:5]
@@ -122,9 +156,10 @@ class NetworkHost:
     """Bridges, taps, dnsmasq and nftables of one node. Methods are idempotent; calls on one
     network are serialised."""
 
-    def __init__(self, state_dir: Path, *, nat: bool = True, owner_uid: int | None = None) -> None:
+    def __init__(self, state_dir: Path, *, nat: bool = True, owner_uid: int | None = None, transit_pool: str = "100.64.0.0/10") -> None:
         self.dir = Path(state_dir) / "net"
         self.nat = nat
+        self.transit_pool = str(ipaddress.IPv4Network(transit_pool))
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
         self.support = detect()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -209,14 +244,80 @@ class NetworkHost:
                             "nf_call_iptables", "1", "nf_call_ip6tables", "1"])  # fmt: skip
         else:
             await self.run(["ip", "link", "set", "dev", br, "type", "bridge", "nf_call_iptables", "1", "nf_call_ip6tables", "1"])
-        await self.run(["ip", "addr", "replace", f"{gateway}/{subnet.prefixlen}", "dev", br])
+        if network.org_id is None:  # (a network recorded before organizations had namespaces)
+            await self._address(None, br, network)
+            await self.run(["ip", "link", "set", "dev", br, "up"])
+            await self.nft(nft.network_up(br, str(subnet) if self.nat else None))
+            if self.nat:
+                _write_sysctl("net/ipv4/ip_forward", "1")
+            return
+        ns = await self._ensure_netns(network.org_id)
+        gate = gate_name(network.id)
+        if not await self.link_exists(gate):
+            # the namespace's end is named like the bridge: dnsmasq serves that interface
+            await self.run(["ip", "-n", ns, "link", "del", "dev", br], check=False)
+            await self.run(["ip", "link", "add", "name", gate, "type", "veth", "peer", "name", br, "netns", ns])
+        await self.run(["ip", "link", "set", "dev", gate, "master", br])
+        await self.run(["ip", "link", "set", "dev", gate, "up"])
+        await self.run(["ip", "addr", "flush", "dev", br])  # the host has no address on a tenant's bridge
+        await self.run(["ip", "link", "set", "dev", br, "up"])
+        await self._address(ns, br, network)
+        await self.run(["ip", "-n", ns, "link", "set", "dev", br, "up"])
+        await self.nft(nft.network_up(br, None))
+        if self.nat:
+            await self.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=nft.namespace_nat().encode())
+
+    async def _address(self, ns: str | None, dev: str, network: Network) -> None:
+        """The gateway address (and `<prefix>::1/64`) on `dev`, in `ns` (None: the host)."""
+        ip = ["ip"] if ns is None else ["ip", "-n", ns]
+        subnet = ipaddress.IPv4Network(network.subnet)
+        await self.run([*ip, "addr", "replace", f"{network.gateway}/{subnet.prefixlen}", "dev", dev])
         if network.ipv6_prefix:
             prefix = ipaddress.IPv6Network(network.ipv6_prefix)
-            await self.run(["ip", "-6", "addr", "replace", f"{prefix.network_address + 1}/{prefix.prefixlen}", "dev", br])
-        await self.run(["ip", "link", "set", "dev", br, "up"])
-        await self.nft(nft.network_up(br, str(subnet) if self.nat else None))
-        if self.nat:
-            _write_sysctl("net/ipv4/ip_forward", "1")
+            await self.run([*ip, "-6", "addr", "replace", f"{prefix.network_address + 1}/{prefix.prefixlen}", "dev", dev])
+
+    async def _ensure_netns(self, org_id: str) -> str:
+        """The organization's namespace, with loopback up, forwarding on and, with NAT, its
+        uplink to the host. Idempotent."""
+        ns = netns_name(org_id)
+        if not Path("/run/netns", ns).exists():
+            await self.run(["ip", "netns", "add", ns])
+        await self.run(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
+        await self.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if not self.nat:
+            return ns
+        link = transit_link(self.transit_pool, org_id)
+        host_ip, ns_ip = link.network_address + 1, link.network_address + 2
+        up = uplink_name(org_id)
+        if not await self.link_exists(up):
+            rc, out, _ = await self.run(["ip", "-o", "-4", "addr", "show", "to", str(link)], check=False)
+            if rc == 0 and out.strip():
+                raise DriverError(f"the transit link {link} of organization {org_id} is taken on this node (VMPLANE_TENANT_TRANSIT_POOL)")
+            await self.run(["ip", "-n", ns, "link", "del", "dev", "uplink"], check=False)
+            await self.run(["ip", "link", "add", "name", up, "type", "veth", "peer", "name", "uplink", "netns", ns])
+        await self.run(["ip", "addr", "replace", f"{host_ip}/30", "dev", up])
+        await self.run(["ip", "link", "set", "dev", up, "up"])
+        await self.run(["ip", "-n", ns, "addr", "replace", f"{ns_ip}/30", "dev", "uplink"])
+        await self.run(["ip", "-n", ns, "link", "set", "dev", "uplink", "up"])
+        await self.run(["ip", "-n", ns, "route", "replace", "default", "via", str(host_ip), "dev", "uplink"])
+        await self.nft(nft.uplink_up(str(link)))
+        _write_sysctl("net/ipv4/ip_forward", "1")
+        return ns
+
+    async def _drop_netns(self, org_id: str) -> None:
+        """Remove the organization's namespace (and uplink) when no bridge of it is left."""
+        ns = netns_name(org_id)
+        if not Path("/run/netns", ns).exists():
+            return
+        rc, out, _ = await self.run(["ip", "-n", ns, "-o", "link", "show"], check=False)
+        names = [line.split(": ")[1].split("@")[0] for line in out.splitlines() if line.count(": ") >= 2]
+        if rc != 0 or any(n.startswith("vmbr") for n in names):
+            return
+        up = uplink_name(org_id)
+        if await self.link_exists(up):
+            await self.run(["ip", "link", "del", "dev", up], check=False)
+        await self.nft(nft.uplink_down(str(transit_link(self.transit_pool, org_id))))
+        await self.run(["ip", "netns", "del", ns], check=False)
 
     def _write_hosts(self, network: Network, hosts: Iterable[tuple[str, str]]) -> bool:
         """Write the dhcp-hostsfile; True if its content changed."""
@@ -252,7 +353,9 @@ class NetworkHost:
         d = self.net_dir(network)
         br = bridge_of(network)
         subnet = ipaddress.IPv4Network(network.subnet)
+        inside = [] if network.org_id is None else [which("ip") or "ip", "netns", "exec", netns_name(network.org_id)]
         argv = [
+            *inside,  # (`ip netns exec` execs dnsmasq: the pid stays the same)
             which("dnsmasq") or "dnsmasq",
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -337,6 +440,11 @@ class NetworkHost:
             if await self.link_exists(br):
                 await self.run(["ip", "link", "del", "dev", br])
             await self.nft(nft.network_down(br, network.subnet))
+            if network.org_id is not None:
+                gate = gate_name(network.id)
+                if await self.link_exists(gate):  # (its peer in the namespace goes with it)
+                    await self.run(["ip", "link", "del", "dev", gate], check=False)
+                await self._drop_netns(network.org_id)
             shutil.rmtree(d, ignore_errors=True)
 
     def is_up(self, network: Network) -> bool:

@@ -352,3 +352,27 @@ def network_down(bridge: str, subnet: str) -> str:
         f"delete element {i} nat4 {{ {net} }}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def uplink_up(link: str) -> str:
+    """Masquerade an organization namespace's transit link out of the host's other interfaces."""
+    i = f"inet {TABLE}"
+    return "\n".join(base_ruleset() + [f"add element {i} nat4 {{ {ipaddress.IPv4Network(link)} }}"]) + "\n"
+
+
+def uplink_down(link: str) -> str:
+    i = f"inet {TABLE}"
+    net = ipaddress.IPv4Network(link)
+    return "\n".join(base_ruleset() + [f"add element {i} nat4 {{ {net} }}", f"delete element {i} nat4 {{ {net} }}"]) + "\n"
+
+
+def namespace_nat() -> str:
+    """Inside an organization's namespace: masquerade what leaves by its uplink (its
+    networks reach the outside as the uplink's transit address)."""
+    i = f"inet {TABLE}"
+    return "\n".join([
+        f"add table {i}",
+        f"add chain {i} nat {{ type nat hook postrouting priority srcnat ; policy accept ; }}",
+        f"flush chain {i} nat",
+        f'add rule {i} nat oifname "uplink" masquerade',
+    ]) + "\n"  # fmt: skip

@@ -33,13 +33,15 @@ class IpChange:
 
 
 def network_of(row: Row) -> Network:
-    return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge)
+    return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge, row.org_id)
 
 
 def render_network(row: Row, in_use: int | None = None) -> dict[str, Any]:
     first, last = ipam.usable(row.subnet)
+    wire = network_of(row).to_wire()
+    del wire["orgId"]  # (the node's view; callers see `shared`)
     out = {
-        **network_of(row).to_wire(),
+        **wire,
         "shared": row.org_id is None,
         "createdAt": clock.rfc3339(row.created_at),
         "addressesTotal": last - first + 1,

@@ -124,6 +124,7 @@ class QemuDriver(HypervisorDriver):
         dev_root: Path = Path("/dev"),
         pci_allowlist: Sequence[str] = (),
         nat: bool = True,
+        transit_pool: str = "100.64.0.0/10",
         migration_address: str = "127.0.0.1",
     ) -> None:
         if accel not in ("kvm", "tcg"):
@@ -145,7 +146,7 @@ class QemuDriver(HypervisorDriver):
         self.pci_allowlist = pci.Allowlist(pci_allowlist)
         self.migration_address = migration_address
         """where live migrations into this node listen (QEMU's incoming stream, the NBD export)"""
-        self.net = nethost.NetworkHost(self.state_dir, nat=nat)
+        self.net = nethost.NetworkHost(self.state_dir, nat=nat, transit_pool=transit_pool)
         """bridges, taps, dnsmasq and nftables of bridge networks (see vmplane.net.host)"""
         self.capabilities = Capabilities(
             kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True,
