@@ -251,7 +251,7 @@ class NetworkHost:
             if self.nat:
                 _write_sysctl("net/ipv4/ip_forward", "1")
             return
-        ns = await self._ensure_netns(network.org_id)
+        ns = await self._ensure_netns(network.org_id, self.dnsmasq_pid(network))
         gate = gate_name(network.id)
         if not await self.link_exists(gate):
             # the namespace's end is named like the bridge: dnsmasq serves that interface
@@ -276,12 +276,21 @@ class NetworkHost:
             prefix = ipaddress.IPv6Network(network.ipv6_prefix)
             await self.run([*ip, "-6", "addr", "replace", f"{prefix.network_address + 1}/{prefix.prefixlen}", "dev", dev])
 
-    async def _ensure_netns(self, org_id: str) -> str:
+    async def _ensure_netns(self, org_id: str, dnsmasq: int | None) -> str:
         """The organization's namespace, with loopback up, forwarding on and, with NAT, its
-        uplink to the host. Idempotent."""
+        uplink to the host. Idempotent. A name whose mount is gone (vmplane restarted in
+        another mount namespace) is attached again to the namespace the network's running
+        dnsmasq is in."""
         ns = netns_name(org_id)
-        if not Path("/run/netns", ns).exists():
-            await self.run(["ip", "netns", "add", ns])
+        usable = Path("/run/netns", ns).exists() and (await self.run(["ip", "-n", ns, "link", "show", "dev", "lo"], check=False))[0] == 0
+        if not usable:
+            if Path("/run/netns", ns).exists():
+                await self.run(["ip", "netns", "del", ns], check=False)
+                Path("/run/netns", ns).unlink(missing_ok=True)
+            if dnsmasq is not None:
+                await self.run(["ip", "netns", "attach", ns, str(dnsmasq)])
+            else:
+                await self.run(["ip", "netns", "add", ns])
         await self.run(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
         await self.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         if not self.nat:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..auth import Principal
+from ..auth import DEFAULT_ORG, Principal
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..net import ipam
 from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
@@ -33,7 +33,10 @@ class IpChange:
 
 
 def network_of(row: Row) -> Network:
-    return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge, row.org_id)
+    """The node's view of a network. Tenants' bridges route in their organization's namespace;
+    the operators' (and shared) networks route in the host's, as the node's own networks."""
+    tenant = row.org_id if row.org_id not in (None, DEFAULT_ORG) else None
+    return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge, tenant)
 
 
 def render_network(row: Row, in_use: int | None = None) -> dict[str, Any]:
