@@ -1,5 +1,6 @@
 """Settings of a vmplane server, validated at start (env prefix `VMPLANE_`)."""
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -99,6 +100,14 @@ class Settings(BaseSettings):
     """the shared user-mode network's subnet (QEMU's slirp hands each VM its address in it)"""
     bridge_nat: bool = True
     """masquerade bridge networks' subnets out of the node's other interfaces (sets ip_forward)"""
+    tenant_subnet_pool: str = "10.128.0.0/9"
+    """The IPv4 range tenants' networks come from: a tenant names a subnet inside it or is
+    given a free /24 of it. Operators may use any private range. (Each organization's bridges
+    have their own routing context, so two organizations may use the same subnet.)"""
+    tenant_transit_pool: str = "100.64.0.0/10"
+    """The range a node takes one /30 per organization from for the link between the host and
+    that organization's network namespace (its NAT uplink; see docs/networking.md). Choose a
+    range no network of the node's own uses."""
 
     insecure_no_auth: bool = False
     """Serve without authentication (every caller is the bootstrap owner). Only on loopback."""
@@ -161,6 +170,14 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(1.0, gt=0)
     """First retry after about this long; each further one waits twice as long (max 5 min)."""
     """A stream subscriber this many events behind is dropped (with the reason)."""
+
+    @field_validator("tenant_subnet_pool", "tenant_transit_pool")
+    @classmethod
+    def _ipv4_pool(cls, v: str) -> str:
+        net = ipaddress.IPv4Network(v, strict=True)
+        if net.prefixlen > 24 or not (net.is_private or net.subnet_of(ipaddress.IPv4Network("100.64.0.0/10"))):
+            raise ValueError(f"{v} must be a private IPv4 range of /24 or larger")
+        return str(net)
 
     @field_validator("database_url")
     @classmethod

@@ -104,3 +104,36 @@ def test_placement_needs_the_network_types() -> None:
     with pytest.raises(Exception) as e:
         choose_node(Demand(1, 512, 10, network_types=frozenset({"bridge"})), [plain], Policy())
     assert "bridge networks" in str(e.value) and "CAP_NET_ADMIN" in str(e.value)
+
+
+# -- tenant ranges (issue 19) -----------------------------------------------------------------
+
+
+def test_tenants_take_subnets_of_the_pool_and_operators_any_private_range() -> None:
+    import ipaddress
+
+    from vmplane.errors import InvalidRequest
+    from vmplane.net import ipam
+
+    pool = ipaddress.IPv4Network("10.128.0.0/9")
+    ipam.check_range(ipaddress.IPv4Network("10.200.3.0/24"), pool, operator=False)
+    ipam.check_range(ipaddress.IPv4Network("192.168.0.0/16"), pool, operator=True)
+    for subnet, operator in (("8.0.0.0/8", False), ("192.168.0.0/16", False), ("10.0.0.0/8", False), ("8.0.0.0/8", True)):
+        with pytest.raises(InvalidRequest) as e:
+            ipam.check_range(ipaddress.IPv4Network(subnet), pool, operator=operator)
+        assert e.value.field == "subnet"
+
+
+def test_a_free_subnet_skips_the_organizations_own() -> None:
+    import ipaddress
+
+    from vmplane.errors import Conflict
+    from vmplane.net import ipam
+
+    pool = ipaddress.IPv4Network("10.128.0.0/22")
+    n = ipaddress.IPv4Network
+    assert ipam.free_subnet(pool, []) == n("10.128.0.0/24")
+    assert ipam.free_subnet(pool, [n("10.128.0.0/24"), n("10.0.0.0/16")]) == n("10.128.1.0/24")
+    assert ipam.free_subnet(pool, [n("10.128.1.128/25"), n("10.128.0.0/25")]) == n("10.128.2.0/24")
+    with pytest.raises(Conflict):
+        ipam.free_subnet(pool, [n("10.128.0.0/23"), n("10.128.2.0/23")])

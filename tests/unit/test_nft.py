@@ -87,8 +87,8 @@ class TestVmRuleset:
 
     def test_the_base_dispatches_on_taps_and_answers_rejects_in_the_inet_table(self) -> None:
         text = nft.vm_ruleset(VM, TAPS, fw())
-        assert chain(text, "forward") == ["iifname vmap @vm_out", "oifname vmap @vm_in"]
-        assert chain(text, "input") == ["iifname vmap @vm_out"]
+        assert chain(text, "forward") == ["iifname vmap @guard", "iifname vmap @vm_out", "oifname vmap @vm_in"]
+        assert chain(text, "input") == ["iifname vmap @guard", "iifname vmap @vm_out"]
         assert chain(text, "output") == ["oifname vmap @vm_in", "meta mark & 0x02000000 == 0x02000000 drop"]
         assert "add rule inet vmplane forward iifname @bridges meta mark & 0x02000000 == 0x02000000 meta l4proto tcp reject with tcp reset" in text
         assert "add rule inet vmplane prerouting iifname @bridges ct state established,related meta mark set meta mark | 0x01000000" in text
@@ -101,12 +101,22 @@ class TestVmRuleset:
 
     def test_a_disabled_firewall_removes_the_chains(self) -> None:
         text = nft.vm_ruleset(VM, TAPS, Firewall(enabled=False, policy_in="DROP"))
-        assert text == nft.vm_removal(VM, TAPS)
+        assert nft.vm_removal(VM, TAPS).startswith(text)  # the removal, less the guards
         cin, cout = nft.chain_names(VM)
         assert f"delete chain bridge vmplane {cin}" in text and f"delete chain bridge vmplane {cout}" in text
         for tap in TAPS:
             assert f'delete element bridge vmplane vm_in {{ "{tap}" }}' in text
         assert " drop" not in "\n".join(chain(text, cin))
+
+    def test_a_disabled_firewall_keeps_the_guards(self) -> None:
+        text = nft.vm_ruleset(VM, TAPS, Firewall(enabled=False), GUARDS)
+        assert chain(text, f"g_{TAPS[0]}")[0] == "ether saddr != 52:54:00:aa:bb:cc drop"
+        assert f'add element bridge vmplane guard {{ "{TAPS[1]}" : jump g_{TAPS[1]} }}' in text
+
+    def test_removal_takes_the_guards_away(self) -> None:
+        text = nft.vm_removal(VM, TAPS)
+        for tap in TAPS:
+            assert f'delete element bridge vmplane guard {{ "{tap}" }}' in text and f"delete chain bridge vmplane g_{tap}" in text
 
     def test_names_are_checked(self) -> None:
         with pytest.raises(ValueError):
@@ -115,6 +125,42 @@ class TestVmRuleset:
             nft.vm_ruleset(VM, ['tap" }'], fw())
         with pytest.raises(ValueError):
             nft.network_up("br0 } ; flush ruleset", None)
+        with pytest.raises(ValueError):
+            nft.vm_ruleset(VM, TAPS, fw(), [nft.TapGuard("vmt.x", "52:54:00:aa:bb:cc", (), ())])
+        with pytest.raises(ValueError):
+            nft.vm_ruleset(VM, TAPS, fw(), [nft.TapGuard(TAPS[0], "52:54:00:aa:bb:cc drop", (), ())])
+        with pytest.raises(ValueError):
+            nft.vm_ruleset(VM, TAPS, fw(), [nft.TapGuard(TAPS[0], "52:54:00:aa:bb:cc", ("10.0.0.1 } accept",), ())])
+
+
+GUARDS = [
+    nft.TapGuard(TAPS[0], "52:54:00:AA:BB:CC", ("10.128.0.4", "10.128.0.9"), ("fe80::5054:ff:feaa:bbcc", "fd00:1::5054:ff:feaa:bbcc")),
+    nft.TapGuard(TAPS[1], "52:54:00:aa:bb:cd", (), ("fe80::5054:ff:feaa:bbcd",)),
+]
+
+
+class TestGuards:
+    """What a bridge NIC may send as: on whatever the firewall says."""
+
+    def test_a_nic_sends_only_its_mac_its_addresses_and_dhcp(self) -> None:
+        assert chain(nft.vm_ruleset(VM, TAPS, fw(), GUARDS), f"g_{TAPS[0]}") == [
+            "ether saddr != 52:54:00:aa:bb:cc drop",
+            "ether type != { ip, arp, ip6 } drop",
+            "arp saddr ether != 52:54:00:aa:bb:cc drop",
+            "arp saddr ip != { 0.0.0.0, 10.128.0.4, 10.128.0.9 } drop",
+            "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",
+            "ip saddr != { 10.128.0.4, 10.128.0.9 } drop",
+            "ip6 saddr != { ::, fd00:1::5054:ff:feaa:bbcc, fe80::5054:ff:feaa:bbcc } drop",
+        ]
+
+    def test_a_nic_without_ipv4_addresses_sends_no_ipv4_but_dhcp(self) -> None:
+        body = chain(nft.vm_ruleset(VM, TAPS, fw(), GUARDS), f"g_{TAPS[1]}")
+        assert "arp saddr ip != { 0.0.0.0 } drop" in body and "ether type ip drop" in body
+        assert body.index("ip saddr 0.0.0.0 udp sport 68 udp dport 67 return") < body.index("ether type ip drop")
+
+    def test_the_guard_comes_before_every_firewall(self) -> None:
+        text = nft.vm_ruleset(VM, TAPS, fw(policyOut="ACCEPT"), GUARDS)
+        assert chain(text, "forward")[0] == "iifname vmap @guard" and chain(text, "input")[0] == "iifname vmap @guard"
 
 
 # -- the kernel takes it -------------------------------------------------------------------
@@ -155,8 +201,9 @@ def test_the_kernel_takes_every_ruleset(netns: str) -> None:
     ])  # fmt: skip
     steps = [
         nft.network_up("vmbr0123456789", "10.77.0.0/24"),
-        nft.vm_ruleset(VM, TAPS, everything),
-        nft.vm_ruleset(VM, TAPS, everything),  # applying again changes nothing
+        nft.vm_ruleset(VM, TAPS, everything, GUARDS),
+        nft.vm_ruleset(VM, TAPS, everything, GUARDS),  # applying again changes nothing
+        nft.vm_ruleset(VM, TAPS, Firewall(), GUARDS),
         nft.vm_ruleset(VM, TAPS, fw(policyIn="ACCEPT")),
         nft.vm_removal(VM, TAPS),
         nft.vm_removal(VM, TAPS),  # removing what is not there is fine
@@ -168,4 +215,4 @@ def test_the_kernel_takes_every_ruleset(netns: str) -> None:
         r = nft_in(netns, text, check_only=False)
         assert r.returncode == 0, (i, r.stderr)
     listing = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True, text=True).stdout
-    assert "in_vm_" not in listing and "vmt0123456789a0" not in listing and "10.77.0.0" not in listing
+    assert "in_vm_" not in listing and "g_vmt" not in listing and "vmt0123456789a0" not in listing and "10.77.0.0" not in listing

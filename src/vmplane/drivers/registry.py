@@ -95,6 +95,7 @@ def build_qemu_driver(
         sysfs_root=settings.sysfs_root,
         pci_allowlist=tuple(settings.pci_allowlist),
         nat=settings.bridge_nat,
+        transit_pool=settings.tenant_transit_pool,
         migration_address=migration_address,
         max_image_bytes=settings.max_image_virtual_gb << 30,
     )

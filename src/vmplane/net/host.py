@@ -5,6 +5,16 @@
   (so taps coming and going never change it), and `nf_call_iptables` on: bridged IP traffic
   also passes the inet hooks, where conntrack and `reject` work (see `nft`). With NAT
   (default) its subnet is masqueraded out of every other interface and IPv4 forwarding is on.
+- An organization's bridges route in the organization's own network namespace
+  (`netns_name(org_id)`, `vmpl-<hash>`), so a tenant's subnet never shadows a route of the
+  host's or of another organization's, and two organizations may use the same subnet on one
+  node. The bridge itself (and its taps, where QEMU opens them) stays in the host's
+  namespace with no address; a veth pair links it to the namespace, where the peer (named
+  like the bridge) holds the gateway address and dnsmasq serves DHCP. With NAT, a second
+  veth pair (`vmu<hash>` on the host, `uplink` in the namespace, a /30 of the transit pool)
+  is the namespace's default route: the namespace masquerades its subnets to its uplink
+  address, the host masquerades that out of its other interfaces. Networks of no recorded
+  organization (VM configs written before this) keep their bridge and gateway on the host.
 - Each VM NIC on a bridge network is a persistent tap (`tap_name(vm_id, index)`), owned by
   the uid QEMU runs as and enslaved to the bridge; QEMU opens it by name.
 - One dnsmasq per bridge serves DHCP only (`--port=0`): static leases for the MACs listed in
@@ -14,7 +24,8 @@
   restarted by `check()` when it died); a changed hosts file reaches it by SIGHUP. It drops to
   `nobody` when that user can read its hosts file (the state dir is world-traversable) and
   stays root otherwise.
-- A VM's firewall is one `nft -f -` transaction (`nft.vm_ruleset`).
+- A VM's firewall and the guards of its NICs (no spoofed MAC, IPv4, ARP or IPv6 source:
+  `nft.TapGuard`, always on) are one `nft -f -` transaction (`nft.vm_ruleset`).
 
 Every command is an argument list (no shell); interface names, addresses and MACs are
 checked before they are used.
@@ -86,6 +97,30 @@ def check_mac(mac: str) -> str:
     return mac
 
 
+def netns_name(org_id: str) -> str:
+    """The network namespace of an organization's bridges on a node."""
+    return "vmpl-" + hashlib.sha256(f"org/{org_id}".encode()).hexdigest()[:10]
+
+
+def gate_name(network_id: str) -> str:
+    """The host end of the veth that links a network's bridge to its namespace."""
+    return "vmg" + hashlib.sha256(network_id.encode()).hexdigest()[:10]
+
+
+def uplink_name(org_id: str) -> str:
+    """The host end of an organization namespace's NAT uplink."""
+    return "vmu" + hashlib.sha256(f"org/{org_id}".encode()).hexdigest()[:10]
+
+
+def transit_link(pool: str, org_id: str) -> ipaddress.IPv4Network:
+    """The /30 of `pool` linking the host (first address) and the organization's namespace
+    (second): chosen by a hash of the organization id (NetworkHost refuses a collision)."""
+    net = ipaddress.IPv4Network(pool)
+    blocks = 1 << (30 - net.prefixlen)
+    index = int(hashlib.sha256(f"transit/{org_id}".encode()).hexdigest(), 16) % blocks
+    return ipaddress.IPv4Network((int(net.network_address) + 4 * index, 30))
+
+
 def bridge_mac(network_id: str) -> str:
     """A stable, locally administered unicast MAC for the bridge of a network."""
     b = hashlib.sha256(f"bridge/{network_id}".encode()).digest()[:5]
@@ -121,9 +156,10 @@ class NetworkHost:
     """Bridges, taps, dnsmasq and nftables of one node. Methods are idempotent; calls on one
     network are serialised."""
 
-    def __init__(self, state_dir: Path, *, nat: bool = True, owner_uid: int | None = None) -> None:
+    def __init__(self, state_dir: Path, *, nat: bool = True, owner_uid: int | None = None, transit_pool: str = "100.64.0.0/10") -> None:
         self.dir = Path(state_dir) / "net"
         self.nat = nat
+        self.transit_pool = str(ipaddress.IPv4Network(transit_pool))
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
         self.support = detect()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -208,14 +244,89 @@ class NetworkHost:
                             "nf_call_iptables", "1", "nf_call_ip6tables", "1"])  # fmt: skip
         else:
             await self.run(["ip", "link", "set", "dev", br, "type", "bridge", "nf_call_iptables", "1", "nf_call_ip6tables", "1"])
-        await self.run(["ip", "addr", "replace", f"{gateway}/{subnet.prefixlen}", "dev", br])
+        if network.org_id is None:  # (a network recorded before organizations had namespaces)
+            await self._address(None, br, network)
+            await self.run(["ip", "link", "set", "dev", br, "up"])
+            await self.nft(nft.network_up(br, str(subnet) if self.nat else None))
+            if self.nat:
+                _write_sysctl("net/ipv4/ip_forward", "1")
+            return
+        ns = await self._ensure_netns(network.org_id, self.dnsmasq_pid(network))
+        gate = gate_name(network.id)
+        if not await self.link_exists(gate):
+            # the namespace's end is named like the bridge: dnsmasq serves that interface
+            await self.run(["ip", "-n", ns, "link", "del", "dev", br], check=False)
+            await self.run(["ip", "link", "add", "name", gate, "type", "veth", "peer", "name", br, "netns", ns])
+        await self.run(["ip", "link", "set", "dev", gate, "master", br])
+        await self.run(["ip", "link", "set", "dev", gate, "up"])
+        await self.run(["ip", "addr", "flush", "dev", br])  # the host has no address on a tenant's bridge
+        await self.run(["ip", "link", "set", "dev", br, "up"])
+        await self._address(ns, br, network)
+        await self.run(["ip", "-n", ns, "link", "set", "dev", br, "up"])
+        await self.nft(nft.network_up(br, None))
+        if self.nat:
+            await self.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=nft.namespace_nat().encode())
+
+    async def _address(self, ns: str | None, dev: str, network: Network) -> None:
+        """The gateway address (and `<prefix>::1/64`) on `dev`, in `ns` (None: the host)."""
+        ip = ["ip"] if ns is None else ["ip", "-n", ns]
+        subnet = ipaddress.IPv4Network(network.subnet)
+        await self.run([*ip, "addr", "replace", f"{network.gateway}/{subnet.prefixlen}", "dev", dev])
         if network.ipv6_prefix:
             prefix = ipaddress.IPv6Network(network.ipv6_prefix)
-            await self.run(["ip", "-6", "addr", "replace", f"{prefix.network_address + 1}/{prefix.prefixlen}", "dev", br])
-        await self.run(["ip", "link", "set", "dev", br, "up"])
-        await self.nft(nft.network_up(br, str(subnet) if self.nat else None))
-        if self.nat:
-            _write_sysctl("net/ipv4/ip_forward", "1")
+            await self.run([*ip, "-6", "addr", "replace", f"{prefix.network_address + 1}/{prefix.prefixlen}", "dev", dev])
+
+    async def _ensure_netns(self, org_id: str, dnsmasq: int | None) -> str:
+        """The organization's namespace, with loopback up, forwarding on and, with NAT, its
+        uplink to the host. Idempotent. A name whose mount is gone (vmplane restarted in
+        another mount namespace) is attached again to the namespace the network's running
+        dnsmasq is in."""
+        ns = netns_name(org_id)
+        usable = Path("/run/netns", ns).exists() and (await self.run(["ip", "-n", ns, "link", "show", "dev", "lo"], check=False))[0] == 0
+        if not usable:
+            if Path("/run/netns", ns).exists():
+                await self.run(["ip", "netns", "del", ns], check=False)
+                Path("/run/netns", ns).unlink(missing_ok=True)
+            if dnsmasq is not None:
+                await self.run(["ip", "netns", "attach", ns, str(dnsmasq)])
+            else:
+                await self.run(["ip", "netns", "add", ns])
+        await self.run(["ip", "-n", ns, "link", "set", "dev", "lo", "up"])
+        await self.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if not self.nat:
+            return ns
+        link = transit_link(self.transit_pool, org_id)
+        host_ip, ns_ip = link.network_address + 1, link.network_address + 2
+        up = uplink_name(org_id)
+        if not await self.link_exists(up):
+            rc, out, _ = await self.run(["ip", "-o", "-4", "addr", "show", "to", str(link)], check=False)
+            if rc == 0 and out.strip():
+                raise DriverError(f"the transit link {link} of organization {org_id} is taken on this node (VMPLANE_TENANT_TRANSIT_POOL)")
+            await self.run(["ip", "-n", ns, "link", "del", "dev", "uplink"], check=False)
+            await self.run(["ip", "link", "add", "name", up, "type", "veth", "peer", "name", "uplink", "netns", ns])
+        await self.run(["ip", "addr", "replace", f"{host_ip}/30", "dev", up])
+        await self.run(["ip", "link", "set", "dev", up, "up"])
+        await self.run(["ip", "-n", ns, "addr", "replace", f"{ns_ip}/30", "dev", "uplink"])
+        await self.run(["ip", "-n", ns, "link", "set", "dev", "uplink", "up"])
+        await self.run(["ip", "-n", ns, "route", "replace", "default", "via", str(host_ip), "dev", "uplink"])
+        await self.nft(nft.uplink_up(str(link)))
+        _write_sysctl("net/ipv4/ip_forward", "1")
+        return ns
+
+    async def _drop_netns(self, org_id: str) -> None:
+        """Remove the organization's namespace (and uplink) when no bridge of it is left."""
+        ns = netns_name(org_id)
+        if not Path("/run/netns", ns).exists():
+            return
+        rc, out, _ = await self.run(["ip", "-n", ns, "-o", "link", "show"], check=False)
+        names = [line.split(": ")[1].split("@")[0] for line in out.splitlines() if line.count(": ") >= 2]
+        if rc != 0 or any(n.startswith("vmbr") for n in names):
+            return
+        up = uplink_name(org_id)
+        if await self.link_exists(up):
+            await self.run(["ip", "link", "del", "dev", up], check=False)
+        await self.nft(nft.uplink_down(str(transit_link(self.transit_pool, org_id))))
+        await self.run(["ip", "netns", "del", ns], check=False)
 
     def _write_hosts(self, network: Network, hosts: Iterable[tuple[str, str]]) -> bool:
         """Write the dhcp-hostsfile; True if its content changed."""
@@ -251,7 +362,9 @@ class NetworkHost:
         d = self.net_dir(network)
         br = bridge_of(network)
         subnet = ipaddress.IPv4Network(network.subnet)
+        inside = [] if network.org_id is None else [which("ip") or "ip", "netns", "exec", netns_name(network.org_id)]
         argv = [
+            *inside,  # (`ip netns exec` execs dnsmasq: the pid stays the same)
             which("dnsmasq") or "dnsmasq",
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -336,6 +449,11 @@ class NetworkHost:
             if await self.link_exists(br):
                 await self.run(["ip", "link", "del", "dev", br])
             await self.nft(nft.network_down(br, network.subnet))
+            if network.org_id is not None:
+                gate = gate_name(network.id)
+                if await self.link_exists(gate):  # (its peer in the namespace goes with it)
+                    await self.run(["ip", "link", "del", "dev", gate], check=False)
+                await self._drop_netns(network.org_id)
             shutil.rmtree(d, ignore_errors=True)
 
     def is_up(self, network: Network) -> bool:
@@ -362,10 +480,11 @@ class NetworkHost:
 
     # -- firewalls -------------------------------------------------------------------------
 
-    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall) -> None:
-        """Make the VM's firewall `firewall` on its taps, in one transaction."""
+    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall, guards: Iterable[nft.TapGuard] = ()) -> None:
+        """Make the VM's firewall `firewall` on its taps and the guards of its NICs (what
+        each may send as), in one transaction."""
         self.require()
-        await self.nft(nft.vm_ruleset(vm_id, [check_ifname(t) for t in taps], firewall))
+        await self.nft(nft.vm_ruleset(vm_id, [check_ifname(t) for t in taps], firewall, guards))
 
     async def remove_firewall(self, vm_id: str, taps: list[str]) -> None:
         if self.available:

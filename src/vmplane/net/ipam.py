@@ -25,6 +25,32 @@ def check_subnet(subnet: str, where: str = "subnet") -> ipaddress.IPv4Network:
     return net
 
 
+def check_range(net: ipaddress.IPv4Network, pool: ipaddress.IPv4Network, operator: bool, where: str = "subnet") -> None:
+    """Whether a caller may take `net`: an operator any private range, a tenant only a subnet
+    of the operator's pool (VMPLANE_TENANT_SUBNET_POOL)."""
+    if operator:
+        if not net.is_private:
+            raise InvalidRequest(f"{where} {net} is not a private range (10/8, 172.16/12, 192.168/16, ...)", field=where)
+    elif not net.subnet_of(pool):
+        raise InvalidRequest(f"{where} {net} is outside this installation's tenant range {pool}; pick a subnet of it or leave {where} out", field=where)
+
+
+def free_subnet(pool: ipaddress.IPv4Network, used: list[ipaddress.IPv4Network], prefixlen: int = 24) -> ipaddress.IPv4Network:
+    """The first /`prefixlen` of `pool` that overlaps none of `used`; Conflict when none is left."""
+    used = sorted(u for u in used if u.overlaps(pool))
+    candidate = int(pool.network_address)
+    size = 1 << (32 - prefixlen)
+    end = int(pool.broadcast_address)
+    for u in used:
+        lo, hi = int(u.network_address), int(u.broadcast_address)
+        if candidate + size - 1 < lo:
+            break
+        candidate = max(candidate, (hi + size) // size * size)
+    if candidate + size - 1 > end:
+        raise Conflict(f"no free /{prefixlen} is left in {pool} for this organization", field="subnet")
+    return ipaddress.IPv4Network((candidate, prefixlen))
+
+
 def check_ipv6_prefix(prefix: str, where: str = "ipv6Prefix") -> ipaddress.IPv6Network:
     try:
         net = ipaddress.IPv6Network(prefix, strict=True)

@@ -46,6 +46,9 @@ class Network:
     """the host's address in the subnet (bridge: on the bridge; user: QEMU's slirp host)"""
     ipv6_prefix: str | None = None
     bridge: str | None = None
+    org_id: str | None = None
+    """the owning organization: its bridges' routing context on a node (None: the host's, as
+    for networks recorded before organizations had their own)"""
 
     @property
     def prefix_len(self) -> int:
@@ -54,12 +57,12 @@ class Network:
     def to_wire(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "type": self.type, "subnet": self.subnet,
-            "gateway": self.gateway, "ipv6Prefix": self.ipv6_prefix, "bridge": self.bridge,
+            "gateway": self.gateway, "ipv6Prefix": self.ipv6_prefix, "bridge": self.bridge, "orgId": self.org_id,
         }  # fmt: skip
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Network:
-        return cls(d["id"], d["name"], d["type"], d["subnet"], d["gateway"], d.get("ipv6Prefix"), d.get("bridge"))
+        return cls(d["id"], d["name"], d["type"], d["subnet"], d["gateway"], d.get("ipv6Prefix"), d.get("bridge"), d.get("orgId"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,15 @@ Layout (two tables, both named `vmplane`, shared by every VM of the node):
   inet `forward` and `input` hooks — the kernel builds resets for bridged packets there. It
   also masquerades the subnets of networks with NAT.
 
+Every bridge NIC also has a guard chain, always on whatever its VM's firewall says
+(`g_<tap>`, dispatched first by `iifname vmap @guard` in the bridge `forward` and `input`
+hooks): the NIC may send only its own MAC as source, only IPv4, ARP and IPv6 frames (no VLAN
+tags, no other ethertypes), ARP only with its own MAC and one of its assigned IPv4 addresses
+as sender (0.0.0.0 for RFC 5227 probes), IPv4 only from its assigned addresses (0.0.0.0 only
+for DHCP client traffic to port 67) and IPv6 only from its EUI-64 link-local address, its
+SLAAC address in the network's prefix, or :: (duplicate address detection). Anything else
+is dropped before it reaches another port of the bridge or the node.
+
 Applying one VM's firewall is one transaction (`vm_ruleset`): the tables, maps and base
 chains are (re)declared idempotently (their rules flushed and written again, so a flushed
 ruleset heals), then only this VM's chains are flushed and refilled and its map elements
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Iterable
 
 from ..ids import looks_like_id
@@ -48,6 +58,8 @@ INET_MARK_PRIORITY = -140
 """after conntrack (-200) and mangle (-150)"""
 
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_CHAIN_SAFE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PROTO = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "ipv6-icmp"}
 
 
@@ -63,6 +75,23 @@ def chain_key(vm_id: str) -> str:
     if not looks_like_id(vm_id):
         raise ValueError(f"{vm_id!r} is not a VM id")
     return vm_id.replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class TapGuard:
+    """What one bridge NIC may send as: its tap, MAC, IPv4 addresses (primary and aliases)
+    and IPv6 addresses (its EUI-64 link-local one and, with a prefix, its SLAAC one)."""
+
+    tap: str
+    mac: str
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+
+
+def guard_chain(tap: str) -> str:
+    if not _CHAIN_SAFE.match(tap):
+        raise ValueError(f"{tap!r} is not a tap name")
+    return f"g_{tap}"
 
 
 def chain_names(vm_id: str) -> tuple[str, str]:
@@ -86,6 +115,7 @@ def base_ruleset() -> list[str]:
         f"add table {b}",
         f"add map {b} vm_in {{ type ifname : verdict ; }}",
         f"add map {b} vm_out {{ type ifname : verdict ; }}",
+        f"add map {b} guard {{ type ifname : verdict ; }}",
     ]
     for hook in ("forward", "input", "output"):
         lines += [
@@ -94,7 +124,10 @@ def base_ruleset() -> list[str]:
         ]
     # forward: the sender's out_ chain, then the receiver's in_ chain; input: VM -> node;
     # output: node -> VM (no inet hook follows there, so a REJECT can only drop)
+    # the guard first (what a NIC may send as), then the firewalls
     lines += [
+        f"add rule {b} forward iifname vmap @guard",
+        f"add rule {b} input iifname vmap @guard",
         f"add rule {b} forward iifname vmap @vm_out",
         f"add rule {b} forward oifname vmap @vm_in",
         f"add rule {b} input iifname vmap @vm_out",
@@ -133,12 +166,14 @@ def base_ruleset() -> list[str]:
 # -- one VM --------------------------------------------------------------------------------
 
 
-def vm_ruleset(vm_id: str, taps: Iterable[str], firewall: Firewall) -> str:
+def vm_ruleset(vm_id: str, taps: Iterable[str], firewall: Firewall, guards: Iterable[TapGuard] = ()) -> str:
     """One transaction that makes the VM's firewall `firewall` on `taps` (a disabled firewall
-    removes the VM's chains and map elements: its traffic is accepted)."""
+    removes the VM's chains and map elements: its traffic is accepted) and (re)writes the
+    guard chains of `guards`, which are on whatever the firewall says."""
     taps = list(taps)
+    guard_lines = [line for g in guards for line in _guard(g)]
     if not firewall.enabled:
-        return vm_removal(vm_id, taps)
+        return "\n".join(_removal(vm_id, taps) + guard_lines) + "\n"
     b = f"bridge {TABLE}"
     cin, cout = chain_names(vm_id)
     lines = base_ruleset()
@@ -153,12 +188,30 @@ def vm_ruleset(vm_id: str, taps: Iterable[str], firewall: Firewall) -> str:
             f"add element {b} vm_in {{ {t} : jump {cin} }}",
             f"add element {b} vm_out {{ {t} : jump {cout} }}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + guard_lines) + "\n"
 
 
 def vm_removal(vm_id: str, taps: Iterable[str]) -> str:
-    """One transaction that removes the VM's chains and map elements, present or not (each
-    object is added first so that deleting it cannot fail: nft 1.0.6 has no `destroy`)."""
+    """One transaction that removes the VM's chains and map elements and the guards of its
+    taps, present or not (each object is added first so that deleting it cannot fail: nft
+    1.0.6 has no `destroy`)."""
+    taps = list(taps)
+    b = f"bridge {TABLE}"
+    lines = _removal(vm_id, taps)
+    for tap in taps:
+        t, chain = _ifname(tap), guard_chain(tap)
+        lines += [
+            f"add chain {b} {chain}",
+            f"add element {b} guard {{ {t} : jump {chain} }}",
+            f"delete element {b} guard {{ {t} }}",
+            f"flush chain {b} {chain}",
+            f"delete chain {b} {chain}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _removal(vm_id: str, taps: list[str]) -> list[str]:
+    """The firewall part of `vm_removal`: the VM's in_/out_ chains and their map elements."""
     b = f"bridge {TABLE}"
     cin, cout = chain_names(vm_id)
     lines = base_ruleset()
@@ -175,7 +228,33 @@ def vm_removal(vm_id: str, taps: Iterable[str]) -> str:
     # transaction then changes nothing)
     lines += [f"flush chain {b} {cin}", f"flush chain {b} {cout}"]
     lines += [f"delete chain {b} {cin}", f"delete chain {b} {cout}"]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _guard(g: TapGuard) -> list[str]:
+    """The guard chain of one tap and its map element (see the module's docstring). Every
+    value is re-parsed; a NIC with no IPv4 address may send no IPv4 (but DHCP) and no ARP."""
+    b = f"bridge {TABLE}"
+    t, chain = _ifname(g.tap), guard_chain(g.tap)
+    mac = g.mac.lower()
+    if not _MAC.match(mac):
+        raise ValueError(f"{g.mac!r} is not a MAC address")
+    v4 = sorted({ipaddress.IPv4Address(a) for a in g.ipv4} - {ipaddress.IPv4Address(0)})
+    v6 = sorted({ipaddress.IPv6Address(a) for a in g.ipv6} | {ipaddress.IPv6Address(0)})
+    arp_ok = ", ".join(str(a) for a in [ipaddress.IPv4Address(0), *v4])
+    body = [
+        f"ether saddr != {mac} drop",
+        "ether type != { ip, arp, ip6 } drop",
+        f"arp saddr ether != {mac} drop",
+        f"arp saddr ip != {{ {arp_ok} }} drop",
+        "ip saddr 0.0.0.0 udp sport 68 udp dport 67 return",  # DHCP discover/request
+    ]
+    body.append(f"ip saddr != {{ {', '.join(str(a) for a in v4)} }} drop" if v4 else "ether type ip drop")
+    body.append(f"ip6 saddr != {{ {', '.join(str(a) for a in v6)} }} drop")
+    lines = [f"add chain {b} {chain}", f"flush chain {b} {chain}"]
+    lines += [f"add rule {b} {chain} {stmt}" for stmt in body]
+    lines.append(f"add element {b} guard {{ {t} : jump {chain} }}")
+    return lines
 
 
 def _chain_body(direction: str, fw: Firewall) -> list[str]:
@@ -273,3 +352,27 @@ def network_down(bridge: str, subnet: str) -> str:
         f"delete element {i} nat4 {{ {net} }}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def uplink_up(link: str) -> str:
+    """Masquerade an organization namespace's transit link out of the host's other interfaces."""
+    i = f"inet {TABLE}"
+    return "\n".join(base_ruleset() + [f"add element {i} nat4 {{ {ipaddress.IPv4Network(link)} }}"]) + "\n"
+
+
+def uplink_down(link: str) -> str:
+    i = f"inet {TABLE}"
+    net = ipaddress.IPv4Network(link)
+    return "\n".join(base_ruleset() + [f"add element {i} nat4 {{ {net} }}", f"delete element {i} nat4 {{ {net} }}"]) + "\n"
+
+
+def namespace_nat() -> str:
+    """Inside an organization's namespace: masquerade what leaves by its uplink (its
+    networks reach the outside as the uplink's transit address)."""
+    i = f"inet {TABLE}"
+    return "\n".join([
+        f"add table {i}",
+        f"add chain {i} nat {{ type nat hook postrouting priority srcnat ; policy accept ; }}",
+        f"flush chain {i} nat",
+        f'add rule {i} nat oifname "uplink" masquerade',
+    ]) + "\n"  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..auth import Principal
+from ..auth import DEFAULT_ORG, Principal
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..net import ipam
 from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
@@ -33,13 +33,18 @@ class IpChange:
 
 
 def network_of(row: Row) -> Network:
-    return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge)
+    """The node's view of a network. Tenants' bridges route in their organization's namespace;
+    the operators' (and shared) networks route in the host's, as the node's own networks."""
+    tenant = row.org_id if row.org_id not in (None, DEFAULT_ORG) else None
+    return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge, tenant)
 
 
 def render_network(row: Row, in_use: int | None = None) -> dict[str, Any]:
     first, last = ipam.usable(row.subnet)
+    wire = network_of(row).to_wire()
+    del wire["orgId"]  # (the node's view; callers see `shared`)
     out = {
-        **network_of(row).to_wire(),
+        **wire,
         "shared": row.org_id is None,
         "createdAt": clock.rfc3339(row.created_at),
         "addressesTotal": last - first + 1,
@@ -67,28 +72,42 @@ class NetworkService:
                     "gateway": ipam.gateway(subnet, "user"), "ipv6_prefix": None, "bridge": None, "created_at": clock.now(),
                 })  # fmt: skip
 
-    async def create(self, who: Principal, name: str, type_: str, subnet: str, ipv6_prefix: str | None) -> Row:
+    async def create(self, who: Principal, name: str, type_: str, subnet: str | None, ipv6_prefix: str | None) -> Row:
+        """A new network of the caller's organization. Tenants' subnets come from the operator's
+        pool (named or, left out, the first free /24 of it); operators may take any private
+        range. Overlaps are checked against the organization's own networks and the shared
+        ones only (each organization's bridges have their own routing context on the node),
+        and the error names only those."""
         check_name(name)
         if type_ not in NETWORK_TYPES:
             raise InvalidRequest(f"type must be one of {', '.join(NETWORK_TYPES)}, not {type_!r}", field="type")
-        net = ipam.check_subnet(subnet)
+        pool = ipaddress.IPv4Network(self.rt.settings.tenant_subnet_pool)
+        net = ipam.check_subnet(subnet) if subnet is not None else None
+        if net is not None:
+            ipam.check_range(net, pool, who.operator)
+        elif who.operator:
+            raise InvalidRequest("subnet is required for an operator's network (tenants get one from the pool)", field="subnet")
         v6 = ipam.check_ipv6_prefix(ipv6_prefix) if ipv6_prefix is not None else None
         if v6 is not None and type_ != "bridge":
             raise InvalidRequest("ipv6Prefix needs a bridge network (user-mode networks are IPv4 only here)", field="ipv6Prefix")
         network_id = ids.new_id("net")
-        row = {
-            "id": network_id, "name": name, "org_id": who.org_id, "type": type_, "subnet": str(net),
-            "gateway": ipam.gateway(str(net), type_), "ipv6_prefix": str(v6) if v6 else None,
-            "bridge": bridge_name(network_id) if type_ == "bridge" else None, "created_at": clock.now(),
-        }  # fmt: skip
         async with self.rt.store.write() as conn:
             for other in await net_q.list_networks(conn):
                 if other.name == name:
                     raise Conflict(f"a network named {name!r} already exists", field="name")
+            visible = await net_q.list_networks(conn, who.org_id)
+            if net is None:
+                net = ipam.free_subnet(pool, [ipaddress.IPv4Network(o.subnet) for o in visible])
+            for other in visible:
                 if ipaddress.IPv4Network(other.subnet).overlaps(net):
                     raise Conflict(f"subnet {net} overlaps network {other.name} ({other.subnet})", field="subnet")
                 if v6 is not None and other.ipv6_prefix and ipaddress.IPv6Network(other.ipv6_prefix).overlaps(v6):
                     raise Conflict(f"ipv6Prefix {v6} overlaps network {other.name} ({other.ipv6_prefix})", field="ipv6Prefix")
+            row = {
+                "id": network_id, "name": name, "org_id": who.org_id, "type": type_, "subnet": str(net),
+                "gateway": ipam.gateway(str(net), type_), "ipv6_prefix": str(v6) if v6 else None,
+                "bridge": bridge_name(network_id) if type_ == "bridge" else None, "created_at": clock.now(),
+            }  # fmt: skip
             await net_q.insert_network(conn, row)
             created = await net_q.get_network(conn, network_id)
         assert created is not None

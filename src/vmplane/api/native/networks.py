@@ -16,7 +16,11 @@ router = APIRouter(tags=["networks"])
 class NetworkIn(In):
     name: str = Field(..., min_length=1, max_length=63)
     type: str = Field("bridge", description="bridge (a Linux bridge + tap per NIC, DHCP by dnsmasq) or user (QEMU user-mode)")
-    subnet: str = Field(..., min_length=9, max_length=18, description="IPv4 CIDR, /8 to /29, e.g. 10.77.0.0/24")
+    subnet: str | None = Field(
+        None, min_length=9, max_length=18,
+        description="IPv4 CIDR, /8 to /29, e.g. 10.128.7.0/24. Tenants: inside the installation's tenant pool "
+        "(VMPLANE_TENANT_SUBNET_POOL, default 10.128.0.0/9), or left out for a free /24 of it; operators: any private range",
+    )  # fmt: skip
     ipv6Prefix: str | None = Field(None, max_length=64, description="an IPv6 /64 (bridge networks)")
 
 

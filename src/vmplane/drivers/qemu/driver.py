@@ -32,6 +32,8 @@ from ...domain import Resources, VmSpec
 from ...errors import DriverError, InvalidState
 from ...ids import looks_like_id
 from ...net import host as nethost  # (a module: net.host imports this package's procfs)
+from ...net import ipam
+from ...net.nft import TapGuard
 from ...net.model import Firewall, Nic, Network, tap_name
 from ..base import (
     Capabilities,
@@ -123,6 +125,7 @@ class QemuDriver(HypervisorDriver):
         dev_root: Path = Path("/dev"),
         pci_allowlist: Sequence[str] = (),
         nat: bool = True,
+        transit_pool: str = "100.64.0.0/10",
         migration_address: str = "127.0.0.1",
         max_image_bytes: int = 2048 * GIB,
     ) -> None:
@@ -147,7 +150,7 @@ class QemuDriver(HypervisorDriver):
         """where live migrations into this node listen (QEMU's incoming stream, the NBD export)"""
         self.max_image_bytes = max_image_bytes
         """the largest virtual size of an image taken from outside (`intake`)"""
-        self.net = nethost.NetworkHost(self.state_dir, nat=nat)
+        self.net = nethost.NetworkHost(self.state_dir, nat=nat, transit_pool=transit_pool)
         """bridges, taps, dnsmasq and nftables of bridge networks (see vmplane.net.host)"""
         self.capabilities = Capabilities(
             kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True,
@@ -1085,6 +1088,19 @@ class QemuDriver(HypervisorDriver):
         """(tap, network) of the VM's bridge NICs."""
         return [(tap_name(config.id, i), nic.network) for i, nic in enumerate(config.nics) if nic.network.type == "bridge"]
 
+    @staticmethod
+    def _guards(config: VmConfig) -> list[TapGuard]:
+        """What each bridge NIC may send as: its MAC, its IPv4 addresses, its EUI-64
+        link-local and SLAAC IPv6 addresses."""
+        return [
+            TapGuard(
+                tap_name(config.id, i), nic.mac, (nic.ip, *nic.aliases),
+                (ipam.ipv6_for("fe80::/64", nic.mac), *((nic.ipv6,) if nic.ipv6 else ())),
+            )  # fmt: skip
+            for i, nic in enumerate(config.nics)
+            if nic.network.type == "bridge"
+        ]
+
     def _hosts(self, network_id: str, extra: VmConfig | None = None) -> list[tuple[str, str]]:
         """Static DHCP leases of a network: (mac, ip) of every NIC of this node's VMs on it."""
         configs = {vm.id: vm.config for vm in list(self._vms.values())}
@@ -1102,7 +1118,7 @@ class QemuDriver(HypervisorDriver):
                 await self.net.ensure_network(network, self._hosts(network.id, vm.config))
             for tap, network in taps:
                 await self.net.add_tap(tap, network)
-            await self.net.apply_firewall(vm.id, [t for t, _ in taps], vm.config.firewall)
+            await self.net.apply_firewall(vm.id, [t for t, _ in taps], vm.config.firewall, self._guards(vm.config))
         forwards = active_forwards(vm.config, self.forward_address)
         return {"taps": [t for t, _ in taps], "hostfwds": [[f.protocol, f.host_port, f.guest_port] for f in forwards]}
 
@@ -1161,7 +1177,7 @@ class QemuDriver(HypervisorDriver):
             try:
                 for tap, network in taps:
                     await self.net.add_tap(tap, network)
-                await self.net.apply_firewall(vm.id, [t for t, _ in taps], vm.config.firewall)
+                await self.net.apply_firewall(vm.id, [t for t, _ in taps], vm.config.firewall, self._guards(vm.config))
             except DriverError as exc:
                 log.error("VM %s: applying its network again: %s", vm.id, exc.message)
         if self._net_watch is None or self._net_watch.done():
@@ -1196,7 +1212,7 @@ class QemuDriver(HypervisorDriver):
                 if self.net.is_up(network):  # addresses may have changed: new static leases
                     await self.net.ensure_network(network, self._hosts(network.id))
             if taps:
-                await self.net.apply_firewall(vm_id, [t for t, _ in taps], firewall)
+                await self.net.apply_firewall(vm_id, [t for t, _ in taps], firewall, self._guards(vm.config))
             await self._update_forwards(vm)
             old_aliases = tuple(a for n in old.nics for a in n.aliases)
             try:
