@@ -192,6 +192,7 @@ class TemplateOut(BaseModel):
     format: str | None
     sourceUrl: str | None
     checksum: str | None
+    shared: bool = Field(description="the operators' template, shared with every organization; a name is looked up in the caller's organization first, then among the shared ones")
     error: str | None
     createdAt: str
     updatedAt: str
