@@ -32,6 +32,7 @@ from urllib.parse import urlparse, urlsplit
 import httpx
 import jsonschema
 from sqlalchemy import Row, select
+from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids, outbound
 from ..auth import Principal
@@ -184,19 +185,25 @@ class PluginService:
                 raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
         template_id = await self._template_for(m, who)
         now = clock.now()
-        async with self.rt.store.write() as conn:
-            if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
-                raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
-            await plugin_q.insert_plugin(
-                conn,
-                {
-                    "name": m["name"], "runtime": m["runtime"], "version": m["version"],
-                    "org_id": owner, "enabled": bool(enabled), "manifest": m,
-                    "template_id": template_id, "created_at": now, "updated_at": now,
-                },
-            )  # fmt: skip
-            await ev_q.emit(conn, "plugin.installed", m["name"], {"name": m["name"], "version": m["version"], "runtime": m["runtime"]}, None if who.operator else who.org_id)
-        return await self.get(m["name"], who)
+        try:
+            async with self.rt.store.write() as conn:
+                if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
+                    raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+                await plugin_q.insert_plugin(
+                    conn,
+                    {
+                        "name": m["name"], "runtime": m["runtime"], "version": m["version"],
+                        "org_id": owner, "enabled": bool(enabled), "manifest": m,
+                        "template_id": template_id, "created_at": now, "updated_at": now,
+                    },
+                )  # fmt: skip
+                await ev_q.emit(conn, "plugin.installed", m["name"], {"name": m["name"], "version": m["version"], "runtime": m["runtime"]}, None if who.operator else who.org_id)
+        except IntegrityError:  # the (namespace, name|runtime) keys: the same plugin installed at the same time
+            raise Conflict(f"a plugin named or with runtime {m['name']!r} was installed at the same time", field="name") from None
+        async with self.rt.store.read() as conn:
+            row = await plugin_q.plugin_in(conn, m["name"], owner)  # the one just installed, even where a name is shadowed
+        assert row is not None
+        return row
 
     @staticmethod
     def image_checksum(manifest: dict[str, Any]) -> str:
@@ -485,8 +492,9 @@ class PluginService:
         """Poll the health check of every running plugin VM's workload once; record the
         answer and publish `vm.health` when it changes."""
         async with self.rt.store.read() as conn:
-            plugins = {(p.org_id, p.name): p for p in await plugin_q.list_plugins(conn, None) if p.manifest.get("health_check")}
-            owners = {(p.org_id, p.name) for p in await plugin_q.list_plugins(conn, None)}
+            installed = await plugin_q.list_plugins(conn, None)
+            owners = {(p.org_id, p.name) for p in installed}  # names are per organization (org_id None: shared)
+            plugins = {(p.org_id, p.name): p for p in installed if p.manifest.get("health_check")}
             if not plugins and (await conn.execute(select(plugin_health.c.vm_id).limit(1))).first() is None:
                 return  # nothing to check, nothing recorded: no scan of the VMs
             rows = (await conn.execute(select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value))).all() if plugins else []

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
 from ..auth import Principal
@@ -87,30 +88,33 @@ class TemplateService:
         now = clock.now()
         tpl_id = ids.new_id("tpl")
         owner = None if who.operator else who.org_id
-        async with self.rt.store.write() as conn:
-            if await tpl_q.name_taken(conn, name, owner):
-                raise Conflict(f"a template named {name!r} already exists", field="name")
-            if node_id is not None and await node_q.get_node(conn, node_id) is None:
-                raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
-            await tpl_q.insert_template(
-                conn,
-                {
-                    "id": tpl_id,
-                    "name": name,
-                    "org_id": owner,
-                    "os": os_,
-                    "node_id": node_id,
-                    "source_url": source_url,
-                    "status": "importing",
-                    # what the image must hash to (the import fails otherwise); then what it does
-                    "checksum": f"sha256:{checksum.lower()}" if checksum else None,
-                    "size_mb": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
-            job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
+        try:
+            async with self.rt.store.write() as conn:
+                if await tpl_q.name_taken(conn, name, owner):
+                    raise Conflict(f"a template named {name!r} already exists", field="name")
+                if node_id is not None and await node_q.get_node(conn, node_id) is None:
+                    raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
+                await tpl_q.insert_template(
+                    conn,
+                    {
+                        "id": tpl_id,
+                        "name": name,
+                        "org_id": owner,
+                        "os": os_,
+                        "node_id": node_id,
+                        "source_url": source_url,
+                        "status": "importing",
+                        # what the image must hash to (the import fails otherwise); then what it does
+                        "checksum": f"sha256:{checksum.lower()}" if checksum else None,
+                        "size_mb": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+                payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
+                job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
+        except IntegrityError:  # the (namespace, name) key: a create of the same name at the same time
+            raise Conflict(f"a template named {name!r} was created at the same time", field="name") from None
         self.rt.engine.wakeup()
         return job_id, tpl_id
 
