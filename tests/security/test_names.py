@@ -115,6 +115,14 @@ async def test_templates_networks_deployments_are_per_organization(server: Serve
     vm = await create_vm(server, bravo, {"name": "from-golden", "templateId": "golden"})
     assert vm["templateId"] == ids[bravo]
     assert (await bravo.get("/api/v1/templates/golden")).json()["shared"] is False
+    # a delete by name in bravo never reaches acme's template of that name
+    r = await acme.post("/api/v1/templates", json={"name": "solo", "os": "linux", "sourceUrl": f"file://{images / 'a.img'}"})
+    assert (await server.wait_job(r.json()["jobId"], client=acme))["state"] == "succeeded"
+    r = await bravo.request("DELETE", "/api/v1/templates", json={"templateIds": ["solo"]})
+    assert r.status_code == 404, r.text
+    r = await bravo.patch("/api/v1/templates/solo", json={"os": "evil"})
+    assert r.status_code == 404, r.text
+    assert (await acme.get("/api/v1/templates/solo")).json()["os"] == "linux"
 
     # networks: the same name in two organizations; `user` still resolves for both
     nets = {}
