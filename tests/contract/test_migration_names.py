@@ -8,7 +8,9 @@ from typing import Any, Callable
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, insert, select
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import Column, Integer, create_engine, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -145,3 +147,20 @@ async def test_a_name_is_unique_per_namespace_only(upgraded: str, table: Any, ro
     await on_connection(upgraded, lambda conn: conn.execute(insert(table), [row]))
     with pytest.raises(IntegrityError):
         await on_connection(upgraded, lambda conn: conn.execute(insert(table), [twin]))
+
+
+async def test_the_keys_survive_a_later_batch_migration(upgraded: str) -> None:
+    """A later migration that rebuilds these tables (SQLite's batch mode copies a table from
+    its reflection) keeps the shared namespace's keys: they are partial indexes, which
+    reflection keeps, not expression indexes, which it would silently drop."""
+    def rebuild(conn: Connection) -> None:
+        ops = Operations(MigrationContext.configure(conn, opts={"render_as_batch": conn.dialect.name == "sqlite"}))
+        for table in ("templates", "networks", "plugins"):
+            with ops.batch_alter_table(table, recreate="always" if conn.dialect.name == "sqlite" else "auto") as batch:
+                batch.add_column(Column("later", Integer, nullable=True))
+
+    await on_connection(upgraded, rebuild)
+    for table, twin in ((templates, tpl("tpl-shared3", "tiny-linux", None)), (plugins, plugin("fine", None, None)),
+                        (templates, tpl("tpl-a3", "golden", "org-a"))):  # fmt: skip
+        with pytest.raises(IntegrityError):
+            await on_connection(upgraded, lambda conn, table=table, twin=twin: conn.execute(insert(table), [twin]))

@@ -1,6 +1,6 @@
 """The schema. Times are epoch seconds (float) so SQLite and PostgreSQL behave alike."""
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, func
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 metadata = MetaData()
 
@@ -116,8 +116,10 @@ templates = Table(
 )
 """Images to create VMs from. org_id NULL: the operators' templates, shared with every
 organization (the shared namespace); a name is unique within its organization, or among the
-shared ones (the coalesce makes NULL one namespace: NULLs are distinct in a unique index)."""
-Index("uq_templates_org_name", func.coalesce(templates.c.org_id, ""), templates.c.name, unique=True)
+shared ones (a partial index: NULLs are distinct in a unique index, and an expression index
+would not survive SQLite's batch migrations, which rebuild tables from reflection)."""
+Index("uq_templates_org_name", templates.c.org_id, templates.c.name, unique=True)
+Index("uq_templates_shared_name", templates.c.name, unique=True, sqlite_where=templates.c.org_id.is_(None), postgresql_where=templates.c.org_id.is_(None))
 
 jobs = Table(
     "jobs",
@@ -476,7 +478,8 @@ networks = Table(
 )
 """Networks VMs join. org_id NULL: shared by every organization (the default `user` network).
 A name is unique within its organization, or among the shared ones."""
-Index("uq_networks_org_name", func.coalesce(networks.c.org_id, ""), networks.c.name, unique=True)
+Index("uq_networks_org_name", networks.c.org_id, networks.c.name, unique=True)
+Index("uq_networks_shared_name", networks.c.name, unique=True, sqlite_where=networks.c.org_id.is_(None), postgresql_where=networks.c.org_id.is_(None))
 
 ip_addresses = Table(
     "ip_addresses",
@@ -559,8 +562,10 @@ the template their image was fetched into, one of the plugin's owner whose check
 manifest's (None: VMs use the default template). org_id NULL: installed by the operators,
 shared with every organization. Names and runtimes are unique within an organization, or
 among the shared plugins."""
-Index("uq_plugins_org_name", func.coalesce(plugins.c.org_id, ""), plugins.c.name, unique=True)
-Index("uq_plugins_org_runtime", func.coalesce(plugins.c.org_id, ""), plugins.c.runtime, unique=True)
+Index("uq_plugins_org_name", plugins.c.org_id, plugins.c.name, unique=True)
+Index("uq_plugins_org_runtime", plugins.c.org_id, plugins.c.runtime, unique=True)
+Index("uq_plugins_shared_name", plugins.c.name, unique=True, sqlite_where=plugins.c.org_id.is_(None), postgresql_where=plugins.c.org_id.is_(None))
+Index("uq_plugins_shared_runtime", plugins.c.runtime, unique=True, sqlite_where=plugins.c.org_id.is_(None), postgresql_where=plugins.c.org_id.is_(None))
 
 plugin_health = Table(
     "plugin_health",

@@ -23,12 +23,16 @@ GLOBAL = {'vms': ['name'], 'templates': ['name'], 'networks': ['name'], 'deploym
 PER_ORG = [('vms', 'uq_vms_org_name', 'name'), ('deployments', 'uq_deployments_org_name', 'name')]
 """org_id NOT NULL: a plain unique constraint"""
 PER_NAMESPACE = [
-    ('templates', 'uq_templates_org_name', 'name'),
-    ('networks', 'uq_networks_org_name', 'name'),
-    ('plugins', 'uq_plugins_org_name', 'name'),
-    ('plugins', 'uq_plugins_org_runtime', 'runtime'),
+    ('templates', 'templates_org_name', 'name'),
+    ('networks', 'networks_org_name', 'name'),
+    ('plugins', 'plugins_org_name', 'name'),
+    ('plugins', 'plugins_org_runtime', 'runtime'),
 ]
-"""org_id NULL is the shared namespace: NULLs are distinct in a unique index, coalesce makes them one"""
+"""org_id NULL is the shared namespace: NULLs are distinct in a unique index, so each of these
+is two: uq_<x> on (org_id, col), and uq_<x>_shared on (col) WHERE org_id IS NULL. Partial
+indexes, not an expression index (coalesce): SQLite's batch migrations rebuild a table from
+its reflection, which keeps partial indexes and silently drops expression ones."""
+SHARED = sa.text('org_id IS NULL')
 # names SQLite's unnamed UNIQUE (col) clauses so that batch mode can drop them
 NAMING = {'uq': 'uq_%(table_name)s_%(column_0_name)s'}
 
@@ -83,7 +87,8 @@ def upgrade() -> None:
         with op.batch_alter_table(table) as batch:
             batch.create_unique_constraint(name, ['org_id', col])
     for table, name, col in PER_NAMESPACE:
-        op.create_index(name, table, [sa.text("coalesce(org_id, '')"), col], unique=True)
+        op.create_index(f'uq_{name}', table, ['org_id', col], unique=True)
+        op.create_index(f'uq_{name.replace("_org_", "_shared_")}', table, [col], unique=True, sqlite_where=SHARED, postgresql_where=SHARED)
     _plugin_templates(bind)
 
 
@@ -91,7 +96,8 @@ def downgrade() -> None:
     """Fails where two organizations now hold the same name (as it must: the old schema
     cannot hold both)."""
     for table, name, _col in reversed(PER_NAMESPACE):
-        op.drop_index(name, table_name=table)
+        op.drop_index(f'uq_{name.replace("_org_", "_shared_")}', table_name=table)
+        op.drop_index(f'uq_{name}', table_name=table)
     for table, name, _col in reversed(PER_ORG):
         with op.batch_alter_table(table) as batch:
             batch.drop_constraint(name, type_='unique')
