@@ -189,7 +189,7 @@ class Runtime:
             "updated_at": now,
         }
         async with self.store.write() as conn:
-            tpl = await tpl_q.get_template(conn, TINY_TEMPLATE)
+            tpl = await tpl_q.find_template(conn, TINY_TEMPLATE, None)  # the shared one
             if tpl is None:
                 await tpl_q.insert_template(conn, {"id": ids.new_id("tpl"), "name": TINY_TEMPLATE, "node_id": None, "created_at": now, **values})
                 log.info("registered template %s", TINY_TEMPLATE)

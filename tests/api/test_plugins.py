@@ -129,7 +129,7 @@ async def test_install_enable_disable_create_delete(server_factory: Any, databas
     vm = (await server.client.get(f"/api/v1/vms/{job['tasks'][0]['resourceId']}")).json()
     assert vm["resources"]["cpu"] == 2 and vm["resources"]["ramMb"] == 384
     assert vm["templateId"] == p["image"]["templateId"]
-    assert vm["plugin"] == {"name": "web", "runtime": "web", "version": "0.1.0"}
+    assert vm["plugin"] == {"name": "web", "runtime": "web", "version": "0.1.0", "shared": True}  # the operators' plugin
     assert [e["port"] for e in vm["expose"]] == [8080] and vm["expose"][0]["hostPort"]
     info = (await server.client.get(f"/api/v1/vms/{vm['id']}/plugin")).json()
     assert info["plugin"] == "web" and info["actions"] == ["hello"]

@@ -213,9 +213,24 @@ async def test_tag_filter_and_names_taken(store: Store) -> None:
     b["tags"] = ["x", "y"]
     async with store.write() as conn:
         await vm_q.insert_vms(conn, [a, b])
-        assert await vm_q.names_taken(conn, ["a", "c"]) == {"a"}
+        assert await vm_q.names_taken(conn, ["a", "c"], "org-default") == {"a"}
+        assert await vm_q.names_taken(conn, ["a", "c"], "org-other") == set()  # names are per organization
         rows = await vm_q.list_vms(conn, tag="y", limit=10)
     assert [r.name for r in rows] == ["b"]
+
+
+async def test_names_are_unique_per_organization(store: Store) -> None:
+    """The same name in two organizations is two VMs; twice in one is refused by the key
+    itself (whatever a service checked before), on both backends."""
+    from sqlalchemy.exc import IntegrityError
+
+    async with store.write() as conn:
+        await vm_q.insert_vms(conn, [vm_row("same"), {**vm_row("same"), "org_id": "org-b"}])
+    with pytest.raises(IntegrityError):
+        async with store.write() as conn:
+            await vm_q.insert_vms(conn, [vm_row("same")])
+    async with store.read() as conn:
+        assert len(await vm_q.list_vms(conn, name="same", limit=10)) == 2
 
 
 async def test_idempotency_key_is_stored_once(store: Store) -> None:

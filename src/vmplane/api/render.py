@@ -48,6 +48,7 @@ def template(row: Row) -> dict[str, Any]:
         "format": row.format,
         "sourceUrl": row.source_url,
         "checksum": row.checksum,
+        "shared": row.org_id is None,
         "error": row.error,
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),

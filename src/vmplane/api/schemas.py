@@ -171,7 +171,7 @@ class VmOut(BaseModel):
     expose: list[dict[str, Any]]
     nics: list[NicOut]
     pciDevices: list[str]
-    plugin: dict[str, Any] | None = Field(None, description="the plugin the VM was made from: {name, runtime, version}")
+    plugin: dict[str, Any] | None = Field(None, description="the plugin the VM was made from: {name, runtime, version, shared} (shared: the operators' plugin, not one of its organization's own)")
     ssh: SshOut | None = Field(description="SSH login through a forwarded port; null when the VM has none (sim nodes, remote nodes, bridge-only NICs: use the NIC's address)")
     createdAt: str
     updatedAt: str
@@ -192,6 +192,7 @@ class TemplateOut(BaseModel):
     format: str | None
     sourceUrl: str | None
     checksum: str | None
+    shared: bool = Field(description="the operators' template, shared with every organization; a name is looked up in the caller's organization first, then among the shared ones")
     error: str | None
     createdAt: str
     updatedAt: str

@@ -1,6 +1,7 @@
 """Deployments: a named desired state `{name, replicas, config}` and the reconciler that keeps it.
 
-Replicas are VMs named `<name>-<i>` (i from 1), made from the deployment's config (see
+Replicas are VMs named `<name>-<i>` (i from 1) in the deployment's organization (names are
+unique per organization: another organization's VMs never take or block a number), made from the deployment's config (see
 services/vmconfig.py) and marked as the deployment's in their spec. Each pass of the
 reconciler, for every deployment:
 - a replica whose node is offline or gone is *lost*: it is not counted, and a new replica
@@ -84,7 +85,7 @@ class DeploymentService:
 
     async def get(self, name: str, who: Principal) -> Row:
         async with self.rt.store.read() as conn:
-            row = await dep_q.get_deployment(conn, name)
+            row = await dep_q.get_deployment(conn, name, who.org_id)
         if row is None or row.org_id != who.org_id or (who.team_id is not None and row.team_id != who.team_id):
             raise NotFound(f"deployment {name} does not exist")
         return row
@@ -110,7 +111,7 @@ class DeploymentService:
         }  # fmt: skip
         try:
             async with self.rt.store.write() as conn:
-                if await dep_q.get_deployment(conn, name) is not None:
+                if await dep_q.get_deployment(conn, name, who.org_id) is not None:  # names are per organization
                     raise Conflict(f"a deployment named {name!r} already exists", field="name")
                 await dep_q.insert_deployment(conn, row)
                 await ev_q.emit(conn, "deployment.created", row["id"], _data(row), who.org_id)
@@ -158,7 +159,7 @@ class DeploymentService:
         pattern = re.compile(re.escape(dep.name) + r"-([1-9][0-9]{0,3})$")
         async with self.rt.store.read() as conn:
             rows = [
-                r for r in await dep_q.vms_named_like(conn, dep.name + "-")
+                r for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)
                 if pattern.match(r.name) and (r.spec or {}).get("deployment") == dep.id
             ]  # fmt: skip
             work = await dep_q.active_work(conn, [r.id for r in rows])
@@ -245,7 +246,7 @@ class DeploymentService:
         lost = {r.vm.name for r in replicas if r.lost}
         taken = {r.index for r in replicas}
         async with self.rt.store.read() as conn:
-            others = {r.name for r in await dep_q.vms_named_like(conn, dep.name + "-")}
+            others = {r.name for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)}  # its organization's names only
         template = await self.rt.templates.default_id(who)
         index = 0
         while missing > 0 and index < 10_000:

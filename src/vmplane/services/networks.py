@@ -65,7 +65,7 @@ class NetworkService:
     async def ensure_default(self) -> None:
         """The shared user-mode network every VM joins unless told otherwise."""
         async with self.rt.store.write() as conn:
-            if await net_q.get_network(conn, DEFAULT_NETWORK) is None:
+            if await net_q.find_network(conn, DEFAULT_NETWORK, None) is None:
                 subnet = str(ipam.check_subnet(self.rt.settings.user_network_subnet, "VMPLANE_USER_NETWORK_SUBNET"))
                 await net_q.insert_network(conn, {
                     "id": ids.new_id("net"), "name": DEFAULT_NETWORK, "org_id": None, "type": "user", "subnet": subnet,
@@ -92,9 +92,8 @@ class NetworkService:
             raise InvalidRequest("ipv6Prefix needs a bridge network (user-mode networks are IPv4 only here)", field="ipv6Prefix")
         network_id = ids.new_id("net")
         async with self.rt.store.write() as conn:
-            for other in await net_q.list_networks(conn):
-                if other.name == name:
-                    raise Conflict(f"a network named {name!r} already exists", field="name")
+            if await net_q.name_taken(conn, name, who.org_id):  # names are unique within an organization only
+                raise Conflict(f"a network named {name!r} already exists", field="name")
             visible = await net_q.list_networks(conn, who.org_id)
             if net is None:
                 net = ipam.free_subnet(pool, [ipaddress.IPv4Network(o.subnet) for o in visible])
@@ -114,9 +113,11 @@ class NetworkService:
         return created
 
     async def get(self, ref: str, who: Principal, field: str | None = None) -> Row:
+        """A network the caller may use, by id or name: its organization's first, then the
+        shared ones (such as `user`); another organization's does not exist for it."""
         async with self.rt.store.read() as conn:
-            row = await net_q.get_network(conn, ref)
-        if row is None or row.org_id not in (None, who.org_id):
+            row = await net_q.find_network(conn, ref, who.org_id)
+        if row is None:
             if field is not None:
                 raise InvalidRequest(f"{field} {ref!r} is not a network", field=field)
             raise NotFound(f"network {ref} does not exist")
@@ -144,10 +145,17 @@ class NetworkService:
     # -- VM creation: NICs and addresses ---------------------------------------------------
 
     async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> list[Row]:
-        """The networks a new VM joins (default: the user network)."""
+        """The networks a new VM joins (default: the shared user network, whatever the
+        caller's own networks are named)."""
         if len(refs) > MAX_NICS:
             raise InvalidRequest(f"a VM joins at most {MAX_NICS} networks", field=where)
-        rows = [await self.get(r, who, field=f"{where}[{i}].networkId") for i, r in enumerate(refs or [DEFAULT_NETWORK])]
+        if not refs:
+            async with self.rt.store.read() as conn:
+                default = await net_q.find_network(conn, DEFAULT_NETWORK, None)
+            if default is None:
+                raise InvalidRequest(f"the shared network {DEFAULT_NETWORK!r} does not exist", field=where)
+            return [default]
+        rows = [await self.get(r, who, field=f"{where}[{i}].networkId") for i, r in enumerate(refs)]
         seen: set[str] = set()
         for i, r in enumerate(rows):
             if r.id in seen:

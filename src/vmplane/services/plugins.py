@@ -2,8 +2,12 @@
 their workloads' health checks, action calls and OpenAPI documents.
 
 A plugin names its image by URL (`rootfs` or `initramfs`, with a sha256 checksum): it is
-fetched once into a template (the template-create job verifies the checksum); an initramfs
-boots with the default template's kernel, command line and disk. A VM created with
+fetched once into a template of the plugin's owner (the template-create job verifies the
+checksum), which the plugin refers to by id; a template is reused only when it belongs to the
+plugin's owner and its checksum is the manifest's, so no name anyone else chose decides what a
+plugin's VMs boot. An initramfs boots with the default template's kernel, command line and
+disk. Plugin names and runtimes are unique within an organization, or among the operators'
+shared plugins; a name is looked up in the caller's organization first, then the shared ones. A VM created with
 `plugin`/`runtime` takes the manifest's resources, image and cloud-init, and its workload's
 port is forwarded to the node's forward address, through which actions, health checks and
 the guest's OpenAPI document are reached over HTTP (vmplane's own plumbing to the VM). The
@@ -28,8 +32,9 @@ from urllib.parse import urlparse, urlsplit
 import httpx
 import jsonschema
 from sqlalchemy import Row, select
+from sqlalchemy.exc import IntegrityError
 
-from .. import clock, outbound
+from .. import clock, ids, outbound
 from ..auth import Principal
 from ..domain import VmStatus
 from ..errors import Conflict, DriverError, Forbidden, InvalidRequest, InvalidState, NotFound
@@ -123,6 +128,8 @@ class ForVm:
     runtime: str
     version: str
     template_id: str | None
+    shared: bool
+    """the operators' plugin, not one of the organization's own"""
     cpu: int
     ram_mb: int
     cloud_init: dict[str, Any]
@@ -148,8 +155,10 @@ class PluginService:
         return row is not None and row.org_id in (None, who.org_id)
 
     async def get(self, ref: str, who: Principal) -> Row:
+        """The plugin named `ref` (or with runtime `ref`): the caller's organization's own
+        first, then a shared one; another organization's is not installed for it."""
         async with self.rt.store.read() as conn:
-            row = await plugin_q.get_plugin(conn, ref)
+            row = await plugin_q.find_plugin(conn, ref, who.org_id)
         if row is None or not self._visible(row, who):
             raise NotFound(f"plugin {ref} is not installed")
         return row
@@ -169,45 +178,63 @@ class PluginService:
         enabled = m.pop("enabled", True)
         if m.get("openapi") and not self._in_guest(m, m["openapi"]):
             await self.rt.outbound.check(m["openapi"], "openapi")
+        owner = None if who.operator else who.org_id  # the operators' plugins are shared
+        refs = sorted({m["name"], m["runtime"]})
         async with self.rt.store.read() as conn:
-            for ref in {m["name"], m["runtime"]}:
-                if await plugin_q.get_plugin(conn, ref) is not None:
-                    raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+            if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
+                raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
         template_id = await self._template_for(m, who)
         now = clock.now()
-        async with self.rt.store.write() as conn:
-            for ref in {m["name"], m["runtime"]}:
-                if await plugin_q.get_plugin(conn, ref) is not None:
+        try:
+            async with self.rt.store.write() as conn:
+                if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
                     raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
-            await plugin_q.insert_plugin(
-                conn,
-                {
-                    "name": m["name"], "runtime": m["runtime"], "version": m["version"],
-                    "org_id": None if who.operator else who.org_id, "enabled": bool(enabled), "manifest": m,
-                    "template_id": template_id, "created_at": now, "updated_at": now,
-                },
-            )  # fmt: skip
-            await ev_q.emit(conn, "plugin.installed", m["name"], {"name": m["name"], "version": m["version"], "runtime": m["runtime"]}, None if who.operator else who.org_id)
-        return await self.get(m["name"], who)
+                await plugin_q.insert_plugin(
+                    conn,
+                    {
+                        "name": m["name"], "runtime": m["runtime"], "version": m["version"],
+                        "org_id": owner, "enabled": bool(enabled), "manifest": m,
+                        "template_id": template_id, "created_at": now, "updated_at": now,
+                    },
+                )  # fmt: skip
+                await ev_q.emit(conn, "plugin.installed", m["name"], {"name": m["name"], "version": m["version"], "runtime": m["runtime"]}, None if who.operator else who.org_id)
+        except IntegrityError:  # the (namespace, name|runtime) keys: the same plugin installed at the same time
+            raise Conflict(f"a plugin named or with runtime {m['name']!r} was installed at the same time", field="name") from None
+        async with self.rt.store.read() as conn:
+            row = await plugin_q.plugin_in(conn, m["name"], owner)  # the one just installed, even where a name is shadowed
+        assert row is not None
+        return row
+
+    @staticmethod
+    def image_checksum(manifest: dict[str, Any]) -> str:
+        """`sha256:<hex>` of the plugin's image, as its manifest gives it."""
+        image = manifest.get("rootfs") or manifest.get("initramfs") or {}
+        return f"sha256:{checksum_hex(str(image.get('checksum', '')))}"
 
     async def _template_for(self, m: dict[str, Any], who: Principal) -> str | None:
-        """The template holding the plugin's image: an existing one made from the same URL
-        and checksum (fetched once), else a new one being imported."""
+        """The id of the template holding the plugin's image: one of the plugin's owner made
+        from the same URL whose checksum is the manifest's (ready, or being imported, whose
+        job checks it), fetched once; else a new one being imported. Never a template of
+        someone else, whatever its name: another organization's names are not even seen."""
         kind = "rootfs" if "rootfs" in m else "initramfs"
         image = m[kind]
         digest = checksum_hex(image["checksum"])
-        owner = "" if who.operator else who.org_id  # an organization's templates are its own
-        key = hashlib.sha256(f"{kind}\n{image['url']}\n{digest}\n{owner}".encode()).hexdigest()[:16]
-        name = f"plugin-{kind}-{key}"
+        owner = None if who.operator else who.org_id  # the operators' are shared, an organization's its own
         async with self.rt.store.read() as conn:
-            tpl = await tpl_q.get_template(conn, name)
-        if tpl is not None and tpl.status != "error":
-            return tpl.id
+            tpl = await tpl_q.find_image(conn, owner, image["url"], f"sha256:{digest}")
+            if tpl is not None:
+                return str(tpl.id)
+            key = hashlib.sha256(f"{kind}\n{image['url']}\n{digest}".encode()).hexdigest()[:16]
+            name = f"plugin-{kind}-{key}"
+            if await tpl_q.name_taken(conn, name, owner):  # the owner's own (a failed import, a rename): not ours to take
+                name = f"{name}-{ids.new_id('x')[-6:].lower()}"
         base = None
         if kind == "initramfs":
             base_ref = self.rt.settings.default_template
-            async with self.rt.store.read() as conn:
-                base_tpl = await tpl_q.get_template(conn, base_ref)
+            try:
+                base_tpl = await self.rt.templates.get(base_ref, who)
+            except NotFound:
+                base_tpl = None
             if base_tpl is None or not base_tpl.boot or base_tpl.status != "ready":
                 raise InvalidRequest(
                     f"an initramfs boots with the kernel of the default template {base_ref!r}, which is not ready here "
@@ -215,8 +242,6 @@ class PluginService:
                     field="initramfs",
                 )  # fmt: skip
             base = base_tpl.id
-        if tpl is not None:  # a failed import: try again under the same name
-            await self.rt.jobs.wait(await self.rt.templates.delete([tpl.id], who), 60)
         _job, tpl_id = await self.rt.templates.create(
             name=name, os_="linux", node_id=None, source_url=image["url"], who=who, checksum=digest, initramfs_of=base,
             field=f"{kind}.url",
@@ -228,25 +253,38 @@ class PluginService:
         self._check_owner(row, who)
         if row.enabled != enabled:
             async with self.rt.store.write() as conn:
-                await plugin_q.set_plugin(conn, row.name, enabled=enabled, updated_at=clock.now())
+                await plugin_q.set_plugin(conn, row.seq, enabled=enabled, updated_at=clock.now())
                 await ev_q.emit(conn, "plugin.enabled" if enabled else "plugin.disabled", row.name, {"name": row.name, "enabled": enabled}, row.org_id)
         return await self.get(row.name, who)
 
-    async def vms_using(self, name: str) -> list[str]:
+    async def vms_using(self, row: Row) -> list[Row]:
+        """The VMs made from this plugin (its organization's, or any organization's for a
+        shared one)."""
         async with self.rt.store.read() as conn:
-            rows = (await conn.execute(select(vms_t.c.name, vms_t.c.spec))).all()
-        return sorted(r.name for r in rows if ((r.spec or {}).get("plugin") or {}).get("name") == name)
+            q = select(vms_t.c.name, vms_t.c.org_id, vms_t.c.spec)
+            if row.org_id is not None:
+                q = q.where(vms_t.c.org_id == row.org_id)
+            vms = [v for v in (await conn.execute(q)).all() if ((v.spec or {}).get("plugin") or {}).get("name") == row.name]
+            owners = {}
+            for v in vms:
+                if v.org_id not in owners:
+                    owners[v.org_id] = v.org_id if await plugin_q.plugin_in(conn, row.name, v.org_id) is not None else None
+        return [v for v in vms if _plugin_owner(v, owners[v.org_id]) == row.org_id]
 
     async def delete(self, ref: str, who: Principal) -> None:
-        """Remove a plugin no VM uses (409 names them otherwise); its image template stays
-        (other plugins may share it; delete it as any template)."""
+        """Remove a plugin no VM uses (409 otherwise, naming the caller's organization's VMs
+        and counting others); its image template stays (other plugins may share it; delete
+        it as any template)."""
         row = await self.get(ref, who)
         self._check_owner(row, who)
-        users = await self.vms_using(row.name)
+        users = await self.vms_using(row)
         if users:
-            raise Conflict(f"plugin {row.name} is used by {len(users)} VM(s) ({', '.join(users[:5])}); delete them first", vms=users)
+            mine = sorted(v.name for v in users if v.org_id == who.org_id)
+            others = len(users) - len(mine)
+            shown = ", ".join(mine[:5]) + (f"{', ' if mine else ''}{others} of other organizations" if others else "")
+            raise Conflict(f"plugin {row.name} is used by {len(users)} VM(s) ({shown}); delete them first", vms=mine)
         async with self.rt.store.write() as conn:
-            await plugin_q.delete_plugin(conn, row.name)
+            await plugin_q.delete_plugin(conn, row.seq)
             await ev_q.emit(conn, "plugin.deleted", row.name, {"name": row.name}, row.org_id)
 
     # -- VMs made from plugins ------------------------------------------------------------
@@ -265,6 +303,11 @@ class PluginService:
                 tpl = await tpl_q.get_template(conn, row.template_id)
             if tpl is None:
                 raise InvalidState(f"the image template of plugin {row.name} was deleted; reinstall the plugin", current="missing")
+            if tpl.org_id != row.org_id or tpl.checksum not in (None, self.image_checksum(row.manifest)):
+                # not the owner's, or not the manifest's image (data from before issue 19): never booted
+                raise InvalidState(
+                    f"the image template of plugin {row.name} is not the plugin's own image; reinstall the plugin", current="foreign"
+                )
             if tpl.status != "ready":
                 raise InvalidState(
                     f"the image of plugin {row.name} is {tpl.status}" + (f": {tpl.error}" if tpl.error else ""),
@@ -280,16 +323,20 @@ class PluginService:
         if "userData" not in cloud and (script := entrypoint_script(m)):
             cloud["userData"] = script
         return ForVm(
-            name=row.name, runtime=row.runtime, version=row.version, template_id=row.template_id,
+            name=row.name, runtime=row.runtime, version=row.version, template_id=row.template_id, shared=row.org_id is None,
             cpu=m["resources"]["cpu_cores"], ram_mb=m["resources"]["memory_mb"], cloud_init=cloud, port=workload_port(m),
         )  # fmt: skip
 
     async def of_vm(self, vm: Row) -> Row:
+        """The plugin the VM was made from: its organization's own or the shared one, as the
+        VM recorded (VMs from before that record: its organization's first)."""
         ref = ((vm.spec or {}).get("plugin") or {}).get("name")
         if ref is None:
             raise NotFound(f"VM {vm.name} was not made from a plugin")
         async with self.rt.store.read() as conn:
-            row = await plugin_q.get_plugin(conn, ref)
+            own = await plugin_q.plugin_in(conn, ref, vm.org_id)
+            owner = _plugin_owner(vm, vm.org_id if own is not None else None)
+            row = own if owner is not None else await plugin_q.plugin_in(conn, ref, None)
         if row is None:
             raise NotFound(f"plugin {ref} of VM {vm.name} is no longer installed")
         return row
@@ -445,14 +492,17 @@ class PluginService:
         """Poll the health check of every running plugin VM's workload once; record the
         answer and publish `vm.health` when it changes."""
         async with self.rt.store.read() as conn:
-            plugins = {p.name: p for p in await plugin_q.list_plugins(conn, None) if p.manifest.get("health_check")}
+            installed = await plugin_q.list_plugins(conn, None)
+            owners = {(p.org_id, p.name) for p in installed}  # names are per organization (org_id None: shared)
+            plugins = {(p.org_id, p.name): p for p in installed if p.manifest.get("health_check")}
             if not plugins and (await conn.execute(select(plugin_health.c.vm_id).limit(1))).first() is None:
                 return  # nothing to check, nothing recorded: no scan of the VMs
             rows = (await conn.execute(select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value))).all() if plugins else []
         checks = []
         for vm in rows:
             name = ((vm.spec or {}).get("plugin") or {}).get("name")
-            plugin = plugins.get(name) if name else None
+            owner = _plugin_owner(vm, vm.org_id if (vm.org_id, name) in owners else None)
+            plugin = plugins.get((owner, name)) if name else None
             if plugin is not None:
                 checks.append((vm, plugin))
         results = await asyncio.gather(*(self._probe(vm, p) for vm, p in checks))
@@ -496,3 +546,13 @@ class PluginService:
         if 200 <= resp.status_code < 400:
             return HEALTHY, None
         return UNHEALTHY, f"HTTP {resp.status_code}"
+
+
+def _plugin_owner(vm: Row, resolved: str | None) -> str | None:
+    """Whose plugin VM `vm` was made from: None (the shared one) or its organization, as its
+    spec records (`shared`); a VM from before that record takes `resolved` (its
+    organization's own plugin of that name when there is one, else the shared one)."""
+    shared = ((vm.spec or {}).get("plugin") or {}).get("shared")
+    if shared is None:
+        return resolved
+    return None if shared else vm.org_id

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
 from ..auth import Principal
@@ -35,10 +36,11 @@ class TemplateService:
         self.rt = rt
 
     async def get(self, ref: str, who: Principal) -> Row:
-        """A template the caller may use: shared ones (no organization) and its organization's."""
+        """A template the caller may use, by id or name: its organization's and the shared
+        ones (no organization); a name is its organization's first, then a shared one."""
         async with self.rt.store.read() as conn:
-            row = await tpl_q.get_template(conn, ref)
-        if row is None or row.org_id not in (None, who.org_id):
+            row = await tpl_q.find_template(conn, ref, who.org_id)
+        if row is None:
             raise NotFound(f"template {ref} does not exist")
         return row
 
@@ -66,7 +68,9 @@ class TemplateService:
         self, *, name: str, os_: str, node_id: str | None, source_url: str, who: Principal,
         checksum: str | None = None, initramfs_of: str | None = None, field: str = "sourceUrl",
     ) -> tuple[str, str]:
-        """Operators' templates are shared with every organization; others' stay private.
+        """Operators' templates are shared with every organization (the shared namespace,
+        which only operators create names in); others' stay private. A name is unique within
+        its namespace only.
 
         `checksum`: the sha256 (hex) the download must have, else the import fails.
         `initramfs_of`: the source is an initramfs, booted with this template's kernel,
@@ -83,28 +87,34 @@ class TemplateService:
         await self.rt.outbound.check(source_url, field)
         now = clock.now()
         tpl_id = ids.new_id("tpl")
-        async with self.rt.store.write() as conn:
-            if await tpl_q.get_template(conn, name) is not None:
-                raise Conflict(f"a template named {name!r} already exists", field="name")
-            if node_id is not None and await node_q.get_node(conn, node_id) is None:
-                raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
-            await tpl_q.insert_template(
-                conn,
-                {
-                    "id": tpl_id,
-                    "name": name,
-                    "org_id": None if who.operator else who.org_id,
-                    "os": os_,
-                    "node_id": node_id,
-                    "source_url": source_url,
-                    "status": "importing",
-                    "size_mb": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
-            job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
+        owner = None if who.operator else who.org_id
+        try:
+            async with self.rt.store.write() as conn:
+                if await tpl_q.name_taken(conn, name, owner):
+                    raise Conflict(f"a template named {name!r} already exists", field="name")
+                if node_id is not None and await node_q.get_node(conn, node_id) is None:
+                    raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
+                await tpl_q.insert_template(
+                    conn,
+                    {
+                        "id": tpl_id,
+                        "name": name,
+                        "org_id": owner,
+                        "os": os_,
+                        "node_id": node_id,
+                        "source_url": source_url,
+                        "status": "importing",
+                        # what the image must hash to (the import fails otherwise); then what it does
+                        "checksum": f"sha256:{checksum.lower()}" if checksum else None,
+                        "size_mb": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+                payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
+                job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
+        except IntegrityError:  # the (namespace, name) key: a create of the same name at the same time
+            raise Conflict(f"a template named {name!r} was created at the same time", field="name") from None
         self.rt.engine.wakeup()
         return job_id, tpl_id
 
@@ -118,7 +128,7 @@ class TemplateService:
         if name is None and os_ is None:
             raise InvalidRequest("give name or os to change", field="body")
         async with self.rt.store.write() as conn:
-            if name is not None and name != tpl.name and await tpl_q.get_template(conn, name) is not None:
+            if name is not None and name != tpl.name and await tpl_q.name_taken(conn, name, tpl.org_id):
                 raise Conflict(f"a template named {name!r} already exists", field="name")
             job_id = await self.rt.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_})])
         self.rt.engine.wakeup()
@@ -130,8 +140,8 @@ class TemplateService:
         async with self.rt.store.write() as conn:
             found = []
             for ref in refs:
-                tpl = await tpl_q.get_template(conn, ref)
-                if tpl is None or tpl.org_id not in (None, who.org_id):
+                tpl = await tpl_q.find_template(conn, ref, who.org_id)
+                if tpl is None:
                     raise NotFound(f"template {ref} does not exist", templateIds=[ref])
                 self._check_owner(tpl, who)
                 if tpl.status == "importing":

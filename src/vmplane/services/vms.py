@@ -173,7 +173,8 @@ class VmService:
                 return rows
 
     async def by_name(self, name: str, who: Principal) -> Row:
-        """The VM the caller may see named `name` (faces that address VMs by name)."""
+        """The VM the caller may see named `name` (faces that address VMs by name): names are
+        unique within an organization, and only the caller's organization is searched."""
         if not name or len(name) > 63:
             raise NotFound(f"vm {name!r} not found")
         rows, _ = await self.list(who, node=None, status=None, tag=None, name=name, limit=1, page_token=None)
@@ -251,14 +252,14 @@ class VmService:
             conn, who.org_id, vms=len(specs), vcpu=sum(s.resources.cpu for s in specs),
             ram_mb=sum(s.resources.ram_mb for s in specs), disk_gb=sum(s.resources.disk_gb for s in specs),
         )  # fmt: skip
-        taken = await vm_q.names_taken(conn, [s.name for s in specs])
+        taken = await vm_q.names_taken(conn, [s.name for s in specs], who.org_id)  # names are the organization's own
         if taken:
             raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
         template_refs = {s.template_id for s in specs if s.template_id}
         templates = {}
         for ref in template_refs:
-            tpl = await tpl_q.get_template(conn, ref)
-            if tpl is None or tpl.org_id not in (None, who.org_id):
+            tpl = await tpl_q.find_template(conn, ref, who.org_id)  # its own, else a shared one
+            if tpl is None:
                 raise InvalidRequest(f"templateId {ref!r} does not exist", field="templateId")
             if tpl.status != "ready":
                 raise InvalidState(f"template {ref} is {tpl.status}, not ready", current=tpl.status, required="ready")
@@ -351,7 +352,7 @@ class VmService:
         if spec.snapshot is not None:
             raise InvalidRequest("a VM from a plugin boots the plugin's image, not a snapshot", field=field_name)
         extra = dict(spec.extra)
-        extra["plugin"] = {"name": p.name, "runtime": p.runtime, "version": p.version}
+        extra["plugin"] = {"name": p.name, "runtime": p.runtime, "version": p.version, "shared": p.shared}
         if p.cloud_init and not extra.get("cloudInit"):
             extra["cloudInit"] = p.cloud_init
         expose = [dict(e) for e in extra.get("expose", [])]
@@ -387,7 +388,7 @@ class VmService:
             raise InvalidState(f"VM {vm.id} is being deleted", current=vm.status)
         if name != vm.name:
             async with self.rt.store.write() as conn:
-                if await vm_q.names_taken(conn, [name]):
+                if await vm_q.names_taken(conn, [name], vm.org_id):
                     raise Conflict(f"a VM named {name!r} already exists", field="name")
                 try:
                     await vm_q.set_vm(conn, vm.id, name=name, updated_at=clock.now())
@@ -443,7 +444,7 @@ class VmService:
                 ram_mb=max(0, (change.ram_mb or vm.ram_mb) - vm.ram_mb), disk_gb=max(0, (change.disk_gb or vm.disk_gb) - vm.disk_gb),
             )  # fmt: skip
             if change.name is not None and change.name != vm.name:
-                if await vm_q.names_taken(conn, [change.name]):
+                if await vm_q.names_taken(conn, [change.name], vm.org_id):
                     raise Conflict(f"a VM named {change.name!r} already exists", field="name")
             job_id = await self.rt.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.rt.engine.wakeup()

@@ -13,8 +13,9 @@ async def insert_deployment(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(deployments), [row])
 
 
-async def get_deployment(conn: AsyncConnection, name: str) -> Row | None:
-    return (await conn.execute(select(deployments).where(deployments.c.name == name))).first()
+async def get_deployment(conn: AsyncConnection, name: str, org_id: str) -> Row | None:
+    """Organization `org_id`'s deployment named `name` (names are unique per organization)."""
+    return (await conn.execute(select(deployments).where(deployments.c.org_id == org_id, deployments.c.name == name))).first()
 
 
 async def list_deployments(conn: AsyncConnection, org_id: str | None = None) -> Sequence[Row]:
@@ -32,10 +33,12 @@ async def delete_deployment(conn: AsyncConnection, dep_id: str) -> None:
     await conn.execute(delete(deployments).where(deployments.c.id == dep_id))
 
 
-async def vms_named_like(conn: AsyncConnection, prefix: str) -> Sequence[Row]:
-    """VMs whose name starts with `prefix` (the caller checks the rest of the name)."""
+async def vms_named_like(conn: AsyncConnection, prefix: str, org_id: str) -> Sequence[Row]:
+    """Organization `org_id`'s VMs whose name starts with `prefix` (the caller checks the rest
+    of the name): a deployment's replica names are names in its own organization only."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return (await conn.execute(select(vms).where(vms.c.name.like(escaped + "%", escape="\\")))).all()
+    q = select(vms).where(vms.c.org_id == org_id, vms.c.name.like(escaped + "%", escape="\\"))
+    return (await conn.execute(q)).all()
 
 
 async def active_work(conn: AsyncConnection, vm_ids: Sequence[str]) -> dict[str, set[str]]:

@@ -13,9 +13,25 @@ async def insert_network(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(networks), [row])
 
 
-async def get_network(conn: AsyncConnection, ref: str) -> Row | None:
-    """By id or name."""
-    return (await conn.execute(select(networks).where(or_(networks.c.id == ref, networks.c.name == ref)))).first()
+async def get_network(conn: AsyncConnection, network_id: str) -> Row | None:
+    """By id, whoever owns it (the caller checks who may see it)."""
+    return (await conn.execute(select(networks).where(networks.c.id == network_id))).first()
+
+
+async def find_network(conn: AsyncConnection, ref: str, org_id: str | None) -> Row | None:
+    """The network `ref` (id or name) as organization `org_id` sees it: its own and the
+    shared ones only; a name is looked up among its own first, then the shared ones (such as
+    `user`). org_id None: the shared ones only."""
+    visible = or_(networks.c.org_id.is_(None), networks.c.org_id == org_id) if org_id is not None else networks.c.org_id.is_(None)
+    q = select(networks).where(visible, or_(networks.c.id == ref, networks.c.name == ref))
+    q = q.order_by(networks.c.id != ref, networks.c.org_id.is_(None)).limit(1)
+    return (await conn.execute(q)).first()
+
+
+async def name_taken(conn: AsyncConnection, name: str, org_id: str | None) -> bool:
+    """Whether namespace `org_id` (None: the shared one) holds a network named `name`."""
+    owner = networks.c.org_id.is_(None) if org_id is None else networks.c.org_id == org_id
+    return (await conn.execute(select(networks.c.id).where(owner, networks.c.name == name))).first() is not None
 
 
 async def get_networks(conn: AsyncConnection, network_ids: Iterable[str]) -> dict[str, Row]:

@@ -12,10 +12,29 @@ async def insert_plugin(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(plugins), [row])
 
 
-async def get_plugin(conn: AsyncConnection, ref: str) -> Row | None:
-    """A plugin by name or by runtime."""
-    q = select(plugins).where(or_(plugins.c.name == ref, plugins.c.runtime == ref)).order_by(plugins.c.name != ref)
+async def find_plugin(conn: AsyncConnection, ref: str, org_id: str | None) -> Row | None:
+    """The plugin named `ref`, or with runtime `ref`, as organization `org_id` sees it: its
+    own first (by name, then by runtime), then the shared ones (installed by the operators);
+    another organization's is never found. org_id None: the shared ones only."""
+    visible = or_(plugins.c.org_id.is_(None), plugins.c.org_id == org_id) if org_id is not None else plugins.c.org_id.is_(None)
+    q = select(plugins).where(visible, or_(plugins.c.name == ref, plugins.c.runtime == ref))
+    q = q.order_by(plugins.c.org_id.is_(None), plugins.c.name != ref).limit(1)
     return (await conn.execute(q)).first()
+
+
+async def plugin_in(conn: AsyncConnection, name: str, org_id: str | None) -> Row | None:
+    """The plugin named `name` of exactly namespace `org_id` (None: the shared plugins)."""
+    owner = plugins.c.org_id.is_(None) if org_id is None else plugins.c.org_id == org_id
+    return (await conn.execute(select(plugins).where(owner, plugins.c.name == name))).first()
+
+
+async def taken(conn: AsyncConnection, refs: Sequence[str], org_id: str | None) -> str | None:
+    """The first of `refs` that is already a name or a runtime in namespace `org_id` (None:
+    the shared plugins), or None."""
+    owner = plugins.c.org_id.is_(None) if org_id is None else plugins.c.org_id == org_id
+    q = select(plugins.c.name, plugins.c.runtime).where(owner, or_(plugins.c.name.in_(refs), plugins.c.runtime.in_(refs)))
+    held = {v for r in (await conn.execute(q)).all() for v in r}
+    return next((r for r in refs if r in held), None)
 
 
 async def list_plugins(conn: AsyncConnection, org_id: str | None) -> Sequence[Row]:
@@ -26,12 +45,12 @@ async def list_plugins(conn: AsyncConnection, org_id: str | None) -> Sequence[Ro
     return (await conn.execute(q.order_by(plugins.c.name))).all()
 
 
-async def set_plugin(conn: AsyncConnection, name: str, **values: Any) -> None:
-    await conn.execute(update(plugins).where(plugins.c.name == name).values(**values))
+async def set_plugin(conn: AsyncConnection, seq: int, **values: Any) -> None:
+    await conn.execute(update(plugins).where(plugins.c.seq == seq).values(**values))
 
 
-async def delete_plugin(conn: AsyncConnection, name: str) -> None:
-    await conn.execute(delete(plugins).where(plugins.c.name == name))
+async def delete_plugin(conn: AsyncConnection, seq: int) -> None:
+    await conn.execute(delete(plugins).where(plugins.c.seq == seq))
 
 
 async def get_health(conn: AsyncConnection, vm_id: str) -> Row | None:

@@ -66,7 +66,7 @@ vms = Table(
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
     Column("uuid", String(36), nullable=False, unique=True),
-    Column("name", String(63), nullable=False, unique=True),
+    Column("name", String(63), nullable=False),
     Column("org_id", String(64), nullable=False, index=True),
     Column("team_id", String(64), nullable=True, index=True),
     Column("node_id", String(64), nullable=True, index=True),
@@ -82,7 +82,9 @@ vms = Table(
     Column("started_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_vms_org_name"),
 )
+"""A VM's name is unique within its organization only (issue 19: names per organization)."""
 
 vm_tags = Table(
     "vm_tags",
@@ -97,7 +99,7 @@ templates = Table(
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
-    Column("name", String(63), nullable=False, unique=True),
+    Column("name", String(63), nullable=False),
     Column("org_id", String(64), nullable=True, index=True),
     Column("os", String(32), nullable=False),
     Column("node_id", String(64), nullable=True),
@@ -112,6 +114,12 @@ templates = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+"""Images to create VMs from. org_id NULL: the operators' templates, shared with every
+organization (the shared namespace); a name is unique within its organization, or among the
+shared ones (a partial index: NULLs are distinct in a unique index, and an expression index
+would not survive SQLite's batch migrations, which rebuild tables from reflection)."""
+Index("uq_templates_org_name", templates.c.org_id, templates.c.name, unique=True)
+Index("uq_templates_shared_name", templates.c.name, unique=True, sqlite_where=templates.c.org_id.is_(None), postgresql_where=templates.c.org_id.is_(None))
 
 jobs = Table(
     "jobs",
@@ -459,7 +467,7 @@ networks = Table(
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
-    Column("name", String(63), nullable=False, unique=True),
+    Column("name", String(63), nullable=False),
     Column("org_id", String(64), nullable=True, index=True),
     Column("type", String(16), nullable=False),
     Column("subnet", String(64), nullable=False),
@@ -468,7 +476,10 @@ networks = Table(
     Column("bridge", String(15), nullable=True),
     Column("created_at", Float, nullable=False),
 )
-"""Networks VMs join. org_id NULL: shared by every organization (the default `user` network)."""
+"""Networks VMs join. org_id NULL: shared by every organization (the default `user` network).
+A name is unique within its organization, or among the shared ones."""
+Index("uq_networks_org_name", networks.c.org_id, networks.c.name, unique=True)
+Index("uq_networks_shared_name", networks.c.name, unique=True, sqlite_where=networks.c.org_id.is_(None), postgresql_where=networks.c.org_id.is_(None))
 
 ip_addresses = Table(
     "ip_addresses",
@@ -506,7 +517,7 @@ deployments = Table(
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
-    Column("name", String(63), nullable=False, unique=True),
+    Column("name", String(63), nullable=False),
     Column("org_id", String(64), nullable=False, index=True),
     Column("team_id", String(64), nullable=True),
     Column("owner_id", String(64), nullable=False),
@@ -514,9 +525,11 @@ deployments = Table(
     Column("config", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_deployments_org_name"),
 )
-"""Deployments: a desired number of replicas (VMs `<name>-<i>`) made from one config; the
-reconciler (services/deployments.py) acts for `owner_id`."""
+"""Deployments: a desired number of replicas (VMs `<name>-<i>`, in the deployment's
+organization) made from one config; the reconciler (services/deployments.py) acts for
+`owner_id`. A name is unique within its organization."""
 
 vm_configs = Table(
     "vm_configs",
@@ -534,8 +547,8 @@ plugins = Table(
     "plugins",
     metadata,
     Column("seq", Seq, primary_key=True, autoincrement=True),
-    Column("name", String(63), nullable=False, unique=True),
-    Column("runtime", String(63), nullable=False, unique=True),
+    Column("name", String(63), nullable=False),
+    Column("runtime", String(63), nullable=False),
     Column("version", String(64), nullable=False),
     Column("org_id", String(64), nullable=True),
     Column("enabled", Boolean, nullable=False),
@@ -544,8 +557,15 @@ plugins = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
-"""Installed plugins (Volant's plugin-manifest-v1): VM blueprints; `template_id` is the
-template their image was fetched into (None: VMs use the default template)."""
+"""Installed plugins (Volant's plugin-manifest-v1): VM blueprints; `template_id` is the id of
+the template their image was fetched into, one of the plugin's owner whose checksum is the
+manifest's (None: VMs use the default template). org_id NULL: installed by the operators,
+shared with every organization. Names and runtimes are unique within an organization, or
+among the shared plugins."""
+Index("uq_plugins_org_name", plugins.c.org_id, plugins.c.name, unique=True)
+Index("uq_plugins_org_runtime", plugins.c.org_id, plugins.c.runtime, unique=True)
+Index("uq_plugins_shared_name", plugins.c.name, unique=True, sqlite_where=plugins.c.org_id.is_(None), postgresql_where=plugins.c.org_id.is_(None))
+Index("uq_plugins_shared_runtime", plugins.c.runtime, unique=True, sqlite_where=plugins.c.org_id.is_(None), postgresql_where=plugins.c.org_id.is_(None))
 
 plugin_health = Table(
     "plugin_health",

@@ -2,20 +2,52 @@
 
 from typing import Any, Sequence
 
-from sqlalchemy import Row, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import templates
+
+
+def in_namespace(org_id: str | None) -> ColumnElement[bool]:
+    """Templates of one namespace: an organization's, or the shared ones (org_id None)."""
+    return templates.c.org_id.is_(None) if org_id is None else templates.c.org_id == org_id
 
 
 async def insert_template(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(templates), [row])
 
 
-async def get_template(conn: AsyncConnection, ref: str) -> Row | None:
-    """A template by id or by name."""
-    q = select(templates).where(or_(templates.c.id == ref, templates.c.name == ref))
-    return (await conn.execute(q)).first()
+async def get_template(conn: AsyncConnection, template_id: str) -> Row | None:
+    """A template by id, whoever owns it (the caller checks who may see it)."""
+    return (await conn.execute(select(templates).where(templates.c.id == template_id))).first()
+
+
+async def find_template(conn: AsyncConnection, ref: str, org_id: str | None) -> Row | None:
+    """The template `ref` (id or name) as organization `org_id` sees it: its own and the
+    shared ones only; a name is looked up among its own first, then the shared ones, so a
+    name another organization holds is never found. org_id None: the shared ones only."""
+    visible = or_(templates.c.org_id.is_(None), templates.c.org_id == org_id) if org_id is not None else templates.c.org_id.is_(None)
+    q = (
+        select(templates)
+        .where(visible, or_(templates.c.id == ref, templates.c.name == ref))
+        .order_by((templates.c.id != ref), templates.c.org_id.is_(None))  # an id first, then the own name, then the shared
+    )
+    return (await conn.execute(q.limit(1))).first()
+
+
+async def name_taken(conn: AsyncConnection, name: str, org_id: str | None) -> bool:
+    """Whether namespace `org_id` (None: the shared one) holds a template named `name`."""
+    q = select(templates.c.id).where(in_namespace(org_id), templates.c.name == name)
+    return (await conn.execute(q)).first() is not None
+
+
+async def find_image(conn: AsyncConnection, org_id: str | None, source_url: str, checksum: str) -> Row | None:
+    """A template of namespace `org_id` made from `source_url` whose checksum is `checksum`
+    (`sha256:<hex>`), ready or being imported (an import checks it), oldest first."""
+    q = select(templates).where(
+        in_namespace(org_id), templates.c.source_url == source_url, templates.c.checksum == checksum, templates.c.status.in_(("ready", "importing"))
+    )
+    return (await conn.execute(q.order_by(templates.c.seq).limit(1))).first()
 
 
 async def list_templates(conn: AsyncConnection, *, after_seq: int | None, limit: int, org_id: str | None = None) -> Sequence[Row]:

@@ -36,10 +36,12 @@ async def get_vms(conn: AsyncConnection, refs: Sequence[str]) -> Sequence[Row]:
     return (await conn.execute(q)).all()
 
 
-async def names_taken(conn: AsyncConnection, names: Sequence[str]) -> set[str]:
+async def names_taken(conn: AsyncConnection, names: Sequence[str], org_id: str) -> set[str]:
+    """Which of `names` organization `org_id` already has VMs by (names are unique per
+    organization: another's are never reported)."""
     taken: set[str] = set()
     for i in range(0, len(names), 500):
-        q = select(vms.c.name).where(vms.c.name.in_(names[i : i + 500]))
+        q = select(vms.c.name).where(vms.c.org_id == org_id, vms.c.name.in_(names[i : i + 500]))
         taken.update(r[0] for r in (await conn.execute(q)).all())
     return taken
 

@@ -27,6 +27,7 @@ async def render_plugin(rt: Any, row: Row) -> dict[str, Any]:
         "runtime": row.runtime,
         "version": row.version,
         "enabled": row.enabled,
+        "shared": row.org_id is None,  # the operators' plugin, shared with every organization
         "image": image,
         "actions": sorted((row.manifest.get("actions") or {})),
         "manifest": row.manifest,

@@ -15,8 +15,7 @@ class TemplateUpdate(BaseHandler):
             if tpl is None:
                 raise VmplaneError(f"template {ctx.resource_id} no longer exists")
             if "name" in values and values["name"] != tpl.name:
-                other = await tpl_q.get_template(conn, values["name"])
-                if other is not None:
+                if await tpl_q.name_taken(conn, values["name"], tpl.org_id):  # within its own namespace
                     raise Conflict(f"a template named {values['name']!r} already exists")
             await tpl_q.set_template(conn, tpl.id, **values, updated_at=clock.now())
         ctx.log("updated " + ", ".join(f"{k}={v}" for k, v in values.items()))

@@ -45,7 +45,7 @@ class VmUpdate(BaseHandler):
             ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")
         async with rt.store.write() as conn:
             if p.get("name") is not None and p["name"] != vm.name:
-                if await vm_q.names_taken(conn, [p["name"]]):
+                if await vm_q.names_taken(conn, [p["name"]], vm.org_id):
                     raise Conflict(f"a VM named {p['name']!r} already exists")
                 await vm_q.set_vm(conn, vm.id, name=p["name"], updated_at=now)
                 ctx.log(f"renamed to {p['name']}")

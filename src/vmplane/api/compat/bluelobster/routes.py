@@ -178,7 +178,8 @@ async def list_templates(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 async def _template_id(rt: Any, who: Principal, name: str | None) -> str | None:
     if name is None:
         return await rt.templates.default_id(who)
-    for t in await _templates(rt, who):
+    # the organization's own template of that name first, then a shared one (names are per organization)
+    for t in sorted(await _templates(rt, who), key=lambda t: t.org_id is None):
         if wire.template_name(t) == name and t.status == "ready":
             return t.id
     raise BlError(400, "invalid_request", f"template {name!r} does not exist or is not ready; see GET /api/v1/instances/templates")
