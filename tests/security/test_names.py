@@ -126,14 +126,14 @@ async def test_templates_networks_deployments_are_per_organization(server: Serve
 
     # networks: the same name in two organizations; `user` still resolves for both
     nets = {}
-    for client, subnet in ((acme, "10.77.1.0/24"), (bravo, "10.77.2.0/24")):
+    for client, subnet in ((acme, "10.128.1.0/24"), (bravo, "10.128.2.0/24")):
         r = await client.post("/api/v1/networks", json={"name": "lan", "type": "bridge", "subnet": subnet})
         assert r.status_code == 201, r.text
         nets[client] = r.json()["id"]
         assert (await client.get("/api/v1/networks/lan")).json()["id"] == nets[client]
         user = (await client.get("/api/v1/networks/user")).json()
         assert user["shared"] is True
-    r = await bravo.post("/api/v1/networks", json={"name": "lan", "type": "bridge", "subnet": "10.77.3.0/24"})
+    r = await bravo.post("/api/v1/networks", json={"name": "lan", "type": "bridge", "subnet": "10.128.3.0/24"})
     assert r.status_code == 409  # twice in one organization
     on_lan = await create_vm(server, bravo, {"name": "on-lan", "networks": [{"networkId": "lan"}]})
     assert [n["networkId"] for n in on_lan["nics"]] == [nets[bravo]]
