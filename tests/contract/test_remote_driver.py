@@ -95,7 +95,9 @@ class TestRemoteQemu(RemoteContract):
         seen = b""
         async with asyncio.timeout(20):
             while b"console-42" not in seen:
-                seen += await reader.read(4096)
+                chunk = await reader.read(4096)
+                assert chunk, f"the console ended early: {seen!r}"  # (an empty read would spin past the timeout)
+                seen += chunk
         writer.close()
         s = await d.stats_vm(spec.id)
         assert s.uptime_seconds > 0 and s.memory_total_mb == 256

@@ -24,9 +24,10 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
             writer.write(data)
             await writer.drain()
 
-    rt = websocket.app.state.rt
-    stopping = rt.stopping
-    rt.consoles += 1
+    rt = getattr(websocket.app.state, "rt", None)  # None in a node agent's app: its server stops it
+    stopping = rt.stopping if rt is not None else asyncio.Event()
+    if rt is not None:
+        rt.consoles += 1
     tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest()), asyncio.create_task(stopping.wait())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -40,4 +41,5 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
                 await websocket.close(1001, "the server is shutting down")  # 1001: going away
             else:
                 await websocket.close()
-        rt.consoles -= 1
+        if rt is not None:
+            rt.consoles -= 1
