@@ -241,6 +241,8 @@ class Identity:
             "status": status,
             "outcome": "success" if status < 400 else ("denied" if status in (401, 403, 429) else "failed"),
             "remote": f"{client[0]}:{client[1]}" if client else None,
+            "creator_user": who.creator_user,
+            "creator_key": who.creator_key,
         }
         async with self.rt.store.write() as conn:
             await t_q.add_audit(conn, [row])
