@@ -6,9 +6,12 @@ for requests vmplane makes to itself, such as a schedule replaying its request â
 per-process secret naming the schedule's owner. Routes then require a principal (401) and the
 right role (403).
 
-Two token buckets: one per client address in front of authentication, which anonymous
-requests spend (1) and failed authentications spend twice (2) and which, once empty, refuses
-(429 with Retry-After) before any credential is looked up; and one per credential after it.
+Token buckets: one per client address in front of authentication, which anonymous requests
+spend (1) and failed authentications spend twice (2) and which, once empty, refuses (429 with
+Retry-After) before any credential is looked up; after it, one per credential (an API key, or a
+JWT's organization and subject) and one per organization, both of which a request needs.
+Every WebSocket (event streams, consoles) holds one of its credential's and organization's
+stream slots while open (api/streams.py); SSE routes take theirs as a dependency.
 Every mutation is written to the audit log, refused ones included; requests refused for their
 credentials are counted into one row per address per minute (services/tenancy.FailedAuths).
 """
@@ -23,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import clock
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
-from ..errors import Unauthorized
+from ..errors import RateLimited, Unauthorized
 from ..lru import TtlLru
 from ..store import tenancy as t_q
 from .metrics import route_template
@@ -33,6 +36,7 @@ INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
+METRICS_PATH = "/metrics"
 VOLANT_PATHS = "/compat/volant/"
 OPEN_PATHS = frozenset(("/healthz", "/livez", "/readyz", "/", "/ui"))
 """probes, and the web console's static files: answered without credentials or any lookup,
@@ -108,11 +112,15 @@ class Identity:
         self.app = app
         self.rt = rt
         self.buckets = TokenBuckets(rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst)
+        """per credential: an API key; a JWT's organization and subject (Principal.limit_key)"""
+        self.orgs = TokenBuckets(rt.settings.org_rate_limit_per_second, rt.settings.org_rate_limit_burst)
+        """per organization: all its credentials together, so more keys are not more requests"""
         self.addresses = TokenBuckets(rt.settings.address_rate_limit_per_second, rt.settings.address_rate_limit_burst)
 
     def _credential(self, scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
         """The credential the request presents, without checking it: (kind, value) with kind
-        `internal`, `key`, `jwt` or `ticket`; None for an anonymous request."""
+        `internal`, `key`, `jwt`, `ticket` or `metrics` (the scrape token, on /metrics only);
+        None for an anonymous request."""
         token = headers.get(INTERNAL_HEADER)
         if token is not None:
             return "internal", token
@@ -122,6 +130,8 @@ class Identity:
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             bearer = auth[7:].strip()
+            if scope["path"] == METRICS_PATH and self.rt.settings.metrics_token is not None and not bearer.startswith("vmp_"):
+                return "metrics", bearer  # Prometheus's scrape token (VMPLANE_METRICS_TOKEN)
             return ("key", bearer) if bearer.startswith("vmp_") else ("jwt", bearer)
         if scope["type"] == "websocket":
             # browsers cannot set headers on a WebSocket: a subprotocol carries the credential
@@ -149,7 +159,13 @@ class Identity:
         kind, value = cred
         if kind == "internal":
             return hmac.compare_digest(value.encode(), self.rt.internal_token.encode())
+        if kind == "metrics":
+            return self._scrape_token_ok(value)
         return kind == "key" and self.rt.tenancy.known_key(value)
+
+    def _scrape_token_ok(self, value: str) -> bool:
+        token = self.rt.settings.metrics_token
+        return token is not None and hmac.compare_digest(value.encode(), token.get_secret_value().encode())
 
     async def _resolve(self, scope: Scope, headers: dict[str, str], cred: tuple[str, str] | None) -> Principal | None:
         t = self.rt.tenancy
@@ -163,6 +179,11 @@ class Identity:
                 raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
             return await t.principal_for_internal(user_id, org_id)
+        if kind == "metrics":
+            if not self._scrape_token_ok(value):
+                raise Unauthorized("the scrape token is not valid")
+            scope.setdefault("state", {})["metrics_scrape"] = True  # no principal: it reads /metrics, nothing else
+            return None
         if kind == "jwt":
             return await t.principal_for_jwt(value)
         if kind == "ticket":
@@ -194,19 +215,30 @@ class Identity:
         if failed:
             self.addresses.spend(address, 2)
             self.rt.tenancy.failed_auths.note(address, scope.get("method", "WS"), scope["path"])
-        elif principal is None and not open_path:
+        elif principal is None and not open_path and not state.get("metrics_scrape"):
             self.addresses.spend(address, 1)
         if principal is not None and scope["type"] == "http" and principal.credential != "internal":
-            wait = self.buckets.take(principal.credential or principal.user_id)
+            wait = max(self.buckets.wait(principal.limit_key), self.orgs.wait(principal.org_id))
             if wait > 0:
-                return await self._too_many(scope, receive, send, wait, "rate limit exceeded")
+                why = "rate limit exceeded" if self.buckets.wait(principal.limit_key) else "your organization's rate limit exceeded"
+                return await self._too_many(scope, receive, send, wait, why)
+            self.buckets.take(principal.limit_key)
+            self.orgs.take(principal.org_id)
         if scope["type"] == "websocket":
             offered = offered_subprotocols(scope)
             if any(p.startswith(SUBPROTOCOL_PREFIXES) for p in offered):
                 scope = {**scope, "subprotocols": [p for p in offered if not p.startswith(SUBPROTOCOL_PREFIXES)]}
                 if SUBPROTOCOL in offered:
                     send = _answer_subprotocol(send)
-            return await self.app(scope, receive, send)
+            if principal is None:
+                return await self.app(scope, receive, send)  # the route refuses it (4401)
+            # every WebSocket is an event stream or a console: it holds a stream slot while open
+            try:
+                slot = self.rt.streams.hold(principal)
+            except RateLimited as exc:
+                return await refuse(scope, receive, send, 429, exc.message, exc.code, headers={"retry-after": "5"})
+            with slot:
+                return await self.app(scope, receive, send)
         if principal is None:
             # refused for want of (valid) credentials: counted, not a row per request
             watch = StatusWatch(send)

@@ -89,6 +89,7 @@ class NetworkService:
                     raise Conflict(f"subnet {net} overlaps network {other.name} ({other.subnet})", field="subnet")
                 if v6 is not None and other.ipv6_prefix and ipaddress.IPv6Network(other.ipv6_prefix).overlaps(v6):
                     raise Conflict(f"ipv6Prefix {v6} overlaps network {other.name} ({other.ipv6_prefix})", field="ipv6Prefix")
+            await self.rt.tenancy.reserve(conn, who.org_id, networks=1)
             await net_q.insert_network(conn, row)
             created = await net_q.get_network(conn, network_id)
         assert created is not None

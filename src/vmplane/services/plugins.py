@@ -173,12 +173,17 @@ class PluginService:
             for ref in {m["name"], m["runtime"]}:
                 if await plugin_q.get_plugin(conn, ref) is not None:
                     raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+        if not who.operator:  # before its template is made; and again as it is recorded
+            async with self.rt.store.write() as conn:
+                await self.rt.tenancy.reserve(conn, who.org_id, plugins=1)
         template_id = await self._template_for(m, who)
         now = clock.now()
         async with self.rt.store.write() as conn:
             for ref in {m["name"], m["runtime"]}:
                 if await plugin_q.get_plugin(conn, ref) is not None:
                     raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+            if not who.operator:
+                await self.rt.tenancy.reserve(conn, who.org_id, plugins=1)
             await plugin_q.insert_plugin(
                 conn,
                 {

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, RANK, Principal, Role, key_digest, key_prefix, new_api_key
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
-from ..domain import NodeStatus
+from ..domain import QUOTA_FIELDS, NodeStatus
 from ..lru import TtlLru
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q
@@ -26,7 +26,6 @@ from .vms import check_name
 
 log = logging.getLogger("vmplane.auth")
 
-QUOTA_FIELDS = ("vcpu", "ramMb", "diskGb", "vms", "snapshots")
 CACHE_SECONDS = 2.0
 
 
@@ -378,7 +377,7 @@ class TenancyService:
         async with self.rt.store.write() as conn:
             if any(o.name == name for o in await t_q.list_orgs(conn)):
                 raise Conflict(f"an organization named {name!r} already exists")
-            await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": {}, "created_at": now})
+            await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": dict(self.rt.settings.default_quotas), "created_at": now})
             user = await t_q.get_user(conn, owner)
             if user is None:
                 await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": owner, "created_at": now})
@@ -401,10 +400,9 @@ class TenancyService:
             org = await t_q.get_org(conn, target)
             if org is None:
                 raise NotFound(f"organization {target} does not exist")
-            usage = await t_q.org_usage(conn, target)
-            snaps = await snap_q.count_for_org(conn, target)
+            used = await self._usage(conn, target)
+            by_status = await t_q.vms_by_status(conn, target)
             nodes = [n for n in await node_q.list_nodes(conn) if n.status == NodeStatus.ONLINE.value]
-        used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms), "snapshots": snaps}
         limits = {f: org.quotas.get(f) for f in QUOTA_FIELDS}
         # Without a quota, the most an organization can hold is what the online nodes can
         # hand out (capacity x overcommit); VMs and snapshots have no such bound (None).
@@ -415,7 +413,17 @@ class TenancyService:
             "diskGb": sum(int(n.disk_gb_total * s.disk_overcommit) for n in nodes),
         }
         effective = {f: limits[f] if limits[f] is not None else room.get(f) for f in QUOTA_FIELDS}
-        return {"orgId": target, "limits": limits, "effectiveLimits": effective, "usage": used}
+        return {"orgId": target, "limits": limits, "effectiveLimits": effective, "usage": used, "vmsByStatus": by_status}
+
+    @staticmethod
+    async def _usage(conn: AsyncConnection, org_id: str) -> dict[str, int]:
+        """What `org_id` holds of every quota kind (VMs that failed to be created hold nothing)."""
+        usage = await t_q.org_usage(conn, org_id)
+        used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms)}
+        used["snapshots"] = await snap_q.count_for_org(conn, org_id)
+        for kind in t_q.COUNTED:
+            used[kind] = await t_q.count_owned(conn, org_id, kind)
+        return used
 
     async def set_quotas(self, who: Principal, org_id: str, limits: dict[str, int | None]) -> dict[str, Any]:
         if not who.operator:
@@ -426,18 +434,28 @@ class TenancyService:
             await t_q.set_quotas(conn, org_id, {k: v for k, v in limits.items() if v is not None})
         return await self.quotas(who, org_id)
 
-    async def reserve(self, conn: AsyncConnection, org_id: str, *, vcpu: int = 0, ram_mb: int = 0, disk_gb: int = 0, vms: int = 0, snapshots: int = 0) -> None:
-        """Check that `org_id` may hold this much more, inside the transaction that records it.
+    async def reserve(
+        self, conn: AsyncConnection, org_id: str, *, vcpu: int = 0, ram_mb: int = 0, disk_gb: int = 0, vms: int = 0, snapshots: int = 0,
+        networks: int = 0, templates: int = 0, webhooks: int = 0, schedules: int = 0, plugins: int = 0,
+    ) -> None:  # fmt: skip
+        """Check that `org_id` may hold this much more, inside the transaction that records it
+        (QuotaExceeded, 409, otherwise).
 
         The organization's row is locked first (PostgreSQL; SQLite has one writer), so
         concurrent reservations are judged one after the other and never exceed the quota."""
         org = await t_q.get_org(conn, org_id, lock=conn.dialect.name == "postgresql")
         if org is None or not org.quotas:
             return
-        usage = await t_q.org_usage(conn, org_id)
-        want = {"vms": (int(usage.vms), vms), "vcpu": (int(usage.cpu), vcpu), "ramMb": (int(usage.ram_mb), ram_mb), "diskGb": (int(usage.disk_gb), disk_gb)}
+        asked = {"vms": vms, "vcpu": vcpu, "ramMb": ram_mb, "diskGb": disk_gb}
+        want: dict[str, tuple[int, int]] = {}
+        if any(asked.values()):
+            usage = await t_q.org_usage(conn, org_id)
+            want.update(vms=(int(usage.vms), vms), vcpu=(int(usage.cpu), vcpu), ramMb=(int(usage.ram_mb), ram_mb), diskGb=(int(usage.disk_gb), disk_gb))
         if snapshots:
             want["snapshots"] = (await snap_q.count_for_org(conn, org_id), snapshots)
+        for kind, more in (("networks", networks), ("templates", templates), ("webhooks", webhooks), ("schedules", schedules), ("plugins", plugins)):
+            if more and org.quotas.get(kind) is not None:
+                want[kind] = (await t_q.count_owned(conn, org_id, kind), more)
         for field, (used, more) in want.items():
             limit = org.quotas.get(field)
             if limit is not None and more > 0 and used + more > limit:

@@ -1,6 +1,6 @@
 """Dependencies shared by the native routers."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, AsyncIterator
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -38,8 +38,17 @@ async def authorize(request: Request) -> None:
         raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot change anything")
 
 
+async def stream_slot(request: Request) -> AsyncIterator[None]:
+    """For a route that answers with a stream (SSE): one of the caller's stream slots, held
+    until the response has been sent or abandoned (429 when none is free). WebSockets hold
+    theirs in api/identity.Identity."""
+    with request.app.state.rt.streams.hold(principal(request)):
+        yield
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 CallerDep = Annotated[Principal, Depends(get_caller)]
+StreamSlotDep = Annotated[None, Depends(stream_slot)]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size (default 50, max 500)")]
 PageToken = Annotated[str | None, Query(max_length=200, description="opaque token from nextPageToken")]
 

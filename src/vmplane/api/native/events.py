@@ -14,7 +14,8 @@ from ...errors import InvalidRequest
 from ...events import wire
 from ...events.bus import EventBus, GoingAway, SlowConsumer
 from ...events.types import check_patterns
-from .deps import ERRORS, CallerDep, RuntimeDep
+from ..schemas import ErrorOut
+from .deps import ERRORS, CallerDep, RuntimeDep, StreamSlotDep
 
 router = APIRouter(tags=["events"])
 ws_router = APIRouter(tags=["events"])
@@ -59,11 +60,13 @@ def _resume_point(value: str | None, field: str) -> int | None:
 
 @router.get(
     "/events",
-    responses={200: {"content": {"text/event-stream": {}}, "description": "a stream of events"}, **ERRORS},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "a stream of events"}, **ERRORS,
+               429: {"model": ErrorOut, "description": "too many streams open for your credential or organization"}},
 )
 async def events_sse(
     request: Request,
     who: CallerDep,
+    _slot: StreamSlotDep,
     types: str | None = Query(None, max_length=1000, description="comma-separated types or patterns: vm.*,job.completed"),
     resource: str | None = Query(None, max_length=64, description="only events about this resource id"),
     since: str | None = Query(None, max_length=20, description="resume after this event id (as Last-Event-ID)"),

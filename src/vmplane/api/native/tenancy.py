@@ -99,6 +99,11 @@ class QuotaLimits(In):
     diskGb: int | None = Field(None, ge=0)
     vms: int | None = Field(None, ge=0)
     snapshots: int | None = Field(None, ge=0)
+    networks: int | None = Field(None, ge=0)
+    templates: int | None = Field(None, ge=0)
+    webhooks: int | None = Field(None, ge=0)
+    schedules: int | None = Field(None, ge=0)
+    plugins: int | None = Field(None, ge=0)
 
 
 class QuotasOut(BaseModel):
@@ -107,7 +112,8 @@ class QuotasOut(BaseModel):
     effectiveLimits: dict[str, int | None] = Field(
         ..., description="the limits in force: the quota where one is set, else what the online nodes can hand out (null: no bound)"
     )
-    usage: dict[str, int]
+    usage: dict[str, int] = Field(..., description="what the organization holds of each kind (VMs that failed to be created count for nothing)")
+    vmsByStatus: dict[str, int] = Field(..., description="the organization's VMs by status, failed ones included")
 
 
 class AuditOut(BaseModel):
@@ -235,7 +241,9 @@ async def org_quotas(org_id: str, rt: RuntimeDep, who: CallerDep) -> JSONRespons
 
 @router.put("/orgs/{org_id}/quotas", response_model=QuotasOut, responses=ERRORS)
 async def set_org_quotas(org_id: str, body: QuotaLimits, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    """Operators only. A limit left out (or null) is unlimited."""
+    """Operators only. The body replaces the organization's quotas: a limit left out (or
+    null) is unlimited (a new organization starts with VMPLANE_DEFAULT_QUOTAS; to raise one
+    limit, send the others back as GET shows them)."""
     return JSONResponse(await rt.tenancy.set_quotas(who, org_id, body.model_dump()))
 
 
