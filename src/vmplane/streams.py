@@ -46,20 +46,23 @@ class StreamLimits:
     def hold(self, who: Principal) -> StreamSlot:
         """A slot for one more stream of `who`; RateLimited (429) if its credential or its
         organization has as many open as it may."""
-        cred = who.limit_key
+        return self.hold_for(who.limit_key, who.org_id)
+
+    def hold_for(self, cred: str, org_id: str) -> StreamSlot:
+        """The same, for a credential known by its `limit_key` (a console token's holder)."""
         if self.by_credential[cred] >= self.per_credential:
             raise RateLimited(
                 f"too many open event streams and consoles for this credential (at most {self.per_credential}); close one first",
                 limit=self.per_credential,
             )
-        if self.by_org[who.org_id] >= self.per_org:
+        if self.by_org[org_id] >= self.per_org:
             raise RateLimited(
                 f"too many open event streams and consoles for your organization (at most {self.per_org}); close one first",
                 limit=self.per_org,
             )
         self.by_credential[cred] += 1
-        self.by_org[who.org_id] += 1
-        return StreamSlot(self, cred, who.org_id)
+        self.by_org[org_id] += 1
+        return StreamSlot(self, cred, org_id)
 
     def _drop(self, credential: str, org_id: str) -> None:
         for counter, key in ((self.by_credential, credential), (self.by_org, org_id)):

@@ -10,8 +10,7 @@ Token buckets: one per client address in front of authentication, which anonymou
 spend (1) and failed authentications spend twice (2) and which, once empty, refuses (429 with
 Retry-After) before any credential is looked up; after it, one per credential (an API key, or a
 JWT's organization and subject) and one per organization, both of which a request needs.
-Every WebSocket (event streams, consoles) holds one of its credential's and organization's
-stream slots while open (api/streams.py); SSE routes take theirs as a dependency.
+(Open event streams and consoles are limited where they are served: vmplane/streams.py.)
 Every mutation is written to the audit log, refused ones included; requests refused for their
 credentials are counted into one row per address per minute (services/tenancy.FailedAuths).
 """
@@ -26,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import clock
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
-from ..errors import RateLimited, Unauthorized
+from ..errors import Unauthorized
 from ..lru import TtlLru
 from ..store import tenancy as t_q
 from .metrics import route_template
@@ -230,15 +229,7 @@ class Identity:
                 scope = {**scope, "subprotocols": [p for p in offered if not p.startswith(SUBPROTOCOL_PREFIXES)]}
                 if SUBPROTOCOL in offered:
                     send = _answer_subprotocol(send)
-            if principal is None:
-                return await self.app(scope, receive, send)  # the route refuses it (4401)
-            # every WebSocket is an event stream or a console: it holds a stream slot while open
-            try:
-                slot = self.rt.streams.hold(principal)
-            except RateLimited as exc:
-                return await refuse(scope, receive, send, 429, exc.message, exc.code, headers={"retry-after": "5"})
-            with slot:
-                return await self.app(scope, receive, send)
+            return await self.app(scope, receive, send)
         if principal is None:
             # refused for want of (valid) credentials: counted, not a row per request
             watch = StatusWatch(send)

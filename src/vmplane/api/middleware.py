@@ -28,6 +28,19 @@ async def refuse(
 ) -> None:
     """Answer `status` before any route runs, in the error shape of the face the path belongs
     to (the native one's elsewhere). A WebSocket gets the status as its handshake's answer."""
+    response = error_response(scope, status, message, code, headers, field)
+    if scope["type"] == "websocket":
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": status, "headers": response.raw_headers})
+            await send({"type": "websocket.http.response.body", "body": response.body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+        return
+    await response(scope, receive, send)
+
+
+def error_response(scope: Scope, status: int, message: str, code: str, headers: dict[str, str] | None = None, field: str | None = None) -> Any:
+    """An error response in the shape of the face `scope`'s path belongs to (else native)."""
     from starlette.responses import JSONResponse
 
     response: Any = None
@@ -41,14 +54,7 @@ async def refuse(
     if response is None:
         response = JSONResponse({"error": message, "code": code, "details": {"field": field} if field else {}}, status_code=status)
     response.headers.update(headers or {})
-    if scope["type"] == "websocket":
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await send({"type": "websocket.http.response.start", "status": status, "headers": response.raw_headers})
-            await send({"type": "websocket.http.response.body", "body": response.body})
-        else:
-            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
-        return
-    await response(scope, receive, send)
+    return response
 
 
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')

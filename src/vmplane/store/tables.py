@@ -198,6 +198,7 @@ console_tokens = Table(
     Column("vm_id", String(64), nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
     Column("used", Boolean, nullable=False, default=False),
+    Column("holder", String(160), nullable=True),  # the credential that asked (Principal.limit_key): its stream slots
 )
 """One-time console tokens; only a SHA-256 of each token is kept."""
 
