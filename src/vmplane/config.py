@@ -130,8 +130,9 @@ class Settings(BaseSettings):
     """The quotas a new organization starts with (operators raise them with PUT
     /api/v1/orgs/{id}/quotas); as an env var a JSON object. The bootstrap organization has none."""
     metrics_token: SecretStr | None = None
-    """A scrape token: `Authorization: Bearer <token>` on /metrics, for a Prometheus that holds
-    no API key (otherwise /metrics needs an operator's credentials)."""
+    """A scrape token (at least 32 characters): `Authorization: Bearer <token>` on /metrics,
+    for a Prometheus that holds no API key (otherwise /metrics needs an operator's
+    credentials). It opens /metrics and nothing else."""
     address_rate_limit_per_second: float = Field(5.0, gt=0)
     address_rate_limit_burst: int = Field(100, ge=1)
     """Anonymous requests and failed authentications (which cost 2) per client address (an
@@ -227,7 +228,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{kind} must be 0 or more")
         return v
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "metrics_token")
     @classmethod
     def _real_secret(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and (len(v.get_secret_value()) < 32 or v.get_secret_value().lower() in ("changeme", "secret")):

@@ -118,8 +118,8 @@ class Identity:
 
     def _credential(self, scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
         """The credential the request presents, without checking it: (kind, value) with kind
-        `internal`, `key`, `jwt`, `ticket` or `metrics` (the scrape token, on /metrics only);
-        None for an anonymous request."""
+        `internal`, `key`, `jwt`, `ticket` or `metrics` (the scrape token, on /metrics only,
+        the one credential checked here); None for an anonymous request."""
         token = headers.get(INTERNAL_HEADER)
         if token is not None:
             return "internal", token
@@ -129,7 +129,7 @@ class Identity:
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             bearer = auth[7:].strip()
-            if scope["path"] == METRICS_PATH and self.rt.settings.metrics_token is not None and not bearer.startswith("vmp_"):
+            if scope["path"] == METRICS_PATH and self._scrape_token_ok(bearer):
                 return "metrics", bearer  # Prometheus's scrape token (VMPLANE_METRICS_TOKEN)
             return ("key", bearer) if bearer.startswith("vmp_") else ("jwt", bearer)
         if scope["type"] == "websocket":
@@ -178,9 +178,7 @@ class Identity:
                 raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
             return await t.principal_for_internal(user_id, org_id)
-        if kind == "metrics":
-            if not self._scrape_token_ok(value):
-                raise Unauthorized("the scrape token is not valid")
+        if kind == "metrics":  # checked in _credential
             scope.setdefault("state", {})["metrics_scrape"] = True  # no principal: it reads /metrics, nothing else
             return None
         if kind == "jwt":
