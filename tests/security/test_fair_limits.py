@@ -6,6 +6,7 @@ hold no quota."""
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -142,10 +143,11 @@ async def test_the_17th_stream_of_a_credential_is_refused_on_every_face(server_f
     r = await s.sse()
     assert r.status_code == 429 and r.json()["code"] == "rate_limited" and "credential" in r.json()["error"]
     assert (await s.sse("/compat/volant/api/v1/events/vms")).status_code == 429
-    for path in ("/api/v1/events/ws", "/compat/hypersdk/ws"):
+    for path, shape in (("/api/v1/events/ws", {"error", "code", "details"}), ("/compat/hypersdk/ws", {"error", "timestamp"})):
         with pytest.raises(InvalidStatus) as refused:
             await s.ws(path)
         assert _refused(refused) == 429
+        assert set(json.loads(refused.value.response.body)) == shape  # in the face's own error shape
     with pytest.raises(InvalidStatus) as refused:
         await s.fastvm_console(vm_uuid)
     assert _refused(refused) == 429

@@ -43,9 +43,10 @@ def error_response(scope: Scope, status: int, message: str, code: str, headers: 
     """An error response in the shape of the face `scope`'s path belongs to (else native)."""
     from starlette.responses import JSONResponse
 
-    response: Any = None
     app = scope.get("app")
-    for route in getattr(app, "routes", ()):
+    own = getattr(getattr(app, "state", None), "errors", None)  # inside a face's own application
+    response: Any = own.http(status, message) if own is not None else None
+    for route in getattr(app, "routes", ()) if response is None else ():
         prefix = getattr(route, "path", None)
         errors = getattr(getattr(getattr(route, "app", None), "state", None), "errors", None)
         if errors is not None and prefix and (scope["path"] == prefix or scope["path"].startswith(prefix + "/")):
