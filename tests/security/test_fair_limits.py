@@ -6,6 +6,7 @@ hold no quota."""
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from typing import Any
@@ -212,7 +213,7 @@ async def test_new_organizations_get_default_quotas_and_hit_them(server_factory:
     await fv.http.aclose()
     await p.aclose()
 
-    server = await server_factory(data_dir=tmp_path / "small", default_quotas={"webhooks": 2, "schedules": 1, "networks": 1, "vms": 10})
+    server = await server_factory(data_dir=tmp_path / "small", default_quotas={"webhooks": 2, "schedules": 1, "networks": 1, "vms": 10, "plugins": 1, "templates": 1})
     org_b, b = await new_org(server, "acme", "wile")
     hook = {"url": "http://127.0.0.1:9/x", "events": ["vm.*"]}
     assert [(await b.post("/api/v1/webhooks", json=hook)).status_code for _ in range(2)] == [201, 201]
@@ -229,8 +230,23 @@ async def test_new_organizations_get_default_quotas_and_hit_them(server_factory:
     r = await b.post("/api/v1/networks", json={"name": "n2", "type": "user", "subnet": "10.78.0.0/24"})
     assert r.status_code == 409 and r.json()["details"]["quota"] == "networks"
     assert [n["name"] for n in (await b.get("/api/v1/networks")).json()["items"] if n["name"].startswith("n")] == ["n1"]
+    # plugins, through the Volant face: the second is refused before its image is fetched
+    image = server.rt.data_dir / "imports" / "rootfs.raw"  # where a tenant may name local files
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"\x42" * 4096)
+    for name, code in (("web", 201), ("api", 409)):
+        r = await b.post("/compat/volant/api/v1/plugins", json={
+            "schema_version": "1.0", "name": name, "version": "1.0", "resources": {"cpu_cores": 1, "memory_mb": 128},
+            "workload": {"type": "http", "base_url": "http://127.0.0.1:8080", "entrypoint": ["httpd"]},
+            "rootfs": {"url": f"file://{image}", "checksum": hashlib.sha256(image.read_bytes()).hexdigest()},
+        })  # fmt: skip
+        assert r.status_code == code, r.text
+    assert "plugins limit is 1" in r.text
     usage = (await b.get("/api/v1/org/quotas")).json()["usage"]
     assert usage["webhooks"] == 2 and usage["schedules"] == 1 and usage["networks"] == 1
+    assert usage["plugins"] == 1 and usage["templates"] == 1  # no template was made for the refused one
+    r = await b.post("/api/v1/templates", json={"name": "mine", "sourceUrl": f"file://{image}"})
+    assert r.status_code == 409 and r.json()["details"]["quota"] == "templates"
     # tenants cannot raise their own; operators can
     assert (await b.put(f"/api/v1/orgs/{org_b}/quotas", json={"webhooks": 99})).status_code == 403
     limits = (await server.client.get(f"/api/v1/orgs/{org_b}/quotas")).json()["limits"]
