@@ -72,8 +72,15 @@ async def test_an_admin_cannot_mint_an_owners_key_or_outrank_itself(server_facto
     rows = [i for i in (await owner.get("/api/v1/audit", params={"limit": 100})).json()["items"] if i["route"] == "/api/v1/teams"]
     assert rows[0]["actor"] == "ada" and rows[0]["credential"] == second["id"]
     assert rows[0]["credentialCreatedBy"] == {"userId": users["ada"], "keyId": ada_id}
-    mo_rows = await ada.post("/api/v1/api-keys", json={"name": "m"}, headers={"X-API-Key": mo_key})
-    assert mo_rows.status_code == 403  # members manage no keys
+    r = await ada.post("/api/v1/api-keys", json={"name": "m"}, headers={"X-API-Key": mo_key})
+    assert r.status_code == 403  # members manage no keys
+    # an admin revokes a member's key, not another admin's; the owner revokes any
+    adam_id = await _key_id(owner, await key_for(owner, "adam", "admin"))
+    assert (await ada.delete(f"/api/v1/api-keys/{adam_id}")).status_code == 403
+    assert (await ada.delete(f"/api/v1/api-keys/{await _key_id(owner, mo_key)}")).status_code == 204
+    assert (await owner.delete(f"/api/v1/api-keys/{adam_id}")).status_code == 204
+    keys = await _keys(owner)
+    assert keys[adam_id]["revokedAt"] and keys[await _key_id(owner, mo_key)]["revokedAt"] and not keys[ada_id]["revokedAt"]
 
     # a JWT tenant of the other organization: its keys say who made them (no key: a JWT)
     tenant = httpx.AsyncClient(base_url=server.url, headers=_jwt("wile", org_b))

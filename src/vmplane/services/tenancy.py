@@ -240,14 +240,14 @@ class TenancyService:
         return rows if who.team_id is None else [k for k in rows if k.team_id == who.team_id]
 
     async def revoke_key(self, who: Principal, key_id: str) -> None:
-        """Revoke a key: one's own, or (owners and admins) one of a user of lower rank; a
-        team-scoped credential only its team's."""
+        """Revoke a key: one's own; an admin's, also those of users of a lower role; an
+        owner's, any of the organization. A team-scoped credential only its team's."""
         require(who, Role.ADMIN, "manage API keys")
         async with self.rt.store.write() as conn:
             key = await t_q.get_key(conn, who.org_id, key_id)
             if key is None or (who.team_id is not None and key.team_id != who.team_id):
                 raise NotFound(f"API key {key_id} does not exist")
-            if key.user_id != who.user_id:
+            if key.user_id != who.user_id and not who.at_least(Role.OWNER):
                 member = await t_q.membership(conn, who.org_id, key.user_id)
                 if member is not None and RANK[Role(member.role)] >= RANK[who.role]:
                     raise Forbidden(f"API key {key_id} belongs to a user of your role or higher ({member.role})")
