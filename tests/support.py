@@ -71,6 +71,8 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         "lease_seconds": 5.0,
         "rate_limit_per_second": 100_000.0,  # tests hammer the API; test_tenancy checks the limit itself
         "rate_limit_burst": 100_000,
+        "org_rate_limit_per_second": 100_000.0,  # the same for organizations; tests/security/test_fair_limits checks it
+        "org_rate_limit_burst": 100_000,
         "address_rate_limit_per_second": 100_000.0,  # tests send many anonymous requests; tests/security/test_abuse checks it
         "address_rate_limit_burst": 100_000,
     }

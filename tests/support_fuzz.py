@@ -12,6 +12,7 @@ from .support import admin_key, free_port, serve, wait_ready
 
 ENV = {
     "VMPLANE_RATE_LIMIT_PER_SECOND": "100000", "VMPLANE_RATE_LIMIT_BURST": "100000", "VMPLANE_SIM_LATENCY_MS": "1",
+    "VMPLANE_ORG_RATE_LIMIT_PER_SECOND": "100000", "VMPLANE_ORG_RATE_LIMIT_BURST": "100000",
     # nodes the fuzzer cannot fill: 'no room now' is tested elsewhere
     "VMPLANE_SIM_NODE_CPU": "1000000", "VMPLANE_SIM_NODE_RAM_MB": str(2**40), "VMPLANE_SIM_NODE_DISK_GB": str(2**40),
 }  # fmt: skip

@@ -32,6 +32,9 @@ class Principal:
     read_only: bool = False
     credential: str | None = None
     """the API key's id, `jwt`, or `internal`"""
+    creator_user: str | None = None
+    creator_key: str | None = None
+    """who made the API key acting (its creator's user id, and the key they used), if known"""
 
     def at_least(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -39,6 +42,14 @@ class Principal:
     @property
     def can_write(self) -> bool:
         return not self.read_only and self.at_least(Role.MEMBER)
+
+    @property
+    def limit_key(self) -> str:
+        """What rate limits and stream limits count against: the API key, else (a JWT, a
+        WebSocket ticket a JWT made) the organization and subject, never one shared bucket."""
+        if self.credential is not None and self.credential.startswith("key-"):
+            return self.credential
+        return f"{self.credential or 'user'}:{self.org_id}:{self.user_id}"
 
     @property
     def operator(self) -> bool:

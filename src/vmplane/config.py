@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_org_claim: str = "org"
     metrics_auth: bool = True
-    """/metrics needs credentials (false: open, for a scraper on a trusted network)."""
+    """/metrics needs an operator's credentials or the scrape token (false: open, for a
+    scraper on a trusted network)."""
     instance_types: dict[str, tuple[int, int, float]] = {
         "small": (1, 1024, 1.0),
         "medium": (2, 4096, 3.0),
@@ -130,7 +131,26 @@ class Settings(BaseSettings):
     custom_cents_per_gb_ram_hour: float = Field(0.5, ge=0)
     rate_limit_per_second: float = Field(50.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
-    """Requests per credential: a token bucket of `burst` refilled at `per_second`."""
+    """Requests per credential (an API key; a JWT's organization and subject): a token bucket
+    of `burst` refilled at `per_second`."""
+    org_rate_limit_per_second: float = Field(500.0, gt=0)
+    org_rate_limit_burst: int = Field(2000, ge=1)
+    """Requests per organization, all its credentials together (ten times one credential's),
+    so minting keys does not multiply an organization's share."""
+    max_streams_per_credential: int = Field(16, ge=1)
+    max_streams_per_org: int = Field(256, ge=1)
+    """Event streams (SSE, WebSocket, every face's) and consoles open at once, per credential
+    and per organization; beyond, 429."""
+    default_quotas: dict[str, int] = {
+        "vcpu": 64, "ramMb": 256 * 1024, "diskGb": 2048, "vms": 100, "snapshots": 500, "networks": 50,
+        "templates": 200, "webhooks": 100, "schedules": 100, "plugins": 100,
+    }  # fmt: skip
+    """The quotas a new organization starts with (operators raise them with PUT
+    /api/v1/orgs/{id}/quotas); as an env var a JSON object. The bootstrap organization has none."""
+    metrics_token: SecretStr | None = None
+    """A scrape token (at least 32 characters): `Authorization: Bearer <token>` on /metrics,
+    for a Prometheus that holds no API key (otherwise /metrics needs an operator's
+    credentials). It opens /metrics and nothing else."""
     address_rate_limit_per_second: float = Field(5.0, gt=0)
     address_rate_limit_burst: int = Field(100, ge=1)
     """Anonymous requests and failed authentications (which cost 2) per client address (an
@@ -222,7 +242,19 @@ class Settings(BaseSettings):
             v = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
         return v
 
-    @field_validator("jwt_secret")
+    @field_validator("default_quotas")
+    @classmethod
+    def _quota_kinds(cls, v: dict[str, int]) -> dict[str, int]:
+        from .domain import QUOTA_FIELDS
+
+        for kind, limit in v.items():
+            if kind not in QUOTA_FIELDS:
+                raise ValueError(f"{kind!r} is not a quota; quotas are {', '.join(QUOTA_FIELDS)}")
+            if limit < 0:
+                raise ValueError(f"{kind} must be 0 or more")
+        return v
+
+    @field_validator("jwt_secret", "metrics_token")
     @classmethod
     def _real_secret(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and (len(v.get_secret_value()) < 32 or v.get_secret_value().lower() in ("changeme", "secret")):

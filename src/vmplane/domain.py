@@ -20,6 +20,10 @@ class VmStatus(StrEnum):
     UNKNOWN = "unknown"
 
 
+QUOTA_FIELDS = ("vcpu", "ramMb", "diskGb", "vms", "snapshots", "networks", "templates", "webhooks", "schedules", "plugins")
+"""What an organization's quota may bound: resources of its VMs, and how many it holds of each kind."""
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

@@ -44,6 +44,7 @@ from .services.webhooks import WebhookService
 from .services.secrets import KEY_FILE as SECRETS_KEY_FILE, SecretBox
 from .replicas import Replicas, ServedRegistry, assign_node_ids, home_of
 from .store import Store
+from .streams import StreamLimits
 from .store.coordination import EVENTS_CHANNEL, STARTUP_KEY, SINGLETON_NS, TASKS_CHANNEL, Coordinator
 from .store import events as ev_q
 from .store import idempotency as idem_q
@@ -122,6 +123,8 @@ class Runtime:
         """set when the server begins to shut down: event streams and consoles end (go_away)"""
         self.consoles = 0
         """console WebSockets open (api/console.bridge)"""
+        self.streams = StreamLimits(settings.max_streams_per_credential, settings.max_streams_per_org)
+        """open event streams and consoles per credential and organization"""
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
         self._nodes = nodes
         self._tiny: TinyImage | None = None

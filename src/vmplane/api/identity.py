@@ -6,9 +6,11 @@ for requests vmplane makes to itself, such as a schedule replaying its request â
 per-process secret naming the schedule's owner. Routes then require a principal (401) and the
 right role (403).
 
-Two token buckets: one per client address in front of authentication, which anonymous
-requests spend (1) and failed authentications spend twice (2) and which, once empty, refuses
-(429 with Retry-After) before any credential is looked up; and one per credential after it.
+Token buckets: one per client address in front of authentication, which anonymous requests
+spend (1) and failed authentications spend twice (2) and which, once empty, refuses (429 with
+Retry-After) before any credential is looked up; after it, one per credential (an API key, or a
+JWT's organization and subject) and one per organization, both of which a request needs.
+(Open event streams and consoles are limited where they are served: vmplane/streams.py.)
 Every mutation is written to the audit log, refused ones included; requests refused for their
 credentials are counted into one row per address per minute (services/tenancy.FailedAuths).
 """
@@ -33,6 +35,7 @@ INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
+METRICS_PATH = "/metrics"
 VOLANT_PATHS = "/compat/volant/"
 OPEN_PATHS = frozenset(("/healthz", "/livez", "/readyz", "/", "/ui"))
 """probes, and the web console's static files: answered without credentials or any lookup,
@@ -108,11 +111,15 @@ class Identity:
         self.app = app
         self.rt = rt
         self.buckets = TokenBuckets(rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst)
+        """per credential: an API key; a JWT's organization and subject (Principal.limit_key)"""
+        self.orgs = TokenBuckets(rt.settings.org_rate_limit_per_second, rt.settings.org_rate_limit_burst)
+        """per organization: all its credentials together, so more keys are not more requests"""
         self.addresses = TokenBuckets(rt.settings.address_rate_limit_per_second, rt.settings.address_rate_limit_burst)
 
     def _credential(self, scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
         """The credential the request presents, without checking it: (kind, value) with kind
-        `internal`, `key`, `jwt` or `ticket`; None for an anonymous request."""
+        `internal`, `key`, `jwt`, `ticket` or `metrics` (the scrape token, on /metrics only,
+        the one credential checked here); None for an anonymous request."""
         token = headers.get(INTERNAL_HEADER)
         if token is not None:
             return "internal", token
@@ -122,6 +129,8 @@ class Identity:
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             bearer = auth[7:].strip()
+            if scope["path"] == METRICS_PATH and self._scrape_token_ok(bearer):
+                return "metrics", bearer  # Prometheus's scrape token (VMPLANE_METRICS_TOKEN)
             return ("key", bearer) if bearer.startswith("vmp_") else ("jwt", bearer)
         if scope["type"] == "websocket":
             # browsers cannot set headers on a WebSocket: a subprotocol carries the credential
@@ -149,7 +158,13 @@ class Identity:
         kind, value = cred
         if kind == "internal":
             return hmac.compare_digest(value.encode(), self.rt.internal_token.encode())
+        if kind == "metrics":
+            return self._scrape_token_ok(value)
         return kind == "key" and self.rt.tenancy.known_key(value)
+
+    def _scrape_token_ok(self, value: str) -> bool:
+        token = self.rt.settings.metrics_token
+        return token is not None and hmac.compare_digest(value.encode(), token.get_secret_value().encode())
 
     async def _resolve(self, scope: Scope, headers: dict[str, str], cred: tuple[str, str] | None) -> Principal | None:
         t = self.rt.tenancy
@@ -163,6 +178,9 @@ class Identity:
                 raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
             return await t.principal_for_internal(user_id, org_id)
+        if kind == "metrics":  # checked in _credential
+            scope.setdefault("state", {})["metrics_scrape"] = True  # no principal: it reads /metrics, nothing else
+            return None
         if kind == "jwt":
             return await t.principal_for_jwt(value)
         if kind == "ticket":
@@ -194,12 +212,15 @@ class Identity:
         if failed:
             self.addresses.spend(address, 2)
             self.rt.tenancy.failed_auths.note(address, scope.get("method", "WS"), scope["path"])
-        elif principal is None and not open_path:
+        elif principal is None and not open_path and not state.get("metrics_scrape"):
             self.addresses.spend(address, 1)
         if principal is not None and scope["type"] == "http" and principal.credential != "internal":
-            wait = self.buckets.take(principal.credential or principal.user_id)
+            wait = max(self.buckets.wait(principal.limit_key), self.orgs.wait(principal.org_id))
             if wait > 0:
-                return await self._too_many(scope, receive, send, wait, "rate limit exceeded")
+                why = "rate limit exceeded" if self.buckets.wait(principal.limit_key) else "your organization's rate limit exceeded"
+                return await self._too_many(scope, receive, send, wait, why)
+            self.buckets.take(principal.limit_key)
+            self.orgs.take(principal.org_id)
         if scope["type"] == "websocket":
             offered = offered_subprotocols(scope)
             if any(p.startswith(SUBPROTOCOL_PREFIXES) for p in offered):
@@ -241,6 +262,8 @@ class Identity:
             "status": status,
             "outcome": "success" if status < 400 else ("denied" if status in (401, 403, 429) else "failed"),
             "remote": f"{client[0]}:{client[1]}" if client else None,
+            "creator_user": who.creator_user,
+            "creator_key": who.creator_key,
         }
         async with self.rt.store.write() as conn:
             await t_q.add_audit(conn, [row])

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
+from ..errors import Forbidden
 from ..store import jobs as job_q
 from .native.deps import principal
 from ..store import metrics as metrics_q
@@ -141,9 +142,13 @@ def route_template(scope: Scope) -> str:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
-    """Prometheus text format. Needs credentials unless VMPLANE_METRICS_AUTH=false."""
-    if request.app.state.rt.settings.metrics_auth:
-        principal(request)
+    """Prometheus text format, installation-wide (every organization's VMs, every node's
+    capacity): for operators, or whoever holds the scrape token (`Authorization: Bearer
+    <VMPLANE_METRICS_TOKEN>`); open to all with VMPLANE_METRICS_AUTH=false. Tenants read
+    their own figures at /api/v1/org/quotas and /api/v1/usage."""
+    if request.app.state.rt.settings.metrics_auth and not getattr(request.state, "metrics_scrape", False):
+        if not principal(request).operator:
+            raise Forbidden("/metrics is for the installation's operators (tenants: GET /api/v1/org/quotas and /api/v1/usage)")
     m: Metrics = request.app.state.metrics
     await m.refresh()
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -28,19 +28,7 @@ async def refuse(
 ) -> None:
     """Answer `status` before any route runs, in the error shape of the face the path belongs
     to (the native one's elsewhere). A WebSocket gets the status as its handshake's answer."""
-    from starlette.responses import JSONResponse
-
-    response: Any = None
-    app = scope.get("app")
-    for route in getattr(app, "routes", ()):
-        prefix = getattr(route, "path", None)
-        errors = getattr(getattr(getattr(route, "app", None), "state", None), "errors", None)
-        if errors is not None and prefix and (scope["path"] == prefix or scope["path"].startswith(prefix + "/")):
-            response = errors.http(status, message)
-            break
-    if response is None:
-        response = JSONResponse({"error": message, "code": code, "details": {"field": field} if field else {}}, status_code=status)
-    response.headers.update(headers or {})
+    response = error_response(scope, status, message, code, headers, field)
     if scope["type"] == "websocket":
         if "websocket.http.response" in scope.get("extensions", {}):
             await send({"type": "websocket.http.response.start", "status": status, "headers": response.raw_headers})
@@ -49,6 +37,25 @@ async def refuse(
             await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
         return
     await response(scope, receive, send)
+
+
+def error_response(scope: Scope, status: int, message: str, code: str, headers: dict[str, str] | None = None, field: str | None = None) -> Any:
+    """An error response in the shape of the face `scope`'s path belongs to (else native)."""
+    from starlette.responses import JSONResponse
+
+    app = scope.get("app")
+    own = getattr(getattr(app, "state", None), "errors", None)  # inside a face's own application
+    response: Any = own.http(status, message) if own is not None else None
+    for route in getattr(app, "routes", ()) if response is None else ():
+        prefix = getattr(route, "path", None)
+        errors = getattr(getattr(getattr(route, "app", None), "state", None), "errors", None)
+        if errors is not None and prefix and (scope["path"] == prefix or scope["path"].startswith(prefix + "/")):
+            response = errors.http(status, message)
+            break
+    if response is None:
+        response = JSONResponse({"error": message, "code": code, "details": {"field": field} if field else {}}, status_code=status)
+    response.headers.update(headers or {})
+    return response
 
 
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')

@@ -98,7 +98,8 @@ def node_resources(row: Any) -> dict[str, int]:
     }
 
 
-def node(row: Row) -> dict[str, Any]:
+def node(row: Row, operator: bool = True) -> dict[str, Any]:
+    """`operator`: the caller runs the installation; others do not see where agents listen."""
     return {
         "id": row.id,
         "hostname": row.hostname,
@@ -107,7 +108,7 @@ def node(row: Row) -> dict[str, Any]:
         "hypervisor": (row.labels or {}).get("hypervisor") or row.driver,
         "simulated": row.driver == "sim" or (row.labels or {}).get("hypervisor") == "sim",
         "cordoned": bool(row.cordoned),
-        "agentUrl": row.agent_url,
+        "agentUrl": row.agent_url if operator else None,
         "heartbeatAt": clock.rfc3339(row.heartbeat_at),
         "resources": node_resources(row),
         "createdAt": clock.rfc3339(row.created_at),

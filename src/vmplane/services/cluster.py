@@ -11,7 +11,9 @@ from ..errors import Forbidden, NotFound
 from ..store import meta as meta_q
 from ..store import networks as net_q
 from ..store import nodes as node_q
+from ..store import vms as vm_q
 from . import pages
+from .vms import visible
 
 
 class ClusterService:
@@ -43,12 +45,21 @@ class ClusterService:
         self.rt.capacity.invalidate()
         return await self.node(node_id)
 
-    async def devices(self, node_id: str) -> list[dict[str, Any]]:
-        """The PCI devices a node offers for passthrough, with the VM each is given to."""
+    async def devices(self, node_id: str, who: Principal) -> list[dict[str, Any]]:
+        """The PCI devices a node offers for passthrough, whether each is given to a VM, and
+        which VM when `who` may see it (operators: every VM; others: their own)."""
         row = await self.node(node_id)
         async with self.rt.store.read() as conn:
             owners = {a.address: a.vm_id for a in await net_q.assigned_devices(conn, node_id)}
-        return [{**d, "vmId": owners.get(d["address"])} for d in row.pci_devices or ()]
+            vms = {v.id: v for v in await vm_q.get_vms(conn, list(set(owners.values())))} if owners and not who.operator else {}
+
+        def shown(vm_id: str | None) -> str | None:
+            if vm_id is None or who.operator:
+                return vm_id
+            vm = vms.get(vm_id)
+            return vm_id if vm is not None and visible(vm, who) else None
+
+        return [{**d, "assigned": d["address"] in owners, "vmId": shown(owners.get(d["address"]))} for d in row.pci_devices or ()]
 
     async def totals(self) -> Row:
         async with self.rt.store.read() as conn:

@@ -19,6 +19,7 @@ from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import guest as guest_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
+from ..streams import StreamSlot
 from .vms import AUTO_PORTS, port_is_free
 
 CONSOLE_TOKEN_SECONDS = 60
@@ -68,21 +69,29 @@ class GuestService:
         now = clock.now()
         expires = now + min(ttl, CONSOLE_TOKEN_SECONDS)
         async with self.rt.store.write() as conn:
-            await guest_q.add_console_token(conn, token_hash(token), vm.id, expires, now)
+            await guest_q.add_console_token(conn, token_hash(token), vm.id, expires, now, who.limit_key)
         return token, expires, vm
 
-    async def open_console(self, ref: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_console(self, ref: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, StreamSlot]:
         """Spend a console token and connect to the VM's serial console (the token is the
-        credential: it was given to someone allowed to use this VM's console)."""
+        credential: it was given to someone allowed to use this VM's console). The console
+        holds a stream slot of the credential that asked for the token (RateLimited, 429, when
+        it has none free); the caller releases it when the console closes."""
         async with self.rt.store.read() as conn:
             vm = await vm_q.get_vm(conn, ref)
         if vm is None:
             raise NotFound("console token is unknown, used or expired")
         async with self.rt.store.write() as conn:
-            ok = await guest_q.use_console_token(conn, token_hash(token), vm.id, clock.now())
-        if not ok:
+            spent = await guest_q.use_console_token(conn, token_hash(token), vm.id, clock.now())
+        if spent is None:
             raise NotFound("console token is unknown, used or expired")
-        return await self._driver(vm, "console").open_console(vm.id)
+        slot = self.rt.streams.hold_for(spent.holder or f"console:{vm.org_id}", vm.org_id)
+        try:
+            reader, writer = await self._driver(vm, "console").open_console(vm.id)
+        except BaseException:
+            slot.release()
+            raise
+        return reader, writer, slot
 
     async def console_log(self, ref: str, max_bytes: int, who: Principal) -> bytes:
         vm = await self.rt.vms.get(ref, who)

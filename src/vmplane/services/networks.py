@@ -102,6 +102,7 @@ class NetworkService:
                     raise Conflict(f"subnet {net} overlaps network {other.name} ({other.subnet})", field="subnet")
                 if v6 is not None and other.ipv6_prefix and ipaddress.IPv6Network(other.ipv6_prefix).overlaps(v6):
                     raise Conflict(f"ipv6Prefix {v6} overlaps network {other.name} ({other.ipv6_prefix})", field="ipv6Prefix")
+            await self.rt.tenancy.reserve(conn, who.org_id, networks=1)
             row = {
                 "id": network_id, "name": name, "org_id": who.org_id, "type": type_, "subnet": str(net),
                 "gateway": ipam.gateway(str(net), type_), "ipv6_prefix": str(v6) if v6 else None,

@@ -183,12 +183,17 @@ class PluginService:
         async with self.rt.store.read() as conn:
             if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
                 raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+        if not who.operator:  # before its template is made; and again as it is recorded
+            async with self.rt.store.write() as conn:
+                await self.rt.tenancy.reserve(conn, who.org_id, plugins=1)
         template_id = await self._template_for(m, who)
         now = clock.now()
         try:
             async with self.rt.store.write() as conn:
                 if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
                     raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
+                if not who.operator:
+                    await self.rt.tenancy.reserve(conn, who.org_id, plugins=1)
                 await plugin_q.insert_plugin(
                     conn,
                     {

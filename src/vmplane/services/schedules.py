@@ -84,6 +84,7 @@ class ScheduleService:
             "backup_vm_id": backup_vm_id, "keep_last": keep_last, "origin": origin,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
+            await self.rt.tenancy.reserve(conn, who.org_id, schedules=1)
             await sch_q.insert_schedule(conn, row)
         self._wake.set()
         return await self.get(row["id"], who)

@@ -94,6 +94,8 @@ class TemplateService:
                     raise Conflict(f"a template named {name!r} already exists", field="name")
                 if node_id is not None and await node_q.get_node(conn, node_id) is None:
                     raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
+                if not who.operator:  # operators' templates are shared, and no organization's
+                    await self.rt.tenancy.reserve(conn, who.org_id, templates=1)
                 await tpl_q.insert_template(
                     conn,
                     {

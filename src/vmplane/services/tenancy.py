@@ -14,9 +14,9 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
-from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role, key_digest, key_prefix, new_api_key
+from ..auth import ADMIN_USER, DEFAULT_ORG, RANK, Principal, Role, key_digest, key_prefix, new_api_key
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
-from ..domain import NodeStatus
+from ..domain import QUOTA_FIELDS, NodeStatus
 from ..lru import TtlLru
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q
@@ -26,7 +26,6 @@ from .vms import check_name
 
 log = logging.getLogger("vmplane.auth")
 
-QUOTA_FIELDS = ("vcpu", "ramMb", "diskGb", "vms", "snapshots")
 CACHE_SECONDS = 2.0
 
 
@@ -66,13 +65,19 @@ class TenancyService:
         os.chmod(path, 0o600)
         return str(path)
 
-    async def _insert_key(self, conn: AsyncConnection, *, org_id: str, user_id: str, name: str, team_id: str | None, read_only: bool, expires_at: float | None) -> str:
+    async def _insert_key(
+        self, conn: AsyncConnection, *, org_id: str, user_id: str, name: str, team_id: str | None, read_only: bool, expires_at: float | None,
+        creator: Principal | None = None,
+    ) -> str:  # fmt: skip
+        """`creator`: who makes the key (recorded; None for the bootstrap owner's key)."""
         key = new_api_key()
+        creator_key = creator.credential if creator is not None and (creator.credential or "").startswith("key-") else None
         await t_q.insert_key(
             conn,
             {"id": ids.new_id("key"), "org_id": org_id, "user_id": user_id, "name": name, "prefix": key_prefix(key),
              "digest": key_digest(key), "team_id": team_id, "read_only": read_only, "created_at": clock.now(),
-             "expires_at": expires_at},  # fmt: skip
+             "expires_at": expires_at, "created_by_user": creator.user_id if creator is not None else None,
+             "created_by_key": creator_key},  # fmt: skip
         )
         return key
 
@@ -96,7 +101,7 @@ class TenancyService:
             elif row.revoked_at is not None:
                 value = "this API key was revoked"
             else:
-                value = Principal(row.org_id, row.user_id, row.user_name, Role(row.role), row.team_id, row.read_only, row.id)
+                value = Principal(row.org_id, row.user_id, row.user_name, Role(row.role), row.team_id, row.read_only, row.id, row.created_by_user, row.created_by_key)
             cached = self._keys[digest] = (now + CACHE_SECONDS, value, row.expires_at if row is not None else None)
         _, value, expires_at = cached
         if isinstance(value, str):
@@ -169,13 +174,15 @@ class TenancyService:
             row = await t_q.use_ws_ticket(conn, key_digest(ticket), clock.now())
         if row is None:
             raise Unauthorized("the WebSocket ticket is unknown, used or expired")
+        creator: tuple[str | None, str | None] = (None, None)
         if row.credential and row.credential.startswith("key-"):
             async with self.rt.store.read() as conn:
                 key = await t_q.get_key(conn, row.org_id, row.credential)
             if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= clock.now()):
                 raise Unauthorized("the API key that made this WebSocket ticket is no longer valid")
+            creator = (key.created_by_user, key.created_by_key)
         who = await self.principal_for_internal(row.user_id, row.org_id)
-        return Principal(who.org_id, who.user_id, who.user_name, who.role, row.team_id, row.read_only, row.credential)
+        return Principal(who.org_id, who.user_id, who.user_name, who.role, row.team_id, row.read_only, row.credential, *creator)
 
     async def flush_key_use(self) -> None:
         used, self.key_used = self.key_used, {}
@@ -187,13 +194,22 @@ class TenancyService:
     # -- API keys ------------------------------------------------------------------------
 
     async def create_key(self, who: Principal, *, name: str, user: str | None, team: str | None, read_only: bool, expires_in_days: float | None) -> tuple[Row, str]:
+        """A new key. Owners and admins mint keys for themselves; owners also for users of
+        lower rank; never a key whose role outranks its creator. The new key is no wider than
+        the one that made it: its team, read-only, and expiring no later."""
         require(who, Role.ADMIN, "manage API keys")
         async with self.rt.store.write() as conn:
             user_id = who.user_id
             if user is not None:
                 u = await t_q.get_user(conn, user)
-                if u is None or await t_q.membership(conn, who.org_id, u.id) is None:
+                member = await t_q.membership(conn, who.org_id, u.id) if u is not None else None
+                if u is None or member is None:
                     raise InvalidRequest(f"userId {user!r} is not a member of this organization", field="userId")
+                if u.id != who.user_id:
+                    if not who.at_least(Role.OWNER):
+                        raise Forbidden("only owners create API keys for other users; you may create keys for yourself")
+                    if RANK[Role(member.role)] >= RANK[who.role]:
+                        raise Forbidden(f"userId {user!r} is {member.role}: owners create keys only for users of a lower role", field="userId")
                 user_id = u.id
             team_id = None
             if team is not None:
@@ -201,23 +217,40 @@ class TenancyService:
                 if tm is None:
                     raise InvalidRequest(f"teamId {team!r} is not a team of this organization", field="teamId")
                 team_id = tm.id
-            if who.team_id is not None and team_id != who.team_id:
+            if who.team_id is not None and team_id not in (None, who.team_id):
                 raise Forbidden("a team-scoped key can only create keys for its own team")
             expires = clock.now() + expires_in_days * 86400 if expires_in_days else None
-            key = await self._insert_key(conn, org_id=who.org_id, user_id=user_id, name=name, team_id=team_id or who.team_id, read_only=read_only or who.read_only, expires_at=expires)
+            if (who.credential or "").startswith("key-"):
+                mine = await t_q.get_key(conn, who.org_id, who.credential or "")
+                if mine is not None and mine.expires_at is not None:
+                    expires = min(expires or mine.expires_at, mine.expires_at)
+            key = await self._insert_key(
+                conn, org_id=who.org_id, user_id=user_id, name=name, team_id=team_id or who.team_id, read_only=read_only or who.read_only,
+                expires_at=expires, creator=who,
+            )  # fmt: skip
             row = await t_q.key_by_digest(conn, key_digest(key))
         return row, key
 
     async def list_keys(self, who: Principal) -> Sequence[Row]:
-        require(who, Role.ADMIN, "manage API keys")
+        """The organization's keys (owners and admins; read-only keys too: it is a read). A
+        team-scoped credential sees its team's keys only."""
+        require_reader(who, Role.ADMIN, "list API keys")
         async with self.rt.store.read() as conn:
-            return await t_q.list_keys(conn, who.org_id)
+            rows = await t_q.list_keys(conn, who.org_id)
+        return rows if who.team_id is None else [k for k in rows if k.team_id == who.team_id]
 
     async def revoke_key(self, who: Principal, key_id: str) -> None:
+        """Revoke a key: one's own; an admin's, also those of users of a lower role; an
+        owner's, any of the organization. A team-scoped credential only its team's."""
         require(who, Role.ADMIN, "manage API keys")
         async with self.rt.store.write() as conn:
-            if await t_q.get_key(conn, who.org_id, key_id) is None:
+            key = await t_q.get_key(conn, who.org_id, key_id)
+            if key is None or (who.team_id is not None and key.team_id != who.team_id):
                 raise NotFound(f"API key {key_id} does not exist")
+            if key.user_id != who.user_id and not who.at_least(Role.OWNER):
+                member = await t_q.membership(conn, who.org_id, key.user_id)
+                if member is not None and RANK[Role(member.role)] >= RANK[who.role]:
+                    raise Forbidden(f"API key {key_id} belongs to a user of your role or higher ({member.role})")
             await t_q.revoke_key(conn, key_id, clock.now())
         self.forget_cached()
 
@@ -344,13 +377,13 @@ class TenancyService:
         async with self.rt.store.write() as conn:
             if any(o.name == name for o in await t_q.list_orgs(conn)):
                 raise Conflict(f"an organization named {name!r} already exists")
-            await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": {}, "created_at": now})
+            await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": dict(self.rt.settings.default_quotas), "created_at": now})
             user = await t_q.get_user(conn, owner)
             if user is None:
                 await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": owner, "created_at": now})
                 user = await t_q.get_user(conn, owner)
             await t_q.add_membership(conn, org_id, user.id, Role.OWNER.value, now)
-            key = await self._insert_key(conn, org_id=org_id, user_id=user.id, name="owner key", team_id=None, read_only=False, expires_at=None)
+            key = await self._insert_key(conn, org_id=org_id, user_id=user.id, name="owner key", team_id=None, read_only=False, expires_at=None, creator=who)
             org = await t_q.get_org(conn, org_id)
         return org, key
 
@@ -367,10 +400,9 @@ class TenancyService:
             org = await t_q.get_org(conn, target)
             if org is None:
                 raise NotFound(f"organization {target} does not exist")
-            usage = await t_q.org_usage(conn, target)
-            snaps = await snap_q.count_for_org(conn, target)
+            used = await self._usage(conn, target)
+            by_status = await t_q.vms_by_status(conn, target)
             nodes = [n for n in await node_q.list_nodes(conn) if n.status == NodeStatus.ONLINE.value]
-        used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms), "snapshots": snaps}
         limits = {f: org.quotas.get(f) for f in QUOTA_FIELDS}
         # Without a quota, the most an organization can hold is what the online nodes can
         # hand out (capacity x overcommit); VMs and snapshots have no such bound (None).
@@ -381,7 +413,17 @@ class TenancyService:
             "diskGb": sum(int(n.disk_gb_total * s.disk_overcommit) for n in nodes),
         }
         effective = {f: limits[f] if limits[f] is not None else room.get(f) for f in QUOTA_FIELDS}
-        return {"orgId": target, "limits": limits, "effectiveLimits": effective, "usage": used}
+        return {"orgId": target, "limits": limits, "effectiveLimits": effective, "usage": used, "vmsByStatus": by_status}
+
+    @staticmethod
+    async def _usage(conn: AsyncConnection, org_id: str) -> dict[str, int]:
+        """What `org_id` holds of every quota kind (VMs that failed to be created hold nothing)."""
+        usage = await t_q.org_usage(conn, org_id)
+        used = {"vcpu": int(usage.cpu), "ramMb": int(usage.ram_mb), "diskGb": int(usage.disk_gb), "vms": int(usage.vms)}
+        used["snapshots"] = await snap_q.count_for_org(conn, org_id)
+        for kind in t_q.COUNTED:
+            used[kind] = await t_q.count_owned(conn, org_id, kind)
+        return used
 
     async def set_quotas(self, who: Principal, org_id: str, limits: dict[str, int | None]) -> dict[str, Any]:
         if not who.operator:
@@ -392,18 +434,28 @@ class TenancyService:
             await t_q.set_quotas(conn, org_id, {k: v for k, v in limits.items() if v is not None})
         return await self.quotas(who, org_id)
 
-    async def reserve(self, conn: AsyncConnection, org_id: str, *, vcpu: int = 0, ram_mb: int = 0, disk_gb: int = 0, vms: int = 0, snapshots: int = 0) -> None:
-        """Check that `org_id` may hold this much more, inside the transaction that records it.
+    async def reserve(
+        self, conn: AsyncConnection, org_id: str, *, vcpu: int = 0, ram_mb: int = 0, disk_gb: int = 0, vms: int = 0, snapshots: int = 0,
+        networks: int = 0, templates: int = 0, webhooks: int = 0, schedules: int = 0, plugins: int = 0,
+    ) -> None:  # fmt: skip
+        """Check that `org_id` may hold this much more, inside the transaction that records it
+        (QuotaExceeded, 409, otherwise).
 
         The organization's row is locked first (PostgreSQL; SQLite has one writer), so
         concurrent reservations are judged one after the other and never exceed the quota."""
         org = await t_q.get_org(conn, org_id, lock=conn.dialect.name == "postgresql")
         if org is None or not org.quotas:
             return
-        usage = await t_q.org_usage(conn, org_id)
-        want = {"vms": (int(usage.vms), vms), "vcpu": (int(usage.cpu), vcpu), "ramMb": (int(usage.ram_mb), ram_mb), "diskGb": (int(usage.disk_gb), disk_gb)}
+        asked = {"vms": vms, "vcpu": vcpu, "ramMb": ram_mb, "diskGb": disk_gb}
+        want: dict[str, tuple[int, int]] = {}
+        if any(asked.values()):
+            usage = await t_q.org_usage(conn, org_id)
+            want.update(vms=(int(usage.vms), vms), vcpu=(int(usage.cpu), vcpu), ramMb=(int(usage.ram_mb), ram_mb), diskGb=(int(usage.disk_gb), disk_gb))
         if snapshots:
             want["snapshots"] = (await snap_q.count_for_org(conn, org_id), snapshots)
+        for kind, more in (("networks", networks), ("templates", templates), ("webhooks", webhooks), ("schedules", schedules), ("plugins", plugins)):
+            if more and org.quotas.get(kind) is not None:
+                want[kind] = (await t_q.count_owned(conn, org_id, kind), more)
         for field, (used, more) in want.items():
             limit = org.quotas.get(field)
             if limit is not None and more > 0 and used + more > limit:
@@ -411,8 +463,15 @@ class TenancyService:
 
 
 def require(who: Principal, role: Role, what: str) -> None:
+    """For changes: at least `role`, with a credential that may write."""
     if not who.at_least(role) or who.read_only:
         raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot {what}")
+
+
+def require_reader(who: Principal, role: Role, what: str) -> None:
+    """For reads: at least `role`; a read-only credential reads all its role can."""
+    if not who.at_least(role):
+        raise Forbidden(f"your role ({who.role}) cannot {what}")
 
 
 class FailedAuths:

@@ -108,6 +108,7 @@ class WebhookService:
             "created_by": who.user_name, "created_at": now, "updated_at": now, "format": format,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
+            await self.rt.tenancy.reserve(conn, who.org_id, webhooks=1)
             await wh_q.insert_webhook(conn, row)
         return await self.get(row["id"], who)
 

@@ -2,7 +2,7 @@
 
 from typing import Sequence
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,13 +43,13 @@ async def release_ports(conn: AsyncConnection, vm_id: str) -> None:
     await conn.execute(delete(host_ports).where(host_ports.c.vm_id == vm_id))
 
 
-async def add_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, expires_at: float, now: float) -> None:
+async def add_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, expires_at: float, now: float, holder: str | None = None) -> None:
     await conn.execute(delete(console_tokens).where(console_tokens.c.expires_at < now))
-    await conn.execute(insert(console_tokens), [{"token_hash": token_hash, "vm_id": vm_id, "expires_at": expires_at, "used": False}])
+    await conn.execute(insert(console_tokens), [{"token_hash": token_hash, "vm_id": vm_id, "expires_at": expires_at, "used": False, "holder": holder}])
 
 
-async def use_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, now: float) -> bool:
-    """Spend a token: True once, if it is for this VM and not expired."""
+async def use_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, now: float) -> Row | None:
+    """Spend a token: its row once, if it is for this VM and not expired; None otherwise."""
     res = await conn.execute(
         update(console_tokens)
         .where(
@@ -60,4 +60,6 @@ async def use_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, 
         )
         .values(used=True)
     )
-    return res.rowcount == 1
+    if res.rowcount != 1:
+        return None
+    return (await conn.execute(select(console_tokens).where(console_tokens.c.token_hash == token_hash))).first()

@@ -206,6 +206,7 @@ console_tokens = Table(
     Column("vm_id", String(64), nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
     Column("used", Boolean, nullable=False, default=False),
+    Column("holder", String(160), nullable=True),  # the credential that asked (Principal.limit_key): its stream slots
 )
 """One-time console tokens; only a SHA-256 of each token is kept."""
 
@@ -363,6 +364,10 @@ api_keys = Table(
     Column("expires_at", Float, nullable=True),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
+    Column("created_by_user", String(64), nullable=True),
+    Column("created_by_key", String(64), nullable=True),
+    # who made the key: the user, and the key they used (None: a JWT, the bootstrap, or a key
+    # made before creators were recorded)
 )
 """API keys: only a SHA-256 digest of each key and a short prefix are stored."""
 
@@ -383,6 +388,9 @@ audit_log = Table(
     Column("count", Integer, nullable=False, default=1, server_default="1"),
     # how many requests the row stands for: failed authentications are one row per client
     # address per minute (services/tenancy.FailedAuths), everything else one row per request
+    Column("creator_user", String(64), nullable=True),
+    Column("creator_key", String(64), nullable=True),
+    # who made the credential the request used (api_keys.created_by_*)
 )
 
 ws_tickets = Table(

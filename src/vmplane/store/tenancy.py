@@ -5,7 +5,8 @@ from typing import Any, Sequence
 from sqlalchemy import Row, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .tables import api_keys, audit_log, memberships, orgs, teams, users, vms, ws_tickets
+from ..domain import VmStatus
+from .tables import api_keys, audit_log, memberships, networks, orgs, plugins, schedules, teams, templates, users, vms, webhooks, ws_tickets
 
 
 async def count_orgs(conn: AsyncConnection) -> int:
@@ -171,11 +172,31 @@ async def use_ws_ticket(conn: AsyncConnection, token_hash: str, now: float) -> R
     return (await conn.execute(select(ws_tickets).where(ws_tickets.c.token_hash == token_hash))).first()
 
 
+def _holding() -> Any:
+    """VMs that count against a quota: all but those that failed to be created (in error,
+    on no node: they hold nothing, and are kept only to say why)."""
+    return ~((vms.c.status == VmStatus.ERROR.value) & vms.c.node_id.is_(None))
+
+
 async def org_usage(conn: AsyncConnection, org_id: str) -> Row:
     q = select(
         func.count().label("vms"),
         func.coalesce(func.sum(vms.c.cpu), 0).label("cpu"),
         func.coalesce(func.sum(vms.c.ram_mb), 0).label("ram_mb"),
         func.coalesce(func.sum(vms.c.disk_gb), 0).label("disk_gb"),
-    ).where(vms.c.org_id == org_id)
+    ).where(vms.c.org_id == org_id, _holding())
     return (await conn.execute(q)).one()
+
+
+async def vms_by_status(conn: AsyncConnection, org_id: str) -> dict[str, int]:
+    q = select(vms.c.status, func.count()).where(vms.c.org_id == org_id).group_by(vms.c.status)
+    return {status: n for status, n in (await conn.execute(q)).all()}
+
+
+COUNTED = {"networks": networks, "templates": templates, "webhooks": webhooks, "schedules": schedules, "plugins": plugins}
+"""quota kinds that bound how many rows of a table an organization holds"""
+
+
+async def count_owned(conn: AsyncConnection, org_id: str, kind: str) -> int:
+    table = COUNTED[kind]
+    return (await conn.execute(select(func.count()).select_from(table).where(table.c.org_id == org_id))).scalar_one()

@@ -1,13 +1,15 @@
 """Dependencies shared by the native routers."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, AsyncIterator
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 
 from ...auth import Principal
-from ...errors import Forbidden, Unauthorized
+from ...errors import Forbidden, RateLimited, Unauthorized
 from ...runtime import Runtime
+from ...streams import StreamSlot
+from ..middleware import error_response
 from ..schemas import ErrorOut, JobAccepted
 
 
@@ -38,8 +40,37 @@ async def authorize(request: Request) -> None:
         raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot change anything")
 
 
+async def stream_slot(request: Request) -> AsyncIterator[None]:
+    """For a route that answers with a stream (SSE): one of the caller's stream slots, held
+    until the response has been sent or abandoned (429 when none is free). WebSockets take
+    theirs with hold_ws_stream, consoles with their token (services/guest.open_console)."""
+    with request.app.state.rt.streams.hold(principal(request)):
+        yield
+
+
+async def hold_ws_stream(websocket: WebSocket, who: Principal) -> StreamSlot | None:
+    """For a WebSocket route (an event stream): one of the caller's stream slots, or None
+    after refusing the handshake with 429 (in the face's error shape) when none is free.
+    Release it when the WebSocket ends (`with slot:`)."""
+    try:
+        return websocket.app.state.rt.streams.hold(who)
+    except RateLimited as exc:
+        await deny_websocket(websocket, 429, exc.message, exc.code)
+        return None
+
+
+async def deny_websocket(websocket: WebSocket, status: int, message: str, code: str) -> None:
+    """Refuse a WebSocket's handshake with an HTTP answer (close 1008 where the server
+    cannot send one)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(websocket.scope, status, message, code, {"retry-after": "5"} if status == 429 else None))
+    else:
+        await websocket.close(1008, message[:120])
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 CallerDep = Annotated[Principal, Depends(get_caller)]
+StreamSlotDep = Annotated[None, Depends(stream_slot)]
 Limit = Annotated[int, Query(ge=1, le=500, description="page size (default 50, max 500)")]
 PageToken = Annotated[str | None, Query(max_length=200, description="opaque token from nextPageToken")]
 

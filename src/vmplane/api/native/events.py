@@ -3,19 +3,21 @@
 
 import asyncio
 import json
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from ... import clock
+from ...auth import Principal
 from ...errors import InvalidRequest
 from ...events import wire
 from ...events.bus import EventBus, GoingAway, SlowConsumer
 from ...events.types import check_patterns
 from ..middleware import NO_STORE
-from .deps import ERRORS, CallerDep, RuntimeDep
+from ..schemas import ErrorOut
+from .deps import ERRORS, CallerDep, RuntimeDep, StreamSlotDep, hold_ws_stream
 
 router = APIRouter(tags=["events"])
 ws_router = APIRouter(tags=["events"])
@@ -61,11 +63,13 @@ def _resume_point(value: str | None, field: str) -> int | None:
 
 @router.get(
     "/events",
-    responses={200: {"content": {"text/event-stream": {}}, "description": "a stream of events"}, **ERRORS},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "a stream of events"}, **ERRORS,
+               429: {"model": ErrorOut, "description": "too many streams open for your credential or organization"}},
 )
 async def events_sse(
     request: Request,
     who: CallerDep,
+    _slot: StreamSlotDep,
     types: str | None = Query(None, max_length=1000, description="comma-separated types or patterns: vm.*,job.completed"),
     resource: str | None = Query(None, max_length=64, description="only events about this resource id"),
     since: str | None = Query(None, max_length=20, description="resume after this event id (as Last-Event-ID)"),
@@ -119,6 +123,16 @@ async def events_ws(websocket: WebSocket) -> None:
     except InvalidRequest as exc:
         await websocket.close(code=4400, reason=exc.message[:120])
         return
+    slot = await hold_ws_stream(websocket, who)  # one of the credential's open streams (429 beyond)
+    if slot is None:
+        return
+    with slot:
+        await _serve_events_ws(websocket, rt, bus, who, patterns, resource, after)
+
+
+async def _serve_events_ws(
+    websocket: WebSocket, rt: Any, bus: EventBus, who: Principal, patterns: tuple[str, ...] | None, resource: str | None, after: int | None
+) -> None:
     await websocket.accept()
 
     async def status() -> str:
@@ -140,8 +154,15 @@ async def events_ws(websocket: WebSocket) -> None:
                 async for event in bus.history(sub, after):
                     await websocket.send_text('{"kind":"event",' + wire.to_json(event).decode()[1:])
             while not reader.done():
+                # wait for an event, or the client to leave (so its stream slot is freed now,
+                # not at the next heartbeat)
+                getting = asyncio.ensure_future(sub.get(timeout=rt.settings.event_heartbeat_seconds))
+                await asyncio.wait({getting, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not getting.done():
+                    getting.cancel()
+                    return
                 try:
-                    event = await sub.get(timeout=rt.settings.event_heartbeat_seconds)
+                    event = getting.result()
                 except SlowConsumer as exc:  # 1001: the server is going away; 4008: too slow
                     await websocket.close(code=1001 if isinstance(exc, GoingAway) else 4008, reason=str(exc)[:120])
                     return

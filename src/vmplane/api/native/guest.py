@@ -8,7 +8,7 @@ from ...errors import VmplaneError
 from ..console import bridge
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
 from ..middleware import NO_STORE
-from .deps import ERRORS, CallerDep, RuntimeDep
+from .deps import ERRORS, CallerDep, RuntimeDep, deny_websocket
 
 router = APIRouter(tags=["guest"])
 ws_router = APIRouter(tags=["guest"])
@@ -35,12 +35,16 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
     text or binary frames in)."""
     rt = websocket.app.state.rt
     try:
-        reader, writer = await rt.guest.open_console(vm_id, token)
+        reader, writer, slot = await rt.guest.open_console(vm_id, token)
     except VmplaneError as exc:
+        if exc.status == 429:  # the credential that asked for the token has too many streams open
+            await deny_websocket(websocket, 429, exc.message, exc.code)
+            return
         await websocket.close(code=4404 if exc.status == 404 else 4409, reason=exc.message[:120])
         return
-    await websocket.accept()
-    await bridge(websocket, reader, writer)
+    with slot:
+        await websocket.accept()
+        await bridge(websocket, reader, writer)
 
 
 @router.get("/vms/{vm_id}/console/log", response_class=PlainTextResponse, responses=ERRORS)

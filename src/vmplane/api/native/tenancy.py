@@ -10,7 +10,7 @@ from ... import clock
 from ...auth import Role
 from ...errors import InvalidRequest
 from ...services import pages
-from ...services.tenancy import require
+from ...services.tenancy import require_reader
 from ...store import tenancy as t_q
 from ..schemas import In, Page
 from ..middleware import NO_STORE
@@ -22,10 +22,17 @@ RoleName = Literal["owner", "admin", "member", "viewer"]
 
 class KeyCreateIn(In):
     name: str = Field(..., min_length=1, max_length=128)
-    userId: str | None = Field(None, max_length=128, description="whose key (default: yours)")
+    userId: str | None = Field(
+        None, max_length=128, description="whose key (default: yours; owners may name a user of a lower role)"
+    )
     teamId: str | None = Field(None, max_length=64, description="limit the key to one team's resources")
     readOnly: bool = False
     expiresInDays: float | None = Field(None, gt=0, le=3650)
+
+
+class CreatorOut(BaseModel):
+    userId: str | None
+    keyId: str | None = Field(None, description="the API key used to make it (null: a JWT, or the installation itself)")
 
 
 class KeyOut(BaseModel):
@@ -39,6 +46,7 @@ class KeyOut(BaseModel):
     expiresAt: str | None
     revokedAt: str | None
     lastUsedAt: str | None
+    createdBy: CreatorOut | None = Field(None, description="who made the key: their user id and the key they used (null: unknown)")
 
 
 class KeyCreatedOut(KeyOut):
@@ -92,6 +100,11 @@ class QuotaLimits(In):
     diskGb: int | None = Field(None, ge=0)
     vms: int | None = Field(None, ge=0)
     snapshots: int | None = Field(None, ge=0)
+    networks: int | None = Field(None, ge=0)
+    templates: int | None = Field(None, ge=0)
+    webhooks: int | None = Field(None, ge=0)
+    schedules: int | None = Field(None, ge=0)
+    plugins: int | None = Field(None, ge=0)
 
 
 class QuotasOut(BaseModel):
@@ -100,7 +113,8 @@ class QuotasOut(BaseModel):
     effectiveLimits: dict[str, int | None] = Field(
         ..., description="the limits in force: the quota where one is set, else what the online nodes can hand out (null: no bound)"
     )
-    usage: dict[str, int]
+    usage: dict[str, int] = Field(..., description="what the organization holds of each kind (VMs that failed to be created count for nothing)")
+    vmsByStatus: dict[str, int] = Field(..., description="the organization's VMs by status, failed ones included")
 
 
 class AuditOut(BaseModel):
@@ -116,6 +130,8 @@ class AuditOut(BaseModel):
     remote: str | None
     count: int
     """requests the row stands for (more than 1: failed authentications from one address in one minute)"""
+    credentialCreatedBy: CreatorOut | None
+    """who made the API key the request used (null: not a key, or made before this was recorded)"""
 
 
 def key_out(k: Any) -> dict[str, Any]:
@@ -123,7 +139,12 @@ def key_out(k: Any) -> dict[str, Any]:
         "id": k.id, "name": k.name, "prefix": k.prefix, "userId": k.user_id, "teamId": k.team_id, "readOnly": k.read_only,
         "createdAt": clock.rfc3339(k.created_at), "expiresAt": clock.rfc3339(k.expires_at),
         "revokedAt": clock.rfc3339(k.revoked_at), "lastUsedAt": clock.rfc3339(k.last_used_at),
+        "createdBy": creator_out(k.created_by_user, k.created_by_key),
     }  # fmt: skip
+
+
+def creator_out(user_id: str | None, key_id: str | None) -> dict[str, Any] | None:
+    return {"userId": user_id, "keyId": key_id} if user_id or key_id else None
 
 
 def org_out(o: Any) -> dict[str, Any]:
@@ -221,7 +242,9 @@ async def org_quotas(org_id: str, rt: RuntimeDep, who: CallerDep) -> JSONRespons
 
 @router.put("/orgs/{org_id}/quotas", response_model=QuotasOut, responses=ERRORS)
 async def set_org_quotas(org_id: str, body: QuotaLimits, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    """Operators only. A limit left out (or null) is unlimited."""
+    """Operators only. The body replaces the organization's quotas: a limit left out (or
+    null) is unlimited (a new organization starts with VMPLANE_DEFAULT_QUOTAS; to raise one
+    limit, send the others back as GET shows them)."""
     return JSONResponse(await rt.tenancy.set_quotas(who, org_id, body.model_dump()))
 
 
@@ -257,14 +280,15 @@ async def audit(rt: RuntimeDep, who: CallerDep, limit: Limit = 50, pageToken: Pa
     """Every mutation in your organization, newest first (owners and admins). Operators also
     see requests refused for their credentials: one row per client address and minute, whose
     `count` says how many."""
-    require(who, Role.ADMIN, "read the audit log")
+    require_reader(who, Role.ADMIN, "read the audit log")
     after = pages.decode("audit", pageToken)
     async with rt.store.read() as conn:
         rows = await t_q.audit(conn, who.org_id, after_seq=after, limit=limit + 1, unattributed=who.operator)
     token = pages.encode("audit", rows[limit - 1].seq) if len(rows) > limit else None
     items = [
         {"id": r.seq, "time": clock.rfc3339(r.ts), "actor": r.actor, "credential": r.credential, "method": r.method,
-         "route": r.route, "path": r.path, "status": r.status, "outcome": r.outcome, "remote": r.remote, "count": r.count}  # fmt: skip
+         "route": r.route, "path": r.path, "status": r.status, "outcome": r.outcome, "remote": r.remote, "count": r.count,
+         "credentialCreatedBy": creator_out(r.creator_user, r.creator_key)}  # fmt: skip
         for r in rows[:limit]
     ]
     return JSONResponse({"items": items, "nextPageToken": token})

@@ -859,12 +859,13 @@ async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -
     try:
         if not ticket:
             raise BlError(400, "missing_ticket", "the ticket query parameter (from POST …/console) is required")
-        reader, writer = await rt.guest.open_console(instance_id, ticket)
+        reader, writer, slot = await rt.guest.open_console(instance_id, ticket)
     except VmplaneError as exc:
         await websocket.send_denial_response(JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status))
         return
-    await websocket.accept()
-    await bridge(websocket, reader, writer)
+    with slot:
+        await websocket.accept()
+        await bridge(websocket, reader, writer)
 
 
 # -- billing log ---------------------------------------------------------------------------

@@ -200,12 +200,13 @@ async def console_ws(websocket: WebSocket, id: str, session: str = "") -> None:
     try:
         if not session:
             raise InvalidRequest("the session query parameter (a token from console-token) is required", field="session")
-        reader, writer = await rt.guest.open_console(wire.parse_uuid(id, "id"), session)
+        reader, writer, slot = await rt.guest.open_console(wire.parse_uuid(id, "id"), session)
     except VmplaneError as exc:
         await websocket.send_denial_response(JSONResponse({"error": exc.message}, status_code=exc.status))
         return
-    await websocket.accept()
-    await bridge(websocket, reader, writer)
+    with slot:
+        await websocket.accept()
+        await bridge(websocket, reader, writer)
 
 
 @open_router.get("/v1/vms/{id}/console/ws")

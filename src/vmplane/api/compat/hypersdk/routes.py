@@ -23,7 +23,7 @@ from ....auth import Principal
 from ....errors import Conflict, InvalidRequest, NotFound, VmplaneError
 from ....events import formats
 from ....events.bus import GoingAway, SlowConsumer
-from ...native.deps import CallerDep, RuntimeDep, authorize, principal
+from ...native.deps import CallerDep, RuntimeDep, authorize, hold_ws_stream, principal
 from . import jobs as hjobs
 from . import wire
 from .wire import JobDefIn
@@ -508,6 +508,14 @@ async def ws(websocket: WebSocket) -> None:
     except VmplaneError as exc:
         await websocket.send_denial_response(JSONResponse({"error": exc.message, "timestamp": wire.now()}, status_code=exc.status))
         return
+    slot = await hold_ws_stream(websocket, who)  # one of the credential's open streams (429 beyond)
+    if slot is None:
+        return
+    with slot:
+        await _serve_ws(websocket, rt, who)
+
+
+async def _serve_ws(websocket: WebSocket, rt: Any, who: Principal) -> None:
     await websocket.accept()
     app = websocket.app
     send_lock = asyncio.Lock()

@@ -25,7 +25,7 @@ from ....store import templates as tpl_q
 from ....store import vms as vm_q
 from ...health import readiness
 from ...middleware import json_body
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...native.deps import CallerDep, RuntimeDep, StreamSlotDep, authorize
 from . import wire
 
 router = APIRouter(dependencies=[Depends(authorize)])
@@ -301,7 +301,7 @@ async def sse_event(rt: Any, event: Any) -> bytes | None:
 
 
 @router.get("/api/v1/events/vms")
-async def vm_events(request: Request, rt: RuntimeDep, who: CallerDep) -> StreamingResponse:
+async def vm_events(request: Request, rt: RuntimeDep, who: CallerDep, _slot: StreamSlotDep) -> StreamingResponse:
     bus = rt.events
     heartbeat = rt.settings.event_heartbeat_seconds
 
