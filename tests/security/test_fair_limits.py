@@ -226,8 +226,8 @@ async def test_new_organizations_get_default_quotas_and_hit_them(server_factory:
     assert (await b.post("/api/v1/schedules", json=sch)).status_code == 201
     r = await b.post("/api/v1/schedules", json={**sch, "name": "s2"})
     assert r.status_code == 409 and r.json()["details"]["quota"] == "schedules"
-    assert (await b.post("/api/v1/networks", json={"name": "n1", "type": "user", "subnet": "10.77.0.0/24"})).status_code == 201
-    r = await b.post("/api/v1/networks", json={"name": "n2", "type": "user", "subnet": "10.78.0.0/24"})
+    assert (await b.post("/api/v1/networks", json={"name": "n1", "type": "user", "subnet": "10.128.77.0/24"})).status_code == 201
+    r = await b.post("/api/v1/networks", json={"name": "n2", "type": "user", "subnet": "10.128.78.0/24"})
     assert r.status_code == 409 and r.json()["details"]["quota"] == "networks"
     assert [n["name"] for n in (await b.get("/api/v1/networks")).json()["items"] if n["name"].startswith("n")] == ["n1"]
     # plugins, through the Volant face: the second is refused before its image is fetched
