@@ -9,6 +9,7 @@
 #   gzip                <- gzip
 #   ip, dnsmasq, nft    <- iproute2, dnsmasq-base, nftables   (bridge networks and firewalls)
 #   ssh, ssh-keygen     <- openssh-client   (`vmplane vm ssh`, and the tests that log in to guests)
+# As root it also makes the system user vmplane-qemu, which QEMU and qemu-img run as.
 set -euo pipefail
 
 declare -A tool_pkg=(
@@ -34,6 +35,14 @@ declare -A tool_pkg=(
 
 # mkfs.ext4 lives in /sbin, which may be missing from a non-root PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+# QEMU and qemu-img run as this unprivileged system user when vmplane runs as root (docs/security.md,
+# "Files and processes on the host"). Made when this script runs as root; idempotent.
+QEMU_USER=vmplane-qemu
+if [ "$(id -u)" -eq 0 ] && ! getent passwd "$QEMU_USER" >/dev/null; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin "$QEMU_USER"
+  echo "install-qemu: made the system user $QEMU_USER (QEMU and qemu-img run as it)"
+fi
 
 missing=()
 for tool in "${!tool_pkg[@]}"; do

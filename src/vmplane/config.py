@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     """QEMU accelerator: `auto` uses KVM only if a probe guest really boots with it."""
     image_cache_dir: Path | None = None
     """Shared cache of built guest images (default `$XDG_CACHE_HOME/vmplane/images`)."""
+    qemu_confine: bool = True
+    """Run QEMU (`-runas`, with `-sandbox`) and qemu-img as `qemu_user` when vmplane runs as
+    root. Not root, they run as vmplane's own user; the log says which at start."""
+    qemu_user: str = "vmplane-qemu"
+    """The unprivileged system user of QEMU and qemu-img (made by scripts/install-qemu.sh);
+    if it does not exist, they run as root and the log says so at start."""
     sysfs_root: Path = Path("/sys")
     """The kernel's sysfs: host PCI devices are discovered and bound to vfio-pci there."""
     pci_allowlist: Annotated[list[str], NoDecode] = []

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import clock, ids
 from .config import Settings
+from .datadir import make_private
 from .domain import NodeStatus, VmStatus
 from .drivers.base import HypervisorDriver, PowerState
 from .drivers.registry import build_qemu_driver, build_sim_nodes, pick_driver_kind
@@ -40,6 +41,7 @@ from .services.plugins import PluginService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
+from .services.secrets import KEY_FILE as SECRETS_KEY_FILE, SecretBox
 from .replicas import Replicas, ServedRegistry, assign_node_ids, home_of
 from .store import Store
 from .store.coordination import EVENTS_CHANNEL, STARTUP_KEY, SINGLETON_NS, TASKS_CHANNEL, Coordinator
@@ -65,7 +67,9 @@ class Runtime:
         self.settings = settings
         self.data_dir = Path(settings.data_dir).resolve()
         self.images_dir = self.data_dir / "images"
-        self.store = Store(settings.resolved_database_url())
+        self.secret_box = SecretBox(self.data_dir / SECRETS_KEY_FILE)
+        """seals what vmplane must keep but never show (webhook secrets, vCenter credentials)"""
+        self.store = Store(settings.resolved_database_url(), secret_box=self.secret_box)
         self.coordinator = Coordinator(self.store.url) if self.store.dialect == "postgresql" else None
         """PostgreSQL: the session replicas coordinate through (locks, LISTEN/NOTIFY)"""
         self.replicas = Replicas(self, self.coordinator)
@@ -109,8 +113,8 @@ class Runtime:
         """the ASGI app serving this runtime (schedules replay requests through it)"""
         self.webhooks = WebhookService(self)
         self.webhook_delivery = WebhookDelivery(
-            self.store, self.outbound, owner=self.engine.owner, concurrency=settings.webhook_concurrency,
-            backoff_base=settings.webhook_backoff_seconds,
+            self.store, self.outbound, owner=self.engine.owner, signing=self.webhooks.signing,
+            concurrency=settings.webhook_concurrency, backoff_base=settings.webhook_backoff_seconds,
         )  # fmt: skip
         self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
@@ -193,7 +197,10 @@ class Runtime:
                 await tpl_q.set_template(conn, tpl.id, **values)
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        from .drivers.qemu import confine as qemu_confine
+
+        make_private(self.data_dir)  # umask 0o077 for this process; 0700/0600 in the data dir
+        qemu_confine.configure(self.settings.qemu_confine, self.settings.qemu_user)
         self.images_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         if self.coordinator is not None:

@@ -227,7 +227,13 @@ class Agent:
     async def run(self, install_signals: bool = True) -> int:
         """Serve until SIGINT/SIGTERM (or `stopping` is set); the exit status: 0, or 3 when
         the control plane refused this node."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        from ..config import Settings
+        from ..datadir import make_private
+        from ..drivers.qemu import confine
+
+        make_private(self.data_dir)  # umask 0o077 for this process; 0700/0600 in the data dir (its credential too)
+        settings = Settings(data_dir=self.data_dir)
+        confine.configure(settings.qemu_confine, settings.qemu_user)
         with _exclusive(self.data_dir / "agent.lock"):
             driver = await self.build_driver()
             await driver.open()

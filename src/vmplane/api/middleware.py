@@ -160,6 +160,17 @@ async def json_body(request: Request) -> Any:
         raise InvalidRequest("the request body is not valid JSON", field="body") from None
 
 
+NO_STORE = {"Cache-Control": "no-store"}
+"""Headers of a response that carries a secret (a new API key, an owner key, a join token, a
+webhook secret, a console token): no HTTP cache keeps it, and Idempotency does not either."""
+
+SECRET_NOT_KEPT = "secret_not_replayed"
+
+
+def _carries_secret(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "cache-control" and "no-store" in v.lower() for k, v in headers)
+
+
 def caller_of(scope: Scope) -> str:
     """Who is asking, for Idempotency-Key scoping: the user in their organization."""
     who = scope.get("state", {}).get("principal")
@@ -173,7 +184,12 @@ class Idempotency:
     The key is reserved in the store (a row with status 0) before the request runs, so two
     replicas given the same key at once run it once: the second waits for the first's
     answer and replays it. A reservation left by a replica that died mid-request lapses
-    after IN_FLIGHT seconds."""
+    after IN_FLIGHT seconds.
+
+    A response that carries a secret (`Cache-Control: no-store`, see NO_STORE) is never
+    stored: the key remembers only that the request succeeded, and a replay answers 409
+    `secret_not_replayed` naming the status and the id of what was made, so the request is
+    not run twice and the secret is shown once."""
 
     TTL = 24 * 3600
     IN_FLIGHT = 60.0
@@ -220,15 +236,11 @@ class Idempotency:
                 try:
                     await self.app(scope, receive, capture)
                     if captured.get("status", 500) < 500:
+                        status, headers, text = captured["status"], [h for h in captured["headers"] if h[0].lower() != "content-length"], captured["body"].decode("utf-8", "replace")
+                        if _carries_secret(headers):
+                            status, headers, text = _secret_refusal(status, text)
                         async with self.store.write() as conn:
-                            await idem_q.complete(
-                                conn,
-                                caller,
-                                key,
-                                status_code=captured["status"],
-                                headers=[h for h in captured["headers"] if h[0].lower() != "content-length"],
-                                body=captured["body"].decode("utf-8", "replace"),
-                            )
+                            await idem_q.complete(conn, caller, key, status_code=status, headers=headers, body=text)
                         done = True
                 finally:
                     if not done:  # no answer worth replaying: the key is free again
@@ -258,3 +270,19 @@ class Idempotency:
             if found.status_code != self.PENDING or found.request_hash != digest:
                 return found
             await asyncio.sleep(0.05)  # the same request is running on another replica
+
+
+def _secret_refusal(status: int, body: str) -> tuple[int, list[tuple[str, str]], str]:
+    """What a replay of a response that carried a secret answers instead of it."""
+    try:
+        made = json.loads(body)
+    except ValueError:
+        made = None
+    made_id = made.get("id") if isinstance(made, dict) and isinstance(made.get("id"), (str, int)) else None
+    refusal = {
+        "error": "this request already succeeded; its answer carried a secret, which is shown only once and never kept "
+        "for a replay" + (f" (it made {made_id})" if made_id is not None else ""),
+        "code": SECRET_NOT_KEPT,
+        "details": {"status": status, **({"id": made_id} if made_id is not None else {})},
+    }
+    return 409, [("content-type", "application/json"), ("cache-control", "no-store")], json.dumps(refusal)

@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 from sqlalchemy import Row, text
@@ -88,9 +88,14 @@ async def post(client: httpx.AsyncClient, hook: Row, delivery_id: str, event_typ
 
 
 class WebhookDelivery:
-    def __init__(self, store: Store, policy: outbound.Outbound, *, owner: str, concurrency: int = 16, backoff_base: float = 1.0, backoff_cap: float = 300.0, lease_seconds: float = 60.0) -> None:
+    def __init__(
+        self, store: Store, policy: outbound.Outbound, *, owner: str, signing: Callable[[Row], Any], concurrency: int = 16,
+        backoff_base: float = 1.0, backoff_cap: float = 300.0, lease_seconds: float = 60.0,
+    ) -> None:  # fmt: skip
+        """`signing(row)`: the webhook as `post` takes it, its secret unsealed (WebhookService.signing)."""
         self.store = store
         self.outbound = policy
+        self._signing = signing
         self.owner = owner
         self.concurrency = concurrency
         self.backoff_base = backoff_base
@@ -196,7 +201,7 @@ class WebhookDelivery:
         assert self._client is not None
         if hook is None:
             return  # the webhook was deleted with its deliveries
-        status, error, _ms = await post(self._client, hook, d.id, d.event_type, d.payload.encode())
+        status, error, _ms = await post(self._client, self._signing(hook), d.id, d.event_type, d.payload.encode())
         attempts = d.attempts + 1
         now = clock.now()
         values: dict[str, Any] = {"attempts": attempts, "last_status_code": status, "last_error": error, "updated_at": now}

@@ -258,7 +258,7 @@ def _install(out: Path, dest_dir: Path, manifest: dict) -> None:
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     try:
         if not dest_dir.exists():
-            os.chmod(out, 0o755)  # mkdtemp made it private
+            os.chmod(out, 0o700)  # private, as mkdtemp made it (see docs/security.md: the image cache)
             os.rename(out, dest_dir)
             out.mkdir()  # so the caller's cleanup has something to remove
             return

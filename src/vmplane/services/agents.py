@@ -39,6 +39,14 @@ from ..store import tenancy as t_q
 log = logging.getLogger("vmplane.agents")
 
 SECRET_KEY = "agent_key_secret"
+
+
+def unseal_key_secret(box: Any, stored: str) -> str:
+    """The stored agent key secret in clear (hex); one kept in clear by a store migrated
+    without the data dir's key (migration 0018) is returned as it is."""
+    if len(stored) == 64 and all(c in "0123456789abcdef" for c in stored):
+        return stored
+    return str(box.open(stored)["agentKeySecret"])
 TOKEN_MAX_SECONDS = 366 * 86400
 TEMPLATE_FILES = ("disk", "kernel", "initrd")
 
@@ -102,10 +110,13 @@ class AgentService:
     # -- keys --------------------------------------------------------------------------------
 
     async def _key_secret(self) -> bytes:
+        """The installation's secret the control-plane keys derive from, stored sealed with
+        the data dir's key (the database alone would give the key to every agent)."""
         if self._secret is None:
+            box = self.rt.secret_box
             async with self.rt.store.write() as conn:
-                value = await meta_q.ensure(conn, SECRET_KEY, secrets.token_hex(32))
-            self._secret = bytes.fromhex(value)
+                value = await meta_q.ensure(conn, SECRET_KEY, box.seal({"agentKeySecret": secrets.token_hex(32)}))
+            self._secret = bytes.fromhex(unseal_key_secret(box, value))
         return self._secret
 
     async def control_key(self, node_id: str, credential_id: str) -> str:

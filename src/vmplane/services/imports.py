@@ -425,7 +425,9 @@ class ImportService:
         raw, out = work / f"{tag}.raw", work / f"{tag}.qcow2"
         try:
             await driver.export_disk(vm.id, raw)
-            status, _out, err = await images.run_tool([qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)], "qemu-img convert", timeout=3600)
+            status, _out, err = await images.run_tool(
+                [qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)], "qemu-img convert", timeout=3600, reads=[raw], writes=[out],
+            )  # fmt: skip
             if status != 0:
                 raise VmplaneError(f"converting the disk of {vm.id} failed: {images.last_line(err)}")
         except BaseException:

@@ -33,7 +33,7 @@ from .. import clock, ids, outbound
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, VmplaneError
 from ..store import vsphere as vsp_q
-from .secrets import KEY_FILE, SecretBox
+from .secrets import SecretBox
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CHUNK = 1 << 20
@@ -192,7 +192,7 @@ class VsphereService:
 
     def __init__(self, rt: Any) -> None:
         self.rt = rt
-        self.box = SecretBox(Path(rt.data_dir) / KEY_FILE)
+        self.box: SecretBox = rt.secret_box
 
     # -- connection profiles -------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ..events.types import check_patterns
 from ..events.webhooks import RESERVED_HEADERS, post, test_payload
 from ..store import webhooks as wh_q
 from . import pages
+from .secrets import SecretBox
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -48,9 +49,35 @@ def check_headers(headers: dict[str, str]) -> None:
             raise InvalidRequest(f"headers: the value of {name!r} must be one line under 4 KiB", field="headers")
 
 
+def seal_secret(box: SecretBox, secret: str) -> str:
+    return box.seal({"webhookSecret": secret})
+
+
+def unseal_secret(box: SecretBox, stored: str) -> str:
+    """`stored` unsealed; a secret kept in clear (a store migrated without the data dir's
+    key, see migration 0018) is returned as it is."""
+    if stored.startswith("whsec_"):
+        return stored
+    return str(box.open(stored)["webhookSecret"])
+
+
 class WebhookService:
+    """Webhooks of organizations. Signing secrets are stored sealed with the data dir's key
+    (services/secrets.py, as vCenter credentials are): the database alone does not give them."""
+
     def __init__(self, rt: Any) -> None:
         self.rt = rt
+
+    def secret_of(self, row: Row) -> str:
+        """The signing secret of a stored webhook, in clear."""
+        return unseal_secret(self.rt.secret_box, row.secret)
+
+    def signing(self, row: Row) -> formats.AdHocHook:
+        """What a delivery to `row` needs (its secret in clear), for `events.webhooks.post`."""
+        return formats.AdHocHook(
+            url=row.url, headers=dict(row.headers or {}), timeout_sec=row.timeout_sec, format=row.format or formats.VMPLANE,
+            secret=self.secret_of(row), id=row.id,
+        )  # fmt: skip
 
     async def get(self, webhook_id: str, who: Principal) -> Row:
         async with self.rt.store.read() as conn:
@@ -77,7 +104,7 @@ class WebhookService:
         now = clock.now()
         row = {
             "id": ids.new_id("whk"), "org_id": who.org_id, "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
-            "retry_count": retry_count, "headers": headers, "secret": "whsec_" + secrets.token_urlsafe(32),
+            "retry_count": retry_count, "headers": headers, "secret": seal_secret(self.rt.secret_box, "whsec_" + secrets.token_urlsafe(32)),
             "created_by": who.user_name, "created_at": now, "updated_at": now, "format": format,
         }  # fmt: skip
         async with self.rt.store.write() as conn:
@@ -111,7 +138,7 @@ class WebhookService:
         hook = await self.get(webhook_id, who)
         async with self.rt.outbound.client() as client:
             body = test_payload(hook.id) if hook.format == formats.VMPLANE else formats.test_body(hook.format, "webhook.test", hook.id, who.org_id)
-            status, error, ms = await post(client, hook, ids.new_id("dlv"), "webhook.test", body)
+            status, error, ms = await post(client, self.signing(hook), ids.new_id("dlv"), "webhook.test", body)
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
 
     async def test_url(self, *, url: str, fmt: str, event: str, headers: dict[str, str], timeout_sec: float, who: Principal) -> dict[str, Any]:

@@ -57,8 +57,10 @@ class Store:
     writers run concurrently and rely on row locks and conditional updates.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, secret_box: Any = None) -> None:
+        """`secret_box` (services.secrets.SecretBox): migrations that seal stored secrets use it."""
         self.url = url
+        self.secret_box = secret_box
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
@@ -92,7 +94,7 @@ class Store:
 
             self._sync_engine = sync
             with sync.begin() as conn:
-                _upgrade(conn)
+                _upgrade(conn, self.secret_box)
             return
         # Tasks hold a connection only for short transactions, never two at once; 50 in all
         # leaves PostgreSQL's default 100 for a second replica.
@@ -100,7 +102,7 @@ class Store:
         self._engine = engine
         async with engine.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
-            await conn.run_sync(_upgrade)
+            await conn.run_sync(_upgrade, self.secret_box)
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -154,8 +156,9 @@ class Store:
             await conn.execute(text("SELECT 1"))
 
 
-def _upgrade(conn: Connection) -> None:
+def _upgrade(conn: Connection, secret_box: Any = None) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
+    cfg.attributes["secret_box"] = secret_box
     command.upgrade(cfg, "head")

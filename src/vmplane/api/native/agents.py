@@ -12,7 +12,7 @@ from sqlalchemy import Row
 from ... import clock
 from ...agent import wire
 from .. import render
-from ..middleware import json_body
+from ..middleware import NO_STORE, json_body
 from ..schemas import NodeOut
 from .deps import ACCEPTED, ERRORS, CallerDep, RuntimeDep
 
@@ -60,7 +60,7 @@ async def create_token(body: TokenIn, rt: RuntimeDep, who: CallerDep) -> JSONRes
     """A join token for `vmplane agent --join-token` (operators). The token is in this answer
     only; it can be limited to one use and in time, and revoked."""
     row, token = await rt.agents.create_token(who, description=body.description, one_time=body.oneTime, expires_in=body.expiresInSeconds)
-    return JSONResponse({**token_out(row), "token": token}, status_code=201)
+    return JSONResponse({**token_out(row), "token": token}, status_code=201, headers=NO_STORE)
 
 
 @router.get("/nodes/tokens", responses=ERRORS)
@@ -134,12 +134,12 @@ async def register(request: Request) -> JSONResponse:
     client = request.client
     remote = f"{client.host}:{client.port}" if client else None
     out = await request.app.state.rt.agents.register(wire.bearer(request.headers), await json_body(request), remote)
-    return JSONResponse(out, status_code=201)
+    return JSONResponse(out, status_code=201, headers=NO_STORE)  # the node credential
 
 
 @agent_router.post("/hello", include_in_schema=False)
 async def hello(request: Request) -> JSONResponse:
-    return JSONResponse(await request.app.state.rt.agents.hello(wire.bearer(request.headers), await json_body(request)))
+    return JSONResponse(await request.app.state.rt.agents.hello(wire.bearer(request.headers), await json_body(request)), headers=NO_STORE)
 
 
 @agent_router.post("/heartbeat", include_in_schema=False)

@@ -7,6 +7,7 @@ from ... import clock
 from ...errors import VmplaneError
 from ..console import bridge
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
+from ..middleware import NO_STORE
 from .deps import ERRORS, CallerDep, RuntimeDep
 
 router = APIRouter(tags=["guest"])
@@ -23,7 +24,8 @@ async def console_token(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONRespo
             "token": token,
             "expiresAt": clock.rfc3339(expires),
             "websocketPath": f"/api/v1/vms/{vm.id}/console/ws?token={token}",
-        }
+        },
+        headers=NO_STORE,
     )
 
 

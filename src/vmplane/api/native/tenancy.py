@@ -13,6 +13,7 @@ from ...services import pages
 from ...services.tenancy import require
 from ...store import tenancy as t_q
 from ..schemas import In, Page
+from ..middleware import NO_STORE
 from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
 
 router = APIRouter(tags=["tenancy"])
@@ -138,7 +139,7 @@ async def list_keys(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 @router.post("/api-keys", status_code=201, response_model=KeyCreatedOut, responses=ERRORS)
 async def create_key(body: KeyCreateIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     row, key = await rt.tenancy.create_key(who, name=body.name, user=body.userId, team=body.teamId, read_only=body.readOnly, expires_in_days=body.expiresInDays)
-    return JSONResponse({**key_out(row), "key": key}, status_code=201)
+    return JSONResponse({**key_out(row), "key": key}, status_code=201, headers=NO_STORE)
 
 
 @router.delete("/api-keys/{key_id}", status_code=204, responses=ERRORS)
@@ -199,7 +200,7 @@ async def list_orgs(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 @router.post("/orgs", status_code=201, response_model=OrgCreatedOut, responses=ERRORS)
 async def create_org(body: OrgIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     org, key = await rt.tenancy.create_org(who, body.name, body.owner)
-    return JSONResponse({**org_out(org), "ownerKey": key}, status_code=201)
+    return JSONResponse({**org_out(org), "ownerKey": key}, status_code=201, headers=NO_STORE)
 
 
 @router.get("/org", response_model=OrgOut, responses=ERRORS)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from ... import clock
 from ..schemas import In, Page
+from ..middleware import NO_STORE
 from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
 
 router = APIRouter(tags=["webhooks"])
@@ -89,7 +90,7 @@ async def create_webhook(body: WebhookCreateIn, rt: RuntimeDep, caller: CallerDe
         url=body.url, events=body.events, enabled=body.enabled, timeout_sec=body.timeoutSec,
         retry_count=body.retryCount, headers=body.headers, who=caller,
     )  # fmt: skip
-    return JSONResponse({**render(row), "secret": row.secret}, status_code=201)
+    return JSONResponse({**render(row), "secret": rt.webhooks.secret_of(row)}, status_code=201, headers=NO_STORE)
 
 
 @router.get("/webhooks/{webhook_id}", response_model=WebhookOut, responses=ERRORS)

@@ -22,6 +22,11 @@ SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 """QEMU's seccomp filter allows by default and denies these groups of syscalls (set*id,
 fork/exec/clone of processes, sched_setaffinity and friends, obsolete calls). VFIO needs none
 of them (open, ioctl, mmap, eventfd on /dev/vfio), so passthrough works under it."""
+SANDBOX_RUNAS = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+"""The filter of a QEMU that drops to another user with `-runas`: QEMU 7.2 installs the filter
+before it drops, so `elevateprivileges=deny` kills it at its own setgid/setuid ("Bad system
+call", measured). Once dropped it has no capabilities and all four uids are the user's, so
+set*id can no longer raise anything; exec of a setuid binary stays denied (spawn=deny)."""
 
 
 def opt(value: str) -> str:
@@ -37,11 +42,13 @@ def build_argv(
     qemu_binary: str = "qemu-system-x86_64",
     forward_address: str = "127.0.0.1",
     sandbox: bool = True,
+    runas: str | None = None,
 ) -> list[str]:
     """argv that runs `config` (no shell: every element is one argument).
 
     The guest may reboot (no `-no-reboot`); a guest power-off leaves QEMU paused in the
-    `shutdown` state (`-no-shutdown`) so the driver can tell it from a crash.
+    `shutdown` state (`-no-shutdown`) so the driver can tell it from a crash. `runas`: the
+    user QEMU becomes once it has opened its files (see `confine`).
     """
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be kvm or tcg, not {accel!r}")
@@ -64,7 +71,9 @@ def build_argv(
         "-no-shutdown",
     ]
     if sandbox:
-        argv += ["-sandbox", SANDBOX]
+        argv += ["-sandbox", SANDBOX_RUNAS if runas else SANDBOX]
+    if runas:
+        argv += ["-runas", runas]
     if config.boot is not None:
         argv += ["-kernel", config.boot.kernel]
         if config.boot.initrd:
@@ -72,8 +81,11 @@ def build_argv(
         if config.boot.cmdline:
             argv += ["-append", config.boot.cmdline]
     argv += [
-        # the disk: a qcow2 overlay on the template's base image
-        "-drive", f"file={opt(str(paths.disk))},if=none,id={DISK_ID},format=qcow2,discard=unmap",
+        # the disk: a qcow2 overlay on the template's base image. Opened read-write at start
+        # (auto-read-only=off): -drive's default opens it read-only while nothing writes (a
+        # migration target) and re-opens it by path when a writer comes, which a QEMU that
+        # dropped privileges (-runas) may no longer do
+        "-drive", f"file={opt(str(paths.disk))},if=none,id={DISK_ID},format=qcow2,discard=unmap,auto-read-only=off",
         # (with -kernel the linuxboot option ROM boots first; else the BIOS boots this disk)
         "-device", f"virtio-blk-pci,drive={DISK_ID},id=vda" + ("" if config.boot else ",bootindex=1"),
         # the NoCloud seed: ide-cd on the i440fx IDE controller (the q35 AHCI -cdrom is not

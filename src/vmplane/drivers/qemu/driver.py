@@ -44,7 +44,7 @@ from ..base import (
     VmRuntime,
     VmStats,
 )
-from . import images, procfs
+from . import confine, images, procfs
 from .agent import AgentNotResponding, GuestAgent
 from .cmdline import DISK_ID, active_forwards, build_argv, hostfwd_rule, user_netdev
 from .images import SUPPORTED_FORMATS
@@ -161,6 +161,13 @@ class QemuDriver(HypervisorDriver):
     @property
     def vms_dir(self) -> Path:
         return self.state_dir / "vms"
+
+    def _runas(self) -> str | None:
+        """The user QEMU drops to after start (confine.current()); None: it stays vmplane's.
+        A confined QEMU opens nothing by path after its start (the data dir is 0700 root):
+        files it needs later are handed to it as descriptors (`Monitor.pass_file`)."""
+        user = confine.current()
+        return user.name if user is not None else None
 
     # -- lifecycle of the driver -----------------------------------------------------------
 
@@ -367,6 +374,7 @@ class QemuDriver(HypervisorDriver):
                     else:  # stopped: the overlay file is the disk, at rest
                         await asyncio.to_thread(shutil.copyfile, vm.paths.disk, part)
                     await images.check_qcow2(self.qemu_img, part, vm_id=vm_id)
+                    await self._check_backing(vm, part)
                     os.replace(part, dest)
                 except BaseException:
                     part.unlink(missing_ok=True)
@@ -375,43 +383,68 @@ class QemuDriver(HypervisorDriver):
         return ImageInfo(path=dest, format="qcow2", virtual_size=info.virtual_size, actual_size=info.actual_size)
 
     async def _backup_live(self, vm: _Vm, target: Path) -> None:
-        """A point-in-time copy of a running VM's disk (QMP drive-backup: copy-before-write, so
+        """A point-in-time copy of a running VM's disk (QMP blockdev-backup: copy-before-write, so
         guest writes during the copy do not leak into it). Only the top layer is copied; the
         copy keeps the same backing image."""
         info = await images.disk_info(self.qemu_img, vm.paths.disk, vm_id=vm.id)
         if info.backing_file:
+            # the backing file is the one vmplane gave the disk, never a name read from it
+            if Path(info.backing_file) not in self._backing_of(vm):
+                raise DriverError(f"the disk of {vm.id} names a backing file vmplane did not give it", vm_id=vm.id)
             backing = await images.disk_info(self.qemu_img, Path(info.backing_file), vm_id=vm.id)
             await images.create_overlay(self.qemu_img, Path(info.backing_file), backing.format, target, info.virtual_size, vm_id=vm.id)
         else:
             await images.create_blank(self.qemu_img, target, info.virtual_size, vm_id=vm.id)
         job = f"snap-{uuid.uuid4().hex[:8]}"
+        node = f"{job}-target"
         monitor = self._monitor(vm)
-        frozen = await self._freeze(vm)
+        # QEMU may no longer open files by path (confined, it runs as a user that cannot
+        # enter the data dir): the copy's file is handed to it as a descriptor, and its
+        # backing file stays closed (only the top layer is written; the header keeps the name)
+        fd = os.open(target, os.O_RDWR)
         try:
-            # The copy is of the disk at the moment the job starts (copy-before-write), so
-            # the guest's file systems need to be frozen only that long.
+            fdset = await monitor.pass_file(fd, f"{vm.id} snapshot")
+        finally:
+            os.close(fd)
+        try:
             await monitor.execute(
-                "drive-backup",
-                {"job-id": job, "device": DISK_ID, "target": str(target), "format": "qcow2", "mode": "existing",
-                 "sync": "top" if info.backing_file else "full", "auto-dismiss": False},  # fmt: skip
+                "blockdev-add",
+                {"driver": "qcow2", "node-name": node, "backing": None, "discard": "unmap",
+                 "file": {"driver": "file", "filename": f"/dev/fdset/{fdset}"}},  # fmt: skip
             )
+            try:
+                frozen = await self._freeze(vm)
+                try:
+                    # The copy is of the disk at the moment the job starts (copy-before-write), so
+                    # the guest's file systems need to be frozen only that long.
+                    await monitor.execute(
+                        "blockdev-backup",
+                        {"job-id": job, "device": DISK_ID, "target": node, "sync": "top" if info.backing_file else "full",
+                         "auto-dismiss": False},  # fmt: skip
+                    )
+                finally:
+                    if frozen:
+                        await self._thaw(vm)
+                try:
+                    while True:
+                        jobs = {j["id"]: j for j in await monitor.execute("query-jobs")}
+                        state = jobs.get(job, {})
+                        if state.get("status") == "concluded":
+                            if state.get("error"):
+                                raise DriverError(f"live snapshot failed: {state['error']}", vm_id=vm.id)
+                            return
+                        if not state:
+                            raise DriverError("live snapshot job vanished", vm_id=vm.id)
+                        await asyncio.sleep(0.05)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await monitor.execute("job-dismiss", {"id": job})
+            finally:
+                with contextlib.suppress(DriverError):
+                    await monitor.execute("blockdev-del", {"node-name": node})
         finally:
-            if frozen:
-                await self._thaw(vm)
-        try:
-            while True:
-                jobs = {j["id"]: j for j in await monitor.execute("query-jobs")}
-                state = jobs.get(job, {})
-                if state.get("status") == "concluded":
-                    if state.get("error"):
-                        raise DriverError(f"live snapshot failed: {state['error']}", vm_id=vm.id)
-                    return
-                if not state:
-                    raise DriverError("live snapshot job vanished", vm_id=vm.id)
-                await asyncio.sleep(0.05)
-        finally:
-            with contextlib.suppress(Exception):
-                await monitor.execute("job-dismiss", {"id": job})
+            with contextlib.suppress(DriverError):
+                await monitor.execute("remove-fd", {"fdset-id": fdset})
 
     async def _freeze(self, vm: _Vm) -> bool:
         """Freeze the guest's file systems through its agent, if it answers quickly. A guest
@@ -456,13 +489,36 @@ class QemuDriver(HypervisorDriver):
             temp_id = "snap-" + uuid.uuid4().hex[:12]
             info = await self.snapshot_vm(vm_id, temp_id)
             try:
-                await images.to_raw(self.qemu_img, info.path, dest, vm_id=vm_id)
+                await images.to_raw(self.qemu_img, info.path, dest, await self._chain_of(vm), vm_id=vm_id)
             finally:
                 await self.delete_snapshot(temp_id)
         else:
             async with self._lock(vm_id):
-                await images.to_raw(self.qemu_img, vm.paths.disk, dest, vm_id=vm_id)
+                await images.to_raw(self.qemu_img, vm.paths.disk, dest, await self._chain_of(vm), vm_id=vm_id)
         return dest.stat().st_size
+
+    @staticmethod
+    def _backing_of(vm: _Vm) -> tuple[Path, ...]:
+        """The backing file vmplane gave the VM's disk (its template's image), if any."""
+        return (Path(vm.config.template_image),) if vm.config.template_image else ()
+
+    async def _check_backing(self, vm: _Vm, image: Path) -> None:
+        """`image` (the VM's disk, or a copy of it) names as its backing file the one vmplane
+        gave the disk, or none if it gave none. QEMU opens that name as root when the VM
+        starts, and a guest's QEMU, which writes the disk, could have rewritten it."""
+        named = (await images.disk_info(self.qemu_img, image, vm_id=vm.id)).backing_file
+        if (Path(named) if named else None) != (Path(vm.config.template_image) if vm.config.template_image else None):
+            raise DriverError(f"the disk of {vm.id} names a backing file vmplane did not give it ({named}); refused", vm_id=vm.id)
+
+    async def _chain_of(self, vm: _Vm) -> tuple[Path, ...]:
+        """The files that may back the VM's disk: its template's image and, for a clone of a
+        snapshot, the image that snapshot (written by vmplane) is on."""
+        chain = self._backing_of(vm)
+        if chain and chain[0].parent == self.state_dir / "snapshots" and chain[0].is_file():
+            below = (await images.disk_info(self.qemu_img, chain[0], vm_id=vm.id)).backing_file
+            if below:
+                chain += (Path(below),)
+        return chain
 
     async def import_disk(self, vm_id: str, source: Path) -> None:
         async with self._lock(vm_id):
@@ -696,10 +752,11 @@ class QemuDriver(HypervisorDriver):
         for path in (vm.config.template_image, *(() if vm.config.boot is None else (vm.config.boot.kernel, vm.config.boot.initrd))):
             if path and not Path(path).is_file():
                 raise DriverError(f"{path} is missing on {self.hostname}; the VM cannot start", vm_id=vm.id)
+        await self._check_backing(vm, vm.paths.disk)
         _trim_log(vm.paths.serial_log)
         argv = build_argv(
             vm.config, vm.paths, accel=self.accel, qemu_binary=self.qemu_binary,
-            forward_address=self.forward_address, sandbox=self.sandbox,
+            forward_address=self.forward_address, sandbox=self.sandbox, runas=self._runas(),
         )
         if incoming:
             argv += ["-incoming", "defer", "-S"]

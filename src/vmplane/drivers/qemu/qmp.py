@@ -69,10 +69,23 @@ class Monitor:
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:
-            raise DriverError(f"QMP {command} failed: {exc.error.desc}", vm_id=self.vm_id) from exc
+            raise DriverError(f"QMP {command} failed: {exc.error.error.desc}", vm_id=self.vm_id) from exc
         except (QMPError, EOFError, OSError, asyncio.TimeoutError) as exc:
             await self._drop()
             raise DriverError(f"QMP {command} failed: connection lost", vm_id=self.vm_id) from exc
+
+    async def pass_file(self, fd: int, what: str) -> int:
+        """Hand QEMU an open file (SCM_RIGHTS, then `add-fd`); returns its fd set's id, which
+        QEMU opens as `/dev/fdset/<id>` (and `remove-fd` forgets). `fd` stays ours to close.
+        This is how a confined QEMU, which cannot open files by path, gets new ones."""
+        await self.connect()
+        assert self._client is not None
+        try:
+            self._client.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise DriverError(f"cannot pass {what} to QEMU: {exc}", vm_id=self.vm_id) from exc
+        result = await self.execute("add-fd", {"opaque": what})
+        return int(result["fdset-id"])
 
     async def status(self, timeout: float = COMMAND_TIMEOUT) -> str:
         """QEMU's run state: running, paused, shutdown, ..."""

@@ -501,12 +501,31 @@ def _read_ova(path: Path) -> tuple[Any, list[SourceDisk]]:
     return ovf, disks
 
 
+def _files_of(filename: str) -> list[Path]:
+    """The local files a source disk's name stands for (a path, or the `filename`s of a
+    `json:` spec such as an OVA member's): what qemu-img is handed (images.run_tool)."""
+    if not filename.startswith("json:"):
+        return [Path(filename)]
+    found: list[Path] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "filename" and isinstance(v, str):
+                    found.append(Path(v))
+                else:
+                    walk(v)
+
+    walk(json.loads(filename[5:]))
+    return found
+
+
 async def _info(qemu_img: str, disk: SourceDisk, work: Path, ctx: TaskContext) -> dict[str, Any]:
     """`qemu-img info` of a source disk; refuses images that would make qemu-img read other
     files (backing files, qcow2 external data files, VMDK extents outside the source's own
     folder)."""
     argv = [qemu_img, "info", "--output=json", *(["-f", disk.format] if disk.format else []), disk.filename]
-    status, out, err = await images.run_tool(argv, "qemu-img info")
+    status, out, err = await images.run_tool(argv, "qemu-img info", reads=_files_of(disk.filename))
     if status != 0:
         raise VmplaneError(f"{disk.label} is not a disk image qemu-img can read: {images.last_line(err)}")
     try:

@@ -17,6 +17,7 @@ from .... import clock
 from ....errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, VmplaneError
 from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
+from ...middleware import NO_STORE
 from ....services.vms import NewVm
 from ...console import bridge
 from ...health import readiness
@@ -187,7 +188,8 @@ async def console_token(id: str, request: Request, rt: RuntimeDep, who: CallerDe
             # under the face's mount point, which a `--face` listener passes through as it is:
             # ws://HOST<websocketPath>?session=TOKEN works on either listener
             "websocketPath": f"{request.scope.get('root_path', '')}/v1/vms/{vm.uuid}/console/ws",
-        }
+        },
+        headers=NO_STORE,
     )
 
 
