@@ -25,12 +25,16 @@ from .. import clock
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
 from ..errors import Unauthorized
 from ..lru import TtlLru
+from ..services import scopes
 from ..store import tenancy as t_q
 from .metrics import route_template
 from .middleware import StatusWatch, refuse
 
 INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
+ACTING_SCOPE_HEADER = "x-vmplane-acting-scope"
+"""with the internal secret: the stored scope (services/scopes.Scope.header) the request acts
+with, so a schedule made with a team-scoped or read-only key replays as exactly that key"""
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
 VOLANT_PATHS = "/compat/volant/"
@@ -162,7 +166,8 @@ class Identity:
             if not hmac.compare_digest(value.encode(), self.rt.internal_token.encode()):
                 raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
-            return await t.principal_for_internal(user_id, org_id)
+            credential, team_id, read_only = scopes.parse_header(headers.get(ACTING_SCOPE_HEADER, ""))
+            return await scopes.acting(self.rt, scopes.Scope(org_id, user_id, credential, team_id, read_only))
         if kind == "jwt":
             return await t.principal_for_jwt(value)
         if kind == "ticket":
@@ -196,7 +201,7 @@ class Identity:
             self.rt.tenancy.failed_auths.note(address, scope.get("method", "WS"), scope["path"])
         elif principal is None and not open_path:
             self.addresses.spend(address, 1)
-        if principal is not None and scope["type"] == "http" and principal.credential != "internal":
+        if principal is not None and scope["type"] == "http" and (cred is None or cred[0] != "internal"):
             wait = self.buckets.take(principal.credential or principal.user_id)
             if wait > 0:
                 return await self._too_many(scope, receive, send, wait, "rate limit exceeded")

@@ -31,7 +31,8 @@ from ..store import events as ev_q
 from ..store import meta as meta_q
 from ..store import webhooks as wh_q
 from . import formats, wire
-from .types import Event, matches
+from ..services import scopes
+from .types import Event, matches, sees
 
 log = logging.getLogger("vmplane.webhooks")
 CURSOR_KEY = "webhooks_cursor"
@@ -156,15 +157,18 @@ class WebhookDelivery:
                     return
                 hooks = await wh_q.list_webhooks(conn, enabled_only=True)
                 now = clock.now()
+                ended = [h for h in hooks if await self._disable_if_ended(conn, h, now)]
+                hooks = [h for h in hooks if h not in ended]
                 out = []
                 for r in rows:
                     if r.type.startswith("webhook."):  # never announce deliveries by delivering
                         continue
-                    event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
+                    event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id, r.team_id)
                     rendered: dict[str, bytes | None] = {}  # by format: each event is written once per format
                     for hook in hooks:
-                        mine = r.org_id is None or r.org_id == hook.org_id
-                        if mine and r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
+                        # the events the hook's credential could see: its organization's, and
+                        # of a team-scoped key's hook its team's only
+                        if sees(hook.org_id, hook.team_id, event) and r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
                             fmt = hook.format or formats.VMPLANE
                             if fmt not in rendered:
                                 rendered[fmt] = wire.to_json(event) if fmt == formats.VMPLANE else await formats.render(conn, event, fmt)
@@ -180,6 +184,15 @@ class WebhookDelivery:
                 await meta_q.put(conn, CURSOR_KEY, str(rows[-1].seq))
             if len(rows) < 500:
                 return
+
+    @staticmethod
+    async def _disable_if_ended(conn: Any, hook: Row, now: float) -> bool:
+        """Disable (saying why) a hook whose credential may no longer act: True if so."""
+        why = await scopes.why_ended(conn, scopes.of_row(hook), now)
+        if why is None:
+            return False
+        await scopes.disable(conn, "webhook", hook, why)
+        return True
 
     async def deliver_due(self) -> None:
         free = self.concurrency - len(self._inflight)
@@ -201,6 +214,13 @@ class WebhookDelivery:
         assert self._client is not None
         if hook is None:
             return  # the webhook was deleted with its deliveries
+        if hook.disabled_reason is not None:  # its credential ended after this was queued: nothing is sent
+            async with self.store.write() as conn:
+                await wh_q.record_attempt(
+                    conn, d.id, self.owner, status="failed", last_error=f"not sent: the webhook is disabled because {hook.disabled_reason}",
+                    updated_at=clock.now(),
+                )  # fmt: skip
+            return
         status, error, _ms = await post(self._client, self._signing(hook), d.id, d.event_type, d.payload.encode())
         attempts = d.attempts + 1
         now = clock.now()
@@ -219,7 +239,7 @@ class WebhookDelivery:
             self.outcomes["retried"] += 1
         async with self.store.write() as conn:
             if await wh_q.record_attempt(conn, d.id, self.owner, **values) and event is not None:
-                await ev_q.emit(conn, event[0], hook.id, event[1], hook.org_id)
+                await ev_q.emit(conn, event[0], hook.id, event[1], hook.org_id, hook.team_id)
         if values["status"] == "pending":
             asyncio.get_running_loop().call_later(max(0.0, values["next_attempt_at"] - clock.now()) + 0.01, self.poke)
 

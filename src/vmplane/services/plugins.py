@@ -470,7 +470,7 @@ class PluginService:
                 if vm is not None and r.status != UNKNOWN:
                     detail = f"the VM is {vm.status}"
                     await plugin_q.set_health(conn, vm.id, UNKNOWN, detail, now, True)
-                    await ev_q.emit(conn, "vm.health", vm.id, {"id": vm.id, "name": vm.name, "health": UNKNOWN, "detail": detail}, vm.org_id)
+                    await ev_q.emit(conn, "vm.health", vm.id, {"id": vm.id, "name": vm.name, "health": UNKNOWN, "detail": detail}, vm.org_id, vm.team_id)
         for (vm, plugin), (status, detail) in zip(checks, results):
             async with self.rt.store.write() as conn:
                 before = await plugin_q.get_health(conn, vm.id)
@@ -479,7 +479,7 @@ class PluginService:
                 if changed:
                     await ev_q.emit(
                         conn, "vm.health", vm.id,
-                        {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id,
+                        {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id, vm.team_id,
                     )  # fmt: skip
 
     async def _probe(self, vm: Row, plugin: Row) -> tuple[str, str | None]:
