@@ -14,6 +14,7 @@ from ...errors import InvalidRequest
 from ...events import wire
 from ...events.bus import EventBus, GoingAway, SlowConsumer
 from ...events.types import check_patterns
+from ..middleware import NO_STORE
 from .deps import ERRORS, CallerDep, RuntimeDep
 
 router = APIRouter(tags=["events"])
@@ -35,7 +36,8 @@ async def ws_ticket(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     or as `?wsTicket=` (query strings are kept out of the server's logs)."""
     ticket, expires = await rt.tenancy.ws_ticket(who)
     return JSONResponse(
-        {"ticket": ticket, "expiresAt": clock.rfc3339(expires), "subprotocols": ["vmplane", f"ticket.{ticket}"]}, status_code=201
+        {"ticket": ticket, "expiresAt": clock.rfc3339(expires), "subprotocols": ["vmplane", f"ticket.{ticket}"]}, status_code=201,
+        headers=NO_STORE,  # a secret: never kept for an Idempotency-Key replay
     )
 
 
