@@ -10,6 +10,11 @@ Each request carries `X-Vmplane-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, 
 outbound policy (outbound.py), checked again at each delivery; redirects are not followed, the
 receiver's answer is not read past its status, and a webhook's own headers never replace
 `Host`, the body's framing, vmplane's own headers or a hop-by-hop header.
+
+A webhook gets the events the credential that made it could see (its organization's; a
+team-scoped key's, its team's: `types.sees`); one whose credential ended (revoked, expired,
+its user gone) is disabled at the next dispatch, saying why, and what was queued for it is
+not sent (services/scopes.py).
 """
 
 import asyncio
@@ -157,7 +162,8 @@ class WebhookDelivery:
                     return
                 hooks = await wh_q.list_webhooks(conn, enabled_only=True)
                 now = clock.now()
-                ended = [h for h in hooks if await self._disable_if_ended(conn, h, now)]
+                verdicts: dict[scopes.Scope, str | None] = {}  # one check per credential, not per hook
+                ended = [h for h in hooks if await self._disable_if_ended(conn, h, now, verdicts)]
                 hooks = [h for h in hooks if h not in ended]
                 out = []
                 for r in rows:
@@ -186,9 +192,13 @@ class WebhookDelivery:
                 return
 
     @staticmethod
-    async def _disable_if_ended(conn: Any, hook: Row, now: float) -> bool:
-        """Disable (saying why) a hook whose credential may no longer act: True if so."""
-        why = await scopes.why_ended(conn, scopes.of_row(hook), now)
+    async def _disable_if_ended(conn: Any, hook: Row, now: float, verdicts: dict[Any, str | None]) -> bool:
+        """Disable (saying why) a hook whose credential may no longer act: True if so.
+        `verdicts`: the answers already found for each scope in this pass."""
+        scope = scopes.of_row(hook)
+        if scope not in verdicts:
+            verdicts[scope] = await scopes.why_ended(conn, scope, now)
+        why = verdicts[scope]
         if why is None:
             return False
         await scopes.disable(conn, "webhook", hook, why)
