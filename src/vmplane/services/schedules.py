@@ -126,7 +126,7 @@ class ScheduleService:
 
     async def stats(self, who: Principal) -> dict[str, int]:
         async with self.rt.store.read() as conn:
-            s = await sch_q.stats(conn, who.org_id)
+            s = await sch_q.stats(conn, who.org_id, who.team_id)
         return {
             "totalSchedules": int(s.total), "enabledSchedules": int(s.enabled), "disabledSchedules": int(s.total - s.enabled),
             "totalRuns": int(s.runs), "successfulRuns": int(s.ok), "failedRuns": int(s.failed),
