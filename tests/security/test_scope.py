@@ -8,6 +8,7 @@ key (blue), a read-only key, and another organization's owner.
   disabled with the reason, and does not act (no job, no delivery, no replica);
 - a team key lists, reads and cancels only its team's jobs (others: 404), its SSE, WebSocket
   and HyperSDK /ws streams carry only its team's events, and its webhooks only its team's;
+- a JWT-made schedule acts as the subject's membership until the subject leaves;
 - Idempotency-Key answers are kept per credential and only for what was authorized; a replay
   of an answer that carried a secret (a key, a WebSocket ticket) is 409
   `idempotency_replay_unavailable`.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import websockets
 from sqlalchemy import select, update
@@ -400,6 +402,30 @@ async def test_idempotency_is_per_credential_authorized_first_and_keeps_no_secre
         r3 = await rita_all.post("/api/v1/vms", json=[{"name": "idem"}], headers={"Idempotency-Key": "vm-1"})
         assert r3.headers.get("idempotent-replayed") == "true" and r3.json() == r.json()
         await rita_all.aclose()
+    finally:
+        await t.aclose()
+
+
+async def test_a_jwt_made_schedule_acts_as_the_subjects_membership_until_the_subject_leaves(server_factory: Any) -> None:
+    secret = "s" * 40
+    server = await server_factory(jwt_secret=secret)
+    t = await tenants(server)
+    try:
+        org = (await t.owner.get("/api/v1/org")).json()["id"]
+        await _key(t.owner, "jill", "member")
+        token = jwt.encode({"sub": "jill", "org": org, "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+        jill = httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}"})
+        r = await _schedule(jill, {"method": "POST", "path": "/api/v1/vms", "body": [{"name": "jill-1"}]})
+        assert r.status_code == 201, r.text
+        sch = r.json()
+        assert sch["scope"]["credential"] == "jwt" and sch["scope"]["teamId"] is None and sch["scope"]["readOnly"] is False
+        r = await t.owner.post(f"/api/v1/schedules/{sch['id']}/trigger")  # acts as jill (a member) while she is one
+        assert r.status_code == 200 and r.json()["jobId"], r.json()
+        assert (await t.owner.delete("/api/v1/users/jill")).status_code == 204
+        got = (await t.owner.get(f"/api/v1/schedules/{sch['id']}")).json()
+        assert got["enabled"] is False and "no longer a member" in got["disabledReason"], got
+        assert (await t.owner.post(f"/api/v1/schedules/{sch['id']}/trigger")).status_code == 409
+        await jill.aclose()
     finally:
         await t.aclose()
 
