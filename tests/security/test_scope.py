@@ -7,7 +7,8 @@ key (blue), a read-only key, and another organization's owner.
 - a schedule, webhook or deployment whose key is revoked, has expired, or whose user left is
   disabled with the reason, and does not act (no job, no delivery, no replica);
 - a team key lists, reads and cancels only its team's jobs (others: 404), its SSE, WebSocket
-  and HyperSDK /ws streams carry only its team's events, and its webhooks only its team's;
+  HyperSDK /ws and Volant SSE streams carry only its team's events, and its webhooks only
+  its team's;
 - a JWT-made schedule acts as the subject's membership until the subject leaves;
 - Idempotency-Key answers are kept per credential and only for what was authorized; a replay
   of an answer that carried a secret (a key, a WebSocket ticket) is 409
@@ -306,6 +307,7 @@ async def test_a_team_keys_streams_and_webhooks_carry_only_its_teams_events(serv
         sse: list[dict[str, Any]] = []
         native_ws: list[dict[str, Any]] = []
         hyper_ws: list[dict[str, Any]] = []
+        volant: list[dict[str, Any]] = []
         ws_base = server.url.replace("http", "ws")
         red_key = {"X-API-Key": t.keys["red"]}
 
@@ -316,6 +318,13 @@ async def test_a_team_keys_streams_and_webhooks_carry_only_its_teams_events(serv
                     if line.startswith("data: "):
                         sse.append(json.loads(line[6:]))
 
+        async def read_volant() -> None:
+            async with t.red.stream("GET", "/compat/volant/api/v1/events/vms", timeout=httpx.Timeout(30, read=None)) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: "):
+                        volant.append(json.loads(line[6:]))
+
         async def read_ws(url: str, into: list[dict[str, Any]]) -> None:
             async with websockets.connect(url, additional_headers=red_key) as ws:
                 async for msg in ws:
@@ -323,6 +332,7 @@ async def test_a_team_keys_streams_and_webhooks_carry_only_its_teams_events(serv
 
         readers = [
             asyncio.create_task(read_sse()),
+            asyncio.create_task(read_volant()),
             asyncio.create_task(read_ws(ws_base + "/api/v1/events/ws", native_ws)),
             asyncio.create_task(read_ws(ws_base + f"{P}/ws", hyper_ws)),
         ]
@@ -339,7 +349,9 @@ async def test_a_team_keys_streams_and_webhooks_carry_only_its_teams_events(serv
         def has(where: list[dict[str, Any]], needle: str) -> bool:
             return needle in json.dumps(where)
 
-        await until(lambda: has(sse, red_job) and has(native_ws, red_job) and has(hyper_ws, red_imp), 20, "red's own events")
+        await until(
+            lambda: has(sse, red_job) and has(native_ws, red_job) and has(hyper_ws, red_imp) and has(volant, "red-1"), 20, "red's own events"
+        )
         await until(lambda: any(r["body"] and red_vm in json.dumps(r["body"]) for r in receiver.requests), 20, "red's own delivery")
         await asyncio.sleep(1.0)  # anything else on its way arrives now
         for r_ in readers:
@@ -350,6 +362,8 @@ async def test_a_team_keys_streams_and_webhooks_carry_only_its_teams_events(serv
             for foreign in (blue_vm, blue_job, other_vm, other_job, owner_vm, owner_job, blue_imp):
                 assert foreign not in got, (where, foreign)
         assert red_vm in json.dumps(sse) and red_vm in json.dumps(native_ws)
+        # Volant's stream names VMs (the face's identity of a VM): only red's
+        assert {e["name"] for e in volant} == {"red-1"}, volant
         # the organization's owner sees both teams' events
         types = await event_types(server, t.owner, "vm.created")
         assert len(types) >= 3
