@@ -6,7 +6,7 @@ key (blue), a read-only key, and another organization's owner.
   run records the 404) though the key's user is an admin of the whole organization;
 - a schedule, webhook or deployment whose key is revoked, has expired, or whose user left is
   disabled with the reason, and does not act (no job, no delivery, no replica);
-- a team key lists, reads and cancels only its team's jobs (others: 404), its SSE, WebSocket
+- a team key lists, reads and cancels only its team's jobs (others: 404), its SSE, WebSocket,
   HyperSDK /ws and Volant SSE streams carry only its team's events, and its webhooks only
   its team's;
 - a JWT-made schedule acts as the subject's membership until the subject leaves;
