@@ -6,7 +6,8 @@ key (blue), a read-only key, and another organization's owner.
   run records the 404) though the key's user is an admin of the whole organization;
 - a schedule, webhook or deployment whose key is revoked, has expired, or whose user left is
   disabled with the reason, and does not act (no job, no delivery, no replica);
-- a team key lists, reads and cancels only its team's jobs (others: 404), its SSE, WebSocket,
+- a team key lists, reads and cancels only its team's jobs (others: 404; Blue Lobster's tasks
+  too), its SSE, WebSocket,
   HyperSDK /ws and Volant SSE streams carry only its team's events, and its webhooks only
   its team's;
 - a JWT-made schedule acts as the subject's membership until the subject leaves;
@@ -281,6 +282,11 @@ async def test_a_team_key_lists_reads_and_cancels_only_its_teams_jobs(server: Se
         assert (await t.red.get(f"/api/v1/jobs/{blue_job}/tasks/{blue_task}")).status_code == 404
         assert (await t.other.get(f"/api/v1/jobs/{blue_job}")).status_code == 404
         assert (await t.red.get(f"/api/v1/jobs/{red_job}")).status_code == 200
+        # the Blue Lobster face's tasks are these jobs: the same rule
+        assert (await t.red.get(f"/compat/bluelobster/api/v1/tasks/{blue_job}")).status_code == 404
+        assert (await t.red.get(f"/compat/bluelobster/api/v1/tasks/{red_job}")).status_code == 200
+        listed = json.dumps((await t.red.get("/compat/bluelobster/api/v1/tasks")).json())
+        assert red_job in listed and blue_job not in listed
         # a job still running: red cannot cancel blue's (404, and it is not cancelled)
         r = await t.blue.post(f"/api/v1/vms/{blue_vm}/reboot")
         assert r.status_code == 202, r.text
