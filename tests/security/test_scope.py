@@ -7,9 +7,8 @@ key (blue), a read-only key, and another organization's owner.
 - a schedule, webhook or deployment whose key is revoked, has expired, or whose user left is
   disabled with the reason, and does not act (no job, no delivery, no replica);
 - a team key lists, reads and cancels only its team's jobs (others: 404; Blue Lobster's tasks
-  too), its SSE, WebSocket,
-  HyperSDK /ws and Volant SSE streams carry only its team's events, and its webhooks only
-  its team's;
+  too), its SSE, WebSocket, HyperSDK /ws and Volant SSE streams carry only its team's events,
+  and its webhooks only its team's;
 - a JWT-made schedule acts as the subject's membership until the subject leaves;
 - Idempotency-Key answers are kept per credential and only for what was authorized; a replay
   of an answer that carried a secret (a key, a WebSocket ticket) is 409
