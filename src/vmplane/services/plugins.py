@@ -461,7 +461,7 @@ class PluginService:
         async with self.rt.store.read() as conn:
             recorded = (await conn.execute(select(plugin_health.c.vm_id, plugin_health.c.status))).all()
             stale = [r.vm_id for r in recorded if r.vm_id not in checked]
-            q = select(vms_t.c.id, vms_t.c.name, vms_t.c.status, vms_t.c.org_id).where(vms_t.c.id.in_(stale))
+            q = select(vms_t.c.id, vms_t.c.name, vms_t.c.status, vms_t.c.org_id, vms_t.c.team_id).where(vms_t.c.id.in_(stale))
             states = {r.id: r for r in (await conn.execute(q)).all()} if stale else {}
         async with self.rt.store.write() as conn:  # deleted VMs forgotten; stopped ones no longer checked
             await plugin_q.forget_health(conn, [v for v in stale if v not in states])
