@@ -3,8 +3,8 @@
 Sets `request.state.principal` (or `auth_error`) from `X-API-Key`, `Authorization: Bearer`
 (an API key or a JWT), a one-time WebSocket ticket or key in `Sec-WebSocket-Protocol`, or —
 for requests vmplane makes to itself, such as a schedule replaying its request — a
-per-process secret naming the schedule's owner. Routes then require a principal (401) and the
-right role (403).
+per-process secret naming the schedule's owner and the scope of the credential that made it
+(services/scopes.py). Routes then require a principal (401) and the right role (403).
 
 Two token buckets: one per client address in front of authentication, which anonymous
 requests spend (1) and failed authentications spend twice (2) and which, once empty, refuses
