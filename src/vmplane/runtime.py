@@ -32,6 +32,7 @@ from .services.jobs import JobService
 from .services.moves import MoveService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
+from .services import scopes
 from .services.schedules import ScheduleService
 from .services.deployments import DeploymentService
 from .services.vmconfig import VmConfigService
@@ -302,11 +303,13 @@ class Runtime:
                         await vm_q.set_status(conn, vm_id, values.pop("status"), updated_at=now, **values)
                 log.warning("reconciled %d VM(s) on %s with the hypervisor", len(changes), node_id)
 
-    def internal_headers(self, user_id: str, org_id: str) -> dict[str, str]:
-        """Headers for a request this process makes to itself as `user_id` of `org_id`."""
-        from .api.identity import ACTING_AS_HEADER, INTERNAL_HEADER
+    def internal_headers(self, user_id: str, org_id: str, scope: str = "") -> dict[str, str]:
+        """Headers for a request this process makes to itself as `user_id` of `org_id`, with
+        the scope of a stored credential (services/scopes.Scope.header; none: the user's
+        organization-wide membership)."""
+        from .api.identity import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
 
-        return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}"}
+        return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}", ACTING_SCOPE_HEADER: scope}
 
     async def _maintain(self) -> None:
         """Housekeeping every minute: event and audit retention, expired idempotency keys (by
@@ -319,6 +322,7 @@ class Runtime:
                         await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
                         await idem_q.forget_older_than(conn, now - 86400)
                         await t_q.prune_audit(conn, before=now - self.settings.audit_retention_days * 86400)
+                    await scopes.sweep_expired(self)  # schedules, webhooks, deployments of keys that expired
                 await self.tenancy.flush_key_use()
             except Exception:
                 log.exception("housekeeping failed")

@@ -143,7 +143,7 @@ async def test_an_idempotent_key_creation_replayed_does_not_give_the_key_back(ho
     before = [k["id"] for k in (await c.get("/api/v1/api-keys")).json()["items"]]
     r = await c.post("/api/v1/api-keys", json={"name": "once"}, headers={"Idempotency-Key": "key-once"})
     assert r.status_code == 409, r.text
-    assert r.json()["code"] == "secret_not_replayed"
+    assert r.json()["code"] == "idempotency_replay_unavailable"
     assert r.json()["details"] == {"status": 201, "id": host.idem_body["id"]}
     assert r.headers.get("idempotent-replayed") == "true" and r.headers.get("cache-control") == "no-store"
     assert host.api_key not in r.text and host.api_key[:14] not in r.text

@@ -3,8 +3,8 @@
 Sets `request.state.principal` (or `auth_error`) from `X-API-Key`, `Authorization: Bearer`
 (an API key or a JWT), a one-time WebSocket ticket or key in `Sec-WebSocket-Protocol`, or —
 for requests vmplane makes to itself, such as a schedule replaying its request — a
-per-process secret naming the schedule's owner. Routes then require a principal (401) and the
-right role (403).
+per-process secret naming the schedule's owner and the scope of the credential that made it
+(services/scopes.py). Routes then require a principal (401) and the right role (403).
 
 Token buckets: one per client address in front of authentication, which anonymous requests
 spend (1) and failed authentications spend twice (2) and which, once empty, refuses (429 with
@@ -27,12 +27,16 @@ from .. import clock
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
 from ..errors import Unauthorized
 from ..lru import TtlLru
+from ..services import scopes
 from ..store import tenancy as t_q
 from .metrics import route_template
 from .middleware import StatusWatch, refuse
 
 INTERNAL_HEADER = "x-vmplane-internal"
 ACTING_AS_HEADER = "x-vmplane-acting-as"
+ACTING_SCOPE_HEADER = "x-vmplane-acting-scope"
+"""with the internal secret: the stored scope (services/scopes.Scope.header) the request acts
+with, so a schedule made with a team-scoped or read-only key replays as exactly that key"""
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
 METRICS_PATH = "/metrics"
@@ -177,7 +181,8 @@ class Identity:
             if not hmac.compare_digest(value.encode(), self.rt.internal_token.encode()):
                 raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
-            return await t.principal_for_internal(user_id, org_id)
+            credential, team_id, read_only = scopes.parse_header(headers.get(ACTING_SCOPE_HEADER, ""))
+            return await scopes.acting(self.rt, scopes.Scope(org_id, user_id, credential, team_id, read_only))
         if kind == "metrics":  # checked in _credential
             scope.setdefault("state", {})["metrics_scrape"] = True  # no principal: it reads /metrics, nothing else
             return None
@@ -214,7 +219,7 @@ class Identity:
             self.rt.tenancy.failed_auths.note(address, scope.get("method", "WS"), scope["path"])
         elif principal is None and not open_path and not state.get("metrics_scrape"):
             self.addresses.spend(address, 1)
-        if principal is not None and scope["type"] == "http" and principal.credential != "internal":
+        if principal is not None and scope["type"] == "http" and (cred is None or cred[0] != "internal"):
             wait = max(self.buckets.wait(principal.limit_key), self.orgs.wait(principal.org_id))
             if wait > 0:
                 why = "rate limit exceeded" if self.buckets.wait(principal.limit_key) else "your organization's rate limit exceeded"

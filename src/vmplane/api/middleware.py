@@ -1,4 +1,5 @@
-"""ASGI middleware: request body limits (size, time, JSON nesting) and Idempotency-Key replay;
+"""ASGI middleware: request body limits (size, time, JSON nesting) and Idempotency-Key replay
+(per credential and its rights; answers that carry a secret are never kept);
 `refuse`, the answer of a middleware that turns a request away, in the shape of the face asked."""
 
 import asyncio
@@ -171,7 +172,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 """Headers of a response that carries a secret (a new API key, an owner key, a join token, a
 webhook secret, a console token): no HTTP cache keeps it, and Idempotency does not either."""
 
-SECRET_NOT_KEPT = "secret_not_replayed"
+SECRET_NOT_KEPT = "idempotency_replay_unavailable"
 
 
 def _carries_secret(headers: list[tuple[str, str]]) -> bool:
@@ -179,24 +180,35 @@ def _carries_secret(headers: list[tuple[str, str]]) -> bool:
 
 
 def caller_of(scope: Scope) -> str:
-    """Who is asking, for Idempotency-Key scoping: the user in their organization."""
+    """Who is asking, for Idempotency-Key scoping: the credential (an API key's id; a JWT's
+    subject; a WebSocket ticket's key) with everything that decides what it may do: its
+    organization, role, team and read-only flag. Another credential of the same user, or the
+    same key after its user's role changed, shares no answer with it: its request runs, and
+    is authorized, as if the key had never been used (at most 128 characters: a digest)."""
     who = scope.get("state", {}).get("principal")
-    return "anonymous" if who is None else f"{who.user_id}@{who.org_id}"
+    if who is None:
+        return "anonymous"
+    rights = f"{who.credential}\0{who.user_id}\0{who.org_id}\0{who.role}\0{who.team_id or ''}\0{int(who.read_only)}"
+    return "cred:" + hashlib.sha256(rights.encode()).hexdigest()
 
 
 class Idempotency:
-    """A POST with `Idempotency-Key` is answered once; the same key from the same caller gets
-    the first response again (24 h). The same key with a different request gets 409.
+    """A POST with `Idempotency-Key` is answered once; the same key from the same credential
+    (with the same rights: `caller_of`) gets the first response again (24 h). The same key
+    with a different request gets 409. Only what was authorized is replayed: the answer is
+    kept for that credential alone, and a request with no valid credential, or one whose
+    first answer was a refusal (401, 403, 429), is never kept or replayed.
 
     The key is reserved in the store (a row with status 0) before the request runs, so two
     replicas given the same key at once run it once: the second waits for the first's
     answer and replays it. A reservation left by a replica that died mid-request lapses
     after IN_FLIGHT seconds.
 
-    A response that carries a secret (`Cache-Control: no-store`, see NO_STORE) is never
-    stored: the key remembers only that the request succeeded, and a replay answers 409
-    `secret_not_replayed` naming the status and the id of what was made, so the request is
-    not run twice and the secret is shown once."""
+    A response that carries a secret (`Cache-Control: no-store`, see NO_STORE: API keys,
+    organization owner keys, join tokens and node credentials, webhook secrets, console
+    tokens and WebSocket tickets) is never stored: the key remembers only that the request
+    succeeded, and a replay answers 409 `idempotency_replay_unavailable` naming the status and
+    the id of what was made, so the request is not run twice and the secret is shown once."""
 
     TTL = 24 * 3600
     IN_FLIGHT = 60.0
@@ -211,7 +223,8 @@ class Idempotency:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         key = _header(scope, b"idempotency-key")
-        if key is None:
+        if key is None or scope.get("state", {}).get("principal") is None:
+            # without a valid credential the request is refused (or open): nothing to keep
             return await self.app(scope, receive, send)
         if not 1 <= len(key) <= 255:
             return await send_json(send, 400, {"error": "Idempotency-Key must be 1-255 characters", "code": "invalid_request", "details": {"field": "Idempotency-Key"}})
@@ -242,7 +255,7 @@ class Idempotency:
                 done = False
                 try:
                     await self.app(scope, receive, capture)
-                    if captured.get("status", 500) < 500:
+                    if captured.get("status", 500) < 500 and captured["status"] not in (401, 403, 429):
                         status, headers, text = captured["status"], [h for h in captured["headers"] if h[0].lower() != "content-length"], captured["body"].decode("utf-8", "replace")
                         if _carries_secret(headers):
                             status, headers, text = _secret_refusal(status, text)

@@ -287,3 +287,13 @@ class ErrorOut(BaseModel):
 class HealthOut(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+class ScopeOut(BaseModel):
+    """The scope of the credential a schedule, webhook or deployment was made with, which it
+    acts with (services/scopes.py)."""
+
+    credential: str | None = Field(None, description="the API key's id, `jwt`, or null (made before scopes were recorded)")
+    teamId: str | None = Field(None, description="the key's team: it acts on, and sees, that team's resources only")
+    readOnly: bool = False
+    ownerId: str | None = Field(None, description="the user it acts as")

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 from ..store import Store
 from ..store import events as ev_q
-from .types import Event, matches
+from .types import Event, matches, sees
 
 log = logging.getLogger("vmplane.events")
 
@@ -31,10 +31,13 @@ class GoingAway(SlowConsumer):
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", types: tuple[str, ...] | None, resource: str | None, max_queue: int, org_id: str | None) -> None:
+    def __init__(
+        self, bus: "EventBus", types: tuple[str, ...] | None, resource: str | None, max_queue: int, org_id: str | None, team_id: str | None = None
+    ) -> None:
         self.types = types
         self.resource = resource
         self.org_id = org_id
+        self.team_id = team_id
         self.start_seq = bus.delivered_seq
         """Live events delivered to this subscription all have seq > start_seq."""
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=max_queue)
@@ -43,7 +46,7 @@ class Subscription:
 
     def wants(self, event: Event) -> bool:
         return (
-            (event.org_id is None or self.org_id is None or event.org_id == self.org_id)
+            sees(self.org_id, self.team_id, event)
             and (self.resource is None or event.resource == self.resource)
             and matches(self.types, event.type)
         )
@@ -136,10 +139,12 @@ class EventBus:
 
     @asynccontextmanager
     async def subscribe(
-        self, types: tuple[str, ...] | None = None, resource: str | None = None, max_queue: int | None = None, org_id: str | None = None
+        self, types: tuple[str, ...] | None = None, resource: str | None = None, max_queue: int | None = None, org_id: str | None = None,
+        team_id: str | None = None,
     ) -> AsyncIterator[Subscription]:
-        """`org_id` limits the subscription to one organization's events (and everyone's)."""
-        sub = Subscription(self, types, resource, max_queue or self.max_queue, org_id)
+        """`org_id` limits the subscription to one organization's events (and everyone's);
+        `team_id` within it to one team's (a team-scoped credential's streams)."""
+        sub = Subscription(self, types, resource, max_queue or self.max_queue, org_id, team_id)
         if self._going_away is not None:
             sub.end(self._going_away, going_away=True)
         self._subs.add(sub)
@@ -170,7 +175,7 @@ class EventBus:
             if not rows:
                 return
             for r in rows:
-                event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
+                event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id, r.team_id)
                 for sub in list(self._subs):
                     if sub.dropped is None and event.seq > sub.start_seq and sub.wants(event):
                         if not sub.offer(event):
@@ -189,6 +194,6 @@ class EventBus:
                 return
             for r in rows:
                 seq = r.seq
-                event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
+                event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id, r.team_id)
                 if sub.wants(event):
                     yield event

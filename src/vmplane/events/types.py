@@ -9,11 +9,11 @@ from typing import Any
 VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated", "vm.health")
 JOB_TYPES = ("job.submitted", "job.started", "job.progress", "job.completed", "job.failed", "job.cancelled")
 TASK_TYPES = ("task.started", "task.succeeded", "task.failed", "task.cancelled")
-SCHEDULE_TYPES = ("schedule.triggered", "schedule.completed", "schedule.failed")
+SCHEDULE_TYPES = ("schedule.triggered", "schedule.completed", "schedule.failed", "schedule.disabled")
 NODE_TYPES = ("node.online", "node.offline")
-WEBHOOK_TYPES = ("webhook.delivered", "webhook.failed")
+WEBHOOK_TYPES = ("webhook.delivered", "webhook.failed", "webhook.disabled")
 PLUGIN_TYPES = ("plugin.installed", "plugin.enabled", "plugin.disabled", "plugin.deleted")
-DEPLOYMENT_TYPES = ("deployment.created", "deployment.updated", "deployment.deleted", "deployment.reconciled")
+DEPLOYMENT_TYPES = ("deployment.created", "deployment.updated", "deployment.deleted", "deployment.reconciled", "deployment.disabled")
 ALL_TYPES = VM_TYPES + JOB_TYPES + TASK_TYPES + SCHEDULE_TYPES + NODE_TYPES + WEBHOOK_TYPES + PLUGIN_TYPES + DEPLOYMENT_TYPES
 
 PATTERN_RE = re.compile(r"^[a-z*]+(\.[a-z*]+)?$")
@@ -34,6 +34,15 @@ def vm_event_for(status: str) -> str:
 @lru_cache(maxsize=1024)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
+
+
+def sees(org_id: str | None, team_id: str | None, event: "Event") -> bool:
+    """Whether a credential of organization `org_id` (None: every one) and team `team_id`
+    (None: the whole organization) may see `event`: events of every organization, and its
+    organization's events of its team (a team-scoped credential) or of any team."""
+    if event.org_id is None or org_id is None:
+        return True
+    return event.org_id == org_id and (team_id is None or event.team_id == team_id)
 
 
 def matches(patterns: tuple[str, ...] | None, type_: str) -> bool:
@@ -62,5 +71,8 @@ class Event:
     data: dict[str, Any]
     org_id: str | None = None
     """who may see it: one organization, or None for every one"""
+    team_id: str | None = None
+    """within the organization: its credentials of the whole organization, and of this team
+    (None: of the whole organization only)"""
     encoded: bytes | None = field(default=None, compare=False, repr=False)
     """the event's JSON, filled in once by `wire.to_json` and shared by every subscriber"""

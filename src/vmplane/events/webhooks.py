@@ -10,6 +10,11 @@ Each request carries `X-Vmplane-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, 
 outbound policy (outbound.py), checked again at each delivery; redirects are not followed, the
 receiver's answer is not read past its status, and a webhook's own headers never replace
 `Host`, the body's framing, vmplane's own headers or a hop-by-hop header.
+
+A webhook gets the events the credential that made it could see (its organization's; a
+team-scoped key's, its team's: `types.sees`); one whose credential ended (revoked, expired,
+its user gone) is disabled at the next dispatch, saying why, and what was queued for it is
+not sent (services/scopes.py).
 """
 
 import asyncio
@@ -31,7 +36,8 @@ from ..store import events as ev_q
 from ..store import meta as meta_q
 from ..store import webhooks as wh_q
 from . import formats, wire
-from .types import Event, matches
+from ..services import scopes
+from .types import Event, matches, sees
 
 log = logging.getLogger("vmplane.webhooks")
 CURSOR_KEY = "webhooks_cursor"
@@ -157,15 +163,19 @@ class WebhookDelivery:
                     return
                 hooks = await wh_q.list_webhooks(conn, enabled_only=True)
                 now = clock.now()
+                verdicts: dict[scopes.Scope, str | None] = {}  # one check per credential, not per hook
+                ended = [h for h in hooks if await self._disable_if_ended(conn, h, now, verdicts)]
+                hooks = [h for h in hooks if h not in ended]
                 out = []
                 for r in rows:
                     if r.type.startswith("webhook."):  # never announce deliveries by delivering
                         continue
-                    event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id)
+                    event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id, r.team_id)
                     rendered: dict[str, bytes | None] = {}  # by format: each event is written once per format
                     for hook in hooks:
-                        mine = r.org_id is None or r.org_id == hook.org_id
-                        if mine and r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
+                        # the events the hook's credential could see: its organization's, and
+                        # of a team-scoped key's hook its team's only
+                        if sees(hook.org_id, hook.team_id, event) and r.ts >= hook.created_at and matches(tuple(hook.events), r.type):
                             fmt = hook.format or formats.VMPLANE
                             if fmt not in rendered:
                                 rendered[fmt] = wire.to_json(event) if fmt == formats.VMPLANE else await formats.render(conn, event, fmt)
@@ -181,6 +191,19 @@ class WebhookDelivery:
                 await meta_q.put(conn, CURSOR_KEY, str(rows[-1].seq))
             if len(rows) < 500:
                 return
+
+    @staticmethod
+    async def _disable_if_ended(conn: Any, hook: Row, now: float, verdicts: dict[Any, str | None]) -> bool:
+        """Disable (saying why) a hook whose credential may no longer act: True if so.
+        `verdicts`: the answers already found for each scope in this pass."""
+        scope = scopes.of_row(hook)
+        if scope not in verdicts:
+            verdicts[scope] = await scopes.why_ended(conn, scope, now)
+        why = verdicts[scope]
+        if why is None:
+            return False
+        await scopes.disable(conn, "webhook", hook, why)
+        return True
 
     async def deliver_due(self) -> None:
         free = self.concurrency - len(self._inflight)
@@ -202,6 +225,13 @@ class WebhookDelivery:
         assert self._client is not None
         if hook is None:
             return  # the webhook was deleted with its deliveries
+        if hook.disabled_reason is not None:  # its credential ended after this was queued: nothing is sent
+            async with self.store.write() as conn:
+                await wh_q.record_attempt(
+                    conn, d.id, self.owner, status="failed", last_error=f"not sent: the webhook is disabled because {hook.disabled_reason}",
+                    updated_at=clock.now(),
+                )  # fmt: skip
+            return
         status, error, _ms = await post(self._client, self._signing(hook), d.id, d.event_type, d.payload.encode())
         attempts = d.attempts + 1
         now = clock.now()
@@ -220,7 +250,7 @@ class WebhookDelivery:
             self.outcomes["retried"] += 1
         async with self.store.write() as conn:
             if await wh_q.record_attempt(conn, d.id, self.owner, **values) and event is not None:
-                await ev_q.emit(conn, event[0], hook.id, event[1], hook.org_id)
+                await ev_q.emit(conn, event[0], hook.id, event[1], hook.org_id, hook.team_id)
         if values["status"] == "pending":
             asyncio.get_running_loop().call_later(max(0.0, values["next_attempt_at"] - clock.now()) + 0.01, self.poke)
 

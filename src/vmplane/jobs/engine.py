@@ -182,11 +182,17 @@ class JobEngine:
         """
         now = clock.now()
         job_id = ids.new_id("job")
+        # each task carries the team of the VM, snapshot or backup it acts on (other
+        # resources: the caller's team); the job, its tasks' team when they share one
+        found = await q.teams_of(conn, [r for r, _ in items])
+        teams = [found[r] if r in found else who.team_id for r, _ in items]
+        job_team = teams[0] if teams and len(set(teams)) == 1 else (who.team_id if not teams else None)
         job = {
             "id": job_id,
             "type": job_type,
             "state": JobState.QUEUED.value,
             "org_id": who.org_id,
+            "team_id": job_team,
             "created_by": who.user_name,
             "total": len(items),
             "n_succeeded": 0,
@@ -202,6 +208,7 @@ class JobEngine:
                 "id": ids.new_id("task"),
                 "job_id": job_id,
                 "org_id": who.org_id,
+                "team_id": team,
                 "type": task_type or job_type,
                 "resource_id": resource_id,
                 "state": TaskState.QUEUED.value,
@@ -211,7 +218,7 @@ class JobEngine:
                 "cancel_requested": False,
                 "created_at": now,
             }
-            for resource_id, payload in items
+            for (resource_id, payload), team in zip(items, teams)
         ]
         await q.insert_job(conn, job, rows)
         return job_id

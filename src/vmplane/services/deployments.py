@@ -12,6 +12,9 @@ reconciler, for every deployment:
 - with fewer live replicas than desired, new ones are created at the lowest free numbers;
   with more, the highest-numbered are deleted first.
 Every action is an event `deployment.reconciled` {deployment, action, replica, reason, jobId}.
+The reconciler acts with the scope of the credential that made the deployment (its user, team
+and read-only flag; services/scopes.py), and not at all once that key is revoked or expires or
+its user leaves: the deployment is then disabled, saying why (`disabledReason`, an event).
 `readyReplicas` counts replicas that are `running`. With several replicas of vmplane on one
 PostgreSQL only the leader (replicas.py) reconciles; everything it needs is in the store, so
 a restart or a new leader carries on where the last pass stopped.
@@ -35,7 +38,7 @@ from ..errors import Conflict, InvalidRequest, NotFound, VmplaneError
 from ..store import deployments as dep_q
 from ..store import events as ev_q
 from ..store import nodes as node_q
-from . import vmconfig
+from . import scopes, vmconfig
 from .vms import check_name
 
 log = logging.getLogger("vmplane.deployments")
@@ -101,20 +104,21 @@ class DeploymentService:
                 "name must be 1-48 lower-case letters, digits and '-', not starting or ending with '-' (replicas are <name>-<i>)",
                 field="name",
             )
+        scopes.require_write(who, "deployments")
         count = check_replicas(replicas)
         config = vmconfig.check({} if config is None else config)
         vmconfig.resources_of(config)
         now = clock.now()
         row = {
-            "id": ids.new_id("dep"), "name": name, "org_id": who.org_id, "team_id": who.team_id, "owner_id": who.user_id,
-            "replicas": count, "config": config, "created_at": now, "updated_at": now,
+            "id": ids.new_id("dep"), "name": name, "org_id": who.org_id, "replicas": count, "config": config, "created_at": now,
+            "updated_at": now, **scopes.of(who).columns(),
         }  # fmt: skip
         try:
             async with self.rt.store.write() as conn:
                 if await dep_q.get_deployment(conn, name, who.org_id) is not None:  # names are per organization
                     raise Conflict(f"a deployment named {name!r} already exists", field="name")
                 await dep_q.insert_deployment(conn, row)
-                await ev_q.emit(conn, "deployment.created", row["id"], _data(row), who.org_id)
+                await ev_q.emit(conn, "deployment.created", row["id"], _data(row), who.org_id, who.team_id)
         except IntegrityError:
             raise Conflict(f"a deployment named {name!r} was created at the same time", field="name") from None
         self.wake()
@@ -137,7 +141,7 @@ class DeploymentService:
         async with self.rt.store.write() as conn:
             await dep_q.set_deployment(conn, dep.id, **values)
             data = {**_data(dep._mapping), **{k: v for k, v in values.items() if k in ("replicas", "config")}}
-            await ev_q.emit(conn, "deployment.updated", dep.id, data, dep.org_id)
+            await ev_q.emit(conn, "deployment.updated", dep.id, data, dep.org_id, dep.team_id)
         self.wake()
         return await self.get(name, who)
 
@@ -147,7 +151,7 @@ class DeploymentService:
         replicas = await self.replicas(dep)
         async with self.rt.store.write() as conn:
             await dep_q.delete_deployment(conn, dep.id)
-            await ev_q.emit(conn, "deployment.deleted", dep.id, _data(dep._mapping), dep.org_id)
+            await ev_q.emit(conn, "deployment.deleted", dep.id, _data(dep._mapping), dep.org_id, dep.team_id)
         refs = [r.vm.id for r in replicas if r.vm.status != VmStatus.DELETING]
         if not refs:
             return None
@@ -219,10 +223,13 @@ class DeploymentService:
 
     async def reconcile(self, dep: Row) -> None:
         """One pass over one deployment (see the module's docstring)."""
+        if dep.disabled_reason is not None:
+            return
         try:
-            who = await self.rt.tenancy.principal_for_internal(dep.owner_id, dep.org_id)
-        except VmplaneError as exc:
-            log.warning("deployment %s: its owner cannot act any more (%s); not reconciled", dep.name, exc.message)
+            who = await scopes.acting(self.rt, scopes.of_row(dep))
+        except scopes.ScopeEnded as exc:
+            async with self.rt.store.write() as conn:
+                await scopes.disable(conn, "deployment", dep, exc.message)
             return
         replicas = await self.replicas(dep)
         # every replica not lost holds its number, even on its way out: a replica that died is
@@ -289,7 +296,7 @@ class DeploymentService:
         if error is not None:
             data["error"] = error
         async with self.rt.store.write() as conn:
-            await ev_q.emit(conn, "deployment.reconciled", dep.id, data, dep.org_id)
+            await ev_q.emit(conn, "deployment.reconciled", dep.id, data, dep.org_id, dep.team_id)
 
 
 def _data(row: Any) -> dict[str, Any]:

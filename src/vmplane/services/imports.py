@@ -147,6 +147,11 @@ class ImportView:
 STAGE_SPAN = {"connecting": (0, 5), "exporting": (5, 50), "converting": (50, 85), "defining": (85, 92), "starting": (92, 99)}
 
 
+def _visible(row: Row, who: Principal) -> bool:
+    """An import is its organization's, and within it its job's team's (store/imports.py)."""
+    return row.org_id == who.org_id and (who.team_id is None or row.job_team == who.team_id)
+
+
 def view(row: Row) -> ImportView:
     return ImportView(
         row.id, row.job_id, row.vm_id, row.name, dict(row.source), dict(row.options), row.state, row.stage, int(row.bytes_done or 0),
@@ -363,7 +368,7 @@ class ImportService:
     async def get(self, import_id: str, who: Principal) -> ImportView:
         async with self.rt.store.read() as conn:
             row = await imp_q.get_import(conn, import_id)
-        if row is None or row.org_id != who.org_id:
+        if row is None or not _visible(row, who):
             raise NotFound(f"import {import_id} does not exist")
         return view(row)
 
@@ -371,12 +376,12 @@ class ImportService:
         """The import a job does (None: the job is not an import)."""
         async with self.rt.store.read() as conn:
             row = await imp_q.import_of_job(conn, job_id)
-        return view(row) if row is not None and row.org_id == who.org_id else None
+        return view(row) if row is not None and _visible(row, who) else None
 
     async def list(self, who: Principal, *, limit: int = 50, page_token: str | None = None) -> tuple[list[ImportView], str | None]:
         after = pages.decode("imports", page_token)
         async with self.rt.store.read() as conn:
-            rows = await imp_q.list_imports(conn, who.org_id, after_seq=after, limit=limit + 1)
+            rows = await imp_q.list_imports(conn, who.org_id, after_seq=after, limit=limit + 1, team_id=who.team_id)
         token = pages.encode("imports", rows[limit - 1].seq) if len(rows) > limit else None
         return [view(r) for r in rows[:limit]], token
 

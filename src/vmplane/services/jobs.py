@@ -1,4 +1,5 @@
-"""Jobs as users see them: list, details with tasks, a task with its log, cancel."""
+"""Jobs as users see them: list, details with tasks, a task with its log, cancel. A
+team-scoped credential sees (and cancels) only its team's jobs and tasks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from ..store import jobs as job_q
 from . import pages
 
 
+def _visible(row: Row, who: Principal) -> bool:
+    """A job or task of another organization, or of another team for a team-scoped
+    credential, does not exist as far as the caller can tell (404)."""
+    return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
+
+
 class JobService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
@@ -21,7 +28,7 @@ class JobService:
     async def get(self, job_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
         async with self.rt.store.read() as conn:
             job = await job_q.get_job(conn, job_id)
-            if job is None or job.org_id != who.org_id:
+            if job is None or not _visible(job, who):
                 raise NotFound(f"job {job_id} does not exist")
             tasks = await job_q.job_tasks(conn, job_id)
         return job, tasks
@@ -29,7 +36,7 @@ class JobService:
     async def get_task(self, job_id: str, task_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
         async with self.rt.store.read() as conn:
             task = await job_q.get_task(conn, job_id, task_id)
-            if task is None or task.org_id != who.org_id:
+            if task is None or not _visible(task, who):
                 raise NotFound(f"task {task_id} of job {job_id} does not exist")
             log = await job_q.task_log(conn, task_id)
         return task, log
@@ -41,7 +48,7 @@ class JobService:
             raise InvalidRequest(f"state {state!r} is not one of {', '.join(JobState)}", field="state")
         after = pages.decode("jobs", page_token)
         async with self.rt.store.read() as conn:
-            rows = await job_q.list_jobs(conn, state=state, type_=type_, after_seq=after, limit=limit + 1, org_id=who.org_id)
+            rows = await job_q.list_jobs(conn, state=state, type_=type_, after_seq=after, limit=limit + 1, org_id=who.org_id, team_id=who.team_id)
         token = pages.encode("jobs", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
@@ -50,7 +57,7 @@ class JobService:
         from ..store import metrics as metrics_q
 
         async with self.rt.store.read() as conn:
-            by = await metrics_q.jobs_by_type_state(conn, who.org_id)
+            by = await metrics_q.jobs_by_type_state(conn, who.org_id, who.team_id)
         return {state: n for (t, state), n in by.items() if t == type_}
 
     async def wait(self, job_id: str, timeout: float) -> tuple[Row, Sequence[Row]]:

@@ -516,7 +516,7 @@ class PluginService:
         async with self.rt.store.read() as conn:
             recorded = (await conn.execute(select(plugin_health.c.vm_id, plugin_health.c.status))).all()
             stale = [r.vm_id for r in recorded if r.vm_id not in checked]
-            q = select(vms_t.c.id, vms_t.c.name, vms_t.c.status, vms_t.c.org_id).where(vms_t.c.id.in_(stale))
+            q = select(vms_t.c.id, vms_t.c.name, vms_t.c.status, vms_t.c.org_id, vms_t.c.team_id).where(vms_t.c.id.in_(stale))
             states = {r.id: r for r in (await conn.execute(q)).all()} if stale else {}
         async with self.rt.store.write() as conn:  # deleted VMs forgotten; stopped ones no longer checked
             await plugin_q.forget_health(conn, [v for v in stale if v not in states])
@@ -525,7 +525,7 @@ class PluginService:
                 if vm is not None and r.status != UNKNOWN:
                     detail = f"the VM is {vm.status}"
                     await plugin_q.set_health(conn, vm.id, UNKNOWN, detail, now, True)
-                    await ev_q.emit(conn, "vm.health", vm.id, {"id": vm.id, "name": vm.name, "health": UNKNOWN, "detail": detail}, vm.org_id)
+                    await ev_q.emit(conn, "vm.health", vm.id, {"id": vm.id, "name": vm.name, "health": UNKNOWN, "detail": detail}, vm.org_id, vm.team_id)
         for (vm, plugin), (status, detail) in zip(checks, results):
             async with self.rt.store.write() as conn:
                 before = await plugin_q.get_health(conn, vm.id)
@@ -534,7 +534,7 @@ class PluginService:
                 if changed:
                     await ev_q.emit(
                         conn, "vm.health", vm.id,
-                        {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id,
+                        {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id, vm.team_id,
                     )  # fmt: skip
 
     async def _probe(self, vm: Row, plugin: Row) -> tuple[str, str | None]:

@@ -1,5 +1,7 @@
 """Schedules: cron expressions that replay a native API request (one that makes a job) with
-the identity of the schedule's owner, and the scheduler that fires them.
+the scope of the credential that made the schedule (services/scopes.py: its user, team and
+read-only flag; disabled, saying why, once that key is revoked or expires or the user
+leaves), and the scheduler that fires them.
 
 Exactly one run per due time, however many schedulers share the store: a scheduler runs a
 due time only after moving `next_run` past it with a compare-and-set. After downtime there
@@ -22,10 +24,11 @@ from sqlalchemy import Row
 from .. import clock, cron, ids
 from ..auth import Principal
 from ..domain import JobState
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..store import events as ev_q
 from ..store import jobs as job_q
 from ..store import schedules as sch_q
+from . import scopes
 
 log = logging.getLogger("vmplane.schedules")
 
@@ -48,6 +51,12 @@ def check_template(template: dict[str, Any]) -> dict[str, Any]:
     return {"method": method, "path": path, "body": body}
 
 
+def _visible(row: Row, who: Principal) -> bool:
+    """A schedule is its organization's, and a team-scoped credential's only if made with
+    that team's scope."""
+    return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
+
+
 class ScheduleService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
@@ -59,20 +68,22 @@ class ScheduleService:
     async def get(self, schedule_id: str, who: Principal) -> Row:
         async with self.rt.store.read() as conn:
             row = await sch_q.get_schedule(conn, schedule_id)
-        if row is None or row.org_id != who.org_id:
+        if row is None or not _visible(row, who):
             raise NotFound(f"schedule {schedule_id} does not exist")
         return row
 
     async def list(self, who: Principal) -> Sequence[Row]:
         async with self.rt.store.read() as conn:
-            return [s for s in await sch_q.list_schedules(conn) if s.org_id == who.org_id]
+            return [s for s in await sch_q.list_schedules(conn) if _visible(s, who)]
 
     async def create(
         self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str,
         who: Principal, backup_vm_id: str | None = None, keep_last: int | None = None, origin: dict[str, Any] | None = None,
     ) -> Row:
-        """The schedule runs with `who`'s identity (as a user of the organization, not its key).
-        `origin`: what the face that makes it records (its own id, fields the core does not use)."""
+        """The schedule runs with the scope of `who`'s credential (services/scopes.py); a
+        read-only credential makes none. `origin`: what the face that makes it records (its
+        own id, fields the core does not use)."""
+        scopes.require_write(who, "schedules")
         cron.check(schedule, timezone)
         template = check_template(job_template)
         now = clock.now()
@@ -81,7 +92,7 @@ class ScheduleService:
             "job_template": template, "misfire_policy": misfire_policy, "owner": who.user_name,
             "next_run": cron.next_after(schedule, timezone, now) if enabled else None, "last_run": None,
             "run_count": 0, "success_count": 0, "failure_count": 0, "created_at": now, "updated_at": now,
-            "backup_vm_id": backup_vm_id, "keep_last": keep_last, "origin": origin,
+            "backup_vm_id": backup_vm_id, "keep_last": keep_last, "origin": origin, **scopes.of(who).columns(),
         }  # fmt: skip
         async with self.rt.store.write() as conn:
             await self.rt.tenancy.reserve(conn, who.org_id, schedules=1)
@@ -100,6 +111,8 @@ class ScheduleService:
         if "job_template" in values:
             values["job_template"] = check_template(values["job_template"])
         enabled = values.get("enabled", current.enabled)
+        if enabled and current.disabled_reason is not None:
+            raise Conflict(f"schedule {schedule_id} was disabled because {current.disabled_reason}; make a new one", field="enabled")
         now = clock.now()
         values["next_run"] = cron.next_after(expr, tz, now) if enabled else None
         async with self.rt.store.write() as conn:
@@ -114,7 +127,7 @@ class ScheduleService:
 
     async def stats(self, who: Principal) -> dict[str, int]:
         async with self.rt.store.read() as conn:
-            s = await sch_q.stats(conn, who.org_id)
+            s = await sch_q.stats(conn, who.org_id, who.team_id)
         return {
             "totalSchedules": int(s.total), "enabledSchedules": int(s.enabled), "disabledSchedules": int(s.total - s.enabled),
             "totalRuns": int(s.runs), "successfulRuns": int(s.ok), "failedRuns": int(s.failed),
@@ -123,6 +136,8 @@ class ScheduleService:
     async def trigger(self, schedule_id: str, who: Principal) -> dict[str, Any]:
         """Run now, outside the timetable (next_run is unchanged)."""
         sch = await self.get(schedule_id, who)
+        if sch.disabled_reason is not None:
+            raise Conflict(f"schedule {schedule_id} was disabled because {sch.disabled_reason}", field="enabled")
         now = clock.now()
         async with self.rt.store.write() as conn:
             await sch_q.set_schedule(conn, sch.id, last_run=now, run_count=sch.run_count + 1, updated_at=now)
@@ -181,16 +196,28 @@ class ScheduleService:
 
     async def _fire(self, sch: Row, *, due_at: float | None, manual: bool) -> dict[str, Any]:
         now = clock.now()
+        scope = scopes.of_row(sch)
+        try:
+            await scopes.acting(self.rt, scope)  # checked at each run, besides the sweeps
+            ended = None
+        except scopes.ScopeEnded as exc:
+            ended = exc.message
         async with self.rt.store.write() as conn:
             run_seq = await sch_q.add_run(conn, {"schedule_id": sch.id, "due_at": due_at, "triggered_at": now, "manual": manual, "state": "pending"})
-            await ev_q.emit(conn, "schedule.triggered", sch.id, {"id": sch.id, "name": sch.name, "manual": manual, "dueAt": clock.rfc3339(due_at)}, sch.org_id)
+            if ended is not None:
+                error = f"not run: the schedule is disabled because {ended}"
+                await sch_q.set_run(conn, run_seq, state="failed", error=error)
+                await sch_q.count_run(conn, sch.id, False, error, now)
+                await scopes.disable(conn, "schedule", sch, ended)
+                return {"scheduleId": sch.id, "jobId": None, "error": error}
+            await ev_q.emit(conn, "schedule.triggered", sch.id, {"id": sch.id, "name": sch.name, "manual": manual, "dueAt": clock.rfc3339(due_at)}, sch.org_id, sch.team_id)
         t = sch.job_template
         key = f"schedule:{sch.id}:{due_at if due_at is not None else f'manual-{run_seq}'}"
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.rt.app), base_url="http://vmplane.internal") as client:
                 r = await client.request(
                     t["method"], t["path"], json=t.get("body"),
-                    headers={**self.rt.internal_headers(sch.owner_id, sch.org_id), "Idempotency-Key": key},
+                    headers={**self.rt.internal_headers(sch.owner_id, sch.org_id, scope.header()), "Idempotency-Key": key},
                 )  # fmt: skip
             answer = r.json() if r.content else {}
             job_id = answer.get("jobId") if r.status_code == 202 else None
@@ -205,7 +232,7 @@ class ScheduleService:
             else:
                 await sch_q.set_run(conn, run_seq, state="failed", error=error)
                 await sch_q.count_run(conn, sch.id, False, error, clock.now())
-                await ev_q.emit(conn, "schedule.failed", sch.id, {"id": sch.id, "name": sch.name, "error": error}, sch.org_id)
+                await ev_q.emit(conn, "schedule.failed", sch.id, {"id": sch.id, "name": sch.name, "error": error}, sch.org_id, sch.team_id)
         return {"scheduleId": sch.id, "jobId": job_id, "error": error}
 
     async def _retain(self, schedule_id: str) -> None:
@@ -215,7 +242,7 @@ class ScheduleService:
         if sch is None or sch.backup_vm_id is None or not sch.keep_last:
             return
         try:
-            who = await self.rt.tenancy.principal_for_internal(sch.owner_id, sch.org_id)
+            who = await scopes.acting(self.rt, scopes.of_row(sch))
             await self.rt.backups.prune(sch.backup_vm_id, sch.keep_last, who)
         except Exception:  # retention must never stop the scheduler; the next run retries
             log.exception("schedule %s: retention failed", schedule_id)
@@ -239,4 +266,4 @@ class ScheduleService:
                 if sch is not None:
                     await sch_q.count_run(conn, sch.id, ok, error, clock.now())
                     data = {"id": sch.id, "name": sch.name, "jobId": job.id, "jobState": job.state}
-                    await ev_q.emit(conn, "schedule.completed" if ok else "schedule.failed", sch.id, data if ok else {**data, "error": error}, sch.org_id)
+                    await ev_q.emit(conn, "schedule.completed" if ok else "schedule.failed", sch.id, data if ok else {**data, "error": error}, sch.org_id, sch.team_id)

@@ -22,6 +22,7 @@ from ..store import nodes as node_q
 from ..store import snapshots as snap_q
 from ..store import tenancy as t_q
 from ..store import vms as vm_q
+from . import scopes
 from .vms import check_name
 
 log = logging.getLogger("vmplane.auth")
@@ -253,6 +254,7 @@ class TenancyService:
                     raise Forbidden(f"API key {key_id} belongs to a user of your role or higher ({member.role})")
             await t_q.revoke_key(conn, key_id, clock.now())
         self.forget_cached()
+        await scopes.sweep(self.rt, who.org_id, credential=key_id)  # what the key made stops acting
 
     # -- users and teams -----------------------------------------------------------------
 
@@ -304,6 +306,7 @@ class TenancyService:
                 raise Conflict("you cannot remove yourself")
             await t_q.remove_member(conn, who.org_id, user.id, clock.now())
         self.forget_cached()
+        await scopes.sweep(self.rt, who.org_id, owner_id=user.id)  # what the user made stops acting
 
     async def teams(self, who: Principal) -> Sequence[Row]:
         async with self.rt.store.read() as conn:

@@ -1,4 +1,7 @@
 """Webhooks: where events are POSTed. Validation and CRUD; delivery is events/webhooks.py.
+A webhook receives the events the credential that made it could see (its organization's; a
+team-scoped key's, its team's only) and is disabled, saying why, when that credential ends
+(services/scopes.py).
 A webhook's URL must pass the outbound policy (outbound.py) when it is set; every delivery,
 test deliveries included, checks it again."""
 
@@ -14,12 +17,12 @@ from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import Principal
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..events import formats
 from ..events.types import check_patterns
 from ..events.webhooks import RESERVED_HEADERS, post, test_payload
 from ..store import webhooks as wh_q
-from . import pages
+from . import pages, scopes
 from .secrets import SecretBox
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
@@ -61,6 +64,12 @@ def unseal_secret(box: SecretBox, stored: str) -> str:
     return str(box.open(stored)["webhookSecret"])
 
 
+def _visible(row: Row, who: Principal) -> bool:
+    """A webhook is its organization's, and a team-scoped credential's only if made with that
+    team's scope."""
+    return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
+
+
 class WebhookService:
     """Webhooks of organizations. Signing secrets are stored sealed with the data dir's key
     (services/secrets.py, as vCenter credentials are): the database alone does not give them."""
@@ -82,13 +91,13 @@ class WebhookService:
     async def get(self, webhook_id: str, who: Principal) -> Row:
         async with self.rt.store.read() as conn:
             row = await wh_q.get_webhook(conn, webhook_id)
-        if row is None or row.org_id != who.org_id:
+        if row is None or not _visible(row, who):
             raise NotFound(f"webhook {webhook_id} does not exist")
         return row
 
     async def list(self, who: Principal) -> Sequence[Row]:
         async with self.rt.store.read() as conn:
-            return [h for h in await wh_q.list_webhooks(conn) if h.org_id == who.org_id]
+            return [h for h in await wh_q.list_webhooks(conn) if _visible(h, who)]
 
     async def create(
         self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal,
@@ -105,7 +114,7 @@ class WebhookService:
         row = {
             "id": ids.new_id("whk"), "org_id": who.org_id, "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
             "retry_count": retry_count, "headers": headers, "secret": seal_secret(self.rt.secret_box, "whsec_" + secrets.token_urlsafe(32)),
-            "created_by": who.user_name, "created_at": now, "updated_at": now, "format": format,
+            "created_by": who.user_name, "created_at": now, "updated_at": now, "format": format, **scopes.of(who).columns(),
         }  # fmt: skip
         async with self.rt.store.write() as conn:
             await self.rt.tenancy.reserve(conn, who.org_id, webhooks=1)
@@ -113,10 +122,12 @@ class WebhookService:
         return await self.get(row["id"], who)
 
     async def update(self, webhook_id: str, who: Principal, **changes: Any) -> Row:
-        await self.get(webhook_id, who)
+        current = await self.get(webhook_id, who)
         values = {k: v for k, v in changes.items() if v is not None}
         if not values:
             raise InvalidRequest("give at least one field to change", field="body")
+        if values.get("enabled") and current.disabled_reason is not None:
+            raise Conflict(f"webhook {webhook_id} was disabled because {current.disabled_reason}; make a new one", field="enabled")
         if "url" in values:
             check_url(values["url"])
         if "events" in values:

@@ -15,17 +15,22 @@ from .tables import events
 _EVENT_ORDER_LOCK = 7_420_002
 
 
-async def emit(conn: AsyncConnection, type_: str, resource: str | None, data: dict[str, Any], org_id: str | None) -> None:
-    """Queue an event about `resource`, seen by `org_id` only (None: by every organization)."""
-    await emit_many(conn, [(type_, resource, data, org_id)])
+async def emit(
+    conn: AsyncConnection, type_: str, resource: str | None, data: dict[str, Any], org_id: str | None, team_id: str | None = None
+) -> None:
+    """Queue an event about `resource`, seen by `org_id` only (None: by every organization),
+    and within it by its credentials of the whole organization and of team `team_id` only
+    (None: by the whole organization's only)."""
+    await emit_many(conn, [(type_, resource, data, org_id, team_id)])
 
 
-async def emit_many(conn: AsyncConnection, items: Sequence[tuple[str, str | None, dict[str, Any], str | None]]) -> None:
-    """Queue events on the transaction; `flush` writes them just before it commits."""
+async def emit_many(conn: AsyncConnection, items: Sequence[tuple[str, str | None, dict[str, Any], str | None, str | None]]) -> None:
+    """Queue events (type, resource, data, org, team) on the transaction; `flush` writes
+    them just before it commits."""
     if items:
         now = clock.now()
         conn.info.setdefault(EVENTS_FLAG, []).extend(
-            {"type": t, "ts": now, "resource": r, "data": d, "org_id": o} for t, r, d, o in items
+            {"type": t, "ts": now, "resource": r, "data": d, "org_id": o, "team_id": tm} for t, r, d, o, tm in items
         )
 
 
@@ -51,6 +56,7 @@ async def flush(conn: AsyncConnection) -> bool:
                 "ts": [r["ts"] for r in rows],
                 "resource": [r["resource"] for r in rows],
                 "org_id": [r["org_id"] for r in rows],
+                "team_id": [r["team_id"] for r in rows],
                 "data": [json.dumps(r["data"]) for r in rows],
             },
         )
@@ -61,10 +67,11 @@ async def flush(conn: AsyncConnection) -> bool:
 
 _PG_INSERT = text(
     f"WITH ordered AS MATERIALIZED (SELECT pg_advisory_xact_lock({_EVENT_ORDER_LOCK}), pg_notify('{EVENTS_CHANNEL}', ''))"
-    " INSERT INTO events (type, ts, resource, org_id, data)"
-    " SELECT t, ts, r, o, d::json FROM ordered,"
-    " unnest(CAST(:type AS text[]), CAST(:ts AS float8[]), CAST(:resource AS text[]), CAST(:org_id AS text[]), CAST(:data AS text[]))"
-    " AS u(t, ts, r, o, d)"
+    " INSERT INTO events (type, ts, resource, org_id, team_id, data)"
+    " SELECT t, ts, r, o, tm, d::json FROM ordered,"
+    " unnest(CAST(:type AS text[]), CAST(:ts AS float8[]), CAST(:resource AS text[]), CAST(:org_id AS text[]),"
+    " CAST(:team_id AS text[]), CAST(:data AS text[]))"
+    " AS u(t, ts, r, o, tm, d)"
 )
 
 

@@ -1,11 +1,14 @@
-"""SQL for imports."""
+"""SQL for imports. Reads give each import its job's team (`job_team`): an import is seen by
+the whole organization's credentials and its team's."""
 
 from typing import Any, Sequence
 
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .tables import imports
+from .tables import imports, jobs
+
+_WITH_TEAM = select(imports, jobs.c.team_id.label("job_team")).outerjoin(jobs, jobs.c.id == imports.c.job_id)
 
 
 async def insert_import(conn: AsyncConnection, row: dict[str, Any]) -> None:
@@ -13,15 +16,17 @@ async def insert_import(conn: AsyncConnection, row: dict[str, Any]) -> None:
 
 
 async def get_import(conn: AsyncConnection, import_id: str) -> Row | None:
-    return (await conn.execute(select(imports).where(imports.c.id == import_id))).first()
+    return (await conn.execute(_WITH_TEAM.where(imports.c.id == import_id))).first()
 
 
 async def import_of_job(conn: AsyncConnection, job_id: str) -> Row | None:
-    return (await conn.execute(select(imports).where(imports.c.job_id == job_id))).first()
+    return (await conn.execute(_WITH_TEAM.where(imports.c.job_id == job_id))).first()
 
 
-async def list_imports(conn: AsyncConnection, org_id: str, *, after_seq: int | None, limit: int) -> Sequence[Row]:
-    q = select(imports).where(imports.c.org_id == org_id)
+async def list_imports(conn: AsyncConnection, org_id: str, *, after_seq: int | None, limit: int, team_id: str | None = None) -> Sequence[Row]:
+    q = _WITH_TEAM.where(imports.c.org_id == org_id)
+    if team_id is not None:
+        q = q.where(jobs.c.team_id == team_id)
     if after_seq is not None:
         q = q.where(imports.c.seq > after_seq)
     return (await conn.execute(q.order_by(imports.c.seq).limit(limit))).all()

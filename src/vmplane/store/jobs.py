@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..domain import JobState, TaskState, job_final_state, job_progress
 from . import events as ev_q
 from .coordination import TASKS_CHANNEL, notify
-from .tables import jobs, snapshots, task_logs, tasks, vms
+from .tables import backups, jobs, snapshots, task_logs, tasks, vms
 
 FINAL_EVENT = {"succeeded": "job.completed", "partial": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
 
@@ -51,7 +51,7 @@ async def _progress_event(conn: AsyncConnection, job: Row, delta: int) -> None:
     new = job.progress_sum * 10 // (job.total * 100)
     old = (job.progress_sum - delta) * 10 // (job.total * 100)
     if new > old and job.state == JobState.RUNNING.value:
-        await ev_q.emit(conn, "job.progress", job.id, job_data(job), job.org_id)
+        await ev_q.emit(conn, "job.progress", job.id, job_data(job), job.org_id, job.team_id)
 
 ACTIVE = (TaskState.QUEUED.value, TaskState.RUNNING.value)
 
@@ -62,9 +62,22 @@ async def insert_job(conn: AsyncConnection, job: dict[str, Any], task_rows: list
         await conn.execute(insert(tasks), task_rows)
     data = {"id": job["id"], "type": job["type"], "state": job["state"], "progress": 0, "total": job["total"],
             "succeeded": 0, "failed": 0, "cancelled": 0, "createdBy": job["created_by"]}  # fmt: skip
-    await ev_q.emit(conn, "job.submitted", job["id"], data, job["org_id"])
+    await ev_q.emit(conn, "job.submitted", job["id"], data, job["org_id"], job.get("team_id"))
     if task_rows:
         await notify(conn, TASKS_CHANNEL)  # idle replicas claim at once, not at their next poll
+
+
+async def teams_of(conn: AsyncConnection, resource_ids: Collection[str]) -> dict[str, str | None]:
+    """The team of each of these resources that is a VM, a snapshot or a backup (None: the
+    whole organization's); resources of other kinds are left out."""
+    out: dict[str, str | None] = {}
+    wanted = list(set(resource_ids))
+    for table in (vms, snapshots, backups):
+        if len(out) == len(wanted):
+            break
+        q = select(table.c.id, table.c.team_id).where(table.c.id.in_([r for r in wanted if r not in out]))
+        out.update({r.id: r.team_id for r in (await conn.execute(q)).all()})
+    return out
 
 
 async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
@@ -72,11 +85,15 @@ async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
 
 
 async def list_jobs(
-    conn: AsyncConnection, *, state: str | None, type_: str | None, after_seq: int | None, limit: int, org_id: str | None = None
+    conn: AsyncConnection, *, state: str | None, type_: str | None, after_seq: int | None, limit: int, org_id: str | None = None,
+    team_id: str | None = None,
 ) -> Sequence[Row]:
+    """`team_id`: only that team's jobs (a team-scoped caller's)."""
     q = select(jobs)
     if org_id is not None:
         q = q.where(jobs.c.org_id == org_id)
+    if team_id is not None:
+        q = q.where(jobs.c.team_id == team_id)
     if state:
         q = q.where(jobs.c.state == state)
     if type_:
@@ -180,8 +197,8 @@ async def claim_tasks(
         ).all()
         await ev_q.emit_many(
             conn,
-            [("job.started", j.id, job_data(j), j.org_id) for j in started]
-            + [("task.started", t.resource_id, task_data(t), t.org_id) for t in claimed],
+            [("job.started", j.id, job_data(j), j.org_id, j.team_id) for j in started]
+            + [("task.started", t.resource_id, task_data(t), t.org_id, t.team_id) for t in claimed],
         )
     return claimed
 
@@ -263,7 +280,7 @@ async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: 
                 update(jobs).where(jobs.c.id == job_id).values(state=final.value, finished_at=now).returning(*jobs.c)
             )
         ).one()
-        await ev_q.emit(conn, FINAL_EVENT[final.value], job.id, job_data(job), job.org_id)
+        await ev_q.emit(conn, FINAL_EVENT[final.value], job.id, job_data(job), job.org_id, job.team_id)
     else:
         await _progress_event(conn, job, progress_delta)
     return job
@@ -324,7 +341,7 @@ async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[Task
         ).first()
         if task is None:
             continue
-        await ev_q.emit(conn, f"task.{end.state.value}", task.resource_id, task_data(task), task.org_id)
+        await ev_q.emit(conn, f"task.{end.state.value}", task.resource_id, task_data(task), task.org_id, task.team_id)
         n_delta = counts.setdefault((end.job_id, end.state), [0, 0])
         n_delta[0] += 1
         n_delta[1] += 100 - end.old_progress
@@ -354,7 +371,7 @@ async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row
     )
     await conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True, updated_at=now))
     if queued:
-        await ev_q.emit_many(conn, [("task.cancelled", t.resource_id, task_data(t), t.org_id) for t in queued])
+        await ev_q.emit_many(conn, [("task.cancelled", t.resource_id, task_data(t), t.org_id, t.team_id) for t in queued])
         await _count_final(conn, job_id, TaskState.CANCELLED, len(queued), 100 * len(queued), now)
     return list(queued)
 

@@ -75,7 +75,8 @@ async def count_run(conn: AsyncConnection, schedule_id: str, ok: bool, error: st
     )
 
 
-async def stats(conn: AsyncConnection, org_id: str) -> Row:
+async def stats(conn: AsyncConnection, org_id: str, team_id: str | None = None) -> Row:
+    """Counts of an organization's schedules (of one team's with `team_id`) and their runs."""
     q = select(
         func.count().label("total"),
         func.coalesce(func.sum(case((schedules.c.enabled.is_(True), 1), else_=0)), 0).label("enabled"),
@@ -83,5 +84,7 @@ async def stats(conn: AsyncConnection, org_id: str) -> Row:
         func.coalesce(func.sum(schedules.c.success_count), 0).label("ok"),
         func.coalesce(func.sum(schedules.c.failure_count), 0).label("failed"),
     ).where(schedules.c.org_id == org_id)
+    if team_id is not None:
+        q = q.where(schedules.c.team_id == team_id)
     return (await conn.execute(q)).one()
 

@@ -1,5 +1,6 @@
 """The schema. Times are epoch seconds (float) so SQLite and PostgreSQL behave alike."""
 
+from sqlalchemy import false as sa_false
 from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 metadata = MetaData()
@@ -129,6 +130,7 @@ jobs = Table(
     Column("type", String(32), nullable=False, index=True),
     Column("state", String(16), nullable=False, index=True),
     Column("org_id", String(64), nullable=False, index=True),
+    Column("team_id", String(64), nullable=True),  # the team of what it acts on (NULL: the whole organization's)
     Column("created_by", String(255), nullable=False),
     Column("total", Integer, nullable=False),
     Column("n_succeeded", Integer, nullable=False, default=0),
@@ -149,6 +151,7 @@ tasks = Table(
     Column("id", String(64), nullable=False, unique=True),
     Column("job_id", String(64), nullable=False),
     Column("org_id", String(64), nullable=False),
+    Column("team_id", String(64), nullable=True),  # the team of its resource (NULL: the whole organization's)
     Column("type", String(32), nullable=False),
     Column("resource_id", String(64), nullable=False),
     Column("state", String(16), nullable=False),
@@ -219,6 +222,7 @@ events = Table(
     Column("resource", String(64), nullable=True, index=True),
     Column("org_id", String(64), nullable=True),
     Column("data", JSON, nullable=False),
+    Column("team_id", String(64), nullable=True),  # seen only by the whole organization and this team
 )
 """The event log: `seq` is the event id (SSE `id:`, `Last-Event-ID`), in commit order."""
 
@@ -239,6 +243,12 @@ webhooks = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("format", String(16), nullable=False, default="vmplane", server_default="vmplane"),  # how deliveries are written
+    Column("owner_id", String(64), nullable=True),
+    # the scope of the credential that made it, which it acts with (services/scopes.py)
+    Column("credential", String(64), nullable=True),
+    Column("team_id", String(64), nullable=True),
+    Column("read_only", Boolean, nullable=False, default=False, server_default=sa_false()),
+    Column("disabled_reason", Text, nullable=True),
 )
 
 webhook_deliveries = Table(
@@ -291,6 +301,11 @@ schedules = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("origin", JSON, nullable=True),  # what the face that made it recorded (its own id, fields)
+    # the scope of the credential that made it, which it acts with (services/scopes.py)
+    Column("credential", String(64), nullable=True),
+    Column("team_id", String(64), nullable=True),
+    Column("read_only", Boolean, nullable=False, default=False, server_default=sa_false()),
+    Column("disabled_reason", Text, nullable=True),
     UniqueConstraint("backup_vm_id", name="uq_schedules_backup_vm_id"),
 )
 """Cron schedules; a VM's backup schedule is one with `backup_vm_id` and `keep_last` set."""
@@ -533,6 +548,10 @@ deployments = Table(
     Column("config", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # the rest of the scope of the credential that made it (team_id above; services/scopes.py)
+    Column("credential", String(64), nullable=True),
+    Column("read_only", Boolean, nullable=False, default=False, server_default=sa_false()),
+    Column("disabled_reason", Text, nullable=True),
     UniqueConstraint("org_id", "name", name="uq_deployments_org_name"),
 )
 """Deployments: a desired number of replicas (VMs `<name>-<i>`, in the deployment's

@@ -21,7 +21,7 @@ async def insert_vms(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(vm_tags), tag_rows)
     await ev_q.emit_many(
         conn,
-        [("vm.created", r["id"], {"id": r["id"], "name": r["name"], "status": r["status"], "nodeId": None, "error": None}, r["org_id"]) for r in rows],
+        [("vm.created", r["id"], {"id": r["id"], "name": r["name"], "status": r["status"], "nodeId": None, "error": None}, r["org_id"], r.get("team_id")) for r in rows],
     )
 
 
@@ -92,14 +92,14 @@ async def set_vm(conn: AsyncConnection, vm_id: str, **values: Any) -> None:
     assert "status" not in values, "use set_status"
     row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(**values).returning(*vms.c))).first()
     if row is not None and values.keys() & {"name", "tags", "cpu", "ram_mb", "disk_gb"}:
-        await ev_q.emit(conn, "vm.updated", vm_id, {**_vm_data(row), "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb}, "tags": row.tags}, row.org_id)
+        await ev_q.emit(conn, "vm.updated", vm_id, {**_vm_data(row), "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb}, "tags": row.tags}, row.org_id, row.team_id)
 
 
 async def set_status(conn: AsyncConnection, vm_id: str, status: str, **values: Any) -> None:
     """Change a VM's status (and other fields) and announce it (`vm.running`, `vm.error`, …)."""
     row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(status=status, **values).returning(*vms.c))).first()
     if row is not None:
-        await ev_q.emit(conn, vm_event_for(status), vm_id, _vm_data(row), row.org_id)
+        await ev_q.emit(conn, vm_event_for(status), vm_id, _vm_data(row), row.org_id, row.team_id)
 
 
 async def set_tags(conn: AsyncConnection, vm_id: str, tags: list[str]) -> None:
@@ -112,4 +112,4 @@ async def delete_vm(conn: AsyncConnection, vm_id: str) -> None:
     await conn.execute(delete(vm_tags).where(vm_tags.c.vm_id == vm_id))
     row = (await conn.execute(delete(vms).where(vms.c.id == vm_id).returning(*vms.c))).first()
     if row is not None:
-        await ev_q.emit(conn, "vm.deleted", vm_id, {**_vm_data(row), "status": "deleted"}, row.org_id)
+        await ev_q.emit(conn, "vm.deleted", vm_id, {**_vm_data(row), "status": "deleted"}, row.org_id, row.team_id)

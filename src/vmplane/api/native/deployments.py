@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from ... import clock
+from ...services import scopes
 from ...services.vmconfig import ConfigVersion
 from ..schemas import In
 from .deps import ERRORS, CallerDep, RuntimeDep
@@ -37,6 +38,7 @@ async def deployment_out(rt: Any, row: Any) -> dict[str, Any]:
         "replicaVms": [{"name": r.vm.name, "vmId": r.vm.id, "status": r.vm.status, "nodeId": r.vm.node_id, "lost": r.lost} for r in replicas],
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
+        **scopes.render(row),
     }
 
 

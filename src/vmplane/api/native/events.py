@@ -84,7 +84,7 @@ async def events_sse(
     heartbeat = request.app.state.rt.settings.event_heartbeat_seconds
 
     async def stream() -> AsyncIterator[bytes]:
-        async with bus.subscribe(patterns, resource, request.app.state.rt.settings.event_subscriber_queue, who.org_id) as sub:
+        async with bus.subscribe(patterns, resource, request.app.state.rt.settings.event_subscriber_queue, who.org_id, who.team_id) as sub:
             yield b"retry: 2000\n\n"
             if after is not None:
                 async for event in bus.history(sub, after):
@@ -148,7 +148,7 @@ async def _serve_events_ws(
 
     reader = asyncio.create_task(drain_client())
     try:
-        async with bus.subscribe(patterns, resource, rt.settings.event_subscriber_queue, who.org_id) as sub:
+        async with bus.subscribe(patterns, resource, rt.settings.event_subscriber_queue, who.org_id, who.team_id) as sub:
             await websocket.send_text(await status())
             if after is not None:
                 async for event in bus.history(sub, after):

@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ... import clock
-from ..schemas import In, Page
+from ...services import scopes
+from ..schemas import In, Page, ScopeOut
 from .deps import ERRORS, CallerDep, RuntimeDep
 
 router = APIRouter(tags=["schedules"])
@@ -55,6 +56,8 @@ class ScheduleOut(BaseModel):
     createdBy: str
     createdAt: str
     updatedAt: str
+    scope: ScopeOut
+    disabledReason: str | None = Field(None, description="why it was disabled: the credential that made it was revoked or expired, or its user left")
 
 
 class ScheduleStatsOut(BaseModel):
@@ -78,7 +81,7 @@ def render(s: Any) -> dict[str, Any]:
         "jobTemplate": s.job_template, "misfirePolicy": s.misfire_policy, "nextRun": clock.rfc3339(s.next_run),
         "lastRun": clock.rfc3339(s.last_run), "runCount": s.run_count, "successCount": s.success_count,
         "failureCount": s.failure_count, "lastJobId": s.last_job_id, "lastError": s.last_error, "createdBy": s.owner,
-        "createdAt": clock.rfc3339(s.created_at), "updatedAt": clock.rfc3339(s.updated_at),
+        "createdAt": clock.rfc3339(s.created_at), "updatedAt": clock.rfc3339(s.updated_at), **scopes.render(s),
     }  # fmt: skip
 
 

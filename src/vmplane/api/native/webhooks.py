@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ... import clock
-from ..schemas import In, Page
+from ...services import scopes
+from ..schemas import In, Page, ScopeOut
 from ..middleware import NO_STORE
 from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
 
@@ -44,6 +45,8 @@ class WebhookOut(BaseModel):
     """how deliveries are written: vmplane, or hypersdk (made through the HyperSDK face)"""
     createdAt: str
     updatedAt: str
+    scope: ScopeOut
+    disabledReason: str | None = Field(None, description="why it was disabled: the credential that made it was revoked or expired, or its user left")
 
 
 class WebhookCreatedOut(WebhookOut):
@@ -75,7 +78,7 @@ def render(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "url": row.url, "events": row.events, "enabled": row.enabled, "timeoutSec": row.timeout_sec,
         "retryCount": row.retry_count, "headers": row.headers, "format": row.format, "createdAt": clock.rfc3339(row.created_at),
-        "updatedAt": clock.rfc3339(row.updated_at),
+        "updatedAt": clock.rfc3339(row.updated_at), **scopes.render(row),
     }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from ....domain import Resources
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
+from ...middleware import NO_STORE
 from ...console import bridge
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
@@ -847,7 +848,8 @@ async def console_ticket(instance_id: str, request: Request, rt: RuntimeDep, who
             "type": "serial",
             # under the face's mount point, which a `--face` listener passes through as it is
             "websocket_path": f"{request.scope.get('root_path', '')}/api/v1/instances/{vm.uuid}/console/ws",
-        }
+        },
+        headers=NO_STORE,  # a secret: never kept for an Idempotency-Key replay
     )
 
 

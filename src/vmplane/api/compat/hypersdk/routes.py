@@ -571,7 +571,7 @@ async def _serve_ws(websocket: WebSocket, rt: Any, who: Principal) -> None:
             if text.strip().lower() in ("ping", '{"type":"ping"}') or '"ping"' in text:
                 await send("pong", {})
 
-    async with rt.events.subscribe(types=("job.*", "schedule.*"), org_id=who.org_id) as sub:
+    async with rt.events.subscribe(types=("job.*", "schedule.*"), org_id=who.org_id, team_id=who.team_id) as sub:
         await send("status", await status_data(app, rt, who))
         await send("jobs", {"jobs": await hjobs.query(rt, who, job_ids=None, statuses=None, limit=None)})
         tasks = [asyncio.create_task(c) for c in (statuses(), events(sub), imports_progress(), receive())]

@@ -306,7 +306,7 @@ async def vm_events(request: Request, rt: RuntimeDep, who: CallerDep, _slot: Str
     heartbeat = rt.settings.event_heartbeat_seconds
 
     async def stream() -> AsyncIterator[bytes]:
-        async with bus.subscribe(tuple(wire.SSE_TYPES), None, rt.settings.event_subscriber_queue, who.org_id) as sub:
+        async with bus.subscribe(tuple(wire.SSE_TYPES), None, rt.settings.event_subscriber_queue, who.org_id, who.team_id) as sub:
             yield b": connected\n\n"
             while True:
                 try:

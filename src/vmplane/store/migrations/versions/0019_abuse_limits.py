@@ -1,7 +1,7 @@
 """failed authentications audited in aggregate (audit_log.count), one-time WebSocket tickets
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-06 22:50:00.000000
 """
 
