@@ -1,5 +1,5 @@
 """Migration 0022 (names per organization) on SQLite and PostgreSQL with data in place: a
-store at 0019 with rows in every table it changes is upgraded; the rows survive, the same name
+store at 0021 (the revision before it) with rows in every table it changes is upgraded; the rows survive, the same name
 then fits in two organizations (and the shared namespace) but not twice in one, and plugin
 template references become ids of the plugin owner's template with the manifest's checksum."""
 
@@ -98,7 +98,7 @@ def seed(conn: Connection) -> None:
 
 @pytest.fixture
 async def upgraded(database_url: str) -> str:
-    await on_connection(database_url, upgrade_to("0019"))
+    await on_connection(database_url, upgrade_to("0021"))
     await on_connection(database_url, seed)
     store = Store(database_url)  # what a server does at start: upgrade to head
     await store.open()
