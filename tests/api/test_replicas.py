@@ -84,7 +84,7 @@ async def test_replicas_on_different_data_dirs_have_their_own_nodes(server_facto
     await until(lambda: b.rt.replicas.serving <= a.rt.replicas.elsewhere, "seeing B's nodes")
     # A create naming B's node is left to B; with A's nodes full, one placed by A goes to B's.
     job = await a.create([{"name": "named", "nodeId": "node-4"}, {"name": "a-1"}, {"name": "a-2"}, {"name": "spill"}])
-    assert job["state"] == "succeeded", job
+    assert job["state"] == "succeeded", [(t["resourceId"], t["state"], t.get("error")) for t in job["tasks"]]
     vms = {v["name"]: v["nodeId"] for v in (await a.client.get("/api/v1/vms")).json()["items"]}
     assert vms["named"] == "node-4" and set(vms.values()) == {"node-1", "node-2", "node-3", "node-4"}
     # The nodes keep their ids when the replicas start again, each on its own data dir.
