@@ -1,9 +1,10 @@
 """Helpers of the import tests: OVF descriptors and OVAs built with qemu-img and tarfile."""
 
+import contextlib
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def ovf_descriptor(name: str, cpu: int, memory_mb: int, disk_file: str, disk_size: int, capacity_gib: int, networks: tuple[str, ...] = ("VM Network",), cdrom: bool = True) -> str:
@@ -139,6 +140,29 @@ def require_vcsim() -> str:
     if os.environ.get("VMPLANE_REQUIRE_VCSIM") == "1":
         pytest.fail("VMPLANE_REQUIRE_VCSIM=1 but vcsim is not built (scripts/build-vcsim.sh)")
     pytest.skip("vcsim is not built (scripts/build-vcsim.sh)")
+
+
+@contextlib.contextmanager
+def running_vcsim(root: Path, username: str, password: str) -> Iterator[dict[str, str]]:
+    """govmomi's vCenter simulator on a free loopback port, its datastores under `root`:
+    {url, addr} once it listens; stopped on leaving (skips without it, see require_vcsim)."""
+    import os
+    import re
+    import time
+
+    binary = require_vcsim()
+    out = root / "vcsim.out"
+    env = {**os.environ, "TMPDIR": str(root)}  # its datastores are directories under $TMPDIR
+    proc = subprocess.Popen([binary, "-l", "127.0.0.1:0", "-username", username, "-password", password], stdout=out.open("wb"), stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not (m := re.search(r"GOVC_URL=https://[^@]+@(127\.0\.0\.1:\d+)/sdk", out.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+        yield {"url": f"https://{m.group(1)}/sdk", "addr": m.group(1)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def bootable_ova(s: Any, tmp_path: Path, name: str) -> Path:

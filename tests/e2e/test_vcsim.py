@@ -3,11 +3,8 @@ vCenter simulator (govmomi's vcsim, built from Debian's source package by
 scripts/build-vcsim.sh). Its VMs' disks are empty placeholders: a real VMDK is uploaded over
 one first (datastore /folder PUT); the imported VM's disk must then hold the same bytes."""
 
-import os
-import re
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -15,7 +12,7 @@ import pytest
 
 from vmplane.services import vsphere as vs
 
-from ..imports_support import real_disk_on_vcsim, require_vcsim
+from ..imports_support import real_disk_on_vcsim, running_vcsim
 from ..support import Server, require_qemu
 
 pytestmark = pytest.mark.slow
@@ -24,19 +21,8 @@ USER, PASSWORD = "vcadmin", "vc-Pa55-word"
 
 @pytest.fixture
 async def vcsim(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    binary = require_vcsim()
-    out = tmp_path / "vcsim.out"
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # its datastores are directories under $TMPDIR
-    proc = subprocess.Popen([binary, "-l", "127.0.0.1:0", "-username", USER, "-password", PASSWORD], stdout=out.open("wb"), stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 20
-        while not (m := re.search(r"GOVC_URL=https://[^@]+@(127\.0\.0\.1:\d+)/sdk", out.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
-            time.sleep(0.05)
-        yield {"url": f"https://{m.group(1)}/sdk", "addr": m.group(1)}
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_vcsim(tmp_path, USER, PASSWORD) as vc:
+        yield vc
 
 
 def _conn(vc: dict[str, Any]) -> dict[str, Any]:

@@ -546,25 +546,10 @@ async def test_a_restore_takes_a_disk_as_raw_content(env: Env) -> None:
 @pytest.fixture(scope="module")
 def vcsim_at(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """govmomi's vCenter simulator: the tenant's "vCenter", whose VM disk file is hostile."""
-    import re
-    import time
+    from ..imports_support import running_vcsim
 
-    from ..imports_support import require_vcsim
-
-    binary = require_vcsim()
-    root = tmp_path_factory.mktemp("vcsim")
-    out = root / "vcsim.out"
-    proc = subprocess.Popen([binary, "-l", "127.0.0.1:0", "-username", "vcadmin", "-password", "vc-Pa55-word"],
-                            stdout=out.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(root)})  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while not (m := re.search(r"GOVC_URL=https://[^@]+@(127\.0\.0\.1:\d+)/sdk", out.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
-            time.sleep(0.05)
-        yield {"url": f"https://{m.group(1)}/sdk", "addr": m.group(1)}
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_vcsim(tmp_path_factory.mktemp("vcsim"), "vcadmin", "vc-Pa55-word") as vc:
+        yield vc
 
 
 async def test_a_vsphere_source_with_a_hostile_disk_is_refused(env: Env, vcsim_at: dict[str, str]) -> None:
