@@ -52,6 +52,8 @@ def wrk_latency(url: str, paths: list[str], connections: int, seconds: int, key:
         check=True, capture_output=True, text=True,
     ).stdout
     os.unlink(f.name)
+    refused = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    assert refused is None, f"{refused.group(1)} answers were not 2xx: the figures would measure refusals, not the server\n{out}"
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)

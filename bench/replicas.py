@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port  # noqa: E402
+from common import NO_RATE_LIMITS, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +69,7 @@ async def run(replicas: int, args: argparse.Namespace) -> tuple[float, float, li
     data = Path(tempfile.mkdtemp(prefix="vmplane-bench-replicas-"))
     env = {
         **os.environ,
-        "VMPLANE_RATE_LIMIT_PER_SECOND": "1000000",
-        "VMPLANE_RATE_LIMIT_BURST": "1000000",
+        **NO_RATE_LIMITS,
         "VMPLANE_SIM_LATENCY_MS": str(args.latency_ms),
         "VMPLANE_JOB_CONCURRENCY": str(args.concurrency),
         "VMPLANE_SIM_NODE_CPU": "100000",
