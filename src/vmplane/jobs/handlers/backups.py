@@ -12,7 +12,7 @@ from ...errors import VmplaneError
 from ...store import backups as bkp_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm, while_stopped
+from .base import BaseHandler, find_vm, load_vm, while_stopped
 
 
 async def load_backup(ctx: TaskContext, backup_id: str) -> Row:
@@ -95,7 +95,9 @@ class VmRestore(BaseHandler):
                 work.unlink()
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        vm = await load_vm(ctx)
+        vm = await find_vm(ctx)
+        if vm is None:  # deleted meanwhile
+            return
         runtime = await ctx.rt.registry.driver(vm.node_id).get_vm(vm.id)
         status = VmStatus.RUNNING if runtime and runtime.state == PowerState.RUNNING else VmStatus.STOPPED
         async with ctx.rt.store.write() as conn:

@@ -21,9 +21,14 @@ class BaseHandler:
         return None
 
 
-async def load_vm(ctx: TaskContext) -> Row:
+async def find_vm(ctx: TaskContext) -> Row | None:
+    """The task's VM, or None once it was deleted (a rollback then has nothing to put right)."""
     async with ctx.rt.store.read() as conn:
-        vm = await vm_q.get_vm(conn, ctx.resource_id)
+        return await vm_q.get_vm(conn, ctx.resource_id)
+
+
+async def load_vm(ctx: TaskContext) -> Row:
+    vm = await find_vm(ctx)
     if vm is None:
         raise VmplaneError(f"VM {ctx.resource_id} no longer exists")
     return vm

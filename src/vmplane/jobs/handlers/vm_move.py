@@ -30,7 +30,7 @@ from ...placement import Demand
 from ...store import snapshots as snap_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm, set_status, vm_spec
+from .base import BaseHandler, find_vm, load_vm, set_status, vm_spec
 from .images import ensure_image
 
 log = logging.getLogger("vmplane.jobs")
@@ -156,8 +156,8 @@ class VmMove(BaseHandler):
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         await _undo_target(ctx, cancelled)
-        vm = await load_vm(ctx)
-        if vm.status == VmStatus.UPDATING:
+        vm = await find_vm(ctx)
+        if vm is not None and vm.status == VmStatus.UPDATING:
             await set_status(ctx, vm.id, VmStatus.STOPPED)
 
 
@@ -204,8 +204,8 @@ class VmMigrate(BaseHandler):
         await _remove_from_source(ctx, src, vm.id, source)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        vm = await load_vm(ctx)
-        if vm.node_id == ctx.payload["source"] and (vm.spec or {}).get("moveTo"):
+        vm = await find_vm(ctx)  # None: deleted meanwhile (the target is still cleaned up)
+        if vm is not None and vm.node_id == ctx.payload["source"] and (vm.spec or {}).get("moveTo"):
             try:  # whatever the source was doing for the migration, it stops; the guest runs on
                 await ctx.rt.registry.driver(vm.node_id).migrate_cancel(vm.id)
             except VmplaneError as exc:

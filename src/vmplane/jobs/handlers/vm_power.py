@@ -6,7 +6,7 @@ from ...drivers.base import PowerState
 from ...errors import DriverError, InvalidState, VmplaneError
 from ...services.vms import POWER_ACTIONS
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm, set_status
+from .base import BaseHandler, find_vm, load_vm, set_status
 
 TRANSIENT = {
     "start": VmStatus.STARTING,
@@ -59,7 +59,9 @@ class VmPower(BaseHandler):
             await set_status(ctx, vm_id, VmStatus.STOPPED, started_at=None, error=None)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        vm = await load_vm(ctx)
+        vm = await find_vm(ctx)
+        if vm is None:  # deleted meanwhile
+            return
         if vm.node_id is not None and vm.node_id in ctx.rt.registry:
             try:
                 await self._record(ctx, vm.id)
