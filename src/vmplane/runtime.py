@@ -123,7 +123,7 @@ class Runtime:
         self.stopping = asyncio.Event()
         """set when the server begins to shut down: event streams and consoles end (go_away)"""
         self.consoles = 0
-        """console WebSockets open (api/console.bridge)"""
+        """console WebSockets open (wsconsole.bridge)"""
         self.streams = StreamLimits(settings.max_streams_per_credential, settings.max_streams_per_org)
         """open event streams and consoles per credential and organization"""
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..api.console import bridge
+from ..wsconsole import bridge
 from ..domain import VmSpec
 from ..drivers.base import HypervisorDriver, PowerState
 from ..errors import DriverError, InvalidRequest, InvalidState, Unauthorized, VmplaneError

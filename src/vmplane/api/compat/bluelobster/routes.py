@@ -22,7 +22,7 @@ from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFo
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
 from ...middleware import NO_STORE
-from ...console import bridge
+from ....wsconsole import bridge
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
