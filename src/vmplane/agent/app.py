@@ -30,7 +30,7 @@ from ..domain import VmSpec
 from ..drivers.base import HypervisorDriver, PowerState
 from ..errors import DriverError, InvalidRequest, InvalidState, Unauthorized, VmplaneError
 from ..net.model import Firewall, Nic, parse_firewall
-from . import wire
+from ..drivers import remote_wire as wire
 from .images import ImageStore, WantedFile
 
 log = logging.getLogger("vmplane.agent")

@@ -34,7 +34,7 @@ from ..drivers.base import HypervisorDriver
 from ..outbound import Policy, parse_allow
 from .app import AgentState, create_agent_app, describe, write_private
 from .images import ControlPlaneLink, ImageStore
-from .wire import CONTROL_PREFIX, digest
+from ..drivers.remote_wire import CONTROL_PREFIX, digest
 
 log = logging.getLogger("vmplane.agent")
 

@@ -28,7 +28,7 @@ import httpx
 from .. import outbound
 from ..drivers.base import HypervisorDriver, ImageInfo
 from ..errors import DriverError, InvalidRequest
-from .wire import CONTROL_PREFIX, check_id
+from ..drivers.remote_wire import CONTROL_PREFIX, check_id
 
 log = logging.getLogger("vmplane.agent")
 

@@ -1,6 +1,6 @@
 """The `remote` driver: a node run by `vmplane agent` on another host, reached over HTTP.
 
-Every contract method is one request to the agent (`vmplane.agent.wire` has the shapes); the
+Every contract method is one request to the agent (`drivers/remote_wire.py` has the shapes); the
 agent answers with what its own driver (qemu or sim) did, and an error keeps its type across
 the wire (a `DriverError` stays one, an `InvalidState` stays one). The serial console is a
 WebSocket bridged to a local socket pair, so callers get the (StreamReader, StreamWriter) the
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from ..agent import wire
+from . import remote_wire as wire
 from ..domain import Resources, VmSpec
 from ..errors import DriverError, InvalidRequest
 from ..net.model import Firewall, Nic

@@ -1,6 +1,7 @@
-"""What the control plane and a node agent say to each other: the driver contract's values
-in JSON (camelCase, like the native API), errors that keep their type, a sparse-disk stream
-and NDJSON progress streams for long calls.
+"""What the control plane and a node agent say to each other, spoken by the remote driver
+and by `vmplane.agent`: the driver contract's values in JSON (camelCase, like the native
+API), errors that keep their type, a sparse-disk stream and NDJSON progress streams for long
+calls.
 
 Parsers here take what came over the network: every value is type-checked, and every id that
 becomes a path is checked with `ids.looks_like_id`. A bad value raises `InvalidRequest`.
@@ -8,6 +9,7 @@ becomes a path is checked with `ids.looks_like_id`. A bad value raises `InvalidR
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -19,7 +21,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from .. import errors, ids
 from ..domain import Resources, VmSpec
-from ..drivers.base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
+from .base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 from ..errors import InvalidRequest, VmplaneError
 from ..net.model import Firewall, Nic
 from ..pci import PciDevice
@@ -337,8 +339,6 @@ def sparse_chunks(path: Path) -> Iterator[bytes]:
 
 async def async_sparse_chunks(path: Path) -> AsyncIterator[bytes]:
     """`sparse_chunks`, reading in a worker thread, for a streamed HTTP body."""
-    import asyncio
-
     it = sparse_chunks(path)
     sentinel = object()
     while True:
