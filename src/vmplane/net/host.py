@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..drivers.qemu import procfs
+from .. import procfs
 from ..errors import DriverError
 from . import nft
 from .model import Firewall, Network, bridge_name

@@ -27,11 +27,11 @@ from typing import Any, Sequence
 
 import pycdlib.pycdlibexception
 
-from ... import clock, pci
+from ... import clock, pci, procfs
 from ...domain import Resources, VmSpec
 from ...errors import DriverError, InvalidState
 from ...ids import looks_like_id
-from ...net import host as nethost  # (a module: net.host imports this package's procfs)
+from ...net import host as nethost
 from ...net import ipam
 from ...net.nft import TapGuard
 from ...net.model import Firewall, Nic, Network, tap_name
@@ -47,7 +47,7 @@ from ..base import (
     VmRuntime,
     VmStats,
 )
-from . import confine, images, intake, procfs
+from . import confine, images, intake
 from .agent import AgentNotResponding, GuestAgent
 from .cmdline import DISK_ID, active_forwards, build_argv, hostfwd_rule, user_netdev
 from .images import SUPPORTED_FORMATS
