@@ -33,6 +33,7 @@ from .services.moves import MoveService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services import scopes
+from .services.scopes import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
 from .services.schedules import ScheduleService
 from .services.deployments import DeploymentService
 from .services.vmconfig import VmConfigService
@@ -307,8 +308,6 @@ class Runtime:
         """Headers for a request this process makes to itself as `user_id` of `org_id`, with
         the scope of a stored credential (services/scopes.Scope.header; none: the user's
         organization-wide membership)."""
-        from .api.identity import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
-
         return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}", ACTING_SCOPE_HEADER: scope}
 
     async def _maintain(self) -> None:
