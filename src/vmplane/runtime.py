@@ -17,7 +17,7 @@ from .jobs.engine import JobEngine
 from .outbound import Outbound
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
-from .events.webhooks import WebhookDelivery
+from .services.webhook_delivery import WebhookDelivery
 from .backupstore import BackupStore
 from .services.backups import BackupService
 from .services.billing import Billing

@@ -20,7 +20,7 @@ import pytest
 from vmplane import outbound
 from vmplane.config import Settings
 from vmplane.errors import InvalidRequest
-from vmplane.events.webhooks import post
+from vmplane.services.webhook_delivery import post
 from vmplane.outbound import Policy, Refused, TooLarge, classify, parse_allow
 
 from ..support_outbound import PUBLIC, SECRET, FakeDns, Recorder, fake_dns, loopback_only, metadata, recorders  # noqa: F401

@@ -14,7 +14,8 @@ receiver's answer is not read past its status, and a webhook's own headers never
 A webhook gets the events the credential that made it could see (its organization's; a
 team-scoped key's, its team's: `types.sees`); one whose credential ended (revoked, expired,
 its user gone) is disabled at the next dispatch, saying why, and what was queued for it is
-not sent (services/scopes.py).
+not sent (scopes.py): the credential's scope is a service's rule, which is why delivery
+lives among the services rather than in events/.
 """
 
 import asyncio
@@ -31,13 +32,13 @@ from sqlalchemy import Row, text
 
 from .. import __version__, clock, ids
 from .. import outbound
+from ..events import formats, wire
+from ..events.types import Event, matches, sees
 from ..store import Store
 from ..store import events as ev_q
 from ..store import meta as meta_q
 from ..store import webhooks as wh_q
-from . import formats, wire
-from ..services import scopes
-from .types import Event, matches, sees
+from . import scopes
 
 log = logging.getLogger("vmplane.webhooks")
 CURSOR_KEY = "webhooks_cursor"
