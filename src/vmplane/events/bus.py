@@ -16,7 +16,7 @@ from typing import AsyncIterator
 
 from ..store import Store
 from ..store import events as ev_q
-from .types import Event, matches, sees
+from ..event_types import Event, matches, sees
 
 log = logging.getLogger("vmplane.events")
 

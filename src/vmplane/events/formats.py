@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock
 from ..store.tables import imports, schedules
-from .types import Event
+from ..event_types import Event
 
 VMPLANE = "vmplane"
 HYPERSDK = "hypersdk"

@@ -12,7 +12,7 @@ receiver's answer is not read past its status, and a webhook's own headers never
 `Host`, the body's framing, vmplane's own headers or a hop-by-hop header.
 
 A webhook gets the events the credential that made it could see (its organization's; a
-team-scoped key's, its team's: `types.sees`); one whose credential ended (revoked, expired,
+team-scoped key's, its team's: `event_types.sees`); one whose credential ended (revoked, expired,
 its user gone) is disabled at the next dispatch, saying why, and what was queued for it is
 not sent (scopes.py): the credential's scope is a service's rule, which is why delivery
 lives among the services rather than in events/.
@@ -33,7 +33,7 @@ from sqlalchemy import Row, text
 from .. import __version__, clock, ids
 from .. import outbound
 from ..events import formats, wire
-from ..events.types import Event, matches, sees
+from ..event_types import Event, matches, sees
 from ..store import Store
 from ..store import events as ev_q
 from ..store import meta as meta_q

@@ -19,7 +19,7 @@ from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..events import formats
-from ..events.types import check_patterns
+from ..event_types import check_patterns
 from .webhook_delivery import RESERVED_HEADERS, post, test_payload
 from ..store import webhooks as wh_q
 from . import pages, scopes
