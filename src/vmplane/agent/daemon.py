@@ -31,6 +31,7 @@ import uvicorn
 
 from .. import __version__
 from ..drivers.base import HypervisorDriver
+from ..httpproto import header_timeout
 from ..outbound import Policy, parse_allow
 from .app import AgentState, create_agent_app, describe, write_private
 from .images import ControlPlaneLink, ImageStore
@@ -241,8 +242,6 @@ class Agent:
             self.state = AgentState(driver=driver, data_dir=self.data_dir, images=images)
             app = create_agent_app(self.state)
             sock = _listen(self.cfg.listen_host, self.cfg.listen_port)
-            from ..cli.serving import header_timeout
-
             server = _QuietServer(uvicorn.Config(
                 app, lifespan="off", log_level=logging.getLevelName(log.getEffectiveLevel()).lower(), access_log=False,
                 http=header_timeout(HEADER_TIMEOUT),  # a client trickling its headers does not hold a connection
@@ -279,7 +278,7 @@ class Agent:
 
 
 HEADER_TIMEOUT = 10.0
-"""seconds a client has to send a request's headers (cli/serving.HeaderTimeoutProtocol)"""
+"""seconds a client has to send a request's headers (httpproto.HeaderTimeoutProtocol)"""
 
 
 class _QuietServer(uvicorn.Server):
