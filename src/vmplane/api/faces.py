@@ -12,8 +12,9 @@ a `Location`) work on both listeners, as do the face's `root_paths` (health, met
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send

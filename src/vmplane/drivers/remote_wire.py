@@ -15,16 +15,17 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 from .. import errors, ids
 from ..domain import Resources, VmSpec
-from .base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 from ..errors import InvalidRequest, VmplaneError
 from ..net.model import Firewall, Nic
 from ..pci import PciDevice
+from .base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 
 AGENT_PREFIX = "/agent/v1"
 """Where a node agent serves its driver."""

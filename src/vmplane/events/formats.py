@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock
-from ..store.tables import imports, schedules
 from ..event_types import Event
+from ..store.tables import imports, schedules
 
 VMPLANE = "vmplane"
 HYPERSDK = "hypersdk"

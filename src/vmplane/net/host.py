@@ -45,9 +45,9 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .. import procfs
 from ..errors import DriverError
@@ -188,7 +188,7 @@ class NetworkHost:
             raise DriverError(f"cannot run {argv[0]}: {exc.strerror}") from exc
         try:
             out, err = await asyncio.wait_for(proc.communicate(input), COMMAND_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise DriverError(f"{' '.join(argv[:4])} did not finish in {COMMAND_TIMEOUT:g} s") from None

@@ -25,15 +25,15 @@ import json
 import logging
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 from sqlalchemy import Row, text
 
-from .. import __version__, clock, ids
-from .. import outbound
-from ..events import formats, wire
+from .. import __version__, clock, ids, outbound
 from ..event_types import Event, matches, sees
+from ..events import formats, wire
 from ..store import Store
 from ..store import events as ev_q
 from ..store import meta as meta_q

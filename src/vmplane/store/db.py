@@ -1,9 +1,10 @@
 """The Store: one async engine, short write transactions, migrations at start-up."""
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
