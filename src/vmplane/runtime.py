@@ -77,7 +77,7 @@ class Runtime:
         """PostgreSQL: the session replicas coordinate through (locks, LISTEN/NOTIFY)"""
         self.replicas = Replicas(self, self.coordinator)
         self.registry = ServedRegistry(self.replicas)
-        self.outbound = Outbound(settings, self.store)
+        self.outbound = Outbound(settings, node_q.agent_urls_of(self.store))
         """the one way to fetch a URL on a user's behalf (outbound.py)"""
         self.capacity = Capacity(self.store, settings)
         self.capacity.scope = self.replicas.placement_scope
