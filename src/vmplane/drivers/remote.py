@@ -19,16 +19,19 @@ import hashlib
 import json
 import logging
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-from . import remote_wire as wire
 from ..domain import Resources, VmSpec
 from ..errors import DriverError, InvalidRequest
 from ..net.model import Firewall, Nic
+from . import remote_wire as wire
 from .base import (
     Capabilities,
     ExecResult,
@@ -273,9 +276,6 @@ class RemoteDriver(HypervisorDriver):
         return resp.content
 
     async def open_console(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import WebSocketException
-
         self._check_online()
         u = urlparse(self.url.rstrip("/") + wire.AGENT_PREFIX + f"/vms/{vm_id}/console")
         url = u._replace(scheme="wss" if u.scheme == "https" else "ws").geturl()

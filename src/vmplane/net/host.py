@@ -44,6 +44,7 @@ import pwd
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -144,8 +145,6 @@ def detect() -> Support:
     if not Path("/proc/sys/net/bridge").is_dir():
         modprobe = which("modprobe")
         if modprobe is not None:
-            import subprocess
-
             subprocess.run([modprobe, "br_netfilter"], capture_output=True, timeout=COMMAND_TIMEOUT, check=False)
         if not Path("/proc/sys/net/bridge").is_dir():
             return Support(False, "the kernel has no br_netfilter (modprobe br_netfilter failed)")
