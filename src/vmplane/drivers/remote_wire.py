@@ -265,7 +265,8 @@ def error_from_wire(status: int, body: Any, node_id: str) -> VmplaneError:
     answer is not one of ours: a proxy's error page, say)."""
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         cls = _ERROR_TYPES.get(str(body.get("type")), errors.DriverError)
-        details = body.get("details") if isinstance(body.get("details"), dict) else {}
+        raw = body.get("details")
+        details: dict[str, Any] = raw if isinstance(raw, dict) else {}
         exc = cls.__new__(cls)
         VmplaneError.__init__(exc, body["error"], **details)
         if isinstance(exc, errors.InvalidRequest):

@@ -54,6 +54,7 @@ from .. import procfs
 from ..errors import DriverError
 from . import nft
 from .model import Firewall, Network, bridge_name
+from .nft import TapGuard  # by name: in NetHost's body `nft` is its method
 
 log = logging.getLogger("vmplane.net")
 
@@ -479,7 +480,7 @@ class NetworkHost:
 
     # -- firewalls -------------------------------------------------------------------------
 
-    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall, guards: Iterable[nft.TapGuard] = ()) -> None:
+    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall, guards: Iterable[TapGuard] = ()) -> None:
         """Make the VM's firewall `firewall` on its taps and the guards of its NICs (what
         each may send as), in one transaction."""
         self.require()
