@@ -34,8 +34,8 @@ UNSUCCESSFUL = frozenset({JobState.FAILED, JobState.PARTIAL, JobState.CANCELLED}
 class JobOutcome:
     """A job as a bounded wait left it: ended, or still going when the wait ran out."""
 
-    job: Row
-    tasks: Sequence[Row]
+    job: Row[Any]
+    tasks: Sequence[Row[Any]]
 
     @property
     def state(self) -> JobState:
