@@ -28,6 +28,7 @@ import httpx
 from ..agent import wire
 from ..domain import Resources, VmSpec
 from ..errors import DriverError, InvalidRequest
+from ..http_clients import link_client
 from ..net.model import Firewall, Nic
 from .base import (
     Capabilities,
@@ -120,13 +121,12 @@ class RemoteDriver(HypervisorDriver):
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
+            self._client = link_client(
                 base_url=self.url.rstrip("/") + wire.AGENT_PREFIX,
                 headers={"Authorization": f"Bearer {self.key}"},
                 timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT, pool=None),
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
                 transport=self._transport,
-                trust_env=False,
             )
         return self._client
 

@@ -42,10 +42,7 @@ def _wait(rt: Any) -> float:
 
 async def _finish(rt: Any, job_id: str, what: str) -> None:
     """Wait (bounded) for a job; DriverError (500) if it failed."""
-    job, tasks = await rt.jobs.wait(job_id, _wait(rt))
-    if job.state == "failed":
-        error = next((t.error for t in tasks if t.error), "the job failed")
-        raise DriverError(f"{what} failed: {error}")
+    await rt.jobs.finish(job_id, _wait(rt), what)
 
 
 class _Renderer:
