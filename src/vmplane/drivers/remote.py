@@ -85,8 +85,7 @@ class RemoteDriver(HypervisorDriver):
         self.url = url
         self.key = key
         self.capabilities = wire.remote_capabilities(capabilities)
-        self.hypervisor = capabilities.kind
-        """the agent's own driver: qemu or sim"""
+        """the agent's driver's, as a node of another host (`hypervisor` says qemu or sim)"""
 
     def update(self, url: str, key: str, capabilities: Capabilities) -> None:
         """The agent re-registered (new address, key or capabilities)."""
@@ -95,13 +94,16 @@ class RemoteDriver(HypervisorDriver):
             self._background(old.aclose())
         self.url, self.key = url, key
         self.capabilities = wire.remote_capabilities(capabilities)
-        self.hypervisor = capabilities.kind
 
     # -- liveness ------------------------------------------------------------------------
 
     @property
     def offline(self) -> str | None:
         return self._offline
+
+    def forward_host(self) -> str:
+        """The agent's host, as the control plane reaches it."""
+        return urlparse(self.url).hostname or "127.0.0.1"
 
     def set_offline(self, reason: str | None) -> None:
         """Mark the node offline (calls fail at once, calls in flight are abandoned) or, with

@@ -244,6 +244,9 @@ class QemuDriver(HypervisorDriver):
             return None, None
         return self.machines.live_pid(vm), str(vm.paths.serial)
 
+    def forward_host(self) -> str:
+        return self.host.forward_address or "127.0.0.1"
+
     async def get_vm(self, vm_id: str) -> VmRuntime | None:
         if not looks_like_id(vm_id):
             return None
