@@ -27,7 +27,7 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import urlparse, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import jsonschema
@@ -363,7 +363,7 @@ class PluginService:
         )
         if forward is None or not forward.get("hostPort"):
             raise Conflict(f"VM {vm.name} has no forwarded port to its workload (guest port {port})")
-        host = getattr(driver, "forward_address", None) or urlparse(getattr(driver, "url", "")).hostname or "127.0.0.1"
+        host = driver.forward_host()
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://{f'[{host}]' if ':' in host else host}:{forward['hostPort']}"
