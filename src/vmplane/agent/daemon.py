@@ -38,6 +38,7 @@ from ..drivers.qemu import confine, pick_accel
 from ..drivers.registry import build_qemu_driver
 from ..drivers.remote_wire import CONTROL_PREFIX, digest
 from ..drivers.sim import SimDriver, SimFaults
+from ..http_clients import link_client
 from ..httpproto import header_timeout
 from ..images import ImageBuildError, build_tiny_image, tiny_dir
 from ..outbound import Policy, parse_allow
@@ -248,7 +249,7 @@ class Agent:
             log.warning("node agent (%s driver) serving on %s, data in %s", driver.capabilities.kind, self.cfg.url, self.data_dir)
             status = 0
             try:
-                async with httpx.AsyncClient(base_url=self.cfg.control_plane.rstrip("/"), timeout=httpx.Timeout(15.0, connect=5.0), trust_env=False) as client:
+                async with link_client(base_url=self.cfg.control_plane.rstrip("/"), timeout=httpx.Timeout(15.0, connect=5.0)) as client:
                     delay = 0.5
                     while not self.stopping.is_set():
                         try:

@@ -17,7 +17,7 @@ import jsonschema
 from sqlalchemy import Row
 
 from ..auth import Principal
-from ..errors import DriverError, Forbidden, InvalidRequest, VmplaneError
+from ..errors import Forbidden, InvalidRequest, VmplaneError
 from . import vmconfig
 from .volant_shapes import VM_STATUS, deployment
 
@@ -65,9 +65,7 @@ def vm_summary(row: Row) -> dict[str, Any]:
 
 
 async def _finish(rt: Any, job_id: str, what: str) -> None:
-    job, tasks = await rt.jobs.wait(job_id, rt.settings.compat_wait_seconds)
-    if job.state == "failed":
-        raise DriverError(f"{what} failed: {next((t.error for t in tasks if t.error), 'the job failed')}")
+    await rt.jobs.finish(job_id, rt.settings.compat_wait_seconds, what)
 
 
 # -- operations -----------------------------------------------------------------------------
