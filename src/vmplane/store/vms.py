@@ -5,7 +5,7 @@ from typing import Any, Sequence
 from sqlalchemy import Row, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..events.types import vm_event_for
+from ..event_types import vm_event_for
 from . import events as ev_q
 from .tables import vm_tags, vms
 

@@ -18,7 +18,6 @@ devices belong to their host.
 
 import logging
 import uuid
-from typing import Any
 
 from sqlalchemy import Row
 
@@ -212,8 +211,3 @@ class VmMigrate(BaseHandler):
                 ctx.log(f"Warning: resuming the VM on {vm.node_id}: {exc.message}")
         await _undo_target(ctx, cancelled)
 
-
-def move_payload(source: str, target: str | None) -> dict[str, Any]:
-    """The payload of a vm-move or vm-migrate task: from where, and to where (None: placement
-    chooses)."""
-    return {"source": source, "target": target}

@@ -23,7 +23,7 @@ from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
 from ...middleware import NO_STORE
-from ...console import bridge
+from ....wsconsole import bridge
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire

@@ -19,7 +19,7 @@ from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
 from ...middleware import NO_STORE
 from ....services.vms import NewVm
-from ...console import bridge
+from ....wsconsole import bridge
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire

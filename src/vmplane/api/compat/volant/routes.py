@@ -20,7 +20,7 @@ from .... import clock, pci
 from ....errors import DriverError, Forbidden, InvalidRequest
 from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
-from ....services import vmconfig
+from ....services import vmconfig, volant_shapes
 from ....store import templates as tpl_q
 from ....store import vms as vm_q
 from ...health import readiness
@@ -232,7 +232,7 @@ async def config_history(name: str, rt: RuntimeDep, who: CallerDep, limit: int =
 
 
 async def _deployment_out(rt: Any, row: Row) -> dict[str, Any]:
-    return wire.deployment(row, await rt.deployments.ready_count(row))
+    return volant_shapes.deployment(row, await rt.deployments.ready_count(row))
 
 
 @router.get("/api/v1/deployments")
