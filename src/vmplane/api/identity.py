@@ -178,7 +178,7 @@ class Identity:
                 raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
             credential, team_id, read_only = scopes.parse_header(headers.get(ACTING_SCOPE_HEADER, ""))
-            return await scopes.acting(self.rt, scopes.Scope(org_id, user_id, credential, team_id, read_only))
+            return await scopes.acting(self.rt.store, scopes.Scope(org_id, user_id, credential, team_id, read_only))
         if kind == "metrics":  # checked in _credential
             scope.setdefault("state", {})["metrics_scrape"] = True  # no principal: it reads /metrics, nothing else
             return None

@@ -3,7 +3,7 @@ to the same VM or another one. One backup or restore per VM at a time (409 other
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import Row
 
@@ -11,46 +11,55 @@ from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import backups as bkp_q
-from ..store import schedules as sch_q
-from .vms import visible
+from .vms import get_visible_vm, visible
+
+if TYPE_CHECKING:
+    from ..backupstore import BackupStore
+    from ..drivers.registry import NodeRegistry
+    from ..jobs.engine import JobEngine
+    from ..store import Store
+
 
 GIB = 1 << 30
 
 
 class BackupService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, engine: JobEngine, registry: NodeRegistry, backup_store: BackupStore) -> None:
+        self.store = store
+        self.engine = engine
+        self.registry = registry
+        self.backup_store = backup_store
 
     async def get(self, backup_id: str, who: Principal) -> Row:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await bkp_q.get_backup(conn, backup_id)
         if row is None or not visible(row, who):
             raise NotFound(f"backup {backup_id} does not exist")
         return row
 
     async def list(self, who: Principal, vm_id: str | None = None) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await bkp_q.list_backups(conn, who.org_id, who.team_id, vm_id)
 
     async def in_progress(self, vm_id: str) -> set[str]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await bkp_q.busy(conn, vm_id)
 
-    def _check_capable(self, vm: Row) -> None:
+    def check_capable(self, vm: Row) -> None:
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status} and has no disk yet", current=vm.status)
-        driver = self.rt.registry.driver(vm.node_id)
+        driver = self.registry.driver(vm.node_id)
         if not driver.capabilities.disk_export:
             raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver, which cannot back up disks")
-        if not self.rt.backup_store.available():
+        if not self.backup_store.available():
             raise Conflict("restic is not installed on this server: no backup store")
 
     async def create(self, vm_ref: str, notes: str, who: Principal) -> tuple[str, str]:
-        vm = await self.rt.vms.get(vm_ref, who)
-        self._check_capable(vm)
+        vm = await get_visible_vm(self.store, vm_ref, who)
+        self.check_capable(vm)
         now = clock.now()
         backup_id = ids.new_id("bkp")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await bkp_q.busy(conn, vm.id):
                 raise Conflict(f"VM {vm.id} already has a backup or restore in progress")
             await bkp_q.insert_backup(
@@ -58,13 +67,13 @@ class BackupService:
                 {"id": backup_id, "org_id": vm.org_id, "team_id": vm.team_id, "vm_id": vm.id, "vm_name": vm.name,
                  "status": "running", "notes": notes, "logical_bytes": 0, "added_bytes": 0, "created_at": now},  # fmt: skip
             )
-            job_id = await self.rt.engine.submit(conn, "backup-create", who, [(vm.id, {"backupId": backup_id})])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "backup-create", who, [(vm.id, {"backupId": backup_id})])
+        self.engine.wakeup()
         return job_id, backup_id
 
     async def set_notes(self, backup_id: str, notes: str, who: Principal) -> Row:
         await self.get(backup_id, who)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await bkp_q.set_backup(conn, backup_id, notes=notes)
         return await self.get(backup_id, who)
 
@@ -72,63 +81,31 @@ class BackupService:
         bkp = await self.get(backup_id, who)
         if bkp.status == "running":
             raise InvalidState(f"backup {bkp.id} is still running", current="running")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await bkp_q.set_backup(conn, bkp.id, status="deleting")
-            job_id = await self.rt.engine.submit(conn, "backup-delete", who, [(bkp.id, {})])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "backup-delete", who, [(bkp.id, {})])
+        self.engine.wakeup()
         return job_id
 
     async def restore(self, backup_id: str, target_ref: str, who: Principal) -> str:
         bkp = await self.get(backup_id, who)
         if bkp.status != "succeeded":
             raise InvalidState(f"backup {bkp.id} is {bkp.status}", current=bkp.status)
-        target = await self.rt.vms.get(target_ref, who)
-        self._check_capable(target)
+        target = await get_visible_vm(self.store, target_ref, who)
+        self.check_capable(target)
         if bkp.logical_bytes > target.disk_gb * GIB:
             raise InvalidRequest(f"VM {target.id}'s disk ({target.disk_gb} GB) is smaller than the backup ({bkp.logical_bytes} bytes)", field="targetVmId")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await bkp_q.busy(conn, target.id):
                 raise Conflict(f"VM {target.id} already has a backup or restore in progress")
-            job_id = await self.rt.engine.submit(conn, "vm-restore", who, [(target.id, {"backupId": bkp.id})])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "vm-restore", who, [(target.id, {"backupId": bkp.id})])
+        self.engine.wakeup()
         return job_id
 
     async def prune(self, vm_id: str, keep_last: int, who: Principal) -> list[str]:
         """Delete the VM's succeeded backups beyond the newest `keep_last`; returns their jobs."""
         done = [b for b in await self.list(who, vm_id) if b.status == "succeeded"]
         return [await self.delete(b.id, who) for b in done[keep_last:]]
-
-    # -- backup schedules (a schedule replaying POST /vms/{id}/backups, plus retention) -----
-
-    async def get_schedule(self, vm_ref: str, who: Principal) -> Row:
-        vm = await self.rt.vms.get(vm_ref, who)
-        async with self.rt.store.read() as conn:
-            sch = await sch_q.backup_schedule(conn, vm.id)
-        if sch is None:
-            raise NotFound(f"VM {vm.id} has no backup schedule")
-        return sch
-
-    async def put_schedule(self, vm_ref: str, who: Principal, *, frequency: str, hour: int, day_of_week: int | None, day_of_month: int | None, keep_last: int) -> Row:
-        vm = await self.rt.vms.get(vm_ref, who)
-        self._check_capable(vm)
-        if frequency == "weekly" and day_of_week is None:
-            raise InvalidRequest("weekly schedules need dayOfWeek (0 = Sunday … 6)", field="dayOfWeek")
-        if frequency == "monthly" and day_of_month is None:
-            raise InvalidRequest("monthly schedules need dayOfMonth (1-28)", field="dayOfMonth")
-        expr = {"daily": f"0 {hour} * * *", "weekly": f"0 {hour} * * {day_of_week}", "monthly": f"0 {hour} {day_of_month} * *"}[frequency]
-        template = {"method": "POST", "path": f"/api/v1/vms/{vm.id}/backups", "body": {"notes": f"scheduled ({frequency})"}}
-        async with self.rt.store.read() as conn:
-            existing = await sch_q.backup_schedule(conn, vm.id)
-        if existing is not None:
-            await self.rt.schedules.delete(existing.id, who)
-        return await self.rt.schedules.create(
-            name=f"backup-{vm.name}", schedule=expr, timezone="UTC", enabled=True, job_template=template,
-            misfire_policy="run_once", who=who, backup_vm_id=vm.id, keep_last=keep_last,
-        )  # fmt: skip
-
-    async def delete_schedule(self, vm_ref: str, who: Principal) -> None:
-        sch = await self.get_schedule(vm_ref, who)
-        await self.rt.schedules.delete(sch.id, who)
 
     async def storage(self, who: Principal) -> dict[str, Any]:
         rows = [b for b in await self.list(who) if b.status == "succeeded"]
@@ -142,5 +119,5 @@ class BackupService:
             "items": list(per_vm.values()),
             "logicalBytes": sum(i["logicalBytes"] for i in per_vm.values()),
             "storedBytes": sum(i["storedBytes"] for i in per_vm.values()),
-            "repositoryBytes": await self.rt.backup_store.stored_bytes() if who.operator else None,
+            "repositoryBytes": await self.backup_store.stored_bytes() if who.operator else None,
         }

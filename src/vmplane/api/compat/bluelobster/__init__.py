@@ -62,5 +62,5 @@ ERRORS = Errors(
 def build(rt: Any) -> FastAPI:
     """The face's application (mounted by api/faces.py)."""
     app = build_face("Blue Lobster face", rt, (open_router, router), CONTRACT, ERRORS)
-    app.state.offerings = Offerings(rt)
+    app.state.offerings = Offerings(store=rt.store, capacity=rt.capacity, data_dir=rt.data_dir)
     return app

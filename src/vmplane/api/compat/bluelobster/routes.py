@@ -743,7 +743,7 @@ def _schedule_out(vm: Row, s: Row) -> dict[str, Any]:
 
 async def _schedule(rt: Any, vm: Row, who: Principal) -> Row:
     try:
-        return await rt.backups.get_schedule(vm.id, who)
+        return await rt.schedules.backup_schedule(vm.id, who)
     except NotFound:
         raise BlError(404, "schedule_not_found", f"Instance {vm.uuid} has no backup schedule") from None
 
@@ -769,7 +769,7 @@ async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: Run
         if not ok:
             raise BlError(400, "invalid_schedule", message)
     try:
-        s = await rt.backups.put_schedule(
+        s = await rt.schedules.put_backup_schedule(
             vm.id, who, frequency=body.frequency, hour=body.hour_utc, day_of_week=body.day_of_week,
             day_of_month=body.day_of_month, keep_last=KEEP_LAST,
         )  # fmt: skip
@@ -782,7 +782,7 @@ async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: Run
 async def delete_backup_schedule(vm_uuid: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     vm = await _instance(rt, vm_uuid, who)
     await _schedule(rt, vm, who)
-    await rt.backups.delete_schedule(vm.id, who)
+    await rt.schedules.delete_backup_schedule(vm.id, who)
     return JSONResponse({"status": "success", "message": "Backup schedule deleted", "vm_uuid": vm.uuid})
 
 
