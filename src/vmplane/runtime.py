@@ -9,7 +9,7 @@ from pathlib import Path
 from . import clock, ids
 from .config import Settings
 from .datadir import make_private
-from .domain import NodeStatus, VmStatus
+from .domain import VmStatus
 from .drivers.base import HypervisorDriver, PowerState
 from .drivers.qemu import confine as qemu_confine
 from .drivers.qemu import pick_accel
@@ -272,32 +272,9 @@ class Runtime:
             await node_q.recompute_usage(conn, now)
         return local
 
-    async def register_node(self, node_id: str, driver: HypervisorDriver) -> None:
-        """Record a node this process now serves (capacity, labels) and announce it."""
-        now = clock.now()
-        info = await driver.node_info()
-        row = {
-            "id": node_id,
-            "hostname": info.hostname,
-            "driver": driver.capabilities.kind,
-            "status": NodeStatus.ONLINE.value,
-            "cpu_total": info.cpu,
-            "ram_mb_total": info.ram_mb,
-            "disk_gb_total": info.disk_gb,
-            "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
-            "pci_devices": [d.to_wire() for d in info.pci_devices],
-            "created_at": now,
-            "updated_at": now,
-            "heartbeat_at": now,
-        }
-        async with self.store.write() as conn:
-            await node_q.upsert_node(conn, row)
-            await ev_q.emit(conn, "node.online", node_id, {"id": node_id, "hostname": row["hostname"], "driver": row["driver"]}, None)
-        self.capacity.invalidate()
-
     async def _serve_node(self, node_id: str, driver: HypervisorDriver) -> None:
         """A node this process now serves: record it, and its VMs' states as its driver tells."""
-        await self.register_node(node_id, driver)
+        await self.cluster.register_node(node_id, driver)
         await self.reconcile([(node_id, driver)])
 
     async def reconcile(self, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> None:

@@ -10,6 +10,7 @@ from .. import __version__, clock
 from ..auth import Principal
 from ..domain import NodeStatus
 from ..errors import Forbidden, NotFound
+from ..store import events as ev_q
 from ..store import meta as meta_q
 from ..store import networks as net_q
 from ..store import nodes as node_q
@@ -19,6 +20,7 @@ from .vms import visible
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..drivers.base import HypervisorDriver
     from ..store import Store
     from .capacity import Capacity
 
@@ -28,6 +30,29 @@ class ClusterService:
         self.store = store
         self.settings = settings
         self.capacity = capacity
+
+    async def register_node(self, node_id: str, driver: HypervisorDriver) -> None:
+        """Record a node this process now serves (capacity, labels) and announce it."""
+        now = clock.now()
+        info = await driver.node_info()
+        row = {
+            "id": node_id,
+            "hostname": info.hostname,
+            "driver": driver.capabilities.kind,
+            "status": NodeStatus.ONLINE.value,
+            "cpu_total": info.cpu,
+            "ram_mb_total": info.ram_mb,
+            "disk_gb_total": info.disk_gb,
+            "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
+            "pci_devices": [d.to_wire() for d in info.pci_devices],
+            "created_at": now,
+            "updated_at": now,
+            "heartbeat_at": now,
+        }
+        async with self.store.write() as conn:
+            await node_q.upsert_node(conn, row)
+            await ev_q.emit(conn, "node.online", node_id, {"id": node_id, "hostname": row["hostname"], "driver": row["driver"]}, None)
+        self.capacity.invalidate()
 
     async def node(self, node_id: str) -> Row:
         async with self.store.read() as conn:
