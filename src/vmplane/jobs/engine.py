@@ -51,7 +51,7 @@ class TaskContext:
     """What a handler sees: its task, progress and log reporting, and the collaborators it
     works with (`deps`)."""
 
-    def __init__(self, engine: "JobEngine", row: Row, deps: HandlerDeps) -> None:
+    def __init__(self, engine: "JobEngine", row: Row[Any], deps: HandlerDeps) -> None:
         self._engine = engine
         self.task_id: str = row.id
         self.job_id: str = row.job_id
@@ -141,7 +141,7 @@ class Handler(Protocol):
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         """Undo what a failed or cancelled `run` left half-done."""
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         """The task was cancelled before it started (inside the cancel transaction)."""
 
 
@@ -284,7 +284,7 @@ class JobEngine:
         batch = max(1, self.settings.job_concurrency // 8)
         while not self._stopping:
             free = self.settings.job_concurrency - len(self._running)
-            claimed: list[Row] = []
+            claimed: list[Row[Any]] = []
             # Claim in batches: one claim per finished task would cost a transaction each.
             if free >= batch or (free > 0 and len(self._running) < batch):
                 try:

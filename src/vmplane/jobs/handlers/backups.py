@@ -1,6 +1,7 @@
 """backup-create, backup-delete and vm-restore."""
 
 import contextlib
+from typing import Any
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,7 +16,7 @@ from ..engine import TaskContext
 from .base import BaseHandler, find_vm, load_vm, while_stopped
 
 
-async def load_backup(ctx: TaskContext, backup_id: str) -> Row:
+async def load_backup(ctx: TaskContext, backup_id: str) -> Row[Any]:
     async with ctx.deps.store.read() as conn:
         bkp = await bkp_q.get_backup(conn, backup_id)
     if bkp is None:
@@ -55,7 +56,7 @@ class BackupCreate(BaseHandler):
             else:
                 await bkp_q.set_backup(conn, ctx.payload["backupId"], status="failed", error=error, finished_at=clock.now())
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await bkp_q.delete_backup(conn, task.payload["backupId"])
 
 

@@ -1,6 +1,6 @@
 """What every handler shares: default rollback/discard, and loading the task's VM."""
 
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,17 +17,17 @@ class BaseHandler:
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         return None
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         return None
 
 
-async def find_vm(ctx: TaskContext) -> Row | None:
+async def find_vm(ctx: TaskContext) -> Row[Any] | None:
     """The task's VM, or None once it was deleted (a rollback then has nothing to put right)."""
     async with ctx.deps.store.read() as conn:
         return await vm_q.get_vm(conn, ctx.resource_id)
 
 
-async def load_vm(ctx: TaskContext) -> Row:
+async def load_vm(ctx: TaskContext) -> Row[Any]:
     vm = await find_vm(ctx)
     if vm is None:
         raise VmplaneError(f"VM {ctx.resource_id} no longer exists")
@@ -42,7 +42,7 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
-async def vm_spec(ctx: TaskContext, vm: Row, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
+async def vm_spec(ctx: TaskContext, vm: Row[Any], template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
     """What the VM's driver needs to define it, from the store as it is now."""
     async with ctx.deps.store.read() as conn:
         nics = await ctx.deps.networks.nics(conn, vm)
@@ -62,7 +62,7 @@ async def vm_spec(ctx: TaskContext, vm: Row, template_image: str | None = None, 
     )
 
 
-async def while_stopped(ctx: TaskContext, vm: Row, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
+async def while_stopped(ctx: TaskContext, vm: Row[Any], work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
     """Stop the VM if it runs, run `work(driver)`, start the VM again if it was running; the
     VM's final status is recorded with the task's end."""
     driver = ctx.deps.registry.driver(vm.node_id)

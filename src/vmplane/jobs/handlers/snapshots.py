@@ -1,5 +1,7 @@
 """snapshot-create, snapshot-delete and vm-revert."""
 
+from typing import Any
+
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -12,7 +14,7 @@ from ..engine import TaskContext
 from .base import BaseHandler, load_vm, while_stopped
 
 
-async def load_snapshot(ctx: TaskContext, snapshot_id: str) -> Row:
+async def load_snapshot(ctx: TaskContext, snapshot_id: str) -> Row[Any]:
     async with ctx.deps.store.read() as conn:
         snap = await snap_q.get_snapshot(conn, snapshot_id)
     if snap is None:
@@ -44,7 +46,7 @@ class SnapshotCreate(BaseHandler):
         async with ctx.deps.store.write() as conn:
             await snap_q.delete_snapshot(conn, snap_id)
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await snap_q.delete_snapshot(conn, task.payload["snapshotId"])
 
 

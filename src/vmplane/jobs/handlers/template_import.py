@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import httpx
@@ -61,7 +62,7 @@ class TemplateImport(BaseHandler):
             )
         ctx.log(f"ready: {info.format}, {info.virtual_size} bytes, sha256 {digest[:16]}…")
 
-    async def _as_initramfs(self, ctx: TaskContext, tpl: Row, dest: Path, digest: str) -> None:
+    async def _as_initramfs(self, ctx: TaskContext, tpl: Row[Any], dest: Path, digest: str) -> None:
         """An initramfs boots with the kernel, command line and disk of another template."""
         async with ctx.deps.store.read() as conn:
             base = await tpl_q.get_template(conn, ctx.payload["initramfsOf"])
@@ -90,6 +91,7 @@ class TemplateImport(BaseHandler):
         sha = hashlib.sha256()
         done = 0
         last_pct = -1
+        total: int | None
 
         async def advance(chunk: bytes, total: int | None) -> None:
             nonlocal done, last_pct
@@ -140,5 +142,5 @@ class TemplateImport(BaseHandler):
             else:
                 await tpl_q.set_template(conn, ctx.resource_id, status="error", error=error, updated_at=clock.now())
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await tpl_q.delete_template(conn, task.resource_id)

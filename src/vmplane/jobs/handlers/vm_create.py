@@ -1,5 +1,7 @@
 """vm-create: place the VM, claim its resources, define it on the node, start it."""
 
+from typing import Any
+
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -103,7 +105,7 @@ class VmCreate(BaseHandler):
                 await vm_q.set_status(conn, vm.id, VmStatus.ERROR.value, node_id=None, error=error, updated_at=clock.now())
         ctx.log("cleaned up: nothing of the VM is left on the node")
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await usage_q.close_span(conn, task.resource_id, clock.now())
         await guest_q.release_ports(conn, task.resource_id)
         await net_q.release_vm(conn, task.resource_id)

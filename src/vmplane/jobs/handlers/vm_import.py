@@ -142,7 +142,7 @@ def _work_dir(data_dir: Path, imp_id: str) -> Path:
     return data_dir / "imports" / "work" / imp_id
 
 
-async def _load(ctx: TaskContext) -> Row:
+async def _load(ctx: TaskContext) -> Row[Any]:
     async with ctx.deps.store.read() as conn:
         row = await imp_q.get_import(conn, ctx.resource_id)
     if row is None:
@@ -325,7 +325,7 @@ class VmImport(BaseHandler):
 
     # -- the VM ------------------------------------------------------------------------------
 
-    async def _define(self, ctx: TaskContext, row: Row, req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Row:
+    async def _define(self, ctx: TaskContext, row: Row[Any], req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Row[Any]:
         deps = ctx.deps
         name = req.name or _vm_name(shape.name)
         resources = Resources(
@@ -380,7 +380,7 @@ class VmImport(BaseHandler):
         ctx.log(f"defined on {node_id} with the imported disk")
         return vm
 
-    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row, vm: Row, req: ImportRequest) -> None:
+    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row[Any], vm: Row[Any], req: ImportRequest) -> None:
         deps = ctx.deps
         driver = deps.registry.driver(vm.node_id)
         status, started = VmStatus.STOPPED, None
@@ -397,7 +397,7 @@ class VmImport(BaseHandler):
 
         ctx.defer(done)
 
-    async def _vm(self, ctx: TaskContext, vm_id: str) -> Row | None:
+    async def _vm(self, ctx: TaskContext, vm_id: str) -> Row[Any] | None:
         async with ctx.deps.store.read() as conn:
             return await vm_q.get_vm(conn, vm_id)
 
@@ -437,7 +437,7 @@ class VmImport(BaseHandler):
             )
         ctx.log("cleaned up: no VM and no disk file of this import is left")
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await imp_q.set_import(conn, task.resource_id, state="cancelled", error="cancelled before it started", updated_at=clock.now(), finished_at=clock.now())
 
 

@@ -35,7 +35,7 @@ from .images import ensure_image
 log = logging.getLogger("vmplane.jobs")
 
 
-async def _check_movable(ctx: TaskContext, vm: Row) -> None:
+async def _check_movable(ctx: TaskContext, vm: Row[Any]) -> None:
     async with ctx.deps.store.read() as conn:
         snaps = await snap_q.list_snapshots(conn, vm.org_id, None, vm.id)
     if snaps:
@@ -49,7 +49,7 @@ def _hypervisor(driver: HypervisorDriver) -> str:
     return driver.capabilities.hypervisor
 
 
-async def _claim_target(ctx: TaskContext, vm: Row, source: str, unfit: frozenset[str] = frozenset()) -> str:
+async def _claim_target(ctx: TaskContext, vm: Row[Any], source: str, unfit: frozenset[str] = frozenset()) -> str:
     """The target node, claimed once (a resumed attempt finds it in spec.moveTo); placement
     never chooses the source nor a node in `unfit`."""
     spec = dict(vm.spec or {})
@@ -110,7 +110,7 @@ async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
     ctx.log(f"nothing of the VM is left on {target}; it stays on {vm.node_id}")
 
 
-async def _define_on(ctx: TaskContext, vm: Row, target: str) -> HypervisorDriver:
+async def _define_on(ctx: TaskContext, vm: Row[Any], target: str) -> HypervisorDriver:
     image, boot = await ensure_image(ctx, target, vm.template_id)
     driver = ctx.deps.registry.driver(target)
     await driver.create_vm(await vm_spec(ctx, vm, image, boot))
