@@ -2,27 +2,33 @@
 hands the engine when it starts, so a handler names exactly what it uses (`ctx.deps.store`,
 `ctx.deps.capacity`, ...) instead of reaching through a locator.
 
-Handlers run tasks that services queued: the services exist before the engine runs a task,
-and the engine only needs these once it starts (`JobEngine.start(deps)`)."""
+Handlers run tasks that services queued, and a few call back into services (claim capacity,
+record a VM an import brings, prepare SSH on a new VM). Those are named here as narrow
+Protocols, each with only the calls handlers make, so the jobs layer states what it needs of
+the layer above instead of importing it; the services satisfy them. The services exist
+before the engine runs a task: the engine gets these once it starts (`JobEngine.start`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from sqlalchemy import Row
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from ..auth import Principal
     from ..backupstore import BackupStore
     from ..config import Settings
+    from ..drivers.base import HypervisorDriver
     from ..drivers.registry import NodeRegistry
+    from ..net.model import Firewall, Nic
     from ..outbound import Outbound
-    from ..services.billing import Billing
-    from ..services.capacity import Capacity
-    from ..services.guest import GuestService
-    from ..services.imports import ImportService
-    from ..services.networks import NetworkService
-    from ..services.vms import VmService
-    from ..services.vsphere import VsphereService
+    from ..placement import Demand
+    from ..services.imports import ImportRequest
+    from ..services.vms import NewVm
+    from ..services.vsphere import BytesProgress, Connection, ExportedDisk, VsphereVmInfo
     from ..store import Store
 
 
@@ -32,6 +38,73 @@ class NodeHome(Protocol):
     def runs_here(self, node_id: str) -> bool: ...
 
 
+class Claims(Protocol):
+    """Node capacity claimed and released inside the caller's transaction (services.capacity)."""
+
+    async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str: ...
+
+    async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None: ...
+
+    async def release(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None: ...
+
+
+class Metering(Protocol):
+    """Billing spans of a VM (services.billing)."""
+
+    async def released(self, conn: AsyncConnection, vm_id: str) -> None: ...
+
+    async def reshaped(self, conn: AsyncConnection, vm: dict[str, Any]) -> None: ...
+
+
+class VmNetworking(Protocol):
+    """A VM's NICs and firewall as its driver needs them (services.networks)."""
+
+    async def nics(self, conn: Any, vm: Row[Any]) -> tuple[Nic, ...]: ...
+
+    async def firewall_of(self, conn: Any, vm_id: str) -> Firewall: ...
+
+
+class GuestAccess(Protocol):
+    """SSH access set up on a VM just defined (services.guest)."""
+
+    async def prepare_ssh(self, vm_id: str, driver: HypervisorDriver) -> str | None: ...
+
+
+class ImportSource(Protocol):
+    """An import's request, sealed secrets and allowed local files (services.imports)."""
+
+    def request_of(self, row: Row[Any]) -> ImportRequest: ...
+
+    def local_file(self, path: str, where: str) -> Path: ...
+
+    def secrets_of(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class Vsphere(Protocol):
+    """A vCenter's VM read, tidied and exported (services.vsphere)."""
+
+    async def connection(
+        self, who: Principal, *, profile: str | None = None, url: str | None = None, username: str | None = None,
+        password: str | None = None, insecure: bool | None = None,
+    ) -> Connection: ...  # fmt: skip
+
+    def unseal(self, token: str) -> Connection: ...
+
+    async def vm_info(self, c: Connection, vm_path: str) -> VsphereVmInfo: ...
+
+    async def remove_cdroms(self, c: Connection, vm_path: str) -> int: ...
+
+    async def export_disks(
+        self, c: Connection, vm_path: str, dest: Path, progress: BytesProgress, method: str = "auto"
+    ) -> tuple[VsphereVmInfo, list[ExportedDisk]]: ...
+
+
+class VmRecords(Protocol):
+    """Recording a VM that an import defines itself (services.vms)."""
+
+    async def record(self, conn: AsyncConnection, spec: NewVm, who: Principal) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class HandlerDeps:
     store: Store
@@ -39,17 +112,13 @@ class HandlerDeps:
     registry: NodeRegistry
     """the drivers of the nodes this process serves"""
     home: NodeHome
-    capacity: Capacity
-    billing: Billing
-    networks: NetworkService
-    """a VM's NICs and firewall as the driver needs them"""
-    guest: GuestService
-    """SSH access prepared on a new VM"""
-    imports: ImportService
-    """an import's request, sealed secrets and allowed local files"""
-    vsphere: VsphereService
-    vms: VmService
-    """recording the VM an import brings"""
+    capacity: Claims
+    billing: Metering
+    networks: VmNetworking
+    guest: GuestAccess
+    imports: ImportSource
+    vsphere: Vsphere
+    vms: VmRecords
     outbound: Outbound
     backup_store: BackupStore
     data_dir: Path
