@@ -331,13 +331,13 @@ class ImportService:
             if src.export_method not in EXPORT_METHODS:
                 raise InvalidRequest(f"source.exportMethod must be one of {', '.join(EXPORT_METHODS)}", field="source.exportMethod")
             try:
-                conn = await self.vsphere.connection(
+                vc = await self.vsphere.connection(
                     who, profile=src.profile, url=src.vcenter_url, username=src.username, password=src.password, insecure=src.insecure
                 )
             except InvalidRequest as exc:
                 raise InvalidRequest(exc.message, field=f"source.{exc.field}" if exc.field else "source") from None
-            if conn.profile is None:
-                secrets["vsphere"] = self.vsphere.seal(conn)
+            if vc.profile is None:
+                secrets["vsphere"] = self.vsphere.seal(vc)
         else:  # vmplane
             if not src.url:
                 raise InvalidRequest("a vmplane source needs url (the other vmplane's base URL)", field="source.url")
