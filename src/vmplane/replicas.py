@@ -23,9 +23,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -69,7 +70,7 @@ def home_of(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-async def assign_node_ids(conn: "AsyncConnection", home: str, wanted: list[str]) -> list[str]:
+async def assign_node_ids(conn: AsyncConnection, home: str, wanted: list[str]) -> list[str]:
     """The ids of `home`'s local nodes, `wanted` (node-1..N) unless another home has them.
 
     Stable: a home gets the same ids on every start. Call under the start-up lock.
@@ -97,7 +98,7 @@ class ServedRegistry(NodeRegistry):
     job handler the drivers come fenced (`jobs.fencing`): they act only while the handler's
     run still holds its task's lease."""
 
-    def __init__(self, replicas: "Replicas") -> None:
+    def __init__(self, replicas: Replicas) -> None:
         super().__init__()
         self._replicas = replicas
 

@@ -119,7 +119,7 @@ class Runtime:
         self.templates = templates = TemplateService(store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy)
         self.snapshots = snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
         self.plugins = plugins = PluginService(
-            store=store, settings=settings, outbound=outbound, registry=registry, replicas=replicas, templates=templates, tenancy=tenancy
+            store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy
         )
         self.vms = vms = VmService(
             store=store, settings=settings, engine=engine, jobs=jobs, billing=billing, capacity=capacity, networks=networks,
@@ -127,9 +127,9 @@ class Runtime:
         )  # fmt: skip
         self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms)
         self.backups = backups = BackupService(store=store, engine=engine, registry=registry, backup_store=self.backup_store)
-        self.schedules = ScheduleService(store=store, replicas=replicas, tenancy=tenancy, backups=backups, replay=replay, wake=schedules_due)
+        self.schedules = ScheduleService(store=store, leadership=replicas, tenancy=tenancy, backups=backups, replay=replay, wake=schedules_due)
         self.deployments = deployments = DeploymentService(
-            store=store, vms=vms, templates=templates, vm_configs=vm_configs, peers=replicas, ready=lambda: self.ready
+            store=store, vms=vms, templates=templates, vm_configs=vm_configs, leadership=replicas, ready=lambda: self.ready
         )
         self.ingress = IngressService(store=store, networks=networks)
         self.mcp = McpService(

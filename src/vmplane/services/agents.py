@@ -16,16 +16,17 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..drivers import remote_wire as wire
 from ..auth import DEFAULT_ORG, Principal
 from ..domain import NodeStatus
+from ..drivers import remote_wire as wire
 from ..drivers.base import Capabilities
 from ..drivers.remote import RemoteDriver
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized

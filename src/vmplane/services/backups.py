@@ -3,6 +3,7 @@ to the same VM or another one. One backup or restore per VM at a time (409 other
 
 from __future__ import annotations
 
+import builtins
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import Row
@@ -102,7 +103,7 @@ class BackupService:
         self.engine.wakeup()
         return job_id
 
-    async def prune(self, vm_id: str, keep_last: int, who: Principal) -> list[str]:
+    async def prune(self, vm_id: str, keep_last: int, who: Principal) -> builtins.list[str]:
         """Delete the VM's succeeded backups beyond the newest `keep_last`; returns their jobs."""
         done = [b for b in await self.list(who, vm_id) if b.status == "succeeded"]
         return [await self.delete(b.id, who) for b in done[keep_last:]]

@@ -23,10 +23,12 @@ a restart or a new leader carries on where the last pass stopped.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
@@ -39,10 +41,10 @@ from ..store import deployments as dep_q
 from ..store import events as ev_q
 from ..store import nodes as node_q
 from . import scopes, vmconfig
+from .process import Leadership
 from .vms import check_name
 
 if TYPE_CHECKING:
-    from ..replicas import Replicas
     from ..store import Store
     from .templates import TemplateService
     from .vmconfig import VmConfigService
@@ -81,15 +83,15 @@ def check_replicas(value: Any, where: str = "replicas") -> int:
 
 class DeploymentService:
     def __init__(
-        self, *, store: Store, vms: VmService, templates: TemplateService, vm_configs: VmConfigService, peers: Replicas, ready: Callable[[], bool]
+        self, *, store: Store, vms: VmService, templates: TemplateService, vm_configs: VmConfigService, leadership: Leadership, ready: Callable[[], bool]
     ) -> None:
-        """`peers`: the control-plane replicas (one reconciles: the leader); `ready()`: this
+        """`leadership`: whether this replica leads (the leader alone reconciles); `ready()`: this
         process has started."""
         self.store = store
         self.vms = vms
         self.templates = templates
         self.vm_configs = vm_configs
-        self.peers = peers
+        self.leadership = leadership
         self.ready = ready
         self.interval = 1.0
         self._task: asyncio.Task[None] | None = None
@@ -175,7 +177,7 @@ class DeploymentService:
 
     # -- replicas ------------------------------------------------------------------------
 
-    async def replicas(self, dep: Row) -> list[Replica]:
+    async def replicas(self, dep: Row) -> builtins.list[Replica]:
         pattern = re.compile(re.escape(dep.name) + r"-([1-9][0-9]{0,3})$")
         async with self.store.read() as conn:
             rows = [
@@ -211,7 +213,7 @@ class DeploymentService:
         passes = 0
         while True:
             try:
-                if self.ready() and self.peers.leader:  # one reconciler across replicas
+                if self.ready() and self.leadership.leader:  # one reconciler across replicas
                     await self.reconcile_all()
                     passes += 1
                     if passes % 60 == 1:  # now and then: the config history of deleted VMs goes

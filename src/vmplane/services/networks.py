@@ -7,6 +7,7 @@ the last change always wins and a crash loses nothing).
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -17,7 +18,7 @@ from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..net import ipam
-from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
+from ..net.model import DEFAULT_NETWORK, NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
 from ..store import networks as net_q
 from ..store import vms as vm_q
 from .vms import check_name, get_visible_vm
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from .tenancy import TenancyService
 
 
-DEFAULT_NETWORK = "user"
 MAX_NICS = 8
 
 
@@ -155,7 +155,7 @@ class NetworkService:
 
     # -- VM creation: NICs and addresses ---------------------------------------------------
 
-    async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> list[Row]:
+    async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> builtins.list[Row]:
         """The networks a new VM joins (default: the shared user network, whatever the
         caller's own networks are named)."""
         if len(refs) > MAX_NICS:
@@ -199,7 +199,7 @@ class NetworkService:
                     entry["ipv6"] = ipam.ipv6_for(net.ipv6_prefix, entry["mac"])
 
     @staticmethod
-    async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> list[int]:
+    async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> builtins.list[int]:
         """Record one new address of `net` for each (vm id, NIC index, primary); retried when
         another transaction took one of the chosen addresses first."""
         now = clock.now()
@@ -278,7 +278,7 @@ class NetworkService:
         self.engine.wakeup()
         return IpChange(wanted, job_id)
 
-    async def addresses(self, vm_ref: str, who: Principal) -> list[dict[str, Any]]:
+    async def addresses(self, vm_ref: str, who: Principal) -> builtins.list[dict[str, Any]]:
         vm = await get_visible_vm(self.store, vm_ref, who)
         async with self.store.read() as conn:
             mine = (await net_q.addresses_of(conn, [vm.id]))[vm.id]

@@ -19,6 +19,7 @@ policy (outbound.py) at install and again when fetched; a fetched document is re
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import hashlib
 import json
@@ -44,13 +45,13 @@ from ..store import plugins as plugin_q
 from ..store import templates as tpl_q
 from ..store.tables import plugin_health
 from ..store.tables import vms as vms_t
+from .process import Leadership
 from .vms import get_visible_vm
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..drivers.registry import NodeRegistry
     from ..outbound import Outbound
-    from ..replicas import Replicas
     from ..store import Store
     from .templates import TemplateService
     from .tenancy import TenancyService
@@ -156,12 +157,12 @@ class Proxied:
 
 
 class PluginService:
-    def __init__(self, *, store: Store, settings: Settings, outbound: Outbound, registry: NodeRegistry, replicas: Replicas, templates: TemplateService, tenancy: TenancyService) -> None:
+    def __init__(self, *, store: Store, settings: Settings, outbound: Outbound, registry: NodeRegistry, leadership: Leadership, templates: TemplateService, tenancy: TenancyService) -> None:
         self.store = store
         self.settings = settings
         self.outbound = outbound
         self.registry = registry
-        self.replicas = replicas
+        self.leadership = leadership
         self.templates = templates
         self.tenancy = tenancy
         self._health_task: asyncio.Task[None] | None = None
@@ -280,7 +281,7 @@ class PluginService:
                 await ev_q.emit(conn, "plugin.enabled" if enabled else "plugin.disabled", row.name, {"name": row.name, "enabled": enabled}, row.org_id)
         return await self.get(row.name, who)
 
-    async def vms_using(self, row: Row) -> list[Row]:
+    async def vms_using(self, row: Row) -> builtins.list[Row]:
         """The VMs made from this plugin (its organization's, or any organization's for a
         shared one)."""
         async with self.store.read() as conn:
@@ -504,7 +505,7 @@ class PluginService:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.plugin_health_seconds)
-            if not self.replicas.leader:
+            if not self.leadership.leader:
                 continue
             try:
                 await self.check_health()

@@ -29,10 +29,10 @@ from ..store import events as ev_q
 from ..store import jobs as job_q
 from ..store import schedules as sch_q
 from . import scopes
+from .process import Leadership
 from .vms import get_visible_vm
 
 if TYPE_CHECKING:
-    from ..replicas import Replicas
     from ..store import Store
     from .backups import BackupService
     from .tenancy import TenancyService
@@ -76,12 +76,12 @@ class Replay(Protocol):
 
 class ScheduleService:
     def __init__(
-        self, *, store: Store, replicas: Replicas, tenancy: TenancyService, backups: BackupService, replay: Replay, wake: asyncio.Event
+        self, *, store: Store, leadership: Leadership, tenancy: TenancyService, backups: BackupService, replay: Replay, wake: asyncio.Event
     ) -> None:
         """`wake`: set to look at the timetable now (also by tenancy's sweeps, which disable
         schedules)."""
         self.store = store
-        self.replicas = replicas
+        self.leadership = leadership
         self.tenancy = tenancy
         self.backups = backups
         self.replay = replay
@@ -219,7 +219,7 @@ class ScheduleService:
     async def _run(self) -> None:
         while True:
             try:
-                if self.replicas.leader:  # one scheduler at a time across replicas
+                if self.leadership.leader:  # one scheduler at a time across replicas
                     await self.tick()
             except asyncio.CancelledError:
                 raise

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from sqlalchemy import Row
@@ -15,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, RANK, Principal, Role, key_digest, key_prefix, new_api_key
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
 from ..domain import QUOTA_FIELDS, NodeStatus
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
 from ..lru import TtlLru
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 import socket
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound
+from ..jobs.power import POWER_ACTIONS
 from ..net.ingress import Ipv6Ingress
 from ..net.model import Firewall
 from ..placement import Demand
@@ -41,16 +43,6 @@ if TYPE_CHECKING:
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
-
-POWER_ACTIONS: dict[str, tuple[str, frozenset[VmStatus]]] = {
-    # action: (job type, states it may start from)
-    "start": ("vm-start", frozenset({VmStatus.STOPPED, VmStatus.ERROR, VmStatus.UNKNOWN})),
-    "stop": ("vm-stop", frozenset({VmStatus.RUNNING, VmStatus.STARTING, VmStatus.STOPPING, VmStatus.REBOOTING, VmStatus.ERROR, VmStatus.UNKNOWN})),
-    "shutdown": ("vm-shutdown", frozenset({VmStatus.RUNNING})),
-    "reboot": ("vm-reboot", frozenset({VmStatus.RUNNING})),
-    "power-cycle": ("vm-power-cycle", frozenset({VmStatus.RUNNING, VmStatus.STOPPED, VmStatus.ERROR, VmStatus.UNKNOWN})),
-}
-
 
 def visible(row: Row, who: Principal) -> bool:
     """Resources of another organization, or of another team for a team-scoped credential,
@@ -190,7 +182,7 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def every(self, who: Principal) -> list[Row]:
+    async def every(self, who: Principal) -> builtins.list[Row]:
         """Every VM the caller may see, all pages (faces whose lists are not paged)."""
         rows: list[Row] = []
         token = None
@@ -210,7 +202,7 @@ class VmService:
             raise NotFound(f"vm {name!r} not found")
         return rows[0]
 
-    async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = False) -> tuple[str, list[str]]:
+    async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = False) -> tuple[str, builtins.list[str]]:
         """Reserve names and ids for every VM and submit one vm-create job with a task each.
 
         `check_capacity`: refuse (NoCapacity) a VM that no node could take right now, before
@@ -239,7 +231,7 @@ class VmService:
         if count > limit:
             raise InvalidRequest(f"{field}: at most {limit} VMs per request, this one asks for {count}", field=field, limit=limit)
 
-    async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> tuple[list[NewVm], list[str], dict, dict]:
+    async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> tuple[builtins.list[NewVm], builtins.list[str], dict, dict]:
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
         self.check_bulk(len(specs))
@@ -274,7 +266,7 @@ class VmService:
                 await self.capacity.check(Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci))
         return specs, vm_ids, teams, networks
 
-    async def _insert(self, conn: AsyncConnection, specs: list[NewVm], vm_ids: list[str], teams: dict, networks: dict, who: Principal) -> list[dict[str, Any]]:
+    async def _insert(self, conn: AsyncConnection, specs: builtins.list[NewVm], vm_ids: builtins.list[str], teams: dict, networks: dict, who: Principal) -> builtins.list[dict[str, Any]]:
         now = clock.now()
         await self.tenancy.reserve(
             conn, who.org_id, vms=len(specs), vcpu=sum(s.resources.cpu for s in specs),
@@ -424,7 +416,7 @@ class VmService:
                     raise Conflict(f"a VM named {name!r} was created at the same time", field="name") from None
         return await self.get(vm.id, who)
 
-    async def _reserve_ports(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+    async def _reserve_ports(self, conn: Any, rows: builtins.list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""
         taken: set[tuple[int, str]] | None = None
         candidates = iter(AUTO_PORTS)

@@ -7,6 +7,7 @@ test deliveries included, checks it again."""
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
 import time
@@ -18,12 +19,12 @@ from sqlalchemy import Row
 from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..events import formats
 from ..event_types import check_patterns
-from .webhook_delivery import RESERVED_HEADERS, post, test_payload
+from ..events import formats
 from ..store import webhooks as wh_q
 from . import pages, scopes
 from .secrets import SecretBox
+from .webhook_delivery import RESERVED_HEADERS, post, test_payload
 
 if TYPE_CHECKING:
     from ..outbound import Outbound
@@ -109,7 +110,7 @@ class WebhookService:
             return [h for h in await wh_q.list_webhooks(conn) if _visible(h, who)]
 
     async def create(
-        self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal,
+        self, *, url: str, events: builtins.list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal,
         format: str = formats.VMPLANE,
     ) -> Row:
         """`format`: how its deliveries are written (events/formats.py)."""

@@ -80,7 +80,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     templates = TemplateService(store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy)
     snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
     plugins = PluginService(
-        store=store, settings=settings, outbound=outbound, registry=registry, replicas=replicas, templates=templates, tenancy=tenancy
+        store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy
     )
     vms = VmService(
         store=store, settings=settings, engine=engine, jobs=jobs, billing=billing, capacity=capacity, networks=networks,

@@ -40,10 +40,10 @@ from ... import clock, outbound
 from ...domain import Resources, VmStatus
 from ...drivers.qemu import intake
 from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
+from ...net.model import DEFAULT_NETWORK
 from ...ovf import OvfError, parse_ovf
 from ...placement import Demand
 from ...services.imports import STAGE_SPAN, ImportRequest, principal_of
-from ...services.networks import DEFAULT_NETWORK
 from ...services.vms import NewVm
 from ...store import guest as guest_q
 from ...store import imports as imp_q

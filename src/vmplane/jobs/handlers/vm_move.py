@@ -18,6 +18,7 @@ devices belong to their host.
 
 import logging
 import uuid
+from typing import Any
 
 from sqlalchemy import Row
 

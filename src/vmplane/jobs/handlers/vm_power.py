@@ -4,8 +4,8 @@ from ... import clock
 from ...domain import VmStatus
 from ...drivers.base import PowerState
 from ...errors import DriverError, InvalidState, VmplaneError
-from ...services.vms import POWER_ACTIONS
 from ..engine import TaskContext
+from ..power import POWER_ACTIONS
 from .base import BaseHandler, find_vm, load_vm, set_status
 
 TRANSIENT = {
