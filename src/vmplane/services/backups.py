@@ -9,7 +9,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import Principal
-from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, Reason
 from ..store import backups as bkp_q
 from ..store import schedules as sch_q
 from .vms import visible
@@ -41,9 +41,9 @@ class BackupService:
             raise InvalidState(f"VM {vm.id} is {vm.status} and has no disk yet", current=vm.status)
         driver = self.rt.registry.driver(vm.node_id)
         if not driver.capabilities.disk_export:
-            raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver, which cannot back up disks")
+            raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver, which cannot back up disks", reason=Reason.UNSUPPORTED)
         if not self.rt.backup_store.available():
-            raise Conflict("restic is not installed on this server: no backup store")
+            raise Conflict("restic is not installed on this server: no backup store", reason=Reason.UNSUPPORTED)
 
     async def create(self, vm_ref: str, notes: str, who: Principal) -> tuple[str, str]:
         vm = await self.rt.vms.get(vm_ref, who)
@@ -52,7 +52,7 @@ class BackupService:
         backup_id = ids.new_id("bkp")
         async with self.rt.store.write() as conn:
             if await bkp_q.busy(conn, vm.id):
-                raise Conflict(f"VM {vm.id} already has a backup or restore in progress")
+                raise Conflict(f"VM {vm.id} already has a backup or restore in progress", reason=Reason.IN_PROGRESS)
             await bkp_q.insert_backup(
                 conn,
                 {"id": backup_id, "org_id": vm.org_id, "team_id": vm.team_id, "vm_id": vm.id, "vm_name": vm.name,
@@ -88,7 +88,7 @@ class BackupService:
             raise InvalidRequest(f"VM {target.id}'s disk ({target.disk_gb} GB) is smaller than the backup ({bkp.logical_bytes} bytes)", field="targetVmId")
         async with self.rt.store.write() as conn:
             if await bkp_q.busy(conn, target.id):
-                raise Conflict(f"VM {target.id} already has a backup or restore in progress")
+                raise Conflict(f"VM {target.id} already has a backup or restore in progress", reason=Reason.IN_PROGRESS)
             job_id = await self.rt.engine.submit(conn, "vm-restore", who, [(target.id, {"backupId": bkp.id})])
         self.rt.engine.wakeup()
         return job_id

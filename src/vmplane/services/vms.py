@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
-from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound
+from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
 from ..net.ingress import Ipv6Ingress
 from ..net.model import Firewall
 from ..placement import Demand
@@ -254,7 +254,7 @@ class VmService:
         )  # fmt: skip
         taken = await vm_q.names_taken(conn, [s.name for s in specs], who.org_id)  # names are the organization's own
         if taken:
-            raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
+            raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", reason=Reason.NAME_TAKEN, names=sorted(taken))
         template_refs = {s.template_id for s in specs if s.template_id}
         templates = {}
         for ref in template_refs:
@@ -333,7 +333,7 @@ class VmService:
             if want.disk_gb < base.disk_gb:
                 raise InvalidRequest(
                     f"resources.diskGb may only grow from the snapshot's {base.disk_gb} GB",
-                    field=f"{prefix}resources.diskGb", minimum=base.disk_gb,
+                    field=f"{prefix}resources.disk_gb", reason=Reason.CANNOT_SHRINK, minimum=base.disk_gb,
                 )  # fmt: skip
             spec = replace(
                 spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id,
@@ -389,7 +389,7 @@ class VmService:
         if name != vm.name:
             async with self.rt.store.write() as conn:
                 if await vm_q.names_taken(conn, [name], vm.org_id):
-                    raise Conflict(f"a VM named {name!r} already exists", field="name")
+                    raise Conflict(f"a VM named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 try:
                     await vm_q.set_vm(conn, vm.id, name=name, updated_at=clock.now())
                 except IntegrityError:
@@ -426,7 +426,7 @@ class VmService:
         if change.tags is not None:
             check_tags(change.tags)
         if change.disk_gb is not None and change.disk_gb < vm.disk_gb:
-            raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.diskGb")
+            raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.disk_gb", reason=Reason.CANNOT_SHRINK)
         if vm.status in (VmStatus.DELETING, VmStatus.PROVISIONING) and any(
             v is not None for v in (change.cpu, change.ram_mb, change.disk_gb)
         ):
@@ -445,7 +445,7 @@ class VmService:
             )  # fmt: skip
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name], vm.org_id):
-                    raise Conflict(f"a VM named {change.name!r} already exists", field="name")
+                    raise Conflict(f"a VM named {change.name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             job_id = await self.rt.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.rt.engine.wakeup()
         return job_id

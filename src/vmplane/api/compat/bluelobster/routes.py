@@ -18,7 +18,7 @@ from sqlalchemy import Row
 from .... import clock
 from ....auth import Principal
 from ....domain import Resources
-from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
+from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, Reason, VmplaneError
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
@@ -238,11 +238,11 @@ async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Row]:
     except NoCapacity as exc:
         raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
     except InvalidRequest as exc:
-        if exc.field in ("resources.cpu", "resources.ramMb", "resources.diskGb"):
+        if exc.reason in (Reason.BEYOND_ANY_NODE, Reason.CANNOT_SHRINK):
             raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
         raise
     except Conflict as exc:
-        if "names" in exc.details:
+        if exc.reason == Reason.NAME_TAKEN:
             raise BlError(409, "resource_conflict", exc.message) from None
         raise
     return job_id, await rt.vms.get(vm_id, who)
@@ -597,7 +597,7 @@ async def create_backup(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSO
     try:
         job_id, backup_id = await rt.backups.create(vm.id, "", who)
     except Conflict as exc:  # InvalidState too: no disk yet, a backup or restore under way, no backup support
-        raise BlError(409, "task_in_progress" if "in progress" in exc.message else "backup_unavailable", f"Cannot start backup: {exc.message}") from None
+        raise BlError(409, "task_in_progress" if exc.reason == Reason.IN_PROGRESS else "backup_unavailable", f"Cannot start backup: {exc.message}") from None
     return JSONResponse({"message": "Backup started", "task_id": job_id, "instance_id": vm.uuid, "volid": backup_id})
 
 
@@ -864,7 +864,8 @@ async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -
             raise BlError(400, "missing_ticket", "the ticket query parameter (from POST …/console) is required")
         reader, writer, slot = await rt.guest.open_console(instance_id, ticket)
     except VmplaneError as exc:
-        await websocket.send_denial_response(JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status))
+        status, code = wire.answer(exc)
+        await websocket.send_denial_response(JSONResponse({"error": code, "message": exc.message}, status_code=status))
         return
     with slot:
         await websocket.accept()
@@ -887,8 +888,11 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
     try:
         report = await rt.billing.report(who, start, end)
     except InvalidRequest as exc:  # the contract lists 422 only: a bad range is a validation error
-        field = "start_time" if "after" in exc.message else "end_time"
-        return JSONResponse({"detail": [{"loc": ["body", field], "msg": exc.message.replace("end must", "end_time must").replace(" start", " start_time"), "type": "value_error"}]}, status_code=422)
+        if exc.reason == Reason.OVER_LIMIT:
+            field, msg = "end_time", exc.message
+        else:  # the period ends before it starts
+            field, msg = "start_time", "end_time must be after start_time"
+        return JSONResponse({"detail": [{"loc": ["body", field], "msg": msg, "type": "value_error"}]}, status_code=422)
     off = _offerings(request)
     nodes = await _nodes(off)
     vms = {v.id: v for v in await rt.vms.every(who)}

@@ -506,7 +506,7 @@ async def ws(websocket: WebSocket) -> None:
     try:
         who = principal(websocket)  # type: ignore[arg-type]
     except VmplaneError as exc:
-        await websocket.send_denial_response(JSONResponse({"error": exc.message, "timestamp": wire.now()}, status_code=exc.status))
+        await websocket.send_denial_response(JSONResponse({"error": exc.message, "timestamp": wire.now()}, status_code=wire.STATUS[exc.reason]))
         return
     slot = await hold_ws_stream(websocket, who)  # one of the credential's open streams (429 beyond)
     if slot is None:

@@ -9,6 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
 from .... import clock
+from ....errors import Reason
+from ...errors import NATIVE_STATUS
+
+STATUS: dict[Reason, int] = {
+    **NATIVE_STATUS,
+    Reason.NO_CAPACITY: 409,  # Volant's word for "no room" is a conflict
+    Reason.DRIVER_FAILED: 500,  # a node failed: the daemon's failures are 500s
+    Reason.IMAGE_REFUSED: 500,
+}
+"""the face's status for each reason of the core"""
 
 VM_STATUS = {
     "provisioning": "pending",
