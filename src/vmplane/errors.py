@@ -11,8 +11,8 @@ The classes group reasons (a `Conflict` is `conflict`, `name_taken`, `in_progres
 maps reasons to its status and body in one table (`api/errors.py` for the native face,
 `api/compat/<face>/__init__.py` for the others, `agent/wire.py` for the node agent).
 
-Which VM states allow which operation is one table too: `domain.VM_OPERATIONS`, checked by
-`require_state` (services and job handlers call it instead of raising `InvalidState` inline).
+Which VM states allow which operation is one table too: `vmstates.OPERATIONS`, checked by
+`vmstates.require_state` (services and job handlers call it rather than raise `InvalidState`).
 """
 
 from enum import StrEnum
@@ -108,7 +108,7 @@ class Conflict(VmplaneError):
 
 class InvalidState(Conflict):
     """An operation needs the resource in another state; for a VM, raised by
-    `domain.require_state` from the table of operations and the states they allow."""
+    `vmstates.require_state` from the table of operations and the states they allow."""
 
     reason = Reason.WRONG_STATE
 
