@@ -45,7 +45,10 @@ NATIVE: dict[Reason, tuple[int, str]] = {
 NATIVE_STATUS: dict[Reason, int] = {reason: status for reason, (status, _) in NATIVE.items()}
 """the native face's status for each reason, which the compat faces start from"""
 
-NATIVE_FIELDS = {"resources.ram_mb": "resources.ramMb", "resources.disk_gb": "resources.diskGb"}
+NATIVE_FIELDS = {
+    "resources.ram_mb": "resources.ramMb", "resources.disk_gb": "resources.diskGb",
+    "day_of_week": "dayOfWeek", "day_of_month": "dayOfMonth",
+}  # fmt: skip
 """domain field names that the native wire spells otherwise (a bulk item's `[i].` prefix kept)"""
 
 
