@@ -24,7 +24,7 @@ from ..store import networks as net_q
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
-from ..vmstates import VmOp, require_state
+from ..vmstates import VmOp, allows, require_state
 from . import pages
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -459,6 +459,15 @@ class VmService:
             job_id = await self.rt.engine.submit(conn, "vm-delete", who, [(r.id, {}) for r in targets])
         self.rt.engine.wakeup()
         return job_id
+
+    async def restart(self, ref: str, who: Principal) -> tuple[str | None, str]:
+        """Stop the VM (unless it may start as it is) and start it again: a new VM process,
+        which takes a changed config's resources. Both jobs are queued at once (the start runs
+        after the stop), so the VM is never seen stopped with nothing to do. Returns the stop's
+        job (None if none was needed) and the start's."""
+        vm = await self.get(ref, who)
+        stop = None if allows(VmOp.START, vm.status) else await self.power(vm.id, "stop", who)
+        return stop, await self.power(vm.id, "start", who)
 
     async def power(self, ref: str, action: str, who: Principal) -> str:
         job_type = POWER_JOBS[action]

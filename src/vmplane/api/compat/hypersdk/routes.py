@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from .... import __version__, clock
 from ....auth import Principal
-from ....errors import Conflict, InvalidRequest, NotFound, VmplaneError
+from ....errors import Conflict, InvalidRequest, NotFound, Reason, VmplaneError
 from ....events import formats
 from ....events.bus import GoingAway, SlowConsumer
 from ...native.deps import CallerDep, RuntimeDep, authorize, hold_ws_stream, principal
@@ -264,7 +264,7 @@ async def create_schedule(request: Request, rt: RuntimeDep, who: CallerDep) -> J
     if s.job_template is None:
         raise InvalidRequest("job_template is required (a job definition)", field="job_template")
     if any((x.origin or {}).get("id") == s.id for x in await _schedules(rt, who)):
-        raise Conflict(f"schedule {s.id} already exists")
+        raise Conflict(f"schedule {s.id} already exists", reason=Reason.NAME_TAKEN)
     native, echo = await hjobs.template(rt, who, wire.model(JobDefIn, s.job_template, "job_template"), "job_template")
     origin = {"face": ORIGIN, "id": s.id, "description": s.description or "", "tags": s.tags or [], "job_template": echo}
     row = await rt.schedules.create(

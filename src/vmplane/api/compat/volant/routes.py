@@ -188,14 +188,11 @@ async def stop_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 
 @router.post("/api/v1/vms/{name}/restart")
 async def restart_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    """Stop (if it runs) and start again: a new VM process, which takes a changed config's
-    resources. Both jobs are queued at once (the start runs after the stop), so the VM is
-    never seen stopped with nothing to do (a deployment would replace it)."""
+    """Stop (if it runs) and start again (services/vms.restart): a new VM process, which takes
+    a changed config's resources; never seen stopped with nothing to do (a deployment would
+    replace it)."""
     vm = await rt.vms.by_name(name, who)
-    stop = None
-    if vm.status not in ("stopped", "error", "unknown"):
-        stop = await rt.vms.power(vm.id, "stop", who)
-    start = await rt.vms.power(vm.id, "start", who)
+    stop, start = await rt.vms.restart(vm.id, who)
     if stop is not None:
         await _finish(rt, stop, "stopping the VM")
     await _finish(rt, start, "starting the VM")
