@@ -8,8 +8,8 @@ the domain does (`resources.disk_gb`, `name`); a face maps that name to its own 
 The classes group reasons (a `Conflict` is `conflict`, `name_taken`, `in_progress` or
 `unsupported`); each class has a default reason and a raise site may name a finer one
 (`Conflict(..., reason=Reason.NAME_TAKEN)`). Statuses and wire codes are not here: each face
-maps reasons to its status and body in one table (`api/errors.py` for the native face,
-`api/compat/<face>/__init__.py` for the others, `agent/wire.py` for the node agent).
+maps reasons to its status and body in one table (`api/errors.NATIVE` for the native face,
+`api/compat/<face>/wire.STATUS` for the others, `agent/wire.STATUS` for the node agent).
 
 Which VM states allow which operation is one table too: `vmstates.OPERATIONS`, checked by
 `vmstates.require_state` (services and job handlers call it rather than raise `InvalidState`).
