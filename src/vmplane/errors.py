@@ -68,18 +68,22 @@ class VmplaneError(Exception):
 
     reason: Reason = Reason.INTERNAL
 
-    def __init__(self, message: str, *, reason: Reason | None = None, **details: Any) -> None:
+    def __init__(self, message: str, *, reason: Reason | str | None = None, **details: Any) -> None:
+        """`reason`: a finer Reason than the class's; anything else is a detail (drivers name
+        an OS error's cause `reason=exc.strerror`)."""
         super().__init__(message)
         self.message = message
-        self.details = details
-        if reason is not None:
+        if isinstance(reason, Reason):
             self.reason = reason
+        elif reason is not None:
+            details["reason"] = reason
+        self.details = details
 
 
 class InvalidRequest(VmplaneError):
     reason = Reason.INVALID
 
-    def __init__(self, message: str, field: str | None = None, *, reason: Reason | None = None, **details: Any) -> None:
+    def __init__(self, message: str, field: str | None = None, *, reason: Reason | str | None = None, **details: Any) -> None:
         if field is not None:
             details["field"] = field
         super().__init__(message, reason=reason, **details)

@@ -99,3 +99,12 @@ def test_the_agent_carries_the_reason() -> None:
     old = {"error": "no", "code": "invalid_state", "type": "InvalidState", "details": {"current": "running"}}  # an older agent's
     got = agent_wire.error_from_wire(409, old, "node-1")
     assert isinstance(got, errors.InvalidState) and got.reason == Reason.WRONG_STATE and got.details == {"current": "running"}
+
+
+def test_a_reason_that_is_not_a_reason_stays_a_detail() -> None:
+    """Drivers name an OS error's cause `reason=exc.strerror`: a detail, as it always was."""
+    exc = errors.DriverError("cannot connect to the serial console", vm_id="vm-1", reason="No such file or directory")
+    assert exc.reason == Reason.DRIVER_FAILED
+    assert json.loads(core_error(exc).body)["details"] == {"vm_id": "vm-1", "reason": "No such file or directory"}
+    got = agent_wire.error_from_wire(502, agent_wire.error_to_wire(exc), "node-1")
+    assert type(got) is errors.DriverError and got.reason == Reason.DRIVER_FAILED and got.details == exc.details

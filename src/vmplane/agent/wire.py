@@ -278,8 +278,9 @@ def error_from_wire(status: int, body: Any, node_id: str) -> VmplaneError:
         cls = _ERROR_TYPES.get(str(body.get("type")), errors.DriverError)
         details = body.get("details") if isinstance(body.get("details"), dict) else {}
         exc = cls.__new__(cls)
-        code = body.get("code")
-        VmplaneError.__init__(exc, body["error"], reason=Reason(code) if code in REASONS else None, **details)
+        VmplaneError.__init__(exc, body["error"], **details)
+        if body.get("code") in REASONS:
+            exc.reason = Reason(body["code"])
         if isinstance(exc, errors.InvalidRequest):
             exc.field = details.get("field")
         return exc
