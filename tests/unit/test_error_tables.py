@@ -2,6 +2,7 @@
 face's answers to each error class as they always were (status, code)."""
 
 import json
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,10 @@ from vmplane.outbound import Refused, TooLarge
 from vmplane.services.scopes import ScopeEnded
 from vmplane.services.tenancy import QuotaExceeded
 from vmplane.services.vsphere import VcenterError
+
+def _body(response: Any) -> Any:
+    return json.loads(bytes(response.body))
+
 
 TABLES = {
     "native": NATIVE,
@@ -64,7 +69,7 @@ NATIVE_ANSWERS = [
 def test_native_answers_as_before(exc: errors.VmplaneError, status: int, code: str) -> None:
     response = core_error(exc)
     assert response.status_code == status
-    assert json.loads(response.body) == {"error": "x", "code": code, "details": {}}
+    assert _body(response) == {"error": "x", "code": code, "details": {}}
     assert NATIVE_STATUS[exc.reason] == status
 
 
@@ -75,7 +80,7 @@ def test_native_names_domain_fields_by_its_wire_paths() -> None:
     assert native_field("name") == "name"
     exc = errors.InvalidRequest("too small", field="[0].resources.disk_gb", reason=Reason.CANNOT_SHRINK, minimum=20)
     assert exc.reason == Reason.CANNOT_SHRINK and exc.field == "[0].resources.disk_gb"
-    body = json.loads(core_error(exc).body)
+    body = _body(core_error(exc))
     assert body == {"error": "too small", "code": "invalid_request", "details": {"minimum": 20, "field": "[0].resources.diskGb"}}
 
 
@@ -84,11 +89,11 @@ def test_compat_faces_answer_no_room_and_node_failures_in_their_terms() -> None:
     assert volant_error(errors.ImageRefused("bad")).status_code == 500
     assert volant_error(errors.InvalidState("no")).status_code == 409
     r = bl_error(errors.NoCapacity("full"))
-    assert r.status_code == 409 and json.loads(r.body) == {"error": "resource_conflict", "message": "full"}
+    assert r.status_code == 409 and _body(r) == {"error": "resource_conflict", "message": "full"}
     r = bl_error(errors.DriverError("node down"))
-    assert r.status_code == 500 and json.loads(r.body)["error"] == "operation_failed"
+    assert r.status_code == 500 and _body(r)["error"] == "operation_failed"
     r = bl_error(bl_wire.BlError(500, "reboot_failed", "no", task_id="job-1"))
-    assert r.status_code == 500 and json.loads(r.body) == {"error": "reboot_failed", "message": "no", "task_id": "job-1"}
+    assert r.status_code == 500 and _body(r) == {"error": "reboot_failed", "message": "no", "task_id": "job-1"}
     assert fastvm_wire.STATUS[Reason.WRONG_STATE] == hypersdk_wire.STATUS[Reason.WRONG_STATE] == 409
 
 
@@ -105,6 +110,6 @@ def test_a_reason_that_is_not_a_reason_stays_a_detail() -> None:
     """Drivers name an OS error's cause `reason=exc.strerror`: a detail, as it always was."""
     exc = errors.DriverError("cannot connect to the serial console", vm_id="vm-1", reason="No such file or directory")
     assert exc.reason == Reason.DRIVER_FAILED
-    assert json.loads(core_error(exc).body)["details"] == {"vm_id": "vm-1", "reason": "No such file or directory"}
+    assert _body(core_error(exc))["details"] == {"vm_id": "vm-1", "reason": "No such file or directory"}
     got = agent_wire.error_from_wire(502, agent_wire.error_to_wire(exc), "node-1")
     assert type(got) is errors.DriverError and got.reason == Reason.DRIVER_FAILED and got.details == exc.details
