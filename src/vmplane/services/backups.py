@@ -42,7 +42,7 @@ class BackupSchedule:
     last_run: float | None
 
     @classmethod
-    def of(cls, row: Row) -> BackupSchedule:
+    def of(cls, row: Row[Any]) -> BackupSchedule:
         """The schedule a stored one is (its cron expression as put_schedule wrote it)."""
         _, hour, dom, _, dow = row.schedule.split()
         return cls(
