@@ -460,6 +460,16 @@ class VmService:
         self.rt.engine.wakeup()
         return job_id
 
+    async def delete_once(self, ref: str, who: Principal) -> str | None:
+        """Delete one VM; None when it is already being deleted (a second delete of the same
+        VM is then done, as the FastVM and Volant contracts answer it)."""
+        try:
+            return await self.delete([ref], who)
+        except InvalidState as exc:
+            if exc.details.get("current") != VmStatus.DELETING:
+                raise
+            return None
+
     async def restart(self, ref: str, who: Principal) -> tuple[str | None, str]:
         """Stop the VM (unless it may start as it is) and start it again: a new VM process,
         which takes a changed config's resources. Both jobs are queued at once (the start runs

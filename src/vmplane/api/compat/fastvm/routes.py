@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
 from .... import clock
-from ....errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason, VmplaneError
+from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
 from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
 from ...middleware import NO_STORE
@@ -140,12 +140,9 @@ async def rename_vm(id: str, body: wire.UpdateVmIn, rt: RuntimeDep, who: CallerD
 async def delete_vm(id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """200 once the VM is gone, or while it is still being deleted (GET shows `deleting`)."""
     vm = await _vm(rt, id, who)
-    try:
-        job_id = await rt.vms.delete([vm.id], who)
-    except InvalidState as exc:
-        if exc.details.get("current") != "deleting":
-            raise
-        return JSONResponse({"id": vm.uuid, "deleted": True})  # already on its way
+    job_id = await rt.vms.delete_once(vm.id, who)
+    if job_id is None:  # already on its way
+        return JSONResponse({"id": vm.uuid, "deleted": True})
     error = await _failed(rt, job_id)
     if error is not None:
         raise DriverError(f"deleting the VM failed: {error}")

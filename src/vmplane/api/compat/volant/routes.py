@@ -165,8 +165,9 @@ async def get_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 @router.delete("/api/v1/vms/{name}")
 async def delete_vm(name: str, rt: RuntimeDep, who: CallerDep) -> Response:
     vm = await rt.vms.by_name(name, who)
-    if vm.status != "deleting":
-        await _finish(rt, await rt.vms.delete([vm.id], who), "deleting the VM")
+    job_id = await rt.vms.delete_once(vm.id, who)
+    if job_id is not None:  # else already on its way
+        await _finish(rt, job_id, "deleting the VM")
     return Response(status_code=204)
 
 
