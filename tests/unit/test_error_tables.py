@@ -113,3 +113,8 @@ def test_a_reason_that_is_not_a_reason_stays_a_detail() -> None:
     assert _body(core_error(exc))["details"] == {"vm_id": "vm-1", "reason": "No such file or directory"}
     got = agent_wire.error_from_wire(502, agent_wire.error_to_wire(exc), "node-1")
     assert type(got) is errors.DriverError and got.reason == Reason.DRIVER_FAILED and got.details == exc.details
+
+
+def test_the_agent_answers_with_the_statuses_it_always_did() -> None:
+    """The node agent's statuses were the core's own before reasons; its table keeps them."""
+    assert agent_wire.STATUS == NATIVE_STATUS
