@@ -103,7 +103,8 @@ class PluginRef:
 class CloudInit:
     """NoCloud seed documents: user-data, meta-data (a mapping or a document), network-config."""
 
-    user_data: str | None = None
+    user_data: str | dict[str, Any] | None = None
+    """a document, or (Blue Lobster's) a #cloud-config mapping"""
     meta_data: dict[str, Any] | str | None = None
     network_config: str | None = None
 
@@ -264,6 +265,20 @@ class StoredSpec:
     @property
     def first_ipv6(self) -> str | None:
         return next((n.ipv6 for n in self.nics if n.ipv6), None)
+
+    def forward(self, port: int, protocol: str = "tcp") -> Expose | None:
+        """How guest `port` is exposed, if it is."""
+        return next((e for e in self.expose if e.port == port and e.protocol == protocol), None)
+
+    @property
+    def plugin_name(self) -> str | None:
+        """The plugin the VM was made from, by name."""
+        return self.plugin.name if self.plugin is not None else None
+
+    @property
+    def runtime(self) -> str:
+        """The runtime of the VM's plugin ("" when it was made from none)."""
+        return str(self.plugin.runtime or "") if self.plugin is not None else ""
 
     @property
     def network_types(self) -> frozenset[str]:

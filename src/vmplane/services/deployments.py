@@ -164,7 +164,7 @@ class DeploymentService:
         async with self.rt.store.read() as conn:
             rows = [
                 r for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)
-                if pattern.match(r.name) and (r.spec or {}).get("deployment") == dep.id
+                if pattern.match(r.name) and r.spec.deployment == dep.id
             ]  # fmt: skip
             work = await dep_q.active_work(conn, [r.id for r in rows])
             nodes = {n.id: n for n in await node_q.list_nodes(conn)} if rows else {}

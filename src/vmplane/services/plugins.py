@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids, outbound
 from ..auth import Principal
-from ..domain import VmStatus
+from ..domain import StoredSpec, Vm, VmStatus
 from ..errors import Conflict, DriverError, Forbidden, InvalidRequest, InvalidState, NotFound
 from ..store import events as ev_q
 from ..store import plugins as plugin_q
@@ -269,7 +269,7 @@ class PluginService:
             q = select(vms_t.c.name, vms_t.c.org_id, vms_t.c.spec)
             if row.org_id is not None:
                 q = q.where(vms_t.c.org_id == row.org_id)
-            vms = [v for v in (await conn.execute(q)).all() if ((v.spec or {}).get("plugin") or {}).get("name") == row.name]
+            vms = [v for v in (await conn.execute(q)).all() if StoredSpec.from_json(v.spec).plugin_name == row.name]
             owners = {}
             for v in vms:
                 if v.org_id not in owners:
@@ -335,7 +335,7 @@ class PluginService:
     async def of_vm(self, vm: Row) -> Row:
         """The plugin the VM was made from: its organization's own or the shared one, as the
         VM recorded (VMs from before that record: its organization's first)."""
-        ref = ((vm.spec or {}).get("plugin") or {}).get("name")
+        ref = vm.spec.plugin_name
         if ref is None:
             raise NotFound(f"VM {vm.name} was not made from a plugin")
         async with self.rt.store.read() as conn:
@@ -353,19 +353,16 @@ class PluginService:
         driver = self.rt.registry.driver(vm.node_id)
         if not driver.capabilities.real_vms:
             raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver: its VMs run no workload to reach", capability="real_vms")
-        nics = (vm.spec or {}).get("nics") or []
-        if nics and not any(n.get("type", "user") == "user" for n in nics):
+        if not vm.spec.has_user_nic:
             raise Conflict(f"VM {vm.name} has no user-mode NIC: vmplane reaches plugin workloads through a port forwarded on one")
         port = workload_port(manifest)
-        forward = next(
-            (e for e in (vm.spec or {}).get("expose") or [] if e.get("port") == port and e.get("protocol", "tcp") == "tcp"), None
-        )
-        if forward is None or not forward.get("hostPort"):
+        forward = vm.spec.forward(port)
+        if forward is None or not forward.host_port:
             raise Conflict(f"VM {vm.name} has no forwarded port to its workload (guest port {port})")
         host = getattr(driver, "forward_address", None) or urlparse(getattr(driver, "url", "")).hostname or "127.0.0.1"
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
-        return f"http://{f'[{host}]' if ':' in host else host}:{forward['hostPort']}"
+        return f"http://{f'[{host}]' if ':' in host else host}:{forward.host_port}"
 
     def workload_url(self, vm: Row, manifest: dict[str, Any], path: str = "") -> str:
         """The URL reaching `path` (under the workload's base URL) of the VM's workload."""
@@ -502,10 +499,11 @@ class PluginService:
             plugins = {(p.org_id, p.name): p for p in installed if p.manifest.get("health_check")}
             if not plugins and (await conn.execute(select(plugin_health.c.vm_id).limit(1))).first() is None:
                 return  # nothing to check, nothing recorded: no scan of the VMs
-            rows = (await conn.execute(select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value))).all() if plugins else []
+            q = select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value)
+            rows = [Vm.from_row(r) for r in (await conn.execute(q)).all()] if plugins else []
         checks = []
         for vm in rows:
-            name = ((vm.spec or {}).get("plugin") or {}).get("name")
+            name = vm.spec.plugin_name
             owner = _plugin_owner(vm, vm.org_id if (vm.org_id, name) in owners else None)
             plugin = plugins.get((owner, name)) if name else None
             if plugin is not None:
@@ -553,11 +551,11 @@ class PluginService:
         return UNHEALTHY, f"HTTP {resp.status_code}"
 
 
-def _plugin_owner(vm: Row, resolved: str | None) -> str | None:
+def _plugin_owner(vm: Vm, resolved: str | None) -> str | None:
     """Whose plugin VM `vm` was made from: None (the shared one) or its organization, as its
     spec records (`shared`); a VM from before that record takes `resolved` (its
     organization's own plugin of that name when there is one, else the shared one)."""
-    shared = ((vm.spec or {}).get("plugin") or {}).get("shared")
+    shared = vm.spec.plugin.shared if vm.spec.plugin is not None else None
     if shared is None:
         return resolved
     return None if shared else vm.org_id

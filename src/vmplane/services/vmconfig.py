@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import clock
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, Resources
+from ..domain import DEFAULT_RESOURCES, CloudInit, Resources
 from ..errors import Conflict, InvalidRequest
 from ..store import deployments as dep_q
 from ..store import templates as tpl_q
@@ -208,24 +208,24 @@ class VmConfigService:
 
     async def derive(self, vm: Row) -> dict[str, Any]:
         """The config of a VM that has no stored version: from its record."""
-        spec = vm.spec or {}
+        spec = vm.spec
         config: dict[str, Any] = {"resources": {"cpu_cores": vm.cpu, "memory_mb": vm.ram_mb}}
         if vm.template_id:
             async with self.rt.store.read() as conn:
                 tpl = await tpl_q.get_template(conn, vm.template_id)
             if tpl is not None and tpl.boot and tpl.boot.get("cmdline"):
                 config["kernel_cmdline"] = tpl.boot["cmdline"]
-        cloud = spec.get("cloudInit") or {}
+        cloud = spec.cloud_init or CloudInit()
         ci: dict[str, Any] = {}
-        if isinstance(cloud.get("userData"), str):
-            ci["user_data"] = {"content": cloud["userData"], "inline": True}
-        if cloud.get("metaData") is not None:
-            meta = cloud["metaData"]
+        if isinstance(cloud.user_data, str):
+            ci["user_data"] = {"content": cloud.user_data, "inline": True}
+        if cloud.meta_data is not None:
+            meta = cloud.meta_data
             ci["meta_data"] = {"content": meta if isinstance(meta, str) else json.dumps(meta), "inline": True}
         if ci:
             config["cloud_init"] = {"datasource": "NoCloud", **ci}
-        if spec.get("expose"):
-            config["expose"] = [{"port": e["port"], "host_port": e.get("hostPort"), "protocol": e.get("protocol", "tcp")} for e in spec["expose"]]
+        if spec.expose:
+            config["expose"] = [{"port": e.port, "host_port": e.host_port, "protocol": e.protocol} for e in spec.expose]
         return drop_nulls(config)
 
     async def current(self, vm: Row) -> ConfigVersion:

@@ -5,6 +5,7 @@ from typing import Any, Sequence
 from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..domain import Vm
 from .jobs import ACTIVE
 from .tables import deployments, tasks, vm_configs, vms
 
@@ -33,12 +34,12 @@ async def delete_deployment(conn: AsyncConnection, dep_id: str) -> None:
     await conn.execute(delete(deployments).where(deployments.c.id == dep_id))
 
 
-async def vms_named_like(conn: AsyncConnection, prefix: str, org_id: str) -> Sequence[Row]:
+async def vms_named_like(conn: AsyncConnection, prefix: str, org_id: str) -> list[Vm]:
     """Organization `org_id`'s VMs whose name starts with `prefix` (the caller checks the rest
     of the name): a deployment's replica names are names in its own organization only."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     q = select(vms).where(vms.c.org_id == org_id, vms.c.name.like(escaped + "%", escape="\\"))
-    return (await conn.execute(q)).all()
+    return [Vm.from_row(r) for r in (await conn.execute(q)).all()]
 
 
 async def active_work(conn: AsyncConnection, vm_ids: Sequence[str]) -> dict[str, set[str]]:

@@ -55,10 +55,10 @@ async def vm_spec(ctx: TaskContext, vm: Row, template_image: str | None = None, 
         template_id=vm.template_id,
         template_image=template_image,
         template_boot=template_boot,
-        extra=dict(vm.spec or {}),
+        extra=vm.spec.to_json(),
         nics=nics,
         firewall=firewall,
-        pci_devices=tuple((vm.spec or {}).get("pciAssigned", ())),
+        pci_devices=vm.spec.pci_assigned,
     )
 
 

@@ -364,7 +364,7 @@ class VmImport(BaseHandler):
             raise VmplaneError(f"{req.node_id} is not a node of this host (imported disks are files here); leave nodeId out or name a local node")
         demand = Demand(
             cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=req.node_id, exclude=elsewhere,
-            network_types=frozenset(n.get("type", "user") for n in (vm.spec or {}).get("nics", ())) - {"user"},
+            network_types=vm.spec.network_types,
         )  # fmt: skip
         async with rt.store.write() as conn:
             node_id = await rt.capacity.place_and_claim(conn, demand, vm.id)

@@ -17,7 +17,7 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....auth import Principal
-from ....domain import Resources
+from ....domain import Resources, StoredSpec, Vm
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
@@ -52,11 +52,10 @@ async def _nodes(off: Offerings) -> dict[str, Row]:
     return {n.id: n for n in await off.nodes()}
 
 
-def _price(off: Offerings, row: Row) -> int | None:
-    spec = row.spec or {}
-    if spec.get("priceCentsPerHour") is not None:
-        return spec["priceCentsPerHour"]
-    t = off.catalog.by_name.get(spec.get("instanceType") or "")
+def _price(off: Offerings, row: Vm) -> int | None:
+    if row.spec.price_cents_per_hour is not None:
+        return row.spec.price_cents_per_hour
+    t = off.catalog.by_name.get(row.spec.instance_type or "")
     return t.price_cents_per_hour if t is not None else None
 
 
@@ -282,7 +281,7 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
             "data": {
                 "instance_ids": [row.uuid],
                 "task_id": job_id,
-                "assigned_ip": wire.first_ipv4(row),
+                "assigned_ip": row.first_ipv4,
                 "status": "PENDING",
                 "timestamp": clock.rfc3339(clock.now()),
                 "next_steps": {
@@ -331,7 +330,7 @@ async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: Runtime
         ),
     )  # fmt: skip
     job_id, row = await _launch(rt, who, spec)
-    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": wire.first_ipv4(row)})
+    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": row.first_ipv4})
 
 
 # -- instances -----------------------------------------------------------------------------
@@ -900,8 +899,8 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
         node = nodes.get(vm.node_id) if vm is not None and vm.node_id else None
         status = "deleted" if vm is None else ("creating" if vm.status == "provisioning" else "rented")
         deleted_at = last_billed if vm is None and last_billed < report["end"] else None
-        spec = (vm.spec or {}) if vm is not None else {}
-        ip = wire.first_ipv4(vm) if vm is not None else None
+        spec = vm.spec if vm is not None else StoredSpec()
+        ip = vm.first_ipv4 if vm is not None else None
         records.append(
             {
                 "uuid": vm.uuid if vm is not None else item["vmId"],
@@ -913,9 +912,9 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
                 "cpu_cores": last["cpu"],
                 "memory_gb": last["ramMb"] // 1024,
                 "disk_gb": vm.disk_gb if vm is not None else None,
-                "gpu_count": len(spec.get("pciPassthrough") or []),
+                "gpu_count": len(spec.pci_passthrough),
                 "instance_type": last["instanceType"],
-                "template_name": (spec.get("sourceName") or "").upper() or None,
+                "template_name": (spec.source_name or "").upper() or None,
                 "price_cents_per_hour": last["centsPerHour"],
                 "created_at": clock.rfc3339(vm.created_at) if vm is not None else first_billed,
                 "updated_at": clock.rfc3339(vm.updated_at) if vm is not None else last_billed,

@@ -47,7 +47,7 @@ async def _failed(rt: Any, job_id: str, vm_id: str | None = None, who: Any = Non
 
 async def _vm_out(rt: Any, row: Row) -> dict[str, Any]:
     policies = await rt.ingress.policies([row.id])
-    return wire.vm(row, policies[row.id], (row.spec or {}).get("sourceName"))
+    return wire.vm(row, policies[row.id], row.spec.source_name)
 
 
 async def _vm(rt: Any, vm_id: str, who: Any) -> Row:
@@ -79,7 +79,7 @@ async def live() -> JSONResponse:
 async def list_vms(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     rows = await rt.vms.every(who)
     policies = await rt.ingress.policies([r.id for r in rows])
-    return JSONResponse([wire.vm(r, policies[r.id], (r.spec or {}).get("sourceName")) for r in rows])
+    return JSONResponse([wire.vm(r, policies[r.id], r.spec.source_name) for r in rows])
 
 
 @router.post("/v1/vms")

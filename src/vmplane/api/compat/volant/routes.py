@@ -134,7 +134,7 @@ async def list_vms(
         raise InvalidRequest("order must be asc or desc", field="order")
     rows = await rt.vms.every(who)
     if plugin:
-        rows = [r for r in rows if wire.plugin_of(r).get("name") == plugin]
+        rows = [r for r in rows if r.spec.plugin_name == plugin]
     render = _Renderer(rt)
     items = [await render(r) for r in rows]
     if status:
