@@ -12,8 +12,9 @@ Derived facts (addresses, the SSH endpoint) are computed here once, for every fa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 SSH_HOST = "127.0.0.1"
 """Where forwarded ports listen: the node's loopback (the qemu driver's forward address)."""

@@ -100,9 +100,9 @@ class Store:
         # leaves PostgreSQL's default 100 for a second replica.
         engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=40, pool_pre_ping=True)
         self._engine = engine
-        async with engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
-            await conn.run_sync(_upgrade, self.secret_box)
+        async with engine.begin() as aconn:
+            await aconn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+            await aconn.run_sync(_upgrade, self.secret_box)
 
     async def close(self) -> None:
         if self._engine is not None:

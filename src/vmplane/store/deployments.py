@@ -14,12 +14,12 @@ async def insert_deployment(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(deployments), [row])
 
 
-async def get_deployment(conn: AsyncConnection, name: str, org_id: str) -> Row | None:
+async def get_deployment(conn: AsyncConnection, name: str, org_id: str) -> Row[*tuple[Any, ...]] | None:
     """Organization `org_id`'s deployment named `name` (names are unique per organization)."""
     return (await conn.execute(select(deployments).where(deployments.c.org_id == org_id, deployments.c.name == name))).first()
 
 
-async def list_deployments(conn: AsyncConnection, org_id: str | None = None) -> Sequence[Row]:
+async def list_deployments(conn: AsyncConnection, org_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(deployments)
     if org_id is not None:
         q = q.where(deployments.c.org_id == org_id)
@@ -55,12 +55,12 @@ async def active_work(conn: AsyncConnection, vm_ids: Sequence[str]) -> dict[str,
 # -- VM configs ----------------------------------------------------------------------------
 
 
-async def latest_config(conn: AsyncConnection, vm_id: str) -> Row | None:
+async def latest_config(conn: AsyncConnection, vm_id: str) -> Row[*tuple[Any, ...]] | None:
     q = select(vm_configs).where(vm_configs.c.vm_id == vm_id).order_by(vm_configs.c.version.desc()).limit(1)
     return (await conn.execute(q)).first()
 
 
-async def config_history(conn: AsyncConnection, vm_id: str, limit: int) -> Sequence[Row]:
+async def config_history(conn: AsyncConnection, vm_id: str, limit: int) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(vm_configs).where(vm_configs.c.vm_id == vm_id).order_by(vm_configs.c.version.desc()).limit(limit)
     return (await conn.execute(q)).all()
 
