@@ -15,6 +15,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
+from ..domain import VmNic
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..net import ipam
 from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
@@ -172,10 +173,9 @@ class NetworkService:
         `ip_addresses` decides who owns an address, and both change in one transaction."""
         want: dict[str, list[tuple[dict[str, Any], int]]] = {}
         nets: dict[str, Row] = {}
+        nics: dict[str, list[VmNic]] = {}
         for row, networks in vms:
-            row["spec"]["nics"] = [
-                {"networkId": n.id, "network": n.name, "type": n.type, "mac": mac_for(row["id"], i), "ips": []} for i, n in enumerate(networks)
-            ]
+            nics[row["id"]] = [VmNic(n.id, n.name, mac_for(row["id"], i), (), n.type) for i, n in enumerate(networks)]
             for i, n in enumerate(networks):
                 want.setdefault(n.id, []).append((row, i))
                 nets[n.id] = n
@@ -183,10 +183,11 @@ class NetworkService:
             net = nets[network_id]
             addrs = await self._take(conn, net, [(vm["id"], nic, True) for vm, nic in owners])
             for a, (vm, nic) in zip(addrs, owners):
-                entry = vm["spec"]["nics"][nic]
-                entry["ips"] = [ipam.to_str(a)]
-                if net.ipv6_prefix:
-                    entry["ipv6"] = ipam.ipv6_for(net.ipv6_prefix, entry["mac"])
+                entry = nics[vm["id"]][nic]
+                ipv6 = ipam.ipv6_for(net.ipv6_prefix, entry.mac) if net.ipv6_prefix else None
+                nics[vm["id"]][nic] = replace(entry, ips=(ipam.to_str(a),), ipv6=ipv6)
+        for row, _ in vms:
+            row["spec"]["nics"] = [n.to_json() for n in nics[row["id"]]]
 
     @staticmethod
     async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> list[int]:

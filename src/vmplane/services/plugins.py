@@ -269,12 +269,12 @@ class PluginService:
             q = select(vms_t.c.name, vms_t.c.org_id, vms_t.c.spec)
             if row.org_id is not None:
                 q = q.where(vms_t.c.org_id == row.org_id)
-            vms = [v for v in (await conn.execute(q)).all() if StoredSpec.from_json(v.spec).plugin_name == row.name]
+            vms = [(v, spec) for v in (await conn.execute(q)).all() if (spec := StoredSpec.from_json(v.spec)).plugin_name == row.name]
             owners = {}
-            for v in vms:
+            for v, _ in vms:
                 if v.org_id not in owners:
                     owners[v.org_id] = v.org_id if await plugin_q.plugin_in(conn, row.name, v.org_id) is not None else None
-        return [v for v in vms if _plugin_owner(v, owners[v.org_id]) == row.org_id]
+        return [v for v, spec in vms if _plugin_owner(spec, v.org_id, owners[v.org_id]) == row.org_id]
 
     async def delete(self, ref: str, who: Principal) -> None:
         """Remove a plugin no VM uses (409 otherwise, naming the caller's organization's VMs
@@ -340,7 +340,7 @@ class PluginService:
             raise NotFound(f"VM {vm.name} was not made from a plugin")
         async with self.rt.store.read() as conn:
             own = await plugin_q.plugin_in(conn, ref, vm.org_id)
-            owner = _plugin_owner(vm, vm.org_id if own is not None else None)
+            owner = _plugin_owner(vm.spec, vm.org_id, vm.org_id if own is not None else None)
             row = own if owner is not None else await plugin_q.plugin_in(conn, ref, None)
         if row is None:
             raise NotFound(f"plugin {ref} of VM {vm.name} is no longer installed")
@@ -504,7 +504,7 @@ class PluginService:
         checks = []
         for vm in rows:
             name = vm.spec.plugin_name
-            owner = _plugin_owner(vm, vm.org_id if (vm.org_id, name) in owners else None)
+            owner = _plugin_owner(vm.spec, vm.org_id, vm.org_id if (vm.org_id, name) in owners else None)
             plugin = plugins.get((owner, name)) if name else None
             if plugin is not None:
                 checks.append((vm, plugin))
@@ -551,11 +551,12 @@ class PluginService:
         return UNHEALTHY, f"HTTP {resp.status_code}"
 
 
-def _plugin_owner(vm: Vm, resolved: str | None) -> str | None:
-    """Whose plugin VM `vm` was made from: None (the shared one) or its organization, as its
-    spec records (`shared`); a VM from before that record takes `resolved` (its
-    organization's own plugin of that name when there is one, else the shared one)."""
-    shared = vm.spec.plugin.shared if vm.spec.plugin is not None else None
+def _plugin_owner(spec: StoredSpec, org_id: str, resolved: str | None) -> str | None:
+    """Whose plugin a VM of organization `org_id` with `spec` was made from: None (the shared
+    one) or its organization, as its spec records (`shared`); a VM from before that record
+    takes `resolved` (its organization's own plugin of that name when there is one, else the
+    shared one)."""
+    shared = spec.plugin.shared if spec.plugin is not None else None
     if shared is None:
         return resolved
-    return None if shared else vm.org_id
+    return None if shared else org_id

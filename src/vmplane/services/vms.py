@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
+from ..domain import DEFAULT_RESOURCES, Resources, Vm, VmStatus
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound
 from ..net.ingress import Ipv6Ingress
 from ..net.model import Firewall
@@ -141,7 +141,7 @@ class VmService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    async def get(self, ref: str, who: Principal) -> Row:
+    async def get(self, ref: str, who: Principal) -> Vm:
         """A VM the caller may see (another organization's, or team's, answers 404)."""
         async with self.rt.store.read() as conn:
             row = await vm_q.get_vm(conn, ref)
@@ -151,7 +151,7 @@ class VmService:
 
     async def list(
         self, who: Principal, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
-    ) -> tuple[Sequence[Row], str | None]:
+    ) -> tuple[Sequence[Vm], str | None]:
         if status is not None and status not in VmStatus.__members__.values():
             raise InvalidRequest(f"status {status!r} is not one of {', '.join(VmStatus)}", field="status")
         after = pages.decode("vms", page_token)
@@ -162,9 +162,9 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def every(self, who: Principal) -> list[Row]:
+    async def every(self, who: Principal) -> list[Vm]:
         """Every VM the caller may see, all pages (faces whose lists are not paged)."""
-        rows: list[Row] = []
+        rows: list[Vm] = []
         token = None
         while True:
             page, token = await self.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
@@ -172,7 +172,7 @@ class VmService:
             if token is None:
                 return rows
 
-    async def by_name(self, name: str, who: Principal) -> Row:
+    async def by_name(self, name: str, who: Principal) -> Vm:
         """The VM the caller may see named `name` (faces that address VMs by name): names are
         unique within an organization, and only the caller's organization is searched."""
         if not name or len(name) > 63:
@@ -380,7 +380,7 @@ class VmService:
             raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
         return await self.get(vm_id, who)
 
-    async def rename(self, ref: str, name: str, who: Principal) -> Row:
+    async def rename(self, ref: str, name: str, who: Principal) -> Vm:
         """Rename a VM at once: a name lives only in the store (no job, no hypervisor call)."""
         check_name(name)
         vm = await self.get(ref, who)

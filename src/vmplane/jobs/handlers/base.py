@@ -6,7 +6,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
-from ...domain import Resources, VmSpec, VmStatus
+from ...domain import Resources, Vm, VmSpec, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import VmplaneError
 from ...store import vms as vm_q
@@ -21,13 +21,13 @@ class BaseHandler:
         return None
 
 
-async def find_vm(ctx: TaskContext) -> Row | None:
+async def find_vm(ctx: TaskContext) -> Vm | None:
     """The task's VM, or None once it was deleted (a rollback then has nothing to put right)."""
     async with ctx.rt.store.read() as conn:
         return await vm_q.get_vm(conn, ctx.resource_id)
 
 
-async def load_vm(ctx: TaskContext) -> Row:
+async def load_vm(ctx: TaskContext) -> Vm:
     vm = await find_vm(ctx)
     if vm is None:
         raise VmplaneError(f"VM {ctx.resource_id} no longer exists")
@@ -42,7 +42,7 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
-async def vm_spec(ctx: TaskContext, vm: Row, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
+async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
     """What the VM's driver needs to define it, from the store as it is now."""
     async with ctx.rt.store.read() as conn:
         nics = await ctx.rt.networks.nics(conn, vm)

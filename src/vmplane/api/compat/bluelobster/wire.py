@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from sqlalchemy import Row
 
 from .... import clock
-from ....domain import Vm
+from ....domain import Template, Vm
 from ....errors import VmplaneError
 
 SSH_KEY = r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+[=]{0,3}( .+)?$"
@@ -116,7 +116,7 @@ def cloud_init(username: str, ssh_key: str | None, password: str | None) -> dict
     return config
 
 
-def template_name(row: Row) -> str | None:
+def template_name(row: Template) -> str | None:
     """A template's name as this face shows it (`tiny-linux` -> `TINY-LINUX`), or None when
     its name has characters the contract's names cannot carry."""
     name = row.name.upper()
