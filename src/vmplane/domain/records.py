@@ -7,13 +7,13 @@ its SSH endpoint) are properties of the record, computed here once for every fac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from .spec import StoredSpec
+from .spec import StoredSpec, from_fields
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Vm:
     """A VM as the store keeps it (the `vms` table)."""
 
@@ -40,11 +40,9 @@ class Vm:
     @classmethod
     def from_row(cls, row: Any) -> Vm:
         """From a row of the whole `vms` table."""
-        return cls(
-            row.seq, row.id, row.uuid, row.name, row.org_id, row.team_id, row.node_id, row.template_id, row.snapshot_id,
-            row.status, row.cpu, row.ram_mb, row.disk_gb, row.tags, StoredSpec.from_json(row.spec), row.error,
-            row.started_at, row.created_at, row.updated_at,
-        )  # fmt: skip
+        values = {name: getattr(row, name) for name in _VM_FIELDS}
+        values["spec"] = StoredSpec.from_json(values["spec"])
+        return from_fields(cls, values)
 
     def to_row(self) -> dict[str, Any]:
         """The columns, as the store writes them (`spec` as its JSON)."""
@@ -75,7 +73,7 @@ class Vm:
         return self.spec.ssh_endpoint
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Template:
     """A template as the store keeps it (the `templates` table). org_id None: shared."""
 
@@ -100,10 +98,7 @@ class Template:
     @classmethod
     def from_row(cls, row: Any) -> Template:
         """From a row of the whole `templates` table."""
-        return cls(
-            row.seq, row.id, row.name, row.org_id, row.os, row.node_id, row.source_url, row.status, row.format, row.size_mb,
-            row.image_path, row.checksum, row.boot, row.error, row.created_at, row.updated_at,
-        )  # fmt: skip
+        return from_fields(cls, {name: getattr(row, name) for name in _TEMPLATE_FIELDS})
 
     @property
     def shared(self) -> bool:
@@ -114,3 +109,7 @@ class Template:
         """The public host key baked into the image, when its import recorded one."""
         key = (self.boot or {}).get("sshHostKey")
         return str(key) if key is not None else None
+
+
+_VM_FIELDS = tuple(f.name for f in fields(Vm))
+_TEMPLATE_FIELDS = tuple(f.name for f in fields(Template))

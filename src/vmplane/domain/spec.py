@@ -14,14 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 SSH_HOST = "127.0.0.1"
 """Where forwarded ports listen: the node's loopback (the qemu driver's forward address)."""
 SSH_USER = "root"
 
+T = TypeVar("T")
 
-@dataclass(frozen=True, slots=True)
+
+def from_fields(cls: type[T], values: dict[str, Any]) -> T:
+    """An instance of frozen dataclass `cls` (no slots) from the values of all its fields,
+    without running its __init__: a frozen __init__ sets each field through object.__setattr__,
+    4 µs for a VM's 19 fields, and VMs are read by the hundred on every list."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(values)
+    return obj
+
+
+@dataclass(frozen=True)
 class VmNic:
     """One NIC of a VM as its spec keeps it: a copy of the addresses `ip_addresses` owns, so
     reads of a VM need no other table. (`network.Nic` is the node's view, network resolved.)"""
@@ -41,7 +52,10 @@ class VmNic:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> VmNic:
-        return cls(d["networkId"], d["network"], d["mac"], tuple(d.get("ips") or ()), d.get("type", "user"), d.get("ipv6"))
+        return from_fields(cls, {
+            "network_id": d["networkId"], "network": d["network"], "mac": d["mac"], "ips": tuple(d.get("ips") or ()),
+            "type": d.get("type", "user"), "ipv6": d.get("ipv6"),
+        })  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"networkId": self.network_id, "network": self.network, "type": self.type, "mac": self.mac, "ips": list(self.ips)}
@@ -50,7 +64,7 @@ class VmNic:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Expose:
     """A guest port forwarded from a host port of the node (chosen at create when not asked)."""
 
@@ -60,7 +74,7 @@ class Expose:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Expose:
-        return cls(d["port"], d.get("protocol", "tcp"), d.get("hostPort"))
+        return from_fields(cls, {"port": d["port"], "protocol": d.get("protocol", "tcp"), "host_port": d.get("hostPort")})
 
     def to_json(self) -> dict[str, Any]:
         return {"port": self.port, "hostPort": self.host_port, "protocol": self.protocol}
@@ -187,7 +201,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StoredSpec:
     """What `vms.spec` holds, every key declared. Change it with `replace` (or `with_`), store
     it with `to_json`."""
@@ -228,8 +242,13 @@ class StoredSpec:
     def from_json(cls, d: Mapping[str, Any] | None) -> StoredSpec:
         if not d:
             return _EMPTY
-        values = {name: decode(d[key]) for name, (key, decode, _) in _KEYS.items() if key in d}
-        return cls(**values, stored=d)
+        values = dict(_DEFAULTS)
+        values["metadata"] = {}
+        for key, value in d.items():
+            if (known := _FIELDS.get(key)) is not None:
+                values[known[0]] = known[1](value)
+        values["stored"] = d
+        return from_fields(cls, values)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON to store: `stored` with each changed field written over its key (a field
@@ -302,3 +321,4 @@ class StoredSpec:
 
 _EMPTY = StoredSpec()
 _DEFAULTS = {name: getattr(_EMPTY, name) for name in _KEYS}
+_FIELDS = {key: (name, decode) for name, (key, decode, _) in _KEYS.items()}
