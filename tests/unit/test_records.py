@@ -2,8 +2,20 @@
 store and writes it back byte for byte; derived facts are computed on the record."""
 
 import json
+from dataclasses import fields
 
-from vmplane.domain import Expose, PluginRef, SshForward, StoredSpec, Template, Vm, VmNic
+import sqlalchemy as sa
+
+from vmplane.domain import (
+    Expose,
+    PluginRef,
+    SshForward,
+    StoredSpec,
+    Template,
+    Vm,
+    VmNic,
+)
+from vmplane.store.tables import templates, vms
 
 NIC = {"networkId": "net-a", "network": "default", "type": "user", "mac": "52:54:00:aa:bb:cc", "ips": ["10.0.0.5", "10.0.0.9"]}
 BRIDGE_NIC = {"networkId": "net-b", "network": "lan", "type": "bridge", "mac": "52:54:00:dd:ee:ff", "ips": ["192.168.7.3"], "ipv6": "fd00::5054:ff:fedd:eeff"}
@@ -67,21 +79,26 @@ def test_derived_facts() -> None:
     assert StoredSpec.from_json(SHAPES[4]).runtime == "web" and StoredSpec.from_json(SHAPES[4]).plugin_name == "web"
 
 
-class _Row:
-    def __init__(self, **values: object) -> None:
-        self.__dict__.update(values)
+def _row(table: sa.Table, **values: object) -> sa.Row:
+    """A row of `table` as the store reads it (SQLite in memory)."""
+    engine = sa.create_engine("sqlite://")
+    table.metadata.create_all(engine, tables=[table])
+    with engine.begin() as conn:
+        conn.execute(sa.insert(table), [values])
+        return conn.execute(sa.select(table)).one()
 
 
-def test_records_from_rows() -> None:
-    row = _Row(
-        seq=1, id="vm-1", uuid="u", name="a", org_id="org-1", team_id=None, node_id="node-1", template_id=None, snapshot_id=None,
-        status="running", cpu=1, ram_mb=512, disk_gb=10, tags=[], spec=SHAPES[2], error=None, started_at=1.0, created_at=1.0, updated_at=2.0,
-    )  # fmt: skip
-    vm = Vm.from_row(row)
-    assert vm.primary_ip == "10.0.0.5" and vm.ssh_endpoint is not None and vm.to_row()["spec"] == SHAPES[2]
-    assert vm.to_row() == {k: getattr(row, k) for k in vars(row)}
+def test_records_are_the_tables_rows() -> None:
+    assert [f.name for f in fields(Vm)] == list(vms.c.keys())
+    assert [f.name for f in fields(Template)] == list(templates.c.keys())
+    values = {
+        "id": "vm-1", "uuid": "u", "name": "a", "org_id": "org-1", "team_id": None, "node_id": "node-1", "template_id": None, "snapshot_id": None,
+        "status": "running", "cpu": 1, "ram_mb": 512, "disk_gb": 10, "tags": [], "spec": SHAPES[2], "error": None, "started_at": 1.0, "created_at": 1.0, "updated_at": 2.0,
+    }  # fmt: skip
+    vm = Vm.from_row(_row(vms, **values))
+    assert vm.primary_ip == "10.0.0.5" and vm.ssh_endpoint is not None and vm.to_row() == {"seq": 1, **values}
     tpl = Template.from_row(
-        _Row(seq=1, id="tpl-1", name="t", org_id=None, os="linux", node_id=None, source_url=None, status="ready", format="qcow2",
+        _row(templates, id="tpl-1", name="t", org_id=None, os="linux", node_id=None, source_url=None, status="ready", format="qcow2",
              size_mb=1, image_path=None, checksum=None, boot={"sshHostKey": "ssh-ed25519 K"}, error=None, created_at=1.0, updated_at=1.0)
     )  # fmt: skip
     assert tpl.shared and tpl.ssh_host_key == "ssh-ed25519 K"

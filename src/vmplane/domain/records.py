@@ -7,7 +7,7 @@ its SSH endpoint) are properties of the record, computed here once for every fac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from .spec import StoredSpec, from_fields
@@ -39,8 +39,8 @@ class Vm:
 
     @classmethod
     def from_row(cls, row: Any) -> Vm:
-        """From a row of the whole `vms` table."""
-        values = {name: getattr(row, name) for name in _VM_FIELDS}
+        """From a row of the whole `vms` table (its columns are this record's fields)."""
+        values = row._asdict()
         values["spec"] = StoredSpec.from_json(values["spec"])
         return from_fields(cls, values)
 
@@ -97,8 +97,8 @@ class Template:
 
     @classmethod
     def from_row(cls, row: Any) -> Template:
-        """From a row of the whole `templates` table."""
-        return from_fields(cls, {name: getattr(row, name) for name in _TEMPLATE_FIELDS})
+        """From a row of the whole `templates` table (its columns are this record's fields)."""
+        return from_fields(cls, row._asdict())
 
     @property
     def shared(self) -> bool:
@@ -109,7 +109,3 @@ class Template:
         """The public host key baked into the image, when its import recorded one."""
         key = (self.boot or {}).get("sshHostKey")
         return str(key) if key is not None else None
-
-
-_VM_FIELDS = tuple(f.name for f in fields(Vm))
-_TEMPLATE_FIELDS = tuple(f.name for f in fields(Template))
