@@ -217,7 +217,7 @@ class Runtime:
             self.registry.add(node_id, driver)
         await self.events.start()
         await self.replicas.start(local, home_of(self.data_dir))
-        if any(d.capabilities.kind == "qemu" for _, d in local):
+        if any(d.capabilities.real_vms for _, d in local):
             await self._register_tiny_template()
         await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start()
@@ -346,14 +346,14 @@ class Runtime:
         next start), simulated ones do not."""
         running = simulated = 0
         for node_id, driver in self.registry.items():
-            if driver.capabilities.kind == "remote":
+            if not driver.capabilities.local:
                 continue  # its agent keeps them, and is not stopping
             try:
                 n = sum(1 for r in await driver.list_vms() if r.state == PowerState.RUNNING)
             except Exception as exc:
                 log.warning("cannot tell which VMs of %s run: %s", node_id, exc)
                 continue
-            if driver.capabilities.kind == "sim":
+            if not driver.capabilities.real_vms:
                 simulated += n
             else:
                 running += n

@@ -188,3 +188,20 @@ class DriverContract:
         assert (await d.get_vm(spec.id)).state == PowerState.STOPPED
         with pytest.raises(DriverError):
             await d.set_network(ids.new_id("vm"), nics, fw)
+
+    async def test_what_a_node_tells_of_itself_and_its_vms_processes(self, env: Any) -> None:
+        d, spec = env.driver, env.spec()
+        caps = d.capabilities
+        assert caps.hypervisor in ("qemu", "sim") and (caps.kind == "remote") != caps.local
+        assert d.offline is None and d.forward_host()
+        assert d.host_process(spec.id) == (None, None)  # not defined here
+        await d.create_vm(spec)
+        assert d.host_process(spec.id)[0] is None  # stopped
+        await d.start_vm(spec.id)
+        pid, _serial = d.host_process(spec.id)
+        if caps.local and caps.real_vms:
+            assert pid is not None and Path(f"/proc/{pid}").exists()
+        else:
+            assert pid is None
+        await d.stop_vm(spec.id)
+        assert d.host_process(spec.id)[0] is None

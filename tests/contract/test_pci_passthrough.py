@@ -220,7 +220,7 @@ async def test_qemu_delete_gives_back_what_it_bound_and_only_that(tmp_path: Path
     gpu_vm, nic_vm = spec(GPU, AUDIO), spec(NIC)
     for s in (gpu_vm, nic_vm):
         await d.create_vm(s)
-        moved = await d._bind_pci(d._vm(s.id))  # what start_vm does before it runs QEMU
+        moved = await d.vfio.bind(d.machines.vm(s.id))  # what start_vm does before it runs QEMU
         assert moved == ([GPU, AUDIO] if s is gpu_vm else [])
     assert json.loads(vm_paths(d.state_dir, gpu_vm.id).pci_bound.read_text()) == {"bound": [GPU, AUDIO]}
     assert not vm_paths(d.state_dir, nic_vm.id).pci_bound.exists()
@@ -241,7 +241,7 @@ async def test_qemu_delete_fails_loudly_when_the_host_refuses(tmp_path: Path, ho
     await d.open()
     s = spec(NIC)
     await d.create_vm(s)
-    await d._bind_pci(d._vm(s.id))
+    await d.vfio.bind(d.machines.vm(s.id))
 
     def refuse(path: Path, text: str) -> None:
         raise PermissionError(13, "Permission denied", str(path))

@@ -31,6 +31,7 @@ import uvicorn
 
 from .. import __version__
 from ..drivers.base import HypervisorDriver
+from ..http_clients import link_client
 from ..outbound import Policy, parse_allow
 from .app import AgentState, create_agent_app, describe, write_private
 from .images import ControlPlaneLink, ImageStore
@@ -255,7 +256,7 @@ class Agent:
             log.warning("node agent (%s driver) serving on %s, data in %s", driver.capabilities.kind, self.cfg.url, self.data_dir)
             status = 0
             try:
-                async with httpx.AsyncClient(base_url=self.cfg.control_plane.rstrip("/"), timeout=httpx.Timeout(15.0, connect=5.0), trust_env=False) as client:
+                async with link_client(base_url=self.cfg.control_plane.rstrip("/"), timeout=httpx.Timeout(15.0, connect=5.0)) as client:
                     delay = 0.5
                     while not self.stopping.is_set():
                         try:

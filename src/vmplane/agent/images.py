@@ -28,6 +28,7 @@ import httpx
 from .. import outbound
 from ..drivers.base import HypervisorDriver, ImageInfo
 from ..errors import DriverError, InvalidRequest
+from ..http_clients import link_client
 from .wire import CONTROL_PREFIX, check_id
 
 log = logging.getLogger("vmplane.agent")
@@ -214,7 +215,7 @@ class ImageStore:
         done = last = 0
         timeout = httpx.Timeout(30.0, connect=5.0)
         if headers:  # the control plane, with the node's credential: vmplane's own link, no redirects
-            client = httpx.AsyncClient(timeout=timeout, trust_env=False)
+            client = link_client(timeout=timeout)
         else:  # the template's source URL: the user's
             client = outbound.async_client(self.policy, timeout=timeout)
         async with client:

@@ -210,9 +210,9 @@ def capabilities_from_wire(d: Any) -> Capabilities:
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise InvalidRequest(f"capabilities.{f.name} must be a list of strings", field=f"capabilities.{f.name}")
             v = frozenset(v)
-        elif f.name == "kind":
+        elif f.name in ("kind", "hypervisor"):
             if not isinstance(v, str):
-                raise InvalidRequest("capabilities.kind must be a string", field="capabilities.kind")
+                raise InvalidRequest(f"capabilities.{f.name} must be a string", field=f"capabilities.{f.name}")
         elif not isinstance(v, bool):
             raise InvalidRequest(f"capabilities.{f.name} must be true or false", field=f"capabilities.{f.name}")
         values[f.name] = v
@@ -222,8 +222,9 @@ def capabilities_from_wire(d: Any) -> Capabilities:
 
 
 def remote_capabilities(agent: Capabilities) -> Capabilities:
-    """What the control plane's `remote` driver of a node declares: the agent's driver's."""
-    return replace(agent, kind="remote")
+    """What the control plane's `remote` driver of a node declares: the agent's driver's, on
+    another host (its `hypervisor` stays the agent's qemu or sim)."""
+    return replace(agent, kind="remote", local=False)
 
 
 def target_to_wire(t: MigrationTarget) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from ..errors import Unauthorized, VmplaneError
+from ..http_clients import async_api_client
 from ..services.mcp import BY_TOOL, OPERATIONS, Operation
 
 Caller = Callable[[Server, Operation, dict[str, Any]], Awaitable[Any]]
@@ -87,7 +88,7 @@ class McpHttp:
 
 def http_caller(url: str, key: str, timeout: float = 120) -> Caller:
     """Tool calls sent to a vmplane server's `POST /api/v1/mcp` (for `vmplane mcp`)."""
-    client = httpx.AsyncClient(base_url=url.rstrip("/"), headers={"X-API-Key": key}, timeout=timeout)
+    client = async_api_client(url, key, timeout=timeout)
 
     async def call(_server: Server, op: Operation, args: dict[str, Any]) -> Any:
         try:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..http_clients import api_client
 from ..ids import looks_like_id, looks_like_uuid
 
 err = Console(stderr=True)
@@ -21,15 +22,12 @@ FINAL = {"succeeded", "failed", "partial", "cancelled"}
 class Client:
     def __init__(self, url: str | None) -> None:
         self.url = (url or os.environ.get("VMPLANE_URL") or "http://127.0.0.1:8080").rstrip("/")
-        headers = {}
         key = os.environ.get("VMPLANE_API_KEY")
         if not key:  # the owner key `vmplane serve` wrote on first start (`make run` uses ./.vmplane)
             path = Path(os.environ.get("VMPLANE_DATA_DIR", ".vmplane")) / "admin-api-key"
             if path.is_file():
                 key = path.read_text().strip()
-        if key:
-            headers["X-API-Key"] = key
-        self.http = httpx.Client(base_url=self.url, timeout=30, headers=headers)
+        self.http = api_client(self.url, key, timeout=30)
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._send(method, path, **kw)

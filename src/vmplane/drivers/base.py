@@ -6,6 +6,9 @@ General rules for every driver:
 - Calls are idempotent where the docstring says so; the job engine relies on this to resume a
   task after a crash by running it again.
 - Optional features are declared in `capabilities`; nothing signals "unsupported" at run time.
+- Callers use a driver through this class only: what they need of a node (is it reachable,
+  where its forwarded ports are, which process a VM is) is a method or a capability here,
+  never an attribute of one driver found by `getattr` or a type test.
 """
 
 import asyncio
@@ -33,8 +36,13 @@ class PowerState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
+    """What a node's driver can do, as data: callers (services, faces, placement) read these
+    fields, never the driver's type or `kind`, to decide what to offer."""
+
     kind: str
+    """the driver: qemu, sim or remote"""
     real_vms: bool
+    """VMs really boot (a guest OS runs); False for the simulator"""
     live_resize_disk: bool = False
     hot_resize_cpu_ram: bool = False
     console: bool = False
@@ -53,8 +61,18 @@ class Capabilities:
     pci_passthrough: bool = False
     """VMs may be given host PCI devices (VFIO); `node_info` lists the offered devices."""
     live_migration: bool = False
-    """running VMs move to another node of the same kind: `migrate_prepare` (target),
+    """running VMs move to another node of the same hypervisor: `migrate_prepare` (target),
     `migrate_send` (source), `migrate_finish` (target), `migrate_cancel` (source) work."""
+    hypervisor: str = ""
+    """what runs the VMs: `kind` itself, except for a node reached through another driver (a
+    `remote` node runs its agent's qemu or sim). Empty when built means `kind`."""
+    local: bool = True
+    """the node is this host: its VMs' processes (`host_process`) and their forwarded ports
+    are on the control plane's own host. False for a node of another host (`remote`)."""
+
+    def __post_init__(self) -> None:
+        if not self.hypervisor:
+            object.__setattr__(self, "hypervisor", self.kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +219,27 @@ class HypervisorDriver(ABC):
     async def resize_vm(self, vm_id: str, resources: Resources) -> None:
         """Change the VM's resources. Disks only grow. CPU and RAM take effect at the next
         start unless `capabilities.hot_resize_cpu_ram`. Idempotent."""
+
+    @property
+    def offline(self) -> str | None:
+        """Why the node cannot be reached now (its agent missed its heartbeats, its credential
+        was revoked), or None when it can. Calls to an offline node fail at once with
+        DriverError. A driver of this host is never offline."""
+        return None
+
+    def host_process(self, vm_id: str) -> tuple[int | None, str | None]:
+        """The VM's process on this host (its id, None when the VM does not run) and its serial
+        console's unix socket (None for a VM not defined here). Reads files only; never fails.
+        (None, None) from a driver whose VMs are no processes of this host (`sim`, `remote`:
+        `capabilities.local` and `real_vms` say which)."""
+        return None, None
+
+    def forward_host(self) -> str:
+        """The host name or address at which the control plane reaches the ports this node
+        forwards to its VMs (the `expose` of user-mode NICs): the node's forwarding address for
+        a node of this host, the agent's host for a remote node. A wildcard address (0.0.0.0,
+        ::) means every address of that host."""
+        return "127.0.0.1"
 
     @abstractmethod
     async def get_vm(self, vm_id: str) -> VmRuntime | None:

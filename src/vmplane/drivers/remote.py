@@ -28,6 +28,7 @@ import httpx
 from ..agent import wire
 from ..domain import Resources, VmSpec
 from ..errors import DriverError, InvalidRequest
+from ..http_clients import link_client
 from ..net.model import Firewall, Nic
 from .base import (
     Capabilities,
@@ -85,8 +86,7 @@ class RemoteDriver(HypervisorDriver):
         self.url = url
         self.key = key
         self.capabilities = wire.remote_capabilities(capabilities)
-        self.hypervisor = capabilities.kind
-        """the agent's own driver: qemu or sim"""
+        """the agent's driver's, as a node of another host (`hypervisor` says qemu or sim)"""
 
     def update(self, url: str, key: str, capabilities: Capabilities) -> None:
         """The agent re-registered (new address, key or capabilities)."""
@@ -95,13 +95,16 @@ class RemoteDriver(HypervisorDriver):
             self._background(old.aclose())
         self.url, self.key = url, key
         self.capabilities = wire.remote_capabilities(capabilities)
-        self.hypervisor = capabilities.kind
 
     # -- liveness ------------------------------------------------------------------------
 
     @property
     def offline(self) -> str | None:
         return self._offline
+
+    def forward_host(self) -> str:
+        """The agent's host, as the control plane reaches it."""
+        return urlparse(self.url).hostname or "127.0.0.1"
 
     def set_offline(self, reason: str | None) -> None:
         """Mark the node offline (calls fail at once, calls in flight are abandoned) or, with
@@ -120,13 +123,12 @@ class RemoteDriver(HypervisorDriver):
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
+            self._client = link_client(
                 base_url=self.url.rstrip("/") + wire.AGENT_PREFIX,
                 headers={"Authorization": f"Bearer {self.key}"},
                 timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT, pool=None),
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
                 transport=self._transport,
-                trust_env=False,
             )
         return self._client
 
@@ -205,7 +207,8 @@ class RemoteDriver(HypervisorDriver):
                 await resp.aclose()
             raise DriverError(f"node {self.node_id}: the agent ended {what} without an outcome", node_id=self.node_id)
 
-        return await self._race(run(), what)
+        result: dict[str, Any] = await self._race(run(), what)
+        return result
 
     def _background(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -429,14 +432,14 @@ class RemoteDriver(HypervisorDriver):
                 entry["url"] = source
             wanted[name] = entry
         body = {"files": wanted, "cmdline": boot.get("cmdline")}
-        path = f"/images/{files.template_id}/provide"
-        result = await self._long_call(path, body, progress, f"the files of template {files.template_id}")
+        call = f"/images/{files.template_id}/provide"
+        result = await self._long_call(call, body, progress, f"the files of template {files.template_id}")
         if result.get("missing"):
             for name in result["missing"]:
                 if name not in local:
                     raise DriverError(f"node {self.node_id} asks for an unknown file {name!r}")
                 await self._push(files.template_id, name, local[name], progress)
-            result = await self._long_call(path, body, progress, f"the files of template {files.template_id}")
+            result = await self._long_call(call, body, progress, f"the files of template {files.template_id}")
         if "image" not in result:
             raise DriverError(f"node {self.node_id} could not get the files of template {files.template_id}: {result}")
         return str(result["image"]), result.get("boot")

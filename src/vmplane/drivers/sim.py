@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .. import clock, pci
 from ..domain import Resources, VmSpec
@@ -160,7 +161,7 @@ class SimDriver(HypervisorDriver):
             return
         data = json.loads(path.read_text())
 
-        def res(d: dict) -> Resources:
+        def res(d: dict[str, Any]) -> Resources:
             return Resources(d["cpu"], d["ramMb"], d["diskGb"])
 
         for v in data["vms"]:

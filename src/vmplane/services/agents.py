@@ -64,6 +64,8 @@ class AgentService:
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._tiny: asyncio.Task[None] | None = None
         self._started = time.monotonic()
+        self._remotes: dict[str, RemoteDriver] = {}
+        """the drivers of remote nodes this service put in the registry (and keeps up to date)"""
 
     @property
     def offline_seconds(self) -> float:
@@ -254,9 +256,8 @@ class AgentService:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for _, driver in self.rt.registry.items():
-            if isinstance(driver, RemoteDriver):
-                await driver.close()
+        for driver in self._remotes.values():
+            await driver.close()
 
     async def _monitor(self) -> None:
         interval = max(0.1, min(1.0, self.offline_seconds / 10))
@@ -308,15 +309,16 @@ class AgentService:
         except InvalidRequest:
             log.error("node %s has unreadable capabilities; re-register its agent", row.id)
             return
-        if row.id in reg:
-            driver = reg.driver(row.id)
-            if isinstance(driver, RemoteDriver) and (driver.url, driver.key, driver.capabilities) != (row.agent_url, key, wire.remote_capabilities(caps)):
+        driver = self._remotes.get(row.id)
+        if driver is not None:
+            if (driver.url, driver.key, driver.capabilities) != (row.agent_url, key, wire.remote_capabilities(caps)):
                 driver.update(row.agent_url or "", key, caps)
-        else:
+        elif row.id not in reg:  # (a node of this process's own is no remote node)
             driver = RemoteDriver(row.id, row.agent_url or "http://0.0.0.0:1", key, caps)
             await driver.open()
             reg.add(row.id, driver)
-        if isinstance(driver, RemoteDriver):
+            self._remotes[row.id] = driver
+        if driver is not None:
             if row.credential_digest is None:
                 driver.set_offline("its credential was revoked")
             elif row.status != NodeStatus.ONLINE.value:
@@ -327,7 +329,7 @@ class AgentService:
     def _offer_tiny(self, caps: Capabilities) -> None:
         """A qemu node can run the tiny guest: register the `tiny-linux` template (built once)
         as a control plane with a local qemu node does, in the background."""
-        if caps.kind != "qemu" or self._tiny is not None:
+        if not caps.real_vms or self._tiny is not None:
             return
 
         async def run() -> None:

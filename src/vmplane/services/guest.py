@@ -105,7 +105,7 @@ class GuestService:
         exposes guest port 22 itself keeps that forward. Nothing for other drivers (sim; a
         remote node's loopback is not the control plane's) or VMs only on bridges (their
         address is reachable as it is). Idempotent; returns a line for the task log."""
-        if driver.capabilities.kind != "qemu":
+        if not (driver.capabilities.real_vms and driver.capabilities.local):
             return None
         async with self.rt.store.write() as conn:
             vm = await vm_q.get_vm(conn, vm_id)

@@ -1,16 +1,21 @@
 """Jobs as users see them: list, details with tasks, a task with its log, cancel. A
-team-scoped credential sees (and cancels) only its team's jobs and tasks."""
+team-scoped credential sees (and cancels) only its team's jobs and tasks.
+
+Faces whose contract answers with an operation's outcome rather than a job wait for it here:
+`wait` returns a `JobOutcome` (the job as the bounded wait left it, with its first task error),
+and `finish` is the common case of waiting and raising that error when the job failed."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sqlalchemy import Row
 
 from ..auth import Principal
 from ..domain import JOB_FINAL, JobState
-from ..errors import InvalidRequest, InvalidState, NotFound
+from ..errors import DriverError, InvalidRequest, InvalidState, NotFound
 from ..store import jobs as job_q
 from . import pages
 
@@ -19,6 +24,45 @@ def _visible(row: Row, who: Principal) -> bool:
     """A job or task of another organization, or of another team for a team-scoped
     credential, does not exist as far as the caller can tell (404)."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
+
+
+UNSUCCESSFUL = frozenset({JobState.FAILED, JobState.PARTIAL, JobState.CANCELLED})
+"""the ends of a job in which some of its work was not done"""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A job as a bounded wait left it: ended, or still going when the wait ran out."""
+
+    job: Row[Any]
+    tasks: Sequence[Row[Any]]
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self.job.state)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in JOB_FINAL
+
+    @property
+    def failed(self) -> bool:
+        """Every task failed (a job with some tasks done is `partial`, not failed)."""
+        return self.state == JobState.FAILED
+
+    @property
+    def unsuccessful(self) -> bool:
+        """It ended failed, partial or cancelled."""
+        return self.state in UNSUCCESSFUL
+
+    def error(self, default: str) -> str:
+        """The first error among the job's tasks (in their order), else `default`."""
+        return next((t.error for t in self.tasks if t.error), default)
+
+    def raise_if_failed(self, what: str) -> None:
+        """DriverError "`what` failed: <first task error>" when the job failed."""
+        if self.failed:
+            raise DriverError(f"{what} failed: {self.error('the job failed')}")
 
 
 class JobService:
@@ -60,7 +104,7 @@ class JobService:
             by = await metrics_q.jobs_by_type_state(conn, who.org_id, who.team_id)
         return {state: n for (t, state), n in by.items() if t == type_}
 
-    async def wait(self, job_id: str, timeout: float) -> tuple[Row, Sequence[Row]]:
+    async def wait(self, job_id: str, timeout: float) -> JobOutcome:
         """The job and its tasks once it has ended, or as they are after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         async with self.rt.events.subscribe(types=("job.completed", "job.failed", "job.cancelled"), resource=job_id) as sub:
@@ -71,8 +115,15 @@ class JobService:
                         raise NotFound(f"job {job_id} does not exist")
                     left = deadline - time.monotonic()
                     if JobState(job.state) in JOB_FINAL or left <= 0:
-                        return job, await job_q.job_tasks(conn, job_id)
+                        return JobOutcome(job, await job_q.job_tasks(conn, job_id))
                 await sub.get(timeout=min(left, 1.0))
+
+    async def finish(self, job_id: str, timeout: float, what: str) -> JobOutcome:
+        """Wait (bounded) for a job; DriverError "`what` failed: <first task error>" if it
+        failed. A job still going when the wait runs out, partial or cancelled is returned."""
+        outcome = await self.wait(job_id, timeout)
+        outcome.raise_if_failed(what)
+        return outcome
 
     async def cancel(self, job_id: str, who: Principal) -> None:
         job, _ = await self.get(job_id, who)

@@ -18,7 +18,7 @@ from sqlalchemy import Row
 
 from ..auth import Principal
 from ..domain import Vm
-from ..errors import DriverError, Forbidden, InvalidRequest, VmplaneError
+from ..errors import Forbidden, InvalidRequest, VmplaneError
 
 log = logging.getLogger("vmplane.mcp")
 
@@ -64,9 +64,7 @@ def vm_summary(row: Vm) -> dict[str, Any]:
 
 
 async def _finish(rt: Any, job_id: str, what: str) -> None:
-    job, tasks = await rt.jobs.wait(job_id, rt.settings.compat_wait_seconds)
-    if job.state == "failed":
-        raise DriverError(f"{what} failed: {next((t.error for t in tasks if t.error), 'the job failed')}")
+    await rt.jobs.finish(job_id, rt.settings.compat_wait_seconds, what)
 
 
 # -- operations -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import urlparse, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import jsonschema
@@ -38,6 +38,7 @@ from .. import clock, ids, outbound
 from ..auth import Principal
 from ..domain import StoredSpec, Vm, VmStatus
 from ..errors import Conflict, DriverError, Forbidden, InvalidRequest, InvalidState, NotFound
+from ..http_clients import link_client
 from ..store import events as ev_q
 from ..store import plugins as plugin_q
 from ..store import templates as tpl_q
@@ -359,7 +360,7 @@ class PluginService:
         forward = vm.spec.forward(port)
         if forward is None or not forward.host_port:
             raise Conflict(f"VM {vm.name} has no forwarded port to its workload (guest port {port})")
-        host = getattr(driver, "forward_address", None) or urlparse(getattr(driver, "url", "")).hostname or "127.0.0.1"
+        host = driver.forward_host()
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://{f'[{host}]' if ':' in host else host}:{forward.host_port}"
@@ -384,7 +385,7 @@ class PluginService:
         timeout = spec.get("timeout_ms", DEFAULT_ACTION_TIMEOUT_MS) / 1000
         headers = {"Content-Type": content_type} if content_type and body else {}
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
+            async with link_client(timeout=timeout) as client:
                 resp = await asyncio.wait_for(client.request(spec["method"], url, content=body or None, headers=headers), timeout)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise DriverError(f"action {action} of VM {vm.name} did not answer within {int(timeout * 1000)} ms", vm=vm.name) from None
@@ -441,7 +442,7 @@ class PluginService:
         error. `user_url`: a URL the user gave (checked by the outbound policy, redirects
         followed and checked), else the VM's forwarded port."""
         limit = self.rt.outbound.max_document_bytes
-        client = self.rt.outbound.client(timeout=timeout) if user_url else httpx.AsyncClient(timeout=timeout, trust_env=False)
+        client = self.rt.outbound.client(timeout=timeout) if user_url else link_client(timeout=timeout)
         try:
             async with client:
                 async with asyncio.timeout(timeout):
@@ -540,7 +541,7 @@ class PluginService:
         timeout = hc.get("timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS) / 1000
         try:
             url = self.workload_url(vm, plugin.manifest, hc["endpoint"])
-            async with httpx.AsyncClient(timeout=timeout) as client:
+            async with link_client(timeout=timeout) as client:
                 resp = await asyncio.wait_for(client.get(url), timeout)
         except (Conflict, InvalidState) as exc:
             return UNHEALTHY, exc.message

@@ -371,11 +371,11 @@ class VmService:
         wait is deleted and the failure raised (DriverError), so an error answer leaves nothing
         behind. A create that fails later leaves the VM in `error`, as every failed create."""
         job_id, (vm_id,) = await self.create([spec], who, check_capacity=True)
-        job, tasks = await self.rt.jobs.wait(job_id, timeout)
-        if job.state == "cancelled":  # someone cancelled the job: a cancelled create leaves nothing
+        outcome = await self.rt.jobs.wait(job_id, timeout)
+        if outcome.state == "cancelled":  # someone cancelled the job: a cancelled create leaves nothing
             raise Conflict("the VM's create was cancelled", vmId=vm_id)
-        if job.state == "failed":
-            error = tasks[0].error if tasks else "unknown error"
+        if outcome.failed:
+            error = outcome.error("unknown error")
             await self.rt.jobs.wait(await self.delete([vm_id], who), timeout)
             raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
         return await self.get(vm_id, who)

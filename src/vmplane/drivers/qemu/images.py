@@ -76,7 +76,7 @@ async def run_tool(
             proc = await asyncio.create_subprocess_exec(
                 *(argv if user is None else user.wrap(argv)), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, cwd=cwd if cwd is not None else ("/" if user is not None else None),
-                **({} if user is None else {"pass_fds": list(fds.values())}),
+                pass_fds=() if user is None else list(fds.values()),
             )  # fmt: skip
         except OSError as exc:
             raise DriverError(f"{what}: cannot run {argv[0]}: {exc.strerror}", **details) from exc

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
 
@@ -138,7 +138,7 @@ class Monitor:
 
     async def _watch_events(self, listener: EventListener) -> None:
         async for event in listener:
-            data = event.get("data") or {}
+            data = cast(dict[str, Any], event.get("data") or {})
             if event.get("event") == "SHUTDOWN" and data.get("guest"):
                 self.guest_off = True
                 log.info("guest of %s powered off (%s)", self.vm_id, data.get("reason"))

@@ -113,7 +113,7 @@ def volume_id(path: Path) -> str:
     iso = pycdlib.PyCdlib()
     iso.open(str(path))
     try:
-        return iso.pvd.volume_identifier.decode().strip()
+        return str(iso.pvd.volume_identifier.decode().strip())
     finally:
         iso.close()
 

@@ -27,7 +27,7 @@ class TemplateDelete(BaseHandler):
             await tpl_q.set_template(conn, tpl.id, status="deleting", updated_at=clock.now())
         ctx.log(f"Starting delete of template {tpl.name}")
         for node_id, driver in rt.registry.items():
-            if getattr(driver, "offline", None) is not None:
+            if driver.offline is not None:
                 ctx.log(f"node {node_id} is offline: its copy of the image stays there")
                 continue
             await driver.delete_image(tpl.id)

@@ -79,8 +79,8 @@ class TemplateImport(BaseHandler):
         """A node to validate the image on: a local one first (no copy to make), else an
         online node run by an agent (the image is sent to it)."""
         items = ctx.rt.registry.items()
-        usable = [n for n, d in items if getattr(d, "offline", None) is None]
-        local = [n for n, d in items if not hasattr(d, "offline")]
+        usable = [n for n, d in items if d.offline is None]
+        local = [n for n, d in items if d.capabilities.local]
         if not usable:
             raise VmplaneError("no online node can validate the image")
         return (local or usable)[0]

@@ -357,7 +357,7 @@ class VmImport(BaseHandler):
         assert vm is not None
         # a node of this host that this process serves: the image is a file here (agents'
         # nodes are other hosts; other replicas' nodes other processes, maybe other hosts)
-        here = {n for n, d in rt.registry.items() if not hasattr(d, "offline")}
+        here = {n for n, d in rt.registry.items() if d.capabilities.local}
         async with rt.store.read() as conn:
             elsewhere = frozenset(n.id for n in await node_q.list_nodes(conn) if n.id not in here)
         if req.node_id is not None and req.node_id in elsewhere:

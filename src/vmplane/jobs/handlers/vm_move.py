@@ -47,7 +47,7 @@ async def _check_movable(ctx: TaskContext, vm: Row) -> None:
 
 def _hypervisor(driver: HypervisorDriver) -> str:
     """What runs a node's VMs (a remote node's agent driver, not `remote`)."""
-    return str(getattr(driver, "hypervisor", driver.capabilities.kind))
+    return driver.capabilities.hypervisor
 
 
 async def _claim_target(ctx: TaskContext, vm: Row, source: str, unfit: frozenset[str] = frozenset()) -> str:

@@ -19,6 +19,7 @@ from .... import clock
 from ....auth import Principal
 from ....domain import Resources, StoredSpec, Vm
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
+from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
 from ...middleware import NO_STORE
@@ -352,7 +353,7 @@ async def get_instance(instance_id: str, request: Request, rt: RuntimeDep, who: 
     return JSONResponse(_render(off, await _instance(rt, instance_id, who), await _nodes(off), await _team_names(rt, who)))
 
 
-async def _wait(rt: Any, job_id: str) -> tuple[Row, Sequence[Row]]:
+async def _wait(rt: Any, job_id: str) -> JobOutcome:
     return await rt.jobs.wait(job_id, rt.settings.compat_wait_seconds)
 
 
@@ -365,9 +366,9 @@ async def delete_instance(instance_id: str, request: Request, rt: RuntimeDep, wh
         job_id = await rt.vms.delete([vm.id], who)
     except InvalidState as exc:
         raise BlError(400, "invalid_state", f"Instance is not in a state to delete: {exc.message}") from None
-    job, tasks = await _wait(rt, job_id)
-    if job.state in ("failed", "partial", "cancelled"):
-        error = next((t.error for t in tasks if t.error), job.state)
+    outcome = await _wait(rt, job_id)
+    if outcome.unsuccessful:
+        error = outcome.error(outcome.state)
         raise BlError(500, "deletion_failed", f"Failed to delete VM: {error}", task_id=job_id)
     return JSONResponse({"status": "success", "message": "Instance deleted successfully", "instance_id": vm.uuid, "host": host, "task_id": job_id})
 
@@ -382,11 +383,11 @@ async def reboot(instance_id: str, request: Request, rt: RuntimeDep, who: Caller
         job_id = await rt.vms.power(vm.id, "reboot", who)
     except InvalidState as exc:
         raise BlError(409, "operation_in_progress", f"Instance cannot be rebooted now: {exc.message}") from None
-    job, tasks = await _wait(rt, job_id)
-    if job.state in ("failed", "partial", "cancelled"):
-        error = next((t.error for t in tasks if t.error), job.state)
+    outcome = await _wait(rt, job_id)
+    if outcome.unsuccessful:
+        error = outcome.error(outcome.state)
         raise BlError(500, "reboot_failed", f"Failed to reboot Instance: {error}", task_id=job_id)
-    done = job.state == "succeeded"
+    done = outcome.state == "succeeded"
     return JSONResponse(
         {
             "status": "success" if done else "pending",
@@ -468,10 +469,10 @@ def _firewall_out(fw: Any) -> dict[str, Any]:
 
 async def _applied(rt: Any, job_id: str, vm: Row, who: Principal, what: str) -> None:
     """Wait (bounded) for the job that enforces a network change on the VM's node."""
-    job, tasks = await _wait(rt, job_id)
-    if job.state in ("failed", "partial", "cancelled"):
+    outcome = await _wait(rt, job_id)
+    if outcome.unsuccessful:
         await _instance(rt, vm.uuid, who)  # deleted meanwhile: 404, as the VM is
-        error = next((t.error for t in tasks if t.error), job.state)
+        error = outcome.error(outcome.state)
         raise BlError(500, "apply_failed", f"the {what} was saved but applying it on the node failed: {error}", task_id=job_id)
 
 

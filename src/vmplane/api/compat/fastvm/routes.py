@@ -37,12 +37,12 @@ def _wait(rt: Any) -> float:
 async def _failed(rt: Any, job_id: str, vm_id: str | None = None, who: Any = None) -> str | None:
     """Wait for a job (bounded); the first task's error if it failed. With `vm_id`: a job that
     failed because its VM was deleted meanwhile answers 404, as the VM does now."""
-    job, tasks = await rt.jobs.wait(job_id, _wait(rt))
-    if job.state != "failed":
+    outcome = await rt.jobs.wait(job_id, _wait(rt))
+    if not outcome.failed:
         return None
     if vm_id is not None:
         await rt.vms.get(vm_id, who)
-    return next((t.error for t in tasks if t.error), "the job failed")
+    return outcome.error("the job failed")
 
 
 async def _vm_out(rt: Any, row: Row) -> dict[str, Any]:

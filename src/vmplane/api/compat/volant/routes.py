@@ -42,10 +42,7 @@ def _wait(rt: Any) -> float:
 
 async def _finish(rt: Any, job_id: str, what: str) -> None:
     """Wait (bounded) for a job; DriverError (500) if it failed."""
-    job, tasks = await rt.jobs.wait(job_id, _wait(rt))
-    if job.state == "failed":
-        error = next((t.error for t in tasks if t.error), "the job failed")
-        raise DriverError(f"{what} failed: {error}")
+    await rt.jobs.finish(job_id, _wait(rt), what)
 
 
 class _Renderer:
@@ -62,10 +59,8 @@ class _Renderer:
                 tpl = await tpl_q.get_template(conn, row.template_id)
             self.cmdlines[row.template_id] = (tpl.boot or {}).get("cmdline", "") if tpl is not None else ""
         pid = serial = None
-        if row.node_id and row.node_id in self.rt.registry:
-            host_process = getattr(self.rt.registry.driver(row.node_id), "host_process", None)
-            if host_process is not None:  # QEMU on this host: its process and console socket
-                pid, serial = host_process(row.id)
+        if row.node_id and row.node_id in self.rt.registry:  # QEMU on this host: its process and console socket
+            pid, serial = self.rt.registry.driver(row.node_id).host_process(row.id)
         return wire.vm(row, cmdline=self.cmdlines.get(row.template_id or "", ""), pid=pid, serial=serial)
 
 
@@ -293,8 +288,7 @@ async def sse_event(rt: Any, event: Any) -> bytes | None:
             vm = wire.vm(row)
             payload.update({k: vm[k] for k in ("ip_address", "mac_address") if vm[k]})
     if type_ == "VM_RUNNING" and data.get("nodeId") in rt.registry:
-        host_process = getattr(rt.registry.driver(data["nodeId"]), "host_process", None)
-        pid = host_process(event.resource)[0] if host_process is not None else None
+        pid = rt.registry.driver(data["nodeId"]).host_process(event.resource)[0]
         if pid is not None:
             payload["pid"] = pid
     return f"event: {type_}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
