@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from vmplane.drivers.qemu import procfs
+from vmplane import procfs
 
 from .support import Server, make_settings, new_pg_database
 

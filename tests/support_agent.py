@@ -10,7 +10,7 @@ import uvicorn
 
 from vmplane.agent.app import AgentState, create_agent_app
 from vmplane.agent.images import ImageStore
-from vmplane.agent.wire import CONTROL_KEY_PREFIX, digest
+from vmplane.drivers.remote_wire import CONTROL_KEY_PREFIX, digest
 from vmplane.drivers.base import HypervisorDriver
 from vmplane.drivers.remote import RemoteDriver
 from vmplane.outbound import Policy, parse_allow

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .domain import QUOTA_FIELDS
+from .outbound import parse_allow
 from .pci import Allowlist
 
 
@@ -229,8 +231,6 @@ class Settings(BaseSettings):
             text = v.strip()
             v = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
         if isinstance(v, (list, tuple)):
-            from .outbound import parse_allow
-
             parse_allow(v)  # a bad entry fails here, at start, naming itself
         return v
 
@@ -245,8 +245,6 @@ class Settings(BaseSettings):
     @field_validator("default_quotas")
     @classmethod
     def _quota_kinds(cls, v: dict[str, int]) -> dict[str, int]:
-        from .domain import QUOTA_FIELDS
-
         for kind, limit in v.items():
             if kind not in QUOTA_FIELDS:
                 raise ValueError(f"{kind!r} is not a quota; quotas are {', '.join(QUOTA_FIELDS)}")

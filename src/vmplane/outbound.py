@@ -21,19 +21,22 @@ import ipaddress
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from .errors import InvalidRequest, VmplaneError
 
-IP = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ALLOW_HINT = "an operator can allow it with VMPLANE_OUTBOUND_ALLOW"
 AGENT_CACHE_SECONDS = 10.0
+AgentUrls = Callable[[], Awaitable[Iterable[tuple[str, str]]]]
+"""(node id, advertised URL) of each node run by an agent, as the store knows them now"""
 MAX_REDIRECTS = 5
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -201,7 +204,7 @@ def _pinned(request: httpx.Request, ip: IP) -> httpx.Request:
     return httpx.Request(request.method, request.url.copy_with(host=str(ip)), headers=request.headers, stream=request.stream, extensions=extensions)
 
 
-PolicySource = Union[Policy, Callable[[], Awaitable[Policy]]]
+PolicySource = Policy | Callable[[], Awaitable[Policy]]
 
 
 class PinnedAsyncTransport(httpx.AsyncHTTPTransport):
@@ -345,32 +348,30 @@ class Outbound:
     """rt.outbound: the policy of this control plane (its allow-list, its node agents) and
     clients that follow it."""
 
-    def __init__(self, settings: Any, store: Any = None) -> None:
+    def __init__(self, settings: Any, agent_urls: AgentUrls | None = None) -> None:
+        """`agent_urls`: where the node agents are (the store's `nodes.agent_urls_of`); None:
+        no agents to keep requests away from."""
         self.allow = parse_allow(settings.outbound_allow)
         self.max_download_bytes = int(settings.max_download_bytes)
         self.max_document_bytes = int(settings.max_document_bytes)
-        self.store = store
+        self.agent_urls = agent_urls
         self._agents: tuple[float, dict[IP, str]] | None = None
 
     async def _agent_addresses(self) -> dict[IP, str]:
         """The addresses of the node agents the store knows (their advertised URLs resolved),
         kept for AGENT_CACHE_SECONDS."""
-        if self.store is None:
+        if self.agent_urls is None:
             return {}
         if self._agents is not None and time.monotonic() - self._agents[0] < AGENT_CACHE_SECONDS:
             return self._agents[1]
-        from .store import nodes as node_q
-
-        async with self.store.read() as conn:
-            rows = await node_q.list_nodes(conn)
         out: dict[IP, str] = {}
-        for row in rows:
-            where = url_host(getattr(row, "agent_url", None) or "")
+        for node_id, agent_url in await self.agent_urls():
+            where = url_host(agent_url)
             if where is None:
                 continue
             try:
                 for ip in await alookup(*where):
-                    out.setdefault(ip, row.id)
+                    out.setdefault(ip, node_id)
             except (OSError, UnicodeError):
                 continue  # an agent whose name no longer resolves is reached by nobody
         self._agents = (time.monotonic(), out)

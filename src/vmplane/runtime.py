@@ -5,19 +5,23 @@ import logging
 import secrets
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import clock, ids
 from .config import Settings
 from .datadir import make_private
 from .domain import NodeStatus, VmStatus
 from .drivers.base import HypervisorDriver, PowerState
+from .drivers.qemu import confine as qemu_confine
+from .drivers.qemu import pick_accel
 from .drivers.registry import build_qemu_driver, build_sim_nodes, pick_driver_kind
 from .jobs.engine import JobEngine
 from .outbound import Outbound
 from .jobs.handlers import all_handlers
 from .events.bus import EventBus
-from .events.webhooks import WebhookDelivery
+from .images import ImageBuildError, TinyImage, build_tiny_image, tiny_dir
+from .images.tiny import DISK_SIZE
+from .services.webhook_delivery import WebhookDelivery
 from .backupstore import BackupStore
 from .services.backups import BackupService
 from .services.billing import Billing
@@ -33,6 +37,7 @@ from .services.moves import MoveService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services import scopes
+from .services.scopes import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
 from .services.schedules import ScheduleService
 from .services.deployments import DeploymentService
 from .services.vmconfig import VmConfigService
@@ -56,9 +61,6 @@ from .store import templates as tpl_q
 from .store import tenancy as t_q
 from .store import vms as vm_q
 
-if TYPE_CHECKING:
-    from .images import TinyImage
-
 log = logging.getLogger("vmplane")
 TINY_TEMPLATE = "tiny-linux"
 
@@ -76,7 +78,7 @@ class Runtime:
         """PostgreSQL: the session replicas coordinate through (locks, LISTEN/NOTIFY)"""
         self.replicas = Replicas(self, self.coordinator)
         self.registry = ServedRegistry(self.replicas)
-        self.outbound = Outbound(settings, self.store)
+        self.outbound = Outbound(settings, node_q.agent_urls_of(self.store))
         """the one way to fetch a URL on a user's behalf (outbound.py)"""
         self.capacity = Capacity(self.store, settings)
         self.capacity.scope = self.replicas.placement_scope
@@ -123,7 +125,7 @@ class Runtime:
         self.stopping = asyncio.Event()
         """set when the server begins to shut down: event streams and consoles end (go_away)"""
         self.consoles = 0
-        """console WebSockets open (api/console.bridge)"""
+        """console WebSockets open (wsconsole.bridge)"""
         self.streams = StreamLimits(settings.max_streams_per_credential, settings.max_streams_per_org)
         """open event streams and consoles per credential and organization"""
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
@@ -143,8 +145,6 @@ class Runtime:
             log.warning("driver: sim (%s)", reason)
             return build_sim_nodes(self.settings, self.data_dir / "sim")
         log.info("driver: qemu (%s)", reason)
-        from .drivers.qemu import pick_accel
-
         image = await self.tiny_image()
         if image is None:
             accel, why = ("tcg", "no probe image to test KVM with") if self.settings.accel == "auto" else (self.settings.accel, "--accel")
@@ -158,8 +158,6 @@ class Runtime:
         """The tiny guest image, built once into the shared cache (None if it cannot be)."""
         if self._tiny is not None:
             return self._tiny
-        from .images import ImageBuildError, build_tiny_image, tiny_dir
-
         dest = tiny_dir(self.settings.resolved_image_cache())
 
         def progress(pct: int, message: str) -> None:
@@ -174,8 +172,6 @@ class Runtime:
 
     async def _register_tiny_template(self) -> None:
         """Make sure the default template `tiny-linux` exists and points at the cached image."""
-        from .images.tiny import DISK_SIZE
-
         image = await self.tiny_image()
         if image is None:
             return
@@ -201,8 +197,6 @@ class Runtime:
                 await tpl_q.set_template(conn, tpl.id, **values)
 
     async def start(self) -> None:
-        from .drivers.qemu import confine as qemu_confine
-
         make_private(self.data_dir)  # umask 0o077 for this process; 0700/0600 in the data dir
         qemu_confine.configure(self.settings.qemu_confine, self.settings.qemu_user)
         self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -307,8 +301,6 @@ class Runtime:
         """Headers for a request this process makes to itself as `user_id` of `org_id`, with
         the scope of a stored credential (services/scopes.Scope.header; none: the user's
         organization-wide membership)."""
-        from .api.identity import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
-
         return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}", ACTING_SCOPE_HEADER: scope}
 
     async def _maintain(self) -> None:

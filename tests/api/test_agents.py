@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from vmplane.agent import wire
+from vmplane.drivers import remote_wire as wire
 from vmplane.store.tables import node_tokens, nodes
 
 from ..support import Server, new_pg_database

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from vmplane import ids
-from vmplane.agent import wire
+from vmplane.drivers import remote_wire as wire
 from vmplane.domain import Resources, VmSpec
 from vmplane.drivers.base import HypervisorDriver, TemplateFiles
 from vmplane.drivers.remote import RemoteDriver

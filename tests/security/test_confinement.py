@@ -15,7 +15,8 @@ from typing import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from vmplane.drivers.qemu import confine, images, procfs
+from vmplane import procfs
+from vmplane.drivers.qemu import confine, images
 from vmplane.errors import DriverError
 
 from ..support import Server, make_settings, require_qemu, tiny_template

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from vmplane.drivers.qemu import procfs
+from vmplane import procfs
 from vmplane.services.secrets import SecretBox
 from vmplane.store import Store
 from vmplane.store.db import MIGRATIONS

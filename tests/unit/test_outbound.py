@@ -20,7 +20,7 @@ import pytest
 from vmplane import outbound
 from vmplane.config import Settings
 from vmplane.errors import InvalidRequest
-from vmplane.events.webhooks import post
+from vmplane.services.webhook_delivery import post
 from vmplane.outbound import Policy, Refused, TooLarge, classify, parse_allow
 
 from ..support_outbound import PUBLIC, SECRET, FakeDns, Recorder, fake_dns, loopback_only, metadata, recorders  # noqa: F401
@@ -330,13 +330,13 @@ async def test_the_node_agents_addresses_come_from_the_store(tmp_path: Path, fak
             })  # fmt: skip
         fake_dns.set("hv1.test", PUBLIC)
         fake_dns.set("alias.test", PUBLIC)
-        ob = outbound.Outbound(Settings(outbound_allow=[]), store)
+        ob = outbound.Outbound(Settings(outbound_allow=[]), node_q.agent_urls_of(store))
         with pytest.raises(InvalidRequest, match=f"sourceUrl: alias.test resolves to {PUBLIC}, the address of the agent of vmplane node node-agent0001"):
             await ob.check("http://alias.test:8081/agent/v1/vms", "sourceUrl")
         with pytest.raises(Refused, match="node-agent0001"):
             async with ob.client() as client, outbound.opened(client, "GET", f"http://{PUBLIC}:22/"):
                 pass
-        await outbound.Outbound(Settings(outbound_allow=[f"{PUBLIC}/32"]), store).check(f"http://{PUBLIC}:8081/", "sourceUrl")
+        await outbound.Outbound(Settings(outbound_allow=[f"{PUBLIC}/32"]), node_q.agent_urls_of(store)).check(f"http://{PUBLIC}:8081/", "sourceUrl")
     finally:
         await store.close()
 

@@ -16,21 +16,22 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..api.console import bridge
 from ..domain import VmSpec
+from ..drivers import remote_wire as wire
 from ..drivers.base import HypervisorDriver, PowerState
 from ..errors import DriverError, InvalidRequest, InvalidState, Unauthorized, VmplaneError
 from ..net.model import Firewall, Nic, parse_firewall
-from . import wire
+from ..wsconsole import bridge
 from .images import ImageStore, WantedFile
 
 log = logging.getLogger("vmplane.agent")

@@ -21,21 +21,29 @@ import secrets
 import shutil
 import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import uvicorn
 
 from .. import __version__
+from ..config import Settings
+from ..datadir import make_private
 from ..drivers.base import HypervisorDriver
+from ..drivers.qemu import confine, pick_accel
+from ..drivers.registry import build_qemu_driver
+from ..drivers.remote_wire import CONTROL_PREFIX, digest
+from ..drivers.sim import SimDriver, SimFaults
 from ..http_clients import link_client
+from ..httpproto import header_timeout
+from ..images import ImageBuildError, build_tiny_image, tiny_dir
 from ..outbound import Policy, parse_allow
 from .app import AgentState, create_agent_app, describe, write_private
 from .images import ControlPlaneLink, ImageStore
-from .wire import CONTROL_PREFIX, digest
 
 log = logging.getLogger("vmplane.agent")
 
@@ -99,10 +107,6 @@ class Agent:
     # -- the local driver ------------------------------------------------------------------
 
     async def build_driver(self) -> HypervisorDriver:
-        from ..config import Settings
-        from ..drivers.registry import build_qemu_driver
-        from ..drivers.sim import SimDriver, SimFaults
-
         settings = Settings(data_dir=self.data_dir, driver=self.cfg.driver, accel=self.cfg.accel)  # type: ignore[arg-type]
         hostname = self.cfg.hostname or socket.gethostname()
         if self.cfg.driver == "sim":
@@ -117,9 +121,6 @@ class Agent:
             raise AgentRefused("qemu-system-x86_64 and qemu-img are not installed here; install them, or run --driver sim (simulated VMs)")
         accel = self.cfg.accel
         if accel == "auto":
-            from ..drivers.qemu import pick_accel
-            from ..images import ImageBuildError, build_tiny_image, tiny_dir
-
             try:
                 image = await asyncio.to_thread(build_tiny_image, tiny_dir(settings.resolved_image_cache()))
                 accel, why = await pick_accel("auto", image)
@@ -130,8 +131,6 @@ class Agent:
 
     def outbound_policy(self) -> Policy:
         """What a template's source URL may lead to when this agent fetches it."""
-        from ..config import Settings
-
         allow = self.cfg.outbound_allow if self.cfg.outbound_allow is not None else Settings(data_dir=self.data_dir).outbound_allow
         return Policy(parse_allow(allow))
 
@@ -228,10 +227,6 @@ class Agent:
     async def run(self, install_signals: bool = True) -> int:
         """Serve until SIGINT/SIGTERM (or `stopping` is set); the exit status: 0, or 3 when
         the control plane refused this node."""
-        from ..config import Settings
-        from ..datadir import make_private
-        from ..drivers.qemu import confine
-
         make_private(self.data_dir)  # umask 0o077 for this process; 0700/0600 in the data dir (its credential too)
         settings = Settings(data_dir=self.data_dir)
         confine.configure(settings.qemu_confine, settings.qemu_user)
@@ -242,8 +237,6 @@ class Agent:
             self.state = AgentState(driver=driver, data_dir=self.data_dir, images=images)
             app = create_agent_app(self.state)
             sock = _listen(self.cfg.listen_host, self.cfg.listen_port)
-            from ..cli.serving import header_timeout
-
             server = _QuietServer(uvicorn.Config(
                 app, lifespan="off", log_level=logging.getLevelName(log.getEffectiveLevel()).lower(), access_log=False,
                 http=header_timeout(HEADER_TIMEOUT),  # a client trickling its headers does not hold a connection
@@ -280,7 +273,7 @@ class Agent:
 
 
 HEADER_TIMEOUT = 10.0
-"""seconds a client has to send a request's headers (cli/serving.HeaderTimeoutProtocol)"""
+"""seconds a client has to send a request's headers (httpproto.HeaderTimeoutProtocol)"""
 
 
 class _QuietServer(uvicorn.Server):

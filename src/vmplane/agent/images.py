@@ -18,18 +18,19 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
 from .. import outbound
 from ..drivers.base import HypervisorDriver, ImageInfo
+from ..drivers.remote_wire import CONTROL_PREFIX, check_id
 from ..errors import DriverError, InvalidRequest
 from ..http_clients import link_client
-from .wire import CONTROL_PREFIX, check_id
 
 log = logging.getLogger("vmplane.agent")
 

@@ -12,11 +12,15 @@ a `Location`) work on both listeners, as do the face's `root_paths` (health, met
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import native
+from .compat import bluelobster, fastvm, hypersdk, volant
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,32 +40,22 @@ HEALTH_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
 
 
 def _install_native(app: FastAPI, _rt: Any) -> None:
-    from . import native
-
     app.include_router(native.router())
 
 
 def _install_fastvm(app: FastAPI, rt: Any) -> None:
-    from .compat import fastvm
-
     app.mount(fastvm.PREFIX, fastvm.build(rt))
 
 
 def _install_volant(app: FastAPI, rt: Any) -> None:
-    from .compat import volant
-
     app.mount(volant.PREFIX, volant.build(rt))
 
 
 def _install_bluelobster(app: FastAPI, rt: Any) -> None:
-    from .compat import bluelobster
-
     app.mount(bluelobster.PREFIX, bluelobster.build(rt))
 
 
 def _install_hypersdk(app: FastAPI, rt: Any) -> None:
-    from .compat import hypersdk
-
     app.mount(hypersdk.PREFIX, hypersdk.build(rt, getattr(app.state, "metrics", None)))
 
 

@@ -28,15 +28,11 @@ from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
 from ..errors import Unauthorized
 from ..lru import TtlLru
 from ..services import scopes
+from ..services.scopes import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
 from ..store import tenancy as t_q
 from .metrics import route_template
 from .middleware import StatusWatch, refuse
 
-INTERNAL_HEADER = "x-vmplane-internal"
-ACTING_AS_HEADER = "x-vmplane-acting-as"
-ACTING_SCOPE_HEADER = "x-vmplane-acting-scope"
-"""with the internal secret: the stored scope (services/scopes.Scope.header) the request acts
-with, so a schedule made with a team-scoped or read-only key replays as exactly that key"""
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
 METRICS_PATH = "/metrics"

@@ -14,6 +14,11 @@ from rich.table import Table
 
 from .client import Client, interactive
 
+# The commands that run a process (serve, agent, mcp, image build) import it inside their
+# function, and only those imports are inside functions: the client commands and --help start
+# in 0.11 s, where importing the server, the agent and the image builder too takes 1.6 s
+# (measured on the 2-core test machine). None of them dodges a cycle: the CLI is the top layer.
+
 app = typer.Typer(no_args_is_help=True, help="vmplane: a control plane for virtual machines.")
 vm_app = typer.Typer(no_args_is_help=True, help="Manage VMs.")
 job_app = typer.Typer(no_args_is_help=True, help="Inspect and wait for jobs.")

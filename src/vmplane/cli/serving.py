@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Iterator, TypeVar
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..api.faces import FACES, listener_app
 from ..config import Settings
+from ..httpproto import header_timeout
 
 T = TypeVar("T")
 
@@ -72,59 +72,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     import uvloop
 
     return uvloop.run(coro)
-
-
-class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers: from the
-    connection (or the end of the previous response on a kept-alive one) to the end of the
-    headers, at most `header_timeout` seconds, else 408 and the connection is closed. uvicorn
-    has an idle keep-alive timeout only, which the first byte of a request disarms: a client
-    sending a byte every few seconds held its connection for ever. (The body's deadline is
-    api/middleware.BodyLimit's.)"""
-
-    header_timeout = 10.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._arm_header_timer()
-
-    def _arm_header_timer(self) -> None:
-        self._disarm_header_timer()
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
-
-    def _disarm_header_timer(self) -> None:
-        if getattr(self, "_header_timer", None) is not None:
-            self._header_timer.cancel()  # type: ignore[union-attr]
-            self._header_timer = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            body = b"the request headers did not arrive in time"
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            self.transport.close()
-
-    def on_headers_complete(self) -> None:
-        self._disarm_header_timer()
-        super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.pipeline and not self.transport.is_closing():
-            self._arm_header_timer()  # the next request's headers get the same deadline
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
-        super().connection_lost(exc)
-
-
-def header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
-    """The HTTP protocol class to give uvicorn (`Config(http=...)`) for a `seconds` deadline."""
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
 
 
 def server_config(app: Any, settings: Settings, log_level: str = "warning", **kw: Any) -> uvicorn.Config:

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..config import Settings
 from ..errors import DriverError, NotFound
 from .base import HypervisorDriver
+from .qemu import QemuDriver
 from .sim import SimDriver, SimFaults
 
 log = logging.getLogger("vmplane.nodes")
@@ -86,8 +87,6 @@ def build_qemu_driver(
 ) -> HypervisorDriver:
     """The qemu driver of this host, with the settings it takes (PCI passthrough among them);
     live migrations into it listen on `migration_address`."""
-    from .qemu import QemuDriver
-
     return QemuDriver(
         state_dir=state_dir,
         hostname=hostname,

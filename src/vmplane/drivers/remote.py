@@ -1,6 +1,6 @@
 """The `remote` driver: a node run by `vmplane agent` on another host, reached over HTTP.
 
-Every contract method is one request to the agent (`vmplane.agent.wire` has the shapes); the
+Every contract method is one request to the agent (`drivers/remote_wire.py` has the shapes); the
 agent answers with what its own driver (qemu or sim) did, and an error keeps its type across
 the wire (a `DriverError` stays one, an `InvalidState` stays one). The serial console is a
 WebSocket bridged to a local socket pair, so callers get the (StreamReader, StreamWriter) the
@@ -19,17 +19,20 @@ import hashlib
 import json
 import logging
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
-from ..agent import wire
 from ..domain import Resources, VmSpec
 from ..errors import DriverError, InvalidRequest
 from ..http_clients import link_client
 from ..net.model import Firewall, Nic
+from . import remote_wire as wire
 from .base import (
     Capabilities,
     ExecResult,
@@ -276,9 +279,6 @@ class RemoteDriver(HypervisorDriver):
         return resp.content
 
     async def open_console(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import WebSocketException
-
         self._check_online()
         u = urlparse(self.url.rstrip("/") + wire.AGENT_PREFIX + f"/vms/{vm_id}/console")
         url = u._replace(scheme="wss" if u.scheme == "https" else "ws").geturl()

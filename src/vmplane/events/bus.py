@@ -11,12 +11,12 @@ is dropped and told why instead of slowing anyone else.
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
+from ..event_types import Event, matches, sees
 from ..store import Store
 from ..store import events as ev_q
-from .types import Event, matches, sees
 
 log = logging.getLogger("vmplane.events")
 

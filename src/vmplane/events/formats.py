@@ -1,6 +1,6 @@
 """How a webhook's deliveries are written.
 
-`vmplane`: the native event JSON of events/wire.py, signed (events/webhooks.py).
+`vmplane`: the native event JSON of events/wire.py, signed (services/webhook_delivery.py).
 `hypersdk`: what HyperSDK's daemon posts — `{"event", "timestamp", "data"}` with
 `User-Agent: HyperSDK-Webhook/1.0`. HyperSDK's jobs are VM imports, so a `hypersdk` webhook
 hears only of import jobs (`data`: `job_id`, `job_name`, `vm_path`, `status`, and per event
@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock
+from ..event_types import Event
 from ..store.tables import imports, schedules
-from .types import Event
 
 VMPLANE = "vmplane"
 HYPERSDK = "hypersdk"

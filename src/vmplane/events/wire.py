@@ -4,7 +4,7 @@ import json
 from typing import Any
 
 from .. import clock
-from .types import Event
+from ..event_types import Event
 
 
 def to_dict(event: Event) -> dict[str, Any]:

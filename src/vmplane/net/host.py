@@ -44,15 +44,17 @@ import pwd
 import re
 import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
-from ..drivers.qemu import procfs
+from .. import procfs
 from ..errors import DriverError
 from . import nft
 from .model import Firewall, Network, bridge_name
+from .nft import TapGuard  # by name: in NetHost's body `nft` is its method
 
 log = logging.getLogger("vmplane.net")
 
@@ -144,8 +146,6 @@ def detect() -> Support:
     if not Path("/proc/sys/net/bridge").is_dir():
         modprobe = which("modprobe")
         if modprobe is not None:
-            import subprocess
-
             subprocess.run([modprobe, "br_netfilter"], capture_output=True, timeout=COMMAND_TIMEOUT, check=False)
         if not Path("/proc/sys/net/bridge").is_dir():
             return Support(False, "the kernel has no br_netfilter (modprobe br_netfilter failed)")
@@ -188,7 +188,7 @@ class NetworkHost:
             raise DriverError(f"cannot run {argv[0]}: {exc.strerror}") from exc
         try:
             out, err = await asyncio.wait_for(proc.communicate(input), COMMAND_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise DriverError(f"{' '.join(argv[:4])} did not finish in {COMMAND_TIMEOUT:g} s") from None
@@ -480,7 +480,7 @@ class NetworkHost:
 
     # -- firewalls -------------------------------------------------------------------------
 
-    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall, guards: Iterable[nft.TapGuard] = ()) -> None:
+    async def apply_firewall(self, vm_id: str, taps: list[str], firewall: Firewall, guards: Iterable[TapGuard] = ()) -> None:
         """Make the VM's firewall `firewall` on its taps and the guards of its NICs (what
         each may send as), in one transaction."""
         self.require()

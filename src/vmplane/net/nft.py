@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..ids import looks_like_id
 from .model import Firewall, Rule

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..agent import wire
+from ..drivers import remote_wire as wire
 from ..auth import DEFAULT_ORG, Principal
 from ..domain import NodeStatus
 from ..drivers.base import Capabilities

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import NodeStatus, VmStatus
+from ..domain import NodeStatus, Vm, VmStatus
 from ..errors import Conflict, InvalidRequest, NotFound, VmplaneError
 from ..store import deployments as dep_q
 from ..store import events as ev_q
@@ -54,7 +54,7 @@ REFUSED_QUIET_SECONDS = 60.0
 @dataclass(frozen=True)
 class Replica:
     index: int
-    vm: Row
+    vm: Vm
     lost: bool
     """its node is offline or gone"""
     work: frozenset[str]

@@ -9,11 +9,9 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import Row
-
 from .. import clock
 from ..auth import Principal
-from ..domain import SshForward, VmStatus
+from ..domain import SshForward, Vm, VmStatus
 from ..domain.spec import SSH_HOST
 from ..drivers.base import ExecResult, HypervisorDriver, VmStats
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
@@ -36,7 +34,7 @@ class GuestService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    def _driver(self, vm: Row, capability: str, need_running: bool = True) -> HypervisorDriver:
+    def _driver(self, vm: Vm, capability: str, need_running: bool = True) -> HypervisorDriver:
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status} and on no node", current=vm.status)
         driver = self.rt.registry.driver(vm.node_id)
@@ -49,7 +47,7 @@ class GuestService:
             raise InvalidState(f"VM {vm.id} is {vm.status}, not running", current=vm.status, required="running")
         return driver
 
-    async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Row]:
+    async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Vm]:
         """A one-time token for the VM's serial console, good for `ttl` seconds (at most
         CONSOLE_TOKEN_SECONDS); the VM must run on a node with a console."""
         vm = await self.rt.vms.get(ref, who)
@@ -94,7 +92,7 @@ class GuestService:
         vm = await self.rt.vms.get(ref, who)
         return await self._driver(vm, "exec").exec_vm(vm.id, argv, timeout, EXEC_MAX_OUTPUT)
 
-    async def stats(self, ref: str, who: Principal) -> tuple[Row, VmStats]:
+    async def stats(self, ref: str, who: Principal) -> tuple[Vm, VmStats]:
         vm = await self.rt.vms.get(ref, who)
         return vm, await self._driver(vm, "stats").stats_vm(vm.id)
 

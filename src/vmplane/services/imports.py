@@ -15,6 +15,8 @@ the import is asked for, and again when the job fetches it.
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,9 +25,11 @@ from urllib.parse import unquote, urlparse
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..auth import Principal
+from ..auth import Principal, Role
+from ..drivers.qemu import images
 from ..errors import InvalidRequest, InvalidState, NotFound, RateLimited, VmplaneError
 from ..store import imports as imp_q
+from ..store import nodes as node_q
 from . import pages
 from .vms import check_name, check_tags
 
@@ -348,8 +352,6 @@ class ImportService:
             payload["sealed"] = self.rt.vsphere.box.seal(secrets)
         async with self.rt.store.write() as conn:
             if req.node_id is not None:
-                from ..store import nodes as node_q
-
                 if await node_q.get_node(conn, req.node_id) is None:
                     raise InvalidRequest(f"nodeId {req.node_id!r} does not exist", field="nodeId")
             job_id = await self.rt.engine.submit(conn, "vm-import", who, [(imp_id, payload)])
@@ -410,11 +412,6 @@ class ImportService:
         standalone qcow2 file the caller streams and then deletes: what another vmplane's
         import of source type `vmplane` downloads. InvalidState on a node that keeps no disk
         content (sim). Hold a `take_export_slot` while it runs and its file is sent."""
-        import shutil
-        import uuid
-
-        from ..drivers.qemu import images
-
         vm = await self.rt.vms.get(vm_ref, who)
         if vm.node_id is None or vm.status in ("provisioning", "error"):
             raise InvalidState(f"VM {vm.id} has no disk to export ({vm.status})", current=vm.status)
@@ -463,8 +460,6 @@ class ImportService:
 
 def principal_of(payload: dict[str, Any]) -> Principal:
     """The submitter, as the import's task acts for them."""
-    from ..auth import Role
-
     w = payload["who"]
     return Principal(org_id=w["org_id"], user_id=w["user_id"], user_name=w["user_name"], role=Role(w["role"]), team_id=w.get("team_id"))
 

@@ -17,6 +17,7 @@ from ..auth import Principal
 from ..domain import JOB_FINAL, JobState
 from ..errors import DriverError, InvalidRequest, InvalidState, NotFound
 from ..store import jobs as job_q
+from ..store import metrics as metrics_q
 from . import pages
 
 
@@ -98,8 +99,6 @@ class JobService:
 
     async def counts(self, who: Principal, type_: str) -> dict[str, int]:
         """How many of the organization's jobs of `type_` are in each state."""
-        from ..store import metrics as metrics_q
-
         async with self.rt.store.read() as conn:
             by = await metrics_q.jobs_by_type_state(conn, who.org_id, who.team_id)
         return {state: n for (t, state), n in by.items() if t == type_}

@@ -19,6 +19,8 @@ from sqlalchemy import Row
 from ..auth import Principal
 from ..domain import Vm
 from ..errors import Forbidden, InvalidRequest, VmplaneError
+from . import vmconfig
+from .volant_shapes import VM_STATUS, deployment
 
 log = logging.getLogger("vmplane.mcp")
 
@@ -50,8 +52,6 @@ def _schema(properties: dict[str, Any] | None = None, required: tuple[str, ...] 
 
 
 def vm_summary(row: Vm) -> dict[str, Any]:
-    from ..api.compat.volant.wire import VM_STATUS  # the face owns Volant's status words
-
     return {
         "id": row.seq,
         "name": row.name,
@@ -85,8 +85,6 @@ async def vms_get(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
 
 async def vms_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
     """As the Volant face's create: the VM's config from the params, then wait for it."""
-    from . import vmconfig
-
     config: dict[str, Any] = dict(p.get("config") or {})
     resources = {k: p[k] for k in ("cpu_cores", "memory_mb") if p.get(k) is not None}
     if resources:
@@ -136,8 +134,6 @@ def _deployments(rt: Any) -> Any:
 
 
 async def _deployment_out(rt: Any, row: Row) -> dict[str, Any]:
-    from ..api.compat.volant.wire import deployment
-
     return deployment(row, await rt.deployments.ready_count(row))
 
 

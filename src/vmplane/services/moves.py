@@ -6,7 +6,6 @@ from typing import Any
 from ..auth import Principal
 from ..domain import VmStatus
 from ..errors import Forbidden, InvalidRequest, InvalidState, NotFound
-from ..jobs.handlers.vm_move import move_payload
 from ..store import jobs as job_q
 from ..store import nodes as node_q
 from ..store import vms as vm_q
@@ -15,6 +14,12 @@ from ..store import vms as vm_q
 def operator_only(who: Principal) -> None:
     if not who.operator:
         raise Forbidden("only operators (owners and admins of the bootstrap organization) move VMs between nodes")
+
+
+def move_payload(source: str, target: str | None) -> dict[str, Any]:
+    """The payload of a vm-move or vm-migrate task (jobs/handlers/vm_move.py reads it): from
+    where, and to where (None: placement chooses)."""
+    return {"source": source, "target": target}
 
 
 class MoveService:

@@ -333,7 +333,7 @@ class PluginService:
             cpu=m["resources"]["cpu_cores"], ram_mb=m["resources"]["memory_mb"], cloud_init=cloud, port=workload_port(m),
         )  # fmt: skip
 
-    async def of_vm(self, vm: Row) -> Row:
+    async def of_vm(self, vm: Vm) -> Row:
         """The plugin the VM was made from: its organization's own or the shared one, as the
         VM recorded (VMs from before that record: its organization's first)."""
         ref = vm.spec.plugin_name
@@ -347,7 +347,7 @@ class PluginService:
             raise NotFound(f"plugin {ref} of VM {vm.name} is no longer installed")
         return row
 
-    def workload_root(self, vm: Row, manifest: dict[str, Any]) -> str:
+    def workload_root(self, vm: Vm, manifest: dict[str, Any]) -> str:
         """`http://host:port` of the node's forwarded port to the VM's workload port."""
         if vm.status != VmStatus.RUNNING or vm.node_id is None:
             raise InvalidState(f"VM {vm.name} is {vm.status}, not running", current=vm.status, required="running")
@@ -365,7 +365,7 @@ class PluginService:
             host = "127.0.0.1"
         return f"http://{f'[{host}]' if ':' in host else host}:{forward.host_port}"
 
-    def workload_url(self, vm: Row, manifest: dict[str, Any], path: str = "") -> str:
+    def workload_url(self, vm: Vm, manifest: dict[str, Any], path: str = "") -> str:
         """The URL reaching `path` (under the workload's base URL) of the VM's workload."""
         base_path = urlsplit(manifest["workload"]["base_url"]).path.rstrip("/")
         return self.workload_root(vm, manifest) + base_path + path
@@ -464,7 +464,7 @@ class PluginService:
 
     # -- health checks --------------------------------------------------------------------
 
-    async def health_of(self, vm: Row) -> dict[str, Any] | None:
+    async def health_of(self, vm: Vm) -> dict[str, Any] | None:
         async with self.rt.store.read() as conn:
             row = await plugin_q.get_health(conn, vm.id)
         if row is None:
@@ -520,11 +520,11 @@ class PluginService:
         async with self.rt.store.write() as conn:  # deleted VMs forgotten; stopped ones no longer checked
             await plugin_q.forget_health(conn, [v for v in stale if v not in states])
             for r in recorded:
-                vm = states.get(r.vm_id)
-                if vm is not None and r.status != UNKNOWN:
-                    detail = f"the VM is {vm.status}"
-                    await plugin_q.set_health(conn, vm.id, UNKNOWN, detail, now, True)
-                    await ev_q.emit(conn, "vm.health", vm.id, {"id": vm.id, "name": vm.name, "health": UNKNOWN, "detail": detail}, vm.org_id, vm.team_id)
+                gone = states.get(r.vm_id)
+                if gone is not None and r.status != UNKNOWN:
+                    detail = f"the VM is {gone.status}"
+                    await plugin_q.set_health(conn, gone.id, UNKNOWN, detail, now, True)
+                    await ev_q.emit(conn, "vm.health", gone.id, {"id": gone.id, "name": gone.name, "health": UNKNOWN, "detail": detail}, gone.org_id, gone.team_id)
         for (vm, plugin), (status, detail) in zip(checks, results):
             async with self.rt.store.write() as conn:
                 before = await plugin_q.get_health(conn, vm.id)
@@ -536,7 +536,7 @@ class PluginService:
                         {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id, vm.team_id,
                     )  # fmt: skip
 
-    async def _probe(self, vm: Row, plugin: Row) -> tuple[str, str | None]:
+    async def _probe(self, vm: Vm, plugin: Row) -> tuple[str, str | None]:
         hc = plugin.manifest["health_check"]
         timeout = hc.get("timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS) / 1000
         try:

@@ -38,6 +38,12 @@ from ..store.tables import api_keys, deployments, schedules, webhooks
 log = logging.getLogger("vmplane.scopes")
 
 KEY_PREFIX = "key-"
+INTERNAL_HEADER = "x-vmplane-internal"
+ACTING_AS_HEADER = "x-vmplane-acting-as"
+ACTING_SCOPE_HEADER = "x-vmplane-acting-scope"
+"""with the internal secret: the stored scope (Scope.header) a request this process makes to
+itself acts with, so a schedule made with a team-scoped or read-only key replays as exactly
+that key (api/identity.py reads them)"""
 HOLDERS: tuple[tuple[str, Table], ...] = (("schedule", schedules), ("webhook", webhooks), ("deployment", deployments))
 """what carries a credential's scope: (event prefix, table)"""
 

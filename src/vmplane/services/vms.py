@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
-from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,7 +38,16 @@ POWER_ACTIONS: dict[str, tuple[str, frozenset[VmStatus]]] = {
 }
 
 
-def visible(row: Row, who: Principal) -> bool:
+class Owned(Protocol):
+    """What `visible` reads of a record: whose it is."""
+
+    @property
+    def org_id(self) -> str | None: ...
+    @property
+    def team_id(self) -> str | None: ...
+
+
+def visible(row: Owned, who: Principal) -> bool:
     """Resources of another organization, or of another team for a team-scoped credential,
     do not exist as far as the caller can tell."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
@@ -362,7 +370,7 @@ class VmService:
         resources = spec.resources or replace(DEFAULT_RESOURCES, cpu=p.cpu, ram_mb=max(64, p.ram_mb))
         return replace(spec, resources=resources, template_id=spec.template_id or p.template_id, extra=extra)
 
-    async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Row:
+    async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Vm:
         """Create one VM and wait up to `timeout` seconds for it to be created: returns the VM
         (`running` if it was started in time, still `provisioning`/`starting` otherwise).
 

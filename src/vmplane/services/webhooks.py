@@ -1,4 +1,4 @@
-"""Webhooks: where events are POSTed. Validation and CRUD; delivery is events/webhooks.py.
+"""Webhooks: where events are POSTed. Validation and CRUD; delivery is webhook_delivery.py.
 A webhook receives the events the credential that made it could see (its organization's; a
 team-scoped key's, its team's only) and is disabled, saying why, when that credential ends
 (services/scopes.py).
@@ -19,8 +19,8 @@ from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..events import formats
-from ..events.types import check_patterns
-from ..events.webhooks import RESERVED_HEADERS, post, test_payload
+from ..event_types import check_patterns
+from .webhook_delivery import RESERVED_HEADERS, post, test_payload
 from ..store import webhooks as wh_q
 from . import pages, scopes
 from .secrets import SecretBox
@@ -82,7 +82,7 @@ class WebhookService:
         return unseal_secret(self.rt.secret_box, row.secret)
 
     def signing(self, row: Row) -> formats.AdHocHook:
-        """What a delivery to `row` needs (its secret in clear), for `events.webhooks.post`."""
+        """What a delivery to `row` needs (its secret in clear), for `webhook_delivery.post`."""
         return formats.AdHocHook(
             url=row.url, headers=dict(row.headers or {}), timeout_sec=row.timeout_sec, format=row.format or formats.VMPLANE,
             secret=self.secret_of(row), id=row.id,

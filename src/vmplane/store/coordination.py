@@ -97,7 +97,7 @@ class Coordinator:
             self._conn = None
 
     async def _connect(self) -> None:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         conn = await asyncpg.connect(self._dsn, timeout=10, server_settings={"application_name": "vmplane-coordination"})
         for channel, callbacks in self._listeners.items():

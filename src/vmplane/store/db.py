@@ -1,9 +1,10 @@
 """The Store: one async engine, short write transactions, migrations at start-up."""
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -11,9 +12,11 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from . import events  # the event log is part of every write transaction
+from .events import EVENTS_FLAG
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 7_420_001  # PostgreSQL advisory lock: one replica migrates at a time
-EVENTS_FLAG = "vmplane.events"  # events queued on a transaction by events.emit
 
 
 class SyncConnection:
@@ -124,8 +127,6 @@ class Store:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One transaction; committed when the block ends, rolled back if it raises."""
-        from . import events  # the event log is part of every write transaction
-
         # The events queued on a connection are dropped at the end, through the dict itself:
         # asking a connection whose statement was cancelled for its `info` raises (it wants a
         # rollback first), which would turn the cancellation into an ordinary error.

@@ -2,17 +2,18 @@
 committed with the change it describes or not at all."""
 
 import json
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 from sqlalchemy import Row, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock
 from .coordination import EVENTS_CHANNEL
-from .db import EVENTS_FLAG
 from .tables import events
 
 _EVENT_ORDER_LOCK = 7_420_002
+EVENTS_FLAG = "vmplane.events"  # events queued on a transaction by `emit`, in its connection's info
 
 
 async def emit(

@@ -1,6 +1,6 @@
 """SQL for nodes and the resource claims they hold."""
 
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from sqlalchemy import Row, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -127,3 +127,15 @@ async def cluster_totals(conn: AsyncConnection) -> Row[*tuple[Any, ...]]:
         func.count().label("count"),
     )
     return (await conn.execute(q)).one()
+
+
+def agent_urls_of(store: Any) -> Callable[[], Awaitable[list[tuple[str, str]]]]:
+    """Where the node agents are, read from `store` at each call: (node id, advertised URL)
+    of each node run by an agent (outbound.Outbound keeps requests away from them)."""
+
+    async def agent_urls() -> list[tuple[str, str]]:
+        async with store.read() as conn:
+            rows = (await conn.execute(select(nodes.c.id, nodes.c.agent_url).where(nodes.c.agent_url.is_not(None)).order_by(nodes.c.seq))).all()
+        return [(r.id, r.agent_url) for r in rows if r.agent_url]
+
+    return agent_urls

@@ -6,7 +6,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import Vm
-from ..events.types import vm_event_for
+from ..event_types import vm_event_for
 from . import events as ev_q
 from .tables import vm_tags, vms
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
 from ... import clock
-from ...agent import wire
+from ...drivers import remote_wire as wire
 from .. import render
 from ..middleware import NO_STORE, json_body
 from ..schemas import NodeOut

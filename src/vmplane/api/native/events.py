@@ -14,7 +14,7 @@ from ...auth import Principal
 from ...errors import InvalidRequest
 from ...events import wire
 from ...events.bus import EventBus, GoingAway, SlowConsumer
-from ...events.types import check_patterns
+from ...event_types import check_patterns
 from ..middleware import NO_STORE
 from ..schemas import ErrorOut
 from .deps import ERRORS, CallerDep, RuntimeDep, StreamSlotDep, hold_ws_stream

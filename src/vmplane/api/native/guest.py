@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ... import clock
 from ...errors import VmplaneError
-from ..console import bridge
+from ...wsconsole import bridge
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
 from ..middleware import NO_STORE
 from .deps import ERRORS, CallerDep, RuntimeDep, deny_websocket

@@ -27,11 +27,11 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from ... import pci
+from ... import pci, procfs
 from ...domain import Resources, VmSpec
 from ...errors import DriverError
 from ...ids import looks_like_id
-from ...net import host as nethost  # (a module: net.host imports this package's procfs)
+from ...net import host as nethost
 from ...net.model import Firewall, Nic
 from ..base import (
     Capabilities,
@@ -44,7 +44,6 @@ from ..base import (
     VmRuntime,
     VmStats,
 )
-from . import procfs
 from .disks import Disks
 from .guest import Guest
 from .layout import GIB, VmPaths, load_config, vm_paths

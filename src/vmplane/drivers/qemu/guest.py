@@ -7,10 +7,9 @@ import asyncio
 import os
 import time
 
-from ... import clock
+from ... import clock, procfs
 from ...errors import DriverError
 from ..base import ExecResult, VmStats
-from . import procfs
 from .cmdline import DISK_ID
 from .machines import Machines, QemuHost, QemuVm
 from .unix import connect_unix

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
-from ... import pci
+from ... import pci, procfs
 from ...domain import Resources
 from ...errors import DriverError, InvalidState
 from ..base import PowerState, VmRuntime
-from . import confine, procfs
+from . import confine
 from .agent import GuestAgent
 from .layout import VmConfig, VmPaths, load_config, vm_paths
 from .qmp import Monitor

@@ -16,7 +16,7 @@ import time
 from typing import Any, Sequence
 
 from ...errors import DriverError, InvalidState
-from ...net import host as nethost  # (a module: net.host imports this package's procfs)
+from ...net import host as nethost
 from ...net import ipam
 from ...net.model import Firewall, Network, Nic, tap_name
 from ...net.nft import TapGuard

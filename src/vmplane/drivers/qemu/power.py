@@ -15,9 +15,9 @@ import signal
 import time
 from pathlib import Path
 
+from ... import procfs
 from ...errors import DriverError, InvalidState
 from ..base import PowerState
-from . import procfs
 from .cmdline import build_argv
 from .disks import Disks
 from .layout import write_json_atomic

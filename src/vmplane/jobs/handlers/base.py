@@ -62,7 +62,7 @@ async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, t
     )
 
 
-async def while_stopped(ctx: TaskContext, vm: Row, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
+async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
     """Stop the VM if it runs, run `work(driver)`, start the VM again if it was running; the
     VM's final status is recorded with the task's end."""
     driver = ctx.rt.registry.driver(vm.node_id)

@@ -37,7 +37,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock, outbound
-from ...domain import Resources, VmStatus
+from ...domain import Resources, Vm, VmStatus
 from ...drivers.qemu import intake
 from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
 from ...ovf import OvfError, parse_ovf
@@ -325,7 +325,7 @@ class VmImport(BaseHandler):
 
     # -- the VM ------------------------------------------------------------------------------
 
-    async def _define(self, ctx: TaskContext, row: Row, req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Row:
+    async def _define(self, ctx: TaskContext, row: Row, req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Vm:
         rt = ctx.rt
         name = req.name or _vm_name(shape.name)
         resources = Resources(
@@ -380,7 +380,7 @@ class VmImport(BaseHandler):
         ctx.log(f"defined on {node_id} with the imported disk")
         return vm
 
-    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row, vm: Row, req: ImportRequest) -> None:
+    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row, vm: Vm, req: ImportRequest) -> None:
         rt = ctx.rt
         driver = rt.registry.driver(vm.node_id)
         status, started = VmStatus.STOPPED, None
@@ -397,7 +397,7 @@ class VmImport(BaseHandler):
 
         ctx.defer(done)
 
-    async def _vm(self, ctx: TaskContext, vm_id: str) -> Row | None:
+    async def _vm(self, ctx: TaskContext, vm_id: str) -> Vm | None:
         async with ctx.rt.store.read() as conn:
             return await vm_q.get_vm(conn, vm_id)
 

@@ -18,12 +18,9 @@ devices belong to their host.
 
 import logging
 import uuid
-from typing import Any
-
-from sqlalchemy import Row
 
 from ... import clock
-from ...domain import VmStatus
+from ...domain import Vm, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import DriverError, InvalidState, VmplaneError
 from ...placement import Demand
@@ -36,7 +33,7 @@ from .images import ensure_image
 log = logging.getLogger("vmplane.jobs")
 
 
-async def _check_movable(ctx: TaskContext, vm: Row) -> None:
+async def _check_movable(ctx: TaskContext, vm: Vm) -> None:
     async with ctx.rt.store.read() as conn:
         snaps = await snap_q.list_snapshots(conn, vm.org_id, None, vm.id)
     if snaps:
@@ -50,7 +47,7 @@ def _hypervisor(driver: HypervisorDriver) -> str:
     return driver.capabilities.hypervisor
 
 
-async def _claim_target(ctx: TaskContext, vm: Row, source: str, unfit: frozenset[str] = frozenset()) -> str:
+async def _claim_target(ctx: TaskContext, vm: Vm, source: str, unfit: frozenset[str] = frozenset()) -> str:
     """The target node, claimed once (a resumed attempt finds it in spec.moveTo); placement
     never chooses the source nor a node in `unfit`."""
     if vm.spec.move_to:
@@ -108,7 +105,7 @@ async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
     ctx.log(f"nothing of the VM is left on {target}; it stays on {vm.node_id}")
 
 
-async def _define_on(ctx: TaskContext, vm: Row, target: str) -> HypervisorDriver:
+async def _define_on(ctx: TaskContext, vm: Vm, target: str) -> HypervisorDriver:
     image, boot = await ensure_image(ctx, target, vm.template_id)
     driver = ctx.rt.registry.driver(target)
     await driver.create_vm(await vm_spec(ctx, vm, image, boot))
@@ -209,8 +206,3 @@ class VmMigrate(BaseHandler):
                 ctx.log(f"Warning: resuming the VM on {vm.node_id}: {exc.message}")
         await _undo_target(ctx, cancelled)
 
-
-def move_payload(source: str, target: str | None) -> dict[str, Any]:
-    """The payload of a vm-move or vm-migrate task: from where, and to where (None: placement
-    chooses)."""
-    return {"source": source, "target": target}

@@ -17,13 +17,13 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....auth import Principal
-from ....domain import Resources, StoredSpec, Vm
+from ....domain import Resources, StoredSpec, Template, Vm
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
 from ...middleware import NO_STORE
-from ...console import bridge
+from ....wsconsole import bridge
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
@@ -42,7 +42,7 @@ def _offerings(request: Request) -> Offerings:
     return request.app.state.offerings
 
 
-async def _instance(rt: Any, instance_id: str, who: Principal) -> Row:
+async def _instance(rt: Any, instance_id: str, who: Principal) -> Vm:
     try:
         return await rt.vms.get(instance_id, who)
     except NotFound:
@@ -60,7 +60,7 @@ def _price(off: Offerings, row: Vm) -> int | None:
     return t.price_cents_per_hour if t is not None else None
 
 
-def _render(off: Offerings, row: Row, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
+def _render(off: Offerings, row: Vm, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
     node = nodes.get(row.node_id) if row.node_id else None
     out = wire.instance(row, node, off.region_of(node), off.host_of(node), _price(off, row))
     if teams and row.team_id:
@@ -72,7 +72,7 @@ async def _team_names(rt: Any, who: Principal) -> dict[str, str]:
     return {t.id: t.name for t in await rt.tenancy.teams(who)}
 
 
-async def _host(off: Offerings, row: Row) -> str | None:
+async def _host(off: Offerings, row: Vm) -> str | None:
     return off.host_of((await _nodes(off)).get(row.node_id)) if row.node_id else None
 
 
@@ -155,8 +155,8 @@ async def list_tasks(
 # -- templates and instance types ----------------------------------------------------------
 
 
-async def _templates(rt: Any, who: Principal) -> list[Row]:
-    rows: list[Row] = []
+async def _templates(rt: Any, who: Principal) -> list[Template]:
+    rows: list[Template] = []
     token = None
     while True:
         page, token = await rt.templates.list(who, limit=500, page_token=token)
@@ -230,7 +230,7 @@ def _extra(username: str, ssh_key: str | None, password: str | None, metadata: d
     return extra
 
 
-async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Row]:
+async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Vm]:
     """Create the VM (refused at once when its node has no room) and return its job and row."""
     try:
         job_id, (vm_id,) = await rt.vms.create([spec], who, check_capacity=True)
@@ -467,7 +467,7 @@ def _firewall_out(fw: Any) -> dict[str, Any]:
     return {"enabled": wire_fw["enabled"], "policy_in": wire_fw["policyIn"], "policy_out": wire_fw["policyOut"], "rules": wire_fw["rules"]}
 
 
-async def _applied(rt: Any, job_id: str, vm: Row, who: Principal, what: str) -> None:
+async def _applied(rt: Any, job_id: str, vm: Vm, who: Principal, what: str) -> None:
     """Wait (bounded) for the job that enforces a network change on the VM's node."""
     outcome = await _wait(rt, job_id)
     if outcome.unsuccessful:
@@ -531,7 +531,7 @@ async def delete_firewall_rule(instance_id: str, pos: int, rt: RuntimeDep, who: 
 # -- IPs -----------------------------------------------------------------------------------
 
 
-def _ips_out(vm: Row, addresses: list[dict[str, Any]]) -> dict[str, Any]:
+def _ips_out(vm: Vm, addresses: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "instance_id": vm.uuid,
         "ips": [
@@ -618,7 +618,7 @@ async def instance_backups(instance_id: str, rt: RuntimeDep, who: CallerDep) -> 
     )
 
 
-async def _restore(rt: Any, volid: str, target: Row, who: Principal) -> str:
+async def _restore(rt: Any, volid: str, target: Vm, who: Principal) -> str:
     await _backup(rt, volid, who)
     try:
         return await rt.backups.restore(volid, target.id, who)
@@ -724,7 +724,7 @@ async def backup_notes(body: wire.BackupNotesIn, rt: RuntimeDep, who: CallerDep,
     return JSONResponse({"status": "success", "message": "Backup notes updated", "volid": row.id, "notes": row.notes})
 
 
-def _schedule_out(vm: Row, s: Row) -> dict[str, Any]:
+def _schedule_out(vm: Vm, s: Row) -> dict[str, Any]:
     _, hour, dom, _, dow = s.schedule.split()
     return {
         "vm_uuid": vm.uuid,
@@ -740,7 +740,7 @@ def _schedule_out(vm: Row, s: Row) -> dict[str, Any]:
     }
 
 
-async def _schedule(rt: Any, vm: Row, who: Principal) -> Row:
+async def _schedule(rt: Any, vm: Vm, who: Principal) -> Row:
     try:
         return await rt.backups.get_schedule(vm.id, who)
     except NotFound:

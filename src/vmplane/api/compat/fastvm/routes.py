@@ -14,12 +14,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
 from .... import clock
+from ....domain import Vm
 from ....errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, VmplaneError
 from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
 from ...middleware import NO_STORE
 from ....services.vms import NewVm
-from ...console import bridge
+from ....wsconsole import bridge
 from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
@@ -45,12 +46,12 @@ async def _failed(rt: Any, job_id: str, vm_id: str | None = None, who: Any = Non
     return outcome.error("the job failed")
 
 
-async def _vm_out(rt: Any, row: Row) -> dict[str, Any]:
+async def _vm_out(rt: Any, row: Vm) -> dict[str, Any]:
     policies = await rt.ingress.policies([row.id])
     return wire.vm(row, policies[row.id], row.spec.source_name)
 
 
-async def _vm(rt: Any, vm_id: str, who: Any) -> Row:
+async def _vm(rt: Any, vm_id: str, who: Any) -> Vm:
     return await rt.vms.get(wire.parse_uuid(vm_id, "id"), who)
 
 

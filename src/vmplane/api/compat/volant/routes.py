@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import Row
 
 from .... import clock, pci
+from ....domain import Vm
 from ....errors import DriverError, Forbidden, InvalidRequest
 from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
-from ....services import vmconfig
+from ....services import vmconfig, volant_shapes
 from ....store import templates as tpl_q
 from ....store import vms as vm_q
 from ...health import readiness
@@ -53,7 +54,7 @@ class _Renderer:
         self.rt = rt
         self.cmdlines: dict[str, str] = {}
 
-    async def __call__(self, row: Row) -> dict[str, Any]:
+    async def __call__(self, row: Vm) -> dict[str, Any]:
         if row.template_id and row.template_id not in self.cmdlines:
             async with self.rt.store.read() as conn:
                 tpl = await tpl_q.get_template(conn, row.template_id)
@@ -64,7 +65,7 @@ class _Renderer:
         return wire.vm(row, cmdline=self.cmdlines.get(row.template_id or "", ""), pid=pid, serial=serial)
 
 
-async def _render(rt: Any, row: Row) -> dict[str, Any]:
+async def _render(rt: Any, row: Vm) -> dict[str, Any]:
     return await _Renderer(rt)(row)
 
 
@@ -232,7 +233,7 @@ async def config_history(name: str, rt: RuntimeDep, who: CallerDep, limit: int =
 
 
 async def _deployment_out(rt: Any, row: Row) -> dict[str, Any]:
-    return wire.deployment(row, await rt.deployments.ready_count(row))
+    return volant_shapes.deployment(row, await rt.deployments.ready_count(row))
 
 
 @router.get("/api/v1/deployments")

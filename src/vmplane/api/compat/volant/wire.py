@@ -6,24 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Row
 
 from .... import clock
 from ....domain import Vm
-
-VM_STATUS = {
-    "provisioning": "pending",
-    "starting": "starting",
-    "running": "running",
-    "rebooting": "running",
-    "updating": "running",
-    "stopping": "stopping",
-    "stopped": "stopped",
-    "deleting": "stopping",
-    "error": "crashed",
-    "unknown": "crashed",
-}
-"""vmplane VM status -> Volant's (pending, starting, running, stopping, stopped, crashed)"""
+from ....services.volant_shapes import VM_STATUS  # shared with the MCP command set (services/mcp.py)
 
 SSE_TYPES = {
     "vm.created": ("VM_CREATED", "starting", "vm record created"),
@@ -122,17 +108,6 @@ def vm(row: Vm, *, cmdline: str = "", pid: int | None = None, serial: str | None
 def sort_value(item: dict[str, Any], key: str) -> Any:
     value = item.get(key)
     return (value is None, value if value is not None else 0)
-
-
-def deployment(row: Row, ready: int) -> dict[str, Any]:
-    return {
-        "name": row.name,
-        "desired_replicas": row.replicas,
-        "ready_replicas": ready,
-        "config": row.config,
-        "created_at": clock.rfc3339(row.created_at),
-        "updated_at": clock.rfc3339(row.updated_at),
-    }
 
 
 def config_version(v: Any, **extra: Any) -> dict[str, Any]:

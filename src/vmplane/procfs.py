@@ -1,6 +1,7 @@
-"""QEMU processes seen through /proc: start them detached, recognise them, measure them.
+"""Processes vmplane starts detached (QEMU, dnsmasq), seen through /proc: start them,
+recognise them, measure them. Used by the qemu driver and by host networking.
 
-A QEMU started by this process is our child until this process exits; `reap` collects its
+A process started by this process is our child until this process exits; `reap` collects its
 exit status so it never lingers as a zombie (a zombie counts as dead everywhere here).
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
-"""QEMU processes this process started (kept so their exit status can be collected)."""
+"""Processes this process started (kept so their exit status can be collected)."""
 _exit_status: dict[int, int] = {}
 """Exit status of reaped children: >= 0 an exit code, < 0 the signal that killed it."""
 

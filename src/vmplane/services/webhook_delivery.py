@@ -12,9 +12,10 @@ receiver's answer is not read past its status, and a webhook's own headers never
 `Host`, the body's framing, vmplane's own headers or a hop-by-hop header.
 
 A webhook gets the events the credential that made it could see (its organization's; a
-team-scoped key's, its team's: `types.sees`); one whose credential ended (revoked, expired,
+team-scoped key's, its team's: `event_types.sees`); one whose credential ended (revoked, expired,
 its user gone) is disabled at the next dispatch, saying why, and what was queued for it is
-not sent (services/scopes.py).
+not sent (scopes.py): the credential's scope is a service's rule, which is why delivery
+lives among the services rather than in events/.
 """
 
 import asyncio
@@ -24,20 +25,20 @@ import json
 import logging
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 from sqlalchemy import Row, text
 
-from .. import __version__, clock, ids
-from .. import outbound
+from .. import __version__, clock, ids, outbound
+from ..event_types import Event, matches, sees
+from ..events import formats, wire
 from ..store import Store
 from ..store import events as ev_q
 from ..store import meta as meta_q
 from ..store import webhooks as wh_q
-from . import formats, wire
-from ..services import scopes
-from .types import Event, matches, sees
+from . import scopes
 
 log = logging.getLogger("vmplane.webhooks")
 CURSOR_KEY = "webhooks_cursor"

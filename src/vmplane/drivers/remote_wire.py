@@ -1,6 +1,7 @@
-"""What the control plane and a node agent say to each other: the driver contract's values
-in JSON (camelCase, like the native API), errors that keep their type, a sparse-disk stream
-and NDJSON progress streams for long calls.
+"""What the control plane and a node agent say to each other, spoken by the remote driver
+and by `vmplane.agent`: the driver contract's values in JSON (camelCase, like the native
+API), errors that keep their type, a sparse-disk stream and NDJSON progress streams for long
+calls.
 
 Parsers here take what came over the network: every value is type-checked, and every id that
 becomes a path is checked with `ids.looks_like_id`. A bad value raises `InvalidRequest`.
@@ -8,21 +9,23 @@ becomes a path is checked with `ids.looks_like_id`. A bad value raises `InvalidR
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
 import struct
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 from .. import errors, ids
 from ..domain import Resources, VmSpec
-from ..drivers.base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 from ..errors import InvalidRequest, VmplaneError
 from ..net.model import Firewall, Nic
 from ..pci import PciDevice
+from .base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 
 AGENT_PREFIX = "/agent/v1"
 """Where a node agent serves its driver."""
@@ -263,7 +266,8 @@ def error_from_wire(status: int, body: Any, node_id: str) -> VmplaneError:
     answer is not one of ours: a proxy's error page, say)."""
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         cls = _ERROR_TYPES.get(str(body.get("type")), errors.DriverError)
-        details = body.get("details") if isinstance(body.get("details"), dict) else {}
+        raw = body.get("details")
+        details: dict[str, Any] = raw if isinstance(raw, dict) else {}
         exc = cls.__new__(cls)
         VmplaneError.__init__(exc, body["error"], **details)
         if isinstance(exc, errors.InvalidRequest):
@@ -338,8 +342,6 @@ def sparse_chunks(path: Path) -> Iterator[bytes]:
 
 async def async_sparse_chunks(path: Path) -> AsyncIterator[bytes]:
     """`sparse_chunks`, reading in a worker thread, for a streamed HTTP body."""
-    import asyncio
-
     it = sparse_chunks(path)
     sentinel = object()
     while True:

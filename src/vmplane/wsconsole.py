@@ -1,4 +1,5 @@
-"""The one WebSocket <-> serial console bridge every face's console endpoint uses."""
+"""The one WebSocket <-> serial console bridge: every face's console endpoint uses it, and so does
+the node agent's (it lives under both)."""
 
 import asyncio
 import contextlib

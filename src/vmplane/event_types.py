@@ -1,4 +1,5 @@
-"""Event types and the patterns subscribers filter with (`vm.*`, `job.completed`)."""
+"""Event types and the patterns subscribers filter with (`vm.*`, `job.completed`): the
+vocabulary of events, which the store writes and events/ carries to subscribers."""
 
 import fnmatch
 import re
