@@ -459,6 +459,8 @@ async def test_backups_restore_and_schedules(bl: tuple[Server, httpx.AsyncClient
     assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
     other_row = await s.rt.vms.get(other, _owner(s))
     assert driver.disks[other_row.id] == b"version one" and other_row.name == r["new_name"]
+    taken = await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid, "target_vm_uuid": other, "new_name": "bk-1"}, expect=400)
+    assert taken["error"] == "invalid_name" and (await s.rt.vms.get(other, _owner(s))).name == r["new_name"]
     await call(c, "POST", "/api/v1/backups/restore", params={"volid": "bkp-nope", "target_vm_uuid": other}, expect=404)
     await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid, "target_vm_uuid": "3f2b1c4d-0000-4000-8000-000000000000"}, expect=404)
     await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid}, expect=422)
@@ -492,6 +494,14 @@ async def test_backups_restore_and_schedules(bl: tuple[Server, httpx.AsyncClient
     await call(c, "POST", path, path_args=sa, json={"frequency": "daily"}, expect=422)
     assert (await call(c, "DELETE", path, path_args=sa))["status"] == "success"
     await call(c, "DELETE", path, path_args=sa, expect=404)
+
+    # a restore that cannot start leaves the VM named as it was
+    named = (await s.rt.vms.get(other, _owner(s))).name
+    r = await call(c, "POST", "/api/v1/instances/{instance_id}/backup", path_args={"instance_id": other})
+    refused = await call(c, "POST", "/api/v1/backups/restore", params={"volid": r["volid"], "target_vm_uuid": other, "new_name": "bk-renamed"}, expect=400)
+    assert refused["error"] == "invalid_backup"  # the backup is still being taken
+    assert (await s.rt.vms.get(other, _owner(s))).name == named
+    assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
 
 
 async def test_stats_and_console(bl: tuple[Server, httpx.AsyncClient]) -> None:

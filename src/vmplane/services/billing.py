@@ -13,7 +13,7 @@ from .. import clock
 from ..auth import Principal
 from ..config import Settings
 from ..domain import StoredSpec
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, Reason
 from ..store import usage as usage_q
 
 MAX_DAYS = 90
@@ -68,7 +68,7 @@ class Billing:
         if end <= start:
             raise InvalidRequest("end must be after start", field="end")
         if end - start > MAX_DAYS * 86400:
-            raise InvalidRequest(f"the period may be at most {MAX_DAYS} days", field="end")
+            raise InvalidRequest(f"the period may be at most {MAX_DAYS} days", field="end", reason=Reason.OVER_LIMIT)
         async with self.rt.store.read() as conn:
             rows = await usage_q.spans(conn, who.org_id, start, end, who.team_id)
         per_vm: dict[str, dict[str, Any]] = {}

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import NodeStatus, Vm, VmStatus
-from ..errors import Conflict, InvalidRequest, NotFound, VmplaneError
+from ..errors import Conflict, InvalidRequest, NotFound, Reason, VmplaneError
 from ..store import deployments as dep_q
 from ..store import events as ev_q
 from ..store import nodes as node_q
@@ -116,7 +116,7 @@ class DeploymentService:
         try:
             async with self.rt.store.write() as conn:
                 if await dep_q.get_deployment(conn, name, who.org_id) is not None:  # names are per organization
-                    raise Conflict(f"a deployment named {name!r} already exists", field="name")
+                    raise Conflict(f"a deployment named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 await dep_q.insert_deployment(conn, row)
                 await ev_q.emit(conn, "deployment.created", row["id"], _data(row), who.org_id, who.team_id)
         except IntegrityError:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import clock
 from ..auth import Principal
-from ..domain import SshForward, Vm, VmStatus
+from ..domain import SshForward, Vm
 from ..domain.spec import SSH_HOST
 from ..drivers.base import ExecResult, HypervisorDriver, VmStats
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
@@ -19,6 +19,7 @@ from ..store import guest as guest_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..streams import StreamSlot
+from ..vmstates import VmOp, require_state
 from .vms import AUTO_PORTS, port_is_free
 
 CONSOLE_TOKEN_SECONDS = 60
@@ -43,8 +44,8 @@ class GuestService:
                 f"{vm.node_id} runs the {driver.capabilities.kind} driver, which has no {capability.replace('_', ' ')}",
                 capability=capability,
             )
-        if need_running and vm.status != VmStatus.RUNNING:
-            raise InvalidState(f"VM {vm.id} is {vm.status}, not running", current=vm.status, required="running")
+        if need_running:
+            require_state(VmOp.GUEST, vm.status, vm.id)
         return driver
 
     async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Vm]:

@@ -16,7 +16,7 @@ from sqlalchemy import Row
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
 from ..domain import VmNic
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, Reason
 from ..net import ipam
 from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
 from ..store import networks as net_q
@@ -94,7 +94,7 @@ class NetworkService:
         network_id = ids.new_id("net")
         async with self.rt.store.write() as conn:
             if await net_q.name_taken(conn, name, who.org_id):  # names are unique within an organization only
-                raise Conflict(f"a network named {name!r} already exists", field="name")
+                raise Conflict(f"a network named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             visible = await net_q.list_networks(conn, who.org_id)
             if net is None:
                 net = ipam.free_subnet(pool, [ipaddress.IPv4Network(o.subnet) for o in visible])

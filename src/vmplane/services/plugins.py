@@ -44,6 +44,7 @@ from ..store import plugins as plugin_q
 from ..store import templates as tpl_q
 from ..store.tables import plugin_health
 from ..store.tables import vms as vms_t
+from ..vmstates import VmOp, require_state
 
 log = logging.getLogger("vmplane.plugins")
 
@@ -349,7 +350,8 @@ class PluginService:
 
     def workload_root(self, vm: Vm, manifest: dict[str, Any]) -> str:
         """`http://host:port` of the node's forwarded port to the VM's workload port."""
-        if vm.status != VmStatus.RUNNING or vm.node_id is None:
+        require_state(VmOp.GUEST, vm.status, vm.name)
+        if vm.node_id is None:  # a running VM has a node: the store is being changed under us
             raise InvalidState(f"VM {vm.name} is {vm.status}, not running", current=vm.status, required="running")
         driver = self.rt.registry.driver(vm.node_id)
         if not driver.capabilities.real_vms:

@@ -24,7 +24,7 @@ from sqlalchemy import Row
 from .. import clock, cron, ids
 from ..auth import Principal
 from ..domain import JobState
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, Reason
 from ..store import events as ev_q
 from ..store import jobs as job_q
 from ..store import schedules as sch_q
@@ -75,6 +75,22 @@ class ScheduleService:
     async def list(self, who: Principal) -> Sequence[Row]:
         async with self.rt.store.read() as conn:
             return [s for s in await sch_q.list_schedules(conn) if _visible(s, who)]
+
+    async def made_by(self, face: str, who: Principal) -> list[Row[Any]]:
+        """The schedules a face made (their `origin.face`), as `who` sees them."""
+        return [s for s in await self.list(who) if (s.origin or {}).get("face") == face]
+
+    async def by_origin(self, face: str, origin_id: str, who: Principal) -> Row[Any]:
+        """The schedule a face knows by its own id (`origin.id`, unique among the face's)."""
+        for s in await self.made_by(face, who):
+            if s.origin.get("id") == origin_id:
+                return s
+        raise NotFound(f"schedule {origin_id} not found")
+
+    async def check_origin_free(self, face: str, origin_id: str, who: Principal) -> None:
+        """Raise Conflict (name_taken) if the face has a schedule of that id already."""
+        if any(s.origin.get("id") == origin_id for s in await self.made_by(face, who)):
+            raise Conflict(f"schedule {origin_id} already exists", reason=Reason.NAME_TAKEN)
 
     async def create(
         self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str,

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import Template
-from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
+from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, Reason
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from . import pages
@@ -91,7 +91,7 @@ class TemplateService:
         try:
             async with self.rt.store.write() as conn:
                 if await tpl_q.name_taken(conn, name, owner):
-                    raise Conflict(f"a template named {name!r} already exists", field="name")
+                    raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 if node_id is not None and await node_q.get_node(conn, node_id) is None:
                     raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
                 if not who.operator:  # operators' templates are shared, and no organization's
@@ -131,7 +131,7 @@ class TemplateService:
             raise InvalidRequest("give name or os to change", field="body")
         async with self.rt.store.write() as conn:
             if name is not None and name != tpl.name and await tpl_q.name_taken(conn, name, tpl.org_id):
-                raise Conflict(f"a template named {name!r} already exists", field="name")
+                raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             job_id = await self.rt.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_})])
         self.rt.engine.wakeup()
         return job_id

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, Resources, Vm, VmStatus
-from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound
+from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
 from ..net.ingress import Ipv6Ingress
 from ..net.model import Firewall
 from ..placement import Demand
@@ -23,19 +23,14 @@ from ..store import networks as net_q
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
+from ..vmstates import VmOp, allows, require_state
 from . import pages
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 
-POWER_ACTIONS: dict[str, tuple[str, frozenset[VmStatus]]] = {
-    # action: (job type, states it may start from)
-    "start": ("vm-start", frozenset({VmStatus.STOPPED, VmStatus.ERROR, VmStatus.UNKNOWN})),
-    "stop": ("vm-stop", frozenset({VmStatus.RUNNING, VmStatus.STARTING, VmStatus.STOPPING, VmStatus.REBOOTING, VmStatus.ERROR, VmStatus.UNKNOWN})),
-    "shutdown": ("vm-shutdown", frozenset({VmStatus.RUNNING})),
-    "reboot": ("vm-reboot", frozenset({VmStatus.RUNNING})),
-    "power-cycle": ("vm-power-cycle", frozenset({VmStatus.RUNNING, VmStatus.STOPPED, VmStatus.ERROR, VmStatus.UNKNOWN})),
-}
+POWER_JOBS: dict[str, str] = {"start": "vm-start", "stop": "vm-stop", "shutdown": "vm-shutdown", "reboot": "vm-reboot", "power-cycle": "vm-power-cycle"}
+"""power action -> its job type (the states each may start from: vmstates.OPERATIONS)"""
 
 
 class Owned(Protocol):
@@ -262,7 +257,7 @@ class VmService:
         )  # fmt: skip
         taken = await vm_q.names_taken(conn, [s.name for s in specs], who.org_id)  # names are the organization's own
         if taken:
-            raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
+            raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", reason=Reason.NAME_TAKEN, names=sorted(taken))
         template_refs = {s.template_id for s in specs if s.template_id}
         templates = {}
         for ref in template_refs:
@@ -341,7 +336,7 @@ class VmService:
             if want.disk_gb < base.disk_gb:
                 raise InvalidRequest(
                     f"resources.diskGb may only grow from the snapshot's {base.disk_gb} GB",
-                    field=f"{prefix}resources.diskGb", minimum=base.disk_gb,
+                    field=f"{prefix}resources.disk_gb", reason=Reason.CANNOT_SHRINK, minimum=base.disk_gb,
                 )  # fmt: skip
             spec = replace(
                 spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id,
@@ -392,12 +387,11 @@ class VmService:
         """Rename a VM at once: a name lives only in the store (no job, no hypervisor call)."""
         check_name(name)
         vm = await self.get(ref, who)
-        if vm.status == VmStatus.DELETING:
-            raise InvalidState(f"VM {vm.id} is being deleted", current=vm.status)
+        require_state(VmOp.RENAME, vm.status, vm.id)
         if name != vm.name:
             async with self.rt.store.write() as conn:
                 if await vm_q.names_taken(conn, [name], vm.org_id):
-                    raise Conflict(f"a VM named {name!r} already exists", field="name")
+                    raise Conflict(f"a VM named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 try:
                     await vm_q.set_vm(conn, vm.id, name=name, updated_at=clock.now())
                 except IntegrityError:
@@ -434,11 +428,9 @@ class VmService:
         if change.tags is not None:
             check_tags(change.tags)
         if change.disk_gb is not None and change.disk_gb < vm.disk_gb:
-            raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.diskGb")
-        if vm.status in (VmStatus.DELETING, VmStatus.PROVISIONING) and any(
-            v is not None for v in (change.cpu, change.ram_mb, change.disk_gb)
-        ):
-            raise InvalidState(f"VM {vm.id} is {vm.status}; resize it once it is created", current=vm.status)
+            raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.disk_gb", reason=Reason.CANNOT_SHRINK)
+        if any(v is not None for v in (change.cpu, change.ram_mb, change.disk_gb)):
+            require_state(VmOp.RESIZE, vm.status, vm.id)
         payload = {
             "name": change.name,
             "tags": list(change.tags) if change.tags is not None else None,
@@ -453,7 +445,7 @@ class VmService:
             )  # fmt: skip
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name], vm.org_id):
-                    raise Conflict(f"a VM named {change.name!r} already exists", field="name")
+                    raise Conflict(f"a VM named {change.name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             job_id = await self.rt.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.rt.engine.wakeup()
         return job_id
@@ -470,23 +462,39 @@ class VmService:
             if missing:
                 raise NotFound(f"VM {missing[0]} does not exist", vmIds=missing)
             targets = [by_ref[r] for r in refs]
-            busy = [r.id for r in targets if r.status == VmStatus.DELETING]
-            if busy:
-                raise InvalidState(f"VM {busy[0]} is already being deleted", current="deleting")
+            for r in targets:
+                require_state(VmOp.DELETE, r.status, r.id)
             job_id = await self.rt.engine.submit(conn, "vm-delete", who, [(r.id, {}) for r in targets])
         self.rt.engine.wakeup()
         return job_id
 
+    async def delete_once(self, ref: str, who: Principal) -> str | None:
+        """Delete one VM; None when it is already being deleted (a second delete of the same
+        VM is then done, as the FastVM and Volant contracts answer it)."""
+        try:
+            return await self.delete([ref], who)
+        except InvalidState as exc:
+            if exc.details.get("current") != VmStatus.DELETING:
+                raise
+            return None
+
+    async def restart(self, ref: str, who: Principal) -> tuple[str | None, str]:
+        """Stop the VM (unless it may start as it is) and start it again: a new VM process,
+        which takes a changed config's resources. Both jobs are queued at once (the start runs
+        after the stop), so the VM is never seen stopped with nothing to do. Returns the stop's
+        job (None if none was needed) and the start's."""
+        vm = await self.get(ref, who)
+        stop = None if allows(VmOp.START, vm.status) else await self.power(vm.id, "stop", who)
+        return stop, await self.power(vm.id, "start", who)
+
     async def power(self, ref: str, action: str, who: Principal) -> str:
-        job_type, allowed = POWER_ACTIONS[action]
+        job_type = POWER_JOBS[action]
         vm = await self.get(ref, who)
         async with self.rt.store.write() as conn:
             pending = await job_q.active_task_for(conn, [vm.id])
             # With earlier work still queued on the VM, judge the request when its turn comes.
-            if not pending and vm.status not in allowed:
-                raise InvalidState(
-                    f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status, required=sorted(allowed)
-                )
+            if not pending:
+                require_state(action, vm.status, vm.id)
             job_id = await self.rt.engine.submit(conn, job_type, who, [(vm.id, {"action": action})])
         self.rt.engine.wakeup()
         return job_id

@@ -21,11 +21,12 @@ import uuid
 
 from ... import clock
 from ...domain import Vm, VmStatus
-from ...drivers.base import HypervisorDriver, PowerState
+from ...drivers.base import HypervisorDriver
 from ...errors import DriverError, InvalidState, VmplaneError
 from ...placement import Demand
 from ...store import snapshots as snap_q
 from ...store import vms as vm_q
+from ...vmstates import VmOp, require_state
 from ..engine import TaskContext
 from .base import BaseHandler, find_vm, load_vm, set_status, vm_spec
 from .images import ensure_image
@@ -126,8 +127,7 @@ class VmMove(BaseHandler):
         runtime = await src.get_vm(vm.id)
         if runtime is None:
             raise DriverError(f"{source} does not have VM {vm.id}")
-        if runtime.state != PowerState.STOPPED:
-            raise InvalidState(f"VM {vm.id} is {runtime.state}; only stopped VMs move (running ones migrate)", current=runtime.state, required="stopped")
+        require_state(VmOp.MOVE, runtime.state, vm.id)  # what the node says, not what the store last heard
         ctx.log(f"Starting move of {vm.name} from {source}")
         target = await _claim_target(ctx, vm, source)
         await set_status(ctx, vm.id, VmStatus.UPDATING)
@@ -163,8 +163,7 @@ class VmMigrate(BaseHandler):
         if vm.node_id != source:
             ctx.log(f"already on {vm.node_id}")
             return
-        if vm.status != VmStatus.RUNNING:
-            raise InvalidState(f"VM {vm.id} is {vm.status}; only running VMs migrate (stopped ones move)", current=vm.status, required="running")
+        require_state(VmOp.MIGRATE, vm.status, vm.id)
         await _check_movable(ctx, vm)
         src = rt.registry.driver(source)
         ctx.log(f"Starting live migration of {vm.name} from {source}")

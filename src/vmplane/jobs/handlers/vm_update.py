@@ -2,7 +2,7 @@
 
 from ... import clock
 from ...domain import Resources
-from ...errors import Conflict, InvalidRequest
+from ...errors import Conflict, InvalidRequest, Reason
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, load_vm
@@ -20,7 +20,7 @@ class VmUpdate(BaseHandler):
             p["diskGb"] if p.get("diskGb") is not None else vm.disk_gb,
         )
         if want.disk_gb < vm.disk_gb:
-            raise InvalidRequest(f"the disk cannot shrink from {vm.disk_gb} GB", field="resources.diskGb")
+            raise InvalidRequest(f"the disk cannot shrink from {vm.disk_gb} GB", field="resources.disk_gb", reason=Reason.CANNOT_SHRINK)
         now = clock.now()
         old = Resources(vm.cpu, vm.ram_mb, vm.disk_gb)
         if want != old:
@@ -46,7 +46,7 @@ class VmUpdate(BaseHandler):
         async with rt.store.write() as conn:
             if p.get("name") is not None and p["name"] != vm.name:
                 if await vm_q.names_taken(conn, [p["name"]], vm.org_id):
-                    raise Conflict(f"a VM named {p['name']!r} already exists")
+                    raise Conflict(f"a VM named {p['name']!r} already exists", reason=Reason.NAME_TAKEN)
                 await vm_q.set_vm(conn, vm.id, name=p["name"], updated_at=now)
                 ctx.log(f"renamed to {p['name']}")
             if p.get("tags") is not None:

@@ -18,7 +18,8 @@ from sqlalchemy import Row
 from .... import clock
 from ....auth import Principal
 from ....domain import Resources, StoredSpec, Template, Vm
-from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
+from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, Reason, VmplaneError
+from ....services.backups import BackupSchedule
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
@@ -237,11 +238,11 @@ async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Vm]:
     except NoCapacity as exc:
         raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
     except InvalidRequest as exc:
-        if exc.field in ("resources.cpu", "resources.ramMb", "resources.diskGb"):
+        if exc.reason in (Reason.BEYOND_ANY_NODE, Reason.CANNOT_SHRINK):
             raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
         raise
     except Conflict as exc:
-        if "names" in exc.details:
+        if exc.reason == Reason.NAME_TAKEN:
             raise BlError(409, "resource_conflict", exc.message) from None
         raise
     return job_id, await rt.vms.get(vm_id, who)
@@ -578,8 +579,6 @@ async def release_ip(instance_id: str, ip_address: str, rt: RuntimeDep, who: Cal
 
 STORAGE = "vmplane"
 """the name backups' storage goes by (the installation's backup store)"""
-KEEP_LAST = 7
-"""backups a schedule keeps (the contract's schedules have no retention field)"""
 
 
 async def _backup(rt: Any, volid: str, who: Principal) -> Row:
@@ -596,7 +595,7 @@ async def create_backup(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSO
     try:
         job_id, backup_id = await rt.backups.create(vm.id, "", who)
     except Conflict as exc:  # InvalidState too: no disk yet, a backup or restore under way, no backup support
-        raise BlError(409, "task_in_progress" if "in progress" in exc.message else "backup_unavailable", f"Cannot start backup: {exc.message}") from None
+        raise BlError(409, "task_in_progress" if exc.reason == Reason.IN_PROGRESS else "backup_unavailable", f"Cannot start backup: {exc.message}") from None
     return JSONResponse({"message": "Backup started", "task_id": job_id, "instance_id": vm.uuid, "volid": backup_id})
 
 
@@ -679,22 +678,16 @@ async def restore_to_vm(
     if new_name is not None or add_restore_prefix:
         base = new_name or backup_source_name or bkp.vm_name
         name = f"RESTORE-{clock.rfc3339(clock.now())[:10].replace('-', '')}-{base}" if add_restore_prefix else base
-    old_name = target.name
-    if name is not None and name != old_name:
-        try:
-            await rt.vms.rename(target.id, name, who)
-        except (InvalidRequest, Conflict) as exc:
-            raise BlError(400, "invalid_name", exc.message) from None
     try:
-        job_id = await _restore(rt, volid, target, who)
-    except VmplaneError as exc:
-        if name is not None and name != old_name:  # nothing happened: the name goes back too
-            await rt.vms.rename(target.id, old_name, who)
-        if isinstance(exc, InvalidRequest):
-            raise BlError(400, "invalid_request", exc.message) from None
-        if isinstance(exc, BlError) and exc.status == 409:  # the contract lists no 409 here
-            raise BlError(400, exc.code, exc.message) from None
-        raise
+        job_id = await rt.backups.restore_as(bkp.id, target.id, who, name)
+    except (InvalidRequest, Conflict) as exc:  # the contract lists 400 here, never 409
+        if exc.details.get("field") == "name":
+            raise BlError(400, "invalid_name", exc.message) from None
+        if isinstance(exc, InvalidState):  # the backup is not (or no longer) usable
+            raise BlError(400, "invalid_backup", exc.message) from None
+        if isinstance(exc, Conflict):
+            raise BlError(400, "task_in_progress", f"Cannot start restore: {exc.message}") from None
+        raise BlError(400, "invalid_request", exc.message) from None
     return JSONResponse({"message": "Restore started", "task_id": job_id, "volid": volid, "target_vm_uuid": target.uuid, "new_name": name})
 
 
@@ -724,23 +717,22 @@ async def backup_notes(body: wire.BackupNotesIn, rt: RuntimeDep, who: CallerDep,
     return JSONResponse({"status": "success", "message": "Backup notes updated", "volid": row.id, "notes": row.notes})
 
 
-def _schedule_out(vm: Vm, s: Row) -> dict[str, Any]:
-    _, hour, dom, _, dow = s.schedule.split()
+def _schedule_out(vm: Vm, s: BackupSchedule) -> dict[str, Any]:
     return {
         "vm_uuid": vm.uuid,
         "schedule_id": s.id,
-        "frequency": "monthly" if dom != "*" else ("weekly" if dow != "*" else "daily"),
-        "hour_utc": int(hour),
-        "day_of_week": None if dow == "*" else int(dow),
-        "day_of_month": None if dom == "*" else int(dom),
+        "frequency": s.frequency,
+        "hour_utc": s.hour,
+        "day_of_week": s.day_of_week,
+        "day_of_month": s.day_of_month,
         "keep_last": s.keep_last,
-        "enabled": bool(s.enabled),
+        "enabled": s.enabled,
         "next_run": clock.rfc3339(s.next_run),
         "last_run": clock.rfc3339(s.last_run),
     }
 
 
-async def _schedule(rt: Any, vm: Vm, who: Principal) -> Row:
+async def _schedule(rt: Any, vm: Vm, who: Principal) -> BackupSchedule:
     try:
         return await rt.backups.get_schedule(vm.id, who)
     except NotFound:
@@ -756,7 +748,8 @@ async def get_backup_schedule(vm_uuid: str, rt: RuntimeDep, who: CallerDep) -> J
 @router.post("/api/v1/instances/{vm_uuid}/backup-schedule")
 async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """daily, weekly (day_of_week 0 = Sunday … 6) or monthly (day_of_month 1-28) at hour_utc;
-    the newest seven backups are kept after each run. Replaces the VM's schedule."""
+    the service's default number of backups (seven) is kept after each run (the contract's
+    schedules have no retention field). Replaces the VM's schedule."""
     vm = await _instance(rt, vm_uuid, who)
     checks = (
         (body.frequency in ("daily", "weekly", "monthly"), "frequency must be daily, weekly or monthly"),
@@ -769,9 +762,8 @@ async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: Run
             raise BlError(400, "invalid_schedule", message)
     try:
         s = await rt.backups.put_schedule(
-            vm.id, who, frequency=body.frequency, hour=body.hour_utc, day_of_week=body.day_of_week,
-            day_of_month=body.day_of_month, keep_last=KEEP_LAST,
-        )  # fmt: skip
+            vm.id, who, frequency=body.frequency, hour=body.hour_utc, day_of_week=body.day_of_week, day_of_month=body.day_of_month
+        )
     except (InvalidRequest, Conflict) as exc:
         raise BlError(400, "invalid_schedule", exc.message) from None
     return JSONResponse({"status": "success", "message": "Backup schedule saved", "schedule": _schedule_out(vm, s)})
@@ -863,7 +855,8 @@ async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -
             raise BlError(400, "missing_ticket", "the ticket query parameter (from POST …/console) is required")
         reader, writer, slot = await rt.guest.open_console(instance_id, ticket)
     except VmplaneError as exc:
-        await websocket.send_denial_response(JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status))
+        status, code = wire.answer(exc)
+        await websocket.send_denial_response(JSONResponse({"error": code, "message": exc.message}, status_code=status))
         return
     with slot:
         await websocket.accept()
@@ -886,8 +879,11 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
     try:
         report = await rt.billing.report(who, start, end)
     except InvalidRequest as exc:  # the contract lists 422 only: a bad range is a validation error
-        field = "start_time" if "after" in exc.message else "end_time"
-        return JSONResponse({"detail": [{"loc": ["body", field], "msg": exc.message.replace("end must", "end_time must").replace(" start", " start_time"), "type": "value_error"}]}, status_code=422)
+        if exc.reason == Reason.OVER_LIMIT:
+            field, msg = "end_time", exc.message
+        else:  # the period ends before it starts
+            field, msg = "start_time", "end_time must be after start_time"
+        return JSONResponse({"detail": [{"loc": ["body", field], "msg": msg, "type": "value_error"}]}, status_code=422)
     off = _offerings(request)
     nodes = await _nodes(off)
     vms = {v.id: v for v in await rt.vms.every(who)}

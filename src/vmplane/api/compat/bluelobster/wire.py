@@ -13,7 +13,16 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....domain import Template, Vm
-from ....errors import VmplaneError
+from ....errors import Reason, VmplaneError
+from ...errors import NATIVE
+
+STATUS: dict[Reason, tuple[int, str]] = {
+    **NATIVE,
+    Reason.NO_CAPACITY: (409, "resource_conflict"),  # the contract's word for "no room" is 409
+    Reason.DRIVER_FAILED: (500, "operation_failed"),  # a node failed: the contract's failures are 500s
+    Reason.IMAGE_REFUSED: (500, "operation_failed"),
+}
+"""the face's (status, `error` code) for each reason of the core"""
 
 SSH_KEY = r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+[=]{0,3}( .+)?$"
 PASSWORD = r"^[^ \"'`;|<>{}\\]*$"
@@ -61,6 +70,13 @@ class BlError(VmplaneError):
         super().__init__(message, **details)
         self.status = status
         self.code = code
+
+
+def answer(exc: VmplaneError) -> tuple[int, str]:
+    """(status, `error` code) of an error: a route's own, else the core's reason's."""
+    if isinstance(exc, BlError):
+        return exc.status, exc.code
+    return STATUS[exc.reason]
 
 
 class Body(BaseModel):

@@ -11,8 +11,12 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....domain import Resources, Vm
-from ....errors import InvalidRequest
+from ....errors import InvalidRequest, Reason
 from ....net.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
+from ...errors import NATIVE_STATUS
+
+STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
+"""the face's status for each reason of the core: the native face's"""
 
 BASE_DISK_GIB = 10
 MACHINE_TYPES: dict[str, Resources] = {

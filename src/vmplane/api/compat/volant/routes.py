@@ -166,8 +166,9 @@ async def get_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 @router.delete("/api/v1/vms/{name}")
 async def delete_vm(name: str, rt: RuntimeDep, who: CallerDep) -> Response:
     vm = await rt.vms.by_name(name, who)
-    if vm.status != "deleting":
-        await _finish(rt, await rt.vms.delete([vm.id], who), "deleting the VM")
+    job_id = await rt.vms.delete_once(vm.id, who)
+    if job_id is not None:  # else already on its way
+        await _finish(rt, job_id, "deleting the VM")
     return Response(status_code=204)
 
 
@@ -189,14 +190,11 @@ async def stop_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 
 @router.post("/api/v1/vms/{name}/restart")
 async def restart_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    """Stop (if it runs) and start again: a new VM process, which takes a changed config's
-    resources. Both jobs are queued at once (the start runs after the stop), so the VM is
-    never seen stopped with nothing to do (a deployment would replace it)."""
+    """Stop (if it runs) and start again (services/vms.restart): a new VM process, which takes
+    a changed config's resources; never seen stopped with nothing to do (a deployment would
+    replace it)."""
     vm = await rt.vms.by_name(name, who)
-    stop = None
-    if vm.status not in ("stopped", "error", "unknown"):
-        stop = await rt.vms.power(vm.id, "stop", who)
-    start = await rt.vms.power(vm.id, "start", who)
+    stop, start = await rt.vms.restart(vm.id, who)
     if stop is not None:
         await _finish(rt, stop, "stopping the VM")
     await _finish(rt, start, "starting the VM")

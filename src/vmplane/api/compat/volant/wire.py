@@ -10,6 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from .... import clock
 from ....domain import Vm
 from ....services.volant_shapes import VM_STATUS  # shared with the MCP command set (services/mcp.py)
+from ....errors import Reason
+from ...errors import NATIVE_STATUS
+
+STATUS: dict[Reason, int] = {
+    **NATIVE_STATUS,
+    Reason.NO_CAPACITY: 409,  # Volant's word for "no room" is a conflict
+    Reason.DRIVER_FAILED: 500,  # a node failed: the daemon's failures are 500s
+    Reason.IMAGE_REFUSED: 500,
+}
+"""the face's status for each reason of the core"""
 
 SSE_TYPES = {
     "vm.created": ("VM_CREATED", "starting", "vm record created"),
