@@ -187,7 +187,7 @@ async def test_launch_list_details_and_tasks(bl: tuple[Server, httpx.AsyncClient
     native = (await s.client.get(f"/api/v1/vms/{uuid}")).json()
     assert native["name"] == "web-1" and native["resources"] == {"cpu": 2, "ramMb": 8192, "diskGb": 80}
     row = await s.rt.vms.get(uuid, _owner(s))
-    assert row.spec["sshKeys"] == [KEY] and row.spec["cloudInit"]["userData"]["users"][1]["ssh_authorized_keys"] == [KEY]
+    assert row.spec.to_json()["sshKeys"] == [KEY] and row.spec.to_json()["cloudInit"]["userData"]["users"][1]["ssh_authorized_keys"] == [KEY]
 
     uuid2, _ = await launch(c, instance_type="v1_cpu_medium", region="eu-west", name="db-1")
     listed = await call(c, "GET", "/api/v1/instances")
@@ -254,8 +254,8 @@ async def test_launch_custom_on_a_host(bl: tuple[Server, httpx.AsyncClient]) -> 
     vm = await call(c, "GET", "/api/v1/instances/{instance_id}", path_args={"instance_id": out["vm_uuid"]})
     assert (vm["host_id"], vm["cpu_cores"], vm["memory"], vm["storage"], vm["price_cents_per_hour"]) == ("px2", 2, 8, 40, 7)
     native = await s.rt.vms.get(out["vm_uuid"], _owner(s))
-    users = native.spec["cloudInit"]["userData"]["users"]
-    assert users[1]["name"] == "admin" and users[1]["plain_text_passwd"] == "s3cret-pass" and "sshKeys" not in native.spec
+    users = native.spec.to_json()["cloudInit"]["userData"]["users"]
+    assert users[1]["name"] == "admin" and users[1]["plain_text_passwd"] == "s3cret-pass" and "sshKeys" not in native.spec.to_json()
     assert (await call(c, "POST", path, json={**body, "name": "custom-2", "host": "px9"}, expect=400))["error"] == "invalid_request"
     assert (await call(c, "POST", path, json={**body, "name": "custom-3", "gpu_count": 1}, expect=409))["error"] == "resource_conflict"
     r = await call(c, "POST", path, json={**body, "name": "custom-4", "cores": 8}, expect=409)  # px2 has 4 vCPUs

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock
 from ..auth import Principal
 from ..config import Settings
+from ..domain import StoredSpec
 from ..errors import InvalidRequest, Reason
 from ..store import usage as usage_q
 
@@ -34,10 +35,10 @@ class Billing:
     def recorded_price(vm: dict[str, Any]) -> tuple[str, float] | None:
         """The (instance type, cents per hour) a VM was created at, when the request that made
         it set a price (the Blue Lobster face records its instance type's); None otherwise."""
-        spec = vm.get("spec") or {}
-        cents = spec.get("priceCentsPerHour")
+        spec = StoredSpec.from_json(vm.get("spec"))
+        cents = spec.price_cents_per_hour
         if isinstance(cents, (int, float)) and not isinstance(cents, bool) and cents >= 0:
-            return str(spec.get("instanceType") or "custom"), float(cents)
+            return str(spec.instance_type or "custom"), float(cents)
         return None
 
     def span(self, vm: dict[str, Any], at: float, price: tuple[str, float] | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import NodeStatus, VmStatus
+from ..domain import NodeStatus, Vm, VmStatus
 from ..errors import Conflict, InvalidRequest, NotFound, Reason, VmplaneError
 from ..store import deployments as dep_q
 from ..store import events as ev_q
@@ -54,7 +54,7 @@ REFUSED_QUIET_SECONDS = 60.0
 @dataclass(frozen=True)
 class Replica:
     index: int
-    vm: Row
+    vm: Vm
     lost: bool
     """its node is offline or gone"""
     work: frozenset[str]
@@ -164,7 +164,7 @@ class DeploymentService:
         async with self.rt.store.read() as conn:
             rows = [
                 r for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)
-                if pattern.match(r.name) and (r.spec or {}).get("deployment") == dep.id
+                if pattern.match(r.name) and r.spec.deployment == dep.id
             ]  # fmt: skip
             work = await dep_q.active_work(conn, [r.id for r in rows])
             nodes = {n.id: n for n in await node_q.list_nodes(conn)} if rows else {}

@@ -6,11 +6,11 @@ import re
 from typing import Any, Sequence
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
 from ..auth import Principal
+from ..domain import Template
 from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, Reason
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
@@ -35,7 +35,7 @@ class TemplateService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    async def get(self, ref: str, who: Principal) -> Row:
+    async def get(self, ref: str, who: Principal) -> Template:
         """A template the caller may use, by id or name: its organization's and the shared
         ones (no organization); a name is its organization's first, then a shared one."""
         async with self.rt.store.read() as conn:
@@ -53,11 +53,11 @@ class TemplateService:
             return None
         return tpl.id if tpl.status == "ready" else None
 
-    def _check_owner(self, tpl: Row, who: Principal) -> None:
+    def _check_owner(self, tpl: Template, who: Principal) -> None:
         if tpl.org_id is None and not who.operator:
             raise Forbidden(f"template {tpl.name} is shared by the operators; only they change it")
 
-    async def list(self, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+    async def list(self, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Template], str | None]:
         after = pages.decode("templates", page_token)
         async with self.rt.store.read() as conn:
             rows = await tpl_q.list_templates(conn, after_seq=after, limit=limit + 1, org_id=who.org_id)

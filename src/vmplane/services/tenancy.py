@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, RANK, Principal, Role, key_digest, key_prefix, new_api_key
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Reason, Unauthorized, VmplaneError
-from ..domain import QUOTA_FIELDS, NodeStatus
+from ..domain import QUOTA_FIELDS, NodeStatus, Vm
 from ..lru import TtlLru
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q
@@ -354,7 +354,7 @@ class TenancyService:
             raise Forbidden("a team-scoped credential can only see its own team")
         return team
 
-    async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Row, Row | None]:
+    async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Vm, Row | None]:
         """Put a VM in a team (None: in no team, visible to organization-wide credentials
         only). Owners and admins, with a credential of the whole organization (a team-scoped
         one could move VMs out of its own reach). Returns the VM and its team."""

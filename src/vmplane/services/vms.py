@@ -5,15 +5,14 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
-from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
+from ..domain import DEFAULT_RESOURCES, Resources, Vm, VmStatus
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
 from ..net.ingress import Ipv6Ingress
 from ..net.model import Firewall
@@ -34,7 +33,16 @@ POWER_JOBS: dict[str, str] = {"start": "vm-start", "stop": "vm-stop", "shutdown"
 """power action -> its job type (the states each may start from: vmstates.OPERATIONS)"""
 
 
-def visible(row: Row, who: Principal) -> bool:
+class Owned(Protocol):
+    """What `visible` reads of a record: whose it is."""
+
+    @property
+    def org_id(self) -> str | None: ...
+    @property
+    def team_id(self) -> str | None: ...
+
+
+def visible(row: Owned, who: Principal) -> bool:
     """Resources of another organization, or of another team for a team-scoped credential,
     do not exist as far as the caller can tell."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
@@ -136,7 +144,7 @@ class VmService:
     def __init__(self, rt: Any) -> None:
         self.rt = rt
 
-    async def get(self, ref: str, who: Principal) -> Row:
+    async def get(self, ref: str, who: Principal) -> Vm:
         """A VM the caller may see (another organization's, or team's, answers 404)."""
         async with self.rt.store.read() as conn:
             row = await vm_q.get_vm(conn, ref)
@@ -146,7 +154,7 @@ class VmService:
 
     async def list(
         self, who: Principal, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
-    ) -> tuple[Sequence[Row], str | None]:
+    ) -> tuple[Sequence[Vm], str | None]:
         if status is not None and status not in VmStatus.__members__.values():
             raise InvalidRequest(f"status {status!r} is not one of {', '.join(VmStatus)}", field="status")
         after = pages.decode("vms", page_token)
@@ -157,9 +165,9 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def every(self, who: Principal) -> list[Row]:
+    async def every(self, who: Principal) -> list[Vm]:
         """Every VM the caller may see, all pages (faces whose lists are not paged)."""
-        rows: list[Row] = []
+        rows: list[Vm] = []
         token = None
         while True:
             page, token = await self.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
@@ -167,7 +175,7 @@ class VmService:
             if token is None:
                 return rows
 
-    async def by_name(self, name: str, who: Principal) -> Row:
+    async def by_name(self, name: str, who: Principal) -> Vm:
         """The VM the caller may see named `name` (faces that address VMs by name): names are
         unique within an organization, and only the caller's organization is searched."""
         if not name or len(name) > 63:
@@ -357,7 +365,7 @@ class VmService:
         resources = spec.resources or replace(DEFAULT_RESOURCES, cpu=p.cpu, ram_mb=max(64, p.ram_mb))
         return replace(spec, resources=resources, template_id=spec.template_id or p.template_id, extra=extra)
 
-    async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Row:
+    async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Vm:
         """Create one VM and wait up to `timeout` seconds for it to be created: returns the VM
         (`running` if it was started in time, still `provisioning`/`starting` otherwise).
 
@@ -375,7 +383,7 @@ class VmService:
             raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
         return await self.get(vm_id, who)
 
-    async def rename(self, ref: str, name: str, who: Principal) -> Row:
+    async def rename(self, ref: str, name: str, who: Principal) -> Vm:
         """Rename a VM at once: a name lives only in the store (no job, no hypervisor call)."""
         check_name(name)
         vm = await self.get(ref, who)

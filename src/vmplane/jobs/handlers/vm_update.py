@@ -29,7 +29,7 @@ class VmUpdate(BaseHandler):
             async with rt.store.write() as conn:
                 await self._move_claim(ctx, conn, vm.node_id, old, want)
                 await vm_q.set_vm(conn, vm.id, cpu=want.cpu, ram_mb=want.ram_mb, disk_gb=want.disk_gb, updated_at=now)
-                await rt.billing.reshaped(conn, {**vm._mapping, "cpu": want.cpu, "ram_mb": want.ram_mb, "disk_gb": want.disk_gb})
+                await rt.billing.reshaped(conn, {**vm.to_row(), "cpu": want.cpu, "ram_mb": want.ram_mb, "disk_gb": want.disk_gb})
         resizing = any(p.get(k) is not None for k in ("cpu", "ramMb", "diskGb"))
         if vm.node_id is not None and resizing:
             try:
@@ -39,7 +39,7 @@ class VmUpdate(BaseHandler):
                     async with rt.store.write() as conn:
                         await self._move_claim(ctx, conn, vm.node_id, want, old)
                         await vm_q.set_vm(conn, vm.id, cpu=old.cpu, ram_mb=old.ram_mb, disk_gb=old.disk_gb, updated_at=now)
-                        await rt.billing.reshaped(conn, dict(vm._mapping))
+                        await rt.billing.reshaped(conn, vm.to_row())
                 raise
         if want != old:
             ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")

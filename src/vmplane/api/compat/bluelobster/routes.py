@@ -17,7 +17,7 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....auth import Principal
-from ....domain import Resources
+from ....domain import Resources, StoredSpec, Template, Vm
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, Reason, VmplaneError
 from ....services.backups import BackupSchedule
 from ....services.jobs import JobOutcome
@@ -43,7 +43,7 @@ def _offerings(request: Request) -> Offerings:
     return request.app.state.offerings
 
 
-async def _instance(rt: Any, instance_id: str, who: Principal) -> Row:
+async def _instance(rt: Any, instance_id: str, who: Principal) -> Vm:
     try:
         return await rt.vms.get(instance_id, who)
     except NotFound:
@@ -54,15 +54,14 @@ async def _nodes(off: Offerings) -> dict[str, Row]:
     return {n.id: n for n in await off.nodes()}
 
 
-def _price(off: Offerings, row: Row) -> int | None:
-    spec = row.spec or {}
-    if spec.get("priceCentsPerHour") is not None:
-        return spec["priceCentsPerHour"]
-    t = off.catalog.by_name.get(spec.get("instanceType") or "")
+def _price(off: Offerings, row: Vm) -> int | None:
+    if row.spec.price_cents_per_hour is not None:
+        return row.spec.price_cents_per_hour
+    t = off.catalog.by_name.get(row.spec.instance_type or "")
     return t.price_cents_per_hour if t is not None else None
 
 
-def _render(off: Offerings, row: Row, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
+def _render(off: Offerings, row: Vm, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
     node = nodes.get(row.node_id) if row.node_id else None
     out = wire.instance(row, node, off.region_of(node), off.host_of(node), _price(off, row))
     if teams and row.team_id:
@@ -74,7 +73,7 @@ async def _team_names(rt: Any, who: Principal) -> dict[str, str]:
     return {t.id: t.name for t in await rt.tenancy.teams(who)}
 
 
-async def _host(off: Offerings, row: Row) -> str | None:
+async def _host(off: Offerings, row: Vm) -> str | None:
     return off.host_of((await _nodes(off)).get(row.node_id)) if row.node_id else None
 
 
@@ -157,8 +156,8 @@ async def list_tasks(
 # -- templates and instance types ----------------------------------------------------------
 
 
-async def _templates(rt: Any, who: Principal) -> list[Row]:
-    rows: list[Row] = []
+async def _templates(rt: Any, who: Principal) -> list[Template]:
+    rows: list[Template] = []
     token = None
     while True:
         page, token = await rt.templates.list(who, limit=500, page_token=token)
@@ -232,7 +231,7 @@ def _extra(username: str, ssh_key: str | None, password: str | None, metadata: d
     return extra
 
 
-async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Row]:
+async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Vm]:
     """Create the VM (refused at once when its node has no room) and return its job and row."""
     try:
         job_id, (vm_id,) = await rt.vms.create([spec], who, check_capacity=True)
@@ -284,7 +283,7 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
             "data": {
                 "instance_ids": [row.uuid],
                 "task_id": job_id,
-                "assigned_ip": wire.first_ipv4(row),
+                "assigned_ip": row.first_ipv4,
                 "status": "PENDING",
                 "timestamp": clock.rfc3339(clock.now()),
                 "next_steps": {
@@ -333,7 +332,7 @@ async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: Runtime
         ),
     )  # fmt: skip
     job_id, row = await _launch(rt, who, spec)
-    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": wire.first_ipv4(row)})
+    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": row.first_ipv4})
 
 
 # -- instances -----------------------------------------------------------------------------
@@ -469,7 +468,7 @@ def _firewall_out(fw: Any) -> dict[str, Any]:
     return {"enabled": wire_fw["enabled"], "policy_in": wire_fw["policyIn"], "policy_out": wire_fw["policyOut"], "rules": wire_fw["rules"]}
 
 
-async def _applied(rt: Any, job_id: str, vm: Row, who: Principal, what: str) -> None:
+async def _applied(rt: Any, job_id: str, vm: Vm, who: Principal, what: str) -> None:
     """Wait (bounded) for the job that enforces a network change on the VM's node."""
     outcome = await _wait(rt, job_id)
     if outcome.unsuccessful:
@@ -533,7 +532,7 @@ async def delete_firewall_rule(instance_id: str, pos: int, rt: RuntimeDep, who: 
 # -- IPs -----------------------------------------------------------------------------------
 
 
-def _ips_out(vm: Row, addresses: list[dict[str, Any]]) -> dict[str, Any]:
+def _ips_out(vm: Vm, addresses: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "instance_id": vm.uuid,
         "ips": [
@@ -618,7 +617,7 @@ async def instance_backups(instance_id: str, rt: RuntimeDep, who: CallerDep) -> 
     )
 
 
-async def _restore(rt: Any, volid: str, target: Row, who: Principal) -> str:
+async def _restore(rt: Any, volid: str, target: Vm, who: Principal) -> str:
     await _backup(rt, volid, who)
     try:
         return await rt.backups.restore(volid, target.id, who)
@@ -718,7 +717,7 @@ async def backup_notes(body: wire.BackupNotesIn, rt: RuntimeDep, who: CallerDep,
     return JSONResponse({"status": "success", "message": "Backup notes updated", "volid": row.id, "notes": row.notes})
 
 
-def _schedule_out(vm: Row, s: BackupSchedule) -> dict[str, Any]:
+def _schedule_out(vm: Vm, s: BackupSchedule) -> dict[str, Any]:
     return {
         "vm_uuid": vm.uuid,
         "schedule_id": s.id,
@@ -733,7 +732,7 @@ def _schedule_out(vm: Row, s: BackupSchedule) -> dict[str, Any]:
     }
 
 
-async def _schedule(rt: Any, vm: Row, who: Principal) -> BackupSchedule:
+async def _schedule(rt: Any, vm: Vm, who: Principal) -> BackupSchedule:
     try:
         return await rt.backups.get_schedule(vm.id, who)
     except NotFound:
@@ -897,8 +896,8 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
         node = nodes.get(vm.node_id) if vm is not None and vm.node_id else None
         status = "deleted" if vm is None else ("creating" if vm.status == "provisioning" else "rented")
         deleted_at = last_billed if vm is None and last_billed < report["end"] else None
-        spec = (vm.spec or {}) if vm is not None else {}
-        ip = wire.first_ipv4(vm) if vm is not None else None
+        spec = vm.spec if vm is not None else StoredSpec()
+        ip = vm.first_ipv4 if vm is not None else None
         records.append(
             {
                 "uuid": vm.uuid if vm is not None else item["vmId"],
@@ -910,9 +909,9 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
                 "cpu_cores": last["cpu"],
                 "memory_gb": last["ramMb"] // 1024,
                 "disk_gb": vm.disk_gb if vm is not None else None,
-                "gpu_count": len(spec.get("pciPassthrough") or []),
+                "gpu_count": len(spec.pci_passthrough),
                 "instance_type": last["instanceType"],
-                "template_name": (spec.get("sourceName") or "").upper() or None,
+                "template_name": (spec.source_name or "").upper() or None,
                 "price_cents_per_hour": last["centsPerHour"],
                 "created_at": clock.rfc3339(vm.created_at) if vm is not None else first_billed,
                 "updated_at": clock.rfc3339(vm.updated_at) if vm is not None else last_billed,

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
 from .... import clock
+from ....domain import Vm
 from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
 from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
@@ -45,12 +46,12 @@ async def _failed(rt: Any, job_id: str, vm_id: str | None = None, who: Any = Non
     return outcome.error("the job failed")
 
 
-async def _vm_out(rt: Any, row: Row) -> dict[str, Any]:
+async def _vm_out(rt: Any, row: Vm) -> dict[str, Any]:
     policies = await rt.ingress.policies([row.id])
-    return wire.vm(row, policies[row.id], (row.spec or {}).get("sourceName"))
+    return wire.vm(row, policies[row.id], row.spec.source_name)
 
 
-async def _vm(rt: Any, vm_id: str, who: Any) -> Row:
+async def _vm(rt: Any, vm_id: str, who: Any) -> Vm:
     return await rt.vms.get(wire.parse_uuid(vm_id, "id"), who)
 
 
@@ -79,7 +80,7 @@ async def live() -> JSONResponse:
 async def list_vms(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     rows = await rt.vms.every(who)
     policies = await rt.ingress.policies([r.id for r in rows])
-    return JSONResponse([wire.vm(r, policies[r.id], (r.spec or {}).get("sourceName")) for r in rows])
+    return JSONResponse([wire.vm(r, policies[r.id], r.spec.source_name) for r in rows])
 
 
 @router.post("/v1/vms")

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import Row
 
 from .... import clock, pci
+from ....domain import Vm
 from ....errors import DriverError, Forbidden, InvalidRequest
 from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
@@ -53,7 +54,7 @@ class _Renderer:
         self.rt = rt
         self.cmdlines: dict[str, str] = {}
 
-    async def __call__(self, row: Row) -> dict[str, Any]:
+    async def __call__(self, row: Vm) -> dict[str, Any]:
         if row.template_id and row.template_id not in self.cmdlines:
             async with self.rt.store.read() as conn:
                 tpl = await tpl_q.get_template(conn, row.template_id)
@@ -64,7 +65,7 @@ class _Renderer:
         return wire.vm(row, cmdline=self.cmdlines.get(row.template_id or "", ""), pid=pid, serial=serial)
 
 
-async def _render(rt: Any, row: Row) -> dict[str, Any]:
+async def _render(rt: Any, row: Vm) -> dict[str, Any]:
     return await _Renderer(rt)(row)
 
 
@@ -129,7 +130,7 @@ async def list_vms(
         raise InvalidRequest("order must be asc or desc", field="order")
     rows = await rt.vms.every(who)
     if plugin:
-        rows = [r for r in rows if wire.plugin_of(r).get("name") == plugin]
+        rows = [r for r in rows if r.spec.plugin_name == plugin]
     render = _Renderer(rt)
     items = [await render(r) for r in rows]
     if status:
