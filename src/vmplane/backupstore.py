@@ -13,13 +13,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VmplaneError
+from .errors import Reason, VmplaneError
 
 CHUNK = 1 << 20
 
 
 class BackupStoreError(VmplaneError):
-    code = "backup_store_error"
+    reason = Reason.BACKUP_STORE_FAILED
 
 
 @dataclass(frozen=True)

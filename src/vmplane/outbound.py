@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import InvalidRequest, VmplaneError
+from .errors import InvalidRequest, Reason, VmplaneError
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -50,15 +50,13 @@ _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 class Refused(VmplaneError):
     """The outbound policy refuses to connect to where a URL leads."""
 
-    status = 400
-    code = "outbound_refused"
+    reason = Reason.OUTBOUND_REFUSED
 
 
 class TooLarge(VmplaneError):
     """A fetched body is larger than its cap; nothing past the cap was read."""
 
-    status = 400
-    code = "too_large"
+    reason = Reason.BODY_TOO_LARGE
 
 
 def embedded_ipv4(ip: IP) -> ipaddress.IPv4Address | None:

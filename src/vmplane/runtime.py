@@ -126,7 +126,7 @@ class Runtime:
             plugins=plugins, snapshots=snapshots, tenancy=tenancy,
         )  # fmt: skip
         self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms)
-        self.backups = backups = BackupService(store=store, engine=engine, registry=registry, backup_store=self.backup_store)
+        self.backups = backups = BackupService(store=store, engine=engine, registry=registry, backup_store=self.backup_store, vms=vms)
         self.schedules = ScheduleService(store=store, leadership=replicas, tenancy=tenancy, backups=backups, replay=replay, wake=schedules_due)
         self.deployments = deployments = DeploymentService(
             store=store, vms=vms, templates=templates, vm_configs=vm_configs, leadership=replicas, ready=lambda: self.ready

@@ -187,7 +187,7 @@ async def test_launch_list_details_and_tasks(bl: tuple[Server, httpx.AsyncClient
     native = (await s.client.get(f"/api/v1/vms/{uuid}")).json()
     assert native["name"] == "web-1" and native["resources"] == {"cpu": 2, "ramMb": 8192, "diskGb": 80}
     row = await s.rt.vms.get(uuid, _owner(s))
-    assert row.spec["sshKeys"] == [KEY] and row.spec["cloudInit"]["userData"]["users"][1]["ssh_authorized_keys"] == [KEY]
+    assert row.spec.to_json()["sshKeys"] == [KEY] and row.spec.to_json()["cloudInit"]["userData"]["users"][1]["ssh_authorized_keys"] == [KEY]
 
     uuid2, _ = await launch(c, instance_type="v1_cpu_medium", region="eu-west", name="db-1")
     listed = await call(c, "GET", "/api/v1/instances")
@@ -254,8 +254,8 @@ async def test_launch_custom_on_a_host(bl: tuple[Server, httpx.AsyncClient]) -> 
     vm = await call(c, "GET", "/api/v1/instances/{instance_id}", path_args={"instance_id": out["vm_uuid"]})
     assert (vm["host_id"], vm["cpu_cores"], vm["memory"], vm["storage"], vm["price_cents_per_hour"]) == ("px2", 2, 8, 40, 7)
     native = await s.rt.vms.get(out["vm_uuid"], _owner(s))
-    users = native.spec["cloudInit"]["userData"]["users"]
-    assert users[1]["name"] == "admin" and users[1]["plain_text_passwd"] == "s3cret-pass" and "sshKeys" not in native.spec
+    users = native.spec.to_json()["cloudInit"]["userData"]["users"]
+    assert users[1]["name"] == "admin" and users[1]["plain_text_passwd"] == "s3cret-pass" and "sshKeys" not in native.spec.to_json()
     assert (await call(c, "POST", path, json={**body, "name": "custom-2", "host": "px9"}, expect=400))["error"] == "invalid_request"
     assert (await call(c, "POST", path, json={**body, "name": "custom-3", "gpu_count": 1}, expect=409))["error"] == "resource_conflict"
     r = await call(c, "POST", path, json={**body, "name": "custom-4", "cores": 8}, expect=409)  # px2 has 4 vCPUs
@@ -459,6 +459,8 @@ async def test_backups_restore_and_schedules(bl: tuple[Server, httpx.AsyncClient
     assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
     other_row = await s.rt.vms.get(other, _owner(s))
     assert driver.disks[other_row.id] == b"version one" and other_row.name == r["new_name"]
+    taken = await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid, "target_vm_uuid": other, "new_name": "bk-1"}, expect=400)
+    assert taken["error"] == "invalid_name" and (await s.rt.vms.get(other, _owner(s))).name == r["new_name"]
     await call(c, "POST", "/api/v1/backups/restore", params={"volid": "bkp-nope", "target_vm_uuid": other}, expect=404)
     await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid, "target_vm_uuid": "3f2b1c4d-0000-4000-8000-000000000000"}, expect=404)
     await call(c, "POST", "/api/v1/backups/restore", params={"volid": volid}, expect=422)
@@ -492,6 +494,14 @@ async def test_backups_restore_and_schedules(bl: tuple[Server, httpx.AsyncClient
     await call(c, "POST", path, path_args=sa, json={"frequency": "daily"}, expect=422)
     assert (await call(c, "DELETE", path, path_args=sa))["status"] == "success"
     await call(c, "DELETE", path, path_args=sa, expect=404)
+
+    # a restore that cannot start leaves the VM named as it was
+    named = (await s.rt.vms.get(other, _owner(s))).name
+    r = await call(c, "POST", "/api/v1/instances/{instance_id}/backup", path_args={"instance_id": other})
+    refused = await call(c, "POST", "/api/v1/backups/restore", params={"volid": r["volid"], "target_vm_uuid": other, "new_name": "bk-renamed"}, expect=400)
+    assert refused["error"] == "invalid_backup"  # the backup is still being taken
+    assert (await s.rt.vms.get(other, _owner(s))).name == named
+    assert (await wait_task(c, r["task_id"]))["status"] == "COMPLETED"
 
 
 async def test_stats_and_console(bl: tuple[Server, httpx.AsyncClient]) -> None:

@@ -200,10 +200,10 @@ async def test_entrypoint_becomes_user_data_without_cloud_init(server: Server, i
     await wait_image(server, "web")
     job = await server.create({"name": "w1", "plugin": "web"})
     vm = await server.rt.vms.get(job["tasks"][0]["resourceId"], await server.rt.tenancy.principal_for_key(server.admin_key))
-    script = vm.spec["cloudInit"]["userData"]
+    script = vm.spec.to_json()["cloudInit"]["userData"]
     assert script.startswith("#!/bin/sh\n")
     assert "export MODE='a b'\ncd /srv || exit 1\n/bin/srv --greeting 'it'\"'\"'s me' </dev/null" in script, script
     # a create request's own cloud-init wins over the plugin's
     job = await server.create({"name": "w2", "plugin": "web", "cloudInit": {"userData": "#!/bin/sh\ntrue\n"}})
     vm = await server.rt.vms.get(job["tasks"][0]["resourceId"], await server.rt.tenancy.principal_for_key(server.admin_key))
-    assert vm.spec["cloudInit"] == {"userData": "#!/bin/sh\ntrue\n"}
+    assert vm.spec.to_json()["cloudInit"] == {"userData": "#!/bin/sh\ntrue\n"}

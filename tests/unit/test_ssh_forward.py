@@ -4,11 +4,10 @@ CLI runs."""
 from pathlib import Path
 
 from vmplane.cli.ssh import ssh_argv
-from vmplane.domain import Resources, VmSpec
+from vmplane.domain import Resources, StoredSpec, VmSpec
 from vmplane.drivers.qemu.layout import Forward, VmConfig
 from vmplane.net.model import Firewall, Rule
 from vmplane.drivers.qemu.cmdline import active_forwards
-from vmplane.services.guest import ssh_endpoint
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILgOI49zZ+FOg3BwbO2ALx7k7+tVpHmlu0DCkEIV22Tc"
 
@@ -34,8 +33,8 @@ def test_the_firewall_filters_the_ssh_forward_like_any_other() -> None:
 
 
 def test_the_api_shows_where_to_log_in() -> None:
-    assert ssh_endpoint({}) is None and ssh_endpoint(None) is None
-    assert ssh_endpoint({"ssh": {"hostPort": 20007, "hostKey": KEY, "reserved": True}}) == {
+    assert StoredSpec.from_json({}).ssh_endpoint is None and StoredSpec.from_json(None).ssh_endpoint is None
+    assert StoredSpec.from_json({"ssh": {"hostPort": 20007, "hostKey": KEY, "reserved": True}}).ssh_endpoint == {
         "host": "127.0.0.1", "port": 20007, "user": "root", "hostKey": KEY,
     }  # fmt: skip
 

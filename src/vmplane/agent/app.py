@@ -78,7 +78,7 @@ def create_agent_app(state: AgentState) -> FastAPI:
 
     @app.exception_handler(VmplaneError)
     async def _known(_req: Request, exc: VmplaneError) -> JSONResponse:
-        return JSONResponse(wire.error_to_wire(exc), status_code=exc.status)
+        return JSONResponse(wire.error_to_wire(exc), status_code=wire.STATUS[exc.reason])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -192,7 +192,7 @@ def create_agent_app(state: AgentState) -> FastAPI:
         except VmplaneError as exc:
             await websocket.accept()
             await websocket.send_json(wire.error_to_wire(exc))
-            await websocket.close(code=4000 + min(999, exc.status))
+            await websocket.close(code=4000 + min(999, wire.STATUS[exc.reason]))
             return
         await websocket.accept()
         await websocket.send_json({"ok": True})

@@ -9,9 +9,71 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import VmplaneError
+from ..errors import Reason, VmplaneError
 
 log = logging.getLogger("vmplane.api")
+
+NATIVE: dict[Reason, tuple[int, str]] = {
+    Reason.INTERNAL: (500, "internal_error"),
+    Reason.INVALID: (400, "invalid_request"),
+    Reason.BEYOND_ANY_NODE: (400, "invalid_request"),
+    Reason.CANNOT_SHRINK: (400, "invalid_request"),
+    Reason.OVER_LIMIT: (400, "invalid_request"),
+    Reason.UNAUTHORIZED: (401, "unauthorized"),
+    Reason.FORBIDDEN: (403, "forbidden"),
+    Reason.RATE_LIMITED: (429, "rate_limited"),
+    Reason.NOT_FOUND: (404, "not_found"),
+    Reason.CONFLICT: (409, "conflict"),
+    Reason.NAME_TAKEN: (409, "conflict"),
+    Reason.IN_PROGRESS: (409, "conflict"),
+    Reason.UNSUPPORTED: (409, "conflict"),
+    Reason.WRONG_STATE: (409, "invalid_state"),
+    Reason.QUOTA_EXCEEDED: (409, "quota_exceeded"),
+    Reason.PAYLOAD_TOO_LARGE: (413, "payload_too_large"),
+    Reason.BODY_TOO_LARGE: (400, "too_large"),
+    Reason.OUTBOUND_REFUSED: (400, "outbound_refused"),
+    Reason.NO_CAPACITY: (503, "no_capacity"),
+    Reason.NOT_READY: (503, "not_ready"),
+    Reason.DRIVER_FAILED: (502, "driver_error"),
+    Reason.IMAGE_REFUSED: (400, "image_refused"),
+    Reason.VCENTER_FAILED: (502, "vcenter_error"),
+    Reason.BACKUP_STORE_FAILED: (500, "backup_store_error"),
+    Reason.CANCELLED: (500, "cancelled"),
+}
+"""the native face's answer to each reason: (HTTP status, `code`)"""
+
+NATIVE_STATUS: dict[Reason, int] = {reason: status for reason, (status, _) in NATIVE.items()}
+"""the native face's status for each reason, which the compat faces start from"""
+
+NATIVE_FIELDS = {
+    "resources.ram_mb": "resources.ramMb", "resources.disk_gb": "resources.diskGb",
+    "day_of_week": "dayOfWeek", "day_of_month": "dayOfMonth",
+}  # fmt: skip
+"""domain field names that the native wire spells otherwise (a bulk item's `[i].` prefix kept)"""
+
+
+def native_field(field: str) -> str:
+    """The native wire path of a field the core names (`[0].resources.disk_gb` →
+    `[0].resources.diskGb`)."""
+    for domain, wire in NATIVE_FIELDS.items():
+        if field == domain or field.endswith("." + domain):
+            return field[: len(field) - len(domain)] + wire
+    return field
+
+
+def native_details(exc: VmplaneError) -> dict[str, Any]:
+    field = exc.details.get("field")
+    if not isinstance(field, str):
+        return exc.details
+    return {k: native_field(v) if k == "field" else v for k, v in exc.details.items()}
+
+
+def core_error(exc: VmplaneError) -> JSONResponse:
+    """A core error in the native shape: status and `code` from the table, fields by their wire paths."""
+    status, code = NATIVE[exc.reason]
+    if status >= 500 and status not in (502, 503):
+        log.error("error: %s", exc.message)
+    return error_response(status, exc.message, code, native_details(exc))
 
 
 def error_response(status: int, message: str, code: str, details: dict[str, Any] | None = None) -> JSONResponse:
@@ -57,9 +119,7 @@ def validation_error(errors: list[dict[str, Any]]) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(VmplaneError)
     async def _core(_req: Request, exc: VmplaneError) -> JSONResponse:
-        if exc.status >= 500 and exc.status not in (502, 503):
-            log.error("error: %s", exc.message)
-        return error_response(exc.status, exc.message, exc.code, exc.details)
+        return core_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _request(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,16 +1,15 @@
-"""Rows → native wire dicts. Built by hand (not through pydantic) because lists are hot."""
+"""Records and rows → native wire dicts. Built by hand (not through pydantic) because lists are hot."""
 
 from typing import Any
 
 from sqlalchemy import Row
 
 from .. import clock
-from ..domain import job_progress
-from ..services.guest import ssh_endpoint
+from ..domain import Template, Vm, job_progress
 
 
-def vm(row: Row, now: float) -> dict[str, Any]:
-    spec = row.spec or {}
+def vm(row: Vm, now: float) -> dict[str, Any]:
+    spec = row.spec
     return {
         "id": row.id,
         "uuid": row.uuid,
@@ -24,20 +23,17 @@ def vm(row: Row, now: float) -> dict[str, Any]:
         "templateId": row.template_id,
         "snapshotId": row.snapshot_id,
         "error": row.error,
-        "expose": spec.get("expose", []),
-        "nics": [
-            {"networkId": n["networkId"], "network": n["network"], "mac": n["mac"], "ipAddresses": n["ips"] + ([n["ipv6"]] if "ipv6" in n else [])}
-            for n in spec.get("nics", ())
-        ],
-        "pciDevices": spec.get("pciAssigned", []),
-        "plugin": spec.get("plugin"),
-        "ssh": ssh_endpoint(spec),
+        "expose": [e.to_json() for e in spec.expose],
+        "nics": [{"networkId": n.network_id, "network": n.network, "mac": n.mac, "ipAddresses": list(n.addresses)} for n in spec.nics],
+        "pciDevices": list(spec.pci_assigned),
+        "plugin": spec.plugin.to_json() if spec.plugin is not None else None,
+        "ssh": row.ssh_endpoint,
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
     }
 
 
-def template(row: Row) -> dict[str, Any]:
+def template(row: Template) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
@@ -48,7 +44,7 @@ def template(row: Row) -> dict[str, Any]:
         "format": row.format,
         "sourceUrl": row.source_url,
         "checksum": row.checksum,
-        "shared": row.org_id is None,
+        "shared": row.shared,
         "error": row.error,
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),

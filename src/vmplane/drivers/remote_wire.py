@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import errors, ids
 from ..domain import Resources, VmSpec
-from ..errors import InvalidRequest, VmplaneError
+from ..errors import InvalidRequest, Reason, VmplaneError
 from ..net.model import Firewall, Nic
 from ..pci import PciDevice
 from .base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
@@ -256,9 +256,22 @@ _ERROR_TYPES: dict[str, type[VmplaneError]] = {
 }  # fmt: skip
 
 
+R = Reason
+STATUS: dict[Reason, int] = {
+    R.INTERNAL: 500, R.INVALID: 400, R.BEYOND_ANY_NODE: 400, R.CANNOT_SHRINK: 400, R.OVER_LIMIT: 400,
+    R.UNAUTHORIZED: 401, R.FORBIDDEN: 403, R.RATE_LIMITED: 429, R.NOT_FOUND: 404,
+    R.CONFLICT: 409, R.NAME_TAKEN: 409, R.IN_PROGRESS: 409, R.UNSUPPORTED: 409, R.WRONG_STATE: 409, R.QUOTA_EXCEEDED: 409,
+    R.PAYLOAD_TOO_LARGE: 413, R.BODY_TOO_LARGE: 400, R.OUTBOUND_REFUSED: 400, R.NO_CAPACITY: 503, R.NOT_READY: 503,
+    R.DRIVER_FAILED: 502, R.IMAGE_REFUSED: 400, R.VCENTER_FAILED: 502, R.BACKUP_STORE_FAILED: 500, R.CANCELLED: 500,
+}  # fmt: skip
+"""the agent's HTTP status for each reason (a WebSocket closes with 4000 + it); the control
+plane reads the error's `type` and `code` (its reason), the status only when the body is not ours"""
+REASONS = frozenset(r.value for r in Reason)
+
+
 def error_to_wire(exc: VmplaneError) -> dict[str, Any]:
     name = type(exc).__name__ if type(exc).__name__ in _ERROR_TYPES else "VmplaneError"
-    return {"error": exc.message, "code": exc.code, "type": name, "details": _jsonable(exc.details)}
+    return {"error": exc.message, "code": exc.reason.value, "type": name, "details": _jsonable(exc.details)}
 
 
 def error_from_wire(status: int, body: Any, node_id: str) -> VmplaneError:
@@ -270,6 +283,8 @@ def error_from_wire(status: int, body: Any, node_id: str) -> VmplaneError:
         details: dict[str, Any] = raw if isinstance(raw, dict) else {}
         exc = cls.__new__(cls)
         VmplaneError.__init__(exc, body["error"], **details)
+        if body.get("code") in REASONS:
+            exc.reason = Reason(body["code"])
         if isinstance(exc, errors.InvalidRequest):
             exc.field = details.get("field")
         return exc

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..auth import Principal
     from ..backupstore import BackupStore
     from ..config import Settings
+    from ..domain import Vm
     from ..drivers.base import HypervisorDriver
     from ..drivers.registry import NodeRegistry
     from ..net.model import Firewall, Nic
@@ -59,7 +60,7 @@ class Metering(Protocol):
 class VmNetworking(Protocol):
     """A VM's NICs and firewall as its driver needs them (services.networks)."""
 
-    async def nics(self, conn: Any, vm: Row[Any]) -> tuple[Nic, ...]: ...
+    async def nics(self, conn: Any, vm: Vm) -> tuple[Nic, ...]: ...
 
     async def firewall_of(self, conn: Any, vm_id: str) -> Firewall: ...
 

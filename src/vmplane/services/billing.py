@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock
 from ..auth import Principal
 from ..config import Settings
-from ..errors import InvalidRequest
+from ..domain import StoredSpec
+from ..errors import InvalidRequest, Reason
 from ..store import usage as usage_q
 
 if TYPE_CHECKING:
@@ -39,10 +40,10 @@ class Billing:
     def recorded_price(vm: dict[str, Any]) -> tuple[str, float] | None:
         """The (instance type, cents per hour) a VM was created at, when the request that made
         it set a price (the Blue Lobster face records its instance type's); None otherwise."""
-        spec = vm.get("spec") or {}
-        cents = spec.get("priceCentsPerHour")
+        spec = StoredSpec.from_json(vm.get("spec"))
+        cents = spec.price_cents_per_hour
         if isinstance(cents, (int, float)) and not isinstance(cents, bool) and cents >= 0:
-            return str(spec.get("instanceType") or "custom"), float(cents)
+            return str(spec.instance_type or "custom"), float(cents)
         return None
 
     def span(self, vm: dict[str, Any], at: float, price: tuple[str, float] | None = None) -> dict[str, Any]:
@@ -72,7 +73,7 @@ class Billing:
         if end <= start:
             raise InvalidRequest("end must be after start", field="end")
         if end - start > MAX_DAYS * 86400:
-            raise InvalidRequest(f"the period may be at most {MAX_DAYS} days", field="end")
+            raise InvalidRequest(f"the period may be at most {MAX_DAYS} days", field="end", reason=Reason.OVER_LIMIT)
         async with self.store.read() as conn:
             rows = await usage_q.spans(conn, who.org_id, start, end, who.team_id)
         per_vm: dict[str, dict[str, Any]] = {}

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock
 from ..config import Settings
 from ..domain import NodeStatus
-from ..errors import InvalidRequest, NoCapacity, NotFound
+from ..errors import InvalidRequest, NoCapacity, NotFound, Reason
 from ..pci import PciDevice
 from ..placement import Demand, NodeUsage, Policy, choose_node, pick_devices
 from ..store import Store
@@ -120,12 +120,18 @@ class Capacity:
         nodes = [n for n in self._cache.values() if n.online and demand.node_id in (None, n.id)]
         if nodes:
             limits = [self.policy.limits(n) for n in nodes]
-            for i, (field, unit, want) in enumerate(
-                (("resources.cpu", "vCPUs", demand.cpu), ("resources.ramMb", "MB of RAM", demand.ram_mb), ("resources.diskGb", "GB of disk", demand.disk_gb))
+            for i, (field, said, unit, want) in enumerate(
+                (
+                    ("resources.cpu", "resources.cpu", "vCPUs", demand.cpu),
+                    ("resources.ram_mb", "resources.ramMb", "MB of RAM", demand.ram_mb),
+                    ("resources.disk_gb", "resources.diskGb", "GB of disk", demand.disk_gb),
+                )
             ):
                 most = max(lim[i] for lim in limits)
                 if want > most:
-                    raise InvalidRequest(f"{field}: {want} {unit} is more than any node can hold (at most {most})", field=field, maximum=most)
+                    raise InvalidRequest(
+                        f"{said}: {want} {unit} is more than any node can hold (at most {most})", field=field, reason=Reason.BEYOND_ANY_NODE, maximum=most
+                    )
         choose_node(demand, self._cache.values(), self.policy)
 
     async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:

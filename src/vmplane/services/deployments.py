@@ -35,8 +35,8 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import NodeStatus, VmStatus
-from ..errors import Conflict, InvalidRequest, NotFound, VmplaneError
+from ..domain import NodeStatus, Vm, VmStatus
+from ..errors import Conflict, InvalidRequest, NotFound, Reason, VmplaneError
 from ..store import deployments as dep_q
 from ..store import events as ev_q
 from ..store import nodes as node_q
@@ -63,7 +63,7 @@ REFUSED_QUIET_SECONDS = 60.0
 @dataclass(frozen=True)
 class Replica:
     index: int
-    vm: Row
+    vm: Vm
     lost: bool
     """its node is offline or gone"""
     work: frozenset[str]
@@ -134,7 +134,7 @@ class DeploymentService:
         try:
             async with self.store.write() as conn:
                 if await dep_q.get_deployment(conn, name, who.org_id) is not None:  # names are per organization
-                    raise Conflict(f"a deployment named {name!r} already exists", field="name")
+                    raise Conflict(f"a deployment named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 await dep_q.insert_deployment(conn, row)
                 await ev_q.emit(conn, "deployment.created", row["id"], _data(row), who.org_id, who.team_id)
         except IntegrityError:
@@ -182,7 +182,7 @@ class DeploymentService:
         async with self.store.read() as conn:
             rows = [
                 r for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)
-                if pattern.match(r.name) and (r.spec or {}).get("deployment") == dep.id
+                if pattern.match(r.name) and r.spec.deployment == dep.id
             ]  # fmt: skip
             work = await dep_q.active_work(conn, [r.id for r in rows])
             nodes = {n.id: n for n in await node_q.list_nodes(conn)} if rows else {}

@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import Row
+from typing import TYPE_CHECKING
 
 from .. import clock
 from ..auth import Principal
-from ..domain import VmStatus
+from ..domain import SshForward, Vm
+from ..domain.spec import SSH_HOST
 from ..drivers.base import ExecResult, HypervisorDriver, VmStats
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import guest as guest_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..streams import StreamSlot
+from ..vmstates import VmOp, require_state
 from .vms import AUTO_PORTS, get_visible_vm, port_is_free
 
 if TYPE_CHECKING:
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 
 CONSOLE_TOKEN_SECONDS = 60
-SSH_HOST = "127.0.0.1"
-"""Where forwarded ports listen: the node's loopback (the qemu driver's forward address)."""
-SSH_USER = "root"
 EXEC_MAX_OUTPUT = 1024 * 1024
 EXEC_MAX_SECONDS = 600
 
@@ -42,22 +39,13 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def ssh_endpoint(spec: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The VM's SSH login as `GET /api/v1/vms/{id}` shows it, `{host, port, user, hostKey}`,
-    or None when it has none (see `GuestService.prepare_ssh`)."""
-    ssh = (spec or {}).get("ssh")
-    if not ssh:
-        return None
-    return {"host": SSH_HOST, "port": ssh["hostPort"], "user": SSH_USER, "hostKey": ssh.get("hostKey")}
-
-
 class GuestService:
     def __init__(self, *, store: Store, registry: NodeRegistry, streams: StreamLimits) -> None:
         self.store = store
         self.registry = registry
         self.streams = streams
 
-    def _driver(self, vm: Row, capability: str, need_running: bool = True) -> HypervisorDriver:
+    def _driver(self, vm: Vm, capability: str, need_running: bool = True) -> HypervisorDriver:
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status} and on no node", current=vm.status)
         driver = self.registry.driver(vm.node_id)
@@ -66,11 +54,11 @@ class GuestService:
                 f"{vm.node_id} runs the {driver.capabilities.kind} driver, which has no {capability.replace('_', ' ')}",
                 capability=capability,
             )
-        if need_running and vm.status != VmStatus.RUNNING:
-            raise InvalidState(f"VM {vm.id} is {vm.status}, not running", current=vm.status, required="running")
+        if need_running:
+            require_state(VmOp.GUEST, vm.status, vm.id)
         return driver
 
-    async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Row]:
+    async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Vm]:
         """A one-time token for the VM's serial console, good for `ttl` seconds (at most
         CONSOLE_TOKEN_SECONDS); the VM must run on a node with a console."""
         vm = await get_visible_vm(self.store, ref, who)
@@ -115,7 +103,7 @@ class GuestService:
         vm = await get_visible_vm(self.store, ref, who)
         return await self._driver(vm, "exec").exec_vm(vm.id, argv, timeout, EXEC_MAX_OUTPUT)
 
-    async def stats(self, ref: str, who: Principal) -> tuple[Row, VmStats]:
+    async def stats(self, ref: str, who: Principal) -> tuple[Vm, VmStats]:
         vm = await get_visible_vm(self.store, ref, who)
         return vm, await self._driver(vm, "stats").stats_vm(vm.id)
 
@@ -130,17 +118,16 @@ class GuestService:
             return None
         async with self.store.write() as conn:
             vm = await vm_q.get_vm(conn, vm_id)
-            spec = dict(vm.spec or {}) if vm is not None else {}
-            nics = spec.get("nics") or ()
-            if vm is None or spec.get("ssh") or (nics and not any(n.get("type", "user") == "user" for n in nics)):
+            if vm is None or vm.spec.ssh is not None or not vm.spec.has_user_nic:
                 return None
             host_key = None
             if vm.template_id is not None:
                 tpl = await tpl_q.get_template(conn, vm.template_id)
-                host_key = ((tpl.boot if tpl is not None else None) or {}).get("sshHostKey")
-            own = next((e for e in spec.get("expose") or () if e.get("port") == 22 and e.get("protocol", "tcp") == "tcp"), None)
+                host_key = tpl.ssh_host_key if tpl is not None else None
+            own = vm.spec.forward(22)
             if own is not None:
-                spec["ssh"] = {"hostPort": own["hostPort"], "hostKey": host_key, "reserved": False}
+                assert own.host_port is not None  # given at create
+                ssh = SshForward(own.host_port, host_key, reserved=False)
             else:
                 taken = await guest_q.taken_ports(conn)
                 for port in AUTO_PORTS:  # a port another create took meanwhile: the next one
@@ -148,6 +135,6 @@ class GuestService:
                         break
                 else:
                     return "no free host port to forward SSH to: the VM has no SSH forward"
-                spec["ssh"] = {"hostPort": port, "hostKey": host_key, "reserved": True}
-            await vm_q.set_vm(conn, vm.id, spec=spec)
-        return f"SSH on {SSH_HOST}:{spec['ssh']['hostPort']}"
+                ssh = SshForward(port, host_key, reserved=True)
+            await vm_q.set_vm(conn, vm.id, spec=vm.spec.with_(ssh=ssh).to_json())
+        return f"SSH on {SSH_HOST}:{ssh.host_port}"

@@ -17,6 +17,7 @@ import jsonschema
 from sqlalchemy import Row
 
 from ..auth import Principal
+from ..domain import Vm
 from ..errors import Forbidden, InvalidRequest, VmplaneError
 from . import vmconfig
 from .volant_shapes import VM_STATUS, deployment
@@ -59,17 +60,15 @@ def _schema(properties: dict[str, Any] | None = None, required: tuple[str, ...] 
 # -- Volant shapes --------------------------------------------------------------------------
 
 
-def vm_summary(row: Row) -> dict[str, Any]:
-    nic = next(iter((row.spec or {}).get("nics") or ()), {})
-    ips = nic.get("ips") or []
+def vm_summary(row: Vm) -> dict[str, Any]:
     return {
         "id": row.seq,
         "name": row.name,
         "status": VM_STATUS.get(row.status, "crashed"),
-        "ip_address": ips[0] if ips else "",
+        "ip_address": row.primary_ip or "",
         "cpu_cores": row.cpu,
         "memory_mb": row.ram_mb,
-        "runtime": str(((row.spec or {}).get("plugin") or {}).get("runtime") or ""),
+        "runtime": row.spec.runtime,
     }
 
 

@@ -11,6 +11,7 @@ from ..errors import Forbidden, InvalidRequest, InvalidState, NotFound
 from ..store import jobs as job_q
 from ..store import nodes as node_q
 from ..store import vms as vm_q
+from ..vmstates import VmOp, require_state
 
 if TYPE_CHECKING:
     from ..jobs.engine import JobEngine
@@ -67,8 +68,7 @@ class MoveService:
 
     async def move(self, who: Principal, vm_ref: str, target: str | None) -> str:
         vm = await self._vm_and_target(who, vm_ref, target)
-        if vm.status != VmStatus.STOPPED:
-            raise InvalidState(f"VM {vm.id} is {vm.status}; only stopped VMs move (running ones migrate)", current=vm.status, required="stopped")
+        require_state(VmOp.MOVE, vm.status, vm.id)
         async with self.store.write() as conn:
             job_id = await self.engine.submit(conn, "vm-move", who, [(vm.id, move_payload(vm.node_id, target))])
         self.engine.wakeup()
@@ -76,8 +76,7 @@ class MoveService:
 
     async def migrate(self, who: Principal, vm_ref: str, target: str | None) -> str:
         vm = await self._vm_and_target(who, vm_ref, target)
-        if vm.status != VmStatus.RUNNING:
-            raise InvalidState(f"VM {vm.id} is {vm.status}; only running VMs migrate (stopped ones move)", current=vm.status, required="running")
+        require_state(VmOp.MIGRATE, vm.status, vm.id)
         async with self.store.write() as conn:
             job_id = await self.engine.submit(conn, "vm-migrate", who, [(vm.id, move_payload(vm.node_id, target))])
         self.engine.wakeup()

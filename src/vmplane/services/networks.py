@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import builtins
 import ipaddress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..domain import Vm, VmNic
+from ..domain.network import DEFAULT_NETWORK
+from ..errors import Conflict, InvalidRequest, NotFound, Reason
 from ..net import ipam
-from ..net.model import DEFAULT_NETWORK, NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
+from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
 from ..store import networks as net_q
 from ..store import vms as vm_q
 from .vms import check_name, get_visible_vm
@@ -103,7 +106,7 @@ class NetworkService:
         network_id = ids.new_id("net")
         async with self.store.write() as conn:
             if await net_q.name_taken(conn, name, who.org_id):  # names are unique within an organization only
-                raise Conflict(f"a network named {name!r} already exists", field="name")
+                raise Conflict(f"a network named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             visible = await net_q.list_networks(conn, who.org_id)
             if net is None:
                 net = ipam.free_subnet(pool, [ipaddress.IPv4Network(o.subnet) for o in visible])
@@ -182,10 +185,9 @@ class NetworkService:
         `ip_addresses` decides who owns an address, and both change in one transaction."""
         want: dict[str, list[tuple[dict[str, Any], int]]] = {}
         nets: dict[str, Row] = {}
+        nics: dict[str, list[VmNic]] = {}
         for row, networks in vms:
-            row["spec"]["nics"] = [
-                {"networkId": n.id, "network": n.name, "type": n.type, "mac": mac_for(row["id"], i), "ips": []} for i, n in enumerate(networks)
-            ]
+            nics[row["id"]] = [VmNic(n.id, n.name, mac_for(row["id"], i), (), n.type) for i, n in enumerate(networks)]
             for i, n in enumerate(networks):
                 want.setdefault(n.id, []).append((row, i))
                 nets[n.id] = n
@@ -193,10 +195,11 @@ class NetworkService:
             net = nets[network_id]
             addrs = await self._take(conn, net, [(vm["id"], nic, True) for vm, nic in owners])
             for a, (vm, nic) in zip(addrs, owners):
-                entry = vm["spec"]["nics"][nic]
-                entry["ips"] = [ipam.to_str(a)]
-                if net.ipv6_prefix:
-                    entry["ipv6"] = ipam.ipv6_for(net.ipv6_prefix, entry["mac"])
+                entry = nics[vm["id"]][nic]
+                ipv6 = ipam.ipv6_for(net.ipv6_prefix, entry.mac) if net.ipv6_prefix else None
+                nics[vm["id"]][nic] = replace(entry, ips=(ipam.to_str(a),), ipv6=ipv6)
+        for row, _ in vms:
+            row["spec"]["nics"] = [n.to_json() for n in nics[row["id"]]]
 
     @staticmethod
     async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> builtins.list[int]:
@@ -219,16 +222,16 @@ class NetworkService:
 
     # -- what a VM has ---------------------------------------------------------------------
 
-    async def nics(self, conn: Any, vm: Row) -> tuple[Nic, ...]:
+    async def nics(self, conn: Any, vm: Vm) -> tuple[Nic, ...]:
         """The VM's NICs for its driver (empty for VMs made before networks existed)."""
-        specs = (vm.spec or {}).get("nics", [])
-        missing = {n["networkId"] for n in specs} - self._networks.keys()
+        specs = vm.spec.nics
+        missing = {n.network_id for n in specs} - self._networks.keys()
         if missing:
             self._networks.update({k: network_of(r) for k, r in (await net_q.get_networks(conn, missing)).items()})
         return tuple(
-            Nic(network=self._networks[n["networkId"]], mac=n["mac"], ip=n["ips"][0], aliases=tuple(n["ips"][1:]), ipv6=n.get("ipv6"))
+            Nic(network=self._networks[n.network_id], mac=n.mac, ip=n.ips[0], aliases=n.ips[1:], ipv6=n.ipv6)
             for n in specs
-            if n["networkId"] in self._networks and n.get("ips")
+            if n.network_id in self._networks and n.ips
         )
 
     async def firewall_of(self, conn: Any, vm_id: str) -> Firewall:
@@ -238,17 +241,17 @@ class NetworkService:
 
     async def add_ip(self, vm_ref: str, network_ref: str | None, who: Principal) -> IpChange:
         vm = await get_visible_vm(self.store, vm_ref, who)
-        nic_specs = (vm.spec or {}).get("nics", [])
+        nic_specs = vm.spec.nics
         if not nic_specs:
             raise Conflict(f"VM {vm.id} was created before networks existed and has no managed NIC")
         if network_ref is None:
             nic = 0
         else:
             net = await self.get(network_ref, who, field="networkId")
-            nic = next((i for i, n in enumerate(nic_specs) if n["networkId"] == net.id), -1)
+            nic = next((i for i, n in enumerate(nic_specs) if n.network_id == net.id), -1)
             if nic < 0:
                 raise InvalidRequest(f"VM {vm.id} has no NIC on network {net.name}", field="networkId")
-        network_id = nic_specs[nic]["networkId"]
+        network_id = nic_specs[nic].network_id
         async with self.store.write() as conn:
             net_row = (await net_q.get_networks(conn, [network_id]))[network_id]
             (addr,) = await self._take(conn, net_row, [(vm.id, nic, False)])
@@ -283,10 +286,10 @@ class NetworkService:
         async with self.store.read() as conn:
             mine = (await net_q.addresses_of(conn, [vm.id]))[vm.id]
             nets = await net_q.get_networks(conn, {a.network_id for a in mine})
-        nic_specs = (vm.spec or {}).get("nics", [])
+        nic_specs = vm.spec.nics
         return [
             {"ip": a.address, "networkId": a.network_id, "network": nets[a.network_id].name if a.network_id in nets else None,
-             "nic": a.nic, "mac": nic_specs[a.nic]["mac"] if a.nic < len(nic_specs) else None, "primary": a.is_primary,
+             "nic": a.nic, "mac": nic_specs[a.nic].mac if a.nic < len(nic_specs) else None, "primary": a.is_primary,
              "createdAt": clock.rfc3339(a.created_at)}
             for a in mine
         ]  # fmt: skip
@@ -332,10 +335,9 @@ class NetworkService:
         vm = await vm_q.get_vm(conn, vm_id)
         if vm is None:
             raise NotFound(f"VM {vm_id} does not exist")
-        spec = dict(vm.spec)
-        spec["nics"] = [dict(n) for n in spec["nics"]]
-        spec["nics"][nic]["ips"] = change(spec["nics"][nic]["ips"])
-        await vm_q.set_vm(conn, vm_id, spec=spec)
+        nics = list(vm.spec.nics)
+        nics[nic] = replace(nics[nic], ips=tuple(change(list(nics[nic].ips))))
+        await vm_q.set_vm(conn, vm_id, spec=vm.spec.with_(nics=tuple(nics)).to_json())
 
     async def _apply(self, conn: Any, vm: Row, who: Principal) -> str:
         return await self.engine.submit(conn, "vm-network", who, [(vm.id, {})])

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids, outbound
 from ..auth import Principal
-from ..domain import VmStatus
+from ..domain import StoredSpec, Vm, VmStatus
 from ..errors import Conflict, DriverError, Forbidden, InvalidRequest, InvalidState, NotFound
 from ..http_clients import link_client
 from ..store import events as ev_q
@@ -45,6 +45,7 @@ from ..store import plugins as plugin_q
 from ..store import templates as tpl_q
 from ..store.tables import plugin_health
 from ..store.tables import vms as vms_t
+from ..vmstates import VmOp, require_state
 from .process import Leadership
 from .vms import get_visible_vm
 
@@ -288,12 +289,12 @@ class PluginService:
             q = select(vms_t.c.name, vms_t.c.org_id, vms_t.c.spec)
             if row.org_id is not None:
                 q = q.where(vms_t.c.org_id == row.org_id)
-            vms = [v for v in (await conn.execute(q)).all() if ((v.spec or {}).get("plugin") or {}).get("name") == row.name]
+            vms = [(v, spec) for v in (await conn.execute(q)).all() if (spec := StoredSpec.from_json(v.spec)).plugin_name == row.name]
             owners = {}
-            for v in vms:
+            for v, _ in vms:
                 if v.org_id not in owners:
                     owners[v.org_id] = v.org_id if await plugin_q.plugin_in(conn, row.name, v.org_id) is not None else None
-        return [v for v in vms if _plugin_owner(v, owners[v.org_id]) == row.org_id]
+        return [v for v, spec in vms if _plugin_owner(spec, v.org_id, owners[v.org_id]) == row.org_id]
 
     async def delete(self, ref: str, who: Principal) -> None:
         """Remove a plugin no VM uses (409 otherwise, naming the caller's organization's VMs
@@ -351,42 +352,40 @@ class PluginService:
             cpu=m["resources"]["cpu_cores"], ram_mb=m["resources"]["memory_mb"], cloud_init=cloud, port=workload_port(m),
         )  # fmt: skip
 
-    async def of_vm(self, vm: Row) -> Row:
+    async def of_vm(self, vm: Vm) -> Row:
         """The plugin the VM was made from: its organization's own or the shared one, as the
         VM recorded (VMs from before that record: its organization's first)."""
-        ref = ((vm.spec or {}).get("plugin") or {}).get("name")
+        ref = vm.spec.plugin_name
         if ref is None:
             raise NotFound(f"VM {vm.name} was not made from a plugin")
         async with self.store.read() as conn:
             own = await plugin_q.plugin_in(conn, ref, vm.org_id)
-            owner = _plugin_owner(vm, vm.org_id if own is not None else None)
+            owner = _plugin_owner(vm.spec, vm.org_id, vm.org_id if own is not None else None)
             row = own if owner is not None else await plugin_q.plugin_in(conn, ref, None)
         if row is None:
             raise NotFound(f"plugin {ref} of VM {vm.name} is no longer installed")
         return row
 
-    def workload_root(self, vm: Row, manifest: dict[str, Any]) -> str:
+    def workload_root(self, vm: Vm, manifest: dict[str, Any]) -> str:
         """`http://host:port` of the node's forwarded port to the VM's workload port."""
-        if vm.status != VmStatus.RUNNING or vm.node_id is None:
+        require_state(VmOp.GUEST, vm.status, vm.name)
+        if vm.node_id is None:  # a running VM has a node: the store is being changed under us
             raise InvalidState(f"VM {vm.name} is {vm.status}, not running", current=vm.status, required="running")
         driver = self.registry.driver(vm.node_id)
         if not driver.capabilities.real_vms:
             raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver: its VMs run no workload to reach", capability="real_vms")
-        nics = (vm.spec or {}).get("nics") or []
-        if nics and not any(n.get("type", "user") == "user" for n in nics):
+        if not vm.spec.has_user_nic:
             raise Conflict(f"VM {vm.name} has no user-mode NIC: vmplane reaches plugin workloads through a port forwarded on one")
         port = workload_port(manifest)
-        forward = next(
-            (e for e in (vm.spec or {}).get("expose") or [] if e.get("port") == port and e.get("protocol", "tcp") == "tcp"), None
-        )
-        if forward is None or not forward.get("hostPort"):
+        forward = vm.spec.forward(port)
+        if forward is None or not forward.host_port:
             raise Conflict(f"VM {vm.name} has no forwarded port to its workload (guest port {port})")
         host = driver.forward_host()
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
-        return f"http://{f'[{host}]' if ':' in host else host}:{forward['hostPort']}"
+        return f"http://{f'[{host}]' if ':' in host else host}:{forward.host_port}"
 
-    def workload_url(self, vm: Row, manifest: dict[str, Any], path: str = "") -> str:
+    def workload_url(self, vm: Vm, manifest: dict[str, Any], path: str = "") -> str:
         """The URL reaching `path` (under the workload's base URL) of the VM's workload."""
         base_path = urlsplit(manifest["workload"]["base_url"]).path.rstrip("/")
         return self.workload_root(vm, manifest) + base_path + path
@@ -485,7 +484,7 @@ class PluginService:
 
     # -- health checks --------------------------------------------------------------------
 
-    async def health_of(self, vm: Row) -> dict[str, Any] | None:
+    async def health_of(self, vm: Vm) -> dict[str, Any] | None:
         async with self.store.read() as conn:
             row = await plugin_q.get_health(conn, vm.id)
         if row is None:
@@ -521,11 +520,12 @@ class PluginService:
             plugins = {(p.org_id, p.name): p for p in installed if p.manifest.get("health_check")}
             if not plugins and (await conn.execute(select(plugin_health.c.vm_id).limit(1))).first() is None:
                 return  # nothing to check, nothing recorded: no scan of the VMs
-            rows = (await conn.execute(select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value))).all() if plugins else []
+            q = select(vms_t).where(vms_t.c.status == VmStatus.RUNNING.value)
+            rows = [Vm.from_row(r) for r in (await conn.execute(q)).all()] if plugins else []
         checks = []
         for vm in rows:
-            name = ((vm.spec or {}).get("plugin") or {}).get("name")
-            owner = _plugin_owner(vm, vm.org_id if (vm.org_id, name) in owners else None)
+            name = vm.spec.plugin_name
+            owner = _plugin_owner(vm.spec, vm.org_id, vm.org_id if (vm.org_id, name) in owners else None)
             plugin = plugins.get((owner, name)) if name else None
             if plugin is not None:
                 checks.append((vm, plugin))
@@ -540,11 +540,11 @@ class PluginService:
         async with self.store.write() as conn:  # deleted VMs forgotten; stopped ones no longer checked
             await plugin_q.forget_health(conn, [v for v in stale if v not in states])
             for r in recorded:
-                vm = states.get(r.vm_id)
-                if vm is not None and r.status != UNKNOWN:
-                    detail = f"the VM is {vm.status}"
-                    await plugin_q.set_health(conn, vm.id, UNKNOWN, detail, now, True)
-                    await ev_q.emit(conn, "vm.health", vm.id, {"id": vm.id, "name": vm.name, "health": UNKNOWN, "detail": detail}, vm.org_id, vm.team_id)
+                gone = states.get(r.vm_id)
+                if gone is not None and r.status != UNKNOWN:
+                    detail = f"the VM is {gone.status}"
+                    await plugin_q.set_health(conn, gone.id, UNKNOWN, detail, now, True)
+                    await ev_q.emit(conn, "vm.health", gone.id, {"id": gone.id, "name": gone.name, "health": UNKNOWN, "detail": detail}, gone.org_id, gone.team_id)
         for (vm, plugin), (status, detail) in zip(checks, results):
             async with self.store.write() as conn:
                 before = await plugin_q.get_health(conn, vm.id)
@@ -556,7 +556,7 @@ class PluginService:
                         {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id, vm.team_id,
                     )  # fmt: skip
 
-    async def _probe(self, vm: Row, plugin: Row) -> tuple[str, str | None]:
+    async def _probe(self, vm: Vm, plugin: Row) -> tuple[str, str | None]:
         hc = plugin.manifest["health_check"]
         timeout = hc.get("timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS) / 1000
         try:
@@ -572,11 +572,12 @@ class PluginService:
         return UNHEALTHY, f"HTTP {resp.status_code}"
 
 
-def _plugin_owner(vm: Row, resolved: str | None) -> str | None:
-    """Whose plugin VM `vm` was made from: None (the shared one) or its organization, as its
-    spec records (`shared`); a VM from before that record takes `resolved` (its
-    organization's own plugin of that name when there is one, else the shared one)."""
-    shared = ((vm.spec or {}).get("plugin") or {}).get("shared")
+def _plugin_owner(spec: StoredSpec, org_id: str, resolved: str | None) -> str | None:
+    """Whose plugin a VM of organization `org_id` with `spec` was made from: None (the shared
+    one) or its organization, as its spec records (`shared`); a VM from before that record
+    takes `resolved` (its organization's own plugin of that name when there is one, else the
+    shared one)."""
+    shared = spec.plugin.shared if spec.plugin is not None else None
     if shared is None:
         return resolved
-    return None if shared else vm.org_id
+    return None if shared else org_id

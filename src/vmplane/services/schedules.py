@@ -16,7 +16,8 @@ import asyncio
 import json
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from sqlalchemy import Row
@@ -24,11 +25,12 @@ from sqlalchemy import Row
 from .. import clock, cron, ids
 from ..auth import Principal
 from ..domain import JobState
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound, Reason
 from ..store import events as ev_q
 from ..store import jobs as job_q
 from ..store import schedules as sch_q
 from . import scopes
+from .backups import KEEP_LAST, BackupSchedule, cron_of
 from .process import Leadership
 from .vms import get_visible_vm
 
@@ -101,6 +103,22 @@ class ScheduleService:
         async with self.store.read() as conn:
             return [s for s in await sch_q.list_schedules(conn) if _visible(s, who)]
 
+    async def made_by(self, face: str, who: Principal) -> list[Row[Any]]:
+        """The schedules a face made (their `origin.face`), as `who` sees them."""
+        return [s for s in await self.list(who) if (s.origin or {}).get("face") == face]
+
+    async def by_origin(self, face: str, origin_id: str, who: Principal) -> Row[Any]:
+        """The schedule a face knows by its own id (`origin.id`, unique among the face's)."""
+        for s in await self.made_by(face, who):
+            if s.origin.get("id") == origin_id:
+                return s
+        raise NotFound(f"schedule {origin_id} not found")
+
+    async def check_origin_free(self, face: str, origin_id: str, who: Principal) -> None:
+        """Raise Conflict (name_taken) if the face has a schedule of that id already."""
+        if any(s.origin.get("id") == origin_id for s in await self.made_by(face, who)):
+            raise Conflict(f"schedule {origin_id} already exists", reason=Reason.NAME_TAKEN)
+
     async def create(
         self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str,
         who: Principal, backup_vm_id: str | None = None, keep_last: int | None = None, origin: dict[str, Any] | None = None,
@@ -170,33 +188,34 @@ class ScheduleService:
 
     # -- backup schedules (a schedule replaying POST /vms/{id}/backups, plus retention) -----
 
-    async def backup_schedule(self, vm_ref: str, who: Principal) -> Row:
+    async def backup_schedule(self, vm_ref: str, who: Principal) -> BackupSchedule:
         vm = await get_visible_vm(self.store, vm_ref, who)
         async with self.store.read() as conn:
             sch = await sch_q.backup_schedule(conn, vm.id)
         if sch is None:
             raise NotFound(f"VM {vm.id} has no backup schedule")
-        return sch
+        return BackupSchedule.of(sch)
 
     async def put_backup_schedule(
-        self, vm_ref: str, who: Principal, *, frequency: str, hour: int, day_of_week: int | None, day_of_month: int | None, keep_last: int
-    ) -> Row:
+        self, vm_ref: str, who: Principal, *, frequency: str, hour: int, day_of_week: int | None, day_of_month: int | None, keep_last: int = KEEP_LAST
+    ) -> BackupSchedule:
         vm = await get_visible_vm(self.store, vm_ref, who)
         self.backups.check_capable(vm)
         if frequency == "weekly" and day_of_week is None:
-            raise InvalidRequest("weekly schedules need dayOfWeek (0 = Sunday … 6)", field="dayOfWeek")
+            raise InvalidRequest("weekly schedules need dayOfWeek (0 = Sunday … 6)", field="day_of_week")
         if frequency == "monthly" and day_of_month is None:
-            raise InvalidRequest("monthly schedules need dayOfMonth (1-28)", field="dayOfMonth")
-        expr = {"daily": f"0 {hour} * * *", "weekly": f"0 {hour} * * {day_of_week}", "monthly": f"0 {hour} {day_of_month} * *"}[frequency]
+            raise InvalidRequest("monthly schedules need dayOfMonth (1-28)", field="day_of_month")
+        expr = cron_of(frequency, hour, day_of_week, day_of_month)
         template = {"method": "POST", "path": f"/api/v1/vms/{vm.id}/backups", "body": {"notes": f"scheduled ({frequency})"}}
         async with self.store.read() as conn:
             existing = await sch_q.backup_schedule(conn, vm.id)
         if existing is not None:
             await self.delete(existing.id, who)
-        return await self.create(
+        row = await self.create(
             name=f"backup-{vm.name}", schedule=expr, timezone="UTC", enabled=True, job_template=template,
             misfire_policy="run_once", who=who, backup_vm_id=vm.id, keep_last=keep_last,
         )  # fmt: skip
+        return BackupSchedule.of(row)
 
     async def delete_backup_schedule(self, vm_ref: str, who: Principal) -> None:
         sch = await self.backup_schedule(vm_ref, who)

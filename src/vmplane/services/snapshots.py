@@ -56,7 +56,7 @@ class SnapshotService:
                 "resources": {"cpu": vm.cpu, "ramMb": vm.ram_mb, "diskGb": vm.disk_gb},
                 "templateId": vm.template_id,
                 "tags": vm.tags,
-                "spec": vm.spec,
+                "spec": vm.spec.to_json(),
                 "firewall": (await self.networks.firewall_of(conn, vm.id)).to_wire(),
             }
             await self.tenancy.reserve(conn, vm.org_id, snapshots=1)

@@ -6,12 +6,12 @@ import re
 from typing import TYPE_CHECKING, Sequence
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
 from ..auth import Principal
-from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
+from ..domain import Template
+from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, Reason
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from . import pages
@@ -49,7 +49,7 @@ class TemplateService:
         self.outbound = outbound
         self.tenancy = tenancy
 
-    async def get(self, ref: str, who: Principal) -> Row:
+    async def get(self, ref: str, who: Principal) -> Template:
         """A template the caller may use, by id or name: its organization's and the shared
         ones (no organization); a name is its organization's first, then a shared one."""
         async with self.store.read() as conn:
@@ -67,11 +67,11 @@ class TemplateService:
             return None
         return tpl.id if tpl.status == "ready" else None
 
-    def _check_owner(self, tpl: Row, who: Principal) -> None:
+    def _check_owner(self, tpl: Template, who: Principal) -> None:
         if tpl.org_id is None and not who.operator:
             raise Forbidden(f"template {tpl.name} is shared by the operators; only they change it")
 
-    async def list(self, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+    async def list(self, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Template], str | None]:
         after = pages.decode("templates", page_token)
         async with self.store.read() as conn:
             rows = await tpl_q.list_templates(conn, after_seq=after, limit=limit + 1, org_id=who.org_id)
@@ -105,7 +105,7 @@ class TemplateService:
         try:
             async with self.store.write() as conn:
                 if await tpl_q.name_taken(conn, name, owner):
-                    raise Conflict(f"a template named {name!r} already exists", field="name")
+                    raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 if node_id is not None and await node_q.get_node(conn, node_id) is None:
                     raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
                 if not who.operator:  # operators' templates are shared, and no organization's
@@ -145,7 +145,7 @@ class TemplateService:
             raise InvalidRequest("give name or os to change", field="body")
         async with self.store.write() as conn:
             if name is not None and name != tpl.name and await tpl_q.name_taken(conn, name, tpl.org_id):
-                raise Conflict(f"a template named {name!r} already exists", field="name")
+                raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             job_id = await self.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_})])
         self.engine.wakeup()
         return job_id

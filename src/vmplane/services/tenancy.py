@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, RANK, Principal, Role, key_digest, key_prefix, new_api_key
-from ..domain import QUOTA_FIELDS, NodeStatus
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized, VmplaneError
+from ..domain import QUOTA_FIELDS, NodeStatus, Vm
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Reason, Unauthorized, VmplaneError
 from ..lru import TtlLru
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q
@@ -36,8 +36,7 @@ CACHE_SECONDS = 2.0
 
 
 class QuotaExceeded(VmplaneError):
-    status = 409
-    code = "quota_exceeded"
+    reason = Reason.QUOTA_EXCEEDED
 
 
 class TenancyService:
@@ -326,7 +325,7 @@ class TenancyService:
         check_name(name, "name")
         async with self.store.write() as conn:
             if await t_q.get_team(conn, who.org_id, name) is not None:
-                raise Conflict(f"a team named {name!r} already exists")
+                raise Conflict(f"a team named {name!r} already exists", reason=Reason.NAME_TAKEN)
             team_id = ids.new_id("team")
             await t_q.insert_team(conn, {"id": team_id, "org_id": who.org_id, "name": name, "created_at": clock.now()})
             return await t_q.get_team(conn, who.org_id, team_id)
@@ -364,7 +363,7 @@ class TenancyService:
             raise Forbidden("a team-scoped credential can only see its own team")
         return team
 
-    async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Row, Row | None]:
+    async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Vm, Row | None]:
         """Put a VM in a team (None: in no team, visible to organization-wide credentials
         only). Owners and admins, with a credential of the whole organization (a team-scoped
         one could move VMs out of its own reach). Returns the VM and its team."""
@@ -388,7 +387,7 @@ class TenancyService:
         org_id = ids.new_id("org")
         async with self.store.write() as conn:
             if any(o.name == name for o in await t_q.list_orgs(conn)):
-                raise Conflict(f"an organization named {name!r} already exists")
+                raise Conflict(f"an organization named {name!r} already exists", reason=Reason.NAME_TAKEN)
             await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": dict(self.settings.default_quotas), "created_at": now})
             user = await t_q.get_user(conn, owner)
             if user is None:

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, Resources
+from ..domain import DEFAULT_RESOURCES, Resources, Vm
 from ..errors import Conflict, InvalidRequest
 from ..store import deployments as dep_q
 from ..store import templates as tpl_q
@@ -212,36 +211,36 @@ class VmConfigService:
         self.store = store
         self.vms = vms
 
-    async def derive(self, vm: Row) -> dict[str, Any]:
+    async def derive(self, vm: Vm) -> dict[str, Any]:
         """The config of a VM that has no stored version: from its record."""
-        spec = vm.spec or {}
+        spec = vm.spec
         config: dict[str, Any] = {"resources": {"cpu_cores": vm.cpu, "memory_mb": vm.ram_mb}}
         if vm.template_id:
             async with self.store.read() as conn:
                 tpl = await tpl_q.get_template(conn, vm.template_id)
             if tpl is not None and tpl.boot and tpl.boot.get("cmdline"):
                 config["kernel_cmdline"] = tpl.boot["cmdline"]
-        cloud = spec.get("cloudInit") or {}
+        cloud = spec.cloud_init
         ci: dict[str, Any] = {}
-        if isinstance(cloud.get("userData"), str):
-            ci["user_data"] = {"content": cloud["userData"], "inline": True}
-        if cloud.get("metaData") is not None:
-            meta = cloud["metaData"]
+        if cloud is not None and isinstance(cloud.user_data, str):
+            ci["user_data"] = {"content": cloud.user_data, "inline": True}
+        if cloud is not None and cloud.meta_data is not None:
+            meta = cloud.meta_data
             ci["meta_data"] = {"content": meta if isinstance(meta, str) else json.dumps(meta), "inline": True}
         if ci:
             config["cloud_init"] = {"datasource": "NoCloud", **ci}
-        if spec.get("expose"):
-            config["expose"] = [{"port": e["port"], "host_port": e.get("hostPort"), "protocol": e.get("protocol", "tcp")} for e in spec["expose"]]
+        if spec.expose:
+            config["expose"] = [{"port": e.port, "host_port": e.host_port, "protocol": e.protocol} for e in spec.expose]
         return drop_nulls(config)
 
-    async def current(self, vm: Row) -> ConfigVersion:
+    async def current(self, vm: Vm) -> ConfigVersion:
         async with self.store.read() as conn:
             row = await dep_q.latest_config(conn, vm.id)
         if row is not None:
             return ConfigVersion(row.seq, row.version, row.created_at, row.config)
         return ConfigVersion(0, 1, vm.created_at, await self.derive(vm))
 
-    async def history(self, vm: Row, limit: int) -> list[ConfigVersion]:
+    async def history(self, vm: Vm, limit: int) -> list[ConfigVersion]:
         if not 1 <= limit <= 500:
             raise InvalidRequest("limit must be between 1 and 500", field="limit")
         async with self.store.read() as conn:
@@ -257,7 +256,7 @@ class VmConfigService:
             for vm_id in vm_ids:
                 await dep_q.add_config(conn, vm_id, 1, config, now)
 
-    async def patch(self, vm: Row, patch: Any, who: Principal) -> ConfigChange:
+    async def patch(self, vm: Vm, patch: Any, who: Principal) -> ConfigChange:
         """Merge `patch` into the VM's config as a new version and apply what can be applied."""
         if not isinstance(patch, dict):
             raise InvalidRequest("the body must be a JSON object (a merge patch of the config)", field="body")

@@ -5,18 +5,17 @@ from __future__ import annotations
 import builtins
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, Resources, VmStatus
-from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound
-from ..jobs.power import POWER_ACTIONS
+from ..domain import DEFAULT_RESOURCES, Resources, Vm, VmStatus
+from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
 from ..net.ingress import Ipv6Ingress
 from ..net.model import Firewall
 from ..placement import Demand
@@ -26,6 +25,7 @@ from ..store import networks as net_q
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
+from ..vmstates import VmOp, allows, require_state
 from . import pages
 
 if TYPE_CHECKING:
@@ -44,13 +44,26 @@ if TYPE_CHECKING:
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 
-def visible(row: Row, who: Principal) -> bool:
+POWER_JOBS: dict[str, str] = {"start": "vm-start", "stop": "vm-stop", "shutdown": "vm-shutdown", "reboot": "vm-reboot", "power-cycle": "vm-power-cycle"}
+"""power action -> its job type (the states each may start from: vmstates.OPERATIONS)"""
+
+
+class Owned(Protocol):
+    """What `visible` reads of a record: whose it is."""
+
+    @property
+    def org_id(self) -> str | None: ...
+    @property
+    def team_id(self) -> str | None: ...
+
+
+def visible(row: Owned, who: Principal) -> bool:
     """Resources of another organization, or of another team for a team-scoped credential,
     do not exist as far as the caller can tell."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
 
 
-async def get_visible_vm(store: Store, ref: str, who: Principal) -> Row:
+async def get_visible_vm(store: Store, ref: str, who: Principal) -> Vm:
     """A VM the caller may see (another organization's, or team's, answers 404): for the
     services that act on a VM and need no more of VmService than this."""
     async with store.read() as conn:
@@ -165,13 +178,13 @@ class VmService:
         self.snapshots = snapshots
         self.tenancy = tenancy
 
-    async def get(self, ref: str, who: Principal) -> Row:
+    async def get(self, ref: str, who: Principal) -> Vm:
         """A VM the caller may see (another organization's, or team's, answers 404)."""
         return await get_visible_vm(self.store, ref, who)
 
     async def list(
         self, who: Principal, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
-    ) -> tuple[Sequence[Row], str | None]:
+    ) -> tuple[Sequence[Vm], str | None]:
         if status is not None and status not in VmStatus.__members__.values():
             raise InvalidRequest(f"status {status!r} is not one of {', '.join(VmStatus)}", field="status")
         after = pages.decode("vms", page_token)
@@ -182,9 +195,9 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def every(self, who: Principal) -> builtins.list[Row]:
+    async def every(self, who: Principal) -> list[Vm]:
         """Every VM the caller may see, all pages (faces whose lists are not paged)."""
-        rows: list[Row] = []
+        rows: list[Vm] = []
         token = None
         while True:
             page, token = await self.list(who, node=None, status=None, tag=None, name=None, limit=500, page_token=token)
@@ -192,7 +205,7 @@ class VmService:
             if token is None:
                 return rows
 
-    async def by_name(self, name: str, who: Principal) -> Row:
+    async def by_name(self, name: str, who: Principal) -> Vm:
         """The VM the caller may see named `name` (faces that address VMs by name): names are
         unique within an organization, and only the caller's organization is searched."""
         if not name or len(name) > 63:
@@ -274,7 +287,7 @@ class VmService:
         )  # fmt: skip
         taken = await vm_q.names_taken(conn, [s.name for s in specs], who.org_id)  # names are the organization's own
         if taken:
-            raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", names=sorted(taken))
+            raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", reason=Reason.NAME_TAKEN, names=sorted(taken))
         template_refs = {s.template_id for s in specs if s.template_id}
         templates = {}
         for ref in template_refs:
@@ -353,7 +366,7 @@ class VmService:
             if want.disk_gb < base.disk_gb:
                 raise InvalidRequest(
                     f"resources.diskGb may only grow from the snapshot's {base.disk_gb} GB",
-                    field=f"{prefix}resources.diskGb", minimum=base.disk_gb,
+                    field=f"{prefix}resources.disk_gb", reason=Reason.CANNOT_SHRINK, minimum=base.disk_gb,
                 )  # fmt: skip
             spec = replace(
                 spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id,
@@ -382,7 +395,7 @@ class VmService:
         resources = spec.resources or replace(DEFAULT_RESOURCES, cpu=p.cpu, ram_mb=max(64, p.ram_mb))
         return replace(spec, resources=resources, template_id=spec.template_id or p.template_id, extra=extra)
 
-    async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Row:
+    async def create_and_wait(self, spec: NewVm, who: Principal, timeout: float) -> Vm:
         """Create one VM and wait up to `timeout` seconds for it to be created: returns the VM
         (`running` if it was started in time, still `provisioning`/`starting` otherwise).
 
@@ -400,16 +413,15 @@ class VmService:
             raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
         return await self.get(vm_id, who)
 
-    async def rename(self, ref: str, name: str, who: Principal) -> Row:
+    async def rename(self, ref: str, name: str, who: Principal) -> Vm:
         """Rename a VM at once: a name lives only in the store (no job, no hypervisor call)."""
         check_name(name)
         vm = await self.get(ref, who)
-        if vm.status == VmStatus.DELETING:
-            raise InvalidState(f"VM {vm.id} is being deleted", current=vm.status)
+        require_state(VmOp.RENAME, vm.status, vm.id)
         if name != vm.name:
             async with self.store.write() as conn:
                 if await vm_q.names_taken(conn, [name], vm.org_id):
-                    raise Conflict(f"a VM named {name!r} already exists", field="name")
+                    raise Conflict(f"a VM named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 try:
                     await vm_q.set_vm(conn, vm.id, name=name, updated_at=clock.now())
                 except IntegrityError:
@@ -446,11 +458,9 @@ class VmService:
         if change.tags is not None:
             check_tags(change.tags)
         if change.disk_gb is not None and change.disk_gb < vm.disk_gb:
-            raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.diskGb")
-        if vm.status in (VmStatus.DELETING, VmStatus.PROVISIONING) and any(
-            v is not None for v in (change.cpu, change.ram_mb, change.disk_gb)
-        ):
-            raise InvalidState(f"VM {vm.id} is {vm.status}; resize it once it is created", current=vm.status)
+            raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.disk_gb", reason=Reason.CANNOT_SHRINK)
+        if any(v is not None for v in (change.cpu, change.ram_mb, change.disk_gb)):
+            require_state(VmOp.RESIZE, vm.status, vm.id)
         payload = {
             "name": change.name,
             "tags": list(change.tags) if change.tags is not None else None,
@@ -465,7 +475,7 @@ class VmService:
             )  # fmt: skip
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name], vm.org_id):
-                    raise Conflict(f"a VM named {change.name!r} already exists", field="name")
+                    raise Conflict(f"a VM named {change.name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             job_id = await self.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.engine.wakeup()
         return job_id
@@ -482,23 +492,39 @@ class VmService:
             if missing:
                 raise NotFound(f"VM {missing[0]} does not exist", vmIds=missing)
             targets = [by_ref[r] for r in refs]
-            busy = [r.id for r in targets if r.status == VmStatus.DELETING]
-            if busy:
-                raise InvalidState(f"VM {busy[0]} is already being deleted", current="deleting")
+            for r in targets:
+                require_state(VmOp.DELETE, r.status, r.id)
             job_id = await self.engine.submit(conn, "vm-delete", who, [(r.id, {}) for r in targets])
         self.engine.wakeup()
         return job_id
 
+    async def delete_once(self, ref: str, who: Principal) -> str | None:
+        """Delete one VM; None when it is already being deleted (a second delete of the same
+        VM is then done, as the FastVM and Volant contracts answer it)."""
+        try:
+            return await self.delete([ref], who)
+        except InvalidState as exc:
+            if exc.details.get("current") != VmStatus.DELETING:
+                raise
+            return None
+
+    async def restart(self, ref: str, who: Principal) -> tuple[str | None, str]:
+        """Stop the VM (unless it may start as it is) and start it again: a new VM process,
+        which takes a changed config's resources. Both jobs are queued at once (the start runs
+        after the stop), so the VM is never seen stopped with nothing to do. Returns the stop's
+        job (None if none was needed) and the start's."""
+        vm = await self.get(ref, who)
+        stop = None if allows(VmOp.START, vm.status) else await self.power(vm.id, "stop", who)
+        return stop, await self.power(vm.id, "start", who)
+
     async def power(self, ref: str, action: str, who: Principal) -> str:
-        job_type, allowed = POWER_ACTIONS[action]
+        job_type = POWER_JOBS[action]
         vm = await self.get(ref, who)
         async with self.store.write() as conn:
             pending = await job_q.active_task_for(conn, [vm.id])
             # With earlier work still queued on the VM, judge the request when its turn comes.
-            if not pending and vm.status not in allowed:
-                raise InvalidState(
-                    f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status, required=sorted(allowed)
-                )
+            if not pending:
+                require_state(action, vm.status, vm.id)
             job_id = await self.engine.submit(conn, job_type, who, [(vm.id, {"action": action})])
         self.engine.wakeup()
         return job_id

@@ -31,7 +31,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids, outbound
 from ..auth import Principal
-from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, VmplaneError
+from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, Reason, VmplaneError
 from ..store import vsphere as vsp_q
 from .secrets import SecretBox
 
@@ -49,8 +49,7 @@ BytesProgress = Callable[[int, int | None], Awaitable[None]]
 class VcenterError(VmplaneError):
     """vCenter answered with a fault vmplane cannot act on (the message names it)."""
 
-    status = 502
-    code = "vcenter_error"
+    reason = Reason.VCENTER_FAILED
 
 
 @dataclass(frozen=True)
@@ -219,7 +218,7 @@ class VsphereService:
         }  # fmt: skip
         async with self.store.write() as conn:
             if await vsp_q.get_profile(conn, who.org_id, name) is not None:
-                raise Conflict(f"a vSphere profile named {name!r} already exists", field="name")
+                raise Conflict(f"a vSphere profile named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             await vsp_q.insert_profile(conn, row)
             created = await vsp_q.get_profile(conn, who.org_id, name)
         return _profile(created)

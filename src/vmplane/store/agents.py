@@ -19,15 +19,15 @@ async def insert_token(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(node_tokens), [row])
 
 
-async def list_tokens(conn: AsyncConnection) -> Sequence[Row]:
+async def list_tokens(conn: AsyncConnection) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(node_tokens).order_by(node_tokens.c.seq.desc()))).all()
 
 
-async def get_token(conn: AsyncConnection, token_id: str) -> Row | None:
+async def get_token(conn: AsyncConnection, token_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(node_tokens).where(node_tokens.c.id == token_id))).first()
 
 
-async def token_by_digest(conn: AsyncConnection, digest: str) -> Row | None:
+async def token_by_digest(conn: AsyncConnection, digest: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(node_tokens).where(node_tokens.c.digest == digest))).first()
 
 
@@ -51,11 +51,11 @@ async def revoke_token(conn: AsyncConnection, token_id: str, now: float) -> bool
 # -- remote nodes --------------------------------------------------------------------------------
 
 
-async def remote_nodes(conn: AsyncConnection) -> Sequence[Row]:
+async def remote_nodes(conn: AsyncConnection) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(nodes).where(nodes.c.driver == REMOTE).order_by(nodes.c.seq))).all()
 
 
-async def node_by_credential(conn: AsyncConnection, digest: str) -> Row | None:
+async def node_by_credential(conn: AsyncConnection, digest: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(nodes).where(nodes.c.credential_digest == digest))).first()
 
 

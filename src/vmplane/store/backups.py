@@ -12,11 +12,11 @@ async def insert_backup(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(backups), [row])
 
 
-async def get_backup(conn: AsyncConnection, backup_id: str) -> Row | None:
+async def get_backup(conn: AsyncConnection, backup_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(backups).where(backups.c.id == backup_id))).first()
 
 
-async def list_backups(conn: AsyncConnection, org_id: str, team_id: str | None, vm_id: str | None = None) -> Sequence[Row]:
+async def list_backups(conn: AsyncConnection, org_id: str, team_id: str | None, vm_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     """Newest first."""
     q = select(backups).where(backups.c.org_id == org_id)
     if team_id is not None:

@@ -154,7 +154,7 @@ class Coordinator:
         async with self._op:
             if self._conn is None:
                 raise ConnectionError("no coordination session")
-            return await self._conn.fetch(sql, *args, timeout=timeout)
+            return list(await self._conn.fetch(sql, *args, timeout=timeout))
 
     async def try_lock(self, ns: int, key: int, *, shared: bool = False) -> bool:
         fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"

@@ -5,6 +5,7 @@ from typing import Any, Sequence
 from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..domain import Vm
 from .jobs import ACTIVE
 from .tables import deployments, tasks, vm_configs, vms
 
@@ -13,12 +14,12 @@ async def insert_deployment(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(deployments), [row])
 
 
-async def get_deployment(conn: AsyncConnection, name: str, org_id: str) -> Row | None:
+async def get_deployment(conn: AsyncConnection, name: str, org_id: str) -> Row[*tuple[Any, ...]] | None:
     """Organization `org_id`'s deployment named `name` (names are unique per organization)."""
     return (await conn.execute(select(deployments).where(deployments.c.org_id == org_id, deployments.c.name == name))).first()
 
 
-async def list_deployments(conn: AsyncConnection, org_id: str | None = None) -> Sequence[Row]:
+async def list_deployments(conn: AsyncConnection, org_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(deployments)
     if org_id is not None:
         q = q.where(deployments.c.org_id == org_id)
@@ -33,12 +34,12 @@ async def delete_deployment(conn: AsyncConnection, dep_id: str) -> None:
     await conn.execute(delete(deployments).where(deployments.c.id == dep_id))
 
 
-async def vms_named_like(conn: AsyncConnection, prefix: str, org_id: str) -> Sequence[Row]:
+async def vms_named_like(conn: AsyncConnection, prefix: str, org_id: str) -> list[Vm]:
     """Organization `org_id`'s VMs whose name starts with `prefix` (the caller checks the rest
     of the name): a deployment's replica names are names in its own organization only."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     q = select(vms).where(vms.c.org_id == org_id, vms.c.name.like(escaped + "%", escape="\\"))
-    return (await conn.execute(q)).all()
+    return [Vm.from_row(r) for r in (await conn.execute(q)).all()]
 
 
 async def active_work(conn: AsyncConnection, vm_ids: Sequence[str]) -> dict[str, set[str]]:
@@ -54,12 +55,12 @@ async def active_work(conn: AsyncConnection, vm_ids: Sequence[str]) -> dict[str,
 # -- VM configs ----------------------------------------------------------------------------
 
 
-async def latest_config(conn: AsyncConnection, vm_id: str) -> Row | None:
+async def latest_config(conn: AsyncConnection, vm_id: str) -> Row[*tuple[Any, ...]] | None:
     q = select(vm_configs).where(vm_configs.c.vm_id == vm_id).order_by(vm_configs.c.version.desc()).limit(1)
     return (await conn.execute(q)).first()
 
 
-async def config_history(conn: AsyncConnection, vm_id: str, limit: int) -> Sequence[Row]:
+async def config_history(conn: AsyncConnection, vm_id: str, limit: int) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(vm_configs).where(vm_configs.c.vm_id == vm_id).order_by(vm_configs.c.version.desc()).limit(limit)
     return (await conn.execute(q)).all()
 

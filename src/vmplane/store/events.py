@@ -3,7 +3,7 @@ committed with the change it describes or not at all."""
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Row, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -78,7 +78,7 @@ _PG_INSERT = text(
 
 async def after(
     conn: AsyncConnection, seq: int, *, until: int | None = None, limit: int = 1000, types: Sequence[str] | None = None
-) -> Sequence[Row]:
+) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(events).where(events.c.seq > seq)
     if until is not None:
         q = q.where(events.c.seq <= until)
@@ -88,7 +88,7 @@ async def after(
 
 
 async def last_seq(conn: AsyncConnection) -> int:
-    return (await conn.execute(select(func.coalesce(func.max(events.c.seq), 0)))).scalar_one()
+    return cast(int, (await conn.execute(select(func.coalesce(func.max(events.c.seq), 0)))).scalar_one())
 
 
 async def prune(conn: AsyncConnection, *, before: float, keep_last: int) -> int:

@@ -1,6 +1,6 @@
 """SQL for what reaches into guests: forwarded host ports and one-time console tokens."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -48,7 +48,7 @@ async def add_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, 
     await conn.execute(insert(console_tokens), [{"token_hash": token_hash, "vm_id": vm_id, "expires_at": expires_at, "used": False, "holder": holder}])
 
 
-async def use_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, now: float) -> Row | None:
+async def use_console_token(conn: AsyncConnection, token_hash: str, vm_id: str, now: float) -> Row[*tuple[Any, ...]] | None:
     """Spend a token: its row once, if it is for this VM and not expired; None otherwise."""
     res = await conn.execute(
         update(console_tokens)

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .tables import idempotency_keys
 
 
-async def lookup(conn: AsyncConnection, caller: str, key: str) -> Row | None:
+async def lookup(conn: AsyncConnection, caller: str, key: str) -> Row[*tuple[Any, ...]] | None:
     q = select(idempotency_keys).where(idempotency_keys.c.caller == caller, idempotency_keys.c.key == key)
     return (await conn.execute(q)).first()
 
@@ -24,7 +24,7 @@ async def remember(conn: AsyncConnection, row: dict[str, Any]) -> bool:
     return True
 
 
-async def complete(conn: AsyncConnection, caller: str, key: str, *, status_code: int, headers: list, body: str) -> None:
+async def complete(conn: AsyncConnection, caller: str, key: str, *, status_code: int, headers: list[Any], body: str) -> None:
     """Fill in the response of a key reserved (with status 0) while its request ran."""
     await conn.execute(
         update(idempotency_keys)

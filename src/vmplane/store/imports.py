@@ -15,15 +15,15 @@ async def insert_import(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(imports), [row])
 
 
-async def get_import(conn: AsyncConnection, import_id: str) -> Row | None:
+async def get_import(conn: AsyncConnection, import_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(_WITH_TEAM.where(imports.c.id == import_id))).first()
 
 
-async def import_of_job(conn: AsyncConnection, job_id: str) -> Row | None:
+async def import_of_job(conn: AsyncConnection, job_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(_WITH_TEAM.where(imports.c.job_id == job_id))).first()
 
 
-async def list_imports(conn: AsyncConnection, org_id: str, *, after_seq: int | None, limit: int, team_id: str | None = None) -> Sequence[Row]:
+async def list_imports(conn: AsyncConnection, org_id: str, *, after_seq: int | None, limit: int, team_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     q = _WITH_TEAM.where(imports.c.org_id == org_id)
     if team_id is not None:
         q = q.where(jobs.c.team_id == team_id)

@@ -19,7 +19,7 @@ from .tables import backups, jobs, snapshots, task_logs, tasks, vms
 FINAL_EVENT = {"succeeded": "job.completed", "partial": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
 
 
-def job_data(job: Row) -> dict[str, Any]:
+def job_data(job: Row[*tuple[Any, ...]]) -> dict[str, Any]:
     return {
         "id": job.id,
         "type": job.type,
@@ -33,7 +33,7 @@ def job_data(job: Row) -> dict[str, Any]:
     }
 
 
-def task_data(task: Row, state: str | None = None, error: str | None = None) -> dict[str, Any]:
+def task_data(task: Row[*tuple[Any, ...]], state: str | None = None, error: str | None = None) -> dict[str, Any]:
     return {
         "id": task.id,
         "jobId": task.job_id,
@@ -44,7 +44,7 @@ def task_data(task: Row, state: str | None = None, error: str | None = None) -> 
     }
 
 
-async def _progress_event(conn: AsyncConnection, job: Row, delta: int) -> None:
+async def _progress_event(conn: AsyncConnection, job: Row[*tuple[Any, ...]], delta: int) -> None:
     """Announce job progress each time it crosses a tenth (not on every task)."""
     if job.total == 0 or delta <= 0:
         return
@@ -80,14 +80,14 @@ async def teams_of(conn: AsyncConnection, resource_ids: Collection[str]) -> dict
     return out
 
 
-async def get_job(conn: AsyncConnection, job_id: str) -> Row | None:
+async def get_job(conn: AsyncConnection, job_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
 
 
 async def list_jobs(
     conn: AsyncConnection, *, state: str | None, type_: str | None, after_seq: int | None, limit: int, org_id: str | None = None,
     team_id: str | None = None,
-) -> Sequence[Row]:
+) -> Sequence[Row[*tuple[Any, ...]]]:
     """`team_id`: only that team's jobs (a team-scoped caller's)."""
     q = select(jobs)
     if org_id is not None:
@@ -104,16 +104,16 @@ async def list_jobs(
     return (await conn.execute(q)).all()
 
 
-async def job_tasks(conn: AsyncConnection, job_id: str) -> Sequence[Row]:
+async def job_tasks(conn: AsyncConnection, job_id: str) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.seq))).all()
 
 
-async def get_task(conn: AsyncConnection, job_id: str, task_id: str) -> Row | None:
+async def get_task(conn: AsyncConnection, job_id: str, task_id: str) -> Row[*tuple[Any, ...]] | None:
     q = select(tasks).where(tasks.c.id == task_id, tasks.c.job_id == job_id)
     return (await conn.execute(q)).first()
 
 
-async def task_log(conn: AsyncConnection, task_id: str) -> Sequence[Row]:
+async def task_log(conn: AsyncConnection, task_id: str) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(task_logs.c.ts, task_logs.c.message).where(task_logs.c.task_id == task_id).order_by(task_logs.c.seq)
     return (await conn.execute(q)).all()
 
@@ -140,7 +140,7 @@ async def claim_tasks(
     now: float,
     postgres: bool,
     not_on: Collection[str] = (),
-) -> Sequence[Row]:
+) -> Sequence[Row[*tuple[Any, ...]]]:
     """Mark up to `limit` queued tasks as running under `owner`'s lease and return them.
 
     A task is runnable only when no earlier task on the same resource is queued or running,
@@ -263,7 +263,7 @@ async def set_progress(
     return True
 
 
-async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: int, progress_delta: int, now: float) -> Row:
+async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: int, progress_delta: int, now: float) -> Row[*tuple[Any, ...]]:
     column = {TaskState.SUCCEEDED: "n_succeeded", TaskState.FAILED: "n_failed", TaskState.CANCELLED: "n_cancelled"}[state]
     job = (
         await conn.execute(
@@ -297,7 +297,7 @@ async def finish_task(
     error: str | None,
     old_progress: int,
     now: float,
-) -> Row | None:
+) -> Row[*tuple[Any, ...]] | None:
     """Record a running task's end. Returns the job row, or None if `owner`'s `attempt` no
     longer holds the task (nothing is written then)."""
     ended = await finish_tasks(conn, owner=owner, ends=[TaskEnd(task_id, job_id, state, error, old_progress, attempt)], now=now)
@@ -314,7 +314,7 @@ class TaskEnd(NamedTuple):
     """the fencing token: the attempt that claimed the task (its `attempts` then)"""
 
 
-async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[TaskEnd], now: float) -> dict[str, Row]:
+async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[TaskEnd], now: float) -> dict[str, Row[*tuple[Any, ...]]]:
     """Record the ends of running tasks (of any jobs) in one transaction: {task id: its job
     row after} for those `owner` still held under the attempt each end names (the others
     are left as they are: a later attempt or another worker owns them).
@@ -346,13 +346,13 @@ async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[Task
         n_delta[0] += 1
         n_delta[1] += 100 - end.old_progress
         finished[end.task_id] = end.job_id
-    job_rows: dict[str, Row] = {}
+    job_rows: dict[str, Row[*tuple[Any, ...]]] = {}
     for (job_id, state), (n, delta) in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
         job_rows[job_id] = await _count_final(conn, job_id, state, n, delta, now)
     return {task_id: job_rows[job_id] for task_id, job_id in finished.items()}
 
 
-async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row]:
+async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row[*tuple[Any, ...]]]:
     """Cancel a job's queued tasks and flag its running ones; returns the tasks cancelled here.
 
     Task rows are locked before the job row, the order every other writer uses."""
@@ -376,7 +376,7 @@ async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row
     return list(queued)
 
 
-async def expired_tasks(conn: AsyncConnection, *, now: float, any_owner_but: str | None = None) -> Sequence[Row]:
+async def expired_tasks(conn: AsyncConnection, *, now: float, any_owner_but: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     """Running tasks whose lease has run out (or, with `any_owner_but`, held by anyone else)."""
     cond = tasks.c.lease_expires < now
     if any_owner_but is not None:
@@ -385,7 +385,7 @@ async def expired_tasks(conn: AsyncConnection, *, now: float, any_owner_but: str
     return (await conn.execute(q)).all()
 
 
-async def requeue_task(conn: AsyncConnection, task: Row, now: float, *, handed_off: bool = False) -> bool:
+async def requeue_task(conn: AsyncConnection, task: Row[*tuple[Any, ...]], now: float, *, handed_off: bool = False) -> bool:
     """Put a running task back in the queue so a worker resumes it: an orphan (its lease ran
     out) or one its worker hands back. `task` is the row as the caller saw it: nothing happens
     unless the task is still that attempt under that owner with that expiry (a worker that

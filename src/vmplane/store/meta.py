@@ -1,6 +1,7 @@
 """SQL for small key/value facts about the installation (cluster id, creation time)."""
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import meta
@@ -15,10 +16,7 @@ async def ensure(conn: AsyncConnection, key: str, value: str) -> str:
     """The stored value for `key`, storing `value` first if there is none. Safe when several
     processes (replicas starting together) ensure the same key at once: the first one's
     value stands and every one reads it."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as insert_once
-    else:
-        from sqlalchemy.dialects.sqlite import insert as insert_once
+    insert_once = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     await conn.execute(insert_once(meta).values(key=key, value=value).on_conflict_do_nothing(index_elements=[meta.c.key]))
     current = await get(conn, key)
     assert current is not None

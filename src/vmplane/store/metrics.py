@@ -1,6 +1,6 @@
 """SQL aggregates behind /metrics."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,7 +23,7 @@ async def vms_by_status_node(conn: AsyncConnection) -> dict[tuple[str, str | Non
     return {(r[0], r[1]): r[2] for r in (await conn.execute(q)).all()}
 
 
-async def node_rows(conn: AsyncConnection) -> Sequence[Row]:
+async def node_rows(conn: AsyncConnection) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(nodes).order_by(nodes.c.seq))).all()
 
 

@@ -1,6 +1,6 @@
 """SQL for networks, IPAM (one owner per address), VM firewalls and PCI device assignments."""
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 from sqlalchemy import Row, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -13,12 +13,12 @@ async def insert_network(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(networks), [row])
 
 
-async def get_network(conn: AsyncConnection, network_id: str) -> Row | None:
+async def get_network(conn: AsyncConnection, network_id: str) -> Row[*tuple[Any, ...]] | None:
     """By id, whoever owns it (the caller checks who may see it)."""
     return (await conn.execute(select(networks).where(networks.c.id == network_id))).first()
 
 
-async def find_network(conn: AsyncConnection, ref: str, org_id: str | None) -> Row | None:
+async def find_network(conn: AsyncConnection, ref: str, org_id: str | None) -> Row[*tuple[Any, ...]] | None:
     """The network `ref` (id or name) as organization `org_id` sees it: its own and the
     shared ones only; a name is looked up among its own first, then the shared ones (such as
     `user`). org_id None: the shared ones only."""
@@ -34,14 +34,14 @@ async def name_taken(conn: AsyncConnection, name: str, org_id: str | None) -> bo
     return (await conn.execute(select(networks.c.id).where(owner, networks.c.name == name))).first() is not None
 
 
-async def get_networks(conn: AsyncConnection, network_ids: Iterable[str]) -> dict[str, Row]:
+async def get_networks(conn: AsyncConnection, network_ids: Iterable[str]) -> dict[str, Row[*tuple[Any, ...]]]:
     ids = list(set(network_ids))
     if not ids:
         return {}
     return {r.id: r for r in (await conn.execute(select(networks).where(networks.c.id.in_(ids)))).all()}
 
 
-async def list_networks(conn: AsyncConnection, org_id: str | None = None) -> Sequence[Row]:
+async def list_networks(conn: AsyncConnection, org_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     """Every network, or those an organization sees (its own and the shared ones)."""
     q = select(networks)
     if org_id is not None:
@@ -58,7 +58,7 @@ async def addresses_in_use(conn: AsyncConnection, network_id: str) -> int:
 
 
 async def max_addr(conn: AsyncConnection, network_id: str) -> int | None:
-    return (await conn.execute(select(func.max(ip_addresses.c.addr)).where(ip_addresses.c.network_id == network_id))).scalar()
+    return cast(int | None, (await conn.execute(select(func.max(ip_addresses.c.addr)).where(ip_addresses.c.network_id == network_id))).scalar())
 
 
 async def taken_addrs(conn: AsyncConnection, network_id: str) -> set[int]:
@@ -77,10 +77,10 @@ async def insert_addresses(conn: AsyncConnection, rows: list[dict[str, Any]]) ->
     return True
 
 
-async def addresses_of(conn: AsyncConnection, vm_ids: Iterable[str]) -> dict[str, list[Row]]:
+async def addresses_of(conn: AsyncConnection, vm_ids: Iterable[str]) -> dict[str, list[Row[*tuple[Any, ...]]]]:
     """The addresses of each VM, by NIC then primary first then allocation order."""
     ids = list(set(vm_ids))
-    out: dict[str, list[Row]] = {i: [] for i in ids}
+    out: dict[str, list[Row[*tuple[Any, ...]]]] = {i: [] for i in ids}
     if not ids:
         return out
     q = (
@@ -115,7 +115,7 @@ async def set_firewall(conn: AsyncConnection, vm_id: str, firewall: dict[str, An
     await conn.execute(insert(vm_firewalls), [{"vm_id": vm_id, "firewall": firewall, "updated_at": now}])
 
 
-async def assigned_devices(conn: AsyncConnection, node_id: str | None = None) -> Sequence[Row]:
+async def assigned_devices(conn: AsyncConnection, node_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(pci_assignments)
     if node_id is not None:
         q = q.where(pci_assignments.c.node_id == node_id)

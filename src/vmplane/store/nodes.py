@@ -19,11 +19,11 @@ async def upsert_node(conn: AsyncConnection, row: dict[str, Any]) -> None:
         await conn.execute(update(nodes).where(nodes.c.id == row["id"]).values(**values))
 
 
-async def get_node(conn: AsyncConnection, node_id: str) -> Row | None:
+async def get_node(conn: AsyncConnection, node_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(nodes).where(nodes.c.id == node_id))).first()
 
 
-async def list_nodes(conn: AsyncConnection, *, after_seq: int | None = None, limit: int | None = None) -> Sequence[Row]:
+async def list_nodes(conn: AsyncConnection, *, after_seq: int | None = None, limit: int | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(nodes)
     if after_seq is not None:
         q = q.where(nodes.c.seq > after_seq)
@@ -116,7 +116,7 @@ async def recompute_usage(conn: AsyncConnection, now: float) -> None:
             )
 
 
-async def cluster_totals(conn: AsyncConnection) -> Row:
+async def cluster_totals(conn: AsyncConnection) -> Row[*tuple[Any, ...]]:
     q = select(
         func.coalesce(func.sum(nodes.c.cpu_total), 0).label("cpu_total"),
         func.coalesce(func.sum(nodes.c.cpu_used), 0).label("cpu_used"),

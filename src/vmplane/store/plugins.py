@@ -12,7 +12,7 @@ async def insert_plugin(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(plugins), [row])
 
 
-async def find_plugin(conn: AsyncConnection, ref: str, org_id: str | None) -> Row | None:
+async def find_plugin(conn: AsyncConnection, ref: str, org_id: str | None) -> Row[*tuple[Any, ...]] | None:
     """The plugin named `ref`, or with runtime `ref`, as organization `org_id` sees it: its
     own first (by name, then by runtime), then the shared ones (installed by the operators);
     another organization's is never found. org_id None: the shared ones only."""
@@ -22,7 +22,7 @@ async def find_plugin(conn: AsyncConnection, ref: str, org_id: str | None) -> Ro
     return (await conn.execute(q)).first()
 
 
-async def plugin_in(conn: AsyncConnection, name: str, org_id: str | None) -> Row | None:
+async def plugin_in(conn: AsyncConnection, name: str, org_id: str | None) -> Row[*tuple[Any, ...]] | None:
     """The plugin named `name` of exactly namespace `org_id` (None: the shared plugins)."""
     owner = plugins.c.org_id.is_(None) if org_id is None else plugins.c.org_id == org_id
     return (await conn.execute(select(plugins).where(owner, plugins.c.name == name))).first()
@@ -37,7 +37,7 @@ async def taken(conn: AsyncConnection, refs: Sequence[str], org_id: str | None) 
     return next((r for r in refs if r in held), None)
 
 
-async def list_plugins(conn: AsyncConnection, org_id: str | None) -> Sequence[Row]:
+async def list_plugins(conn: AsyncConnection, org_id: str | None) -> Sequence[Row[*tuple[Any, ...]]]:
     """Shared plugins (no organization) plus `org_id`'s own, by name."""
     q = select(plugins)
     if org_id is not None:
@@ -53,7 +53,7 @@ async def delete_plugin(conn: AsyncConnection, seq: int) -> None:
     await conn.execute(delete(plugins).where(plugins.c.seq == seq))
 
 
-async def get_health(conn: AsyncConnection, vm_id: str) -> Row | None:
+async def get_health(conn: AsyncConnection, vm_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(plugin_health).where(plugin_health.c.vm_id == vm_id))).first()
 
 

@@ -1,6 +1,6 @@
 """SQL for schedules and their runs."""
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from sqlalchemy import Row, case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,15 +13,15 @@ async def insert_schedule(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(schedules), [row])
 
 
-async def get_schedule(conn: AsyncConnection, schedule_id: str) -> Row | None:
+async def get_schedule(conn: AsyncConnection, schedule_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(schedules).where(schedules.c.id == schedule_id))).first()
 
 
-async def backup_schedule(conn: AsyncConnection, vm_id: str) -> Row | None:
+async def backup_schedule(conn: AsyncConnection, vm_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(schedules).where(schedules.c.backup_vm_id == vm_id))).first()
 
 
-async def list_schedules(conn: AsyncConnection) -> Sequence[Row]:
+async def list_schedules(conn: AsyncConnection) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(schedules).order_by(schedules.c.seq))).all()
 
 
@@ -34,14 +34,14 @@ async def delete_schedule(conn: AsyncConnection, schedule_id: str) -> None:
     await conn.execute(delete(schedules).where(schedules.c.id == schedule_id))
 
 
-async def due(conn: AsyncConnection, now: float) -> Sequence[Row]:
+async def due(conn: AsyncConnection, now: float) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(schedules).where(schedules.c.enabled.is_(True), schedules.c.next_run <= now).order_by(schedules.c.next_run)
     return (await conn.execute(q)).all()
 
 
 async def next_due_time(conn: AsyncConnection) -> float | None:
     q = select(func.min(schedules.c.next_run)).where(schedules.c.enabled.is_(True))
-    return (await conn.execute(q)).scalar()
+    return cast(float | None, (await conn.execute(q)).scalar())
 
 
 async def advance(conn: AsyncConnection, schedule_id: str, expected_next: float, new_next: float, **values: Any) -> bool:
@@ -57,14 +57,14 @@ async def advance(conn: AsyncConnection, schedule_id: str, expected_next: float,
 
 async def add_run(conn: AsyncConnection, row: dict[str, Any]) -> int:
     res = await conn.execute(insert(runs).returning(runs.c.seq), [row])
-    return res.scalar_one()
+    return cast(int, res.scalar_one())
 
 
 async def set_run(conn: AsyncConnection, seq: int, **values: Any) -> None:
     await conn.execute(update(runs).where(runs.c.seq == seq).values(**values))
 
 
-async def open_runs(conn: AsyncConnection) -> Sequence[Row]:
+async def open_runs(conn: AsyncConnection) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(runs).where(runs.c.state.in_(["pending", "running"])))).all()
 
 
@@ -75,7 +75,7 @@ async def count_run(conn: AsyncConnection, schedule_id: str, ok: bool, error: st
     )
 
 
-async def stats(conn: AsyncConnection, org_id: str, team_id: str | None = None) -> Row:
+async def stats(conn: AsyncConnection, org_id: str, team_id: str | None = None) -> Row[*tuple[Any, ...]]:
     """Counts of an organization's schedules (of one team's with `team_id`) and their runs."""
     q = select(
         func.count().label("total"),

@@ -12,12 +12,12 @@ async def insert_snapshot(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(snapshots), [row])
 
 
-async def get_snapshot(conn: AsyncConnection, ref: str) -> Row | None:
+async def get_snapshot(conn: AsyncConnection, ref: str) -> Row[*tuple[Any, ...]] | None:
     """A snapshot by id or uuid."""
     return (await conn.execute(select(snapshots).where(or_(snapshots.c.id == ref, snapshots.c.uuid == ref)))).first()
 
 
-async def list_snapshots(conn: AsyncConnection, org_id: str, team_id: str | None, vm_id: str | None) -> Sequence[Row]:
+async def list_snapshots(conn: AsyncConnection, org_id: str, team_id: str | None, vm_id: str | None) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(snapshots).where(snapshots.c.org_id == org_id)
     if team_id is not None:
         q = q.where(snapshots.c.team_id == team_id)

@@ -1,11 +1,16 @@
 """SQL for templates."""
 
-from typing import Any, Sequence
+from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..domain import Template
 from .tables import templates
+
+
+def _one(row: Any) -> Template | None:
+    return Template.from_row(row) if row is not None else None
 
 
 def in_namespace(org_id: str | None) -> ColumnElement[bool]:
@@ -17,12 +22,12 @@ async def insert_template(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(templates), [row])
 
 
-async def get_template(conn: AsyncConnection, template_id: str) -> Row | None:
+async def get_template(conn: AsyncConnection, template_id: str) -> Template | None:
     """A template by id, whoever owns it (the caller checks who may see it)."""
-    return (await conn.execute(select(templates).where(templates.c.id == template_id))).first()
+    return _one((await conn.execute(select(templates).where(templates.c.id == template_id))).first())
 
 
-async def find_template(conn: AsyncConnection, ref: str, org_id: str | None) -> Row | None:
+async def find_template(conn: AsyncConnection, ref: str, org_id: str | None) -> Template | None:
     """The template `ref` (id or name) as organization `org_id` sees it: its own and the
     shared ones only; a name is looked up among its own first, then the shared ones, so a
     name another organization holds is never found. org_id None: the shared ones only."""
@@ -32,7 +37,7 @@ async def find_template(conn: AsyncConnection, ref: str, org_id: str | None) -> 
         .where(visible, or_(templates.c.id == ref, templates.c.name == ref))
         .order_by((templates.c.id != ref), templates.c.org_id.is_(None))  # an id first, then the own name, then the shared
     )
-    return (await conn.execute(q.limit(1))).first()
+    return _one((await conn.execute(q.limit(1))).first())
 
 
 async def name_taken(conn: AsyncConnection, name: str, org_id: str | None) -> bool:
@@ -41,23 +46,23 @@ async def name_taken(conn: AsyncConnection, name: str, org_id: str | None) -> bo
     return (await conn.execute(q)).first() is not None
 
 
-async def find_image(conn: AsyncConnection, org_id: str | None, source_url: str, checksum: str) -> Row | None:
+async def find_image(conn: AsyncConnection, org_id: str | None, source_url: str, checksum: str) -> Template | None:
     """A template of namespace `org_id` made from `source_url` whose checksum is `checksum`
     (`sha256:<hex>`), ready or being imported (an import checks it), oldest first."""
     q = select(templates).where(
         in_namespace(org_id), templates.c.source_url == source_url, templates.c.checksum == checksum, templates.c.status.in_(("ready", "importing"))
     )
-    return (await conn.execute(q.order_by(templates.c.seq).limit(1))).first()
+    return _one((await conn.execute(q.order_by(templates.c.seq).limit(1))).first())
 
 
-async def list_templates(conn: AsyncConnection, *, after_seq: int | None, limit: int, org_id: str | None = None) -> Sequence[Row]:
+async def list_templates(conn: AsyncConnection, *, after_seq: int | None, limit: int, org_id: str | None = None) -> list[Template]:
     """Templates shared with everyone, plus `org_id`'s own."""
     q = select(templates)
     if org_id is not None:
         q = q.where(or_(templates.c.org_id.is_(None), templates.c.org_id == org_id))
     if after_seq is not None:
         q = q.where(templates.c.seq > after_seq)
-    return (await conn.execute(q.order_by(templates.c.seq).limit(limit))).all()
+    return [Template.from_row(r) for r in (await conn.execute(q.order_by(templates.c.seq).limit(limit))).all()]
 
 
 async def set_template(conn: AsyncConnection, template_id: str, **values: Any) -> None:

@@ -1,6 +1,6 @@
 """SQL for organizations, users, memberships, teams, API keys and the audit log."""
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from sqlalchemy import Row, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,14 +17,14 @@ async def insert_org(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(orgs), [row])
 
 
-async def get_org(conn: AsyncConnection, org_id: str, *, lock: bool = False) -> Row | None:
+async def get_org(conn: AsyncConnection, org_id: str, *, lock: bool = False) -> Row[*tuple[Any, ...]] | None:
     q = select(orgs).where(orgs.c.id == org_id)
     if lock:
         q = q.with_for_update()
     return (await conn.execute(q)).first()
 
 
-async def list_orgs(conn: AsyncConnection) -> Sequence[Row]:
+async def list_orgs(conn: AsyncConnection) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(orgs).order_by(orgs.c.seq))).all()
 
 
@@ -36,7 +36,7 @@ async def insert_user(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(users), [row])
 
 
-async def get_user(conn: AsyncConnection, ref: str) -> Row | None:
+async def get_user(conn: AsyncConnection, ref: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(users).where((users.c.id == ref) | (users.c.name == ref)))).first()
 
 
@@ -44,12 +44,12 @@ async def add_membership(conn: AsyncConnection, org_id: str, user_id: str, role:
     await conn.execute(insert(memberships), [{"org_id": org_id, "user_id": user_id, "role": role, "created_at": now}])
 
 
-async def membership(conn: AsyncConnection, org_id: str, user_id: str) -> Row | None:
+async def membership(conn: AsyncConnection, org_id: str, user_id: str) -> Row[*tuple[Any, ...]] | None:
     q = select(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
     return (await conn.execute(q)).first()
 
 
-async def members(conn: AsyncConnection, org_id: str) -> Sequence[Row]:
+async def members(conn: AsyncConnection, org_id: str) -> Sequence[Row[*tuple[Any, ...]]]:
     q = (
         select(users.c.id, users.c.name, memberships.c.role, memberships.c.created_at)
         .join(memberships, memberships.c.user_id == users.c.id)
@@ -76,12 +76,12 @@ async def insert_team(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(teams), [row])
 
 
-async def get_team(conn: AsyncConnection, org_id: str, team_id: str) -> Row | None:
+async def get_team(conn: AsyncConnection, org_id: str, team_id: str) -> Row[*tuple[Any, ...]] | None:
     q = select(teams).where(teams.c.org_id == org_id, (teams.c.id == team_id) | (teams.c.name == team_id))
     return (await conn.execute(q)).first()
 
 
-async def list_teams(conn: AsyncConnection, org_id: str) -> Sequence[Row]:
+async def list_teams(conn: AsyncConnection, org_id: str) -> Sequence[Row[*tuple[Any, ...]]]:
     return (await conn.execute(select(teams).where(teams.c.org_id == org_id).order_by(teams.c.seq))).all()
 
 
@@ -98,7 +98,7 @@ async def insert_key(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(api_keys), [row])
 
 
-async def key_by_digest(conn: AsyncConnection, digest: str) -> Row | None:
+async def key_by_digest(conn: AsyncConnection, digest: str) -> Row[*tuple[Any, ...]] | None:
     q = (
         select(api_keys, users.c.name.label("user_name"), memberships.c.role)
         .join(users, users.c.id == api_keys.c.user_id)
@@ -108,12 +108,12 @@ async def key_by_digest(conn: AsyncConnection, digest: str) -> Row | None:
     return (await conn.execute(q)).first()
 
 
-async def list_keys(conn: AsyncConnection, org_id: str) -> Sequence[Row]:
+async def list_keys(conn: AsyncConnection, org_id: str) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(api_keys).where(api_keys.c.org_id == org_id).order_by(api_keys.c.seq)
     return (await conn.execute(q)).all()
 
 
-async def get_key(conn: AsyncConnection, org_id: str, key_id: str) -> Row | None:
+async def get_key(conn: AsyncConnection, org_id: str, key_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(api_keys).where(api_keys.c.org_id == org_id, api_keys.c.id == key_id))).first()
 
 
@@ -133,7 +133,7 @@ async def add_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
 
 async def add_audit_row(conn: AsyncConnection, row: dict[str, Any]) -> int:
     """Insert one audit row; returns its seq (to count more requests into it)."""
-    return (await conn.execute(insert(audit_log).returning(audit_log.c.seq), [row])).scalar_one()
+    return cast(int, (await conn.execute(insert(audit_log).returning(audit_log.c.seq), [row])).scalar_one())
 
 
 async def count_into_audit(conn: AsyncConnection, seq: int, more: int) -> None:
@@ -145,7 +145,7 @@ async def prune_audit(conn: AsyncConnection, before: float) -> int:
     return (await conn.execute(delete(audit_log).where(audit_log.c.ts < before))).rowcount
 
 
-async def audit(conn: AsyncConnection, org_id: str | None, *, after_seq: int | None, limit: int, unattributed: bool = False) -> Sequence[Row]:
+async def audit(conn: AsyncConnection, org_id: str | None, *, after_seq: int | None, limit: int, unattributed: bool = False) -> Sequence[Row[*tuple[Any, ...]]]:
     """`unattributed`: also the rows of no organization (failed authentications)."""
     q = select(audit_log)
     if org_id is not None:
@@ -160,7 +160,7 @@ async def add_ws_ticket(conn: AsyncConnection, row: dict[str, Any], now: float) 
     await conn.execute(insert(ws_tickets), [row])
 
 
-async def use_ws_ticket(conn: AsyncConnection, token_hash: str, now: float) -> Row | None:
+async def use_ws_ticket(conn: AsyncConnection, token_hash: str, now: float) -> Row[*tuple[Any, ...]] | None:
     """Spend a ticket: its row once, if it is not expired; None otherwise (and ever after)."""
     res = await conn.execute(
         update(ws_tickets)
@@ -178,7 +178,7 @@ def _holding() -> Any:
     return ~((vms.c.status == VmStatus.ERROR.value) & vms.c.node_id.is_(None))
 
 
-async def org_usage(conn: AsyncConnection, org_id: str) -> Row:
+async def org_usage(conn: AsyncConnection, org_id: str) -> Row[*tuple[Any, ...]]:
     q = select(
         func.count().label("vms"),
         func.coalesce(func.sum(vms.c.cpu), 0).label("cpu"),

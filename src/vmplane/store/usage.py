@@ -17,7 +17,7 @@ async def close_span(conn: AsyncConnection, vm_id: str, at: float) -> None:
     await conn.execute(update(vm_usage).where(vm_usage.c.vm_id == vm_id, vm_usage.c.end.is_(None)).values(end=at))
 
 
-async def spans(conn: AsyncConnection, org_id: str, start: float, end: float, team_id: str | None) -> Sequence[Row]:
+async def spans(conn: AsyncConnection, org_id: str, start: float, end: float, team_id: str | None) -> Sequence[Row[*tuple[Any, ...]]]:
     """Spans overlapping [start, end) for an organization (or one of its teams)."""
     q = select(vm_usage).where(
         vm_usage.c.org_id == org_id, vm_usage.c.start < end, or_(vm_usage.c.end.is_(None), vm_usage.c.end > start)

@@ -2,9 +2,10 @@
 
 from typing import Any, Sequence
 
-from sqlalchemy import Row, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..domain import Vm
 from ..event_types import vm_event_for
 from . import events as ev_q
 from .tables import vm_tags, vms
@@ -25,15 +26,16 @@ async def insert_vms(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     )
 
 
-async def get_vm(conn: AsyncConnection, ref: str) -> Row | None:
+async def get_vm(conn: AsyncConnection, ref: str) -> Vm | None:
     """A VM by native id or uuid."""
     q = select(vms).where(or_(vms.c.id == ref, vms.c.uuid == ref))
-    return (await conn.execute(q)).first()
+    row = (await conn.execute(q)).first()
+    return Vm.from_row(row) if row is not None else None
 
 
-async def get_vms(conn: AsyncConnection, refs: Sequence[str]) -> Sequence[Row]:
+async def get_vms(conn: AsyncConnection, refs: Sequence[str]) -> list[Vm]:
     q = select(vms).where(or_(vms.c.id.in_(refs), vms.c.uuid.in_(refs)))
-    return (await conn.execute(q)).all()
+    return [Vm.from_row(r) for r in (await conn.execute(q)).all()]
 
 
 async def names_taken(conn: AsyncConnection, names: Sequence[str], org_id: str) -> set[str]:
@@ -57,7 +59,7 @@ async def list_vms(
     limit: int,
     org_id: str | None = None,
     team_id: str | None = None,
-) -> Sequence[Row]:
+) -> list[Vm]:
     """VMs in creation order (a stable keyset order: new VMs land after every page token)."""
     q = select(vms)
     if org_id is not None:
@@ -74,11 +76,11 @@ async def list_vms(
         q = q.where(vms.c.id.in_(select(vm_tags.c.vm_id).where(vm_tags.c.tag == tag)))
     if after_seq is not None:
         q = q.where(vms.c.seq > after_seq)
-    return (await conn.execute(q.order_by(vms.c.seq).limit(limit))).all()
+    return [Vm.from_row(r) for r in (await conn.execute(q.order_by(vms.c.seq).limit(limit))).all()]
 
 
-async def vms_on_node(conn: AsyncConnection, node_id: str) -> Sequence[Row]:
-    return (await conn.execute(select(vms).where(vms.c.node_id == node_id))).all()
+async def vms_on_node(conn: AsyncConnection, node_id: str) -> list[Vm]:
+    return [Vm.from_row(r) for r in (await conn.execute(select(vms).where(vms.c.node_id == node_id))).all()]
 
 
 async def vms_using_template(conn: AsyncConnection, template_id: str) -> int:

@@ -13,11 +13,11 @@ async def insert_webhook(conn: AsyncConnection, row: dict[str, Any]) -> None:
     await conn.execute(insert(webhooks), [row])
 
 
-async def get_webhook(conn: AsyncConnection, webhook_id: str) -> Row | None:
+async def get_webhook(conn: AsyncConnection, webhook_id: str) -> Row[*tuple[Any, ...]] | None:
     return (await conn.execute(select(webhooks).where(webhooks.c.id == webhook_id))).first()
 
 
-async def list_webhooks(conn: AsyncConnection, *, enabled_only: bool = False) -> Sequence[Row]:
+async def list_webhooks(conn: AsyncConnection, *, enabled_only: bool = False) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(webhooks)
     if enabled_only:
         q = q.where(webhooks.c.enabled.is_(True))
@@ -38,7 +38,7 @@ async def enqueue(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(dlv), rows)
 
 
-async def claim_due(conn: AsyncConnection, *, owner: str, now: float, lease_until: float, limit: int, postgres: bool) -> Sequence[Row]:
+async def claim_due(conn: AsyncConnection, *, owner: str, now: float, lease_until: float, limit: int, postgres: bool) -> Sequence[Row[*tuple[Any, ...]]]:
     """Take up to `limit` deliveries that are due (pending, or whose worker's lease ran out)."""
     due = (
         select(dlv.c.seq)
@@ -69,7 +69,7 @@ async def record_attempt(conn: AsyncConnection, delivery_id: str, owner: str, **
     return res.rowcount == 1
 
 
-async def deliveries(conn: AsyncConnection, webhook_id: str, *, after_seq: int | None, limit: int) -> Sequence[Row]:
+async def deliveries(conn: AsyncConnection, webhook_id: str, *, after_seq: int | None, limit: int) -> Sequence[Row[*tuple[Any, ...]]]:
     q = select(dlv).where(dlv.c.webhook_id == webhook_id)
     if after_seq is not None:
         q = q.where(dlv.c.seq < after_seq)

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ... import clock
+from ...services.backups import KEEP_LAST, BackupSchedule
 from ..schemas import In, Page
 from .deps import ACCEPTED, ERRORS, CallerDep, RuntimeDep, accepted
 
@@ -112,7 +113,7 @@ class BackupScheduleIn(In):
     hourUtc: int = Field(2, ge=0, le=23)
     dayOfWeek: int | None = Field(None, ge=0, le=6, description="0 = Sunday (weekly)")
     dayOfMonth: int | None = Field(None, ge=1, le=28, description="monthly")
-    keepLast: int = Field(7, ge=1, le=1000, description="backups kept after each successful run")
+    keepLast: int = Field(KEEP_LAST, ge=1, le=1000, description="backups kept after each successful run")
 
 
 class BackupScheduleOut(BaseModel):
@@ -126,12 +127,10 @@ class BackupScheduleOut(BaseModel):
     lastRun: str | None
 
 
-def render_schedule(s: Any) -> dict[str, Any]:
-    _, hour, dom, _, dow = s.schedule.split()
-    frequency = "monthly" if dom != "*" else ("weekly" if dow != "*" else "daily")
+def render_schedule(s: BackupSchedule) -> dict[str, Any]:
     return {
-        "scheduleId": s.id, "frequency": frequency, "hourUtc": int(hour), "dayOfWeek": None if dow == "*" else int(dow),
-        "dayOfMonth": None if dom == "*" else int(dom), "keepLast": s.keep_last, "nextRun": clock.rfc3339(s.next_run),
+        "scheduleId": s.id, "frequency": s.frequency, "hourUtc": s.hour, "dayOfWeek": s.day_of_week,
+        "dayOfMonth": s.day_of_month, "keepLast": s.keep_last, "nextRun": clock.rfc3339(s.next_run),
         "lastRun": clock.rfc3339(s.last_run),
     }  # fmt: skip
 

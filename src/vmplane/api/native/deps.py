@@ -9,6 +9,7 @@ from ...auth import Principal
 from ...errors import Forbidden, RateLimited, Unauthorized
 from ...runtime import Runtime
 from ...streams import StreamSlot
+from ..errors import NATIVE
 from ..middleware import error_response
 from ..schemas import ErrorOut, JobAccepted
 
@@ -55,7 +56,7 @@ async def hold_ws_stream(websocket: WebSocket, who: Principal) -> StreamSlot | N
     try:
         return websocket.app.state.rt.streams.hold(who)
     except RateLimited as exc:
-        await deny_websocket(websocket, 429, exc.message, exc.code)
+        await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1])
         return None
 
 

@@ -4,8 +4,9 @@ from fastapi import APIRouter, Query, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ... import clock
-from ...errors import VmplaneError
+from ...errors import Reason, VmplaneError
 from ...wsconsole import bridge
+from ..errors import NATIVE
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
 from ..middleware import NO_STORE
 from .deps import ERRORS, CallerDep, RuntimeDep, deny_websocket
@@ -37,10 +38,10 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
     try:
         reader, writer, slot = await rt.guest.open_console(vm_id, token)
     except VmplaneError as exc:
-        if exc.status == 429:  # the credential that asked for the token has too many streams open
-            await deny_websocket(websocket, 429, exc.message, exc.code)
+        if exc.reason == Reason.RATE_LIMITED:  # the credential that asked for the token has too many streams open
+            await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1])
             return
-        await websocket.close(code=4404 if exc.status == 404 else 4409, reason=exc.message[:120])
+        await websocket.close(code=4404 if exc.reason == Reason.NOT_FOUND else 4409, reason=exc.message[:120])
         return
     with slot:
         await websocket.accept()

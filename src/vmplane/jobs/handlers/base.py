@@ -6,7 +6,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
-from ...domain import Resources, VmSpec, VmStatus
+from ...domain import Resources, Vm, VmSpec, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import VmplaneError
 from ...store import vms as vm_q
@@ -21,13 +21,13 @@ class BaseHandler:
         return None
 
 
-async def find_vm(ctx: TaskContext) -> Row[Any] | None:
+async def find_vm(ctx: TaskContext) -> Vm | None:
     """The task's VM, or None once it was deleted (a rollback then has nothing to put right)."""
     async with ctx.deps.store.read() as conn:
         return await vm_q.get_vm(conn, ctx.resource_id)
 
 
-async def load_vm(ctx: TaskContext) -> Row[Any]:
+async def load_vm(ctx: TaskContext) -> Vm:
     vm = await find_vm(ctx)
     if vm is None:
         raise VmplaneError(f"VM {ctx.resource_id} no longer exists")
@@ -42,7 +42,7 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
-async def vm_spec(ctx: TaskContext, vm: Row[Any], template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
+async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
     """What the VM's driver needs to define it, from the store as it is now."""
     async with ctx.deps.store.read() as conn:
         nics = await ctx.deps.networks.nics(conn, vm)
@@ -55,14 +55,14 @@ async def vm_spec(ctx: TaskContext, vm: Row[Any], template_image: str | None = N
         template_id=vm.template_id,
         template_image=template_image,
         template_boot=template_boot,
-        extra=dict(vm.spec or {}),
+        extra=vm.spec.to_json(),
         nics=nics,
         firewall=firewall,
-        pci_devices=tuple((vm.spec or {}).get("pciAssigned", ())),
+        pci_devices=vm.spec.pci_assigned,
     )
 
 
-async def while_stopped(ctx: TaskContext, vm: Row[Any], work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
+async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
     """Stop the VM if it runs, run `work(driver)`, start the VM again if it was running; the
     VM's final status is recorded with the task's end."""
     driver = ctx.deps.registry.driver(vm.node_id)

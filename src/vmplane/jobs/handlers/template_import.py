@@ -15,6 +15,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock, outbound
+from ...domain import Template
 from ...errors import VmplaneError
 from ...store import templates as tpl_q
 from ..engine import TaskContext
@@ -30,6 +31,8 @@ class TemplateImport(BaseHandler):
             tpl = await tpl_q.get_template(conn, ctx.resource_id)
         if tpl is None:
             raise VmplaneError(f"template {ctx.resource_id} no longer exists")
+        if tpl.source_url is None:
+            raise VmplaneError(f"template {tpl.id} has no source URL to import from")
         ctx.log(f"Starting import of {tpl.name} from {tpl.source_url}")
         dest = deps.images_dir / f"{tpl.id}.img"
         part = dest.with_suffix(".part")
@@ -62,7 +65,7 @@ class TemplateImport(BaseHandler):
             )
         ctx.log(f"ready: {info.format}, {info.virtual_size} bytes, sha256 {digest[:16]}…")
 
-    async def _as_initramfs(self, ctx: TaskContext, tpl: Row[Any], dest: Path, digest: str) -> None:
+    async def _as_initramfs(self, ctx: TaskContext, tpl: Template, dest: Path, digest: str) -> None:
         """An initramfs boots with the kernel, command line and disk of another template."""
         async with ctx.deps.store.read() as conn:
             base = await tpl_q.get_template(conn, ctx.payload["initramfsOf"])

@@ -1,7 +1,7 @@
 """template-update: rename a template or change its OS label."""
 
 from ... import clock
-from ...errors import Conflict, VmplaneError
+from ...errors import Conflict, Reason, VmplaneError
 from ...store import templates as tpl_q
 from ..engine import TaskContext
 from .base import BaseHandler
@@ -16,6 +16,6 @@ class TemplateUpdate(BaseHandler):
                 raise VmplaneError(f"template {ctx.resource_id} no longer exists")
             if "name" in values and values["name"] != tpl.name:
                 if await tpl_q.name_taken(conn, values["name"], tpl.org_id):  # within its own namespace
-                    raise Conflict(f"a template named {values['name']!r} already exists")
+                    raise Conflict(f"a template named {values['name']!r} already exists", reason=Reason.NAME_TAKEN)
             await tpl_q.set_template(conn, tpl.id, **values, updated_at=clock.now())
         ctx.log("updated " + ", ".join(f"{k}={v}" for k, v in values.items()))

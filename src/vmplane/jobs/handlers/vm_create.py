@@ -33,16 +33,14 @@ class VmCreate(BaseHandler):
         start = ctx.payload.get("start", True)
         node_id = vm.node_id
         if node_id is None:
-            spec = vm.spec or {}
+            spec = vm.spec
             demand = Demand(
-                cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.get("nodeId"),
-                pci=tuple(spec.get("pciPassthrough", ())),
-                network_types=frozenset(n.get("type", "user") for n in spec.get("nics", ())) - {"user"},  # every node has user
+                cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.node_id, pci=spec.pci_passthrough, network_types=spec.network_types,
             )  # fmt: skip
             async with deps.store.write() as conn:
                 node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
                 if demand.pci:
-                    await vm_q.set_vm(conn, vm.id, spec={**spec, "pciAssigned": await net_q.devices_of(conn, vm.id)})
+                    await vm_q.set_vm(conn, vm.id, spec=spec.with_(pci_assigned=tuple(await net_q.devices_of(conn, vm.id))).to_json())
                 status = VmStatus.STARTING if start else VmStatus.PROVISIONING
                 await vm_q.set_status(conn, vm.id, status.value, node_id=node_id, updated_at=clock.now())
             await ctx.progress(20, f"placed on {node_id}")
@@ -53,8 +51,8 @@ class VmCreate(BaseHandler):
             ctx.log(line)
             vm = await load_vm(ctx)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
-        if boot is not None and (vm.spec or {}).get("kernelCmdline"):  # a config's kernel_cmdline: after the template's
-            boot = {**boot, "cmdline": f"{boot.get('cmdline') or ''} {vm.spec['kernelCmdline']}".strip()}
+        if boot is not None and vm.spec.kernel_cmdline:  # a config's kernel_cmdline: after the template's
+            boot = {**boot, "cmdline": f"{boot.get('cmdline') or ''} {vm.spec.kernel_cmdline}".strip()}
         if vm.snapshot_id is not None:  # a copy-on-write clone of the snapshot's disk
             async with deps.store.read() as conn:
                 snap = await snap_q.get_snapshot(conn, vm.snapshot_id)

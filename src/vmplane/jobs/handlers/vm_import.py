@@ -37,10 +37,10 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock, outbound
-from ...domain import Resources, VmStatus
+from ...domain import Resources, Vm, VmStatus
+from ...domain.network import DEFAULT_NETWORK
 from ...drivers.qemu import intake
 from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
-from ...net.model import DEFAULT_NETWORK
 from ...ovf import OvfError, parse_ovf
 from ...placement import Demand
 from ...services.imports import STAGE_SPAN, ImportRequest, principal_of
@@ -325,7 +325,7 @@ class VmImport(BaseHandler):
 
     # -- the VM ------------------------------------------------------------------------------
 
-    async def _define(self, ctx: TaskContext, row: Row[Any], req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Row[Any]:
+    async def _define(self, ctx: TaskContext, row: Row[Any], req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Vm:
         deps = ctx.deps
         name = req.name or _vm_name(shape.name)
         resources = Resources(
@@ -364,7 +364,7 @@ class VmImport(BaseHandler):
             raise VmplaneError(f"{req.node_id} is not a node of this host (imported disks are files here); leave nodeId out or name a local node")
         demand = Demand(
             cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=req.node_id, exclude=elsewhere,
-            network_types=frozenset(n.get("type", "user") for n in (vm.spec or {}).get("nics", ())) - {"user"},
+            network_types=vm.spec.network_types,
         )  # fmt: skip
         async with deps.store.write() as conn:
             node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
@@ -380,7 +380,7 @@ class VmImport(BaseHandler):
         ctx.log(f"defined on {node_id} with the imported disk")
         return vm
 
-    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row[Any], vm: Row[Any], req: ImportRequest) -> None:
+    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row[Any], vm: Vm, req: ImportRequest) -> None:
         deps = ctx.deps
         driver = deps.registry.driver(vm.node_id)
         status, started = VmStatus.STOPPED, None
@@ -397,7 +397,7 @@ class VmImport(BaseHandler):
 
         ctx.defer(done)
 
-    async def _vm(self, ctx: TaskContext, vm_id: str) -> Row[Any] | None:
+    async def _vm(self, ctx: TaskContext, vm_id: str) -> Vm | None:
         async with ctx.deps.store.read() as conn:
             return await vm_q.get_vm(conn, vm_id)
 

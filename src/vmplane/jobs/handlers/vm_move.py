@@ -18,17 +18,15 @@ devices belong to their host.
 
 import logging
 import uuid
-from typing import Any
-
-from sqlalchemy import Row
 
 from ... import clock
-from ...domain import VmStatus
-from ...drivers.base import HypervisorDriver, PowerState
+from ...domain import Vm, VmStatus
+from ...drivers.base import HypervisorDriver
 from ...errors import DriverError, InvalidState, VmplaneError
 from ...placement import Demand
 from ...store import snapshots as snap_q
 from ...store import vms as vm_q
+from ...vmstates import VmOp, require_state
 from ..engine import TaskContext
 from .base import BaseHandler, find_vm, load_vm, set_status, vm_spec
 from .images import ensure_image
@@ -36,12 +34,12 @@ from .images import ensure_image
 log = logging.getLogger("vmplane.jobs")
 
 
-async def _check_movable(ctx: TaskContext, vm: Row[Any]) -> None:
+async def _check_movable(ctx: TaskContext, vm: Vm) -> None:
     async with ctx.deps.store.read() as conn:
         snaps = await snap_q.list_snapshots(conn, vm.org_id, None, vm.id)
     if snaps:
         raise InvalidState(f"VM {vm.id} has {len(snaps)} snapshot(s) on {vm.node_id}; snapshots stay on their node: delete them first")
-    if (vm.spec or {}).get("pciAssigned"):
+    if vm.spec.pci_assigned:
         raise InvalidState(f"VM {vm.id} has host PCI devices of {vm.node_id}; it cannot leave that node")
 
 
@@ -50,20 +48,19 @@ def _hypervisor(driver: HypervisorDriver) -> str:
     return driver.capabilities.hypervisor
 
 
-async def _claim_target(ctx: TaskContext, vm: Row[Any], source: str, unfit: frozenset[str] = frozenset()) -> str:
+async def _claim_target(ctx: TaskContext, vm: Vm, source: str, unfit: frozenset[str] = frozenset()) -> str:
     """The target node, claimed once (a resumed attempt finds it in spec.moveTo); placement
     never chooses the source nor a node in `unfit`."""
-    spec = dict(vm.spec or {})
-    if spec.get("moveTo"):
-        return str(spec["moveTo"])
+    if vm.spec.move_to:
+        return vm.spec.move_to
     deps = ctx.deps
     demand = Demand(
         cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=ctx.payload.get("target"),
-        network_types=frozenset(n.get("type", "user") for n in spec.get("nics", ())) - {"user"}, exclude=frozenset({source}) | unfit,
+        network_types=vm.spec.network_types, exclude=frozenset({source}) | unfit,
     )  # fmt: skip
     async with deps.store.write() as conn:
         target = await deps.capacity.place_and_claim(conn, demand, vm.id)
-        await vm_q.set_vm(conn, vm.id, spec={**spec, "moveTo": target}, updated_at=clock.now())
+        await vm_q.set_vm(conn, vm.id, spec=vm.spec.with_(move_to=target).to_json(), updated_at=clock.now())
     await ctx.progress(10, f"room claimed on {target}")
     return target
 
@@ -74,8 +71,7 @@ async def _commit(ctx: TaskContext, vm_id: str, source: str, target: str, status
     async with deps.store.write() as conn:
         vm = await vm_q.get_vm(conn, vm_id)
         assert vm is not None
-        spec = {k: v for k, v in (vm.spec or {}).items() if k != "moveTo"}
-        await vm_q.set_vm(conn, vm_id, node_id=target, spec=spec, updated_at=clock.now())
+        await vm_q.set_vm(conn, vm_id, node_id=target, spec=vm.spec.with_(move_to=None).to_json(), updated_at=clock.now())
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now())
         await deps.capacity.release(conn, source, vm.cpu, vm.ram_mb, vm.disk_gb)
 
@@ -93,9 +89,9 @@ async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
     deps = ctx.deps
     async with deps.store.read() as conn:
         vm = await vm_q.get_vm(conn, ctx.resource_id)
-    if vm is None or not (vm.spec or {}).get("moveTo"):
+    if vm is None or not vm.spec.move_to:
         return
-    target = str(vm.spec["moveTo"])
+    target = vm.spec.move_to
     if target == vm.node_id:  # committed already
         return
     try:
@@ -104,14 +100,13 @@ async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
         ctx.log(f"Warning: cleaning up on {target} failed: {exc.message}")
     async with deps.store.write() as conn:
         fresh = await vm_q.get_vm(conn, vm.id)
-        if fresh is not None and (fresh.spec or {}).get("moveTo") == target:
+        if fresh is not None and fresh.spec.move_to == target:
             await deps.capacity.release(conn, target, fresh.cpu, fresh.ram_mb, fresh.disk_gb)
-            spec = {k: v for k, v in fresh.spec.items() if k != "moveTo"}
-            await vm_q.set_vm(conn, vm.id, spec=spec, updated_at=clock.now())
+            await vm_q.set_vm(conn, vm.id, spec=fresh.spec.with_(move_to=None).to_json(), updated_at=clock.now())
     ctx.log(f"nothing of the VM is left on {target}; it stays on {vm.node_id}")
 
 
-async def _define_on(ctx: TaskContext, vm: Row[Any], target: str) -> HypervisorDriver:
+async def _define_on(ctx: TaskContext, vm: Vm, target: str) -> HypervisorDriver:
     image, boot = await ensure_image(ctx, target, vm.template_id)
     driver = ctx.deps.registry.driver(target)
     await driver.create_vm(await vm_spec(ctx, vm, image, boot))
@@ -132,8 +127,7 @@ class VmMove(BaseHandler):
         runtime = await src.get_vm(vm.id)
         if runtime is None:
             raise DriverError(f"{source} does not have VM {vm.id}")
-        if runtime.state != PowerState.STOPPED:
-            raise InvalidState(f"VM {vm.id} is {runtime.state}; only stopped VMs move (running ones migrate)", current=runtime.state, required="stopped")
+        require_state(VmOp.MOVE, runtime.state, vm.id)  # what the node says, not what the store last heard
         ctx.log(f"Starting move of {vm.name} from {source}")
         target = await _claim_target(ctx, vm, source)
         await set_status(ctx, vm.id, VmStatus.UPDATING)
@@ -169,8 +163,7 @@ class VmMigrate(BaseHandler):
         if vm.node_id != source:
             ctx.log(f"already on {vm.node_id}")
             return
-        if vm.status != VmStatus.RUNNING:
-            raise InvalidState(f"VM {vm.id} is {vm.status}; only running VMs migrate (stopped ones move)", current=vm.status, required="running")
+        require_state(VmOp.MIGRATE, vm.status, vm.id)
         await _check_movable(ctx, vm)
         src = deps.registry.driver(source)
         ctx.log(f"Starting live migration of {vm.name} from {source}")
@@ -178,7 +171,7 @@ class VmMigrate(BaseHandler):
             raise InvalidState(f"{source} runs the {_hypervisor(src)} driver, which cannot migrate VMs")
         unfit = frozenset(n for n, d in deps.registry.items() if not d.capabilities.live_migration or _hypervisor(d) != _hypervisor(src))
         wanted = ctx.payload.get("target")
-        if wanted in unfit and not (vm.spec or {}).get("moveTo"):
+        if wanted in unfit and not vm.spec.move_to:
             d = deps.registry.driver(wanted)
             raise InvalidState(f"{wanted} runs the {_hypervisor(d)} driver: {_hypervisor(src)} VMs cannot migrate there")
         target = await _claim_target(ctx, vm, source, unfit)
@@ -205,7 +198,7 @@ class VmMigrate(BaseHandler):
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         vm = await find_vm(ctx)  # None: deleted meanwhile (the target is still cleaned up)
-        if vm is not None and vm.node_id == ctx.payload["source"] and (vm.spec or {}).get("moveTo"):
+        if vm is not None and vm.node_id == ctx.payload["source"] and vm.spec.move_to:
             try:  # whatever the source was doing for the migration, it stops; the guest runs on
                 await ctx.deps.registry.driver(vm.node_id).migrate_cancel(vm.id)
             except VmplaneError as exc:

@@ -3,9 +3,9 @@
 from ... import clock
 from ...domain import VmStatus
 from ...drivers.base import PowerState
-from ...errors import DriverError, InvalidState, VmplaneError
+from ...errors import DriverError, VmplaneError
+from ...vmstates import allows, require_state
 from ..engine import TaskContext
-from ..power import POWER_ACTIONS
 from .base import BaseHandler, find_vm, load_vm, set_status
 
 TRANSIENT = {
@@ -21,12 +21,11 @@ class VmPower(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         action = ctx.payload["action"]
         vm = await load_vm(ctx)
-        _, allowed = POWER_ACTIONS[action]
         if vm.node_id is None:
             raise VmplaneError(f"VM {vm.id} is not placed on any node")
-        if vm.status not in allowed:
+        if not allows(action, vm.status):
             if not ctx.resumed:
-                raise InvalidState(f"cannot {action} VM {vm.id}: it is {vm.status}", current=vm.status)
+                require_state(action, vm.status, vm.id)
             if vm.status != TRANSIENT[action]:  # the interrupted attempt finished the work
                 ctx.log(f"resumed: the VM is already {vm.status}")
                 await self._record(ctx, vm.id)
@@ -50,6 +49,8 @@ class VmPower(BaseHandler):
 
     async def _record(self, ctx: TaskContext, vm_id: str) -> None:
         vm = await load_vm(ctx)
+        if vm.node_id is None:  # run() checked it; the record types it as optional
+            raise VmplaneError(f"VM {vm.id} is not placed on any node")
         runtime = await ctx.deps.registry.driver(vm.node_id).get_vm(vm_id)
         if runtime is None:
             await set_status(ctx, vm_id, VmStatus.ERROR, error="the hypervisor no longer knows this VM", started_at=None)

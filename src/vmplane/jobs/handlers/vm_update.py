@@ -2,7 +2,7 @@
 
 from ... import clock
 from ...domain import Resources
-from ...errors import Conflict, InvalidRequest
+from ...errors import Conflict, InvalidRequest, Reason
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, load_vm
@@ -20,7 +20,7 @@ class VmUpdate(BaseHandler):
             p["diskGb"] if p.get("diskGb") is not None else vm.disk_gb,
         )
         if want.disk_gb < vm.disk_gb:
-            raise InvalidRequest(f"the disk cannot shrink from {vm.disk_gb} GB", field="resources.diskGb")
+            raise InvalidRequest(f"the disk cannot shrink from {vm.disk_gb} GB", field="resources.disk_gb", reason=Reason.CANNOT_SHRINK)
         now = clock.now()
         old = Resources(vm.cpu, vm.ram_mb, vm.disk_gb)
         if want != old:
@@ -29,7 +29,7 @@ class VmUpdate(BaseHandler):
             async with deps.store.write() as conn:
                 await self._move_claim(ctx, conn, vm.node_id, old, want)
                 await vm_q.set_vm(conn, vm.id, cpu=want.cpu, ram_mb=want.ram_mb, disk_gb=want.disk_gb, updated_at=now)
-                await deps.billing.reshaped(conn, {**vm._mapping, "cpu": want.cpu, "ram_mb": want.ram_mb, "disk_gb": want.disk_gb})
+                await deps.billing.reshaped(conn, {**vm.to_row(), "cpu": want.cpu, "ram_mb": want.ram_mb, "disk_gb": want.disk_gb})
         resizing = any(p.get(k) is not None for k in ("cpu", "ramMb", "diskGb"))
         if vm.node_id is not None and resizing:
             try:
@@ -39,14 +39,14 @@ class VmUpdate(BaseHandler):
                     async with deps.store.write() as conn:
                         await self._move_claim(ctx, conn, vm.node_id, want, old)
                         await vm_q.set_vm(conn, vm.id, cpu=old.cpu, ram_mb=old.ram_mb, disk_gb=old.disk_gb, updated_at=now)
-                        await deps.billing.reshaped(conn, dict(vm._mapping))
+                        await deps.billing.reshaped(conn, vm.to_row())
                 raise
         if want != old:
             ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")
         async with deps.store.write() as conn:
             if p.get("name") is not None and p["name"] != vm.name:
                 if await vm_q.names_taken(conn, [p["name"]], vm.org_id):
-                    raise Conflict(f"a VM named {p['name']!r} already exists")
+                    raise Conflict(f"a VM named {p['name']!r} already exists", reason=Reason.NAME_TAKEN)
                 await vm_q.set_vm(conn, vm.id, name=p["name"], updated_at=now)
                 ctx.log(f"renamed to {p['name']}")
             if p.get("tags") is not None:

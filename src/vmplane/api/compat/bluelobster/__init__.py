@@ -15,10 +15,11 @@ from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from ....errors import DriverError, NoCapacity, VmplaneError
+from ....errors import VmplaneError
 from ....services.offerings import Offerings
 from ..common import Errors, build_face
 from .routes import open_router, router
+from .wire import BlError, answer
 
 if TYPE_CHECKING:
     from ....runtime import Runtime
@@ -37,12 +38,9 @@ def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 
 def core_error(exc: VmplaneError) -> JSONResponse:
-    extra = {k: v for k, v in exc.details.items() if k in ("task_id", "details")}
-    if isinstance(exc, NoCapacity):  # the contract's word for "no room" is 409
-        return error(409, "resource_conflict", exc.message)
-    if isinstance(exc, DriverError):  # a node failed: the contract's failures are 500s
-        return error(500, "operation_failed", exc.message)
-    return error(exc.status, exc.code, exc.message, **extra)
+    status, code = answer(exc)
+    extra = {k: v for k, v in exc.details.items() if k in ("task_id", "details")} if isinstance(exc, BlError) else {}
+    return error(status, code, exc.message, **extra)
 
 
 def validation_error(errors: list[Any]) -> JSONResponse:

@@ -17,8 +17,9 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....auth import Principal
-from ....domain import Resources
-from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, VmplaneError
+from ....domain import Resources, StoredSpec, Template, Vm
+from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, Reason, VmplaneError
+from ....services.backups import BackupSchedule
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
@@ -45,7 +46,7 @@ def _offerings(request: Request) -> Offerings:
     return request.app.state.offerings
 
 
-async def _instance(rt: Runtime, instance_id: str, who: Principal) -> Row:
+async def _instance(rt: Runtime, instance_id: str, who: Principal) -> Vm:
     try:
         return await rt.vms.get(instance_id, who)
     except NotFound:
@@ -56,15 +57,14 @@ async def _nodes(off: Offerings) -> dict[str, Row]:
     return {n.id: n for n in await off.nodes()}
 
 
-def _price(off: Offerings, row: Row) -> int | None:
-    spec = row.spec or {}
-    if spec.get("priceCentsPerHour") is not None:
-        return spec["priceCentsPerHour"]
-    t = off.catalog.by_name.get(spec.get("instanceType") or "")
+def _price(off: Offerings, row: Vm) -> int | None:
+    if row.spec.price_cents_per_hour is not None:
+        return row.spec.price_cents_per_hour
+    t = off.catalog.by_name.get(row.spec.instance_type or "")
     return t.price_cents_per_hour if t is not None else None
 
 
-def _render(off: Offerings, row: Row, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
+def _render(off: Offerings, row: Vm, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
     node = nodes.get(row.node_id) if row.node_id else None
     out = wire.instance(row, node, off.region_of(node), off.host_of(node), _price(off, row))
     if teams and row.team_id:
@@ -76,7 +76,7 @@ async def _team_names(rt: Runtime, who: Principal) -> dict[str, str]:
     return {t.id: t.name for t in await rt.tenancy.teams(who)}
 
 
-async def _host(off: Offerings, row: Row) -> str | None:
+async def _host(off: Offerings, row: Vm) -> str | None:
     return off.host_of((await _nodes(off)).get(row.node_id)) if row.node_id else None
 
 
@@ -159,8 +159,8 @@ async def list_tasks(
 # -- templates and instance types ----------------------------------------------------------
 
 
-async def _templates(rt: Runtime, who: Principal) -> list[Row]:
-    rows: list[Row] = []
+async def _templates(rt: Runtime, who: Principal) -> list[Template]:
+    rows: list[Template] = []
     token = None
     while True:
         page, token = await rt.templates.list(who, limit=500, page_token=token)
@@ -234,18 +234,18 @@ def _extra(username: str, ssh_key: str | None, password: str | None, metadata: d
     return extra
 
 
-async def _launch(rt: Runtime, who: Principal, spec: NewVm) -> tuple[str, Row]:
+async def _launch(rt: Runtime, who: Principal, spec: NewVm) -> tuple[str, Vm]:
     """Create the VM (refused at once when its node has no room) and return its job and row."""
     try:
         job_id, (vm_id,) = await rt.vms.create([spec], who, check_capacity=True)
     except NoCapacity as exc:
         raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
     except InvalidRequest as exc:
-        if exc.field in ("resources.cpu", "resources.ramMb", "resources.diskGb"):
+        if exc.reason in (Reason.BEYOND_ANY_NODE, Reason.CANNOT_SHRINK):
             raise BlError(409, "resource_conflict", f"Requested resources not available: {exc.message}") from None
         raise
     except Conflict as exc:
-        if "names" in exc.details:
+        if exc.reason == Reason.NAME_TAKEN:
             raise BlError(409, "resource_conflict", exc.message) from None
         raise
     return job_id, await rt.vms.get(vm_id, who)
@@ -286,7 +286,7 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
             "data": {
                 "instance_ids": [row.uuid],
                 "task_id": job_id,
-                "assigned_ip": wire.first_ipv4(row),
+                "assigned_ip": row.first_ipv4,
                 "status": "PENDING",
                 "timestamp": clock.rfc3339(clock.now()),
                 "next_steps": {
@@ -335,7 +335,7 @@ async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: Runtime
         ),
     )  # fmt: skip
     job_id, row = await _launch(rt, who, spec)
-    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": wire.first_ipv4(row)})
+    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": row.first_ipv4})
 
 
 # -- instances -----------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def _firewall_out(fw: Any) -> dict[str, Any]:
     return {"enabled": wire_fw["enabled"], "policy_in": wire_fw["policyIn"], "policy_out": wire_fw["policyOut"], "rules": wire_fw["rules"]}
 
 
-async def _applied(rt: Runtime, job_id: str, vm: Row, who: Principal, what: str) -> None:
+async def _applied(rt: Runtime, job_id: str, vm: Vm, who: Principal, what: str) -> None:
     """Wait (bounded) for the job that enforces a network change on the VM's node."""
     outcome = await _wait(rt, job_id)
     if outcome.unsuccessful:
@@ -535,7 +535,7 @@ async def delete_firewall_rule(instance_id: str, pos: int, rt: RuntimeDep, who: 
 # -- IPs -----------------------------------------------------------------------------------
 
 
-def _ips_out(vm: Row, addresses: list[dict[str, Any]]) -> dict[str, Any]:
+def _ips_out(vm: Vm, addresses: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "instance_id": vm.uuid,
         "ips": [
@@ -582,8 +582,6 @@ async def release_ip(instance_id: str, ip_address: str, rt: RuntimeDep, who: Cal
 
 STORAGE = "vmplane"
 """the name backups' storage goes by (the installation's backup store)"""
-KEEP_LAST = 7
-"""backups a schedule keeps (the contract's schedules have no retention field)"""
 
 
 async def _backup(rt: Runtime, volid: str, who: Principal) -> Row:
@@ -600,7 +598,7 @@ async def create_backup(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSO
     try:
         job_id, backup_id = await rt.backups.create(vm.id, "", who)
     except Conflict as exc:  # InvalidState too: no disk yet, a backup or restore under way, no backup support
-        raise BlError(409, "task_in_progress" if "in progress" in exc.message else "backup_unavailable", f"Cannot start backup: {exc.message}") from None
+        raise BlError(409, "task_in_progress" if exc.reason == Reason.IN_PROGRESS else "backup_unavailable", f"Cannot start backup: {exc.message}") from None
     return JSONResponse({"message": "Backup started", "task_id": job_id, "instance_id": vm.uuid, "volid": backup_id})
 
 
@@ -622,7 +620,7 @@ async def instance_backups(instance_id: str, rt: RuntimeDep, who: CallerDep) -> 
     )
 
 
-async def _restore(rt: Runtime, volid: str, target: Row, who: Principal) -> str:
+async def _restore(rt: Runtime, volid: str, target: Vm, who: Principal) -> str:
     await _backup(rt, volid, who)
     try:
         return await rt.backups.restore(volid, target.id, who)
@@ -683,22 +681,16 @@ async def restore_to_vm(
     if new_name is not None or add_restore_prefix:
         base = new_name or backup_source_name or bkp.vm_name
         name = f"RESTORE-{clock.rfc3339(clock.now())[:10].replace('-', '')}-{base}" if add_restore_prefix else base
-    old_name = target.name
-    if name is not None and name != old_name:
-        try:
-            await rt.vms.rename(target.id, name, who)
-        except (InvalidRequest, Conflict) as exc:
-            raise BlError(400, "invalid_name", exc.message) from None
     try:
-        job_id = await _restore(rt, volid, target, who)
-    except VmplaneError as exc:
-        if name is not None and name != old_name:  # nothing happened: the name goes back too
-            await rt.vms.rename(target.id, old_name, who)
-        if isinstance(exc, InvalidRequest):
-            raise BlError(400, "invalid_request", exc.message) from None
-        if isinstance(exc, BlError) and exc.status == 409:  # the contract lists no 409 here
-            raise BlError(400, exc.code, exc.message) from None
-        raise
+        job_id = await rt.backups.restore_as(bkp.id, target.id, who, name)
+    except (InvalidRequest, Conflict) as exc:  # the contract lists 400 here, never 409
+        if exc.details.get("field") == "name":
+            raise BlError(400, "invalid_name", exc.message) from None
+        if isinstance(exc, InvalidState):  # the backup is not (or no longer) usable
+            raise BlError(400, "invalid_backup", exc.message) from None
+        if isinstance(exc, Conflict):
+            raise BlError(400, "task_in_progress", f"Cannot start restore: {exc.message}") from None
+        raise BlError(400, "invalid_request", exc.message) from None
     return JSONResponse({"message": "Restore started", "task_id": job_id, "volid": volid, "target_vm_uuid": target.uuid, "new_name": name})
 
 
@@ -728,23 +720,22 @@ async def backup_notes(body: wire.BackupNotesIn, rt: RuntimeDep, who: CallerDep,
     return JSONResponse({"status": "success", "message": "Backup notes updated", "volid": row.id, "notes": row.notes})
 
 
-def _schedule_out(vm: Row, s: Row) -> dict[str, Any]:
-    _, hour, dom, _, dow = s.schedule.split()
+def _schedule_out(vm: Vm, s: BackupSchedule) -> dict[str, Any]:
     return {
         "vm_uuid": vm.uuid,
         "schedule_id": s.id,
-        "frequency": "monthly" if dom != "*" else ("weekly" if dow != "*" else "daily"),
-        "hour_utc": int(hour),
-        "day_of_week": None if dow == "*" else int(dow),
-        "day_of_month": None if dom == "*" else int(dom),
+        "frequency": s.frequency,
+        "hour_utc": s.hour,
+        "day_of_week": s.day_of_week,
+        "day_of_month": s.day_of_month,
         "keep_last": s.keep_last,
-        "enabled": bool(s.enabled),
+        "enabled": s.enabled,
         "next_run": clock.rfc3339(s.next_run),
         "last_run": clock.rfc3339(s.last_run),
     }
 
 
-async def _schedule(rt: Runtime, vm: Row, who: Principal) -> Row:
+async def _schedule(rt: Runtime, vm: Vm, who: Principal) -> BackupSchedule:
     try:
         return await rt.schedules.backup_schedule(vm.id, who)
     except NotFound:
@@ -760,7 +751,8 @@ async def get_backup_schedule(vm_uuid: str, rt: RuntimeDep, who: CallerDep) -> J
 @router.post("/api/v1/instances/{vm_uuid}/backup-schedule")
 async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """daily, weekly (day_of_week 0 = Sunday … 6) or monthly (day_of_month 1-28) at hour_utc;
-    the newest seven backups are kept after each run. Replaces the VM's schedule."""
+    the service's default number of backups (seven) is kept after each run (the contract's
+    schedules have no retention field). Replaces the VM's schedule."""
     vm = await _instance(rt, vm_uuid, who)
     checks = (
         (body.frequency in ("daily", "weekly", "monthly"), "frequency must be daily, weekly or monthly"),
@@ -773,9 +765,8 @@ async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: Run
             raise BlError(400, "invalid_schedule", message)
     try:
         s = await rt.schedules.put_backup_schedule(
-            vm.id, who, frequency=body.frequency, hour=body.hour_utc, day_of_week=body.day_of_week,
-            day_of_month=body.day_of_month, keep_last=KEEP_LAST,
-        )  # fmt: skip
+            vm.id, who, frequency=body.frequency, hour=body.hour_utc, day_of_week=body.day_of_week, day_of_month=body.day_of_month
+        )
     except (InvalidRequest, Conflict) as exc:
         raise BlError(400, "invalid_schedule", exc.message) from None
     return JSONResponse({"status": "success", "message": "Backup schedule saved", "schedule": _schedule_out(vm, s)})
@@ -867,7 +858,8 @@ async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -
             raise BlError(400, "missing_ticket", "the ticket query parameter (from POST …/console) is required")
         reader, writer, slot = await rt.guest.open_console(instance_id, ticket)
     except VmplaneError as exc:
-        await websocket.send_denial_response(JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status))
+        status, code = wire.answer(exc)
+        await websocket.send_denial_response(JSONResponse({"error": code, "message": exc.message}, status_code=status))
         return
     with slot:
         await websocket.accept()
@@ -890,8 +882,11 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
     try:
         report = await rt.billing.report(who, start, end)
     except InvalidRequest as exc:  # the contract lists 422 only: a bad range is a validation error
-        field = "start_time" if "after" in exc.message else "end_time"
-        return JSONResponse({"detail": [{"loc": ["body", field], "msg": exc.message.replace("end must", "end_time must").replace(" start", " start_time"), "type": "value_error"}]}, status_code=422)
+        if exc.reason == Reason.OVER_LIMIT:
+            field, msg = "end_time", exc.message
+        else:  # the period ends before it starts
+            field, msg = "start_time", "end_time must be after start_time"
+        return JSONResponse({"detail": [{"loc": ["body", field], "msg": msg, "type": "value_error"}]}, status_code=422)
     off = _offerings(request)
     nodes = await _nodes(off)
     vms = {v.id: v for v in await rt.vms.every(who)}
@@ -904,8 +899,8 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
         node = nodes.get(vm.node_id) if vm is not None and vm.node_id else None
         status = "deleted" if vm is None else ("creating" if vm.status == "provisioning" else "rented")
         deleted_at = last_billed if vm is None and last_billed < report["end"] else None
-        spec = (vm.spec or {}) if vm is not None else {}
-        ip = wire.first_ipv4(vm) if vm is not None else None
+        spec = vm.spec if vm is not None else StoredSpec()
+        ip = vm.first_ipv4 if vm is not None else None
         records.append(
             {
                 "uuid": vm.uuid if vm is not None else item["vmId"],
@@ -917,9 +912,9 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
                 "cpu_cores": last["cpu"],
                 "memory_gb": last["ramMb"] // 1024,
                 "disk_gb": vm.disk_gb if vm is not None else None,
-                "gpu_count": len(spec.get("pciPassthrough") or []),
+                "gpu_count": len(spec.pci_passthrough),
                 "instance_type": last["instanceType"],
-                "template_name": (spec.get("sourceName") or "").upper() or None,
+                "template_name": (spec.source_name or "").upper() or None,
                 "price_cents_per_hour": last["centsPerHour"],
                 "created_at": clock.rfc3339(vm.created_at) if vm is not None else first_billed,
                 "updated_at": clock.rfc3339(vm.updated_at) if vm is not None else last_billed,

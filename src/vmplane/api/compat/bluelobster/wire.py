@@ -12,7 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from sqlalchemy import Row
 
 from .... import clock
-from ....errors import VmplaneError
+from ....domain import Template, Vm
+from ....errors import Reason, VmplaneError
+from ...errors import NATIVE
+
+STATUS: dict[Reason, tuple[int, str]] = {
+    **NATIVE,
+    Reason.NO_CAPACITY: (409, "resource_conflict"),  # the contract's word for "no room" is 409
+    Reason.DRIVER_FAILED: (500, "operation_failed"),  # a node failed: the contract's failures are 500s
+    Reason.IMAGE_REFUSED: (500, "operation_failed"),
+}
+"""the face's (status, `error` code) for each reason of the core"""
 
 SSH_KEY = r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+[=]{0,3}( .+)?$"
 PASSWORD = r"^[^ \"'`;|<>{}\\]*$"
@@ -60,6 +70,13 @@ class BlError(VmplaneError):
         super().__init__(message, **details)
         self.status = status
         self.code = code
+
+
+def answer(exc: VmplaneError) -> tuple[int, str]:
+    """(status, `error` code) of an error: a route's own, else the core's reason's."""
+    if isinstance(exc, BlError):
+        return exc.status, exc.code
+    return STATUS[exc.reason]
 
 
 class Body(BaseModel):
@@ -115,26 +132,18 @@ def cloud_init(username: str, ssh_key: str | None, password: str | None) -> dict
     return config
 
 
-def template_name(row: Row) -> str | None:
+def template_name(row: Template) -> str | None:
     """A template's name as this face shows it (`tiny-linux` -> `TINY-LINUX`), or None when
     its name has characters the contract's names cannot carry."""
     name = row.name.upper()
     return name if TEMPLATE_RE.match(name) else None
 
 
-def first_ipv4(row: Row) -> str | None:
-    for nic in (row.spec or {}).get("nics", ()):
-        for ip in nic.get("ips", ()):
-            if ":" not in ip:
-                return ip
-    return None
-
-
-def instance(row: Row, node: Row | None, region: str | None, host: str | None, price: int | None) -> dict[str, Any]:
-    spec = row.spec or {}
-    source = spec.get("sourceName")
-    ip = first_ipv4(row)
-    gpus = spec.get("pciPassthrough") or []
+def instance(row: Vm, node: Row | None, region: str | None, host: str | None, price: int | None) -> dict[str, Any]:
+    spec = row.spec
+    source = spec.source_name
+    ip = row.first_ipv4
+    gpus = spec.pci_passthrough
     return {
         "uuid": row.uuid,
         "name": row.name,
@@ -146,19 +155,19 @@ def instance(row: Row, node: Row | None, region: str | None, host: str | None, p
         "memory": row.ram_mb // 1024,
         "storage": row.disk_gb,
         "gpu_count": len(gpus),
-        "gpu_model": spec.get("gpuModel"),
+        "gpu_model": spec.gpu_model,
         "power_status": POWER_STATUS.get(row.status, "unknown"),
         "created_at": clock.rfc3339(row.created_at),
-        "metadata": spec.get("metadata") or {},
-        "instance_type": spec.get("instanceType"),
+        "metadata": spec.metadata,
+        "instance_type": spec.instance_type,
         "price_cents_per_hour": price,
         "team_id": row.team_id,
         "team_name": None,
         "access_type": None,
         "template_name": source.upper() if isinstance(source, str) and TEMPLATE_RE.match(source.upper()) else None,
         "template_display_name": source,
-        "os_type": spec.get("osType"),
-        "vm_username": spec.get("username"),
+        "os_type": spec.os_type,
+        "vm_username": spec.username,
     }
 
 

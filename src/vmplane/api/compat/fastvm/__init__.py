@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from ....errors import VmplaneError
 from ...errors import validation_message
 from ..common import Errors, build_face
 from .routes import open_router, router
+from .wire import STATUS
 
 if TYPE_CHECKING:
     from ....runtime import Runtime
@@ -27,9 +29,13 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def core_error(exc: VmplaneError) -> JSONResponse:
+    return error(STATUS[exc.reason], exc.message)
+
+
 ERRORS = Errors(
     http=error,
-    core=lambda exc: error(exc.status, exc.message),
+    core=core_error,
     validation=lambda errors: error(400, validation_message(errors)[0]),
 )
 

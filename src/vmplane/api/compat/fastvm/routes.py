@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
 from .... import clock
-from ....errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, VmplaneError
+from ....domain import Vm
+from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
 from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
 from ...middleware import NO_STORE
@@ -48,12 +49,12 @@ async def _failed(rt: Runtime, job_id: str, vm_id: str | None = None, who: Any =
     return outcome.error("the job failed")
 
 
-async def _vm_out(rt: Runtime, row: Row) -> dict[str, Any]:
+async def _vm_out(rt: Runtime, row: Vm) -> dict[str, Any]:
     policies = await rt.ingress.policies([row.id])
-    return wire.vm(row, policies[row.id], (row.spec or {}).get("sourceName"))
+    return wire.vm(row, policies[row.id], row.spec.source_name)
 
 
-async def _vm(rt: Runtime, vm_id: str, who: Any) -> Row:
+async def _vm(rt: Runtime, vm_id: str, who: Any) -> Vm:
     return await rt.vms.get(wire.parse_uuid(vm_id, "id"), who)
 
 
@@ -82,7 +83,7 @@ async def live() -> JSONResponse:
 async def list_vms(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     rows = await rt.vms.every(who)
     policies = await rt.ingress.policies([r.id for r in rows])
-    return JSONResponse([wire.vm(r, policies[r.id], (r.spec or {}).get("sourceName")) for r in rows])
+    return JSONResponse([wire.vm(r, policies[r.id], r.spec.source_name) for r in rows])
 
 
 @router.post("/v1/vms")
@@ -110,14 +111,14 @@ async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JS
         if body.snapshotId is None:
             raise
         raise InvalidRequest(f"snapshotId: {exc.message}", field="snapshotId") from None
-    except InvalidRequest as exc:  # the core names its own fields
-        if exc.field == "resources.diskGb" and "minimum" in exc.details:
+    except InvalidRequest as exc:  # the core names the domain's fields: say them as FastVM does
+        if exc.reason == Reason.CANNOT_SHRINK and exc.field == "resources.disk_gb":
             raise InvalidRequest(
                 f"diskGiB {body.diskGiB} is smaller than the snapshot's disk ({exc.details['minimum']} GiB); disks only grow", field="diskGiB"
             ) from None
-        if exc.field == "resources.diskGb":
+        if exc.reason == Reason.BEYOND_ANY_NODE and exc.field == "resources.disk_gb":
             raise InvalidRequest(f"diskGiB {body.diskGiB} is more than any node can hold (at most {exc.details.get('maximum')})", field="diskGiB") from None
-        if exc.field in ("resources.cpu", "resources.ramMb"):
+        if exc.reason == Reason.BEYOND_ANY_NODE:
             field = "machineType" if body.machineType is not None else "snapshotId"
             raise InvalidRequest(f"{field}: that machine type is larger than any node; {exc.message}", field=field) from None
         raise
@@ -143,12 +144,9 @@ async def rename_vm(id: str, body: wire.UpdateVmIn, rt: RuntimeDep, who: CallerD
 async def delete_vm(id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """200 once the VM is gone, or while it is still being deleted (GET shows `deleting`)."""
     vm = await _vm(rt, id, who)
-    try:
-        job_id = await rt.vms.delete([vm.id], who)
-    except InvalidState as exc:
-        if exc.details.get("current") != "deleting":
-            raise
-        return JSONResponse({"id": vm.uuid, "deleted": True})  # already on its way
+    job_id = await rt.vms.delete_once(vm.id, who)
+    if job_id is None:  # already on its way
+        return JSONResponse({"id": vm.uuid, "deleted": True})
     error = await _failed(rt, job_id)
     if error is not None:
         raise DriverError(f"deleting the VM failed: {error}")
@@ -205,7 +203,7 @@ async def console_ws(websocket: WebSocket, id: str, session: str = "") -> None:
             raise InvalidRequest("the session query parameter (a token from console-token) is required", field="session")
         reader, writer, slot = await rt.guest.open_console(wire.parse_uuid(id, "id"), session)
     except VmplaneError as exc:
-        await websocket.send_denial_response(JSONResponse({"error": exc.message}, status_code=exc.status))
+        await websocket.send_denial_response(JSONResponse({"error": exc.message}, status_code=wire.STATUS[exc.reason]))
         return
     with slot:
         await websocket.accept()

@@ -10,9 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
 from .... import clock
-from ....domain import Resources
-from ....errors import InvalidRequest
+from ....domain import Resources, Vm
+from ....errors import InvalidRequest, Reason
 from ....net.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
+from ...errors import NATIVE_STATUS
+
+STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
+"""the face's status for each reason of the core: the native face's"""
 
 BASE_DISK_GIB = 10
 MACHINE_TYPES: dict[str, Resources] = {
@@ -122,7 +126,7 @@ def machine_name(cpu: int, ram_mb: int) -> str:
     return f"c{cpu}m{ram_mb / 1024:g}"
 
 
-def vm(row: Row, firewall: Ipv6Ingress, source_name: str | None) -> dict[str, Any]:
+def vm(row: Vm, firewall: Ipv6Ingress, source_name: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row.uuid,
         "name": row.name,
@@ -138,7 +142,7 @@ def vm(row: Row, firewall: Ipv6Ingress, source_name: str | None) -> dict[str, An
     }
     if source_name is not None:
         out["sourceName"] = source_name
-    ipv6 = next((n["ipv6"] for n in (row.spec or {}).get("nics", ()) if n.get("ipv6")), None)
+    ipv6 = row.first_ipv6
     if ipv6 is not None:
         out["publicIpv6"] = ipv6
     return out

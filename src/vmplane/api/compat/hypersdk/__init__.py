@@ -23,10 +23,12 @@ from starlette.types import Scope
 
 from .... import __version__, clock
 from ....events.formats import IMPORT_JOB_TYPE
+from ....errors import VmplaneError
 from ...errors import validation_message
 from ...metrics import TimedRequests, route_template
 from ..common import Errors, build_face
 from .routes import open_router, router
+from .wire import STATUS
 from .wire import HYPERSDK_STATUS
 
 if TYPE_CHECKING:
@@ -40,9 +42,13 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "timestamp": clock.rfc3339(clock.now())}, status_code=status)
 
 
+def core_error(exc: VmplaneError) -> JSONResponse:
+    return error(STATUS[exc.reason], exc.message)
+
+
 ERRORS = Errors(
     http=error,
-    core=lambda exc: error(exc.status, exc.message),
+    core=core_error,
     validation=lambda errors: error(400, validation_message(errors)[0]),
 )
 

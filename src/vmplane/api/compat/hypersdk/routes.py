@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from .... import __version__, clock
 from ....auth import Principal
-from ....errors import Conflict, InvalidRequest, NotFound, VmplaneError
+from ....errors import InvalidRequest, NotFound, VmplaneError
 from ....events import formats
 from ....events.bus import GoingAway, SlowConsumer
 from ...native.deps import CallerDep, RuntimeDep, authorize, hold_ws_stream, principal
@@ -220,14 +220,11 @@ async def get_job(job_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 
 
 async def _schedules(rt: Runtime, who: Principal) -> list[Any]:
-    return [s for s in await rt.schedules.list(who) if (s.origin or {}).get("face") == ORIGIN]
+    return await rt.schedules.made_by(ORIGIN, who)
 
 
 async def _schedule(rt: Runtime, who: Principal, schedule_id: str) -> Any:
-    for s in await _schedules(rt, who):
-        if s.origin.get("id") == schedule_id:
-            return s
-    raise NotFound(f"schedule {schedule_id} not found")
+    return await rt.schedules.by_origin(ORIGIN, schedule_id, who)
 
 
 class _ScheduleIn(wire.Open):
@@ -266,8 +263,7 @@ async def create_schedule(request: Request, rt: RuntimeDep, who: CallerDep) -> J
         raise InvalidRequest("schedule is required (cron: minute hour day month weekday)", field="schedule")
     if s.job_template is None:
         raise InvalidRequest("job_template is required (a job definition)", field="job_template")
-    if any((x.origin or {}).get("id") == s.id for x in await _schedules(rt, who)):
-        raise Conflict(f"schedule {s.id} already exists")
+    await rt.schedules.check_origin_free(ORIGIN, s.id, who)
     native, echo = await hjobs.template(rt, who, wire.model(JobDefIn, s.job_template, "job_template"), "job_template")
     origin = {"face": ORIGIN, "id": s.id, "description": s.description or "", "tags": s.tags or [], "job_template": echo}
     row = await rt.schedules.create(
@@ -509,7 +505,7 @@ async def ws(websocket: WebSocket) -> None:
     try:
         who = principal(websocket)  # type: ignore[arg-type]
     except VmplaneError as exc:
-        await websocket.send_denial_response(JSONResponse({"error": exc.message, "timestamp": wire.now()}, status_code=exc.status))
+        await websocket.send_denial_response(JSONResponse({"error": exc.message, "timestamp": wire.now()}, status_code=wire.STATUS[exc.reason]))
         return
     slot = await hold_ws_stream(websocket, who)  # one of the credential's open streams (429 beyond)
     if slot is None:

@@ -17,7 +17,11 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .... import clock
-from ....errors import InvalidRequest
+from ....errors import InvalidRequest, Reason
+from ...errors import NATIVE_STATUS
+
+STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
+"""the face's status for each reason of the core: the native face's"""
 
 HYPERSDK_STATUS = {
     "queued": "pending", "running": "running", "succeeded": "completed", "partial": "failed", "failed": "failed", "cancelled": "cancelled",

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from ....errors import DriverError, NoCapacity, VmplaneError
-from ...errors import validation_message
+from ....errors import VmplaneError
+from ...errors import native_details, validation_message
 from ..common import Errors, build_face
 from .plugins import router as plugin_router
 from .routes import open_router, router
+from .wire import STATUS
 
 if TYPE_CHECKING:
     from ....runtime import Runtime
@@ -33,11 +34,7 @@ def error(status: int, message: str, details: dict[str, Any] | None = None) -> J
 
 
 def core_error(exc: VmplaneError) -> JSONResponse:
-    if isinstance(exc, NoCapacity):  # Volant's word for "no room" is a conflict
-        return error(409, exc.message, exc.details)
-    if isinstance(exc, DriverError):
-        return error(500, exc.message, exc.details)
-    return error(exc.status, exc.message, exc.details)
+    return error(STATUS[exc.reason], exc.message, native_details(exc))  # fields as they always read
 
 
 def validation_error(errors: list[Any]) -> JSONResponse:

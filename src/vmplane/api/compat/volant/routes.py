@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import Row
 
 from .... import clock, pci
+from ....domain import Vm
 from ....errors import DriverError, Forbidden, InvalidRequest
 from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
@@ -56,7 +57,7 @@ class _Renderer:
         self.rt = rt
         self.cmdlines: dict[str, str] = {}
 
-    async def __call__(self, row: Row) -> dict[str, Any]:
+    async def __call__(self, row: Vm) -> dict[str, Any]:
         if row.template_id and row.template_id not in self.cmdlines:
             async with self.rt.store.read() as conn:
                 tpl = await tpl_q.get_template(conn, row.template_id)
@@ -67,7 +68,7 @@ class _Renderer:
         return wire.vm(row, cmdline=self.cmdlines.get(row.template_id or "", ""), pid=pid, serial=serial)
 
 
-async def _render(rt: Runtime, row: Row) -> dict[str, Any]:
+async def _render(rt: Runtime, row: Vm) -> dict[str, Any]:
     return await _Renderer(rt)(row)
 
 
@@ -132,7 +133,7 @@ async def list_vms(
         raise InvalidRequest("order must be asc or desc", field="order")
     rows = await rt.vms.every(who)
     if plugin:
-        rows = [r for r in rows if wire.plugin_of(r).get("name") == plugin]
+        rows = [r for r in rows if r.spec.plugin_name == plugin]
     render = _Renderer(rt)
     items = [await render(r) for r in rows]
     if status:
@@ -168,8 +169,9 @@ async def get_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 @router.delete("/api/v1/vms/{name}")
 async def delete_vm(name: str, rt: RuntimeDep, who: CallerDep) -> Response:
     vm = await rt.vms.by_name(name, who)
-    if vm.status != "deleting":
-        await _finish(rt, await rt.vms.delete([vm.id], who), "deleting the VM")
+    job_id = await rt.vms.delete_once(vm.id, who)
+    if job_id is not None:  # else already on its way
+        await _finish(rt, job_id, "deleting the VM")
     return Response(status_code=204)
 
 
@@ -191,14 +193,11 @@ async def stop_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 
 @router.post("/api/v1/vms/{name}/restart")
 async def restart_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    """Stop (if it runs) and start again: a new VM process, which takes a changed config's
-    resources. Both jobs are queued at once (the start runs after the stop), so the VM is
-    never seen stopped with nothing to do (a deployment would replace it)."""
+    """Stop (if it runs) and start again (services/vms.restart): a new VM process, which takes
+    a changed config's resources; never seen stopped with nothing to do (a deployment would
+    replace it)."""
     vm = await rt.vms.by_name(name, who)
-    stop = None
-    if vm.status not in ("stopped", "error", "unknown"):
-        stop = await rt.vms.power(vm.id, "stop", who)
-    start = await rt.vms.power(vm.id, "start", who)
+    stop, start = await rt.vms.restart(vm.id, who)
     if stop is not None:
         await _finish(rt, stop, "stopping the VM")
     await _finish(rt, start, "starting the VM")

@@ -6,10 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Row
 
 from .... import clock
+from ....domain import Vm
 from ....services.volant_shapes import VM_STATUS  # shared with the MCP command set (services/mcp.py)
+from ....errors import Reason
+from ...errors import NATIVE_STATUS
+
+STATUS: dict[Reason, int] = {
+    **NATIVE_STATUS,
+    Reason.NO_CAPACITY: 409,  # Volant's word for "no room" is a conflict
+    Reason.DRIVER_FAILED: 500,  # a node failed: the daemon's failures are 500s
+    Reason.IMAGE_REFUSED: 500,
+}
+"""the face's status for each reason of the core"""
 
 SSE_TYPES = {
     "vm.created": ("VM_CREATED", "starting", "vm record created"),
@@ -86,30 +96,19 @@ class PciAddressIn(Body):
     pci_address: str = Field(..., max_length=64)
 
 
-def plugin_of(row: Row) -> dict[str, Any]:
-    p = (row.spec or {}).get("plugin")
-    return p if isinstance(p, dict) else {}
-
-
-def runtime_of(row: Row) -> str:
-    return str(plugin_of(row).get("runtime") or "")
-
-
-def vm(row: Row, *, cmdline: str = "", pid: int | None = None, serial: str | None = None) -> dict[str, Any]:
-    spec = row.spec or {}
-    nic = next(iter(spec.get("nics") or ()), {})
-    ips = nic.get("ips") or []
+def vm(row: Vm, *, cmdline: str = "", pid: int | None = None, serial: str | None = None) -> dict[str, Any]:
+    nic = row.spec.nics[0] if row.spec.nics else None
     return {
         "id": row.seq,
         "name": row.name,
         "status": VM_STATUS.get(row.status, "crashed"),
-        "runtime": runtime_of(row),
+        "runtime": row.spec.runtime,
         "pid": pid,
-        "ip_address": ips[0] if ips else "",
-        "mac_address": nic.get("mac") or "",
+        "ip_address": row.primary_ip or "",
+        "mac_address": nic.mac if nic is not None else "",
         "cpu_cores": row.cpu,
         "memory_mb": row.ram_mb,
-        "kernel_cmdline": " ".join(x for x in (cmdline, spec.get("kernelCmdline")) if x),  # as the guest boots with it
+        "kernel_cmdline": " ".join(x for x in (cmdline, row.spec.kernel_cmdline) if x),  # as the guest boots with it
         "serial_socket": serial or "",
         "created_at": clock.rfc3339(row.created_at),
         "updated_at": clock.rfc3339(row.updated_at),

@@ -8,6 +8,7 @@ Create Date: 2026-12-06 23:30:00.000000
 """
 
 import json
+from typing import cast
 
 from alembic import op
 import sqlalchemy as sa
@@ -46,7 +47,7 @@ def _drop_global(bind: sa.engine.Connection) -> None:
         else:
             for uc in sa.inspect(bind).get_unique_constraints(table):
                 if uc['column_names'] in [[c] for c in cols]:
-                    op.drop_constraint(uc['name'], table, type_='unique')
+                    op.drop_constraint(cast(str, uc['name']), table, type_='unique')  # PostgreSQL names every constraint
 
 
 def _plugin_templates(bind: sa.engine.Connection) -> None:

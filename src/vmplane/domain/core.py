@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .net.model import Firewall, Nic
+from .network import Firewall, Nic
 
 
 class VmStatus(StrEnum):

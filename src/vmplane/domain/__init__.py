@@ -1,0 +1,32 @@
+"""The domain floor: states, value objects and typed records every layer shares. No I/O here,
+and no import of anything above it.
+
+- `core`: VM, job, task and node states; `Resources`; `VmSpec` (what a driver defines a VM from)
+- `network`: networks, a node's view of NICs, the firewall model and its validation
+- `spec`: `StoredSpec`, a VM's stored spec with every key declared, and its parts
+- `records`: `Vm` and `Template`, the records the store returns
+"""
+
+from .core import (
+    DEFAULT_RESOURCES,
+    JOB_FINAL,
+    QUOTA_FIELDS,
+    TASK_FINAL,
+    JobState,
+    NodeStatus,
+    Resources,
+    TaskState,
+    VmSpec,
+    VmStatus,
+    job_final_state,
+    job_progress,
+)
+from .network import Firewall, Nic
+from .records import Template, Vm
+from .spec import CloudInit, Expose, Imported, PluginRef, SshForward, StoredSpec, VmNic
+
+__all__ = [
+    "DEFAULT_RESOURCES", "JOB_FINAL", "QUOTA_FIELDS", "TASK_FINAL", "CloudInit", "Expose", "Firewall", "Imported", "JobState",
+    "Nic", "NodeStatus", "PluginRef", "Resources", "SshForward", "StoredSpec", "TaskState", "Template", "Vm", "VmNic",
+    "VmSpec", "VmStatus", "job_final_state", "job_progress",
+]  # fmt: skip

@@ -1,0 +1,111 @@
+"""Typed records of what the store keeps: a VM and a template, as services and faces read them.
+
+The store builds them from its rows (`from_row`); their attribute names are the columns', and
+a VM's `spec` column is a declared `StoredSpec`. Facts derived from a record (its addresses,
+its SSH endpoint) are properties of the record, computed here once for every face.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .spec import StoredSpec, from_fields
+
+
+@dataclass(frozen=True)
+class Vm:
+    """A VM as the store keeps it (the `vms` table)."""
+
+    seq: int
+    id: str
+    uuid: str
+    name: str
+    org_id: str
+    team_id: str | None
+    node_id: str | None
+    template_id: str | None
+    snapshot_id: str | None
+    status: str
+    cpu: int
+    ram_mb: int
+    disk_gb: int
+    tags: list[str]
+    spec: StoredSpec
+    error: str | None
+    started_at: float | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> Vm:
+        """From a row of the whole `vms` table (its columns are this record's fields)."""
+        values = row._asdict()
+        values["spec"] = StoredSpec.from_json(values["spec"])
+        return from_fields(cls, values)
+
+    def to_row(self) -> dict[str, Any]:
+        """The columns, as the store writes them (`spec` as its JSON)."""
+        return {
+            "seq": self.seq, "id": self.id, "uuid": self.uuid, "name": self.name, "org_id": self.org_id, "team_id": self.team_id,
+            "node_id": self.node_id, "template_id": self.template_id, "snapshot_id": self.snapshot_id, "status": self.status,
+            "cpu": self.cpu, "ram_mb": self.ram_mb, "disk_gb": self.disk_gb, "tags": self.tags, "spec": self.spec.to_json(),
+            "error": self.error, "started_at": self.started_at, "created_at": self.created_at, "updated_at": self.updated_at,
+        }  # fmt: skip
+
+    @property
+    def primary_ip(self) -> str | None:
+        """The first address of NIC 0."""
+        return self.spec.primary_ip
+
+    @property
+    def first_ipv4(self) -> str | None:
+        """The first IPv4 address over the VM's NICs."""
+        return self.spec.first_ipv4
+
+    @property
+    def first_ipv6(self) -> str | None:
+        return self.spec.first_ipv6
+
+    @property
+    def ssh_endpoint(self) -> dict[str, Any] | None:
+        """`{host, port, user, hostKey}` of the VM's SSH forward, or None."""
+        return self.spec.ssh_endpoint
+
+
+@dataclass(frozen=True)
+class Template:
+    """A template as the store keeps it (the `templates` table). org_id None: shared."""
+
+    seq: int
+    id: str
+    name: str
+    org_id: str | None
+    os: str
+    node_id: str | None
+    source_url: str | None
+    status: str
+    format: str | None
+    size_mb: int
+    image_path: str | None
+    checksum: str | None
+    boot: dict[str, Any] | None
+    """direct kernel boot {kernel, initrd, cmdline} and the image's `sshHostKey`"""
+    error: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> Template:
+        """From a row of the whole `templates` table (its columns are this record's fields)."""
+        return from_fields(cls, row._asdict())
+
+    @property
+    def shared(self) -> bool:
+        return self.org_id is None
+
+    @property
+    def ssh_host_key(self) -> str | None:
+        """The public host key baked into the image, when its import recorded one."""
+        key = (self.boot or {}).get("sshHostKey")
+        return str(key) if key is not None else None
