@@ -4,6 +4,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
+import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.routing import Route
@@ -19,12 +20,20 @@ from .api.schemas import VmCreateIn
 from .config import Settings
 from .drivers.base import HypervisorDriver
 from .runtime import Runtime
+from .services.scopes import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
 
 log = logging.getLogger("vmplane")
 
 
 def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> FastAPI:
-    rt = Runtime(settings, nodes)
+    async def replay(method: str, path: str, body: Any, *, user_id: str, org_id: str, scope: str, idempotency_key: str) -> httpx.Response:
+        """A schedule's request, sent to this very app as `user_id` of `org_id` with the scope
+        of a stored credential (services/schedules.Replay; api/identity.py trusts the token)."""
+        headers = {INTERNAL_HEADER: rt.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}", ACTING_SCOPE_HEADER: scope}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vmplane.internal") as client:
+            return await client.request(method, path, json=body, headers={**headers, "Idempotency-Key": idempotency_key})
+
+    rt = Runtime(settings, nodes, replay=replay)
     mcp_http = McpHttp(rt)  # the Model Context Protocol server at /mcp
 
     @asynccontextmanager
@@ -43,7 +52,6 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
         lifespan=lifespan,
     )
     app.state.rt = rt
-    rt.app = app
     errors.install(app)
     app.state.metrics = Metrics(rt)
     app.include_router(health.router)

@@ -15,8 +15,8 @@
   and `vmplane mcp`, with an API key as `X-API-Key`. They run in the user's shell and take
   its proxy and certificate settings, as any command-line HTTP client does.
 
-The one other client in the tree, the schedules service's replay of a request through the
-ASGI app it lives in, makes no connection at all.
+The one other client in the tree, app.py's replay of a schedule's request through the ASGI
+app itself (the schedules service's Replay port), makes no connection at all.
 """
 
 from __future__ import annotations

@@ -16,13 +16,17 @@ has no lock on (remote ones, reachable from every replica) are never excluded.
 On SQLite one process owns the store: it leads and serves all its nodes, with no locks.
 """
 
+from __future__ import annotations
+
 import asyncio
 import json
 import logging
 import math
 import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -37,6 +41,9 @@ from .store.tables import nodes, vms
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from .config import Settings
+    from .store import Store
 
 log = logging.getLogger("vmplane.replicas")
 
@@ -63,7 +70,7 @@ def home_of(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-async def assign_node_ids(conn: "AsyncConnection", home: str, wanted: list[str]) -> list[str]:
+async def assign_node_ids(conn: AsyncConnection, home: str, wanted: list[str]) -> list[str]:
     """The ids of `home`'s local nodes, `wanted` (node-1..N) unless another home has them.
 
     Stable: a home gets the same ids on every start. Call under the start-up lock.
@@ -91,7 +98,7 @@ class ServedRegistry(NodeRegistry):
     job handler the drivers come fenced (`jobs.fencing`): they act only while the handler's
     run still holds its task's lease."""
 
-    def __init__(self, replicas: "Replicas") -> None:
+    def __init__(self, replicas: Replicas) -> None:
         super().__init__()
         self._replicas = replicas
 
@@ -107,9 +114,26 @@ class ServedRegistry(NodeRegistry):
         return super().__contains__(node_id) and self._replicas.serves(node_id)
 
 
+@dataclass(frozen=True)
+class ReplicaHooks:
+    """What coordination sets off in the rest of the process (the composition root,
+    runtime.Runtime, gives them at start: the job engine and the scheduler exist by then)."""
+
+    serve_node: Callable[[str, HypervisorDriver], Awaitable[None]]
+    """record a node this process now serves, and reconcile its VMs with its driver"""
+    work_ready: Callable[[], None]
+    """tasks of a node just served may be claimed (the job engine's wakeup)"""
+    leading: Callable[[], None]
+    """this replica became the leader (the scheduler looks at its timetable)"""
+    running_resources: Callable[[], dict[str, str]]
+    """{task id: resource id} of the tasks this process runs now"""
+
+
 class Replicas:
-    def __init__(self, rt: Any, coordinator: Coordinator | None) -> None:
-        self.rt = rt
+    def __init__(self, store: Store, settings: Settings, coordinator: Coordinator | None) -> None:
+        self.store = store
+        self.settings = settings
+        self._hooks: ReplicaHooks | None = None
         self.coord = coordinator
         self.home = ""
         self.local: dict[str, HypervisorDriver] = {}
@@ -159,8 +183,14 @@ class Replicas:
 
     # -- life ------------------------------------------------------------------------------
 
-    async def start(self, local: list[tuple[str, HypervisorDriver]], home: str) -> None:
+    @property
+    def hooks(self) -> ReplicaHooks:
+        assert self._hooks is not None, "Replicas.start gives the hooks"
+        return self._hooks
+
+    async def start(self, local: list[tuple[str, HypervisorDriver]], home: str, hooks: ReplicaHooks) -> None:
         """Serve this process's share of its local nodes (all of them on SQLite)."""
+        self._hooks = hooks
         self.home = home
         self.local = dict(local)
         if self.coord is None:
@@ -186,7 +216,7 @@ class Replicas:
         self.serving.clear()
 
     async def _run(self) -> None:
-        period = self.rt.settings.coordination_seconds
+        period = self.settings.coordination_seconds
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), period)
@@ -223,9 +253,9 @@ class Replicas:
             if not self.leader and await coord.try_lock(SINGLETON_NS, SCHEDULER_KEY):
                 self.leader = True
                 log.warning("this replica now runs the cron scheduler and housekeeping")
-                self.rt.schedules.wake()
+                self.hooks.leading()
             held = await coord.holders(NODE_NS)
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 known = {r[0] for r in (await conn.execute(select(nodes.c.id))).all()} | set(self.local)
             mine = self.serving | set(self.draining)
             self.elsewhere = frozenset(n for n in known if lock_key(n) in held and n not in mine)
@@ -239,7 +269,7 @@ class Replicas:
                     if node_id not in self.serving and node_id not in self.elsewhere and await self._acquire(node_id):
                         active.append(node_id)
             elif len(active) > share:
-                running = set(self.rt.engine.running_resources())
+                running = set(self.hooks.running_resources())
                 for node_id in active[share:]:
                     log.info("handing node %s over to another replica (%d replicas share %d nodes)", node_id, replicas, len(self.local))
                     self.draining[node_id] = running
@@ -267,19 +297,18 @@ class Replicas:
             await self._close(node_id)
         await driver.open()
         self._opened.add(node_id)
-        await self.rt.register_node(node_id, driver)
-        await self.rt.reconcile([(node_id, driver)])
+        await self.hooks.serve_node(node_id, driver)
         self.serving.add(node_id)
-        self.rt.engine.wakeup()
+        self.hooks.work_ready()
 
     async def _drained(self, node_id: str) -> bool:
         """Every task this process was running when the handover began has ended, or its VM
         is on another node (so it cannot touch this one)."""
-        running = self.rt.engine.running_resources()
+        running = self.hooks.running_resources()
         waiting = {task: res for task, res in running.items() if task in self.draining[node_id]}
         if not waiting:
             return True
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = (await conn.execute(select(vms.c.id, vms.c.node_id).where(vms.c.id.in_(list(waiting.values()))))).all()
         elsewhere = {r.id for r in rows if r.node_id is not None and r.node_id != node_id}
         return all(res in elsewhere for res in waiting.values())

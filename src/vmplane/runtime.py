@@ -5,16 +5,16 @@ import logging
 import secrets
 import socket
 from pathlib import Path
-from typing import Any
 
 from . import clock, ids
 from .config import Settings
 from .datadir import make_private
-from .domain import NodeStatus, VmStatus
+from .domain import VmStatus
 from .drivers.base import HypervisorDriver, PowerState
 from .drivers.qemu import confine as qemu_confine
 from .drivers.qemu import pick_accel
 from .drivers.registry import build_qemu_driver, build_sim_nodes, pick_driver_kind
+from .jobs.deps import HandlerDeps
 from .jobs.engine import JobEngine
 from .outbound import Outbound
 from .jobs.handlers import all_handlers
@@ -37,18 +37,17 @@ from .services.moves import MoveService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services import scopes
-from .services.scopes import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
-from .services.schedules import ScheduleService
+from .services.schedules import Replay, ScheduleService
 from .services.deployments import DeploymentService
 from .services.vmconfig import VmConfigService
 from .services.networks import NetworkService
-from .services.mcp import McpService
+from .services.mcp import McpDeps, McpService
 from .services.plugins import PluginService
 from .services.snapshots import SnapshotService
 from .services.vms import VmService
 from .services.webhooks import WebhookService
 from .services.secrets import KEY_FILE as SECRETS_KEY_FILE, SecretBox
-from .replicas import Replicas, ServedRegistry, assign_node_ids, home_of
+from .replicas import ReplicaHooks, Replicas, ServedRegistry, assign_node_ids, home_of
 from .store import Store
 from .streams import StreamLimits
 from .store.coordination import EVENTS_CHANNEL, STARTUP_KEY, SINGLETON_NS, TASKS_CHANNEL, Coordinator
@@ -66,68 +65,95 @@ TINY_TEMPLATE = "tiny-linux"
 
 
 class Runtime:
-    def __init__(self, settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> None:
-        """`nodes` overrides the drivers that settings would build (tests, embedding)."""
+    """The composition root: builds each collaborator once, in dependency order, and hands
+    each exactly what it uses. Faces reach the services through it."""
+
+    def __init__(self, settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | None = None, *, replay: Replay) -> None:
+        """`nodes` overrides the drivers that settings would build (tests, embedding);
+        `replay` sends a schedule's request to the native API of this process (app.py)."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir).resolve()
         self.images_dir = self.data_dir / "images"
         self.secret_box = SecretBox(self.data_dir / SECRETS_KEY_FILE)
         """seals what vmplane must keep but never show (webhook secrets, vCenter credentials)"""
-        self.store = Store(settings.resolved_database_url(), secret_box=self.secret_box)
-        self.coordinator = Coordinator(self.store.url) if self.store.dialect == "postgresql" else None
+        self.store = store = Store(settings.resolved_database_url(), secret_box=self.secret_box)
+        self.coordinator = Coordinator(store.url) if store.dialect == "postgresql" else None
         """PostgreSQL: the session replicas coordinate through (locks, LISTEN/NOTIFY)"""
-        self.replicas = Replicas(self, self.coordinator)
-        self.registry = ServedRegistry(self.replicas)
-        self.outbound = Outbound(settings, node_q.agent_urls_of(self.store))
+        self.replicas = replicas = Replicas(store, settings, self.coordinator)
+        self.registry = registry = ServedRegistry(replicas)
+        self.outbound = outbound = Outbound(settings, node_q.agent_urls_of(store))
         """the one way to fetch a URL on a user's behalf (outbound.py)"""
-        self.capacity = Capacity(self.store, settings)
-        self.capacity.scope = self.replicas.placement_scope
-        self.engine = JobEngine(self.store, settings, all_handlers(), self)
-        self.engine.not_here = self.replicas.not_here
-        self.vms = VmService(self)
-        self.templates = TemplateService(self)
-        self.jobs = JobService(self)
-        self.cluster = ClusterService(self)
-        self.agents = AgentService(self)
-        self.moves = MoveService(self)
-        self.guest = GuestService(self)
-        self.vsphere = VsphereService(self)
-        self.imports = ImportService(self)
-        self.events = EventBus(self.store)
+        self.capacity = capacity = Capacity(store, settings)
+        capacity.scope = replicas.placement_scope
+        self.engine = engine = JobEngine(store, settings, all_handlers())
+        engine.not_here = replicas.not_here
+        self.events = EventBus(store)
         if self.coordinator is not None:  # work and events of the other replicas, the moment they commit
             self.coordinator.listen(EVENTS_CHANNEL, self.events.poke)
-            self.coordinator.listen(TASKS_CHANNEL, self.engine.wakeup)
-            self.coordinator.on_connected += [self.events.poke, self.engine.wakeup]
-        self.schedules = ScheduleService(self)
-        self.deployments = DeploymentService(self)
-        self.vm_configs = VmConfigService(self)
-        self.tenancy = TenancyService(self)
-        self.billing = Billing(self)
-        self.snapshots = SnapshotService(self)
-        self.networks = NetworkService(self)
-        self.ingress = IngressService(self)
-        self.backups = BackupService(self)
-        self.plugins = PluginService(self)
-        self.mcp = McpService(self)
+            self.coordinator.listen(TASKS_CHANNEL, engine.wakeup)
+            self.coordinator.on_connected += [self.events.poke, engine.wakeup]
+        self.streams = StreamLimits(settings.max_streams_per_credential, settings.max_streams_per_org)
+        """open event streams and consoles per credential and organization"""
         self.backup_store = BackupStore(
             settings.backup_dir or self.data_dir / "backups", self.data_dir / "backup-repo-password"
         )
-        self.internal_token = secrets.token_urlsafe(32)
-        self.app: Any = None
-        """the ASGI app serving this runtime (schedules replay requests through it)"""
-        self.webhooks = WebhookService(self)
+        schedules_due = asyncio.Event()
+        """set: the scheduler looks at its timetable now (tenancy's sweeps disable schedules)"""
+
+        self.billing = billing = Billing(store=store, settings=settings)
+        self.tenancy = tenancy = TenancyService(store=store, settings=settings, data_dir=self.data_dir, schedules_changed=schedules_due.set)
+        self.jobs = jobs = JobService(store=store, engine=engine, events=self.events)
+        self.cluster = cluster = ClusterService(store=store, settings=settings, capacity=capacity)
+        self.agents = AgentService(
+            store=store, settings=settings, registry=registry, capacity=capacity, secret_box=self.secret_box,
+            reconcile=self.reconcile, register_tiny_template=self._register_tiny_template,
+        )  # fmt: skip
+        self.moves = MoveService(store=store, engine=engine, cluster=cluster)
+        self.guest = guest = GuestService(store=store, registry=registry, streams=self.streams)
+        self.vsphere = vsphere = VsphereService(store=store, outbound=outbound, secret_box=self.secret_box)
+        self.networks = networks = NetworkService(store=store, settings=settings, engine=engine, tenancy=tenancy)
+        self.imports = imports = ImportService(
+            store=store, settings=settings, data_dir=self.data_dir, engine=engine, networks=networks, outbound=outbound,
+            registry=registry, vsphere=vsphere,
+        )  # fmt: skip
+        self.templates = templates = TemplateService(store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy)
+        self.snapshots = snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
+        self.plugins = plugins = PluginService(
+            store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy
+        )
+        self.vms = vms = VmService(
+            store=store, settings=settings, engine=engine, jobs=jobs, billing=billing, capacity=capacity, networks=networks,
+            plugins=plugins, snapshots=snapshots, tenancy=tenancy,
+        )  # fmt: skip
+        self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms)
+        self.backups = backups = BackupService(store=store, engine=engine, registry=registry, backup_store=self.backup_store, vms=vms)
+        self.schedules = ScheduleService(store=store, leadership=replicas, tenancy=tenancy, backups=backups, replay=replay, wake=schedules_due)
+        self.deployments = deployments = DeploymentService(
+            store=store, vms=vms, templates=templates, vm_configs=vm_configs, leadership=replicas, ready=lambda: self.ready
+        )
+        self.ingress = IngressService(store=store, networks=networks)
+        self.mcp = McpService(
+            McpDeps(settings=settings, vms=vms, templates=templates, vm_configs=vm_configs, plugins=plugins, deployments=deployments, jobs=jobs)
+        )
+        self.webhooks = WebhookService(store=store, outbound=outbound, secret_box=self.secret_box, tenancy=tenancy)
         self.webhook_delivery = WebhookDelivery(
-            self.store, self.outbound, owner=self.engine.owner, signing=self.webhooks.signing,
+            store, outbound, owner=engine.owner, signing=self.webhooks.signing,
             concurrency=settings.webhook_concurrency, backoff_base=settings.webhook_backoff_seconds,
         )  # fmt: skip
+        self.handler_deps = HandlerDeps(
+            store=store, settings=settings, registry=registry, home=replicas, capacity=capacity, billing=billing,
+            networks=networks, guest=guest, imports=imports, vsphere=vsphere, vms=vms, outbound=outbound,
+            backup_store=self.backup_store, data_dir=self.data_dir, images_dir=self.images_dir,
+        )  # fmt: skip
+        """what job handlers work with (given to the engine when it starts)"""
+        self.internal_token = secrets.token_urlsafe(32)
+        """proves a request came from this process (schedules' replays; api/identity.py)"""
         self._maintenance: asyncio.Task[None] | None = None
         self.ready = False
         self.stopping = asyncio.Event()
         """set when the server begins to shut down: event streams and consoles end (go_away)"""
         self.consoles = 0
         """console WebSockets open (wsconsole.bridge)"""
-        self.streams = StreamLimits(settings.max_streams_per_credential, settings.max_streams_per_org)
-        """open event streams and consoles per credential and organization"""
         self.driver_kind, self.driver_reason = ("custom", "drivers given by the caller")
         self._nodes = nodes
         self._tiny: TinyImage | None = None
@@ -210,11 +236,15 @@ class Runtime:
         for node_id, driver in local:
             self.registry.add(node_id, driver)
         await self.events.start()
-        await self.replicas.start(local, home_of(self.data_dir))
+        hooks = ReplicaHooks(
+            serve_node=self._serve_node, work_ready=self.engine.wakeup, leading=self.schedules.wake,
+            running_resources=self.engine.running_resources,
+        )  # fmt: skip
+        await self.replicas.start(local, home_of(self.data_dir), hooks)
         if any(d.capabilities.real_vms for _, d in local):
             await self._register_tiny_template()
         await self.agents.start()  # remote nodes in the registry before tasks run on them
-        await self.engine.start()
+        await self.engine.start(self.handler_deps)
         await self.webhook_delivery.start()
         await self.schedules.start()
         self.plugins.start()
@@ -242,28 +272,10 @@ class Runtime:
             await node_q.recompute_usage(conn, now)
         return local
 
-    async def register_node(self, node_id: str, driver: HypervisorDriver) -> None:
-        """Record a node this process now serves (capacity, labels) and announce it."""
-        now = clock.now()
-        info = await driver.node_info()
-        row = {
-            "id": node_id,
-            "hostname": info.hostname,
-            "driver": driver.capabilities.kind,
-            "status": NodeStatus.ONLINE.value,
-            "cpu_total": info.cpu,
-            "ram_mb_total": info.ram_mb,
-            "disk_gb_total": info.disk_gb,
-            "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
-            "pci_devices": [d.to_wire() for d in info.pci_devices],
-            "created_at": now,
-            "updated_at": now,
-            "heartbeat_at": now,
-        }
-        async with self.store.write() as conn:
-            await node_q.upsert_node(conn, row)
-            await ev_q.emit(conn, "node.online", node_id, {"id": node_id, "hostname": row["hostname"], "driver": row["driver"]}, None)
-        self.capacity.invalidate()
+    async def _serve_node(self, node_id: str, driver: HypervisorDriver) -> None:
+        """A node this process now serves: record it, and its VMs' states as its driver tells."""
+        await self.cluster.register_node(node_id, driver)
+        await self.reconcile([(node_id, driver)])
 
     async def reconcile(self, nodes: list[tuple[str, HypervisorDriver]] | None = None) -> None:
         """Bring stored VM states in line with what each hypervisor reports (VMs outlive us).
@@ -297,12 +309,6 @@ class Runtime:
                         await vm_q.set_status(conn, vm_id, values.pop("status"), updated_at=now, **values)
                 log.warning("reconciled %d VM(s) on %s with the hypervisor", len(changes), node_id)
 
-    def internal_headers(self, user_id: str, org_id: str, scope: str = "") -> dict[str, str]:
-        """Headers for a request this process makes to itself as `user_id` of `org_id`, with
-        the scope of a stored credential (services/scopes.Scope.header; none: the user's
-        organization-wide membership)."""
-        return {INTERNAL_HEADER: self.internal_token, ACTING_AS_HEADER: f"{user_id}@{org_id}", ACTING_SCOPE_HEADER: scope}
-
     async def _maintain(self) -> None:
         """Housekeeping every minute: event and audit retention, expired idempotency keys (by
         the leading replica), this process's API key use."""
@@ -314,7 +320,7 @@ class Runtime:
                         await ev_q.prune(conn, before=now - self.settings.event_retention_days * 86400, keep_last=self.settings.event_retention_max)
                         await idem_q.forget_older_than(conn, now - 86400)
                         await t_q.prune_audit(conn, before=now - self.settings.audit_retention_days * 86400)
-                    await scopes.sweep_expired(self)  # schedules, webhooks, deployments of keys that expired
+                    await scopes.sweep_expired(self.store, self.schedules.wake)  # schedules, webhooks, deployments of keys that expired
                 await self.tenancy.flush_key_use()
             except Exception:
                 log.exception("housekeeping failed")

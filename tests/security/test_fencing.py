@@ -85,7 +85,7 @@ async def test_a_worker_stalled_past_its_lease_neither_acts_nor_ends_the_task(se
     rec_a, rec_b = Recorder(node, "A", calls), Recorder(node, "B", calls)
     for server, rec in ((a, rec_a), (b, rec_b)):
         server.rt.registry.add(SHARED, rec)
-    await a.rt.register_node(SHARED, node)
+    await a.rt.cluster.register_node(SHARED, node)
 
     r = await a.client.post("/api/v1/vms", json={"name": "fenced", "nodeId": SHARED})
     assert r.status_code == 202, r.text

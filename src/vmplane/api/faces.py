@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,13 +22,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import native
 from .compat import bluelobster, fastvm, hypersdk, volant
 
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
 
 @dataclass(frozen=True, slots=True)
 class Face:
     name: str
     prefix: str
     """where the face lives in the main application (no trailing slash)"""
-    install: Callable[[FastAPI, Any], None]
+    install: Callable[[FastAPI, Runtime], None]
     """install(app, runtime): adds the face's routes (or mounts its application) to `app`"""
     root_paths: tuple[str, ...] = ()
     """paths of the main application that the face's own listener serves as they are"""
@@ -39,23 +42,23 @@ class Face:
 HEALTH_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
 
 
-def _install_native(app: FastAPI, _rt: Any) -> None:
+def _install_native(app: FastAPI, _rt: Runtime) -> None:
     app.include_router(native.router())
 
 
-def _install_fastvm(app: FastAPI, rt: Any) -> None:
+def _install_fastvm(app: FastAPI, rt: Runtime) -> None:
     app.mount(fastvm.PREFIX, fastvm.build(rt))
 
 
-def _install_volant(app: FastAPI, rt: Any) -> None:
+def _install_volant(app: FastAPI, rt: Runtime) -> None:
     app.mount(volant.PREFIX, volant.build(rt))
 
 
-def _install_bluelobster(app: FastAPI, rt: Any) -> None:
+def _install_bluelobster(app: FastAPI, rt: Runtime) -> None:
     app.mount(bluelobster.PREFIX, bluelobster.build(rt))
 
 
-def _install_hypersdk(app: FastAPI, rt: Any) -> None:
+def _install_hypersdk(app: FastAPI, rt: Runtime) -> None:
     app.mount(hypersdk.PREFIX, hypersdk.build(rt, getattr(app.state, "metrics", None)))
 
 
@@ -79,7 +82,7 @@ def face(name: str) -> Face:
         raise ValueError(f"unknown face {name!r}; known: {', '.join(FACES)}") from None
 
 
-def install_all(app: FastAPI, rt: Any) -> None:
+def install_all(app: FastAPI, rt: Runtime) -> None:
     for f in FACES.values():
         f.install(app, rt)
 

@@ -1,11 +1,14 @@
 """/healthz, /livez, /readyz at the root of every listener."""
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .schemas import HealthOut
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 HEALTH_RESPONSES: dict[int | str, dict] = {200: {"model": HealthOut}, 503: {"model": HealthOut}}
 
@@ -19,7 +22,7 @@ async def live() -> JSONResponse:
     return JSONResponse({"status": "ok", "checks": {}})
 
 
-async def readiness(rt: Any) -> dict[str, str]:
+async def readiness(rt: "Runtime") -> dict[str, str]:
     """What readiness depends on, each `ok` or why not: the store answers, the runtime
     finished starting (store migrated, nodes registered)."""
     checks = {"store": "ok", "nodes": "ok" if rt.ready else "starting"}

@@ -18,7 +18,7 @@ credentials are counted into one row per address per minute (services/tenancy.Fa
 import hmac
 import ipaddress
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +32,9 @@ from ..services.scopes import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HE
 from ..store import tenancy as t_q
 from .metrics import route_template
 from .middleware import StatusWatch, refuse
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
@@ -107,7 +110,7 @@ def offered_subprotocols(scope: Scope) -> list[str]:
 
 
 class Identity:
-    def __init__(self, app: ASGIApp, rt: Any) -> None:
+    def __init__(self, app: ASGIApp, rt: "Runtime") -> None:
         self.app = app
         self.rt = rt
         self.buckets = TokenBuckets(rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst)
@@ -178,7 +181,7 @@ class Identity:
                 raise Unauthorized("credentials required: send X-API-Key or Authorization: Bearer")
             user_id, _, org_id = headers.get(ACTING_AS_HEADER, "").partition("@")
             credential, team_id, read_only = scopes.parse_header(headers.get(ACTING_SCOPE_HEADER, ""))
-            return await scopes.acting(self.rt, scopes.Scope(org_id, user_id, credential, team_id, read_only))
+            return await scopes.acting(self.rt.store, scopes.Scope(org_id, user_id, credential, team_id, read_only))
         if kind == "metrics":  # checked in _credential
             scope.setdefault("state", {})["metrics_scrape"] = True  # no principal: it reads /metrics, nothing else
             return None

@@ -10,7 +10,7 @@ operations as tools with JSON schemas, two ways:
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import httpx
 import mcp.types as types
@@ -22,6 +22,9 @@ from .. import __version__
 from ..errors import Unauthorized, VmplaneError
 from ..http_clients import async_api_client
 from ..services.mcp import BY_TOOL, OPERATIONS, Operation
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 Caller = Callable[[Server, Operation, dict[str, Any]], Awaitable[Any]]
 
@@ -60,7 +63,7 @@ class McpHttp:
     """The ASGI endpoint `/mcp`: refuses requests without valid credentials (401), runs each
     tool call as the request's principal."""
 
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         async def call(server: Server, op: Operation, args: dict[str, Any]) -> Any:
             request = server.request_context.request
             who = getattr(request.state, "principal", None) if request is not None else None

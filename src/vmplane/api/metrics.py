@@ -6,7 +6,7 @@ when Prometheus scrapes.
 """
 
 import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,11 +21,14 @@ from .native.deps import principal
 from ..store import metrics as metrics_q
 from .middleware import StatusWatch
 
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
 router = APIRouter(tags=["health"])
 
 
 class Metrics:
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: "Runtime") -> None:
         self.rt = rt
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(

@@ -11,13 +11,16 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Iterator, TypeVar
 
 import uvicorn
 
 from ..api.faces import FACES, listener_app
 from ..config import Settings
 from ..httpproto import header_timeout
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 T = TypeVar("T")
 
@@ -92,7 +95,7 @@ class Server(uvicorn.Server):
     listeners stop), then uvicorn's own shutdown: running requests get
     `graceful_shutdown_seconds`, then the lifespan stops the runtime."""
 
-    def __init__(self, config: uvicorn.Config, rt: Any, before_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, rt: Runtime, before_shutdown: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(config)
         self.rt = rt
         self.before_shutdown = before_shutdown

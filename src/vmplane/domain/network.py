@@ -17,6 +17,8 @@ from typing import Any
 from ..errors import InvalidRequest, NotFound
 
 NETWORK_TYPES = ("user", "bridge")
+DEFAULT_NETWORK = "user"
+"""the shared user-mode network every VM joins unless told otherwise"""
 POLICIES = ("ACCEPT", "DROP")
 ACTIONS = ("ACCEPT", "DROP", "REJECT")
 DIRECTIONS = ("in", "out")

@@ -29,6 +29,7 @@ from ..domain import JobState, TaskState
 from ..errors import VmplaneError
 from ..store import Store
 from ..store import jobs as q
+from .deps import HandlerDeps
 from .fencing import LeaseLost, current
 
 log = logging.getLogger("vmplane.jobs")
@@ -47,9 +48,10 @@ class HandOff(Exception):
 
 
 class TaskContext:
-    """What a handler sees: its task, progress and log reporting, and the runtime."""
+    """What a handler sees: its task, progress and log reporting, and the collaborators it
+    works with (`deps`)."""
 
-    def __init__(self, engine: "JobEngine", row: Row) -> None:
+    def __init__(self, engine: "JobEngine", row: Row[Any], deps: HandlerDeps) -> None:
         self._engine = engine
         self.task_id: str = row.id
         self.job_id: str = row.job_id
@@ -69,7 +71,7 @@ class TaskContext:
         self._logs: list[dict[str, Any]] = []
         self._persisted_at = clock.now()
         self.deferred: list[Callable[[AsyncConnection], Awaitable[None]]] = []
-        self.rt: Any = engine.runtime
+        self.deps = deps
 
     @property
     def resumed(self) -> bool:
@@ -139,7 +141,7 @@ class Handler(Protocol):
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         """Undo what a failed or cancelled `run` left half-done."""
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         """The task was cancelled before it started (inside the cancel transaction)."""
 
 
@@ -151,11 +153,11 @@ class JobEngine:
     `lease_seconds`: the rest covers clock skew between replicas and a call under way. Renewals
     come every third of a lease, so a busy worker's fences normally cost no round trip."""
 
-    def __init__(self, store: Store, settings: Settings, handlers: dict[str, Handler], runtime: Any) -> None:
+    def __init__(self, store: Store, settings: Settings, handlers: dict[str, Handler]) -> None:
+        """Jobs can be submitted and cancelled from here on; tasks run once `start(deps)`."""
         self.store = store
         self.settings = settings
         self.handlers = handlers
-        self.runtime = runtime
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{ids.new_id('w')}"
         self._wakeup = asyncio.Event()
         self._running: dict[str, tuple[asyncio.Task[None], TaskContext]] = {}
@@ -239,10 +241,12 @@ class JobEngine:
 
     # -- running -----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, deps: HandlerDeps) -> None:
+        """Run tasks, with `deps` for their handlers (the services that queue the work exist
+        before the engine runs any of it, and handlers call some of them)."""
         await self.recover(startup=True)
         self._loops = [
-            asyncio.create_task(self._claim_loop(), name="jobs-claim"),
+            asyncio.create_task(self._claim_loop(deps), name="jobs-claim"),
             asyncio.create_task(self._lease_loop(), name="jobs-lease"),
         ]
 
@@ -276,11 +280,11 @@ class JobEngine:
             log.warning("requeued %d interrupted task(s): %s", len(requeued), ", ".join(t.id for t in requeued[:10]))
             self.wakeup()
 
-    async def _claim_loop(self) -> None:
+    async def _claim_loop(self, deps: HandlerDeps) -> None:
         batch = max(1, self.settings.job_concurrency // 8)
         while not self._stopping:
             free = self.settings.job_concurrency - len(self._running)
-            claimed: list[Row] = []
+            claimed: list[Row[Any]] = []
             # Claim in batches: one claim per finished task would cost a transaction each.
             if free >= batch or (free > 0 and len(self._running) < batch):
                 try:
@@ -302,7 +306,7 @@ class JobEngine:
                     await asyncio.sleep(1)
                     continue
                 for row in claimed:
-                    ctx = TaskContext(self, row)
+                    ctx = TaskContext(self, row, deps)
                     ctx.sure_until = mono + self.settings.lease_seconds * self.SURE_FRACTION
                     stale = self._running.get(row.id)
                     if stale is not None:  # an earlier attempt of ours stalled and lost the task

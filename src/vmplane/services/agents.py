@@ -16,16 +16,17 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..drivers import remote_wire as wire
 from ..auth import DEFAULT_ORG, Principal
 from ..domain import NodeStatus
+from ..drivers import remote_wire as wire
 from ..drivers.base import Capabilities
 from ..drivers.remote import RemoteDriver
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -35,6 +36,14 @@ from ..store import meta as meta_q
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from ..store import tenancy as t_q
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..drivers.base import HypervisorDriver
+    from ..drivers.registry import NodeRegistry
+    from ..store import Store
+    from .capacity import Capacity
+    from .secrets import SecretBox
 
 log = logging.getLogger("vmplane.agents")
 
@@ -57,8 +66,26 @@ def operator_only(who: Principal) -> None:
 
 
 class AgentService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: Settings,
+        registry: NodeRegistry,
+        capacity: Capacity,
+        secret_box: SecretBox,
+        reconcile: Callable[[list[tuple[str, HypervisorDriver]]], Awaitable[None]],
+        register_tiny_template: Callable[[], Awaitable[None]],
+    ) -> None:
+        """`reconcile(nodes)`: bring the stored states of these nodes' VMs in line with their
+        drivers; `register_tiny_template()`: offer the tiny guest (runtime.Runtime's)."""
+        self.store = store
+        self.settings = settings
+        self.registry = registry
+        self.capacity = capacity
+        self.secret_box = secret_box
+        self.reconcile = reconcile
+        self.register_tiny_template = register_tiny_template
         self._secret: bytes | None = None
         self._task: asyncio.Task[None] | None = None
         self._reconciling: dict[str, asyncio.Task[None]] = {}
@@ -69,7 +96,7 @@ class AgentService:
 
     @property
     def offline_seconds(self) -> float:
-        return float(self.rt.settings.node_offline_seconds)
+        return float(self.settings.node_offline_seconds)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -91,7 +118,7 @@ class AgentService:
             "one_time": one_time, "uses": 0, "created_by": who.user_name, "created_at": now,
             "expires_at": None if expires_in is None else now + expires_in, "last_used_at": None, "revoked_at": None,
         }  # fmt: skip
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await ag_q.insert_token(conn, row)
             stored = await ag_q.get_token(conn, row["id"])
         assert stored is not None
@@ -99,12 +126,12 @@ class AgentService:
 
     async def tokens(self, who: Principal) -> Sequence[Row]:
         operator_only(who)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await ag_q.list_tokens(conn)
 
     async def revoke_token(self, who: Principal, token_id: str) -> None:
         operator_only(who)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await ag_q.get_token(conn, token_id) is None:
                 raise NotFound(f"join token {token_id} does not exist")
             await ag_q.revoke_token(conn, token_id, clock.now())
@@ -115,8 +142,8 @@ class AgentService:
         """The installation's secret the control-plane keys derive from, stored sealed with
         the data dir's key (the database alone would give the key to every agent)."""
         if self._secret is None:
-            box = self.rt.secret_box
-            async with self.rt.store.write() as conn:
+            box = self.secret_box
+            async with self.store.write() as conn:
                 value = await meta_q.ensure(conn, SECRET_KEY, box.seal({"agentKeySecret": secrets.token_hex(32)}))
             self._secret = bytes.fromhex(unseal_key_secret(box, value))
         return self._secret
@@ -129,7 +156,7 @@ class AgentService:
         """The node whose agent sent this credential (401 otherwise)."""
         if not credential or not credential.startswith(wire.CREDENTIAL_PREFIX):
             raise Unauthorized("a node credential is required (Authorization: Bearer vmn_…)")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             node = await ag_q.node_by_credential(conn, wire.digest(credential))
         if node is None:
             raise Unauthorized("unknown or revoked node credential")
@@ -142,11 +169,11 @@ class AgentService:
         again under its old id); answers its credential and the key it will be called with."""
         if not token or not token.startswith(wire.JOIN_TOKEN_PREFIX):
             raise Unauthorized("a join token is required (Authorization: Bearer vmj_…); create one with `vmplane node token create`")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             tok = await ag_q.token_by_digest(conn, wire.digest(token))
         now = clock.now()
         if tok is None or tok.revoked_at is not None or (tok.expires_at is not None and tok.expires_at <= now) or (tok.one_time and tok.uses):
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 await self._audit(conn, "join token refused", tok.id if tok else None, 401, remote)
             raise Unauthorized("the join token is unknown, revoked, expired, or already used")
         agent_url, info, caps = parse_agent(body)
@@ -155,7 +182,7 @@ class AgentService:
             wire.check_id(wanted, "nodeId")
         credential = wire.CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
         credential_id = ids.new_id("cred")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if not await ag_q.spend_token(conn, tok.id, now):  # another node got there first
                 raise Unauthorized("the join token is unknown, revoked, expired, or already used")
             node_id = wanted or ids.new_id("node")
@@ -172,7 +199,7 @@ class AgentService:
         log.warning("node %s (%s, %s) joined from %s", node_id, info.hostname, caps.kind, agent_url)
         self._offer_tiny(caps)
         await self.sync()
-        self.rt.capacity.invalidate()
+        self.capacity.invalidate()
         if existing is not None:
             self._reconcile_soon(node_id)
         return {
@@ -186,25 +213,25 @@ class AgentService:
         agent_url, info, caps = parse_agent(body)
         now = clock.now()
         row = node_row(node.id, agent_url, info, caps, now)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await node_q.upsert_node(conn, row)
             await ev_q.emit(conn, "node.online", node.id, {"id": node.id, "hostname": info.hostname, "driver": ag_q.REMOTE}, None)
         self._offer_tiny(caps)
         await self.sync()
-        self.rt.capacity.invalidate()
+        self.capacity.invalidate()
         self._reconcile_soon(node.id)
         return {"nodeId": node.id, "heartbeatSeconds": self.heartbeat_seconds}
 
     async def heartbeat(self, credential: str | None) -> dict[str, Any]:
         node = await self._node_for(credential)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             back = await ag_q.heartbeat(conn, node.id, clock.now())
             if back:
                 await ev_q.emit(conn, "node.online", node.id, {"id": node.id, "hostname": node.hostname, "driver": ag_q.REMOTE}, None)
         if back:
             log.warning("node %s is back online", node.id)
             await self.sync()
-            self.rt.capacity.invalidate()
+            self.capacity.invalidate()
             self._reconcile_soon(node.id)
         return {"heartbeatSeconds": self.heartbeat_seconds}
 
@@ -213,7 +240,7 @@ class AgentService:
         await self._node_for(credential)
         if name not in TEMPLATE_FILES:
             raise NotFound(f"templates have no file {name!r}")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             tpl = await tpl_q.get_template(conn, template_id)
         if tpl is None or tpl.status != "ready" or tpl.image_path is None:
             raise NotFound(f"template {template_id} has no image")
@@ -229,7 +256,7 @@ class AgentService:
         and its VMs unknown. It joins again with a new join token (same node id, its VMs)."""
         operator_only(who)
         now = clock.now()
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             node = await node_q.get_node(conn, node_id)
             if node is None or node.driver != ag_q.REMOTE:
                 raise NotFound(f"node {node_id} is not a node run by an agent")
@@ -245,7 +272,7 @@ class AgentService:
         (in the background: an agent may be slow to answer)."""
         self._started = time.monotonic()
         await self.sync()
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             online = [n.id for n in await ag_q.remote_nodes(conn) if n.status == NodeStatus.ONLINE.value and n.credential_digest]
         for node_id in online:
             self._reconcile_soon(node_id)
@@ -276,10 +303,10 @@ class AgentService:
         # after a control-plane restart agents get one timeout to reach us again
         if time.monotonic() - self._started >= self.offline_seconds:
             silent_since = now - self.offline_seconds
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 stale = [n for n in await ag_q.remote_nodes(conn) if n.status == NodeStatus.ONLINE.value and (n.heartbeat_at or 0) < silent_since]
             for n in stale:
-                async with self.rt.store.write() as conn:
+                async with self.store.write() as conn:
                     why = f"no heartbeat for {now - (n.heartbeat_at or now):.1f} s"
                     if await self._go_offline(conn, n.id, silent_since, now, why):
                         log.error("node %s is offline: %s", n.id, why)
@@ -290,19 +317,19 @@ class AgentService:
             return False
         unknown = await ag_q.vms_unknown(conn, node_id, now)
         await ev_q.emit(conn, "node.offline", node_id, {"id": node_id, "reason": why, "vmsUnknown": len(unknown)}, None)
-        self.rt.capacity.invalidate()
+        self.capacity.invalidate()
         return True
 
     async def sync(self) -> None:
         """The registry has a remote driver for every joined node, up to date, and marked
         offline exactly when the store says so (other replicas may have decided it)."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await ag_q.remote_nodes(conn)
         for row in rows:
             await self._sync_one(row)
 
     async def _sync_one(self, row: Row) -> None:
-        reg = self.rt.registry
+        reg = self.registry
         key = await self.control_key(row.id, row.credential_id) if row.credential_id else "vmk_revoked"
         try:
             caps = wire.capabilities_from_wire(row.capabilities or {})
@@ -334,7 +361,7 @@ class AgentService:
 
         async def run() -> None:
             try:
-                await self.rt._register_tiny_template()
+                await self.register_tiny_template()
             except Exception:
                 log.exception("registering the tiny-linux template failed")
 
@@ -349,8 +376,8 @@ class AgentService:
 
         async def run() -> None:
             try:
-                driver = self.rt.registry.driver(node_id)
-                await self.rt.reconcile([(node_id, driver)])
+                driver = self.registry.driver(node_id)
+                await self.reconcile([(node_id, driver)])
             except Exception as exc:
                 log.warning("reconciling node %s failed: %s", node_id, exc)
 

@@ -5,7 +5,7 @@ billed only the seconds it existed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,16 +16,21 @@ from ..domain import StoredSpec
 from ..errors import InvalidRequest, Reason
 from ..store import usage as usage_q
 
+if TYPE_CHECKING:
+    from ..store import Store
+
+
 MAX_DAYS = 90
 
 
 class Billing:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
 
     def price(self, cpu: int, ram_mb: int) -> tuple[str, float]:
         """(instance type, cents per hour) of a VM shape."""
-        s: Settings = self.rt.settings
+        s: Settings = self.settings
         for name, (c, r, cents) in s.instance_types.items():
             if (c, r) == (cpu, ram_mb):
                 return name, cents
@@ -69,7 +74,7 @@ class Billing:
             raise InvalidRequest("end must be after start", field="end")
         if end - start > MAX_DAYS * 86400:
             raise InvalidRequest(f"the period may be at most {MAX_DAYS} days", field="end", reason=Reason.OVER_LIMIT)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await usage_q.spans(conn, who.org_id, start, end, who.team_id)
         per_vm: dict[str, dict[str, Any]] = {}
         for r in rows:

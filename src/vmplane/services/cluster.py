@@ -1,6 +1,8 @@
 """Nodes and the cluster as a whole."""
 
-from typing import Any, Sequence
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import Row
 
@@ -8,6 +10,7 @@ from .. import __version__, clock
 from ..auth import Principal
 from ..domain import NodeStatus
 from ..errors import Forbidden, NotFound
+from ..store import events as ev_q
 from ..store import meta as meta_q
 from ..store import networks as net_q
 from ..store import nodes as node_q
@@ -15,13 +18,44 @@ from ..store import vms as vm_q
 from . import pages
 from .vms import visible
 
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..drivers.base import HypervisorDriver
+    from ..store import Store
+    from .capacity import Capacity
+
 
 class ClusterService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings, capacity: Capacity) -> None:
+        self.store = store
+        self.settings = settings
+        self.capacity = capacity
+
+    async def register_node(self, node_id: str, driver: HypervisorDriver) -> None:
+        """Record a node this process now serves (capacity, labels) and announce it."""
+        now = clock.now()
+        info = await driver.node_info()
+        row = {
+            "id": node_id,
+            "hostname": info.hostname,
+            "driver": driver.capabilities.kind,
+            "status": NodeStatus.ONLINE.value,
+            "cpu_total": info.cpu,
+            "ram_mb_total": info.ram_mb,
+            "disk_gb_total": info.disk_gb,
+            "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
+            "pci_devices": [d.to_wire() for d in info.pci_devices],
+            "created_at": now,
+            "updated_at": now,
+            "heartbeat_at": now,
+        }
+        async with self.store.write() as conn:
+            await node_q.upsert_node(conn, row)
+            await ev_q.emit(conn, "node.online", node_id, {"id": node_id, "hostname": row["hostname"], "driver": row["driver"]}, None)
+        self.capacity.invalidate()
 
     async def node(self, node_id: str) -> Row:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await node_q.get_node(conn, node_id)
         if row is None:
             raise NotFound(f"node {node_id} does not exist")
@@ -29,7 +63,7 @@ class ClusterService:
 
     async def nodes(self, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
         after = pages.decode("nodes", page_token)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await node_q.list_nodes(conn, after_seq=after, limit=limit + 1)
         token = pages.encode("nodes", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
@@ -38,18 +72,18 @@ class ClusterService:
         """Cordon a node (no new VM is placed there; its VMs stay) or uncordon it. Idempotent."""
         if not who.operator:
             raise Forbidden("only operators (owners and admins of the bootstrap organization) cordon nodes")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await node_q.get_node(conn, node_id) is None:
                 raise NotFound(f"node {node_id} does not exist")
             await node_q.set_cordoned(conn, node_id, cordoned, clock.now())
-        self.rt.capacity.invalidate()
+        self.capacity.invalidate()
         return await self.node(node_id)
 
     async def devices(self, node_id: str, who: Principal) -> list[dict[str, Any]]:
         """The PCI devices a node offers for passthrough, whether each is given to a VM, and
         which VM when `who` may see it (operators: every VM; others: their own)."""
         row = await self.node(node_id)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             owners = {a.address: a.vm_id for a in await net_q.assigned_devices(conn, node_id)}
             vms = {v.id: v for v in await vm_q.get_vms(conn, list(set(owners.values())))} if owners and not who.operator else {}
 
@@ -62,11 +96,11 @@ class ClusterService:
         return [{**d, "assigned": d["address"] in owners, "vmId": shown(owners.get(d["address"]))} for d in row.pci_devices or ()]
 
     async def totals(self) -> Row:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await node_q.cluster_totals(conn)
 
     async def details(self) -> dict[str, Any]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             cluster_id = await meta_q.get(conn, "cluster_id")
             created = await meta_q.get(conn, "created_at")
             rows = await node_q.list_nodes(conn)
@@ -74,7 +108,7 @@ class ClusterService:
         status = "healthy" if rows and online == len(rows) else ("degraded" if online else "unavailable")
         return {
             "id": cluster_id,
-            "name": self.rt.settings.cluster_name,
+            "name": self.settings.cluster_name,
             "version": __version__,
             "status": status,
             "nodes": len(rows),

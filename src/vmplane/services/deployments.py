@@ -23,10 +23,12 @@ a restart or a new leader carries on where the last pass stopped.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +41,14 @@ from ..store import deployments as dep_q
 from ..store import events as ev_q
 from ..store import nodes as node_q
 from . import scopes, vmconfig
+from .process import Leadership
 from .vms import check_name
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from .templates import TemplateService
+    from .vmconfig import VmConfigService
+    from .vms import VmService
 
 log = logging.getLogger("vmplane.deployments")
 
@@ -73,8 +82,17 @@ def check_replicas(value: Any, where: str = "replicas") -> int:
 
 
 class DeploymentService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(
+        self, *, store: Store, vms: VmService, templates: TemplateService, vm_configs: VmConfigService, leadership: Leadership, ready: Callable[[], bool]
+    ) -> None:
+        """`leadership`: whether this replica leads (the leader alone reconciles); `ready()`: this
+        process has started."""
+        self.store = store
+        self.vms = vms
+        self.templates = templates
+        self.vm_configs = vm_configs
+        self.leadership = leadership
+        self.ready = ready
         self.interval = 1.0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -87,14 +105,14 @@ class DeploymentService:
     # -- CRUD ----------------------------------------------------------------------------
 
     async def get(self, name: str, who: Principal) -> Row:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await dep_q.get_deployment(conn, name, who.org_id)
         if row is None or row.org_id != who.org_id or (who.team_id is not None and row.team_id != who.team_id):
             raise NotFound(f"deployment {name} does not exist")
         return row
 
     async def list(self, who: Principal) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await dep_q.list_deployments(conn, who.org_id)
         return [r for r in rows if who.team_id is None or r.team_id == who.team_id]
 
@@ -114,7 +132,7 @@ class DeploymentService:
             "updated_at": now, **scopes.of(who).columns(),
         }  # fmt: skip
         try:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 if await dep_q.get_deployment(conn, name, who.org_id) is not None:  # names are per organization
                     raise Conflict(f"a deployment named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 await dep_q.insert_deployment(conn, row)
@@ -138,7 +156,7 @@ class DeploymentService:
         if not values:
             raise InvalidRequest("give replicas and/or config", field="body")
         values["updated_at"] = clock.now()
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await dep_q.set_deployment(conn, dep.id, **values)
             data = {**_data(dep._mapping), **{k: v for k, v in values.items() if k in ("replicas", "config")}}
             await ev_q.emit(conn, "deployment.updated", dep.id, data, dep.org_id, dep.team_id)
@@ -149,19 +167,19 @@ class DeploymentService:
         """Forget the deployment and delete its replicas (one job; None if it had none)."""
         dep = await self.get(name, who)
         replicas = await self.replicas(dep)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await dep_q.delete_deployment(conn, dep.id)
             await ev_q.emit(conn, "deployment.deleted", dep.id, _data(dep._mapping), dep.org_id, dep.team_id)
         refs = [r.vm.id for r in replicas if r.vm.status != VmStatus.DELETING]
         if not refs:
             return None
-        return await self.rt.vms.delete(refs, who)
+        return await self.vms.delete(refs, who)
 
     # -- replicas ------------------------------------------------------------------------
 
-    async def replicas(self, dep: Row) -> list[Replica]:
+    async def replicas(self, dep: Row) -> builtins.list[Replica]:
         pattern = re.compile(re.escape(dep.name) + r"-([1-9][0-9]{0,3})$")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = [
                 r for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)
                 if pattern.match(r.name) and r.spec.deployment == dep.id
@@ -195,11 +213,11 @@ class DeploymentService:
         passes = 0
         while True:
             try:
-                if self.rt.ready and self.rt.replicas.leader:  # one reconciler across replicas
+                if self.ready() and self.leadership.leader:  # one reconciler across replicas
                     await self.reconcile_all()
                     passes += 1
                     if passes % 60 == 1:  # now and then: the config history of deleted VMs goes
-                        await self.rt.vm_configs.forget_deleted()
+                        await self.vm_configs.forget_deleted()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -211,7 +229,7 @@ class DeploymentService:
                 pass
 
     async def reconcile_all(self) -> None:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             deps = await dep_q.list_deployments(conn)
         for dep in deps:
             try:
@@ -226,9 +244,9 @@ class DeploymentService:
         if dep.disabled_reason is not None:
             return
         try:
-            who = await scopes.acting(self.rt, scopes.of_row(dep))
+            who = await scopes.acting(self.store, scopes.of_row(dep))
         except scopes.ScopeEnded as exc:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 await scopes.disable(conn, "deployment", dep, exc.message)
             return
         replicas = await self.replicas(dep)
@@ -239,22 +257,22 @@ class DeploymentService:
             if r.vm.status in DEAD and not r.work and clock.now() - self._acted.get(r.vm.id, 0.0) > RETRY_SECONDS:
                 self._acted[r.vm.id] = clock.now()
                 reason = r.vm.error or f"the replica is {r.vm.status}"
-                await self._act(dep, who, "replace", r.vm.name, reason, lambda r=r: self.rt.vms.delete([r.vm.id], who))
+                await self._act(dep, who, "replace", r.vm.name, reason, lambda r=r: self.vms.delete([r.vm.id], who))
         staying = [r for r in live if not r.going and not (r.vm.status in DEAD and not r.work)]
         surplus = len(staying) - dep.replicas
         for r in sorted(staying, key=lambda x: -x.index)[: max(0, surplus)]:
             if r.work:  # being created or changed: removed once that is done
                 continue
-            await self._act(dep, who, "delete", r.vm.name, f"scaled to {dep.replicas}", lambda r=r: self.rt.vms.delete([r.vm.id], who))
+            await self._act(dep, who, "delete", r.vm.name, f"scaled to {dep.replicas}", lambda r=r: self.vms.delete([r.vm.id], who))
         # replicas on their way out hold their numbers until they are gone
         missing = dep.replicas - len(live)
         if missing <= 0:
             return
         lost = {r.vm.name for r in replicas if r.lost}
         taken = {r.index for r in replicas}
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             others = {r.name for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)}  # its organization's names only
-        template = await self.rt.templates.default_id(who)
+        template = await self.templates.default_id(who)
         index = 0
         while missing > 0 and index < 10_000:
             index += 1
@@ -267,8 +285,8 @@ class DeploymentService:
             spec = replace(spec, extra={**spec.extra, "deployment": dep.id}, team=dep.team_id)  # the team of the credential that made it
 
             async def create(spec: Any = spec) -> str:
-                job_id, vm_ids = await self.rt.vms.create([spec], who, check_capacity=True)
-                await self.rt.vm_configs.record(vm_ids, dep.config)
+                job_id, vm_ids = await self.vms.create([spec], who, check_capacity=True)
+                await self.vm_configs.record(vm_ids, dep.config)
                 return job_id
 
             if not await self._act(dep, who, "create", name, reason, create):
@@ -295,7 +313,7 @@ class DeploymentService:
         data = {"deployment": dep.name, "id": dep.id, "action": action, "replica": replica, "reason": reason, "jobId": job_id}
         if error is not None:
             data["error"] = error
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await ev_q.emit(conn, "deployment.reconciled", dep.id, data, dep.org_id, dep.team_id)
 
 

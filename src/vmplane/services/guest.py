@@ -4,10 +4,12 @@ These are interactive calls, not jobs: they change no VM state, so they go to th
 driver directly, and each checks the driver declares the capability.
 """
 
+from __future__ import annotations
+
 import asyncio
 import hashlib
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .. import clock
 from ..auth import Principal
@@ -20,7 +22,13 @@ from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..streams import StreamSlot
 from ..vmstates import VmOp, require_state
-from .vms import AUTO_PORTS, port_is_free
+from .vms import AUTO_PORTS, get_visible_vm, port_is_free
+
+if TYPE_CHECKING:
+    from ..drivers.registry import NodeRegistry
+    from ..store import Store
+    from ..streams import StreamLimits
+
 
 CONSOLE_TOKEN_SECONDS = 60
 EXEC_MAX_OUTPUT = 1024 * 1024
@@ -32,13 +40,15 @@ def token_hash(token: str) -> str:
 
 
 class GuestService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, registry: NodeRegistry, streams: StreamLimits) -> None:
+        self.store = store
+        self.registry = registry
+        self.streams = streams
 
     def _driver(self, vm: Vm, capability: str, need_running: bool = True) -> HypervisorDriver:
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status} and on no node", current=vm.status)
-        driver = self.rt.registry.driver(vm.node_id)
+        driver = self.registry.driver(vm.node_id)
         if not getattr(driver.capabilities, capability):
             raise Conflict(
                 f"{vm.node_id} runs the {driver.capabilities.kind} driver, which has no {capability.replace('_', ' ')}",
@@ -51,12 +61,12 @@ class GuestService:
     async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Vm]:
         """A one-time token for the VM's serial console, good for `ttl` seconds (at most
         CONSOLE_TOKEN_SECONDS); the VM must run on a node with a console."""
-        vm = await self.rt.vms.get(ref, who)
+        vm = await get_visible_vm(self.store, ref, who)
         self._driver(vm, "console")
         token = secrets.token_urlsafe(24)
         now = clock.now()
         expires = now + min(ttl, CONSOLE_TOKEN_SECONDS)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await guest_q.add_console_token(conn, token_hash(token), vm.id, expires, now, who.limit_key)
         return token, expires, vm
 
@@ -65,15 +75,15 @@ class GuestService:
         credential: it was given to someone allowed to use this VM's console). The console
         holds a stream slot of the credential that asked for the token (RateLimited, 429, when
         it has none free); the caller releases it when the console closes."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             vm = await vm_q.get_vm(conn, ref)
         if vm is None:
             raise NotFound("console token is unknown, used or expired")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             spent = await guest_q.use_console_token(conn, token_hash(token), vm.id, clock.now())
         if spent is None:
             raise NotFound("console token is unknown, used or expired")
-        slot = self.rt.streams.hold_for(spent.holder or f"console:{vm.org_id}", vm.org_id)
+        slot = self.streams.hold_for(spent.holder or f"console:{vm.org_id}", vm.org_id)
         try:
             reader, writer = await self._driver(vm, "console").open_console(vm.id)
         except BaseException:
@@ -82,7 +92,7 @@ class GuestService:
         return reader, writer, slot
 
     async def console_log(self, ref: str, max_bytes: int, who: Principal) -> bytes:
-        vm = await self.rt.vms.get(ref, who)
+        vm = await get_visible_vm(self.store, ref, who)
         return await self._driver(vm, "console", need_running=False).console_log(vm.id, max_bytes)
 
     async def exec(self, ref: str, argv: list[str], timeout: float, who: Principal) -> ExecResult:
@@ -90,11 +100,11 @@ class GuestService:
             raise InvalidRequest("command must name a program to run", field="command")
         if not 0 < timeout <= EXEC_MAX_SECONDS:
             raise InvalidRequest(f"timeoutSec must be more than 0 and at most {EXEC_MAX_SECONDS}", field="timeoutSec")
-        vm = await self.rt.vms.get(ref, who)
+        vm = await get_visible_vm(self.store, ref, who)
         return await self._driver(vm, "exec").exec_vm(vm.id, argv, timeout, EXEC_MAX_OUTPUT)
 
     async def stats(self, ref: str, who: Principal) -> tuple[Vm, VmStats]:
-        vm = await self.rt.vms.get(ref, who)
+        vm = await get_visible_vm(self.store, ref, who)
         return vm, await self._driver(vm, "stats").stats_vm(vm.id)
 
     async def prepare_ssh(self, vm_id: str, driver: HypervisorDriver) -> str | None:
@@ -106,7 +116,7 @@ class GuestService:
         address is reachable as it is). Idempotent; returns a line for the task log."""
         if not (driver.capabilities.real_vms and driver.capabilities.local):
             return None
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             vm = await vm_q.get_vm(conn, vm_id)
             if vm is None or vm.spec.ssh is not None or not vm.spec.has_user_nic:
                 return None

@@ -19,7 +19,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy import Row
@@ -31,7 +31,17 @@ from ..errors import InvalidRequest, InvalidState, NotFound, RateLimited, Vmplan
 from ..store import imports as imp_q
 from ..store import nodes as node_q
 from . import pages
-from .vms import check_name, check_tags
+from .vms import check_name, check_tags, get_visible_vm
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..drivers.registry import NodeRegistry
+    from ..jobs.engine import JobEngine
+    from ..outbound import Outbound
+    from ..store import Store
+    from .networks import NetworkService
+    from .vsphere import VsphereService
+
 
 SOURCE_TYPES = ("ova", "disk", "vsphere", "vmplane")
 STAGES = ("connecting", "exporting", "converting", "defining", "starting")
@@ -261,17 +271,24 @@ def check_url(url: str, where: str, schemes: Sequence[str] = ("http", "https", "
 class ImportService:
     """rt.imports: submit imports, read their progress."""
 
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings, data_dir: Path, engine: JobEngine, networks: NetworkService, outbound: Outbound, registry: NodeRegistry, vsphere: VsphereService) -> None:
+        self.store = store
+        self.settings = settings
+        self.data_dir = data_dir
+        self.engine = engine
+        self.networks = networks
+        self.outbound = outbound
+        self.registry = registry
+        self.vsphere = vsphere
         self._exports: dict[str, int] = {}
         """organization -> disk exports running (export_slot)"""
 
     def allowed_dirs(self) -> list[Path]:
         """Directories local import files may come from (resolved; the default is made)."""
-        dirs = list(self.rt.settings.import_dirs) or [Path(self.rt.data_dir) / "imports"]
+        dirs = list(self.settings.import_dirs) or [Path(self.data_dir) / "imports"]
         out = []
         for d in dirs:
-            if d == Path(self.rt.data_dir) / "imports":
+            if d == Path(self.data_dir) / "imports":
                 d.mkdir(parents=True, exist_ok=True)
             out.append(Path(os.path.realpath(d)))
         return out
@@ -307,20 +324,20 @@ class ImportService:
             if src.format is not None and (src.type != "disk" or src.format not in DISK_FORMATS):
                 raise InvalidRequest(f"source.format must be one of {', '.join(DISK_FORMATS)} (disk sources only)", field="source.format")
             if src.url is not None:
-                await self.rt.outbound.check(src.url, "source.url")
+                await self.outbound.check(src.url, "source.url")
         elif src.type == "vsphere":
             if not src.vm_path:
                 raise InvalidRequest("a vsphere source needs vmPath (the VM's inventory path)", field="source.vmPath")
             if src.export_method not in EXPORT_METHODS:
                 raise InvalidRequest(f"source.exportMethod must be one of {', '.join(EXPORT_METHODS)}", field="source.exportMethod")
             try:
-                conn = await self.rt.vsphere.connection(
+                vc = await self.vsphere.connection(
                     who, profile=src.profile, url=src.vcenter_url, username=src.username, password=src.password, insecure=src.insecure
                 )
             except InvalidRequest as exc:
                 raise InvalidRequest(exc.message, field=f"source.{exc.field}" if exc.field else "source") from None
-            if conn.profile is None:
-                secrets["vsphere"] = self.rt.vsphere.seal(conn)
+            if vc.profile is None:
+                secrets["vsphere"] = self.vsphere.seal(vc)
         else:  # vmplane
             if not src.url:
                 raise InvalidRequest("a vmplane source needs url (the other vmplane's base URL)", field="source.url")
@@ -329,14 +346,14 @@ class ImportService:
                 raise InvalidRequest("a vmplane source needs vmId", field="source.vmId")
             if not src.api_key:
                 raise InvalidRequest("a vmplane source needs apiKey (a key of the other vmplane)", field="source.apiKey")
-            await self.rt.outbound.check(src.url, "source.url")
+            await self.outbound.check(src.url, "source.url")
             secrets["apiKey"] = src.api_key
         if req.name is not None:
             check_name(req.name, "name")
         check_tags(req.tags, "tags")
         for source_net, target in sorted(req.network_mapping.items()):
             try:
-                await self.rt.networks.get(target, who, field=f"networkMapping.{source_net}")
+                await self.networks.get(target, who, field=f"networkMapping.{source_net}")
             except NotFound as exc:
                 raise InvalidRequest(exc.message, field=f"networkMapping.{source_net}") from None
         now = clock.now()
@@ -349,12 +366,12 @@ class ImportService:
             "who": {"org_id": who.org_id, "user_id": who.user_id, "user_name": who.user_name, "role": str(who.role), "team_id": who.team_id},
         }
         if secrets:
-            payload["sealed"] = self.rt.vsphere.box.seal(secrets)
-        async with self.rt.store.write() as conn:
+            payload["sealed"] = self.vsphere.box.seal(secrets)
+        async with self.store.write() as conn:
             if req.node_id is not None:
                 if await node_q.get_node(conn, req.node_id) is None:
                     raise InvalidRequest(f"nodeId {req.node_id!r} does not exist", field="nodeId")
-            job_id = await self.rt.engine.submit(conn, "vm-import", who, [(imp_id, payload)])
+            job_id = await self.engine.submit(conn, "vm-import", who, [(imp_id, payload)])
             await imp_q.insert_import(
                 conn,
                 {
@@ -364,11 +381,11 @@ class ImportService:
                     "created_at": now, "updated_at": now, "finished_at": None,
                 },
             )  # fmt: skip
-        self.rt.engine.wakeup()
+        self.engine.wakeup()
         return job_id, imp_id
 
     async def get(self, import_id: str, who: Principal) -> ImportView:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await imp_q.get_import(conn, import_id)
         if row is None or not _visible(row, who):
             raise NotFound(f"import {import_id} does not exist")
@@ -376,13 +393,13 @@ class ImportService:
 
     async def for_job(self, job_id: str, who: Principal) -> ImportView | None:
         """The import a job does (None: the job is not an import)."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await imp_q.import_of_job(conn, job_id)
         return view(row) if row is not None and _visible(row, who) else None
 
     async def list(self, who: Principal, *, limit: int = 50, page_token: str | None = None) -> tuple[list[ImportView], str | None]:
         after = pages.decode("imports", page_token)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await imp_q.list_imports(conn, who.org_id, after_seq=after, limit=limit + 1, team_id=who.team_id)
         token = pages.encode("imports", rows[limit - 1].seq) if len(rows) > limit else None
         return [view(r) for r in rows[:limit]], token
@@ -391,7 +408,7 @@ class ImportService:
         """One of the organization's `export_concurrency` disk exports, held until the returned
         function is called (once the export's file has been sent or the export failed);
         RateLimited (429) when all are taken. Per process, as the other rate limits."""
-        limit = self.rt.settings.export_concurrency
+        limit = self.settings.export_concurrency
         if self._exports.get(who.org_id, 0) >= limit:
             raise RateLimited(f"at most {limit} disk exports run at once per organization; retry when one has finished", limit=limit)
         self._exports[who.org_id] = self._exports.get(who.org_id, 0) + 1
@@ -412,16 +429,16 @@ class ImportService:
         standalone qcow2 file the caller streams and then deletes: what another vmplane's
         import of source type `vmplane` downloads. InvalidState on a node that keeps no disk
         content (sim). Hold a `take_export_slot` while it runs and its file is sent."""
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         if vm.node_id is None or vm.status in ("provisioning", "error"):
             raise InvalidState(f"VM {vm.id} has no disk to export ({vm.status})", current=vm.status)
-        driver = self.rt.registry.driver(vm.node_id)
+        driver = self.registry.driver(vm.node_id)
         if not driver.capabilities.disk_export:
             raise InvalidState(f"{vm.node_id} runs the {driver.capabilities.kind} driver, which keeps no disk content")
         qemu_img = shutil.which("qemu-img")
         if qemu_img is None:
             raise InvalidState("qemu-img is not installed on the control plane's host")
-        work = Path(self.rt.data_dir) / "imports" / "exports"
+        work = Path(self.data_dir) / "imports" / "exports"
         work.mkdir(parents=True, exist_ok=True)
         tag = f"{vm.id}-{uuid.uuid4().hex[:8]}"
         raw, out = work / f"{tag}.raw", work / f"{tag}.qcow2"
@@ -455,7 +472,7 @@ class ImportService:
 
     def secrets_of(self, payload: dict[str, Any]) -> dict[str, Any]:
         token = payload.get("sealed")
-        return self.rt.vsphere.box.open(token) if token else {}
+        return self.vsphere.box.open(token) if token else {}
 
 
 def principal_of(payload: dict[str, Any]) -> Principal:

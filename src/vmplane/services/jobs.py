@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import Row
 
@@ -19,6 +19,11 @@ from ..errors import DriverError, InvalidRequest, InvalidState, NotFound
 from ..store import jobs as job_q
 from ..store import metrics as metrics_q
 from . import pages
+
+if TYPE_CHECKING:
+    from ..events.bus import EventBus
+    from ..jobs.engine import JobEngine
+    from ..store import Store
 
 
 def _visible(row: Row, who: Principal) -> bool:
@@ -67,11 +72,13 @@ class JobOutcome:
 
 
 class JobService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, engine: JobEngine, events: EventBus) -> None:
+        self.store = store
+        self.engine = engine
+        self.events = events
 
     async def get(self, job_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             job = await job_q.get_job(conn, job_id)
             if job is None or not _visible(job, who):
                 raise NotFound(f"job {job_id} does not exist")
@@ -79,7 +86,7 @@ class JobService:
         return job, tasks
 
     async def get_task(self, job_id: str, task_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             task = await job_q.get_task(conn, job_id, task_id)
             if task is None or not _visible(task, who):
                 raise NotFound(f"task {task_id} of job {job_id} does not exist")
@@ -92,23 +99,23 @@ class JobService:
         if state is not None and state not in JobState.__members__.values():
             raise InvalidRequest(f"state {state!r} is not one of {', '.join(JobState)}", field="state")
         after = pages.decode("jobs", page_token)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await job_q.list_jobs(conn, state=state, type_=type_, after_seq=after, limit=limit + 1, org_id=who.org_id, team_id=who.team_id)
         token = pages.encode("jobs", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
     async def counts(self, who: Principal, type_: str) -> dict[str, int]:
         """How many of the organization's jobs of `type_` are in each state."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             by = await metrics_q.jobs_by_type_state(conn, who.org_id, who.team_id)
         return {state: n for (t, state), n in by.items() if t == type_}
 
     async def wait(self, job_id: str, timeout: float) -> JobOutcome:
         """The job and its tasks once it has ended, or as they are after `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        async with self.rt.events.subscribe(types=("job.completed", "job.failed", "job.cancelled"), resource=job_id) as sub:
+        async with self.events.subscribe(types=("job.completed", "job.failed", "job.cancelled"), resource=job_id) as sub:
             while True:
-                async with self.rt.store.read() as conn:
+                async with self.store.read() as conn:
                     job = await job_q.get_job(conn, job_id)
                     if job is None:
                         raise NotFound(f"job {job_id} does not exist")
@@ -128,6 +135,6 @@ class JobService:
         job, _ = await self.get(job_id, who)
         if JobState(job.state) in JOB_FINAL:
             raise InvalidState(f"job {job_id} already ended ({job.state})", current=job.state)
-        await self.rt.engine.cancel(job_id)
+        await self.engine.cancel(job_id)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import jsonschema
 from sqlalchemy import Row
@@ -22,10 +22,19 @@ from ..errors import Forbidden, InvalidRequest, VmplaneError
 from . import vmconfig
 from .volant_shapes import VM_STATUS, deployment
 
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .deployments import DeploymentService
+    from .jobs import JobService
+    from .plugins import PluginService
+    from .templates import TemplateService
+    from .vmconfig import VmConfigService
+    from .vms import VmService
+
 log = logging.getLogger("vmplane.mcp")
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 63, "description": "the VM's name"}
-Handler = Callable[[Any, Principal, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[["McpDeps", Principal, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -63,15 +72,15 @@ def vm_summary(row: Vm) -> dict[str, Any]:
     }
 
 
-async def _finish(rt: Any, job_id: str, what: str) -> None:
-    await rt.jobs.finish(job_id, rt.settings.compat_wait_seconds, what)
+async def _finish(deps: McpDeps, job_id: str, what: str) -> None:
+    await deps.jobs.finish(job_id, deps.settings.compat_wait_seconds, what)
 
 
 # -- operations -----------------------------------------------------------------------------
 
 
-async def vms_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [vm_summary(r) for r in await rt.vms.every(who)]
+async def vms_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [vm_summary(r) for r in await deps.vms.every(who)]
     if p.get("status"):
         out = [v for v in out if v["status"] == p["status"]]
     if p.get("runtime"):
@@ -79,11 +88,11 @@ async def vms_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str,
     return out
 
 
-async def vms_get(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return vm_summary(await rt.vms.by_name(p["name"], who))
+async def vms_get(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return vm_summary(await deps.vms.by_name(p["name"], who))
 
 
-async def vms_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+async def vms_create(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
     """As the Volant face's create: the VM's config from the params, then wait for it."""
     config: dict[str, Any] = dict(p.get("config") or {})
     resources = {k: p[k] for k in ("cpu_cores", "memory_mb") if p.get(k) is not None}
@@ -93,72 +102,65 @@ async def vms_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, An
         if p.get(key):
             config[key] = p[key]
     config = vmconfig.check(config, "params.config")
-    spec = vmconfig.new_vm(p["name"], config, await rt.templates.default_id(who))  # with its plugin, if named
-    row = await rt.vms.create_and_wait(spec, who, rt.settings.compat_wait_seconds)
-    await rt.vm_configs.record([row.id], config)
+    spec = vmconfig.new_vm(p["name"], config, await deps.templates.default_id(who))  # with its plugin, if named
+    row = await deps.vms.create_and_wait(spec, who, deps.settings.compat_wait_seconds)
+    await deps.vm_configs.record([row.id], config)
     return vm_summary(row)
 
 
 def _power(action: str) -> Handler:
-    async def run(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-        vm = await rt.vms.by_name(p["name"], who)
-        await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
-        return vm_summary(await rt.vms.get(vm.id, who))
+    async def run(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+        vm = await deps.vms.by_name(p["name"], who)
+        await _finish(deps, await deps.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
+        return vm_summary(await deps.vms.get(vm.id, who))
 
     return run
 
 
-async def vms_delete(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    vm = await rt.vms.by_name(p["name"], who)
+async def vms_delete(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    vm = await deps.vms.by_name(p["name"], who)
     if vm.status != "deleting":
-        await _finish(rt, await rt.vms.delete([vm.id], who), f"deleting VM {vm.name}")
+        await _finish(deps, await deps.vms.delete([vm.id], who), f"deleting VM {vm.name}")
     return {"name": vm.name, "deleted": True}
 
 
-async def vms_action(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    vm = await rt.vms.by_name(p["name"], who)
+async def vms_action(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    vm = await deps.vms.by_name(p["name"], who)
     body = p.get("body")
-    out = await rt.plugins.call_action(vm.id, p["action"], who, body=body.encode() if body else b"", content_type="application/json" if body else None)
+    out = await deps.plugins.call_action(vm.id, p["action"], who, body=body.encode() if body else b"", content_type="application/json" if body else None)
     return {"status": out.status, "content_type": out.content_type, "body": out.body.decode("utf-8", "replace")}
 
 
-async def plugins_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"name": r.name, "runtime": r.runtime, "version": r.version, "enabled": r.enabled, "actions": sorted(r.manifest.get("actions") or {})} for r in await rt.plugins.list(who)]
+async def plugins_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": r.name, "runtime": r.runtime, "version": r.version, "enabled": r.enabled, "actions": sorted(r.manifest.get("actions") or {})} for r in await deps.plugins.list(who)]
 
 
-def _deployments(rt: Any) -> Any:
-    deployments = getattr(rt, "deployments", None)
-    if deployments is None:
-        raise InvalidRequest("this vmplane has no deployments")
-    return deployments
+async def _deployment_out(deps: McpDeps, row: Row) -> dict[str, Any]:
+    return deployment(row, await deps.deployments.ready_count(row))
 
 
-async def _deployment_out(rt: Any, row: Row) -> dict[str, Any]:
-    return deployment(row, await rt.deployments.ready_count(row))
+async def deployments_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    return [await _deployment_out(deps, d) for d in await deps.deployments.list(who)]
 
 
-async def deployments_list(rt: Any, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
-    return [await _deployment_out(rt, d) for d in await _deployments(rt).list(who)]
+async def deployments_get(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(deps, await deps.deployments.get(p["name"], who))
 
 
-async def deployments_get(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return await _deployment_out(rt, await _deployments(rt).get(p["name"], who))
+async def deployments_create(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(deps, await deps.deployments.create(p["name"], p.get("replicas", 1), p.get("config"), who))
 
 
-async def deployments_create(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return await _deployment_out(rt, await _deployments(rt).create(p["name"], p.get("replicas", 1), p.get("config"), who))
+async def deployments_scale(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(deps, await deps.deployments.update(p["name"], who, replicas=p["replicas"]))
 
 
-async def deployments_scale(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return await _deployment_out(rt, await _deployments(rt).update(p["name"], who, replicas=p["replicas"]))
-
-
-async def deployments_delete(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    await _deployments(rt).delete(p["name"], who)
+async def deployments_delete(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    await deps.deployments.delete(p["name"], who)
     return {"name": p["name"], "deleted": True}
 
 
-async def get_capabilities(rt: Any, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+async def get_capabilities(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
     return {"capabilities": [{"name": op.command, "description": op.description, "params": op.params} for op in OPERATIONS]}
 
 
@@ -214,16 +216,29 @@ def _check_params(op: Operation, params: Any) -> dict[str, Any]:
     return params
 
 
+@dataclass(frozen=True)
+class McpDeps:
+    """The services the operations drive."""
+
+    settings: Settings
+    vms: VmService
+    templates: TemplateService
+    vm_configs: VmConfigService
+    plugins: PluginService
+    deployments: DeploymentService
+    jobs: JobService
+
+
 class McpService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, deps: McpDeps) -> None:
+        self.deps = deps
 
     async def run(self, op: Operation, params: Any, who: Principal) -> Any:
         """Run one operation (VmplaneError on a bad param or a failure)."""
         params = _check_params(op, params)
         if op.writes and not who.can_write:
             raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot change anything")
-        return await op.run(self.rt, who, params)
+        return await op.run(self.deps, who, params)
 
     async def command(self, command: Any, params: Any, who: Principal) -> dict[str, Any]:
         """Volant's `{command, params}` → `{result}` or `{result: null, error}` (never raises)."""

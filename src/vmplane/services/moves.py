@@ -1,7 +1,9 @@
 """Moving VMs between nodes: drain a node (cordon it, move its stopped VMs), move one stopped
 VM, live-migrate one running VM. Operators only: they decide where VMs run."""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ..auth import Principal
 from ..domain import VmStatus
@@ -10,6 +12,11 @@ from ..store import jobs as job_q
 from ..store import nodes as node_q
 from ..store import vms as vm_q
 from ..vmstates import VmOp, require_state
+
+if TYPE_CHECKING:
+    from ..jobs.engine import JobEngine
+    from ..store import Store
+    from .cluster import ClusterService
 
 
 def operator_only(who: Principal) -> None:
@@ -24,25 +31,27 @@ def move_payload(source: str, target: str | None) -> dict[str, Any]:
 
 
 class MoveService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, engine: JobEngine, cluster: ClusterService) -> None:
+        self.store = store
+        self.engine = engine
+        self.cluster = cluster
 
     async def drain(self, who: Principal, node_id: str) -> tuple[str | None, list[str]]:
         """Cordon the node; one `node-drain` job with a `vm-move` task per stopped VM on it."""
-        await self.rt.cluster.set_cordon(who, node_id, True)
-        async with self.rt.store.write() as conn:
+        await self.cluster.set_cordon(who, node_id, True)
+        async with self.store.write() as conn:
             vms = [v for v in await vm_q.vms_on_node(conn, node_id) if v.status == VmStatus.STOPPED.value]
             busy = await job_q.active_task_for(conn, [v.id for v in vms])
             vms = [v for v in vms if v.id not in busy]
             if not vms:
                 return None, []
-            job_id = await self.rt.engine.submit(conn, "node-drain", who, [(v.id, move_payload(node_id, None)) for v in vms], task_type="vm-move")
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "node-drain", who, [(v.id, move_payload(node_id, None)) for v in vms], task_type="vm-move")
+        self.engine.wakeup()
         return job_id, [v.id for v in vms]
 
     async def _vm_and_target(self, who: Principal, vm_ref: str, target: str | None) -> Any:
         operator_only(who)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             vm = await vm_q.get_vm(conn, vm_ref)
             if vm is None:
                 raise NotFound(f"VM {vm_ref} does not exist")
@@ -60,15 +69,15 @@ class MoveService:
     async def move(self, who: Principal, vm_ref: str, target: str | None) -> str:
         vm = await self._vm_and_target(who, vm_ref, target)
         require_state(VmOp.MOVE, vm.status, vm.id)
-        async with self.rt.store.write() as conn:
-            job_id = await self.rt.engine.submit(conn, "vm-move", who, [(vm.id, move_payload(vm.node_id, target))])
-        self.rt.engine.wakeup()
+        async with self.store.write() as conn:
+            job_id = await self.engine.submit(conn, "vm-move", who, [(vm.id, move_payload(vm.node_id, target))])
+        self.engine.wakeup()
         return job_id
 
     async def migrate(self, who: Principal, vm_ref: str, target: str | None) -> str:
         vm = await self._vm_and_target(who, vm_ref, target)
         require_state(VmOp.MIGRATE, vm.status, vm.id)
-        async with self.rt.store.write() as conn:
-            job_id = await self.rt.engine.submit(conn, "vm-migrate", who, [(vm.id, move_payload(vm.node_id, target))])
-        self.rt.engine.wakeup()
+        async with self.store.write() as conn:
+            job_id = await self.engine.submit(conn, "vm-migrate", who, [(vm.id, move_payload(vm.node_id, target))])
+        self.engine.wakeup()
         return job_id

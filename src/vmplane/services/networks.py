@@ -7,23 +7,32 @@ the last change always wins and a crash loses nothing).
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
-from ..domain import VmNic
+from ..domain import Vm, VmNic
+from ..domain.network import DEFAULT_NETWORK
 from ..errors import Conflict, InvalidRequest, NotFound, Reason
 from ..net import ipam
 from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
 from ..store import networks as net_q
 from ..store import vms as vm_q
-from .vms import check_name
+from .vms import check_name, get_visible_vm
 
-DEFAULT_NETWORK = "user"
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..jobs.engine import JobEngine
+    from ..store import Store
+    from .tenancy import TenancyService
+
+
 MAX_NICS = 8
 
 
@@ -56,8 +65,11 @@ def render_network(row: Row, in_use: int | None = None) -> dict[str, Any]:
 
 
 class NetworkService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings, engine: JobEngine, tenancy: TenancyService) -> None:
+        self.store = store
+        self.settings = settings
+        self.engine = engine
+        self.tenancy = tenancy
         self._networks: dict[str, Network] = {}
         """networks by id: they never change, and one in use by a VM is never deleted"""
 
@@ -65,9 +77,9 @@ class NetworkService:
 
     async def ensure_default(self) -> None:
         """The shared user-mode network every VM joins unless told otherwise."""
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await net_q.find_network(conn, DEFAULT_NETWORK, None) is None:
-                subnet = str(ipam.check_subnet(self.rt.settings.user_network_subnet, "VMPLANE_USER_NETWORK_SUBNET"))
+                subnet = str(ipam.check_subnet(self.settings.user_network_subnet, "VMPLANE_USER_NETWORK_SUBNET"))
                 await net_q.insert_network(conn, {
                     "id": ids.new_id("net"), "name": DEFAULT_NETWORK, "org_id": None, "type": "user", "subnet": subnet,
                     "gateway": ipam.gateway(subnet, "user"), "ipv6_prefix": None, "bridge": None, "created_at": clock.now(),
@@ -82,7 +94,7 @@ class NetworkService:
         check_name(name)
         if type_ not in NETWORK_TYPES:
             raise InvalidRequest(f"type must be one of {', '.join(NETWORK_TYPES)}, not {type_!r}", field="type")
-        pool = ipaddress.IPv4Network(self.rt.settings.tenant_subnet_pool)
+        pool = ipaddress.IPv4Network(self.settings.tenant_subnet_pool)
         net = ipam.check_subnet(subnet) if subnet is not None else None
         if net is not None:
             ipam.check_range(net, pool, who.operator)
@@ -92,7 +104,7 @@ class NetworkService:
         if v6 is not None and type_ != "bridge":
             raise InvalidRequest("ipv6Prefix needs a bridge network (user-mode networks are IPv4 only here)", field="ipv6Prefix")
         network_id = ids.new_id("net")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await net_q.name_taken(conn, name, who.org_id):  # names are unique within an organization only
                 raise Conflict(f"a network named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             visible = await net_q.list_networks(conn, who.org_id)
@@ -103,7 +115,7 @@ class NetworkService:
                     raise Conflict(f"subnet {net} overlaps network {other.name} ({other.subnet})", field="subnet")
                 if v6 is not None and other.ipv6_prefix and ipaddress.IPv6Network(other.ipv6_prefix).overlaps(v6):
                     raise Conflict(f"ipv6Prefix {v6} overlaps network {other.name} ({other.ipv6_prefix})", field="ipv6Prefix")
-            await self.rt.tenancy.reserve(conn, who.org_id, networks=1)
+            await self.tenancy.reserve(conn, who.org_id, networks=1)
             row = {
                 "id": network_id, "name": name, "org_id": who.org_id, "type": type_, "subnet": str(net),
                 "gateway": ipam.gateway(str(net), type_), "ipv6_prefix": str(v6) if v6 else None,
@@ -117,7 +129,7 @@ class NetworkService:
     async def get(self, ref: str, who: Principal, field: str | None = None) -> Row:
         """A network the caller may use, by id or name: its organization's first, then the
         shared ones (such as `user`); another organization's does not exist for it."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await net_q.find_network(conn, ref, who.org_id)
         if row is None:
             if field is not None:
@@ -126,19 +138,19 @@ class NetworkService:
         return row
 
     async def list(self, who: Principal) -> list[tuple[Row, int]]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await net_q.list_networks(conn, who.org_id)
             return [(r, await net_q.addresses_in_use(conn, r.id)) for r in rows]
 
     async def in_use(self, network_id: str) -> int:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await net_q.addresses_in_use(conn, network_id)
 
     async def delete(self, ref: str, who: Principal) -> None:
         row = await self.get(ref, who)
         if row.org_id is None:
             raise Conflict(f"network {row.name} is shared by every organization and cannot be deleted")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             used = await net_q.addresses_in_use(conn, row.id)
             if used:
                 raise Conflict(f"network {row.name} still has {used} address(es) in use; delete its VMs first", inUse=used)
@@ -146,13 +158,13 @@ class NetworkService:
 
     # -- VM creation: NICs and addresses ---------------------------------------------------
 
-    async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> list[Row]:
+    async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> builtins.list[Row]:
         """The networks a new VM joins (default: the shared user network, whatever the
         caller's own networks are named)."""
         if len(refs) > MAX_NICS:
             raise InvalidRequest(f"a VM joins at most {MAX_NICS} networks", field=where)
         if not refs:
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 default = await net_q.find_network(conn, DEFAULT_NETWORK, None)
             if default is None:
                 raise InvalidRequest(f"the shared network {DEFAULT_NETWORK!r} does not exist", field=where)
@@ -190,7 +202,7 @@ class NetworkService:
             row["spec"]["nics"] = [n.to_json() for n in nics[row["id"]]]
 
     @staticmethod
-    async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> list[int]:
+    async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> builtins.list[int]:
         """Record one new address of `net` for each (vm id, NIC index, primary); retried when
         another transaction took one of the chosen addresses first."""
         now = clock.now()
@@ -210,7 +222,7 @@ class NetworkService:
 
     # -- what a VM has ---------------------------------------------------------------------
 
-    async def nics(self, conn: Any, vm: Row) -> tuple[Nic, ...]:
+    async def nics(self, conn: Any, vm: Vm) -> tuple[Nic, ...]:
         """The VM's NICs for its driver (empty for VMs made before networks existed)."""
         specs = vm.spec.nics
         missing = {n.network_id for n in specs} - self._networks.keys()
@@ -228,7 +240,7 @@ class NetworkService:
     # -- additional addresses --------------------------------------------------------------
 
     async def add_ip(self, vm_ref: str, network_ref: str | None, who: Principal) -> IpChange:
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         nic_specs = vm.spec.nics
         if not nic_specs:
             raise Conflict(f"VM {vm.id} was created before networks existed and has no managed NIC")
@@ -240,21 +252,21 @@ class NetworkService:
             if nic < 0:
                 raise InvalidRequest(f"VM {vm.id} has no NIC on network {net.name}", field="networkId")
         network_id = nic_specs[nic].network_id
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             net_row = (await net_q.get_networks(conn, [network_id]))[network_id]
             (addr,) = await self._take(conn, net_row, [(vm.id, nic, False)])
             await self._set_ips(conn, vm.id, nic, lambda ips: [*ips, ipam.to_str(addr)])
             job_id = await self._apply(conn, vm, who)
-        self.rt.engine.wakeup()
+        self.engine.wakeup()
         return IpChange(ipam.to_str(addr), job_id)
 
     async def release_ip(self, vm_ref: str, address: str, who: Principal) -> IpChange:
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         try:
             wanted = str(ipaddress.ip_address(address))
         except ValueError:
             raise InvalidRequest(f"{address!r} is not an IP address", field="ip") from None
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             mine = (await net_q.addresses_of(conn, [vm.id]))[vm.id]
             hit = next((a for a in mine if a.address == wanted), None)
             if hit is None:
@@ -266,12 +278,12 @@ class NetworkService:
             await net_q.release_address(conn, vm.id, hit.network_id, hit.addr)
             await self._set_ips(conn, vm.id, hit.nic, lambda ips: [i for i in ips if i != wanted])
             job_id = await self._apply(conn, vm, who)
-        self.rt.engine.wakeup()
+        self.engine.wakeup()
         return IpChange(wanted, job_id)
 
-    async def addresses(self, vm_ref: str, who: Principal) -> list[dict[str, Any]]:
-        vm = await self.rt.vms.get(vm_ref, who)
-        async with self.rt.store.read() as conn:
+    async def addresses(self, vm_ref: str, who: Principal) -> builtins.list[dict[str, Any]]:
+        vm = await get_visible_vm(self.store, vm_ref, who)
+        async with self.store.read() as conn:
             mine = (await net_q.addresses_of(conn, [vm.id]))[vm.id]
             nets = await net_q.get_networks(conn, {a.network_id for a in mine})
         nic_specs = vm.spec.nics
@@ -285,8 +297,8 @@ class NetworkService:
     # -- firewalls -------------------------------------------------------------------------
 
     async def firewall(self, vm_ref: str, who: Principal) -> Firewall:
-        vm = await self.rt.vms.get(vm_ref, who)
-        async with self.rt.store.read() as conn:
+        vm = await get_visible_vm(self.store, vm_ref, who)
+        async with self.store.read() as conn:
             return await self.firewall_of(conn, vm.id)
 
     async def set_options(self, vm_ref: str, who: Principal, enabled: bool | None, policy_in: str | None, policy_out: str | None) -> tuple[Firewall, str]:
@@ -309,12 +321,12 @@ class NetworkService:
 
     async def change_firewall(self, vm_ref: str, who: Principal, edit: Callable[[Firewall], Firewall]) -> tuple[Firewall, str]:
         """Apply `edit` to the VM's stored firewall and queue the job that enforces the result."""
-        vm = await self.rt.vms.get(vm_ref, who)
-        async with self.rt.store.write() as conn:
+        vm = await get_visible_vm(self.store, vm_ref, who)
+        async with self.store.write() as conn:
             new = edit(await self.firewall_of(conn, vm.id))
             await net_q.set_firewall(conn, vm.id, new.to_wire(), clock.now())
             job_id = await self._apply(conn, vm, who)
-        self.rt.engine.wakeup()
+        self.engine.wakeup()
         return new, job_id
 
     @staticmethod
@@ -328,5 +340,5 @@ class NetworkService:
         await vm_q.set_vm(conn, vm_id, spec=vm.spec.with_(nics=tuple(nics)).to_json())
 
     async def _apply(self, conn: Any, vm: Row, who: Principal) -> str:
-        return await self.rt.engine.submit(conn, "vm-network", who, [(vm.id, {})])
+        return await self.engine.submit(conn, "vm-network", who, [(vm.id, {})])
 

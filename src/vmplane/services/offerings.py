@@ -16,7 +16,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import Row
 
@@ -27,6 +27,10 @@ from ..placement import Demand, choose_node
 from ..store import networks as net_q
 from ..store import nodes as node_q
 from .capacity import usage_of
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from .capacity import Capacity
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +111,10 @@ def load_catalog(path: Path) -> Catalog:
 class Offerings:
     """The catalogue, and which nodes (hosts, regions) have room for what."""
 
-    def __init__(self, rt: Any, catalog: Catalog | None = None) -> None:
-        self.rt = rt
-        self.catalog = catalog if catalog is not None else load_catalog(rt.data_dir / "offerings.toml")
+    def __init__(self, *, store: Store, capacity: Capacity, data_dir: Path, catalog: Catalog | None = None) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.catalog = catalog if catalog is not None else load_catalog(data_dir / "offerings.toml")
 
     def instance_type(self, name: str) -> InstanceType:
         try:
@@ -139,7 +144,7 @@ class Offerings:
         return (node.labels or {}).get("host_id") or node.id
 
     async def nodes(self) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await node_q.list_nodes(conn)
 
     async def node_of_host(self, host: str) -> Row:
@@ -149,14 +154,14 @@ class Offerings:
         raise NotFound(f"host {host!r} does not exist", field="host")
 
     async def _usage(self) -> tuple[Sequence[Row], dict[str, Any]]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await node_q.list_nodes(conn)
             taken = {(a.node_id, a.address) for a in await net_q.assigned_devices(conn)}
         return rows, {r.id: usage_of(r, taken) for r in rows}
 
     def _fits(self, demand: Demand, usage: list[Any]) -> Any:
         try:
-            return choose_node(demand, usage, self.rt.capacity.policy)
+            return choose_node(demand, usage, self.capacity.policy)
         except (NoCapacity, NotFound):
             return None
 
@@ -181,7 +186,7 @@ class Offerings:
         members = [usage[r.id] for r in rows if self.region_of(r) == region]
         if not members:
             raise NoCapacity(f"region {region} has no nodes")
-        return choose_node(demand, members, self.rt.capacity.policy).id
+        return choose_node(demand, members, self.capacity.policy).id
 
     def gpu_model_on(self, node: Row) -> str | None:
         """The PCI model of the catalogue's GPUs that `node` offers (the first one it has)."""

@@ -19,6 +19,7 @@ policy (outbound.py) at install and again when fetched; a fetched document is re
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import hashlib
 import json
@@ -26,7 +27,7 @@ import logging
 import shlex
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,6 +46,17 @@ from ..store import templates as tpl_q
 from ..store.tables import plugin_health
 from ..store.tables import vms as vms_t
 from ..vmstates import VmOp, require_state
+from .process import Leadership
+from .vms import get_visible_vm
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..drivers.registry import NodeRegistry
+    from ..outbound import Outbound
+    from ..store import Store
+    from .templates import TemplateService
+    from .tenancy import TenancyService
+
 
 log = logging.getLogger("vmplane.plugins")
 
@@ -146,8 +158,14 @@ class Proxied:
 
 
 class PluginService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings, outbound: Outbound, registry: NodeRegistry, leadership: Leadership, templates: TemplateService, tenancy: TenancyService) -> None:
+        self.store = store
+        self.settings = settings
+        self.outbound = outbound
+        self.registry = registry
+        self.leadership = leadership
+        self.templates = templates
+        self.tenancy = tenancy
         self._health_task: asyncio.Task[None] | None = None
 
     # -- the plugins themselves -----------------------------------------------------------
@@ -159,14 +177,14 @@ class PluginService:
     async def get(self, ref: str, who: Principal) -> Row:
         """The plugin named `ref` (or with runtime `ref`): the caller's organization's own
         first, then a shared one; another organization's is not installed for it."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await plugin_q.find_plugin(conn, ref, who.org_id)
         if row is None or not self._visible(row, who):
             raise NotFound(f"plugin {ref} is not installed")
         return row
 
     async def list(self, who: Principal) -> list[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return list(await plugin_q.list_plugins(conn, who.org_id))
 
     def _check_owner(self, row: Row, who: Principal) -> None:
@@ -179,23 +197,23 @@ class PluginService:
         m = validate_manifest(manifest)
         enabled = m.pop("enabled", True)
         if m.get("openapi") and not self._in_guest(m, m["openapi"]):
-            await self.rt.outbound.check(m["openapi"], "openapi")
+            await self.outbound.check(m["openapi"], "openapi")
         owner = None if who.operator else who.org_id  # the operators' plugins are shared
         refs = sorted({m["name"], m["runtime"]})
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
                 raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
         if not who.operator:  # before its template is made; and again as it is recorded
-            async with self.rt.store.write() as conn:
-                await self.rt.tenancy.reserve(conn, who.org_id, plugins=1)
+            async with self.store.write() as conn:
+                await self.tenancy.reserve(conn, who.org_id, plugins=1)
         template_id = await self._template_for(m, who)
         now = clock.now()
         try:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 if (ref := await plugin_q.taken(conn, refs, owner)) is not None:
                     raise Conflict(f"a plugin named or with runtime {ref!r} is already installed", field="name")
                 if not who.operator:
-                    await self.rt.tenancy.reserve(conn, who.org_id, plugins=1)
+                    await self.tenancy.reserve(conn, who.org_id, plugins=1)
                 await plugin_q.insert_plugin(
                     conn,
                     {
@@ -207,7 +225,7 @@ class PluginService:
                 await ev_q.emit(conn, "plugin.installed", m["name"], {"name": m["name"], "version": m["version"], "runtime": m["runtime"]}, None if who.operator else who.org_id)
         except IntegrityError:  # the (namespace, name|runtime) keys: the same plugin installed at the same time
             raise Conflict(f"a plugin named or with runtime {m['name']!r} was installed at the same time", field="name") from None
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await plugin_q.plugin_in(conn, m["name"], owner)  # the one just installed, even where a name is shadowed
         assert row is not None
         return row
@@ -227,7 +245,7 @@ class PluginService:
         image = m[kind]
         digest = checksum_hex(image["checksum"])
         owner = None if who.operator else who.org_id  # the operators' are shared, an organization's its own
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             tpl = await tpl_q.find_image(conn, owner, image["url"], f"sha256:{digest}")
             if tpl is not None:
                 return str(tpl.id)
@@ -237,9 +255,9 @@ class PluginService:
                 name = f"{name}-{ids.new_id('x')[-6:].lower()}"
         base = None
         if kind == "initramfs":
-            base_ref = self.rt.settings.default_template
+            base_ref = self.settings.default_template
             try:
-                base_tpl = await self.rt.templates.get(base_ref, who)
+                base_tpl = await self.templates.get(base_ref, who)
             except NotFound:
                 base_tpl = None
             if base_tpl is None or not base_tpl.boot or base_tpl.status != "ready":
@@ -249,7 +267,7 @@ class PluginService:
                     field="initramfs",
                 )  # fmt: skip
             base = base_tpl.id
-        _job, tpl_id = await self.rt.templates.create(
+        _job, tpl_id = await self.templates.create(
             name=name, os_="linux", node_id=None, source_url=image["url"], who=who, checksum=digest, initramfs_of=base,
             field=f"{kind}.url",
         )
@@ -259,15 +277,15 @@ class PluginService:
         row = await self.get(ref, who)
         self._check_owner(row, who)
         if row.enabled != enabled:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 await plugin_q.set_plugin(conn, row.seq, enabled=enabled, updated_at=clock.now())
                 await ev_q.emit(conn, "plugin.enabled" if enabled else "plugin.disabled", row.name, {"name": row.name, "enabled": enabled}, row.org_id)
         return await self.get(row.name, who)
 
-    async def vms_using(self, row: Row) -> list[Row]:
+    async def vms_using(self, row: Row) -> builtins.list[Row]:
         """The VMs made from this plugin (its organization's, or any organization's for a
         shared one)."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             q = select(vms_t.c.name, vms_t.c.org_id, vms_t.c.spec)
             if row.org_id is not None:
                 q = q.where(vms_t.c.org_id == row.org_id)
@@ -290,7 +308,7 @@ class PluginService:
             others = len(users) - len(mine)
             shown = ", ".join(mine[:5]) + (f"{', ' if mine else ''}{others} of other organizations" if others else "")
             raise Conflict(f"plugin {row.name} is used by {len(users)} VM(s) ({shown}); delete them first", vms=mine)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await plugin_q.delete_plugin(conn, row.seq)
             await ev_q.emit(conn, "plugin.deleted", row.name, {"name": row.name}, row.org_id)
 
@@ -306,7 +324,7 @@ class PluginService:
         if not row.enabled:
             raise InvalidRequest(f"plugin {row.name} is disabled; enable it first", field=field)
         if row.template_id is not None:
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 tpl = await tpl_q.get_template(conn, row.template_id)
             if tpl is None:
                 raise InvalidState(f"the image template of plugin {row.name} was deleted; reinstall the plugin", current="missing")
@@ -340,7 +358,7 @@ class PluginService:
         ref = vm.spec.plugin_name
         if ref is None:
             raise NotFound(f"VM {vm.name} was not made from a plugin")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             own = await plugin_q.plugin_in(conn, ref, vm.org_id)
             owner = _plugin_owner(vm.spec, vm.org_id, vm.org_id if own is not None else None)
             row = own if owner is not None else await plugin_q.plugin_in(conn, ref, None)
@@ -353,7 +371,7 @@ class PluginService:
         require_state(VmOp.GUEST, vm.status, vm.name)
         if vm.node_id is None:  # a running VM has a node: the store is being changed under us
             raise InvalidState(f"VM {vm.name} is {vm.status}, not running", current=vm.status, required="running")
-        driver = self.rt.registry.driver(vm.node_id)
+        driver = self.registry.driver(vm.node_id)
         if not driver.capabilities.real_vms:
             raise Conflict(f"{vm.node_id} runs the {driver.capabilities.kind} driver: its VMs run no workload to reach", capability="real_vms")
         if not vm.spec.has_user_nic:
@@ -378,7 +396,7 @@ class PluginService:
         """Send the request of the plugin's action `action` to the VM's workload and answer
         what it answered (502 when it cannot be reached, or does not answer in the action's
         timeout)."""
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         plugin = await self.of_vm(vm)
         spec = (plugin.manifest.get("actions") or {}).get(action)
         if spec is None:
@@ -402,7 +420,7 @@ class PluginService:
         workload's `/openapi`), then from the manifest's `openapi` URL (a path, or a URL on
         the workload's base URL, is asked of the guest; 502 when that fetch fails); else
         NotFound("openapi spec unavailable")."""
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         try:
             plugin = await self.of_vm(vm)
         except NotFound:
@@ -443,8 +461,8 @@ class PluginService:
         answered but not with one; DriverError if it could not be reached or answered an
         error. `user_url`: a URL the user gave (checked by the outbound policy, redirects
         followed and checked), else the VM's forwarded port."""
-        limit = self.rt.outbound.max_document_bytes
-        client = self.rt.outbound.client(timeout=timeout) if user_url else link_client(timeout=timeout)
+        limit = self.outbound.max_document_bytes
+        client = self.outbound.client(timeout=timeout) if user_url else link_client(timeout=timeout)
         try:
             async with client:
                 async with asyncio.timeout(timeout):
@@ -467,14 +485,14 @@ class PluginService:
     # -- health checks --------------------------------------------------------------------
 
     async def health_of(self, vm: Vm) -> dict[str, Any] | None:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await plugin_q.get_health(conn, vm.id)
         if row is None:
             return None
         return {"status": row.status, "detail": row.detail, "checkedAt": clock.rfc3339(row.checked_at), "changedAt": clock.rfc3339(row.changed_at)}
 
     def start(self) -> None:
-        if self.rt.settings.plugin_health_seconds > 0:
+        if self.settings.plugin_health_seconds > 0:
             self._health_task = asyncio.create_task(self._health_loop(), name="plugin-health")
 
     async def stop(self) -> None:
@@ -485,8 +503,8 @@ class PluginService:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.rt.settings.plugin_health_seconds)
-            if not self.rt.replicas.leader:
+            await asyncio.sleep(self.settings.plugin_health_seconds)
+            if not self.leadership.leader:
                 continue
             try:
                 await self.check_health()
@@ -496,7 +514,7 @@ class PluginService:
     async def check_health(self) -> None:
         """Poll the health check of every running plugin VM's workload once; record the
         answer and publish `vm.health` when it changes."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             installed = await plugin_q.list_plugins(conn, None)
             owners = {(p.org_id, p.name) for p in installed}  # names are per organization (org_id None: shared)
             plugins = {(p.org_id, p.name): p for p in installed if p.manifest.get("health_check")}
@@ -514,12 +532,12 @@ class PluginService:
         results = await asyncio.gather(*(self._probe(vm, p) for vm, p in checks))
         now = clock.now()
         checked = {vm.id for vm, _ in checks}
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             recorded = (await conn.execute(select(plugin_health.c.vm_id, plugin_health.c.status))).all()
             stale = [r.vm_id for r in recorded if r.vm_id not in checked]
             q = select(vms_t.c.id, vms_t.c.name, vms_t.c.status, vms_t.c.org_id, vms_t.c.team_id).where(vms_t.c.id.in_(stale))
             states = {r.id: r for r in (await conn.execute(q)).all()} if stale else {}
-        async with self.rt.store.write() as conn:  # deleted VMs forgotten; stopped ones no longer checked
+        async with self.store.write() as conn:  # deleted VMs forgotten; stopped ones no longer checked
             await plugin_q.forget_health(conn, [v for v in stale if v not in states])
             for r in recorded:
                 gone = states.get(r.vm_id)
@@ -528,7 +546,7 @@ class PluginService:
                     await plugin_q.set_health(conn, gone.id, UNKNOWN, detail, now, True)
                     await ev_q.emit(conn, "vm.health", gone.id, {"id": gone.id, "name": gone.name, "health": UNKNOWN, "detail": detail}, gone.org_id, gone.team_id)
         for (vm, plugin), (status, detail) in zip(checks, results):
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 before = await plugin_q.get_health(conn, vm.id)
                 changed = before is None or before.status != status
                 await plugin_q.set_health(conn, vm.id, status, detail, now, changed)

@@ -16,7 +16,8 @@ import asyncio
 import json
 import logging
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from sqlalchemy import Row
@@ -29,6 +30,14 @@ from ..store import events as ev_q
 from ..store import jobs as job_q
 from ..store import schedules as sch_q
 from . import scopes
+from .backups import KEEP_LAST, BackupSchedule, cron_of
+from .process import Leadership
+from .vms import get_visible_vm
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from .backups import BackupService
+    from .tenancy import TenancyService
 
 log = logging.getLogger("vmplane.schedules")
 
@@ -57,23 +66,41 @@ def _visible(row: Row, who: Principal) -> bool:
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
 
 
+class Replay(Protocol):
+    """How a schedule's request reaches the native API of this very process: as user
+    `user_id` of `org_id`, with `scope` (services/scopes.Scope.header) and the request's
+    Idempotency-Key. The composition root (app.py) wires it to the ASGI app."""
+
+    async def __call__(
+        self, method: str, path: str, body: Any, *, user_id: str, org_id: str, scope: str, idempotency_key: str
+    ) -> httpx.Response: ...
+
+
 class ScheduleService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(
+        self, *, store: Store, leadership: Leadership, tenancy: TenancyService, backups: BackupService, replay: Replay, wake: asyncio.Event
+    ) -> None:
+        """`wake`: set to look at the timetable now (also by tenancy's sweeps, which disable
+        schedules)."""
+        self.store = store
+        self.leadership = leadership
+        self.tenancy = tenancy
+        self.backups = backups
+        self.replay = replay
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._wake = wake
 
     # -- CRUD ----------------------------------------------------------------------------
 
     async def get(self, schedule_id: str, who: Principal) -> Row:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await sch_q.get_schedule(conn, schedule_id)
         if row is None or not _visible(row, who):
             raise NotFound(f"schedule {schedule_id} does not exist")
         return row
 
     async def list(self, who: Principal) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return [s for s in await sch_q.list_schedules(conn) if _visible(s, who)]
 
     async def made_by(self, face: str, who: Principal) -> list[Row[Any]]:
@@ -110,8 +137,8 @@ class ScheduleService:
             "run_count": 0, "success_count": 0, "failure_count": 0, "created_at": now, "updated_at": now,
             "backup_vm_id": backup_vm_id, "keep_last": keep_last, "origin": origin, **scopes.of(who).columns(),
         }  # fmt: skip
-        async with self.rt.store.write() as conn:
-            await self.rt.tenancy.reserve(conn, who.org_id, schedules=1)
+        async with self.store.write() as conn:
+            await self.tenancy.reserve(conn, who.org_id, schedules=1)
             await sch_q.insert_schedule(conn, row)
         self._wake.set()
         return await self.get(row["id"], who)
@@ -131,18 +158,18 @@ class ScheduleService:
             raise Conflict(f"schedule {schedule_id} was disabled because {current.disabled_reason}; make a new one", field="enabled")
         now = clock.now()
         values["next_run"] = cron.next_after(expr, tz, now) if enabled else None
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await sch_q.set_schedule(conn, schedule_id, **values, updated_at=now)
         self._wake.set()
         return await self.get(schedule_id, who)
 
     async def delete(self, schedule_id: str, who: Principal) -> None:
         await self.get(schedule_id, who)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await sch_q.delete_schedule(conn, schedule_id)
 
     async def stats(self, who: Principal) -> dict[str, int]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             s = await sch_q.stats(conn, who.org_id, who.team_id)
         return {
             "totalSchedules": int(s.total), "enabledSchedules": int(s.enabled), "disabledSchedules": int(s.total - s.enabled),
@@ -155,9 +182,44 @@ class ScheduleService:
         if sch.disabled_reason is not None:
             raise Conflict(f"schedule {schedule_id} was disabled because {sch.disabled_reason}", field="enabled")
         now = clock.now()
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await sch_q.set_schedule(conn, sch.id, last_run=now, run_count=sch.run_count + 1, updated_at=now)
         return await self._fire(sch, due_at=None, manual=True)
+
+    # -- backup schedules (a schedule replaying POST /vms/{id}/backups, plus retention) -----
+
+    async def backup_schedule(self, vm_ref: str, who: Principal) -> BackupSchedule:
+        vm = await get_visible_vm(self.store, vm_ref, who)
+        async with self.store.read() as conn:
+            sch = await sch_q.backup_schedule(conn, vm.id)
+        if sch is None:
+            raise NotFound(f"VM {vm.id} has no backup schedule")
+        return BackupSchedule.of(sch)
+
+    async def put_backup_schedule(
+        self, vm_ref: str, who: Principal, *, frequency: str, hour: int, day_of_week: int | None, day_of_month: int | None, keep_last: int = KEEP_LAST
+    ) -> BackupSchedule:
+        vm = await get_visible_vm(self.store, vm_ref, who)
+        self.backups.check_capable(vm)
+        if frequency == "weekly" and day_of_week is None:
+            raise InvalidRequest("weekly schedules need dayOfWeek (0 = Sunday … 6)", field="day_of_week")
+        if frequency == "monthly" and day_of_month is None:
+            raise InvalidRequest("monthly schedules need dayOfMonth (1-28)", field="day_of_month")
+        expr = cron_of(frequency, hour, day_of_week, day_of_month)
+        template = {"method": "POST", "path": f"/api/v1/vms/{vm.id}/backups", "body": {"notes": f"scheduled ({frequency})"}}
+        async with self.store.read() as conn:
+            existing = await sch_q.backup_schedule(conn, vm.id)
+        if existing is not None:
+            await self.delete(existing.id, who)
+        row = await self.create(
+            name=f"backup-{vm.name}", schedule=expr, timezone="UTC", enabled=True, job_template=template,
+            misfire_policy="run_once", who=who, backup_vm_id=vm.id, keep_last=keep_last,
+        )  # fmt: skip
+        return BackupSchedule.of(row)
+
+    async def delete_backup_schedule(self, vm_ref: str, who: Principal) -> None:
+        sch = await self.backup_schedule(vm_ref, who)
+        await self.delete(sch.id, who)
 
     # -- the scheduler -------------------------------------------------------------------
 
@@ -176,13 +238,13 @@ class ScheduleService:
     async def _run(self) -> None:
         while True:
             try:
-                if self.rt.replicas.leader:  # one scheduler at a time across replicas
+                if self.leadership.leader:  # one scheduler at a time across replicas
                     await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("scheduler tick failed")
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 nxt = await sch_q.next_due_time(conn)
             wait = 1.0 if nxt is None else min(1.0, max(0.01, nxt - clock.now()))
             self._wake.clear()
@@ -193,14 +255,14 @@ class ScheduleService:
 
     async def tick(self) -> None:
         now = clock.now()
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             due = await sch_q.due(conn, now)
         for sch in due:
             late = now - sch.next_run > MISFIRE_GRACE
             run = not late or sch.misfire_policy == "run_once"
             new_next = cron.next_after(sch.schedule, sch.timezone, now)
             extra = {"last_run": now, "run_count": sch.run_count + 1} if run else {}
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 won = await sch_q.advance(conn, sch.id, sch.next_run, new_next, updated_at=now, **extra)
             if not won:
                 continue  # another scheduler took this due time
@@ -214,11 +276,11 @@ class ScheduleService:
         now = clock.now()
         scope = scopes.of_row(sch)
         try:
-            await scopes.acting(self.rt, scope)  # checked at each run, besides the sweeps
+            await scopes.acting(self.store, scope)  # checked at each run, besides the sweeps
             ended = None
         except scopes.ScopeEnded as exc:
             ended = exc.message
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             run_seq = await sch_q.add_run(conn, {"schedule_id": sch.id, "due_at": due_at, "triggered_at": now, "manual": manual, "state": "pending"})
             if ended is not None:
                 error = f"not run: the schedule is disabled because {ended}"
@@ -230,18 +292,16 @@ class ScheduleService:
         t = sch.job_template
         key = f"schedule:{sch.id}:{due_at if due_at is not None else f'manual-{run_seq}'}"
         try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.rt.app), base_url="http://vmplane.internal") as client:
-                r = await client.request(
-                    t["method"], t["path"], json=t.get("body"),
-                    headers={**self.rt.internal_headers(sch.owner_id, sch.org_id, scope.header()), "Idempotency-Key": key},
-                )  # fmt: skip
+            r = await self.replay(
+                t["method"], t["path"], t.get("body"), user_id=sch.owner_id, org_id=sch.org_id, scope=scope.header(), idempotency_key=key
+            )
             answer = r.json() if r.content else {}
             job_id = answer.get("jobId") if r.status_code == 202 else None
             error = None if job_id else f"{t['method']} {t['path']} answered {r.status_code}: {answer.get('error', r.text[:200])}"
         except Exception as exc:  # a replay must never take the scheduler down
             log.exception("schedule %s: replaying its request failed", sch.id)
             job_id, error = None, f"replaying the request failed: {exc}"
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if job_id:
                 await sch_q.set_run(conn, run_seq, job_id=job_id, state="running")
                 await sch_q.set_schedule(conn, sch.id, last_job_id=job_id)
@@ -253,19 +313,19 @@ class ScheduleService:
 
     async def _retain(self, schedule_id: str) -> None:
         """After a successful run of a VM's backup schedule, delete its oldest backups beyond keepLast."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             sch = await sch_q.get_schedule(conn, schedule_id)
         if sch is None or sch.backup_vm_id is None or not sch.keep_last:
             return
         try:
-            who = await scopes.acting(self.rt, scopes.of_row(sch))
-            await self.rt.backups.prune(sch.backup_vm_id, sch.keep_last, who)
+            who = await scopes.acting(self.store, scopes.of_row(sch))
+            await self.backups.prune(sch.backup_vm_id, sch.keep_last, who)
         except Exception:  # retention must never stop the scheduler; the next run retries
             log.exception("schedule %s: retention failed", schedule_id)
 
     async def _follow_runs(self) -> None:
         """Close runs whose job has ended, counting successes and failures."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             open_runs = [r for r in await sch_q.open_runs(conn) if r.job_id]
             jobs = {r.job_id: await job_q.get_job(conn, r.job_id) for r in open_runs}
         for run in open_runs:
@@ -276,7 +336,7 @@ class ScheduleService:
             error = None if ok else f"job {job.id} ended {job.state}"
             if ok:
                 await self._retain(run.schedule_id)
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 sch = await sch_q.get_schedule(conn, run.schedule_id)
                 await sch_q.set_run(conn, run.seq, state="succeeded" if ok else "failed", error=error)
                 if sch is not None:

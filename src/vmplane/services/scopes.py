@@ -22,8 +22,9 @@ the organization; the token's own expiry does not end it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,6 +35,9 @@ from ..errors import Forbidden, Unauthorized
 from ..store import events as ev_q
 from ..store import tenancy as t_q
 from ..store.tables import api_keys, deployments, schedules, webhooks
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 log = logging.getLogger("vmplane.scopes")
 
@@ -112,9 +116,9 @@ async def why_ended(conn: AsyncConnection, scope: Scope, now: float) -> str | No
     return None
 
 
-async def acting(rt: Any, scope: Scope) -> Principal:
+async def acting(store: Store, scope: Scope) -> Principal:
     """The principal a holder of `scope` acts as now; ScopeEnded saying why it cannot."""
-    async with rt.store.read() as conn:
+    async with store.read() as conn:
         why = await why_ended(conn, scope, clock.now())
         user = await t_q.get_user(conn, scope.owner_id) if why is None else None
         member = await t_q.membership(conn, scope.org_id, scope.owner_id) if why is None else None
@@ -143,13 +147,15 @@ async def disable(conn: AsyncConnection, kind: str, row: Row, reason: str) -> bo
     return True
 
 
-async def sweep(rt: Any, org_id: str, *, credential: str | None = None, owner_id: str | None = None) -> int:
+async def sweep(
+    store: Store, schedules_changed: Callable[[], None], org_id: str, *, credential: str | None = None, owner_id: str | None = None
+) -> int:
     """Disable every holder of organization `org_id` made with key `credential`, or owned by
-    `owner_id`, that may no longer act (called when a key is revoked or a user leaves).
-    Returns how many were disabled."""
+    `owner_id`, that may no longer act (called when a key is revoked or a user leaves);
+    `schedules_changed()` tells the scheduler when some were. Returns how many were disabled."""
     n = 0
     now = clock.now()
-    async with rt.store.write() as conn:
+    async with store.write() as conn:
         for kind, table in HOLDERS:
             q = select(table).where(table.c.org_id == org_id, table.c.disabled_reason.is_(None))
             if credential is not None:
@@ -161,14 +167,14 @@ async def sweep(rt: Any, org_id: str, *, credential: str | None = None, owner_id
                 if why is not None and await disable(conn, kind, row, why):
                     n += 1
     if n:
-        rt.schedules.wake()
+        schedules_changed()
     return n
 
 
-async def sweep_expired(rt: Any) -> int:
+async def sweep_expired(store: Store, schedules_changed: Callable[[], None]) -> int:
     """Disable the holders whose key has expired since the last sweep (every minute)."""
     now = clock.now()
-    async with rt.store.read() as conn:
+    async with store.read() as conn:
         q = select(api_keys.c.org_id, api_keys.c.id).where(api_keys.c.expires_at.is_not(None), api_keys.c.expires_at <= now)
         expired = (await conn.execute(q)).all()
         live: list[tuple[str, str]] = []
@@ -178,7 +184,7 @@ async def sweep_expired(rt: Any) -> int:
                 if (await conn.execute(found)).first() is not None:
                     live.append((org_id, key_id))
                     break
-    return sum([await sweep(rt, org_id, credential=key_id) for org_id, key_id in live])
+    return sum([await sweep(store, schedules_changed, org_id, credential=key_id) for org_id, key_id in live])
 
 
 def render(row: Row) -> dict[str, Any]:

@@ -5,7 +5,7 @@ overlays on it. Snapshots are found by id or uuid."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sqlalchemy import Row
 
@@ -13,23 +13,32 @@ from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import snapshots as snap_q
-from .vms import check_name, visible
+from .vms import check_name, get_visible_vm, visible
+
+if TYPE_CHECKING:
+    from ..jobs.engine import JobEngine
+    from ..store import Store
+    from .networks import NetworkService
+    from .tenancy import TenancyService
 
 
 class SnapshotService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, engine: JobEngine, networks: NetworkService, tenancy: TenancyService) -> None:
+        self.store = store
+        self.engine = engine
+        self.networks = networks
+        self.tenancy = tenancy
 
     async def get(self, snapshot_id: str, who: Principal) -> Row:
         """A snapshot (by id or uuid) the caller may see."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await snap_q.get_snapshot(conn, snapshot_id)
         if row is None or not visible(row, who):
             raise NotFound(f"snapshot {snapshot_id} does not exist")
         return row
 
     async def list(self, who: Principal, vm_id: str | None = None) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await snap_q.list_snapshots(conn, who.org_id, who.team_id, vm_id)
 
     async def create(self, vm_ref: str, name: str | None, who: Principal) -> tuple[str, str]:
@@ -38,59 +47,59 @@ class SnapshotService:
         snap_id = ids.new_id("snap")
         name = snap_id if name is None else name
         check_name(name, "name")
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status}; it has no disk to snapshot yet", current=vm.status)
         now = clock.now()
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             config = {
                 "resources": {"cpu": vm.cpu, "ramMb": vm.ram_mb, "diskGb": vm.disk_gb},
                 "templateId": vm.template_id,
                 "tags": vm.tags,
                 "spec": vm.spec.to_json(),
-                "firewall": (await self.rt.networks.firewall_of(conn, vm.id)).to_wire(),
+                "firewall": (await self.networks.firewall_of(conn, vm.id)).to_wire(),
             }
-            await self.rt.tenancy.reserve(conn, vm.org_id, snapshots=1)
+            await self.tenancy.reserve(conn, vm.org_id, snapshots=1)
             await snap_q.insert_snapshot(
                 conn,
                 {"id": snap_id, "uuid": ids.new_uuid(), "org_id": vm.org_id, "team_id": vm.team_id, "vm_id": vm.id, "vm_uuid": vm.uuid, "vm_name": vm.name,
                  "node_id": vm.node_id, "template_id": vm.template_id, "name": name, "status": "creating",
                  "size_bytes": 0, "config": config, "created_at": now, "updated_at": now},  # fmt: skip
             )
-            job_id = await self.rt.engine.submit(conn, "snapshot-create", who, [(vm.id, {"snapshotId": snap_id})])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "snapshot-create", who, [(vm.id, {"snapshotId": snap_id})])
+        self.engine.wakeup()
         return job_id, snap_id
 
     async def rename(self, snapshot_id: str, name: str, who: Principal) -> Row:
         check_name(name, "name")
         snap = await self.get(snapshot_id, who)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await snap_q.set_snapshot(conn, snap.id, name=name, updated_at=clock.now())
         return await self.get(snap.id, who)
 
     async def delete(self, snapshot_id: str, who: Principal) -> str:
         snap = await self.get(snapshot_id, who)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             users = await snap_q.dependents(conn, snap.id)
             if users:
                 raise Conflict(f"snapshot {snap.id} backs the disks of {users} VM(s) cloned from it; delete them first", vms=users)
             if snap.status == "creating":
                 raise InvalidState(f"snapshot {snap.id} is still being taken", current="creating")
             await snap_q.set_snapshot(conn, snap.id, status="deleting", updated_at=clock.now())
-            job_id = await self.rt.engine.submit(conn, "snapshot-delete", who, [(snap.id, {})])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "snapshot-delete", who, [(snap.id, {})])
+        self.engine.wakeup()
         return job_id
 
     async def revert(self, vm_ref: str, snapshot_id: str, who: Principal) -> str:
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         snap = await self.get(snapshot_id, who)
         if snap.vm_id != vm.id:
             raise InvalidRequest(f"snapshot {snap.id} is of VM {snap.vm_id}, not {vm.id}", field="snapshotId")
         if snap.status != "ready":
             raise InvalidState(f"snapshot {snap.id} is {snap.status}, not ready", current=snap.status)
-        async with self.rt.store.write() as conn:
-            job_id = await self.rt.engine.submit(conn, "vm-revert", who, [(vm.id, {"snapshotId": snap.id})])
-        self.rt.engine.wakeup()
+        async with self.store.write() as conn:
+            job_id = await self.engine.submit(conn, "vm-revert", who, [(vm.id, {"snapshotId": snap.id})])
+        self.engine.wakeup()
         return job_id
 
     async def for_new_vm(self, snapshot_id: str, who: Principal) -> Row:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +16,15 @@ from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from . import pages
 from .imports import check_url
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..jobs.engine import JobEngine
+    from ..outbound import Outbound
+    from ..store import Store
+    from .imports import ImportService
+    from .tenancy import TenancyService
+
 
 TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 OS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
@@ -32,13 +41,18 @@ def check_os(os_: str) -> None:
 
 
 class TemplateService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings, engine: JobEngine, imports: ImportService, outbound: Outbound, tenancy: TenancyService) -> None:
+        self.store = store
+        self.settings = settings
+        self.engine = engine
+        self.imports = imports
+        self.outbound = outbound
+        self.tenancy = tenancy
 
     async def get(self, ref: str, who: Principal) -> Template:
         """A template the caller may use, by id or name: its organization's and the shared
         ones (no organization); a name is its organization's first, then a shared one."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await tpl_q.find_template(conn, ref, who.org_id)
         if row is None:
             raise NotFound(f"template {ref} does not exist")
@@ -48,7 +62,7 @@ class TemplateService:
         """The template of VMs whose request names no image: `default_template` when the
         caller may use it and it is ready; None otherwise."""
         try:
-            tpl = await self.get(self.rt.settings.default_template, who)
+            tpl = await self.get(self.settings.default_template, who)
         except NotFound:
             return None
         return tpl.id if tpl.status == "ready" else None
@@ -59,7 +73,7 @@ class TemplateService:
 
     async def list(self, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Template], str | None]:
         after = pages.decode("templates", page_token)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await tpl_q.list_templates(conn, after_seq=after, limit=limit + 1, org_id=who.org_id)
         token = pages.encode("templates", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
@@ -83,19 +97,19 @@ class TemplateService:
         check_os(os_)
         check_url(source_url, field)
         if urlparse(source_url).scheme == "file" and not who.operator:  # not the server's own files
-            self.rt.imports.local_file(unquote(urlparse(source_url).path), field)
-        await self.rt.outbound.check(source_url, field)
+            self.imports.local_file(unquote(urlparse(source_url).path), field)
+        await self.outbound.check(source_url, field)
         now = clock.now()
         tpl_id = ids.new_id("tpl")
         owner = None if who.operator else who.org_id
         try:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 if await tpl_q.name_taken(conn, name, owner):
                     raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 if node_id is not None and await node_q.get_node(conn, node_id) is None:
                     raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
                 if not who.operator:  # operators' templates are shared, and no organization's
-                    await self.rt.tenancy.reserve(conn, who.org_id, templates=1)
+                    await self.tenancy.reserve(conn, who.org_id, templates=1)
                 await tpl_q.insert_template(
                     conn,
                     {
@@ -114,10 +128,10 @@ class TemplateService:
                     },
                 )
                 payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
-                job_id = await self.rt.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
+                job_id = await self.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
         except IntegrityError:  # the (namespace, name) key: a create of the same name at the same time
             raise Conflict(f"a template named {name!r} was created at the same time", field="name") from None
-        self.rt.engine.wakeup()
+        self.engine.wakeup()
         return job_id, tpl_id
 
     async def update(self, ref: str, *, name: str | None, os_: str | None, who: Principal) -> str:
@@ -129,17 +143,17 @@ class TemplateService:
             check_os(os_)
         if name is None and os_ is None:
             raise InvalidRequest("give name or os to change", field="body")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if name is not None and name != tpl.name and await tpl_q.name_taken(conn, name, tpl.org_id):
                 raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
-            job_id = await self.rt.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_})])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_})])
+        self.engine.wakeup()
         return job_id
 
     async def delete(self, refs: Sequence[str], who: Principal) -> str:
         if not refs:
             raise InvalidRequest("templateIds must name at least one template", field="templateIds")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             found = []
             for ref in refs:
                 tpl = await tpl_q.find_template(conn, ref, who.org_id)
@@ -151,6 +165,6 @@ class TemplateService:
                 found.append(tpl.id)
             if len(set(found)) != len(found):
                 raise InvalidRequest("templateIds names a template twice", field="templateIds")
-            job_id = await self.rt.engine.submit(conn, "template-delete", who, [(t, {}) for t in found])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "template-delete", who, [(t, {}) for t in found])
+        self.engine.wakeup()
         return job_id

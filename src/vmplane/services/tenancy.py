@@ -6,8 +6,9 @@ import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from sqlalchemy import Row
@@ -15,15 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import ADMIN_USER, DEFAULT_ORG, RANK, Principal, Role, key_digest, key_prefix, new_api_key
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Reason, Unauthorized, VmplaneError
 from ..domain import QUOTA_FIELDS, NodeStatus, Vm
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Reason, Unauthorized, VmplaneError
 from ..lru import TtlLru
 from ..store import nodes as node_q
 from ..store import snapshots as snap_q
 from ..store import tenancy as t_q
 from ..store import vms as vm_q
 from . import scopes
-from .vms import check_name
+from .vms import check_name, get_visible_vm
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..store import Store
 
 log = logging.getLogger("vmplane.auth")
 
@@ -35,15 +40,19 @@ class QuotaExceeded(VmplaneError):
 
 
 class TenancyService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings, data_dir: Path, schedules_changed: Callable[[], None]) -> None:
+        """`schedules_changed()`: tell the scheduler that sweeps disabled some of its schedules."""
+        self.store = store
+        self.settings = settings
+        self.data_dir = data_dir
+        self.schedules_changed = schedules_changed
         self._keys: dict[str, tuple[float, Principal | str, float | None]] = {}
         """digest -> (cached until, principal or why refused, the key's own expiry), for keys
         the store holds (so bounded by them)"""
-        self._unknown: TtlLru[str, bool] = TtlLru(rt.settings.negative_key_cache_size, CACHE_SECONDS)
+        self._unknown: TtlLru[str, bool] = TtlLru(settings.negative_key_cache_size, CACHE_SECONDS)
         """digests of keys the store does not hold: bounded, for they are whatever clients send"""
         self.key_used: dict[str, float] = {}
-        self.failed_auths = FailedAuths(rt)
+        self.failed_auths = FailedAuths(store)
 
     # -- bootstrap -----------------------------------------------------------------------
 
@@ -51,14 +60,14 @@ class TenancyService:
         """On an empty store: the bootstrap organization, its owner, and an owner key written
         to `<data-dir>/admin-api-key` (mode 0600). Returns the key file's path if made now."""
         now = clock.now()
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await t_q.count_orgs(conn):
                 return None
             await t_q.insert_org(conn, {"id": DEFAULT_ORG, "name": "default", "quotas": {}, "created_at": now})
             await t_q.insert_user(conn, {"id": ADMIN_USER, "name": "admin", "created_at": now})
             await t_q.add_membership(conn, DEFAULT_ORG, ADMIN_USER, Role.OWNER.value, now)
             key = await self._insert_key(conn, org_id=DEFAULT_ORG, user_id=ADMIN_USER, name="bootstrap owner key", team_id=None, read_only=False, expires_at=None)
-        path = self.rt.data_dir / "admin-api-key"
+        path = self.data_dir / "admin-api-key"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
@@ -91,7 +100,7 @@ class TenancyService:
         if cached is None or cached[0] < now:
             if self._unknown.get(digest):
                 raise Unauthorized("unknown API key")
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 row = await t_q.key_by_digest(conn, digest)
             value: Principal | str
             if row is None:
@@ -112,7 +121,7 @@ class TenancyService:
         return value
 
     async def principal_for_jwt(self, token: str) -> Principal:
-        s = self.rt.settings
+        s = self.settings
         if s.jwt_secret is None and s.jwt_public_key_file is None:
             raise Unauthorized("bearer tokens are not accepted here (no JWT key is configured)")
         key: Any = s.jwt_secret.get_secret_value() if s.jwt_secret is not None else Path(s.jwt_public_key_file).read_text()
@@ -127,7 +136,7 @@ class TenancyService:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"the bearer token is not valid: {exc}") from None
         org_id = claims.get(s.jwt_org_claim) or DEFAULT_ORG
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             user = await t_q.get_user(conn, str(claims["sub"]))
             member = await t_q.membership(conn, str(org_id), user.id) if user else None
         if user is None or member is None:
@@ -135,7 +144,7 @@ class TenancyService:
         return Principal(str(org_id), user.id, user.name, Role(member.role), None, False, "jwt")
 
     async def principal_for_internal(self, user_id: str, org_id: str) -> Principal:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             user = await t_q.get_user(conn, user_id)
             member = await t_q.membership(conn, org_id, user_id) if user else None
         if user is None or member is None:
@@ -160,23 +169,23 @@ class TenancyService:
         it), good for `ws_ticket_seconds`; only its digest is stored."""
         ticket = "wst_" + secrets.token_urlsafe(24)
         now = clock.now()
-        expires = now + self.rt.settings.ws_ticket_seconds
+        expires = now + self.settings.ws_ticket_seconds
         row = {"token_hash": key_digest(ticket), "org_id": who.org_id, "user_id": who.user_id, "credential": who.credential,
                "team_id": who.team_id, "read_only": who.read_only, "expires_at": expires, "used": False}  # fmt: skip
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await t_q.add_ws_ticket(conn, row, now)
         return ticket, expires
 
     async def principal_for_ws_ticket(self, ticket: str) -> Principal:
         """Spend a ticket: the principal it was made for, once; Unauthorized if it is unknown,
         used or expired, or its credential has been revoked or its user removed since."""
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             row = await t_q.use_ws_ticket(conn, key_digest(ticket), clock.now())
         if row is None:
             raise Unauthorized("the WebSocket ticket is unknown, used or expired")
         creator: tuple[str | None, str | None] = (None, None)
         if row.credential and row.credential.startswith("key-"):
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 key = await t_q.get_key(conn, row.org_id, row.credential)
             if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= clock.now()):
                 raise Unauthorized("the API key that made this WebSocket ticket is no longer valid")
@@ -188,7 +197,7 @@ class TenancyService:
         used, self.key_used = self.key_used, {}
         used.pop("", None)
         if used:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 await t_q.touch_keys(conn, used)
 
     # -- API keys ------------------------------------------------------------------------
@@ -198,7 +207,7 @@ class TenancyService:
         lower rank; never a key whose role outranks its creator. The new key is no wider than
         the one that made it: its team, read-only, and expiring no later."""
         require(who, Role.ADMIN, "manage API keys")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             user_id = who.user_id
             if user is not None:
                 u = await t_q.get_user(conn, user)
@@ -235,7 +244,7 @@ class TenancyService:
         """The organization's keys (owners and admins; read-only keys too: it is a read). A
         team-scoped credential sees its team's keys only."""
         require_reader(who, Role.ADMIN, "list API keys")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await t_q.list_keys(conn, who.org_id)
         return rows if who.team_id is None else [k for k in rows if k.team_id == who.team_id]
 
@@ -243,7 +252,7 @@ class TenancyService:
         """Revoke a key: one's own; an admin's, also those of users of a lower role; an
         owner's, any of the organization. A team-scoped credential only its team's."""
         require(who, Role.ADMIN, "manage API keys")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             key = await t_q.get_key(conn, who.org_id, key_id)
             if key is None or (who.team_id is not None and key.team_id != who.team_id):
                 raise NotFound(f"API key {key_id} does not exist")
@@ -253,12 +262,12 @@ class TenancyService:
                     raise Forbidden(f"API key {key_id} belongs to a user of your role or higher ({member.role})")
             await t_q.revoke_key(conn, key_id, clock.now())
         self.forget_cached()
-        await scopes.sweep(self.rt, who.org_id, credential=key_id)  # what the key made stops acting
+        await scopes.sweep(self.store, self.schedules_changed, who.org_id, credential=key_id)  # what the key made stops acting
 
     # -- users and teams -----------------------------------------------------------------
 
     async def members(self, who: Principal) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await t_q.members(conn, who.org_id)
 
     async def add_member(self, who: Principal, name: str, role: Role) -> Row:
@@ -267,7 +276,7 @@ class TenancyService:
             raise Forbidden("only owners can make owners")
         check_name(name, "name")
         now = clock.now()
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             user = await t_q.get_user(conn, name)
             if user is None:
                 await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": name, "created_at": now})
@@ -288,7 +297,7 @@ class TenancyService:
 
     async def set_role(self, who: Principal, user_ref: str, role: Role) -> None:
         require(who, Role.ADMIN, "manage users")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             user, member = await self._member(conn, who, user_ref)
             if Role.OWNER in (role, member.role) and not who.at_least(Role.OWNER):
                 raise Forbidden("only owners can change an owner's role or make owners")
@@ -297,7 +306,7 @@ class TenancyService:
 
     async def remove_member(self, who: Principal, user_ref: str) -> None:
         require(who, Role.ADMIN, "manage users")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             user, member = await self._member(conn, who, user_ref)
             if member.role == Role.OWNER and not who.at_least(Role.OWNER):
                 raise Forbidden("only owners can remove an owner")
@@ -305,16 +314,16 @@ class TenancyService:
                 raise Conflict("you cannot remove yourself")
             await t_q.remove_member(conn, who.org_id, user.id, clock.now())
         self.forget_cached()
-        await scopes.sweep(self.rt, who.org_id, owner_id=user.id)  # what the user made stops acting
+        await scopes.sweep(self.store, self.schedules_changed, who.org_id, owner_id=user.id)  # what the user made stops acting
 
     async def teams(self, who: Principal) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return await t_q.list_teams(conn, who.org_id)
 
     async def create_team(self, who: Principal, name: str) -> Row:
         require(who, Role.ADMIN, "manage teams")
         check_name(name, "name")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await t_q.get_team(conn, who.org_id, name) is not None:
                 raise Conflict(f"a team named {name!r} already exists", reason=Reason.NAME_TAKEN)
             team_id = ids.new_id("team")
@@ -323,7 +332,7 @@ class TenancyService:
 
     async def delete_team(self, who: Principal, team_ref: str) -> None:
         require(who, Role.ADMIN, "manage teams")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             team = await t_q.get_team(conn, who.org_id, team_ref)
             if team is None:
                 raise NotFound(f"team {team_ref} does not exist")
@@ -335,7 +344,7 @@ class TenancyService:
         """The team a new resource goes to: the credential's team, or one named in the request."""
         if team_ref is None:
             return who.team_id
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             team = await t_q.get_team(conn, who.org_id, team_ref)
         if team is None:
             raise InvalidRequest(f"teamId {team_ref!r} is not a team of this organization", field="teamId")
@@ -346,7 +355,7 @@ class TenancyService:
     async def team(self, who: Principal, team_ref: str) -> Row:
         """A team of the caller's organization by id or name (a team-scoped credential sees
         only its own team: another is Forbidden)."""
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             team = await t_q.get_team(conn, who.org_id, team_ref)
         if team is None:
             raise NotFound(f"team {team_ref} does not exist")
@@ -358,14 +367,14 @@ class TenancyService:
         """Put a VM in a team (None: in no team, visible to organization-wide credentials
         only). Owners and admins, with a credential of the whole organization (a team-scoped
         one could move VMs out of its own reach). Returns the VM and its team."""
-        vm = await self.rt.vms.get(vm_ref, who)
+        vm = await get_visible_vm(self.store, vm_ref, who)
         require(who, Role.ADMIN, "move VMs between teams")
         if who.team_id is not None:
             raise Forbidden("a team-scoped credential cannot move VMs between teams")
         team = await self.team(who, team_ref) if team_ref is not None else None
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await vm_q.set_vm(conn, vm.id, team_id=team.id if team is not None else None, updated_at=clock.now())
-        return await self.rt.vms.get(vm.id, who), team
+        return await get_visible_vm(self.store, vm.id, who), team
 
     # -- organizations and quotas --------------------------------------------------------
 
@@ -376,10 +385,10 @@ class TenancyService:
         check_name(owner, "owner")
         now = clock.now()
         org_id = ids.new_id("org")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if any(o.name == name for o in await t_q.list_orgs(conn)):
                 raise Conflict(f"an organization named {name!r} already exists", reason=Reason.NAME_TAKEN)
-            await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": dict(self.rt.settings.default_quotas), "created_at": now})
+            await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": dict(self.settings.default_quotas), "created_at": now})
             user = await t_q.get_user(conn, owner)
             if user is None:
                 await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": owner, "created_at": now})
@@ -390,7 +399,7 @@ class TenancyService:
         return org, key
 
     async def orgs(self, who: Principal) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await t_q.list_orgs(conn)
         return rows if who.operator else [o for o in rows if o.id == who.org_id]
 
@@ -398,7 +407,7 @@ class TenancyService:
         target = org_id or who.org_id
         if target != who.org_id and not who.operator:
             raise NotFound(f"organization {target} does not exist")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             org = await t_q.get_org(conn, target)
             if org is None:
                 raise NotFound(f"organization {target} does not exist")
@@ -408,7 +417,7 @@ class TenancyService:
         limits = {f: org.quotas.get(f) for f in QUOTA_FIELDS}
         # Without a quota, the most an organization can hold is what the online nodes can
         # hand out (capacity x overcommit); VMs and snapshots have no such bound (None).
-        s = self.rt.settings
+        s = self.settings
         room = {
             "vcpu": sum(int(n.cpu_total * s.cpu_overcommit) for n in nodes),
             "ramMb": sum(int(n.ram_mb_total * s.ram_overcommit) for n in nodes),
@@ -430,7 +439,7 @@ class TenancyService:
     async def set_quotas(self, who: Principal, org_id: str, limits: dict[str, int | None]) -> dict[str, Any]:
         if not who.operator:
             raise Forbidden("only operators set quotas")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await t_q.get_org(conn, org_id) is None:
                 raise NotFound(f"organization {org_id} does not exist")
             await t_q.set_quotas(conn, org_id, {k: v for k, v in limits.items() if v is not None})
@@ -484,8 +493,8 @@ class FailedAuths:
 
     FLUSH_SECONDS = 1.0
 
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._pending: dict[tuple[str, int], tuple[int, str, str]] = {}
         """(address, minute) -> (requests not yet written, method, path of the first)"""
         self._rows: dict[tuple[str, int], int] = {}
@@ -511,7 +520,7 @@ class FailedAuths:
         if not pending:
             return
         now_minute = int(clock.now() // 60)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             for (address, minute), (n, method, path) in pending.items():
                 seq = self._rows.get((address, minute))
                 if seq is not None:

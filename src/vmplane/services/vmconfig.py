@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +32,11 @@ from ..errors import Conflict, InvalidRequest
 from ..store import deployments as dep_q
 from ..store import templates as tpl_q
 from .vms import NewVm, VmChange
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from .vms import VmService
+
 
 MAX_CONFIG_BYTES = 256 * 1024
 
@@ -202,15 +207,16 @@ APPLIED_AT_CREATE = ("cloud_init", "kernel_cmdline", "expose")
 
 
 class VmConfigService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, vms: VmService) -> None:
+        self.store = store
+        self.vms = vms
 
     async def derive(self, vm: Vm) -> dict[str, Any]:
         """The config of a VM that has no stored version: from its record."""
         spec = vm.spec
         config: dict[str, Any] = {"resources": {"cpu_cores": vm.cpu, "memory_mb": vm.ram_mb}}
         if vm.template_id:
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 tpl = await tpl_q.get_template(conn, vm.template_id)
             if tpl is not None and tpl.boot and tpl.boot.get("cmdline"):
                 config["kernel_cmdline"] = tpl.boot["cmdline"]
@@ -228,7 +234,7 @@ class VmConfigService:
         return drop_nulls(config)
 
     async def current(self, vm: Vm) -> ConfigVersion:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await dep_q.latest_config(conn, vm.id)
         if row is not None:
             return ConfigVersion(row.seq, row.version, row.created_at, row.config)
@@ -237,7 +243,7 @@ class VmConfigService:
     async def history(self, vm: Vm, limit: int) -> list[ConfigVersion]:
         if not 1 <= limit <= 500:
             raise InvalidRequest("limit must be between 1 and 500", field="limit")
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await dep_q.config_history(conn, vm.id, limit)
         if not rows:
             return [await self.current(vm)]
@@ -246,7 +252,7 @@ class VmConfigService:
     async def record(self, vm_ids: Sequence[str], config: dict[str, Any]) -> None:
         """Version 1 of VMs just created from `config`."""
         now = clock.now()
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             for vm_id in vm_ids:
                 await dep_q.add_config(conn, vm_id, 1, config, now)
 
@@ -265,13 +271,13 @@ class VmConfigService:
         if "resources" in changed:
             want = resources_of(merged)
             if (want.cpu, want.ram_mb) != (vm.cpu, vm.ram_mb):
-                job_id = await self.rt.vms.update(vm.id, VmChange(cpu=want.cpu, ram_mb=want.ram_mb), who)
+                job_id = await self.vms.update(vm.id, VmChange(cpu=want.cpu, ram_mb=want.ram_mb), who)
                 restart = vm.status in ("running", "starting", "rebooting")
             applied.append("resources")
         not_applied = [k for k in changed if k in APPLIED_AT_CREATE]
         now = clock.now()
         try:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 if base.id == 0:  # the derived config becomes version 1 of the history
                     await dep_q.add_config(conn, vm.id, 1, base.config, base.updated_at)
                 seq = await dep_q.add_config(conn, vm.id, base.version + 1, merged, now)
@@ -282,5 +288,5 @@ class VmConfigService:
 
     async def forget_deleted(self) -> None:
         """Drop the history of VMs that no longer exist."""
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await dep_q.forget_configs(conn, await dep_q.orphan_config_vms(conn))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,6 +27,19 @@ from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..vmstates import VmOp, allows, require_state
 from . import pages
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..jobs.engine import JobEngine
+    from ..store import Store
+    from .billing import Billing
+    from .capacity import Capacity
+    from .jobs import JobService
+    from .networks import NetworkService
+    from .plugins import PluginService
+    from .snapshots import SnapshotService
+    from .tenancy import TenancyService
+
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
@@ -46,6 +61,16 @@ def visible(row: Owned, who: Principal) -> bool:
     """Resources of another organization, or of another team for a team-scoped credential,
     do not exist as far as the caller can tell."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
+
+
+async def get_visible_vm(store: Store, ref: str, who: Principal) -> Vm:
+    """A VM the caller may see (another organization's, or team's, answers 404): for the
+    services that act on a VM and need no more of VmService than this."""
+    async with store.read() as conn:
+        row = await vm_q.get_vm(conn, ref)
+    if row is None or not visible(row, who):
+        raise NotFound(f"VM {ref} does not exist")
+    return row
 
 
 def check_name(name: str, field_name: str = "name") -> None:
@@ -141,16 +166,21 @@ class VmChange:
 
 
 class VmService:
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, settings: Settings, engine: JobEngine, jobs: JobService, billing: Billing, capacity: Capacity, networks: NetworkService, plugins: PluginService, snapshots: SnapshotService, tenancy: TenancyService) -> None:
+        self.store = store
+        self.settings = settings
+        self.engine = engine
+        self.jobs = jobs
+        self.billing = billing
+        self.capacity = capacity
+        self.networks = networks
+        self.plugins = plugins
+        self.snapshots = snapshots
+        self.tenancy = tenancy
 
     async def get(self, ref: str, who: Principal) -> Vm:
         """A VM the caller may see (another organization's, or team's, answers 404)."""
-        async with self.rt.store.read() as conn:
-            row = await vm_q.get_vm(conn, ref)
-        if row is None or not visible(row, who):
-            raise NotFound(f"VM {ref} does not exist")
-        return row
+        return await get_visible_vm(self.store, ref, who)
 
     async def list(
         self, who: Principal, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
@@ -158,7 +188,7 @@ class VmService:
         if status is not None and status not in VmStatus.__members__.values():
             raise InvalidRequest(f"status {status!r} is not one of {', '.join(VmStatus)}", field="status")
         after = pages.decode("vms", page_token)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await vm_q.list_vms(
                 conn, node=node, status=status, tag=tag, name=name, after_seq=after, limit=limit + 1, org_id=who.org_id, team_id=who.team_id
             )
@@ -185,19 +215,19 @@ class VmService:
             raise NotFound(f"vm {name!r} not found")
         return rows[0]
 
-    async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = False) -> tuple[str, list[str]]:
+    async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = False) -> tuple[str, builtins.list[str]]:
         """Reserve names and ids for every VM and submit one vm-create job with a task each.
 
         `check_capacity`: refuse (NoCapacity) a VM that no node could take right now, before
         anything is recorded, instead of letting its create task fail (the task's claim still
         decides: another create may take the room first)."""
         specs, vm_ids, teams, networks = await self._prepare(specs, who, check_capacity)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             rows = await self._insert(conn, specs, vm_ids, teams, networks, who)
-            job_id = await self.rt.engine.submit(
+            job_id = await self.engine.submit(
                 conn, "vm-create", who, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
             )
-        self.rt.engine.wakeup()
+        self.engine.wakeup()
         return job_id, [r["id"] for r in rows]
 
     async def record(self, conn: AsyncConnection, spec: NewVm, who: Principal) -> dict[str, Any]:
@@ -210,11 +240,11 @@ class VmService:
     def check_bulk(self, count: int, field: str = "body") -> None:
         """InvalidRequest naming `field` when one request asks for more than `max_bulk` VMs
         (faces call it before parsing each spec; `create` checks again)."""
-        limit = self.rt.settings.max_bulk
+        limit = self.settings.max_bulk
         if count > limit:
             raise InvalidRequest(f"{field}: at most {limit} VMs per request, this one asks for {count}", field=field, limit=limit)
 
-    async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> tuple[list[NewVm], list[str], dict, dict]:
+    async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> tuple[builtins.list[NewVm], builtins.list[str], dict, dict]:
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
         self.check_bulk(len(specs))
@@ -235,23 +265,23 @@ class VmService:
             if spec.name in seen:
                 raise InvalidRequest(f"name {spec.name!r} appears twice in the request", field=where)
             seen.add(spec.name)
-        teams = {s.team: await self.rt.tenancy.team_id(who, s.team) for s in specs}
+        teams = {s.team: await self.tenancy.team_id(who, s.team) for s in specs}
         networks = {}
         for i, s in enumerate(specs):
             prefix = f"[{i}]." if len(specs) > 1 else ""
             if s.networks not in networks:
-                networks[s.networks] = await self.rt.networks.resolve(s.networks, who, f"{prefix}networks")
+                networks[s.networks] = await self.networks.resolve(s.networks, who, f"{prefix}networks")
             check_pci(s.pci, f"{prefix}devices.pciPassthrough")
         if check_capacity:
             for s in specs:
                 assert s.resources is not None
                 r = s.resources
-                await self.rt.capacity.check(Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci))
+                await self.capacity.check(Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci))
         return specs, vm_ids, teams, networks
 
-    async def _insert(self, conn: AsyncConnection, specs: list[NewVm], vm_ids: list[str], teams: dict, networks: dict, who: Principal) -> list[dict[str, Any]]:
+    async def _insert(self, conn: AsyncConnection, specs: builtins.list[NewVm], vm_ids: builtins.list[str], teams: dict, networks: dict, who: Principal) -> builtins.list[dict[str, Any]]:
         now = clock.now()
-        await self.rt.tenancy.reserve(
+        await self.tenancy.reserve(
             conn, who.org_id, vms=len(specs), vcpu=sum(s.resources.cpu for s in specs),
             ram_mb=sum(s.resources.ram_mb for s in specs), disk_gb=sum(s.resources.disk_gb for s in specs),
         )  # fmt: skip
@@ -298,7 +328,7 @@ class VmService:
                     "updated_at": now,
                 }
             )
-        await self.rt.networks.allocate(conn, [(r, networks[s.networks]) for r, s in zip(rows, specs)])
+        await self.networks.allocate(conn, [(r, networks[s.networks]) for r, s in zip(rows, specs)])
         try:
             await vm_q.insert_vms(conn, rows)
         except IntegrityError:
@@ -307,7 +337,7 @@ class VmService:
         for row, spec in zip(rows, specs):
             if spec.firewall is not None:
                 await net_q.set_firewall(conn, row["id"], spec.firewall.to_wire(), now)
-        await self.rt.billing.allocated(conn, rows)
+        await self.billing.allocated(conn, rows)
         return rows
 
     async def _resolve(self, spec: NewVm, who: Principal, index: int | None) -> NewVm:
@@ -323,7 +353,7 @@ class VmService:
                 assert spec.resources is not None
                 spec = replace(spec, resources=replace(spec.resources, disk_gb=spec.disk_gb))
         else:
-            snap = await self.rt.snapshots.for_new_vm(spec.snapshot, who)
+            snap = await self.snapshots.for_new_vm(spec.snapshot, who)
             if spec.template_id is not None:
                 raise InvalidRequest("give snapshotId or templateId, not both", field=f"{prefix}templateId")
             if spec.node_id is not None and spec.node_id != snap.node_id:
@@ -351,7 +381,7 @@ class VmService:
 
     async def _from_plugin(self, spec: NewVm, who: Principal, field_name: str) -> NewVm:
         assert spec.plugin is not None
-        p = await self.rt.plugins.for_new_vm(spec.plugin, who, field_name)
+        p = await self.plugins.for_new_vm(spec.plugin, who, field_name)
         if spec.snapshot is not None:
             raise InvalidRequest("a VM from a plugin boots the plugin's image, not a snapshot", field=field_name)
         extra = dict(spec.extra)
@@ -374,12 +404,12 @@ class VmService:
         wait is deleted and the failure raised (DriverError), so an error answer leaves nothing
         behind. A create that fails later leaves the VM in `error`, as every failed create."""
         job_id, (vm_id,) = await self.create([spec], who, check_capacity=True)
-        outcome = await self.rt.jobs.wait(job_id, timeout)
+        outcome = await self.jobs.wait(job_id, timeout)
         if outcome.state == "cancelled":  # someone cancelled the job: a cancelled create leaves nothing
             raise Conflict("the VM's create was cancelled", vmId=vm_id)
         if outcome.failed:
             error = outcome.error("unknown error")
-            await self.rt.jobs.wait(await self.delete([vm_id], who), timeout)
+            await self.jobs.wait(await self.delete([vm_id], who), timeout)
             raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
         return await self.get(vm_id, who)
 
@@ -389,7 +419,7 @@ class VmService:
         vm = await self.get(ref, who)
         require_state(VmOp.RENAME, vm.status, vm.id)
         if name != vm.name:
-            async with self.rt.store.write() as conn:
+            async with self.store.write() as conn:
                 if await vm_q.names_taken(conn, [name], vm.org_id):
                     raise Conflict(f"a VM named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 try:
@@ -398,7 +428,7 @@ class VmService:
                     raise Conflict(f"a VM named {name!r} was created at the same time", field="name") from None
         return await self.get(vm.id, who)
 
-    async def _reserve_ports(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+    async def _reserve_ports(self, conn: Any, rows: builtins.list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""
         taken: set[tuple[int, str]] | None = None
         candidates = iter(AUTO_PORTS)
@@ -438,16 +468,16 @@ class VmService:
             "ramMb": change.ram_mb,
             "diskGb": change.disk_gb,
         }
-        async with self.rt.store.write() as conn:
-            await self.rt.tenancy.reserve(
+        async with self.store.write() as conn:
+            await self.tenancy.reserve(
                 conn, vm.org_id, vcpu=max(0, (change.cpu or vm.cpu) - vm.cpu),
                 ram_mb=max(0, (change.ram_mb or vm.ram_mb) - vm.ram_mb), disk_gb=max(0, (change.disk_gb or vm.disk_gb) - vm.disk_gb),
             )  # fmt: skip
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name], vm.org_id):
                     raise Conflict(f"a VM named {change.name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
-            job_id = await self.rt.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
+        self.engine.wakeup()
         return job_id
 
     async def delete(self, refs: Sequence[str], who: Principal) -> str:
@@ -455,7 +485,7 @@ class VmService:
             raise InvalidRequest("vmIds must name at least one VM", field="vmIds")
         if len(set(refs)) != len(refs):
             raise InvalidRequest("vmIds names a VM twice", field="vmIds")
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             rows = {r.id: r for r in await vm_q.get_vms(conn, list(refs)) if visible(r, who)}
             by_ref = {**rows, **{r.uuid: r for r in rows.values()}}
             missing = [r for r in refs if r not in by_ref]
@@ -464,8 +494,8 @@ class VmService:
             targets = [by_ref[r] for r in refs]
             for r in targets:
                 require_state(VmOp.DELETE, r.status, r.id)
-            job_id = await self.rt.engine.submit(conn, "vm-delete", who, [(r.id, {}) for r in targets])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, "vm-delete", who, [(r.id, {}) for r in targets])
+        self.engine.wakeup()
         return job_id
 
     async def delete_once(self, ref: str, who: Principal) -> str | None:
@@ -490,11 +520,11 @@ class VmService:
     async def power(self, ref: str, action: str, who: Principal) -> str:
         job_type = POWER_JOBS[action]
         vm = await self.get(ref, who)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             pending = await job_q.active_task_for(conn, [vm.id])
             # With earlier work still queued on the VM, judge the request when its turn comes.
             if not pending:
                 require_state(action, vm.status, vm.id)
-            job_id = await self.rt.engine.submit(conn, job_type, who, [(vm.id, {"action": action})])
-        self.rt.engine.wakeup()
+            job_id = await self.engine.submit(conn, job_type, who, [(vm.id, {"action": action})])
+        self.engine.wakeup()
         return job_id

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 from urllib.parse import quote, urlparse
 
 import httpx
@@ -34,6 +34,11 @@ from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, Reason, VmplaneError
 from ..store import vsphere as vsp_q
 from .secrets import SecretBox
+
+if TYPE_CHECKING:
+    from ..outbound import Outbound
+    from ..store import Store
+
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CHUNK = 1 << 20
@@ -189,9 +194,10 @@ def _profile(row: Row) -> VsphereProfile:
 class VsphereService:
     """rt.vsphere: connection profiles, discovery and control of vSphere VMs, disk export."""
 
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
-        self.box: SecretBox = rt.secret_box
+    def __init__(self, *, store: Store, outbound: Outbound, secret_box: SecretBox) -> None:
+        self.store = store
+        self.outbound = outbound
+        self.box = secret_box
 
     # -- connection profiles -------------------------------------------------------------
 
@@ -203,14 +209,14 @@ class VsphereService:
         scheme, host, port, _ = _split_url(url, "url")
         if not username:
             raise InvalidRequest("username is required", field="username")
-        await self.rt.outbound.check(f"{scheme}://{_netloc(host, port)}/", "url")
+        await self.outbound.check(f"{scheme}://{_netloc(host, port)}/", "url")
         now = clock.now()
         row = {
             "id": ids.new_id("vsp"), "org_id": who.org_id, "name": name, "url": url.strip(), "insecure": bool(insecure),
             "secret": self.box.seal({"username": username, "password": password or ""}), "created_by": who.user_name,
             "created_at": now, "updated_at": now,
         }  # fmt: skip
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if await vsp_q.get_profile(conn, who.org_id, name) is not None:
                 raise Conflict(f"a vSphere profile named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             await vsp_q.insert_profile(conn, row)
@@ -218,18 +224,18 @@ class VsphereService:
         return _profile(created)
 
     async def list_profiles(self, who: Principal) -> list[VsphereProfile]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return [_profile(r) for r in await vsp_q.list_profiles(conn, who.org_id)]
 
     async def get_profile(self, who: Principal, name: str) -> VsphereProfile:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await vsp_q.get_profile(conn, who.org_id, name)
         if row is None:
             raise NotFound(f"vSphere profile {name!r} does not exist", field="profile")
         return _profile(row)
 
     async def delete_profile(self, who: Principal, name: str) -> None:
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             if not await vsp_q.delete_profile(conn, who.org_id, name):
                 raise NotFound(f"vSphere profile {name!r} does not exist", field="profile")
 
@@ -241,7 +247,7 @@ class VsphereService:
         `profile` if the caller's organization has none of that name) or ad-hoc credentials
         (`url` and `username` required). Nothing ad hoc is stored."""
         if profile:
-            async with self.rt.store.read() as conn:
+            async with self.store.read() as conn:
                 row = await vsp_q.get_profile(conn, who.org_id, profile)
             if row is None:
                 raise InvalidRequest(f"vSphere profile {profile!r} does not exist", field="profile")
@@ -252,7 +258,7 @@ class VsphereService:
         scheme, host, port, _ = _split_url(url)
         if not username:
             raise InvalidRequest("username is required with a vCenter URL", field="username")
-        await self.rt.outbound.check(f"{scheme}://{_netloc(host, port)}/", "vcenterUrl")
+        await self.outbound.check(f"{scheme}://{_netloc(host, port)}/", "vcenterUrl")
         return Connection(url.strip(), username, password or "", bool(insecure))
 
     def seal(self, c: Connection) -> str:
@@ -267,7 +273,7 @@ class VsphereService:
 
     async def _session(self, c: Connection, work: Callable[[Any], Any]) -> Any:
         """`work(si)` in a worker thread, logged in to `c` at an address the policy passed."""
-        policy = await self.rt.outbound.policy()
+        policy = await self.outbound.policy()
         return await asyncio.to_thread(_with_si, c, policy, work)
 
     async def list_vms(self, c: Connection, datacenter: str | None = None) -> list[VsphereVm]:
@@ -320,8 +326,8 @@ class VsphereService:
         if method not in ("auto", "lease", "datastore"):
             raise InvalidRequest("exportMethod must be auto, lease or datastore", field="exportMethod")
         loop = asyncio.get_running_loop()
-        policy = await self.rt.outbound.policy()
-        net = _Net(policy, self.rt.outbound.max_download_bytes)
+        policy = await self.outbound.policy()
+        net = _Net(policy, self.outbound.max_download_bytes)
         stop = threading.Event()  # the caller was cancelled: the worker thread stops at its next report
 
         def report(done: int, total: int | None) -> None:

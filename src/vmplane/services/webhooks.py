@@ -7,10 +7,11 @@ test deliveries included, checks it again."""
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import urlparse
 
 from sqlalchemy import Row
@@ -18,12 +19,18 @@ from sqlalchemy import Row
 from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..events import formats
 from ..event_types import check_patterns
-from .webhook_delivery import RESERVED_HEADERS, post, test_payload
+from ..events import formats
 from ..store import webhooks as wh_q
 from . import pages, scopes
 from .secrets import SecretBox
+from .webhook_delivery import RESERVED_HEADERS, post, test_payload
+
+if TYPE_CHECKING:
+    from ..outbound import Outbound
+    from ..store import Store
+    from .tenancy import TenancyService
+
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 EVENT_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -74,12 +81,15 @@ class WebhookService:
     """Webhooks of organizations. Signing secrets are stored sealed with the data dir's key
     (services/secrets.py, as vCenter credentials are): the database alone does not give them."""
 
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
+    def __init__(self, *, store: Store, outbound: Outbound, secret_box: SecretBox, tenancy: TenancyService) -> None:
+        self.store = store
+        self.outbound = outbound
+        self.secret_box = secret_box
+        self.tenancy = tenancy
 
     def secret_of(self, row: Row) -> str:
         """The signing secret of a stored webhook, in clear."""
-        return unseal_secret(self.rt.secret_box, row.secret)
+        return unseal_secret(self.secret_box, row.secret)
 
     def signing(self, row: Row) -> formats.AdHocHook:
         """What a delivery to `row` needs (its secret in clear), for `webhook_delivery.post`."""
@@ -89,18 +99,18 @@ class WebhookService:
         )  # fmt: skip
 
     async def get(self, webhook_id: str, who: Principal) -> Row:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             row = await wh_q.get_webhook(conn, webhook_id)
         if row is None or not _visible(row, who):
             raise NotFound(f"webhook {webhook_id} does not exist")
         return row
 
     async def list(self, who: Principal) -> Sequence[Row]:
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             return [h for h in await wh_q.list_webhooks(conn) if _visible(h, who)]
 
     async def create(
-        self, *, url: str, events: list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal,
+        self, *, url: str, events: builtins.list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal,
         format: str = formats.VMPLANE,
     ) -> Row:
         """`format`: how its deliveries are written (events/formats.py)."""
@@ -109,15 +119,15 @@ class WebhookService:
         check_headers(headers)
         if format not in formats.FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
-        await self.rt.outbound.check(url, "url")  # last: the syntax is checked before any lookup
+        await self.outbound.check(url, "url")  # last: the syntax is checked before any lookup
         now = clock.now()
         row = {
             "id": ids.new_id("whk"), "org_id": who.org_id, "url": url, "events": list(patterns), "enabled": enabled, "timeout_sec": timeout_sec,
-            "retry_count": retry_count, "headers": headers, "secret": seal_secret(self.rt.secret_box, "whsec_" + secrets.token_urlsafe(32)),
+            "retry_count": retry_count, "headers": headers, "secret": seal_secret(self.secret_box, "whsec_" + secrets.token_urlsafe(32)),
             "created_by": who.user_name, "created_at": now, "updated_at": now, "format": format, **scopes.of(who).columns(),
         }  # fmt: skip
-        async with self.rt.store.write() as conn:
-            await self.rt.tenancy.reserve(conn, who.org_id, webhooks=1)
+        async with self.store.write() as conn:
+            await self.tenancy.reserve(conn, who.org_id, webhooks=1)
             await wh_q.insert_webhook(conn, row)
         return await self.get(row["id"], who)
 
@@ -135,20 +145,20 @@ class WebhookService:
         if "headers" in values:
             check_headers(values["headers"])
         if "url" in values:
-            await self.rt.outbound.check(values["url"], "url")
-        async with self.rt.store.write() as conn:
+            await self.outbound.check(values["url"], "url")
+        async with self.store.write() as conn:
             await wh_q.set_webhook(conn, webhook_id, **values, updated_at=clock.now())
         return await self.get(webhook_id, who)
 
     async def delete(self, webhook_id: str, who: Principal) -> None:
         await self.get(webhook_id, who)
-        async with self.rt.store.write() as conn:
+        async with self.store.write() as conn:
             await wh_q.delete_webhook(conn, webhook_id)
 
     async def test(self, webhook_id: str, who: Principal) -> dict[str, Any]:
         """Send one signed test event now (no retries) and say how it went."""
         hook = await self.get(webhook_id, who)
-        async with self.rt.outbound.client() as client:
+        async with self.outbound.client() as client:
             body = test_payload(hook.id) if hook.format == formats.VMPLANE else formats.test_body(hook.format, "webhook.test", hook.id, who.org_id)
             status, error, ms = await post(client, self.signing(hook), ids.new_id("dlv"), "webhook.test", body)
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
@@ -162,17 +172,17 @@ class WebhookService:
             raise InvalidRequest("event must be 1-64 letters, digits, '.', '_' or '-'", field="event")
         if fmt not in formats.FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", field="format")
-        await self.rt.outbound.check(url, "url")
+        await self.outbound.check(url, "url")
         hook = formats.AdHocHook(url=url, headers=headers, timeout_sec=timeout_sec, format=fmt, secret="whsec_test", id="test")
         body = formats.test_body(fmt, event, hook.id, who.org_id)
-        async with self.rt.outbound.client() as client:
+        async with self.outbound.client() as client:
             status, error, ms = await post(client, hook, ids.new_id("dlv"), event, body)
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
 
     async def deliveries(self, webhook_id: str, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
         await self.get(webhook_id, who)
         after = pages.decode("deliveries", page_token)
-        async with self.rt.store.read() as conn:
+        async with self.store.read() as conn:
             rows = await wh_q.deliveries(conn, webhook_id, after_seq=after, limit=limit + 1)
         token = pages.encode("deliveries", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token

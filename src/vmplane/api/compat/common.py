@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +21,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...errors import VmplaneError
+
+if TYPE_CHECKING:
+    from ...runtime import Runtime
 
 log = logging.getLogger("vmplane.api")
 
@@ -53,7 +56,7 @@ def allowed_methods(request: Request, routers: Sequence[APIRouter]) -> list[str]
     return sorted(methods)
 
 
-def build_face(title: str, rt: Any, routers: Sequence[APIRouter], contract: Path, errors: Errors) -> FastAPI:
+def build_face(title: str, rt: Runtime, routers: Sequence[APIRouter], contract: Path, errors: Errors) -> FastAPI:
     """A face's application (mounted by api/faces.py at the face's prefix). The contract is
     served at `/<its file name>`."""
     app = FastAPI(title=f"vmplane: {title}", openapi_url=None, docs_url=None, redoc_url=None)

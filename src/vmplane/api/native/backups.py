@@ -137,14 +137,14 @@ def render_schedule(s: BackupSchedule) -> dict[str, Any]:
 
 @router.get("/vms/{vm_id}/backup-schedule", response_model=BackupScheduleOut, responses=ERRORS)
 async def get_backup_schedule(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    return JSONResponse(render_schedule(await rt.backups.get_schedule(vm_id, who)))
+    return JSONResponse(render_schedule(await rt.schedules.backup_schedule(vm_id, who)))
 
 
 @router.put("/vms/{vm_id}/backup-schedule", response_model=BackupScheduleOut, responses=ERRORS)
 async def put_backup_schedule(vm_id: str, body: BackupScheduleIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Back the VM up daily, weekly or monthly at hourUtc; after each successful run only the
     newest keepLast backups are kept."""
-    s = await rt.backups.put_schedule(
+    s = await rt.schedules.put_backup_schedule(
         vm_id, who, frequency=body.frequency, hour=body.hourUtc, day_of_week=body.dayOfWeek,
         day_of_month=body.dayOfMonth, keep_last=body.keepLast,
     )  # fmt: skip
@@ -153,5 +153,5 @@ async def put_backup_schedule(vm_id: str, body: BackupScheduleIn, rt: RuntimeDep
 
 @router.delete("/vms/{vm_id}/backup-schedule", status_code=204, responses=ERRORS)
 async def delete_backup_schedule(vm_id: str, rt: RuntimeDep, who: CallerDep) -> Response:
-    await rt.backups.delete_schedule(vm_id, who)
+    await rt.schedules.delete_backup_schedule(vm_id, who)
     return Response(status_code=204)

@@ -1,7 +1,7 @@
 """/api/v1/deployments (a desired number of replicas of one VM config, kept by a reconciler)
 and /api/v1/vms/{id}/config (a VM's config, versioned; PATCH is a JSON merge patch)."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
@@ -12,6 +12,9 @@ from ...services import scopes
 from ...services.vmconfig import ConfigVersion
 from ..schemas import In
 from .deps import ERRORS, CallerDep, RuntimeDep
+
+if TYPE_CHECKING:
+    from ...runtime import Runtime
 
 router = APIRouter(tags=["deployments"])
 
@@ -27,7 +30,7 @@ class DeploymentPatch(In):
     config: dict[str, Any] | None = Field(None, description="a JSON merge patch of the config; applies to new replicas")
 
 
-async def deployment_out(rt: Any, row: Any) -> dict[str, Any]:
+async def deployment_out(rt: "Runtime", row: Any) -> dict[str, Any]:
     replicas = await rt.deployments.replicas(row)
     return {
         "id": row.id,

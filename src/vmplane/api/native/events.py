@@ -3,7 +3,7 @@
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -18,6 +18,9 @@ from ...event_types import check_patterns
 from ..middleware import NO_STORE
 from ..schemas import ErrorOut
 from .deps import ERRORS, CallerDep, RuntimeDep, StreamSlotDep, hold_ws_stream
+
+if TYPE_CHECKING:
+    from ...runtime import Runtime
 
 router = APIRouter(tags=["events"])
 ws_router = APIRouter(tags=["events"])
@@ -131,7 +134,7 @@ async def events_ws(websocket: WebSocket) -> None:
 
 
 async def _serve_events_ws(
-    websocket: WebSocket, rt: Any, bus: EventBus, who: Principal, patterns: tuple[str, ...] | None, resource: str | None, after: int | None
+    websocket: WebSocket, rt: "Runtime", bus: EventBus, who: Principal, patterns: tuple[str, ...] | None, resource: str | None, after: int | None
 ) -> None:
     await websocket.accept()
 

@@ -1,6 +1,6 @@
 """/api/v1/jobs: list, details with tasks, one task with its log, cancel."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
@@ -8,6 +8,9 @@ from fastapi.responses import JSONResponse, Response
 from .. import render
 from ..schemas import JobDetailOut, JobOut, Page, TaskDetailOut
 from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
+
+if TYPE_CHECKING:
+    from ...runtime import Runtime
 
 router = APIRouter(tags=["jobs"])
 
@@ -40,7 +43,7 @@ async def get_task(job_id: str, task_id: str, rt: RuntimeDep, who: CallerDep) ->
     )
 
 
-async def _import_progress(rt: Any, who: Any, type_: str, job_id: str) -> dict[str, Any]:
+async def _import_progress(rt: "Runtime", who: Any, type_: str, job_id: str) -> dict[str, Any]:
     """vm-import jobs and tasks show the import's stage and bytes beside their percentage."""
     if type_ != "vm-import":
         return {}

@@ -1,7 +1,7 @@
 """/api/v1/plugins (install, list, get, enable/disable, delete) and what plugin VMs offer:
 /vms/{id}/plugin (plugin and workload health), /vms/{id}/actions/{action}, /vms/{id}/openapi."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,10 +13,13 @@ from ...store import templates as tpl_q
 from ..schemas import In
 from .deps import ERRORS, CallerDep, RuntimeDep
 
+if TYPE_CHECKING:
+    from ...runtime import Runtime
+
 router = APIRouter(tags=["plugins"])
 
 
-async def render_plugin(rt: Any, row: Row) -> dict[str, Any]:
+async def render_plugin(rt: "Runtime", row: Row) -> dict[str, Any]:
     image = None
     if row.template_id is not None:
         async with rt.store.read() as conn:

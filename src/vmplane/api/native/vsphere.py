@@ -1,7 +1,7 @@
 """/api/v1/vsphere: stored vCenter connection profiles (credentials sealed, never shown) and
 discovery and control of vSphere VMs through a profile or ad-hoc credentials."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -10,6 +10,9 @@ from pydantic import BaseModel, Field
 from ...services.vsphere import Connection
 from ..schemas import In
 from .deps import ERRORS, CallerDep, RuntimeDep
+
+if TYPE_CHECKING:
+    from ...runtime import Runtime
 
 router = APIRouter(tags=["vsphere"])
 
@@ -56,7 +59,7 @@ class ActionOut(BaseModel):
     message: str
 
 
-async def _connection(rt: Any, who: Any, body: ConnectionIn) -> Connection:
+async def _connection(rt: "Runtime", who: Any, body: ConnectionIn) -> Connection:
     conn: Connection = await rt.vsphere.connection(
         who, profile=body.profile, url=body.vcenterUrl, username=body.username, password=body.password, insecure=body.insecure
     )

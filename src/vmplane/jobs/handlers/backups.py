@@ -1,6 +1,7 @@
 """backup-create, backup-delete and vm-restore."""
 
 import contextlib
+from typing import Any
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,8 +16,8 @@ from ..engine import TaskContext
 from .base import BaseHandler, find_vm, load_vm, while_stopped
 
 
-async def load_backup(ctx: TaskContext, backup_id: str) -> Row:
-    async with ctx.rt.store.read() as conn:
+async def load_backup(ctx: TaskContext, backup_id: str) -> Row[Any]:
+    async with ctx.deps.store.read() as conn:
         bkp = await bkp_q.get_backup(conn, backup_id)
     if bkp is None:
         raise VmplaneError(f"backup {backup_id} no longer exists")
@@ -29,15 +30,15 @@ class BackupCreate(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         bkp = await load_backup(ctx, ctx.payload["backupId"])
         vm = await load_vm(ctx)
-        rt = ctx.rt
-        work = rt.data_dir / "tmp" / f"{bkp.id}.raw"
+        deps = ctx.deps
+        work = deps.data_dir / "tmp" / f"{bkp.id}.raw"
         work.parent.mkdir(parents=True, exist_ok=True)
         ctx.log(f"Starting backup of {vm.name}")
         try:
-            size = await rt.registry.driver(vm.node_id).export_disk(vm.id, work)
+            size = await deps.registry.driver(vm.node_id).export_disk(vm.id, work)
             await ctx.progress(40, f"disk exported ({size} bytes)")
             await ctx.fence()  # the backup store is no driver: fence its write by hand
-            stored = await rt.backup_store.put(work, f"vm={vm.id}")
+            stored = await deps.backup_store.put(work, f"vm={vm.id}")
         finally:
             work.unlink(missing_ok=True)
         ctx.log(f"stored: {stored.logical_bytes} bytes, {stored.added_bytes} new")
@@ -49,13 +50,13 @@ class BackupCreate(BaseHandler):
         )
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             if cancelled:
                 await bkp_q.delete_backup(conn, ctx.payload["backupId"])
             else:
                 await bkp_q.set_backup(conn, ctx.payload["backupId"], status="failed", error=error, finished_at=clock.now())
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await bkp_q.delete_backup(conn, task.payload["backupId"])
 
 
@@ -64,11 +65,11 @@ class BackupDelete(BaseHandler):
         bkp = await load_backup(ctx, ctx.resource_id)
         if bkp.repo_snapshot:
             await ctx.fence()
-            await ctx.rt.backup_store.forget(bkp.repo_snapshot)
+            await ctx.deps.backup_store.forget(bkp.repo_snapshot)
         ctx.defer(lambda conn: bkp_q.delete_backup(conn, bkp.id))
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             await bkp_q.set_backup(conn, ctx.resource_id, status="succeeded")
 
 
@@ -78,12 +79,12 @@ class VmRestore(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         bkp = await load_backup(ctx, ctx.payload["backupId"])
         vm = await load_vm(ctx)
-        rt = ctx.rt
+        deps = ctx.deps
         ctx.log(f"Starting restore of backup {bkp.id} ({bkp.vm_name}) into {vm.name}")
-        work = rt.data_dir / "tmp" / f"{bkp.id}-{vm.id}.raw"
+        work = deps.data_dir / "tmp" / f"{bkp.id}-{vm.id}.raw"
         work.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await rt.backup_store.get(bkp.repo_snapshot, work)  # before stopping: a bad backup changes nothing
+            await deps.backup_store.get(bkp.repo_snapshot, work)  # before stopping: a bad backup changes nothing
             await ctx.progress(50, "backup fetched and verified")
 
             async def restore(driver: HypervisorDriver) -> None:
@@ -98,7 +99,7 @@ class VmRestore(BaseHandler):
         vm = await find_vm(ctx)
         if vm is None:  # deleted meanwhile
             return
-        runtime = await ctx.rt.registry.driver(vm.node_id).get_vm(vm.id)
+        runtime = await ctx.deps.registry.driver(vm.node_id).get_vm(vm.id)
         status = VmStatus.RUNNING if runtime and runtime.state == PowerState.RUNNING else VmStatus.STOPPED
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             await vm_q.set_status(conn, vm.id, status.value, updated_at=clock.now())

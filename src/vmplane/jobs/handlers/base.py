@@ -1,6 +1,6 @@
 """What every handler shares: default rollback/discard, and loading the task's VM."""
 
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,13 +17,13 @@ class BaseHandler:
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         return None
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         return None
 
 
 async def find_vm(ctx: TaskContext) -> Vm | None:
     """The task's VM, or None once it was deleted (a rollback then has nothing to put right)."""
-    async with ctx.rt.store.read() as conn:
+    async with ctx.deps.store.read() as conn:
         return await vm_q.get_vm(conn, ctx.resource_id)
 
 
@@ -38,15 +38,15 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
     """Record the VM's status now (not with the task's end); only while the run still holds
     its task (a stalled run must not mark a VM its successor already finished with)."""
     await ctx.fence()
-    async with ctx.rt.store.write() as conn:
+    async with ctx.deps.store.write() as conn:
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
 async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
     """What the VM's driver needs to define it, from the store as it is now."""
-    async with ctx.rt.store.read() as conn:
-        nics = await ctx.rt.networks.nics(conn, vm)
-        firewall = await ctx.rt.networks.firewall_of(conn, vm.id)
+    async with ctx.deps.store.read() as conn:
+        nics = await ctx.deps.networks.nics(conn, vm)
+        firewall = await ctx.deps.networks.firewall_of(conn, vm.id)
     return VmSpec(
         id=vm.id,
         uuid=vm.uuid,
@@ -65,7 +65,7 @@ async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, t
 async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
     """Stop the VM if it runs, run `work(driver)`, start the VM again if it was running; the
     VM's final status is recorded with the task's end."""
-    driver = ctx.rt.registry.driver(vm.node_id)
+    driver = ctx.deps.registry.driver(vm.node_id)
     runtime = await driver.get_vm(vm.id)
     if "wasRunning" not in ctx.payload:
         ctx.payload["wasRunning"] = runtime is not None and runtime.state == PowerState.RUNNING

@@ -19,11 +19,11 @@ async def ensure_image(
     """
     if template_id is None:
         return None, None
-    rt = ctx.rt
-    known = rt.registry.images_on[node_id]
+    deps = ctx.deps
+    known = deps.registry.images_on[node_id]
     if template_id in known:
         return known[template_id]
-    async with rt.store.read() as conn:
+    async with deps.store.read() as conn:
         tpl = await tpl_q.get_template(conn, template_id)
     if tpl is None or tpl.image_path is None:
         raise VmplaneError(f"template {template_id} has no image")
@@ -32,5 +32,5 @@ async def ensure_image(
         ctx.log(message)
 
     files = TemplateFiles(template_id, Path(tpl.image_path), tpl.boot, tpl.checksum, tpl.source_url)
-    known[template_id] = await rt.registry.driver(node_id).provide_template(files, report)
+    known[template_id] = await deps.registry.driver(node_id).provide_template(files, report)
     return known[template_id]

@@ -1,5 +1,7 @@
 """snapshot-create, snapshot-delete and vm-revert."""
 
+from typing import Any
+
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -12,8 +14,8 @@ from ..engine import TaskContext
 from .base import BaseHandler, load_vm, while_stopped
 
 
-async def load_snapshot(ctx: TaskContext, snapshot_id: str) -> Row:
-    async with ctx.rt.store.read() as conn:
+async def load_snapshot(ctx: TaskContext, snapshot_id: str) -> Row[Any]:
+    async with ctx.deps.store.read() as conn:
         snap = await snap_q.get_snapshot(conn, snapshot_id)
     if snap is None:
         raise VmplaneError(f"snapshot {snapshot_id} no longer exists")
@@ -27,7 +29,7 @@ class SnapshotCreate(BaseHandler):
         snap = await load_snapshot(ctx, ctx.payload["snapshotId"])
         vm = await load_vm(ctx)
         ctx.log(f"Starting snapshot {snap.name} of {vm.name} ({'live' if vm.status == VmStatus.RUNNING else 'offline'})")
-        info = await ctx.rt.registry.driver(snap.node_id).snapshot_vm(vm.id, snap.id)
+        info = await ctx.deps.registry.driver(snap.node_id).snapshot_vm(vm.id, snap.id)
         ctx.defer(
             lambda conn: snap_q.set_snapshot(
                 conn, snap.id, status="ready", image_path=str(info.path), size_bytes=info.actual_size, updated_at=clock.now()
@@ -37,29 +39,29 @@ class SnapshotCreate(BaseHandler):
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         snap_id = ctx.payload["snapshotId"]
-        async with ctx.rt.store.read() as conn:
+        async with ctx.deps.store.read() as conn:
             snap = await snap_q.get_snapshot(conn, snap_id)
-        if snap is not None and snap.node_id in ctx.rt.registry:
-            await ctx.rt.registry.driver(snap.node_id).delete_snapshot(snap_id)
-        async with ctx.rt.store.write() as conn:
+        if snap is not None and snap.node_id in ctx.deps.registry:
+            await ctx.deps.registry.driver(snap.node_id).delete_snapshot(snap_id)
+        async with ctx.deps.store.write() as conn:
             await snap_q.delete_snapshot(conn, snap_id)
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await snap_q.delete_snapshot(conn, task.payload["snapshotId"])
 
 
 class SnapshotDelete(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         snap = await load_snapshot(ctx, ctx.resource_id)
-        async with ctx.rt.store.read() as conn:
+        async with ctx.deps.store.read() as conn:
             if await snap_q.dependents(conn, snap.id):
                 raise VmplaneError(f"snapshot {snap.id} gained dependent VMs; not deleted")
-        if snap.node_id in ctx.rt.registry:
-            await ctx.rt.registry.driver(snap.node_id).delete_snapshot(snap.id)
+        if snap.node_id in ctx.deps.registry:
+            await ctx.deps.registry.driver(snap.node_id).delete_snapshot(snap.id)
         ctx.defer(lambda conn: snap_q.delete_snapshot(conn, snap.id))
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             await snap_q.set_snapshot(conn, ctx.resource_id, status="ready", updated_at=clock.now())
 
 

@@ -11,8 +11,8 @@ from .base import BaseHandler
 
 class TemplateDelete(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
-        rt = ctx.rt
-        async with rt.store.write() as conn:
+        deps = ctx.deps
+        async with deps.store.write() as conn:
             tpl = await tpl_q.get_template(conn, ctx.resource_id)
             if tpl is None:
                 ctx.log("already deleted")
@@ -26,18 +26,18 @@ class TemplateDelete(BaseHandler):
             # From here on no new VM may start from it (creates need status `ready`).
             await tpl_q.set_template(conn, tpl.id, status="deleting", updated_at=clock.now())
         ctx.log(f"Starting delete of template {tpl.name}")
-        for node_id, driver in rt.registry.items():
+        for node_id, driver in deps.registry.items():
             if driver.offline is not None:
                 ctx.log(f"node {node_id} is offline: its copy of the image stays there")
                 continue
             await driver.delete_image(tpl.id)
-            rt.registry.images_on[node_id].pop(tpl.id, None)
-        (rt.images_dir / f"{tpl.id}.img").unlink(missing_ok=True)
-        async with rt.store.write() as conn:
+            deps.registry.images_on[node_id].pop(tpl.id, None)
+        (deps.images_dir / f"{tpl.id}.img").unlink(missing_ok=True)
+        async with deps.store.write() as conn:
             await tpl_q.delete_template(conn, tpl.id)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             tpl = await tpl_q.get_template(conn, ctx.resource_id)
             if tpl is not None and tpl.status == "deleting":
                 await tpl_q.set_template(conn, tpl.id, status="ready", updated_at=clock.now())

@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import httpx
@@ -25,15 +26,15 @@ CHUNK = 4 * 1024 * 1024
 
 class TemplateImport(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
-        rt = ctx.rt
-        async with rt.store.read() as conn:
+        deps = ctx.deps
+        async with deps.store.read() as conn:
             tpl = await tpl_q.get_template(conn, ctx.resource_id)
         if tpl is None:
             raise VmplaneError(f"template {ctx.resource_id} no longer exists")
         if tpl.source_url is None:
             raise VmplaneError(f"template {tpl.id} has no source URL to import from")
         ctx.log(f"Starting import of {tpl.name} from {tpl.source_url}")
-        dest = rt.images_dir / f"{tpl.id}.img"
+        dest = deps.images_dir / f"{tpl.id}.img"
         part = dest.with_suffix(".part")
         digest = await self._download(ctx, tpl.source_url, part)
         expected = ctx.payload.get("checksum")
@@ -48,9 +49,9 @@ class TemplateImport(BaseHandler):
         async def report(pct: int, message: str) -> None:
             await ctx.progress(80 + pct // 5, message)
 
-        info = await rt.registry.driver(node_id).import_image(tpl.id, dest, report)
-        rt.registry.images_on[node_id][tpl.id] = (str(info.path), None)
-        async with rt.store.write() as conn:
+        info = await deps.registry.driver(node_id).import_image(tpl.id, dest, report)
+        deps.registry.images_on[node_id][tpl.id] = (str(info.path), None)
+        async with deps.store.write() as conn:
             await tpl_q.set_template(
                 conn,
                 tpl.id,
@@ -66,11 +67,11 @@ class TemplateImport(BaseHandler):
 
     async def _as_initramfs(self, ctx: TaskContext, tpl: Template, dest: Path, digest: str) -> None:
         """An initramfs boots with the kernel, command line and disk of another template."""
-        async with ctx.rt.store.read() as conn:
+        async with ctx.deps.store.read() as conn:
             base = await tpl_q.get_template(conn, ctx.payload["initramfsOf"])
         if base is None or not base.boot or base.image_path is None:
             raise VmplaneError(f"template {ctx.payload['initramfsOf']} has no kernel to boot an initramfs with")
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             await tpl_q.set_template(
                 conn, tpl.id, status="ready", format=base.format, size_mb=base.size_mb, image_path=base.image_path,
                 boot={**base.boot, "initrd": str(dest)}, checksum=f"sha256:{digest}", error=None, updated_at=clock.now(),
@@ -81,7 +82,7 @@ class TemplateImport(BaseHandler):
     def _any_node(ctx: TaskContext) -> str:
         """A node to validate the image on: a local one first (no copy to make), else an
         online node run by an agent (the image is sent to it)."""
-        items = ctx.rt.registry.items()
+        items = ctx.deps.registry.items()
         usable = [n for n, d in items if d.offline is None]
         local = [n for n, d in items if d.capabilities.local]
         if not usable:
@@ -93,6 +94,7 @@ class TemplateImport(BaseHandler):
         sha = hashlib.sha256()
         done = 0
         last_pct = -1
+        total: int | None
 
         async def advance(chunk: bytes, total: int | None) -> None:
             nonlocal done, last_pct
@@ -117,9 +119,9 @@ class TemplateImport(BaseHandler):
                         out.write(chunk)
                         await advance(chunk, total)
             else:
-                limit = ctx.rt.outbound.max_download_bytes
+                limit = ctx.deps.outbound.max_download_bytes
                 try:
-                    async with ctx.rt.outbound.client(timeout=httpx.Timeout(30.0, connect=15.0)) as client:
+                    async with ctx.deps.outbound.client(timeout=httpx.Timeout(30.0, connect=15.0)) as client:
                         async with outbound.opened(client, "GET", url) as resp:
                             if resp.status_code != 200:
                                 raise VmplaneError(f"download failed: {url} answered HTTP {resp.status_code}")
@@ -134,14 +136,14 @@ class TemplateImport(BaseHandler):
         return sha.hexdigest()
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        rt = ctx.rt
+        deps = ctx.deps
         for suffix in (".part", ".img"):
-            (rt.images_dir / f"{ctx.resource_id}{suffix}").unlink(missing_ok=True)
-        async with rt.store.write() as conn:
+            (deps.images_dir / f"{ctx.resource_id}{suffix}").unlink(missing_ok=True)
+        async with deps.store.write() as conn:
             if cancelled:
                 await tpl_q.delete_template(conn, ctx.resource_id)
             else:
                 await tpl_q.set_template(conn, ctx.resource_id, status="error", error=error, updated_at=clock.now())
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await tpl_q.delete_template(conn, task.resource_id)

@@ -10,7 +10,7 @@ from .base import BaseHandler
 class TemplateUpdate(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         values = {k: v for k, v in ctx.payload.items() if v is not None}
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             tpl = await tpl_q.get_template(conn, ctx.resource_id)
             if tpl is None:
                 raise VmplaneError(f"template {ctx.resource_id} no longer exists")

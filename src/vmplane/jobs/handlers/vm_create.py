@@ -1,5 +1,7 @@
 """vm-create: place the VM, claim its resources, define it on the node, start it."""
 
+from typing import Any
+
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,10 +22,10 @@ from .images import ensure_image
 class VmCreate(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         vm = await load_vm(ctx)
-        rt = ctx.rt
+        deps = ctx.deps
         if vm.status not in (VmStatus.PROVISIONING, VmStatus.STARTING):
             # An interrupted attempt may have finished the work before recording the task's end.
-            if ctx.resumed and vm.node_id and await rt.registry.driver(vm.node_id).get_vm(vm.id) is not None:
+            if ctx.resumed and vm.node_id and await deps.registry.driver(vm.node_id).get_vm(vm.id) is not None:
                 ctx.log(f"already created before the interruption ({vm.status})")
                 return
             raise VmplaneError(f"VM {vm.id} is {vm.status}; nothing to create")
@@ -35,24 +37,24 @@ class VmCreate(BaseHandler):
             demand = Demand(
                 cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.node_id, pci=spec.pci_passthrough, network_types=spec.network_types,
             )  # fmt: skip
-            async with rt.store.write() as conn:
-                node_id = await rt.capacity.place_and_claim(conn, demand, vm.id)
+            async with deps.store.write() as conn:
+                node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
                 if demand.pci:
                     await vm_q.set_vm(conn, vm.id, spec=spec.with_(pci_assigned=tuple(await net_q.devices_of(conn, vm.id))).to_json())
                 status = VmStatus.STARTING if start else VmStatus.PROVISIONING
                 await vm_q.set_status(conn, vm.id, status.value, node_id=node_id, updated_at=clock.now())
             await ctx.progress(20, f"placed on {node_id}")
-        if not rt.replicas.runs_here(node_id):
+        if not deps.home.runs_here(node_id):
             raise HandOff(f"{node_id} is served by another replica")
-        driver = rt.registry.driver(node_id)
-        if (line := await rt.guest.prepare_ssh(vm.id, driver)) is not None:
+        driver = deps.registry.driver(node_id)
+        if (line := await deps.guest.prepare_ssh(vm.id, driver)) is not None:
             ctx.log(line)
             vm = await load_vm(ctx)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
         if boot is not None and vm.spec.kernel_cmdline:  # a config's kernel_cmdline: after the template's
             boot = {**boot, "cmdline": f"{boot.get('cmdline') or ''} {vm.spec.kernel_cmdline}".strip()}
         if vm.snapshot_id is not None:  # a copy-on-write clone of the snapshot's disk
-            async with rt.store.read() as conn:
+            async with deps.store.read() as conn:
                 snap = await snap_q.get_snapshot(conn, vm.snapshot_id)
             if snap is None or snap.image_path is None:
                 raise VmplaneError(f"snapshot {vm.snapshot_id} no longer exists")
@@ -72,27 +74,27 @@ class VmCreate(BaseHandler):
         ctx.log("running")
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        rt = ctx.rt
-        async with rt.store.read() as conn:
+        deps = ctx.deps
+        async with deps.store.read() as conn:
             vm = await vm_q.get_vm(conn, ctx.resource_id)
         if vm is None:
             return
         if vm.node_id is not None:
             try:
-                await rt.registry.driver(vm.node_id).delete_vm(vm.id)
+                await deps.registry.driver(vm.node_id).delete_vm(vm.id)
             except DriverError as exc:
                 # The node is unreachable (offline): what it holds of the VM is unknown. The VM
                 # keeps its node and claim, in error; deleting it cleans the node up once back.
-                async with rt.store.write() as conn:
+                async with deps.store.write() as conn:
                     why = f"{error}; {vm.node_id} could not clean up ({exc.message}): delete the VM"
                     await vm_q.set_status(conn, vm.id, VmStatus.ERROR.value, error=why, updated_at=clock.now())
                 ctx.log(f"could not clean up on {vm.node_id}: {exc.message}")
                 return
-        async with rt.store.write() as conn:
+        async with deps.store.write() as conn:
             if vm.node_id is not None:
-                await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+                await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
                 await net_q.release_devices(conn, vm.id)
-            await rt.billing.released(conn, vm.id)
+            await deps.billing.released(conn, vm.id)
             if cancelled:
                 await guest_q.release_ports(conn, vm.id)
                 await net_q.release_vm(conn, vm.id)
@@ -101,7 +103,7 @@ class VmCreate(BaseHandler):
                 await vm_q.set_status(conn, vm.id, VmStatus.ERROR.value, node_id=None, error=error, updated_at=clock.now())
         ctx.log("cleaned up: nothing of the VM is left on the node")
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await usage_q.close_span(conn, task.resource_id, clock.now())
         await guest_q.release_ports(conn, task.resource_id)
         await net_q.release_vm(conn, task.resource_id)

@@ -11,8 +11,8 @@ from .base import BaseHandler, set_status
 
 class VmDelete(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
-        rt = ctx.rt
-        async with rt.store.read() as conn:
+        deps = ctx.deps
+        async with deps.store.read() as conn:
             vm = await vm_q.get_vm(conn, ctx.resource_id)
         if vm is None:
             ctx.log("already deleted")
@@ -20,18 +20,18 @@ class VmDelete(BaseHandler):
         ctx.log(f"Starting delete of {vm.name}")
         await set_status(ctx, vm.id, VmStatus.DELETING)
         if vm.node_id is not None:
-            await rt.registry.driver(vm.node_id).delete_vm(vm.id)
+            await deps.registry.driver(vm.node_id).delete_vm(vm.id)
             await ctx.progress(60, f"removed from {vm.node_id}")
-        async with rt.store.write() as conn:
+        async with deps.store.write() as conn:
             if vm.node_id is not None:
-                await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+                await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
             await guest_q.release_ports(conn, vm.id)
             await net_q.release_vm(conn, vm.id)
-            await rt.billing.released(conn, vm.id)
+            await deps.billing.released(conn, vm.id)
             await vm_q.delete_vm(conn, vm.id)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        async with ctx.rt.store.write() as conn:
+        async with ctx.deps.store.write() as conn:
             vm = await vm_q.get_vm(conn, ctx.resource_id)
             if vm is not None:
                 status = VmStatus.UNKNOWN if cancelled else VmStatus.ERROR

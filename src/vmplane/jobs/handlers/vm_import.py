@@ -38,12 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock, outbound
 from ...domain import Resources, Vm, VmStatus
+from ...domain.network import DEFAULT_NETWORK
 from ...drivers.qemu import intake
 from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
 from ...ovf import OvfError, parse_ovf
 from ...placement import Demand
 from ...services.imports import STAGE_SPAN, ImportRequest, principal_of
-from ...services.networks import DEFAULT_NETWORK
 from ...services.vms import NewVm
 from ...store import guest as guest_q
 from ...store import imports as imp_q
@@ -117,7 +117,7 @@ class _Tracker:
         if name in BYTE_STAGES:
             self.done, self.total, self._tenth = 0, total, -1
             values = {"bytes_done": 0, "bytes_total": total}
-        async with self.ctx.rt.store.write() as conn:
+        async with self.ctx.deps.store.write() as conn:
             await imp_q.set_import(conn, self.imp_id, stage=name, updated_at=clock.now(), **values)
         self._written = time.monotonic()
         await self.ctx.progress(STAGE_SPAN[name][0], f"stage: {name}")
@@ -131,19 +131,19 @@ class _Tracker:
         if not force and time.monotonic() - self._written < 0.5:
             return
         self._written = time.monotonic()
-        async with self.ctx.rt.store.write() as conn:
+        async with self.ctx.deps.store.write() as conn:
             await imp_q.set_import(conn, self.imp_id, bytes_done=done, bytes_total=total, updated_at=clock.now())
         start, end = STAGE_SPAN[self.stage_name]
         pct = start + (end - start) * min(done, total) // total if total else start
         await self.ctx.progress(pct)
 
 
-def _work_dir(rt: Any, imp_id: str) -> Path:
-    return Path(rt.data_dir) / "imports" / "work" / imp_id
+def _work_dir(data_dir: Path, imp_id: str) -> Path:
+    return data_dir / "imports" / "work" / imp_id
 
 
-async def _load(ctx: TaskContext) -> Row:
-    async with ctx.rt.store.read() as conn:
+async def _load(ctx: TaskContext) -> Row[Any]:
+    async with ctx.deps.store.read() as conn:
         row = await imp_q.get_import(conn, ctx.resource_id)
     if row is None:
         raise VmplaneError(f"import {ctx.resource_id} no longer exists")
@@ -152,28 +152,28 @@ async def _load(ctx: TaskContext) -> Row:
 
 class VmImport(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
-        rt = ctx.rt
+        deps = ctx.deps
         row = await _load(ctx)
         if row.state == "succeeded":
             return
-        req = rt.imports.request_of(row)
+        req = deps.imports.request_of(row)
         who = principal_of(ctx.payload)
         track = _Tracker(ctx, row.id)
         if row.vm_id is not None:  # an earlier attempt recorded the VM
             vm = await self._vm(ctx, row.vm_id)
-            if vm is not None and vm.node_id and await rt.registry.driver(vm.node_id).get_vm(vm.id) is not None:
+            if vm is not None and vm.node_id and await deps.registry.driver(vm.node_id).get_vm(vm.id) is not None:
                 await self._finish(ctx, track, row, vm, req)
                 return
             await self._forget_vm(ctx, row.vm_id)
-        work = _work_dir(rt, row.id)
+        work = _work_dir(deps.data_dir, row.id)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        async with rt.store.write() as conn:
+        async with deps.store.write() as conn:
             await imp_q.set_import(conn, row.id, state="running", error=None, updated_at=clock.now())
         ctx.log(f"Starting import from a {req.source.type} source")
         await track.stage("connecting")
         shape = await self._fetch(ctx, track, req, work)
-        async with rt.store.write() as conn:
+        async with deps.store.write() as conn:
             await imp_q.set_import(conn, row.id, shape=shape.to_wire(), updated_at=clock.now())
         if not shape.disks:
             raise VmplaneError("the source VM has no disk")
@@ -208,7 +208,7 @@ class VmImport(BaseHandler):
         """The source file: a local one (checked against the allowed directories again: the
         file may have changed since the request) or an http(s) download into `work`."""
         src = req.source
-        imports = ctx.rt.imports
+        imports = ctx.deps.imports
         if src.path is not None:
             path = imports.local_file(src.path, "source.path")
         elif urlparse(src.url or "").scheme == "file":
@@ -232,7 +232,7 @@ class VmImport(BaseHandler):
             for d in ovf.disks:
                 if req.source.url is not None and urlparse(req.source.url).scheme != "file":
                     raise VmplaneError("an .ovf by URL needs its files too: import the OVA instead")
-                target = ctx.rt.imports.local_file(str(path.parent / _member_name(d.href)), "source.path")
+                target = ctx.deps.imports.local_file(str(path.parent / _member_name(d.href)), "source.path")
                 disks.append(SourceDisk(d.disk_id, str(target), _disk_format(d.format, d.href), d.capacity_bytes))
         else:
             ovf, disks = await asyncio.to_thread(_read_ova, path)
@@ -245,27 +245,27 @@ class VmImport(BaseHandler):
         return Shape(stem, 1, 1024, [SourceDisk(path.name, str(path), req.source.format)])
 
     async def _vsphere(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
-        rt = ctx.rt
+        deps = ctx.deps
         src = req.source
-        secrets = rt.imports.secrets_of(ctx.payload)
+        secrets = deps.imports.secrets_of(ctx.payload)
         if "vsphere" in secrets:
-            conn = rt.vsphere.unseal(secrets["vsphere"])
+            conn = deps.vsphere.unseal(secrets["vsphere"])
         else:
-            conn = await rt.vsphere.connection(principal_of(ctx.payload), profile=src.profile, insecure=src.insecure)
+            conn = await deps.vsphere.connection(principal_of(ctx.payload), profile=src.profile, insecure=src.insecure)
         assert src.vm_path is not None
-        info = await rt.vsphere.vm_info(conn, src.vm_path)
+        info = await deps.vsphere.vm_info(conn, src.vm_path)
         ctx.log(f"vSphere: {info.vm.path} is {info.vm.power_state}, {info.vm.num_cpu} CPU, {info.vm.memory_mb} MiB, {len(info.disks)} disk(s)")
         cdroms = len(info.cdroms)
         if req.remove_cdroms and cdroms:
             await ctx.fence()  # a change at the source vCenter, made by no driver: fenced by hand
-            removed = await rt.vsphere.remove_cdroms(conn, src.vm_path)
+            removed = await deps.vsphere.remove_cdroms(conn, src.vm_path)
             ctx.log(f"removed {removed} CD-ROM drive(s) from the source VM")
         await track.stage("exporting", sum(d.capacity_bytes for d in info.disks) or None)
 
         async def progress(done: int, total: int | None) -> None:
             await track.bytes(done, total)
 
-        info, files = await rt.vsphere.export_disks(conn, src.vm_path, work / "export", progress, src.export_method)
+        info, files = await deps.vsphere.export_disks(conn, src.vm_path, work / "export", progress, src.export_method)
         await track.bytes(track.done, track.total, force=True)
         via = "the NFC export lease" if files and files[0].via == "lease" else "datastore download"
         ctx.log(f"fetched {len(files)} disk(s) by {via} ({track.done} bytes)")
@@ -275,16 +275,16 @@ class VmImport(BaseHandler):
 
     async def _vmplane(self, ctx: TaskContext, track: _Tracker, req: ImportRequest, work: Path) -> Shape:
         src = req.source
-        key = ctx.rt.imports.secrets_of(ctx.payload).get("apiKey", "")
+        key = ctx.deps.imports.secrets_of(ctx.payload).get("apiKey", "")
         base = str(src.url).rstrip("/")
         headers = {"Authorization": f"Bearer {key}"}
-        rt = ctx.rt
+        deps = ctx.deps
         try:
-            async with rt.outbound.client(timeout=30) as client:
+            async with deps.outbound.client(timeout=30) as client:
                 async with outbound.opened(client, "GET", f"{base}/api/v1/vms/{src.vm_id}", headers=headers) as r:
                     if r.status_code != 200:  # its answer is not repeated: it may be anything's
                         raise VmplaneError(f"{base} answered HTTP {r.status_code} for VM {src.vm_id}")
-                    body = await outbound.read_limited(r, rt.outbound.max_document_bytes, f"the answer of {base}")
+                    body = await outbound.read_limited(r, deps.outbound.max_document_bytes, f"the answer of {base}")
         except httpx.HTTPError as exc:
             raise VmplaneError(f"cannot reach {base}: {outbound.describe(exc)}") from None
         try:
@@ -316,7 +316,7 @@ class VmImport(BaseHandler):
             await asyncio.to_thread(_copy_out, source, copy, disk.member)
             source = copy
         made = await intake.intake(
-            qemu_img, source, dest, max_virtual_size=ctx.rt.settings.max_image_virtual_gb << 30,
+            qemu_img, source, dest, max_virtual_size=ctx.deps.settings.max_image_virtual_gb << 30,
             fmt=disk.format, extents_dir=disk.extents_dir, label=disk.label, progress=track.bytes,
         )  # fmt: skip
         await track.bytes(made.virtual_size, made.virtual_size, force=True)
@@ -325,8 +325,8 @@ class VmImport(BaseHandler):
 
     # -- the VM ------------------------------------------------------------------------------
 
-    async def _define(self, ctx: TaskContext, row: Row, req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Vm:
-        rt = ctx.rt
+    async def _define(self, ctx: TaskContext, row: Row[Any], req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Vm:
+        deps = ctx.deps
         name = req.name or _vm_name(shape.name)
         resources = Resources(
             req.cpu or max(1, shape.cpu), req.ram_mb or max(64, shape.ram_mb), max(req.disk_gb or 0, max(1, math.ceil(size / GIB))),
@@ -343,9 +343,9 @@ class VmImport(BaseHandler):
             name=name, resources=resources, template_id=None, node_id=req.node_id, tags=req.tags, start=req.start,
             extra={"imported": {"importId": row.id, "source": req.source.type, "os": shape.os}}, networks=networks,
         )  # fmt: skip
-        async with rt.store.write() as conn:
+        async with deps.store.write() as conn:
             try:
-                vm_row = await rt.vms.record(conn, spec, who)
+                vm_row = await deps.vms.record(conn, spec, who)
             except InvalidRequest as exc:
                 raise VmplaneError(f"the VM cannot be recorded: {exc.message}") from None
             except Conflict as exc:
@@ -357,8 +357,8 @@ class VmImport(BaseHandler):
         assert vm is not None
         # a node of this host that this process serves: the image is a file here (agents'
         # nodes are other hosts; other replicas' nodes other processes, maybe other hosts)
-        here = {n for n, d in rt.registry.items() if d.capabilities.local}
-        async with rt.store.read() as conn:
+        here = {n for n, d in deps.registry.items() if d.capabilities.local}
+        async with deps.store.read() as conn:
             elsewhere = frozenset(n.id for n in await node_q.list_nodes(conn) if n.id not in here)
         if req.node_id is not None and req.node_id in elsewhere:
             raise VmplaneError(f"{req.node_id} is not a node of this host (imported disks are files here); leave nodeId out or name a local node")
@@ -366,13 +366,13 @@ class VmImport(BaseHandler):
             cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=req.node_id, exclude=elsewhere,
             network_types=vm.spec.network_types,
         )  # fmt: skip
-        async with rt.store.write() as conn:
-            node_id = await rt.capacity.place_and_claim(conn, demand, vm.id)
+        async with deps.store.write() as conn:
+            node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
             await vm_q.set_status(conn, vm.id, VmStatus.PROVISIONING.value, node_id=node_id, updated_at=clock.now())
         vm = await self._vm(ctx, vm_id)
         assert vm is not None
-        driver = rt.registry.driver(node_id)
-        if (line := await rt.guest.prepare_ssh(vm.id, driver)) is not None:  # as every VM made on a qemu node
+        driver = deps.registry.driver(node_id)
+        if (line := await deps.guest.prepare_ssh(vm.id, driver)) is not None:  # as every VM made on a qemu node
             ctx.log(line)
             vm = await self._vm(ctx, vm_id)
             assert vm is not None
@@ -380,9 +380,9 @@ class VmImport(BaseHandler):
         ctx.log(f"defined on {node_id} with the imported disk")
         return vm
 
-    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row, vm: Vm, req: ImportRequest) -> None:
-        rt = ctx.rt
-        driver = rt.registry.driver(vm.node_id)
+    async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row[Any], vm: Vm, req: ImportRequest) -> None:
+        deps = ctx.deps
+        driver = deps.registry.driver(vm.node_id)
         status, started = VmStatus.STOPPED, None
         if req.start:
             await track.stage("starting")
@@ -398,32 +398,32 @@ class VmImport(BaseHandler):
         ctx.defer(done)
 
     async def _vm(self, ctx: TaskContext, vm_id: str) -> Vm | None:
-        async with ctx.rt.store.read() as conn:
+        async with ctx.deps.store.read() as conn:
             return await vm_q.get_vm(conn, vm_id)
 
     async def _forget_vm(self, ctx: TaskContext, vm_id: str) -> None:
         """Remove the import's VM entirely: definition, claim, addresses, ports, record."""
-        rt = ctx.rt
+        deps = ctx.deps
         vm = await self._vm(ctx, vm_id)
         if vm is None:
             return
         if vm.node_id is not None:
-            await rt.registry.driver(vm.node_id).delete_vm(vm.id)
-        async with rt.store.write() as conn:
+            await deps.registry.driver(vm.node_id).delete_vm(vm.id)
+        async with deps.store.write() as conn:
             if vm.node_id is not None:
-                await rt.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+                await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
                 await net_q.release_devices(conn, vm.id)
-            await rt.billing.released(conn, vm.id)
+            await deps.billing.released(conn, vm.id)
             await guest_q.release_ports(conn, vm.id)
             await net_q.release_vm(conn, vm.id)
             await vm_q.delete_vm(conn, vm.id)
             await imp_q.set_import(conn, ctx.resource_id, vm_id=None, updated_at=clock.now())
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
-        rt = ctx.rt
-        async with rt.store.read() as conn:
+        deps = ctx.deps
+        async with deps.store.read() as conn:
             row = await imp_q.get_import(conn, ctx.resource_id)
-        shutil.rmtree(_work_dir(rt, ctx.resource_id), ignore_errors=True)
+        shutil.rmtree(_work_dir(deps.data_dir, ctx.resource_id), ignore_errors=True)
         if row is None:
             return
         if row.vm_id is not None:
@@ -431,13 +431,13 @@ class VmImport(BaseHandler):
                 await self._forget_vm(ctx, row.vm_id)
             except DriverError as exc:
                 ctx.log(f"could not remove the VM from its node: {exc.message}; delete VM {row.vm_id}")
-        async with rt.store.write() as conn:
+        async with deps.store.write() as conn:
             await imp_q.set_import(
                 conn, row.id, state="cancelled" if cancelled else "failed", error=error, updated_at=clock.now(), finished_at=clock.now()
             )
         ctx.log("cleaned up: no VM and no disk file of this import is left")
 
-    async def discard(self, conn: AsyncConnection, task: Row) -> None:
+    async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await imp_q.set_import(conn, task.resource_id, state="cancelled", error="cancelled before it started", updated_at=clock.now(), finished_at=clock.now())
 
 
@@ -516,7 +516,7 @@ async def _download(url: str, dest: Path, track: _Tracker, headers: dict[str, st
     """GET `url` into `dest` through the outbound policy (redirects followed, each checked),
     at most VMPLANE_MAX_DOWNLOAD_BYTES."""
     done = 0
-    policy = track.ctx.rt.outbound
+    policy = track.ctx.deps.outbound
     try:
         async with policy.client(timeout=httpx.Timeout(60.0, connect=15.0)) as client:
             async with outbound.opened(client, "GET", url, headers=headers or {}) as resp:

@@ -35,7 +35,7 @@ log = logging.getLogger("vmplane.jobs")
 
 
 async def _check_movable(ctx: TaskContext, vm: Vm) -> None:
-    async with ctx.rt.store.read() as conn:
+    async with ctx.deps.store.read() as conn:
         snaps = await snap_q.list_snapshots(conn, vm.org_id, None, vm.id)
     if snaps:
         raise InvalidState(f"VM {vm.id} has {len(snaps)} snapshot(s) on {vm.node_id}; snapshots stay on their node: delete them first")
@@ -53,13 +53,13 @@ async def _claim_target(ctx: TaskContext, vm: Vm, source: str, unfit: frozenset[
     never chooses the source nor a node in `unfit`."""
     if vm.spec.move_to:
         return vm.spec.move_to
-    rt = ctx.rt
+    deps = ctx.deps
     demand = Demand(
         cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=ctx.payload.get("target"),
         network_types=vm.spec.network_types, exclude=frozenset({source}) | unfit,
     )  # fmt: skip
-    async with rt.store.write() as conn:
-        target = await rt.capacity.place_and_claim(conn, demand, vm.id)
+    async with deps.store.write() as conn:
+        target = await deps.capacity.place_and_claim(conn, demand, vm.id)
         await vm_q.set_vm(conn, vm.id, spec=vm.spec.with_(move_to=target).to_json(), updated_at=clock.now())
     await ctx.progress(10, f"room claimed on {target}")
     return target
@@ -67,13 +67,13 @@ async def _claim_target(ctx: TaskContext, vm: Vm, source: str, unfit: frozenset[
 
 async def _commit(ctx: TaskContext, vm_id: str, source: str, target: str, status: VmStatus) -> None:
     """The VM is on `target` now: its record and the claims say so, in one transaction."""
-    rt = ctx.rt
-    async with rt.store.write() as conn:
+    deps = ctx.deps
+    async with deps.store.write() as conn:
         vm = await vm_q.get_vm(conn, vm_id)
         assert vm is not None
         await vm_q.set_vm(conn, vm_id, node_id=target, spec=vm.spec.with_(move_to=None).to_json(), updated_at=clock.now())
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now())
-        await rt.capacity.release(conn, source, vm.cpu, vm.ram_mb, vm.disk_gb)
+        await deps.capacity.release(conn, source, vm.cpu, vm.ram_mb, vm.disk_gb)
 
 
 async def _remove_from_source(ctx: TaskContext, driver: HypervisorDriver, vm_id: str, source: str) -> None:
@@ -86,8 +86,8 @@ async def _remove_from_source(ctx: TaskContext, driver: HypervisorDriver, vm_id:
 
 async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
     """A failed or cancelled move: the VM stays on its source; nothing is left on the target."""
-    rt = ctx.rt
-    async with rt.store.read() as conn:
+    deps = ctx.deps
+    async with deps.store.read() as conn:
         vm = await vm_q.get_vm(conn, ctx.resource_id)
     if vm is None or not vm.spec.move_to:
         return
@@ -95,20 +95,20 @@ async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
     if target == vm.node_id:  # committed already
         return
     try:
-        await rt.registry.driver(target).delete_vm(vm.id)
+        await deps.registry.driver(target).delete_vm(vm.id)
     except VmplaneError as exc:
         ctx.log(f"Warning: cleaning up on {target} failed: {exc.message}")
-    async with rt.store.write() as conn:
+    async with deps.store.write() as conn:
         fresh = await vm_q.get_vm(conn, vm.id)
         if fresh is not None and fresh.spec.move_to == target:
-            await rt.capacity.release(conn, target, fresh.cpu, fresh.ram_mb, fresh.disk_gb)
+            await deps.capacity.release(conn, target, fresh.cpu, fresh.ram_mb, fresh.disk_gb)
             await vm_q.set_vm(conn, vm.id, spec=fresh.spec.with_(move_to=None).to_json(), updated_at=clock.now())
     ctx.log(f"nothing of the VM is left on {target}; it stays on {vm.node_id}")
 
 
 async def _define_on(ctx: TaskContext, vm: Vm, target: str) -> HypervisorDriver:
     image, boot = await ensure_image(ctx, target, vm.template_id)
-    driver = ctx.rt.registry.driver(target)
+    driver = ctx.deps.registry.driver(target)
     await driver.create_vm(await vm_spec(ctx, vm, image, boot))
     await ctx.progress(30, f"defined on {target}")
     return driver
@@ -116,14 +116,14 @@ async def _define_on(ctx: TaskContext, vm: Vm, target: str) -> HypervisorDriver:
 
 class VmMove(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
-        rt = ctx.rt
+        deps = ctx.deps
         vm = await load_vm(ctx)
         source = str(ctx.payload["source"])
         if vm.node_id != source:
             ctx.log(f"already on {vm.node_id}")
             return
         await _check_movable(ctx, vm)
-        src = rt.registry.driver(source)
+        src = deps.registry.driver(source)
         runtime = await src.get_vm(vm.id)
         if runtime is None:
             raise DriverError(f"{source} does not have VM {vm.id}")
@@ -133,7 +133,7 @@ class VmMove(BaseHandler):
         await set_status(ctx, vm.id, VmStatus.UPDATING)
         dst = await _define_on(ctx, vm, target)
         if src.capabilities.disk_export and dst.capabilities.disk_export:
-            work = rt.data_dir / "moves" / f"{vm.id}-{uuid.uuid4().hex[:8]}.raw"
+            work = deps.data_dir / "moves" / f"{vm.id}-{uuid.uuid4().hex[:8]}.raw"
             work.parent.mkdir(parents=True, exist_ok=True)
             try:
                 size = await src.export_disk(vm.id, work)
@@ -157,7 +157,7 @@ class VmMove(BaseHandler):
 
 class VmMigrate(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
-        rt = ctx.rt
+        deps = ctx.deps
         vm = await load_vm(ctx)
         source = str(ctx.payload["source"])
         if vm.node_id != source:
@@ -165,17 +165,17 @@ class VmMigrate(BaseHandler):
             return
         require_state(VmOp.MIGRATE, vm.status, vm.id)
         await _check_movable(ctx, vm)
-        src = rt.registry.driver(source)
+        src = deps.registry.driver(source)
         ctx.log(f"Starting live migration of {vm.name} from {source}")
         if not src.capabilities.live_migration:
             raise InvalidState(f"{source} runs the {_hypervisor(src)} driver, which cannot migrate VMs")
-        unfit = frozenset(n for n, d in rt.registry.items() if not d.capabilities.live_migration or _hypervisor(d) != _hypervisor(src))
+        unfit = frozenset(n for n, d in deps.registry.items() if not d.capabilities.live_migration or _hypervisor(d) != _hypervisor(src))
         wanted = ctx.payload.get("target")
         if wanted in unfit and not vm.spec.move_to:
-            d = rt.registry.driver(wanted)
+            d = deps.registry.driver(wanted)
             raise InvalidState(f"{wanted} runs the {_hypervisor(d)} driver: {_hypervisor(src)} VMs cannot migrate there")
         target = await _claim_target(ctx, vm, source, unfit)
-        dst = rt.registry.driver(target)
+        dst = deps.registry.driver(target)
         if not dst.capabilities.live_migration or _hypervisor(dst) != _hypervisor(src):
             raise InvalidState(f"{target} runs the {_hypervisor(dst)} driver: {_hypervisor(src)} VMs cannot migrate there")
         image, boot = await ensure_image(ctx, target, vm.template_id)
@@ -200,7 +200,7 @@ class VmMigrate(BaseHandler):
         vm = await find_vm(ctx)  # None: deleted meanwhile (the target is still cleaned up)
         if vm is not None and vm.node_id == ctx.payload["source"] and vm.spec.move_to:
             try:  # whatever the source was doing for the migration, it stops; the guest runs on
-                await ctx.rt.registry.driver(vm.node_id).migrate_cancel(vm.id)
+                await ctx.deps.registry.driver(vm.node_id).migrate_cancel(vm.id)
             except VmplaneError as exc:
                 ctx.log(f"Warning: resuming the VM on {vm.node_id}: {exc.message}")
         await _undo_target(ctx, cancelled)

@@ -30,7 +30,7 @@ class VmPower(BaseHandler):
                 ctx.log(f"resumed: the VM is already {vm.status}")
                 await self._record(ctx, vm.id)
                 return
-        driver = ctx.rt.registry.driver(vm.node_id)
+        driver = ctx.deps.registry.driver(vm.node_id)
         ctx.log(f"Starting {action} of {vm.name}")
         await set_status(ctx, vm.id, TRANSIENT[action])
         if action == "start":
@@ -38,7 +38,7 @@ class VmPower(BaseHandler):
         elif action == "stop":
             await driver.stop_vm(vm.id)
         elif action == "shutdown":
-            timeout = float(ctx.payload.get("timeout", ctx.rt.settings.shutdown_timeout_seconds))
+            timeout = float(ctx.payload.get("timeout", ctx.deps.settings.shutdown_timeout_seconds))
             graceful = await driver.shutdown_vm(vm.id, timeout)
             ctx.log("guest powered off" if graceful else f"guest did not power off within {timeout:g}s; forced off")
         elif action == "reboot":
@@ -49,7 +49,9 @@ class VmPower(BaseHandler):
 
     async def _record(self, ctx: TaskContext, vm_id: str) -> None:
         vm = await load_vm(ctx)
-        runtime = await ctx.rt.registry.driver(vm.node_id).get_vm(vm_id)
+        if vm.node_id is None:  # run() checked it; the record types it as optional
+            raise VmplaneError(f"VM {vm.id} is not placed on any node")
+        runtime = await ctx.deps.registry.driver(vm.node_id).get_vm(vm_id)
         if runtime is None:
             await set_status(ctx, vm_id, VmStatus.ERROR, error="the hypervisor no longer knows this VM", started_at=None)
         elif runtime.state == PowerState.RUNNING:
@@ -61,7 +63,7 @@ class VmPower(BaseHandler):
         vm = await find_vm(ctx)
         if vm is None:  # deleted meanwhile
             return
-        if vm.node_id is not None and vm.node_id in ctx.rt.registry:
+        if vm.node_id is not None and vm.node_id in ctx.deps.registry:
             try:
                 await self._record(ctx, vm.id)
             except DriverError as exc:  # the node is unreachable (offline): nobody knows

@@ -11,7 +11,7 @@ from .base import BaseHandler, load_vm
 class VmUpdate(BaseHandler):
     async def run(self, ctx: TaskContext) -> None:
         p = ctx.payload
-        rt = ctx.rt
+        deps = ctx.deps
         vm = await load_vm(ctx)
         ctx.log(f"Starting update of {vm.name}")
         want = Resources(
@@ -26,24 +26,24 @@ class VmUpdate(BaseHandler):
         if want != old:
             # The VM row and the node's claim change in one transaction, so a crash between
             # here and the driver call leaves them consistent and the retry resizes only.
-            async with rt.store.write() as conn:
+            async with deps.store.write() as conn:
                 await self._move_claim(ctx, conn, vm.node_id, old, want)
                 await vm_q.set_vm(conn, vm.id, cpu=want.cpu, ram_mb=want.ram_mb, disk_gb=want.disk_gb, updated_at=now)
-                await rt.billing.reshaped(conn, {**vm.to_row(), "cpu": want.cpu, "ram_mb": want.ram_mb, "disk_gb": want.disk_gb})
+                await deps.billing.reshaped(conn, {**vm.to_row(), "cpu": want.cpu, "ram_mb": want.ram_mb, "disk_gb": want.disk_gb})
         resizing = any(p.get(k) is not None for k in ("cpu", "ramMb", "diskGb"))
         if vm.node_id is not None and resizing:
             try:
-                await rt.registry.driver(vm.node_id).resize_vm(vm.id, want)
+                await deps.registry.driver(vm.node_id).resize_vm(vm.id, want)
             except BaseException:
                 if want != old:
-                    async with rt.store.write() as conn:
+                    async with deps.store.write() as conn:
                         await self._move_claim(ctx, conn, vm.node_id, want, old)
                         await vm_q.set_vm(conn, vm.id, cpu=old.cpu, ram_mb=old.ram_mb, disk_gb=old.disk_gb, updated_at=now)
-                        await rt.billing.reshaped(conn, vm.to_row())
+                        await deps.billing.reshaped(conn, vm.to_row())
                 raise
         if want != old:
             ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")
-        async with rt.store.write() as conn:
+        async with deps.store.write() as conn:
             if p.get("name") is not None and p["name"] != vm.name:
                 if await vm_q.names_taken(conn, [p["name"]], vm.org_id):
                     raise Conflict(f"a VM named {p['name']!r} already exists", reason=Reason.NAME_TAKEN)
@@ -62,6 +62,6 @@ class VmUpdate(BaseHandler):
         grow = (max(0, new.cpu - old.cpu), max(0, new.ram_mb - old.ram_mb), max(0, new.disk_gb - old.disk_gb))
         shrink = (max(0, old.cpu - new.cpu), max(0, old.ram_mb - new.ram_mb), max(0, old.disk_gb - new.disk_gb))
         if any(grow):
-            await ctx.rt.capacity.claim_on(conn, node_id, *grow)
+            await ctx.deps.capacity.claim_on(conn, node_id, *grow)
         if any(shrink):
-            await ctx.rt.capacity.release(conn, node_id, *shrink)
+            await ctx.deps.capacity.release(conn, node_id, *shrink)

@@ -9,7 +9,7 @@ Decisions where vmplane differs from the hosted service: docs/bluelobster.md.
 """
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
@@ -20,6 +20,9 @@ from ....services.offerings import Offerings
 from ..common import Errors, build_face
 from .routes import open_router, router
 from .wire import BlError, answer
+
+if TYPE_CHECKING:
+    from ....runtime import Runtime
 
 PREFIX = "/compat/bluelobster"
 CONTRACT = Path(__file__).with_name("openapi.json")
@@ -57,8 +60,8 @@ ERRORS = Errors(
 )
 
 
-def build(rt: Any) -> FastAPI:
+def build(rt: "Runtime") -> FastAPI:
     """The face's application (mounted by api/faces.py)."""
     app = build_face("Blue Lobster face", rt, (open_router, router), CONTRACT, ERRORS)
-    app.state.offerings = Offerings(rt)
+    app.state.offerings = Offerings(store=rt.store, capacity=rt.capacity, data_dir=rt.data_dir)
     return app

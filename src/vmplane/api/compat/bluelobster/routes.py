@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import timezone
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from fastapi import APIRouter, Body, Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -30,6 +30,9 @@ from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .wire import BlError
 
+if TYPE_CHECKING:
+    from ....runtime import Runtime
+
 router = APIRouter(dependencies=[Depends(authorize)])
 """endpoints that need credentials (X-API-Key, or a bearer token as on the native API)"""
 open_router = APIRouter()
@@ -43,7 +46,7 @@ def _offerings(request: Request) -> Offerings:
     return request.app.state.offerings
 
 
-async def _instance(rt: Any, instance_id: str, who: Principal) -> Vm:
+async def _instance(rt: Runtime, instance_id: str, who: Principal) -> Vm:
     try:
         return await rt.vms.get(instance_id, who)
     except NotFound:
@@ -69,7 +72,7 @@ def _render(off: Offerings, row: Vm, nodes: dict[str, Row], teams: dict[str, str
     return out
 
 
-async def _team_names(rt: Any, who: Principal) -> dict[str, str]:
+async def _team_names(rt: Runtime, who: Principal) -> dict[str, str]:
     return {t.id: t.name for t in await rt.tenancy.teams(who)}
 
 
@@ -99,7 +102,7 @@ async def health(request: Request) -> JSONResponse:
 # -- tasks ---------------------------------------------------------------------------------
 
 
-async def _task_out(rt: Any, off: Offerings, job: Row, tasks: Sequence[Row], who: Principal) -> dict[str, Any]:
+async def _task_out(rt: Runtime, off: Offerings, job: Row, tasks: Sequence[Row], who: Principal) -> dict[str, Any]:
     out = wire.task(job, list(tasks))
     if len(tasks) == 1:
         try:
@@ -156,7 +159,7 @@ async def list_tasks(
 # -- templates and instance types ----------------------------------------------------------
 
 
-async def _templates(rt: Any, who: Principal) -> list[Template]:
+async def _templates(rt: Runtime, who: Principal) -> list[Template]:
     rows: list[Template] = []
     token = None
     while True:
@@ -177,7 +180,7 @@ async def list_templates(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     return JSONResponse({"templates": out})
 
 
-async def _template_id(rt: Any, who: Principal, name: str | None) -> str | None:
+async def _template_id(rt: Runtime, who: Principal, name: str | None) -> str | None:
     if name is None:
         return await rt.templates.default_id(who)
     # the organization's own template of that name first, then a shared one (names are per organization)
@@ -231,7 +234,7 @@ def _extra(username: str, ssh_key: str | None, password: str | None, metadata: d
     return extra
 
 
-async def _launch(rt: Any, who: Principal, spec: NewVm) -> tuple[str, Vm]:
+async def _launch(rt: Runtime, who: Principal, spec: NewVm) -> tuple[str, Vm]:
     """Create the VM (refused at once when its node has no room) and return its job and row."""
     try:
         job_id, (vm_id,) = await rt.vms.create([spec], who, check_capacity=True)
@@ -354,7 +357,7 @@ async def get_instance(instance_id: str, request: Request, rt: RuntimeDep, who: 
     return JSONResponse(_render(off, await _instance(rt, instance_id, who), await _nodes(off), await _team_names(rt, who)))
 
 
-async def _wait(rt: Any, job_id: str) -> JobOutcome:
+async def _wait(rt: Runtime, job_id: str) -> JobOutcome:
     return await rt.jobs.wait(job_id, rt.settings.compat_wait_seconds)
 
 
@@ -410,7 +413,7 @@ POWER = {
 }
 
 
-async def _power(path: str, instance_id: str, request: Request, rt: Any, who: Principal) -> JSONResponse:
+async def _power(path: str, instance_id: str, request: Request, rt: Runtime, who: Principal) -> JSONResponse:
     action, words = POWER[path]
     vm = await _instance(rt, instance_id, who)
     try:
@@ -468,7 +471,7 @@ def _firewall_out(fw: Any) -> dict[str, Any]:
     return {"enabled": wire_fw["enabled"], "policy_in": wire_fw["policyIn"], "policy_out": wire_fw["policyOut"], "rules": wire_fw["rules"]}
 
 
-async def _applied(rt: Any, job_id: str, vm: Vm, who: Principal, what: str) -> None:
+async def _applied(rt: Runtime, job_id: str, vm: Vm, who: Principal, what: str) -> None:
     """Wait (bounded) for the job that enforces a network change on the VM's node."""
     outcome = await _wait(rt, job_id)
     if outcome.unsuccessful:
@@ -581,7 +584,7 @@ STORAGE = "vmplane"
 """the name backups' storage goes by (the installation's backup store)"""
 
 
-async def _backup(rt: Any, volid: str, who: Principal) -> Row:
+async def _backup(rt: Runtime, volid: str, who: Principal) -> Row:
     try:
         return await rt.backups.get(volid, who)
     except NotFound:
@@ -617,7 +620,7 @@ async def instance_backups(instance_id: str, rt: RuntimeDep, who: CallerDep) -> 
     )
 
 
-async def _restore(rt: Any, volid: str, target: Vm, who: Principal) -> str:
+async def _restore(rt: Runtime, volid: str, target: Vm, who: Principal) -> str:
     await _backup(rt, volid, who)
     try:
         return await rt.backups.restore(volid, target.id, who)
@@ -732,9 +735,9 @@ def _schedule_out(vm: Vm, s: BackupSchedule) -> dict[str, Any]:
     }
 
 
-async def _schedule(rt: Any, vm: Vm, who: Principal) -> BackupSchedule:
+async def _schedule(rt: Runtime, vm: Vm, who: Principal) -> BackupSchedule:
     try:
-        return await rt.backups.get_schedule(vm.id, who)
+        return await rt.schedules.backup_schedule(vm.id, who)
     except NotFound:
         raise BlError(404, "schedule_not_found", f"Instance {vm.uuid} has no backup schedule") from None
 
@@ -761,7 +764,7 @@ async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: Run
         if not ok:
             raise BlError(400, "invalid_schedule", message)
     try:
-        s = await rt.backups.put_schedule(
+        s = await rt.schedules.put_backup_schedule(
             vm.id, who, frequency=body.frequency, hour=body.hour_utc, day_of_week=body.day_of_week, day_of_month=body.day_of_month
         )
     except (InvalidRequest, Conflict) as exc:
@@ -773,7 +776,7 @@ async def put_backup_schedule(vm_uuid: str, body: wire.BackupScheduleIn, rt: Run
 async def delete_backup_schedule(vm_uuid: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     vm = await _instance(rt, vm_uuid, who)
     await _schedule(rt, vm, who)
-    await rt.backups.delete_schedule(vm.id, who)
+    await rt.schedules.delete_backup_schedule(vm.id, who)
     return JSONResponse({"status": "success", "message": "Backup schedule deleted", "vm_uuid": vm.uuid})
 
 
@@ -929,7 +932,7 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
 # -- teams ---------------------------------------------------------------------------------
 
 
-async def _team(rt: Any, team_id: str, who: Principal) -> Row:
+async def _team(rt: Runtime, team_id: str, who: Principal) -> Row:
     try:
         return await rt.tenancy.team(who, team_id)
     except NotFound:

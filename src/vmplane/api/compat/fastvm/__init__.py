@@ -7,7 +7,7 @@ differs from the hosted service: docs/fastvm.md.
 """
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -17,6 +17,9 @@ from ...errors import validation_message
 from ..common import Errors, build_face
 from .routes import open_router, router
 from .wire import STATUS
+
+if TYPE_CHECKING:
+    from ....runtime import Runtime
 
 PREFIX = "/compat/fastvm"
 CONTRACT = Path(__file__).with_name("openapi.yaml")
@@ -37,6 +40,6 @@ ERRORS = Errors(
 )
 
 
-def build(rt: Any) -> FastAPI:
+def build(rt: "Runtime") -> FastAPI:
     """The face's application (mounted by api/faces.py)."""
     return build_face("FastVM face", rt, (open_router, router), CONTRACT, ERRORS)

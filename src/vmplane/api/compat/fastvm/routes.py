@@ -7,7 +7,7 @@ that time answers 502 (or `deleted: false`), one still running answers with the 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -25,17 +25,20 @@ from ...health import readiness
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 
+if TYPE_CHECKING:
+    from ....runtime import Runtime
+
 router = APIRouter(dependencies=[Depends(authorize)])
 """endpoints that need credentials (X-API-Key or Bearer, as on the native API)"""
 open_router = APIRouter()
 """health, and the console WebSocket (its one-time token is the credential)"""
 
 
-def _wait(rt: Any) -> float:
+def _wait(rt: Runtime) -> float:
     return rt.settings.compat_wait_seconds
 
 
-async def _failed(rt: Any, job_id: str, vm_id: str | None = None, who: Any = None) -> str | None:
+async def _failed(rt: Runtime, job_id: str, vm_id: str | None = None, who: Any = None) -> str | None:
     """Wait for a job (bounded); the first task's error if it failed. With `vm_id`: a job that
     failed because its VM was deleted meanwhile answers 404, as the VM does now."""
     outcome = await rt.jobs.wait(job_id, _wait(rt))
@@ -46,12 +49,12 @@ async def _failed(rt: Any, job_id: str, vm_id: str | None = None, who: Any = Non
     return outcome.error("the job failed")
 
 
-async def _vm_out(rt: Any, row: Vm) -> dict[str, Any]:
+async def _vm_out(rt: Runtime, row: Vm) -> dict[str, Any]:
     policies = await rt.ingress.policies([row.id])
     return wire.vm(row, policies[row.id], row.spec.source_name)
 
 
-async def _vm(rt: Any, vm_id: str, who: Any) -> Vm:
+async def _vm(rt: Runtime, vm_id: str, who: Any) -> Vm:
     return await rt.vms.get(wire.parse_uuid(vm_id, "id"), who)
 
 
@@ -150,7 +153,7 @@ async def delete_vm(id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     return JSONResponse({"id": vm.uuid, "deleted": True})
 
 
-async def _firewall(rt: Any, id: str, who: Any, mode: str | None, allow: Any) -> JSONResponse:
+async def _firewall(rt: Runtime, id: str, who: Any, mode: str | None, allow: Any) -> JSONResponse:
     vm = await _vm(rt, id, who)
     _policy, job_id = await rt.ingress.change(vm.id, who, mode, allow)
     error = await _failed(rt, job_id, vm.id, who)
@@ -240,7 +243,7 @@ def _snapshot_out(row: Row) -> dict[str, Any]:
     return wire.snapshot(row, Ipv6Ingress.of(Firewall.from_wire(row.config.get("firewall"))))
 
 
-async def _snapshot(rt: Any, id: str, who: Any) -> Row:
+async def _snapshot(rt: Runtime, id: str, who: Any) -> Row:
     row = await rt.snapshots.get(wire.parse_uuid(id, "id"), who)
     if row.status not in wire.SNAPSHOT_STATUS:  # being deleted: gone, as FastVM sees it
         raise NotFound(f"snapshot {id} does not exist")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import http
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -30,6 +30,9 @@ from ..common import Errors, build_face
 from .routes import open_router, router
 from .wire import STATUS
 from .wire import HYPERSDK_STATUS
+
+if TYPE_CHECKING:
+    from ....runtime import Runtime
 
 PREFIX = "/compat/hypersdk"
 CONTRACT = Path(__file__).with_name("hypersdk-api.md")
@@ -55,7 +58,7 @@ class HyperSdkMetrics:
     to this face (path relative to the face, status as Go's StatusText names it), import jobs
     by HyperSDK status (from the counts the scrape read), active workers, build info."""
 
-    def __init__(self, rt: Any, metrics: Any) -> None:
+    def __init__(self, rt: Runtime, metrics: Any) -> None:
         self.rt = rt
         self.metrics = metrics
         registry: CollectorRegistry = metrics.registry
@@ -98,7 +101,7 @@ class CountRequests(TimedRequests):
         self.metrics.duration.labels(scope["method"], path).observe(seconds)
 
 
-def build(rt: Any, metrics: Any = None) -> FastAPI:
+def build(rt: Runtime, metrics: Any = None) -> FastAPI:
     """The face's application (mounted by api/faces.py); `metrics`: the main application's
     Metrics, which the face's `hypersdk_*` metrics join."""
     app = build_face("HyperSDK face", rt, (open_router, router), CONTRACT, ERRORS)

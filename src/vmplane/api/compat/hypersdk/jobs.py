@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ....auth import Principal
 from ....errors import InvalidRequest, NotFound
@@ -20,6 +20,9 @@ from ....services.imports import parse_request
 from ....store import jobs as job_q
 from . import wire
 from .wire import JobDefIn
+
+if TYPE_CHECKING:
+    from ....runtime import Runtime
 
 NAME_RE = re.compile(r"[^a-z0-9-]+")
 
@@ -92,7 +95,7 @@ def _in(where: str, exc: InvalidRequest) -> InvalidRequest:
     return InvalidRequest(exc.message, field=field)
 
 
-async def known_networks(rt: Any, who: Principal, body: dict[str, Any]) -> list[str]:
+async def known_networks(rt: Runtime, who: Principal, body: dict[str, Any]) -> list[str]:
     """Leave out of the body's networkMapping the targets that are no vmplane network (HyperSDK
     maps to libvirt bridges such as `br0`): those NICs go to the default network. Returns a
     warning per entry left out."""
@@ -108,7 +111,7 @@ async def known_networks(rt: Any, who: Principal, body: dict[str, Any]) -> list[
     return warnings
 
 
-async def submit(rt: Any, who: Principal, d: JobDefIn, where: str) -> tuple[str, list[str]]:
+async def submit(rt: Runtime, who: Principal, d: JobDefIn, where: str) -> tuple[str, list[str]]:
     """Submit one definition; the HyperSDK job id (the import's id) and any warnings."""
     body = native_request(d, where)
     warnings = await known_networks(rt, who, body)
@@ -119,7 +122,7 @@ async def submit(rt: Any, who: Principal, d: JobDefIn, where: str) -> tuple[str,
     return imp_id, warnings
 
 
-async def template(rt: Any, who: Principal, d: JobDefIn, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+async def template(rt: Runtime, who: Principal, d: JobDefIn, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A schedule's native job template for a definition, and the definition to show. Inline
     vCenter credentials go into a stored, encrypted profile the template names."""
     body = native_request(d, where)
@@ -146,12 +149,12 @@ async def template(rt: Any, who: Principal, d: JobDefIn, where: str) -> tuple[di
     return {"method": "POST", "path": "/api/v1/imports", "body": body}, wire.definition_echo(d)
 
 
-async def _job(rt: Any, imp: Any) -> Any:
+async def _job(rt: Runtime, imp: Any) -> Any:
     async with rt.store.read() as conn:
         return await job_q.get_job(conn, imp.job_id)
 
 
-async def get(rt: Any, who: Principal, job_id: str) -> dict[str, Any]:
+async def get(rt: Runtime, who: Principal, job_id: str) -> dict[str, Any]:
     try:
         imp = await rt.imports.get(job_id, who)
     except NotFound:
@@ -159,14 +162,14 @@ async def get(rt: Any, who: Principal, job_id: str) -> dict[str, Any]:
     return wire.render_job(imp, await _job(rt, imp))
 
 
-async def by_native_job(rt: Any, who: Principal, native_job_id: str | None) -> dict[str, Any] | None:
+async def by_native_job(rt: Runtime, who: Principal, native_job_id: str | None) -> dict[str, Any] | None:
     if not native_job_id:
         return None
     imp = await rt.imports.for_job(native_job_id, who)
     return wire.render_job(imp, await _job(rt, imp)) if imp is not None else None
 
 
-async def hypersdk_id(rt: Any, who: Principal, native_job_id: str | None) -> str | None:
+async def hypersdk_id(rt: Runtime, who: Principal, native_job_id: str | None) -> str | None:
     """The HyperSDK id (the import's) of a vmplane job; the job's own id when it is no import."""
     if not native_job_id:
         return None
@@ -174,7 +177,7 @@ async def hypersdk_id(rt: Any, who: Principal, native_job_id: str | None) -> str
     return imp.id if imp is not None else native_job_id
 
 
-async def query(rt: Any, who: Principal, *, job_ids: list[str] | None, statuses: set[str] | None, limit: int | None) -> list[dict[str, Any]]:
+async def query(rt: Runtime, who: Principal, *, job_ids: list[str] | None, statuses: set[str] | None, limit: int | None) -> list[dict[str, Any]]:
     """The caller's jobs, newest first, filtered by id and HyperSDK status."""
     out: list[dict[str, Any]] = []
     if job_ids is not None:
@@ -212,7 +215,7 @@ async def query(rt: Any, who: Principal, *, job_ids: list[str] | None, statuses:
     return out[:limit] if limit else out
 
 
-async def counts(rt: Any, who: Principal) -> dict[str, int]:
+async def counts(rt: Runtime, who: Principal) -> dict[str, int]:
     """The caller's import jobs by HyperSDK status (one counting query)."""
     c = {s: 0 for s in wire.STATUSES}
     for state, n in (await rt.jobs.counts(who, IMPORT_JOB_TYPE)).items():
@@ -220,7 +223,7 @@ async def counts(rt: Any, who: Principal) -> dict[str, int]:
     return c
 
 
-async def cancel(rt: Any, who: Principal, job_id: str) -> None:
+async def cancel(rt: Runtime, who: Principal, job_id: str) -> None:
     """Cancel the import's job (Conflict-like InvalidState if it has ended)."""
     try:
         imp = await rt.imports.get(job_id, who)
@@ -229,7 +232,7 @@ async def cancel(rt: Any, who: Principal, job_id: str) -> None:
     await rt.jobs.cancel(imp.job_id, who)
 
 
-async def logs(rt: Any, who: Principal, job_id: str) -> str:
+async def logs(rt: Runtime, who: Principal, job_id: str) -> str:
     try:
         imp = await rt.imports.get(job_id, who)
     except NotFound:

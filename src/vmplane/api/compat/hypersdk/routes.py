@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -27,6 +27,9 @@ from ...native.deps import CallerDep, RuntimeDep, authorize, hold_ws_stream, pri
 from . import jobs as hjobs
 from . import wire
 from .wire import JobDefIn
+
+if TYPE_CHECKING:
+    from ....runtime import Runtime
 
 router = APIRouter(dependencies=[Depends(authorize)])
 """endpoints that need credentials (X-API-Key, as HyperSDK's client sends its api_key, or Bearer)"""
@@ -56,7 +59,7 @@ async def health() -> JSONResponse:
     return JSONResponse({"status": "ok", "timestamp": wire.now()})
 
 
-async def status_data(request_app: Any, rt: Any, who: Principal) -> dict[str, Any]:
+async def status_data(request_app: Any, rt: Runtime, who: Principal) -> dict[str, Any]:
     counts = await hjobs.counts(rt, who)
     uptime = clock.now() - request_app.state.started_at
     return {
@@ -143,7 +146,7 @@ def _limit(value: Any) -> int | None:
     return n or None
 
 
-async def _query(rt: Any, who: Principal, job_ids: list[str] | None, statuses: set[str] | None, limit: int | None) -> JSONResponse:
+async def _query(rt: Runtime, who: Principal, job_ids: list[str] | None, statuses: set[str] | None, limit: int | None) -> JSONResponse:
     jobs = await hjobs.query(rt, who, job_ids=job_ids, statuses=statuses, limit=limit)
     return JSONResponse({"jobs": jobs, "total": len(jobs), "timestamp": wire.now()})
 
@@ -216,11 +219,11 @@ async def get_job(job_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 # -- schedules -----------------------------------------------------------------------------
 
 
-async def _schedules(rt: Any, who: Principal) -> list[Any]:
+async def _schedules(rt: Runtime, who: Principal) -> list[Any]:
     return await rt.schedules.made_by(ORIGIN, who)
 
 
-async def _schedule(rt: Any, who: Principal, schedule_id: str) -> Any:
+async def _schedule(rt: Runtime, who: Principal, schedule_id: str) -> Any:
     return await rt.schedules.by_origin(ORIGIN, schedule_id, who)
 
 
@@ -332,7 +335,7 @@ async def trigger_schedule(schedule_id: str, rt: RuntimeDep, who: CallerDep) -> 
 # -- webhooks ------------------------------------------------------------------------------
 
 
-async def _webhooks(rt: Any, who: Principal) -> list[Any]:
+async def _webhooks(rt: Runtime, who: Principal) -> list[Any]:
     return [h for h in await rt.webhooks.list(who) if h.format == formats.HYPERSDK]
 
 
@@ -417,7 +420,7 @@ async def _vm_request(request: Request) -> Any:
     return wire.model(_VmIn, data, "body")
 
 
-async def _connection(rt: Any, who: Principal, v: Any) -> Any:
+async def _connection(rt: Runtime, who: Principal, v: Any) -> Any:
     c = v.vcenter or v
     url = c.vcenter_url or c.server or c.url or v.vcenter_url or v.server or v.url
     return await rt.vsphere.connection(
@@ -511,7 +514,7 @@ async def ws(websocket: WebSocket) -> None:
         await _serve_ws(websocket, rt, who)
 
 
-async def _serve_ws(websocket: WebSocket, rt: Any, who: Principal) -> None:
+async def _serve_ws(websocket: WebSocket, rt: Runtime, who: Principal) -> None:
     await websocket.accept()
     app = websocket.app
     send_lock = asyncio.Lock()

@@ -10,7 +10,7 @@ differs from the daemon: docs/volant.md.
 """
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -21,6 +21,9 @@ from ..common import Errors, build_face
 from .plugins import router as plugin_router
 from .routes import open_router, router
 from .wire import STATUS
+
+if TYPE_CHECKING:
+    from ....runtime import Runtime
 
 PREFIX = "/compat/volant"
 CONTRACT = Path(__file__).with_name("openapi.json")
@@ -42,6 +45,6 @@ def validation_error(errors: list[Any]) -> JSONResponse:
 ERRORS = Errors(http=lambda status, message: error(status, message), core=core_error, validation=validation_error)
 
 
-def build(rt: Any) -> FastAPI:
+def build(rt: "Runtime") -> FastAPI:
     """The face's application (mounted by api/faces.py)."""
     return build_face("Volant face", rt, (open_router, router, plugin_router), CONTRACT, ERRORS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -29,6 +29,9 @@ from ...middleware import json_body
 from ...native.deps import CallerDep, RuntimeDep, StreamSlotDep, authorize
 from . import wire
 
+if TYPE_CHECKING:
+    from ....runtime import Runtime
+
 router = APIRouter(dependencies=[Depends(authorize)])
 """endpoints that need credentials (X-Volant-API-Key, X-API-Key, api_key=, or Bearer)"""
 open_router = APIRouter()
@@ -37,11 +40,11 @@ open_router = APIRouter()
 CPU = CpuMeter()
 
 
-def _wait(rt: Any) -> float:
+def _wait(rt: Runtime) -> float:
     return rt.settings.compat_wait_seconds
 
 
-async def _finish(rt: Any, job_id: str, what: str) -> None:
+async def _finish(rt: Runtime, job_id: str, what: str) -> None:
     """Wait (bounded) for a job; DriverError (500) if it failed."""
     await rt.jobs.finish(job_id, _wait(rt), what)
 
@@ -50,7 +53,7 @@ class _Renderer:
     """Renders VMs, looking up what a list needs once (template command lines) and asking
     local QEMU nodes for the process id and serial socket."""
 
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.cmdlines: dict[str, str] = {}
 
@@ -65,7 +68,7 @@ class _Renderer:
         return wire.vm(row, cmdline=self.cmdlines.get(row.template_id or "", ""), pid=pid, serial=serial)
 
 
-async def _render(rt: Any, row: Vm) -> dict[str, Any]:
+async def _render(rt: Runtime, row: Vm) -> dict[str, Any]:
     return await _Renderer(rt)(row)
 
 
@@ -172,7 +175,7 @@ async def delete_vm(name: str, rt: RuntimeDep, who: CallerDep) -> Response:
     return Response(status_code=204)
 
 
-async def _power(rt: Any, name: str, who: Any, action: str) -> JSONResponse:
+async def _power(rt: Runtime, name: str, who: Any, action: str) -> JSONResponse:
     vm = await rt.vms.by_name(name, who)
     await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of the VM")
     return JSONResponse(await _render(rt, await rt.vms.get(vm.id, who)))
@@ -230,7 +233,7 @@ async def config_history(name: str, rt: RuntimeDep, who: CallerDep, limit: int =
 # -- deployments ---------------------------------------------------------------------------
 
 
-async def _deployment_out(rt: Any, row: Row) -> dict[str, Any]:
+async def _deployment_out(rt: Runtime, row: Row) -> dict[str, Any]:
     return volant_shapes.deployment(row, await rt.deployments.ready_count(row))
 
 
@@ -265,7 +268,7 @@ async def delete_deployment(name: str, rt: RuntimeDep, who: CallerDep) -> Respon
 # -- events --------------------------------------------------------------------------------
 
 
-async def sse_event(rt: Any, event: Any) -> bytes | None:
+async def sse_event(rt: Runtime, event: Any) -> bytes | None:
     """A vmplane VM event as Volant writes it: `event: TYPE` and `data: {...}`; no id line.
     The VM's addresses (and its QEMU pid when it runs on this host) when it still exists."""
     kind = wire.SSE_TYPES.get(event.type)
@@ -321,14 +324,14 @@ async def vm_events(request: Request, rt: RuntimeDep, who: CallerDep, _slot: Str
 # On the control plane's own host (Volant's daemon is one host); pci.py does the sysfs work.
 
 
-def _address(rt: Any, value: str, field: str) -> str:
+def _address(rt: Runtime, value: str, field: str) -> str:
     try:
         return pci.check_address(value)
     except DriverError as exc:
         raise InvalidRequest(f"{field}: {exc.message}", field=field) from None
 
 
-async def _device(rt: Any, address: str, field: str) -> pci.PciDevice:
+async def _device(rt: Runtime, address: str, field: str) -> pci.PciDevice:
     try:
         return await asyncio.to_thread(pci.read_device, rt.settings.sysfs_root, _address(rt, address, field))
     except DriverError as exc:
@@ -398,7 +401,7 @@ async def vfio_group_paths(body: wire.PciAddressesIn, rt: RuntimeDep) -> JSONRes
     return JSONResponse({"group_paths": paths})
 
 
-async def _bind(rt: Any, who: Any, addresses: list[str], bind: bool) -> list[str]:
+async def _bind(rt: Runtime, who: Any, addresses: list[str], bind: bool) -> list[str]:
     """Operators only: moves host devices between drivers. Only devices the operator's
     allowlist offers, never the host's bridges."""
     if not who.operator:

@@ -1,0 +1,63 @@
+"""The job engine over the SQLite store, no HTTP: a cancel before the run discards what the
+submit recorded; a task whose worker's lease ran out goes back to the queue (one whose lease
+still holds does not) and is resumed by the next worker."""
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Row
+
+from vmplane import clock
+from vmplane.errors import NotFound
+from vmplane.services.vms import NewVm
+from vmplane.store import jobs as job_q
+
+from .conftest import NODE, Core
+
+
+async def test_cancel_before_the_run_discards_the_vm(core: Core) -> None:
+    job_id, [vm_id] = await core.vms.create([NewVm(name="web")], core.owner)
+
+    await core.engine.cancel(job_id)
+    await core.engine.start(core.deps)
+    outcome = await core.jobs.wait(job_id, 10)
+
+    assert outcome.state == "cancelled" and [t.state for t in outcome.tasks] == ["cancelled"]
+    with pytest.raises(NotFound):
+        await core.vms.get(vm_id, core.owner)  # vm-create's discard took the record back
+    assert await core.driver.list_vms() == []
+
+
+async def _claim_as(core: Core, owner: str, lease_until: float) -> None:
+    async with core.store.write() as conn:
+        claimed = await job_q.claim_tasks(conn, owner=owner, limit=1, lease_until=lease_until, now=clock.now(), postgres=False)
+    assert len(claimed) == 1
+
+
+async def _task(core: Core, job_id: str) -> Row[Any]:
+    async with core.store.read() as conn:
+        [task] = await job_q.job_tasks(conn, job_id)
+    return task
+
+
+async def test_an_expired_lease_is_requeued_and_resumed(core: Core) -> None:
+    live_job, _ = await core.vms.create([NewVm(name="held")], core.owner)
+    await _claim_as(core, "worker-alive", clock.now() + 60)
+    dead_job, [vm_id] = await core.vms.create([NewVm(name="orphan")], core.owner)
+    await _claim_as(core, "worker-gone", clock.now() - 1)  # its worker died: the lease ran out
+
+    await core.engine.recover()
+    assert (await _task(core, live_job)).state == "running"  # a lease that holds is left alone
+    orphan = await _task(core, dead_job)
+    assert (orphan.state, orphan.lease_owner) == ("queued", None)
+
+    await core.engine.start(core.deps)
+    outcome = await core.jobs.wait(dead_job, 10)
+    assert outcome.state == "succeeded", outcome.error("")
+    [task] = outcome.tasks
+    assert task.attempts == 2
+    async with core.store.read() as conn:
+        log = [r.message for r in await job_q.task_log(conn, task.id)]
+    assert any("resuming after an interruption" in line for line in log)
+    vm = await core.vms.get(vm_id, core.owner)
+    assert (vm.status, vm.node_id) == ("running", NODE)
