@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import server  # noqa: E402
+
 from vmplane.placement import Demand, NodeUsage, Policy, choose_node  # noqa: E402
 
 

@@ -49,7 +49,7 @@ async def main() -> None:
     ap.add_argument("--agents", type=int, default=3)
     args = ap.parse_args()
     env = {"VMPLANE_NODE_OFFLINE_SECONDS": str(args.offline_seconds), "VMPLANE_SIM_LATENCY_MS": "5"}
-    agents: list["subprocess.Popen[bytes]"] = []
+    agents: list[subprocess.Popen[bytes]] = []
     async with server(["--driver", "sim", "--sim-nodes", "0"], env) as s:
         c = s.client
         token = (await c.post("/api/v1/nodes/tokens", json={"description": "bench"})).json()["token"]

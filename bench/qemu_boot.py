@@ -66,6 +66,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchServer, server  # noqa: E402
+
 from vmplane.images.tiny import INIT_START_LINE  # noqa: E402
 
 TARGET = 1.10

@@ -3,7 +3,8 @@
 import ipaddress
 import os
 import socket
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 

@@ -3,8 +3,9 @@
 import contextlib
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def ovf_descriptor(name: str, cpu: int, memory_mb: int, disk_file: str, disk_size: int, capacity_gib: int, networks: tuple[str, ...] = ("VM Network",), cdrom: bool = True) -> str:

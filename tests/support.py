@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
+
 from vmplane.app import create_app
 from vmplane.cli import serving
 from vmplane.config import Settings

@@ -10,9 +10,9 @@ import uvicorn
 
 from vmplane.agent.app import AgentState, create_agent_app
 from vmplane.agent.images import ImageStore
-from vmplane.drivers.remote_wire import CONTROL_KEY_PREFIX, digest
 from vmplane.drivers.base import HypervisorDriver
 from vmplane.drivers.remote import RemoteDriver
+from vmplane.drivers.remote_wire import CONTROL_KEY_PREFIX, digest
 from vmplane.outbound import Policy, parse_allow
 
 from .support import LOOPBACK_ALLOW, free_port

@@ -3,10 +3,10 @@ one server set-up and one way of running `st` for every face's fuzz test."""
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .support import admin_key, free_port, serve, wait_ready
 

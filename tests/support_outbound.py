@@ -7,8 +7,9 @@ policy cannot send a packet anywhere."""
 import ipaddress
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -1,8 +1,9 @@
 """create_app(settings) builds the ASGI application; nothing happens at import time."""
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 from fastapi import FastAPI

@@ -1,6 +1,6 @@
 """Cron expressions (5 fields: minute hour day month weekday) in a time zone, via cronsim."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -18,7 +18,7 @@ def zone(name: str) -> ZoneInfo:
 def check(expr: str, tz: str) -> None:
     if len(expr.split()) != 5:
         raise InvalidRequest(f"schedule {expr!r} must have 5 fields: minute hour day month weekday", field="schedule")
-    next_after(expr, tz, datetime.now(timezone.utc).timestamp())
+    next_after(expr, tz, datetime.now(UTC).timestamp())
 
 
 def next_after(expr: str, tz: str, after: float) -> float:

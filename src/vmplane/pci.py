@@ -26,9 +26,10 @@ import logging
 import os
 import re
 import resource
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .errors import DriverError
 

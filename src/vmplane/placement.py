@@ -5,8 +5,9 @@ weigher: `spread` puts the VM where the most capacity stays free, `pack` where t
 does. Ties go to the lowest node id, so the result is deterministic.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 from .errors import NoCapacity, NotFound
 from .pci import PciDevice, group_closure

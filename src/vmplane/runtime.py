@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 from . import clock, ids
+from .backupstore import BackupStore
 from .config import Settings
 from .datadir import make_private
 from .domain import VmStatus
@@ -14,43 +15,41 @@ from .drivers.base import HypervisorDriver, PowerState
 from .drivers.qemu import confine as qemu_confine
 from .drivers.qemu import pick_accel
 from .drivers.registry import build_qemu_driver, build_sim_nodes, pick_driver_kind
-from .jobs.deps import HandlerDeps
-from .jobs.engine import JobEngine
-from .outbound import Outbound
-from .jobs.handlers import all_handlers
 from .events.bus import EventBus
 from .images import ImageBuildError, TinyImage, build_tiny_image, tiny_dir
 from .images.tiny import DISK_SIZE
-from .services.webhook_delivery import WebhookDelivery
-from .backupstore import BackupStore
+from .jobs.deps import HandlerDeps
+from .jobs.engine import JobEngine
+from .jobs.handlers import all_handlers
+from .outbound import Outbound
+from .replicas import ReplicaHooks, Replicas, ServedRegistry, assign_node_ids, home_of
+from .services import scopes
+from .services.agents import AgentService
 from .services.backups import BackupService
 from .services.billing import Billing
-from .services.agents import AgentService
 from .services.capacity import Capacity
 from .services.cluster import ClusterService
+from .services.deployments import DeploymentService
 from .services.guest import GuestService
 from .services.imports import ImportService
-from .services.vsphere import VsphereService
 from .services.ingress import IngressService
 from .services.jobs import JobService
+from .services.mcp import McpDeps, McpService
 from .services.moves import MoveService
+from .services.networks import NetworkService
+from .services.plugins import PluginService
+from .services.schedules import Replay, ScheduleService
+from .services.secrets import KEY_FILE as SECRETS_KEY_FILE
+from .services.secrets import SecretBox
+from .services.snapshots import SnapshotService
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
-from .services import scopes
-from .services.schedules import Replay, ScheduleService
-from .services.deployments import DeploymentService
 from .services.vmconfig import VmConfigService
-from .services.networks import NetworkService
-from .services.mcp import McpDeps, McpService
-from .services.plugins import PluginService
-from .services.snapshots import SnapshotService
 from .services.vms import VmService
+from .services.vsphere import VsphereService
+from .services.webhook_delivery import WebhookDelivery
 from .services.webhooks import WebhookService
-from .services.secrets import KEY_FILE as SECRETS_KEY_FILE, SecretBox
-from .replicas import ReplicaHooks, Replicas, ServedRegistry, assign_node_ids, home_of
 from .store import Store
-from .streams import StreamLimits
-from .store.coordination import EVENTS_CHANNEL, STARTUP_KEY, SINGLETON_NS, TASKS_CHANNEL, Coordinator
 from .store import events as ev_q
 from .store import idempotency as idem_q
 from .store import jobs as job_q
@@ -59,6 +58,8 @@ from .store import nodes as node_q
 from .store import templates as tpl_q
 from .store import tenancy as t_q
 from .store import vms as vm_q
+from .store.coordination import EVENTS_CHANNEL, SINGLETON_NS, STARTUP_KEY, TASKS_CHANNEL, Coordinator
+from .streams import StreamLimits
 
 log = logging.getLogger("vmplane")
 TINY_TEMPLATE = "tiny-linux"

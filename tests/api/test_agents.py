@@ -8,8 +8,9 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest

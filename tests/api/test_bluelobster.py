@@ -2,13 +2,14 @@
 contract's paths and shapes): instances, launches, tasks, power actions, templates, capacity."""
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
-import websockets
 import pytest
+import websockets
 
 from vmplane.drivers.base import NodeInfo, VmStats
 from vmplane.drivers.sim import SimDriver, SimFaults

@@ -3,7 +3,8 @@ name, scales up and down by number, replaces replicas of a node that went offlin
 config as versions (merge patches, history, what needs a restart)."""
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 

@@ -2,7 +2,8 @@
 prefix (credentials, errors and links the same as on the main listener)."""
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest

@@ -2,8 +2,9 @@
 the contract (documented status, schema), and every documented status code is reached."""
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import jwt
 import pytest

@@ -5,7 +5,8 @@ placed on the other replica's node handed over to it, Idempotency-Key across rep
 import asyncio
 import inspect
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

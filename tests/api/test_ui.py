@@ -7,6 +7,7 @@ from typing import Any
 
 from vmplane.api.ui import UI_DIR
 
+
 async def test_console_files_are_served_with_a_strict_policy(server: Any) -> None:
     bare = server.client_with("")
     del bare.headers["X-API-Key"]

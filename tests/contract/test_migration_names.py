@@ -3,7 +3,8 @@ store at 0021 (the revision before it) with rows in every table it changes is up
 then fits in two organizations (and the shared namespace) but not twice in one, and plugin
 template references become ids of the plugin owner's template with the manifest's checksum."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from alembic import command

@@ -19,8 +19,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -284,7 +285,7 @@ class TestBootedGuest:
                     got = await asyncio.wait_for(reader.read(100), 2)
                 finally:
                     writer.close()
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 await asyncio.sleep(0.2)
 
     @shared_loop

@@ -7,15 +7,16 @@ import asyncio
 import os
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from vmplane import ids
-from vmplane.drivers import remote_wire as wire
 from vmplane.domain import Resources, VmSpec
+from vmplane.drivers import remote_wire as wire
 from vmplane.drivers.base import HypervisorDriver, TemplateFiles
 from vmplane.drivers.remote import RemoteDriver
 from vmplane.drivers.sim import SimDriver

@@ -38,7 +38,7 @@ def start_agent(url: str, data_dir: Path, port: int, log: Path, token: str | Non
 def test_a_fleet_of_agents_survives_a_dead_node(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    procs: list["subprocess.Popen[bytes]"] = []
+    procs: list[subprocess.Popen[bytes]] = []
     cp = serve(tmp_path / "cp", port, tmp_path / "cp.log", ["--driver", "sim", "--sim-nodes", "0"], ENV)
     procs.append(cp)
     try:

@@ -4,8 +4,9 @@ a running guest is live-migrated between them through the API and keeps its memo
 uptime; stopped, it moves back with its disk copied."""
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 

@@ -5,8 +5,9 @@ one first (datastore /folder PUT); the imported VM's disk must then hold the sam
 
 import sqlite3
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 

@@ -9,8 +9,8 @@ import pwd
 import stat
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import pytest_asyncio

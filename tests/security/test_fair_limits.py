@@ -22,8 +22,8 @@ from vmplane.drivers.sim import SimFaults
 
 from ..api.test_tenancy import SECRET, new_org
 from ..support import Server
-from .test_fencing import until
 from ..support_fastvm import FastVmClient, GuestSimDriver
+from .test_fencing import until
 
 
 def _jwt(sub: str, org: str) -> dict[str, str]:

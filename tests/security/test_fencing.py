@@ -13,7 +13,8 @@ import asyncio
 import inspect
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update

@@ -5,8 +5,9 @@ replays. One guest for the module."""
 
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio

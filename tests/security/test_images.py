@@ -15,15 +15,16 @@ import asyncio
 import functools
 import hashlib
 import http.server
+import io
 import json
 import os
 import struct
 import subprocess
-import io
 import tarfile
 import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio

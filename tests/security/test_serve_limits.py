@@ -7,8 +7,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -74,7 +74,7 @@ def _trickle(port: int, data: bytes, every: float, give_up: float) -> tuple[byte
                 if not chunk:
                     break
                 got += chunk
-            except socket.timeout:
+            except TimeoutError:
                 pass
             if time.monotonic() - start > give_up:
                 break
@@ -109,7 +109,7 @@ def test_headers_sent_one_byte_at_a_time_are_cut_off(served: Served) -> None:
         try:
             sock.sendall(bytes([byte]))
             answer += sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             break
@@ -135,7 +135,7 @@ def test_a_body_sent_one_byte_at_a_time_is_cut_off(served: Served) -> None:
         try:
             sock.sendall(bytes([byte]))
             got += sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             break

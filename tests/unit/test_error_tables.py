@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from vmplane import errors
-from vmplane.drivers import remote_wire as agent_wire
 from vmplane.api.compat.bluelobster import core_error as bl_error
 from vmplane.api.compat.bluelobster import wire as bl_wire
 from vmplane.api.compat.fastvm import wire as fastvm_wire
@@ -15,11 +14,13 @@ from vmplane.api.compat.hypersdk import wire as hypersdk_wire
 from vmplane.api.compat.volant import core_error as volant_error
 from vmplane.api.compat.volant import wire as volant_wire
 from vmplane.api.errors import NATIVE, NATIVE_STATUS, core_error, native_field
+from vmplane.drivers import remote_wire as agent_wire
 from vmplane.errors import Reason
 from vmplane.outbound import Refused, TooLarge
 from vmplane.services.scopes import ScopeEnded
 from vmplane.services.tenancy import QuotaExceeded
 from vmplane.services.vsphere import VcenterError
+
 
 def _body(response: Any) -> Any:
     return json.loads(bytes(response.body))

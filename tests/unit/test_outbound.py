@@ -20,8 +20,8 @@ import pytest
 from vmplane import outbound
 from vmplane.config import Settings
 from vmplane.errors import InvalidRequest
-from vmplane.services.webhook_delivery import post
 from vmplane.outbound import Policy, Refused, TooLarge, classify, parse_allow
+from vmplane.services.webhook_delivery import post
 
 from ..support_outbound import PUBLIC, SECRET, FakeDns, Recorder, fake_dns, loopback_only, metadata, recorders  # noqa: F401
 
@@ -298,7 +298,7 @@ def _self_signed(tmp_path: Path, name: str) -> tuple[str, str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))

@@ -4,10 +4,11 @@ host and the session cookie, reports progress to the lease, completes it, and ab
 download fails. A real vCenter's lease is not exercised here (see docs/imports.md)."""
 
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pyVmomi import vmodl

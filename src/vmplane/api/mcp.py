@@ -10,7 +10,8 @@ operations as tools with JSON schemas, two ways:
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import mcp.types as types

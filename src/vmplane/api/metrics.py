@@ -6,7 +6,8 @@ when Prometheus scrapes.
 """
 
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -17,9 +18,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__
 from ..errors import Forbidden
 from ..store import jobs as job_q
-from .native.deps import principal
 from ..store import metrics as metrics_q
 from .middleware import StatusWatch
+from .native.deps import principal
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -140,7 +141,7 @@ def route_template(scope: Scope) -> str:
     if scope.get("route") is None:
         return "unmatched"
     params = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
-    return "/".join("{%s}" % params.pop(seg) if seg in params else seg for seg in scope["path"].split("/"))
+    return "/".join(f"{{{params.pop(seg)}}}" if seg in params else seg for seg in scope["path"].split("/"))
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -14,7 +14,7 @@ import termios
 import threading
 import time
 import tty
-from typing import Iterator
+from collections.abc import Iterator
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect

@@ -5,7 +5,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,7 +32,7 @@ image_app = typer.Typer(no_args_is_help=True, help="Build guest images.")
 app.add_typer(image_app, name="image")
 out = Console()
 
-UrlOpt = Annotated[Optional[str], typer.Option("--url", help="server URL (env VMPLANE_URL)", envvar="VMPLANE_URL")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="server URL (env VMPLANE_URL)", envvar="VMPLANE_URL")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print raw JSON")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the job to end")]
 VmArg = Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="the VM's name or id")]
@@ -48,14 +48,14 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="where state lives")] = Path(".vmplane"),
-    database_url: Annotated[Optional[str], typer.Option("--database-url", help="sqlite:///… or postgresql+asyncpg://…")] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="sqlite:///… or postgresql+asyncpg://…")] = None,
     driver: Annotated[str, typer.Option(help="auto | qemu | sim")] = "auto",
     accel: Annotated[str, typer.Option(help="QEMU accelerator: auto | kvm | tcg")] = "auto",
     sim_nodes: Annotated[int, typer.Option("--sim-nodes", help="simulated nodes (sim driver); 0: no local node at all, for a fleet of `vmplane agent`s")] = 1,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="no authentication (loopback only)")] = False,
     face: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--face", metavar="NAME=HOST:PORT",
             help="also serve face NAME (native, fastvm, ...) at the root of a listener of its own, for clients that drop "
@@ -68,9 +68,8 @@ def serve(
 
     from ..app import create_app
     from ..config import Settings
-    from .serving import Listener, bind, parse_face, run, serve_all
-
     from ..logs import install_scrubbing
+    from .serving import Listener, bind, parse_face, run, serve_all
 
     install_scrubbing()  # keys and tokens in query strings never reach a log line
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -117,13 +116,13 @@ def serve(
 def agent(
     control_plane: Annotated[str, typer.Option("--control-plane", help="the control plane's URL (http://HOST:PORT)")],
     join_token: Annotated[
-        Optional[str], typer.Option("--join-token", envvar="VMPLANE_JOIN_TOKEN", help="a token from `vmplane node token create` (first start only)")
+        str | None, typer.Option("--join-token", envvar="VMPLANE_JOIN_TOKEN", help="a token from `vmplane node token create` (first start only)")
     ] = None,
     listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help="where to serve the driver to the control plane")] = "127.0.0.1:8081",
     driver: Annotated[str, typer.Option(help="qemu | sim")] = "qemu",
     data_dir: Annotated[Path, typer.Option("--data-dir", help="the node's state: VMs, images, its credential")] = Path(".vmplane-agent"),
-    advertise_url: Annotated[Optional[str], typer.Option("--advertise-url", help="the URL the control plane reaches this agent at (default: http://LISTEN)")] = None,
-    hostname: Annotated[Optional[str], typer.Option(help="the node's host name as the control plane shows it")] = None,
+    advertise_url: Annotated[str | None, typer.Option("--advertise-url", help="the URL the control plane reaches this agent at (default: http://LISTEN)")] = None,
+    hostname: Annotated[str | None, typer.Option(help="the node's host name as the control plane shows it")] = None,
     accel: Annotated[str, typer.Option(help="QEMU accelerator: auto | kvm | tcg")] = "auto",
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
@@ -131,9 +130,8 @@ def agent(
     from urllib.parse import urlparse
 
     from ..agent.daemon import Agent, AgentConfig, AgentRefused
-    from .serving import run
-
     from ..logs import install_scrubbing
+    from .serving import run
 
     install_scrubbing()  # keys and tokens in query strings never reach a log line
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -180,7 +178,7 @@ def is_loopback(host: str) -> bool:
 @image_app.command("build")
 def image_build(
     name: Annotated[str, typer.Argument(help="the image to build: tiny")],
-    dest: Annotated[Optional[Path], typer.Option(help="directory (default: the shared image cache)")] = None,
+    dest: Annotated[Path | None, typer.Option(help="directory (default: the shared image cache)")] = None,
 ) -> None:
     """Build a guest image from Debian's packages (no internet needed beyond the mirror)."""
     from ..config import Settings
@@ -250,9 +248,9 @@ def _finish(client: Client, accepted: dict[str, Any], wait: bool, json_out: bool
 def vm_list(
     url: UrlOpt = None,
     json_out: JsonOpt = False,
-    node: Annotated[Optional[str], typer.Option()] = None,
-    status: Annotated[Optional[str], typer.Option()] = None,
-    tag: Annotated[Optional[str], typer.Option()] = None,
+    node: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option()] = None,
+    tag: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """List VMs (every page)."""
     c = Client(url)
@@ -285,14 +283,14 @@ def vm_create(
     cpu: Annotated[int, typer.Option()] = 1,
     ram_mb: Annotated[int, typer.Option("--ram-mb")] = 512,
     disk_gb: Annotated[int, typer.Option("--disk-gb")] = 10,
-    template: Annotated[Optional[str], typer.Option(help="template id or name")] = None,
-    node: Annotated[Optional[str], typer.Option(help="put it on this node")] = None,
-    tag: Annotated[Optional[list[str]], typer.Option(help="a tag (repeatable)")] = None,
+    template: Annotated[str | None, typer.Option(help="template id or name")] = None,
+    node: Annotated[str | None, typer.Option(help="put it on this node")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="a tag (repeatable)")] = None,
     ssh_key: Annotated[
-        Optional[list[str]], typer.Option("--ssh-key", metavar="KEY|@FILE", help="an SSH public key for root, or @ and the file holding it (repeatable)")
+        list[str] | None, typer.Option("--ssh-key", metavar="KEY|@FILE", help="an SSH public key for root, or @ and the file holding it (repeatable)")
     ] = None,
     user_data: Annotated[
-        Optional[str], typer.Option("--user-data", metavar="TEXT|@FILE", help="cloud-init user-data (#cloud-config or a #! script), or @ and its file")
+        str | None, typer.Option("--user-data", metavar="TEXT|@FILE", help="cloud-init user-data (#cloud-config or a #! script), or @ and its file")
     ] = None,
     start: Annotated[bool, typer.Option("--start/--no-start")] = True,
     wait: WaitOpt = True,
@@ -357,9 +355,9 @@ _power_command("reboot", "Reboot a VM.")
 @vm_app.command("ssh")
 def vm_ssh(
     vm: VmArg,
-    args: Annotated[Optional[list[str]], typer.Argument(metavar="[-- SSH_ARGS... [COMMAND...]]", help="more ssh options and/or a command to run")] = None,
-    identity: Annotated[Optional[str], typer.Option("-i", "--identity", help="private key file (as ssh -i)")] = None,
-    user: Annotated[Optional[str], typer.Option("-l", "--user", help="log in as this user (default: the VM's ssh.user)")] = None,
+    args: Annotated[list[str] | None, typer.Argument(metavar="[-- SSH_ARGS... [COMMAND...]]", help="more ssh options and/or a command to run")] = None,
+    identity: Annotated[str | None, typer.Option("-i", "--identity", help="private key file (as ssh -i)")] = None,
+    user: Annotated[str | None, typer.Option("-l", "--user", help="log in as this user (default: the VM's ssh.user)")] = None,
     url: UrlOpt = None,
 ) -> None:
     """Log in to a VM with the system `ssh` through its forwarded SSH port; exits with ssh's status."""
@@ -435,11 +433,11 @@ def vm_exec(
 
 @app.command("events")
 def events(
-    types: Annotated[Optional[str], typer.Option("--types", help="comma-separated types or patterns: vm.*,job.completed")] = None,
-    resource: Annotated[Optional[str], typer.Option("--resource", help="only events about this resource id")] = None,
-    vm: Annotated[Optional[str], typer.Option("--vm", metavar="NAME_OR_ID", help="only events about this VM")] = None,
-    since: Annotated[Optional[int], typer.Option("--since", help="replay the events after this event id first")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", help="leave after this many events")] = None,
+    types: Annotated[str | None, typer.Option("--types", help="comma-separated types or patterns: vm.*,job.completed")] = None,
+    resource: Annotated[str | None, typer.Option("--resource", help="only events about this resource id")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", metavar="NAME_OR_ID", help="only events about this VM")] = None,
+    since: Annotated[int | None, typer.Option("--since", help="replay the events after this event id first")] = None,
+    count: Annotated[int | None, typer.Option("--count", help="leave after this many events")] = None,
     url: UrlOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
@@ -474,8 +472,8 @@ def events(
 def job_list(
     url: UrlOpt = None,
     json_out: JsonOpt = False,
-    state: Annotated[Optional[str], typer.Option()] = None,
-    type_: Annotated[Optional[str], typer.Option("--type")] = None,
+    state: Annotated[str | None, typer.Option()] = None,
+    type_: Annotated[str | None, typer.Option("--type")] = None,
     limit: Annotated[int, typer.Option()] = 50,
 ) -> None:
     """List recent jobs, newest first."""
@@ -500,7 +498,7 @@ def job_wait(
     job_id: str,
     url: UrlOpt = None,
     json_out: JsonOpt = False,
-    timeout: Annotated[Optional[float], typer.Option(help="seconds")] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds")] = None,
 ) -> None:
     """Wait for a job to end; exit 1 unless it succeeded."""
     c = Client(url)
@@ -569,7 +567,7 @@ def node_revoke_credential(node_id: str, url: UrlOpt = None) -> None:
 def token_create(
     url: UrlOpt = None,
     one_time: Annotated[bool, typer.Option("--one-time", help="the token joins one node only")] = False,
-    expires: Annotated[Optional[float], typer.Option("--expires", help="seconds until the token expires")] = None,
+    expires: Annotated[float | None, typer.Option("--expires", help="seconds until the token expires")] = None,
     description: Annotated[str, typer.Option(help="what the token is for")] = "",
     json_out: JsonOpt = False,
 ) -> None:
@@ -604,7 +602,7 @@ def token_revoke(token_id: str, url: UrlOpt = None) -> None:
 @vm_app.command("migrate")
 def vm_migrate(
     vm: VmArg,
-    to: Annotated[Optional[str], typer.Option("--to", help="the target node (default: placement chooses)")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="the target node (default: placement chooses)")] = None,
     wait: WaitOpt = True,
     url: UrlOpt = None,
     json_out: JsonOpt = False,
@@ -617,7 +615,7 @@ def vm_migrate(
 @vm_app.command("move")
 def vm_move(
     vm: VmArg,
-    to: Annotated[Optional[str], typer.Option("--to", help="the target node (default: placement chooses)")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="the target node (default: placement chooses)")] = None,
     wait: WaitOpt = True,
     url: UrlOpt = None,
     json_out: JsonOpt = False,
@@ -631,10 +629,10 @@ def vm_move(
 @vm_app.command("import")
 def vm_import(
     source: Annotated[str, typer.Argument(metavar="PATH_OR_URL", help="an OVA (.ova/.ovf) or a disk image: a path on the server's host (under VMPLANE_IMPORT_DIRS) or an http(s)/file URL")],
-    name: Annotated[Optional[str], typer.Option("--name", help="the VM's name (default: the source's)")] = None,
-    kind: Annotated[Optional[str], typer.Option("--type", help="ova or disk (default: ova for .ova/.ovf, else disk)")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="disk: qcow2, raw, vmdk or vhdx (default: detected)")] = None,
-    network: Annotated[Optional[list[str]], typer.Option("--map", help="SOURCE_NETWORK=VMPLANE_NETWORK (repeatable)")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="the VM's name (default: the source's)")] = None,
+    kind: Annotated[str | None, typer.Option("--type", help="ova or disk (default: ova for .ova/.ovf, else disk)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="disk: qcow2, raw, vmdk or vhdx (default: detected)")] = None,
+    network: Annotated[list[str] | None, typer.Option("--map", help="SOURCE_NETWORK=VMPLANE_NETWORK (repeatable)")] = None,
     start: Annotated[bool, typer.Option("--start/--no-start", help="start the VM once imported")] = True,
     wait: WaitOpt = True,
     url: UrlOpt = None,

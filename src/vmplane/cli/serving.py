@@ -10,8 +10,9 @@ import contextlib
 import ipaddress
 import logging
 import socket
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 

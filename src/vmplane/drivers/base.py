@@ -13,10 +13,10 @@ General rules for every driver:
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from ..domain import Resources, VmSpec
 from ..errors import DriverError

@@ -17,7 +17,8 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Awaitable, Callable, Collection, Protocol
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Protocol
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection

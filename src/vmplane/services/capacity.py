@@ -1,8 +1,8 @@
 """Resource claims on nodes: placement over a cached view of usage, claims made atomic by
 conditional updates in the store (so concurrent creates can never overcommit a node)."""
 
+from collections.abc import Callable, Collection
 from dataclasses import replace
-from typing import Callable, Collection
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection

@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy import Row

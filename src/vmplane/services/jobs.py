@@ -8,8 +8,9 @@ and `finish` is the common case of waiting and raising that error when the job f
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 

@@ -10,8 +10,9 @@ memory_mb}`, `id` being the VM's integer sequence number as on the Volant face).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 from sqlalchemy import Row

@@ -407,7 +407,7 @@ class PluginService:
         try:
             async with link_client(timeout=timeout) as client:
                 resp = await asyncio.wait_for(client.request(spec["method"], url, content=body or None, headers=headers), timeout)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException):
             raise DriverError(f"action {action} of VM {vm.name} did not answer within {int(timeout * 1000)} ms", vm=vm.name) from None
         except httpx.HTTPError as exc:
             raise DriverError(f"action {action} of VM {vm.name}: the workload cannot be reached: {exc}", vm=vm.name) from None
@@ -565,7 +565,7 @@ class PluginService:
                 resp = await asyncio.wait_for(client.get(url), timeout)
         except (Conflict, InvalidState) as exc:
             return UNHEALTHY, exc.message
-        except (asyncio.TimeoutError, httpx.HTTPError) as exc:
+        except (TimeoutError, httpx.HTTPError) as exc:
             return UNHEALTHY, f"no answer within {int(timeout * 1000)} ms" if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)) else str(exc)
         if 200 <= resp.status_code < 400:
             return HEALTHY, None

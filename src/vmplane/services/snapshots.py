@@ -5,7 +5,8 @@ overlays on it. Snapshots are found by id or uuid."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Row
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy.exc import IntegrityError

@@ -1,6 +1,7 @@
 """SQL for node agents: join tokens, node credentials, heartbeats, offline nodes, cordons."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection

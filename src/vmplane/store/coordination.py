@@ -15,8 +15,9 @@ that depended on its locks is told at once (`on_lost`), then it reconnects.
 import asyncio
 import logging
 import zlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url

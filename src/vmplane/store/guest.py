@@ -1,6 +1,7 @@
 """SQL for what reaches into guests: forwarded host ports and one-time console tokens."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError

@@ -1,7 +1,8 @@
 """SQL for imports. Reads give each import its job's team (`job_team`): an import is seen by
 the whole organization's credentials and its team's."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection

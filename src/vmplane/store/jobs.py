@@ -6,7 +6,8 @@ handing it back) matches (task id, lease owner, attempt, state running), so a ru
 passed to another worker, or to a later attempt of the same process, changes nothing.
 """
 
-from typing import Any, Collection, Mapping, NamedTuple, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, and_, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection

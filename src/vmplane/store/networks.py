@@ -1,6 +1,7 @@
 """SQL for networks, IPAM (one owner per address), VM firewalls and PCI device assignments."""
 
-from typing import Any, Iterable, Sequence, cast
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from sqlalchemy import Row, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError

@@ -1,6 +1,7 @@
 """SQL for nodes and the resource claims they hold."""
 
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from sqlalchemy import Row, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection

@@ -1,7 +1,7 @@
 """The schema. Times are epoch seconds (float) so SQLite and PostgreSQL behave alike."""
 
-from sqlalchemy import false as sa_false
 from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 
 metadata = MetaData()
 

@@ -1,6 +1,7 @@
 """SQL for organizations, users, memberships, teams, API keys and the audit log."""
 
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 from sqlalchemy import Row, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection

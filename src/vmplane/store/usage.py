@@ -1,6 +1,7 @@
 """SQL for usage metering: spans of time each VM held a shape, and reading them per period."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Row, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection

@@ -1,6 +1,7 @@
 """SQL for vSphere connection profiles (their secrets stay sealed here)."""
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Row, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection

@@ -2,11 +2,27 @@
 
 from fastapi import APIRouter, Depends
 
-from .deps import authorize
 from . import (
-    agents, backups, cluster, deployments, events, guest, imports, jobs, mcp, networks, plugins, schedules, snapshots, templates,
-    tenancy, vms, vsphere, webhooks,
+    agents,
+    backups,
+    cluster,
+    deployments,
+    events,
+    guest,
+    imports,
+    jobs,
+    mcp,
+    networks,
+    plugins,
+    schedules,
+    snapshots,
+    templates,
+    tenancy,
+    vms,
+    vsphere,
+    webhooks,
 )  # fmt: skip
+from .deps import authorize
 
 
 def router() -> APIRouter:

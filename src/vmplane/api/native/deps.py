@@ -1,6 +1,7 @@
 """Dependencies shared by the native routers."""
 
-from typing import Annotated, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -12,7 +13,6 @@ from ...streams import StreamSlot
 from ..errors import NATIVE
 from ..middleware import error_response
 from ..schemas import ErrorOut, JobAccepted
-
 
 # Dependencies are `async def`: FastAPI runs plain `def` ones in a thread pool, a thread hop
 # each (measured: the single-VM GET went from 1,528 to 907 req/s with three of them).

@@ -3,7 +3,8 @@
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -12,9 +13,9 @@ from pydantic import BaseModel
 from ... import clock
 from ...auth import Principal
 from ...errors import InvalidRequest
+from ...event_types import check_patterns
 from ...events import wire
 from ...events.bus import EventBus, GoingAway, SlowConsumer
-from ...event_types import check_patterns
 from ..middleware import NO_STORE
 from ..schemas import ErrorOut
 from .deps import ERRORS, CallerDep, RuntimeDep, StreamSlotDep, hold_ws_stream

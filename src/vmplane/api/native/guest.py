@@ -7,8 +7,8 @@ from ... import clock
 from ...errors import Reason, VmplaneError
 from ...wsconsole import bridge
 from ..errors import NATIVE
-from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
 from ..middleware import NO_STORE
+from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
 from .deps import ERRORS, CallerDep, RuntimeDep, deny_websocket
 
 router = APIRouter(tags=["guest"])

@@ -1,8 +1,9 @@
 """/api/v1/imports: bring a VM in from an OVA, a disk image, vSphere or another vmplane (a
 job: 202 + jobId, importId); read an import's stage and bytes."""
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse

@@ -32,7 +32,7 @@ async def render_plugin(rt: "Runtime", row: Row) -> dict[str, Any]:
         "enabled": row.enabled,
         "shared": row.org_id is None,  # the operators' plugin, shared with every organization
         "image": image,
-        "actions": sorted((row.manifest.get("actions") or {})),
+        "actions": sorted(row.manifest.get("actions") or {}),
         "manifest": row.manifest,
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),

@@ -1,5 +1,6 @@
 """/api/v1/api-keys, /users, /teams, /orgs, /org, /org/quotas, /audit."""
 
+from datetime import UTC
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
@@ -12,8 +13,8 @@ from ...errors import InvalidRequest
 from ...services import pages
 from ...services.tenancy import require_reader
 from ...store import tenancy as t_q
-from ..schemas import In, Page
 from ..middleware import NO_STORE
+from ..schemas import In, Page
 from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
 
 router = APIRouter(tags=["tenancy"])
@@ -266,13 +267,13 @@ async def usage(rt: RuntimeDep, who: CallerDep, start: str | None = None, end: s
 def parse_time(value: str | None, field: str) -> float | None:
     if value is None:
         return None
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidRequest(f"{field} must be an RFC 3339 time such as 2026-01-31T00:00:00Z", field=field) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 @router.get("/audit", response_model=Page[AuditOut], responses=ERRORS)

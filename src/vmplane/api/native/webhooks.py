@@ -8,8 +8,8 @@ from pydantic import BaseModel, Field
 
 from ... import clock
 from ...services import scopes
-from ..schemas import In, Page, ScopeOut
 from ..middleware import NO_STORE
+from ..schemas import In, Page, ScopeOut
 from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
 
 router = APIRouter(tags=["webhooks"])

@@ -73,7 +73,7 @@ class GuestAgent:
                     self._synced = False  # whatever follows (a reboot, say) is unknown
                     return None
                 line = await asyncio.wait_for(self._readline(), timeout)
-            except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError) as exc:
                 self._synced = False
                 if isinstance(exc, asyncio.TimeoutError):
                     raise AgentNotResponding(f"guest agent did not answer {command} in {timeout:g} s", vm_id=self.vm_id) from exc
@@ -177,7 +177,7 @@ class GuestAgent:
                 if await asyncio.wait_for(self._await_sync(token), min(SYNC_ATTEMPT, remaining)):
                     self._synced = True
                     return
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 last_error = exc
             except (OSError, EOFError, asyncio.IncompleteReadError, AgentNotResponding) as exc:
                 last_error = exc

@@ -24,8 +24,8 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ... import pci, procfs
 from ...domain import Resources, VmSpec

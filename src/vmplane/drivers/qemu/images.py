@@ -12,9 +12,10 @@ import json
 import os
 import re
 import stat
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from ...errors import DriverError
 from . import confine

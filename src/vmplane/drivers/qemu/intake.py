@@ -30,9 +30,10 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ...errors import DriverError, ImageRefused
 from . import images

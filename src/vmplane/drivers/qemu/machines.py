@@ -11,9 +11,10 @@ directory means running; `run.json` without such a process means it died while n
 import asyncio
 import json
 import os
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 from ... import pci, procfs
 from ...domain import Resources

@@ -13,7 +13,8 @@ import ipaddress
 import json
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ...errors import DriverError, InvalidState
 from ...net import host as nethost

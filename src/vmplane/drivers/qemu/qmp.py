@@ -9,8 +9,9 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError, Runstate
 
@@ -66,7 +67,7 @@ class Monitor:
                 except BaseException:
                     fd_sock.close()
                     raise
-            except (OSError, QMPError, asyncio.TimeoutError, EOFError) as exc:
+            except (TimeoutError, OSError, QMPError, EOFError) as exc:
                 with contextlib.suppress(Exception):
                     await client.disconnect()
                 raise DriverError("QMP connect failed", vm_id=self.vm_id, reason=str(exc) or type(exc).__name__) from exc
@@ -82,7 +83,7 @@ class Monitor:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:
             raise DriverError(f"QMP {command} failed: {exc.error.error.desc}", vm_id=self.vm_id) from exc
-        except (QMPError, EOFError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, QMPError, EOFError, OSError) as exc:
             await self._drop()
             raise DriverError(f"QMP {command} failed: connection lost", vm_id=self.vm_id) from exc
 
@@ -115,7 +116,7 @@ class Monitor:
             await self.connect(timeout=timeout)
             assert self._client is not None
             await asyncio.wait_for(self._client.execute("quit"), timeout)
-        except (DriverError, QMPError, EOFError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, DriverError, QMPError, EOFError, OSError):
             pass
         await self._drop()
 

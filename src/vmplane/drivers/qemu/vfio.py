@@ -10,7 +10,7 @@ knows what to give back.
 import asyncio
 import json
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from ... import pci
 from ...errors import DriverError

@@ -1,6 +1,7 @@
 """What every handler shares: default rollback/discard, and loading the task's VM."""
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection

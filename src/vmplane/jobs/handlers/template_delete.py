@@ -2,8 +2,8 @@
 
 from ... import clock
 from ...errors import Conflict
-from ...store import templates as tpl_q
 from ...store import snapshots as snap_q
+from ...store import templates as tpl_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler

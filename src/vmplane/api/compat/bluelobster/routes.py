@@ -8,8 +8,9 @@ that `GET /api/v1/tasks/{task_id}` follows; delete and reboot wait up to
 from __future__ import annotations
 
 import time
-from datetime import timezone
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from collections.abc import Sequence
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -23,9 +24,9 @@ from ....services.backups import BackupSchedule
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....services.vms import NewVm
-from ...middleware import NO_STORE
 from ....wsconsole import bridge
 from ...health import readiness
+from ...middleware import NO_STORE
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .wire import BlError
@@ -871,7 +872,7 @@ async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -
 
 def _ts(value: Any) -> float:
     """A datetime from the request as epoch seconds (naive ones are UTC)."""
-    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 @router.post("/api/v1/instances/log")

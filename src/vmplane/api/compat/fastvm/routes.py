@@ -7,7 +7,8 @@ that time answers 502 (or `deleted: false`), one still running answers with the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -18,10 +19,10 @@ from ....domain import Vm
 from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
 from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
-from ...middleware import NO_STORE
 from ....services.vms import NewVm
 from ....wsconsole import bridge
 from ...health import readiness
+from ...middleware import NO_STORE
 from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 

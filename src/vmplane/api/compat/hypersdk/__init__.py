@@ -12,8 +12,9 @@ answers with a superset both accept: docs/hypersdk.md.
 from __future__ import annotations
 
 import http
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -22,14 +23,13 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.types import Scope
 
 from .... import __version__, clock
-from ....events.formats import IMPORT_JOB_TYPE
 from ....errors import VmplaneError
+from ....events.formats import IMPORT_JOB_TYPE
 from ...errors import validation_message
 from ...metrics import TimedRequests, route_template
 from ..common import Errors, build_face
 from .routes import open_router, router
-from .wire import STATUS
-from .wire import HYPERSDK_STATUS
+from .wire import HYPERSDK_STATUS, STATUS
 
 if TYPE_CHECKING:
     from ....runtime import Runtime

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .... import clock
 from ....domain import Vm
-from ....services.volant_shapes import VM_STATUS  # shared with the MCP command set (services/mcp.py)
 from ....errors import Reason
+from ....services.volant_shapes import VM_STATUS  # shared with the MCP command set (services/mcp.py)
 from ...errors import NATIVE_STATUS
 
 STATUS: dict[Reason, int] = {
