@@ -944,8 +944,8 @@ async def _team(rt: Runtime, team_id: str, who: Principal) -> Row:
 async def assign_team(instance_id: str, body: wire.TeamAssignIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Owners and admins put an instance in a team (team-scoped keys then see it)."""
     vm = await _instance(rt, instance_id, who)
-    await _team(rt, body.team_id, who)
-    vm, team = await rt.tenancy.set_vm_team(who, vm.id, body.team_id)
+    team = await _team(rt, body.team_id, who)
+    vm, _ = await rt.tenancy.set_vm_team(who, vm.id, body.team_id)
     return JSONResponse(
         {"status": "success", "message": "Instance assigned to team", "instance_id": vm.uuid, "team_id": team.id, "team_name": team.name}
     )

@@ -290,8 +290,9 @@ async def sse_event(rt: Runtime, event: Any) -> bytes | None:
         if row is not None:
             vm = wire.vm(row)
             payload.update({k: vm[k] for k in ("ip_address", "mac_address") if vm[k]})
-    if type_ == "VM_RUNNING" and data.get("nodeId") in rt.registry:
-        pid = rt.registry.driver(data["nodeId"]).host_process(event.resource)[0]
+    node_id = data.get("nodeId")
+    if type_ == "VM_RUNNING" and isinstance(node_id, str) and node_id in rt.registry:
+        pid = rt.registry.driver(node_id).host_process(event.resource)[0]
         if pid is not None:
             payload["pid"] = pid
     return f"event: {type_}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
