@@ -18,12 +18,11 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....auth import Principal
-from ....domain import Resources, StoredSpec, Template, Vm
+from ....domain import NewVm, Resources, StoredSpec, Template, Vm
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, Reason, VmplaneError
 from ....services.backups import BackupSchedule
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
-from ....services.vms import NewVm
 from ....wsconsole import bridge
 from ...health import readiness
 from ...middleware import NO_STORE

@@ -15,11 +15,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
 from .... import clock
-from ....domain import Vm
+from ....domain import NewVm, Vm
+from ....domain.ingress import Ipv6Ingress
 from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
-from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
-from ....services.vms import NewVm
 from ....wsconsole import bridge
 from ...health import readiness
 from ...middleware import NO_STORE

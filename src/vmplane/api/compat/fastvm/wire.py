@@ -11,8 +11,8 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....domain import Resources, Vm
+from ....domain.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
 from ....errors import InvalidRequest, Reason
-from ....net.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
 from ...errors import NATIVE_STATUS
 
 STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
