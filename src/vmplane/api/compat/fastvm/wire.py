@@ -148,7 +148,7 @@ def vm(row: Vm, firewall: Ipv6Ingress, source_name: str | None) -> dict[str, Any
     return out
 
 
-def snapshot(row: Row, firewall: Ipv6Ingress) -> dict[str, Any]:
+def snapshot(row: Row[Any], firewall: Ipv6Ingress) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row.uuid,
         "name": row.name,

@@ -90,7 +90,7 @@ def _host_ip() -> str:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
-            return s.getsockname()[0]
+            return str(s.getsockname()[0])  # (address, port) for AF_INET
     except OSError:
         return "127.0.0.1"
 
@@ -234,7 +234,7 @@ async def config_history(name: str, rt: RuntimeDep, who: CallerDep, limit: int =
 # -- deployments ---------------------------------------------------------------------------
 
 
-async def _deployment_out(rt: Runtime, row: Row) -> dict[str, Any]:
+async def _deployment_out(rt: Runtime, row: Row[Any]) -> dict[str, Any]:
     return volant_shapes.deployment(row, await rt.deployments.ready_count(row))
 
 
