@@ -446,7 +446,7 @@ class VmService:
                     raise Conflict(f"a VM named {name!r} was created at the same time", field="name") from None
         return await self.get(vm.id, who)
 
-    async def _reserve_ports(self, conn: Any, rows: builtins.list[dict[str, Any]]) -> None:
+    async def _reserve_ports(self, conn: AsyncConnection, rows: builtins.list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""
         taken: set[tuple[int, str]] | None = None
         candidates = iter(AUTO_PORTS)
