@@ -15,6 +15,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import Principal
+from ..domain import Vm
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, Reason, VmplaneError
 from ..store import backups as bkp_q
 from .vms import visible
@@ -50,7 +51,7 @@ class BackupSchedule:
     last_run: float | None
 
     @classmethod
-    def of(cls, row: Row[Any]) -> BackupSchedule:
+    def of(cls, row: Row[*tuple[Any, ...]]) -> BackupSchedule:
         """The schedule a stored one is (its cron expression as put_schedule wrote it)."""
         _, hour, dom, _, dow = row.schedule.split()
         return cls(
@@ -72,14 +73,14 @@ class BackupService:
         self.backup_store = backup_store
         self.vms = vms
 
-    async def get(self, backup_id: str, who: Principal) -> Row:
+    async def get(self, backup_id: str, who: Principal) -> Row[*tuple[Any, ...]]:
         async with self.store.read() as conn:
             row = await bkp_q.get_backup(conn, backup_id)
         if row is None or not visible(row, who):
             raise NotFound(f"backup {backup_id} does not exist")
         return row
 
-    async def list(self, who: Principal, vm_id: str | None = None) -> Sequence[Row]:
+    async def list(self, who: Principal, vm_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
         async with self.store.read() as conn:
             return await bkp_q.list_backups(conn, who.org_id, who.team_id, vm_id)
 
@@ -87,7 +88,7 @@ class BackupService:
         async with self.store.read() as conn:
             return await bkp_q.busy(conn, vm_id)
 
-    def check_capable(self, vm: Row) -> None:
+    def check_capable(self, vm: Vm) -> None:
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status} and has no disk yet", current=vm.status)
         driver = self.registry.driver(vm.node_id)
@@ -113,7 +114,7 @@ class BackupService:
         self.engine.wakeup()
         return job_id, backup_id
 
-    async def set_notes(self, backup_id: str, notes: str, who: Principal) -> Row:
+    async def set_notes(self, backup_id: str, notes: str, who: Principal) -> Row[*tuple[Any, ...]]:
         await self.get(backup_id, who)
         async with self.store.write() as conn:
             await bkp_q.set_backup(conn, backup_id, notes=notes)

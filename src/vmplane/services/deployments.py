@@ -26,8 +26,9 @@ import asyncio
 import builtins
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
@@ -104,19 +105,19 @@ class DeploymentService:
 
     # -- CRUD ----------------------------------------------------------------------------
 
-    async def get(self, name: str, who: Principal) -> Row:
+    async def get(self, name: str, who: Principal) -> Row[*tuple[Any, ...]]:
         async with self.store.read() as conn:
             row = await dep_q.get_deployment(conn, name, who.org_id)
         if row is None or row.org_id != who.org_id or (who.team_id is not None and row.team_id != who.team_id):
             raise NotFound(f"deployment {name} does not exist")
         return row
 
-    async def list(self, who: Principal) -> Sequence[Row]:
+    async def list(self, who: Principal) -> Sequence[Row[*tuple[Any, ...]]]:
         async with self.store.read() as conn:
             rows = await dep_q.list_deployments(conn, who.org_id)
         return [r for r in rows if who.team_id is None or r.team_id == who.team_id]
 
-    async def create(self, name: Any, replicas: Any, config: Any, who: Principal) -> Row:
+    async def create(self, name: Any, replicas: Any, config: Any, who: Principal) -> Row[*tuple[Any, ...]]:
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise InvalidRequest(
                 "name must be 1-48 lower-case letters, digits and '-', not starting or ending with '-' (replicas are <name>-<i>)",
@@ -142,7 +143,7 @@ class DeploymentService:
         self.wake()
         return await self.get(name, who)
 
-    async def update(self, name: str, who: Principal, *, replicas: Any = None, config_patch: Any = None) -> Row:
+    async def update(self, name: str, who: Principal, *, replicas: Any = None, config_patch: Any = None) -> Row[*tuple[Any, ...]]:
         """Scale, and/or merge-patch the config (new replicas are made from the new config;
         existing ones keep theirs)."""
         dep = await self.get(name, who)
@@ -177,23 +178,23 @@ class DeploymentService:
 
     # -- replicas ------------------------------------------------------------------------
 
-    async def replicas(self, dep: Row) -> builtins.list[Replica]:
+    async def replicas(self, dep: Row[*tuple[Any, ...]]) -> builtins.list[Replica]:
         pattern = re.compile(re.escape(dep.name) + r"-([1-9][0-9]{0,3})$")
         async with self.store.read() as conn:
             rows = [
-                r for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)
-                if pattern.match(r.name) and r.spec.deployment == dep.id
+                (int(m.group(1)), r) for r in await dep_q.vms_named_like(conn, dep.name + "-", dep.org_id)
+                if (m := pattern.match(r.name)) and r.spec.deployment == dep.id
             ]  # fmt: skip
-            work = await dep_q.active_work(conn, [r.id for r in rows])
+            work = await dep_q.active_work(conn, [r.id for _, r in rows])
             nodes = {n.id: n for n in await node_q.list_nodes(conn)} if rows else {}
         out = []
-        for r in rows:
+        for index, r in rows:
             node = nodes.get(r.node_id) if r.node_id else None
             lost = r.node_id is not None and (node is None or node.status != NodeStatus.ONLINE.value)
-            out.append(Replica(int(pattern.match(r.name).group(1)), r, lost, frozenset(work.get(r.id, ()))))  # type: ignore[union-attr]
+            out.append(Replica(index, r, lost, frozenset(work.get(r.id, ()))))
         return sorted(out, key=lambda x: x.index)
 
-    async def ready_count(self, dep: Row) -> int:
+    async def ready_count(self, dep: Row[*tuple[Any, ...]]) -> int:
         return sum(1 for r in await self.replicas(dep) if r.vm.status == VmStatus.RUNNING and not r.lost)
 
     # -- the reconciler ------------------------------------------------------------------
@@ -239,7 +240,7 @@ class DeploymentService:
             except Exception:
                 log.exception("reconciling deployment %s failed", dep.name)
 
-    async def reconcile(self, dep: Row) -> None:
+    async def reconcile(self, dep: Row[*tuple[Any, ...]]) -> None:
         """One pass over one deployment (see the module's docstring)."""
         if dep.disabled_reason is not None:
             return
@@ -257,13 +258,13 @@ class DeploymentService:
             if r.vm.status in DEAD and not r.work and clock.now() - self._acted.get(r.vm.id, 0.0) > RETRY_SECONDS:
                 self._acted[r.vm.id] = clock.now()
                 reason = r.vm.error or f"the replica is {r.vm.status}"
-                await self._act(dep, who, "replace", r.vm.name, reason, lambda r=r: self.vms.delete([r.vm.id], who))
+                await self._act(dep, who, "replace", r.vm.name, reason, partial(self.vms.delete, [r.vm.id], who))
         staying = [r for r in live if not r.going and not (r.vm.status in DEAD and not r.work)]
         surplus = len(staying) - dep.replicas
         for r in sorted(staying, key=lambda x: -x.index)[: max(0, surplus)]:
             if r.work:  # being created or changed: removed once that is done
                 continue
-            await self._act(dep, who, "delete", r.vm.name, f"scaled to {dep.replicas}", lambda r=r: self.vms.delete([r.vm.id], who))
+            await self._act(dep, who, "delete", r.vm.name, f"scaled to {dep.replicas}", partial(self.vms.delete, [r.vm.id], who))
         # replicas on their way out hold their numbers until they are gone
         missing = dep.replicas - len(live)
         if missing <= 0:
@@ -293,7 +294,9 @@ class DeploymentService:
                 return  # no room, or refused: the next pass tries again
             missing -= 1
 
-    async def _act(self, dep: Row, who: Principal, action: str, replica: str, reason: str, do: Any) -> bool:
+    async def _act(
+        self, dep: Row[*tuple[Any, ...]], who: Principal, action: str, replica: str, reason: str, do: Callable[[], Awaitable[str]]
+    ) -> bool:
         try:
             job_id = await do()
         except VmplaneError as exc:  # no room, over quota, a name taken meanwhile...: the next pass tries again
@@ -309,7 +312,7 @@ class DeploymentService:
         log.info("deployment %s: %s %s (%s), job %s", dep.name, action, replica, reason, job_id)
         return True
 
-    async def _event(self, dep: Row, action: str, replica: str, reason: str, job_id: str | None, error: str | None) -> None:
+    async def _event(self, dep: Row[*tuple[Any, ...]], action: str, replica: str, reason: str, job_id: str | None, error: str | None) -> None:
         data = {"deployment": dep.name, "id": dep.id, "action": action, "replica": replica, "reason": reason, "jobId": job_id}
         if error is not None:
             data["error"] = error

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..store import Store
 
 
-def _visible(row: Row, who: Principal) -> bool:
+def _visible(row: Row[*tuple[Any, ...]], who: Principal) -> bool:
     """A job or task of another organization, or of another team for a team-scoped
     credential, does not exist as far as the caller can tell (404)."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
@@ -41,8 +41,8 @@ UNSUCCESSFUL = frozenset({JobState.FAILED, JobState.PARTIAL, JobState.CANCELLED}
 class JobOutcome:
     """A job as a bounded wait left it: ended, or still going when the wait ran out."""
 
-    job: Row[Any]
-    tasks: Sequence[Row[Any]]
+    job: Row[*tuple[Any, ...]]
+    tasks: Sequence[Row[*tuple[Any, ...]]]
 
     @property
     def state(self) -> JobState:
@@ -78,7 +78,7 @@ class JobService:
         self.engine = engine
         self.events = events
 
-    async def get(self, job_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
+    async def get(self, job_id: str, who: Principal) -> tuple[Row[*tuple[Any, ...]], Sequence[Row[*tuple[Any, ...]]]]:
         async with self.store.read() as conn:
             job = await job_q.get_job(conn, job_id)
             if job is None or not _visible(job, who):
@@ -86,7 +86,7 @@ class JobService:
             tasks = await job_q.job_tasks(conn, job_id)
         return job, tasks
 
-    async def get_task(self, job_id: str, task_id: str, who: Principal) -> tuple[Row, Sequence[Row]]:
+    async def get_task(self, job_id: str, task_id: str, who: Principal) -> tuple[Row[*tuple[Any, ...]], Sequence[Row[*tuple[Any, ...]]]]:
         async with self.store.read() as conn:
             task = await job_q.get_task(conn, job_id, task_id)
             if task is None or not _visible(task, who):
@@ -96,7 +96,7 @@ class JobService:
 
     async def list(
         self, who: Principal, *, state: str | None, type_: str | None, limit: int, page_token: str | None
-    ) -> tuple[Sequence[Row], str | None]:
+    ) -> tuple[Sequence[Row[*tuple[Any, ...]]], str | None]:
         if state is not None and state not in JobState.__members__.values():
             raise InvalidRequest(f"state {state!r} is not one of {', '.join(JobState)}", field="state")
         after = pages.decode("jobs", page_token)

@@ -171,10 +171,10 @@ class PluginService:
     # -- the plugins themselves -----------------------------------------------------------
 
     @staticmethod
-    def _visible(row: Row | None, who: Principal) -> bool:
+    def _visible(row: Row[*tuple[Any, ...]] | None, who: Principal) -> bool:
         return row is not None and row.org_id in (None, who.org_id)
 
-    async def get(self, ref: str, who: Principal) -> Row:
+    async def get(self, ref: str, who: Principal) -> Row[*tuple[Any, ...]]:
         """The plugin named `ref` (or with runtime `ref`): the caller's organization's own
         first, then a shared one; another organization's is not installed for it."""
         async with self.store.read() as conn:
@@ -183,15 +183,15 @@ class PluginService:
             raise NotFound(f"plugin {ref} is not installed")
         return row
 
-    async def list(self, who: Principal) -> list[Row]:
+    async def list(self, who: Principal) -> list[Row[*tuple[Any, ...]]]:
         async with self.store.read() as conn:
             return list(await plugin_q.list_plugins(conn, who.org_id))
 
-    def _check_owner(self, row: Row, who: Principal) -> None:
+    def _check_owner(self, row: Row[*tuple[Any, ...]], who: Principal) -> None:
         if row.org_id is None and not who.operator:
             raise Forbidden(f"plugin {row.name} is shared by the operators; only they change it")
 
-    async def install(self, manifest: Any, who: Principal) -> Row:
+    async def install(self, manifest: Any, who: Principal) -> Row[*tuple[Any, ...]]:
         """Validate and record a manifest; its image is fetched by a template-create job
         (the plugin's VMs can be created once that template is ready)."""
         m = validate_manifest(manifest)
@@ -273,7 +273,7 @@ class PluginService:
         )
         return tpl_id
 
-    async def set_enabled(self, ref: str, enabled: bool, who: Principal) -> Row:
+    async def set_enabled(self, ref: str, enabled: bool, who: Principal) -> Row[*tuple[Any, ...]]:
         row = await self.get(ref, who)
         self._check_owner(row, who)
         if row.enabled != enabled:
@@ -282,9 +282,9 @@ class PluginService:
                 await ev_q.emit(conn, "plugin.enabled" if enabled else "plugin.disabled", row.name, {"name": row.name, "enabled": enabled}, row.org_id)
         return await self.get(row.name, who)
 
-    async def vms_using(self, row: Row) -> builtins.list[Row]:
+    async def vms_using(self, row: Row[*tuple[Any, ...]]) -> builtins.list[Row[*tuple[Any, ...]]]:
         """The VMs made from this plugin (its organization's, or any organization's for a
-        shared one)."""
+        shared one): their name, org_id and spec."""
         async with self.store.read() as conn:
             q = select(vms_t.c.name, vms_t.c.org_id, vms_t.c.spec)
             if row.org_id is not None:
@@ -352,7 +352,7 @@ class PluginService:
             cpu=m["resources"]["cpu_cores"], ram_mb=m["resources"]["memory_mb"], cloud_init=cloud, port=workload_port(m),
         )  # fmt: skip
 
-    async def of_vm(self, vm: Vm) -> Row:
+    async def of_vm(self, vm: Vm) -> Row[*tuple[Any, ...]]:
         """The plugin the VM was made from: its organization's own or the shared one, as the
         VM recorded (VMs from before that record: its organization's first)."""
         ref = vm.spec.plugin_name
@@ -387,7 +387,8 @@ class PluginService:
 
     def workload_url(self, vm: Vm, manifest: dict[str, Any], path: str = "") -> str:
         """The URL reaching `path` (under the workload's base URL) of the VM's workload."""
-        base_path = urlsplit(manifest["workload"]["base_url"]).path.rstrip("/")
+        base_url: str = manifest["workload"]["base_url"]  # a string: the manifest was validated
+        base_path = urlsplit(base_url).path.rstrip("/")
         return self.workload_root(vm, manifest) + base_path + path
 
     async def call_action(
@@ -542,9 +543,9 @@ class PluginService:
             for r in recorded:
                 gone = states.get(r.vm_id)
                 if gone is not None and r.status != UNKNOWN:
-                    detail = f"the VM is {gone.status}"
-                    await plugin_q.set_health(conn, gone.id, UNKNOWN, detail, now, True)
-                    await ev_q.emit(conn, "vm.health", gone.id, {"id": gone.id, "name": gone.name, "health": UNKNOWN, "detail": detail}, gone.org_id, gone.team_id)
+                    why = f"the VM is {gone.status}"
+                    await plugin_q.set_health(conn, gone.id, UNKNOWN, why, now, True)
+                    await ev_q.emit(conn, "vm.health", gone.id, {"id": gone.id, "name": gone.name, "health": UNKNOWN, "detail": why}, gone.org_id, gone.team_id)
         for (vm, plugin), (status, detail) in zip(checks, results):
             async with self.store.write() as conn:
                 before = await plugin_q.get_health(conn, vm.id)
@@ -556,7 +557,7 @@ class PluginService:
                         {"id": vm.id, "name": vm.name, "plugin": plugin.name, "health": status, "detail": detail}, vm.org_id, vm.team_id,
                     )  # fmt: skip
 
-    async def _probe(self, vm: Vm, plugin: Row) -> tuple[str, str | None]:
+    async def _probe(self, vm: Vm, plugin: Row[*tuple[Any, ...]]) -> tuple[str, str | None]:
         hc = plugin.manifest["health_check"]
         timeout = hc.get("timeout_ms", DEFAULT_HEALTH_TIMEOUT_MS) / 1000
         try:

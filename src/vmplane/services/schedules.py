@@ -13,6 +13,7 @@ the leader (see replicas.py) runs the scheduler; another takes over if it dies.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import re
@@ -60,7 +61,7 @@ def check_template(template: dict[str, Any]) -> dict[str, Any]:
     return {"method": method, "path": path, "body": body}
 
 
-def _visible(row: Row, who: Principal) -> bool:
+def _visible(row: Row[*tuple[Any, ...]], who: Principal) -> bool:
     """A schedule is its organization's, and a team-scoped credential's only if made with
     that team's scope."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
@@ -92,22 +93,22 @@ class ScheduleService:
 
     # -- CRUD ----------------------------------------------------------------------------
 
-    async def get(self, schedule_id: str, who: Principal) -> Row:
+    async def get(self, schedule_id: str, who: Principal) -> Row[*tuple[Any, ...]]:
         async with self.store.read() as conn:
             row = await sch_q.get_schedule(conn, schedule_id)
         if row is None or not _visible(row, who):
             raise NotFound(f"schedule {schedule_id} does not exist")
         return row
 
-    async def list(self, who: Principal) -> Sequence[Row]:
+    async def list(self, who: Principal) -> Sequence[Row[*tuple[Any, ...]]]:
         async with self.store.read() as conn:
             return [s for s in await sch_q.list_schedules(conn) if _visible(s, who)]
 
-    async def made_by(self, face: str, who: Principal) -> list[Row[Any]]:
+    async def made_by(self, face: str, who: Principal) -> builtins.list[Row[*tuple[Any, ...]]]:
         """The schedules a face made (their `origin.face`), as `who` sees them."""
         return [s for s in await self.list(who) if (s.origin or {}).get("face") == face]
 
-    async def by_origin(self, face: str, origin_id: str, who: Principal) -> Row[Any]:
+    async def by_origin(self, face: str, origin_id: str, who: Principal) -> Row[*tuple[Any, ...]]:
         """The schedule a face knows by its own id (`origin.id`, unique among the face's)."""
         for s in await self.made_by(face, who):
             if s.origin.get("id") == origin_id:
@@ -122,7 +123,7 @@ class ScheduleService:
     async def create(
         self, *, name: str, schedule: str, timezone: str, enabled: bool, job_template: dict[str, Any], misfire_policy: str,
         who: Principal, backup_vm_id: str | None = None, keep_last: int | None = None, origin: dict[str, Any] | None = None,
-    ) -> Row:
+    ) -> Row[*tuple[Any, ...]]:
         """The schedule runs with the scope of `who`'s credential (services/scopes.py); a
         read-only credential makes none. `origin`: what the face that makes it records (its
         own id, fields the core does not use)."""
@@ -143,7 +144,7 @@ class ScheduleService:
         self._wake.set()
         return await self.get(row["id"], who)
 
-    async def update(self, schedule_id: str, who: Principal, **changes: Any) -> Row:
+    async def update(self, schedule_id: str, who: Principal, **changes: Any) -> Row[*tuple[Any, ...]]:
         current = await self.get(schedule_id, who)
         values = {k: v for k, v in changes.items() if v is not None}
         if not values:
@@ -272,7 +273,7 @@ class ScheduleService:
                 log.warning("schedule %s missed %s while vmplane was down; skipped (misfire policy)", sch.id, clock.rfc3339(sch.next_run))
         await self._follow_runs()
 
-    async def _fire(self, sch: Row, *, due_at: float | None, manual: bool) -> dict[str, Any]:
+    async def _fire(self, sch: Row[*tuple[Any, ...]], *, due_at: float | None, manual: bool) -> dict[str, Any]:
         now = clock.now()
         scope = scopes.of_row(sch)
         try:
@@ -283,7 +284,7 @@ class ScheduleService:
         async with self.store.write() as conn:
             run_seq = await sch_q.add_run(conn, {"schedule_id": sch.id, "due_at": due_at, "triggered_at": now, "manual": manual, "state": "pending"})
             if ended is not None:
-                error = f"not run: the schedule is disabled because {ended}"
+                error: str | None = f"not run: the schedule is disabled because {ended}"
                 await sch_q.set_run(conn, run_seq, state="failed", error=error)
                 await sch_q.count_run(conn, sch.id, False, error, now)
                 await scopes.disable(conn, "schedule", sch, ended)

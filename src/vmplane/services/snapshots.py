@@ -6,7 +6,7 @@ overlays on it. Snapshots are found by id or uuid."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 
@@ -30,7 +30,7 @@ class SnapshotService:
         self.networks = networks
         self.tenancy = tenancy
 
-    async def get(self, snapshot_id: str, who: Principal) -> Row:
+    async def get(self, snapshot_id: str, who: Principal) -> Row[*tuple[Any, ...]]:
         """A snapshot (by id or uuid) the caller may see."""
         async with self.store.read() as conn:
             row = await snap_q.get_snapshot(conn, snapshot_id)
@@ -38,7 +38,7 @@ class SnapshotService:
             raise NotFound(f"snapshot {snapshot_id} does not exist")
         return row
 
-    async def list(self, who: Principal, vm_id: str | None = None) -> Sequence[Row]:
+    async def list(self, who: Principal, vm_id: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
         async with self.store.read() as conn:
             return await snap_q.list_snapshots(conn, who.org_id, who.team_id, vm_id)
 
@@ -71,7 +71,7 @@ class SnapshotService:
         self.engine.wakeup()
         return job_id, snap_id
 
-    async def rename(self, snapshot_id: str, name: str, who: Principal) -> Row:
+    async def rename(self, snapshot_id: str, name: str, who: Principal) -> Row[*tuple[Any, ...]]:
         check_name(name, "name")
         snap = await self.get(snapshot_id, who)
         async with self.store.write() as conn:
@@ -103,7 +103,7 @@ class SnapshotService:
         self.engine.wakeup()
         return job_id
 
-    async def for_new_vm(self, snapshot_id: str, who: Principal) -> Row:
+    async def for_new_vm(self, snapshot_id: str, who: Principal) -> Row[*tuple[Any, ...]]:
         snap = await self.get(snapshot_id, who)
         if snap.status != "ready":
             raise InvalidState(f"snapshot {snap.id} is {snap.status}, not ready", current=snap.status)

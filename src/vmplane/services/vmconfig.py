@@ -117,15 +117,21 @@ def check(config: Any, where: str = "config") -> dict[str, Any]:
         path = ".".join(str(p) for p in first.get("loc", ()))
         name = f"{where}.{path}" if path else where
         raise InvalidRequest(f"{name}: {first.get('msg', 'invalid value')}", field=name) from None
-    return drop_nulls(config)
+    return drop_null_members(config)
 
 
 def drop_nulls(value: Any) -> Any:
+    """A JSON value without the null members of its objects, at any depth."""
     if isinstance(value, dict):
-        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+        return drop_null_members(value)
     if isinstance(value, list):
         return [drop_nulls(v) for v in value]
     return value
+
+
+def drop_null_members(obj: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object without its null members, at any depth."""
+    return {k: drop_nulls(v) for k, v in obj.items() if v is not None}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -156,7 +162,7 @@ def new_vm(name: str, config: dict[str, Any], template_id: str | None, *, start:
     resources unless the config gives some (services.vms)."""
     extra: dict[str, Any] = {}
     cloud = config.get("cloud_init") or {}
-    cloud_init = {}
+    cloud_init: dict[str, Any] = {}
     if (user := _doc_text(cloud.get("user_data"))) is not None:
         cloud_init["userData"] = user
     if (meta := _doc_text(cloud.get("meta_data"))) is not None:
@@ -232,7 +238,7 @@ class VmConfigService:
             config["cloud_init"] = {"datasource": "NoCloud", **ci}
         if spec.expose:
             config["expose"] = [{"port": e.port, "host_port": e.host_port, "protocol": e.protocol} for e in spec.expose]
-        return drop_nulls(config)
+        return drop_null_members(config)
 
     async def current(self, vm: Vm) -> ConfigVersion:
         async with self.store.read() as conn:

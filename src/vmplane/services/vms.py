@@ -28,6 +28,8 @@ from ..vmstates import VmOp, allows, require_state
 from . import pages
 
 if TYPE_CHECKING:
+    from sqlalchemy import Row
+
     from ..config import Settings
     from ..jobs.engine import JobEngine
     from ..store import Store
@@ -133,6 +135,20 @@ class VmChange:
     disk_gb: int | None = None
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    """One VM of a create as `_prepare` leaves it: what its spec leaves open, decided."""
+
+    spec: NewVm
+    """the request as `_resolve` filled it in (a clone's template and node, say)"""
+    id: str
+    name: str
+    resources: Resources
+    team_id: str | None
+    networks: Sequence[Row[*tuple[Any, ...]]]
+    """the networks it joins, one NIC each"""
+
+
 class VmService:
     def __init__(self, *, store: Store, settings: Settings, engine: JobEngine, jobs: JobService, billing: Billing, capacity: Capacity, networks: NetworkService, plugins: PluginService, snapshots: SnapshotService, tenancy: TenancyService) -> None:
         self.store = store
@@ -163,7 +179,7 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def every(self, who: Principal) -> list[Vm]:
+    async def every(self, who: Principal) -> builtins.list[Vm]:
         """Every VM the caller may see, all pages (faces whose lists are not paged)."""
         rows: list[Vm] = []
         token = None
@@ -189,11 +205,11 @@ class VmService:
         `check_capacity`: refuse (NoCapacity) a VM that no node could take right now, before
         anything is recorded, instead of letting its create task fail (the task's claim still
         decides: another create may take the room first)."""
-        specs, vm_ids, teams, networks = await self._prepare(specs, who, check_capacity)
+        new = await self._prepare(specs, who, check_capacity)
         async with self.store.write() as conn:
-            rows = await self._insert(conn, specs, vm_ids, teams, networks, who)
+            rows = await self._insert(conn, new, who)
             job_id = await self.engine.submit(
-                conn, "vm-create", who, [(r["id"], {"start": s.start}) for r, s in zip(rows, specs)]
+                conn, "vm-create", who, [(r["id"], {"start": n.spec.start}) for r, n in zip(rows, new)]
             )
         self.engine.wakeup()
         return job_id, [r["id"] for r in rows]
@@ -202,8 +218,8 @@ class VmService:
         """Record one new VM (provisioning, on no node yet: names, quota, addresses, ports,
         billing) inside the caller's transaction, with no job: for work that defines the VM
         itself (an import, whose disk it brings). Validation as `create`'s."""
-        specs, vm_ids, teams, networks = await self._prepare([spec], who, False)
-        return (await self._insert(conn, specs, vm_ids, teams, networks, who))[0]
+        new = await self._prepare([spec], who, False)
+        return (await self._insert(conn, new, who))[0]
 
     def check_bulk(self, count: int, field: str = "body") -> None:
         """InvalidRequest naming `field` when one request asks for more than `max_bulk` VMs
@@ -212,51 +228,51 @@ class VmService:
         if count > limit:
             raise InvalidRequest(f"{field}: at most {limit} VMs per request, this one asks for {count}", field=field, limit=limit)
 
-    async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> tuple[builtins.list[NewVm], builtins.list[str], dict, dict]:
+    async def _prepare(self, specs: Sequence[NewVm], who: Principal, check_capacity: bool) -> builtins.list[_Resolved]:
         if not specs:
             raise InvalidRequest("give at least one VM to create", field="body")
         self.check_bulk(len(specs))
-        specs = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
+        resolved = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
         vm_ids = [ids.new_id("vm") for _ in specs]
-        specs = [s if s.name is not None else replace(s, name=vm_id) for s, vm_id in zip(specs, vm_ids)]
+        names = [s.name if s.name is not None else vm_id for (s, _), vm_id in zip(resolved, vm_ids)]
         seen: set[str] = set()
-        for i, spec in enumerate(specs):
-            assert spec.name is not None and spec.resources is not None
+        for i, ((spec, _), name) in enumerate(zip(resolved, names)):
             where = f"[{i}].name" if len(specs) > 1 else "name"
-            check_name(spec.name, where)
+            check_name(name, where)
             prefix = f"[{i}]." if len(specs) > 1 else ""
             check_tags(spec.tags, f"{prefix}tags")
             check_ssh_keys(spec.extra.get("sshKeys", []), f"{prefix}sshKeys")
             guest_ports = [(e["port"], e["protocol"]) for e in spec.extra.get("expose", [])]
             if len(set(guest_ports)) != len(guest_ports):
                 raise InvalidRequest("expose lists a guest port twice", field=f"{prefix}expose")
-            if spec.name in seen:
-                raise InvalidRequest(f"name {spec.name!r} appears twice in the request", field=where)
-            seen.add(spec.name)
-        teams = {s.team: await self.tenancy.team_id(who, s.team) for s in specs}
-        networks = {}
-        for i, s in enumerate(specs):
+            if name in seen:
+                raise InvalidRequest(f"name {name!r} appears twice in the request", field=where)
+            seen.add(name)
+        teams = {s.team: await self.tenancy.team_id(who, s.team) for s, _ in resolved}
+        networks: dict[tuple[str, ...], Sequence[Row[*tuple[Any, ...]]]] = {}
+        for i, (s, _) in enumerate(resolved):
             prefix = f"[{i}]." if len(specs) > 1 else ""
             if s.networks not in networks:
                 networks[s.networks] = await self.networks.resolve(s.networks, who, f"{prefix}networks")
             check_pci(s.pci, f"{prefix}devices.pciPassthrough")
         if check_capacity:
-            for s in specs:
-                assert s.resources is not None
-                r = s.resources
+            for s, r in resolved:
                 await self.capacity.check(Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci))
-        return specs, vm_ids, teams, networks
+        return [
+            _Resolved(spec=s, id=vm_id, name=name, resources=r, team_id=teams[s.team], networks=networks[s.networks])
+            for (s, r), vm_id, name in zip(resolved, vm_ids, names)
+        ]
 
-    async def _insert(self, conn: AsyncConnection, specs: builtins.list[NewVm], vm_ids: builtins.list[str], teams: dict, networks: dict, who: Principal) -> builtins.list[dict[str, Any]]:
+    async def _insert(self, conn: AsyncConnection, new: Sequence[_Resolved], who: Principal) -> builtins.list[dict[str, Any]]:
         now = clock.now()
         await self.tenancy.reserve(
-            conn, who.org_id, vms=len(specs), vcpu=sum(s.resources.cpu for s in specs),
-            ram_mb=sum(s.resources.ram_mb for s in specs), disk_gb=sum(s.resources.disk_gb for s in specs),
+            conn, who.org_id, vms=len(new), vcpu=sum(n.resources.cpu for n in new),
+            ram_mb=sum(n.resources.ram_mb for n in new), disk_gb=sum(n.resources.disk_gb for n in new),
         )  # fmt: skip
-        taken = await vm_q.names_taken(conn, [s.name for s in specs], who.org_id)  # names are the organization's own
+        taken = await vm_q.names_taken(conn, [n.name for n in new], who.org_id)  # names are the organization's own
         if taken:
             raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", reason=Reason.NAME_TAKEN, names=sorted(taken))
-        template_refs = {s.template_id for s in specs if s.template_id}
+        template_refs = {n.spec.template_id for n in new if n.spec.template_id}
         templates = {}
         for ref in template_refs:
             tpl = await tpl_q.find_template(conn, ref, who.org_id)  # its own, else a shared one
@@ -265,26 +281,27 @@ class VmService:
             if tpl.status != "ready":
                 raise InvalidState(f"template {ref} is {tpl.status}, not ready", current=tpl.status, required="ready")
             templates[ref] = tpl
-        for ref in {s.node_id for s in specs if s.node_id}:
+        for ref in {n.spec.node_id for n in new if n.spec.node_id}:
             if await node_q.get_node(conn, ref) is None:
                 raise InvalidRequest(f"nodeId {ref!r} does not exist", field="nodeId")
-        rows = []
-        for spec, vm_id in zip(specs, vm_ids):
+        rows: builtins.list[dict[str, Any]] = []
+        for n in new:
+            spec = n.spec
             tpl = templates.get(spec.template_id) if spec.template_id else None
             rows.append(
                 {
-                    "id": vm_id,
+                    "id": n.id,
                     "uuid": ids.new_uuid(),
-                    "name": spec.name,
+                    "name": n.name,
                     "org_id": who.org_id,
-                    "team_id": teams[spec.team],
+                    "team_id": n.team_id,
                     "node_id": None,
                     "template_id": tpl.id if tpl is not None else None,
                     "snapshot_id": spec.snapshot,
                     "status": VmStatus.PROVISIONING.value,
-                    "cpu": spec.resources.cpu,
-                    "ram_mb": spec.resources.ram_mb,
-                    "disk_gb": spec.resources.disk_gb,
+                    "cpu": n.resources.cpu,
+                    "ram_mb": n.resources.ram_mb,
+                    "disk_gb": n.resources.disk_gb,
                     "tags": list(spec.tags),
                     "spec": {
                         "nodeId": spec.node_id,
@@ -296,30 +313,31 @@ class VmService:
                     "updated_at": now,
                 }
             )
-        await self.networks.allocate(conn, [(r, networks[s.networks]) for r, s in zip(rows, specs)])
+        await self.networks.allocate(conn, [(r, n.networks) for r, n in zip(rows, new)])
         try:
             await vm_q.insert_vms(conn, rows)
         except IntegrityError:
             raise Conflict("a VM with one of these names was created at the same time") from None
         await self._reserve_ports(conn, rows)
-        for row, spec in zip(rows, specs):
-            if spec.firewall is not None:
-                await net_q.set_firewall(conn, row["id"], spec.firewall.to_wire(), now)
+        for row, n in zip(rows, new):
+            if n.spec.firewall is not None:
+                await net_q.set_firewall(conn, row["id"], n.spec.firewall.to_wire(), now)
         await self.billing.allocated(conn, rows)
         return rows
 
-    async def _resolve(self, spec: NewVm, who: Principal, index: int | None) -> NewVm:
+    async def _resolve(self, spec: NewVm, who: Principal, index: int | None) -> tuple[NewVm, Resources]:
         """Fill in what a spec leaves to defaults; a VM from a snapshot takes the snapshot's
-        template, node and resources, and its disk may only grow."""
+        template, node and resources, and its disk may only grow. Returns the spec and the
+        VM's resources (the spec's, filled in)."""
         prefix = "" if index is None else f"[{index}]."
         if spec.plugin is not None:
             spec = await self._from_plugin(spec, who, f"{prefix}plugin")
         if spec.snapshot is None:
             firewall = spec.firewall
-            spec = spec if spec.resources is not None else replace(spec, resources=DEFAULT_RESOURCES)
+            want = spec.resources if spec.resources is not None else DEFAULT_RESOURCES
             if spec.disk_gb is not None:
-                assert spec.resources is not None
-                spec = replace(spec, resources=replace(spec.resources, disk_gb=spec.disk_gb))
+                want = replace(want, disk_gb=spec.disk_gb)
+            spec = replace(spec, resources=want)
         else:
             snap = await self.snapshots.for_new_vm(spec.snapshot, who)
             if spec.template_id is not None:
@@ -345,7 +363,7 @@ class VmService:
             firewall = spec.firewall if spec.firewall is not None else (Firewall.from_wire(captured) if captured else None)
         if spec.ipv6_ingress is not None:
             firewall = spec.ipv6_ingress.apply_to(firewall or Firewall())
-        return replace(spec, firewall=firewall)
+        return replace(spec, firewall=firewall), want
 
     async def _from_plugin(self, spec: NewVm, who: Principal, field_name: str) -> NewVm:
         assert spec.plugin is not None
@@ -396,7 +414,7 @@ class VmService:
                     raise Conflict(f"a VM named {name!r} was created at the same time", field="name") from None
         return await self.get(vm.id, who)
 
-    async def _reserve_ports(self, conn: Any, rows: builtins.list[dict[str, Any]]) -> None:
+    async def _reserve_ports(self, conn: AsyncConnection, rows: builtins.list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""
         taken: set[tuple[int, str]] | None = None
         candidates = iter(AUTO_PORTS)

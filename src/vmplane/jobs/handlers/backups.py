@@ -13,7 +13,7 @@ from ...errors import VmplaneError
 from ...store import backups as bkp_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, find_vm, load_vm, while_stopped
+from .base import BaseHandler, driver_of, find_vm, load_vm, while_stopped
 
 
 async def load_backup(ctx: TaskContext, backup_id: str) -> Row[Any]:
@@ -35,7 +35,7 @@ class BackupCreate(BaseHandler):
         work.parent.mkdir(parents=True, exist_ok=True)
         ctx.log(f"Starting backup of {vm.name}")
         try:
-            size = await deps.registry.driver(vm.node_id).export_disk(vm.id, work)
+            size = await driver_of(ctx, vm).export_disk(vm.id, work)
             await ctx.progress(40, f"disk exported ({size} bytes)")
             await ctx.fence()  # the backup store is no driver: fence its write by hand
             stored = await deps.backup_store.put(work, f"vm={vm.id}")
@@ -99,7 +99,7 @@ class VmRestore(BaseHandler):
         vm = await find_vm(ctx)
         if vm is None:  # deleted meanwhile
             return
-        runtime = await ctx.deps.registry.driver(vm.node_id).get_vm(vm.id)
+        runtime = await driver_of(ctx, vm).get_vm(vm.id)
         status = VmStatus.RUNNING if runtime and runtime.state == PowerState.RUNNING else VmStatus.STOPPED
         async with ctx.deps.store.write() as conn:
             await vm_q.set_status(conn, vm.id, status.value, updated_at=clock.now())

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ... import clock
 from ...domain import Resources, Vm, VmSpec, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
-from ...errors import VmplaneError
+from ...errors import DriverError, VmplaneError
 from ...store import vms as vm_q
 from ..engine import TaskContext
 
@@ -33,6 +33,14 @@ async def load_vm(ctx: TaskContext) -> Vm:
     if vm is None:
         raise VmplaneError(f"VM {ctx.resource_id} no longer exists")
     return vm
+
+
+def driver_of(ctx: TaskContext, vm: Vm) -> HypervisorDriver:
+    """The driver of the node the VM is on. The handlers that ask work on a VM a create placed;
+    one on no node (its create failed before placement) has no driver: an error, said so."""
+    if vm.node_id is None:
+        raise VmplaneError(f"VM {vm.id} is not placed on any node")
+    return ctx.deps.registry.driver(vm.node_id)
 
 
 async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: object) -> None:
@@ -66,7 +74,7 @@ async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, t
 async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
     """Stop the VM if it runs, run `work(driver)`, start the VM again if it was running; the
     VM's final status is recorded with the task's end."""
-    driver = ctx.deps.registry.driver(vm.node_id)
+    driver = driver_of(ctx, vm)
     runtime = await driver.get_vm(vm.id)
     if "wasRunning" not in ctx.payload:
         ctx.payload["wasRunning"] = runtime is not None and runtime.state == PowerState.RUNNING
@@ -77,7 +85,10 @@ async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriv
     if ctx.payload["wasRunning"]:
         await set_status(ctx, vm.id, VmStatus.STARTING)
         await driver.start_vm(vm.id)
-        started = (await driver.get_vm(vm.id)).started_at or clock.now()  # type: ignore[union-attr]
+        runtime = await driver.get_vm(vm.id)
+        if runtime is None:
+            raise DriverError(f"VM {vm.id} is gone from its node right after it started")
+        started = runtime.started_at or clock.now()
         ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now()))
     else:
         ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, started_at=None, updated_at=clock.now()))

@@ -51,7 +51,7 @@ from ...store import networks as net_q
 from ...store import nodes as node_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, vm_spec
+from .base import BaseHandler, driver_of, vm_spec
 
 log = logging.getLogger("vmplane.jobs")
 CHUNK = 1 << 20
@@ -381,8 +381,7 @@ class VmImport(BaseHandler):
         return vm
 
     async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row[Any], vm: Vm, req: ImportRequest) -> None:
-        deps = ctx.deps
-        driver = deps.registry.driver(vm.node_id)
+        driver = driver_of(ctx, vm)
         status, started = VmStatus.STOPPED, None
         if req.start:
             await track.stage("starting")

@@ -198,9 +198,10 @@ class VmMigrate(BaseHandler):
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         vm = await find_vm(ctx)  # None: deleted meanwhile (the target is still cleaned up)
-        if vm is not None and vm.node_id == ctx.payload["source"] and vm.spec.move_to:
+        source = str(ctx.payload["source"])
+        if vm is not None and vm.node_id == source and vm.spec.move_to:
             try:  # whatever the source was doing for the migration, it stops; the guest runs on
-                await ctx.deps.registry.driver(vm.node_id).migrate_cancel(vm.id)
+                await ctx.deps.registry.driver(source).migrate_cancel(vm.id)
             except VmplaneError as exc:
                 ctx.log(f"Warning: resuming the VM on {vm.node_id}: {exc.message}")
         await _undo_target(ctx, cancelled)

@@ -6,7 +6,7 @@ from ...drivers.base import PowerState
 from ...errors import DriverError, VmplaneError
 from ...vmstates import allows, require_state
 from ..engine import TaskContext
-from .base import BaseHandler, find_vm, load_vm, set_status
+from .base import BaseHandler, driver_of, find_vm, load_vm, set_status
 
 TRANSIENT = {
     "start": VmStatus.STARTING,
@@ -49,9 +49,7 @@ class VmPower(BaseHandler):
 
     async def _record(self, ctx: TaskContext, vm_id: str) -> None:
         vm = await load_vm(ctx)
-        if vm.node_id is None:  # run() checked it; the record types it as optional
-            raise VmplaneError(f"VM {vm.id} is not placed on any node")
-        runtime = await ctx.deps.registry.driver(vm.node_id).get_vm(vm_id)
+        runtime = await driver_of(ctx, vm).get_vm(vm_id)
         if runtime is None:
             await set_status(ctx, vm_id, VmStatus.ERROR, error="the hypervisor no longer knows this VM", started_at=None)
         elif runtime.state == PowerState.RUNNING:

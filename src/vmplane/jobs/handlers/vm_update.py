@@ -1,5 +1,7 @@
 """vm-update: rename, retag, resize (claiming growth on the node first)."""
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from ... import clock
 from ...domain import Resources
 from ...errors import Conflict, InvalidRequest, Reason
@@ -55,7 +57,7 @@ class VmUpdate(BaseHandler):
                 ctx.log("tags replaced")
 
     @staticmethod
-    async def _move_claim(ctx: TaskContext, conn, node_id: str | None, old: Resources, new: Resources) -> None:  # type: ignore[no-untyped-def]
+    async def _move_claim(ctx: TaskContext, conn: AsyncConnection, node_id: str | None, old: Resources, new: Resources) -> None:
         """Change a node's claim from `old` to `new`: growth is claimed (or NoCapacity), shrinkage released."""
         if node_id is None:
             return
