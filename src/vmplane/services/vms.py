@@ -195,7 +195,7 @@ class VmService:
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def every(self, who: Principal) -> list[Vm]:
+    async def every(self, who: Principal) -> builtins.list[Vm]:
         """Every VM the caller may see, all pages (faces whose lists are not paged)."""
         rows: list[Vm] = []
         token = None
