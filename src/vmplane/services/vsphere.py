@@ -188,7 +188,7 @@ class VsphereProfile:
         }  # fmt: skip
 
 
-def _profile(row: Row) -> VsphereProfile:
+def _profile(row: Row[Any]) -> VsphereProfile:
     return VsphereProfile(row.id, row.name, row.url, bool(row.insecure), row.created_at, row.updated_at, row.created_by)
 
 
