@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
@@ -313,7 +314,7 @@ class AgentService:
                         log.error("node %s is offline: %s", n.id, why)
         await self.sync()
 
-    async def _go_offline(self, conn: Any, node_id: str, silent_since: float | None, now: float, why: str) -> bool:
+    async def _go_offline(self, conn: AsyncConnection, node_id: str, silent_since: float | None, now: float, why: str) -> bool:
         if not await ag_q.mark_offline(conn, node_id, silent_since, now):
             return False
         unknown = await ag_q.vms_unknown(conn, node_id, now)
@@ -384,7 +385,7 @@ class AgentService:
 
         self._reconciling[node_id] = asyncio.create_task(run(), name=f"reconcile-{node_id}")
 
-    async def _audit(self, conn: Any, what: str, token_id: str | None, status: int, remote: str | None) -> None:
+    async def _audit(self, conn: AsyncConnection, what: str, token_id: str | None, status: int, remote: str | None) -> None:
         await t_q.add_audit(conn, [{
             "ts": clock.now(), "org_id": DEFAULT_ORG, "actor": f"node agent ({what})", "credential": token_id, "method": "POST",
             "route": wire.CONTROL_PREFIX + "/register", "path": wire.CONTROL_PREFIX + "/register", "status": status,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
@@ -177,7 +178,7 @@ class NetworkService:
             seen.add(r.id)
         return rows
 
-    async def allocate(self, conn: Any, vms: Sequence[tuple[dict[str, Any], Sequence[Row[Any]]]]) -> None:
+    async def allocate(self, conn: AsyncConnection, vms: Sequence[tuple[dict[str, Any], Sequence[Row[Any]]]]) -> None:
         """Give each new VM (row, networks) one NIC per network with a primary address, and
         record the NICs in the VM's spec. Runs inside the VM insert's transaction.
 
@@ -202,7 +203,7 @@ class NetworkService:
             row["spec"]["nics"] = [n.to_json() for n in nics[row["id"]]]
 
     @staticmethod
-    async def _take(conn: Any, net: Row[Any], owners: Sequence[tuple[str, int, bool]]) -> builtins.list[int]:
+    async def _take(conn: AsyncConnection, net: Row[Any], owners: Sequence[tuple[str, int, bool]]) -> builtins.list[int]:
         """Record one new address of `net` for each (vm id, NIC index, primary); retried when
         another transaction took one of the chosen addresses first."""
         now = clock.now()
@@ -222,7 +223,7 @@ class NetworkService:
 
     # -- what a VM has ---------------------------------------------------------------------
 
-    async def nics(self, conn: Any, vm: Vm) -> tuple[Nic, ...]:
+    async def nics(self, conn: AsyncConnection, vm: Vm) -> tuple[Nic, ...]:
         """The VM's NICs for its driver (empty for VMs made before networks existed)."""
         specs = vm.spec.nics
         missing = {n.network_id for n in specs} - self._networks.keys()
@@ -234,7 +235,7 @@ class NetworkService:
             if n.network_id in self._networks and n.ips
         )
 
-    async def firewall_of(self, conn: Any, vm_id: str) -> Firewall:
+    async def firewall_of(self, conn: AsyncConnection, vm_id: str) -> Firewall:
         return Firewall.from_wire(await net_q.get_firewall(conn, vm_id))
 
     # -- additional addresses --------------------------------------------------------------
@@ -330,7 +331,7 @@ class NetworkService:
         return new, job_id
 
     @staticmethod
-    async def _set_ips(conn: Any, vm_id: str, nic: int, change: Any) -> None:
+    async def _set_ips(conn: AsyncConnection, vm_id: str, nic: int, change: Callable[[builtins.list[str]], builtins.list[str]]) -> None:
         """Update the copy of a NIC's addresses in the VM's spec (same transaction as IPAM)."""
         vm = await vm_q.get_vm(conn, vm_id)
         if vm is None:
@@ -339,6 +340,6 @@ class NetworkService:
         nics[nic] = replace(nics[nic], ips=tuple(change(list(nics[nic].ips))))
         await vm_q.set_vm(conn, vm_id, spec=vm.spec.with_(nics=tuple(nics)).to_json())
 
-    async def _apply(self, conn: Any, vm: Vm, who: Principal) -> str:
+    async def _apply(self, conn: AsyncConnection, vm: Vm, who: Principal) -> str:
         return await self.engine.submit(conn, "vm-network", who, [(vm.id, {})])
 
