@@ -4,6 +4,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 DEFAULT_ORG = "org-default"
 """The bootstrap organization; it owns what predates tenancy and runs the installation."""
@@ -55,6 +56,13 @@ class Principal:
     def operator(self) -> bool:
         """An owner or admin of the bootstrap organization: runs the installation."""
         return self.org_id == DEFAULT_ORG and self.at_least(Role.ADMIN) and self.team_id is None
+
+
+def principal_of(payload: dict[str, Any]) -> Principal:
+    """The submitter a task's payload names under `who` (an import's: services/imports.py
+    writes it), as the task acts for them."""
+    w = payload["who"]
+    return Principal(org_id=w["org_id"], user_id=w["user_id"], user_name=w["user_name"], role=Role(w["role"]), team_id=w.get("team_id"))
 
 
 def new_api_key() -> str:

@@ -2,13 +2,19 @@
 
 import time
 from datetime import UTC, datetime
+from typing import overload
 
 
 def now() -> float:
     return time.time()
 
 
+@overload
+def rfc3339(ts: float) -> str: ...
+@overload
+def rfc3339(ts: float | None) -> str | None: ...
 def rfc3339(ts: float | None) -> str | None:
+    """A time on the wire; None (a time that is not set) stays None."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -115,8 +115,8 @@ def parse_ovf(data: bytes) -> OvfDescriptor:
     for f in _children(refs, "File") if refs is not None else []:
         fid, href = _attr(f, "id"), _attr(f, "href")
         if fid and href:
-            size = _attr(f, "size")
-            files[fid] = (href, _int(size, "File size") if size else None)
+            size_text = _attr(f, "size")
+            files[fid] = (href, _int(size_text, "File size") if size_text else None)
     disks: dict[str, OvfDisk] = {}
     section = _child(root, "DiskSection")
     for d in _children(section, "Disk") if section is not None else []:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vmplane.services import vsphere as vs
+from vmplane.domain.vsphere import Connection
 
 from ..imports_support import real_disk_on_vcsim
 from ..support import Server, require_qemu
@@ -68,7 +68,7 @@ async def test_a_hypersdk_job_imports_a_vsphere_vm_by_datastore_download(server_
     s: Server = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0)
     c = s.client
     path = "DC0/vm/DC0_H0_VM1"
-    conn = vs.Connection(vcsim["url"], USER, PASSWORD, True)
+    conn = Connection(vcsim["url"], USER, PASSWORD, True)
     raw = tmp_path / "source.raw"
     await real_disk_on_vcsim(s.rt, vcsim["addr"], conn, path, raw, 16, (0,))
     definition = {

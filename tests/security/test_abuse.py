@@ -145,8 +145,8 @@ async def test_bulk_create_over_max_bulk_is_refused_and_creates_nothing(server_f
     assert (await server.client.get("/api/v1/vms")).json()["items"] == []
     assert (await server.client.get("/api/v1/jobs")).json()["items"] == []
     # the core refuses it for every caller, not only the native route
+    from vmplane.domain import NewVm
     from vmplane.errors import InvalidRequest
-    from vmplane.services.vms import NewVm
 
     with pytest.raises(InvalidRequest) as exc:
         await server.rt.vms.create([NewVm(name=f"c-{i}") for i in range(6)], _owner(server))

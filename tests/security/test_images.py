@@ -560,10 +560,11 @@ async def test_a_vsphere_source_with_a_hostile_disk_is_refused(env: Env, vcsim_a
 
     import httpx
 
+    from vmplane.domain.vsphere import Connection
     from vmplane.services import vsphere as vs
 
     s, c = env.s, env.s.client
-    conn = vs.Connection(vcsim_at["url"], "vcadmin", "vc-Pa55-word", True)
+    conn = Connection(vcsim_at["url"], "vcadmin", "vc-Pa55-word", True)
     vms_before, files_before = await env.vm_ids(), env.files()
     for i, shape in enumerate(("vmdk_embedded", "data_file")):
         path = f"DC0/vm/DC0_H0_VM{i}"

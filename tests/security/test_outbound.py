@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from vmplane.agent.images import ImageStore, WantedFile
+from vmplane.domain.vsphere import Connection, VsphereDisk, VsphereVm, VsphereVmInfo
 from vmplane.drivers.sim import SimDriver
 from vmplane.errors import DriverError, VmplaneError
 from vmplane.outbound import Policy, parse_allow
@@ -235,8 +236,8 @@ def test_the_export_leases_device_url_is_followed_only_through_the_policy(metada
             HttpNfcLeaseProgress=lambda pct: None, HttpNfcLeaseComplete=lambda: None, HttpNfcLeaseAbort=aborted.append,
         )  # fmt: skip
         si = SimpleNamespace(_stub=SimpleNamespace(cookie='vmware_soap_session="abc"'))
-        conn = vs.Connection(f"https://127.0.0.1:{metadata.port}/sdk", "u", "p", True)
-        info = vs.VsphereVmInfo(vs.VsphereVm("vm", "DC/vm/vm", "poweredOff", 1, 512, 0, "", None), "DC", "bios", "", (vs.VsphereDisk(2000, "Hard disk 1", 1 << 20, "[ds] vm/vm.vmdk"),), (), ())
+        conn = Connection(f"https://127.0.0.1:{metadata.port}/sdk", "u", "p", True)
+        info = VsphereVmInfo(VsphereVm("vm", "DC/vm/vm", "poweredOff", 1, 512, 0, "", None), "DC", "bios", "", (VsphereDisk(2000, "Hard disk 1", 1 << 20, "[ds] vm/vm.vmdk"),), (), ())
         dest = tmp_path / "export"
         dest.mkdir(exist_ok=True)
         with pytest.raises(VmplaneError, match="refused: .*(loopback|link-local)"):

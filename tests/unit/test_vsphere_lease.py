@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pyVmomi import vmodl
 
+from vmplane.domain.vsphere import Connection, VsphereDisk, VsphereVm, VsphereVmInfo
 from vmplane.errors import VmplaneError
 from vmplane.outbound import Policy, parse_allow
 from vmplane.services import vsphere as vs
@@ -69,15 +70,15 @@ class Lease:
         self.aborted = fault
 
 
-def _setup(port: int, path: str) -> tuple[Any, Any, vs.Connection, vs.VsphereVmInfo, Lease]:
+def _setup(port: int, path: str) -> tuple[Any, Any, Connection, VsphereVmInfo, Lease]:
     url = SimpleNamespace(url=f"http://*:{port}{path}", key="/vm-42/VirtualLsiLogicController0:0", disk=True, fileSize=len(DISK), targetId="disk-0.vmdk")
     cd = SimpleNamespace(url=f"http://*:{port}/nfc/52a1/cd.iso", key="/vm-42/cdrom", disk=False, fileSize=1)
     lease = Lease([url, cd])
     vm = SimpleNamespace(ExportVm=lambda: lease)
     si = SimpleNamespace(_stub=SimpleNamespace(cookie='vmware_soap_session="abc123"; Path=/; HttpOnly'))
-    conn = vs.Connection(f"http://127.0.0.1:{port}/sdk", "u", "p", True)
-    summary = vs.VsphereVm("vm", "DC/vm/vm", "poweredOn", 1, 512, 0, "", None)
-    info = vs.VsphereVmInfo(summary, "DC", "bios", "otherGuest", (vs.VsphereDisk(2000, "Hard disk 1", 1 << 30, "[ds] vm/vm.vmdk"),), (), ())
+    conn = Connection(f"http://127.0.0.1:{port}/sdk", "u", "p", True)
+    summary = VsphereVm("vm", "DC/vm/vm", "poweredOn", 1, 512, 0, "", None)
+    info = VsphereVmInfo(summary, "DC", "bios", "otherGuest", (VsphereDisk(2000, "Hard disk 1", 1 << 30, "[ds] vm/vm.vmdk"),), (), ())
     return si, vm, conn, info, lease
 
 
@@ -105,7 +106,7 @@ def test_a_server_without_export_vm_falls_back(tmp_path: Path) -> None:
         raise vmodl.fault.MethodNotFound(msg="ExportVm")
 
     with pytest.raises(vs._NoLease):
-        vs._export_by_lease(None, vs.Connection("https://vc/sdk", "u", "p"), SimpleNamespace(ExportVm=missing), None, tmp_path, lambda d, t: None, NET)  # type: ignore[arg-type]
+        vs._export_by_lease(None, Connection("https://vc/sdk", "u", "p"), SimpleNamespace(ExportVm=missing), None, tmp_path, lambda d, t: None, NET)  # type: ignore[arg-type]
 
 
 def test_a_disk_larger_than_the_cap_is_cut_off_and_the_lease_aborted(nfc: Any, tmp_path: Path) -> None:

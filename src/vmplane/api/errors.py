@@ -1,6 +1,7 @@
 """The native face's error shape: {"error": sentence, "code": machine_code, "details": {...}}."""
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -94,7 +95,7 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str]:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     first = errors[0]
     field = field_path(first.get("loc", ()))
     kind = first.get("type", "")
@@ -107,7 +108,7 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str]:
     return f"{field}: {first.get('msg', 'invalid value')}", field
 
 
-def validation_error(errors: list[dict[str, Any]]) -> JSONResponse:
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
     message, field = validation_message(errors)
     details = {
         "field": field,

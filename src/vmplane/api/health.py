@@ -1,6 +1,6 @@
 """/healthz, /livez, /readyz at the root of every listener."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -10,7 +10,7 @@ from .schemas import HealthOut
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-HEALTH_RESPONSES: dict[int | str, dict] = {200: {"model": HealthOut}, 503: {"model": HealthOut}}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": HealthOut}, 503: {"model": HealthOut}}
 
 router = APIRouter(tags=["health"])
 

@@ -96,7 +96,7 @@ def client_address(scope: Scope) -> str:
     client = scope.get("client")
     if not client:
         return "unknown"
-    host = client[0]
+    host: str = client[0]  # ASGI: [host, port]
     if ":" in host:
         try:
             return str(ipaddress.IPv6Network((host.split("%")[0], 64), strict=False))

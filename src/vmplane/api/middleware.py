@@ -99,7 +99,8 @@ class StatusWatch:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for k, v in scope.get("headers", []):
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])  # as ASGI gives them
+    for k, v in headers:
         if k == name:
             return v.decode("latin-1")
     return None

@@ -51,7 +51,7 @@ def template(row: Template) -> dict[str, Any]:
     }
 
 
-def job(row: Row) -> dict[str, Any]:
+def job(row: Row[Any]) -> dict[str, Any]:
     return {
         "id": row.id,
         "type": row.type,
@@ -66,7 +66,7 @@ def job(row: Row) -> dict[str, Any]:
     }
 
 
-def task(row: Row) -> dict[str, Any]:
+def task(row: Row[Any]) -> dict[str, Any]:
     return {
         "id": row.id,
         "resourceId": row.resource_id,
@@ -94,7 +94,7 @@ def node_resources(row: Any) -> dict[str, int]:
     }
 
 
-def node(row: Row, operator: bool = True) -> dict[str, Any]:
+def node(row: Row[Any], operator: bool = True) -> dict[str, Any]:
     """`operator`: the caller runs the installation; others do not see where agents listen."""
     return {
         "id": row.id,

@@ -281,7 +281,7 @@ class ClusterOut(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     code: str
-    details: dict
+    details: dict[str, Any]
 
 
 class HealthOut(BaseModel):

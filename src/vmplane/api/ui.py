@@ -53,4 +53,4 @@ def install(app: FastAPI) -> None:
     # a browser pointed at vmplane itself lands in the console (a face's own listener serves
     # its face at /: api/faces.py rewrites that path before it gets here)
     app.add_api_route("/", lambda: RedirectResponse(f"{PREFIX}/", status_code=307), include_in_schema=False)
-    app.mount(PREFIX, _UiFiles(), name="ui")  # type: ignore[arg-type]
+    app.mount(PREFIX, _UiFiles(), name="ui")

@@ -86,7 +86,8 @@ def server_config(app: Any, settings: Settings, log_level: str = "warning", **kw
     return uvicorn.Config(
         app, log_level=log_level, access_log=False, http=header_timeout(settings.header_timeout_seconds),
         limit_concurrency=settings.limit_concurrency,
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds, **kw,
+        # uvicorn annotates an int, but hands the value to asyncio.wait_for, which takes a float
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 

@@ -5,6 +5,9 @@ and no import of anything above it.
 - `network`: networks, a node's view of NICs, the firewall model and its validation
 - `spec`: `StoredSpec`, a VM's stored spec with every key declared, and its parts
 - `records`: `Vm` and `Template`, the records the store returns
+- `requests`: what a caller asks the core to make: `NewVm`, `ImportRequest` (and its source)
+- `ingress`: IPv6 ingress policies, read from and written into the firewall
+- `vsphere`: a vCenter connection and the facts read from it (imported from `domain.vsphere`)
 """
 
 from .core import (
@@ -23,10 +26,11 @@ from .core import (
 )
 from .network import Firewall, Nic
 from .records import Template, Vm
+from .requests import ImportRequest, ImportSource, NewVm
 from .spec import CloudInit, Expose, Imported, PluginRef, SshForward, StoredSpec, VmNic
 
 __all__ = [
-    "DEFAULT_RESOURCES", "JOB_FINAL", "QUOTA_FIELDS", "TASK_FINAL", "CloudInit", "Expose", "Firewall", "Imported", "JobState",
-    "Nic", "NodeStatus", "PluginRef", "Resources", "SshForward", "StoredSpec", "TaskState", "Template", "Vm", "VmNic",
-    "VmSpec", "VmStatus", "job_final_state", "job_progress",
+    "DEFAULT_RESOURCES", "JOB_FINAL", "QUOTA_FIELDS", "TASK_FINAL", "CloudInit", "Expose", "Firewall", "Imported",
+    "ImportRequest", "ImportSource", "JobState", "NewVm", "Nic", "NodeStatus", "PluginRef", "Resources", "SshForward",
+    "StoredSpec", "TaskState", "Template", "Vm", "VmNic", "VmSpec", "VmStatus", "job_final_state", "job_progress",
 ]  # fmt: skip

@@ -275,21 +275,21 @@ def _install(out: Path, dest_dir: Path, manifest: dict) -> None:
 
 def _run(
     step: str,
-    argv: Sequence[str | os.PathLike],
+    argv: Sequence[str | os.PathLike[str]],
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     stdin: bytes | None = None,
     stdout=None,
 ) -> subprocess.CompletedProcess:
-    argv = [os.fspath(a) for a in argv]
+    args = [os.fspath(a) for a in argv]
     full_env = dict(os.environ)
     full_env["LC_ALL"] = "C"
     if env:
         full_env.update(env)
     try:
         proc = subprocess.run(
-            argv,
+            args,
             cwd=cwd,
             env=full_env,
             input=stdin,
@@ -298,11 +298,11 @@ def _run(
             check=False,
         )
     except OSError as exc:
-        raise ImageBuildError(step, f"cannot run {argv[0]}: {exc}") from exc
+        raise ImageBuildError(step, f"cannot run {args[0]}: {exc}") from exc
     if proc.returncode != 0:
         raise ImageBuildError(
             step,
-            f"{' '.join(argv)} exited with status {proc.returncode}",
+            f"{' '.join(args)} exited with status {proc.returncode}",
             proc.stderr.decode(errors="replace"),
         )
     return proc
@@ -708,7 +708,7 @@ class _Builder:
         )
         loader = _resolve_in_root(self.root, self.root / "lib64/ld-linux-x86-64.so.2")
         key = self.tree / "etc/dropbear/dropbear_ed25519_host_key"
-        base = [loader, "--library-path", libdirs, self.root / "usr/bin/dropbearkey"]
+        base: list[str | Path] = [loader, "--library-path", libdirs, self.root / "usr/bin/dropbearkey"]
         _run("dropbear host key", [*base, "-t", "ed25519", "-f", key])
         os.chmod(key, 0o600)
         proc = _run("dropbear host key", [*base, "-y", "-f", key])

@@ -21,15 +21,13 @@ if TYPE_CHECKING:
     from ..auth import Principal
     from ..backupstore import BackupStore
     from ..config import Settings
-    from ..domain import Vm
+    from ..domain import ImportRequest, NewVm, Vm
+    from ..domain.vsphere import BytesProgress, Connection, ExportedDisk, VsphereVmInfo
     from ..drivers.base import HypervisorDriver
     from ..drivers.registry import NodeRegistry
     from ..net.model import Firewall, Nic
     from ..outbound import Outbound
     from ..placement import Demand
-    from ..services.imports import ImportRequest
-    from ..services.vms import NewVm
-    from ..services.vsphere import BytesProgress, Connection, ExportedDisk, VsphereVmInfo
     from ..store import Store
 
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -26,7 +26,8 @@ from urllib.parse import unquote, urlparse
 from sqlalchemy import Row
 
 from .. import clock, ids
-from ..auth import Principal, Role
+from ..auth import Principal
+from ..domain.requests import STAGE_SPAN, ImportRequest, ImportSource
 from ..drivers.qemu import images
 from ..errors import InvalidRequest, InvalidState, NotFound, RateLimited, VmplaneError
 from ..store import imports as imp_q
@@ -45,73 +46,8 @@ if TYPE_CHECKING:
 
 
 SOURCE_TYPES = ("ova", "disk", "vsphere", "vmplane")
-STAGES = ("connecting", "exporting", "converting", "defining", "starting")
 DISK_FORMATS = ("qcow2", "raw", "vmdk", "vhdx")
 EXPORT_METHODS = ("auto", "lease", "datastore")
-
-
-@dataclass(frozen=True)
-class ImportSource:
-    """Where the VM comes from. Which fields apply depends on `type`:
-
-    - `ova`: `path` (a local file under an allowed directory) or `url` (http, https, file);
-    - `disk`: the same, plus `format` (qcow2, raw, vmdk, vhdx; None: detected);
-    - `vsphere`: `vm_path` (inventory path) and either `profile` (a stored connection) or
-      `vcenter_url` + `username` + `password` (+ `insecure`); `export_method` auto, lease
-      (NFC export lease) or datastore (datastore file download);
-    - `vmplane`: `url` (the other vmplane's base URL), `api_key`, `vm_id`.
-    """
-
-    type: str
-    path: str | None = None
-    url: str | None = None
-    format: str | None = None
-    profile: str | None = None
-    vcenter_url: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    insecure: bool | None = None
-    vm_path: str | None = None
-    export_method: str = "auto"
-    api_key: str | None = field(default=None, repr=False)
-    vm_id: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        """The source as it may be stored and shown: never a password or an API key."""
-        out: dict[str, Any] = {"type": self.type}
-        for key, value in (
-            ("path", self.path), ("url", self.url), ("format", self.format), ("profile", self.profile),
-            ("vcenterUrl", self.vcenter_url), ("username", self.username if not self.profile else None),
-            ("insecure", self.insecure), ("vmPath", self.vm_path), ("vmId", self.vm_id),
-        ):  # fmt: skip
-            if value is not None:
-                out[key] = value
-        if self.type == "vsphere":
-            out["exportMethod"] = self.export_method
-        return out
-
-
-@dataclass(frozen=True)
-class ImportRequest:
-    """What to import and how the VM is to be made."""
-
-    source: ImportSource
-    name: str | None = None
-    """the VM's name (default: the source VM's, made valid)"""
-    cpu: int | None = None
-    ram_mb: int | None = None
-    disk_gb: int | None = None
-    """override the source's shape (the disk only grows)"""
-    network_mapping: dict[str, str] = field(default_factory=dict)
-    """source network name -> vmplane network (id or name); unmapped networks go to the
-    default network"""
-    remove_cdroms: bool = False
-    """vSphere: remove the source VM's CD-ROM drives before the export (as HyperSDK does);
-    every source: the VM is made without them (vmplane VMs have no CD-ROM drive but the
-    cloud-init seed)"""
-    start: bool = True
-    node_id: str | None = None
-    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,9 +93,6 @@ class ImportView:
             "createdBy": self.created_by, "createdAt": clock.rfc3339(self.created_at), "updatedAt": clock.rfc3339(self.updated_at),
             "finishedAt": clock.rfc3339(self.finished_at),
         }  # fmt: skip
-
-
-STAGE_SPAN = {"connecting": (0, 5), "exporting": (5, 50), "converting": (50, 85), "defining": (85, 92), "starting": (92, 99)}
 
 
 def _visible(row: Row[Any], who: Principal) -> bool:
@@ -476,10 +409,4 @@ class ImportService:
         return self.vsphere.box.open(token) if token else {}
 
 
-def principal_of(payload: dict[str, Any]) -> Principal:
-    """The submitter, as the import's task acts for them."""
-    w = payload["who"]
-    return Principal(org_id=w["org_id"], user_id=w["user_id"], user_name=w["user_name"], role=Role(w["role"]), team_id=w.get("team_id"))
-
-
-__all__ = ["ImportRequest", "ImportService", "ImportSource", "ImportView", "parse_request", "principal_of", "STAGES", "SOURCE_TYPES"]
+__all__ = ["ImportService", "ImportView", "parse_request", "SOURCE_TYPES"]

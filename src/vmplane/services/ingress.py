@@ -1,4 +1,4 @@
-"""IPv6 ingress policies of VMs (net.ingress): read from and written into each VM's firewall,
+"""IPv6 ingress policies of VMs (domain.ingress): read from and written into each VM's firewall,
 which stays the one thing nodes enforce; every change is applied by a `vm-network` job."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..auth import Principal
-from ..net.ingress import Allow, Ipv6Ingress, parse_mode
+from ..domain.ingress import Allow, Ipv6Ingress, parse_mode
 from ..net.model import Firewall
 
 if TYPE_CHECKING:

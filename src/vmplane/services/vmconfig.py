@@ -28,11 +28,11 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import clock
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, Resources, Vm
+from ..domain import DEFAULT_RESOURCES, NewVm, Resources, Vm
 from ..errors import Conflict, InvalidRequest
 from ..store import deployments as dep_q
 from ..store import templates as tpl_q
-from .vms import NewVm, VmChange
+from .vms import VmChange
 
 if TYPE_CHECKING:
     from ..store import Store

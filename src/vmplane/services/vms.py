@@ -6,7 +6,7 @@ import builtins
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
@@ -14,9 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, Resources, Vm, VmStatus
+from ..domain import DEFAULT_RESOURCES, NewVm, Resources, Vm, VmStatus
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
-from ..net.ingress import Ipv6Ingress
 from ..net.model import Firewall
 from ..placement import Demand
 from ..store import guest as guest_q
@@ -123,37 +122,6 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
     for i, tag in enumerate(tags):
         if not TAG_RE.match(tag):
             raise InvalidRequest(f"{field_name}[{i}] {tag!r} is not a valid tag (1-64 characters of A-Z a-z 0-9 _ . : / = + -)", field=f"{field_name}[{i}]")
-
-
-@dataclass(frozen=True)
-class NewVm:
-    name: str | None = None
-    """None: the VM is named after its id"""
-    resources: Resources | None = None
-    """None: the snapshot's, or DEFAULT_RESOURCES"""
-    template_id: str | None = None
-    node_id: str | None = None
-    tags: tuple[str, ...] = ()
-    start: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-    team: str | None = None
-    """team id or name (default: the credential's team)"""
-    snapshot: str | None = None
-    """create the VM's disk as a copy-on-write clone of this snapshot"""
-    networks: tuple[str, ...] = ()
-    """networks (id or name) to join, one NIC each in this order; empty: the user network"""
-    pci: tuple[str, ...] = ()
-    """host PCI devices to pass through: addresses (0000:01:00.0) or models (10de:2204)"""
-    firewall: Firewall | None = None
-    """None: the snapshot's firewall for a clone, else the default (disabled)"""
-    ipv6_ingress: Ipv6Ingress | None = None
-    """an IPv6 ingress policy applied on top of the firewall (see net.ingress)"""
-    disk_gb: int | None = None
-    """the disk's size when it differs from `resources` (a clone keeps its snapshot's shape
-    and may grow its disk)"""
-    plugin: str | None = None
-    """an installed, enabled plugin (name or runtime): the VM takes its resources, image and
-    cloud-init unless given, and its workload's port is forwarded (services.plugins)"""
 
 
 @dataclass(frozen=True)

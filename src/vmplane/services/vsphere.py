@@ -21,8 +21,8 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlparse
@@ -32,6 +32,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids, outbound
 from ..auth import Principal
+from ..domain.vsphere import BytesProgress, Connection, ExportedDisk, VsphereDisk, VsphereNic, VsphereVm, VsphereVmInfo, split_url
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound, Reason, VmplaneError
 from ..store import vsphere as vsp_q
 from .secrets import SecretBox
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CHUNK = 1 << 20
-BytesProgress = Callable[[int, int | None], Coroutine[Any, Any, None]]
-"""`progress(bytes_done, bytes_total)` while disks are fetched (a coroutine function: the
-worker thread hands its coroutines to the event loop)."""
 T = TypeVar("T")
 
 
@@ -53,124 +51,6 @@ class VcenterError(VmplaneError):
     """vCenter answered with a fault vmplane cannot act on (the message names it)."""
 
     reason = Reason.VCENTER_FAILED
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Where and as whom to reach a vCenter (or an ESXi host). Its repr hides the password."""
-
-    url: str
-    """`https://host[:port][/sdk]` (a bare host name means https and /sdk)"""
-    username: str
-    password: str = field(repr=False)
-    insecure: bool = False
-    """skip TLS certificate verification (self-signed vCenters, the simulator)"""
-    profile: str | None = None
-    """the stored profile this came from, if any"""
-
-    @property
-    def endpoint(self) -> tuple[str, str, int, str]:
-        """(scheme, host, port, path) of the SDK endpoint."""
-        return _split_url(self.url)
-
-
-def _split_url(url: str, field_name: str = "vcenterUrl") -> tuple[str, str, int, str]:
-    raw = url.strip()
-    if "://" not in raw:
-        raw = "https://" + raw
-    try:
-        p = urlparse(raw)
-        hostname = p.hostname
-    except ValueError as exc:
-        raise InvalidRequest(f"the vCenter URL cannot be parsed: {exc}", field=field_name) from exc
-    if p.scheme not in ("http", "https") or not hostname or any(ch.isspace() or ord(ch) < 32 for ch in raw):
-        raise InvalidRequest("the vCenter URL must be a host name or an http(s):// URL", field=field_name)
-    try:
-        port = p.port or (443 if p.scheme == "https" else 80)
-    except ValueError as exc:
-        raise InvalidRequest(f"the vCenter URL has a bad port: {exc}", field=field_name) from exc
-    path = p.path if p.path not in ("", "/") else "/sdk"
-    return p.scheme, hostname, port, path
-
-
-@dataclass(frozen=True)
-class VsphereVm:
-    """One VM as a listing shows it."""
-
-    name: str
-    path: str
-    """inventory path: `Datacenter/vm/folder/name`"""
-    power_state: str
-    """vSphere's: poweredOn, poweredOff, suspended"""
-    num_cpu: int
-    memory_mb: int
-    storage_bytes: int
-    """committed storage"""
-    guest_os: str
-    ip_address: str | None
-    uuid: str | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "path": self.path, "powerState": self.power_state, "numCpu": self.num_cpu,
-            "memoryMb": self.memory_mb, "storageBytes": self.storage_bytes, "guestOs": self.guest_os,
-            "ipAddress": self.ip_address, "uuid": self.uuid,
-        }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class VsphereDisk:
-    key: int
-    label: str
-    capacity_bytes: int
-    file_path: str
-    """datastore path: `[datastore1] vm/vm.vmdk`"""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"key": self.key, "label": self.label, "capacityBytes": self.capacity_bytes, "filePath": self.file_path}
-
-
-@dataclass(frozen=True)
-class VsphereNic:
-    label: str
-    network: str
-    mac: str | None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"label": self.label, "network": self.network, "mac": self.mac}
-
-
-@dataclass(frozen=True)
-class VsphereVmInfo:
-    """A VM's hardware, disks, NICs and CD-ROMs (what an import takes its shape from)."""
-
-    vm: VsphereVm
-    datacenter: str
-    firmware: str
-    guest_id: str
-    disks: tuple[VsphereDisk, ...]
-    nics: tuple[VsphereNic, ...]
-    cdroms: tuple[str, ...]
-    """labels of the CD-ROM drives"""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            **self.vm.to_wire(), "datacenter": self.datacenter, "firmware": self.firmware, "guestId": self.guest_id,
-            "hardware": {"numCpu": self.vm.num_cpu, "memoryMb": self.vm.memory_mb, "numVirtualDisks": len(self.disks)},
-            "disks": [d.to_wire() for d in self.disks], "nics": [n.to_wire() for n in self.nics], "cdroms": list(self.cdroms),
-        }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ExportedDisk:
-    """A disk of a vSphere VM fetched to a local file (VMDK: monolithic, stream-optimized or a
-    descriptor with its extents beside it)."""
-
-    label: str
-    path: Path
-    capacity_bytes: int
-    via: str = "datastore"
-    """how it was fetched: `lease` (NFC export lease) or `datastore` (datastore download)"""
 
 
 @dataclass
@@ -209,7 +89,7 @@ class VsphereService:
         are sealed with the data dir's key. Conflict if the name is taken."""
         if not PROFILE_NAME_RE.match(name or ""):
             raise InvalidRequest(f"name {name!r} is not valid: 1-63 letters, digits, '.', '_' or '-'", field="name")
-        scheme, host, port, _ = _split_url(url, "url")
+        scheme, host, port, _ = split_url(url, "url")
         if not username:
             raise InvalidRequest("username is required", field="username")
         await self.outbound.check(f"{scheme}://{_netloc(host, port)}/", "url")
@@ -259,7 +139,7 @@ class VsphereService:
             return Connection(row.url, secret["username"], secret["password"], bool(row.insecure) if insecure is None else insecure, profile)
         if not url:
             raise InvalidRequest("give a vSphere profile name or a vCenter URL", field="vcenterUrl")
-        scheme, host, port, _ = _split_url(url)
+        scheme, host, port, _ = split_url(url)
         if not username:
             raise InvalidRequest("username is required with a vCenter URL", field="username")
         await self.outbound.check(f"{scheme}://{_netloc(host, port)}/", "vcenterUrl")

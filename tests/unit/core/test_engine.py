@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import Row
 
 from vmplane import clock
+from vmplane.domain import NewVm
 from vmplane.errors import NotFound
-from vmplane.services.vms import NewVm
 from vmplane.store import jobs as job_q
 
 from .conftest import NODE, Core

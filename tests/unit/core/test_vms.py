@@ -4,10 +4,10 @@ through the job engine; names and quotas are refused before anything is recorded
 import pytest
 
 from vmplane.auth import DEFAULT_ORG
+from vmplane.domain import NewVm
 from vmplane.drivers.base import PowerState
 from vmplane.errors import Conflict
 from vmplane.services.tenancy import QuotaExceeded
-from vmplane.services.vms import NewVm
 
 from .conftest import NODE, Core
 

@@ -53,7 +53,8 @@ def allowed_methods(request: Request, routers: Sequence[APIRouter]) -> list[str]
     fixed = [r for r in matching if "{" not in r.path]
     methods: set[str] = set()
     for route in fixed or matching:
-        methods |= route.methods
+        if route.methods is not None:  # None only for a Starlette Route that takes any method
+            methods |= route.methods
     return sorted(methods)
 
 

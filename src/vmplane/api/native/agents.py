@@ -47,7 +47,7 @@ class TokenCreatedOut(TokenOut):
     """shown once: only its SHA-256 is kept"""
 
 
-def token_out(row: Row) -> dict[str, Any]:
+def token_out(row: Row[Any]) -> dict[str, Any]:
     return {
         "id": row.id, "prefix": row.prefix, "description": row.description, "oneTime": row.one_time, "uses": row.uses,
         "createdBy": row.created_by, "createdAt": clock.rfc3339(row.created_at), "expiresAt": clock.rfc3339(row.expires_at),

@@ -19,13 +19,14 @@ from ..schemas import ErrorOut, JobAccepted
 
 
 async def get_runtime(request: Request) -> Runtime:
-    return request.app.state.rt
+    rt: Runtime = request.app.state.rt  # app.py puts it there
+    return rt
 
 
 def principal(request: Request) -> Principal:
     """Who is acting (401 without valid credentials)."""
     who = getattr(request.state, "principal", None)
-    if who is None:
+    if not isinstance(who, Principal):  # None: the auth middleware accepted no credentials
         raise Unauthorized(getattr(request.state, "auth_error", None) or "credentials required: send X-API-Key or Authorization: Bearer")
     return who
 
@@ -53,8 +54,9 @@ async def hold_ws_stream(websocket: WebSocket, who: Principal) -> StreamSlot | N
     """For a WebSocket route (an event stream): one of the caller's stream slots, or None
     after refusing the handshake with 429 (in the face's error shape) when none is free.
     Release it when the WebSocket ends (`with slot:`)."""
+    rt: Runtime = websocket.app.state.rt
     try:
-        return websocket.app.state.rt.streams.hold(who)
+        return rt.streams.hold(who)
     except RateLimited as exc:
         await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1])
         return None

@@ -91,8 +91,8 @@ async def events_sse(
         async with bus.subscribe(patterns, resource, request.app.state.rt.settings.event_subscriber_queue, who.org_id, who.team_id) as sub:
             yield b"retry: 2000\n\n"
             if after is not None:
-                async for event in bus.history(sub, after):
-                    yield wire.sse(event)
+                async for past in bus.history(sub, after):
+                    yield wire.sse(past)
             while True:
                 try:
                     event = await sub.get(timeout=heartbeat)
@@ -155,8 +155,8 @@ async def _serve_events_ws(
         async with bus.subscribe(patterns, resource, rt.settings.event_subscriber_queue, who.org_id, who.team_id) as sub:
             await websocket.send_text(await status())
             if after is not None:
-                async for event in bus.history(sub, after):
-                    await websocket.send_text('{"kind":"event",' + wire.to_json(event).decode()[1:])
+                async for past in bus.history(sub, after):
+                    await websocket.send_text('{"kind":"event",' + wire.to_json(past).decode()[1:])
             while not reader.done():
                 # wait for an event, or the client to leave (so its stream slot is freed now,
                 # not at the next heartbeat)

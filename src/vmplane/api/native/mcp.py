@@ -2,6 +2,8 @@
 error?}`; 400 only for a body that is not a JSON object). The operations: services/mcp.py."""
 
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -14,7 +16,7 @@ router = APIRouter(tags=["mcp"])
 read (the service refuses them the others)"""
 
 
-async def command_body(request: Request) -> dict:
+async def command_body(request: Request) -> dict[str, Any]:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be an object {command, params}", field="body")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 router = APIRouter(tags=["plugins"])
 
 
-async def render_plugin(rt: "Runtime", row: Row) -> dict[str, Any]:
+async def render_plugin(rt: "Runtime", row: Row[Any]) -> dict[str, Any]:
     image = None
     if row.template_id is not None:
         async with rt.store.read() as conn:

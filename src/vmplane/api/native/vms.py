@@ -5,10 +5,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ... import clock
-from ...domain import Resources
+from ...domain import NewVm, Resources
 from ...errors import InvalidRequest
 from ...net.model import parse_firewall
-from ...services.vms import NewVm, VmChange
+from ...services.vms import VmChange
 from .. import render
 from ..middleware import json_body
 from ..schemas import Page, VmCreateIn, VmDeleteIn, VmOut, VmUpdateIn

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ...services.vsphere import Connection
+from ...domain.vsphere import Connection
 from ..schemas import In
 from .deps import ERRORS, CallerDep, RuntimeDep
 

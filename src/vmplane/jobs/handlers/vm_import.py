@@ -37,14 +37,14 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock, outbound
-from ...domain import Resources, Vm, VmStatus
+from ...auth import principal_of
+from ...domain import ImportRequest, NewVm, Resources, Vm, VmStatus
 from ...domain.network import DEFAULT_NETWORK
+from ...domain.requests import STAGE_SPAN
 from ...drivers.qemu import intake
 from ...errors import Conflict, DriverError, InvalidRequest, VmplaneError
 from ...ovf import OvfError, parse_ovf
 from ...placement import Demand
-from ...services.imports import STAGE_SPAN, ImportRequest, principal_of
-from ...services.vms import NewVm
 from ...store import guest as guest_q
 from ...store import imports as imp_q
 from ...store import networks as net_q

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, WebSocket
@@ -18,12 +18,11 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....auth import Principal
-from ....domain import Resources, StoredSpec, Template, Vm
+from ....domain import NewVm, Resources, StoredSpec, Template, Vm
 from ....errors import Conflict, InvalidRequest, InvalidState, NoCapacity, NotFound, Reason, VmplaneError
 from ....services.backups import BackupSchedule
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
-from ....services.vms import NewVm
 from ....wsconsole import bridge
 from ...health import readiness
 from ...middleware import NO_STORE
@@ -44,7 +43,8 @@ TASK_LIMIT_MAX = 100
 
 
 def _offerings(request: Request) -> Offerings:
-    return request.app.state.offerings
+    offerings: Offerings = request.app.state.offerings  # the face's build_face puts them there
+    return offerings
 
 
 async def _instance(rt: Runtime, instance_id: str, who: Principal) -> Vm:
@@ -54,7 +54,7 @@ async def _instance(rt: Runtime, instance_id: str, who: Principal) -> Vm:
         raise BlError(404, "instance_not_found", f"Instance {instance_id} not found") from None
 
 
-async def _nodes(off: Offerings) -> dict[str, Row]:
+async def _nodes(off: Offerings) -> dict[str, Row[Any]]:
     return {n.id: n for n in await off.nodes()}
 
 
@@ -65,7 +65,7 @@ def _price(off: Offerings, row: Vm) -> int | None:
     return t.price_cents_per_hour if t is not None else None
 
 
-def _render(off: Offerings, row: Vm, nodes: dict[str, Row], teams: dict[str, str] | None = None) -> dict[str, Any]:
+def _render(off: Offerings, row: Vm, nodes: dict[str, Row[Any]], teams: dict[str, str] | None = None) -> dict[str, Any]:
     node = nodes.get(row.node_id) if row.node_id else None
     out = wire.instance(row, node, off.region_of(node), off.host_of(node), _price(off, row))
     if teams and row.team_id:
@@ -103,7 +103,7 @@ async def health(request: Request) -> JSONResponse:
 # -- tasks ---------------------------------------------------------------------------------
 
 
-async def _task_out(rt: Runtime, off: Offerings, job: Row, tasks: Sequence[Row], who: Principal) -> dict[str, Any]:
+async def _task_out(rt: Runtime, off: Offerings, job: Row[Any], tasks: Sequence[Row[Any]], who: Principal) -> dict[str, Any]:
     out = wire.task(job, list(tasks))
     if len(tasks) == 1:
         try:
@@ -585,7 +585,7 @@ STORAGE = "vmplane"
 """the name backups' storage goes by (the installation's backup store)"""
 
 
-async def _backup(rt: Runtime, volid: str, who: Principal) -> Row:
+async def _backup(rt: Runtime, volid: str, who: Principal) -> Row[Any]:
     try:
         return await rt.backups.get(volid, who)
     except NotFound:
@@ -870,7 +870,7 @@ async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -
 # -- billing log ---------------------------------------------------------------------------
 
 
-def _ts(value: Any) -> float:
+def _ts(value: datetime) -> float:
     """A datetime from the request as epoch seconds (naive ones are UTC)."""
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
@@ -933,7 +933,7 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
 # -- teams ---------------------------------------------------------------------------------
 
 
-async def _team(rt: Runtime, team_id: str, who: Principal) -> Row:
+async def _team(rt: Runtime, team_id: str, who: Principal) -> Row[Any]:
     try:
         return await rt.tenancy.team(who, team_id)
     except NotFound:
@@ -944,8 +944,8 @@ async def _team(rt: Runtime, team_id: str, who: Principal) -> Row:
 async def assign_team(instance_id: str, body: wire.TeamAssignIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Owners and admins put an instance in a team (team-scoped keys then see it)."""
     vm = await _instance(rt, instance_id, who)
-    await _team(rt, body.team_id, who)
-    vm, team = await rt.tenancy.set_vm_team(who, vm.id, body.team_id)
+    team = await _team(rt, body.team_id, who)
+    vm, _ = await rt.tenancy.set_vm_team(who, vm.id, body.team_id)
     return JSONResponse(
         {"status": "success", "message": "Instance assigned to team", "instance_id": vm.uuid, "team_id": team.id, "team_name": team.name}
     )

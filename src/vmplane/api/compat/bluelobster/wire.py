@@ -139,7 +139,7 @@ def template_name(row: Template) -> str | None:
     return name if TEMPLATE_RE.match(name) else None
 
 
-def instance(row: Vm, node: Row | None, region: str | None, host: str | None, price: int | None) -> dict[str, Any]:
+def instance(row: Vm, node: Row[Any] | None, region: str | None, host: str | None, price: int | None) -> dict[str, Any]:
     spec = row.spec
     source = spec.source_name
     ip = row.first_ipv4
@@ -171,7 +171,7 @@ def instance(row: Vm, node: Row | None, region: str | None, host: str | None, pr
     }
 
 
-def task(job: Row, tasks: list[Row]) -> dict[str, Any]:
+def task(job: Row[Any], tasks: list[Row[Any]]) -> dict[str, Any]:
     first = tasks[0] if tasks else None
     error = next((t.error for t in tasks if t.error), None)
     state = job.state
@@ -234,7 +234,7 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def backup(row: Row, vm_uuid: str | None = None) -> dict[str, Any]:
+def backup(row: Row[Any], vm_uuid: str | None = None) -> dict[str, Any]:
     """A vmplane backup as Blue Lobster shows one; `volid` is the backup's id (`bkp-…`)."""
     return {
         "volid": row.id,

@@ -15,11 +15,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
 from .... import clock
-from ....domain import Vm
+from ....domain import NewVm, Vm
+from ....domain.ingress import Ipv6Ingress
 from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
-from ....net.ingress import Ipv6Ingress
 from ....net.model import Firewall
-from ....services.vms import NewVm
 from ....wsconsole import bridge
 from ...health import readiness
 from ...middleware import NO_STORE
@@ -240,11 +239,11 @@ async def exec_vm(id: str, body: wire.ExecIn, rt: RuntimeDep, who: CallerDep) ->
 # -- snapshots -----------------------------------------------------------------------------
 
 
-def _snapshot_out(row: Row) -> dict[str, Any]:
+def _snapshot_out(row: Row[Any]) -> dict[str, Any]:
     return wire.snapshot(row, Ipv6Ingress.of(Firewall.from_wire(row.config.get("firewall"))))
 
 
-async def _snapshot(rt: Runtime, id: str, who: Any) -> Row:
+async def _snapshot(rt: Runtime, id: str, who: Any) -> Row[Any]:
     row = await rt.snapshots.get(wire.parse_uuid(id, "id"), who)
     if row.status not in wire.SNAPSHOT_STATUS:  # being deleted: gone, as FastVM sees it
         raise NotFound(f"snapshot {id} does not exist")
@@ -264,7 +263,7 @@ async def create_snapshot(body: wire.CreateSnapshotIn, rt: RuntimeDep, who: Call
 
 @router.get("/v1/snapshots")
 async def list_snapshots(rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    rows: Sequence[Row] = await rt.snapshots.list(who)
+    rows: Sequence[Row[Any]] = await rt.snapshots.list(who)
     return JSONResponse([_snapshot_out(r) for r in rows if r.status in wire.SNAPSHOT_STATUS])
 
 

@@ -11,8 +11,8 @@ from sqlalchemy import Row
 
 from .... import clock
 from ....domain import Resources, Vm
+from ....domain.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
 from ....errors import InvalidRequest, Reason
-from ....net.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
 from ...errors import NATIVE_STATUS
 
 STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
@@ -148,7 +148,7 @@ def vm(row: Vm, firewall: Ipv6Ingress, source_name: str | None) -> dict[str, Any
     return out
 
 
-def snapshot(row: Row, firewall: Ipv6Ingress) -> dict[str, Any]:
+def snapshot(row: Row[Any], firewall: Ipv6Ingress) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row.uuid,
         "name": row.name,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from pydantic import Field
 
 from .... import __version__, clock
 from ....auth import Principal
@@ -228,10 +229,10 @@ async def _schedule(rt: Runtime, who: Principal, schedule_id: str) -> Any:
 
 
 class _ScheduleIn(wire.Open):
-    id: str | None = wire.Field(None, max_length=64)
-    name: str | None = wire.Field(None, max_length=128)
-    description: str | None = wire.Field(None, max_length=2048)
-    schedule: str | None = wire.Field(None, max_length=128)
+    id: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, max_length=128)
+    description: str | None = Field(None, max_length=2048)
+    schedule: str | None = Field(None, max_length=128)
     enabled: bool | None = None
     job_template: dict[str, Any] | None = None
     tags: list[str] | None = None
@@ -340,13 +341,13 @@ async def _webhooks(rt: Runtime, who: Principal) -> list[Any]:
 
 
 class _WebhookIn(wire.Open):
-    url: str | None = wire.Field(None, max_length=2048)
+    url: str | None = Field(None, max_length=2048)
     events: Any = None
     enabled: bool | None = None
-    timeout: float | None = wire.Field(None, gt=0, le=300)
-    retry_count: int | None = wire.Field(None, ge=0, le=20)
+    timeout: float | None = Field(None, gt=0, le=300)
+    retry_count: int | None = Field(None, ge=0, le=20)
     headers: dict[str, str] | None = None
-    event: str | None = wire.Field(None, max_length=64)
+    event: str | None = Field(None, max_length=64)
 
 
 @router.get("/webhooks")
@@ -400,10 +401,10 @@ async def delete_webhook(index: str, rt: RuntimeDep, who: CallerDep) -> JSONResp
 
 
 class _VmIn(wire.VCenterIn):
-    vm_path: str | None = wire.Field(None, max_length=1024)
+    vm_path: str | None = Field(None, max_length=1024)
     vcenter: wire.VCenterIn | None = None
-    profile: str | None = wire.Field(None, max_length=63)
-    timeout: float | None = wire.Field(None, ge=0, le=3600)
+    profile: str | None = Field(None, max_length=63)
+    timeout: float | None = Field(None, ge=0, le=3600)
 
 
 async def _vm_request(request: Request) -> Any:
@@ -436,7 +437,7 @@ def _vm_out(vm: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _need_path(v: Any) -> str:
+def _need_path(v: _VmIn) -> str:
     if not v.vm_path:
         raise InvalidRequest("vm_path is required", field="vm_path")
     return v.vm_path

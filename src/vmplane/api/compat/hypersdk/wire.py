@@ -49,7 +49,7 @@ def ts(value: float | None) -> str | None:
     return clock.rfc3339(value)
 
 
-class _YamlLoader(yaml.SafeLoader):
+class _YamlLoader(yaml.SafeLoader):  # type: ignore[misc]  # yaml has no type information here: SafeLoader is Any
     """Safe YAML without aliases (a few aliases can expand to gigabytes once written out)."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:

@@ -90,7 +90,7 @@ def _host_ip() -> str:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
-            return s.getsockname()[0]
+            return str(s.getsockname()[0])  # (address, port) for AF_INET
     except OSError:
         return "127.0.0.1"
 
@@ -234,7 +234,7 @@ async def config_history(name: str, rt: RuntimeDep, who: CallerDep, limit: int =
 # -- deployments ---------------------------------------------------------------------------
 
 
-async def _deployment_out(rt: Runtime, row: Row) -> dict[str, Any]:
+async def _deployment_out(rt: Runtime, row: Row[Any]) -> dict[str, Any]:
     return volant_shapes.deployment(row, await rt.deployments.ready_count(row))
 
 
@@ -290,8 +290,9 @@ async def sse_event(rt: Runtime, event: Any) -> bytes | None:
         if row is not None:
             vm = wire.vm(row)
             payload.update({k: vm[k] for k in ("ip_address", "mac_address") if vm[k]})
-    if type_ == "VM_RUNNING" and data.get("nodeId") in rt.registry:
-        pid = rt.registry.driver(data["nodeId"]).host_process(event.resource)[0]
+    node_id = data.get("nodeId")
+    if type_ == "VM_RUNNING" and isinstance(node_id, str) and node_id in rt.registry:
+        pid = rt.registry.driver(node_id).host_process(event.resource)[0]
         if pid is not None:
             payload["pid"] = pid
     return f"event: {type_}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import InvalidRequest
-from .model import MAX_COMMENT, MAX_RULES, Firewall, Rule
+from .network import MAX_COMMENT, MAX_RULES, Firewall, Rule
 
 MODES = ("open", "restricted")
 PROTOCOLS = ("tcp", "udp")
@@ -122,7 +122,7 @@ def _version(cidr: str) -> int:
 
 
 def parse_mode(value: Any, where: str) -> str:
-    if value not in MODES:
+    if not isinstance(value, str) or value not in MODES:
         raise InvalidRequest(f"{where} must be 'open' or 'restricted', not {value!r}", field=where)
     return value
 
