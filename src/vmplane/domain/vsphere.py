@@ -7,7 +7,7 @@ fetched. services/vsphere.py reads and fetches them (pyvmomi); the import handle
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,9 @@ from urllib.parse import urlparse
 
 from ..errors import InvalidRequest
 
-BytesProgress = Callable[[int, int | None], Awaitable[None]]
-"""`progress(bytes_done, bytes_total)` while disks are fetched."""
+BytesProgress = Callable[[int, int | None], Coroutine[Any, Any, None]]
+"""`progress(bytes_done, bytes_total)` while disks are fetched (a coroutine function: the
+worker thread hands its coroutines to the event loop)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
@@ -105,7 +106,7 @@ class AgentService:
 
     # -- join tokens (operators) -------------------------------------------------------------
 
-    async def create_token(self, who: Principal, *, description: str, one_time: bool, expires_in: float | None) -> tuple[Row, str]:
+    async def create_token(self, who: Principal, *, description: str, one_time: bool, expires_in: float | None) -> tuple[Row[Any], str]:
         operator_only(who)
         if len(description) > 256:
             raise InvalidRequest("description has at most 256 characters", field="description")
@@ -113,18 +114,19 @@ class AgentService:
             raise InvalidRequest(f"expiresInSeconds must be from 1 to {TOKEN_MAX_SECONDS}", field="expiresInSeconds")
         token = wire.JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = clock.now()
+        token_id = ids.new_id("jtok")
         row = {
-            "id": ids.new_id("jtok"), "digest": wire.digest(token), "prefix": token[:10], "description": description,
+            "id": token_id, "digest": wire.digest(token), "prefix": token[:10], "description": description,
             "one_time": one_time, "uses": 0, "created_by": who.user_name, "created_at": now,
             "expires_at": None if expires_in is None else now + expires_in, "last_used_at": None, "revoked_at": None,
         }  # fmt: skip
         async with self.store.write() as conn:
             await ag_q.insert_token(conn, row)
-            stored = await ag_q.get_token(conn, row["id"])
+            stored = await ag_q.get_token(conn, token_id)
         assert stored is not None
         return stored, token
 
-    async def tokens(self, who: Principal) -> Sequence[Row]:
+    async def tokens(self, who: Principal) -> Sequence[Row[Any]]:
         operator_only(who)
         async with self.store.read() as conn:
             return await ag_q.list_tokens(conn)
@@ -152,7 +154,7 @@ class AgentService:
         mac = hmac.new(await self._key_secret(), f"{node_id}:{credential_id}".encode(), "sha256").hexdigest()
         return wire.CONTROL_KEY_PREFIX + mac
 
-    async def _node_for(self, credential: str | None) -> Row:
+    async def _node_for(self, credential: str | None) -> Row[Any]:
         """The node whose agent sent this credential (401 otherwise)."""
         if not credential or not credential.startswith(wire.CREDENTIAL_PREFIX):
             raise Unauthorized("a node credential is required (Authorization: Bearer vmn_…)")
@@ -312,7 +314,7 @@ class AgentService:
                         log.error("node %s is offline: %s", n.id, why)
         await self.sync()
 
-    async def _go_offline(self, conn: Any, node_id: str, silent_since: float | None, now: float, why: str) -> bool:
+    async def _go_offline(self, conn: AsyncConnection, node_id: str, silent_since: float | None, now: float, why: str) -> bool:
         if not await ag_q.mark_offline(conn, node_id, silent_since, now):
             return False
         unknown = await ag_q.vms_unknown(conn, node_id, now)
@@ -328,7 +330,7 @@ class AgentService:
         for row in rows:
             await self._sync_one(row)
 
-    async def _sync_one(self, row: Row) -> None:
+    async def _sync_one(self, row: Row[Any]) -> None:
         reg = self.registry
         key = await self.control_key(row.id, row.credential_id) if row.credential_id else "vmk_revoked"
         try:
@@ -383,7 +385,7 @@ class AgentService:
 
         self._reconciling[node_id] = asyncio.create_task(run(), name=f"reconcile-{node_id}")
 
-    async def _audit(self, conn: Any, what: str, token_id: str | None, status: int, remote: str | None) -> None:
+    async def _audit(self, conn: AsyncConnection, what: str, token_id: str | None, status: int, remote: str | None) -> None:
         await t_q.add_audit(conn, [{
             "ts": clock.now(), "org_id": DEFAULT_ORG, "actor": f"node agent ({what})", "credential": token_id, "method": "POST",
             "route": wire.CONTROL_PREFIX + "/register", "path": wire.CONTROL_PREFIX + "/register", "status": status,
@@ -396,9 +398,12 @@ def parse_agent(body: Any) -> tuple[str, Any, Capabilities]:
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object", field="body")
     url = body.get("agentUrl")
-    u = urlparse(url) if isinstance(url, str) else None
-    if u is None or u.scheme not in ("http", "https") or not u.hostname or u.port is None or u.path not in ("", "/") or u.query:
-        raise InvalidRequest("agentUrl must be http(s)://HOST:PORT", field="agentUrl")
+    wrong_url = "agentUrl must be http(s)://HOST:PORT"
+    if not isinstance(url, str):
+        raise InvalidRequest(wrong_url, field="agentUrl")
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname or u.port is None or u.path not in ("", "/") or u.query:
+        raise InvalidRequest(wrong_url, field="agentUrl")
     info = wire.node_info_from_wire(body.get("node"))
     caps = wire.capabilities_from_wire(body.get("capabilities"))
     if caps.kind not in ("qemu", "sim"):

@@ -3,6 +3,7 @@ conditional updates in the store (so concurrent creates can never overcommit a n
 
 from collections.abc import Callable, Collection
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,7 +19,7 @@ from ..store import networks as net_q
 from ..store import nodes as node_q
 
 
-def usage_of(row: Row, taken: Collection[tuple[str, str]] = ()) -> NodeUsage:
+def usage_of(row: Row[Any], taken: Collection[tuple[str, str]] = ()) -> NodeUsage:
     devices = tuple(PciDevice.from_wire(d) for d in row.pci_devices or () if (row.id, d["address"]) not in taken)
     return NodeUsage(
         id=row.id,

@@ -55,21 +55,21 @@ class ClusterService:
             await ev_q.emit(conn, "node.online", node_id, {"id": node_id, "hostname": row["hostname"], "driver": row["driver"]}, None)
         self.capacity.invalidate()
 
-    async def node(self, node_id: str) -> Row:
+    async def node(self, node_id: str) -> Row[Any]:
         async with self.store.read() as conn:
             row = await node_q.get_node(conn, node_id)
         if row is None:
             raise NotFound(f"node {node_id} does not exist")
         return row
 
-    async def nodes(self, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+    async def nodes(self, *, limit: int, page_token: str | None) -> tuple[Sequence[Row[Any]], str | None]:
         after = pages.decode("nodes", page_token)
         async with self.store.read() as conn:
             rows = await node_q.list_nodes(conn, after_seq=after, limit=limit + 1)
         token = pages.encode("nodes", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 
-    async def set_cordon(self, who: Principal, node_id: str, cordoned: bool) -> Row:
+    async def set_cordon(self, who: Principal, node_id: str, cordoned: bool) -> Row[Any]:
         """Cordon a node (no new VM is placed there; its VMs stay) or uncordon it. Idempotent."""
         if not who.operator:
             raise Forbidden("only operators (owners and admins of the bootstrap organization) cordon nodes")
@@ -96,7 +96,7 @@ class ClusterService:
 
         return [{**d, "assigned": d["address"] in owners, "vmId": shown(owners.get(d["address"]))} for d in row.pci_devices or ()]
 
-    async def totals(self) -> Row:
+    async def totals(self) -> Row[Any]:
         async with self.store.read() as conn:
             return await node_q.cluster_totals(conn)
 

@@ -95,12 +95,12 @@ class ImportView:
         }  # fmt: skip
 
 
-def _visible(row: Row, who: Principal) -> bool:
+def _visible(row: Row[Any], who: Principal) -> bool:
     """An import is its organization's, and within it its job's team's (store/imports.py)."""
     return row.org_id == who.org_id and (who.team_id is None or row.job_team == who.team_id)
 
 
-def view(row: Row) -> ImportView:
+def view(row: Row[Any]) -> ImportView:
     return ImportView(
         row.id, row.job_id, row.vm_id, row.name, dict(row.source), dict(row.options), row.state, row.stage, int(row.bytes_done or 0),
         row.bytes_total, row.shape, row.error, row.created_by, row.created_at, row.updated_at, row.finished_at,
@@ -390,7 +390,7 @@ class ImportService:
             raw.unlink(missing_ok=True)
         return out
 
-    def request_of(self, row: Row) -> ImportRequest:
+    def request_of(self, row: Row[Any]) -> ImportRequest:
         """The request an import was made from (secrets not included: see `secrets_of`)."""
         s, o = dict(row.source), dict(row.options)
         source = ImportSource(

@@ -136,7 +136,7 @@ async def plugins_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list
     return [{"name": r.name, "runtime": r.runtime, "version": r.version, "enabled": r.enabled, "actions": sorted(r.manifest.get("actions") or {})} for r in await deps.plugins.list(who)]
 
 
-async def _deployment_out(deps: McpDeps, row: Row) -> dict[str, Any]:
+async def _deployment_out(deps: McpDeps, row: Row[Any]) -> dict[str, Any]:
     return deployment(row, await deps.deployments.ready_count(row))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
@@ -42,14 +43,14 @@ class IpChange:
     job_id: str
 
 
-def network_of(row: Row) -> Network:
+def network_of(row: Row[Any]) -> Network:
     """The node's view of a network. Tenants' bridges route in their organization's namespace;
     the operators' (and shared) networks route in the host's, as the node's own networks."""
     tenant = row.org_id if row.org_id not in (None, DEFAULT_ORG) else None
     return Network(row.id, row.name, row.type, row.subnet, row.gateway, row.ipv6_prefix, row.bridge, tenant)
 
 
-def render_network(row: Row, in_use: int | None = None) -> dict[str, Any]:
+def render_network(row: Row[Any], in_use: int | None = None) -> dict[str, Any]:
     first, last = ipam.usable(row.subnet)
     wire = network_of(row).to_wire()
     del wire["orgId"]  # (the node's view; callers see `shared`)
@@ -85,7 +86,7 @@ class NetworkService:
                     "gateway": ipam.gateway(subnet, "user"), "ipv6_prefix": None, "bridge": None, "created_at": clock.now(),
                 })  # fmt: skip
 
-    async def create(self, who: Principal, name: str, type_: str, subnet: str | None, ipv6_prefix: str | None) -> Row:
+    async def create(self, who: Principal, name: str, type_: str, subnet: str | None, ipv6_prefix: str | None) -> Row[Any]:
         """A new network of the caller's organization. Tenants' subnets come from the operator's
         pool (named or, left out, the first free /24 of it); operators may take any private
         range. Overlaps are checked against the organization's own networks and the shared
@@ -126,7 +127,7 @@ class NetworkService:
         assert created is not None
         return created
 
-    async def get(self, ref: str, who: Principal, field: str | None = None) -> Row:
+    async def get(self, ref: str, who: Principal, field: str | None = None) -> Row[Any]:
         """A network the caller may use, by id or name: its organization's first, then the
         shared ones (such as `user`); another organization's does not exist for it."""
         async with self.store.read() as conn:
@@ -137,7 +138,7 @@ class NetworkService:
             raise NotFound(f"network {ref} does not exist")
         return row
 
-    async def list(self, who: Principal) -> list[tuple[Row, int]]:
+    async def list(self, who: Principal) -> list[tuple[Row[Any], int]]:
         async with self.store.read() as conn:
             rows = await net_q.list_networks(conn, who.org_id)
             return [(r, await net_q.addresses_in_use(conn, r.id)) for r in rows]
@@ -158,7 +159,7 @@ class NetworkService:
 
     # -- VM creation: NICs and addresses ---------------------------------------------------
 
-    async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> builtins.list[Row]:
+    async def resolve(self, refs: Sequence[str], who: Principal, where: str) -> builtins.list[Row[Any]]:
         """The networks a new VM joins (default: the shared user network, whatever the
         caller's own networks are named)."""
         if len(refs) > MAX_NICS:
@@ -177,14 +178,14 @@ class NetworkService:
             seen.add(r.id)
         return rows
 
-    async def allocate(self, conn: Any, vms: Sequence[tuple[dict[str, Any], Sequence[Row]]]) -> None:
+    async def allocate(self, conn: AsyncConnection, vms: Sequence[tuple[dict[str, Any], Sequence[Row[Any]]]]) -> None:
         """Give each new VM (row, networks) one NIC per network with a primary address, and
         record the NICs in the VM's spec. Runs inside the VM insert's transaction.
 
         The spec keeps a copy of each NIC's addresses (reads of a VM need no other table);
         `ip_addresses` decides who owns an address, and both change in one transaction."""
         want: dict[str, list[tuple[dict[str, Any], int]]] = {}
-        nets: dict[str, Row] = {}
+        nets: dict[str, Row[Any]] = {}
         nics: dict[str, list[VmNic]] = {}
         for row, networks in vms:
             nics[row["id"]] = [VmNic(n.id, n.name, mac_for(row["id"], i), (), n.type) for i, n in enumerate(networks)]
@@ -202,7 +203,7 @@ class NetworkService:
             row["spec"]["nics"] = [n.to_json() for n in nics[row["id"]]]
 
     @staticmethod
-    async def _take(conn: Any, net: Row, owners: Sequence[tuple[str, int, bool]]) -> builtins.list[int]:
+    async def _take(conn: AsyncConnection, net: Row[Any], owners: Sequence[tuple[str, int, bool]]) -> builtins.list[int]:
         """Record one new address of `net` for each (vm id, NIC index, primary); retried when
         another transaction took one of the chosen addresses first."""
         now = clock.now()
@@ -222,7 +223,7 @@ class NetworkService:
 
     # -- what a VM has ---------------------------------------------------------------------
 
-    async def nics(self, conn: Any, vm: Vm) -> tuple[Nic, ...]:
+    async def nics(self, conn: AsyncConnection, vm: Vm) -> tuple[Nic, ...]:
         """The VM's NICs for its driver (empty for VMs made before networks existed)."""
         specs = vm.spec.nics
         missing = {n.network_id for n in specs} - self._networks.keys()
@@ -234,7 +235,7 @@ class NetworkService:
             if n.network_id in self._networks and n.ips
         )
 
-    async def firewall_of(self, conn: Any, vm_id: str) -> Firewall:
+    async def firewall_of(self, conn: AsyncConnection, vm_id: str) -> Firewall:
         return Firewall.from_wire(await net_q.get_firewall(conn, vm_id))
 
     # -- additional addresses --------------------------------------------------------------
@@ -330,7 +331,7 @@ class NetworkService:
         return new, job_id
 
     @staticmethod
-    async def _set_ips(conn: Any, vm_id: str, nic: int, change: Any) -> None:
+    async def _set_ips(conn: AsyncConnection, vm_id: str, nic: int, change: Callable[[builtins.list[str]], builtins.list[str]]) -> None:
         """Update the copy of a NIC's addresses in the VM's spec (same transaction as IPAM)."""
         vm = await vm_q.get_vm(conn, vm_id)
         if vm is None:
@@ -339,6 +340,6 @@ class NetworkService:
         nics[nic] = replace(nics[nic], ips=tuple(change(list(nics[nic].ips))))
         await vm_q.set_vm(conn, vm_id, spec=vm.spec.with_(nics=tuple(nics)).to_json())
 
-    async def _apply(self, conn: Any, vm: Row, who: Principal) -> str:
+    async def _apply(self, conn: AsyncConnection, vm: Vm, who: Principal) -> str:
         return await self.engine.submit(conn, "vm-network", who, [(vm.id, {})])
 

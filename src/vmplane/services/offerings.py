@@ -131,30 +131,31 @@ class Offerings:
                 return r
         raise InvalidRequest(f"region {name!r} does not exist; known: {', '.join(r.name for r in self.catalog.regions)}", field="region")
 
-    def region_of(self, node: Row | None) -> str | None:
+    def region_of(self, node: Row[Any] | None) -> str | None:
         """The region a node belongs to (its `region` label, else the first region)."""
         if node is None:
             return None
         return (node.labels or {}).get("region") or self.catalog.regions[0].name
 
     @staticmethod
-    def host_of(node: Row | None) -> str | None:
+    def host_of(node: Row[Any] | None) -> str | None:
         """The name users know a node by: its `host_id` label, else its id."""
         if node is None:
             return None
-        return (node.labels or {}).get("host_id") or node.id
+        host: str = (node.labels or {}).get("host_id") or node.id
+        return host
 
-    async def nodes(self) -> Sequence[Row]:
+    async def nodes(self) -> Sequence[Row[Any]]:
         async with self.store.read() as conn:
             return await node_q.list_nodes(conn)
 
-    async def node_of_host(self, host: str) -> Row:
+    async def node_of_host(self, host: str) -> Row[Any]:
         for n in await self.nodes():
             if self.host_of(n) == host:
                 return n
         raise NotFound(f"host {host!r} does not exist", field="host")
 
-    async def _usage(self) -> tuple[Sequence[Row], dict[str, Any]]:
+    async def _usage(self) -> tuple[Sequence[Row[Any]], dict[str, Any]]:
         async with self.store.read() as conn:
             rows = await node_q.list_nodes(conn)
             taken = {(a.node_id, a.address) for a in await net_q.assigned_devices(conn)}
@@ -189,7 +190,7 @@ class Offerings:
             raise NoCapacity(f"region {region} has no nodes")
         return choose_node(demand, members, self.capacity.policy).id
 
-    def gpu_model_on(self, node: Row) -> str | None:
+    def gpu_model_on(self, node: Row[Any]) -> str | None:
         """The PCI model of the catalogue's GPUs that `node` offers (the first one it has)."""
         offered = {PciDevice.from_wire(d).model for d in node.pci_devices or ()}
         for t in self.catalog.types:

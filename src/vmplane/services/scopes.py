@@ -81,7 +81,7 @@ def of(who: Principal) -> Scope:
     return Scope(who.org_id, who.user_id, credential, who.team_id, who.read_only)
 
 
-def of_row(row: Row) -> Scope:
+def of_row(row: Row[Any]) -> Scope:
     return Scope(row.org_id, row.owner_id, row.credential, row.team_id, bool(row.read_only))
 
 
@@ -127,7 +127,7 @@ async def acting(store: Store, scope: Scope) -> Principal:
     return Principal(scope.org_id, user.id, user.name, Role(member.role), scope.team_id, scope.read_only, scope.credential or "internal")
 
 
-async def disable(conn: AsyncConnection, kind: str, row: Row, reason: str) -> bool:
+async def disable(conn: AsyncConnection, kind: str, row: Row[Any], reason: str) -> bool:
     """Disable one holder, saying why, inside the caller's transaction (with its event). False
     if it was disabled already."""
     table = dict(HOLDERS)[kind]
@@ -187,7 +187,7 @@ async def sweep_expired(store: Store, schedules_changed: Callable[[], None]) -> 
     return sum([await sweep(store, schedules_changed, org_id, credential=key_id) for org_id, key_id in live])
 
 
-def render(row: Row) -> dict[str, Any]:
+def render(row: Row[Any]) -> dict[str, Any]:
     """What a holder's API answer says of its scope: `scope` and `disabledReason`."""
     return {
         "scope": {"credential": row.credential, "teamId": row.team_id, "readOnly": bool(row.read_only), "ownerId": row.owner_id},

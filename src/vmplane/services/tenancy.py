@@ -122,10 +122,12 @@ class TenancyService:
 
     async def principal_for_jwt(self, token: str) -> Principal:
         s = self.settings
-        if s.jwt_secret is None and s.jwt_public_key_file is None:
+        if s.jwt_secret is not None:
+            key, algorithm = s.jwt_secret.get_secret_value(), "HS256"
+        elif s.jwt_public_key_file is not None:
+            key, algorithm = Path(s.jwt_public_key_file).read_text(), "RS256"
+        else:
             raise Unauthorized("bearer tokens are not accepted here (no JWT key is configured)")
-        key: Any = s.jwt_secret.get_secret_value() if s.jwt_secret is not None else Path(s.jwt_public_key_file).read_text()
-        algorithm = "HS256" if s.jwt_secret is not None else "RS256"
         try:
             claims = jwt.decode(
                 token, key, algorithms=[algorithm], audience=s.jwt_audience, issuer=s.jwt_issuer,
@@ -202,7 +204,7 @@ class TenancyService:
 
     # -- API keys ------------------------------------------------------------------------
 
-    async def create_key(self, who: Principal, *, name: str, user: str | None, team: str | None, read_only: bool, expires_in_days: float | None) -> tuple[Row, str]:
+    async def create_key(self, who: Principal, *, name: str, user: str | None, team: str | None, read_only: bool, expires_in_days: float | None) -> tuple[Row[Any], str]:
         """A new key. Owners and admins mint keys for themselves; owners also for users of
         lower rank; never a key whose role outranks its creator. The new key is no wider than
         the one that made it: its team, read-only, and expiring no later."""
@@ -238,9 +240,10 @@ class TenancyService:
                 expires_at=expires, creator=who,
             )  # fmt: skip
             row = await t_q.key_by_digest(conn, key_digest(key))
+        assert row is not None  # inserted above, in this transaction
         return row, key
 
-    async def list_keys(self, who: Principal) -> Sequence[Row]:
+    async def list_keys(self, who: Principal) -> Sequence[Row[Any]]:
         """The organization's keys (owners and admins; read-only keys too: it is a read). A
         team-scoped credential sees its team's keys only."""
         require_reader(who, Role.ADMIN, "list API keys")
@@ -266,28 +269,35 @@ class TenancyService:
 
     # -- users and teams -----------------------------------------------------------------
 
-    async def members(self, who: Principal) -> Sequence[Row]:
+    async def members(self, who: Principal) -> Sequence[Row[Any]]:
         async with self.store.read() as conn:
             return await t_q.members(conn, who.org_id)
 
-    async def add_member(self, who: Principal, name: str, role: Role) -> Row:
+    async def add_member(self, who: Principal, name: str, role: Role) -> Row[Any]:
         require(who, Role.ADMIN, "manage users")
         if role == Role.OWNER and not who.at_least(Role.OWNER):
             raise Forbidden("only owners can make owners")
         check_name(name, "name")
         now = clock.now()
         async with self.store.write() as conn:
-            user = await t_q.get_user(conn, name)
-            if user is None:
-                await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": name, "created_at": now})
-                user = await t_q.get_user(conn, name)
+            user = await self._user_named(conn, name, now)
             if await t_q.membership(conn, who.org_id, user.id) is not None:
                 raise Conflict(f"{name} is already a member")
             await t_q.add_membership(conn, who.org_id, user.id, role.value, now)
         return user
 
     @staticmethod
-    async def _member(conn: AsyncConnection, who: Principal, user_ref: str) -> tuple[Row, Row]:
+    async def _user_named(conn: AsyncConnection, name: str, now: float) -> Row[Any]:
+        """The user called `name`, made now if there is none."""
+        user = await t_q.get_user(conn, name)
+        if user is None:
+            await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": name, "created_at": now})
+            user = await t_q.get_user(conn, name)
+            assert user is not None  # inserted just now, in this transaction
+        return user
+
+    @staticmethod
+    async def _member(conn: AsyncConnection, who: Principal, user_ref: str) -> tuple[Row[Any], Row[Any]]:
         """A user of the caller's organization and their membership (404 otherwise)."""
         user = await t_q.get_user(conn, user_ref)
         member = await t_q.membership(conn, who.org_id, user.id) if user else None
@@ -316,11 +326,11 @@ class TenancyService:
         self.forget_cached()
         await scopes.sweep(self.store, self.schedules_changed, who.org_id, owner_id=user.id)  # what the user made stops acting
 
-    async def teams(self, who: Principal) -> Sequence[Row]:
+    async def teams(self, who: Principal) -> Sequence[Row[Any]]:
         async with self.store.read() as conn:
             return await t_q.list_teams(conn, who.org_id)
 
-    async def create_team(self, who: Principal, name: str) -> Row:
+    async def create_team(self, who: Principal, name: str) -> Row[Any]:
         require(who, Role.ADMIN, "manage teams")
         check_name(name, "name")
         async with self.store.write() as conn:
@@ -328,7 +338,9 @@ class TenancyService:
                 raise Conflict(f"a team named {name!r} already exists", reason=Reason.NAME_TAKEN)
             team_id = ids.new_id("team")
             await t_q.insert_team(conn, {"id": team_id, "org_id": who.org_id, "name": name, "created_at": clock.now()})
-            return await t_q.get_team(conn, who.org_id, team_id)
+            team = await t_q.get_team(conn, who.org_id, team_id)
+        assert team is not None  # inserted above, in this transaction
+        return team
 
     async def delete_team(self, who: Principal, team_ref: str) -> None:
         require(who, Role.ADMIN, "manage teams")
@@ -348,11 +360,12 @@ class TenancyService:
             team = await t_q.get_team(conn, who.org_id, team_ref)
         if team is None:
             raise InvalidRequest(f"teamId {team_ref!r} is not a team of this organization", field="teamId")
-        if who.team_id is not None and team.id != who.team_id:
+        found: str = team.id
+        if who.team_id is not None and found != who.team_id:
             raise Forbidden("a team-scoped credential can only use its own team")
-        return team.id
+        return found
 
-    async def team(self, who: Principal, team_ref: str) -> Row:
+    async def team(self, who: Principal, team_ref: str) -> Row[Any]:
         """A team of the caller's organization by id or name (a team-scoped credential sees
         only its own team: another is Forbidden)."""
         async with self.store.read() as conn:
@@ -363,7 +376,7 @@ class TenancyService:
             raise Forbidden("a team-scoped credential can only see its own team")
         return team
 
-    async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Vm, Row | None]:
+    async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Vm, Row[Any] | None]:
         """Put a VM in a team (None: in no team, visible to organization-wide credentials
         only). Owners and admins, with a credential of the whole organization (a team-scoped
         one could move VMs out of its own reach). Returns the VM and its team."""
@@ -378,7 +391,7 @@ class TenancyService:
 
     # -- organizations and quotas --------------------------------------------------------
 
-    async def create_org(self, who: Principal, name: str, owner: str) -> tuple[Row, str]:
+    async def create_org(self, who: Principal, name: str, owner: str) -> tuple[Row[Any], str]:
         if not who.operator:
             raise Forbidden("only owners and admins of the bootstrap organization create organizations")
         check_name(name, "name")
@@ -389,16 +402,14 @@ class TenancyService:
             if any(o.name == name for o in await t_q.list_orgs(conn)):
                 raise Conflict(f"an organization named {name!r} already exists", reason=Reason.NAME_TAKEN)
             await t_q.insert_org(conn, {"id": org_id, "name": name, "quotas": dict(self.settings.default_quotas), "created_at": now})
-            user = await t_q.get_user(conn, owner)
-            if user is None:
-                await t_q.insert_user(conn, {"id": ids.new_id("usr"), "name": owner, "created_at": now})
-                user = await t_q.get_user(conn, owner)
+            user = await self._user_named(conn, owner, now)
             await t_q.add_membership(conn, org_id, user.id, Role.OWNER.value, now)
             key = await self._insert_key(conn, org_id=org_id, user_id=user.id, name="owner key", team_id=None, read_only=False, expires_at=None, creator=who)
             org = await t_q.get_org(conn, org_id)
+        assert org is not None  # inserted above, in this transaction
         return org, key
 
-    async def orgs(self, who: Principal) -> Sequence[Row]:
+    async def orgs(self, who: Principal) -> Sequence[Row[Any]]:
         async with self.store.read() as conn:
             rows = await t_q.list_orgs(conn)
         return rows if who.operator else [o for o in rows if o.id == who.org_id]

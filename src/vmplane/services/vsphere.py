@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlparse
 
 import httpx
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 class VcenterError(VmplaneError):
@@ -69,7 +70,7 @@ class VsphereProfile:
         }  # fmt: skip
 
 
-def _profile(row: Row) -> VsphereProfile:
+def _profile(row: Row[Any]) -> VsphereProfile:
     return VsphereProfile(row.id, row.name, row.url, bool(row.insecure), row.created_at, row.updated_at, row.created_by)
 
 
@@ -103,6 +104,7 @@ class VsphereService:
                 raise Conflict(f"a vSphere profile named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
             await vsp_q.insert_profile(conn, row)
             created = await vsp_q.get_profile(conn, who.org_id, name)
+        assert created is not None  # inserted above, in this transaction
         return _profile(created)
 
     async def list_profiles(self, who: Principal) -> list[VsphereProfile]:
@@ -153,7 +155,7 @@ class VsphereService:
 
     # -- discovery and control -------------------------------------------------------------
 
-    async def _session(self, c: Connection, work: Callable[[Any], Any]) -> Any:
+    async def _session(self, c: Connection, work: Callable[[Any], T]) -> T:
         """`work(si)` in a worker thread, logged in to `c` at an address the policy passed."""
         policy = await self.outbound.policy()
         return await asyncio.to_thread(_with_si, c, policy, work)
@@ -250,7 +252,7 @@ class _Net:
     limit: int
 
 
-def _with_si(c: Connection, policy: outbound.Policy, work: Callable[[Any], Any]) -> Any:
+def _with_si(c: Connection, policy: outbound.Policy, work: Callable[[Any], T]) -> T:
     """Log in to `c` at an address of its host that `policy` passes (pinned: pyvmomi opens
     its connections to that address; TLS names and verifies the host), run `work(si)`, log out."""
     from pyVim.connect import Disconnect, SmartConnect
@@ -297,9 +299,11 @@ def _call(fn: Callable[[], Any]) -> Any:
         return fn()
     except vim.fault.InvalidPowerState as exc:
         current = str(getattr(exc, "existingState", "") or "")
-        raise InvalidState(f"the VM is {current or 'in another power state'}: {exc.msg}", current=current or None) from exc
+        msg = exc.msg  # type: ignore[attr-defined]  # every MethodFault has msg (VmomiSupport); pyvmomi's stubs omit it
+        raise InvalidState(f"the VM is {current or 'in another power state'}: {msg}", current=current or None) from exc
     except vim.fault.ToolsUnavailable as exc:
-        raise InvalidState(f"VMware Tools are not running in the guest: {exc.msg}") from exc
+        msg = exc.msg  # type: ignore[attr-defined]  # as above: a stub gap
+        raise InvalidState(f"VMware Tools are not running in the guest: {msg}") from exc
     except vmodl.MethodFault as exc:
         raise VcenterError(f"vCenter: {type(exc).__name__}: {getattr(exc, 'msg', '') or exc}") from exc
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import __version__, clock, ids, outbound
 from ..event_types import Event, matches, sees
@@ -61,18 +62,18 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Seconds before attempt `attempt + 1`: exponential, capped, ±20 % jitter."""
-    delay = min(cap, base * 2 ** max(0, attempt - 1))
+    delay: float = min(cap, base * 2 ** max(0, attempt - 1))
     return delay * random.uniform(0.8, 1.2)
 
 
-async def post(client: httpx.AsyncClient, hook: Row, delivery_id: str, event_type: str, body: bytes) -> tuple[int | None, str | None, int]:
+async def post(client: httpx.AsyncClient, hook: formats.AdHocHook, delivery_id: str, event_type: str, body: bytes) -> tuple[int | None, str | None, int]:
     """One attempt: (status code or None, error or None, duration ms). `client` is an
     outbound client (it checks the URL's address now); the answer's body is not read."""
     own = {k: v for k, v in (hook.headers or {}).items() if k.lower() not in RESERVED_HEADERS}
     headers = {
         **own,
         "Content-Type": "application/json",
-        "User-Agent": formats.user_agent(getattr(hook, "format", formats.VMPLANE)) or f"vmplane-webhooks/{__version__}",
+        "User-Agent": formats.user_agent(hook.format) or f"vmplane-webhooks/{__version__}",
         "X-Vmplane-Event": event_type,
         "X-Vmplane-Delivery": delivery_id,
         "X-Vmplane-Signature": sign(hook.secret, int(time.time()), body),
@@ -96,7 +97,7 @@ async def post(client: httpx.AsyncClient, hook: Row, delivery_id: str, event_typ
 
 class WebhookDelivery:
     def __init__(
-        self, store: Store, policy: outbound.Outbound, *, owner: str, signing: Callable[[Row], Any], concurrency: int = 16,
+        self, store: Store, policy: outbound.Outbound, *, owner: str, signing: Callable[[Row[Any]], formats.AdHocHook], concurrency: int = 16,
         backoff_base: float = 1.0, backoff_cap: float = 300.0, lease_seconds: float = 60.0,
     ) -> None:  # fmt: skip
         """`signing(row)`: the webhook as `post` takes it, its secret unsealed (WebhookService.signing);
@@ -194,7 +195,7 @@ class WebhookDelivery:
                 return
 
     @staticmethod
-    async def _disable_if_ended(conn: Any, hook: Row, now: float, verdicts: dict[Any, str | None]) -> bool:
+    async def _disable_if_ended(conn: AsyncConnection, hook: Row[Any], now: float, verdicts: dict[scopes.Scope, str | None]) -> bool:
         """Disable (saying why) a hook whose credential may no longer act: True if so.
         `verdicts`: the answers already found for each scope in this pass."""
         scope = scopes.of_row(hook)
@@ -222,7 +223,7 @@ class WebhookDelivery:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _deliver(self, d: Row, hook: Row | None) -> None:
+    async def _deliver(self, d: Row[Any], hook: Row[Any] | None) -> None:
         assert self._client is not None
         if hook is None:
             return  # the webhook was deleted with its deliveries

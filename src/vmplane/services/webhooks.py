@@ -72,7 +72,7 @@ def unseal_secret(box: SecretBox, stored: str) -> str:
     return str(box.open(stored)["webhookSecret"])
 
 
-def _visible(row: Row, who: Principal) -> bool:
+def _visible(row: Row[Any], who: Principal) -> bool:
     """A webhook is its organization's, and a team-scoped credential's only if made with that
     team's scope."""
     return row.org_id == who.org_id and (who.team_id is None or row.team_id == who.team_id)
@@ -88,32 +88,32 @@ class WebhookService:
         self.secret_box = secret_box
         self.tenancy = tenancy
 
-    def secret_of(self, row: Row) -> str:
+    def secret_of(self, row: Row[Any]) -> str:
         """The signing secret of a stored webhook, in clear."""
         return unseal_secret(self.secret_box, row.secret)
 
-    def signing(self, row: Row) -> formats.AdHocHook:
+    def signing(self, row: Row[Any]) -> formats.AdHocHook:
         """What a delivery to `row` needs (its secret in clear), for `webhook_delivery.post`."""
         return formats.AdHocHook(
             url=row.url, headers=dict(row.headers or {}), timeout_sec=row.timeout_sec, format=row.format or formats.VMPLANE,
             secret=self.secret_of(row), id=row.id,
         )  # fmt: skip
 
-    async def get(self, webhook_id: str, who: Principal) -> Row:
+    async def get(self, webhook_id: str, who: Principal) -> Row[Any]:
         async with self.store.read() as conn:
             row = await wh_q.get_webhook(conn, webhook_id)
         if row is None or not _visible(row, who):
             raise NotFound(f"webhook {webhook_id} does not exist")
         return row
 
-    async def list(self, who: Principal) -> Sequence[Row]:
+    async def list(self, who: Principal) -> Sequence[Row[Any]]:
         async with self.store.read() as conn:
             return [h for h in await wh_q.list_webhooks(conn) if _visible(h, who)]
 
     async def create(
         self, *, url: str, events: builtins.list[str], enabled: bool, timeout_sec: float, retry_count: int, headers: dict[str, str], who: Principal,
         format: str = formats.VMPLANE,
-    ) -> Row:
+    ) -> Row[Any]:
         """`format`: how its deliveries are written (events/formats.py)."""
         check_url(url)
         patterns = check_events(events)
@@ -132,7 +132,7 @@ class WebhookService:
             await wh_q.insert_webhook(conn, row)
         return await self.get(row["id"], who)
 
-    async def update(self, webhook_id: str, who: Principal, **changes: Any) -> Row:
+    async def update(self, webhook_id: str, who: Principal, **changes: Any) -> Row[Any]:
         current = await self.get(webhook_id, who)
         values = {k: v for k, v in changes.items() if v is not None}
         if not values:
@@ -180,7 +180,7 @@ class WebhookService:
             status, error, ms = await post(client, hook, ids.new_id("dlv"), event, body)
         return {"ok": error is None, "statusCode": status, "error": error, "durationMs": ms, "sentAt": clock.rfc3339(time.time())}
 
-    async def deliveries(self, webhook_id: str, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row], str | None]:
+    async def deliveries(self, webhook_id: str, who: Principal, *, limit: int, page_token: str | None) -> tuple[Sequence[Row[Any]], str | None]:
         await self.get(webhook_id, who)
         after = pages.decode("deliveries", page_token)
         async with self.store.read() as conn:
