@@ -406,7 +406,7 @@ def named_tls_context(server_name: str, insecure: bool) -> ssl.SSLContext:
     checked address as their host)."""
 
     class _Named(ssl.SSLContext):
-        def wrap_socket(self, sock: Any, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
+        def wrap_socket(self, sock: Any, *args: Any, **kw: Any) -> Any:
             kw["server_hostname"] = server_name
             return super().wrap_socket(sock, *args, **kw)
 

@@ -5,6 +5,7 @@ import logging
 import secrets
 import socket
 from pathlib import Path
+from typing import Any
 
 from . import clock, ids
 from .backupstore import BackupStore
@@ -289,7 +290,7 @@ class Runtime:
             async with self.store.read() as conn:
                 rows = await vm_q.vms_on_node(conn, node_id)
                 busy = await job_q.active_task_for(conn, [r.id for r in rows])
-            changes: list[tuple[str, dict]] = []
+            changes: list[tuple[str, dict[str, Any]]] = []
             for vm in rows:
                 if vm.id in busy or vm.status in (VmStatus.PROVISIONING, VmStatus.ERROR):
                     continue

@@ -107,7 +107,7 @@ class Agent:
     # -- the local driver ------------------------------------------------------------------
 
     async def build_driver(self) -> HypervisorDriver:
-        settings = Settings(data_dir=self.data_dir, driver=self.cfg.driver, accel=self.cfg.accel)  # type: ignore[arg-type]
+        settings = Settings(data_dir=self.data_dir, driver=self.cfg.driver, accel=self.cfg.accel)
         hostname = self.cfg.hostname or socket.gethostname()
         if self.cfg.driver == "sim":
             return SimDriver(
@@ -150,6 +150,8 @@ class Agent:
         if data.get("controlPlane") != self.cfg.control_plane.rstrip("/"):
             log.warning("%s is for %s, not %s: joining anew", self.credential_file, data.get("controlPlane"), self.cfg.control_plane)
             return None
+        if not isinstance(data, dict):
+            raise AgentRefused(f"{self.credential_file} is unreadable: not a JSON object")
         return data
 
     # -- talking to the control plane --------------------------------------------------------

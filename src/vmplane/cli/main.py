@@ -78,7 +78,7 @@ def serve(
     # full passes stalled requests for ~100 ms (p99 of GET /vms/{id}: 120 ms -> 21 ms).
     gc.set_threshold(50_000, 50, 50)
     try:
-        settings = Settings(data_dir=data_dir, database_url=database_url, driver=driver, accel=accel, sim_nodes=sim_nodes, insecure_no_auth=insecure_no_auth)  # type: ignore[arg-type]
+        settings = Settings(data_dir=data_dir, database_url=database_url, driver=driver, accel=accel, sim_nodes=sim_nodes, insecure_no_auth=insecure_no_auth)
     except ValidationError as exc:
         first = exc.errors()[0]
         typer.echo(f"error: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", err=True)

@@ -45,6 +45,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import IO, Any
 
 __all__ = [
     "BOOT_COMPLETE_LINE",
@@ -253,7 +254,7 @@ def build_tiny_image(
     return image
 
 
-def _install(out: Path, dest_dir: Path, manifest: dict) -> None:
+def _install(out: Path, dest_dir: Path, manifest: dict[str, Any]) -> None:
     """Move the finished files from ``out`` to ``dest_dir``, manifest last."""
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     try:
@@ -280,8 +281,8 @@ def _run(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     stdin: bytes | None = None,
-    stdout=None,
-) -> subprocess.CompletedProcess:
+    stdout: IO[bytes] | int | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     args = [os.fspath(a) for a in argv]
     full_env = dict(os.environ)
     full_env["LC_ALL"] = "C"
@@ -397,7 +398,7 @@ class _Builder:
 
     # -- stages -------------------------------------------------------------
 
-    def build(self) -> dict:
+    def build(self) -> dict[str, Any]:
         self.report(0, "checking host tools")
         for tool in ("apt-get", "apt-cache", "dpkg-deb"):
             _need_tool(tool)
@@ -475,7 +476,8 @@ class _Builder:
                 "resolve kernel",
                 "no linux-image-*-cloud-amd64 package known to apt; run 'apt-get update'",
             )
-        return max(names, key=key)
+        newest: str = max(names, key=key)
+        return newest
 
     def _library_packages(self, roots: list[str]) -> list[str]:
         """Library packages (lib*, zlib*) that ``roots`` depend on, recursively."""
