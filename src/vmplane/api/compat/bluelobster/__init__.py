@@ -6,6 +6,12 @@ bluelobster=HOST:PORT` serves it at the root of a listener of its own. Errors ar
 `{"error": code, "message": sentence}` with the contract's status codes; request validation
 answers 422 in FastAPI's shape (`{"detail": [{loc, msg, type}]}`), as the contract says.
 Decisions where vmplane differs from the hosted service: docs/bluelobster.md.
+
+One router per resource (tasks, catalog, launch, instances, firewall, ips, backups, stats,
+console, billing, teams), each a translation into the core; what they share is in shared.py,
+the wire format in wire.py. Launches and power actions other than reboot answer at once with a
+task id (a vmplane job id) that `GET /api/v1/tasks/{task_id}` follows; delete and reboot wait
+up to `compat_wait_seconds` for their job, because the contract answers them with the outcome.
 """
 
 from pathlib import Path
@@ -18,7 +24,7 @@ from fastapi.responses import JSONResponse
 from ....errors import VmplaneError
 from ....services.offerings import Offerings
 from ..common import Errors, build_face
-from .routes import open_router, router
+from . import backups, billing, catalog, console, firewall, health, instances, ips, launch, stats, tasks, teams
 from .wire import BlError, answer
 
 if TYPE_CHECKING:
@@ -26,6 +32,15 @@ if TYPE_CHECKING:
 
 PREFIX = "/compat/bluelobster"
 CONTRACT = Path(__file__).with_name("openapi.json")
+
+ROUTERS = (
+    health.open_router, console.open_router,
+    # catalog before instances: /instances/templates and /instances/available are not /instances/{instance_id}
+    tasks.router, catalog.router, launch.router, instances.router, firewall.router, ips.router, backups.router, stats.router,
+    console.router, billing.router, teams.router,
+)  # fmt: skip
+"""the face's routers, in the order their routes match: the open ones (health, and the console's
+WebSocket, whose ticket is its credential), then those that need credentials"""
 
 CODES = {
     401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
@@ -62,6 +77,6 @@ ERRORS = Errors(
 
 def build(rt: "Runtime") -> FastAPI:
     """The face's application (mounted by api/faces.py)."""
-    app = build_face("Blue Lobster face", rt, (open_router, router), CONTRACT, ERRORS)
+    app = build_face("Blue Lobster face", rt, ROUTERS, CONTRACT, ERRORS)
     app.state.offerings = Offerings(store=rt.store, capacity=rt.capacity, data_dir=rt.data_dir)
     return app
