@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ...errors import InvalidRequest
+from ..deps import CallerDep, RuntimeDep
 from ..middleware import json_body
-from .deps import ERRORS, CallerDep, RuntimeDep
+from .deps import ERRORS
 
 router = APIRouter(tags=["mcp"])
 """not under the write rule of the other routers: read-only keys run the commands that only

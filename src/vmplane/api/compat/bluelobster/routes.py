@@ -24,9 +24,9 @@ from ....services.backups import BackupSchedule
 from ....services.jobs import JobOutcome
 from ....services.offerings import InstanceType, Offerings
 from ....wsconsole import bridge
+from ...deps import CallerDep, RuntimeDep, authorize
 from ...health import readiness
 from ...middleware import NO_STORE
-from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .wire import BlError
 

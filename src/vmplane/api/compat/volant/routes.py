@@ -25,9 +25,9 @@ from ....hoststats import CpuMeter, mem_percent
 from ....services import vmconfig, volant_shapes
 from ....store import templates as tpl_q
 from ....store import vms as vm_q
+from ...deps import CallerDep, RuntimeDep, StreamSlotDep, authorize
 from ...health import readiness
 from ...middleware import json_body
-from ...native.deps import CallerDep, RuntimeDep, StreamSlotDep, authorize
 from . import wire
 
 if TYPE_CHECKING:
