@@ -22,9 +22,10 @@ from ....domain import Vm
 from ....errors import DriverError, Forbidden, InvalidRequest
 from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
-from ....services import vmconfig, volant_shapes
+from ....services import vmconfig
 from ....store import templates as tpl_q
 from ....store import vms as vm_q
+from ... import volant_shapes
 from ...deps import CallerDep, RuntimeDep, StreamSlotDep, authorize
 from ...health import readiness
 from ...middleware import json_body
