@@ -126,7 +126,7 @@ class Runtime:
             store=store, settings=settings, engine=engine, jobs=jobs, billing=billing, capacity=capacity, networks=networks,
             plugins=plugins, snapshots=snapshots, tenancy=tenancy,
         )  # fmt: skip
-        self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms)
+        self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms, templates=templates)
         self.backups = backups = BackupService(store=store, engine=engine, registry=registry, backup_store=self.backup_store, vms=vms)
         self.schedules = ScheduleService(store=store, leadership=replicas, tenancy=tenancy, backups=backups, replay=replay, wake=schedules_due)
         self.deployments = DeploymentService(

@@ -24,7 +24,6 @@ from sqlalchemy import Row
 from ..auth import Principal
 from ..domain import Vm
 from ..errors import Forbidden, InvalidRequest, VmplaneError
-from ..services import vmconfig
 from .middleware import json_body
 from .volant_shapes import VM_STATUS, deployment
 
@@ -101,11 +100,7 @@ async def vms_create(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str
     for key in ("runtime", "plugin", "kernel_cmdline"):
         if p.get(key):
             config[key] = p[key]
-    config = vmconfig.check(config, "params.config")
-    spec = vmconfig.new_vm(p["name"], config, await rt.templates.default_id(who))  # with its plugin, if named
-    row = await rt.vms.create_and_wait(spec, who, rt.settings.compat_wait_seconds)
-    await rt.vm_configs.record([row.id], config)
-    return vm_summary(row)
+    return vm_summary(await rt.vm_configs.create(p["name"], config, who, rt.settings.compat_wait_seconds, "params.config"))
 
 
 def _power(action: str) -> Handler:
