@@ -35,7 +35,6 @@ from .services.guest import GuestService
 from .services.imports import ImportService
 from .services.ingress import IngressService
 from .services.jobs import JobService
-from .services.mcp import McpDeps, McpService
 from .services.moves import MoveService
 from .services.networks import NetworkService
 from .services.plugins import PluginService
@@ -127,16 +126,13 @@ class Runtime:
             store=store, settings=settings, engine=engine, jobs=jobs, billing=billing, capacity=capacity, networks=networks,
             plugins=plugins, snapshots=snapshots, tenancy=tenancy,
         )  # fmt: skip
-        self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms)
+        self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms, templates=templates)
         self.backups = backups = BackupService(store=store, engine=engine, registry=registry, backup_store=self.backup_store, vms=vms)
         self.schedules = ScheduleService(store=store, leadership=replicas, tenancy=tenancy, backups=backups, replay=replay, wake=schedules_due)
-        self.deployments = deployments = DeploymentService(
+        self.deployments = DeploymentService(
             store=store, vms=vms, templates=templates, vm_configs=vm_configs, leadership=replicas, ready=lambda: self.ready
         )
         self.ingress = IngressService(store=store, networks=networks)
-        self.mcp = McpService(
-            McpDeps(settings=settings, vms=vms, templates=templates, vm_configs=vm_configs, plugins=plugins, deployments=deployments, jobs=jobs)
-        )
         self.webhooks = WebhookService(store=store, outbound=outbound, secret_box=self.secret_box, tenancy=tenancy)
         self.webhook_delivery = WebhookDelivery(
             store, outbound, owner=engine.owner, signing=self.webhooks.signing,

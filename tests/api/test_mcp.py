@@ -43,6 +43,8 @@ async def test_volant_commands(server: Server, path: str) -> None:
     # failures are 200 with error
     assert (await command(server, path, "volant.nope"))["error"] == "unknown command: volant.nope"
     assert (await command(server, path, "volant.vms.create", {}))["error"] == "params.name is required"
+    out = await command(server, path, "volant.vms.create", {"name": "x", "config": {"resources": {"cpu_cores": "two"}}})
+    assert out["result"] is None and out["error"].startswith("params.config.resources.cpu_cores"), out  # the config is named as a param
     out = await command(server, path, "volant.vms.create", {"name": "x", "runtime": "missing"})
     assert out["result"] is None and "missing" in out["error"]
     assert "not found" in (await command(server, path, "volant.vms.get", {"name": "ghost"}))["error"]

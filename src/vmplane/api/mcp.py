@@ -1,4 +1,4 @@
-"""A Model Context Protocol server (the official `mcp` SDK) exposing services/mcp.py's
+"""A Model Context Protocol server (the official `mcp` SDK) exposing api/mcp_commands.py's
 operations as tools with JSON schemas, two ways:
 
 - streamable HTTP at `/mcp` of the main application (stateless, JSON answers), for the
@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from .. import __version__
 from ..errors import Unauthorized, VmplaneError
 from ..http_clients import async_api_client
-from ..services.mcp import BY_TOOL, OPERATIONS, Operation
+from .mcp_commands import BY_TOOL, OPERATIONS, Operation, run
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -70,7 +70,7 @@ class McpHttp:
             who = getattr(request.state, "principal", None) if request is not None else None
             if who is None:
                 raise Unauthorized("credentials required")
-            return await rt.mcp.run(op, args, who)
+            return await run(rt, op, args, who)
 
         self.server = build_server(call)
         self.manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=True)

@@ -19,8 +19,8 @@ from .. import __version__
 from ..errors import Forbidden
 from ..store import jobs as job_q
 from ..store import metrics as metrics_q
+from .deps import principal
 from .middleware import StatusWatch
-from .native.deps import principal
 
 if TYPE_CHECKING:
     from ..runtime import Runtime

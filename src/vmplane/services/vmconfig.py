@@ -36,6 +36,7 @@ from .vms import VmChange
 
 if TYPE_CHECKING:
     from ..store import Store
+    from .templates import TemplateService
     from .vms import VmService
 
 
@@ -214,9 +215,21 @@ APPLIED_AT_CREATE = ("cloud_init", "kernel_cmdline", "expose")
 
 
 class VmConfigService:
-    def __init__(self, *, store: Store, vms: VmService) -> None:
+    def __init__(self, *, store: Store, vms: VmService, templates: TemplateService) -> None:
         self.store = store
         self.vms = vms
+        self.templates = templates
+
+    async def create(self, name: str, config: Any, who: Principal, timeout: float, where: str = "config") -> Vm:
+        """A VM made from a config (the Volant face's create, the MCP command set's): the config
+        checked (InvalidRequest naming `where`), the VM created on the default template and
+        waited for up to `timeout` seconds, then the config recorded as its version 1. The VM
+        as it is when the wait ends."""
+        config = check(config, where)
+        spec = new_vm(name, config, await self.templates.default_id(who))  # with its plugin, if named
+        vm = await self.vms.create_and_wait(spec, who, timeout)
+        await self.record([vm.id], config)
+        return vm
 
     async def derive(self, vm: Vm) -> dict[str, Any]:
         """The config of a VM that has no stored version: from its record."""

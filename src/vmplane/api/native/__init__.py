@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Depends
 
+from ..deps import authorize
 from . import (
     agents,
     backups,
@@ -22,7 +23,6 @@ from . import (
     vsphere,
     webhooks,
 )  # fmt: skip
-from .deps import authorize
 
 
 def router() -> APIRouter:

@@ -12,9 +12,10 @@ from sqlalchemy import Row
 from ... import clock
 from ...drivers import remote_wire as wire
 from .. import render
+from ..deps import CallerDep, RuntimeDep
 from ..middleware import NO_STORE, json_body
 from ..schemas import NodeOut
-from .deps import ACCEPTED, ERRORS, CallerDep, RuntimeDep
+from .deps import ACCEPTED, ERRORS
 
 router = APIRouter(tags=["nodes"])
 agent_router = APIRouter(prefix=wire.CONTROL_PREFIX.removeprefix("/api/v1"), tags=["agent"])

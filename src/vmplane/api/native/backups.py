@@ -8,8 +8,9 @@ from pydantic import BaseModel, Field
 
 from ... import clock
 from ...services.backups import KEEP_LAST, BackupSchedule
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In, Page
-from .deps import ACCEPTED, ERRORS, CallerDep, RuntimeDep, accepted
+from .deps import ACCEPTED, ERRORS, accepted
 
 router = APIRouter(tags=["backups"])
 

@@ -5,8 +5,9 @@ from fastapi.responses import JSONResponse
 
 from ... import clock
 from .. import render
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import ClusterOut, NodeOut, NodeResourcesOut, Page
-from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
+from .deps import ERRORS, Limit, PageToken
 
 router = APIRouter(tags=["cluster"])
 

@@ -10,8 +10,9 @@ from pydantic import Field
 from ... import clock
 from ...services import scopes
 from ...services.vmconfig import ConfigVersion
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In
-from .deps import ERRORS, CallerDep, RuntimeDep
+from .deps import ERRORS
 
 if TYPE_CHECKING:
     from ...runtime import Runtime

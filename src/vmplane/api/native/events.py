@@ -16,9 +16,10 @@ from ...errors import InvalidRequest
 from ...event_types import check_patterns
 from ...events import wire
 from ...events.bus import EventBus, GoingAway, SlowConsumer
+from ..deps import CallerDep, RuntimeDep, StreamSlotDep, hold_ws_stream
 from ..middleware import NO_STORE
 from ..schemas import ErrorOut
-from .deps import ERRORS, CallerDep, RuntimeDep, StreamSlotDep, hold_ws_stream
+from .deps import ERRORS
 
 if TYPE_CHECKING:
     from ...runtime import Runtime

@@ -6,10 +6,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ... import clock
 from ...errors import Reason, VmplaneError
 from ...wsconsole import bridge
+from ..deps import CallerDep, RuntimeDep, deny_websocket
 from ..errors import NATIVE
 from ..middleware import NO_STORE
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
-from .deps import ERRORS, CallerDep, RuntimeDep, deny_websocket
+from .deps import ERRORS
 
 router = APIRouter(tags=["guest"])
 ws_router = APIRouter(tags=["guest"])

@@ -11,8 +11,9 @@ from pydantic import BaseModel, Field
 from starlette.types import Receive, Scope, Send
 
 from ...services.imports import parse_request
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In, Page
-from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
+from .deps import ERRORS, Limit, PageToken
 
 router = APIRouter(tags=["imports"])
 

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
 from .. import render
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import JobDetailOut, JobOut, Page, TaskDetailOut
-from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
+from .deps import ERRORS, Limit, PageToken
 
 if TYPE_CHECKING:
     from ...runtime import Runtime

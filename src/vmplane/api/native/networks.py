@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ...services.networks import render_network
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In, Page
-from .deps import ERRORS, CallerDep, RuntimeDep
+from .deps import ERRORS
 
 router = APIRouter(tags=["networks"])
 

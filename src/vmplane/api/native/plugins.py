@@ -10,8 +10,9 @@ from sqlalchemy import Row
 
 from ... import clock
 from ...store import templates as tpl_q
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In
-from .deps import ERRORS, CallerDep, RuntimeDep
+from .deps import ERRORS
 
 if TYPE_CHECKING:
     from ...runtime import Runtime

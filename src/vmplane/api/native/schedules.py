@@ -8,8 +8,9 @@ from pydantic import BaseModel, Field
 
 from ... import clock
 from ...services import scopes
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In, Page, ScopeOut
-from .deps import ERRORS, CallerDep, RuntimeDep
+from .deps import ERRORS
 
 router = APIRouter(tags=["schedules"])
 

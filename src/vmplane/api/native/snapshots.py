@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ... import clock
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In, Page
-from .deps import ACCEPTED, ERRORS, CallerDep, RuntimeDep, accepted
+from .deps import ACCEPTED, ERRORS, accepted
 
 router = APIRouter(tags=["snapshots"])
 

@@ -4,8 +4,9 @@ from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
 from .. import render
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import Page, TemplateCreateIn, TemplateDeleteIn, TemplateOut, TemplateUpdateIn
-from .deps import ACCEPTED, ERRORS, CallerDep, Limit, PageToken, RuntimeDep, accepted
+from .deps import ACCEPTED, ERRORS, Limit, PageToken, accepted
 
 router = APIRouter(tags=["templates"])
 

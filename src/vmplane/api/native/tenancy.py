@@ -13,9 +13,10 @@ from ...errors import InvalidRequest
 from ...services import pages
 from ...services.tenancy import require_reader
 from ...store import tenancy as t_q
+from ..deps import CallerDep, RuntimeDep
 from ..middleware import NO_STORE
 from ..schemas import In, Page
-from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
+from .deps import ERRORS, Limit, PageToken
 
 router = APIRouter(tags=["tenancy"])
 RoleName = Literal["owner", "admin", "member", "viewer"]

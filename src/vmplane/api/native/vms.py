@@ -10,9 +10,10 @@ from ...errors import InvalidRequest
 from ...net.model import parse_firewall
 from ...services.vms import VmChange
 from .. import render
+from ..deps import CallerDep, RuntimeDep
 from ..middleware import json_body
 from ..schemas import Page, VmCreateIn, VmDeleteIn, VmOut, VmUpdateIn
-from .deps import ACCEPTED, ERRORS, CallerDep, Limit, PageToken, RuntimeDep, accepted
+from .deps import ACCEPTED, ERRORS, Limit, PageToken, accepted
 
 router = APIRouter(tags=["vms"])
 

@@ -8,8 +8,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ...domain.vsphere import Connection
+from ..deps import CallerDep, RuntimeDep
 from ..schemas import In
-from .deps import ERRORS, CallerDep, RuntimeDep
+from .deps import ERRORS
 
 if TYPE_CHECKING:
     from ...runtime import Runtime

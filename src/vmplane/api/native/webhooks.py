@@ -8,9 +8,10 @@ from pydantic import BaseModel, Field
 
 from ... import clock
 from ...services import scopes
+from ..deps import CallerDep, RuntimeDep
 from ..middleware import NO_STORE
 from ..schemas import In, Page, ScopeOut
-from .deps import ERRORS, CallerDep, Limit, PageToken, RuntimeDep
+from .deps import ERRORS, Limit, PageToken
 
 router = APIRouter(tags=["webhooks"])
 

@@ -14,7 +14,7 @@ from ....auth import Principal
 from ....domain import Vm
 from ....errors import Conflict, InvalidRequest, InvalidState, NotFound, Reason
 from ....services.backups import BackupSchedule
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import find_instance
 from .wire import BlError

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from .... import clock
 from ....domain import StoredSpec
 from ....errors import InvalidRequest, Reason
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import nodes_by_id, offerings_of
 

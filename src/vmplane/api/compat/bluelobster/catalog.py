@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ....services.offerings import InstanceType
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import every_template, offerings_of
 

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from .... import clock
 from ....errors import Conflict, InvalidState, VmplaneError
 from ....wsconsole import bridge
+from ...deps import CallerDep, RuntimeDep, authorize
 from ...middleware import NO_STORE
-from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import find_instance
 from .wire import BlError

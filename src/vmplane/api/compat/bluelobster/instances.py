@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from ....auth import Principal
 from ....errors import Conflict, InvalidRequest, InvalidState
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import find_instance, nodes_by_id, offerings_of, render, team_names, vm_host, wait
 from .wire import BlError

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from ....domain import Vm
 from ....errors import Conflict, InvalidRequest, NotFound
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from .shared import applied, find_instance
 from .wire import BlError
 

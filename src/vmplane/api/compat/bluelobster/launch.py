@@ -13,7 +13,7 @@ from .... import clock
 from ....auth import Principal
 from ....domain import NewVm, Resources, Vm
 from ....errors import Conflict, InvalidRequest, NoCapacity, NotFound, Reason
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import offerings_of, template_id_named
 from .wire import BlError

@@ -14,7 +14,7 @@ from .... import clock
 from ....auth import Principal
 from ....errors import NotFound
 from ....services.offerings import Offerings
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import offerings_of, vm_host
 

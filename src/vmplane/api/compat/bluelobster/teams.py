@@ -10,7 +10,7 @@ from sqlalchemy import Row
 
 from ....auth import Principal
 from ....errors import NotFound
-from ...native.deps import CallerDep, RuntimeDep, authorize
+from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import find_instance, nodes_by_id, offerings_of, render
 from .wire import BlError

@@ -20,9 +20,9 @@ from ....domain.ingress import Ipv6Ingress
 from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
 from ....net.model import Firewall
 from ....wsconsole import bridge
+from ...deps import CallerDep, RuntimeDep, authorize
 from ...health import readiness
 from ...middleware import NO_STORE
-from ...native.deps import CallerDep, RuntimeDep, authorize
 from . import wire
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from ....auth import Principal
 from ....errors import InvalidRequest, NotFound, VmplaneError
 from ....events import formats
 from ....events.bus import GoingAway, SlowConsumer
-from ...native.deps import CallerDep, RuntimeDep, authorize, hold_ws_stream, principal
+from ...deps import CallerDep, RuntimeDep, authorize, hold_ws_stream, principal
 from . import jobs as hjobs
 from . import wire
 from .wire import JobDefIn

@@ -3,7 +3,7 @@
 `/api/v1/plugins/{plugin}` (the manifest), `/api/v1/plugins/{plugin}/enabled`,
 `/api/v1/vms/{name}/openapi` (the guest's document, else the manifest's URL, 502 when that
 fetch fails, else 404 `openapi spec unavailable`) and `/api/v1/mcp` (`{command, params}` →
-200 `{result, error?}`). Everything is done by rt.plugins and rt.mcp; core errors are
+200 `{result, error?}`). Everything is done by rt.plugins and the MCP command set (api/mcp_commands.py); core errors are
 rendered by the face's handler."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from ....errors import DriverError
-from ...native.deps import CallerDep, RuntimeDep, authorize
-from ...native.mcp import command_body
+from ...deps import CallerDep, RuntimeDep, authorize
+from ...mcp_commands import command, command_body
 
 router = APIRouter()
 """every route needs credentials; the plugin routes also the right to write (POST, DELETE)"""
@@ -74,4 +74,4 @@ async def vm_openapi(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 async def mcp_command(request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Always 200 `{result, error?}`; 400 only for a body that is not a JSON object."""
     body = await command_body(request)
-    return JSONResponse(await rt.mcp.command(body.get("command"), body.get("params"), who))
+    return JSONResponse(await command(rt, body.get("command"), body.get("params"), who))

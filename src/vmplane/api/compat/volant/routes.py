@@ -22,12 +22,12 @@ from ....domain import Vm
 from ....errors import DriverError, Forbidden, InvalidRequest
 from ....events.bus import SlowConsumer
 from ....hoststats import CpuMeter, mem_percent
-from ....services import vmconfig, volant_shapes
 from ....store import templates as tpl_q
 from ....store import vms as vm_q
+from ... import volant_shapes
+from ...deps import CallerDep, RuntimeDep, StreamSlotDep, authorize
 from ...health import readiness
 from ...middleware import json_body
-from ...native.deps import CallerDep, RuntimeDep, StreamSlotDep, authorize
 from . import wire
 
 if TYPE_CHECKING:
@@ -155,10 +155,7 @@ async def list_vms(
 @router.post("/api/v1/vms")
 async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """201 with the VM once it runs, or as it is when the wait ends (pending/starting)."""
-    config = vmconfig.check(body.full_config())
-    spec = vmconfig.new_vm(body.name, config, await rt.templates.default_id(who))
-    row = await rt.vms.create_and_wait(spec, who, _wait(rt))
-    await rt.vm_configs.record([row.id], config)
+    row = await rt.vm_configs.create(body.name, body.full_config(), who, _wait(rt))
     return JSONResponse(await _render(rt, row), status_code=201)
 
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .... import clock
 from ....domain import Vm
 from ....errors import Reason
-from ....services.volant_shapes import VM_STATUS  # shared with the MCP command set (services/mcp.py)
 from ...errors import NATIVE_STATUS
+from ...volant_shapes import VM_STATUS  # shared with the MCP command set (api/mcp_commands.py)
 
 STATUS: dict[Reason, int] = {
     **NATIVE_STATUS,

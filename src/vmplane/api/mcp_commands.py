@@ -1,10 +1,13 @@
-"""The operations AI agents drive vmplane with, in one place: Volant's MCP command set
-(`{command, params}` → `{result, error?}`, POST /api/v1/mcp on the native API and the Volant
-face) and the same operations as Model Context Protocol tools (api/mcp.py: streamable HTTP
-at /mcp; `vmplane mcp` over stdio). Each operation has a JSON schema for its params.
+"""Volant's MCP command set, a face of its own: the core's operations for AI agents as
+commands (`{command, params}` → `{result, error?}`, POST /api/v1/mcp on the native API and
+the Volant face) and as Model Context Protocol tools (api/mcp.py: streamable HTTP at /mcp;
+`vmplane mcp` over stdio). Each operation has a JSON schema for its params.
 
-Results use Volant's shapes (a VM summary is `{id, name, status, ip_address, cpu_cores,
-memory_mb}`, `id` being the VM's integer sequence number as on the Volant face).
+It translates only, as a face does: params checked against their schema, the services called
+as the Volant face calls them, results rendered in Volant's shapes (a VM summary is `{id,
+name, status, ip_address, cpu_cores, memory_mb}`, `id` being the VM's integer sequence number
+as on the Volant face; status words and deployments: api/volant_shapes.py). It imports no
+face, since two faces serve it.
 """
 
 from __future__ import annotations
@@ -15,27 +18,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
+from fastapi import Request
 from sqlalchemy import Row
 
 from ..auth import Principal
 from ..domain import Vm
 from ..errors import Forbidden, InvalidRequest, VmplaneError
-from . import vmconfig
+from .middleware import json_body
 from .volant_shapes import VM_STATUS, deployment
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from .deployments import DeploymentService
-    from .jobs import JobService
-    from .plugins import PluginService
-    from .templates import TemplateService
-    from .vmconfig import VmConfigService
-    from .vms import VmService
+    from ..runtime import Runtime
 
 log = logging.getLogger("vmplane.mcp")
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 63, "description": "the VM's name"}
-Handler = Callable[["McpDeps", Principal, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[["Runtime", Principal, dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -73,15 +71,15 @@ def vm_summary(row: Vm) -> dict[str, Any]:
     }
 
 
-async def _finish(deps: McpDeps, job_id: str, what: str) -> None:
-    await deps.jobs.finish(job_id, deps.settings.compat_wait_seconds, what)
+async def _finish(rt: Runtime, job_id: str, what: str) -> None:
+    await rt.jobs.finish(job_id, rt.settings.compat_wait_seconds, what)
 
 
 # -- operations -----------------------------------------------------------------------------
 
 
-async def vms_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [vm_summary(r) for r in await deps.vms.every(who)]
+async def vms_list(rt: Runtime, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [vm_summary(r) for r in await rt.vms.every(who)]
     if p.get("status"):
         out = [v for v in out if v["status"] == p["status"]]
     if p.get("runtime"):
@@ -89,11 +87,11 @@ async def vms_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list[dic
     return out
 
 
-async def vms_get(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return vm_summary(await deps.vms.by_name(p["name"], who))
+async def vms_get(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return vm_summary(await rt.vms.by_name(p["name"], who))
 
 
-async def vms_create(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+async def vms_create(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
     """As the Volant face's create: the VM's config from the params, then wait for it."""
     config: dict[str, Any] = dict(p.get("config") or {})
     resources = {k: p[k] for k in ("cpu_cores", "memory_mb") if p.get(k) is not None}
@@ -102,66 +100,62 @@ async def vms_create(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[s
     for key in ("runtime", "plugin", "kernel_cmdline"):
         if p.get(key):
             config[key] = p[key]
-    config = vmconfig.check(config, "params.config")
-    spec = vmconfig.new_vm(p["name"], config, await deps.templates.default_id(who))  # with its plugin, if named
-    row = await deps.vms.create_and_wait(spec, who, deps.settings.compat_wait_seconds)
-    await deps.vm_configs.record([row.id], config)
-    return vm_summary(row)
+    return vm_summary(await rt.vm_configs.create(p["name"], config, who, rt.settings.compat_wait_seconds, "params.config"))
 
 
 def _power(action: str) -> Handler:
-    async def run(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-        vm = await deps.vms.by_name(p["name"], who)
-        await _finish(deps, await deps.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
-        return vm_summary(await deps.vms.get(vm.id, who))
+    async def run(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+        vm = await rt.vms.by_name(p["name"], who)
+        await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
+        return vm_summary(await rt.vms.get(vm.id, who))
 
     return run
 
 
-async def vms_delete(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    vm = await deps.vms.by_name(p["name"], who)
+async def vms_delete(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    vm = await rt.vms.by_name(p["name"], who)
     if vm.status != "deleting":
-        await _finish(deps, await deps.vms.delete([vm.id], who), f"deleting VM {vm.name}")
+        await _finish(rt, await rt.vms.delete([vm.id], who), f"deleting VM {vm.name}")
     return {"name": vm.name, "deleted": True}
 
 
-async def vms_action(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    vm = await deps.vms.by_name(p["name"], who)
+async def vms_action(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    vm = await rt.vms.by_name(p["name"], who)
     body = p.get("body")
-    out = await deps.plugins.call_action(vm.id, p["action"], who, body=body.encode() if body else b"", content_type="application/json" if body else None)
+    out = await rt.plugins.call_action(vm.id, p["action"], who, body=body.encode() if body else b"", content_type="application/json" if body else None)
     return {"status": out.status, "content_type": out.content_type, "body": out.body.decode("utf-8", "replace")}
 
 
-async def plugins_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"name": r.name, "runtime": r.runtime, "version": r.version, "enabled": r.enabled, "actions": sorted(r.manifest.get("actions") or {})} for r in await deps.plugins.list(who)]
+async def plugins_list(rt: Runtime, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": r.name, "runtime": r.runtime, "version": r.version, "enabled": r.enabled, "actions": sorted(r.manifest.get("actions") or {})} for r in await rt.plugins.list(who)]
 
 
-async def _deployment_out(deps: McpDeps, row: Row[Any]) -> dict[str, Any]:
-    return deployment(row, await deps.deployments.ready_count(row))
+async def _deployment_out(rt: Runtime, row: Row[Any]) -> dict[str, Any]:
+    return deployment(row, await rt.deployments.ready_count(row))
 
 
-async def deployments_list(deps: McpDeps, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
-    return [await _deployment_out(deps, d) for d in await deps.deployments.list(who)]
+async def deployments_list(rt: Runtime, who: Principal, p: dict[str, Any]) -> list[dict[str, Any]]:
+    return [await _deployment_out(rt, d) for d in await rt.deployments.list(who)]
 
 
-async def deployments_get(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return await _deployment_out(deps, await deps.deployments.get(p["name"], who))
+async def deployments_get(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(rt, await rt.deployments.get(p["name"], who))
 
 
-async def deployments_create(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return await _deployment_out(deps, await deps.deployments.create(p["name"], p.get("replicas", 1), p.get("config"), who))
+async def deployments_create(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(rt, await rt.deployments.create(p["name"], p.get("replicas", 1), p.get("config"), who))
 
 
-async def deployments_scale(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    return await _deployment_out(deps, await deps.deployments.update(p["name"], who, replicas=p["replicas"]))
+async def deployments_scale(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    return await _deployment_out(rt, await rt.deployments.update(p["name"], who, replicas=p["replicas"]))
 
 
-async def deployments_delete(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
-    await deps.deployments.delete(p["name"], who)
+async def deployments_delete(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+    await rt.deployments.delete(p["name"], who)
     return {"name": p["name"], "deleted": True}
 
 
-async def get_capabilities(deps: McpDeps, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
+async def get_capabilities(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
     return {"capabilities": [{"name": op.command, "description": op.description, "params": op.params} for op in OPERATIONS]}
 
 
@@ -217,39 +211,31 @@ def _check_params(op: Operation, params: Any) -> dict[str, Any]:
     return params
 
 
-@dataclass(frozen=True)
-class McpDeps:
-    """The services the operations drive."""
-
-    settings: Settings
-    vms: VmService
-    templates: TemplateService
-    vm_configs: VmConfigService
-    plugins: PluginService
-    deployments: DeploymentService
-    jobs: JobService
+async def command_body(request: Request) -> dict[str, Any]:
+    """The body of a `{command, params}` request (400 when it is not a JSON object)."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be an object {command, params}", field="body")
+    return body
 
 
-class McpService:
-    def __init__(self, deps: McpDeps) -> None:
-        self.deps = deps
+async def run(rt: Runtime, op: Operation, params: Any, who: Principal) -> Any:
+    """Run one operation (VmplaneError on a bad param or a failure)."""
+    params = _check_params(op, params)
+    if op.writes and not who.can_write:
+        raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot change anything")
+    return await op.run(rt, who, params)
 
-    async def run(self, op: Operation, params: Any, who: Principal) -> Any:
-        """Run one operation (VmplaneError on a bad param or a failure)."""
-        params = _check_params(op, params)
-        if op.writes and not who.can_write:
-            raise Forbidden(f"your role ({who.role}{', read-only key' if who.read_only else ''}) cannot change anything")
-        return await op.run(self.deps, who, params)
 
-    async def command(self, command: Any, params: Any, who: Principal) -> dict[str, Any]:
-        """Volant's `{command, params}` → `{result}` or `{result: null, error}` (never raises)."""
-        op = BY_COMMAND.get(command) if isinstance(command, str) else None
-        if op is None:
-            return {"result": None, "error": f"unknown command: {command}"}
-        try:
-            return {"result": await self.run(op, params, who)}
-        except VmplaneError as exc:
-            return {"result": None, "error": exc.message}
-        except Exception as exc:  # an agent gets a sentence, the log the trace
-            log.exception("MCP command %s failed", command)
-            return {"result": None, "error": f"internal error: {type(exc).__name__}"}
+async def command(rt: Runtime, command: Any, params: Any, who: Principal) -> dict[str, Any]:
+    """Volant's `{command, params}` → `{result}` or `{result: null, error}` (never raises)."""
+    op = BY_COMMAND.get(command) if isinstance(command, str) else None
+    if op is None:
+        return {"result": None, "error": f"unknown command: {command}"}
+    try:
+        return {"result": await run(rt, op, params, who)}
+    except VmplaneError as exc:
+        return {"result": None, "error": exc.message}
+    except Exception as exc:  # an agent gets a sentence, the log the trace
+        log.exception("MCP command %s failed", command)
+        return {"result": None, "error": f"internal error: {type(exc).__name__}"}

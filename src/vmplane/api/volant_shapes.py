@@ -1,6 +1,7 @@
-"""Volant's words that its MCP command set (services/mcp.py) answers in as well as its face
-(api/compat/volant): VM status words and the shape of a deployment. They live here, under
-both, so that the service renders them without importing a face."""
+"""Volant's words that its MCP command set (api/mcp_commands.py) answers in as well as its
+face (api/compat/volant): VM status words and the shape of a deployment. They live here,
+beside both and in neither: the Volant face serves the command set (its POST /api/v1/mcp),
+so the command set cannot import the face's wire without a cycle."""
 
 from __future__ import annotations
 
