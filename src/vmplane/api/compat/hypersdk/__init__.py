@@ -7,6 +7,12 @@ serves it at the root of a listener of its own, which HyperSDK's published Pytho
 (it drops the path of its base URL). Errors are `{"error": sentence, "timestamp": ...}`; request
 validation answers 400. Where the document and the real daemon's clients differ, the face
 answers with a superset both accept: docs/hypersdk.md.
+
+One router per resource of the document (health and status, jobs, schedules, webhooks, VM
+discovery, the WebSocket), each a call into the core; what they share is in shared.py, the
+wire format in wire.py, the translation of a job into a vmplane import in jobs.py (the jobs
+endpoints are job_routes.py). Schedules and webhooks are the core's, marked as the face's own
+(a schedule's `origin`, a webhook's `hypersdk` format): the face lists and addresses only those.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ....events.formats import IMPORT_JOB_TYPE
 from ...errors import validation_message
 from ...metrics import TimedRequests, route_template
 from ..common import Errors, build_face
-from .routes import open_router, router
+from . import health, job_routes, schedules, vms, webhooks, ws
 from .wire import HYPERSDK_STATUS, STATUS
 
 if TYPE_CHECKING:
@@ -36,6 +42,14 @@ if TYPE_CHECKING:
 
 PREFIX = "/compat/hypersdk"
 CONTRACT = Path(__file__).with_name("hypersdk-api.md")
+
+ROUTERS = (
+    health.open_router, ws.open_router,
+    health.router, job_routes.router, schedules.router, webhooks.router, vms.router,
+)  # fmt: skip
+"""the face's routers, in the order their routes match: the open ones (health, and the
+WebSocket, which checks credentials itself), then those that need credentials (X-API-Key, as
+HyperSDK's client sends its api_key, or Bearer)"""
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -104,7 +118,7 @@ class CountRequests(TimedRequests):
 def build(rt: Runtime, metrics: Any = None) -> FastAPI:
     """The face's application (mounted by api/faces.py); `metrics`: the main application's
     Metrics, which the face's `hypersdk_*` metrics join."""
-    app = build_face("HyperSDK face", rt, (open_router, router), CONTRACT, ERRORS)
+    app = build_face("HyperSDK face", rt, ROUTERS, CONTRACT, ERRORS)
     app.state.started_at = clock.now()
     if metrics is not None:
         app.add_middleware(CountRequests, metrics=HyperSdkMetrics(rt, metrics))
