@@ -75,7 +75,7 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout. Raises SlowConsumer once dropped."""
         try:
-            async with asyncio.timeout(timeout):  # not wait_for, which can drop a cancel (see aio.py)
+            async with asyncio.timeout(timeout):  # not wait_for, which can drop a cancel (see vmplane/aio.py)
                 event = await self._queue.get()
         except TimeoutError:
             return None
