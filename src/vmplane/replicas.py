@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from . import ids
+from .aio import wait_event
 from .drivers.base import HypervisorDriver
 from .drivers.registry import NodeRegistry
 from .errors import NotFound
@@ -218,10 +219,7 @@ class Replicas:
     async def _run(self) -> None:
         period = self.settings.coordination_seconds
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), period)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, period)
             self._wake.clear()
             try:
                 await self.tick()

@@ -61,8 +61,14 @@ async def test_sse_resume_sees_every_event_exactly_once(server_factory: Any) -> 
     seen: list[int] = []
     first = sse_events(c, {"types": "vm.*"})
     # start creating while subscribed; disconnect after some events; resume from the last id
+    base = server.rt.events.subscriber_count
+    collecting = asyncio.create_task(collect(first, 15))
+    for _ in range(200):  # a stream without Last-Event-ID sees what is delivered after it subscribed
+        if server.rt.events.subscriber_count > base:
+            break
+        await asyncio.sleep(0.01)
     creating = asyncio.create_task(server.create([{"name": f"rs-{i}"} for i in range(30)]))
-    part = await collect(first, 15)
+    part = await collecting
     await first.aclose()
     seen += [int(e["id"]) for e in part]
     await asyncio.sleep(0.3)  # events keep coming while nobody listens

@@ -379,7 +379,8 @@ def long_call(work: Callable[[Callable[[int, str], Awaitable[None]]], Awaitable[
     async def body() -> AsyncIterator[bytes]:
         while True:
             try:
-                item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                async with asyncio.timeout(KEEPALIVE_SECONDS):  # not wait_for, which can drop a cancel (see vmplane/aio.py)
+                    item = await queue.get()
             except TimeoutError:
                 yield wire.ndjson({"keepalive": True})
                 continue

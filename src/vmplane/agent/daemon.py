@@ -31,6 +31,7 @@ import httpx
 import uvicorn
 
 from .. import __version__
+from ..aio import wait_event
 from ..config import Settings
 from ..datadir import make_private
 from ..drivers.base import HypervisorDriver
@@ -221,8 +222,7 @@ class Agent:
                 if not failing:
                     log.warning("heartbeat to %s failed (will keep trying): %s", self.cfg.control_plane, exc)
                 failing = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_seconds)
+            await wait_event(self.stopping, self.heartbeat_seconds)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -259,8 +259,7 @@ class Agent:
                             break
                         except httpx.HTTPError as exc:
                             log.warning("cannot reach the control plane at %s (retrying in %.0f s): %s", self.cfg.control_plane, delay, exc)
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self.stopping.wait(), delay)
+                            await wait_event(self.stopping, delay)
                             delay = min(RETRY_MAX, delay * 2)
                     if not self.stopping.is_set():
                         await self.beat(client)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from ..aio import wait_event
 from ..event_types import Event, matches, sees
 from ..store import Store
 from ..store import events as ev_q
@@ -74,7 +75,8 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout. Raises SlowConsumer once dropped."""
         try:
-            event = await asyncio.wait_for(self._queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for, which can drop a cancel (see vmplane/aio.py)
+                event = await self._queue.get()
         except TimeoutError:
             return None
         if event is None:
@@ -155,10 +157,7 @@ class EventBus:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._poke.wait(), self.poll_seconds)
-            except TimeoutError:
-                pass
+            await wait_event(self._poke, self.poll_seconds)
             self._poke.clear()
             try:
                 await self._deliver_new()

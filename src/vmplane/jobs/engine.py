@@ -24,6 +24,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
+from ..aio import wait_event
 from ..auth import Principal
 from ..config import Settings
 from ..domain import JobState, TaskState
@@ -317,10 +318,7 @@ class JobEngine:
             if claimed and len(claimed) == free:
                 continue  # there may be more
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
+            await wait_event(self._wakeup, 0.5)
 
     async def _lease_loop(self) -> None:
         interval = max(0.05, self.settings.lease_seconds / 3)

@@ -35,6 +35,7 @@ from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 
 from .. import clock, ids
+from ..aio import wait_event
 from ..auth import Principal
 from ..domain import NodeStatus, Vm, VmStatus
 from ..errors import Conflict, InvalidRequest, NotFound, Reason, VmplaneError
@@ -224,10 +225,7 @@ class DeploymentService:
             except Exception:
                 log.exception("reconciling deployments failed")
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.interval)
 
     async def reconcile_all(self) -> None:
         async with self.store.read() as conn:

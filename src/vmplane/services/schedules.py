@@ -24,6 +24,7 @@ import httpx
 from sqlalchemy import Row
 
 from .. import clock, cron, ids
+from ..aio import wait_event
 from ..auth import Principal
 from ..domain import JobState
 from ..errors import Conflict, InvalidRequest, NotFound, Reason
@@ -249,10 +250,7 @@ class ScheduleService:
                 nxt = await sch_q.next_due_time(conn)
             wait = 1.0 if nxt is None else min(1.0, max(0.01, nxt - clock.now()))
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, wait)
 
     async def tick(self) -> None:
         now = clock.now()

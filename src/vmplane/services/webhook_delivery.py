@@ -33,6 +33,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import __version__, clock, ids, outbound
+from ..aio import wait_event
 from ..event_types import Event, matches, sees
 from ..events import formats, wire
 from ..store import Store
@@ -139,10 +140,7 @@ class WebhookDelivery:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), 1.0)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, 1.0)
             self._wake.clear()
             try:
                 await self.dispatch()

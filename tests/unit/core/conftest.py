@@ -66,7 +66,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     outbound = Outbound(settings, store)
     capacity = Capacity(store, settings)
     engine = JobEngine(store, settings, all_handlers())
-    events = EventBus(store)  # not started: JobService.wait reads the job again every second without it
+    events = EventBus(store)
     billing = Billing(store=store, settings=settings)
     tenancy = TenancyService(store=store, settings=settings, data_dir=data, schedules_changed=lambda: None)
     jobs = JobService(store=store, engine=engine, events=events)
@@ -98,7 +98,9 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     await driver.open()
     registry.add(NODE, driver)
     await cluster.register_node(NODE, driver)
+    await events.start()  # as the runtime does once its nodes are known: JobService.wait hears a job end
     owner = Principal(DEFAULT_ORG, ADMIN_USER, "admin", Role.OWNER)
     yield Core(settings, store, driver, engine, deps, events, jobs, tenancy, vms, owner)
     await engine.stop()
+    await events.stop()
     await store.close()
