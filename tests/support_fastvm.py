@@ -12,10 +12,10 @@ import httpx
 import schemathesis
 
 from vmplane.api.compat import fastvm
+from vmplane.domain.network import Firewall, Nic
 from vmplane.drivers.base import ExecResult, ImageInfo
 from vmplane.drivers.sim import SimDriver
 from vmplane.errors import DriverError
-from vmplane.net.model import Firewall, Nic
 
 CONTRACT = Path(fastvm.__file__).with_name("openapi.yaml")
 SCHEMA = schemathesis.openapi.from_path(CONTRACT)

@@ -173,7 +173,7 @@ class DriverContract:
     async def test_set_network_records_nics_and_firewall_and_is_idempotent(self, env: Any) -> None:
         import dataclasses
 
-        from vmplane.net.model import Network, Nic, mac_for, parse_firewall
+        from vmplane.domain.network import Network, Nic, mac_for, parse_firewall
 
         d = env.driver
         user = Network("net-user00000000", "user", "user", "10.0.0.0/16", "10.0.0.2")

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from vmplane.domain.network import Network, mac_for, parse_firewall, tap_name
 from vmplane.net import nft
 from vmplane.net.host import NetworkHost, bridge_mac, which
-from vmplane.net.model import Network, mac_for, parse_firewall, tap_name
 
 INSIDE = os.environ.get("VMPLANE_TEST_NETNS")
 pytestmark = pytest.mark.slow

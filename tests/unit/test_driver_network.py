@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from vmplane.domain import Resources, VmSpec
+from vmplane.domain.network import Firewall, Network, Nic, mac_for, parse_firewall, tap_name
 from vmplane.drivers.qemu.cmdline import active_forwards, build_argv, hostfwd_rule, net_args
 from vmplane.drivers.qemu.layout import Forward, VmConfig, VmPaths
 from vmplane.drivers.sim import SimDriver
 from vmplane.errors import DriverError
-from vmplane.net.model import Firewall, Network, Nic, mac_for, parse_firewall, tap_name
 
 VM = "vm-abcdefgh1234"
 USER = Network("net-user0000000", "user", "user", "10.0.0.0/16", "10.0.0.2")

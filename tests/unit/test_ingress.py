@@ -4,8 +4,8 @@ and that reading a firewall back gives the policy written."""
 import pytest
 
 from vmplane.domain.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
+from vmplane.domain.network import Firewall, Rule, parse_firewall
 from vmplane.errors import InvalidRequest
-from vmplane.net.model import Firewall, Rule, parse_firewall
 
 SSH = Allow("tcp", 22, 22, ("2001:db8::/32",), "ssh")
 GAME = Allow("udp", 6000, 6010)

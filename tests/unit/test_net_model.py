@@ -2,9 +2,9 @@
 
 import pytest
 
+from vmplane.domain.network import Firewall, allowed_forwards, bridge_name, mac_for, parse_firewall, parse_rule, tap_name
 from vmplane.errors import Conflict, InvalidRequest, NotFound
 from vmplane.net import ipam
-from vmplane.net.model import Firewall, allowed_forwards, bridge_name, mac_for, parse_firewall, parse_rule, tap_name
 from vmplane.pci import PciDevice
 from vmplane.placement import Demand, NodeUsage, Policy, choose_node, pick_devices
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from vmplane.domain.network import Firewall, parse_firewall, parse_rule
 from vmplane.net import nft
-from vmplane.net.model import Firewall, parse_firewall, parse_rule
 
 TAPS = ["vmt0123456789a0", "vmt0123456789a1"]
 VM = "vm-abcd1234efgh"

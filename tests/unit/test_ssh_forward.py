@@ -5,9 +5,9 @@ from pathlib import Path
 
 from vmplane.cli.ssh import ssh_argv
 from vmplane.domain import Resources, StoredSpec, VmSpec
+from vmplane.domain.network import Firewall, Rule
 from vmplane.drivers.qemu.cmdline import active_forwards
 from vmplane.drivers.qemu.layout import Forward, VmConfig
-from vmplane.net.model import Firewall, Rule
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILgOI49zZ+FOg3BwbO2ALx7k7+tVpHmlu0DCkEIV22Tc"
 

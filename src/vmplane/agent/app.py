@@ -27,10 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..domain import VmSpec
+from ..domain.network import Firewall, Nic, parse_firewall
 from ..drivers import remote_wire as wire
 from ..drivers.base import HypervisorDriver, PowerState
 from ..errors import DriverError, InvalidRequest, InvalidState, Unauthorized, VmplaneError
-from ..net.model import Firewall, Nic, parse_firewall
 from ..wsconsole import bridge
 from .images import ImageStore, WantedFile
 

@@ -19,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from ..domain import Resources, VmSpec
+from ..domain.network import Firewall, Nic
 from ..errors import DriverError
-from ..net.model import Firewall, Nic
 from ..pci import PciDevice
 
 Progress = Callable[[int, str], Awaitable[None]]

@@ -29,9 +29,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from ..domain import Resources, VmSpec
+from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidRequest
 from ..http_clients import link_client
-from ..net.model import Firewall, Nic
 from . import remote_wire as wire
 from .base import (
     Capabilities,

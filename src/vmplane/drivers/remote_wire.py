@@ -22,8 +22,8 @@ from typing import Any
 
 from .. import errors, ids
 from ..domain import Resources, VmSpec
+from ..domain.network import Firewall, Nic
 from ..errors import InvalidRequest, Reason, VmplaneError
-from ..net.model import Firewall, Nic
 from ..pci import PciDevice
 from .base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 

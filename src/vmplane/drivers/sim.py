@@ -16,8 +16,8 @@ from typing import Any
 
 from .. import clock, pci
 from ..domain import Resources, VmSpec
+from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidState, NoCapacity
-from ..net.model import Firewall, Nic
 from .base import Capabilities, HypervisorDriver, ImageInfo, NodeInfo, PowerState, Progress, VmRuntime
 
 QCOW2_MAGIC = b"QFI\xfb"

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from ..backupstore import BackupStore
     from ..config import Settings
     from ..domain import ImportRequest, NewVm, Vm
+    from ..domain.network import Firewall, Nic
     from ..domain.vsphere import BytesProgress, Connection, ExportedDisk, VsphereVmInfo
     from ..drivers.base import HypervisorDriver
     from ..drivers.registry import NodeRegistry
-    from ..net.model import Firewall, Nic
     from ..outbound import Outbound
     from ..placement import Demand
     from ..store import Store

@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import procfs
+from ..domain.network import Firewall, Network, bridge_name
 from ..errors import DriverError
 from . import nft
-from .model import Firewall, Network, bridge_name
 from .nft import TapGuard  # by name: in NetHost's body `nft` is its method
 
 log = logging.getLogger("vmplane.net")

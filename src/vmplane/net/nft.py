@@ -42,8 +42,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..domain.network import Firewall, Rule
 from ..ids import looks_like_id
-from .model import Firewall, Rule
 
 TABLE = "vmplane"
 ESTABLISHED_MARK = 0x01000000

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..auth import Principal
 from ..domain.ingress import Allow, Ipv6Ingress, parse_mode
-from ..net.model import Firewall
+from ..domain.network import Firewall
 
 if TYPE_CHECKING:
     from ..store import Store

@@ -19,10 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import DEFAULT_ORG, Principal
 from ..domain import Vm, VmNic
-from ..domain.network import DEFAULT_NETWORK
+from ..domain.network import DEFAULT_NETWORK, NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
 from ..errors import Conflict, InvalidRequest, NotFound, Reason
 from ..net import ipam
-from ..net.model import NETWORK_TYPES, Firewall, Network, Nic, Rule, bridge_name, mac_for, parse_firewall, parse_rule
 from ..store import networks as net_q
 from ..store import vms as vm_q
 from .vms import check_name, get_visible_vm

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, NewVm, Resources, Vm, VmStatus
+from ..domain.network import Firewall
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
-from ..net.model import Firewall
 from ..placement import Demand
 from ..store import guest as guest_q
 from ..store import jobs as job_q

@@ -524,7 +524,7 @@ vm_firewalls = Table(
     Column("firewall", JSON, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
-"""A VM's firewall (net.model.Firewall wire form); no row: disabled, ACCEPT both ways."""
+"""A VM's firewall (domain.network.Firewall wire form); no row: disabled, ACCEPT both ways."""
 
 pci_assignments = Table(
     "pci_assignments",

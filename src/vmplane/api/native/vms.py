@@ -6,8 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ... import clock
 from ...domain import NewVm, Resources
+from ...domain.network import parse_firewall
 from ...errors import InvalidRequest
-from ...net.model import parse_firewall
 from ...services.vms import VmChange
 from .. import render
 from ..deps import CallerDep, RuntimeDep

@@ -9,8 +9,8 @@ recognises its processes by it).
 import ipaddress
 import re
 
+from ...domain.network import allowed_forwards, tap_name
 from ...errors import DriverError
-from ...net.model import allowed_forwards, tap_name
 from ...pci import check_address
 from .layout import Forward, VmConfig, VmPaths
 

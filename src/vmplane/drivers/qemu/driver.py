@@ -29,10 +29,10 @@ from pathlib import Path
 
 from ... import pci, procfs
 from ...domain import Resources, VmSpec
+from ...domain.network import Firewall, Nic
 from ...errors import DriverError
 from ...ids import looks_like_id
 from ...net import host as nethost
-from ...net.model import Firewall, Nic
 from ..base import (
     Capabilities,
     ExecResult,

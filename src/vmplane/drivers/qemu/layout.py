@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ...domain import Resources, VmSpec
+from ...domain.network import Firewall, Nic
 from ...errors import DriverError, InvalidRequest
 from ...ids import looks_like_id
-from ...net.model import Firewall, Nic
 from ...pci import check_address
 
 CONFIG_VERSION = 1

@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ...domain.network import Firewall, Network, Nic, tap_name
 from ...errors import DriverError, InvalidState
 from ...net import host as nethost
 from ...net import ipam
-from ...net.model import Firewall, Network, Nic, tap_name
 from ...net.nft import TapGuard
 from .agent import AgentNotResponding
 from .cmdline import active_forwards, hostfwd_rule, user_netdev

@@ -17,8 +17,8 @@ from sqlalchemy import Row
 from .... import clock
 from ....domain import NewVm, Vm
 from ....domain.ingress import Ipv6Ingress
+from ....domain.network import Firewall
 from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
-from ....net.model import Firewall
 from ....wsconsole import bridge
 from ...deps import CallerDep, RuntimeDep, authorize
 from ...health import readiness
