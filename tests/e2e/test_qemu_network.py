@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,41 @@ def pids_mentioning(marker: str) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+@contextmanager
+def veth_namespace(prefix: str) -> Iterator[tuple[str, str]]:
+    """A network namespace joined to the host by a veth pair on a random /30 of 10.254/16:
+    yields (namespace, the address inside it); both go on exit."""
+    tag = uuid.uuid4().hex[:8]
+    ns, outer, inner = f"vmp{prefix}-{tag}", f"v{prefix}o{tag}", f"v{prefix}i{tag}"
+    base = ipaddress.IPv4Address("10.254.0.0") + 4 * random.randrange(16384)
+    outer_ip, inner_ip = str(base + 1), str(base + 2)
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
+        sh("ip", "addr", "add", f"{outer_ip}/30", "dev", outer)
+        sh("ip", "link", "set", outer, "up")
+        for argv in (["addr", "add", f"{inner_ip}/30", "dev", inner], ["link", "set", inner, "up"], ["link", "set", "lo", "up"]):
+            sh("ip", "-n", ns, *argv)
+        yield ns, inner_ip
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        subprocess.run(["ip", "link", "del", outer], check=False, capture_output=True)
+
+
+def stop_server(proc: "subprocess.Popen[bytes] | None", data: Path) -> None:
+    """SIGTERM the server (SIGKILL after 20 s), then every process that names its data dir:
+    guests and dnsmasq outlive the control plane by design, and a test must not leave them."""
+    if proc is not None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in pids_mentioning(str(data)):
+        os.kill(pid, signal.SIGKILL)
 
 
 class Lab:
@@ -116,10 +152,6 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require_netns()
     tmp = tmp_path_factory.mktemp("netlab")
-    tag = uuid.uuid4().hex[:8]
-    ns, outer, inner = f"vmpe-{tag}", f"vpo{tag}", f"vpi{tag}"
-    base = ipaddress.IPv4Address("10.254.0.0") + 4 * random.randrange(16384)
-    outer_ip, inner_ip = str(base + 1), str(base + 2)
     data = tmp / "data"
     proc: subprocess.Popen[bytes] | None = None
 
@@ -131,34 +163,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         proc = subprocess.Popen(cmd, env=env, stdout=(tmp / "server.log").open("ab"), stderr=subprocess.STDOUT)
         wait_ready(url, proc)
 
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
-        sh("ip", "addr", "add", f"{outer_ip}/30", "dev", outer)
-        sh("ip", "link", "set", outer, "up")
-        for argv in (["addr", "add", f"{inner_ip}/30", "dev", inner], ["link", "set", inner, "up"], ["link", "set", "lo", "up"]):
-            sh("ip", "-n", ns, *argv)
-        url = f"http://{inner_ip}:8080"
-        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "vmplane.cli.main", "serve", "--host", inner_ip,
-               "--port", "8080", "--data-dir", str(data), "--log-level", "warning", "--driver", "qemu", "--accel", "tcg"]  # fmt: skip
-        env = {**os.environ, "VMPLANE_CPU_OVERCOMMIT": "8"}
-        serve()
-        with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": admin_key(data)}) as c:
-            lab = Lab(ns, c, data, serve)
-            boot(lab)
-            yield lab
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in pids_mentioning(str(data)):  # never leave a guest or a dnsmasq behind
-            os.kill(pid, signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        subprocess.run(["ip", "link", "del", outer], check=False, capture_output=True)
+    with veth_namespace("e") as (ns, inner_ip):
+        try:
+            url = f"http://{inner_ip}:8080"
+            cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "vmplane.cli.main", "serve", "--host", inner_ip,
+                   "--port", "8080", "--data-dir", str(data), "--log-level", "warning", "--driver", "qemu", "--accel", "tcg"]  # fmt: skip
+            env = {**os.environ, "VMPLANE_CPU_OVERCOMMIT": "8"}
+            serve()
+            with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": admin_key(data)}) as c:
+                lab = Lab(ns, c, data, serve)
+                boot(lab)
+                yield lab
+        finally:
+            stop_server(proc, data)
 
 
 def boot(lab: Lab) -> None:

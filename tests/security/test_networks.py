@@ -15,12 +15,9 @@
 
 import ipaddress
 import os
-import random
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ import pytest
 
 from vmplane.net.host import netns_name
 
-from ..e2e.test_qemu_network import pids_mentioning, require_netns, sh
+from ..e2e.test_qemu_network import require_netns, sh, stop_server, veth_namespace
 from ..support import Server, admin_key, wait_ready
 
 BOOT_WAIT = 120.0
@@ -122,47 +119,27 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require_netns()
     tmp = tmp_path_factory.mktemp("tenantnet")
-    tag = uuid.uuid4().hex[:8]
-    ns, outer, inner = f"vmps-{tag}", f"vso{tag}", f"vsi{tag}"
-    base = ipaddress.IPv4Address("10.254.0.0") + 4 * random.randrange(16384)
-    outer_ip, inner_ip = str(base + 1), str(base + 2)
     data = tmp / "data"
     proc: subprocess.Popen[bytes] | None = None
     lab: Lab | None = None
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
-        sh("ip", "addr", "add", f"{outer_ip}/30", "dev", outer)
-        sh("ip", "link", "set", outer, "up")
-        for argv in (["addr", "add", f"{inner_ip}/30", "dev", inner], ["link", "set", inner, "up"], ["link", "set", "lo", "up"]):
-            sh("ip", "-n", ns, *argv)
-        url = f"http://{inner_ip}:8080"
-        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "vmplane.cli.main", "serve", "--host", inner_ip,
-               "--port", "8080", "--data-dir", str(data), "--log-level", "warning", "--driver", "qemu", "--accel", "tcg"]  # fmt: skip
-        # a transit pool of the test's own (the node's uplinks to the organizations' namespaces)
-        env = {**os.environ, "VMPLANE_CPU_OVERCOMMIT": "8", "VMPLANE_TENANT_TRANSIT_POOL": "10.253.0.0/16"}
-        proc = subprocess.Popen(cmd, env=env, stdout=(tmp / "server.log").open("ab"), stderr=subprocess.STDOUT)
-        wait_ready(url, proc)
-        lab = Lab(ns, url, data, proc.pid)
-        boot(lab)
-        yield lab
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in pids_mentioning(str(data)):  # never leave a guest or a dnsmasq behind
-            os.kill(pid, signal.SIGKILL)
-        if lab is not None:  # (their mounts went with the server's mount namespace; the names stay)
-            for org_id, _ in lab.orgs.values():
-                subprocess.run(["ip", "netns", "del", netns_name(org_id)], check=False, capture_output=True)
-                Path("/run/netns", netns_name(org_id)).unlink(missing_ok=True)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        subprocess.run(["ip", "link", "del", outer], check=False, capture_output=True)
-
+    with veth_namespace("s") as (ns, inner_ip):
+        try:
+            url = f"http://{inner_ip}:8080"
+            cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "vmplane.cli.main", "serve", "--host", inner_ip,
+                   "--port", "8080", "--data-dir", str(data), "--log-level", "warning", "--driver", "qemu", "--accel", "tcg"]  # fmt: skip
+            # a transit pool of the test's own (the node's uplinks to the organizations' namespaces)
+            env = {**os.environ, "VMPLANE_CPU_OVERCOMMIT": "8", "VMPLANE_TENANT_TRANSIT_POOL": "10.253.0.0/16"}
+            proc = subprocess.Popen(cmd, env=env, stdout=(tmp / "server.log").open("ab"), stderr=subprocess.STDOUT)
+            wait_ready(url, proc)
+            lab = Lab(ns, url, data, proc.pid)
+            boot(lab)
+            yield lab
+        finally:
+            stop_server(proc, data)
+            if lab is not None:  # (their mounts went with the server's mount namespace; the names stay)
+                for org_id, _ in lab.orgs.values():
+                    subprocess.run(["ip", "netns", "del", netns_name(org_id)], check=False, capture_output=True)
+                    Path("/run/netns", netns_name(org_id)).unlink(missing_ok=True)
 
 def boot(lab: Lab) -> None:
     for org in ("acme", "globex"):
