@@ -68,6 +68,26 @@ async def test_vms_by_name(server_factory: Any) -> None:
         assert (await c.get("/api/v1/vms/beta")).status_code == 404
 
 
+async def test_a_deleted_vms_id_is_never_reused(server: Any) -> None:
+    """Volant's integer `id` names one VM for good: deleting the newest VM and creating
+    another gives the new one a new id (SQLite used to hand out the deleted row's), and the
+    new VM's config history ids are new too."""
+    async with volant(server) as c:
+        first = (await c.post("/api/v1/vms", json={"name": "keep", "cpu_cores": 1, "memory_mb": 256})).json()
+        newest = (await c.post("/api/v1/vms", json={"name": "gone", "cpu_cores": 1, "memory_mb": 256})).json()
+        gone_history = {h["id"] for h in (await c.get("/api/v1/vms/gone/config/history")).json()}
+        assert (await c.delete("/api/v1/vms/gone")).status_code == 204
+        r = await c.post("/api/v1/vms", json={"name": "next", "cpu_cores": 1, "memory_mb": 256})
+        assert r.status_code == 201, r.text
+        after = r.json()
+        assert after["id"] not in (first["id"], newest["id"]) and after["id"] > newest["id"]
+        assert (await c.get("/api/v1/vms/next")).json()["id"] == after["id"]
+        assert not gone_history & {h["id"] for h in (await c.get("/api/v1/vms/next/config/history")).json()}
+        # the same integer is the VM's VMID on the native API
+        native = (await server.client.get("/api/v1/vms", params={"name": "next"})).json()["items"]
+        assert [v["vmid"] for v in native] == [after["id"]]
+
+
 async def test_credentials_health_and_system(server: Any) -> None:
     base = server.url + BASE
     async with httpx.AsyncClient(base_url=base, timeout=30) as anon:

@@ -13,6 +13,7 @@ def vm(row: Vm, now: float) -> dict[str, Any]:
     return {
         "id": row.id,
         "uuid": row.uuid,
+        "vmid": row.vmid,
         "name": row.name,
         "node": row.node_id,
         "nodeId": row.node_id,

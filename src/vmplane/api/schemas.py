@@ -158,6 +158,7 @@ class SshOut(BaseModel):
 class VmOut(BaseModel):
     id: str
     uuid: str
+    vmid: int = Field(description="the VM's stable integer id (Proxmox-style VMID): never given to another VM, even once this one is deleted")
     name: str
     node: str | None
     nodeId: str | None

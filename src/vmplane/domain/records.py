@@ -54,6 +54,13 @@ class Vm:
         }  # fmt: skip
 
     @property
+    def vmid(self) -> int:
+        """The VM's stable integer id (Proxmox-style VMID): its row's key, never given to
+        another VM, even after this one is deleted (AUTOINCREMENT on SQLite, a sequence on
+        PostgreSQL; migration 0023)."""
+        return self.seq
+
+    @property
     def primary_ip(self) -> str | None:
         """The first address of NIC 0."""
         return self.spec.primary_ip

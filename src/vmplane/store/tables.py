@@ -84,8 +84,11 @@ vms = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("org_id", "name", name="uq_vms_org_name"),
+    sqlite_autoincrement=True,
 )
-"""A VM's name is unique within its organization only (issue 19: names per organization)."""
+"""A VM's name is unique within its organization only (issue 19: names per organization).
+`seq` is the VM's VMID (`Vm.vmid`): never handed out twice (AUTOINCREMENT on SQLite, a
+sequence on PostgreSQL), so a deleted VM's id never names another."""
 
 vm_tags = Table(
     "vm_tags",
@@ -438,6 +441,14 @@ vm_usage = Table(
     Column("cents_per_hour", Float, nullable=False),
     Column("start", Float, nullable=False),
     Column("end", Float, nullable=True),
+    # what a billing row needs once the VM is gone: filled when the span opens and again when
+    # it closes (NULL: not known then, or a span of a VM deleted before migration 0023)
+    Column("vm_uuid", String(36), nullable=True),
+    Column("vmid", BigInteger, nullable=True),
+    Column("node_id", String(64), nullable=True),
+    Column("ip_address", String(64), nullable=True),  # the first IPv4 address, address/prefix
+    Column("template_name", String(255), nullable=True),
+    Column("gpu_count", Integer, nullable=True),
 )
 """Billing: one row per span of time a VM held a given shape (open while it still does)."""
 
@@ -567,6 +578,7 @@ vm_configs = Table(
     Column("config", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("vm_id", "version", name="uq_vm_configs_vm_version"),
+    sqlite_autoincrement=True,  # `seq` is Volant's config version `id`: never reused
 )
 """A VM's full config (Volant's Config shape), one row per version; every change is a new row."""
 

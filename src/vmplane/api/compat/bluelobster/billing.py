@@ -1,21 +1,57 @@
 """The Blue Lobster billing log: the account's instances billed in a period, from vmplane's
-usage metering."""
+usage metering (services/billing.py), which keeps what a row needs once an instance is gone.
+
+Every refusal of a request here is the contract's 422 `{"error": "invalid_time_range",
+"message"}` (the operation documents no other body for it): a range over 90 days, an end
+before the start, and a body whose times are missing or not ISO date-times."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
-from .... import clock
-from ....domain import StoredSpec
 from ....errors import InvalidRequest, Reason
+from ....services.billing import whole_cents
 from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import nodes_by_id, offerings_of
 
-router = APIRouter(dependencies=[Depends(authorize)])
+STATUS = {"provisioning": "creating", "deleted": "deleted"}
+"""the core's VM status → the log's (creating, rented, deleted); any other is `rented`"""
+
+
+def invalid_time_range(message: str) -> JSONResponse:
+    return JSONResponse({"error": "invalid_time_range", "message": message}, status_code=422)
+
+
+class TimeRangeRoute(APIRoute):
+    """A route whose request validation answers the contract's `invalid_time_range`, naming
+    the field, instead of the face's FastAPI-shaped 422."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {}
+                loc = tuple(first.get("loc", ()))
+                if len(loc) < 2 or loc[1] not in ("start_time", "end_time"):
+                    return invalid_time_range("the body must be a JSON object with start_time and end_time")
+                what = "is required" if first.get("type") == "missing" else "must be an ISO date-time (YYYY-MM-DDTHH:MM:SSZ)"
+                return invalid_time_range(f"{loc[1]} {what}")
+
+        return handle
+
+
+router = APIRouter(dependencies=[Depends(authorize)], route_class=TimeRangeRoute)
 
 
 def _ts(value: datetime) -> float:
@@ -26,52 +62,42 @@ def _ts(value: datetime) -> float:
 @router.post("/api/v1/instances/log")
 async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """The account's instances billed between start_time and end_time (at most 90 days), with
-    hours and cents from vmplane's usage metering, newest first."""
+    hours and whole cents from vmplane's usage metering, newest first."""
     start, end = _ts(body.start_time), _ts(body.end_time)
     try:
         report = await rt.billing.report(who, start, end)
-    except InvalidRequest as exc:  # the contract lists 422 only: a bad range is a validation error
+    except InvalidRequest as exc:
         if exc.reason == Reason.OVER_LIMIT:
-            field, msg = "end_time", exc.message
-        else:  # the period ends before it starts
-            field, msg = "start_time", "end_time must be after start_time"
-        return JSONResponse({"detail": [{"loc": ["body", field], "msg": msg, "type": "value_error"}]}, status_code=422)
+            return invalid_time_range("Maximum time range is 90 days")
+        return invalid_time_range("start_time must be before end_time")
     off = offerings_of(request)
     nodes = await nodes_by_id(off)
-    vms = {v.id: v for v in await rt.vms.every(who)}
     records = []
     for item in report["items"]:
-        vm = vms.get(item["vmId"])
         spans = item["spans"]
-        last = spans[-1]
-        first_billed, last_billed = min(sp["from"] for sp in spans), max(sp["to"] for sp in spans)
-        node = nodes.get(vm.node_id) if vm is not None and vm.node_id else None
-        status = "deleted" if vm is None else ("creating" if vm.status == "provisioning" else "rented")
-        deleted_at = last_billed if vm is None and last_billed < report["end"] else None
-        spec = vm.spec if vm is not None else StoredSpec()
-        ip = vm.first_ipv4 if vm is not None else None
+        node = nodes.get(item["nodeId"]) if item["nodeId"] else None
         records.append(
             {
-                "uuid": vm.uuid if vm is not None else item["vmId"],
+                "uuid": item["uuid"] or item["vmId"],  # spans of VMs deleted before vmplane kept uuids
                 "name": item["name"],
-                "host_id": off.host_of(node),
-                "vmid": item["vmId"],
-                "status": status,
-                "ip_address": ip,
-                "cpu_cores": last["cpu"],
-                "memory_gb": last["ramMb"] // 1024,
-                "disk_gb": vm.disk_gb if vm is not None else None,
-                "gpu_count": len(spec.pci_passthrough),
-                "instance_type": last["instanceType"],
-                "template_name": (spec.source_name or "").upper() or None,
-                "price_cents_per_hour": last["centsPerHour"],
-                "created_at": clock.rfc3339(vm.created_at) if vm is not None else first_billed,
-                "updated_at": clock.rfc3339(vm.updated_at) if vm is not None else last_billed,
-                "deleted_at": deleted_at,
-                "total_billed_cents": item["costCents"],
+                "host_id": off.host_of(node) if node is not None else item["nodeId"],
+                "vmid": item["vmid"],
+                "status": STATUS.get(item["status"], "rented"),
+                "ip_address": item["ipAddress"],
+                "cpu_cores": item["cpu"],
+                "memory_gb": item["ramMb"] // 1024,
+                "disk_gb": item["diskGb"],
+                "gpu_count": item["gpuCount"],
+                "instance_type": item["instanceType"],
+                "template_name": (item["templateName"] or "").upper() or None,
+                "price_cents_per_hour": whole_cents(item["centsPerHour"]),  # a rate with a fraction of a cent: the next cent
+                "created_at": item["createdAt"],
+                "updated_at": item["updatedAt"],
+                "deleted_at": item["deletedAt"],
+                "total_billed_cents": item["billedCents"],
                 "total_hours_billed": item["hours"],
-                "first_billed_at": first_billed,
-                "last_billed_at": last_billed,
+                "first_billed_at": min(sp["from"] for sp in spans),
+                "last_billed_at": max(sp["to"] for sp in spans),
             }
         )
     records.sort(key=lambda r: r["created_at"], reverse=True)

@@ -99,7 +99,7 @@ class PciAddressIn(Body):
 def vm(row: Vm, *, cmdline: str = "", pid: int | None = None, serial: str | None = None) -> dict[str, Any]:
     nic = row.spec.nics[0] if row.spec.nics else None
     return {
-        "id": row.seq,
+        "id": row.vmid,
         "name": row.name,
         "status": VM_STATUS.get(row.status, "crashed"),
         "runtime": row.spec.runtime,
