@@ -226,6 +226,7 @@ events = Table(
     Column("org_id", String(64), nullable=True),
     Column("data", JSON, nullable=False),
     Column("team_id", String(64), nullable=True),  # seen only by the whole organization and this team
+    sqlite_autoincrement=True,  # an SSE id or webhook cursor never names two events, even after a prune empties the log
 )
 """The event log: `seq` is the event id (SSE `id:`, `Last-Event-ID`), in commit order."""
 
@@ -409,6 +410,7 @@ audit_log = Table(
     Column("creator_user", String(64), nullable=True),
     Column("creator_key", String(64), nullable=True),
     # who made the credential the request used (api_keys.created_by_*)
+    sqlite_autoincrement=True,  # an audit id (the /audit cursor) is never reused after retention empties the log
 )
 
 ws_tickets = Table(
