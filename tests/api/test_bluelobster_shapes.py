@@ -20,15 +20,16 @@ LAUNCH = "/api/v1/instances/launch-instance"
 
 
 @pytest.fixture
-async def bls(server_factory: Any, tmp_path: Path) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
+async def bls(server_factory: Any, tmp_path: Path, database_url: str) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
     """The Blue Lobster test installation (px1 in us-east-dev, px2 in eu-west), except that
-    px2's driver measures nothing (the plain sim driver's capabilities)."""
+    px2's driver measures nothing (the plain sim driver's capabilities); on SQLite and on
+    PostgreSQL (jobs now record their origin, and refusals as jobs already failed)."""
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "data" / "offerings.toml").write_text(OFFERINGS)
     drivers = nodes()
     px2 = drivers[1][1]
     px2.capabilities = replace(px2.capabilities, stats=False)
-    s = await server_factory(nodes=drivers)
+    s = await server_factory(nodes=drivers, database_url=database_url)
     client = httpx.AsyncClient(base_url=s.url + P, timeout=30, headers={"X-API-Key": s.admin_key})
     yield s, client
     await client.aclose()
