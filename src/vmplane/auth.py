@@ -36,6 +36,10 @@ class Principal:
     creator_user: str | None = None
     creator_key: str | None = None
     """who made the API key acting (its creator's user id, and the key they used), if known"""
+    token_hint: str | None = None
+    """what lists show of the credential (an API key's prefix): recognisable, useless to use"""
+    client_ip: str | None = None
+    """the address the request came from (set per request; None for vmplane's own requests)"""
 
     def at_least(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -56,6 +60,22 @@ class Principal:
     def operator(self) -> bool:
         """An owner or admin of the bootstrap organization: runs the installation."""
         return self.org_id == DEFAULT_ORG and self.at_least(Role.ADMIN) and self.team_id is None
+
+
+ORIGIN = "origin"
+"""the key of a task's payload that records where the request that made its job came from"""
+
+
+def origin(who: Principal) -> dict[str, str]:
+    """Where a request came from, as its job records it: the credential's hint and the
+    client's address (what is known of them; never a secret)."""
+    return {k: v for k, v in (("token_hint", who.token_hint), ("client_ip", who.client_ip)) if v is not None}
+
+
+def origin_of(payload: dict[str, Any] | None) -> dict[str, str]:
+    """What a task's payload records of where its job's request came from (`origin`)."""
+    found = (payload or {}).get(ORIGIN)
+    return found if isinstance(found, dict) else {}
 
 
 def principal_of(payload: dict[str, Any]) -> Principal:

@@ -18,6 +18,7 @@ credentials are counted into one row per address per minute (services/tenancy.Fa
 import hmac
 import ipaddress
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -212,6 +213,8 @@ class Identity:
         except Unauthorized as exc:
             state["auth_error"] = exc.message
             failed = True
+        if principal is not None and (cred is None or cred[0] != "internal") and scope.get("client"):
+            principal = replace(principal, client_ip=scope["client"][0])  # jobs record where they came from
         state["principal"] = principal
         if failed:
             self.addresses.spend(address, 2)

@@ -5,6 +5,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from .. import clock
+from ..auth import origin_of
 from ..domain import Template, Vm, job_progress
 
 
@@ -68,6 +69,7 @@ def job(row: Row[Any]) -> dict[str, Any]:
 
 
 def task(row: Row[Any]) -> dict[str, Any]:
+    came_from = origin_of(row.payload)
     return {
         "id": row.id,
         "resourceId": row.resource_id,
@@ -77,6 +79,8 @@ def task(row: Row[Any]) -> dict[str, Any]:
         "attempts": row.attempts,
         "startedAt": clock.rfc3339(row.started_at),
         "finishedAt": clock.rfc3339(row.finished_at),
+        "keyPrefix": came_from.get("token_hint"),
+        "clientIp": came_from.get("client_ip"),
     }
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..aio import wait_event
-from ..auth import Principal
+from ..auth import ORIGIN, Principal, origin
 from ..config import Settings
 from ..domain import JobState, TaskState
 from ..errors import VmplaneError
@@ -179,12 +179,17 @@ class JobEngine:
         who: Principal,
         items: list[tuple[str, dict[str, Any]]],
         task_type: str | None = None,
+        refused: str | None = None,
     ) -> str:
         """Persist a job with one task per (resource_id, payload), inside the caller's transaction.
 
-        Call `wakeup()` once the transaction has committed.
+        With `refused` (why), the job is recorded as already failed: each task ends at once
+        with that error and nothing runs (for faces whose contract answers a refusal with a
+        task that fails). Call `wakeup()` once the transaction has committed.
         """
         now = clock.now()
+        end = {"state": TaskState.FAILED.value, "error": refused, "progress": 100, "finished_at": now} if refused is not None else {}
+        came_from = origin(who)
         job_id = ids.new_id("job")
         # each task carries the team of the VM, snapshot or backup it acts on (other
         # resources: the caller's team); the job, its tasks' team when they share one
@@ -207,6 +212,8 @@ class JobEngine:
             "created_at": now,
             "updated_at": now,
         }
+        if refused is not None:
+            job.update(state=JobState.FAILED.value, n_failed=len(items), progress_sum=100 * len(items), finished_at=now)
         rows = [
             {
                 "id": ids.new_id("task"),
@@ -217,10 +224,11 @@ class JobEngine:
                 "resource_id": resource_id,
                 "state": TaskState.QUEUED.value,
                 "progress": 0,
-                "payload": payload,
+                "payload": {**payload, ORIGIN: came_from} if came_from else payload,
                 "attempts": 0,
                 "cancel_requested": False,
                 "created_at": now,
+                **end,
             }
             for (resource_id, payload), team in zip(items, teams)
         ]

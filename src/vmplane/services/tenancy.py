@@ -110,7 +110,7 @@ class TenancyService:
             elif row.revoked_at is not None:
                 value = "this API key was revoked"
             else:
-                value = Principal(row.org_id, row.user_id, row.user_name, Role(row.role), row.team_id, row.read_only, row.id, row.created_by_user, row.created_by_key)
+                value = Principal(row.org_id, row.user_id, row.user_name, Role(row.role), row.team_id, row.read_only, row.id, row.created_by_user, row.created_by_key, row.prefix)
             cached = self._keys[digest] = (now + CACHE_SECONDS, value, row.expires_at if row is not None else None)
         _, value, expires_at = cached
         if isinstance(value, str):
@@ -379,12 +379,13 @@ class TenancyService:
     async def set_vm_team(self, who: Principal, vm_ref: str, team_ref: str | None) -> tuple[Vm, Row[Any] | None]:
         """Put a VM in a team (None: in no team, visible to organization-wide credentials
         only). Owners and admins, with a credential of the whole organization (a team-scoped
-        one could move VMs out of its own reach). Returns the VM and its team."""
+        one could move VMs out of its own reach; it may only name its own team, which the VMs
+        it sees are in already). Returns the VM and its team."""
         vm = await get_visible_vm(self.store, vm_ref, who)
         require(who, Role.ADMIN, "move VMs between teams")
-        if who.team_id is not None:
-            raise Forbidden("a team-scoped credential cannot move VMs between teams")
         team = await self.team(who, team_ref) if team_ref is not None else None
+        if who.team_id is not None and (team is None or team.id != who.team_id):
+            raise Forbidden("a team-scoped credential cannot move VMs between teams")
         async with self.store.write() as conn:
             await vm_q.set_vm(conn, vm.id, team_id=team.id if team is not None else None, updated_at=clock.now())
         return await get_visible_vm(self.store, vm.id, who), team

@@ -503,14 +503,23 @@ class VmService:
         stop = None if allows(VmOp.START, vm.status) else await self.power(vm.id, "stop", who)
         return stop, await self.power(vm.id, "start", who)
 
-    async def power(self, ref: str, action: str, who: Principal) -> str:
+    async def power(self, ref: str, action: str, who: Principal, *, refusal_as_job: bool = False) -> str:
+        """Submit a power action. A state that does not allow it raises InvalidState; with
+        `refusal_as_job`, it is a job recorded as already failed with that reason instead
+        (for contracts that answer every power action with a task)."""
         job_type = POWER_JOBS[action]
         vm = await self.get(ref, who)
+        refused = None
         async with self.store.write() as conn:
             pending = await job_q.active_task_for(conn, [vm.id])
             # With earlier work still queued on the VM, judge the request when its turn comes.
             if not pending:
-                require_state(action, vm.status, vm.id)
-            job_id = await self.engine.submit(conn, job_type, who, [(vm.id, {"action": action})])
+                try:
+                    require_state(action, vm.status, vm.id)
+                except InvalidState as exc:
+                    if not refusal_as_job:
+                        raise
+                    refused = exc.message
+            job_id = await self.engine.submit(conn, job_type, who, [(vm.id, {"action": action})], refused=refused)
         self.engine.wakeup()
         return job_id

@@ -64,6 +64,10 @@ async def insert_job(conn: AsyncConnection, job: dict[str, Any], task_rows: list
     data = {"id": job["id"], "type": job["type"], "state": job["state"], "progress": 0, "total": job["total"],
             "succeeded": 0, "failed": 0, "cancelled": 0, "createdBy": job["created_by"]}  # fmt: skip
     await ev_q.emit(conn, "job.submitted", job["id"], data, job["org_id"], job.get("team_id"))
+    if job["state"] in FINAL_EVENT:  # recorded as already ended (a refusal: JobEngine.submit)
+        ended = {**data, "progress": 100 if job["total"] else 0, "failed": job["n_failed"]}
+        await ev_q.emit(conn, FINAL_EVENT[job["state"]], job["id"], ended, job["org_id"], job.get("team_id"))
+        return
     if task_rows:
         await notify(conn, TASKS_CHANNEL)  # idle replicas claim at once, not at their next poll
 

@@ -95,14 +95,17 @@ POWER = {
 
 
 async def _power(path: str, instance_id: str, request: Request, rt: Runtime, who: Principal) -> JSONResponse:
+    """The contract answers these with a task and lists no refusal: an action the VM's state
+    does not allow is a task that has already FAILED, its message the reason."""
     action, words = POWER[path]
     vm = await find_instance(rt, instance_id, who)
-    try:
-        job_id = await rt.vms.power(vm.id, action, who)
-    except InvalidState as exc:
-        raise BlError(409, "invalid_state", f"Cannot {words} the instance: {exc.message}") from None
+    job_id = await rt.vms.power(vm.id, action, who, refusal_as_job=True)
+    job, tasks = await rt.jobs.get(job_id, who)
+    task = wire.task(job, list(tasks))
+    failed = task["status"] == "FAILED"
+    message = f"Cannot {words} the instance: {task['message']}" if failed else f"VM {words} queued"
     return JSONResponse(
-        {"task_id": job_id, "status": "PENDING", "message": f"VM {words} queued", "instance_id": vm.uuid, "host": await vm_host(offerings_of(request), vm)}
+        {"task_id": job_id, "status": "FAILED" if failed else "PENDING", "message": message, "instance_id": vm.uuid, "host": await vm_host(offerings_of(request), vm)}
     )
 
 

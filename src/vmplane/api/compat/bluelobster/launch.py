@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 router = APIRouter(dependencies=[Depends(authorize)])
 
 
-def _extra(username: str, ssh_key: str | None, password: str | None, metadata: dict[str, str] | None, **more: Any) -> dict[str, Any]:
-    extra: dict[str, Any] = {"cloudInit": {"userData": wire.cloud_init(username, ssh_key, password)}, "username": username}
-    if ssh_key:
-        extra["sshKeys"] = [ssh_key]
+def _extra(username: str, ssh_keys: list[str], password: str | None, metadata: dict[str, str] | None, **more: Any) -> dict[str, Any]:
+    extra: dict[str, Any] = {"cloudInit": {"userData": wire.cloud_init(username, ssh_keys, password)}, "username": username}
+    if ssh_keys:
+        extra["sshKeys"] = list(ssh_keys)
     if metadata:
         extra["metadata"] = dict(metadata)
     extra.update({k: v for k, v in more.items() if v is not None})
@@ -51,11 +51,30 @@ async def _launch(rt: Runtime, who: Principal, spec: NewVm) -> tuple[str, Vm]:
     return job_id, await rt.vms.get(vm_id, who)
 
 
+def _queued(job_id: str) -> dict[str, Any]:
+    """What both launches answer beside their ids: when, and how to follow the task."""
+    return {
+        "status": "PENDING",
+        "timestamp": clock.rfc3339(clock.now()),
+        "next_steps": {
+            "description": "Your Instance creation request has been queued. Please check the task status endpoint to monitor progress.",
+            "task_status_endpoint": f"/api/v1/tasks/{job_id}",
+            "expected_states": {
+                "PENDING": "Task is queued for processing",
+                "PROCESSING": "Instance is being created",
+                "COMPLETED": "Instance creation successful - instance details will be available",
+                "FAILED": "Instance creation failed - check error message for details",
+            },
+        },
+    }
+
+
 @router.post("/api/v1/instances/launch-instance")
 async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     off = offerings_of(request)
+    type_name, ssh_keys = wire.launch_reading(body)
     try:
-        t = off.instance_type(body.instance_type)
+        t = off.instance_type(type_name)
         off.region_named(body.region)
     except InvalidRequest as exc:
         raise BlError(
@@ -76,32 +95,12 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
         node_id=node_id,
         pci=t.pci,
         extra=_extra(
-            body.username, body.ssh_key, body.password, body.metadata,
+            body.username, ssh_keys, body.password, body.metadata,
             instanceType=t.name, priceCentsPerHour=t.price_cents_per_hour, gpuModel=t.gpu_model,
         ),  # fmt: skip
     )
     job_id, row = await _launch(rt, who, spec)
-    return JSONResponse(
-        {
-            "data": {
-                "instance_ids": [row.uuid],
-                "task_id": job_id,
-                "assigned_ip": row.first_ipv4,
-                "status": "PENDING",
-                "timestamp": clock.rfc3339(clock.now()),
-                "next_steps": {
-                    "description": "Your Instance creation request has been queued. Please check the task status endpoint to monitor progress.",
-                    "task_status_endpoint": f"/api/v1/tasks/{job_id}",
-                    "expected_states": {
-                        "PENDING": "Task is queued for processing",
-                        "PROCESSING": "Instance is being created",
-                        "COMPLETED": "Instance creation successful - instance details will be available",
-                        "FAILED": "Instance creation failed - check error message for details",
-                    },
-                },
-            }
-        }
-    )
+    return JSONResponse({"data": {"instance_ids": [row.uuid], "task_id": job_id, "assigned_ip": row.first_ipv4, **_queued(job_id)}})
 
 
 @router.post("/api/v1/instances/launch-custom")
@@ -130,9 +129,9 @@ async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: Runtime
         node_id=node.id,
         pci=pci,
         extra=_extra(
-            body.username, body.ssh_key, body.password, body.metadata,
+            body.username, [body.ssh_key] if body.ssh_key else [], body.password, body.metadata,
             instanceType=body.instance_type, priceCentsPerHour=body.price_cents_per_hour, gpuModel=gpu_model,
         ),
     )  # fmt: skip
     job_id, row = await _launch(rt, who, spec)
-    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "status": "PENDING", "assigned_ip": row.first_ipv4})
+    return JSONResponse({"task_id": job_id, "vm_uuid": row.uuid, "assigned_ip": row.first_ipv4, **_queued(job_id)})

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from ....errors import InvalidState
+from ....errors import Conflict, DriverError, InvalidState, NotFound
 from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
 from .shared import find_instance
@@ -17,7 +17,8 @@ router = APIRouter(dependencies=[Depends(authorize)])
 
 @router.get("/api/v1/instances/{instance_id}/stats")
 async def instance_stats(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    """Measured by the VM's node now; zeros while the instance does not run. Disk and network
+    """Measured by the VM's node now; zeros while the instance does not run, or (with a
+    `message` saying why) when its node cannot measure it. Disk and network
     figures are totals since the VM started (the contract's note), under its field names."""
     vm = await find_instance(rt, instance_id, who)
     total = vm.ram_mb * 1024 * 1024
@@ -36,6 +37,10 @@ async def instance_stats(instance_id: str, rt: RuntimeDep, who: CallerDep) -> JS
         _vm, s = await rt.guest.stats(vm.id, who)
     except InvalidState:  # it stopped meanwhile
         return JSONResponse({**out, "status": "stopped"})
+    except (Conflict, DriverError, NotFound) as exc:
+        # the node's driver measures nothing, or the node cannot be asked now (unreachable,
+        # served by another replica): the contract lists no code for it, only zeros
+        return JSONResponse({**out, "message": f"not measured: {exc.message}"})
     total = s.memory_total_mb * 1024 * 1024 or total
     used = s.memory_mb * 1024 * 1024
     out.update(

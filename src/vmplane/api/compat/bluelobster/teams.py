@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Row
 
@@ -29,11 +30,23 @@ async def _team(rt: Runtime, team_id: str, who: Principal) -> Row[Any]:
 
 
 @router.put("/api/v1/instances/{instance_id}/team")
-async def assign_team(instance_id: str, body: wire.TeamAssignIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    """Owners and admins put an instance in a team (team-scoped keys then see it)."""
+async def assign_team(
+    instance_id: str,
+    rt: RuntimeDep,
+    who: CallerDep,
+    body: wire.TeamAssignIn | None = None,
+    team_id: str | None = Query(None, min_length=1, max_length=64),
+) -> JSONResponse:
+    """Owners and admins put an instance in a team (team-scoped keys then see it). The
+    contract documents no body: the team is the body's `team_id`, else the query's
+    `team_id`, else the caller's own (a team-scoped key's team)."""
     vm = await find_instance(rt, instance_id, who)
-    team = await _team(rt, body.team_id, who)
-    vm, _ = await rt.tenancy.set_vm_team(who, vm.id, body.team_id)
+    wanted = body.team_id if body is not None and body.team_id is not None else team_id or who.team_id
+    if wanted is None:
+        message = "Field required: give team_id in the body or the query (or use a team-scoped key)"
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "team_id"), "msg": message, "input": None}])
+    team = await _team(rt, wanted, who)
+    vm, _ = await rt.tenancy.set_vm_team(who, vm.id, team.id)
     return JSONResponse(
         {"status": "success", "message": "Instance assigned to team", "instance_id": vm.uuid, "team_id": team.id, "team_name": team.name}
     )

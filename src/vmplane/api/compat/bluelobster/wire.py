@@ -8,10 +8,12 @@ import re
 from datetime import datetime
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from sqlalchemy import Row
 
 from .... import clock
+from ....auth import origin_of
 from ....domain import Template, Vm
 from ....errors import Reason, VmplaneError
 from ...errors import NATIVE
@@ -25,6 +27,7 @@ STATUS: dict[Reason, tuple[int, str]] = {
 """the face's (status, `error` code) for each reason of the core"""
 
 SSH_KEY = r"^(ssh-rsa|ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+[=]{0,3}( .+)?$"
+SSH_KEY_RE = re.compile(SSH_KEY)
 PASSWORD = r"^[^ \"'`;|<>{}\\]*$"
 USERNAME = r"^[a-zA-Z][a-zA-Z0-9-]*$"
 INSTANCE_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]$"
@@ -86,8 +89,13 @@ class Body(BaseModel):
 
 
 class LaunchInstanceIn(Body):
+    """The schema's fields, and the names its description uses for two of them
+    (`instance_type_name`, `ssh_key_names`): `launch_reading` takes either."""
+
     region: str
-    instance_type: str
+    instance_type: str | None = None
+    instance_type_name: str | None = None
+    ssh_key_names: list[str] | None = None
     username: str = Field(min_length=1, max_length=32, pattern=USERNAME)
     ssh_key: str | None = Field(None, pattern=SSH_KEY)
     password: str | None = Field(None, min_length=8, max_length=64, pattern=PASSWORD)
@@ -118,12 +126,42 @@ class RenameIn(Body):
     name: str
 
 
-def cloud_init(username: str, ssh_key: str | None, password: str | None) -> dict[str, Any]:
-    """The cloud-config that makes the account a launch asks for (the key also goes to the
+def _invalid(field: str, message: str, value: Any, kind: str = "value_error") -> RequestValidationError:
+    """A 422 in FastAPI's shape naming `field` of the body."""
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message, "input": value}])
+
+
+def launch_reading(body: LaunchInstanceIn) -> tuple[str, list[str]]:
+    """The instance type and the SSH keys of a launch, read from the schema's fields
+    (`instance_type`, `ssh_key`) or from those the description names (`instance_type_name`,
+    `ssh_key_names`: public keys, the first the primary; vmplane keeps no registered keys).
+    Both given must agree (the key: `ssh_key` is the first of `ssh_key_names`), else 422."""
+    type_name = body.instance_type if body.instance_type is not None else body.instance_type_name
+    if type_name is None:
+        raise _invalid("instance_type", "Field required: give instance_type (or instance_type_name)", None, "missing")
+    if body.instance_type is not None and body.instance_type_name is not None and body.instance_type != body.instance_type_name:
+        raise _invalid(
+            "instance_type_name", f"instance_type {body.instance_type!r} and instance_type_name {body.instance_type_name!r} disagree: give one",
+            body.instance_type_name,
+        )  # fmt: skip
+    names = body.ssh_key_names
+    if names is None:
+        return type_name, [body.ssh_key] if body.ssh_key else []
+    for i, key in enumerate(names):
+        if not SSH_KEY_RE.match(key):
+            message = "must be an SSH public key (e.g. 'ssh-ed25519 AAAA… me'): vmplane keeps no registered SSH keys to look a name up in"
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", "ssh_key_names", i), "msg": message, "input": key}])
+    if body.ssh_key is not None and (not names or names[0] != body.ssh_key):
+        raise _invalid("ssh_key_names", "ssh_key and ssh_key_names disagree: ssh_key must be the first of ssh_key_names, or give one", names)
+    return type_name, list(names)
+
+
+def cloud_init(username: str, ssh_keys: list[str], password: str | None) -> dict[str, Any]:
+    """The cloud-config that makes the account a launch asks for (the keys also go to the
     image's default user through the core's sshKeys)."""
     user: dict[str, Any] = {"name": username, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL", "lock_passwd": password is None}
-    if ssh_key:
-        user["ssh_authorized_keys"] = [ssh_key]
+    if ssh_keys:
+        user["ssh_authorized_keys"] = list(ssh_keys)
     if password:
         user["plain_text_passwd"] = password
     config: dict[str, Any] = {"users": ["default", user]}
@@ -184,6 +222,7 @@ def task(job: Row[Any], tasks: list[Row[Any]]) -> dict[str, Any]:
     params: dict[str, Any] = {"account_id": job.org_id}
     if first is not None and len(tasks) == 1:
         params["resource_id"] = first.resource_id
+    came_from = origin_of(first.payload) if first is not None else {}
     return {
         "task_id": job.id,
         "status": TASK_STATUS.get(state, "PROCESSING"),
@@ -193,6 +232,8 @@ def task(job: Row[Any], tasks: list[Row[Any]]) -> dict[str, Any]:
         "updated_at": clock.rfc3339(job.updated_at),
         "message": message,
         "account_id": job.org_id,
+        "auth_token_partial": came_from.get("token_hint"),
+        "client_ip": came_from.get("client_ip"),
     }
 
 
@@ -258,4 +299,4 @@ class InstanceLogIn(Body):
 
 
 class TeamAssignIn(Body):
-    team_id: str = Field(min_length=1, max_length=64)
+    team_id: str | None = Field(None, min_length=1, max_length=64)
