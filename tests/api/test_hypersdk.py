@@ -190,6 +190,42 @@ export_method: govc
     assert status["total_jobs"] == 5
 
 
+async def test_a_job_reads_back_the_definition_it_was_submitted_with(server: Server, receiver: Receiver) -> None:
+    c = server.client
+    await c.post(f"{P}/webhooks", json={"url": receiver.url, "events": ["job.submitted"]})
+    sent = {
+        "name": "Bar VM", "vm_path": "Datacenter/vm/bar-vm",
+        "source": {"type": "ova", "url": f"http://{closed_port()}/bar.ova", "password": "never-shown"},
+        "destination": {"type": "kvm", "libvirt_uri": "qemu:///system"}, "output_dir": "/exports", "format": "ova", "compress": True,
+        "options": {"conversion_method": "vddk", "network_mapping": {"VM Network": "br0"}, "remove_cdrom": True},
+    }  # fmt: skip
+    r = await c.post(f"{P}/jobs/submit", json=sent)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    job = await wait_status(c, job_id, ("failed",))  # nothing listens at the OVA's URL
+    query = (await c.post(f"{P}/jobs/query", json={"job_ids": [job_id]})).json()["jobs"][0]
+    for d in (job["definition"], query["definition"]):
+        assert d["id"] == job_id and d["vm_path"] == "Datacenter/vm/bar-vm" and d["name"] == "Bar VM"
+        assert d["options"]["network_mapping"] == {"VM Network": "br0"} and d["options"]["conversion_method"] == "vddk"
+        assert d["options"]["remove_cdrom"] is True and d["options"]["start"] is True  # what vmplane applied, beside
+        assert d["destination"] == sent["destination"] and d["output_dir"] == "/exports" and d["format"] == "ova" and d["compress"] is True
+        assert d["source"] == {"type": "ova", "url": sent["source"]["url"]}  # as sent, its password left out
+        assert d["vmplane_source"] == {"type": "ova", "url": sent["source"]["url"]} and d["created_at"]
+    check_client_job(job)
+    native = (await c.get(f"/api/v1/imports/{job_id}")).json()
+    assert native["origin"]["vm_path"] == "Datacenter/vm/bar-vm" and native["name"] == "bar-vm"  # the VM's name, made valid
+    assert "never-shown" not in json.dumps(native)
+    submitted = await receiver.wait_for("job.submitted")
+    assert submitted["body"]["data"]["vm_path"] == "Datacenter/vm/bar-vm" and submitted["body"]["data"]["job_name"] == "Bar VM"
+    # a value HyperSDK's client would refuse is vmplane's instead; a definition too large to keep is refused naming it
+    r = await c.post(f"{P}/jobs/submit", json={**sent, "format": "vmx", "export_method": "nfc"})
+    d = (await c.get(f"{P}/jobs/{r.json()['job_id']}")).json()["definition"]
+    assert d["format"] == "ova" and d["export_method"] == ""
+    r = await c.post(f"{P}/jobs/submit", json={**sent, "notes": "x" * 20000})
+    is_error(r, 400)
+    assert "job definition is too large" in r.json()["error"]
+
+
 async def test_websocket_status_jobs_updates_and_ping(server: Server) -> None:
     c = server.client
     ws_url = server.url.replace("http", "ws") + f"{P}/ws"
@@ -286,6 +322,7 @@ async def test_a_triggered_schedule_runs_an_import_and_says_so(server: Server, r
         assert job_id.startswith("imp-")
         job = (await c.get(f"{P}/jobs/{job_id}")).json()
         assert job["definition"]["vm_path"] == "DC/vm/nightly" and job["definition"]["profile"].startswith("hypersdk-")
+        assert job["definition"]["options"]["network_mapping"] == {"VM Network": "br0"}  # the template as given
         events = []
         deadline = asyncio.get_running_loop().time() + 30
         while "failed" not in events:  # the vCenter refuses: the scheduled job fails
