@@ -124,6 +124,9 @@ async def test_every_example_of_the_document_gets_its_documented_shape(server: S
     assert r.status_code == 201 and r.json()["message"] == "webhook added successfully" and r.json()["webhook"]["url"] == receiver.url
     listing = (await c.get(f"{P}/webhooks")).json()
     assert listing["total"] == 1 and {"url", "events", "enabled", "timeout", "retry_count"} <= set(listing["webhooks"][0])
+    assert '"timeout":30,' in r.text and '"timeout":30,' in (await c.get(f"{P}/webhooks")).text  # an integer, as a Go client's int field needs
+    is_error(await c.post(f"{P}/webhooks", json={**hook, "timeout": 2.5}), 400)  # whole seconds only: it could not be shown as the int it is
+    assert isinstance(status["uptime_seconds"], int) and isinstance(status["worker_count"], int)
     r = await c.post(f"{P}/webhooks/test", json={"url": receiver.url, "event": "test"})
     assert r.status_code == 200 and r.json()["message"] == "test webhook sent"
     test = await receiver.wait_for("test")

@@ -9,6 +9,7 @@ and `bytes_transferred`; submit answers `job_id` and `message` and `job_ids` and
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -281,7 +282,7 @@ def render_schedule(row: Any) -> dict[str, Any]:
 
 def render_webhook(row: Any) -> dict[str, Any]:
     return {
-        "url": row.url, "events": list(row.events), "enabled": row.enabled, "timeout": row.timeout_sec, "retry_count": row.retry_count,
+        "url": row.url, "events": list(row.events), "enabled": row.enabled, "timeout": math.ceil(row.timeout_sec), "retry_count": row.retry_count,
         "headers": row.headers or {}, "created_at": ts(row.created_at),
     }  # fmt: skip
 
