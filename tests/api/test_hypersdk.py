@@ -16,6 +16,7 @@ import websockets
 from ..support import Server, free_port
 from ..support_hypersdk import P, Receiver, check_client_job, check_client_status, doc_job
 from .test_faces import serve_face
+from .test_tenancy import key_for
 
 
 @pytest.fixture
@@ -265,6 +266,31 @@ async def test_metrics_carry_the_documents_names_beside_vmplanes(server: Server)
         assert name in text, name
     assert 'hypersdk_api_requests_total{method="GET",path="/status",status="OK"} 1.0' in text
     assert 'hypersdk_api_requests_total{method="POST",path="/jobs/submit",status="Created"} 1.0' in text
+
+
+async def test_metrics_under_the_faces_base_url_are_the_documents(server_factory: Any) -> None:
+    server = await server_factory(metrics_token="scrape-" + "t" * 32)
+    c = server.client
+    await c.post(f"{P}/jobs/submit", json=doc_job(closed_port()))
+    r = await c.get(f"{P}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+    for name in ("hypersdk_api_requests_total", "hypersdk_api_request_duration_seconds_bucket", "hypersdk_jobs_total", "hypersdk_workers_active",
+                 "hypersdk_build_info"):  # fmt: skip
+        assert f"# TYPE {name.removesuffix('_bucket')}" in r.text, name
+    assert 'hypersdk_api_requests_total{method="POST",path="/jobs/submit",status="Created"} 1.0' in r.text
+    assert "vmplane_" not in r.text  # the document's metrics, not the installation's
+    async with httpx.AsyncClient(base_url=server.url) as anon:  # who reads the root's /metrics reads it: the scrape token, operators
+        assert "hypersdk_jobs_total" in (await anon.get(f"{P}/metrics", headers={"Authorization": "Bearer scrape-" + "t" * 32})).text
+        is_error(await anon.get(f"{P}/metrics"), 401)
+    member = server.client_with(await key_for(c, "mo", "member"))
+    is_error(await member.get(f"{P}/metrics"), 403)
+    face, task, url = await serve_face(server, "hypersdk")  # and at /metrics of the face's own listener
+    try:
+        r = await c.get(url + "/metrics")
+        assert "hypersdk_jobs_total" in r.text and "vmplane_" not in r.text
+    finally:
+        face.should_exit = True
+        await task
 
 
 async def test_at_the_root_of_its_own_listener_as_the_python_client_builds_urls(server: Server) -> None:

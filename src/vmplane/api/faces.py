@@ -70,7 +70,7 @@ FACES: dict[str, Face] = {
         Face("fastvm", "/compat/fastvm", _install_fastvm, ("/metrics",), "the FastVM public API"),
         Face("bluelobster", "/compat/bluelobster", _install_bluelobster, ("/metrics",), "the Blue Lobster instance API"),
         Face("volant", "/compat/volant", _install_volant, ("/metrics",), "the Volant daemon API"),
-        Face("hypersdk", "/compat/hypersdk", _install_hypersdk, ("/metrics",), "the HyperSDK daemon API"),
+        Face("hypersdk", "/compat/hypersdk", _install_hypersdk, (), "the HyperSDK daemon API"),  # its /metrics is its own
     )
 }  # fmt: skip
 

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
-METRICS_PATH = "/metrics"
+METRICS_PATHS = frozenset(("/metrics", "/compat/hypersdk/metrics"))
+"""where the scrape token (VMPLANE_METRICS_TOKEN) is taken: vmplane's metrics, and the
+HyperSDK face's document of its own (api/compat/hypersdk)"""
 VOLANT_PATHS = "/compat/volant/"
 OPEN_PATHS = frozenset(("/healthz", "/livez", "/readyz", "/", "/ui"))
 """probes, and the web console's static files: answered without credentials or any lookup,
@@ -132,7 +134,7 @@ class Identity:
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             bearer = auth[7:].strip()
-            if scope["path"] == METRICS_PATH and self._scrape_token_ok(bearer):
+            if scope["path"] in METRICS_PATHS and self._scrape_token_ok(bearer):
                 return "metrics", bearer  # Prometheus's scrape token (VMPLANE_METRICS_TOKEN)
             return ("key", bearer) if bearer.startswith("vmp_") else ("jwt", bearer)
         if scope["type"] == "websocket":
