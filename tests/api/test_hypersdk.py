@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from ..support import Server, free_port
-from ..support_hypersdk import P, Receiver, check_client_job, check_client_status, doc_job
+from ..support_hypersdk import DaemonClient, P, Receiver, check_client_job, check_client_status, doc_job
 from .test_faces import serve_face
 from .test_tenancy import key_for
 
@@ -316,6 +316,44 @@ async def test_at_the_root_of_its_own_listener_as_the_python_client_builds_urls(
     finally:
         face.should_exit = True
         await task
+
+
+async def test_a_listener_acting_as_a_key_serves_the_documents_clients_without_one(server: Server) -> None:
+    c = server.client
+    key = await key_for(c, "daemon", "member")
+    key_id = next(k["id"] for k in (await c.get("/api/v1/api-keys")).json()["items"] if k["name"] == "daemon key")
+    face, task, url = await serve_face(server, "hypersdk", as_key=key)
+    anon = DaemonClient(url + "/anything/the/client/had")  # no key at all, as the document's clients
+    own = DaemonClient(url, api_key=server.admin_key)
+    try:
+        job_id = await anon.submit_job(doc_job(closed_port(), "DC/vm/keyless"))
+        assert (await anon.get_job(job_id))["definition"]["vm_path"] == "DC/vm/keyless"
+        assert [j["definition"]["id"] for j in await anon.list_jobs()] == [job_id]
+        assert (await anon.status())["total_jobs"] == 1
+        async with websockets.connect(url.replace("http", "ws") + "/ws") as ws:  # the WebSocket too
+            assert json.loads(await ws.recv())["type"] == "status"
+        # the identity middleware saw that key: its user made the import, the audit names the key
+        assert (await c.get(f"/api/v1/imports/{job_id}")).json()["createdBy"] == "daemon"
+        audit = (await c.get("/api/v1/audit", params={"limit": 100})).json()["items"]
+        row = next(i for i in audit if i["route"] == "/compat/hypersdk/jobs/submit")
+        assert row["actor"] == "daemon" and row["credential"] == key_id and row["status"] == 201
+        # a request with credentials of its own is judged by those alone
+        mine = await own.submit_job(doc_job(closed_port(), "DC/vm/owned"))
+        assert (await c.get(f"/api/v1/imports/{mine}")).json()["createdBy"] == "admin"
+        wrong = DaemonClient(url, api_key="vmp_" + "x" * 40)
+        is_error(await wrong.http.get(wrong.url("/status")), 401)
+        await wrong.aclose()
+        # its role holds: revoke the key and the listener's keyless requests are refused
+        assert (await c.delete(f"/api/v1/api-keys/{key_id}")).status_code in (200, 204)
+        is_error(await anon.http.get(anon.url("/status")), 401)
+    finally:
+        await anon.aclose()
+        await own.aclose()
+        face.should_exit = True
+        await task
+    # the shared listener still asks every request for a key
+    async with httpx.AsyncClient(base_url=server.url) as nokey:
+        is_error(await nokey.get(f"{P}/status"), 401)
 
 
 async def test_webhook_hears_of_import_jobs_in_hypersdks_format(server: Server, receiver: Receiver) -> None:
