@@ -227,7 +227,9 @@ async def test_a_job_reads_back_the_definition_it_was_submitted_with(server: Ser
     assert d["format"] == "ova" and d["export_method"] == ""
     r = await c.post(f"{P}/jobs/submit", json={**sent, "notes": "x" * 20000})
     is_error(r, 400)
-    assert "job definition is too large" in r.json()["error"]
+    assert "job definition cannot be kept as sent" in r.json()["error"] and "larger than 16384 bytes" in r.json()["error"]
+    r = await c.post(f"{P}/jobs/submit", content=json.dumps({**sent, "ratio": float("nan")}), headers={"content-type": "application/json"})
+    is_error(r, 400)  # NaN is no JSON a client could read back
 
 
 async def test_websocket_status_jobs_updates_and_ping(server: Server) -> None:

@@ -121,7 +121,7 @@ def _checked(body: dict[str, Any], where: str) -> ImportRequest:
         return parse_request(body)
     except InvalidRequest as exc:
         if exc.field == "origin":  # the definition itself, kept to be shown back
-            raise InvalidRequest(f"{where}: the job definition is too large or too deeply nested to keep ({exc.message})", field=where) from None
+            raise InvalidRequest(f"{where}: the job definition cannot be kept as sent ({exc.message})", field=where) from None
         raise _in(where, exc) from None
 
 

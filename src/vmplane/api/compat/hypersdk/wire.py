@@ -190,8 +190,9 @@ def job_defs(data: Any) -> list[Any]:
 
 
 def definition_echo(d: JobDefIn) -> dict[str, Any]:
-    """What a job's `definition` shows again: the definition as sent, credentials left out."""
-    out = d.model_dump(exclude_none=True, mode="json")
+    """What a job's `definition` shows again: the definition as sent (no defaults filled in),
+    credentials left out."""
+    out = d.model_dump(exclude_unset=True, exclude_none=True, mode="json")
     out.pop("password", None)
     for key in ("vcenter", "source"):
         if isinstance(out.get(key), dict):
