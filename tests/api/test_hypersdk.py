@@ -13,7 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from ..support import Server, free_port
+from ..support import Server, free_port, new_pg_database
 from ..support_hypersdk import DaemonClient, P, Receiver, check_client_job, check_client_status, doc_job
 from .test_faces import serve_face
 from .test_tenancy import key_for
@@ -194,7 +194,9 @@ export_method: govc
     assert status["total_jobs"] == 5
 
 
-async def test_a_job_reads_back_the_definition_it_was_submitted_with(server: Server, receiver: Receiver) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_job_reads_back_the_definition_it_was_submitted_with(server_factory: Any, receiver: Receiver, backend: str) -> None:
+    server = await server_factory(**({"database_url": await new_pg_database()} if backend == "postgresql" else {}))
     c = server.client
     await c.post(f"{P}/webhooks", json={"url": receiver.url, "events": ["job.submitted"]})
     sent = {
