@@ -1,11 +1,15 @@
 """Helpers for the HyperSDK face's tests: a real HTTP webhook receiver, the doc's example
-bodies, and the checks HyperSDK's published Python client makes when it parses answers."""
+bodies, the checks HyperSDK's published Python client makes when it parses answers, and a
+client that talks to the face as the daemon's clients do."""
 
 import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urljoin
+
+import httpx
 
 P = "/compat/hypersdk"
 FORMATS = ("ovf", "ova", "qcow2", "raw", "vmdk")
@@ -52,6 +56,52 @@ def check_client_status(data: dict[str, Any]) -> None:
         assert key in data, key
     parse_time(data["timestamp"])
     assert isinstance(data["uptime"], str)
+
+
+class DaemonClient:
+    """A client of the daemon as HyperSDK's published Python client and the document's examples
+    talk to it: every URL is `urljoin(base_url, "/path")` (whatever path the base URL had is
+    dropped), and a key is sent (`X-API-Key`) only when one is given — the document's clients
+    have none ("no authentication"). Answers are parsed as the Python client parses them."""
+
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(headers={"X-API-Key": api_key} if api_key else {}, timeout=30)
+
+    def url(self, path: str) -> str:
+        return urljoin(self.base_url, path)
+
+    async def submit(self, definition: dict[str, Any]) -> httpx.Response:
+        return await self.http.post(self.url("/jobs/submit"), json=definition)
+
+    async def submit_job(self, definition: dict[str, Any]) -> str:
+        r = await self.submit(definition)
+        assert r.status_code == 201, r.text
+        data = r.json()
+        assert data["accepted"] == 1 and len(data["job_ids"]) == 1
+        return str(data["job_ids"][0])
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        r = await self.http.get(self.url(f"/jobs/{job_id}"))
+        assert r.status_code == 200, r.text
+        check_client_job(r.json())
+        return dict(r.json())
+
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        r = await self.http.get(self.url("/jobs/query"), params={"all": "true"})
+        assert r.status_code == 200, r.text
+        for job in r.json()["jobs"]:
+            check_client_job(job)
+        return list(r.json()["jobs"])
+
+    async def status(self) -> dict[str, Any]:
+        r = await self.http.get(self.url("/status"))
+        assert r.status_code == 200, r.text
+        check_client_status(r.json())
+        return dict(r.json())
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
 
 @dataclass

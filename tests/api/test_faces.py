@@ -29,9 +29,10 @@ def test_paths_get_the_prefix_unless_they_carry_it_or_belong_to_the_root() -> No
         listener_app(None, "nope")  # type: ignore[arg-type]
 
 
-async def serve_face(server: Server, name: str) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+async def serve_face(server: Server, name: str, as_key: str | None = None) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     port = free_port()
-    face = uvicorn.Server(uvicorn.Config(listener_app(server.app, name), host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    app = listener_app(server.app, name, as_key)
+    face = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     task = asyncio.create_task(face.serve())
     while not face.started:
         await asyncio.sleep(0.01)

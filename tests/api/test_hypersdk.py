@@ -13,9 +13,10 @@ import httpx
 import pytest
 import websockets
 
-from ..support import Server, free_port
-from ..support_hypersdk import P, Receiver, check_client_job, check_client_status, doc_job
+from ..support import Server, free_port, new_pg_database
+from ..support_hypersdk import DaemonClient, P, Receiver, check_client_job, check_client_status, doc_job
 from .test_faces import serve_face
+from .test_tenancy import key_for
 
 
 @pytest.fixture
@@ -124,6 +125,9 @@ async def test_every_example_of_the_document_gets_its_documented_shape(server: S
     assert r.status_code == 201 and r.json()["message"] == "webhook added successfully" and r.json()["webhook"]["url"] == receiver.url
     listing = (await c.get(f"{P}/webhooks")).json()
     assert listing["total"] == 1 and {"url", "events", "enabled", "timeout", "retry_count"} <= set(listing["webhooks"][0])
+    assert '"timeout":30,' in r.text and '"timeout":30,' in (await c.get(f"{P}/webhooks")).text  # an integer, as a Go client's int field needs
+    is_error(await c.post(f"{P}/webhooks", json={**hook, "timeout": 2.5}), 400)  # whole seconds only: it could not be shown as the int it is
+    assert isinstance(status["uptime_seconds"], int) and isinstance(status["worker_count"], int)
     r = await c.post(f"{P}/webhooks/test", json={"url": receiver.url, "event": "test"})
     assert r.status_code == 200 and r.json()["message"] == "test webhook sent"
     test = await receiver.wait_for("test")
@@ -190,6 +194,46 @@ export_method: govc
     assert status["total_jobs"] == 5
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_job_reads_back_the_definition_it_was_submitted_with(server_factory: Any, receiver: Receiver, backend: str) -> None:
+    server = await server_factory(**({"database_url": await new_pg_database()} if backend == "postgresql" else {}))
+    c = server.client
+    await c.post(f"{P}/webhooks", json={"url": receiver.url, "events": ["job.submitted"]})
+    sent = {
+        "name": "Bar VM", "vm_path": "Datacenter/vm/bar-vm",
+        "source": {"type": "ova", "url": f"http://{closed_port()}/bar.ova", "password": "never-shown"},
+        "destination": {"type": "kvm", "libvirt_uri": "qemu:///system"}, "output_dir": "/exports", "format": "ova", "compress": True,
+        "options": {"conversion_method": "vddk", "network_mapping": {"VM Network": "br0"}, "remove_cdrom": True},
+    }  # fmt: skip
+    r = await c.post(f"{P}/jobs/submit", json=sent)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    job = await wait_status(c, job_id, ("failed",))  # nothing listens at the OVA's URL
+    query = (await c.post(f"{P}/jobs/query", json={"job_ids": [job_id]})).json()["jobs"][0]
+    for d in (job["definition"], query["definition"]):
+        assert d["id"] == job_id and d["vm_path"] == "Datacenter/vm/bar-vm" and d["name"] == "Bar VM"
+        assert d["options"]["network_mapping"] == {"VM Network": "br0"} and d["options"]["conversion_method"] == "vddk"
+        assert d["options"]["remove_cdrom"] is True and d["options"]["start"] is True  # what vmplane applied, beside
+        assert d["destination"] == sent["destination"] and d["output_dir"] == "/exports" and d["format"] == "ova" and d["compress"] is True
+        assert d["source"] == {"type": "ova", "url": sent["source"]["url"]}  # as sent, its password left out
+        assert d["vmplane_source"] == {"type": "ova", "url": sent["source"]["url"]} and d["created_at"]
+    check_client_job(job)
+    native = (await c.get(f"/api/v1/imports/{job_id}")).json()
+    assert native["origin"]["vm_path"] == "Datacenter/vm/bar-vm" and native["name"] == "bar-vm"  # the VM's name, made valid
+    assert "never-shown" not in json.dumps(native)
+    submitted = await receiver.wait_for("job.submitted")
+    assert submitted["body"]["data"]["vm_path"] == "Datacenter/vm/bar-vm" and submitted["body"]["data"]["job_name"] == "Bar VM"
+    # a value HyperSDK's client would refuse is vmplane's instead; a definition too large to keep is refused naming it
+    r = await c.post(f"{P}/jobs/submit", json={**sent, "format": "vmx", "export_method": "nfc"})
+    d = (await c.get(f"{P}/jobs/{r.json()['job_id']}")).json()["definition"]
+    assert d["format"] == "ova" and d["export_method"] == ""
+    r = await c.post(f"{P}/jobs/submit", json={**sent, "notes": "x" * 20000})
+    is_error(r, 400)
+    assert "job definition cannot be kept as sent" in r.json()["error"] and "larger than 16384 bytes" in r.json()["error"]
+    r = await c.post(f"{P}/jobs/submit", content=json.dumps({**sent, "ratio": float("nan")}), headers={"content-type": "application/json"})
+    assert (await c.get(f"{P}/jobs/{r.json()['job_id']}")).json()["definition"]["ratio"] is None  # NaN is no JSON: read back as null
+
+
 async def test_websocket_status_jobs_updates_and_ping(server: Server) -> None:
     c = server.client
     ws_url = server.url.replace("http", "ws") + f"{P}/ws"
@@ -228,6 +272,31 @@ async def test_metrics_carry_the_documents_names_beside_vmplanes(server: Server)
     assert 'hypersdk_api_requests_total{method="POST",path="/jobs/submit",status="Created"} 1.0' in text
 
 
+async def test_metrics_under_the_faces_base_url_are_the_documents(server_factory: Any) -> None:
+    server = await server_factory(metrics_token="scrape-" + "t" * 32)
+    c = server.client
+    await c.post(f"{P}/jobs/submit", json=doc_job(closed_port()))
+    r = await c.get(f"{P}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+    for name in ("hypersdk_api_requests_total", "hypersdk_api_request_duration_seconds_bucket", "hypersdk_jobs_total", "hypersdk_workers_active",
+                 "hypersdk_build_info"):  # fmt: skip
+        assert f"# TYPE {name.removesuffix('_bucket')}" in r.text, name
+    assert 'hypersdk_api_requests_total{method="POST",path="/jobs/submit",status="Created"} 1.0' in r.text
+    assert "vmplane_" not in r.text  # the document's metrics, not the installation's
+    async with httpx.AsyncClient(base_url=server.url) as anon:  # who reads the root's /metrics reads it: the scrape token, operators
+        assert "hypersdk_jobs_total" in (await anon.get(f"{P}/metrics", headers={"Authorization": "Bearer scrape-" + "t" * 32})).text
+        is_error(await anon.get(f"{P}/metrics"), 401)
+    member = server.client_with(await key_for(c, "mo", "member"))
+    is_error(await member.get(f"{P}/metrics"), 403)
+    face, task, url = await serve_face(server, "hypersdk")  # and at /metrics of the face's own listener
+    try:
+        r = await c.get(url + "/metrics")
+        assert "hypersdk_jobs_total" in r.text and "vmplane_" not in r.text
+    finally:
+        face.should_exit = True
+        await task
+
+
 async def test_at_the_root_of_its_own_listener_as_the_python_client_builds_urls(server: Server) -> None:
     face, task, url = await serve_face(server, "hypersdk")
     try:
@@ -251,6 +320,44 @@ async def test_at_the_root_of_its_own_listener_as_the_python_client_builds_urls(
     finally:
         face.should_exit = True
         await task
+
+
+async def test_a_listener_acting_as_a_key_serves_the_documents_clients_without_one(server: Server) -> None:
+    c = server.client
+    key = await key_for(c, "daemon", "member")
+    key_id = next(k["id"] for k in (await c.get("/api/v1/api-keys")).json()["items"] if k["name"] == "daemon key")
+    face, task, url = await serve_face(server, "hypersdk", as_key=key)
+    anon = DaemonClient(url + "/anything/the/client/had")  # no key at all, as the document's clients
+    own = DaemonClient(url, api_key=server.admin_key)
+    try:
+        job_id = await anon.submit_job(doc_job(closed_port(), "DC/vm/keyless"))
+        assert (await anon.get_job(job_id))["definition"]["vm_path"] == "DC/vm/keyless"
+        assert [j["definition"]["id"] for j in await anon.list_jobs()] == [job_id]
+        assert (await anon.status())["total_jobs"] == 1
+        async with websockets.connect(url.replace("http", "ws") + "/ws") as ws:  # the WebSocket too
+            assert json.loads(await ws.recv())["type"] == "status"
+        # the identity middleware saw that key: its user made the import, the audit names the key
+        assert (await c.get(f"/api/v1/imports/{job_id}")).json()["createdBy"] == "daemon"
+        audit = (await c.get("/api/v1/audit", params={"limit": 100})).json()["items"]
+        row = next(i for i in audit if i["route"] == "/compat/hypersdk/jobs/submit")
+        assert row["actor"] == "daemon" and row["credential"] == key_id and row["status"] == 201
+        # a request with credentials of its own is judged by those alone
+        mine = await own.submit_job(doc_job(closed_port(), "DC/vm/owned"))
+        assert (await c.get(f"/api/v1/imports/{mine}")).json()["createdBy"] == "admin"
+        wrong = DaemonClient(url, api_key="vmp_" + "x" * 40)
+        is_error(await wrong.http.get(wrong.url("/status")), 401)
+        await wrong.aclose()
+        # its role holds: revoke the key and the listener's keyless requests are refused
+        assert (await c.delete(f"/api/v1/api-keys/{key_id}")).status_code in (200, 204)
+        is_error(await anon.http.get(anon.url("/status")), 401)
+    finally:
+        await anon.aclose()
+        await own.aclose()
+        face.should_exit = True
+        await task
+    # the shared listener still asks every request for a key
+    async with httpx.AsyncClient(base_url=server.url) as nokey:
+        is_error(await nokey.get(f"{P}/status"), 401)
 
 
 async def test_webhook_hears_of_import_jobs_in_hypersdks_format(server: Server, receiver: Receiver) -> None:
@@ -286,6 +393,7 @@ async def test_a_triggered_schedule_runs_an_import_and_says_so(server: Server, r
         assert job_id.startswith("imp-")
         job = (await c.get(f"{P}/jobs/{job_id}")).json()
         assert job["definition"]["vm_path"] == "DC/vm/nightly" and job["definition"]["profile"].startswith("hypersdk-")
+        assert job["definition"]["options"]["network_mapping"] == {"VM Network": "br0"}  # the template as given
         events = []
         deadline = asyncio.get_running_loop().time() + 30
         while "failed" not in events:  # the vCenter refuses: the scheduled job fails

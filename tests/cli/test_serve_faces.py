@@ -62,6 +62,65 @@ def test_serve_with_face_listeners(tmp_path: Path) -> None:
     assert "Traceback" not in log.read_text()
 
 
+def test_as_key_file_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("vmp_" + "k" * 40 + "\n")
+    key.chmod(0o600)
+    loose = tmp_path / "loose"
+    loose.write_text("vmp_" + "k" * 40)
+    loose.chmod(0o644)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    two = tmp_path / "two"
+    two.write_text("vmp_a vmp_b\n")
+    two.chmod(0o600)
+    for value, says in (
+        (f"hypersdk=127.0.0.1:1,as-key-file={tmp_path / 'missing'}", "cannot read the key file"),
+        (f"hypersdk=127.0.0.1:1,as-key-file={loose}", "chmod 600"),
+        (f"hypersdk=127.0.0.1:1,as-key-file={tmp_path}", "not a regular file"),
+        (f"hypersdk=127.0.0.1:1,as-key-file={empty}", "one API key on one line"),
+        (f"hypersdk=127.0.0.1:1,as-key-file={two}", "one API key on one line"),
+        (f"hypersdk=0.0.0.0:1,as-key-file={key}", "not a loopback address"),
+        ("hypersdk=127.0.0.1:1,allow-remote", "allow-remote goes with as-key-file"),
+        (f"hypersdk=127.0.0.1:1,as-key-file={key},as-key-file={key}", "as-key-file=PATH (once)"),
+        ("hypersdk=127.0.0.1:1,as-key=x", "the options of a face listener"),
+    ):
+        r = run_serve("--data-dir", str(tmp_path / "d"), "--face", value)
+        assert r.exit_code == 2 and says in r.output, (value, r.output)
+    assert not (tmp_path / "d").exists()  # nothing was started
+    # allow-remote says it knowingly: the key is read and the listener bound (then the port is taken)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        r = run_serve("--data-dir", str(tmp_path / "d"), "--face", f"hypersdk=0.0.0.0:{taken.getsockname()[1]},as-key-file={key},allow-remote")
+    assert r.exit_code == 1 and "cannot listen on 0.0.0.0:" in r.output, r.output
+
+
+def test_a_face_listener_acting_as_a_key_file(tmp_path: Path) -> None:
+    port, face_port = free_port(), free_port()
+    data, log = tmp_path / "data", tmp_path / "server.log"
+    bogus = tmp_path / "bogus"
+    bogus.write_text("vmp_" + "b" * 40 + "\n")
+    bogus.chmod(0o600)
+    proc = serve(data, port, log, ["--driver", "sim", "--face", f"hypersdk=127.0.0.1:{face_port},as-key-file={bogus}"])
+    assert proc.wait(timeout=60) == 3  # a key that does not authenticate stops the server at start
+    assert "does not authenticate" in log.read_text()
+    proc = serve(data, port, log, ["--driver", "sim", "--face", f"hypersdk=127.0.0.1:{face_port},as-key-file={data / 'admin-api-key'}"])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        # the document's curl examples, with no key at all
+        r = httpx.post(f"http://127.0.0.1:{face_port}/jobs/submit", json={"vm_path": "DC/vm/test-vm", "vcenter_url": f"127.0.0.1:{free_port()}", "username": "u"}, timeout=30)
+        assert r.status_code == 201 and r.json()["job_id"].startswith("imp-"), r.text
+        assert httpx.post(f"http://127.0.0.1:{face_port}/jobs/query", json={"all": True}).json()["total"] == 1
+        assert httpx.get(f"http://127.0.0.1:{port}/compat/hypersdk/status").status_code == 401  # the shared listener still asks
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code in (0, -signal.SIGTERM), log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
 def test_servers_run_on_uvloop() -> None:
     """`vmplane serve` and `vmplane agent` run through serving.run: the stock event loop had
     cost a GET of one VM three quarters of its throughput (docs/benchmarks.md)."""

@@ -8,6 +8,12 @@ second application: it hands every request to the main one (same middleware, cre
 rate limits, audit, metrics, runtime) with the face's prefix put in front of the path. Paths
 that already carry the prefix pass unchanged, so the links a face hands out (a WebSocket path,
 a `Location`) work on both listeners, as do the face's `root_paths` (health, metrics).
+
+A face listener may act as one configured credential (`--face NAME=HOST:PORT,as-key-file=PATH`),
+for clients written from a contract that has no authentication: a request that arrives on it
+without credentials of its own is handed on carrying that API key (`X-API-Key`), so the identity
+middleware authenticates, limits and audits it as that key, as if the client had sent it; a
+request with its own credentials is judged by those alone.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import native
 from .compat import bluelobster, fastvm, hypersdk, volant
+from .identity import presented
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -70,7 +77,7 @@ FACES: dict[str, Face] = {
         Face("fastvm", "/compat/fastvm", _install_fastvm, ("/metrics",), "the FastVM public API"),
         Face("bluelobster", "/compat/bluelobster", _install_bluelobster, ("/metrics",), "the Blue Lobster instance API"),
         Face("volant", "/compat/volant", _install_volant, ("/metrics",), "the Volant daemon API"),
-        Face("hypersdk", "/compat/hypersdk", _install_hypersdk, ("/metrics",), "the HyperSDK daemon API"),
+        Face("hypersdk", "/compat/hypersdk", _install_hypersdk, (), "the HyperSDK daemon API"),  # its /metrics is its own
     )
 }  # fmt: skip
 
@@ -89,11 +96,13 @@ def install_all(app: FastAPI, rt: Runtime) -> None:
 
 class FaceListener:
     """The ASGI application of a face's own listener: the main application, seen from the
-    face's prefix. It runs no lifespan of its own (the main listener's starts the runtime)."""
+    face's prefix. It runs no lifespan of its own (the main listener's starts the runtime).
+    `as_key`: the API key a request without credentials of its own presents."""
 
-    def __init__(self, app: ASGIApp, face: Face) -> None:
+    def __init__(self, app: ASGIApp, face: Face, as_key: str | None = None) -> None:
         self.app = app
         self.face = face
+        self._header = (b"x-api-key", as_key.encode("latin-1")) if as_key else None
 
     def rewrite(self, path: str) -> str:
         prefix = self.face.prefix
@@ -108,9 +117,20 @@ class FaceListener:
                 raw = scope.get("raw_path")  # the path as sent (percent-encoded)
                 raw_path = self.face.prefix.encode() + raw if raw and path != self.face.prefix else path.encode()
                 scope = {**scope, "path": path, "raw_path": raw_path}
+            if self._header is not None:
+                scope = self._with_key(scope, self._header)
         elif scope["type"] == "lifespan":
             return await _no_lifespan(receive, send)
         await self.app(scope, receive, send)
+
+
+    @staticmethod
+    def _with_key(scope: Scope, header: tuple[bytes, bytes]) -> Scope:
+        """The request as if it had sent the listener's key, unless it presents a credential."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if presented(scope, headers) is not None:
+            return scope
+        return {**scope, "headers": [*scope.get("headers", []), header]}
 
 
 async def _no_lifespan(receive: Receive, send: Send) -> None:
@@ -123,6 +143,7 @@ async def _no_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def listener_app(app: ASGIApp, name: str) -> FaceListener:
-    """The application to serve face `name` at the root of a listener."""
-    return FaceListener(app, face(name))
+def listener_app(app: ASGIApp, name: str, as_key: str | None = None) -> FaceListener:
+    """The application to serve face `name` at the root of a listener (acting as the API key
+    `as_key` for requests that bring no credentials)."""
+    return FaceListener(app, face(name), as_key)

@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 AGENT_PATHS = "/api/v1/agent/"
-METRICS_PATH = "/metrics"
+METRICS_PATHS = frozenset(("/metrics", "/compat/hypersdk/metrics"))
+"""where the scrape token (VMPLANE_METRICS_TOKEN) is taken: vmplane's metrics, and the
+HyperSDK face's document of its own (api/compat/hypersdk)"""
 VOLANT_PATHS = "/compat/volant/"
 OPEN_PATHS = frozenset(("/healthz", "/livez", "/readyz", "/", "/ui"))
 """probes, and the web console's static files: answered without credentials or any lookup,
@@ -110,6 +112,38 @@ def offered_subprotocols(scope: Scope) -> list[str]:
     return list(scope.get("subprotocols") or ())
 
 
+def presented(scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
+    """The credential a request presents, unchecked: (kind, value) with kind `internal`,
+    `key`, `bearer` (an API key, a JWT or the scrape token) or `ticket`; None for an anonymous
+    request (which a face listener with `as-key-file` gives its key: api/faces.py)."""
+    token = headers.get(INTERNAL_HEADER)
+    if token is not None:
+        return "internal", token
+    key = headers.get("x-api-key") or headers.get("x-volant-api-key")  # the latter: the Volant face's header
+    if key is not None:
+        return "key", key
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return "bearer", auth[7:].strip()
+    if scope["type"] == "websocket":
+        # browsers cannot set headers on a WebSocket: a subprotocol carries the credential
+        for proto in offered_subprotocols(scope):
+            if proto.startswith(SUBPROTOCOL_KEY):
+                return "key", proto[len(SUBPROTOCOL_KEY):]
+            if proto.startswith(SUBPROTOCOL_TICKET):
+                return "ticket", proto[len(SUBPROTOCOL_TICKET):]
+    if scope["type"] == "websocket" or scope["path"].startswith(VOLANT_PATHS):
+        # old WebSocket clients, and Volant's, which may send api_key= (kept out of logs:
+        # see vmplane.logs)
+        for part in scope.get("query_string", b"").decode("latin-1").split("&"):
+            name, _, value = part.partition("=")
+            if name in ("apiKey", "api_key") and value:
+                return "key", unquote(value)
+            if name == "wsTicket" and value and scope["type"] == "websocket":
+                return "ticket", unquote(value)
+    return None
+
+
 class Identity:
     def __init__(self, app: ASGIApp, rt: "Runtime") -> None:
         self.app = app
@@ -124,35 +158,13 @@ class Identity:
         """The credential the request presents, without checking it: (kind, value) with kind
         `internal`, `key`, `jwt`, `ticket` or `metrics` (the scrape token, on /metrics only,
         the one credential checked here); None for an anonymous request."""
-        token = headers.get(INTERNAL_HEADER)
-        if token is not None:
-            return "internal", token
-        key = headers.get("x-api-key") or headers.get("x-volant-api-key")  # the latter: the Volant face's header
-        if key is not None:
-            return "key", key
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            bearer = auth[7:].strip()
-            if scope["path"] == METRICS_PATH and self._scrape_token_ok(bearer):
-                return "metrics", bearer  # Prometheus's scrape token (VMPLANE_METRICS_TOKEN)
-            return ("key", bearer) if bearer.startswith("vmp_") else ("jwt", bearer)
-        if scope["type"] == "websocket":
-            # browsers cannot set headers on a WebSocket: a subprotocol carries the credential
-            for proto in offered_subprotocols(scope):
-                if proto.startswith(SUBPROTOCOL_KEY):
-                    return "key", proto[len(SUBPROTOCOL_KEY):]
-                if proto.startswith(SUBPROTOCOL_TICKET):
-                    return "ticket", proto[len(SUBPROTOCOL_TICKET):]
-        if scope["type"] == "websocket" or scope["path"].startswith(VOLANT_PATHS):
-            # old WebSocket clients, and Volant's, which may send api_key= (kept out of logs:
-            # see vmplane.logs)
-            for part in scope.get("query_string", b"").decode("latin-1").split("&"):
-                name, _, value = part.partition("=")
-                if name in ("apiKey", "api_key") and value:
-                    return "key", unquote(value)
-                if name == "wsTicket" and value and scope["type"] == "websocket":
-                    return "ticket", unquote(value)
-        return None
+        cred = presented(scope, headers)
+        if cred is None or cred[0] != "bearer":
+            return cred
+        bearer = cred[1]
+        if scope["path"] in METRICS_PATHS and self._scrape_token_ok(bearer):
+            return "metrics", bearer  # Prometheus's scrape token (VMPLANE_METRICS_TOKEN)
+        return ("key", bearer) if bearer.startswith("vmp_") else ("jwt", bearer)
 
     def _vouched(self, cred: tuple[str, str] | None) -> bool:
         """Whether a credential may pass an empty address bucket, known good without a lookup:

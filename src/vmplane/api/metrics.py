@@ -144,15 +144,21 @@ def route_template(scope: Scope) -> str:
     return "/".join(f"{{{params.pop(seg)}}}" if seg in params else seg for seg in scope["path"].split("/"))
 
 
+def check_access(request: Request, path: str = "/metrics") -> None:
+    """Who may read installation-wide metrics (vmplane's, or a face's document of them):
+    operators, or whoever holds the scrape token; anyone with VMPLANE_METRICS_AUTH=false."""
+    if request.app.state.rt.settings.metrics_auth and not getattr(request.state, "metrics_scrape", False):
+        if not principal(request).operator:
+            raise Forbidden(f"{path} is for the installation's operators (tenants: GET /api/v1/org/quotas and /api/v1/usage)")
+
+
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
     """Prometheus text format, installation-wide (every organization's VMs, every node's
     capacity): for operators, or whoever holds the scrape token (`Authorization: Bearer
     <VMPLANE_METRICS_TOKEN>`); open to all with VMPLANE_METRICS_AUTH=false. Tenants read
     their own figures at /api/v1/org/quotas and /api/v1/usage."""
-    if request.app.state.rt.settings.metrics_auth and not getattr(request.state, "metrics_scrape", False):
-        if not principal(request).operator:
-            raise Forbidden("/metrics is for the installation's operators (tenants: GET /api/v1/org/quotas and /api/v1/usage)")
+    check_access(request)
     m: Metrics = request.app.state.metrics
     await m.refresh()
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

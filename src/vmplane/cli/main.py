@@ -57,19 +57,22 @@ def serve(
     face: Annotated[
         list[str] | None,
         typer.Option(
-            "--face", metavar="NAME=HOST:PORT",
+            "--face", metavar="NAME=HOST:PORT[,as-key-file=PATH[,allow-remote]]",
             help="also serve face NAME (native, fastvm, ...) at the root of a listener of its own, for clients that drop "
-            "the path of their base URL (repeatable)",
+            "the path of their base URL (repeatable); as-key-file: requests there without credentials act as the API key "
+            "in PATH (loopback only unless allow-remote)",
         ),
     ] = None,
 ) -> None:
     """Serve vmplane over HTTP. On first start it writes an owner API key to DATA_DIR/admin-api-key."""
+    from dataclasses import replace
+
     from pydantic import ValidationError
 
     from ..app import create_app
     from ..config import Settings
     from ..logs import install_scrubbing
-    from .serving import Listener, bind, parse_face, run, serve_all
+    from .serving import Listener, bind, parse_face, read_key_file, run, serve_all
 
     install_scrubbing()  # keys and tokens in query strings never reach a log line
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -91,7 +94,19 @@ def serve(
             typer.echo(f"error: --face: {exc}", err=True)
             raise typer.Exit(2) from None
     seen: set[tuple[str, int]] = set()
-    for lis in listeners:
+    for i, lis in enumerate(listeners):
+        if lis.as_key_file is not None:
+            if not is_loopback(lis.host) and not lis.allow_remote:
+                typer.echo(
+                    f"error: --face {lis.face}: as-key-file on {lis.host}, not a loopback address, lets anyone who reaches it act as "
+                    "that key; add ,allow-remote if that is what you want", err=True,
+                )  # fmt: skip
+                raise typer.Exit(2)
+            try:
+                listeners[i] = replace(lis, as_key=read_key_file(lis.as_key_file))
+            except ValueError as exc:
+                typer.echo(f"error: --face {lis.face}: {exc}", err=True)
+                raise typer.Exit(2) from None
         if settings.insecure_no_auth and not is_loopback(lis.host):
             typer.echo(f"error: --insecure-no-auth is only allowed on loopback addresses, not {lis.host}", err=True)
             raise typer.Exit(2)
@@ -107,7 +122,7 @@ def serve(
     log = logging.getLogger("vmplane")
     log.info("serving on http://%s", listeners[0].address)
     for lis in listeners[1:]:
-        log.info("face %s at the root of http://%s", lis.face, lis.address)
+        log.info("face %s at the root of http://%s%s", lis.face, lis.address, f", acting as the key in {lis.as_key_file} for requests without credentials" if lis.as_key else "")
     if not run(serve_all(create_app(settings), list(zip(listeners, socks)), log_level)):
         raise typer.Exit(3)  # the application did not start (as uvicorn.run exits)
 

@@ -9,15 +9,19 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
 from ..api.faces import FACES, listener_app
 from ..config import Settings
+from ..errors import Unauthorized
 from ..httpproto import header_timeout
 
 if TYPE_CHECKING:
@@ -32,6 +36,12 @@ class Listener:
     """None: the main listener (every face under its prefix)"""
     host: str
     port: int
+    as_key_file: Path | None = None
+    """`as-key-file=PATH`: requests without credentials act as the API key in PATH"""
+    allow_remote: bool = False
+    """`allow-remote`: as-key-file on an address other than loopback, knowingly"""
+    as_key: str | None = field(default=None, repr=False)
+    """the key read from `as_key_file` (read_key_file)"""
 
     @property
     def address(self) -> str:
@@ -39,7 +49,21 @@ class Listener:
 
 
 def parse_face(value: str) -> Listener:
-    """`NAME=HOST:PORT` (HOST may be `[v6]`); ValueError says what is wrong."""
+    """`NAME=HOST:PORT[,as-key-file=PATH][,allow-remote]` (HOST may be `[v6]`; PATH has no
+    comma); ValueError says what is wrong."""
+    value, *options = value.split(",")
+    key_file: Path | None = None
+    allow_remote = False
+    for option in options:
+        opt, sep, arg = option.partition("=")
+        if opt == "as-key-file" and sep and arg and key_file is None:
+            key_file = Path(arg)
+        elif option == "allow-remote":
+            allow_remote = True
+        else:
+            raise ValueError(f"{option!r}: the options of a face listener are as-key-file=PATH (once) and allow-remote")
+    if allow_remote and key_file is None:
+        raise ValueError("allow-remote goes with as-key-file=PATH (it allows that key on an address other than loopback)")
     name, sep, address = value.partition("=")
     if not sep or not name:
         raise ValueError(f"{value!r} is not NAME=HOST:PORT")
@@ -49,7 +73,38 @@ def parse_face(value: str) -> Listener:
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{value!r}: the address must be HOST:PORT with a port from 1 to 65535")
-    return Listener(name, host, int(port))
+    return Listener(name, host, int(port), key_file, allow_remote)
+
+
+KEY_FILE_MAX = 4096
+
+
+def read_key_file(path: Path) -> str:
+    """The API key in `path`, as `vmplane serve` writes one (admin-api-key): a regular file of
+    the user this process runs as (or root) that no one else may read or write (mode 0600 or
+    stricter, as ssh asks of a private key), holding one key on one line. ValueError says
+    what is wrong."""
+    try:  # O_NONBLOCK: a FIFO does not hang the start; fstat below refuses it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"the key file {path} is not a regular file")
+        if st.st_uid not in (os.geteuid(), 0):
+            raise ValueError(f"the key file {path} belongs to uid {st.st_uid}, neither the user vmplane runs as ({os.geteuid()}) nor root")
+        if st.st_mode & 0o077:
+            raise ValueError(f"the key file {path} may be read or written by others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
+        data = os.read(fd, KEY_FILE_MAX + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    key = data.strip()
+    if len(data) > KEY_FILE_MAX or not key or not all(0x21 <= b < 0x7F for b in key):
+        raise ValueError(f"the key file {path} must hold one API key on one line (printable ASCII, at most {KEY_FILE_MAX} bytes)")
+    return key.decode("ascii")
 
 
 def bind(listener: Listener) -> socket.socket:
@@ -143,7 +198,16 @@ async def serve_all(app: Any, listeners: list[tuple[Listener, socket.socket]], l
             main_task.result()
             return False
         await asyncio.sleep(0.05)
-    others += [(_FaceServer(server_config(listener_app(app, lis.face or ""), rt.settings, log_level, lifespan="off")), sock) for lis, sock in faces]
+    for lis, _ in faces:
+        if lis.as_key is not None:
+            try:
+                await rt.tenancy.principal_for_key(lis.as_key)
+            except Unauthorized as exc:
+                logging.getLogger("vmplane").error("--face %s: the key in %s does not authenticate (%s); stopping", lis.face, lis.as_key_file, exc.message)
+                main.should_exit = True
+                await main_task
+                return False
+    others += [(_FaceServer(server_config(listener_app(app, lis.face or "", lis.as_key), rt.settings, log_level, lifespan="off")), sock) for lis, sock in faces]
     tasks += [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in others]
     try:
         await main_task

@@ -114,3 +114,7 @@ class ImportRequest:
     start: bool = True
     node_id: str | None = None
     tags: tuple[str, ...] = ()
+    origin: dict[str, Any] | None = None
+    """what the caller sent, in its own words (a face's job definition), kept beside the
+    request and shown back as it was sent; never interpreted, never a credential
+    (ImportService drops `password` and API keys at any depth)"""

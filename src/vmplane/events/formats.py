@@ -81,10 +81,11 @@ async def render(conn: AsyncConnection, event: Event, fmt: str) -> bytes | None:
             return None
         imp = await _import_of(conn, event.resource)
         source = dict(imp.source or {}) if imp is not None else {}
+        sent = (imp.options or {}).get("origin") or {} if imp is not None else {}  # the definition as submitted
         out: dict[str, Any] = {
             "job_id": imp.id if imp is not None else event.resource,
-            "job_name": imp.name if imp is not None else None,
-            "vm_path": source.get("vmPath") or source.get("url") or source.get("path") or "",
+            "job_name": sent.get("name") or (imp.name if imp is not None else None),
+            "vm_path": sent.get("vm_path") or source.get("vmPath") or source.get("url") or source.get("path") or "",
             "status": HYPERSDK_JOB_STATUS.get(str(data.get("state")), str(data.get("state"))),
             "vmplane_job_id": event.resource,
         }

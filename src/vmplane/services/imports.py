@@ -14,6 +14,7 @@ the import is asked for, and again when the job fetches it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
 SOURCE_TYPES = ("ova", "disk", "vsphere", "vmplane")
 DISK_FORMATS = ("qcow2", "raw", "vmdk", "vhdx")
 EXPORT_METHODS = ("auto", "lease", "datastore")
+ORIGIN_MAX_BYTES = 16 << 10
+"""the largest `origin` (as JSON) an import keeps"""
+SECRET_KEYS = frozenset(("password", "api_key", "apiKey", "apikey", "secret", "token"))
+"""keys an `origin` never keeps, at any depth: an import stores no credential in clear"""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class ImportView:
     created_at: float
     updated_at: float
     finished_at: float | None
+    origin: dict[str, Any] | None = None
+    """what the caller sent, in its own words (ImportRequest.origin); None: nothing kept"""
 
     @property
     def percent(self) -> int:
@@ -91,7 +98,7 @@ class ImportView:
             "options": self.options, "state": self.state, "stage": self.stage, "progress": self.percent,
             "bytesDone": self.bytes_done, "bytesTotal": self.bytes_total, "shape": self.shape, "error": self.error,
             "createdBy": self.created_by, "createdAt": clock.rfc3339(self.created_at), "updatedAt": clock.rfc3339(self.updated_at),
-            "finishedAt": clock.rfc3339(self.finished_at),
+            "finishedAt": clock.rfc3339(self.finished_at), "origin": self.origin,
         }  # fmt: skip
 
 
@@ -101,9 +108,11 @@ def _visible(row: Row[Any], who: Principal) -> bool:
 
 
 def view(row: Row[Any]) -> ImportView:
+    options = dict(row.options)
+    origin = options.pop("origin", None)  # kept in the options column (JSON), shown on its own
     return ImportView(
-        row.id, row.job_id, row.vm_id, row.name, dict(row.source), dict(row.options), row.state, row.stage, int(row.bytes_done or 0),
-        row.bytes_total, row.shape, row.error, row.created_by, row.created_at, row.updated_at, row.finished_at,
+        row.id, row.job_id, row.vm_id, row.name, dict(row.source), options, row.state, row.stage, int(row.bytes_done or 0),
+        row.bytes_total, row.shape, row.error, row.created_by, row.created_at, row.updated_at, row.finished_at, origin,
     )  # fmt: skip
 
 
@@ -139,7 +148,34 @@ def _int(body: dict[str, Any], key: str, where: str, low: int, high: int) -> int
 
 
 SOURCE_KEYS = {"type", "path", "url", "format", "profile", "vcenterUrl", "username", "password", "insecure", "vmPath", "exportMethod", "apiKey", "vmId"}
-REQUEST_KEYS = {"source", "name", "cpu", "ramMb", "diskGb", "networkMapping", "removeCdroms", "start", "nodeId", "tags"}
+REQUEST_KEYS = {"source", "name", "cpu", "ramMb", "diskGb", "networkMapping", "removeCdroms", "start", "nodeId", "tags", "origin"}
+
+
+def without_secrets(value: Any, depth: int = 0) -> Any:
+    """`value` with every key of SECRET_KEYS left out, at any depth (ValueError past 32 levels)."""
+    if depth > 32:
+        raise ValueError("nested more than 32 levels deep")
+    if isinstance(value, dict):
+        return {k: without_secrets(v, depth + 1) for k, v in value.items() if k not in SECRET_KEYS}
+    if isinstance(value, list):
+        return [without_secrets(v, depth + 1) for v in value]
+    return value
+
+
+def _origin(body: dict[str, Any]) -> dict[str, Any] | None:
+    value = body.get("origin")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("origin must be a JSON object (what the caller sent, kept and shown back)", field="origin")
+    try:
+        out: dict[str, Any] = without_secrets(value)
+        size = len(json.dumps(out, allow_nan=False))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidRequest(f"origin must be plain JSON at most 32 levels deep ({exc})", field="origin") from None
+    if size > ORIGIN_MAX_BYTES:
+        raise InvalidRequest(f"origin is larger than {ORIGIN_MAX_BYTES} bytes as JSON", field="origin")
+    return out
 
 
 def parse_request(body: Any) -> ImportRequest:
@@ -180,7 +216,7 @@ def parse_request(body: Any) -> ImportRequest:
         source=source, name=_str(body, "name", "name"), cpu=_int(body, "cpu", "cpu", 1, 256),
         ram_mb=_int(body, "ramMb", "ramMb", 64, 4 << 20), disk_gb=_int(body, "diskGb", "diskGb", 1, 65536),
         network_mapping=dict(mapping), remove_cdroms=bool(_bool(body, "removeCdroms", "removeCdroms", False)),
-        start=bool(_bool(body, "start", "start", True)), node_id=_str(body, "nodeId", "nodeId"), tags=tuple(tags),
+        start=bool(_bool(body, "start", "start", True)), node_id=_str(body, "nodeId", "nodeId"), tags=tuple(tags), origin=_origin(body),
     )  # fmt: skip
 
 
@@ -296,6 +332,8 @@ class ImportService:
             "cpu": req.cpu, "ramMb": req.ram_mb, "diskGb": req.disk_gb, "networkMapping": req.network_mapping,
             "removeCdroms": req.remove_cdroms, "start": req.start, "nodeId": req.node_id, "tags": list(req.tags),
         }  # fmt: skip
+        if req.origin is not None:
+            options["origin"] = without_secrets(req.origin)  # a caller of submit may not have come through parse_request
         payload: dict[str, Any] = {
             "who": {"org_id": who.org_id, "user_id": who.user_id, "user_name": who.user_name, "role": str(who.role), "team_id": who.team_id},
         }
@@ -401,7 +439,7 @@ class ImportService:
         return ImportRequest(
             source=source, name=row.name or None, cpu=o.get("cpu"), ram_mb=o.get("ramMb"), disk_gb=o.get("diskGb"),
             network_mapping=dict(o.get("networkMapping") or {}), remove_cdroms=bool(o.get("removeCdroms")), start=bool(o.get("start", True)),
-            node_id=o.get("nodeId"), tags=tuple(o.get("tags") or ()),
+            node_id=o.get("nodeId"), tags=tuple(o.get("tags") or ()), origin=o.get("origin"),
         )  # fmt: skip
 
     def secrets_of(self, payload: dict[str, Any]) -> dict[str, Any]:

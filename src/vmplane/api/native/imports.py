@@ -60,6 +60,10 @@ class ImportIn(In):
     start: bool = True
     nodeId: str | None = Field(None, max_length=64)
     tags: list[str] = Field(default_factory=list, max_length=64)
+    origin: dict[str, Any] | None = Field(
+        None, description="what the caller sent in its own words (a face's job definition): kept and shown back, never interpreted; "
+        "keys such as password and api_key are left out",
+    )  # fmt: skip
 
 
 class ImportOut(BaseModel):
@@ -80,6 +84,7 @@ class ImportOut(BaseModel):
     createdAt: str
     updatedAt: str
     finishedAt: str | None
+    origin: dict[str, Any] | None = None
 
 
 class ImportAccepted(BaseModel):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import Scope
 
@@ -68,13 +68,16 @@ ERRORS = Errors(
 
 
 class HyperSdkMetrics:
-    """The document's `hypersdk_*` metrics, served at /metrics beside vmplane's own: requests
-    to this face (path relative to the face, status as Go's StatusText names it), import jobs
-    by HyperSDK status (from the counts the scrape read), active workers, build info."""
+    """The document's `hypersdk_*` metrics: requests to this face (path relative to the face,
+    status as Go's StatusText names it), import jobs by HyperSDK status (from the counts the
+    scrape read), active workers, build info. Served at the root's /metrics beside vmplane's
+    own, and alone (`document`) at the face's /metrics, as the daemon serves them."""
 
     def __init__(self, rt: Runtime, metrics: Any) -> None:
         self.rt = rt
         self.metrics = metrics
+        self.document = CollectorRegistry(auto_describe=False)
+        """the face's own /metrics: the document's metrics only"""
         registry: CollectorRegistry = metrics.registry
         self.requests = Counter("hypersdk_api_requests", "Total API requests", ["method", "path", "status"], registry=registry)
         self.duration = Histogram(
@@ -82,6 +85,13 @@ class HyperSdkMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )  # fmt: skip
         registry.register(self)
+        for collector in (self.requests, self.duration, self):
+            self.document.register(collector)
+
+    async def render(self) -> bytes:
+        """The face's /metrics document, its job counts read now."""
+        await self.metrics.refresh()
+        return bytes(generate_latest(self.document))
 
     def collect(self) -> Iterator[Any]:
         counts: dict[str, float] = {s: 0.0 for s in ("pending", "running", "completed", "failed", "cancelled")}
@@ -120,6 +130,8 @@ def build(rt: Runtime, metrics: Any = None) -> FastAPI:
     Metrics, which the face's `hypersdk_*` metrics join."""
     app = build_face("HyperSDK face", rt, ROUTERS, CONTRACT, ERRORS)
     app.state.started_at = clock.now()
+    app.state.hypersdk_metrics = None
     if metrics is not None:
-        app.add_middleware(CountRequests, metrics=HyperSdkMetrics(rt, metrics))
+        app.state.hypersdk_metrics = HyperSdkMetrics(rt, metrics)
+        app.add_middleware(CountRequests, metrics=app.state.hypersdk_metrics)
     return app

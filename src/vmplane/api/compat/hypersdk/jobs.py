@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ....auth import Principal
+from ....domain.requests import ImportRequest
 from ....errors import InvalidRequest, NotFound
 from ....events.formats import IMPORT_JOB_TYPE
 from ....services.imports import parse_request
@@ -83,7 +84,10 @@ def native_request(d: JobDefIn, where: str) -> dict[str, Any]:
     mapping = d.network_mapping or (o and o.network_mapping) or None
     remove_cdrom = next((x for x in (d.remove_cdrom, o and o.remove_cdrom) if x is not None), False)
     start = next((x for x in (d.start, o and o.start, o and o.power_on, o and o.libvirt_autostart) if x is not None), True)
-    body: dict[str, Any] = {"name": vm_name(d, "imported-vm"), "source": _source(d, where), "removeCdroms": bool(remove_cdrom), "start": bool(start)}
+    body: dict[str, Any] = {
+        "name": vm_name(d, "imported-vm"), "source": _source(d, where), "removeCdroms": bool(remove_cdrom), "start": bool(start),
+        "origin": wire.definition_echo(d),
+    }  # fmt: skip
     if mapping:
         body["networkMapping"] = mapping
     return body
@@ -111,12 +115,24 @@ async def known_networks(rt: Runtime, who: Principal, body: dict[str, Any]) -> l
     return warnings
 
 
+def _checked(body: dict[str, Any], where: str) -> ImportRequest:
+    """The native request of a definition; InvalidRequest in the face's words."""
+    try:
+        return parse_request(body)
+    except InvalidRequest as exc:
+        if exc.field == "origin":  # the definition itself, kept to be shown back
+            raise InvalidRequest(f"{where}: the job definition cannot be kept as sent ({exc.message})", field=where) from None
+        raise _in(where, exc) from None
+
+
 async def submit(rt: Runtime, who: Principal, d: JobDefIn, where: str) -> tuple[str, list[str]]:
-    """Submit one definition; the HyperSDK job id (the import's id) and any warnings."""
+    """Submit one definition; the HyperSDK job id (the import's id) and any warnings. The
+    definition as sent (credentials left out) is kept with the import as its `origin`."""
     body = native_request(d, where)
     warnings = await known_networks(rt, who, body)
+    req = _checked(body, where)
     try:
-        _job_id, imp_id = await rt.imports.submit(parse_request(body), who)
+        _job_id, imp_id = await rt.imports.submit(req, who)
     except InvalidRequest as exc:
         raise _in(where, exc) from None
     return imp_id, warnings
@@ -128,10 +144,7 @@ async def template(rt: Runtime, who: Principal, d: JobDefIn, where: str) -> tupl
     body = native_request(d, where)
     await known_networks(rt, who, body)
     src = body["source"]
-    try:
-        parse_request(body)
-    except InvalidRequest as exc:
-        raise _in(where, exc) from None
+    _checked(body, where)
     if src["type"] == "vsphere" and "vcenterUrl" in src:
         digest = hashlib.sha256(f"{src['vcenterUrl']}\0{src.get('username')}".encode()).hexdigest()[:12]
         name = f"hypersdk-{digest}"

@@ -31,5 +31,5 @@ async def status_data(request_app: Any, rt: Runtime, who: Principal) -> dict[str
         "total_jobs": sum(counts.values()), "pending_jobs": counts["pending"], "running_jobs": counts["running"],
         "completed_jobs": counts["completed"], "failed_jobs": counts["failed"], "cancelled_jobs": counts["cancelled"],
         "worker_count": rt.settings.job_concurrency, "active_workers": rt.engine.running_count,
-        "version": __version__, "uptime": wire.go_duration(uptime), "uptime_seconds": round(uptime, 1), "timestamp": wire.now(),
+        "version": __version__, "uptime": wire.go_duration(uptime), "uptime_seconds": int(uptime), "timestamp": wire.now(),
     }  # fmt: skip

@@ -30,7 +30,8 @@ class _WebhookIn(wire.Open):
     url: str | None = Field(None, max_length=2048)
     events: Any = None
     enabled: bool | None = None
-    timeout: float | None = Field(None, gt=0, le=300)
+    timeout: int | None = Field(None, gt=0, le=300)
+    """whole seconds, as the daemon's `int` (30.0 is 30; 2.5 is refused)"""
     retry_count: int | None = Field(None, ge=0, le=20)
     headers: dict[str, str] | None = None
     event: str | None = Field(None, max_length=64)
@@ -49,7 +50,7 @@ async def add_webhook(request: Request, rt: RuntimeDep, who: CallerDep) -> JSONR
         raise InvalidRequest("url is required", field="url")
     row = await rt.webhooks.create(
         url=w.url, events=wire.webhook_events(w.events), enabled=True if w.enabled is None else w.enabled,
-        timeout_sec=w.timeout or 30.0, retry_count=3 if w.retry_count is None else w.retry_count, headers=w.headers or {},
+        timeout_sec=float(w.timeout or 30), retry_count=3 if w.retry_count is None else w.retry_count, headers=w.headers or {},
         who=who, format=formats.HYPERSDK,
     )  # fmt: skip
     return ok({"message": "webhook added successfully", "webhook": wire.render_webhook(row)}, status=201)
@@ -63,7 +64,7 @@ async def test_webhook(request: Request, rt: RuntimeDep, who: CallerDep) -> JSON
     if not w.url:
         raise InvalidRequest("url is required", field="url")
     result = await rt.webhooks.test_url(
-        url=w.url, fmt=formats.HYPERSDK, event=w.event or "test", headers=w.headers or {}, timeout_sec=w.timeout or 10.0, who=who
+        url=w.url, fmt=formats.HYPERSDK, event=w.event or "test", headers=w.headers or {}, timeout_sec=float(w.timeout or 10), who=who
     )  # fmt: skip
     if not result["ok"]:
         raise InvalidRequest(f"test webhook failed: {result['error']}", field="url")

@@ -9,6 +9,7 @@ and `bytes_transferred`; submit answers `job_id` and `message` and `job_ids` and
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -189,8 +190,9 @@ def job_defs(data: Any) -> list[Any]:
 
 
 def definition_echo(d: JobDefIn) -> dict[str, Any]:
-    """What a job's `definition` shows again: the definition as sent, credentials left out."""
-    out = d.model_dump(exclude_none=True, mode="json")
+    """What a job's `definition` shows again: the definition as sent (no defaults filled in),
+    credentials left out."""
+    out = d.model_dump(exclude_unset=True, exclude_none=True, mode="json")
     out.pop("password", None)
     for key in ("vcenter", "source"):
         if isinstance(out.get(key), dict):
@@ -200,7 +202,29 @@ def definition_echo(d: JobDefIn) -> dict[str, Any]:
 
 
 def definition_of(imp: Any) -> dict[str, Any]:
-    """A HyperSDK job definition for an import (the fields HyperSDK's client reads)."""
+    """A HyperSDK job definition for an import: the definition as it was submitted (the
+    import's `origin`, credentials left out), with vmplane's own fields beside it (the id, the
+    VM's name when none was sent, the import's source as `vmplane_source`, the options it
+    applied). An import made elsewhere (the native API) gets the fields HyperSDK's client
+    reads, derived from the import."""
+    derived = _derived_definition(imp)
+    sent = dict(imp.origin or {})
+    if not sent:
+        return derived
+    out = {**derived, **sent, "id": imp.id, "created_at": derived["created_at"], "vmplane_source": derived["source"]}
+    for key, allowed in (("format", FORMATS), ("export_method", EXPORT_METHODS)):
+        if out.get(key) not in allowed:  # HyperSDK's client refuses any other value
+            out[key] = derived[key]
+    for key in ("vm_path", "name"):
+        if not isinstance(out.get(key), str) or not out[key]:
+            out[key] = derived[key]
+    if isinstance(sent.get("options"), dict):
+        out["options"] = {**derived["options"], **sent["options"]}
+    return out
+
+
+def _derived_definition(imp: Any) -> dict[str, Any]:
+    """The fields HyperSDK's client reads, from the import itself."""
     src = dict(imp.source or {})
     kind = src.get("type")
     d: dict[str, Any] = {
@@ -259,7 +283,7 @@ def render_schedule(row: Any) -> dict[str, Any]:
 
 def render_webhook(row: Any) -> dict[str, Any]:
     return {
-        "url": row.url, "events": list(row.events), "enabled": row.enabled, "timeout": row.timeout_sec, "retry_count": row.retry_count,
+        "url": row.url, "events": list(row.events), "enabled": row.enabled, "timeout": math.ceil(row.timeout_sec), "retry_count": row.retry_count,
         "headers": row.headers or {}, "created_at": ts(row.created_at),
     }  # fmt: skip
 
