@@ -6,9 +6,10 @@ Operations come from the documents themselves: the paths × methods of the three
 documents, the `### METHOD /path` headings of hypersdk-api.md, and the `### **Name**`
 headings of cluster-api.md (which names operations but gives no paths: CLUSTER_PATHS maps
 them, as docs/api.md does). The compat documents are read from the copies the app serves
-(src/vmplane/api/compat/<face>/); cluster-api.md, which the repository does not ship, from the
-shared specs directory (`VMPLANE_SPECS_DIR`, else a `shared/specs` beside an ancestor of the
-checkout), against which the shipped copies are also compared.
+(src/vmplane/api/compat/<face>/), cluster-api.md from the copy beside the native face
+(src/vmplane/api/native/); where the shared specs directory is at hand (`VMPLANE_SPECS_DIR`,
+else a `shared/specs` beside an ancestor of the checkout) the shipped copies are compared
+with it.
 
 An operation is served when a request with realistic path parameters (ids of the face's
 kinds, for resources that do not exist) is answered neither 405 nor the face's own answer to
@@ -31,7 +32,7 @@ import yaml
 from ..support import Server
 
 ROOT = Path(__file__).parents[2]
-COMPAT = ROOT / "src/vmplane/api/compat"
+API = ROOT / "src/vmplane/api"
 FACES_DOC = ROOT / "docs/faces.md"
 METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -75,16 +76,16 @@ class Contract:
     """the document's name in the specs directory"""
     face: str
     prefix: str
-    shipped: str | None
-    """the copy the app serves, under src/vmplane/api/compat/"""
+    shipped: str
+    """the copy shipped with the code, under src/vmplane/api/"""
 
 
 CONTRACTS = (
-    Contract("cluster-api.md", "native", "/api/v1", None),
-    Contract("fastvm-openapi.yaml", "fastvm", "/compat/fastvm", "fastvm/openapi.yaml"),
-    Contract("bluelobster-openapi.json", "bluelobster", "/compat/bluelobster", "bluelobster/openapi.json"),
-    Contract("volant-openapi.json", "volant", "/compat/volant", "volant/openapi.json"),
-    Contract("hypersdk-api.md", "hypersdk", "/compat/hypersdk", "hypersdk/hypersdk-api.md"),
+    Contract("cluster-api.md", "native", "/api/v1", "native/cluster-api.md"),
+    Contract("fastvm-openapi.yaml", "fastvm", "/compat/fastvm", "compat/fastvm/openapi.yaml"),
+    Contract("bluelobster-openapi.json", "bluelobster", "/compat/bluelobster", "compat/bluelobster/openapi.json"),
+    Contract("volant-openapi.json", "volant", "/compat/volant", "compat/volant/openapi.json"),
+    Contract("hypersdk-api.md", "hypersdk", "/compat/hypersdk", "compat/hypersdk/hypersdk-api.md"),
 )
 
 
@@ -97,17 +98,8 @@ def specs_dir() -> Path | None:
     return None
 
 
-def readable() -> list[Contract]:
-    """The contracts this checkout can read: cluster-api.md only where the specs directory is."""
-    return [c for c in CONTRACTS if c.shipped is not None or specs_dir() is not None]
-
-
 def document(c: Contract) -> str:
-    if c.shipped is not None:
-        return (COMPAT / c.shipped).read_text()
-    found = specs_dir()
-    assert found is not None, f"{c.file} is not shipped with the code: set VMPLANE_SPECS_DIR to the specs directory"
-    return (found / c.file).read_text()
+    return (API / c.shipped).read_text()
 
 
 def operations(c: Contract) -> list[tuple[str, str]]:
@@ -141,14 +133,13 @@ def test_the_shipped_copies_are_the_contracts() -> None:
     if found is None:
         pytest.skip("no specs directory to compare with: set VMPLANE_SPECS_DIR")
     for c in CONTRACTS:
-        if c.shipped is not None:
-            assert (COMPAT / c.shipped).read_bytes() == (found / c.file).read_bytes(), f"{c.shipped} is not {c.file}"
+        assert (API / c.shipped).read_bytes() == (found / c.file).read_bytes(), f"{c.shipped} is not {c.file}"
 
 
 def test_the_table_counts_every_operation_of_every_contract() -> None:
     rows = table()
     assert sorted(rows) == sorted(c.file for c in CONTRACTS), "docs/faces.md's conformance table must have one row per contract"
-    for c in readable():
+    for c in CONTRACTS:
         ops = operations(c)
         assert len(set(ops)) == len(ops), f"{c.file}: an operation defined twice"
         face, total, _served = rows[c.file]
@@ -220,7 +211,7 @@ async def unserved(server: Server, c: Contract) -> list[str]:
 
 async def test_every_operation_is_served_as_the_table_says(server: Server) -> None:
     rows, section = table(), conformance_section()
-    for c in readable():
+    for c in CONTRACTS:
         total = len(operations(c))
         missing = await unserved(server, c)
         face, _total, served = rows[c.file]
