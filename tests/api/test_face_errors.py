@@ -38,6 +38,9 @@ async def test_volant_refusals_name_the_vm_and_its_states_in_volant_terms(server
         plain(body["details"])
         assert body["error"] == "cannot stop VM web-1: it is stopped" and vm_id not in r.text
         assert body["details"] == {"current": "stopped", "required": "crashed, running, starting, stopping"}
+        # Volant's MCP command set says it the same way
+        r = await c.post("/api/v1/mcp", json={"command": "volant.vms.stop", "params": {"name": "web-1"}})
+        assert r.status_code == 200 and r.json()["error"] == "cannot stop VM web-1: it is stopped", r.text
 
         assert (await c.post("/api/v1/vms/web-1/start")).status_code == 200
         r = await c.post("/api/v1/vms/web-1/start")

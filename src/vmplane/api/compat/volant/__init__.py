@@ -4,7 +4,7 @@ Mounted at /compat/volant of the main application; `vmplane serve --face
 volant=HOST:PORT` serves it at the root of a listener of its own (Volant's CLI uses absolute
 paths: /api/v1/vms). VMs are addressed by name. Errors are `{"error": sentence, "details":
 {field: text}}` (lists joined with ", "; a VM named by its name and its states in Volant's
-words: wire.about_vm); request validation answers 400. Credentials: a vmplane key in
+words: api/volant_shapes.about_vm); request validation answers 400. Credentials: a vmplane key in
 `X-Volant-API-Key` or `X-API-Key` (or `api_key=` in the query). Plugins, per-VM OpenAPI and
 MCP: plugins.py; everything else: routes.py. Decisions where vmplane
 differs from the daemon: docs/volant.md.

@@ -4,8 +4,6 @@ response shapes. Translation only; the mapping decisions are in docs/volant.md."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from typing import Any
 
@@ -13,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .... import clock
 from ....domain import Vm
-from ....errors import Reason, VmplaneError
+from ....errors import Reason
 from ...errors import NATIVE_STATUS
 from ...volant_shapes import VM_STATUS  # shared with the MCP command set (api/mcp_commands.py)
 
@@ -38,32 +36,6 @@ def detail_text(value: Any) -> str:
     if value is None or isinstance(value, bool | dict):
         return json.dumps(value, default=str, separators=(",", ":"))
     return str(value)
-
-
-def _volant_states(states: Any) -> list[str]:
-    states = [states] if isinstance(states, str) else list(states)
-    return sorted({VM_STATUS.get(detail_text(s), detail_text(s)) for s in states})
-
-
-@contextmanager
-def about_vm(vm: Vm, doing: str) -> Iterator[None]:
-    """Core errors raised about `vm` in Volant's terms: a Volant client knows the VM by its
-    name, not vmplane's `vm-…` id, and its states by Volant's words. A refusal for the VM's
-    state reads `cannot <doing> VM <name>: it is <state>` with `current` and `required` in
-    Volant's states; any other error names the VM by its name where it named the id."""
-    try:
-        yield
-    except VmplaneError as exc:
-        current = exc.details.get("current")
-        if exc.reason is Reason.WRONG_STATE and isinstance(current, str) and current in VM_STATUS:
-            exc.message = f"cannot {doing} VM {vm.name}: it is {VM_STATUS[current]}"
-            exc.details["current"] = VM_STATUS[current]
-            if exc.details.get("required") is not None:
-                exc.details["required"] = _volant_states(exc.details["required"])
-        else:
-            exc.message = exc.message.replace(vm.id, vm.name)
-        exc.args = (exc.message,)
-        raise
 
 
 SSE_TYPES = {
