@@ -56,7 +56,7 @@ async def test_offline_snapshot_quota_and_validation(server: Server) -> None:
     vm_id = job["tasks"][0]["resourceId"]
     snap = await snapshot(server, vm_id, "offline-one")
     assert snap["status"] == "ready"
-    assert (await c.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": "bad name"})).status_code == 400
+    assert (await c.post(f"/api/v1/vms/{vm_id}/snapshots", json={"name": "bad\nname"})).status_code == 400  # names are display text, one line
     assert (await c.post("/api/v1/vms/vm-none00000000/snapshots", json={"name": "x"})).status_code == 404
     assert (await c.post("/api/v1/vms", json={"name": "x", "snapshotId": "snap-nope"})).status_code == 404
     await c.put("/api/v1/orgs/org-default/quotas", json={"snapshots": 1})

@@ -25,7 +25,7 @@ from ..auth import Principal
 from ..domain import Vm
 from ..errors import Forbidden, InvalidRequest, VmplaneError
 from .middleware import json_body
-from .volant_shapes import VM_STATUS, deployment
+from .volant_shapes import VM_STATUS, about_vm, deployment
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -106,7 +106,8 @@ async def vms_create(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str
 def _power(action: str) -> Handler:
     async def run(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
         vm = await rt.vms.by_name(p["name"], who)
-        await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
+        with about_vm(vm, action):
+            await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of VM {vm.name}")
         return vm_summary(await rt.vms.get(vm.id, who))
 
     return run
@@ -115,7 +116,8 @@ def _power(action: str) -> Handler:
 async def vms_delete(rt: Runtime, who: Principal, p: dict[str, Any]) -> dict[str, Any]:
     vm = await rt.vms.by_name(p["name"], who)
     if vm.status != "deleting":
-        await _finish(rt, await rt.vms.delete([vm.id], who), f"deleting VM {vm.name}")
+        with about_vm(vm, "delete"):
+            await _finish(rt, await rt.vms.delete([vm.id], who), f"deleting VM {vm.name}")
     return {"name": vm.name, "deleted": True}
 
 

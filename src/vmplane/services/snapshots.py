@@ -1,7 +1,11 @@
 """Snapshots: capture a VM's disk (live or offline) with its configuration and firewall; create
 VMs from them (copy-on-write clones, which take the captured firewall); revert a VM to one. A
 snapshot that VMs were cloned from cannot be deleted (409) until those VMs are: their disks are
-overlays on it. Snapshots are found by id or uuid."""
+overlays on it. Snapshots are found by id or uuid.
+
+A snapshot's name is display text (`check_snapshot_name`: "before upgrade" is a name): it
+reaches no file path, command line or qcow2 tag — the node keeps the image as
+`snapshots/<id>.qcow2` (drivers/qemu/snapshots.py) — only job logs and answers."""
 
 from __future__ import annotations
 
@@ -14,13 +18,23 @@ from .. import clock, ids
 from ..auth import Principal
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import snapshots as snap_q
-from .vms import check_name, get_visible_vm, visible
+from .vms import get_visible_vm, visible
 
 if TYPE_CHECKING:
     from ..jobs.engine import JobEngine
     from ..store import Store
     from .networks import NetworkService
     from .tenancy import TenancyService
+
+SNAPSHOT_NAME_MAX = 63
+"""the width of snapshots.name"""
+
+
+def check_snapshot_name(name: str, field_name: str = "name") -> None:
+    """A snapshot name: 1 to 63 printable characters (spaces and any script; no control,
+    format or line-separator characters), kept and read back exactly as given."""
+    if not 1 <= len(name) <= SNAPSHOT_NAME_MAX or not name.isprintable():
+        raise InvalidRequest(f"{field_name} must be 1 to {SNAPSHOT_NAME_MAX} printable characters (no control characters)", field=field_name)
 
 
 class SnapshotService:
@@ -47,7 +61,7 @@ class SnapshotService:
         snapshot is named after its id."""
         snap_id = ids.new_id("snap")
         name = snap_id if name is None else name
-        check_name(name, "name")
+        check_snapshot_name(name)
         vm = await get_visible_vm(self.store, vm_ref, who)
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status}; it has no disk to snapshot yet", current=vm.status)
@@ -72,7 +86,7 @@ class SnapshotService:
         return job_id, snap_id
 
     async def rename(self, snapshot_id: str, name: str, who: Principal) -> Row[*tuple[Any, ...]]:
-        check_name(name, "name")
+        check_snapshot_name(name)
         snap = await self.get(snapshot_id, who)
         async with self.store.write() as conn:
             await snap_q.set_snapshot(conn, snap.id, name=name, updated_at=clock.now())

@@ -3,7 +3,11 @@ A webhook receives the events the credential that made it could see (its organiz
 team-scoped key's, its team's only) and is disabled, saying why, when that credential ends
 (services/scopes.py).
 A webhook's URL must pass the outbound policy (outbound.py) when it is set; every delivery,
-test deliveries included, checks it again."""
+test deliveries included, checks it again.
+The values of a webhook's `headers` are write-only, as its secret is: they often carry a
+receiver's credentials (`Authorization`), so every read shows the names with `***`
+(`redacted_headers`), deliveries send the values, and an update that gives `***` for a
+header the webhook has keeps its value (a client may write back what it read)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import builtins
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -58,6 +62,29 @@ def check_headers(headers: dict[str, str]) -> None:
             raise InvalidRequest(f"headers: {name!r} is not a header name you may set", field="headers")
         if "\r" in value or "\n" in value or len(value) > 4096:
             raise InvalidRequest(f"headers: the value of {name!r} must be one line under 4 KiB", field="headers")
+
+
+REDACTED = "***"
+"""what every read shows for a webhook header's value"""
+
+
+def redacted_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """A webhook's headers as reads show them: each name, its value `***`."""
+    return {name: REDACTED for name in headers or {}}
+
+
+def kept_headers(new: dict[str, str], current: Mapping[str, str] | None) -> dict[str, str]:
+    """`new` with each `***` value replaced by the value the webhook has for that header (names
+    compare case-insensitively); 400 naming `headers` for a `***` the webhook has no value for."""
+    stored = {name.lower(): value for name, value in (current or {}).items()}
+    out = {}
+    for name, value in new.items():
+        if value == REDACTED:
+            if name.lower() not in stored:
+                raise InvalidRequest(f"headers: {name!r} is {REDACTED!r} (a redacted value) but the webhook has no such header to keep", field="headers")
+            value = stored[name.lower()]
+        out[name] = value
+    return out
 
 
 def seal_secret(box: SecretBox, secret: str) -> str:
@@ -145,6 +172,7 @@ class WebhookService:
             values["events"] = list(check_events(values["events"]))
         if "headers" in values:
             check_headers(values["headers"])
+            values["headers"] = kept_headers(values["headers"], current.headers)
         if "url" in values:
             await self.outbound.check(values["url"], "url")
         async with self.store.write() as conn:

@@ -15,7 +15,7 @@ router = APIRouter(tags=["snapshots"])
 
 
 class SnapshotIn(In):
-    name: str = Field(..., min_length=1, max_length=63)
+    name: str = Field(..., min_length=1, max_length=63, description="display text: printable characters, spaces and any script; no control characters")
 
 
 class RevertIn(In):

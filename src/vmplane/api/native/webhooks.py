@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from ... import clock
 from ...services import scopes
+from ...services.webhooks import redacted_headers
 from ..deps import CallerDep, RuntimeDep
 from ..middleware import NO_STORE
 from ..schemas import In, Page, ScopeOut
@@ -31,7 +32,7 @@ class WebhookUpdateIn(In):
     enabled: bool | None = None
     timeoutSec: float | None = Field(None, gt=0, le=60)
     retryCount: int | None = Field(None, ge=0, le=20)
-    headers: dict[str, str] | None = Field(None, max_length=32)
+    headers: dict[str, str] | None = Field(None, max_length=32, description="replaces the headers; a value of *** keeps that header's value")
 
 
 class WebhookOut(BaseModel):
@@ -41,7 +42,7 @@ class WebhookOut(BaseModel):
     enabled: bool
     timeoutSec: float
     retryCount: int
-    headers: dict[str, str]
+    headers: dict[str, str] = Field(..., description="the header names; values are write-only and read as ***")
     format: str = "vmplane"
     """how deliveries are written: vmplane, or hypersdk (made through the HyperSDK face)"""
     createdAt: str
@@ -78,7 +79,7 @@ class WebhookTestOut(BaseModel):
 def render(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "url": row.url, "events": row.events, "enabled": row.enabled, "timeoutSec": row.timeout_sec,
-        "retryCount": row.retry_count, "headers": row.headers, "format": row.format, "createdAt": clock.rfc3339(row.created_at),
+        "retryCount": row.retry_count, "headers": redacted_headers(row.headers), "format": row.format, "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at), **scopes.render(row),
     }  # fmt: skip
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ....auth import Principal
 from ....domain.requests import ImportRequest
-from ....errors import InvalidRequest, NotFound
+from ....errors import InvalidRequest, InvalidState, NotFound
 from ....events.formats import IMPORT_JOB_TYPE
 from ....services.imports import parse_request
 from ....store import jobs as job_q
@@ -242,7 +242,11 @@ async def cancel(rt: Runtime, who: Principal, job_id: str) -> None:
         imp = await rt.imports.get(job_id, who)
     except NotFound:
         raise NotFound(f"job {job_id} not found") from None
-    await rt.jobs.cancel(imp.job_id, who)
+    try:
+        await rt.jobs.cancel(imp.job_id, who)
+    except InvalidState as exc:  # said with the client's id and status words, not the native job's
+        status = wire.HYPERSDK_STATUS.get(str(exc.details.get("current")), "failed")
+        raise InvalidState(f"job {job_id} already ended ({status})", current=status) from None
 
 
 async def logs(rt: Runtime, who: Principal, job_id: str) -> str:

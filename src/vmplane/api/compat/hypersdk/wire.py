@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .... import clock
 from ....errors import InvalidRequest, Reason
+from ....services.webhooks import redacted_headers
 from ...errors import NATIVE_STATUS
 
 STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
@@ -284,7 +285,7 @@ def render_schedule(row: Any) -> dict[str, Any]:
 def render_webhook(row: Any) -> dict[str, Any]:
     return {
         "url": row.url, "events": list(row.events), "enabled": row.enabled, "timeout": math.ceil(row.timeout_sec), "retry_count": row.retry_count,
-        "headers": row.headers or {}, "created_at": ts(row.created_at),
+        "headers": redacted_headers(row.headers), "created_at": ts(row.created_at),
     }  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 Mounted at /compat/volant of the main application; `vmplane serve --face
 volant=HOST:PORT` serves it at the root of a listener of its own (Volant's CLI uses absolute
 paths: /api/v1/vms). VMs are addressed by name. Errors are `{"error": sentence, "details":
-{field: text}}`; request validation answers 400. Credentials: a vmplane key in
+{field: text}}` (lists joined with ", "; a VM named by its name and its states in Volant's
+words: api/volant_shapes.about_vm); request validation answers 400. Credentials: a vmplane key in
 `X-Volant-API-Key` or `X-API-Key` (or `api_key=` in the query). Plugins, per-VM OpenAPI and
 MCP: plugins.py; everything else: routes.py. Decisions where vmplane
 differs from the daemon: docs/volant.md.
@@ -20,7 +21,7 @@ from ...errors import native_details, validation_message
 from ..common import Errors, build_face
 from .plugins import router as plugin_router
 from .routes import open_router, router
-from .wire import STATUS
+from .wire import STATUS, detail_text
 
 if TYPE_CHECKING:
     from ....runtime import Runtime
@@ -30,7 +31,8 @@ CONTRACT = Path(__file__).with_name("openapi.json")
 
 
 def error(status: int, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "details": {str(k): str(v) for k, v in (details or {}).items()}}, status_code=status)
+    """Volant's error shape; `details` values are strings in the contract (wire.detail_text)."""
+    return JSONResponse({"error": message, "details": {str(k): detail_text(v) for k, v in (details or {}).items()}}, status_code=status)
 
 
 def core_error(exc: VmplaneError) -> JSONResponse:

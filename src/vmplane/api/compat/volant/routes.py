@@ -167,15 +167,17 @@ async def get_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 @router.delete("/api/v1/vms/{name}")
 async def delete_vm(name: str, rt: RuntimeDep, who: CallerDep) -> Response:
     vm = await rt.vms.by_name(name, who)
-    job_id = await rt.vms.delete_once(vm.id, who)
-    if job_id is not None:  # else already on its way
-        await _finish(rt, job_id, "deleting the VM")
+    with volant_shapes.about_vm(vm, "delete"):
+        job_id = await rt.vms.delete_once(vm.id, who)
+        if job_id is not None:  # else already on its way
+            await _finish(rt, job_id, "deleting the VM")
     return Response(status_code=204)
 
 
 async def _power(rt: Runtime, name: str, who: Any, action: str) -> JSONResponse:
     vm = await rt.vms.by_name(name, who)
-    await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of the VM")
+    with volant_shapes.about_vm(vm, action):
+        await _finish(rt, await rt.vms.power(vm.id, action, who), f"{action} of the VM")
     return JSONResponse(await _render(rt, await rt.vms.get(vm.id, who)))
 
 
@@ -195,10 +197,11 @@ async def restart_vm(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     a changed config's resources; never seen stopped with nothing to do (a deployment would
     replace it)."""
     vm = await rt.vms.by_name(name, who)
-    stop, start = await rt.vms.restart(vm.id, who)
-    if stop is not None:
-        await _finish(rt, stop, "stopping the VM")
-    await _finish(rt, start, "starting the VM")
+    with volant_shapes.about_vm(vm, "restart"):
+        stop, start = await rt.vms.restart(vm.id, who)
+        if stop is not None:
+            await _finish(rt, stop, "stopping the VM")
+        await _finish(rt, start, "starting the VM")
     return JSONResponse(await _render(rt, await rt.vms.get(vm.id, who)))
 
 
@@ -214,7 +217,8 @@ async def get_config(name: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 async def patch_config(name: str, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """A JSON merge patch of the config: a new version (see docs/volant.md)."""
     vm = await rt.vms.by_name(name, who)
-    change = await rt.vm_configs.patch(vm, await json_body(request), who)
+    with volant_shapes.about_vm(vm, "change the config of"):
+        change = await rt.vm_configs.patch(vm, await json_body(request), who)
     return JSONResponse(
         wire.config_version(
             change.current, restart_required=change.restart_required, applied=change.applied, not_applied=change.not_applied

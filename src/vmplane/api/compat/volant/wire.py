@@ -3,6 +3,8 @@ response shapes. Translation only; the mapping decisions are in docs/volant.md."
 
 from __future__ import annotations
 
+import json
+from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +22,21 @@ STATUS: dict[Reason, int] = {
     Reason.IMAGE_REFUSED: 500,
 }
 """the face's status for each reason of the core"""
+
+
+def detail_text(value: Any) -> str:
+    """A core error's detail as the contract's `details` holds it, a plain string: a list is
+    its items joined with ", " (`"names": "web-1"`), an enum its value, a mapping its JSON."""
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(detail_text(v) for v in value)
+    if value is None or isinstance(value, bool | dict):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return str(value)
+
 
 SSE_TYPES = {
     "vm.created": ("VM_CREATED", "starting", "vm record created"),
