@@ -14,6 +14,7 @@ def vm(row: Vm, now: float) -> dict[str, Any]:
         "id": row.id,
         "uuid": row.uuid,
         "name": row.name,
+        "displayName": row.display_name,
         "node": row.node_id,
         "nodeId": row.node_id,
         "status": row.status,

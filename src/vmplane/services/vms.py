@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, NewVm, Resources, Vm, VmStatus
+from ..domain.names import NAME_RE, candidate, check_display_name, derive_name, derived_from
 from ..domain.network import Firewall
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
 from ..placement import Demand
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from .tenancy import TenancyService
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 
 POWER_JOBS: dict[str, str] = {"start": "vm-start", "stop": "vm-stop", "shutdown": "vm-shutdown", "reboot": "vm-reboot", "power-cycle": "vm-power-cycle"}
@@ -126,9 +126,16 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
             raise InvalidRequest(f"{field_name}[{i}] {tag!r} is not a valid tag (1-64 characters of A-Z a-z 0-9 _ . : / = + -)", field=f"{field_name}[{i}]")
 
 
+NAME_BLOCK = 64
+"""how many of a base's candidate names (`web`, `web-2`, ...) one query looks at"""
+NAME_ATTEMPTS = 8
+"""inserts of a VM named after its display name, when concurrent creates take its name first"""
+
+
 @dataclass(frozen=True)
 class VmChange:
     name: str | None = None
+    display_name: str | None = None
     tags: tuple[str, ...] | None = None
     cpu: int | None = None
     ram_mb: int | None = None
@@ -142,7 +149,8 @@ class _Resolved:
     spec: NewVm
     """the request as `_resolve` filled it in (a clone's template and node, say)"""
     id: str
-    name: str
+    name: str | None
+    """None: named after its display name, the name picked as it is inserted"""
     resources: Resources
     team_id: str | None
     networks: Sequence[Row[*tuple[Any, ...]]]
@@ -234,12 +242,16 @@ class VmService:
         self.check_bulk(len(specs))
         resolved = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
         vm_ids = [ids.new_id("vm") for _ in specs]
-        names = [s.name if s.name is not None else vm_id for (s, _), vm_id in zip(resolved, vm_ids)]
+        names = [s.name if s.name is not None else None if s.display_name is not None else vm_id for (s, _), vm_id in zip(resolved, vm_ids)]
         seen: set[str] = set()
         for i, ((spec, _), name) in enumerate(zip(resolved, names)):
             where = f"[{i}].name" if len(specs) > 1 else "name"
-            check_name(name, where)
             prefix = f"[{i}]." if len(specs) > 1 else ""
+            if spec.display_name is not None:
+                check_display_name(spec.display_name, f"{prefix}displayName")
+            if name is None:
+                continue  # named after its display name, uniquely, as it is inserted
+            check_name(name, where)
             check_tags(spec.tags, f"{prefix}tags")
             check_ssh_keys(spec.extra.get("sshKeys", []), f"{prefix}sshKeys")
             guest_ports = [(e["port"], e["protocol"]) for e in spec.extra.get("expose", [])]
@@ -269,7 +281,7 @@ class VmService:
             conn, who.org_id, vms=len(new), vcpu=sum(n.resources.cpu for n in new),
             ram_mb=sum(n.resources.ram_mb for n in new), disk_gb=sum(n.resources.disk_gb for n in new),
         )  # fmt: skip
-        taken = await vm_q.names_taken(conn, [n.name for n in new], who.org_id)  # names are the organization's own
+        taken = await vm_q.names_taken(conn, [n.name for n in new if n.name is not None], who.org_id)  # names are the organization's own
         if taken:
             raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", reason=Reason.NAME_TAKEN, names=sorted(taken))
         template_refs = {n.spec.template_id for n in new if n.spec.template_id}
@@ -292,7 +304,7 @@ class VmService:
                 {
                     "id": n.id,
                     "uuid": ids.new_uuid(),
-                    "name": n.name,
+                    "name": n.name or "",  # a display name's: picked by _insert_named
                     "org_id": who.org_id,
                     "team_id": n.team_id,
                     "node_id": None,
@@ -314,16 +326,61 @@ class VmService:
                 }
             )
         await self.networks.allocate(conn, [(r, n.networks) for r, n in zip(rows, new)])
-        try:
-            await vm_q.insert_vms(conn, rows)
-        except IntegrityError:
-            raise Conflict("a VM with one of these names was created at the same time") from None
+        await self._insert_named(conn, rows, new, who.org_id)
         await self._reserve_ports(conn, rows)
         for row, n in zip(rows, new):
             if n.spec.firewall is not None:
                 await net_q.set_firewall(conn, row["id"], n.spec.firewall.to_wire(), now)
         await self.billing.allocated(conn, rows)
         return rows
+
+    async def _insert_named(self, conn: AsyncConnection, rows: builtins.list[dict[str, Any]], new: Sequence[_Resolved], org_id: str) -> None:
+        """Insert the VM rows, each VM without a name named after its display name: the first
+        free one of `derive_name(display)`, `…-2`, `…-3`, .... The unique (organization, name)
+        index decides, not the look: a name a concurrent create takes between the look and the
+        insert makes the insert fail (in a savepoint) and the names be picked again."""
+        pending = [(r, n) for r, n in zip(rows, new) if n.name is None]
+        for _ in range(NAME_ATTEMPTS):
+            await self._pick_names(conn, pending, org_id, {r["name"] for r, n in zip(rows, new) if n.name is not None})
+            for row, n in zip(rows, new):
+                row["spec"].pop("displayName", None)
+                if n.spec.display_name is not None and n.spec.display_name != row["name"]:
+                    row["spec"]["displayName"] = n.spec.display_name
+            try:
+                async with conn.begin_nested():
+                    await vm_q.insert_vms(conn, rows)
+                return
+            except IntegrityError:
+                if not pending or await vm_q.names_taken(conn, [r["name"] for r, n in zip(rows, new) if n.name is not None], org_id):
+                    raise Conflict("a VM with one of these names was created at the same time", reason=Reason.NAME_TAKEN) from None
+        raise Conflict("no free name was found for the VM: other VMs were created with the same names meanwhile", reason=Reason.NAME_TAKEN)
+
+    async def _pick_names(self, conn: AsyncConnection, pending: Sequence[tuple[dict[str, Any], _Resolved]], org_id: str, used: set[str]) -> None:
+        """Give each pending row the first free candidate of its display name's base (not
+        taken in the organization, nor by another VM of this request)."""
+        known: dict[str, tuple[int, set[str]]] = {}
+        for row, n in pending:
+            assert n.spec.display_name is not None
+            row["name"] = await self._free_name(conn, derive_name(n.spec.display_name), org_id, used, known)
+            used.add(row["name"])
+
+    async def _free_name(
+        self, conn: AsyncConnection, base: str, org_id: str, used: set[str], known: dict[str, tuple[int, set[str]]]
+    ) -> str:
+        """The first candidate of `base` (`base`, `base-2`, ...) that the organization has no VM
+        by and that is not in `used`. `known` caches, per base, how many candidates were
+        looked up and which of them are taken (a bulk create of many `web`s looks once)."""
+        looked, taken = known.setdefault(base, (0, set()))
+        k = 1
+        while True:
+            if k > looked:
+                taken.update(await vm_q.names_taken(conn, [candidate(base, j) for j in range(k, k + NAME_BLOCK)], org_id))
+                looked = k + NAME_BLOCK - 1
+                known[base] = (looked, taken)
+            name = candidate(base, k)
+            if name not in taken and name not in used:
+                return name
+            k += 1
 
     async def _resolve(self, spec: NewVm, who: Principal, index: int | None) -> tuple[NewVm, Resources]:
         """Fill in what a spec leaves to defaults; a VM from a snapshot takes the snapshot's
@@ -399,20 +456,52 @@ class VmService:
             raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
         return await self.get(vm_id, who)
 
-    async def rename(self, ref: str, name: str, who: Principal) -> Vm:
-        """Rename a VM at once: a name lives only in the store (no job, no hypervisor call)."""
-        check_name(name)
+    async def rename(self, ref: str, name: str | None, who: Principal, *, display_name: str | None = None) -> Vm:
+        """Rename a VM at once: a name lives only in the store (no job, no hypervisor call).
+
+        `display_name` (faces whose names allow more than VM names) is the VM's display name
+        from now on (None: it keeps its own); with `name` None the name is derived from it as
+        a create derives it (a VM whose name is already one of its candidates keeps it)."""
+        if name is not None:
+            check_name(name)
+        if display_name is not None:
+            check_display_name(display_name, "displayName")
+        elif name is None:
+            raise InvalidRequest("give a name or a display name", field="name")
         vm = await self.get(ref, who)
         require_state(VmOp.RENAME, vm.status, vm.id)
-        if name != vm.name:
+        for _ in range(NAME_ATTEMPTS):
             async with self.store.write() as conn:
-                if await vm_q.names_taken(conn, [name], vm.org_id):
+                fresh = await vm_q.get_vm(conn, vm.id)
+                if fresh is None:
+                    raise NotFound(f"VM {ref} does not exist")
+                new_name = name if name is not None else await self._derived_name(conn, display_name or "", fresh)
+                spec = fresh.spec
+                if display_name is not None:
+                    spec = spec.with_(display_name=None if display_name == new_name else display_name)
+                if new_name == fresh.name and spec == fresh.spec:
+                    break
+                if name is not None and new_name != fresh.name and await vm_q.names_taken(conn, [name], vm.org_id):
                     raise Conflict(f"a VM named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 try:
-                    await vm_q.set_vm(conn, vm.id, name=name, updated_at=clock.now())
+                    async with conn.begin_nested():
+                        await vm_q.set_vm(conn, vm.id, name=new_name, spec=spec.to_json(), updated_at=clock.now())
                 except IntegrityError:
-                    raise Conflict(f"a VM named {name!r} was created at the same time", field="name") from None
+                    if name is not None:
+                        raise Conflict(f"a VM named {name!r} was created at the same time", reason=Reason.NAME_TAKEN, field="name") from None
+                    continue  # another VM took the derived name meanwhile: pick again
+                break
+        else:
+            raise Conflict("no free name was found for the VM: other VMs took the same names meanwhile", reason=Reason.NAME_TAKEN, field="name")
         return await self.get(vm.id, who)
+
+    async def _derived_name(self, conn: AsyncConnection, display_name: str, vm: Vm) -> str:
+        """The name a rename to `display_name` gives `vm`: its own when that is already one of
+        the display name's candidates, else the first free candidate."""
+        base = derive_name(display_name)
+        if derived_from(vm.name, base):
+            return vm.name
+        return await self._free_name(conn, base, vm.org_id, set(), {})
 
     async def _reserve_ports(self, conn: AsyncConnection, rows: builtins.list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""
@@ -441,6 +530,8 @@ class VmService:
         vm = await self.get(ref, who)
         if change.name is not None:
             check_name(change.name)
+        if change.display_name is not None:
+            check_display_name(change.display_name)
         if change.tags is not None:
             check_tags(change.tags)
         if change.disk_gb is not None and change.disk_gb < vm.disk_gb:
@@ -462,6 +553,10 @@ class VmService:
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name], vm.org_id):
                     raise Conflict(f"a VM named {change.name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
+            if change.display_name is not None:  # a label only: set at once (the name waits for the job)
+                fresh = await vm_q.get_vm(conn, vm.id) or vm
+                shown = None if change.display_name == (change.name or fresh.name) else change.display_name
+                await vm_q.set_vm(conn, vm.id, name=fresh.name, spec=fresh.spec.with_(display_name=shown).to_json(), updated_at=clock.now())
             job_id = await self.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.engine.wakeup()
         return job_id
