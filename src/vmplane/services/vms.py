@@ -460,8 +460,9 @@ class VmService:
         """Rename a VM at once: a name lives only in the store (no job, no hypervisor call).
 
         `display_name` (faces whose names allow more than VM names) is the VM's display name
-        from now on (None: it keeps its own); with `name` None the name is derived from it as
-        a create derives it (a VM whose name is already one of its candidates keeps it)."""
+        from now on; without it the display name is the new name. With `name` None the name
+        is derived from it as a create derives it (a VM whose name is already one of its
+        candidates keeps it)."""
         if name is not None:
             check_name(name)
         if display_name is not None:
@@ -476,9 +477,7 @@ class VmService:
                 if fresh is None:
                     raise NotFound(f"VM {ref} does not exist")
                 new_name = name if name is not None else await self._derived_name(conn, display_name or "", fresh)
-                spec = fresh.spec
-                if display_name is not None:
-                    spec = spec.with_(display_name=None if display_name == new_name else display_name)
+                spec = fresh.spec.with_(display_name=None if display_name in (None, new_name) else display_name)
                 if new_name == fresh.name and spec == fresh.spec:
                     break
                 if name is not None and new_name != fresh.name and await vm_q.names_taken(conn, [name], vm.org_id):
@@ -553,9 +552,10 @@ class VmService:
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name], vm.org_id):
                     raise Conflict(f"a VM named {change.name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
-            if change.display_name is not None:  # a label only: set at once (the name waits for the job)
-                fresh = await vm_q.get_vm(conn, vm.id) or vm
-                shown = None if change.display_name == (change.name or fresh.name) else change.display_name
+            fresh = await vm_q.get_vm(conn, vm.id) or vm
+            if change.display_name is not None or (change.name is not None and fresh.spec.display_name is not None):
+                # a label only: set at once (the name waits for the job); a new name alone is shown as it is
+                shown = None if change.display_name in (None, change.name or fresh.name) else change.display_name
                 await vm_q.set_vm(conn, vm.id, name=fresh.name, spec=fresh.spec.with_(display_name=shown).to_json(), updated_at=clock.now())
             job_id = await self.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.engine.wakeup()
