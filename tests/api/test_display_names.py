@@ -13,6 +13,7 @@ from vmplane.auth import Principal, Role
 from vmplane.domain.names import candidate, derive_name, derived_from
 from vmplane.store import vms as vm_q
 
+from ..cli.test_cli import cli
 from ..support import Server, new_pg_database
 from .test_bluelobster import bl, call, launch  # noqa: F401  (bl: the Blue Lobster fixture)
 
@@ -151,3 +152,11 @@ async def test_blue_lobster_names_with_underscores_and_64_characters(bl: tuple[S
     assert r["new_name"] == "plain-name"
     native = (await s.client.get(f"/api/v1/vms/{uuid}")).json()
     assert (native["name"], native["displayName"]) == ("plain-name", "plain-name")
+
+
+async def test_cli_vm_list_shows_a_display_name_that_differs(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one line per VM
+    r = await server.client.post("/api/v1/vms", json=[{"displayName": "a [b]", "start": False}, {"name": "plain", "start": False}])
+    await server.wait_job(r.json()["jobId"])
+    code, out, _ = await cli(server, "vm", "list")
+    assert code == 0 and "a-b (a [b])" in out and "plain (" not in out  # as text: no rich markup from users
