@@ -72,6 +72,8 @@ async def test_native_display_name_on_create_patch_and_every_vm(server: Server) 
         ({"displayName": "tab\there"}, "displayName"),
         ({"displayName": "x" * 65}, "displayName"),
         ({"displayName": ""}, "displayName"),
+        ({"displayName": "ok", "tags": ["no spaces"]}, "tags[0]"),
+        ({"displayName": "ok", "sshKeys": ["nope"]}, "sshKeys[0]"),
         ([{"name": "ok"}, {"displayName": "\u2028"}], "[1].displayName"),
     ):
         r = await c.post("/api/v1/vms", json=body)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, NewVm, Resources, Vm, VmStatus
-from ..domain.names import NAME_RE, candidate, check_display_name, derive_name, derived_from
+from ..domain.names import NAME_RE, check_display_name
 from ..domain.network import Firewall
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
 from ..placement import Demand
@@ -26,7 +26,7 @@ from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..vmstates import VmOp, allows, require_state
-from . import pages
+from . import pages, vm_names
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -124,12 +124,6 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
     for i, tag in enumerate(tags):
         if not TAG_RE.match(tag):
             raise InvalidRequest(f"{field_name}[{i}] {tag!r} is not a valid tag (1-64 characters of A-Z a-z 0-9 _ . : / = + -)", field=f"{field_name}[{i}]")
-
-
-NAME_BLOCK = 64
-"""how many of a base's candidate names (`web`, `web-2`, ...) one query looks at"""
-NAME_ATTEMPTS = 8
-"""inserts of a VM named after its display name, when concurrent creates take its name first"""
 
 
 @dataclass(frozen=True)
@@ -249,17 +243,17 @@ class VmService:
             prefix = f"[{i}]." if len(specs) > 1 else ""
             if spec.display_name is not None:
                 check_display_name(spec.display_name, f"{prefix}displayName")
-            if name is None:
-                continue  # named after its display name, uniquely, as it is inserted
-            check_name(name, where)
+            if name is not None:  # None: named after its display name, uniquely, as it is inserted
+                check_name(name, where)
             check_tags(spec.tags, f"{prefix}tags")
             check_ssh_keys(spec.extra.get("sshKeys", []), f"{prefix}sshKeys")
             guest_ports = [(e["port"], e["protocol"]) for e in spec.extra.get("expose", [])]
             if len(set(guest_ports)) != len(guest_ports):
                 raise InvalidRequest("expose lists a guest port twice", field=f"{prefix}expose")
-            if name in seen:
-                raise InvalidRequest(f"name {name!r} appears twice in the request", field=where)
-            seen.add(name)
+            if name is not None:
+                if name in seen:
+                    raise InvalidRequest(f"name {name!r} appears twice in the request", field=where)
+                seen.add(name)
         teams = {s.team: await self.tenancy.team_id(who, s.team) for s, _ in resolved}
         networks: dict[tuple[str, ...], Sequence[Row[*tuple[Any, ...]]]] = {}
         for i, (s, _) in enumerate(resolved):
@@ -304,7 +298,7 @@ class VmService:
                 {
                     "id": n.id,
                     "uuid": ids.new_uuid(),
-                    "name": n.name or "",  # a display name's: picked by _insert_named
+                    "name": n.name or "",  # a display name's: picked by vm_names.insert_named
                     "org_id": who.org_id,
                     "team_id": n.team_id,
                     "node_id": None,
@@ -326,61 +320,13 @@ class VmService:
                 }
             )
         await self.networks.allocate(conn, [(r, n.networks) for r, n in zip(rows, new)])
-        await self._insert_named(conn, rows, new, who.org_id)
+        await vm_names.insert_named(conn, rows, [(n.name, n.spec.display_name) for n in new], who.org_id)
         await self._reserve_ports(conn, rows)
         for row, n in zip(rows, new):
             if n.spec.firewall is not None:
                 await net_q.set_firewall(conn, row["id"], n.spec.firewall.to_wire(), now)
         await self.billing.allocated(conn, rows)
         return rows
-
-    async def _insert_named(self, conn: AsyncConnection, rows: builtins.list[dict[str, Any]], new: Sequence[_Resolved], org_id: str) -> None:
-        """Insert the VM rows, each VM without a name named after its display name: the first
-        free one of `derive_name(display)`, `…-2`, `…-3`, .... The unique (organization, name)
-        index decides, not the look: a name a concurrent create takes between the look and the
-        insert makes the insert fail (in a savepoint) and the names be picked again."""
-        pending = [(r, n) for r, n in zip(rows, new) if n.name is None]
-        for _ in range(NAME_ATTEMPTS):
-            await self._pick_names(conn, pending, org_id, {r["name"] for r, n in zip(rows, new) if n.name is not None})
-            for row, n in zip(rows, new):
-                row["spec"].pop("displayName", None)
-                if n.spec.display_name is not None and n.spec.display_name != row["name"]:
-                    row["spec"]["displayName"] = n.spec.display_name
-            try:
-                async with conn.begin_nested():
-                    await vm_q.insert_vms(conn, rows)
-                return
-            except IntegrityError:
-                if not pending or await vm_q.names_taken(conn, [r["name"] for r, n in zip(rows, new) if n.name is not None], org_id):
-                    raise Conflict("a VM with one of these names was created at the same time", reason=Reason.NAME_TAKEN) from None
-        raise Conflict("no free name was found for the VM: other VMs were created with the same names meanwhile", reason=Reason.NAME_TAKEN)
-
-    async def _pick_names(self, conn: AsyncConnection, pending: Sequence[tuple[dict[str, Any], _Resolved]], org_id: str, used: set[str]) -> None:
-        """Give each pending row the first free candidate of its display name's base (not
-        taken in the organization, nor by another VM of this request)."""
-        known: dict[str, tuple[int, set[str]]] = {}
-        for row, n in pending:
-            assert n.spec.display_name is not None
-            row["name"] = await self._free_name(conn, derive_name(n.spec.display_name), org_id, used, known)
-            used.add(row["name"])
-
-    async def _free_name(
-        self, conn: AsyncConnection, base: str, org_id: str, used: set[str], known: dict[str, tuple[int, set[str]]]
-    ) -> str:
-        """The first candidate of `base` (`base`, `base-2`, ...) that the organization has no VM
-        by and that is not in `used`. `known` caches, per base, how many candidates were
-        looked up and which of them are taken (a bulk create of many `web`s looks once)."""
-        looked, taken = known.setdefault(base, (0, set()))
-        k = 1
-        while True:
-            if k > looked:
-                taken.update(await vm_q.names_taken(conn, [candidate(base, j) for j in range(k, k + NAME_BLOCK)], org_id))
-                looked = k + NAME_BLOCK - 1
-                known[base] = (looked, taken)
-            name = candidate(base, k)
-            if name not in taken and name not in used:
-                return name
-            k += 1
 
     async def _resolve(self, spec: NewVm, who: Principal, index: int | None) -> tuple[NewVm, Resources]:
         """Fill in what a spec leaves to defaults; a VM from a snapshot takes the snapshot's
@@ -471,12 +417,12 @@ class VmService:
             raise InvalidRequest("give a name or a display name", field="name")
         vm = await self.get(ref, who)
         require_state(VmOp.RENAME, vm.status, vm.id)
-        for _ in range(NAME_ATTEMPTS):
+        for _ in range(vm_names.NAME_ATTEMPTS):
             async with self.store.write() as conn:
                 fresh = await vm_q.get_vm(conn, vm.id)
                 if fresh is None:
                     raise NotFound(f"VM {ref} does not exist")
-                new_name = name if name is not None else await self._derived_name(conn, display_name or "", fresh)
+                new_name = name if name is not None else await vm_names.derived_name(conn, display_name or "", fresh)
                 spec = fresh.spec.with_(display_name=None if display_name in (None, new_name) else display_name)
                 if new_name == fresh.name and spec == fresh.spec:
                     break
@@ -491,16 +437,8 @@ class VmService:
                     continue  # another VM took the derived name meanwhile: pick again
                 break
         else:
-            raise Conflict("no free name was found for the VM: other VMs took the same names meanwhile", reason=Reason.NAME_TAKEN, field="name")
+            raise Conflict(vm_names.LOST_RACE, reason=Reason.NAME_TAKEN, field="name")
         return await self.get(vm.id, who)
-
-    async def _derived_name(self, conn: AsyncConnection, display_name: str, vm: Vm) -> str:
-        """The name a rename to `display_name` gives `vm`: its own when that is already one of
-        the display name's candidates, else the first free candidate."""
-        base = derive_name(display_name)
-        if derived_from(vm.name, base):
-            return vm.name
-        return await self._free_name(conn, base, vm.org_id, set(), {})
 
     async def _reserve_ports(self, conn: AsyncConnection, rows: builtins.list[dict[str, Any]]) -> None:
         """Give each exposed guest port its host port (chosen when not asked for), uniquely."""
