@@ -79,6 +79,60 @@ async def test_vm_lifecycle_shapes_and_status_mapping(fv: tuple[Server, FastVmCl
     assert (await c.call("DELETE", "/v1/vms/{id}", id=vm["id"])).status_code == 404
 
 
+async def test_names_the_contract_allows_read_back_as_sent(fv: tuple[Server, FastVmClient]) -> None:
+    """Up to 64 of any character: the name is the VM's display name, and a valid VM name is
+    derived from it (unique in the organization: a name given twice is no conflict)."""
+    s, c = fv
+    spaced = await create(c, name="my web")
+    again = await create(c, name="my web")
+    long = await create(c, name="Ünïcødé ☕ " + "x" * 54)  # 64 characters
+    assert (spaced["name"], again["name"], long["name"]) == ("my web", "my web", "Ünïcødé ☕ " + "x" * 54)
+    for vm in (spaced, again, long):
+        assert (await c.call("GET", "/v1/vms/{id}", id=vm["id"])).json()["name"] == vm["name"]
+    listed = {v["id"]: v["name"] for v in (await c.call("GET", "/v1/vms")).json()}
+    assert listed == {spaced["id"]: "my web", again["id"]: "my web", long["id"]: long["name"]}
+    native = {v["uuid"]: (v["name"], v["displayName"]) for v in (await s.client.get("/api/v1/vms")).json()["items"]}
+    assert native == {spaced["id"]: ("my-web", "my web"), again["id"]: ("my-web-2", "my web"), long["id"]: ("Unic-de-" + "x" * 54, long["name"])}  # ø has no ASCII base
+
+    r = await c.call("PATCH", "/v1/vms/{id}", id=again["id"], json={"name": "db: primary"})
+    assert r.status_code == 200 and r.json()["name"] == "db: primary"
+    assert (await c.call("GET", "/v1/vms/{id}", id=again["id"])).json()["name"] == "db: primary"
+    assert (await s.client.get(f"/api/v1/vms/{again['id']}")).json()["name"] == "db-primary"
+    r = await c.call("PATCH", "/v1/vms/{id}", id=again["id"], json={"name": "my web"})  # back: the freed name is free
+    assert r.json()["name"] == "my web" and (await s.client.get(f"/api/v1/vms/{again['id']}")).json()["name"] == "my-web-2"
+    r = await c.call("PATCH", "/v1/vms/{id}", id=spaced["id"], json={"name": "my-web"})  # a valid name: no display name apart
+    assert r.json()["name"] == "my-web" and (await s.client.get(f"/api/v1/vms/{spaced['id']}")).json()["displayName"] == "my-web"
+
+    unnamed = await create(c, name="")  # "" is no name: the VM is named after its id
+    native_unnamed = (await s.client.get(f"/api/v1/vms/{unnamed['id']}")).json()
+    assert unnamed["name"] == native_unnamed["name"] == native_unnamed["id"]
+    for bad in ("", "x" * 65, "new\nline", "\u200bzero-width"):
+        r = await c.call("PATCH", "/v1/vms/{id}", id=spaced["id"], json={"name": bad})
+        assert r.status_code == 400 and r.json()["error"].startswith("name"), (bad, r.text)
+    r = await c.call("POST", "/v1/vms", json={"machineType": "c1m2", "name": "nul\u0000"})
+    assert r.status_code == 400 and r.json()["error"] == "name must be 1 to 64 printable characters (no control characters)"
+    assert (await c.call("GET", "/v1/vms/{id}", id=spaced["id"])).json()["name"] == "my-web"
+    assert len((await c.call("GET", "/v1/vms")).json()) == 4
+
+
+async def test_a_rule_with_no_source_cidrs_admits_nothing(fv: tuple[Server, FastVmClient]) -> None:
+    """`sourceCidrs: []` lists no network: the rule lets nothing in (left out, it is `::/0`);
+    PUT and PATCH take it and it reads back as sent."""
+    s, c = fv
+    vm = await create(c, name="empty-cidrs")
+    rule = {"protocol": "tcp", "portStart": 22, "sourceCidrs": []}
+    r = await c.call("PUT", "/v1/vms/{id}/firewall", id=vm["id"], json={"mode": "restricted", "ingress": [rule, {"protocol": "tcp", "portStart": 80}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["firewall"]["ingress"] == [{**rule, "portEnd": 22}, {"protocol": "tcp", "portStart": 80, "portEnd": 80, "sourceCidrs": ["::/0"]}]
+    native_id = (await s.client.get(f"/api/v1/vms/{vm['id']}")).json()["id"]
+    node_fw = s.rt.registry.driver("node-1")._vms[native_id].spec.firewall
+    assert node_fw.verdict("in", "tcp", 22, "2001:db8::5") == "DROP" and node_fw.verdict("in", "tcp", 80, "2001:db8::5") == "ACCEPT"
+    r = await c.call("PATCH", "/v1/vms/{id}/firewall", id=vm["id"], json={"ingress": [{"protocol": "udp", "portStart": 53, "sourceCidrs": []}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["firewall"] == {"mode": "restricted", "ingress": [{"protocol": "udp", "portStart": 53, "portEnd": 53, "sourceCidrs": []}]}
+    assert (await c.call("GET", "/v1/vms/{id}", id=vm["id"])).json()["firewall"] == r.json()["firewall"]
+
+
 async def test_firewall_maps_onto_the_core_firewall_and_leaves_ipv4_alone(fv: tuple[Server, FastVmClient]) -> None:
     s, c = fv
     vm = await create(c, name="fw-1")
@@ -223,14 +277,17 @@ async def test_every_documented_status_code_is_reached(server_factory: Any, tmp_
         assert r.status_code == 202 and r.json()["status"] == "provisioning"
         assert (await slow_c.wait_running(r.json()["id"]))["status"] == "running"
         for body in ({}, {"machineType": "c1m2", "snapshotId": NO_SUCH}, {"machineType": "c3"}, {"machineType": "c1m2", "diskGiB": 5},
-                     {"snapshotId": NO_SUCH}, {"snapshotId": "nope"}, {"machineType": "c1m2", "name": "no spaces"}):  # fmt: skip
+                     {"snapshotId": NO_SUCH}, {"snapshotId": "nope"}, {"machineType": "c1m2", "name": "tab\there"}):  # fmt: skip
             assert (await c.call("POST", "/v1/vms", json=body)).status_code == 400, body
         r = await c.call("POST", "/v1/vms", json={"machineType": "c1m2", "name": None})  # not nullable
         assert r.status_code == 400 and r.json()["error"].startswith("name:")
         assert (await c.call("POST", "/v1/vms", content=b"{not json", headers={"content-type": "application/json"})).status_code == 400
         assert (await anon.call("POST", "/v1/vms", json={"machineType": "c1m2"})).status_code == 401
         assert (await ro.call("POST", "/v1/vms", json={"machineType": "c1m2"})).status_code == 403
+        # 409: the organization's VM quota (names are display names: a taken one is no conflict)
+        assert (await s.client.put("/api/v1/orgs/org-default/quotas", json={"vms": 1})).status_code == 200
         assert (await c.call("POST", "/v1/vms", json={"machineType": "c1m2", "name": "vm-a"})).status_code == 409
+        assert (await s.client.put("/api/v1/orgs/org-default/quotas", json={"vms": 100})).status_code == 200
         r = await c.call("POST", "/v1/vms", json={"machineType": "c1m2", "name": "fail-1"})
         assert r.status_code == 502 and "simulated failure" in r.json()["error"]
         r = await c.call("POST", "/v1/vms", json={"machineType": "c8m16"})  # no node is that large
@@ -246,7 +303,7 @@ async def test_every_documented_status_code_is_reached(server_factory: Any, tmp_
         # list
         assert (await anon.call("GET", "/v1/vms")).status_code == 401
         assert (await anon.call("GET", "/v1/snapshots")).status_code == 401
-        # get / rename / delete: 400 (not a uuid, bad name, a name taken), 401, 404, 502
+        # get / rename / delete: 400 (not a uuid, a name too long or with a control character), 401, 404, 502
         faulty = await create(c, name=f"{FAULTY}1")
         for method, template, extra in (
             ("GET", "/v1/vms/{id}", {}),
@@ -261,8 +318,8 @@ async def test_every_documented_status_code_is_reached(server_factory: Any, tmp_
             assert (await anon.call(method, template, id=vm["id"], **extra)).status_code == 401
             assert (await c.call(method, template, id=NO_SUCH, **extra)).status_code == 404
         assert (await c.call("PATCH", "/v1/vms/{id}", id=vm["id"], json={"name": "vm-b"})).status_code == 200
-        assert (await c.call("PATCH", "/v1/vms/{id}", id=vm["id"], json={"name": "bad name"})).status_code == 400
-        assert (await c.call("PATCH", "/v1/vms/{id}", id=vm["id"], json={"name": faulty["name"]})).status_code == 400
+        assert (await c.call("PATCH", "/v1/vms/{id}", id=vm["id"], json={"name": "x" * 65})).status_code == 400
+        assert (await c.call("PATCH", "/v1/vms/{id}", id=vm["id"], json={"name": "bell\a"})).status_code == 400
         assert (await c.call("PATCH", "/v1/vms/{id}", id=vm["id"], json={})).status_code == 400
         for method in ("PUT", "PATCH"):
             assert (await c.call(method, "/v1/vms/{id}/firewall", id=vm["id"], json={"mode": "open"})).status_code == 200

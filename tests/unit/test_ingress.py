@@ -85,7 +85,7 @@ def test_parsing_names_the_bad_field() -> None:
         ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": 70000}]}, "ingress[0].portStart"),
         ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": True}]}, "ingress[0].portStart"),
         ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": 9, "portEnd": 8}]}, "ingress[0].portEnd"),
-        ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": 9, "sourceCidrs": []}]}, "ingress[0].sourceCidrs"),
+        ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": 9, "sourceCidrs": "2001:db8::/32"}]}, "ingress[0].sourceCidrs"),
         ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": 9, "sourceCidrs": ["10.0.0.0/8"]}]}, "ingress[0].sourceCidrs[0]"),
         ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": 9, "sourceCidrs": ["nope"]}]}, "ingress[0].sourceCidrs[0]"),
         ({"mode": "open", "ingress": [{"protocol": "tcp", "portStart": 9, "description": "a\nb"}]}, "ingress[0].description"),
@@ -104,3 +104,16 @@ def test_too_many_rules_are_refused() -> None:
     with pytest.raises(InvalidRequest) as err:
         Ipv6Ingress("restricted", many).apply_to(Firewall())
     assert err.value.field == "ingress"
+
+
+def test_a_rule_of_no_source_admits_nothing_and_reads_back() -> None:
+    """`sourceCidrs: []` lists no network the rule allows: the port stays closed under
+    `restricted`, and the rule comes back as it was sent (a disabled rule keeps it)."""
+    p = parse_ingress({"mode": "restricted", "ingress": [{"protocol": "tcp", "portStart": 22, "sourceCidrs": []}, {"protocol": "tcp", "portStart": 80}]})
+    assert p.allow == (Allow("tcp", 22, 22, ()), Allow("tcp", 80, 80))
+    fw = p.apply_to(Firewall())
+    assert fw.verdict("in", "tcp", 22, "2001:db8::9") == "DROP" and fw.verdict("in", "tcp", 80, "2001:db8::9") == "ACCEPT"
+    assert Ipv6Ingress.of(fw) == p
+    assert Ipv6Ingress.of(fw).to_wire()["ingress"][0]["sourceCidrs"] == []
+    again = Ipv6Ingress("restricted", (GAME,)).apply_to(fw)  # a new policy replaces the disabled rule too
+    assert Ipv6Ingress.of(again) == Ipv6Ingress("restricted", (GAME,)) and len(again.rules) == 2

@@ -16,6 +16,7 @@ def vm(row: Vm, now: float) -> dict[str, Any]:
         "uuid": row.uuid,
         "vmid": row.vmid,
         "name": row.name,
+        "displayName": row.display_name,
         "node": row.node_id,
         "nodeId": row.node_id,
         "status": row.status,

@@ -45,7 +45,11 @@ class DevicesIn(In):
 
 
 class VmCreateIn(In):
-    name: str = Field(..., min_length=1, max_length=63)
+    name: str | None = Field(
+        None, min_length=1, max_length=63,
+        description="1-63 letters, digits and '-' (required unless displayName is given: then derived from it, made unique with -2, -3, …)",
+    )  # fmt: skip
+    displayName: str | None = Field(None, min_length=1, max_length=64, description="free text shown by faces (default: the name)")
     templateId: str | None = Field(None, max_length=64)
     nodeId: str | None = Field(None, max_length=64)
     tags: list[str] = Field(default_factory=list, max_length=64)
@@ -68,6 +72,7 @@ class VmCreateIn(In):
 
 class VmUpdateIn(In):
     name: str | None = Field(None, min_length=1, max_length=63)
+    displayName: str | None = Field(None, min_length=1, max_length=64, description="set to the name to follow the name again")
     tags: list[str] | None = Field(None, max_length=64)
     resources: ResourcesPatch | None = None
 
@@ -160,6 +165,7 @@ class VmOut(BaseModel):
     uuid: str
     vmid: int = Field(description="the VM's stable integer id (Proxmox-style VMID): never given to another VM, even once this one is deleted")
     name: str
+    displayName: str = Field(description="the display name a create or rename gave (FastVM's `my web`), else the name")
     node: str | None
     nodeId: str | None
     status: str

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from .client import Client, interactive
 
@@ -282,7 +283,9 @@ def vm_list(
     table = Table("ID", "NAME", "STATUS", "NODE", "CPU", "RAM MB", "DISK GB", "UPTIME")
     for v in items:
         r = v["resources"]
-        table.add_row(v["id"], v["name"], v["status"], v["node"] or "-", str(r["cpu"]), str(r["ramMb"]), str(r["diskGb"]), v["uptime"] or "-")
+        shown = v.get("displayName") or v["name"]  # a face's name for it (FastVM's "my web"), when it differs
+        name = Text(v["name"] if shown == v["name"] else f"{v['name']} ({shown})")  # Text: no rich markup from users
+        table.add_row(v["id"], name, v["status"], v["node"] or "-", str(r["cpu"]), str(r["ramMb"]), str(r["diskGb"]), v["uptime"] or "-")
     out.print(table)
 
 

@@ -9,7 +9,8 @@ The policy is not stored beside the firewall: it *is* the head of the firewall's
 
 - `apply_to(firewall)` removes every inbound rule with an IPv6 source (they belong to the
   policy), then puts first one `in ACCEPT <protocol> dport <ports> source <cidr>` rule per
-  allow rule and source CIDR (default `::/0`), then the catch-all `in <verdict> source ::/0`:
+  allow rule and source CIDR (default `::/0`; a rule of no source, `sourceCidrs: []`, admits
+  nothing and is kept as one disabled rule, which reads back), then the catch-all `in <verdict> source ::/0`:
   DROP for `restricted` (which also enables the firewall), ACCEPT for `open`. The other rules
   follow, untouched; the policies (`policyIn`, `policyOut`) are kept. Neighbour discovery and
   replies to the guest's own connections are let through by every enabled firewall.
@@ -53,7 +54,11 @@ class Allow:
         return out
 
     def rules(self) -> list[Rule]:
+        """One ACCEPT rule per source; a rule of no source (`sourceCidrs: []`) admits nothing
+        and is kept as one disabled rule, so that it reads back."""
         ports = str(self.port_start) if self.port_start == self.port_end else f"{self.port_start}:{self.port_end}"
+        if not self.sources:
+            return [Rule(type="in", action="ACCEPT", proto=self.protocol, dport=ports, source=ANY_V6, comment=self.description, enable=False)]
         return [Rule(type="in", action="ACCEPT", proto=self.protocol, dport=ports, source=s, comment=self.description) for s in self.sources]
 
 
@@ -90,7 +95,11 @@ class Ipv6Ingress:
         found: list[Allow] = []
         mode = "open" if not firewall.enabled or firewall.policy_in == "ACCEPT" else "restricted"
         for r in firewall.rules:
-            if not r.enable or r.type != "in" or (r.source is not None and _version(r.source) != 6):
+            if r.type != "in" or (r.source is not None and _version(r.source) != 6):
+                continue
+            if not r.enable:  # admits nothing: an allow rule of no source, if it has the shape of one
+                if r.action == "ACCEPT" and r.proto in PROTOCOLS and r.dport is not None and r.sport is None and r.dest is None:
+                    found.extend(Allow(r.proto, lo, hi, (), r.comment) for lo, hi in r.ports("dport"))
                 continue
             if r.proto is None and r.dport is None and r.sport is None and r.dest is None and r.source in (None, ANY_V6):
                 if firewall.enabled:
@@ -147,9 +156,9 @@ def parse_allow(body: Any, where: str) -> Allow:
     raw = body.get("sourceCidrs")
     if raw is None:
         sources: tuple[str, ...] = (ANY_V6,)
-    else:
-        if not isinstance(raw, list) or not raw or len(raw) > MAX_SOURCES:
-            raise InvalidRequest(f"{where}.sourceCidrs must list 1 to {MAX_SOURCES} IPv6 CIDRs (leave it out for ::/0)", field=f"{where}.sourceCidrs")
+    else:  # [] lists no source: the rule admits nothing (left out, it admits ::/0)
+        if not isinstance(raw, list) or len(raw) > MAX_SOURCES:
+            raise InvalidRequest(f"{where}.sourceCidrs must list at most {MAX_SOURCES} IPv6 CIDRs (leave it out for ::/0)", field=f"{where}.sourceCidrs")
         found: list[str] = []
         for i, cidr in enumerate(raw):
             net = _ipv6_network(cidr, f"{where}.sourceCidrs[{i}]")

@@ -61,6 +61,11 @@ class Vm:
         return self.seq
 
     @property
+    def display_name(self) -> str:
+        """The name faces show: the display name a client gave (`my web`), else the name."""
+        return self.spec.display_name or self.name
+
+    @property
     def primary_ip(self) -> str | None:
         """The first address of NIC 0."""
         return self.spec.primary_ip

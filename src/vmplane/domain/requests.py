@@ -18,7 +18,10 @@ from .network import Firewall
 @dataclass(frozen=True)
 class NewVm:
     name: str | None = None
-    """None: the VM is named after its id"""
+    """None: the VM is named after its display name (domain.names.derive_name, made unique
+    with a numeric suffix), or after its id when it has none"""
+    display_name: str | None = None
+    """free text shown by faces whose names allow more than VM names (domain.names)"""
     resources: Resources | None = None
     """None: the snapshot's, or DEFAULT_RESOURCES"""
     template_id: str | None = None

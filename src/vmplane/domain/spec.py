@@ -198,6 +198,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
     "pci_assigned": ("pciAssigned", _tuple, _list),
     "ssh": ("ssh", _one(SshForward), _dump_one),
     "move_to": ("moveTo", _same, _same),
+    "display_name": ("displayName", _same, _same),
 }
 
 
@@ -235,6 +236,9 @@ class StoredSpec:
     ssh: SshForward | None = None
     move_to: str | None = None
     """the target node of a move in flight"""
+    display_name: str | None = None
+    """the name a face that allows more than VM names showed its client (`my web`), when it
+    differs from the VM's name (domain.names)"""
     stored: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """the JSON this was read from: unknown keys, and the bytes of unchanged ones, are kept"""
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import DEFAULT_RESOURCES, NewVm, Resources, Vm, VmStatus
+from ..domain.names import NAME_RE, check_display_name
 from ..domain.network import Firewall
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
 from ..placement import Demand
@@ -25,7 +26,7 @@ from ..store import nodes as node_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..vmstates import VmOp, allows, require_state
-from . import pages
+from . import pages, vm_names
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from .tenancy import TenancyService
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 
 POWER_JOBS: dict[str, str] = {"start": "vm-start", "stop": "vm-stop", "shutdown": "vm-shutdown", "reboot": "vm-reboot", "power-cycle": "vm-power-cycle"}
@@ -129,6 +129,7 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
 @dataclass(frozen=True)
 class VmChange:
     name: str | None = None
+    display_name: str | None = None
     tags: tuple[str, ...] | None = None
     cpu: int | None = None
     ram_mb: int | None = None
@@ -142,7 +143,8 @@ class _Resolved:
     spec: NewVm
     """the request as `_resolve` filled it in (a clone's template and node, say)"""
     id: str
-    name: str
+    name: str | None
+    """None: named after its display name, the name picked as it is inserted"""
     resources: Resources
     team_id: str | None
     networks: Sequence[Row[*tuple[Any, ...]]]
@@ -234,20 +236,24 @@ class VmService:
         self.check_bulk(len(specs))
         resolved = [await self._resolve(s, who, i if len(specs) > 1 else None) for i, s in enumerate(specs)]
         vm_ids = [ids.new_id("vm") for _ in specs]
-        names = [s.name if s.name is not None else vm_id for (s, _), vm_id in zip(resolved, vm_ids)]
+        names = [s.name if s.name is not None else None if s.display_name is not None else vm_id for (s, _), vm_id in zip(resolved, vm_ids)]
         seen: set[str] = set()
         for i, ((spec, _), name) in enumerate(zip(resolved, names)):
             where = f"[{i}].name" if len(specs) > 1 else "name"
-            check_name(name, where)
             prefix = f"[{i}]." if len(specs) > 1 else ""
+            if spec.display_name is not None:
+                check_display_name(spec.display_name, f"{prefix}displayName")
+            if name is not None:  # None: named after its display name, uniquely, as it is inserted
+                check_name(name, where)
             check_tags(spec.tags, f"{prefix}tags")
             check_ssh_keys(spec.extra.get("sshKeys", []), f"{prefix}sshKeys")
             guest_ports = [(e["port"], e["protocol"]) for e in spec.extra.get("expose", [])]
             if len(set(guest_ports)) != len(guest_ports):
                 raise InvalidRequest("expose lists a guest port twice", field=f"{prefix}expose")
-            if name in seen:
-                raise InvalidRequest(f"name {name!r} appears twice in the request", field=where)
-            seen.add(name)
+            if name is not None:
+                if name in seen:
+                    raise InvalidRequest(f"name {name!r} appears twice in the request", field=where)
+                seen.add(name)
         teams = {s.team: await self.tenancy.team_id(who, s.team) for s, _ in resolved}
         networks: dict[tuple[str, ...], Sequence[Row[*tuple[Any, ...]]]] = {}
         for i, (s, _) in enumerate(resolved):
@@ -269,7 +275,7 @@ class VmService:
             conn, who.org_id, vms=len(new), vcpu=sum(n.resources.cpu for n in new),
             ram_mb=sum(n.resources.ram_mb for n in new), disk_gb=sum(n.resources.disk_gb for n in new),
         )  # fmt: skip
-        taken = await vm_q.names_taken(conn, [n.name for n in new], who.org_id)  # names are the organization's own
+        taken = await vm_q.names_taken(conn, [n.name for n in new if n.name is not None], who.org_id)  # names are the organization's own
         if taken:
             raise Conflict(f"a VM named {sorted(taken)[0]!r} already exists", reason=Reason.NAME_TAKEN, names=sorted(taken))
         template_refs = {n.spec.template_id for n in new if n.spec.template_id}
@@ -292,7 +298,7 @@ class VmService:
                 {
                     "id": n.id,
                     "uuid": ids.new_uuid(),
-                    "name": n.name,
+                    "name": n.name or "",  # a display name's: picked by vm_names.insert_named
                     "org_id": who.org_id,
                     "team_id": n.team_id,
                     "node_id": None,
@@ -314,10 +320,7 @@ class VmService:
                 }
             )
         await self.networks.allocate(conn, [(r, n.networks) for r, n in zip(rows, new)])
-        try:
-            await vm_q.insert_vms(conn, rows)
-        except IntegrityError:
-            raise Conflict("a VM with one of these names was created at the same time") from None
+        await vm_names.insert_named(conn, rows, [(n.name, n.spec.display_name) for n in new], who.org_id)
         await self._reserve_ports(conn, rows)
         for row, n in zip(rows, new):
             if n.spec.firewall is not None:
@@ -399,19 +402,42 @@ class VmService:
             raise DriverError(f"the VM could not be created: {error}", vmId=vm_id)
         return await self.get(vm_id, who)
 
-    async def rename(self, ref: str, name: str, who: Principal) -> Vm:
-        """Rename a VM at once: a name lives only in the store (no job, no hypervisor call)."""
-        check_name(name)
+    async def rename(self, ref: str, name: str | None, who: Principal, *, display_name: str | None = None) -> Vm:
+        """Rename a VM at once: a name lives only in the store (no job, no hypervisor call).
+
+        `display_name` (faces whose names allow more than VM names) is the VM's display name
+        from now on; without it the display name is the new name. With `name` None the name
+        is derived from it as a create derives it (a VM whose name is already one of its
+        candidates keeps it)."""
+        if name is not None:
+            check_name(name)
+        if display_name is not None:
+            check_display_name(display_name, "displayName")
+        elif name is None:
+            raise InvalidRequest("give a name or a display name", field="name")
         vm = await self.get(ref, who)
         require_state(VmOp.RENAME, vm.status, vm.id)
-        if name != vm.name:
+        for _ in range(vm_names.NAME_ATTEMPTS):
             async with self.store.write() as conn:
-                if await vm_q.names_taken(conn, [name], vm.org_id):
+                fresh = await vm_q.get_vm(conn, vm.id)
+                if fresh is None:
+                    raise NotFound(f"VM {ref} does not exist")
+                new_name = name if name is not None else await vm_names.derived_name(conn, display_name or "", fresh)
+                spec = fresh.spec.with_(display_name=None if display_name in (None, new_name) else display_name)
+                if new_name == fresh.name and spec == fresh.spec:
+                    break
+                if name is not None and new_name != fresh.name and await vm_q.names_taken(conn, [name], vm.org_id):
                     raise Conflict(f"a VM named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
                 try:
-                    await vm_q.set_vm(conn, vm.id, name=name, updated_at=clock.now())
+                    async with conn.begin_nested():
+                        await vm_q.set_vm(conn, vm.id, name=new_name, spec=spec.to_json(), updated_at=clock.now())
                 except IntegrityError:
-                    raise Conflict(f"a VM named {name!r} was created at the same time", field="name") from None
+                    if name is not None:
+                        raise Conflict(f"a VM named {name!r} was created at the same time", reason=Reason.NAME_TAKEN, field="name") from None
+                    continue  # another VM took the derived name meanwhile: pick again
+                break
+        else:
+            raise Conflict(vm_names.LOST_RACE, reason=Reason.NAME_TAKEN, field="name")
         return await self.get(vm.id, who)
 
     async def _reserve_ports(self, conn: AsyncConnection, rows: builtins.list[dict[str, Any]]) -> None:
@@ -441,6 +467,8 @@ class VmService:
         vm = await self.get(ref, who)
         if change.name is not None:
             check_name(change.name)
+        if change.display_name is not None:
+            check_display_name(change.display_name)
         if change.tags is not None:
             check_tags(change.tags)
         if change.disk_gb is not None and change.disk_gb < vm.disk_gb:
@@ -462,6 +490,11 @@ class VmService:
             if change.name is not None and change.name != vm.name:
                 if await vm_q.names_taken(conn, [change.name], vm.org_id):
                     raise Conflict(f"a VM named {change.name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
+            fresh = await vm_q.get_vm(conn, vm.id) or vm
+            if change.display_name is not None or (change.name is not None and fresh.spec.display_name is not None):
+                # a label only: set at once (the name waits for the job); a new name alone is shown as it is
+                shown = None if change.display_name in (None, change.name or fresh.name) else change.display_name
+                await vm_q.set_vm(conn, vm.id, name=fresh.name, spec=fresh.spec.with_(display_name=shown).to_json(), updated_at=clock.now())
             job_id = await self.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.engine.wakeup()
         return job_id

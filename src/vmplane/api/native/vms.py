@@ -53,8 +53,11 @@ async def list_vms(
 
 def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:
     r = spec.resources
+    if spec.name is None and spec.displayName is None:
+        raise InvalidRequest(f"{prefix}name is required (or give displayName to derive it from)", field=f"{prefix}name")
     return NewVm(
         name=spec.name,
+        display_name=spec.displayName,
         resources=Resources(r.cpu, r.ramMb, r.diskGb) if r else None,
         snapshot=spec.snapshotId,
         plugin=spec.plugin,
@@ -104,13 +107,14 @@ async def update_vm(vm_id: str, body: VmUpdateIn, rt: RuntimeDep, caller: Caller
     r = body.resources
     change = VmChange(
         name=body.name,
+        display_name=body.displayName,
         tags=tuple(body.tags) if body.tags is not None else None,
         cpu=r.cpu if r else None,
         ram_mb=r.ramMb if r else None,
         disk_gb=r.diskGb if r else None,
     )
-    if all(v is None for v in (change.name, change.tags, change.cpu, change.ram_mb, change.disk_gb)):
-        raise InvalidRequest("give at least one of name, tags, resources", field="body")
+    if all(v is None for v in (change.name, change.display_name, change.tags, change.cpu, change.ram_mb, change.disk_gb)):
+        raise InvalidRequest("give at least one of name, displayName, tags, resources", field="body")
     return accepted(await rt.vms.update(vm_id, change, caller))
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ....auth import Principal
+from ....domain.names import derive_name
 from ....errors import Conflict, InvalidRequest, InvalidState
 from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
@@ -134,13 +135,14 @@ async def power_cycle(instance_id: str, request: Request, rt: RuntimeDep, who: C
 
 @router.put("/api/v1/instances/{instance_id}/rename")
 async def rename(instance_id: str, rt: RuntimeDep, who: CallerDep, body: wire.RenameIn = Body(...)) -> JSONResponse:
-    """The contract's names are 3-64 letters, digits, '-' and '_'; vmplane's VM names are 1-63
-    letters, digits and '-' (they name processes and files), so both rules apply."""
+    """The contract's names are 3-64 letters, digits, '-' and '_': the name is the VM's display
+    name, and its VM name the one derived from it (`my_vm` -> `my-vm`), unique in the account
+    as the contract says (taken: 400)."""
     vm = await find_instance(rt, instance_id, who)
     if not wire.RENAME_RE.match(body.name):
         raise BlError(400, "invalid_name", "Name must be 3-64 characters, alphanumeric with hyphens/underscores only")
     try:
-        row = await rt.vms.rename(vm.id, body.name, who)
+        row = await rt.vms.rename(vm.id, derive_name(body.name), who, display_name=body.name)
     except (InvalidRequest, Conflict) as exc:
         raise BlError(400, "invalid_name", exc.message) from None
-    return JSONResponse({"message": "Instance renamed successfully", "instance_id": row.uuid, "new_name": row.name})
+    return JSONResponse({"message": "Instance renamed successfully", "instance_id": row.uuid, "new_name": row.display_name})

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from .... import clock
 from ....auth import Principal
 from ....domain import NewVm, Resources, Vm
+from ....domain.names import derive_name
 from ....errors import Conflict, InvalidRequest, NoCapacity, NotFound, Reason
 from ...deps import CallerDep, RuntimeDep, authorize
 from . import wire
@@ -89,7 +90,8 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
     except NoCapacity as exc:
         raise BlError(409, "resource_conflict", f"Requested resources not available in specified region: {exc.message}") from None
     spec = NewVm(
-        name=body.name,
+        name=derive_name(body.name) if body.name else None,  # names are unique per account: no suffix
+        display_name=body.name,
         resources=Resources(t.vcpus, t.memory_gib * 1024, t.storage_gib),
         template_id=template_id,
         node_id=node_id,
@@ -123,7 +125,8 @@ async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: Runtime
         gpu_model = next((t.gpu_model for t in off.catalog.types if t.gpu_pci_model == model), None)
     template_id = await template_id_named(rt, who, body.template_name)
     spec = NewVm(
-        name=body.name,
+        name=derive_name(body.name),  # names are unique per account: no suffix
+        display_name=body.name,
         resources=Resources(body.cores, body.memory * 1024, body.disk_size),
         template_id=template_id,
         node_id=node.id,

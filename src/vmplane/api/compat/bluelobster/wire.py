@@ -184,7 +184,7 @@ def instance(row: Vm, node: Row[Any] | None, region: str | None, host: str | Non
     gpus = spec.pci_passthrough
     return {
         "uuid": row.uuid,
-        "name": row.name,
+        "name": row.display_name,
         "host_id": host or "",
         "region": region,
         "ip_address": ip,

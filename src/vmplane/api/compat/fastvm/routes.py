@@ -96,15 +96,16 @@ async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JS
             field="snapshotId" if both else "machineType",
         )
     policy = body.firewall.policy("firewall") if body.firewall is not None else None
+    shown = body.name or None  # FastVM's name is the VM's display name ("" or none: named after its id)
     if body.machineType is not None:
         shape = wire.MACHINE_TYPES[body.machineType]
         spec = NewVm(
-            name=body.name, resources=shape, disk_gb=body.diskGiB, template_id=await rt.templates.default_id(who),
+            display_name=shown, resources=shape, disk_gb=body.diskGiB, template_id=await rt.templates.default_id(who),
             ipv6_ingress=policy or Ipv6Ingress(),  # FastVM's default for a new VM: restricted, nothing allowed
         )  # fmt: skip
     else:
         snap_ref = wire.parse_uuid(body.snapshotId or "", "snapshotId")
-        spec = NewVm(name=body.name, snapshot=snap_ref, disk_gb=body.diskGiB, ipv6_ingress=policy)
+        spec = NewVm(display_name=shown, snapshot=snap_ref, disk_gb=body.diskGiB, ipv6_ingress=policy)
     try:
         row = await rt.vms.create_and_wait(spec, who, _wait(rt))
     except NotFound as exc:  # the contract has no 404 here: a missing snapshot is bad input
@@ -112,6 +113,8 @@ async def create_vm(body: wire.CreateVmIn, rt: RuntimeDep, who: CallerDep) -> JS
             raise
         raise InvalidRequest(f"snapshotId: {exc.message}", field="snapshotId") from None
     except InvalidRequest as exc:  # the core names the domain's fields: say them as FastVM does
+        if exc.field == "displayName":
+            raise wire.name_error() from None
         if exc.reason == Reason.CANNOT_SHRINK and exc.field == "resources.disk_gb":
             raise InvalidRequest(
                 f"diskGiB {body.diskGiB} is smaller than the snapshot's disk ({exc.details['minimum']} GiB); disks only grow", field="diskGiB"
@@ -134,9 +137,13 @@ async def get_vm(id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
 async def rename_vm(id: str, body: wire.UpdateVmIn, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     vm = await _vm(rt, id, who)
     try:
-        row = await rt.vms.rename(vm.id, body.name, who)
+        row = await rt.vms.rename(vm.id, None, who, display_name=body.name)
     except Conflict as exc:  # the contract answers renames with 200, 400 or 404 only
         raise InvalidRequest(exc.message, field="name") from None
+    except InvalidRequest as exc:
+        if exc.field == "displayName":
+            raise wire.name_error() from None
+        raise
     return JSONResponse(await _vm_out(rt, row))
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import Row
 from .... import clock
 from ....domain import Resources, Vm
 from ....domain.ingress import Allow, Ipv6Ingress, parse_allow_rules, parse_ingress
+from ....domain.names import DISPLAY_NAME_RULE
 from ....errors import InvalidRequest, Reason
 from ...errors import NATIVE_STATUS
 
@@ -119,6 +120,11 @@ def parse_uuid(value: str, field: str) -> str:
         raise InvalidRequest(f"{field} {value!r} is not a UUID", field=field) from None
 
 
+def name_error() -> InvalidRequest:
+    """A VM's name the core refuses as a display name, said as FastVM names the field."""
+    return InvalidRequest(f"name must be {DISPLAY_NAME_RULE}", field="name")
+
+
 def machine_name(cpu: int, ram_mb: int) -> str:
     for name, r in MACHINE_TYPES.items():
         if (r.cpu, r.ram_mb) == (cpu, ram_mb):
@@ -129,7 +135,7 @@ def machine_name(cpu: int, ram_mb: int) -> str:
 def vm(row: Vm, firewall: Ipv6Ingress, source_name: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row.uuid,
-        "name": row.name,
+        "name": row.display_name,
         "orgId": row.org_id,
         "machineName": machine_name(row.cpu, row.ram_mb),
         "firewall": firewall.to_wire(),

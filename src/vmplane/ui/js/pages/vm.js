@@ -14,7 +14,7 @@ const ACTIONS = [
 
 export async function vmPage(main, { events, navigate }, vmId) {
   let vm = await get(`/vms/${vmId}`);
-  const title = h("h1", {}, vm.name);
+  const title = h("h1", {}, vm.name, vm.displayName && vm.displayName !== vm.name ? h("span", { class: "muted" }, ` (${vm.displayName})`) : null);
   const status = h("span", { id: "vm-status" });
   const actions = h("div", { class: "toolbar", role: "group", "aria-label": "Power" });
   const overview = h("dl", { class: "props" });

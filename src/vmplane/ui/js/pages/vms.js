@@ -54,7 +54,7 @@ export async function vmsPage(main, { events }) {
   function shown() {
     const q = name.value.trim().toLowerCase();
     return [...vms.values()].filter((vm) =>
-      (!q || vm.name.toLowerCase().includes(q)) &&
+      (!q || vm.name.toLowerCase().includes(q) || (vm.displayName || "").toLowerCase().includes(q)) &&
       (!status.value || vm.status === status.value) &&
       (!node.value || vm.nodeId === node.value) &&
       (!tag.value.trim() || vm.tags.includes(tag.value.trim())));
@@ -66,7 +66,8 @@ export async function vmsPage(main, { events }) {
     const ips = vm.nics.flatMap((n) => n.ipAddresses);
     return h("tr", { dataset: { vmId: vm.id } },
       h("td", { class: "select", "data-label": "" }, box),
-      td("Name", h("a", { href: `#/vms/${vm.id}` }, vm.name)),
+      td("Name", h("a", { href: `#/vms/${vm.id}` }, vm.name),
+        vm.displayName && vm.displayName !== vm.name ? h("div", { class: "muted" }, vm.displayName) : null),
       td("Status", badge(vm.status), vm.error ? h("div", { class: "error-text" }, vm.error) : null),
       td("Node", vm.nodeId || "–"),
       td("vCPU", String(vm.resources.cpu)),
