@@ -12,7 +12,7 @@ from ..support import Server
 from ..support_fastvm import FastVmClient
 from .test_fastvm import P, create, guest_nodes
 
-NAMES = ["before upgrade", "état d'avant: v1.2 (prod) 🚀", "../../etc/passwd", "é" * 62 + "🚀"]
+NAMES = ["before upgrade", "état d'avant: v1.2 (prod) 🚀", "../../etc/passwd", "é" * 63 + "🚀"]
 """the last is as long as a name may be, in characters (PostgreSQL counts them, not bytes)"""
 
 
@@ -49,7 +49,7 @@ async def test_fastvm_snapshot_names_the_contract_allows(fv: tuple[Server, FastV
     assert clone["sourceName"] == NAMES[1]
 
 
-@pytest.mark.parametrize("bad", ["", "two\nlines", "tab\there", "nul\x00", "\u2028", "x" * 64])
+@pytest.mark.parametrize("bad", ["", "two\nlines", "tab\there", "nul\x00", "\u2028", "x" * 65])
 async def test_fastvm_snapshot_names_that_are_not_text_answer_400(fv: tuple[Server, FastVmClient], bad: str) -> None:
     _, c = fv
     vm = await create(c, name="web-1")

@@ -3,7 +3,7 @@ VMs from them (copy-on-write clones, which take the captured firewall); revert a
 snapshot that VMs were cloned from cannot be deleted (409) until those VMs are: their disks are
 overlays on it. Snapshots are found by id or uuid.
 
-A snapshot's name is display text (`check_snapshot_name`: "before upgrade" is a name): it
+A snapshot's name is display text (`domain.names.check_display_name`, as a VM's display name: "before upgrade" is a name): it
 reaches no file path, command line or qcow2 tag — the node keeps the image as
 `snapshots/<id>.qcow2` (drivers/qemu/snapshots.py) — only job logs and answers."""
 
@@ -16,6 +16,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import Principal
+from ..domain.names import check_display_name
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
 from ..store import snapshots as snap_q
 from .vms import get_visible_vm, visible
@@ -25,17 +26,6 @@ if TYPE_CHECKING:
     from ..store import Store
     from .networks import NetworkService
     from .tenancy import TenancyService
-
-SNAPSHOT_NAME_MAX = 63
-"""the width of snapshots.name"""
-
-
-def check_snapshot_name(name: str, field_name: str = "name") -> None:
-    """A snapshot name: 1 to 63 printable characters (spaces and any script; no control,
-    format or line-separator characters), kept and read back exactly as given."""
-    if not 1 <= len(name) <= SNAPSHOT_NAME_MAX or not name.isprintable():
-        raise InvalidRequest(f"{field_name} must be 1 to {SNAPSHOT_NAME_MAX} printable characters (no control characters)", field=field_name)
-
 
 class SnapshotService:
     def __init__(self, *, store: Store, engine: JobEngine, networks: NetworkService, tenancy: TenancyService) -> None:
@@ -61,7 +51,7 @@ class SnapshotService:
         snapshot is named after its id."""
         snap_id = ids.new_id("snap")
         name = snap_id if name is None else name
-        check_snapshot_name(name)
+        check_display_name(name, "name")
         vm = await get_visible_vm(self.store, vm_ref, who)
         if vm.node_id is None:
             raise InvalidState(f"VM {vm.id} is {vm.status}; it has no disk to snapshot yet", current=vm.status)
@@ -86,7 +76,7 @@ class SnapshotService:
         return job_id, snap_id
 
     async def rename(self, snapshot_id: str, name: str, who: Principal) -> Row[*tuple[Any, ...]]:
-        check_snapshot_name(name)
+        check_display_name(name, "name")
         snap = await self.get(snapshot_id, who)
         async with self.store.write() as conn:
             await snap_q.set_snapshot(conn, snap.id, name=name, updated_at=clock.now())

@@ -467,7 +467,7 @@ snapshots = Table(
     Column("vm_name", String(63), nullable=False),
     Column("node_id", String(64), nullable=True),
     Column("template_id", String(64), nullable=True, index=True),
-    Column("name", String(63), nullable=False),
+    Column("name", String(64), nullable=False),  # display text: domain.names.check_display_name
     Column("status", String(16), nullable=False),
     Column("image_path", Text, nullable=True),
     Column("size_bytes", BigInteger, nullable=False),
