@@ -31,11 +31,13 @@ def check_display_name(value: object, field: str = "displayName") -> str:
     return value
 
 
-def derive_name(display: str) -> str:
+def derive_name(display: str, fallback: str = FALLBACK_NAME) -> str:
     """A valid VM name for a display name: a valid name stays as it is; otherwise accents are
     dropped (`café` -> `cafe`), every other character but ASCII letters and digits becomes '-',
     runs of '-' collapse, '-' is trimmed from both ends, and the result is cut to 63
-    characters (`my web` -> `my-web`, `my_vm` -> `my-vm`); nothing left: `vm`."""
+    characters (`my web` -> `my-web`, `my_vm` -> `my-vm`); nothing left: `fallback`. Every
+    name vmplane makes from a caller's text (display names, an imported VM's OVF name, a
+    HyperSDK job's name or path) is made here."""
     if NAME_RE.match(display):
         return display
     out: list[str] = []
@@ -45,7 +47,7 @@ def derive_name(display: str) -> str:
         elif not unicodedata.combining(c):
             out.append("-")
     name = re.sub("-+", "-", "".join(out)).strip("-")[:NAME_MAX].strip("-")
-    return name or FALLBACK_NAME
+    return name or fallback
 
 
 def candidate(base: str, n: int) -> str:

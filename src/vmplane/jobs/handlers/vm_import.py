@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 import shutil
 import tarfile
 import time
@@ -39,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ... import clock, outbound
 from ...auth import principal_of
 from ...domain import ImportRequest, NewVm, Resources, Vm, VmStatus
+from ...domain.names import derive_name
 from ...domain.network import DEFAULT_NETWORK
 from ...domain.requests import STAGE_SPAN
 from ...drivers.qemu import intake
@@ -56,7 +56,6 @@ from .base import BaseHandler, driver_of, vm_spec
 log = logging.getLogger("vmplane.jobs")
 CHUNK = 1 << 20
 GIB = 1 << 30
-NAME_CLEAN_RE = re.compile(r"[^A-Za-z0-9-]+")
 BYTE_STAGES = ("exporting", "converting")
 
 
@@ -327,7 +326,7 @@ class VmImport(BaseHandler):
 
     async def _define(self, ctx: TaskContext, row: Row[Any], req: ImportRequest, who: Any, shape: Shape, disk: Path, size: int) -> Vm:
         deps = ctx.deps
-        name = req.name or _vm_name(shape.name)
+        name = req.name or derive_name(shape.name, "imported")
         resources = Resources(
             req.cpu or max(1, shape.cpu), req.ram_mb or max(64, shape.ram_mb), max(req.disk_gb or 0, max(1, math.ceil(size / GIB))),
         )  # fmt: skip
@@ -438,11 +437,6 @@ class VmImport(BaseHandler):
 
     async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await imp_q.set_import(conn, task.resource_id, state="cancelled", error="cancelled before it started", updated_at=clock.now(), finished_at=clock.now())
-
-
-def _vm_name(source: str) -> str:
-    name = NAME_CLEAN_RE.sub("-", source).strip("-")[:63].strip("-")
-    return name or "imported"
 
 
 def _parse(data: bytes) -> Any:

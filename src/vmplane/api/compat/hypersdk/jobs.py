@@ -10,10 +10,10 @@ stored, encrypted vSphere profile instead (its name is derived from URL and user
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import TYPE_CHECKING, Any
 
 from ....auth import Principal
+from ....domain.names import derive_name
 from ....domain.requests import ImportRequest
 from ....errors import InvalidRequest, InvalidState, NotFound
 from ....events.formats import IMPORT_JOB_TYPE
@@ -25,7 +25,6 @@ from .wire import JobDefIn
 if TYPE_CHECKING:
     from ....runtime import Runtime
 
-NAME_RE = re.compile(r"[^a-z0-9-]+")
 
 
 def job_type() -> str:
@@ -35,8 +34,7 @@ def job_type() -> str:
 def vm_name(d: JobDefIn, fallback: str) -> str:
     """A VM name from the definition's name or the last part of its path."""
     base = d.name or (d.vm_path or "").rstrip("/").rsplit("/", 1)[-1] or fallback
-    name = NAME_RE.sub("-", base.lower()).strip("-")[:63].strip("-")
-    return name or fallback
+    return derive_name(base.lower(), fallback)
 
 
 def _source(d: JobDefIn, where: str) -> dict[str, Any]:
