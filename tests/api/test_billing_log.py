@@ -157,3 +157,16 @@ async def test_native_usage_shows_the_kept_facts(bl: tuple[Server, httpx.AsyncCl
     assert item["nodeId"] == seen["nodeId"] and item["ipAddress"].startswith(seen["nics"][0]["ipAddresses"][0] + "/")
     assert (item["diskGb"], item["templateName"], item["gpuCount"]) == (80, "ubuntu-22-04", 0)
     assert item["deletedAt"] is not None and isinstance(item["billedCents"], int) and item["billedCents"] >= 1
+
+
+async def test_the_log_shows_the_name_the_client_last_gave(bl: tuple[Server, httpx.AsyncClient]) -> None:  # noqa: F811
+    """A rename (with `_`, which the VM's own name cannot hold) shows in the log, while the
+    instance lives and after it is gone."""
+    _, c = bl
+    uuid, _ = await launch(c, name="first-name")
+    await call(c, "PUT", "/api/v1/instances/{instance_id}/rename", path_args={"instance_id": uuid}, json={"name": "second_name"})
+    assert (await log_rows(c))["second_name"]["uuid"] == uuid
+    await call(c, "PUT", "/api/v1/instances/{instance_id}/rename", path_args={"instance_id": uuid}, json={"name": "third-name"})
+    await delete(c, uuid)
+    rows = await log_rows(c)
+    assert set(rows) == {"third-name"} and rows["third-name"]["uuid"] == uuid and rows["third-name"]["status"] == "deleted"

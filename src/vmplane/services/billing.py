@@ -6,7 +6,8 @@ billed only the seconds it existed.
 A span keeps what a billing row needs once its VM is gone: the VM's uuid, VMID, node, first
 IPv4 address (address/prefix), template and GPU count, written when the span opens and again
 when it closes (the node and the address may only be known by then). A report shows, per VM,
-those facts (a live VM's as they are now), its hours, its exact cost and what is billed: whole
+those facts (a live VM's as they are now; a gone VM's name and display name as they were when it
+went, after any rename), its hours, its exact cost and what is billed: whole
 cents, the exact cost rounded up to the next cent once per VM and period."""
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 
 
 MAX_DAYS = 90
-FACTS = ("vm_uuid", "vmid", "node_id", "ip_address", "template_name", "gpu_count")
-"""the columns of a span that describe its VM (beside its shape and price)"""
+FACTS = ("vm_uuid", "vmid", "node_id", "ip_address", "template_name", "gpu_count", "display_name")
+"""the columns of a span that describe its VM (beside its name, shape and price)"""
 
 
 def whole_cents(exact: float) -> int:
@@ -84,7 +85,8 @@ class Billing:
         networks = await net_q.get_networks(conn, (n.network_id for vm in vms for n in vm.spec.nics))
         return {
             vm.id: {"vm_uuid": vm.uuid, "vmid": vm.vmid, "node_id": vm.node_id, "ip_address": address_with_prefix(vm, networks),
-                    "template_name": vm.spec.source_name, "gpu_count": len(vm.spec.pci_passthrough)}
+                    "template_name": vm.spec.source_name, "gpu_count": len(vm.spec.pci_passthrough),
+                    "vm_name": vm.name, "display_name": vm.display_name}
             for vm in vms
         }  # fmt: skip
 
@@ -162,7 +164,8 @@ class Billing:
         deleted_at = lifetime[1] if vm is None and lifetime is not None else None
         created_at = vm.created_at if vm is not None else (lifetime[0] if lifetime is not None else last.start)
         return {
-            "vmId": v["vmId"], "vmid": kept.get("vmid"), "uuid": kept.get("vm_uuid"), "name": vm.name if vm is not None else v["name"],
+            "vmId": v["vmId"], "vmid": kept.get("vmid"), "uuid": kept.get("vm_uuid"), "name": vm.name if vm is not None else last.vm_name,
+            "displayName": vm.display_name if vm is not None else (kept.get("display_name") or last.vm_name),
             "status": vm.status if vm is not None else "deleted", "nodeId": kept.get("node_id"), "ipAddress": kept.get("ip_address"),
             "cpu": last.cpu, "ramMb": last.ram_mb, "diskGb": last.disk_gb, "gpuCount": kept.get("gpu_count") or 0,
             "instanceType": last.instance_type, "templateName": kept.get("template_name"), "centsPerHour": last.cents_per_hour,

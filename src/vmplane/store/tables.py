@@ -451,6 +451,7 @@ vm_usage = Table(
     Column("ip_address", String(64), nullable=True),  # the first IPv4 address, address/prefix
     Column("template_name", String(255), nullable=True),
     Column("gpu_count", Integer, nullable=True),
+    Column("display_name", String(64), nullable=True),  # the name the client gave, where not the VM's name (0025)
 )
 """Billing: one row per span of time a VM held a given shape (open while it still does)."""
 

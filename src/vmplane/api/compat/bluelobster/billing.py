@@ -79,7 +79,7 @@ async def instance_log(body: wire.InstanceLogIn, request: Request, rt: RuntimeDe
         records.append(
             {
                 "uuid": item["uuid"] or item["vmId"],  # spans of VMs deleted before vmplane kept uuids
-                "name": item["name"],
+                "name": item["displayName"],  # the name the client gave (launch or rename), kept after deletion
                 "host_id": off.host_of(node) if node is not None else item["nodeId"],
                 "vmid": item["vmid"],
                 "status": STATUS.get(item["status"], "rented"),
