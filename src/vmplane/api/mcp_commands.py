@@ -61,7 +61,7 @@ def _schema(properties: dict[str, Any] | None = None, required: tuple[str, ...] 
 
 def vm_summary(row: Vm) -> dict[str, Any]:
     return {
-        "id": row.seq,
+        "id": row.vmid,
         "name": row.name,
         "status": VM_STATUS.get(row.status, "crashed"),
         "ip_address": row.primary_ip or "",
