@@ -15,6 +15,7 @@ Which VM states allow which operation is one table too: `vmstates.OPERATIONS`, c
 `vmstates.require_state` (services and job handlers call it rather than raise `InvalidState`).
 """
 
+import math
 from enum import StrEnum
 from typing import Any
 
@@ -99,7 +100,15 @@ class Forbidden(VmplaneError):
 
 
 class RateLimited(VmplaneError):
+    """Too much at once (requests, open streams, disk exports). `retry_after`: the whole
+    seconds (rounded up, at least 1) after which a retry may pass; every face sends it as
+    `Retry-After`. A limit on things running at once cannot know when one ends: 5 s then."""
+
     reason = Reason.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: float = 5, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class NotFound(VmplaneError):

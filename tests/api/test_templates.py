@@ -113,7 +113,8 @@ async def test_duplicate_template_names_conflict(server: Server, tmp_path: Path)
     r = await server.client.post("/api/v1/templates", json={"name": "same", "sourceUrl": f"file://{img}"})
     assert r.status_code == 409
     r = await server.client.request("DELETE", "/api/v1/templates", json={"templateIds": ["tpl-nothere"]})
-    assert r.status_code == 404
+    assert r.status_code == 202  # a bulk delete: the unknown id fails its task, the job fails
+    assert (await server.wait_job(r.json()["jobId"]))["tasks"][0]["error"] == "template tpl-nothere does not exist"
 
 
 async def test_cancelling_an_import_removes_it(server_factory: Any, http_dir: tuple[str, Path]) -> None:

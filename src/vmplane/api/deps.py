@@ -11,7 +11,7 @@ from ..auth import Principal
 from ..errors import Forbidden, RateLimited, Unauthorized
 from ..runtime import Runtime
 from ..streams import StreamSlot
-from .errors import NATIVE
+from .errors import NATIVE, retry_after
 from .middleware import error_response
 
 # Dependencies are `async def`: FastAPI runs plain `def` ones in a thread pool, a thread hop
@@ -58,15 +58,15 @@ async def hold_ws_stream(websocket: WebSocket, who: Principal) -> StreamSlot | N
     try:
         return rt.streams.hold(who)
     except RateLimited as exc:
-        await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1])
+        await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1], retry_after(exc))
         return None
 
 
-async def deny_websocket(websocket: WebSocket, status: int, message: str, code: str) -> None:
-    """Refuse a WebSocket's handshake with an HTTP answer (close 1008 where the server
-    cannot send one)."""
+async def deny_websocket(websocket: WebSocket, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
+    """Refuse a WebSocket's handshake with an HTTP answer in the face's shape (close 1008
+    where the server cannot send one); a 429 passes its `retry_after(exc)` as `headers`."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(error_response(websocket.scope, status, message, code, {"retry-after": "5"} if status == 429 else None))
+        await websocket.send_denial_response(error_response(websocket.scope, status, message, code, headers))
     else:
         await websocket.close(1008, message[:120])
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import Reason, VmplaneError
+from ..errors import RateLimited, Reason, VmplaneError
 
 log = logging.getLogger("vmplane.api")
 
@@ -69,16 +69,24 @@ def native_details(exc: VmplaneError) -> dict[str, Any]:
     return {k: native_field(v) if k == "field" else v for k, v in exc.details.items()}
 
 
+def retry_after(exc: VmplaneError) -> dict[str, str]:
+    """The `Retry-After` header (whole seconds) every face sends with a rate limit's refusal;
+    no header for any other error."""
+    return {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+
+
 def core_error(exc: VmplaneError) -> JSONResponse:
     """A core error in the native shape: status and `code` from the table, fields by their wire paths."""
     status, code = NATIVE[exc.reason]
     if status >= 500 and status not in (502, 503):
         log.error("error: %s", exc.message)
-    return error_response(status, exc.message, code, native_details(exc))
+    return error_response(status, exc.message, code, native_details(exc), retry_after(exc))
 
 
-def error_response(status: int, message: str, code: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code, "details": details or {}}, status_code=status)
+def error_response(
+    status: int, message: str, code: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code, "details": details or {}}, status_code=status, headers=headers)
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -26,11 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import clock
 from ..auth import ADMIN_USER, DEFAULT_ORG, Principal, Role
-from ..errors import Unauthorized
+from ..errors import RateLimited, Unauthorized
 from ..lru import TtlLru
 from ..services import scopes
 from ..services.scopes import ACTING_AS_HEADER, ACTING_SCOPE_HEADER, INTERNAL_HEADER
 from ..store import tenancy as t_q
+from .errors import retry_after
 from .metrics import route_template
 from .middleware import StatusWatch, refuse
 
@@ -263,10 +264,10 @@ class Identity:
             await self._audit(scope, principal, watch.status)
 
     async def _too_many(self, scope: Scope, receive: Receive, send: Send, wait: float, why: str) -> None:
-        await refuse(
-            scope, receive, send, 429, f"{why}; retry in {wait:.1f} s", "rate_limited",
-            headers={"retry-after": str(max(1, round(wait + 0.5)))},
-        )  # fmt: skip
+        """429 in the shape of the face the path belongs to (on its own listener too), with
+        `Retry-After` in whole seconds, rounded up (as RateLimited's)."""
+        exc = RateLimited(f"{why}; retry in {wait:.1f} s", retry_after=wait)
+        await refuse(scope, receive, send, 429, exc.message, "rate_limited", headers=retry_after(exc))
 
     async def _audit(self, scope: Scope, who: Principal, status: int) -> None:
         client = scope.get("client")

@@ -1,7 +1,7 @@
 """Wire schemas of the native API: `…In` models parse requests (unknown fields rejected,
 no type coercion); `…Out` models document responses (rendered by `render`)."""
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,8 +77,12 @@ class VmUpdateIn(In):
     resources: ResourcesPatch | None = None
 
 
+Ref = Annotated[str, Field(min_length=1, max_length=64)]
+"""an id, uuid or name in a bulk request's list"""
+
+
 class VmDeleteIn(In):
-    vmIds: list[str] = Field(..., min_length=1, max_length=10_000)
+    vmIds: list[Ref] = Field(..., min_length=1, max_length=10_000)
 
 
 class TemplateCreateIn(In):
@@ -94,7 +98,7 @@ class TemplateUpdateIn(In):
 
 
 class TemplateDeleteIn(In):
-    templateIds: list[str] = Field(..., min_length=1, max_length=1000)
+    templateIds: list[Ref] = Field(..., min_length=1, max_length=1000)
 
 
 class ExecIn(In):

@@ -39,6 +39,14 @@ class Client:
     def vm(self, ref: str) -> dict[str, Any]:
         """The VM whose id (or uuid) or name is `ref`; exits 1 with a message when none is, or when the
         id of one VM is the name of another."""
+        vm = self.find_vm(ref)
+        if vm is None:
+            err.print(f"[red]error:[/red] VM {ref!r} does not exist (no VM has that id or name)")
+            raise typer.Exit(1)
+        return vm
+
+    def find_vm(self, ref: str) -> dict[str, Any] | None:
+        """As `vm`, but None when no VM has that id or name."""
         found: dict[str, dict[str, Any]] = {}
         if (looks_like_id(ref) and ref.startswith("vm-")) or looks_like_uuid(ref):
             resp = self._send("GET", f"/api/v1/vms/{ref}")
@@ -50,8 +58,7 @@ class Client:
             for v in self.request("GET", "/api/v1/vms", params={"name": ref, "limit": 2})["items"]:
                 found[v["id"]] = v
         if not found:
-            err.print(f"[red]error:[/red] VM {ref!r} does not exist (no VM has that id or name)")
-            raise typer.Exit(1)
+            return None
         if len(found) > 1:
             err.print(f"[red]error:[/red] {ref!r} names more than one VM ({', '.join(sorted(found))}): give its id")
             raise typer.Exit(1)

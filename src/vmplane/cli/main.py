@@ -350,9 +350,14 @@ def _read_arg(value: str, option: str) -> str:
 def vm_delete(
     vms: Annotated[list[str], typer.Argument(help="VM names or ids")], wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False
 ) -> None:
-    """Delete VMs."""
+    """Delete VMs (one job). A VM that does not exist fails its own task, printed per VM; the
+    others are deleted."""
     c = Client(url)
-    _finish(c, c.request("DELETE", "/api/v1/vms", json={"vmIds": [c.vm(v)["id"] for v in vms]}), wait, json_out)
+    ids = []
+    for v in vms:
+        found = c.find_vm(v)
+        ids.append(found["id"] if found is not None else v)  # unknown: its task fails, saying so
+    _finish(c, c.request("DELETE", "/api/v1/vms", json={"vmIds": ids}), wait, json_out)
 
 
 def _power_command(action: str, doc: str) -> None:

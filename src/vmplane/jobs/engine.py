@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from sqlalchemy import Row
@@ -27,7 +27,7 @@ from .. import clock, ids
 from ..aio import wait_event
 from ..auth import ORIGIN, Principal, origin
 from ..config import Settings
-from ..domain import JobState, TaskState
+from ..domain import JobState, TaskState, job_final_state
 from ..errors import VmplaneError
 from ..store import Store
 from ..store import jobs as q
@@ -179,41 +179,49 @@ class JobEngine:
         who: Principal,
         items: list[tuple[str, dict[str, Any]]],
         task_type: str | None = None,
-        refused: str | None = None,
+        refused: Mapping[str, str] | None = None,
     ) -> str:
         """Persist a job with one task per (resource_id, payload), inside the caller's transaction.
 
-        With `refused` (why), the job is recorded as already failed: each task ends at once
-        with that error and nothing runs (for faces whose contract answers a refusal with a
-        task that fails). Call `wakeup()` once the transaction has committed.
+        `refused`: {resource_id: error} of items the service judged at submission (a bulk
+        delete naming a resource the caller cannot see; a power action in the wrong state,
+        for faces whose contract answers a refusal with a task that fails): their tasks are
+        recorded failed with that error and never run, so the job ends `partial`, or
+        `failed` at once when every task is refused. A refused task of a team-scoped caller
+        is in the caller's team, never that of a resource the id may name elsewhere.
+
+        Call `wakeup()` once the transaction has committed.
         """
         now = clock.now()
-        end = {"state": TaskState.FAILED.value, "error": refused, "progress": 100, "finished_at": now} if refused is not None else {}
         came_from = origin(who)
         job_id = ids.new_id("job")
-        # each task carries the team of the VM, snapshot or backup it acts on (other
-        # resources: the caller's team); the job, its tasks' team when they share one
-        found = await q.teams_of(conn, [r for r, _ in items])
-        teams = [found[r] if r in found else who.team_id for r, _ in items]
+        refused = refused or {}
+        # each task carries the team of the VM, snapshot or backup of the caller's
+        # organization it acts on (other resources: the caller's team); the job, its tasks'
+        # team when they share one
+        found = await q.teams_of(conn, [r for r, _ in items], who.org_id)
+        teams = [found[r] if r in found and (r not in refused or who.team_id is None) else who.team_id for r, _ in items]
         job_team = teams[0] if teams and len(set(teams)) == 1 else (who.team_id if not teams else None)
+        n_refused = sum(1 for r, _ in items if r in refused)
+        final = job_final_state(len(items), 0, n_refused, 0) if n_refused else None
         job = {
             "id": job_id,
             "type": job_type,
-            "state": JobState.QUEUED.value,
+            "state": (final or JobState.QUEUED).value,
             "org_id": who.org_id,
             "team_id": job_team,
             "created_by": who.user_name,
             "total": len(items),
             "n_succeeded": 0,
-            "n_failed": 0,
+            "n_failed": n_refused,
             "n_cancelled": 0,
-            "progress_sum": 0,
+            "progress_sum": 100 * n_refused,
             "cancel_requested": False,
             "created_at": now,
             "updated_at": now,
+            "started_at": now if final else None,
+            "finished_at": now if final else None,
         }
-        if refused is not None:
-            job.update(state=JobState.FAILED.value, n_failed=len(items), progress_sum=100 * len(items), finished_at=now)
         rows = [
             {
                 "id": ids.new_id("task"),
@@ -222,13 +230,16 @@ class JobEngine:
                 "team_id": team,
                 "type": task_type or job_type,
                 "resource_id": resource_id,
-                "state": TaskState.QUEUED.value,
-                "progress": 0,
                 "payload": {**payload, ORIGIN: came_from} if came_from else payload,
                 "attempts": 0,
                 "cancel_requested": False,
                 "created_at": now,
-                **end,
+                # every row has the same keys (one executemany)
+                **(
+                    {"state": TaskState.FAILED.value, "progress": 100, "error": refused[resource_id], "started_at": now, "finished_at": now}
+                    if resource_id in refused
+                    else {"state": TaskState.QUEUED.value, "progress": 0, "error": None, "started_at": None, "finished_at": None}
+                ),
             }
             for (resource_id, payload), team in zip(items, teams)
         ]

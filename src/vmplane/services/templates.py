@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy.exc import IntegrityError
@@ -152,20 +152,35 @@ class TemplateService:
         return job_id
 
     async def delete(self, refs: Sequence[str], who: Principal) -> str:
+        """One template-delete job, a task per template (by id or name). As the cluster
+        contract models a bulk delete, a template the caller cannot see (missing, another
+        organization's), may not change (shared, for anyone but an operator) or that is
+        still importing gets a task failed at submission with that error, under the ref as
+        given when unknown, and the others are deleted: the job ends `partial` (`failed` if none could
+        be). The list itself (empty, too long, a template twice) is a 400."""
         if not refs:
             raise InvalidRequest("templateIds must name at least one template", field="templateIds")
+        limit = self.settings.max_bulk
+        if len(refs) > limit:
+            raise InvalidRequest(f"templateIds: at most {limit} templates per request, this one names {len(refs)}", field="templateIds", limit=limit)
+        if len(set(refs)) != len(refs):
+            raise InvalidRequest("templateIds names a template twice", field="templateIds")
         async with self.store.write() as conn:
-            found = []
+            items: list[tuple[str, dict[str, Any]]] = []
+            refused: dict[str, str] = {}
             for ref in refs:
                 tpl = await tpl_q.find_template(conn, ref, who.org_id)
-                if tpl is None:
-                    raise NotFound(f"template {ref} does not exist", templateIds=[ref])
-                self._check_owner(tpl, who)
-                if tpl.status == "importing":
-                    raise InvalidState(f"template {ref} is still importing; cancel its job instead", current="importing")
-                found.append(tpl.id)
-            if len(set(found)) != len(found):
+                try:
+                    if tpl is None:
+                        raise NotFound(f"template {ref} does not exist")
+                    self._check_owner(tpl, who)
+                    if tpl.status == "importing":
+                        raise InvalidState(f"template {ref} is still importing; cancel its job instead", current="importing")
+                except (NotFound, Forbidden, InvalidState) as exc:
+                    refused[tpl.id if tpl is not None else ref] = exc.message
+                items.append((tpl.id if tpl is not None else ref, {}))
+            if len({r for r, _ in items}) != len(items):
                 raise InvalidRequest("templateIds names a template twice", field="templateIds")
-            job_id = await self.engine.submit(conn, "template-delete", who, [(t, {}) for t in found])
+            job_id = await self.engine.submit(conn, "template-delete", who, items, refused=refused)
         self.engine.wakeup()
         return job_id

@@ -499,21 +499,40 @@ class VmService:
         self.engine.wakeup()
         return job_id
 
-    async def delete(self, refs: Sequence[str], who: Principal) -> str:
+    async def delete(self, refs: Sequence[str], who: Principal, *, partial: bool = False) -> str:
+        """One vm-delete job, a task per VM (by id or uuid). A VM the caller cannot see
+        (missing, another organization's or team's) raises NotFound, one being deleted
+        InvalidState, and nothing is deleted; with `partial` (the native bulk delete: one
+        task per resource, a job that may end `partial`) such a VM gets a task failed at
+        submission with that error instead, under the id as given, and the others are
+        deleted. The list itself (empty, too long, a VM twice) is judged either way."""
         if not refs:
             raise InvalidRequest("vmIds must name at least one VM", field="vmIds")
+        self.check_bulk(len(refs), "vmIds")
         if len(set(refs)) != len(refs):
             raise InvalidRequest("vmIds names a VM twice", field="vmIds")
         async with self.store.write() as conn:
             rows = {r.id: r for r in await vm_q.get_vms(conn, list(refs)) if visible(r, who)}
             by_ref = {**rows, **{r.uuid: r for r in rows.values()}}
             missing = [r for r in refs if r not in by_ref]
-            if missing:
+            if missing and not partial:
                 raise NotFound(f"VM {missing[0]} does not exist", vmIds=missing)
-            targets = [by_ref[r] for r in refs]
-            for r in targets:
-                require_state(VmOp.DELETE, r.status, r.id)
-            job_id = await self.engine.submit(conn, "vm-delete", who, [(r.id, {}) for r in targets])
+            items: builtins.list[tuple[str, dict[str, Any]]] = []
+            refused: dict[str, str] = {}
+            for ref in refs:
+                vm = by_ref.get(ref)
+                try:
+                    if vm is None:
+                        raise NotFound(f"VM {ref} does not exist")
+                    require_state(VmOp.DELETE, vm.status, vm.id)
+                except (NotFound, InvalidState) as exc:
+                    if not partial:
+                        raise
+                    refused[vm.id if vm is not None else ref] = exc.message
+                items.append((vm.id if vm is not None else ref, {}))
+            if len({r for r, _ in items}) != len(items):
+                raise InvalidRequest("vmIds names a VM twice (by its id and its uuid)", field="vmIds")
+            job_id = await self.engine.submit(conn, "vm-delete", who, items, refused=refused)
         self.engine.wakeup()
         return job_id
 
@@ -542,7 +561,7 @@ class VmService:
         (for contracts that answer every power action with a task)."""
         job_type = POWER_JOBS[action]
         vm = await self.get(ref, who)
-        refused = None
+        refused: dict[str, str] = {}
         async with self.store.write() as conn:
             pending = await job_q.active_task_for(conn, [vm.id])
             # With earlier work still queued on the VM, judge the request when its turn comes.
@@ -552,7 +571,7 @@ class VmService:
                 except InvalidState as exc:
                     if not refusal_as_job:
                         raise
-                    refused = exc.message
+                    refused[vm.id] = exc.message
             job_id = await self.engine.submit(conn, job_type, who, [(vm.id, {"action": action})], refused=refused)
         self.engine.wakeup()
         return job_id

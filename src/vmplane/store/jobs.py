@@ -58,29 +58,37 @@ ACTIVE = (TaskState.QUEUED.value, TaskState.RUNNING.value)
 
 
 async def insert_job(conn: AsyncConnection, job: dict[str, Any], task_rows: list[dict[str, Any]]) -> None:
+    """Record a job and its tasks. Tasks already `failed` (refused at submission, with their
+    `error`) get that error as their log line and their `task.failed` event; a job that
+    is final from the start (every task refused) gets its final event too."""
     await conn.execute(insert(jobs), [job])
     if task_rows:
         await conn.execute(insert(tasks), task_rows)
     data = {"id": job["id"], "type": job["type"], "state": job["state"], "progress": 0, "total": job["total"],
             "succeeded": 0, "failed": 0, "cancelled": 0, "createdBy": job["created_by"]}  # fmt: skip
     await ev_q.emit(conn, "job.submitted", job["id"], data, job["org_id"], job.get("team_id"))
-    if job["state"] in FINAL_EVENT:  # recorded as already ended (a refusal: JobEngine.submit)
-        ended = {**data, "progress": 100 if job["total"] else 0, "failed": job["n_failed"]}
-        await ev_q.emit(conn, FINAL_EVENT[job["state"]], job["id"], ended, job["org_id"], job.get("team_id"))
-        return
-    if task_rows:
+    n_failed = sum(1 for t in task_rows if t.get("state") == TaskState.FAILED.value)
+    if n_failed:
+        q = select(tasks).where(tasks.c.job_id == job["id"], tasks.c.state == TaskState.FAILED.value).order_by(tasks.c.seq)
+        failed = (await conn.execute(q)).all()
+        await append_logs(conn, [{"task_id": t.id, "ts": t.finished_at, "message": f"Error: {t.error}"} for t in failed])
+        row = (await conn.execute(select(jobs).where(jobs.c.id == job["id"]))).one()
+        final = [(FINAL_EVENT[row.state], row.id, job_data(row), row.org_id, row.team_id)] if row.state in FINAL_EVENT else []
+        await ev_q.emit_many(conn, [("task.failed", t.resource_id, task_data(t), t.org_id, t.team_id) for t in failed] + final)
+    if n_failed < len(task_rows):
         await notify(conn, TASKS_CHANNEL)  # idle replicas claim at once, not at their next poll
 
 
-async def teams_of(conn: AsyncConnection, resource_ids: Collection[str]) -> dict[str, str | None]:
-    """The team of each of these resources that is a VM, a snapshot or a backup (None: the
-    whole organization's); resources of other kinds are left out."""
+async def teams_of(conn: AsyncConnection, resource_ids: Collection[str], org_id: str) -> dict[str, str | None]:
+    """The team of each of these resources that is a VM, a snapshot or a backup of
+    organization `org_id` (None: the whole organization's); resources of other kinds, or of
+    other organizations, are left out."""
     out: dict[str, str | None] = {}
     wanted = list(set(resource_ids))
     for table in (vms, snapshots, backups):
         if len(out) == len(wanted):
             break
-        q = select(table.c.id, table.c.team_id).where(table.c.id.in_([r for r in wanted if r not in out]))
+        q = select(table.c.id, table.c.team_id).where(table.c.id.in_([r for r in wanted if r not in out]), table.c.org_id == org_id)
         out.update({r.id: r.team_id for r in (await conn.execute(q)).all()})
     return out
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...errors import VmplaneError
+from ..errors import retry_after
 
 if TYPE_CHECKING:
     from ...runtime import Runtime
@@ -75,7 +76,9 @@ def build_face(title: str, rt: Runtime, routers: Sequence[APIRouter], contract: 
 
     @app.exception_handler(VmplaneError)
     async def _core(_req: Request, exc: VmplaneError) -> Response:
-        return errors.core(exc)
+        response = errors.core(exc)
+        response.headers.update(retry_after(exc))  # a 429 says when to come back, on every face
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _request(_req: Request, exc: RequestValidationError) -> Response:

@@ -7,7 +7,7 @@ from ... import clock
 from ...errors import Reason, VmplaneError
 from ...wsconsole import bridge
 from ..deps import CallerDep, RuntimeDep, deny_websocket
-from ..errors import NATIVE
+from ..errors import NATIVE, retry_after
 from ..middleware import NO_STORE
 from ..schemas import ConsoleTokenOut, ExecIn, ExecOut, VmStatsOut
 from .deps import ERRORS
@@ -40,7 +40,7 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
         reader, writer, slot = await rt.guest.open_console(vm_id, token)
     except VmplaneError as exc:
         if exc.reason == Reason.RATE_LIMITED:  # the credential that asked for the token has too many streams open
-            await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1])
+            await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1], retry_after(exc))
             return
         await websocket.close(code=4404 if exc.reason == Reason.NOT_FOUND else 4409, reason=exc.message[:120])
         return

@@ -120,7 +120,9 @@ async def update_vm(vm_id: str, body: VmUpdateIn, rt: RuntimeDep, caller: Caller
 
 @router.delete("/vms", status_code=202, responses=ACCEPTED)
 async def delete_vms(rt: RuntimeDep, caller: CallerDep, body: VmDeleteIn = Body(...)) -> JSONResponse:
-    return accepted(await rt.vms.delete(body.vmIds, caller))
+    """One job, a task per VM: a VM the caller cannot see (or that is being deleted) gets a
+    failed task and the others are deleted (the job ends `partial`, or `failed`)."""
+    return accepted(await rt.vms.delete(body.vmIds, caller, partial=True))
 
 
 @router.delete("/vms/{vm_id}", status_code=202, responses=ACCEPTED)

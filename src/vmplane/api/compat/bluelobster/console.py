@@ -10,6 +10,7 @@ from .... import clock
 from ....errors import Conflict, InvalidState, VmplaneError
 from ....wsconsole import bridge
 from ...deps import CallerDep, RuntimeDep, authorize
+from ...errors import retry_after
 from ...middleware import NO_STORE
 from . import wire
 from .shared import find_instance
@@ -62,7 +63,7 @@ async def console_ws(websocket: WebSocket, instance_id: str, ticket: str = "") -
         reader, writer, slot = await rt.guest.open_console(instance_id, ticket)
     except VmplaneError as exc:
         status, code = wire.answer(exc)
-        await websocket.send_denial_response(JSONResponse({"error": code, "message": exc.message}, status_code=status))
+        await websocket.send_denial_response(JSONResponse({"error": code, "message": exc.message}, status_code=status, headers=retry_after(exc)))
         return
     with slot:
         await websocket.accept()

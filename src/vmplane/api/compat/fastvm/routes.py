@@ -21,6 +21,7 @@ from ....domain.network import Firewall
 from ....errors import Conflict, DriverError, InvalidRequest, NotFound, Reason, VmplaneError
 from ....wsconsole import bridge
 from ...deps import CallerDep, RuntimeDep, authorize
+from ...errors import retry_after
 from ...health import readiness
 from ...middleware import NO_STORE
 from . import wire
@@ -210,7 +211,7 @@ async def console_ws(websocket: WebSocket, id: str, session: str = "") -> None:
             raise InvalidRequest("the session query parameter (a token from console-token) is required", field="session")
         reader, writer, slot = await rt.guest.open_console(wire.parse_uuid(id, "id"), session)
     except VmplaneError as exc:
-        await websocket.send_denial_response(JSONResponse({"error": exc.message}, status_code=wire.STATUS[exc.reason]))
+        await websocket.send_denial_response(JSONResponse({"error": exc.message}, status_code=wire.STATUS[exc.reason], headers=retry_after(exc)))
         return
     with slot:
         await websocket.accept()
