@@ -62,20 +62,10 @@ class Principal:
         return self.org_id == DEFAULT_ORG and self.at_least(Role.ADMIN) and self.team_id is None
 
 
-ORIGIN = "origin"
-"""the key of a task's payload that records where the request that made its job came from"""
-
-
 def origin(who: Principal) -> dict[str, str]:
-    """Where a request came from, as its job records it: the credential's hint and the
-    client's address (what is known of them; never a secret)."""
+    """Where a request came from, as its job records it (`jobs.origin`): the credential's hint
+    and the client's address (what is known of them; never a secret)."""
     return {k: v for k, v in (("token_hint", who.token_hint), ("client_ip", who.client_ip)) if v is not None}
-
-
-def origin_of(payload: dict[str, Any] | None) -> dict[str, str]:
-    """What a task's payload records of where its job's request came from (`origin`)."""
-    found = (payload or {}).get(ORIGIN)
-    return found if isinstance(found, dict) else {}
 
 
 def principal_of(payload: dict[str, Any]) -> Principal:

@@ -5,7 +5,6 @@ from typing import Any
 from sqlalchemy import Row
 
 from .. import clock
-from ..auth import origin_of
 from ..domain import Template, Vm, job_progress
 
 
@@ -66,11 +65,12 @@ def job(row: Row[Any]) -> dict[str, Any]:
         "startedAt": clock.rfc3339(row.started_at),
         "finishedAt": clock.rfc3339(row.finished_at),
         "taskCount": row.total,
+        "keyPrefix": (row.origin or {}).get("token_hint"),
+        "clientIp": (row.origin or {}).get("client_ip"),
     }
 
 
 def task(row: Row[Any]) -> dict[str, Any]:
-    came_from = origin_of(row.payload)
     return {
         "id": row.id,
         "resourceId": row.resource_id,
@@ -80,8 +80,6 @@ def task(row: Row[Any]) -> dict[str, Any]:
         "attempts": row.attempts,
         "startedAt": clock.rfc3339(row.started_at),
         "finishedAt": clock.rfc3339(row.finished_at),
-        "keyPrefix": came_from.get("token_hint"),
-        "clientIp": came_from.get("client_ip"),
     }
 
 

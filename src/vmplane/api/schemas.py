@@ -220,6 +220,10 @@ class JobOut(BaseModel):
     startedAt: str | None
     finishedAt: str | None
     taskCount: int
+    keyPrefix: str | None = None
+    """the prefix of the API key whose request made the job (null: a JWT, vmplane itself)"""
+    clientIp: str | None = None
+    """the address that request came from"""
 
 
 class TaskOut(BaseModel):
@@ -231,10 +235,6 @@ class TaskOut(BaseModel):
     attempts: int
     startedAt: str | None
     finishedAt: str | None
-    keyPrefix: str | None = None
-    """the prefix of the API key whose request made the job (null: a JWT, vmplane itself)"""
-    clientIp: str | None = None
-    """the address that request came from"""
 
 
 class ImportProgressOut(BaseModel):

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..aio import wait_event
-from ..auth import ORIGIN, Principal, origin
+from ..auth import Principal, origin
 from ..config import Settings
 from ..domain import JobState, TaskState, job_final_state
 from ..errors import VmplaneError
@@ -221,6 +221,7 @@ class JobEngine:
             "updated_at": now,
             "started_at": now if final else None,
             "finished_at": now if final else None,
+            "origin": came_from or None,
         }
         rows = [
             {
@@ -230,7 +231,7 @@ class JobEngine:
                 "team_id": team,
                 "type": task_type or job_type,
                 "resource_id": resource_id,
-                "payload": {**payload, ORIGIN: came_from} if came_from else payload,
+                "payload": payload,
                 "attempts": 0,
                 "cancel_requested": False,
                 "created_at": now,

@@ -145,6 +145,7 @@ jobs = Table(
     Column("updated_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
+    Column("origin", JSON, nullable=True),  # where the request came from: auth.origin (0026)
 )
 
 tasks = Table(

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from sqlalchemy import Row
 
 from .... import clock
-from ....auth import origin_of
 from ....domain import Template, Vm
 from ....errors import Reason, VmplaneError
 from ...errors import NATIVE
@@ -222,7 +221,7 @@ def task(job: Row[Any], tasks: list[Row[Any]]) -> dict[str, Any]:
     params: dict[str, Any] = {"account_id": job.org_id}
     if first is not None and len(tasks) == 1:
         params["resource_id"] = first.resource_id
-    came_from = origin_of(first.payload) if first is not None else {}
+    came_from = job.origin or {}
     return {
         "task_id": job.id,
         "status": TASK_STATUS.get(state, "PROCESSING"),
