@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import clock
@@ -42,8 +43,6 @@ async def refuse(
 
 def error_response(scope: Scope, status: int, message: str, code: str, headers: dict[str, str] | None = None, field: str | None = None) -> Any:
     """An error response in the shape of the face `scope`'s path belongs to (else native)."""
-    from starlette.responses import JSONResponse
-
     app = scope.get("app")
     own = getattr(getattr(app, "state", None), "errors", None)  # inside a face's own application
     response: Any = own.http(status, message) if own is not None else None
