@@ -133,7 +133,7 @@ def disk_image(server: Server) -> Path:
 async def test_imports_take_ssh_keys_and_cloud_init_checked_as_a_vm_create(server: Server, disk_image: Path) -> None:
     c = server.client
     source = {"type": "disk", "path": str(disk_image)}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"sshKeys": ["not a key"]}, "sshKeys[0]"),
         ({"sshKeys": [KEY_A, "ssh-rsa"]}, "sshKeys[1]"),
         ({"sshKeys": "ssh-ed25519 AAAA"}, "sshKeys"),
