@@ -3,6 +3,8 @@
 - Network counters follow the NIC by its MAC, not an interface name: renamed in the guest
   (`eth0` -> `ens3`, as Debian names it) they still move with traffic. Disk counters are
   QEMU's for the disk vmplane gave the VM, whatever the guest calls it.
+- A bridge NIC is counted on its host tap, where the guest cannot fake it: what the tap
+  sends is what the guest receives (checked on a real tap in a network namespace of its own).
 - A VM from a snapshot of a VM made with an SSH key takes that key: the key logs in to the
   new VM, whose seed names the new VM (its own instance-id).
 
@@ -10,10 +12,13 @@ One `vmplane serve` process and two guests (the source and its clone) for the mo
 tests run in file order.
 """
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +170,47 @@ def test_a_vm_from_a_snapshot_takes_the_sources_ssh_key(lab: Lab) -> None:
         r = c.delete(f"/api/v1/vms/{vm}")
         assert lab.wait_job(r.json()["jobId"])["state"] == "succeeded"
         assert qemu_processes_of(vm) == []
+
+
+TAP_CHECK = textwrap.dedent("""
+    import fcntl, json, os, select, socket, struct, subprocess
+    from vmplane.drivers.qemu.guest import tap_bytes
+
+    TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"vmtstats0", IFF_TAP | IFF_NO_PI))  # QEMU's side of the tap
+    for cmd in ("ip link set lo up", "ip link set vmtstats0 up", "ip addr add 10.99.0.1/24 dev vmtstats0",
+                "ip neigh replace 10.99.0.2 lladdr 52:54:00:12:34:56 dev vmtstats0"):
+        subprocess.run(cmd.split(), check=True)
+    start = tap_bytes("vmtstats0")
+    # the guest sends: frames QEMU writes into the tap
+    frame = bytes.fromhex("ffffffffffff525400123456" "88b5") + bytes(986)  # 1000 bytes, local experimental ethertype
+    for _ in range(7):
+        os.write(fd, frame)
+    # the guest receives: the host sends through the tap
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(bytes(1200), ("10.99.0.2", 9))
+    delivered = 0  # the kernel counts what the tap sends once QEMU reads it
+    while select.select([fd], [], [], 5)[0]:
+        got = len(os.read(fd, 65536))
+        delivered += got
+        if got >= 1242:  # our datagram: 1200 + UDP 8 + IPv4 20 + Ethernet 14
+            break
+    end = tap_bytes("vmtstats0")
+    print(json.dumps([start, end, tap_bytes("no-such-tap"), delivered]))
+""")
+
+
+def test_a_bridge_nic_is_counted_on_its_host_tap_the_guest_side_up(tmp_path: Path) -> None:
+    """Counts of a real tap (in a network namespace of its own) as the guest sees them:
+    received = what the host sent into the tap, sent = what came out of it."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs root, unshare and /dev/net/tun")
+    # a network namespace, and a mount namespace with its own /sys (sysfs shows the netns it is mounted in)
+    inner = f"mount -t sysfs sysfs /sys && exec {sys.executable} -c \"$0\""
+    done = subprocess.run(["unshare", "--net", "--mount", "sh", "-c", inner, TAP_CHECK], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (start_rx, start_tx), (end_rx, end_tx), missing, delivered = json.loads(done.stdout)
+    assert missing is None  # no tap: the VM is not running here
+    assert end_tx - start_tx == 7 * 1000, done.stdout  # the guest sent exactly the frames written
+    assert end_rx - start_rx == delivered >= 1242, done.stdout  # the guest received the datagram (and what else the host sent it)
