@@ -117,6 +117,11 @@ class ImportRequest:
     start: bool = True
     node_id: str | None = None
     tags: tuple[str, ...] = ()
+    ssh_keys: tuple[str, ...] = ()
+    """OpenSSH public keys for the VM's cloud-init seed, as a VM create takes them"""
+    cloud_init: dict[str, Any] | None = None
+    """the VM's cloud-init documents, as a VM create takes them: {userData, metaData,
+    networkConfig}"""
     origin: dict[str, Any] | None = None
     """what the caller sent, in its own words (a face's job definition), kept beside the
     request and shown back as it was sent; never interpreted, never a credential

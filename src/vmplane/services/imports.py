@@ -34,7 +34,7 @@ from ..errors import InvalidRequest, InvalidState, NotFound, RateLimited, Vmplan
 from ..store import imports as imp_q
 from ..store import nodes as node_q
 from . import pages
-from .vms import check_name, check_tags, get_visible_vm
+from .vms import check_name, check_ssh_keys, check_tags, get_visible_vm
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -149,6 +149,7 @@ def _int(body: dict[str, Any], key: str, where: str, low: int, high: int) -> int
 
 SOURCE_KEYS = {"type", "path", "url", "format", "profile", "vcenterUrl", "username", "password", "insecure", "vmPath", "exportMethod", "apiKey", "vmId"}
 REQUEST_KEYS = {"source", "name", "cpu", "ramMb", "diskGb", "networkMapping", "removeCdroms", "start", "nodeId", "tags", "origin"}
+REQUEST_KEYS |= {"sshKeys", "cloudInit"}
 
 
 def without_secrets(value: Any, depth: int = 0) -> Any:
@@ -176,6 +177,31 @@ def _origin(body: dict[str, Any]) -> dict[str, Any] | None:
     if size > ORIGIN_MAX_BYTES:
         raise InvalidRequest(f"origin is larger than {ORIGIN_MAX_BYTES} bytes as JSON", field="origin")
     return out
+
+
+CLOUD_INIT_KEYS = {"userData": str, "metaData": dict, "networkConfig": dict}
+"""what `cloudInit` may hold, as a VM create takes it (api/schemas.CloudInitIn)"""
+USER_DATA_MAX = 65536
+MAX_SSH_KEYS = 32
+
+
+def _cloud_init(value: Any) -> dict[str, Any] | None:
+    """`cloudInit` as a VM create takes it: userData text (at most 64 KiB), metaData and
+    networkConfig objects; None or {}: not given."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("cloudInit must be an object with userData, metaData or networkConfig", field="cloudInit")
+    for key, item in value.items():
+        kind = CLOUD_INIT_KEYS.get(key)
+        if kind is None:
+            raise InvalidRequest(f"unknown field cloudInit.{key}", field=f"cloudInit.{key}")
+        if item is not None and not isinstance(item, kind):
+            raise InvalidRequest(f"cloudInit.{key} must be {'text' if kind is str else 'an object'}", field=f"cloudInit.{key}")
+    if len(value.get("userData") or "") > USER_DATA_MAX:
+        raise InvalidRequest(f"cloudInit.userData is longer than {USER_DATA_MAX} characters", field="cloudInit.userData")
+    out = {k: v for k, v in value.items() if v is not None}
+    return out or None
 
 
 def parse_request(body: Any) -> ImportRequest:
@@ -212,7 +238,11 @@ def parse_request(body: Any) -> ImportRequest:
     tags = body.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise InvalidRequest("tags must be a list of strings", field="tags")
+    keys = body.get("sshKeys") or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise InvalidRequest("sshKeys must be a list of OpenSSH public keys", field="sshKeys")
     return ImportRequest(
+        ssh_keys=tuple(keys), cloud_init=_cloud_init(body.get("cloudInit")),
         source=source, name=_str(body, "name", "name"), cpu=_int(body, "cpu", "cpu", 1, 256),
         ram_mb=_int(body, "ramMb", "ramMb", 64, 4 << 20), disk_gb=_int(body, "diskGb", "diskGb", 1, 65536),
         network_mapping=dict(mapping), remove_cdroms=bool(_bool(body, "removeCdroms", "removeCdroms", False)),
@@ -321,6 +351,10 @@ class ImportService:
         if req.name is not None:
             check_name(req.name, "name")
         check_tags(req.tags, "tags")
+        if len(req.ssh_keys) > MAX_SSH_KEYS:
+            raise InvalidRequest(f"sshKeys: at most {MAX_SSH_KEYS} keys", field="sshKeys")
+        check_ssh_keys(req.ssh_keys, "sshKeys")
+        _cloud_init(req.cloud_init)
         for source_net, target in sorted(req.network_mapping.items()):
             try:
                 await self.networks.get(target, who, field=f"networkMapping.{source_net}")
@@ -332,6 +366,10 @@ class ImportService:
             "cpu": req.cpu, "ramMb": req.ram_mb, "diskGb": req.disk_gb, "networkMapping": req.network_mapping,
             "removeCdroms": req.remove_cdroms, "start": req.start, "nodeId": req.node_id, "tags": list(req.tags),
         }  # fmt: skip
+        if req.ssh_keys:
+            options["sshKeys"] = list(req.ssh_keys)
+        if req.cloud_init:
+            options["cloudInit"] = dict(req.cloud_init)
         if req.origin is not None:
             options["origin"] = without_secrets(req.origin)  # a caller of submit may not have come through parse_request
         payload: dict[str, Any] = {
@@ -440,6 +478,7 @@ class ImportService:
             source=source, name=row.name or None, cpu=o.get("cpu"), ram_mb=o.get("ramMb"), disk_gb=o.get("diskGb"),
             network_mapping=dict(o.get("networkMapping") or {}), remove_cdroms=bool(o.get("removeCdroms")), start=bool(o.get("start", True)),
             node_id=o.get("nodeId"), tags=tuple(o.get("tags") or ()), origin=o.get("origin"),
+            ssh_keys=tuple(o.get("sshKeys") or ()), cloud_init=o.get("cloudInit"),
         )  # fmt: skip
 
     def secrets_of(self, payload: dict[str, Any]) -> dict[str, Any]:

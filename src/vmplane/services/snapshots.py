@@ -3,13 +3,19 @@ VMs from them (copy-on-write clones, which take the captured firewall); revert a
 snapshot that VMs were cloned from cannot be deleted (409) until those VMs are: their disks are
 overlays on it. Snapshots are found by id or uuid.
 
+A VM made from a snapshot keeps its source's SSH keys and cloud-init documents (`carried_seed`)
+unless its request gives its own: each given field replaces the source's (keys are not added
+to the source's). Its seed still names the VM itself: its own instance-id (cloud-init runs
+its per-instance modules again and applies the keys) and hostname.
+
 A snapshot's name is display text (`domain.names.check_display_name`, as a VM's display name: "before upgrade" is a name): it
 reaches no file path, command line or qcow2 tag — the node keeps the image as
 `snapshots/<id>.qcow2` (drivers/qemu/snapshots.py) — only job logs and answers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
@@ -26,6 +32,32 @@ if TYPE_CHECKING:
     from ..store import Store
     from .networks import NetworkService
     from .tenancy import TenancyService
+
+IDENTITY_KEYS = ("instance-id", "instance_id", "local-hostname", "local_hostname", "hostname")
+"""meta-data keys that name a VM: a clone's seed names the clone, never its source"""
+_IDENTITY_LINE = re.compile(r"^[\"']?(?:" + "|".join(map(re.escape, IDENTITY_KEYS)) + r")[\"']?[ \t]*:.*(?:\n|$)", re.MULTILINE)
+
+
+def carried_seed(source_spec: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` (a new VM's request) with what its seed takes from the snapshot's VM
+    (`source_spec`, its stored spec when the snapshot was taken): its `sshKeys` unless the
+    request gives keys, its `cloudInit` unless the request gives one, less the meta-data keys
+    that name the source VM (the new VM's own id and name are its instance-id and hostname)."""
+    out = dict(extra)
+    keys = source_spec.get("sshKeys")
+    if not out.get("sshKeys") and isinstance(keys, list) and keys:
+        out["sshKeys"] = list(keys)
+    cloud = source_spec.get("cloudInit")
+    if not out.get("cloudInit") and isinstance(cloud, dict) and cloud:
+        cloud = dict(cloud)
+        meta = cloud.get("metaData")
+        if isinstance(meta, dict):
+            cloud["metaData"] = {k: v for k, v in meta.items() if k not in IDENTITY_KEYS}
+        elif isinstance(meta, str):
+            cloud["metaData"] = _IDENTITY_LINE.sub("", meta)
+        out["cloudInit"] = cloud
+    return out
+
 
 class SnapshotService:
     def __init__(self, *, store: Store, engine: JobEngine, networks: NetworkService, tenancy: TenancyService) -> None:
@@ -106,6 +138,12 @@ class SnapshotService:
             job_id = await self.engine.submit(conn, "vm-revert", who, [(vm.id, {"snapshotId": snap.id})])
         self.engine.wakeup()
         return job_id
+
+    @staticmethod
+    def seed_for(snap: Row[*tuple[Any, ...]], extra: Mapping[str, Any]) -> dict[str, Any]:
+        """A new VM's request `extra` with the seed fields it takes from snapshot `snap`
+        (`carried_seed`)."""
+        return carried_seed(snap.config.get("spec") or {}, extra)
 
     async def for_new_vm(self, snapshot_id: str, who: Principal) -> Row[*tuple[Any, ...]]:
         snap = await self.get(snapshot_id, who)

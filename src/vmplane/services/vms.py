@@ -359,7 +359,7 @@ class VmService:
                 )  # fmt: skip
             spec = replace(
                 spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id,
-                extra={**spec.extra, "sourceName": snap.name},
+                extra={**self.snapshots.seed_for(snap, spec.extra), "sourceName": snap.name},
             )  # fmt: skip
             # a clone takes the firewall its source had when the snapshot was taken
             captured = snap.config.get("firewall")

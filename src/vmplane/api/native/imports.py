@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from ...services.imports import parse_request
 from ..deps import CallerDep, RuntimeDep
-from ..schemas import In, Page
+from ..schemas import CloudInitIn, In, Page
 from .deps import ERRORS, Limit, PageToken
 
 router = APIRouter(tags=["imports"])
@@ -60,6 +60,8 @@ class ImportIn(In):
     start: bool = True
     nodeId: str | None = Field(None, max_length=64)
     tags: list[str] = Field(default_factory=list, max_length=64)
+    sshKeys: list[str] = Field(default_factory=list, max_length=32, description="OpenSSH public keys for the VM's seed, as on VM create")
+    cloudInit: CloudInitIn | None = Field(None, description="the VM's cloud-init documents, as on VM create")
     origin: dict[str, Any] | None = Field(
         None, description="what the caller sent in its own words (a face's job definition): kept and shown back, never interpreted; "
         "keys such as password and api_key are left out",

@@ -1,13 +1,16 @@
 """What the qemu driver reads from or runs in a running guest: commands through the guest
 agent, the serial console (a unix socket, and its log file), and measured usage (QEMU's
-process on the host, its block statistics, the guest's own interface counters).
+process on the host, QEMU's block statistics of the disk it was given, a bridge NIC's host
+tap counters, a user-mode NIC's counters as the guest reports them for the NIC's MAC).
 """
 
 import asyncio
 import os
 import time
+from pathlib import Path
 
 from ... import clock, procfs
+from ...domain.network import tap_name
 from ...errors import DriverError
 from ..base import ExecResult, VmStats
 from .cmdline import DISK_ID
@@ -16,6 +19,7 @@ from .unix import connect_unix
 
 AGENT_RETRY_AFTER = 30.0
 """stats_vm does not wait for an agent that did not answer within this many seconds."""
+SYS_CLASS_NET = Path("/sys/class/net")
 
 
 class Guest:
@@ -76,17 +80,71 @@ class Guest:
         )
 
     async def _net_bytes(self, vm: QemuVm) -> tuple[int, int]:
-        """eth0's counters as the guest agent reports them; (0, 0) without an agent."""
+        """The VM's network bytes (received, sent), summed over its NICs, each counted where
+        the guest cannot fake it if it can be:
+
+        - a bridge NIC: its host tap (`/sys/class/net/<tap>/statistics`; what the tap sends
+          is what the guest receives);
+        - a user-mode NIC (QEMU's slirp has no host device, and QEMU 7.2 keeps no counters
+          of a netdev): the guest's own interface with the NIC's MAC, as the guest agent
+          reports it, whatever the guest named it (`eth0`, `ens3`); nothing without an agent.
+        """
+        rx = tx = 0
+        by_guest: list[str] = []
+        for i, (kind, mac) in enumerate(_nics(vm)):
+            counted = tap_bytes(tap_name(vm.id, i)) if kind == "bridge" else None
+            if counted is None:
+                by_guest.append(mac)
+            else:
+                rx, tx = rx + counted[0], tx + counted[1]
+        if by_guest:
+            guest = await self._guest_bytes(vm)
+            for mac in by_guest:
+                grx, gtx = guest.get(mac, (0, 0))
+                rx, tx = rx + grx, tx + gtx
+        return rx, tx
+
+    async def _guest_bytes(self, vm: QemuVm) -> dict[str, tuple[int, int]]:
+        """{MAC: (rx, tx)} of the guest's interfaces as its agent reports them ({} without an
+        agent). Where interfaces share a MAC (a bridge or VLAN inside the guest on top of the
+        NIC) the one that counted most is the NIC itself."""
         if time.monotonic() < vm.agent_down_until:
-            return 0, 0
+            return {}
         try:
             ifaces = await self.machines.agent(vm).execute("guest-network-get-interfaces", timeout=2.0, ready_timeout=1.0)
         except DriverError:
             vm.agent_down_until = time.monotonic() + AGENT_RETRY_AFTER
-            return 0, 0
-        for iface in ifaces or []:
-            if iface.get("name") == "eth0":
-                stats = iface.get("statistics") or {}
-                return int(stats.get("rx-bytes", 0)), int(stats.get("tx-bytes", 0))
-        return 0, 0
+            return {}
+        out: dict[str, tuple[int, int]] = {}
+        for iface in ifaces if isinstance(ifaces, list) else []:
+            if not isinstance(iface, dict):
+                continue
+            mac = str(iface.get("hardware-address") or "").lower()
+            stats = iface.get("statistics")
+            if not mac or not isinstance(stats, dict):
+                continue
+            try:
+                counted = (max(0, int(stats.get("rx-bytes", 0))), max(0, int(stats.get("tx-bytes", 0))))
+            except (TypeError, ValueError):
+                continue
+            if sum(counted) >= sum(out.get(mac, (0, 0))):
+                out[mac] = counted
+        return out
 
+
+def _nics(vm: QemuVm) -> list[tuple[str, str]]:
+    """(network type, MAC in lower case) of each NIC in order (VMs defined before networks:
+    one user-mode NIC)."""
+    if not vm.config.nics:
+        return [("user", vm.config.mac.lower())]
+    return [(nic.network.type, nic.mac.lower()) for nic in vm.config.nics]
+
+
+def tap_bytes(tap: str, sys_class_net: Path = SYS_CLASS_NET) -> tuple[int, int] | None:
+    """(guest received, guest sent) bytes of a host tap: the tap's own tx and rx. None when
+    the tap is not there (its VM is not running here)."""
+    try:
+        base = sys_class_net / tap / "statistics"
+        return int((base / "tx_bytes").read_text()), int((base / "rx_bytes").read_text())
+    except (OSError, ValueError):
+        return None

@@ -340,7 +340,7 @@ class VmImport(BaseHandler):
         networks = tuple(nets)
         spec = NewVm(
             name=name, resources=resources, template_id=None, node_id=req.node_id, tags=req.tags, start=req.start,
-            extra={"imported": {"importId": row.id, "source": req.source.type, "os": shape.os}}, networks=networks,
+            extra={"imported": {"importId": row.id, "source": req.source.type, "os": shape.os}, **seed_fields(req)}, networks=networks,
         )  # fmt: skip
         async with deps.store.write() as conn:
             try:
@@ -527,3 +527,14 @@ async def _download(url: str, dest: Path, track: _Tracker, headers: dict[str, st
     if done == 0:
         raise VmplaneError("the source is empty")
     await track.bytes(done, done, force=True)
+
+
+def seed_fields(req: ImportRequest) -> dict[str, Any]:
+    """What the imported VM's cloud-init seed carries from the request: its SSH keys and
+    cloud-init documents, under the keys a VM create stores them."""
+    out: dict[str, Any] = {}
+    if req.ssh_keys:
+        out["sshKeys"] = list(req.ssh_keys)
+    if req.cloud_init:
+        out["cloudInit"] = dict(req.cloud_init)
+    return out
