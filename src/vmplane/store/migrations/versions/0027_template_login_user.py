@@ -7,8 +7,8 @@ Create Date: 2026-12-07 06:00:00.000000
 `templates.login_user`: the user a VM made from the template logs in as over SSH (its `ssh.user`,
 `vmplane vm ssh`), a Unix user name. Rows made before get the one their `os` implies, as a new
 template does (domain/login.py): debian, ubuntu and fedora their distribution's default user,
-anything else root (vmplane's tiny-linux among them). The map is written out here, as it was
-when this revision was made.
+anything else root (vmplane's tiny-linux among them), which is also the column's default for
+a row inserted without one. The map is written out here, as it was when this revision was made.
 """
 
 from alembic import op
@@ -25,11 +25,11 @@ BY_OS = {'debian': 'debian', 'ubuntu': 'ubuntu', 'fedora': 'fedora', 'tiny-linux
 
 def upgrade() -> None:
     with op.batch_alter_table('templates') as batch:
-        batch.add_column(sa.Column('login_user', sa.String(length=32), nullable=True))
+        batch.add_column(sa.Column('login_user', sa.String(length=32), nullable=False, server_default='root'))
     t = sa.table('templates', sa.column('os', sa.String()), sa.column('login_user', sa.String()))
-    op.execute(t.update().values(login_user=sa.case(*((t.c.os == os_, user) for os_, user in BY_OS.items()), else_='root')))
-    with op.batch_alter_table('templates') as batch:
-        batch.alter_column('login_user', existing_type=sa.String(length=32), nullable=False)
+    for os_, user in BY_OS.items():
+        if user != 'root':
+            op.execute(t.update().where(t.c.os == os_).values(login_user=user))
 
 
 def downgrade() -> None:
