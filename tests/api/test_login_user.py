@@ -3,10 +3,12 @@ and imports, refused when it is no Unix user name; a VM keeps the one it was mad
 `ssh.user`, Blue Lobster's `vm_username`), clones keep their source's; the seed vmplane writes
 puts the SSH keys on it. On sim nodes (the real guest: tests/e2e/test_qemu_cli.py)."""
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import insert, select
 
@@ -17,7 +19,8 @@ from vmplane.store import vms as vm_q
 from vmplane.store.tables import templates
 
 from ..contract.test_migration_names import on_connection, tpl, upgrade_to
-from ..support import Server
+from ..e2e.test_ui_browser import CHROMIUM, require_browser
+from ..support import Server, admin_key, free_port, serve, wait_ready, wait_until
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkey me@host"
 
@@ -168,3 +171,42 @@ async def test_the_migration_gives_existing_templates_the_login_user_of_their_os
     await store.close()
     got = await on_connection(database_url, lambda conn: {r.os: r.login_user for r in conn.execute(select(templates.c.os, templates.c.login_user))})
     assert got == rows
+
+
+@pytest.mark.slow
+def test_the_web_console_says_whom_the_keys_are_for(tmp_path: Path) -> None:
+    """The create page names the chosen template's login user beside the SSH keys (it said
+    root for every template); Debian's chromium through Playwright, on a sim server."""
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    proc = serve(tmp_path / "data", port, tmp_path / "server.log", ["--driver", "sim"])
+    try:
+        wait_ready(origin, proc)
+        key = admin_key(tmp_path / "data")
+        api = httpx.Client(base_url=f"{origin}/api/v1", headers={"X-API-Key": key}, timeout=30)
+        ids = {}
+        for name, os_ in (("deb", "debian"), ("plain", "linux")):
+            img = tmp_path / f"{name}.raw"
+            img.write_bytes(b"\x55" * 4096)
+            r = api.post("/templates", json={"name": name, "os": os_, "sourceUrl": f"file://{img}"})
+            ids[name] = r.json()["templateId"]
+            wait_until(lambda: api.get(f"/jobs/{r.json()['jobId']}").json()["state"] == "succeeded", 60, "the template import")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM))
+            page = browser.new_page()
+            page.goto(f"{origin}/ui/")
+            page.get_by_label("API key").fill(key)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Virtual machines")).to_be_visible()
+            page.get_by_role("navigation", name="Main").get_by_role("link", name="Create VM").click()
+            page.get_by_label("Template").select_option(ids["deb"])
+            expect(page.get_by_label("SSH public keys")).to_have_accessible_description(re.compile(r"as debian "))
+            page.get_by_label("Template").select_option(ids["plain"])
+            expect(page.get_by_label("SSH public keys")).to_have_accessible_description(re.compile(r"as root "))
+            browser.close()
+    finally:
+        proc.kill()
+        proc.wait()
