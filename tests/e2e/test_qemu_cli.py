@@ -71,6 +71,7 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
     vm = (await s.client.get("/api/v1/vms", params={"name": "cli-guest"})).json()["items"][0]
     assert vm["status"] == "running"
     assert vm["ssh"]["host"] == "127.0.0.1" and vm["ssh"]["user"] == "root" and vm["ssh"]["hostKey"].startswith("ssh-ed25519 ")
+    assert (await s.client.get(f"/api/v1/templates/{tpl}")).json()["loginUser"] == "root"  # vmplane's own guest: root, whose ssh.user this is
     await booted(s, vm["id"], times=1)
 
     # ssh: our key, the guest's host key checked strictly against the one the API names

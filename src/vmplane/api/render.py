@@ -46,6 +46,7 @@ def template(row: Template) -> dict[str, Any]:
         "format": row.format,
         "sourceUrl": row.source_url,
         "checksum": row.checksum,
+        "loginUser": row.login_user,
         "shared": row.shared,
         "error": row.error,
         "createdAt": clock.rfc3339(row.created_at),

@@ -90,11 +90,13 @@ class TemplateCreateIn(In):
     os: str = Field("linux", min_length=1, max_length=32)
     nodeId: str | None = Field(None, max_length=64)
     sourceUrl: str = Field(..., min_length=1, max_length=2048)
+    loginUser: str | None = Field(None, max_length=64, description="the user VMs made from it log in as over SSH, a Unix user name (^[a-z_][a-z0-9_-]{0,31}$); default from os: debian, ubuntu, fedora their own; any other os root")
 
 
 class TemplateUpdateIn(In):
     name: str | None = Field(None, min_length=1, max_length=63)
     os: str | None = Field(None, min_length=1, max_length=32)
+    loginUser: str | None = Field(None, max_length=64, description="the user VMs made from it from now on log in as (VMs made before keep theirs)")
 
 
 class TemplateDeleteIn(In):
@@ -160,7 +162,7 @@ class SshOut(BaseModel):
 
     host: str
     port: int
-    user: str
+    user: str = Field(description="the login user: the template's `loginUser` when the VM was made (root for VMs made before templates had one)")
     hostKey: str | None = Field(description="the guest's SSH host key (`ssh-ed25519 AAAA…`), when the template records it")
 
 
@@ -203,6 +205,7 @@ class TemplateOut(BaseModel):
     format: str | None
     sourceUrl: str | None
     checksum: str | None
+    loginUser: str = Field(description="the user VMs made from it log in as over SSH (their `ssh.user`, `vmplane vm ssh`)")
     shared: bool = Field(description="the operators' template, shared with every organization; a name is looked up in the caller's organization first, then among the shared ones")
     error: str | None
     createdAt: str

@@ -380,7 +380,7 @@ def vm_ssh(
     vm: VmArg,
     args: Annotated[list[str] | None, typer.Argument(metavar="[-- SSH_ARGS... [COMMAND...]]", help="more ssh options and/or a command to run")] = None,
     identity: Annotated[str | None, typer.Option("-i", "--identity", help="private key file (as ssh -i)")] = None,
-    user: Annotated[str | None, typer.Option("-l", "--user", help="log in as this user (default: the VM's ssh.user)")] = None,
+    user: Annotated[str | None, typer.Option("-l", "--user", help="log in as this user (default: the VM's login user, its ssh.user: its template's loginUser)")] = None,
     url: UrlOpt = None,
 ) -> None:
     """Log in to a VM with the system `ssh` through its forwarded SSH port; exits with ssh's status."""
@@ -657,6 +657,7 @@ def vm_import(
     fmt: Annotated[str | None, typer.Option("--format", help="disk: qcow2, raw, vmdk or vhdx (default: detected)")] = None,
     network: Annotated[list[str] | None, typer.Option("--map", help="SOURCE_NETWORK=VMPLANE_NETWORK (repeatable)")] = None,
     start: Annotated[bool, typer.Option("--start/--no-start", help="start the VM once imported")] = True,
+    login_user: Annotated[str | None, typer.Option("--login-user", help="the user `vm ssh` logs in as (default: root)")] = None,
     wait: WaitOpt = True,
     url: UrlOpt = None,
     json_out: JsonOpt = False,
@@ -673,7 +674,7 @@ def vm_import(
         if not sep or not left or not right:
             raise typer.BadParameter(f"{item!r} is not SOURCE_NETWORK=VMPLANE_NETWORK", param_hint="--map")
         mapping[left] = right
-    body = {"source": src, "networkMapping": mapping, "start": start, **({"name": name} if name else {})}
+    body = {"source": src, "networkMapping": mapping, "start": start, **({"name": name} if name else {}), **({"loginUser": login_user} if login_user else {})}
     c = Client(url)
     accepted = c.request("POST", "/api/v1/imports", json=body)
     _finish(c, accepted, wait, json_out)

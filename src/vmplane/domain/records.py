@@ -106,6 +106,8 @@ class Template:
     error: str | None
     created_at: float
     updated_at: float
+    login_user: str
+    """the user VMs made from it log in as over SSH (domain/login.py)"""
 
     @classmethod
     def from_row(cls, row: Any) -> Template:

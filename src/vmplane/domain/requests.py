@@ -122,6 +122,9 @@ class ImportRequest:
     cloud_init: dict[str, Any] | None = None
     """the VM's cloud-init documents, as a VM create takes them: {userData, metaData,
     networkConfig}"""
+    login_user: str | None = None
+    """the user the VM logs in as over SSH (None: the source's, for another vmplane's VM;
+    else root)"""
     origin: dict[str, Any] | None = None
     """what the caller sent, in its own words (a face's job definition), kept beside the
     request and shown back as it was sent; never interpreted, never a credential

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 SSH_HOST = "127.0.0.1"
 """Where forwarded ports listen: the node's loopback (the qemu driver's forward address)."""
 SSH_USER = "root"
+"""the login of a VM whose spec names none (made before templates knew theirs)"""
 
 T = TypeVar("T")
 
@@ -199,6 +200,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
     "ssh": ("ssh", _one(SshForward), _dump_one),
     "move_to": ("moveTo", _same, _same),
     "display_name": ("displayName", _same, _same),
+    "login_user": ("loginUser", _same, _same),
 }
 
 
@@ -239,6 +241,9 @@ class StoredSpec:
     display_name: str | None = None
     """the name a face that allows more than VM names showed its client (`my web`), when it
     differs from the VM's name (domain.names)"""
+    login_user: str | None = None
+    """the user it logs in as over SSH, its template's (or its source VM's) at create
+    (domain/login.py); None: made before templates knew theirs, root"""
     stored: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """the JSON this was read from: unknown keys, and the bytes of unchanged ones, are kept"""
 
@@ -320,7 +325,7 @@ class StoredSpec:
         or None when it has none."""
         if self.ssh is None:
             return None
-        return {"host": SSH_HOST, "port": self.ssh.host_port, "user": SSH_USER, "hostKey": self.ssh.host_key}
+        return {"host": SSH_HOST, "port": self.ssh.host_port, "user": self.login_user or SSH_USER, "hostKey": self.ssh.host_key}
 
 
 _EMPTY = StoredSpec()

@@ -28,6 +28,7 @@ from sqlalchemy import Row
 
 from .. import clock, ids
 from ..auth import Principal
+from ..domain.login import check_login_user
 from ..domain.requests import STAGE_SPAN, ImportRequest, ImportSource
 from ..drivers.qemu import images
 from ..errors import InvalidRequest, InvalidState, NotFound, RateLimited, VmplaneError
@@ -150,6 +151,7 @@ def _int(body: dict[str, Any], key: str, where: str, low: int, high: int) -> int
 SOURCE_KEYS = {"type", "path", "url", "format", "profile", "vcenterUrl", "username", "password", "insecure", "vmPath", "exportMethod", "apiKey", "vmId"}
 REQUEST_KEYS = {"source", "name", "cpu", "ramMb", "diskGb", "networkMapping", "removeCdroms", "start", "nodeId", "tags", "origin"}
 REQUEST_KEYS |= {"sshKeys", "cloudInit"}
+REQUEST_KEYS |= {"loginUser"}
 
 
 def without_secrets(value: Any, depth: int = 0) -> Any:
@@ -247,6 +249,7 @@ def parse_request(body: Any) -> ImportRequest:
         ram_mb=_int(body, "ramMb", "ramMb", 64, 4 << 20), disk_gb=_int(body, "diskGb", "diskGb", 1, 65536),
         network_mapping=dict(mapping), remove_cdroms=bool(_bool(body, "removeCdroms", "removeCdroms", False)),
         start=bool(_bool(body, "start", "start", True)), node_id=_str(body, "nodeId", "nodeId"), tags=tuple(tags), origin=_origin(body),
+        login_user=_str(body, "loginUser", "loginUser"),
     )  # fmt: skip
 
 
@@ -355,6 +358,8 @@ class ImportService:
             raise InvalidRequest(f"sshKeys: at most {MAX_SSH_KEYS} keys", field="sshKeys")
         check_ssh_keys(req.ssh_keys, "sshKeys")
         _cloud_init(req.cloud_init)
+        if req.login_user is not None:
+            check_login_user(req.login_user)
         for source_net, target in sorted(req.network_mapping.items()):
             try:
                 await self.networks.get(target, who, field=f"networkMapping.{source_net}")
@@ -370,6 +375,8 @@ class ImportService:
             options["sshKeys"] = list(req.ssh_keys)
         if req.cloud_init:
             options["cloudInit"] = dict(req.cloud_init)
+        if req.login_user is not None:
+            options["loginUser"] = req.login_user
         if req.origin is not None:
             options["origin"] = without_secrets(req.origin)  # a caller of submit may not have come through parse_request
         payload: dict[str, Any] = {
@@ -478,7 +485,7 @@ class ImportService:
             source=source, name=row.name or None, cpu=o.get("cpu"), ram_mb=o.get("ramMb"), disk_gb=o.get("diskGb"),
             network_mapping=dict(o.get("networkMapping") or {}), remove_cdroms=bool(o.get("removeCdroms")), start=bool(o.get("start", True)),
             node_id=o.get("nodeId"), tags=tuple(o.get("tags") or ()), origin=o.get("origin"),
-            ssh_keys=tuple(o.get("sshKeys") or ()), cloud_init=o.get("cloudInit"),
+            ssh_keys=tuple(o.get("sshKeys") or ()), cloud_init=o.get("cloudInit"), login_user=o.get("loginUser"),
         )  # fmt: skip
 
     def secrets_of(self, payload: dict[str, Any]) -> dict[str, Any]:

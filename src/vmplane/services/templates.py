@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import Template
+from ..domain.login import check_login_user, default_login_user
 from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, Reason
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
@@ -81,7 +82,7 @@ class TemplateService:
 
     async def create(
         self, *, name: str, os_: str, node_id: str | None, source_url: str, who: Principal,
-        checksum: str | None = None, initramfs_of: str | None = None, field: str = "sourceUrl",
+        checksum: str | None = None, initramfs_of: str | None = None, field: str = "sourceUrl", login_user: str | None = None,
     ) -> tuple[str, str]:
         """Operators' templates are shared with every organization (the shared namespace,
         which only operators create names in); others' stay private. A name is unique within
@@ -93,9 +94,11 @@ class TemplateService:
         An http(s) source must pass the outbound policy (outbound.py), now and when fetched.
         A file:// source is any local file for operators; for everyone else only a file in
         the directories imports may read (VMPLANE_IMPORT_DIRS). `field` names the URL in
-        errors."""  # fmt: skip
+        errors. `login_user`: the user its VMs log in as (default: the one `os_` implies,
+        domain/login.py)."""  # fmt: skip
         check_template_name(name)
         check_os(os_)
+        login_user = default_login_user(os_) if login_user is None else check_login_user(login_user)
         check_url(source_url, field)
         if urlparse(source_url).scheme == "file" and not who.operator:  # not the server's own files
             self.imports.local_file(unquote(urlparse(source_url).path), field)
@@ -118,6 +121,7 @@ class TemplateService:
                         "name": name,
                         "org_id": owner,
                         "os": os_,
+                        "login_user": login_user,
                         "node_id": node_id,
                         "source_url": source_url,
                         "status": "importing",
@@ -135,19 +139,23 @@ class TemplateService:
         self.engine.wakeup()
         return job_id, tpl_id
 
-    async def update(self, ref: str, *, name: str | None, os_: str | None, who: Principal) -> str:
+    async def update(self, ref: str, *, name: str | None, os_: str | None, who: Principal, login_user: str | None = None) -> str:
+        """Rename a template, change its OS label or its login user (a job). A new `os` leaves
+        the login user as it is: VMs made from it log in as the user the image has."""
         tpl = await self.get(ref, who)
         self._check_owner(tpl, who)
         if name is not None:
             check_template_name(name)
         if os_ is not None:
             check_os(os_)
-        if name is None and os_ is None:
-            raise InvalidRequest("give name or os to change", field="body")
+        if login_user is not None:
+            check_login_user(login_user)
+        if name is None and os_ is None and login_user is None:
+            raise InvalidRequest("give name, os or loginUser to change", field="body")
         async with self.store.write() as conn:
             if name is not None and name != tpl.name and await tpl_q.name_taken(conn, name, tpl.org_id):
                 raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
-            job_id = await self.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_})])
+            job_id = await self.engine.submit(conn, "template-update", who, [(tpl.id, {"name": name, "os": os_, "login_user": login_user})])
         self.engine.wakeup()
         return job_id
 

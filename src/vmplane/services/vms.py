@@ -126,6 +126,13 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
             raise InvalidRequest(f"{field_name}[{i}] {tag!r} is not a valid tag (1-64 characters of A-Z a-z 0-9 _ . : / = + -)", field=f"{field_name}[{i}]")
 
 
+def _login_of(source_spec: Any) -> dict[str, str]:
+    """The login user a VM from a snapshot takes: its source VM's when it had one (a VM from
+    before templates knew theirs: its template's now, as any new VM)."""
+    login = source_spec.get("loginUser") if isinstance(source_spec, dict) else None
+    return {"loginUser": login} if isinstance(login, str) and login else {}
+
+
 @dataclass(frozen=True)
 class VmChange:
     name: str | None = None
@@ -312,6 +319,7 @@ class VmService:
                     "spec": {
                         "nodeId": spec.node_id,
                         **({"sourceName": tpl.name} if tpl is not None else {}),
+                        **({"loginUser": tpl.login_user} if tpl is not None else {}),  # kept: a later template change leaves the VM's
                         **spec.extra,
                         **({"pciPassthrough": list(spec.pci)} if spec.pci else {}),
                     },
@@ -359,7 +367,7 @@ class VmService:
                 )  # fmt: skip
             spec = replace(
                 spec, resources=want, template_id=snap.template_id, node_id=snap.node_id, snapshot=snap.id,
-                extra={**self.snapshots.seed_for(snap, spec.extra), "sourceName": snap.name},
+                extra={**self.snapshots.seed_for(snap, spec.extra), "sourceName": snap.name, **_login_of((snap.config or {}).get("spec"))},
             )  # fmt: skip
             # a clone takes the firewall its source had when the snapshot was taken
             captured = snap.config.get("firewall")

@@ -117,6 +117,7 @@ templates = Table(
     Column("error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("login_user", String(32), nullable=False, server_default="root"),  # the guest's SSH login (domain/login.py; 0027)
 )
 """Images to create VMs from. org_id NULL: the operators' templates, shared with every
 organization (the shared namespace); a name is unique within its organization, or among the

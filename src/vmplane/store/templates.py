@@ -6,6 +6,7 @@ from sqlalchemy import ColumnElement, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import Template
+from ..domain.login import default_login_user
 from .tables import templates
 
 
@@ -19,7 +20,8 @@ def in_namespace(org_id: str | None) -> ColumnElement[bool]:
 
 
 async def insert_template(conn: AsyncConnection, row: dict[str, Any]) -> None:
-    await conn.execute(insert(templates), [row])
+    """Insert a template; without a `login_user`, the one its `os` implies."""
+    await conn.execute(insert(templates), [{"login_user": default_login_user(row.get("os")), **row}])
 
 
 async def get_template(conn: AsyncConnection, template_id: str) -> Template | None:

@@ -62,6 +62,9 @@ class ImportIn(In):
     tags: list[str] = Field(default_factory=list, max_length=64)
     sshKeys: list[str] = Field(default_factory=list, max_length=32, description="OpenSSH public keys for the VM's seed, as on VM create")
     cloudInit: CloudInitIn | None = Field(None, description="the VM's cloud-init documents, as on VM create")
+    loginUser: str | None = Field(
+        None, max_length=64, description="the user the VM logs in as over SSH, a Unix user name (default: a vmplane source's VM's, else root)",
+    )
     origin: dict[str, Any] | None = Field(
         None, description="what the caller sent in its own words (a face's job definition): kept and shown back, never interpreted; "
         "keys such as password and api_key are left out",

@@ -25,14 +25,14 @@ async def get_template(template_id: str, rt: RuntimeDep, who: CallerDep) -> JSON
 @router.post("/templates", status_code=202, responses=ACCEPTED)
 async def create_template(body: TemplateCreateIn, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
     job_id, tpl_id = await rt.templates.create(
-        name=body.name, os_=body.os, node_id=body.nodeId, source_url=body.sourceUrl, who=caller
+        name=body.name, os_=body.os, node_id=body.nodeId, source_url=body.sourceUrl, who=caller, login_user=body.loginUser
     )
     return accepted(job_id, templateId=tpl_id)
 
 
 @router.patch("/templates/{template_id}", status_code=202, responses=ACCEPTED)
 async def update_template(template_id: str, body: TemplateUpdateIn, rt: RuntimeDep, caller: CallerDep) -> JSONResponse:
-    return accepted(await rt.templates.update(template_id, name=body.name, os_=body.os, who=caller))
+    return accepted(await rt.templates.update(template_id, name=body.name, os_=body.os, who=caller, login_user=body.loginUser))
 
 
 @router.delete("/templates", status_code=202, responses=ACCEPTED)

@@ -22,6 +22,12 @@ def seed_files(spec: VmSpec) -> dict[str, bytes]:
     user's metaData. SSH keys go into user-data as `ssh_authorized_keys` when the user gave no
     user-data, and into meta-data `public-keys` when they did (both are read by cloud-init and
     by the tiny guest).
+
+    The keys land on the VM's login user (`loginUser` of its spec): user-data vmplane writes
+    makes that user cloud-init's default user (`user: {name: …}`), which is where cloud-init
+    puts `ssh_authorized_keys`; for root it lets root log in with them (`disable_root: false`,
+    else cloud-init refuses root with "Please login as the user …"). The tiny guest puts every
+    key on root. User-data the user gave is theirs: it decides the users.
     """
     extra = spec.extra or {}
     cloud = extra.get("cloudInit") or {}
@@ -58,7 +64,7 @@ def seed_files(spec: VmSpec) -> dict[str, bytes]:
         if keys:
             meta["public-keys"] = keys
     else:
-        user_data = "#cloud-config\n"
+        user_data = "#cloud-config\n" + _login_config(extra.get("loginUser"), bool(keys))
         if keys:
             user_data += "ssh_authorized_keys:\n" + "".join(f"  - {json.dumps(k)}\n" for k in keys)
 
@@ -116,6 +122,16 @@ def volume_id(path: Path) -> str:
         return str(iso.pvd.volume_identifier.decode().strip())
     finally:
         iso.close()
+
+
+def _login_config(login: Any, keys: bool) -> str:
+    """The cloud-config lines that make `login` the user the VM's keys go to (none for a spec
+    from before VMs knew their login user)."""
+    if not isinstance(login, str) or not login:
+        return ""
+    if login == "root":
+        return "disable_root: false\n" if keys else ""
+    return f"user:\n  name: {json.dumps(login)}\n"
 
 
 def _hostname(name: str) -> str:

@@ -1,4 +1,4 @@
-"""template-update: rename a template or change its OS label."""
+"""template-update: rename a template, change its OS label or its login user."""
 
 from ... import clock
 from ...errors import Conflict, Reason, VmplaneError

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ... import clock, outbound
 from ...auth import principal_of
 from ...domain import ImportRequest, NewVm, Resources, Vm, VmStatus
+from ...domain.login import LOGIN_USER_RE, ROOT
 from ...domain.names import derive_name
 from ...domain.network import DEFAULT_NETWORK
 from ...domain.requests import STAGE_SPAN
@@ -88,6 +89,8 @@ class Shape:
     cdroms: int = 0
     os: str = ""
     firmware: str = "bios"
+    login_user: str | None = None
+    """the user the source VM logs in as, when it says (another vmplane's `ssh.user`)"""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -297,7 +300,11 @@ class VmImport(BaseHandler):
         await track.stage("exporting", int(res.get("diskGb") or 0) * GIB or None)
         await _download(f"{base}/api/v1/vms/{src.vm_id}/disk", path, track, headers)
         nets = [n.get("network") or n.get("networkId") or "" for n in (vm.get("nics") or [])]
-        return Shape(str(vm.get("name") or src.vm_id), int(res.get("cpu") or 1), int(res.get("ramMb") or 1024), [SourceDisk("disk", str(path), "qcow2")], nets)
+        login = (vm.get("ssh") or {}).get("user") if isinstance(vm.get("ssh"), dict) else None
+        return Shape(
+            str(vm.get("name") or src.vm_id), int(res.get("cpu") or 1), int(res.get("ramMb") or 1024), [SourceDisk("disk", str(path), "qcow2")], nets,
+            login_user=login if isinstance(login, str) and LOGIN_USER_RE.fullmatch(login) else None,
+        )  # fmt: skip
 
     # -- conversion ---------------------------------------------------------------------------
 
@@ -340,7 +347,9 @@ class VmImport(BaseHandler):
         networks = tuple(nets)
         spec = NewVm(
             name=name, resources=resources, template_id=None, node_id=req.node_id, tags=req.tags, start=req.start,
-            extra={"imported": {"importId": row.id, "source": req.source.type, "os": shape.os}, **seed_fields(req)}, networks=networks,
+            extra={"imported": {"importId": row.id, "source": req.source.type, "os": shape.os}, **seed_fields(req),
+                   "loginUser": req.login_user or shape.login_user or ROOT},
+            networks=networks,
         )  # fmt: skip
         async with deps.store.write() as conn:
             try:

@@ -204,7 +204,7 @@ def instance(row: Vm, node: Row[Any] | None, region: str | None, host: str | Non
         "template_name": source.upper() if isinstance(source, str) and TEMPLATE_RE.match(source.upper()) else None,
         "template_display_name": source,
         "os_type": spec.os_type,
-        "vm_username": spec.username,
+        "vm_username": spec.username or spec.login_user,  # the account its launch made, else its template's login user
     }
 
 

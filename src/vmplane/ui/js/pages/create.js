@@ -19,6 +19,11 @@ export async function createPage(main, { navigate }) {
     usable.map((t) => h("option", { value: t.id }, `${t.name} (${t.os}${t.status !== "ready" ? `, ${t.status}` : ""})`)));
   const tiny = usable.find((t) => t.name === "tiny-linux") || usable[0];
   if (tiny) template.value = tiny.id;
+  // whom the keys are for: the chosen template's login user (the VM's ssh.user)
+  const keysFor = () => {
+    const t = usable.find((x) => x.id === template.value);
+    return t ? `One key per line; you log in with them as ${t.loginUser} (the template's login user).` : "One key per line.";
+  };
   const size = h("select", { name: "size" }, SIZES.map(([v, label]) => h("option", { value: v }, label)), h("option", { value: "custom" }, "Custom"));
   const cpu = h("input", { name: "cpu", type: "number", min: 1, max: 512, value: 1, required: true });
   const ram = h("input", { name: "ramMb", type: "number", min: 64, step: 64, value: 512, required: true });
@@ -45,11 +50,16 @@ export async function createPage(main, { navigate }) {
       field("Preset", size),
       h("div", { class: "row" }, field("vCPUs", cpu), field("Memory (MiB)", ram), field("Disk (GB)", disk))),
     field("Node", node),
-    field("SSH public keys", sshKey, "One key per line; they are put into the guest for root."),
+    field("SSH public keys", sshKey, keysFor()),
     field("User-data", userData, "#cloud-config or a #! script, given to cloud-init (NoCloud)."),
     field("Tags", tags, "Comma-separated."),
     h("div", { class: "field" }, h("label", { class: "inline", for: "create-start" }, start, "Start it once created")),
     submit);
+
+  template.addEventListener("change", () => {
+    const hint = form.querySelector(`#${sshKey.id}-hint`);
+    if (hint) hint.textContent = keysFor();
+  });
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
