@@ -1,0 +1,257 @@
+"""When a qemu VM's guest is ready, and the SSH host keys it printed: for `guest_state`.
+
+Each boot of a VM (a start of its QEMU, or a reset of the guest) is followed by one tracker
+task, started on the first question about it, that looks once a second at:
+
+- the serial console's log from where this boot began (its offset in `serial.log`): the first
+  output, and the first `-----BEGIN SSH HOST KEY KEYS-----` block (cloud-init prints it);
+- whether the guest opened its agent's virtio-serial port (QMP `query-chardev`,
+  `frontend-open`), and once it has, the agent itself: `cloud-init status` through guest-exec.
+
+Ready means: the agent answers and cloud-init is done (or not there: the command is missing,
+as in the tiny guest). A guest that has not opened its agent port within `AGENTLESS_AFTER`
+seconds of its first serial output is taken to have no agent, and is ready then; once a VM's
+guest showed no agent, its later boots are ready at their first serial output.
+
+Console text is the guest's and is never trusted: host keys are taken only from the first
+block after the boot began, each line checked as an OpenSSH public key whose blob names its
+own type, comments dropped; nothing of it reaches a path or a command.
+"""
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+
+from ...aio import wait_event
+from ...errors import DriverError
+from ..base import GuestState
+from .machines import Machines, QemuVm
+
+log = logging.getLogger("vmplane.drivers.qemu")
+
+POLL = 1.0
+"""how often a tracker looks at its guest"""
+AGENTLESS_AFTER = 90.0
+"""a guest that has not opened its agent port this long after its first serial output has none
+(Debian under TCG opens it well within this: see docs/images.md, "Readiness")"""
+CONSOLE_SCAN_MAX = 4 << 20
+"""host keys are looked for in the first 4 MiB a boot writes on its console, no further"""
+AGENT_CHARDEV = "qga0"
+BEGIN = b"-----BEGIN SSH HOST KEY KEYS-----"
+END = b"-----END SSH HOST KEY KEYS-----"
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+_KEY_RE = re.compile(r"^([a-z0-9-]{7,19}) ([A-Za-z0-9+/]{16,2800}={0,2})(?: [^\x00-\x1f]*)?$")
+CLOUD_INIT_DONE = {"done", "error", "degraded", "disabled"}
+"""`cloud-init status` answers after which cloud-init will do nothing more this boot"""
+
+
+def parse_host_keys(console: bytes) -> tuple[str, ...] | None:
+    """The keys of the first complete host-key block in `console` (None: no complete block
+    yet), each `type base64` (comments dropped), checked: a known type whose blob begins with
+    that same type, as OpenSSH's wire format has it. Lines that are no such key are skipped."""
+    start = console.find(BEGIN)
+    if start < 0:
+        return None
+    end = console.find(END, start)
+    if end < 0:
+        return None
+    keys: list[str] = []
+    for raw in console[start + len(BEGIN) : end].splitlines():
+        line = raw.decode("ascii", errors="replace").strip()
+        m = _KEY_RE.match(line)
+        if m is None or m.group(1) not in KEY_TYPES:
+            continue
+        try:
+            blob = base64.b64decode(m.group(2), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if len(blob) < 4 or blob[4 : 4 + struct.unpack(">I", blob[:4])[0]] != m.group(1).encode():
+            continue
+        key = f"{m.group(1)} {m.group(2)}"
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+@dataclass
+class Boot:
+    """One boot of a VM's guest as its tracker sees it."""
+
+    key: str
+    serial_offset: int
+    first_output: float | None = None
+    agent_port: bool = False
+    cloud_init_running: bool = False
+    ready: bool = False
+    detail: str = "booting: no serial output yet"
+    host_keys: tuple[str, ...] | None = None
+    console: bytearray = field(default_factory=bytearray)
+    scanned: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def state(self) -> GuestState:
+        return GuestState(ready=self.ready, boot=self.key, host_keys=self.host_keys or (), detail=self.detail)
+
+
+class Readiness:
+    """The trackers of one node's VMs."""
+
+    def __init__(self, machines: Machines) -> None:
+        self.machines = machines
+
+    def reset(self, vm_id: str) -> None:
+        """The guest reset (QMP RESET: a reboot): a new boot begins where its console is now."""
+        vm = self.machines.vms.get(vm_id)
+        if vm is None:
+            return
+        pid = self.machines.live_pid(vm)
+        count = vm.reset_mark[1] + 1 if vm.reset_mark is not None and vm.reset_mark[0] == pid else 1
+        vm.reset_mark = (pid, count, _size(vm.paths.serial_log))
+
+    async def state(self, vm_id: str, wait: float) -> GuestState:
+        vm = self.machines.running(vm_id)
+        boot = self._boot(vm)
+        if not boot.ready and wait > 0:
+            await wait_event(boot.changed, wait)
+            if self.machines.live_pid(vm) is None or self.machines.guest_off(vm):
+                vm = self.machines.running(vm_id)  # raises InvalidState: it stopped meanwhile
+            if vm.boot is not boot:  # a reset meanwhile: say how far the new boot is
+                return self._boot(vm).state()
+        return boot.state()
+
+    def _boot(self, vm: QemuVm) -> Boot:
+        pid = self.machines.live_pid(vm)
+        mark = vm.reset_mark if vm.reset_mark is not None and vm.reset_mark[0] == pid else None
+        key = f"{pid}.{mark[1] if mark else 0}"
+        boot = vm.boot
+        if isinstance(boot, Boot) and boot.key == key:
+            return boot
+        if isinstance(boot, Boot) and boot.task is not None:
+            boot.task.cancel()
+        boot = Boot(key=key, serial_offset=mark[2] if mark else _run_offset(vm))
+        vm.boot = boot
+        boot.task = self.machines.background(self._track(vm, boot), f"ready-{vm.id}")
+        return boot
+
+    async def _track(self, vm: QemuVm, boot: Boot) -> None:
+        try:
+            while vm.boot is boot and not boot.ready:
+                if self.machines.live_pid(vm) is None or self.machines.guest_off(vm):
+                    return
+                try:
+                    await self._look(vm, boot)
+                except DriverError as exc:  # QMP or the agent broke off (a reset, a stop): look again
+                    boot.detail = f"waiting: {exc.message}"
+                if boot.ready:
+                    log.info("guest of %s is ready (%s)", vm.id, boot.detail)
+                    break
+                await asyncio.sleep(POLL)
+        finally:
+            boot.changed.set()
+
+    async def _look(self, vm: QemuVm, boot: Boot) -> None:
+        now = time.monotonic()
+        self._read_console(vm, boot, now)
+        if not boot.agent_port:
+            boot.agent_port = await self._agent_port_open(vm)
+            if boot.agent_port:
+                vm.agentless = False
+        if boot.agent_port:
+            await self._ask_agent(vm, boot)
+            return
+        if boot.first_output is None:
+            return
+        if vm.agentless or now - boot.first_output >= AGENTLESS_AFTER:
+            vm.agentless = True
+            boot.ready = True
+            boot.detail = "no guest agent: ready once the guest wrote to its serial console"
+        else:
+            boot.detail = "booting: the guest has not opened its agent port"
+
+    def _read_console(self, vm: QemuVm, boot: Boot, now: float) -> None:
+        """New console output of this boot: its first output, its host-key block."""
+        if boot.host_keys is not None and boot.first_output is not None:
+            return
+        pos = boot.serial_offset + boot.scanned
+        want = CONSOLE_SCAN_MAX - boot.scanned
+        if want <= 0:
+            return
+        try:
+            with open(vm.paths.serial_log, "rb") as f:
+                if os.fstat(f.fileno()).st_size < boot.serial_offset:  # the log was cut: read it all
+                    boot.serial_offset, pos = 0, boot.scanned
+                f.seek(pos)
+                data = f.read(want)
+        except OSError:
+            return
+        if not data:
+            return
+        if boot.first_output is None:
+            boot.first_output = now
+        boot.scanned += len(data)
+        if boot.host_keys is None:
+            boot.console += data
+            keys = parse_host_keys(bytes(boot.console))
+            if keys is not None:
+                boot.host_keys = keys
+                boot.console = bytearray()
+            elif BEGIN not in boot.console:
+                del boot.console[: max(0, len(boot.console) - len(BEGIN))]  # keep what may begin a marker
+
+    async def _agent_port_open(self, vm: QemuVm) -> bool:
+        for dev in await self.machines.monitor(vm).execute("query-chardev") or []:
+            if dev.get("label") == AGENT_CHARDEV:
+                return bool(dev.get("frontend-open"))
+        return False
+
+    async def _ask_agent(self, vm: QemuVm, boot: Boot) -> None:
+        """The agent answers: is cloud-init done? (cheaply while it runs: its result file first)"""
+        agent = self.machines.agent(vm)
+        if boot.cloud_init_running:
+            probe = await agent.exec(["test", "-e", "/run/cloud-init/result.json"], 10.0, 256, ready_timeout=2.0)
+            if probe.exit_code != 0:
+                return
+        result = await agent.exec(["cloud-init", "status"], 60.0, 4096, ready_timeout=2.0)
+        if result.exit_code == 127 and not result.stdout:
+            boot.ready = True
+            boot.detail = "the guest agent answers (no cloud-init)"
+            return
+        status = _cloud_init_status(result.stdout)
+        if status in CLOUD_INIT_DONE:
+            boot.ready = True
+            boot.detail = f"the guest agent answers; cloud-init status: {status}"
+        else:
+            boot.cloud_init_running = True
+            boot.detail = f"the guest agent answers; cloud-init status: {status or 'unknown'}"
+
+
+def _cloud_init_status(stdout: bytes) -> str:
+    """`running`, `done`, … from `cloud-init status`'s `status: done` line ("" if none)."""
+    for line in stdout.decode("utf-8", errors="replace").splitlines():
+        if line.startswith("status:"):
+            return line.split(":", 1)[1].strip()[:32]
+    return ""
+
+
+def _size(path: os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _run_offset(vm: QemuVm) -> int:
+    """Where this QEMU's console output begins in serial.log (recorded in run.json at start)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return int(json.loads(vm.paths.run.read_text())["serialOffset"])
+    return 0
+
