@@ -124,14 +124,18 @@ class Readiness:
             await wait_event(boot.changed, wait)
             if self.machines.live_pid(vm) is None or self.machines.guest_off(vm):
                 vm = self.machines.running(vm_id)  # raises InvalidState: it stopped meanwhile
-            if vm.boot is not boot:  # a reset meanwhile: say how far the new boot is
+            if self._current(vm)[0] != boot.key:  # a reset meanwhile: say how far the new boot is
                 return self._boot(vm).state()
         return boot.state()
 
-    def _boot(self, vm: QemuVm) -> Boot:
+    def _current(self, vm: QemuVm) -> tuple[str, tuple[int | None, int, int] | None]:
+        """The name of the VM's current boot (QEMU's pid and its resets), and its reset mark."""
         pid = self.machines.live_pid(vm)
         mark = vm.reset_mark if vm.reset_mark is not None and vm.reset_mark[0] == pid else None
-        key = f"{pid}.{mark[1] if mark else 0}"
+        return f"{pid}.{mark[1] if mark else 0}", mark
+
+    def _boot(self, vm: QemuVm) -> Boot:
+        key, mark = self._current(vm)
         boot = vm.boot
         if isinstance(boot, Boot) and boot.key == key:
             return boot
@@ -145,12 +149,15 @@ class Readiness:
     async def _track(self, vm: QemuVm, boot: Boot) -> None:
         try:
             while vm.boot is boot and not boot.ready:
-                if self.machines.live_pid(vm) is None or self.machines.guest_off(vm):
-                    return
+                if self.machines.live_pid(vm) is None or self.machines.guest_off(vm) or self._current(vm)[0] != boot.key:
+                    return  # stopped, or reset: a new boot, followed by a tracker of its own
                 try:
                     await self._look(vm, boot)
                 except DriverError as exc:  # QMP or the agent broke off (a reset, a stop): look again
                     boot.detail = f"waiting: {exc.message}"
+                if boot.ready and self._current(vm)[0] != boot.key:  # the answer may be the next boot's
+                    boot.ready = False
+                    return
                 if boot.ready:
                     log.info("guest of %s is ready (%s)", vm.id, boot.detail)
                     break
