@@ -24,10 +24,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('vms') as batch:
-        batch.add_column(sa.Column('guest_ready', sa.Boolean(), nullable=False, server_default=sa.false()))
+    # a plain ADD COLUMN, not batch mode: batch mode rebuilds the SQLite table, and the copy
+    # loses the AUTOINCREMENT of vms.seq (VMIDs would be handed out again: migration 0023)
+    op.add_column('vms', sa.Column('guest_ready', sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('vms') as batch:
-        batch.drop_column('guest_ready')
+    op.drop_column('vms', 'guest_ready')  # SQLite 3.35+ drops a column in place
