@@ -2,10 +2,14 @@
 the `waitReady` long-poll, and the CLI's `vm create`/`vm start` waiting for it."""
 
 import asyncio
+import base64
+import struct
 import time
 from typing import Any
 
+from vmplane.drivers.qemu.readiness import parse_host_keys
 from vmplane.drivers.sim import SimDriver
+from vmplane.services.readiness import preferred_key
 
 from ..cli.test_cli import cli
 from ..support import Server
@@ -128,3 +132,24 @@ async def test_cli_create_and_start_wait_for_the_guest(server: Server) -> None:
     assert code == 0 and out.strip().startswith("job-") and "guest" not in err
     code, out, err = await cli(server, "vm", "create", "cli-cold", "--no-start")
     assert code == 0 and "guest" not in err
+
+
+def test_host_keys_come_from_the_first_block_each_checked() -> None:
+    ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICVvVGXu985lMWeRRX+1ECNQDEu43gTzJulZGjzovXqc"
+    ecdsa_blob = base64.b64encode(struct.pack(">I", 19) + b"ecdsa-sha2-nistp256" + b"\0" * 40).decode()
+    lying = base64.b64encode(struct.pack(">I", 7) + b"ssh-rsa" + b"\0" * 40).decode()  # an rsa blob called ed25519
+    console = (
+        b"[  5.1] booting\r\n-----BEGIN SSH HOST KEY KEYS-----\r\n"
+        + f"{ed} root@deb\r\n".encode()
+        + f"ecdsa-sha2-nistp256 {ecdsa_blob} root@deb\r\n".encode()
+        + f"ssh-ed25519 {lying}\r\n".encode()
+        + b"ssh-ed25519 not-base64!! x\r\n$(reboot) ; rm -rf /\r\n"
+        + b"-----END SSH HOST KEY KEYS-----\r\n"
+        + b"-----BEGIN SSH HOST KEY KEYS-----\r\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
+        + b"-----END SSH HOST KEY KEYS-----\r\n"
+    )
+    keys = parse_host_keys(console)
+    assert keys == (ed, f"ecdsa-sha2-nistp256 {ecdsa_blob}")  # comments dropped; the second block ignored
+    assert preferred_key(keys) == ed and preferred_key(()) is None
+    assert parse_host_keys(b"-----BEGIN SSH HOST KEY KEYS-----\r\n" + ed.encode()) is None  # not complete yet
+    assert parse_host_keys(b"nothing here") is None
