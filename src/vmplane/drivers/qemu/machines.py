@@ -82,8 +82,6 @@ class QemuVm:
     """(QEMU pid, resets of that QEMU, serial.log size at the last one): where its boot began"""
     boot: object = None
     """the current boot's readiness tracker (`readiness.Boot`)"""
-    agentless: bool = False
-    """a boot of this guest showed no agent: later boots are ready at their first console output"""
 
     @property
     def id(self) -> str:

@@ -9,9 +9,9 @@ task, started on the first question about it, that looks once a second at:
   `frontend-open`), and once it has, the agent itself, through guest-exec: is cloud-init
   there, has it written its result file, what does `cloud-init status` say.
 
-Ready means: the agent answers and cloud-init is done (or not there). A guest that has not opened its agent port within `AGENTLESS_AFTER`
-seconds of its first serial output is taken to have no agent, and is ready then; once a VM's
-guest showed no agent, its later boots are ready at their first serial output.
+Ready means: the agent answers and cloud-init is done (or not there). A guest that has not
+opened its agent port is taken to have no agent once it shows a login prompt on its console
+(and LOGIN_SETTLE seconds passed), or AGENTLESS_AFTER seconds after its first output.
 
 Console text is the guest's and is never trusted: host keys are taken only from the first
 block after the boot began, each line checked as an OpenSSH public key whose blob names its
@@ -39,9 +39,16 @@ log = logging.getLogger("vmplane.drivers.qemu")
 
 POLL = 1.0
 """how often a tracker looks at its guest"""
-AGENTLESS_AFTER = 90.0
-"""a guest that has not opened its agent port this long after its first serial output has none
-(Debian under TCG opens it well within this: see docs/images.md, "Readiness")"""
+AGENTLESS_AFTER = 600.0
+"""a guest that has not opened its agent port this long after its first serial output, and
+shows no login prompt, is taken to have none (Debian 12 under TCG on a loaded 2-core machine
+had not opened it 90 s after its first output: its agent starts after cloud-init's first
+stages, which are ordered before sysinit.target)"""
+LOGIN_SETTLE = 15.0
+"""a guest that shows a login prompt on its console (getty: after basic.target, by when a
+systemd guest's agent has its port open) and has not opened its agent port this long after
+has no agent"""
+LOGIN_RE = re.compile(rb"[A-Za-z0-9._-]+ login: ")
 CONSOLE_SCAN_MAX = 4 << 20
 """host keys are looked for in the first 4 MiB a boot writes on its console, no further"""
 AGENT_CHARDEV = "qga0"
@@ -97,6 +104,9 @@ class Boot:
     ready: bool = False
     detail: str = "booting: no serial output yet"
     host_keys: tuple[str, ...] | None = None
+    login_seen: float | None = None
+    """when a login prompt showed on the console (looked for until the agent port opens)"""
+    tail: bytes = b""
     console: bytearray = field(default_factory=bytearray)
     scanned: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -174,23 +184,22 @@ class Readiness:
         self._read_console(vm, boot, now)
         if not boot.agent_port:
             boot.agent_port = await self._agent_port_open(vm)
-            if boot.agent_port:
-                vm.agentless = False
         if boot.agent_port:
             await self._ask_agent(vm, boot)
             return
         if boot.first_output is None:
             return
-        if vm.agentless or now - boot.first_output >= AGENTLESS_AFTER:
-            vm.agentless = True
-            boot.ready = True
-            boot.detail = "no guest agent: ready once the guest wrote to its serial console"
+        if boot.login_seen is not None and now - boot.login_seen >= LOGIN_SETTLE:
+            boot.ready, boot.detail = True, "no guest agent: the guest shows a login prompt on its serial console"
+        elif now - boot.first_output >= AGENTLESS_AFTER:
+            boot.ready, boot.detail = True, f"no guest agent: {AGENTLESS_AFTER:g} s since the guest's first serial output"
         else:
             boot.detail = "booting: the guest has not opened its agent port"
 
     def _read_console(self, vm: QemuVm, boot: Boot, now: float) -> None:
-        """New console output of this boot: its first output, its host-key block."""
-        if boot.host_keys is not None and boot.first_output is not None:
+        """New console output of this boot: its first output, its host-key block, a login prompt."""
+        looking_for_login = boot.login_seen is None and not boot.agent_port
+        if boot.first_output is not None and boot.host_keys is not None and not looking_for_login:
             return
         pos = boot.serial_offset + boot.scanned
         want = CONSOLE_SCAN_MAX - boot.scanned
@@ -209,6 +218,11 @@ class Readiness:
         if boot.first_output is None:
             boot.first_output = now
         boot.scanned += len(data)
+        if looking_for_login:
+            seen = boot.tail + data
+            if LOGIN_RE.search(seen):
+                boot.login_seen = now
+            boot.tail = seen[-128:]
         if boot.host_keys is None:
             boot.console += data
             keys = parse_host_keys(bytes(boot.console))
