@@ -284,9 +284,11 @@ class QemuDriver(HypervisorDriver):
         return await self.power.shutdown(vm_id, timeout)
 
     async def reboot_vm(self, vm_id: str) -> None:
+        self.readiness.expect_reset(vm_id)  # the guest's own reboot takes a while: not ready from now on
         await self.power.reboot(vm_id)
 
     async def power_cycle_vm(self, vm_id: str) -> None:
+        self.readiness.expect_reset(vm_id)
         await self.power.power_cycle(vm_id)
 
     # -- in the guest ----------------------------------------------------------------------

@@ -49,6 +49,8 @@ LOGIN_SETTLE = 15.0
 systemd guest's agent has its port open) and has not opened its agent port this long after
 has no agent"""
 LOGIN_RE = re.compile(rb"[A-Za-z0-9._-]+ login: ")
+REBOOT_GRACE = 300.0
+"""after a reboot is asked for, the running boot is not ready for this long unless the guest resets"""
 CONSOLE_SCAN_MAX = 4 << 20
 """host keys are looked for in the first 4 MiB a boot writes on its console, no further"""
 AGENT_CHARDEV = "qga0"
@@ -131,16 +133,36 @@ class Readiness:
         count = vm.reset_mark[1] + 1 if vm.reset_mark is not None and vm.reset_mark[0] == pid else 1
         vm.reset_mark = (pid, count, _size(vm.paths.serial_log))
 
+    def expect_reset(self, vm_id: str) -> None:
+        """A reboot was asked for: the boot now running is ending, though its agent may answer
+        a while yet (a guest's own reboot takes seconds); it is not ready again until the
+        guest resets (or REBOOT_GRACE passes without a reset)."""
+        vm = self.machines.vms.get(vm_id)
+        if vm is not None:
+            vm.reset_expected = (self._current(vm)[0], time.monotonic() + REBOOT_GRACE)
+
     async def state(self, vm_id: str, wait: float) -> GuestState:
-        vm = self.machines.running(vm_id)
-        boot = self._boot(vm)
-        if not boot.ready and wait > 0:
-            await wait_event(boot.changed, wait)
-            if self.machines.live_pid(vm) is None or self.machines.guest_off(vm):
-                vm = self.machines.running(vm_id)  # raises InvalidState: it stopped meanwhile
-            if self._current(vm)[0] != boot.key:  # a reset meanwhile: say how far the new boot is
-                return self._boot(vm).state()
-        return boot.state()
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            vm = self.machines.running(vm_id)  # InvalidState once it stopped, also while waited on
+            boot = self._boot(vm)
+            pending = self._reset_pending(vm, boot)
+            if boot.ready and not pending:
+                return boot.state()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if pending:
+                    return GuestState(ready=False, boot=boot.key, host_keys=boot.host_keys or (), detail="rebooting: waiting for the guest to reset")
+                return boot.state()
+            if pending:  # the boot's tracker may have ended ready: look again for the reset
+                await asyncio.sleep(min(POLL, left))
+            else:  # its tracker ends when the boot is ready, or over (stopped, reset)
+                await wait_event(boot.changed, left)
+
+    @staticmethod
+    def _reset_pending(vm: QemuVm, boot: Boot) -> bool:
+        expected = vm.reset_expected
+        return expected is not None and expected[0] == boot.key and time.monotonic() < expected[1]
 
     def _current(self, vm: QemuVm) -> tuple[str, tuple[int | None, int, int] | None]:
         """The name of the VM's current boot (QEMU's pid and its resets), and its reset mark."""
@@ -181,6 +203,9 @@ class Readiness:
 
     async def _look(self, vm: QemuVm, boot: Boot) -> None:
         now = time.monotonic()
+        if self._reset_pending(vm, boot):
+            boot.detail = "rebooting: waiting for the guest to reset"
+            return
         self._read_console(vm, boot, now)
         if not boot.agent_port:
             boot.agent_port = await self._agent_port_open(vm)
