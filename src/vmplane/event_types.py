@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated", "vm.health")
+VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated", "vm.health", "vm.guest_ready")
 JOB_TYPES = ("job.submitted", "job.started", "job.progress", "job.completed", "job.failed", "job.cancelled")
 TASK_TYPES = ("task.started", "task.succeeded", "task.failed", "task.cancelled")
 SCHEDULE_TYPES = ("schedule.triggered", "schedule.completed", "schedule.failed", "schedule.disabled")
@@ -17,7 +17,7 @@ PLUGIN_TYPES = ("plugin.installed", "plugin.enabled", "plugin.disabled", "plugin
 DEPLOYMENT_TYPES = ("deployment.created", "deployment.updated", "deployment.deleted", "deployment.reconciled", "deployment.disabled")
 ALL_TYPES = VM_TYPES + JOB_TYPES + TASK_TYPES + SCHEDULE_TYPES + NODE_TYPES + WEBHOOK_TYPES + PLUGIN_TYPES + DEPLOYMENT_TYPES
 
-PATTERN_RE = re.compile(r"^[a-z*]+(\.[a-z*]+)?$")
+PATTERN_RE = re.compile(r"^[a-z_*]+(\.[a-z_*]+)?$")
 
 # VM status → the event announcing it (other statuses are `vm.updated`)
 VM_STATUS_EVENT = {

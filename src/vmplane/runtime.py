@@ -38,6 +38,7 @@ from .services.jobs import JobService
 from .services.moves import MoveService
 from .services.networks import NetworkService
 from .services.plugins import PluginService
+from .services.readiness import ReadinessService
 from .services.schedules import Replay, ScheduleService
 from .services.secrets import KEY_FILE as SECRETS_KEY_FILE
 from .services.secrets import SecretBox
@@ -111,6 +112,8 @@ class Runtime:
         )  # fmt: skip
         self.moves = MoveService(store=store, engine=engine, cluster=cluster)
         self.guest = guest = GuestService(store=store, registry=registry, streams=self.streams)
+        self.readiness = ReadinessService(store=store, registry=registry, bus=self.events)
+        """watches each boot until the guest is ready; the `waitReady` long-poll"""
         self.vsphere = vsphere = VsphereService(store=store, outbound=outbound, secret_box=self.secret_box)
         self.networks = networks = NetworkService(store=store, settings=settings, engine=engine, tenancy=tenancy)
         self.imports = imports = ImportService(
@@ -243,6 +246,7 @@ class Runtime:
             await self._register_tiny_template()
         await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start(self.handler_deps)
+        await self.readiness.start()
         await self.webhook_delivery.start()
         await self.schedules.start()
         self.plugins.start()
@@ -372,6 +376,7 @@ class Runtime:
         await self.plugins.stop()
         await self.deployments.stop()
         await self.engine.stop()
+        await self.readiness.stop()
         await self.agents.stop()
         await self.webhook_delivery.stop()
         await self.events.stop()

@@ -95,6 +95,14 @@ class DriverContract:
         with pytest.raises(InvalidState):
             await env.driver.reboot_vm(spec.id)
 
+    async def test_guest_state_needs_a_running_vm(self, env: Any) -> None:
+        spec = env.spec()
+        await env.driver.create_vm(spec)
+        with pytest.raises(InvalidState):
+            await env.driver.guest_state(spec.id)
+        with pytest.raises(InvalidState):
+            await env.driver.guest_state(spec.id, wait=0.5)
+
     async def test_delete_is_idempotent_and_complete(self, env: Any) -> None:
         d, spec = env.driver, env.spec()
         await d.create_vm(spec)

@@ -87,6 +87,8 @@ class TestRemoteQemu(RemoteContract):
         d, spec = env.driver, env.spec()
         await d.create_vm(spec)
         await d.start_vm(spec.id)
+        ready = await d.guest_state(spec.id, wait=BOOT_TIMEOUT)  # the agent's driver waits, the answer comes over
+        assert ready.ready and "cloud-init is done" in ready.detail, ready
         await wait_for_console(d, spec.id, "vmplane-tiny: boot complete", timeout=BOOT_TIMEOUT)
         r = await d.exec_vm(spec.id, ["sh", "-c", "echo hello > /mnt/disk/mark; sync; cat /mnt/disk/mark; echo oops >&2; exit 3"], 20, 4096)
         assert (r.exit_code, r.stdout, r.stderr) == (3, b"hello\n", b"oops\n")

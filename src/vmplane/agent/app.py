@@ -174,6 +174,12 @@ def create_agent_app(state: AgentState) -> FastAPI:
         await d.set_network(vm_id(vid), nics, firewall)
         return Response(status_code=204)
 
+    @app.get(P + "/vms/{vid}/guest")
+    async def guest(vid: str, wait: float = 0.0) -> JSONResponse:
+        if not 0 <= wait <= wire.GUEST_WAIT_MAX:
+            raise InvalidRequest(f"wait must be from 0 to {wire.GUEST_WAIT_MAX:g} seconds", field="wait")
+        return JSONResponse(wire.guest_to_wire(await d.guest_state(vm_id(vid), wait)))
+
     @app.get(P + "/vms/{vid}/stats")
     async def stats(vid: str) -> JSONResponse:
         return JSONResponse(wire.stats_to_wire(await d.stats_vm(vm_id(vid))))

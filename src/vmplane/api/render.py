@@ -19,6 +19,7 @@ def vm(row: Vm, now: float) -> dict[str, Any]:
         "node": row.node_id,
         "nodeId": row.node_id,
         "status": row.status,
+        "guestReady": row.guest_ready,
         "uptime": clock.human_duration(now - row.started_at) if row.started_at and row.status == "running" else None,
         "tags": row.tags,
         "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb},

@@ -175,6 +175,11 @@ class VmOut(BaseModel):
     node: str | None
     nodeId: str | None
     status: str
+    guestReady: bool = Field(
+        description="the guest is ready in its current boot: its agent answers and cloud-init, where present, is done "
+        "(a guest with no agent: it wrote to its serial console); false again at every stop, start and reboot until it is "
+        "ready again. `GET ?waitReady=S` waits for it; the `vm.guest_ready` event says it"
+    )
     uptime: str | None
     tags: list[str]
     resources: ResourcesOut

@@ -4,6 +4,7 @@ import gc
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from .client import Client, interactive
+from .client import Client, err, interactive
 
 # The commands that run a process (serve, agent, mcp, image build) import it inside their
 # function, and only those imports are inside functions: the client commands and --help start
@@ -241,12 +242,15 @@ def _print(data: Any) -> None:
     out.print_json(json.dumps(data)) if interactive(False) else typer.echo(json.dumps(data, indent=2))
 
 
-def _finish(client: Client, accepted: dict[str, Any], wait: bool, json_out: bool) -> None:
+def _finish(client: Client, accepted: dict[str, Any], wait: bool, json_out: bool, ready: list[str] | None = None) -> None:
+    """Print the job, or wait for it to end (and then for the guests of the VMs in `ready`)."""
     job_id = accepted["jobId"]
     if not wait:
         _print(accepted) if json_out else typer.echo(job_id)
         return
     job = client.wait_job(job_id, show_progress=interactive(json_out))
+    if ready and job["state"] in ("succeeded", "partial"):
+        _wait_ready(client, ready)
     if json_out:
         _print(client.request("GET", f"/api/v1/jobs/{job_id}"))
     else:
@@ -258,6 +262,46 @@ def _finish(client: Client, accepted: dict[str, Any], wait: bool, json_out: bool
                     typer.echo(f"  {t['resourceId']}: {t['error']}", err=True)
     if job["state"] != "succeeded":
         raise typer.Exit(1)
+
+
+READY_TIMEOUT = 900.0
+"""how long `vm create` and `vm start` wait for guests to be ready (Debian under TCG: ~80 s)"""
+
+
+def _wait_ready(client: Client, vm_ids: list[str]) -> None:
+    """After a create or start: wait until each VM's guest is ready (`GET ?waitReady=`, a
+    long-poll), with a spinner on stderr when it is a terminal and plain lines otherwise.
+    Exits 1 when a VM stops or fails on the way, 3 when one is not ready in READY_TIMEOUT."""
+    started = time.monotonic()
+    for vm_id in vm_ids:
+        vm = client.request("GET", f"/api/v1/vms/{vm_id}")
+        if vm["status"] not in ("starting", "rebooting", "running"):
+            continue  # not started (--no-start): nothing will boot
+        what = f"waiting for the guest of {vm['name']} to be ready"
+        if err.is_terminal:
+            with err.status(what):
+                vm = _poll_ready(client, vm, started)
+        else:
+            err.print(what, highlight=False)
+            vm = _poll_ready(client, vm, started)
+        if vm.get("guestReady"):
+            err.print(f"{vm['name']}: guest ready ({time.monotonic() - started:.1f} s)", highlight=False)
+        elif vm["status"] in ("starting", "rebooting", "running"):
+            err.print(f"[red]error:[/red] the guest of {vm['name']} was not ready within {READY_TIMEOUT:g} s")
+            raise typer.Exit(3)
+        else:
+            err.print(f"[red]error:[/red] {vm['name']} is {vm['status']} before its guest was ready{': ' + vm['error'] if vm.get('error') else ''}")
+            raise typer.Exit(1)
+
+
+def _poll_ready(client: Client, vm: dict[str, Any], started: float) -> dict[str, Any]:
+    while not vm.get("guestReady") and vm["status"] in ("starting", "rebooting", "running"):
+        left = READY_TIMEOUT - (time.monotonic() - started)
+        if left <= 0:
+            break
+        wait = min(60.0, max(1.0, left))
+        vm = client.request("GET", f"/api/v1/vms/{vm['id']}", params={"waitReady": f"{wait:g}"}, timeout=wait + 30)
+    return vm
 
 
 @vm_app.command("list")
@@ -315,7 +359,7 @@ def vm_create(
     url: UrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create VMs (one job for all of them)."""
+    """Create VMs (one job for all of them), then wait for their guests to be ready (--no-wait: for neither)."""
     keys = [_read_arg(k, "--ssh-key").strip() for k in ssh_key or ()]
     cloud = {"cloudInit": {"userData": _read_arg(user_data, "--user-data")}} if user_data else {}
     specs = [
@@ -332,7 +376,8 @@ def vm_create(
         for n in name
     ]
     c = Client(url)
-    _finish(c, c.request("POST", "/api/v1/vms", json=specs), wait, json_out)
+    accepted = c.request("POST", "/api/v1/vms", json=specs)
+    _finish(c, accepted, wait, json_out, ready=accepted.get("vmIds") or [])
 
 
 def _read_arg(value: str, option: str) -> str:
@@ -363,13 +408,14 @@ def vm_delete(
 def _power_command(action: str, doc: str) -> None:
     def command(vm: VmArg, wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
         c = Client(url)
-        _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/{action}"), wait, json_out)
+        vm_id = c.vm(vm)["id"]
+        _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/{action}"), wait, json_out, ready=[vm_id] if action == "start" else [])
 
     command.__doc__ = doc
     vm_app.command(action)(command)
 
 
-_power_command("start", "Power a VM on.")
+_power_command("start", "Power a VM on, then wait for its guest to be ready (--no-wait: for neither).")
 _power_command("stop", "Power a VM off (hard).")
 _power_command("shutdown", "Shut a VM down gracefully.")
 _power_command("reboot", "Reboot a VM.")

@@ -36,6 +36,8 @@ class Vm:
     started_at: float | None
     created_at: float
     updated_at: float
+    guest_ready: bool
+    """the guest said it is ready in its current boot (false again at every stop, start, reboot)"""
 
     @classmethod
     def from_row(cls, row: Any) -> Vm:
@@ -51,6 +53,7 @@ class Vm:
             "node_id": self.node_id, "template_id": self.template_id, "snapshot_id": self.snapshot_id, "status": self.status,
             "cpu": self.cpu, "ram_mb": self.ram_mb, "disk_gb": self.disk_gb, "tags": self.tags, "spec": self.spec.to_json(),
             "error": self.error, "started_at": self.started_at, "created_at": self.created_at, "updated_at": self.updated_at,
+            "guest_ready": self.guest_ready,
         }  # fmt: skip
 
     @property

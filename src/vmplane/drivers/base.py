@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..domain import Resources, VmSpec
 from ..domain.network import Firewall, Nic
-from ..errors import DriverError
+from ..errors import DriverError, InvalidState
 from ..pci import PciDevice
 
 Progress = Callable[[int, str], Awaitable[None]]
@@ -94,6 +94,22 @@ class VmRuntime:
     state: PowerState
     started_at: float | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GuestState:
+    """How far a running VM's guest has come in its current boot (`guest_state`)."""
+
+    ready: bool
+    """the guest is usable: its agent answers and cloud-init, where present, is done; a guest
+    with no agent: it has written to its serial console"""
+    boot: str = ""
+    """names the boot this is of (changes at every start and reset of the guest)"""
+    host_keys: tuple[str, ...] = ()
+    """SSH host keys (`ssh-ed25519 AAAA…`) the guest printed on its console in this boot: the
+    first `-----BEGIN SSH HOST KEY KEYS-----` block cloud-init writes, each key checked"""
+    detail: str = ""
+    """what the guest is waiting for, or how its readiness was told (for logs and people)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +264,18 @@ class HypervisorDriver(ABC):
     @abstractmethod
     async def list_vms(self) -> list[VmRuntime]:
         """Every VM this driver owns on its node."""
+
+    async def guest_state(self, vm_id: str, wait: float = 0.0) -> GuestState:
+        """How far the running VM's guest has come in its current boot; with `wait` > 0,
+        returns as soon as it is ready, or after `wait` seconds with it not ready yet. Raises
+        InvalidState if the VM is not running (also when it stops while waited on). Changes
+        nothing. This default (for drivers whose guests are no real ones) calls a running VM
+        ready."""
+        runtime = await self.get_vm(vm_id)
+        if runtime is None or runtime.state != PowerState.RUNNING:
+            state = runtime.state if runtime is not None else "undefined"
+            raise InvalidState(f"VM {vm_id} is {state}, not running", current=str(state), required="running")
+        return GuestState(ready=True, boot=str(runtime.started_at or ""), detail="running")
 
     async def exec_vm(self, vm_id: str, argv: list[str], timeout: float, max_output: int) -> ExecResult:
         """Run `argv` in the guest (no shell) and wait up to `timeout` s. Output beyond

@@ -36,6 +36,7 @@ from . import remote_wire as wire
 from .base import (
     Capabilities,
     ExecResult,
+    GuestState,
     HypervisorDriver,
     ImageInfo,
     MigrationTarget,
@@ -268,6 +269,12 @@ class RemoteDriver(HypervisorDriver):
     async def list_vms(self) -> list[VmRuntime]:
         resp = await self._call("GET", "/vms", what="the list of VMs")
         return [wire.runtime_from_wire(r) for r in resp.json()["items"]]
+
+    async def guest_state(self, vm_id: str, wait: float = 0.0) -> GuestState:
+        """The agent's driver's answer (its own waiting, up to `GUEST_WAIT_MAX` per request)."""
+        wait = min(max(0.0, wait), wire.GUEST_WAIT_MAX)
+        resp = await self._call("GET", f"/vms/{vm_id}/guest?wait={wait:g}", timeout=wait + CALL_TIMEOUT, what=f"guest state of {vm_id}")
+        return wire.guest_from_wire(resp.json())
 
     async def exec_vm(self, vm_id: str, argv: list[str], timeout: float, max_output: int) -> ExecResult:
         body = {"argv": list(argv), "timeout": timeout, "maxOutput": max_output}

@@ -25,7 +25,7 @@ from ..domain import Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import InvalidRequest, Reason, VmplaneError
 from ..pci import PciDevice
-from .base import Capabilities, ExecResult, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
+from .base import Capabilities, ExecResult, GuestState, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 
 AGENT_PREFIX = "/agent/v1"
 """Where a node agent serves its driver."""
@@ -125,6 +125,24 @@ def runtime_from_wire(d: Any) -> VmRuntime:
         raise InvalidRequest(f"runtime.state {d.get('state')!r} is not a power state", field="runtime.state") from None
     started = _get(d, "startedAt", (int, float), "runtime", optional=True)
     return VmRuntime(vm_id=_get(d, "vmId", str, "runtime"), state=state, started_at=started, error=_get(d, "error", str, "runtime", optional=True))
+
+
+GUEST_WAIT_MAX = 300.0
+"""the longest `guest_state` wait one request to an agent may ask for"""
+
+
+def guest_to_wire(g: GuestState) -> dict[str, Any]:
+    return {"ready": g.ready, "boot": g.boot, "hostKeys": list(g.host_keys), "detail": g.detail}
+
+
+def guest_from_wire(d: Any) -> GuestState:
+    keys = _get(d, "hostKeys", list, "guest")
+    if not all(isinstance(k, str) for k in keys):
+        raise InvalidRequest("guest.hostKeys must be strings", field="guest.hostKeys")
+    return GuestState(
+        ready=_get(d, "ready", bool, "guest"), boot=_get(d, "boot", str, "guest"), host_keys=tuple(keys),
+        detail=_get(d, "detail", str, "guest"),
+    )  # fmt: skip
 
 
 def exec_to_wire(r: ExecResult) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .. import clock, pci
 from ..domain import Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidState, NoCapacity
-from .base import Capabilities, HypervisorDriver, ImageInfo, NodeInfo, PowerState, Progress, VmRuntime
+from .base import Capabilities, GuestState, HypervisorDriver, ImageInfo, NodeInfo, PowerState, Progress, VmRuntime
 
 QCOW2_MAGIC = b"QFI\xfb"
 
@@ -67,6 +68,8 @@ class SimDriver(HypervisorDriver):
     """A sysfs tree (a fake one in tests) whose devices the allowlist admits are offered for
     passthrough, as a real node would offer them; nothing is bound, the VMs are simulated."""
     pci_allowlist: tuple[str, ...] = ()
+    guest_boot: float = 0.3
+    """seconds from a start or reboot until the simulated guest is ready (`guest_state`)"""
 
     def __post_init__(self) -> None:
         self._pci_allow = pci.Allowlist(self.pci_allowlist)
@@ -313,6 +316,23 @@ class SimDriver(HypervisorDriver):
 
     async def list_vms(self) -> list[VmRuntime]:
         return [VmRuntime(vm_id=i, state=v.state, started_at=v.started_at) for i, v in self._vms.items()]
+
+    async def guest_state(self, vm_id: str, wait: float = 0.0) -> GuestState:
+        """The simulated guest is ready `guest_boot` seconds after its start or reboot."""
+        deadline = time.monotonic() + max(0.0, wait)
+        while True:
+            vm = self._vms.get(vm_id)
+            if vm is None or vm.state != PowerState.RUNNING or vm.started_at is None:
+                state = vm.state if vm is not None else "undefined"
+                raise InvalidState(f"VM {vm_id} is {state}, not running", current=str(state), required="running")
+            boot = repr(vm.started_at)
+            left = vm.started_at + self.guest_boot - clock.now()
+            if left <= 0:
+                return GuestState(ready=True, boot=boot, detail="the simulated guest booted")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return GuestState(ready=False, boot=boot, detail="the simulated guest is booting")
+            await asyncio.sleep(min(left, remaining, 0.5))
 
     async def snapshot_vm(self, vm_id: str, snapshot_id: str) -> ImageInfo:
         async with self._lock(vm_id):

@@ -5,6 +5,7 @@
 # Serial markers (matched by the host):
 #   "vmplane-tiny: init starting"  - first thing init prints
 #   "vmplane-tiny: boot complete"  - modules, seed, agent, network, sshd, user-data done
+#                                    (and `cloud-init status` says done from then on)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 umask 022
@@ -27,6 +28,16 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 mkdir -p /run/vmplane /run/qemu-ga /var/log /tmp /mnt/disk /mnt/seed
 chmod 1777 /tmp
+
+# --- `cloud-init status` as cloud-init answers it: vmplane asks it through the agent to tell
+# when the guest is ready (docs/images.md, "Readiness"): done once the boot below is complete
+# (seed, network, sshd, user-data), running until then ---
+cat >/usr/bin/cloud-init <<'END'
+#!/bin/sh
+[ "$1" = status ] || { echo "vmplane-tiny: this guest's cloud-init only answers 'cloud-init status'" >&2; exit 1; }
+if [ -e /run/cloud-init/result.json ]; then echo "status: done"; else echo "status: running"; fi
+END
+chmod 755 /usr/bin/cloud-init
 
 # --- kernel modules, in dependency order (computed at image build time) ---
 while read -r m; do
@@ -239,6 +250,7 @@ if [ -n "$IID" ] && [ -f /run/vmplane/user-data ] && head -n 1 /run/vmplane/user
 fi
 
 touch /run/vmplane/boot-complete
+mkdir -p /run/cloud-init && echo '{"v1": {"datasource": "DataSourceNoCloud", "errors": []}}' >/run/cloud-init/result.json
 say "boot complete"
 
 # --- root shell on the serial console, respawned forever ---

@@ -1,6 +1,6 @@
 """The schema. Times are epoch seconds (float) so SQLite and PostgreSQL behave alike."""
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, false
 from sqlalchemy import false as sa_false
 
 metadata = MetaData()
@@ -83,6 +83,7 @@ vms = Table(
     Column("started_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("guest_ready", Boolean, nullable=False, server_default=false()),  # the guest said it is ready this boot (no Python default: inserts of older tests name no such column)
     UniqueConstraint("org_id", "name", name="uq_vms_org_name"),
     sqlite_autoincrement=True,
 )

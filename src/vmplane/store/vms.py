@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import Vm
@@ -99,10 +99,27 @@ async def set_vm(conn: AsyncConnection, vm_id: str, **values: Any) -> None:
 
 
 async def set_status(conn: AsyncConnection, vm_id: str, status: str, **values: Any) -> None:
-    """Change a VM's status (and other fields) and announce it (`vm.running`, `vm.error`, …)."""
+    """Change a VM's status (and other fields) and announce it (`vm.running`, `vm.error`, …).
+    A status other than `running` ends the guest's readiness: it is said again, once, after
+    the next boot (`set_guest_ready`)."""
+    if status != "running":
+        values["guest_ready"] = False
     row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(status=status, **values).returning(*vms.c))).first()
     if row is not None:
         await ev_q.emit(conn, vm_event_for(status), vm_id, _vm_data(row), row.org_id, row.team_id)
+
+
+async def set_guest_ready(conn: AsyncConnection, vm_id: str, spec: dict[str, Any] | None, detail: str) -> bool:
+    """Record that the guest of a running VM is ready (and its spec, when the guest's SSH host
+    key changed it) and announce it (`vm.guest_ready`): once per boot, so False when the VM is
+    no longer running or was ready already."""
+    values: dict[str, Any] = {"guest_ready": True} | ({"spec": spec} if spec is not None else {})
+    q = update(vms).where(vms.c.id == vm_id, vms.c.status == "running", vms.c.guest_ready == false()).values(**values).returning(*vms.c)
+    row = (await conn.execute(q)).first()
+    if row is None:
+        return False
+    await ev_q.emit(conn, "vm.guest_ready", vm_id, {**_vm_data(row), "guestReady": True, "detail": detail}, row.org_id, row.team_id)
+    return True
 
 
 async def set_tags(conn: AsyncConnection, vm_id: str, tags: list[str]) -> None:

@@ -8,6 +8,7 @@ from ... import clock
 from ...domain import NewVm, Resources
 from ...domain.network import parse_firewall
 from ...errors import InvalidRequest
+from ...services.readiness import parse_wait
 from ...services.vms import VmChange
 from .. import render
 from ..deps import CallerDep, RuntimeDep
@@ -98,8 +99,19 @@ async def create_vms(request: Request, rt: RuntimeDep, caller: CallerDep) -> JSO
 
 
 @router.get("/vms/{vm_id}", response_model=VmOut, responses=ERRORS)
-async def get_vm(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
-    return JSONResponse(render.vm(await rt.vms.get(vm_id, who), clock.now()))
+async def get_vm(
+    vm_id: str,
+    rt: RuntimeDep,
+    who: CallerDep,
+    waitReady: str | None = Query(
+        None, max_length=32,
+        description="seconds (at most 300) to wait for `guestReady`: the answer comes as soon as the guest is ready, "
+        "the VM leaves the states on the way to it (stopped, error, …), or the time is up",
+    ),
+) -> JSONResponse:
+    wait = parse_wait(waitReady)
+    vm = await (rt.readiness.wait_ready(vm_id, who, wait) if wait else rt.vms.get(vm_id, who))
+    return JSONResponse(render.vm(vm, clock.now()))
 
 
 @router.patch("/vms/{vm_id}", status_code=202, responses=ACCEPTED)

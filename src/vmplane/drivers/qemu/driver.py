@@ -17,6 +17,7 @@ VMs and their locks (`machines.Machines`):
     network     bridges, taps, firewalls, forwarded ports; alias addresses in the guest
     vfio        host PCI devices given to VMs
     guest       exec, serial console, stats
+    readiness   when a guest is ready after a boot; the SSH host keys it printed
 """
 
 import asyncio
@@ -36,6 +37,7 @@ from ...net import host as nethost
 from ..base import (
     Capabilities,
     ExecResult,
+    GuestState,
     HypervisorDriver,
     ImageInfo,
     MigrationTarget,
@@ -51,6 +53,7 @@ from .machines import Machines, QemuHost, QemuVm
 from .migration import Migration
 from .network import Networking
 from .power import Power
+from .readiness import Readiness
 from .snapshots import Snapshots
 from .vfio import Vfio
 
@@ -113,7 +116,13 @@ class QemuDriver(HypervisorDriver):
         self.migration = Migration(self.host, self.machines, self.power, self.network)
         self.guest = Guest(self.host, self.machines)
         self.machines.on_guest_poweroff = self.power.finish_guest_poweroff
-        self.machines.on_reset = self.network.after_reset
+        self.readiness = Readiness(self.machines)
+        self.machines.on_reset = self._after_reset
+
+    def _after_reset(self, vm_id: str) -> None:
+        """The guest reset (a reboot): a new boot to wait for; its alias addresses again."""
+        self.readiness.reset(vm_id)
+        self.network.after_reset(vm_id)
 
     @property
     def state_dir(self) -> Path:
@@ -275,15 +284,20 @@ class QemuDriver(HypervisorDriver):
         return await self.power.shutdown(vm_id, timeout)
 
     async def reboot_vm(self, vm_id: str) -> None:
+        self.readiness.expect_reset(vm_id)  # the guest's own reboot takes a while: not ready from now on
         await self.power.reboot(vm_id)
 
     async def power_cycle_vm(self, vm_id: str) -> None:
+        self.readiness.expect_reset(vm_id)
         await self.power.power_cycle(vm_id)
 
     # -- in the guest ----------------------------------------------------------------------
 
     async def exec_vm(self, vm_id: str, argv: list[str], timeout: float, max_output: int) -> ExecResult:
         return await self.guest.exec(vm_id, argv, timeout, max_output)
+
+    async def guest_state(self, vm_id: str, wait: float = 0.0) -> GuestState:
+        return await self.readiness.state(vm_id, wait)
 
     async def open_console(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await self.guest.open_console(vm_id)

@@ -78,6 +78,12 @@ class QemuVm:
     """QEMU waits for the state of a live migration (target side, until migrate_finish)."""
     migrated: bool = False
     """the VM's state went to another node (source side): only delete_vm is left to do"""
+    reset_mark: tuple[int | None, int, int] | None = None
+    """(QEMU pid, resets of that QEMU, serial.log size at the last one): where its boot began"""
+    reset_expected: tuple[str, float] | None = None
+    """(the boot, a monotonic deadline): a reboot was asked for; that boot is ending"""
+    boot: object = None
+    """the current boot's readiness tracker (`readiness.Boot`)"""
 
     @property
     def id(self) -> str:

@@ -130,6 +130,7 @@ class Power:
                 raise DriverError(f"{path} is missing on {self.host.hostname}; the VM cannot start", vm_id=vm.id)
         await self.disks.check_backing(vm, vm.paths.disk)
         _trim_log(vm.paths.serial_log)
+        serial_offset = _log_size(vm.paths.serial_log)  # where this boot's console output begins (readiness)
         argv = build_argv(
             vm.config, vm.paths, accel=self.host.accel, qemu_binary=self.host.qemu_binary,
             forward_address=self.host.forward_address, sandbox=self.host.sandbox, runas=self.host.runas(),
@@ -150,6 +151,7 @@ class Power:
                 "startedAt": procfs.start_time(pid),
                 "resources": vm.config.resources.to_wire(),
                 "accel": self.host.accel,
+                "serialOffset": serial_offset,
                 "argv": argv,
                 **net_state,
             })
@@ -250,6 +252,13 @@ async def _wait_exit(pid: int, marker: str, timeout: float) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _trim_log(path: Path) -> None:
