@@ -8,9 +8,6 @@ Create Date: 2026-12-07 05:30:00.000000
 is ready in its current boot (its agent answers and cloud-init is done; a guest with no agent:
 its first console output), set with the `vm.guest_ready` event; every status change other
 than to `running` makes it false again (store/vms.set_status).
-
-Chained on 0026 on its branch (h22-ready); issue 22's 0027 (templates.login_user) goes before
-it when merged: then down_revision is '0027'.
 """
 
 from alembic import op
@@ -18,7 +15,7 @@ import sqlalchemy as sa
 
 
 revision = '0028'
-down_revision = '0026'
+down_revision = '0027'
 branch_labels = None
 depends_on = None
 
