@@ -92,7 +92,8 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
     code, _, err = await run_cli(env, "vm", "ssh", "cli-guest", "-i", str(key), "--", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "true")
     assert code == 255 and "refused" in err
     r = await s.client.put(f"/api/v1/vms/{vm['id']}/firewall", json={"enabled": True, "rules": []})
-    assert (await s.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    done = await s.wait_job(r.json()["jobId"])
+    assert done["state"] == "succeeded", done
 
     # exec: output on the right streams, the command's exit code
     code, out, err = await run_cli(env, "vm", "exec", "cli-guest", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 5")
