@@ -114,7 +114,7 @@ class _Build:
         if not MBR_CODE.is_file():
             raise DebianImageError("host tools", f"{MBR_CODE} missing; run scripts/install-image-tools.sh (syslinux-common)")
         self.report(2, f"{self.recipe.name}: mmdebstrap {self.recipe.suite} from {self.mirror or 'the default mirror'}")
-        self._mmdebstrap()
+        self._mmdebstrap(dest.with_suffix(".log"))
         self.report(70, "boot partition: FAT + syslinux")
         boot = self._boot_fs()
         self.report(75, "root partition: ext4 from the tree (mke2fs -d)")
@@ -126,7 +126,9 @@ class _Build:
         _run("qcow2", [_need_tool("qemu-img"), "convert", "-c", "-f", "raw", "-O", "qcow2", raw, tmp])
         os.replace(tmp, dest)
 
-    def _mmdebstrap(self) -> None:
+    def _mmdebstrap(self, log_path: Path) -> None:
+        """Run mmdebstrap; its whole output goes to ``log_path`` (beside the image), a condensed
+        line per stage to the progress callback."""
         files_dir = self.scratch / "files"
         for rel, (content, mode) in root_files(self.recipe).items():
             path = files_dir / rel
@@ -143,18 +145,20 @@ class _Build:
             raise DebianImageError("mmdebstrap", f"cannot run mmdebstrap: {exc}") from exc
         assert proc.stdout is not None
         pct = 3
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail = (tail + [line])[-60:]
-            message = _condense(line)
-            if message:
-                pct = min(68, pct + 1)
-                self.report(pct, f"mmdebstrap: {message} ({time.monotonic() - started:.0f} s)")
+        with open(log_path, "w") as log:
+            for raw in proc.stdout:
+                log.write(raw)
+                line = raw.rstrip()
+                tail = (tail + [line])[-60:]
+                message = _condense(line)
+                if message:
+                    pct = max(pct, next((p for key, p in _STAGES if key in message), pct))
+                    self.report(pct, f"mmdebstrap: {message} ({time.monotonic() - started:.0f} s)")
         if proc.wait() != 0:
             text = "\n".join(tail)
             if any(s in text for s in ("Could not resolve", "Temporary failure resolving", "Failed to fetch", "Unable to connect", "Connection refused", "Network is unreachable", "Release' does not have a Release file", "Err:")):
                 raise DebianImageError("mmdebstrap", f"cannot download {self.recipe.suite} from the mirror {self.mirror or '(default)'}: no network to it, or it does not serve this suite", text)
-            raise DebianImageError("mmdebstrap", f"mmdebstrap exited with status {proc.returncode}", text)
+            raise DebianImageError("mmdebstrap", f"mmdebstrap exited with status {proc.returncode} (whole output in {log_path})", text)
         if not (self.root / "boot" / "syslinux.cfg").is_file():
             raise DebianImageError("mmdebstrap", "the kernel hook wrote no /boot/syslinux.cfg")
 
@@ -206,6 +210,11 @@ def _copy_sparse(src: Path, dst: BinaryIO, offset: int) -> None:
                 dst.seek(pos)
                 dst.write(chunk)
             pos += len(chunk)
+
+
+# mmdebstrap's stages and where they put the progress bar (it takes ~70% of the build)
+_STAGES = (("running apt-get update", 5), ("downloading packages", 8), ("extracting archives", 12), ("installing essential", 15),
+           ("installing remaining", 22), ("customize-hook", 60), ("cleaning package lists", 66), ("success in", 68))  # fmt: skip
 
 
 def _condense(line: str) -> str:

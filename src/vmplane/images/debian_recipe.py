@@ -57,6 +57,8 @@ PACKAGES: tuple[str, ...] = (
     "udev",
     "dbus",
     "iproute2",
+    "systemd-resolved",
+    "locales",
     "netbase",
     "cloud-init",
     "cloud-guest-utils",
@@ -80,6 +82,8 @@ DHCP=yes
 CLOUD_CFG = """\
 # vmplane: the seed is a NoCloud (cidata) ISO; the login user is `debian` (sudo, key only).
 datasource_list: [NoCloud, None]
+# C.UTF-8 needs no locale-gen (slow under TCG)
+locale: C.UTF-8
 system_info:
   default_user:
     name: debian
@@ -135,9 +139,9 @@ def root_files(recipe: DebianRecipe) -> dict[str, tuple[bytes, int]]:
 
 
 def recipe_digest(recipe: DebianRecipe) -> str:
-    """A digest of everything that decides the image: suite, packages, files, builder version."""
+    """A digest of everything that decides the image: suite, packages, files, hooks, builder version."""
     h = hashlib.sha256()
-    h.update(json.dumps({"builder": BUILDER_VERSION, "suite": recipe.suite, "packages": sorted(recipe.packages), "cmdline": kernel_cmdline()}, sort_keys=True).encode())
+    h.update(json.dumps({"builder": BUILDER_VERSION, "suite": recipe.suite, "packages": sorted(recipe.packages), "cmdline": kernel_cmdline(), "hooks": CUSTOMIZE_HOOKS}, sort_keys=True).encode())
     for path, (content, mode) in sorted(root_files(recipe).items()):
         h.update(f"\0{path}\0{mode:o}\0".encode() + hashlib.sha256(content).digest())
     return h.hexdigest()
@@ -149,10 +153,14 @@ def recipe_digest(recipe: DebianRecipe) -> str:
 # that it regenerates the bootloader config by itself.
 CUSTOMIZE_HOOKS: tuple[str, ...] = (
     'echo debian > "$1/etc/hostname"',
-    'chroot "$1" systemctl enable systemd-networkd.service',
+    'chroot "$1" systemctl enable systemd-networkd.service systemd-resolved.service',
+    'ln -sf ../run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"',
     'rm -f "$1"/etc/ssh/ssh_host_*_key "$1"/etc/ssh/ssh_host_*_key.pub',
-    'rm -f "$1/boot/syslinux.cfg" && chroot "$1" /etc/kernel/postinst.d/' + HOOK_NAME,
-    'test -s "$1/boot/syslinux.cfg"',
+    # the kernel's installation ran the hook (through initramfs-tools' post-update.d) ...
+    'test -s "$1/boot/syslinux.cfg" || { echo "E: the kernel hook wrote no /boot/syslinux.cfg" >&2; exit 1; }',
+    # ... and running it again on its own regenerates the same config
+    'mv "$1/boot/syslinux.cfg" "$1/boot/syslinux.cfg.installed" && chroot "$1" /etc/kernel/postinst.d/' + HOOK_NAME,
+    'cmp "$1/boot/syslinux.cfg" "$1/boot/syslinux.cfg.installed" && rm "$1/boot/syslinux.cfg.installed"',
     'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/*.log',
     ': > "$1/etc/machine-id"',
 )
