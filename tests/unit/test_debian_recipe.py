@@ -12,9 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from vmplane.cli.main import app
 from vmplane.images import debian_recipe as dr
-from vmplane.images.debian import debian_image_path
+from vmplane.images.debian import DebianImageError, build_debian_image, debian_image_path
 
 
 def _hook(tmp_path: Path) -> Path:
@@ -138,3 +140,23 @@ def test_the_recipe_resolves_against_the_mirror(name: str, tmp_path: Path) -> No
     argv = dr.mmdebstrap_argv(recipe, tmp_path / "files", tmp_path / "root", dr.host_mirror())
     proc = subprocess.run([argv[0], "--simulate", *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_mirror_out_of_reach_is_named_in_the_error(tmp_path: Path) -> None:
+    """No network to the mirror: the build fails at mmdebstrap and says so, and caches nothing."""
+    if shutil.which("mmdebstrap") is None or os.geteuid() != 0:
+        pytest.skip("needs mmdebstrap and root (scripts/install-image-tools.sh; the build runs as root)")
+    seen: list[str] = []
+    with pytest.raises(DebianImageError) as info:
+        build_debian_image("debian-12", tmp_path / "cache", mirror="http://127.0.0.1:9/debian", progress=lambda _p, m: seen.append(m))
+    assert info.value.step == "mmdebstrap"
+    assert "no network to it" in str(info.value) and "http://127.0.0.1:9/debian" in str(info.value)
+    assert seen and seen[0].startswith("debian-12: mmdebstrap bookworm")
+    assert not list((tmp_path / "cache").glob("*.qcow2"))
+
+
+def test_the_cli_names_the_images_it_can_build() -> None:
+    result = CliRunner().invoke(app, ["image", "build", "debian-11"])
+    assert result.exit_code == 2
+    assert "unknown image 'debian-11'; known: tiny, debian-12, debian-13" in result.output
