@@ -245,7 +245,7 @@ def _register_template(c: Client, name: str, disk: Path, os_: str, login_user: s
     that does not know `loginUser` yet (400 naming it) gets the template without it."""
     body: dict[str, Any] = {"name": name, "sourceUrl": disk.absolute().as_uri(), "os": os_, "loginUser": login_user}
     resp = c._send("POST", "/api/v1/templates", json=body)
-    if resp.status_code == 400 and "loginUser" in resp.text:
+    if resp.status_code == 400 and "loginUser: unknown field" in resp.text:
         typer.echo("warning: this server does not know templates' loginUser; registered without it", err=True)
         del body["loginUser"]
         resp = c._send("POST", "/api/v1/templates", json=body)
