@@ -123,8 +123,11 @@ class _Build:
         raw = self._disk(boot, rootfs)
         self.report(88, "qcow2: compressing")
         tmp = dest.with_name(f".{dest.name}.part")
-        _run("qcow2", [_need_tool("qemu-img"), "convert", "-c", "-f", "raw", "-O", "qcow2", raw, tmp])
-        os.replace(tmp, dest)
+        try:
+            _run("qcow2", [_need_tool("qemu-img"), "convert", "-c", "-f", "raw", "-O", "qcow2", raw, tmp])
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)  # nothing half-written stays in the cache
 
     def _mmdebstrap(self, log_path: Path) -> None:
         """Run mmdebstrap; its whole output goes to ``log_path`` (beside the image), a condensed
