@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # QEMU, the tools that build the tiny guest, and restic for backups (scripts/install-qemu.sh);
-# when there is no way to install them, vmplane runs on the sim driver.
+# when there is no way to install them, vmplane runs on the sim driver. The tools of
+# `vmplane image build debian-12` (mmdebstrap, syslinux, mtools: scripts/install-image-tools.sh)
+# are installed too; nothing builds that image unasked.
 system:
 	@scripts/install-qemu.sh || echo "warning: QEMU could not be installed; vmplane will use the sim driver" >&2
+	@scripts/install-image-tools.sh || echo "warning: mmdebstrap could not be installed; \`vmplane image build debian-12\` will not work" >&2
 
 run: $(STAMP) system
 	$(VENV)/bin/vmplane serve --host 127.0.0.1 --port 8080 --data-dir .vmplane

@@ -194,29 +194,72 @@ def is_loopback(host: str) -> bool:
 
 @image_app.command("build")
 def image_build(
-    name: Annotated[str, typer.Argument(help="the image to build: tiny")],
+    name: Annotated[str, typer.Argument(help="the image to build: tiny, debian-12, debian-13")],
     dest: Annotated[Path | None, typer.Option(help="directory (default: the shared image cache)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="build again even when the cache holds this recipe's image")] = False,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="register it as a shared template on the server (debian-*)")] = True,
+    url: UrlOpt = None,
 ) -> None:
-    """Build a guest image from Debian's packages (no internet needed beyond the mirror)."""
+    """Build a guest image from Debian's packages (no internet needed beyond the mirror).
+
+    `debian-12` / `debian-13` build a cloud image (mmdebstrap; a minute or two) cached by its
+    recipe, then register it as the shared template of that name (`os: debian`, `loginUser:
+    debian`) on the server at --url."""
     from ..config import Settings
     from ..images import ImageBuildError, build_tiny_image, tiny_dir
+    from ..images.debian import build_debian_image
+    from ..images.debian_recipe import RECIPES
 
-    if name != "tiny":
-        typer.echo(f"error: unknown image {name!r}; known: tiny", err=True)
+    known = ["tiny", *RECIPES]
+    if name not in known:
+        typer.echo(f"error: unknown image {name!r}; known: {', '.join(known)}", err=True)
         raise typer.Exit(2)
-    target = dest or tiny_dir(Settings(driver="sim").resolved_image_cache())
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=Console(stderr=True), disable=not sys.stderr.isatty()) as bar:
-        t = bar.add_task("tiny", total=100)
+    cache = Settings(driver="sim").resolved_image_cache()
+    tty = sys.stderr.isatty()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=Console(stderr=True), disable=not tty) as bar:
+        t = bar.add_task(name, total=100)
 
         def progress(pct: int, message: str) -> None:
             bar.update(t, completed=pct, description=message)
+            if not tty:  # a log, a pipe, CI: one line per stage
+                typer.echo(f"[{pct:3d}%] {message}", err=True)
 
         try:
-            image = build_tiny_image(target, progress)
+            if name == "tiny":
+                image = build_tiny_image(dest or tiny_dir(cache), progress)
+            else:
+                disk = build_debian_image(name, dest or cache, force=force, progress=progress)
         except ImageBuildError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-    typer.echo(f"kernel {image.kernel}\ninitrd {image.initrd}\ndisk   {image.disk}")
+    if name == "tiny":
+        typer.echo(f"kernel {image.kernel}\ninitrd {image.initrd}\ndisk   {image.disk}")
+        return
+    typer.echo(f"disk   {disk}")
+    if register:
+        recipe = RECIPES[name]
+        _register_template(Client(url), name, disk, recipe.os, recipe.login_user)
+
+
+def _register_template(c: Client, name: str, disk: Path, os_: str, login_user: str) -> None:
+    """Register `disk` as the template `name` (shared when the caller is an operator). A server
+    that does not know `loginUser` yet (400 naming it) gets the template without it."""
+    body: dict[str, Any] = {"name": name, "sourceUrl": disk.absolute().as_uri(), "os": os_, "loginUser": login_user}
+    resp = c._send("POST", "/api/v1/templates", json=body)
+    if resp.status_code == 400 and "loginUser: unknown field" in resp.text:
+        typer.echo("warning: this server does not know templates' loginUser; registered without it", err=True)
+        del body["loginUser"]
+        resp = c._send("POST", "/api/v1/templates", json=body)
+    if resp.status_code == 409 and "already exists" in resp.text:
+        typer.echo(f"template {name!r} already exists on {c.url}: delete it first to register this build")
+        return
+    if resp.status_code >= 400:
+        c._fail(resp)
+    job = c.wait_job(resp.json()["jobId"], show_progress=sys.stderr.isatty())
+    if job["state"] != "succeeded":
+        typer.echo(f"error: registering template {name!r} {job['state']}: {job.get('error') or job}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"template {name} {resp.json()['templateId']}")
 
 
 @app.command()
