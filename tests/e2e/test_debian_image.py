@@ -69,7 +69,7 @@ async def test_debian_12_built_registered_booted_and_configured(server_factory: 
     built = time.monotonic()
     tpl = (await c.get("/api/v1/templates/debian-12")).json()
     assert tpl["os"] == "debian" and tpl["shared"] is True, tpl
-    assert tpl.get("loginUser", "debian") == "debian"  # the field arrives with issue 22 item 2
+    assert tpl["loginUser"] == "debian"
     assert f"template debian-12 {tpl['id']}" in out
 
     # a second build of the same recipe is the cache's: instant, and the template stays

@@ -242,14 +242,9 @@ def image_build(
 
 
 def _register_template(c: Client, name: str, disk: Path, os_: str, login_user: str) -> None:
-    """Register `disk` as the template `name` (shared when the caller is an operator). A server
-    that does not know `loginUser` yet (400 naming it) gets the template without it."""
+    """Register `disk` as the template `name` (shared when the caller is an operator)."""
     body: dict[str, Any] = {"name": name, "sourceUrl": disk.absolute().as_uri(), "os": os_, "loginUser": login_user}
     resp = c._send("POST", "/api/v1/templates", json=body)
-    if resp.status_code == 400 and "loginUser: unknown field" in resp.text:
-        typer.echo("warning: this server does not know templates' loginUser; registered without it", err=True)
-        del body["loginUser"]
-        resp = c._send("POST", "/api/v1/templates", json=body)
     if resp.status_code == 409 and "already exists" in resp.text:
         typer.echo(f"template {name!r} already exists on {c.url}: delete it first to register this build")
         return
