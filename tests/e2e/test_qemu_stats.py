@@ -15,7 +15,6 @@ tests run in file order.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,9 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
-from vmplane import procfs
-
 from ..support import admin_key, free_port, qemu_processes_of, require_qemu, serve, wait_ready
+from .test_qemu_network import stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -102,14 +100,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             lab.booted(lab.vm)
             yield lab
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for pid, _argv in procfs.processes_mentioning(str(data)):  # guests outlive the control plane by design
-            procfs.kill(pid)
+        stop_server(proc, data)  # and every guest or dnsmasq naming its data dir
 
 
 def test_network_counters_follow_the_nic_by_mac_when_the_guest_renames_it(lab: Lab) -> None:
