@@ -83,6 +83,7 @@ vms = Table(
     Column("started_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("running_spec", JSON, nullable=True),
     UniqueConstraint("org_id", "name", name="uq_vms_org_name"),
     sqlite_autoincrement=True,
 )
