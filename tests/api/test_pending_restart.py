@@ -4,6 +4,10 @@ The VM's record changes at once; its running process keeps what it was started w
 power-cycle or a stop and start. A guest reboot keeps the process, so the change still waits.
 """
 
+import asyncio
+import json
+import os
+import sys
 from typing import Any
 
 from vmplane.domain import Vm
@@ -98,3 +102,42 @@ def test_unknown_running_shape_is_not_pending() -> None:
     assert Vm(**fields).pending == []
     assert Vm(**fields, running_spec={"cpu": 1, "ramMb": 512, "diskGb": 10}).pending == ["cpu"]
     assert Vm(**{**fields, "status": "stopped"}, running_spec={"cpu": 1, "ramMb": 512, "diskGb": 10}).pending == []
+
+
+async def _cli(server: Server, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vmplane.cli.main", *args, "--url", server.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "VMPLANE_API_KEY": server.admin_key, "COLUMNS": "200"},
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_marks_a_pending_restart_and_vm_restart_applies_it(server: Server) -> None:
+    job = await server.create({"name": "pr4"})
+    vm_id = job["tasks"][0]["resourceId"]
+    code, out, err = await _cli(server, "vm", "list")
+    assert code == 0 and "restart to apply" not in out, err
+    await _patch(server, vm_id, {"cpu": 2, "ramMb": 1024})
+    code, out, err = await _cli(server, "vm", "list")
+    assert code == 0 and "running (restart to apply)" in out, out
+    code, out, err = await _cli(server, "vm", "get", "pr4")
+    assert code == 0 and json.loads(out)["pending"] == ["cpu", "ramMb"]
+    assert "restart to apply: cpu, ramMb (vmplane vm restart pr4)" in err
+
+    # --soft is the guest's reboot: the process stays, so the change still waits
+    code, out, err = await _cli(server, "vm", "restart", "pr4", "--soft")
+    assert code == 0 and "succeeded" in out, err
+    jobs = (await server.client.get("/api/v1/jobs")).json()["items"]
+    assert jobs[0]["type"] == "vm-reboot"
+    assert (await _vm(server, vm_id))["pendingRestart"] is True
+
+    code, out, err = await _cli(server, "vm", "restart", "pr4")
+    assert code == 0 and "succeeded" in out, err
+    assert (await server.client.get("/api/v1/jobs")).json()["items"][0]["type"] == "vm-power-cycle"
+    vm = await _vm(server, vm_id)
+    assert vm["status"] == "running" and vm["pendingRestart"] is False
+    code, out, err = await _cli(server, "vm", "list")
+    assert "restart to apply" not in out and "pr4" in out
+    code, _, err = await _cli(server, "vm", "restart", "nothere")
+    assert code == 1 and "nothere" in err
