@@ -1,7 +1,7 @@
 """Growing a running guest's root partition and filesystem after its disk grew (vm-update).
 
 Through the guest agent (`HypervisorDriver.exec_vm`, no shell): the guest says where its root
-filesystem is (`findmnt`, else /proc/mounts); `growpart DISK PART` grows that partition to the
+filesystem is (/proc/mounts, or `findmnt` where that names no device); `growpart DISK PART` grows that partition to the
 disk's end, then `resize2fs DEVICE` (ext2/3/4) or `xfs_growfs /` grows the filesystem. The
 guest's answers are data: the device must match `ROOT_DEVICE` (a virtio, SCSI, Xen or NVMe
 disk or one of its partitions) and the filesystem be one named in `GROWERS` before anything
@@ -45,18 +45,24 @@ def _said(r: ExecResult) -> str:
 
 
 async def root_filesystem(driver: HypervisorDriver, vm_id: str) -> tuple[str, str]:
-    """(device, filesystem type) of the guest's `/`, as the guest says it."""
+    """(device, filesystem type) of the guest's `/`, as the guest says it: its mount table,
+    or `findmnt` where that names no device (`/dev/root`: a root the kernel mounted itself)."""
     try:
-        r = await driver.exec_vm(vm_id, ["findmnt", "-n", "-o", "SOURCE,FSTYPE", "/"], TIMEOUT, MAX_OUTPUT)
-    except VmplaneError:
-        r = None  # (no findmnt: busybox guests) read the mount table instead
-    if r is not None and r.exit_code == 0 and len(words := r.stdout.decode(errors="replace").split()) == 2:
-        return words[0], words[1]
-    mounts = await _run(driver, vm_id, ["cat", "/proc/mounts"])
+        mounts = await driver.exec_vm(vm_id, ["cat", "/proc/mounts"], TIMEOUT, MAX_OUTPUT)
+    except VmplaneError as exc:  # no agent (or not yet), or the VM stopped meanwhile
+        raise _NotGrown(f"the guest did not answer ({exc.message})") from None
     root = [line.split() for line in mounts.stdout.decode(errors="replace").splitlines() if line.split()[1:2] == ["/"]]
     if mounts.exit_code != 0 or not root or len(root[-1]) < 3:
         raise _NotGrown("the guest did not say where its root filesystem is")
-    return root[-1][0], root[-1][2]
+    device, fstype = root[-1][0], root[-1][2]
+    if ROOT_DEVICE.match(device) is None:
+        try:
+            r = await driver.exec_vm(vm_id, ["findmnt", "-n", "-o", "SOURCE,FSTYPE", "/"], TIMEOUT, MAX_OUTPUT)
+        except VmplaneError:
+            return device, fstype  # no findmnt (busybox guests): the mount table's answer stands
+        if r.exit_code == 0 and len(words := r.stdout.decode(errors="replace").split()) == 2:
+            return words[0], words[1]
+    return device, fstype
 
 
 async def grow_root(driver: HypervisorDriver, vm_id: str, disk_gb: int) -> Grown:
