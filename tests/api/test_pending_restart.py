@@ -14,6 +14,7 @@ from vmplane.domain import Vm
 from vmplane.domain.spec import StoredSpec
 
 from ..support import Server
+from .test_events import collect, sse_events
 
 
 async def _vm(server: Server, vm_id: str) -> dict[str, Any]:
@@ -47,9 +48,14 @@ async def test_resize_of_a_running_vm_is_pending_until_a_power_cycle(server: Ser
     listed = {v["id"]: v for v in (await server.client.get("/api/v1/vms")).json()["items"]}
     assert listed[vm_id]["pendingRestart"] is True and listed[vm_id]["pending"] == ["cpu", "ramMb"]
 
-    # the disk grows live: it is never pending
+    # the disk grows live: it is never pending; whether the guest's filesystem grew is said
     await _patch(server, vm_id, {"diskGb": 20})
     assert (await _vm(server, vm_id))["pending"] == ["cpu", "ramMb"]
+    seen = [e["data"] for e in await collect(sse_events(server.client, {"since": "0", "resource": vm_id}), 12, timeout=10)]
+    told = [e for e in seen if "disk" in e["data"]]
+    assert told and told[0]["type"] == "vm.updated" and told[0]["data"]["disk"] == {
+        "diskGb": 20, "filesystemGrown": False, "message": "disk grown to 20 GiB; filesystem not grown: the node cannot run commands in guests",
+    }, seen  # fmt: skip
 
     # a guest reboot keeps the process, and so what it was started with
     await _act(server, vm_id, "reboot")

@@ -34,7 +34,7 @@ async def test_ram_resize_waits_for_a_restart_and_the_disk_grows_live(server_fac
     s = await server_factory(driver="qemu", accel="tcg", cpu_overcommit=8.0, shutdown_timeout_seconds=20)
     c = s.client
     job = await s.create({"name": "rs-1", "templateId": await tiny_template(s), "resources": {"cpu": 1, "ramMb": 256, "diskGb": 2}})
-    assert job["state"] == "succeeded", job
+    assert job["state"] == "succeeded", job["tasks"]
     vm_id = job["tasks"][0]["resourceId"]
 
     async def guest(*argv: str) -> str:
