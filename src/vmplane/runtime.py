@@ -298,7 +298,7 @@ class Runtime:
                 if runtime is None:
                     changes.append((vm.id, {"status": VmStatus.ERROR.value, "error": f"{node_id} no longer has this VM", "started_at": None}))
                 elif runtime.state == PowerState.RUNNING and vm.status != VmStatus.RUNNING:
-                    changes.append((vm.id, {"status": VmStatus.RUNNING.value, "started_at": runtime.started_at}))
+                    changes.append((vm.id, {"status": VmStatus.RUNNING.value, "started_at": runtime.started_at, "running_spec": runtime.running_spec}))
                 elif runtime.state != PowerState.RUNNING and vm.status != VmStatus.STOPPED:
                     error = runtime.error if runtime.state == PowerState.CRASHED else None
                     changes.append((vm.id, {"status": VmStatus.ERROR.value if error else VmStatus.STOPPED.value, "error": error, "started_at": None}))

@@ -125,6 +125,25 @@ class DriverContract:
         with pytest.raises(DriverError):
             await d.resize_vm(spec.id, Resources(2, 256, 1))
 
+    async def test_running_shape_waits_for_a_restart(self, env: Any) -> None:
+        """`VmRuntime.running`: what the VM's process has. CPU and RAM of a resize wait for a
+        power-cycle or stop+start (a reboot keeps the process); a disk grows live."""
+        d, spec = env.driver, env.spec(resources=Resources(1, 256, 2))
+        await d.create_vm(spec)
+        assert (await d.get_vm(spec.id)).running is None  # stopped
+        await d.start_vm(spec.id)
+        assert (await d.get_vm(spec.id)).running == Resources(1, 256, 2)
+        await d.resize_vm(spec.id, Resources(2, 384, 3))
+        hot = d.capabilities.hot_resize_cpu_ram
+        assert (await d.get_vm(spec.id)).running == (Resources(2, 384, 3) if hot else Resources(1, 256, 3))
+        await d.reboot_vm(spec.id)
+        assert (await d.get_vm(spec.id)).running == (Resources(2, 384, 3) if hot else Resources(1, 256, 3))
+        await d.power_cycle_vm(spec.id)
+        rt = await d.get_vm(spec.id)
+        assert rt.state == PowerState.RUNNING and rt.running == Resources(2, 384, 3)
+        await d.stop_vm(spec.id)
+        assert (await d.get_vm(spec.id)).running is None
+
     async def test_bad_image_is_refused(self, env: Any) -> None:
         empty = env.tmp / "empty.img"
         empty.write_bytes(b"")

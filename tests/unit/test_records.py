@@ -95,6 +95,7 @@ def test_records_are_the_tables_rows() -> None:
         "id": "vm-1", "uuid": "u", "name": "a", "org_id": "org-1", "team_id": None, "node_id": "node-1", "template_id": None, "snapshot_id": None,
         "status": "running", "cpu": 1, "ram_mb": 512, "disk_gb": 10, "tags": [], "spec": SHAPES[2], "error": None, "started_at": 1.0, "created_at": 1.0, "updated_at": 2.0,
         "guest_ready": False,
+        "running_spec": {"cpu": 1, "ramMb": 512, "diskGb": 10},
     }  # fmt: skip
     vm = Vm.from_row(_row(vms, **values))
     assert vm.primary_ip == "10.0.0.5" and vm.ssh_endpoint is not None and vm.to_row() == {"seq": 1, **values}

@@ -31,6 +31,8 @@ def vm(row: Vm, now: float) -> dict[str, Any]:
         "pciDevices": list(spec.pci_assigned),
         "plugin": spec.plugin.to_json() if spec.plugin is not None else None,
         "ssh": row.ssh_endpoint,
+        "pendingRestart": bool(pending := row.pending),
+        "pending": pending,
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
     }

@@ -367,14 +367,18 @@ def vm_list(
         r = v["resources"]
         shown = v.get("displayName") or v["name"]  # a face's name for it (FastVM's "my web"), when it differs
         name = Text(v["name"] if shown == v["name"] else f"{v['name']} ({shown})")  # Text: no rich markup from users
-        table.add_row(v["id"], name, v["status"], v["node"] or "-", str(r["cpu"]), str(r["ramMb"]), str(r["diskGb"]), v["uptime"] or "-")
+        status = f"{v['status']} (restart to apply)" if v.get("pendingRestart") else v["status"]
+        table.add_row(v["id"], name, status, v["node"] or "-", str(r["cpu"]), str(r["ramMb"]), str(r["diskGb"]), v["uptime"] or "-")
     out.print(table)
 
 
 @vm_app.command("get")
 def vm_get(vm: VmArg, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
-    """Show one VM."""
-    _print(Client(url).vm(vm))
+    """Show one VM (a restart it waits for is said on stderr, unless --json)."""
+    found = Client(url).vm(vm)
+    _print(found)
+    if not json_out and (note := _pending_note(found)) is not None:
+        typer.echo(note, err=True)
 
 
 @vm_app.command("create")
@@ -457,6 +461,26 @@ _power_command("start", "Power a VM on, then wait for its guest to be ready (--n
 _power_command("stop", "Power a VM off (hard).")
 _power_command("shutdown", "Shut a VM down gracefully.")
 _power_command("reboot", "Reboot a VM.")
+
+
+@vm_app.command("restart")
+def vm_restart(
+    vm: VmArg,
+    soft: Annotated[bool, typer.Option("--soft", help="reboot the guest instead (keeps the VM's process: a pending resize stays pending)")] = False,
+    wait: WaitOpt = True,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Power-cycle a VM, so that it takes its configuration (a CPU/RAM resize pending restart)."""
+    c = Client(url)
+    _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/{'reboot' if soft else 'power-cycle'}"), wait, json_out)
+
+
+def _pending_note(v: dict[str, Any]) -> str | None:
+    """What a VM waits for a restart to apply (`pendingRestart`), as one line, or None."""
+    if not v.get("pendingRestart"):
+        return None
+    return f"restart to apply: {', '.join(v.get('pending') or ())} (vmplane vm restart {v['name']})"
 
 
 @vm_app.command("ssh")

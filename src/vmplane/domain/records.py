@@ -12,6 +12,9 @@ from typing import Any
 
 from .spec import StoredSpec, from_fields
 
+PENDING_STATUSES = frozenset({"running", "rebooting"})
+"""statuses in which a VM has a running process whose shape may lag behind its record"""
+
 
 @dataclass(frozen=True)
 class Vm:
@@ -38,6 +41,9 @@ class Vm:
     updated_at: float
     guest_ready: bool
     """the guest said it is ready in its current boot (false again at every stop, start, reboot)"""
+    running_spec: dict[str, Any] | None = None
+    """`{cpu, ramMb, diskGb}` the VM's running process was started with, as its hypervisor
+    said when its status was last recorded (None: not known; migration 0029)"""
 
     @classmethod
     def from_row(cls, row: Any) -> Vm:
@@ -54,6 +60,7 @@ class Vm:
             "cpu": self.cpu, "ram_mb": self.ram_mb, "disk_gb": self.disk_gb, "tags": self.tags, "spec": self.spec.to_json(),
             "error": self.error, "started_at": self.started_at, "created_at": self.created_at, "updated_at": self.updated_at,
             "guest_ready": self.guest_ready,
+            "running_spec": self.running_spec,
         }  # fmt: skip
 
     @property
@@ -86,6 +93,16 @@ class Vm:
     def ssh_endpoint(self) -> dict[str, Any] | None:
         """`{host, port, user, hostKey}` of the VM's SSH forward, or None."""
         return self.spec.ssh_endpoint
+
+    @property
+    def pending(self) -> list[str]:
+        """What of the VM's record its running process does not have yet (`cpu`, `ramMb`,
+        `diskGb`: a resize waiting for a power-cycle or a stop and start). Empty for a VM that
+        does not run, and for one whose running shape is not known."""
+        running = self.running_spec
+        if self.status not in PENDING_STATUSES or not isinstance(running, dict):
+            return []
+        return [k for k, v in (("cpu", self.cpu), ("ramMb", self.ram_mb), ("diskGb", self.disk_gb)) if running.get(k) not in (None, v)]
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,16 @@ class VmRuntime:
     state: PowerState
     started_at: float | None = None
     error: str | None = None
+    running: Resources | None = None
+    """the resources the VM's running process has: what it was started with, and the disk as
+    grown live since. A resize of a running VM changes CPU and RAM only at its next start (a
+    power-cycle or stop+start; a guest's reboot keeps the process), so until then this differs
+    from the VM's configuration. None when the VM does not run or the driver cannot tell."""
+
+    @property
+    def running_spec(self) -> dict[str, int] | None:
+        """`running` as the store keeps it (`vms.running_spec`)."""
+        return self.running.to_wire() if self.running is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,7 +115,8 @@ def spec_from_wire(d: Any) -> VmSpec:
 
 
 def runtime_to_wire(r: VmRuntime) -> dict[str, Any]:
-    return {"vmId": r.vm_id, "state": str(r.state), "startedAt": r.started_at, "error": r.error}
+    running = r.running.to_wire() if r.running is not None else None
+    return {"vmId": r.vm_id, "state": str(r.state), "startedAt": r.started_at, "error": r.error, "running": running}
 
 
 def runtime_from_wire(d: Any) -> VmRuntime:
@@ -124,7 +125,11 @@ def runtime_from_wire(d: Any) -> VmRuntime:
     except ValueError:
         raise InvalidRequest(f"runtime.state {d.get('state')!r} is not a power state", field="runtime.state") from None
     started = _get(d, "startedAt", (int, float), "runtime", optional=True)
-    return VmRuntime(vm_id=_get(d, "vmId", str, "runtime"), state=state, started_at=started, error=_get(d, "error", str, "runtime", optional=True))
+    running = _get(d, "running", dict, "runtime", optional=True)  # (an agent from before issue 22 omits it)
+    return VmRuntime(
+        vm_id=_get(d, "vmId", str, "runtime"), state=state, started_at=started, error=_get(d, "error", str, "runtime", optional=True),
+        running=resources_from_wire(running, "runtime.running") if running is not None else None,
+    )
 
 
 GUEST_WAIT_MAX = 300.0

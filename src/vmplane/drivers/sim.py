@@ -312,10 +312,10 @@ class SimDriver(HypervisorDriver):
         vm = self._vms.get(vm_id)
         if vm is None:
             return None
-        return VmRuntime(vm_id=vm_id, state=vm.state, started_at=vm.started_at)
+        return _runtime(vm_id, vm)
 
     async def list_vms(self) -> list[VmRuntime]:
-        return [VmRuntime(vm_id=i, state=v.state, started_at=v.started_at) for i, v in self._vms.items()]
+        return [_runtime(i, v) for i, v in self._vms.items()]
 
     async def guest_state(self, vm_id: str, wait: float = 0.0) -> GuestState:
         """The simulated guest is ready `guest_boot` seconds after its start or reboot."""
@@ -386,3 +386,10 @@ class SimDriver(HypervisorDriver):
     async def delete_image(self, template_id: str) -> None:
         if self._images.pop(template_id, None) is not None:
             self._save()
+
+
+def _runtime(vm_id: str, vm: _SimVm) -> VmRuntime:
+    """`resources` is what the running VM has (CPU and RAM of its last start, the disk as
+    grown); `pending` waits for the next start or power-cycle, as on qemu."""
+    running = vm.resources if vm.state == PowerState.RUNNING else None
+    return VmRuntime(vm_id=vm_id, state=vm.state, started_at=vm.started_at, running=running)

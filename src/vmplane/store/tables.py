@@ -84,6 +84,7 @@ vms = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("guest_ready", Boolean, nullable=False, server_default=false()),  # the guest said it is ready this boot (no Python default: inserts of older tests name no such column)
+    Column("running_spec", JSON, nullable=True),
     UniqueConstraint("org_id", "name", name="uq_vms_org_name"),
     sqlite_autoincrement=True,
 )

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..base import ImageInfo, Progress
 from . import images, intake
 from .cmdline import DISK_ID
 from .images import SUPPORTED_FORMATS
-from .layout import GIB, VmConfig, VmPaths, save_config
+from .layout import GIB, VmConfig, VmPaths, save_config, write_json_atomic
 from .machines import Machines, QemuHost, QemuVm
 from .seed import seed_files, write_seed_iso
 
@@ -115,11 +116,21 @@ class Disks:
             if target > info.virtual_size:
                 if self.machines.live_pid(vm) is not None:
                     await self.machines.monitor(vm).execute("block_resize", {"device": DISK_ID, "size": target})
+                    self._note_live_disk(vm, resources.disk_gb)
                 else:
                     await images.grow(self.host.qemu_img, vm.paths.disk, target, vm_id=vm_id)
             if resources != current:
                 vm.config = vm.config.with_resources(resources)
                 save_config(vm.paths, vm.config)
+
+    def _note_live_disk(self, vm: QemuVm, disk_gb: int) -> None:
+        """The running QEMU has the grown disk: run.json says so, so that only CPU and RAM
+        wait for the next start (`VmRuntime.running`, and a power-cycle resets in place when
+        nothing else changed)."""
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            run = json.loads(vm.paths.run.read_text())
+            run["resources"] = {**run["resources"], "diskGb": disk_gb}
+            write_json_atomic(vm.paths.run, run)
 
     # -- contents ----------------------------------------------------------------------------
 

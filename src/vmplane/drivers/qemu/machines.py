@@ -202,7 +202,8 @@ class Machines:
             if vm.incoming or vm.migrated:
                 return VmRuntime(vm_id=vm.id, state=PowerState.STARTING if vm.incoming else PowerState.STOPPING)
             state = vm.transition or (PowerState.STOPPING if self.guest_off(vm) else PowerState.RUNNING)
-            return VmRuntime(vm_id=vm.id, state=state, started_at=procfs.start_time(pid))
+            running = self.started_with(vm) if state == PowerState.RUNNING else None
+            return VmRuntime(vm_id=vm.id, state=state, started_at=procfs.start_time(pid), running=running)
         if vm.transition is not None:
             return VmRuntime(vm_id=vm.id, state=vm.transition)
         if vm.paths.run.exists() and not vm.paths.stop_marker.exists():
@@ -228,7 +229,8 @@ class Machines:
 
     @staticmethod
     def started_with(vm: QemuVm) -> Resources | None:
-        """The resources the VM's QEMU was started with (run.json)."""
+        """The resources the VM's QEMU has (run.json): those it was started with, the disk as
+        grown live since (`Disks.resize`)."""
         try:
             r = json.loads(vm.paths.run.read_text())["resources"]
             return Resources(int(r["cpu"]), int(r["ramMb"]), int(r["diskGb"]))

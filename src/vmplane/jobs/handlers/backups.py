@@ -101,5 +101,6 @@ class VmRestore(BaseHandler):
             return
         runtime = await driver_of(ctx, vm).get_vm(vm.id)
         status = VmStatus.RUNNING if runtime and runtime.state == PowerState.RUNNING else VmStatus.STOPPED
+        running = runtime.running_spec if runtime is not None else None
         async with ctx.deps.store.write() as conn:
-            await vm_q.set_status(conn, vm.id, status.value, updated_at=clock.now())
+            await vm_q.set_status(conn, vm.id, status.value, updated_at=clock.now(), running_spec=running)

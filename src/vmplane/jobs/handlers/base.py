@@ -88,7 +88,7 @@ async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriv
         runtime = await driver.get_vm(vm.id)
         if runtime is None:
             raise DriverError(f"VM {vm.id} is gone from its node right after it started")
-        started = runtime.started_at or clock.now()
-        ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now()))
+        started, running = runtime.started_at or clock.now(), runtime.running_spec
+        ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running))
     else:
         ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, started_at=None, updated_at=clock.now()))

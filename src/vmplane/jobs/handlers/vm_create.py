@@ -68,8 +68,9 @@ class VmCreate(BaseHandler):
         await driver.start_vm(vm.id)
         runtime = await driver.get_vm(vm.id)
         started = runtime.started_at if runtime and runtime.started_at else clock.now()
+        running = runtime.running_spec if runtime is not None else None
         ctx.defer(
-            lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now())
+            lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running)
         )
         ctx.log("running")
 

@@ -390,16 +390,17 @@ class VmImport(BaseHandler):
 
     async def _finish(self, ctx: TaskContext, track: _Tracker, row: Row[Any], vm: Vm, req: ImportRequest) -> None:
         driver = driver_of(ctx, vm)
-        status, started = VmStatus.STOPPED, None
+        status, started, running = VmStatus.STOPPED, None, None
         if req.start:
             await track.stage("starting")
             await driver.start_vm(vm.id)
             runtime = await driver.get_vm(vm.id)
             status, started = VmStatus.RUNNING, (runtime.started_at if runtime and runtime.started_at else clock.now())
+            running = runtime.running_spec if runtime is not None else None
             ctx.log("started")
 
         async def done(conn: AsyncConnection) -> None:
-            await vm_q.set_status(conn, vm.id, status.value, started_at=started, updated_at=clock.now())
+            await vm_q.set_status(conn, vm.id, status.value, started_at=started, updated_at=clock.now(), running_spec=running)
             await imp_q.set_import(conn, row.id, state="succeeded", updated_at=clock.now(), finished_at=clock.now())
 
         ctx.defer(done)

@@ -51,11 +51,14 @@ class VmPower(BaseHandler):
         vm = await load_vm(ctx)
         runtime = await driver_of(ctx, vm).get_vm(vm_id)
         if runtime is None:
-            await set_status(ctx, vm_id, VmStatus.ERROR, error="the hypervisor no longer knows this VM", started_at=None)
+            await set_status(ctx, vm_id, VmStatus.ERROR, error="the hypervisor no longer knows this VM", started_at=None, running_spec=None)
         elif runtime.state == PowerState.RUNNING:
-            await set_status(ctx, vm_id, VmStatus.RUNNING, started_at=runtime.started_at or clock.now(), error=None)
+            # what the process has, as its hypervisor says: a reboot keeps it, so a resize
+            # still waits (pendingRestart); a start or power-cycle gives it the record's shape
+            started = runtime.started_at or clock.now()
+            await set_status(ctx, vm_id, VmStatus.RUNNING, started_at=started, error=None, running_spec=runtime.running_spec)
         else:
-            await set_status(ctx, vm_id, VmStatus.STOPPED, started_at=None, error=None)
+            await set_status(ctx, vm_id, VmStatus.STOPPED, started_at=None, error=None, running_spec=None)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         vm = await find_vm(ctx)

@@ -1,13 +1,17 @@
-"""vm-update: rename, retag, resize (claiming growth on the node first)."""
+"""vm-update: rename, retag, resize (claiming growth on the node first; on a running VM, the
+guest's root filesystem grown into a grown disk, and CPU/RAM left pending until a restart)."""
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
-from ...domain import Resources
+from ...domain import Resources, Vm
+from ...drivers.base import PowerState
 from ...errors import Conflict, InvalidRequest, Reason
+from ...store import events as ev_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 from .base import BaseHandler, load_vm
+from .guest_fs import grow_root
 
 
 class VmUpdate(BaseHandler):
@@ -45,6 +49,8 @@ class VmUpdate(BaseHandler):
                 raise
         if want != old:
             ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")
+        if vm.node_id is not None and resizing:
+            await self._after_resize(ctx, vm, old, want)
         async with deps.store.write() as conn:
             if p.get("name") is not None and p["name"] != vm.name:
                 if await vm_q.names_taken(conn, [p["name"]], vm.org_id):
@@ -55,6 +61,28 @@ class VmUpdate(BaseHandler):
                 await vm_q.set_vm(conn, vm.id, tags=p["tags"], updated_at=now)
                 await vm_q.set_tags(conn, vm.id, p["tags"])
                 ctx.log("tags replaced")
+
+    @staticmethod
+    async def _after_resize(ctx: TaskContext, vm: Vm, old: Resources, want: Resources) -> None:
+        """On a running VM: record what its process has now (the disk grown live; CPU and RAM
+        wait for a restart: `pendingRestart`), and grow the guest's root filesystem into a
+        grown disk through its agent, or say why not."""
+        assert vm.node_id is not None
+        driver = ctx.deps.registry.driver(vm.node_id)
+        runtime = await driver.get_vm(vm.id)
+        if runtime is None or runtime.state != PowerState.RUNNING:
+            return
+        async with ctx.deps.store.write() as conn:
+            await vm_q.set_vm(conn, vm.id, running_spec=runtime.running_spec)
+        if runtime.running is not None and (runtime.running.cpu, runtime.running.ram_mb) != (want.cpu, want.ram_mb):
+            ctx.log("the running VM keeps its CPU and RAM until it is power-cycled or stopped and started (a guest reboot keeps them)")
+        if want.disk_gb > old.disk_gb:
+            grown = await grow_root(driver, vm.id, want.disk_gb)
+            ctx.log(grown.message)
+            async with ctx.deps.store.write() as conn:
+                data = {"id": vm.id, "name": vm.name, "status": vm.status, "nodeId": vm.node_id, "error": vm.error}
+                disk = {"diskGb": want.disk_gb, "filesystemGrown": grown.grown, "message": grown.message}
+                await ev_q.emit(conn, "vm.updated", vm.id, {**data, "disk": disk}, vm.org_id, vm.team_id)
 
     @staticmethod
     async def _move_claim(ctx: TaskContext, conn: AsyncConnection, node_id: str | None, old: Resources, new: Resources) -> None:

@@ -38,6 +38,13 @@ export function badge(status) {
   return h("span", { class: "status", dataset: { status: status || "unknown" } }, status || "unknown");
 }
 
+/** "restart to apply" beside a running VM whose resize waits for a restart (`pendingRestart`), else null. */
+export function pendingMark(vm) {
+  if (!vm.pendingRestart) return null;
+  const what = (vm.pending || []).join(", ");
+  return h("span", { class: "pending-restart", title: `Waiting for a restart (power-cycle): ${what}` }, `restart to apply: ${what}`);
+}
+
 /** A horizontal bar with role=meter (value of max), and its label below. */
 export function bar(value, max, label) {
   const pct = max > 0 ? Math.min(100, Math.round((value / max) * 100)) : 0;

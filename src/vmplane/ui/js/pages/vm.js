@@ -3,13 +3,14 @@
 import { del, get, post, put } from "../api.js";
 import { Chart } from "../chart.js";
 import { SerialConsole } from "../console.js";
-import { badge, batcher, bytes, confirmAction, errorText, field, h, keepFocus, mib, replace, td, toast, when } from "../dom.js";
+import { badge, batcher, bytes, confirmAction, errorText, field, h, keepFocus, mib, pendingMark, replace, td, toast, when } from "../dom.js";
 
 const ACTIONS = [
   ["start", "Start", (s) => s === "stopped" || s === "error"],
   ["stop", "Stop", (s) => s === "running" || s === "starting"],
   ["shutdown", "Shut down", (s) => s === "running"],
   ["reboot", "Reboot", (s) => s === "running"],
+  ["power-cycle", "Restart", (s) => s === "running" || s === "stopped" || s === "error"],
 ];
 
 export async function vmPage(main, { events, navigate }, vmId) {
@@ -48,14 +49,14 @@ export async function vmPage(main, { events, navigate }, vmId) {
     section("s-firewall", "Firewall", firewall));
 
   function drawVm() {
-    replace(status, badge(vm.status));
+    replace(status, badge(vm.status), " ", pendingMark(vm));
     keepFocus(actions, () => replace(actions,
       ACTIONS.map(([action, label, allowed]) =>
         h("button", { type: "button", disabled: !allowed(vm.status), onclick: () => power(action, label) }, label)),
       h("button", { type: "button", class: "danger", onclick: remove }, "Delete")));
     const r = vm.resources;
     replace(overview, ...[
-      ["Status", badge(vm.status)], ["Error", vm.error], ["ID", vm.id], ["UUID", vm.uuid], ["Node", vm.nodeId || "–"],
+      ["Status", badge(vm.status)], ["Pending restart", pendingMark(vm)], ["Error", vm.error], ["ID", vm.id], ["UUID", vm.uuid], ["Node", vm.nodeId || "–"],
       ["vCPUs", String(r.cpu)], ["Memory", mib(r.ramMb)], ["Disk", `${r.diskGb} GB`],
       ["Template", vm.templateId || "–"], ["From snapshot", vm.snapshotId], ["Uptime", vm.uptime || "–"],
       ["Tags", vm.tags.join(", ") || "–"],

@@ -1,7 +1,7 @@
 // VMs: the list with live status (from the event stream), filters and bulk start/stop/delete.
 
 import { del, get, listAll, post } from "../api.js";
-import { badge, batcher, confirmAction, errorText, h, keepFocus, mib, replace, td, toast } from "../dom.js";
+import { badge, batcher, confirmAction, errorText, h, keepFocus, mib, pendingMark, replace, td, toast } from "../dom.js";
 
 const STATUSES = ["provisioning", "starting", "running", "stopping", "stopped", "error", "deleting"];
 
@@ -68,7 +68,8 @@ export async function vmsPage(main, { events }) {
       h("td", { class: "select", "data-label": "" }, box),
       td("Name", h("a", { href: `#/vms/${vm.id}` }, vm.name),
         vm.displayName && vm.displayName !== vm.name ? h("div", { class: "muted" }, vm.displayName) : null),
-      td("Status", badge(vm.status), vm.error ? h("div", { class: "error-text" }, vm.error) : null),
+      td("Status", badge(vm.status), vm.error ? h("div", { class: "error-text" }, vm.error) : null,
+        vm.pendingRestart ? h("div", {}, pendingMark(vm)) : null),
       td("Node", vm.nodeId || "–"),
       td("vCPU", String(vm.resources.cpu)),
       td("Memory", mib(vm.resources.ramMb)),
