@@ -103,7 +103,7 @@ def test_unknown_running_shape_is_not_pending() -> None:
     fields = {
         "seq": 1, "id": "vm-x", "uuid": "u", "name": "x", "org_id": "org", "team_id": None, "node_id": "n", "template_id": None,
         "snapshot_id": None, "status": "running", "cpu": 2, "ram_mb": 512, "disk_gb": 10, "tags": [], "spec": StoredSpec(),
-        "error": None, "started_at": 1.0, "created_at": 1.0, "updated_at": 1.0,
+        "error": None, "started_at": 1.0, "created_at": 1.0, "updated_at": 1.0, "guest_ready": False,
     }  # fmt: skip
     assert Vm(**fields).pending == []
     assert Vm(**fields, running_spec={"cpu": 1, "ramMb": 512, "diskGb": 10}).pending == ["cpu"]
