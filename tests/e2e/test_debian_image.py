@@ -15,7 +15,6 @@ through the API and the `vmplane` command (VMPLANE_URL/VMPLANE_API_KEY), with tw
 - delete: no QEMU process, no file named by a VM's id, no process mentioning the data dir.
 """
 
-import asyncio
 import os
 import re
 import subprocess
