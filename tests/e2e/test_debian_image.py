@@ -222,7 +222,7 @@ async def test_debian_12_the_whole_list_through_the_api_and_the_cli(server_facto
         await delete("deb-clone", clone_id)  # done with it: the source boots three more times alone
 
         # pending restart: issue 22 item 5
-        # (resize the running VM here: CPU/RAM show pendingRestart, the disk grows to the filesystem;
+        # (resize the running VM here: CPU/RAM show pendingRestart, a disk grow reaches the filesystem;
         # the shutdown + start below apply it and clear it, with no boot of its own)
 
         # -- graceful shutdown (CLI): the guest powers itself off --------------------------------
