@@ -165,6 +165,17 @@ def qemu_processes_of(vm_id: str) -> list[str]:
     return found
 
 
+async def make_template(server: "Server", tmp_path: Path, name: str, **body: Any) -> dict[str, Any]:
+    """A ready template `name` imported from a small raw image file (file://)."""
+    img = tmp_path / f"{name}.raw"
+    img.write_bytes(b"\x55" * 4096)
+    r = await server.client.post("/api/v1/templates", json={"name": name, "sourceUrl": f"file://{img}", **body})
+    assert r.status_code == 202, r.text
+    assert (await server.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    template: dict[str, Any] = (await server.client.get(f"/api/v1/templates/{r.json()['templateId']}")).json()
+    return template
+
+
 async def tiny_template(server: "Server") -> str:
     items = (await server.client.get("/api/v1/templates")).json()["items"]
     return next(t["id"] for t in items if t["name"] == "tiny-linux")

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 from vmplane.drivers.qemu.readiness import parse_host_keys
@@ -12,7 +13,7 @@ from vmplane.drivers.sim import SimDriver
 from vmplane.services.readiness import preferred_key
 
 from ..cli.test_cli import cli
-from ..support import Server
+from ..support import Server, make_template
 from .test_events import collect, sse_events
 from .test_tenancy import new_org
 
@@ -116,9 +117,10 @@ async def test_wait_ready_checks_its_input_and_hides_other_tenants(server: Serve
         assert r.status_code == 404
 
 
-async def test_cli_create_and_start_wait_for_the_guest(server: Server) -> None:
+async def test_cli_create_and_start_wait_for_the_guest(server: Server, tmp_path: Path) -> None:
     slow_guests(server, 2.0)
-    code, out, err = await cli(server, "vm", "create", "cli-rdy")
+    await make_template(server, tmp_path, "img")
+    code, out, err = await cli(server, "vm", "create", "cli-rdy", "--template", "img")
     assert code == 0, err
     assert "waiting for the guest of cli-rdy to be ready" in err and "cli-rdy: guest ready" in err
     (vm,) = (await server.client.get("/api/v1/vms", params={"name": "cli-rdy"})).json()["items"]
@@ -130,8 +132,13 @@ async def test_cli_create_and_start_wait_for_the_guest(server: Server) -> None:
     assert (await vm_of(server, vm["id"]))["guestReady"] is True
     code, out, err = await cli(server, "vm", "create", "cli-nowait", "--no-wait")
     assert code == 0 and out.strip().startswith("job-") and "guest" not in err
-    code, out, err = await cli(server, "vm", "create", "cli-cold", "--no-start")
+    code, out, err = await cli(server, "vm", "create", "cli-cold", "--template", "img", "--no-start")
     assert code == 0 and "guest" not in err
+    # an empty disk (no template) boots nothing: the CLI says so and does not wait for a guest
+    code, out, err = await cli(server, "vm", "create", "cli-blank")
+    assert code == 0 and "an empty disk" in err and "waiting for the guest" not in err, err
+    (blank,) = (await server.client.get("/api/v1/vms", params={"name": "cli-blank"})).json()["items"]
+    assert blank["blank"] is True and vm["blank"] is False
 
 
 def test_host_keys_come_from_the_first_block_each_checked() -> None:

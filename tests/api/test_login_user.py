@@ -20,18 +20,9 @@ from vmplane.store.tables import templates
 
 from ..contract.test_migration_names import on_connection, tpl, upgrade_to
 from ..e2e.test_ui_browser import CHROMIUM, require_browser
-from ..support import Server, admin_key, free_port, serve, wait_ready, wait_until
+from ..support import Server, admin_key, free_port, make_template, serve, wait_ready, wait_until
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtestkeytestkeytestkeytestkeytestkey me@host"
-
-
-async def make_template(server: Server, tmp_path: Path, name: str, **body: Any) -> dict[str, Any]:
-    img = tmp_path / f"{name}.raw"
-    img.write_bytes(b"\x55" * 4096)
-    r = await server.client.post("/api/v1/templates", json={"name": name, "sourceUrl": f"file://{img}", **body})
-    assert r.status_code == 202, r.text
-    assert (await server.wait_job(r.json()["jobId"]))["state"] == "succeeded"
-    return (await server.client.get(f"/api/v1/templates/{r.json()['templateId']}")).json()
 
 
 async def make_vm(server: Server, body: dict[str, Any]) -> str:

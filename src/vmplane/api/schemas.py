@@ -191,6 +191,7 @@ class VmOut(BaseModel):
     pciDevices: list[str]
     plugin: dict[str, Any] | None = Field(None, description="the plugin the VM was made from: {name, runtime, version, shared} (shared: the operators' plugin, not one of its organization's own)")
     ssh: SshOut | None = Field(description="SSH login through a forwarded port; null when the VM has none (sim nodes, remote nodes, bridge-only NICs: use the NIC's address)")
+    blank: bool = Field(description="made with an empty disk (no template, snapshot, import or plugin): nothing boots until an OS is installed")
     pendingRestart: bool = Field(description="the running VM's process lacks part of its record (a resize of CPU or RAM): a power-cycle or stop+start applies it; a guest reboot does not")
     pending: list[str] = Field(description="what waits for that restart: `cpu`, `ramMb`, `diskGb` (empty when nothing does)")
     createdAt: str

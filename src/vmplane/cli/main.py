@@ -315,6 +315,9 @@ def _wait_ready(client: Client, vm_ids: list[str]) -> None:
         vm = client.request("GET", f"/api/v1/vms/{vm_id}")
         if vm["status"] not in ("starting", "rebooting", "running"):
             continue  # not started (--no-start): nothing will boot
+        if vm.get("blank"):
+            err.print(f"{vm['name']}: an empty disk (no --template): not waiting for a guest that has nothing to boot", highlight=False)
+            continue
         what = f"waiting for the guest of {vm['name']} to be ready"
         if err.is_terminal:
             with err.status(what):
@@ -391,7 +394,7 @@ def vm_create(
     node: Annotated[str | None, typer.Option(help="put it on this node")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="a tag (repeatable)")] = None,
     ssh_key: Annotated[
-        list[str] | None, typer.Option("--ssh-key", metavar="KEY|@FILE", help="an SSH public key for root, or @ and the file holding it (repeatable)")
+        list[str] | None, typer.Option("--ssh-key", metavar="KEY|@FILE", help="an SSH public key for the login user (the template's loginUser), or @ and the file holding it (repeatable)")
     ] = None,
     user_data: Annotated[
         str | None, typer.Option("--user-data", metavar="TEXT|@FILE", help="cloud-init user-data (#cloud-config or a #! script), or @ and its file")

@@ -71,6 +71,12 @@ class Vm:
         return self.seq
 
     @property
+    def blank(self) -> bool:
+        """The VM's disk was made empty: no template, snapshot, import or plugin gave it anything
+        to boot, so no guest will come up (or say it is ready) until an OS is installed on it."""
+        return self.template_id is None and self.snapshot_id is None and self.spec.imported is None and self.spec.plugin is None
+
+    @property
     def display_name(self) -> str:
         """The name faces show: the display name a client gave (`my web`), else the name."""
         return self.spec.display_name or self.name
