@@ -71,7 +71,7 @@ async def test_debian_12_the_whole_list_through_the_api_and_the_cli(server_facto
     c, data_dir = s.client, Path(s.rt.data_dir)
     # the CLI's environment: the server, its owner key, HOME in tmp for ssh, the real image cache
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    env = {**os.environ, "VMPLANE_URL": s.url, "VMPLANE_API_KEY": s.admin_key, "HOME": str(tmp_path), "XDG_CACHE_HOME": cache}
+    env = {**os.environ, "VMPLANE_URL": s.url, "VMPLANE_API_KEY": s.admin_key, "HOME": str(tmp_path), "XDG_CACHE_HOME": cache, "COLUMNS": "200"}
     times: dict[str, float] = {}
 
     code, out, err = await run_cli(env, "image", "build", "debian-12", timeout=900)
@@ -221,10 +221,6 @@ async def test_debian_12_the_whole_list_through_the_api_and_the_cli(server_facto
         assert await vm_ssh("deb-clone", "id -un; hostname; cat /var/lib/cloud/data/instance-id") == f"debian\ndeb-clone\n{clone_id}\n"
         await delete("deb-clone", clone_id)  # done with it: the source boots three more times alone
 
-        # pending restart: issue 22 item 5
-        # (resize the running VM here: CPU/RAM show pendingRestart, a disk grow reaches the filesystem;
-        # the shutdown + start below apply it and clear it, with no boot of its own)
-
         # -- graceful shutdown (CLI): the guest powers itself off --------------------------------
         t0 = time.monotonic()
         await cli("vm", "shutdown", "deb-e2e", timeout=400)
@@ -258,9 +254,32 @@ async def test_debian_12_the_whole_list_through_the_api_and_the_cli(server_facto
         times["revert->guestReady"] = time.monotonic() - t0
         assert await vm_ssh("deb-e2e", "cat /var/tmp/vmplane-marker; test ! -e /var/tmp/after-snapshot && echo gone") == "from-user-data\ngone\n"
 
-        # one vm.guest_ready per boot: the source's create, reboot, start and revert; the clone's
-        events = await collect(sse_events(c, {"types": "vm.guest_ready"}, {"Last-Event-ID": "0"}), 5)
-        assert sorted(e["data"]["resource"] for e in events) == sorted([vm_id] * 4 + [clone_id]), events
+        # -- resize the running VM: the disk grow reaches the root filesystem at once (growpart and
+        # resize2fs through the agent); RAM waits for a restart (a guest reboot would not apply it)
+        mem_before = int(await run(vm_id, "awk '/MemTotal/ {print $2}' /proc/meminfo"))
+        r = await c.patch(f"/api/v1/vms/{vm_id}", json={"resources": {"ramMb": 1536, "diskGb": 5}})
+        assert r.status_code == 202, r.text
+        done = await s.wait_job(r.json()["jobId"], timeout=300)
+        assert done["state"] == "succeeded", done
+        log = (await c.get(f"/api/v1/jobs/{done['id']}/tasks/{done['tasks'][0]['id']}")).json()["log"]
+        assert any("disk grown to 5 GiB; filesystem grown (/dev/vda2, ext4)" in line for line in log), log
+        assert int(await run(vm_id, "df -B1 --output=size / | tail -n1")) > 4_400_000_000
+        vm = await vm_of(vm_id)
+        assert vm["pendingRestart"] is True and vm["pending"] == ["ramMb"], vm
+        out, _ = await cli("vm", "list")
+        assert "restart to apply" in out, out
+        t0 = time.monotonic()
+        await cli("vm", "restart", "deb-e2e", timeout=300)  # a power-cycle: a new QEMU with the new RAM
+        await wait_ready(vm_id)
+        times["restart (power-cycle)->guestReady"] = time.monotonic() - t0
+        vm = await vm_of(vm_id)
+        assert vm["pendingRestart"] is False and vm["pending"] == [], vm
+        mem_after = int(await run(vm_id, "awk '/MemTotal/ {print $2}' /proc/meminfo"))
+        assert mem_after > mem_before + 400_000, (mem_before, mem_after)  # kB: ~512 MiB more
+
+        # one vm.guest_ready per boot: the source's create, reboot, start, revert and restart; the clone's
+        events = await collect(sse_events(c, {"types": "vm.guest_ready"}, {"Last-Event-ID": "0"}), 6)
+        assert sorted(e["data"]["resource"] for e in events) == sorted([vm_id] * 5 + [clone_id]), events
 
         # -- delete (CLI), then the snapshot and the backup: nothing left --------------------------
         await delete("deb-e2e", vm_id)
