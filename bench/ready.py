@@ -2,7 +2,7 @@
 boot of the same image to the same point, per image, as a ratio.
 
     .venv/bin/python bench/ready.py [--image tiny-linux|debian-12 ...] [--runs N] [--accel tcg|kvm]
-                                    [--port P] [--timeout S] [--bare-poll-ms MS] [--keep]
+                                    [--port P] [--timeout S] [--bare-poll-ms MS] [--wait-idle S] [--keep]
 
 For each image (tiny-linux, then debian-12 when the image cache holds it):
 
@@ -27,7 +27,9 @@ complete`; cloud-init's `Cloud-init v. … finished at`), the CPU the guest's QE
 then, the load average and the CPU other processes used during the run; then per image the
 medians and the ratio vmplane ÷ bare. Runs alternate (vmplane first in odd rounds, bare first
 in even ones); `--runs` defaults to 3 for tiny-linux and 1 for debian-12 (minutes a boot under
-TCG). The VM of each vmplane run is deleted before the next run.
+TCG). The VM of each vmplane run is deleted before the next run. Before each run it waits (up
+to --wait-idle s) for other processes to use less than --idle-cores: read a ratio beside the
+"other processes" CPU of its two runs.
 
 Starts its own `vmplane serve --driver qemu` (bench/common.py: a fresh data dir; the port from
 --port, else a free one; PYTHONPATH set to this tree's src, so this tree's code serves), which
@@ -313,6 +315,16 @@ class Bench:
                 proc.kill()
                 proc.wait()
 
+    async def wait_quiet(self) -> None:
+        """Wait (up to --wait-idle s) until other processes use less than --idle-cores: on a
+        small shared host another workload moves a TCG boot by more than vmplane costs."""
+        deadline = time.monotonic() + self.args.wait_idle
+        while time.monotonic() < deadline:
+            h0, s0 = busy_cpu(), cpu_seconds(self.srv.pid)
+            await asyncio.sleep(1.0)
+            if busy_cpu() - h0 - (cpu_seconds(self.srv.pid) - s0) < self.args.idle_cores:
+                return
+
     async def image(self, image: Image, runs: int) -> tuple[float, float] | None:
         template_id = await self.template(image)
         if template_id is None:
@@ -326,14 +338,15 @@ class Bench:
         sides: dict[str, list[Run]] = {"vmplane": [], "bare": []}
         for i in range(runs):
             for side in ("vmplane", "bare") if i % 2 == 0 else ("bare", "vmplane"):
+                await self.wait_quiet()
                 run = await (self.vmplane_run(image, template_id) if side == "vmplane" else self.bare_run(image, cfg, gdir))
                 sides[side].append(run)
                 print(f"  run {i + 1} {run.line()}", flush=True)
                 await asyncio.sleep(self.args.settle)
-        a = statistics.median(r.ready for r in sides["vmplane"])
-        b = statistics.median(r.ready for r in sides["bare"])
+        a, b = (statistics.median(r.ready for r in sides[s]) for s in ("vmplane", "bare"))
+        ca, cb = (statistics.median(r.qemu_cpu for r in sides[s]) for s in ("vmplane", "bare"))
         print(f"RATIO {image.template}: create → guestReady {a:.2f} s / bare start → agent answers and cloud-init done "
-              f"{b:.2f} s = {a / b:.3f} (medians of {runs})", flush=True)  # fmt: skip
+              f"{b:.2f} s = {a / b:.3f} (medians of {runs}); the guest's QEMU had used {ca:.1f} / {cb:.1f} CPU s by then", flush=True)  # fmt: skip
         return a, b
 
 
@@ -345,6 +358,8 @@ async def main() -> None:
     ap.add_argument("--port", type=int, default=0, help="the server's port (default: a free one)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds one boot may take to be ready")
     ap.add_argument("--bare-poll-ms", type=int, default=250, help="how often the bare side looks for cloud-init's result file")
+    ap.add_argument("--wait-idle", type=float, default=30.0, help="before each run, wait up to this long for the host to quiet down")
+    ap.add_argument("--idle-cores", type=float, default=0.5, help="'quiet': other processes use less than this many cores")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds of quiet between runs")
     ap.add_argument("--build", action="store_true", help="build debian-12 into the image cache when it is not there (minutes)")
     ap.add_argument("--keep", action="store_true", help="keep the bare guests' directory and the server's data dir")
