@@ -116,6 +116,14 @@ async def watch_console(path: Path, marker: bytes, t0: float, every: float) -> f
         await asyncio.sleep(every)
 
 
+async def console_line(watch: "asyncio.Task[float]") -> float | None:
+    """The watcher's answer; the guest prints its line just after writing the file ready
+    looks for, so give it two seconds more (None: not seen by then)."""
+    with contextlib.suppress(TimeoutError):
+        return await asyncio.wait_for(asyncio.shield(watch), 2.0)
+    return None
+
+
 def kill_qemus_under(root: Path) -> None:
     """Any QEMU whose command line names a path under `root` (ours only)."""
     marker = str(root).encode()
@@ -220,7 +228,7 @@ class Bench:
                     raise RuntimeError(f"{vm_id} is {vm['status']}: {vm.get('error')}")
             qemu_cpu = cpu_seconds(json.loads((self.vms_dir / vm_id / "run.json").read_text())["pid"])
             other = busy_cpu() - host0 - (cpu_seconds(self.srv.pid) - srv0) - qemu_cpu
-            done = watch.result() if watch.done() else None
+            done = await console_line(watch)
             times = await self.event_times(vm_id, t0_wall)
             phases = {"POST→202": accepted, **times, "server CPU": cpu_seconds(self.srv.pid) - srv0}
             return Run("vmplane", ready, done, qemu_cpu, max(0.0, other), load, phases)
@@ -303,7 +311,7 @@ class Bench:
                 break
             qemu_cpu = cpu_seconds(proc.pid)
             other = busy_cpu() - host0 - (cpu_seconds(self.srv.pid) - srv0) - qemu_cpu
-            done = watch.result() if watch.done() else None
+            done = await console_line(watch)
             return Run("bare", ready, done, qemu_cpu, max(0.0, other), load, {"→agent answers": agent_at})
         finally:
             watch.cancel()
