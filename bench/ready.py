@@ -65,6 +65,7 @@ from qemu_boot import busy_cpu, cpu_seconds  # noqa: E402
 from vmplane.config import Settings  # noqa: E402
 from vmplane.drivers.qemu.agent import AgentError, GuestAgent  # noqa: E402
 from vmplane.drivers.qemu.cmdline import GUEST_AGENT_PORT  # noqa: E402
+from vmplane.drivers.qemu.images import create_overlay, disk_info  # noqa: E402
 from vmplane.drivers.qemu.readiness import CLOUD_INIT_RESULT  # noqa: E402
 from vmplane.images import build_tiny_image, tiny_dir  # noqa: E402
 from vmplane.images.debian import debian_image_path  # noqa: E402
@@ -276,11 +277,10 @@ class Bench:
             (gdir / name).unlink(missing_ok=True)
         res = cfg["resources"]
         assert isinstance(res, dict)
-        size = max(int(res["diskGb"]) << 30, 1 << 30)  # as the driver: the VM's size, at least the base's
-        base = str(cfg["templateImage"])
-        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", base], check=True, capture_output=True, text=True).stdout)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, str(gdir / "disk.qcow2"),
-                        str(max(size, int(info["virtual-size"])))], check=True)  # fmt: skip
+        size = int(res["diskGb"]) << 30  # as the driver: the VM's size, at least the base's (below)
+        base = Path(str(cfg["templateImage"]))
+        info = await disk_info("qemu-img", base)  # the driver's own helpers: the same overlay as its VMs'
+        await create_overlay("qemu-img", base, info.format, gdir / "disk.qcow2", max(size, info.virtual_size))
         load = os.getloadavg()[0]
         host0, srv0 = busy_cpu(), cpu_seconds(self.srv.pid)
         t0 = time.perf_counter()
