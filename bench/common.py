@@ -21,8 +21,8 @@ def free_port() -> int:
 
 
 class BenchServer:
-    def __init__(self, url: str, port: int, data: Path, key: str, client: httpx.AsyncClient) -> None:
-        self.url, self.port, self.data, self.key, self.client = url, port, data, key, client
+    def __init__(self, url: str, port: int, data: Path, key: str, client: httpx.AsyncClient, pid: int = 0) -> None:
+        self.url, self.port, self.data, self.key, self.client, self.pid = url, port, data, key, client, pid
 
 
 NO_RATE_LIMITS = {
@@ -36,9 +36,12 @@ NO_RATE_LIMITS = {
 
 
 @asynccontextmanager
-async def server(args: list[str], env: dict[str, str] | None = None, prefix: str = "vmplane-bench-") -> AsyncIterator[BenchServer]:
-    """Serve vmplane with `args` (after `serve --port --data-dir`); yields once it is ready."""
-    port = free_port()
+async def server(
+    args: list[str], env: dict[str, str] | None = None, prefix: str = "vmplane-bench-", port: int = 0
+) -> AsyncIterator[BenchServer]:
+    """Serve vmplane with `args` (after `serve --port --data-dir`) on `port` (0: a free one);
+    yields once it is ready."""
+    port = port or free_port()
     data = Path(tempfile.mkdtemp(prefix=prefix))
     full_env = {**os.environ, **NO_RATE_LIMITS, **(env or {})}
     cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning", *args]
@@ -57,7 +60,7 @@ async def server(args: list[str], env: dict[str, str] | None = None, prefix: str
                 await asyncio.sleep(0.1)
             key = (data / "admin-api-key").read_text().strip()
             client.headers["X-API-Key"] = key
-            yield BenchServer(url, port, data, key, client)
+            yield BenchServer(url, port, data, key, client, proc.pid)
     finally:
         proc.terminate()
         proc.wait()
