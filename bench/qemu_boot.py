@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchServer, server  # noqa: E402
 
+from vmplane import procfs  # noqa: E402
 from vmplane.images.tiny import INIT_START_LINE  # noqa: E402
 
 TARGET = 1.10
@@ -256,18 +257,10 @@ class Bench:
         """VMs outlive the server: kill any QEMU still running from its data dir (ours only)."""
         if self.data is None:
             return
-        marker = (str(self.vms_dir) + os.sep).encode()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and os.path.basename(argv[0]).startswith(b"qemu-system") and any(marker in a for a in argv):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
-                print(f"warning: killed leftover QEMU {entry.name} of a benchmark VM", file=sys.stderr)
+        for pid, argv in procfs.processes_mentioning(str(self.vms_dir) + os.sep):
+            if os.path.basename(argv[0]).startswith("qemu-system"):
+                procfs.kill(pid)
+                print(f"warning: killed leftover QEMU {pid} of a benchmark VM", file=sys.stderr)
 
     # -- API side ----------------------------------------------------------------------
 

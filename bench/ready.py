@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchServer, server  # noqa: E402
 from qemu_boot import busy_cpu, cpu_seconds  # noqa: E402
 
+from vmplane import procfs  # noqa: E402
 from vmplane.config import Settings  # noqa: E402
 from vmplane.drivers.qemu.agent import AgentError, GuestAgent  # noqa: E402
 from vmplane.drivers.qemu.cmdline import GUEST_AGENT_PORT  # noqa: E402
@@ -127,18 +128,10 @@ async def console_line(watch: "asyncio.Task[float]") -> float | None:
 
 def kill_qemus_under(root: Path) -> None:
     """Any QEMU whose command line names a path under `root` (ours only)."""
-    marker = str(root).encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]).startswith(b"qemu-system") and any(marker in a for a in argv):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-            print(f"warning: killed leftover QEMU {entry.name}", file=sys.stderr)
+    for pid, argv in procfs.processes_mentioning(str(root)):
+        if os.path.basename(argv[0]).startswith("qemu-system"):
+            procfs.kill(pid)
+            print(f"warning: killed leftover QEMU {pid}", file=sys.stderr)
 
 
 class Bench:

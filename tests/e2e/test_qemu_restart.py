@@ -3,8 +3,6 @@ the RAM waits for a restart (`pendingRestart`), a guest reboot does not apply it
 its command line), `vmplane vm restart` does; the disk grows live and the job says why the
 guest's filesystem was not grown (the tiny guest's root is its initramfs). One guest."""
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import pytest
 
 from ..support import qemu_processes_of, require_qemu, tiny_template
 from .test_qemu_cli import cli_env, run_cli
+from .test_qemu_vm import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +18,6 @@ GIB = 1 << 30
 BOOT_LINE = "vmplane-tiny: init starting"
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_ram_resize_waits_for_a_restart_and_the_disk_grows_live(server_factory: Any, tmp_path: Path) -> None:
