@@ -700,6 +700,41 @@ class TestGuestAgentClient:
             server.close()
             await server.wait_closed()
 
+    async def test_a_command_cancelled_before_its_reply_leaves_no_stale_reply(self, tmp_path: Path) -> None:
+        """A caller cancelled between request and reply (a readiness watch that ends): the late
+        reply must not be read as the next command's (a stale guest-exec pid once made a
+        user's exec fail with "Invalid parameter 'pid'")."""
+        requests: list[str] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while line := (await reader.readline()).replace(b"\xff", b""):
+                msg = json.loads(line)
+                requests.append(msg["execute"])
+                if msg["execute"] == "guest-sync-delimited":
+                    writer.write(b"\xff" + json.dumps({"return": msg["arguments"]["id"]}).encode() + b"\n")
+                elif msg["execute"] == "guest-slow":
+                    await asyncio.sleep(0.3)
+                    writer.write(b'{"return": "slow"}\n')
+                else:
+                    writer.write(b'{"return": "info"}\n')
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(serve, path=str(tmp_path / "qga.sock"))
+        try:
+            agent = GuestAgent("vm-abcdefgh1234", tmp_path / "qga.sock")
+            slow = asyncio.create_task(agent.execute("guest-slow"))
+            await asyncio.sleep(0.1)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert await agent.execute("guest-info") == "info"
+            assert requests == ["guest-sync-delimited", "guest-slow", "guest-sync-delimited", "guest-info"]
+            await agent.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
     async def test_a_missing_agent_is_reported_after_the_wait(self, tmp_path: Path) -> None:
         agent = GuestAgent("vm-abcdefgh1234", tmp_path / "absent.sock")
         t = time.monotonic()

@@ -73,6 +73,12 @@ class GuestAgent:
                     self._synced = False  # whatever follows (a reboot, say) is unknown
                     return None
                 line = await asyncio.wait_for(self._readline(), timeout)
+            except asyncio.CancelledError:
+                # cancelled between the request and its reply (a readiness watch ends, a client
+                # goes away): the reply may still come, and the next command would read it as
+                # its own (a stale guest-exec pid: "Invalid parameter 'pid'"), so resync first
+                self._synced = False
+                raise
             except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError) as exc:
                 self._synced = False
                 if isinstance(exc, asyncio.TimeoutError):
