@@ -58,6 +58,8 @@ BEGIN = b"-----BEGIN SSH HOST KEY KEYS-----"
 END = b"-----END SSH HOST KEY KEYS-----"
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 _KEY_RE = re.compile(r"^([a-z0-9-]{7,19}) ([A-Za-z0-9+/]{16,2800}={0,2})(?: [^\x00-\x1f]*)?$")
+SETTLE_MAX = 2.0
+"""how long a ready guest's half-printed host-key block is waited for"""
 CLOUD_INIT_RESULT = "/run/cloud-init/result.json"
 STATUS_EVERY = 120.0
 """how often `cloud-init status` is asked while no result file says cloud-init is done: only
@@ -215,6 +217,8 @@ class Readiness:
             boot.agent_port = await self._agent_port_open(vm)
         if boot.agent_port:
             await self._ask_agent(vm, boot)
+            if boot.ready:  # what the guest printed while the agent was asked: a host-key block its boot ended with
+                await self._settle_console(vm, boot)
             return
         if boot.first_output is None:
             return
@@ -224,6 +228,17 @@ class Readiness:
             boot.ready, boot.detail = True, f"no guest agent: {AGENTLESS_AFTER:g} s since the guest's first serial output"
         else:
             boot.detail = "booting: the guest has not opened its agent port"
+
+    async def _settle_console(self, vm: QemuVm, boot: Boot) -> None:
+        """Read the console once more before saying ready, and while a host-key block is begun
+        but not complete, up to SETTLE_MAX seconds: the guest's tty drains at the serial line's
+        pace, behind what the agent already answers."""
+        deadline = time.monotonic() + SETTLE_MAX
+        while True:
+            self._read_console(vm, boot, time.monotonic())
+            if boot.host_keys is not None or BEGIN not in boot.console or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.1)
 
     def _read_console(self, vm: QemuVm, boot: Boot, now: float) -> None:
         """New console output of this boot: its first output, its host-key block, a login prompt."""
