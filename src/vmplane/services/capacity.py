@@ -1,7 +1,7 @@
 """Resource claims on nodes: placement over a cached view of usage, claims made atomic by
 conditional updates in the store (so concurrent creates can never overcommit a node)."""
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +13,7 @@ from ..config import Settings
 from ..domain import NodeStatus
 from ..errors import InvalidRequest, NoCapacity, NotFound, Reason
 from ..pci import PciDevice
-from ..placement import Demand, NodeUsage, Policy, choose_node, pick_devices
+from ..placement import SETTINGS, UNITS, Demand, NodeUsage, Policy, choose_node, pick_devices
 from ..store import Store
 from ..store import networks as net_q
 from ..store import nodes as node_q
@@ -34,6 +34,14 @@ def usage_of(row: Row[Any], taken: Collection[tuple[str, str]] = ()) -> NodeUsag
         network_types=frozenset(((row.labels or {}).get("networkTypes") or "user").split(",")),
         cordoned=bool(row.cordoned),
     )
+
+
+def _with_claim(n: NodeUsage, cpu: int, ram_mb: int, disk_gb: int, devices: list[str] | None = None) -> NodeUsage:
+    """`n` once a claim (negative: a release) is made on it, the devices taken."""
+    return replace(
+        n, cpu_used=n.cpu_used + cpu, ram_mb_used=n.ram_mb_used + ram_mb, disk_gb_used=n.disk_gb_used + disk_gb,
+        devices=tuple(d for d in n.devices if d.address not in devices) if devices else n.devices,
+    )  # fmt: skip
 
 
 class Capacity:
@@ -72,10 +80,7 @@ class Capacity:
     def _adjust(self, node_id: str, cpu: int, ram_mb: int, disk_gb: int, devices: list[str] | None = None) -> None:
         n = self._cache.get(node_id)
         if n is not None:
-            self._cache[node_id] = replace(
-                n, cpu_used=n.cpu_used + cpu, ram_mb_used=n.ram_mb_used + ram_mb, disk_gb_used=n.disk_gb_used + disk_gb,
-                devices=tuple(d for d in n.devices if d.address not in devices) if devices else n.devices,
-            )  # fmt: skip
+            self._cache[node_id] = _with_claim(n, cpu, ram_mb, disk_gb, devices)
 
     async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str:
         """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id.
@@ -112,28 +117,60 @@ class Capacity:
         except (NoCapacity, NotFound):
             return choose_node(demand, [n for n in self._cache.values() if n.id not in last_resort], self.policy)
 
-    async def check(self, demand: Demand) -> None:
-        """Raise NoCapacity (naming what is short) unless some node could take `demand` now,
-        or InvalidRequest naming the resource if no node could ever hold that much of it.
-        Only a check: the claim, made later, still decides."""
-        async with self.store.read() as conn:
-            await self._refresh(conn)
-        nodes = [n for n in self._cache.values() if n.online and demand.node_id in (None, n.id)]
-        if nodes:
-            limits = [self.policy.limits(n) for n in nodes]
-            for i, (field, said, unit, want) in enumerate(
-                (
-                    ("resources.cpu", "resources.cpu", "vCPUs", demand.cpu),
-                    ("resources.ram_mb", "resources.ramMb", "MB of RAM", demand.ram_mb),
-                    ("resources.disk_gb", "resources.diskGb", "GB of disk", demand.disk_gb),
-                )
-            ):
-                most = max(lim[i] for lim in limits)
-                if want > most:
-                    raise InvalidRequest(
-                        f"{said}: {want} {unit} is more than any node can hold (at most {most})", field=field, reason=Reason.BEYOND_ANY_NODE, maximum=most
-                    )
-        choose_node(demand, self._cache.values(), self.policy)
+    async def check(self, demands: Sequence[Demand]) -> None:
+        """Raise NoCapacity (naming what is short and the setting that bounds it) unless the
+        nodes could take all of `demands` now, one after the other, or InvalidRequest naming
+        the resource (`[i].` before it for several) if no node could ever hold that much of it.
+        Only a check, made before a create records anything: the claim, made later, still
+        decides. Works on the cached view of usage while it is fresh and reloads it before
+        refusing (a create is a hot path: no query per request while nodes have room)."""
+        if not demands:
+            return
+        fresh = clock.now() - self._loaded_at > self.CACHE_SECONDS
+        if fresh:
+            async with self.store.read() as conn:
+                await self._refresh(conn)
+        try:
+            self._check(demands)
+        except (NoCapacity, InvalidRequest):
+            if fresh:
+                raise
+            async with self.store.read() as conn:
+                await self._refresh(conn)
+            self._check(demands)
+
+    def _check(self, demands: Sequence[Demand]) -> None:
+        many = len(demands) > 1
+        usage = dict(self._cache)
+        for n, demand in enumerate(demands):
+            if demand.node_id is not None and demand.node_id not in usage:
+                continue  # the create names the unknown node (nodeId) as it records the VM
+            prefix = f"[{n}]." if many else ""
+            nodes = [u for u in usage.values() if u.online and demand.node_id in (None, u.id)]
+            if nodes:
+                for i, (field, said, want) in enumerate(
+                    (("resources.cpu", "resources.cpu", demand.cpu), ("resources.ram_mb", "resources.ramMb", demand.ram_mb),
+                     ("resources.disk_gb", "resources.diskGb", demand.disk_gb))
+                ):  # fmt: skip
+                    biggest = min(nodes, key=lambda u: (-self.policy.limits(u)[i], u.id))
+                    most = self.policy.limits(biggest)[i]
+                    if want > most:
+                        total = (biggest.cpu_total, biggest.ram_mb_total, biggest.disk_gb_total)[i]
+                        ratio = float(self.ratios[i])
+                        raise InvalidRequest(
+                            f"{prefix}{said}: {want} {UNITS[i]} is more than any node can hold (at most {most}: "
+                            f"{biggest.id}'s {total} x {SETTINGS[i]}={ratio})",
+                            field=prefix + field, reason=Reason.BEYOND_ANY_NODE, maximum=most,
+                        )  # fmt: skip
+            try:
+                node = choose_node(demand, usage.values(), self.policy)
+            except NoCapacity as exc:
+                if many:
+                    after = f", once the {n} VM{'s' if n > 1 else ''} before it are placed" if n else ""
+                    raise NoCapacity(f"[{n}]: {exc.message}{after}", field=f"[{n}].resources", **exc.details) from None
+                raise
+            usage[node.id] = _with_claim(node, demand.cpu, demand.ram_mb, demand.disk_gb,
+                                         pick_devices(demand.pci, node.devices) if demand.pci else None)  # fmt: skip
 
     async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
         """Claim more on a VM's own node (a resize); raises NoCapacity naming what is short."""
