@@ -17,6 +17,8 @@ from .layout import Forward, VmConfig, VmPaths
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 DISK_ID = "disk0"
 """The disk's block backend name: `block_resize` and `query-blockstats` use it."""
+BALLOON_ID = "balloon0"
+"""The virtio-balloon device (never inflated): its `guest-stats` are the guest's memory figures."""
 
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 """QEMU's seccomp filter allows by default and denies these groups of syscalls (set*id,
@@ -95,6 +97,8 @@ def build_argv(
         # the NICs: user-mode (host ports forwarded to the guest) or taps on bridges
         *net_args(config, forward_address),
         "-device", "virtio-rng-pci",
+        # virtio-balloon, never inflated: the guest's own memory figures (QMP guest-stats)
+        "-device", f"virtio-balloon-pci,id={BALLOON_ID}",
         # qemu-guest-agent on virtio-serial
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"socket,id=qga0,path={paths.qga.name},server=on,wait=off",
