@@ -69,7 +69,7 @@ async def test_a_create_with_no_room_is_refused_at_once_creating_nothing(server_
                                           {"name": "huge", "resources": {"cpu": 64, "ramMb": 512, "diskGb": 10}}])  # fmt: skip
     assert r.status_code == 409, r.text
     assert r.json()["code"] == "no_capacity" and r.json()["details"]["field"] == "[1].resources.cpu"
-    assert r.json()["error"] == "[1].resources.cpu: 64 vCPUs is more than any node can hold (at most 8: node-1's 8 x VMPLANE_CPU_OVERCOMMIT=1.0)"
+    assert r.json()["error"] == "[1].resources.cpu: 64 vCPUs is more than any node can hold (at most 8: node-1's 8 vCPUs x VMPLANE_CPU_OVERCOMMIT=1.0)"
     # each fits alone, not all together: the whole request is refused, nothing is made
     r = await c.post("/api/v1/vms", json=[{"name": f"w-{i}", "resources": {"cpu": 6, "ramMb": 512, "diskGb": 10}} for i in range(3)])
     assert r.status_code == 409, r.text

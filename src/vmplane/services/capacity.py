@@ -126,14 +126,14 @@ class Capacity:
         refusing (a create is a hot path: no query per request while nodes have room)."""
         if not demands:
             return
-        fresh = clock.now() - self._loaded_at > self.CACHE_SECONDS
-        if fresh:
+        reloaded = clock.now() - self._loaded_at > self.CACHE_SECONDS
+        if reloaded:
             async with self.store.read() as conn:
                 await self._refresh(conn)
         try:
             self._check(demands)
         except (NoCapacity, InvalidRequest):
-            if fresh:
+            if reloaded:
                 raise
             async with self.store.read() as conn:
                 await self._refresh(conn)
@@ -159,7 +159,7 @@ class Capacity:
                         ratio = float(self.ratios[i])
                         raise InvalidRequest(
                             f"{prefix}{said}: {want} {UNITS[i]} is more than any node can hold (at most {most}: "
-                            f"{biggest.id}'s {total} x {SETTINGS[i]}={ratio})",
+                            f"{biggest.id}'s {total} {UNITS[i]} x {SETTINGS[i]}={ratio})",
                             field=prefix + field, reason=Reason.BEYOND_ANY_NODE, maximum=most,
                         )  # fmt: skip
             try:
