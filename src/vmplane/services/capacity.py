@@ -3,6 +3,7 @@ conditional updates in the store (so concurrent creates can never overcommit a n
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import Row
@@ -142,35 +143,70 @@ class Capacity:
     def _check(self, demands: Sequence[Demand]) -> None:
         many = len(demands) > 1
         usage = dict(self._cache)
-        for n, demand in enumerate(demands):
+        online = [u for u in usage.values() if u.online]
+        biggest = [min(online, key=lambda u: (-self.policy.limits(u)[i], u.id)) if online else None for i in range(3)]
+        n = 0
+        for demand, run in groupby(demands):  # a bulk create asks for many alike: check each kind once
+            count = len(list(run))
             if demand.node_id is not None and demand.node_id not in usage:
+                n += count
                 continue  # the create names the unknown node (nodeId) as it records the VM
-            prefix = f"[{n}]." if many else ""
-            nodes = [u for u in usage.values() if u.online and demand.node_id in (None, u.id)]
-            if nodes:
-                for i, (field, said, want) in enumerate(
-                    (("resources.cpu", "resources.cpu", demand.cpu), ("resources.ram_mb", "resources.ramMb", demand.ram_mb),
-                     ("resources.disk_gb", "resources.diskGb", demand.disk_gb))
-                ):  # fmt: skip
-                    biggest = min(nodes, key=lambda u: (-self.policy.limits(u)[i], u.id))
-                    most = self.policy.limits(biggest)[i]
-                    if want > most:
-                        total = (biggest.cpu_total, biggest.ram_mb_total, biggest.disk_gb_total)[i]
-                        ratio = float(self.ratios[i])
-                        raise InvalidRequest(
-                            f"{prefix}{said}: {want} {UNITS[i]} is more than any node can hold (at most {most}: "
-                            f"{biggest.id}'s {total} {UNITS[i]} x {SETTINGS[i]}={ratio})",
-                            field=prefix + field, reason=Reason.BEYOND_ANY_NODE, maximum=most,
-                        )  # fmt: skip
-            try:
-                node = choose_node(demand, usage.values(), self.policy)
-            except NoCapacity as exc:
-                if many:
-                    after = f", once the {n} VM{'s' if n > 1 else ''} before it are placed" if n else ""
-                    raise NoCapacity(f"[{n}]: {exc.message}{after}", field=f"[{n}].resources", **exc.details) from None
-                raise
-            usage[node.id] = _with_claim(node, demand.cpu, demand.ram_mb, demand.disk_gb,
-                                         pick_devices(demand.pci, node.devices) if demand.pci else None)  # fmt: skip
+            self._within_any_node(demand, biggest, f"[{n}]." if many else "")
+            # all but the last by counting room (no scoring, which only the claim needs), the
+            # rest one by one: choose_node names what is short, at the index it is short for
+            placed = 0 if demand.pci else self._fill(usage, demand, count - 1)
+            for k in range(placed, count):
+                try:
+                    node = choose_node(demand, usage.values(), self.policy)
+                except NoCapacity as exc:
+                    if many:
+                        i = n + k
+                        after = f", once the {i} VM{'s' if i > 1 else ''} before it are placed" if i else ""
+                        raise NoCapacity(f"[{i}]: {exc.message}{after}", field=f"[{i}].resources", **exc.details) from None
+                    raise
+                usage[node.id] = _with_claim(node, demand.cpu, demand.ram_mb, demand.disk_gb,
+                                             pick_devices(demand.pci, node.devices) if demand.pci else None)  # fmt: skip
+            n += count
+
+    def _within_any_node(self, demand: Demand, biggest: list[NodeUsage | None], prefix: str) -> None:
+        """InvalidRequest (BEYOND_ANY_NODE) naming the resource if no node (the node the
+        demand names, else the biggest online one) could ever hold that much of it."""
+        named = self._cache.get(demand.node_id) if demand.node_id is not None else None
+        for i, (field, said, want) in enumerate(
+            (("resources.cpu", "resources.cpu", demand.cpu), ("resources.ram_mb", "resources.ramMb", demand.ram_mb),
+             ("resources.disk_gb", "resources.diskGb", demand.disk_gb))
+        ):  # fmt: skip
+            node = (named if named is not None and named.online else None) if demand.node_id is not None else biggest[i]
+            if node is None:
+                continue
+            most = self.policy.limits(node)[i]
+            if want > most:
+                total = (node.cpu_total, node.ram_mb_total, node.disk_gb_total)[i]
+                raise InvalidRequest(
+                    f"{prefix}{said}: {want} {UNITS[i]} is more than any node can hold (at most {most}: "
+                    f"{node.id}'s {total} {UNITS[i]} x {SETTINGS[i]}={float(self.ratios[i])})",
+                    field=prefix + field, reason=Reason.BEYOND_ANY_NODE, maximum=most,
+                )  # fmt: skip
+
+    def _fill(self, usage: dict[str, NodeUsage], demand: Demand, count: int) -> int:
+        """Place up to `count` VMs of `demand` (no PCI devices) in `usage` by counting how
+        many fit on each node it may go to (the filters of choose_node); returns how many."""
+        placed = 0
+        want = (demand.cpu, demand.ram_mb, demand.disk_gb)
+        for node in list(usage.values()):
+            if placed >= count:
+                break
+            if (demand.node_id is not None and node.id != demand.node_id) or node.id in demand.exclude or not node.online or node.cordoned:
+                continue
+            if demand.network_types and not demand.network_types <= node.network_types:
+                continue
+            free = [lim - used for lim, used in zip(self.policy.limits(node), (node.cpu_used, node.ram_mb_used, node.disk_gb_used))]
+            fits = min((f // w if w > 0 else (count if f >= 0 else 0)) for f, w in zip(free, want))
+            take = min(max(0, fits), count - placed)
+            if take:
+                usage[node.id] = _with_claim(node, demand.cpu * take, demand.ram_mb * take, demand.disk_gb * take)
+                placed += take
+        return placed
 
     async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
         """Claim more on a VM's own node (a resize); raises NoCapacity naming what is short."""
