@@ -84,7 +84,7 @@ async def test_a_local_nodes_heartbeat_moves_on_a_timer_not_per_request(server_f
     assert all(b > a for a, b in zip(first, later)), (first, later)
     # and on the wire, in whole seconds: it moves past the start within a couple of seconds
     started = [n["heartbeatAt"] for n in (await server.client.get("/api/v1/nodes")).json()["items"]]
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.6)  # a beat every 0.2 s: past the next whole second with room to spare
     now = [n["heartbeatAt"] for n in (await server.client.get("/api/v1/nodes")).json()["items"]]
     assert all(b > a for a, b in zip(started, now)), (started, now)
     # reading nodes writes nothing: with the timer stopped, heartbeats stay where they are
