@@ -97,12 +97,13 @@ def build_argv(
         # the NICs: user-mode (host ports forwarded to the guest) or taps on bridges
         *net_args(config, forward_address),
         "-device", "virtio-rng-pci",
-        # virtio-balloon, never inflated: the guest's own memory figures (QMP guest-stats)
-        "-device", f"virtio-balloon-pci,id={BALLOON_ID}",
         # qemu-guest-agent on virtio-serial
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"socket,id=qga0,path={paths.qga.name},server=on,wait=off",
         "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_PORT}",
+        # virtio-balloon, never inflated: the guest's own memory figures (QMP guest-stats);
+        # after the devices VMs had before it, so their PCI slots stay where they were
+        "-device", f"virtio-balloon-pci,id={BALLOON_ID}",
         # serial console: a socket for interactive use, everything also logged to a file
         "-chardev", f"socket,id=ser0,path={paths.serial.name},server=on,wait=off,"
         f"logfile={paths.serial_log.name},logappend=on",
