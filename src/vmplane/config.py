@@ -50,8 +50,11 @@ class Settings(BaseSettings):
 
     cluster_name: str = "vmplane"
 
-    cpu_overcommit: float = Field(1.0, gt=0, le=64)
+    cpu_overcommit: float = Field(4.0, gt=0, le=64)
+    """vCPUs a node hands out per host core (Nova's default, 4.0). A VM holds its claim while
+    stopped (its start never fails for room), so this bounds VMs made, not VMs running."""
     ram_overcommit: float = Field(1.0, gt=0, le=64)
+    """RAM a node hands out per MB it has: 1.0, as guests really use what they are given."""
     disk_overcommit: float = Field(1.0, gt=0, le=64)
     placement_strategy: Literal["spread", "pack"] = "spread"
 

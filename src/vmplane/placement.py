@@ -45,6 +45,10 @@ class Demand:
     """nodes the VM must not go to (the node it moves away from)"""
 
 
+SETTINGS = ("VMPLANE_CPU_OVERCOMMIT", "VMPLANE_RAM_OVERCOMMIT", "VMPLANE_DISK_OVERCOMMIT")
+"""the settings behind the ratios, as an operator sets them (named in refusals)"""
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     cpu_ratio: float = 1.0
@@ -90,6 +94,8 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
     best_score = 0.0
     seen = online = cordoned = 0
     short_cpu = short_ram = short_disk = short_pci = short_net = 0
+    roomiest: list[NodeUsage | None] = [None, None, None]  # of the nodes short of cpu, ram, disk: the one with most room
+    room = [0, 0, 0]
     want_pci, want_net = demand.pci, demand.network_types
     sign = -1.0 if policy.strategy == "pack" else 1.0
     rc, rr, rd = policy.cpu_ratio, policy.ram_ratio, policy.disk_ratio
@@ -116,6 +122,13 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
             short_cpu += cpu_free < 0
             short_ram += ram_free < 0
             short_disk += disk_free < 0
+            # the node the refusal names for each resource: of those short of it, the one with most room
+            if cpu_free < 0 and (roomiest[0] is None or cpu_free + want_cpu > room[0]):
+                roomiest[0], room[0] = node, cpu_free + want_cpu
+            if ram_free < 0 and (roomiest[1] is None or ram_free + want_ram > room[1]):
+                roomiest[1], room[1] = node, ram_free + want_ram
+            if disk_free < 0 and (roomiest[2] is None or disk_free + want_disk > room[2]):
+                roomiest[2], room[2] = node, disk_free + want_disk
             continue
         if want_net and not want_net <= node.network_types:
             short_net += 1
@@ -146,15 +159,30 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
     wants = []
     if want_pci and short_pci and short_pci + short_cpu + short_ram + short_disk >= online:
         wants.append(f"the PCI devices {', '.join(want_pci)} free")
-    if short_cpu == online:
-        wants.append(f"{demand.cpu} free vCPUs")
-    if short_ram == online:
-        wants.append(f"{demand.ram_mb} MB of free RAM")
-    if short_disk == online:
-        wants.append(f"{demand.disk_gb} GB of free disk")
+    why = []
+    for i, (short, want) in enumerate(((short_cpu, f"{demand.cpu} free vCPU{'' if demand.cpu == 1 else 's'}"),
+                                       (short_ram, f"{demand.ram_mb} MB of free RAM"), (short_disk, f"{demand.disk_gb} GB of free disk"))):  # fmt: skip
+        example = roomiest[i]
+        if short == online and example is not None:
+            wants.append(want)
+            why.append(claimed(example, policy, i, several=online > 1))
     if not wants:  # each node lacks something different
         wants.append(f"{demand.cpu} free vCPUs, {demand.ram_mb} MB of RAM and {demand.disk_gb} GB of disk at once")
     verb = "does not have" if demand.node_id is not None else "has"
     raise NoCapacity(
-        f"{where} {verb} {' and '.join(wants)}", cpu=demand.cpu, ramMb=demand.ram_mb, diskGb=demand.disk_gb
-    )
+        f"{where} {verb} {' and '.join(wants)}" + (f" ({'; '.join(why)})" if why else ""),
+        cpu=demand.cpu, ramMb=demand.ram_mb, diskGb=demand.disk_gb,
+    )  # fmt: skip
+
+
+UNITS = ("vCPUs", "MB of RAM", "GB of disk")
+
+
+def claimed(node: NodeUsage, policy: Policy, i: int, several: bool = False) -> str:
+    """How much of resource `i` (0 cpu, 1 ram, 2 disk) `node` has handed out, and under which
+    setting: `node-1: 8 of 8 vCPUs claimed at VMPLANE_CPU_OVERCOMMIT=4.0` (the least full
+    node, so named, when `several` nodes are short)."""
+    used = (node.cpu_used, node.ram_mb_used, node.disk_gb_used)[i]
+    ratio = float((policy.cpu_ratio, policy.ram_ratio, policy.disk_ratio)[i])
+    limit = policy.limits(node)[i]
+    return f"{'the least full, ' if several else ''}{node.id}: {used} of {limit} {UNITS[i]} claimed at {SETTINGS[i]}={ratio}"

@@ -150,6 +150,7 @@ class Runtime:
         self.internal_token = secrets.token_urlsafe(32)
         """proves a request came from this process (schedules' replays; api/identity.py)"""
         self._maintenance: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
         self.ready = False
         self.stopping = asyncio.Event()
         """set when the server begins to shut down: event streams and consoles end (go_away)"""
@@ -252,6 +253,7 @@ class Runtime:
         self.plugins.start()
         await self.deployments.start()  # reconciles only on the leader, once ready
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
+        self._heartbeats = asyncio.create_task(self._beat(), name="node-heartbeats")
         self.ready = True
         log.info("vmplane ready: serving %d node(s), store %s", len(self.replicas.serving), self.store.dialect)
 
@@ -328,6 +330,17 @@ class Runtime:
                 log.exception("housekeeping failed")
             await asyncio.sleep(60)
 
+    async def _beat(self) -> None:
+        """The local nodes' heartbeat: every `heartbeat_seconds` (an agent's cadence), one
+        update of the nodes this process serves, so a node's `heartbeatAt` says when the
+        process serving it last was alive (not when it started). Not per request: a timer."""
+        while True:
+            await asyncio.sleep(self.agents.heartbeat_seconds)
+            try:
+                await self.cluster.heartbeat(self.replicas.serving)
+            except Exception as exc:  # the store is away for a moment: the next beat tries again
+                log.warning("node heartbeat failed (will retry): %s", exc)
+
     async def go_away(self, wait: float = 3.0) -> None:
         """The server is shutting down: tell every open event stream and console to go away
         (SSE streams end, WebSockets close with 1001), and wait up to `wait` seconds for them
@@ -368,9 +381,10 @@ class Runtime:
         except Exception:
             log.exception("counting the VMs left running failed")
         await self.replicas.stop_looking()  # a stopping replica takes no node over
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
+        for task in (self._maintenance, self._heartbeats):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.tenancy.failed_auths.stop()
         await self.schedules.stop()
         await self.plugins.stop()

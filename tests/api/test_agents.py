@@ -229,9 +229,8 @@ async def test_cordon_and_drain(fleet: Any) -> None:
     running, *stopped = [t["resourceId"] for t in created["tasks"]]
     r = await c.post(f"/api/v1/nodes/{a.node_id}/cordon")
     assert r.status_code == 200 and r.json()["cordoned"] is True
-    job = await server.create({"name": "not-there", "nodeId": a.node_id})
-    assert job["state"] == "failed"
-    assert "cordoned" in (await c.get(f"/api/v1/jobs/{job['id']}")).json()["tasks"][0]["error"]
+    r = await c.post("/api/v1/vms", json={"name": "not-there", "nodeId": a.node_id})  # refused at once, nothing made
+    assert r.status_code == 409 and r.json()["error"] == f"node {a.node_id} is cordoned", r.text
     placed = await server.create({"name": "elsewhere"})
     assert (await c.get(f"/api/v1/vms/{placed['tasks'][0]['resourceId']}")).json()["node"] == b.node_id
 

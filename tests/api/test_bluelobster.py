@@ -108,7 +108,7 @@ gpu_description = "NVIDIA RTX A4000 (16GB VRAM)"
 async def bl(server_factory: Any, tmp_path: Path) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "data" / "offerings.toml").write_text(OFFERINGS)
-    s = await server_factory(nodes=nodes())
+    s = await server_factory(nodes=nodes(), cpu_overcommit=1.0)  # the offerings count hosts by their cores
     client = httpx.AsyncClient(base_url=s.url + P, timeout=30, headers={"X-API-Key": s.admin_key})
     yield s, client
     await client.aclose()

@@ -1,6 +1,9 @@
 """Nodes, cluster, health, OpenAPI."""
 
+import asyncio
 from typing import Any
+
+from vmplane.store import nodes as node_q
 
 from ..support import Server
 
@@ -64,3 +67,31 @@ async def test_jobs_list_filters_and_pages(server: Server) -> None:
     assert job["createdBy"] == "admin" and job["tasks"][0]["attempts"] == 1
     assert (await c.get(f"/api/v1/jobs/{created['id']}/tasks/task-nope")).status_code == 404
     assert (await c.get("/api/v1/jobs/job-nope")).status_code == 404
+
+
+async def test_a_local_nodes_heartbeat_moves_on_a_timer_not_per_request(server_factory: Any) -> None:
+    """The nodes this process serves beat every `heartbeat_seconds` (offline timeout / 5): a
+    node's heartbeatAt tells when it was last alive, not when the server started."""
+    server = await server_factory(sim_nodes=2, node_offline_seconds=1.0)  # a beat every 0.2 s
+
+    async def heartbeats() -> list[float]:
+        async with server.rt.store.read() as conn:
+            return [n.heartbeat_at for n in await node_q.list_nodes(conn)]
+
+    first = await heartbeats()
+    await asyncio.sleep(0.7)
+    later = await heartbeats()
+    assert all(b > a for a, b in zip(first, later)), (first, later)
+    # and on the wire, in whole seconds: it moves past the start within a couple of seconds
+    started = [n["heartbeatAt"] for n in (await server.client.get("/api/v1/nodes")).json()["items"]]
+    await asyncio.sleep(1.6)  # a beat every 0.2 s: past the next whole second with room to spare
+    now = [n["heartbeatAt"] for n in (await server.client.get("/api/v1/nodes")).json()["items"]]
+    assert all(b > a for a, b in zip(started, now)), (started, now)
+    # reading nodes writes nothing: with the timer stopped, heartbeats stay where they are
+    task = server.rt._heartbeats
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    still = await heartbeats()
+    for _ in range(5):
+        await server.client.get("/api/v1/nodes")
+    assert await heartbeats() == still

@@ -33,8 +33,8 @@ def guest_nodes(cpu: int = 6, latency: float = 0.005) -> list[tuple[str, GuestSi
 
 @pytest.fixture
 async def fv(server_factory: Any) -> AsyncIterator[tuple[Server, FastVmClient]]:
-    """One node of 6 vCPUs (a c8m16 never fits), creates of VMs named fail-… fail."""
-    s = await server_factory(nodes=guest_nodes())
+    """One node of 6 vCPUs, not overcommitted (a c8m16 never fits), creates of VMs named fail-… fail."""
+    s = await server_factory(nodes=guest_nodes(), cpu_overcommit=1.0)
     client = FastVmClient(s.url + P, s.admin_key)
     yield s, client
     await client.aclose()
@@ -254,10 +254,10 @@ async def test_exec_console_and_quotas(fv: tuple[Server, FastVmClient]) -> None:
 
 
 async def test_every_documented_status_code_is_reached(server_factory: Any, tmp_path: Path) -> None:
-    s = await server_factory(nodes=guest_nodes())
+    s = await server_factory(nodes=guest_nodes(), cpu_overcommit=1.0)
     c = FastVmClient(s.url + P, s.admin_key)
     anon = FastVmClient(s.url + P, None)
-    slow = await server_factory(nodes=guest_nodes(latency=0.3), compat_wait_seconds=0, data_dir=tmp_path / "slow")
+    slow = await server_factory(nodes=guest_nodes(latency=0.3), compat_wait_seconds=0, data_dir=tmp_path / "slow", cpu_overcommit=1.0)
     slow_c = FastVmClient(slow.url + P, slow.admin_key)
     key = (await s.client.post("/api/v1/api-keys", json={"name": "viewer", "readOnly": True})).json()["key"]
     ro = FastVmClient(s.url + P, key)

@@ -187,8 +187,9 @@ async def test_pci_passthrough_placement_takes_whole_groups(server_factory: Any,
     # the second GPU VM goes to the other node; a third finds none free
     vm2 = await vm_of(server, await server.create({"name": "gpu-2", "devices": {"pciPassthrough": ["10de:2204"]}}))
     assert vm2["nodeId"] != vm["nodeId"]
-    job = await server.create({"name": "gpu-3", "devices": {"pciPassthrough": ["10de:2204"]}})
-    assert job["state"] == "failed" and "PCI devices 10de:2204" in (await c.get(f"/api/v1/vms/{job['tasks'][0]['resourceId']}")).json()["error"]
+    r = await c.post("/api/v1/vms", json={"name": "gpu-3", "devices": {"pciPassthrough": ["10de:2204"]}})  # refused at once
+    assert r.status_code == 409 and r.json()["error"] == "no node has the PCI devices 10de:2204 free", r.text
+    assert "gpu-3" not in [v["name"] for v in (await c.get("/api/v1/vms")).json()["items"]]
     # an address on a given node
     vm4 = await vm_of(server, await server.create({"name": "nic-1", "nodeId": vm["nodeId"], "devices": {"pciPassthrough": ["0000:02:00.0"]}}))
     assert vm4["pciDevices"] == ["0000:02:00.0"]

@@ -61,31 +61,65 @@ async def test_injected_failures_make_the_job_partial(server_factory: Any) -> No
     await assert_used_matches_vms(server)
 
 
-async def test_no_capacity_fails_with_a_clear_error_and_job_is_partial(server_factory: Any) -> None:
-    server = await server_factory(sim_nodes=2, sim_node_cpu=8)
-    job = await server.create([{"name": "small", "resources": {"cpu": 2, "ramMb": 512, "diskGb": 10}},
-                               {"name": "huge", "resources": {"cpu": 64, "ramMb": 512, "diskGb": 10}}])  # fmt: skip
-    assert job["state"] == "partial"
-    failed = [t for t in job["tasks"] if t["state"] == "failed"][0]
-    assert failed["error"] == "no node has 64 free vCPUs"
+async def test_a_create_with_no_room_is_refused_at_once_creating_nothing(server_factory: Any) -> None:
+    server = await server_factory(sim_nodes=2, sim_node_cpu=8, cpu_overcommit=1.0)
+    c = server.client
+    # bigger than any node could ever hold: 409 naming the field and the setting
+    r = await c.post("/api/v1/vms", json=[{"name": "small", "resources": {"cpu": 2, "ramMb": 512, "diskGb": 10}},
+                                          {"name": "huge", "resources": {"cpu": 64, "ramMb": 512, "diskGb": 10}}])  # fmt: skip
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "no_capacity" and r.json()["details"]["field"] == "[1].resources.cpu"
+    assert r.json()["error"] == "[1].resources.cpu: 64 vCPUs is more than any node can hold (at most 8: node-1's 8 vCPUs x VMPLANE_CPU_OVERCOMMIT=1.0)"
+    # each fits alone, not all together: the whole request is refused, nothing is made
+    r = await c.post("/api/v1/vms", json=[{"name": f"w-{i}", "resources": {"cpu": 6, "ramMb": 512, "diskGb": 10}} for i in range(3)])
+    assert r.status_code == 409, r.text
+    assert r.json()["error"].startswith("[2]: no node has 6 free vCPUs (the least full, node-1: 6 of 8 vCPUs claimed at VMPLANE_CPU_OVERCOMMIT=1.0)")
+    assert (await c.get("/api/v1/vms")).json()["items"] == []
+    assert (await c.get("/api/v1/jobs")).json()["items"] == []
+    await assert_used_matches_vms(server)
+
+
+async def test_default_overcommit_lets_stopped_vms_keep_their_claim(server_factory: Any) -> None:
+    """A 2-core node holds 8 one-vCPU VMs at the default CPU overcommit (4.0, as Nova); a
+    stopped VM keeps its claim, so its start never fails for room; the 9th create is refused
+    at once, naming the setting, and leaves no `error` VM."""
+    server = await server_factory(sim_nodes=1, sim_node_cpu=2)
+    c = server.client
+    job = await server.create([{"name": f"s-{i}", "start": i % 2 == 0, "resources": {"cpu": 1, "ramMb": 256, "diskGb": 1}} for i in range(8)])
+    assert job["state"] == "succeeded", job
+    r = await c.post("/api/v1/vms", json={"name": "ninth", "resources": {"cpu": 1, "ramMb": 256, "diskGb": 1}})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == "no node has 1 free vCPU (node-1: 8 of 8 vCPUs claimed at VMPLANE_CPU_OVERCOMMIT=4.0)"
+    vms = (await c.get("/api/v1/vms")).json()["items"]
+    assert len(vms) == 8 and not any(v["status"] == "error" for v in vms)
+    stopped = [v["id"] for v in vms if v["status"] == "stopped"]
+    assert len(stopped) == 4
+    for vm_id in stopped:
+        r = await c.post(f"/api/v1/vms/{vm_id}/start")
+        assert r.status_code == 202, r.text
+        assert (await server.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    await assert_used_matches_vms(server)
 
 
 async def test_concurrent_creates_never_overcommit(server_factory: Any, database_url: str) -> None:
     server = await server_factory(
-        sim_nodes=3, sim_node_cpu=10, sim_latency_ms=1, job_concurrency=32, database_url=database_url
+        sim_nodes=3, sim_node_cpu=10, sim_latency_ms=1, job_concurrency=32, database_url=database_url, cpu_overcommit=1.0
     )
     c = server.client
 
-    async def one(i: int) -> str:
+    async def one(i: int) -> str | None:
         r = await c.post("/api/v1/vms", json={"name": f"cc-{i}", "resources": {"cpu": 1, "ramMb": 256, "diskGb": 1}})
+        if r.status_code == 409:  # refused at once: the nodes were full when it came
+            assert r.json()["error"].startswith("no node has 1 free vCPU"), r.text
+            return None
         assert r.status_code == 202, r.text
-        return r.json()["jobId"]
+        return str(r.json()["jobId"])
 
-    job_ids = await asyncio.gather(*(one(i) for i in range(200)))
+    job_ids = [j for j in await asyncio.gather(*(one(i) for i in range(200))) if j is not None]
     jobs = [await server.wait_job(j) for j in job_ids]
     ok = [j for j in jobs if j["state"] == "succeeded"]
     assert len(ok) == 30  # 3 nodes × 10 vCPUs
-    assert all(j["tasks"][0]["error"].startswith("no node has 1 free vCPUs") for j in jobs if j["state"] == "failed")
+    assert all(j["tasks"][0]["error"].startswith("no node has 1 free vCPU") for j in jobs if j["state"] == "failed")
     for n in (await c.get("/api/v1/nodes")).json()["items"]:
         assert n["resources"]["cpuUsed"] <= n["resources"]["cpuTotal"]
     await assert_used_matches_vms(server)

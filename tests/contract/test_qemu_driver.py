@@ -580,6 +580,7 @@ class TestCmdline:
         assert "ide-cd,drive=seed0,bus=ide.1,unit=0" in devices
         assert f"virtio-net-pci,netdev=n0,mac={mac_for('vm-abcdefgh1234')},romfile=" in devices
         assert "virtio-rng-pci" in devices
+        assert "virtio-balloon-pci,id=balloon0" in devices  # the guest's memory figures (stats), never inflated
         assert "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0" in devices
         chardevs = option_after(argv, "-chardev")
         assert "socket,id=qga0,path=qga.sock,server=on,wait=off" in chardevs

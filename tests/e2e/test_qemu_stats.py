@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from vmplane import procfs
+
 from ..support import admin_key, free_port, qemu_processes_of, require_qemu, serve, wait_ready
 from .test_qemu_network import stop_server
 
@@ -132,6 +134,35 @@ def test_network_counters_follow_the_nic_by_mac_when_the_guest_renames_it(lab: L
     assert wrote["stdout"].strip() == "ok", wrote
     disk = lab.stats(vm)
     assert disk["diskReadBytes"] > 0 and disk["diskWriteBytes"] - after["diskWriteBytes"] >= 32 * 65536, (after, disk)
+
+
+def test_memory_is_the_guests_own_figure_and_uptime_ticks(lab: Lab) -> None:
+    """memoryMb is what the guest uses (its balloon statistics: total - available), labelled
+    `guest`, not QEMU's host RSS (which counts QEMU and exceeded the guest's 256 MiB); the
+    uptime of the stats and of the VM counts on between two looks."""
+    vm = lab.vm
+    deadline = time.monotonic() + 30  # the balloon polls every 2 s once asked (at the first stats call)
+    while (s := lab.stats(vm))["memorySource"] != "guest":
+        assert s["memorySource"] == "host-rss", s
+        assert time.monotonic() < deadline, s
+        time.sleep(1)
+    meminfo = dict(line.split(":", 1) for line in lab.exec(vm, ["cat", "/proc/meminfo"])["stdout"].splitlines())
+    kib = {k: int(v.split()[0]) for k, v in meminfo.items() if k in ("MemTotal", "MemAvailable")}
+    in_guest = (kib["MemTotal"] - kib["MemAvailable"]) // 1024
+    (pid,) = [pid for pid, argv in procfs.processes_mentioning(vm) if "qemu-system" in argv[0]]
+    rss = procfs.rss_bytes(pid) // (1 << 20)
+    s = lab.stats(vm)
+    print(f"[stats] memory: {s['memoryMb']} MiB ({s['memorySource']}) of {s['memoryTotalMb']}; guest /proc/meminfo {in_guest} MiB; QEMU RSS {rss} MiB")
+    assert s["memorySource"] == "guest" and 0 < s["memoryMb"] < s["memoryTotalMb"] == 256, s
+    assert abs(s["memoryMb"] - in_guest) <= 16, (s, in_guest)  # the balloon's report is at most 2 s old
+    assert s["memoryMb"] < rss, (s, rss)  # not the host RSS
+
+    first, vm_first = lab.stats(vm)["uptimeSeconds"], lab.c.get(f"/api/v1/vms/{vm}").json()
+    time.sleep(2.2)
+    later, vm_later = lab.stats(vm)["uptimeSeconds"], lab.c.get(f"/api/v1/vms/{vm}").json()
+    assert 2.0 <= later - first < 30, (first, later)
+    assert vm_first["startedAt"] == vm_later["startedAt"] and vm_first["startedAt"].endswith("Z")
+    assert vm_first["uptime"] != vm_later["uptime"], (vm_first["uptime"], vm_later["uptime"])
 
 
 def test_a_vm_from_a_snapshot_takes_the_sources_ssh_key(lab: Lab) -> None:

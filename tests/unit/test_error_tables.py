@@ -55,7 +55,7 @@ NATIVE_ANSWERS = [
     (errors.InvalidState("x"), 409, "invalid_state"),
     (QuotaExceeded("x"), 409, "quota_exceeded"),
     (errors.PayloadTooLarge("x"), 413, "payload_too_large"),
-    (errors.NoCapacity("x"), 503, "no_capacity"),
+    (errors.NoCapacity("x"), 409, "no_capacity"),  # issue 23: a create with no room is a conflict, refused at once
     (errors.NotReady("x"), 503, "not_ready"),
     (errors.DriverError("x"), 502, "driver_error"),
     (errors.ImageRefused("x"), 400, "image_refused"),
@@ -118,4 +118,5 @@ def test_a_reason_that_is_not_a_reason_stays_a_detail() -> None:
 
 def test_the_agent_answers_with_the_statuses_it_always_did() -> None:
     """The node agent's statuses were the core's own before reasons; its table keeps them."""
-    assert agent_wire.STATUS == NATIVE_STATUS
+    # the native face answers a create with no room 409 since issue 23; the agent's wire keeps 503/400
+    assert agent_wire.STATUS == {**NATIVE_STATUS, Reason.NO_CAPACITY: 503, Reason.BEYOND_ANY_NODE: 400}

@@ -17,7 +17,7 @@ log = logging.getLogger("vmplane.api")
 NATIVE: dict[Reason, tuple[int, str]] = {
     Reason.INTERNAL: (500, "internal_error"),
     Reason.INVALID: (400, "invalid_request"),
-    Reason.BEYOND_ANY_NODE: (400, "invalid_request"),
+    Reason.BEYOND_ANY_NODE: (409, "no_capacity"),  # a create no node could ever fit: refused at once, nothing made
     Reason.CANNOT_SHRINK: (400, "invalid_request"),
     Reason.OVER_LIMIT: (400, "invalid_request"),
     Reason.UNAUTHORIZED: (401, "unauthorized"),
@@ -33,7 +33,7 @@ NATIVE: dict[Reason, tuple[int, str]] = {
     Reason.PAYLOAD_TOO_LARGE: (413, "payload_too_large"),
     Reason.BODY_TOO_LARGE: (400, "too_large"),
     Reason.OUTBOUND_REFUSED: (400, "outbound_refused"),
-    Reason.NO_CAPACITY: (503, "no_capacity"),
+    Reason.NO_CAPACITY: (409, "no_capacity"),  # the request conflicts with what the nodes hold now (issue 23)
     Reason.NOT_READY: (503, "not_ready"),
     Reason.DRIVER_FAILED: (502, "driver_error"),
     Reason.IMAGE_REFUSED: (400, "image_refused"),

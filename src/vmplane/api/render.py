@@ -22,6 +22,7 @@ def vm(row: Vm, now: float) -> dict[str, Any]:
         "guestReady": row.guest_ready,
         "blank": row.blank,
         "uptime": clock.human_duration(now - row.started_at) if row.started_at and row.status == "running" else None,
+        "startedAt": clock.rfc3339(row.started_at) if row.started_at and row.status == "running" else None,
         "tags": row.tags,
         "resources": {"cpu": row.cpu, "ramMb": row.ram_mb, "diskGb": row.disk_gb},
         "templateId": row.template_id,

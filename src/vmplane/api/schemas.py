@@ -128,6 +128,11 @@ class VmStatsOut(BaseModel):
     vmId: str
     cpuPercent: float
     memoryMb: int
+    memorySource: Literal["guest", "host-rss"] = Field(
+        description="where memoryMb comes from: `guest` (the guest's own figure, total minus available, from its "
+        "virtio-balloon statistics) or `host-rss` (the guest reports nothing: the resident memory of the VM's process on "
+        "the host, which counts the hypervisor too and can exceed memoryTotalMb)"
+    )
     memoryTotalMb: int
     diskReadBytes: int
     diskWriteBytes: int
@@ -180,7 +185,8 @@ class VmOut(BaseModel):
         "(a guest with no agent: it wrote to its serial console); false again at every stop, start and reboot until it is "
         "ready again. `GET ?waitReady=S` waits for it; the `vm.guest_ready` event says it"
     )
-    uptime: str | None
+    uptime: str | None = Field(description="how long the VM's process has run (`3m 4s`), as of this answer: a page that keeps it shown counts on from `startedAt`")
+    startedAt: str | None = Field(None, description="when the running VM's process started (RFC 3339); null unless running")
     tags: list[str]
     resources: ResourcesOut
     templateId: str | None

@@ -138,13 +138,18 @@ class VmStats:
     cpu_percent: float
     """host CPU time used by the VM since the previous call, as % of one core."""
     memory_mb: int
-    """memory the VM's process holds on the host (RSS)."""
+    """memory in use, as `memory_source` says: the guest's own figure (total - available, as
+    `free` counts it), or the RSS of the VM's process on the host (which counts QEMU itself:
+    it can be more than the guest has)."""
     memory_total_mb: int
     disk_read_bytes: int
     disk_write_bytes: int
     net_rx_bytes: int
     net_tx_bytes: int
     uptime_seconds: float
+    memory_source: str = "host-rss"
+    """where `memory_mb` comes from: "guest" (the guest reports it: virtio-balloon statistics)
+    or "host-rss" (it does not: QEMU's resident memory on the host)"""
 
 
 @dataclass(frozen=True, slots=True)

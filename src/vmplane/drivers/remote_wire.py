@@ -170,15 +170,19 @@ def exec_from_wire(d: Any) -> ExecResult:
     )
 
 
-_STATS = {f.name: "".join(p.capitalize() if i else p for i, p in enumerate(f.name.split("_"))) for f in fields(VmStats)}
+_STATS = {f.name: "".join(p.capitalize() if i else p for i, p in enumerate(f.name.split("_"))) for f in fields(VmStats) if f.name != "memory_source"}
+MEMORY_SOURCES = ("guest", "host-rss")
 
 
 def stats_to_wire(s: VmStats) -> dict[str, Any]:
-    return {wire: getattr(s, name) for name, wire in _STATS.items()}
+    return {**{wire: getattr(s, name) for name, wire in _STATS.items()}, "memorySource": s.memory_source}
 
 
 def stats_from_wire(d: Any) -> VmStats:
-    return VmStats(**{name: _get(d, wire, (int, float), "stats") for name, wire in _STATS.items()})
+    source = _get(d, "memorySource", str, "stats", optional=True) or "host-rss"  # an agent from before it said
+    if source not in MEMORY_SOURCES:
+        raise InvalidRequest(f"stats.memorySource must be one of {', '.join(MEMORY_SOURCES)}", field="stats.memorySource")
+    return VmStats(**{name: _get(d, wire, (int, float), "stats") for name, wire in _STATS.items()}, memory_source=source)
 
 
 def image_to_wire(i: ImageInfo) -> dict[str, Any]:

@@ -101,6 +101,7 @@ GUEST_MODULES: tuple[str, ...] = (
     "net_failover",
     "virtio_net",
     "virtio_console",
+    "virtio_balloon",  # the guest's memory figures for vmplane's stats (never inflated)
     "button",
     "evdev",
     # NoCloud seed on a cdrom: IDE (i440fx "pc" machine), virtio-scsi, or a
@@ -168,11 +169,12 @@ GUEST_FILES = ("guest-init.sh", "guest-udhcpc.sh", "guest-shutdown.sh", "guest-a
 
 
 def recipe_digest() -> str:
-    """A digest of what decides the image's contents (guest scripts, format version).
+    """A digest of what decides the image's contents (guest scripts, kernel modules, format version).
 
     Builds go into a directory named after it (`tiny_dir`), so a changed recipe builds a
     new image beside the old one, whose disk older VMs' overlays still use."""
     h = hashlib.sha256(f"format={IMAGE_FORMAT_VERSION}\n".encode())
+    h.update(f"modules={','.join(GUEST_MODULES)}\n".encode())
     guest = resources.files(__package__)
     for name in GUEST_FILES:
         h.update(name.encode() + b"\0" + guest.joinpath(name).read_bytes())

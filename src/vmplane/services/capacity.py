@@ -1,8 +1,9 @@
 """Resource claims on nodes: placement over a cached view of usage, claims made atomic by
 conditional updates in the store (so concurrent creates can never overcommit a node)."""
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import Row
@@ -13,7 +14,7 @@ from ..config import Settings
 from ..domain import NodeStatus
 from ..errors import InvalidRequest, NoCapacity, NotFound, Reason
 from ..pci import PciDevice
-from ..placement import Demand, NodeUsage, Policy, choose_node, pick_devices
+from ..placement import SETTINGS, UNITS, Demand, NodeUsage, Policy, choose_node, pick_devices
 from ..store import Store
 from ..store import networks as net_q
 from ..store import nodes as node_q
@@ -34,6 +35,14 @@ def usage_of(row: Row[Any], taken: Collection[tuple[str, str]] = ()) -> NodeUsag
         network_types=frozenset(((row.labels or {}).get("networkTypes") or "user").split(",")),
         cordoned=bool(row.cordoned),
     )
+
+
+def _with_claim(n: NodeUsage, cpu: int, ram_mb: int, disk_gb: int, devices: list[str] | None = None) -> NodeUsage:
+    """`n` once a claim (negative: a release) is made on it, the devices taken."""
+    return replace(
+        n, cpu_used=n.cpu_used + cpu, ram_mb_used=n.ram_mb_used + ram_mb, disk_gb_used=n.disk_gb_used + disk_gb,
+        devices=tuple(d for d in n.devices if d.address not in devices) if devices else n.devices,
+    )  # fmt: skip
 
 
 class Capacity:
@@ -72,10 +81,7 @@ class Capacity:
     def _adjust(self, node_id: str, cpu: int, ram_mb: int, disk_gb: int, devices: list[str] | None = None) -> None:
         n = self._cache.get(node_id)
         if n is not None:
-            self._cache[node_id] = replace(
-                n, cpu_used=n.cpu_used + cpu, ram_mb_used=n.ram_mb_used + ram_mb, disk_gb_used=n.disk_gb_used + disk_gb,
-                devices=tuple(d for d in n.devices if d.address not in devices) if devices else n.devices,
-            )  # fmt: skip
+            self._cache[node_id] = _with_claim(n, cpu, ram_mb, disk_gb, devices)
 
     async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str:
         """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id.
@@ -112,28 +118,95 @@ class Capacity:
         except (NoCapacity, NotFound):
             return choose_node(demand, [n for n in self._cache.values() if n.id not in last_resort], self.policy)
 
-    async def check(self, demand: Demand) -> None:
-        """Raise NoCapacity (naming what is short) unless some node could take `demand` now,
-        or InvalidRequest naming the resource if no node could ever hold that much of it.
-        Only a check: the claim, made later, still decides."""
-        async with self.store.read() as conn:
-            await self._refresh(conn)
-        nodes = [n for n in self._cache.values() if n.online and demand.node_id in (None, n.id)]
-        if nodes:
-            limits = [self.policy.limits(n) for n in nodes]
-            for i, (field, said, unit, want) in enumerate(
-                (
-                    ("resources.cpu", "resources.cpu", "vCPUs", demand.cpu),
-                    ("resources.ram_mb", "resources.ramMb", "MB of RAM", demand.ram_mb),
-                    ("resources.disk_gb", "resources.diskGb", "GB of disk", demand.disk_gb),
-                )
-            ):
-                most = max(lim[i] for lim in limits)
-                if want > most:
-                    raise InvalidRequest(
-                        f"{said}: {want} {unit} is more than any node can hold (at most {most})", field=field, reason=Reason.BEYOND_ANY_NODE, maximum=most
-                    )
-        choose_node(demand, self._cache.values(), self.policy)
+    async def check(self, demands: Sequence[Demand]) -> None:
+        """Raise NoCapacity (naming what is short and the setting that bounds it) unless the
+        nodes could take all of `demands` now, one after the other, or InvalidRequest naming
+        the resource (`[i].` before it for several) if no node could ever hold that much of it.
+        Only a check, made before a create records anything: the claim, made later, still
+        decides. Works on the cached view of usage while it is fresh and reloads it before
+        refusing (a create is a hot path: no query per request while nodes have room)."""
+        if not demands:
+            return
+        reloaded = clock.now() - self._loaded_at > self.CACHE_SECONDS
+        if reloaded:
+            async with self.store.read() as conn:
+                await self._refresh(conn)
+        try:
+            self._check(demands)
+        except (NoCapacity, InvalidRequest):
+            if reloaded:
+                raise
+            async with self.store.read() as conn:
+                await self._refresh(conn)
+            self._check(demands)
+
+    def _check(self, demands: Sequence[Demand]) -> None:
+        many = len(demands) > 1
+        usage = dict(self._cache)
+        online = [u for u in usage.values() if u.online]
+        biggest = [min(online, key=lambda u: (-self.policy.limits(u)[i], u.id)) if online else None for i in range(3)]
+        n = 0
+        for demand, run in groupby(demands):  # a bulk create asks for many alike: check each kind once
+            count = len(list(run))
+            if demand.node_id is not None and demand.node_id not in usage:
+                n += count
+                continue  # the create names the unknown node (nodeId) as it records the VM
+            self._within_any_node(demand, biggest, f"[{n}]." if many else "")
+            # all but the last by counting room (no scoring, which only the claim needs), the
+            # rest one by one: choose_node names what is short, at the index it is short for
+            placed = 0 if demand.pci else self._fill(usage, demand, count - 1)
+            for k in range(placed, count):
+                try:
+                    node = choose_node(demand, usage.values(), self.policy)
+                except NoCapacity as exc:
+                    if many:
+                        i = n + k
+                        after = f", once the {i} VM{'s' if i > 1 else ''} before it are placed" if i else ""
+                        raise NoCapacity(f"[{i}]: {exc.message}{after}", field=f"[{i}].resources", **exc.details) from None
+                    raise
+                usage[node.id] = _with_claim(node, demand.cpu, demand.ram_mb, demand.disk_gb,
+                                             pick_devices(demand.pci, node.devices) if demand.pci else None)  # fmt: skip
+            n += count
+
+    def _within_any_node(self, demand: Demand, biggest: list[NodeUsage | None], prefix: str) -> None:
+        """InvalidRequest (BEYOND_ANY_NODE) naming the resource if no node (the node the
+        demand names, else the biggest online one) could ever hold that much of it."""
+        named = self._cache.get(demand.node_id) if demand.node_id is not None else None
+        for i, (field, said, want) in enumerate(
+            (("resources.cpu", "resources.cpu", demand.cpu), ("resources.ram_mb", "resources.ramMb", demand.ram_mb),
+             ("resources.disk_gb", "resources.diskGb", demand.disk_gb))
+        ):  # fmt: skip
+            node = (named if named is not None and named.online else None) if demand.node_id is not None else biggest[i]
+            if node is None:
+                continue
+            most = self.policy.limits(node)[i]
+            if want > most:
+                total = (node.cpu_total, node.ram_mb_total, node.disk_gb_total)[i]
+                raise InvalidRequest(
+                    f"{prefix}{said}: {want} {UNITS[i]} is more than any node can hold (at most {most}: "
+                    f"{node.id}'s {total} {UNITS[i]} x {SETTINGS[i]}={float(self.ratios[i])})",
+                    field=prefix + field, reason=Reason.BEYOND_ANY_NODE, maximum=most,
+                )  # fmt: skip
+
+    def _fill(self, usage: dict[str, NodeUsage], demand: Demand, count: int) -> int:
+        """Place up to `count` VMs of `demand` (no PCI devices) in `usage` by counting how
+        many fit on each node it may go to (the filters of choose_node); returns how many."""
+        placed = 0
+        want = (demand.cpu, demand.ram_mb, demand.disk_gb)
+        for node in list(usage.values()):
+            if placed >= count:
+                break
+            if (demand.node_id is not None and node.id != demand.node_id) or node.id in demand.exclude or not node.online or node.cordoned:
+                continue
+            if demand.network_types and not demand.network_types <= node.network_types:
+                continue
+            free = [lim - used for lim, used in zip(self.policy.limits(node), (node.cpu_used, node.ram_mb_used, node.disk_gb_used))]
+            fits = min((f // w if w > 0 else (count if f >= 0 else 0)) for f, w in zip(free, want))
+            take = min(max(0, fits), count - placed)
+            if take:
+                usage[node.id] = _with_claim(node, demand.cpu * take, demand.ram_mb * take, demand.disk_gb * take)
+                placed += take
+        return placed
 
     async def claim_on(self, conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int) -> None:
         """Claim more on a VM's own node (a resize); raises NoCapacity naming what is short."""

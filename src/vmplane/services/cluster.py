@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
@@ -54,6 +54,13 @@ class ClusterService:
             await node_q.upsert_node(conn, row)
             await ev_q.emit(conn, "node.online", node_id, {"id": node_id, "hostname": row["hostname"], "driver": row["driver"]}, None)
         self.capacity.invalidate()
+
+    async def heartbeat(self, node_ids: Collection[str]) -> None:
+        """Say that the nodes this process serves are alive: their `heartbeat_at` is now (a
+        remote node's agent beats through AgentService.heartbeat instead)."""
+        if node_ids:
+            async with self.store.write() as conn:
+                await node_q.beat(conn, sorted(node_ids), clock.now())
 
     async def node(self, node_id: str) -> Row[Any]:
         async with self.store.read() as conn:

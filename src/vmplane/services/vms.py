@@ -208,12 +208,13 @@ class VmService:
             raise NotFound(f"vm {name!r} not found")
         return rows[0]
 
-    async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = False) -> tuple[str, builtins.list[str]]:
+    async def create(self, specs: Sequence[NewVm], who: Principal, *, check_capacity: bool = True) -> tuple[str, builtins.list[str]]:
         """Reserve names and ids for every VM and submit one vm-create job with a task each.
 
-        `check_capacity`: refuse (NoCapacity) a VM that no node could take right now, before
-        anything is recorded, instead of letting its create task fail (the task's claim still
-        decides: another create may take the room first)."""
+        `check_capacity`: refuse (NoCapacity) VMs that the nodes could not take right now, all
+        of them together, or (InvalidRequest, BEYOND_ANY_NODE) one bigger than any node, before
+        anything is recorded, instead of leaving `error` VMs behind (the task's claim still
+        decides: another create may take the room first). Every face's create checks."""
         new = await self._prepare(specs, who, check_capacity)
         async with self.store.write() as conn:
             rows = await self._insert(conn, new, who)
@@ -269,8 +270,7 @@ class VmService:
                 networks[s.networks] = await self.networks.resolve(s.networks, who, f"{prefix}networks")
             check_pci(s.pci, f"{prefix}devices.pciPassthrough")
         if check_capacity:
-            for s, r in resolved:
-                await self.capacity.check(Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci))
+            await self.capacity.check([Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci) for s, r in resolved])
         return [
             _Resolved(spec=s, id=vm_id, name=name, resources=r, team_id=teams[s.team], networks=networks[s.networks])
             for (s, r), vm_id, name in zip(resolved, vm_ids, names)

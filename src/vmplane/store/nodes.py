@@ -38,6 +38,12 @@ async def set_status(conn: AsyncConnection, node_id: str, status: NodeStatus, no
     await conn.execute(update(nodes).where(nodes.c.id == node_id).values(status=status.value, updated_at=now))
 
 
+async def beat(conn: AsyncConnection, node_ids: Sequence[str], now: float) -> None:
+    """A heartbeat of nodes this process serves itself (local drivers): one statement for all."""
+    if node_ids:
+        await conn.execute(update(nodes).where(nodes.c.id.in_(list(node_ids))).values(heartbeat_at=now))
+
+
 async def set_cordoned(conn: AsyncConnection, node_id: str, cordoned: bool, now: float) -> None:
     await conn.execute(update(nodes).where(nodes.c.id == node_id).values(cordoned=cordoned, updated_at=now))
 

@@ -81,6 +81,7 @@ async def stats(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
             "vmId": vm.id,
             "cpuPercent": round(s.cpu_percent, 1),
             "memoryMb": s.memory_mb,
+            "memorySource": s.memory_source,
             "memoryTotalMb": s.memory_total_mb,
             "diskReadBytes": s.disk_read_bytes,
             "diskWriteBytes": s.disk_write_bytes,

@@ -17,6 +17,8 @@ from .layout import Forward, VmConfig, VmPaths
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 DISK_ID = "disk0"
 """The disk's block backend name: `block_resize` and `query-blockstats` use it."""
+BALLOON_ID = "balloon0"
+"""The virtio-balloon device (never inflated): its `guest-stats` are the guest's memory figures."""
 
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 """QEMU's seccomp filter allows by default and denies these groups of syscalls (set*id,
@@ -99,6 +101,9 @@ def build_argv(
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"socket,id=qga0,path={paths.qga.name},server=on,wait=off",
         "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_PORT}",
+        # virtio-balloon, never inflated: the guest's own memory figures (QMP guest-stats);
+        # after the devices VMs had before it, so their PCI slots stay where they were
+        "-device", f"virtio-balloon-pci,id={BALLOON_ID}",
         # serial console: a socket for interactive use, everything also logged to a file
         "-chardev", f"socket,id=ser0,path={paths.serial.name},server=on,wait=off,"
         f"logfile={paths.serial_log.name},logappend=on",

@@ -13,13 +13,16 @@ from ... import clock, procfs
 from ...domain.network import tap_name
 from ...errors import DriverError
 from ..base import ExecResult, VmStats
-from .cmdline import DISK_ID
+from .cmdline import BALLOON_ID, DISK_ID
 from .machines import Machines, QemuHost, QemuVm
 from .unix import connect_unix
 
 AGENT_RETRY_AFTER = 30.0
 """stats_vm does not wait for an agent that did not answer within this many seconds."""
 SYS_CLASS_NET = Path("/sys/class/net")
+BALLOON_POLL_SECONDS = 2
+"""how often the guest's balloon driver refreshes its memory statistics (the web console
+samples every 2 s)"""
 
 
 class Guest:
@@ -68,9 +71,11 @@ class Guest:
             if dev.get("device") == DISK_ID:
                 rd, wr = int(dev["stats"]["rd_bytes"]), int(dev["stats"]["wr_bytes"])
         rx, tx = await self._net_bytes(vm)
+        guest_mb = await self._guest_memory_mb(vm, pid)
         return VmStats(
             cpu_percent=round(max(0.0, cpu_percent), 1),
-            memory_mb=procfs.rss_bytes(pid) // (1 << 20),
+            memory_mb=procfs.rss_bytes(pid) // (1 << 20) if guest_mb is None else guest_mb,
+            memory_source="host-rss" if guest_mb is None else "guest",
             memory_total_mb=(self.machines.started_with(vm) or vm.config.resources).ram_mb,
             disk_read_bytes=rd,
             disk_write_bytes=wr,
@@ -78,6 +83,23 @@ class Guest:
             net_tx_bytes=tx,
             uptime_seconds=max(0.0, clock.now() - started),
         )
+
+    async def _guest_memory_mb(self, vm: QemuVm, pid: int) -> int | None:
+        """The memory the guest uses, in MiB, as its virtio-balloon driver reports it: total
+        minus available (what it could not hand out without swapping: page cache it can drop
+        does not count). None
+        while the guest reports nothing (no balloon device, as in a VM started before it was
+        added; no balloon driver in the guest; no report yet in this boot)."""
+        qmp = self.machines.monitor(vm)
+        path = f"/machine/peripheral/{BALLOON_ID}"
+        try:
+            if vm.balloon_polled != pid:  # once per QEMU process: it keeps polling from then on
+                await qmp.execute("qom-set", {"path": path, "property": "guest-stats-polling-interval", "value": BALLOON_POLL_SECONDS})
+                vm.balloon_polled = pid
+            got = await qmp.execute("qom-get", {"path": path, "property": "guest-stats"})
+        except DriverError:
+            return None
+        return guest_used_mb(got)
 
     async def _net_bytes(self, vm: QemuVm) -> tuple[int, int]:
         """The VM's network bytes (received, sent), summed over its NICs, each counted where
@@ -148,3 +170,18 @@ def tap_bytes(tap: str, sys_class_net: Path = SYS_CLASS_NET) -> tuple[int, int] 
         return int((base / "tx_bytes").read_text()), int((base / "rx_bytes").read_text())
     except (OSError, ValueError):
         return None
+
+
+def guest_used_mb(got: object) -> int | None:
+    """MiB in use from a balloon's `guest-stats` ({"stats": {"stat-total-memory": bytes,
+    "stat-available-memory": bytes, ...}, "last-update": epoch s}); None when the guest has
+    not reported (last-update 0, or -1 for a figure it does not give)."""
+    if not isinstance(got, dict) or not got.get("last-update"):
+        return None
+    stats = got.get("stats")
+    if not isinstance(stats, dict):
+        return None
+    total, available = stats.get("stat-total-memory"), stats.get("stat-available-memory")
+    if not isinstance(total, int) or not isinstance(available, int) or total <= 0 or not 0 <= available <= total:
+        return None
+    return (total - available) // (1 << 20)

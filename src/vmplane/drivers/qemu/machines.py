@@ -72,6 +72,8 @@ class QemuVm:
     agent: GuestAgent | None = None
     transition: PowerState | None = None
     cpu_sample: tuple[int, float, float] | None = None
+    balloon_polled: int | None = None
+    """the QEMU pid whose balloon was asked to poll the guest's memory statistics"""
     """(pid, monotonic time, CPU seconds) at the previous stats_vm."""
     agent_down_until: float = 0.0
     incoming: bool = False

@@ -20,6 +20,7 @@ from ...errors import NATIVE
 STATUS: dict[Reason, tuple[int, str]] = {
     **NATIVE,
     Reason.NO_CAPACITY: (409, "resource_conflict"),  # the contract's word for "no room" is 409
+    Reason.BEYOND_ANY_NODE: (400, "invalid_request"),
     Reason.DRIVER_FAILED: (500, "operation_failed"),  # a node failed: the contract's failures are 500s
     Reason.IMAGE_REFUSED: (500, "operation_failed"),
 }

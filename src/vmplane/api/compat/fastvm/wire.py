@@ -16,7 +16,7 @@ from ....domain.names import DISPLAY_NAME_RULE
 from ....errors import InvalidRequest, Reason
 from ...errors import NATIVE_STATUS
 
-STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
+STATUS: dict[Reason, int] = {**NATIVE_STATUS, Reason.NO_CAPACITY: 503, Reason.BEYOND_ANY_NODE: 400}
 """the face's status for each reason of the core: the native face's"""
 
 BASE_DISK_GIB = 10

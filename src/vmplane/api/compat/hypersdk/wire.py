@@ -22,7 +22,7 @@ from ....errors import InvalidRequest, Reason
 from ....services.webhooks import redacted_headers
 from ...errors import NATIVE_STATUS
 
-STATUS: dict[Reason, int] = dict(NATIVE_STATUS)
+STATUS: dict[Reason, int] = {**NATIVE_STATUS, Reason.NO_CAPACITY: 503, Reason.BEYOND_ANY_NODE: 400}
 """the face's status for each reason of the core: the native face's"""
 
 HYPERSDK_STATUS = {

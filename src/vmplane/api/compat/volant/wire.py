@@ -18,6 +18,7 @@ from ...volant_shapes import VM_STATUS  # shared with the MCP command set (api/m
 STATUS: dict[Reason, int] = {
     **NATIVE_STATUS,
     Reason.NO_CAPACITY: 409,  # Volant's word for "no room" is a conflict
+    Reason.BEYOND_ANY_NODE: 400,
     Reason.DRIVER_FAILED: 500,  # a node failed: the daemon's failures are 500s
     Reason.IMAGE_REFUSED: 500,
 }

@@ -110,7 +110,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
       }
       last = { s, t: now };
       if (++samples % 5 === 0) refresh("vm"); // keeps the uptime and addresses current
-      statsNote.textContent = `Updated every 2 s · memory total ${mib(s.memoryTotalMb)} · up ${Math.round(s.uptimeSeconds)} s`;
+      statsNote.textContent = `Updated every 2 s · memory ${s.memorySource === "guest" ? "as the guest reports it" : "is host RSS (the guest reports none)"}, total ${mib(s.memoryTotalMb)} · up ${Math.round(s.uptimeSeconds)} s`;
     } catch (err) {
       if (err.status === 409) { statsOff = true; statsNote.textContent = `No statistics: ${err.message}`; }
     }
