@@ -53,6 +53,7 @@ async def test_a_taken_ssh_port_is_re_picked_and_each_guest_has_its_own_host_key
     old = a["ssh"]["port"]
     stranger = socket.socket()
     try:
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do (our ssh's TIME_WAIT is there)
         stranger.bind(("127.0.0.1", old))
         stranger.listen()
         # a stopped VM: no ssh to whoever holds its port now, and no console
