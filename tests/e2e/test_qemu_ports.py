@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 from ..api.test_events import collect, sse_events
 from ..support import Server, require_qemu, tiny_template
@@ -48,8 +49,13 @@ async def test_a_taken_ssh_port_is_re_picked_and_each_guest_has_its_own_host_key
     assert (code, out) == (0, "port-a\n"), err
     assert not (tmp_path / ".ssh" / "known_hosts").exists()  # checked against the pinned key, nothing learnt on trust
 
+    tok = (await s.client.post(f"/api/v1/vms/{a_id}/console")).json()  # taken while it runs, used once it is stopped
     code, _, err = await run_cli(env, "vm", "stop", "port-a", timeout=120)
     assert code == 0, err
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with websockets.connect(s.url.replace("http", "ws") + tok["websocketPath"]):
+            pass
+    assert refused.value.response.status_code == 409 and b"port-a is stopped" in refused.value.response.body
     old = a["ssh"]["port"]
     stranger = socket.socket()
     try:
