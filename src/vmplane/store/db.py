@@ -98,18 +98,6 @@ class Store:
             self._sync_engine = sync
             with sync.begin() as conn:
                 _upgrade(conn, self.secret_box)
-
-            # sqlite3 begins a transaction only before INSERT/UPDATE/DELETE, so a SAVEPOINT
-            # (`begin_nested`) issued first began one of SQLite's own, and its RELEASE committed
-            # everything so far: a create refused later (a host port another VM holds) left its
-            # VM row behind. SQLAlchemy's recipe: sqlite3's handling off, BEGIN at every begin.
-            @event.listens_for(sync, "begin")
-            def _begin(conn: Connection) -> None:
-                dbapi = conn.connection.driver_connection
-                if dbapi is not None and dbapi.isolation_level is not None:
-                    dbapi.isolation_level = None  # no transaction is open here: nothing to commit
-                conn.exec_driver_sql("BEGIN")
-
             return
         # Tasks hold a connection only for short transactions, never two at once; 50 in all
         # leaves PostgreSQL's default 100 for a second replica.
@@ -145,6 +133,11 @@ class Store:
         if self._sync_engine is not None:
             async with self._write_lock:
                 with self._sync_engine.begin() as sconn:
+                    # sqlite3 itself begins a transaction only before INSERT/UPDATE/DELETE, so a
+                    # SAVEPOINT (`begin_nested`) issued first began one of SQLite's own, whose
+                    # RELEASE committed all so far: a create refused later (a host port another
+                    # VM holds) left its VM row behind. An explicit BEGIN makes it one transaction.
+                    sconn.exec_driver_sql("BEGIN")
                     conn = SyncConnection(sconn)
                     info = sconn.info
                     try:
