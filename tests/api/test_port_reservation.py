@@ -38,7 +38,8 @@ async def held(server: Server, vm_id: str) -> set[tuple[int, str]]:
         return await ports_q.ports_of(conn, vm_id)
 
 
-async def test_two_vms_never_hold_one_host_port(server: Server) -> None:
+async def test_two_vms_never_hold_one_host_port(server_factory: Any, database_url: str) -> None:
+    server = await server_factory(database_url=database_url)
     job = await server.create({"name": "p-one", "expose": [{"port": 80, "hostPort": PORT}]})
     assert job["state"] == "succeeded", job
     one = await vm_of(server, "p-one")
@@ -53,7 +54,8 @@ async def test_two_vms_never_hold_one_host_port(server: Server) -> None:
     assert await held(server, one["id"]) == {(PORT, "tcp")}
 
 
-async def test_a_start_re_picks_a_port_another_program_took(server: Server) -> None:
+async def test_a_start_re_picks_a_port_another_program_took(server_factory: Any, database_url: str) -> None:
+    server = await server_factory(database_url=database_url)
     job = await server.create({"name": "p-web", "expose": [{"port": 80, "hostPort": PORT}, {"port": 53, "hostPort": PORT + 1, "protocol": "udp"}]})
     assert job["state"] == "succeeded", job
     web = await vm_of(server, "p-web")
@@ -79,9 +81,10 @@ async def test_a_start_re_picks_a_port_another_program_took(server: Server) -> N
         # the node forwards from the new port too (what its next boot binds)
         node_spec = server.rt.registry.driver(web["nodeId"])._vms[web["id"]].spec  # type: ignore[attr-defined]
         assert [e["hostPort"] for e in node_spec.extra["expose"]] == [new, PORT + 1]
-        # said in the task's log and as an event
-        logs = " ".join(str(line) for t in job["tasks"] for line in t.get("log") or [])
-        assert f"host port {PORT} was taken by another program" in logs or True  # the event is the contract
+        # said in the start task's log and as an event
+        task = job["tasks"][0]
+        log = (await server.client.get(f"/api/v1/jobs/{job['id']}/tasks/{task['id']}")).json()["log"]
+        assert any(f"host port {PORT} was taken by another program: guest port 80/tcp is now forwarded from {new}" in line for line in log), log
         events = await collect(sse_events(server.client, {"types": "vm.port_changed"}, {"Last-Event-ID": "0"}), 1)
         data = events[0]["data"]
         assert data["resource"] == web["id"] and data["type"] == "vm.port_changed"
