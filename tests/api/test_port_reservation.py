@@ -6,6 +6,7 @@ tests/e2e/test_qemu_ports.py). A VM that is not running has no console: 409 nami
 import socket
 from typing import Any
 
+from vmplane.errors import DriverError
 from vmplane.services.vms import AUTO_PORTS, port_is_free
 from vmplane.store import ports as ports_q
 
@@ -105,3 +106,30 @@ async def test_the_console_refuses_a_vm_that_is_not_running_naming_its_state(ser
     r = await server.client.post(f"/api/v1/vms/{off['id']}/console")
     assert r.status_code == 409, r.text
     assert "p-off is stopped; start it with `vmplane vm start p-off`" in r.json()["error"]
+
+
+async def test_a_port_taken_between_the_look_and_the_bind_is_re_picked_once_more(server: Server) -> None:
+    job = await server.create({"name": "p-race", "expose": [{"port": 80, "hostPort": PORT}], "start": False})
+    assert job["state"] == "succeeded", job
+    vm = await vm_of(server, "p-race")
+    driver = server.rt.registry.driver(vm["nodeId"])
+    real_start = driver.start_vm
+    stranger: list[socket.socket] = []
+
+    async def start_vm(vm_id: str) -> None:
+        if not stranger:  # the port was free when looked at; someone binds it just before QEMU does
+            stranger.append(listener(PORT))
+            raise DriverError(f"QEMU exited unexpectedly: Could not set up host forwarding rule 'tcp:127.0.0.1:{PORT}-:80'", vm_id=vm_id)
+        await real_start(vm_id)
+
+    driver.start_vm = start_vm  # type: ignore[method-assign]
+    try:
+        job = await power(server, vm["id"], "start")
+        assert job["state"] == "succeeded", job
+        moved = await vm_of(server, "p-race")
+        assert moved["status"] == "running" and moved["expose"][0]["hostPort"] not in (PORT, None)
+        assert await held(server, vm["id"]) == {(moved["expose"][0]["hostPort"], "tcp")}
+    finally:
+        driver.start_vm = real_start  # type: ignore[method-assign]
+        for s in stranger:
+            s.close()
