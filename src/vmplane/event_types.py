@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated", "vm.health", "vm.guest_ready")
+VM_TYPES = ("vm.created", "vm.starting", "vm.running", "vm.stopped", "vm.deleted", "vm.error", "vm.updated", "vm.health", "vm.guest_ready", "vm.port_changed")
 JOB_TYPES = ("job.submitted", "job.started", "job.progress", "job.completed", "job.failed", "job.cancelled")
 TASK_TYPES = ("task.started", "task.succeeded", "task.failed", "task.cancelled")
 SCHEDULE_TYPES = ("schedule.triggered", "schedule.completed", "schedule.failed", "schedule.disabled")

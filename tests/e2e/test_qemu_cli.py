@@ -70,6 +70,8 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
     assert code == 0, err
     vm = (await s.client.get("/api/v1/vms", params={"name": "cli-guest"})).json()["items"][0]
     assert vm["status"] == "running"
+    # the guest makes its own host key at first boot and prints it: vmplane pins it once the guest is ready
+    vm = (await s.client.get(f"/api/v1/vms/{vm['id']}", params={"waitReady": "240"}, timeout=270)).json()
     assert vm["ssh"]["host"] == "127.0.0.1" and vm["ssh"]["user"] == "root" and vm["ssh"]["hostKey"].startswith("ssh-ed25519 ")
     assert (await s.client.get(f"/api/v1/templates/{tpl}")).json()["loginUser"] == "root"  # vmplane's own guest: root, whose ssh.user this is
     await booted(s, vm["id"], times=1)

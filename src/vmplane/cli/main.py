@@ -486,6 +486,10 @@ def _pending_note(v: dict[str, Any]) -> str | None:
     return f"restart to apply: {', '.join(v.get('pending') or ())} (vmplane vm restart {v['name']})"
 
 
+SSH_READY_WAIT = 120.0
+"""how long `vm ssh` waits for a booting guest's host key"""
+
+
 @vm_app.command("ssh")
 def vm_ssh(
     vm: VmArg,
@@ -499,7 +503,19 @@ def vm_ssh(
 
     from .ssh import run_ssh
 
-    v = Client(url).vm(vm)
+    c = Client(url)
+    v = c.vm(vm)
+    if v["status"] != "running":  # its forwarded port is no guest's now (the server's console answers the same)
+        hint = {"stopped": f"; start it with `vmplane vm start {v['name']}`", "error": f"; see `vmplane vm get {v['name']}` for its error"}
+        typer.echo(f"error: {v['name']} is {v['status']}{hint.get(v['status'], '; try again once it is running')}", err=True)
+        raise typer.Exit(1)
+    if v.get("ssh") and not v["ssh"].get("hostKey") and not v.get("guestReady"):
+        # the guest prints its own host key as it boots (vmplane pins it): wait for it rather than trust the first answer
+        typer.echo(f"waiting for {v['name']}'s guest to be ready (its SSH host key is not known yet)…", err=True)
+        v = c.request("GET", f"/api/v1/vms/{v['id']}", params={"waitReady": f"{SSH_READY_WAIT:g}"}, timeout=SSH_READY_WAIT + 30)
+        if not v["ssh"].get("hostKey") and not v.get("guestReady"):
+            typer.echo(f"error: {v['name']}'s guest is not ready after {SSH_READY_WAIT:g} s, so its host key is not known: try again later", err=True)
+            raise typer.Exit(1)
     if not v.get("ssh"):
         addresses = [ip for n in v.get("nics") or () for ip in n["ipAddresses"]]
         where = f"; reach it at its address ({', '.join(addresses)}) if your host can" if addresses else ""

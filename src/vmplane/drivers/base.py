@@ -13,7 +13,7 @@ General rules for every driver:
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -322,6 +322,13 @@ class HypervisorDriver(ABC):
         are applied again at every start and when the driver opens (host restart). The NICs'
         networks and MACs are those given at create time. Idempotent."""
         raise DriverError(f"{self.capabilities.kind} driver cannot change a VM's network")
+
+    async def move_ports(self, vm_id: str, moves: Mapping[tuple[str, int], int]) -> None:
+        """Forward the stopped VM's host ports elsewhere from its next start: `moves` maps
+        (protocol, host port) to the new host port (the control plane re-picked a port another
+        process took meanwhile). InvalidState if the VM runs. Idempotent. For drivers whose
+        forwarded ports are on the control plane's host (`capabilities.local`)."""
+        raise DriverError(f"{self.capabilities.kind} driver cannot move forwarded ports")
 
     async def stats_vm(self, vm_id: str) -> VmStats:
         """Measured usage of a running VM. Needs `capabilities.stats`."""

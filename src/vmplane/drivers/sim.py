@@ -11,6 +11,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -381,6 +382,22 @@ class SimDriver(HypervisorDriver):
             vm = self._vm(vm_id)
             await self._delay()
             vm.spec = replace(vm.spec, nics=tuple(nics), firewall=firewall)
+            self._save()
+
+    async def move_ports(self, vm_id: str, moves: Mapping[tuple[str, int], int]) -> None:
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            if vm.state != PowerState.STOPPED:
+                raise InvalidState(f"VM {vm_id} is {vm.state}: its forwarded ports move while it is stopped", current=str(vm.state))
+            extra = dict(vm.spec.extra or {})
+            extra["expose"] = [
+                {**e, "hostPort": moves.get((str(e.get("protocol") or "tcp"), e.get("hostPort")), e.get("hostPort"))}
+                for e in extra.get("expose") or []
+            ]
+            if isinstance(extra.get("ssh"), dict):
+                ssh = extra["ssh"]
+                extra["ssh"] = {**ssh, "hostPort": moves.get(("tcp", ssh.get("hostPort")), ssh.get("hostPort"))}
+            vm.spec = replace(vm.spec, extra=extra)
             self._save()
 
     async def delete_image(self, template_id: str) -> None:

@@ -222,10 +222,34 @@ for n in /sys/class/net/*; do
         -p /run/udhcpc.$ifc.pid >>/var/log/udhcpc.log 2>&1
 done
 
-# --- sshd: dropbear on port 22, host key baked in at image build time ---
+# --- sshd host key: this guest's own, made at its first boot and kept on the disk per
+# instance-id (a VM cloned from another's disk makes its own), printed on the console in
+# cloud-init's block, where vmplane reads it and pins it for `vmplane vm ssh` ---
+keydir=/run/vmplane/ssh
+[ -n "$DISK" ] && keydir=/mnt/disk/.vmplane/ssh/$(printf %s "${IID:-none}" | tr -c 'A-Za-z0-9._-' _)
+mkdir -p "$keydir" && chmod 700 "$keydir"
+HOSTKEY=$keydir/dropbear_ed25519_host_key
+if [ ! -s "$HOSTKEY" ]; then
+    rm -f "$HOSTKEY"
+    if dropbearkey -t ed25519 -f "$HOSTKEY" >/dev/null 2>&1; then
+        chmod 600 "$HOSTKEY"
+        sync
+        say "made this instance's SSH host key"
+    else
+        say "warning: dropbearkey could not make an SSH host key"
+    fi
+fi
+pub=$(dropbearkey -y -f "$HOSTKEY" 2>/dev/null | grep '^ssh-ed25519 ' | cut -d' ' -f1,2)
+if [ -n "$pub" ]; then
+    echo "-----BEGIN SSH HOST KEY KEYS-----"
+    echo "$pub root@$h"
+    echo "-----END SSH HOST KEY KEYS-----"
+fi
+
+# --- sshd: dropbear on port 22 with that key ---
 (
     while :; do
-        dropbear -F -E -s -p 22 -r /etc/dropbear/dropbear_ed25519_host_key -P /run/dropbear.pid
+        dropbear -F -E -s -p 22 -r "$HOSTKEY" -P /run/dropbear.pid
         sleep 1
     done
 ) </dev/null >>/var/log/dropbear.log 2>&1 &

@@ -21,7 +21,7 @@ Result, in ``dest_dir``::
                     once-per-instance markers there); give each VM a qcow2
                     overlay on it.  A blank disk (``qemu-img create``) works
                     too, the guest then simply has no persistence.
-    manifest.json   package versions, cmdline, ssh host key, written last
+    manifest.json   package versions, cmdline, written last
 
 Boot with ``-kernel vmlinuz -initrd initrd.img -append <cmdline>``; the guest
 prints ``vmplane-tiny: boot complete`` (:data:`BOOT_COMPLETE_LINE`) on the
@@ -72,7 +72,9 @@ DISK_NAME = "disk.qcow2"
 MANIFEST_NAME = "manifest.json"
 
 #: Bumped whenever the produced image changes in a way callers may care about.
-IMAGE_FORMAT_VERSION = 1
+IMAGE_FORMAT_VERSION = 2
+# 2: no host key baked in: each guest makes its own at first boot (per instance-id) and prints
+#    it on the console, where vmplane's readiness records it for `vmplane vm ssh` to pin
 
 DISK_SIZE = 1 << 30  # virtual size of the base disk
 DISK_LABEL = "vmplane-disk"
@@ -158,7 +160,8 @@ class TinyImage:
     disk: Path
     cmdline: str
     ssh_host_key: str | None = None
-    """dropbear's public host key (`ssh-ed25519 AAAA…`): every guest of this image has it"""
+    """a host key every guest of the image shared (format 1 only; from format 2 on each guest
+    makes its own at first boot and prints it on its console: None)"""
 
 
 # --------------------------------------------------------------------------
@@ -424,9 +427,6 @@ class _Builder:
         modules = self._install_modules()
         self.report(60, "copying qemu-guest-agent, dropbear and their libraries")
         libs_copied = self._install_binaries()
-        self.report(70, "generating dropbear host key")
-        host_key = self._host_key()
-
         self.report(75, "packing initramfs (busybox cpio, gzip)")
         self._pack_initramfs()
         initrd_size = (self.out / INITRD_NAME).stat().st_size
@@ -445,7 +445,6 @@ class _Builder:
             "packages": dict(sorted(self.packages.items())),
             "modules": modules,
             "libraries": libs_copied,
-            "ssh_host_key": host_key,
             "initrd_bytes": initrd_size,
             "disk": {
                 "virtual_size": DISK_SIZE,
@@ -664,6 +663,7 @@ class _Builder:
         binaries = {
             "usr/sbin/qemu-ga": "usr/sbin/qemu-ga",
             "usr/sbin/dropbear": "usr/sbin/dropbear",
+            "usr/bin/dropbearkey": "usr/bin/dropbearkey",  # each guest makes its host key at first boot
         }
         for src, dst in binaries.items():
             path = self.root / src
@@ -704,22 +704,6 @@ class _Builder:
             copied.append(loader)
         (self.tree / "lib64" / loader).symlink_to(f"../lib/x86_64-linux-gnu/{loader}")
         return sorted(copied)
-
-    def _host_key(self) -> str:
-        """Generate dropbear's ed25519 host key with the extracted dropbearkey."""
-        libdirs = ":".join(
-            str(self.root / d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
-        )
-        loader = _resolve_in_root(self.root, self.root / "lib64/ld-linux-x86-64.so.2")
-        key = self.tree / "etc/dropbear/dropbear_ed25519_host_key"
-        base: list[str | Path] = [loader, "--library-path", libdirs, self.root / "usr/bin/dropbearkey"]
-        _run("dropbear host key", [*base, "-t", "ed25519", "-f", key])
-        os.chmod(key, 0o600)
-        proc = _run("dropbear host key", [*base, "-y", "-f", key])
-        for line in proc.stdout.decode().splitlines():
-            if line.startswith("ssh-ed25519 "):
-                return " ".join(line.split()[:2])
-        raise ImageBuildError("dropbear host key", "dropbearkey -y printed no public key")
 
     def _pack_initramfs(self) -> None:
         entries: list[str] = []

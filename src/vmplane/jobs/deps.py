@@ -64,9 +64,11 @@ class VmNetworking(Protocol):
 
 
 class GuestAccess(Protocol):
-    """SSH access set up on a VM just defined (services.guest)."""
+    """SSH access set up on a VM just defined, forwarded ports kept usable at each start (services.guest)."""
 
     async def prepare_ssh(self, vm_id: str, driver: HypervisorDriver) -> str | None: ...
+
+    async def ensure_ports(self, vm_id: str, driver: HypervisorDriver) -> list[str]: ...
 
 
 class ImportSource(Protocol):

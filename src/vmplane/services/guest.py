@@ -7,17 +7,20 @@ driver directly, and each checks the driver declares the capability.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import secrets
 from typing import TYPE_CHECKING
 
 from .. import clock
 from ..auth import Principal
-from ..domain import SshForward, Vm
+from ..domain import SshForward, Vm, VmStatus
 from ..domain.spec import SSH_HOST
-from ..drivers.base import ExecResult, HypervisorDriver, VmStats
+from ..drivers.base import ExecResult, HypervisorDriver, PowerState, VmStats
 from ..errors import Conflict, InvalidRequest, InvalidState, NotFound
+from ..store import events as ev_q
 from ..store import guest as guest_q
+from ..store import ports as ports_q
 from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..streams import StreamSlot
@@ -37,6 +40,19 @@ EXEC_MAX_SECONDS = 600
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def require_running(vm: Vm) -> None:
+    """InvalidState (409) naming the VM's state and the way out, unless it runs: what the
+    console and `vmplane vm ssh` answer for a VM that is not running."""
+    if vm.status == VmStatus.RUNNING:
+        return
+    hint: dict[str, str] = {
+        VmStatus.STOPPED.value: f"; start it with `vmplane vm start {vm.name}`",
+        VmStatus.ERROR.value: f"; see `vmplane vm get {vm.name}` for its error",
+    }
+    why = hint.get(str(vm.status), "; try again once it is running")
+    raise InvalidState(f"{vm.name} is {vm.status}{why}", current=vm.status, required=VmStatus.RUNNING.value)
 
 
 class GuestService:
@@ -62,6 +78,7 @@ class GuestService:
         """A one-time token for the VM's serial console, good for `ttl` seconds (at most
         CONSOLE_TOKEN_SECONDS); the VM must run on a node with a console."""
         vm = await get_visible_vm(self.store, ref, who)
+        require_running(vm)
         self._driver(vm, "console")
         token = secrets.token_urlsafe(24)
         now = clock.now()
@@ -83,6 +100,7 @@ class GuestService:
             spent = await guest_q.use_console_token(conn, token_hash(token), vm.id, clock.now())
         if spent is None:
             raise NotFound("console token is unknown, used or expired")
+        require_running(vm)
         slot = self.streams.hold_for(spent.holder or f"console:{vm.org_id}", vm.org_id)
         try:
             reader, writer = await self._driver(vm, "console").open_console(vm.id)
@@ -106,6 +124,64 @@ class GuestService:
     async def stats(self, ref: str, who: Principal) -> tuple[Vm, VmStats]:
         vm = await get_visible_vm(self.store, ref, who)
         return vm, await self._driver(vm, "stats").stats_vm(vm.id)
+
+    async def ensure_ports(self, vm_id: str, driver: HypervisorDriver) -> list[str]:
+        """Before a start: each host port the stopped VM forwards (its `expose`, its SSH
+        forward) that something else now holds on its node is re-picked, so the start cannot
+        fail for it: a free port no other VM holds replaces it in the store's reservations, in
+        the VM's spec (what `ssh` and `expose` show) and on the node, and `vm.port_changed`
+        says so. Only where the node's ports are this host's (`capabilities.local`). Returns
+        lines for the task log (none when nothing moved)."""
+        if not driver.capabilities.local:
+            return []
+        runtime = await driver.get_vm(vm_id)
+        if runtime is None or runtime.state != PowerState.STOPPED:
+            return []  # a running VM holds its own ports (its start is a no-op)
+        address = driver.forward_host()
+        async with self.store.write() as conn:
+            vm = await vm_q.get_vm(conn, vm_id)
+            if vm is None:
+                return []
+            wanted = [(e.protocol, e.host_port, e.port) for e in vm.spec.expose if e.host_port]
+            if vm.spec.ssh is not None and vm.spec.ssh.reserved:
+                wanted.append(("tcp", vm.spec.ssh.host_port, 22))
+            lost = [w for w in wanted if not port_is_free(w[1], w[0], address)]
+            if not lost:
+                return []
+            reserved = await guest_q.taken_ports(conn)
+            moves: dict[tuple[str, int], int] = {}
+            lines: list[str] = []
+            events = []
+            for proto, old, guest_port in lost:
+                for port in AUTO_PORTS:
+                    if (port, proto) in reserved or not port_is_free(port, proto, address):
+                        continue
+                    if await ports_q.move_port(conn, vm.id, proto, old, port):
+                        break
+                    reserved.add((port, proto))  # another VM took it meanwhile
+                else:
+                    lines.append(f"host port {old}/{proto} is taken and no free host port is left: the start will fail")
+                    continue
+                reserved.add((port, proto))
+                moves[(proto, old)] = port
+                what = "SSH" if guest_port == 22 else f"guest port {guest_port}/{proto}"
+                lines.append(f"host port {old} was taken by another program: {what} is now forwarded from {port}")
+                events.append({
+                    "id": vm.id, "name": vm.name, "protocol": proto, "guestPort": guest_port, "hostPort": port, "previousHostPort": old,
+                    "reason": f"host port {old} was taken by another program while {vm.name} was stopped",
+                })  # fmt: skip
+            if not moves:
+                return lines
+            expose = tuple(
+                dataclasses.replace(e, host_port=moves.get((e.protocol, e.host_port or 0), e.host_port)) for e in vm.spec.expose
+            )
+            ssh = vm.spec.ssh
+            if ssh is not None and ("tcp", ssh.host_port) in moves:
+                ssh = dataclasses.replace(ssh, host_port=moves[("tcp", ssh.host_port)])
+            await vm_q.set_vm(conn, vm.id, spec=vm.spec.with_(expose=expose, ssh=ssh).to_json(), updated_at=clock.now())
+            await ev_q.emit_many(conn, [("vm.port_changed", vm.id, data, vm.org_id, vm.team_id) for data in events])
+            await driver.move_ports(vm.id, moves)  # last: if it fails, the store keeps the old ports
+        return lines
 
     async def prepare_ssh(self, vm_id: str, driver: HypervisorDriver) -> str | None:
         """Give a VM placed on a qemu node with a user-mode NIC its SSH forward: a host port

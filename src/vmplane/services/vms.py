@@ -109,12 +109,16 @@ def check_pci(refs: Sequence[str], where: str) -> None:
         raise InvalidRequest(f"{where} names a device twice", field=where)
 
 
-def port_is_free(port: int, proto: str) -> bool:
-    """True if nothing on this host listens on 127.0.0.1:port."""
+def port_is_free(port: int, proto: str, address: str = "127.0.0.1") -> bool:
+    """True if nothing on this host holds `address`:port (a forwarded port's bind would work)."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            # as QEMU's slirp binds a forward: the TIME_WAIT of a connection to a VM just
+            # stopped does not hold the port, a listener does
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((address, port))
         except OSError:
             return False
     return True

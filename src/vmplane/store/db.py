@@ -133,6 +133,11 @@ class Store:
         if self._sync_engine is not None:
             async with self._write_lock:
                 with self._sync_engine.begin() as sconn:
+                    # sqlite3 itself begins a transaction only before INSERT/UPDATE/DELETE, so a
+                    # SAVEPOINT (`begin_nested`) issued first began one of SQLite's own, whose
+                    # RELEASE committed all so far: a create refused later (a host port another
+                    # VM holds) left its VM row behind. An explicit BEGIN makes it one transaction.
+                    sconn.exec_driver_sql("BEGIN")
                     conn = SyncConnection(sconn)
                     info = sconn.info
                     try:

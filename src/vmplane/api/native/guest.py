@@ -42,6 +42,9 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
         if exc.reason == Reason.RATE_LIMITED:  # the credential that asked for the token has too many streams open
             await deny_websocket(websocket, 429, exc.message, NATIVE[exc.reason][1], retry_after(exc))
             return
+        if exc.reason == Reason.WRONG_STATE:  # the VM stopped since its token: 409 naming its state, as the token's answer
+            await deny_websocket(websocket, NATIVE[exc.reason][0], exc.message, NATIVE[exc.reason][1])
+            return
         await websocket.close(code=4404 if exc.reason == Reason.NOT_FOUND else 4409, reason=exc.message[:120])
         return
     with slot:

@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ... import pci, procfs
@@ -310,6 +310,9 @@ class QemuDriver(HypervisorDriver):
 
     async def set_network(self, vm_id: str, nics: tuple[Nic, ...], firewall: Firewall) -> None:
         await self.network.set_network(vm_id, nics, firewall)
+
+    async def move_ports(self, vm_id: str, moves: Mapping[tuple[str, int], int]) -> None:
+        await self.network.move_ports(vm_id, moves)
 
     # -- disks, snapshots, images ----------------------------------------------------------
 

@@ -9,11 +9,12 @@ change). At `resume` (the driver opens) all of it is applied again to running VM
 """
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...domain.network import Firewall, Network, Nic, tap_name
@@ -195,6 +196,19 @@ class Networking:
             if not done:
                 log.info("VM %s: the guest is not ready for its addresses yet; they follow when it is", vm_id)
                 self.machines.background(self.addresses_later(vm_id, old_aliases), f"aliases-{vm_id}")
+
+    async def move_ports(self, vm_id: str, moves: Mapping[tuple[str, int], int]) -> None:
+        """The stopped VM forwards from other host ports at its next start (the control plane
+        re-picked ports that another process took): its config's forwards change, nothing else."""
+        async with self.machines.lock(vm_id):
+            vm = self.machines.vm(vm_id)
+            if self.machines.live_pid(vm) is not None:
+                raise InvalidState(f"VM {vm_id} runs: its forwarded ports move while it is stopped", current="running")
+            forwards = tuple(dataclasses.replace(f, host_port=moves.get((f.protocol, f.host_port), f.host_port)) for f in vm.config.forwards)
+            if forwards != vm.config.forwards:
+                vm.config = dataclasses.replace(vm.config, forwards=forwards)
+                save_config(vm.paths, vm.config)
+                log.info("VM %s: forwarded ports moved: %s", vm_id, ", ".join(f"{p}/{o}->{n}" for (p, o), n in sorted(moves.items())))
 
     async def _update_forwards(self, vm: QemuVm) -> None:
         """Open and close forwarded ports of a running VM's user-mode NIC (QMP hostfwd_add and

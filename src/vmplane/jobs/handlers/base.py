@@ -71,6 +71,29 @@ async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, t
     )
 
 
+FORWARD_FAILED = "host forwarding rule"
+"""what QEMU says when it cannot bind a forwarded port ("Could not set up host forwarding rule")"""
+
+
+async def start_vm(ctx: TaskContext, vm_id: str, driver: HypervisorDriver) -> None:
+    """Start a defined VM on its node, its forwarded ports made usable first: ports another
+    program took while it was stopped are re-picked (GuestService.ensure_ports), and once
+    more if one was taken between that look and QEMU's bind."""
+    for line in await ctx.deps.guest.ensure_ports(vm_id, driver):
+        ctx.log(line)
+    try:
+        await driver.start_vm(vm_id)
+    except DriverError as exc:
+        if FORWARD_FAILED not in exc.message:
+            raise
+        lines = await ctx.deps.guest.ensure_ports(vm_id, driver)
+        if not lines:
+            raise
+        for line in lines:
+            ctx.log(line)
+        await driver.start_vm(vm_id)
+
+
 async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriver], Awaitable[None]]) -> None:
     """Stop the VM if it runs, run `work(driver)`, start the VM again if it was running; the
     VM's final status is recorded with the task's end."""
@@ -84,7 +107,7 @@ async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriv
     await work(driver)
     if ctx.payload["wasRunning"]:
         await set_status(ctx, vm.id, VmStatus.STARTING)
-        await driver.start_vm(vm.id)
+        await start_vm(ctx, vm.id, driver)
         runtime = await driver.get_vm(vm.id)
         if runtime is None:
             raise DriverError(f"VM {vm.id} is gone from its node right after it started")

@@ -15,7 +15,7 @@ from ...store import snapshots as snap_q
 from ...store import usage as usage_q
 from ...store import vms as vm_q
 from ..engine import HandOff, TaskContext
-from .base import BaseHandler, load_vm, vm_spec
+from .base import BaseHandler, load_vm, start_vm, vm_spec
 from .images import ensure_image
 
 
@@ -65,7 +65,7 @@ class VmCreate(BaseHandler):
             ctx.log("defined; not started as asked")
             return
         await ctx.progress(50, "defined; starting")
-        await driver.start_vm(vm.id)
+        await start_vm(ctx, vm.id, driver)
         runtime = await driver.get_vm(vm.id)
         started = runtime.started_at if runtime and runtime.started_at else clock.now()
         running = runtime.running_spec if runtime is not None else None

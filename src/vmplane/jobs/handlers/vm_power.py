@@ -6,7 +6,7 @@ from ...drivers.base import PowerState
 from ...errors import DriverError, VmplaneError
 from ...vmstates import allows, require_state
 from ..engine import TaskContext
-from .base import BaseHandler, driver_of, find_vm, load_vm, set_status
+from .base import BaseHandler, driver_of, find_vm, load_vm, set_status, start_vm
 
 TRANSIENT = {
     "start": VmStatus.STARTING,
@@ -34,7 +34,7 @@ class VmPower(BaseHandler):
         ctx.log(f"Starting {action} of {vm.name}")
         await set_status(ctx, vm.id, TRANSIENT[action])
         if action == "start":
-            await driver.start_vm(vm.id)
+            await start_vm(ctx, vm.id, driver)
         elif action == "stop":
             await driver.stop_vm(vm.id)
         elif action == "shutdown":
