@@ -4,7 +4,7 @@
 # and the pages work offline (FastAPI's defaults load them from a CDN at run time).
 #
 # Pinned: each tarball's version and SHA-512 below; a different tarball fails the run. The files
-# are copied unchanged except that the sourceMappingURL line is dropped (no map is shipped);
+# are copied unchanged except that the sourceMappingURL line is dropped (no map is shipped) and ReDoc's logo URL is replaced (below);
 # each package's licence files go beside its files. To update: change a version, run this with
 # UPDATE_HASHES=1 once to print the new hashes, put them below, run it again, then run
 # tests/api/test_api_docs.py and tests/e2e/test_api_docs_browser.py.
@@ -42,6 +42,17 @@ copy() {  # copy SRC DEST: the file without its sourceMappingURL line (`//# ...`
     grep -Ev '^(//# sourceMappingURL=|/\*# sourceMappingURL=.*\*/$)' "$1" >"$2" || true
 }
 
+replace_once() {  # replace_once FILE OLD NEW: OLD must occur exactly once in FILE
+    python3 - "$@" <<'PY'
+import sys
+path, old, new = sys.argv[1:]
+text = open(path, encoding="utf-8").read()
+if text.count(old) != 1:
+    sys.exit(f"{path}: expected {old!r} exactly once, found it {text.count(old)} times")
+open(path, "w", encoding="utf-8").write(text.replace(old, new))
+PY
+}
+
 fetch swagger-ui-dist "$SWAGGER_UI_VERSION" "$SWAGGER_UI_SHA512"
 fetch redoc "$REDOC_VERSION" "$REDOC_SHA512"
 [[ ${UPDATE_HASHES:-} == 1 ]] && exit 0
@@ -55,6 +66,9 @@ cp "$sw/favicon-32x32.png" "$sw/LICENSE" "$sw/NOTICE" "$sw/swagger-ui-bundle.js.
 rd="$work/redoc/package"
 rm -rf "$vendor/redoc" && mkdir -p "$vendor/redoc"
 copy "$rd/bundles/redoc.standalone.js" "$vendor/redoc/redoc.standalone.js"
+# ReDoc's side menu always draws Redocly's logo from cdn.redoc.ly, whatever its options: an empty
+# data: URL instead (the image's own error handler then hides it), so the page asks no other host
+replace_once "$vendor/redoc/redoc.standalone.js" 'src:"https://cdn.redoc.ly/redoc/logo-mini.svg"' 'src:"data:,"'
 cp "$rd/LICENSE" "$rd/bundles/redoc.standalone.js.LICENSE.txt" "$vendor/redoc/"
 
 cat >"$vendor/swagger-ui/README.md" <<EOF
@@ -65,15 +79,16 @@ tarball SHA-512 $SWAGGER_UI_SHA512.
 - \`favicon-32x32.png\`: the package's icon (the /docs and /redoc pages' favicon)
 - \`LICENSE\` (Apache-2.0), \`NOTICE\`, \`swagger-ui-bundle.js.LICENSE.txt\` (the bundled libraries' licences)
 
-Served at /docs/assets/ by src/vmplane/api/docs.py.
+Served at /ui/vendor/swagger-ui/ (the console's static files), named by the /docs and /redoc pages of src/vmplane/api/docs.py.
 EOF
 cat >"$vendor/redoc/README.md" <<EOF
 Vendored by scripts/vendor-api-docs.sh (do not edit by hand): npm \`redoc\` $REDOC_VERSION (its standalone
 bundle), tarball SHA-512 $REDOC_SHA512.
 
 - \`redoc.standalone.js\`: \`bundles/redoc.standalone.js\`, unchanged but for the dropped \`sourceMappingURL\` line
+  and the menu's Redocly logo, which it loads from cdn.redoc.ly: its URL is \`data:,\` here (so it is not drawn)
 - \`LICENSE\` (MIT), \`redoc.standalone.js.LICENSE.txt\` (the bundled libraries' licences)
 
-Served at /redoc/assets/ by src/vmplane/api/docs.py.
+Served at /ui/vendor/redoc/ (the console's static files), named by the /redoc page of src/vmplane/api/docs.py.
 EOF
 echo "vendored swagger-ui-dist $SWAGGER_UI_VERSION and redoc $REDOC_VERSION into $vendor"

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from vmplane.api import docs
+from vmplane.api.faces import FACES, FaceListener
 from vmplane.api.ui import UI_DIR
 
 # URLs an HTML page may carry that make the browser fetch nothing: the SVG namespace, and the
@@ -70,5 +71,14 @@ def test_vendored_assets_are_pinned_with_their_licences() -> None:
     assert "MIT" in (rd / "LICENSE").read_text()
     assert re.search(r"swagger-ui-dist` \d+\.\d+\.\d+", (sw / "README.md").read_text())
     assert re.search(r"redoc` \d+\.\d+\.\d+", (rd / "README.md").read_text())
+    assert "cdn.redoc.ly" not in (rd / "redoc.standalone.js").read_text()  # its menu logo (the script says)
     for asset in (docs.SWAGGER_JS, docs.SWAGGER_CSS, docs.FAVICON, docs.REDOC_JS):
         assert (UI_DIR / asset.removeprefix("/ui/")).is_file(), asset
+
+
+def test_the_native_face_listener_serves_the_pages_and_their_assets_as_they_are() -> None:
+    """On `--face native=HOST:PORT` the pages and the files they name are not put under /api/v1."""
+    native = FaceListener(None, FACES["native"])  # type: ignore[arg-type]
+    for path in (docs.DOCS_URL, docs.REDOC_URL, docs.OAUTH2_REDIRECT_URL, docs.SWAGGER_JS, docs.SWAGGER_CSS, docs.FAVICON, docs.REDOC_JS):
+        assert native.rewrite(path) == path
+    assert native.rewrite("/vms") == "/api/v1/vms"
