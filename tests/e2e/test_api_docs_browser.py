@@ -1,8 +1,8 @@
 """/docs and /redoc in a real browser with the network closed: Debian's chromium (driven by
 Playwright) whose only way out is a proxy that does not exist, and every request to a host other
 than vmplane's refused and recorded. Swagger UI must show an operation, ReDoc must render the
-API's title and an operation, and nothing may have been asked of another host. Screenshots go to
-artifacts/screenshots-api-docs/ (beside the console's artifacts/screenshots/)."""
+API's title and an operation, and nothing may have been asked of another host. Screenshots at 1x and 2x
+pixel ratio go to artifacts/screenshots-api-docs/ (beside the console's artifacts/screenshots/)."""
 
 import shutil
 from pathlib import Path
@@ -33,8 +33,9 @@ def test_api_docs_render_with_the_network_closed(tmp_path: Path, record_property
         with sync_playwright() as pw:
             # no route out: everything but loopback goes to a proxy on a closed port
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--proxy-server=http://127.0.0.1:9"])
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
             elsewhere: list[str] = []
+            requests: list[str] = []
+            errors: list[str] = []
 
             def refuse_elsewhere(route: Any) -> None:
                 url = route.request.url
@@ -44,30 +45,31 @@ def test_api_docs_render_with_the_network_closed(tmp_path: Path, record_property
                     elsewhere.append(url)
                     route.abort("internetdisconnected")
 
-            context.route("**/*", refuse_elsewhere)
-            requests: list[str] = []
-            context.on("request", lambda r: requests.append(r.url))
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            try:
-                page.goto(f"{origin}/docs")
-                # an operation of the native API, rendered by the vendored Swagger UI
-                op = page.locator(".opblock-summary-path[data-path='/api/v1/vms']").first
-                expect(op).to_be_visible(timeout=30_000)
-                expect(page.locator(".swagger-ui .info .title")).to_contain_text("vmplane")
-                op.click()  # expands: its parameters and responses are drawn too
-                expect(page.locator(".opblock.is-open .responses-wrapper").first).to_be_visible()
-                page.screenshot(path=str(SHOTS / "docs.png"), full_page=False)
+            for scale in (1, 2):  # at 1x and 2x pixel ratio
+                context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=scale)
+                context.route("**/*", refuse_elsewhere)
+                context.on("request", lambda r: requests.append(r.url))
+                page = context.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                try:
+                    page.goto(f"{origin}/docs")
+                    # an operation of the native API, rendered by the vendored Swagger UI
+                    op = page.locator(".opblock-summary-path[data-path='/api/v1/vms']").first
+                    expect(op).to_be_visible(timeout=30_000)
+                    expect(page.locator(".swagger-ui .info .title")).to_contain_text("vmplane")
+                    op.click()  # expands: its parameters and responses are drawn too
+                    expect(page.locator(".opblock.is-open .responses-wrapper").first).to_be_visible()
+                    page.screenshot(path=str(SHOTS / f"docs-{scale}x.png"), full_page=False)
 
-                page.goto(f"{origin}/redoc")
-                expect(page.locator("h1").first).to_contain_text("vmplane", timeout=30_000)
-                expect(page.locator("[data-section-id^='operation/']").first).to_be_visible(timeout=30_000)
-                expect(page.locator(".menu-content")).to_be_visible()
-                page.screenshot(path=str(SHOTS / "redoc.png"), full_page=False)
-            except BaseException:
-                page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
-                raise
+                    page.goto(f"{origin}/redoc")
+                    expect(page.locator("h1").first).to_contain_text("vmplane", timeout=30_000)
+                    expect(page.locator("[data-section-id^='operation/']").first).to_be_visible(timeout=30_000)
+                    expect(page.locator(".menu-content")).to_be_visible()
+                    page.screenshot(path=str(SHOTS / f"redoc-{scale}x.png"), full_page=False)
+                except BaseException:
+                    page.screenshot(path=str(SHOTS / f"failure-{scale}x.png"), full_page=True)
+                    raise
+                context.close()
             browser.close()
         assert errors == [], errors
         assert elsewhere == [], sorted(set(elsewhere))
