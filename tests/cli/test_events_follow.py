@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -21,11 +20,11 @@ pytestmark = pytest.mark.slow
 
 
 class Follower:
-    """`vmplane events --json` as a process, its output read as it comes."""
+    """`vmplane events --json --since 0` as a process, its output read as it comes."""
 
     def __init__(self, url: str, key: str) -> None:
         env = {**os.environ, "VMPLANE_API_KEY": key, "VMPLANE_URL": url, "COLUMNS": "200"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "vmplane.cli.main", "events", "--json"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "vmplane.cli.main", "events", "--json", "--since", "0"], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         self.events: list[dict[str, object]] = []
         self.err: list[str] = []
@@ -55,7 +54,7 @@ def test_follower_says_the_server_went_away_and_resumes_after_a_restart(tmp_path
         key = admin_key(data)
         api = httpx.Client(base_url=f"{url}/api/v1", headers={"X-API-Key": key}, timeout=30)
         follower = Follower(url, key)
-        time.sleep(1)  # it is connected (it only prints events that come after it connected)
+        wait_until(lambda: follower.saw("node.online"), 30, "the follower connected (replaying from the first event)")
         r = api.post("/vms", json={"name": "before"})
         assert r.status_code == 202, r.text
         wait_until(lambda: follower.saw("job.completed"), 30, "the follower printing the create's events")
