@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from ..support import admin_key, free_port, qemu_processes_of, require_qemu, serve, wait_ready
+from ..support import admin_key, free_port, qemu_processes_of, require_qemu, serve, wait_ready, wait_until
 from .test_qemu_network import stop_server
 
 pytestmark = pytest.mark.slow
@@ -59,8 +59,9 @@ def test_sigterm_closes_a_guest_console_1001_and_ends_sse(tmp_path: Path) -> Non
         token = api.post(f"/vms/{vm_id}/console").json()
         console = stack.enter_context(connect(f"ws://127.0.0.1:{port}{token['websocketPath']}", open_timeout=10))
         console.send(b"\r")  # the guest's console is live: a key goes to it
-        time.sleep(1)
-        assert not sse_ended.is_set() and sse and sse[0].startswith("retry:"), sse
+        wait_until(lambda: sse, 10, "the SSE stream open")
+        time.sleep(0.5)  # the long poll is waiting
+        assert not sse_ended.is_set() and sse[0].startswith("retry:"), sse
         assert polled == [], "the guest was ready before the test could stop the server"
 
         start = time.monotonic()
