@@ -1,7 +1,8 @@
 """`vmplane events` across a server restart: when `vmplane serve` is SIGTERMed the follower
 says "the server went away; reconnecting" (no traceback), and once a server is back it resumes
 after the last event it printed (Last-Event-ID): the events written while it was away, such as
-the new server's own start-up events, arrive, and none twice."""
+the new server's own start-up events, arrive, and none twice. A server killed outright (the
+connection just drops) is said the same way."""
 
 import json
 import os
@@ -79,6 +80,11 @@ def test_follower_says_the_server_went_away_and_resumes_after_a_restart(tmp_path
         assert f"reconnected; resuming after event {last_before}" in err, err
         assert err.count("the server went away; reconnecting") == 1, err  # said once, not at every retry
         assert "Traceback" not in err and "Error" not in err, err
+
+        proc.kill()  # a server that dies without a word: the connection just drops
+        proc.wait()
+        wait_until(lambda: follower.stderr().count("the server went away; reconnecting") == 2, 10, "the follower saying so again")
+        assert follower.proc.poll() is None and "Traceback" not in follower.stderr(), follower.stderr()
     finally:
         if follower is not None:
             follower.proc.kill()
