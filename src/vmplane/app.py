@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.routing import Route
 
 from . import __version__
-from .api import errors, faces, health, ui
+from .api import docs, errors, faces, health, ui
 from .api.identity import Identity
 from .api.mcp import McpHttp
 from .api.metrics import Metrics, MetricsMiddleware
@@ -51,6 +51,8 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
         version=__version__,
         description="A self-hosted control plane for virtual machines. Native API.",
         lifespan=lifespan,
+        docs_url=None,  # api/docs.py: /docs and /redoc with their assets served from the package
+        redoc_url=None,
     )
     app.state.rt = rt
     errors.install(app)
@@ -59,6 +61,7 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     app.include_router(metrics_router)
     faces.install_all(app, rt)  # the native API, and every compat face under its prefix
     app.router.routes.append(Route("/mcp", mcp_http))
+    docs.install(app)  # /docs (Swagger UI) and /redoc, offline
     ui.install(app)  # the web console at /ui (static files; the API key is entered in the page)
     # outermost last: metrics, then credentials and rate limits (an address over its budget is
     # refused before its body is read), then the body's limits, then Idempotency-Key replay

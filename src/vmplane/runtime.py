@@ -346,6 +346,7 @@ class Runtime:
         (SSE streams end, WebSockets close with 1001), and wait up to `wait` seconds for them
         to close, so that no open stream holds the shutdown up."""
         self.ready = False
+        log.info("shutting down: ending %d open stream(s) of clients (%d console(s))", self.streams.open, self.consoles)
         self.stopping.set()
         self.events.go_away()
         deadline = asyncio.get_running_loop().time() + wait
@@ -355,9 +356,11 @@ class Runtime:
             log.warning("%d event stream(s) and %d console(s) still open at shutdown", self.events.subscriber_count, self.consoles)
 
     async def _log_vms_left_running(self) -> None:
-        """Say what stopping leaves behind: VMs outlive the control plane (re-attached at the
-        next start), simulated ones do not."""
-        running = simulated = 0
+        """Say what stopping leaves behind, node by node: VMs outlive the control plane
+        (re-attached at the next start), simulated ones do not. "stopping: 3 VMs keep running
+        on node-1 (re-attached at the next start)"."""
+        running: dict[str, int] = {}
+        simulated: dict[str, int] = {}
         for node_id, driver in self.registry.items():
             if not driver.capabilities.local:
                 continue  # its agent keeps them, and is not stopping
@@ -366,12 +369,14 @@ class Runtime:
             except Exception as exc:
                 log.warning("cannot tell which VMs of %s run: %s", node_id, exc)
                 continue
-            if not driver.capabilities.real_vms:
-                simulated += n
-            else:
-                running += n
-        log.warning("stopping: %d VM(s) keep running on this host (re-attached at the next start)%s", running,
-                    f"; {simulated} simulated VM(s) end with this process" if simulated else "")  # fmt: skip
+            if n:
+                (running if driver.capabilities.real_vms else simulated)[node_id] = n
+        vms, where, many = _vms_on_nodes(running)
+        line = f"stopping: {vms} {'keep' if many else 'keeps'} running {where}" + (" (re-attached at the next start)" if running else "")
+        if simulated:
+            vms, where, many = _vms_on_nodes(simulated, "simulated ")
+            line += f"; {vms} {where} {'end' if many else 'ends'} with this process"
+        log.warning("%s", line)
 
     async def stop(self) -> None:
         self.ready = False
@@ -398,3 +403,13 @@ class Runtime:
         if self.coordinator is not None:
             await self.coordinator.close()
         await self.store.close()
+
+
+
+def _vms_on_nodes(counts: dict[str, int], kind: str = "") -> tuple[str, str, bool]:
+    """("3 VMs", "on node-1", plural), ("4 VMs", "(3 on node-1, 1 on node-2)", True), ("no VMs", "on this host", True)."""
+    total = sum(counts.values())
+    if not total:
+        return f"no {kind}VMs", "on this host", True
+    where = f"on {next(iter(counts))}" if len(counts) == 1 else "(" + ", ".join(f"{n} on {node}" for node, n in counts.items()) + ")"
+    return f"{total} {kind}VM{'s' if total != 1 else ''}", where, total != 1

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import native
+from . import docs, native
 from .compat import bluelobster, fastvm, hypersdk, volant
 from .identity import presented
 
@@ -72,7 +72,7 @@ def _install_hypersdk(app: FastAPI, rt: Runtime) -> None:
 FACES: dict[str, Face] = {
     f.name: f
     for f in (
-        Face("native", "/api/v1", _install_native, (*HEALTH_PATHS, "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"),
+        Face("native", "/api/v1", _install_native, (*HEALTH_PATHS, "/openapi.json", *docs.PATHS),
              "the native API (cluster contract)"),
         Face("fastvm", "/compat/fastvm", _install_fastvm, ("/metrics",), "the FastVM public API"),
         Face("bluelobster", "/compat/bluelobster", _install_bluelobster, ("/metrics",), "the Blue Lobster instance API"),

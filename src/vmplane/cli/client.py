@@ -67,17 +67,29 @@ class Client:
     def follow_events(
         self, params: dict[str, str], last_id: str | None = None, retry: float = 2.0
     ) -> Iterator[dict[str, Any]]:
-        """The event stream (SSE), for ever: a dropped connection is resumed after the last
-        event seen (`Last-Event-ID`), so nothing is missed or repeated."""
+        """The event stream (SSE), for ever. When the server goes away (it shut down, or the
+        connection dropped) this says so once, "the server went away; reconnecting", and
+        connects again every `retry` seconds (the server's `retry:`) until it is back, resuming
+        after the last event seen (`Last-Event-ID`): nothing is missed or repeated. A first
+        connection that fails is an error, as for every command."""
+        connected = False  # ever: until then, a failure is the caller's (wrong URL, no server)
+        away = False  # said "the server went away", not back yet
         while True:
             headers = {"Accept": "text/event-stream"}
             if last_id is not None:
                 headers["Last-Event-ID"] = last_id
+            dropped: str | None = None  # the server dropped this subscriber (too slow), it did not go away
             try:
                 with self.http.stream("GET", "/api/v1/events", params=params, headers=headers, timeout=httpx.Timeout(30, read=None)) as resp:
+                    if connected and resp.status_code in (502, 503, 504):  # a proxy in front, or a server still starting
+                        resp.read()
+                        raise httpx.RemoteProtocolError(f"HTTP {resp.status_code}", request=resp.request)
                     if resp.status_code >= 400:
                         resp.read()
                         self._fail(resp)
+                    if away:
+                        err.print("[green]reconnected[/green]" + (f"; resuming after event {last_id}" if last_id else ""))
+                    connected, away = True, False
                     data: list[str] = []
                     for line in resp.iter_lines():
                         if line.startswith("retry:") and line[6:].strip().isdigit():
@@ -91,10 +103,17 @@ class Client:
                             data = []
                             if "type" in event:
                                 yield event
-                            else:  # `event: error` (the server dropped this subscriber as too slow)
-                                err.print(f"[yellow]event stream interrupted:[/yellow] {event.get('reason', event)}; resuming")
+                            elif not event.get("goingAway"):  # `event: error`: dropped as too slow
+                                dropped = str(event.get("reason", event))
             except httpx.HTTPError as exc:
-                err.print(f"[yellow]event stream lost[/yellow] ({exc}); resuming in {retry:g}s")
+                if not connected:
+                    err.print(f"[red]error:[/red] cannot reach vmplane at {self.url}: {exc}")
+                    raise typer.Exit(2) from exc
+            if dropped is not None:
+                err.print(f"[yellow]event stream interrupted:[/yellow] {dropped}; resuming")
+            elif not away:  # the stream ended: the server shut down, or the connection dropped
+                err.print("[yellow]the server went away; reconnecting[/yellow]" + (f" (to resume after event {last_id})" if last_id else ""))
+                away = True
             time.sleep(retry)
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:

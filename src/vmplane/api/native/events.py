@@ -66,6 +66,12 @@ def _resume_point(value: str | None, field: str) -> int | None:
     return int(value)
 
 
+def _ended(exc: SlowConsumer) -> dict[str, object]:
+    """The last SSE event's data: why the stream ends; `goingAway` when the server is shutting
+    down (a client reconnects with Last-Event-ID once it is back), not a slow consumer."""
+    return {"reason": str(exc), "goingAway": True} if isinstance(exc, GoingAway) else {"reason": str(exc)}
+
+
 @router.get(
     "/events",
     responses={200: {"content": {"text/event-stream": {}}, "description": "a stream of events"}, **ERRORS,
@@ -102,8 +108,8 @@ async def events_sse(
                         continue
                     # what else is already queued goes out in the same write
                     yield b"".join(wire.sse(e) for e in [event, *sub.ready(500)])
-                except SlowConsumer as exc:
-                    yield b"event: error\ndata: %s\n\n" % json.dumps({"reason": str(exc)}).encode()
+                except SlowConsumer as exc:  # dropped, or the server is shutting down (GoingAway)
+                    yield b"event: error\ndata: %s\n\n" % json.dumps(_ended(exc)).encode()
                     return
 
     return StreamingResponse(

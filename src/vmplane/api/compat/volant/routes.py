@@ -310,7 +310,8 @@ async def vm_events(request: Request, rt: RuntimeDep, who: CallerDep, _slot: Str
             while True:
                 try:
                     event = await sub.get(timeout=heartbeat)
-                except SlowConsumer:
+                except SlowConsumer as exc:  # a last comment says why the stream ends (Volant's events have no error type)
+                    yield b": %s\n\n" % str(exc).encode()
                     return
                 if event is None:
                     yield b": heartbeat\n\n"
