@@ -253,7 +253,7 @@ class Runtime:
         await self.deployments.start()  # reconciles only on the leader, once ready
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self.ready = True
-        log.info("vmplane ready: serving %d node(s), store %s", len(self.replicas.serving), self.store.dialect)
+        log.info("started: %d node(s), store %s", len(self.replicas.serving), self.store.dialect)
 
     async def _prepare_store(self) -> list[tuple[str, HypervisorDriver]]:
         """Facts of the installation, the bootstrap organization, usage counters; returns
