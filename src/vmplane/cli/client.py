@@ -108,7 +108,7 @@ class Client:
             message = resp.text
         err.print(f"[red]error ({resp.status_code}):[/red] {message}")
         if resp.status_code == 401:
-            err.print(self.key_source, highlight=False, markup=False)
+            err.print(self.key_source, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
     def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None) -> dict[str, Any]:
@@ -136,20 +136,20 @@ def find_key() -> tuple[str | None, str]:
     words for a 401: VMPLANE_API_KEY, else the owner key `vmplane serve` wrote to its data
     dir (VMPLANE_DATA_DIR, default ./.vmplane as `make run` uses)."""
     hint = (
-        "set VMPLANE_API_KEY to a key, or VMPLANE_DATA_DIR to the --data-dir of `vmplane serve` "
-        "(`make run DATA_DIR=…`); the owner key is in its admin-api-key"
+        "point the CLI at a key: VMPLANE_DATA_DIR=<the --data-dir of `vmplane serve`, `make run DATA_DIR=`> "
+        "(the owner key is its admin-api-key), or VMPLANE_API_KEY=<a key>"
     )
     if key := os.environ.get("VMPLANE_API_KEY"):
-        return key, "the key sent was VMPLANE_API_KEY's, and the server refused it"
+        return key, "the key sent was VMPLANE_API_KEY's, and the server does not take it"
     path = Path(os.environ.get("VMPLANE_DATA_DIR") or ".vmplane") / "admin-api-key"
     where = path.absolute()
     try:
         key = path.read_text().strip()
     except FileNotFoundError:
-        return None, f"no API key was sent: VMPLANE_API_KEY is not set and there is no {where}; {hint}"
+        return None, f"no API key sent: VMPLANE_API_KEY is not set and {where} does not exist; {hint}"
     except OSError as exc:
-        return None, f"no API key was sent: VMPLANE_API_KEY is not set and {where} cannot be read ({exc.strerror or exc}); {hint}"
-    return key, f"the key sent was the one in {where}, and the server refused it; {hint}"
+        return None, f"no API key sent: VMPLANE_API_KEY is not set and {where} cannot be read ({exc.strerror or exc}); {hint}"
+    return key, f"the key sent was the one in {where}, and the server does not take it; {hint}"
 
 
 def _sleep_or_timeout(deadline: float | None) -> None:
