@@ -102,7 +102,7 @@ def test_the_readmes_first_commands_work_as_written(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        left = processes_with(str(tmp_path))  # guests (and their helpers) of this test's data dir
+        left = processes_with(f"{tmp_path}/")  # guests (and their helpers) of this test's data dir
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
