@@ -1,4 +1,5 @@
-# make run  — set up everything, then serve vmplane on 127.0.0.1:8080 (data in ./.vmplane)
+# make run  — set up everything, put `vmplane` on PATH, then serve vmplane on 127.0.0.1:8080 (data in
+#             ./.vmplane); `make run PORT=9090 DATA_DIR=/srv/vmplane` serves elsewhere
 # make test — set up everything (QEMU, Chromium, a throwaway PostgreSQL), then run the whole test suite
 # make bench — print the benchmark figures recorded in docs/benchmarks.md
 
@@ -6,8 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+PORT ?= 8080
+DATA_DIR ?= .vmplane
+# where `make run` links the vmplane command: /usr/local/bin when it may write there (root), else
+# ~/.local/bin (on PATH in Debian's default ~/.profile once it exists)
+BINDIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo "$$HOME/.local/bin"; fi)
 
-.PHONY: run test bench system browser vcsim clean
+.PHONY: run link test bench system browser vcsim clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || scripts/install-python-venv.sh $(VENV)
@@ -23,8 +29,19 @@ system:
 	@scripts/install-qemu.sh || echo "warning: QEMU could not be installed; vmplane will use the sim driver" >&2
 	@scripts/install-image-tools.sh || echo "warning: mmdebstrap could not be installed; \`vmplane image build debian-12\` will not work" >&2
 
-run: $(STAMP) system
-	$(VENV)/bin/vmplane serve --host 127.0.0.1 --port 8080 --data-dir .vmplane
+run: $(STAMP) system link
+	$(VENV)/bin/vmplane serve --host 127.0.0.1 --port $(PORT) --data-dir $(DATA_DIR)
+
+# `vmplane` on PATH: a symbolic link in BINDIR to this checkout's .venv/bin/vmplane. A vmplane there
+# that is not a link (installed some other way) is left alone; a link to another checkout is moved.
+link: $(STAMP)
+	@target="$(abspath $(VENV))/bin/vmplane"; link="$(BINDIR)/vmplane"; \
+	if [ -e "$$link" ] && [ ! -L "$$link" ]; then \
+	  echo "make run: $$link is not a link made by make run; leaving it (this checkout's CLI is $$target)" >&2; \
+	else \
+	  mkdir -p "$(BINDIR)" && ln -sfn "$$target" "$$link" && echo "make run: the vmplane command is $$link -> $$target"; \
+	  case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "make run: $(BINDIR) is not on your PATH: export PATH=\"$(BINDIR):\$$PATH\"" >&2;; esac; \
+	fi
 
 # Debian's chromium for the web console's browser tests (scripts/install-browser.sh); Playwright
 # drives it at /usr/bin/chromium and never downloads a browser. Without it those tests skip.

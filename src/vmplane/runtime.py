@@ -255,7 +255,7 @@ class Runtime:
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         self._heartbeats = asyncio.create_task(self._beat(), name="node-heartbeats")
         self.ready = True
-        log.info("vmplane ready: serving %d node(s), store %s", len(self.replicas.serving), self.store.dialect)
+        log.info("started: %d node(s), store %s", len(self.replicas.serving), self.store.dialect)
 
     async def _prepare_store(self) -> list[tuple[str, HypervisorDriver]]:
         """Facts of the installation, the bootstrap organization, usage counters; returns

@@ -23,11 +23,7 @@ FINAL = {"succeeded", "failed", "partial", "cancelled"}
 class Client:
     def __init__(self, url: str | None) -> None:
         self.url = (url or os.environ.get("VMPLANE_URL") or "http://127.0.0.1:8080").rstrip("/")
-        key = os.environ.get("VMPLANE_API_KEY")
-        if not key:  # the owner key `vmplane serve` wrote on first start (`make run` uses ./.vmplane)
-            path = Path(os.environ.get("VMPLANE_DATA_DIR", ".vmplane")) / "admin-api-key"
-            if path.is_file():
-                key = path.read_text().strip()
+        key, self.key_source = find_key()
         self.http = api_client(self.url, key, timeout=30)
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
@@ -130,6 +126,8 @@ class Client:
         except ValueError:
             message = resp.text
         err.print(f"[red]error ({resp.status_code}):[/red] {message}")
+        if resp.status_code == 401:
+            err.print(self.key_source, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
     def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None) -> dict[str, Any]:
@@ -150,6 +148,27 @@ class Client:
                 _sleep_or_timeout(deadline)
                 job = poll()
         return job
+
+
+def find_key() -> tuple[str | None, str]:
+    """The API key the CLI sends, and where it came from or where it was looked for, in
+    words for a 401: VMPLANE_API_KEY, else the owner key `vmplane serve` wrote to its data
+    dir (VMPLANE_DATA_DIR, default ./.vmplane as `make run` uses)."""
+    hint = (
+        "point the CLI at a key: VMPLANE_DATA_DIR=<the --data-dir of `vmplane serve`, `make run DATA_DIR=`> "
+        "(the owner key is its admin-api-key), or VMPLANE_API_KEY=<a key>"
+    )
+    if key := os.environ.get("VMPLANE_API_KEY"):
+        return key, "the key sent was VMPLANE_API_KEY's, and the server does not take it"
+    path = Path(os.environ.get("VMPLANE_DATA_DIR") or ".vmplane") / "admin-api-key"
+    where = path.absolute()
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        return None, f"no API key sent: VMPLANE_API_KEY is not set and {where} does not exist; {hint}"
+    except OSError as exc:
+        return None, f"no API key sent: VMPLANE_API_KEY is not set and {where} cannot be read ({exc.strerror or exc}); {hint}"
+    return key, f"the key sent was the one in {where}, and the server does not take it; {hint}"
 
 
 def _sleep_or_timeout(deadline: float | None) -> None:

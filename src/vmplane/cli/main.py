@@ -121,10 +121,7 @@ def serve(
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    log = logging.getLogger("vmplane")
-    log.info("serving on http://%s", listeners[0].address)
-    for lis in listeners[1:]:
-        log.info("face %s at the root of http://%s%s", lis.face, lis.address, f", acting as the key in {lis.as_key_file} for requests without credentials" if lis.as_key else "")
+    # `vmplane is ready: …/ui/ (API key in …)` once it answers (serving.ready_lines)
     if not run(serve_all(create_app(settings), list(zip(listeners, socks)), log_level)):
         raise typer.Exit(3)  # the application did not start (as uvicorn.run exits)
 
@@ -390,7 +387,10 @@ def vm_create(
     cpu: Annotated[int, typer.Option()] = 1,
     ram_mb: Annotated[int, typer.Option("--ram-mb")] = 512,
     disk_gb: Annotated[int, typer.Option("--disk-gb")] = 10,
-    template: Annotated[str | None, typer.Option(help="template id or name")] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="template id or name; default tiny-linux when the server has it, else none: an empty disk that boots nothing"),
+    ] = None,
     node: Annotated[str | None, typer.Option(help="put it on this node")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="a tag (repeatable)")] = None,
     ssh_key: Annotated[
@@ -421,6 +421,13 @@ def vm_create(
         for n in name
     ]
     c = Client(url)
+    if template is None:  # the web console's default too; a server on the sim driver has none
+        tiny = c._send("GET", "/api/v1/templates/tiny-linux")
+        if tiny.status_code == 200:
+            for spec in specs:
+                spec["templateId"] = tiny.json()["id"]
+        elif tiny.status_code != 404:
+            c._fail(tiny)
     accepted = c.request("POST", "/api/v1/vms", json=specs)
     _finish(c, accepted, wait, json_out, ready=accepted.get("vmIds") or [])
 

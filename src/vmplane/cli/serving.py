@@ -146,6 +146,38 @@ def server_config(app: Any, settings: Settings, log_level: str = "warning", **kw
     )  # fmt: skip
 
 
+def ready_lines(main: Listener, faces: list[Listener], settings: Settings) -> list[str]:
+    """What `vmplane serve` says once it answers (the lifespan has started the runtime, the
+    tiny image is built, the nodes are registered): where the web console is, where the key
+    is, and, when they are not the CLI's defaults, how the CLI in another shell finds both."""
+    url = f"http://{main.address}"
+    key_file = settings.data_dir / "admin-api-key"
+    if settings.insecure_no_auth:
+        key = "no API key needed: --insecure-no-auth"
+    elif key_file.is_file():
+        key = f"API key in {key_file}"
+    else:  # made by the first start of another data dir (replicas on one database)
+        key = f"no key file in {settings.data_dir}: the owner key was written by the first start"
+    lines = [f"vmplane is ready: {url}/ui/ ({key})"]
+    lines += [
+        f"face {lis.face} at the root of http://{lis.address}"
+        + (f", acting as the key in {lis.as_key_file} for requests without credentials" if lis.as_key else "")
+        for lis in faces
+    ]
+    env = []
+    if url != "http://127.0.0.1:8080":
+        env.append(f"VMPLANE_URL={url}")
+    if not settings.insecure_no_auth and key_file.is_file() and _resolved(settings.data_dir) != _resolved(Path(".vmplane")):
+        env.append(f"VMPLANE_DATA_DIR={_resolved(settings.data_dir)}")
+    if env:
+        lines.append(f"for the CLI in another shell: export {' '.join(env)}")
+    return lines
+
+
+def _resolved(path: Path) -> Path:
+    return path.expanduser().resolve()
+
+
 class Server(uvicorn.Server):
     """The main listener: on shutdown it first tells the runtime's open streams to go away
     (they end at once rather than hold the shutdown up), then runs `before_shutdown` (the face
@@ -209,6 +241,8 @@ async def serve_all(app: Any, listeners: list[tuple[Listener, socket.socket]], l
                 return False
     others += [(_FaceServer(server_config(listener_app(app, lis.face or "", lis.as_key), rt.settings, log_level, lifespan="off")), sock) for lis, sock in faces]
     tasks += [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in others]
+    for line in ready_lines(listeners[0][0], [lis for lis, _ in faces], rt.settings):
+        logging.getLogger("vmplane").info("%s", line)
     try:
         await main_task
     finally:

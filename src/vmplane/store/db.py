@@ -1,14 +1,17 @@
 """The Store: one async engine, short write transactions, migrations at start-up."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -17,6 +20,7 @@ from .events import EVENTS_FLAG
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 7_420_001  # PostgreSQL advisory lock: one replica migrates at a time
+log = logging.getLogger("vmplane.store")
 
 
 class SyncConnection:
@@ -97,7 +101,8 @@ class Store:
 
             self._sync_engine = sync
             with sync.begin() as conn:
-                _upgrade(conn, self.secret_box)
+                before, after = _upgrade(conn, self.secret_box)
+            self._log_migrated(before, after)
             return
         # Tasks hold a connection only for short transactions, never two at once; 50 in all
         # leaves PostgreSQL's default 100 for a second replica.
@@ -105,7 +110,18 @@ class Store:
         self._engine = engine
         async with engine.begin() as aconn:
             await aconn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
-            await aconn.run_sync(_upgrade, self.secret_box)
+            before, after = await aconn.run_sync(_upgrade, self.secret_box)
+        self._log_migrated(before, after)
+
+    def _log_migrated(self, before: str | None, after: str | None) -> None:
+        """One start-up line for the whole upgrade (alembic's line per migration is at debug)."""
+        where = make_url(self.url).render_as_string(hide_password=True)
+        if self.dialect == "sqlite":
+            where = self.url.split("///", 1)[1] or ":memory:"
+        if before == after:
+            log.info("database at %s: up to date (%s)", where, after)
+        else:
+            log.info("database at %s: migrated %s -> %s", where, before or "0000", after)
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -162,9 +178,26 @@ class Store:
             await conn.execute(text("SELECT 1"))
 
 
-def _upgrade(conn: Connection, secret_box: Any = None) -> None:
+def _upgrade(conn: Connection, secret_box: Any = None) -> tuple[str | None, str | None]:
+    """Upgrade to the newest revision; (revision before, revision after), None: an empty database."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
     cfg.attributes["secret_box"] = secret_box
-    command.upgrade(cfg, "head")
+    with _quiet(logging.getLogger("alembic")):
+        before = MigrationContext.configure(conn).get_current_revision()
+        command.upgrade(cfg, "head")
+        return before, MigrationContext.configure(conn).get_current_revision()
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """`logger`'s info lines only at debug level: they are kept when the server runs with
+    --log-level debug, and otherwise summed up in one line by the caller."""
+    level = logger.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

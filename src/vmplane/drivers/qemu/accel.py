@@ -6,6 +6,7 @@ An openable /dev/kvm is not enough: under a paravirtual KVM stock kernels abort 
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -13,6 +14,12 @@ import time
 from ...images.tiny import INIT_START_LINE, TinyImage
 
 PROBE_TIMEOUT = 8.0
+KVM_DEVICE = "/dev/kvm"
+NO_KVM = "no usable KVM: guests run ~10x slower under TCG"
+"""what the operator is told when auto falls back to TCG; the probe's own answer (a QEMU
+assertion, an errno) follows in brief and in full at debug level"""
+
+log = logging.getLogger(__name__)
 
 
 async def pick_accel(
@@ -25,14 +32,24 @@ async def pick_accel(
     if mode != "auto":
         raise ValueError(f"accelerator mode must be auto, kvm or tcg, not {mode!r}")
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return "tcg", f"/dev/kvm cannot be opened ({exc.strerror})"
+        log.debug("KVM probe: cannot open %s: %s", KVM_DEVICE, exc)
+        return "tcg", f"{NO_KVM}; {KVM_DEVICE}: {exc.strerror or exc}"
     os.close(fd)
     ok, detail = await probe_kvm(image, qemu_binary=qemu_binary, timeout=timeout)
     if ok:
         return "kvm", f"KVM probe guest booted ({detail})"
-    return "tcg", f"KVM unusable: {detail}"
+    log.debug("KVM probe: %s", detail)
+    return "tcg", f"{NO_KVM}; {KVM_DEVICE} opens but {_brief(detail)}; details at --log-level debug"
+
+
+def _brief(detail: str) -> str:
+    """The probe's answer without QEMU's own text (an assertion with source paths means
+    nothing to an operator): "the probe guest printed nothing in 8 s", "the probe QEMU
+    exited with status -6"."""
+    head = detail.split(":", 1)[0]
+    return f"the {head}" if head.startswith("probe ") else head
 
 
 async def probe_kvm(image: TinyImage, *, qemu_binary: str, timeout: float) -> tuple[bool, str]:
