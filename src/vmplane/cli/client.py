@@ -1,7 +1,11 @@
 """The one HTTP client helper of the CLI: base URL, errors as messages, job waiting."""
 
+import difflib
+import errno
 import json
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +15,7 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..http_clients import api_client
@@ -18,6 +23,72 @@ from ..ids import looks_like_id, looks_like_uuid
 
 err = Console(stderr=True)
 FINAL = {"succeeded", "failed", "partial", "cancelled"}
+
+FLAGS = {
+    "resources.ramMb": "--ram-mb", "resources.diskGb": "--disk-gb", "resources.cpu": "--cpu", "templateId": "--template",
+    "nodeId": "--node", "tags": "--tag", "sshKeys": "--ssh-key", "cloudInit.userData": "--user-data", "name": "NAME",
+    "targetNodeId": "--to", "timeoutSec": "--timeout", "displayName": "--display-name", "loginUser": "--login-user",
+    "expiresInSeconds": "--expires", "description": "--description",
+}  # fmt: skip
+"""the API's field paths (a bulk item's `[i].` and list indexes taken off) -> the CLI's words for them"""
+
+UNITS = {"--ram-mb": " MiB", "--disk-gb": " GiB"}
+_BOUND = re.compile(r"^Input should be (greater|less) than or equal to (\d+)$")
+_FIELD = re.compile(r"^((?:\[\d+\]\.)?)([A-Za-z.]+?)((?:\[\d+\])?)$")
+
+
+def flag_of(field: str, items: list[str] | None = None) -> str:
+    """`[1].resources.ramMb` -> `--ram-mb (web-2)`: the option the user typed for an API field
+    path, and which of several items it was about; the path itself when no option sets it."""
+    m = _FIELD.match(field)
+    if m is None or m.group(2) not in FLAGS:
+        return field
+    flag = FLAGS[m.group(2)]
+    if m.group(1) and items and len(items) > 1:
+        i = int(m.group(1)[1:-2])
+        flag += f" ({items[i]})" if i < len(items) else ""
+    if m.group(3):
+        flag += f" (the {_ordinal(int(m.group(3)[1:-1]) + 1)})"
+    return flag
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def field_message(flag: str, message: str) -> str:
+    """Pydantic's bounds in words, with the option's unit."""
+    m = _BOUND.match(message)
+    if m is None:
+        return message
+    return f"must be at {'least' if m.group(1) == 'greater' else 'most'} {m.group(2)}{UNITS.get(flag.split()[0], '')}"
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """Why `url` could not be reached, as a sentence (no `[Errno 111]`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return f"cannot reach vmplane at {url}: the host name does not resolve"
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno == errno.ECONNREFUSED:
+                return f"cannot reach vmplane at {url}: connection refused; is `vmplane serve` running?"
+            return f"cannot reach vmplane at {url}: {os.strerror(seen.errno).lower()}"
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"cannot reach vmplane at {url}: no answer in time (is the server overloaded, or the address wrong?)"
+    text = re.sub(r"\[Errno -?\d+\]\s*", "", str(exc)).strip()
+    if "refused" in text.lower():
+        return f"cannot reach vmplane at {url}: connection refused; is `vmplane serve` running?"
+    return f"cannot reach vmplane at {url}: {text[:1].lower() + text[1:] if text else type(exc).__name__}"
+
+
+def did_you_mean(ref: str, names: list[str]) -> str:
+    """`; did you mean web?` for the names closest to `ref`, or nothing."""
+    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + (close[0] if len(close) == 1 else ", ".join(close[:-1]) + " or " + close[-1]) + "?"
 
 
 class Client:
@@ -29,6 +100,8 @@ class Client:
             if path.is_file():
                 key = path.read_text().strip()
         self.http = api_client(self.url, key, timeout=30)
+        self.items: list[str] | None = None
+        """the names a bulk request's items stand for, in order (for its errors' `[i].`)"""
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._send(method, path, **kw)
@@ -41,9 +114,34 @@ class Client:
         id of one VM is the name of another."""
         vm = self.find_vm(ref)
         if vm is None:
-            err.print(f"[red]error:[/red] VM {ref!r} does not exist (no VM has that id or name)")
+            hint = did_you_mean(ref, self.vm_names())
+            err.print(f"[red]error:[/red] {rich_escape(f'VM {ref!r} does not exist (no VM has that id or name){hint}')}", highlight=False)
             raise typer.Exit(1)
         return vm
+
+    def vm_names(self, pages: int = 20) -> list[str]:
+        """The names of the caller's VMs (the first `pages` pages of 500), for suggestions."""
+        names: list[str] = []
+        params: dict[str, Any] = {"limit": 500}
+        for _ in range(pages):
+            page = self.request("GET", "/api/v1/vms", params=params)
+            names += [v["name"] for v in page["items"]]
+            if not page.get("nextPageToken"):
+                break
+            params["pageToken"] = page["nextPageToken"]
+        return names
+
+    def template_names(self) -> list[str]:
+        """The names of the templates the caller can use (its own and the shared ones)."""
+        names: list[str] = []
+        params: dict[str, Any] = {"limit": 500}
+        for _ in range(20):
+            page = self.request("GET", "/api/v1/templates", params=params)
+            names += [t["name"] for t in page["items"]]
+            if not page.get("nextPageToken"):
+                break
+            params["pageToken"] = page["nextPageToken"]
+        return names
 
     def find_vm(self, ref: str) -> dict[str, Any] | None:
         """As `vm`, but None when no VM has that id or name."""
@@ -94,23 +192,38 @@ class Client:
                             else:  # `event: error` (the server dropped this subscriber as too slow)
                                 err.print(f"[yellow]event stream interrupted:[/yellow] {event.get('reason', event)}; resuming")
             except httpx.HTTPError as exc:
-                err.print(f"[yellow]event stream lost[/yellow] ({exc}); resuming in {retry:g}s")
+                err.print(f"[yellow]event stream lost[/yellow] ({unreachable(self.url, exc)}); resuming in {retry:g}s", highlight=False)
             time.sleep(retry)
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             return self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            err.print(f"[red]error:[/red] cannot reach vmplane at {self.url}: {exc}")
-            raise typer.Exit(2) from exc
+            err.print(f"[red]error:[/red] {rich_escape(unreachable(self.url, exc))}", highlight=False)
+            raise typer.Exit(2) from None
 
     def _fail(self, resp: httpx.Response) -> None:
+        """Exit 1 with the server's refusal, in the CLI's words: a field path the user did not
+        type (`[0].resources.ramMb`) becomes the option they did (`--ram-mb`)."""
         try:
             body = resp.json()
             message = body.get("error") or body
         except ValueError:
-            message = resp.text
-        err.print(f"[red]error ({resp.status_code}):[/red] {message}")
+            body, message = {}, resp.text
+        details = body.get("details") if isinstance(body, dict) else None
+        field = details.get("field") if isinstance(details, dict) else None
+        if isinstance(message, str) and isinstance(field, str):
+            flag = flag_of(field, self.items)
+            if flag != field:
+                bare = re.sub(r"^\[\d+\]\.", "", field)
+                rest = message
+                for path in (field, bare):
+                    rest = rest[len(path) + 1 :].strip() if rest.startswith(path + ":") else rest.replace(path, flag)
+                rest = rest.replace(f"{flag} ", "", 1) if rest.startswith(flag + " ") else rest
+                if field.endswith("templateId") and "does not exist" in rest:
+                    rest += did_you_mean(str(rest.split("'")[1]) if rest.count("'") >= 2 else "", self.template_names())
+                message = f"{flag}: {field_message(flag, rest)}"
+        err.print(f"[red]error ({resp.status_code}):[/red] {rich_escape(str(message))}", highlight=False)
         raise typer.Exit(1)
 
     def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None) -> dict[str, Any]:

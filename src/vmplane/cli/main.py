@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from . import units
 from .client import Client, err, interactive
 
 # The commands that run a process (serve, agent, mcp, image build) import it inside their
@@ -42,7 +43,10 @@ VmArg = Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="the VM's name 
 
 def main() -> None:
     """Entry point of the `vmplane` command."""
-    app()
+    from . import commands  # noqa: F401  (registers `template`, `vm resize|rename|edit`)
+    from .helptext import humanize
+
+    humanize(typer.main.get_command(commands.app))(prog_name="vmplane")  # commands.app: this module's `app` also under `python -m`
 
 
 @app.command()
@@ -387,9 +391,9 @@ def vm_get(vm: VmArg, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
 @vm_app.command("create")
 def vm_create(
     name: Annotated[list[str], typer.Argument(help="one or more VM names")],
-    cpu: Annotated[int, typer.Option()] = 1,
-    ram_mb: Annotated[int, typer.Option("--ram-mb")] = 512,
-    disk_gb: Annotated[int, typer.Option("--disk-gb")] = 10,
+    cpu: Annotated[int, typer.Option(help="vCPUs")] = 1,
+    ram_mb: Annotated[int, typer.Option("--ram-mb", parser=units.ram_mb, help=units.RAM_HELP)] = 512,
+    disk_gb: Annotated[int, typer.Option("--disk-gb", parser=units.disk_gb, help=units.DISK_HELP)] = 10,
     template: Annotated[str | None, typer.Option(help="template id or name")] = None,
     node: Annotated[str | None, typer.Option(help="put it on this node")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="a tag (repeatable)")] = None,
