@@ -83,6 +83,16 @@ def unreachable(url: str, exc: BaseException) -> str:
     return f"cannot reach vmplane at {url}: {text[:1].lower() + text[1:] if text else type(exc).__name__}"
 
 
+def refuse_private_key(text: str, given: str) -> None:
+    """Exit 2 when an --ssh-key value is a private key (before anything is sent anywhere)."""
+    head = text.lstrip()[:200]
+    if "PRIVATE KEY" in head or head.startswith("PuTTY-User-Key-File"):
+        pub = Path(given[1:]).expanduser().with_name(Path(given[1:]).name + ".pub") if given.startswith("@") else None
+        hint = f" (@{pub})" if pub is not None and pub.is_file() else ""
+        err.print(f"[red]error:[/red] --ssh-key: that is a private key; give the .pub file{rich_escape(hint)}", highlight=False)
+        raise typer.Exit(2)
+
+
 def did_you_mean(ref: str, names: list[str]) -> str:
     """`; did you mean web?` for the names closest to `ref`, or nothing."""
     close = difflib.get_close_matches(ref, names, n=3, cutoff=0.6)

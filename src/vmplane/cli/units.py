@@ -16,8 +16,11 @@ _BINARY = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(ib|b)?)?\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str, unit: str, flag: str) -> int:
-    """`text` in the option's `unit` ("MiB" or "GiB"), as a whole number; exits 2 naming `flag`."""
+def parse_size(text: str | int, unit: str, flag: str) -> int:
+    """`text` in the option's `unit` ("MiB" or "GiB"), as a whole number; exits 2 naming `flag`.
+    An int is the option's default, already in its unit (click passes defaults through too)."""
+    if isinstance(text, int):
+        return text
     m = _SIZE.match(text)
     if m is None:
         raise typer.BadParameter(f"{text!r} is not a size: give a number of {unit} or one with a unit, such as 512M, 2G, 2GiB or 20GB", param_hint=flag)
@@ -35,11 +38,11 @@ def parse_size(text: str, unit: str, flag: str) -> int:
     return int(round(value))
 
 
-def ram_mb(text: str) -> int:
+def ram_mb(text: str | int) -> int:
     return parse_size(text, "MiB", "--ram-mb")
 
 
-def disk_gb(text: str) -> int:
+def disk_gb(text: str | int) -> int:
     return parse_size(text, "GiB", "--disk-gb")
 
 
