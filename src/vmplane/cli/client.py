@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape as rich_escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
 
 from ..http_clients import api_client
 from ..ids import looks_like_id, looks_like_uuid
@@ -236,24 +238,52 @@ class Client:
         err.print(f"[red]error ({resp.status_code}):[/red] {rich_escape(str(message))}", highlight=False)
         raise typer.Exit(1)
 
-    def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None) -> dict[str, Any]:
-        """Poll a job until it ends; with `show_progress`, draw a progress bar."""
+    def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None, names: dict[str, str] | None = None) -> dict[str, Any]:
+        """Poll a job until it ends; with `show_progress`, draw its progress as the server
+        records it (the mean of its tasks'), how many of its tasks are done, and the time since
+        it was submitted, ticking; `names` (resource id -> name) says what it works on."""
         deadline = None if timeout is None else time.monotonic() + timeout
         poll: Callable[[], dict[str, Any]] = lambda: self.request("GET", f"/api/v1/jobs/{job_id}")  # noqa: E731
         job = poll()
         if show_progress:
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=err) as bar:
-                t = bar.add_task(f"{job['type']} {job_id}", total=100)
+            from .show import job_doing, job_tally
+
+            columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[tally]}"), SinceColumn())
+            with Progress(*columns, console=err, transient=False) as bar:
+                t = bar.add_task(job_doing(job, names or {}), total=100, tally=job_tally(job), since=_epoch(job["createdAt"]), until=None)
                 while job["state"] not in FINAL:
-                    bar.update(t, completed=job["progress"], description=f"{job['type']} {job_id} [{job['state']}]")
+                    bar.update(t, completed=job["progress"], tally=job_tally(job))
                     _sleep_or_timeout(deadline)
                     job = poll()
-                bar.update(t, completed=100, description=f"{job['type']} {job_id} [{job['state']}]")
+                end = _epoch(job["finishedAt"]) if job.get("finishedAt") else time.time()
+                bar.update(t, completed=100 if job["state"] == "succeeded" else job["progress"], tally=job_tally(job), until=end)
         else:
             while job["state"] not in FINAL:
                 _sleep_or_timeout(deadline)
                 job = poll()
         return job
+
+
+class SinceColumn(ProgressColumn):
+    """H:MM:SS since the job was submitted (its `createdAt`: `job wait` on an older job shows
+    its real age), ticking with the display, frozen at its end."""
+
+    max_refresh = 0.5
+
+    def render(self, task: Task) -> Text:
+        since, until = task.fields.get("since"), task.fields.get("until")
+        if since is None:
+            return Text("-:--:--")
+        seconds = max(0, int((until or time.time()) - min(since, time.time())))  # a server clock ahead of ours: 0, not negative
+        return Text(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", style="progress.elapsed")
+
+
+def _epoch(stamp: str) -> float | None:
+    """The API's `2026-12-07T11:25:16Z` as seconds since the epoch (None if it is not one)."""
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _sleep_or_timeout(deadline: float | None) -> None:

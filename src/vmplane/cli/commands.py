@@ -43,7 +43,7 @@ def _patch(c: Client, v: dict[str, Any], body: dict[str, Any], wait: bool, json_
     if not wait:
         _print(accepted) if json_out else typer.echo(accepted["jobId"])
         return
-    job = c.wait_job(accepted["jobId"], show_progress=not json_out and err.is_terminal)
+    job = c.wait_job(accepted["jobId"], show_progress=not json_out and err.is_terminal, names={v["id"]: v["name"]})
     if job["state"] != "succeeded":
         detail = c.request("GET", f"/api/v1/jobs/{accepted['jobId']}")
         errors = [t["error"] for t in detail["tasks"] if t.get("error")]

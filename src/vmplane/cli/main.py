@@ -293,7 +293,7 @@ def _finish(
     if not wait:
         _print(accepted) if json_out else typer.echo(job_id)
         return
-    job = client.wait_job(job_id, show_progress=interactive(json_out))
+    job = client.wait_job(job_id, show_progress=interactive(json_out), names=names)
     if ready and job["state"] in ("succeeded", "partial"):
         _wait_ready(client, ready)
     if json_out:

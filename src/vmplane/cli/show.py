@@ -21,6 +21,30 @@ DONE = {
 """job type -> what its succeeded tasks made true, said of one and of several"""
 
 
+DOING = {
+    "vm-create": "creating", "vm-start": "starting", "vm-stop": "stopping", "vm-shutdown": "shutting down", "vm-reboot": "rebooting",
+    "vm-power-cycle": "restarting", "vm-delete": "deleting", "vm-migrate": "migrating", "vm-move": "moving", "vm-update": "changing",
+    "vm-import": "importing", "vm-revert": "reverting", "vm-restore": "restoring", "vm-network": "reconnecting", "node-drain": "draining",
+    "template-create": "importing template", "template-update": "updating template", "template-delete": "deleting template",
+}  # fmt: skip
+"""job type -> what it is doing, for its progress line"""
+
+
+def job_doing(job: dict[str, Any], names: dict[str, str]) -> str:
+    """`creating web and web-2`: a job's progress line, VMs by name (ids it has no name for as they are)."""
+    what = [names.get(t["resourceId"], t["resourceId"]) for t in job.get("tasks") or ()]
+    verb = DOING.get(job["type"], job["type"])
+    return f"{verb} {and_list(what, 3)}" if what else f"{verb} ({job['id']})"
+
+
+def job_tally(job: dict[str, Any]) -> str:
+    """`1/2 done`, `1/2 done, 1 failed`: its tasks so far."""
+    tasks = job.get("tasks") or ()
+    done = sum(t["state"] == "succeeded" for t in tasks)
+    failed = sum(t["state"] in ("failed", "cancelled") for t in tasks)
+    return f"{done}/{len(tasks)} done" + (f", {failed} failed" if failed else "")
+
+
 def and_list(names: Sequence[str], most: int = 6) -> str:
     """`web`, `web and web-2`, `a, b and c`; past `most`: the first ones and how many more."""
     if len(names) > most:
