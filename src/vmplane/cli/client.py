@@ -133,15 +133,25 @@ class Client:
 
     def vm_names(self, pages: int = 20) -> list[str]:
         """The names of the caller's VMs (the first `pages` pages of 500), for suggestions."""
-        names: list[str] = []
+        return list(self.vm_names_by_id(pages).values())
+
+    def vm_names_by_id(self, pages: int = 20) -> dict[str, str]:
+        """id -> name of the caller's VMs (the first `pages` pages of 500)."""
+        names: dict[str, str] = {}
         params: dict[str, Any] = {"limit": 500}
         for _ in range(pages):
             page = self.request("GET", "/api/v1/vms", params=params)
-            names += [v["name"] for v in page["items"]]
+            names |= {v["id"]: v["name"] for v in page["items"]}
             if not page.get("nextPageToken"):
                 break
             params["pageToken"] = page["nextPageToken"]
         return names
+
+    def task_names(self, job: dict[str, Any]) -> dict[str, str]:
+        """The names of the VMs a job's tasks are about (a deleted one keeps its id)."""
+        if not any(t["resourceId"].startswith("vm-") for t in job.get("tasks") or ()):
+            return {}
+        return self.vm_names_by_id()
 
     def template_names(self) -> list[str]:
         """The names of the templates the caller can use (its own and the shared ones)."""

@@ -61,8 +61,9 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     now: list[str] = []
     if after["name"] != before["name"]:
         now.append(f"renamed from {before['name']}")
-    if after.get("displayName") != before.get("displayName"):
-        now.append(f"shown as {after['displayName']!r}")
+    shown = after.get("displayName") or after["name"]
+    if shown != after["name"] and shown != (before.get("displayName") or before["name"]):  # a rename alone moves a display name that was the name
+        now.append(f"shown as {shown!r}")
     if after.get("tags") != before.get("tags"):
         now.append(f"tags {', '.join(after['tags']) or 'none'}")
     r0, r1 = before["resources"], after["resources"]
@@ -121,7 +122,7 @@ def vm_edit(
     url: UrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change a VM's name, display name, tags and resources in one go (PATCH /api/v1/vms/{id})."""
+    """Change a VM's name, display name, tags and resources in one go (one PATCH of the VM)."""
     body: dict[str, Any] = {k: val for k, val in {"name": name, "displayName": display_name}.items() if val is not None}
     if tag and no_tags:
         raise typer.BadParameter("give --tag or --no-tags, not both", param_hint="--no-tags")

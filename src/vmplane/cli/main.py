@@ -656,13 +656,7 @@ def job_get(job_id: str, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
     job = c.request("GET", f"/api/v1/jobs/{job_id}")
     if json_out:
         return _print(job)
-    names = {}
-    for t in job["tasks"]:
-        if t["resourceId"].startswith("vm-"):
-            resp = c._send("GET", f"/api/v1/vms/{t['resourceId']}")
-            if resp.status_code == 200:
-                names[t["resourceId"]] = resp.json()["name"]
-    print_fields(out, job_summary(job, names))
+    print_fields(out, job_summary(job, c.task_names(job)))
 
 
 @job_app.command("wait")
@@ -674,11 +668,13 @@ def job_wait(
 ) -> None:
     """Wait for a job to end; exit 1 unless it succeeded."""
     c = Client(url)
-    job = c.wait_job(job_id, show_progress=interactive(json_out), timeout=timeout)
+    names = c.task_names(c.request("GET", f"/api/v1/jobs/{job_id}")) if interactive(json_out) else None  # for its progress line
+    job = c.wait_job(job_id, show_progress=interactive(json_out), timeout=timeout, names=names)
     if json_out:
         _print(c.request("GET", f"/api/v1/jobs/{job_id}"))
     else:
-        typer.echo(f"job {job_id} {job['state']}: {outcome(c.request('GET', f'/api/v1/jobs/{job_id}'), {})}")
+        detail = c.request("GET", f"/api/v1/jobs/{job_id}")
+        typer.echo(f"job {job_id} {job['state']}: {outcome(detail, c.task_names(detail))}")
     if job["state"] != "succeeded":
         raise typer.Exit(1)
 
