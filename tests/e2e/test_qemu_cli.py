@@ -139,7 +139,7 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
     code, out, err = await run_cli(env, "vm", "ssh", "cli-guest", "-i", str(key), "--", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "echo", "again")
     assert (code, out) == (0, "again\n"), err
 
-    code, _, err = await run_cli(env, "vm", "delete", "cli-guest", timeout=120)
+    code, _, err = await run_cli(env, "vm", "delete", "cli-guest", "--force", timeout=120)
     assert code == 0, err
 
 

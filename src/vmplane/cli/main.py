@@ -300,10 +300,13 @@ def _finish(
         _print(client.request("GET", f"/api/v1/jobs/{job_id}"))
     else:
         detail = client.request("GET", f"/api/v1/jobs/{job_id}")
-        typer.echo(outcome(detail, names or {}, started))
+        names = names or {}
+        if any(t["resourceId"].startswith("vm-") and t["resourceId"] not in names for t in detail["tasks"]):
+            names = {**client.task_names(detail), **names}  # made by the job (an import): its name now
+        typer.echo(outcome(detail, names, started))
         for t in detail["tasks"] if job["state"] != "succeeded" else ():
             if t.get("error"):
-                typer.echo(f"  {(names or {}).get(t['resourceId'], t['resourceId'])}: {t['error']}", err=True)
+                typer.echo(f"  {names.get(t['resourceId'], t['resourceId'])}: {t['error']}", err=True)
     if job["state"] != "succeeded":
         raise typer.Exit(1)
 
