@@ -110,6 +110,8 @@ async def test_a_private_key_is_refused_before_anything_is_sent(tmp_path: Path) 
             code, _, err = await cli(url, "vm", "create", "web", "--ssh-key", given)
             assert code == 2 and "--ssh-key: that is a private key; give the .pub file" in err, err
         assert f"(@{private}.pub)" in (await cli(url, "vm", "create", "web", "--ssh-key", f"@{private}"))[2]
+        code, _, err = await cli(url, "vm", "create", "web", "--ssh-key", f"@{tmp_path}/nope.pub")
+        assert (code, err) == (2, f"error: --ssh-key: cannot read {tmp_path}/nope.pub: no such file or directory")
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody connected: the key never left
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
 from . import show, units
-from .client import Client, err, interactive, refuse_private_key
+from .client import Client, err, interactive, refuse_private_key, unreachable
 from .show import job_summary, outcome, print_fields, print_table, vm_summary
 
 # The commands that run a process (serve, agent, mcp, image build) import it inside their
@@ -445,8 +445,11 @@ def _read_arg(value: str, option: str) -> str:
         return value
     try:
         return Path(value[1:]).expanduser().read_text()
-    except OSError as exc:
-        typer.echo(f"error: {option}: {exc}", err=True)
+    except OSError as exc:  # `cannot read ~/k.pub: no such file or directory`, not `[Errno 2] …`
+        typer.echo(f"error: {option}: cannot read {value[1:]}: {(exc.strerror or type(exc).__name__).lower()}", err=True)
+        raise typer.Exit(2) from None
+    except UnicodeDecodeError:
+        typer.echo(f"error: {option}: {value[1:]} is not text", err=True)
         raise typer.Exit(2) from None
 
 
@@ -565,7 +568,7 @@ def vm_console(
     try:
         code = attach(ws_url, {}, v["name"], linger)
     except (OSError, WebSocketException) as exc:  # ConnectionError is an OSError
-        typer.echo(f"error: console of {v['id']}: {exc}", err=True)
+        typer.echo(f"error: console of {v['name']}: {unreachable(c.url, exc) if isinstance(exc, OSError) else exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
