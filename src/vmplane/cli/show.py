@@ -142,8 +142,10 @@ def print_table(console: Console, headers: Sequence[str], rows: Sequence[Sequenc
     for i in keep:
         if headers[i] == "ID":
             table.add_column(headers[i], no_wrap=True, min_width=widths[i])
+        elif headers[i] == "NAME":
+            table.add_column(headers[i], overflow="fold")  # the other thing one copies: folded onto more lines, never cut
         else:
-            table.add_column(headers[i], overflow="ellipsis", no_wrap=headers[i] not in ("NAME", "ERROR", "DESCRIPTION"))
+            table.add_column(headers[i], overflow="ellipsis", no_wrap=headers[i] not in ("ERROR", "DESCRIPTION"))
     for r in rows:
         table.add_row(*(r[i] for i in keep))
     console.print(table)
