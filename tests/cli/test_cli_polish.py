@@ -13,12 +13,14 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import typer
 from click.testing import CliRunner
 from typer.main import get_command
 
 from vmplane.cli import commands
+from vmplane.cli.client import Client
 from vmplane.cli.helptext import humanize, walk
 from vmplane.cli.units import disk_gb, ram_mb
 
@@ -51,6 +53,24 @@ def test_sizes_take_units_and_say_the_rule() -> None:
         disk_gb("20GB")  # 20 * 10^9 bytes = 18.63 GiB: never rounded behind the caller's back
     with pytest.raises(typer.BadParameter):
         ram_mb("2GB")  # 1907.35 MiB
+
+
+@pytest.mark.parametrize(
+    ("field", "message", "said"),
+    [
+        ("[1].resources.ramMb", "Input should be less than or equal to 4194304", "--ram-mb (b): must be at most 4194304 MiB"),
+        ("name", "name 'Bad Name' is not valid", "NAME: 'Bad Name' is not valid"),
+        ("[0].name", "[0].name: a VM named 'web' already exists", "NAME (a): a VM named 'web' already exists"),
+        ("sshKeys[1]", "sshKeys[1]: not an SSH public key", "--ssh-key (the 2nd): not an SSH public key"),
+        ("spec.unknownThing", "spec.unknownThing: bad", "spec.unknownThing: bad"),  # no option sets it: the API's path
+    ],
+)
+def test_server_fields_become_the_options_typed(field: str, message: str, said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    c = Client("http://127.0.0.1:9")
+    c.items = ["a", "b"]
+    with pytest.raises(typer.Exit):
+        c._fail(httpx.Response(400, json={"error": message, "details": {"field": field}}))
+    assert " ".join(capsys.readouterr().err.split()) == f"error (400): {said}"
 
 
 def test_every_help_reads_as_if_a_person_wrote_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +181,9 @@ async def test_resize_rename_and_edit(server: Server) -> None:
     code, out, err = await cli(server, "vm", "edit", "web-1", "--display-name", "My web", "--tag", "a", "--tag", "b")
     assert (code, out) == (0, "web-1: shown as 'My web' and tags a, b\n"), err
     code, _, err = await cli(server, "vm", "rename", "web-1", "Bad Name")
-    assert code == 1 and err.startswith("error (400): NAME: ") and "web-1" == (await server.client.get(f"/api/v1/vms/{vm['id']}")).json()["name"]
+    assert code == 1 and err.startswith("error (400): NEW_NAME: ") and "web-1" == (await server.client.get(f"/api/v1/vms/{vm['id']}")).json()["name"]
+    code, _, err = await cli(server, "vm", "edit", "web-1", "--name", "Bad Name", "--cpu", "1")
+    assert code == 1 and err.startswith("error (400): --name: ")
     code, _, err = await cli(server, "vm", "edit", "web-1")
     assert code == 2 and "nothing to change" in err
 

@@ -39,13 +39,15 @@ _BOUND = re.compile(r"^Input should be (greater|less) than or equal to (\d+)$")
 _FIELD = re.compile(r"^((?:\[\d+\]\.)?)([A-Za-z.]+?)((?:\[\d+\])?)$")
 
 
-def flag_of(field: str, items: list[str] | None = None) -> str:
+def flag_of(field: str, items: list[str] | None = None, flags: dict[str, str] | None = None) -> str:
     """`[1].resources.ramMb` -> `--ram-mb (web-2)`: the option the user typed for an API field
-    path, and which of several items it was about; the path itself when no option sets it."""
+    path, and which of several items it was about; the path itself when no option sets it.
+    `flags`: a command's own words for some fields (`vm edit --name`), before FLAGS."""
     m = _FIELD.match(field)
-    if m is None or m.group(2) not in FLAGS:
+    words = {**FLAGS, **(flags or {})}
+    if m is None or m.group(2) not in words:
         return field
-    flag = FLAGS[m.group(2)]
+    flag = words[m.group(2)]
     if m.group(1) and items and len(items) > 1:
         i = int(m.group(1)[1:-2])
         flag += f" ({items[i]})" if i < len(items) else ""
@@ -114,6 +116,8 @@ class Client:
         self.http = api_client(self.url, key, timeout=30)
         self.items: list[str] | None = None
         """the names a bulk request's items stand for, in order (for its errors' `[i].`)"""
+        self.flags: dict[str, str] = {}
+        """this command's words for API fields where they differ from FLAGS (`name`: `--name`)"""
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._send(method, path, **kw)
@@ -235,12 +239,15 @@ class Client:
         details = body.get("details") if isinstance(body, dict) else None
         field = details.get("field") if isinstance(details, dict) else None
         if isinstance(message, str) and isinstance(field, str):
-            flag = flag_of(field, self.items)
+            flag = flag_of(field, self.items, self.flags)
             if flag != field:
                 bare = re.sub(r"^\[\d+\]\.", "", field)
                 rest = message
-                for path in (field, bare):
-                    rest = rest[len(path) + 1 :].strip() if rest.startswith(path + ":") else rest.replace(path, flag)
+                for path in dict.fromkeys((field, bare)):  # `[0].name`, then `name`: each once
+                    if rest.startswith(path + ":"):
+                        rest = rest[len(path) + 1 :].strip()
+                    else:  # the path as a word (`name 'x' is not valid`), not inside one (`named`)
+                        rest = re.sub(rf"(?<![\w.\-\]]){re.escape(path)}(?![\w.\-])", flag, rest)
                 rest = rest.replace(f"{flag} ", "", 1) if rest.startswith(flag + " ") else rest
                 if field.endswith("templateId") and "does not exist" in rest:
                     rest += did_you_mean(str(rest.split("'")[1]) if rest.count("'") >= 2 else "", self.template_names())

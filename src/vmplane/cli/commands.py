@@ -104,7 +104,7 @@ def vm_rename(
 ) -> None:
     """Give a VM a new name (its id stays)."""
     c = Client(url)
-    c.items = [new_name]
+    c.flags = {"name": "NEW_NAME"}
     _patch(c, c.vm(vm), {"name": new_name}, wait, json_out)
 
 
@@ -134,4 +134,5 @@ def vm_edit(
     if not body:
         raise typer.BadParameter("nothing to change: give --name, --display-name, --tag, --no-tags, --cpu, --ram-mb or --disk-gb", param_hint="edit")
     c = Client(url)
+    c.flags = {"name": "--name"}
     _patch(c, c.vm(vm), body, wait, json_out)
