@@ -195,9 +195,9 @@ async def test_templates_bulk_delete_is_per_template(server: Server, tmp_path: P
 
 async def test_cli_delete_prints_each_vm_that_failed(server: Server) -> None:
     job = await server.create([{"name": "cli-a"}, {"name": "cli-b"}])
-    code, out, err = await cli(server, "vm", "delete", "cli-a", "no-such-vm", "cli-b")
+    code, out, err = await cli(server, "vm", "delete", "cli-a", "no-such-vm", "cli-b", "--force")
     assert code == 1, (out, err)
-    assert "partial" in out and "no-such-vm: VM no-such-vm does not exist" in err
+    assert "cli-a and cli-b deleted; no-such-vm failed" in out and "partial" in out and "no-such-vm: VM no-such-vm does not exist" in err
     assert (await server.client.get("/api/v1/vms")).json()["items"] == []
     assert {t["resourceId"] for t in job["tasks"]} <= {
         t["resourceId"] for j in (await server.client.get("/api/v1/jobs", params={"type": "vm-delete"})).json()["items"]

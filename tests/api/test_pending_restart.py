@@ -127,19 +127,20 @@ async def test_cli_marks_a_pending_restart_and_vm_restart_applies_it(server: Ser
     await _patch(server, vm_id, {"cpu": 2, "ramMb": 1024})
     code, out, err = await _cli(server, "vm", "list")
     assert code == 0 and "running (restart to apply)" in out, out
-    code, out, err = await _cli(server, "vm", "get", "pr4")
+    code, out, err = await _cli(server, "vm", "get", "pr4", "--json")
     assert code == 0 and json.loads(out)["pending"] == ["cpu", "ramMb"]
+    code, out, err = await _cli(server, "vm", "get", "pr4")  # for people: a summary, the note on stderr
     assert "restart to apply: cpu, ramMb (vmplane vm restart pr4)" in err
 
     # --soft is the guest's reboot: the process stays, so the change still waits
     code, out, err = await _cli(server, "vm", "restart", "pr4", "--soft")
-    assert code == 0 and "succeeded" in out, err
+    assert code == 0 and out == "pr4 rebooted\n", err
     jobs = (await server.client.get("/api/v1/jobs")).json()["items"]
     assert jobs[0]["type"] == "vm-reboot"
     assert (await _vm(server, vm_id))["pendingRestart"] is True
 
     code, out, err = await _cli(server, "vm", "restart", "pr4")
-    assert code == 0 and "succeeded" in out, err
+    assert code == 0 and out == "pr4 restarted\n", err
     assert (await server.client.get("/api/v1/jobs")).json()["items"][0]["type"] == "vm-power-cycle"
     vm = await _vm(server, vm_id)
     assert vm["status"] == "running" and vm["pendingRestart"] is False

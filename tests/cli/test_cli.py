@@ -29,7 +29,7 @@ async def test_vm_lifecycle_through_the_cli(server: Server) -> None:
     assert set(vms) == {"cli-1", "cli-2"} and vms["cli-1"]["resources"]["cpu"] == 2
     vm_id = vms["cli-1"]["id"]
     code, out, _ = await cli(server, "vm", "stop", vm_id)
-    assert code == 0 and "succeeded" in out
+    assert code == 0 and out == "cli-1 is stopped\n"  # in the user's words, by name
     code, out, _ = await cli(server, "vm", "get", vm_id, "--json")
     assert json.loads(out)["status"] == "stopped"
     code, out, _ = await cli(server, "vm", "start", vm_id, "--no-wait")
@@ -38,8 +38,12 @@ async def test_vm_lifecycle_through_the_cli(server: Server) -> None:
     assert code == 0 and json.loads(out)["state"] == "succeeded"
     code, out, _ = await cli(server, "job", "list")
     assert "vm-start" in out and "vm-create" in out
-    code, out, _ = await cli(server, "vm", "delete", vm_id, vms["cli-2"]["id"])
-    assert code == 0
+    code, _, err = await cli(server, "vm", "delete", vm_id, vms["cli-2"]["id"])
+    assert code == 1 and "cli-1 and cli-2 are running" in err and "--force" in err  # not a TTY: refused, not asked
+    code, out, _ = await cli(server, "vm", "list", "--json")
+    assert len(json.loads(out)) == 2  # nothing deleted
+    code, out, _ = await cli(server, "vm", "delete", vm_id, vms["cli-2"]["id"], "--force")
+    assert code == 0 and out == "cli-1 and cli-2 deleted\n"
     code, out, _ = await cli(server, "vm", "list", "--json")
     assert json.loads(out) == []
 

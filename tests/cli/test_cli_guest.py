@@ -93,7 +93,7 @@ def test_events_resume_where_they_stopped_when_the_server_restarts(tmp_path: Pat
 async def test_names_resolve_to_ids_and_ambiguity_is_an_error(server: Server) -> None:
     job = await server.create({"name": "alpha"})
     alpha = job["tasks"][0]["resourceId"]
-    code, out, _ = await cli(server, "vm", "get", "alpha")
+    code, out, _ = await cli(server, "vm", "get", "alpha", "--json")
     assert code == 0 and json.loads(out)["id"] == alpha
     code, out, _ = await cli(server, "vm", "stop", "alpha", "--json")
     assert code == 0 and json.loads(out)["state"] == "succeeded"

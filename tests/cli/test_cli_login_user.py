@@ -62,7 +62,7 @@ async def test_vm_ssh_logs_in_as_the_login_user(server: Server, tmp_path: Path) 
 
 async def test_vm_import_takes_the_login_user(server: Server, tmp_path: Path) -> None:
     code, out, err = await vmplane(server, {}, "vm", "import", "http://127.0.0.1:9/x.qcow2", "--login-user", "Not Valid", "--json")
-    assert code != 0 and "loginUser" in err and "user name" in err, (out, err)
+    assert code != 0 and "--login-user" in err and "user name" in err, (out, err)
     code, out, err = await vmplane(server, {}, "vm", "import", "http://127.0.0.1:9/x.qcow2", "--login-user", "centos", "--no-wait", "--json")
     assert code == 0, err
     imp = (await server.client.get("/api/v1/imports")).json()["items"][0]

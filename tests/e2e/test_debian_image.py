@@ -132,7 +132,7 @@ async def test_debian_12_the_whole_list_through_the_api_and_the_cli(server_facto
         return out
 
     async def delete(name: str, vm_id: str) -> None:
-        await cli("vm", "delete", name, timeout=300)
+        await cli("vm", "delete", name, "--force", timeout=300)
         assert (await c.get(f"/api/v1/vms/{vm_id}")).status_code == 404
         assert qemu_processes_of(vm_id) == []
         assert [p for p in data_dir.rglob("*") if vm_id in str(p)] == []

@@ -131,17 +131,24 @@ async def test_ssh_exec_and_console_through_the_cli(server_factory: Any, tmp_pat
     code, out, err = await run_cli(env, "vm", "ssh", "cli-guest", "-i", str(key), "--", "-o", "BatchMode=yes", "cat", "/proc/uptime")
     assert code == 0 and float(out.split()[0]) > 5, err  # the same guest, not a new boot
 
+    # resize through the CLI, with units: pending on the running guest, applied by the stop/start below
+    code, out, err = await run_cli(env, "vm", "resize", "cli-guest", "--cpu", "2", "--ram-mb", "384M", timeout=120)
+    assert (code, out) == (0, "cli-guest: 2 vCPUs and 384 MiB RAM after restart; `vmplane vm restart cli-guest`\n"), err
+
     # stop and start: the same port, SSH again (the firewall enabled, no rule: policy ACCEPT)
-    code, _, err = await run_cli(env, "vm", "stop", "cli-guest", timeout=120)
-    assert code == 0, err
+    code, out, err = await run_cli(env, "vm", "stop", "cli-guest", timeout=120)
+    assert (code, out) == (0, "cli-guest is stopped\n"), err
     code, _, err = await run_cli(env, "vm", "start", "cli-guest", timeout=120)
     assert code == 0, err
     assert (await s.client.get(f"/api/v1/vms/{vm['id']}")).json()["ssh"] == vm["ssh"]
     await booted(s, vm["id"], times=2)  # the serial log goes on across starts
     code, out, err = await run_cli(env, "vm", "ssh", "cli-guest", "-i", str(key), "--", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "echo", "again")
     assert (code, out) == (0, "again\n"), err
+    code, out, err = await run_cli(env, "vm", "exec", "cli-guest", "--", "sh", "-c", "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo")
+    cpus, mem = out.splitlines()
+    assert code == 0 and cpus == "2" and 256 * 1024 < int(mem.split()[1]) <= 384 * 1024, (out, err)  # the resize, in the guest
 
-    code, _, err = await run_cli(env, "vm", "delete", "cli-guest", timeout=120)
+    code, _, err = await run_cli(env, "vm", "delete", "cli-guest", "--force", timeout=120)
     assert code == 0, err
 
 

@@ -81,7 +81,7 @@ async def test_ram_resize_waits_for_a_restart_and_the_disk_grows_live(server_fac
     code, out, err = await run_cli(env, "vm", "list")
     assert code == 0 and "restart to apply" in out, out + err
     code, out, err = await run_cli(env, "vm", "restart", "rs-1", timeout=180)
-    assert code == 0 and "succeeded" in out, out + err
+    assert code == 0 and "rs-1 restarted" in out, out + err
     v = await vm()
     assert v["status"] == "running" and v["pendingRestart"] is False and v["pending"] == []
     after = await mem_mb()

@@ -83,7 +83,7 @@ async def test_vm_names_are_per_organization_on_every_face(server: Server) -> No
     r = await bravo.post("/api/v1/mcp", json={"command": "volant.vms.delete", "params": {"name": "acme-other"}})
     assert r.json()["result"]["deleted"] is True
     third = await create_vm(server, bravo, {"name": "acme-secret"})
-    code, _, err = await cli(server, key_b, "vm", "delete", "acme-secret")
+    code, _, err = await cli(server, key_b, "vm", "delete", "acme-secret", "--force")
     assert code == 0, err
     assert (await bravo.get(f"/api/v1/vms/{third['id']}")).status_code == 404
     # and acme's VMs of those names are untouched; bravo's id lookups of them answer 404

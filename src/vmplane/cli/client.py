@@ -1,17 +1,24 @@
 """The one HTTP client helper of the CLI: base URL, errors as messages, job waiting."""
 
+import difflib
+import errno
 import json
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape as rich_escape
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
 
 from ..http_clients import api_client
 from ..ids import looks_like_id, looks_like_uuid
@@ -19,12 +26,94 @@ from ..ids import looks_like_id, looks_like_uuid
 err = Console(stderr=True)
 FINAL = {"succeeded", "failed", "partial", "cancelled"}
 
+FLAGS = {
+    "resources.ramMb": "--ram-mb", "resources.diskGb": "--disk-gb", "resources.cpu": "--cpu", "templateId": "--template",
+    "nodeId": "--node", "tags": "--tag", "sshKeys": "--ssh-key", "cloudInit.userData": "--user-data", "name": "NAME",
+    "targetNodeId": "--to", "timeoutSec": "--timeout", "displayName": "--display-name", "loginUser": "--login-user",
+    "expiresInSeconds": "--expires", "description": "--description",
+}  # fmt: skip
+"""the API's field paths (a bulk item's `[i].` and list indexes taken off) -> the CLI's words for them"""
+
+UNITS = {"--ram-mb": " MiB", "--disk-gb": " GiB"}
+_BOUND = re.compile(r"^Input should be (greater|less) than or equal to (\d+)$")
+_FIELD = re.compile(r"^((?:\[\d+\]\.)?)([A-Za-z.]+?)((?:\[\d+\])?)$")
+
+
+def flag_of(field: str, items: list[str] | None = None, flags: dict[str, str] | None = None) -> str:
+    """`[1].resources.ramMb` -> `--ram-mb (web-2)`: the option the user typed for an API field
+    path, and which of several items it was about; the path itself when no option sets it.
+    `flags`: a command's own words for some fields (`vm edit --name`), before FLAGS."""
+    m = _FIELD.match(field)
+    words = {**FLAGS, **(flags or {})}
+    if m is None or m.group(2) not in words:
+        return field
+    flag = words[m.group(2)]
+    if m.group(1) and items and len(items) > 1:
+        i = int(m.group(1)[1:-2])
+        flag += f" ({items[i]})" if i < len(items) else ""
+    if m.group(3):
+        flag += f" (the {_ordinal(int(m.group(3)[1:-1]) + 1)})"
+    return flag
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def field_message(flag: str, message: str) -> str:
+    """Pydantic's bounds in words, with the option's unit."""
+    m = _BOUND.match(message)
+    if m is None:
+        return message
+    return f"must be at {'least' if m.group(1) == 'greater' else 'most'} {m.group(2)}{UNITS.get(flag.split()[0], '')}"
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """Why `url` could not be reached, as a sentence (no `[Errno 111]`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return f"cannot reach vmplane at {url}: the host name does not resolve"
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno == errno.ECONNREFUSED:
+                return f"cannot reach vmplane at {url}: connection refused; is `vmplane serve` running?"
+            return f"cannot reach vmplane at {url}: {os.strerror(seen.errno).lower()}"
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"cannot reach vmplane at {url}: no answer in time (is the server overloaded, or the address wrong?)"
+    text = re.sub(r"\[Errno -?\d+\]\s*", "", str(exc)).strip()
+    if "refused" in text.lower():
+        return f"cannot reach vmplane at {url}: connection refused; is `vmplane serve` running?"
+    return f"cannot reach vmplane at {url}: {text[:1].lower() + text[1:] if text else type(exc).__name__}"
+
+
+def refuse_private_key(text: str, given: str) -> None:
+    """Exit 2 when an --ssh-key value is a private key (before anything is sent anywhere)."""
+    head = text.lstrip()[:200]
+    if "PRIVATE KEY" in head or head.startswith("PuTTY-User-Key-File"):
+        pub = Path(given[1:]).expanduser().with_name(Path(given[1:]).name + ".pub") if given.startswith("@") else None
+        hint = f" (@{pub})" if pub is not None and pub.is_file() else ""
+        err.print(f"[red]error:[/red] --ssh-key: that is a private key; give the .pub file{rich_escape(hint)}", highlight=False)
+        raise typer.Exit(2)
+
+
+def did_you_mean(ref: str, names: list[str]) -> str:
+    """`; did you mean web?` for the names closest to `ref`, or nothing."""
+    close = difflib.get_close_matches(ref, names, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + (close[0] if len(close) == 1 else ", ".join(close[:-1]) + " or " + close[-1]) + "?"
+
 
 class Client:
     def __init__(self, url: str | None) -> None:
         self.url = (url or os.environ.get("VMPLANE_URL") or "http://127.0.0.1:8080").rstrip("/")
         key, self.key_source = find_key()
         self.http = api_client(self.url, key, timeout=30)
+        self.items: list[str] | None = None
+        """the names a bulk request's items stand for, in order (for its errors' `[i].`)"""
+        self.flags: dict[str, str] = {}
+        """this command's words for API fields where they differ from FLAGS (`name`: `--name`)"""
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._send(method, path, **kw)
@@ -37,9 +126,44 @@ class Client:
         id of one VM is the name of another."""
         vm = self.find_vm(ref)
         if vm is None:
-            err.print(f"[red]error:[/red] VM {ref!r} does not exist (no VM has that id or name)")
+            hint = did_you_mean(ref, self.vm_names())
+            err.print(f"[red]error:[/red] {rich_escape(f'VM {ref!r} does not exist (no VM has that id or name){hint}')}", highlight=False)
             raise typer.Exit(1)
         return vm
+
+    def vm_names(self, pages: int = 20) -> list[str]:
+        """The names of the caller's VMs (the first `pages` pages of 500), for suggestions."""
+        return list(self.vm_names_by_id(pages).values())
+
+    def vm_names_by_id(self, pages: int = 20) -> dict[str, str]:
+        """id -> name of the caller's VMs (the first `pages` pages of 500)."""
+        names: dict[str, str] = {}
+        params: dict[str, Any] = {"limit": 500}
+        for _ in range(pages):
+            page = self.request("GET", "/api/v1/vms", params=params)
+            names |= {v["id"]: v["name"] for v in page["items"]}
+            if not page.get("nextPageToken"):
+                break
+            params["pageToken"] = page["nextPageToken"]
+        return names
+
+    def task_names(self, job: dict[str, Any]) -> dict[str, str]:
+        """The names of the VMs a job's tasks are about (a deleted one keeps its id)."""
+        if not any(t["resourceId"].startswith("vm-") for t in job.get("tasks") or ()):
+            return {}
+        return self.vm_names_by_id()
+
+    def template_names(self) -> list[str]:
+        """The names of the templates the caller can use (its own and the shared ones)."""
+        names: list[str] = []
+        params: dict[str, Any] = {"limit": 500}
+        for _ in range(20):
+            page = self.request("GET", "/api/v1/templates", params=params)
+            names += [t["name"] for t in page["items"]]
+            if not page.get("nextPageToken"):
+                break
+            params["pageToken"] = page["nextPageToken"]
+        return names
 
     def find_vm(self, ref: str) -> dict[str, Any] | None:
         """As `vm`, but None when no VM has that id or name."""
@@ -103,7 +227,7 @@ class Client:
                                 dropped = str(event.get("reason", event))
             except httpx.HTTPError as exc:
                 if not connected:
-                    err.print(f"[red]error:[/red] cannot reach vmplane at {self.url}: {exc}")
+                    err.print(f"[red]error:[/red] {unreachable(self.url, exc)}", highlight=False)
                     raise typer.Exit(2) from exc
             if dropped is not None:
                 err.print(f"[yellow]event stream interrupted:[/yellow] {dropped}; resuming")
@@ -116,33 +240,57 @@ class Client:
         try:
             return self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            err.print(f"[red]error:[/red] cannot reach vmplane at {self.url}: {exc}")
-            raise typer.Exit(2) from exc
+            err.print(f"[red]error:[/red] {rich_escape(unreachable(self.url, exc))}", highlight=False)
+            raise typer.Exit(2) from None
 
     def _fail(self, resp: httpx.Response) -> None:
+        """Exit 1 with the server's refusal, in the CLI's words: a field path the user did not
+        type (`[0].resources.ramMb`) becomes the option they did (`--ram-mb`)."""
         try:
             body = resp.json()
             message = body.get("error") or body
         except ValueError:
-            message = resp.text
-        err.print(f"[red]error ({resp.status_code}):[/red] {message}")
+            body, message = {}, resp.text
+        details = body.get("details") if isinstance(body, dict) else None
+        field = details.get("field") if isinstance(details, dict) else None
+        if isinstance(message, str) and isinstance(field, str):
+            flag = flag_of(field, self.items, self.flags)
+            if flag != field:
+                bare = re.sub(r"^\[\d+\]\.", "", field)
+                rest = message
+                for path in dict.fromkeys((field, bare)):  # `[0].name`, then `name`: each once
+                    if rest.startswith(path + ":"):
+                        rest = rest[len(path) + 1 :].strip()
+                    else:  # the path as a word (`name 'x' is not valid`), not inside one (`named`)
+                        rest = re.sub(rf"(?<![\w.\-\]]){re.escape(path)}(?![\w.\-])", flag, rest)
+                rest = rest.replace(f"{flag} ", "", 1) if rest.startswith(flag + " ") else rest
+                if field.endswith("templateId") and "does not exist" in rest:
+                    rest += did_you_mean(str(rest.split("'")[1]) if rest.count("'") >= 2 else "", self.template_names())
+                message = f"{flag}: {field_message(flag, rest)}"
+        err.print(f"[red]error ({resp.status_code}):[/red] {rich_escape(str(message))}", highlight=False)
         if resp.status_code == 401:
             err.print(self.key_source, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
-    def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None) -> dict[str, Any]:
-        """Poll a job until it ends; with `show_progress`, draw a progress bar."""
+    def wait_job(self, job_id: str, show_progress: bool, timeout: float | None = None, names: dict[str, str] | None = None) -> dict[str, Any]:
+        """Poll a job until it ends; with `show_progress`, draw its progress as the server
+        records it (the mean of its tasks'), how many of its tasks are done, and the time since
+        it was submitted, ticking; `names` (resource id -> name) says what it works on."""
         deadline = None if timeout is None else time.monotonic() + timeout
         poll: Callable[[], dict[str, Any]] = lambda: self.request("GET", f"/api/v1/jobs/{job_id}")  # noqa: E731
         job = poll()
         if show_progress:
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=err) as bar:
-                t = bar.add_task(f"{job['type']} {job_id}", total=100)
+            from .show import job_doing, job_tally
+
+            columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[tally]}"), SinceColumn())
+            with Progress(*columns, console=err, transient=False) as bar:
+                t = bar.add_task(job_doing(job, names or {}), total=100, tally=job_tally(job), since=_epoch(job["createdAt"]), until=None)
                 while job["state"] not in FINAL:
-                    bar.update(t, completed=job["progress"], description=f"{job['type']} {job_id} [{job['state']}]")
+                    bar.update(t, completed=job["progress"], tally=job_tally(job))
                     _sleep_or_timeout(deadline)
                     job = poll()
-                bar.update(t, completed=100, description=f"{job['type']} {job_id} [{job['state']}]")
+                end = _epoch(job["finishedAt"]) if job.get("finishedAt") else time.time()
+                bar.update(t, completed=100 if job["state"] == "succeeded" else job["progress"], tally=job_tally(job), until=end)
         else:
             while job["state"] not in FINAL:
                 _sleep_or_timeout(deadline)
@@ -169,6 +317,28 @@ def find_key() -> tuple[str | None, str]:
     except OSError as exc:
         return None, f"no API key sent: VMPLANE_API_KEY is not set and {where} cannot be read ({exc.strerror or exc}); {hint}"
     return key, f"the key sent was the one in {where}, and the server does not take it; {hint}"
+
+
+class SinceColumn(ProgressColumn):
+    """H:MM:SS since the job was submitted (its `createdAt`: `job wait` on an older job shows
+    its real age), ticking with the display, frozen at its end."""
+
+    max_refresh = 0.5
+
+    def render(self, task: Task) -> Text:
+        since, until = task.fields.get("since"), task.fields.get("until")
+        if since is None:
+            return Text("-:--:--")
+        seconds = max(0, int((until or time.time()) - min(since, time.time())))  # a server clock ahead of ours: 0, not negative
+        return Text(f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", style="progress.elapsed")
+
+
+def _epoch(stamp: str) -> float | None:
+    """The API's `2026-12-07T11:25:16Z` as seconds since the epoch (None if it is not one)."""
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _sleep_or_timeout(deadline: float | None) -> None:

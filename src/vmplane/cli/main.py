@@ -11,10 +11,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 from rich.text import Text
 
-from .client import Client, err, interactive
+from . import show, units
+from .client import Client, err, interactive, refuse_private_key, unreachable
+from .show import job_summary, outcome, print_fields, print_table, vm_summary
 
 # The commands that run a process (serve, agent, mcp, image build) import it inside their
 # function, and only those imports are inside functions: the client commands and --help start
@@ -42,7 +43,10 @@ VmArg = Annotated[str, typer.Argument(metavar="NAME_OR_ID", help="the VM's name 
 
 def main() -> None:
     """Entry point of the `vmplane` command."""
-    app()
+    from . import commands  # noqa: F401  (registers `template`, `vm resize|rename|edit`)
+    from .helptext import humanize
+
+    humanize(typer.main.get_command(commands.app))(prog_name="vmplane")  # commands.app: this module's `app` also under `python -m`
 
 
 @app.command()
@@ -277,24 +281,29 @@ def _print(data: Any) -> None:
     out.print_json(json.dumps(data)) if interactive(False) else typer.echo(json.dumps(data, indent=2))
 
 
-def _finish(client: Client, accepted: dict[str, Any], wait: bool, json_out: bool, ready: list[str] | None = None) -> None:
-    """Print the job, or wait for it to end (and then for the guests of the VMs in `ready`)."""
+def _finish(
+    client: Client, accepted: dict[str, Any], wait: bool, json_out: bool, ready: list[str] | None = None, names: dict[str, str] | None = None, started: bool = True
+) -> None:
+    """Print the job, or wait for it to end (and then for the guests of the VMs in `ready`);
+    then say what it did in words, VMs by their names (`names`: id -> name)."""
     job_id = accepted["jobId"]
     if not wait:
         _print(accepted) if json_out else typer.echo(job_id)
         return
-    job = client.wait_job(job_id, show_progress=interactive(json_out))
+    job = client.wait_job(job_id, show_progress=interactive(json_out), names=names)
     if ready and job["state"] in ("succeeded", "partial"):
         _wait_ready(client, ready)
     if json_out:
         _print(client.request("GET", f"/api/v1/jobs/{job_id}"))
     else:
-        typer.echo(f"job {job_id} {job['state']}")
-        if job["state"] != "succeeded":
-            detail = client.request("GET", f"/api/v1/jobs/{job_id}")
-            for t in detail["tasks"]:
-                if t.get("error"):
-                    typer.echo(f"  {t['resourceId']}: {t['error']}", err=True)
+        detail = client.request("GET", f"/api/v1/jobs/{job_id}")
+        names = names or {}
+        if any(t["resourceId"].startswith("vm-") and t["resourceId"] not in names for t in detail["tasks"]):
+            names = {**client.task_names(detail), **names}  # made by the job (an import): its name now
+        typer.echo(outcome(detail, names, started))
+        for t in detail["tasks"] if job["state"] != "succeeded" else ():
+            if t.get("error"):
+                typer.echo(f"  {names.get(t['resourceId'], t['resourceId'])}: {t['error']}", err=True)
     if job["state"] != "succeeded":
         raise typer.Exit(1)
 
@@ -362,35 +371,34 @@ def vm_list(
         params["pageToken"] = page["nextPageToken"]
     if json_out:
         return _print(items)
-    table = Table("ID", "NAME", "STATUS", "NODE", "CPU", "RAM MB", "DISK GB", "UPTIME")
+    rows = []
     for v in items:
         r = v["resources"]
         shown = v.get("displayName") or v["name"]  # a face's name for it (FastVM's "my web"), when it differs
         name = Text(v["name"] if shown == v["name"] else f"{v['name']} ({shown})")  # Text: no rich markup from users
         status = f"{v['status']} (restart to apply)" if v.get("pendingRestart") else v["status"]
-        table.add_row(v["id"], name, status, v["node"] or "-", str(r["cpu"]), str(r["ramMb"]), str(r["diskGb"]), v["uptime"] or "-")
-    out.print(table)
+        rows.append([v["id"], name, status, v["node"] or "-", str(r["cpu"]), str(r["ramMb"]), str(r["diskGb"]), v["uptime"] or "-"])
+    print_table(out, ["ID", "NAME", "STATUS", "NODE", "CPU", "RAM MB", "DISK GB", "UPTIME"], rows, drop=("UPTIME", "DISK GB", "NODE"))
 
 
 @vm_app.command("get")
 def vm_get(vm: VmArg, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
     """Show one VM (a restart it waits for is said on stderr, unless --json)."""
     found = Client(url).vm(vm)
-    _print(found)
-    if not json_out and (note := _pending_note(found)) is not None:
+    if json_out:
+        return _print(found)
+    print_fields(out, vm_summary(found))
+    if (note := _pending_note(found)) is not None:
         typer.echo(note, err=True)
 
 
 @vm_app.command("create")
 def vm_create(
     name: Annotated[list[str], typer.Argument(help="one or more VM names")],
-    cpu: Annotated[int, typer.Option()] = 1,
-    ram_mb: Annotated[int, typer.Option("--ram-mb")] = 512,
-    disk_gb: Annotated[int, typer.Option("--disk-gb")] = 10,
-    template: Annotated[
-        str | None,
-        typer.Option(help="template id or name; default tiny-linux when the server has it, else none: an empty disk that boots nothing"),
-    ] = None,
+    cpu: Annotated[int, typer.Option(help="vCPUs")] = 1,
+    ram_mb: Annotated[int, typer.Option("--ram-mb", parser=units.ram_mb, help=units.RAM_HELP)] = 512,
+    disk_gb: Annotated[int, typer.Option("--disk-gb", parser=units.disk_gb, help=units.DISK_HELP)] = 10,
+    template: Annotated[str | None, typer.Option(help="template id or name; default tiny-linux when the server has it, else none: an empty disk that boots nothing")] = None,
     node: Annotated[str | None, typer.Option(help="put it on this node")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="a tag (repeatable)")] = None,
     ssh_key: Annotated[
@@ -406,6 +414,8 @@ def vm_create(
 ) -> None:
     """Create VMs (one job for all of them), then wait for their guests to be ready (--no-wait: for neither)."""
     keys = [_read_arg(k, "--ssh-key").strip() for k in ssh_key or ()]
+    for given, text in zip(ssh_key or (), keys):
+        refuse_private_key(text, given)  # never sent: the server would refuse it, but after reading it
     cloud = {"cloudInit": {"userData": _read_arg(user_data, "--user-data")}} if user_data else {}
     specs = [
         {
@@ -428,8 +438,9 @@ def vm_create(
                 spec["templateId"] = tiny.json()["id"]
         elif tiny.status_code != 404:
             c._fail(tiny)
+    c.items = list(name)
     accepted = c.request("POST", "/api/v1/vms", json=specs)
-    _finish(c, accepted, wait, json_out, ready=accepted.get("vmIds") or [])
+    _finish(c, accepted, wait, json_out, ready=accepted.get("vmIds") or [], names=dict(zip(accepted.get("vmIds") or [], name)), started=start)
 
 
 def _read_arg(value: str, option: str) -> str:
@@ -438,30 +449,51 @@ def _read_arg(value: str, option: str) -> str:
         return value
     try:
         return Path(value[1:]).expanduser().read_text()
-    except OSError as exc:
-        typer.echo(f"error: {option}: {exc}", err=True)
+    except OSError as exc:  # `cannot read ~/k.pub: no such file or directory`, not `[Errno 2] …`
+        typer.echo(f"error: {option}: cannot read {value[1:]}: {(exc.strerror or type(exc).__name__).lower()}", err=True)
+        raise typer.Exit(2) from None
+    except UnicodeDecodeError:
+        typer.echo(f"error: {option}: {value[1:]} is not text", err=True)
         raise typer.Exit(2) from None
 
 
 @vm_app.command("delete")
 def vm_delete(
-    vms: Annotated[list[str], typer.Argument(help="VM names or ids")], wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False
+    vms: Annotated[list[str], typer.Argument(help="VM names or ids")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="delete running VMs too, without asking")] = False,
+    wait: WaitOpt = True,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Delete VMs (one job). A VM that does not exist fails its own task, printed per VM; the
-    others are deleted."""
+    """Delete VMs (one job). A running VM is refused unless --force (on a terminal: asked).
+    A VM that does not exist fails its own task, printed per VM; the others are deleted."""
     c = Client(url)
-    ids = []
+    ids, names, running = [], {}, []
     for v in vms:
         found = c.find_vm(v)
         ids.append(found["id"] if found is not None else v)  # unknown: its task fails, saying so
-    _finish(c, c.request("DELETE", "/api/v1/vms", json={"vmIds": ids}), wait, json_out)
+        if found is not None:
+            names[found["id"]] = found["name"]
+            if found["status"] in ("running", "starting", "rebooting", "stopping", "updating"):  # a guest that runs
+                running.append(found)
+    if running and not force:
+        what = show.and_list([f"{v['name']}" for v in running]) + (" is " if len(running) == 1 else " are ") + show.and_list(sorted({v["status"] for v in running}), 3)
+        if sys.stdin.isatty() and sys.stderr.isatty() and not json_out:
+            if not typer.confirm(f"{what}; delete {'it' if len(running) == 1 else 'them'}?", default=False, err=True):
+                typer.echo("nothing deleted", err=True)
+                raise typer.Exit(1)
+        else:
+            typer.echo(f"error: {what}; stop {'it' if len(running) == 1 else 'them'} first (vmplane vm stop) or give --force: nothing deleted", err=True)
+            raise typer.Exit(1)
+    _finish(c, c.request("DELETE", "/api/v1/vms", json={"vmIds": ids}), wait, json_out, names=names)
 
 
 def _power_command(action: str, doc: str) -> None:
     def command(vm: VmArg, wait: WaitOpt = True, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
         c = Client(url)
-        vm_id = c.vm(vm)["id"]
-        _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/{action}"), wait, json_out, ready=[vm_id] if action == "start" else [])
+        v = c.vm(vm)
+        vm_id = v["id"]
+        _finish(c, c.request("POST", f"/api/v1/vms/{vm_id}/{action}"), wait, json_out, ready=[vm_id] if action == "start" else [], names={vm_id: v["name"]})
 
     command.__doc__ = doc
     vm_app.command(action)(command)
@@ -483,7 +515,8 @@ def vm_restart(
 ) -> None:
     """Power-cycle a VM, so that it takes its configuration (a CPU/RAM resize pending restart)."""
     c = Client(url)
-    _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/{'reboot' if soft else 'power-cycle'}"), wait, json_out)
+    v = c.vm(vm)
+    _finish(c, c.request("POST", f"/api/v1/vms/{v['id']}/{'reboot' if soft else 'power-cycle'}"), wait, json_out, names={v["id"]: v["name"]})
 
 
 def _pending_note(v: dict[str, Any]) -> str | None:
@@ -555,7 +588,7 @@ def vm_console(
     try:
         code = attach(ws_url, {}, v["name"], linger)
     except (OSError, WebSocketException) as exc:  # ConnectionError is an OSError
-        typer.echo(f"error: console of {v['id']}: {exc}", err=True)
+        typer.echo(f"error: console of {v['name']}: {unreachable(c.url, exc) if isinstance(exc, OSError) else exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -638,16 +671,18 @@ def job_list(
     items = Client(url).request("GET", "/api/v1/jobs", params=params)["items"]
     if json_out:
         return _print(items)
-    table = Table("ID", "TYPE", "STATE", "PROGRESS", "TASKS", "CREATED")
-    for j in items:
-        table.add_row(j["id"], j["type"], j["state"], f"{j['progress']}%", str(j["taskCount"]), j["createdAt"])
-    out.print(table)
+    rows = [[j["id"], j["type"], j["state"], f"{j['progress']}%", str(j["taskCount"]), j["createdAt"]] for j in items]
+    print_table(out, ["ID", "TYPE", "STATE", "PROGRESS", "TASKS", "CREATED"], rows, drop=("TASKS", "CREATED", "PROGRESS"))
 
 
 @job_app.command("get")
 def job_get(job_id: str, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
-    """Show a job with its tasks."""
-    _print(Client(url).request("GET", f"/api/v1/jobs/{job_id}"))
+    """Show a job with its tasks (their VMs by name)."""
+    c = Client(url)
+    job = c.request("GET", f"/api/v1/jobs/{job_id}")
+    if json_out:
+        return _print(job)
+    print_fields(out, job_summary(job, c.task_names(job)))
 
 
 @job_app.command("wait")
@@ -659,11 +694,13 @@ def job_wait(
 ) -> None:
     """Wait for a job to end; exit 1 unless it succeeded."""
     c = Client(url)
-    job = c.wait_job(job_id, show_progress=interactive(json_out), timeout=timeout)
+    names = c.task_names(c.request("GET", f"/api/v1/jobs/{job_id}")) if interactive(json_out) else None  # for its progress line
+    job = c.wait_job(job_id, show_progress=interactive(json_out), timeout=timeout, names=names)
     if json_out:
         _print(c.request("GET", f"/api/v1/jobs/{job_id}"))
     else:
-        typer.echo(f"job {job_id} {job['state']}")
+        detail = c.request("GET", f"/api/v1/jobs/{job_id}")
+        typer.echo(f"job {job_id} {job['state']}: {outcome(detail, c.task_names(detail))}")
     if job["state"] != "succeeded":
         raise typer.Exit(1)
 
@@ -677,15 +714,15 @@ def node_list(url: UrlOpt = None, json_out: JsonOpt = False) -> None:
     items = Client(url).request("GET", "/api/v1/nodes", params={"limit": 500})["items"]
     if json_out:
         return _print(items)
-    table = Table("ID", "HOSTNAME", "STATUS", "DRIVER", "CPU", "RAM MB", "DISK GB")
+    rows = []
     for n in items:
         r = n["resources"]
         driver = n["driver"] if n["driver"] == n.get("hypervisor", n["driver"]) else f"{n['driver']}/{n['hypervisor']}"
-        table.add_row(
+        rows.append([
             n["id"], n["hostname"], n["status"] + (", cordoned" if n.get("cordoned") else ""), driver + (" (simulated)" if n["simulated"] else ""),
             f"{r['cpuUsed']}/{r['cpuTotal']}", f"{r['ramMbUsed']}/{r['ramMbTotal']}", f"{r['diskGbUsed']}/{r['diskGbTotal']}",
-        )  # fmt: skip
-    out.print(table)
+        ])  # fmt: skip
+    print_table(out, ["ID", "HOSTNAME", "STATUS", "DRIVER", "CPU", "RAM MB", "DISK GB"], rows, drop=("DISK GB", "DRIVER", "HOSTNAME"))
 
 
 @node_app.command("cordon")
@@ -743,10 +780,8 @@ def token_list(url: UrlOpt = None, json_out: JsonOpt = False) -> None:
     items = Client(url).request("GET", "/api/v1/nodes/tokens")["items"]
     if json_out:
         return _print(items)
-    table = Table("ID", "PREFIX", "USES", "ONE TIME", "EXPIRES", "REVOKED", "DESCRIPTION")
-    for t in items:
-        table.add_row(t["id"], t["prefix"], str(t["uses"]), "yes" if t["oneTime"] else "no", t["expiresAt"] or "-", t["revokedAt"] or "-", t["description"])
-    out.print(table)
+    rows = [[t["id"], t["prefix"], str(t["uses"]), "yes" if t["oneTime"] else "no", t["expiresAt"] or "-", t["revokedAt"] or "-", Text(t["description"])] for t in items]
+    print_table(out, ["ID", "PREFIX", "USES", "ONE TIME", "EXPIRES", "REVOKED", "DESCRIPTION"], rows, drop=("REVOKED", "EXPIRES", "ONE TIME", "DESCRIPTION"))
 
 
 @token_app.command("revoke")
@@ -766,7 +801,8 @@ def vm_migrate(
 ) -> None:
     """Live-migrate a running VM to another node (qemu nodes)."""
     c = Client(url)
-    _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/migrate", json={"targetNodeId": to}), wait, json_out)
+    v = c.vm(vm)
+    _finish(c, c.request("POST", f"/api/v1/vms/{v['id']}/migrate", json={"targetNodeId": to}), wait, json_out, names={v["id"]: v["name"]})
 
 
 @vm_app.command("move")
@@ -779,7 +815,8 @@ def vm_move(
 ) -> None:
     """Move a stopped VM to another node (its disk is copied)."""
     c = Client(url)
-    _finish(c, c.request("POST", f"/api/v1/vms/{c.vm(vm)['id']}/move", json={"targetNodeId": to}), wait, json_out)
+    v = c.vm(vm)
+    _finish(c, c.request("POST", f"/api/v1/vms/{v['id']}/move", json={"targetNodeId": to}), wait, json_out, names={v["id"]: v["name"]})
 
 
 
