@@ -14,6 +14,7 @@ from . import __version__
 from .api import errors, faces, health, ui
 from .api.identity import Identity
 from .api.mcp import McpHttp
+from .api.native import templates as templates_api
 from .api.metrics import Metrics, MetricsMiddleware
 from .api.metrics import router as metrics_router
 from .api.middleware import BodyLimit, Idempotency
@@ -63,7 +64,10 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     # outermost last: metrics, then credentials and rate limits (an address over its budget is
     # refused before its body is read), then the body's limits, then Idempotency-Key replay
     app.add_middleware(Idempotency, store=rt.store)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds, max_depth=settings.max_json_depth)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds, max_depth=settings.max_json_depth,
+        streamed=frozenset({("POST", templates_api.UPLOAD_PATH)}),
+    )  # fmt: skip
     app.add_middleware(Identity, rt=rt)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 

@@ -120,7 +120,9 @@ class Runtime:
             store=store, settings=settings, data_dir=self.data_dir, engine=engine, networks=networks, outbound=outbound,
             registry=registry, vsphere=vsphere,
         )  # fmt: skip
-        self.templates = templates = TemplateService(store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy)
+        self.templates = templates = TemplateService(
+            store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy, images_dir=self.images_dir
+        )
         self.snapshots = snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
         self.plugins = plugins = PluginService(
             store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy
