@@ -14,10 +14,10 @@ from . import __version__
 from .api import errors, faces, health, ui
 from .api.identity import Identity
 from .api.mcp import McpHttp
-from .api.native import templates as templates_api
 from .api.metrics import Metrics, MetricsMiddleware
 from .api.metrics import router as metrics_router
 from .api.middleware import BodyLimit, Idempotency
+from .api.native import templates as templates_api
 from .api.schemas import VmCreateIn
 from .config import Settings
 from .drivers.base import HypervisorDriver
