@@ -2,6 +2,7 @@
 // upload progress, then the import job's), delete (asks first; the server's reason when it refuses).
 
 import { ApiError, del, listAll, post, upload } from "../api.js";
+import { clearErrors, showError } from "../formerrors.js";
 import { jobError, watchJob } from "../jobwatch.js";
 import { badge, batcher, bytes, confirmAction, errorText, field, h, keepFocus, mib, replace, td, toast, when } from "../dom.js";
 
@@ -17,29 +18,6 @@ function identityFields(prefix) {
   const os = h("input", { name: "os", value: "linux", required: true, maxlength: 32, autocomplete: "off", id: `${prefix}-os` });
   const login = h("input", { name: "loginUser", maxlength: 64, autocomplete: "off", placeholder: "from the OS", id: `${prefix}-loginUser` });
   return { name, os, login };
-}
-
-/** Take away the error marks `showError` left in `form`. */
-function clearErrors(form, alert) {
-  replace(alert);
-  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  for (const el of form.querySelectorAll(".field-error")) el.remove();
-}
-
-/** Show the server's error next to the field it names (`err.field`), else in `alert`. */
-function showError(form, alert, err, prefix) {
-  clearErrors(form, alert);
-  const fieldName = err instanceof ApiError && err.field ? String(err.field).split(".").pop() : null;
-  const input = fieldName ? form.querySelector(`#${prefix}-${fieldName}`) : null;
-  if (input) {
-    input.setAttribute("aria-invalid", "true");
-    const msg = h("p", { class: "error-text field-error", id: `${input.id}-error`, role: "alert" }, err.message);
-    input.setAttribute("aria-describedby", msg.id);
-    input.after(msg);
-    input.focus();
-  } else {
-    replace(alert, h("p", { class: "alert" }, errorText(err)));
-  }
 }
 
 export async function templatesPage(main, { events }) {
