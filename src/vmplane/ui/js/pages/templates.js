@@ -34,7 +34,7 @@ export async function templatesPage(main, { events }) {
 
   // --- import from a URL
   const urlIds = identityFields("tpl-url");
-  const url = h("input", { name: "sourceUrl", id: "tpl-url-sourceUrl", type: "url", required: true, maxlength: 2048, placeholder: "https://…/image.qcow2", autocomplete: "off" });
+  const url = h("input", { name: "sourceUrl", id: "tpl-url-sourceUrl", type: "url", required: true, maxlength: 2048, placeholder: "an http(s) URL of the image file", autocomplete: "off" });
   const urlAlert = h("div", { role: "alert" });
   const urlJob = h("div", { class: "job-box", id: "tpl-url-job" });
   const urlForm = h("form", { class: "card", "aria-labelledby": "tpl-url-title" },
