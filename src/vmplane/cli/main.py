@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .client import Client, err, interactive
+from .template_import import template_import
 
 # The commands that run a process (serve, agent, mcp, image build) import it inside their
 # function, and only those imports are inside functions: the client commands and --help start
@@ -32,6 +33,9 @@ app.add_typer(node_app, name="node")
 node_app.add_typer(token_app, name="token")
 image_app = typer.Typer(no_args_is_help=True, help="Build guest images.")
 app.add_typer(image_app, name="image")
+template_app = typer.Typer(no_args_is_help=True, help="Guest templates (images VMs are made from).")
+app.add_typer(template_app, name="template")
+template_app.command("import")(template_import)
 out = Console()
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="server URL (env VMPLANE_URL)", envvar="VMPLANE_URL")]
