@@ -165,6 +165,7 @@ def test_templates_upload_import_and_delete(
         page.goto(f"{qemu_plane.origin}/ui/#/templates")
         expect(page.get_by_role("heading", name="Templates", exact=True)).to_be_visible()
         expect(row(page, "tiny-linux")).to_contain_text("ready")
+        expect(page.get_by_role("button", name="Cancel upload")).to_be_hidden()  # only while one runs
         p.shot("templates")
 
         # upload: the browser's progress to 100 %, then the import job's, then the row, ready
