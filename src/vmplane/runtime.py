@@ -121,8 +121,9 @@ class Runtime:
             registry=registry, vsphere=vsphere,
         )  # fmt: skip
         self.templates = templates = TemplateService(
-            store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy, images_dir=self.images_dir
-        )
+            store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy, images_dir=self.images_dir,
+            home=lambda: replicas.home,
+        )  # fmt: skip
         self.snapshots = snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
         self.plugins = plugins = PluginService(
             store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -53,9 +53,11 @@ def check_os(os_: str) -> None:
 class TemplateService:
     def __init__(
         self, *, store: Store, settings: Settings, engine: JobEngine, imports: ImportService, outbound: Outbound, tenancy: TenancyService,
-        images_dir: Path,
+        images_dir: Path, home: Callable[[], str],
     ) -> None:  # fmt: skip
         self.images_dir = images_dir
+        self.home = home
+        """this process's data dir identity: an upload's job runs where its file is"""
         self._uploading: dict[str, int] = {}
         """bytes of uploads still arriving, per organization (they count against its quota)"""
         self.store = store
@@ -223,7 +225,7 @@ class TemplateService:
                 raise InvalidRequest("the request body is empty: send the image file", field="body")
             if length is not None and done != length:
                 raise InvalidRequest(f"the body has {done} bytes, Content-Length said {length}", field="body")
-            payload = {"upload": True, "sha256": sha.hexdigest()}
+            payload = {"upload": True, "sha256": sha.hexdigest(), "home": self.home()}
             job_id = await self._register(tpl_id, name=name, os_=os_, login_user=login_user, node_id=node_id, source_url=None,
                                           checksum=None, payload=payload, who=who)  # fmt: skip
         except BaseException:

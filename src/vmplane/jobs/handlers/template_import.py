@@ -1,8 +1,9 @@
 """template-create: download an image (http, https or file), checksum it, import it on a node.
 An http(s) download goes through the outbound policy (outbound.py): each redirect is checked
 again, and it stops at `VMPLANE_MAX_DOWNLOAD_BYTES`. An uploaded image (payload `upload`,
-services/templates.py `upload`) is already here, as `<images dir>/<template id>.upload`:
-it takes the download's place, and the rest is the same (the driver's `import_image`, which
+services/templates.py `upload`) is already here, as `<images dir>/<template id>.upload`
+(a replica with another data dir hands the task back for the one that received it, payload
+`home`): it takes the download's place, and the rest is the same (the driver's `import_image`, which
 runs it through intake)."""
 
 import asyncio
@@ -21,7 +22,7 @@ from ... import clock, outbound
 from ...domain import Template
 from ...errors import VmplaneError
 from ...store import templates as tpl_q
-from ..engine import TaskContext
+from ..engine import HandOff, TaskContext
 from .base import BaseHandler
 
 CHUNK = 4 * 1024 * 1024
@@ -37,6 +38,8 @@ class TemplateImport(BaseHandler):
         dest = deps.images_dir / f"{tpl.id}.img"
         part = dest.with_suffix(".part")
         if ctx.payload.get("upload"):
+            if ctx.payload.get("home", deps.home.home) != deps.home.home:  # another replica's data dir has the file
+                raise HandOff("the uploaded file is in the data dir of the replica that received it")
             ctx.log(f"Starting import of {tpl.name} from its uploaded file")
             uploaded = dest.with_suffix(tpl_q.UPLOAD_SUFFIX)
             if uploaded.exists() or not dest.exists():  # (a retry finds it renamed already)
