@@ -247,6 +247,8 @@ class Runtime:
         await self.replicas.start(local, home_of(self.data_dir), hooks)
         if any(d.capabilities.real_vms for _, d in local):
             await self._register_tiny_template()
+        if swept := await self.templates.sweep_uploads():
+            log.info("removed %d upload(s) a stopped server left half-written", len(swept))
         await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start(self.handler_deps)
         await self.readiness.start()

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,6 +240,26 @@ class TemplateService:
             else:
                 self._uploading.pop(org, None)
         return job_id, tpl_id
+
+    async def sweep_uploads(self) -> tuple[str, ...]:
+        """Remove the uploads a stopped server left half-written (`<template id>.upload` with no
+        template row: the row is made only once the whole body is on disk). One whose template
+        waits to be imported stays for its job, and so does one written to in the last two
+        body timeouts (a replica sharing this data dir may be receiving it: an upload that
+        sends nothing for one body timeout is refused and removed). Returns the names removed
+        (run at start)."""
+        removed: tuple[str, ...] = ()
+        quiet_since = time.time() - 2 * self.settings.body_timeout_seconds
+        async with self.store.read() as conn:
+            for path in sorted(self.images_dir.glob(f"*{tpl_q.UPLOAD_SUFFIX}")):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime > quiet_since:
+                        continue
+                tpl = await tpl_q.get_template(conn, path.name.removesuffix(tpl_q.UPLOAD_SUFFIX))
+                if tpl is None or tpl.status != "importing":
+                    path.unlink(missing_ok=True)
+                    removed += (path.name,)
+        return removed
 
     async def _disk_room(self, conn: AsyncConnection, org_id: str) -> int | None:
         """Bytes the organization's diskGb quota leaves free (None: no such quota)."""

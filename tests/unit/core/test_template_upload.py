@@ -3,6 +3,8 @@ template-create task runs there: a replica with another data dir (another `home`
 back rather than fail on a file it does not have, and the receiving one finishes it."""
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator
 
 from vmplane.store import jobs as job_q
@@ -40,3 +42,21 @@ async def test_an_uploads_task_runs_where_its_file_is(core: Core) -> None:
     outcome = await core.jobs.wait(job_id, 20)
     assert outcome.job.state == "succeeded", outcome
     assert not upload.exists()
+
+
+async def test_half_written_uploads_are_swept_at_start(core: Core) -> None:
+    """A server stopped mid-upload leaves `<id>.upload` with no template row: the start-up sweep
+    removes it once it has been quiet for two body timeouts; an upload whose template waits for
+    its import job stays, and so does one written to just now."""
+    core.replicas.home = "home-a"
+    _, tpl_id = await core.templates.upload(_body(), name="waiting", os_="linux", node_id=None, who=core.owner)
+    waiting = core.deps.images_dir / f"{tpl_id}.upload"
+    stray = core.deps.images_dir / "tpl-strayupload.upload"
+    stray.write_bytes(b"\0" * 100)
+    fresh = core.deps.images_dir / "tpl-arrivingnow.upload"  # perhaps another replica's, still arriving
+    fresh.write_bytes(b"\0" * 100)
+    old = time.time() - 3 * core.settings.body_timeout_seconds
+    for p in (stray, waiting):
+        os.utime(p, (old, old))
+    assert await core.templates.sweep_uploads() == ("tpl-strayupload.upload",)
+    assert not stray.exists() and waiting.exists() and fresh.exists()
