@@ -3,7 +3,8 @@ chromium driven by Playwright, as test_ui_browser.py) against real `vmplane serv
 
 - on the qemu driver (the real image intake; no guest boots): upload a small qcow2 made with
   qemu-img here and see the browser's upload progress reach 100 %, then the import job's, and
-  the template appear `ready` with its size; upload a qcow2 whose backing file is /etc/shadow
+  the template appear `ready` with its size; cancel an upload half way (throttled) and see the
+  server keep nothing of it; upload a qcow2 whose backing file is /etc/shadow
   and see the import refused with the server's reason; import from a URL served by a local
   HTTP server (loopback, allowed by the operator's VMPLANE_OUTBOUND_ALLOW as every test
   server); delete a template a VM uses (refused: the server's reason shown), then one no VM
@@ -18,6 +19,7 @@ artifacts/screenshots/templates/."""
 
 import functools
 import http.server
+import re
 import shutil
 import subprocess
 import threading
@@ -185,6 +187,25 @@ def test_templates_upload_import_and_delete(
         tpl = next(t for t in qemu_plane.api.get("/templates").json()["items"] if t["name"] == "up-e2e")
         assert tpl["status"] == "ready" and tpl["sizeMb"] > 0, tpl
         p.shot("templates-uploaded")
+
+        # cancelled half way (the upload throttled to 1 MB/s): progress short of 100 %, the
+        # server removes what arrived and makes no template
+        cdp = p.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1_000_000})
+        page.set_input_files("#tpl-up-file", str(image))
+        page.locator("#tpl-up-name").fill("cancel-e2e")
+        page.get_by_role("button", name="Upload", exact=True).click()
+        expect(page.locator("#tpl-up-progress")).to_contain_text(re.compile(r"\((?:[1-9]|[1-9][0-9])%\)"), timeout=15_000)
+        page.get_by_role("button", name="Cancel upload").click()
+        expect(page.get_by_role("alert").filter(has_text="the upload was cancelled")).to_be_visible()
+        cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        images = qemu_plane.root / "data" / "images"
+        deadline = time.monotonic() + 15
+        while list(images.glob("*.upload")):
+            assert time.monotonic() < deadline, list(images.glob("*"))
+            time.sleep(0.1)
+        assert "cancel-e2e" not in {t["name"] for t in qemu_plane.api.get("/templates").json()["items"]}
 
         # a qcow2 backed by a host file: the upload arrives, its import is refused, with the reason
         evil = tmp_path / "evil.qcow2"
