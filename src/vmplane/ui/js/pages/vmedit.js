@@ -103,13 +103,15 @@ export function editPanel(initial, { events }) {
       showError(form, alert, err, prefix);
       return;
     }
-    touched.clear();
     stop();
     watch = watchJob(jobBox, r.jobId, "Saving", events);
     const job = await watch.done;
     watch = null;
     save.disabled = false;
-    if (job.state === "succeeded") toast(`${vm.name}: changes saved.`);
+    if (job.state === "succeeded") {
+      touched.clear(); // the inputs follow the record again from its next update (what was typed is in it now)
+      toast(`${vm.name}: changes saved.`);
+    }
     else replace(alert, h("p", { class: "alert" }, `The change ${job.state}: ${jobError(job) || "see the job"}`));
   });
   reset.addEventListener("click", () => { clearErrors(form, alert); fill(true); });
