@@ -1,12 +1,13 @@
 """`vmplane template import NAME --file PATH | --source-url URL` against a sim server: the file
 is streamed to POST /api/v1/templates/upload and the import job followed; a URL goes to
 POST /api/v1/templates; the server's refusal (a taken name) and a missing file are said in the
-CLI's words. (The upload's attacks: tests/security/test_template_upload.py.)"""
+CLI's words. On SQLite and PostgreSQL. (The upload's attacks: tests/security/test_template_upload.py.)"""
 
 import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..support import Server
 
@@ -20,7 +21,8 @@ async def vmplane(server: Server, *args: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def test_template_import_from_a_file_and_a_url(server: Server, tmp_path: Path) -> None:
+async def test_template_import_from_a_file_and_a_url(server_factory: Any, database_url: str, tmp_path: Path) -> None:
+    server = await server_factory(database_url=database_url)  # SQLite, and PostgreSQL when there is one
     img = tmp_path / "cli.raw"
     img.write_bytes(os.urandom(3 << 20))  # 3 MiB: more than one chunk
     code, out, err = await vmplane(server, "template", "import", "cli-up", "--file", str(img), "--os", "debian")
