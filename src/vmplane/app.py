@@ -17,6 +17,7 @@ from .api.mcp import McpHttp
 from .api.metrics import Metrics, MetricsMiddleware
 from .api.metrics import router as metrics_router
 from .api.middleware import BodyLimit, Idempotency
+from .api.native import templates as templates_api
 from .api.schemas import VmCreateIn
 from .config import Settings
 from .drivers.base import HypervisorDriver
@@ -66,7 +67,10 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     # outermost last: metrics, then credentials and rate limits (an address over its budget is
     # refused before its body is read), then the body's limits, then Idempotency-Key replay
     app.add_middleware(Idempotency, store=rt.store)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds, max_depth=settings.max_json_depth)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds, max_depth=settings.max_json_depth,
+        streamed=frozenset({("POST", templates_api.UPLOAD_PATH)}),
+    )  # fmt: skip
     app.add_middleware(Identity, rt=rt)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 

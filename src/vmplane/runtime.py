@@ -120,7 +120,10 @@ class Runtime:
             store=store, settings=settings, data_dir=self.data_dir, engine=engine, networks=networks, outbound=outbound,
             registry=registry, vsphere=vsphere,
         )  # fmt: skip
-        self.templates = templates = TemplateService(store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy)
+        self.templates = templates = TemplateService(
+            store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy, images_dir=self.images_dir,
+            home=lambda: replicas.home,
+        )  # fmt: skip
         self.snapshots = snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
         self.plugins = plugins = PluginService(
             store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy
@@ -245,6 +248,8 @@ class Runtime:
         await self.replicas.start(local, home_of(self.data_dir), hooks)
         if any(d.capabilities.real_vms for _, d in local):
             await self._register_tiny_template()
+        if swept := await self.templates.sweep_uploads():
+            log.info("removed %d upload(s) a stopped server left half-written", len(swept))
         await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start(self.handler_deps)
         await self.readiness.start()

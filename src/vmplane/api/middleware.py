@@ -109,16 +109,22 @@ class BodyLimit:
     """Read each request's body before the app does, and refuse it when it is larger than
     `max_bytes` (413), takes longer than `timeout` seconds to arrive (408: a client trickling
     bytes holds a connection and a buffer), or nests JSON deeper than `max_depth` (400, in the
-    face's shape: Python's parser would recurse until RecursionError)."""
+    face's shape: Python's parser would recurse until RecursionError).
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0, max_depth: int = 64) -> None:
+    `streamed`: (method, path) of requests whose route reads the body itself, as it arrives,
+    with limits of its own (a template's image upload); their body is not read here."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, timeout: float = 30.0, max_depth: int = 64, streamed: frozenset[tuple[str, str]] = frozenset()
+    ) -> None:
         self.app = app
+        self.streamed = streamed
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.streamed:
             return await self.app(scope, receive, send)
         length = _header(scope, b"content-length")
         too_big = f"the request body is larger than {self.max_bytes} bytes"

@@ -1,4 +1,4 @@
-"""`template list` and `vm resize|rename|edit`: commands registered on main.py's apps from here
+"""`template list`, `template import` (from template_import.py) and `vm resize|rename|edit`: commands registered on main.py's apps from here
 (main.py's `main()` imports this module before it runs the command)."""
 
 from typing import Annotated, Any
@@ -8,12 +8,14 @@ import typer
 from .client import Client, err
 from .main import JsonOpt, UrlOpt, VmArg, WaitOpt, _print, app, out, vm_app
 from .show import and_list, print_table
+from .template_import import template_import
 from .units import DISK_HELP, RAM_HELP, disk_gb, ram_mb, show_mib
 
 __all__ = ["app"]
 
-template_app = typer.Typer(no_args_is_help=True, help="List guest templates (images VMs are made from).")
+template_app = typer.Typer(no_args_is_help=True, help="Guest templates (images VMs are made from): list, import.")
 app.add_typer(template_app, name="template")
+template_app.command("import")(template_import)
 
 
 @template_app.command("list")

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 class NodeHome(Protocol):
     """Which nodes this process serves (replicas.Replicas)."""
 
+    home: str
+    """the identity of this process's data dir (replicas sharing one data dir share it)"""
+
     def runs_here(self, node_id: str) -> bool: ...
 
 

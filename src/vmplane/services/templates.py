@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import Principal
 from ..domain import Template
 from ..domain.login import check_login_user, default_login_user
-from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, Reason
+from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, PayloadTooLarge, Reason
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
+from ..store import tenancy as t_q
 from . import pages
 from .imports import check_url
+from .tenancy import QuotaExceeded
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
 
 TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 OS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+GIB = 1 << 30
 
 
 def check_template_name(name: str) -> None:
@@ -43,7 +52,15 @@ def check_os(os_: str) -> None:
 
 
 class TemplateService:
-    def __init__(self, *, store: Store, settings: Settings, engine: JobEngine, imports: ImportService, outbound: Outbound, tenancy: TenancyService) -> None:
+    def __init__(
+        self, *, store: Store, settings: Settings, engine: JobEngine, imports: ImportService, outbound: Outbound, tenancy: TenancyService,
+        images_dir: Path, home: Callable[[], str],
+    ) -> None:  # fmt: skip
+        self.images_dir = images_dir
+        self.home = home
+        """this process's data dir identity: an upload's job runs where its file is"""
+        self._uploading: dict[str, int] = {}
+        """bytes of uploads still arriving, per organization (they count against its quota)"""
         self.store = store
         self.settings = settings
         self.engine = engine
@@ -103,17 +120,23 @@ class TemplateService:
         if urlparse(source_url).scheme == "file" and not who.operator:  # not the server's own files
             self.imports.local_file(unquote(urlparse(source_url).path), field)
         await self.outbound.check(source_url, field)
-        now = clock.now()
+        payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
         tpl_id = ids.new_id("tpl")
+        job_id = await self._register(tpl_id, name=name, os_=os_, login_user=login_user, node_id=node_id, source_url=source_url,
+                                      checksum=f"sha256:{checksum.lower()}" if checksum else None, payload=payload, who=who)  # fmt: skip
+        return job_id, tpl_id
+
+    async def _register(
+        self, tpl_id: str, *, name: str, os_: str, login_user: str, node_id: str | None, source_url: str | None, checksum: str | None,
+        payload: dict[str, Any], who: Principal,
+    ) -> str:  # fmt: skip
+        """The template's row (`importing`) and its template-create job, in one transaction
+        that checks the name and the organization's quota of templates."""
+        now = clock.now()
         owner = None if who.operator else who.org_id
         try:
             async with self.store.write() as conn:
-                if await tpl_q.name_taken(conn, name, owner):
-                    raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
-                if node_id is not None and await node_q.get_node(conn, node_id) is None:
-                    raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
-                if not who.operator:  # operators' templates are shared, and no organization's
-                    await self.tenancy.reserve(conn, who.org_id, templates=1)
+                await self._check_new(conn, name, node_id, who)
                 await tpl_q.insert_template(
                     conn,
                     {
@@ -126,18 +149,126 @@ class TemplateService:
                         "source_url": source_url,
                         "status": "importing",
                         # what the image must hash to (the import fails otherwise); then what it does
-                        "checksum": f"sha256:{checksum.lower()}" if checksum else None,
+                        "checksum": checksum,
                         "size_mb": 0,
                         "created_at": now,
                         "updated_at": now,
                     },
                 )
-                payload = {k: v for k, v in {"checksum": checksum, "initramfsOf": initramfs_of}.items() if v}
                 job_id = await self.engine.submit(conn, "template-create", who, [(tpl_id, payload)])
         except IntegrityError:  # the (namespace, name) key: a create of the same name at the same time
             raise Conflict(f"a template named {name!r} was created at the same time", field="name") from None
         self.engine.wakeup()
+        return job_id
+
+    async def _check_new(self, conn: AsyncConnection, name: str, node_id: str | None, who: Principal) -> None:
+        """The name is free in the caller's namespace, the node exists, and the organization
+        may hold one template more (operators' templates are shared, and no organization's)."""
+        if await tpl_q.name_taken(conn, name, None if who.operator else who.org_id):
+            raise Conflict(f"a template named {name!r} already exists", reason=Reason.NAME_TAKEN, field="name")
+        if node_id is not None and await node_q.get_node(conn, node_id) is None:
+            raise InvalidRequest(f"nodeId {node_id!r} does not exist", field="nodeId")
+        if not who.operator:
+            await self.tenancy.reserve(conn, who.org_id, templates=1)
+
+    async def upload(
+        self, chunks: AsyncIterator[bytes], *, name: str, os_: str, node_id: str | None, who: Principal, login_user: str | None = None,
+        length: int | None = None,
+    ) -> tuple[str, str]:
+        """A template from an image file the caller sends as the request body (`chunks`, as it
+        arrives): returns (job id, template id) as `create` does, and the same template-create
+        job takes the file through the same intake (drivers/qemu/intake.py) as a downloaded one.
+
+        The body goes to disk as it arrives, never whole into memory. It stops with 413 past
+        `VMPLANE_MAX_DOWNLOAD_BYTES` (the cap of a downloaded image), and with 409
+        `quota_exceeded` past what the organization's `diskGb` quota leaves free (the disks
+        of its VMs, and its other uploads still arriving); both are checked before the first
+        byte when `length` (Content-Length) is known, and as bytes arrive. Name, OS, node and
+        the quota of templates are checked before the body is read. If the body stops half way
+        (the client goes away: `chunks` raises) or is refused, nothing stays behind: no file,
+        no template."""  # fmt: skip
+        check_template_name(name)
+        check_os(os_)
+        login_user = default_login_user(os_) if login_user is None else check_login_user(login_user)
+        cap = self.settings.max_download_bytes
+        if length is not None and length > cap:
+            raise PayloadTooLarge(f"the image is larger than {cap} bytes (VMPLANE_MAX_DOWNLOAD_BYTES)", limit=cap)
+        async with self.store.write() as conn:
+            await self._check_new(conn, name, node_id, who)
+            room = None if who.operator else await self._disk_room(conn, who.org_id)
+        org = who.org_id
+        tpl_id = ids.new_id("tpl")
+        part = self.images_dir / f"{tpl_id}{tpl_q.UPLOAD_SUFFIX}"
+        sha = hashlib.sha256()
+        done = 0
+
+        def refuse_past(total: int) -> None:
+            if total > cap:
+                raise PayloadTooLarge(f"the image is larger than {cap} bytes (VMPLANE_MAX_DOWNLOAD_BYTES)", limit=cap)
+            if room is not None and total + self._uploading.get(org, 0) - done > room:
+                raise QuotaExceeded(
+                    f"quota exceeded: the image is larger than the {max(0, room) // GIB} GiB the diskGb quota leaves free",
+                    quota="diskGb", requested=total,
+                )  # fmt: skip
+
+        if length is not None:
+            refuse_past(length)
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with part.open("xb") as out:
+                async for chunk in chunks:
+                    refuse_past(done + len(chunk))
+                    out.write(chunk)
+                    sha.update(chunk)
+                    done += len(chunk)
+                    self._uploading[org] = self._uploading.get(org, 0) + len(chunk)
+            if done == 0:
+                raise InvalidRequest("the request body is empty: send the image file", field="body")
+            if length is not None and done != length:
+                raise InvalidRequest(f"the body has {done} bytes, Content-Length said {length}", field="body")
+            payload = {"upload": True, "sha256": sha.hexdigest(), "home": self.home()}
+            job_id = await self._register(tpl_id, name=name, os_=os_, login_user=login_user, node_id=node_id, source_url=None,
+                                          checksum=None, payload=payload, who=who)  # fmt: skip
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
+        finally:
+            left = self._uploading.get(org, 0) - done
+            if left > 0:
+                self._uploading[org] = left
+            else:
+                self._uploading.pop(org, None)
         return job_id, tpl_id
+
+    async def sweep_uploads(self) -> tuple[str, ...]:
+        """Remove the uploads a stopped server left half-written (`<template id>.upload` with no
+        template row: the row is made only once the whole body is on disk). One whose template
+        waits to be imported stays for its job, and so does one written to in the last two
+        body timeouts (a replica sharing this data dir may be receiving it: an upload that
+        sends nothing for one body timeout is refused and removed). Returns the names removed
+        (run at start)."""
+        removed: tuple[str, ...] = ()
+        quiet_since = time.time() - 2 * self.settings.body_timeout_seconds
+        async with self.store.read() as conn:
+            for path in sorted(self.images_dir.glob(f"*{tpl_q.UPLOAD_SUFFIX}")):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime > quiet_since:
+                        continue
+                tpl = await tpl_q.get_template(conn, path.name.removesuffix(tpl_q.UPLOAD_SUFFIX))
+                if tpl is None or tpl.status != "importing":
+                    path.unlink(missing_ok=True)
+                    removed += (path.name,)
+        return removed
+
+    async def _disk_room(self, conn: AsyncConnection, org_id: str) -> int | None:
+        """Bytes the organization's diskGb quota leaves free (None: no such quota)."""
+        org = await t_q.get_org(conn, org_id)
+        limit = org.quotas.get("diskGb") if org is not None and org.quotas else None
+        if limit is None:
+            return None
+        used = int((await t_q.org_usage(conn, org_id)).disk_gb) * GIB
+        return int(limit) * GIB - used
 
     async def update(self, ref: str, *, name: str | None, os_: str | None, who: Principal, login_user: str | None = None) -> str:
         """Rename a template, change its OS label or its login user (a job). A new `os` leaves

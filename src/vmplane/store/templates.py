@@ -9,6 +9,10 @@ from ..domain import Template
 from ..domain.login import default_login_user
 from .tables import templates
 
+UPLOAD_SUFFIX = ".upload"
+"""an uploaded image waiting for its template-create job: `<images dir>/<template id>.upload`
+(services/templates.py writes it, jobs/handlers/template_import.py takes it in)"""
+
 
 def _one(row: Any) -> Template | None:
     return Template.from_row(row) if row is not None else None

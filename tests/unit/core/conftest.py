@@ -52,6 +52,8 @@ class Core:
     vms: VmService
     owner: Principal
     """the owner of the bootstrap organization"""
+    templates: TemplateService
+    replicas: Replicas
 
 
 @pytest.fixture
@@ -77,7 +79,10 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     imports = ImportService(
         store=store, settings=settings, data_dir=data, engine=engine, networks=networks, outbound=outbound, registry=registry, vsphere=vsphere
     )
-    templates = TemplateService(store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy)
+    templates = TemplateService(
+        store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy, images_dir=data / "images",
+        home=lambda: replicas.home,
+    )  # fmt: skip
     snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
     plugins = PluginService(
         store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy
@@ -100,7 +105,7 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     await cluster.register_node(NODE, driver)
     await events.start()  # as the runtime does once its nodes are known: JobService.wait hears a job end
     owner = Principal(DEFAULT_ORG, ADMIN_USER, "admin", Role.OWNER)
-    yield Core(settings, store, driver, engine, deps, events, jobs, tenancy, vms, owner)
+    yield Core(settings, store, driver, engine, deps, events, jobs, tenancy, vms, owner, templates, replicas)
     await engine.stop()
     await events.stop()
     await store.close()

@@ -1,6 +1,10 @@
 """template-create: download an image (http, https or file), checksum it, import it on a node.
 An http(s) download goes through the outbound policy (outbound.py): each redirect is checked
-again, and it stops at `VMPLANE_MAX_DOWNLOAD_BYTES`."""
+again, and it stops at `VMPLANE_MAX_DOWNLOAD_BYTES`. An uploaded image (payload `upload`,
+services/templates.py `upload`) is already here, as `<images dir>/<template id>.upload`
+(a replica with another data dir hands the task back for the one that received it, payload
+`home`): it takes the download's place, and the rest is the same (the driver's `import_image`, which
+runs it through intake)."""
 
 import asyncio
 import hashlib
@@ -18,7 +22,7 @@ from ... import clock, outbound
 from ...domain import Template
 from ...errors import VmplaneError
 from ...store import templates as tpl_q
-from ..engine import TaskContext
+from ..engine import HandOff, TaskContext
 from .base import BaseHandler
 
 CHUNK = 4 * 1024 * 1024
@@ -31,12 +35,24 @@ class TemplateImport(BaseHandler):
             tpl = await tpl_q.get_template(conn, ctx.resource_id)
         if tpl is None:
             raise VmplaneError(f"template {ctx.resource_id} no longer exists")
-        if tpl.source_url is None:
-            raise VmplaneError(f"template {tpl.id} has no source URL to import from")
-        ctx.log(f"Starting import of {tpl.name} from {tpl.source_url}")
         dest = deps.images_dir / f"{tpl.id}.img"
         part = dest.with_suffix(".part")
-        digest = await self._download(ctx, tpl.source_url, part)
+        if ctx.payload.get("upload"):
+            if ctx.payload.get("home", deps.home.home) != deps.home.home:  # another replica's data dir has the file
+                raise HandOff("the uploaded file is in the data dir of the replica that received it")
+            ctx.log(f"Starting import of {tpl.name} from its uploaded file")
+            uploaded = dest.with_suffix(tpl_q.UPLOAD_SUFFIX)
+            if uploaded.exists() or not dest.exists():  # (a retry finds it renamed already)
+                os.replace(uploaded, part)
+            else:
+                os.replace(dest, part)
+            digest = str(ctx.payload["sha256"])
+            await ctx.progress(75, f"received {part.stat().st_size} bytes")
+        elif tpl.source_url is None:
+            raise VmplaneError(f"template {tpl.id} has no source URL to import from")
+        else:
+            ctx.log(f"Starting import of {tpl.name} from {tpl.source_url}")
+            digest = await self._download(ctx, tpl.source_url, part)
         expected = ctx.payload.get("checksum")
         if expected and expected.lower() != digest:
             raise VmplaneError(f"checksum mismatch: the download's sha256 is {digest}, not {expected.lower()}")
@@ -137,7 +153,7 @@ class TemplateImport(BaseHandler):
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         deps = ctx.deps
-        for suffix in (".part", ".img"):
+        for suffix in (".part", ".img", tpl_q.UPLOAD_SUFFIX):
             (deps.images_dir / f"{ctx.resource_id}{suffix}").unlink(missing_ok=True)
         async with deps.store.write() as conn:
             if cancelled:

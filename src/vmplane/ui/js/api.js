@@ -54,3 +54,31 @@ export async function listAll(path, max = 5000) {
   } while (token && items.length < max);
   return items;
 }
+
+/**
+ * POST a file as the raw request body with XMLHttpRequest, whose upload events give the
+ * browser's own progress (fetch() has none): onProgress(loaded, total). Resolves with the
+ * JSON answer; rejects with ApiError (or an Error when the connection failed or was aborted).
+ * `signal` (an AbortSignal) aborts the upload.
+ */
+export function upload(path, file, onProgress, { signal } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/v1" + path);
+    xhr.setRequestHeader("X-API-Key", apiKey() || "");
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    xhr.upload.addEventListener("progress", (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size));
+    xhr.addEventListener("load", () => {
+      let data = xhr.responseText;
+      if ((xhr.getResponseHeader("content-type") || "").includes("json")) data = JSON.parse(data);
+      if (xhr.status >= 200 && xhr.status < 300) return resolve(data);
+      if (xhr.status === 401) onUnauthorized();
+      reject(new ApiError(xhr.status, data));
+    });
+    xhr.addEventListener("error", () => reject(new Error("the upload failed: the connection was lost")));
+    xhr.addEventListener("abort", () => reject(new Error("the upload was cancelled")));
+    if (signal) signal.addEventListener("abort", () => xhr.abort(), { once: true });
+    xhr.send(file);
+  });
+}

@@ -9,6 +9,7 @@ import { vmPage } from "./pages/vm.js";
 import { jobsPage, jobPage } from "./pages/jobs.js";
 import { nodesPage } from "./pages/nodes.js";
 import { eventsPage } from "./pages/events.js";
+import { templatesPage } from "./pages/templates.js";
 
 const ROUTES = [
   [/^#\/vms$/, vmsPage, "vms"],
@@ -16,6 +17,7 @@ const ROUTES = [
   [/^#\/vms\/([A-Za-z0-9-]+)$/, vmPage, "vms"],
   [/^#\/jobs$/, jobsPage, "jobs"],
   [/^#\/jobs\/([A-Za-z0-9-]+)$/, jobPage, "jobs"],
+  [/^#\/templates$/, templatesPage, "templates"],
   [/^#\/nodes$/, nodesPage, "nodes"],
   [/^#\/events$/, eventsPage, "events"],
 ];

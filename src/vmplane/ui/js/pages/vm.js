@@ -3,6 +3,7 @@
 import { del, get, post, put } from "../api.js";
 import { Chart } from "../chart.js";
 import { SerialConsole } from "../console.js";
+import { editPanel } from "./vmedit.js";
 import { badge, batcher, bytes, confirmAction, errorText, field, h, keepFocus, mib, pendingMark, replace, td, toast, when } from "../dom.js";
 
 const ACTIONS = [
@@ -31,6 +32,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
   const snapshots = h("div", {});
   const backups = h("div", {});
   const firewall = h("div", {});
+  const edit = editPanel(vm, { events });
 
   const section = (id, heading, ...body) =>
     h("section", { class: "card", "aria-labelledby": id }, h("h2", { id }, heading), ...body);
@@ -41,6 +43,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
     h("div", { class: "grid" },
       section("s-overview", "Overview", overview),
       section("s-nics", "Network interfaces", nics)),
+    section("s-edit", "Edit", edit.el),
     section("s-stats", "Statistics", statsNote, h("div", { class: "charts" }, Object.values(charts).map((c) => c.el))),
     section("s-console", "Serial console", serial.el),
     h("div", { class: "grid" },
@@ -49,6 +52,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
     section("s-firewall", "Firewall", firewall));
 
   function drawVm() {
+    edit.update(vm);
     replace(status, badge(vm.status), " ", pendingMark(vm));
     keepFocus(actions, () => replace(actions,
       ACTIONS.map(([action, label, allowed]) =>
@@ -247,5 +251,5 @@ export async function vmPage(main, { events, navigate }, vmId) {
 
   drawVm();
   await Promise.all([soft(loadSnapshots()), soft(loadBackups()), soft(loadFirewall())]);
-  return () => { off(); clearInterval(statsTimer); serial.dispose(); };
+  return () => { off(); clearInterval(statsTimer); serial.dispose(); edit.stop(); };
 }
