@@ -3,12 +3,9 @@ downloaded browser) against `vmplane serve --driver qemu`. Sign in, create a tin
 watch it reach `running` without a reload, type `uname -a` into the in-page serial console and
 read the answer, take and delete a snapshot, stop and delete the VM from the list. No request
 may leave vmplane's origin. Screenshots of every page (and the VM list at phone size) are saved
-under artifacts/screenshots/."""
+under artifacts/screenshots/walkthrough/."""
 
-import importlib.util
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,40 +14,11 @@ import httpx
 import pytest
 
 from ..support import admin_key, free_port, qemu_processes_of, require_qemu, serve, wait_ready
+from ..ui_support import CHROMIUM, UNNAMED, require_browser, screenshot_dir, terminal_text
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 UNAME = re.compile(r"^Linux \S+ \d+\.\d+\.\d+\S* #\d+", re.M)
-
-
-def require_browser() -> None:
-    """Skip without chromium or playwright, unless VMPLANE_REQUIRE_BROWSER=1 (CI): then fail."""
-    missing = []
-    if not CHROMIUM.exists():
-        missing.append(f"{CHROMIUM} (scripts/install-browser.sh installs Debian's chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package (pip install -e '.[test]')")
-    if not missing:
-        return
-    if os.environ.get("VMPLANE_REQUIRE_BROWSER") == "1":
-        pytest.fail("VMPLANE_REQUIRE_BROWSER=1 but missing: " + "; ".join(missing))
-    pytest.skip("no browser: missing " + "; ".join(missing))
-
-
-def terminal_text(page: Any) -> str:
-    """What the in-page terminal shows (xterm.js's DOM renderer: one element per row)."""
-    rows = page.locator("#console-screen .xterm-rows > div").all_text_contents()
-    return "\n".join(r.replace("\xa0", " ").rstrip() for r in rows)
-
-
-# Controls with no accessible name (no label, aria-label or text), among those shown
-UNNAMED = """() => [...document.querySelectorAll("input, select, textarea, button, a[href]")]
-  .filter((el) => el.getClientRects().length > 0)
-  .filter((el) => !((el.labels && [...el.labels].map((l) => l.textContent).join("").trim())
-                    || el.getAttribute("aria-label") || el.textContent.trim()))
-  .map((el) => el.outerHTML.slice(0, 120))"""
 
 
 def test_web_console_drives_a_real_guest(tmp_path: Path, record_property: Any) -> None:
@@ -61,8 +29,7 @@ def test_web_console_drives_a_real_guest(tmp_path: Path, record_property: Any) -
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
     proc = serve(tmp_path / "data", port, tmp_path / "server.log", ["--driver", "qemu", "--accel", "tcg"])
-    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
-    SCREENSHOTS.mkdir(parents=True)
+    SCREENSHOTS = screenshot_dir("walkthrough")
     record_property("artifacts", str(SCREENSHOTS))
     vm_id = None
     try:
