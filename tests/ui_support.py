@@ -3,7 +3,9 @@ never a downloaded browser). The fixtures built on them live in tests/e2e/confte
 
     ui_browser   one chromium per test module
     ui_server    one `vmplane serve --driver qemu --accel tcg` per test module (.origin .key .api)
-    ui_page      a factory: ui_page(dpr=1, viewport=(1280, 800)) -> a page signed in at /ui/
+    ui_sim_server  one `vmplane serve --driver sim` per test module (no guests; fail-* creates fail)
+    ui_page      a factory: ui_page(dpr=1, viewport=(1280, 800), path="", server=ui_server)
+                 -> a page signed in at /ui/<path> (the qemu server unless another is given)
 
 Screenshots go to artifacts/screenshots/<name>/ (screenshot_dir(name) empties that folder
 only, so modules do not erase each other's)."""
