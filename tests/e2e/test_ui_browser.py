@@ -182,3 +182,179 @@ def test_web_console_drives_a_real_guest(tmp_path: Path, record_property: Any) -
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- the console's gaps (issue 23): each at a 1x and a 2x device pixel ratio, screenshots under
+# artifacts/screenshots/uifix/. Page logic runs against a sim server (no guest boots); the
+# terminal against one shared tiny-linux guest.
+
+DPR = pytest.mark.parametrize("dpr", [1, 2], ids=["1x", "2x"])
+
+
+@pytest.fixture(scope="module")
+def uifix_shots() -> Path:
+    return screenshot_dir("uifix")
+
+
+def _wait_job(api: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = api.get(f"/jobs/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+
+
+def _head_event_id(server: Any) -> int:
+    """The newest event id: what a fresh event stream says it starts after (`id: N`)."""
+    with httpx.stream("GET", f"{server.origin}/api/v1/events", headers={"X-API-Key": server.key}, timeout=10) as r:
+        for line in r.iter_lines():
+            if line.startswith("id:"):
+                return int(line[3:])
+    raise AssertionError("the stream did not name its start")
+
+
+@DPR
+def test_create_form_follows_the_server_name_rule(dpr: int, ui_page: Any, ui_sim_server: Any, uifix_shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    api = ui_sim_server.api
+    if "taken" not in {v["name"] for v in api.get("/vms").json()["items"]}:
+        _wait_job(api, api.post("/vms", json={"name": "taken", "start": False}).json()["jobId"])
+    page = ui_page(dpr=dpr, path="#/create", server=ui_sim_server)
+    name = page.get_by_label("Name")
+    expect(name).to_be_visible()
+    hint = page.locator(".field:has(input[name=name]) .hint")
+    expect(hint).to_contain_text("letters, digits and dashes")
+    expect(hint).not_to_contain_text("dot")
+    # Chromium compiles `pattern` as ^(?:…)$ with the v flag; an invalid one is silently ignored
+    assert page.evaluate("() => { new RegExp('^(?:' + document.querySelector('input[name=name]').pattern + ')$', 'v'); return true; }")
+    mismatch = "(v) => { const i = document.querySelector('input[name=name]'); i.value = v; return i.validity.patternMismatch; }"
+    for bad in ["a.b", "-web", "web-", "we_b", "wéb"]:
+        assert page.evaluate(mismatch, bad), bad
+    for good in ["a", "web-1", "A9", "x" * 63]:
+        assert not page.evaluate(mismatch, good), good
+    # the browser refuses a dot before sending anything
+    name.fill("a.b")
+    page.get_by_role("button", name="Create VM").click()
+    assert page.evaluate("document.querySelector('input[name=name]').validity.valid") is False
+    # what the server refuses is said next to the field
+    name.fill("taken")
+    page.get_by_role("button", name="Create VM").click()
+    err = page.locator(".field:has(input[name=name]) .field-error")
+    expect(err).to_contain_text("'taken' already exists")
+    expect(name).to_have_attribute("aria-invalid", "true")
+    expect(name).to_be_focused()
+    assert err.get_attribute("id") in (name.get_attribute("aria-describedby") or "").split()
+    page.screenshot(path=str(uifix_shots / f"create-field-error-{dpr}x.png"), full_page=True)
+    name.fill("taken2")  # editing clears it
+    expect(err).to_have_count(0)
+
+
+@DPR
+def test_create_toast_follows_the_job_and_an_unplaced_vm_offers_nothing_that_cannot_work(
+    dpr: int, ui_page: Any, ui_sim_server: Any, uifix_shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = ui_page(dpr=dpr, path="#/create", server=ui_sim_server)
+    page.get_by_label("Name").fill(f"fail-web-{dpr}")
+    page.get_by_role("button", name="Create VM").click()
+    expect(page.get_by_role("heading", name=f"fail-web-{dpr}")).to_be_visible()
+    expect(page.locator("#vm-status")).to_have_text("error", timeout=30_000)
+    # the toast says it failed, naming the VM and why; no "created" toast
+    expect(page.locator(".toast.error")).to_contain_text(f"Could not create fail-web-{dpr}: ", timeout=10_000)
+    expect(page.locator(".toast.error")).to_contain_text("simulated failure")
+    expect(page.locator(".toast.info")).to_have_count(0)
+    # on no node: Start and Restart are off, saying why; so is the console
+    start = page.get_by_role("button", name="Start", exact=True)
+    expect(start).to_be_disabled()
+    expect(start).to_have_attribute("title", re.compile("on no node"))
+    expect(page.get_by_role("button", name="Restart", exact=True)).to_be_disabled()
+    connect = page.get_by_role("button", name="Connect", exact=True)
+    expect(connect).to_be_disabled()
+    expect(page.locator("#console-state")).to_have_text("The console opens while the VM runs; it is error.")
+    page.screenshot(path=str(uifix_shots / f"vm-unplaced-error-{dpr}x.png"), full_page=True)
+
+    # a create that works: the toast comes when it is done, naming the VM
+    page.goto(f"{ui_sim_server.origin}/ui/#/create")
+    page.get_by_label("Name").fill(f"ok-web-{dpr}")
+    page.get_by_role("button", name="Create VM").click()
+    expect(page.locator(".toast.info")).to_contain_text(f"Created ok-web-{dpr}.", timeout=30_000)
+    expect(page.locator("#vm-status")).to_have_text("running")
+    expect(connect).to_be_enabled()
+    expect(page.locator("#console-state")).to_have_text("Not connected.")
+
+    # jobs name their VMs, on the list and on the job's page
+    page.goto(f"{ui_sim_server.origin}/ui/#/jobs")
+    row = page.locator("tbody tr").filter(has_text="vm-create").filter(has=page.get_by_role("link", name=f"ok-web-{dpr}", exact=True))
+    expect(row).to_have_count(1)
+    expect(page.locator("tbody tr").filter(has=page.get_by_role("link", name=f"fail-web-{dpr}", exact=True))).to_have_count(1)
+    page.screenshot(path=str(uifix_shots / f"jobs-vms-{dpr}x.png"), full_page=True)
+    row.get_by_role("link").first.click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(f"vm-create of ok-web-{dpr}")
+
+    # a power action's toast, by its outcome
+    page.get_by_role("link", name=f"ok-web-{dpr}").first.click()
+    expect(page.locator("#vm-status")).to_have_text("running")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.locator(".toast.info", has_text=f"Stopped ok-web-{dpr}.")).to_have_count(1, timeout=30_000)
+    expect(page.locator("#vm-status")).to_have_text("stopped")
+
+
+@DPR
+def test_long_errors_are_shown_whole(dpr: int, ui_page: Any, ui_sim_server: Any, uifix_shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = ui_page(dpr=dpr, viewport=(390, 844), server=ui_sim_server)
+    expect(page.get_by_role("heading", name="Virtual machines")).to_be_visible()
+    words = " ".join(f"word{i}" for i in range(120)) + " " + "x" * 200 + " THE-END"
+    page.evaluate("async (m) => (await import('./js/dom.js')).toast(m, 'error')", words)
+    t = page.locator(".toast.error")
+    text = t.locator(".long-text")
+    assert text.text_content() == words  # the whole message, not cut
+    more = t.get_by_role("button", name="Show all")
+    more.click()
+    expect(t.get_by_role("button", name="Show less")).to_have_attribute("aria-expanded", "true")
+    # unfolded: nothing hidden, nothing wider than the screen
+    assert page.evaluate("(e) => e.scrollHeight <= e.clientHeight + 1 && e.scrollWidth <= e.clientWidth + 1", text.element_handle())
+    box = t.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    t.get_by_text("THE-END").scroll_into_view_if_needed()
+    expect(t.get_by_text("THE-END")).to_be_visible()
+    page.screenshot(path=str(uifix_shots / f"toast-long-{dpr}x.png"))
+    page.wait_for_timeout(9500)  # unfolded, it stays until dismissed
+    expect(t).to_have_count(1)
+    t.get_by_role("button", name="Dismiss").click()
+    expect(t).to_have_count(0)
+
+
+@DPR
+def test_events_page_shows_the_latest_on_arrival_and_pages_back(dpr: int, ui_page: Any, ui_sim_server: Any, uifix_shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    api = ui_sim_server.api
+    # more than one page (100 ids) of events, so the first ones are not in the latest page
+    n = 0
+    while _head_event_id(ui_sim_server) < 130:
+        _wait_job(api, api.post("/vms", json={"name": f"ev-{dpr}-{n}", "start": False}).json()["jobId"])
+        n += 1
+    page = ui_page(dpr=dpr, path="#/events", server=ui_sim_server)
+    log = page.get_by_role("log")
+    expect(log.locator("li").first).to_be_visible(timeout=10_000)  # without any new event
+    assert log.locator("li").count() >= 90
+    expect(log).not_to_contain_text("node.online")  # event 1 or so: a page further back
+    page.screenshot(path=str(uifix_shots / f"events-arrival-{dpr}x.png"), full_page=True)
+    earlier = page.get_by_role("button", name="Load earlier events")
+    before = log.locator("li").count()
+    for _ in range(5):
+        if "node.online" in (log.text_content() or ""):
+            break
+        shown = log.locator("li").count()
+        earlier.click()
+        expect(log.locator("li")).not_to_have_count(shown, timeout=10_000)
+    expect(log).to_contain_text("node.online")
+    assert log.locator("li").count() > before
+    ids = [int(x[1:]) for x in log.locator("li > span.muted").all_text_contents()]
+    assert ids == sorted(ids, reverse=True) and len(ids) == len(set(ids))  # newest first, no repeats
