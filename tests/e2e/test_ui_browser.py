@@ -7,6 +7,7 @@ under artifacts/screenshots/walkthrough/."""
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,10 @@ def test_web_console_drives_a_real_guest(tmp_path: Path, record_property: Any) -
                 shot("nodes")
                 nav.get_by_role("link", name="Events").click()
                 expect(page.get_by_role("log")).to_contain_text("vm.running")
-                # events from before sign-in (the server's node.online at start) come back on request
-                expect(page.get_by_role("log")).not_to_contain_text("node.online")
-                page.get_by_role("button", name="Load earlier events").click()
+                # events from before sign-in (the server's node.online at start) are there on arrival;
+                # with fewer than a page of them, there is nothing earlier to load
                 expect(page.get_by_role("log")).to_contain_text("node.online")
+                expect(page.get_by_role("button", name="Load earlier events")).to_be_disabled()
                 shot("events")
 
                 # the VM list, also at phone size
@@ -358,3 +359,120 @@ def test_events_page_shows_the_latest_on_arrival_and_pages_back(dpr: int, ui_pag
     assert log.locator("li").count() > before
     ids = [int(x[1:]) for x in log.locator("li > span.muted").all_text_contents()]
     assert ids == sorted(ids, reverse=True) and len(ids) == len(set(ids))  # newest first, no repeats
+
+
+@pytest.fixture(scope="module")
+def console_guest(ui_server: Any) -> Iterator[dict[str, Any]]:
+    """One running tiny-linux guest for every terminal check, its agent answering."""
+    api = ui_server.api
+    tiny = next(t for t in api.get("/templates").json()["items"] if t["name"] == "tiny-linux")
+    r = api.post("/vms", json={"name": "console-guest", "templateId": tiny["id"]})
+    assert r.status_code == 202, r.text
+    vm_id = r.json()["vmIds"][0]
+    assert _wait_job(api, r.json()["jobId"], timeout=180)["state"] == "succeeded"
+    deadline = time.monotonic() + 120
+    while api.post(f"/vms/{vm_id}/exec", json={"command": ["true"], "timeoutSec": 5}).status_code != 200:
+        assert time.monotonic() < deadline, "the guest agent did not answer"
+        time.sleep(1)
+    yield api.get(f"/vms/{vm_id}").json()
+    api.delete(f"/vms/{vm_id}")
+
+
+# lit pixels (R+G+B > 300 on the black terminal) in a PNG, counted by the page's own canvas
+LIT = """async (b64) => {
+  const img = new Image(); img.src = 'data:image/png;base64,' + b64; await img.decode();
+  const c = document.createElement('canvas'); c.width = img.width; c.height = img.height;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; let lit = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 300) lit++;
+  return lit; }"""
+# the box of character `i` of the terminal row whose whole text is `text`: its own width, its
+# row's top and height (a row clips what overflows it)
+CELL = """([text, i]) => {
+  const row = [...document.querySelectorAll('#console-screen .xterm-rows > div')]
+    .find((r) => r.textContent.replace(/\\u00a0/g, ' ').trimEnd() === text);
+  if (!row) return null;
+  const walker = document.createTreeWalker(row, NodeFilter.SHOW_TEXT); let n, k = i;
+  while ((n = walker.nextNode()) && k >= n.length) k -= n.length;
+  const range = document.createRange(); range.setStart(n, k); range.setEnd(n, k + 1);
+  const c = range.getBoundingClientRect(), r = row.getBoundingClientRect();
+  return { x: c.x, y: r.y, width: c.width, height: r.height }; }"""
+
+
+def _type_until(page: Any, command: str, answer: "re.Pattern[str]", timeout: float = 60) -> "re.Match[str]":
+    """Type `command` into the console until a row shows `answer` (the guest's getty may need a
+    moment or an Enter first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page.locator("#console-screen .xterm").click()
+        page.keyboard.type(command)
+        page.keyboard.press("Enter")
+        for _ in range(20):
+            if m := answer.search(terminal_text(page)):
+                return m
+            page.wait_for_timeout(250)
+        assert time.monotonic() < deadline, terminal_text(page)
+
+
+@DPR
+def test_terminal_shows_underscores_and_tells_the_guest_its_size(
+    dpr: int, ui_page: Any, console_guest: dict[str, Any], uifix_shots: Path
+) -> None:
+    import base64
+
+    from playwright.sync_api import expect
+
+    page = ui_page(dpr=dpr, path=f"#/vms/{console_guest['id']}")
+    expect(page.locator("#vm-status")).to_have_text("running")
+    expect(page.locator("dt:text-is('Template') + dd")).to_have_text("tiny-linux")  # its name, not its id
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.locator("#console-state")).to_have_text("Connected.", timeout=30_000)
+    # the size is sent on attach and set on the guest's tty by its agent
+    note = page.locator("#console-size")
+    expect(note).to_contain_text("The guest's terminal is", timeout=30_000)
+    cols, rows = map(int, re.findall(r"\d+", note.text_content() or ""))
+    assert rows == page.locator("#console-screen .xterm-rows > div").count()
+
+    # `_` is drawn inside its row, at this pixel ratio
+    _type_until(page, "echo a_b", re.compile(r"^a_b$", re.M))
+    lit = {}
+    for i, ch in enumerate("a_b "):
+        box = page.evaluate(CELL, ["a_b", i])
+        assert box and box["width"] > 0, ch
+        lit[ch] = page.evaluate(LIT, base64.b64encode(page.screenshot(clip=box)).decode())
+    assert lit[" "] == 0 and lit["a"] > 0, lit  # the measure: a blank cell is dark, a letter is not
+    assert lit["_"] >= 3 * dpr, lit  # the underscore shows (it vanished at 1x: `x86 64`)
+    page.locator("#console-screen").screenshot(path=str(uifix_shots / f"terminal-underscore-{dpr}x.png"))
+
+    m = _type_until(page, "stty size", re.compile(r"^(\d+) (\d+)$", re.M))
+    assert (int(m.group(1)), int(m.group(2))) == (rows, cols), terminal_text(page)
+
+    # a narrower window: a narrower terminal, and the guest is told
+    page.set_viewport_size({"width": 900, "height": 800})
+    expect(note).not_to_contain_text(f"is {cols} columns", timeout=15_000)
+    cols2, rows2 = map(int, re.findall(r"\d+", note.text_content() or ""))
+    assert cols2 < cols and rows2 == rows
+    page.keyboard.type("clear")
+    page.keyboard.press("Enter")
+    m = _type_until(page, "stty size", re.compile(rf"^({rows2}) ({cols2})$", re.M))
+    page.locator("#console-screen").screenshot(path=str(uifix_shots / f"terminal-resized-{dpr}x.png"))
+    page.get_by_role("button", name="Disconnect").click()
+
+
+def test_charts_clear_when_the_vm_stops(ui_page: Any, ui_server: Any, console_guest: dict[str, Any], uifix_shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    pages = {dpr: ui_page(dpr=dpr, path=f"#/vms/{console_guest['id']}") for dpr in (1, 2)}
+    for page in pages.values():
+        expect(page.locator(".chart figcaption span.muted").first).not_to_have_text("–", timeout=30_000)
+    r = ui_server.api.post(f"/vms/{console_guest['id']}/stop")
+    assert r.status_code == 202, r.text
+    for dpr, page in pages.items():
+        expect(page.locator("#vm-status")).to_have_text("stopped", timeout=60_000)
+        values = page.locator(".chart figcaption span.muted")
+        for i in range(values.count()):
+            expect(values.nth(i)).to_have_text("–", timeout=10_000)
+        assert page.evaluate("[...document.querySelectorAll('.chart polyline')].every((l) => !l.getAttribute('points'))")
+        expect(page.get_by_role("button", name="Connect", exact=True)).to_be_disabled()
+        expect(page.locator("#console-state")).to_have_text("The console opens while the VM runs; it is stopped.")
+        page.screenshot(path=str(uifix_shots / f"vm-stopped-{dpr}x.png"), full_page=True)
