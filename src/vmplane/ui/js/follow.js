@@ -1,5 +1,5 @@
-// Jobs by what they are for: the VMs a job's tasks act on, by name; and, for a job started from
-// this tab, a toast when it ends that says how it went (a 202 only means "accepted").
+// Jobs by what they are for: the VMs a job's tasks act on, by name; and, for a job this tab
+// started, a toast when it ends that says how it went (a 202 only means "accepted").
 
 import { get } from "./api.js";
 import { toast } from "./dom.js";
