@@ -130,7 +130,7 @@ def test_web_console_drives_a_real_guest(tmp_path: Path, record_property: Any) -
                 expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
                 expect(page.locator("tbody tr").first).to_be_visible()
                 shot("jobs")
-                page.locator("tbody tr").filter(has_text="vm-create").get_by_role("link").click()
+                page.locator("tbody tr").filter(has_text="vm-create").get_by_role("link", name=re.compile("^job-")).click()
                 expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
                 page.get_by_text(re.compile(r"^Log \(\d+ lines\)$")).first.click()
                 expect(page.locator("pre.log").first).to_contain_text("running")
@@ -311,8 +311,9 @@ def test_long_errors_are_shown_whole(dpr: int, ui_page: Any, ui_sim_server: Any,
     page = ui_page(dpr=dpr, viewport=(390, 844), server=ui_sim_server)
     expect(page.get_by_role("heading", name="Virtual machines")).to_be_visible()
     words = " ".join(f"word{i}" for i in range(120)) + " " + "x" * 200 + " THE-END"
+    page.clock.install()  # the toast's timers, fast-forwarded below
     page.evaluate("async (m) => (await import('./js/dom.js')).toast(m, 'error')", words)
-    t = page.locator(".toast.error")
+    t = page.locator(".toast.error", has_text="THE-END")
     text = t.locator(".long-text")
     assert text.text_content() == words  # the whole message, not cut
     more = t.get_by_role("button", name="Show all")
@@ -325,7 +326,11 @@ def test_long_errors_are_shown_whole(dpr: int, ui_page: Any, ui_sim_server: Any,
     t.get_by_text("THE-END").scroll_into_view_if_needed()
     expect(t.get_by_text("THE-END")).to_be_visible()
     page.screenshot(path=str(uifix_shots / f"toast-long-{dpr}x.png"))
-    page.wait_for_timeout(9500)  # unfolded, it stays until dismissed
+    page.evaluate("async () => (await import('./js/dom.js')).toast('a short one', 'error')")
+    expect(page.locator(".toast", has_text="a short one")).to_have_count(1)
+    page.mouse.move(0, 0)
+    page.clock.run_for(30_000)  # unfolded, it stays past its 9 s until dismissed; the short one goes
+    expect(page.locator(".toast", has_text="a short one")).to_have_count(0)
     expect(t).to_have_count(1)
     t.get_by_role("button", name="Dismiss").click()
     expect(t).to_have_count(0)
