@@ -57,11 +57,14 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
     """Carry bytes both ways between an accepted WebSocket and a console stream until either
     side ends, or the server shuts down (close 1001) (binary frames out; text or binary frames
     in); then close both. With `resize` (the client chose CONTROL_SUBPROTOCOL) text frames are
-    control messages: a valid resize calls `resize` in the background (the newest replaces one
-    still running, keys are never held up by it) and is answered; an invalid one is answered
-    with the error and changes nothing."""
+    control messages: a valid resize calls `resize` in the background, one at a time (sizes
+    that come while one runs are coalesced: only the newest is applied next, so a flood of
+    messages runs at most one command at a time; keys are never held up by it) and is
+    answered; an invalid one is answered with the error and changes nothing."""
     sending = asyncio.Lock()  # guest output and control answers share the socket
     resizing: asyncio.Task[None] | None = None
+    wanted: ConsoleSize | None = None  # the newest size not yet applied
+    wake = asyncio.Event()
 
     async def send_text(text: str) -> None:
         async with sending:
@@ -77,15 +80,25 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
         await send_text(json.dumps({"type": "resized", "rows": size.rows, "cols": size.cols}))
 
     async def control(text: str) -> None:
-        nonlocal resizing
+        nonlocal resizing, wanted
         try:
             size = parse_control(text)
         except InvalidRequest as exc:
             await send_text(json.dumps({"type": "error", "error": exc.message, "field": exc.details.get("field")}))
             return
-        if resizing is not None:
-            resizing.cancel()
-        resizing = asyncio.create_task(apply(size))
+        wanted = size
+        wake.set()
+        if resizing is None:
+            resizing = asyncio.create_task(resizer())
+
+    async def resizer() -> None:
+        nonlocal wanted
+        while True:
+            await wake.wait()
+            wake.clear()
+            size, wanted = wanted, None
+            if size is not None:
+                await apply(size)
 
     async def guest_to_client() -> None:
         while data := await reader.read(4096):

@@ -23,10 +23,18 @@ class RecordingDriver(GuestSimDriver):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.execs: list[list[str]] = []
+        self.slow = 0.0
+        self.running = self.most_at_once = 0
 
     async def exec_vm(self, vm_id: str, argv: list[str], timeout: float, max_output: int) -> ExecResult:
         self.execs.append(list(argv))
-        return await super().exec_vm(vm_id, argv, timeout, max_output)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(self.slow)
+            return await super().exec_vm(vm_id, argv, timeout, max_output)
+        finally:
+            self.running -= 1
 
 
 async def _console(s: Server, vm_id: str, subprotocols: list[str] | None) -> Any:
@@ -82,6 +90,16 @@ async def test_hostile_resize_messages_run_nothing(server_factory: Any) -> None:
         await ws.send(json.dumps({"type": "resize", "rows": 24, "cols": 80}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "resized", "rows": 24, "cols": 80}
         assert driver.execs == [["stty", "-F", "/dev/ttyS0", "rows", "24", "cols", "80"]]
+        # a flood: one command at a time, the sizes that came meanwhile coalesced to the newest
+        driver.slow = 0.2
+        for cols in range(100, 150):
+            await ws.send(json.dumps({"type": "resize", "rows": 30, "cols": cols}))
+        answers = []
+        while not answers or answers[-1] != {"type": "resized", "rows": 30, "cols": 149}:
+            answers.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+        assert 2 <= len(driver.execs) <= 3, driver.execs  # the first, maybe one caught mid-way, the newest
+        assert driver.execs[-1][-1] == "149" and driver.most_at_once == 1
+        driver.execs[1:] = []
 
     # a client that did not choose the protocol: every frame is keys, nothing is run
     async with await _console(s, vm_id, None) as ws:
