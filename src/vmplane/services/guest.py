@@ -25,6 +25,7 @@ from ..store import templates as tpl_q
 from ..store import vms as vm_q
 from ..streams import StreamSlot
 from ..vmstates import VmOp, require_state
+from ..wsconsole import COLS, ROWS, ConsoleSize
 from .vms import AUTO_PORTS, get_visible_vm, port_is_free
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 
 CONSOLE_TOKEN_SECONDS = 60
+CONSOLE_TTY = "/dev/ttyS0"
+"""the guest's serial console (the first serial port, where vmplane's console connects)"""
+CONSOLE_SIZE_SECONDS = 15
 EXEC_MAX_OUTPUT = 1024 * 1024
 EXEC_MAX_SECONDS = 600
 
@@ -108,6 +112,22 @@ class GuestService:
             slot.release()
             raise
         return reader, writer, slot
+
+    async def set_console_size(self, vm_id: str, size: ConsoleSize) -> None:
+        """Tell the guest its serial console's size, as the terminal showing it is sized:
+        `stty -F /dev/ttyS0 rows R cols C` run by the guest agent (an argv of validated
+        numbers, no shell). Only for an open console: its token was the credential."""
+        if not (ROWS[0] <= size.rows <= ROWS[1] and COLS[0] <= size.cols <= COLS[1]):
+            raise InvalidRequest(f"the size must be {ROWS[0]}-{ROWS[1]} rows by {COLS[0]}-{COLS[1]} columns", field="rows")
+        async with self.store.read() as conn:
+            vm = await vm_q.get_vm(conn, vm_id)
+        if vm is None:
+            raise NotFound(f"VM {vm_id} not found")
+        argv = ["stty", "-F", CONSOLE_TTY, "rows", str(size.rows), "cols", str(size.cols)]
+        r = await self._driver(vm, "exec").exec_vm(vm.id, argv, CONSOLE_SIZE_SECONDS, 4096)
+        if r.timed_out or r.exit_code != 0:
+            why = "timed out" if r.timed_out else (r.stderr.decode("utf-8", "replace").strip() or f"exit status {r.exit_code}")
+            raise Conflict(f"the guest did not take the terminal size: stty {why}"[:300])
 
     async def console_log(self, ref: str, max_bytes: int, who: Principal) -> bytes:
         vm = await get_visible_vm(self.store, ref, who)

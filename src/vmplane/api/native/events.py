@@ -86,7 +86,8 @@ async def events_sse(
     since: str | None = Query(None, max_length=20, description="resume after this event id (as Last-Event-ID)"),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
 ) -> StreamingResponse:
-    """Server-Sent Events. Resume with `Last-Event-ID` (or `since`): no gap, no duplicate."""
+    """Server-Sent Events. Resume with `Last-Event-ID` (or `since`): no gap, no duplicate. A
+    stream opened without either begins with `id: N` (no data): events after N follow."""
     bus: EventBus = request.app.state.rt.events
     patterns, resource = _filters(types, resource)
     after = _resume_point(last_event_id, "Last-Event-ID")
@@ -96,7 +97,9 @@ async def events_sse(
 
     async def stream() -> AsyncIterator[bytes]:
         async with bus.subscribe(patterns, resource, request.app.state.rt.settings.event_subscriber_queue, who.org_id, who.team_id) as sub:
-            yield b"retry: 2000\n\n"
+            # a fresh stream names where it starts (`id:` with no data: no event, the resume point),
+            # so a client knows the newest event id at once and can page back from it
+            yield b"retry: 2000\n\n" if after is not None else b"retry: 2000\nid: %d\n\n" % sub.start_seq
             if after is not None:
                 async for past in bus.history(sub, after):
                     yield wire.sse(past)

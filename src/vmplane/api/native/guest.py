@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ... import clock
 from ...errors import Reason, VmplaneError
-from ...wsconsole import bridge
+from ...wsconsole import CONTROL_SUBPROTOCOL, ConsoleSize, bridge
 from ..deps import CallerDep, RuntimeDep, deny_websocket
 from ..errors import NATIVE, retry_after
 from ..middleware import NO_STORE
@@ -34,7 +34,8 @@ async def console_token(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONRespo
 @ws_router.websocket("/vms/{vm_id}/console/ws")
 async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
     """Bridges the WebSocket to the VM's serial console, both ways (binary frames out;
-    text or binary frames in)."""
+    text or binary frames in). A client offering the `vmplane.console` subprotocol sends keys
+    as binary frames and its terminal's size as text frames (wsconsole.CONTROL_SUBPROTOCOL)."""
     rt = websocket.app.state.rt
     try:
         reader, writer, slot = await rt.guest.open_console(vm_id, token)
@@ -48,8 +49,16 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
         await websocket.close(code=4404 if exc.reason == Reason.NOT_FOUND else 4409, reason=exc.message[:120])
         return
     with slot:
-        await websocket.accept()
-        await bridge(websocket, reader, writer)
+        if CONTROL_SUBPROTOCOL in (websocket.scope.get("subprotocols") or ()):
+
+            async def resize(size: ConsoleSize) -> None:
+                await rt.guest.set_console_size(vm_id, size)
+
+            await websocket.accept(subprotocol=CONTROL_SUBPROTOCOL)
+            await bridge(websocket, reader, writer, resize)
+        else:
+            await websocket.accept()
+            await bridge(websocket, reader, writer)
 
 
 @router.get("/vms/{vm_id}/console/log", response_class=PlainTextResponse, responses=ERRORS)

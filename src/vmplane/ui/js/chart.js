@@ -17,6 +17,14 @@ export class Chart {
     this.el = h("div", { class: "chart" }, h("figure", {}, h("figcaption", {}, h("span", {}, title), this.value), this.plot));
   }
 
+  /** Forget every sample (the VM stopped: no current figures to show). */
+  clear() {
+    this.samples = this.series.map(() => []);
+    for (const l of this.lines) l.setAttribute("points", "");
+    this.value.textContent = "–";
+    this.plot.setAttribute("aria-label", `${this.title}: no data`);
+  }
+
   add(...values) {
     values.forEach((v, i) => {
       const s = this.samples[i];

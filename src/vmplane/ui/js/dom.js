@@ -83,11 +83,66 @@ export function clock(iso) {
   return d.toLocaleTimeString([], { hour12: false });
 }
 
+const LONG = 160; // characters: a longer message opens folded, with "Show all"
+
+/** A message that may be long: shown whole (wrapped, never cut); past LONG characters folded to
+ * a few lines with a "Show all" toggle. `onOpen` is called when it is unfolded. */
+export function longText(message, onOpen) {
+  const text = h("span", { class: "long-text" }, message);
+  if (String(message).length <= LONG) return text;
+  text.classList.add("folded");
+  const more = h("button", { type: "button", class: "link", "aria-expanded": "false" }, "Show all");
+  more.addEventListener("click", () => {
+    const open = text.classList.toggle("folded") === false;
+    more.setAttribute("aria-expanded", String(open));
+    more.textContent = open ? "Show less" : "Show all";
+    if (open && onOpen) onOpen();
+  });
+  return h("span", { class: "long" }, text, " ", more);
+}
+
+/** A toast; it goes after 5 s (9 s for errors), but not while the pointer or focus is on it, and
+ * not once unfolded; "Dismiss" closes it at once. */
 export function toast(message, kind = "info") {
   const box = document.getElementById("toasts");
-  const t = h("div", { class: `toast ${kind}` }, message);
+  let keep = false;
+  const t = h("div", { class: `toast ${kind}` });
+  const close = h("button", { type: "button", class: "dismiss", "aria-label": "Dismiss", onclick: () => t.remove() }, "×");
+  replace(t, longText(message, () => { keep = true; }), close);
   box.append(t);
-  setTimeout(() => t.remove(), kind === "error" ? 9000 : 5000);
+  let hovered = false;
+  t.addEventListener("pointerenter", () => { hovered = true; });
+  t.addEventListener("pointerleave", () => { hovered = false; });
+  const expire = () => {
+    if (keep) return;
+    if (hovered || t.contains(document.activeElement)) { setTimeout(expire, 2000); return; }
+    t.remove();
+  };
+  setTimeout(expire, kind === "error" ? 9000 : 5000);
+  return t;
+}
+
+/** Mark `control` as refused with `message` shown under it (and read with it); cleared when edited. */
+export function fieldError(control, message) {
+  const id = `${control.id}-error`;
+  let el = document.getElementById(id);
+  if (!el) {
+    el = h("p", { class: "field-error", id });
+    control.closest(".field")?.append(el);
+    control.setAttribute("aria-describedby", [control.getAttribute("aria-describedby"), id].filter(Boolean).join(" "));
+    control.addEventListener("input", () => clearFieldError(control), { once: true });
+  }
+  el.textContent = message;
+  control.setAttribute("aria-invalid", "true");
+}
+
+export function clearFieldError(control) {
+  const id = `${control.id}-error`;
+  document.getElementById(id)?.remove();
+  control.removeAttribute("aria-invalid");
+  const rest = (control.getAttribute("aria-describedby") || "").split(" ").filter((x) => x && x !== id);
+  if (rest.length) control.setAttribute("aria-describedby", rest.join(" "));
+  else control.removeAttribute("aria-describedby");
 }
 
 export function errorText(err) {

@@ -13,6 +13,18 @@ export class EventStream {
     this.lastId = null;
     this.state = "connecting";
     this.controller = null;
+    this.heads = []; // waiting for the first resume point (see head())
+  }
+
+  /** The newest event id when the stream was opened (its first `id:`), or the last one seen:
+   * where the Events page starts paging back from. Null if none comes within `ms`. */
+  head(ms = 5000) {
+    if (this.lastId !== null) return Promise.resolve(this.lastId);
+    return new Promise((resolve) => {
+      const done = (id) => { clearTimeout(timer); resolve(id); };
+      const timer = setTimeout(() => { this.heads = this.heads.filter((f) => f !== done); resolve(null); }, ms);
+      this.heads.push(done);
+    });
   }
 
   on(fn) { this.listeners.add(fn); return () => this.listeners.delete(fn); }
@@ -101,8 +113,17 @@ export class EventStream {
 
   block(text) {
     const event = parseBlock(text);
-    if (!event) return;
+    if (!event) {
+      // a fresh stream opens with `id: N` and no data: the point it resumes from
+      const m = /^id: ?(\d+)$/m.exec(text);
+      if (m && this.lastId === null) {
+        this.lastId = Number(m[1]);
+        for (const f of this.heads.splice(0)) f(this.lastId);
+      }
+      return;
+    }
     this.lastId = event.id;
+    for (const f of this.heads.splice(0)) f(this.lastId);
     this.recent.push(event);
     if (this.recent.length > KEEP) this.recent.splice(0, this.recent.length - KEEP);
     for (const fn of this.listeners) {

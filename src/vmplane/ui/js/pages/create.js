@@ -1,7 +1,8 @@
 // Create VM: template, size, node, SSH key, user-data.
 
 import { ApiError, listAll, post } from "../api.js";
-import { errorText, field, h, replace, toast } from "../dom.js";
+import { clearFieldError, errorText, field, fieldError, h, longText, replace, toast } from "../dom.js";
+import { followJob } from "../follow.js";
 
 const SIZES = [
   ["small", "Small: 1 vCPU, 512 MiB, 10 GB", 1, 512, 10],
@@ -9,11 +10,16 @@ const SIZES = [
   ["large", "Large: 4 vCPU, 8 GiB, 50 GB", 4, 8192, 50],
 ];
 
-export async function createPage(main, { navigate }) {
+// The server's rule for a VM name (domain/names.py NAME_RE): a DNS label. Chromium compiles
+// `pattern` with the `v` flag, where a literal "-" in a class must be escaped.
+const NAME_PATTERN = "[A-Za-z0-9](?:[A-Za-z0-9\\-]{0,61}[A-Za-z0-9])?";
+const NAME_HINT = "1 to 63 letters, digits and dashes (-), starting and ending with a letter or digit.";
+
+export async function createPage(main, { navigate, events }) {
   const [templates, nodes] = await Promise.all([listAll("/templates"), listAll("/nodes")]);
   const usable = templates.filter((t) => t.status !== "error");
 
-  const name = h("input", { name: "name", required: true, maxlength: 63, pattern: "[A-Za-z0-9][A-Za-z0-9.-]*", autocomplete: "off" });
+  const name = h("input", { name: "name", required: true, maxlength: 63, pattern: NAME_PATTERN, autocomplete: "off" });
   const template = h("select", { name: "template" },
     h("option", { value: "" }, "none (an empty disk)"),
     usable.map((t) => h("option", { value: t.id }, `${t.name} (${t.os}${t.status !== "ready" ? `, ${t.status}` : ""})`)));
@@ -44,7 +50,7 @@ export async function createPage(main, { navigate }) {
 
   const form = h("form", { class: "create card", "aria-labelledby": "create-title", novalidate: false },
     alert,
-    field("Name", name, "Letters, digits, dots and dashes."),
+    field("Name", name, NAME_HINT),
     field("Template", template),
     h("fieldset", {}, h("legend", {}, "Size"),
       field("Preset", size),
@@ -64,6 +70,7 @@ export async function createPage(main, { navigate }) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     replace(alert);
+    for (const el of form.querySelectorAll("[aria-invalid]")) clearFieldError(el);
     const spec = {
       name: name.value.trim(),
       resources: { cpu: Number(cpu.value), ramMb: Number(ram.value), diskGb: Number(disk.value) },
@@ -79,15 +86,25 @@ export async function createPage(main, { navigate }) {
     submit.disabled = true;
     try {
       const r = await post("/vms", spec);
-      toast(`Creating ${spec.name} (job ${r.jobId}).`);
+      // the toast that says how it went comes when the job ends (follow.js), not now
+      followJob(events, r.jobId, { vmNames: { [r.vmIds[0]]: spec.name }, verb: "create" });
       navigate(`#/vms/${r.vmIds[0]}`);
     } catch (err) {
       submit.disabled = false;
-      replace(alert, h("p", { class: "alert" }, `Not created: ${errorText(err)}`));
-      const bad = err instanceof ApiError && err.field ? form.querySelector(`[name="${String(err.field).split(".").pop()}"]`) : null;
-      if (bad) { bad.setAttribute("aria-invalid", "true"); bad.focus(); } else alert.focus?.();
+      replace(alert, h("p", { class: "alert" }, "Not created: ", longText(errorText(err))));
+      const bad = form.querySelector(`[name="${refusedField(err)}"]`);
+      if (bad) { fieldError(bad, err.message); bad.focus(); } else alert.focus?.();
     }
   });
 
   replace(main, h("h1", { id: "create-title" }, "Create a VM"), form);
+}
+
+/** The form field (its `name`) a refusal is about: the API's field (`resources.ramMb` -> ramMb),
+ * or `name` for a name already taken (409 naming the names). */
+function refusedField(err) {
+  if (!(err instanceof ApiError)) return null;
+  if (err.field) return String(err.field).split(".").pop();
+  if (err.body && err.body.details && Array.isArray(err.body.details.names)) return "name";
+  return null;
 }

@@ -1,8 +1,11 @@
-// Events: a live tail of the event stream, with a type filter and pause.
+// Events: a live tail of the event stream, with a type filter and pause. On arrival the latest
+// page of past events is loaded (paging back from the stream's start id); "Load earlier events"
+// pages further back, PAGE ids at a time.
 
 import { clock, h, replace } from "../dom.js";
 
 const SHOW = 200;
+const PAGE = 100; // event ids per step back
 
 function summary(ev) {
   const d = ev.data || {};
@@ -29,7 +32,7 @@ export async function eventsPage(main, { events }) {
   const count = h("p", { class: "muted" });
   const earlierBtn = h("button", { type: "button", class: "secondary" }, "Load earlier events");
   let paused = false;
-  let history = []; // events from before sign-in, oldest first (loaded on request)
+  let history = []; // events from before this tab's stream, oldest first (latest page on arrival, more on request)
   const held = [];
 
   replace(main,
@@ -50,15 +53,25 @@ export async function eventsPage(main, { events }) {
     replace(list, shown.map(item));
     count.textContent = status();
   }
-  earlierBtn.addEventListener("click", async () => {
-    const oldest = history[0] || events.recent[0];
-    if (!oldest) { count.textContent = "No event yet to go back from; events appear here as they happen."; return; }
+  let before = null; // the next page back holds ids below this (null: not known yet)
+  async function loadEarlier() {
+    if (before === null) {
+      const oldest = history[0] || events.recent[0];
+      const head = oldest ? oldest.id : await events.head();
+      if (head === null) { count.textContent = "The event stream is not connected; no past events to show."; return; }
+      before = oldest ? oldest.id : head + 1;
+    }
+    if (before <= 1) return;
     earlierBtn.disabled = true;
-    const got = await events.earlier(oldest.id);
-    history = [...got, ...history];
-    earlierBtn.disabled = got.length === 0 || got[0].id <= 1; // nothing before these
+    const got = await events.earlier(before, PAGE);
+    const seen = new Set(history.map((e) => e.id));
+    history = [...got.filter((e) => !seen.has(e.id)), ...history];
+    before = Math.max(1, before - PAGE);
+    earlierBtn.disabled = before <= 1; // event ids start at 1: nothing before these
     redraw();
-  });
+    if (!got.length && before > 1) count.textContent = `${status()} No events of yours among ids ${before} to ${before + PAGE - 1}; load earlier to go further back.`;
+  }
+  earlierBtn.addEventListener("click", loadEarlier);
   filter.addEventListener("input", redraw);
   pause.addEventListener("click", () => {
     paused = !paused;
@@ -74,5 +87,6 @@ export async function eventsPage(main, { events }) {
     count.textContent = status();
   });
   redraw();
+  loadEarlier(); // the latest page of what happened before arrival
   return off;
 }

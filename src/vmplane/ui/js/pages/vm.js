@@ -4,18 +4,22 @@ import { del, get, post, put } from "../api.js";
 import { Chart } from "../chart.js";
 import { SerialConsole } from "../console.js";
 import { editPanel } from "./vmedit.js";
-import { badge, batcher, bytes, confirmAction, errorText, field, h, keepFocus, mib, pendingMark, replace, td, toast, when } from "../dom.js";
+import { followJob, rememberVms } from "../follow.js";
+import { badge, batcher, bytes, confirmAction, errorText, field, h, keepFocus, longText, mib, pendingMark, replace, td, toast, when } from "../dom.js";
 
+// [action, label, why it is not offered now (null: offered)]
+const UNPLACED = "It is on no node (never placed): delete it, or create it again once a node has room.";
 const ACTIONS = [
-  ["start", "Start", (s) => s === "stopped" || s === "error"],
-  ["stop", "Stop", (s) => s === "running" || s === "starting"],
-  ["shutdown", "Shut down", (s) => s === "running"],
-  ["reboot", "Reboot", (s) => s === "running"],
-  ["power-cycle", "Restart", (s) => s === "running" || s === "stopped" || s === "error"],
+  ["start", "Start", (vm) => (vm.status !== "stopped" && vm.status !== "error" ? `Start needs a stopped VM; it is ${vm.status}.` : vm.nodeId ? null : UNPLACED)],
+  ["stop", "Stop", (vm) => (vm.status === "running" || vm.status === "starting" ? null : `It is ${vm.status}.`)],
+  ["shutdown", "Shut down", (vm) => (vm.status === "running" ? null : `It is ${vm.status}.`)],
+  ["reboot", "Reboot", (vm) => (vm.status === "running" ? null : `It is ${vm.status}.`)],
+  ["power-cycle", "Restart", (vm) => (!["running", "stopped", "error"].includes(vm.status) ? `It is ${vm.status}.` : vm.nodeId ? null : UNPLACED)],
 ];
 
 export async function vmPage(main, { events, navigate }, vmId) {
   let vm = await get(`/vms/${vmId}`);
+  rememberVms([vm]);
   const title = h("h1", {}, vm.name, vm.displayName && vm.displayName !== vm.name ? h("span", { class: "muted" }, ` (${vm.displayName})`) : null);
   const status = h("span", { id: "vm-status" });
   const actions = h("div", { class: "toolbar", role: "group", "aria-label": "Power" });
@@ -51,18 +55,29 @@ export async function vmPage(main, { events, navigate }, vmId) {
       section("s-backups", "Backups", backups)),
     section("s-firewall", "Firewall", firewall));
 
+  // the template by name (its id only when it is gone or not readable)
+  let template = null;
+  const templateLabel = () => (!vm.templateId ? "–" : template && template.id === vm.templateId ? template.name : vm.templateId);
+  async function loadTemplate() {
+    if (!vm.templateId || (template && template.id === vm.templateId)) return;
+    try { template = await get(`/templates/${encodeURIComponent(vm.templateId)}`); drawVm(); } catch { /* deleted: the id stays */ }
+  }
+
   function drawVm() {
     edit.update(vm);
+    serial.setVm(vm);
     replace(status, badge(vm.status), " ", pendingMark(vm));
     keepFocus(actions, () => replace(actions,
-      ACTIONS.map(([action, label, allowed]) =>
-        h("button", { type: "button", disabled: !allowed(vm.status), onclick: () => power(action, label) }, label)),
+      ACTIONS.map(([action, label, whyNot]) => {
+        const why = whyNot(vm);
+        return h("button", { type: "button", disabled: why !== null, title: why, onclick: () => power(action, label) }, label);
+      }),
       h("button", { type: "button", class: "danger", onclick: remove }, "Delete")));
     const r = vm.resources;
     replace(overview, ...[
-      ["Status", badge(vm.status)], ["Pending restart", pendingMark(vm)], ["Error", vm.error], ["ID", vm.id], ["UUID", vm.uuid], ["Node", vm.nodeId || "–"],
+      ["Status", badge(vm.status)], ["Pending restart", pendingMark(vm)], ["Error", vm.error ? h("span", { class: "error-text" }, longText(vm.error)) : null], ["ID", vm.id], ["UUID", vm.uuid], ["Node", vm.nodeId || "–"],
       ["vCPUs", String(r.cpu)], ["Memory", mib(r.ramMb)], ["Disk", `${r.diskGb} GB`],
-      ["Template", vm.templateId || "–"], ["From snapshot", vm.snapshotId], ["Uptime", vm.uptime || "–"],
+      ["Template", templateLabel()], ["From snapshot", vm.snapshotId], ["Uptime", vm.uptime || "–"],
       ["Tags", vm.tags.join(", ") || "–"],
       ["SSH", vm.ssh ? `ssh -p ${vm.ssh.port} ${vm.ssh.user}@${vm.ssh.host}` : null],
       ["Forwarded ports", (vm.expose || []).map((e) => `${e.hostPort ?? "?"}→${e.port}/${e.protocol}`).join(", ") || null],
@@ -77,7 +92,8 @@ export async function vmPage(main, { events, navigate }, vmId) {
   async function power(action, label) {
     try {
       const r = await post(`/vms/${vm.id}/${action}`);
-      toast(`${label}: requested (job ${r.jobId}).`);
+      toast(`${label} ${vm.name}: requested.`);
+      followJob(events, r.jobId, { vmNames: { [vm.id]: vm.name } });
     } catch (err) { toast(errorText(err), "error"); }
   }
 
@@ -85,7 +101,8 @@ export async function vmPage(main, { events, navigate }, vmId) {
     if (!(await confirmAction(`Delete ${vm.name}? Its disk is removed.`, "Delete"))) return;
     try {
       const r = await del(`/vms/${vm.id}`);
-      toast(`Deleting ${vm.name} (job ${r.jobId}).`);
+      toast(`Deleting ${vm.name}.`);
+      followJob(events, r.jobId, { vmNames: { [vm.id]: vm.name } });
       navigate("#/vms");
     } catch (err) { toast(errorText(err), "error"); }
   }
@@ -97,12 +114,15 @@ export async function vmPage(main, { events, navigate }, vmId) {
   let samples = 0;
   async function sample() {
     if (vm.status !== "running" || statsOff) {
+      if (last || samples) for (const c of Object.values(charts)) c.clear(); // a stopped VM has no current figures
       last = null;
+      samples = 0;
       if (!statsOff) statsNote.textContent = "Statistics appear while the VM runs.";
       return;
     }
     try {
       const s = await get(`/vms/${vm.id}/stats`);
+      if (vm.status !== "running") return; // stopped while asking: keep the charts empty
       const now = performance.now();
       charts.cpu.add(s.cpuPercent);
       charts.mem.add(s.memoryMb);
@@ -250,6 +270,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
   });
 
   drawVm();
+  soft(loadTemplate());
   await Promise.all([soft(loadSnapshots()), soft(loadBackups()), soft(loadFirewall())]);
   return () => { off(); clearInterval(statsTimer); serial.dispose(); edit.stop(); };
 }
