@@ -75,7 +75,8 @@ export class HistoryChart {
       for (const [t, vs] of this.points) {
         const v = vs[i];
         if (v === null || v === undefined) { prev = null; continue; }
-        d += `${prev === null || t - prev > this.gapMs ? "M" : "L"}${x(t)},${y(v)} `;
+        // a run's first point also gets a zero-length segment: drawn as a dot (round caps) when alone
+        d += prev === null || t - prev > this.gapMs ? `M${x(t)},${y(v)} l0,0 ` : `L${x(t)},${y(v)} `;
         prev = t;
       }
       this.paths[i].setAttribute("d", d.trim());
