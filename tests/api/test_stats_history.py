@@ -6,6 +6,7 @@ The sim driver measures nothing (`capabilities.stats` is false), so these tests 
 whose VMs report figures the test sets, as a real driver's stats path would."""
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -160,3 +161,23 @@ async def test_a_failing_stats_call_skips_that_vm_only(metered: Server) -> None:
     assert await _count(server, vm_samples, vm_id=ids[1]) >= 1
     assert dataclasses.asdict(driver.capabilities)["stats"] is True
     assert server.rt.stats_history.last_tick["vms"] == 1
+
+
+async def test_the_cli_prints_a_vms_history(metered: Server) -> None:
+    """`vmplane vm stats NAME --history`: the stored samples as a table, or the answer as JSON."""
+    from ..cli.test_cli_login_user import vmplane
+
+    server = metered
+    vm_id = (await server.create({"name": "hist", "resources": {"cpu": 1, "ramMb": 256, "diskGb": 1}}))["tasks"][0]["resourceId"]
+    await server.rt.stats_history.tick()
+    await server.rt.stats_history.tick()
+    code, out, err = await vmplane(server, {}, "vm", "stats", "hist", "--history", "--json")
+    assert code == 0, err
+    h = json.loads(out)
+    assert h["vmId"] == vm_id and len(h["items"]) == 2 and h["items"][-1]["cpuPercent"] == 12.5
+    code, out, err = await vmplane(server, {"COLUMNS": "200"}, "vm", "stats", "hist", "--history")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "12.5" in line]
+    assert len(rows) == 2 and "128/256" in rows[-1], out
+    code, out, err = await vmplane(server, {}, "vm", "stats", "hist", "--history", "--since", "last tuesday")
+    assert code != 0 and "since" in err, (out, err)
