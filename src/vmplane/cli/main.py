@@ -401,9 +401,9 @@ def vm_stats(
     if json_out:
         return _print(h)
     table = Table("AT", "CPU %", "MEM MB", "DISK R/W B/S", "NET RX/TX B/S")
-    rate = lambda a, b: f"{'-' if a is None else f'{a:g}'}/{'-' if b is None else f'{b:g}'}"  # noqa: E731
     for s in h["items"]:
-        table.add_row(s["at"], f"{s['cpuPercent']:g}", f"{s['memoryMb']}/{s['memoryTotalMb']}", rate(s["diskReadBps"], s["diskWriteBps"]), rate(s["netRxBps"], s["netTxBps"]))
+        disk, net = ("/".join("-" if s[k] is None else f"{s[k]:g}" for k in pair) for pair in (("diskReadBps", "diskWriteBps"), ("netRxBps", "netTxBps")))
+        table.add_row(s["at"], f"{s['cpuPercent']:g}", f"{s['memoryMb']}/{s['memoryTotalMb']}", disk, net)
     out.print(table)
     if not h["items"]:
         typer.echo(f"no samples (recorded every {h['intervalSeconds']:g} s while the VM runs)", err=True)
