@@ -84,7 +84,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "carried", "-f", str(key)], check=True)
     url = f"http://127.0.0.1:{port}"
-    proc = serve(data, port, tmp / "server.log", ["--driver", "qemu", "--accel", "tcg"], {"VMPLANE_CPU_OVERCOMMIT": "8"})
+    proc = serve(data, port, tmp / "server.log", ["--driver", "qemu", "--accel", "tcg"], {"VMPLANE_CPU_OVERCOMMIT": "8", "VMPLANE_STATS_SAMPLE_SECONDS": "2"})
     try:
         wait_ready(url, proc)
         with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": admin_key(data)}) as c:
@@ -132,6 +132,32 @@ def test_network_counters_follow_the_nic_by_mac_when_the_guest_renames_it(lab: L
     assert wrote["stdout"].strip() == "ok", wrote
     disk = lab.stats(vm)
     assert disk["diskReadBytes"] > 0 and disk["diskWriteBytes"] - after["diskWriteBytes"] >= 32 * 65536, (after, disk)
+
+
+def test_the_stored_history_shows_a_busy_loop(lab: Lab) -> None:
+    """The sampler (every 2 s here) stores what the stats path measures: a busy loop run with
+    `exec` shows in the VM's history as more CPU than the idle guest's (TCG keeps even an idle
+    guest's QEMU busy), and the VM list carries its latest sample."""
+    vm = lab.vm
+    history = lambda: lab.c.get(f"/api/v1/vms/{vm}/stats/history").json()["items"]  # noqa: E731
+    while len(idle := history()) < 2:
+        time.sleep(1)
+    began = idle[-1]["at"]
+    busy = lab.exec(vm, ["sh", "-c", "(while :; do :; done) & sleep 6; kill $!; echo done"], timeout=60)
+    assert busy["stdout"].strip() == "done", busy
+    baseline = sorted(i["cpuPercent"] for i in idle)[len(idle) // 2]
+    deadline = time.monotonic() + 30
+    while True:  # the samples taken while it ran (and the one after, which covers its end)
+        during = [i for i in history() if i["at"] > began]
+        if max((i["cpuPercent"] for i in during), default=0) > baseline or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    print(f"[history] idle CPU % {[i['cpuPercent'] for i in idle]}, busy {[i['cpuPercent'] for i in during]}")
+    assert during and max(i["cpuPercent"] for i in during) > max(baseline, 0), (idle, during)
+    last = during[-1]
+    assert last["memoryMb"] > 0 and last["memoryTotalMb"] >= 256 and last["diskReadBps"] is not None, last
+    listed = next(v for v in lab.c.get("/api/v1/vms").json()["items"] if v["id"] == vm)
+    assert listed["stats"] is not None and listed["stats"]["memoryMb"] > 0, listed
 
 
 def test_a_vm_from_a_snapshot_takes_the_sources_ssh_key(lab: Lab) -> None:
