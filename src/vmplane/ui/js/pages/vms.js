@@ -50,7 +50,17 @@ export async function vmsPage(main, { events }) {
   const empty = h("p", { class: "muted" });
   const sort = { key: sessionStorage.getItem("vmplane.vms.sort") || "name", direction: sessionStorage.getItem("vmplane.vms.dir") || "ascending" };
   if (!SORTS[sort.key]) sort.key = "name";
+  if (sort.direction !== "descending") sort.direction = "ascending";
   const headers = {};
+  // the same order from a control, for small screens (the table's header is hidden there)
+  const sortSelect = h("select", { id: "sort-by" }, Object.entries(SORTS).flatMap(([key, [label]]) =>
+    ["ascending", "descending"].map((dir) => h("option", { value: `${key}:${dir}` }, `${label} ${dir === "ascending" ? "▲" : "▼"}`))));
+  sortSelect.addEventListener("change", () => {
+    const [key, dir] = sortSelect.value.split(":");
+    sort.direction = dir;
+    sort.key = key;
+    remember();
+  });
   const header = (label) => {
     const key = Object.keys(SORTS).find((k) => SORTS[k][0] === label);
     if (!key) return h("th", { scope: "col" }, label);
@@ -64,7 +74,8 @@ export async function vmsPage(main, { events }) {
     h("div", { class: "field" }, h("label", { for: "filter-name" }, "Name"), name),
     h("div", { class: "field" }, h("label", { for: "filter-status" }, "Status"), status),
     h("div", { class: "field" }, h("label", { for: "filter-node" }, "Node"), node),
-    h("div", { class: "field" }, h("label", { for: "filter-tag" }, "Tag"), tag));
+    h("div", { class: "field" }, h("label", { for: "filter-tag" }, "Tag"), tag),
+    h("div", { class: "field" }, h("label", { for: "sort-by" }, "Sort by"), sortSelect));
   for (const el of [name, status, node, tag]) el.addEventListener("input", draw);
 
   replace(main,
@@ -91,6 +102,10 @@ export async function vmsPage(main, { events }) {
   function sortBy(key) {
     sort.direction = sort.key === key ? (sort.direction === "ascending" ? "descending" : "ascending") : SORTS[key][3];
     sort.key = key;
+    remember();
+  }
+
+  function remember() {
     sessionStorage.setItem("vmplane.vms.sort", sort.key);
     sessionStorage.setItem("vmplane.vms.dir", sort.direction);
     draw();
@@ -128,6 +143,7 @@ export async function vmsPage(main, { events }) {
   }
 
   function draw() {
+    sortSelect.value = `${sort.key}:${sort.direction}`;
     for (const [key, th] of Object.entries(headers)) {
       if (key === sort.key) th.setAttribute("aria-sort", sort.direction); else th.removeAttribute("aria-sort");
     }
