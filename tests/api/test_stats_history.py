@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import delete, event, func, insert, select
 
 from vmplane import clock
 from vmplane.drivers.base import VmStats
@@ -181,3 +181,26 @@ async def test_the_cli_prints_a_vms_history(metered: Server) -> None:
     assert len(rows) == 2 and "128/256" in rows[-1], out
     code, out, err = await vmplane(server, {}, "vm", "stats", "hist", "--history", "--since", "last tuesday")
     assert code != 0 and "since" in err, (out, err)
+
+
+@pytest.mark.postgres
+async def test_replicas_sample_their_own_nodes_and_the_leader_prunes(server_factory: Any) -> None:
+    """Two replicas on one PostgreSQL store: each samples the local nodes it serves (so each
+    node once per round), and only the leader prunes."""
+    from .test_replicas import pair, until
+
+    a, b = await pair(server_factory, sim_nodes=4, stats_sample_seconds=3600)
+    await until(lambda: len(a.rt.replicas.serving) == len(b.rt.replicas.serving) == 2, "two nodes each")
+    leader, other = (a, b) if a.rt.replicas.leader else (b, a)
+    await until(lambda: a.rt.stats_history.last_tick and b.rt.stats_history.last_tick, "past their loops' first ticks")
+    async with a.rt.store.write() as conn:
+        await conn.execute(delete(node_samples))  # the samples of the start-up ticks, taken while the nodes were being split
+        await conn.execute(insert(node_samples), [{"node_id": "node-1", "at": clock.now() - 7200, "cpu_used": 0, "cpu_total": 1,
+                                                   "ram_mb_used": 0, "ram_mb_total": 1}])  # fmt: skip
+    await other.rt.stats_history.tick()
+    assert other.rt.stats_history.last_tick["nodes"] == 2
+    assert await _count(a, node_samples) == 3  # its two nodes; the old sample kept: it does not lead
+    await leader.rt.stats_history.tick()
+    async with a.rt.store.read() as conn:
+        rows = (await conn.execute(select(node_samples.c.node_id, func.count()).group_by(node_samples.c.node_id))).all()
+    assert sorted(rows) == [(f"node-{i}", 1) for i in range(1, 5)]  # each node once; the old one pruned by the leader
