@@ -14,6 +14,12 @@ ones, which every replica could reach) and prunes; so a VM is sampled once per t
 The cost of a tick is O(running VMs on nodes whose driver measures VMs): one indexed query
 for them, one stats call each (at most `CONCURRENCY` at once), one INSERT. Nodes whose driver
 measures nothing (`sim`) cost no query for their VMs.
+
+The VM list shows each running VM's latest sample. On SQLite this process is the only writer,
+so the last tick's samples are kept in memory and a list page costs no query (a query per
+page, however small, is a quarter of the list's throughput at bench/core.py's load: the
+SQLite store runs on the event loop); where replicas share PostgreSQL, others write too, so
+a page asks the store (one indexed query).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -61,6 +68,10 @@ class StatsHistory:
         self.retention = settings.stats_retention_seconds
         self._host_cpu = CpuMeter()
         self._task: asyncio.Task[None] | None = None
+        self._shared = not settings.resolved_database_url().startswith("sqlite")
+        """other processes may write samples (replicas on PostgreSQL)"""
+        self._latest: dict[str, Any] = {}
+        """on SQLite: the last tick's sample of each VM it sampled (what `latest` answers)"""
         self.last_tick: dict[str, float] = {}
         """what the last tick did: vms, nodes (samples written), seconds (its duration)"""
 
@@ -114,6 +125,7 @@ class StatsHistory:
             await stats_q.add_samples(conn, vm_rows, node_samples)
             if self.leadership.leader:
                 await stats_q.prune(conn, now - self.retention)
+        self._latest = {r["vm_id"]: SimpleNamespace(**r) for r in vm_rows}
         self.last_tick = {"vms": len(vm_rows), "nodes": len(node_samples), "seconds": asyncio.get_running_loop().time() - t0}
 
     async def _vm_samples(self, running: Sequence[Any], drivers: dict[str, HypervisorDriver], now: float) -> list[dict[str, Any]]:
@@ -171,10 +183,13 @@ class StatsHistory:
         async with self.store.read() as conn:
             return await stats_q.node_history(conn, node_id, self._since(since, clock.now()))
 
-    async def latest(self, vm_ids: list[str]) -> dict[str, Row[Any]]:
+    async def latest(self, vm_ids: list[str]) -> dict[str, Any]:
         """The current sample of each of `vm_ids` (those sampled in the last few periods)."""
         if self.period <= 0 or not vm_ids:
             return {}
+        if not self._shared:
+            since = clock.now() - LATEST_WINDOW * self.period
+            return {i: s for i in vm_ids if (s := self._latest.get(i)) is not None and s.at >= since}
         async with self.store.read() as conn:
             return await stats_q.latest_of(conn, vm_ids, clock.now() - LATEST_WINDOW * self.period)
 
