@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(7.0, gt=0)
     event_retention_max: int = Field(1_000_000, ge=1000)
     """The event log keeps events this long, and at most this many."""
+    stats_sample_seconds: float = Field(10.0, ge=0, le=3600)
+    """How often each running VM's stats and each node's CPU/memory are recorded for the
+    history graphs (services/stats_history.py; 0: never)."""
+    stats_retention_seconds: float = Field(3600.0, ge=3600, le=30 * 86400)
+    """Stored stats samples are kept this long (at least the last hour), then pruned."""
     event_heartbeat_seconds: float = Field(15.0, gt=0)
     """Idle event streams get a heartbeat (SSE comment / WebSocket status) this often."""
     event_subscriber_queue: int = Field(10_000, ge=10)

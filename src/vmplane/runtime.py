@@ -43,6 +43,7 @@ from .services.schedules import Replay, ScheduleService
 from .services.secrets import KEY_FILE as SECRETS_KEY_FILE
 from .services.secrets import SecretBox
 from .services.snapshots import SnapshotService
+from .services.stats_history import StatsHistory
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
 from .services.vmconfig import VmConfigService
@@ -114,6 +115,8 @@ class Runtime:
         self.guest = guest = GuestService(store=store, registry=registry, streams=self.streams)
         self.readiness = ReadinessService(store=store, registry=registry, bus=self.events)
         """watches each boot until the guest is ready; the `waitReady` long-poll"""
+        self.stats_history = StatsHistory(store=store, settings=settings, registry=registry, leadership=replicas)
+        """records running VMs' and nodes' stats every few seconds; their history"""
         self.vsphere = vsphere = VsphereService(store=store, outbound=outbound, secret_box=self.secret_box)
         self.networks = networks = NetworkService(store=store, settings=settings, engine=engine, tenancy=tenancy)
         self.imports = imports = ImportService(
@@ -253,6 +256,7 @@ class Runtime:
         await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start(self.handler_deps)
         await self.readiness.start()
+        self.stats_history.start()
         await self.webhook_delivery.start()
         await self.schedules.start()
         self.plugins.start()
@@ -401,6 +405,7 @@ class Runtime:
         await self.deployments.stop()
         await self.engine.stop()
         await self.readiness.stop()
+        await self.stats_history.stop()
         await self.agents.stop()
         await self.webhook_delivery.stop()
         await self.events.stop()

@@ -86,7 +86,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "carried", "-f", str(key)], check=True)
     url = f"http://127.0.0.1:{port}"
-    proc = serve(data, port, tmp / "server.log", ["--driver", "qemu", "--accel", "tcg"], {"VMPLANE_CPU_OVERCOMMIT": "8"})
+    proc = serve(data, port, tmp / "server.log", ["--driver", "qemu", "--accel", "tcg"], {"VMPLANE_CPU_OVERCOMMIT": "8", "VMPLANE_STATS_SAMPLE_SECONDS": "2"})
     try:
         wait_ready(url, proc)
         with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": admin_key(data)}) as c:
@@ -163,6 +163,35 @@ def test_memory_is_the_guests_own_figure_and_uptime_ticks(lab: Lab) -> None:
     assert 2.0 <= later - first < 30, (first, later)
     assert vm_first["startedAt"] == vm_later["startedAt"] and vm_first["startedAt"].endswith("Z")
     assert vm_first["uptime"] != vm_later["uptime"], (vm_first["uptime"], vm_later["uptime"])
+
+
+def test_the_stored_history_shows_a_busy_loop(lab: Lab) -> None:
+    """The sampler (every 2 s here) stores what the stats path measures: the samples taken
+    while a busy loop runs (through `exec`) show CPU, the VM list carries the latest sample, the
+    node's carry the host's figures. (Not "more than idle": under TCG an idle guest's QEMU is
+    busy too, and on a loaded host a busy one gets little more of a core.)"""
+    vm = lab.vm
+    history = lambda: lab.c.get(f"/api/v1/vms/{vm}/stats/history").json()["items"]  # noqa: E731
+    while len(idle := history()) < 2:
+        time.sleep(1)
+    began = idle[-1]["at"]
+    busy = lab.exec(vm, ["sh", "-c", "(while :; do :; done) & sleep 6; kill $!; echo done"], timeout=60)
+    assert busy["stdout"].strip() == "done", busy
+    deadline = time.monotonic() + 30
+    while True:  # the samples taken while it ran (6 s: about three) and the one after its end
+        during = [i for i in history() if i["at"] > began]
+        if len(during) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    print(f"[history] idle CPU % {[i['cpuPercent'] for i in idle]}, busy {[i['cpuPercent'] for i in during]}")
+    assert len(during) >= 3 and min(i["cpuPercent"] for i in during) > 0, (idle, during)
+    last = during[-1]
+    assert last["memoryMb"] > 0 and last["memoryTotalMb"] >= 256 and last["diskReadBps"] is not None, last
+    listed = next(v for v in lab.c.get("/api/v1/vms").json()["items"] if v["id"] == vm)
+    assert listed["stats"] is not None and listed["stats"]["memoryMb"] > 0, listed
+    # its node is this host: the node's samples carry the host's measured CPU and memory use
+    node = lab.c.get(f"/api/v1/nodes/{listed['node']}/stats/history").json()["items"][-1]
+    assert node["ramMbUsed"] >= 256 and node["hostCpuPercent"] is not None and 0 < node["hostMemoryPercent"] <= 100, node
 
 
 def test_a_vm_from_a_snapshot_takes_the_sources_ssh_key(lab: Lab) -> None:

@@ -202,6 +202,18 @@ class VmOut(BaseModel):
     pending: list[str] = Field(description="what waits for that restart: `cpu`, `ramMb`, `diskGb` (empty when nothing does)")
     createdAt: str
     updatedAt: str
+    stats: "VmLatestStatsOut | None" = Field(
+        None, description="in `GET /vms` only: the VM's latest stored stats sample while it runs (null when none is recent); "
+        "its history: `GET /vms/{id}/stats/history`"
+    )
+
+
+class VmLatestStatsOut(BaseModel):
+    at: str
+    cpuPercent: float
+    memoryMb: int
+    memoryTotalMb: int
+    memorySource: str | None
 
 
 class Page(BaseModel, Generic[T]):

@@ -392,6 +392,31 @@ def vm_get(vm: VmArg, url: UrlOpt = None, json_out: JsonOpt = False) -> None:
         typer.echo(note, err=True)
 
 
+@vm_app.command("stats")
+def vm_stats(
+    vm: VmArg,
+    history: Annotated[bool, typer.Option("--history", help="the stored samples (one every sampling period) instead of now's figures")] = False,
+    since: Annotated[str | None, typer.Option(help="with --history: from this RFC 3339 time (default: the last hour)")] = None,
+    url: UrlOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A running VM's CPU, memory, disk and network now, or with --history its stored samples."""
+    c = Client(url)
+    vm_id = c.vm(vm)["id"]
+    if not history:
+        return _print(c.request("GET", f"/api/v1/vms/{vm_id}/stats"))
+    h = c.request("GET", f"/api/v1/vms/{vm_id}/stats/history", params={"since": since} if since else {})
+    if json_out:
+        return _print(h)
+    table = Table("AT", "CPU %", "MEM MB", "DISK R/W B/S", "NET RX/TX B/S")
+    for s in h["items"]:
+        disk, net = ("/".join("-" if s[k] is None else f"{s[k]:g}" for k in pair) for pair in (("diskReadBps", "diskWriteBps"), ("netRxBps", "netTxBps")))
+        table.add_row(s["at"], f"{s['cpuPercent']:g}", f"{s['memoryMb']}/{s['memoryTotalMb']}", disk, net)
+    out.print(table)
+    if not h["items"]:
+        typer.echo(f"no samples (recorded every {h['intervalSeconds']:g} s while the VM runs)", err=True)
+
+
 @vm_app.command("create")
 def vm_create(
     name: Annotated[list[str], typer.Argument(help="one or more VM names")],

@@ -667,3 +667,41 @@ vsphere_profiles = Table(
 )
 """vCenter connection profiles referenced by name; `secret` is the username and password
 encrypted with the data dir's key (services/secrets.py), never stored or shown in clear."""
+
+vm_samples = Table(
+    "vm_samples",
+    metadata,
+    Column("vm_id", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("cpu_percent", Float, nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("memory_total_mb", Integer, nullable=False),
+    Column("memory_source", String(16), nullable=True),
+    Column("disk_read_bytes", BigInteger, nullable=False),
+    Column("disk_write_bytes", BigInteger, nullable=False),
+    Column("net_rx_bytes", BigInteger, nullable=False),
+    Column("net_tx_bytes", BigInteger, nullable=False),
+    Index("ix_vm_samples_vm_at", "vm_id", "at"),
+    Index("ix_vm_samples_at", "at"),
+)
+"""What the stats path (`HypervisorDriver.stats_vm`) said of each running VM, every
+`stats_sample_seconds` (services/stats_history.py); the disk and network figures are the
+driver's counters (rates are their differences), kept `stats_retention_seconds`."""
+
+node_samples = Table(
+    "node_samples",
+    metadata,
+    Column("node_id", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("cpu_used", Integer, nullable=False),
+    Column("cpu_total", Integer, nullable=False),
+    Column("ram_mb_used", BigInteger, nullable=False),
+    Column("ram_mb_total", BigInteger, nullable=False),
+    Column("host_cpu_percent", Float, nullable=True),
+    Column("host_memory_percent", Float, nullable=True),
+    Index("ix_node_samples_node_at", "node_id", "at"),
+    Index("ix_node_samples_at", "at"),
+)
+"""Each node's claimed vCPUs and RAM, and where the node is this host, the host's measured
+CPU and memory use (NULL otherwise), sampled with the VMs' figures."""

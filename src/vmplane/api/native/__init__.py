@@ -17,6 +17,7 @@ from . import (
     plugins,
     schedules,
     snapshots,
+    stats_history,
     templates,
     tenancy,
     vms,
@@ -35,7 +36,7 @@ def router() -> APIRouter:
     # agents before cluster: /nodes/tokens is not /nodes/{node_id}
     for module in (
         vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy,
-        plugins, imports, vsphere,
+        plugins, imports, vsphere, stats_history,
     ):  # fmt: skip
         r.include_router(module.router)
     outer = APIRouter()

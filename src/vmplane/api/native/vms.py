@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ... import clock
-from ...domain import NewVm, Resources
+from ...domain import NewVm, Resources, VmStatus
 from ...domain.network import parse_firewall
 from ...errors import InvalidRequest
 from ...services.readiness import parse_wait
@@ -15,6 +15,7 @@ from ..deps import CallerDep, RuntimeDep
 from ..middleware import json_body
 from ..schemas import Page, VmCreateIn, VmDeleteIn, VmOut, VmUpdateIn
 from .deps import ACCEPTED, ERRORS, Limit, PageToken, accepted
+from .stats_history import latest_out
 
 router = APIRouter(tags=["vms"])
 
@@ -49,7 +50,9 @@ async def list_vms(
 ) -> JSONResponse:
     rows, token = await rt.vms.list(who, node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken)
     now = clock.now()
-    return JSONResponse({"items": [render.vm(r, now) for r in rows], "nextPageToken": token})
+    latest = await rt.stats_history.latest([r.id for r in rows if r.status == VmStatus.RUNNING])  # one query for the page
+    items = [render.vm(r, now) | {"stats": latest_out(latest[r.id]) if r.id in latest else None} for r in rows]
+    return JSONResponse({"items": items, "nextPageToken": token})
 
 
 def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:

@@ -1,7 +1,7 @@
 // VM detail: resources, NICs, live stats charts, the serial console, snapshots, backups, firewall.
 
 import { del, get, post, put } from "../api.js";
-import { Chart } from "../chart.js";
+import { Chart, HistoryChart } from "../chart.js";
 import { SerialConsole } from "../console.js";
 import { editPanel } from "./vmedit.js";
 import { followJob, rememberVms } from "../follow.js";
@@ -32,6 +32,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
     disk: new Chart("Disk", { series: ["read", "write"], format: (v) => `${bytes(v)}/s` }),
   };
   const statsNote = h("p", { class: "muted", role: "status" });
+  const history = vmHistory(vm.id);
   const serial = new SerialConsole(vm.id);
   const snapshots = h("div", {});
   const backups = h("div", {});
@@ -49,6 +50,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
       section("s-nics", "Network interfaces", nics)),
     section("s-edit", "Edit", edit.el),
     section("s-stats", "Statistics", statsNote, h("div", { class: "charts" }, Object.values(charts).map((c) => c.el))),
+    section("s-history", "Last hour", history.el),
     section("s-console", "Serial console", serial.el),
     h("div", { class: "grid" },
       section("s-snapshots", "Snapshots", snapshots),
@@ -272,5 +274,43 @@ export async function vmPage(main, { events, navigate }, vmId) {
   drawVm();
   soft(loadTemplate());
   await Promise.all([soft(loadSnapshots()), soft(loadBackups()), soft(loadFirewall())]);
-  return () => { off(); clearInterval(statsTimer); serial.dispose(); edit.stop(); };
+  return () => { off(); clearInterval(statsTimer); serial.dispose(); edit.stop(); history.dispose(); };
+}
+
+// --- history: the stored samples of the last hour (GET /vms/{id}/stats/history), then the new
+// ones every sampling period, so the graphs continue live; gaps where the VM did not run.
+function vmHistory(vmId) {
+  const charts = {
+    cpu: new HistoryChart("CPU", { max: 100, format: (v) => `${v.toFixed(1)}%` }),
+    mem: new HistoryChart("Memory used", { format: (v) => mib(Math.round(v)) }),
+    net: new HistoryChart("Network", { series: ["rx", "tx"], format: (v) => `${bytes(v)}/s` }),
+    disk: new HistoryChart("Disk", { series: ["read", "write"], format: (v) => `${bytes(v)}/s` }),
+  };
+  const note = h("p", { class: "muted", role: "status" });
+  const el = h("div", { id: "vm-history" }, note, h("div", { class: "charts" }, Object.values(charts).map((c) => c.el)));
+  let since = null;
+  let timer = null;
+  let gone = false;
+  async function load() {
+    try {
+      const r = await get(`/vms/${vmId}/stats/history${since ? `?since=${encodeURIComponent(since)}` : ""}`);
+      if (gone) return;
+      const point = (i) => Date.parse(i.at);
+      const items = r.items;
+      for (const c of Object.values(charts)) c.gapMs = Math.max(30_000, 3 * r.intervalSeconds * 1000);
+      charts.cpu.extend(items.map((i) => [point(i), [i.cpuPercent]]));
+      charts.mem.extend(items.map((i) => [point(i), [i.memoryMb]]));
+      charts.net.extend(items.map((i) => [point(i), [i.netRxBps, i.netTxBps]]));
+      charts.disk.extend(items.map((i) => [point(i), [i.diskReadBps, i.diskWriteBps]]));
+      if (items.length) since = items[items.length - 1].at;
+      const n = charts.cpu.points.length;
+      note.textContent = n ? `${n} samples, one every ${r.intervalSeconds} s while the VM runs.` : "No samples in the last hour: they are recorded while the VM runs.";
+      clearTimeout(timer);
+      timer = setTimeout(load, Math.max(2, r.intervalSeconds || 10) * 1000);
+    } catch (err) {
+      note.textContent = `No history: ${errorText(err)}`;
+    }
+  }
+  load();
+  return { el, dispose: () => { gone = true; clearTimeout(timer); } };
 }

@@ -1,9 +1,35 @@
-// VMs: the list with live status (from the event stream), filters and bulk start/stop/delete.
+// VMs: the list with live status (from the event stream), live CPU and memory (each running VM's
+// latest stored sample, `stats` of `GET /vms`, polled every sampling period), sortable columns,
+// filters and bulk start/stop/delete.
 
 import { del, get, listAll, post } from "../api.js";
-import { badge, batcher, confirmAction, errorText, h, keepFocus, mib, pendingMark, replace, td, toast } from "../dom.js";
+import { badge, batcher, confirmAction, errorText, h, keepFocus, mib, pendingMark, replace, td, toast, when } from "../dom.js";
 
 const STATUSES = ["provisioning", "starting", "running", "stopping", "stopped", "error", "deleting"];
+const STATS_POLL_MS = 10_000; // the sampler's default period (stats_sample_seconds)
+
+// Sortable columns: header, key (a value, or null: no figure, sorted last), first direction.
+const cmpText = (a, b) => a.localeCompare(b, undefined, { numeric: true, sensitivity: "base" });
+const SORTS = {
+  name: ["Name", (vm) => vm.name, cmpText, "ascending"],
+  status: ["Status", (vm) => vm.status, cmpText, "ascending"],
+  node: ["Node", (vm) => vm.nodeId || null, cmpText, "ascending"],
+  cpu: ["CPU", (vm) => (vm.stats ? vm.stats.cpuPercent : null), (a, b) => a - b, "descending"],
+  memory: ["Memory used", (vm) => (vm.stats ? vm.stats.memoryMb : null), (a, b) => a - b, "descending"],
+  created: ["Created", (vm) => vm.createdAt, cmpText, "descending"],
+};
+
+/** Sort in place by the column `key`; VMs without the figure (stopped: no CPU) go last either way. */
+export function sortVms(list, key, direction) {
+  const [, value, cmp] = SORTS[key];
+  const sign = direction === "descending" ? -1 : 1;
+  return list.sort((a, b) => {
+    const va = value(a);
+    const vb = value(b);
+    if (va === null || vb === null) return va === vb ? cmpText(a.name, b.name) : va === null ? 1 : -1;
+    return sign * cmp(va, vb) || cmpText(a.name, b.name);
+  });
+}
 
 export async function vmsPage(main, { events }) {
   const vms = new Map();
@@ -22,12 +48,34 @@ export async function vmsPage(main, { events }) {
   const selectAll = h("input", { type: "checkbox", id: "select-all" });
   const body = h("tbody");
   const empty = h("p", { class: "muted" });
+  const sort = { key: sessionStorage.getItem("vmplane.vms.sort") || "name", direction: sessionStorage.getItem("vmplane.vms.dir") || "ascending" };
+  if (!SORTS[sort.key]) sort.key = "name";
+  if (sort.direction !== "descending") sort.direction = "ascending";
+  const headers = {};
+  // the same order from a control, for small screens (the table's header is hidden there)
+  const sortSelect = h("select", { id: "sort-by" }, Object.entries(SORTS).flatMap(([key, [label]]) =>
+    ["ascending", "descending"].map((dir) => h("option", { value: `${key}:${dir}` }, `${label} ${dir === "ascending" ? "▲" : "▼"}`))));
+  sortSelect.addEventListener("change", () => {
+    const [key, dir] = sortSelect.value.split(":");
+    sort.direction = dir;
+    sort.key = key;
+    remember();
+  });
+  const header = (label) => {
+    const key = Object.keys(SORTS).find((k) => SORTS[k][0] === label);
+    if (!key) return h("th", { scope: "col" }, label);
+    const th = h("th", { scope: "col", dataset: { sort: key } },
+      h("button", { type: "button", class: "sort", onclick: () => sortBy(key) }, label));
+    headers[key] = th;
+    return th;
+  };
 
   const filters = h("form", { class: "row", role: "search", "aria-label": "Filter VMs", onsubmit: (e) => e.preventDefault() },
     h("div", { class: "field" }, h("label", { for: "filter-name" }, "Name"), name),
     h("div", { class: "field" }, h("label", { for: "filter-status" }, "Status"), status),
     h("div", { class: "field" }, h("label", { for: "filter-node" }, "Node"), node),
-    h("div", { class: "field" }, h("label", { for: "filter-tag" }, "Tag"), tag));
+    h("div", { class: "field" }, h("label", { for: "filter-tag" }, "Tag"), tag),
+    h("div", { class: "field" }, h("label", { for: "sort-by" }, "Sort by"), sortSelect));
   for (const el of [name, status, node, tag]) el.addEventListener("input", draw);
 
   replace(main,
@@ -40,7 +88,7 @@ export async function vmsPage(main, { events }) {
       h("table", { class: "stack", id: "vm-table" },
         h("caption", { class: "visually-hidden" }, "Virtual machines"),
         h("thead", {}, h("tr", {},
-          h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Selected")), ["Name", "Status", "Node", "vCPU", "Memory", "Disk", "Addresses", "Uptime", "Tags"].map((c) => h("th", { scope: "col" }, c)))),
+          h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Selected")), ["Name", "Status", "Node", "vCPU", "CPU", "Memory", "Memory used", "Disk", "Addresses", "Uptime", "Created", "Tags"].map(header))),
         body)),
     empty);
 
@@ -51,13 +99,25 @@ export async function vmsPage(main, { events }) {
     draw();
   });
 
+  function sortBy(key) {
+    sort.direction = sort.key === key ? (sort.direction === "ascending" ? "descending" : "ascending") : SORTS[key][3];
+    sort.key = key;
+    remember();
+  }
+
+  function remember() {
+    sessionStorage.setItem("vmplane.vms.sort", sort.key);
+    sessionStorage.setItem("vmplane.vms.dir", sort.direction);
+    draw();
+  }
+
   function shown() {
     const q = name.value.trim().toLowerCase();
-    return [...vms.values()].filter((vm) =>
+    return sortVms([...vms.values()].filter((vm) =>
       (!q || vm.name.toLowerCase().includes(q) || (vm.displayName || "").toLowerCase().includes(q)) &&
       (!status.value || vm.status === status.value) &&
       (!node.value || vm.nodeId === node.value) &&
-      (!tag.value.trim() || vm.tags.includes(tag.value.trim())));
+      (!tag.value.trim() || vm.tags.includes(tag.value.trim()))), sort.key, sort.direction);
   }
 
   function row(vm) {
@@ -72,14 +132,21 @@ export async function vmsPage(main, { events }) {
         vm.pendingRestart ? h("div", {}, pendingMark(vm)) : null),
       td("Node", vm.nodeId || "–"),
       td("vCPU", String(vm.resources.cpu)),
+      td("CPU", vm.stats ? `${vm.stats.cpuPercent.toFixed(1)}%` : "–"),
       td("Memory", mib(vm.resources.ramMb)),
+      td("Memory used", vm.stats ? mib(vm.stats.memoryMb) : "–"),
       td("Disk", `${vm.resources.diskGb} GB`),
       td("Addresses", ips.join(", ") || "–"),
       td("Uptime", vm.uptime || "–"),
+      td("Created", h("time", { datetime: vm.createdAt, title: when(vm.createdAt) }, vm.createdAt.slice(0, 16).replace("T", " "))),
       td("Tags", vm.tags.join(", ") || "–"));
   }
 
   function draw() {
+    sortSelect.value = `${sort.key}:${sort.direction}`;
+    for (const [key, th] of Object.entries(headers)) {
+      if (key === sort.key) th.setAttribute("aria-sort", sort.direction); else th.removeAttribute("aria-sort");
+    }
     const list = shown();
     for (const id of [...selected]) if (!vms.has(id)) selected.delete(id);
     keepFocus(body, () => replace(body, list.map(row)));
@@ -120,7 +187,9 @@ export async function vmsPage(main, { events }) {
   const refresh = batcher(async (ids) => {
     for (const id of ids) {
       try {
-        vms.set(id, await get(`/vms/${id}`));
+        const known = vms.get(id);
+        const fresh = await get(`/vms/${id}`); // no `stats` here: keep the latest sample while it runs
+        vms.set(id, { ...fresh, stats: fresh.status === "running" && known ? known.stats : null });
       } catch (err) {
         if (err.status === 404) vms.delete(id);
       }
@@ -139,6 +208,16 @@ export async function vmsPage(main, { events }) {
     refresh(ev.resource);
   });
 
+  // live CPU and memory: the running VMs' latest samples (one list query; the sampler writes them)
+  async function pollStats() {
+    try {
+      const latest = new Map((await listAll("/vms?status=running")).map((vm) => [vm.id, vm.stats]));
+      for (const [id, vm] of vms) vms.set(id, { ...vm, stats: latest.get(id) ?? null });
+      draw();
+    } catch { /* the next poll tries again */ }
+  }
+  const statsTimer = setInterval(pollStats, STATS_POLL_MS);
+
   draw();
-  return off;
+  return () => { off(); clearInterval(statsTimer); };
 }
