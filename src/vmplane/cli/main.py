@@ -404,15 +404,18 @@ def vm_stats(
     c = Client(url)
     vm_id = c.vm(vm)["id"]
     if not history:
-        return _print(c.request("GET", f"/api/v1/vms/{vm_id}/stats"))
+        now = c.request("GET", f"/api/v1/vms/{vm_id}/stats")
+        if json_out:
+            return _print(now)
+        return print_fields(out, [(k, "-" if v is None else str(v)) for k, v in now.items()])
     h = c.request("GET", f"/api/v1/vms/{vm_id}/stats/history", params={"since": since} if since else {})
     if json_out:
         return _print(h)
-    table = Table("AT", "CPU %", "MEM MB", "DISK R/W B/S", "NET RX/TX B/S")
+    rows = []
     for s in h["items"]:
         disk, net = ("/".join("-" if s[k] is None else f"{s[k]:g}" for k in pair) for pair in (("diskReadBps", "diskWriteBps"), ("netRxBps", "netTxBps")))
-        table.add_row(s["at"], f"{s['cpuPercent']:g}", f"{s['memoryMb']}/{s['memoryTotalMb']}", disk, net)
-    out.print(table)
+        rows.append([s["at"], f"{s['cpuPercent']:g}", f"{s['memoryMb']}/{s['memoryTotalMb']}", disk, net])
+    print_table(out, ["AT", "CPU %", "MEM MB", "DISK R/W B/S", "NET RX/TX B/S"], rows)
     if not h["items"]:
         typer.echo(f"no samples (recorded every {h['intervalSeconds']:g} s while the VM runs)", err=True)
 
