@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ..http_clients import api_client
 from ..ids import looks_like_id, looks_like_uuid
+from .show import job_doing, job_tally
 
 err = Console(stderr=True)
 FINAL = {"succeeded", "failed", "partial", "cancelled"}
@@ -280,8 +281,6 @@ class Client:
         poll: Callable[[], dict[str, Any]] = lambda: self.request("GET", f"/api/v1/jobs/{job_id}")  # noqa: E731
         job = poll()
         if show_progress:
-            from .show import job_doing, job_tally
-
             columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[tally]}"), SinceColumn())
             with Progress(*columns, console=err, transient=False) as bar:
                 t = bar.add_task(job_doing(job, names or {}), total=100, tally=job_tally(job), since=_epoch(job["createdAt"]), until=None)
