@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ..support import free_port, serve, wait_ready
-from .test_ui_browser import CHROMIUM, SCREENSHOTS, require_browser
+from ..ui_support import CHROMIUM, SCREENSHOTS, require_browser
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from vmplane import clock
 from vmplane.store.tables import vm_samples
 
 from ..api.test_stats_history import MeteredSimDriver
-from .test_ui_browser import CHROMIUM, UNNAMED, require_browser
+from ..ui_support import CHROMIUM, UNNAMED, require_browser
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ..support import admin_key, free_port, serve, wait_ready
-from .test_ui_browser import CHROMIUM, SCREENSHOTS, require_browser
+from ..ui_support import CHROMIUM, SCREENSHOTS, require_browser
 
 pytestmark = pytest.mark.slow
 

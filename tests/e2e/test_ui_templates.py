@@ -35,7 +35,7 @@ import pytest
 from vmplane import procfs
 
 from ..support import admin_key, free_port, require_qemu, serve, wait_ready
-from .test_ui_browser import CHROMIUM, UNNAMED, require_browser
+from ..ui_support import UNNAMED, require_browser
 
 pytestmark = pytest.mark.slow
 
@@ -84,19 +84,6 @@ def qemu_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
 def sim_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     require_browser()
     yield from _plane(tmp_path_factory.mktemp("tplsim"), ["--driver", "sim"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Page:
@@ -156,12 +143,12 @@ def row(page: Any, name: str) -> Any:
 
 
 def test_templates_upload_import_and_delete(
-    browser: Any, qemu_plane: Plane, screenshots: Path, tmp_path: Path, image_host: tuple[Path, str], record_property: Any
+    ui_browser: Any, qemu_plane: Plane, screenshots: Path, tmp_path: Path, image_host: tuple[Path, str], record_property: Any
 ) -> None:
     from playwright.sync_api import expect
 
     record_property("artifacts", str(screenshots))
-    p = Page(browser, qemu_plane, screenshots)
+    p = Page(ui_browser, qemu_plane, screenshots)
     page = p.page
     try:
         page.goto(f"{qemu_plane.origin}/ui/#/templates")
@@ -252,7 +239,7 @@ def test_templates_upload_import_and_delete(
         p.close()
 
 
-def test_edit_panel_resizes_stopped_and_running_vms(browser: Any, sim_plane: Plane, screenshots: Path) -> None:
+def test_edit_panel_resizes_stopped_and_running_vms(ui_browser: Any, sim_plane: Plane, screenshots: Path) -> None:
     from playwright.sync_api import expect
 
     api = sim_plane.api
@@ -269,7 +256,7 @@ def test_edit_panel_resizes_stopped_and_running_vms(browser: Any, sim_plane: Pla
         return str(vm_id)
 
     stopped, running = created("edit-stopped", False), created("edit-running", True)
-    p = Page(browser, sim_plane, screenshots)
+    p = Page(ui_browser, sim_plane, screenshots)
     page = p.page
     try:
         # a stopped VM: applied at once, nothing pending

@@ -128,7 +128,9 @@ export function fieldError(control, message) {
   let el = document.getElementById(id);
   if (!el) {
     el = h("p", { class: "field-error", id });
-    control.closest(".field")?.append(el);
+    const box = control.closest(".field");
+    if (box) box.append(el);
+    else control.after(el);
     control.setAttribute("aria-describedby", [control.getAttribute("aria-describedby"), id].filter(Boolean).join(" "));
     control.addEventListener("input", () => clearFieldError(control), { once: true });
   }

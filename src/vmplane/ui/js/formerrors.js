@@ -1,14 +1,13 @@
-// A form's errors from the server: next to the field the error names (`details.field`, in the
+// A form's errors from the server (dom.js's fieldError, as the create form): next to the field the error names (`details.field`, in the
 // API's words), else in the form's alert box. Used by the Templates page and the VM Edit panel.
 
 import { ApiError } from "./api.js";
-import { errorText, h, replace } from "./dom.js";
+import { clearFieldError, errorText, fieldError, h, replace } from "./dom.js";
 
 /** Take away the error marks `showError` left in `form`, and empty `alert`. */
 export function clearErrors(form, alert) {
   replace(alert);
-  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  for (const el of form.querySelectorAll(".field-error")) el.remove();
+  for (const el of form.querySelectorAll("[aria-invalid]")) clearFieldError(el);
 }
 
 /** The API's field name of an error (`resources.disk_gb` or `resources.diskGb` -> `diskGb`), or null. */
@@ -23,10 +22,7 @@ export function showError(form, alert, err, prefix) {
   const name = errorField(err);
   const input = name ? form.querySelector(`#${prefix}-${name}`) : null;
   if (input) {
-    input.setAttribute("aria-invalid", "true");
-    const msg = h("p", { class: "error-text field-error", id: `${input.id}-error`, role: "alert" }, err.message);
-    input.setAttribute("aria-describedby", msg.id);
-    input.after(msg);
+    fieldError(input, err.message); // dom.js's, as the create form's: under the field, gone once it is edited
     input.focus();
   } else {
     replace(alert, h("p", { class: "alert" }, errorText(err)));
