@@ -13,7 +13,8 @@ import pytest
 from ..support import Server, new_pg_database
 
 pytestmark = pytest.mark.postgres
-FAST = {"coordination_seconds": 0.1, "lease_seconds": 1.0}
+FAST = {"coordination_seconds": 0.1, "lease_seconds": 1.0, "cpu_overcommit": 1.0}
+"""quick coordination; and a node full at its cores (the default overcommit, 4.0, would hold 4x)"""
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = 10) -> None:
