@@ -93,5 +93,5 @@ async def test_a_taken_ssh_port_is_re_picked_and_each_guest_has_its_own_host_key
     finally:
         stranger.close()
     for name in ("port-a", "port-b"):
-        code, _, err = await run_cli(env, "vm", "delete", name, timeout=120)
+        code, _, err = await run_cli(env, "vm", "delete", name, "--force", timeout=120)
         assert code == 0, err

@@ -193,7 +193,8 @@ async def test_a_later_attempt_in_the_same_process_stops_the_stalled_one(server_
     assert stalled[0].done() and stalled[1].lost and stalled[1].attempt == 1
     rec.release.set()
     # One get_vm by the stalled attempt, then the second attempt's whole revert, once.
-    assert calls == [("A", "get_vm"), ("A", "get_vm"), ("A", "stop_vm"), ("A", "revert_vm"), ("A", "start_vm"), ("A", "get_vm")], calls
+    # (the get_vm before start_vm: the start first looks whether its forwarded ports are still free)
+    assert calls == [("A", "get_vm"), ("A", "get_vm"), ("A", "stop_vm"), ("A", "revert_vm"), ("A", "get_vm"), ("A", "start_vm"), ("A", "get_vm")], calls
     assert any(f"task {orphan.id} (vm-revert): attempt 1 lost its lease" in m for m in caplog.messages), caplog.messages
     async with a.rt.store.read() as conn:
         task_ends = [
