@@ -138,15 +138,7 @@ class Client:
 
     def vm_names_by_id(self, pages: int = 20) -> dict[str, str]:
         """id -> name of the caller's VMs (the first `pages` pages of 500)."""
-        names: dict[str, str] = {}
-        params: dict[str, Any] = {"limit": 500}
-        for _ in range(pages):
-            page = self.request("GET", "/api/v1/vms", params=params)
-            names |= {v["id"]: v["name"] for v in page["items"]}
-            if not page.get("nextPageToken"):
-                break
-            params["pageToken"] = page["nextPageToken"]
-        return names
+        return {v["id"]: v["name"] for v in self.listing("/api/v1/vms", pages=pages)}
 
     def task_names(self, job: dict[str, Any]) -> dict[str, str]:
         """The names of the VMs a job's tasks are about (a deleted one keeps its id)."""
@@ -156,15 +148,21 @@ class Client:
 
     def template_names(self) -> list[str]:
         """The names of the templates the caller can use (its own and the shared ones)."""
-        names: list[str] = []
-        params: dict[str, Any] = {"limit": 500}
-        for _ in range(20):
-            page = self.request("GET", "/api/v1/templates", params=params)
-            names += [t["name"] for t in page["items"]]
+        return [t["name"] for t in self.listing("/api/v1/templates", pages=20)]
+
+    def listing(self, path: str, params: dict[str, Any] | None = None, pages: int | None = None) -> list[dict[str, Any]]:
+        """Every item of a listing (pages of 500, following nextPageToken), or of its first `pages` pages."""
+        query: dict[str, Any] = {"limit": 500, **(params or {})}
+        found: list[dict[str, Any]] = []
+        read = 0
+        while pages is None or read < pages:
+            page = self.request("GET", path, params=query)
+            found += page["items"]
+            read += 1
             if not page.get("nextPageToken"):
                 break
-            params["pageToken"] = page["nextPageToken"]
-        return names
+            query["pageToken"] = page["nextPageToken"]
+        return found
 
     def find_vm(self, ref: str) -> dict[str, Any] | None:
         """As `vm`, but None when no VM has that id or name."""

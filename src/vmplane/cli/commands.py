@@ -22,14 +22,7 @@ template_app.command("import")(template_import)
 def template_list(url: UrlOpt = None, json_out: JsonOpt = False) -> None:
     """List the templates you can make VMs from (yours and the shared ones)."""
     c = Client(url)
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 500}
-    while True:
-        page = c.request("GET", "/api/v1/templates", params=params)
-        items += page["items"]
-        if not page["nextPageToken"]:
-            break
-        params["pageToken"] = page["nextPageToken"]
+    items = c.listing("/api/v1/templates")
     if json_out:
         return _print(items)
     rows = [

@@ -361,14 +361,7 @@ def vm_list(
 ) -> None:
     """List VMs (every page)."""
     c = Client(url)
-    params: dict[str, Any] = {k: v for k, v in {"node": node, "status": status, "tag": tag, "limit": 500}.items() if v}
-    items: list[dict[str, Any]] = []
-    while True:
-        page = c.request("GET", "/api/v1/vms", params=params)
-        items += page["items"]
-        if not page["nextPageToken"]:
-            break
-        params["pageToken"] = page["nextPageToken"]
+    items = c.listing("/api/v1/vms", {k: v for k, v in {"node": node, "status": status, "tag": tag}.items() if v})
     if json_out:
         return _print(items)
     rows = []
