@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from fastapi.dependencies import models as fastapi_dependency_models
+
 from vmplane import procfs
 
 from .support import Server, make_settings, new_pg_database
@@ -57,6 +59,20 @@ def _no_processes_left(tmp_path: Any) -> Iterator[None]:
     for pid, _argv in procfs.processes_mentioning(marker):
         if pid != os.getpid():
             procfs.kill(pid)
+
+
+@pytest.fixture(autouse=True)
+def _no_apps_left() -> Iterator[None]:
+    """FastAPI keeps, in module-level LRU caches of 4,096 entries, the endpoint and dependency
+    functions it has classified; vmplane's endpoints are closures over their app, so each cache
+    entry pins a whole app (runtime, store, five faces' pydantic schemas: ~100 MB) for the rest of
+    the run. One server in a process is no leak; hundreds of in-process test servers grew the
+    test process past 5 GB and its garbage collections to seconds each. Forget them after each test."""
+    yield
+    for name in ("_is_gen_callable_cached", "_is_async_gen_callable_cached", "_is_coroutine_callable_cached"):
+        cached = getattr(fastapi_dependency_models, name, None)
+        if cached is not None:
+            cached.cache_clear()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
