@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-
 from fastapi.dependencies import models as fastapi_dependency_models
 
 from vmplane import procfs
