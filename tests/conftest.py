@@ -11,7 +11,7 @@ from fastapi.dependencies import models as fastapi_dependency_models
 
 from vmplane import procfs
 
-from .support import Server, make_settings, new_pg_database
+from .support import Server, make_settings, new_pg_database, sqlite_with_schema
 
 
 def _local_names() -> set[str]:
@@ -76,6 +76,15 @@ def _no_apps_left() -> Iterator[None]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A database at the newest revision, on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{sqlite_with_schema(tmp_path / 'store.db')}"
+    return await new_pg_database(schema=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """An empty database, on each backend (for the tests of migrations)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return await new_pg_database()

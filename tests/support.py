@@ -2,7 +2,9 @@
 PostgreSQL databases when `VMPLANE_TEST_PG_URL` points at a server."""
 
 import asyncio
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,10 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from vmplane.app import create_app
 from vmplane.cli import serving
 from vmplane.config import Settings
+from vmplane.store import db
 
 PG_URL = os.environ.get("VMPLANE_TEST_PG_URL")  # postgresql+asyncpg://user@host:port/postgres
 REQUIRE_PG = os.environ.get("VMPLANE_REQUIRE_PG") == "1"
@@ -41,21 +47,61 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def new_pg_database() -> str:
-    """Create an empty database on the test server; returns its SQLAlchemy URL."""
+async def new_pg_database(schema: bool = False) -> str:
+    """Create a database on the test server; returns its SQLAlchemy URL. Empty, or with
+    `schema` already at the newest revision (a copy of a template migrated once per run: a
+    server then starts "up to date" instead of running every migration again)."""
     import asyncpg
 
     if not PG_URL:
         if REQUIRE_PG:
             pytest.fail("VMPLANE_REQUIRE_PG=1 but VMPLANE_TEST_PG_URL is not set")
         pytest.skip("no PostgreSQL (set VMPLANE_TEST_PG_URL)")
+    template = await _pg_schema_template() if schema else None
     name = "vmp_" + uuid.uuid4().hex[:12]
     conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await conn.close()
     return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
+_schema_templates: dict[str, Any] = {}
+
+
+async def _pg_schema_template() -> str:
+    if "pg" not in _schema_templates:
+        url = await new_pg_database()
+        engine = create_async_engine(url, poolclass=NullPool)  # no connection left open: a template must have none
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(db.upgrade)
+        finally:
+            await engine.dispose()
+        _schema_templates["pg"] = url.rsplit("/", 1)[1]
+    name: str = _schema_templates["pg"]
+    return name
+
+
+def sqlite_with_schema(path: Path) -> Path:
+    """Put at `path` (unless something is there) a SQLite database at the newest revision,
+    copied from one migrated once per run; its directory is made private as a server's is."""
+    if "sqlite" not in _schema_templates:
+        where = Path(os.environ.get("TMPDIR", "/tmp")) / f"vmplane-schema-{os.getpid()}"
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(mode=0o700)
+        atexit.register(shutil.rmtree, where, True)
+        engine = create_engine(f"sqlite+pysqlite:///{where / 'vmplane.db'}", poolclass=NullPool)
+        with engine.begin() as conn:
+            db.upgrade(conn)
+        engine.dispose()
+        _schema_templates["sqlite"] = where / "vmplane.db"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(_schema_templates["sqlite"], path)
+        path.chmod(0o600)
+    return path
 
 
 LOOPBACK_ALLOW = ["127.0.0.0/8", "::1/128"]
@@ -79,6 +125,8 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         "address_rate_limit_burst": 100_000,
     }
     values.update(overrides)
+    if not values.get("database_url"):
+        sqlite_with_schema(Path(values["data_dir"]) / "vmplane.db")
     return Settings(**values)
 
 
@@ -130,8 +178,6 @@ class Server:
         r = await self.client.post("/api/v1/vms", json=specs, **kw)
         assert r.status_code == 202, r.text
         return await self.wait_job(r.json()["jobId"])
-
-
 
 
 def admin_key(data_dir: Path) -> str:

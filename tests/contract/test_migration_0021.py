@@ -53,14 +53,14 @@ def _migrate_with_data(conn: Connection) -> dict[str, Any]:
     }
 
 
-async def test_0021_fills_in_teams_and_owners(database_url: str) -> None:
-    if database_url.startswith("sqlite"):  # as the store runs it: on sqlite3
-        engine = create_engine("sqlite+pysqlite://" + database_url.split("://", 1)[1])
+async def test_0021_fills_in_teams_and_owners(empty_database_url: str) -> None:
+    if empty_database_url.startswith("sqlite"):  # as the store runs it: on sqlite3
+        engine = create_engine("sqlite+pysqlite://" + empty_database_url.split("://", 1)[1])
         with engine.begin() as sync_conn:
             got = _migrate_with_data(sync_conn)
         engine.dispose()
     else:
-        async_engine = create_async_engine(database_url)
+        async_engine = create_async_engine(empty_database_url)
         async with async_engine.begin() as conn:
             got = await conn.run_sync(_migrate_with_data)
         await async_engine.dispose()

@@ -98,13 +98,13 @@ def seed(conn: Connection) -> None:
 
 
 @pytest.fixture
-async def upgraded(database_url: str) -> str:
-    await on_connection(database_url, upgrade_to("0021"))
-    await on_connection(database_url, seed)
-    store = Store(database_url)  # what a server does at start: upgrade to head
+async def upgraded(empty_database_url: str) -> str:
+    await on_connection(empty_database_url, upgrade_to("0021"))
+    await on_connection(empty_database_url, seed)
+    store = Store(empty_database_url)  # what a server does at start: upgrade to head
     await store.open()
     await store.close()
-    return database_url
+    return empty_database_url
 
 
 async def test_rows_survive_and_plugin_references_become_owned_ids(upgraded: str) -> None:

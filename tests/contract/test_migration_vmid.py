@@ -36,14 +36,14 @@ def seed(conn: Connection) -> None:
 
 
 @pytest.fixture
-async def upgraded(database_url: str) -> tuple[str, dict[str, int]]:
-    await on_connection(database_url, upgrade_to("0022"))
-    await on_connection(database_url, seed)
-    before = await on_connection(database_url, lambda conn: {r.id: r.seq for r in conn.execute(select(vms.c.id, vms.c.seq))})
-    store = Store(database_url)  # what a server does at start: upgrade to head
+async def upgraded(empty_database_url: str) -> tuple[str, dict[str, int]]:
+    await on_connection(empty_database_url, upgrade_to("0022"))
+    await on_connection(empty_database_url, seed)
+    before = await on_connection(empty_database_url, lambda conn: {r.id: r.seq for r in conn.execute(select(vms.c.id, vms.c.seq))})
+    store = Store(empty_database_url)  # what a server does at start: upgrade to head
     await store.open()
     await store.close()
-    return database_url, before
+    return empty_database_url, before
 
 
 def add_vm(id_: str, name: str) -> Any:

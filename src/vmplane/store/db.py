@@ -101,7 +101,7 @@ class Store:
 
             self._sync_engine = sync
             with sync.begin() as conn:
-                before, after = _upgrade(conn, self.secret_box)
+                before, after = upgrade(conn, self.secret_box)
             self._log_migrated(before, after)
             return
         # Tasks hold a connection only for short transactions, never two at once; 50 in all
@@ -110,7 +110,7 @@ class Store:
         self._engine = engine
         async with engine.begin() as aconn:
             await aconn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
-            before, after = await aconn.run_sync(_upgrade, self.secret_box)
+            before, after = await aconn.run_sync(upgrade, self.secret_box)
         self._log_migrated(before, after)
 
     def _log_migrated(self, before: str | None, after: str | None) -> None:
@@ -178,7 +178,7 @@ class Store:
             await conn.execute(text("SELECT 1"))
 
 
-def _upgrade(conn: Connection, secret_box: Any = None) -> tuple[str | None, str | None]:
+def upgrade(conn: Connection, secret_box: Any = None) -> tuple[str | None, str | None]:
     """Upgrade to the newest revision; (revision before, revision after), None: an empty database."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
