@@ -547,7 +547,7 @@ def test_display_tab_shows_the_guest_and_types_into_it(ui_page: Any, ui_server: 
     page.get_by_role("button", name="Close display").click()
     expect(page.locator("#display-state")).to_have_text("Disconnected.")
 
-    # the VM list: a thumbnail of its screen (its screenshot), linking to this display
+    # the VM list: a thumbnail of its screen (its screenshot) in the link to its page
     page.goto(f"{ui_server.origin}/ui/#/vms")
     thumb = page.locator(f"img[data-thumb='{vm_id}']")
     expect(thumb).to_be_visible(timeout=30_000)

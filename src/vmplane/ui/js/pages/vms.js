@@ -135,10 +135,10 @@ export async function vmsPage(main, { events }) {
     if (vm.status !== "running") return null;
     const t = thumbs.get(vm.id);
     const img = h("img", { class: "thumb", alt: "", dataset: { thumb: vm.id }, src: t?.src || "data:,", hidden: !t?.src });
-    // the link keeps its box while the image is hidden, so it can be seen coming on screen
-    const link = h("a", { class: "thumb-link", href: `#/vms/${vm.id}/display`, "aria-label": `Open the display of ${vm.name}`, dataset: { thumb: vm.id } }, img);
-    seen.observe(link);
-    return link;
+    // the box keeps its size while the image is hidden, so it can be seen coming on screen
+    const box = h("span", { class: `thumb-box${t && !t.src && !t.loading ? " none" : ""}`, dataset: { thumb: vm.id } }, img);
+    seen.observe(box);
+    return box;
   }
   async function loadThumb(id) {
     const t = thumbs.get(id);
@@ -152,6 +152,7 @@ export async function vmsPage(main, { events }) {
       if (img.dataset.thumb !== id) continue;
       if (src) img.src = src;
       img.hidden = !src;
+      img.parentElement.classList.toggle("none", !src); // no screen to show: no room kept for one
     }
   }
   const thumbTimer = setInterval(() => { for (const id of onScreen) loadThumb(id); }, THUMB_MS);
@@ -162,7 +163,7 @@ export async function vmsPage(main, { events }) {
     const ips = vm.nics.flatMap((n) => n.ipAddresses);
     return h("tr", { dataset: { vmId: vm.id } },
       h("td", { class: "select", "data-label": "" }, box),
-      td("Name", thumb(vm), h("a", { href: `#/vms/${vm.id}` }, vm.name),
+      td("Name", h("a", { href: `#/vms/${vm.id}` }, thumb(vm), vm.name),
         vm.displayName && vm.displayName !== vm.name ? h("div", { class: "muted" }, vm.displayName) : null),
       td("Status", badge(vm.status), vm.error ? h("div", { class: "error-text" }, vm.error) : null,
         vm.pendingRestart ? h("div", {}, pendingMark(vm)) : null),
