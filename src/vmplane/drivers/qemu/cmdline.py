@@ -17,6 +17,10 @@ from .layout import Forward, VmConfig, VmPaths
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 DISK_ID = "disk0"
 """The disk's block backend name: `block_resize` and `query-blockstats` use it."""
+VGA_ID = "vga0"
+"""The graphical console's display adapter: the standard VGA (`-device VGA`), which every
+PC guest drives (BIOS text mode, vgacon, installers, Windows); `virtio-vga` would need a
+guest driver (the tiny guest's cloud kernel has none), so it is not offered."""
 BALLOON_ID = "balloon0"
 """The virtio-balloon device (never inflated): its `guest-stats` are the guest's memory figures."""
 
@@ -109,6 +113,11 @@ def build_argv(
         f"logfile={paths.serial_log.name},logappend=on",
         "-serial", "chardev:ser0",
         "-qmp", f"unix:{paths.qmp.name},server=on,wait=off",
+        # the graphical console: a VGA adapter (after the devices VMs had before it, so their
+        # PCI slots stay) and QEMU's VNC server on a unix socket in the VM's directory, never a
+        # TCP port; no password: only vmplane (root or its user, umask 0o077) can connect
+        "-device", f"VGA,id={VGA_ID}",
+        "-vnc", f"unix:{paths.vnc.name}",
         "-pidfile", str(paths.pidfile),
     ]
     # host PCI devices (VFIO), bound to vfio-pci by the driver before QEMU starts
