@@ -152,15 +152,15 @@ def test_the_seed_puts_the_keys_on_the_login_user() -> None:
     assert seed_user_data(sshKeys=[KEY]) == f'#cloud-config\nssh_authorized_keys:\n  - "{KEY}"\n'
 
 
-async def test_the_migration_gives_existing_templates_the_login_user_of_their_os(database_url: str) -> None:
+async def test_the_migration_gives_existing_templates_the_login_user_of_their_os(empty_database_url: str) -> None:
     """Templates made before 0027 (SQLite and PostgreSQL): each gets the one its os implies."""
     rows = {"debian": "debian", "ubuntu": "ubuntu", "fedora": "fedora", "linux": "root", "tiny-linux": "root", "centos": "root"}
-    await on_connection(database_url, upgrade_to("0026"))
-    await on_connection(database_url, lambda conn: conn.execute(insert(templates), [{**tpl(f"tpl-{os_}", os_, None), "os": os_} for os_ in rows]))
-    store = Store(database_url)  # what a server does at start: upgrade to head
+    await on_connection(empty_database_url, upgrade_to("0026"))
+    await on_connection(empty_database_url, lambda conn: conn.execute(insert(templates), [{**tpl(f"tpl-{os_}", os_, None), "os": os_} for os_ in rows]))
+    store = Store(empty_database_url)  # what a server does at start: upgrade to head
     await store.open()
     await store.close()
-    got = await on_connection(database_url, lambda conn: {r.os: r.login_user for r in conn.execute(select(templates.c.os, templates.c.login_user))})
+    got = await on_connection(empty_database_url, lambda conn: {r.os: r.login_user for r in conn.execute(select(templates.c.os, templates.c.login_user))})
     assert got == rows
 
 
