@@ -15,7 +15,7 @@ from ...store import snapshots as snap_q
 from ...store import usage as usage_q
 from ...store import vms as vm_q
 from ..engine import HandOff, TaskContext
-from .base import BaseHandler, load_vm, start_vm, vm_spec
+from .base import BaseHandler, check_boot_on, load_vm, start_vm, vm_spec
 from .images import ensure_image
 
 
@@ -59,7 +59,9 @@ class VmCreate(BaseHandler):
             if snap is None or snap.image_path is None:
                 raise VmplaneError(f"snapshot {vm.snapshot_id} no longer exists")
             image = snap.image_path
-        await driver.create_vm(await vm_spec(ctx, vm, image, boot))
+        definition = await vm_spec(ctx, vm, image, boot)
+        check_boot_on(driver, node_id, definition.boot, vm.id)
+        await driver.create_vm(definition)
         if not start:
             ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, updated_at=clock.now()))
             ctx.log("defined; not started as asked")
