@@ -166,15 +166,37 @@ class IsoService:
         for suffix in (".iso", ".part", UPLOAD_SUFFIX):
             iso_path(self.isos_dir, iso.id, suffix).unlink(missing_ok=True)
 
-    async def for_vm(self, conn: AsyncConnection, ref: str, who: Principal, field: str) -> Iso:
+    async def from_url(self, source_url: str, who: Principal, field: str) -> str:
+        """The id of an ISO of the caller's organization fetched from `source_url`: one it
+        already has (ready or importing) from that URL, else a new iso-import (the URL checked
+        as `create` does, errors naming `field`). For faces whose VM requests carry an ISO URL
+        (Blue Lobster's `iso_url`): a VM create may name the ISO while it is importing, and
+        its create job waits for it."""
+        async with self.store.read() as conn:
+            rows = await iso_q.list_isos(conn, after_seq=None, limit=10_000, org_id=who.org_id)
+        owner = None if who.operator else who.org_id
+        for iso in rows:
+            if iso.source_url == source_url and iso.org_id == owner and iso.status in ("ready", "importing"):
+                return iso.id
+        check_url(source_url, field, ("http", "https"))
+        base = re.sub(r"[^A-Za-z0-9._-]", "-", source_url.rstrip("/").rsplit("/", 1)[-1])[:40].strip(".-_") or "iso"
+        name = f"{base}-{ids.new_id('x')[2:8]}"
+        try:
+            _, iso_id = await self.create(name=name, source_url=source_url, sha256=None, who=who)
+        except InvalidRequest as exc:
+            raise InvalidRequest(exc.message.replace("sourceUrl", field), field=field) from None
+        return iso_id
+
+    async def for_vm(self, conn: AsyncConnection, ref: str, who: Principal, field: str, *, importing: bool = False) -> Iso:
         """The ISO a VM's CD-ROM is asked to hold (`cdrom.isoId`), inside the caller's
         transaction: one the caller may see (404 otherwise, as for any other organization's
-        resource) and ready (409)."""
+        resource) and ready (409), or still importing when `importing` (a new VM's create job
+        waits for it)."""
         if not isinstance(ref, str) or not ref or len(ref) > 64:
             raise InvalidRequest(f"{field} must name an ISO (its id or name)", field=field)
         iso = await iso_q.find_iso(conn, ref, who.org_id)
         if iso is None:
             raise NotFound(f"iso {ref} does not exist", field=field)
-        if iso.status != "ready":
+        if iso.status != "ready" and not (importing and iso.status == "importing"):
             raise InvalidState(f"{field}: ISO {iso.name} is {iso.status}, not ready", current=iso.status, required="ready")
         return iso

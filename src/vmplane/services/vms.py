@@ -333,7 +333,7 @@ class VmService:
         for ref in {n.spec.node_id for n in new if n.spec.node_id}:
             if await node_q.get_node(conn, ref) is None:
                 raise InvalidRequest(f"nodeId {ref!r} does not exist", field="nodeId")
-        cdroms = {ref: (await self.isos.for_vm(conn, ref, who, "cdrom.isoId")).id for ref in {n.spec.cdrom for n in new if n.spec.cdrom}}
+        cdroms = {ref: (await self.isos.for_vm(conn, ref, who, "cdrom.isoId", importing=True)).id for ref in {n.spec.cdrom for n in new if n.spec.cdrom}}
         rows: builtins.list[dict[str, Any]] = []
         for n in new:
             spec = n.spec

@@ -1,5 +1,6 @@
 """vm-create: place the VM, claim its resources, define it on the node, start it."""
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import Row
@@ -10,6 +11,7 @@ from ...domain import VmStatus
 from ...errors import DriverError, VmplaneError
 from ...placement import Demand
 from ...store import guest as guest_q
+from ...store import isos as iso_q
 from ...store import networks as net_q
 from ...store import snapshots as snap_q
 from ...store import usage as usage_q
@@ -17,6 +19,8 @@ from ...store import vms as vm_q
 from ..engine import HandOff, TaskContext
 from .base import BaseHandler, check_boot_on, load_vm, start_vm, vm_spec
 from .images import ensure_image
+
+ISO_POLL_SECONDS = 1.0
 
 
 class VmCreate(BaseHandler):
@@ -50,6 +54,8 @@ class VmCreate(BaseHandler):
         if (line := await deps.guest.prepare_ssh(vm.id, driver)) is not None:
             ctx.log(line)
             vm = await load_vm(ctx)
+        if vm.cdrom_iso_id is not None:
+            await self._await_iso(ctx, vm.cdrom_iso_id)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
         if boot is not None and vm.spec.kernel_cmdline:  # a config's kernel_cmdline: after the template's
             boot = {**boot, "cmdline": f"{boot.get('cmdline') or ''} {vm.spec.kernel_cmdline}".strip()}
@@ -75,6 +81,22 @@ class VmCreate(BaseHandler):
             lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running)
         )
         ctx.log("running")
+
+    @staticmethod
+    async def _await_iso(ctx: TaskContext, iso_id: str) -> None:
+        """The ISO of the VM's CD-ROM may still be importing (a face's ISO URL): wait for it."""
+        said = False
+        while True:
+            async with ctx.deps.store.read() as conn:
+                iso = await iso_q.get_iso(conn, iso_id)
+            if iso is None or iso.status == "error":
+                raise VmplaneError(f"ISO {iso_id} could not be imported: {iso.error if iso else 'it was deleted'}")
+            if iso.status == "ready":
+                return
+            if not said:
+                await ctx.progress(25, f"waiting for ISO {iso.name} to be imported")
+                said = True
+            await asyncio.sleep(ISO_POLL_SECONDS)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         deps = ctx.deps
