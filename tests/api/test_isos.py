@@ -6,7 +6,9 @@ what it is told: `SimDriver.boot_of`; tests/e2e/test_qemu_iso.py boots them for 
   own ISOs count in its diskGb quota;
 - a VM with `cdrom`, `bootOrder` and `firmware` at create, changed by PATCH; an ISO in a
   CD-ROM cannot be deleted (409 naming the VM) until it is ejected;
-- bad values are 400s naming the field; nothing changes."""
+- bad values are 400s naming the field; nothing changes.
+
+The store's part runs on SQLite and PostgreSQL (VMPLANE_TEST_PG_URL)."""
 
 import functools
 import hashlib
@@ -103,7 +105,10 @@ async def test_import_from_a_url_checks_the_sha256_and_the_signature(server: Ser
         assert not (server.rt.data_dir / "isos" / f"{bad['id']}.iso").exists()
 
 
-async def test_operator_isos_are_shared_read_only_and_an_orgs_own_count_in_its_quota(server: Server, iso_file: Path) -> None:
+async def test_operator_isos_are_shared_read_only_and_an_orgs_own_count_in_its_quota(
+    server_factory: Any, database_url: str, iso_file: Path
+) -> None:
+    server = await server_factory(database_url=database_url)  # SQLite, and PostgreSQL when there is one (migration 0032)
     shared = (await upload(server.client, iso_file, "shared-installer")).json()
     acme, _ = await tenant(server, "acme", {"diskGb": 1})
     other, _ = await tenant(server, "other")
@@ -122,7 +127,8 @@ async def test_operator_isos_are_shared_read_only_and_an_orgs_own_count_in_its_q
         assert r.status_code == 409 and r.json()["code"] == "quota_exceeded", r.text
 
 
-async def test_vm_with_cdrom_boot_order_and_firmware(server: Server, iso_file: Path) -> None:
+async def test_vm_with_cdrom_boot_order_and_firmware(server_factory: Any, database_url: str, iso_file: Path) -> None:
+    server = await server_factory(database_url=database_url)
     iso = (await upload(server.client, iso_file, "installer")).json()
     job = await server.create({
         "name": "installs", "resources": {"cpu": 1, "ramMb": 512, "diskGb": 4},
