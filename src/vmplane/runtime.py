@@ -262,6 +262,8 @@ class Runtime:
             await self._register_tiny_template()
         if swept := await self.templates.sweep_uploads():
             log.info("removed %d upload(s) a stopped server left half-written", len(swept))
+        if swept := await self.isos.sweep():
+            log.info("removed %d ISO upload(s) or download(s) a stopped server left half-written", len(swept))
         await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start(self.handler_deps)
         await self.readiness.start()

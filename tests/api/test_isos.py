@@ -186,3 +186,20 @@ async def test_bad_boot_settings_name_the_field_and_change_nothing(server: Serve
     assert r.status_code in (400, 404) and r.json()["details"]["field"] == field, r.text
     after = (await server.client.get(f"/api/v1/vms/{vm_id}")).json()
     assert {k: after[k] for k in ("cdrom", "bootOrder", "firmware")} == {k: before[k] for k in ("cdrom", "bootOrder", "firmware")}
+
+
+async def test_half_written_files_are_swept_at_start(server: Server) -> None:
+    """What a stopped server left: an upload quiet for two body timeouts, a download of an ISO
+    no longer importing; an upload still arriving stays."""
+    import os
+    import time
+
+    d = server.rt.data_dir / "isos"
+    d.mkdir(exist_ok=True)
+    old, fresh, orphan = d / "iso-0000000000aa.upload", d / "iso-0000000000bb.upload", d / "iso-0000000000cc.part"
+    for f in (old, fresh, orphan):
+        f.write_bytes(b"x")
+    past = time.time() - 3 * server.rt.settings.body_timeout_seconds
+    os.utime(old, (past, past))
+    assert sorted(await server.rt.isos.sweep()) == [orphan.name, old.name]
+    assert fresh.exists() and not old.exists() and not orphan.exists()

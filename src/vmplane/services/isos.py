@@ -10,7 +10,9 @@ once its sha256 (when given) matches and it is an ISO 9660 image; its file is
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,6 +167,29 @@ class IsoService:
             await iso_q.delete_iso(conn, iso.id)
         for suffix in (".iso", ".part", UPLOAD_SUFFIX):
             iso_path(self.isos_dir, iso.id, suffix).unlink(missing_ok=True)
+
+    async def sweep(self) -> tuple[str, ...]:
+        """Remove what a stopped server left half-written: uploads (`<id>.upload`, whose ISO row
+        is made only once the whole body is checked) quiet for two body timeouts (a replica
+        sharing this data dir may be receiving one), and downloads (`<id>.part`) of ISOs no
+        longer importing. Returns the names removed (run at start)."""
+        removed: tuple[str, ...] = ()
+        if not self.isos_dir.exists():
+            return removed
+        quiet_since = time.time() - 2 * self.settings.body_timeout_seconds
+        async with self.store.read() as conn:
+            for path in sorted(self.isos_dir.iterdir()):
+                iso_id, suffix = path.stem, path.suffix
+                if suffix not in (UPLOAD_SUFFIX, ".part"):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if suffix == UPLOAD_SUFFIX and path.stat().st_mtime > quiet_since:
+                        continue
+                    iso = await iso_q.get_iso(conn, iso_id)
+                    if suffix == UPLOAD_SUFFIX or iso is None or iso.status != "importing":
+                        path.unlink()
+                        removed += (path.name,)
+        return removed
 
     async def from_url(self, source_url: str, who: Principal, field: str) -> str:
         """The id of an ISO of the caller's organization fetched from `source_url`: one it
