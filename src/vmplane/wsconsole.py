@@ -1,5 +1,6 @@
-"""The one WebSocket <-> serial console bridge: every face's console endpoint uses it, and so does
-the node agent's (it lives under both)."""
+"""The one WebSocket <-> console stream bridge: every face's serial console endpoint uses it,
+the graphical console's (RFB to a VM's VNC server) too, and so does the node agent's (it lives
+under both)."""
 
 import asyncio
 import contextlib
@@ -17,6 +18,11 @@ keys for the guest, text frames are control messages (JSON), one kind so far:
 `{"type": "resize", "rows": R, "cols": C}`; each is answered with a text frame,
 `{"type": "resized", "rows": R, "cols": C}` or `{"type": "error", "error": ..., "field": ...}`.
 Without it every frame, text or binary, is keys (as before)."""
+RFB_SUBPROTOCOL = "binary"
+"""What noVNC offers for a WebSocket carrying RFB (the VNC protocol) in binary frames."""
+RFB_CHUNK = 1 << 16
+"""bytes read from a VNC server per frame: a screen update is hundreds of KiB (a serial
+console's 4 KiB frames would split it into hundreds)"""
 ROWS = (2, 500)
 COLS = (2, 1000)
 _CONTROL_MAX = 256  # bytes of one control message
@@ -53,14 +59,17 @@ def parse_control(text: str) -> ConsoleSize:
 Resizer = Callable[[ConsoleSize], Awaitable[None]]
 
 
-async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resize: Resizer | None = None) -> None:
+async def bridge(
+    websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resize: Resizer | None = None, *, chunk: int = 4096
+) -> None:
     """Carry bytes both ways between an accepted WebSocket and a console stream until either
     side ends, or the server shuts down (close 1001) (binary frames out; text or binary frames
     in); then close both. With `resize` (the client chose CONTROL_SUBPROTOCOL) text frames are
     control messages: a valid resize calls `resize` in the background, one at a time (sizes
     that come while one runs are coalesced: only the newest is applied next, so a flood of
     messages runs at most one command at a time; keys are never held up by it) and is
-    answered; an invalid one is answered with the error and changes nothing."""
+    answered; an invalid one is answered with the error and changes nothing. `chunk`: the
+    most bytes read from the stream per frame sent."""
     sending = asyncio.Lock()  # guest output and control answers share the socket
     resizing: asyncio.Task[None] | None = None
     wanted: ConsoleSize | None = None  # the newest size not yet applied
@@ -101,7 +110,7 @@ async def bridge(websocket: WebSocket, reader: asyncio.StreamReader, writer: asy
                 await apply(size)
 
     async def guest_to_client() -> None:
-        while data := await reader.read(4096):
+        while data := await reader.read(chunk):
             async with sending:
                 await websocket.send_bytes(data)
 

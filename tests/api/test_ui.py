@@ -59,3 +59,32 @@ def test_imports_resolve() -> None:
             continue
         for ref in re.findall(r'from "(\.[^"]+)"', p.read_text()):
             assert (p.parent / ref).resolve().is_file(), (p, ref)
+
+
+def test_every_console_file_is_package_data() -> None:
+    """Each file under ui/ (vendored ones too: noVNC's modules sit three folders deep) matches a
+    package-data glob of pyproject.toml, so an installed vmplane serves what a checkout does."""
+    import fnmatch
+    import tomllib
+
+    root = UI_DIR.parent  # src/vmplane
+    pyproject = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["vmplane"]
+    files = [p.relative_to(root).as_posix() for p in UI_DIR.rglob("*") if p.is_file()]
+    # fnmatch's * also crosses "/": compare folder depth too, as setuptools' glob does
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert missing == []
+    assert any(f.startswith("ui/vendor/novnc/core/decoders/") for f in files)
+
+
+def test_novnc_is_vendored_pinned_with_its_licences() -> None:
+    novnc = UI_DIR / "vendor" / "novnc"
+    script = (UI_DIR.parents[2] / "scripts" / "vendor-novnc.sh").read_text()
+    version = re.search(r"^NOVNC_VERSION=(\S+)$", script, re.M)
+    sha = re.search(r"^NOVNC_SHA512=([0-9a-f]{128})$", script, re.M)
+    assert version and sha
+    readme = (novnc / "README.md").read_text()
+    assert f"`@novnc/novnc` {version[1]}" in readme and sha[1] in readme  # the files are that tarball's
+    assert "Mozilla Public License" in (novnc / "LICENSE.MPL-2.0").read_text()
+    assert (novnc / "LICENSE.txt").is_file() and (novnc / "vendor" / "pako" / "LICENSE").is_file()
+    assert (novnc / "core" / "rfb.js").read_text().count("export default class RFB") == 1

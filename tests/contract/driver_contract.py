@@ -4,6 +4,7 @@
         async def make_driver(self, state_dir): ...
 """
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,33 @@ class DriverContract:
         with pytest.raises(DriverError):
             await env.driver.start_vm("vm-doesnotexist")
         assert await env.driver.get_vm("vm-doesnotexist") is None
+
+    async def test_display_shows_a_running_vms_screen(self, env: Any) -> None:
+        """With `capabilities.display`: a PNG of the screen (refused past `max_bytes`) and a VNC
+        stream (QEMU's RFB greeting), only while the VM runs; without it, DriverError."""
+        d, spec = env.driver, env.spec()
+        await d.create_vm(spec)
+        if not d.capabilities.display:
+            with pytest.raises(DriverError):
+                await d.screenshot(spec.id, 1 << 20)
+            with pytest.raises(DriverError):
+                await d.open_vnc(spec.id)
+            return
+        with pytest.raises(InvalidState):
+            await d.screenshot(spec.id, 1 << 20)
+        with pytest.raises(InvalidState):
+            await d.open_vnc(spec.id)
+        await d.start_vm(spec.id)
+        png = await d.screenshot(spec.id, 16 << 20)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) < 16 << 20
+        with pytest.raises(DriverError):
+            await d.screenshot(spec.id, 16)  # larger than that: refused
+        reader, writer = await d.open_vnc(spec.id)
+        try:
+            assert await asyncio.wait_for(reader.readexactly(12), 10) == b"RFB 003.008\n"
+        finally:
+            writer.close()
+        await d.stop_vm(spec.id)
 
     async def test_disks_grow_but_never_shrink(self, env: Any) -> None:
         d, spec = env.driver, env.spec(resources=Resources(1, 256, 2))

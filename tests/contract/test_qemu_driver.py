@@ -589,6 +589,12 @@ class TestCmdline:
         assert option_after(argv, "-qmp") == ["unix:qmp.sock,server=on,wait=off"]
         assert option_after(argv, "-pidfile") == ["/var/lib/vmplane/vms/vm-abcdefgh1234/qemu.pid"]
 
+    def test_display_is_vga_with_vnc_on_a_unix_socket(self) -> None:
+        argv = build_argv(sample_config(), self.paths, accel="tcg")
+        assert "VGA,id=vga0" in option_after(argv, "-device")
+        assert option_after(argv, "-vnc") == ["unix:vnc.sock"]  # beside QMP's, never a TCP port
+        assert option_after(argv, "-display") == ["none"]  # no window on the host
+
     def test_port_forwards(self) -> None:
         argv = build_argv(sample_config(), self.paths, accel="tcg")
         assert option_after(argv, "-netdev") == [

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from ..support import admin_key, free_port, qemu_processes_of, require_qemu, serve, wait_ready
-from ..ui_support import CHROMIUM, UNNAMED, require_browser, screenshot_dir, terminal_text
+from ..ui_support import CHROMIUM, UNNAMED, require_browser, screenshot_dir, shot, terminal_text
 
 pytestmark = pytest.mark.slow
 
@@ -464,6 +464,95 @@ def test_terminal_shows_underscores_and_tells_the_guest_its_size(
     _type_until(page, "stty size", re.compile(rf"^{rows2} {cols2}$", re.M))
     page.locator("#console-screen").screenshot(path=str(uifix_shots / f"terminal-resized-{dpr}x.png"))
     page.get_by_role("button", name="Disconnect").click()
+
+
+# lit pixels (R+G+B > 300 on the guest's black VGA text screen) of noVNC's canvas, in all and
+# per band of 16 rows (a text line of the VGA font), so a change can be placed
+CANVAS_LIT = """() => {
+  const c = document.querySelector('#display-screen canvas');
+  if (!c || !c.width) return null;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const bands = [];
+  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+    const i = (y * c.width + x) * 4;
+    if (d[i] + d[i + 1] + d[i + 2] > 300) bands[y >> 4] = (bands[y >> 4] || 0) + 1;
+  }
+  return { width: c.width, height: c.height, bands: Array.from(bands, (n) => n || 0) }; }"""
+
+
+def _lit(page: Any) -> dict[str, Any]:
+    out: dict[str, Any] = page.evaluate(CANVAS_LIT)
+    return out
+
+
+def _guest_file(api: httpx.Client, vm_id: str, path: str) -> str | None:
+    r = api.post(f"/vms/{vm_id}/exec", json={"command": ["cat", path], "timeoutSec": 5})
+    assert r.status_code == 200, r.text
+    return r.json()["stdout"] if r.json()["exitCode"] == 0 else None
+
+
+def test_display_tab_shows_the_guest_and_types_into_it(ui_page: Any, ui_server: Any, console_guest: dict[str, Any]) -> None:
+    """The Display section (noVNC over the VNC WebSocket), opened at `vmplane vm display`'s
+    address: the guest's text on the canvas, keys typed on the page's keyboard reach the guest's
+    shell on tty1, and so does pasted text (shifted characters too: `$((6*7))`), whose output
+    shows in the lines below. Screenshots under artifacts/screenshots/display/."""
+    from playwright.sync_api import expect
+
+    shots = screenshot_dir("display")
+    api, vm_id = ui_server.api, console_guest["id"]
+    deadline = time.monotonic() + 120
+    while _guest_file(api, vm_id, "/run/vmplane/boot-complete") is None:  # its shell on tty1 is up then
+        assert time.monotonic() < deadline, "the guest did not finish booting"
+        time.sleep(0.5)
+    page = ui_page(path=f"#/vms/{vm_id}/display")
+    expect(page.locator("#display-state")).to_have_text("Connected.", timeout=30_000)
+    page.wait_for_function("(() => { const c = document.querySelector('#display-screen canvas'); return c && c.width > 0; })()")
+    deadline = time.monotonic() + 30
+    while sum((before := _lit(page))["bands"]) == 0:  # the first screen update is on its way
+        assert time.monotonic() < deadline, "the canvas stayed black"
+        page.wait_for_timeout(250)
+    assert 640 <= before["width"] <= 4096, before
+    page.locator("#display-screen").screenshot(path=str(shots / "display-connected.png"))
+
+    # the page's keyboard: plain characters only (Playwright types `$` without pressing Shift)
+    page.locator("#display-screen canvas").click()
+    page.keyboard.type("touch /tmp/typed-on-vga")
+    page.keyboard.press("Enter")
+    deadline = time.monotonic() + 30
+    while _guest_file(api, vm_id, "/tmp/typed-on-vga") is None:
+        assert time.monotonic() < deadline, "the keys typed on the canvas did not reach the guest's shell"
+        time.sleep(0.5)
+    typed = _lit(page)
+
+    # the paste box: typed as key presses, Shift held where a US keyboard needs it
+    page.get_by_label("Paste text").fill("echo $((6*7)) | tee /tmp/answer\n")
+    page.get_by_role("button", name="Type it").click()
+    deadline = time.monotonic() + 30
+    while (answer := _guest_file(api, vm_id, "/tmp/answer")) is None:
+        assert time.monotonic() < deadline, "the pasted command did not run"
+        time.sleep(0.5)
+    assert answer.strip() == "42"
+    deadline = time.monotonic() + 30
+    while True:  # its command line and its output: new text in lines below what was there
+        after = _lit(page)
+        grew = [i for i, n in enumerate(after["bands"]) if n > (typed["bands"][i] if i < len(typed["bands"]) else 0)]
+        if len(grew) >= 2:
+            break
+        assert time.monotonic() < deadline, (typed, after)
+        page.wait_for_timeout(250)
+    assert sum(after["bands"]) > sum(typed["bands"]) > sum(before["bands"])
+    page.locator("#display-screen").screenshot(path=str(shots / "display-after-typing.png"))
+    shot(page, shots / "vm-page-display.png")
+    for name in ("Send Ctrl-Alt-Del", "Full screen", "Close display"):
+        expect(page.get_by_role("button", name=name)).to_be_enabled()
+    page.get_by_role("button", name="Close display").click()
+    expect(page.locator("#display-state")).to_have_text("Disconnected.")
+
+    # the VM list: a thumbnail of its screen (its screenshot) in the link to its page
+    page.goto(f"{ui_server.origin}/ui/#/vms")
+    thumb = page.locator(f"img[data-thumb='{vm_id}']")
+    expect(thumb).to_be_visible(timeout=30_000)
+    assert page.evaluate("(img) => img.src.startsWith('data:image/png;base64,') && img.naturalWidth >= 640", thumb.element_handle())
+    shot(page, shots / "vm-list-thumbnail.png")
 
 
 def test_charts_clear_when_the_vm_stops(ui_page: Any, ui_server: Any, console_guest: dict[str, Any], uifix_shots: Path) -> None:

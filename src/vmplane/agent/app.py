@@ -31,7 +31,7 @@ from ..domain.network import Firewall, Nic, parse_firewall
 from ..drivers import remote_wire as wire
 from ..drivers.base import HypervisorDriver, PowerState
 from ..errors import DriverError, InvalidRequest, InvalidState, Unauthorized, VmplaneError
-from ..wsconsole import bridge
+from ..wsconsole import RFB_CHUNK, bridge
 from .images import ImageStore, WantedFile
 
 log = logging.getLogger("vmplane.agent")
@@ -190,11 +190,14 @@ def create_agent_app(state: AgentState) -> FastAPI:
             raise InvalidRequest("maxBytes must be from 1 to 64 MiB", field="maxBytes")
         return Response(await d.console_log(vm_id(vid), maxBytes), media_type="application/octet-stream")
 
-    @app.websocket(P + "/vms/{vid}/console")
-    async def console(websocket: WebSocket, vid: str) -> None:
+    async def stream(
+        websocket: WebSocket, opening: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]], chunk: int
+    ) -> None:
+        """A console stream to the control plane: a first text frame says it opened (or the
+        error, then close 4000+status), then bytes both ways."""
         try:
             check_key(state, websocket.headers)
-            reader, writer = await d.open_console(vm_id(vid))
+            reader, writer = await opening()
         except VmplaneError as exc:
             await websocket.accept()
             await websocket.send_json(wire.error_to_wire(exc))
@@ -202,7 +205,21 @@ def create_agent_app(state: AgentState) -> FastAPI:
             return
         await websocket.accept()
         await websocket.send_json({"ok": True})
-        await bridge(websocket, reader, writer)
+        await bridge(websocket, reader, writer, chunk=chunk)
+
+    @app.websocket(P + "/vms/{vid}/console")
+    async def console(websocket: WebSocket, vid: str) -> None:
+        await stream(websocket, lambda: d.open_console(vm_id(vid)), 4096)
+
+    @app.websocket(P + "/vms/{vid}/vnc")
+    async def vnc(websocket: WebSocket, vid: str) -> None:
+        await stream(websocket, lambda: d.open_vnc(vm_id(vid)), RFB_CHUNK)
+
+    @app.get(P + "/vms/{vid}/screenshot")
+    async def screenshot(vid: str, maxBytes: int = 16 << 20) -> Response:
+        if not 0 < maxBytes <= 64 << 20:
+            raise InvalidRequest("maxBytes must be from 1 to 64 MiB", field="maxBytes")
+        return Response(await d.screenshot(vm_id(vid), maxBytes), media_type="image/png")
 
     @app.post(P + "/vms/{vid}/snapshots/{sid}")
     async def snapshot(vid: str, sid: str) -> JSONResponse:

@@ -634,6 +634,17 @@ def vm_console(
     raise typer.Exit(code)
 
 
+@vm_app.command("display")
+def vm_display(vm: VmArg, url: UrlOpt = None) -> None:
+    """Print the address of the VM's graphical console in the web console (open it in a
+    browser: the Display section of the VM's page, noVNC)."""
+    c = Client(url)
+    v = c.vm(vm)
+    typer.echo(f"{c.url}/ui/#/vms/{v['id']}/display")
+    if v.get("status") != "running":
+        typer.echo(f"note: {v['name']} is {v.get('status')}: its display shows once it runs", err=True)
+
+
 @vm_app.command("exec")
 def vm_exec(
     vm: VmArg,

@@ -47,6 +47,8 @@ class Capabilities:
     hot_resize_cpu_ram: bool = False
     console: bool = False
     """serial console: `open_console` and `console_log` work."""
+    display: bool = False
+    """graphical console: VMs have a display adapter; `open_vnc` and `screenshot` work."""
     exec: bool = False
     """commands run in the guest through its agent: `exec_vm` works."""
     stats: bool = False
@@ -315,6 +317,18 @@ class HypervisorDriver(ABC):
     async def console_log(self, vm_id: str, max_bytes: int) -> bytes:
         """The last `max_bytes` of what the guest wrote on its serial console."""
         raise DriverError(f"{self.capabilities.kind} driver has no serial console")
+
+    async def open_vnc(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to and from the running VM's VNC server (RFB, no authentication: only
+        vmplane reaches it). Needs `capabilities.display`; InvalidState if the VM is not
+        running."""
+        raise DriverError(f"{self.capabilities.kind} driver has no graphical console")
+
+    async def screenshot(self, vm_id: str, max_bytes: int) -> bytes:
+        """A PNG of the running VM's screen as it is now. DriverError if it would be larger
+        than `max_bytes`; leaves no file behind. Needs `capabilities.display`; InvalidState
+        if the VM is not running."""
+        raise DriverError(f"{self.capabilities.kind} driver has no graphical console")
 
     async def export_disk(self, vm_id: str, dest: Path) -> int:
         """Write the VM's whole disk, as it is now (point in time; live if it runs), as a

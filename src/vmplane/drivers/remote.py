@@ -32,6 +32,7 @@ from ..domain import BootSetup, Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidRequest
 from ..http_clients import link_client
+from ..wsconsole import RFB_CHUNK
 from . import remote_wire as wire
 from .base import (
     Capabilities,
@@ -289,8 +290,22 @@ class RemoteDriver(HypervisorDriver):
         return resp.content
 
     async def open_console(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self._open_stream(vm_id, "console", "the console", 4096)
+
+    async def open_vnc(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self._open_stream(vm_id, "vnc", "the VNC server", RFB_CHUNK)
+
+    async def screenshot(self, vm_id: str, max_bytes: int) -> bytes:
+        resp = await self._call("GET", f"/vms/{vm_id}/screenshot?maxBytes={int(max_bytes)}", what=f"screenshot of {vm_id}")
+        if len(resp.content) > max_bytes:
+            raise DriverError(f"node {self.node_id}: the screenshot of {vm_id} is more than {max_bytes} bytes", node_id=self.node_id)
+        return resp.content
+
+    async def _open_stream(self, vm_id: str, path: str, what: str, chunk: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to one of the VM's consoles on the agent (its WebSocket `path`),
+        through a local socket pair pumped both ways."""
         self._check_online()
-        u = urlparse(self.url.rstrip("/") + wire.AGENT_PREFIX + f"/vms/{vm_id}/console")
+        u = urlparse(self.url.rstrip("/") + wire.AGENT_PREFIX + f"/vms/{vm_id}/{path}")
         url = u._replace(scheme="wss" if u.scheme == "https" else "ws").geturl()
         try:
             ws = await connect(
@@ -299,12 +314,12 @@ class RemoteDriver(HypervisorDriver):
             )  # fmt: skip
             first = json.loads(await asyncio.wait_for(ws.recv(), 30))
         except (OSError, WebSocketException, TimeoutError, ValueError) as exc:
-            raise DriverError(f"node {self.node_id}: cannot reach the console of {vm_id}: {exc}", node_id=self.node_id) from exc
+            raise DriverError(f"node {self.node_id}: cannot reach {what} of {vm_id}: {exc}", node_id=self.node_id) from exc
         if not isinstance(first, dict) or not first.get("ok"):
             await ws.close()
             raise wire.error_from_wire(409, first, self.node_id)
         ours, theirs = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=ours)
+        reader, writer = await asyncio.open_connection(sock=ours, limit=max(chunk, 1 << 16))
         pump_r, pump_w = await asyncio.open_connection(sock=theirs)
 
         async def ws_to_local() -> None:
@@ -313,7 +328,7 @@ class RemoteDriver(HypervisorDriver):
                 await pump_w.drain()
 
         async def local_to_ws() -> None:
-            while data := await pump_r.read(4096):
+            while data := await pump_r.read(chunk):
                 await ws.send(data)
 
         async def pump() -> None:

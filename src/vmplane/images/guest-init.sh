@@ -277,6 +277,15 @@ touch /run/vmplane/boot-complete
 mkdir -p /run/cloud-init && echo '{"v1": {"datasource": "DataSourceNoCloud", "errors": []}}' >/run/cloud-init/result.json
 say "boot complete"
 
+# --- root shell on the VGA console (tty1: what vmplane's graphical console shows), respawned
+# forever; the tty is opened after setsid, so it becomes the shell's controlling terminal ---
+(
+    while :; do
+        setsid sh -c 'exec <>/dev/tty1 >&0 2>&1; echo "vmplane-tiny: boot complete"; TERM=linux exec sh -l'
+        sleep 1
+    done
+) </dev/null >/dev/null 2>&1 &
+
 # --- root shell on the serial console, respawned forever ---
 while :; do
     setsid cttyhack sh -l

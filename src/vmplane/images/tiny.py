@@ -1,7 +1,8 @@
 """Build the "tiny" guest image: Debian cloud kernel + busybox initramfs.
 
 The guest boots in a few seconds under TCG and offers what the control plane
-needs from a VM: a serial console with a root shell, qemu-guest-agent on
+needs from a VM: a serial console with a root shell, a root shell on the VGA
+console (tty1, what the graphical console shows), qemu-guest-agent on
 virtio-serial, dropbear SSH on port 22, DHCP on eth0, ACPI power button
 handling and a small NoCloud (``cidata``) implementation.  See
 ``guest-init.sh`` (the guest's /init) for the guest side.
@@ -59,8 +60,9 @@ __all__ = [
     "tiny_dir",
 ]
 
-#: Kernel command line for the tiny image (serial console on ttyS0).
-DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1"
+#: Kernel command line for the tiny image: kernel messages on the VGA console (tty0) and the
+#: serial port; the last one, ttyS0, is /dev/console (where init and its markers write).
+DEFAULT_CMDLINE = "console=tty0 console=ttyS0 quiet panic=-1"
 #: Printed on the serial console first thing by the guest's /init.
 INIT_START_LINE = "vmplane-tiny: init starting"
 #: Printed on the serial console when the guest is fully up.
@@ -72,9 +74,10 @@ DISK_NAME = "disk.qcow2"
 MANIFEST_NAME = "manifest.json"
 
 #: Bumped whenever the produced image changes in a way callers may care about.
-IMAGE_FORMAT_VERSION = 2
+IMAGE_FORMAT_VERSION = 3
 # 2: no host key baked in: each guest makes its own at first boot (per instance-id) and prints
 #    it on the console, where vmplane's readiness records it for `vmplane vm ssh` to pin
+# 3: kernel messages on the VGA console too, and a root shell on tty1 (the graphical console)
 
 DISK_SIZE = 1 << 30  # virtual size of the base disk
 DISK_LABEL = "vmplane-disk"

@@ -38,7 +38,7 @@ class Fence(Protocol):
 current: ContextVar[Fence | None] = ContextVar("vmplane_task_fence", default=None)
 """The run of a task the current asyncio task works for (None outside job handlers)."""
 
-READS = frozenset({"open", "close", "node_info", "get_vm", "list_vms", "console_log", "stats_vm", "open_console", "guest_state"})
+READS = frozenset({"open", "close", "node_info", "get_vm", "list_vms", "console_log", "stats_vm", "open_console", "guest_state", "open_vnc", "screenshot"})
 """Driver calls that change nothing on the node: not fenced. Every other coroutine method is
 (so a call added to the driver interface later is fenced until it is listed here)."""
 

@@ -1,4 +1,5 @@
-"""Reaching into running guests: serial console (one-time tokens), exec, stats.
+"""Reaching into running guests: serial and graphical consoles (one-time tokens),
+screenshots, exec, stats.
 
 These are interactive calls, not jobs: they change no VM state, so they go to the VM's
 driver directly, and each checks the driver declares the capability.
@@ -38,12 +39,17 @@ CONSOLE_TOKEN_SECONDS = 60
 CONSOLE_TTY = "/dev/ttyS0"
 """the guest's serial console (the first serial port, where vmplane's console connects)"""
 CONSOLE_SIZE_SECONDS = 15
+SCREENSHOT_MAX_BYTES = 16 << 20
+"""the largest screenshot PNG served (a 2560x1600 screen of noise is ~12 MiB; text ~10 KiB)"""
 EXEC_MAX_OUTPUT = 1024 * 1024
 EXEC_MAX_SECONDS = 600
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def token_hash(token: str, kind: str = "console") -> str:
+    """What the store keeps of a one-time token: its SHA-256, of the token prefixed with the
+    kind of stream it opens for anything but the serial console (`vnc:<token>`), so a token
+    handed out for one kind of console never opens the other."""
+    return hashlib.sha256((token if kind == "console" else f"{kind}:{token}").encode()).hexdigest()
 
 
 def require_running(vm: Vm) -> None:
@@ -57,6 +63,10 @@ def require_running(vm: Vm) -> None:
     }
     why = hint.get(str(vm.status), "; try again once it is running")
     raise InvalidState(f"{vm.name} is {vm.status}{why}", current=vm.status, required=VmStatus.RUNNING.value)
+
+
+_TOKEN_KIND = {"console": "console", "display": "vnc"}
+"""the capability a one-time token's stream needs -> the kind its hash is kept under"""
 
 
 class GuestService:
@@ -81,14 +91,22 @@ class GuestService:
     async def console_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Vm]:
         """A one-time token for the VM's serial console, good for `ttl` seconds (at most
         CONSOLE_TOKEN_SECONDS); the VM must run on a node with a console."""
+        return await self._token(ref, who, ttl, "console")
+
+    async def vnc_token(self, ref: str, who: Principal, ttl: float = CONSOLE_TOKEN_SECONDS) -> tuple[str, float, Vm]:
+        """A one-time token for the VM's graphical console (its VNC server, RFB over a
+        WebSocket), as `console_token`; the VM must run on a node with a display."""
+        return await self._token(ref, who, ttl, "display")
+
+    async def _token(self, ref: str, who: Principal, ttl: float, capability: str) -> tuple[str, float, Vm]:
         vm = await get_visible_vm(self.store, ref, who)
         require_running(vm)
-        self._driver(vm, "console")
+        self._driver(vm, capability)
         token = secrets.token_urlsafe(24)
         now = clock.now()
         expires = now + min(ttl, CONSOLE_TOKEN_SECONDS)
         async with self.store.write() as conn:
-            await guest_q.add_console_token(conn, token_hash(token), vm.id, expires, now, who.limit_key)
+            await guest_q.add_console_token(conn, token_hash(token, _TOKEN_KIND[capability]), vm.id, expires, now, who.limit_key)
         return token, expires, vm
 
     async def open_console(self, ref: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, StreamSlot]:
@@ -96,22 +114,38 @@ class GuestService:
         credential: it was given to someone allowed to use this VM's console). The console
         holds a stream slot of the credential that asked for the token (RateLimited, 429, when
         it has none free); the caller releases it when the console closes."""
+        return await self._open(ref, token, "console")
+
+    async def open_vnc(self, ref: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, StreamSlot]:
+        """Spend a VNC token (`vnc_token`) and connect to the VM's VNC server, as
+        `open_console`: the stream holds a slot of the credential that asked for the token."""
+        return await self._open(ref, token, "display")
+
+    async def _open(self, ref: str, token: str, capability: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, StreamSlot]:
+        kind = _TOKEN_KIND[capability]
         async with self.store.read() as conn:
             vm = await vm_q.get_vm(conn, ref)
         if vm is None:
-            raise NotFound("console token is unknown, used or expired")
+            raise NotFound(f"{kind} token is unknown, used or expired")
         async with self.store.write() as conn:
-            spent = await guest_q.use_console_token(conn, token_hash(token), vm.id, clock.now())
+            spent = await guest_q.use_console_token(conn, token_hash(token, kind), vm.id, clock.now())
         if spent is None:
-            raise NotFound("console token is unknown, used or expired")
+            raise NotFound(f"{kind} token is unknown, used or expired")
         require_running(vm)
         slot = self.streams.hold_for(spent.holder or f"console:{vm.org_id}", vm.org_id)
         try:
-            reader, writer = await self._driver(vm, "console").open_console(vm.id)
+            driver = self._driver(vm, capability)
+            reader, writer = await (driver.open_vnc(vm.id) if capability == "display" else driver.open_console(vm.id))
         except BaseException:
             slot.release()
             raise
         return reader, writer, slot
+
+    async def screenshot(self, ref: str, who: Principal) -> tuple[Vm, bytes]:
+        """A PNG of the running VM's screen now (its display adapter, through the driver)."""
+        vm = await get_visible_vm(self.store, ref, who)
+        require_running(vm)
+        return vm, await self._driver(vm, "display").screenshot(vm.id, SCREENSHOT_MAX_BYTES)
 
     async def set_console_size(self, vm_id: str, size: ConsoleSize) -> None:
         """Tell the guest its serial console's size, as the terminal showing it is sized:

@@ -23,6 +23,10 @@ OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 """Debian's `ovmf` (scripts/install-qemu.sh): UEFI firmware without Secure Boot, and the
 template of the variable store each UEFI VM gets a copy of (`VmPaths.nvram`)"""
+VGA_ID = "vga0"
+"""The graphical console's display adapter: the standard VGA (`-device VGA`), which every
+PC guest drives (BIOS text mode, vgacon, installers, Windows); `virtio-vga` would need a
+guest driver (the tiny guest's cloud kernel has none), so it is not offered."""
 BALLOON_ID = "balloon0"
 """The virtio-balloon device (never inflated): its `guest-stats` are the guest's memory figures."""
 
@@ -122,6 +126,11 @@ def build_argv(
         f"logfile={paths.serial_log.name},logappend=on",
         "-serial", "chardev:ser0",
         "-qmp", f"unix:{paths.qmp.name},server=on,wait=off",
+        # the graphical console: a VGA adapter (after the devices VMs had before it, so their
+        # PCI slots stay) and QEMU's VNC server on a unix socket in the VM's directory, never a
+        # TCP port; no password: only vmplane (root or its user, umask 0o077) can connect
+        "-device", f"VGA,id={VGA_ID}",
+        "-vnc", f"unix:{paths.vnc.name}",
         "-pidfile", str(paths.pidfile),
     ]
     # host PCI devices (VFIO), bound to vfio-pci by the driver before QEMU starts

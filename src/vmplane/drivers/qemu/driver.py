@@ -17,6 +17,7 @@ VMs and their locks (`machines.Machines`):
     network     bridges, taps, firewalls, forwarded ports; alias addresses in the guest
     vfio        host PCI devices given to VMs
     guest       exec, serial console, stats
+    display     the graphical console (VNC on a unix socket) and screenshots
     readiness   when a guest is ready after a boot; the SSH host keys it printed
 """
 
@@ -47,6 +48,7 @@ from ..base import (
     VmStats,
 )
 from .disks import Disks
+from .display import Display
 from .guest import Guest
 from .layout import GIB, VmPaths, load_config, vm_paths
 from .machines import Machines, QemuHost, QemuVm
@@ -102,7 +104,7 @@ class QemuDriver(HypervisorDriver):
         self.net = nethost.NetworkHost(self.state_dir, nat=nat, transit_pool=transit_pool)
         """bridges, taps, dnsmasq and nftables of bridge networks (see vmplane.net.host)"""
         self.capabilities = Capabilities(
-            kind="qemu", real_vms=True, live_resize_disk=True, console=True, exec=True, stats=True, disk_export=True,
+            kind="qemu", real_vms=True, live_resize_disk=True, console=True, display=True, exec=True, stats=True, disk_export=True,
             pci_passthrough=bool(self.host.pci_allowlist) and pci.iommu_available(self.host.sysfs_root),
             network_types=frozenset({"user", "bridge"} if self.net.available else {"user"}),
             firewall=True,  # forwarded ports of user-mode NICs; nftables on bridge NICs
@@ -118,6 +120,7 @@ class QemuDriver(HypervisorDriver):
         self.power = Power(self.host, self.machines, self.disks, self.network, self.vfio)
         self.migration = Migration(self.host, self.machines, self.power, self.network)
         self.guest = Guest(self.host, self.machines)
+        self.display = Display(self.machines)
         self.machines.on_guest_poweroff = self.power.finish_guest_poweroff
         self.readiness = Readiness(self.machines)
         self.machines.on_reset = self._after_reset
@@ -239,6 +242,7 @@ class QemuDriver(HypervisorDriver):
             if vm is not None:
                 await self.network.release(vm.config)
         self.machines.drop_lock(vm_id)
+        self.display.forget(vm_id)
 
     async def resize_vm(self, vm_id: str, resources: Resources) -> None:
         await self.disks.resize(vm_id, resources)
@@ -313,6 +317,12 @@ class QemuDriver(HypervisorDriver):
 
     async def stats_vm(self, vm_id: str) -> VmStats:
         return await self.guest.stats(vm_id)
+
+    async def open_vnc(self, vm_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self.display.open_vnc(vm_id)
+
+    async def screenshot(self, vm_id: str, max_bytes: int) -> bytes:
+        return await self.display.screenshot(vm_id, max_bytes)
 
     async def set_network(self, vm_id: str, nics: tuple[Nic, ...], firewall: Firewall) -> None:
         await self.network.set_network(vm_id, nics, firewall)

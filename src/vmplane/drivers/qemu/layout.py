@@ -54,6 +54,17 @@ class VmPaths:
         return self.dir / "serial.sock"
 
     @property
+    def vnc(self) -> Path:
+        """QEMU's VNC server (the graphical console): a unix socket only vmplane reaches (the
+        directory is 0700 and the socket is made under vmplane's umask 0o077); no TCP port."""
+        return self.dir / "vnc.sock"
+
+    @property
+    def screendump(self) -> Path:
+        """Where a screenshot is written (through a descriptor handed to QEMU), read and deleted."""
+        return self.dir / "screen.png"
+
+    @property
     def serial_log(self) -> Path:
         return self.dir / "serial.log"
 
@@ -88,12 +99,12 @@ class VmPaths:
 
     @property
     def sockets(self) -> tuple[Path, ...]:
-        return (self.qmp, self.qga, self.serial)
+        return (self.qmp, self.qga, self.serial, self.vnc)
 
     @property
     def runtime_files(self) -> tuple[Path, ...]:
         """What a stopped VM must not have."""
-        return (*self.sockets, self.pidfile, self.run, self.stop_marker)
+        return (*self.sockets, self.pidfile, self.run, self.stop_marker, self.screendump)
 
 
 def vm_paths(state_dir: Path, vm_id: str) -> VmPaths:

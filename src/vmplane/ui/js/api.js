@@ -37,6 +37,26 @@ export async function api(method, path, body, { key } = {}) {
   return data;
 }
 
+/** An image the API serves (a VM's screenshot) as a data: URL, which the page's Content-Security-Policy
+ *  lets an <img> show (an <img src> of the API itself could not send the API key). */
+export async function image(path) {
+  const r = await fetch("/api/v1" + path, { headers: { "X-API-Key": apiKey() || "" } });
+  if (!r.ok) {
+    const text = await r.text();
+    let data = text;
+    try { data = JSON.parse(text); } catch { /* not JSON: keep the text */ }
+    if (r.status === 401) onUnauthorized();
+    throw new ApiError(r.status, data);
+  }
+  const blob = await r.blob();
+  return await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
 export const get = (path) => api("GET", path);
 export const post = (path, body = {}) => api("POST", path, body);
 export const put = (path, body) => api("PUT", path, body);

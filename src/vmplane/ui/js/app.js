@@ -5,7 +5,7 @@ import { h, replace } from "./dom.js";
 import { EventStream } from "./events.js";
 import { vmsPage } from "./pages/vms.js";
 import { createPage } from "./pages/create.js";
-import { vmPage } from "./pages/vm.js";
+import { vmDisplayPage, vmPage } from "./pages/vm.js";
 import { jobsPage, jobPage } from "./pages/jobs.js";
 import { nodesPage } from "./pages/nodes.js";
 import { eventsPage } from "./pages/events.js";
@@ -15,6 +15,7 @@ const ROUTES = [
   [/^#\/vms$/, vmsPage, "vms"],
   [/^#\/create$/, createPage, "create"],
   [/^#\/vms\/([A-Za-z0-9-]+)$/, vmPage, "vms"],
+  [/^#\/vms\/([A-Za-z0-9-]+)\/display$/, vmDisplayPage, "vms"],
   [/^#\/jobs$/, jobsPage, "jobs"],
   [/^#\/jobs\/([A-Za-z0-9-]+)$/, jobPage, "jobs"],
   [/^#\/templates$/, templatesPage, "templates"],

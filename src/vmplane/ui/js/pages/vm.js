@@ -1,8 +1,10 @@
-// VM detail: resources, NICs, live stats charts, the serial console, snapshots, backups, firewall.
+// VM detail: resources, NICs, live stats charts, the serial console, the display (noVNC), snapshots,
+// backups, firewall.
 
 import { del, get, post, put } from "../api.js";
 import { Chart, HistoryChart } from "../chart.js";
 import { SerialConsole } from "../console.js";
+import { GraphicalConsole } from "../display.js";
 import { editPanel } from "./vmedit.js";
 import { followJob, rememberVms } from "../follow.js";
 import { badge, batcher, bytes, confirmAction, errorText, field, h, keepFocus, longText, mib, pendingMark, replace, td, toast, when } from "../dom.js";
@@ -17,7 +19,7 @@ const ACTIONS = [
   ["power-cycle", "Restart", (vm) => (!["running", "stopped", "error"].includes(vm.status) ? `It is ${vm.status}.` : vm.nodeId ? null : UNPLACED)],
 ];
 
-export async function vmPage(main, { events, navigate }, vmId) {
+export async function vmPage(main, { events, navigate }, vmId, { display: openDisplay = false } = {}) {
   let vm = await get(`/vms/${vmId}`);
   rememberVms([vm]);
   const title = h("h1", {}, vm.name, vm.displayName && vm.displayName !== vm.name ? h("span", { class: "muted" }, ` (${vm.displayName})`) : null);
@@ -34,6 +36,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
   const statsNote = h("p", { class: "muted", role: "status" });
   const history = vmHistory(vm.id);
   const serial = new SerialConsole(vm.id);
+  const display = new GraphicalConsole(vm.id);
   const snapshots = h("div", {});
   const backups = h("div", {});
   const firewall = h("div", {});
@@ -52,6 +55,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
     section("s-stats", "Statistics", statsNote, h("div", { class: "charts" }, Object.values(charts).map((c) => c.el))),
     section("s-history", "Last hour", history.el),
     section("s-console", "Serial console", serial.el),
+    section("s-display", "Display", display.el),
     h("div", { class: "grid" },
       section("s-snapshots", "Snapshots", snapshots),
       section("s-backups", "Backups", backups)),
@@ -68,6 +72,7 @@ export async function vmPage(main, { events, navigate }, vmId) {
   function drawVm() {
     edit.update(vm);
     serial.setVm(vm);
+    display.setVm(vm);
     replace(status, badge(vm.status), " ", pendingMark(vm));
     keepFocus(actions, () => replace(actions,
       ACTIONS.map(([action, label, whyNot]) => {
@@ -272,9 +277,18 @@ export async function vmPage(main, { events, navigate }, vmId) {
   });
 
   drawVm();
+  if (openDisplay) { // #/vms/ID/display (`vmplane vm display`): the display, connected
+    document.getElementById("s-display").scrollIntoView();
+    if (!display.unavailable) display.connect();
+  }
   soft(loadTemplate());
   await Promise.all([soft(loadSnapshots()), soft(loadBackups()), soft(loadFirewall())]);
-  return () => { off(); clearInterval(statsTimer); serial.dispose(); edit.stop(); history.dispose(); };
+  return () => { off(); clearInterval(statsTimer); serial.dispose(); display.dispose(); edit.stop(); history.dispose(); };
+}
+
+/** #/vms/ID/display: the VM's page, at its display, connected. */
+export function vmDisplayPage(main, ctx, vmId) {
+  return vmPage(main, ctx, vmId, { display: true });
 }
 
 // --- history: the stored samples of the last hour (GET /vms/{id}/stats/history), then the new

@@ -1,12 +1,14 @@
 // VMs: the list with live status (from the event stream), live CPU and memory (each running VM's
 // latest stored sample, `stats` of `GET /vms`, polled every sampling period), sortable columns,
-// filters and bulk start/stop/delete.
+// filters and bulk start/stop/delete; a thumbnail of each running VM's screen (its screenshot,
+// fetched when its row is on screen, again every THUMB_MS at most).
 
-import { del, get, listAll, post } from "../api.js";
+import { del, get, image, listAll, post } from "../api.js";
 import { badge, batcher, confirmAction, errorText, h, keepFocus, mib, pendingMark, replace, td, toast, when } from "../dom.js";
 
 const STATUSES = ["provisioning", "starting", "running", "stopping", "stopped", "error", "deleting"];
 const STATS_POLL_MS = 10_000; // the sampler's default period (stats_sample_seconds)
+const THUMB_MS = 30_000; // a screen thumbnail is fetched again after this long (slowly: each is a screendump)
 
 // Sortable columns: header, key (a value, or null: no figure, sorted last), first direction.
 const cmpText = (a, b) => a.localeCompare(b, undefined, { numeric: true, sensitivity: "base" });
@@ -120,13 +122,48 @@ export async function vmsPage(main, { events }) {
       (!tag.value.trim() || vm.tags.includes(tag.value.trim()))), sort.key, sort.direction);
   }
 
+  // screen thumbnails: vm id -> { src (a data: URL, or null: the VM's node has no display), at, loading }
+  const thumbs = new Map();
+  const onScreen = new Set();
+  const seen = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const id = e.target.dataset.thumb;
+      if (e.isIntersecting) { onScreen.add(id); loadThumb(id); } else onScreen.delete(id);
+    }
+  });
+  function thumb(vm) {
+    if (vm.status !== "running") return null;
+    const t = thumbs.get(vm.id);
+    const img = h("img", { class: "thumb", alt: "", dataset: { thumb: vm.id }, src: t?.src || "data:,", hidden: !t?.src });
+    // the box keeps its size while the image is hidden, so it can be seen coming on screen
+    const box = h("span", { class: `thumb-box${t && !t.src && !t.loading ? " none" : ""}`, dataset: { thumb: vm.id } }, img);
+    seen.observe(box);
+    return box;
+  }
+  async function loadThumb(id) {
+    const t = thumbs.get(id);
+    if (t && (t.loading || Date.now() - t.at < THUMB_MS)) return;
+    thumbs.set(id, { src: t?.src ?? null, at: t?.at ?? 0, loading: true });
+    let src = null;
+    try { src = await image(`/vms/${id}/screenshot`); } catch { /* not running any more, or no display: none shown */ }
+    // none (no display on its node, or it stopped): asked again only ten times as seldom
+    thumbs.set(id, { src, at: src ? Date.now() : Date.now() + 9 * THUMB_MS, loading: false });
+    for (const img of body.querySelectorAll("img[data-thumb]")) {
+      if (img.dataset.thumb !== id) continue;
+      if (src) img.src = src;
+      img.hidden = !src;
+      img.parentElement.classList.toggle("none", !src); // no screen to show: no room kept for one
+    }
+  }
+  const thumbTimer = setInterval(() => { for (const id of onScreen) loadThumb(id); }, THUMB_MS);
+
   function row(vm) {
     const box = h("input", { type: "checkbox", "aria-label": `Select ${vm.name}`, checked: selected.has(vm.id) });
     box.addEventListener("change", () => { if (box.checked) selected.add(vm.id); else selected.delete(vm.id); updateActions(); });
     const ips = vm.nics.flatMap((n) => n.ipAddresses);
     return h("tr", { dataset: { vmId: vm.id } },
       h("td", { class: "select", "data-label": "" }, box),
-      td("Name", h("a", { href: `#/vms/${vm.id}` }, vm.name),
+      td("Name", h("a", { href: `#/vms/${vm.id}` }, thumb(vm), vm.name),
         vm.displayName && vm.displayName !== vm.name ? h("div", { class: "muted" }, vm.displayName) : null),
       td("Status", badge(vm.status), vm.error ? h("div", { class: "error-text" }, vm.error) : null,
         vm.pendingRestart ? h("div", {}, pendingMark(vm)) : null),
@@ -149,6 +186,8 @@ export async function vmsPage(main, { events }) {
     }
     const list = shown();
     for (const id of [...selected]) if (!vms.has(id)) selected.delete(id);
+    seen.disconnect();
+    onScreen.clear();
     keepFocus(body, () => replace(body, list.map(row)));
     empty.textContent = vms.size === 0 ? "No VMs yet." : list.length === 0 ? "No VM matches the filters." : "";
     selectAll.checked = list.length > 0 && list.every((vm) => selected.has(vm.id));
@@ -219,5 +258,5 @@ export async function vmsPage(main, { events }) {
   const statsTimer = setInterval(pollStats, STATS_POLL_MS);
 
   draw();
-  return () => { off(); clearInterval(statsTimer); };
+  return () => { off(); clearInterval(statsTimer); clearInterval(thumbTimer); seen.disconnect(); };
 }
