@@ -8,6 +8,8 @@ EFI system partition), uploaded through the API's streamed upload. Then:
   boots it on SeaBIOS: the guest comes up (serial console, and its agent says it is ready);
 - on that running VM a PATCH ejects the ISO and inserts it again, live: QEMU's `query-block`
   shows the CD-ROM empty, then holding the ISO read-only, and the guest reads its new medium;
+- through the VNC WebSocket of that ISO-booted VM (`POST /vms/{id}/vnc`), the RFB handshake
+  and a framebuffer update whose pixels are not all one colour (GRUB's and the guest's text);
 - a UEFI VM (OVMF, with an NVRAM file of its own in its directory) boots the same ISO.
 
 One in-process server on the qemu driver for the module; two guests, the tests in file order.
@@ -30,6 +32,8 @@ from vmplane.images.tiny import load_tiny_image
 
 from ..iso_support import bootable_iso
 from ..support import Server, make_settings, require_qemu
+from ..support_display import RfbStream, framebuffer, handshake
+from .test_qemu_display import open_vnc
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -112,6 +116,24 @@ async def test_a_blank_disk_vm_boots_the_iso_on_bios(lab: Lab) -> None:
     cdrom = await lab.query_block(vm)
     assert cdrom["removable"] is True and cdrom["inserted"]["ro"] is True, cdrom
     lab.vm = vm
+
+
+async def test_the_iso_booted_vm_shows_its_screen_over_vnc(lab: Lab) -> None:
+    vm = lab.vm
+    assert vm, "the BIOS VM did not boot"
+    ws = await open_vnc(lab.server, vm["id"])
+    async with ws:
+        s = RfbStream(ws)
+        version, types, init = await handshake(s)
+        assert version.startswith(b"RFB 003.") and types == [1], (version, types)
+        assert 320 <= init.width <= 4096 and 200 <= init.height <= 4096, init
+        pixels = await framebuffer(s, init)
+    assert len(pixels) == init.width * init.height
+    colours = set(pixels)
+    assert len(colours) > 1, "the screen is one colour"
+    background = max(colours, key=pixels.count)
+    print(f"[iso] VNC: {init.width}x{init.height}, {len(colours)} colours, {pixels.count(background) / len(pixels):.1%} background")
+    assert pixels.count(background) < len(pixels) * 0.999, "nothing but background on the screen"
 
 
 async def test_eject_and_insert_live_through_patch(lab: Lab) -> None:
