@@ -61,6 +61,7 @@ async def test_iso_import_list_boot_options_and_delete(server: Server, tmp_path:
     assert code == 1 and "setup" in err and "eject" in err, err
     code, out, err = await vmplane(server, "vm", "edit", "setup", "--eject", "--boot-order", "disk")
     assert code == 0, err
+    assert out.strip() == "setup: CD-ROM ejected; boots disk from its next start", out
     vm = (await server.client.get(f"/api/v1/vms/{vm['id']}")).json()
     assert vm["cdrom"] is None and vm["bootOrder"] == ["disk"]
     code, _, err = await vmplane(server, "vm", "edit", "setup", "--iso", "installer", "--eject")

@@ -63,6 +63,13 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
         now.append(f"shown as {shown!r}")
     if after.get("tags") != before.get("tags"):
         now.append(f"tags {', '.join(after['tags']) or 'none'}")
+    if after.get("cdrom") != before.get("cdrom"):
+        now.append(f"CD-ROM holds {after['cdrom']['isoId']}" if after.get("cdrom") else "CD-ROM ejected")
+    boot_later = [
+        f"{label} {value}" for key, label, value in (
+            ("bootOrder", "boots", ", ".join(after.get("bootOrder") or ())), ("firmware", "firmware", after.get("firmware")),
+        ) if after.get(key) != before.get(key)
+    ]  # fmt: skip
     r0, r1 = before["resources"], after["resources"]
     words = {"cpu": f"{r1['cpu']} vCPU{'s' if r1['cpu'] != 1 else ''}", "ramMb": f"{show_mib(r1['ramMb'])} RAM", "diskGb": f"{r1['diskGb']} GiB disk"}
     pending = set(after.get("pending") or ())
@@ -73,6 +80,8 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
         parts.append(and_list(now) + (" now" if any(r0[k] != r1[k] and k not in pending for k in r0) else ""))
     if later:
         parts.append(f"{and_list(later)} after restart; `vmplane vm restart {name}`")
+    if boot_later:
+        parts.append(f"{and_list(boot_later)} from its next start")
     return f"{name}: {'; '.join(parts) if parts else 'nothing changed'}"
 
 
