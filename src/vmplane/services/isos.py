@@ -140,15 +140,19 @@ class IsoService:
                 raise InvalidRequest(f"sha256 mismatch: the body's sha256 is {digest}, not {sha}", field="sha256")
             if not is_iso9660(part):
                 raise not_an_iso("body")
+            final = iso_path(self.isos_dir, iso_id)
             try:
                 async with self.store.write() as conn:
                     await self._check_new(conn, name, who)
                     if not who.operator:  # counted from its row on: checked again against the quota now that its size is known
                         await self.tenancy.reserve(conn, who.org_id, disk_gb=-(-size // (1 << 30)))
                     await iso_q.insert_iso(conn, self._row(iso_id, name, who, status="ready", size_bytes=size, sha256=digest))
-                    part.rename(iso_path(self.isos_dir, iso_id))
-            except IntegrityError:
-                raise Conflict(f"an ISO named {name!r} was created at the same time", field="name") from None
+                    part.rename(final)  # before the commit: a row never names a missing file
+            except BaseException as exc:
+                final.unlink(missing_ok=True)  # the commit failed after the rename: no file without its row
+                if isinstance(exc, IntegrityError):
+                    raise Conflict(f"an ISO named {name!r} was created at the same time", field="name") from None
+                raise
         return await self.get(iso_id, who)
 
     async def delete(self, ref: str, who: Principal) -> None:
