@@ -10,6 +10,7 @@ what it is told: `SimDriver.boot_of`; tests/e2e/test_qemu_iso.py boots them for 
 
 The store's part runs on SQLite and PostgreSQL (VMPLANE_TEST_PG_URL)."""
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -203,3 +204,26 @@ async def test_half_written_files_are_swept_at_start(server: Server) -> None:
     os.utime(old, (past, past))
     assert sorted(await server.rt.isos.sweep()) == sorted([orphan.name, old.name])
     assert fresh.exists() and not old.exists() and not orphan.exists()
+
+
+async def test_a_vm_with_a_cdrom_goes_only_to_a_node_that_gives_one(server_factory: Any, iso_file: Path) -> None:
+    """Placement filters on `Capabilities.cdrom` (nodes of other hosts have none): a node
+    without it is skipped, and when no node has it the create is refused saying why."""
+    from vmplane.drivers.sim import SimDriver
+
+    class NoCdrom(SimDriver):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.capabilities = dataclasses.replace(self.capabilities, cdrom=False)
+
+    bare = [("node-bare", NoCdrom(hostname="bare", cpu=64, ram_mb=65536, disk_gb=1000, latency=0.001))]
+    server = await server_factory(nodes=bare + [("node-cd", SimDriver(hostname="cd", cpu=2, ram_mb=4096, disk_gb=100, latency=0.001))])
+    await upload(server.client, iso_file, "installer")
+    for i in range(2):  # the roomier node would win, but cannot give a CD-ROM
+        job = await server.create({"name": f"cd-{i}", "cdrom": {"isoId": "installer"}, "resources": {"cpu": 1, "ramMb": 512, "diskGb": 4}})
+        vm = (await server.client.get(f"/api/v1/vms/{job['tasks'][0]['resourceId']}")).json()
+        assert vm["nodeId"] == "node-cd", vm
+    r = await server.client.post("/api/v1/vms", json={"name": "cd-3", "firmware": "uefi", "nodeId": "node-bare"})
+    assert r.status_code == 409 and r.json()["code"] == "no_capacity" and "node node-bare cannot give VMs a CD-ROM" in r.json()["error"], (
+        r.text
+    )

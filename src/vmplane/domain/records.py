@@ -79,6 +79,12 @@ class Vm:
         return self.template_id is None and self.snapshot_id is None and self.spec.imported is None and self.spec.plugin is None
 
     @property
+    def wants_boot_setup(self) -> bool:
+        """It has an ISO in its CD-ROM, a boot order or a firmware choice: its node must give
+        VMs these (`Capabilities.cdrom`, placement's `Demand.cdrom`)."""
+        return self.cdrom_iso_id is not None or bool(self.spec.boot_order) or self.spec.firmware not in (None, "bios")
+
+    @property
     def display_name(self) -> str:
         """The name faces show: the display name a client gave (`my web`), else the name."""
         return self.spec.display_name or self.name

@@ -306,7 +306,11 @@ class VmService:
                 networks[s.networks] = await self.networks.resolve(s.networks, who, f"{prefix}networks")
             check_pci(s.pci, f"{prefix}devices.pciPassthrough")
         if check_capacity:
-            await self.capacity.check([Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci) for s, r in resolved])
+            await self.capacity.check([
+                Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci,
+                       cdrom=bool(s.cdrom) or s.boot_order is not None or s.firmware not in (None, "bios"))
+                for s, r in resolved
+            ])  # fmt: skip
         return [
             _Resolved(spec=s, id=vm_id, name=name, resources=r, team_id=teams[s.team], networks=networks[s.networks])
             for (s, r), vm_id, name in zip(resolved, vm_ids, names)

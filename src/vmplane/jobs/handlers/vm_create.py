@@ -40,6 +40,7 @@ class VmCreate(BaseHandler):
             spec = vm.spec
             demand = Demand(
                 cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.node_id, pci=spec.pci_passthrough, network_types=spec.network_types,
+                cdrom=vm.wants_boot_setup,
             )  # fmt: skip
             async with deps.store.write() as conn:
                 node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
