@@ -9,6 +9,9 @@
 #   gzip                <- gzip
 #   ip, dnsmasq, nft    <- iproute2, dnsmasq-base, nftables   (bridge networks and firewalls)
 #   ssh, ssh-keygen     <- openssh-client   (`vmplane vm ssh`, and the tests that log in to guests)
+#   OVMF_CODE_4M.fd     <- ovmf             (the UEFI firmware of `firmware: uefi` VMs)
+#   grub-mkrescue       <- grub-common, grub-pc-bin, grub-efi-amd64-bin, xorriso, mtools
+#                          (the tests build an ISO that boots on BIOS and UEFI)
 # As root it also makes the system user vmplane-qemu, which QEMU and qemu-img run as.
 set -euo pipefail
 
@@ -31,6 +34,16 @@ declare -A tool_pkg=(
   # `vmplane vm ssh` runs the system ssh; the CLI test makes its key with ssh-keygen
   [ssh]=openssh-client
   [ssh-keygen]=openssh-client
+  # the ISO tests: grub-mkrescue builds a BIOS + UEFI bootable ISO with xorriso
+  [grub-mkrescue]=grub-common
+  [xorriso]=xorriso
+)
+# files, not commands: the UEFI firmware, and GRUB's BIOS and UEFI platforms grub-mkrescue packs
+declare -A file_pkg=(
+  [/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf
+  [/usr/share/OVMF/OVMF_VARS_4M.fd]=ovmf
+  [/usr/lib/grub/i386-pc/cdboot.img]=grub-pc-bin
+  [/usr/lib/grub/x86_64-efi/linux.mod]=grub-efi-amd64-bin
 )
 
 # mkfs.ext4 lives in /sbin, which may be missing from a non-root PATH.
@@ -49,6 +62,9 @@ for tool in "${!tool_pkg[@]}"; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     missing+=("${tool_pkg[$tool]}")
   fi
+done
+for file in "${!file_pkg[@]}"; do
+  [ -f "$file" ] || missing+=("${file_pkg[$file]}")
 done
 
 # The tiny guest image is built from packages `apt-get download` fetches: it needs package lists.
@@ -72,5 +88,8 @@ fi
 
 for tool in "${!tool_pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-qemu: $tool still missing" >&2; exit 1; }
+done
+for file in "${!file_pkg[@]}"; do
+  [ -f "$file" ] || { echo "install-qemu: $file still missing" >&2; exit 1; }
 done
 echo "install-qemu: done ($(qemu-system-x86_64 --version | head -n1))"

@@ -17,6 +17,7 @@ from .api.mcp import McpHttp
 from .api.metrics import Metrics, MetricsMiddleware
 from .api.metrics import router as metrics_router
 from .api.middleware import BodyLimit, Idempotency
+from .api.native import isos as isos_api
 from .api.native import templates as templates_api
 from .api.schemas import VmCreateIn
 from .config import Settings
@@ -69,7 +70,7 @@ def create_app(settings: Settings, nodes: list[tuple[str, HypervisorDriver]] | N
     app.add_middleware(Idempotency, store=rt.store)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds, max_depth=settings.max_json_depth,
-        streamed=frozenset({("POST", templates_api.UPLOAD_PATH)}),
+        streamed=frozenset({("POST", templates_api.UPLOAD_PATH), ("POST", isos_api.UPLOAD_PATH)}),
     )  # fmt: skip
     app.add_middleware(Identity, rt=rt)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

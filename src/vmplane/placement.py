@@ -29,6 +29,9 @@ class NodeUsage:
     """network types the node can attach VMs to"""
     cordoned: bool = False
     """no new VMs go to a cordoned node (its own VMs may still grow)"""
+    cdrom: bool = False
+    """its VMs may have a CD-ROM with an ISO, a boot order and a firmware choice
+    (`Capabilities.cdrom`)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class Demand:
     """network types of the VM's NICs"""
     exclude: frozenset[str] = frozenset()
     """nodes the VM must not go to (the node it moves away from)"""
+    cdrom: bool = False
+    """the VM has an ISO in its CD-ROM, a boot order or a firmware choice: a node with `cdrom`"""
 
 
 SETTINGS = ("VMPLANE_CPU_OVERCOMMIT", "VMPLANE_RAM_OVERCOMMIT", "VMPLANE_DISK_OVERCOMMIT")
@@ -93,10 +98,10 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
     best: NodeUsage | None = None
     best_score = 0.0
     seen = online = cordoned = 0
-    short_cpu = short_ram = short_disk = short_pci = short_net = 0
+    short_cpu = short_ram = short_disk = short_pci = short_net = short_cdrom = 0
     roomiest: list[NodeUsage | None] = [None, None, None]  # of the nodes short of cpu, ram, disk: the one with most room
     room = [0, 0, 0]
-    want_pci, want_net = demand.pci, demand.network_types
+    want_pci, want_net, want_cdrom = demand.pci, demand.network_types, demand.cdrom
     sign = -1.0 if policy.strategy == "pack" else 1.0
     rc, rr, rd = policy.cpu_ratio, policy.ram_ratio, policy.disk_ratio
     want_cpu, want_ram, want_disk, only = demand.cpu, demand.ram_mb, demand.disk_gb, demand.node_id
@@ -133,6 +138,9 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
         if want_net and not want_net <= node.network_types:
             short_net += 1
             continue
+        if want_cdrom and not node.cdrom:
+            short_cdrom += 1
+            continue
         if want_pci and pick_devices(want_pci, node.devices) is None:
             short_pci += 1
             continue
@@ -156,6 +164,9 @@ def choose_node(demand: Demand, nodes: Iterable[NodeUsage], policy: Policy) -> N
         kinds = ", ".join(sorted(want_net))
         raise NoCapacity(f"{'node ' + demand.node_id if demand.node_id else 'no online node'} can attach VMs to {kinds} networks"
                          + (" (bridges need CAP_NET_ADMIN, ip, dnsmasq and nft on the node)" if "bridge" in want_net else ""))
+    if short_cdrom and short_cdrom + short_net == online:
+        raise NoCapacity(f"{'node ' + demand.node_id + ' cannot' if demand.node_id else 'no online node can'} give VMs a CD-ROM, a boot "
+                         "order or a firmware choice (nodes of other hosts cannot: ISOs stay on the control plane's host)")
     wants = []
     if want_pci and short_pci and short_pci + short_cpu + short_ram + short_disk >= online:
         wants.append(f"the PCI devices {', '.join(want_pci)} free")

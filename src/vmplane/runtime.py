@@ -34,6 +34,7 @@ from .services.deployments import DeploymentService
 from .services.guest import GuestService
 from .services.imports import ImportService
 from .services.ingress import IngressService
+from .services.isos import IsoService
 from .services.jobs import JobService
 from .services.moves import MoveService
 from .services.networks import NetworkService
@@ -46,6 +47,7 @@ from .services.snapshots import SnapshotService
 from .services.stats_history import StatsHistory
 from .services.templates import TemplateService
 from .services.tenancy import TenancyService
+from .services.uploads import Uploads
 from .services.vmconfig import VmConfigService
 from .services.vms import VmService
 from .services.vsphere import VsphereService
@@ -61,6 +63,7 @@ from .store import templates as tpl_q
 from .store import tenancy as t_q
 from .store import vms as vm_q
 from .store.coordination import EVENTS_CHANNEL, SINGLETON_NS, STARTUP_KEY, TASKS_CHANNEL, Coordinator
+from .store.isos import ISOS_DIR
 from .streams import StreamLimits
 
 log = logging.getLogger("vmplane")
@@ -77,6 +80,7 @@ class Runtime:
         self.settings = settings
         self.data_dir = Path(settings.data_dir).resolve()
         self.images_dir = self.data_dir / "images"
+        self.isos_dir = self.data_dir / ISOS_DIR
         self.secret_box = SecretBox(self.data_dir / SECRETS_KEY_FILE)
         """seals what vmplane must keep but never show (webhook secrets, vCenter credentials)"""
         self.store = store = Store(settings.resolved_database_url(), secret_box=self.secret_box)
@@ -123,9 +127,14 @@ class Runtime:
             store=store, settings=settings, data_dir=self.data_dir, engine=engine, networks=networks, outbound=outbound,
             registry=registry, vsphere=vsphere,
         )  # fmt: skip
+        self.uploads = uploads = Uploads(settings.max_download_bytes)
+        """files callers send as request bodies, under one set of limits (services/uploads.py)"""
         self.templates = templates = TemplateService(
             store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy, images_dir=self.images_dir,
-            home=lambda: replicas.home,
+            home=lambda: replicas.home, uploads=uploads,
+        )  # fmt: skip
+        self.isos = IsoService(
+            store=store, settings=settings, engine=engine, outbound=outbound, tenancy=tenancy, uploads=uploads, isos_dir=self.isos_dir,
         )  # fmt: skip
         self.snapshots = snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
         self.plugins = plugins = PluginService(
@@ -133,7 +142,7 @@ class Runtime:
         )
         self.vms = vms = VmService(
             store=store, settings=settings, engine=engine, jobs=jobs, billing=billing, capacity=capacity, networks=networks,
-            plugins=plugins, snapshots=snapshots, tenancy=tenancy,
+            plugins=plugins, snapshots=snapshots, tenancy=tenancy, isos=self.isos,
         )  # fmt: skip
         self.vm_configs = vm_configs = VmConfigService(store=store, vms=vms, templates=templates)
         self.backups = backups = BackupService(store=store, engine=engine, registry=registry, backup_store=self.backup_store, vms=vms)
@@ -253,6 +262,8 @@ class Runtime:
             await self._register_tiny_template()
         if swept := await self.templates.sweep_uploads():
             log.info("removed %d upload(s) a stopped server left half-written", len(swept))
+        if swept := await self.isos.sweep():
+            log.info("removed %d ISO upload(s) or download(s) a stopped server left half-written", len(swept))
         await self.agents.start()  # remote nodes in the registry before tasks run on them
         await self.engine.start(self.handler_deps)
         await self.readiness.start()

@@ -215,7 +215,11 @@ async def test_launch_refusals(bl: tuple[Server, httpx.AsyncClient]) -> None:
     assert r["error"] == "invalid_request" and "v1_cpu_small" in r["details"]["valid_instance_types"]
     assert "eu-west" in (await call(c, "POST", path, json={**base, "region": "mars"}, expect=400))["details"]["valid_regions"]
     await call(c, "POST", path, json={**base, "template_name": "NO-SUCH"}, expect=400)
-    await call(c, "POST", path, json={**base, "iso_url": "https://example.com/x.iso"}, expect=400)
+    # iso_url: imported through the outbound policy (the metadata service is refused), and not with a template
+    r = await call(c, "POST", path, json={**base, "iso_url": "http://169.254.169.254/latest/x.iso"}, expect=400)
+    assert "iso_url" in r["message"], r
+    await call(c, "POST", path, json={**base, "iso_url": "file:///etc/shadow"}, expect=400)
+    await call(c, "POST", path, json={**base, "template_name": "TINY-LINUX", "iso_url": "http://127.0.0.1:9/x.iso"}, expect=400)
     r = await call(c, "POST", path, json={**base, "username": "9bad"}, expect=422)
     assert r["detail"][0]["loc"] == ["body", "username"]
     await call(c, "POST", path, json={**base, "ssh_key": "not a key"}, expect=422)
@@ -631,3 +635,36 @@ async def test_teams_assign_remove_list(bl: tuple[Server, httpx.AsyncClient]) ->
     finally:
         for client in (tc, mc, ac):
             await client.aclose()
+
+
+async def test_launch_from_an_iso_url(bl: tuple[Server, httpx.AsyncClient], tmp_path: Path) -> None:
+    """`iso_url` becomes an ISO of the account's library, fetched by the core through the
+    outbound policy; the instance boots it from its CD-ROM on a blank disk (its create waits for
+    the download). A second launch from the same URL uses the same ISO."""
+    import functools
+    import http.server
+    import threading
+
+    from ..iso_support import small_iso
+
+    s, c = bl
+    www = tmp_path / "www"
+    www.mkdir()
+    small_iso(www / "steamos.iso")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/steamos.iso"
+    try:
+        uuid, task = await launch(c, name="installer", iso_url=url)
+        assert task["status"] == "COMPLETED", task
+        custom = {"name": "custom-iso", "instance_type": "v1_cpu_small", "host": "px1", "cores": 1, "memory": 8, "disk_size": 40,
+                  "gpu_count": 0, "username": "ubuntu", "iso_url": url}  # fmt: skip
+        out = await call(c, "POST", "/api/v1/instances/launch-custom", json=custom)
+        assert (await wait_task(c, out["task_id"]))["status"] == "COMPLETED"
+    finally:
+        httpd.shutdown()
+    isos = (await s.client.get("/api/v1/isos")).json()["items"]
+    assert len(isos) == 1 and isos[0]["sourceUrl"] == url and isos[0]["status"] == "ready", isos
+    for ref in (uuid, out["vm_uuid"]):
+        vm = (await s.client.get(f"/api/v1/vms/{ref}")).json()
+        assert vm["blank"] is True and vm["cdrom"] == {"isoId": isos[0]["id"]}, vm

@@ -4,7 +4,7 @@ document does not allow (status, schema, content type), credentials enforced, an
 schema-violating requests refused.
 
 Not checked: `positive_data_acceptance` — vmplane refuses some requests the document allows,
-on purpose (names with '_', `iso_url`, regions and instance types the installation does not
+on purpose (names with '_', an `iso_url` the outbound policy refuses, regions and instance types the installation does not
 have). The document is served with the codes it leaves out that vmplane answers on purpose
 (401 on every operation); docs/bluelobster.md lists them."""
 

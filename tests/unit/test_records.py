@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from vmplane.domain import (
     Expose,
+    Iso,
     PluginRef,
     SshForward,
     StoredSpec,
@@ -15,7 +16,7 @@ from vmplane.domain import (
     Vm,
     VmNic,
 )
-from vmplane.store.tables import templates, vms
+from vmplane.store.tables import isos, templates, vms
 
 NIC = {"networkId": "net-a", "network": "default", "type": "user", "mac": "52:54:00:aa:bb:cc", "ips": ["10.0.0.5", "10.0.0.9"]}
 BRIDGE_NIC = {"networkId": "net-b", "network": "lan", "type": "bridge", "mac": "52:54:00:dd:ee:ff", "ips": ["192.168.7.3"], "ipv6": "fd00::5054:ff:fedd:eeff"}
@@ -96,6 +97,7 @@ def test_records_are_the_tables_rows() -> None:
         "status": "running", "cpu": 1, "ram_mb": 512, "disk_gb": 10, "tags": [], "spec": SHAPES[2], "error": None, "started_at": 1.0, "created_at": 1.0, "updated_at": 2.0,
         "guest_ready": False,
         "running_spec": {"cpu": 1, "ramMb": 512, "diskGb": 10},
+        "cdrom_iso_id": "iso-0123456789ab",
     }  # fmt: skip
     vm = Vm.from_row(_row(vms, **values))
     assert vm.primary_ip == "10.0.0.5" and vm.ssh_endpoint is not None and vm.to_row() == {"seq": 1, **values}
@@ -104,3 +106,4 @@ def test_records_are_the_tables_rows() -> None:
              size_mb=1, image_path=None, checksum=None, boot={"sshHostKey": "ssh-ed25519 K"}, error=None, created_at=1.0, updated_at=1.0)
     )  # fmt: skip
     assert tpl.shared and tpl.ssh_host_key == "ssh-ed25519 K"
+    assert [f.name for f in fields(Iso)] == list(isos.c.keys())

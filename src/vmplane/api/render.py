@@ -5,7 +5,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from .. import clock
-from ..domain import Template, Vm, job_progress
+from ..domain import DEFAULT_BOOT_ORDER, Iso, Template, Vm, job_progress
 
 
 def vm(row: Vm, now: float) -> dict[str, Any]:
@@ -21,6 +21,9 @@ def vm(row: Vm, now: float) -> dict[str, Any]:
         "status": row.status,
         "guestReady": row.guest_ready,
         "blank": row.blank,
+        "cdrom": {"isoId": row.cdrom_iso_id} if row.cdrom_iso_id else None,
+        "bootOrder": list(spec.boot_order or DEFAULT_BOOT_ORDER),
+        "firmware": spec.firmware or "bios",
         "uptime": clock.human_duration(now - row.started_at) if row.started_at and row.status == "running" else None,
         "startedAt": clock.rfc3339(row.started_at) if row.started_at and row.status == "running" else None,
         "tags": row.tags,
@@ -57,6 +60,14 @@ def template(row: Template) -> dict[str, Any]:
         "createdAt": clock.rfc3339(row.created_at),
         "updatedAt": clock.rfc3339(row.updated_at),
     }
+
+
+def iso(row: Iso) -> dict[str, Any]:
+    return {
+        "id": row.id, "name": row.name, "status": row.status, "sizeBytes": row.size_bytes, "sha256": row.sha256,
+        "sourceUrl": row.source_url, "shared": row.shared, "error": row.error,
+        "createdAt": clock.rfc3339(row.created_at), "updatedAt": clock.rfc3339(row.updated_at),
+    }  # fmt: skip
 
 
 def job(row: Row[Any]) -> dict[str, Any]:

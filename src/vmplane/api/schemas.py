@@ -44,6 +44,14 @@ class DevicesIn(In):
     pciPassthrough: list[str] = Field(default_factory=list, max_length=8, description="PCI addresses (0000:01:00.0) or models (10de:2204)")
 
 
+class CdromIn(In):
+    isoId: str = Field(..., min_length=1, max_length=64, description="an ISO of the library (GET /isos): its id or name")
+
+
+BOOT_ORDER_DOC = "devices to boot from, in order: `cdrom`, `disk` (default [\"disk\", \"cdrom\"]: a blank disk falls through to the CD-ROM)"
+FIRMWARE_DOC = "`bios` (SeaBIOS, the default) or `uefi` (OVMF, with an NVRAM of the VM's own)"
+
+
 class VmCreateIn(In):
     name: str | None = Field(
         None, min_length=1, max_length=63,
@@ -68,6 +76,9 @@ class VmCreateIn(In):
         description="the VM's firewall from the start, as PUT /vms/{id}/firewall takes it: {enabled, policyIn, policyOut, rules} "
         "(default: a clone takes its snapshot's firewall, other VMs none)",
     )
+    cdrom: CdromIn | None = Field(None, description="the ISO in the VM's CD-ROM (null: an empty drive)")
+    bootOrder: list[str] | None = Field(None, max_length=4, description=BOOT_ORDER_DOC)
+    firmware: str | None = Field(None, max_length=8, description=FIRMWARE_DOC)
 
 
 class VmUpdateIn(In):
@@ -75,6 +86,11 @@ class VmUpdateIn(In):
     displayName: str | None = Field(None, min_length=1, max_length=64, description="set to the name to follow the name again")
     tags: list[str] | None = Field(None, max_length=64)
     resources: ResourcesPatch | None = None
+    cdrom: CdromIn | None = Field(
+        None, description="insert this ISO into the CD-ROM (at once on a running VM: a media change the guest sees), or null to eject it"
+    )
+    bootOrder: list[str] | None = Field(None, max_length=4, description=BOOT_ORDER_DOC + "; from the next start")
+    firmware: str | None = Field(None, max_length=8, description=FIRMWARE_DOC + "; only while the VM is stopped")
 
 
 Ref = Annotated[str, Field(min_length=1, max_length=64)]
@@ -91,6 +107,12 @@ class TemplateCreateIn(In):
     nodeId: str | None = Field(None, max_length=64)
     sourceUrl: str = Field(..., min_length=1, max_length=2048)
     loginUser: str | None = Field(None, max_length=64, description="the user VMs made from it log in as over SSH, a Unix user name (^[a-z_][a-z0-9_-]{0,31}$); default from os: debian, ubuntu, fedora their own; any other os root")
+
+
+class IsoCreateIn(In):
+    name: str = Field(..., min_length=1, max_length=63, description="unique among the organization's ISOs (an operator's: among the shared ones)")
+    sourceUrl: str = Field(..., min_length=1, max_length=2048, description="an http(s) URL the server fetches the ISO from, through the outbound policy")
+    sha256: str | None = Field(None, min_length=64, max_length=64, description="the SHA-256 (hex) the ISO must have; checked before it is offered")
 
 
 class TemplateUpdateIn(In):
@@ -147,6 +169,7 @@ class JobAccepted(BaseModel):
     templateId: str | None = None
     snapshotId: str | None = None
     backupId: str | None = None
+    isoId: str | None = None
 
 
 class ResourcesOut(BaseModel):
@@ -198,6 +221,9 @@ class VmOut(BaseModel):
     plugin: dict[str, Any] | None = Field(None, description="the plugin the VM was made from: {name, runtime, version, shared} (shared: the operators' plugin, not one of its organization's own)")
     ssh: SshOut | None = Field(description="SSH login through a forwarded port; null when the VM has none (sim nodes, remote nodes, bridge-only NICs: use the NIC's address)")
     blank: bool = Field(description="made with an empty disk (no template, snapshot, import or plugin): nothing boots until an OS is installed")
+    cdrom: dict[str, Any] | None = Field(description="the ISO in its CD-ROM, `{isoId}`; null when the drive is empty")
+    bootOrder: list[str] = Field(description=BOOT_ORDER_DOC)
+    firmware: str = Field(description=FIRMWARE_DOC)
     pendingRestart: bool = Field(description="the running VM's process lacks part of its record (a resize of CPU or RAM): a power-cycle or stop+start applies it; a guest reboot does not")
     pending: list[str] = Field(description="what waits for that restart: `cpu`, `ramMb`, `diskGb` (empty when nothing does)")
     createdAt: str
@@ -233,6 +259,19 @@ class TemplateOut(BaseModel):
     checksum: str | None
     loginUser: str = Field(description="the user VMs made from it log in as over SSH (their `ssh.user`, `vmplane vm ssh`)")
     shared: bool = Field(description="the operators' template, shared with every organization; a name is looked up in the caller's organization first, then among the shared ones")
+    error: str | None
+    createdAt: str
+    updatedAt: str
+
+
+class IsoOut(BaseModel):
+    id: str
+    name: str
+    status: str = Field(description="importing, ready (bootable from a VM's CD-ROM) or error")
+    sizeBytes: int
+    sha256: str | None
+    sourceUrl: str | None
+    shared: bool = Field(description="an operator's ISO, shared read-only with every organization")
     error: str | None
     createdAt: str
     updatedAt: str

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 import typer
 
 from .client import Client, err
-from .main import JsonOpt, UrlOpt, VmArg, WaitOpt, _print, app, out, vm_app
+from .iso import iso_app
+from .main import BOOT_FLAGS, JsonOpt, UrlOpt, VmArg, WaitOpt, _print, app, boot_flags, out, vm_app
 from .show import and_list, print_table
 from .template_import import template_import
 from .units import DISK_HELP, RAM_HELP, disk_gb, ram_mb, show_mib
@@ -16,6 +17,7 @@ __all__ = ["app"]
 template_app = typer.Typer(no_args_is_help=True, help="Guest templates (images VMs are made from): list, import.")
 app.add_typer(template_app, name="template")
 template_app.command("import")(template_import)
+app.add_typer(iso_app, name="iso")
 
 
 @template_app.command("list")
@@ -61,6 +63,13 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
         now.append(f"shown as {shown!r}")
     if after.get("tags") != before.get("tags"):
         now.append(f"tags {', '.join(after['tags']) or 'none'}")
+    if after.get("cdrom") != before.get("cdrom"):
+        now.append(f"CD-ROM holds {after['cdrom']['isoId']}" if after.get("cdrom") else "CD-ROM ejected")
+    boot_later = [
+        f"{label} {value}" for key, label, value in (
+            ("bootOrder", "boots", ", ".join(after.get("bootOrder") or ())), ("firmware", "firmware", after.get("firmware")),
+        ) if after.get(key) != before.get(key)
+    ]  # fmt: skip
     r0, r1 = before["resources"], after["resources"]
     words = {"cpu": f"{r1['cpu']} vCPU{'s' if r1['cpu'] != 1 else ''}", "ramMb": f"{show_mib(r1['ramMb'])} RAM", "diskGb": f"{r1['diskGb']} GiB disk"}
     pending = set(after.get("pending") or ())
@@ -71,6 +80,8 @@ def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
         parts.append(and_list(now) + (" now" if any(r0[k] != r1[k] and k not in pending for k in r0) else ""))
     if later:
         parts.append(f"{and_list(later)} after restart; `vmplane vm restart {name}`")
+    if boot_later:
+        parts.append(f"{and_list(boot_later)} from its next start")
     return f"{name}: {'; '.join(parts) if parts else 'nothing changed'}"
 
 
@@ -113,11 +124,15 @@ def vm_edit(
     cpu: CpuOpt = None,
     ram: RamOpt = None,
     disk: DiskOpt = None,
+    iso: Annotated[str | None, typer.Option("--iso", metavar="NAME|ID", help="insert this ISO into the CD-ROM (at once on a running VM)")] = None,
+    eject: Annotated[bool, typer.Option("--eject", help="empty the CD-ROM")] = False,
+    boot_order: Annotated[str | None, typer.Option("--boot-order", metavar="DEVICES", help="boot devices in order, e.g. cdrom,disk (from the next start)")] = None,
+    firmware: Annotated[str | None, typer.Option("--firmware", metavar="bios|uefi", help="the firmware (the VM must be stopped)")] = None,
     wait: WaitOpt = True,
     url: UrlOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change a VM's name, display name, tags and resources in one go (one PATCH of the VM)."""
+    """Change a VM's name, display name, tags, resources, CD-ROM, boot order and firmware in one go (one PATCH of the VM)."""
     body: dict[str, Any] = {k: val for k, val in {"name": name, "displayName": display_name}.items() if val is not None}
     if tag and no_tags:
         raise typer.BadParameter("give --tag or --no-tags, not both", param_hint="--no-tags")
@@ -126,8 +141,16 @@ def vm_edit(
     resources = {k: val for k, val in {"cpu": cpu, "ramMb": ram, "diskGb": disk}.items() if val is not None}
     if resources:
         body["resources"] = resources
+    if iso is not None and eject:
+        raise typer.BadParameter("give --iso or --eject, not both", param_hint="--eject")
+    if iso is not None or eject:
+        body["cdrom"] = {"isoId": iso} if iso is not None else None
+    body.update(boot_flags(boot_order, firmware))
     if not body:
-        raise typer.BadParameter("nothing to change: give --name, --display-name, --tag, --no-tags, --cpu, --ram-mb or --disk-gb", param_hint="edit")
+        raise typer.BadParameter(
+            "nothing to change: give --name, --display-name, --tag, --no-tags, --cpu, --ram-mb, --disk-gb, --iso, --eject, --boot-order or --firmware",
+            param_hint="edit",
+        )
     c = Client(url)
-    c.flags = {"name": "--name"}
+    c.flags = {"name": "--name", **BOOT_FLAGS}
     _patch(c, c.vm(vm), body, wait, json_out)

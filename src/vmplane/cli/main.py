@@ -428,6 +428,9 @@ def vm_create(
     user_data: Annotated[
         str | None, typer.Option("--user-data", metavar="TEXT|@FILE", help="cloud-init user-data (#cloud-config or a #! script), or @ and its file")
     ] = None,
+    iso: Annotated[str | None, typer.Option("--iso", metavar="NAME|ID", help="an ISO in the CD-ROM (`vmplane iso list`); without --template the disk is blank, to install on")] = None,
+    boot_order: Annotated[str | None, typer.Option("--boot-order", metavar="DEVICES", help="boot devices in order: cdrom,disk (default disk,cdrom)")] = None,
+    firmware: Annotated[str | None, typer.Option("--firmware", metavar="bios|uefi", help="the firmware: bios (default) or uefi")] = None,
     start: Annotated[bool, typer.Option("--start/--no-start")] = True,
     wait: WaitOpt = True,
     url: UrlOpt = None,
@@ -448,11 +451,14 @@ def vm_create(
             "start": start,
             **({"sshKeys": keys} if keys else {}),
             **cloud,
+            **({"cdrom": {"isoId": iso}} if iso is not None else {}),
+            **boot_flags(boot_order, firmware),
         }
         for n in name
     ]
     c = Client(url)
-    if template is None:  # the web console's default too; a server on the sim driver has none
+    c.flags = dict(BOOT_FLAGS)
+    if template is None and iso is None:  # the web console's default too; a server on the sim driver has none
         tiny = c._send("GET", "/api/v1/templates/tiny-linux")
         if tiny.status_code == 200:
             for spec in specs:
@@ -462,6 +468,20 @@ def vm_create(
     c.items = list(name)
     accepted = c.request("POST", "/api/v1/vms", json=specs)
     _finish(c, accepted, wait, json_out, ready=accepted.get("vmIds") or [], names=dict(zip(accepted.get("vmIds") or [], name)), started=start)
+
+
+BOOT_FLAGS = {"cdrom.isoId": "--iso", "cdrom": "--iso", "bootOrder": "--boot-order", "firmware": "--firmware"}
+"""the options of `vm create` and `vm edit` for the API's boot fields (errors name them)"""
+
+
+def boot_flags(boot_order: str | None, firmware: str | None) -> dict[str, Any]:
+    """`--boot-order cdrom,disk` and `--firmware` as the API's fields (the server checks them)."""
+    body: dict[str, Any] = {}
+    if boot_order is not None:
+        body["bootOrder"] = [d.strip() for d in boot_order.split(",") if d.strip()]
+    if firmware is not None:
+        body["firmware"] = firmware
+    return body
 
 
 def _read_arg(value: str, option: str) -> str:

@@ -17,6 +17,7 @@ DONE = {
     "vm-update": ("updated", "updated"), "vm-import": ("imported", "imported"), "vm-revert": ("reverted", "reverted"),
     "vm-restore": ("restored", "restored"), "vm-network": ("reconnected", "reconnected"), "node-drain": ("drained", "drained"),
     "template-create": ("is ready", "are ready"), "template-update": ("updated", "updated"), "template-delete": ("deleted", "deleted"),
+    "iso-import": ("is ready", "are ready"),
 }  # fmt: skip
 """job type -> what its succeeded tasks made true, said of one and of several"""
 
@@ -26,6 +27,7 @@ DOING = {
     "vm-power-cycle": "restarting", "vm-delete": "deleting", "vm-migrate": "migrating", "vm-move": "moving", "vm-update": "changing",
     "vm-import": "importing", "vm-revert": "reverting", "vm-restore": "restoring", "vm-network": "reconnecting", "node-drain": "draining",
     "template-create": "importing template", "template-update": "updating template", "template-delete": "deleting template",
+    "iso-import": "importing ISO",
 }  # fmt: skip
 """job type -> what it is doing, for its progress line"""
 

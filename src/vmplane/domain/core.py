@@ -64,6 +64,38 @@ class Resources:
 
 DEFAULT_RESOURCES = Resources(cpu=1, ram_mb=512, disk_gb=10)
 
+BOOT_DEVICES = ("cdrom", "disk")
+"""what a VM's `bootOrder` may name"""
+DEFAULT_BOOT_ORDER = ("disk", "cdrom")
+"""a blank disk boots nothing, so the firmware goes on to the CD-ROM: an installer ISO boots
+once and the installed system after it"""
+FIRMWARES = ("bios", "uefi")
+
+
+@dataclass(frozen=True, slots=True)
+class BootSetup:
+    """What a VM boots: the ISO in its CD-ROM, the order of its boot devices and its firmware.
+    A template's direct kernel boot (`VmSpec.template_boot`) comes before all of these."""
+
+    cdrom: str | None = None
+    """path on the node of the ISO in the CD-ROM (None: an empty drive)"""
+    order: tuple[str, ...] = DEFAULT_BOOT_ORDER
+    firmware: str = "bios"
+    """bios (SeaBIOS) or uefi (OVMF, with an NVRAM file of the VM's own)"""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"cdrom": self.cdrom, "order": list(self.order), "firmware": self.firmware}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> "BootSetup":
+        if not isinstance(d, dict):
+            return cls()
+        order = tuple(str(x) for x in d.get("order") or DEFAULT_BOOT_ORDER)
+        if any(x not in BOOT_DEVICES for x in order) or d.get("firmware", "bios") not in FIRMWARES:
+            raise ValueError(f"boot setup {d!r} names an unknown device or firmware")
+        cdrom = d.get("cdrom")
+        return cls(str(cdrom) if cdrom else None, order, str(d.get("firmware", "bios")))
+
 
 @dataclass(frozen=True, slots=True)
 class VmSpec:
@@ -90,6 +122,8 @@ class VmSpec:
     firewall: Firewall = Firewall()
     pci_devices: tuple[str, ...] = ()
     """host PCI addresses passed through to the VM with VFIO"""
+    boot: BootSetup = BootSetup()
+    """its CD-ROM, boot order and firmware"""
 
 
 def job_progress(total: int, progress_sum: int) -> int:

@@ -44,6 +44,8 @@ class Vm:
     running_spec: dict[str, Any] | None = None
     """`{cpu, ramMb, diskGb}` the VM's running process was started with, as its hypervisor
     said when its status was last recorded (None: not known; migration 0029)"""
+    cdrom_iso_id: str | None = None
+    """the ISO in its CD-ROM (None: empty; migration 0032)"""
 
     @classmethod
     def from_row(cls, row: Any) -> Vm:
@@ -60,7 +62,7 @@ class Vm:
             "cpu": self.cpu, "ram_mb": self.ram_mb, "disk_gb": self.disk_gb, "tags": self.tags, "spec": self.spec.to_json(),
             "error": self.error, "started_at": self.started_at, "created_at": self.created_at, "updated_at": self.updated_at,
             "guest_ready": self.guest_ready,
-            "running_spec": self.running_spec,
+            "running_spec": self.running_spec, "cdrom_iso_id": self.cdrom_iso_id,
         }  # fmt: skip
 
     @property
@@ -75,6 +77,12 @@ class Vm:
         """The VM's disk was made empty: no template, snapshot, import or plugin gave it anything
         to boot, so no guest will come up (or say it is ready) until an OS is installed on it."""
         return self.template_id is None and self.snapshot_id is None and self.spec.imported is None and self.spec.plugin is None
+
+    @property
+    def wants_boot_setup(self) -> bool:
+        """It has an ISO in its CD-ROM, a boot order or a firmware choice: its node must give
+        VMs these (`Capabilities.cdrom`, placement's `Demand.cdrom`)."""
+        return self.cdrom_iso_id is not None or bool(self.spec.boot_order) or self.spec.firmware not in (None, "bios")
 
     @property
     def display_name(self) -> str:
@@ -109,6 +117,33 @@ class Vm:
         if self.status not in PENDING_STATUSES or not isinstance(running, dict):
             return []
         return [k for k, v in (("cpu", self.cpu), ("ramMb", self.ram_mb), ("diskGb", self.disk_gb)) if running.get(k) not in (None, v)]
+
+
+@dataclass(frozen=True)
+class Iso:
+    """An ISO image of the library as the store keeps it (the `isos` table). org_id None:
+    an operator's, shared with every organization."""
+
+    seq: int
+    id: str
+    name: str
+    org_id: str | None
+    status: str
+    """importing, ready or error"""
+    source_url: str | None
+    size_bytes: int
+    sha256: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> Iso:
+        return from_fields(cls, row._asdict())
+
+    @property
+    def shared(self) -> bool:
+        return self.org_id is None
 
 
 @dataclass(frozen=True)

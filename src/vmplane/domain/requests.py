@@ -47,6 +47,12 @@ class NewVm:
     plugin: str | None = None
     """an installed, enabled plugin (name or runtime): the VM takes its resources, image and
     cloud-init unless given, and its workload's port is forwarded (services.plugins)"""
+    cdrom: str | None = None
+    """an ISO (id or name) of the library in its CD-ROM (None: an empty drive)"""
+    boot_order: tuple[str, ...] | None = None
+    """devices to boot from, in order (core.BOOT_DEVICES; None: core.DEFAULT_BOOT_ORDER)"""
+    firmware: str | None = None
+    """bios or uefi (None: bios)"""
 
 
 STAGES = ("connecting", "exporting", "converting", "defining", "starting")

@@ -201,6 +201,8 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
     "move_to": ("moveTo", _same, _same),
     "display_name": ("displayName", _same, _same),
     "login_user": ("loginUser", _same, _same),
+    "boot_order": ("bootOrder", _tuple, _list),
+    "firmware": ("firmware", _same, _same),
 }
 
 
@@ -244,6 +246,10 @@ class StoredSpec:
     login_user: str | None = None
     """the user it logs in as over SSH, its template's (or its source VM's) at create
     (domain/login.py); None: made before templates knew theirs, root"""
+    boot_order: tuple[str, ...] = ()
+    """the devices it boots from, in order (empty: the default, core.DEFAULT_BOOT_ORDER)"""
+    firmware: str | None = None
+    """bios or uefi (None: bios); the ISO in its CD-ROM is the `vms.cdrom_iso_id` column"""
     stored: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """the JSON this was read from: unknown keys, and the bytes of unchanged ones, are kept"""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from ..domain import Resources, VmSpec
+from ..domain import BootSetup, Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidState
 from ..pci import PciDevice
@@ -68,6 +68,9 @@ class Capabilities:
     hypervisor: str = ""
     """what runs the VMs: `kind` itself, except for a node reached through another driver (a
     `remote` node runs its agent's qemu or sim). Empty when built means `kind`."""
+    cdrom: bool = False
+    """VMs have a CD-ROM holding an ISO of the library, a boot order and a firmware choice
+    (`VmSpec.boot`, `set_boot`): the ISO files are this host's (the control plane's data dir)."""
     local: bool = True
     """the node is this host: its VMs' processes (`host_process`) and their forwarded ports
     are on the control plane's own host. False for a node of another host (`remote`)."""
@@ -252,6 +255,13 @@ class HypervisorDriver(ABC):
     async def resize_vm(self, vm_id: str, resources: Resources) -> None:
         """Change the VM's resources. Disks only grow. CPU and RAM take effect at the next
         start unless `capabilities.hot_resize_cpu_ram`. Idempotent."""
+
+    @abstractmethod
+    async def set_boot(self, vm_id: str, boot: BootSetup) -> None:
+        """Change what the VM boots (`VmSpec.boot`). The ISO in its CD-ROM changes at once on
+        a running VM (ejected, then the new one inserted: the guest sees a media change); the
+        boot order and the firmware take effect at its next start. Idempotent. On failure the
+        VM keeps what it had. DriverError unless `capabilities.cdrom`."""
 
     @property
     def offline(self) -> str | None:

@@ -28,7 +28,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from ..domain import Resources, VmSpec
+from ..domain import BootSetup, Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidRequest
 from ..http_clients import link_client
@@ -258,6 +258,9 @@ class RemoteDriver(HypervisorDriver):
 
     async def delete_vm(self, vm_id: str) -> None:
         await self._call("DELETE", f"/vms/{vm_id}", what=f"delete of {vm_id}")
+
+    async def set_boot(self, vm_id: str, boot: BootSetup) -> None:
+        raise DriverError(f"{self.node_id} is a node of another host: ISOs are not copied to agents, so its VMs have no CD-ROM", vm_id=vm_id)
 
     async def resize_vm(self, vm_id: str, resources: Resources) -> None:
         await self._call("PUT", f"/vms/{vm_id}/resources", body=resources.to_wire(), what=f"resize of {vm_id}")

@@ -254,7 +254,8 @@ def capabilities_from_wire(d: Any) -> Capabilities:
 def remote_capabilities(agent: Capabilities) -> Capabilities:
     """What the control plane's `remote` driver of a node declares: the agent's driver's, on
     another host (its `hypervisor` stays the agent's qemu or sim)."""
-    return replace(agent, kind="remote", local=False)
+    # no CD-ROM: ISO files are the control plane's, and nothing copies them to an agent's host yet
+    return replace(agent, kind="remote", local=False, cdrom=False)
 
 
 def target_to_wire(t: MigrationTarget) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import clock, pci
-from ..domain import Resources, VmSpec
+from ..domain import BootSetup, Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidState, NoCapacity
 from .base import Capabilities, GuestState, HypervisorDriver, ImageInfo, NodeInfo, PowerState, Progress, VmRuntime
@@ -80,7 +80,7 @@ class SimDriver(HypervisorDriver):
         # bridge networks are simulated too; firewalls are recorded, not enforced (no packets)
         self.capabilities = Capabilities(
             kind="sim", real_vms=False, live_resize_disk=True, pci_passthrough=bool(self._pci),
-            network_types=frozenset({"user", "bridge"}), firewall=False,
+            network_types=frozenset({"user", "bridge"}), firewall=False, cdrom=True,
         )  # fmt: skip
         self._vms: dict[str, _SimVm] = {}
         self._images: dict[str, ImageInfo] = {}
@@ -147,6 +147,7 @@ class SimDriver(HypervisorDriver):
                     "state": str(v.state),
                     "startedAt": v.started_at,
                     "pciDevices": list(v.spec.pci_devices),
+                    "boot": v.spec.boot.to_wire(),
                     "nics": [n.to_wire() for n in v.spec.nics],
                     "firewall": v.spec.firewall.to_wire(),
                 }
@@ -173,7 +174,7 @@ class SimDriver(HypervisorDriver):
                 id=v["id"], uuid=v["uuid"], name=v["name"], resources=res(v["resources"]), template_id=v["templateId"],
                 pci_devices=tuple(v.get("pciDevices", ())),
                 nics=tuple(Nic.from_wire(n) for n in v.get("nics") or ()),
-                firewall=Firewall.from_wire(v.get("firewall")),
+                firewall=Firewall.from_wire(v.get("firewall")), boot=BootSetup.from_wire(v.get("boot")),
             )  # fmt: skip
             state = PowerState(v["state"])
             if state in (PowerState.STARTING, PowerState.STOPPING):  # interrupted mid-way
@@ -288,6 +289,18 @@ class SimDriver(HypervisorDriver):
                 await self._delay()
                 self._save()
         self._locks.pop(vm_id, None)
+
+    async def set_boot(self, vm_id: str, boot: BootSetup) -> None:
+        """Recorded (the CD-ROM's ISO, boot order and firmware), as the VM's spec: nothing boots."""
+        async with self._lock(vm_id):
+            vm = self._vm(vm_id)
+            await self._delay()
+            vm.spec = replace(vm.spec, boot=boot)
+            self._save()
+
+    def boot_of(self, vm_id: str) -> BootSetup:
+        """What the VM was told to boot (what a qemu VM's command line and CD-ROM would hold)."""
+        return self._vm(vm_id).spec.boot
 
     async def resize_vm(self, vm_id: str, resources: Resources) -> None:
         async with self._lock(vm_id):

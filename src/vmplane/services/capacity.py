@@ -34,6 +34,7 @@ def usage_of(row: Row[Any], taken: Collection[tuple[str, str]] = ()) -> NodeUsag
         devices=devices,
         network_types=frozenset(((row.labels or {}).get("networkTypes") or "user").split(",")),
         cordoned=bool(row.cordoned),
+        cdrom=(row.labels or {}).get("cdrom") == "true",
     )
 
 
@@ -199,6 +200,8 @@ class Capacity:
             if (demand.node_id is not None and node.id != demand.node_id) or node.id in demand.exclude or not node.online or node.cordoned:
                 continue
             if demand.network_types and not demand.network_types <= node.network_types:
+                continue
+            if demand.cdrom and not node.cdrom:
                 continue
             free = [lim - used for lim, used in zip(self.policy.limits(node), (node.cpu_used, node.ram_mb_used, node.disk_gb_used))]
             fits = min((f // w if w > 0 else (count if f >= 0 else 0)) for f, w in zip(free, want))

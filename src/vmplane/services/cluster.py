@@ -44,7 +44,10 @@ class ClusterService:
             "cpu_total": info.cpu,
             "ram_mb_total": info.ram_mb,
             "disk_gb_total": info.disk_gb,
-            "labels": {**info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types))},
+            "labels": {
+                **info.labels, "networkTypes": ",".join(sorted(driver.capabilities.network_types)),
+                **({"cdrom": "true"} if driver.capabilities.cdrom else {}),  # placement's filter (placement.NodeUsage.cdrom)
+            },  # fmt: skip
             "pci_devices": [d.to_wire() for d in info.pci_devices],
             "created_at": now,
             "updated_at": now,

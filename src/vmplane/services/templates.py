@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,13 +17,11 @@ from .. import clock, ids
 from ..auth import Principal
 from ..domain import Template
 from ..domain.login import check_login_user, default_login_user
-from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, PayloadTooLarge, Reason
+from ..errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound, Reason
 from ..store import nodes as node_q
 from ..store import templates as tpl_q
-from ..store import tenancy as t_q
 from . import pages
 from .imports import check_url
-from .tenancy import QuotaExceeded
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -34,6 +30,7 @@ if TYPE_CHECKING:
     from ..store import Store
     from .imports import ImportService
     from .tenancy import TenancyService
+    from .uploads import Uploads
 
 
 TEMPLATE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -54,13 +51,12 @@ def check_os(os_: str) -> None:
 class TemplateService:
     def __init__(
         self, *, store: Store, settings: Settings, engine: JobEngine, imports: ImportService, outbound: Outbound, tenancy: TenancyService,
-        images_dir: Path, home: Callable[[], str],
+        images_dir: Path, home: Callable[[], str], uploads: Uploads,
     ) -> None:  # fmt: skip
         self.images_dir = images_dir
+        self.uploads = uploads
         self.home = home
         """this process's data dir identity: an upload's job runs where its file is"""
-        self._uploading: dict[str, int] = {}
-        """bytes of uploads still arriving, per organization (they count against its quota)"""
         self.store = store
         self.settings = settings
         self.engine = engine
@@ -190,55 +186,16 @@ class TemplateService:
         check_template_name(name)
         check_os(os_)
         login_user = default_login_user(os_) if login_user is None else check_login_user(login_user)
-        cap = self.settings.max_download_bytes
-        if length is not None and length > cap:
-            raise PayloadTooLarge(f"the image is larger than {cap} bytes (VMPLANE_MAX_DOWNLOAD_BYTES)", limit=cap)
+        self.uploads.check_length(length, "the image")
         async with self.store.write() as conn:
             await self._check_new(conn, name, node_id, who)
-            room = None if who.operator else await self._disk_room(conn, who.org_id)
-        org = who.org_id
+            room = await self.uploads.room(conn, who)
         tpl_id = ids.new_id("tpl")
         part = self.images_dir / f"{tpl_id}{tpl_q.UPLOAD_SUFFIX}"
-        sha = hashlib.sha256()
-        done = 0
-
-        def refuse_past(total: int) -> None:
-            if total > cap:
-                raise PayloadTooLarge(f"the image is larger than {cap} bytes (VMPLANE_MAX_DOWNLOAD_BYTES)", limit=cap)
-            if room is not None and total + self._uploading.get(org, 0) - done > room:
-                raise QuotaExceeded(
-                    f"quota exceeded: the image is larger than the {max(0, room) // GIB} GiB the diskGb quota leaves free",
-                    quota="diskGb", requested=total,
-                )  # fmt: skip
-
-        if length is not None:
-            refuse_past(length)
-        self.images_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with part.open("xb") as out:
-                async for chunk in chunks:
-                    refuse_past(done + len(chunk))
-                    out.write(chunk)
-                    sha.update(chunk)
-                    done += len(chunk)
-                    self._uploading[org] = self._uploading.get(org, 0) + len(chunk)
-            if done == 0:
-                raise InvalidRequest("the request body is empty: send the image file", field="body")
-            if length is not None and done != length:
-                raise InvalidRequest(f"the body has {done} bytes, Content-Length said {length}", field="body")
-            payload = {"upload": True, "sha256": sha.hexdigest(), "home": self.home()}
+        async with self.uploads.receive(chunks, part, org=who.org_id, room=room, length=length, what="the image") as (_size, sha256):
+            payload = {"upload": True, "sha256": sha256, "home": self.home()}
             job_id = await self._register(tpl_id, name=name, os_=os_, login_user=login_user, node_id=node_id, source_url=None,
                                           checksum=None, payload=payload, who=who)  # fmt: skip
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(part)
-            raise
-        finally:
-            left = self._uploading.get(org, 0) - done
-            if left > 0:
-                self._uploading[org] = left
-            else:
-                self._uploading.pop(org, None)
         return job_id, tpl_id
 
     async def sweep_uploads(self) -> tuple[str, ...]:
@@ -260,15 +217,6 @@ class TemplateService:
                     path.unlink(missing_ok=True)
                     removed += (path.name,)
         return removed
-
-    async def _disk_room(self, conn: AsyncConnection, org_id: str) -> int | None:
-        """Bytes the organization's diskGb quota leaves free (None: no such quota)."""
-        org = await t_q.get_org(conn, org_id)
-        limit = org.quotas.get("diskGb") if org is not None and org.quotas else None
-        if limit is None:
-            return None
-        used = int((await t_q.org_usage(conn, org_id)).disk_gb) * GIB
-        return int(limit) * GIB - used
 
     async def update(self, ref: str, *, name: str | None, os_: str | None, who: Principal, login_user: str | None = None) -> str:
         """Rename a template, change its OS label or its login user (a job). A new `os` leaves

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import clock, ids
 from ..auth import Principal
-from ..domain import DEFAULT_RESOURCES, NewVm, Resources, Vm, VmStatus
+from ..domain import BOOT_DEVICES, DEFAULT_RESOURCES, FIRMWARES, NewVm, Resources, Vm, VmStatus
 from ..domain.names import NAME_RE, check_display_name
 from ..domain.network import Firewall
 from ..errors import Conflict, DriverError, InvalidRequest, InvalidState, NotFound, Reason
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..store import Store
     from .billing import Billing
     from .capacity import Capacity
+    from .isos import IsoService
     from .jobs import JobService
     from .networks import NetworkService
     from .plugins import PluginService
@@ -130,6 +131,23 @@ def check_tags(tags: Sequence[str], field_name: str = "tags") -> None:
             raise InvalidRequest(f"{field_name}[{i}] {tag!r} is not a valid tag (1-64 characters of A-Z a-z 0-9 _ . : / = + -)", field=f"{field_name}[{i}]")
 
 
+def check_boot_order(order: Sequence[str], field_name: str = "bootOrder") -> tuple[str, ...]:
+    if not isinstance(order, (list, tuple)) or not order or not all(isinstance(d, str) for d in order):
+        raise InvalidRequest(f"{field_name} must list boot devices: {', '.join(BOOT_DEVICES)}", field=field_name)
+    for i, device in enumerate(order):
+        if device not in BOOT_DEVICES:
+            raise InvalidRequest(f"{field_name}[{i}] {device!r} is not a boot device: {', '.join(BOOT_DEVICES)}", field=f"{field_name}[{i}]")
+    if len(set(order)) != len(order):
+        raise InvalidRequest(f"{field_name} names a device twice", field=field_name)
+    return tuple(order)
+
+
+def check_firmware(firmware: str, field_name: str = "firmware") -> str:
+    if firmware not in FIRMWARES:
+        raise InvalidRequest(f"{field_name} {firmware!r} is not one of {', '.join(FIRMWARES)}", field=field_name)
+    return firmware
+
+
 def _login_of(source_spec: Any) -> dict[str, str]:
     """The login user a VM from a snapshot takes: its source VM's when it had one (a VM from
     before templates knew theirs: its template's now, as any new VM)."""
@@ -145,6 +163,15 @@ class VmChange:
     cpu: int | None = None
     ram_mb: int | None = None
     disk_gb: int | None = None
+    set_cdrom: bool = False
+    """change the CD-ROM: to `cdrom` (an ISO's id or name), or empty it (None)"""
+    cdrom: str | None = None
+    boot_order: tuple[str, ...] | None = None
+    firmware: str | None = None
+
+    @property
+    def boot_changes(self) -> bool:
+        return self.set_cdrom or self.boot_order is not None or self.firmware is not None
 
 
 @dataclass(frozen=True)
@@ -163,8 +190,9 @@ class _Resolved:
 
 
 class VmService:
-    def __init__(self, *, store: Store, settings: Settings, engine: JobEngine, jobs: JobService, billing: Billing, capacity: Capacity, networks: NetworkService, plugins: PluginService, snapshots: SnapshotService, tenancy: TenancyService) -> None:
+    def __init__(self, *, store: Store, settings: Settings, engine: JobEngine, jobs: JobService, billing: Billing, capacity: Capacity, networks: NetworkService, plugins: PluginService, snapshots: SnapshotService, tenancy: TenancyService, isos: IsoService) -> None:
         self.store = store
+        self.isos = isos
         self.settings = settings
         self.engine = engine
         self.jobs = jobs
@@ -258,6 +286,10 @@ class VmService:
             if name is not None:  # None: named after its display name, uniquely, as it is inserted
                 check_name(name, where)
             check_tags(spec.tags, f"{prefix}tags")
+            if spec.boot_order is not None:
+                check_boot_order(spec.boot_order, f"{prefix}bootOrder")
+            if spec.firmware is not None:
+                check_firmware(spec.firmware, f"{prefix}firmware")
             check_ssh_keys(spec.extra.get("sshKeys", []), f"{prefix}sshKeys")
             guest_ports = [(e["port"], e["protocol"]) for e in spec.extra.get("expose", [])]
             if len(set(guest_ports)) != len(guest_ports):
@@ -274,7 +306,11 @@ class VmService:
                 networks[s.networks] = await self.networks.resolve(s.networks, who, f"{prefix}networks")
             check_pci(s.pci, f"{prefix}devices.pciPassthrough")
         if check_capacity:
-            await self.capacity.check([Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci) for s, r in resolved])
+            await self.capacity.check([
+                Demand(cpu=r.cpu, ram_mb=r.ram_mb, disk_gb=r.disk_gb, node_id=s.node_id, pci=s.pci,
+                       cdrom=bool(s.cdrom) or s.boot_order is not None or s.firmware not in (None, "bios"))
+                for s, r in resolved
+            ])  # fmt: skip
         return [
             _Resolved(spec=s, id=vm_id, name=name, resources=r, team_id=teams[s.team], networks=networks[s.networks])
             for (s, r), vm_id, name in zip(resolved, vm_ids, names)
@@ -301,6 +337,7 @@ class VmService:
         for ref in {n.spec.node_id for n in new if n.spec.node_id}:
             if await node_q.get_node(conn, ref) is None:
                 raise InvalidRequest(f"nodeId {ref!r} does not exist", field="nodeId")
+        cdroms = {ref: (await self.isos.for_vm(conn, ref, who, "cdrom.isoId", importing=True)).id for ref in {n.spec.cdrom for n in new if n.spec.cdrom}}
         rows: builtins.list[dict[str, Any]] = []
         for n in new:
             spec = n.spec
@@ -326,7 +363,10 @@ class VmService:
                         **({"loginUser": tpl.login_user} if tpl is not None else {}),  # kept: a later template change leaves the VM's
                         **spec.extra,
                         **({"pciPassthrough": list(spec.pci)} if spec.pci else {}),
+                        **({"bootOrder": list(spec.boot_order)} if spec.boot_order is not None else {}),
+                        **({"firmware": spec.firmware} if spec.firmware is not None else {}),
                     },
+                    "cdrom_iso_id": cdroms[spec.cdrom] if spec.cdrom else None,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -487,13 +527,23 @@ class VmService:
             raise InvalidRequest(f"resources.diskGb cannot shrink a disk ({vm.disk_gb} GB now)", field="resources.disk_gb", reason=Reason.CANNOT_SHRINK)
         if any(v is not None for v in (change.cpu, change.ram_mb, change.disk_gb)):
             require_state(VmOp.RESIZE, vm.status, vm.id)
-        payload = {
+        if change.boot_order is not None:
+            check_boot_order(change.boot_order)
+        if change.firmware is not None:
+            check_firmware(change.firmware)
+            if change.firmware != (vm.spec.firmware or "bios") and vm.status not in (VmStatus.STOPPED, VmStatus.ERROR):
+                raise InvalidState(f"firmware: VM {vm.id} is {vm.status}; stop it to change its firmware", current=vm.status, required="stopped")
+        payload: dict[str, Any] = {
             "name": change.name,
             "tags": list(change.tags) if change.tags is not None else None,
             "cpu": change.cpu,
             "ramMb": change.ram_mb,
             "diskGb": change.disk_gb,
         }
+        if change.boot_order is not None:
+            payload["bootOrder"] = list(change.boot_order)
+        if change.firmware is not None:
+            payload["firmware"] = change.firmware
         async with self.store.write() as conn:
             await self.tenancy.reserve(
                 conn, vm.org_id, vcpu=max(0, (change.cpu or vm.cpu) - vm.cpu),
@@ -507,6 +557,8 @@ class VmService:
                 # a label only: set at once (the name waits for the job); a new name alone is shown as it is
                 shown = None if change.display_name in (None, change.name or fresh.name) else change.display_name
                 await vm_q.set_vm(conn, vm.id, name=fresh.name, spec=fresh.spec.with_(display_name=shown).to_json(), updated_at=clock.now())
+            if change.set_cdrom:  # the ISO checked (visible to the caller, ready) as the job is submitted
+                payload["cdrom"] = {"isoId": (await self.isos.for_vm(conn, change.cdrom, who, "cdrom.isoId")).id if change.cdrom else None}
             job_id = await self.engine.submit(conn, "vm-update", who, [(vm.id, payload)])
         self.engine.wakeup()
         return job_id

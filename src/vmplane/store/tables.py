@@ -85,6 +85,7 @@ vms = Table(
     Column("updated_at", Float, nullable=False),
     Column("guest_ready", Boolean, nullable=False, server_default=false()),  # the guest said it is ready this boot (no Python default: inserts of older tests name no such column)
     Column("running_spec", JSON, nullable=True),
+    Column("cdrom_iso_id", String(64), nullable=True, index=True),  # the ISO in its CD-ROM (0032)
     UniqueConstraint("org_id", "name", name="uq_vms_org_name"),
     sqlite_autoincrement=True,
 )
@@ -127,6 +128,27 @@ shared ones (a partial index: NULLs are distinct in a unique index, and an expre
 would not survive SQLite's batch migrations, which rebuild tables from reflection)."""
 Index("uq_templates_org_name", templates.c.org_id, templates.c.name, unique=True)
 Index("uq_templates_shared_name", templates.c.name, unique=True, sqlite_where=templates.c.org_id.is_(None), postgresql_where=templates.c.org_id.is_(None))
+
+isos = Table(
+    "isos",
+    metadata,
+    Column("seq", Seq, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("name", String(63), nullable=False),
+    Column("org_id", String(64), nullable=True, index=True),
+    Column("status", String(16), nullable=False),
+    Column("source_url", Text, nullable=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+"""The ISO library (0032): org_id NULL is the operators' ISOs, shared read-only with every
+organization; names are unique per namespace as templates' are. The file is
+`<data dir>/isos/<id>.iso` (services/isos.py)."""
+Index("uq_isos_org_name", isos.c.org_id, isos.c.name, unique=True)
+Index("uq_isos_shared_name", isos.c.name, unique=True, sqlite_where=isos.c.org_id.is_(None), postgresql_where=isos.c.org_id.is_(None))
 
 jobs = Table(
     "jobs",

@@ -1,13 +1,30 @@
 """SQL for organizations, users, memberships, teams, API keys and the audit log."""
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Row, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import VmStatus
-from .tables import api_keys, audit_log, memberships, networks, orgs, plugins, schedules, teams, templates, users, vms, webhooks, ws_tickets
+from .tables import (
+    api_keys,
+    audit_log,
+    isos,
+    memberships,
+    networks,
+    orgs,
+    plugins,
+    schedules,
+    teams,
+    templates,
+    users,
+    vms,
+    webhooks,
+    ws_tickets,
+)
+
+GIB = 1 << 30
 
 
 async def count_orgs(conn: AsyncConnection) -> int:
@@ -179,14 +196,24 @@ def _holding() -> Any:
     return ~((vms.c.status == VmStatus.ERROR.value) & vms.c.node_id.is_(None))
 
 
-async def org_usage(conn: AsyncConnection, org_id: str) -> Row[*tuple[Any, ...]]:
+class OrgUsage(NamedTuple):
+    vms: int
+    cpu: int
+    ram_mb: int
+    disk_gb: int
+    """the disks of its VMs, and its own ISOs (rounded up to whole GiB)"""
+
+
+async def org_usage(conn: AsyncConnection, org_id: str) -> OrgUsage:
     q = select(
         func.count().label("vms"),
         func.coalesce(func.sum(vms.c.cpu), 0).label("cpu"),
         func.coalesce(func.sum(vms.c.ram_mb), 0).label("ram_mb"),
         func.coalesce(func.sum(vms.c.disk_gb), 0).label("disk_gb"),
     ).where(vms.c.org_id == org_id, _holding())
-    return (await conn.execute(q)).one()
+    row = (await conn.execute(q)).one()
+    iso_bytes = int((await conn.execute(select(func.coalesce(func.sum(isos.c.size_bytes), 0)).where(isos.c.org_id == org_id))).scalar_one())
+    return OrgUsage(int(row.vms), int(row.cpu), int(row.ram_mb), int(row.disk_gb) + -(-iso_bytes // GIB))
 
 
 async def vms_by_status(conn: AsyncConnection, org_id: str) -> dict[str, int]:

@@ -24,6 +24,7 @@ from vmplane.services.capacity import Capacity
 from vmplane.services.cluster import ClusterService
 from vmplane.services.guest import GuestService
 from vmplane.services.imports import ImportService
+from vmplane.services.isos import IsoService
 from vmplane.services.jobs import JobService
 from vmplane.services.networks import NetworkService
 from vmplane.services.plugins import PluginService
@@ -31,6 +32,7 @@ from vmplane.services.secrets import SecretBox
 from vmplane.services.snapshots import SnapshotService
 from vmplane.services.templates import TemplateService
 from vmplane.services.tenancy import TenancyService
+from vmplane.services.uploads import Uploads
 from vmplane.services.vms import VmService
 from vmplane.services.vsphere import VsphereService
 from vmplane.store import Store
@@ -77,19 +79,30 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     vsphere = VsphereService(store=store, outbound=outbound, secret_box=box)
     networks = NetworkService(store=store, settings=settings, engine=engine, tenancy=tenancy)
     imports = ImportService(
-        store=store, settings=settings, data_dir=data, engine=engine, networks=networks, outbound=outbound, registry=registry, vsphere=vsphere
+        store=store,
+        settings=settings,
+        data_dir=data,
+        engine=engine,
+        networks=networks,
+        outbound=outbound,
+        registry=registry,
+        vsphere=vsphere,
     )
+    uploads = Uploads(settings.max_download_bytes)
     templates = TemplateService(
         store=store, settings=settings, engine=engine, imports=imports, outbound=outbound, tenancy=tenancy, images_dir=data / "images",
-        home=lambda: replicas.home,
+        home=lambda: replicas.home, uploads=uploads,
     )  # fmt: skip
+    isos = IsoService(
+        store=store, settings=settings, engine=engine, outbound=outbound, tenancy=tenancy, uploads=uploads, isos_dir=data / "isos"
+    )
     snapshots = SnapshotService(store=store, engine=engine, networks=networks, tenancy=tenancy)
     plugins = PluginService(
         store=store, settings=settings, outbound=outbound, registry=registry, leadership=replicas, templates=templates, tenancy=tenancy
     )
     vms = VmService(
         store=store, settings=settings, engine=engine, jobs=jobs, billing=billing, capacity=capacity, networks=networks,
-        plugins=plugins, snapshots=snapshots, tenancy=tenancy,
+        plugins=plugins, snapshots=snapshots, tenancy=tenancy, isos=isos,
     )  # fmt: skip
     deps = HandlerDeps(
         store=store, settings=settings, registry=registry, home=replicas, capacity=capacity, billing=billing, networks=networks,

@@ -11,6 +11,7 @@ from . import (
     events,
     guest,
     imports,
+    isos,
     jobs,
     mcp,
     networks,
@@ -35,7 +36,7 @@ def router() -> APIRouter:
     ws.include_router(agents.agent_router)  # node agents authenticate by themselves
     # agents before cluster: /nodes/tokens is not /nodes/{node_id}
     for module in (
-        vms, deployments, guest, networks, snapshots, backups, templates, jobs, agents, cluster, events, webhooks, schedules, tenancy,
+        vms, deployments, guest, networks, snapshots, backups, templates, isos, jobs, agents, cluster, events, webhooks, schedules, tenancy,
         plugins, imports, vsphere, stats_history,
     ):  # fmt: skip
         r.include_router(module.router)

@@ -42,7 +42,7 @@ UPLOAD_PATH = "/api/v1/templates/upload"
 lets it through: the route streams it to disk with its own limits)"""
 
 
-async def _body(request: Request, idle: float) -> AsyncIterator[bytes]:
+async def request_body(request: Request, idle: float) -> AsyncIterator[bytes]:
     """The request body as it arrives; InvalidRequest (`body`) when the client goes away or
     sends nothing for `idle` seconds (a trickle cannot hold the upload open for ever)."""
     stream = request.stream().__aiter__()
@@ -78,7 +78,7 @@ async def upload_template(
     if length is not None and not length.isdigit():
         raise InvalidRequest("Content-Length must be a whole number", field="Content-Length")
     job_id, tpl_id = await rt.templates.upload(
-        _body(request, rt.settings.body_timeout_seconds), name=name, os_=os, node_id=nodeId, who=caller, login_user=loginUser,
+        request_body(request, rt.settings.body_timeout_seconds), name=name, os_=os, node_id=nodeId, who=caller, login_user=loginUser,
         length=int(length) if length is not None else None,
     )  # fmt: skip
     return accepted(job_id, templateId=tpl_id)

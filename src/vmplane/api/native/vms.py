@@ -73,6 +73,9 @@ def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:
         networks=tuple(n.networkId for n in spec.networks),
         pci=tuple(spec.devices.pciPassthrough) if spec.devices else (),
         firewall=parse_firewall(spec.firewall, f"{prefix}firewall") if spec.firewall is not None else None,
+        cdrom=spec.cdrom.isoId if spec.cdrom is not None else None,
+        boot_order=tuple(spec.bootOrder) if spec.bootOrder is not None else None,
+        firmware=spec.firmware,
         extra={
             k: v
             for k, v in {
@@ -127,9 +130,13 @@ async def update_vm(vm_id: str, body: VmUpdateIn, rt: RuntimeDep, caller: Caller
         cpu=r.cpu if r else None,
         ram_mb=r.ramMb if r else None,
         disk_gb=r.diskGb if r else None,
+        set_cdrom="cdrom" in body.model_fields_set,
+        cdrom=body.cdrom.isoId if body.cdrom is not None else None,
+        boot_order=tuple(body.bootOrder) if body.bootOrder is not None else None,
+        firmware=body.firmware,
     )
-    if all(v is None for v in (change.name, change.display_name, change.tags, change.cpu, change.ram_mb, change.disk_gb)):
-        raise InvalidRequest("give at least one of name, displayName, tags, resources", field="body")
+    if all(v is None for v in (change.name, change.display_name, change.tags, change.cpu, change.ram_mb, change.disk_gb)) and not change.boot_changes:
+        raise InvalidRequest("give at least one of name, displayName, tags, resources, cdrom, bootOrder, firmware", field="body")
     return accepted(await rt.vms.update(vm_id, change, caller))
 
 

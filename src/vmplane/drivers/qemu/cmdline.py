@@ -17,6 +17,12 @@ from .layout import Forward, VmConfig, VmPaths
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 DISK_ID = "disk0"
 """The disk's block backend name: `block_resize` and `query-blockstats` use it."""
+CDROM_ID = "cdrom0"
+"""the CD-ROM device (qdev id): QMP's blockdev-change-medium and eject name it"""
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+"""Debian's `ovmf` (scripts/install-qemu.sh): UEFI firmware without Secure Boot, and the
+template of the variable store each UEFI VM gets a copy of (`VmPaths.nvram`)"""
 VGA_ID = "vga0"
 """The graphical console's display adapter: the standard VGA (`-device VGA`), which every
 PC guest drives (BIOS text mode, vgacon, installers, Windows); `virtio-vga` would need a
@@ -80,6 +86,11 @@ def build_argv(
         argv += ["-sandbox", SANDBOX_RUNAS if runas else SANDBOX]
     if runas:
         argv += ["-runas", runas]
+    if config.boot_setup.firmware == "uefi":
+        argv += [
+            "-drive", f"if=pflash,format=raw,unit=0,file={opt(OVMF_CODE)},readonly=on",
+            "-drive", f"if=pflash,format=raw,unit=1,file={opt(str(paths.nvram))}",
+        ]  # fmt: skip
     if config.boot is not None:
         argv += ["-kernel", config.boot.kernel]
         if config.boot.initrd:
@@ -92,12 +103,14 @@ def build_argv(
         # migration target) and re-opens it by path when a writer comes, which a QEMU that
         # dropped privileges (-runas) may no longer do
         "-drive", f"file={opt(str(paths.disk))},if=none,id={DISK_ID},format=qcow2,discard=unmap,auto-read-only=off",
-        # (with -kernel the linuxboot option ROM boots first; else the BIOS boots this disk)
-        "-device", f"virtio-blk-pci,drive={DISK_ID},id=vda" + ("" if config.boot else ",bootindex=1"),
+        # (with -kernel the linuxboot option ROM boots first; else the firmware boots the disk
+        # and the CD-ROM in the VM's boot order)
+        "-device", f"virtio-blk-pci,drive={DISK_ID},id=vda" + ("" if config.boot else f",bootindex={boot_index(config, 'disk')}"),
         # the NoCloud seed: ide-cd on the i440fx IDE controller (the q35 AHCI -cdrom is not
         # readable by kernels without an AHCI driver)
         "-drive", f"file={paths.seed.name},if=none,id=seed0,format=raw,readonly=on,media=cdrom",
         "-device", "ide-cd,drive=seed0,bus=ide.1,unit=0",
+        *cdrom_args(config),
         # the NICs: user-mode (host ports forwarded to the guest) or taps on bridges
         *net_args(config, forward_address),
         "-device", "virtio-rng-pci",
@@ -124,6 +137,26 @@ def build_argv(
     for i, address in enumerate(config.pci_devices):
         argv += ["-device", f"vfio-pci,host={check_address(address)},id=hostpci{i}"]
     return argv
+
+
+def boot_index(config: VmConfig, device: str) -> int:
+    """The device's place in the VM's boot order (1 first); one past the end when it is not
+    named (a VM from before boot orders boots its disk first)."""
+    order = config.boot_setup.order if config.cdrom_drive else ("disk",)
+    return order.index(device) + 1 if device in order else len(order) + 1
+
+
+def cdrom_args(config: VmConfig) -> list[str]:
+    """The CD-ROM (on the IDE controller's secondary slave: the seed stays the first CD-ROM the
+    guest sees) with the VM's ISO, read-only, or empty; none for VMs defined before issue 24."""
+    if not config.cdrom_drive:
+        return []
+    iso = config.boot_setup.cdrom
+    medium = f"file={opt(iso)},format=raw," if iso else ""
+    return [
+        "-drive", f"{medium}if=none,id=cd0,media=cdrom,readonly=on",
+        "-device", f"ide-cd,drive=cd0,bus=ide.1,unit=1,id={CDROM_ID}" + ("" if config.boot else f",bootindex={boot_index(config, 'cdrom')}"),
+    ]  # fmt: skip
 
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")

@@ -23,7 +23,7 @@ from ...domain import Resources, VmSpec
 from ...errors import DriverError, InvalidState
 from ...ids import looks_like_id
 from ..base import ImageInfo, Progress
-from . import images, intake
+from . import images, intake, media
 from .cmdline import DISK_ID
 from .images import SUPPORTED_FORMATS
 from .layout import GIB, VmConfig, VmPaths, save_config, write_json_atomic
@@ -66,6 +66,7 @@ class Disks:
             await self._adopt(Path(spec.disk_image), work.disk, size, spec.id)
         else:
             await images.create_blank(self.host.qemu_img, work.disk, size, vm_id=spec.id)
+        media.prepare(spec.boot, work, spec.id)
         files = seed_files(spec)
         try:
             await asyncio.to_thread(write_seed_iso, work.seed, files)

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ... import pci, procfs
-from ...domain import Resources, VmSpec
+from ...domain import BootSetup, Resources, VmSpec
 from ...domain.network import Firewall, Nic
 from ...errors import DriverError
 from ...ids import looks_like_id
@@ -52,6 +52,7 @@ from .display import Display
 from .guest import Guest
 from .layout import GIB, VmPaths, load_config, vm_paths
 from .machines import Machines, QemuHost, QemuVm
+from .media import Media
 from .migration import Migration
 from .network import Networking
 from .power import Power
@@ -107,12 +108,14 @@ class QemuDriver(HypervisorDriver):
             pci_passthrough=bool(self.host.pci_allowlist) and pci.iommu_available(self.host.sysfs_root),
             network_types=frozenset({"user", "bridge"} if self.net.available else {"user"}),
             firewall=True,  # forwarded ports of user-mode NICs; nftables on bridge NICs
+            cdrom=True,
             live_migration=True,
         )  # fmt: skip
         self.machines = Machines(self.host)
         self.vfio = Vfio(self.host, self.machines, enabled=self.capabilities.pci_passthrough)
         self.network = Networking(self.host, self.machines, self.net)
         self.disks = Disks(self.host, self.machines)
+        self.media = Media(self.machines)
         self.snapshots = Snapshots(self.host, self.machines, self.disks)
         self.power = Power(self.host, self.machines, self.disks, self.network, self.vfio)
         self.migration = Migration(self.host, self.machines, self.power, self.network)
@@ -243,6 +246,9 @@ class QemuDriver(HypervisorDriver):
 
     async def resize_vm(self, vm_id: str, resources: Resources) -> None:
         await self.disks.resize(vm_id, resources)
+
+    async def set_boot(self, vm_id: str, boot: BootSetup) -> None:
+        await self.media.set_boot(vm_id, boot)
 
     # -- state -----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...domain import Resources, VmSpec
+from ...domain import BootSetup, Resources, VmSpec
 from ...domain.network import Firewall, Nic
 from ...errors import DriverError, InvalidRequest
 from ...ids import looks_like_id
@@ -67,6 +67,11 @@ class VmPaths:
     @property
     def serial_log(self) -> Path:
         return self.dir / "serial.log"
+
+    @property
+    def nvram(self) -> Path:
+        """a UEFI VM's variable store (a copy of OVMF's template, the VM's own)"""
+        return self.dir / "nvram.fd"
 
     @property
     def pidfile(self) -> Path:
@@ -145,6 +150,11 @@ class VmConfig:
     """NICs in order (netdev n0, n1, ...); empty: one user-mode NIC with `mac` (VMs defined
     before networks existed)"""
     firewall: Firewall = Firewall()
+    boot_setup: BootSetup = BootSetup()
+    """the ISO in its CD-ROM, its boot order and firmware"""
+    cdrom_drive: bool = False
+    """it has a CD-ROM drive (every VM defined since issue 24; older ones keep the hardware
+    they were made with, so their PCI and IDE layout never changes under a guest)"""
 
     @classmethod
     def from_spec(cls, spec: VmSpec, created_at: float) -> "VmConfig":
@@ -162,6 +172,8 @@ class VmConfig:
             pci_devices=tuple(check_address(a) for a in spec.pci_devices),
             nics=spec.nics,
             firewall=spec.firewall,
+            boot_setup=spec.boot,
+            cdrom_drive=True,
         )
 
     def with_resources(self, resources: Resources) -> "VmConfig":
@@ -190,6 +202,8 @@ class VmConfig:
             "pciDevices": list(self.pci_devices),
             "nics": [n.to_wire() for n in self.nics],
             "firewall": self.firewall.to_wire(),
+            "bootSetup": self.boot_setup.to_wire(),
+            "cdromDrive": self.cdrom_drive,
         }
 
     @classmethod
@@ -210,6 +224,8 @@ class VmConfig:
             pci_devices=tuple(check_address(a) for a in data.get("pciDevices", ())),
             nics=tuple(Nic.from_wire(n) for n in data.get("nics") or ()),
             firewall=Firewall.from_wire(data.get("firewall")),
+            boot_setup=BootSetup.from_wire(data.get("bootSetup")),
+            cdrom_drive=bool(data.get("cdromDrive", False)),
         )
 
 

@@ -2,6 +2,7 @@
 
 from ..engine import Handler
 from .backups import BackupCreate, BackupDelete, VmRestore
+from .iso_import import IsoImport
 from .snapshots import SnapshotCreate, SnapshotDelete, VmRevert
 from .template_delete import TemplateDelete
 from .template_import import TemplateImport
@@ -39,4 +40,5 @@ def all_handlers() -> dict[str, Handler]:
         "vm-move": VmMove(),
         "vm-migrate": VmMigrate(),
         "vm-import": VmImport(),
+        "iso-import": IsoImport(),
     }

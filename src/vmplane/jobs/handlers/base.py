@@ -7,9 +7,10 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
-from ...domain import Resources, Vm, VmSpec, VmStatus
+from ...domain import DEFAULT_BOOT_ORDER, BootSetup, Resources, Vm, VmSpec, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
 from ...errors import DriverError, VmplaneError
+from ...store import isos as iso_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
 
@@ -51,6 +52,19 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
+def boot_setup(ctx: TaskContext, vm: Vm, cdrom_iso_id: str | None, boot_order: tuple[str, ...] = (), firmware: str | None = None) -> BootSetup:
+    """What the VM boots: the path of the ISO in its CD-ROM (made from its checked id only,
+    store/isos.py), its boot order and firmware (empty or None: the defaults)."""
+    cdrom = str(iso_q.iso_path(ctx.deps.data_dir / iso_q.ISOS_DIR, cdrom_iso_id)) if cdrom_iso_id else None
+    return BootSetup(cdrom=cdrom, order=boot_order or DEFAULT_BOOT_ORDER, firmware=firmware or "bios")
+
+
+def check_boot_on(driver: HypervisorDriver, node_id: str, boot: BootSetup, vm_id: str) -> None:
+    """DriverError when the VM asks for a CD-ROM, boot order or firmware its node cannot give."""
+    if boot != BootSetup() and not driver.capabilities.cdrom:
+        raise DriverError(f"node {node_id} cannot give VMs a CD-ROM, a boot order or a firmware choice", vm_id=vm_id)
+
+
 async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, template_boot: dict[str, str] | None = None) -> VmSpec:
     """What the VM's driver needs to define it, from the store as it is now."""
     async with ctx.deps.store.read() as conn:
@@ -68,6 +82,7 @@ async def vm_spec(ctx: TaskContext, vm: Vm, template_image: str | None = None, t
         nics=nics,
         firewall=firewall,
         pci_devices=vm.spec.pci_assigned,
+        boot=boot_setup(ctx, vm, vm.cdrom_iso_id, vm.spec.boot_order, vm.spec.firmware),
     )
 
 

@@ -52,7 +52,7 @@ class TemplateImport(BaseHandler):
             raise VmplaneError(f"template {tpl.id} has no source URL to import from")
         else:
             ctx.log(f"Starting import of {tpl.name} from {tpl.source_url}")
-            digest = await self._download(ctx, tpl.source_url, part)
+            digest = await download(ctx, tpl.source_url, part, "the image")
         expected = ctx.payload.get("checksum")
         if expected and expected.lower() != digest:
             raise VmplaneError(f"checksum mismatch: the download's sha256 is {digest}, not {expected.lower()}")
@@ -105,52 +105,6 @@ class TemplateImport(BaseHandler):
             raise VmplaneError("no online node can validate the image")
         return (local or usable)[0]
 
-    async def _download(self, ctx: TaskContext, url: str, part: Path) -> str:
-        parsed = urlparse(url)
-        sha = hashlib.sha256()
-        done = 0
-        last_pct = -1
-        total: int | None
-
-        async def advance(chunk: bytes, total: int | None) -> None:
-            nonlocal done, last_pct
-            sha.update(chunk)
-            done += len(chunk)
-            pct = int(done * 75 / total) if total else min(70, done // CHUNK)
-            if pct != last_pct:
-                last_pct = pct
-                await ctx.progress(pct, f"downloaded {done} of {total or '?'} bytes")
-
-        part.parent.mkdir(parents=True, exist_ok=True)
-        with part.open("wb") as out:
-            if parsed.scheme == "file":
-                src = Path(unquote(parsed.path))
-                try:
-                    total = src.stat().st_size
-                    fh = src.open("rb")
-                except OSError as exc:
-                    raise VmplaneError(f"cannot read {src}: {exc.strerror}") from exc
-                with fh:
-                    while chunk := await asyncio.to_thread(fh.read, CHUNK):
-                        out.write(chunk)
-                        await advance(chunk, total)
-            else:
-                limit = ctx.deps.outbound.max_download_bytes
-                try:
-                    async with ctx.deps.outbound.client(timeout=httpx.Timeout(30.0, connect=15.0)) as client:
-                        async with outbound.opened(client, "GET", url) as resp:
-                            if resp.status_code != 200:
-                                raise VmplaneError(f"download failed: {url} answered HTTP {resp.status_code}")
-                            total = int(resp.headers.get("content-length") or 0) or None
-                            async for chunk in outbound.aiter_limited(resp, limit, "the image", CHUNK):
-                                out.write(chunk)
-                                await advance(chunk, total)
-                except httpx.HTTPError as exc:
-                    raise VmplaneError(f"download failed: {outbound.describe(exc)}") from None
-        if done == 0:
-            raise VmplaneError("the source is empty")
-        return sha.hexdigest()
-
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         deps = ctx.deps
         for suffix in (".part", ".img", tpl_q.UPLOAD_SUFFIX):
@@ -163,3 +117,52 @@ class TemplateImport(BaseHandler):
 
     async def discard(self, conn: AsyncConnection, task: Row[Any]) -> None:
         await tpl_q.delete_template(conn, task.resource_id)
+
+
+async def download(ctx: TaskContext, url: str, part: Path, what: str) -> str:
+    """Fetch `url` (http or https through the outbound policy, or file) into `part`, reporting
+    progress up to 75%; returns its sha256 (hex). Stops at `VMPLANE_MAX_DOWNLOAD_BYTES`."""
+    parsed = urlparse(url)
+    sha = hashlib.sha256()
+    done = 0
+    last_pct = -1
+    total: int | None
+
+    async def advance(chunk: bytes, total: int | None) -> None:
+        nonlocal done, last_pct
+        sha.update(chunk)
+        done += len(chunk)
+        pct = int(done * 75 / total) if total else min(70, done // CHUNK)
+        if pct != last_pct:
+            last_pct = pct
+            await ctx.progress(pct, f"downloaded {done} of {total or '?'} bytes")
+
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with part.open("wb") as out:
+        if parsed.scheme == "file":
+            src = Path(unquote(parsed.path))
+            try:
+                total = src.stat().st_size
+                fh = src.open("rb")
+            except OSError as exc:
+                raise VmplaneError(f"cannot read {src}: {exc.strerror}") from exc
+            with fh:
+                while chunk := await asyncio.to_thread(fh.read, CHUNK):
+                    out.write(chunk)
+                    await advance(chunk, total)
+        else:
+            limit = ctx.deps.outbound.max_download_bytes
+            try:
+                async with ctx.deps.outbound.client(timeout=httpx.Timeout(30.0, connect=15.0)) as client:
+                    async with outbound.opened(client, "GET", url) as resp:
+                        if resp.status_code != 200:
+                            raise VmplaneError(f"download failed: {url} answered HTTP {resp.status_code}")
+                        total = int(resp.headers.get("content-length") or 0) or None
+                        async for chunk in outbound.aiter_limited(resp, limit, what, CHUNK):
+                            out.write(chunk)
+                            await advance(chunk, total)
+            except httpx.HTTPError as exc:
+                raise VmplaneError(f"download failed: {outbound.describe(exc)}") from None
+    if done == 0:
+        raise VmplaneError("the source is empty")
+    return sha.hexdigest()

@@ -1,5 +1,6 @@
 """vm-create: place the VM, claim its resources, define it on the node, start it."""
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import Row
@@ -10,13 +11,16 @@ from ...domain import VmStatus
 from ...errors import DriverError, VmplaneError
 from ...placement import Demand
 from ...store import guest as guest_q
+from ...store import isos as iso_q
 from ...store import networks as net_q
 from ...store import snapshots as snap_q
 from ...store import usage as usage_q
 from ...store import vms as vm_q
 from ..engine import HandOff, TaskContext
-from .base import BaseHandler, load_vm, start_vm, vm_spec
+from .base import BaseHandler, check_boot_on, load_vm, start_vm, vm_spec
 from .images import ensure_image
+
+ISO_POLL_SECONDS = 1.0
 
 
 class VmCreate(BaseHandler):
@@ -36,6 +40,7 @@ class VmCreate(BaseHandler):
             spec = vm.spec
             demand = Demand(
                 cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.node_id, pci=spec.pci_passthrough, network_types=spec.network_types,
+                cdrom=vm.wants_boot_setup,
             )  # fmt: skip
             async with deps.store.write() as conn:
                 node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
@@ -50,6 +55,8 @@ class VmCreate(BaseHandler):
         if (line := await deps.guest.prepare_ssh(vm.id, driver)) is not None:
             ctx.log(line)
             vm = await load_vm(ctx)
+        if vm.cdrom_iso_id is not None:
+            await self._await_iso(ctx, vm.cdrom_iso_id)
         image, boot = await ensure_image(ctx, node_id, vm.template_id)
         if boot is not None and vm.spec.kernel_cmdline:  # a config's kernel_cmdline: after the template's
             boot = {**boot, "cmdline": f"{boot.get('cmdline') or ''} {vm.spec.kernel_cmdline}".strip()}
@@ -59,7 +66,9 @@ class VmCreate(BaseHandler):
             if snap is None or snap.image_path is None:
                 raise VmplaneError(f"snapshot {vm.snapshot_id} no longer exists")
             image = snap.image_path
-        await driver.create_vm(await vm_spec(ctx, vm, image, boot))
+        definition = await vm_spec(ctx, vm, image, boot)
+        check_boot_on(driver, node_id, definition.boot, vm.id)
+        await driver.create_vm(definition)
         if not start:
             ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, updated_at=clock.now()))
             ctx.log("defined; not started as asked")
@@ -73,6 +82,22 @@ class VmCreate(BaseHandler):
             lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running)
         )
         ctx.log("running")
+
+    @staticmethod
+    async def _await_iso(ctx: TaskContext, iso_id: str) -> None:
+        """The ISO of the VM's CD-ROM may still be importing (a face's ISO URL): wait for it."""
+        said = False
+        while True:
+            async with ctx.deps.store.read() as conn:
+                iso = await iso_q.get_iso(conn, iso_id)
+            if iso is None or iso.status == "error":
+                raise VmplaneError(f"ISO {iso_id} could not be imported: {iso.error if iso else 'it was deleted'}")
+            if iso.status == "ready":
+                return
+            if not said:
+                await ctx.progress(25, f"waiting for ISO {iso.name} to be imported")
+                said = True
+            await asyncio.sleep(ISO_POLL_SECONDS)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         deps = ctx.deps

@@ -56,7 +56,7 @@ async def _claim_target(ctx: TaskContext, vm: Vm, source: str, unfit: frozenset[
     deps = ctx.deps
     demand = Demand(
         cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=ctx.payload.get("target"),
-        network_types=vm.spec.network_types, exclude=frozenset({source}) | unfit,
+        network_types=vm.spec.network_types, exclude=frozenset({source}) | unfit, cdrom=vm.wants_boot_setup,
     )  # fmt: skip
     async with deps.store.write() as conn:
         target = await deps.capacity.place_and_claim(conn, demand, vm.id)

@@ -10,7 +10,7 @@ from ...errors import Conflict, InvalidRequest, Reason
 from ...store import events as ev_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm
+from .base import BaseHandler, boot_setup, check_boot_on, load_vm
 from .guest_fs import grow_root
 
 
@@ -51,6 +51,8 @@ class VmUpdate(BaseHandler):
             ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")
         if vm.node_id is not None and resizing:
             await self._after_resize(ctx, vm, old, want)
+        if any(k in p for k in ("cdrom", "bootOrder", "firmware")):
+            await self._boot(ctx, vm)
         async with deps.store.write() as conn:
             if p.get("name") is not None and p["name"] != vm.name:
                 if await vm_q.names_taken(conn, [p["name"]], vm.org_id):
@@ -61,6 +63,28 @@ class VmUpdate(BaseHandler):
                 await vm_q.set_vm(conn, vm.id, tags=p["tags"], updated_at=now)
                 await vm_q.set_tags(conn, vm.id, p["tags"])
                 ctx.log("tags replaced")
+
+    @staticmethod
+    async def _boot(ctx: TaskContext, vm: Vm) -> None:
+        """A new CD-ROM content (inserted or ejected at once on a running VM), boot order or
+        firmware (at its next start): told to the node first, then recorded."""
+        p = ctx.payload
+        iso_id = p["cdrom"]["isoId"] if "cdrom" in p else vm.cdrom_iso_id
+        order = tuple(p["bootOrder"]) if "bootOrder" in p else vm.spec.boot_order
+        firmware = p["firmware"] if "firmware" in p else vm.spec.firmware
+        if vm.node_id is not None:
+            driver = ctx.deps.registry.driver(vm.node_id)
+            boot = boot_setup(ctx, vm, iso_id, order, firmware)
+            check_boot_on(driver, vm.node_id, boot, vm.id)
+            await driver.set_boot(vm.id, boot)
+        async with ctx.deps.store.write() as conn:
+            fresh = await vm_q.get_vm(conn, vm.id) or vm
+            spec = fresh.spec.with_(boot_order=order, firmware=firmware).to_json()
+            await vm_q.set_vm(conn, vm.id, cdrom_iso_id=iso_id, spec=spec, updated_at=clock.now())
+        if "cdrom" in p:
+            ctx.log(f"CD-ROM: {iso_id or 'ejected'}")
+        if "bootOrder" in p or "firmware" in p:
+            ctx.log(f"boots {', '.join(order) or 'disk, cdrom'} with {firmware or 'bios'} firmware from its next start")
 
     @staticmethod
     async def _after_resize(ctx: TaskContext, vm: Vm, old: Resources, want: Resources) -> None:

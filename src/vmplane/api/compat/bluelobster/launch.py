@@ -52,6 +52,20 @@ async def _launch(rt: Runtime, who: Principal, spec: NewVm) -> tuple[str, Vm]:
     return job_id, await rt.vms.get(vm_id, who)
 
 
+async def _source(rt: Runtime, who: Principal, template_name: str | None, iso_url: str | None) -> tuple[str | None, str | None]:
+    """(template id, ISO id) a launch boots: a template, or with `iso_url` a blank disk and the
+    ISO in its CD-ROM, imported through the core's ISO library (the outbound policy; the VM's
+    create waits for the download). Both named: 400."""
+    if iso_url is None:
+        return await template_id_named(rt, who, template_name), None
+    if template_name is not None:
+        raise BlError(400, "invalid_request", "give template_name or iso_url, not both")
+    try:
+        return None, await rt.isos.from_url(iso_url, who, "iso_url")
+    except InvalidRequest as exc:
+        raise BlError(400, "invalid_request", exc.message) from None
+
+
 def _queued(job_id: str) -> dict[str, Any]:
     """What both launches answer beside their ids: when, and how to follow the task."""
     return {
@@ -82,9 +96,7 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
             400, "invalid_request", f"Invalid instance type or region specified: {exc.message}",
             details={"valid_instance_types": list(off.catalog.by_name), "valid_regions": [r.name for r in off.catalog.regions]},
         ) from None  # fmt: skip
-    if body.iso_url is not None:
-        raise BlError(400, "invalid_request", "iso_url is not supported by this installation: launch from a template")
-    template_id = await template_id_named(rt, who, body.template_name)
+    template_id, iso_id = await _source(rt, who, body.template_name, body.iso_url)
     try:
         node_id = await off.place(t.demand(), body.region)
     except NoCapacity as exc:
@@ -94,6 +106,7 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
         display_name=body.name,
         resources=Resources(t.vcpus, t.memory_gib * 1024, t.storage_gib),
         template_id=template_id,
+        cdrom=iso_id,
         node_id=node_id,
         pci=t.pci,
         extra=_extra(
@@ -109,8 +122,6 @@ async def launch_instance(body: wire.LaunchInstanceIn, request: Request, rt: Run
 async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """Exact cores, memory (GiB), disk (GB) and GPUs on a named host."""
     off = offerings_of(request)
-    if body.iso_url is not None:
-        raise BlError(400, "invalid_request", "iso_url is not supported by this installation: launch from a template")
     try:
         node = await off.node_of_host(body.host)
     except NotFound:
@@ -123,12 +134,13 @@ async def launch_custom(body: wire.LaunchCustomIn, request: Request, rt: Runtime
             raise BlError(409, "resource_conflict", f"host {body.host} has no GPUs of the instance types' models")
         pci = (model,) * body.gpu_count
         gpu_model = next((t.gpu_model for t in off.catalog.types if t.gpu_pci_model == model), None)
-    template_id = await template_id_named(rt, who, body.template_name)
+    template_id, iso_id = await _source(rt, who, body.template_name, body.iso_url)
     spec = NewVm(
         name=derive_name(body.name),  # names are unique per account: no suffix
         display_name=body.name,
         resources=Resources(body.cores, body.memory * 1024, body.disk_size),
         template_id=template_id,
+        cdrom=iso_id,
         node_id=node.id,
         pci=pci,
         extra=_extra(

@@ -1,4 +1,4 @@
-// Create VM: template, size, node, SSH key, user-data.
+// Create VM: template, size, ISO, boot order, firmware, node, SSH key, user-data.
 
 import { ApiError, listAll, post } from "../api.js";
 import { clearFieldError, errorText, field, fieldError, h, longText, replace, toast } from "../dom.js";
@@ -16,7 +16,7 @@ const NAME_PATTERN = "[A-Za-z0-9](?:[A-Za-z0-9\\-]{0,61}[A-Za-z0-9])?";
 const NAME_HINT = "1 to 63 letters, digits and dashes (-), starting and ending with a letter or digit.";
 
 export async function createPage(main, { navigate, events }) {
-  const [templates, nodes] = await Promise.all([listAll("/templates"), listAll("/nodes")]);
+  const [templates, nodes, isos] = await Promise.all([listAll("/templates"), listAll("/nodes"), listAll("/isos")]);
   const usable = templates.filter((t) => t.status !== "error");
 
   const name = h("input", { name: "name", required: true, maxlength: 63, pattern: NAME_PATTERN, autocomplete: "off" });
@@ -41,6 +41,15 @@ export async function createPage(main, { navigate, events }) {
   for (const el of [cpu, ram, disk]) el.addEventListener("input", () => { size.value = "custom"; });
   const node = h("select", { name: "node" }, h("option", { value: "" }, "any (placement decides)"),
     nodes.map((n) => h("option", { value: n.id, disabled: n.status !== "online" || n.cordoned }, `${n.hostname} (${n.driver}${n.cordoned ? ", cordoned" : ""})`)));
+  // an ISO in the CD-ROM (an installer: with no template the disk is blank), boot order, firmware
+  const iso = h("select", { name: "isoId" }, h("option", { value: "" }, "none (an empty drive)"),
+    isos.filter((i) => i.status === "ready").map((i) => h("option", { value: i.id }, `${i.name}${i.shared ? " (shared)" : ""}`)));
+  const bootOrder = h("select", { name: "bootOrder" },
+    h("option", { value: "disk,cdrom" }, "disk, then CD-ROM"), h("option", { value: "cdrom,disk" }, "CD-ROM, then disk"));
+  const firmware = h("select", { name: "firmware" }, h("option", { value: "bios" }, "BIOS"), h("option", { value: "uefi" }, "UEFI"));
+  iso.addEventListener("change", () => {
+    if (iso.value) { template.value = ""; bootOrder.value = "cdrom,disk"; }
+  });
   const sshKey = h("textarea", { name: "sshKeys", rows: 3, spellcheck: "false", placeholder: "ssh-ed25519 AAAA… user@host" });
   const userData = h("textarea", { name: "userData", rows: 6, spellcheck: "false", placeholder: "#cloud-config\n…" });
   const tags = h("input", { name: "tags", autocomplete: "off" });
@@ -55,6 +64,9 @@ export async function createPage(main, { navigate, events }) {
     h("fieldset", {}, h("legend", {}, "Size"),
       field("Preset", size),
       h("div", { class: "row" }, field("vCPUs", cpu), field("Memory (MiB)", ram), field("Disk (GB)", disk))),
+    h("fieldset", {}, h("legend", {}, "Boot"),
+      field("ISO in the CD-ROM", iso, "An installer or live system from the ISO library (Templates page); choosing one empties Template: the disk is blank, to install on."),
+      h("div", { class: "row" }, field("Boot order", bootOrder), field("Firmware", firmware))),
     field("Node", node),
     field("SSH public keys", sshKey, keysFor()),
     field("User-data", userData, "#cloud-config or a #! script, given to cloud-init (NoCloud)."),
@@ -78,6 +90,9 @@ export async function createPage(main, { navigate, events }) {
     };
     if (template.value) spec.templateId = template.value;
     if (node.value) spec.nodeId = node.value;
+    if (iso.value) spec.cdrom = { isoId: iso.value };
+    if (bootOrder.value !== "disk,cdrom") spec.bootOrder = bootOrder.value.split(",");
+    if (firmware.value !== "bios") spec.firmware = firmware.value;
     const keys = sshKey.value.split("\n").map((k) => k.trim()).filter(Boolean);
     if (keys.length) spec.sshKeys = keys;
     if (userData.value.trim()) spec.cloudInit = { userData: userData.value };

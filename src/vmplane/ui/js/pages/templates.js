@@ -1,5 +1,7 @@
 // Templates: the list (own and shared), import from a URL, upload an image file (the browser's
 // upload progress, then the import job's), delete (asks first; the server's reason when it refuses).
+// ISOs (the ISO library VMs boot from their CD-ROM): the list, upload with progress, import from
+// a URL, delete (refused while a VM's CD-ROM holds one: the server names the VMs).
 
 import { ApiError, del, listAll, post, upload } from "../api.js";
 import { clearErrors, showError } from "../formerrors.js";
@@ -123,6 +125,84 @@ export async function templatesPage(main, { events }) {
     load();
   });
 
+  // --- ISOs
+  const isoBody = h("tbody");
+  const isoNote = h("p", { class: "muted" });
+  const isoAlert = h("div", { role: "alert" });
+  const isoFile = h("input", { name: "body", id: "iso-up-body", type: "file", accept: ".iso" });
+  const isoUrl = h("input", { name: "sourceUrl", id: "iso-up-sourceUrl", type: "url", maxlength: 2048, placeholder: "or an http(s) URL the server fetches", autocomplete: "off" });
+  const isoName = h("input", { name: "name", id: "iso-up-name", required: true, maxlength: 63, pattern: "[A-Za-z0-9][A-Za-z0-9._-]*", autocomplete: "off" });
+  const isoSha = h("input", { name: "sha256", id: "iso-up-sha256", maxlength: 64, autocomplete: "off", placeholder: "optional: checked before the ISO is offered" });
+  const isoBar = h("progress", { max: 100, value: 0, "aria-label": "ISO upload progress" });
+  const isoText = h("span", { class: "bar-label", id: "iso-up-progress" });
+  const isoProgress = h("div", { class: "job-watch", hidden: true }, h("span", {}, "Upload: "), isoBar, " ", isoText);
+  const isoJob = h("div", { class: "job-box", id: "iso-up-job" });
+  isoFile.addEventListener("change", () => {
+    if (isoFile.files[0] && !isoName.value) isoName.value = isoFile.files[0].name.replace(/\.iso$/i, "").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "").slice(0, 63);
+  });
+  const isoForm = h("form", { class: "card", "aria-labelledby": "iso-up-title" },
+    h("h2", { id: "iso-up-title" }, "Add an ISO"),
+    isoAlert,
+    field("ISO file", isoFile, "An installer or live system (ISO 9660) from this computer, or a URL below."),
+    field("ISO URL", isoUrl),
+    h("div", { class: "row" }, field("Name", isoName), field("SHA-256", isoSha)),
+    h("button", { type: "submit" }, "Add ISO"),
+    isoProgress,
+    isoJob);
+  isoForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearErrors(isoForm, isoAlert);
+    const f = isoFile.files[0];
+    const name = isoName.value.trim();
+    const sha = isoSha.value.trim();
+    try {
+      if (f) {
+        const q = new URLSearchParams({ name });
+        if (sha) q.set("sha256", sha);
+        isoProgress.hidden = false;
+        const iso = await upload(`/isos/upload?${q}`, f, (loaded, total) => {
+          const pct = total ? Math.floor((loaded * 100) / total) : 0;
+          isoBar.value = pct;
+          isoText.textContent = `${bytes(loaded)} of ${bytes(total)} (${pct}%)`;
+        });
+        toast(`ISO ${iso.name} is ready.`);
+      } else {
+        const r = await post("/isos", { name, sourceUrl: isoUrl.value.trim(), ...(sha ? { sha256: sha } : {}) });
+        loadIsos();
+        const job = await watch(isoJob, r.jobId, `Import of ISO ${name}`);
+        if (job.state === "succeeded") toast(`ISO ${name} is ready.`);
+        else replace(isoAlert, h("p", { class: "alert" }, `Import of ${name} ${job.state}: ${jobError(job) || "see the job"}`));
+      }
+      isoFile.value = ""; isoName.value = ""; isoSha.value = ""; isoUrl.value = "";
+    } catch (err) {
+      showError(isoForm, isoAlert, err, "iso-up");
+    } finally {
+      isoProgress.hidden = true;
+    }
+    loadIsos();
+  });
+
+  async function removeIso(i) {
+    if (!(await confirmAction(`Delete ISO ${i.name}?`, "Delete"))) return;
+    try { await del(`/isos/${i.id}`); } catch (err) { toast(errorText(err), "error"); return; }
+    toast(`ISO ${i.name} deleted.`);
+    loadIsos();
+  }
+
+  async function loadIsos() {
+    const items = await listAll("/isos");
+    keepFocus(isoBody, () => replace(isoBody, items.map((i) => h("tr", { dataset: { isoId: i.id } },
+      td("Name", h("strong", {}, i.name), h("div", { class: "muted" }, i.id)),
+      td("Status", badge(i.status), i.error ? h("div", { class: "error-text" }, i.error) : null),
+      td("Size", i.sizeBytes ? bytes(i.sizeBytes) : "–"),
+      td("Owner", i.shared ? "shared" : "own"),
+      td("Source", i.sourceUrl ? h("span", { class: "muted", title: i.sourceUrl }, shortUrl(i.sourceUrl)) : "uploaded"),
+      td("Created", when(i.createdAt)),
+      td("Actions", h("button", { type: "button", class: "secondary", "aria-label": `Delete ISO ${i.name}`,
+        disabled: i.status === "importing", onclick: () => removeIso(i) }, "Delete"))))));
+    isoNote.textContent = items.length ? "" : "No ISOs.";
+  }
+
   // --- the list
   async function remove(t) {
     if (!(await confirmAction(`Delete template ${t.name}? VMs cannot be made from it any more.`, "Delete"))) return;
@@ -157,11 +237,18 @@ export async function templatesPage(main, { events }) {
       body)),
     note,
     deleting,
-    h("div", { class: "grid" }, upForm, urlForm));
+    h("div", { class: "grid" }, upForm, urlForm),
+    h("h2", { id: "isos-title" }, "ISOs"),
+    h("div", { class: "table-wrap" }, h("table", { class: "stack", id: "isos" },
+      h("caption", { class: "visually-hidden" }, "ISOs VMs may boot from their CD-ROM"),
+      h("thead", {}, h("tr", {}, ["Name", "Status", "Size", "Owner", "Source", "Created", "Actions"].map((c) => h("th", { scope: "col" }, c)))),
+      isoBody)),
+    isoNote,
+    isoForm);
 
-  const refresh = batcher(() => load().catch((err) => console.warn(err)), 300);
+  const refresh = batcher(() => Promise.all([load(), loadIsos()]).catch((err) => console.warn(err)), 300);
   const off = events.on((ev) => { if (ev.type.startsWith("job.")) refresh("list"); });
-  await load();
+  await Promise.all([load(), loadIsos()]);
   return () => {
     off();
     for (const w of watches) w.stop();
