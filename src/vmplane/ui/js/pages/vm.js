@@ -275,6 +275,9 @@ export async function vmPage(main, { events, navigate }, vmId, { display: openDi
       refresh("jobs");
     }
   });
+  // what changed between the first GET and this subscription came as events nobody heard
+  // (a create that failed while the page loaded stayed "starting"): read the VM once more
+  refresh("vm");
 
   drawVm();
   if (openDisplay) { // #/vms/ID/display (`vmplane vm display`): the display, connected
