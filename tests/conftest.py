@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import socket
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -58,6 +59,20 @@ def _no_processes_left(tmp_path: Any) -> Iterator[None]:
     for pid, _argv in procfs.processes_mentioning(marker):
         if pid != os.getpid():
             procfs.kill(pid)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_processes_left_by_the_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same after each module, for what module-scoped fixtures started in directories of
+    their own (a guest left running there would slow every later test): no test process
+    outlives its module, so whatever still runs from the run's temporary directory is killed,
+    and named in a warning."""
+    yield
+    marker = str(tmp_path_factory.getbasetemp()) + os.sep
+    for pid, argv in procfs.processes_mentioning(marker):
+        if pid != os.getpid():
+            procfs.kill(pid)
+            warnings.warn(f"killed a process the module left running: {' '.join(argv)[:200]}", stacklevel=1)
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from vmplane import procfs
 from vmplane.images import tiny_dir
 from vmplane.images.tiny import load_tiny_image
 
@@ -104,6 +106,8 @@ async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
         yield Lab(s, r.json(), iso_file)
     finally:
         await s.stop()
+        for pid, _argv in procfs.processes_mentioning(str(root) + os.sep):  # guests outlive their server by design
+            procfs.kill(pid)
 
 
 async def test_a_blank_disk_vm_boots_the_iso_on_bios(lab: Lab) -> None:
