@@ -25,14 +25,7 @@ ws_router = APIRouter(tags=["guest"])
 async def console_token(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """A one-time token (60 s) for the serial console WebSocket."""
     token, expires, vm = await rt.guest.console_token(vm_id, who)
-    return JSONResponse(
-        {
-            "token": token,
-            "expiresAt": clock.rfc3339(expires),
-            "websocketPath": f"/api/v1/vms/{vm.id}/console/ws?token={token}",
-        },
-        headers=NO_STORE,
-    )
+    return _token_answer(token, expires, f"/api/v1/vms/{vm.id}/console/ws")
 
 
 @ws_router.websocket("/vms/{vm_id}/console/ws")
@@ -62,13 +55,13 @@ async def console_ws(websocket: WebSocket, vm_id: str, token: str = "") -> None:
 async def vnc_token(vm_id: str, rt: RuntimeDep, who: CallerDep) -> JSONResponse:
     """A one-time token (60 s) for the graphical console's WebSocket (RFB, as noVNC speaks it)."""
     token, expires, vm = await rt.guest.vnc_token(vm_id, who)
+    return _token_answer(token, expires, f"/api/v1/vms/{vm.id}/vnc/ws")
+
+
+def _token_answer(token: str, expires: float, websocket_path: str) -> JSONResponse:
+    """A console's one-time token, when it expires, and the WebSocket path that takes it."""
     return JSONResponse(
-        {
-            "token": token,
-            "expiresAt": clock.rfc3339(expires),
-            "websocketPath": f"/api/v1/vms/{vm.id}/vnc/ws?token={token}",
-        },
-        headers=NO_STORE,
+        {"token": token, "expiresAt": clock.rfc3339(expires), "websocketPath": f"{websocket_path}?token={token}"}, headers=NO_STORE
     )
 
 
