@@ -24,7 +24,7 @@ from ..http_clients import api_client
 from ..ids import looks_like_id, looks_like_uuid
 from .show import job_doing, job_tally
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error line is never broken by rich: a path or URL in it stays whole to copy (the terminal wraps it)
 FINAL = {"succeeded", "failed", "partial", "cancelled"}
 
 FLAGS = {
