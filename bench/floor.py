@@ -21,7 +21,11 @@ Each round measures, one after the other: floor GET, vmplane GET, floor list, vm
 (`wrk -t1 -c16`, `--seconds` each; the GETs spread over 500 of the VMs). Printed: each
 figure per round, then the ratio vmplane / floor of requests/s for the single GET and the
 list, from the medians over the rounds, with p99 beside each, and the load average before and
-after (the machine is shared: compare ratios, not absolute figures, across runs).
+after (the machine is shared: compare ratios, not absolute figures, across runs). Beside
+requests/s, each server's CPU time per request (its process's user + system time over the
+run, from /proc, divided by the requests answered), and the ratio floor / vmplane of those:
+what each request costs the server, which other load on the machine moves far less than it
+moves throughput (on an idle machine with a core to each side, the two ratios agree).
 
 `--profile DIR`: after the measured rounds, one more wrk run of each vmplane read under
 `py-spy record` (installed into this Python with pip if missing; pinned in pyproject.toml's
@@ -99,6 +103,19 @@ async def copy_documents(client: object, db: str) -> int:
     return len(docs)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, url: str, paths: list[str], connections: int, seconds: int, key: str | None) -> tuple[float, float, float, float]:
+    """wrk's p50 and p99 (ms) and requests/s, and the server's CPU µs per request."""
+    cpu = cpu_seconds(pid)
+    p50, p99, rps = wrk_latency(url, paths, connections, seconds, key)
+    return p50, p99, rps, (cpu_seconds(pid) - cpu) / (rps * seconds) * 1e6
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -160,35 +177,39 @@ async def main(args: argparse.Namespace) -> None:
         print(f"floor: {await copy_documents(srv.client, db)} documents copied into {db}")
         port = free_port()
         floor_cmd = [sys.executable, __file__, "--serve-floor", db, str(port)]
-        async with process(floor_cmd, f"http://127.0.0.1:{port}", "/vms?limit=1"):
+        async with process(floor_cmd, f"http://127.0.0.1:{port}", "/vms?limit=1") as (floor_proc, _):
             floor_url = f"http://127.0.0.1:{port}"
             sample = ids[:: max(1, len(ids) // 500)]
             runs = {
-                "floor GET": (floor_url, [f"/vms/{v}" for v in sample], None),
-                "vmplane GET": (srv.url, [f"/api/v1/vms/{v}" for v in sample], srv.key),
-                "floor list": (floor_url, ["/vms?limit=50"], None),
-                "vmplane list": (srv.url, ["/api/v1/vms?limit=50"], srv.key),
+                "floor GET": (floor_proc.pid, floor_url, [f"/vms/{v}" for v in sample], None),
+                "vmplane GET": (srv.pid, srv.url, [f"/api/v1/vms/{v}" for v in sample], srv.key),
+                "floor list": (floor_proc.pid, floor_url, ["/vms?limit=50"], None),
+                "vmplane list": (srv.pid, srv.url, ["/api/v1/vms?limit=50"], srv.key),
             }
-            figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
+            figures: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in runs}
             for r in range(args.rounds):
-                for name, (url, paths, key) in runs.items():
-                    p50, p99, rps = wrk_latency(url, paths, args.concurrency, args.seconds, key)
-                    figures[name].append((p50, p99, rps))
-                    print(f"round {r + 1} {name:13s} p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  {rps:6.0f} req/s   (load {loadavg()})")
+                for name, (pid, url, paths, key) in runs.items():
+                    p50, p99, rps, cpu_us = measured(pid, url, paths, args.concurrency, args.seconds, key)
+                    figures[name].append((p50, p99, rps, cpu_us))
+                    print(
+                        f"round {r + 1} {name:13s} p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  {rps:6.0f} req/s  {cpu_us:5.0f} µs CPU/request   (load {loadavg()})"
+                    )
 
             def median(name: str, i: int) -> float:
                 return statistics.median(f[i] for f in figures[name])
 
             for what, target in (("GET", "GET /api/v1/vms/{id}"), ("list", "GET /api/v1/vms?limit=50")):
                 f_rps, v_rps = median(f"floor {what}", 2), median(f"vmplane {what}", 2)
+                f_cpu, v_cpu = median(f"floor {what}", 3), median(f"vmplane {what}", 3)
                 print(f"{target}: vmplane / floor = {v_rps / f_rps:.2f} ({v_rps:.0f} / {f_rps:.0f} req/s); "
-                      f"p99 vmplane {median(f'vmplane {what}', 1):.1f} ms, floor {median(f'floor {what}', 1):.1f} ms")  # fmt: skip
+                      f"p99 vmplane {median(f'vmplane {what}', 1):.1f} ms, floor {median(f'floor {what}', 1):.1f} ms; "
+                      f"CPU per request floor / vmplane = {f_cpu / v_cpu:.2f} ({f_cpu:.0f} / {v_cpu:.0f} µs)")  # fmt: skip
             print(f"load average at the end: {loadavg()}")
             if args.profile:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 for name, file in (("vmplane GET", "get.txt"), ("vmplane list", "list.txt")):
-                    url, paths, key = runs[name]
-                    profile(srv.pid, url, paths, key or "", args.seconds, args.profile / file)
+                    pid, url, paths, key = runs[name]
+                    profile(pid, url, paths, key or "", args.seconds, args.profile / file)
 
 
 if __name__ == "__main__":
