@@ -45,13 +45,22 @@ _GET_VM = select(vms).where(or_(vms.c.id == bindparam("ref"), vms.c.uuid == bind
 
 async def get_vm(conn: AsyncConnection, ref: str) -> Vm | None:
     """A VM by native id or uuid."""
-    row = (await conn.execute(_GET_VM, {"ref": ref})).first()
-    return Vm.from_row(row) if row is not None else None
+    result = await conn.execute(_GET_VM, {"ref": ref})
+    keys = tuple(result.keys())
+    row = result.first()
+    return Vm.from_row(row, keys) if row is not None else None
+
+
+async def _records(conn: AsyncConnection, q: Any, params: dict[str, Any] | None = None) -> list[Vm]:
+    """The VM records a query of whole `vms` rows returns."""
+    result = await conn.execute(q, params)
+    keys = tuple(result.keys())
+    return [Vm.from_row(r, keys) for r in result.all()]
 
 
 async def get_vms(conn: AsyncConnection, refs: Sequence[str]) -> list[Vm]:
     q = select(vms).where(or_(vms.c.id.in_(refs), vms.c.uuid.in_(refs)))
-    return [Vm.from_row(r) for r in (await conn.execute(q)).all()]
+    return await _records(conn, q)
 
 
 async def names_taken(conn: AsyncConnection, names: Sequence[str], org_id: str) -> set[str]:
@@ -102,11 +111,11 @@ async def list_vms(
     }
     params = {k: v for k, v in given.items() if v is not None}
     q = _list_query(tuple(params))
-    return [Vm.from_row(r) for r in (await conn.execute(q, {**params, "limit": limit})).all()]
+    return await _records(conn, q, {**params, "limit": limit})
 
 
 async def vms_on_node(conn: AsyncConnection, node_id: str) -> list[Vm]:
-    return [Vm.from_row(r) for r in (await conn.execute(select(vms).where(vms.c.node_id == node_id))).all()]
+    return await _records(conn, select(vms).where(vms.c.node_id == node_id))
 
 
 async def vms_using_template(conn: AsyncConnection, template_id: str) -> int:
