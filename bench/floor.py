@@ -47,6 +47,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bulk_create, free_port, process, server, wrk_latency  # noqa: E402
@@ -54,11 +58,8 @@ from common import bulk_create, free_port, process, server, wrk_latency  # noqa:
 PY_SPY = "py-spy==0.4.3"  # as pinned in pyproject.toml's `bench` extra
 
 
-def floor_app(db: str) -> object:
+def floor_app(db: str) -> FastAPI:
     """The floor: FastAPI, stdlib sqlite3, nothing else."""
-    from fastapi import FastAPI, HTTPException, Query
-    from fastapi.responses import JSONResponse
-
     app = FastAPI()
     conn = sqlite3.connect(db, check_same_thread=False)
 
@@ -79,11 +80,9 @@ def floor_app(db: str) -> object:
 
 
 def serve_floor(db: str, port: int) -> None:
-    import uvicorn
-
     uvicorn.run(
         floor_app(db), host="127.0.0.1", port=port, loop="uvloop", http="httptools", workers=1, log_level="warning", access_log=False
-    )  # type: ignore[arg-type]
+    )
 
 
 async def copy_documents(client: object, db: str) -> int:
