@@ -172,43 +172,44 @@ async def main(args: argparse.Namespace) -> None:
         ids, states, _, took = await bulk_create(srv.client, args.vms, args.batch)
         assert states == {"succeeded"}, states
         print(f"vmplane: {args.vms} VMs on {args.nodes} sim nodes made in {took:.1f} s")
-        db = str(Path(tempfile.mkdtemp(prefix="vmplane-floor-")) / "floor.db")
-        print(f"floor: {await copy_documents(srv.client, db)} documents copied into {db}")
-        port = free_port()
-        floor_cmd = [sys.executable, __file__, "--serve-floor", db, str(port)]
-        async with process(floor_cmd, f"http://127.0.0.1:{port}", "/vms?limit=1") as (floor_proc, _):
-            floor_url = f"http://127.0.0.1:{port}"
-            sample = ids[:: max(1, len(ids) // 500)]
-            runs = {
-                "floor GET": (floor_proc.pid, floor_url, [f"/vms/{v}" for v in sample], None),
-                "vmplane GET": (srv.pid, srv.url, [f"/api/v1/vms/{v}" for v in sample], srv.key),
-                "floor list": (floor_proc.pid, floor_url, ["/vms?limit=50"], None),
-                "vmplane list": (srv.pid, srv.url, ["/api/v1/vms?limit=50"], srv.key),
-            }
-            figures: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in runs}
-            for r in range(args.rounds):
-                for name, (pid, url, paths, key) in runs.items():
-                    p50, p99, rps, cpu_us = measured(pid, url, paths, args.concurrency, args.seconds, key)
-                    figures[name].append((p50, p99, rps, cpu_us))
-                    print(
-                        f"round {r + 1} {name:13s} p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  {rps:6.0f} req/s  {cpu_us:5.0f} µs CPU/request   (load {loadavg()})"
-                    )
+        with tempfile.TemporaryDirectory(prefix="vmplane-floor-") as tmp:
+            db = str(Path(tmp) / "floor.db")
+            print(f"floor: {await copy_documents(srv.client, db)} documents copied into {db}")
+            port = free_port()
+            floor_cmd = [sys.executable, __file__, "--serve-floor", db, str(port)]
+            async with process(floor_cmd, f"http://127.0.0.1:{port}", "/vms?limit=1") as (floor_proc, _):
+                floor_url = f"http://127.0.0.1:{port}"
+                sample = ids[:: max(1, len(ids) // 500)]
+                runs = {
+                    "floor GET": (floor_proc.pid, floor_url, [f"/vms/{v}" for v in sample], None),
+                    "vmplane GET": (srv.pid, srv.url, [f"/api/v1/vms/{v}" for v in sample], srv.key),
+                    "floor list": (floor_proc.pid, floor_url, ["/vms?limit=50"], None),
+                    "vmplane list": (srv.pid, srv.url, ["/api/v1/vms?limit=50"], srv.key),
+                }
+                figures: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in runs}
+                for r in range(args.rounds):
+                    for name, (pid, url, paths, key) in runs.items():
+                        p50, p99, rps, cpu_us = measured(pid, url, paths, args.concurrency, args.seconds, key)
+                        figures[name].append((p50, p99, rps, cpu_us))
+                        print(
+                            f"round {r + 1} {name:13s} p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  {rps:6.0f} req/s  {cpu_us:5.0f} µs CPU/request   (load {loadavg()})"
+                        )
 
-            def median(name: str, i: int) -> float:
-                return statistics.median(f[i] for f in figures[name])
+                def median(name: str, i: int) -> float:
+                    return statistics.median(f[i] for f in figures[name])
 
-            for what, target in (("GET", "GET /api/v1/vms/{id}"), ("list", "GET /api/v1/vms?limit=50")):
-                f_rps, v_rps = median(f"floor {what}", 2), median(f"vmplane {what}", 2)
-                f_cpu, v_cpu = median(f"floor {what}", 3), median(f"vmplane {what}", 3)
-                print(f"{target}: vmplane / floor = {v_rps / f_rps:.2f} ({v_rps:.0f} / {f_rps:.0f} req/s); "
-                      f"p99 vmplane {median(f'vmplane {what}', 1):.1f} ms, floor {median(f'floor {what}', 1):.1f} ms; "
-                      f"CPU per request floor / vmplane = {f_cpu / v_cpu:.2f} ({f_cpu:.0f} / {v_cpu:.0f} µs)")  # fmt: skip
-            print(f"load average at the end: {loadavg()}")
-            if args.profile:
-                args.profile.mkdir(parents=True, exist_ok=True)
-                for name, file in (("vmplane GET", "get.txt"), ("vmplane list", "list.txt")):
-                    pid, url, paths, key = runs[name]
-                    profile(pid, url, paths, key or "", args.seconds, args.profile / file)
+                for what, target in (("GET", "GET /api/v1/vms/{id}"), ("list", "GET /api/v1/vms?limit=50")):
+                    f_rps, v_rps = median(f"floor {what}", 2), median(f"vmplane {what}", 2)
+                    f_cpu, v_cpu = median(f"floor {what}", 3), median(f"vmplane {what}", 3)
+                    print(f"{target}: vmplane / floor = {v_rps / f_rps:.2f} ({v_rps:.0f} / {f_rps:.0f} req/s); "
+                          f"p99 vmplane {median(f'vmplane {what}', 1):.1f} ms, floor {median(f'floor {what}', 1):.1f} ms; "
+                          f"CPU per request floor / vmplane = {f_cpu / v_cpu:.2f} ({f_cpu:.0f} / {v_cpu:.0f} µs)")  # fmt: skip
+                print(f"load average at the end: {loadavg()}")
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    for name, file in (("vmplane GET", "get.txt"), ("vmplane list", "list.txt")):
+                        pid, url, paths, key = runs[name]
+                        profile(pid, url, paths, key or "", args.seconds, args.profile / file)
 
 
 if __name__ == "__main__":
