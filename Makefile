@@ -1,7 +1,7 @@
 # make run  — set up everything, put `vmplane` on PATH, then serve vmplane on 127.0.0.1:8080 (data in
 #             ./.vmplane); `make run PORT=9090 DATA_DIR=/srv/vmplane` serves elsewhere
 # make test — set up everything (QEMU, Chromium, a throwaway PostgreSQL), then run the whole test suite
-# make bench — print the benchmark figures recorded in docs/benchmarks.md
+# make bench — print the benchmark figures recorded in docs/benchmarks.md (core, then the reads beside the floor)
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -58,6 +58,7 @@ test: $(STAMP) system browser vcsim
 
 bench: $(STAMP)
 	$(PY) bench/core.py
+	$(PY) bench/floor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,12 +1,16 @@
 """What every benchmark shares: its own `vmplane serve` process, on a free port, with a fresh
-data dir, and a client holding the owner key that server wrote."""
+data dir, and a client holding the owner key that server wrote; a bulk create through it; and
+latency measured by wrk."""
 
 import asyncio
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +40,30 @@ NO_RATE_LIMITS = {
 
 
 @asynccontextmanager
+async def process(
+    cmd: list[str], url: str, ready: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], httpx.AsyncClient]]:
+    """Run `cmd` (a server listening at `url`) until the block ends; yields (the process, a
+    client of it) once GET `ready` answers 200."""
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            for _ in range(1200):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{cmd[:4]} exited")
+                try:
+                    if (await client.get(ready)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            yield proc, client
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@asynccontextmanager
 async def server(
     args: list[str], env: dict[str, str] | None = None, prefix: str = "vmplane-bench-", port: int = 0
 ) -> AsyncIterator[BenchServer]:
@@ -43,24 +71,59 @@ async def server(
     yields once it is ready."""
     port = port or free_port()
     data = Path(tempfile.mkdtemp(prefix=prefix))
-    full_env = {**os.environ, **NO_RATE_LIMITS, **(env or {})}
     cmd = [sys.executable, "-m", "vmplane.cli.main", "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning", *args]
-    proc = subprocess.Popen(cmd, env=full_env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            for _ in range(1200):
-                if proc.poll() is not None:
-                    raise RuntimeError("vmplane serve exited")
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
-            key = (data / "admin-api-key").read_text().strip()
-            client.headers["X-API-Key"] = key
-            yield BenchServer(url, port, data, key, client, proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait()
+    async with process(cmd, url, "/readyz", {**NO_RATE_LIMITS, **(env or {})}) as (proc, client):
+        key = (data / "admin-api-key").read_text().strip()
+        client.headers["X-API-Key"] = key
+        yield BenchServer(url, port, data, key, client, proc.pid)
+
+
+async def bulk_create(client: httpx.AsyncClient, vms: int, batch: int) -> tuple[list[str], set[str], float, float]:
+    """Create `vms` sim VMs (1 vCPU, 1 GiB, 10 GB) in bulk requests of at most `batch`, sent
+    all at once, and wait for every job to end: (the VMs' ids, the jobs' end states, seconds
+    until every request was accepted, seconds until every job had ended)."""
+    specs = [{"name": f"b-{i}", "resources": {"cpu": 1, "ramMb": 1024, "diskGb": 10}} for i in range(vms)]
+    batches = [specs[i : i + batch] for i in range(0, len(specs), batch)]
+    t0 = time.perf_counter()
+    responses = await asyncio.gather(*(client.post("/api/v1/vms", json=b) for b in batches))
+    for r in responses:
+        assert r.status_code == 202, r.text
+    accepted = time.perf_counter() - t0
+    states = set()
+    for r in responses:
+        while True:
+            job = (await client.get(f"/api/v1/jobs/{r.json()['jobId']}")).json()
+            if job["state"] not in ("queued", "running"):
+                states.add(job["state"])
+                break
+            await asyncio.sleep(0.25)
+    took = time.perf_counter() - t0
+    return [v for r in responses for v in r.json()["vmIds"]], states, accepted, took
+
+
+def wrk_latency(url: str, paths: list[str], connections: int, seconds: int, key: str | None) -> tuple[float, float, float]:
+    """p50 and p99 in ms and requests/s, measured by wrk (a C load generator: a Python client
+    on the same two cores would measure itself), one thread, `connections` connections, each
+    request for one of `paths` at random; `key` is sent as X-API-Key."""
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"], check=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write("local paths = {" + ",".join(f'"{p}"' for p in paths) + "}\n")
+        f.write("request = function() return wrk.format('GET', paths[math.random(#paths)]) end\n")
+    auth = ["-H", f"X-API-Key: {key}"] if key else []
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *auth, "-s", f.name, url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    os.unlink(f.name)
+    refused = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    assert refused is None, f"{refused.group(1)} answers were not 2xx: the figures would measure refusals, not the server\n{out}"
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return ms("50%"), ms("99%"), rps

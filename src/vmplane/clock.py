@@ -1,5 +1,6 @@
 """The one clock: epoch seconds inside, RFC 3339 UTC with `Z` on the wire."""
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import overload
@@ -17,7 +18,22 @@ def rfc3339(ts: float | None) -> str | None:
     """A time on the wire; None (a time that is not set) stays None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # a page of 50 VMs renders 100-150 of these (12 % of the page's time through datetime):
+    # time.gmtime is ~3x cheaper, and times cluster (VMs made in one bulk request, changed by
+    # one job) so the text of recent seconds is kept. Rounded to the microsecond first, as
+    # datetime.fromtimestamp rounds (half to even), so both agree on every timestamp.
+    frac, whole = math.modf(ts)
+    second = int(whole) + round(frac * 1e6) // 1_000_000
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+    return text
+
+
+_SECONDS: dict[int, str] = {}
+"""second -> its RFC 3339 text, for the seconds formatted lately (emptied when 4,096 are kept)"""
 
 
 def rfc3339_ms(ts: float) -> str:

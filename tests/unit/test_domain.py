@@ -1,5 +1,7 @@
 """Small pure pieces: job end states, uptime format, page tokens, ids."""
 
+from datetime import UTC, datetime
+
 import pytest
 
 from vmplane import clock, ids
@@ -30,6 +32,15 @@ def test_human_duration(seconds: int, text: str) -> None:
 def test_rfc3339() -> None:
     assert clock.rfc3339(0) == "1970-01-01T00:00:00Z"
     assert clock.rfc3339(None) is None
+
+
+@pytest.mark.parametrize(
+    "ts", [1765000000.9999995, 1765000000.9999994, 169028091.9999995, 1.4999, 86399.9999999, -0.0000004, -1.5, 951782400.0, 4102444799.5]
+)
+def test_rfc3339_agrees_with_datetime(ts: float) -> None:
+    """The fast formatting rounds to the microsecond as datetime does (a time a hair before a
+    second's end is that second's end on both)."""
+    assert clock.rfc3339(ts) == datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_page_tokens_round_trip_and_reject_foreign_tokens() -> None:

@@ -7,6 +7,7 @@ its SSH endpoint) are properties of the record, computed here once for every fac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +49,11 @@ class Vm:
     """the ISO in its CD-ROM (None: empty; migration 0032)"""
 
     @classmethod
-    def from_row(cls, row: Any) -> Vm:
-        """From a row of the whole `vms` table (its columns are this record's fields)."""
-        values = row._asdict()
+    def from_row(cls, row: Any, keys: Sequence[str] | None = None) -> Vm:
+        """From a row of the whole `vms` table (its columns are this record's fields).
+        `keys`: the result's column names (`result.keys()`), when reading many rows of one
+        result: naming a row's values through them costs 1 µs, through `row._asdict()` 8."""
+        values = dict(zip(keys, row)) if keys is not None else row._asdict()
         values["spec"] = StoredSpec.from_json(values["spec"])
         return from_fields(cls, values)
 

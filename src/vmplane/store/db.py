@@ -2,12 +2,14 @@
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -17,6 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from . import events  # the event log is part of every write transaction
 from .events import EVENTS_FLAG
+
+
+def json_loads(text: str | bytes) -> Any:
+    """JSON columns as the store reads them: by orjson (a page of 50 VMs decodes 50 specs and
+    their tags: 10 % of the page's time by the json module), by the json module for what
+    orjson refuses (NaN, which json.dumps may have written)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 7_420_001  # PostgreSQL advisory lock: one replica migrates at a time
@@ -89,7 +102,7 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # any SQLite URL (`sqlite://`, `sqlite+aiosqlite://` of older configs) runs on sqlite3
             sync_url = "sqlite+pysqlite://" + self.url.split("://", 1)[1]
-            sync = create_engine(sync_url, pool_size=self._pool_size, max_overflow=20)
+            sync = create_engine(sync_url, pool_size=self._pool_size, max_overflow=20, json_deserializer=json_loads)
 
             @event.listens_for(sync, "connect")
             def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -106,7 +119,7 @@ class Store:
             return
         # Tasks hold a connection only for short transactions, never two at once; 50 in all
         # leaves PostgreSQL's default 100 for a second replica.
-        engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=40, pool_pre_ping=True)
+        engine = create_async_engine(self.url, pool_size=self._pool_size, max_overflow=40, pool_pre_ping=True, json_deserializer=json_loads)
         self._engine = engine
         async with engine.begin() as aconn:
             await aconn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})

@@ -3,7 +3,7 @@
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, true, update
+from sqlalchemy import Float, Integer, Row, bindparam, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import NodeStatus
@@ -48,30 +48,56 @@ async def set_cordoned(conn: AsyncConnection, node_id: str, cordoned: bool, now:
     await conn.execute(update(nodes).where(nodes.c.id == node_id).values(cordoned=cordoned, updated_at=now))
 
 
+def _claim_statement(new_vm: bool) -> Any:
+    """The claim's UPDATE, its figures bound at execution (a bulk create claims once per VM:
+    building the statement each time cost more than running it)."""
+    return (
+        update(nodes)
+        .where(
+            nodes.c.id == bindparam("node_id"),
+            nodes.c.status == NodeStatus.ONLINE.value,
+            nodes.c.cordoned.is_(False) if new_vm else true(),
+            nodes.c.cpu_used + bindparam("cpu", type_=Integer) <= nodes.c.cpu_total * bindparam("rc", type_=Float),
+            nodes.c.ram_mb_used + bindparam("ram_mb", type_=Integer) <= nodes.c.ram_mb_total * bindparam("rr", type_=Float),
+            nodes.c.disk_gb_used + bindparam("disk_gb", type_=Integer) <= nodes.c.disk_gb_total * bindparam("rd", type_=Float),
+        )
+        .values(
+            cpu_used=nodes.c.cpu_used + bindparam("cpu", type_=Integer),
+            ram_mb_used=nodes.c.ram_mb_used + bindparam("ram_mb", type_=Integer),
+            disk_gb_used=nodes.c.disk_gb_used + bindparam("disk_gb", type_=Integer),
+            updated_at=bindparam("now", type_=Float),
+        )
+    )
+
+
+_CLAIM = {new_vm: _claim_statement(new_vm) for new_vm in (True, False)}
+
+
 async def claim(
-    conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, disk_gb: int, ratios: tuple[float, float, float], now: float,
-    *, new_vm: bool = True,
+    conn: AsyncConnection,
+    node_id: str,
+    cpu: int,
+    ram_mb: int,
+    disk_gb: int,
+    ratios: tuple[float, float, float],
+    now: float,
+    *,
+    new_vm: bool = True,
 ) -> bool:
     """Atomically add a claim to a node if it stays within capacity × overcommit (and, for a
     new VM, if the node is not cordoned)."""
     rc, rr, rd = ratios
-    res = await conn.execute(
-        update(nodes)
-        .where(
-            nodes.c.id == node_id,
-            nodes.c.status == NodeStatus.ONLINE.value,
-            nodes.c.cordoned.is_(False) if new_vm else true(),
-            nodes.c.cpu_used + cpu <= nodes.c.cpu_total * rc,
-            nodes.c.ram_mb_used + ram_mb <= nodes.c.ram_mb_total * rr,
-            nodes.c.disk_gb_used + disk_gb <= nodes.c.disk_gb_total * rd,
-        )
-        .values(
-            cpu_used=nodes.c.cpu_used + cpu,
-            ram_mb_used=nodes.c.ram_mb_used + ram_mb,
-            disk_gb_used=nodes.c.disk_gb_used + disk_gb,
-            updated_at=now,
-        )
-    )
+    params = {
+        "node_id": node_id,
+        "cpu": cpu,
+        "ram_mb": ram_mb,
+        "disk_gb": disk_gb,
+        "rc": float(rc),
+        "rr": float(rr),
+        "rd": float(rd),
+        "now": now,
+    }
+    res = await conn.execute(_CLAIM[new_vm], params)
     return res.rowcount == 1
 
 
@@ -142,7 +168,9 @@ def agent_urls_of(store: Any) -> Callable[[], Awaitable[list[tuple[str, str]]]]:
 
     async def agent_urls() -> list[tuple[str, str]]:
         async with store.read() as conn:
-            rows = (await conn.execute(select(nodes.c.id, nodes.c.agent_url).where(nodes.c.agent_url.is_not(None)).order_by(nodes.c.seq))).all()
+            rows = (
+                await conn.execute(select(nodes.c.id, nodes.c.agent_url).where(nodes.c.agent_url.is_not(None)).order_by(nodes.c.seq))
+            ).all()
         return [(r.id, r.agent_url) for r in rows if r.agent_url]
 
     return agent_urls

@@ -52,7 +52,7 @@ async def list_vms(
     now = clock.now()
     latest = await rt.stats_history.latest([r.id for r in rows if r.status == VmStatus.RUNNING])  # one query for the page
     items = [render.vm(r, now) | {"stats": latest_out(latest[r.id]) if r.id in latest else None} for r in rows]
-    return JSONResponse({"items": items, "nextPageToken": token})
+    return render.Json({"items": items, "nextPageToken": token})
 
 
 def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:
@@ -110,14 +110,15 @@ async def get_vm(
     rt: RuntimeDep,
     who: CallerDep,
     waitReady: str | None = Query(
-        None, max_length=32,
+        None,
+        max_length=32,
         description="seconds (at most 300) to wait for `guestReady`: the answer comes as soon as the guest is ready, "
         "the VM leaves the states on the way to it (stopped, error, …), or the time is up",
     ),
 ) -> JSONResponse:
     wait = parse_wait(waitReady)
     vm = await (rt.readiness.wait_ready(vm_id, who, wait) if wait else rt.vms.get(vm_id, who))
-    return JSONResponse(render.vm(vm, clock.now()))
+    return render.Json(render.vm(vm, clock.now()))
 
 
 @router.patch("/vms/{vm_id}", status_code=202, responses=ACCEPTED)
@@ -158,9 +159,7 @@ def _power(action: str, summary: str) -> None:
         return accepted(await rt.vms.power(vm_id, action, caller))
 
     endpoint.__name__ = f"vm_{action.replace('-', '_')}"
-    router.add_api_route(
-        f"/vms/{{vm_id}}/{action}", endpoint, methods=["POST"], status_code=202, responses=ACCEPTED, summary=summary
-    )
+    router.add_api_route(f"/vms/{{vm_id}}/{action}", endpoint, methods=["POST"], status_code=202, responses=ACCEPTED, summary=summary)
 
 
 _power("start", "Power a VM on")
