@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 PORT ?= 8080
 DATA_DIR ?= .vmplane
 # where `make run` links the vmplane command: /usr/local/bin when it may write there (root), else
@@ -53,8 +54,16 @@ browser:
 vcsim:
 	@scripts/build-vcsim.sh >/dev/null || echo "warning: vcsim could not be built; the vSphere tests will skip" >&2
 
+# The suite runs in two passes on TEST_WORKERS processes (pytest-xdist): the tests that are not
+# marked slow (in-process servers on the sim driver), then the slow ones (real guests, browsers,
+# processes), each test file on one worker so that a module's shared guest is booted once. A pass
+# with nothing to run (exit 5, e.g. PYTEST_ARGS naming one file) is no failure.
 test: $(STAMP) system browser vcsim
-	VMPLANE_TEST_PG_URL=$$(scripts/ensure-postgres.sh) $(PY) -m pytest $(PYTEST_ARGS)
+	@export VMPLANE_TEST_PG_URL=$$(scripts/ensure-postgres.sh); failed=0; \
+	for pass in "-m 'not slow'" "-m slow --dist loadfile"; do \
+	  cmd="$(PY) -m pytest -n $(TEST_WORKERS) $$pass $(PYTEST_ARGS)"; echo "$$cmd"; \
+	  eval "$$cmd"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || failed=$$rc; \
+	done; exit $$failed
 
 bench: $(STAMP)
 	$(PY) bench/core.py
