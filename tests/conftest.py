@@ -50,15 +50,21 @@ def _no_dns_queries() -> Iterator[None]:
         socket.getaddrinfo = real  # type: ignore[assignment]
 
 
+def _kill_left_running(directory: str) -> list[list[str]]:
+    """Kill the processes (QEMU guests, dnsmasq, servers) whose command line mentions
+    `directory`; their argv (procfs.processes_mentioning never lists this process)."""
+    killed = procfs.processes_mentioning(directory + os.sep)
+    for pid, _argv in killed:
+        procfs.kill(pid)
+    return [argv for _pid, argv in killed]
+
+
 @pytest.fixture(autouse=True)
 def _no_processes_left(tmp_path: Any) -> Iterator[None]:
     """VMs outlive their control plane on purpose: kill what a test left running from its
     directory (QEMU guests, dnsmasq, servers) so it does not eat the CPU of later tests."""
     yield
-    marker = str(tmp_path) + os.sep
-    for pid, _argv in procfs.processes_mentioning(marker):
-        if pid != os.getpid():
-            procfs.kill(pid)
+    _kill_left_running(str(tmp_path))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -68,11 +74,8 @@ def _no_processes_left_by_the_module(tmp_path_factory: pytest.TempPathFactory) -
     outlives its module, so whatever still runs from the run's temporary directory is killed,
     and named in a warning."""
     yield
-    marker = str(tmp_path_factory.getbasetemp()) + os.sep
-    for pid, argv in procfs.processes_mentioning(marker):
-        if pid != os.getpid():
-            procfs.kill(pid)
-            warnings.warn(f"killed a process the module left running: {' '.join(argv)[:200]}", stacklevel=1)
+    for argv in _kill_left_running(str(tmp_path_factory.getbasetemp())):
+        warnings.warn(f"killed a process the module left running: {' '.join(argv)[:200]}", stacklevel=1)
 
 
 @pytest.fixture(autouse=True)
