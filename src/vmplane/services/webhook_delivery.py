@@ -184,7 +184,7 @@ class WebhookDelivery:
                                 continue
                             out.append(
                                 {"id": ids.new_id("dlv"), "webhook_id": hook.id, "event_seq": r.seq, "event_type": r.type,
-                                 "payload": body.decode(), "status": "pending", "attempts": 0,
+                                 "resource": r.resource, "payload": body.decode(), "status": "pending", "attempts": 0,
                                  "next_attempt_at": now, "created_at": now, "updated_at": now}  # fmt: skip
                             )
                 await wh_q.enqueue(conn, out)
@@ -253,6 +253,8 @@ class WebhookDelivery:
                 await ev_q.emit(conn, event[0], hook.id, event[1], hook.org_id, hook.team_id)
         if values["status"] == "pending":
             asyncio.get_running_loop().call_later(max(0.0, values["next_attempt_at"] - clock.now()) + 0.01, self.poke)
+        else:  # the next delivery of this resource, held back until this one ended, is due now
+            self.poke()
 
 
 def test_payload(hook_id: str) -> bytes:

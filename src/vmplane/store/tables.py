@@ -289,6 +289,7 @@ webhook_deliveries = Table(
     Column("webhook_id", String(64), nullable=False),
     Column("event_seq", BigInteger, nullable=False),
     Column("event_type", String(48), nullable=False),
+    Column("resource", String(64), nullable=True),
     Column("payload", Text, nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -302,8 +303,10 @@ webhook_deliveries = Table(
     Column("delivered_at", Float, nullable=True),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
     Index("ix_deliveries_webhook", "webhook_id", "seq"),
+    Index("ix_deliveries_resource", "webhook_id", "resource", "event_seq"),
 )
-"""The webhook outbox: one row per (webhook, event), delivered at least once."""
+"""The webhook outbox: one row per (webhook, event), delivered at least once, and for each
+(webhook, resource) in the order of the events."""
 
 schedules = Table(
     "schedules",

@@ -40,12 +40,26 @@ async def enqueue(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
 
 
 async def claim_due(conn: AsyncConnection, *, owner: str, now: float, lease_until: float, limit: int, postgres: bool) -> Sequence[Row[*tuple[Any, ...]]]:
-    """Take up to `limit` deliveries that are due (pending, or whose worker's lease ran out)."""
+    """Take up to `limit` deliveries that are due (pending, or whose worker's lease ran out)
+    and first in line: no delivery of the same webhook and resource for an earlier event is
+    still pending or in flight, so a receiver gets each resource's events in their order (one
+    being retried holds back the later ones of its resource, and only those)."""
+    prior = dlv.alias("prior")
+    earlier_open = (
+        select(prior.c.seq)
+        .where(
+            prior.c.webhook_id == dlv.c.webhook_id,
+            prior.c.resource == dlv.c.resource,
+            prior.c.event_seq < dlv.c.event_seq,
+            prior.c.status.in_(("pending", "delivering")),
+        )
+        .exists()
+    )
     due = (
         select(dlv.c.seq)
         .where(
-            ((dlv.c.status == "pending") & (dlv.c.next_attempt_at <= now))
-            | ((dlv.c.status == "delivering") & (dlv.c.lease_expires < now))
+            (((dlv.c.status == "pending") & (dlv.c.next_attempt_at <= now)) | ((dlv.c.status == "delivering") & (dlv.c.lease_expires < now)))
+            & ~earlier_open
         )
         .order_by(dlv.c.next_attempt_at)
         .limit(limit)
