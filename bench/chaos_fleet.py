@@ -603,9 +603,12 @@ async def churn(view: FleetView, stop: asyncio.Event, counts: Counter[str]) -> N
 
     async def finished(job: str) -> str:
         while True:
-            state = (await call("GET", f"/api/v1/jobs/{job}")).json()["state"]
-            if state not in ("queued", "running"):
-                return str(state)
+            body = (await call("GET", f"/api/v1/jobs/{job}")).json()
+            if body["state"] not in ("queued", "running"):
+                for task in body.get("tasks") or []:
+                    if task.get("error"):
+                        counts[f"{body['state']} job: {task['error'][:160]}"] += 1
+                return str(body["state"])
             await asyncio.sleep(0.3)
 
     n = 0
@@ -670,7 +673,9 @@ async def main() -> None:
         if not loop.done():
             loop.cancel()
             print("the churn loop did not finish its last VM within 60 s of the heal")
-        print("churn:", dict(counts))
+        print("churn:")
+        for what, n in counts.most_common():
+            print(f"  {n} x {what}")
         for host, d in fleet_view.nodes.items():
             log = d / f"{host}.calls.jsonl"
             lines = log.read_text().splitlines() if log.exists() else []
