@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     """Regular expression: sim VMs whose name matches fail to be created."""
     sim_fail_fraction: float = Field(0.0, ge=0.0, le=1.0)
     sim_fail_seed: int = 0
+    sim_call_log: bool = False
+    """Each sim node appends every call that may change it, with its outcome (done, noop,
+    error), to `<hostname>.calls.jsonl` beside its state file: the history a chaos test checks
+    the control plane against. Off: nothing is written."""
 
     cluster_name: str = "vmplane"
 

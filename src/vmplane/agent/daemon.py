@@ -117,6 +117,7 @@ class Agent:
                 faults=SimFaults(name_pattern=settings.sim_fail_pattern, fraction=settings.sim_fail_fraction, seed=settings.sim_fail_seed),
                 overcommit=(settings.cpu_overcommit, settings.ram_overcommit, settings.disk_overcommit),
                 sysfs_root=settings.sysfs_root if settings.pci_allowlist else None, pci_allowlist=tuple(settings.pci_allowlist),
+                call_log=settings.sim_call_log,
             )  # fmt: skip
         if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
             raise AgentRefused("qemu-system-x86_64 and qemu-img are not installed here; install them, or run --driver sim (simulated VMs)")

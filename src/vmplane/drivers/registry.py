@@ -76,6 +76,7 @@ def build_sim_nodes(settings: Settings, state_dir: Path | None) -> list[tuple[st
                 state_dir=state_dir,
                 sysfs_root=settings.sysfs_root if settings.pci_allowlist else None,
                 pci_allowlist=tuple(settings.pci_allowlist),
+                call_log=settings.sim_call_log,
             ),
         )
         for i in range(1, settings.sim_nodes + 1)
