@@ -4,10 +4,13 @@ import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from vmplane import clock, ids
 from vmplane.domain import TaskState
-from vmplane.store import Store
+from vmplane.store import Store, StoreUnavailable
 from vmplane.store import idempotency as idem_q
 from vmplane.store import jobs as job_q
 from vmplane.store import nodes as node_q
@@ -261,3 +264,27 @@ async def test_a_write_cancelled_mid_statement_raises_cancelled(store: Store) ->
         await task
     async with store.write() as conn:  # the store is fine afterwards
         assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+async def test_a_database_out_of_reach_is_told_apart_from_a_refused_statement(store: Store) -> None:
+    """A cut connection or a server that refuses connections is StoreUnavailable (503 to a
+    client; a task's run stops as interrupted, see tests/unit/core/test_engine.py), a statement
+    the database refuses is not. (PostgreSQL only: SQLite is a file, never out of reach.)"""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite has no server to lose")
+    with pytest.raises(StoreUnavailable):  # the server ends this session mid-transaction (a restart, a failover)
+        async with store.write() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    with pytest.raises(DBAPIError) as refused:
+        async with store.write() as conn:
+            await conn.execute(text("SELECT no_such_column FROM vms"))
+    assert not isinstance(refused.value, StoreUnavailable)
+    async with store.read() as conn:  # the pool replaced the cut connection
+        assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    gone = Store(store.url.rsplit("@", 1)[0] + "@127.0.0.1:1/nowhere")
+    gone._engine = create_async_engine(gone.url)  # opened, then the server went away
+    for block in (gone.read, gone.write):
+        with pytest.raises(StoreUnavailable):
+            async with block():
+                pass
+    await gone.close()

@@ -146,5 +146,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, VmplaneError):  # raised in a middleware (outside the routes' handlers): the store out of reach, say
+            return core_error(exc)
         log.exception("unhandled error")
         return error_response(500, "internal error; see the server log", "internal_error")

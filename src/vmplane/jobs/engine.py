@@ -29,7 +29,7 @@ from ..auth import Principal, origin
 from ..config import Settings
 from ..domain import JobState, TaskState, job_final_state
 from ..errors import VmplaneError
-from ..store import Store
+from ..store import Store, StoreUnavailable
 from ..store import jobs as q
 from .deps import HandlerDeps
 from .fencing import LeaseLost, current
@@ -416,6 +416,14 @@ class JobEngine:
                     state, error = TaskState.CANCELLED, "cancelled"
                     ctx.log("cancelled while running")
                     await asyncio.shield(self._rollback(handler, ctx, error, True))
+                except StoreUnavailable as exc:
+                    # Not the task's failure: the store is out of reach (a PostgreSQL restart),
+                    # so neither an end nor a rollback could be recorded, and undoing on a node
+                    # what the run did there would leave the store describing work that is gone.
+                    # Stop as an interrupted run: the lease runs out and a later attempt resumes
+                    # (handlers are idempotent).
+                    log.warning("task %s: attempt %d stopped, the store is out of reach: %s", ctx.task_id, ctx.attempt, exc.message)
+                    raise LeaseLost() from exc
                 except Exception as exc:
                     if ctx.lost:
                         raise LeaseLost() from exc
@@ -432,7 +440,13 @@ class JobEngine:
                 if ctx.lost:
                     raise LeaseLost()
                 ctx.ended = True
-                await asyncio.shield(self._finish(ctx, state, error))
+                try:
+                    await asyncio.shield(self._finish(ctx, state, error))
+                except StoreUnavailable as exc:  # the end is not recorded: a later attempt redoes the (idempotent) run
+                    log.warning(
+                        "task %s: attempt %d could not record its end, the store is out of reach: %s", ctx.task_id, ctx.attempt, exc.message
+                    )
+                    raise LeaseLost() from exc
             except LeaseLost:
                 # The task is its new holder's: this run undoes nothing and records no end.
                 self._lose(ctx, None)

@@ -23,6 +23,7 @@ from ..domain import Vm, VmStatus
 from ..drivers.base import GuestState
 from ..errors import DriverError, InvalidRequest, InvalidState, NotFound
 from ..events.bus import GoingAway, SlowConsumer
+from ..store import StoreUnavailable
 from ..store import vms as vm_q
 from .vms import get_visible_vm
 
@@ -124,21 +125,20 @@ class ReadinessService:
 
     async def _watch(self, vm_id: str, node_id: str) -> None:
         while True:
-            async with self.store.read() as conn:
-                vm = await vm_q.get_vm(conn, vm_id)
-            if vm is None or vm.status != VmStatus.RUNNING or vm.node_id != node_id or vm.guest_ready:
-                return
             try:
+                async with self.store.read() as conn:
+                    vm = await vm_q.get_vm(conn, vm_id)
+                if vm is None or vm.status != VmStatus.RUNNING or vm.node_id != node_id or vm.guest_ready:
+                    return
                 state = await self.registry.driver(node_id).guest_state(vm_id, WATCH_STEP)
+                if state.ready:
+                    await self._record(vm_id, state)
+                    return
             except InvalidState:
                 return  # it stopped: its next start is another `vm.running`
-            except (DriverError, NotFound) as exc:
+            except (DriverError, NotFound, StoreUnavailable) as exc:  # the node or the store, out of reach for now
                 log.info("readiness of %s: %s; asking again in %g s", vm_id, exc.message, RETRY_AFTER)
                 await asyncio.sleep(RETRY_AFTER)
-                continue
-            if state.ready:
-                await self._record(vm_id, state)
-                return
 
     async def _record(self, vm_id: str, state: GuestState) -> None:
         async with self.store.write() as conn:

@@ -1,5 +1,5 @@
 """Persistent state: SQLAlchemy 2 Core on SQLite (WAL) or PostgreSQL."""
 
-from .db import Store
+from .db import Store, StoreUnavailable
 
-__all__ = ["Store"]
+__all__ = ["Store", "StoreUnavailable"]

@@ -15,10 +15,40 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ..errors import NotReady
 from . import events  # the event log is part of every write transaction
 from .events import EVENTS_FLAG
+
+
+class StoreUnavailable(NotReady):
+    """The database cannot be reached now: the connection was refused, cut, or the server is
+    shutting down or starting up (a PostgreSQL restart, a failover). The transaction did not
+    commit — or, when the connection broke during the COMMIT itself, its outcome is unknown —
+    so a caller must not act as if it had, nor undo what it did outside the store: it tries
+    again later (an API answer is 503; a task's run stops as an interrupted one, and a later
+    attempt resumes it)."""
+
+
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+"""connection exceptions (class 08), admin_shutdown, crash_shutdown, cannot_connect_now"""
+
+
+def _unreachable(exc: BaseException, connecting: bool) -> bool:
+    """Whether `exc` says the database is out of reach (rather than refusing a statement).
+    A refused or reset socket counts only while connecting: inside a transaction block the
+    caller's own code may meet one of its own."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        exc = orig.__cause__ if orig is not None and orig.__cause__ is not None else (orig or exc)
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(_UNREACHABLE_SQLSTATES):
+        return True
+    return connecting and isinstance(exc, OSError)  # refused, reset, timed out
 
 
 def json_loads(text: str | bytes) -> Any:
@@ -150,8 +180,17 @@ class Store:
             with self._sync_engine.connect() as sconn:
                 yield SyncConnection(sconn)  # type: ignore[misc]
             return
-        async with self.engine.connect() as conn:
-            yield conn
+        connected = False
+        try:
+            async with self.engine.connect() as conn:
+                connected = True
+                yield conn
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if _unreachable(exc, not connected):
+                raise StoreUnavailable(f"the database cannot be reached now ({type(exc).__name__}); try again shortly") from exc
+            raise
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -175,13 +214,22 @@ class Store:
                     finally:
                         info.pop(EVENTS_FLAG, None)
         else:
-            async with self.engine.begin() as aconn:
-                info = aconn.info
-                try:
-                    yield aconn
-                    emitted = await events.flush(aconn)
-                finally:
-                    info.pop(EVENTS_FLAG, None)
+            connected = False
+            try:
+                async with self.engine.begin() as aconn:
+                    connected = True
+                    info = aconn.info
+                    try:
+                        yield aconn
+                        emitted = await events.flush(aconn)
+                    finally:
+                        info.pop(EVENTS_FLAG, None)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                if _unreachable(exc, not connected):
+                    raise StoreUnavailable(f"the database cannot be reached now ({type(exc).__name__}); try again shortly") from exc
+                raise
         if emitted:
             for callback in self.on_events:
                 callback()

@@ -97,7 +97,9 @@ def build_face(title: str, rt: Runtime, routers: Sequence[APIRouter], contract: 
         return response
 
     @app.exception_handler(Exception)
-    async def _unexpected(_req: Request, exc: Exception) -> Response:
+    async def _unexpected(req: Request, exc: Exception) -> Response:
+        if isinstance(exc, VmplaneError):  # raised outside the routes' handlers (the store out of reach, say)
+            return await _core(req, exc)
         log.exception("unhandled error")
         return errors.http(500, "internal error; see the server log")
 
