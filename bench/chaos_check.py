@@ -344,9 +344,13 @@ def check_webhooks(run: Run) -> list[Violation]:
 
 
 def check_capacity(run: Run) -> list[Violation]:
-    """over-capacity: no node ever holds more than its capacity (× overcommit): every call
-    log line's `held` ≤ `capacity`, and every sample's used ≤ total per resource, as
-    placement reserves under a lock (docs/architecture.md)."""
+    """over-capacity: no node ever holds more than its capacity × overcommit: every call
+    log line's `held` ≤ its `capacity` (the driver's, overcommit included), and every
+    sample's used ≤ total × the overcommit the workload measured at setup (GET /nodes shows
+    raw totals; VMPLANE_CPU_OVERCOMMIT defaults to 4), as placement promises: "used always
+    equals the sum of what the VMs placed on the node hold" and never passes capacity ×
+    overcommit (docs/architecture.md, placement)."""
+    over_ = run.setup.get("overcommit", {})
     out: list[Violation] = []
     for c in run.calls:
         over = [i for i in range(3) if c["held"][i] > c["capacity"][i]]
@@ -354,9 +358,14 @@ def check_capacity(run: Run) -> list[Violation]:
             out.append(Violation("over-capacity", c["node"], f"call log: {_show(c)}"))
     for s in run.samples:
         for host, n in (s.get("nodes") or {}).items():
-            for _, used, total in RESOURCES:
-                if n[used] > n[total]:
-                    out.append(Violation("over-capacity", host, f"sample at {s['t']:.3f}: {used} {n[used]} > {total} {n[total]}"))
+            for res, used, total in RESOURCES:
+                cap = n[total] * over_.get(res, 1.0)
+                if n[used] > cap:
+                    out.append(
+                        Violation(
+                            "over-capacity", host, f"sample at {s['t']:.3f}: {used} {n[used]} > {total} {n[total]} × {over_.get(res, 1.0)}"
+                        )
+                    )
     return out
 
 

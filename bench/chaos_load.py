@@ -284,6 +284,7 @@ class Workload:
         st, hook = await self.owner.call("webhook", "POST", "/api/v1/webhooks", {"url": url, "events": WEBHOOK_EVENTS, "retryCount": 12})
         assert st == 201, (st, hook)
         self.receiver.secret = hook["secret"]
+        overcommit = await self._overcommit()
         hook_start = await self.newest_event()  # events after this one are surely after the webhook
         st, dep = await self.owner.call("deployment", "POST", "/compat/volant/api/v1/deployments",
                                         {"name": "soak-web", "replicas": 2, "config": {"resources": {"cpu_cores": 1, "memory_mb": 512}}},
@@ -306,12 +307,26 @@ class Workload:
         self.setup_info = {
             "defaultOrg": me["id"], "quotaOrg": self.quota_org, "quotaKey": self.quota_key, "quota": QUOTA, "webhook": {"id": hook["id"], "secret": hook["secret"],
             "events": WEBHOOK_EVENTS, "startEventId": hook_start, "org": me["id"]}, "deployments": self.deployments,
-            "schedules": self.schedules, "followerOrg": me["id"], "nodes": {h: str(p) for h, p in self.view.nodes.items()},
+            "schedules": self.schedules, "followerOrg": me["id"], "overcommit": overcommit, "nodes": {h: str(p) for h, p in self.view.nodes.items()},
         }  # fmt: skip
         (self.view.run_dir / "setup.json").write_text(json.dumps(self.setup_info, indent=1))
         for f in self.followers:
             f.task = asyncio.create_task(f.run(self.bg_stop))
         self.background.append(asyncio.create_task(self._sample(self._api("sampler-quota", self.quota_key))))
+
+    async def _overcommit(self) -> dict[str, float]:
+        """The overcommit per resource, which GET /nodes does not show (its totals are the raw
+        capacity): the bootstrap organization has no quota, so its effective limits are what
+        the online nodes can hand out, capacity × overcommit (docs/security.md, "Quotas")."""
+        _, nodes = await self.owner.call("setup-nodes", "GET", "/api/v1/nodes?limit=100")
+        _, quotas = await self.owner.call("setup-quotas", "GET", "/api/v1/org/quotas")
+        online = [n["resources"] for n in nodes["items"] if n["status"] == "online"]
+        eff = quotas["effectiveLimits"]
+        return {
+            "cpu": eff["vcpu"] / sum(n["cpuTotal"] for n in online),
+            "ram_mb": eff["ramMb"] / sum(n["ramMbTotal"] for n in online),
+            "disk_gb": eff["diskGb"] / sum(n["diskGbTotal"] for n in online),
+        }
 
     async def newest_event(self) -> int:
         """The newest event id: what a stream opened without Last-Event-ID announces first."""

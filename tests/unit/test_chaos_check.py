@@ -54,6 +54,7 @@ def clean() -> dict[str, Any]:
             "deployments": ["web"],
             "schedules": [],
             "followerOrg": "org-default",
+            "overcommit": {"cpu": 4.0, "ram_mb": 1.0, "disk_gb": 1.0},
             "nodes": {},
         },  # fmt: skip
         "final": {
@@ -118,7 +119,7 @@ def clean() -> dict[str, Any]:
                 "t": T0,
                 "nodes": {
                     "a": {
-                        "cpuUsed": 2,
+                        "cpuUsed": 40,  # over 16, within 16 × the overcommit of 4
                         "cpuTotal": 16,
                         "ramMbUsed": 1,
                         "ramMbTotal": 2,
