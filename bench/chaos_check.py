@@ -207,7 +207,8 @@ def check_store_vs_nodes(run: Run) -> list[Violation]:
     """store-node-mismatch / orphan-vm / orphan-snapshot, after settle (reconciliation done):
     a VM the store places on a node is defined in that node's sim state and on no other node;
     a VM defined on a node is in the store (else an orphan: it holds the node's capacity and
-    nobody can delete it); a snapshot image on a node is a snapshot the store knows."""
+    nobody can delete it); a snapshot image on a node is a snapshot the store knows, and a
+    snapshot the store says is ready has its image on its node."""
     hostname = run.final["nodes"]
     store = {vm["id"]: vm for vm in run.final["vms"]}
     where: dict[str, list[str]] = collections.defaultdict(list)
@@ -227,6 +228,10 @@ def check_store_vs_nodes(run: Run) -> list[Violation]:
             calls = [c for c in run.calls if c.get("vm") == vm_id][-4:]
             out.append(Violation("orphan-vm", vm_id, f"defined on {hosts}, not in the store; its last calls: {_show(calls)}"))
     snaps = {s["id"] for s in run.final["snapshots"]}
+    for snap in run.final["snapshots"]:
+        host = hostname.get(snap.get("nodeId") or "", "")
+        if snap.get("status") == "ready" and host and snap["id"] not in run.node_states.get(host, {}).get("snapshots", {}):
+            out.append(Violation("store-node-mismatch", snap["id"], f"store: ready on {host}; not in its sim state: {_show(snap)}"))
     for host, state in run.node_states.items():
         for snap in state.get("snapshots", {}):
             if snap not in snaps:

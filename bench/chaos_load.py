@@ -238,8 +238,9 @@ class Follower:
 
 class Workload:
     """The soak's clients (native, FastVM, Volant, and one organization's pushing on its
-    quota), SSE followers, the webhook receiver and the sampler (see the module's docstring
-    and /tmp design: every history line goes to RUN)."""
+    quota), SSE followers, the webhook receiver and the sampler; every history line goes to
+    the run directory (RUN/clients, RUN/events, RUN/webhooks.jsonl, RUN/samples.jsonl) and
+    what the checker must know of the setup to RUN/setup.json."""
 
     ROLES = ("native", "quota", "fastvm", "volant", "native", "native")
 
@@ -463,13 +464,13 @@ class Workload:
         return "fastvm-snapshot"
 
     async def _volant(self, api: Api, rng: random.Random, tag: str) -> str:
-        """Volant's face: VMs by name, power, and the deployment scaled between 0 and 4."""
+        """Volant's face: VMs by name, power, and the deployment scaled between 1 and 4."""
         mine = self.vms[api.name]
         roll = rng.random()
         base = "/compat/volant/api/v1"
         h = "X-Volant-API-Key"
         if roll < 0.3:
-            replicas = rng.randint(0, 4)
+            replicas = rng.randint(1, 4)  # never 0: convergence to 0 replicas would prove little
             await api.call("deployment-scale", "PATCH", f"{base}/deployments/soak-web", {"replicas": replicas}, header=h)
             return "deployment-scale"
         if roll < 0.6 or not mine:

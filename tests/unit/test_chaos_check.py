@@ -70,7 +70,7 @@ def clean() -> dict[str, Any]:
                 {"id": "job-2", "state": "partial", "tasks": []},
                 {"id": "job-3", "state": "succeeded", "tasks": [], "org": "org-q"},
             ],
-            "snapshots": [{"id": "snap-1", "vmId": "vm-1"}],
+            "snapshots": [{"id": "snap-1", "vmId": "vm-1", "nodeId": "node-a", "status": "ready"}],
             "deployments": [{"name": "web", "replicas": 2, "readyReplicas": 2, "replicaVms": []}],
             "webhooks": [],
             "events": events,
@@ -309,3 +309,10 @@ def test_deployment_not_converged(tmp_path: Path) -> None:
     h["final"]["deployments"][0]["readyReplicas"] = 1
     v = only(kinds(tmp_path, h), "deployment-not-converged")
     assert v.subject == "web" and "desired 2, ready 1" in v.evidence
+
+
+def test_ready_snapshot_missing_from_its_node(tmp_path: Path) -> None:
+    h = clean()
+    h["states"]["a"]["snapshots"] = {}
+    v = only(kinds(tmp_path, h), "store-node-mismatch")
+    assert v.subject == "snap-1" and "ready on a" in v.evidence
