@@ -529,8 +529,31 @@ class Workload:
         return st == 200 and not any(d["status"] in ("pending", "delivering") for d in body["items"])
 
     async def _followers_caught_up(self) -> bool:
-        newest = await self.newest_event()
-        return all(f.last is not None and f.last >= newest for f in self.followers)
+        """True once no follower has an event to come: a probe stream resumed from each
+        follower's last id yields no newer event within a second. (The newest event id is no
+        test: it may be another organization's, which no follower of ours ever sees.)"""
+        for f in self.followers:
+            if f.last is None or await self._newer_than(f.last):
+                return False
+        return True
+
+    async def _newer_than(self, last: int) -> bool:
+        replica = self.rng.choice(self.view.replicas)
+        headers = {"X-API-Key": self.view.key, "Last-Event-ID": str(last)}
+        try:
+            async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as http:
+                async with http.stream("GET", replica + "/api/v1/events", headers=headers) as r:
+                    if r.status_code != 200:
+                        return True
+                    async with asyncio.timeout(1.0):
+                        async for line in r.aiter_lines():
+                            if line.startswith("id:") and int(line[3:].strip()) > last:
+                                return True
+        except TimeoutError:
+            return False
+        except httpx.HTTPError:
+            return True
+        return False
 
     async def close(self) -> None:
         """Stop the followers, the sampler and the receiver; close every client."""
