@@ -10,6 +10,7 @@ to. A check reports what it can prove from the files and nothing it would have t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import fnmatch
 import json
@@ -246,13 +247,37 @@ def _visible(event: dict[str, Any], org: str) -> bool:
     return event["org"] in (org, None)
 
 
+@dataclass
+class _Connection:
+    """One connection of a follower: the id it resumed after (or the start a fresh stream
+    announced), the events it received, the replica."""
+
+    replica: str
+    base: int | None
+    received: list[dict[str, Any]]
+
+
+def _connections(lines: list[dict[str, Any]]) -> list[_Connection]:
+    conns: list[_Connection] = []
+    for line in lines:
+        if "connect" in line and line.get("status") == 200:
+            conns.append(_Connection(line["connect"], line.get("lastEventId"), []))
+        elif "start" in line and conns:
+            conns[-1].base = line["start"]
+        elif "id" in line and "type" in line and conns:
+            conns[-1].received.append(line)
+    return conns
+
+
 def check_followers(run: Run) -> list[Violation]:
     """event-missing / event-duplicate: a stream resumed with Last-Event-ID replays the
     stored events after that id, then continues live, "with no gap and no duplicate"
     (docs/events.md, "Streams"). Each connection of a follower covers the ids after the one
     it resumed from (or after the `id: N` a fresh stream announces) up to the last event it
     received; every event of the log its credential sees in that span must have been
-    received, and no id may arrive twice or after a higher one."""
+    received (event-missing), and no id may arrive twice, at or below the id the stream
+    resumed after, or after a higher one (event-duplicate: one violation per connection,
+    listing the ids)."""
     org = run.setup["followerOrg"]
     log = [e for e in run.final["events"] if _visible(e, org)]
     ids = [e["id"] for e in log]
@@ -260,38 +285,25 @@ def check_followers(run: Run) -> list[Violation]:
     out: list[Violation] = []
     for name, lines in run.followers.items():
         seen: set[int] = set()
-        base: int | None = None
-        last: int | None = None
-        spans: list[tuple[int, int, str]] = []
-        replica = ""
-
-        def close_span() -> None:
-            if base is not None and last is not None and last > base:
-                spans.append((base, last, replica))
-
-        for line in lines:
-            if "connect" in line and line.get("status") == 200:
-                close_span()
-                base, last, replica = line.get("lastEventId"), None, line["connect"]
-            elif "start" in line:
-                base = line["start"]
-            elif "id" in line and "type" in line:
-                eid = line["id"]
-                if eid in seen or (last is not None and eid <= last) or (base is not None and eid <= base):
-                    out.append(
-                        Violation("event-duplicate", f"{name} event {eid}", f"received {_show(line)} after {last} (resumed after {base})")
-                    )
-                seen.add(eid)
-                last = eid if last is None else max(last, eid)
-        close_span()
-        for lo, hi, rep in spans:
-            import bisect
-
-            span = ids[bisect.bisect_right(ids, lo) : bisect.bisect_right(ids, hi)]
+        for c in _connections(lines):
+            top = c.base
+            repeated = []
+            for line in c.received:
+                if line["id"] in seen or (top is not None and line["id"] <= top):
+                    repeated.append(line)
+                seen.add(line["id"])
+                top = line["id"] if top is None else max(top, line["id"])
+            if repeated:
+                out.append(Violation("event-duplicate", f"{name} on {c.replica} after {c.base}",
+                                     f"{len(repeated)} events received again or out of order: ids {[x['id'] for x in repeated][:30]};"
+                                     f" first {_show(repeated[0])}"))  # fmt: skip
+            if c.base is None or top is None or top <= c.base:
+                continue
+            span = ids[bisect.bisect_right(ids, c.base) : bisect.bisect_right(ids, top)]
             missing = [by_id[i] for i in span if i not in seen]
             if missing:
-                out.append(Violation("event-missing", f"{name} events {lo}..{hi}",
-                                     f"stream on {rep} resumed after {lo}, reached {hi}; never received: {_show(missing[:10])}"
+                out.append(Violation("event-missing", f"{name} events {c.base}..{top}",
+                                     f"stream on {c.replica} resumed after {c.base}, reached {top}; never received: {_show(missing[:10])}"
                                      f" ({len(missing)} in all)"))  # fmt: skip
     return out
 

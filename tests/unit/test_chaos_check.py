@@ -241,7 +241,7 @@ def test_event_repeated_after_resume(tmp_path: Path) -> None:
     f = h["followers"]["f0"]
     f.insert(f.index({"t": T0, "connect": "r3", "lastEventId": 4, "status": 200}) + 1, {"t": T0, "id": 4, "type": "x", "resource": "r"})
     v = only(kinds(tmp_path, h), "event-duplicate")
-    assert v.subject == "f0 event 4" and "resumed after 4" in v.evidence
+    assert v.subject == "f0 on r3 after 4" and "ids [4]" in v.evidence
 
 
 def test_webhook_missing_bad_signature_and_order(tmp_path: Path) -> None:
