@@ -14,7 +14,7 @@ DATA_DIR ?= .vmplane
 # ~/.local/bin (on PATH in Debian's default ~/.profile once it exists)
 BINDIR ?= $(shell if [ -w /usr/local/bin ]; then echo /usr/local/bin; else echo "$$HOME/.local/bin"; fi)
 
-.PHONY: run link test bench system browser vcsim clean
+.PHONY: run link test bench chaos system browser vcsim clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || scripts/install-python-venv.sh $(VENV)
@@ -68,6 +68,14 @@ test: $(STAMP) system browser vcsim
 bench: $(STAMP)
 	$(PY) bench/core.py
 	$(PY) bench/floor.py
+
+# The chaos soak (bench/chaos.py): three replicas on a throwaway PostgreSQL of its own, three sim
+# agents, a mixed workload and a seeded nemesis for CHAOS_MINUTES, then the history checker;
+# exits non-zero on any violation. `make test` runs a 1.5-minute variant (tests/e2e/test_chaos.py).
+CHAOS_MINUTES ?= 30
+CHAOS_SEED ?= 1
+chaos: $(STAMP)
+	$(PY) bench/chaos.py --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
