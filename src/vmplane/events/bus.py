@@ -33,7 +33,13 @@ class GoingAway(SlowConsumer):
 
 class Subscription:
     def __init__(
-        self, bus: "EventBus", types: tuple[str, ...] | None, resource: str | None, max_queue: int, org_id: str | None, team_id: str | None = None
+        self,
+        bus: "EventBus",
+        types: tuple[str, ...] | None,
+        resource: str | None,
+        max_queue: int,
+        org_id: str | None,
+        team_id: str | None = None,
     ) -> None:
         self.types = types
         self.resource = resource
@@ -41,6 +47,10 @@ class Subscription:
         self.team_id = team_id
         self.start_seq = bus.delivered_seq
         """Live events delivered to this subscription all have seq > start_seq."""
+        self.floor = self.start_seq
+        """The subscriber has every event up to here: none at or below it is handed out. It is
+        start_seq, or a resume point past it (a client that saw, on another replica, events
+        this replica's bus has not read yet: those come live and must not come twice)."""
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=max_queue)
         self.dropped: str | None = None
         self.going_away = False
@@ -74,14 +84,17 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout. Raises SlowConsumer once dropped."""
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for, which can drop a cancel (see vmplane/aio.py)
-                event = await self._queue.get()
-        except TimeoutError:
-            return None
-        if event is None:
-            raise self._ended()
-        return event
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):  # not wait_for, which can drop a cancel (see vmplane/aio.py)
+                    event = await self._queue.get()
+            except TimeoutError:
+                return None
+            if event is None:
+                raise self._ended()
+            if event.seq > self.floor:  # else queued before a resume point past it was known
+                return event
 
     def ready(self, limit: int) -> list[Event]:
         """Events already queued (up to `limit`), without waiting; raises SlowConsumer once dropped."""
@@ -90,7 +103,8 @@ class Subscription:
             event = self._queue.get_nowait()
             if event is None:
                 raise self._ended()
-            out.append(event)
+            if event.seq > self.floor:
+                out.append(event)
         return out
 
     def __aiter__(self) -> "Subscription":
@@ -141,7 +155,11 @@ class EventBus:
 
     @asynccontextmanager
     async def subscribe(
-        self, types: tuple[str, ...] | None = None, resource: str | None = None, max_queue: int | None = None, org_id: str | None = None,
+        self,
+        types: tuple[str, ...] | None = None,
+        resource: str | None = None,
+        max_queue: int | None = None,
+        org_id: str | None = None,
         team_id: str | None = None,
     ) -> AsyncIterator[Subscription]:
         """`org_id` limits the subscription to one organization's events (and everyone's);
@@ -176,7 +194,7 @@ class EventBus:
             for r in rows:
                 event = Event(r.seq, r.type, r.ts, r.resource, r.data, r.org_id, r.team_id)
                 for sub in list(self._subs):
-                    if sub.dropped is None and event.seq > sub.start_seq and sub.wants(event):
+                    if sub.dropped is None and event.seq > sub.floor and sub.wants(event):
                         if not sub.offer(event):
                             log.warning("dropped an event subscriber: %s", sub.dropped)
                 self.delivered_seq = r.seq
@@ -184,7 +202,11 @@ class EventBus:
                 return
 
     async def history(self, sub: Subscription, after_seq: int) -> AsyncIterator[Event]:
-        """Stored events in (after_seq, until_seq] matching the filter, oldest first."""
+        """Stored events in (after_seq, sub.start_seq] matching the filter, oldest first: what
+        a subscriber resuming after `after_seq` missed before its live events begin. When the
+        subscriber is ahead of this bus (it saw `after_seq` through another replica), there is
+        nothing to replay, and the live events up to `after_seq` are not handed out again."""
+        sub.floor = max(sub.floor, after_seq)
         seq = after_seq
         while seq < sub.start_seq:
             async with self.store.read() as conn:
