@@ -152,6 +152,12 @@ class DriverError(VmplaneError):
     reason = Reason.DRIVER_FAILED
 
 
+class NodeUnreachable(DriverError):
+    """The node's agent could not be asked, or did not answer (offline, unreachable, timed out,
+    the connection broke): the call's outcome on the node is unknown, and asking again once
+    the node is back is the way to learn it (the contract's calls are idempotent)."""
+
+
 class ImageRefused(DriverError):
     """A disk image from outside that vmplane will not use (`drivers.qemu.intake`); the
     message says why."""

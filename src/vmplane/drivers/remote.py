@@ -30,7 +30,7 @@ from websockets.exceptions import WebSocketException
 
 from ..domain import BootSetup, Resources, VmSpec
 from ..domain.network import Firewall, Nic
-from ..errors import DriverError, InvalidRequest
+from ..errors import DriverError, InvalidRequest, NodeUnreachable
 from ..http_clients import link_client
 from ..wsconsole import RFB_CHUNK
 from . import remote_wire as wire
@@ -122,7 +122,7 @@ class RemoteDriver(HypervisorDriver):
 
     def _check_online(self) -> None:
         if self._offline is not None:
-            raise DriverError(f"node {self.node_id} is offline: {self._offline}", node_id=self.node_id)
+            raise NodeUnreachable(f"node {self.node_id} is offline: {self._offline}", node_id=self.node_id)
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -159,15 +159,15 @@ class RemoteDriver(HypervisorDriver):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            raise DriverError(f"node {self.node_id} went offline during {what}: {self._offline}", node_id=self.node_id)
+            raise NodeUnreachable(f"node {self.node_id} went offline during {what}: {self._offline}", node_id=self.node_id)
         try:
             return task.result()
         except httpx.TimeoutException as exc:
-            raise DriverError(f"node {self.node_id}: its agent did not answer {what} in time ({type(exc).__name__})", node_id=self.node_id) from exc
+            raise NodeUnreachable(f"node {self.node_id}: its agent did not answer {what} in time ({type(exc).__name__})", node_id=self.node_id) from exc
         except httpx.ConnectError as exc:
-            raise DriverError(f"node {self.node_id} is unreachable at {self.url}: {exc}", node_id=self.node_id) from exc
+            raise NodeUnreachable(f"node {self.node_id} is unreachable at {self.url}: {exc}", node_id=self.node_id) from exc
         except httpx.HTTPError as exc:
-            raise DriverError(f"node {self.node_id}: the connection to its agent broke during {what}: {exc!r}", node_id=self.node_id) from exc
+            raise NodeUnreachable(f"node {self.node_id}: the connection to its agent broke during {what}: {exc!r}", node_id=self.node_id) from exc
 
     async def _call(self, method: str, path: str, *, body: Any = None, timeout: float | None = None, what: str = "") -> httpx.Response:
         """One request; an error answer is raised as the agent's exception."""
@@ -210,7 +210,7 @@ class RemoteDriver(HypervisorDriver):
                         raise wire.error_from_wire(500, msg, self.node_id)
             finally:
                 await resp.aclose()
-            raise DriverError(f"node {self.node_id}: the agent ended {what} without an outcome", node_id=self.node_id)
+            raise NodeUnreachable(f"node {self.node_id}: the agent ended {what} without an outcome", node_id=self.node_id)
 
         result: dict[str, Any] = await self._race(run(), what)
         return result

@@ -24,29 +24,43 @@ from .events import EVENTS_FLAG
 
 
 class StoreUnavailable(NotReady):
-    """The database cannot be reached now: the connection was refused, cut, or the server is
-    shutting down or starting up (a PostgreSQL restart, a failover). The transaction did not
-    commit — or, when the connection broke during the COMMIT itself, its outcome is unknown —
-    so a caller must not act as if it had, nor undo what it did outside the store: it tries
-    again later (an API answer is 503; a task's run stops as an interrupted one, and a later
-    attempt resumes it)."""
+    """The database cannot complete a transaction now: the connection was refused or cut, the
+    server is shutting down or starting up (a PostgreSQL restart, a failover), or it chose
+    this transaction as a deadlock's victim. The transaction did not commit — or, when the
+    connection broke during the COMMIT itself, its outcome is unknown — so a caller must not
+    act as if it had, nor undo what it did outside the store: it tries again later (an API
+    answer is 503; a task's run stops as an interrupted one, and a later attempt resumes it)."""
 
 
-_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
-"""connection exceptions (class 08), admin_shutdown, crash_shutdown, cannot_connect_now"""
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "40P01", "40001")
+"""connection exceptions (class 08), admin_shutdown, crash_shutdown, cannot_connect_now; and
+deadlock_detected and serialization_failure, which PostgreSQL asks the client to retry"""
 
 
-def _unreachable(exc: BaseException, connecting: bool) -> bool:
-    """Whether `exc` says the database is out of reach (rather than refusing a statement).
-    A refused or reset socket counts only while connecting: inside a transaction block the
-    caller's own code may meet one of its own."""
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (SQLAlchemy's wrapper, the driver's error, or its cause)."""
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
         orig = exc.orig
         exc = orig.__cause__ if orig is not None and orig.__cause__ is not None else (orig or exc)
     state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str) and state.startswith(_UNREACHABLE_SQLSTATES):
+    return state if isinstance(state, str) else None
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    if _sqlstate(exc) in ("40P01", "40001"):
+        return StoreUnavailable("the database ended this transaction to resolve a conflict with another (a deadlock); try again")
+    return StoreUnavailable(f"the database cannot be reached now ({type(exc).__name__}); try again shortly")
+
+
+def _unreachable(exc: BaseException, connecting: bool) -> bool:
+    """Whether `exc` says the database cannot serve the transaction now (rather than refusing
+    a statement for what it says).
+    A refused or reset socket counts only while connecting: inside a transaction block the
+    caller's own code may meet one of its own."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    state = _sqlstate(exc)
+    if state is not None and state.startswith(_UNREACHABLE_SQLSTATES):
         return True
     return connecting and isinstance(exc, OSError)  # refused, reset, timed out
 
@@ -189,7 +203,7 @@ class Store:
             raise
         except Exception as exc:
             if _unreachable(exc, not connected):
-                raise StoreUnavailable(f"the database cannot be reached now ({type(exc).__name__}); try again shortly") from exc
+                raise _unavailable(exc) from exc
             raise
 
     @asynccontextmanager
@@ -228,7 +242,7 @@ class Store:
                 raise
             except Exception as exc:
                 if _unreachable(exc, not connected):
-                    raise StoreUnavailable(f"the database cannot be reached now ({type(exc).__name__}); try again shortly") from exc
+                    raise _unavailable(exc) from exc
                 raise
         if emitted:
             for callback in self.on_events:

@@ -390,11 +390,17 @@ async def cancel_job(conn: AsyncConnection, job_id: str, now: float) -> list[Row
 
 
 async def expired_tasks(conn: AsyncConnection, *, now: float, any_owner_but: str | None = None) -> Sequence[Row[*tuple[Any, ...]]]:
-    """Running tasks whose lease has run out (or, with `any_owner_but`, held by anyone else)."""
+    """Running tasks whose lease has run out (or, with `any_owner_but`, held by anyone else).
+    On PostgreSQL they are locked here, in id order, the order every statement that updates
+    several tasks locks them in (an index scan of `id IN (…)` visits the ids sorted;
+    finish_tasks sorts its ends): a recovery taking them one by one in another order
+    deadlocked with a replica renewing the same leases."""
     cond = tasks.c.lease_expires < now
     if any_owner_but is not None:
         cond = cond | (tasks.c.lease_owner != any_owner_but)
-    q = select(tasks).where(tasks.c.state == TaskState.RUNNING.value, cond).order_by(tasks.c.seq)
+    q = select(tasks).where(tasks.c.state == TaskState.RUNNING.value, cond).order_by(tasks.c.id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
     return (await conn.execute(q)).all()
 
 

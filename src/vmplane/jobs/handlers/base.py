@@ -1,7 +1,9 @@
 """What every handler shares: default rollback/discard, and loading the task's VM."""
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -9,10 +11,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ... import clock
 from ...domain import DEFAULT_BOOT_ORDER, BootSetup, Resources, Vm, VmSpec, VmStatus
 from ...drivers.base import HypervisorDriver, PowerState
-from ...errors import DriverError, VmplaneError
+from ...errors import DriverError, NodeUnreachable, VmplaneError
 from ...store import isos as iso_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
+
+T = TypeVar("T")
+NODE_RETRY_SECONDS = 2.0
+
+
+async def when_node_answers(ctx: TaskContext, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, an idempotent driver call, asked again while its node is out of reach (an
+    agent restarting, a network cut), for up to four offline timeouts (at least a minute);
+    after that its NodeUnreachable is the task's error. For calls whose failure would leave
+    the store describing what the node may no longer have: a delete that failed half-way
+    left a VM `error` in the store, holding its claim, that its node had removed."""
+    wait = max(60.0, 4 * ctx.deps.settings.node_offline_seconds)
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            return await call()
+        except NodeUnreachable as exc:
+            if time.monotonic() + NODE_RETRY_SECONDS > deadline:
+                raise
+            if not said:
+                ctx.log(f"{exc.message}; asking again until it answers (up to {wait:g} s)")
+                said = True
+            await asyncio.sleep(NODE_RETRY_SECONDS)
 
 
 class BaseHandler:
@@ -52,7 +78,9 @@ async def set_status(ctx: TaskContext, vm_id: str, status: VmStatus, **values: o
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now(), **values)
 
 
-def boot_setup(ctx: TaskContext, vm: Vm, cdrom_iso_id: str | None, boot_order: tuple[str, ...] = (), firmware: str | None = None) -> BootSetup:
+def boot_setup(
+    ctx: TaskContext, vm: Vm, cdrom_iso_id: str | None, boot_order: tuple[str, ...] = (), firmware: str | None = None
+) -> BootSetup:
     """What the VM boots: the path of the ISO in its CD-ROM (made from its checked id only,
     store/isos.py), its boot order and firmware (empty or None: the defaults)."""
     cdrom = str(iso_q.iso_path(ctx.deps.data_dir / iso_q.ISOS_DIR, cdrom_iso_id)) if cdrom_iso_id else None
@@ -127,6 +155,10 @@ async def while_stopped(ctx: TaskContext, vm: Vm, work: Callable[[HypervisorDriv
         if runtime is None:
             raise DriverError(f"VM {vm.id} is gone from its node right after it started")
         started, running = runtime.started_at or clock.now(), runtime.running_spec
-        ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running))
+        ctx.defer(
+            lambda conn: vm_q.set_status(
+                conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running
+            )
+        )
     else:
         ctx.defer(lambda conn: vm_q.set_status(conn, vm.id, VmStatus.STOPPED.value, started_at=None, updated_at=clock.now()))

@@ -17,7 +17,7 @@ from ...store import snapshots as snap_q
 from ...store import usage as usage_q
 from ...store import vms as vm_q
 from ..engine import HandOff, TaskContext
-from .base import BaseHandler, check_boot_on, load_vm, start_vm, vm_spec
+from .base import BaseHandler, check_boot_on, load_vm, start_vm, vm_spec, when_node_answers
 from .images import ensure_image
 
 ISO_POLL_SECONDS = 1.0
@@ -79,7 +79,9 @@ class VmCreate(BaseHandler):
         started = runtime.started_at if runtime and runtime.started_at else clock.now()
         running = runtime.running_spec if runtime is not None else None
         ctx.defer(
-            lambda conn: vm_q.set_status(conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running)
+            lambda conn: vm_q.set_status(
+                conn, vm.id, VmStatus.RUNNING.value, started_at=started, updated_at=clock.now(), running_spec=running
+            )
         )
         ctx.log("running")
 
@@ -106,8 +108,9 @@ class VmCreate(BaseHandler):
         if vm is None:
             return
         if vm.node_id is not None:
+            driver = deps.registry.driver(vm.node_id)
             try:
-                await deps.registry.driver(vm.node_id).delete_vm(vm.id)
+                await when_node_answers(ctx, lambda: driver.delete_vm(vm.id))
             except DriverError as exc:
                 # The node is unreachable (offline): what it holds of the VM is unknown. The VM
                 # keeps its node and claim, in error; deleting it cleans the node up once back.

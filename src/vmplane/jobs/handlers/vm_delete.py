@@ -6,7 +6,7 @@ from ...store import guest as guest_q
 from ...store import networks as net_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, set_status
+from .base import BaseHandler, set_status, when_node_answers
 
 
 class VmDelete(BaseHandler):
@@ -20,7 +20,8 @@ class VmDelete(BaseHandler):
         ctx.log(f"Starting delete of {vm.name}")
         await set_status(ctx, vm.id, VmStatus.DELETING)
         if vm.node_id is not None:
-            await deps.registry.driver(vm.node_id).delete_vm(vm.id)
+            driver = deps.registry.driver(vm.node_id)
+            await when_node_answers(ctx, lambda: driver.delete_vm(vm.id))
             await ctx.progress(60, f"removed from {vm.node_id}")
         async with deps.store.write() as conn:
             if vm.node_id is not None:
