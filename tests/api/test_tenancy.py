@@ -193,6 +193,30 @@ async def test_quota_is_atomic_with_the_reservation(server_factory: Any, backend
     await b.aclose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_pending_resize_holds_its_quota_until_it_runs(server_factory: Any, backend: str) -> None:
+    """A resize reserves quota when submitted but grows the VM when its job runs; meanwhile a
+    create (or another resize) must see the room it took (found by the chaos soak,
+    bench/chaos.py: 10 vCPUs held under a quota of 8)."""
+    kw = {"database_url": await new_pg_database()} if backend == "postgresql" else {}
+    server = await server_factory(sim_nodes=1, sim_latency_ms=1500, **kw)  # each hypervisor call: 1.5 s
+    org_b, b = await new_org(server)
+    assert (await server.client.put(f"/api/v1/orgs/{org_b}/quotas", json={"vcpu": 4})).status_code == 200
+    first = await b.post("/api/v1/vms", json={"name": "small", "resources": {"cpu": 2}})
+    assert first.status_code == 202, first.text
+    await server.wait_job(first.json()["jobId"], client=b)
+    vm = first.json()["vmIds"][0]
+    snap = await b.post(f"/api/v1/vms/{vm}/snapshots", json={"name": "before"})  # runs first: the resize waits its turn
+    assert snap.status_code == 202, snap.text
+    resize = await b.patch(f"/api/v1/vms/{vm}", json={"resources": {"cpu": 4}})
+    assert resize.status_code == 202, resize.text
+    more = await b.post("/api/v1/vms", json={"name": "one-too-many", "resources": {"cpu": 2}})
+    assert more.status_code == 409 and more.json()["code"] == "quota_exceeded", more.text
+    assert (await server.wait_job(resize.json()["jobId"], client=b))["state"] == "succeeded"
+    assert (await b.get("/api/v1/org/quotas")).json()["usage"]["vcpu"] == 4
+    await b.aclose()
+
+
 async def test_rate_limit_answers_429_with_retry_after(server_factory: Any) -> None:
     server = await server_factory(rate_limit_per_second=1.0, rate_limit_burst=5)
     codes = [(await server.client.get("/api/v1/vms")).status_code for _ in range(7)]

@@ -15,6 +15,7 @@ from vmplane.domain import NewVm
 from vmplane.errors import NotFound
 from vmplane.store import StoreUnavailable
 from vmplane.store import jobs as job_q
+from vmplane.store import nodes as node_q
 from vmplane.store.tables import tasks
 
 from .conftest import NODE, Core
@@ -109,3 +110,26 @@ async def test_a_run_that_loses_the_store_stops_without_undoing_and_is_resumed(c
     assert outcome.tasks[0].attempts == 2
     vm = await core.vms.get(vm_id, core.owner)
     assert vm.status == "running" and [v.vm_id for v in await core.driver.list_vms()] == [vm_id]
+
+
+async def test_a_delete_given_up_after_the_node_dropped_the_vm_is_complete(core: Core) -> None:
+    """A delete interrupted until it is given up ("interrupted 3 times") whose node had already
+    removed the VM finishes the delete instead of leaving the VM `error`, holding its claim, in
+    the store only (found by the chaos soak, bench/chaos.py)."""
+    await core.engine.start(core.deps)
+    job_id, [vm_id] = await core.vms.create([NewVm(name="gone")], core.owner)
+    assert (await core.jobs.wait(job_id, 10)).state == "succeeded"
+    core.engine.wakeup = lambda: None  # type: ignore[method-assign]  # this engine does not take the delete first
+    delete_job = await core.vms.delete([vm_id], core.owner)
+    await _claim_as(core, "worker-gone", clock.now() - 1)
+    async with core.store.write() as conn:  # its third attempt died too, after the node had removed the VM
+        await conn.execute(update(tasks).where(tasks.c.job_id == delete_job).values(attempts=core.settings.max_task_attempts))
+    await core.driver.delete_vm(vm_id)
+
+    await core.engine.recover()
+    outcome = await core.jobs.wait(delete_job, 10)
+    assert outcome.state == "failed" and "giving up" in (outcome.tasks[0].error or "")
+    with pytest.raises(NotFound):
+        await core.vms.get(vm_id, core.owner)
+    async with core.store.read() as conn:
+        assert (await node_q.get_node(conn, NODE)).cpu_used == 0  # type: ignore[union-attr]
