@@ -77,11 +77,13 @@ async def _event_log(pg_url: str) -> list[dict[str, Any]]:
 
     conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
     try:
-        rows = await conn.fetch("SELECT seq, type, ts, resource, org_id, team_id FROM events ORDER BY seq")
+        rows = await conn.fetch("SELECT seq, type, ts, resource, org_id, team_id, data FROM events ORDER BY seq")
     finally:
         await conn.close()
     return [
         {"id": r["seq"], "type": r["type"], "ts": r["ts"], "resource": r["resource"], "org": r["org_id"], "team": r["team_id"]}
+        # the data of schedule events only (each names its due time); the others' would swell final.json
+        | ({"data": json.loads(r["data"]) if isinstance(r["data"], str) else r["data"]} if r["type"].startswith("schedule.") else {})
         for r in rows
     ]
 
@@ -448,7 +450,24 @@ def check_deployments(run: Run) -> list[Violation]:
     ]
 
 
+def check_schedules(run: Run) -> list[Violation]:
+    """schedule-doubled: "exactly one run per due time, however many vmplane processes share
+    the store" (docs/events.md, "Schedules"): no two `schedule.triggered` events (not manual)
+    name one schedule and one due time, across leader changes, replica kills and freezes."""
+    seen: dict[tuple[str, str], list[int]] = {}
+    for e in run.final["events"]:
+        data = e.get("data") or {}
+        if e["type"] == "schedule.triggered" and not data.get("manual"):
+            seen.setdefault((e["resource"], data.get("dueAt")), []).append(e["id"])
+    return [
+        Violation("schedule-doubled", f"{schedule} at {due}", f"triggered by events {ids}")
+        for (schedule, due), ids in seen.items()
+        if len(ids) > 1
+    ]
+
+
 CHECKS = (
+    check_schedules,
     check_jobs,
     check_double_create,
     check_store_vs_nodes,

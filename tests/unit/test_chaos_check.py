@@ -316,3 +316,17 @@ def test_ready_snapshot_missing_from_its_node(tmp_path: Path) -> None:
     h["states"]["a"]["snapshots"] = {}
     v = only(kinds(tmp_path, h), "store-node-mismatch")
     assert v.subject == "snap-1" and "ready on a" in v.evidence
+
+
+def test_schedule_triggered_twice_for_one_due_time(tmp_path: Path) -> None:
+    h = clean()
+    due = {"id": "sch-1", "name": "tick", "manual": False, "dueAt": "2026-12-07T18:00:00Z"}
+    h["final"]["events"] += [
+        {**event(10, "schedule.triggered", "sch-1"), "data": due},
+        {**event(11, "schedule.triggered", "sch-1"), "data": {**due, "manual": True}},  # a manual run: its own
+        {**event(12, "schedule.triggered", "sch-1"), "data": {**due, "dueAt": "2026-12-07T18:01:00Z"}},
+    ]
+    assert kinds(tmp_path, h) == []
+    h["final"]["events"].append({**event(13, "schedule.triggered", "sch-1"), "data": due})
+    v = only(kinds(tmp_path, h), "schedule-doubled")
+    assert v.subject == "sch-1 at 2026-12-07T18:00:00Z" and "[10, 13]" in v.evidence
