@@ -524,9 +524,19 @@ class Workload:
         return True
 
     async def _webhooks_drained(self) -> bool:
+        """No delivery of the webhook is pending or in flight: every page of them (an old one
+        held by a replica killed mid-attempt waits out its lease, and holds back its
+        resource's later ones, so the newest page alone says nothing)."""
         hook = self.setup_info["webhook"]["id"]
-        st, body = await self.owner.call("settle-webhook", "GET", f"/api/v1/webhooks/{hook}/deliveries?limit=200")
-        return st == 200 and not any(d["status"] in ("pending", "delivering") for d in body["items"])
+        token = None
+        while True:
+            page = f"&pageToken={token}" if token else ""
+            st, body = await self.owner.call("settle-webhook", "GET", f"/api/v1/webhooks/{hook}/deliveries?limit=200{page}")
+            if st != 200 or any(d["status"] in ("pending", "delivering") for d in body["items"]):
+                return False
+            token = body.get("nextPageToken")
+            if not token:
+                return True
 
     async def _followers_caught_up(self) -> bool:
         """True once no follower has an event to come: a probe stream resumed from each

@@ -47,8 +47,9 @@ class VmDelete(BaseHandler):
             # removed the VM from its node already: then the delete is finished rather than
             # undone, or the store would keep, in error and holding its claim, a VM its node
             # no longer has (found by the chaos soak, bench/chaos.py).
+            driver = ctx.deps.registry.driver(vm.node_id)
             try:
-                gone = await ctx.deps.registry.driver(vm.node_id).get_vm(vm.id) is None
+                gone = await when_node_answers(ctx, lambda: driver.get_vm(vm.id)) is None
             except DriverError:
                 gone = False  # the node cannot say: what it holds is unknown
             if gone:
