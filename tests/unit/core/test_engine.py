@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import Row, update
 
 from vmplane import clock
-from vmplane.domain import NewVm
-from vmplane.errors import NotFound
+from vmplane.domain import NewVm, Resources
+from vmplane.errors import DriverError, NotFound
+from vmplane.services.vms import VmChange
 from vmplane.store import StoreUnavailable
 from vmplane.store import jobs as job_q
 from vmplane.store import nodes as node_q
@@ -133,3 +134,33 @@ async def test_a_delete_given_up_after_the_node_dropped_the_vm_is_complete(core:
         await core.vms.get(vm_id, core.owner)
     async with core.store.read() as conn:
         assert (await node_q.get_node(conn, NODE)).cpu_used == 0  # type: ignore[union-attr]
+
+
+async def test_a_refused_shrink_keeps_its_claim_and_size(core: Core) -> None:
+    """A shrink releases its claim only once the node has resized: when the node refuses, the
+    VM keeps its size and its claim, though others took every free vCPU meanwhile (the claim was
+    released first and could not be taken back, leaving the VM's row smaller than the VM:
+    found by the chaos soak, bench/chaos.py)."""
+    await core.engine.start(core.deps)
+    job_id, [vm_id] = await core.vms.create([NewVm(name="big", resources=Resources(4, 1024, 10))], core.owner)
+    assert (await core.jobs.wait(job_id, 10)).state == "succeeded"
+    real_resize = core.driver.resize_vm
+
+    async def refused(vm: str, resources: Resources) -> None:
+        async with core.store.write() as conn:  # meanwhile another VM takes every free vCPU
+            node = await node_q.get_node(conn, NODE)
+            assert node is not None
+            free = int(node.cpu_total * core.settings.cpu_overcommit) - node.cpu_used
+            assert await node_q.claim(conn, NODE, free, 0, 0, (core.settings.cpu_overcommit, 1.0, 1.0), clock.now())
+        raise DriverError(f"simulated refusal to resize {vm}")
+
+    core.driver.resize_vm = refused  # type: ignore[method-assign]
+    try:
+        outcome = await core.jobs.wait(await core.vms.update(vm_id, VmChange(cpu=1), core.owner), 10)
+    finally:
+        core.driver.resize_vm = real_resize  # type: ignore[method-assign]
+    assert outcome.state == "failed" and "simulated refusal" in (outcome.tasks[0].error or "")
+    assert (await core.vms.get(vm_id, core.owner)).cpu == 4
+    async with core.store.read() as conn:
+        node = await node_q.get_node(conn, NODE)
+    assert node is not None and node.cpu_used == int(node.cpu_total * core.settings.cpu_overcommit)  # the 4 stayed claimed

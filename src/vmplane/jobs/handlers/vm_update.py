@@ -7,10 +7,12 @@ from ... import clock
 from ...domain import Resources, Vm
 from ...drivers.base import PowerState
 from ...errors import Conflict, InvalidRequest, Reason
+from ...store import StoreUnavailable
 from ...store import events as ev_q
 from ...store import vms as vm_q
 from ..engine import TaskContext
-from .base import BaseHandler, boot_setup, check_boot_on, load_vm
+from ..fencing import LeaseLost
+from .base import BaseHandler, boot_setup, check_boot_on, load_vm, when_node_answers
 from .guest_fs import grow_root
 
 
@@ -29,24 +31,28 @@ class VmUpdate(BaseHandler):
             raise InvalidRequest(f"the disk cannot shrink from {vm.disk_gb} GB", field="resources.disk_gb", reason=Reason.CANNOT_SHRINK)
         now = clock.now()
         old = Resources(vm.cpu, vm.ram_mb, vm.disk_gb)
-        if want != old:
-            # The VM row and the node's claim change in one transaction, so a crash between
-            # here and the driver call leaves them consistent and the retry resizes only.
-            async with deps.store.write() as conn:
-                await self._move_claim(ctx, conn, vm.node_id, old, want)
-                await vm_q.set_vm(conn, vm.id, cpu=want.cpu, ram_mb=want.ram_mb, disk_gb=want.disk_gb, updated_at=now)
-                await deps.billing.reshaped(conn, {**vm.to_row(), "cpu": want.cpu, "ram_mb": want.ram_mb, "disk_gb": want.disk_gb})
+        # Growth is claimed (and counted against the quota, on the VM's row) before the node
+        # resizes, shrinkage released only once it has: until then the VM holds the larger of
+        # both. Releasing a shrink first let others take room a refused resize then could not
+        # claim back (found by the chaos soak, bench/chaos.py). Each step changes the VM row and
+        # the node's claim in one transaction, so a crash between them leaves both consistent
+        # and the retry resizes only.
+        hold = Resources(max(old.cpu, want.cpu), max(old.ram_mb, want.ram_mb), max(old.disk_gb, want.disk_gb))
+        if hold != old:
+            await self._reshape(ctx, vm, old, hold)
         resizing = any(p.get(k) is not None for k in ("cpu", "ramMb", "diskGb"))
         if vm.node_id is not None and resizing:
+            driver = deps.registry.driver(vm.node_id)
             try:
-                await deps.registry.driver(vm.node_id).resize_vm(vm.id, want)
+                await when_node_answers(ctx, lambda: driver.resize_vm(vm.id, want))
+            except (LeaseLost, StoreUnavailable):
+                raise  # interrupted, not failed: a later attempt resumes from the row as it is
             except BaseException:
-                if want != old:
-                    async with deps.store.write() as conn:
-                        await self._move_claim(ctx, conn, vm.node_id, want, old)
-                        await vm_q.set_vm(conn, vm.id, cpu=old.cpu, ram_mb=old.ram_mb, disk_gb=old.disk_gb, updated_at=now)
-                        await deps.billing.reshaped(conn, vm.to_row())
+                if hold != old:  # the node refused: the VM keeps its size
+                    await self._reshape(ctx, vm, hold, old)
                 raise
+        if want != hold:
+            await self._reshape(ctx, vm, hold, want)
         if want != old:
             ctx.log(f"resources now {want.cpu} vCPU, {want.ram_mb} MB RAM, {want.disk_gb} GB disk")
         if vm.node_id is not None and resizing:
@@ -107,6 +113,13 @@ class VmUpdate(BaseHandler):
                 data = {"id": vm.id, "name": vm.name, "status": vm.status, "nodeId": vm.node_id, "error": vm.error}
                 disk = {"diskGb": want.disk_gb, "filesystemGrown": grown.grown, "message": grown.message}
                 await ev_q.emit(conn, "vm.updated", vm.id, {**data, "disk": disk}, vm.org_id, vm.team_id)
+
+    async def _reshape(self, ctx: TaskContext, vm: Vm, old: Resources, new: Resources) -> None:
+        """The VM's row, its node's claim and its billing from `old` to `new`, in one transaction."""
+        async with ctx.deps.store.write() as conn:
+            await self._move_claim(ctx, conn, vm.node_id, old, new)
+            await vm_q.set_vm(conn, vm.id, cpu=new.cpu, ram_mb=new.ram_mb, disk_gb=new.disk_gb, updated_at=clock.now())
+            await ctx.deps.billing.reshaped(conn, {**vm.to_row(), "cpu": new.cpu, "ram_mb": new.ram_mb, "disk_gb": new.disk_gb})
 
     @staticmethod
     async def _move_claim(ctx: TaskContext, conn: AsyncConnection, node_id: str | None, old: Resources, new: Resources) -> None:
