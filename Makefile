@@ -2,6 +2,7 @@
 #             ./.vmplane); `make run PORT=9090 DATA_DIR=/srv/vmplane` serves elsewhere
 # make test — set up everything (QEMU, Chromium, a throwaway PostgreSQL), then run the whole test suite
 # make bench — print the benchmark figures recorded in docs/benchmarks.md (core, then the reads beside the floor)
+# make chaos — the chaos soak (docs/reliability.md): 30 minutes of faults, then the history checker
 
 VENV := .venv
 PY := $(VENV)/bin/python
