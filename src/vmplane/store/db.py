@@ -65,6 +65,26 @@ def _unreachable(exc: BaseException, connecting: bool) -> bool:
     return connecting and isinstance(exc, OSError)  # refused, reset, timed out
 
 
+class _Reach:
+    connected = False
+
+
+@contextlib.contextmanager
+def _out_of_reach() -> Iterator[_Reach]:
+    """Around a PostgreSQL connection's block: an error saying the database cannot serve it now
+    is raised as StoreUnavailable (set `connected` once the connection is had: a socket error
+    counts only before)."""
+    reach = _Reach()
+    try:
+        yield reach
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if _unreachable(exc, not reach.connected):
+            raise _unavailable(exc) from exc
+        raise
+
+
 def json_loads(text: str | bytes) -> Any:
     """JSON columns as the store reads them: by orjson (a page of 50 VMs decodes 50 specs and
     their tags: 10 % of the page's time by the json module), by the json module for what
@@ -194,17 +214,10 @@ class Store:
             with self._sync_engine.connect() as sconn:
                 yield SyncConnection(sconn)  # type: ignore[misc]
             return
-        connected = False
-        try:
+        with _out_of_reach() as reach:
             async with self.engine.connect() as conn:
-                connected = True
+                reach.connected = True
                 yield conn
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            if _unreachable(exc, not connected):
-                raise _unavailable(exc) from exc
-            raise
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -228,22 +241,15 @@ class Store:
                     finally:
                         info.pop(EVENTS_FLAG, None)
         else:
-            connected = False
-            try:
+            with _out_of_reach() as reach:
                 async with self.engine.begin() as aconn:
-                    connected = True
+                    reach.connected = True
                     info = aconn.info
                     try:
                         yield aconn
                         emitted = await events.flush(aconn)
                     finally:
                         info.pop(EVENTS_FLAG, None)
-            except StoreUnavailable:
-                raise
-            except Exception as exc:
-                if _unreachable(exc, not connected):
-                    raise _unavailable(exc) from exc
-                raise
         if emitted:
             for callback in self.on_events:
                 callback()
