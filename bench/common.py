@@ -6,16 +6,20 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
+
+PY_SPY = "py-spy==0.4.3"  # as pinned in pyproject.toml's `bench` extra
 
 
 def free_port() -> int:
@@ -127,3 +131,46 @@ def wrk_latency(url: str, paths: list[str], connections: int, seconds: int, key:
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     return ms("50%"), ms("99%"), rps
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ensure_py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(found).exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", PY_SPY], check=True)
+        found = str(Path(sys.executable).parent / "py-spy")
+    return found
+
+
+@contextmanager
+def profiled(pid: int, out: Path) -> Iterator[None]:
+    """py-spy samples process `pid` while the block runs; out: its collapsed stacks (one per
+    line with its sample count), then the functions in most samples (self and total) printed."""
+    spy = subprocess.Popen([ensure_py_spy(), "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+        spy.wait()
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]  # a function, not its lines
+        samples += int(n)
+        own[frames[-1]] += int(n)
+        for f in set(frames):
+            total[f] += int(n)
+    print(f"  {out}: {samples} samples; most in the function itself:")
+    for f, n in own.most_common(15):
+        print(f"    {100 * n / samples:5.1f} %  {f}")
+    print("  most including what they call:")
+    for f, n in total.most_common(40):
+        print(f"    {100 * n / samples:5.1f} %  {f}")

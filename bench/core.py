@@ -2,10 +2,15 @@
 and p50/p99 latency of `GET /api/v1/vms?limit=50` and `GET /api/v1/vms/{id}` under load.
 
     .venv/bin/python bench/core.py [--nodes 1000] [--vms 10000] [--batch 1000] [--database-url URL]
+    .venv/bin/python bench/core.py --profile /tmp/prof   # py-spy on the server during the bulk create
 
 The VMs are created by bulk requests of at most `--batch` (the server's VMPLANE_MAX_BULK,
 1,000 by default) sent all at once; the figure is the time from the first request until every
-job has ended.
+job has ended. Beside it, the server's CPU time per VM (its process's user + system time over
+the bulk create, from /proc, divided by the VMs): the machine is shared, and other load moves
+the wall time far more than it moves what each VM costs. `--profile DIR` samples the server
+with py-spy during the bulk create (DIR/create.txt, collapsed stacks) and prints the functions
+holding most samples; sampling costs the server little, but compare timings without it.
 
 Starts its own `vmplane serve` process on a free port with a fresh data dir, drives it over
 HTTP from this process, and prints one line per figure.
@@ -13,6 +18,7 @@ HTTP from this process, and prints one line per figure.
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -20,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bulk_create, server, wrk_latency  # noqa: E402
+from common import bulk_create, cpu_seconds, profiled, server, wrk_latency  # noqa: E402
 
 from vmplane.placement import Demand, NodeUsage, Policy, choose_node  # noqa: E402
 
@@ -42,6 +48,7 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=1000, help="VMs per bulk request (at most the server's VMPLANE_MAX_BULK)")
     ap.add_argument("--concurrency", type=int, default=16, help="connections in the latency runs")
     ap.add_argument("--database-url", default=None)
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR", help="py-spy on the server during the bulk create, into DIR")
     args = ap.parse_args()
 
     print(f"placement: {placement_us(args.nodes):.0f} µs per VM over {args.nodes} nodes (target < 1000 µs)")
@@ -50,11 +57,17 @@ async def main() -> None:
     env = {"VMPLANE_JOB_CONCURRENCY": os.environ.get("VMPLANE_JOB_CONCURRENCY", "256")}
     async with server(args_, env) as srv:
         client, url, key = srv.client, srv.url, srv.key
-        all_ids, states, accepted, took = await bulk_create(client, args.vms, args.batch)
+        cpu = cpu_seconds(srv.pid)
+        with contextlib.ExitStack() as stack:
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(profiled(srv.pid, args.profile / "create.txt"))
+            all_ids, states, accepted, took = await bulk_create(client, args.vms, args.batch)
+            cpu = cpu_seconds(srv.pid) - cpu
         batches = range(0, args.vms, args.batch)
         print(f"bulk create: {args.vms} VMs on {args.nodes} nodes in {len(batches)} concurrent request(s) of at most {args.batch} "
               f"-> {'/'.join(sorted(states))} in {took:.1f} s ({args.vms / took:.0f} VMs/s; every request accepted in "
-              f"{accepted * 1000:.0f} ms) (target < 33 s, issue 26)")  # fmt: skip
+              f"{accepted * 1000:.0f} ms; server CPU {cpu:.1f} s, {cpu / args.vms * 1e6:.0f} µs per VM) (target < 33 s, issue 26)")  # fmt: skip
         vm_ids = all_ids[:: max(1, args.vms // 500)]
         token_pages = ["/api/v1/vms?limit=50"]
         p50, p99, rps = wrk_latency(url, token_pages, args.concurrency, 10, key)

@@ -37,14 +37,10 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import uvicorn
@@ -53,9 +49,7 @@ from fastapi.responses import JSONResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bulk_create, free_port, process, server, wrk_latency  # noqa: E402
-
-PY_SPY = "py-spy==0.4.3"  # as pinned in pyproject.toml's `bench` extra
+from common import bulk_create, cpu_seconds, free_port, process, profiled, server, wrk_latency  # noqa: E402
 
 
 def floor_app(db: str) -> FastAPI:
@@ -102,12 +96,6 @@ async def copy_documents(client: object, db: str) -> int:
     return len(docs)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time process `pid` (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured(pid: int, url: str, paths: list[str], connections: int, seconds: int, key: str | None) -> tuple[float, float, float, float]:
     """wrk's p50 and p99 (ms) and requests/s, and the server's CPU µs per request."""
     cpu = cpu_seconds(pid)
@@ -117,39 +105,6 @@ def measured(pid: int, url: str, paths: list[str], connections: int, seconds: in
 
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def ensure_py_spy() -> str:
-    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(found).exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", PY_SPY], check=True)
-        found = str(Path(sys.executable).parent / "py-spy")
-    return found
-
-
-def profile(pid: int, url: str, paths: list[str], key: str, seconds: int, out: Path) -> None:
-    """wrk on `paths` while py-spy samples the server; out: collapsed stacks, then the
-    functions in most samples (self and total) printed."""
-    spy = subprocess.Popen([ensure_py_spy(), "record", "-p", str(pid), "-d", str(seconds + 1), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    wrk_latency(url, paths, 16, seconds, key)
-    spy.wait()
-    own: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    samples = 0
-    for line in out.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]  # a function, not its lines
-        samples += int(n)
-        own[frames[-1]] += int(n)
-        for f in set(frames):
-            total[f] += int(n)
-    print(f"  {out}: {samples} samples; most in the function itself:")
-    for f, n in own.most_common(15):
-        print(f"    {100 * n / samples:5.1f} %  {f}")
-    print("  most including what they call:")
-    for f, n in total.most_common(40):
-        print(f"    {100 * n / samples:5.1f} %  {f}")
 
 
 def parse() -> argparse.Namespace:
@@ -209,7 +164,8 @@ async def main(args: argparse.Namespace) -> None:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     for name, file in (("vmplane GET", "get.txt"), ("vmplane list", "list.txt")):
                         pid, url, paths, key = runs[name]
-                        profile(pid, url, paths, key or "", args.seconds, args.profile / file)
+                        with profiled(pid, args.profile / file):
+                            wrk_latency(url, paths, args.concurrency, args.seconds, key)
 
 
 if __name__ == "__main__":

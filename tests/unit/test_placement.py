@@ -1,11 +1,13 @@
 """Placement is a pure function: table tests of its filters, weighers and errors."""
 
+import dataclasses
+import random
 import time
 
 import pytest
 
 from vmplane.errors import NoCapacity, NotFound
-from vmplane.placement import Demand, NodeUsage, Policy, choose_node
+from vmplane.placement import Demand, NodeUsage, Policy, Ranking, choose_node
 
 
 def node(id: str, cpu_used: int = 0, ram_used: int = 0, disk_used: int = 0, online: bool = True, cpu: int = 32, ram: int = 131072, disk: int = 2000) -> NodeUsage:
@@ -100,3 +102,50 @@ def test_cordoned_and_excluded_nodes_take_no_new_vm() -> None:
         choose_node(Demand(1, 512, 10, exclude=frozenset({"n2", "n3"})), nodes, SPREAD)
     with pytest.raises(NoCapacity, match="node n2 cannot take this VM"):
         choose_node(Demand(1, 512, 10, node_id="n2", exclude=frozenset({"n2"})), nodes, SPREAD)
+
+
+@pytest.mark.parametrize("policy", [SPREAD, PACK, Policy(cpu_ratio=1.5, ram_ratio=1.2, disk_ratio=0.9)])
+def test_a_ranking_picks_what_choose_node_picks(policy: Policy) -> None:
+    """Through claims and releases on nodes of different sizes, states, network types and
+    CD-ROM support, a Ranking's best is choose_node's choice (None where it finds no room)."""
+    rng = random.Random(7)
+    nodes: dict[str, NodeUsage] = {}
+    for i in range(40):
+        size = (rng.choice((4, 8, 32)), rng.choice((4096, 16384)), rng.choice((50, 200)))
+        kinds = frozenset({"user", "bridge"} if i % 3 else {"user"})
+        nodes[f"n{i:02d}"] = NodeUsage(
+            f"n{i:02d}", rng.random() > 0.1, *size, 0, 0, 0, network_types=kinds, cordoned=rng.random() < 0.1, cdrom=i % 4 == 0
+        )
+    demands = [
+        Demand(1, 512, 10),
+        Demand(2, 2048, 20),
+        Demand(1, 1024, 10, network_types=frozenset({"bridge"})),
+        Demand(4, 4096, 40, cdrom=True),
+    ]
+    rankings = {d: Ranking(d, nodes.values(), policy) for d in demands}
+    seen: list[str | None] = []
+    for _ in range(3000):
+        demand = rng.choice(demands)
+        try:
+            expected: str | None = choose_node(demand, nodes.values(), policy).id
+        except NoCapacity:
+            expected = None
+        seen.append(expected)
+        assert rankings[demand].best() == expected
+        # claim on the chosen node, or release from a random one (usage may reach anything the claims made)
+        target = nodes[expected] if expected is not None and rng.random() < 0.8 else nodes[rng.choice(sorted(nodes))]
+        sign = 1 if expected is not None and target.id == expected else -1
+        if sign < 0 and target.cpu_used < demand.cpu:
+            continue
+        if sign < 0 and (target.ram_mb_used < demand.ram_mb or target.disk_gb_used < demand.disk_gb):
+            continue
+        changed = dataclasses.replace(
+            target,
+            cpu_used=target.cpu_used + sign * demand.cpu,
+            ram_mb_used=target.ram_mb_used + sign * demand.ram_mb,
+            disk_gb_used=target.disk_gb_used + sign * demand.disk_gb,
+        )
+        nodes[target.id] = changed
+        for ranking in rankings.values():
+            ranking.update(changed)
+    assert seen.count(None) > 100 and len(set(seen)) > 20, "the run reaches full nodes and many choices"

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..domain import NodeStatus
 from ..errors import InvalidRequest, NoCapacity, NotFound, Reason
 from ..pci import PciDevice
-from ..placement import SETTINGS, UNITS, Demand, NodeUsage, Policy, choose_node, pick_devices
+from ..placement import SETTINGS, UNITS, Demand, NodeUsage, Policy, Ranking, choose_node, pick_devices
 from ..store import Store
 from ..store import networks as net_q
 from ..store import nodes as node_q
@@ -54,6 +54,8 @@ class Capacity:
     """
 
     CACHE_SECONDS = 5.0
+    RANKINGS = 8
+    """demands (sizes, network types) whose ranking is kept at once"""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -65,6 +67,8 @@ class Capacity:
         )
         self.ratios = (settings.cpu_overcommit, settings.ram_overcommit, settings.disk_overcommit)
         self._cache: dict[str, NodeUsage] = {}
+        self._rankings: dict[Demand, Ranking] = {}
+        """the cache ordered for the demands placed lately (kept by `_adjust`, dropped by `_refresh`)"""
         self._loaded_at = 0.0
         self.scope: Callable[[], tuple[set[str], set[str]]] | None = None
         """With several replicas: (nodes to avoid, nodes to avoid even when nothing else fits);
@@ -74,6 +78,7 @@ class Capacity:
         """Reload usage through the caller's connection (a second one could deadlock a full pool)."""
         taken = {(a.node_id, a.address) for a in await net_q.assigned_devices(conn)}
         self._cache = {r.id: usage_of(r, taken) for r in await node_q.list_nodes(conn)}
+        self._rankings = {}
         self._loaded_at = clock.now()
 
     def invalidate(self) -> None:
@@ -82,7 +87,9 @@ class Capacity:
     def _adjust(self, node_id: str, cpu: int, ram_mb: int, disk_gb: int, devices: list[str] | None = None) -> None:
         n = self._cache.get(node_id)
         if n is not None:
-            self._cache[node_id] = _with_claim(n, cpu, ram_mb, disk_gb, devices)
+            self._cache[node_id] = n = _with_claim(n, cpu, ram_mb, disk_gb, devices)
+            for ranking in self._rankings.values():
+                ranking.update(n)
 
     async def place_and_claim(self, conn: AsyncConnection, demand: Demand, vm_id: str | None = None) -> str:
         """Choose a node and claim `demand` on it inside `conn`'s transaction; returns its id.
@@ -112,8 +119,17 @@ class Capacity:
         """Placement over the nodes this process serves (and nodes no replica holds, such as
         remote ones); over those another replica serves only if nothing else fits."""
         avoid, last_resort = self.scope() if self.scope is not None else (set(), set())
+        if not avoid and demand.node_id is None and not demand.pci and not demand.exclude:
+            ranking = self._rankings.get(demand)
+            if ranking is None:
+                if len(self._rankings) >= self.RANKINGS:
+                    del self._rankings[next(iter(self._rankings))]  # the oldest
+                ranking = self._rankings[demand] = Ranking(demand, self._cache.values(), self.policy)
+            best = ranking.best()
+            if best is not None:
+                return self._cache[best]
         if not avoid:
-            return choose_node(demand, self._cache.values(), self.policy)
+            return choose_node(demand, self._cache.values(), self.policy)  # a node named, or what is short said
         try:
             return choose_node(demand, [n for n in self._cache.values() if n.id not in avoid], self.policy)
         except (NoCapacity, NotFound):

@@ -141,14 +141,15 @@ class ReadinessService:
                 await asyncio.sleep(RETRY_AFTER)
 
     async def _record(self, vm_id: str, state: GuestState) -> None:
+        key = preferred_key(state.host_keys)
         async with self.store.write() as conn:
-            vm = await vm_q.get_vm(conn, vm_id)
-            if vm is None:
-                return
             spec = None
-            key = preferred_key(state.host_keys)
-            if key is not None and vm.spec.ssh is not None and vm.spec.ssh.host_key != key:
-                spec = vm.spec.with_(ssh=dataclasses.replace(vm.spec.ssh, host_key=key)).to_json()
+            if key is not None:  # the VM's spec keeps its SSH host key (a guest without one: no read)
+                vm = await vm_q.get_vm(conn, vm_id)
+                if vm is None:
+                    return
+                if vm.spec.ssh is not None and vm.spec.ssh.host_key != key:
+                    spec = vm.spec.with_(ssh=dataclasses.replace(vm.spec.ssh, host_key=key)).to_json()
             if await vm_q.set_guest_ready(conn, vm_id, spec, state.detail):
                 log.info("guest of %s is ready: %s", vm_id, state.detail)
 

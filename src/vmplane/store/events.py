@@ -62,10 +62,11 @@ async def flush(conn: AsyncConnection) -> bool:
             },
         )
     else:
-        await conn.execute(insert(events), rows)
+        await conn.execute(_INSERT, rows)
     return True
 
 
+_INSERT = insert(events)
 _PG_INSERT = text(
     f"WITH ordered AS MATERIALIZED (SELECT pg_advisory_xact_lock({_EVENT_ORDER_LOCK}), pg_notify('{EVENTS_CHANNEL}', ''))"
     " INSERT INTO events (type, ts, resource, org_id, team_id, data)"

@@ -9,7 +9,7 @@ passed to another worker, or to a later attempt of the same process, changes not
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, and_, func, insert, select, tuple_, update
+from sqlalchemy import Float, Integer, Row, String, and_, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import JobState, TaskState, job_final_state, job_progress
@@ -131,9 +131,12 @@ async def task_log(conn: AsyncConnection, task_id: str) -> Sequence[Row[*tuple[A
     return (await conn.execute(q)).all()
 
 
+_APPEND_LOGS = insert(task_logs)
+
+
 async def append_logs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        await conn.execute(insert(task_logs), rows)
+        await conn.execute(_APPEND_LOGS, rows)
 
 
 async def active_task_for(conn: AsyncConnection, resource_ids: Sequence[str]) -> set[str]:
@@ -276,23 +279,34 @@ async def set_progress(
     return True
 
 
+# The statements a task's end runs are built once, their values bound at execution: a bulk
+# create ends thousands of tasks, and building each statement cost more than running it.
+_COUNT_FINAL = {
+    state: update(jobs)
+    .where(jobs.c.id == bindparam("job_id"))
+    .values(
+        {
+            column: jobs.c[column] + bindparam("n", type_=Integer),
+            "progress_sum": jobs.c.progress_sum + bindparam("delta", type_=Integer),
+            "updated_at": bindparam("now", type_=Float),
+        }
+    )
+    .returning(*jobs.c)
+    for state, column in ((TaskState.SUCCEEDED, "n_succeeded"), (TaskState.FAILED, "n_failed"), (TaskState.CANCELLED, "n_cancelled"))
+}
+_JOB_ENDS = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"))
+    .values(state=bindparam("final", type_=String), finished_at=bindparam("now", type_=Float))
+    .returning(*jobs.c)
+)
+
+
 async def _count_final(conn: AsyncConnection, job_id: str, state: TaskState, n: int, progress_delta: int, now: float) -> Row[*tuple[Any, ...]]:
-    column = {TaskState.SUCCEEDED: "n_succeeded", TaskState.FAILED: "n_failed", TaskState.CANCELLED: "n_cancelled"}[state]
-    job = (
-        await conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id)
-            .values({column: jobs.c[column] + n, "progress_sum": jobs.c.progress_sum + progress_delta, "updated_at": now})
-            .returning(*jobs.c)
-        )
-    ).one()
+    job = (await conn.execute(_COUNT_FINAL[state], {"job_id": job_id, "n": n, "delta": progress_delta, "now": now})).one()
     final = job_final_state(job.total, job.n_succeeded, job.n_failed, job.n_cancelled)
     if final is not None and job.state != final.value:
-        job = (
-            await conn.execute(
-                update(jobs).where(jobs.c.id == job_id).values(state=final.value, finished_at=now).returning(*jobs.c)
-            )
-        ).one()
+        job = (await conn.execute(_JOB_ENDS, {"job_id": job_id, "final": final.value, "now": now})).one()
         await ev_q.emit(conn, FINAL_EVENT[final.value], job.id, job_data(job), job.org_id, job.team_id)
     else:
         await _progress_event(conn, job, progress_delta)
@@ -327,6 +341,26 @@ class TaskEnd(NamedTuple):
     """the fencing token: the attempt that claimed the task (its `attempts` then)"""
 
 
+_FINISH_TASK = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        tasks.c.lease_owner == bindparam("owner"),
+        tasks.c.attempts == bindparam("attempt"),
+        tasks.c.state == TaskState.RUNNING.value,
+    )
+    .values(
+        state=bindparam("end", type_=String),
+        error=bindparam("error", type_=String),
+        progress=100,
+        finished_at=bindparam("now", type_=Float),
+        lease_owner=None,
+        lease_expires=None,
+    )
+    .returning(*tasks.c)
+)
+
+
 async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[TaskEnd], now: float) -> dict[str, Row[*tuple[Any, ...]]]:
     """Record the ends of running tasks (of any jobs) in one transaction: {task id: its job
     row after} for those `owner` still held under the attempt each end names (the others
@@ -339,19 +373,8 @@ async def finish_tasks(conn: AsyncConnection, *, owner: str, ends: Sequence[Task
     counts: dict[tuple[str, TaskState], list[int]] = {}
     finished: dict[str, str] = {}
     for end in sorted(ends, key=lambda e: e.task_id):
-        task = (
-            await conn.execute(
-                update(tasks)
-                .where(
-                    tasks.c.id == end.task_id,
-                    tasks.c.lease_owner == owner,
-                    tasks.c.attempts == end.attempt,
-                    tasks.c.state == TaskState.RUNNING.value,
-                )
-                .values(state=end.state.value, error=end.error, progress=100, finished_at=now, lease_owner=None, lease_expires=None)
-                .returning(*tasks.c)
-            )
-        ).first()
+        params = {"task_id": end.task_id, "owner": owner, "attempt": end.attempt, "end": end.state.value, "error": end.error, "now": now}
+        task = (await conn.execute(_FINISH_TASK, params)).first()
         if task is None:
             continue
         await ev_q.emit(conn, f"task.{end.state.value}", task.resource_id, task_data(task), task.org_id, task.team_id)

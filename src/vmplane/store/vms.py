@@ -127,7 +127,7 @@ async def set_vm(conn: AsyncConnection, vm_id: str, **values: Any) -> None:
     """Change a VM's record; a change of name, tags or resources is announced as `vm.updated`.
     Status changes go through `set_status`."""
     assert "status" not in values, "use set_status"
-    row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(**values).returning(*vms.c))).first()
+    row = await _update(conn, vm_id, values)
     if row is not None and values.keys() & {"name", "tags", "cpu", "ram_mb", "disk_gb"}:
         await ev_q.emit(
             conn,
@@ -139,13 +139,29 @@ async def set_vm(conn: AsyncConnection, vm_id: str, **values: Any) -> None:
         )
 
 
+@lru_cache(maxsize=64)
+def _update_statement(columns: tuple[str, ...], running_not_ready: bool = False) -> Any:
+    """UPDATE of one VM's `columns` returning the row, their values bound at execution (as
+    `v_<column>`): one statement per set of columns. A bulk create changes each VM's status
+    twice, and building the statement each time cost more than running it."""
+    q = update(vms).where(vms.c.id == bindparam("vm_id"))
+    if running_not_ready:
+        q = q.where(vms.c.status == "running", vms.c.guest_ready == false())
+    return q.values({c: bindparam(f"v_{c}", type_=vms.c[c].type) for c in columns}).returning(*vms.c)
+
+
+async def _update(conn: AsyncConnection, vm_id: str, values: dict[str, Any], running_not_ready: bool = False) -> Any:
+    q = _update_statement(tuple(values), running_not_ready)
+    return (await conn.execute(q, {"vm_id": vm_id, **{f"v_{c}": v for c, v in values.items()}})).first()
+
+
 async def set_status(conn: AsyncConnection, vm_id: str, status: str, **values: Any) -> None:
     """Change a VM's status (and other fields) and announce it (`vm.running`, `vm.error`, …).
     A status other than `running` ends the guest's readiness: it is said again, once, after
     the next boot (`set_guest_ready`)."""
     if status != "running":
         values["guest_ready"] = False
-    row = (await conn.execute(update(vms).where(vms.c.id == vm_id).values(status=status, **values).returning(*vms.c))).first()
+    row = await _update(conn, vm_id, {"status": status, **values})
     if row is not None:
         await ev_q.emit(conn, vm_event_for(status), vm_id, _vm_data(row), row.org_id, row.team_id)
 
@@ -155,8 +171,7 @@ async def set_guest_ready(conn: AsyncConnection, vm_id: str, spec: dict[str, Any
     key changed it) and announce it (`vm.guest_ready`): once per boot, so False when the VM is
     no longer running or was ready already."""
     values: dict[str, Any] = {"guest_ready": True} | ({"spec": spec} if spec is not None else {})
-    q = update(vms).where(vms.c.id == vm_id, vms.c.status == "running", vms.c.guest_ready == false()).values(**values).returning(*vms.c)
-    row = (await conn.execute(q)).first()
+    row = await _update(conn, vm_id, values, running_not_ready=True)
     if row is None:
         return False
     await ev_q.emit(conn, "vm.guest_ready", vm_id, {**_vm_data(row), "guestReady": True, "detail": detail}, row.org_id, row.team_id)
