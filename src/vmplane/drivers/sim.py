@@ -8,6 +8,7 @@ and passes the same driver contract suite as `qemu`.
 import asyncio
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Mapping
