@@ -289,3 +289,32 @@ async def test_a_delete_waits_for_its_node_to_come_back(fleet: Any) -> None:
     state = json.loads((a.cfg.data_dir / "sim" / "sim-0.json").read_text())
     assert [v["id"] for v in state["vms"]] == []
     assert (await node(server, a.node_id))["resources"]["cpuUsed"] == 0
+
+
+async def test_a_snapshot_delete_waits_for_its_node_to_come_back(fleet: Any) -> None:
+    """Like a VM's delete: a snapshot's delete on a node out of reach asks again until the node
+    answers (it failed at once, leaving the snapshot `ready` in the store after its node had
+    removed it: found by the chaos soak, bench/chaos.py)."""
+    server: Server = fleet.server
+    a = await fleet.add()
+    created = await server.create({"name": "snapped", "nodeId": a.node_id})
+    vm = created["tasks"][0]["resourceId"]
+    r = await server.client.post(f"/api/v1/vms/{vm}/snapshots", json={"name": "s1"})
+    assert (await server.wait_job(r.json()["jobId"]))["state"] == "succeeded"
+    snap = r.json()["snapshotId"]
+    assert await a.stop() == 0
+
+    async def offline() -> bool:
+        return (await node(server, a.node_id))["status"] == "offline"
+
+    await wait_for(offline, timeout=5, what="node offline")
+    d = await server.client.delete(f"/api/v1/snapshots/{snap}")
+    assert d.status_code == 202, d.text
+    await asyncio.sleep(2.5)
+    assert (await server.client.get(f"/api/v1/jobs/{d.json()['jobId']}")).json()["state"] == "running"
+    back = await RunningAgent(server.url, None, a.cfg.data_dir, hostname="sim-0").start()
+    fleet.agents.append(back)
+    assert (await server.wait_job(d.json()["jobId"]))["state"] == "succeeded"
+    assert (await server.client.get(f"/api/v1/snapshots/{snap}")).status_code == 404
+    state = json.loads((a.cfg.data_dir / "sim" / "sim-0.json").read_text())
+    assert snap not in state.get("snapshots", {})

@@ -11,7 +11,7 @@ from ...drivers.base import HypervisorDriver
 from ...errors import VmplaneError
 from ...store import snapshots as snap_q
 from ..engine import TaskContext
-from .base import BaseHandler, load_vm, while_stopped
+from .base import BaseHandler, load_vm, when_node_answers, while_stopped
 
 
 async def load_snapshot(ctx: TaskContext, snapshot_id: str) -> Row[Any]:
@@ -57,7 +57,10 @@ class SnapshotDelete(BaseHandler):
             if await snap_q.dependents(conn, snap.id):
                 raise VmplaneError(f"snapshot {snap.id} gained dependent VMs; not deleted")
         if snap.node_id in ctx.deps.registry:
-            await ctx.deps.registry.driver(snap.node_id).delete_snapshot(snap.id)
+            # asked again while the node is out of reach: failing at once left the snapshot
+            # `ready` in the store after its node had removed it (found by the chaos soak)
+            driver = ctx.deps.registry.driver(snap.node_id)
+            await when_node_answers(ctx, lambda: driver.delete_snapshot(snap.id))
         ctx.defer(lambda conn: snap_q.delete_snapshot(conn, snap.id))
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
