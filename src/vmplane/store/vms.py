@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, false, insert, or_, select, update
+from sqlalchemy import Row, Select, bindparam, delete, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import Vm
@@ -49,6 +49,16 @@ async def get_vm(conn: AsyncConnection, ref: str) -> Vm | None:
     keys = tuple(result.keys())
     row = result.first()
     return Vm.from_row(row, keys) if row is not None else None
+
+
+async def placement(conn: AsyncConnection, vm_id: str) -> Row[Any] | None:
+    """The VM's row as placement needs it (`node_id`: where it is placed, or None), locked until
+    the transaction ends (PostgreSQL), so that two attempts of one create placing it at once are
+    judged one after the other; None if the VM is gone."""
+    q = select(vms.c.node_id).where(vms.c.id == vm_id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return (await conn.execute(q)).first()
 
 
 async def _records(conn: AsyncConnection, q: Any, params: dict[str, Any] | None = None) -> list[Vm]:

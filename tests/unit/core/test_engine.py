@@ -13,10 +13,12 @@ from sqlalchemy import Row, update
 from vmplane import clock
 from vmplane.domain import NewVm, Resources
 from vmplane.errors import DriverError, NotFound
+from vmplane.jobs.handlers import vm_create
 from vmplane.services.vms import VmChange
 from vmplane.store import StoreUnavailable
 from vmplane.store import jobs as job_q
 from vmplane.store import nodes as node_q
+from vmplane.store import vms as vm_q
 from vmplane.store.tables import tasks
 
 from .conftest import NODE, Core
@@ -164,3 +166,27 @@ async def test_a_refused_shrink_keeps_its_claim_and_size(core: Core) -> None:
     async with core.store.read() as conn:
         node = await node_q.get_node(conn, NODE)
     assert node is not None and node.cpu_used == int(node.cpu_total * core.settings.cpu_overcommit)  # the 4 stayed claimed
+
+
+async def test_a_vm_is_placed_once_when_two_attempts_race(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier attempt of a create, stalled past its lease, places the VM between this
+    attempt's read and its placement: this attempt takes that placement instead of placing the
+    VM a second time (claiming twice, and sending the VM's later work to another node than the
+    one the stalled attempt created it on: found by the chaos soak, bench/chaos.py)."""
+    real_load = vm_create.load_vm
+
+    async def load_then_placed_by_the_stalled_attempt(ctx: Any) -> Any:
+        vm = await real_load(ctx)
+        async with core.store.write() as conn:
+            await node_q.claim(conn, NODE, vm.cpu, vm.ram_mb, vm.disk_gb, (core.settings.cpu_overcommit, 1.0, 1.0), clock.now())
+            await vm_q.set_status(conn, vm.id, "starting", node_id=NODE, updated_at=clock.now())
+        return vm  # as read before: not placed yet
+
+    monkeypatch.setattr(vm_create, "load_vm", load_then_placed_by_the_stalled_attempt)
+    job_id, [vm_id] = await core.vms.create([NewVm(name="once", resources=Resources(2, 1024, 10))], core.owner)
+    await core.engine.start(core.deps)
+    assert (await core.jobs.wait(job_id, 10)).state == "succeeded"
+    async with core.store.read() as conn:
+        node = await node_q.get_node(conn, NODE)
+    assert node is not None and node.cpu_used == 2  # claimed once
+    assert (await core.vms.get(vm_id, core.owner)).node_id == NODE

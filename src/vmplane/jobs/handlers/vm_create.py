@@ -43,11 +43,20 @@ class VmCreate(BaseHandler):
                 cdrom=vm.wants_boot_setup,
             )  # fmt: skip
             async with deps.store.write() as conn:
-                node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
-                if demand.pci:
-                    await vm_q.set_vm(conn, vm.id, spec=spec.with_(pci_assigned=tuple(await net_q.devices_of(conn, vm.id))).to_json())
-                status = VmStatus.STARTING if start else VmStatus.PROVISIONING
-                await vm_q.set_status(conn, vm.id, status.value, node_id=node_id, updated_at=clock.now())
+                # Placed once: an earlier attempt of this task, stalled past its lease, may place
+                # the VM between this run's read and now (placement is not fenced). A second
+                # placement sent the VM's later work to another node than the one the stalled
+                # attempt created it on, leaving it there, orphaned (found by the chaos soak).
+                row = await vm_q.placement(conn, vm.id)
+                if row is None:
+                    raise VmplaneError(f"VM {vm.id} no longer exists")
+                node_id = row.node_id
+                if node_id is None:
+                    node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
+                    if demand.pci:
+                        await vm_q.set_vm(conn, vm.id, spec=spec.with_(pci_assigned=tuple(await net_q.devices_of(conn, vm.id))).to_json())
+                    status = VmStatus.STARTING if start else VmStatus.PROVISIONING
+                    await vm_q.set_status(conn, vm.id, status.value, node_id=node_id, updated_at=clock.now())
             await ctx.progress(20, f"placed on {node_id}")
         if not deps.home.runs_here(node_id):
             raise HandOff(f"{node_id} is served by another replica")
