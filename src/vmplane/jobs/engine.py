@@ -427,6 +427,14 @@ class JobEngine:
                 except Exception as exc:
                     if ctx.lost:
                         raise LeaseLost() from exc
+                    # A run that failed after losing its lease, before it heard so, must not roll
+                    # back: the task is its new holder's, and the rollback's writes would undo the
+                    # holder's work (a stale create's rollback unplaced a VM the next attempt had
+                    # made: it was left on its node, orphaned; found by the chaos soak).
+                    try:
+                        await self.confirm_lease(ctx)
+                    except StoreUnavailable as gone:
+                        raise LeaseLost() from gone
                     state = TaskState.FAILED
                     if isinstance(exc, VmplaneError):
                         error = exc.message

@@ -190,3 +190,33 @@ async def test_a_vm_is_placed_once_when_two_attempts_race(core: Core, monkeypatc
         node = await node_q.get_node(conn, NODE)
     assert node is not None and node.cpu_used == 2  # claimed once
     assert (await core.vms.get(vm_id, core.owner)).node_id == NODE
+
+
+async def test_a_run_that_fails_after_losing_its_lease_does_not_roll_back(core: Core) -> None:
+    """A run whose call fails after its task passed to another worker, before it heard so,
+    leaves the task to its new holder: no rollback, whose writes would undo the holder's work
+    (a stale create's rollback unplaced a VM the next attempt had made, leaving it orphaned on
+    its node: found by the chaos soak, bench/chaos.py)."""
+    real_create = core.driver.create_vm
+
+    async def taken_over_then_refused(spec: Any) -> None:
+        await real_create(spec)
+        async with core.store.write() as conn:  # meanwhile the lease passed on: another attempt holds the task
+            await conn.execute(
+                update(tasks).where(tasks.c.resource_id == spec.id).values(lease_owner="worker-elsewhere", attempts=tasks.c.attempts + 1)
+            )
+        raise DriverError(f"the agent did not answer the create of {spec.id} in time")
+
+    core.driver.create_vm = taken_over_then_refused  # type: ignore[method-assign]
+    job_id, [vm_id] = await core.vms.create([NewVm(name="kept")], core.owner)
+    await core.engine.start(core.deps)
+    for _ in range(200):
+        if not core.engine.running_count and (await _task(core, job_id)).attempts == 2:  # the run has stopped
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    task = await _task(core, job_id)
+    assert (task.state, task.lease_owner) == ("running", "worker-elsewhere")  # the holder's, untouched
+    vm = await core.vms.get(vm_id, core.owner)
+    assert (vm.status, vm.node_id) == ("starting", NODE)  # not unplaced, not error
+    assert [v.vm_id for v in await core.driver.list_vms()] == [vm_id]  # not deleted from its node
