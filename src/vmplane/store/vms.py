@@ -51,11 +51,11 @@ async def get_vm(conn: AsyncConnection, ref: str) -> Vm | None:
     return Vm.from_row(row, keys) if row is not None else None
 
 
-async def placement(conn: AsyncConnection, vm_id: str) -> Row[Any] | None:
-    """The VM's row as placement needs it (`node_id`: where it is placed, or None), locked until
+async def placement(conn: AsyncConnection, vm_id: str) -> Row[*tuple[Any, Any]] | None:
+    """The VM's row as placement needs it (`node_id`: where it is placed, or None; `status`), locked until
     the transaction ends (PostgreSQL), so that two attempts of one create placing it at once are
     judged one after the other; None if the VM is gone."""
-    q = select(vms.c.node_id).where(vms.c.id == vm_id)
+    q = select(vms.c.node_id, vms.c.status).where(vms.c.id == vm_id)
     if conn.dialect.name == "postgresql":
         q = q.with_for_update()
     return (await conn.execute(q)).first()

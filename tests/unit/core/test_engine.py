@@ -220,3 +220,27 @@ async def test_a_run_that_fails_after_losing_its_lease_does_not_roll_back(core: 
     vm = await core.vms.get(vm_id, core.owner)
     assert (vm.status, vm.node_id) == ("starting", NODE)  # not unplaced, not error
     assert [v.vm_id for v in await core.driver.list_vms()] == [vm_id]  # not deleted from its node
+
+
+async def test_a_vm_whose_create_failed_meanwhile_is_not_placed_again(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another attempt's create failed (the VM `error`, on no node, holding nothing) between
+    this attempt's read and its placement: this one places nothing (it placed the VM again,
+    counting it against the quota and the node: found by the chaos soak, bench/chaos.py)."""
+    real_load = vm_create.load_vm
+
+    async def load_then_failed_elsewhere(ctx: Any) -> Any:
+        vm = await real_load(ctx)
+        async with core.store.write() as conn:
+            await vm_q.set_status(conn, vm.id, "error", node_id=None, error="failed elsewhere", updated_at=clock.now())
+        return vm  # as read before: still provisioning
+
+    monkeypatch.setattr(vm_create, "load_vm", load_then_failed_elsewhere)
+    job_id, [vm_id] = await core.vms.create([NewVm(name="failed", resources=Resources(2, 1024, 10))], core.owner)
+    await core.engine.start(core.deps)
+    outcome = await core.jobs.wait(job_id, 10)
+    assert outcome.state == "failed" and "nothing to create" in (outcome.tasks[0].error or "")
+    async with core.store.read() as conn:
+        node = await node_q.get_node(conn, NODE)
+    assert node is not None and node.cpu_used == 0
+    vm = await core.vms.get(vm_id, core.owner)
+    assert (vm.status, vm.node_id) == ("error", None) and await core.driver.list_vms() == []

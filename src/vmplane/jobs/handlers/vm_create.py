@@ -42,14 +42,18 @@ class VmCreate(BaseHandler):
                 cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=spec.node_id, pci=spec.pci_passthrough, network_types=spec.network_types,
                 cdrom=vm.wants_boot_setup,
             )  # fmt: skip
+            await ctx.fence()  # a stalled attempt stops here, before it claims anything
             async with deps.store.write() as conn:
-                # Placed once: an earlier attempt of this task, stalled past its lease, may place
-                # the VM between this run's read and now (placement is not fenced). A second
-                # placement sent the VM's later work to another node than the one the stalled
-                # attempt created it on, leaving it there, orphaned (found by the chaos soak).
+                # Placed once: another attempt of this task may place the VM between this run's
+                # read and now. A second placement sent the VM's later work to another node than
+                # the one the other attempt created it on, leaving it there, orphaned; placing a
+                # VM whose create had failed meanwhile counted it against the quota again (both
+                # found by the chaos soak).
                 row = await vm_q.placement(conn, vm.id)
                 if row is None:
                     raise VmplaneError(f"VM {vm.id} no longer exists")
+                if row.status not in (VmStatus.PROVISIONING, VmStatus.STARTING):
+                    raise VmplaneError(f"VM {vm.id} is {row.status}; nothing to create")
                 node_id = row.node_id
                 if node_id is None:
                     node_id = await deps.capacity.place_and_claim(conn, demand, vm.id)
