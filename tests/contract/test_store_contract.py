@@ -14,6 +14,7 @@ from vmplane.store import Store, StoreUnavailable
 from vmplane.store import idempotency as idem_q
 from vmplane.store import jobs as job_q
 from vmplane.store import nodes as node_q
+from vmplane.store import tenancy as t_q
 from vmplane.store import vms as vm_q
 
 
@@ -288,3 +289,20 @@ async def test_a_database_out_of_reach_is_told_apart_from_a_refused_statement(st
             async with block():
                 pass
     await gone.close()
+
+
+async def test_quota_usage_counts_what_vms_hold(store: Store) -> None:
+    """A VM counts against its organization's quota while placed on a node or waiting to be
+    (provisioning); on no node otherwise it holds nothing: a failed create (error), and the
+    same VM while it is deleted (it was counted again then, after its quota had gone to
+    another VM: 9 vCPUs under a limit of 8 in the chaos soak, bench/chaos.py)."""
+    async with store.write() as conn:
+        await node_q.upsert_node(conn, node_row("n1"))
+        rows = []
+        for name, status, node in (("placed", "running", "n1"), ("waiting", "provisioning", None), ("failed", "error", None),
+                                   ("failed-deleted", "deleting", None), ("deleted-placed", "deleting", "n1")):  # fmt: skip
+            rows.append({**vm_row(name), "status": status, "node_id": node, "cpu": 1})
+        await vm_q.insert_vms(conn, rows)
+    async with store.read() as conn:
+        usage = await t_q.org_usage(conn, "org-default")
+    assert (usage.vms, usage.cpu) == (3, 3)  # placed, waiting, and the placed one being deleted
