@@ -158,6 +158,12 @@ class NodeUnreachable(DriverError):
     the node is back is the way to learn it (the contract's calls are idempotent)."""
 
 
+class Superseded(Conflict):
+    """A node refused a call that a later one has superseded: a call made on the same resource
+    by a later run of a task (`drivers.base.CallOrder`) reached it first. The caller's run is
+    stale (its task is another run's now) and must not act further."""
+
+
 class ImageRefused(DriverError):
     """A disk image from outside that vmplane will not use (`drivers.qemu.intake`); the
     message says why."""

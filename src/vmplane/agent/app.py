@@ -2,7 +2,9 @@
 plane under `/agent/v1` (see `wire` for the shapes).
 
 Every request carries the control-plane key of this node (`Authorization: Bearer vmk_…`); the
-agent keeps only its SHA-256 and refuses anything else with 401. Values that become paths on
+agent keeps only its SHA-256 and refuses anything else with 401. A changing call made by a run
+of a task carries its order, and one older than a call already taken on the same resource is
+refused with 409 `Superseded` (`calls`). Values that become paths on
 this host are checked: ids by shape, and the base images a VM may be defined on must lie in
 the agent's data directory (the control plane only ever names files this agent handed out).
 """
@@ -32,6 +34,7 @@ from ..drivers import remote_wire as wire
 from ..drivers.base import HypervisorDriver, PowerState
 from ..errors import DriverError, InvalidRequest, InvalidState, Unauthorized, VmplaneError
 from ..wsconsole import RFB_CHUNK, bridge
+from .calls import CallLedger
 from .images import ImageStore, WantedFile
 
 log = logging.getLogger("vmplane.agent")
@@ -53,9 +56,12 @@ class AgentState:
     """directories besides the data dir that VM base images may come from"""
     on_request: Callable[[], None] | None = None
     tmp: Path = field(init=False)
+    calls: CallLedger = field(init=False)
+    """the order of the changing calls taken, per resource (stale ones are refused)"""
 
     def __post_init__(self) -> None:
         self.tmp = self.data_dir / "tmp"
+        self.calls = CallLedger(self.data_dir / "calls.sqlite")
 
     def allowed(self, path: str) -> bool:
         p = Path(path).resolve()
@@ -67,6 +73,7 @@ def create_agent_app(state: AgentState) -> FastAPI:
     app.state.agent = state
     d = state.driver
     P = wire.AGENT_PREFIX
+    taking = state.calls.taking
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -117,12 +124,18 @@ def create_agent_app(state: AgentState) -> FastAPI:
 
     @app.post(P + "/vms")
     async def create_vm(request: Request) -> Response:
-        await d.create_vm(checked_spec(await json_body(request)))
+        spec = checked_spec(await json_body(request))
+        async with taking(request.headers, spec.id):
+            await d.create_vm(spec)
         return Response(status_code=204)
 
     @app.post(P + "/vms/{vid}/{action}")
     async def power(vid: str, action: str, request: Request) -> Response:
         v = vm_id(vid)
+        async with taking(request.headers, *(() if action == "exec" else (v,))):
+            return await act(v, action, request)
+
+    async def act(v: str, action: str, request: Request) -> Response:
         if action == "start":
             await d.start_vm(v)
         elif action == "stop":
@@ -154,13 +167,17 @@ def create_agent_app(state: AgentState) -> FastAPI:
         return Response(status_code=204)
 
     @app.delete(P + "/vms/{vid}")
-    async def delete_vm(vid: str) -> Response:
-        await d.delete_vm(vm_id(vid))
+    async def delete_vm(vid: str, request: Request) -> Response:
+        v = vm_id(vid)
+        async with taking(request.headers, v):
+            await d.delete_vm(v)
         return Response(status_code=204)
 
     @app.put(P + "/vms/{vid}/resources")
     async def resize(vid: str, request: Request) -> Response:
-        await d.resize_vm(vm_id(vid), wire.resources_from_wire(await json_body(request)))
+        v, resources = vm_id(vid), wire.resources_from_wire(await json_body(request))
+        async with taking(request.headers, v):
+            await d.resize_vm(v, resources)
         return Response(status_code=204)
 
     @app.put(P + "/vms/{vid}/network")
@@ -171,7 +188,9 @@ def create_agent_app(state: AgentState) -> FastAPI:
         except (KeyError, TypeError, AttributeError) as exc:
             raise InvalidRequest(f"nics: {exc}", field="nics") from None
         firewall = parse_firewall(body.get("firewall")) if body.get("firewall") else Firewall()
-        await d.set_network(vm_id(vid), nics, firewall)
+        v = vm_id(vid)
+        async with taking(request.headers, v):
+            await d.set_network(v, nics, firewall)
         return Response(status_code=204)
 
     @app.get(P + "/vms/{vid}/guest")
@@ -222,12 +241,16 @@ def create_agent_app(state: AgentState) -> FastAPI:
         return Response(await d.screenshot(vm_id(vid), maxBytes), media_type="image/png")
 
     @app.post(P + "/vms/{vid}/snapshots/{sid}")
-    async def snapshot(vid: str, sid: str) -> JSONResponse:
-        return JSONResponse(wire.image_to_wire(await d.snapshot_vm(vm_id(vid), wire.check_id(sid, "snapshotId"))))
+    async def snapshot(vid: str, sid: str, request: Request) -> JSONResponse:
+        v, s = vm_id(vid), wire.check_id(sid, "snapshotId")
+        async with taking(request.headers, v, s):
+            return JSONResponse(wire.image_to_wire(await d.snapshot_vm(v, s)))
 
     @app.delete(P + "/snapshots/{sid}")
-    async def delete_snapshot(sid: str) -> Response:
-        await d.delete_snapshot(wire.check_id(sid, "snapshotId"))
+    async def delete_snapshot(sid: str, request: Request) -> Response:
+        s = wire.check_id(sid, "snapshotId")
+        async with taking(request.headers, s):
+            await d.delete_snapshot(s)
         return Response(status_code=204)
 
     @app.get(P + "/vms/{vid}/disk")
@@ -253,6 +276,10 @@ def create_agent_app(state: AgentState) -> FastAPI:
     @app.put(P + "/vms/{vid}/disk")
     async def import_disk(vid: str, request: Request) -> Response:
         v = vm_id(vid)
+        async with taking(request.headers, v):
+            return await restore(v, request)
+
+    async def restore(v: str, request: Request) -> Response:
         runtime = await d.get_vm(v)  # refuse before gigabytes travel for nothing
         if runtime is not None and runtime.state != PowerState.STOPPED:
             raise InvalidState(f"VM {v} must be stopped to restore its disk", current=runtime.state, required="stopped")
@@ -274,15 +301,19 @@ def create_agent_app(state: AgentState) -> FastAPI:
     async def push_file(tid: str, name: str, request: Request) -> Response:
         sha = request.headers.get("x-vmplane-sha256", "")
         size = request.headers.get("content-length")
-        await state.images.receive(wire.check_id(tid, "templateId"), name, request.stream(), sha, int(size) if size and size.isdigit() else None)
+        t = wire.check_id(tid, "templateId")
+        async with taking(request.headers, t):
+            await state.images.receive(t, name, request.stream(), sha, int(size) if size and size.isdigit() else None)
         return Response(status_code=204)
 
     @app.post(P + "/images/{tid}/import")
-    async def import_pushed(tid: str) -> JSONResponse:
+    async def import_pushed(tid: str, request: Request) -> JSONResponse:
         async def quiet(_p: int, _m: str) -> None:
             return None
 
-        return JSONResponse(wire.image_to_wire(await state.images.import_pushed(wire.check_id(tid, "templateId"), quiet)))
+        t = wire.check_id(tid, "templateId")
+        async with taking(request.headers, t):
+            return JSONResponse(wire.image_to_wire(await state.images.import_pushed(t, quiet)))
 
     @app.post(P + "/images/{tid}/provide")
     async def provide(tid: str, request: Request) -> StreamingResponse:
@@ -297,7 +328,8 @@ def create_agent_app(state: AgentState) -> FastAPI:
             raise InvalidRequest("cmdline must be a string", field="cmdline")
 
         async def work(progress: Callable[[int, str], Awaitable[None]]) -> dict[str, Any]:
-            missing, result = await state.images.provide(template_id, files, cmdline, progress)
+            async with taking(request.headers, template_id):
+                missing, result = await state.images.provide(template_id, files, cmdline, progress)
             if missing:
                 return {"missing": missing}
             assert result is not None
@@ -306,8 +338,10 @@ def create_agent_app(state: AgentState) -> FastAPI:
         return long_call(work)
 
     @app.delete(P + "/images/{tid}")
-    async def delete_image(tid: str) -> Response:
-        await state.images.delete(wire.check_id(tid, "templateId"))
+    async def delete_image(tid: str, request: Request) -> Response:
+        t = wire.check_id(tid, "templateId")
+        async with taking(request.headers, t):
+            await state.images.delete(t)
         return Response(status_code=204)
 
     @app.post(P + "/migrations/{vid}/prepare")
@@ -315,7 +349,8 @@ def create_agent_app(state: AgentState) -> FastAPI:
         spec = checked_spec(await json_body(request))
         if spec.id != vm_id(vid):
             raise InvalidRequest("the spec is of another VM", field="spec.id")
-        return JSONResponse(wire.target_to_wire(await d.migrate_prepare(spec)))
+        async with taking(request.headers, spec.id):
+            return JSONResponse(wire.target_to_wire(await d.migrate_prepare(spec)))
 
     @app.post(P + "/migrations/{vid}/send")
     async def migrate_send(vid: str, request: Request) -> StreamingResponse:
@@ -323,19 +358,24 @@ def create_agent_app(state: AgentState) -> FastAPI:
         target = wire.target_from_wire(await json_body(request))
 
         async def work(progress: Callable[[int, str], Awaitable[None]]) -> dict[str, Any]:
-            await d.migrate_send(v, target, progress)
+            async with taking(request.headers, v):
+                await d.migrate_send(v, target, progress)
             return {}
 
         return long_call(work)
 
     @app.post(P + "/migrations/{vid}/finish")
-    async def migrate_finish(vid: str) -> Response:
-        await d.migrate_finish(vm_id(vid))
+    async def migrate_finish(vid: str, request: Request) -> Response:
+        v = vm_id(vid)
+        async with taking(request.headers, v):
+            await d.migrate_finish(v)
         return Response(status_code=204)
 
     @app.post(P + "/migrations/{vid}/cancel")
-    async def migrate_cancel(vid: str) -> Response:
-        await d.migrate_cancel(vm_id(vid))
+    async def migrate_cancel(vid: str, request: Request) -> Response:
+        v = vm_id(vid)
+        async with taking(request.headers, v):
+            await d.migrate_cancel(v)
         return Response(status_code=204)
 
     return app

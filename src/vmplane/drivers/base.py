@@ -14,6 +14,7 @@ General rules for every driver:
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +33,32 @@ class PowerState(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     CRASHED = "crashed"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class CallOrder:
+    """Where a changing call stands among all the calls made on one resource by runs of tasks.
+
+    Tasks on one resource run one at a time in `seq` order, a task's runs are its attempts, and
+    a run makes its calls one after another: so (seq, attempt, call) grows with every call made
+    on `resource`, and a call carrying a smaller order than one already received is stale (a
+    stalled run's, or one a slow network held back). A node that sees the order of its calls
+    (the node agent does) refuses stale ones with `Superseded`; the job engine sets it
+    (`call_order`) around every changing call of a run."""
+
+    seq: int
+    attempt: int
+    call: int
+    resource: str = field(compare=False)
+    """the id of what the task is about (a VM, a snapshot, a template): the order is only
+    known for calls on it, and the node checks it only there"""
+
+    def __str__(self) -> str:
+        return f"task #{self.seq} attempt {self.attempt} call {self.call}"
+
+
+call_order: ContextVar[CallOrder | None] = ContextVar("vmplane_call_order", default=None)
+"""The order of the changing driver call being made in this asyncio task (None outside runs of tasks)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,11 @@ answer with NDJSON progress.
 
 When the control plane marks the node offline (missed heartbeats), calls fail at once with a
 DriverError that says so, and calls in flight are abandoned with the same error.
+
+A changing call made by a run of a task carries its order (`base.call_order`, header
+`wire.ORDER_HEADER`): the agent refuses one older than a call it already took on the same
+resource (`Superseded`), so a request a slow network held back past its run's lease cannot
+land after the work of the run that took over (a create after the VM's delete, say).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
+from .. import ids
 from ..domain import BootSetup, Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import DriverError, InvalidRequest, NodeUnreachable
@@ -46,6 +52,7 @@ from .base import (
     TemplateFiles,
     VmRuntime,
     VmStats,
+    call_order,
 )
 
 log = logging.getLogger("vmplane.drivers.remote")
@@ -169,10 +176,18 @@ class RemoteDriver(HypervisorDriver):
         except httpx.HTTPError as exc:
             raise NodeUnreachable(f"node {self.node_id}: the connection to its agent broke during {what}: {exc!r}", node_id=self.node_id) from exc
 
+    @staticmethod
+    def _order() -> dict[str, str]:
+        """The header that tells the agent this call's order, when a run of a task makes it."""
+        order = call_order.get()
+        if order is None or not ids.looks_like_id(order.resource):
+            return {}
+        return {wire.ORDER_HEADER: wire.order_to_wire(order)}
+
     async def _call(self, method: str, path: str, *, body: Any = None, timeout: float | None = None, what: str = "") -> httpx.Response:
         """One request; an error answer is raised as the agent's exception."""
         req = self._http().build_request(
-            method, path, json=body,
+            method, path, json=body, headers=self._order(),
             timeout=httpx.Timeout(timeout or CALL_TIMEOUT, connect=CONNECT_TIMEOUT, pool=None),
         )  # fmt: skip
         resp: httpx.Response = await self._race(self._http().send(req), what or f"{method} {path}")
@@ -192,7 +207,7 @@ class RemoteDriver(HypervisorDriver):
 
         async def run() -> dict[str, Any]:
             req = self._http().build_request(
-                "POST", path, json=body, timeout=httpx.Timeout(STREAM_IDLE_TIMEOUT, connect=CONNECT_TIMEOUT, pool=None)
+                "POST", path, json=body, headers=self._order(), timeout=httpx.Timeout(STREAM_IDLE_TIMEOUT, connect=CONNECT_TIMEOUT, pool=None)
             )
             resp = await self._http().send(req, stream=True)
             try:
@@ -374,7 +389,7 @@ class RemoteDriver(HypervisorDriver):
         if not Path(source).is_file():
             raise DriverError(f"disk image {Path(source).name} does not exist", vm_id=vm_id)
         req = self._http().build_request(
-            "PUT", f"/vms/{vm_id}/disk", content=wire.async_sparse_chunks(source),
+            "PUT", f"/vms/{vm_id}/disk", content=wire.async_sparse_chunks(source), headers=self._order(),
             timeout=httpx.Timeout(600.0, connect=CONNECT_TIMEOUT, pool=None),
         )  # fmt: skip
         resp = await self._race(self._http().send(req), f"import of the disk of {vm_id}")
@@ -420,7 +435,7 @@ class RemoteDriver(HypervisorDriver):
 
         req = self._http().build_request(
             "PUT", f"/images/{template_id}/files/{name}", content=body(),
-            headers={"x-vmplane-sha256": sha, "content-length": str(size)},
+            headers={"x-vmplane-sha256": sha, "content-length": str(size), **self._order()},
             timeout=httpx.Timeout(600.0, connect=CONNECT_TIMEOUT, pool=None),
         )  # fmt: skip
         resp = await self._race(self._http().send(req), f"upload of {name} of template {template_id}")

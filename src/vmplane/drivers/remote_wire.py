@@ -25,7 +25,7 @@ from ..domain import Resources, VmSpec
 from ..domain.network import Firewall, Nic
 from ..errors import InvalidRequest, Reason, VmplaneError
 from ..pci import PciDevice
-from .base import Capabilities, ExecResult, GuestState, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
+from .base import CallOrder, Capabilities, ExecResult, GuestState, ImageInfo, MigrationTarget, NodeInfo, PowerState, VmRuntime, VmStats
 
 AGENT_PREFIX = "/agent/v1"
 """Where a node agent serves its driver."""
@@ -34,6 +34,22 @@ CONTROL_PREFIX = "/api/v1/agent"
 CREDENTIAL_PREFIX = "vmn_"
 JOIN_TOKEN_PREFIX = "vmj_"
 CONTROL_KEY_PREFIX = "vmk_"
+
+
+ORDER_HEADER = "x-vmplane-call-order"
+"""The order of a changing call made by a run of a task: `<resource> <seq> <attempt> <call>`
+(`base.CallOrder`); the agent refuses a call older than one it already took on that resource."""
+
+
+def order_to_wire(order: CallOrder) -> str:
+    return f"{order.resource} {order.seq} {order.attempt} {order.call}"
+
+
+def order_from_wire(value: str) -> CallOrder:
+    parts = value.split(" ")
+    if len(parts) != 4 or not ids.looks_like_id(parts[0]) or not all(p.isdigit() and len(p) <= 18 for p in parts[1:]):
+        raise InvalidRequest(f"{ORDER_HEADER} must be '<resource id> <seq> <attempt> <call>'", field=ORDER_HEADER)
+    return CallOrder(int(parts[1]), int(parts[2]), int(parts[3]), parts[0])
 
 
 def digest(secret: str) -> str:
@@ -279,7 +295,7 @@ _ERROR_TYPES: dict[str, type[VmplaneError]] = {
     for cls in (
         errors.VmplaneError, errors.InvalidRequest, errors.Unauthorized, errors.Forbidden, errors.NotFound,
         errors.Conflict, errors.InvalidState, errors.NoCapacity, errors.NotReady, errors.DriverError,
-        errors.PayloadTooLarge, errors.TaskCancelled, errors.ImageRefused,
+        errors.PayloadTooLarge, errors.TaskCancelled, errors.ImageRefused, errors.Superseded,
     )
 }  # fmt: skip
 

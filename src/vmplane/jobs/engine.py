@@ -28,6 +28,7 @@ from ..aio import wait_event
 from ..auth import Principal, origin
 from ..config import Settings
 from ..domain import JobState, TaskState, job_final_state
+from ..drivers.base import CallOrder
 from ..errors import VmplaneError
 from ..store import Store, StoreUnavailable
 from ..store import jobs as q
@@ -61,6 +62,8 @@ class TaskContext:
         self.resource_id: str = row.resource_id
         self.payload: dict[str, Any] = dict(row.payload or {})
         self.attempt: int = row.attempts
+        self.seq: int = row.seq
+        self._calls = 0
         self.progress_value: int = row.progress
         self.persisted_progress: int = row.progress
         self.cancel_requested = False
@@ -88,6 +91,10 @@ class TaskContext:
         if self.ended or time.monotonic() < self.sure_until:
             return
         await self._engine.confirm_lease(self)
+
+    def next_call(self) -> CallOrder:
+        self._calls += 1
+        return CallOrder(self.seq, self.attempt, self._calls, self.resource_id)
 
     def log(self, message: str) -> None:
         """Add a line to the task's log (written with the next progress report or at the end)."""

@@ -12,8 +12,12 @@ The run is found through a context variable the engine sets in the task's asynci
 every path to a driver (handlers, the helpers and services they call, tasks they spawn) is
 fenced without passing anything along.
 
-What this cannot do: a call the fence let through just before a stall still lands after it
-(the hypervisor does not check tokens). The window is one driver call, not the rest of the run.
+A call the fence let through just before a stall can still land after it: on a node of this
+host the window is one call, but a node agent's request can sit in a slow network for as long
+as the network holds it. So each changing call also carries its order (`drivers.base.CallOrder`:
+the task's seq, the run's attempt, the call's number in the run) for a driver to hand on: the
+node agent refuses a call older than one it already took on the same resource, and the run
+that made it stops as one that lost its lease.
 """
 
 import functools
@@ -21,7 +25,8 @@ import inspect
 from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
-from ..drivers.base import HypervisorDriver
+from ..drivers.base import CallOrder, HypervisorDriver, call_order
+from ..errors import Superseded
 
 
 class LeaseLost(BaseException):
@@ -33,6 +38,9 @@ class LeaseLost(BaseException):
 class Fence(Protocol):
     async def fence(self) -> None:
         """Return if the run still holds its task's lease; raise LeaseLost if not."""
+
+    def next_call(self) -> CallOrder:
+        """The order of the run's next changing call (each call's is greater than the last's)."""
 
 
 current: ContextVar[Fence | None] = ContextVar("vmplane_task_fence", default=None)
@@ -59,7 +67,13 @@ class FencedDriver:
         @functools.wraps(attr)
         async def fenced_call(*args: Any, **kwargs: Any) -> Any:
             await fence.fence()
-            return await attr(*args, **kwargs)
+            token = call_order.set(fence.next_call())
+            try:
+                return await attr(*args, **kwargs)
+            except Superseded as exc:
+                raise LeaseLost(f"the node refused a stale call: {exc.message}") from exc
+            finally:
+                call_order.reset(token)
 
         return fenced_call
 
