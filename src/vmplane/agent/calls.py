@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -29,6 +30,8 @@ from typing import Any
 from ..drivers import remote_wire as wire
 from ..drivers.base import CallOrder
 from ..errors import Superseded
+
+log = logging.getLogger("vmplane.agent")
 
 KEEP_SECONDS = 86400.0
 """how long a resource's mark is kept after its last call"""
@@ -74,10 +77,9 @@ class CallLedger:
         if mark is not None and key < mark:
             seq, attempt, call = mark
             taken = CallOrder(seq, attempt, call, order.resource)
-            raise Superseded(
-                f"{order.resource}: this call ({order}) is older than one this node already took ({taken}); refused as stale",
-                resource=order.resource,
-            )
+            message = f"{order.resource}: this call ({order}) is older than one this node already took ({taken}); refused as stale"
+            log.warning("%s", message)
+            raise Superseded(message, resource=order.resource)
         if key != mark:
             db.execute(
                 "INSERT INTO marks VALUES (?, ?, ?, ?, ?) ON CONFLICT(resource) DO UPDATE SET "
