@@ -56,7 +56,9 @@ async def test_request_limit_answers_429_with_retry_after_in_the_faces_shape(ser
         assert [(await c.get(prefix + path)).status_code for _ in range(2)] == [200, 200]
         r = await c.get(prefix + path)
         assert r.status_code == 429, r.text
-        assert r.headers["retry-after"] == "100", r.headers  # (1 - a few ms of refill) / 0.01 per s, rounded up
+        # (1 - what refilled since the second request) / 0.01 per s, rounded up: 100, or 99 when
+        # a loaded machine took over a second between the two
+        assert r.headers["retry-after"] in ("99", "100"), r.headers
         assert shape(r.json()), r.json()
         assert "rate limit exceeded" in r.text
         async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": server.admin_key}) as own:

@@ -146,7 +146,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, VmplaneError):  # raised in a middleware (outside the routes' handlers): the store out of reach, say
-            return core_error(exc)
-        log.exception("unhandled error")
-        return error_response(500, "internal error; see the server log", "internal_error")
+        return unexpected(exc)
+
+
+def unexpected(exc: Exception) -> JSONResponse:
+    """The answer to an exception no route handled: a core error raised in a middleware
+    (outside the routes' handlers: the store out of reach, say) as itself, anything else 500."""
+    if isinstance(exc, VmplaneError):
+        return core_error(exc)
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal error; see the server log", "internal_error")

@@ -18,7 +18,7 @@ credentials are counted into one row per address per minute (services/tenancy.Fa
 import hmac
 import ipaddress
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -145,15 +145,42 @@ def presented(scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+class Limits:
+    """The token buckets every request passes: one set per application, whichever way the
+    request is served (the middleware below, or api/fast_reads.py)."""
+
+    def __init__(self, rt: "Runtime") -> None:
+        s = rt.settings
+        self.credentials = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst)
+        """per credential: an API key; a JWT's organization and subject (Principal.limit_key)"""
+        self.orgs = TokenBuckets(s.org_rate_limit_per_second, s.org_rate_limit_burst)
+        """per organization: all its credentials together, so more keys are not more requests"""
+        self.addresses = TokenBuckets(s.address_rate_limit_per_second, s.address_rate_limit_burst)
+
+
+ADMITTED = "admission"
+"""the key in a request's ASGI state of its `Admission`, when it was admitted before the
+middleware (api/fast_reads.py hands on a request it took in but does not serve)"""
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the request's admission found (its principal is in the ASGI state)."""
+
+    address: str
+    failed: bool
+    """credentials were presented and refused"""
+    refusal: tuple[float, str] | None = None
+    """(seconds to wait, why): over a rate limit, to be answered 429"""
+
+
 class Identity:
-    def __init__(self, app: ASGIApp, rt: "Runtime") -> None:
+    def __init__(self, app: ASGIApp, rt: "Runtime", limits: Limits) -> None:
         self.app = app
         self.rt = rt
-        self.buckets = TokenBuckets(rt.settings.rate_limit_per_second, rt.settings.rate_limit_burst)
-        """per credential: an API key; a JWT's organization and subject (Principal.limit_key)"""
-        self.orgs = TokenBuckets(rt.settings.org_rate_limit_per_second, rt.settings.org_rate_limit_burst)
-        """per organization: all its credentials together, so more keys are not more requests"""
-        self.addresses = TokenBuckets(rt.settings.address_rate_limit_per_second, rt.settings.address_rate_limit_burst)
+        self.buckets = limits.credentials
+        self.orgs = limits.orgs
+        self.addresses = limits.addresses
 
     def _credential(self, scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
         """The credential the request presents, without checking it: (kind, value) with kind
@@ -205,11 +232,10 @@ class Identity:
             return await t.principal_for_ws_ticket(value)
         return await t.principal_for_key(value)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"].startswith(AGENT_PATHS):
-            # node agents authenticate with their own credentials (api/native/agents.py), are
-            # not rate-limited as users, and their heartbeats are not audited
-            return await self.app(scope, receive, send)
+    async def admit(self, scope: Scope) -> Admission:
+        """Who sends the request (its principal, or None, in the ASGI state; `auth_error` when
+        its credentials were refused), and whether the limits let it in: the address's bucket
+        before any lookup, then the credential's and the organization's (spent here)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         state = scope.setdefault("state", {})
         cred = self._credential(scope, headers)
@@ -218,7 +244,7 @@ class Identity:
         if not open_path and not self._vouched(cred):
             wait = self.addresses.wait(address)
             if wait > 0:
-                return await self._too_many(scope, receive, send, wait, "too many anonymous or failed requests from your address")
+                return Admission(address, False, (wait, "too many anonymous or failed requests from your address"))
         principal: Principal | None = None
         failed = False
         try:
@@ -238,9 +264,22 @@ class Identity:
             wait = max(self.buckets.wait(principal.limit_key), self.orgs.wait(principal.org_id))
             if wait > 0:
                 why = "rate limit exceeded" if self.buckets.wait(principal.limit_key) else "your organization's rate limit exceeded"
-                return await self._too_many(scope, receive, send, wait, why)
+                return Admission(address, failed, (wait, why))
             self.buckets.take(principal.limit_key)
             self.orgs.take(principal.org_id)
+        return Admission(address, failed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"].startswith(AGENT_PATHS):
+            # node agents authenticate with their own credentials (api/native/agents.py), are
+            # not rate-limited as users, and their heartbeats are not audited
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        admission: Admission = state.pop(ADMITTED, None) or await self.admit(scope)
+        if admission.refusal is not None:
+            return await self.too_many(scope, receive, send, *admission.refusal)
+        principal: Principal | None = state["principal"]
+        failed, address = admission.failed, admission.address
         if scope["type"] == "websocket":
             offered = offered_subprotocols(scope)
             if any(p.startswith(SUBPROTOCOL_PREFIXES) for p in offered):
@@ -263,7 +302,7 @@ class Identity:
         finally:
             await self._audit(scope, principal, watch.status)
 
-    async def _too_many(self, scope: Scope, receive: Receive, send: Send, wait: float, why: str) -> None:
+    async def too_many(self, scope: Scope, receive: Receive, send: Send, wait: float, why: str) -> None:
         """429 in the shape of the face the path belongs to (on its own listener too), with
         `Retry-After` in whole seconds, rounded up (as RateLimited's)."""
         exc = RateLimited(f"{why}; retry in {wait:.1f} s", retry_after=wait)

@@ -129,10 +129,15 @@ class MetricsMiddleware(TimedRequests):
     """Counts every HTTP request by method, route template (not the raw path) and status."""
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
-        template = route_template(scope)
-        method = scope["method"]
-        self.metrics.requests.labels(method, template, str(status)).inc()
-        self.metrics.duration.labels(method, template).observe(seconds)
+        count_request(self.metrics, scope, status, seconds)
+
+
+def count_request(metrics: "Metrics", scope: Scope, status: int, seconds: float) -> None:
+    """Count one answered HTTP request (vmplane_http_requests_total, its duration histogram)."""
+    template = route_template(scope)
+    method = scope["method"]
+    metrics.requests.labels(method, template, str(status)).inc()
+    metrics.duration.labels(method, template).observe(seconds)
 
 
 def route_template(scope: Scope) -> str:

@@ -1,13 +1,17 @@
 """/api/v1/vms: list, create (bulk), get, update, delete (bulk or one), power actions."""
 
+from typing import Any
+
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from ... import clock
+from ...auth import Principal
 from ...domain import NewVm, Resources, VmStatus
 from ...domain.network import parse_firewall
 from ...errors import InvalidRequest
+from ...runtime import Runtime
 from ...services.readiness import parse_wait
 from ...services.vms import VmChange
 from .. import render
@@ -48,11 +52,23 @@ async def list_vms(
     limit: Limit = 50,
     pageToken: PageToken = None,
 ) -> JSONResponse:
-    rows, token = await rt.vms.list(who, node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken)
+    return render.Json(await vm_page(rt, who, node=node, status=status, tag=tag, name=name, limit=limit, page_token=pageToken))
+
+
+async def vm_page(
+    rt: Runtime, who: Principal, *, node: str | None, status: str | None, tag: str | None, name: str | None, limit: int, page_token: str | None
+) -> dict[str, Any]:
+    """A page of the caller's VMs as `GET /vms` answers it (served here and by api/fast_reads.py)."""
+    rows, token = await rt.vms.list(who, node=node, status=status, tag=tag, name=name, limit=limit, page_token=page_token)
     now = clock.now()
     latest = await rt.stats_history.latest([r.id for r in rows if r.status == VmStatus.RUNNING])  # one query for the page
     items = [render.vm(r, now) | {"stats": latest_out(latest[r.id]) if r.id in latest else None} for r in rows]
-    return render.Json({"items": items, "nextPageToken": token})
+    return {"items": items, "nextPageToken": token}
+
+
+async def vm_document(rt: Runtime, who: Principal, vm_id: str) -> dict[str, Any]:
+    """One of the caller's VMs as `GET /vms/{vm_id}` answers it (served here and by api/fast_reads.py)."""
+    return render.vm(await rt.vms.get(vm_id, who), clock.now())
 
 
 def _new_vm(spec: VmCreateIn, prefix: str = "") -> NewVm:
@@ -117,8 +133,9 @@ async def get_vm(
     ),
 ) -> JSONResponse:
     wait = parse_wait(waitReady)
-    vm = await (rt.readiness.wait_ready(vm_id, who, wait) if wait else rt.vms.get(vm_id, who))
-    return render.Json(render.vm(vm, clock.now()))
+    if wait:
+        return render.Json(render.vm(await rt.readiness.wait_ready(vm_id, who, wait), clock.now()))
+    return render.Json(await vm_document(rt, who, vm_id))
 
 
 @router.patch("/vms/{vm_id}", status_code=202, responses=ACCEPTED)
