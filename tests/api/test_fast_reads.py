@@ -150,3 +150,29 @@ async def test_the_lanes_requests_are_counted_under_the_routes_labels(server_fac
     after = await counts()
     assert after.get("/api/v1/vms 200", 0) - before.get("/api/v1/vms 200", 0) == 2
     assert after.get("/api/v1/vms/{vm_id} 404", 0) - before.get("/api/v1/vms/{vm_id} 404", 0) == 2
+
+
+async def test_quick_reads_of_a_vm_are_sqlalchemys(server_factory: Any) -> None:
+    """On SQLite a VM is read through the store's own sqlite3 connection (store.QuickReads):
+    the same record as through SQLAlchemy, JSON and Boolean columns converted alike, and what
+    was committed a moment before."""
+    from vmplane.store import vms as vm_q
+
+    server = await server_factory()
+    store = server.rt.store
+    assert store.quick is not None
+    job = await server.create([{"name": "q-a", "tags": ["x", "y"]}, {"name": "q-b", "start": False}])
+    await settled(server, 2)
+    for task in job["tasks"]:
+        vm_id = task["resourceId"]
+        async with store.read() as conn:
+            through_sqlalchemy = await vm_q.get_vm(conn, vm_id)
+        quick = await vm_q.find_vm(store, vm_id)
+        assert quick == through_sqlalchemy and quick is not None
+        assert isinstance(quick.guest_ready, bool) and isinstance(quick.tags, list)
+        assert await vm_q.find_vm(store, quick.uuid) == quick
+    assert await vm_q.find_vm(store, "vm-nosuchvm000") is None
+    r = await server.client.patch(f"/api/v1/vms/{job['tasks'][1]['resourceId']}", json={"tags": ["z"]})
+    await server.wait_job(r.json()["jobId"])
+    found = await vm_q.find_vm(store, job["tasks"][1]["resourceId"])
+    assert found is not None and found.tags == ["z"]

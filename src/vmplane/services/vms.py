@@ -68,8 +68,7 @@ def visible(row: Owned, who: Principal) -> bool:
 async def get_visible_vm(store: Store, ref: str, who: Principal) -> Vm:
     """A VM the caller may see (another organization's, or team's, answers 404): for the
     services that act on a VM and need no more of VmService than this."""
-    async with store.read() as conn:
-        row = await vm_q.get_vm(conn, ref)
+    row = await vm_q.find_vm(store, ref)
     if row is None or not visible(row, who):
         raise NotFound(f"VM {ref} does not exist")
     return row

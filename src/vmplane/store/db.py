@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import JSON, Boolean, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -95,6 +96,52 @@ def json_loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+class QuickReads:
+    """The hottest reads on SQLite (a VM by id or uuid: every `GET /vms/{id}`), through the
+    stdlib driver alone: one connection of its own in autocommit mode (each SELECT sees what
+    is committed when it runs, and holds no transaction after), used synchronously on the
+    event loop's thread as the store's other SQLite reads are. SQLAlchemy's execution of the
+    same statement (connection checkout, its cache key, the result's machinery) cost ~30 µs of
+    the ~145 µs a single GET took (bench/floor.py's profile); this costs a few.
+
+    `rows` takes statements made once (module constants): each is compiled once, for the
+    SQLite dialect, with its columns' JSON and Boolean values converted as SQLAlchemy would."""
+
+    def __init__(self, path: str, dialect: Any) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout=15000")
+        self._dialect = dialect
+        self._plans: dict[Any, tuple[str, tuple[str, ...], tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]] = {}
+
+    def _plan(self, statement: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]:
+        plan = self._plans.get(statement)
+        if plan is None:
+            compiled = statement.compile(dialect=self._dialect)
+            names = tuple(c.name for c in statement.selected_columns)
+            convert: list[Callable[[Any], Any] | None] = []
+            for c in statement.selected_columns:
+                if isinstance(c.type, JSON):
+                    convert.append(json_loads)
+                elif isinstance(c.type, Boolean):
+                    convert.append(bool)
+                else:
+                    convert.append(None)
+            plan = self._plans[statement] = (str(compiled), tuple(compiled.positiontup or ()), names, tuple(convert))
+        return plan
+
+    def rows(self, statement: Any, params: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """(column names, rows) of `statement` with `params`."""
+        sql, order, names, convert = self._plan(statement)
+        raw = self._conn.execute(sql, tuple(params[n] for n in order)).fetchall()
+        if not any(convert):
+            return names, raw
+        pairs = tuple(enumerate(convert))
+        return names, [tuple(v if f is None or v is None else f(v) for (_, f), v in zip(pairs, row, strict=True)) for row in raw]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 7_420_001  # PostgreSQL advisory lock: one replica migrates at a time
 log = logging.getLogger("vmplane.store")
@@ -150,6 +197,8 @@ class Store:
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
         self._write_lock = asyncio.Lock()
+        self.quick: QuickReads | None = None
+        """the hottest reads' own way in, on a SQLite file (None on PostgreSQL: they take `read()`)"""
         self.on_events: list[Callable[[], None]] = []
         """Called after a write transaction that emitted events has committed."""
 
@@ -180,6 +229,8 @@ class Store:
             with sync.begin() as conn:
                 before, after = upgrade(conn, self.secret_box)
             self._log_migrated(before, after)
+            if path and path != ":memory:" and "mode=memory" not in self.url:
+                self.quick = QuickReads(path.split("?", 1)[0], sync.dialect)
             return
         # Tasks hold a connection only for short transactions, never two at once; 50 in all
         # leaves PostgreSQL's default 100 for a second replica.
@@ -207,6 +258,9 @@ class Store:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
             self._sync_engine = None
+        if self.quick is not None:
+            self.quick.close()
+            self.quick = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, Select, bindparam, delete, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,6 +11,9 @@ from ..domain import Vm
 from ..event_types import vm_event_for
 from . import events as ev_q
 from .tables import vm_tags, vms
+
+if TYPE_CHECKING:
+    from .db import Store
 
 
 def _vm_data(row: Any) -> dict[str, Any]:
@@ -49,6 +52,16 @@ async def get_vm(conn: AsyncConnection, ref: str) -> Vm | None:
     keys = tuple(result.keys())
     row = result.first()
     return Vm.from_row(row, keys) if row is not None else None
+
+
+async def find_vm(store: "Store", ref: str) -> Vm | None:
+    """A VM by native id or uuid, read on its own (`get_vm` outside a transaction; on SQLite
+    through the store's quick reads)."""
+    if store.quick is not None:
+        keys, rows = store.quick.rows(_GET_VM, {"ref": ref})
+        return Vm.from_row(rows[0], keys) if rows else None
+    async with store.read() as conn:
+        return await get_vm(conn, ref)
 
 
 async def placement(conn: AsyncConnection, vm_id: str) -> Row[*tuple[Any, Any]] | None:
