@@ -172,6 +172,11 @@ async def test_quick_reads_of_a_vm_are_sqlalchemys(server_factory: Any) -> None:
         assert isinstance(quick.guest_ready, bool) and isinstance(quick.tags, list)
         assert await vm_q.find_vm(store, quick.uuid) == quick
     assert await vm_q.find_vm(store, "vm-nosuchvm000") is None
+    page = {"node": None, "status": None, "tag": None, "name": None, "after_seq": None, "limit": 10, "org_id": "org-default", "team_id": None}
+    for change in ({}, {"tag": "y"}, {"status": "stopped"}, {"limit": 1}, {"after_seq": 1}, {"name": "q-a"}):
+        async with store.read() as conn:
+            through_sqlalchemy = await vm_q.list_vms(conn, **{**page, **change})
+        assert await vm_q.find_vms(store, **{**page, **change}) == through_sqlalchemy, change
     r = await server.client.patch(f"/api/v1/vms/{job['tasks'][1]['resourceId']}", json={"tags": ["z"]})
     await server.wait_job(r.json()["jobId"])
     found = await vm_q.find_vm(store, job["tasks"][1]["resourceId"])

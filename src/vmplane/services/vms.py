@@ -212,10 +212,9 @@ class VmService:
         if status is not None and status not in VmStatus.__members__.values():
             raise InvalidRequest(f"status {status!r} is not one of {', '.join(VmStatus)}", field="status")
         after = pages.decode("vms", page_token)
-        async with self.store.read() as conn:
-            rows = await vm_q.list_vms(
-                conn, node=node, status=status, tag=tag, name=name, after_seq=after, limit=limit + 1, org_id=who.org_id, team_id=who.team_id
-            )
+        rows = await vm_q.find_vms(
+            self.store, node=node, status=status, tag=tag, name=name, after_seq=after, limit=limit + 1, org_id=who.org_id, team_id=who.team_id
+        )
         token = pages.encode("vms", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], token
 

@@ -96,6 +96,10 @@ def json_loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+_Plan = tuple[str, tuple[str, ...], dict[str, Any], tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
+"""a statement as QuickReads runs it: SQL, its parameters' order, the values it carries, column names, conversions"""
+
+
 class QuickReads:
     """The hottest reads on SQLite (a VM by id or uuid: every `GET /vms/{id}`), through the
     stdlib driver alone: one connection of its own in autocommit mode (each SELECT sees what
@@ -111,9 +115,9 @@ class QuickReads:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout=15000")
         self._dialect = dialect
-        self._plans: dict[Any, tuple[str, tuple[str, ...], tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]] = {}
+        self._plans: dict[Any, _Plan] = {}
 
-    def _plan(self, statement: Any) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]:
+    def _plan(self, statement: Any) -> "_Plan":
         plan = self._plans.get(statement)
         if plan is None:
             compiled = statement.compile(dialect=self._dialect)
@@ -126,13 +130,14 @@ class QuickReads:
                     convert.append(bool)
                 else:
                     convert.append(None)
-            plan = self._plans[statement] = (str(compiled), tuple(compiled.positiontup or ()), names, tuple(convert))
+            fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}  # values the statement carries (an OFFSET 0, say)
+            plan = self._plans[statement] = (str(compiled), tuple(compiled.positiontup or ()), fixed, names, tuple(convert))
         return plan
 
     def rows(self, statement: Any, params: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """(column names, rows) of `statement` with `params`."""
-        sql, order, names, convert = self._plan(statement)
-        raw = self._conn.execute(sql, tuple(params[n] for n in order)).fetchall()
+        sql, order, fixed, names, convert = self._plan(statement)
+        raw = self._conn.execute(sql, tuple(params[n] if n in params else fixed[n] for n in order)).fetchall()
         if not any(convert):
             return names, raw
         pairs = tuple(enumerate(convert))

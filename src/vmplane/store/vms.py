@@ -123,6 +123,24 @@ async def list_vms(
     team_id: str | None = None,
 ) -> list[Vm]:
     """VMs in creation order (a stable keyset order: new VMs land after every page token)."""
+    q, params = _page(node=node, status=status, tag=tag, name=name, after_seq=after_seq, limit=limit, org_id=org_id, team_id=team_id)
+    return await _records(conn, q, params)
+
+
+async def find_vms(store: "Store", **filters: Any) -> list[Vm]:
+    """`list_vms` outside a transaction (on SQLite through the store's quick reads)."""
+    if store.quick is None:
+        async with store.read() as conn:
+            return await list_vms(conn, **filters)
+    keys, rows = store.quick.rows(*_page(**filters))
+    return [Vm.from_row(r, keys) for r in rows]
+
+
+def _page(
+    *, node: str | None, status: str | None, tag: str | None, name: str | None, after_seq: int | None, limit: int,
+    org_id: str | None, team_id: str | None,
+) -> tuple[Select[Any], dict[str, Any]]:  # fmt: skip
+    """The page query of `list_vms` and its parameters."""
     given = {
         "org_id": org_id,
         "team_id": team_id,
@@ -133,8 +151,7 @@ async def list_vms(
         "after_seq": after_seq,
     }
     params = {k: v for k, v in given.items() if v is not None}
-    q = _list_query(tuple(params))
-    return await _records(conn, q, {**params, "limit": limit})
+    return _list_query(tuple(params)), {**params, "limit": limit}
 
 
 async def vms_on_node(conn: AsyncConnection, node_id: str) -> list[Vm]:
