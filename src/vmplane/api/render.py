@@ -17,10 +17,15 @@ class Json(JSONResponse):
     time). What orjson does not take (an integer past 64 bits) is rendered as Starlette does."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:
-            return super().render(content)
+        return dumps(content)
+
+
+def dumps(content: Any) -> bytes:
+    """JSON text as `Json` renders it."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return JSONResponse.render(None, content)  # type: ignore[arg-type]
 
 
 def vm(row: Vm, now: float) -> dict[str, Any]:
