@@ -17,7 +17,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from sqlalchemy import Row
@@ -91,6 +92,18 @@ class TaskContext:
         if self.ended or time.monotonic() < self.sure_until:
             return
         await self._engine.confirm_lease(self)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A store transaction that commits only while this run holds its task: its first
+        statement renews the lease (LeaseLost, and nothing written, when another attempt or
+        worker has the task), and the task's row stays locked until the commit, so the task
+        cannot be taken over in between. For the writes a stale run must never repeat after
+        its successor: claims moved or released (a delete's release done twice left a node's
+        claims short of what it held, and the node over its capacity: the chaos soak)."""
+        async with self._engine.store.write() as conn:
+            await self._engine.hold(self, conn)
+            yield conn
 
     def next_call(self) -> CallOrder:
         self._calls += 1
@@ -385,6 +398,18 @@ class JobEngine:
             )  # fmt: skip
         if atask is not None and not atask.done():
             atask.cancel()
+
+    async def hold(self, ctx: TaskContext, conn: AsyncConnection) -> None:
+        """In `conn`'s transaction: renew `ctx`'s lease, which locks its task's row until the
+        transaction ends; LeaseLost if the run no longer holds it."""
+        if ctx.lost:
+            raise LeaseLost(f"task {ctx.task_id}: attempt {ctx.attempt} lost its lease")
+        mono = time.monotonic()
+        renewal = await q.renew_leases(conn, owner=self.owner, leases={ctx.task_id: ctx.attempt}, until=clock.now() + self.settings.lease_seconds)
+        if renewal.lost:
+            self._lose(ctx, None)
+            raise LeaseLost(f"task {ctx.task_id}: attempt {ctx.attempt} lost its lease")
+        ctx.sure_until = max(ctx.sure_until, mono + self.settings.lease_seconds * self.SURE_FRACTION)
 
     async def confirm_lease(self, ctx: TaskContext) -> None:
         """Ask the store whether `ctx`'s run still holds its lease (renewing it if so); raise

@@ -244,3 +244,38 @@ async def test_a_vm_whose_create_failed_meanwhile_is_not_placed_again(core: Core
     assert node is not None and node.cpu_used == 0
     vm = await core.vms.get(vm_id, core.owner)
     assert (vm.status, vm.node_id) == ("error", None) and await core.driver.list_vms() == []
+
+
+async def test_a_stale_delete_does_not_release_its_vms_claim_twice(core: Core) -> None:
+    """A delete's run that stalls past its lease after the node removed the VM, and wakes once
+    its successor has forgotten the VM (claim released, record gone), releases nothing: its
+    release, done a second time, left the node's claims 1 GB short of what it held, and the
+    node over its RAM (found by the chaos soak, bench/chaos.py)."""
+    await core.engine.start(core.deps)
+    job_id, [gone, kept] = await core.vms.create([NewVm(name="gone", resources=Resources(2, 1024, 10)), NewVm(name="kept")], core.owner)
+    assert (await core.jobs.wait(job_id, 10)).state == "succeeded"
+    real_delete = core.driver.delete_vm
+
+    async def deleted_then_overtaken(vm_id: str) -> None:
+        await real_delete(vm_id)
+        vm = await core.vms.get(vm_id, core.owner)
+        async with core.store.write() as conn:  # meanwhile the next attempt finished the delete
+            await node_q.release(conn, NODE, vm.cpu, vm.ram_mb, vm.disk_gb, clock.now())
+            await vm_q.delete_vm(conn, vm_id)
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.resource_id == vm_id, tasks.c.state == "running")
+                .values(lease_owner="worker-elsewhere", attempts=tasks.c.attempts + 1)
+            )
+
+    core.driver.delete_vm = deleted_then_overtaken  # type: ignore[method-assign]
+    job_id = await core.vms.delete([gone], core.owner)
+    for _ in range(200):
+        if not core.engine.running_count:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    async with core.store.read() as conn:
+        node = await node_q.get_node(conn, NODE)
+    left = await core.vms.get(kept, core.owner)
+    assert node is not None and (node.cpu_used, node.ram_mb_used, node.disk_gb_used) == (left.cpu, left.ram_mb, left.disk_gb)

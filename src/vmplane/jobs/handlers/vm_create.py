@@ -132,7 +132,7 @@ class VmCreate(BaseHandler):
                     await vm_q.set_status(conn, vm.id, VmStatus.ERROR.value, error=why, updated_at=clock.now())
                 ctx.log(f"could not clean up on {vm.node_id}: {exc.message}")
                 return
-        async with deps.store.write() as conn:
+        async with ctx.write() as conn:  # once: a stale run's repeat would release the claim twice
             if vm.node_id is not None:
                 await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
                 await net_q.release_devices(conn, vm.id)

@@ -28,15 +28,20 @@ class VmDelete(BaseHandler):
 
     @staticmethod
     async def _forget(ctx: TaskContext, vm: Vm) -> None:
-        """The VM is off its node: release what it held and remove its record."""
+        """The VM is off its node: release what it held and remove its record, once. In a
+        transaction of this run's, and only if the record is still there: a run stalled past
+        its lease that woke after its successor had forgotten the VM released its claim a
+        second time, leaving its node's claims short of what the node held (the chaos soak
+        found a node 1 GB over its RAM)."""
         deps = ctx.deps
-        async with deps.store.write() as conn:
+        async with ctx.write() as conn:
+            if not await vm_q.delete_vm(conn, vm.id):
+                return
             if vm.node_id is not None:
                 await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
             await guest_q.release_ports(conn, vm.id)
             await net_q.release_vm(conn, vm.id)
             await deps.billing.released(conn, vm.id)
-            await vm_q.delete_vm(conn, vm.id)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         vm = await find_vm(ctx)

@@ -115,8 +115,9 @@ class VmUpdate(BaseHandler):
                 await ev_q.emit(conn, "vm.updated", vm.id, {**data, "disk": disk}, vm.org_id, vm.team_id)
 
     async def _reshape(self, ctx: TaskContext, vm: Vm, old: Resources, new: Resources) -> None:
-        """The VM's row, its node's claim and its billing from `old` to `new`, in one transaction."""
-        async with ctx.deps.store.write() as conn:
+        """The VM's row, its node's claim and its billing from `old` to `new`, in one
+        transaction of this run's (a stale run's repeat would claim or release twice)."""
+        async with ctx.write() as conn:
             await self._move_claim(ctx, conn, vm.node_id, old, new)
             await vm_q.set_vm(conn, vm.id, cpu=new.cpu, ram_mb=new.ram_mb, disk_gb=new.disk_gb, updated_at=clock.now())
             await ctx.deps.billing.reshaped(conn, {**vm.to_row(), "cpu": new.cpu, "ram_mb": new.ram_mb, "disk_gb": new.disk_gb})
