@@ -58,7 +58,7 @@ async def _claim_target(ctx: TaskContext, vm: Vm, source: str, unfit: frozenset[
         cpu=vm.cpu, ram_mb=vm.ram_mb, disk_gb=vm.disk_gb, node_id=ctx.payload.get("target"),
         network_types=vm.spec.network_types, exclude=frozenset({source}) | unfit, cdrom=vm.wants_boot_setup,
     )  # fmt: skip
-    async with deps.store.write() as conn:
+    async with ctx.write() as conn:  # once: a stale run would claim again
         target = await deps.capacity.place_and_claim(conn, demand, vm.id)
         await vm_q.set_vm(conn, vm.id, spec=vm.spec.with_(move_to=target).to_json(), updated_at=clock.now())
     await ctx.progress(10, f"room claimed on {target}")
@@ -68,7 +68,7 @@ async def _claim_target(ctx: TaskContext, vm: Vm, source: str, unfit: frozenset[
 async def _commit(ctx: TaskContext, vm_id: str, source: str, target: str, status: VmStatus) -> None:
     """The VM is on `target` now: its record and the claims say so, in one transaction."""
     deps = ctx.deps
-    async with deps.store.write() as conn:
+    async with ctx.write() as conn:  # once: a stale run would release the source twice
         vm = await vm_q.get_vm(conn, vm_id)
         assert vm is not None
         await vm_q.set_vm(conn, vm_id, node_id=target, spec=vm.spec.with_(move_to=None).to_json(), updated_at=clock.now())
@@ -98,7 +98,7 @@ async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
         await deps.registry.driver(target).delete_vm(vm.id)
     except VmplaneError as exc:
         ctx.log(f"Warning: cleaning up on {target} failed: {exc.message}")
-    async with deps.store.write() as conn:
+    async with ctx.write() as conn:  # once: a stale run would release the target twice
         fresh = await vm_q.get_vm(conn, vm.id)
         if fresh is not None and fresh.spec.move_to == target:
             await deps.capacity.release(conn, target, fresh.cpu, fresh.ram_mb, fresh.disk_gb)
