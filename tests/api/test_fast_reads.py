@@ -177,7 +177,9 @@ async def test_quick_reads_of_a_vm_are_sqlalchemys(server_factory: Any) -> None:
         async with store.read() as conn:
             through_sqlalchemy = await vm_q.list_vms(conn, **{**page, **change})
         assert await vm_q.find_vms(store, **{**page, **change}) == through_sqlalchemy, change
+    before = await vm_q.find_vm(store, job["tasks"][1]["resourceId"])
+    assert before is await vm_q.find_vm(store, job["tasks"][1]["resourceId"])  # an unchanged row: the same record, made once
     r = await server.client.patch(f"/api/v1/vms/{job['tasks'][1]['resourceId']}", json={"tags": ["z"]})
     await server.wait_job(r.json()["jobId"])
     found = await vm_q.find_vm(store, job["tasks"][1]["resourceId"])
-    assert found is not None and found.tags == ["z"]
+    assert found is not None and found.tags == ["z"] and before is not None and before.tags == []

@@ -58,8 +58,8 @@ async def find_vm(store: "Store", ref: str) -> Vm | None:
     """A VM by native id or uuid, read on its own (`get_vm` outside a transaction; on SQLite
     through the store's quick reads)."""
     if store.quick is not None:
-        keys, rows = store.quick.rows(_GET_VM, {"ref": ref})
-        return Vm.from_row(rows[0], keys) if rows else None
+        found = store.quick.records(_GET_VM, {"ref": ref}, Vm.from_row)
+        return found[0] if found else None
     async with store.read() as conn:
         return await get_vm(conn, ref)
 
@@ -132,8 +132,7 @@ async def find_vms(store: "Store", **filters: Any) -> list[Vm]:
     if store.quick is None:
         async with store.read() as conn:
             return await list_vms(conn, **filters)
-    keys, rows = store.quick.rows(*_page(**filters))
-    return [Vm.from_row(r, keys) for r in rows]
+    return list(store.quick.records(*_page(**filters), Vm.from_row))
 
 
 def _page(
