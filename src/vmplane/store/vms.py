@@ -223,11 +223,8 @@ async def set_tags(conn: AsyncConnection, vm_id: str, tags: list[str]) -> None:
         await conn.execute(insert(vm_tags), [{"vm_id": vm_id, "tag": t} for t in tags])
 
 
-async def delete_vm(conn: AsyncConnection, vm_id: str) -> bool:
-    """Remove the VM's record (announced as `vm.deleted`); False if there was none."""
+async def delete_vm(conn: AsyncConnection, vm_id: str) -> None:
     await conn.execute(delete(vm_tags).where(vm_tags.c.vm_id == vm_id))
     row = (await conn.execute(delete(vms).where(vms.c.id == vm_id).returning(*vms.c))).first()
-    if row is None:
-        return False
-    await ev_q.emit(conn, "vm.deleted", vm_id, {**_vm_data(row), "status": "deleted"}, row.org_id, row.team_id)
-    return True
+    if row is not None:
+        await ev_q.emit(conn, "vm.deleted", vm_id, {**_vm_data(row), "status": "deleted"}, row.org_id, row.team_id)

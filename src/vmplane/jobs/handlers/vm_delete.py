@@ -35,13 +35,14 @@ class VmDelete(BaseHandler):
         found a node 1 GB over its RAM)."""
         deps = ctx.deps
         async with ctx.write() as conn:
-            if not await vm_q.delete_vm(conn, vm.id):
+            if await vm_q.get_vm(conn, vm.id) is None:
                 return
             if vm.node_id is not None:
                 await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
             await guest_q.release_ports(conn, vm.id)
             await net_q.release_vm(conn, vm.id)
-            await deps.billing.released(conn, vm.id)
+            await deps.billing.released(conn, vm.id)  # before the record goes: it keeps the VM's facts
+            await vm_q.delete_vm(conn, vm.id)
 
     async def rollback(self, ctx: TaskContext, error: str, cancelled: bool) -> None:
         vm = await find_vm(ctx)
