@@ -34,7 +34,7 @@ from chaos_load import Workload  # noqa: E402
 async def soak(args: argparse.Namespace, run_dir: Path) -> int:
     """Run the soak in `run_dir`; the number of violations."""
     started = time.monotonic()
-    fleet = Fleet(run_dir, replicas=3, agents=3, seed=args.seed)
+    fleet = Fleet(run_dir, replicas=3, agents=3, seed=args.seed, keep_database=args.keep)
     async with fleet as view:
         workload = Workload(view, clients=args.clients, seed=args.seed)
         try:
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mean-gap", type=float, default=8.0, help="mean seconds between two faults")
     ap.add_argument("--settle-timeout", type=float, default=180.0, help="seconds the fleet gets to converge after the heal")
-    ap.add_argument("--keep", action="store_true", help="keep the run directory (histories, logs)")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (histories, logs, and the database in pg/)")
     args = ap.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="vmplane-chaos-"))
     n = 1

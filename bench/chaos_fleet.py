@@ -242,19 +242,22 @@ class Postgres:
         )  # fmt: skip
         await proc.wait()
 
-    def stop_now(self) -> None:
-        """At the end (also from a cancelled task, hence synchronous): stopped and its files gone."""
+    def stop_now(self, keep: bool = False) -> None:
+        """At the end (also from a cancelled task, hence synchronous): stopped, and its files
+        gone unless `keep` (the run's database, to read its task logs: `pg_ctl start -D <dir>`)."""
         if (self.dir / "PG_VERSION").exists():
             subprocess.run(
                 self._as_pg(str(_pg_bin() / "pg_ctl"), "-D", str(self.dir), "stop", "-m", "immediate", "-w"),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
             )  # fmt: skip
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Fleet:
-    def __init__(self, run_dir: Path, *, replicas: int = 3, agents: int = 3, seed: int = 0) -> None:
+    def __init__(self, run_dir: Path, *, replicas: int = 3, agents: int = 3, seed: int = 0, keep_database: bool = False) -> None:
         self.run_dir = run_dir.resolve()
+        self.keep_database = keep_database
         self.n_replicas, self.n_agents = replicas, agents
         self.rng = random.Random(seed)
         self.pg = Postgres(self.run_dir)
@@ -576,7 +579,7 @@ class Fleet:
             for m in self.agents + self.replicas:  # also when the above was cancelled half-way
                 m.signal(signal.SIGCONT)
                 m.kill()
-            self.pg.stop_now()
+            self.pg.stop_now(keep=self.keep_database)
 
 
 # -- the self-check ------------------------------------------------------------------------------
