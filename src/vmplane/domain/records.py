@@ -17,6 +17,17 @@ PENDING_STATUSES = frozenset({"running", "rebooting"})
 """statuses in which a VM has a running process whose shape may lag behind its record"""
 
 
+def held(cpu: int, ram_mb: int, disk_gb: int, running_spec: Any) -> tuple[int, int, int]:
+    """What a VM holds on its node, and what its node's claims count for it: its size, or, where
+    larger, what its running process was started with (`running_spec`). A running VM shrunk
+    keeps its old CPU and RAM until it is restarted, so its claim shrinks then, not at the
+    resize: released at once, the room went to other VMs while this one still used it (the
+    chaos soak found a node 1.5 GB over its RAM). The disk is never smaller than it runs with."""
+    if not isinstance(running_spec, dict):
+        return cpu, ram_mb, disk_gb
+    return max(cpu, int(running_spec.get("cpu") or 0)), max(ram_mb, int(running_spec.get("ramMb") or 0)), disk_gb
+
+
 @dataclass(frozen=True)
 class Vm:
     """A VM as the store keeps it (the `vms` table)."""
@@ -110,6 +121,11 @@ class Vm:
     def ssh_endpoint(self) -> dict[str, Any] | None:
         """`{host, port, user, hostKey}` of the VM's SSH forward, or None."""
         return self.spec.ssh_endpoint
+
+    @property
+    def held(self) -> tuple[int, int, int]:
+        """(cpu, ram_mb, disk_gb) the VM holds on its node: `held(...)` of its record."""
+        return held(self.cpu, self.ram_mb, self.disk_gb, self.running_spec)
 
     @property
     def pending(self) -> list[str]:

@@ -7,6 +7,7 @@ from sqlalchemy import Float, Integer, Row, bindparam, func, insert, select, tru
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import NodeStatus
+from ..domain.records import held
 from .tables import nodes, vms
 
 
@@ -115,7 +116,7 @@ async def release(conn: AsyncConnection, node_id: str, cpu: int, ram_mb: int, di
 
 
 async def recompute_usage(conn: AsyncConnection, now: float) -> None:
-    """Set every node's `*_used` to the sum of what the VMs placed on it hold.
+    """Set every node's `*_used` to the sum of what the VMs placed on it hold (`domain.held`).
 
     On PostgreSQL the node rows are locked first: claims in flight on other replicas commit
     before the sums are read (each statement sees what is committed when it starts), and
@@ -123,24 +124,14 @@ async def recompute_usage(conn: AsyncConnection, now: float) -> None:
     """
     if conn.dialect.name == "postgresql":
         await conn.execute(select(nodes.c.id).order_by(nodes.c.id).with_for_update())
-    sums = {
-        r.node_id: r
-        for r in (
-            await conn.execute(
-                select(
-                    vms.c.node_id,
-                    func.sum(vms.c.cpu).label("cpu"),
-                    func.sum(vms.c.ram_mb).label("ram"),
-                    func.sum(vms.c.disk_gb).label("disk"),
-                )
-                .where(vms.c.node_id.is_not(None))
-                .group_by(vms.c.node_id)
-            )
-        ).all()
-    }
+    sums: dict[str, list[int]] = {}
+    placed = select(vms.c.node_id, vms.c.cpu, vms.c.ram_mb, vms.c.disk_gb, vms.c.running_spec).where(vms.c.node_id.is_not(None))
+    for r in (await conn.execute(placed)).all():
+        total = sums.setdefault(r.node_id, [0, 0, 0])
+        for i, v in enumerate(held(r.cpu, r.ram_mb, r.disk_gb, r.running_spec)):
+            total[i] += v
     for node in (await conn.execute(select(nodes.c.id, nodes.c.cpu_used, nodes.c.ram_mb_used, nodes.c.disk_gb_used))).all():
-        s = sums.get(node.id)
-        want = (int(s.cpu), int(s.ram), int(s.disk)) if s else (0, 0, 0)
+        want = tuple(sums.get(node.id, (0, 0, 0)))
         if want != (node.cpu_used, node.ram_mb_used, node.disk_gb_used):
             await conn.execute(
                 update(nodes)

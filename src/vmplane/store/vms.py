@@ -7,9 +7,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Row, Select, bindparam, delete, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .. import clock
 from ..domain import Vm
+from ..domain.records import held
 from ..event_types import vm_event_for
 from . import events as ev_q
+from . import nodes as node_q
 from .tables import vm_tags, vms
 
 if TYPE_CHECKING:
@@ -189,9 +192,23 @@ def _update_statement(columns: tuple[str, ...], running_not_ready: bool = False)
     return q.values({c: bindparam(f"v_{c}", type_=vms.c[c].type) for c in columns}).returning(*vms.c)
 
 
+_HELD_BEFORE = select(vms.c.node_id, vms.c.cpu, vms.c.ram_mb, vms.c.disk_gb, vms.c.running_spec).where(vms.c.id == bindparam("vm_id"))
+
+
 async def _update(conn: AsyncConnection, vm_id: str, values: dict[str, Any], running_not_ready: bool = False) -> Any:
+    """Change one VM's row; when that changes what it holds on its node (`domain.held`: a new
+    running shape recorded, say the old one of a VM shrunk while it ran, gone at its restart),
+    its node's claims change by as much, in the same transaction."""
+    before = (await conn.execute(_HELD_BEFORE, {"vm_id": vm_id})).first() if "running_spec" in values else None
     q = _update_statement(tuple(values), running_not_ready)
-    return (await conn.execute(q, {"vm_id": vm_id, **{f"v_{c}": v for c, v in values.items()}})).first()
+    row = (await conn.execute(q, {"vm_id": vm_id, **{f"v_{c}": v for c, v in values.items()}})).first()
+    if before is not None and row is not None and before.node_id is not None and before.node_id == row.node_id:
+        was = held(before.cpu, before.ram_mb, before.disk_gb, before.running_spec)
+        now = held(row.cpu, row.ram_mb, row.disk_gb, row.running_spec)
+        if was != now:
+            dc, dr, dd = (w - n for w, n in zip(was, now, strict=True))
+            await node_q.release(conn, row.node_id, dc, dr, dd, clock.now())
+    return row
 
 
 async def set_status(conn: AsyncConnection, vm_id: str, status: str, **values: Any) -> None:

@@ -134,7 +134,7 @@ class VmCreate(BaseHandler):
                 return
         async with ctx.write() as conn:  # once: a stale run's repeat would release the claim twice
             if vm.node_id is not None:
-                await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+                await deps.capacity.release(conn, vm.node_id, *vm.held)
                 await net_q.release_devices(conn, vm.id)
             await deps.billing.released(conn, vm.id)
             if cancelled:

@@ -35,10 +35,11 @@ class VmDelete(BaseHandler):
         found a node 1 GB over its RAM)."""
         deps = ctx.deps
         async with ctx.write() as conn:
-            if await vm_q.get_vm(conn, vm.id) is None:
+            fresh = await vm_q.get_vm(conn, vm.id)
+            if fresh is None:
                 return
-            if vm.node_id is not None:
-                await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+            if fresh.node_id is not None:
+                await deps.capacity.release(conn, fresh.node_id, *fresh.held)
             await guest_q.release_ports(conn, vm.id)
             await net_q.release_vm(conn, vm.id)
             await deps.billing.released(conn, vm.id)  # before the record goes: it keeps the VM's facts

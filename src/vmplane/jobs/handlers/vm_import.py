@@ -419,7 +419,7 @@ class VmImport(BaseHandler):
             await deps.registry.driver(vm.node_id).delete_vm(vm.id)
         async with deps.store.write() as conn:
             if vm.node_id is not None:
-                await deps.capacity.release(conn, vm.node_id, vm.cpu, vm.ram_mb, vm.disk_gb)
+                await deps.capacity.release(conn, vm.node_id, *vm.held)
                 await net_q.release_devices(conn, vm.id)
             await deps.billing.released(conn, vm.id)
             await guest_q.release_ports(conn, vm.id)

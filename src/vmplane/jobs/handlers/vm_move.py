@@ -73,7 +73,7 @@ async def _commit(ctx: TaskContext, vm_id: str, source: str, target: str, status
         assert vm is not None
         await vm_q.set_vm(conn, vm_id, node_id=target, spec=vm.spec.with_(move_to=None).to_json(), updated_at=clock.now())
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now())
-        await deps.capacity.release(conn, source, vm.cpu, vm.ram_mb, vm.disk_gb)
+        await deps.capacity.release(conn, source, *vm.held)
 
 
 async def _remove_from_source(ctx: TaskContext, driver: HypervisorDriver, vm_id: str, source: str) -> None:
@@ -101,7 +101,7 @@ async def _undo_target(ctx: TaskContext, cancelled: bool) -> None:
     async with ctx.write() as conn:  # once: a stale run would release the target twice
         fresh = await vm_q.get_vm(conn, vm.id)
         if fresh is not None and fresh.spec.move_to == target:
-            await deps.capacity.release(conn, target, fresh.cpu, fresh.ram_mb, fresh.disk_gb)
+            await deps.capacity.release(conn, target, fresh.cpu, fresh.ram_mb, fresh.disk_gb)  # what was claimed there: its size
             await vm_q.set_vm(conn, vm.id, spec=fresh.spec.with_(move_to=None).to_json(), updated_at=clock.now())
     ctx.log(f"nothing of the VM is left on {target}; it stays on {vm.node_id}")
 

@@ -5,6 +5,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ... import clock
 from ...domain import Resources, Vm
+from ...domain.records import held
 from ...drivers.base import PowerState
 from ...errors import Conflict, InvalidRequest, Reason
 from ...store import StoreUnavailable
@@ -118,7 +119,9 @@ class VmUpdate(BaseHandler):
         """The VM's row, its node's claim and its billing from `old` to `new`, in one
         transaction of this run's (a stale run's repeat would claim or release twice)."""
         async with ctx.write() as conn:
-            await self._move_claim(ctx, conn, vm.node_id, old, new)
+            fresh = await vm_q.get_vm(conn, vm.id)
+            running = fresh.running_spec if fresh is not None else None  # a running VM keeps its old shape until restarted
+            await self._move_claim(ctx, conn, vm.node_id, Resources(*held(old.cpu, old.ram_mb, old.disk_gb, running)), Resources(*held(new.cpu, new.ram_mb, new.disk_gb, running)))
             await vm_q.set_vm(conn, vm.id, cpu=new.cpu, ram_mb=new.ram_mb, disk_gb=new.disk_gb, updated_at=clock.now())
             await ctx.deps.billing.reshaped(conn, {**vm.to_row(), "cpu": new.cpu, "ram_mb": new.ram_mb, "disk_gb": new.disk_gb})
 
