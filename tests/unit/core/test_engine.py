@@ -310,3 +310,44 @@ async def test_a_running_vm_shrunk_keeps_its_claim_until_it_restarts(core: Core)
     async with core.store.write() as conn:
         await node_q.recompute_usage(conn, clock.now())
     assert await used() == (1, 1024, 10)
+
+
+async def test_a_clean_up_the_store_cannot_record_is_done_again(core: Core) -> None:
+    """A failed create whose clean-up meets the store out of reach (a PostgreSQL restart) does
+    not end its task: a later attempt fails again and cleans up, so the VM is not left placed
+    on a node that never had it, holding its claim (found by the chaos soak, bench/chaos.py)."""
+    real_rollback = vm_create.VmCreate.rollback
+    calls = {"n": 0}
+
+    async def rollback(self: Any, ctx: Any, error: str, cancelled: bool) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StoreUnavailable("the database cannot be reached now (ConnectionRefusedError); try again shortly")
+        await real_rollback(self, ctx, error, cancelled)
+
+    async def refused(spec: Any) -> None:
+        raise DriverError(f"simulated failure creating {spec.name}")
+
+    core.driver.create_vm = refused  # type: ignore[method-assign]
+    vm_create.VmCreate.rollback = rollback  # type: ignore[method-assign]
+    try:
+        job_id, [vm_id] = await core.vms.create([NewVm(name="twice", resources=Resources(2, 1024, 10))], core.owner)
+        await core.engine.start(core.deps)
+        for _ in range(200):
+            if calls["n"] and not core.engine.running_count:
+                break
+            await asyncio.sleep(0.02)
+        task = await _task(core, job_id)
+        assert (task.state, task.attempts) == ("running", 1)  # no end recorded
+        async with core.store.write() as conn:  # its lease runs out
+            await conn.execute(update(tasks).where(tasks.c.id == task.id).values(lease_expires=clock.now() - 1))
+        await core.engine.recover()
+        outcome = await core.jobs.wait(job_id, 10)
+    finally:
+        vm_create.VmCreate.rollback = real_rollback  # type: ignore[method-assign]
+    assert outcome.state == "failed" and calls["n"] == 2
+    vm = await core.vms.get(vm_id, core.owner)
+    assert (vm.status, vm.node_id) == ("error", None)
+    async with core.store.read() as conn:
+        node = await node_q.get_node(conn, NODE)
+    assert node is not None and (node.cpu_used, node.ram_mb_used) == (0, 0)
