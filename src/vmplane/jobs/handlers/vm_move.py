@@ -71,7 +71,8 @@ async def _commit(ctx: TaskContext, vm_id: str, source: str, target: str, status
     async with ctx.write() as conn:  # once: a stale run would release the source twice
         vm = await vm_q.get_vm(conn, vm_id)
         assert vm is not None
-        await vm_q.set_vm(conn, vm_id, node_id=target, spec=vm.spec.with_(move_to=None).to_json(), updated_at=clock.now())
+        # a stopped VM runs nowhere: no running shape left to hold on the target (its source releases what it held)
+        await vm_q.set_vm(conn, vm_id, node_id=target, spec=vm.spec.with_(move_to=None).to_json(), running_spec=None, updated_at=clock.now())
         await vm_q.set_status(conn, vm_id, status.value, updated_at=clock.now())
         await deps.capacity.release(conn, source, *vm.held)
 
