@@ -115,3 +115,18 @@ async def test_no_call_log_when_off(tmp_path: Path) -> None:
     await d.create_vm(spec("a"))
     assert (tmp_path / "s.json").exists()
     assert not (tmp_path / "s.calls.jsonl").exists()
+
+
+async def test_a_resize_while_stopped_is_what_the_next_start_runs_with() -> None:
+    """A shape left pending by a resize while the VM ran does not outlive a later resize made
+    while it is stopped (the next start ran the stale pending shape: found by the chaos soak)."""
+    d = SimDriver(hostname="s", latency=0)
+    s = spec("reshaped")
+    await d.create_vm(s)
+    await d.start_vm(s.id)
+    await d.resize_vm(s.id, Resources(2, 4096, 1))  # waits for a restart
+    await d.stop_vm(s.id)
+    await d.resize_vm(s.id, Resources(2, 1024, 1))
+    await d.start_vm(s.id)
+    runtime = await d.get_vm(s.id)
+    assert runtime is not None and runtime.running_spec == {"cpu": 2, "ramMb": 1024, "diskGb": 1}

@@ -399,7 +399,10 @@ class SimDriver(HypervisorDriver):
                 self._check_capacity(grow)
                 await self._delay()
                 if vm.state == PowerState.STOPPED:
-                    vm.resources = resources
+                    # what the next start runs with: a shape left pending from a resize while it
+                    # ran is superseded (the next start applied it, over this one: the chaos soak
+                    # found a VM started at 4 GB that the store, and its claim, said was 1 GB)
+                    vm.resources, vm.pending = resources, None
                 else:  # disk grows live; CPU and RAM wait for the next start
                     vm.resources = Resources(vm.resources.cpu, vm.resources.ram_mb, resources.disk_gb)
                     vm.pending = resources
