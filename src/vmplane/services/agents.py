@@ -95,6 +95,9 @@ class AgentService:
         self._remotes: dict[str, RemoteDriver] = {}
         """the drivers of remote nodes this service put in the registry (and keeps up to date)"""
 
+    RECONCILE_TRIES = 10
+    RECONCILE_RETRY_SECONDS = 2.0
+
     @property
     def offline_seconds(self) -> float:
         return float(self.settings.node_offline_seconds)
@@ -377,11 +380,19 @@ class AgentService:
             return
 
         async def run() -> None:
-            try:
-                driver = self.registry.driver(node_id)
-                await self.reconcile([(node_id, driver)])
-            except Exception as exc:
-                log.warning("reconciling node %s failed: %s", node_id, exc)
+            # Tried again while it fails: an agent that restarted answers before it has joined
+            # again ("this node has not joined a control plane yet"), and a node reconciled
+            # only once kept its VMs `unknown` until its next return (found by the chaos soak).
+            for attempt in range(1, self.RECONCILE_TRIES + 1):
+                try:
+                    driver = self.registry.driver(node_id)
+                    await self.reconcile([(node_id, driver)])
+                    return
+                except Exception as exc:
+                    last = attempt == self.RECONCILE_TRIES
+                    log.warning("reconciling node %s failed%s: %s", node_id, " (giving up)" if last else "; trying again", exc)
+                if not last:
+                    await asyncio.sleep(self.RECONCILE_RETRY_SECONDS)
 
         self._reconciling[node_id] = asyncio.create_task(run(), name=f"reconcile-{node_id}")
 
