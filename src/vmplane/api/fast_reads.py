@@ -110,13 +110,18 @@ class FastReads:
         then carries its admission)."""
         start = time.perf_counter()
         scope["app"] = self.app
-        try:
-            admission = await self.identity.admit(scope)
-        except Exception as exc:
+
+        async def refuse(exc: Exception) -> bool:
+            """The error's answer, as the application's handlers give it, counted."""
             response = core_error(exc) if isinstance(exc, VmplaneError) else unexpected(exc)
             await response(scope, receive, send)
             count_request(self.metrics, scope, response.status_code, time.perf_counter() - start)
             return True
+
+        try:
+            admission = await self.identity.admit(scope)
+        except Exception as exc:
+            return await refuse(exc)
         state = scope["state"]
         if admission.refusal is not None:
             await self.identity.too_many(scope, receive, send, *admission.refusal)
@@ -141,10 +146,7 @@ class FastReads:
                     limit=q.get("limit", 50), page_token=q.get("pageToken"),
                 )  # fmt: skip
         except Exception as exc:
-            response = core_error(exc) if isinstance(exc, VmplaneError) else unexpected(exc)
-            await response(scope, receive, send)
-            count_request(self.metrics, scope, response.status_code, time.perf_counter() - start)
-            return True
+            return await refuse(exc)
         data = render.dumps(body)  # sent as render.Json would send it, without building the response
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(data)), JSON_TYPE]})
         await send({"type": "http.response.body", "body": data})

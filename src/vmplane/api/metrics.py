@@ -136,7 +136,7 @@ class MetricsMiddleware(TimedRequests):
 
 
 def count_request(metrics: "Metrics", scope: Scope, status: int, seconds: float) -> None:
-    """Count one answered HTTP request (vmplane_http_requests_total, its duration histogram)."""
+    """Count one answered HTTP request (`vmplane_api_requests_total`, and its duration in the histogram)."""
     template = route_template(scope)
     method = scope["method"]
     series = metrics.series.get((method, template, status))

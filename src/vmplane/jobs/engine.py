@@ -407,21 +407,15 @@ class JobEngine:
         mono = time.monotonic()
         renewal = await q.renew_leases(conn, owner=self.owner, leases={ctx.task_id: ctx.attempt}, until=clock.now() + self.settings.lease_seconds)
         if renewal.lost:
-            self._lose(ctx, None)
+            self._lose(ctx, None)  # the caller is the run itself: LeaseLost stops it
             raise LeaseLost(f"task {ctx.task_id}: attempt {ctx.attempt} lost its lease")
         ctx.sure_until = max(ctx.sure_until, mono + self.settings.lease_seconds * self.SURE_FRACTION)
 
     async def confirm_lease(self, ctx: TaskContext) -> None:
         """Ask the store whether `ctx`'s run still holds its lease (renewing it if so); raise
         LeaseLost if not."""
-        now, mono = clock.now(), time.monotonic()
         async with self.store.write() as conn:
-            until = now + self.settings.lease_seconds
-            renewal = await q.renew_leases(conn, owner=self.owner, leases={ctx.task_id: ctx.attempt}, until=until)
-        if renewal.lost:
-            self._lose(ctx, None)  # the caller is the run itself: LeaseLost stops it
-            raise LeaseLost(f"task {ctx.task_id}: attempt {ctx.attempt} lost its lease")
-        ctx.sure_until = max(ctx.sure_until, mono + self.settings.lease_seconds * self.SURE_FRACTION)
+            await self.hold(ctx, conn)
 
     async def _execute(self, ctx: TaskContext) -> None:
         handler = self.handlers[ctx.type]
